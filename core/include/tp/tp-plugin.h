@@ -1,0 +1,314 @@
+/*
+ * tp-plugin.h — the tp plugin SDK: the two vtables a backend implements.
+ *
+ * A plugin is a shared object (libtp-<name>.so) that exports exactly one
+ * symbol, TP_PLUGIN_ENTRY ("tp_plugin_get_desc_v1"), returning a
+ * tp_plugin_desc. The descriptor points to a communicator vtable
+ * (tp_comm_ops), a device vtable (tp_device_ops), or both.
+ *
+ * This header depends on <stdint.h> and <stddef.h> only, so a plugin needs
+ * nothing from tp but this file. Plugins report errors back to the core
+ * through tp_host.set_error (never by printing, aborting or exiting).
+ *
+ * ABI versioning
+ *   TP_ABI_MAJOR changes when an existing slot, type or meaning changes;
+ *   the core refuses a plugin whose major differs from its own.
+ *   TP_ABI_MINOR grows when slots are appended at the end of a vtable or
+ *   fields at the end of a struct. Every vtable and struct crossing the
+ *   boundary starts with its own size, so a newer core reading an older
+ *   plugin treats every slot past struct_size as NULL ("not provided"),
+ *   and an older core ignores slots it does not know. A minor bump never
+ *   removes, reorders or changes a slot.
+ *
+ * NULL slots
+ *   A NULL slot means "not provided". For collectives the core then either
+ *   falls back (reduce_scatter through all_reduce, all_gather through
+ *   broadcast, barrier through all_reduce) or returns TP_ERR_NOT_SUPPORTED
+ *   naming the op. Required slots are marked [required]; the loader refuses
+ *   a vtable that lacks one.
+ *
+ * Threads
+ *   A process may run several ranks, one thread each (loopback, nccl in one
+ *   process). Every comm and device slot is called only from the thread of
+ *   the rank that owns the handle; different ranks call concurrently. Slots
+ *   that take an engine may be called from any rank's thread.
+ *
+ * Memory
+ *   Buffers passed to comm ops live in the memory the rank's device
+ *   declared in tp_rank_env (host memory for the cpu device, device memory
+ *   for cuda). A comm that cannot use that memory refuses in world() with
+ *   TP_ERR_NOT_SUPPORTED. Device ops are ordered on the rank's stream;
+ *   comm ops given env.stream must be ordered on it too.
+ */
+#ifndef TP_PLUGIN_H
+#define TP_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TP_ABI_MAJOR 1
+#define TP_ABI_MINOR 0
+
+/* ---------------------------------------------------------------- types */
+
+/* Status codes. Keep values stable: they cross the plugin boundary. */
+typedef enum tp_status {
+    TP_OK = 0,
+    TP_ERR_INVALID_ARG = 1,   /* a bad argument: NULL, out of range, bad option */
+    TP_ERR_SHAPE = 2,         /* tensor shape does not match what a layer expects */
+    TP_ERR_NOT_SUPPORTED = 3, /* op, dtype or memory kind not provided by a backend */
+    TP_ERR_NO_MEMORY = 4,     /* allocation failed */
+    TP_ERR_PLUGIN = 5,        /* a plugin could not be found, loaded or accepted */
+    TP_ERR_UNAVAILABLE = 6,   /* plugin loaded but cannot run here (probe said no) */
+    TP_ERR_TIMEOUT = 7,       /* a peer did not arrive within TP_TIMEOUT_S */
+    TP_ERR_PEER = 8,          /* a peer left, died, or sent something invalid */
+    TP_ERR_COMM = 9,          /* the communication library reported an error */
+    TP_ERR_DEVICE = 10,       /* the device library reported an error */
+    TP_ERR_IO = 11,           /* file or socket I/O failed */
+    TP_ERR_INTERNAL = 12,     /* a bug in tp: please report it */
+    TP_STATUS_COUNT_
+} tp_status;
+
+typedef enum tp_dtype {
+    TP_F32 = 0,
+    TP_F16 = 1,
+    TP_BF16 = 2,
+    TP_I32 = 3,
+    TP_DTYPE_COUNT_
+} tp_dtype;
+
+typedef enum tp_redop {
+    TP_SUM = 0,
+    TP_MAX = 1,
+    TP_MIN = 2,
+    TP_REDOP_COUNT_
+} tp_redop;
+
+/* Where a rank's tensors live. */
+typedef enum tp_mem_kind {
+    TP_MEM_HOST = 0, /* ordinary host memory: any thread may read it */
+    TP_MEM_CUDA = 1, /* CUDA device memory of env.device_index */
+} tp_mem_kind;
+
+/* Services the core offers a plugin. Valid from init/open until finalize/close. */
+typedef struct tp_host {
+    size_t struct_size;
+    /* Record an error for the calling thread; returns `status` so a plugin
+     * can write `return host->set_error(TP_ERR_TIMEOUT, "...", ...)`.
+     * Say what failed, where, expected vs got, and the likely fix. */
+    tp_status (*set_error)(tp_status status, const char *fmt, ...)
+#if defined(__GNUC__)
+        __attribute__((format(printf, 2, 3)))
+#endif
+        ;
+    /* Print a debug line when TP_DEBUG names `topic` (e.g. "comm", "device"). */
+    void (*debug)(const char *topic, const char *fmt, ...)
+#if defined(__GNUC__)
+        __attribute__((format(printf, 2, 3)))
+#endif
+        ;
+    double timeout_s; /* TP_TIMEOUT_S: how long a peer may be waited for */
+} tp_host;
+
+/* ----------------------------------------------------------- device ops */
+
+/* Filled by tp_device_ops.open: tells the comm where this rank's memory is. */
+typedef struct tp_rank_env {
+    size_t struct_size;
+    tp_mem_kind mem_kind;
+    int device_index; /* GPU ordinal, or -1 for host */
+    void *stream;     /* e.g. cudaStream_t; NULL for synchronous devices */
+} tp_rank_env;
+
+typedef struct tp_device_args {
+    size_t struct_size;
+    int world_rank;  /* global rank of the rank opening the device */
+    int local_index; /* index of this rank among the ranks of this process */
+    int local_count; /* ranks in this process */
+    int threads;     /* compute threads per rank (TP_CPU_THREADS), 0 = default */
+} tp_device_args;
+
+/* Row-major strided-batched GEMM:
+ *   C[b] = alpha * op(A[b]) * op(B[b]) + beta * C[b],  b = 0 .. batch-1
+ * op(A) is m x k, op(B) is k x n, C is m x n. X[b] = X + b * stride_x
+ * (strides in elements). lda/ldb/ldc are row pitches in elements of the
+ * matrices as stored. A, B, C share `dtype`; accumulation is in f32. */
+typedef struct tp_gemm_args {
+    size_t struct_size;
+    tp_dtype dtype;
+    int trans_a, trans_b; /* non-zero: use the transpose */
+    int64_t m, n, k;
+    float alpha, beta;
+    const void *a;
+    int64_t lda, stride_a;
+    const void *b;
+    int64_t ldb, stride_b;
+    void *c;
+    int64_t ldc, stride_c;
+    int64_t batch; /* >= 1 */
+} tp_gemm_args;
+
+/* The device vtable. `dev` is the per-rank handle from open(). Every op is
+ * enqueued on the rank's stream in call order; only download() and
+ * synchronize() wait for it. Element-wise kernels take the dtype of their
+ * float tensors (TP_F32 is required of every device; others may return
+ * TP_ERR_NOT_SUPPORTED); index tensors (ids, targets) are int32. Per-row
+ * scalars (mean, rstd, row max, CE statistics) are f32 in device memory. */
+typedef struct tp_device_ops {
+    size_t struct_size;
+
+    /* lifetime and memory [all required] */
+    tp_status (*open)(const tp_host *host, const tp_device_args *args, void **dev,
+                      tp_rank_env *env);                                        /* per rank, on its thread */
+    void (*close)(void *dev);                                                   /* after synchronize */
+    tp_status (*alloc)(void *dev, size_t bytes, void **ptr);                    /* 64-byte aligned; bytes may be 0 */
+    void (*free)(void *dev, void *ptr);                                         /* NULL is a no-op */
+    tp_status (*upload)(void *dev, void *dst, const void *host_src, size_t bytes);   /* host buffer reusable on return */
+    tp_status (*download)(void *dev, void *host_dst, const void *src, size_t bytes); /* waits: data valid on return */
+    tp_status (*copy_2d)(void *dev, void *dst, size_t dpitch, const void *src, size_t spitch,
+                         size_t width_bytes, size_t height);                    /* device to device, may not overlap */
+    tp_status (*memset)(void *dev, void *ptr, int value, size_t bytes);
+    tp_status (*synchronize)(void *dev);                                        /* wait for all enqueued work */
+    tp_status (*gemm)(void *dev, const tp_gemm_args *g);
+
+    /* element-wise kernels used by the layers */
+    tp_status (*bias_add)(void *dev, tp_dtype dt, int64_t rows, int64_t cols, void *y,
+                          const void *bias);                  /* y[r,c] += bias[c] */
+    tp_status (*bias_grad)(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *dy,
+                           void *db);                         /* db[c] += sum_r dy[r,c], r ascending */
+    tp_status (*gelu)(void *dev, tp_dtype dt, int64_t n, const void *x, void *y,
+                      int tanh_approx);                       /* y = gelu(x); y may alias x */
+    tp_status (*gelu_bwd)(void *dev, tp_dtype dt, int64_t n, const void *x, const void *dy, void *dx,
+                          int tanh_approx);                   /* dx = dy * gelu'(x); dx may alias dy */
+    tp_status (*axpby)(void *dev, tp_dtype dt, int64_t n, float alpha, const void *x, float beta,
+                       void *y);                              /* y = alpha*x + beta*y (beta 0: y not read) */
+    tp_status (*softmax)(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x, void *y,
+                         float scale, int causal);            /* y = softmax(scale*x) per row; causal: row r
+                                                                 keeps cols c <= r % cols, others get 0 */
+    tp_status (*softmax_bwd)(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *y,
+                             const void *dy, void *dx,
+                             float scale);                    /* dx = scale*y*(dy - sum_c dy*y); dx may alias dy */
+    tp_status (*norm)(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
+                      const void *gamma, const void *beta, void *y, float *mean, float *rstd, float eps,
+                      int rms);                               /* layer norm, or RMS norm when rms != 0
+                                                                 (mean unused, may be NULL); beta may be
+                                                                 NULL (no shift) */
+    tp_status (*norm_bwd)(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
+                          const void *gamma, const float *mean, const float *rstd, const void *dy,
+                          void *dx, void *dgamma, void *dbeta,
+                          int rms);                           /* dx written; dgamma, dbeta (may be NULL)
+                                                                 accumulate */
+    tp_status (*embedding)(void *dev, tp_dtype dt, int64_t n, int64_t dim, const int32_t *ids,
+                           int64_t lo, int64_t hi, const void *table,
+                           void *out);                        /* out[i] = lo<=ids[i]<hi ? table[ids[i]-lo] : 0 */
+    tp_status (*embedding_bwd)(void *dev, tp_dtype dt, int64_t n, int64_t dim, const int32_t *ids,
+                               int64_t lo, int64_t hi, const void *dout,
+                               void *dtable);                 /* dtable[ids[i]-lo] += dout[i], i ascending */
+    tp_status (*row_max)(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
+                         float *out);                         /* out[r] = max_c x[r,c] */
+    tp_status (*ce_stats)(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *logits,
+                          const int32_t *targets, int64_t lo, const float *rowmax,
+                          float *out3);                       /* per row r: out3[3r] = sum_c exp(x-rowmax[r]),
+                                                                 out3[3r+1] = x[r, t-lo] if lo<=t<lo+cols else 0,
+                                                                 out3[3r+2] = sum_c x[r,c] */
+    tp_status (*ce_bwd)(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *logits,
+                        const int32_t *targets, int64_t lo, int64_t vocab, const float *rowmax,
+                        const float *sumexp, const float *row_scale, float smoothing,
+                        void *dlogits);                       /* dlogits = row_scale[r] * (softmax - (1-s)*onehot
+                                                                 - s/vocab); row_scale 0 for ignored rows */
+    tp_status (*adamw)(void *dev, int64_t n, float *param, const float *grad, float *m, float *v,
+                       float lr, float beta1, float beta2, float eps, float weight_decay,
+                       int64_t step);                         /* decoupled weight decay, bias-corrected */
+} tp_device_ops;
+
+/* ------------------------------------------------------------- comm ops */
+
+typedef struct tp_engine_args {
+    size_t struct_size;
+    int world_size; /* requested ranks (--tp / TP_WORLD_SIZE), 0 = engine decides */
+    int *argc;      /* the program's arguments, may be NULL */
+    char ***argv;
+} tp_engine_args;
+
+typedef struct tp_engine_info {
+    size_t struct_size;
+    int world_size;  /* total ranks across all processes */
+    int local_count; /* ranks this process runs (threads): world_size for loopback, 1 under mpirun */
+    int first_rank;  /* global rank of local index 0; local ranks are consecutive */
+} tp_engine_info;
+
+/* The communicator vtable. `comm` handles come from world() or split().
+ * Counts are in elements of `dt`. Ranks are 0 .. size-1 within `comm`. */
+typedef struct tp_comm_ops {
+    size_t struct_size;
+
+    /* engine, once per process [required] */
+    tp_status (*init)(const tp_host *host, const tp_engine_args *args, void **engine,
+                      tp_engine_info *info);     /* e.g. MPI_Init_thread; fill info; refuse a world_size
+                                                    request the engine cannot honour, naming both numbers */
+    void (*finalize)(void *engine);              /* after every comm was freed */
+
+    /* communicators [required] */
+    tp_status (*world)(void *engine, int local_index, const tp_rank_env *env, void **comm, int *rank,
+                       int *size);               /* called once on each local rank's thread, concurrently */
+    tp_status (*split)(void *comm, int color, int key, void **newcomm, int *rank,
+                       int *size);               /* collective; ranks ordered by (key, old rank); color < 0:
+                                                    *newcomm = NULL */
+    void (*comm_free)(void *comm);               /* not collective; the rank leaves the communicator */
+
+    /* collectives: every rank of comm calls them in the same order */
+    tp_status (*all_reduce)(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,
+                            tp_redop op);        /* [required] send == recv is in-place */
+    tp_status (*all_gather)(void *comm, const void *send, void *recv, const size_t *counts,
+                            tp_dtype dt);        /* rank i contributes counts[i]; recv holds all, in rank
+                                                    order; send may equal recv + offset of own block */
+    tp_status (*reduce_scatter)(void *comm, const void *send, void *recv, const size_t *counts,
+                                tp_dtype dt, tp_redop op); /* send holds sum(counts); rank i gets block i */
+    tp_status (*broadcast)(void *comm, void *buf, size_t count, tp_dtype dt, int root);
+    tp_status (*barrier)(void *comm);
+} tp_comm_ops;
+
+/* ----------------------------------------------------------- descriptor */
+
+typedef struct tp_plugin_desc {
+    size_t struct_size;
+    uint16_t abi_major, abi_minor; /* TP_ABI_MAJOR/MINOR the plugin was built with */
+    const char *name;              /* must equal <name> in libtp-<name>.so */
+    const char *version;
+    const char *description;       /* one line */
+    const tp_comm_ops *comm;       /* NULL if not a communicator */
+    const tp_device_ops *device;   /* NULL if not a device */
+    /* Optional: can this plugin run here? Return 1 if so; else 0 and write
+     * the reason (e.g. "no CUDA device: cudaGetDeviceCount returned 35
+     * (driver too old)") into reason. Must not keep state or crash. */
+    int (*probe)(char *reason, size_t reason_len);
+} tp_plugin_desc;
+
+#define TP_PLUGIN_ENTRY "tp_plugin_get_desc_v1"
+
+#if defined(_WIN32)
+#define TP_PLUGIN_EXPORT __declspec(dllexport)
+#else
+#define TP_PLUGIN_EXPORT __attribute__((visibility("default")))
+#endif
+
+/* Define the plugin's entry point. COMM and DEVICE are addresses of ops
+ * structs or NULL; PROBE a probe function or NULL. */
+#define TP_PLUGIN_DEFINE(NAME, VERSION, DESCRIPTION, COMM, DEVICE, PROBE)          \
+    TP_PLUGIN_EXPORT const tp_plugin_desc *tp_plugin_get_desc_v1(void);           \
+    TP_PLUGIN_EXPORT const tp_plugin_desc *tp_plugin_get_desc_v1(void)            \
+    {                                                                             \
+        static const tp_plugin_desc desc = {                                      \
+            sizeof(tp_plugin_desc), TP_ABI_MAJOR, TP_ABI_MINOR, (NAME), (VERSION), \
+            (DESCRIPTION), (COMM), (DEVICE), (PROBE)};                            \
+        return &desc;                                                             \
+    }
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TP_PLUGIN_H */

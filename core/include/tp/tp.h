@@ -1,0 +1,267 @@
+/*
+ * tp.h — tensor parallelism on pluggable communication backends.
+ *
+ * A program calls tp_init() (which loads the communicator plugin named by
+ * TP_BACKEND and the device plugin named by TP_DEVICE), then tp_run(), which
+ * calls rank_main(world, arg) once per rank: on threads for loopback, once per
+ * process under mpirun for mpi. The program never knows which.
+ *
+ * Errors: every call that can fail returns a tp_status; on failure,
+ * tp_last_error() holds a message for the calling thread that says what
+ * failed, where, expected vs got, and the likely fix.
+ *
+ * Threads: a tp_comm, tp_device or layer belongs to one rank and is used
+ * only from that rank's thread (the one tp_run called rank_main on).
+ */
+#ifndef TP_H
+#define TP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <tp/tp-plugin.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TP_VERSION "0.1.0"
+
+/* --------------------------------------------------------------- errors */
+
+/* Short name of a status ("TP_ERR_TIMEOUT"), never NULL. */
+const char *tp_status_string(tp_status status);
+
+/* The calling thread's last error message ("" if none). */
+const char *tp_last_error(void);
+
+/* Set the calling thread's error message; returns `status`. */
+tp_status tp_set_error(tp_status status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+void tp_clear_error(void);
+
+/* --------------------------------------------------------------- launch */
+
+typedef struct tp_ctx tp_ctx;
+typedef struct tp_comm tp_comm;
+typedef struct tp_device tp_device;
+
+/* Every field may be left 0/NULL to take the environment or the default. */
+typedef struct tp_config {
+    const char *backend; /* name or path; NULL: TP_BACKEND, else "loopback" */
+    const char *device;  /* name or path; NULL: TP_DEVICE, else "cuda" for nccl, "cpu" otherwise */
+    int world_size;      /* e.g. from --tp; 0: TP_WORLD_SIZE, else the engine's (mpirun -n),
+                            else 1. Disagreeing sources are an error naming both. */
+    double timeout_s;    /* 0: TP_TIMEOUT_S, else 300 */
+    int cpu_threads;     /* BLAS threads per rank; 0: TP_CPU_THREADS, else 1 */
+    int *argc;           /* passed to the engine (e.g. MPI_Init_thread); may be NULL */
+    char ***argv;
+} tp_config;
+
+/* Load plugins and start the engine. cfg may be NULL. */
+tp_status tp_init(const tp_config *cfg, tp_ctx **out);
+
+typedef tp_status (*tp_rank_fn)(tp_comm *world, void *arg);
+
+/* Call fn(world, arg) once for every rank this process runs, each on its own
+ * thread with its own device; wait for all. Returns TP_OK if every rank
+ * returned TP_OK, else the first failing rank's status, with its message
+ * (prefixed "rank N: ") as the caller's tp_last_error(). */
+tp_status tp_run(tp_ctx *ctx, tp_rank_fn fn, void *arg);
+
+void tp_finalize(tp_ctx *ctx); /* NULL is a no-op */
+
+int tp_ctx_world_size(const tp_ctx *ctx);
+int tp_ctx_local_count(const tp_ctx *ctx); /* ranks run by this process */
+const char *tp_ctx_backend(const tp_ctx *ctx);
+const char *tp_ctx_device(const tp_ctx *ctx);
+
+/* Parse "--tp N" / "--tp=N" from argv into cfg->world_size (other
+ * arguments are left alone). Returns TP_ERR_INVALID_ARG for a bad N. */
+tp_status tp_config_parse_tp(tp_config *cfg, int argc, char **argv);
+
+/* ---------------------------------------------------------- communicator */
+
+int tp_comm_rank(const tp_comm *comm);
+int tp_comm_size(const tp_comm *comm);
+tp_device *tp_comm_device(const tp_comm *comm); /* the rank's device */
+
+/* Collective over all ranks of comm, like MPI_Comm_split: ranks with the
+ * same color form a group ordered by (key, rank). color < 0 gives *out = NULL. */
+tp_status tp_comm_split(tp_comm *comm, int color, int key, tp_comm **out);
+void tp_comm_free(tp_comm *comm); /* sub-communicators only; NULL is a no-op */
+
+/* Buffers are memory of the rank's device (host memory for cpu).
+ * counts[i] is rank i's block, in elements; NULL counts in the *v
+ * variants is an error. */
+tp_status tp_all_reduce(tp_comm *comm, const void *send, void *recv, size_t count, tp_dtype dt,
+                        tp_redop op);
+tp_status tp_all_gather(tp_comm *comm, const void *send, void *recv, size_t count, tp_dtype dt);
+tp_status tp_all_gatherv(tp_comm *comm, const void *send, void *recv, const size_t *counts,
+                         tp_dtype dt);
+tp_status tp_reduce_scatter(tp_comm *comm, const void *send, void *recv, size_t count, tp_dtype dt,
+                            tp_redop op);
+tp_status tp_reduce_scatterv(tp_comm *comm, const void *send, void *recv, const size_t *counts,
+                             tp_dtype dt, tp_redop op);
+tp_status tp_broadcast(tp_comm *comm, void *buf, size_t count, tp_dtype dt, int root);
+tp_status tp_barrier(tp_comm *comm);
+
+/* ----------------------------------------------------------------- stats */
+
+typedef enum tp_phase {
+    TP_PHASE_FORWARD = 0,
+    TP_PHASE_BACKWARD = 1,
+    TP_PHASE_OTHER = 2, /* outside any layer: the default */
+    TP_PHASE_COUNT
+} tp_phase;
+
+typedef enum tp_op {
+    TP_OP_ALL_REDUCE = 0,
+    TP_OP_ALL_GATHER,
+    TP_OP_REDUCE_SCATTER,
+    TP_OP_BROADCAST,
+    TP_OP_BARRIER,
+    TP_OP_COUNT
+} tp_op;
+
+const char *tp_op_name(tp_op op);       /* "all_reduce", ... */
+const char *tp_phase_name(tp_phase ph); /* "forward", "backward", "other" */
+size_t tp_dtype_size(tp_dtype dt);      /* 0 for an invalid dtype */
+const char *tp_dtype_name(tp_dtype dt); /* "f32", "bf16", ... */
+
+typedef struct tp_counter {
+    uint64_t calls;
+    uint64_t bytes;   /* payload: all_reduce/broadcast count*size; all_gather the
+                         gathered total; reduce_scatter the input total */
+    double seconds;   /* wall time inside the calls */
+} tp_counter;
+
+typedef struct tp_stats {
+    tp_counter comm[TP_PHASE_COUNT][TP_OP_COUNT]; /* this communicator */
+    tp_counter gemm[TP_PHASE_COUNT];              /* this rank's device */
+    double gemm_flops[TP_PHASE_COUNT];            /* 2*m*n*k*batch summed */
+    tp_counter kernel[TP_PHASE_COUNT];            /* every other device op */
+} tp_stats;
+
+/* Counters of comm, plus the compute counters of its rank's device. */
+void tp_stats_get(const tp_comm *comm, tp_stats *out);
+void tp_stats_reset(tp_comm *comm); /* this comm's counters and its device's */
+
+/* The rank's current phase (shared by all comms of the rank and its
+ * device); returns the previous one so callers can restore it. */
+tp_phase tp_phase_set(tp_comm *comm, tp_phase phase);
+
+/* Sum of a counter over phases, or of calls over ops, for convenience. */
+uint64_t tp_stats_calls(const tp_stats *s, tp_phase phase, tp_op op);
+
+/* ---------------------------------------------------------------- tensor */
+
+#define TP_MAX_DIMS 4
+
+/* A contiguous row-major tensor in a device's memory. Plain struct: zero
+ * it, or fill it with tp_tensor_alloc. `owned` tensors free their data in
+ * tp_tensor_release; views (tp_tensor_view) do not. */
+typedef struct tp_tensor {
+    tp_dtype dtype;
+    int ndim;
+    int64_t shape[TP_MAX_DIMS];
+    void *data;
+    tp_device *dev;
+    bool owned;
+} tp_tensor;
+
+/* Allocate and zero a tensor. ndim 1..4, every dim >= 0. */
+tp_status tp_tensor_alloc(tp_device *dev, tp_dtype dt, int ndim, const int64_t *shape,
+                          tp_tensor *out);
+tp_status tp_tensor_alloc2(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, tp_tensor *out);
+void tp_tensor_release(tp_tensor *t); /* frees owned data; leaves t zeroed */
+/* A non-owning view of existing device memory. */
+tp_tensor tp_tensor_view(tp_device *dev, tp_dtype dt, void *data, int ndim, const int64_t *shape);
+int64_t tp_tensor_numel(const tp_tensor *t);
+size_t tp_tensor_bytes(const tp_tensor *t);
+tp_status tp_tensor_upload(tp_tensor *t, const void *host);  /* host holds numel elements */
+tp_status tp_tensor_download(const tp_tensor *t, void *host); /* waits for the device */
+
+/* ---------------------------------------------------------------- device */
+
+/* The device API: each call dispatches to the loaded device plugin's slot
+ * of the same name (see tp-plugin.h for the semantics), is counted and
+ * timed in the rank's stats under the current phase (tp_dev_gemm as gemm,
+ * the rest as kernel), and returns TP_ERR_NOT_SUPPORTED naming the op if
+ * the device does not provide it. */
+const char *tp_device_name(const tp_device *dev);
+tp_mem_kind tp_device_mem_kind(const tp_device *dev);
+tp_status tp_dev_alloc(tp_device *dev, size_t bytes, void **ptr);
+void tp_dev_free(tp_device *dev, void *ptr);
+tp_status tp_dev_upload(tp_device *dev, void *dst, const void *host_src, size_t bytes);
+tp_status tp_dev_download(tp_device *dev, void *host_dst, const void *src, size_t bytes);
+tp_status tp_dev_copy_2d(tp_device *dev, void *dst, size_t dpitch, const void *src, size_t spitch,
+                         size_t width_bytes, size_t height);
+tp_status tp_dev_memset(tp_device *dev, void *ptr, int value, size_t bytes);
+tp_status tp_dev_synchronize(tp_device *dev);
+tp_status tp_dev_gemm(tp_device *dev, const tp_gemm_args *g);
+tp_status tp_dev_bias_add(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, void *y,
+                          const void *bias);
+tp_status tp_dev_bias_grad(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *dy,
+                           void *db);
+tp_status tp_dev_gelu(tp_device *dev, tp_dtype dt, int64_t n, const void *x, void *y, int tanh_approx);
+tp_status tp_dev_gelu_bwd(tp_device *dev, tp_dtype dt, int64_t n, const void *x, const void *dy,
+                          void *dx, int tanh_approx);
+tp_status tp_dev_axpby(tp_device *dev, tp_dtype dt, int64_t n, float alpha, const void *x, float beta,
+                       void *y);
+tp_status tp_dev_softmax(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
+                         void *y, float scale, int causal);
+tp_status tp_dev_softmax_bwd(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *y,
+                             const void *dy, void *dx, float scale);
+tp_status tp_dev_norm(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
+                      const void *gamma, const void *beta, void *y, float *mean, float *rstd,
+                      float eps, int rms);
+tp_status tp_dev_norm_bwd(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
+                          const void *gamma, const float *mean, const float *rstd, const void *dy,
+                          void *dx, void *dgamma, void *dbeta, int rms);
+tp_status tp_dev_embedding(tp_device *dev, tp_dtype dt, int64_t n, int64_t dim, const int32_t *ids,
+                           int64_t lo, int64_t hi, const void *table, void *out);
+tp_status tp_dev_embedding_bwd(tp_device *dev, tp_dtype dt, int64_t n, int64_t dim,
+                               const int32_t *ids, int64_t lo, int64_t hi, const void *dout,
+                               void *dtable);
+tp_status tp_dev_row_max(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
+                         float *out);
+tp_status tp_dev_ce_stats(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols,
+                          const void *logits, const int32_t *targets, int64_t lo,
+                          const float *rowmax, float *out3);
+tp_status tp_dev_ce_bwd(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *logits,
+                        const int32_t *targets, int64_t lo, int64_t vocab, const float *rowmax,
+                        const float *sumexp, const float *row_scale, float smoothing,
+                        void *dlogits);
+tp_status tp_dev_adamw(tp_device *dev, int64_t n, float *param, const float *grad, float *m, float *v,
+                       float lr, float beta1, float beta2, float eps, float weight_decay,
+                       int64_t step);
+
+/* ------------------------------------------------------ sharding, weights */
+
+/* Split n items into `parts` contiguous shards differing by at most one,
+ * the first n % parts shards one larger; shard `index` is [*lo, *hi). */
+void tp_shard_range(int64_t n, int parts, int index, int64_t *lo, int64_t *hi);
+
+/* Counter-based RNG: a pure function of (seed, tensor_id, index), uniform in
+ * [-bound, bound). Every TP degree sees the same full master weight. */
+float tp_master_uniform(uint64_t seed, uint64_t tensor_id, uint64_t index, float bound);
+
+/* Fill host buffer `out` (rows_hi-rows_lo) x (cols_hi-cols_lo) with the block
+ * [rows_lo, rows_hi) x [cols_lo, cols_hi) of the full rows x full_cols master
+ * matrix of (seed, tensor_id): element (r, c) is index r*full_cols + c. */
+void tp_master_fill(uint64_t seed, uint64_t tensor_id, int64_t full_cols, int64_t rows_lo,
+                    int64_t rows_hi, int64_t cols_lo, int64_t cols_hi, float bound, float *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#include <tp/tp-layers.h>
+
+#endif /* TP_H */
