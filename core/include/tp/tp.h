@@ -148,6 +148,13 @@ typedef struct tp_stats {
     tp_counter kernel[TP_PHASE_COUNT];            /* every other device op */
 } tp_stats;
 
+/* Timing: `seconds` is wall time around each call. An asynchronous device
+ * (one whose tp_rank_env.stream is not NULL, e.g. cuda) returns once the
+ * work is enqueued, so by default its comm and device times are enqueue
+ * times. TP_SYNC_TIMING=1 makes the core synchronize the device after
+ * every counted call, so times include execution (slower; for
+ * measurement). Synchronous devices (cpu) are always timed exactly. */
+
 /* Counters of comm, plus the compute counters of its rank's device. */
 void tp_stats_get(const tp_comm *comm, tp_stats *out);
 void tp_stats_reset(tp_comm *comm); /* this comm's counters and its device's */
@@ -156,7 +163,8 @@ void tp_stats_reset(tp_comm *comm); /* this comm's counters and its device's */
  * device); returns the previous one so callers can restore it. */
 tp_phase tp_phase_set(tp_comm *comm, tp_phase phase);
 
-/* Sum of a counter over phases, or of calls over ops, for convenience. */
+/* Calls of op in phase; TP_PHASE_COUNT sums over phases and TP_OP_COUNT
+ * over ops (so (s, TP_PHASE_COUNT, TP_OP_COUNT) is every collective). */
 uint64_t tp_stats_calls(const tp_stats *s, tp_phase phase, tp_op op);
 
 /* ---------------------------------------------------------------- tensor */
@@ -192,8 +200,10 @@ tp_status tp_tensor_download(const tp_tensor *t, void *host); /* waits for the d
 /* The device API: each call dispatches to the loaded device plugin's slot
  * of the same name (see tp-plugin.h for the semantics), is counted and
  * timed in the rank's stats under the current phase (tp_dev_gemm as gemm,
- * the rest as kernel), and returns TP_ERR_NOT_SUPPORTED naming the op if
- * the device does not provide it. */
+ * the rest as kernel; tp_dev_alloc and tp_dev_free are not counted), and
+ * returns TP_ERR_NOT_SUPPORTED naming the op if the device does not
+ * provide it. Bad arguments (negative sizes, NULL pointers with a non-zero
+ * size, a non-float dtype) return TP_ERR_INVALID_ARG before dispatch. */
 const char *tp_device_name(const tp_device *dev);
 tp_mem_kind tp_device_mem_kind(const tp_device *dev);
 tp_status tp_dev_alloc(tp_device *dev, size_t bytes, void **ptr);

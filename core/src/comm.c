@@ -1,0 +1,407 @@
+/* comm.c — collectives: argument checks, dispatch, fallbacks, counters. */
+#include <stdint.h>
+#include <string.h>
+
+#include "tp-internal.h"
+
+/* Even-count gather/scatter build a counts array; on the stack up to this. */
+#define SMALL_WORLD 64
+
+tp_comm *tp_comm_wrap(const tp_comm_ops *ops, const char *plugin, void *handle, int rank, int size,
+                      tp_device *dev, tp_rank_state *state)
+{
+    tp_comm *c = g_new0(tp_comm, 1);
+    c->ops = ops;
+    c->plugin = plugin;
+    c->handle = handle;
+    c->rank = rank;
+    c->size = size;
+    c->dev = dev;
+    c->state = state;
+    return c;
+}
+
+int tp_comm_rank(const tp_comm *comm)
+{
+    return comm ? comm->rank : -1;
+}
+
+int tp_comm_size(const tp_comm *comm)
+{
+    return comm ? comm->size : 0;
+}
+
+tp_device *tp_comm_device(const tp_comm *comm)
+{
+    return comm ? comm->dev : NULL;
+}
+
+tp_status tp_comm_split(tp_comm *comm, int color, int key, tp_comm **out)
+{
+    if (!comm || !out)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_comm_split: %s is NULL",
+                            !comm ? "comm" : "out");
+    *out = NULL;
+    void *h = NULL;
+    int rank = -1, size = 0;
+    tp_clear_error();
+    tp_status st = comm->ops->split(comm->handle, color, key, &h, &rank, &size);
+    if (st)
+        return tp_last_error()[0] ? st
+                                  : tp_set_error(st, "backend '%s': split failed without a message",
+                                                 comm->plugin);
+    if (color < 0 || !h)
+        return TP_OK;
+    *out = tp_comm_wrap(comm->ops, comm->plugin, h, rank, size, comm->dev, comm->state);
+    return TP_OK;
+}
+
+void tp_comm_free(tp_comm *comm)
+{
+    if (!comm || comm->is_world) /* the world is freed by tp_run */
+        return;
+    comm->ops->comm_free(comm->handle);
+    g_free(comm);
+}
+
+/* ----------------------------------------------------------- names */
+
+const char *tp_op_name(tp_op op)
+{
+    static const char *const names[TP_OP_COUNT] = {"all_reduce", "all_gather", "reduce_scatter",
+                                                   "broadcast", "barrier"};
+    return (unsigned)op < TP_OP_COUNT ? names[op] : "unknown_op";
+}
+
+const char *tp_phase_name(tp_phase ph)
+{
+    static const char *const names[TP_PHASE_COUNT] = {"forward", "backward", "other"};
+    return (unsigned)ph < TP_PHASE_COUNT ? names[ph] : "unknown_phase";
+}
+
+size_t tp_dtype_size(tp_dtype dt)
+{
+    static const size_t sizes[TP_DTYPE_COUNT_] = {4, 2, 2, 4};
+    return (unsigned)dt < TP_DTYPE_COUNT_ ? sizes[dt] : 0;
+}
+
+const char *tp_dtype_name(tp_dtype dt)
+{
+    static const char *const names[TP_DTYPE_COUNT_] = {"f32", "f16", "bf16", "i32"};
+    return (unsigned)dt < TP_DTYPE_COUNT_ ? names[dt] : "unknown_dtype";
+}
+
+/* ----------------------------------------------------------- stats */
+
+void tp_stats_get(const tp_comm *comm, tp_stats *out)
+{
+    if (!out)
+        return;
+    memset(out, 0, sizeof *out);
+    if (!comm)
+        return;
+    memcpy(out->comm, comm->counters, sizeof out->comm);
+    if (comm->dev) {
+        memcpy(out->gemm, comm->dev->gemm, sizeof out->gemm);
+        memcpy(out->gemm_flops, comm->dev->gemm_flops, sizeof out->gemm_flops);
+        memcpy(out->kernel, comm->dev->kernel, sizeof out->kernel);
+    }
+}
+
+void tp_stats_reset(tp_comm *comm)
+{
+    if (!comm)
+        return;
+    memset(comm->counters, 0, sizeof comm->counters);
+    if (comm->dev) {
+        memset(comm->dev->gemm, 0, sizeof comm->dev->gemm);
+        memset(comm->dev->gemm_flops, 0, sizeof comm->dev->gemm_flops);
+        memset(comm->dev->kernel, 0, sizeof comm->dev->kernel);
+    }
+}
+
+tp_phase tp_phase_set(tp_comm *comm, tp_phase phase)
+{
+    if (!comm)
+        return TP_PHASE_OTHER;
+    tp_phase prev = comm->state->phase;
+    if ((unsigned)phase < TP_PHASE_COUNT)
+        comm->state->phase = phase;
+    return prev;
+}
+
+uint64_t tp_stats_calls(const tp_stats *s, tp_phase phase, tp_op op)
+{
+    if (!s)
+        return 0;
+    uint64_t n = 0;
+    for (int p = 0; p < TP_PHASE_COUNT; p++)
+        for (int o = 0; o < TP_OP_COUNT; o++)
+            if ((phase == TP_PHASE_COUNT || (int)phase == p) && (op == TP_OP_COUNT || (int)op == o))
+                n += s->comm[p][o].calls;
+    return n;
+}
+
+/* ------------------------------------------------------- dispatch */
+
+static tp_status check_common(const tp_comm *comm, const char *fn, tp_dtype dt)
+{
+    if (!comm)
+        return tp_set_error(TP_ERR_INVALID_ARG, "%s: comm is NULL", fn);
+    if (!tp_dtype_size(dt))
+        return tp_set_error(TP_ERR_INVALID_ARG, "%s: invalid dtype %d (expected 0..%d)", fn,
+                            (int)dt, TP_DTYPE_COUNT_ - 1);
+    return TP_OK;
+}
+
+static tp_status check_redop(const char *fn, tp_redop op)
+{
+    if ((unsigned)op >= TP_REDOP_COUNT_)
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "%s: invalid reduction op %d (expected TP_SUM, TP_MAX or TP_MIN)", fn,
+                            (int)op);
+    return TP_OK;
+}
+
+/* bytes = count * size of dt, refusing overflow. */
+static tp_status payload(const char *fn, size_t count, tp_dtype dt, size_t *bytes)
+{
+    size_t es = tp_dtype_size(dt);
+    if (count > SIZE_MAX / es)
+        return tp_set_error(TP_ERR_INVALID_ARG, "%s: count %zu of %s overflows size_t", fn, count,
+                            tp_dtype_name(dt));
+    *bytes = count * es;
+    return TP_OK;
+}
+
+static tp_status not_supported(const tp_comm *comm, tp_op op)
+{
+    return tp_set_error(TP_ERR_NOT_SUPPORTED,
+                        "backend '%s' does not provide op '%s' and tp has no fallback for it",
+                        comm->plugin, tp_op_name(op));
+}
+
+/* Called after a collective: counts it under the rank's current phase. */
+static tp_status finish(tp_comm *comm, tp_op op, size_t bytes, double t0, tp_status st)
+{
+    if (st) {
+        if (!tp_last_error()[0])
+            tp_set_error(st, "backend '%s': %s failed without a message", comm->plugin,
+                         tp_op_name(op));
+        return st;
+    }
+    if (comm->dev && comm->dev->sync_timing)
+        comm->dev->ops->synchronize(comm->dev->handle);
+    tp_counter *c = &comm->counters[comm->state->phase][op];
+    c->calls++;
+    c->bytes += bytes;
+    c->seconds += tp_now() - t0;
+    return TP_OK;
+}
+
+tp_status tp_all_reduce(tp_comm *comm, const void *send, void *recv, size_t count, tp_dtype dt,
+                        tp_redop op)
+{
+    static const char fn[] = "tp_all_reduce";
+    size_t bytes = 0;
+    tp_status st;
+    if ((st = check_common(comm, fn, dt)) || (st = check_redop(fn, op)) ||
+        (st = payload(fn, count, dt, &bytes)))
+        return st;
+    if (count && (!send || !recv))
+        return tp_set_error(TP_ERR_INVALID_ARG, "%s: %s buffer is NULL with count %zu", fn,
+                            !send ? "send" : "recv", count);
+    double t0 = tp_now();
+    tp_clear_error();
+    st = comm->ops->all_reduce(comm->handle, send, recv, count, dt, op);
+    return finish(comm, TP_OP_ALL_REDUCE, bytes, t0, st);
+}
+
+tp_status tp_broadcast(tp_comm *comm, void *buf, size_t count, tp_dtype dt, int root)
+{
+    static const char fn[] = "tp_broadcast";
+    size_t bytes = 0;
+    tp_status st;
+    if ((st = check_common(comm, fn, dt)) || (st = payload(fn, count, dt, &bytes)))
+        return st;
+    if (count && !buf)
+        return tp_set_error(TP_ERR_INVALID_ARG, "%s: buf is NULL with count %zu", fn, count);
+    if (root < 0 || root >= comm->size)
+        return tp_set_error(TP_ERR_INVALID_ARG, "%s: root %d out of range 0..%d", fn, root,
+                            comm->size - 1);
+    if (!comm->ops->broadcast)
+        return not_supported(comm, TP_OP_BROADCAST);
+    double t0 = tp_now();
+    tp_clear_error();
+    st = comm->ops->broadcast(comm->handle, buf, count, dt, root);
+    return finish(comm, TP_OP_BROADCAST, bytes, t0, st);
+}
+
+tp_status tp_barrier(tp_comm *comm)
+{
+    if (!comm)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_barrier: comm is NULL");
+    double t0 = tp_now();
+    tp_clear_error();
+    tp_status st;
+    if (comm->ops->barrier) {
+        st = comm->ops->barrier(comm->handle);
+    } else {
+        /* Fallback: a one-element all-reduce, in device memory. */
+        const tp_device_ops *d = comm->dev->ops;
+        void *one = NULL;
+        st = d->alloc(comm->dev->handle, sizeof(float), &one);
+        if (!st)
+            st = d->memset(comm->dev->handle, one, 0, sizeof(float));
+        if (!st) /* f32: the one dtype every backend supports */
+            st = comm->ops->all_reduce(comm->handle, one, one, 1, TP_F32, TP_SUM);
+        d->free(comm->dev->handle, one);
+    }
+    return finish(comm, TP_OP_BARRIER, 0, t0, st);
+}
+
+/* Checks shared by the v-variants; *total = sum of counts. */
+static tp_status check_v(tp_comm *comm, const char *fn, const void *send, const void *recv,
+                         const size_t *counts, tp_dtype dt, bool send_is_total, size_t *total)
+{
+    tp_status st = check_common(comm, fn, dt);
+    if (st)
+        return st;
+    if (!counts)
+        return tp_set_error(TP_ERR_INVALID_ARG, "%s: counts is NULL; pass %d block sizes", fn,
+                            comm->size);
+    size_t sum = 0;
+    for (int i = 0; i < comm->size; i++) {
+        if (counts[i] > SIZE_MAX - sum)
+            return tp_set_error(TP_ERR_INVALID_ARG, "%s: sum of counts overflows size_t", fn);
+        sum += counts[i];
+    }
+    size_t bytes;
+    if ((st = payload(fn, sum, dt, &bytes)))
+        return st;
+    size_t mine = counts[comm->rank];
+    size_t send_n = send_is_total ? sum : mine, recv_n = send_is_total ? mine : sum;
+    if (send_n && !send)
+        return tp_set_error(TP_ERR_INVALID_ARG, "%s: send buffer is NULL with %zu elements", fn,
+                            send_n);
+    if (recv_n && !recv)
+        return tp_set_error(TP_ERR_INVALID_ARG, "%s: recv buffer is NULL with %zu elements", fn,
+                            recv_n);
+    *total = sum;
+    return TP_OK;
+}
+
+static size_t offset_of_rank(const size_t *counts, int rank)
+{
+    size_t off = 0;
+    for (int i = 0; i < rank; i++)
+        off += counts[i];
+    return off;
+}
+
+static tp_status all_gather(const char *fn, tp_comm *comm, const void *send, void *recv,
+                            const size_t *counts, tp_dtype dt)
+{
+    size_t total = 0;
+    tp_status st = check_v(comm, fn, send, recv, counts, dt, false, &total);
+    if (st)
+        return st;
+    size_t es = tp_dtype_size(dt);
+    double t0 = tp_now();
+    tp_clear_error();
+    if (comm->ops->all_gather) {
+        st = comm->ops->all_gather(comm->handle, send, recv, counts, dt);
+    } else if (comm->ops->broadcast) {
+        /* Fallback: each rank broadcasts its block into place. */
+        const tp_device *d = comm->dev;
+        size_t off = 0;
+        for (int r = 0; r < comm->size && !st; r++) {
+            char *blk = (char *)recv + off * es;
+            if (r == comm->rank && counts[r] && (const void *)blk != send)
+                st = d->ops->copy_2d(d->handle, blk, counts[r] * es, send, counts[r] * es,
+                                     counts[r] * es, 1);
+            if (!st)
+                st = comm->ops->broadcast(comm->handle, counts[r] ? blk : NULL, counts[r], dt, r);
+            off += counts[r];
+        }
+    } else {
+        return not_supported(comm, TP_OP_ALL_GATHER);
+    }
+    return finish(comm, TP_OP_ALL_GATHER, total * es, t0, st);
+}
+
+static tp_status reduce_scatter(const char *fn, tp_comm *comm, const void *send, void *recv,
+                                const size_t *counts, tp_dtype dt, tp_redop op)
+{
+    size_t total = 0;
+    tp_status st = check_v(comm, fn, send, recv, counts, dt, true, &total);
+    if (st || (st = check_redop(fn, op)))
+        return st;
+    size_t es = tp_dtype_size(dt);
+    double t0 = tp_now();
+    tp_clear_error();
+    if (comm->ops->reduce_scatter) {
+        st = comm->ops->reduce_scatter(comm->handle, send, recv, counts, dt, op);
+    } else {
+        /* Fallback: all-reduce into a temporary, keep our block. */
+        const tp_device *d = comm->dev;
+        void *tmp = NULL;
+        size_t mine = counts[comm->rank];
+        st = d->ops->alloc(d->handle, total * es, &tmp);
+        if (!st)
+            st = comm->ops->all_reduce(comm->handle, send, tmp, total, dt, op);
+        if (!st && mine)
+            st = d->ops->copy_2d(d->handle, recv, mine * es,
+                                 (char *)tmp + offset_of_rank(counts, comm->rank) * es, mine * es,
+                                 mine * es, 1);
+        d->ops->free(d->handle, tmp);
+    }
+    return finish(comm, TP_OP_REDUCE_SCATTER, total * es, t0, st);
+}
+
+tp_status tp_all_gatherv(tp_comm *comm, const void *send, void *recv, const size_t *counts,
+                         tp_dtype dt)
+{
+    return all_gather("tp_all_gatherv", comm, send, recv, counts, dt);
+}
+
+tp_status tp_reduce_scatterv(tp_comm *comm, const void *send, void *recv, const size_t *counts,
+                             tp_dtype dt, tp_redop op)
+{
+    return reduce_scatter("tp_reduce_scatterv", comm, send, recv, counts, dt, op);
+}
+
+/* counts[i] = count for every rank; *heap is set when it had to allocate. */
+static size_t *even_counts(const tp_comm *comm, size_t count, size_t *small, size_t **heap)
+{
+    *heap = NULL;
+    size_t *c = small;
+    if (comm->size > SMALL_WORLD)
+        c = *heap = g_new(size_t, comm->size);
+    for (int i = 0; i < comm->size; i++)
+        c[i] = count;
+    return c;
+}
+
+tp_status tp_all_gather(tp_comm *comm, const void *send, void *recv, size_t count, tp_dtype dt)
+{
+    if (!comm)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_all_gather: comm is NULL");
+    size_t small[SMALL_WORLD], *heap;
+    size_t *counts = even_counts(comm, count, small, &heap);
+    tp_status st = all_gather("tp_all_gather", comm, send, recv, counts, dt);
+    g_free(heap);
+    return st;
+}
+
+tp_status tp_reduce_scatter(tp_comm *comm, const void *send, void *recv, size_t count, tp_dtype dt,
+                            tp_redop op)
+{
+    if (!comm)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_reduce_scatter: comm is NULL");
+    size_t small[SMALL_WORLD], *heap;
+    size_t *counts = even_counts(comm, count, small, &heap);
+    tp_status st = reduce_scatter("tp_reduce_scatter", comm, send, recv, counts, dt, op);
+    g_free(heap);
+    return st;
+}

@@ -1,0 +1,390 @@
+/* launch.c — configuration, tp_init / tp_run / tp_finalize. */
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tp-internal.h"
+
+/* Largest world size a request (--tp, TP_WORLD_SIZE) may ask for. An engine
+ * that decides the size itself (mpirun -n) is not limited by this. */
+#define TP_MAX_REQUEST 64
+
+struct tp_ctx {
+    tp_plugin *comm_plugin, *dev_plugin;
+    void *engine;
+    tp_engine_info info;
+    tp_host host;
+    int cpu_threads;
+};
+
+/* ---------------------------------------------------------------- config */
+
+static tp_status parse_int(const char *what, const char *s, int lo, int hi, int *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return tp_set_error(TP_ERR_INVALID_ARG, "%s='%s': expected an integer in %d..%d", what, s,
+                            lo, hi);
+    *out = (int)v;
+    return TP_OK;
+}
+
+tp_status tp_config_parse_tp(tp_config *cfg, int argc, char **argv)
+{
+    if (!cfg)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_config_parse_tp: cfg is NULL");
+    for (int i = 1; i < argc && argv && argv[i]; i++) {
+        const char *v = NULL;
+        if (strcmp(argv[i], "--tp") == 0) {
+            if (i + 1 >= argc || !argv[i + 1])
+                return tp_set_error(TP_ERR_INVALID_ARG,
+                                    "--tp needs a value: the number of tensor-parallel ranks, "
+                                    "e.g. --tp 4");
+            v = argv[++i];
+        } else if (strncmp(argv[i], "--tp=", 5) == 0) {
+            v = argv[i] + 5;
+        } else {
+            continue;
+        }
+        tp_status st = parse_int("--tp", v, 1, TP_MAX_REQUEST, &cfg->world_size);
+        if (st)
+            return st;
+    }
+    return TP_OK;
+}
+
+/* Requested world size: cfg->world_size and TP_WORLD_SIZE; 0 = none. */
+static tp_status requested_world(const tp_config *cfg, int *out)
+{
+    int from_cfg = cfg ? cfg->world_size : 0;
+    int from_env = 0;
+    const char *env = getenv("TP_WORLD_SIZE");
+    if (from_cfg < 0 || from_cfg > TP_MAX_REQUEST)
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "world size %d requested (--tp / tp_config.world_size): expected "
+                            "1..%d",
+                            from_cfg, TP_MAX_REQUEST);
+    if (env && env[0]) {
+        tp_status st = parse_int("TP_WORLD_SIZE", env, 1, TP_MAX_REQUEST, &from_env);
+        if (st)
+            return st;
+    }
+    if (from_cfg && from_env && from_cfg != from_env)
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "world size mismatch: --tp / tp_config.world_size asks for %d but "
+                            "TP_WORLD_SIZE=%d; set only one, or make them agree",
+                            from_cfg, from_env);
+    *out = from_cfg ? from_cfg : from_env;
+    return TP_OK;
+}
+
+static tp_status resolve_timeout(const tp_config *cfg, double *out)
+{
+    *out = 300.0;
+    if (cfg && cfg->timeout_s < 0)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_config.timeout_s = %g: expected > 0 (or 0 "
+                            "for TP_TIMEOUT_S / the default 300 s)", cfg->timeout_s);
+    if (cfg && cfg->timeout_s > 0) {
+        *out = cfg->timeout_s;
+        return TP_OK;
+    }
+    const char *env = getenv("TP_TIMEOUT_S");
+    if (env && env[0]) {
+        char *end = NULL;
+        double v = strtod(env, &end);
+        if (end == env || *end || !(v > 0) || v > 1e9)
+            return tp_set_error(TP_ERR_INVALID_ARG,
+                                "TP_TIMEOUT_S='%s': expected a number of seconds > 0", env);
+        *out = v;
+    }
+    return TP_OK;
+}
+
+static tp_status resolve_threads(const tp_config *cfg, int *out)
+{
+    *out = 1;
+    if (cfg && cfg->cpu_threads < 0)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_config.cpu_threads = %d: expected >= 1 (or "
+                            "0 for TP_CPU_THREADS / the default 1)", cfg->cpu_threads);
+    if (cfg && cfg->cpu_threads > 0) {
+        *out = cfg->cpu_threads;
+        return TP_OK;
+    }
+    const char *env = getenv("TP_CPU_THREADS");
+    if (env && env[0])
+        return parse_int("TP_CPU_THREADS", env, 1, 4096, out);
+    return TP_OK;
+}
+
+/* ------------------------------------------------------------ init/fini */
+
+tp_status tp_init(const tp_config *cfg, tp_ctx **out)
+{
+    if (!out)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_init: out is NULL");
+    *out = NULL;
+    int want = 0, threads = 1;
+    double timeout = 300.0;
+    tp_status st;
+    if ((st = requested_world(cfg, &want)) || (st = resolve_timeout(cfg, &timeout)) ||
+        (st = resolve_threads(cfg, &threads)))
+        return st;
+
+    tp_ctx *ctx = g_new0(tp_ctx, 1);
+    ctx->cpu_threads = threads;
+    tp_host_init(&ctx->host, timeout);
+
+    const char *backend = cfg && cfg->backend ? cfg->backend : getenv("TP_BACKEND");
+    const char *bvar = cfg && cfg->backend ? "tp_config.backend" : "TP_BACKEND";
+    if (!backend || !backend[0])
+        backend = "loopback";
+    if ((st = tp_plugin_load(backend, TP_KIND_COMM, bvar, &ctx->comm_plugin)))
+        goto fail;
+
+    const char *device = cfg && cfg->device ? cfg->device : getenv("TP_DEVICE");
+    const char *dvar = cfg && cfg->device ? "tp_config.device" : "TP_DEVICE";
+    if (!device || !device[0])
+        device = strcmp(ctx->comm_plugin->name, "nccl") == 0 ? "cuda" : "cpu";
+    if ((st = tp_plugin_load(device, TP_KIND_DEVICE, dvar, &ctx->dev_plugin)))
+        goto fail;
+
+    tp_engine_args args = {sizeof args, want, cfg ? cfg->argc : NULL, cfg ? cfg->argv : NULL};
+    tp_engine_info info = {.struct_size = sizeof info};
+    tp_clear_error();
+    st = ctx->comm_plugin->comm.init(&ctx->host, &args, &ctx->engine, &info);
+    if (st) {
+        if (!tp_last_error()[0])
+            tp_set_error(st, "%s", "(no message)");
+        st = tp_set_error(st, "backend '%s': init failed: %s", ctx->comm_plugin->name,
+                          tp_last_error());
+        ctx->engine = NULL;
+        goto fail;
+    }
+    ctx->info = info;
+    if (info.world_size < 1 || info.local_count < 1 || info.first_rank < 0 ||
+        info.local_count > info.world_size ||
+        info.first_rank > info.world_size - info.local_count) {
+        st = tp_set_error(TP_ERR_PLUGIN,
+                          "backend '%s': init returned an inconsistent engine: world_size %d, "
+                          "local_count %d, first_rank %d (a bug in the plugin)",
+                          ctx->comm_plugin->name, info.world_size, info.local_count,
+                          info.first_rank);
+        goto fail;
+    }
+    if (want && info.world_size != want) {
+        st = tp_set_error(TP_ERR_INVALID_ARG,
+                          "world size mismatch: %d ranks requested (--tp / TP_WORLD_SIZE) but "
+                          "backend '%s' runs %d (e.g. mpirun -n); make them agree or drop the "
+                          "request",
+                          want, ctx->comm_plugin->name, info.world_size);
+        goto fail;
+    }
+    tp_debug("launch", "backend %s, device %s, world %d, local %d from rank %d, timeout %g s",
+             ctx->comm_plugin->name, ctx->dev_plugin->name, info.world_size, info.local_count,
+             info.first_rank, timeout);
+    *out = ctx;
+    return TP_OK;
+fail:
+    tp_finalize(ctx);
+    return st;
+}
+
+void tp_finalize(tp_ctx *ctx)
+{
+    if (!ctx)
+        return;
+    if (ctx->engine)
+        ctx->comm_plugin->comm.finalize(ctx->engine);
+    tp_plugin_unload(ctx->dev_plugin);
+    tp_plugin_unload(ctx->comm_plugin);
+    g_free(ctx);
+}
+
+int tp_ctx_world_size(const tp_ctx *ctx)
+{
+    return ctx ? ctx->info.world_size : 0;
+}
+
+int tp_ctx_local_count(const tp_ctx *ctx)
+{
+    return ctx ? ctx->info.local_count : 0;
+}
+
+const char *tp_ctx_backend(const tp_ctx *ctx)
+{
+    return ctx ? ctx->comm_plugin->name : NULL;
+}
+
+const char *tp_ctx_device(const tp_ctx *ctx)
+{
+    return ctx ? ctx->dev_plugin->name : NULL;
+}
+
+/* ----------------------------------------------------------------- run */
+
+typedef struct run_state {
+    tp_ctx *ctx;
+    tp_rank_fn fn;
+    void *arg;
+    GMutex lock;
+    GCond cond;
+    int opened;        /* ranks past device open */
+    bool open_failed;  /* some rank could not open its device */
+    int first_failed;  /* local index of the first rank to fail, -1 if none */
+} run_state;
+
+typedef struct rank_job {
+    run_state *run;
+    int local_index;
+    tp_status status;
+    char *message;
+} rank_job;
+
+static void record(rank_job *job, tp_status st)
+{
+    run_state *run = job->run;
+    job->status = st;
+    if (!st)
+        return;
+    job->message = g_strdup(tp_last_error()[0] ? tp_last_error() : "(no message)");
+    g_mutex_lock(&run->lock);
+    if (run->first_failed < 0)
+        run->first_failed = job->local_index;
+    g_mutex_unlock(&run->lock);
+}
+
+/* Every local rank opens its device before any enters world(), so that a
+ * rank whose device fails does not leave the others waiting in world(). */
+static bool wait_all_opened(run_state *run, bool ok)
+{
+    g_mutex_lock(&run->lock);
+    if (!ok)
+        run->open_failed = true;
+    run->opened++;
+    if (run->opened == run->ctx->info.local_count)
+        g_cond_broadcast(&run->cond);
+    while (run->opened < run->ctx->info.local_count)
+        g_cond_wait(&run->cond, &run->lock);
+    bool all_ok = !run->open_failed;
+    g_mutex_unlock(&run->lock);
+    return all_ok;
+}
+
+static gpointer rank_thread(gpointer data)
+{
+    rank_job *job = data;
+    run_state *run = job->run;
+    tp_ctx *ctx = run->ctx;
+    const tp_device_ops *dops = &ctx->dev_plugin->device;
+    const tp_comm_ops *cops = &ctx->comm_plugin->comm;
+    int world_rank = ctx->info.first_rank + job->local_index;
+    tp_rank_state state = {TP_PHASE_OTHER};
+    tp_device dev;
+    void *dh = NULL, *ch = NULL;
+    tp_rank_env env = {.struct_size = sizeof env, .mem_kind = TP_MEM_HOST, .device_index = -1};
+    tp_device_args dargs = {sizeof dargs, world_rank, job->local_index, ctx->info.local_count,
+                            ctx->cpu_threads};
+
+    tp_clear_error();
+    tp_status st = dops->open(&ctx->host, &dargs, &dh, &env);
+    if (st) {
+        tp_set_error(st, "device '%s': open failed: %s", ctx->dev_plugin->name,
+                     tp_last_error()[0] ? tp_last_error() : "(no message)");
+        record(job, st); /* before the others are released: it is the first failure */
+    }
+    if (!wait_all_opened(run, st == TP_OK)) {
+        if (!st) {
+            record(job, tp_set_error(TP_ERR_PEER,
+                                     "not started: another rank's device failed to open"));
+            dops->close(dh);
+        }
+        return NULL;
+    }
+    tp_device_init(&dev, dops, ctx->dev_plugin->name, dh, &env, &state);
+
+    int rank = -1, size = 0;
+    st = cops->world(ctx->engine, job->local_index, &env, &ch, &rank, &size);
+    if (st) {
+        tp_set_error(st, "backend '%s': world() failed: %s", ctx->comm_plugin->name,
+                     tp_last_error()[0] ? tp_last_error() : "(no message)");
+    } else if (rank != world_rank || size != ctx->info.world_size) {
+        st = tp_set_error(TP_ERR_PLUGIN,
+                          "backend '%s': world() gave rank %d of %d, expected rank %d of %d "
+                          "(a bug in the plugin)",
+                          ctx->comm_plugin->name, rank, size, world_rank, ctx->info.world_size);
+    } else {
+        tp_comm *world = tp_comm_wrap(cops, ctx->comm_plugin->name, ch, rank, size, &dev, &state);
+        world->is_world = true;
+        tp_clear_error();
+        st = run->fn(world, run->arg);
+        if (st && !tp_last_error()[0])
+            tp_set_error(st, "rank_main returned %s without a message", tp_status_string(st));
+        g_free(world);
+    }
+    /* Record before comm_free: freeing is how peers learn this rank left,
+     * and their errors must not be taken for the first failure. */
+    record(job, st);
+    if (ch)
+        cops->comm_free(ch);
+    dops->synchronize(dh);
+    dops->close(dh);
+    return NULL;
+}
+
+tp_status tp_run(tp_ctx *ctx, tp_rank_fn fn, void *arg)
+{
+    if (!ctx || !fn)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_run: %s is NULL", !ctx ? "ctx" : "fn");
+    int n = ctx->info.local_count;
+    run_state run = {.ctx = ctx, .fn = fn, .arg = arg, .first_failed = -1};
+    g_mutex_init(&run.lock);
+    g_cond_init(&run.cond);
+    rank_job *jobs = g_new0(rank_job, n);
+    GThread **threads = g_new0(GThread *, n);
+    for (int i = 0; i < n; i++) {
+        jobs[i].run = &run;
+        jobs[i].local_index = i;
+    }
+    tp_status st = TP_OK;
+    if (n == 1) {
+        rank_thread(&jobs[0]); /* the calling thread: MPI wants it */
+    } else {
+        for (int i = 0; i < n; i++) {
+            GError *err = NULL;
+            char name[16];
+            g_snprintf(name, sizeof name, "tp-rank%d", i);
+            threads[i] = g_thread_try_new(name, rank_thread, &jobs[i], &err);
+            if (!threads[i]) {
+                /* Ranks already started wait for the missing ones in their
+                 * open barrier: count this one as a failed open. */
+                st = tp_set_error(TP_ERR_NO_MEMORY, "tp_run: cannot start thread for rank %d: %s",
+                                  ctx->info.first_rank + i, err ? err->message : "?");
+                g_clear_error(&err);
+                g_mutex_lock(&run.lock);
+                run.open_failed = true;
+                run.opened += n - i;
+                g_cond_broadcast(&run.cond);
+                g_mutex_unlock(&run.lock);
+                break;
+            }
+        }
+        for (int i = 0; i < n; i++)
+            if (threads[i])
+                g_thread_join(threads[i]);
+    }
+    if (!st && run.first_failed >= 0) {
+        rank_job *j = &jobs[run.first_failed];
+        st = tp_set_error(j->status, "rank %d: %s", ctx->info.first_rank + j->local_index,
+                          j->message);
+    }
+    for (int i = 0; i < n; i++)
+        g_free(jobs[i].message);
+    g_free(jobs);
+    g_free(threads);
+    g_mutex_clear(&run.lock);
+    g_cond_clear(&run.cond);
+    return st;
+}

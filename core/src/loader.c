@@ -1,0 +1,553 @@
+/*
+ * loader.c — find, open and check plugins (GModule).
+ *
+ * A name is looked up as libtp-<name>.so in each directory of
+ * TP_PLUGIN_PATH, then in the build tree (only when this libtp runs from
+ * the build tree), then in the install directory; never the current
+ * directory or a relative one. The first file found is the one used: if it
+ * is refused, that refusal is the error (a later file is not tried, so a
+ * broken plugin is never silently replaced by another).
+ */
+#include <dlfcn.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <tp/tp-info.h>
+
+#include "tp-internal.h"
+
+#ifndef TP_BUILD_LIBTP_DIR
+#define TP_BUILD_LIBTP_DIR ""
+#endif
+#ifndef TP_BUILD_PLUGIN_DIRS
+#define TP_BUILD_PLUGIN_DIRS ""
+#endif
+#ifndef TP_PLUGIN_INSTALL_DIR
+#define TP_PLUGIN_INSTALL_DIR "/usr/local/lib/tp-1"
+#endif
+
+#define END_OF(T, f) (offsetof(T, f) + sizeof(((T *)0)->f))
+
+/* --------------------------------------------------------- slot tables */
+
+typedef struct slot {
+    const char *name;
+    size_t offset;
+    bool required;
+} slot;
+
+#define SLOT(T, f, req) {#f, offsetof(T, f), req}
+
+static const slot comm_slots[] = {
+    SLOT(tp_comm_ops, init, true),        SLOT(tp_comm_ops, finalize, true),
+    SLOT(tp_comm_ops, world, true),       SLOT(tp_comm_ops, split, true),
+    SLOT(tp_comm_ops, comm_free, true),   SLOT(tp_comm_ops, all_reduce, true),
+    SLOT(tp_comm_ops, all_gather, false), SLOT(tp_comm_ops, reduce_scatter, false),
+    SLOT(tp_comm_ops, broadcast, false),  SLOT(tp_comm_ops, barrier, false),
+};
+
+static const slot device_slots[] = {
+    SLOT(tp_device_ops, open, true),          SLOT(tp_device_ops, close, true),
+    SLOT(tp_device_ops, alloc, true),         SLOT(tp_device_ops, free, true),
+    SLOT(tp_device_ops, upload, true),        SLOT(tp_device_ops, download, true),
+    SLOT(tp_device_ops, copy_2d, true),       SLOT(tp_device_ops, memset, true),
+    SLOT(tp_device_ops, synchronize, true),   SLOT(tp_device_ops, gemm, true),
+    SLOT(tp_device_ops, bias_add, false),     SLOT(tp_device_ops, bias_grad, false),
+    SLOT(tp_device_ops, gelu, false),         SLOT(tp_device_ops, gelu_bwd, false),
+    SLOT(tp_device_ops, axpby, false),        SLOT(tp_device_ops, softmax, false),
+    SLOT(tp_device_ops, softmax_bwd, false),  SLOT(tp_device_ops, norm, false),
+    SLOT(tp_device_ops, norm_bwd, false),     SLOT(tp_device_ops, embedding, false),
+    SLOT(tp_device_ops, embedding_bwd, false), SLOT(tp_device_ops, row_max, false),
+    SLOT(tp_device_ops, ce_stats, false),     SLOT(tp_device_ops, ce_bwd, false),
+    SLOT(tp_device_ops, adamw, false),
+};
+
+static bool slot_set(const void *ops, const slot *s)
+{
+    void (*fn)(void);
+    memcpy(&fn, (const char *)ops + s->offset, sizeof fn);
+    return fn != NULL;
+}
+
+/* Names of the slots of `ops` that are set, as a NULL-terminated array. */
+static char **slot_names(const void *ops, const slot *slots, size_t n)
+{
+    GPtrArray *a = g_ptr_array_new();
+    for (size_t i = 0; i < n; i++)
+        if (slot_set(ops, &slots[i]))
+            g_ptr_array_add(a, g_strdup(slots[i].name));
+    g_ptr_array_add(a, NULL);
+    return (char **)g_ptr_array_free(a, FALSE);
+}
+
+/* Copy an ops struct of a possibly older or newer plugin into the zeroed
+ * full-size `dst`; check its size and required slots. */
+static tp_status copy_ops(const char *path, const char *what, const void *src, void *dst,
+                          size_t full, size_t min, const slot *slots, size_t n)
+{
+    size_t size;
+    memcpy(&size, src, sizeof size);
+    if (size < min)
+        return tp_set_error(TP_ERR_PLUGIN,
+                            "plugin %s refused: its %s struct_size is %zu bytes, at least %zu "
+                            "expected (up to the last required slot); set struct_size = "
+                            "sizeof(%s) and rebuild against <tp/tp-plugin.h>",
+                            path, what, size, min, what);
+    memset(dst, 0, full);
+    memcpy(dst, src, size < full ? size : full);
+    for (size_t i = 0; i < n; i++)
+        if (slots[i].required && !slot_set(dst, &slots[i]))
+            return tp_set_error(TP_ERR_PLUGIN,
+                                "plugin %s refused: required %s slot '%s' is NULL; every slot "
+                                "marked [required] in <tp/tp-plugin.h> must be provided",
+                                path, what, slots[i].name);
+    return TP_OK;
+}
+
+/* ------------------------------------------------------- opening a file */
+
+/* "<name>" of ".../libtp-<name>.so", or NULL. */
+static char *name_from_path(const char *path)
+{
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    size_t len = strlen(base);
+    if (len <= strlen("libtp-.so") || strncmp(base, "libtp-", 6) != 0 ||
+        strcmp(base + len - 3, ".so") != 0)
+        return NULL;
+    return g_strndup(base + 6, len - 6 - 3);
+}
+
+static void plugin_close(tp_plugin *p)
+{
+    if (!p)
+        return;
+    if (p->module)
+        g_module_close(p->module);
+    g_free(p->path);
+    g_free(p->name);
+    g_free(p);
+}
+
+/* Open `path` and apply every check that does not depend on how the
+ * plugin will be used (kind and probe are checked by the caller). */
+static tp_status plugin_open(const char *path, tp_plugin **out)
+{
+    *out = NULL;
+    if (!g_file_test(path, G_FILE_TEST_IS_REGULAR))
+        return tp_set_error(TP_ERR_PLUGIN, "plugin %s: no such file", path);
+    char *file_name = name_from_path(path);
+    if (!file_name)
+        return tp_set_error(TP_ERR_PLUGIN,
+                            "plugin %s refused: the file name must be libtp-<name>.so, where "
+                            "<name> is the plugin's descriptor name",
+                            path);
+
+    tp_plugin *p = g_new0(tp_plugin, 1);
+    p->path = g_strdup(path);
+    tp_status st = TP_OK;
+    p->module = g_module_open(path, G_MODULE_BIND_LOCAL);
+    if (!p->module) {
+        st = tp_set_error(TP_ERR_PLUGIN,
+                          "plugin %s refused: not a loadable shared object (%s); rebuild it "
+                          "as a shared module or remove it from the plugin path",
+                          path, g_module_error());
+        goto out;
+    }
+    gpointer sym = NULL;
+    if (!g_module_symbol(p->module, TP_PLUGIN_ENTRY, &sym) || !sym) {
+        st = tp_set_error(TP_ERR_PLUGIN,
+                          "plugin %s refused: no entry point %s; a plugin defines it with "
+                          "TP_PLUGIN_DEFINE(...) from <tp/tp-plugin.h> and must export it "
+                          "(default visibility)",
+                          path, TP_PLUGIN_ENTRY);
+        goto out;
+    }
+    const tp_plugin_desc *(*entry)(void);
+    memcpy(&entry, &sym, sizeof entry);
+    const tp_plugin_desc *d = entry();
+    if (!d) {
+        st = tp_set_error(TP_ERR_PLUGIN, "plugin %s refused: %s() returned NULL", path,
+                          TP_PLUGIN_ENTRY);
+        goto out;
+    }
+    if (d->struct_size < END_OF(tp_plugin_desc, abi_minor)) {
+        st = tp_set_error(TP_ERR_PLUGIN,
+                          "plugin %s refused: descriptor struct_size is %zu bytes, at least "
+                          "%zu expected; build the descriptor with TP_PLUGIN_DEFINE",
+                          path, d->struct_size, END_OF(tp_plugin_desc, device));
+        goto out;
+    }
+    if (d->abi_major != TP_ABI_MAJOR) {
+        st = tp_set_error(TP_ERR_PLUGIN,
+                          "plugin %s refused: built for plugin ABI %u.%u, this libtp has ABI "
+                          "%d.%d (the major versions must be equal); rebuild the plugin against "
+                          "this tp's <tp/tp-plugin.h>",
+                          path, d->abi_major, d->abi_minor, TP_ABI_MAJOR, TP_ABI_MINOR);
+        goto out;
+    }
+    if (d->struct_size < END_OF(tp_plugin_desc, device)) {
+        st = tp_set_error(TP_ERR_PLUGIN,
+                          "plugin %s refused: descriptor struct_size is %zu bytes, at least "
+                          "%zu expected; build the descriptor with TP_PLUGIN_DEFINE",
+                          path, d->struct_size, END_OF(tp_plugin_desc, device));
+        goto out;
+    }
+    if (!d->name || strcmp(d->name, file_name) != 0) {
+        st = tp_set_error(TP_ERR_PLUGIN,
+                          "plugin %s refused: name mismatch: the descriptor says '%s' but the "
+                          "file is named libtp-%s.so; rename the file to libtp-%s.so or fix "
+                          "the name in TP_PLUGIN_DEFINE",
+                          path, d->name ? d->name : "(null)", file_name,
+                          d->name ? d->name : "<name>");
+        goto out;
+    }
+    if (!d->comm && !d->device) {
+        st = tp_set_error(TP_ERR_PLUGIN,
+                          "plugin %s refused: the descriptor has neither comm nor device ops",
+                          path);
+        goto out;
+    }
+    p->desc = d;
+    p->name = g_strdup(d->name);
+    if (d->comm) {
+        st = copy_ops(path, "tp_comm_ops", d->comm, &p->comm, sizeof p->comm,
+                      END_OF(tp_comm_ops, all_reduce), comm_slots, G_N_ELEMENTS(comm_slots));
+        if (st)
+            goto out;
+        p->has_comm = true;
+    }
+    if (d->device) {
+        st = copy_ops(path, "tp_device_ops", d->device, &p->device, sizeof p->device,
+                      END_OF(tp_device_ops, gemm), device_slots, G_N_ELEMENTS(device_slots));
+        if (st)
+            goto out;
+        p->has_device = true;
+    }
+out:
+    g_free(file_name);
+    if (st) {
+        tp_debug("plugin", "%s", tp_last_error());
+        plugin_close(p);
+        return st;
+    }
+    tp_debug("plugin", "%s: accepted '%s' %s (ABI %u.%u)%s%s", path, p->name,
+             p->desc->version ? p->desc->version : "?", p->desc->abi_major, p->desc->abi_minor,
+             p->has_comm ? " comm" : "", p->has_device ? " device" : "");
+    *out = p;
+    return TP_OK;
+}
+
+/* probe(): 1 = available; else 0 and the reason in `reason`. */
+static int plugin_probe(const tp_plugin *p, char *reason, size_t len)
+{
+    reason[0] = '\0';
+    if (p->desc->struct_size < END_OF(tp_plugin_desc, probe) || !p->desc->probe)
+        return 1;
+    if (p->desc->probe(reason, len))
+        return 1;
+    reason[len - 1] = '\0';
+    if (!reason[0])
+        g_strlcpy(reason, "probe() gave no reason", len);
+    return 0;
+}
+
+/* -------------------------------------------------------- search order */
+
+/* Does this libtp run from the build tree? Then the plugins built next to
+ * it are found without installing. */
+static bool libtp_in_build_tree(void)
+{
+    Dl_info dl;
+    if (!TP_BUILD_LIBTP_DIR[0] || !dladdr((void *)tp_plugin_scan_new, &dl) || !dl.dli_fname)
+        return false;
+    char *lib = realpath(dl.dli_fname, NULL);
+    char *build = realpath(TP_BUILD_LIBTP_DIR, NULL);
+    bool yes = false;
+    if (lib && build) {
+        char *dir = g_path_get_dirname(lib);
+        yes = strcmp(dir, build) == 0;
+        g_free(dir);
+    }
+    free(lib);
+    free(build);
+    return yes;
+}
+
+static void add_dir(GArray *dirs, const char *path, const char *origin)
+{
+    if (!path[0])
+        return;
+    if (!g_path_is_absolute(path)) {
+        tp_debug("plugin", "%s entry '%s' skipped: relative directories are never searched",
+                 origin, path);
+        return;
+    }
+    char *real = realpath(path, NULL);
+    const char *key = real ? real : path;
+    for (guint i = 0; i < dirs->len; i++) {
+        tp_plugin_dir *d = &g_array_index(dirs, tp_plugin_dir, i);
+        if (strcmp(d->path, key) == 0) {
+            free(real);
+            return; /* already searched */
+        }
+    }
+    tp_plugin_dir d = {g_strdup(key), origin, g_file_test(key, G_FILE_TEST_IS_DIR)};
+    g_array_append_val(dirs, d);
+    free(real);
+}
+
+static void add_dir_list(GArray *dirs, const char *list, const char *origin)
+{
+    char **parts = g_strsplit(list ? list : "", ":", -1);
+    for (char **s = parts; *s; s++)
+        add_dir(dirs, *s, origin);
+    g_strfreev(parts);
+}
+
+static GArray *search_dirs(void)
+{
+    GArray *dirs = g_array_new(FALSE, TRUE, sizeof(tp_plugin_dir));
+    add_dir_list(dirs, getenv("TP_PLUGIN_PATH"), "TP_PLUGIN_PATH");
+    if (libtp_in_build_tree())
+        add_dir_list(dirs, TP_BUILD_PLUGIN_DIRS, "build tree");
+    add_dir(dirs, TP_PLUGIN_INSTALL_DIR, "install dir");
+    return dirs;
+}
+
+static void free_dirs(GArray *dirs)
+{
+    for (guint i = 0; i < dirs->len; i++)
+        g_free(g_array_index(dirs, tp_plugin_dir, i).path);
+    g_array_free(dirs, TRUE);
+}
+
+/* ---------------------------------------------------------------- scan */
+
+void tp_plugin_info_clear(tp_plugin_info *info)
+{
+    if (!info)
+        return;
+    g_free(info->path);
+    g_free(info->file_name);
+    g_free(info->reason);
+    g_free(info->shadowed_by);
+    g_free(info->name);
+    g_free(info->version);
+    g_free(info->description);
+    g_strfreev(info->comm_ops);
+    g_strfreev(info->device_ops);
+    g_free(info->unavailable_reason);
+    memset(info, 0, sizeof *info);
+}
+
+void tp_plugin_inspect(const char *path, tp_plugin_info *out)
+{
+    memset(out, 0, sizeof *out);
+    out->path = g_strdup(path ? path : "");
+    out->file_name = path ? name_from_path(path) : NULL;
+    char *saved = g_strdup(tp_last_error()); /* inspecting is not an error of the caller */
+    tp_plugin *p = NULL;
+    out->status = path ? plugin_open(path, &p) : tp_set_error(TP_ERR_INVALID_ARG, "no path");
+    if (out->status) {
+        out->reason = g_strdup(tp_last_error());
+    } else {
+        const tp_plugin_desc *d = p->desc;
+        out->name = g_strdup(d->name);
+        out->version = g_strdup(d->version ? d->version : "");
+        out->description = g_strdup(d->description ? d->description : "");
+        out->abi_major = d->abi_major;
+        out->abi_minor = d->abi_minor;
+        out->is_comm = p->has_comm;
+        out->is_device = p->has_device;
+        out->comm_ops = p->has_comm ? slot_names(&p->comm, comm_slots, G_N_ELEMENTS(comm_slots))
+                                    : g_new0(char *, 1);
+        out->device_ops = p->has_device
+                              ? slot_names(&p->device, device_slots, G_N_ELEMENTS(device_slots))
+                              : g_new0(char *, 1);
+        char reason[512];
+        out->available = plugin_probe(p, reason, sizeof reason) != 0;
+        if (!out->available)
+            out->unavailable_reason = g_strdup(reason);
+        plugin_close(p);
+    }
+    tp_set_error(TP_OK, "%s", saved);
+    g_free(saved);
+}
+
+static gint cmp_str(gconstpointer a, gconstpointer b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+tp_plugin_scan *tp_plugin_scan_new(void)
+{
+    tp_plugin_scan *scan = g_new0(tp_plugin_scan, 1);
+    GArray *dirs = search_dirs();
+    GArray *infos = g_array_new(FALSE, TRUE, sizeof(tp_plugin_info));
+    for (guint i = 0; i < dirs->len; i++) {
+        tp_plugin_dir *dir = &g_array_index(dirs, tp_plugin_dir, i);
+        GDir *gd = dir->exists ? g_dir_open(dir->path, 0, NULL) : NULL;
+        if (!gd)
+            continue;
+        GPtrArray *files = g_ptr_array_new_with_free_func(g_free);
+        const char *f;
+        while ((f = g_dir_read_name(gd)))
+            if (g_str_has_prefix(f, "libtp-") && g_str_has_suffix(f, ".so"))
+                g_ptr_array_add(files, g_build_filename(dir->path, f, NULL));
+        g_dir_close(gd);
+        g_ptr_array_sort(files, cmp_str);
+        for (guint j = 0; j < files->len; j++) {
+            tp_plugin_info info;
+            tp_plugin_inspect(files->pdata[j], &info);
+            for (guint k = 0; k < infos->len; k++) {
+                tp_plugin_info *prev = &g_array_index(infos, tp_plugin_info, k);
+                if (info.file_name && prev->file_name && !prev->shadowed_by &&
+                    strcmp(prev->file_name, info.file_name) == 0) {
+                    info.shadowed_by = g_strdup(prev->path);
+                    break;
+                }
+            }
+            g_array_append_val(infos, info);
+        }
+        g_ptr_array_free(files, TRUE);
+    }
+    scan->n_dirs = (int)dirs->len;
+    scan->dirs = (tp_plugin_dir *)g_array_free(dirs, FALSE);
+    scan->n_plugins = (int)infos->len;
+    scan->plugins = (tp_plugin_info *)g_array_free(infos, FALSE);
+    return scan;
+}
+
+void tp_plugin_scan_free(tp_plugin_scan *scan)
+{
+    if (!scan)
+        return;
+    for (int i = 0; i < scan->n_plugins; i++)
+        tp_plugin_info_clear(&scan->plugins[i]);
+    for (int i = 0; i < scan->n_dirs; i++)
+        g_free(scan->dirs[i].path);
+    g_free(scan->plugins);
+    g_free(scan->dirs);
+    g_free(scan);
+}
+
+/* -------------------------------------------------------------- loading */
+
+static const char *kind_word(tp_plugin_kind kind)
+{
+    return kind == TP_KIND_COMM ? "communicator" : "device";
+}
+
+/* The error for a name found nowhere: what exists, where we looked, the fix. */
+static tp_status not_found(const char *name, tp_plugin_kind kind, const char *var)
+{
+    tp_plugin_scan *scan = tp_plugin_scan_new();
+    GString *msg = g_string_new(NULL);
+    g_string_append_printf(msg, "%s=%s: no plugin libtp-%s.so found.\n  Looked in:", var, name,
+                           name);
+    for (int i = 0; i < scan->n_dirs; i++)
+        g_string_append_printf(msg, "\n    %s (%s%s)", scan->dirs[i].path, scan->dirs[i].origin,
+                               scan->dirs[i].exists ? "" : ", missing");
+    if (scan->n_dirs == 0)
+        g_string_append(msg, " nothing (TP_PLUGIN_PATH is unset and no install dir)");
+    GString *names = g_string_new(NULL);
+    int found = 0, refused = 0;
+    g_string_append(msg, "\n  Plugins found:");
+    for (int i = 0; i < scan->n_plugins; i++) {
+        const tp_plugin_info *p = &scan->plugins[i];
+        if (p->status) {
+            refused++;
+            continue;
+        }
+        if (p->shadowed_by)
+            continue;
+        found++;
+        g_string_append_printf(msg, "\n    %-10s %-13s %s%s", p->name,
+                               p->is_comm && p->is_device ? "comm+device"
+                               : p->is_comm               ? "comm"
+                                                          : "device",
+                               p->path, p->available ? "" : " (cannot run here)");
+        if ((kind == TP_KIND_COMM && p->is_comm) || (kind == TP_KIND_DEVICE && p->is_device))
+            g_string_append_printf(names, "%s%s", names->len ? ", " : "", p->name);
+    }
+    if (!found)
+        g_string_append(msg, " none");
+    if (refused)
+        g_string_append_printf(msg, "\n  %d file(s) refused; run tp-info to see why", refused);
+    g_string_append_printf(msg,
+                           "\n  Fix: set %s to one of the %s plugins found (%s), to the "
+                           "absolute path of a plugin file, or add the directory holding "
+                           "libtp-%s.so to TP_PLUGIN_PATH",
+                           var, kind_word(kind), names->len ? names->str : "none", name);
+    tp_status st = tp_set_error(TP_ERR_PLUGIN, "%s", msg->str);
+    g_string_free(names, TRUE);
+    g_string_free(msg, TRUE);
+    tp_plugin_scan_free(scan);
+    return st;
+}
+
+tp_status tp_plugin_load(const char *spec, tp_plugin_kind kind, const char *var, tp_plugin **out)
+{
+    *out = NULL;
+    if (!spec || !spec[0])
+        return tp_set_error(TP_ERR_INVALID_ARG, "%s is empty: give a plugin name or path", var);
+    tp_plugin *p = NULL;
+    tp_status st;
+    if (strchr(spec, '/')) {
+        /* An explicit path: used as given (made absolute), no search. */
+        char *path = g_canonicalize_filename(spec, NULL);
+        tp_debug("plugin", "%s=%s: trying %s", var, spec, path);
+        st = plugin_open(path, &p);
+        g_free(path);
+    } else {
+        GArray *dirs = search_dirs();
+        char *file = g_strdup_printf("libtp-%s.so", spec);
+        char *path = NULL;
+        for (guint i = 0; i < dirs->len && !path; i++) {
+            tp_plugin_dir *d = &g_array_index(dirs, tp_plugin_dir, i);
+            char *cand = g_build_filename(d->path, file, NULL);
+            if (g_file_test(cand, G_FILE_TEST_EXISTS)) {
+                tp_debug("plugin", "%s=%s: trying %s (%s)", var, spec, cand, d->origin);
+                path = cand;
+            } else {
+                tp_debug("plugin", "%s=%s: skipped %s (%s): %s", var, spec, cand, d->origin,
+                         d->exists ? "no such file" : "directory does not exist");
+                g_free(cand);
+            }
+        }
+        g_free(file);
+        free_dirs(dirs);
+        if (!path)
+            return not_found(spec, kind, var);
+        st = plugin_open(path, &p);
+        g_free(path);
+    }
+    if (st)
+        return tp_set_error(st, "%s=%s: %s", var, spec, tp_last_error());
+
+    if ((kind == TP_KIND_COMM && !p->has_comm) || (kind == TP_KIND_DEVICE && !p->has_device)) {
+        st = tp_set_error(TP_ERR_PLUGIN,
+                          "%s=%s: plugin %s refused: '%s' is not a %s plugin (it provides "
+                          "%s ops only); choose a %s plugin (tp-info lists them)",
+                          var, spec, p->path, p->name, kind_word(kind),
+                          p->has_comm ? "comm" : "device", kind_word(kind));
+        plugin_close(p);
+        return st;
+    }
+    char reason[512];
+    if (!plugin_probe(p, reason, sizeof reason)) {
+        st = tp_set_error(TP_ERR_UNAVAILABLE, "%s=%s: plugin '%s' (%s) cannot run here: %s", var,
+                          spec, p->name, p->path, reason);
+        plugin_close(p);
+        return st;
+    }
+    *out = p;
+    return TP_OK;
+}
+
+void tp_plugin_unload(tp_plugin *p)
+{
+    plugin_close(p);
+}

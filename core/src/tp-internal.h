@@ -1,0 +1,79 @@
+/*
+ * tp-internal.h — definitions shared by the files of libtp (not installed).
+ */
+#ifndef TP_INTERNAL_H
+#define TP_INTERNAL_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+
+#include <gmodule.h>
+
+#include <tp/tp.h>
+
+/* error.c */
+tp_status tp_set_errorv(tp_status status, const char *fmt, va_list ap);
+bool tp_debug_enabled(const char *topic);
+void tp_debug(const char *topic, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+void tp_host_init(tp_host *host, double timeout_s);
+double tp_now(void); /* monotonic seconds */
+
+/* loader.c: a loaded, accepted plugin. Ops are copied into full-size
+ * zeroed structs, so slots an older plugin does not know read as NULL. */
+typedef enum tp_plugin_kind {
+    TP_KIND_COMM = 1,
+    TP_KIND_DEVICE = 2,
+} tp_plugin_kind;
+
+typedef struct tp_plugin {
+    GModule *module;
+    char *path;
+    char *name; /* desc->name, equal to <name> in libtp-<name>.so */
+    const tp_plugin_desc *desc;
+    bool has_comm, has_device;
+    tp_comm_ops comm;
+    tp_device_ops device;
+} tp_plugin;
+
+/* Load the plugin `spec` (a name or a path) as `kind`; `var` names the
+ * setting it came from ("TP_BACKEND") for messages. Runs probe(). */
+tp_status tp_plugin_load(const char *spec, tp_plugin_kind kind, const char *var, tp_plugin **out);
+void tp_plugin_unload(tp_plugin *p);
+
+/* The rank's mutable state, shared by its device and all its comms. */
+typedef struct tp_rank_state {
+    tp_phase phase;
+} tp_rank_state;
+
+struct tp_device {
+    const tp_device_ops *ops;
+    void *handle;
+    const char *name; /* plugin name */
+    tp_rank_env env;
+    tp_rank_state *state;
+    bool sync_timing; /* TP_SYNC_TIMING=1 and the device is asynchronous */
+    tp_counter gemm[TP_PHASE_COUNT];
+    double gemm_flops[TP_PHASE_COUNT];
+    tp_counter kernel[TP_PHASE_COUNT];
+};
+
+struct tp_comm {
+    const tp_comm_ops *ops;
+    const char *plugin; /* plugin name, for messages */
+    void *handle;
+    int rank, size;
+    bool is_world; /* freed by tp_run, not by tp_comm_free */
+    tp_device *dev;
+    tp_rank_state *state;
+    tp_counter counters[TP_PHASE_COUNT][TP_OP_COUNT];
+};
+
+/* comm.c */
+tp_comm *tp_comm_wrap(const tp_comm_ops *ops, const char *plugin, void *handle, int rank, int size,
+                      tp_device *dev, tp_rank_state *state);
+
+/* device.c */
+void tp_device_init(tp_device *dev, const tp_device_ops *ops, const char *name, void *handle,
+                    const tp_rank_env *env, tp_rank_state *state);
+
+#endif /* TP_INTERNAL_H */
