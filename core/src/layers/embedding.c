@@ -1,0 +1,246 @@
+/* embedding.c — VocabParallelEmbedding: table rows split by vocab id, one all-reduce. */
+#include "layers-internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct tp_embedding {
+    tp_comm *comm;
+    tp_device *dev;
+    char *label;
+    int rank, size;
+    int64_t vocab, dim, lo, hi;
+    size_t *counts;
+    tp_tensor table, grad;
+    tp_ws ws;
+    tp_tensor ids_saved;
+    int64_t n_saved;
+    bool saved;
+};
+
+void tp_embedding_free(tp_embedding *e)
+{
+    if (!e)
+        return;
+    tp_tensor_release(&e->table);
+    tp_tensor_release(&e->grad);
+    tp_ws_release(&e->ws);
+    free(e->counts);
+    free(e->label);
+    free(e);
+}
+
+tp_status tp_embedding_create(tp_comm *comm, const tp_embedding_config *cfg, tp_embedding **out)
+{
+    if (!out)
+        return tp_set_error(TP_ERR_INVALID_ARG, "VocabParallelEmbedding create: out is NULL");
+    *out = NULL;
+    if (!comm || !cfg)
+        return tp_set_error(TP_ERR_INVALID_ARG, "VocabParallelEmbedding create: %s is NULL",
+                            !comm ? "comm" : "cfg");
+    tp_embedding *e = calloc(1, sizeof *e);
+    if (!e)
+        return tp_set_error(TP_ERR_NO_MEMORY, "VocabParallelEmbedding create: out of host memory");
+    e->comm = comm;
+    e->dev = e->ws.dev = tp_comm_device(comm);
+    e->rank = tp_comm_rank(comm);
+    e->size = tp_comm_size(comm);
+    e->vocab = cfg->vocab;
+    e->dim = cfg->dim;
+    e->label = tp_layer_label("VocabParallelEmbedding", cfg->name, comm);
+    e->counts = calloc((size_t)e->size, sizeof(size_t));
+    tp_status st;
+    float *host = NULL;
+    if (!e->label || !e->counts) {
+        st = tp_set_error(TP_ERR_NO_MEMORY, "VocabParallelEmbedding create: out of host memory");
+        goto fail;
+    }
+    if (e->vocab <= 0 || e->dim <= 0) {
+        st = tp_set_error(TP_ERR_SHAPE, "%s: vocab (%lld) and dim (%lld) must be >= 1", e->label,
+                          (long long)e->vocab, (long long)e->dim);
+        goto fail;
+    }
+    if (e->vocab < e->size) {
+        st = tp_set_error(TP_ERR_SHAPE,
+                          "%s: T=%d is larger than vocab=%lld, the dimension this layer splits: "
+                          "some rank would get 0 rows; use T <= %lld",
+                          e->label, e->size, (long long)e->vocab, (long long)e->vocab);
+        goto fail;
+    }
+    tp_shard_range(e->vocab, e->size, e->rank, &e->lo, &e->hi);
+    st = tp_tensor_alloc2(e->dev, TP_F32, e->hi - e->lo, e->dim, &e->table);
+    if (st != TP_OK)
+        goto fail;
+    size_t n = (size_t)((e->hi - e->lo) * e->dim);
+    host = malloc(n * sizeof(float));
+    if (!host) {
+        st = tp_set_error(TP_ERR_NO_MEMORY, "%s: out of host memory", e->label);
+        goto fail;
+    }
+    if (cfg->full_table)
+        memcpy(host, cfg->full_table + e->lo * e->dim, n * sizeof(float));
+    else
+        tp_master_fill(cfg->seed, cfg->tensor_id, e->dim, e->lo, e->hi, 0, e->dim, 1.0f, host);
+    st = tp_tensor_upload(&e->table, host);
+    if (st != TP_OK)
+        goto fail;
+    free(host);
+    *out = e;
+    return TP_OK;
+fail:
+    free(host);
+    tp_embedding_free(e);
+    return st;
+}
+
+static tp_status check_ids(tp_embedding *e, const tp_tensor *ids, int64_t *n)
+{
+    if (!ids)
+        return tp_set_error(TP_ERR_INVALID_ARG, "%s: ids is NULL", e->label);
+    if (ids->dtype != TP_I32)
+        return tp_set_error(TP_ERR_SHAPE, "%s: ids have dtype %s, expected i32 token ids", e->label,
+                            tp_dtype_name(ids->dtype));
+    if (ids->dev != e->dev)
+        return tp_set_error(TP_ERR_SHAPE, "%s: ids live on a different device than the layer",
+                            e->label);
+    if (ids->ndim < 1 || ids->ndim > TP_MAX_DIMS - 1)
+        return tp_set_error(TP_ERR_SHAPE, "%s: ids have %d dims, expected 1 to %d", e->label,
+                            ids->ndim, TP_MAX_DIMS - 1);
+    *n = tp_tensor_numel(ids);
+    if (!ids->data && *n > 0)
+        return tp_set_error(TP_ERR_INVALID_ARG, "%s: ids have no data", e->label);
+    return TP_OK;
+}
+
+tp_status tp_embedding_forward(tp_embedding *e, const tp_tensor *ids, tp_tensor *y)
+{
+    if (!e)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_embedding_forward: layer is NULL");
+    int64_t n = 0;
+    tp_status st = check_ids(e, ids, &n);
+    if (st != TP_OK)
+        return st;
+    if (!y)
+        return tp_set_error(TP_ERR_INVALID_ARG, "%s: y is NULL", e->label);
+    int64_t shape[TP_MAX_DIMS];
+    for (int i = 0; i < ids->ndim; i++)
+        shape[i] = ids->shape[i];
+    shape[ids->ndim] = e->dim;
+    if (!y->data && y->ndim == 0) {
+        st = tp_tensor_alloc(e->dev, TP_F32, ids->ndim + 1, shape, y);
+        if (st != TP_OK)
+            return st;
+    } else {
+        int64_t tokens;
+        st = tp_layer_check_act(e->label, "y", y, e->dev, &tokens);
+        if (st != TP_OK)
+            return st;
+        if (tokens != n)
+            return tp_set_error(TP_ERR_SHAPE, "%s: tokens mismatch: y has %lld tokens, ids %lld",
+                                e->label, (long long)tokens, (long long)n);
+        if (y->shape[y->ndim - 1] != e->dim)
+            return tp_set_error(TP_ERR_SHAPE, "%s: y last dim expected dim=%lld, got %lld", e->label,
+                                (long long)e->dim, (long long)y->shape[y->ndim - 1]);
+    }
+    tp_phase prev = tp_phase_set(e->comm, TP_PHASE_FORWARD);
+    st = n > 0 ? tp_dev_embedding(e->dev, TP_F32, n, e->dim, ids->data, e->lo, e->hi,
+                                  e->table.data, y->data)
+               : TP_OK;
+    if (st == TP_OK)
+        st = tp_all_reduce(e->comm, y->data, y->data, (size_t)(n * e->dim), TP_F32, TP_SUM);
+    tp_phase_set(e->comm, prev);
+    if (st != TP_OK)
+        return st;
+    e->ids_saved = *ids;
+    e->ids_saved.owned = false;
+    e->n_saved = n;
+    e->saved = true;
+    return TP_OK;
+}
+
+static tp_status ensure_grad(tp_embedding *e)
+{
+    if (e->grad.data)
+        return TP_OK;
+    return tp_tensor_alloc2(e->dev, TP_F32, e->hi - e->lo, e->dim, &e->grad);
+}
+
+tp_status tp_embedding_backward(tp_embedding *e, const tp_tensor *dy)
+{
+    if (!e)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_embedding_backward: layer is NULL");
+    if (!e->saved)
+        return tp_set_error(TP_ERR_INVALID_ARG, "%s: backward called before forward", e->label);
+    int64_t tokens;
+    tp_status st = tp_layer_check_act(e->label, "dy", dy, e->dev, &tokens);
+    if (st != TP_OK)
+        return st;
+    if (tokens != e->n_saved || dy->shape[dy->ndim - 1] != e->dim)
+        return tp_set_error(TP_ERR_SHAPE,
+                            "%s: dy expected %lld tokens x dim %lld (the forward output), got %lld x %lld",
+                            e->label, (long long)e->n_saved, (long long)e->dim, (long long)tokens,
+                            (long long)dy->shape[dy->ndim - 1]);
+    st = ensure_grad(e);
+    if (st != TP_OK)
+        return st;
+    tp_phase prev = tp_phase_set(e->comm, TP_PHASE_BACKWARD);
+    if (tokens > 0)
+        st = tp_dev_embedding_bwd(e->dev, TP_F32, tokens, e->dim, e->ids_saved.data, e->lo, e->hi,
+                                  dy->data, e->grad.data);
+    tp_phase_set(e->comm, prev);
+    return st;
+}
+
+tp_status tp_embedding_zero_grad(tp_embedding *e)
+{
+    if (!e)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_embedding_zero_grad: layer is NULL");
+    if (!e->grad.data)
+        return ensure_grad(e);
+    return tp_dev_memset(e->dev, e->grad.data, 0, tp_tensor_bytes(&e->grad));
+}
+
+void tp_embedding_get_shard(tp_embedding *e, int64_t *lo, int64_t *hi, tp_tensor **table,
+                            tp_tensor **grad)
+{
+    if (lo)
+        *lo = e ? e->lo : 0;
+    if (hi)
+        *hi = e ? e->hi : 0;
+    if (table)
+        *table = e ? &e->table : NULL;
+    if (grad)
+        *grad = e && e->grad.data ? &e->grad : NULL;
+}
+
+static tp_status get_full(tp_embedding *e, const tp_tensor *t, float *host)
+{
+    size_t bytes = (size_t)(e->vocab * e->dim) * sizeof(float);
+    tp_status st = tp_ws_reserve(&e->ws, bytes, e->label);
+    if (st != TP_OK)
+        return st;
+    for (int i = 0; i < e->size; i++) {
+        int64_t a, b;
+        tp_shard_range(e->vocab, e->size, i, &a, &b);
+        e->counts[i] = (size_t)((b - a) * e->dim);
+    }
+    st = tp_all_gatherv(e->comm, t->data, e->ws.ptr, e->counts, TP_F32);
+    if (st == TP_OK && host)
+        st = tp_dev_download(e->dev, host, e->ws.ptr, bytes);
+    return st;
+}
+
+tp_status tp_embedding_get_full(tp_embedding *e, float *table)
+{
+    if (!e)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_embedding_get_full: layer is NULL");
+    return get_full(e, &e->table, table);
+}
+
+tp_status tp_embedding_get_full_grad(tp_embedding *e, float *grad)
+{
+    if (!e)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_embedding_get_full_grad: layer is NULL");
+    tp_status st = ensure_grad(e);
+    return st == TP_OK ? get_full(e, &e->grad, grad) : st;
+}

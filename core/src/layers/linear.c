@@ -1,0 +1,532 @@
+/* linear.c — ColumnParallelLinear and RowParallelLinear, forward and backward. */
+#include "layers-internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct tp_linear {
+    tp_comm *comm;
+    tp_device *dev;
+    tp_linear_kind kind;
+    char *label;
+    int rank, size;
+    int64_t in, out;
+    int64_t lo, hi, nloc; /* this rank's range of the split dimension */
+    int64_t *off;         /* size+1 shard offsets of the split dimension */
+    size_t *counts;       /* size scratch counts for all_gatherv */
+    bool has_bias, gather_output, input_is_parallel;
+    tp_tensor w, b, dw, db;
+    tp_ws ws, ws2;
+    /* saved by forward for backward */
+    tp_tensor x_saved;
+    int64_t tokens_saved;
+    bool saved;
+};
+
+static const char *kind_name(tp_linear_kind k)
+{
+    return k == TP_LINEAR_COLUMN ? "ColumnParallelLinear" : "RowParallelLinear";
+}
+
+void tp_linear_free(tp_linear *l)
+{
+    if (!l)
+        return;
+    tp_tensor_release(&l->w);
+    tp_tensor_release(&l->b);
+    tp_tensor_release(&l->dw);
+    tp_tensor_release(&l->db);
+    tp_ws_release(&l->ws);
+    tp_ws_release(&l->ws2);
+    free(l->off);
+    free(l->counts);
+    free(l->label);
+    free(l);
+}
+
+/* Copy block [r0,r1) x [c0,c1) of a full host matrix with `cols` columns. */
+static void host_block(const float *full, int64_t cols, int64_t r0, int64_t r1, int64_t c0,
+                       int64_t c1, float *out)
+{
+    int64_t w = c1 - c0;
+    for (int64_t r = r0; r < r1; r++)
+        memcpy(out + (r - r0) * w, full + r * cols + c0, (size_t)w * sizeof(float));
+}
+
+static tp_status linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_linear_kind kind,
+                               tp_linear **out)
+{
+    if (!out)
+        return tp_set_error(TP_ERR_INVALID_ARG, "%s create: out is NULL", kind_name(kind));
+    *out = NULL;
+    if (!comm || !cfg)
+        return tp_set_error(TP_ERR_INVALID_ARG, "%s create: %s is NULL", kind_name(kind),
+                            !comm ? "comm" : "cfg");
+    tp_linear *l = calloc(1, sizeof *l);
+    if (!l)
+        return tp_set_error(TP_ERR_NO_MEMORY, "%s create: out of host memory", kind_name(kind));
+    l->comm = comm;
+    l->dev = tp_comm_device(comm);
+    l->kind = kind;
+    l->rank = tp_comm_rank(comm);
+    l->size = tp_comm_size(comm);
+    l->label = tp_layer_label(kind_name(kind), cfg->name, comm);
+    l->in = cfg->in_features;
+    l->out = cfg->out_features;
+    l->has_bias = cfg->bias;
+    l->gather_output = cfg->gather_output;
+    l->input_is_parallel = cfg->input_is_parallel;
+    l->ws.dev = l->ws2.dev = l->dev;
+    tp_status st = TP_OK;
+    float *host = NULL;
+    if (!l->label) {
+        free(l);
+        return tp_set_error(TP_ERR_NO_MEMORY, "%s create: out of host memory", kind_name(kind));
+    }
+    const char *who = l->label;
+    if (l->in <= 0 || l->out <= 0) {
+        st = tp_set_error(TP_ERR_SHAPE, "%s: in_features (%lld) and out_features (%lld) must be >= 1",
+                          who, (long long)l->in, (long long)l->out);
+        goto fail;
+    }
+    int64_t split = kind == TP_LINEAR_COLUMN ? l->out : l->in;
+    const char *split_name = kind == TP_LINEAR_COLUMN ? "out_features" : "in_features";
+    if (split < l->size) {
+        st = tp_set_error(TP_ERR_SHAPE,
+                          "%s: T=%d is larger than %s=%lld, the dimension this layer splits: "
+                          "some rank would get 0 %s; use T <= %lld or a larger %s",
+                          who, l->size, split_name, (long long)split,
+                          kind == TP_LINEAR_COLUMN ? "columns" : "rows", (long long)split,
+                          split_name);
+        goto fail;
+    }
+    l->off = malloc(sizeof(int64_t) * (size_t)(l->size + 1));
+    l->counts = malloc(sizeof(size_t) * (size_t)l->size);
+    if (!l->off || !l->counts) {
+        st = tp_set_error(TP_ERR_NO_MEMORY, "%s: out of host memory", who);
+        goto fail;
+    }
+    for (int i = 0; i < l->size; i++) {
+        int64_t a, b;
+        tp_shard_range(split, l->size, i, &a, &b);
+        l->off[i] = a;
+        l->off[i + 1] = b;
+    }
+    l->lo = l->off[l->rank];
+    l->hi = l->off[l->rank + 1];
+    l->nloc = l->hi - l->lo;
+
+    int64_t wr = kind == TP_LINEAR_COLUMN ? l->in : l->nloc;
+    int64_t wc = kind == TP_LINEAR_COLUMN ? l->nloc : l->out;
+    int64_t bn = kind == TP_LINEAR_COLUMN ? l->nloc : l->out;
+    st = tp_tensor_alloc2(l->dev, TP_F32, wr, wc, &l->w);
+    if (st != TP_OK)
+        goto fail;
+    size_t hn = (size_t)(wr * wc) > (size_t)bn ? (size_t)(wr * wc) : (size_t)bn;
+    host = malloc(hn * sizeof(float));
+    if (!host) {
+        st = tp_set_error(TP_ERR_NO_MEMORY, "%s: out of host memory for the weight shard", who);
+        goto fail;
+    }
+    float bound = (float)(1.0 / sqrt((double)l->in));
+    int64_t r0 = kind == TP_LINEAR_COLUMN ? 0 : l->lo, r1 = r0 + wr;
+    int64_t c0 = kind == TP_LINEAR_COLUMN ? l->lo : 0, c1 = c0 + wc;
+    if (cfg->full_weight)
+        host_block(cfg->full_weight, l->out, r0, r1, c0, c1, host);
+    else
+        tp_master_fill(cfg->seed, cfg->tensor_id, l->out, r0, r1, c0, c1, bound, host);
+    st = tp_tensor_upload(&l->w, host);
+    if (st != TP_OK)
+        goto fail;
+    if (l->has_bias) {
+        st = tp_tensor_alloc(l->dev, TP_F32, 1, &bn, &l->b);
+        if (st != TP_OK)
+            goto fail;
+        int64_t b0 = kind == TP_LINEAR_COLUMN ? l->lo : 0;
+        if (cfg->full_bias)
+            memcpy(host, cfg->full_bias + b0, (size_t)bn * sizeof(float));
+        else
+            tp_master_fill(cfg->seed, cfg->tensor_id + 1, l->out, 0, 1, b0, b0 + bn, bound,
+                           host);
+        st = tp_tensor_upload(&l->b, host);
+        if (st != TP_OK)
+            goto fail;
+    }
+    free(host);
+    *out = l;
+    return TP_OK;
+fail:
+    free(host);
+    tp_linear_free(l);
+    return st;
+}
+
+tp_status tp_column_linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_linear **out)
+{
+    return linear_create(comm, cfg, TP_LINEAR_COLUMN, out);
+}
+
+tp_status tp_row_linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_linear **out)
+{
+    return linear_create(comm, cfg, TP_LINEAR_ROW, out);
+}
+
+/* The expected input width, and a diagnosis when x has another one. */
+static tp_status check_input_width(tp_linear *l, int64_t got)
+{
+    const char *who = l->label;
+    if (l->kind == TP_LINEAR_COLUMN) {
+        if (got == l->in)
+            return TP_OK;
+        return tp_set_error(TP_ERR_SHAPE,
+                            "%s: x last dim (in_features) expected %lld, got %lld; a column-parallel "
+                            "layer takes the full input [tokens, in_features]%s",
+                            who, (long long)l->in, (long long)got,
+                            got < l->in ? " (is x a shard? gather it first, or use a "
+                                          "RowParallelLinear with input_is_parallel=true)"
+                                        : "");
+    }
+    if (l->input_is_parallel) {
+        if (got == l->nloc)
+            return TP_OK;
+        if (got == l->in)
+            return tp_set_error(
+                TP_ERR_SHAPE,
+                "%s: x has %lld columns = in_features, but input_is_parallel=true expects this "
+                "rank's shard of %lld columns (in_features %lld split over T=%d, columns "
+                "[%lld, %lld)); did you mean input_is_parallel=false, or forget to pass the column "
+                "layer's local output (gather_output=false)?",
+                who, (long long)got, (long long)l->nloc, (long long)l->in, l->size,
+                (long long)l->lo, (long long)l->hi);
+        return tp_set_error(TP_ERR_SHAPE,
+                            "%s: x last dim expected %lld (this rank's shard [%lld, %lld) of "
+                            "in_features %lld over T=%d), got %lld; if x is a ColumnParallelLinear "
+                            "output, that layer's out_features must equal this layer's in_features "
+                            "(%lld) and its comm must be this one",
+                            who, (long long)l->nloc, (long long)l->lo, (long long)l->hi,
+                            (long long)l->in, l->size, (long long)got, (long long)l->in);
+    }
+    if (got == l->in)
+        return TP_OK;
+    return tp_set_error(TP_ERR_SHAPE,
+                        "%s: x last dim expected in_features=%lld (input_is_parallel=false takes the "
+                        "full input), got %lld%s",
+                        who, (long long)l->in, (long long)got,
+                        got == l->nloc ? "= this rank's shard; did you mean input_is_parallel=true?"
+                                       : "");
+}
+
+static int64_t out_width(const tp_linear *l)
+{
+    if (l->kind == TP_LINEAR_COLUMN)
+        return l->gather_output ? l->out : l->nloc;
+    return l->out;
+}
+
+static char *out_hint(const tp_linear *l, char *buf, size_t n)
+{
+    buf[0] = 0;
+    if (l->kind == TP_LINEAR_COLUMN && l->size > 1)
+        snprintf(buf, n,
+                 l->gather_output
+                     ? " (gather_output=true gives the full out_features; did you mean "
+                       "gather_output=false?)"
+                     : " (gather_output=false gives this rank's shard [%lld, %lld) of out_features "
+                       "%lld; did you mean gather_output=true?)",
+                 (long long)l->lo, (long long)l->hi, (long long)l->out);
+    return buf;
+}
+
+static tp_status gemm(tp_device *dev, int ta, int tb, int64_t m, int64_t n, int64_t k, float beta,
+                      const void *a, int64_t lda, const void *b, int64_t ldb, void *c, int64_t ldc)
+{
+    if (m == 0 || n == 0)
+        return TP_OK;
+    if (k == 0) { /* C = beta * C */
+        if (beta != 0.0f)
+            return TP_OK;
+        tp_status st = TP_OK;
+        for (int64_t r = 0; r < m && st == TP_OK; r++)
+            st = tp_dev_memset(dev, (float *)c + r * ldc, 0, (size_t)n * sizeof(float));
+        return st;
+    }
+    tp_gemm_args g = {
+        .struct_size = sizeof g, .dtype = TP_F32, .trans_a = ta, .trans_b = tb,
+        .m = m, .n = n, .k = k, .alpha = 1.0f, .beta = beta,
+        .a = a, .lda = lda, .b = b, .ldb = ldb, .c = c, .ldc = ldc, .batch = 1,
+    };
+    return tp_dev_gemm(dev, &g);
+}
+
+static tp_status forward_body(tp_linear *l, const tp_tensor *x, tp_tensor *y, int64_t tokens)
+{
+    const size_t es = sizeof(float);
+    tp_status st;
+    if (l->kind == TP_LINEAR_COLUMN) {
+        /* y_local = x W_local (+ b_local) */
+        void *c = y->data;
+        if (l->gather_output) {
+            st = tp_ws_reserve(&l->ws, (size_t)(tokens * (l->nloc + l->out)) * es, l->label);
+            if (st != TP_OK)
+                return st;
+            c = l->ws.ptr;
+        }
+        st = gemm(l->dev, 0, 0, tokens, l->nloc, l->in, 0.0f, x->data, l->in, l->w.data, l->nloc, c,
+                  l->nloc);
+        if (st == TP_OK && l->has_bias && tokens > 0)
+            st = tp_dev_bias_add(l->dev, TP_F32, tokens, l->nloc, c, l->b.data);
+        if (st == TP_OK && l->gather_output)
+            st = tp_layer_gather_cols(l->comm, c, y->data, (char *)l->ws.ptr + (size_t)(tokens * l->nloc) * es,
+                                      tokens, l->off, l->counts);
+        return st;
+    }
+    /* row: y = sum over ranks of x_local W_local, then + b */
+    const char *a = x->data;
+    int64_t lda = l->nloc;
+    if (!l->input_is_parallel) {
+        a += (size_t)l->lo * es; /* own column slice of the full input */
+        lda = l->in;
+    }
+    st = gemm(l->dev, 0, 0, tokens, l->out, l->nloc, 0.0f, a, lda, l->w.data, l->out, y->data,
+              l->out);
+    if (st == TP_OK)
+        st = tp_all_reduce(l->comm, y->data, y->data, (size_t)(tokens * l->out), TP_F32, TP_SUM);
+    if (st == TP_OK && l->has_bias && tokens > 0)
+        st = tp_dev_bias_add(l->dev, TP_F32, tokens, l->out, y->data, l->b.data);
+    return st;
+}
+
+tp_status tp_linear_forward(tp_linear *l, const tp_tensor *x, tp_tensor *y)
+{
+    if (!l)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_linear_forward: layer is NULL");
+    int64_t tokens;
+    tp_status st = tp_layer_check_act(l->label, "x", x, l->dev, &tokens);
+    if (st != TP_OK)
+        return st;
+    st = check_input_width(l, x->shape[x->ndim - 1]);
+    if (st != TP_OK)
+        return st;
+    char hint[256];
+    st = tp_layer_prepare_out(l->label, "y", y, x, l->dev, out_width(l), out_hint(l, hint, sizeof hint));
+    if (st != TP_OK)
+        return st;
+    if (y->data == x->data && tokens > 0)
+        return tp_set_error(TP_ERR_INVALID_ARG, "%s: y aliases x; use a separate output", l->label);
+    tp_phase prev = tp_phase_set(l->comm, TP_PHASE_FORWARD);
+    st = forward_body(l, x, y, tokens);
+    tp_phase_set(l->comm, prev);
+    if (st != TP_OK)
+        return st;
+    l->x_saved = *x;
+    l->x_saved.owned = false;
+    l->tokens_saved = tokens;
+    l->saved = true;
+    return TP_OK;
+}
+
+static tp_status ensure_grads(tp_linear *l)
+{
+    tp_status st;
+    if (!l->dw.data) {
+        st = tp_tensor_alloc(l->dev, TP_F32, 2, l->w.shape, &l->dw);
+        if (st != TP_OK)
+            return st;
+    }
+    if (l->has_bias && !l->db.data) {
+        st = tp_tensor_alloc(l->dev, TP_F32, 1, l->b.shape, &l->db);
+        if (st != TP_OK)
+            return st;
+    }
+    return TP_OK;
+}
+
+tp_status tp_linear_zero_grad(tp_linear *l)
+{
+    if (!l)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_linear_zero_grad: layer is NULL");
+    bool fresh = !l->dw.data; /* tp_tensor_alloc zeroes */
+    tp_status st = ensure_grads(l);
+    if (st != TP_OK || fresh)
+        return st;
+    st = tp_dev_memset(l->dev, l->dw.data, 0, tp_tensor_bytes(&l->dw));
+    if (st == TP_OK && l->has_bias)
+        st = tp_dev_memset(l->dev, l->db.data, 0, tp_tensor_bytes(&l->db));
+    return st;
+}
+
+static tp_status backward_body(tp_linear *l, const tp_tensor *dy, tp_tensor *dx, int64_t tokens)
+{
+    const size_t es = sizeof(float);
+    const char *x = l->x_saved.data;
+    tp_status st;
+    if (l->kind == TP_LINEAR_COLUMN) {
+        const void *dyl = dy->data;
+        if (l->gather_output) {
+            /* take this rank's columns [lo, hi) of the full dy */
+            st = tp_ws_reserve(&l->ws, (size_t)(tokens * l->nloc) * es, l->label);
+            if (st != TP_OK)
+                return st;
+            if (tokens > 0) {
+                st = tp_dev_copy_2d(l->dev, l->ws.ptr, (size_t)l->nloc * es,
+                                    (const char *)dy->data + (size_t)l->lo * es, (size_t)l->out * es,
+                                    (size_t)l->nloc * es, (size_t)tokens);
+                if (st != TP_OK)
+                    return st;
+            }
+            dyl = l->ws.ptr;
+        }
+        /* dW_local += x^T dy_local; db_local += colsum(dy_local) */
+        st = gemm(l->dev, 1, 0, l->in, l->nloc, tokens, 1.0f, x, l->in, dyl, l->nloc, l->dw.data,
+                  l->nloc);
+        if (st == TP_OK && l->has_bias && tokens > 0)
+            st = tp_dev_bias_grad(l->dev, TP_F32, tokens, l->nloc, dyl, l->db.data);
+        if (st != TP_OK || !dx)
+            return st;
+        /* dx = sum over ranks of dy_local W_local^T */
+        st = gemm(l->dev, 0, 1, tokens, l->in, l->nloc, 0.0f, dyl, l->nloc, l->w.data, l->nloc,
+                  dx->data, l->in);
+        if (st == TP_OK)
+            st = tp_all_reduce(l->comm, dx->data, dx->data, (size_t)(tokens * l->in), TP_F32, TP_SUM);
+        return st;
+    }
+    /* row: dW_local += x_local^T dy; db += colsum(dy) (replicated: the same on every rank) */
+    const char *xl = x;
+    int64_t ldx = l->nloc;
+    if (!l->input_is_parallel) {
+        xl += (size_t)l->lo * es;
+        ldx = l->in;
+    }
+    st = gemm(l->dev, 1, 0, l->nloc, l->out, tokens, 1.0f, xl, ldx, dy->data, l->out, l->dw.data,
+              l->out);
+    if (st == TP_OK && l->has_bias && tokens > 0)
+        st = tp_dev_bias_grad(l->dev, TP_F32, tokens, l->out, dy->data, l->db.data);
+    if (st != TP_OK || !dx)
+        return st;
+    /* dx_local = dy W_local^T: no communication */
+    void *c = dx->data;
+    if (!l->input_is_parallel) {
+        st = tp_ws_reserve(&l->ws, (size_t)(tokens * l->nloc) * es, l->label);
+        if (st == TP_OK)
+            st = tp_ws_reserve(&l->ws2, (size_t)(tokens * l->in) * es, l->label);
+        if (st != TP_OK)
+            return st;
+        c = l->ws.ptr;
+    }
+    st = gemm(l->dev, 0, 1, tokens, l->nloc, l->out, 0.0f, dy->data, l->out, l->w.data, l->out, c,
+              l->nloc);
+    if (st == TP_OK && !l->input_is_parallel) /* the full input's gradient: gather the slices */
+        st = tp_layer_gather_cols(l->comm, c, dx->data, l->ws2.ptr, tokens, l->off, l->counts);
+    return st;
+}
+
+tp_status tp_linear_backward(tp_linear *l, const tp_tensor *dy, tp_tensor *dx)
+{
+    if (!l)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_linear_backward: layer is NULL");
+    if (!l->saved)
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "%s: backward called before forward (it needs the saved input)",
+                            l->label);
+    int64_t tokens;
+    tp_status st = tp_layer_check_act(l->label, "dy", dy, l->dev, &tokens);
+    if (st != TP_OK)
+        return st;
+    if (tokens != l->tokens_saved)
+        return tp_set_error(TP_ERR_SHAPE,
+                            "%s: tokens mismatch: dy has %lld tokens but the last forward had %lld; "
+                            "call backward once per forward with the gradient of its output",
+                            l->label, (long long)tokens, (long long)l->tokens_saved);
+    int64_t w = out_width(l);
+    if (dy->shape[dy->ndim - 1] != w) {
+        char hint[256];
+        return tp_set_error(TP_ERR_SHAPE, "%s: dy last dim expected %lld (the forward output's), got %lld%s",
+                            l->label, (long long)w, (long long)dy->shape[dy->ndim - 1],
+                            out_hint(l, hint, sizeof hint));
+    }
+    if (dx) {
+        st = tp_layer_prepare_out(l->label, "dx", dx, &l->x_saved, l->dev,
+                                  l->x_saved.shape[l->x_saved.ndim - 1], "");
+        if (st != TP_OK)
+            return st;
+        if (dx->data == dy->data && tokens > 0)
+            return tp_set_error(TP_ERR_INVALID_ARG, "%s: dx aliases dy; use a separate buffer",
+                                l->label);
+    }
+    st = ensure_grads(l);
+    if (st != TP_OK)
+        return st;
+    tp_phase prev = tp_phase_set(l->comm, TP_PHASE_BACKWARD);
+    st = backward_body(l, dy, dx, tokens);
+    tp_phase_set(l->comm, prev);
+    return st;
+}
+
+void tp_linear_get_params(tp_linear *l, tp_linear_params *p)
+{
+    memset(p, 0, sizeof *p);
+    if (!l)
+        return;
+    p->kind = l->kind;
+    p->in_features = l->in;
+    p->out_features = l->out;
+    p->lo = l->lo;
+    p->hi = l->hi;
+    p->weight = &l->w;
+    p->bias = l->has_bias ? &l->b : NULL;
+    p->weight_grad = l->dw.data ? &l->dw : NULL;
+    p->bias_grad = l->has_bias && l->db.data ? &l->db : NULL;
+}
+
+static tp_status get_full(tp_linear *l, const tp_tensor *w, const tp_tensor *b, float *hw, float *hb)
+{
+    const size_t es = sizeof(float);
+    size_t full = (size_t)(l->in * l->out);
+    tp_status st = tp_ws_reserve(&l->ws2, 2 * full * es, l->label);
+    if (st != TP_OK)
+        return st;
+    char *dst = l->ws2.ptr, *tmp = dst + full * es;
+    if (l->kind == TP_LINEAR_COLUMN) {
+        st = tp_layer_gather_cols(l->comm, w->data, dst, tmp, l->in, l->off, l->counts);
+    } else {
+        for (int i = 0; i < l->size; i++)
+            l->counts[i] = (size_t)((l->off[i + 1] - l->off[i]) * l->out);
+        st = tp_all_gatherv(l->comm, w->data, dst, l->counts, TP_F32);
+    }
+    if (st == TP_OK && hw)
+        st = tp_dev_download(l->dev, hw, dst, full * es);
+    if (st != TP_OK || !l->has_bias)
+        return st;
+    if (l->kind == TP_LINEAR_COLUMN) {
+        st = tp_layer_gather_cols(l->comm, b->data, dst, tmp, 1, l->off, l->counts);
+        if (st == TP_OK && hb)
+            st = tp_dev_download(l->dev, hb, dst, (size_t)l->out * es);
+    } else if (hb) {
+        st = tp_dev_download(l->dev, hb, b->data, (size_t)l->out * es);
+    }
+    return st;
+}
+
+tp_status tp_linear_get_full(tp_linear *l, float *w, float *b)
+{
+    if (!l)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_linear_get_full: layer is NULL");
+    return get_full(l, &l->w, &l->b, w, b);
+}
+
+tp_status tp_linear_get_full_grad(tp_linear *l, float *dw, float *db)
+{
+    if (!l)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_linear_get_full_grad: layer is NULL");
+    tp_status st = ensure_grads(l);
+    if (st != TP_OK)
+        return st;
+    return get_full(l, &l->dw, &l->db, dw, db);
+}
+
+int64_t tp_linear_local_width(const tp_linear *l)
+{
+    return l->nloc;
+}

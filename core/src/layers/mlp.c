@@ -1,0 +1,207 @@
+/* mlp.c — ParallelMLP: column(hidden->ffn) -> GeLU -> row(ffn->hidden, input_is_parallel). */
+#include "layers-internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct tp_mlp {
+    tp_comm *comm;
+    tp_device *dev;
+    char *label;
+    int64_t hidden, ffn, flocal;
+    bool tanh_approx;
+    tp_linear *fc1, *fc2;
+    tp_ws pre, act, grad; /* [tokens, flocal]: fc1 output, GeLU output, their gradient */
+    int64_t tokens_saved;
+    bool saved;
+};
+
+void tp_mlp_free(tp_mlp *m)
+{
+    if (!m)
+        return;
+    tp_linear_free(m->fc1);
+    tp_linear_free(m->fc2);
+    tp_ws_release(&m->pre);
+    tp_ws_release(&m->act);
+    tp_ws_release(&m->grad);
+    free(m->label);
+    free(m);
+}
+
+tp_linear *tp_mlp_fc1(tp_mlp *m)
+{
+    return m ? m->fc1 : NULL;
+}
+
+tp_linear *tp_mlp_fc2(tp_mlp *m)
+{
+    return m ? m->fc2 : NULL;
+}
+
+tp_status tp_mlp_create(tp_comm *comm, const tp_mlp_config *cfg, tp_mlp **out)
+{
+    if (!out)
+        return tp_set_error(TP_ERR_INVALID_ARG, "ParallelMLP create: out is NULL");
+    *out = NULL;
+    if (!comm || !cfg)
+        return tp_set_error(TP_ERR_INVALID_ARG, "ParallelMLP create: %s is NULL",
+                            !comm ? "comm" : "cfg");
+    tp_mlp *m = calloc(1, sizeof *m);
+    if (!m)
+        return tp_set_error(TP_ERR_NO_MEMORY, "ParallelMLP create: out of host memory");
+    m->comm = comm;
+    m->dev = tp_comm_device(comm);
+    m->pre.dev = m->act.dev = m->grad.dev = m->dev;
+    m->hidden = cfg->hidden;
+    m->ffn = cfg->ffn;
+    m->tanh_approx = cfg->gelu_tanh;
+    m->label = tp_layer_label("ParallelMLP", cfg->name, comm);
+    tp_status st;
+    if (!m->label) {
+        free(m);
+        return tp_set_error(TP_ERR_NO_MEMORY, "ParallelMLP create: out of host memory");
+    }
+    if (m->hidden <= 0 || m->ffn <= 0) {
+        st = tp_set_error(TP_ERR_SHAPE, "%s: hidden (%lld) and ffn (%lld) must be >= 1", m->label,
+                          (long long)m->hidden, (long long)m->ffn);
+        goto fail;
+    }
+    if (m->ffn < tp_comm_size(comm)) {
+        st = tp_set_error(TP_ERR_SHAPE,
+                          "%s: T=%d is larger than ffn=%lld, the dimension the MLP splits: some "
+                          "rank would get 0 ffn columns; use T <= %lld or a larger ffn",
+                          m->label, tp_comm_size(comm), (long long)m->ffn, (long long)m->ffn);
+        goto fail;
+    }
+    char n1[200], n2[200];
+    const char *base = cfg->name && *cfg->name ? cfg->name : "mlp";
+    snprintf(n1, sizeof n1, "%s.fc1", base);
+    snprintf(n2, sizeof n2, "%s.fc2", base);
+    tp_linear_config c1 = {
+        .in_features = m->hidden, .out_features = m->ffn, .bias = cfg->bias,
+        .seed = cfg->seed, .tensor_id = cfg->tensor_id,
+        .full_weight = cfg->full_w1, .full_bias = cfg->full_b1, .name = n1,
+    };
+    tp_linear_config c2 = {
+        .in_features = m->ffn, .out_features = m->hidden, .bias = cfg->bias,
+        .input_is_parallel = true, .seed = cfg->seed, .tensor_id = cfg->tensor_id + 2,
+        .full_weight = cfg->full_w2, .full_bias = cfg->full_b2, .name = n2,
+    };
+    st = tp_column_linear_create(comm, &c1, &m->fc1);
+    if (st == TP_OK)
+        st = tp_row_linear_create(comm, &c2, &m->fc2);
+    if (st != TP_OK)
+        goto fail;
+    m->flocal = tp_linear_local_width(m->fc1);
+    *out = m;
+    return TP_OK;
+fail:
+    tp_mlp_free(m);
+    return st;
+}
+
+static tp_tensor view2(tp_device *dev, void *p, int64_t rows, int64_t cols)
+{
+    int64_t shape[2] = {rows, cols};
+    return tp_tensor_view(dev, TP_F32, p, 2, shape);
+}
+
+static tp_status check_hidden(tp_mlp *m, const char *what, const tp_tensor *t, int64_t *tokens)
+{
+    tp_status st = tp_layer_check_act(m->label, what, t, m->dev, tokens);
+    if (st != TP_OK)
+        return st;
+    int64_t got = t->shape[t->ndim - 1];
+    if (got != m->hidden)
+        return tp_set_error(TP_ERR_SHAPE,
+                            "%s: %s last dim (hidden) expected %lld, got %lld%s", m->label, what,
+                            (long long)m->hidden, (long long)got,
+                            got == m->flocal || got == m->ffn
+                                ? " (that is an ffn width: the MLP takes and returns [tokens, hidden])"
+                                : "");
+    return TP_OK;
+}
+
+tp_status tp_mlp_forward(tp_mlp *m, const tp_tensor *x, tp_tensor *y)
+{
+    if (!m)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_mlp_forward: mlp is NULL");
+    int64_t tokens;
+    tp_status st = check_hidden(m, "x", x, &tokens);
+    if (st != TP_OK)
+        return st;
+    st = tp_layer_prepare_out(m->label, "y", y, x, m->dev, m->hidden, "");
+    if (st != TP_OK)
+        return st;
+    size_t bytes = (size_t)(tokens * m->flocal) * sizeof(float);
+    st = tp_ws_reserve(&m->pre, bytes, m->label);
+    if (st == TP_OK)
+        st = tp_ws_reserve(&m->act, bytes, m->label);
+    if (st != TP_OK)
+        return st;
+    tp_tensor x2 = tp_layer_view2(x, tokens, m->hidden);
+    tp_tensor y2 = tp_layer_view2(y, tokens, m->hidden);
+    tp_tensor pre = view2(m->dev, m->pre.ptr, tokens, m->flocal);
+    tp_tensor act = view2(m->dev, m->act.ptr, tokens, m->flocal);
+    tp_phase prev = tp_phase_set(m->comm, TP_PHASE_FORWARD);
+    st = tp_linear_forward(m->fc1, &x2, &pre);
+    if (st == TP_OK && tokens > 0)
+        st = tp_dev_gelu(m->dev, TP_F32, tokens * m->flocal, pre.data, act.data, m->tanh_approx);
+    if (st == TP_OK)
+        st = tp_linear_forward(m->fc2, &act, &y2);
+    tp_phase_set(m->comm, prev);
+    if (st != TP_OK)
+        return st;
+    m->tokens_saved = tokens;
+    m->saved = true;
+    return TP_OK;
+}
+
+tp_status tp_mlp_backward(tp_mlp *m, const tp_tensor *dy, tp_tensor *dx)
+{
+    if (!m)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_mlp_backward: mlp is NULL");
+    if (!m->saved)
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "%s: backward called before forward (it needs the saved activations)",
+                            m->label);
+    int64_t tokens;
+    tp_status st = check_hidden(m, "dy", dy, &tokens);
+    if (st != TP_OK)
+        return st;
+    if (tokens != m->tokens_saved)
+        return tp_set_error(TP_ERR_SHAPE,
+                            "%s: tokens mismatch: dy has %lld tokens but the last forward had %lld",
+                            m->label, (long long)tokens, (long long)m->tokens_saved);
+    tp_tensor dx2 = {0};
+    if (dx) {
+        st = tp_layer_prepare_out(m->label, "dx", dx, dy, m->dev, m->hidden, "");
+        if (st != TP_OK)
+            return st;
+        dx2 = tp_layer_view2(dx, tokens, m->hidden);
+    }
+    st = tp_ws_reserve(&m->grad, (size_t)(tokens * m->flocal) * sizeof(float), m->label);
+    if (st != TP_OK)
+        return st;
+    tp_tensor dy2 = tp_layer_view2(dy, tokens, m->hidden);
+    tp_tensor dh = view2(m->dev, m->grad.ptr, tokens, m->flocal);
+    tp_phase prev = tp_phase_set(m->comm, TP_PHASE_BACKWARD);
+    st = tp_linear_backward(m->fc2, &dy2, &dh); /* no communication */
+    if (st == TP_OK && tokens > 0)
+        st = tp_dev_gelu_bwd(m->dev, TP_F32, tokens * m->flocal, m->pre.ptr, dh.data, dh.data,
+                             m->tanh_approx);
+    if (st == TP_OK)
+        st = tp_linear_backward(m->fc1, &dh, dx ? &dx2 : NULL); /* one all-reduce */
+    tp_phase_set(m->comm, prev);
+    return st;
+}
+
+tp_status tp_mlp_zero_grad(tp_mlp *m)
+{
+    if (!m)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_mlp_zero_grad: mlp is NULL");
+    tp_status st = tp_linear_zero_grad(m->fc1);
+    return st == TP_OK ? tp_linear_zero_grad(m->fc2) : st;
+}

@@ -1,0 +1,39 @@
+/* example-common.h — option parsing, .npy output and the serial reference
+ * shared by the examples (not part of the library). */
+#ifndef TP_EXAMPLE_COMMON_H
+#define TP_EXAMPLE_COMMON_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct ex_opts {
+    int tp;            /* 0: TP_WORLD_SIZE, else the engine's (mpirun -n), else 1 */
+    int64_t tokens, hidden, ffn;
+    uint64_t seed;
+    int iters;
+    bool gelu_tanh;
+    const char *npy_dir; /* NULL: do not save */
+} ex_opts;
+
+/* Parse argv into o (defaults already set by the caller). Returns 0 to run,
+ * 1 after printing --help (exit 0), 2 after printing an error (exit 2). */
+int ex_parse(int argc, char **argv, ex_opts *o, const char *prog, const char *summary);
+
+/* Write a float32 C-order .npy (format 1.0) file DIR/NAME; creates DIR.
+ * Returns 0, or -1 after printing why to stderr. */
+int ex_write_npy(const char *dir, const char *name, const float *data, int ndim,
+                 const int64_t *shape);
+
+double ex_now(void); /* monotonic seconds */
+
+/* Serial reference in double: C[m,n] = A[m,k] B[k,n] (+ bias), with ec the
+ * bound on the error of an f32 computation whose inputs carry the errors
+ * ea (may be NULL) and whose k-term sums are split over `parts` ranks and
+ * reduced: gamma(k + parts + 2) * sum |a||b| + propagated input error,
+ * gamma(n) = n u / (1 - n u), u = 2^-24 (any summation order, FMA or not). */
+void ex_ref_gemm(int64_t m, int64_t n, int64_t k, const double *a, const double *ea,
+                 const double *b, const double *bias, int parts, double *c, double *ec);
+
+#define EX_U (1.0 / 16777216.0)
+
+#endif
