@@ -111,6 +111,28 @@ tp_status tp_reduce_scatterv(tp_comm *comm, const void *send, void *recv, const 
 tp_status tp_broadcast(tp_comm *comm, void *buf, size_t count, tp_dtype dt, int root);
 tp_status tp_barrier(tp_comm *comm);
 
+/* ------------------------------------------------------------- topology */
+
+/* Where a rank sits: "TP within a node, DP across nodes". */
+typedef struct tp_layout {
+    int world_rank, world_size;
+    int node, nodes;            /* node index (numbered by their lowest rank), node count */
+    int local_rank, local_size; /* position among the ranks of its node */
+    int tp_group, tp_rank, tp_size;
+    int dp_rank, dp_size;       /* dp_rank == tp_group: ranks with the same tp_rank form a DP group */
+} tp_layout;
+
+/* Build TP groups of tp_size ranks and the DP groups across them
+ * (collective over world). Nodes are discovered by all-gathering a hash of
+ * each rank's host name; TP_FAKE_NODES overrides it for tests: "2" (two
+ * consecutive ranks per node) or "0,0,1,1" (node id per world rank).
+ * TP groups are consecutive ranks of one node; a group that would span
+ * nodes (ranks per node not divisible by tp_size) is refused with
+ * TP_ERR_INVALID_ARG unless allow_span, which groups consecutive world
+ * ranks instead. tp_out/dp_out may be NULL; free them with tp_comm_free. */
+tp_status tp_topology(tp_comm *world, int tp_size, bool allow_span, tp_comm **tp_out,
+                      tp_comm **dp_out, tp_layout *layout);
+
 /* ----------------------------------------------------------------- stats */
 
 typedef enum tp_phase {
@@ -273,5 +295,6 @@ void tp_master_fill(uint64_t seed, uint64_t tensor_id, int64_t full_cols, int64_
 #endif
 
 #include <tp/tp-layers.h>
+#include <tp/tp-transformer.h>
 
 #endif /* TP_H */

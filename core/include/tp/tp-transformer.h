@@ -1,0 +1,184 @@
+/*
+ * tp-transformer.h — attention, norms and the transformer block (included by tp.h).
+ *
+ * Conventions follow tp-layers.h: f32 activations on the comm's device,
+ * y = x W with W [in, out] row-major, outputs may be passed zeroed to be
+ * allocated, forward saves views (not copies) of its inputs, parameter
+ * gradients accumulate until *_zero_grad, dx is overwritten and may be
+ * NULL where stated. Forward counts under TP_PHASE_FORWARD, backward under
+ * TP_PHASE_BACKWARD.
+ *
+ * Activations are [tokens, hidden] with tokens = batch * seq, batch-major
+ * (row t is sequence position t % seq of batch element t / seq); 3-D
+ * [batch, seq, hidden] tensors are accepted too.
+ *
+ * Sequence parallelism (sequence_parallel = true): between TP regions each
+ * rank holds only its shard of the token rows, rows [lo, hi) =
+ * tp_shard_range(batch * seq, T, rank) (uneven shards allowed). For
+ * batch = 1 this is a split of the sequence; for batch > 1 it is a split of
+ * the flattened token dimension, which is the same thing for every op that
+ * runs on a shard (norms, residual adds: all are per token). A TP region
+ * all-gathers its input before the column-parallel GEMM and reduce-scatters
+ * after the row-parallel GEMM instead of all-reducing: the same bytes, and
+ * activation memory outside the regions is 1/T. The gathered input is kept
+ * for backward (Megatron re-gathers it in backward to save that memory; we
+ * trade memory for one all-gather fewer).
+ */
+#ifndef TP_TRANSFORMER_H
+#define TP_TRANSFORMER_H
+
+#ifndef TP_H
+#error "include <tp/tp.h>, not <tp/tp-transformer.h>"
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------ ParallelAttention */
+
+/*
+ * ParallelAttention (Megatron's name): fused QKV column-parallel linear with
+ * the heads split across ranks, causal scaled dot-product attention per
+ * head, out-projection row-parallel (input_is_parallel). One all-reduce
+ * forward (out-projection), one backward (input gradient of the QKV linear).
+ *
+ * Heads: heads % T must be 0; rank r owns query heads [r*H/T, (r+1)*H/T).
+ * Grouped-query / multi-query attention: kv_heads divides heads, query head
+ * h uses KV head h / (heads / kv_heads). Each rank holds the KV heads its
+ * query heads use: with kv_heads >= T and kv_heads % T == 0 they are split;
+ * otherwise (kv_heads < T, e.g. MQA) some KV heads are replicated on the
+ * ranks that share them. The gradient of a replicated KV weight is the sum
+ * of the partial gradients of the ranks sharing it: those partial sums ride
+ * in the same collective as the input gradient (appended to the all-reduce
+ * payload, or to the sharing ranks' blocks of the reduce-scatter with
+ * sequence parallelism), so the count stays one per backward and every
+ * holder ends with the same, complete gradient.
+ *
+ * Master weights (the same full model for every T):
+ *   qkv weight [hidden, (heads + 2*kv_heads) * head_dim] = (seed, tensor_id),
+ *     columns [Q head 0 .. Q head H-1 | K head 0 .. | V head 0 ..], each
+ *     head head_dim columns; qkv bias (seed, tensor_id+1) [that width];
+ *     both uniform in +-1/sqrt(hidden);
+ *   out weight [heads * head_dim, hidden] = (seed, tensor_id+2), out bias
+ *     [hidden] = (seed, tensor_id+3), uniform in +-1/sqrt(heads*head_dim).
+ * The local QKV activation is [tokens, (Hl + 2*KVl) * head_dim]: the rank's
+ * query heads, then its KV heads' K, then their V.
+ *
+ * Scores are scaled by 1/sqrt(head_dim); causal masks keys after the query
+ * position (within each batch element); softmax subtracts the row max.
+ */
+typedef struct tp_attention_config {
+    int64_t hidden;
+    int64_t heads;
+    int64_t kv_heads;        /* 0: heads (multi-head); 1: multi-query */
+    int64_t head_dim;        /* 0: hidden / heads (then hidden % heads must be 0) */
+    bool bias;               /* QKV and out-projection biases */
+    bool causal;
+    bool sequence_parallel;  /* x, y, dy, dx are token shards (see above) */
+    uint64_t seed, tensor_id; /* uses tensor_id .. tensor_id+3 */
+    const float *full_qkv_weight, *full_qkv_bias; /* optional host full tensors */
+    const float *full_out_weight, *full_out_bias;
+    const char *name;
+} tp_attention_config;
+
+typedef struct tp_attention tp_attention;
+
+/* heads % T != 0, or hidden % heads != 0 without head_dim, or kv_heads not
+ * dividing heads: TP_ERR_SHAPE with the numbers and the ways out. */
+tp_status tp_attention_create(tp_comm *comm, const tp_attention_config *cfg, tp_attention **out);
+/* x [batch*seq, hidden] (or the rank's token shard with sequence
+ * parallelism) -> y of x's shape. */
+tp_status tp_attention_forward(tp_attention *a, const tp_tensor *x, int64_t batch, int64_t seq,
+                               tp_tensor *y);
+tp_status tp_attention_backward(tp_attention *a, const tp_tensor *dy, tp_tensor *dx);
+tp_status tp_attention_zero_grad(tp_attention *a);
+/* Collective: full (unsharded) host tensors, any may be NULL; biases are
+ * ignored without bias. The _grad variant gives the gradients. */
+tp_status tp_attention_get_full(tp_attention *a, float *qkv_w, float *qkv_b, float *out_w,
+                                float *out_b);
+tp_status tp_attention_get_full_grad(tp_attention *a, float *qkv_w, float *qkv_b, float *out_w,
+                                     float *out_b);
+/* Resolved sizes: head_dim, and this rank's query heads [q_lo, q_hi) and
+ * KV heads [kv_lo, kv_hi). Any pointer may be NULL. */
+void tp_attention_get_info(const tp_attention *a, int64_t *head_dim, int64_t *q_lo, int64_t *q_hi,
+                           int64_t *kv_lo, int64_t *kv_hi);
+void tp_attention_free(tp_attention *a); /* NULL is a no-op */
+
+/* ------------------------------------------------------ LayerNorm, RMSNorm */
+
+/*
+ * Norm over the last dimension, parameters replicated on every rank
+ * (gamma ones, beta zeros, as PyTorch; or the given host tensors).
+ * Without sequence parallelism every rank sees the same full tokens, so
+ * every rank computes bitwise the same parameter gradients: no
+ * communication. With sequence parallelism each rank sees only its token
+ * shard, so its gradient is partial: backward sums the shards' parts with
+ * one all-reduce (the transformer block fuses its two norms' reductions
+ * into one), after which every rank holds the same full gradient.
+ */
+typedef struct tp_norm_config {
+    int64_t dim;
+    bool rms;                /* RMSNorm: y = x / rms(x) * gamma (+ beta if bias) */
+    bool bias;               /* beta; LayerNorm usually true, RMSNorm false */
+    float eps;               /* 0: 1e-5 */
+    bool sequence_parallel;
+    const float *full_gamma, *full_beta; /* optional host [dim] */
+    const char *name;
+} tp_norm_config;
+
+typedef struct tp_norm tp_norm;
+
+tp_status tp_norm_create(tp_comm *comm, const tp_norm_config *cfg, tp_norm **out);
+tp_status tp_norm_forward(tp_norm *n, const tp_tensor *x, tp_tensor *y); /* [tokens, dim] */
+tp_status tp_norm_backward(tp_norm *n, const tp_tensor *dy, tp_tensor *dx);
+tp_status tp_norm_zero_grad(tp_norm *n);
+/* gamma, beta (NULL without bias) and their grads (NULL before backward/zero_grad) */
+void tp_norm_get_params(tp_norm *n, tp_tensor **gamma, tp_tensor **beta, tp_tensor **dgamma,
+                        tp_tensor **dbeta);
+void tp_norm_free(tp_norm *n);
+
+/* ------------------------------------------------------- TransformerBlock */
+
+/*
+ * Pre-LN GPT block: h = x + Attn(LN1(x)); y = h + MLP(LN2(h)).
+ * Collectives per call without sequence parallelism: 2 all-reduces forward
+ * (attention out-projection, MLP fc2), 2 backward (input gradients of the
+ * QKV linear and of MLP fc1). With sequence parallelism: forward 2
+ * all-gathers + 2 reduce-scatters; backward 2 all-gathers (of dy into each
+ * row-parallel exit) + 2 reduce-scatters (input gradients) + 1 all-reduce
+ * (both norms' parameter gradients).
+ * Parameters: attention (seed, tensor_id .. +3), MLP (seed, tensor_id+4 ..
+ * +7, see tp_mlp_config), norms ones/zeros.
+ */
+typedef struct tp_block_config {
+    int64_t hidden, heads, kv_heads, head_dim, ffn; /* kv_heads, head_dim: 0 as in attention */
+    bool bias;              /* linear biases */
+    bool rms;               /* RMSNorm instead of LayerNorm (no beta) */
+    float eps;              /* 0: 1e-5 */
+    bool gelu_tanh;
+    bool causal;
+    bool sequence_parallel;
+    uint64_t seed, tensor_id;
+    const char *name;
+} tp_block_config;
+
+typedef struct tp_block tp_block;
+
+tp_status tp_block_create(tp_comm *comm, const tp_block_config *cfg, tp_block **out);
+/* x [batch*seq, hidden] or its token shard with sequence parallelism; x must
+ * stay alive until backward. */
+tp_status tp_block_forward(tp_block *b, const tp_tensor *x, int64_t batch, int64_t seq,
+                           tp_tensor *y);
+tp_status tp_block_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx);
+tp_status tp_block_zero_grad(tp_block *b);
+tp_attention *tp_block_attention(tp_block *b);
+tp_mlp *tp_block_mlp(tp_block *b);
+tp_norm *tp_block_norm1(tp_block *b);
+tp_norm *tp_block_norm2(tp_block *b);
+void tp_block_free(tp_block *b);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TP_TRANSFORMER_H */

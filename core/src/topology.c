@@ -1,0 +1,195 @@
+/*
+ * topology.c — "TP within a node, DP across nodes".
+ *
+ * Nodes are found by all-gathering a 64-bit hash of each rank's host name
+ * (two int32 words per rank), so this works unchanged on every backend.
+ * TP_FAKE_NODES replaces the host names for tests of multi-node layouts on
+ * one machine.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tp-internal.h"
+
+static uint64_t fnv1a(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+/* This rank's node key: from TP_FAKE_NODES if set, else the host name. */
+static tp_status node_key(int world_rank, int world_size, uint64_t *key)
+{
+    const char *fake = getenv("TP_FAKE_NODES");
+    if (fake == NULL || *fake == '\0') {
+        char host[256] = "";
+        if (gethostname(host, sizeof host - 1) != 0)
+            return tp_set_error(TP_ERR_IO, "tp_topology: gethostname failed: %s", strerror(errno));
+        *key = fnv1a(host);
+        return TP_OK;
+    }
+    char *end;
+    if (strchr(fake, ',') == NULL) { /* ranks per node */
+        errno = 0;
+        long per = strtol(fake, &end, 10);
+        if (errno || *end || per < 1)
+            return tp_set_error(TP_ERR_INVALID_ARG,
+                                "tp_topology: TP_FAKE_NODES='%s' is not a positive number of ranks "
+                                "per node or a list of node ids like '0,0,1,1'", fake);
+        *key = (uint64_t)(world_rank / per);
+        return TP_OK;
+    }
+    const char *p = fake;
+    for (int r = 0;; r++) { /* list of node ids, one per world rank */
+        errno = 0;
+        long id = strtol(p, &end, 10);
+        if (errno || end == p || id < 0 || (*end != ',' && *end != '\0'))
+            return tp_set_error(TP_ERR_INVALID_ARG,
+                                "tp_topology: TP_FAKE_NODES='%s': entry %d is not a node id >= 0",
+                                fake, r);
+        if (r == world_rank) {
+            *key = (uint64_t)id;
+        }
+        if (*end == '\0') {
+            if (r + 1 != world_size)
+                return tp_set_error(TP_ERR_INVALID_ARG,
+                                    "tp_topology: TP_FAKE_NODES='%s' lists %d node ids, expected "
+                                    "one per rank (%d)", fake, r + 1, world_size);
+            return TP_OK;
+        }
+        p = end + 1;
+    }
+}
+
+/* All-gather every rank's key through the communicator (device memory). */
+static tp_status gather_keys(tp_comm *world, uint64_t key, uint64_t *keys)
+{
+    int n = tp_comm_size(world);
+    tp_device *dev = tp_comm_device(world);
+    int32_t mine[2] = {(int32_t)(uint32_t)(key >> 32), (int32_t)(uint32_t)key};
+    int32_t *all = malloc(sizeof(int32_t) * 2 * (size_t)n);
+    void *d_all = NULL;
+    if (all == NULL)
+        return tp_set_error(TP_ERR_NO_MEMORY, "tp_topology: out of memory for %d node keys", n);
+    tp_status st = tp_dev_alloc(dev, sizeof(int32_t) * 2 * (size_t)n, &d_all);
+    int32_t *d_mine = (int32_t *)d_all + 2 * tp_comm_rank(world);
+    if (st == TP_OK)
+        st = tp_dev_upload(dev, d_mine, mine, sizeof mine);
+    if (st == TP_OK)
+        st = tp_all_gather(world, d_mine, d_all, 2, TP_I32);
+    if (st == TP_OK)
+        st = tp_dev_download(dev, all, d_all, sizeof(int32_t) * 2 * (size_t)n);
+    for (int r = 0; st == TP_OK && r < n; r++)
+        keys[r] = ((uint64_t)(uint32_t)all[2 * r] << 32) | (uint32_t)all[2 * r + 1];
+    tp_dev_free(dev, d_all);
+    free(all);
+    return st;
+}
+
+tp_status tp_topology(tp_comm *world, int tp_size, bool allow_span, tp_comm **tp_out,
+                      tp_comm **dp_out, tp_layout *layout)
+{
+    if (tp_out)
+        *tp_out = NULL;
+    if (dp_out)
+        *dp_out = NULL;
+    if (world == NULL || layout == NULL)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_topology: %s is NULL",
+                            world == NULL ? "world" : "layout");
+    int n = tp_comm_size(world), me = tp_comm_rank(world);
+    if (tp_size < 1 || tp_size > n || n % tp_size != 0)
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "tp_topology: TP size %d does not divide the world size %d; choose a "
+                            "TP size among the divisors of %d", tp_size, n, n);
+
+    uint64_t key = 0;
+    tp_status st = node_key(me, n, &key);
+    /* Even a rank whose key failed must join the gather, or the others hang. */
+    uint64_t *keys = calloc((size_t)n, sizeof *keys);
+    int *node_of = calloc((size_t)n, sizeof *node_of);
+    int *local_of = calloc((size_t)n, sizeof *local_of);
+    int *size_of_node = calloc((size_t)n, sizeof *size_of_node);
+    if (!keys || !node_of || !local_of || !size_of_node) {
+        st = tp_set_error(TP_ERR_NO_MEMORY, "tp_topology: out of memory for %d ranks", n);
+        goto out;
+    }
+    tp_status gst = gather_keys(world, key, keys);
+    if (st == TP_OK)
+        st = gst;
+    if (st != TP_OK)
+        goto out;
+
+    /* Number nodes by their lowest rank; local rank = order within the node. */
+    int nodes = 0;
+    for (int r = 0; r < n; r++) {
+        int node = -1;
+        for (int q = 0; q < r && node < 0; q++)
+            if (keys[q] == keys[r])
+                node = node_of[q];
+        if (node < 0)
+            node = nodes++;
+        node_of[r] = node;
+        local_of[r] = size_of_node[node]++;
+    }
+
+    int group, tp_rank;
+    if (allow_span) {
+        group = me / tp_size;
+        tp_rank = me % tp_size;
+    } else {
+        for (int node = 0; node < nodes; node++) {
+            if (size_of_node[node] % tp_size == 0)
+                continue;
+            int first = 0;
+            while (node_of[first] != node)
+                first++;
+            st = tp_set_error(TP_ERR_INVALID_ARG,
+                              "tp_topology: a TP group of %d ranks would span nodes: node %d "
+                              "(first rank %d) runs %d ranks, not a multiple of %d. TP traffic "
+                              "belongs on the fast intra-node link; choose a TP size dividing "
+                              "the ranks per node, or pass allow_span to group consecutive "
+                              "ranks anyway", tp_size, node, first, size_of_node[node], tp_size);
+            goto out;
+        }
+        /* Groups are numbered node by node. */
+        group = 0;
+        for (int node = 0; node < node_of[me]; node++)
+            group += size_of_node[node] / tp_size;
+        group += local_of[me] / tp_size;
+        tp_rank = local_of[me] % tp_size;
+    }
+
+    *layout = (tp_layout){
+        .world_rank = me, .world_size = n,
+        .node = node_of[me], .nodes = nodes,
+        .local_rank = local_of[me], .local_size = size_of_node[node_of[me]],
+        .tp_group = group, .tp_rank = tp_rank, .tp_size = tp_size,
+        .dp_rank = group, .dp_size = n / tp_size,
+    };
+    tp_comm *tp = NULL, *dp = NULL;
+    st = tp_comm_split(world, group, tp_rank, &tp);
+    if (st == TP_OK)
+        st = tp_comm_split(world, tp_rank, group, &dp);
+    if (st == TP_OK && (tp_comm_size(tp) != tp_size || tp_comm_size(dp) != n / tp_size))
+        st = tp_set_error(TP_ERR_INTERNAL, "tp_topology: built groups of %d (TP) and %d (DP), "
+                          "expected %d and %d", tp_comm_size(tp), tp_comm_size(dp), tp_size,
+                          n / tp_size);
+    if (st != TP_OK || tp_out == NULL)
+        tp_comm_free(tp);
+    else
+        *tp_out = tp;
+    if (st != TP_OK || dp_out == NULL)
+        tp_comm_free(dp);
+    else
+        *dp_out = dp;
+out:
+    free(keys);
+    free(node_of);
+    free(local_of);
+    free(size_of_node);
+    return st;
+}
