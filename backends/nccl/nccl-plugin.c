@@ -1,0 +1,122 @@
+/*
+ * nccl-plugin.c — libtp-nccl.so: the NCCL communicator plugin.
+ *
+ * TP_BACKEND=nccl runs the collectives with NCCL on CUDA device memory, on
+ * the rank's CUDA stream (so they are ordered with the cuda device's GEMMs).
+ * It needs the cuda device (TP_DEVICE=cuda, the default for nccl).
+ *
+ * Launch models (chosen in init, see nccl-engine.c):
+ *   one process, several GPUs   T ranks as threads, rank i on the GPU the
+ *                               cuda device gave it; T <= number of GPUs,
+ *                               because NCCL refuses two ranks on one GPU.
+ *   one process per GPU         under Open MPI's mpirun (or srun with PMIx):
+ *                               the NCCL unique id is broadcast from rank 0
+ *                               over MPI; libmpi is dlopen'ed only then, so
+ *                               the plugin itself does not depend on MPI.
+ *
+ * Every comm is created nonblocking (ncclConfig_t.blocking = 0): init,
+ * split and every collective are polled with ncclCommGetAsyncError and
+ * cudaStreamQuery, and after TP_TIMEOUT_S the communicator is aborted
+ * (ncclCommAbort) and the call returns TP_ERR_TIMEOUT. Nothing waits
+ * forever. Collectives return when their result is in device memory.
+ */
+#include <sched.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "nccl-internal.h"
+
+double nccl_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void nccl_backoff(double t0)
+{
+    if (nccl_now() - t0 < 2e-3) {
+        sched_yield();
+    } else {
+        struct timespec ts = {0, 20000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+tp_status nccl_status_of(ncclResult_t r)
+{
+    switch (r) {
+    case ncclSuccess:
+        return TP_OK;
+    case ncclUnhandledCudaError:
+        return TP_ERR_DEVICE;
+    case ncclInvalidArgument:
+        return TP_ERR_INVALID_ARG;
+    case ncclRemoteError:
+        return TP_ERR_PEER;
+    default: /* system, internal, invalid usage, in progress */
+        return TP_ERR_COMM;
+    }
+}
+
+void nccl_cuda_reason(cudaError_t err, int count, char *buf, size_t len)
+{
+    int drv = 0, rt = 0;
+    cudaDriverGetVersion(&drv);
+    cudaRuntimeGetVersion(&rt);
+    if (err == cudaSuccess) {
+        snprintf(buf, len, "no CUDA device: cudaGetDeviceCount found %d GPUs", count);
+    } else if (err == cudaErrorNoDevice) {
+        snprintf(buf, len, "no CUDA device: cudaGetDeviceCount returned cudaErrorNoDevice (%s)",
+                 cudaGetErrorString(err));
+    } else if (err == cudaErrorInsufficientDriver && drv == 0) {
+        snprintf(buf, len,
+                 "no CUDA device: no NVIDIA driver (libcuda.so.1) is installed; "
+                 "cudaGetDeviceCount returned cudaErrorInsufficientDriver, runtime CUDA %d.%d",
+                 rt / 1000, rt % 1000 / 10);
+    } else if (err == cudaErrorInsufficientDriver) {
+        snprintf(buf, len,
+                 "CUDA driver too old: cudaErrorInsufficientDriver: the driver supports CUDA "
+                 "%d.%d, this plugin needs runtime CUDA %d.%d; update the NVIDIA driver",
+                 drv / 1000, drv % 1000 / 10, rt / 1000, rt % 1000 / 10);
+    } else {
+        snprintf(buf, len, "CUDA unusable: cudaGetDeviceCount returned %s (%s)",
+                 cudaGetErrorName(err), cudaGetErrorString(err));
+    }
+}
+
+/* Available when CUDA sees at least one GPU. Touches no NCCL state. */
+static int nccl_probe(char *reason, size_t len)
+{
+    int n = 0;
+    cudaError_t err = cudaGetDeviceCount(&n);
+    if (err == cudaSuccess && n > 0)
+        return 1;
+    if (reason && len)
+        nccl_cuda_reason(err, n, reason, len);
+    return 0;
+}
+
+static const tp_comm_ops nccl_comm_ops = {
+    .struct_size = sizeof(tp_comm_ops),
+    .init = nccl_init,
+    .finalize = nccl_finalize,
+    .world = nccl_world,
+    .split = nccl_split,
+    .comm_free = nccl_comm_free,
+    .all_reduce = nccl_all_reduce,
+    .all_gather = nccl_all_gather,
+    .reduce_scatter = nccl_reduce_scatter,
+    .broadcast = nccl_broadcast,
+    .barrier = nccl_barrier,
+};
+
+#define NCCL_STR_(x) #x
+#define NCCL_STR(x) NCCL_STR_(x)
+
+TP_PLUGIN_DEFINE("nccl", "0.1.0",
+                 "NCCL " NCCL_STR(NCCL_MAJOR) "." NCCL_STR(NCCL_MINOR) "." NCCL_STR(NCCL_PATCH)
+                 " collectives on CUDA memory: threads on one node's GPUs, or one process per GPU "
+                 "under mpirun",
+                 &nccl_comm_ops, NULL, nccl_probe)
