@@ -1,0 +1,376 @@
+/*
+ * cuda-device.c — the cuda device plugin: probe, per-rank context (GPU,
+ * stream, cuBLAS handle), memory, copies, the vtable and the descriptor.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda-internal.h"
+
+const tp_host *cuda_host;
+
+tp_status cuda_err(tp_status st, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+
+    if (!cuda_host || !cuda_host->set_error)
+        return st;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return cuda_host->set_error(st, "cuda device: %s", msg);
+}
+
+tp_status cuda_rt_err(cudaError_t e, const char *op, const char *what)
+{
+    if (e == cudaErrorMemoryAllocation)
+        return cuda_err(TP_ERR_NO_MEMORY, "%s: %s: out of GPU memory (%s); reduce the model or "
+                        "batch size, or use more ranks", op, what, cudaGetErrorString(e));
+    return cuda_err(TP_ERR_DEVICE, "%s: %s failed: %s (%s)", op, what, cudaGetErrorName(e),
+                    cudaGetErrorString(e));
+}
+
+tp_status cuda_launched(const char *op)
+{
+    cudaError_t e = cudaGetLastError();
+    return e == cudaSuccess ? TP_OK : cuda_rt_err(e, op, "kernel launch");
+}
+
+const char *cuda_dtype_name(tp_dtype dt)
+{
+    switch (dt) {
+    case TP_F32: return "f32";
+    case TP_F16: return "f16";
+    case TP_BF16: return "bf16";
+    case TP_I32: return "i32";
+    default: return "invalid dtype";
+    }
+}
+
+tp_status cuda_check_dev(const void *dev, const char *op)
+{
+    if (!dev)
+        return cuda_err(TP_ERR_INVALID_ARG, "%s: device handle is NULL (was open() successful?)",
+                        op);
+    return TP_OK;
+}
+
+tp_status cuda_check_float_dt(tp_dtype dt, const char *op)
+{
+    if (dt == TP_F32 || dt == TP_BF16 || dt == TP_F16)
+        return TP_OK;
+    if ((unsigned)dt >= TP_DTYPE_COUNT_)
+        return cuda_err(TP_ERR_INVALID_ARG, "%s: dtype %d is not a tp_dtype", op, (int)dt);
+    return cuda_err(TP_ERR_NOT_SUPPORTED, "%s: dtype %s is not supported (expected f32, bf16 "
+                    "or f16)", op, cuda_dtype_name(dt));
+}
+
+tp_status cuda_check_count(int64_t v, const char *op, const char *what)
+{
+    if (v < 0)
+        return cuda_err(TP_ERR_INVALID_ARG, "%s: %s = %lld, expected >= 0", op, what,
+                        (long long)v);
+    return TP_OK;
+}
+
+tp_status cuda_check_dims(const char *op, int64_t rows, int64_t cols, const char *rname,
+                          const char *cname)
+{
+    tp_status st;
+
+    if ((st = cuda_check_count(rows, op, rname)) || (st = cuda_check_count(cols, op, cname)))
+        return st;
+    if (cols > 0 && rows > (INT64_MAX / 8) / cols)
+        return cuda_err(TP_ERR_INVALID_ARG, "%s: %s %lld x %s %lld elements overflow", op, rname,
+                        (long long)rows, cname, (long long)cols);
+    return TP_OK;
+}
+
+tp_status cuda_check_ptr(const void *p, int64_t count, const char *op, const char *what)
+{
+    if (!p && count > 0)
+        return cuda_err(TP_ERR_INVALID_ARG, "%s: %s is NULL but %lld elements are needed", op,
+                        what, (long long)count);
+    return TP_OK;
+}
+
+/* Can this plugin run here? No state is kept. */
+static int cuda_probe(char *reason, size_t len)
+{
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+
+    if (e == cudaSuccess && n > 0)
+        return 1;
+    if (e == cudaErrorInsufficientDriver)
+        snprintf(reason, len, "driver too old (cudaErrorInsufficientDriver): the NVIDIA driver "
+                 "is missing or older than CUDA runtime %d.%d this plugin was built with",
+                 CUDART_VERSION / 1000, CUDART_VERSION % 1000 / 10);
+    else if (e == cudaErrorNoDevice || (e == cudaSuccess && n == 0))
+        snprintf(reason, len, "no CUDA device (cudaGetDeviceCount: %s)",
+                 e == cudaSuccess ? "0 devices" : "cudaErrorNoDevice");
+    else
+        snprintf(reason, len, "no usable CUDA device: cudaGetDeviceCount returned %d (%s: %s)",
+                 (int)e, cudaGetErrorName(e), cudaGetErrorString(e));
+    return 0;
+}
+
+/* Which GPU a rank uses: TP_CUDA_DEVICE, else its index among this
+ * process's ranks, else (one rank per process, e.g. mpirun) the launcher's
+ * local rank; modulo the GPU count. */
+static int pick_device(const tp_device_args *args, int count)
+{
+    static const char *local_vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID",
+                                       "SLURM_LOCALID", "LOCAL_RANK"};
+    const char *e = getenv("TP_CUDA_DEVICE");
+    int idx = 0;
+
+    if (e && *e)
+        return atoi(e);
+    if (args && args->local_count > 1) {
+        idx = args->local_index;
+    } else {
+        for (size_t i = 0; i < sizeof local_vars / sizeof *local_vars; i++)
+            if ((e = getenv(local_vars[i])) && *e) {
+                idx = atoi(e);
+                break;
+            }
+    }
+    return count > 0 ? (idx < 0 ? 0 : idx) % count : 0;
+}
+
+static void cuda_close(void *dev);
+
+static tp_status cuda_open(const tp_host *host, const tp_device_args *args, void **dev,
+                           tp_rank_env *env)
+{
+    cuda_dev *d;
+    cudaError_t e;
+    cublasStatus_t bs;
+    int count = 0;
+    const char *tf32 = getenv("TP_CUDA_TF32");
+    char why[256];
+
+    if (host && !cuda_host)
+        cuda_host = host;
+    if (!host || !dev || !env)
+        return cuda_err(TP_ERR_INVALID_ARG, "open: host, dev and env must not be NULL");
+    if (env->struct_size < sizeof(tp_rank_env))
+        return cuda_err(TP_ERR_INVALID_ARG, "open: env->struct_size %zu < %zu (core too old?)",
+                        env->struct_size, sizeof(tp_rank_env));
+    if (!cuda_probe(why, sizeof why))
+        return cuda_err(TP_ERR_UNAVAILABLE, "open: %s", why);
+    cudaGetDeviceCount(&count);
+    d = calloc(1, sizeof *d);
+    if (!d)
+        return cuda_err(TP_ERR_NO_MEMORY, "open: out of memory for the device context");
+    d->host = host;
+    d->rank = args ? args->world_rank : 0;
+    d->device = pick_device(args, count);
+    d->tf32 = tf32 && strcmp(tf32, "1") == 0;
+    if (d->device >= count) {
+        int want = d->device;
+        free(d);
+        return cuda_err(TP_ERR_INVALID_ARG, "open: TP_CUDA_DEVICE=%d but only %d GPU(s) are "
+                        "visible", want, count);
+    }
+    /* The ordinal is per thread: every op runs on this rank's thread. */
+    if ((e = cudaSetDevice(d->device)) != cudaSuccess) {
+        free(d);
+        return cuda_rt_err(e, "open", "cudaSetDevice");
+    }
+    if ((e = cudaStreamCreateWithFlags(&d->stream, cudaStreamNonBlocking)) != cudaSuccess) {
+        free(d);
+        return cuda_rt_err(e, "open", "cudaStreamCreateWithFlags");
+    }
+    if ((bs = cublasCreate(&d->blas)) != CUBLAS_STATUS_SUCCESS) {
+        cudaStreamDestroy(d->stream);
+        free(d);
+        return cuda_err(bs == CUBLAS_STATUS_ALLOC_FAILED ? TP_ERR_NO_MEMORY : TP_ERR_DEVICE,
+                        "open: cublasCreate failed: %s", cublasGetStatusString(bs));
+    }
+    if ((bs = cublasSetStream(d->blas, d->stream)) != CUBLAS_STATUS_SUCCESS ||
+        (bs = cublasSetMathMode(d->blas, d->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                 : CUBLAS_DEFAULT_MATH)) != CUBLAS_STATUS_SUCCESS) {
+        cuda_close(d);
+        return cuda_err(TP_ERR_DEVICE, "open: cuBLAS setup failed: %s", cublasGetStatusString(bs));
+    }
+    if (host->debug)
+        host->debug("device", "cuda device: rank %d on GPU %d of %d%s", d->rank, d->device, count,
+                    d->tf32 ? ", TF32 GEMMs" : "");
+    env->mem_kind = TP_MEM_CUDA;
+    env->device_index = d->device;
+    env->stream = (void *)d->stream;
+    *dev = d;
+    return TP_OK;
+}
+
+static void cuda_close(void *dev)
+{
+    cuda_dev *d = dev;
+
+    if (!d)
+        return;
+    cudaSetDevice(d->device);
+    cudaStreamSynchronize(d->stream);
+    if (d->blas)
+        cublasDestroy(d->blas);
+    cudaStreamDestroy(d->stream);
+    free(d);
+}
+
+static tp_status cuda_alloc(void *dev, size_t bytes, void **ptr)
+{
+    cudaError_t e;
+    void *p = NULL;
+
+    if (cuda_check_dev(dev, "alloc"))
+        return TP_ERR_INVALID_ARG;
+    if (!ptr)
+        return cuda_err(TP_ERR_INVALID_ARG, "alloc: ptr is NULL");
+    *ptr = NULL;
+    /* cudaMalloc aligns to >= 256 bytes; size 0 still gets a real block. */
+    e = cudaMalloc(&p, bytes ? bytes : 64);
+    if (e != cudaSuccess || !p) {
+        cudaGetLastError(); /* clear the sticky-free error state */
+        if (e == cudaErrorMemoryAllocation || e == cudaSuccess)
+            return cuda_err(TP_ERR_NO_MEMORY, "alloc: cudaMalloc of %zu bytes on GPU %d failed: "
+                            "out of GPU memory; reduce the model or batch size, or use more "
+                            "ranks", bytes, ((cuda_dev *)dev)->device);
+        return cuda_rt_err(e, "alloc", "cudaMalloc");
+    }
+    *ptr = p;
+    return TP_OK;
+}
+
+static void cuda_free(void *dev, void *ptr)
+{
+    if (ptr)
+        cudaFree(ptr); /* waits for the device, so in-flight work on ptr is done */
+}
+
+static tp_status cuda_copy_args(void *dev, const char *op, const void *dst, const void *src,
+                                size_t bytes)
+{
+    if (cuda_check_dev(dev, op))
+        return TP_ERR_INVALID_ARG;
+    if (bytes && (!dst || !src))
+        return cuda_err(TP_ERR_INVALID_ARG, "%s: %s is NULL with %zu bytes to copy", op,
+                        dst ? "source" : "destination", bytes);
+    return TP_OK;
+}
+
+static tp_status cuda_upload(void *dev, void *dst, const void *host_src, size_t bytes)
+{
+    cuda_dev *d = dev;
+    cudaError_t e;
+    tp_status st = cuda_copy_args(dev, "upload", dst, host_src, bytes);
+
+    if (st != TP_OK || bytes == 0)
+        return st;
+    /* Ordered on the stream; waiting makes the host buffer reusable on return. */
+    if ((e = cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, d->stream)) ||
+        (e = cudaStreamSynchronize(d->stream)))
+        return cuda_rt_err(e, "upload", "cudaMemcpyAsync host to device");
+    return TP_OK;
+}
+
+static tp_status cuda_download(void *dev, void *host_dst, const void *src, size_t bytes)
+{
+    cuda_dev *d = dev;
+    cudaError_t e;
+    tp_status st = cuda_copy_args(dev, "download", host_dst, src, bytes);
+
+    if (st != TP_OK || bytes == 0)
+        return st;
+    if ((e = cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, d->stream)) ||
+        (e = cudaStreamSynchronize(d->stream)))
+        return cuda_rt_err(e, "download", "cudaMemcpyAsync device to host");
+    return TP_OK;
+}
+
+static tp_status cuda_copy_2d(void *dev, void *dst, size_t dpitch, const void *src, size_t spitch,
+                              size_t width_bytes, size_t height)
+{
+    cuda_dev *d = dev;
+    cudaError_t e;
+    tp_status st;
+
+    if (height && width_bytes > SIZE_MAX / height)
+        return cuda_err(TP_ERR_INVALID_ARG, "copy_2d: width %zu x height %zu overflows size_t",
+                        width_bytes, height);
+    if ((st = cuda_copy_args(dev, "copy_2d", dst, src, width_bytes * height)))
+        return st;
+    if (height > 1 && (dpitch < width_bytes || spitch < width_bytes))
+        return cuda_err(TP_ERR_INVALID_ARG,
+                        "copy_2d: pitches must be >= width (%zu bytes), got dpitch %zu, spitch %zu",
+                        width_bytes, dpitch, spitch);
+    if (!width_bytes || !height)
+        return TP_OK;
+    /* cudaMemcpy2D wants pitches >= width even for one row. */
+    if (height == 1)
+        dpitch = spitch = width_bytes;
+    if ((e = cudaMemcpy2DAsync(dst, dpitch, src, spitch, width_bytes, height,
+                               cudaMemcpyDeviceToDevice, d->stream)))
+        return cuda_rt_err(e, "copy_2d", "cudaMemcpy2DAsync");
+    return TP_OK;
+}
+
+static tp_status cuda_memset(void *dev, void *ptr, int value, size_t bytes)
+{
+    cuda_dev *d = dev;
+    cudaError_t e;
+    tp_status st = cuda_copy_args(dev, "memset", ptr, ptr, bytes);
+
+    if (st != TP_OK || bytes == 0)
+        return st;
+    if ((e = cudaMemsetAsync(ptr, value, bytes, d->stream)))
+        return cuda_rt_err(e, "memset", "cudaMemsetAsync");
+    return TP_OK;
+}
+
+static tp_status cuda_synchronize(void *dev)
+{
+    cudaError_t e;
+
+    if (cuda_check_dev(dev, "synchronize"))
+        return TP_ERR_INVALID_ARG;
+    if ((e = cudaStreamSynchronize(((cuda_dev *)dev)->stream)))
+        return cuda_rt_err(e, "synchronize", "cudaStreamSynchronize (an earlier kernel failed)");
+    return TP_OK;
+}
+
+static const tp_device_ops cuda_ops = {
+    .struct_size = sizeof(tp_device_ops),
+    .open = cuda_open,
+    .close = cuda_close,
+    .alloc = cuda_alloc,
+    .free = cuda_free,
+    .upload = cuda_upload,
+    .download = cuda_download,
+    .copy_2d = cuda_copy_2d,
+    .memset = cuda_memset,
+    .synchronize = cuda_synchronize,
+    .gemm = cuda_gemm,
+    .bias_add = cuda_bias_add,
+    .bias_grad = cuda_bias_grad,
+    .gelu = cuda_gelu,
+    .gelu_bwd = cuda_gelu_bwd,
+    .axpby = cuda_axpby,
+    .softmax = cuda_softmax,
+    .softmax_bwd = cuda_softmax_bwd,
+    .norm = cuda_norm,
+    .norm_bwd = cuda_norm_bwd,
+    .embedding = cuda_embedding,
+    .embedding_bwd = cuda_embedding_bwd,
+    .row_max = cuda_row_max,
+    .ce_stats = cuda_ce_stats,
+    .ce_bwd = cuda_ce_bwd,
+    .adamw = cuda_adamw,
+};
+
+TP_PLUGIN_DEFINE("cuda", "0.1.0", "CUDA device memory, cuBLAS GEMMs and CUDA kernels "
+                 "(f32, bf16, f16)", NULL, &cuda_ops, cuda_probe)

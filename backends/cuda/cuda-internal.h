@@ -1,0 +1,103 @@
+/*
+ * cuda-internal.h — shared between the files of the cuda device plugin only
+ * (C and CUDA C++).
+ *
+ * One context per rank: its GPU, a non-blocking stream every op is enqueued
+ * on, and a cuBLAS handle bound to that stream. Memory is cudaMalloc'd
+ * device memory. Element-wise kernels take f32, bf16 or f16 tensors and
+ * compute in f32; per-row statistics are f32. Reductions run in a fixed
+ * order (no float atomics), so results are the same on every run.
+ */
+#ifndef TP_CUDA_INTERNAL_H
+#define TP_CUDA_INTERNAL_H
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <tp/tp-plugin.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct cuda_dev {
+    const tp_host *host;
+    int rank;          /* world rank, for messages */
+    int device;        /* CUDA ordinal */
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    int tf32;          /* TP_CUDA_TF32=1: f32 GEMMs may use TF32 tensor cores */
+} cuda_dev;
+
+extern const tp_host *cuda_host;
+
+/* Report through the host; messages start with "cuda device: ". */
+tp_status cuda_err(tp_status st, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* A CUDA runtime error from `what` in `op` -> TP_ERR_DEVICE (or NO_MEMORY). */
+tp_status cuda_rt_err(cudaError_t e, const char *op, const char *what);
+
+const char *cuda_dtype_name(tp_dtype dt);
+
+/* Argument checks; each returns TP_OK or reports. */
+tp_status cuda_check_dev(const void *dev, const char *op);
+tp_status cuda_check_float_dt(tp_dtype dt, const char *op); /* f32, bf16, f16 */
+tp_status cuda_check_count(int64_t v, const char *op, const char *what);
+tp_status cuda_check_dims(const char *op, int64_t rows, int64_t cols, const char *rname,
+                          const char *cname);
+tp_status cuda_check_ptr(const void *p, int64_t count, const char *op, const char *what);
+
+/* After launching kernels: report a launch error. */
+tp_status cuda_launched(const char *op);
+
+/* cuda-gemm.c */
+tp_status cuda_gemm(void *dev, const tp_gemm_args *g);
+
+/* cuda-kernels.cu */
+tp_status cuda_gemm_scale(cuda_dev *d, tp_dtype dt, int64_t m, int64_t n, float beta, void *c,
+                          int64_t ldc, int64_t stride_c, int64_t batch);
+tp_status cuda_bias_add(void *dev, tp_dtype dt, int64_t rows, int64_t cols, void *y,
+                        const void *bias);
+tp_status cuda_bias_grad(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *dy,
+                         void *db);
+tp_status cuda_gelu(void *dev, tp_dtype dt, int64_t n, const void *x, void *y, int tanh_approx);
+tp_status cuda_gelu_bwd(void *dev, tp_dtype dt, int64_t n, const void *x, const void *dy,
+                        void *dx, int tanh_approx);
+tp_status cuda_axpby(void *dev, tp_dtype dt, int64_t n, float alpha, const void *x, float beta,
+                     void *y);
+tp_status cuda_embedding(void *dev, tp_dtype dt, int64_t n, int64_t dim, const int32_t *ids,
+                         int64_t lo, int64_t hi, const void *table, void *out);
+tp_status cuda_embedding_bwd(void *dev, tp_dtype dt, int64_t n, int64_t dim, const int32_t *ids,
+                             int64_t lo, int64_t hi, const void *dout, void *dtable);
+tp_status cuda_adamw(void *dev, int64_t n, float *param, const float *grad, float *m, float *v,
+                     float lr, float beta1, float beta2, float eps, float weight_decay,
+                     int64_t step);
+
+/* cuda-rows.cu: one thread block per row */
+tp_status cuda_softmax(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x, void *y,
+                       float scale, int causal);
+tp_status cuda_softmax_bwd(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *y,
+                           const void *dy, void *dx, float scale);
+tp_status cuda_norm(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
+                    const void *gamma, const void *beta, void *y, float *mean, float *rstd,
+                    float eps, int rms);
+tp_status cuda_norm_bwd(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
+                        const void *gamma, const float *mean, const float *rstd, const void *dy,
+                        void *dx, void *dgamma, void *dbeta, int rms);
+tp_status cuda_row_max(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
+                       float *out);
+tp_status cuda_ce_stats(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *logits,
+                        const int32_t *targets, int64_t lo, const float *rowmax, float *out3);
+tp_status cuda_ce_bwd(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *logits,
+                      const int32_t *targets, int64_t lo, int64_t vocab, const float *rowmax,
+                      const float *sumexp, const float *row_scale, float smoothing,
+                      void *dlogits);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TP_CUDA_INTERNAL_H */
