@@ -1,0 +1,202 @@
+/*
+ * tcp-plugin.c — the tcp communicator: descriptor, engine and communicators.
+ *
+ * One process per rank, started by tp-launch (or by hand) with
+ *   TP_RANK          this process's rank, 0 .. TP_WORLD_SIZE-1
+ *   TP_WORLD_SIZE    number of processes
+ *   TP_MASTER_ADDR   address where rank 0 listens (default 127.0.0.1)
+ *   TP_MASTER_PORT   port where rank 0 listens
+ *   TP_TCP_CHUNK_BYTES  pipelining unit of the collectives (default 256 KiB)
+ * Without TP_RANK and TP_WORLD_SIZE, and when at most one rank is asked
+ * for, it runs a single rank without sockets.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tcp.h"
+
+#define TCP_DEFAULT_CHUNK (256u * 1024u)
+
+static int parse_int(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || errno || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static void engine_free(tcp_engine *e)
+{
+    if (!e)
+        return;
+    if (e->peers)
+        for (int i = 0; i < e->world; i++)
+            if (e->peers[i].fd >= 0)
+                close(e->peers[i].fd);
+    free(e->peers);
+    free(e->scratch);
+    free(e);
+}
+
+static tp_status tcp_init(const tp_host *host, const tp_engine_args *args, void **engine,
+                          tp_engine_info *info)
+{
+    const char *rank_s = getenv("TP_RANK"), *world_s = getenv("TP_WORLD_SIZE");
+    const char *addr = getenv("TP_MASTER_ADDR"), *port = getenv("TP_MASTER_PORT");
+    const char *chunk_s = getenv("TP_TCP_CHUNK_BYTES");
+    int requested = args && args->struct_size >= offsetof(tp_engine_args, world_size) + sizeof(int)
+                        ? args->world_size
+                        : 0;
+    long rank = 0, world = 1, chunk = TCP_DEFAULT_CHUNK;
+
+    *engine = NULL;
+    if (!addr || !*addr)
+        addr = "127.0.0.1";
+    if (world_s && parse_int(world_s, 1, TCP_MAX_WORLD, &world) < 0)
+        return host->set_error(TP_ERR_INVALID_ARG,
+                               "tcp: TP_WORLD_SIZE=\"%s\" is not a number in 1..%d", world_s,
+                               TCP_MAX_WORLD);
+    if (!rank_s && world_s && world > 1)
+        return host->set_error(TP_ERR_INVALID_ARG,
+                               "tcp: TP_WORLD_SIZE=%ld but TP_RANK is not set: the tcp backend "
+                               "runs one process per rank; start them with `tp-launch -n %ld PROG`",
+                               world, world);
+    if (!world_s && rank_s)
+        return host->set_error(TP_ERR_INVALID_ARG,
+                               "tcp: TP_RANK=%s but TP_WORLD_SIZE is not set: set both, or start "
+                               "the ranks with `tp-launch -n N PROG`",
+                               rank_s);
+    if (!world_s && requested > 1)
+        return host->set_error(TP_ERR_INVALID_ARG,
+                               "tcp: %d ranks requested but TP_RANK/TP_WORLD_SIZE are not set: the "
+                               "tcp backend runs one process per rank; start them with "
+                               "`tp-launch -n %d PROG`",
+                               requested, requested);
+    if (rank_s && parse_int(rank_s, 0, world - 1, &rank) < 0)
+        return host->set_error(TP_ERR_INVALID_ARG,
+                               "tcp: TP_RANK=\"%s\" is not a rank of TP_WORLD_SIZE=%ld (expected "
+                               "0..%ld)",
+                               rank_s, world, world - 1);
+    if (requested > 0 && requested != world)
+        return host->set_error(TP_ERR_INVALID_ARG,
+                               "tcp: %d ranks requested (--tp or TP_WORLD_SIZE) but this job has "
+                               "TP_WORLD_SIZE=%ld processes: start it with `tp-launch -n %d`, or "
+                               "ask for %ld",
+                               requested, world, requested, world);
+    if (chunk_s && parse_int(chunk_s, 16, 1L << 30, &chunk) < 0)
+        return host->set_error(TP_ERR_INVALID_ARG,
+                               "tcp: TP_TCP_CHUNK_BYTES=\"%s\" is not a number in 16..%ld",
+                               chunk_s, 1L << 30);
+    if (world > 1 && (!port || !*port))
+        return host->set_error(TP_ERR_INVALID_ARG,
+                               "tcp: TP_MASTER_PORT is not set (rank %ld of %ld): every rank needs "
+                               "the port where rank 0 listens; tp-launch sets it",
+                               rank, world);
+
+    tcp_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return host->set_error(TP_ERR_NO_MEMORY, "tcp: out of memory");
+    e->host = host;
+    e->rank = (int)rank;
+    e->world = (int)world;
+    e->timeout_s = host->struct_size >= offsetof(tp_host, timeout_s) + sizeof(double) &&
+                           host->timeout_s > 0
+                       ? host->timeout_s
+                       : 300.0;
+    e->chunk_bytes = (size_t)chunk & ~(size_t)7; /* a multiple of every element size */
+    e->peers = calloc((size_t)world, sizeof *e->peers);
+    e->scratch = malloc(e->chunk_bytes);
+    e->scratch_len = e->chunk_bytes;
+    if (!e->peers || !e->scratch) {
+        engine_free(e);
+        return host->set_error(TP_ERR_NO_MEMORY, "tcp: out of memory");
+    }
+    for (long i = 0; i < world; i++)
+        e->peers[i].fd = -1;
+    if (world > 1) {
+        host->debug("comm", "tcp: rank %ld of %ld, master %s:%s, timeout %g s", rank, world, addr,
+                    port, e->timeout_s);
+        tp_status st = tcp_rendezvous(e, addr, port);
+        if (st != TP_OK) {
+            engine_free(e);
+            return st;
+        }
+    }
+    info->world_size = e->world;
+    info->local_count = 1;
+    info->first_rank = e->rank;
+    *engine = e;
+    return TP_OK;
+}
+
+static void tcp_finalize(void *engine)
+{
+    engine_free(engine);
+}
+
+static tp_status tcp_world(void *engine, int local_index, const tp_rank_env *env, void **comm,
+                           int *rank, int *size)
+{
+    tcp_engine *e = engine;
+    if (local_index != 0)
+        return e->host->set_error(TP_ERR_INVALID_ARG,
+                                  "tcp: local index %d asked for, but a tcp process runs exactly "
+                                  "one rank (local index 0)",
+                                  local_index);
+    if (env && env->mem_kind != TP_MEM_HOST)
+        return e->host->set_error(TP_ERR_NOT_SUPPORTED,
+                                  "tcp: the device keeps tensors in %s memory, but the tcp backend "
+                                  "sends from host memory only: use TP_DEVICE=cpu",
+                                  env->mem_kind == TP_MEM_CUDA ? "CUDA device" : "non-host");
+    tcp_comm *c = calloc(1, sizeof *c);
+    if (c)
+        c->members = malloc(sizeof(int) * (size_t)e->world);
+    if (!c || !c->members) {
+        free(c);
+        return e->host->set_error(TP_ERR_NO_MEMORY, "tcp: out of memory");
+    }
+    for (int i = 0; i < e->world; i++)
+        c->members[i] = i;
+    c->eng = e;
+    c->id = 0;
+    c->rank = e->rank;
+    c->size = e->world;
+    *comm = c;
+    *rank = c->rank;
+    *size = c->size;
+    return TP_OK;
+}
+
+static void tcp_comm_free(void *comm)
+{
+    tcp_comm *c = comm;
+    if (!c)
+        return;
+    free(c->members);
+    free(c);
+}
+
+static const tp_comm_ops tcp_ops = {
+    .struct_size = sizeof(tp_comm_ops),
+    .init = tcp_init,
+    .finalize = tcp_finalize,
+    .world = tcp_world,
+    .split = tcp_split,
+    .comm_free = tcp_comm_free,
+    .all_reduce = tcp_all_reduce,
+    .all_gather = tcp_all_gather,
+    .reduce_scatter = tcp_reduce_scatter,
+    .broadcast = tcp_broadcast,
+    .barrier = tcp_barrier,
+};
+
+TP_PLUGIN_DEFINE("tcp", "0.1.0",
+                 "processes on one or more hosts over TCP sockets (TP_RANK, TP_WORLD_SIZE, "
+                 "TP_MASTER_ADDR, TP_MASTER_PORT; start with tp-launch)",
+                 &tcp_ops, NULL, NULL)

@@ -1,0 +1,768 @@
+/*
+ * tcp-rendezvous.c — find the other ranks and connect a full mesh.
+ *
+ * 1. Rank 0 listens on TP_MASTER_ADDR:TP_MASTER_PORT. Every rank opens its
+ *    own listening socket on an ephemeral port.
+ * 2. Rank r > 0 connects to the master (retrying with backoff: rank 0 may
+ *    start later) and sends HELLO(rank, world, port). Rank 0 checks each
+ *    hello and answers every rank with TABLE(job id, host:port of every
+ *    rank), or ABORT(reason) when something is wrong.
+ * 3. Rank r connects to every rank j < r and sends MESH(job id, r, world);
+ *    it accepts one connection from every rank j > r.
+ * Every wait is bounded by TP_TIMEOUT_S.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tcp.h"
+
+#define MAX_PENDING 64
+
+static void addr_text(const struct sockaddr *sa, socklen_t len, char *host, size_t hostlen,
+                      int *port)
+{
+    char serv[16];
+    if (getnameinfo(sa, len, host, (socklen_t)hostlen, serv, sizeof serv,
+                    NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+        snprintf(host, hostlen, "?");
+        snprintf(serv, sizeof serv, "0");
+    }
+    *port = atoi(serv);
+}
+
+static void fd_name(int fd, int peer, char *buf, size_t len)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    char host[TCP_HOST_LEN];
+    int port = 0;
+    int r = peer ? getpeername(fd, (struct sockaddr *)&ss, &sl)
+                 : getsockname(fd, (struct sockaddr *)&ss, &sl);
+    if (r != 0) {
+        snprintf(buf, len, "?");
+        return;
+    }
+    addr_text((struct sockaddr *)&ss, sl, host, sizeof host, &port);
+    snprintf(buf, len, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+}
+
+static tp_status resolve(tcp_engine *e, const char *addr, const char *port, struct addrinfo **out)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_NUMERICSERV};
+    char *end;
+    long p = strtol(port, &end, 10);
+    if (*port == '\0' || *end != '\0' || p <= 0 || p > 65535)
+        return e->host->set_error(TP_ERR_INVALID_ARG,
+                                  "tcp: TP_MASTER_PORT=\"%s\" is not a port number (1..65535); "
+                                  "tp-launch picks a free one for you",
+                                  port);
+    int r = getaddrinfo(addr, port, &hints, out);
+    if (r != 0)
+        return e->host->set_error(TP_ERR_INVALID_ARG,
+                                  "tcp: cannot resolve TP_MASTER_ADDR=\"%s\": %s", addr,
+                                  gai_strerror(r));
+    return TP_OK;
+}
+
+/* A non-blocking listening socket bound to sa (port taken from sa). */
+static int listen_on(const struct sockaddr *sa, socklen_t len, int backlog)
+{
+    int one = 1;
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, sa, len) < 0 || listen(fd, backlog) < 0 || tcp_set_socket_opts(fd) < 0) {
+        int err = errno;
+        close(fd);
+        errno = err;
+        return -1;
+    }
+    return fd;
+}
+
+/* Open the peer listener on the same address as `like` (an fd bound to the
+ * interface the other ranks reach), ephemeral port. */
+static tp_status open_peer_listener(tcp_engine *e, int like, int *lfd)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getsockname(like, (struct sockaddr *)&ss, &sl) < 0)
+        return e->host->set_error(TP_ERR_IO, "tcp: getsockname failed: %s", strerror(errno));
+    if (ss.ss_family == AF_INET)
+        ((struct sockaddr_in *)&ss)->sin_port = 0;
+    else if (ss.ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)&ss)->sin6_port = 0;
+    int fd = listen_on((struct sockaddr *)&ss, sl, e->world + 16);
+    if (fd < 0)
+        return e->host->set_error(TP_ERR_IO,
+                                  "tcp: rank %d cannot open its peer listening socket: %s",
+                                  e->rank, strerror(errno));
+    sl = sizeof ss;
+    getsockname(fd, (struct sockaddr *)&ss, &sl);
+    addr_text((struct sockaddr *)&ss, sl, e->peers[e->rank].host, TCP_HOST_LEN,
+              &e->peers[e->rank].port);
+    *lfd = fd;
+    return TP_OK;
+}
+
+/* Connect to sa, retrying refused/unreachable with backoff until deadline. */
+static int connect_retry(const struct sockaddr *sa, socklen_t len, double deadline, int *last_err,
+                         int *attempts)
+{
+    double backoff = 0.01;
+    *attempts = 0;
+    for (;;) {
+        ++*attempts;
+        int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            *last_err = errno;
+            return -1;
+        }
+        if (tcp_set_socket_opts(fd) < 0) {
+            *last_err = errno;
+            close(fd);
+            return -1;
+        }
+        int r = connect(fd, sa, len);
+        if (r < 0 && errno == EINPROGRESS) {
+            struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+            double left = deadline - tcp_now();
+            int ms = left > 0 ? (int)(left * 1000) + 1 : 0;
+            r = poll(&pfd, 1, ms);
+            if (r == 0) {
+                errno = ETIMEDOUT;
+                r = -1;
+            } else if (r > 0) {
+                int err = 0;
+                socklen_t el = sizeof err;
+                getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el);
+                errno = err;
+                r = err ? -1 : 0;
+            }
+        }
+        if (r == 0)
+            return fd;
+        *last_err = errno;
+        close(fd);
+        if (tcp_now() + backoff >= deadline)
+            return -1;
+        struct timespec ts = {.tv_sec = (time_t)backoff,
+                              .tv_nsec = (long)((backoff - (double)(time_t)backoff) * 1e9)};
+        nanosleep(&ts, NULL);
+        backoff = backoff * 2 > 0.5 ? 0.5 : backoff * 2;
+    }
+}
+
+static int send_msg(int fd, uint16_t op, const void *payload, size_t len, double deadline)
+{
+    unsigned char h[TCP_HDR_SIZE];
+    tcp_hdr hdr = {.magic = TCP_MAGIC, .version = TCP_WIRE_VERSION, .op = op, .len = len};
+    tcp_hdr_encode(&hdr, h);
+    if (tcp_send_all(fd, h, sizeof h, deadline) < 0)
+        return -1;
+    return len ? tcp_send_all(fd, payload, len, deadline) : 0;
+}
+
+static void send_abort(int fd, const char *reason)
+{
+    size_t n = strlen(reason);
+    if (n > TCP_ABORT_MAX)
+        n = TCP_ABORT_MAX;
+    (void)send_msg(fd, TCP_OP_ABORT, reason, n, tcp_now() + 1.0);
+}
+
+static void random_job_id(uint64_t *id)
+{
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd >= 0 ? read(fd, id, sizeof *id) : -1;
+    if (fd >= 0)
+        close(fd);
+    if (n != (ssize_t)sizeof *id) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        *id = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 40);
+    }
+    if (*id == 0)
+        *id = 1;
+}
+
+/* ------------------------------------------------------- accept loop */
+
+typedef struct pending {
+    int fd;
+    size_t got;
+    unsigned char buf[TCP_HDR_SIZE + TCP_MESH_SIZE]; /* >= HELLO too */
+    char from[96];
+} pending;
+
+typedef struct acceptor {
+    tcp_engine *e;
+    int lfd;
+    int mesh;          /* 0: master accepting HELLO, 1: rank accepting MESH */
+    int *fds;          /* [world]: accepted connection per rank, -1 if none */
+    int need, have;
+    pending p[MAX_PENDING];
+    int np;
+} acceptor;
+
+static size_t acc_msg_size(const acceptor *a)
+{
+    return TCP_HDR_SIZE + (a->mesh ? TCP_MESH_SIZE : TCP_HELLO_SIZE);
+}
+
+/* Fatal error: tell every accepted/pending connection (master only), then fail. */
+static tp_status acc_fail(acceptor *a, tp_status st, const char *msg)
+{
+    if (!a->mesh) {
+        for (int i = 0; i < a->e->world; i++)
+            if (a->fds[i] >= 0)
+                send_abort(a->fds[i], msg);
+        for (int i = 0; i < a->np; i++)
+            send_abort(a->p[i].fd, msg);
+    }
+    return a->e->host->set_error(st, "%s", msg);
+}
+
+static void drop_pending(acceptor *a, int i)
+{
+    a->p[i] = a->p[--a->np];
+}
+
+/* Check a complete hello/mesh message from pending i; adopt its fd. */
+static tp_status acc_check(acceptor *a, int i)
+{
+    tcp_engine *e = a->e;
+    pending *p = &a->p[i];
+    tcp_hdr h, want = {.magic = TCP_MAGIC, .version = TCP_WIRE_VERSION,
+                       .op = a->mesh ? TCP_OP_MESH : TCP_OP_HELLO,
+                       .len = a->mesh ? TCP_MESH_SIZE : TCP_HELLO_SIZE};
+    char why[384], msg[768];
+    const char *where = a->mesh ? "this rank's peer port" : "the master port";
+    tcp_hdr_decode(p->buf, &h);
+    if (tcp_hdr_mismatch(&h, &want, why, sizeof why)) {
+        snprintf(msg, sizeof msg, "tcp rendezvous: rank %d: a connection from %s to %s sent %s",
+                 e->rank, p->from, where, why);
+        return acc_fail(a, TP_ERR_PEER, msg);
+    }
+    const unsigned char *b = p->buf + TCP_HDR_SIZE;
+    uint64_t job = 0;
+    uint32_t rank, world;
+    int port = 0;
+    if (a->mesh) {
+        job = tcp_get64(b);
+        rank = tcp_get32(b + 8);
+        world = tcp_get32(b + 12);
+    } else {
+        rank = tcp_get32(b);
+        world = tcp_get32(b + 4);
+        port = tcp_get16(b + 8);
+    }
+    if (world != (uint32_t)e->world) {
+        snprintf(msg, sizeof msg,
+                 "tcp rendezvous: rank %u (connected from %s) was started with TP_WORLD_SIZE=%u "
+                 "but rank %d has TP_WORLD_SIZE=%d: start every rank with the same world size",
+                 rank, p->from, world, e->rank, e->world);
+        return acc_fail(a, TP_ERR_INVALID_ARG, msg);
+    }
+    if (a->mesh && job != e->job_id) {
+        snprintf(msg, sizeof msg,
+                 "tcp rendezvous: rank %d: a connection from %s claims rank %u of job %#llx, but "
+                 "this job is %#llx: two jobs share TP_MASTER_PORT or a stale rank is running",
+                 e->rank, p->from, rank, (unsigned long long)job, (unsigned long long)e->job_id);
+        return acc_fail(a, TP_ERR_PEER, msg);
+    }
+    if (!a->mesh && port == 0) {
+        snprintf(msg, sizeof msg,
+                 "tcp rendezvous: rank %u (connected from %s) registered listening port 0: a "
+                 "corrupted or foreign hello",
+                 rank, p->from);
+        return acc_fail(a, TP_ERR_PEER, msg);
+    }
+    uint32_t lo = a->mesh ? (uint32_t)e->rank + 1 : 1;
+    if (rank < lo || rank >= world) {
+        snprintf(msg, sizeof msg,
+                 "tcp rendezvous: rank %d: a connection from %s claims rank %u, expected a rank "
+                 "in %u..%u: check TP_RANK of every process",
+                 e->rank, p->from, rank, lo, world - 1);
+        return acc_fail(a, TP_ERR_PEER, msg);
+    }
+    if (a->fds[rank] >= 0) {
+        char other[96];
+        fd_name(a->fds[rank], 1, other, sizeof other);
+        snprintf(msg, sizeof msg,
+                 "tcp rendezvous: two processes claim rank %u (connected from %s and from %s): "
+                 "TP_RANK must be unique",
+                 rank, other, p->from);
+        return acc_fail(a, TP_ERR_PEER, msg);
+    }
+    if (!a->mesh) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        int dummy;
+        getpeername(p->fd, (struct sockaddr *)&ss, &sl);
+        addr_text((struct sockaddr *)&ss, sl, e->peers[rank].host, TCP_HOST_LEN, &dummy);
+        e->peers[rank].port = port;
+    }
+    a->fds[rank] = p->fd;
+    a->have++;
+    e->host->debug("comm", "tcp: rank %d: rank %u %s from %s", e->rank, rank,
+                   a->mesh ? "connected to this rank" : "registered", p->from);
+    drop_pending(a, i);
+    return TP_OK;
+}
+
+static tp_status acc_missing(acceptor *a, double timeout_s)
+{
+    tcp_engine *e = a->e;
+    char list[256] = "";
+    size_t used = 0;
+    int shown = 0, lo = a->mesh ? e->rank + 1 : 1;
+    for (int r = lo; r < e->world; r++) {
+        if (a->fds[r] >= 0)
+            continue;
+        if (shown++ == 8) {
+            snprintf(list + used, sizeof list - used, ", ...");
+            break;
+        }
+        int n = snprintf(list + used, sizeof list - used, "%s%d", used ? ", " : "", r);
+        if (n > 0 && (size_t)n < sizeof list - used)
+            used += (size_t)n;
+    }
+    char msg[768], me[96];
+    fd_name(a->lfd, 0, me, sizeof me);
+    if (a->mesh)
+        snprintf(msg, sizeof msg,
+                 "tcp rendezvous: rank %d waited %g s (TP_TIMEOUT_S) at %s for rank(s) %s to "
+                 "connect (%d of %d arrived): they exited or hang before connecting; see their "
+                 "errors",
+                 e->rank, timeout_s, me, list, a->have, a->need);
+    else
+        snprintf(msg, sizeof msg,
+                 "tcp rendezvous: rank 0 (the master) waited %g s (TP_TIMEOUT_S) at %s for rank(s) "
+                 "%s to register (%d of %d arrived): were they started, with the same "
+                 "TP_MASTER_ADDR/TP_MASTER_PORT and TP_WORLD_SIZE=%d?",
+                 timeout_s, me, list, a->have, a->need, e->world);
+    return acc_fail(a, TP_ERR_TIMEOUT, msg);
+}
+
+/* Accept until `need` valid connections arrived; fds[rank] gets each. */
+static tp_status accept_all(acceptor *a, double deadline)
+{
+    tcp_engine *e = a->e;
+    tp_status st = TP_OK;
+    while (a->have < a->need) {
+        if (tcp_now() >= deadline) {
+            st = acc_missing(a, e->timeout_s);
+            break;
+        }
+        struct pollfd pfd[MAX_PENDING + 1];
+        pfd[0] = (struct pollfd){.fd = a->lfd, .events = POLLIN};
+        for (int i = 0; i < a->np; i++)
+            pfd[i + 1] = (struct pollfd){.fd = a->p[i].fd, .events = POLLIN};
+        double left = deadline - tcp_now();
+        int ms = left > 1.0 ? 1000 : (int)(left * 1000) + 1;
+        int np = a->np;
+        if (poll(pfd, (nfds_t)np + 1, ms) < 0) {
+            if (errno == EINTR)
+                continue;
+            st = e->host->set_error(TP_ERR_IO, "tcp rendezvous: poll failed: %s", strerror(errno));
+            break;
+        }
+        /* Read pending connections first (from the end: drop_pending moves the last). */
+        for (int i = np - 1; i >= 0 && st == TP_OK; i--) {
+            if (!pfd[i + 1].revents)
+                continue;
+            pending *p = &a->p[i];
+            size_t want = acc_msg_size(a) - p->got;
+            ssize_t n = recv(p->fd, p->buf + p->got, want, MSG_DONTWAIT);
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+                continue;
+            if (n <= 0 && p->got == 0) {
+                /* Connected and left without a word (a port probe): ignore it. */
+                e->host->debug("comm", "tcp: rank %d: %s connected and closed", e->rank, p->from);
+                close(p->fd);
+                drop_pending(a, i);
+                continue;
+            }
+            if (n <= 0) {
+                char msg[512];
+                snprintf(msg, sizeof msg,
+                         "tcp rendezvous: rank %d: a connection from %s to %s sent %zu bytes "
+                         "and %s, expected a %zu-byte tp tcp %s",
+                         e->rank, p->from, a->mesh ? "this rank's peer port" : "the master port",
+                         p->got, n == 0 ? "closed" : strerror(errno), acc_msg_size(a),
+                         a->mesh ? "mesh hello" : "hello");
+                st = acc_fail(a, TP_ERR_PEER, msg);
+                break;
+            }
+            p->got += (size_t)n;
+            if (p->got >= 4 && tcp_get32(p->buf) != TCP_MAGIC) {
+                st = acc_check(a, i); /* garbage: fail at once */
+            } else if (p->got >= TCP_HDR_SIZE) {
+                /* Check the header as soon as it is complete, so garbage fails fast. */
+                tcp_hdr h, want_h = {.magic = TCP_MAGIC, .version = TCP_WIRE_VERSION,
+                                     .op = a->mesh ? TCP_OP_MESH : TCP_OP_HELLO,
+                                     .len = a->mesh ? TCP_MESH_SIZE : TCP_HELLO_SIZE};
+                char why[384];
+                tcp_hdr_decode(p->buf, &h);
+                if (tcp_hdr_mismatch(&h, &want_h, why, sizeof why) || p->got == acc_msg_size(a))
+                    st = acc_check(a, i);
+            }
+        }
+        if (st != TP_OK)
+            break;
+        if (pfd[0].revents & POLLIN) {
+            struct sockaddr_storage ss;
+            socklen_t sl = sizeof ss;
+            int fd = accept4(a->lfd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC);
+            if (fd < 0)
+                continue;
+            if (a->np == MAX_PENDING || tcp_set_socket_opts(fd) < 0) {
+                close(fd);
+                continue;
+            }
+            pending *p = &a->p[a->np++];
+            memset(p, 0, sizeof *p);
+            p->fd = fd;
+            char host[TCP_HOST_LEN];
+            int port;
+            addr_text((struct sockaddr *)&ss, sl, host, sizeof host, &port);
+            snprintf(p->from, sizeof p->from, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+        }
+    }
+    for (int i = 0; i < a->np; i++)
+        close(a->p[i].fd);
+    a->np = 0;
+    return st;
+}
+
+/* ------------------------------------------------------------- phases */
+
+static tp_status master_phase(tcp_engine *e, struct addrinfo *ai, int *lfd_out)
+{
+    int mfd = -1, lfd = -1;
+    int err = 0;
+    for (struct addrinfo *p = ai; p; p = p->ai_next) {
+        mfd = listen_on(p->ai_addr, p->ai_addrlen, e->world + 16);
+        if (mfd >= 0)
+            break;
+        err = errno;
+    }
+    if (mfd < 0) {
+        char name[96];
+        int port;
+        addr_text(ai->ai_addr, ai->ai_addrlen, name, sizeof name, &port);
+        return e->host->set_error(
+            TP_ERR_IO,
+            "tcp rendezvous: rank 0 cannot listen on %s:%d (TP_MASTER_ADDR:TP_MASTER_PORT): %s%s",
+            name, port, strerror(err),
+            err == EADDRINUSE ? "; another job uses this port: pick another TP_MASTER_PORT "
+                                "(tp-launch picks a free one)"
+                              : "");
+    }
+    tp_status st = open_peer_listener(e, mfd, &lfd);
+    if (st != TP_OK) {
+        close(mfd);
+        return st;
+    }
+    random_job_id(&e->job_id);
+    int *fds = malloc(sizeof(int) * (size_t)e->world);
+    if (!fds) {
+        close(mfd);
+        close(lfd);
+        return e->host->set_error(TP_ERR_NO_MEMORY, "tcp rendezvous: out of memory");
+    }
+    for (int i = 0; i < e->world; i++)
+        fds[i] = -1;
+    acceptor *a = calloc(1, sizeof *a);
+    if (!a) {
+        free(fds);
+        close(mfd);
+        close(lfd);
+        return e->host->set_error(TP_ERR_NO_MEMORY, "tcp rendezvous: out of memory");
+    }
+    *a = (acceptor){.e = e, .lfd = mfd, .mesh = 0, .fds = fds, .need = e->world - 1};
+    e->host->debug("comm", "tcp: rank 0: master listening, %d rank(s) to register", a->need);
+    st = accept_all(a, tcp_now() + e->timeout_s);
+
+    size_t tlen = TCP_TABLE_HEAD_SIZE + (size_t)e->world * TCP_TABLE_ENTRY_SIZE;
+    unsigned char *table = st == TP_OK ? calloc(1, tlen) : NULL;
+    if (st == TP_OK && !table)
+        st = acc_fail(a, TP_ERR_NO_MEMORY, "tcp rendezvous: out of memory for the rank table");
+    if (st == TP_OK) {
+        tcp_put64(table, e->job_id);
+        tcp_put64(table + 8, e->chunk_bytes);
+        for (int r = 0; r < e->world; r++) {
+            unsigned char *ent = table + TCP_TABLE_HEAD_SIZE + (size_t)r * TCP_TABLE_ENTRY_SIZE;
+            tcp_put16(ent, (uint16_t)e->peers[r].port);
+            memcpy(ent + 4, e->peers[r].host, strnlen(e->peers[r].host, TCP_HOST_LEN - 1));
+        }
+        double deadline = tcp_now() + e->timeout_s;
+        for (int r = 1; r < e->world && st == TP_OK; r++) {
+            if (send_msg(fds[r], TCP_OP_TABLE, table, tlen, deadline) < 0) {
+                char name[96];
+                st = e->host->set_error(TP_ERR_PEER,
+                                        "tcp rendezvous: rank 0 could not send the rank table to "
+                                        "rank %d at %s: %s: it exited during the rendezvous",
+                                        r, tcp_peer_name(&e->peers[r], name, sizeof name),
+                                        strerror(errno));
+            }
+        }
+    }
+    free(table);
+    for (int r = 0; r < e->world; r++)
+        if (fds[r] >= 0)
+            close(fds[r]);
+    free(fds);
+    free(a);
+    close(mfd);
+    if (st != TP_OK)
+        close(lfd);
+    else
+        *lfd_out = lfd;
+    return st;
+}
+
+static tp_status worker_phase(tcp_engine *e, struct addrinfo *ai, int *lfd_out)
+{
+    double deadline = tcp_now() + e->timeout_s;
+    int fd = -1, err = 0, attempts = 0;
+    char master[96] = "?";
+    for (struct addrinfo *p = ai; p && fd < 0; p = p->ai_next) {
+        int port;
+        char host[TCP_HOST_LEN];
+        addr_text(p->ai_addr, p->ai_addrlen, host, sizeof host, &port);
+        snprintf(master, sizeof master, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+        fd = connect_retry(p->ai_addr, p->ai_addrlen, p->ai_next ? tcp_now() + 0.5 : deadline,
+                           &err, &attempts);
+    }
+    if (fd < 0)
+        return e->host->set_error(
+            TP_ERR_TIMEOUT,
+            "tcp rendezvous: rank %d could not reach the master (rank 0) at %s within %g s "
+            "(TP_TIMEOUT_S, %d attempts, last error: %s): is rank 0 running with the same "
+            "TP_MASTER_ADDR/TP_MASTER_PORT?",
+            e->rank, master, e->timeout_s, attempts, strerror(err));
+    int lfd = -1;
+    tp_status st = open_peer_listener(e, fd, &lfd);
+    if (st != TP_OK) {
+        close(fd);
+        return st;
+    }
+    unsigned char hello[TCP_HELLO_SIZE] = {0};
+    tcp_put32(hello, (uint32_t)e->rank);
+    tcp_put32(hello + 4, (uint32_t)e->world);
+    tcp_put16(hello + 8, (uint16_t)e->peers[e->rank].port);
+    e->host->debug("comm", "tcp: rank %d: registering with the master at %s", e->rank, master);
+
+    size_t tlen = TCP_TABLE_HEAD_SIZE + (size_t)e->world * TCP_TABLE_ENTRY_SIZE;
+    unsigned char *table = malloc(tlen);
+    unsigned char h[TCP_HDR_SIZE];
+    size_t got = 0;
+    char why[400];
+    if (!table) {
+        st = e->host->set_error(TP_ERR_NO_MEMORY, "tcp rendezvous: out of memory");
+        goto done;
+    }
+    if (send_msg(fd, TCP_OP_HELLO, hello, sizeof hello, deadline) < 0) {
+        st = e->host->set_error(TP_ERR_PEER,
+                                "tcp rendezvous: rank %d could not register with the master at "
+                                "%s: %s",
+                                e->rank, master, strerror(errno));
+        goto done;
+    }
+    /* The master answers when every rank has registered: wait the full timeout. */
+    if (tcp_recv_all(fd, h, sizeof h, tcp_now() + e->timeout_s, &got) < 0) {
+        int en = errno;
+        if (en == ETIMEDOUT)
+            st = e->host->set_error(TP_ERR_TIMEOUT,
+                                    "tcp rendezvous: rank %d registered with the master at %s but "
+                                    "got no rank table within %g s (TP_TIMEOUT_S): other ranks "
+                                    "did not register; see rank 0's error",
+                                    e->rank, master, e->timeout_s);
+        else
+            st = e->host->set_error(TP_ERR_PEER,
+                                    "tcp rendezvous: the master (rank 0 at %s) %s before sending "
+                                    "the rank table to rank %d (%zu of %d header bytes): see rank "
+                                    "0's error",
+                                    master, en == ENODATA ? "closed the connection" : strerror(en),
+                                    e->rank, got, TCP_HDR_SIZE);
+        goto done;
+    }
+    tcp_hdr hdr, want = {.magic = TCP_MAGIC, .version = TCP_WIRE_VERSION, .op = TCP_OP_TABLE,
+                         .len = tlen};
+    tcp_hdr_decode(h, &hdr);
+    if (hdr.magic == TCP_MAGIC && hdr.version == TCP_WIRE_VERSION && hdr.op == TCP_OP_ABORT &&
+        hdr.len <= TCP_ABORT_MAX && hdr.comm == 0 && hdr.seq == 0) {
+        char reason[TCP_ABORT_MAX + 1] = "";
+        size_t n = 0;
+        (void)tcp_recv_all(fd, reason, (size_t)hdr.len, tcp_now() + 1.0, &n);
+        reason[n] = '\0';
+        for (size_t i = 0; i < n; i++) /* text from the wire: printable only */
+            if (reason[i] < 32 || reason[i] > 126)
+                reason[i] = '?';
+        st = e->host->set_error(TP_ERR_PEER,
+                                "tcp rendezvous: the master (rank 0 at %s) refused rank %d: %s",
+                                master, e->rank, reason);
+        goto done;
+    }
+    if (tcp_hdr_mismatch(&hdr, &want, why, sizeof why)) {
+        st = e->host->set_error(TP_ERR_PEER,
+                                "tcp rendezvous: rank %d: the master at %s sent %s", e->rank,
+                                master, why);
+        goto done;
+    }
+    if (tcp_recv_all(fd, table, tlen, tcp_now() + e->timeout_s, &got) < 0) {
+        st = e->host->set_error(TP_ERR_PEER,
+                                "tcp rendezvous: rank %d: the master at %s stopped after %zu of "
+                                "%zu rank table bytes: %s",
+                                e->rank, master, got, tlen,
+                                errno == ENODATA ? "connection closed" : strerror(errno));
+        goto done;
+    }
+    e->job_id = tcp_get64(table);
+    uint64_t chunk = tcp_get64(table + 8);
+    if (chunk < 16 || chunk > (1u << 30) || chunk % 8) {
+        st = e->host->set_error(TP_ERR_PEER,
+                                "tcp rendezvous: rank %d: the master at %s sent chunk size %llu, "
+                                "expected a multiple of 8 in 16..2^30: a corrupted or foreign "
+                                "master",
+                                e->rank, master, (unsigned long long)chunk);
+        goto done;
+    }
+    if (chunk != e->chunk_bytes) {
+        /* Every rank must cut messages the same way: rank 0's setting wins. */
+        unsigned char *sc = malloc((size_t)chunk);
+        if (!sc) {
+            st = e->host->set_error(TP_ERR_NO_MEMORY, "tcp rendezvous: out of memory");
+            goto done;
+        }
+        e->host->debug("comm", "tcp: rank %d: chunk size %zu -> %llu (rank 0's)", e->rank,
+                       e->chunk_bytes, (unsigned long long)chunk);
+        free(e->scratch);
+        e->scratch = sc;
+        e->scratch_len = (size_t)chunk;
+        e->chunk_bytes = (size_t)chunk;
+    }
+    for (int r = 0; r < e->world; r++) {
+        const unsigned char *ent = table + TCP_TABLE_HEAD_SIZE + (size_t)r * TCP_TABLE_ENTRY_SIZE;
+        char host[TCP_HOST_LEN];
+        int port = tcp_get16(ent);
+        memcpy(host, ent + 4, TCP_HOST_LEN);
+        if (memchr(host, '\0', TCP_HOST_LEN) == NULL || host[0] == '\0' || port == 0 ||
+            (r == e->rank && port != e->peers[r].port)) {
+            st = e->host->set_error(TP_ERR_PEER,
+                                    "tcp rendezvous: rank %d: the master at %s sent a rank table "
+                                    "with an invalid entry for rank %d (port %d): a corrupted or "
+                                    "foreign master",
+                                    e->rank, master, r, port);
+            goto done;
+        }
+        if (r != e->rank) {
+            memcpy(e->peers[r].host, host, TCP_HOST_LEN);
+            e->peers[r].port = port;
+        }
+    }
+done:
+    free(table);
+    close(fd);
+    if (st != TP_OK)
+        close(lfd);
+    else
+        *lfd_out = lfd;
+    return st;
+}
+
+/* Connect to every rank below this one, then accept every rank above. */
+static tp_status mesh_phase(tcp_engine *e, int lfd)
+{
+    double deadline = tcp_now() + e->timeout_s;
+    tp_status st = TP_OK;
+    unsigned char m[TCP_MESH_SIZE];
+    tcp_put64(m, e->job_id);
+    tcp_put32(m + 8, (uint32_t)e->rank);
+    tcp_put32(m + 12, (uint32_t)e->world);
+    for (int j = 0; j < e->rank; j++) {
+        tcp_peer *p = &e->peers[j];
+        char name[96], port[16];
+        struct addrinfo hints = {.ai_socktype = SOCK_STREAM,
+                                 .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV},
+                        *ai = NULL;
+        snprintf(port, sizeof port, "%d", p->port);
+        tcp_peer_name(p, name, sizeof name);
+        if (getaddrinfo(p->host, port, &hints, &ai) != 0 || !ai)
+            return e->host->set_error(TP_ERR_PEER,
+                                      "tcp rendezvous: rank %d: the rank table gives rank %d the "
+                                      "address %s, which is not a numeric address",
+                                      e->rank, j, name);
+        int err = 0, attempts = 0;
+        int fd = connect_retry(ai->ai_addr, ai->ai_addrlen, deadline, &err, &attempts);
+        freeaddrinfo(ai);
+        if (fd < 0)
+            return e->host->set_error(TP_ERR_TIMEOUT,
+                                      "tcp rendezvous: rank %d could not connect to rank %d at %s "
+                                      "within %g s (TP_TIMEOUT_S, %d attempts, last error: %s): "
+                                      "it exited, or a firewall blocks its port",
+                                      e->rank, j, name, e->timeout_s, attempts, strerror(err));
+        p->fd = fd;
+        if (send_msg(fd, TCP_OP_MESH, m, sizeof m, deadline) < 0)
+            return e->host->set_error(TP_ERR_PEER,
+                                      "tcp rendezvous: rank %d could not greet rank %d at %s: %s",
+                                      e->rank, j, name, strerror(errno));
+    }
+    int need = e->world - 1 - e->rank;
+    if (need > 0) {
+        int *fds = malloc(sizeof(int) * (size_t)e->world);
+        acceptor *a = calloc(1, sizeof *a);
+        if (!fds || !a) {
+            free(fds);
+            free(a);
+            return e->host->set_error(TP_ERR_NO_MEMORY, "tcp rendezvous: out of memory");
+        }
+        for (int i = 0; i < e->world; i++)
+            fds[i] = -1;
+        *a = (acceptor){.e = e, .lfd = lfd, .mesh = 1, .fds = fds, .need = need};
+        st = accept_all(a, deadline);
+        for (int r = 0; r < e->world; r++) {
+            if (fds[r] < 0)
+                continue;
+            if (st == TP_OK)
+                e->peers[r].fd = fds[r];
+            else
+                close(fds[r]);
+        }
+        free(fds);
+        free(a);
+    }
+    return st;
+}
+
+tp_status tcp_rendezvous(tcp_engine *e, const char *master_addr, const char *master_port)
+{
+    struct addrinfo *ai = NULL;
+    tp_status st = resolve(e, master_addr, master_port, &ai);
+    if (st != TP_OK)
+        return st;
+    int lfd = -1;
+    st = e->rank == 0 ? master_phase(e, ai, &lfd) : worker_phase(e, ai, &lfd);
+    freeaddrinfo(ai);
+    if (st != TP_OK)
+        return st;
+    st = mesh_phase(e, lfd);
+    close(lfd);
+    if (st == TP_OK)
+        e->host->debug("comm", "tcp: rank %d: connected to all %d peers (job %#llx)", e->rank,
+                       e->world - 1, (unsigned long long)e->job_id);
+    return st;
+}

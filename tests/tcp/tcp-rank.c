@@ -1,0 +1,54 @@
+/*
+ * tcp-rank — one rank of a tcp job for tp-launch, without libtp: loads
+ * libtp-tcp.so, joins the job from the environment tp-launch sets, and
+ *   tcp-rank check       runs every collective against a serial reference
+ *   tcp-rank die RANK    rank RANK exits with status 3 after a barrier; the
+ *                        others call all_reduce and must fail (exit 1)
+ * Exit status 0 on success, 1 on a failed check (message on stderr).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tcp-checks.h"
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || th_load() != 0) {
+        fprintf(stderr, "usage: tcp-rank check | die RANK\n");
+        return 2;
+    }
+    th_rank r;
+    tp_status st = th_open(&r, 0, TP_MEM_HOST);
+    if (st != TP_OK) {
+        fprintf(stderr, "tcp-rank: init: %s\n", th_error());
+        return 1;
+    }
+    if (strcmp(argv[1], "check") == 0) {
+        st = tcp_check_all(r.world, r.rank, r.size, 1);
+        if (st == TP_OK)
+            printf("rank %d of %d: all collectives agree with the serial reference\n", r.rank,
+                   r.size);
+    } else if (strcmp(argv[1], "die") == 0 && argc > 2) {
+        st = th_ops->barrier(r.world);
+        if (st == TP_OK && r.rank == atoi(argv[2])) {
+            fprintf(stderr, "rank %d: exiting on purpose\n", r.rank);
+            exit(3);
+        }
+        float x[13] = {0};
+        if (st == TP_OK)
+            st = th_ops->all_reduce(r.world, x, x, 13, TP_F32, TP_SUM);
+        if (st == TP_OK) {
+            fprintf(stderr, "rank %d: all_reduce succeeded without rank %s\n", r.rank, argv[2]);
+            th_close(&r);
+            return 4;
+        }
+        fprintf(stderr, "rank %d: failed as expected: %s\n", r.rank, th_error());
+        th_close(&r);
+        return 1;
+    }
+    if (st != TP_OK)
+        fprintf(stderr, "tcp-rank: rank %d: %s\n", r.rank, th_error());
+    th_close(&r);
+    return st == TP_OK ? 0 : 1;
+}

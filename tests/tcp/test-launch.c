@@ -1,0 +1,276 @@
+/*
+ * test-launch.c — tp-launch as a user meets it: the environment each rank
+ * gets, prefixed output, exit status, and what happens when a rank fails
+ * (the others are stopped, the failing rank is named, nothing hangs).
+ *
+ * argv[1] = tp-launch, argv[2] = tcp-rank (set by meson).
+ */
+#include <check.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *launch_path, *rank_path;
+
+typedef struct run_out {
+    int status;
+    char out[16384], err[16384];
+} run_out;
+
+/* Run argv, collect stdout and stderr; kill it after guard_s (reported as
+ * status -1, a hang). */
+static void run(char *const argv[], double guard_s, run_out *o)
+{
+    int po[2], pe[2];
+    memset(o, 0, sizeof *o);
+    ck_assert(pipe(po) == 0 && pipe(pe) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(po[1], 1);
+        dup2(pe[1], 2);
+        close(po[0]);
+        close(pe[0]);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    close(po[1]);
+    close(pe[1]);
+    size_t lo = 0, le = 0;
+    int open = 2;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (open > 0) {
+        struct pollfd p[2] = {{po[0], POLLIN, 0}, {pe[0], POLLIN, 0}};
+        poll(p, 2, 100);
+        for (int i = 0; i < 2; i++) {
+            if (!p[i].revents || p[i].fd < 0)
+                continue;
+            char *buf = i ? o->err : o->out;
+            size_t *len = i ? &le : &lo;
+            char tmp[4096];
+            ssize_t n = read(p[i].fd, tmp, sizeof tmp);
+            if (n <= 0) {
+                close(i ? pe[0] : po[0]);
+                if (i)
+                    pe[0] = -1;
+                else
+                    po[0] = -1;
+                open--;
+                continue;
+            }
+            size_t room = sizeof o->out - 1 - *len;
+            size_t k = (size_t)n < room ? (size_t)n : room;
+            memcpy(buf + *len, tmp, k);
+            *len += k;
+        }
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if ((double)(t.tv_sec - t0.tv_sec) > guard_s) {
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+            o->status = -1;
+            if (po[0] >= 0)
+                close(po[0]);
+            if (pe[0] >= 0)
+                close(pe[0]);
+            return;
+        }
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    o->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+#define HAS(s, needle)                                                                     \
+    ck_assert_msg(strstr((s), (needle)) != NULL, "no \"%s\" in:\n%s", (needle), (s))
+
+START_TEST(test_help)
+{
+    run_out o;
+    char *argv[] = {(char *)launch_path, "--help", NULL};
+    run(argv, 60, &o);
+    ck_assert_int_eq(o.status, 0);
+    HAS(o.out, "Usage: tp-launch -n N");
+    char *bad[] = {(char *)launch_path, "-n", "0", "true", NULL};
+    run(bad, 60, &o);
+    ck_assert_int_eq(o.status, 2);
+    HAS(o.err, "expected a number of ranks");
+    char *noprog[] = {(char *)launch_path, "-n", "2", NULL};
+    run(noprog, 60, &o);
+    ck_assert_int_eq(o.status, 2);
+    HAS(o.err, "missing the program to run");
+}
+END_TEST
+
+START_TEST(test_env_and_prefix)
+{
+    run_out o;
+    char *argv[] = {(char *)launch_path, "-n", "3", "--master-port", "29999", "/bin/sh", "-c",
+                    "echo env $TP_RANK $TP_WORLD_SIZE $TP_BACKEND $TP_MASTER_ADDR $TP_MASTER_PORT; "
+                    "echo err >&2; printf partial",
+                    NULL};
+    unsetenv("TP_BACKEND");
+    run(argv, 60, &o);
+    ck_assert_int_eq(o.status, 0);
+    HAS(o.out, "[rank 0] env 0 3 tcp 127.0.0.1 29999\n");
+    HAS(o.out, "[rank 1] env 1 3 tcp 127.0.0.1 29999\n");
+    HAS(o.out, "[rank 2] env 2 3 tcp 127.0.0.1 29999\n");
+    HAS(o.out, "[rank 2] partial\n");
+    HAS(o.err, "[rank 1] err\n");
+    /* TP_BACKEND already set: kept */
+    setenv("TP_BACKEND", "mine", 1);
+    char *argv2[] = {(char *)launch_path, "-n", "1", "--no-prefix", "/bin/sh", "-c",
+                     "echo $TP_BACKEND $TP_RANK", NULL};
+    run(argv2, 60, &o);
+    unsetenv("TP_BACKEND");
+    ck_assert_int_eq(o.status, 0);
+    ck_assert_str_eq(o.out, "mine 0\n");
+}
+END_TEST
+
+/* Rank 1 fails at once; rank 0 would sleep for 10 minutes: it is stopped
+ * after the grace period and tp-launch reports rank 1. */
+START_TEST(test_failure_stops_others)
+{
+    run_out o;
+    char *argv[] = {(char *)launch_path, "-n", "2", "--grace", "0.2", "/bin/sh", "-c",
+                    "if [ $TP_RANK = 1 ]; then exit 5; fi; exec sleep 600", NULL};
+    run(argv, 120, &o);
+    ck_assert_msg(o.status == 5, "status %d, stderr:\n%s", o.status, o.err);
+    HAS(o.err, "tp-launch: rank 1 (pid");
+    HAS(o.err, "exited with status 5; stopping the other 1 rank(s)");
+    HAS(o.err, "tp-launch: failed: rank 1 exited with status 5");
+    HAS(o.err, "rank 0 was killed by signal 15");
+    char *sig[] = {(char *)launch_path, "-n", "2", "/bin/sh", "-c",
+                   "if [ $TP_RANK = 0 ]; then kill -SEGV $$; fi; exit 0", NULL};
+    run(sig, 120, &o);
+    ck_assert_msg(o.status == 128 + SIGSEGV, "status %d, stderr:\n%s", o.status, o.err);
+    HAS(o.err, "failed: rank 0 was killed by signal 11");
+    char *missing[] = {(char *)launch_path, "-n", "2", "/nonexistent/prog", NULL};
+    run(missing, 120, &o);
+    ck_assert_int_eq(o.status, 127);
+    HAS(o.err, "cannot run /nonexistent/prog");
+}
+END_TEST
+
+/* SIGTERM to tp-launch reaches every rank (each runs in its own process
+ * group); tp-launch exits 128+15 instead of leaving them behind. */
+START_TEST(test_signal_forwarded)
+{
+    int po[2];
+    ck_assert(pipe(po) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(po[1], 1);
+        dup2(po[1], 2);
+        close(po[0]);
+        execl(launch_path, launch_path, "-n", "2", "/bin/sh", "-c", "echo up; exec sleep 600",
+              (char *)NULL);
+        _exit(127);
+    }
+    close(po[1]);
+    /* Wait until both ranks run, then stop tp-launch. */
+    char buf[4096];
+    size_t len = 0;
+    while (len < sizeof buf - 1) {
+        struct pollfd p = {po[0], POLLIN, 0};
+        if (poll(&p, 1, 60000) <= 0)
+            break;
+        ssize_t n = read(po[0], buf + len, sizeof buf - 1 - len);
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+        buf[len] = '\0';
+        if (strstr(buf, "[rank 0] up") && strstr(buf, "[rank 1] up"))
+            break;
+    }
+    buf[len] = '\0';
+    ck_assert_msg(strstr(buf, "[rank 0] up") && strstr(buf, "[rank 1] up"), "ranks not up: %s",
+                  buf);
+    kill(pid, SIGTERM);
+    int st = 0, reaped = 0;
+    /* The guard: if the ranks were left running, tp-launch would not exit. */
+    for (int i = 0; i < 600 && !reaped; i++) {
+        reaped = waitpid(pid, &st, WNOHANG) == pid;
+        struct timespec ts = {0, 100 * 1000 * 1000};
+        if (!reaped)
+            nanosleep(&ts, NULL);
+    }
+    if (!reaped) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &st, 0);
+        ck_abort_msg("tp-launch did not exit after SIGTERM");
+    }
+    close(po[0]);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 128 + SIGTERM, "status %#x", st);
+}
+END_TEST
+
+/* The tcp plugin under tp-launch: rank 1 exits after a barrier; the others
+ * fail their all_reduce with an error naming the lost peer (exit 1), well
+ * within the grace period, and tp-launch names rank 1. */
+START_TEST(test_tcp_rank_dies)
+{
+    run_out o;
+    char *argv[] = {(char *)launch_path, "-n", "3", "--grace", "60", (char *)rank_path, "die",
+                    "1", NULL};
+    setenv("TP_TIMEOUT_S", "30", 1);
+    run(argv, 240, &o);
+    /* Which failure tp-launch sees first is a race (rank 0 may notice the
+     * lost peer and exit before rank 1's exit is reaped); all are listed. */
+    ck_assert_msg(o.status == 3 || o.status == 1, "status %d, stderr:\n%s", o.status, o.err);
+    HAS(o.err, "[rank 1] rank 1: exiting on purpose");
+    HAS(o.err, "[rank 0] rank 0: failed as expected: tcp all_reduce");
+    HAS(o.err, "[rank 2] rank 2: failed as expected: tcp all_reduce");
+    HAS(o.err, "rank 1 exited with status 3");
+    HAS(o.err, "rank 0 exited with status 1");
+    HAS(o.err, "rank 2 exited with status 1");
+}
+END_TEST
+
+START_TEST(test_tcp_check)
+{
+    run_out o;
+    char n[8];
+    snprintf(n, sizeof n, "%d", _i);
+    char *argv[] = {(char *)launch_path, "-n", n, (char *)rank_path, "check", NULL};
+    setenv("TP_TIMEOUT_S", "60", 1);
+    run(argv, 600, &o);
+    ck_assert_msg(o.status == 0, "status %d\nstdout:\n%s\nstderr:\n%s", o.status, o.out, o.err);
+    for (int r = 0; r < _i; r++) {
+        char want[96];
+        snprintf(want, sizeof want, "[rank %d] rank %d of %d: all collectives agree", r, r, _i);
+        HAS(o.out, want);
+    }
+}
+END_TEST
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: test-launch TP_LAUNCH TCP_RANK\n");
+        return 2;
+    }
+    launch_path = argv[1];
+    rank_path = argv[2];
+    Suite *s = suite_create("tp-launch");
+    TCase *tc = tcase_create("launch");
+    tcase_set_timeout(tc, 900);
+    tcase_add_test(tc, test_help);
+    tcase_add_test(tc, test_env_and_prefix);
+    tcase_add_test(tc, test_failure_stops_others);
+    tcase_add_test(tc, test_signal_forwarded);
+    tcase_add_test(tc, test_tcp_rank_dies);
+    tcase_add_loop_test(tc, test_tcp_check, 2, 5); /* 2, 3, 4 processes */
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}

@@ -1,0 +1,596 @@
+/*
+ * test-tcp.c — the tcp plugin driven directly through its vtable, one forked
+ * process per rank: correctness over world sizes 1..4 and 7 and odd counts,
+ * and every failure the plugin must turn into a clear error instead of a
+ * crash or a hang (a peer that dies, never comes, sends garbage, or
+ * disagrees about the world size or the collective).
+ *
+ * "No hang" is checked by the runner's guard: a rank still running after
+ * GUARD_S is killed and reported as hung; the plugin's own timeouts are far
+ * shorter. No assertion depends on how fast anything runs.
+ */
+#include <check.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tcp-checks.h"
+#include "tcp-harness.h"
+#include "tcp-wire.h"
+
+#define GUARD_S 120.0
+
+static void sleep_s(double s)
+{
+    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+    nanosleep(&ts, NULL);
+}
+
+static void expect_msg(const th_result *r, const char *needle)
+{
+    ck_assert_msg(strstr(r->msg, needle) != NULL, "message lacks \"%s\": %s", needle, r->msg);
+}
+
+static void expect_no_hang(const th_result *res, int n)
+{
+    for (int i = 0; i < n; i++)
+        ck_assert_msg(!res[i].hung, "process %d hung: %s", i, res[i].msg);
+}
+
+/* ------------------------------------------------------------ correctness */
+
+static tp_status sc_check(int rank, int size, void *arg)
+{
+    th_rank r;
+    tp_status st = th_open(&r, size, TP_MEM_HOST);
+    if (st != TP_OK)
+        return st;
+    if (r.rank != rank || r.size != size) {
+        th_close(&r);
+        return th_host.set_error(TP_ERR_INTERNAL, "world: rank %d of %d, expected %d of %d",
+                                 r.rank, r.size, rank, size);
+    }
+    st = tcp_check_all(r.world, rank, size, *(int *)arg);
+    th_close(&r);
+    return st;
+}
+
+static const int sizes[] = {1, 2, 3, 4, 7};
+
+static void run_checks(int size, const char *const *env, int big)
+{
+    th_result res[TH_MAX_RANKS];
+    th_run(size, NULL, size, env, GUARD_S, sc_check, &big, res);
+    for (int i = 0; i < size; i++) {
+        ck_assert_msg(res[i].exited && res[i].code == 0, "world %d rank %d: exit %d%s %s", size,
+                      i, res[i].code, res[i].exited ? "" : " (signal/hang)", res[i].msg);
+        ck_assert_msg(res[i].status == TP_OK, "world %d rank %d: status %d: %s", size, i,
+                      res[i].status, res[i].msg);
+    }
+}
+
+START_TEST(test_collectives)
+{
+    static const char *env[] = {"TP_TIMEOUT_S=60", NULL};
+    run_checks(sizes[_i], env, sizes[_i] <= 4);
+}
+END_TEST
+
+/* 16-byte chunks: every segment is many chunks, so the pipelining (a chunk
+ * forwarded before its segment is complete) is exercised at every count. */
+START_TEST(test_collectives_small_chunks)
+{
+    static const char *env[] = {"TP_TIMEOUT_S=60", "TP_TCP_CHUNK_BYTES=16", NULL};
+    run_checks(sizes[_i], env, 0);
+}
+END_TEST
+
+/* Rank 1 asks for another chunk size: rank 0's is used by every rank. */
+static tp_status sc_other_chunk(int rank, int size, void *arg)
+{
+    if (rank == 1)
+        setenv("TP_TCP_CHUNK_BYTES", "24", 1);
+    return sc_check(rank, size, arg);
+}
+
+START_TEST(test_chunk_size_from_rank0)
+{
+    static const char *env[] = {"TP_TIMEOUT_S=60", "TP_TCP_CHUNK_BYTES=16", NULL};
+    th_result res[3];
+    int big = 0;
+    th_run(3, NULL, 3, env, GUARD_S, sc_other_chunk, &big, res);
+    for (int i = 0; i < 3; i++)
+        ck_assert_msg(res[i].status == TP_OK, "rank %d: %s", i, res[i].msg);
+}
+END_TEST
+
+/* 600001 i32 over 2 ranks with 16-byte chunks would be 75001 messages per
+ * segment: chunks grow so a segment needs at most 65536 (and the receive
+ * buffer with them). Exact integer sums. */
+static tp_status sc_many_chunks(int rank, int size, void *arg)
+{
+    th_rank r;
+    tp_status st = th_open(&r, size, TP_MEM_HOST);
+    if (st != TP_OK)
+        return st;
+    size_t n = 600001;
+    int32_t *v = malloc(n * sizeof *v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = (int32_t)(i % 1000) * (rank + 1);
+    st = th_ops->all_reduce(r.world, v, v, n, TP_I32, TP_SUM);
+    for (size_t i = 0; st == TP_OK && i < n; i++)
+        if (v[i] != (int32_t)(i % 1000) * 3)
+            st = th_host.set_error(TP_ERR_INTERNAL, "[%zu] = %d, expected %d", i, v[i],
+                                   (int32_t)(i % 1000) * 3);
+    free(v);
+    th_close(&r);
+    return st;
+}
+
+START_TEST(test_chunks_grow_for_huge_counts)
+{
+    static const char *env[] = {"TP_TIMEOUT_S=60", "TP_TCP_CHUNK_BYTES=16", NULL};
+    th_result res[2];
+    th_run(2, NULL, 2, env, GUARD_S, sc_many_chunks, NULL, res);
+    for (int i = 0; i < 2; i++)
+        ck_assert_msg(res[i].status == TP_OK, "rank %d: %s", i, res[i].msg);
+}
+END_TEST
+
+/* No TP_RANK/TP_WORLD_SIZE: one rank, no sockets. */
+static tp_status sc_single(int rank, int size, void *arg)
+{
+    unsetenv("TP_RANK");
+    unsetenv("TP_WORLD_SIZE");
+    unsetenv("TP_MASTER_PORT");
+    th_rank r;
+    tp_status st = th_open(&r, 0, TP_MEM_HOST);
+    if (st != TP_OK)
+        return st;
+    st = r.size == 1 && r.rank == 0 ? tcp_check_all(r.world, 0, 1, 0)
+                                    : th_host.set_error(TP_ERR_INTERNAL, "size %d", r.size);
+    th_close(&r);
+    return st;
+}
+
+START_TEST(test_single_without_env)
+{
+    th_result res[1];
+    th_run(1, NULL, 1, NULL, GUARD_S, sc_single, NULL, res);
+    ck_assert_msg(res[0].status == TP_OK, "%s", res[0].msg);
+}
+END_TEST
+
+/* ----------------------------------------------------------- peer failure */
+
+static tp_status sc_die(int rank, int size, void *arg)
+{
+    th_rank r;
+    tp_status st = th_open(&r, size, TP_MEM_HOST);
+    if (st != TP_OK)
+        return st;
+    size_t n = 1 << 21;
+    float *buf = calloc(n, sizeof *buf);
+    if ((st = th_ops->barrier(r.world)) != TP_OK)
+        return st;
+    if (rank == 2) {
+        /* SIGALRM's default action ends the process in the middle of the
+         * all_reduce below (or, if that finished first, in pause()). */
+        struct itimerval it = {{0, 0}, {0, 20000}};
+        setitimer(ITIMER_REAL, &it, NULL);
+    }
+    st = th_ops->all_reduce(r.world, buf, buf, n, TP_F32, TP_SUM);
+    if (rank == 2)
+        for (;;)
+            pause();
+    if (st == TP_OK)
+        st = th_ops->all_reduce(r.world, buf, buf, n, TP_F32, TP_SUM);
+    free(buf);
+    th_close(&r);
+    return st;
+}
+
+START_TEST(test_peer_dies_mid_collective)
+{
+    static const char *env[] = {"TP_TIMEOUT_S=30", "TP_TCP_CHUNK_BYTES=4096", NULL};
+    th_result res[3];
+    th_run(3, NULL, 3, env, GUARD_S, sc_die, NULL, res);
+    expect_no_hang(res, 3);
+    ck_assert_msg(!res[2].exited && res[2].code == SIGALRM, "rank 2 should die by SIGALRM");
+    for (int i = 0; i < 2; i++) {
+        ck_assert_msg(res[i].exited && res[i].code == 0, "rank %d crashed", i);
+        ck_assert_msg(res[i].status == TP_ERR_PEER, "rank %d: status %d: %s", i, res[i].status,
+                      res[i].msg);
+        expect_msg(&res[i], "rank ");
+        expect_msg(&res[i], "127.0.0.1:");
+    }
+    /* Ranks 0 and 1 are rank 2's ring neighbours. The first of them to see
+     * rank 2 go names it; the other may instead see that first one shut its
+     * connections (it names that rank, and says to look at its error). */
+    ck_assert_msg(strstr(res[0].msg, "rank 2 at 127.0.0.1:") ||
+                      strstr(res[1].msg, "rank 2 at 127.0.0.1:"),
+                  "neither rank names rank 2: %s | %s", res[0].msg, res[1].msg);
+}
+END_TEST
+
+/* Rank 2 is alive but never calls the collective. */
+static tp_status sc_stuck(int rank, int size, void *arg)
+{
+    th_rank r;
+    tp_status st = th_open(&r, size, TP_MEM_HOST);
+    if (st != TP_OK)
+        return st;
+    float x[13] = {0};
+    if (rank == 2)
+        sleep_s(8); /* well past the others' timeout */
+    else
+        st = th_ops->all_reduce(r.world, x, x, 13, TP_F32, TP_SUM);
+    th_close(&r);
+    return st;
+}
+
+START_TEST(test_peer_stuck_times_out)
+{
+    static const char *env[] = {"TP_TIMEOUT_S=2", NULL};
+    th_result res[3];
+    th_run(3, NULL, 3, env, GUARD_S, sc_stuck, NULL, res);
+    expect_no_hang(res, 3);
+    /* Rank 0 waits on rank 2 (its left neighbour); rank 1 then sees rank 0 go. */
+    ck_assert_msg(res[0].status == TP_ERR_TIMEOUT, "status %d: %s", res[0].status, res[0].msg);
+    expect_msg(&res[0], "rank 2 at 127.0.0.1:");
+    expect_msg(&res[0], "sent nothing for 2 s (TP_TIMEOUT_S)");
+    ck_assert_msg(res[1].status == TP_ERR_PEER || res[1].status == TP_ERR_TIMEOUT,
+                  "status %d: %s", res[1].status, res[1].msg);
+}
+END_TEST
+
+static tp_status sc_open_only(int rank, int size, void *arg)
+{
+    th_rank r;
+    tp_status st = th_open(&r, 0, TP_MEM_HOST);
+    if (st == TP_OK)
+        th_close(&r);
+    return st;
+}
+
+START_TEST(test_master_never_comes)
+{
+    static const char *env[] = {"TP_TIMEOUT_S=1", NULL};
+    const int ranks[] = {1};
+    th_result res[1];
+    int port = th_run(2, ranks, 1, env, GUARD_S, sc_open_only, NULL, res);
+    char where[64];
+    snprintf(where, sizeof where, "127.0.0.1:%d", port);
+    expect_no_hang(res, 1);
+    ck_assert_msg(res[0].status == TP_ERR_TIMEOUT, "status %d: %s", res[0].status, res[0].msg);
+    expect_msg(&res[0], "rank 1 could not reach the master (rank 0)");
+    expect_msg(&res[0], where);
+}
+END_TEST
+
+START_TEST(test_rank_never_comes)
+{
+    static const char *env[] = {"TP_TIMEOUT_S=2", NULL};
+    const int ranks[] = {0, 1};
+    th_result res[2];
+    th_run(3, ranks, 2, env, GUARD_S, sc_open_only, NULL, res);
+    expect_no_hang(res, 2);
+    ck_assert_msg(res[0].status == TP_ERR_TIMEOUT, "status %d: %s", res[0].status, res[0].msg);
+    /* "rank(s) 2", or "rank(s) 1, 2" on a machine so loaded that rank 1 was late too */
+    expect_msg(&res[0], "2 to register");
+    ck_assert_msg(res[1].status == TP_ERR_TIMEOUT || res[1].status == TP_ERR_PEER,
+                  "status %d: %s", res[1].status, res[1].msg);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- garbage */
+
+static int connect_port(int port, double give_up_s)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    for (double waited = 0; waited < give_up_s; waited += 0.02) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0)
+            return fd;
+        close(fd);
+        sleep_s(0.02);
+    }
+    return -1;
+}
+
+static int listen_port(int port)
+{
+    int one = 1, fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, 8) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static int read_full(int fd, void *buf, size_t n)
+{
+    size_t got = 0;
+    while (got < n) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 20000) <= 0)
+            return -1;
+        ssize_t k = read(fd, (char *)buf + got, n - got);
+        if (k <= 0)
+            return -1;
+        got += (size_t)k;
+    }
+    return 0;
+}
+
+/* Wait until the other side closes (it failed), at most 20 s. */
+static void wait_close(int fd)
+{
+    char b[256];
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    while (poll(&p, 1, 20000) > 0 && read(fd, b, sizeof b) > 0)
+        ;
+}
+
+static const char garbage[] = "GET / HTTP/1.0\r\nHost: example\r\n\r\n";
+
+/* Rank 1's slot: not a rank but a stranger writing to the master port. */
+static tp_status sc_garbage_master(int rank, int size, void *arg)
+{
+    if (rank == 0)
+        return sc_open_only(rank, size, arg);
+    signal(SIGPIPE, SIG_IGN);
+    int fd = connect_port(atoi(getenv("TP_MASTER_PORT")), 20);
+    if (fd < 0)
+        return th_host.set_error(TP_ERR_IO, "could not reach the master");
+    (void)!write(fd, garbage, sizeof garbage - 1);
+    wait_close(fd);
+    close(fd);
+    return TP_OK;
+}
+
+START_TEST(test_garbage_to_master_port)
+{
+    static const char *env[] = {"TP_TIMEOUT_S=30", NULL};
+    th_result res[2];
+    th_run(2, NULL, 2, env, GUARD_S, sc_garbage_master, NULL, res);
+    expect_no_hang(res, 2);
+    ck_assert_msg(res[0].exited && res[0].code == 0, "rank 0 crashed");
+    ck_assert_msg(res[0].status == TP_ERR_PEER, "status %d: %s", res[0].status, res[0].msg);
+    expect_msg(&res[0], "to the master port sent bytes that are not a tp tcp message");
+}
+END_TEST
+
+/* A fake master (in rank 0's slot) for a world of 3 where only rank 1 is
+ * real. mode 0: answer with a valid table, then write garbage to rank 1's
+ * peer port as if it were rank 2. mode 1: answer the hello with garbage. */
+static tp_status sc_fake_master(int rank, int size, void *arg)
+{
+    int mode = *(int *)arg;
+    if (rank == 1)
+        return sc_open_only(rank, size, arg);
+    signal(SIGPIPE, SIG_IGN);
+    int lfd = listen_port(atoi(getenv("TP_MASTER_PORT")));
+    int port0 = th_free_port();
+    int l0 = listen_port(port0); /* where rank 1 will connect as "rank 0" */
+    if (lfd < 0 || l0 < 0)
+        return th_host.set_error(TP_ERR_IO, "fake master: cannot listen");
+    int fd = accept(lfd, NULL, NULL);
+    unsigned char hello[TCP_HDR_SIZE + TCP_HELLO_SIZE];
+    if (fd < 0 || read_full(fd, hello, sizeof hello) < 0)
+        return th_host.set_error(TP_ERR_IO, "fake master: no hello");
+    if (mode == 1) {
+        unsigned char junk[TCP_HDR_SIZE];
+        memset(junk, 0xab, sizeof junk);
+        (void)!write(fd, junk, sizeof junk);
+        wait_close(fd);
+        return TP_OK;
+    }
+    int port1 = tcp_get16(hello + TCP_HDR_SIZE + 8);
+    size_t tlen = TCP_TABLE_HEAD_SIZE + 3 * TCP_TABLE_ENTRY_SIZE;
+    unsigned char msg[TCP_HDR_SIZE + TCP_TABLE_HEAD_SIZE + 3 * TCP_TABLE_ENTRY_SIZE];
+    memset(msg, 0, sizeof msg);
+    tcp_hdr h = {.magic = TCP_MAGIC, .version = TCP_WIRE_VERSION, .op = TCP_OP_TABLE, .len = tlen};
+    tcp_hdr_encode(&h, msg);
+    unsigned char *t = msg + TCP_HDR_SIZE;
+    tcp_put64(t, 42);          /* job id */
+    tcp_put64(t + 8, 1 << 18); /* chunk bytes */
+    int ports[3] = {port0, port1, 9};
+    for (int r = 0; r < 3; r++) {
+        unsigned char *e = t + TCP_TABLE_HEAD_SIZE + r * TCP_TABLE_ENTRY_SIZE;
+        tcp_put16(e, (uint16_t)ports[r]);
+        strcpy((char *)e + 4, "127.0.0.1");
+    }
+    (void)!write(fd, msg, sizeof msg);
+    close(fd);
+    int g = connect_port(port1, 20);
+    if (g < 0)
+        return th_host.set_error(TP_ERR_IO, "fake rank 2: cannot reach rank 1");
+    (void)!write(g, garbage, sizeof garbage - 1);
+    wait_close(g);
+    close(g);
+    close(l0);
+    close(lfd);
+    return TP_OK;
+}
+
+START_TEST(test_garbage_to_peer_port)
+{
+    static const char *env[] = {"TP_TIMEOUT_S=30", NULL};
+    int mode = 0;
+    th_result res[2];
+    th_run(3, NULL, 2, env, GUARD_S, sc_fake_master, &mode, res);
+    expect_no_hang(res, 2);
+    ck_assert_msg(res[0].status == TP_OK, "fake master: %s", res[0].msg);
+    ck_assert_msg(res[1].exited && res[1].code == 0, "rank 1 crashed");
+    ck_assert_msg(res[1].status == TP_ERR_PEER, "status %d: %s", res[1].status, res[1].msg);
+    expect_msg(&res[1], "to this rank's peer port sent bytes that are not a tp tcp message");
+}
+END_TEST
+
+START_TEST(test_garbage_from_master)
+{
+    static const char *env[] = {"TP_TIMEOUT_S=30", NULL};
+    int mode = 1;
+    th_result res[2];
+    th_run(3, NULL, 2, env, GUARD_S, sc_fake_master, &mode, res);
+    expect_no_hang(res, 2);
+    ck_assert_msg(res[1].status == TP_ERR_PEER, "status %d: %s", res[1].status, res[1].msg);
+    expect_msg(&res[1], "the master at 127.0.0.1:");
+    expect_msg(&res[1], "sent bytes that are not a tp tcp message");
+}
+END_TEST
+
+/* ----------------------------------------------------------- disagreement */
+
+static tp_status sc_world_mismatch(int rank, int size, void *arg)
+{
+    if (rank == 1)
+        setenv("TP_WORLD_SIZE", "3", 1);
+    return sc_open_only(rank, size, arg);
+}
+
+START_TEST(test_world_size_mismatch)
+{
+    static const char *env[] = {"TP_TIMEOUT_S=30", NULL};
+    th_result res[2];
+    th_run(2, NULL, 2, env, GUARD_S, sc_world_mismatch, NULL, res);
+    expect_no_hang(res, 2);
+    ck_assert_msg(res[0].status == TP_ERR_INVALID_ARG, "status %d: %s", res[0].status,
+                  res[0].msg);
+    expect_msg(&res[0], "TP_WORLD_SIZE=3 but rank 0 has TP_WORLD_SIZE=2");
+    ck_assert_msg(res[1].status == TP_ERR_PEER, "status %d: %s", res[1].status, res[1].msg);
+    expect_msg(&res[1], "refused rank 1");
+    expect_msg(&res[1], "TP_WORLD_SIZE=3 but rank 0 has TP_WORLD_SIZE=2");
+}
+END_TEST
+
+static tp_status sc_requested(int rank, int size, void *arg)
+{
+    th_rank r;
+    tp_status st = th_open(&r, 4, TP_MEM_HOST);
+    if (st == TP_OK)
+        th_close(&r);
+    return st;
+}
+
+START_TEST(test_requested_world_mismatch)
+{
+    th_result res[1];
+    th_run(2, NULL, 1, NULL, GUARD_S, sc_requested, NULL, res);
+    ck_assert_msg(res[0].status == TP_ERR_INVALID_ARG, "status %d: %s", res[0].status,
+                  res[0].msg);
+    expect_msg(&res[0], "4 ranks requested");
+    expect_msg(&res[0], "TP_WORLD_SIZE=2");
+}
+END_TEST
+
+static tp_status sc_cuda_mem(int rank, int size, void *arg)
+{
+    th_rank r;
+    tp_status st = th_open(&r, 0, TP_MEM_CUDA);
+    if (st == TP_OK)
+        th_close(&r);
+    return st;
+}
+
+START_TEST(test_device_memory_refused)
+{
+    th_result res[1];
+    th_run(1, NULL, 1, NULL, GUARD_S, sc_cuda_mem, NULL, res);
+    ck_assert_msg(res[0].status == TP_ERR_NOT_SUPPORTED, "status %d: %s", res[0].status,
+                  res[0].msg);
+    expect_msg(&res[0], "host memory only");
+}
+END_TEST
+
+/* mode 0: rank 1 calls broadcast while rank 0 calls all_reduce.
+ * mode 1: rank 1 passes count 14 where rank 0 passes 13. */
+static tp_status sc_mismatch(int rank, int size, void *arg)
+{
+    int mode = *(int *)arg;
+    th_rank r;
+    tp_status st = th_open(&r, size, TP_MEM_HOST);
+    if (st != TP_OK)
+        return st;
+    float buf[14] = {0};
+    if (rank == 0 || mode == 1)
+        st = th_ops->all_reduce(r.world, buf, buf, rank == 1 ? 14 : 13, TP_F32, TP_SUM);
+    else
+        st = th_ops->broadcast(r.world, buf, 13, TP_F32, 0);
+    th_close(&r);
+    return st;
+}
+
+START_TEST(test_mismatched_collectives)
+{
+    static const char *env[] = {"TP_TIMEOUT_S=30", NULL};
+    int mode = _i;
+    th_result res[2];
+    th_run(2, NULL, 2, env, GUARD_S, sc_mismatch, &mode, res);
+    expect_no_hang(res, 2);
+    for (int i = 0; i < 2; i++)
+        ck_assert_msg(res[i].status == TP_ERR_PEER, "rank %d: status %d: %s", i, res[i].status,
+                      res[i].msg);
+    const char *needle = mode == 0 ? "the ranks called different collectives"
+                                   : "the ranks passed different counts";
+    /* Rank 1 receives rank 0's first message and sees the mismatch; it tells
+     * rank 0 why it gives up before it closes, and rank 0 passes that on. */
+    expect_msg(&res[1], needle);
+    expect_msg(&res[0], "rank 1 at 127.0.0.1:");
+    expect_msg(&res[0], "gave up: ");
+    expect_msg(&res[0], needle);
+}
+END_TEST
+
+static Suite *tcp_suite(void)
+{
+    Suite *s = suite_create("tcp");
+    TCase *tc = tcase_create("collectives");
+    tcase_set_timeout(tc, 600);
+    tcase_add_loop_test(tc, test_collectives, 0, (int)(sizeof sizes / sizeof sizes[0]));
+    tcase_add_loop_test(tc, test_collectives_small_chunks, 0,
+                        (int)(sizeof sizes / sizeof sizes[0]));
+    tcase_add_test(tc, test_single_without_env);
+    tcase_add_test(tc, test_chunk_size_from_rank0);
+    tcase_add_test(tc, test_chunks_grow_for_huge_counts);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("failures");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_peer_dies_mid_collective);
+    tcase_add_test(tc, test_peer_stuck_times_out);
+    tcase_add_test(tc, test_master_never_comes);
+    tcase_add_test(tc, test_rank_never_comes);
+    tcase_add_test(tc, test_garbage_to_master_port);
+    tcase_add_test(tc, test_garbage_to_peer_port);
+    tcase_add_test(tc, test_garbage_from_master);
+    tcase_add_test(tc, test_world_size_mismatch);
+    tcase_add_test(tc, test_requested_world_mismatch);
+    tcase_add_test(tc, test_device_memory_refused);
+    tcase_add_loop_test(tc, test_mismatched_collectives, 0, 2);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN); /* the fake peers write to sockets that may be gone */
+    SRunner *sr = srunner_create(tcp_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}

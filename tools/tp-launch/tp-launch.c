@@ -1,0 +1,448 @@
+/*
+ * tp-launch — start N local processes of one program as the ranks of a tcp
+ * job (TP_BACKEND=tcp), like torchrun's env:// rendezvous for one host.
+ *
+ *   tp-launch -n 4 ./examples/tp_mlp --tp 4
+ *
+ * Every rank gets TP_RANK, TP_WORLD_SIZE, TP_MASTER_ADDR, TP_MASTER_PORT and
+ * TP_BACKEND=tcp (unless TP_BACKEND is already set). Output lines are
+ * prefixed with "[rank K] ". When a rank exits non-zero or dies by a signal,
+ * the others get a grace period to fail on their own (they see the lost
+ * peer), then SIGTERM, then SIGKILL; tp-launch exits non-zero naming the
+ * first rank that failed.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_RANKS 1024
+#define LINE_MAX_BYTES 8192
+
+typedef struct stream {
+    int fd;        /* read end, -1 when closed */
+    FILE *out;
+    char buf[LINE_MAX_BYTES];
+    size_t len;
+} stream;
+
+typedef struct child {
+    pid_t pid;
+    int running;
+    int status; /* waitpid status once reaped */
+    stream s[2];
+} child;
+
+static volatile sig_atomic_t got_signal;
+
+static void on_signal(int sig)
+{
+    got_signal = sig;
+}
+
+static void on_child(int sig)
+{
+    (void)sig; /* only interrupts ppoll, so exits are reaped in the order they happen */
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: tp-launch -n N [OPTIONS] [--] PROGRAM [ARGS...]\n"
+            "\n"
+            "Start N local processes of PROGRAM as the ranks of one tp job over TCP.\n"
+            "Each process gets TP_RANK (0..N-1), TP_WORLD_SIZE=N, TP_MASTER_ADDR,\n"
+            "TP_MASTER_PORT, and TP_BACKEND=tcp unless TP_BACKEND is already set.\n"
+            "\n"
+            "Options:\n"
+            "  -n, --np N            number of ranks (1..%d)\n"
+            "  -p, --master-port P   port where rank 0 listens (default: a free port)\n"
+            "  -a, --master-addr A   address where rank 0 listens (default 127.0.0.1)\n"
+            "  -g, --grace S         after a rank fails, seconds the others get to fail on\n"
+            "                        their own before SIGTERM, then SIGKILL (default 5)\n"
+            "      --no-prefix       do not prefix output lines with \"[rank K] \"\n"
+            "  -h, --help            show this help\n"
+            "      --version         show the version\n"
+            "\n"
+            "Exit status: 0 if every rank exited 0; otherwise that of the first rank\n"
+            "seen to fail (128+N for signal N), or 2 for a usage error. Every failed\n"
+            "rank is listed at the end; ranks that lost a peer fail too, so read the\n"
+            "ranks' own messages for the cause.\n"
+            "\n"
+            "Example:\n"
+            "  tp-launch -n 4 tp-conformance\n"
+            "  TP_TIMEOUT_S=30 tp-launch -n 2 --master-port 29500 ./tp_mlp --tp 2\n",
+            MAX_RANKS);
+}
+
+static int parse_long(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || errno || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int free_port(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    socklen_t len = sizeof a;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &len) < 0) {
+        close(fd);
+        return -1;
+    }
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static void flush_line(stream *s, int rank, int prefix, int add_newline)
+{
+    if (s->len == 0)
+        return;
+    if (prefix)
+        fprintf(s->out, "[rank %d] ", rank);
+    fwrite(s->buf, 1, s->len, s->out);
+    if (add_newline)
+        fputc('\n', s->out);
+    fflush(s->out);
+    s->len = 0;
+}
+
+/* Read what is there; write complete lines (prefixed). Returns 0 at EOF. */
+static int pump(stream *s, int rank, int prefix)
+{
+    char tmp[4096];
+    ssize_t n = read(s->fd, tmp, sizeof tmp);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN))
+        return 1;
+    if (n <= 0) {
+        flush_line(s, rank, prefix, 1);
+        close(s->fd);
+        s->fd = -1;
+        return 0;
+    }
+    for (ssize_t i = 0; i < n; i++) {
+        s->buf[s->len++] = tmp[i];
+        if (tmp[i] == '\n')
+            flush_line(s, rank, prefix, 0);
+        else if (s->len == sizeof s->buf)
+            flush_line(s, rank, prefix, 1);
+    }
+    return 1;
+}
+
+static void describe(char *buf, size_t len, int status)
+{
+    if (WIFEXITED(status))
+        snprintf(buf, len, "exited with status %d", WEXITSTATUS(status));
+    else if (WIFSIGNALED(status))
+        snprintf(buf, len, "was killed by signal %d (%s)", WTERMSIG(status),
+                 strsignal(WTERMSIG(status)));
+    else
+        snprintf(buf, len, "stopped (status %#x)", status);
+}
+
+static int exit_code(int status)
+{
+    if (WIFEXITED(status))
+        return WEXITSTATUS(status);
+    if (WIFSIGNALED(status))
+        return 128 + WTERMSIG(status);
+    return 1;
+}
+
+static void signal_all(child *c, int n, int sig)
+{
+    for (int i = 0; i < n; i++)
+        if (c[i].running)
+            kill(-c[i].pid, sig); /* the rank's process group: it and its children */
+}
+
+int main(int argc, char **argv)
+{
+    long n = 0, port = 0, grace_ms = 5000;
+    const char *addr = "127.0.0.1";
+    int prefix = 1;
+    enum { OPT_NO_PREFIX = 256, OPT_VERSION };
+    static const struct option opts[] = {
+        {"np", required_argument, NULL, 'n'},
+        {"master-port", required_argument, NULL, 'p'},
+        {"master-addr", required_argument, NULL, 'a'},
+        {"grace", required_argument, NULL, 'g'},
+        {"no-prefix", no_argument, NULL, OPT_NO_PREFIX},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, OPT_VERSION},
+        {NULL, 0, NULL, 0},
+    };
+    int o;
+    while ((o = getopt_long(argc, argv, "+n:p:a:g:h", opts, NULL)) != -1) {
+        switch (o) {
+        case 'n':
+            if (parse_long(optarg, 1, MAX_RANKS, &n) < 0) {
+                fprintf(stderr, "tp-launch: -n %s: expected a number of ranks in 1..%d\n", optarg,
+                        MAX_RANKS);
+                return 2;
+            }
+            break;
+        case 'p':
+            if (parse_long(optarg, 1, 65535, &port) < 0) {
+                fprintf(stderr, "tp-launch: --master-port %s: expected a port in 1..65535\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        case 'a':
+            addr = optarg;
+            break;
+        case 'g': {
+            char *end;
+            double g = strtod(optarg, &end);
+            if (!*optarg || *end || !(g >= 0 && g <= 3600)) {
+                fprintf(stderr, "tp-launch: --grace %s: expected seconds in 0..3600\n", optarg);
+                return 2;
+            }
+            grace_ms = (long)(g * 1000);
+            break;
+        }
+        case OPT_NO_PREFIX:
+            prefix = 0;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        case OPT_VERSION:
+            printf("tp-launch %s\n", TP_LAUNCH_VERSION);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (n == 0 || optind >= argc) {
+        fprintf(stderr, "tp-launch: %s\n", n == 0 ? "missing -n N (the number of ranks)"
+                                                  : "missing the program to run");
+        usage(stderr);
+        return 2;
+    }
+    if (port == 0 && (port = free_port()) < 0) {
+        fprintf(stderr, "tp-launch: cannot find a free port on 127.0.0.1: %s; pass --master-port\n",
+                strerror(errno));
+        return 1;
+    }
+
+    child *c = calloc((size_t)n, sizeof *c);
+    if (!c) {
+        fprintf(stderr, "tp-launch: out of memory\n");
+        return 1;
+    }
+    /* Signals stay blocked except inside ppoll(), so none is missed between
+     * a check and the wait. */
+    sigset_t block, orig;
+    sigemptyset(&block);
+    sigaddset(&block, SIGCHLD);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGHUP);
+    sigprocmask(SIG_BLOCK, &block, &orig);
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    sa.sa_handler = on_child;
+    sigaction(SIGCHLD, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    char val[32];
+    if (!getenv("TP_BACKEND"))
+        setenv("TP_BACKEND", "tcp", 1);
+    snprintf(val, sizeof val, "%ld", n);
+    setenv("TP_WORLD_SIZE", val, 1);
+    setenv("TP_MASTER_ADDR", addr, 1);
+    snprintf(val, sizeof val, "%ld", port);
+    setenv("TP_MASTER_PORT", val, 1);
+
+    int running = 0, first_fail = -1;
+    double kill_at = -1, hard_kill_at = -1;
+    for (long r = 0; r < n; r++) {
+        int p[2][2] = {{-1, -1}, {-1, -1}};
+        if (prefix && (pipe(p[0]) < 0 || pipe(p[1]) < 0)) {
+            fprintf(stderr, "tp-launch: pipe: %s\n", strerror(errno));
+            signal_all(c, (int)r, SIGKILL);
+            return 1;
+        }
+        fflush(NULL);
+        pid_t pid = fork();
+        if (pid < 0) {
+            fprintf(stderr, "tp-launch: fork for rank %ld: %s\n", r, strerror(errno));
+            signal_all(c, (int)r, SIGKILL);
+            return 1;
+        }
+        if (pid == 0) {
+            setpgid(0, 0);
+            sigprocmask(SIG_SETMASK, &orig, NULL);
+            signal(SIGCHLD, SIG_DFL);
+            signal(SIGINT, SIG_DFL);
+            signal(SIGTERM, SIG_DFL);
+            signal(SIGHUP, SIG_DFL);
+            signal(SIGPIPE, SIG_DFL);
+            if (prefix) {
+                dup2(p[0][1], STDOUT_FILENO);
+                dup2(p[1][1], STDERR_FILENO);
+                close(p[0][0]);
+                close(p[0][1]);
+                close(p[1][0]);
+                close(p[1][1]);
+            }
+            for (long k = 0; k < r; k++)
+                for (int j = 0; j < 2; j++)
+                    if (c[k].s[j].fd >= 0)
+                        close(c[k].s[j].fd);
+            snprintf(val, sizeof val, "%ld", r);
+            setenv("TP_RANK", val, 1);
+            execvp(argv[optind], argv + optind);
+            fprintf(stderr, "tp-launch: rank %ld: cannot run %s: %s\n", r, argv[optind],
+                    strerror(errno));
+            _exit(127);
+        }
+        setpgid(pid, pid); /* also here: no race with an early kill */
+        c[r].pid = pid;
+        c[r].running = 1;
+        running++;
+        for (int j = 0; j < 2; j++) {
+            c[r].s[j].out = j ? stderr : stdout;
+            c[r].s[j].fd = prefix ? p[j][0] : -1;
+            if (prefix)
+                close(p[j][1]);
+        }
+    }
+
+    struct pollfd *pfd = calloc(2 * (size_t)n, sizeof *pfd);
+    int *owner = calloc(2 * (size_t)n, sizeof *owner);
+    if (!pfd || !owner) {
+        fprintf(stderr, "tp-launch: out of memory\n");
+        signal_all(c, (int)n, SIGKILL);
+        return 1;
+    }
+    int open_streams = prefix ? 2 * (int)n : 0;
+    double drain_until = -1;
+    while (running > 0 || (open_streams > 0 && (drain_until < 0 || now() < drain_until))) {
+        if (got_signal) {
+            fprintf(stderr, "tp-launch: got signal %d (%s); stopping all ranks\n", (int)got_signal,
+                    strsignal(got_signal));
+            signal_all(c, (int)n, (int)got_signal);
+            if (hard_kill_at < 0)
+                hard_kill_at = now() + 2.0;
+            got_signal = 0;
+        }
+        nfds_t np = 0;
+        for (long r = 0; r < n; r++)
+            for (int j = 0; j < 2; j++)
+                if (c[r].s[j].fd >= 0) {
+                    pfd[np] = (struct pollfd){.fd = c[r].s[j].fd, .events = POLLIN};
+                    owner[np++] = (int)(2 * r + j);
+                }
+        struct timespec tick = {0, 50 * 1000 * 1000};
+        int pr = ppoll(pfd, np, &tick, &orig);
+        for (nfds_t i = 0; pr > 0 && i < np; i++) {
+            if (!pfd[i].revents)
+                continue;
+            int r = owner[i] / 2, j = owner[i] % 2;
+            if (!pump(&c[r].s[j], r, prefix))
+                open_streams--;
+        }
+        for (;;) {
+            int status;
+            pid_t pid = waitpid(-1, &status, WNOHANG);
+            if (pid <= 0)
+                break;
+            for (long r = 0; r < n; r++) {
+                if (c[r].pid != pid || !c[r].running)
+                    continue;
+                c[r].running = 0;
+                c[r].status = status;
+                running--;
+                if ((!WIFEXITED(status) || WEXITSTATUS(status) != 0) && first_fail < 0) {
+                    char how[128];
+                    describe(how, sizeof how, status);
+                    first_fail = (int)r;
+                    if (running > 0) {
+                        fprintf(stderr,
+                                "tp-launch: rank %ld (pid %d) %s; stopping the other %d rank(s) "
+                                "in %.1f s\n",
+                                r, (int)pid, how, running, (double)grace_ms / 1000.0);
+                        kill_at = now() + (double)grace_ms / 1000.0;
+                    }
+                }
+            }
+        }
+        if (kill_at >= 0 && now() >= kill_at && running > 0) {
+            signal_all(c, (int)n, SIGTERM);
+            kill_at = -1;
+            hard_kill_at = now() + 2.0;
+        }
+        if (hard_kill_at >= 0 && now() >= hard_kill_at && running > 0) {
+            signal_all(c, (int)n, SIGKILL);
+            hard_kill_at = -1;
+        }
+        /* Grandchildren may keep a pipe open: drain for a moment, then stop. */
+        if (running == 0 && drain_until < 0)
+            drain_until = now() + 0.5;
+    }
+    for (long r = 0; r < n; r++)
+        for (int j = 0; j < 2; j++)
+            if (c[r].s[j].fd >= 0) {
+                flush_line(&c[r].s[j], (int)r, prefix, 1);
+                close(c[r].s[j].fd);
+            }
+
+    int rc = 0;
+    if (first_fail >= 0) {
+        char how[128];
+        describe(how, sizeof how, c[first_fail].status);
+        rc = exit_code(c[first_fail].status);
+        int all_same = 1;
+        for (long r = 0; r < n; r++)
+            if (c[r].status != c[first_fail].status)
+                all_same = 0;
+        if (all_same && n > 1)
+            fprintf(stderr, "tp-launch: every rank %s\n", how);
+        else
+            fprintf(stderr, "tp-launch: failed: rank %d %s\n", first_fail, how);
+        for (long r = 0; r < n && !all_same; r++) {
+            if (r == first_fail || (WIFEXITED(c[r].status) && WEXITSTATUS(c[r].status) == 0))
+                continue;
+            describe(how, sizeof how, c[r].status);
+            fprintf(stderr, "tp-launch:   rank %ld %s\n", r, how);
+        }
+    }
+    free(pfd);
+    free(owner);
+    free(c);
+    return rc;
+}
