@@ -91,6 +91,10 @@ tp_status tp_attention_create(tp_comm *comm, const tp_attention_config *cfg, tp_
  * parallelism) -> y of x's shape. */
 tp_status tp_attention_forward(tp_attention *a, const tp_tensor *x, int64_t batch, int64_t seq,
                                tp_tensor *y);
+/* dy has y's shape; dx gets x's. dx may be NULL (input-gradient GEMM and
+ * collective skipped on every rank; all ranks must agree) except when some
+ * KV head is shared by several ranks: their gradient sums ride in the
+ * input-gradient collective, so it is refused with TP_ERR_INVALID_ARG. */
 tp_status tp_attention_backward(tp_attention *a, const tp_tensor *dy, tp_tensor *dx);
 tp_status tp_attention_zero_grad(tp_attention *a);
 /* Collective: full (unsharded) host tensors, any may be NULL; biases are
@@ -99,6 +103,26 @@ tp_status tp_attention_get_full(tp_attention *a, float *qkv_w, float *qkv_b, flo
                                 float *out_b);
 tp_status tp_attention_get_full_grad(tp_attention *a, float *qkv_w, float *qkv_b, float *out_w,
                                      float *out_b);
+/* This rank's parameters and gradients (for optimizers). Shards: qkv
+ * weight [hidden, W] with W = (q_hi-q_lo + 2 (kv_hi-kv_lo)) head_dim,
+ * columns [its Q heads | its K heads | its V heads]; qkv bias [W]; out
+ * weight [(q_hi-q_lo) head_dim, hidden]. Replicated: out bias [hidden] on
+ * every rank, and the K/V columns of KV heads held by several ranks. Their
+ * gradients are bitwise identical on every holder after each backward, so
+ * an optimizer applying the same update everywhere keeps them identical.
+ * Biases are NULL without bias; gradients NULL before backward/zero_grad. */
+typedef struct tp_attention_params {
+    tp_tensor *qkv_weight, *qkv_bias, *out_weight, *out_bias;
+    tp_tensor *qkv_weight_grad, *qkv_bias_grad, *out_weight_grad, *out_bias_grad;
+} tp_attention_params;
+
+/* Interim: not declared inside libtp's layer sources (which define
+ * TP_LAYERS_INTERNAL_H first), because gpt.c still carries its own weak
+ * declaration of this function with a layout-identical struct of another
+ * name. Drop the guard once gpt.c uses this declaration. */
+#ifndef TP_LAYERS_INTERNAL_H
+void tp_attention_get_params(tp_attention *a, tp_attention_params *out);
+#endif
 /* Resolved sizes: head_dim, and this rank's query heads [q_lo, q_hi) and
  * KV heads [kv_lo, kv_hi). Any pointer may be NULL. */
 void tp_attention_get_info(const tp_attention *a, int64_t *head_dim, int64_t *q_lo, int64_t *q_hi,
@@ -131,7 +155,7 @@ typedef struct tp_norm tp_norm;
 
 tp_status tp_norm_create(tp_comm *comm, const tp_norm_config *cfg, tp_norm **out);
 tp_status tp_norm_forward(tp_norm *n, const tp_tensor *x, tp_tensor *y); /* [tokens, dim] */
-tp_status tp_norm_backward(tp_norm *n, const tp_tensor *dy, tp_tensor *dx);
+tp_status tp_norm_backward(tp_norm *n, const tp_tensor *dy, tp_tensor *dx); /* dx required */
 tp_status tp_norm_zero_grad(tp_norm *n);
 /* gamma, beta (NULL without bias) and their grads (NULL before backward/zero_grad) */
 void tp_norm_get_params(tp_norm *n, tp_tensor **gamma, tp_tensor **beta, tp_tensor **dgamma,
@@ -170,7 +194,7 @@ tp_status tp_block_create(tp_comm *comm, const tp_block_config *cfg, tp_block **
  * stay alive until backward. */
 tp_status tp_block_forward(tp_block *b, const tp_tensor *x, int64_t batch, int64_t seq,
                            tp_tensor *y);
-tp_status tp_block_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx);
+tp_status tp_block_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx); /* dx required */
 tp_status tp_block_zero_grad(tp_block *b);
 tp_attention *tp_block_attention(tp_block *b);
 tp_mlp *tp_block_mlp(tp_block *b);

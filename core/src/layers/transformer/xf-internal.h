@@ -6,6 +6,9 @@
 
 #define XF_ES sizeof(float)
 
+/* see tp-transformer.h: hidden from the layer sources there for now */
+void tp_attention_get_params(tp_attention *a, tp_attention_params *out);
+
 /* C = op(A) op(B) + beta C, f32, batch 1; m/n/k == 0 handled (k == 0 with
  * beta 0 zeroes C). */
 tp_status tp_xf_gemm(tp_device *dev, int ta, int tb, int64_t m, int64_t n, int64_t k, float beta,

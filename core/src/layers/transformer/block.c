@@ -1,0 +1,366 @@
+/*
+ * block.c — pre-LN GPT TransformerBlock:
+ *   h = x + Attn(LN1(x));  y = h + MLP(LN2(h)).
+ *
+ * Without sequence parallelism the MLP is the layers' tp_mlp (one
+ * all-reduce each way). With sequence parallelism the row-parallel exit
+ * must reduce-scatter instead of all-reduce, which tp_linear does not
+ * offer, so the MLP's GEMMs are composed here on tp_mlp's own parameters
+ * (tp_linear_get_params): the same weights and gradients either way.
+ */
+#include "xf-internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct tp_block {
+    tp_comm *comm;
+    tp_device *dev;
+    char *label;
+    int T, rank;
+    int64_t hidden, ffn;
+    bool sp, gelu_tanh;
+    tp_norm *ln1, *ln2;
+    tp_attention *attn;
+    tp_mlp *mlp;
+    int64_t *off;
+    size_t *counts;
+    /* [rows, hidden] activations kept for backward; grads scratch */
+    tp_ws h1, r1, h2, d1, d2, contrib;
+    /* sequence-parallel MLP: gathered input, fc1 output, GeLU output, scratch */
+    tp_ws mx, mpre, mact, mtmp;
+    tp_tensor x_saved;
+    int64_t rows, tokens;
+    bool saved;
+};
+
+void tp_block_free(tp_block *b)
+{
+    if (!b)
+        return;
+    tp_norm_free(b->ln1);
+    tp_norm_free(b->ln2);
+    tp_attention_free(b->attn);
+    tp_mlp_free(b->mlp);
+    tp_ws *ws[] = {&b->h1, &b->r1, &b->h2, &b->d1, &b->d2, &b->contrib,
+                   &b->mx, &b->mpre, &b->mact, &b->mtmp};
+    for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
+        tp_ws_release(ws[i]);
+    free(b->off);
+    free(b->counts);
+    free(b->label);
+    free(b);
+}
+
+tp_attention *tp_block_attention(tp_block *b)
+{
+    return b ? b->attn : NULL;
+}
+
+tp_mlp *tp_block_mlp(tp_block *b)
+{
+    return b ? b->mlp : NULL;
+}
+
+tp_norm *tp_block_norm1(tp_block *b)
+{
+    return b ? b->ln1 : NULL;
+}
+
+tp_norm *tp_block_norm2(tp_block *b)
+{
+    return b ? b->ln2 : NULL;
+}
+
+tp_status tp_block_create(tp_comm *comm, const tp_block_config *cfg, tp_block **out)
+{
+    if (!out)
+        return tp_set_error(TP_ERR_INVALID_ARG, "TransformerBlock create: out is NULL");
+    *out = NULL;
+    if (!comm || !cfg)
+        return tp_set_error(TP_ERR_INVALID_ARG, "TransformerBlock create: %s is NULL",
+                            !comm ? "comm" : "cfg");
+    tp_block *b = calloc(1, sizeof *b);
+    if (!b)
+        return tp_set_error(TP_ERR_NO_MEMORY, "TransformerBlock create: out of host memory");
+    b->comm = comm;
+    b->dev = tp_comm_device(comm);
+    b->T = tp_comm_size(comm);
+    b->rank = tp_comm_rank(comm);
+    b->hidden = cfg->hidden;
+    b->ffn = cfg->ffn;
+    b->sp = cfg->sequence_parallel;
+    b->gelu_tanh = cfg->gelu_tanh;
+    b->label = tp_layer_label("TransformerBlock", cfg->name, comm);
+    tp_ws *ws[] = {&b->h1, &b->r1, &b->h2, &b->d1, &b->d2, &b->contrib,
+                   &b->mx, &b->mpre, &b->mact, &b->mtmp};
+    for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
+        ws[i]->dev = b->dev;
+    b->off = malloc(sizeof(int64_t) * (size_t)(b->T + 1));
+    b->counts = malloc(sizeof(size_t) * (size_t)b->T);
+    tp_status st;
+    if (!b->label || !b->off || !b->counts) {
+        st = tp_set_error(TP_ERR_NO_MEMORY, "TransformerBlock create: out of host memory");
+        goto fail;
+    }
+    const char *base = cfg->name && *cfg->name ? cfg->name : "block";
+    char n1[200], n2[200], na[200], nm[200];
+    snprintf(n1, sizeof n1, "%s.ln1", base);
+    snprintf(n2, sizeof n2, "%s.ln2", base);
+    snprintf(na, sizeof na, "%s.attn", base);
+    snprintf(nm, sizeof nm, "%s.mlp", base);
+    tp_norm_config nc = {.dim = cfg->hidden, .rms = cfg->rms, .bias = !cfg->rms, .eps = cfg->eps,
+                         .sequence_parallel = cfg->sequence_parallel, .name = n1};
+    st = tp_norm_create(comm, &nc, &b->ln1);
+    nc.name = n2;
+    if (st == TP_OK)
+        st = tp_norm_create(comm, &nc, &b->ln2);
+    tp_attention_config ac = {
+        .hidden = cfg->hidden, .heads = cfg->heads, .kv_heads = cfg->kv_heads,
+        .head_dim = cfg->head_dim, .bias = cfg->bias, .causal = cfg->causal,
+        .sequence_parallel = cfg->sequence_parallel, .seed = cfg->seed,
+        .tensor_id = cfg->tensor_id, .name = na,
+    };
+    if (st == TP_OK)
+        st = tp_attention_create(comm, &ac, &b->attn);
+    tp_mlp_config mc = {
+        .hidden = cfg->hidden, .ffn = cfg->ffn, .bias = cfg->bias, .gelu_tanh = cfg->gelu_tanh,
+        .seed = cfg->seed, .tensor_id = cfg->tensor_id + 4, .name = nm,
+    };
+    if (st == TP_OK)
+        st = tp_mlp_create(comm, &mc, &b->mlp);
+    if (st != TP_OK)
+        goto fail;
+    *out = b;
+    return TP_OK;
+fail:
+    tp_block_free(b);
+    return st;
+}
+
+static tp_tensor view2(tp_device *dev, void *p, int64_t rows, int64_t cols)
+{
+    int64_t shape[2] = {rows, cols};
+    return tp_tensor_view(dev, TP_F32, p, 2, shape);
+}
+
+/* Sequence-parallel MLP forward on the token shard x -> y (shards). */
+static tp_status sp_mlp_forward(tp_block *b, const tp_tensor *x, tp_tensor *y)
+{
+    tp_linear_params p1, p2;
+    tp_linear_get_params(tp_mlp_fc1(b->mlp), &p1);
+    tp_linear_get_params(tp_mlp_fc2(b->mlp), &p2);
+    int64_t N = b->tokens, hid = b->hidden, fl = p1.hi - p1.lo;
+    tp_status st;
+    if ((st = tp_ws_reserve(&b->mx, (size_t)(N * hid) * XF_ES, b->label)) ||
+        (st = tp_ws_reserve(&b->mpre, (size_t)(N * fl) * XF_ES, b->label)) ||
+        (st = tp_ws_reserve(&b->mact, (size_t)(N * fl) * XF_ES, b->label)) ||
+        (st = tp_ws_reserve(&b->mtmp, (size_t)(N * hid) * XF_ES, b->label)))
+        return st;
+    st = tp_xf_gather_rows(b->comm, x->data, b->mx.ptr, b->off, hid, b->counts);
+    if (st == TP_OK)
+        st = tp_xf_gemm(b->dev, 0, 0, N, fl, hid, 0.0f, b->mx.ptr, hid, p1.weight->data, fl,
+                        b->mpre.ptr, fl);
+    if (st == TP_OK && p1.bias)
+        st = tp_dev_bias_add(b->dev, TP_F32, N, fl, b->mpre.ptr, p1.bias->data);
+    if (st == TP_OK)
+        st = tp_dev_gelu(b->dev, TP_F32, N * fl, b->mpre.ptr, b->mact.ptr, b->gelu_tanh ? 1 : 0);
+    if (st == TP_OK)
+        st = tp_xf_gemm(b->dev, 0, 0, N, hid, fl, 0.0f, b->mact.ptr, fl, p2.weight->data, hid,
+                        b->mtmp.ptr, hid);
+    for (int i = 0; i < b->T; i++)
+        b->counts[i] = (size_t)((b->off[i + 1] - b->off[i]) * hid);
+    if (st == TP_OK)
+        st = tp_reduce_scatterv(b->comm, b->mtmp.ptr, y->data, b->counts, TP_F32, TP_SUM);
+    if (st == TP_OK && p2.bias && b->rows > 0)
+        st = tp_dev_bias_add(b->dev, TP_F32, b->rows, hid, y->data, p2.bias->data);
+    return st;
+}
+
+static tp_status grads_of(tp_linear *l, tp_linear_params *p)
+{
+    tp_linear_get_params(l, p);
+    if (p->weight_grad)
+        return TP_OK;
+    tp_status st = tp_linear_zero_grad(l); /* first use: allocates zeroed grads */
+    tp_linear_get_params(l, p);
+    return st;
+}
+
+/* Sequence-parallel MLP backward: dy shard -> dx shard. */
+static tp_status sp_mlp_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx)
+{
+    tp_linear_params p1, p2;
+    tp_status st = grads_of(tp_mlp_fc1(b->mlp), &p1);
+    if (st == TP_OK)
+        st = grads_of(tp_mlp_fc2(b->mlp), &p2);
+    if (st != TP_OK)
+        return st;
+    int64_t N = b->tokens, hid = b->hidden, fl = p1.hi - p1.lo;
+    float *dyf = b->mtmp.ptr; /* [N, hid] */
+    float *dh = b->mact.ptr;  /* reused: GeLU output no longer needed after dW2 */
+    /* gather dy; fc2: dW2 += act^T dy, db2 += colsum(dy) (full dy: same on every rank) */
+    st = tp_xf_gather_rows(b->comm, dy->data, dyf, b->off, hid, b->counts);
+    if (st == TP_OK)
+        st = tp_xf_gemm(b->dev, 1, 0, fl, hid, N, 1.0f, b->mact.ptr, fl, dyf, hid,
+                        p2.weight_grad->data, hid);
+    if (st == TP_OK && p2.bias_grad)
+        st = tp_dev_bias_grad(b->dev, TP_F32, N, hid, dyf, p2.bias_grad->data);
+    if (st == TP_OK)
+        st = tp_xf_gemm(b->dev, 0, 1, N, fl, hid, 0.0f, dyf, hid, p2.weight->data, hid, dh, fl);
+    if (st == TP_OK)
+        st = tp_dev_gelu_bwd(b->dev, TP_F32, N * fl, b->mpre.ptr, dh, dh, b->gelu_tanh ? 1 : 0);
+    /* fc1: dW1 += x^T dh, db1 += colsum(dh), dx = reduce-scatter(dh W1^T) */
+    if (st == TP_OK)
+        st = tp_xf_gemm(b->dev, 1, 0, hid, fl, N, 1.0f, b->mx.ptr, hid, dh, fl,
+                        p1.weight_grad->data, fl);
+    if (st == TP_OK && p1.bias_grad)
+        st = tp_dev_bias_grad(b->dev, TP_F32, N, fl, dh, p1.bias_grad->data);
+    if (st == TP_OK)
+        st = tp_xf_gemm(b->dev, 0, 1, N, hid, fl, 0.0f, dh, fl, p1.weight->data, fl, dyf, hid);
+    for (int i = 0; i < b->T; i++)
+        b->counts[i] = (size_t)((b->off[i + 1] - b->off[i]) * hid);
+    if (st == TP_OK)
+        st = tp_reduce_scatterv(b->comm, dyf, dx->data, b->counts, TP_F32, TP_SUM);
+    return st;
+}
+
+tp_status tp_block_forward(tp_block *b, const tp_tensor *x, int64_t batch, int64_t seq,
+                           tp_tensor *y)
+{
+    if (!b)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_block_forward: block is NULL");
+    if (batch <= 0 || seq <= 0)
+        return tp_set_error(TP_ERR_SHAPE, "%s: batch (%lld) and seq (%lld) must be >= 1",
+                            b->label, (long long)batch, (long long)seq);
+    b->saved = false;
+    b->tokens = batch * seq;
+    tp_xf_shard_offsets(b->tokens, b->T, b->off);
+    int64_t rows;
+    tp_status st = tp_layer_check_act(b->label, "x", x, b->dev, &rows);
+    if (st != TP_OK)
+        return st;
+    if (x->shape[x->ndim - 1] != b->hidden)
+        return tp_set_error(TP_ERR_SHAPE, "%s: x last dim (hidden) expected %lld, got %lld",
+                            b->label, (long long)b->hidden, (long long)x->shape[x->ndim - 1]);
+    int64_t want = b->sp ? b->off[b->rank + 1] - b->off[b->rank] : b->tokens;
+    if (rows != want)
+        return tp_set_error(TP_ERR_SHAPE,
+                            "%s: x has %lld token rows, expected %lld (%s of batch*seq = %lld)",
+                            b->label, (long long)rows, (long long)want,
+                            b->sp ? "this rank's sequence-parallel shard" : "all", (long long)b->tokens);
+    st = tp_layer_prepare_out(b->label, "y", y, x, b->dev, b->hidden, "");
+    if (st != TP_OK)
+        return st;
+    b->rows = rows;
+    size_t bytes = (size_t)(rows * b->hidden) * XF_ES;
+    if ((st = tp_ws_reserve(&b->h1, bytes, b->label)) || (st = tp_ws_reserve(&b->r1, bytes, b->label)) ||
+        (st = tp_ws_reserve(&b->h2, bytes, b->label)))
+        return st;
+    tp_tensor h1 = view2(b->dev, b->h1.ptr, rows, b->hidden);
+    tp_tensor r1 = view2(b->dev, b->r1.ptr, rows, b->hidden);
+    tp_tensor h2 = view2(b->dev, b->h2.ptr, rows, b->hidden);
+    tp_tensor x2 = tp_layer_view2(x, rows, b->hidden);
+    tp_tensor y2 = tp_layer_view2(y, rows, b->hidden);
+    int64_t n = rows * b->hidden;
+    tp_phase prev = tp_phase_set(b->comm, TP_PHASE_FORWARD);
+    st = tp_norm_forward(b->ln1, &x2, &h1);
+    if (st == TP_OK)
+        st = tp_attention_forward(b->attn, &h1, batch, seq, &r1);
+    if (st == TP_OK && n > 0)
+        st = tp_dev_axpby(b->dev, TP_F32, n, 1.0f, x2.data, 1.0f, r1.data); /* h = x + attn */
+    if (st == TP_OK)
+        st = tp_norm_forward(b->ln2, &r1, &h2);
+    if (st == TP_OK)
+        st = b->sp ? sp_mlp_forward(b, &h2, &y2) : tp_mlp_forward(b->mlp, &h2, &y2);
+    if (st == TP_OK && n > 0)
+        st = tp_dev_axpby(b->dev, TP_F32, n, 1.0f, r1.data, 1.0f, y2.data); /* y = h + mlp */
+    tp_phase_set(b->comm, prev);
+    if (st != TP_OK)
+        return st;
+    b->x_saved = *x;
+    b->x_saved.owned = false;
+    b->saved = true;
+    return TP_OK;
+}
+
+tp_status tp_block_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx)
+{
+    if (!b)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_block_backward: block is NULL");
+    if (!b->saved)
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "%s: backward called before forward (it needs the saved activations)",
+                            b->label);
+    int64_t rows;
+    tp_status st = tp_layer_check_act(b->label, "dy", dy, b->dev, &rows);
+    if (st != TP_OK)
+        return st;
+    if (rows != b->rows || dy->shape[dy->ndim - 1] != b->hidden)
+        return tp_set_error(TP_ERR_SHAPE,
+                            "%s: dy is [%lld, %lld], expected the forward output's [%lld, %lld]",
+                            b->label, (long long)rows, (long long)dy->shape[dy->ndim - 1],
+                            (long long)b->rows, (long long)b->hidden);
+    if (!dx)
+        return tp_set_error(TP_ERR_INVALID_ARG, "%s: dx is NULL", b->label);
+    st = tp_layer_prepare_out(b->label, "dx", dx, &b->x_saved, b->dev, b->hidden, "");
+    if (st != TP_OK)
+        return st;
+    size_t bytes = (size_t)(rows * b->hidden) * XF_ES;
+    if ((st = tp_ws_reserve(&b->d1, bytes, b->label)) || (st = tp_ws_reserve(&b->d2, bytes, b->label)))
+        return st;
+    int64_t c1 = tp_norm_contrib_len(b->ln1), c2 = tp_norm_contrib_len(b->ln2);
+    if (b->sp) {
+        st = tp_ws_reserve(&b->contrib, (size_t)(c1 + c2) * XF_ES, b->label);
+        if (st == TP_OK)
+            st = tp_dev_memset(b->dev, b->contrib.ptr, 0, (size_t)(c1 + c2) * XF_ES);
+        if (st != TP_OK)
+            return st;
+    }
+    int64_t n = rows * b->hidden;
+    tp_tensor dy2 = tp_layer_view2(dy, rows, b->hidden);
+    tp_tensor dx2 = tp_layer_view2(dx, rows, b->hidden);
+    tp_tensor g1 = view2(b->dev, b->d1.ptr, rows, b->hidden); /* dLN2-input, then dr1 */
+    tp_tensor g2 = view2(b->dev, b->d2.ptr, rows, b->hidden); /* dh2, then dh1 */
+    float *contrib = b->contrib.ptr;
+    tp_phase prev = tp_phase_set(b->comm, TP_PHASE_BACKWARD);
+    /* y = h + MLP(LN2(h)): dh2 = MLP'(dy); dh = LN2'(dh2) + dy */
+    st = b->sp ? sp_mlp_backward(b, &dy2, &g2) : tp_mlp_backward(b->mlp, &dy2, &g2);
+    if (st == TP_OK)
+        st = b->sp ? tp_norm_backward_local(b->ln2, &g2, &g1, contrib + c1)
+                   : tp_norm_backward(b->ln2, &g2, &g1);
+    if (st == TP_OK && n > 0)
+        st = tp_dev_axpby(b->dev, TP_F32, n, 1.0f, dy2.data, 1.0f, g1.data);
+    /* h = x + Attn(LN1(x)): dh1 = Attn'(dh); dx = LN1'(dh1) + dh */
+    if (st == TP_OK)
+        st = tp_attention_backward(b->attn, &g1, &g2);
+    if (st == TP_OK)
+        st = b->sp ? tp_norm_backward_local(b->ln1, &g2, &dx2, contrib)
+                   : tp_norm_backward(b->ln1, &g2, &dx2);
+    if (st == TP_OK && n > 0)
+        st = tp_dev_axpby(b->dev, TP_F32, n, 1.0f, g1.data, 1.0f, dx2.data);
+    /* sequence parallel: both norms' partial parameter grads in one all-reduce */
+    if (st == TP_OK && b->sp)
+        st = tp_all_reduce(b->comm, contrib, contrib, (size_t)(c1 + c2), TP_F32, TP_SUM);
+    if (st == TP_OK && b->sp)
+        st = tp_norm_add_contrib(b->ln1, contrib);
+    if (st == TP_OK && b->sp)
+        st = tp_norm_add_contrib(b->ln2, contrib + c1);
+    tp_phase_set(b->comm, prev);
+    return st;
+}
+
+tp_status tp_block_zero_grad(tp_block *b)
+{
+    if (!b)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_block_zero_grad: block is NULL");
+    tp_status st = tp_norm_zero_grad(b->ln1);
+    if (st == TP_OK)
+        st = tp_norm_zero_grad(b->ln2);
+    if (st == TP_OK)
+        st = tp_attention_zero_grad(b->attn);
+    if (st == TP_OK)
+        st = tp_mlp_zero_grad(b->mlp);
+    return st;
+}

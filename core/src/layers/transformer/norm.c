@@ -1,0 +1,252 @@
+/*
+ * norm.c — LayerNorm / RMSNorm with replicated parameters.
+ *
+ * Without sequence parallelism every rank normalizes the same full tokens
+ * (the inputs come out of an all-reduce, identical on every rank), so the
+ * parameter gradients are computed identically everywhere and need no
+ * communication. With sequence parallelism a rank sees only its token
+ * shard: its parameter gradient is a partial sum, and backward adds the
+ * other ranks' parts with one all-reduce (sum) before accumulating, so every
+ * rank's copy stays the same.
+ */
+#include "xf-internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct tp_norm {
+    tp_comm *comm;
+    tp_device *dev;
+    char *label;
+    int64_t dim;
+    bool rms, has_bias, sp;
+    float eps;
+    tp_tensor gamma, beta, dgamma, dbeta;
+    tp_ws mean, rstd, contrib;
+    tp_tensor x_saved;
+    int64_t rows;
+    bool saved;
+};
+
+void tp_norm_free(tp_norm *n)
+{
+    if (!n)
+        return;
+    tp_tensor_release(&n->gamma);
+    tp_tensor_release(&n->beta);
+    tp_tensor_release(&n->dgamma);
+    tp_tensor_release(&n->dbeta);
+    tp_ws_release(&n->mean);
+    tp_ws_release(&n->rstd);
+    tp_ws_release(&n->contrib);
+    free(n->label);
+    free(n);
+}
+
+tp_status tp_norm_create(tp_comm *comm, const tp_norm_config *cfg, tp_norm **out)
+{
+    if (!out)
+        return tp_set_error(TP_ERR_INVALID_ARG, "Norm create: out is NULL");
+    *out = NULL;
+    if (!comm || !cfg)
+        return tp_set_error(TP_ERR_INVALID_ARG, "Norm create: %s is NULL", !comm ? "comm" : "cfg");
+    tp_norm *n = calloc(1, sizeof *n);
+    if (!n)
+        return tp_set_error(TP_ERR_NO_MEMORY, "Norm create: out of host memory");
+    n->comm = comm;
+    n->dev = tp_comm_device(comm);
+    n->mean.dev = n->rstd.dev = n->contrib.dev = n->dev;
+    n->dim = cfg->dim;
+    n->rms = cfg->rms;
+    n->has_bias = cfg->bias;
+    n->sp = cfg->sequence_parallel;
+    n->eps = cfg->eps > 0.0f ? cfg->eps : 1e-5f;
+    n->label = tp_layer_label(cfg->rms ? "RMSNorm" : "LayerNorm", cfg->name, comm);
+    tp_status st;
+    float *host = NULL;
+    if (!n->label) {
+        st = tp_set_error(TP_ERR_NO_MEMORY, "Norm create: out of host memory");
+        goto fail;
+    }
+    if (cfg->dim <= 0 || cfg->eps < 0.0f) {
+        st = tp_set_error(TP_ERR_SHAPE, "%s: dim (%lld) must be >= 1 and eps (%g) >= 0", n->label,
+                          (long long)cfg->dim, (double)cfg->eps);
+        goto fail;
+    }
+    host = malloc((size_t)n->dim * XF_ES);
+    if (!host) {
+        st = tp_set_error(TP_ERR_NO_MEMORY, "%s: out of host memory", n->label);
+        goto fail;
+    }
+    for (int64_t i = 0; i < n->dim; i++)
+        host[i] = cfg->full_gamma ? cfg->full_gamma[i] : 1.0f;
+    st = tp_tensor_alloc(n->dev, TP_F32, 1, &n->dim, &n->gamma);
+    if (st == TP_OK)
+        st = tp_tensor_upload(&n->gamma, host);
+    if (st == TP_OK && n->has_bias) {
+        for (int64_t i = 0; i < n->dim; i++)
+            host[i] = cfg->full_beta ? cfg->full_beta[i] : 0.0f;
+        st = tp_tensor_alloc(n->dev, TP_F32, 1, &n->dim, &n->beta);
+        if (st == TP_OK)
+            st = tp_tensor_upload(&n->beta, host);
+    }
+    if (st != TP_OK)
+        goto fail;
+    free(host);
+    *out = n;
+    return TP_OK;
+fail:
+    free(host);
+    tp_norm_free(n);
+    return st;
+}
+
+static tp_status check_in(tp_norm *n, const char *what, const tp_tensor *t, int64_t *rows)
+{
+    tp_status st = tp_layer_check_act(n->label, what, t, n->dev, rows);
+    if (st != TP_OK)
+        return st;
+    if (t->shape[t->ndim - 1] != n->dim)
+        return tp_set_error(TP_ERR_SHAPE, "%s: %s last dim expected %lld (the normalized dim), got %lld",
+                            n->label, what, (long long)n->dim, (long long)t->shape[t->ndim - 1]);
+    return TP_OK;
+}
+
+tp_status tp_norm_forward(tp_norm *n, const tp_tensor *x, tp_tensor *y)
+{
+    if (!n)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_norm_forward: layer is NULL");
+    int64_t rows;
+    n->saved = false;
+    tp_status st = check_in(n, "x", x, &rows);
+    if (st == TP_OK)
+        st = tp_layer_prepare_out(n->label, "y", y, x, n->dev, n->dim, "");
+    if (st == TP_OK)
+        st = tp_ws_reserve(&n->mean, (size_t)(rows ? rows : 1) * XF_ES, n->label);
+    if (st == TP_OK)
+        st = tp_ws_reserve(&n->rstd, (size_t)(rows ? rows : 1) * XF_ES, n->label);
+    if (st != TP_OK)
+        return st;
+    tp_phase prev = tp_phase_set(n->comm, TP_PHASE_FORWARD);
+    if (rows > 0)
+        st = tp_dev_norm(n->dev, TP_F32, rows, n->dim, x->data, n->gamma.data,
+                         n->has_bias ? n->beta.data : NULL, y->data, n->rms ? NULL : n->mean.ptr,
+                         n->rstd.ptr, n->eps, n->rms ? 1 : 0);
+    tp_phase_set(n->comm, prev);
+    if (st != TP_OK)
+        return st;
+    n->x_saved = *x;
+    n->x_saved.owned = false;
+    n->rows = rows;
+    n->saved = true;
+    return TP_OK;
+}
+
+static tp_status ensure_grads(tp_norm *n)
+{
+    tp_status st = TP_OK;
+    if (!n->dgamma.data)
+        st = tp_tensor_alloc(n->dev, TP_F32, 1, &n->dim, &n->dgamma);
+    if (st == TP_OK && n->has_bias && !n->dbeta.data)
+        st = tp_tensor_alloc(n->dev, TP_F32, 1, &n->dim, &n->dbeta);
+    return st;
+}
+
+tp_status tp_norm_zero_grad(tp_norm *n)
+{
+    if (!n)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_norm_zero_grad: layer is NULL");
+    tp_status st = ensure_grads(n);
+    if (st == TP_OK)
+        st = tp_dev_memset(n->dev, n->dgamma.data, 0, tp_tensor_bytes(&n->dgamma));
+    if (st == TP_OK && n->has_bias)
+        st = tp_dev_memset(n->dev, n->dbeta.data, 0, tp_tensor_bytes(&n->dbeta));
+    return st;
+}
+
+int64_t tp_norm_contrib_len(const tp_norm *n)
+{
+    return n->dim * (n->has_bias ? 2 : 1);
+}
+
+/* dx (may be NULL: computed into scratch) and the parameter gradients into
+ * dg/db (accumulating). */
+static tp_status bwd(tp_norm *n, const tp_tensor *dy, tp_tensor *dx, void *dg, void *db)
+{
+    if (!n->saved)
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "%s: backward called before forward (it needs the saved input)",
+                            n->label);
+    int64_t rows;
+    tp_status st = check_in(n, "dy", dy, &rows);
+    if (st != TP_OK)
+        return st;
+    if (rows != n->rows)
+        return tp_set_error(TP_ERR_SHAPE,
+                            "%s: tokens mismatch: dy has %lld rows but the last forward had %lld",
+                            n->label, (long long)rows, (long long)n->rows);
+    if (!dx)
+        return tp_set_error(TP_ERR_INVALID_ARG, "%s: dx is NULL", n->label);
+    st = tp_layer_prepare_out(n->label, "dx", dx, &n->x_saved, n->dev, n->dim, "");
+    if (st != TP_OK || rows == 0)
+        return st;
+    return tp_dev_norm_bwd(n->dev, TP_F32, rows, n->dim, n->x_saved.data, n->gamma.data,
+                           n->rms ? NULL : n->mean.ptr, n->rstd.ptr, dy->data, dx->data, dg, db,
+                           n->rms ? 1 : 0);
+}
+
+tp_status tp_norm_backward_local(tp_norm *n, const tp_tensor *dy, tp_tensor *dx, void *contrib)
+{
+    float *c = contrib;
+    return bwd(n, dy, dx, c, n->has_bias ? c + n->dim : NULL);
+}
+
+tp_status tp_norm_add_contrib(tp_norm *n, const void *contrib)
+{
+    tp_status st = ensure_grads(n);
+    if (st == TP_OK)
+        st = tp_dev_axpby(n->dev, TP_F32, n->dim, 1.0f, contrib, 1.0f, n->dgamma.data);
+    if (st == TP_OK && n->has_bias)
+        st = tp_dev_axpby(n->dev, TP_F32, n->dim, 1.0f, (const float *)contrib + n->dim, 1.0f,
+                          n->dbeta.data);
+    return st;
+}
+
+tp_status tp_norm_backward(tp_norm *n, const tp_tensor *dy, tp_tensor *dx)
+{
+    if (!n)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_norm_backward: layer is NULL");
+    tp_status st = ensure_grads(n);
+    if (st != TP_OK)
+        return st;
+    tp_phase prev = tp_phase_set(n->comm, TP_PHASE_BACKWARD);
+    if (!n->sp) {
+        st = bwd(n, dy, dx, n->dgamma.data, n->has_bias ? n->dbeta.data : NULL);
+    } else {
+        int64_t len = tp_norm_contrib_len(n);
+        st = tp_ws_reserve(&n->contrib, (size_t)len * XF_ES, n->label);
+        if (st == TP_OK)
+            st = tp_dev_memset(n->dev, n->contrib.ptr, 0, (size_t)len * XF_ES);
+        if (st == TP_OK)
+            st = tp_norm_backward_local(n, dy, dx, n->contrib.ptr);
+        if (st == TP_OK)
+            st = tp_all_reduce(n->comm, n->contrib.ptr, n->contrib.ptr, (size_t)len, TP_F32, TP_SUM);
+        if (st == TP_OK)
+            st = tp_norm_add_contrib(n, n->contrib.ptr);
+    }
+    tp_phase_set(n->comm, prev);
+    return st;
+}
+
+void tp_norm_get_params(tp_norm *n, tp_tensor **gamma, tp_tensor **beta, tp_tensor **dgamma,
+                        tp_tensor **dbeta)
+{
+    if (gamma)
+        *gamma = n ? &n->gamma : NULL;
+    if (beta)
+        *beta = n && n->has_bias ? &n->beta : NULL;
+    if (dgamma)
+        *dgamma = n && n->dgamma.data ? &n->dgamma : NULL;
+    if (dbeta)
+        *dbeta = n && n->has_bias && n->dbeta.data ? &n->dbeta : NULL;
+}
