@@ -254,6 +254,12 @@ static void record(rank_job *job, tp_status st)
     if (run->first_failed < 0)
         run->first_failed = job->local_index;
     g_mutex_unlock(&run->lock);
+    /* Ranks in other processes may be waiting for this one in a collective
+     * they can never finish: let a multi-process engine end the job now. */
+    tp_ctx *ctx = run->ctx;
+    const tp_comm_ops *cops = &ctx->comm_plugin->comm;
+    if (ctx->info.local_count < ctx->info.world_size && cops->abort)
+        cops->abort(ctx->engine, ctx->info.first_rank + job->local_index, st, job->message);
 }
 
 /* Every local rank opens its device before any enters world(), so that a

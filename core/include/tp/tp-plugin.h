@@ -270,6 +270,15 @@ typedef struct tp_comm_ops {
                                 tp_dtype dt, tp_redop op); /* send holds sum(counts); rank i gets block i */
     tp_status (*broadcast)(void *comm, void *buf, size_t count, tp_dtype dt, int root);
     tp_status (*barrier)(void *comm);
+
+    /* Optional: end the whole job because a rank of this process
+     * failed (its set-up or rank_main returned `status`; `message` says why)
+     * while ranks of other processes may wait for it in a collective that
+     * can never complete. Make `message` visible first (the process may not
+     * return from this call, e.g. MPI_Abort). The core calls it only when
+     * the engine runs ranks in several processes (local_count < world_size);
+     * returning, or NULL, means the error is reported normally. */
+    void (*abort)(void *engine, int world_rank, tp_status status, const char *message);
 } tp_comm_ops;
 
 /* ----------------------------------------------------------- descriptor */

@@ -1,0 +1,263 @@
+/*
+ * mpi-comm.c — communicators and collectives on Open MPI's native calls.
+ *
+ * Every communicator is our own (a dup of MPI_COMM_WORLD or a split of
+ * one) with MPI_ERRORS_RETURN, so MPI errors come back as TP_ERR_COMM with
+ * MPI's error string instead of killing the job. MPI counts are int (Open
+ * MPI 4.1 has no MPI-4 large-count calls): all_reduce and broadcast are
+ * element-wise and run in chunks of at most INT_MAX elements; all_gather
+ * and reduce_scatter refuse blocks or totals past INT_MAX.
+ */
+#include "mpi-internal.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+tp_status mpi_fail(const mpi_comm *c, const char *op, int rc)
+{
+    char msg[MPI_MAX_ERROR_STRING + 1];
+    int len = 0, cls = 0;
+    if (MPI_Error_string(rc, msg, &len) != MPI_SUCCESS)
+        len = snprintf(msg, sizeof msg, "unknown MPI error");
+    msg[len < 0 ? 0 : (len > MPI_MAX_ERROR_STRING ? MPI_MAX_ERROR_STRING : len)] = '\0';
+    MPI_Error_class(rc, &cls);
+    if (c)
+        return mpi_host->set_error(TP_ERR_COMM,
+                                   "mpi %s failed on rank %d of a %d-rank communicator: %s "
+                                   "(MPI error %d, class %d)",
+                                   op, c->rank, c->size, msg, rc, cls);
+    return mpi_host->set_error(TP_ERR_COMM, "mpi %s failed: %s (MPI error %d, class %d)", op, msg,
+                               rc, cls);
+}
+
+/* Wrap an MPI_Comm we own into a handle. Takes ownership of *mc. */
+static tp_status wrap_comm(mpi_engine *e, MPI_Comm *mc, const char *op, void **out, int *rank,
+                           int *size)
+{
+    mpi_comm *c = calloc(1, sizeof *c);
+    int rc = MPI_Comm_set_errhandler(*mc, MPI_ERRORS_RETURN);
+    if (c && rc == MPI_SUCCESS) {
+        MPI_Comm_rank(*mc, &c->rank);
+        MPI_Comm_size(*mc, &c->size);
+        c->icounts = calloc((size_t)c->size, sizeof(int));
+        c->idispls = calloc((size_t)c->size, sizeof(int));
+    }
+    if (!c || rc != MPI_SUCCESS || !c->icounts || !c->idispls) {
+        tp_status st = rc != MPI_SUCCESS
+                           ? mpi_fail(NULL, op, rc)
+                           : mpi_host->set_error(TP_ERR_NO_MEMORY,
+                                                 "mpi %s: out of memory for a communicator", op);
+        if (c) {
+            free(c->icounts);
+            free(c->idispls);
+            free(c);
+        }
+        MPI_Comm_free(mc);
+        return st;
+    }
+    c->comm = *mc;
+    c->eng = e;
+    *out = c;
+    *rank = c->rank;
+    *size = c->size;
+    return TP_OK;
+}
+
+tp_status mpi_world(void *engine, int local_index, const tp_rank_env *env, void **comm, int *rank,
+                    int *size)
+{
+    mpi_engine *e = engine;
+    *comm = NULL;
+    if (local_index != 0)
+        return mpi_host->set_error(TP_ERR_INVALID_ARG,
+                                   "mpi world: local rank %d requested, but the mpi engine runs "
+                                   "exactly one rank per process (local index 0)", local_index);
+    if (env && env->mem_kind != TP_MEM_HOST)
+        return mpi_host->set_error(TP_ERR_NOT_SUPPORTED,
+                                   "mpi world: the rank's device keeps tensors in device memory "
+                                   "(mem_kind %d) but the mpi backend takes host memory only; "
+                                   "device memory needs a CUDA-aware MPI or host staging: comes "
+                                   "with the GPU issue. Use TP_DEVICE=cpu with TP_BACKEND=mpi, or "
+                                   "TP_BACKEND=nccl for GPUs", (int)env->mem_kind);
+    MPI_Comm dup = MPI_COMM_NULL;
+    mpi_engine_op_begin(e, "world (MPI_Comm_dup)");
+    int rc = MPI_Comm_dup(MPI_COMM_WORLD, &dup);
+    mpi_engine_op_end(e);
+    if (rc != MPI_SUCCESS)
+        return mpi_fail(NULL, "world (MPI_Comm_dup of MPI_COMM_WORLD)", rc);
+    return wrap_comm(e, &dup, "world", comm, rank, size);
+}
+
+tp_status mpi_split(void *comm, int color, int key, void **newcomm, int *rank, int *size)
+{
+    mpi_comm *c = comm;
+    MPI_Comm nc = MPI_COMM_NULL;
+    *newcomm = NULL;
+    mpi_engine_op_begin(c->eng, "split (MPI_Comm_split)");
+    int rc = MPI_Comm_split(c->comm, color < 0 ? MPI_UNDEFINED : color, key, &nc);
+    mpi_engine_op_end(c->eng);
+    if (rc != MPI_SUCCESS)
+        return mpi_fail(c, "split (MPI_Comm_split)", rc);
+    if (nc == MPI_COMM_NULL) {
+        *rank = -1;
+        *size = 0;
+        return TP_OK;
+    }
+    return wrap_comm(c->eng, &nc, "split", newcomm, rank, size);
+}
+
+void mpi_comm_free(void *comm)
+{
+    mpi_comm *c = comm;
+    if (!c)
+        return;
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized)
+        MPI_Comm_free(&c->comm);
+    free(c->icounts);
+    free(c->idispls);
+    free(c);
+}
+
+/* --------------------------------------------------------- collectives */
+
+/* Fill c->icounts/idispls from counts; say whether all blocks are equal.
+ * Refuses what does not fit MPI's int counts and displacements. */
+static tp_status int_layout(mpi_comm *c, const char *op, const size_t *counts, size_t *total,
+                            bool *equal)
+{
+    size_t limit = mpi_engine_max_count(c->eng), off = 0;
+    *equal = true;
+    for (int i = 0; i < c->size; i++) {
+        if (counts[i] > limit || off > limit)
+            return mpi_host->set_error(
+                TP_ERR_NOT_SUPPORTED,
+                "mpi %s: block %d has %zu elements at offset %zu, past the %zu elements one MPI "
+                "call can address (int counts; Open MPI 4.1 has no large-count calls); split "
+                "the call into smaller ones",
+                op, i, counts[i], off, limit);
+        c->icounts[i] = (int)counts[i];
+        c->idispls[i] = (int)off;
+        off += counts[i];
+        if (counts[i] != counts[0])
+            *equal = false;
+    }
+    *total = off;
+    return TP_OK;
+}
+
+tp_status mpi_all_reduce(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,
+                         tp_redop op)
+{
+    mpi_comm *c = comm;
+    MPI_Datatype mdt;
+    MPI_Op mop;
+    size_t esz;
+    tp_status st = mpi_engine_types(c->eng, "all_reduce", dt, &op, &mdt, &mop, &esz);
+    if (st != TP_OK)
+        return st;
+    size_t chunk = mpi_engine_max_count(c->eng);
+    int rc = MPI_SUCCESS;
+    mpi_engine_op_begin(c->eng, "all_reduce");
+    for (size_t done = 0; done < count && rc == MPI_SUCCESS; done += chunk) {
+        size_t n = count - done < chunk ? count - done : chunk;
+        char *r = (char *)recv + done * esz;
+        const void *s = send == recv ? MPI_IN_PLACE : (const char *)send + done * esz;
+        rc = MPI_Allreduce(s, r, (int)n, mdt, mop, c->comm);
+    }
+    mpi_engine_op_end(c->eng);
+    return rc == MPI_SUCCESS ? TP_OK : mpi_fail(c, "all_reduce (MPI_Allreduce)", rc);
+}
+
+tp_status mpi_all_gather(void *comm, const void *send, void *recv, const size_t *counts, tp_dtype dt)
+{
+    mpi_comm *c = comm;
+    MPI_Datatype mdt;
+    size_t esz, total;
+    bool equal;
+    tp_status st = mpi_engine_types(c->eng, "all_gather", dt, NULL, &mdt, NULL, &esz);
+    if (st == TP_OK)
+        st = int_layout(c, "all_gather", counts, &total, &equal);
+    if (st != TP_OK)
+        return st;
+    if (total == 0)
+        return TP_OK; /* every rank computes the same total: all skip */
+    const void *s = send;
+    if ((const char *)send == (const char *)recv + (size_t)c->idispls[c->rank] * esz)
+        s = MPI_IN_PLACE; /* own block already in place */
+    int rc;
+    mpi_engine_op_begin(c->eng, "all_gather");
+    if (equal)
+        rc = MPI_Allgather(s, c->icounts[0], mdt, recv, c->icounts[0], mdt, c->comm);
+    else
+        rc = MPI_Allgatherv(s, c->icounts[c->rank], mdt, recv, c->icounts, c->idispls, mdt, c->comm);
+    mpi_engine_op_end(c->eng);
+    if (rc != MPI_SUCCESS)
+        return mpi_fail(c, equal ? "all_gather (MPI_Allgather)" : "all_gather (MPI_Allgatherv)", rc);
+    return TP_OK;
+}
+
+tp_status mpi_reduce_scatter(void *comm, const void *send, void *recv, const size_t *counts,
+                             tp_dtype dt, tp_redop op)
+{
+    mpi_comm *c = comm;
+    MPI_Datatype mdt;
+    MPI_Op mop;
+    size_t esz, total;
+    bool equal;
+    tp_status st = mpi_engine_types(c->eng, "reduce_scatter", dt, &op, &mdt, &mop, &esz);
+    if (st == TP_OK)
+        st = int_layout(c, "reduce_scatter", counts, &total, &equal);
+    if (st != TP_OK)
+        return st;
+    if (total == 0)
+        return TP_OK;
+    /* send == recv: MPI_IN_PLACE takes the input from recv and leaves the
+     * rank's block at its start, which is what the caller asked for. */
+    const void *s = send == recv ? MPI_IN_PLACE : send;
+    int rc;
+    mpi_engine_op_begin(c->eng, "reduce_scatter");
+    if (equal)
+        rc = MPI_Reduce_scatter_block(s, recv, c->icounts[0], mdt, mop, c->comm);
+    else
+        rc = MPI_Reduce_scatter(s, recv, c->icounts, mdt, mop, c->comm);
+    mpi_engine_op_end(c->eng);
+    if (rc != MPI_SUCCESS)
+        return mpi_fail(c, equal ? "reduce_scatter (MPI_Reduce_scatter_block)"
+                                 : "reduce_scatter (MPI_Reduce_scatter)", rc);
+    return TP_OK;
+}
+
+tp_status mpi_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int root)
+{
+    mpi_comm *c = comm;
+    MPI_Datatype mdt;
+    size_t esz;
+    tp_status st = mpi_engine_types(c->eng, "broadcast", dt, NULL, &mdt, NULL, &esz);
+    if (st != TP_OK)
+        return st;
+    if (root < 0 || root >= c->size)
+        return mpi_host->set_error(TP_ERR_INVALID_ARG,
+                                   "mpi broadcast: root %d is not a rank of this %d-rank "
+                                   "communicator (expected 0..%d)", root, c->size, c->size - 1);
+    size_t chunk = mpi_engine_max_count(c->eng);
+    int rc = MPI_SUCCESS;
+    mpi_engine_op_begin(c->eng, "broadcast");
+    for (size_t done = 0; done < count && rc == MPI_SUCCESS; done += chunk) {
+        size_t n = count - done < chunk ? count - done : chunk;
+        rc = MPI_Bcast((char *)buf + done * esz, (int)n, mdt, root, c->comm);
+    }
+    mpi_engine_op_end(c->eng);
+    return rc == MPI_SUCCESS ? TP_OK : mpi_fail(c, "broadcast (MPI_Bcast)", rc);
+}
+
+tp_status mpi_barrier(void *comm)
+{
+    mpi_comm *c = comm;
+    mpi_engine_op_begin(c->eng, "barrier");
+    int rc = MPI_Barrier(c->comm);
+    mpi_engine_op_end(c->eng);
+    return rc == MPI_SUCCESS ? TP_OK : mpi_fail(c, "barrier (MPI_Barrier)", rc);
+}

@@ -1,0 +1,73 @@
+/*
+ * mpi-internal.h — shared by the files of the mpi communicator plugin only.
+ *
+ * One engine per process (MPI has one COMM_WORLD), one rank per process.
+ * Symbols here are hidden (gnu_symbol_visibility: 'hidden'); the plugin
+ * exports only its TP_PLUGIN_DEFINE entry point.
+ */
+#ifndef TP_MPI_INTERNAL_H
+#define TP_MPI_INTERNAL_H
+
+#include <tp/tp-plugin.h>
+
+#include <mpi.h>
+#include <stdbool.h>
+
+typedef struct mpi_engine mpi_engine;
+
+/* A communicator handle as the core sees it (void *comm). */
+typedef struct mpi_comm {
+    MPI_Comm comm;   /* owned: a dup or split, MPI_ERRORS_RETURN */
+    mpi_engine *eng;
+    int rank, size;
+    int *icounts;    /* size entries: int counts for the v-variants */
+    int *idispls;    /* size entries: int displacements */
+} mpi_comm;
+
+/* The host of the current engine (set by init, cleared by finalize). */
+extern const tp_host *mpi_host;
+
+/* mpi-engine.c */
+tp_status mpi_engine_init(const tp_host *host, const tp_engine_args *args, void **engine,
+                          tp_engine_info *info);
+void mpi_engine_finalize(void *engine);
+void mpi_engine_abort(void *engine, int world_rank, tp_status status, const char *message);
+int mpi_engine_probe(char *reason, size_t reason_len);
+size_t mpi_engine_max_count(const mpi_engine *e);
+/* Mark a blocking MPI call in flight for the TP_TIMEOUT_S watchdog. */
+void mpi_engine_op_begin(mpi_engine *e, const char *op);
+void mpi_engine_op_end(mpi_engine *e);
+/* MPI datatype for dt, and for reductions the MPI_Op for (dt, op); 16-bit
+ * floats use user ops created by the engine. Sets the error on failure. */
+tp_status mpi_engine_types(mpi_engine *e, const char *opname, tp_dtype dt, const tp_redop *op,
+                           MPI_Datatype *mdt, MPI_Op *mop, size_t *elem_size);
+
+/* mpi-comm.c */
+tp_status mpi_world(void *engine, int local_index, const tp_rank_env *env, void **comm, int *rank,
+                    int *size);
+tp_status mpi_split(void *comm, int color, int key, void **newcomm, int *rank, int *size);
+void mpi_comm_free(void *comm);
+tp_status mpi_all_reduce(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,
+                         tp_redop op);
+tp_status mpi_all_gather(void *comm, const void *send, void *recv, const size_t *counts, tp_dtype dt);
+tp_status mpi_reduce_scatter(void *comm, const void *send, void *recv, const size_t *counts,
+                             tp_dtype dt, tp_redop op);
+tp_status mpi_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int root);
+tp_status mpi_barrier(void *comm);
+
+/* Turn an MPI return code into TP_ERR_COMM with MPI's error string. */
+tp_status mpi_fail(const mpi_comm *c, const char *op, int rc);
+
+/* mpi-half.c: reductions on IEEE half and bfloat16 in f32 arithmetic. */
+void mpi_half_sum(void *in, void *inout, int *len, MPI_Datatype *dt);
+void mpi_half_max(void *in, void *inout, int *len, MPI_Datatype *dt);
+void mpi_half_min(void *in, void *inout, int *len, MPI_Datatype *dt);
+void mpi_bf16_sum(void *in, void *inout, int *len, MPI_Datatype *dt);
+void mpi_bf16_max(void *in, void *inout, int *len, MPI_Datatype *dt);
+void mpi_bf16_min(void *in, void *inout, int *len, MPI_Datatype *dt);
+float mpi_half_to_f32(uint16_t h);
+uint16_t mpi_f32_to_half(float f);
+float mpi_bf16_to_f32(uint16_t h);
+uint16_t mpi_f32_to_bf16(float f);
+
+#endif /* TP_MPI_INTERNAL_H */

@@ -1,0 +1,27 @@
+/*
+ * mpi-plugin.c — libtp-mpi.so: the Open MPI communicator plugin.
+ *
+ * One rank per process under mpirun; collectives map one to one onto
+ * MPI's (see mpi-comm.c), start-up, shutdown and failure handling are in
+ * mpi-engine.c. Buffers must be host memory.
+ */
+#include "mpi-internal.h"
+
+static const tp_comm_ops mpi_ops = {
+    .struct_size = sizeof(tp_comm_ops),
+    .init = mpi_engine_init,
+    .finalize = mpi_engine_finalize,
+    .world = mpi_world,
+    .split = mpi_split,
+    .comm_free = mpi_comm_free,
+    .all_reduce = mpi_all_reduce,
+    .all_gather = mpi_all_gather,
+    .reduce_scatter = mpi_reduce_scatter,
+    .broadcast = mpi_broadcast,
+    .barrier = mpi_barrier,
+    .abort = mpi_engine_abort,
+};
+
+TP_PLUGIN_DEFINE("mpi", "0.1.0",
+                 "Open MPI: one rank per process under mpirun, shared memory or network",
+                 &mpi_ops, NULL, mpi_engine_probe)
