@@ -1,0 +1,232 @@
+/*
+ * collectives.c — all_reduce, all_gather, reduce_scatter, broadcast,
+ * barrier on the ranks' own buffers.
+ *
+ * After the entry barrier every rank can read every rank's buffers. The
+ * output is cut into T shares on cache-line boundaries (relative to the
+ * buffer start) and rank i computes share i for every rank: all threads
+ * work, each output byte is written once, no staging buffer. The exit
+ * barrier then makes all shares visible before anyone returns. Because
+ * each output element is produced by one thread from the inputs in rank
+ * order, results are bitwise identical on every rank and every run, and
+ * in-place calls are safe (only the owner of a share reads or writes it).
+ */
+#include <stdarg.h>
+#include <stdio.h>
+
+#include "loopback.h"
+
+/* Share w of nw of n elements of size es, on cache-line boundaries. */
+static void lb_share(size_t n, size_t es, int nw, int w, size_t *lo, size_t *hi)
+{
+    size_t unit = LB_LINE / es;
+    size_t units = n / unit + (n % unit != 0);
+    size_t base = units / (size_t)nw, rem = units % (size_t)nw, uw = (size_t)w;
+    size_t a = uw * base + (uw < rem ? uw : rem);
+    size_t b = a + base + (uw < rem);
+    *lo = a * unit < n ? a * unit : n;
+    *hi = b * unit < n ? b * unit : n;
+}
+
+static tp_status lb_bad(char *msg, size_t len, tp_status st, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static tp_status lb_bad(char *msg, size_t len, tp_status st, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, len, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+#define LB_BAD(...) lb_bad(msg, sizeof msg, TP_ERR_INVALID_ARG, __VA_ARGS__)
+
+static tp_status lb_check_type(char *msg, size_t len, int dt, int op, bool reduces)
+{
+    if (!lb_dtype_size(dt))
+        return lb_bad(msg, len, TP_ERR_INVALID_ARG,
+                      "dtype %d is not a tp_dtype (expected TP_F32, TP_F16, TP_BF16 or TP_I32)", dt);
+    if (reduces && (op < 0 || op >= TP_REDOP_COUNT_))
+        return lb_bad(msg, len, TP_ERR_INVALID_ARG,
+                      "reduction op %d is not a tp_redop (expected TP_SUM, TP_MAX or TP_MIN)", op);
+    return TP_OK;
+}
+
+/* Validate a counts array; set *total and its hash. */
+static tp_status lb_check_counts(char *msg, size_t len, const size_t *counts, int size, size_t es,
+                                 size_t *total, uint64_t *hash)
+{
+    *total = 0;
+    *hash = 0xcbf29ce484222325ull; /* FNV-1a over the counts */
+    if (!counts)
+        return lb_bad(msg, len, TP_ERR_INVALID_ARG,
+                      "counts is NULL; pass an array of %d per-rank element counts", size);
+    for (int r = 0; r < size; r++) {
+        if (counts[r] > (SIZE_MAX / es - *total))
+            return lb_bad(msg, len, TP_ERR_INVALID_ARG,
+                          "counts overflow: the sum up to counts[%d] = %zu exceeds the address "
+                          "space",
+                          r, counts[r]);
+        *total += counts[r];
+        for (int k = 0; k < 8; k++) {
+            *hash ^= (counts[r] >> (8 * k)) & 0xffu;
+            *hash *= 0x100000001b3ull;
+        }
+    }
+    return TP_OK;
+}
+
+tp_status lb_all_reduce(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,
+                        tp_redop op)
+{
+    lb_comm *c = comm;
+    lb_group *g = c->g;
+    char msg[200] = "";
+    tp_status bad = lb_check_type(msg, sizeof msg, (int)dt, (int)op, true);
+    size_t es = lb_dtype_size((int)dt);
+    if (!bad && count && (!send || !recv))
+        bad = LB_BAD("%s buffer is NULL with count %zu", send ? "recv" : "send", count);
+    if (!bad && count > SIZE_MAX / es)
+        bad = LB_BAD("count %zu overflows the address space", count);
+    lb_args a = {.send = send, .recv = recv, .count = count, .dt = (int)dt, .op = (int)op,
+                 .root = -1};
+    tp_status st = lb_begin(c, LB_ALL_REDUCE, &a, bad, msg);
+    if (st != TP_OK)
+        return st;
+    int n = g->size;
+    size_t lo, hi;
+    lb_share(count, es, n, c->rank, &lo, &hi);
+    if (n == 1) {
+        if (count && send != recv)
+            lb_fanout(send, &recv, 1, count * es, false);
+    } else if (lo < hi) {
+        const void *src[LB_MAX_RANKS];
+        void *dst[LB_MAX_RANKS];
+        for (int r = 0; r < n; r++) {
+            src[r] = (const char *)lb_peer(c, r)->send + lo * es;
+            dst[r] = (char *)lb_peer(c, r)->recv + lo * es;
+        }
+        bool stream = count * es >= g->eng->stream_bytes / (size_t)n;
+        c->streamed = lb_reduce((int)dt, (int)op, src, n, dst, n, hi - lo, stream);
+    }
+    return lb_end(c, LB_ALL_REDUCE);
+}
+
+tp_status lb_all_gather(void *comm, const void *send, void *recv, const size_t *counts,
+                        tp_dtype dt)
+{
+    lb_comm *c = comm;
+    lb_group *g = c->g;
+    int n = g->size;
+    char msg[200] = "";
+    size_t total = 0;
+    uint64_t hash = 0;
+    tp_status bad = lb_check_type(msg, sizeof msg, (int)dt, 0, false);
+    size_t es = lb_dtype_size((int)dt);
+    if (!bad)
+        bad = lb_check_counts(msg, sizeof msg, counts, n, es, &total, &hash);
+    if (!bad && total && !recv)
+        bad = LB_BAD("recv buffer is NULL but the gathered size is %zu elements", total);
+    if (!bad && counts[c->rank] && !send)
+        bad = LB_BAD("send buffer is NULL but counts[%d] = %zu", c->rank, counts[c->rank]);
+    lb_args a = {.send = send, .recv = recv, .count = total, .counts = counts,
+                 .counts_hash = hash, .dt = (int)dt, .op = -1, .root = -1};
+    tp_status st = lb_begin(c, LB_ALL_GATHER, &a, bad, msg);
+    if (st != TP_OK)
+        return st;
+    size_t lo, hi;
+    lb_share(total, es, n, c->rank, &lo, &hi);
+    bool stream = total * es >= g->eng->stream_bytes / (size_t)n;
+    void *dst[LB_MAX_RANKS];
+    size_t off = 0;
+    for (int s = 0; s < n && off < hi; off += counts[s], s++) {
+        size_t b0 = lo > off ? lo : off, b1 = hi < off + counts[s] ? hi : off + counts[s];
+        if (b0 >= b1)
+            continue;
+        const char *src = (const char *)lb_peer(c, s)->send + (b0 - off) * es;
+        for (int d = 0; d < n; d++)
+            dst[d] = (char *)lb_peer(c, d)->recv + b0 * es;
+        c->streamed |= lb_fanout(src, dst, n, (b1 - b0) * es, stream);
+    }
+    return lb_end(c, LB_ALL_GATHER);
+}
+
+tp_status lb_reduce_scatter(void *comm, const void *send, void *recv, const size_t *counts,
+                            tp_dtype dt, tp_redop op)
+{
+    lb_comm *c = comm;
+    lb_group *g = c->g;
+    int n = g->size;
+    char msg[200] = "";
+    size_t total = 0;
+    uint64_t hash = 0;
+    tp_status bad = lb_check_type(msg, sizeof msg, (int)dt, (int)op, true);
+    size_t es = lb_dtype_size((int)dt);
+    if (!bad)
+        bad = lb_check_counts(msg, sizeof msg, counts, n, es, &total, &hash);
+    if (!bad && total && !send)
+        bad = LB_BAD("send buffer is NULL but it should hold %zu elements", total);
+    if (!bad && counts[c->rank] && !recv)
+        bad = LB_BAD("recv buffer is NULL but counts[%d] = %zu", c->rank, counts[c->rank]);
+    lb_args a = {.send = send, .recv = recv, .count = total, .counts = counts,
+                 .counts_hash = hash, .dt = (int)dt, .op = (int)op, .root = -1};
+    tp_status st = lb_begin(c, LB_REDUCE_SCATTER, &a, bad, msg);
+    if (st != TP_OK)
+        return st;
+    size_t lo, hi;
+    lb_share(total, es, n, c->rank, &lo, &hi);
+    bool stream = total * es >= g->eng->stream_bytes;
+    const void *src[LB_MAX_RANKS];
+    size_t off = 0;
+    for (int i = 0; i < n && off < hi; off += counts[i], i++) {
+        size_t b0 = lo > off ? lo : off, b1 = hi < off + counts[i] ? hi : off + counts[i];
+        if (b0 >= b1)
+            continue;
+        for (int r = 0; r < n; r++)
+            src[r] = (const char *)lb_peer(c, r)->send + b0 * es;
+        void *dst = (char *)lb_peer(c, i)->recv + (b0 - off) * es;
+        if (n == 1 && dst == src[0])
+            continue;
+        c->streamed |= lb_reduce((int)dt, (int)op, src, n, &dst, 1, b1 - b0, stream);
+    }
+    return lb_end(c, LB_REDUCE_SCATTER);
+}
+
+tp_status lb_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int root)
+{
+    lb_comm *c = comm;
+    lb_group *g = c->g;
+    int n = g->size;
+    char msg[200] = "";
+    tp_status bad = lb_check_type(msg, sizeof msg, (int)dt, 0, false);
+    size_t es = lb_dtype_size((int)dt);
+    if (!bad && (root < 0 || root >= n))
+        bad = LB_BAD("root %d is out of range: expected 0..%d", root, n - 1);
+    if (!bad && count && !buf)
+        bad = LB_BAD("buffer is NULL with count %zu", count);
+    if (!bad && count > SIZE_MAX / es)
+        bad = LB_BAD("count %zu overflows the address space", count);
+    lb_args a = {.send = buf, .recv = buf, .count = count, .dt = (int)dt, .op = -1, .root = root};
+    tp_status st = lb_begin(c, LB_BROADCAST, &a, bad, msg);
+    if (st != TP_OK)
+        return st;
+    if (n == 1)
+        return TP_OK;
+    size_t lo, hi;
+    lb_share(count, es, n, c->rank, &lo, &hi);
+    if (lo < hi) {
+        void *dst[LB_MAX_RANKS];
+        for (int d = 0; d < n; d++)
+            dst[d] = (char *)lb_peer(c, d)->recv + lo * es;
+        bool stream = count * es >= g->eng->stream_bytes / (size_t)(n - 1);
+        c->streamed = lb_fanout(dst[root], dst, n, (hi - lo) * es, stream);
+    }
+    return lb_end(c, LB_BROADCAST);
+}
+
+tp_status lb_barrier(void *comm)
+{
+    lb_args a = {.dt = -1, .op = -1, .root = -1};
+    return lb_begin(comm, LB_BARRIER, &a, TP_OK, "");
+}

@@ -1,0 +1,162 @@
+/*
+ * loopback.h — definitions shared by the files of the loopback backend
+ * (ranks are threads of one process; collectives read and write the ranks'
+ * own buffers through shared memory). Not installed.
+ *
+ * A group is the shared state of one communicator: one slot per rank where
+ * the rank publishes its arguments, a counter barrier, and a failure flag.
+ * Each rank holds its own lb_comm handle pointing at the group. Every
+ * collective is: publish arguments, entry barrier, check that all ranks
+ * agree, every thread does its share of the work on all ranks' buffers,
+ * exit barrier.
+ */
+#ifndef TP_LOOPBACK_H
+#define TP_LOOPBACK_H
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <tp/tp-plugin.h>
+
+#define LB_MAX_RANKS 64
+#define LB_LINE 64 /* cache line: work is split on these boundaries */
+
+typedef enum lb_kind {
+    LB_NONE = 0,
+    LB_ALL_REDUCE,
+    LB_ALL_GATHER,
+    LB_REDUCE_SCATTER,
+    LB_BROADCAST,
+    LB_BARRIER,
+    LB_SPLIT,
+    LB_KIND_COUNT
+} lb_kind;
+
+typedef struct lb_engine {
+    const tp_host *host;
+    int world_size;
+    double timeout_s;
+    unsigned spin_limit; /* busy spins before a waiter starts to yield */
+    bool bind;           /* pin rank i's thread to the i-th allowed CPU */
+    size_t stream_bytes; /* bytes written per op above which stores bypass the cache */
+    pthread_mutex_t lock;
+    struct lb_group *world;  /* world group of the current tp_run */
+    struct lb_group *worlds; /* every world group made, freed in finalize */
+} lb_engine;
+
+/* What a rank passes to a collective, published in its slot. */
+typedef struct lb_args {
+    const void *send;
+    void *recv;
+    size_t count;
+    const size_t *counts;
+    uint64_t counts_hash; /* all_gather/reduce_scatter: hash of counts[0..size) */
+    int dt, op, root;
+    int color, key; /* split */
+} lb_args;
+
+/* What a rank publishes for one op. */
+typedef struct lb_pub {
+    lb_args args;
+    int kind;          /* lb_kind */
+    int bad;           /* tp_status of a local argument error, 0 if none */
+    char bad_msg[200]; /* its message */
+} lb_pub;
+
+typedef struct lb_slot {
+    /* Written by the owner before it arrives at the entry barrier and read
+     * by peers after it (ordered by the barrier). Double-buffered by op
+     * number: a rank that leaves op k early (barrier has no exit barrier)
+     * writes pub[(k+1)&1] while slower ranks still read pub[k&1]; it cannot
+     * reach op k+2 before every rank has entered op k+1. */
+    _Alignas(LB_LINE) lb_pub pub[2];
+    struct lb_group *newgroup; /* split: set by the leader of a color */
+    /* Read by waiting peers at any time (diagnostics, departure checks). */
+    _Alignas(LB_LINE) atomic_uint_fast64_t epoch; /* last barrier arrived at */
+    atomic_int cpu;                               /* CPU it last arrived from */
+    atomic_int kind;                              /* lb_kind of its current op */
+    atomic_uint_fast64_t seq;                     /* number of that op, from 1 */
+    atomic_int joined;                            /* world(): took its handle */
+    atomic_int departed;                          /* comm_free was called */
+} lb_slot;
+
+typedef struct lb_comm {
+    struct lb_group *g;
+    int rank;
+    uint64_t epoch; /* barriers this rank has entered */
+    uint64_t seq;   /* collectives this rank has called */
+    bool streamed;  /* non-temporal stores issued in the current op */
+    bool bound;     /* world: `thread` was pinned; `saved` restores it */
+    pthread_t thread;
+    cpu_set_t saved;
+} lb_comm;
+
+typedef struct lb_group {
+    lb_engine *eng;
+    int size;
+    bool is_world;
+    int joined;               /* world groups: handles handed out (under eng->lock) */
+    atomic_int refs;          /* sub-groups: members that have not freed it */
+    struct lb_group *next;    /* world groups: list in the engine */
+    lb_comm *world_comms;     /* world groups: one handle per rank */
+    _Alignas(LB_LINE) atomic_uint arrived;      /* ranks at the current barrier */
+    _Alignas(LB_LINE) atomic_uint_fast64_t gen; /* last completed barrier epoch */
+    atomic_uint wake;                           /* futex word: bumped to wake sleepers */
+    atomic_uint sleepers;                       /* waiters blocked (or about to block) */
+    _Alignas(LB_LINE) atomic_int failed;        /* tp_status that poisoned the group */
+    atomic_uint departures;                     /* number of comm_free calls */
+    atomic_int poison_claim;
+    char msg[640]; /* why it failed; written before `failed` is set */
+    lb_slot slots[];
+} lb_group;
+
+/* group.c */
+lb_group *lb_group_new(lb_engine *eng, int size, bool is_world);
+void lb_group_free(lb_group *g);
+tp_status lb_world(void *engine, int local_index, const tp_rank_env *env, void **comm, int *rank,
+                   int *size);
+tp_status lb_split(void *comm, int color, int key, void **newcomm, int *rank, int *size);
+void lb_comm_free(void *comm);
+
+/* sync.c */
+const char *lb_kind_name(int kind);
+tp_status lb_barrier_wait(lb_comm *c, lb_kind kind);
+tp_status lb_begin(lb_comm *c, lb_kind kind, const lb_args *a, tp_status bad, const char *bad_msg);
+tp_status lb_end(lb_comm *c, lb_kind kind);
+/* Rank r's arguments for the calling rank's current op (valid after lb_begin). */
+static inline const lb_args *lb_peer(const lb_comm *c, int r)
+{
+    return &c->g->slots[r].pub[c->seq & 1].args;
+}
+void lb_wake(lb_group *g);
+tp_status lb_poison(lb_group *g, tp_status status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* reduce.c */
+size_t lb_dtype_size(int dt);
+const char *lb_dtype_name(int dt);
+const char *lb_op_name(int op);
+/* dst[d][0..n) = src[0][i] op src[1][i] op ... in source order, for every
+ * d; a dst equal to its source (in place) is safe. Returns true if
+ * non-temporal stores were issued (call lb_store_fence before publishing). */
+bool lb_reduce(int dt, int op, const void *const *src, int nsrc, void *const *dst, int ndst,
+               size_t n, bool stream);
+/* dst[d][0..bytes) = src[0..bytes) for every d (skipping dst == src). */
+bool lb_fanout(const void *src, void *const *dst, int ndst, size_t bytes, bool stream);
+void lb_store_fence(void);
+
+/* collectives.c */
+tp_status lb_all_reduce(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,
+                        tp_redop op);
+tp_status lb_all_gather(void *comm, const void *send, void *recv, const size_t *counts,
+                        tp_dtype dt);
+tp_status lb_reduce_scatter(void *comm, const void *send, void *recv, const size_t *counts,
+                            tp_dtype dt, tp_redop op);
+tp_status lb_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int root);
+tp_status lb_barrier(void *comm);
+
+#endif /* TP_LOOPBACK_H */

@@ -1,0 +1,115 @@
+/*
+ * plugin.c — the loopback engine (init/finalize) and the plugin descriptor.
+ */
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "loopback.h"
+
+/* CPUs this process may run on. */
+static int lb_cpu_count(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+        return CPU_COUNT(&set);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+static tp_status lb_init(const tp_host *host, const tp_engine_args *args, void **engine,
+                         tp_engine_info *info)
+{
+    int n = args ? args->world_size : 0;
+    if (n == 0)
+        n = 1;
+    if (n < 1 || n > LB_MAX_RANKS)
+        return host->set_error(TP_ERR_INVALID_ARG,
+                               "loopback: world size %d is out of range: expected 1..%d ranks "
+                               "(threads of this process); set TP_WORLD_SIZE or --tp to a value "
+                               "in that range",
+                               n, LB_MAX_RANKS);
+    lb_engine *eng = calloc(1, sizeof *eng);
+    if (!eng)
+        return host->set_error(TP_ERR_NO_MEMORY, "loopback: out of memory creating the engine");
+    eng->host = host;
+    eng->world_size = n;
+    eng->timeout_s = host->timeout_s > 0 ? host->timeout_s : 300.0;
+    /* Spin a few microseconds (200 pauses) before yielding: a peer that is
+     * coming arrives within that on an idle machine; on a busy one (or when
+     * ranks outnumber CPUs) the CPU is better given to the rank being
+     * waited for. TP_LOOPBACK_SPIN overrides (a tuning knob). */
+    int ncpu = lb_cpu_count();
+    eng->spin_limit = n > ncpu ? 16 : 200;
+    /* Pin rank i's thread to allowed CPU i mod ncpu, as mpirun binds ranks
+     * to cores: otherwise a loaded machine's scheduler may stack ranks on
+     * one CPU while another has fewer, and barriers then wait for context
+     * switches (measured here under load, 8 B all_reduce: 2 ranks 2.5 us
+     * unpinned vs 0.5 us pinned; 4 ranks on 2 CPUs 15 us vs 7.4 us). Only
+     * for 2+ ranks, so a single rank's BLAS threads keep every CPU; undone
+     * when the rank leaves. TP_LOOPBACK_BIND=0 turns it off. */
+    const char *bind = getenv("TP_LOOPBACK_BIND");
+    eng->bind = n >= 2 && !(bind && !strcmp(bind, "0"));
+    const char *sp = getenv("TP_LOOPBACK_SPIN"); /* tuning knob: pauses before yielding */
+    if (sp && *sp)
+        eng->spin_limit = (unsigned)strtoul(sp, NULL, 0);
+    /* Store results with non-temporal stores once an op writes more than
+     * the last-level cache holds (as glibc's memcpy does): they would be
+     * evicted before anyone reads them. Measured here (a VM reporting a
+     * 384 MiB L3), caching stores win up to at least 64 MiB messages, so
+     * the reported size is trusted. TP_LOOPBACK_STREAM_BYTES overrides. */
+    long llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    if (llc <= 0)
+        llc = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    eng->stream_bytes = llc > 0 ? (size_t)llc : (size_t)32 << 20;
+    const char *sb = getenv("TP_LOOPBACK_STREAM_BYTES"); /* tuning knob, bytes */
+    if (sb && *sb)
+        eng->stream_bytes = (size_t)strtoull(sb, NULL, 0);
+    pthread_mutex_init(&eng->lock, NULL);
+    *engine = eng;
+    if (info) {
+        info->world_size = n;
+        info->local_count = n;
+        info->first_rank = 0;
+    }
+    if (host->debug)
+        host->debug("comm",
+                    "loopback: %d rank(s) on %d CPU(s), %s, spin limit %u, streaming stores "
+                    "above %zu bytes, timeout %.1f s",
+                    n, ncpu, eng->bind ? "one CPU per rank" : "threads not pinned",
+                    eng->spin_limit, eng->stream_bytes, eng->timeout_s);
+    return TP_OK;
+}
+
+static void lb_finalize(void *engine)
+{
+    lb_engine *eng = engine;
+    if (!eng)
+        return;
+    for (lb_group *g = eng->worlds; g;) {
+        lb_group *next = g->next;
+        lb_group_free(g);
+        g = next;
+    }
+    pthread_mutex_destroy(&eng->lock);
+    free(eng);
+}
+
+static const tp_comm_ops lb_ops = {
+    .struct_size = sizeof(tp_comm_ops),
+    .init = lb_init,
+    .finalize = lb_finalize,
+    .world = lb_world,
+    .split = lb_split,
+    .comm_free = lb_comm_free,
+    .all_reduce = lb_all_reduce,
+    .all_gather = lb_all_gather,
+    .reduce_scatter = lb_reduce_scatter,
+    .broadcast = lb_broadcast,
+    .barrier = lb_barrier,
+};
+
+TP_PLUGIN_DEFINE("loopback", "0.1.0",
+                 "ranks are threads of one process; collectives through shared memory",
+                 &lb_ops, NULL, NULL)

@@ -1,0 +1,291 @@
+/*
+ * reduce.c — element kernels: reduce several sources through a small tile
+ * that stays in L1, and copy a source to several destinations.
+ *
+ * Reduction order is fixed: acc = src[0]; acc = acc op src[r], r = 1, 2,
+ * ... so a result depends only on the inputs, never on how the work was
+ * split. max(acc, x) = x > acc ? x : acc (and min likewise), so a NaN in
+ * src[0] survives a max and a NaN later is skipped, on every rank alike.
+ * i32 sums wrap modulo 2^32. f16 and bf16 are widened to f32, reduced in
+ * f32 and rounded once to nearest-even at the end.
+ *
+ * Large ops store with non-temporal (streaming) stores: results bigger
+ * than the cache would only evict useful lines, and streaming avoids
+ * reading each destination line before writing it.
+ */
+#include <string.h>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#include "loopback.h"
+
+#define LB_TILE 1024 /* elements per tile: 4 KiB of f32 */
+
+size_t lb_dtype_size(int dt)
+{
+    switch (dt) {
+    case TP_F32: return 4;
+    case TP_I32: return 4;
+    case TP_F16: return 2;
+    case TP_BF16: return 2;
+    default: return 0;
+    }
+}
+
+const char *lb_dtype_name(int dt)
+{
+    switch (dt) {
+    case TP_F32: return "f32";
+    case TP_I32: return "i32";
+    case TP_F16: return "f16";
+    case TP_BF16: return "bf16";
+    default: return "?";
+    }
+}
+
+const char *lb_op_name(int op)
+{
+    switch (op) {
+    case TP_SUM: return "sum";
+    case TP_MAX: return "max";
+    case TP_MIN: return "min";
+    default: return "?";
+    }
+}
+
+/* ------------------------------------------------ 16-bit float formats */
+
+static inline float lb_bits_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline uint32_t lb_f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static inline float lb_bf16_to_f32(uint16_t h)
+{
+    return lb_bits_f32((uint32_t)h << 16);
+}
+
+static inline uint16_t lb_f32_to_bf16(float f)
+{
+    uint32_t x = lb_f32_bits(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((x >> 16) | 0x40u); /* NaN stays a (quiet) NaN */
+    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
+static inline float lb_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    if (exp == 0x1f)
+        return lb_bits_f32(sign | 0x7f800000u | (man << 13));
+    if (exp)
+        return lb_bits_f32(sign | ((exp + 112u) << 23) | (man << 13));
+    float f = (float)man * 0x1p-24f; /* subnormal or zero: exact */
+    return lb_bits_f32(sign | lb_f32_bits(f));
+}
+
+static inline uint16_t lb_f32_to_f16(float f)
+{
+    uint32_t x = lb_f32_bits(f);
+    uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u)
+        return (uint16_t)(sign | 0x7e00u | ((ax >> 13) & 0x3ffu));
+    if (ax >= 0x47800000u) /* >= 65536, or inf */
+        return (uint16_t)(sign | 0x7c00u);
+    uint32_t h, rem, half;
+    if (ax >= 0x38800000u) { /* normal in f16 */
+        h = ((ax >> 23) - 112u) << 10 | ((ax >> 13) & 0x3ffu);
+        rem = ax & 0x1fffu;
+        half = 0x1000u;
+    } else { /* subnormal in f16: units of 2^-24 */
+        uint32_t e = ax >> 23, shift = 126u - e;
+        if (e == 0 || shift > 24)
+            return (uint16_t)sign;
+        uint32_t m = (ax & 0x7fffffu) | 0x800000u;
+        h = m >> shift;
+        rem = m & ((1u << shift) - 1u);
+        half = 1u << (shift - 1u);
+    }
+    if (rem > half || (rem == half && (h & 1u)))
+        h++; /* may carry into the exponent: still the right encoding */
+    return (uint16_t)(sign | h);
+}
+
+/* ------------------------------------------------------- combine loops */
+
+static void lb_f32_combine(int op, float *restrict t, const float *restrict s, size_t m)
+{
+    switch (op) {
+    case TP_SUM:
+        for (size_t i = 0; i < m; i++)
+            t[i] += s[i];
+        break;
+    case TP_MAX:
+        for (size_t i = 0; i < m; i++)
+            t[i] = s[i] > t[i] ? s[i] : t[i];
+        break;
+    default:
+        for (size_t i = 0; i < m; i++)
+            t[i] = s[i] < t[i] ? s[i] : t[i];
+        break;
+    }
+}
+
+static void lb_f32_combine2(int op, float *restrict t, const float *restrict a,
+                            const float *restrict b, size_t m)
+{
+    switch (op) {
+    case TP_SUM:
+        for (size_t i = 0; i < m; i++)
+            t[i] = a[i] + b[i];
+        break;
+    case TP_MAX:
+        for (size_t i = 0; i < m; i++)
+            t[i] = b[i] > a[i] ? b[i] : a[i];
+        break;
+    default:
+        for (size_t i = 0; i < m; i++)
+            t[i] = b[i] < a[i] ? b[i] : a[i];
+        break;
+    }
+}
+
+static void lb_i32_combine(int op, int32_t *restrict t, const int32_t *restrict s, size_t m)
+{
+    switch (op) {
+    case TP_SUM:
+        for (size_t i = 0; i < m; i++)
+            t[i] = (int32_t)((uint32_t)t[i] + (uint32_t)s[i]);
+        break;
+    case TP_MAX:
+        for (size_t i = 0; i < m; i++)
+            t[i] = s[i] > t[i] ? s[i] : t[i];
+        break;
+    default:
+        for (size_t i = 0; i < m; i++)
+            t[i] = s[i] < t[i] ? s[i] : t[i];
+        break;
+    }
+}
+
+static void lb_widen(int dt, float *restrict w, const uint16_t *restrict s, size_t m)
+{
+    if (dt == TP_BF16)
+        for (size_t i = 0; i < m; i++)
+            w[i] = lb_bf16_to_f32(s[i]);
+    else
+        for (size_t i = 0; i < m; i++)
+            w[i] = lb_f16_to_f32(s[i]);
+}
+
+static void lb_narrow(int dt, uint16_t *restrict d, const float *restrict t, size_t m)
+{
+    if (dt == TP_BF16)
+        for (size_t i = 0; i < m; i++)
+            d[i] = lb_f32_to_bf16(t[i]);
+    else
+        for (size_t i = 0; i < m; i++)
+            d[i] = lb_f32_to_f16(t[i]);
+}
+
+/* ------------------------------------------------------------- stores */
+
+static bool lb_store(void *dst, const void *src, size_t bytes, bool stream)
+{
+    if (dst == src || bytes == 0)
+        return false;
+#if defined(__SSE2__)
+    if (bytes >= 256) {
+        /* An explicit vector loop: compilers otherwise inline a bounded
+         * memcpy as `rep movsq`, which is slower for these 4-16 KiB pieces. */
+        __m128i *d = dst;
+        const __m128i *s = src;
+        size_t k = bytes / 16;
+        bool nt = stream && ((uintptr_t)dst & 15u) == 0;
+        if (nt)
+            for (size_t i = 0; i < k; i++)
+                _mm_stream_si128(d + i, _mm_loadu_si128(s + i));
+        else
+            for (size_t i = 0; i < k; i++)
+                _mm_storeu_si128(d + i, _mm_loadu_si128(s + i));
+        memcpy((char *)dst + k * 16, (const char *)src + k * 16, bytes - k * 16);
+        return nt;
+    }
+#endif
+    (void)stream;
+    memcpy(dst, src, bytes);
+    return false;
+}
+
+void lb_store_fence(void)
+{
+#if defined(__SSE2__)
+    _mm_sfence();
+#else
+    atomic_thread_fence(memory_order_seq_cst);
+#endif
+}
+
+bool lb_reduce(int dt, int op, const void *const *src, int nsrc, void *const *dst, int ndst,
+               size_t n, bool stream)
+{
+    size_t es = lb_dtype_size(dt);
+    _Alignas(LB_LINE) float t[LB_TILE];
+    _Alignas(LB_LINE) float w[LB_TILE];
+    _Alignas(LB_LINE) uint16_t h[LB_TILE];
+    _Alignas(LB_LINE) int32_t ti[LB_TILE];
+    bool streamed = false;
+    for (size_t b = 0; b < n; b += LB_TILE) {
+        size_t m = n - b < LB_TILE ? n - b : LB_TILE;
+        const void *res = t;
+        if (dt == TP_F32) {
+            const float *s0 = (const float *)src[0] + b;
+            if (nsrc == 1)
+                memcpy(t, s0, m * 4);
+            else
+                lb_f32_combine2(op, t, s0, (const float *)src[1] + b, m);
+            for (int r = 2; r < nsrc; r++)
+                lb_f32_combine(op, t, (const float *)src[r] + b, m);
+        } else if (dt == TP_I32) {
+            memcpy(ti, (const int32_t *)src[0] + b, m * 4);
+            for (int r = 1; r < nsrc; r++)
+                lb_i32_combine(op, ti, (const int32_t *)src[r] + b, m);
+            res = ti;
+        } else {
+            lb_widen(dt, t, (const uint16_t *)src[0] + b, m);
+            for (int r = 1; r < nsrc; r++) {
+                lb_widen(dt, w, (const uint16_t *)src[r] + b, m);
+                lb_f32_combine(op, t, w, m);
+            }
+            lb_narrow(dt, h, t, m);
+            res = h;
+        }
+        for (int d = 0; d < ndst; d++)
+            streamed |= lb_store((char *)dst[d] + b * es, res, m * es, stream);
+    }
+    return streamed;
+}
+
+bool lb_fanout(const void *src, void *const *dst, int ndst, size_t bytes, bool stream)
+{
+    const size_t piece = 16384; /* read once, then written from L1 to each dst */
+    bool streamed = false;
+    for (size_t b = 0; b < bytes; b += piece) {
+        size_t m = bytes - b < piece ? bytes - b : piece;
+        for (int d = 0; d < ndst; d++)
+            streamed |= lb_store((char *)dst[d] + b, (const char *)src + b, m, stream);
+    }
+    return streamed;
+}

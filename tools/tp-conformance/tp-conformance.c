@@ -1,0 +1,951 @@
+/*
+ * tp-conformance — the communicator conformance suite, run through the
+ * public tp.h API against whatever backend TP_BACKEND names.
+ *
+ * Every rank runs the same sequence of cases (op x dtype x count x
+ * reduction x root x in-place/out-of-place, uneven counts, sub-
+ * communicators), checks its own output element by element against a
+ * serial reference, and records pass / fail / not provided per case. The
+ * per-case verdicts are combined over all ranks with one all_reduce (max),
+ * so a case passes only if it passed on every rank; rank 0 prints the
+ * table and the summary line. Works the same on threads (loopback) and on
+ * processes (mpi, tcp).
+ *
+ * Why exact comparison is valid: every input element is a small integer
+ * (|x| <= 2 for bf16, 6 for f32/f16, 1000 for i32), a pure function of
+ * (rank, index, case). Every partial sum a backend can form, in any order
+ * and any grouping (ring, tree, chunked), is then an integer far below the
+ * largest integer its format represents exactly (bf16 256, f16 2048, f32
+ * 2^24 for 64 ranks), and an f32 accumulation of 16-bit inputs is exact
+ * too. So every addition is exact, the result does not depend on
+ * summation order, and max/min only select. Any difference is a bug.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <tp/tp.h>
+
+#define GUARD 16      /* elements after each output that must stay untouched */
+#define MAX_PRINT 10  /* failure details printed per rank */
+#define SENTINEL 0x5a /* byte pattern of untouched output memory */
+
+enum { R_PASS = 0, R_SKIP = 1, R_FAIL = 2 }; /* combined with max over ranks */
+
+enum row {
+    ROW_ALL_REDUCE,
+    ROW_ALL_GATHER,
+    ROW_ALL_GATHERV,
+    ROW_REDUCE_SCATTER,
+    ROW_REDUCE_SCATTERV,
+    ROW_BROADCAST,
+    ROW_BARRIER,
+    ROW_SPLIT,
+    ROW_SUB,
+    ROW_COUNT
+};
+
+static const char *const row_names[ROW_COUNT] = {
+    "all_reduce",      "all_gather", "all_gatherv", "reduce_scatter",
+    "reduce_scatterv", "broadcast",  "barrier",     "split",
+    "ops on sub-comms"};
+
+/* Which op names --op accepts for each row. */
+static const char *const row_ops[ROW_COUNT] = {
+    "all_reduce", "all_gather", "all_gather", "reduce_scatter", "reduce_scatter",
+    "broadcast",  "barrier",    "split",      "split"};
+
+#define COL_OTHER TP_DTYPE_COUNT_ /* column for cases without a dtype */
+#define NCOLS (TP_DTYPE_COUNT_ + 1)
+
+typedef struct opts {
+    bool large;
+    bool verbose;
+    const char *only_op;
+} opts;
+
+typedef struct rank_state {
+    const opts *o;
+    tp_comm *world;
+    tp_device *dev;
+    int wrank, wsize;
+    int32_t *res; /* verdict per case */
+    uint8_t *row, *col;
+    size_t ncases, cap;
+    int printed;
+    bool oom;
+} rank_state;
+
+/* ------------------------------------------------------------ values */
+
+static size_t dt_size(tp_dtype dt)
+{
+    return dt == TP_F16 || dt == TP_BF16 ? 2 : 4;
+}
+
+static const char *dt_name(tp_dtype dt)
+{
+    static const char *const n[] = {"f32", "f16", "bf16", "i32"};
+    return (unsigned)dt < TP_DTYPE_COUNT_ ? n[dt] : "?";
+}
+
+static const char *op_name(tp_redop op)
+{
+    static const char *const n[] = {"sum", "max", "min"};
+    return (unsigned)op < TP_REDOP_COUNT_ ? n[op] : "?";
+}
+
+/* Input element i of `rank` in case `salt`: a small integer (see top). */
+static int value(tp_dtype dt, int rank, size_t i, size_t salt)
+{
+    uint32_t h = (uint32_t)rank * 0x9e3779b1u ^ (uint32_t)i * 0x85ebca77u ^
+                 (uint32_t)salt * 0xc2b2ae3du ^ (uint32_t)(i >> 32);
+    h ^= h >> 15;
+    h *= 0x2c1b3c6du;
+    h ^= h >> 12;
+    int range = dt == TP_BF16 ? 2 : dt == TP_I32 ? 1000 : 6;
+    return (int)(h % (uint32_t)(2 * range + 1)) - range;
+}
+
+static int fold(tp_redop op, int acc, int v)
+{
+    return op == TP_SUM ? acc + v : op == TP_MAX ? (v > acc ? v : acc) : (v < acc ? v : acc);
+}
+
+/* Reduce over ranks 0..size-1 of element i. */
+static int reference(tp_dtype dt, tp_redop op, int size, size_t i, size_t salt)
+{
+    int acc = value(dt, 0, i, salt);
+    for (int r = 1; r < size; r++)
+        acc = fold(op, acc, value(dt, r, i, salt));
+    return acc;
+}
+
+/* Exact encodings of small integers. */
+static uint16_t half_of_int(int v)
+{
+    if (v == 0)
+        return 0;
+    uint16_t sign = v < 0 ? 0x8000u : 0;
+    unsigned a = (unsigned)(v < 0 ? -v : v); /* < 2048 */
+    int e = 31 - __builtin_clz(a);
+    return (uint16_t)(sign | (unsigned)(e + 15) << 10 | ((a << (10 - e)) & 0x3ffu));
+}
+
+static double half_to_double(uint16_t h)
+{
+    int e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    double v = e == 0 ? m * 0x1p-24 : e == 31 ? (m ? 0.0 / 0.0 : 1.0 / 0.0)
+                                               : (1.0 + m / 1024.0) * (double)(1 << e) * 0x1p-15;
+    return h & 0x8000u ? -v : v;
+}
+
+static void put(tp_dtype dt, void *buf, size_t i, int v)
+{
+    float f = (float)v;
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    switch (dt) {
+    case TP_F32: ((float *)buf)[i] = f; break;
+    case TP_I32: ((int32_t *)buf)[i] = v; break;
+    case TP_BF16: ((uint16_t *)buf)[i] = (uint16_t)(u >> 16); break; /* exact for |v| <= 256 */
+    default: ((uint16_t *)buf)[i] = half_of_int(v); break;
+    }
+}
+
+static double get(tp_dtype dt, const void *buf, size_t i)
+{
+    switch (dt) {
+    case TP_F32: return ((const float *)buf)[i];
+    case TP_I32: return ((const int32_t *)buf)[i];
+    case TP_BF16: {
+        uint32_t u = (uint32_t)((const uint16_t *)buf)[i] << 16;
+        float f;
+        memcpy(&f, &u, 4);
+        return f;
+    }
+    default: return half_to_double(((const uint16_t *)buf)[i]);
+    }
+}
+
+/* ----------------------------------------------------------- recording */
+
+static void record(rank_state *s, int row, int col, int verdict)
+{
+    if (s->ncases == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 1024;
+        int32_t *r = realloc(s->res, cap * sizeof *r);
+        uint8_t *a = realloc(s->row, cap), *b = realloc(s->col, cap);
+        if (r)
+            s->res = r;
+        if (a)
+            s->row = a;
+        if (b)
+            s->col = b;
+        if (!r || !a || !b) {
+            s->oom = true;
+            return;
+        }
+        s->cap = cap;
+    }
+    s->res[s->ncases] = verdict;
+    s->row[s->ncases] = (uint8_t)row;
+    s->col[s->ncases] = (uint8_t)col;
+    s->ncases++;
+}
+
+static void fail_msg(rank_state *s, const char *what, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void fail_msg(rank_state *s, const char *what, const char *fmt, ...)
+{
+    if (s->printed++ >= MAX_PRINT) {
+        if (s->printed == MAX_PRINT + 1)
+            fprintf(stderr, "tp-conformance: rank %d: further failures not shown\n", s->wrank);
+        return;
+    }
+    char buf[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "tp-conformance: rank %d: FAIL %s: %s\n", s->wrank, what, buf);
+}
+
+/* Verdict for a collective's status; TP_OK continues to the data check. */
+static int status_verdict(rank_state *s, const char *what, tp_status st)
+{
+    if (st == TP_OK)
+        return R_PASS;
+    if (st == TP_ERR_NOT_SUPPORTED) {
+        if (s->o->verbose)
+            fprintf(stderr, "tp-conformance: rank %d: not provided: %s: %s\n", s->wrank, what,
+                    tp_last_error());
+        return R_SKIP;
+    }
+    fail_msg(s, what, "returned %s: %s", tp_status_string(st), tp_last_error());
+    return R_FAIL;
+}
+
+/* ------------------------------------------------------------ buffers */
+
+typedef struct buf {
+    void *host; /* staging copy */
+    void *dev;  /* device memory */
+    size_t bytes;
+} buf;
+
+static bool buf_new(rank_state *s, buf *b, size_t bytes)
+{
+    b->bytes = bytes;
+    b->host = malloc(bytes ? bytes : 1);
+    b->dev = NULL;
+    if (!b->host || tp_dev_alloc(s->dev, bytes, &b->dev) != TP_OK) {
+        fprintf(stderr, "tp-conformance: rank %d: cannot allocate %zu bytes: %s\n", s->wrank,
+                bytes, b->host ? tp_last_error() : strerror(ENOMEM));
+        free(b->host);
+        b->host = NULL;
+        return false;
+    }
+    memset(b->host, SENTINEL, bytes);
+    return true;
+}
+
+static void buf_free(rank_state *s, buf *b)
+{
+    if (b->dev)
+        tp_dev_free(s->dev, b->dev);
+    free(b->host);
+    b->host = b->dev = NULL;
+}
+
+static bool buf_up(rank_state *s, buf *b)
+{
+    return tp_dev_upload(s->dev, b->dev, b->host, b->bytes) == TP_OK;
+}
+
+static bool buf_down(rank_state *s, buf *b)
+{
+    return tp_dev_download(s->dev, b->host, b->dev, b->bytes) == TP_OK;
+}
+
+/* Guard elements [from, from+GUARD) of b must still hold the sentinel. */
+static bool guard_ok(rank_state *s, const char *what, const buf *b, size_t from_byte)
+{
+    const unsigned char *p = (const unsigned char *)b->host + from_byte;
+    for (size_t i = 0; from_byte + i < b->bytes; i++)
+        if (p[i] != SENTINEL) {
+            fail_msg(s, what, "wrote past the end of its output (byte %zu after the last element)",
+                     i);
+            return false;
+        }
+    return true;
+}
+
+/* ------------------------------------------------------------- cases */
+
+typedef struct ccase {
+    tp_comm *comm;
+    const char *where; /* "world" or the sub-communicator's name */
+    tp_dtype dt;
+    tp_redop op;
+    size_t n;
+    int pattern; /* counts of the v variants: 0 equal, 1 uneven, 2 with zeros */
+    int root;
+    bool inplace;
+} ccase;
+
+static void counts_of(const ccase *c, int size, size_t *counts, size_t *offs, size_t *total)
+{
+    *total = 0;
+    for (int r = 0; r < size; r++) {
+        size_t k = c->n;
+        if (c->pattern == 1)
+            k = c->n + (size_t)(r % 3);
+        else if (c->pattern == 2)
+            k = r % 2 ? 0 : c->n + (size_t)r;
+        counts[r] = k;
+        offs[r] = *total;
+        *total += k;
+    }
+}
+
+static void describe(const ccase *c, const char *op, char *out, size_t len)
+{
+    int w = snprintf(out, len, "%s %s", op, dt_name(c->dt));
+    if (!strcmp(op, "all_reduce") || !strncmp(op, "reduce_scatter", 14))
+        w += snprintf(out + w, len - (size_t)w, " %s", op_name(c->op));
+    w += snprintf(out + w, len - (size_t)w, " count %zu", c->n);
+    if (c->pattern)
+        w += snprintf(out + w, len - (size_t)w, " (%s counts)", c->pattern == 1 ? "uneven" : "some zero");
+    if (!strcmp(op, "broadcast"))
+        w += snprintf(out + w, len - (size_t)w, " root %d", c->root);
+    else if (strncmp(op, "reduce_scatter", 14))
+        w += snprintf(out + w, len - (size_t)w, " %s", c->inplace ? "in-place" : "out-of-place");
+    snprintf(out + w, len - (size_t)w, " on %s (%d ranks)", c->where, tp_comm_size(c->comm));
+}
+
+
+typedef struct vbufs {
+    buf a, b;
+    size_t *counts, *offs, total;
+} vbufs;
+
+static void vbufs_free(rank_state *s, vbufs *v)
+{
+    buf_free(s, &v->a);
+    buf_free(s, &v->b);
+    free(v->counts);
+    free(v->offs);
+}
+
+static int setup_failed(rank_state *s, const char *what)
+{
+    fail_msg(s, what, "could not set up the case (device memory): %s", tp_last_error());
+    return R_FAIL;
+}
+
+static int mismatch(rank_state *s, const char *what, tp_dtype dt, const void *host, size_t pos,
+                    double got, int expected)
+{
+    const unsigned char *p = (const unsigned char *)host + pos * dt_size(dt);
+    bool untouched = true;
+    for (size_t i = 0; i < dt_size(dt); i++)
+        untouched &= p[i] == SENTINEL;
+    fail_msg(s, what, "element %zu is %g, expected %d%s", pos, got, expected,
+             untouched ? " (never written: still the fill pattern)" : "");
+    return R_FAIL;
+}
+
+static int case_all_reduce(rank_state *s, const ccase *c, size_t salt)
+{
+    char what[200];
+    describe(c, "all_reduce", what, sizeof what);
+    int rank = tp_comm_rank(c->comm), size = tp_comm_size(c->comm);
+    size_t es = dt_size(c->dt), bytes = (c->n + GUARD) * es;
+    vbufs v = {0};
+    int verdict = R_FAIL;
+    buf *out = c->inplace ? &v.a : &v.b;
+    if (!buf_new(s, &v.a, bytes) || (!c->inplace && !buf_new(s, &v.b, bytes)))
+        goto done;
+    for (size_t i = 0; i < c->n; i++)
+        put(c->dt, v.a.host, i, value(c->dt, rank, i, salt));
+    if (!buf_up(s, &v.a) || (!c->inplace && !buf_up(s, &v.b))) {
+        verdict = setup_failed(s, what);
+        goto done;
+    }
+    verdict = status_verdict(s, what, tp_all_reduce(c->comm, v.a.dev, out->dev, c->n, c->dt, c->op));
+    if (verdict != R_PASS)
+        goto done;
+    verdict = R_FAIL;
+    if (!buf_down(s, out)) {
+        verdict = setup_failed(s, what);
+        goto done;
+    }
+    for (size_t i = 0; i < c->n; i++) {
+        int e = reference(c->dt, c->op, size, i, salt);
+        double g = get(c->dt, out->host, i);
+        if (g != (double)e) {
+            verdict = mismatch(s, what, c->dt, out->host, i, g, e);
+            goto done;
+        }
+    }
+    if (guard_ok(s, what, out, c->n * es))
+        verdict = R_PASS;
+done:
+    vbufs_free(s, &v);
+    return verdict;
+}
+
+static bool counts_new(const ccase *c, vbufs *v)
+{
+    int size = tp_comm_size(c->comm);
+    v->counts = calloc((size_t)size, sizeof *v->counts);
+    v->offs = calloc((size_t)size, sizeof *v->offs);
+    if (!v->counts || !v->offs)
+        return false;
+    counts_of(c, size, v->counts, v->offs, &v->total);
+    return true;
+}
+
+static int case_all_gather(rank_state *s, const ccase *c, size_t salt)
+{
+    char what[200];
+    describe(c, c->pattern ? "all_gatherv" : "all_gather", what, sizeof what);
+    int rank = tp_comm_rank(c->comm), size = tp_comm_size(c->comm);
+    size_t es = dt_size(c->dt);
+    vbufs v = {0};
+    int verdict = R_FAIL;
+    if (!counts_new(c, &v))
+        goto done;
+    size_t mine = v.counts[rank], off = v.offs[rank];
+    if (!buf_new(s, &v.a, (v.total + GUARD) * es) ||
+        (!c->inplace && !buf_new(s, &v.b, (mine + GUARD) * es)))
+        goto done;
+    for (size_t i = 0; i < mine; i++)
+        put(c->dt, c->inplace ? v.a.host : v.b.host, (c->inplace ? off : 0) + i,
+            value(c->dt, rank, i, salt));
+    if (!buf_up(s, &v.a) || (!c->inplace && !buf_up(s, &v.b))) {
+        verdict = setup_failed(s, what);
+        goto done;
+    }
+    const void *send = c->inplace ? (const char *)v.a.dev + off * es : v.b.dev;
+    tp_status st = c->pattern ? tp_all_gatherv(c->comm, send, v.a.dev, v.counts, c->dt)
+                              : tp_all_gather(c->comm, send, v.a.dev, c->n, c->dt);
+    verdict = status_verdict(s, what, st);
+    if (verdict != R_PASS)
+        goto done;
+    verdict = R_FAIL;
+    if (!buf_down(s, &v.a)) {
+        verdict = setup_failed(s, what);
+        goto done;
+    }
+    for (int r = 0; r < size; r++)
+        for (size_t i = 0; i < v.counts[r]; i++) {
+            int e = value(c->dt, r, i, salt);
+            double g = get(c->dt, v.a.host, v.offs[r] + i);
+            if (g != (double)e) {
+                verdict = mismatch(s, what, c->dt, v.a.host, v.offs[r] + i, g, e);
+                goto done;
+            }
+        }
+    if (guard_ok(s, what, &v.a, v.total * es))
+        verdict = R_PASS;
+done:
+    vbufs_free(s, &v);
+    return verdict;
+}
+
+static int case_reduce_scatter(rank_state *s, const ccase *c, size_t salt)
+{
+    char what[200];
+    describe(c, c->pattern ? "reduce_scatterv" : "reduce_scatter", what, sizeof what);
+    int rank = tp_comm_rank(c->comm), size = tp_comm_size(c->comm);
+    size_t es = dt_size(c->dt);
+    vbufs v = {0};
+    int verdict = R_FAIL;
+    if (!counts_new(c, &v))
+        goto done;
+    size_t mine = v.counts[rank], off = v.offs[rank];
+    if (!buf_new(s, &v.a, (v.total + GUARD) * es) || !buf_new(s, &v.b, (mine + GUARD) * es))
+        goto done;
+    for (size_t j = 0; j < v.total; j++)
+        put(c->dt, v.a.host, j, value(c->dt, rank, j, salt));
+    if (!buf_up(s, &v.a) || !buf_up(s, &v.b)) {
+        verdict = setup_failed(s, what);
+        goto done;
+    }
+    tp_status st = c->pattern ? tp_reduce_scatterv(c->comm, v.a.dev, v.b.dev, v.counts, c->dt, c->op)
+                              : tp_reduce_scatter(c->comm, v.a.dev, v.b.dev, c->n, c->dt, c->op);
+    verdict = status_verdict(s, what, st);
+    if (verdict != R_PASS)
+        goto done;
+    verdict = R_FAIL;
+    if (!buf_down(s, &v.b)) {
+        verdict = setup_failed(s, what);
+        goto done;
+    }
+    for (size_t i = 0; i < mine; i++) {
+        int e = reference(c->dt, c->op, size, off + i, salt);
+        double g = get(c->dt, v.b.host, i);
+        if (g != (double)e) {
+            verdict = mismatch(s, what, c->dt, v.b.host, i, g, e);
+            goto done;
+        }
+    }
+    if (guard_ok(s, what, &v.b, mine * es))
+        verdict = R_PASS;
+done:
+    vbufs_free(s, &v);
+    return verdict;
+}
+
+static int case_broadcast(rank_state *s, const ccase *c, size_t salt)
+{
+    char what[200];
+    describe(c, "broadcast", what, sizeof what);
+    int rank = tp_comm_rank(c->comm);
+    size_t es = dt_size(c->dt);
+    vbufs v = {0};
+    int verdict = R_FAIL;
+    if (!buf_new(s, &v.a, (c->n + GUARD) * es))
+        goto done;
+    for (size_t i = 0; i < c->n; i++)
+        put(c->dt, v.a.host, i, value(c->dt, rank, i, salt));
+    if (!buf_up(s, &v.a)) {
+        verdict = setup_failed(s, what);
+        goto done;
+    }
+    verdict = status_verdict(s, what, tp_broadcast(c->comm, v.a.dev, c->n, c->dt, c->root));
+    if (verdict != R_PASS)
+        goto done;
+    verdict = R_FAIL;
+    if (!buf_down(s, &v.a)) {
+        verdict = setup_failed(s, what);
+        goto done;
+    }
+    for (size_t i = 0; i < c->n; i++) {
+        int e = value(c->dt, c->root, i, salt);
+        double g = get(c->dt, v.a.host, i);
+        if (g != (double)e) {
+            verdict = mismatch(s, what, c->dt, v.a.host, i, g, e);
+            goto done;
+        }
+    }
+    if (guard_ok(s, what, &v.a, c->n * es))
+        verdict = R_PASS;
+done:
+    vbufs_free(s, &v);
+    return verdict;
+}
+
+/* ------------------------------------------------------------- suites */
+
+static bool wanted(const rank_state *s, int row)
+{
+    return !s->o->only_op || !strcmp(s->o->only_op, row_ops[row]);
+}
+
+typedef int (*case_fn)(rank_state *s, const ccase *c, size_t salt);
+
+/* Run one case (or, with comm NULL, record what a non-member would). */
+static void run_case(rank_state *s, int row, case_fn fn, const ccase *c, int none_verdict)
+{
+    size_t salt = s->ncases;
+    int v = c->comm ? fn(s, c, salt) : none_verdict;
+    record(s, row, c->dt, v);
+}
+
+/* The op suite on one communicator. Sub-communicator suites use fewer
+ * sizes and a fixed number of cases per op, so every rank, whatever its
+ * group, records the same sequence of cases. */
+static void op_suite(rank_state *s, tp_comm *comm, const char *where, bool sub, int none_verdict)
+{
+    static const size_t base[] = {0, 1, 13, 17, 1000, 262147};
+    size_t counts[8], ncounts = 0;
+    for (size_t i = 0; i < sizeof base / sizeof base[0]; i++)
+        if (!sub || base[i] <= 1000)
+            counts[ncounts++] = base[i];
+    if (s->o->large && !sub)
+        counts[ncounts++] = 4194309; /* > 16 MiB of f32 */
+    int size = comm ? tp_comm_size(comm) : 1;
+    static const tp_dtype dts[] = {TP_F32, TP_F16, TP_BF16, TP_I32};
+    for (size_t k = 0; k < ncounts; k++) {
+        size_t n = counts[k];
+        bool big = n > 1000000; /* --large: f32 and one case per op only */
+        for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
+            tp_dtype dt = dts[d];
+            if (big && dt != TP_F32)
+                continue;
+            if (sub && dt != TP_F32 && dt != TP_I32)
+                continue;
+            ccase c = {.comm = comm, .where = where, .dt = dt, .n = n};
+            int r_ar = sub ? ROW_SUB : ROW_ALL_REDUCE;
+            if (wanted(s, ROW_ALL_REDUCE))
+                for (int op = 0; op < TP_REDOP_COUNT_; op++)
+                    for (int ip = 0; ip < 2; ip++) {
+                        if (big && op != TP_SUM)
+                            continue;
+                        c.op = (tp_redop)op;
+                        c.inplace = ip;
+                        run_case(s, r_ar, case_all_reduce, &c, none_verdict);
+                    }
+            if (wanted(s, ROW_ALL_GATHER))
+                for (int pat = 0; pat < 3; pat++)
+                    for (int ip = 0; ip < 2; ip++) {
+                        if (big && pat)
+                            continue;
+                        c.pattern = pat;
+                        c.inplace = ip;
+                        run_case(s, sub ? ROW_SUB : pat ? ROW_ALL_GATHERV : ROW_ALL_GATHER,
+                                 case_all_gather, &c, none_verdict);
+                    }
+            c.inplace = false;
+            if (wanted(s, ROW_REDUCE_SCATTER))
+                for (int pat = 0; pat < 3; pat++)
+                    for (int op = 0; op < TP_REDOP_COUNT_; op++) {
+                        if (big && (pat || op != TP_SUM))
+                            continue;
+                        c.pattern = pat;
+                        c.op = (tp_redop)op;
+                        run_case(s, sub ? ROW_SUB : pat ? ROW_REDUCE_SCATTERV : ROW_REDUCE_SCATTER,
+                                 case_reduce_scatter, &c, none_verdict);
+                    }
+            c.pattern = 0;
+            if (wanted(s, ROW_BROADCAST)) {
+                /* every root for small counts on the world; else first and last */
+                int nroots = !sub && n <= 1000 ? size : 2;
+                for (int i = 0; i < nroots; i++) {
+                    c.root = nroots == size ? i : i == 0 ? 0 : size - 1;
+                    if (big && i == 0)
+                        continue;
+                    run_case(s, sub ? ROW_SUB : ROW_BROADCAST, case_broadcast, &c, none_verdict);
+                }
+            }
+        }
+    }
+}
+
+static void barrier_cases(rank_state *s)
+{
+    if (!wanted(s, ROW_BARRIER))
+        return;
+    for (int i = 0; i < 3; i++)
+        record(s, ROW_BARRIER, COL_OTHER, status_verdict(s, "barrier", tp_barrier(s->world)));
+}
+
+/* Split the world three ways; check rank, size and membership (an
+ * all_gather of world ranks), then run the op suite on the new groups. */
+static void split_cases(rank_state *s)
+{
+    if (!wanted(s, ROW_SPLIT))
+        return;
+    int T = s->wsize, r = s->wrank;
+    static const char *const names[] = {"split odd/even", "split with reversed keys",
+                                        "split with color -1 on rank 0"};
+    for (int mode = 0; mode < 3; mode++) {
+        int color = mode == 0 ? r % 2 : mode == 1 ? 0 : (r == 0 ? -1 : 1);
+        int key = mode == 1 ? T - r : r;
+        int members[1024], nm = 0; /* expected members in new-rank order */
+        for (int q = 0; q < T && nm < 1024; q++) {
+            int qq = mode == 1 ? T - 1 - q : q;
+            int cq = mode == 0 ? qq % 2 : mode == 1 ? 0 : (qq == 0 ? -1 : 1);
+            if (color >= 0 && cq == color)
+                members[nm++] = qq;
+        }
+        int exp_rank = -1;
+        for (int i = 0; i < nm; i++)
+            if (members[i] == r)
+                exp_rank = i;
+        tp_comm *sub = NULL;
+        tp_status st = tp_comm_split(s->world, color, key, &sub);
+        int v = status_verdict(s, names[mode], st);
+        if (v == R_PASS) {
+            if (color < 0 && sub) {
+                fail_msg(s, names[mode], "color -1 returned a communicator, expected NULL");
+                v = R_FAIL;
+            } else if (color >= 0 && !sub) {
+                fail_msg(s, names[mode], "returned no communicator for color %d", color);
+                v = R_FAIL;
+            } else if (sub && (tp_comm_rank(sub) != exp_rank || tp_comm_size(sub) != nm)) {
+                fail_msg(s, names[mode], "got rank %d of %d, expected rank %d of %d",
+                         tp_comm_rank(sub), tp_comm_size(sub), exp_rank, nm);
+                v = R_FAIL;
+            }
+        }
+        if (v != R_PASS && sub) {
+            tp_comm_free(sub);
+            sub = NULL;
+        }
+        if (sub) {
+            /* membership: gather world ranks in new-rank order */
+            buf a = {0}, b = {0};
+            if (buf_new(s, &a, (size_t)nm * 4) && buf_new(s, &b, 4)) {
+                memcpy(b.host, &r, 4);
+                if (!buf_up(s, &b)) {
+                    v = setup_failed(s, names[mode]);
+                } else {
+                    v = status_verdict(s, names[mode], tp_all_gather(sub, b.dev, a.dev, 1, TP_I32));
+                    if (v == R_PASS && buf_down(s, &a)) {
+                        for (int i = 0; i < nm; i++)
+                            if (((int32_t *)a.host)[i] != members[i]) {
+                                fail_msg(s, names[mode],
+                                         "rank %d of the new group is world rank %d, expected %d",
+                                         i, ((int32_t *)a.host)[i], members[i]);
+                                v = R_FAIL;
+                                break;
+                            }
+                    }
+                }
+            } else {
+                v = R_FAIL;
+            }
+            buf_free(s, &a);
+            buf_free(s, &b);
+        }
+        record(s, ROW_SPLIT, COL_OTHER, v);
+        /* Members run the sub-suite; non-members (and ranks whose split
+         * failed) record it as passed / failed without calling anything. */
+        op_suite(s, sub, names[mode], true, color < 0 ? R_PASS : R_FAIL);
+        tp_comm_free(sub);
+    }
+}
+
+/* ------------------------------------------------------ combine, report */
+
+typedef struct shared {
+    const opts *o;
+    tp_ctx *ctx;
+    double t0;
+    pthread_mutex_t lock;
+    int failed, passed, skipped; /* combined totals, written by every local rank */
+    bool incomplete;             /* results could not be combined */
+} shared;
+
+static void print_table(const shared *sh, const rank_state *s, const int32_t *verdicts,
+                        bool combined)
+{
+    int cnt[ROW_COUNT][NCOLS][3] = {{{0}}};
+    int tot[3] = {0};
+    for (size_t i = 0; i < s->ncases; i++) {
+        int v = verdicts[i] == R_PASS ? 0 : verdicts[i] == R_FAIL ? 1 : 2;
+        cnt[s->row[i]][s->col[i]][v]++;
+        tot[v]++;
+    }
+    static const int col_order[NCOLS] = {TP_F32, TP_F16, TP_BF16, TP_I32, COL_OTHER};
+    printf("tp-conformance: backend %s, device %s, %d rank%s%s\n", tp_ctx_backend(sh->ctx),
+           tp_ctx_device(sh->ctx), s->wsize, s->wsize == 1 ? "" : "s",
+           sh->o->large ? ", with --large" : "");
+    if (!combined)
+        printf("warning: rank 0's own results only (combining with the other ranks failed)\n");
+    printf("%-18s", "op");
+    for (int k = 0; k < NCOLS; k++)
+        printf(" %-11s", col_order[k] == COL_OTHER ? "other" : dt_name((tp_dtype)col_order[k]));
+    printf("\n");
+    for (int r = 0; r < ROW_COUNT; r++) {
+        int any = 0;
+        for (int k = 0; k < NCOLS; k++)
+            any += cnt[r][k][0] + cnt[r][k][1] + cnt[r][k][2];
+        if (!any)
+            continue;
+        printf("%-18s", row_names[r]);
+        for (int k = 0; k < NCOLS; k++) {
+            const int *x = cnt[r][col_order[k]];
+            int n = x[0] + x[1] + x[2];
+            char cell[32];
+            if (!n)
+                snprintf(cell, sizeof cell, "-");
+            else if (x[1])
+                snprintf(cell, sizeof cell, "FAIL %d/%d", x[1], n);
+            else if (x[2] == n)
+                snprintf(cell, sizeof cell, "n/p");
+            else if (x[2])
+                snprintf(cell, sizeof cell, "ok %d+%dn/p", x[0], x[2]);
+            else
+                snprintf(cell, sizeof cell, "ok %d", x[0]);
+            printf(" %-11s", cell);
+        }
+        printf("\n");
+    }
+    printf("(ok N: N cases passed on every rank; FAIL F/N: F of N cases failed on some rank; "
+           "n/p: not provided by the backend)\n");
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Combine verdicts over ranks: max, so a failure anywhere wins. */
+static bool combine(rank_state *s, int32_t *verdicts)
+{
+    memcpy(verdicts, s->res, s->ncases * sizeof *verdicts);
+    buf b = {0};
+    bool ok = false;
+    /* Same number of cases everywhere? max of (n, -n) gives max and -min. */
+    if (!buf_new(s, &b, 2 * sizeof(int32_t)))
+        return false;
+    int32_t nn[2] = {(int32_t)s->ncases, -(int32_t)s->ncases};
+    memcpy(b.host, nn, sizeof nn);
+    if (!buf_up(s, &b) || tp_all_reduce(s->world, b.dev, b.dev, 2, TP_I32, TP_MAX) != TP_OK ||
+        !buf_down(s, &b)) {
+        fprintf(stderr, "tp-conformance: rank %d: cannot combine results: %s\n", s->wrank,
+                tp_last_error());
+        buf_free(s, &b);
+        return false;
+    }
+    memcpy(nn, b.host, sizeof nn);
+    buf_free(s, &b);
+    if (nn[0] != -nn[1]) {
+        fprintf(stderr, "tp-conformance: rank %d: ranks ran different numbers of cases (%d .. %d)\n",
+                s->wrank, -nn[1], nn[0]);
+        return false;
+    }
+    if (!buf_new(s, &b, s->ncases * sizeof(int32_t)))
+        return false;
+    memcpy(b.host, s->res, s->ncases * sizeof(int32_t));
+    if (buf_up(s, &b) &&
+        tp_all_reduce(s->world, b.dev, b.dev, s->ncases, TP_I32, TP_MAX) == TP_OK &&
+        buf_down(s, &b)) {
+        memcpy(verdicts, b.host, s->ncases * sizeof *verdicts);
+        ok = true;
+    } else {
+        fprintf(stderr, "tp-conformance: rank %d: cannot combine results: %s\n", s->wrank,
+                tp_last_error());
+    }
+    buf_free(s, &b);
+    return ok;
+}
+
+static tp_status rank_main(tp_comm *world, void *arg)
+{
+    shared *sh = arg;
+    rank_state s = {.o = sh->o, .world = world, .dev = tp_comm_device(world),
+                    .wrank = tp_comm_rank(world), .wsize = tp_comm_size(world)};
+    op_suite(&s, world, "world", false, R_FAIL);
+    barrier_cases(&s);
+    split_cases(&s);
+    barrier_cases(&s);
+    tp_status st = TP_OK;
+    int32_t *verdicts = s.oom ? NULL : malloc((s.ncases ? s.ncases : 1) * sizeof *verdicts);
+    if (!verdicts) {
+        st = tp_set_error(TP_ERR_NO_MEMORY, "tp-conformance: out of memory for results");
+        goto out;
+    }
+    bool combined = combine(&s, verdicts);
+    int tot[3] = {0};
+    for (size_t i = 0; i < s.ncases; i++)
+        tot[verdicts[i]]++;
+    pthread_mutex_lock(&sh->lock);
+    sh->passed = tot[R_PASS];
+    sh->failed = tot[R_FAIL];
+    sh->skipped = tot[R_SKIP];
+    sh->incomplete |= !combined;
+    pthread_mutex_unlock(&sh->lock);
+    if (s.wrank == 0) {
+        print_table(sh, &s, verdicts, combined);
+        printf("time: %.2f s\n", now_s() - sh->t0);
+        printf("conformance: %d passed, %d failed, %d skipped\n", tot[R_PASS], tot[R_FAIL],
+               tot[R_SKIP]);
+        fflush(stdout);
+    }
+out:
+    free(verdicts);
+    free(s.res);
+    free(s.row);
+    free(s.col);
+    return st;
+}
+
+/* --------------------------------------------------------------- main */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: tp-conformance [--tp N] [--large] [--op NAME] [--verbose] [--help]\n"
+            "\n"
+            "Runs the communicator conformance suite through the public tp API on the\n"
+            "backend named by TP_BACKEND (default loopback): all_reduce, all_gather(v),\n"
+            "reduce_scatter(v), broadcast, barrier and split, for f32, f16, bf16 and i32,\n"
+            "counts 0, 1, 13, 17, 1000 and 262147 (1 MiB of f32), sum/max/min, every\n"
+            "root, in-place and out-of-place, uneven counts, and sub-communicators (odd/even,\n"
+            "reversed keys, color -1). Every element is checked exactly against a serial\n"
+            "reference. Prints a table and 'conformance: N passed, N failed, N skipped'.\n"
+            "Exit status: 0 if nothing failed, 1 if something failed, 2 on bad usage.\n"
+            "\n"
+            "  --tp N        world size (else TP_WORLD_SIZE, else the engine: mpirun -n)\n"
+            "  --large       also run > 16 MiB cases (4194309 f32 elements)\n"
+            "  --op NAME     only all_reduce, all_gather, reduce_scatter, broadcast, barrier\n"
+            "                or split\n"
+            "  --verbose     say which cases the backend does not provide, and why\n"
+            "  --help        this text\n"
+            "\n"
+            "Multi-process backends: mpirun -n 4 env TP_BACKEND=mpi tp-conformance\n"
+            "Environment: TP_BACKEND, TP_DEVICE, TP_WORLD_SIZE, TP_PLUGIN_PATH, TP_TIMEOUT_S.\n");
+}
+
+int main(int argc, char **argv)
+{
+    opts o = {0};
+    tp_config cfg = {0};
+    cfg.argc = &argc;
+    cfg.argv = &argv;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--large")) {
+            o.large = true;
+        } else if (!strcmp(a, "--verbose") || !strcmp(a, "-v")) {
+            o.verbose = true;
+        } else if (!strcmp(a, "--op") || !strncmp(a, "--op=", 5)) {
+            const char *v = a[4] == '=' ? a + 5 : (i + 1 < argc ? argv[++i] : NULL);
+            static const char *const known[] = {"all_reduce", "all_gather", "reduce_scatter",
+                                                "broadcast",  "barrier",    "split"};
+            bool ok = false;
+            for (size_t k = 0; v && k < sizeof known / sizeof known[0]; k++)
+                ok |= !strcmp(v, known[k]);
+            if (!ok) {
+                fprintf(stderr,
+                        "tp-conformance: --op %s: unknown op; expected all_reduce, all_gather, "
+                        "reduce_scatter, broadcast, barrier or split\n",
+                        v ? v : "(missing)");
+                return 2;
+            }
+            o.only_op = v;
+        } else if (!strcmp(a, "--tp")) {
+            i++; /* value parsed by tp_config_parse_tp */
+        } else if (!strncmp(a, "--tp=", 5)) {
+            continue;
+        } else {
+            fprintf(stderr, "tp-conformance: unknown argument '%s' (try --help)\n", a);
+            return 2;
+        }
+    }
+    if (tp_config_parse_tp(&cfg, argc, argv) != TP_OK) {
+        fprintf(stderr, "tp-conformance: %s\n", tp_last_error());
+        return 2;
+    }
+    shared sh = {.o = &o, .t0 = now_s()};
+    pthread_mutex_init(&sh.lock, NULL);
+    tp_status st = tp_init(&cfg, &sh.ctx);
+    if (st != TP_OK) {
+        fprintf(stderr, "tp-conformance: %s: %s\n", tp_status_string(st), tp_last_error());
+        return 1;
+    }
+    st = tp_run(sh.ctx, rank_main, &sh);
+    if (st != TP_OK)
+        fprintf(stderr, "tp-conformance: %s: %s\n", tp_status_string(st), tp_last_error());
+    tp_finalize(sh.ctx);
+    pthread_mutex_destroy(&sh.lock);
+    return st != TP_OK || sh.failed || sh.incomplete ? 1 : 0;
+}
