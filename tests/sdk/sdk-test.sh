@@ -2,7 +2,7 @@
 # Out-of-tree SDK test: install tp into a temporary root, build a plugin from
 # a temporary directory using only the installed headers and tp.pc, load it
 # by TP_PLUGIN_PATH and run the conformance suite against it.
-#   sdk-test.sh BUILD_DIR SOURCE_DIR TP_CONFORMANCE
+#   sdk-test.sh BUILD_DIR SOURCE_DIR TP_CONFORMANCE [TP_LAUNCH]
 set -eu
 build=$1 src=$2 conformance=$3
 tmp=$(mktemp -d)
@@ -26,6 +26,17 @@ done
 mkdir -p "$tmp/tiny" "$tmp/plugins"
 cp "$src/tests/sdk/tiny.c" "$tmp/tiny/"
 cd "$tmp/tiny"
-${CC:-cc} -std=c11 -Wall -Wextra -Werror -fPIC -shared $(pkg-config --cflags tp) \
+${CC:-cc} -std=c11 -Wall -Wextra -Wno-unused-parameter -Werror -fPIC -shared $(pkg-config --cflags tp) \
     -o "$tmp/plugins/libtp-tiny.so" tiny.c
 TP_PLUGIN_PATH="$tmp/plugins" TP_BACKEND=tiny TP_WORLD_SIZE=1 "$conformance"
+
+# The real tcp plugin, built out of tree from its standalone meson project
+# against the same installed SDK, then loaded in place of the in-tree one.
+if [ -n "${4:-}" ]; then
+    launch=$4
+    meson setup "$tmp/tcp-build" "$src/plugins/tcp/standalone" >"$tmp/tcp.log" 2>&1 &&
+        ninja -C "$tmp/tcp-build" >>"$tmp/tcp.log" 2>&1 || { cat "$tmp/tcp.log"; exit 1; }
+    TP_PLUGIN_PATH="$tmp/tcp-build" TP_DEBUG=plugin "$launch" -n 2 "$conformance" 2>"$tmp/debug.log"
+    grep -q "$tmp/tcp-build/libtp-tcp.so" "$tmp/debug.log" ||
+        { echo "FAIL: the out-of-tree libtp-tcp.so was not the one loaded"; cat "$tmp/debug.log"; exit 1; }
+fi
