@@ -109,8 +109,23 @@ int ex_parse(int argc, char **argv, ex_opts *o, const char *prog, const char *su
     return 0;
 }
 
+static int write_npy(const char *dir, const char *name, const void *data, const char *descr,
+                     int ndim, const int64_t *shape);
+
 int ex_write_npy(const char *dir, const char *name, const float *data, int ndim,
                  const int64_t *shape)
+{
+    return write_npy(dir, name, data, "<f4", ndim, shape);
+}
+
+int ex_write_npy_i32(const char *dir, const char *name, const int32_t *data, int ndim,
+                     const int64_t *shape)
+{
+    return write_npy(dir, name, data, "<i4", ndim, shape);
+}
+
+static int write_npy(const char *dir, const char *name, const void *data, const char *descr,
+                     int ndim, const int64_t *shape)
 {
     if (mkdir(dir, 0777) != 0 && errno != EEXIST) {
         fprintf(stderr, "error: cannot create directory %s: %s\n", dir, strerror(errno));
@@ -128,8 +143,8 @@ int ex_write_npy(const char *dir, const char *name, const float *data, int ndim,
                                 ndim == 1 ? "," : (i + 1 < ndim ? ", " : ""));
         n *= shape[i];
     }
-    int len = snprintf(dict, sizeof dict, "{'descr': '<f4', 'fortran_order': False, 'shape': (%s), }",
-                       sh);
+    int len = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }",
+                       descr, sh);
     size_t total = 10 + (size_t)len + 1;
     size_t pad = (64 - total % 64) % 64;
     size_t hlen = (size_t)len + pad + 1;
@@ -145,7 +160,7 @@ int ex_write_npy(const char *dir, const char *name, const float *data, int ndim,
         ok = fputc(' ', f) != EOF;
     ok = ok && fputc('\n', f) != EOF;
     /* little-endian float32 data; this host is little-endian (x86-64, aarch64) */
-    ok = ok && fwrite(data, sizeof(float), (size_t)n, f) == (size_t)n;
+    ok = ok && fwrite(data, 4, (size_t)n, f) == (size_t)n; /* f32 and i32: 4 bytes */
     if (fclose(f) != 0)
         ok = 0;
     if (!ok) {

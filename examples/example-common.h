@@ -24,6 +24,10 @@ int ex_parse(int argc, char **argv, ex_opts *o, const char *prog, const char *su
 int ex_write_npy(const char *dir, const char *name, const float *data, int ndim,
                  const int64_t *shape);
 
+/* The same for int32 data ('<i4'). */
+int ex_write_npy_i32(const char *dir, const char *name, const int32_t *data, int ndim,
+                     const int64_t *shape);
+
 double ex_now(void); /* monotonic seconds */
 
 /* Serial reference in double: C[m,n] = A[m,k] B[k,n] (+ bias), with ec the

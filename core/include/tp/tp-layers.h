@@ -132,9 +132,16 @@ void tp_mlp_free(tp_mlp *mlp);      /* NULL is a no-op */
  * Backward: dtable_local += scatter-add of dy rows (no communication). */
 typedef struct tp_embedding_config {
     int64_t vocab, dim;
-    uint64_t seed, tensor_id;  /* master table (seed, tensor_id), uniform in [-1, 1) */
+    uint64_t seed, tensor_id;  /* master table (seed, tensor_id), uniform in [-bound, bound) */
     const float *full_table;   /* optional host [vocab, dim] */
     const char *name;
+    float init_bound;          /* 0: 1.0 */
+    /* Sequence parallelism: forward reduce-scatters instead of all-reducing,
+     * so y is this rank's token shard [hi-lo, dim], rows [lo, hi) =
+     * tp_shard_range(n, T, rank) of the n = numel(ids) tokens (the shard the
+     * transformer block expects); backward takes dy of that shard and
+     * all-gathers it (one all_gather) before the scatter-add. */
+    bool sequence_parallel;
 } tp_embedding_config;
 
 typedef struct tp_embedding tp_embedding;
@@ -179,6 +186,147 @@ tp_status tp_vocab_ce_forward(tp_vocab_ce *ce, const tp_tensor *logits, const tp
 /* dlogits [rows, vocab_local] = d(dloss * loss)/d logits (overwritten) */
 tp_status tp_vocab_ce_backward(tp_vocab_ce *ce, float dloss, tp_tensor *dlogits);
 void tp_vocab_ce_free(tp_vocab_ce *ce);
+
+/* ------------------------------------------------- parameters, optimizers */
+
+/* One trainable tensor of a model as this rank holds it. value and grad
+ * have the same shape and live on the rank's device; an optimizer updates
+ * value in place. A replicated parameter (norm gains, row-parallel biases,
+ * the position table, KV heads shared by ranks) is identical on every
+ * rank, and so is its gradient (every rank computes it from the same data,
+ * or the layer reduces it), so every rank applies the same update without
+ * communication and replicas never drift apart. */
+typedef struct tp_param {
+    const char *name;        /* e.g. "blocks.0.mlp.fc1.weight" */
+    tp_tensor *value, *grad; /* this rank's part; grad never NULL */
+    bool decay;              /* weight decay applies (matrices and embeddings, not biases/norms) */
+    bool replicated;         /* the same full tensor on every rank (else a shard) */
+    int ndim;                /* the full (unsharded) tensor's shape */
+    int64_t full_shape[2];
+} tp_param;
+
+typedef enum tp_optim_kind {
+    TP_OPTIM_SGD = 0,   /* PyTorch SGD: d = g + wd p; with momentum b = mu b + d
+                           (b = d on the first step); p -= lr (momentum ? b : d) */
+    TP_OPTIM_ADAMW = 1, /* PyTorch AdamW: p *= 1 - lr*wd; Adam moments; bias-corrected step */
+} tp_optim_kind;
+
+typedef struct tp_optim_config {
+    tp_optim_kind kind;
+    float lr;
+    float beta1, beta2, eps; /* AdamW only */
+    float weight_decay;      /* applied only to params with decay = true */
+    float momentum;          /* SGD only; 0: none */
+} tp_optim_config;
+
+/* PyTorch's defaults: AdamW lr 1e-3, betas (0.9, 0.999), eps 1e-8,
+ * weight_decay 0.01; SGD lr 1e-2 (PyTorch has none), weight_decay 0,
+ * momentum 0. */
+tp_optim_config tp_optim_defaults(tp_optim_kind kind);
+
+typedef struct tp_optim tp_optim;
+
+/* An optimizer over n parameters (the array is copied; the tensors must
+ * outlive the optimizer). AdamW allocates its m and v state, SGD with
+ * momentum its momentum buffer (zeros) on the device. comm is the rank's comm: the optimizer's kernels count in its
+ * stats under TP_PHASE_OTHER. No communication. */
+tp_status tp_optim_create(tp_comm *comm, const tp_optim_config *cfg, const tp_param *params, int n,
+                          tp_optim **out);
+/* One update of every parameter from its gradient; the step counter (for
+ * AdamW's bias correction) counts from 1. Gradients are left as they are. */
+tp_status tp_optim_step(tp_optim *o);
+tp_status tp_optim_zero_grad(tp_optim *o); /* every parameter's gradient = 0 */
+int64_t tp_optim_steps(const tp_optim *o); /* updates done so far */
+tp_status tp_optim_set_lr(tp_optim *o, float lr);
+void tp_optim_free(tp_optim *o); /* NULL is a no-op */
+
+/* -------------------------------------------------------------- GPT model */
+
+/*
+ * A small Megatron-style GPT: token VocabParallelEmbedding + learned
+ * position embedding (replicated) -> `layers` pre-LN TransformerBlocks ->
+ * final LayerNorm (RMSNorm with rms) -> vocab-parallel output projection ->
+ * vocab-parallel cross-entropy on the sharded logits (never gathered).
+ *
+ * Output projection: tied (the embedding table shard E_r [vocab_r, hidden]
+ * is the column-parallel output weight: logits_r = h E_r^T; the table's
+ * gradient is the sum of the embedding's and the output's parts) or untied
+ * (a ColumnParallelLinear hidden -> vocab, no bias, gather_output=false).
+ * vocab need not divide by T (GPT-2's 50257 works).
+ *
+ * Master weights (the same full model for every T): token table (seed, 1)
+ * uniform +-emb_bound; position table [seq, hidden] (seed, 2) +-emb_bound;
+ * untied output (seed, 3) +-1/sqrt(hidden); block i uses tensor_id
+ * 16 + 8 i (see tp_block_config); norms ones/zeros.
+ *
+ * Collectives per training step (forward + backward) on the model's comm,
+ * L = layers, without sequence parallelism:
+ *   forward:  1 all_reduce (embedding) + 2L (blocks) + 2 (cross-entropy)
+ *   backward: 1 all_reduce (output projection's input gradient) + 2L (blocks)
+ * With sequence parallelism:
+ *   forward:  1 reduce_scatter (embedding) + 2L all_gather + 2L reduce_scatter
+ *             (blocks) + 1 all_gather (final norm output, before the output
+ *             projection) + 2 all_reduce (cross-entropy)
+ *   backward: 1 reduce_scatter (output projection's input gradient) +
+ *             1 all_reduce (final norm's parameter gradients) + the blocks'
+ *             2L all_gather + 2L reduce_scatter + L all_reduce + 1 all_gather
+ *             (embedding: every rank needs every token's gradient)
+ * T = 1 runs the same calls on a one-rank comm. The position add and the
+ * output projection count under the forward/backward phases like the layers.
+ * Host syncs per step: forward downloads the ids (range check) and the
+ * cross-entropy the targets.
+ */
+typedef struct tp_gpt_config {
+    int64_t vocab, hidden, heads, kv_heads, head_dim, ffn, layers;
+    int64_t seq;             /* maximum sequence length (position table rows) */
+    bool tied;               /* output projection reuses the token table */
+    bool sequence_parallel;
+    bool bias;               /* biases in the blocks' linears */
+    bool rms;                /* RMSNorm instead of LayerNorm everywhere */
+    bool gelu_tanh;
+    float eps;               /* norms; 0: 1e-5 */
+    float emb_bound;         /* 0: 0.1 */
+    float label_smoothing;   /* 0 .. 1 */
+    bool use_ignore_index;   /* targets == ignore_index are ignored */
+    int32_t ignore_index;
+    uint64_t seed;
+} tp_gpt_config;
+
+typedef struct tp_gpt tp_gpt;
+typedef struct tp_block tp_block; /* tp-transformer.h */
+
+/* Errors (TP_ERR_SHAPE / TP_ERR_INVALID_ARG, with the numbers): sizes < 1,
+ * vocab < T, ffn < T, and whatever the blocks refuse (heads % T, ...). */
+tp_status tp_gpt_create(tp_comm *comm, const tp_gpt_config *cfg, tp_gpt **out);
+/* ids: int32 [batch, seq_len] on the device (seq_len <= cfg.seq, ids in
+ * [0, vocab)); targets: int32 with batch*seq_len elements (row t of the
+ * flattened tokens is batch t / seq_len, position t % seq_len). *loss
+ * (host) = mean cross-entropy over non-ignored targets, the same on every
+ * rank. ids and targets must stay alive until backward. */
+tp_status tp_gpt_forward(tp_gpt *m, const tp_tensor *ids, const tp_tensor *targets, float *loss);
+/* Gradients of the last forward's loss, accumulated into every parameter's grad. */
+tp_status tp_gpt_backward(tp_gpt *m);
+tp_status tp_gpt_zero_grad(tp_gpt *m);
+/* The model's parameters (valid until tp_gpt_free), in this order, with
+ * these names and full shapes (biases only where configured):
+ *   embedding.weight [vocab, hidden]       position.weight [seq, hidden]
+ *   blocks.<i>.ln1.weight, .ln1.bias [hidden]
+ *   blocks.<i>.attn.qkv.weight [hidden, (heads + 2 kv_heads) head_dim], .qkv.bias
+ *   blocks.<i>.attn.out.weight [heads head_dim, hidden], .out.bias [hidden]
+ *   blocks.<i>.ln2.weight, .ln2.bias
+ *   blocks.<i>.mlp.fc1.weight [hidden, ffn], .fc1.bias [ffn]
+ *   blocks.<i>.mlp.fc2.weight [ffn, hidden], .fc2.bias [hidden]
+ *   ln_f.weight, ln_f.bias [hidden]         output.weight [hidden, vocab] (untied)
+ * Pass them to tp_optim_create. */
+void tp_gpt_params(tp_gpt *m, const tp_param **params, int *n);
+/* Collective: the full (unsharded) value and/or gradient of parameter i
+ * into host buffers of full_shape (either may be NULL). */
+tp_status tp_gpt_get_full_param(tp_gpt *m, int i, float *value, float *grad);
+/* Collective: the full logits [tokens, vocab] of the last forward (host). */
+tp_status tp_gpt_get_full_logits(tp_gpt *m, float *logits);
+tp_block *tp_gpt_block(tp_gpt *m, int i);
+tp_embedding *tp_gpt_embedding(tp_gpt *m);
+void tp_gpt_free(tp_gpt *m); /* NULL is a no-op */
 
 #ifdef __cplusplus
 }

@@ -116,13 +116,7 @@ typedef struct tp_attention_params {
     tp_tensor *qkv_weight_grad, *qkv_bias_grad, *out_weight_grad, *out_bias_grad;
 } tp_attention_params;
 
-/* Interim: not declared inside libtp's layer sources (which define
- * TP_LAYERS_INTERNAL_H first), because gpt.c still carries its own weak
- * declaration of this function with a layout-identical struct of another
- * name. Drop the guard once gpt.c uses this declaration. */
-#ifndef TP_LAYERS_INTERNAL_H
 void tp_attention_get_params(tp_attention *a, tp_attention_params *out);
-#endif
 /* Resolved sizes: head_dim, and this rank's query heads [q_lo, q_hi) and
  * KV heads [kv_lo, kv_hi). Any pointer may be NULL. */
 void tp_attention_get_info(const tp_attention *a, int64_t *head_dim, int64_t *q_lo, int64_t *q_hi,

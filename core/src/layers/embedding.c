@@ -1,6 +1,7 @@
 /* embedding.c — VocabParallelEmbedding: table rows split by vocab id, one all-reduce. */
 #include "layers-internal.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,8 +12,11 @@ struct tp_embedding {
     int rank, size;
     int64_t vocab, dim, lo, hi;
     size_t *counts;
+    bool sp;
+    float bound;
     tp_tensor table, grad;
-    tp_ws ws;
+    tp_ws ws;  /* get_full, and the SP partial output */
+    tp_ws dyf; /* SP backward: the gathered dy [n, dim] */
     tp_tensor ids_saved;
     int64_t n_saved;
     bool saved;
@@ -25,6 +29,7 @@ void tp_embedding_free(tp_embedding *e)
     tp_tensor_release(&e->table);
     tp_tensor_release(&e->grad);
     tp_ws_release(&e->ws);
+    tp_ws_release(&e->dyf);
     free(e->counts);
     free(e->label);
     free(e);
@@ -42,17 +47,24 @@ tp_status tp_embedding_create(tp_comm *comm, const tp_embedding_config *cfg, tp_
     if (!e)
         return tp_set_error(TP_ERR_NO_MEMORY, "VocabParallelEmbedding create: out of host memory");
     e->comm = comm;
-    e->dev = e->ws.dev = tp_comm_device(comm);
+    e->dev = e->ws.dev = e->dyf.dev = tp_comm_device(comm);
     e->rank = tp_comm_rank(comm);
     e->size = tp_comm_size(comm);
     e->vocab = cfg->vocab;
     e->dim = cfg->dim;
+    e->sp = cfg->sequence_parallel;
+    e->bound = cfg->init_bound != 0.0f ? cfg->init_bound : 1.0f;
     e->label = tp_layer_label("VocabParallelEmbedding", cfg->name, comm);
     e->counts = calloc((size_t)e->size, sizeof(size_t));
     tp_status st;
     float *host = NULL;
     if (!e->label || !e->counts) {
         st = tp_set_error(TP_ERR_NO_MEMORY, "VocabParallelEmbedding create: out of host memory");
+        goto fail;
+    }
+    if (!(e->bound > 0.0f) || !isfinite(e->bound)) {
+        st = tp_set_error(TP_ERR_INVALID_ARG, "%s: init_bound %g must be a finite number > 0 "
+                          "(0 selects the default 1.0)", e->label, (double)cfg->init_bound);
         goto fail;
     }
     if (e->vocab <= 0 || e->dim <= 0) {
@@ -80,7 +92,8 @@ tp_status tp_embedding_create(tp_comm *comm, const tp_embedding_config *cfg, tp_
     if (cfg->full_table)
         memcpy(host, cfg->full_table + e->lo * e->dim, n * sizeof(float));
     else
-        tp_master_fill(cfg->seed, cfg->tensor_id, e->dim, e->lo, e->hi, 0, e->dim, 1.0f, host);
+        tp_master_fill(cfg->seed, cfg->tensor_id, e->dim, e->lo, e->hi, 0, e->dim, e->bound,
+                       host);
     st = tp_tensor_upload(&e->table, host);
     if (st != TP_OK)
         goto fail;
@@ -112,6 +125,19 @@ static tp_status check_ids(tp_embedding *e, const tp_tensor *ids, int64_t *n)
     return TP_OK;
 }
 
+/* Token rows [*lo, *hi) of this rank's sequence-parallel shard of n tokens;
+ * fills e->counts with every rank's element count. */
+static void sp_shard(tp_embedding *e, int64_t n, int64_t *lo, int64_t *hi)
+{
+    for (int i = 0; i < e->size; i++) {
+        int64_t a, b;
+        tp_shard_range(n, e->size, i, &a, &b);
+        e->counts[i] = (size_t)((b - a) * e->dim);
+        if (i == e->rank)
+            *lo = a, *hi = b;
+    }
+}
+
 tp_status tp_embedding_forward(tp_embedding *e, const tp_tensor *ids, tp_tensor *y)
 {
     if (!e)
@@ -122,12 +148,20 @@ tp_status tp_embedding_forward(tp_embedding *e, const tp_tensor *ids, tp_tensor 
         return st;
     if (!y)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: y is NULL", e->label);
-    int64_t shape[TP_MAX_DIMS];
+    int64_t shape[TP_MAX_DIMS], slo = 0, shi = n;
+    int ndim = ids->ndim + 1;
     for (int i = 0; i < ids->ndim; i++)
         shape[i] = ids->shape[i];
     shape[ids->ndim] = e->dim;
+    if (e->sp) { /* y is the token shard [shi-slo, dim] */
+        sp_shard(e, n, &slo, &shi);
+        ndim = 2;
+        shape[0] = shi - slo;
+        shape[1] = e->dim;
+    }
+    int64_t rows = shi - slo;
     if (!y->data && y->ndim == 0) {
-        st = tp_tensor_alloc(e->dev, TP_F32, ids->ndim + 1, shape, y);
+        st = tp_tensor_alloc(e->dev, TP_F32, ndim, shape, y);
         if (st != TP_OK)
             return st;
     } else {
@@ -135,19 +169,31 @@ tp_status tp_embedding_forward(tp_embedding *e, const tp_tensor *ids, tp_tensor 
         st = tp_layer_check_act(e->label, "y", y, e->dev, &tokens);
         if (st != TP_OK)
             return st;
-        if (tokens != n)
-            return tp_set_error(TP_ERR_SHAPE, "%s: tokens mismatch: y has %lld tokens, ids %lld",
-                                e->label, (long long)tokens, (long long)n);
+        if (tokens != rows)
+            return tp_set_error(TP_ERR_SHAPE, "%s: tokens mismatch: y has %lld tokens, expected "
+                                "%lld%s", e->label, (long long)tokens, (long long)rows,
+                                e->sp ? " (sequence_parallel: this rank's token shard of the ids)"
+                                      : " (one per id)");
         if (y->shape[y->ndim - 1] != e->dim)
             return tp_set_error(TP_ERR_SHAPE, "%s: y last dim expected dim=%lld, got %lld", e->label,
                                 (long long)e->dim, (long long)y->shape[y->ndim - 1]);
     }
     tp_phase prev = tp_phase_set(e->comm, TP_PHASE_FORWARD);
-    st = n > 0 ? tp_dev_embedding(e->dev, TP_F32, n, e->dim, ids->data, e->lo, e->hi,
-                                  e->table.data, y->data)
-               : TP_OK;
-    if (st == TP_OK)
-        st = tp_all_reduce(e->comm, y->data, y->data, (size_t)(n * e->dim), TP_F32, TP_SUM);
+    if (!e->sp) {
+        st = n > 0 ? tp_dev_embedding(e->dev, TP_F32, n, e->dim, ids->data, e->lo, e->hi,
+                                      e->table.data, y->data)
+                   : TP_OK;
+        if (st == TP_OK)
+            st = tp_all_reduce(e->comm, y->data, y->data, (size_t)(n * e->dim), TP_F32, TP_SUM);
+    } else {
+        /* every token's partial row (own vocab range), then each rank keeps its token shard */
+        st = tp_ws_reserve(&e->ws, (size_t)(n * e->dim) * sizeof(float), e->label);
+        if (st == TP_OK && n > 0)
+            st = tp_dev_embedding(e->dev, TP_F32, n, e->dim, ids->data, e->lo, e->hi,
+                                  e->table.data, e->ws.ptr);
+        if (st == TP_OK)
+            st = tp_reduce_scatterv(e->comm, e->ws.ptr, y->data, e->counts, TP_F32, TP_SUM);
+    }
     tp_phase_set(e->comm, prev);
     if (st != TP_OK)
         return st;
@@ -171,24 +217,38 @@ tp_status tp_embedding_backward(tp_embedding *e, const tp_tensor *dy)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_embedding_backward: layer is NULL");
     if (!e->saved)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: backward called before forward", e->label);
-    int64_t tokens;
+    int64_t tokens, n = e->n_saved, slo = 0, shi = n;
     tp_status st = tp_layer_check_act(e->label, "dy", dy, e->dev, &tokens);
     if (st != TP_OK)
         return st;
-    if (tokens != e->n_saved || dy->shape[dy->ndim - 1] != e->dim)
+    if (e->sp)
+        sp_shard(e, n, &slo, &shi);
+    if (tokens != shi - slo || dy->shape[dy->ndim - 1] != e->dim)
         return tp_set_error(TP_ERR_SHAPE,
                             "%s: dy expected %lld tokens x dim %lld (the forward output), got %lld x %lld",
-                            e->label, (long long)e->n_saved, (long long)e->dim, (long long)tokens,
+                            e->label, (long long)(shi - slo), (long long)e->dim, (long long)tokens,
                             (long long)dy->shape[dy->ndim - 1]);
     st = ensure_grad(e);
     if (st != TP_OK)
         return st;
     tp_phase prev = tp_phase_set(e->comm, TP_PHASE_BACKWARD);
-    if (tokens > 0)
-        st = tp_dev_embedding_bwd(e->dev, TP_F32, tokens, e->dim, e->ids_saved.data, e->lo, e->hi,
-                                  dy->data, e->grad.data);
+    const void *full = dy->data;
+    if (e->sp) { /* every rank needs every token's gradient for its vocab rows */
+        st = tp_ws_reserve(&e->dyf, (size_t)(n * e->dim) * sizeof(float), e->label);
+        if (st == TP_OK)
+            st = tp_all_gatherv(e->comm, dy->data, e->dyf.ptr, e->counts, TP_F32);
+        full = e->dyf.ptr;
+    }
+    if (st == TP_OK && n > 0)
+        st = tp_dev_embedding_bwd(e->dev, TP_F32, n, e->dim, e->ids_saved.data, e->lo, e->hi,
+                                  full, e->grad.data);
     tp_phase_set(e->comm, prev);
     return st;
+}
+
+const void *tp_embedding_gathered_dy(const tp_embedding *e)
+{
+    return e && e->sp ? e->dyf.ptr : NULL;
 }
 
 tp_status tp_embedding_zero_grad(tp_embedding *e)

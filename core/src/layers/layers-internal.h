@@ -43,4 +43,9 @@ char *tp_layer_label(const char *kind, const char *name, tp_comm *comm);
 /* Width of a linear layer's shard of its split dimension (hi - lo). */
 int64_t tp_linear_local_width(const tp_linear *l);
 
+/* After a sequence-parallel tp_embedding_backward: the all-gathered dy
+ * [n, dim] of every token (valid until the next backward); NULL without
+ * sequence parallelism. */
+const void *tp_embedding_gathered_dy(const tp_embedding *e);
+
 #endif

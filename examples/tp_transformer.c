@@ -1,0 +1,480 @@
+/*
+ * tp_transformer — train a small tensor-parallel GPT on a synthetic token task.
+ *
+ * The task: sequences that follow a fixed affine rule next = (a*cur + b) mod
+ * vocab (a, b from --seed; every sequence starts at a random token), so the
+ * model has to learn the mapping; the loss falls from ~log(vocab) towards 0.
+ *
+ * Each step: forward (embedding -> blocks -> final norm -> vocab-parallel
+ * logits -> vocab-parallel cross-entropy), backward, optimizer step. Rank 0
+ * prints the loss and this rank's compute/communication split from the
+ * built-in counters (GEMM, other kernels, collectives and their count per
+ * phase).
+ *
+ * --compare-tp K trains the same model again on the first K ranks and
+ * prints both loss curves side by side; exit 1 if they differ by more than
+ * the tolerance (see docs/determinism.md: equal within f32 rounding, not
+ * bitwise). --save-npy DIR writes, after the first forward+backward, the
+ * full (unsharded) input ids, targets, every weight (as used by that
+ * forward), the logits, the loss and every parameter's gradient, plus
+ * config.txt; tests/layers/check_npy DIR checks them against an independent
+ * double-precision forward and finite differences.
+ *
+ *   TP_BACKEND=loopback build/examples/tp_transformer --tp 4 --compare-tp 1
+ *   mpirun -n 4 env TP_BACKEND=mpi build/examples/tp_transformer
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <tp/tp.h>
+
+#include "example-common.h"
+
+typedef struct opts {
+    int tp, compare_tp;
+    int64_t vocab, hidden, heads, kv_heads, ffn, layers, seq, batch;
+    int steps, print_every;
+    double lr, smoothing, wd;
+    bool untied, sp, sgd, rms;
+    uint64_t seed;
+    const char *npy_dir;
+    double tol;
+} opts;
+
+typedef struct run {
+    opts o;
+    float *loss[2];  /* per step: the --tp run, the --compare-tp run (rank 0) */
+    double ms[2];    /* mean wall ms per step */
+    int failed;      /* set by rank 0 */
+    bool have_rank0; /* this process runs world rank 0 (it prints) */
+} run;
+
+static const opts DEFAULTS = {
+    .vocab = 251, .hidden = 64, .heads = 4, .kv_heads = 0, .ffn = 256, .layers = 2, .seq = 32,
+    .batch = 8, .steps = 300, .print_every = 0, .lr = 3e-3, .smoothing = 0.0, .wd = 0.01,
+    .seed = 1234, .tol = 1e-3,
+};
+
+static void usage(FILE *f)
+{
+    const opts *d = &DEFAULTS;
+    fprintf(f,
+            "Usage: tp_transformer [OPTIONS]\n"
+            "Train a small tensor-parallel GPT on a synthetic next-token task and print the loss\n"
+            "and the compute/communication split per step.\n\n"
+            "Options (every one has a default):\n"
+            "  --tp N              tensor-parallel degree (default: TP_WORLD_SIZE, the engine's\n"
+            "                      world size under mpirun, else 1)\n"
+            "  --compare-tp K      train again on the first K ranks (K <= N, e.g. 1) and compare\n"
+            "                      the loss curves (exit 1 beyond --tol)\n"
+            "  --tol X             loss tolerance for --compare-tp: |a - b| <= X (1 + |b|)\n"
+            "                      (default %g)\n"
+            "  --vocab V           vocabulary (default %" PRId64 "; need not divide by T, 50257 works)\n"
+            "  --hidden H          hidden size (default %" PRId64 ")\n"
+            "  --heads A           attention heads, divisible by T (default %" PRId64 ")\n"
+            "  --kv-heads G        KV heads (GQA; 0 = heads) (default %" PRId64 ")\n"
+            "  --ffn F             MLP size (default %" PRId64 ")\n"
+            "  --layers L          transformer blocks (default %" PRId64 ")\n"
+            "  --seq S             sequence length (default %" PRId64 ")\n"
+            "  --batch B           sequences per step (default %" PRId64 ")\n"
+            "  --steps N           training steps (default %d)\n"
+            "  --print-every K     print every K steps (default: steps/10)\n"
+            "  --lr X              learning rate (default %g)\n"
+            "  --weight-decay X    AdamW/SGD weight decay (default %g)\n"
+            "  --sgd               plain SGD instead of AdamW\n"
+            "  --label-smoothing X (default %g)\n"
+            "  --untied            separate output projection (default: tied to the embedding)\n"
+            "  --sequence-parallel sequence parallelism between the TP regions\n"
+            "  --rms               RMSNorm instead of LayerNorm\n"
+            "  --seed S            weights and data seed (default %" PRIu64 ")\n"
+            "  --save-npy DIR      after the first forward+backward, rank 0 writes the full ids,\n"
+            "                      targets, weights, logits, loss and gradients as .npy to DIR\n"
+            "  --help              this text\n\n"
+            "Environment: TP_BACKEND (loopback, mpi, tcp, ...), TP_DEVICE (cpu, cuda), "
+            "TP_WORLD_SIZE.\n",
+            d->tol, d->vocab, d->hidden, d->heads, d->kv_heads, d->ffn, d->layers, d->seq,
+            d->batch, d->steps, d->lr, d->wd, d->smoothing, d->seed);
+}
+
+static int parse_i64(const char *opt, const char *v, int64_t lo, int64_t hi, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    long long x = strtoll(v, &end, 10);
+    if (errno || end == v || *end || x < lo || x > hi) {
+        fprintf(stderr, "tp_transformer: %s expects an integer in [%" PRId64 ", %" PRId64
+                        "], got '%s'\n", opt, lo, hi, v);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+static int parse_f(const char *opt, const char *v, double lo, double hi, double *out)
+{
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (errno || end == v || *end || !(x >= lo && x <= hi)) {
+        fprintf(stderr, "tp_transformer: %s expects a number in [%g, %g], got '%s'\n", opt, lo, hi,
+                v);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+/* 0: run; 1: --help printed; 2: bad option (message printed). */
+static int parse(int argc, char **argv, opts *o)
+{
+    static const char *const flags[] = {"--sgd", "--untied", "--sequence-parallel", "--rms"};
+    static const char *const valued[] = {
+        "--tp", "--compare-tp", "--tol", "--vocab", "--hidden", "--heads", "--kv-heads", "--ffn",
+        "--layers", "--seq", "--batch", "--steps", "--print-every", "--lr", "--weight-decay",
+        "--label-smoothing", "--seed", "--save-npy"};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 1;
+        }
+        int fl = -1;
+        for (int j = 0; j < 4; j++)
+            if (!strcmp(a, flags[j]))
+                fl = j;
+        if (fl >= 0) {
+            bool *dst[] = {&o->sgd, &o->untied, &o->sp, &o->rms};
+            *dst[fl] = true;
+            continue;
+        }
+        const char *name = NULL, *val = NULL;
+        for (size_t j = 0; j < sizeof valued / sizeof *valued; j++) {
+            size_t n = strlen(valued[j]);
+            if (!strncmp(a, valued[j], n) && (a[n] == 0 || a[n] == '=')) {
+                name = valued[j];
+                val = a[n] == '=' ? a + n + 1 : (i + 1 < argc ? argv[++i] : NULL);
+                break;
+            }
+        }
+        if (!name) {
+            fprintf(stderr, "tp_transformer: unknown option '%s' (see --help)\n", a);
+            return 2;
+        }
+        if (!val || !*val) {
+            fprintf(stderr, "tp_transformer: %s needs a value (see --help)\n", name);
+            return 2;
+        }
+        int64_t v = 0;
+        int bad = 0;
+        if (!strcmp(name, "--tp"))
+            bad = parse_i64(name, val, 1, 1024, &v), o->tp = (int)v;
+        else if (!strcmp(name, "--compare-tp"))
+            bad = parse_i64(name, val, 1, 1024, &v), o->compare_tp = (int)v;
+        else if (!strcmp(name, "--tol"))
+            bad = parse_f(name, val, 0.0, 1e9, &o->tol);
+        else if (!strcmp(name, "--vocab"))
+            bad = parse_i64(name, val, 2, INT32_MAX, &o->vocab);
+        else if (!strcmp(name, "--hidden"))
+            bad = parse_i64(name, val, 1, 1 << 16, &o->hidden);
+        else if (!strcmp(name, "--heads"))
+            bad = parse_i64(name, val, 1, 1 << 12, &o->heads);
+        else if (!strcmp(name, "--kv-heads"))
+            bad = parse_i64(name, val, 0, 1 << 12, &o->kv_heads);
+        else if (!strcmp(name, "--ffn"))
+            bad = parse_i64(name, val, 1, 1 << 18, &o->ffn);
+        else if (!strcmp(name, "--layers"))
+            bad = parse_i64(name, val, 0, 256, &o->layers);
+        else if (!strcmp(name, "--seq"))
+            bad = parse_i64(name, val, 2, 1 << 16, &o->seq);
+        else if (!strcmp(name, "--batch"))
+            bad = parse_i64(name, val, 1, 1 << 16, &o->batch);
+        else if (!strcmp(name, "--steps"))
+            bad = parse_i64(name, val, 1, 1000000, &v), o->steps = (int)v;
+        else if (!strcmp(name, "--print-every"))
+            bad = parse_i64(name, val, 1, 1000000, &v), o->print_every = (int)v;
+        else if (!strcmp(name, "--lr"))
+            bad = parse_f(name, val, 0.0, 10.0, &o->lr);
+        else if (!strcmp(name, "--weight-decay"))
+            bad = parse_f(name, val, 0.0, 10.0, &o->wd);
+        else if (!strcmp(name, "--label-smoothing"))
+            bad = parse_f(name, val, 0.0, 1.0, &o->smoothing);
+        else if (!strcmp(name, "--seed"))
+            bad = parse_i64(name, val, 0, INT64_MAX, &v), o->seed = (uint64_t)v;
+        else if (!strcmp(name, "--save-npy"))
+            o->npy_dir = val;
+        if (bad)
+            return 2;
+    }
+    if (o->tp && o->compare_tp > o->tp) {
+        fprintf(stderr, "tp_transformer: --compare-tp %d is larger than --tp %d (the comparison "
+                        "runs on the first K ranks)\n", o->compare_tp, o->tp);
+        return 2;
+    }
+    if (!o->print_every)
+        o->print_every = o->steps >= 10 ? o->steps / 10 : 1;
+    return 0;
+}
+
+#define CHECK(expr)             \
+    do {                        \
+        tp_status st_ = (expr); \
+        if (st_ != TP_OK) {     \
+            status = st_;       \
+            goto done;          \
+        }                       \
+    } while (0)
+
+/* The synthetic batch of `step`: B sequences of S+1 tokens following
+ * next = (a cur + b) mod V from a random start; ids are the first S,
+ * targets the last S (the next token at every position). */
+static void make_batch(const opts *o, int step, int32_t *ids, int32_t *tgt)
+{
+    int64_t V = o->vocab, a = 1 + (int64_t)(o->seed % 7) * 2, b = 3 + (int64_t)(o->seed % 11);
+    if (V % 2 == 0 && a % 2 == 0)
+        a++;
+    for (int64_t s = 0; s < o->batch; s++) {
+        float u = tp_master_uniform(o->seed, 1u << 20, (uint64_t)step * (uint64_t)o->batch + (uint64_t)s,
+                                    1.0f);
+        int64_t cur = (int64_t)((u + 1.0f) * 0.5f * (float)V) % V;
+        for (int64_t t = 0; t < o->seq; t++) {
+            int64_t next = (a * cur + b) % V;
+            ids[s * o->seq + t] = (int32_t)cur;
+            tgt[s * o->seq + t] = (int32_t)next;
+            cur = next;
+        }
+    }
+}
+
+static tp_status save_npy(const opts *o, tp_gpt *m, int rank, const int32_t *ids,
+                          const int32_t *tgt, float loss)
+{
+    int64_t N = o->batch * o->seq;
+    const tp_param *ps;
+    int np;
+    tp_gpt_params(m, &ps, &np);
+    float *logits = rank == 0 ? malloc(sizeof(float) * (size_t)(N * o->vocab)) : NULL;
+    tp_status st = tp_gpt_get_full_logits(m, logits);
+    int bad = 0;
+    if (st == TP_OK && rank == 0) {
+        int64_t sid[2] = {o->batch, o->seq}, sl[2] = {N, o->vocab}, s1[1] = {1};
+        bad |= ex_write_npy_i32(o->npy_dir, "ids.npy", ids, 2, sid);
+        bad |= ex_write_npy_i32(o->npy_dir, "targets.npy", tgt, 2, sid);
+        bad |= ex_write_npy(o->npy_dir, "logits.npy", logits, 2, sl);
+        bad |= ex_write_npy(o->npy_dir, "loss.npy", &loss, 1, s1);
+    }
+    free(logits);
+    for (int i = 0; i < np && st == TP_OK; i++) {
+        int64_t n = ps[i].ndim == 2 ? ps[i].full_shape[0] * ps[i].full_shape[1] : ps[i].full_shape[0];
+        float *v = malloc(sizeof(float) * (size_t)n), *g = malloc(sizeof(float) * (size_t)n);
+        st = tp_gpt_get_full_param(m, i, v, g); /* collective: every rank */
+        if (st == TP_OK && rank == 0) {
+            char nm[160];
+            snprintf(nm, sizeof nm, "%s.npy", ps[i].name);
+            bad |= ex_write_npy(o->npy_dir, nm, v, ps[i].ndim, ps[i].full_shape);
+            snprintf(nm, sizeof nm, "grad.%s.npy", ps[i].name);
+            bad |= ex_write_npy(o->npy_dir, nm, g, ps[i].ndim, ps[i].full_shape);
+        }
+        free(v), free(g);
+    }
+    if (st == TP_OK && rank == 0) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/config.txt", o->npy_dir);
+        FILE *f = fopen(path, "w");
+        if (f) {
+            fprintf(f, "vocab %lld\nhidden %lld\nheads %lld\nkv_heads %lld\nffn %lld\nlayers %lld\n"
+                       "seq %lld\nbatch %lld\ntied %d\nnorm %s\neps 1e-05\ngelu erf\nbias 1\n"
+                       "causal 1\nlabel_smoothing %g\nloss mean\n",
+                    (long long)o->vocab, (long long)o->hidden, (long long)o->heads,
+                    (long long)(o->kv_heads ? o->kv_heads : o->heads), (long long)o->ffn,
+                    (long long)o->layers, (long long)o->seq, (long long)o->batch, !o->untied,
+                    o->rms ? "rms" : "layernorm", o->smoothing);
+            bad |= fclose(f) != 0;
+        } else {
+            bad = 1;
+        }
+        if (bad)
+            st = tp_set_error(TP_ERR_IO, "writing .npy files to %s failed", o->npy_dir);
+        else
+            printf("wrote ids, targets, logits, loss, config.txt and %d parameters + gradients "
+                   "(<name>.npy, grad.<name>.npy) to %s\n", np, o->npy_dir);
+    }
+    return st;
+}
+
+/* Train on comm g (which = 0: the --tp run, 1: the --compare-tp run). */
+static tp_status train(run *R, tp_comm *g, int which, int wrank)
+{
+    const opts *o = &R->o;
+    int T = tp_comm_size(g), rank = tp_comm_rank(g);
+    bool talk = wrank == 0;
+    tp_device *dev = tp_comm_device(g);
+    tp_status status = TP_OK;
+    tp_gpt *m = NULL;
+    tp_optim *opt = NULL;
+    tp_tensor ti = {0}, tt = {0};
+    int64_t N = o->batch * o->seq;
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)N), *tgt = malloc(sizeof(int32_t) * (size_t)N);
+    tp_gpt_config cfg = {.vocab = o->vocab, .hidden = o->hidden, .heads = o->heads,
+                         .kv_heads = o->kv_heads, .ffn = o->ffn, .layers = o->layers,
+                         .seq = o->seq, .tied = !o->untied, .sequence_parallel = o->sp,
+                         .bias = true, .rms = o->rms, .label_smoothing = (float)o->smoothing,
+                         .seed = o->seed};
+    CHECK(tp_gpt_create(g, &cfg, &m));
+    const tp_param *ps;
+    int np;
+    tp_gpt_params(m, &ps, &np);
+    tp_optim_config oc = tp_optim_defaults(o->sgd ? TP_OPTIM_SGD : TP_OPTIM_ADAMW);
+    oc.lr = (float)o->lr;
+    oc.weight_decay = (float)o->wd;
+    CHECK(tp_optim_create(g, &oc, ps, np, &opt));
+    CHECK(tp_tensor_alloc2(dev, TP_I32, o->batch, o->seq, &ti));
+    CHECK(tp_tensor_alloc2(dev, TP_I32, o->batch, o->seq, &tt));
+    if (talk) {
+        int64_t total = 0, local = 0;
+        for (int i = 0; i < np; i++) {
+            total += ps[i].ndim == 2 ? ps[i].full_shape[0] * ps[i].full_shape[1] : ps[i].full_shape[0];
+            local += tp_tensor_numel(ps[i].value);
+        }
+        printf("\n== run %s: T=%d backend=%s device=%s | vocab %lld hidden %lld heads %lld "
+               "kv_heads %lld ffn %lld layers %lld seq %lld batch %lld | %s output, %s, %s%s\n",
+               which ? "compare" : "main", T, getenv("TP_BACKEND") ? getenv("TP_BACKEND") : "loopback",
+               tp_device_name(dev), (long long)o->vocab, (long long)o->hidden, (long long)o->heads,
+               (long long)(o->kv_heads ? o->kv_heads : o->heads), (long long)o->ffn,
+               (long long)o->layers, (long long)o->seq, (long long)o->batch,
+               o->untied ? "untied" : "tied", o->sgd ? "SGD" : "AdamW", o->rms ? "RMSNorm" : "LayerNorm",
+               o->sp ? ", sequence parallel" : "");
+        printf("   parameters: %lld in the full model, %lld on rank 0\n", (long long)total,
+               (long long)local);
+        printf("   %5s %9s %8s %8s %8s %8s %6s %9s %9s\n", "step", "loss", "ms", "gemm", "kernels",
+               "comm", "comm%", "coll fwd", "coll bwd");
+    }
+    double t_all = 0, sum_gemm = 0, sum_kern = 0, sum_comm = 0;
+    for (int s = 0; s < o->steps; s++) {
+        make_batch(o, s, ids, tgt);
+        CHECK(tp_tensor_upload(&ti, ids));
+        CHECK(tp_tensor_upload(&tt, tgt));
+        tp_stats_reset(g);
+        double t0 = ex_now();
+        float loss = 0;
+        CHECK(tp_optim_zero_grad(opt));
+        CHECK(tp_gpt_forward(m, &ti, &tt, &loss));
+        CHECK(tp_gpt_backward(m));
+        if (s == 0 && o->npy_dir && which == 0)
+            CHECK(save_npy(o, m, rank, ids, tgt, loss));
+        CHECK(tp_optim_step(opt));
+        CHECK(tp_dev_synchronize(dev));
+        double dt = ex_now() - t0;
+        tp_stats st;
+        tp_stats_get(g, &st);
+        double gm = 0, kr = 0, cm = 0;
+        for (int ph = 0; ph < TP_PHASE_COUNT; ph++) {
+            gm += st.gemm[ph].seconds;
+            kr += st.kernel[ph].seconds;
+            for (int op = 0; op < TP_OP_COUNT; op++)
+                cm += st.comm[ph][op].seconds;
+        }
+        if (s > 0 || o->steps == 1) { /* the first step allocates: leave it out of the means */
+            t_all += dt, sum_gemm += gm, sum_kern += kr, sum_comm += cm;
+        }
+        if (talk) {
+            R->loss[which][s] = loss;
+            if (s % o->print_every == 0 || s == o->steps - 1)
+                printf("   %5d %9.5f %8.2f %8.2f %8.2f %8.2f %5.1f%% %9llu %9llu\n", s + 1,
+                       (double)loss, 1e3 * dt, 1e3 * gm, 1e3 * kr, 1e3 * cm,
+                       gm + kr + cm > 0 ? 100.0 * cm / (gm + kr + cm) : 0.0,
+                       (unsigned long long)tp_stats_calls(&st, TP_PHASE_FORWARD, TP_OP_COUNT),
+                       (unsigned long long)tp_stats_calls(&st, TP_PHASE_BACKWARD, TP_OP_COUNT));
+        }
+    }
+    if (talk) {
+        int n = o->steps > 1 ? o->steps - 1 : 1;
+        R->ms[which] = 1e3 * t_all / n;
+        printf("   mean per step (rank 0, steps 2..%d): %.2f ms wall = gemm %.2f + other kernels "
+               "%.2f + communication %.2f (%.1f%% of compute+comm; includes waiting for slower "
+               "ranks) + host work\n",
+               o->steps, 1e3 * t_all / n, 1e3 * sum_gemm / n, 1e3 * sum_kern / n,
+               1e3 * sum_comm / n,
+               sum_gemm + sum_kern + sum_comm > 0
+                   ? 100.0 * sum_comm / (sum_gemm + sum_kern + sum_comm) : 0.0);
+    }
+done:
+    tp_tensor_release(&ti), tp_tensor_release(&tt);
+    tp_optim_free(opt);
+    tp_gpt_free(m);
+    free(ids), free(tgt);
+    return status;
+}
+
+static tp_status rank_main(tp_comm *world, void *arg)
+{
+    run *R = arg;
+    int wrank = tp_comm_rank(world);
+    if (wrank == 0)
+        R->have_rank0 = true;
+    tp_status st = train(R, world, 0, wrank);
+    if (st != TP_OK || !R->o.compare_tp)
+        return st;
+    int K = R->o.compare_tp;
+    if (K > tp_comm_size(world))
+        return tp_set_error(TP_ERR_INVALID_ARG, "--compare-tp %d is larger than the world size %d",
+                            K, tp_comm_size(world));
+    tp_comm *sub = NULL;
+    st = tp_comm_split(world, wrank < K ? 0 : -1, wrank, &sub);
+    if (st == TP_OK && sub)
+        st = train(R, sub, 1, wrank);
+    tp_comm_free(sub);
+    if (st == TP_OK)
+        st = tp_barrier(world);
+    return st;
+}
+
+int main(int argc, char **argv)
+{
+    run R = {.o = DEFAULTS};
+    int p = parse(argc, argv, &R.o);
+    if (p)
+        return p == 1 ? 0 : 2;
+    R.loss[0] = calloc((size_t)R.o.steps, sizeof(float));
+    R.loss[1] = calloc((size_t)R.o.steps, sizeof(float));
+    tp_config cfg = {.world_size = R.o.tp, .argc = &argc, .argv = &argv};
+    tp_ctx *ctx = NULL;
+    tp_status st = tp_init(&cfg, &ctx);
+    if (st == TP_OK)
+        st = tp_run(ctx, rank_main, &R);
+    if (st != TP_OK)
+        fprintf(stderr, "tp_transformer: %s: %s\n", tp_status_string(st), tp_last_error());
+    /* only the process holding world rank 0 printed and compares */
+    int T = ctx ? tp_ctx_world_size(ctx) : 0;
+    if (st == TP_OK && R.o.compare_tp && R.have_rank0) {
+        double worst = 0;
+        int at = 0;
+        for (int s = 0; s < R.o.steps; s++) {
+            double d = fabs((double)R.loss[0][s] - R.loss[1][s]) / (1.0 + fabs((double)R.loss[1][s]));
+            if (d > worst)
+                worst = d, at = s;
+        }
+        printf("\n== loss curves, T=%d vs T=%d\n   %5s %11s %11s %11s\n", T, R.o.compare_tp,
+               "step", "T=main", "T=compare", "diff");
+        for (int s = 0; s < R.o.steps; s++)
+            if (s % R.o.print_every == 0 || s == R.o.steps - 1)
+                printf("   %5d %11.6f %11.6f %11.2e\n", s + 1, (double)R.loss[0][s],
+                       (double)R.loss[1][s], (double)R.loss[0][s] - R.loss[1][s]);
+        bool ok = worst <= R.o.tol;
+        printf("   max |diff| / (1 + |loss|) = %.2e at step %d -> %s (tolerance %g; equal within "
+               "f32 rounding, not bitwise: see docs/determinism.md)\n",
+               worst, at + 1, ok ? "MATCH" : "DIFFER", R.o.tol);
+        printf("   wall per step: %.2f ms at T=%d, %.2f ms at T=%d\n", R.ms[0], T, R.ms[1],
+               R.o.compare_tp);
+        R.failed = !ok;
+    }
+    tp_finalize(ctx);
+    free(R.loss[0]), free(R.loss[1]);
+    if (st != TP_OK)
+        return 1;
+    return R.failed ? 1 : 0;
+}

@@ -1,0 +1,877 @@
+/*
+ * test_gpt.c — the GPT model (tp_gpt) and the optimizers (tp_optim).
+ *
+ * Same harness as test_layers.c: every test calls tp_run; each rank splits
+ * the world into groups of T for T = 1..W and runs the body on its group,
+ * so one run at W = 4 covers T = 1..4. Failures are recorded per rank and
+ * asserted on the main thread after tp_run.
+ *
+ *  reference    loss, logits and every parameter gradient vs a serial
+ *               double reference (gpt_ref.h) and its central finite
+ *               differences; tied/untied, LayerNorm/RMSNorm, MHA/GQA/MQA,
+ *               sequence parallel on/off, label smoothing + ignore_index,
+ *               vocab and ffn not divisible by T
+ *  counts       collectives per phase of one training step (the totals
+ *               documented in tp-layers.h)
+ *  determinism  a few AdamW steps twice: bitwise identical losses, weights
+ *               and gradients; TP=T vs TP=1 within tolerance; the cases
+ *               docs/determinism.md calls bitwise equal across T
+ *  train        the loss of a small pattern task falls
+ *  optim        SGD and AdamW updates vs host loops (PyTorch's formulas)
+ *  errors       bad configurations and inputs give named errors
+ */
+#include <check.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <tp/tp.h>
+
+#include "gpt_ref.h"
+
+/* ------------------------------------------------------------ harness */
+
+typedef struct rk {
+    tp_comm *g;
+    tp_device *dev;
+    int T, r, wrank;
+} rk;
+
+typedef void (*body_fn)(rk *k);
+
+typedef struct fail_slot {
+    int n;
+    char first[1024];
+} fail_slot;
+
+static tp_ctx *g_ctx;
+static fail_slot *g_fail;
+static int g_world;
+
+static void fail_at(rk *k, int line, const char *fmt, ...)
+{
+    fail_slot *f = &g_fail[k->wrank];
+    if (f->n++ > 0)
+        return;
+    int off = snprintf(f->first, sizeof f->first, "line %d, T=%d group rank %d: ", line, k->T, k->r);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(f->first + off, sizeof f->first - (size_t)off, fmt, ap);
+    va_end(ap);
+}
+
+#define EXPECT(k, cond, ...)                     \
+    do {                                         \
+        if (!(cond))                             \
+            fail_at((k), __LINE__, __VA_ARGS__); \
+    } while (0)
+
+#define EXPECT_OK(k, expr)                                                                         \
+    do {                                                                                           \
+        tp_status st_ = (expr);                                                                    \
+        if (st_ != TP_OK)                                                                          \
+            fail_at((k), __LINE__, "%s -> %s: %s", #expr, tp_status_string(st_), tp_last_error()); \
+    } while (0)
+
+static tp_status rank_main(tp_comm *world, void *arg)
+{
+    body_fn fn = *(body_fn *)arg;
+    int W = tp_comm_size(world), r = tp_comm_rank(world);
+    for (int T = 1; T <= W; T++) {
+        int color = r < (W / T) * T ? r / T : -1;
+        tp_comm *g = NULL;
+        tp_status st = tp_comm_split(world, color, r, &g);
+        if (st != TP_OK)
+            return st;
+        if (!g)
+            continue;
+        rk k = {.g = g, .dev = tp_comm_device(g), .T = T, .r = tp_comm_rank(g), .wrank = r};
+        fn(&k);
+        tp_comm_free(g);
+    }
+    return TP_OK;
+}
+
+static void run_all(body_fn fn)
+{
+    memset(g_fail, 0, sizeof(fail_slot) * (size_t)g_world);
+    tp_status st = tp_run(g_ctx, rank_main, &fn);
+    ck_assert_msg(st == TP_OK, "tp_run: %s: %s", tp_status_string(st), tp_last_error());
+    for (int i = 0; i < g_world; i++)
+        ck_assert_msg(g_fail[i].n == 0, "world rank %d: %d failed checks; first: %s", i,
+                      g_fail[i].n, g_fail[i].first);
+}
+
+/* ------------------------------------------------------------ helpers */
+
+static tp_tensor upload_i32(rk *k, int64_t rows, int64_t cols, const int32_t *h)
+{
+    tp_tensor t = {0};
+    int64_t shape[2] = {rows, cols};
+    EXPECT_OK(k, tp_tensor_alloc(k->dev, TP_I32, 2, shape, &t));
+    if (t.data)
+        EXPECT_OK(k, tp_tensor_upload(&t, h));
+    return t;
+}
+
+/* Deterministic ids in [0, V) and targets (the next id; some ignored). */
+static void make_batch(int64_t N, int64_t V, uint64_t id, bool ignore, int32_t *ids, int32_t *tgt)
+{
+    for (int64_t t = 0; t < N; t++) {
+        float u = tp_master_uniform(99, id, (uint64_t)t, 1.0f);
+        ids[t] = (int32_t)((u + 1.0f) * 0.5f * (float)V) % (int32_t)V;
+    }
+    for (int64_t t = 0; t < N; t++) {
+        tgt[t] = ids[(t + 1) % N];
+        if (ignore && t % 4 == 3)
+            tgt[t] = -100;
+    }
+}
+
+static int64_t numel_full(const tp_param *p)
+{
+    return p->ndim == 2 ? p->full_shape[0] * p->full_shape[1] : p->full_shape[0];
+}
+
+static gref_cfg ref_cfg(const tp_gpt_config *c)
+{
+    int64_t hd = c->head_dim ? c->head_dim : c->hidden / c->heads;
+    return (gref_cfg){.V = c->vocab, .H = c->hidden, .nh = c->heads,
+                      .kv = c->kv_heads ? c->kv_heads : c->heads, .hd = hd, .F = c->ffn,
+                      .L = c->layers, .S = c->seq, .tied = c->tied, .bias = c->bias, .rms = c->rms,
+                      .gelu_tanh = c->gelu_tanh, .eps = c->eps ? c->eps : 1e-5,
+                      .smoothing = c->label_smoothing, .use_ignore = c->use_ignore_index,
+                      .ignore = c->ignore_index};
+}
+
+/* Every parameter's full value and gradient (collective), as doubles, in
+ * gpt_ref.h's order, looked up by name in tp_gpt_params (so a parameter
+ * missing from the list fails). */
+typedef struct full_params {
+    int n;
+    double **val, **grad;
+    int64_t *len;
+    char **name;
+} full_params;
+
+static void add_full(full_params *f, const char *name, int64_t n, const float *v, const float *g)
+{
+    int i = f->n++;
+    f->val = realloc(f->val, sizeof(double *) * (size_t)f->n);
+    f->grad = realloc(f->grad, sizeof(double *) * (size_t)f->n);
+    f->len = realloc(f->len, sizeof(int64_t) * (size_t)f->n);
+    f->name = realloc(f->name, sizeof(char *) * (size_t)f->n);
+    f->val[i] = malloc(sizeof(double) * (size_t)(n ? n : 1));
+    f->grad[i] = malloc(sizeof(double) * (size_t)(n ? n : 1));
+    for (int64_t j = 0; j < n; j++)
+        f->val[i][j] = v[j], f->grad[i][j] = g[j];
+    f->len[i] = n;
+    f->name[i] = strdup(name);
+}
+
+static void get_full(rk *k, tp_gpt *m, const tp_gpt_config *c, full_params *f)
+{
+    memset(f, 0, sizeof *f);
+    const tp_param *ps;
+    int np;
+    tp_gpt_params(m, &ps, &np);
+    const char *blk[] = {"ln1.weight", "ln1.bias", "attn.qkv.weight", "attn.qkv.bias",
+                         "attn.out.weight", "attn.out.bias", "ln2.weight", "ln2.bias",
+                         "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"};
+    int nnames = 0;
+    char names[512][64];
+    snprintf(names[nnames++], 64, "embedding.weight");
+    snprintf(names[nnames++], 64, "position.weight");
+    for (int64_t l = 0; l < c->layers; l++)
+        for (int j = 0; j < 12; j++) {
+            bool isbias = strstr(blk[j], "bias") != NULL;
+            bool norm = blk[j][0] == 'l';
+            if (isbias && (norm ? c->rms : !c->bias))
+                continue;
+            snprintf(names[nnames++], 64, "blocks.%lld.%s", (long long)l, blk[j]);
+        }
+    snprintf(names[nnames++], 64, "ln_f.weight");
+    if (!c->rms)
+        snprintf(names[nnames++], 64, "ln_f.bias");
+    if (!c->tied)
+        snprintf(names[nnames++], 64, "output.weight");
+    for (int q = 0; q < nnames; q++) {
+        int i = 0;
+        while (i < np && strcmp(ps[i].name, names[q]))
+            i++;
+        if (i < np) {
+            int64_t n = numel_full(&ps[i]);
+            float *v = malloc(sizeof(float) * (size_t)n), *g = malloc(sizeof(float) * (size_t)n);
+            EXPECT_OK(k, tp_gpt_get_full_param(m, i, v, g));
+            add_full(f, names[q], n, v, g);
+            free(v), free(g);
+            continue;
+        }
+        fail_at(k, __LINE__, "parameter %s missing from tp_gpt_params", names[q]);
+    }
+    EXPECT(k, np == nnames, "tp_gpt_params has %d parameters, expected %d", np, nnames);
+}
+
+static void free_full(full_params *f)
+{
+    for (int i = 0; i < f->n; i++)
+        free(f->val[i]), free(f->grad[i]), free(f->name[i]);
+    free(f->val), free(f->grad), free(f->len), free(f->name);
+}
+
+/* ------------------------------------------------------------ reference */
+
+typedef struct gcase {
+    const char *what;
+    int64_t V, H, nh, kv, hd, F, L, S, batch, seq;
+    bool tied, sp, bias, rms, tanh;
+    float smoothing;
+    bool ignore;
+} gcase;
+
+/* heads 12 divide T = 1..4; V 17 and F 13 do not divide 2, 3, 4. */
+static const gcase CASES[] = {
+    {"tied LN MHA", 17, 8, 12, 0, 2, 13, 2, 5, 2, 5, true, false, true, false, false, 0.0f, false},
+    {"untied SP GQA ls+ignore", 17, 8, 12, 4, 2, 13, 2, 6, 2, 5, false, true, true, false, true,
+     0.1f, true},
+    {"tied SP MQA RMS ls+ignore", 17, 12, 12, 1, 0, 13, 1, 5, 1, 5, true, true, false, true, false,
+     0.2f, true},
+    {"untied RMS GQA no-bias", 23, 8, 12, 2, 2, 9, 1, 4, 3, 3, false, false, false, true, false,
+     0.0f, false},
+    /* 3 tokens: with T = 4 one rank's sequence-parallel shard is empty */
+    {"untied SP 3 tokens GQA", 17, 8, 12, 3, 2, 13, 1, 3, 1, 3, false, true, true, false, false,
+     0.0f, false},
+};
+
+static tp_gpt_config case_cfg(const gcase *c)
+{
+    return (tp_gpt_config){.vocab = c->V, .hidden = c->H, .heads = c->nh, .kv_heads = c->kv,
+                           .head_dim = c->hd, .ffn = c->F, .layers = c->L, .seq = c->S,
+                           .tied = c->tied, .sequence_parallel = c->sp, .bias = c->bias,
+                           .rms = c->rms, .gelu_tanh = c->tanh, .emb_bound = 0.5f,
+                           .label_smoothing = c->smoothing, .use_ignore_index = c->ignore,
+                           .ignore_index = -100, .seed = 5};
+}
+
+/*
+ * Tolerances. Every value here is O(1) (|weights| <= 0.5, normalized
+ * activations, <= 23 logits) and every quantity is a short chain of f32
+ * operations: per block 2 norms, 4 GEMMs of fan-in <= 40, a softmax of <= 6
+ * terms and GeLU; the loss adds the logits GEMM (fan-in 12) and the
+ * cross-entropy sums (23 terms). With u = 2^-24 = 6e-8 and at most ~100
+ * roundings on any path, each touching values <= ~5 in magnitude (the sums
+ * of |terms|, ref.h's error model), the first-order f32 error is below
+ * 100 * 5 * 6e-8 = 3e-5 for a logit or the loss: we accept 3e-5 (1 + |x|).
+ * Gradients go through the same chain backwards as well (twice the
+ * roundings): 6e-5 (1 + |g|). (Observed: ~1e-7.) The finite differences
+ * are central, in double, with step 1e-5: truncation ~1e-10 |f'''|,
+ * rounding ~1e-16 / 1e-5 = 1e-11, both far below. A real bug (a wrong
+ * shard, a missing or doubled reduction, an untied gradient) changes
+ * values by their own size, 1e-3 .. 1.
+ */
+static void run_reference(rk *k, const gcase *c)
+{
+    tp_gpt_config cfg = case_cfg(c);
+    tp_gpt *m = NULL;
+    EXPECT_OK(k, tp_gpt_create(k->g, &cfg, &m));
+    if (!m)
+        return;
+    int64_t N = c->batch * c->seq;
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)N), *tgt = malloc(sizeof(int32_t) * (size_t)N);
+    make_batch(N, c->V, 7, c->ignore, ids, tgt);
+    tp_tensor ti = upload_i32(k, c->batch, c->seq, ids), tt = upload_i32(k, 1, N, tgt);
+    float loss = 0;
+    EXPECT_OK(k, tp_gpt_forward(m, &ti, &tt, &loss));
+    EXPECT_OK(k, tp_gpt_backward(m));
+    float *logits = malloc(sizeof(float) * (size_t)(N * c->V));
+    EXPECT_OK(k, tp_gpt_get_full_logits(m, logits));
+    full_params f;
+    get_full(k, m, &cfg, &f);
+    if (k->r == 0 && !g_fail[k->wrank].n) {
+        gref_cfg rc = ref_cfg(&cfg);
+        double *rl = malloc(sizeof(double) * (size_t)(N * c->V));
+        double ref = gref_loss(&rc, f.val, c->batch, c->seq, ids, tgt, rl);
+        EXPECT(k, fabs(loss - ref) <= 3e-5 + 3e-5 * fabs(ref), "%s: loss %.9g, reference %.9g",
+               c->what, (double)loss, ref);
+        for (int64_t i = 0; i < N * c->V; i++)
+            if (!(fabs(logits[i] - rl[i]) <= 3e-5 + 3e-5 * fabs(rl[i]))) {
+                fail_at(k, __LINE__, "%s: logit %lld = %.9g, reference %.9g", c->what,
+                        (long long)i, (double)logits[i], rl[i]);
+                break;
+            }
+        /* every gradient entry vs central differences of the reference loss */
+        const double h = 1e-5;
+        double worst = 0;
+        for (int p = 0; p < f.n && !g_fail[k->wrank].n; p++)
+            for (int64_t j = 0; j < f.len[p]; j++) {
+                double keep = f.val[p][j];
+                f.val[p][j] = keep + h;
+                double lp = gref_loss(&rc, f.val, c->batch, c->seq, ids, tgt, NULL);
+                f.val[p][j] = keep - h;
+                double lm = gref_loss(&rc, f.val, c->batch, c->seq, ids, tgt, NULL);
+                f.val[p][j] = keep;
+                double fd = (lp - lm) / (2 * h), g = f.grad[p][j];
+                double err = fabs(g - fd) / (6e-5 + 6e-5 * fabs(fd));
+                worst = err > worst ? err : worst;
+                if (!(err <= 1.0)) {
+                    fail_at(k, __LINE__, "%s: d loss / d %s[%lld] = %.9g, finite differences %.9g",
+                            c->what, f.name[p], (long long)j, g, fd);
+                    break;
+                }
+            }
+        if (getenv("GPT_VERBOSE"))
+            printf("reference %-28s T=%d: loss %.7f (ref %.7f), worst gradient error %.3g of "
+                   "tolerance, %d tensors\n", c->what, k->T, (double)loss, ref, worst, f.n);
+        free(rl);
+    }
+    /* gradients accumulate: a second forward + backward of the same batch
+     * without zero_grad doubles them (each element is g + g' with g' == g up
+     * to the rounding of the accumulating GEMMs: 1e-5 (|g| + 1e-6)) */
+    float loss2 = 0;
+    EXPECT_OK(k, tp_gpt_forward(m, &ti, &tt, &loss2));
+    EXPECT_OK(k, tp_gpt_backward(m));
+    EXPECT(k, !memcmp(&loss, &loss2, sizeof loss), "%s: the same forward twice gave %.9g, %.9g",
+           c->what, (double)loss, (double)loss2);
+    full_params f2;
+    get_full(k, m, &cfg, &f2);
+    for (int p = 0; p < f.n && p < f2.n && k->r == 0; p++)
+        for (int64_t j = 0; j < f.len[p]; j++)
+            if (!(fabs(f2.grad[p][j] - 2 * f.grad[p][j]) <= 1e-5 * (fabs(f.grad[p][j]) + 1e-6))) {
+                fail_at(k, __LINE__, "%s: accumulated grad of %s[%lld] = %.9g, expected 2 x %.9g",
+                        c->what, f.name[p], (long long)j, f2.grad[p][j], f.grad[p][j]);
+                p = f.n;
+                break;
+            }
+    free_full(&f2);
+    free_full(&f);
+    free(logits), free(ids), free(tgt);
+    tp_tensor_release(&ti), tp_tensor_release(&tt);
+    tp_gpt_free(m);
+}
+
+static void body_reference(rk *k)
+{
+    for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++)
+        run_reference(k, &CASES[i]);
+}
+
+START_TEST(test_reference) { run_all(body_reference); }
+END_TEST
+
+/* -------------------------------------------------------------- counts */
+
+static void expect_calls(rk *k, int line, const char *what, const tp_stats *s, tp_phase ph,
+                         const uint64_t want[TP_OP_COUNT])
+{
+    for (int op = 0; op < TP_OP_COUNT; op++)
+        if (s->comm[ph][op].calls != want[op]) {
+            fail_at(k, line, "%s: %s calls in %s = %llu, expected %llu", what,
+                    tp_op_name((tp_op)op), tp_phase_name(ph),
+                    (unsigned long long)s->comm[ph][op].calls, (unsigned long long)want[op]);
+            return;
+        }
+}
+
+/* One step: forward, backward, AdamW step. Expected (L layers, see tp-layers.h):
+ *   no SP: fwd AR 1 + 2L + 2; bwd AR 1 + 2L; other (optimizer) none
+ *   SP:    fwd RS 1 + 2L, AG 2L + 1, AR 2; bwd RS 1 + 2L, AG 2L + 1, AR 1 + L */
+static void body_counts(rk *k)
+{
+    for (int sp = 0; sp < 2; sp++)
+        for (int tied = 0; tied < 2; tied++) {
+            const uint64_t L = 3;
+            tp_gpt_config cfg = {.vocab = 19, .hidden = 8, .heads = 12, .head_dim = 2, .ffn = 12, .layers = (int64_t)L,
+                                 .seq = 4, .tied = tied, .sequence_parallel = sp, .bias = true,
+                                 .seed = 3};
+            tp_gpt *m = NULL;
+            EXPECT_OK(k, tp_gpt_create(k->g, &cfg, &m));
+            if (!m)
+                return;
+            const tp_param *ps;
+            int np;
+            tp_gpt_params(m, &ps, &np);
+            tp_optim_config oc = tp_optim_defaults(TP_OPTIM_ADAMW);
+            tp_optim *o = NULL;
+            EXPECT_OK(k, tp_optim_create(k->g, &oc, ps, np, &o));
+            int32_t ids[8], tgt[8];
+            make_batch(8, 19, 3, false, ids, tgt);
+            tp_tensor ti = upload_i32(k, 2, 4, ids), tt = upload_i32(k, 2, 4, tgt);
+            float loss;
+            tp_stats_reset(k->g);
+            EXPECT_OK(k, tp_gpt_forward(m, &ti, &tt, &loss));
+            EXPECT_OK(k, tp_gpt_backward(m));
+            EXPECT_OK(k, tp_optim_step(o));
+            tp_stats s;
+            tp_stats_get(k->g, &s);
+            char what[64];
+            snprintf(what, sizeof what, "GPT L=%llu sp=%d tied=%d", (unsigned long long)L, sp, tied);
+            uint64_t none[TP_OP_COUNT] = {0};
+            if (!sp) {
+                uint64_t f[TP_OP_COUNT] = {[TP_OP_ALL_REDUCE] = 1 + 2 * L + 2};
+                uint64_t b[TP_OP_COUNT] = {[TP_OP_ALL_REDUCE] = 1 + 2 * L};
+                expect_calls(k, __LINE__, what, &s, TP_PHASE_FORWARD, f);
+                expect_calls(k, __LINE__, what, &s, TP_PHASE_BACKWARD, b);
+            } else {
+                uint64_t f[TP_OP_COUNT] = {[TP_OP_ALL_REDUCE] = 2, [TP_OP_ALL_GATHER] = 2 * L + 1,
+                                           [TP_OP_REDUCE_SCATTER] = 1 + 2 * L};
+                uint64_t b[TP_OP_COUNT] = {[TP_OP_ALL_REDUCE] = 1 + L,
+                                           [TP_OP_ALL_GATHER] = 2 * L + 1,
+                                           [TP_OP_REDUCE_SCATTER] = 1 + 2 * L};
+                expect_calls(k, __LINE__, what, &s, TP_PHASE_FORWARD, f);
+                expect_calls(k, __LINE__, what, &s, TP_PHASE_BACKWARD, b);
+            }
+            expect_calls(k, __LINE__, what, &s, TP_PHASE_OTHER, none);
+            tp_tensor_release(&ti), tp_tensor_release(&tt);
+            tp_optim_free(o);
+            tp_gpt_free(m);
+        }
+}
+
+START_TEST(test_counts) { run_all(body_counts); }
+END_TEST
+
+/* --------------------------------------------------------- determinism */
+
+#define DET_STEPS 4
+
+typedef struct trace {
+    float loss[DET_STEPS];
+    full_params f; /* after the last step: weights and the last gradients */
+} trace;
+
+/* DET_STEPS AdamW steps on comm g; ids/targets change every step. */
+static void train_trace(rk *k, tp_comm *g, const tp_gpt_config *cfg, trace *tr)
+{
+    tp_gpt *m = NULL;
+    tp_optim *o = NULL;
+    memset(tr, 0, sizeof *tr);
+    EXPECT_OK(k, tp_gpt_create(g, cfg, &m));
+    if (!m)
+        return;
+    const tp_param *ps;
+    int np;
+    tp_gpt_params(m, &ps, &np);
+    tp_optim_config oc = tp_optim_defaults(TP_OPTIM_ADAMW);
+    oc.lr = 1e-2f;
+    EXPECT_OK(k, tp_optim_create(g, &oc, ps, np, &o));
+    int64_t B = 2, S = cfg->seq, N = B * S;
+    int32_t ids[64], tgt[64];
+    for (int s = 0; s < DET_STEPS && o; s++) {
+        make_batch(N, cfg->vocab, 100 + (uint64_t)s, cfg->use_ignore_index, ids, tgt);
+        tp_tensor ti = upload_i32(k, B, S, ids), tt = upload_i32(k, B, S, tgt);
+        EXPECT_OK(k, tp_optim_zero_grad(o));
+        EXPECT_OK(k, tp_gpt_forward(m, &ti, &tt, &tr->loss[s]));
+        EXPECT_OK(k, tp_gpt_backward(m));
+        EXPECT_OK(k, tp_optim_step(o));
+        tp_tensor_release(&ti), tp_tensor_release(&tt);
+    }
+    EXPECT(k, tp_optim_steps(o) == DET_STEPS, "step counter %lld, expected %d",
+           (long long)tp_optim_steps(o), DET_STEPS);
+    get_full(k, m, cfg, &tr->f);
+    /* replicated parameters (norms, row biases, position table, shared KV
+     * heads...) must still be bitwise identical on every rank of g */
+    int T = tp_comm_size(g);
+    for (int i = 0; i < np && T > 1; i++) {
+        if (!ps[i].replicated)
+            continue;
+        int64_t n = tp_tensor_numel(ps[i].value);
+        tp_tensor all = {0};
+        EXPECT_OK(k, tp_tensor_alloc2(k->dev, TP_F32, T, n, &all));
+        EXPECT_OK(k, tp_all_gather(g, ps[i].value->data, all.data, (size_t)n, TP_F32));
+        float *h = calloc((size_t)(T * n + 1), sizeof(float));
+        EXPECT_OK(k, tp_tensor_download(&all, h));
+        for (int r = 1; r < T; r++)
+            EXPECT(k, !memcmp(h, h + r * n, sizeof(float) * (size_t)n),
+                   "replicated %s differs between ranks 0 and %d after %d steps", ps[i].name, r,
+                   DET_STEPS);
+        free(h);
+        tp_tensor_release(&all);
+    }
+    tp_optim_free(o);
+    tp_gpt_free(m);
+}
+
+static bool same_bits(const double *a, const double *b, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) /* the doubles hold f32 values: compare their f32 bits */
+        if (memcmp(&(float){(float)a[i]}, &(float){(float)b[i]}, sizeof(float)))
+            return false;
+    return true;
+}
+
+static void body_determinism(rk *k)
+{
+    tp_gpt_config cfg = {.vocab = 21, .hidden = 8, .heads = 12, .kv_heads = 2, .head_dim = 2, .ffn = 11,
+                         .layers = 2, .seq = 6, .tied = true, .sequence_parallel = k->T % 2 == 0,
+                         .bias = true, .label_smoothing = 0.1f, .use_ignore_index = true,
+                         .ignore_index = -100, .emb_bound = 0.5f, .seed = 11};
+    trace a, b, one;
+    train_trace(k, k->g, &cfg, &a);
+    train_trace(k, k->g, &cfg, &b);
+    /* run to run: bitwise */
+    for (int s = 0; s < DET_STEPS; s++)
+        EXPECT(k, !memcmp(&a.loss[s], &b.loss[s], sizeof(float)),
+               "step %d: loss %.9g vs %.9g in a second identical run", s, (double)a.loss[s],
+               (double)b.loss[s]);
+    for (int i = 0; i < a.f.n && i < b.f.n; i++) {
+        EXPECT(k, same_bits(a.f.val[i], b.f.val[i], a.f.len[i]),
+               "%s differs bitwise between two identical runs", a.f.name[i]);
+        EXPECT(k, same_bits(a.f.grad[i], b.f.grad[i], a.f.len[i]),
+               "grad of %s differs bitwise between two identical runs", a.f.name[i]);
+    }
+    /* TP=T vs TP=1 (each rank runs the one-rank model on its own comm):
+     * within the tolerance of test_reference, for the losses of 4 steps (the
+     * AdamW steps normalize the updates, so a gradient difference of size e
+     * changes a weight by at most ~lr e / sqrt(v): we compare losses, which
+     * stay within 1e-4 + 1e-4 |loss| after 4 small steps) */
+    tp_comm *solo = NULL;
+    EXPECT_OK(k, tp_comm_split(k->g, k->r, 0, &solo));
+    if (solo) {
+        train_trace(k, solo, &cfg, &one);
+        for (int s = 0; s < DET_STEPS; s++)
+            EXPECT(k, fabs(one.loss[s] - a.loss[s]) <= 1e-4 + 1e-4 * fabs(one.loss[s]),
+                   "step %d: loss T=%d %.9g vs T=1 %.9g", s, k->T, (double)a.loss[s],
+                   (double)one.loss[s]);
+        free_full(&one.f);
+        tp_comm_free(solo);
+    }
+    free_full(&a.f), free_full(&b.f);
+}
+
+START_TEST(test_determinism) { run_all(body_determinism); }
+END_TEST
+
+/*
+ * Across T (docs/determinism.md). Bitwise: the embedding output, with and
+ * without sequence parallelism (the all-reduce / reduce-scatter adds one
+ * table row to exact zeros from the other ranks, so the sum is exact in any
+ * order). Within tolerance only: the logits of a model with no block
+ * (embedding, position add, final LayerNorm, column-parallel output GEMM),
+ * although every logit is the same K = hidden dot product at every T:
+ * OpenBLAS's sgemm rounds an element differently depending on n (the
+ * width of the rank's vocab shard), so even column-parallel outputs are
+ * not bitwise stable across T on the cpu device. Tolerance as in
+ * test_reference: 3e-5 (1 + |x|).
+ */
+static void body_bitwise_tp(rk *k)
+{
+    tp_comm *solo = NULL;
+    EXPECT_OK(k, tp_comm_split(k->g, k->r, 0, &solo));
+    if (!solo)
+        return;
+    int32_t ids[14], tgt[14];
+    make_batch(14, 29, 21, false, ids, tgt);
+    tp_tensor ti = upload_i32(k, 2, 7, ids), tt = upload_i32(k, 2, 7, tgt);
+    for (int sp = 0; sp < 2; sp++) {
+        tp_embedding_config ec = {.vocab = 29, .dim = 24, .seed = 4, .tensor_id = 1,
+                                  .sequence_parallel = sp};
+        tp_embedding *e = NULL, *e1 = NULL;
+        tp_tensor y = {0}, y1 = {0};
+        EXPECT_OK(k, tp_embedding_create(k->g, &ec, &e));
+        ec.sequence_parallel = false;
+        EXPECT_OK(k, tp_embedding_create(solo, &ec, &e1));
+        if (e && e1) {
+            EXPECT_OK(k, tp_embedding_forward(e, &ti, &y));
+            EXPECT_OK(k, tp_embedding_forward(e1, &ti, &y1));
+            int64_t lo = 0, hi = 14;
+            if (sp)
+                tp_shard_range(14, k->T, k->r, &lo, &hi);
+            float *a = calloc(14 * 24, sizeof(float)), *b = calloc(14 * 24, sizeof(float));
+            EXPECT(k, tp_tensor_numel(&y) == (hi - lo) * 24, "sp=%d: embedding output has %lld "
+                   "elements, expected %lld", sp, (long long)tp_tensor_numel(&y),
+                   (long long)((hi - lo) * 24));
+            if (tp_tensor_numel(&y) == (hi - lo) * 24) {
+                EXPECT_OK(k, tp_tensor_download(&y, a));
+                EXPECT_OK(k, tp_tensor_download(&y1, b));
+                EXPECT(k, !memcmp(a, b + lo * 24, sizeof(float) * (size_t)((hi - lo) * 24)),
+                       "sp=%d: embedding output differs bitwise from T=1", sp);
+            }
+            free(a), free(b);
+        }
+        tp_tensor_release(&y), tp_tensor_release(&y1);
+        tp_embedding_free(e), tp_embedding_free(e1);
+
+        tp_gpt_config cfg = {.vocab = 29, .hidden = 24, .heads = 12, .ffn = 8, .layers = 0,
+                             .seq = 7, .tied = sp == 0, .sequence_parallel = sp, .seed = 13};
+        tp_gpt *m = NULL, *m1 = NULL;
+        EXPECT_OK(k, tp_gpt_create(k->g, &cfg, &m));
+        EXPECT_OK(k, tp_gpt_create(solo, &cfg, &m1));
+        float l = 0, l1 = 0, *a = malloc(sizeof(float) * 14 * 29), *b = malloc(sizeof(float) * 14 * 29);
+        if (m && m1) {
+            EXPECT_OK(k, tp_gpt_forward(m, &ti, &tt, &l));
+            EXPECT_OK(k, tp_gpt_forward(m1, &ti, &tt, &l1));
+            EXPECT_OK(k, tp_gpt_get_full_logits(m, a));
+            EXPECT_OK(k, tp_gpt_get_full_logits(m1, b));
+            for (int i = 0; i < 14 * 29; i++)
+                if (!(fabs(a[i] - b[i]) <= 3e-5 * (1 + fabs(b[i])))) {
+                    fail_at(k, __LINE__, "sp=%d: logit %d = %.9g at T=%d but %.9g at T=1", sp, i,
+                            (double)a[i], k->T, (double)b[i]);
+                    break;
+                }
+            EXPECT(k, fabs(l - l1) <= 3e-5 * (1 + fabs(l1)), "sp=%d: loss %.9g vs %.9g", sp,
+                   (double)l, (double)l1);
+            int nd = 0;
+            for (int i = 0; i < 14 * 29; i++)
+                nd += memcmp(&a[i], &b[i], sizeof(float)) != 0;
+            if (getenv("GPT_VERBOSE") && k->r == 0)
+                printf("bitwise_tp T=%d sp=%d: %d of %d logits differ bitwise from T=1; loss %s\n",
+                       k->T, sp, nd, 14 * 29, memcmp(&l, &l1, sizeof l) ? "differs" : "equal");
+        }
+        free(a), free(b);
+        tp_gpt_free(m), tp_gpt_free(m1);
+    }
+    tp_tensor_release(&ti), tp_tensor_release(&tt);
+    tp_comm_free(solo);
+}
+
+START_TEST(test_bitwise_tp) { run_all(body_bitwise_tp); }
+END_TEST
+
+/* --------------------------------------------------------------- train */
+
+/* Next-token prediction of a fixed cyclic sequence: loss must fall below a
+ * third of its start within 40 AdamW steps (it reaches ~0.1 here; a broken
+ * gradient or update leaves it near log(vocab)). */
+static void body_train(rk *k)
+{
+    tp_gpt_config cfg = {.vocab = 16, .hidden = 16, .heads = 12, .head_dim = 4, .ffn = 32, .layers = 1, .seq = 8,
+                         .tied = k->T != 3, .bias = true, .seed = 17};
+    tp_gpt *m = NULL;
+    EXPECT_OK(k, tp_gpt_create(k->g, &cfg, &m));
+    if (!m)
+        return;
+    const tp_param *ps;
+    int np;
+    tp_gpt_params(m, &ps, &np);
+    tp_optim_config oc = tp_optim_defaults(TP_OPTIM_ADAMW);
+    oc.lr = 3e-2f;
+    tp_optim *o = NULL;
+    EXPECT_OK(k, tp_optim_create(k->g, &oc, ps, np, &o));
+    int32_t ids[16], tgt[16];
+    for (int t = 0; t < 16; t++) { /* two sequences of the cycle 0,3,6,9,12,15,2,5,... */
+        ids[t] = (int32_t)((3 * (t + 5 * (t / 8))) % 16);
+        tgt[t] = (int32_t)((ids[t] + 3) % 16);
+    }
+    tp_tensor ti = upload_i32(k, 2, 8, ids), tt = upload_i32(k, 2, 8, tgt);
+    float first = 0, loss = 0;
+    for (int s = 0; s < 40 && o; s++) {
+        EXPECT_OK(k, tp_optim_zero_grad(o));
+        EXPECT_OK(k, tp_gpt_forward(m, &ti, &tt, &loss));
+        EXPECT_OK(k, tp_gpt_backward(m));
+        EXPECT_OK(k, tp_optim_step(o));
+        if (s == 0)
+            first = loss;
+    }
+    EXPECT(k, first > 2.0f && loss < first / 3.0f, "loss %.4g -> %.4g after 40 steps",
+           (double)first, (double)loss);
+    tp_tensor_release(&ti), tp_tensor_release(&tt);
+    tp_optim_free(o);
+    tp_gpt_free(m);
+}
+
+START_TEST(test_train) { run_all(body_train); }
+END_TEST
+
+/* --------------------------------------------------------------- optim */
+
+/* SGD and AdamW on two parameters (one decayed) vs PyTorch's formulas in
+ * double. The device computes in f32: each update is a few roundings of
+ * O(1) values, so 3 steps stay within 1e-5 relative of the double loop. */
+static void body_optim(rk *k)
+{
+    if (k->r != 0 || k->T != 1)
+        return;
+    enum { N1 = 13, N2 = 5, STEPS = 3 };
+    float p1[N1], p2[N2], g1[N1], g2[N2];
+    for (int kind = 0; kind < 3; kind++) { /* SGD, AdamW, SGD with momentum */
+        for (int i = 0; i < N1; i++)
+            p1[i] = tp_master_uniform(1, 1, (uint64_t)i, 1.0f), g1[i] = tp_master_uniform(1, 2, (uint64_t)i, 1.0f);
+        for (int i = 0; i < N2; i++)
+            p2[i] = tp_master_uniform(1, 3, (uint64_t)i, 1.0f), g2[i] = tp_master_uniform(1, 4, (uint64_t)i, 1.0f);
+        tp_tensor v1 = {0}, v2 = {0}, d1 = {0}, d2 = {0};
+        EXPECT_OK(k, tp_tensor_alloc2(k->dev, TP_F32, 1, N1, &v1));
+        EXPECT_OK(k, tp_tensor_alloc2(k->dev, TP_F32, 1, N2, &v2));
+        EXPECT_OK(k, tp_tensor_alloc2(k->dev, TP_F32, 1, N1, &d1));
+        EXPECT_OK(k, tp_tensor_alloc2(k->dev, TP_F32, 1, N2, &d2));
+        EXPECT_OK(k, tp_tensor_upload(&v1, p1));
+        EXPECT_OK(k, tp_tensor_upload(&v2, p2));
+        EXPECT_OK(k, tp_tensor_upload(&d1, g1));
+        EXPECT_OK(k, tp_tensor_upload(&d2, g2));
+        tp_param ps[2] = {{.name = "w", .value = &v1, .grad = &d1, .decay = true},
+                          {.name = "b", .value = &v2, .grad = &d2, .decay = false}};
+        tp_optim_config c = tp_optim_defaults(kind == 1 ? TP_OPTIM_ADAMW : TP_OPTIM_SGD);
+        c.lr = 0.05f;
+        c.weight_decay = 0.1f;
+        c.momentum = kind == 2 ? 0.9f : 0.0f;
+        tp_optim *o = NULL;
+        EXPECT_OK(k, tp_optim_create(k->g, &c, ps, 2, &o));
+        for (int s = 0; s < STEPS && o; s++)
+            EXPECT_OK(k, tp_optim_step(o));
+        float r1[N1], r2[N2];
+        EXPECT_OK(k, tp_tensor_download(&v1, r1));
+        EXPECT_OK(k, tp_tensor_download(&v2, r2));
+        for (int which = 0; which < 2; which++) {
+            int n = which ? N2 : N1;
+            const float *p0 = which ? p2 : p1, *g = which ? g2 : g1, *got = which ? r2 : r1;
+            double wd = which ? 0.0 : 0.1, lr = 0.05;
+            for (int i = 0; i < n; i++) {
+                double p = p0[i], m = 0, v = 0, buf = 0;
+                for (int s = 1; s <= STEPS; s++) {
+                    if (kind == 0) {
+                        p -= lr * (g[i] + wd * p);
+                        continue;
+                    }
+                    if (kind == 2) { /* torch.optim.SGD(momentum=0.9, dampening=0) */
+                        double d = g[i] + wd * p;
+                        buf = s == 1 ? d : 0.9 * buf + d;
+                        p -= lr * buf;
+                        continue;
+                    }
+                    p *= 1 - lr * wd;
+                    m = 0.9 * m + 0.1 * g[i];
+                    v = 0.999 * v + 0.001 * g[i] * g[i];
+                    double mh = m / (1 - pow(0.9, s)), vh = v / (1 - pow(0.999, s));
+                    p -= lr * mh / (sqrt(vh) + 1e-8);
+                }
+                EXPECT(k, fabs(got[i] - p) <= 1e-5 * (1 + fabs(p)),
+                       "%s param %d[%d]: %.9g, PyTorch formula %.9g",
+                       kind == 1 ? "AdamW" : kind ? "SGD momentum" : "SGD",
+                       which, i, (double)got[i], p);
+            }
+        }
+        EXPECT_OK(k, tp_optim_zero_grad(o));
+        EXPECT_OK(k, tp_tensor_download(&d1, r1));
+        for (int i = 0; i < N1; i++)
+            EXPECT(k, r1[i] == 0.0f, "zero_grad left grad[%d] = %g", i, (double)r1[i]);
+        tp_optim_free(o);
+        tp_tensor_release(&v1), tp_tensor_release(&v2), tp_tensor_release(&d1), tp_tensor_release(&d2);
+    }
+}
+
+START_TEST(test_optim) { run_all(body_optim); }
+END_TEST
+
+/* -------------------------------------------------------------- errors */
+
+#define EXPECT_ERR(k, code, expr, needle)                                                        \
+    do {                                                                                         \
+        tp_status st_ = (expr);                                                                  \
+        EXPECT((k), st_ == (code), "%s -> %s, expected %s", #expr, tp_status_string(st_),        \
+               tp_status_string(code));                                                          \
+        EXPECT((k), strstr(tp_last_error(), (needle)) != NULL, "%s: message '%s' lacks '%s'",    \
+               #expr, tp_last_error(), (needle));                                                \
+    } while (0)
+
+static void body_errors(rk *k)
+{
+    tp_gpt_config ok = {.vocab = 11, .hidden = 8, .heads = 4, .ffn = 8, .layers = 1, .seq = 4,
+                        .tied = true, .seed = 1};
+    tp_gpt *m = NULL;
+    tp_gpt_config c = ok;
+    c.vocab = 0;
+    EXPECT_ERR(k, TP_ERR_SHAPE, tp_gpt_create(k->g, &c, &m), "vocab (0)");
+    c = ok;
+    c.layers = -1;
+    EXPECT_ERR(k, TP_ERR_INVALID_ARG, tp_gpt_create(k->g, &c, &m), "layers = -1");
+    c = ok;
+    c.label_smoothing = 1.5f;
+    EXPECT_ERR(k, TP_ERR_INVALID_ARG, tp_gpt_create(k->g, &c, &m), "label_smoothing");
+    if (k->T == 3) { /* 4 heads over 3 ranks */
+        c = ok;
+        EXPECT(k, tp_gpt_create(k->g, &c, &m) == TP_ERR_SHAPE, "heads %% T: %s", tp_last_error());
+    }
+    if (k->T >= 2) {
+        c = ok;
+        c.vocab = 1;
+        EXPECT_ERR(k, TP_ERR_SHAPE, tp_gpt_create(k->g, &c, &m), "vocab");
+    }
+    EXPECT(k, m == NULL, "failed create left a model");
+    tp_embedding *e = NULL;
+    tp_embedding_config ec = {.vocab = 11, .dim = 4, .init_bound = -1.0f};
+    EXPECT_ERR(k, TP_ERR_INVALID_ARG, tp_embedding_create(k->g, &ec, &e), "init_bound -1");
+    EXPECT(k, e == NULL, "failed create left an embedding");
+    if (k->T == 3)
+        return;
+    EXPECT_OK(k, tp_gpt_create(k->g, &ok, &m));
+    if (!m)
+        return;
+    EXPECT_ERR(k, TP_ERR_INVALID_ARG, tp_gpt_backward(m), "without a successful forward");
+    int32_t ids[10] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, bad[5] = {1, 2, 11, 0, 0};
+    tp_tensor t5 = upload_i32(k, 1, 5, ids), t4 = upload_i32(k, 1, 4, ids);
+    tp_tensor b4 = upload_i32(k, 1, 4, bad), t3 = upload_i32(k, 1, 3, ids);
+    float loss;
+    EXPECT_ERR(k, TP_ERR_SHAPE, tp_gpt_forward(m, &t5, &t5, &loss), "1 <= seq <= 4");
+    EXPECT_ERR(k, TP_ERR_SHAPE, tp_gpt_forward(m, &t4, &t3, &loss), "3 targets for 4 tokens");
+    EXPECT_ERR(k, TP_ERR_INVALID_ARG, tp_gpt_forward(m, &b4, &t4, &loss), "ids[2] = 11");
+    EXPECT_ERR(k, TP_ERR_INVALID_ARG, tp_gpt_forward(m, &t4, &b4, &loss), "target of row 2 is 11");
+    EXPECT_ERR(k, TP_ERR_INVALID_ARG, tp_gpt_get_full_param(m, 999, NULL, NULL), "outside");
+    const tp_param *ps;
+    int np;
+    tp_gpt_params(m, &ps, &np);
+    tp_optim *o = NULL;
+    tp_optim_config oc = tp_optim_defaults(TP_OPTIM_ADAMW);
+    oc.beta1 = 1.0f;
+    EXPECT_ERR(k, TP_ERR_INVALID_ARG, tp_optim_create(k->g, &oc, ps, np, &o), "betas");
+    oc = tp_optim_defaults(TP_OPTIM_SGD);
+    oc.momentum = 1.0f;
+    EXPECT_ERR(k, TP_ERR_INVALID_ARG, tp_optim_create(k->g, &oc, ps, np, &o), "momentum 1");
+    oc = tp_optim_defaults(TP_OPTIM_SGD);
+    oc.lr = -1.0f;
+    EXPECT_ERR(k, TP_ERR_INVALID_ARG, tp_optim_create(k->g, &oc, ps, np, &o), "lr -1");
+    tp_param nog = ps[0];
+    nog.grad = NULL;
+    oc = tp_optim_defaults(TP_OPTIM_SGD);
+    EXPECT_ERR(k, TP_ERR_INVALID_ARG, tp_optim_create(k->g, &oc, &nog, 1, &o), "has no grad");
+    EXPECT(k, o == NULL, "failed create left an optimizer");
+    tp_tensor_release(&t5), tp_tensor_release(&t4), tp_tensor_release(&b4), tp_tensor_release(&t3);
+    tp_gpt_free(m);
+}
+
+START_TEST(test_errors) { run_all(body_errors); }
+END_TEST
+
+/* ------------------------------------------------------------ main */
+
+int main(int argc, char **argv)
+{
+    tp_config cfg = {.argc = &argc, .argv = &argv};
+    tp_status st = tp_init(&cfg, &g_ctx);
+    if (st == TP_ERR_UNAVAILABLE) {
+        printf("test_gpt: skipped: the backend cannot run here: %s\n", tp_last_error());
+        return 77;
+    }
+    if (st != TP_OK) {
+        fprintf(stderr, "test_gpt: tp_init failed: %s: %s\n", tp_status_string(st), tp_last_error());
+        return 1;
+    }
+    g_world = tp_ctx_world_size(g_ctx);
+    g_fail = calloc((size_t)g_world, sizeof(fail_slot));
+    Suite *s = suite_create("gpt");
+    struct {
+        const char *name;
+        const TTest *fn;
+    } tests[] = {
+        {"optim", test_optim},         {"errors", test_errors},   {"counts", test_counts},
+        {"reference", test_reference}, {"bitwise_tp", test_bitwise_tp},
+        {"determinism", test_determinism}, {"train", test_train},
+    };
+    const char *only = getenv("GPT_TEST");
+    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
+        if (only && strcmp(only, tests[i].name))
+            continue;
+        TCase *tc = tcase_create(tests[i].name);
+        tcase_set_timeout(tc, 0);
+        tcase_add_test(tc, tests[i].fn);
+        suite_add_tcase(s, tc);
+    }
+    SRunner *sr = srunner_create(s);
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    free(g_fail);
+    tp_finalize(g_ctx);
+    return failed ? 1 : 0;
+}
