@@ -110,6 +110,7 @@ static const tp_comm_ops nccl_comm_ops = {
     .reduce_scatter = nccl_reduce_scatter,
     .broadcast = nccl_broadcast,
     .barrier = nccl_barrier,
+    .mem_kinds = 1u << TP_MEM_CUDA,
 };
 
 #define NCCL_STR_(x) #x

@@ -1,4 +1,4 @@
-/* comm.c — collectives: argument checks, dispatch, fallbacks, counters. */
+/* comm.c — collectives: argument checks, dispatch, staging, fallbacks, counters. */
 #include <stdint.h>
 #include <string.h>
 
@@ -174,6 +174,152 @@ static tp_status payload(const char *fn, size_t count, tp_dtype dt, size_t *byte
     return TP_OK;
 }
 
+/* ------------------------------------------------------------ staging */
+
+/* A rank whose comm plugin does not take its device's memory kind (state
+ * `staged`, set in launch.c) runs every plugin collective on host copies:
+ * device -> host with the device's download (which waits for the rank's
+ * stream), the plugin op on host buffers, host -> device with upload. The
+ * copies happen inside the timed collective (they are communication cost)
+ * and are not counted as device kernels; byte counters are unchanged.
+ * The buffers are ordinary host memory: a device slot that allocates
+ * pinned host memory (cudaMallocHost) would let cuda copy them faster. */
+
+bool tp_comm_accepts(const tp_comm_ops *ops, tp_mem_kind kind)
+{
+    uint32_t kinds = ops->mem_kinds ? ops->mem_kinds : 1u << TP_MEM_HOST;
+    return (unsigned)kind < 32 && ((kinds >> kind) & 1u);
+}
+
+void tp_stage_free(tp_rank_state *state)
+{
+    for (int i = 0; i < 2; i++) {
+        g_free(state->stage[i]);
+        state->stage[i] = NULL;
+        state->stage_cap[i] = 0;
+    }
+}
+
+/* Host staging buffer i (0: send, 1: recv) of at least `bytes`. */
+static tp_status stage_buf(tp_comm *comm, int i, size_t bytes, void **out)
+{
+    tp_rank_state *s = comm->state;
+    if (bytes > s->stage_cap[i]) {
+        size_t cap = s->stage_cap[i] + s->stage_cap[i] / 2; /* fewer regrowths */
+        if (cap < bytes)
+            cap = bytes;
+        g_free(s->stage[i]);
+        s->stage[i] = g_try_malloc(cap);
+        if (!s->stage[i] && cap > bytes)
+            s->stage[i] = g_try_malloc(cap = bytes);
+        s->stage_cap[i] = s->stage[i] ? cap : 0;
+        if (!s->stage[i])
+            return tp_set_error(TP_ERR_NO_MEMORY,
+                                "backend '%s' takes host memory only: cannot allocate %zu bytes "
+                                "of host memory to stage the device's buffers",
+                                comm->plugin, bytes);
+    }
+    *out = s->stage[i];
+    return TP_OK;
+}
+
+static tp_status to_host(tp_comm *comm, void *host, const void *src, size_t bytes)
+{
+    const tp_device *d = comm->dev;
+    tp_status st = bytes ? d->ops->download(d->handle, host, src, bytes) : TP_OK;
+    if (st && !tp_last_error()[0])
+        tp_set_error(st, "device '%s': download of %zu bytes to stage a collective failed",
+                     d->name, bytes);
+    return st;
+}
+
+static tp_status to_device(tp_comm *comm, void *dst, const void *host, size_t bytes)
+{
+    const tp_device *d = comm->dev;
+    tp_status st = bytes ? d->ops->upload(d->handle, dst, host, bytes) : TP_OK;
+    if (st && !tp_last_error()[0])
+        tp_set_error(st, "device '%s': upload of %zu bytes after a staged collective failed",
+                     d->name, bytes);
+    return st;
+}
+
+static size_t offset_of_rank(const size_t *counts, int rank)
+{
+    size_t off = 0;
+    for (int i = 0; i < rank; i++)
+        off += counts[i];
+    return off;
+}
+
+/* The plugin's ops, staged when the rank needs it. Arguments are checked. */
+static tp_status op_all_reduce(tp_comm *comm, const void *send, void *recv, size_t count,
+                               tp_dtype dt, tp_redop op)
+{
+    if (!comm->state->staged)
+        return comm->ops->all_reduce(comm->handle, send, recv, count, dt, op);
+    size_t bytes = count * tp_dtype_size(dt);
+    void *hs = NULL, *hr = NULL;
+    tp_status st = stage_buf(comm, 1, bytes, &hr);
+    if (!st && send != recv)
+        st = stage_buf(comm, 0, bytes, &hs);
+    if (send == recv)
+        hs = hr; /* in place stays in place */
+    if (st || (st = to_host(comm, hs, send, bytes)) ||
+        (st = comm->ops->all_reduce(comm->handle, hs, hr, count, dt, op)))
+        return st;
+    return to_device(comm, recv, hr, bytes);
+}
+
+static tp_status op_all_gather(tp_comm *comm, const void *send, void *recv, const size_t *counts,
+                               size_t total, tp_dtype dt)
+{
+    if (!comm->state->staged)
+        return comm->ops->all_gather(comm->handle, send, recv, counts, dt);
+    size_t es = tp_dtype_size(dt);
+    void *hr = NULL;
+    tp_status st = stage_buf(comm, 1, total * es, &hr);
+    if (st)
+        return st;
+    /* The own block goes straight into place (send == recv + offset is
+     * allowed), which also covers a caller's in-place gather. */
+    char *mine = hr ? (char *)hr + offset_of_rank(counts, comm->rank) * es : NULL;
+    if ((st = to_host(comm, mine, send, counts[comm->rank] * es)) ||
+        (st = comm->ops->all_gather(comm->handle, mine, hr, counts, dt)))
+        return st;
+    return to_device(comm, recv, hr, total * es);
+}
+
+static tp_status op_reduce_scatter(tp_comm *comm, const void *send, void *recv,
+                                   const size_t *counts, size_t total, tp_dtype dt, tp_redop op)
+{
+    if (!comm->state->staged)
+        return comm->ops->reduce_scatter(comm->handle, send, recv, counts, dt, op);
+    size_t es = tp_dtype_size(dt), mine = counts[comm->rank] * es;
+    void *hs = NULL, *hr = NULL;
+    tp_status st;
+    if ((st = stage_buf(comm, 0, total * es, &hs)) || (st = stage_buf(comm, 1, mine, &hr)) ||
+        (st = to_host(comm, hs, send, total * es)) ||
+        (st = comm->ops->reduce_scatter(comm->handle, hs, hr, counts, dt, op)))
+        return st;
+    return to_device(comm, recv, hr, mine);
+}
+
+static tp_status op_broadcast(tp_comm *comm, void *buf, size_t count, tp_dtype dt, int root)
+{
+    if (!comm->state->staged)
+        return comm->ops->broadcast(comm->handle, buf, count, dt, root);
+    size_t bytes = count * tp_dtype_size(dt);
+    void *hb = NULL;
+    tp_status st;
+    if ((st = stage_buf(comm, 1, bytes, &hb)) ||
+        (comm->rank == root && (st = to_host(comm, hb, buf, bytes))) ||
+        (st = comm->ops->broadcast(comm->handle, hb, count, dt, root)))
+        return st;
+    return comm->rank == root ? TP_OK : to_device(comm, buf, hb, bytes);
+}
+
+/* ------------------------------------------------------- dispatch */
+
 static tp_status not_supported(const tp_comm *comm, tp_op op)
 {
     return tp_set_error(TP_ERR_NOT_SUPPORTED,
@@ -213,7 +359,7 @@ tp_status tp_all_reduce(tp_comm *comm, const void *send, void *recv, size_t coun
                             !send ? "send" : "recv", count);
     double t0 = tp_now();
     tp_clear_error();
-    st = comm->ops->all_reduce(comm->handle, send, recv, count, dt, op);
+    st = op_all_reduce(comm, send, recv, count, dt, op);
     return finish(comm, TP_OP_ALL_REDUCE, bytes, t0, st);
 }
 
@@ -233,7 +379,7 @@ tp_status tp_broadcast(tp_comm *comm, void *buf, size_t count, tp_dtype dt, int 
         return not_supported(comm, TP_OP_BROADCAST);
     double t0 = tp_now();
     tp_clear_error();
-    st = comm->ops->broadcast(comm->handle, buf, count, dt, root);
+    st = op_broadcast(comm, buf, count, dt, root);
     return finish(comm, TP_OP_BROADCAST, bytes, t0, st);
 }
 
@@ -254,7 +400,7 @@ tp_status tp_barrier(tp_comm *comm)
         if (!st)
             st = d->memset(comm->dev->handle, one, 0, sizeof(float));
         if (!st) /* f32: the one dtype every backend supports */
-            st = comm->ops->all_reduce(comm->handle, one, one, 1, TP_F32, TP_SUM);
+            st = op_all_reduce(comm, one, one, 1, TP_F32, TP_SUM);
         d->free(comm->dev->handle, one);
     }
     return finish(comm, TP_OP_BARRIER, 0, t0, st);
@@ -291,14 +437,6 @@ static tp_status check_v(tp_comm *comm, const char *fn, const void *send, const 
     return TP_OK;
 }
 
-static size_t offset_of_rank(const size_t *counts, int rank)
-{
-    size_t off = 0;
-    for (int i = 0; i < rank; i++)
-        off += counts[i];
-    return off;
-}
-
 static tp_status all_gather(const char *fn, tp_comm *comm, const void *send, void *recv,
                             const size_t *counts, tp_dtype dt)
 {
@@ -310,7 +448,7 @@ static tp_status all_gather(const char *fn, tp_comm *comm, const void *send, voi
     double t0 = tp_now();
     tp_clear_error();
     if (comm->ops->all_gather) {
-        st = comm->ops->all_gather(comm->handle, send, recv, counts, dt);
+        st = op_all_gather(comm, send, recv, counts, total, dt);
     } else if (comm->ops->broadcast) {
         /* Fallback: each rank broadcasts its block into place. */
         const tp_device *d = comm->dev;
@@ -321,7 +459,7 @@ static tp_status all_gather(const char *fn, tp_comm *comm, const void *send, voi
                 st = d->ops->copy_2d(d->handle, blk, counts[r] * es, send, counts[r] * es,
                                      counts[r] * es, 1);
             if (!st)
-                st = comm->ops->broadcast(comm->handle, counts[r] ? blk : NULL, counts[r], dt, r);
+                st = op_broadcast(comm, counts[r] ? blk : NULL, counts[r], dt, r);
             off += counts[r];
         }
     } else {
@@ -341,7 +479,7 @@ static tp_status reduce_scatter(const char *fn, tp_comm *comm, const void *send,
     double t0 = tp_now();
     tp_clear_error();
     if (comm->ops->reduce_scatter) {
-        st = comm->ops->reduce_scatter(comm->handle, send, recv, counts, dt, op);
+        st = op_reduce_scatter(comm, send, recv, counts, total, dt, op);
     } else {
         /* Fallback: all-reduce into a temporary, keep our block. */
         const tp_device *d = comm->dev;
@@ -349,7 +487,7 @@ static tp_status reduce_scatter(const char *fn, tp_comm *comm, const void *send,
         size_t mine = counts[comm->rank];
         st = d->ops->alloc(d->handle, total * es, &tmp);
         if (!st)
-            st = comm->ops->all_reduce(comm->handle, send, tmp, total, dt, op);
+            st = op_all_reduce(comm, send, tmp, total, dt, op);
         if (!st && mine)
             st = d->ops->copy_2d(d->handle, recv, mine * es,
                                  (char *)tmp + offset_of_rank(counts, comm->rank) * es, mine * es,

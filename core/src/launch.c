@@ -287,7 +287,7 @@ static gpointer rank_thread(gpointer data)
     const tp_device_ops *dops = &ctx->dev_plugin->device;
     const tp_comm_ops *cops = &ctx->comm_plugin->comm;
     int world_rank = ctx->info.first_rank + job->local_index;
-    tp_rank_state state = {TP_PHASE_OTHER};
+    tp_rank_state state = {.phase = TP_PHASE_OTHER};
     tp_device dev;
     void *dh = NULL, *ch = NULL;
     tp_rank_env env = {.struct_size = sizeof env, .mem_kind = TP_MEM_HOST, .device_index = -1};
@@ -311,8 +311,19 @@ static gpointer rank_thread(gpointer data)
     }
     tp_device_init(&dev, dops, ctx->dev_plugin->name, dh, &env, &state);
 
+    /* A comm that does not take the device's memory but takes host memory
+     * gets a host environment, and its collectives are staged (comm.c);
+     * one that takes neither refuses in world() with its own message. */
+    tp_rank_env host_env = {.struct_size = sizeof host_env, .mem_kind = TP_MEM_HOST,
+                            .device_index = -1};
+    state.staged = !tp_comm_accepts(cops, env.mem_kind) && tp_comm_accepts(cops, TP_MEM_HOST);
+    if (state.staged)
+        tp_debug("comm", "rank %d: backend '%s' does not take device '%s' memory (kind %d): "
+                 "collectives stage through host memory", world_rank, ctx->comm_plugin->name,
+                 ctx->dev_plugin->name, (int)env.mem_kind);
     int rank = -1, size = 0;
-    st = cops->world(ctx->engine, job->local_index, &env, &ch, &rank, &size);
+    st = cops->world(ctx->engine, job->local_index, state.staged ? &host_env : &env, &ch, &rank,
+                     &size);
     if (st) {
         tp_set_error(st, "backend '%s': world() failed: %s", ctx->comm_plugin->name,
                      tp_last_error()[0] ? tp_last_error() : "(no message)");
@@ -335,6 +346,7 @@ static gpointer rank_thread(gpointer data)
     record(job, st);
     if (ch)
         cops->comm_free(ch);
+    tp_stage_free(&state);
     dops->synchronize(dh);
     dops->close(dh);
     return NULL;

@@ -43,6 +43,13 @@ void tp_plugin_unload(tp_plugin *p);
 /* The rank's mutable state, shared by its device and all its comms. */
 typedef struct tp_rank_state {
     tp_phase phase;
+    /* Staging (comm.c): set when the comm plugin does not take the device's
+     * memory kind; its collectives then run on host copies. One send and
+     * one recv buffer per rank, shared by all its comms (a rank runs one
+     * collective at a time), grown on demand, freed by tp_stage_free. */
+    bool staged;
+    void *stage[2];
+    size_t stage_cap[2];
 } tp_rank_state;
 
 struct tp_device {
@@ -69,6 +76,8 @@ struct tp_comm {
 };
 
 /* comm.c */
+bool tp_comm_accepts(const tp_comm_ops *ops, tp_mem_kind kind); /* per ops->mem_kinds */
+void tp_stage_free(tp_rank_state *state);
 tp_comm *tp_comm_wrap(const tp_comm_ops *ops, const char *plugin, void *handle, int rank, int size,
                       tp_device *dev, tp_rank_state *state);
 

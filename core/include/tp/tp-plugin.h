@@ -34,9 +34,14 @@
  *   that take an engine may be called from any rank's thread.
  *
  * Memory
- *   Buffers passed to comm ops live in the memory the rank's device
+ *   A comm declares in tp_comm_ops.mem_kinds which memory its collectives
+ *   take (0: host memory only). If the rank's device keeps tensors in a
+ *   kind the comm does not take (the cuda device under loopback, mpi or
+ *   tcp), the core stages: it calls world() with a host tp_rank_env and
+ *   gives every collective host copies of the device buffers. Otherwise
+ *   buffers passed to comm ops live in the memory the rank's device
  *   declared in tp_rank_env (host memory for the cpu device, device memory
- *   for cuda). A comm that cannot use that memory refuses in world() with
+ *   for cuda), and a comm that still cannot use it refuses in world() with
  *   TP_ERR_NOT_SUPPORTED. Device ops are ordered on the rank's stream;
  *   comm ops given env.stream must be ordered on it too.
  */
@@ -279,6 +284,12 @@ typedef struct tp_comm_ops {
      * the engine runs ranks in several processes (local_count < world_size);
      * returning, or NULL, means the error is reported normally. */
     void (*abort)(void *engine, int world_rank, tp_status status, const char *message);
+
+    /* Data, not a slot: bit (1u << tp_mem_kind) for each memory kind the
+     * collectives accept; 0 means host memory only. For a kind not listed
+     * the core stages through host memory (see "Memory" above), so a
+     * host-memory comm works with any device and needs no change. */
+    uint32_t mem_kinds;
 } tp_comm_ops;
 
 /* ----------------------------------------------------------- descriptor */
