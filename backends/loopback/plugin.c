@@ -36,22 +36,24 @@ static tp_status lb_init(const tp_host *host, const tp_engine_args *args, void *
     eng->host = host;
     eng->world_size = n;
     eng->timeout_s = host->timeout_s > 0 ? host->timeout_s : 300.0;
-    /* Spin a few microseconds (200 pauses) before yielding: a peer that is
-     * coming arrives within that on an idle machine; on a busy one (or when
-     * ranks outnumber CPUs) the CPU is better given to the rank being
-     * waited for. TP_LOOPBACK_SPIN overrides (a tuning knob). */
     int ncpu = lb_cpu_count();
+    /* Spin a few microseconds (200 pauses) before yielding: a peer that is
+     * coming arrives within that on an idle machine; when ranks outnumber
+     * CPUs the CPU is better given to the rank being waited for.
+     * TP_LOOPBACK_SPIN overrides (a tuning knob). */
     eng->spin_limit = n > ncpu ? 16 : 200;
-    /* Pin rank i's thread to allowed CPU i mod ncpu, as mpirun binds ranks
-     * to cores: otherwise a loaded machine's scheduler may stack ranks on
-     * one CPU while another has fewer, and barriers then wait for context
-     * switches (measured here under load, 8 B all_reduce: 2 ranks 2.5 us
-     * unpinned vs 0.5 us pinned; 4 ranks on 2 CPUs 15 us vs 7.4 us). Only
-     * for 2+ ranks, so a single rank's BLAS threads keep every CPU; undone
-     * when the rank leaves. TP_LOOPBACK_BIND=0 turns it off. */
+    /* When ranks fill or outnumber the CPUs, pin rank i's thread to allowed
+     * CPU i mod ncpu (as mpirun binds ranks to cores): otherwise a loaded
+     * machine's scheduler may stack ranks on one CPU while another has
+     * fewer, and barriers then wait for context switches (measured here
+     * under load, 8 B all_reduce: 2 ranks on 2 CPUs 2.5 us unpinned vs 0.5
+     * us pinned; 4 ranks 15 us vs 7.4 us). With CPUs to spare the
+     * scheduler places threads well, and pinning would stack concurrent
+     * jobs on the first CPUs. Undone when the rank leaves.
+     * TP_LOOPBACK_BIND=0 turns it off, =1 forces it. */
     const char *bind = getenv("TP_LOOPBACK_BIND");
-    eng->bind = n >= 2 && !(bind && !strcmp(bind, "0"));
-    const char *sp = getenv("TP_LOOPBACK_SPIN"); /* tuning knob: pauses before yielding */
+    eng->bind = bind && *bind ? strcmp(bind, "0") != 0 : n >= 2 && n >= ncpu;
+    const char *sp = getenv("TP_LOOPBACK_SPIN");
     if (sp && *sp)
         eng->spin_limit = (unsigned)strtoul(sp, NULL, 0);
     /* Store results with non-temporal stores once an op writes more than
@@ -77,7 +79,7 @@ static tp_status lb_init(const tp_host *host, const tp_engine_args *args, void *
         host->debug("comm",
                     "loopback: %d rank(s) on %d CPU(s), %s, spin limit %u, streaming stores "
                     "above %zu bytes, timeout %.1f s",
-                    n, ncpu, eng->bind ? "one CPU per rank" : "threads not pinned",
+                    n, ncpu, eng->bind ? "rank i pinned to CPU i mod CPUs" : "rank threads not pinned",
                     eng->spin_limit, eng->stream_bytes, eng->timeout_s);
     return TP_OK;
 }
@@ -108,6 +110,10 @@ static const tp_comm_ops lb_ops = {
     .reduce_scatter = lb_reduce_scatter,
     .broadcast = lb_broadcast,
     .barrier = lb_barrier,
+    .abort = NULL, /* one process: a failing rank is reported by tp_run */
+    /* Host memory only: with a GPU device the core stages buffers through
+     * host memory and calls world() with a host environment. */
+    .mem_kinds = 1u << TP_MEM_HOST,
 };
 
 TP_PLUGIN_DEFINE("loopback", "0.1.0",

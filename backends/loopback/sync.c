@@ -8,17 +8,23 @@
  * write a rank made before arriving is visible to every rank after the
  * barrier, which is what lets ranks read each other's slots and buffers.
  *
- * Waiting spins with a CPU pause for a few microseconds (not at all when a
- * rank it waits for last ran on the same CPU, or ranks outnumber CPUs:
- * that rank cannot arrive while we spin), then yields for
- * up to 50 us, then blocks on a futex so a waiting rank costs nothing and
- * frees its CPU for the ranks still working (ranks may outnumber CPUs, and
- * the machine may be shared). Whoever completes a barrier, fails the
- * group or leaves it wakes blocked waiters, but only pays for the system
- * call when someone sleeps (`sleepers`, with sequentially consistent
- * ordering against `gen`, so a wake-up is never lost). A failure poisons
- * the group: `failed` is set after the message is written, waiters see it
- * and return, and every later call on the group fails at once.
+ * Waiting spins with a CPU pause for a few microseconds (less when ranks
+ * outnumber CPUs, not at all when a rank it waits for last ran on the same
+ * CPU: that rank cannot arrive while we spin), then yields for up to
+ * 50 us (the CPU goes to a rank that shares it), then blocks on a futex,
+ * so a long wait costs nothing and frees the CPU for the ranks still
+ * working. Blocking sooner would be fairer to other processes, but waking
+ * a sleeping thread is slow on this VM: with 3 and 4 ranks on 2 CPUs an
+ * 8 B all_reduce took 12 and 59 us that way instead of 5.4 and 7.3 us
+ * (same run, also with a niced CPU hog on each CPU). Whoever completes a
+ * barrier, fails the group or leaves it wakes blocked waiters, but only
+ * pays for the system call when someone sleeps (`sleepers`, with
+ * sequentially consistent ordering against `gen`, so a wake-up is never
+ * lost).
+ *
+ * A failure poisons the group: `failed` is set after the message is
+ * written, waiters see it and return, and every later call on the group
+ * fails at once.
  */
 #include <limits.h>
 #include <sched.h>
@@ -202,7 +208,7 @@ static tp_status lb_wait(lb_comm *c, lb_kind kind, uint64_t e)
                              waited, lb_kind_name(kind), (unsigned long long)c->seq, g->size, who);
         }
         if (waited < 50e-6) {
-            sched_yield();
+            sched_yield(); /* lets a rank sharing this CPU run and arrive */
             continue;
         }
         /* Announce the sleep, then re-check everything a waker changes
