@@ -30,18 +30,76 @@ static void usage(FILE *f, const char *prog, const char *summary, const ex_opts 
             prog, summary, d->tokens, d->hidden, d->ffn, d->seed, d->iters);
 }
 
-static int parse_i64(const char *opt, const char *v, int64_t lo, int64_t hi, int64_t *out)
+int ex_parse_i64(const char *prog, const char *opt, const char *v, int64_t lo, int64_t hi,
+                 int64_t *out)
 {
     char *end;
     errno = 0;
     long long x = strtoll(v, &end, 10);
     if (errno || end == v || *end || x < lo || x > hi) {
-        fprintf(stderr, "error: %s expects an integer in [%" PRId64 ", %" PRId64 "], got '%s'\n",
+        fprintf(stderr, "%s: %s expects an integer in [%" PRId64 ", %" PRId64 "], got '%s'\n", prog,
                 opt, lo, hi, v);
         return -1;
     }
     *out = x;
     return 0;
+}
+
+int ex_parse_f(const char *prog, const char *opt, const char *v, double lo, double hi, double *out)
+{
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (errno || end == v || *end || !(x >= lo && x <= hi)) {
+        fprintf(stderr, "%s: %s expects a number in [%g, %g], got '%s'\n", prog, opt, lo, hi, v);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+int ex_valued_option(const char *prog, int argc, char **argv, int *i, const char *const *valued,
+                     size_t nvalued, const char **name, const char **val)
+{
+    const char *a = argv[*i];
+    *name = NULL;
+    *val = NULL;
+    for (size_t j = 0; j < nvalued; j++) {
+        size_t n = strlen(valued[j]);
+        if (!strncmp(a, valued[j], n) && (a[n] == 0 || a[n] == '=')) {
+            *name = valued[j];
+            if (a[n] == '=')
+                *val = a + n + 1;
+            else if (*i + 1 < argc)
+                *val = argv[++*i];
+            break;
+        }
+    }
+    if (!*name) {
+        fprintf(stderr, "%s: unknown option '%s' (see %s --help)\n", prog, a, prog);
+        return 2;
+    }
+    if (!*val || !**val) {
+        fprintf(stderr, "%s: %s needs a value (see %s --help)\n", prog, *name, prog);
+        return 2;
+    }
+    return 0;
+}
+
+tp_status ex_run(const char *prog, int tp, int *argc, char ***argv, tp_rank_fn fn, void *arg,
+                 int *world)
+{
+    tp_config cfg = {.world_size = tp, .argc = argc, .argv = argv};
+    tp_ctx *ctx = NULL;
+    tp_status st = tp_init(&cfg, &ctx);
+    if (st == TP_OK)
+        st = tp_run(ctx, fn, arg);
+    if (st != TP_OK)
+        fprintf(stderr, "%s: %s: %s\n", prog, tp_status_string(st), tp_last_error());
+    if (world)
+        *world = ctx ? tp_ctx_world_size(ctx) : 0;
+    tp_finalize(ctx);
+    return st;
 }
 
 int ex_parse(int argc, char **argv, ex_opts *o, const char *prog, const char *summary)
@@ -59,48 +117,28 @@ int ex_parse(int argc, char **argv, ex_opts *o, const char *prog, const char *su
         }
         static const char *const valued[] = {"--tp", "--tokens", "--hidden", "--ffn", "--seed",
                                              "--iters", "--save-npy"};
-        const char *name = NULL, *val = NULL;
-        for (size_t j = 0; j < sizeof valued / sizeof valued[0]; j++) {
-            size_t n = strlen(valued[j]);
-            if (!strncmp(a, valued[j], n) && (a[n] == 0 || a[n] == '=')) {
-                name = valued[j];
-                if (a[n] == '=')
-                    val = a + n + 1;
-                else if (i + 1 < argc)
-                    val = argv[++i];
-                break;
-            }
-        }
-        if (!name) {
-            fprintf(stderr, "error: unknown option '%s' (see %s --help)\n", a, prog);
+        const char *name, *val;
+        if (ex_valued_option(prog, argc, argv, &i, valued, sizeof valued / sizeof valued[0], &name,
+                             &val))
             return 2;
-        }
-        if (!val) {
-            fprintf(stderr, "error: %s needs a value (see %s --help)\n", name, prog);
-            return 2;
-        }
         int64_t v = 0;
         int bad = 0;
         if (!strcmp(name, "--tp")) {
-            bad = parse_i64(name, val, 1, 1024, &v);
+            bad = ex_parse_i64(prog, name, val, 1, 1024, &v);
             o->tp = (int)v;
         } else if (!strcmp(name, "--tokens")) {
-            bad = parse_i64(name, val, 1, 1 << 24, &o->tokens);
+            bad = ex_parse_i64(prog, name, val, 1, 1 << 24, &o->tokens);
         } else if (!strcmp(name, "--hidden")) {
-            bad = parse_i64(name, val, 1, 1 << 20, &o->hidden);
+            bad = ex_parse_i64(prog, name, val, 1, 1 << 20, &o->hidden);
         } else if (!strcmp(name, "--ffn")) {
-            bad = parse_i64(name, val, 1, 1 << 22, &o->ffn);
+            bad = ex_parse_i64(prog, name, val, 1, 1 << 22, &o->ffn);
         } else if (!strcmp(name, "--seed")) {
-            bad = parse_i64(name, val, 0, INT64_MAX, &v);
+            bad = ex_parse_i64(prog, name, val, 0, INT64_MAX, &v);
             o->seed = (uint64_t)v;
         } else if (!strcmp(name, "--iters")) {
-            bad = parse_i64(name, val, 1, 1000000, &v);
+            bad = ex_parse_i64(prog, name, val, 1, 1000000, &v);
             o->iters = (int)v;
         } else if (!strcmp(name, "--save-npy")) {
-            if (!*val) {
-                fprintf(stderr, "error: --save-npy needs a directory\n");
-                return 2;
-            }
             o->npy_dir = val;
         }
         if (bad)
@@ -168,6 +206,14 @@ static int write_npy(const char *dir, const char *name, const void *data, const 
         return -1;
     }
     return 0;
+}
+
+double *ex_to_double(const float *a, int64_t n)
+{
+    double *d = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
+    for (int64_t i = 0; d && i < n; i++)
+        d[i] = a[i];
+    return d;
 }
 
 double ex_now(void)

@@ -4,7 +4,10 @@
 #define TP_EXAMPLE_COMMON_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+
+#include <tp/tp.h>
 
 typedef struct ex_opts {
     int tp;            /* 0: TP_WORLD_SIZE, else the engine's (mpirun -n), else 1 */
@@ -14,6 +17,38 @@ typedef struct ex_opts {
     bool gelu_tanh;
     const char *npy_dir; /* NULL: do not save */
 } ex_opts;
+
+/* In a function with a tp_status `status` and a `done:` cleanup label:
+ * on failure keep the status and jump there. */
+#define EX_CHECK(expr)          \
+    do {                        \
+        tp_status st_ = (expr); \
+        if (st_ != TP_OK) {     \
+            status = st_;       \
+            goto done;          \
+        }                       \
+    } while (0)
+
+/* Parse an integer in [lo, hi] (0), or print why not and return -1. */
+int ex_parse_i64(const char *prog, const char *opt, const char *v, int64_t lo, int64_t hi,
+                 int64_t *out);
+/* The same for a real number. */
+int ex_parse_f(const char *prog, const char *opt, const char *v, double lo, double hi,
+               double *out);
+
+/* argv[*i] as one of the options in `valued` that take a value, given as
+ * "--opt VALUE" (advances *i) or "--opt=VALUE". Returns 0 with *name and
+ * *val set, or 2 after printing why (unknown option, missing or empty
+ * value). */
+int ex_valued_option(const char *prog, int argc, char **argv, int *i,
+                     const char *const *valued, size_t nvalued, const char **name,
+                     const char **val);
+
+/* tp_init (world size tp, 0: from the engine or TP_WORLD_SIZE), tp_run(fn,
+ * arg), tp_finalize; prints "prog: STATUS: message" on failure. *world (may
+ * be NULL) gets the world size. */
+tp_status ex_run(const char *prog, int tp, int *argc, char ***argv, tp_rank_fn fn, void *arg,
+                 int *world);
 
 /* Parse argv into o (defaults already set by the caller). Returns 0 to run,
  * 1 after printing --help (exit 0), 2 after printing an error (exit 2). */
@@ -29,6 +64,9 @@ int ex_write_npy_i32(const char *dir, const char *name, const int32_t *data, int
                      const int64_t *shape);
 
 double ex_now(void); /* monotonic seconds */
+
+/* a widened to double (malloc'ed; the caller frees). */
+double *ex_to_double(const float *a, int64_t n);
 
 /* Serial reference in double: C[m,n] = A[m,k] B[k,n] (+ bias), with ec the
  * bound on the error of an f32 computation whose inputs carry the errors

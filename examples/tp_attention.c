@@ -13,7 +13,6 @@
  *   TP_BACKEND=loopback build/examples/tp_attention --tp 4 --heads 12 --hidden 4096
  *       (the seed's Exercise 2: refused with the ways out; add --head-dim 64)
  */
-#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -23,6 +22,8 @@
 #include <tp/tp.h>
 
 #include "example-common.h"
+
+#define PROG "tp_attention"
 
 typedef struct opts {
     int tp;
@@ -60,20 +61,6 @@ static void usage(FILE *f, const opts *d)
             d->batch, d->seq, d->hidden, d->heads, d->seed, d->iters);
 }
 
-static int parse_i64(const char *opt, const char *v, int64_t lo, int64_t hi, int64_t *out)
-{
-    char *end;
-    errno = 0;
-    long long x = strtoll(v, &end, 10);
-    if (errno || end == v || *end || x < lo || x > hi) {
-        fprintf(stderr, "error: %s expects an integer in [%" PRId64 ", %" PRId64 "], got '%s'\n",
-                opt, lo, hi, v);
-        return -1;
-    }
-    *out = x;
-    return 0;
-}
-
 /* 0: run, 1: --help printed, 2: error printed */
 static int parse(int argc, char **argv, opts *o)
 {
@@ -99,26 +86,10 @@ static int parse(int argc, char **argv, opts *o)
         static const char *const valued[] = {"--tp", "--batch", "--seq", "--hidden", "--heads",
                                              "--kv-heads", "--head-dim", "--seed", "--iters",
                                              "--save-npy"};
-        const char *name = NULL, *val = NULL;
-        for (size_t j = 0; j < sizeof valued / sizeof valued[0]; j++) {
-            size_t n = strlen(valued[j]);
-            if (!strncmp(a, valued[j], n) && (a[n] == 0 || a[n] == '=')) {
-                name = valued[j];
-                if (a[n] == '=')
-                    val = a + n + 1;
-                else if (i + 1 < argc)
-                    val = argv[++i];
-                break;
-            }
-        }
-        if (!name) {
-            fprintf(stderr, "error: unknown option '%s' (see tp_attention --help)\n", a);
+        const char *name, *val;
+        if (ex_valued_option(PROG, argc, argv, &i, valued, sizeof valued / sizeof valued[0], &name,
+                             &val))
             return 2;
-        }
-        if (!val) {
-            fprintf(stderr, "error: %s needs a value (see tp_attention --help)\n", name);
-            return 2;
-        }
         int64_t v = 0;
         int rc = 0;
         if (!strcmp(name, "--save-npy")) {
@@ -127,37 +98,28 @@ static int parse(int argc, char **argv, opts *o)
         }
         const int64_t big = (int64_t)1 << 20;
         if (!strcmp(name, "--tp"))
-            rc = parse_i64(name, val, 1, 4096, &v), o->tp = (int)v;
+            rc = ex_parse_i64(PROG, name, val, 1, 4096, &v), o->tp = (int)v;
         else if (!strcmp(name, "--batch"))
-            rc = parse_i64(name, val, 1, big, &o->batch);
+            rc = ex_parse_i64(PROG, name, val, 1, big, &o->batch);
         else if (!strcmp(name, "--seq"))
-            rc = parse_i64(name, val, 1, big, &o->seq);
+            rc = ex_parse_i64(PROG, name, val, 1, big, &o->seq);
         else if (!strcmp(name, "--hidden"))
-            rc = parse_i64(name, val, 1, big, &o->hidden);
+            rc = ex_parse_i64(PROG, name, val, 1, big, &o->hidden);
         else if (!strcmp(name, "--heads"))
-            rc = parse_i64(name, val, 1, big, &o->heads);
+            rc = ex_parse_i64(PROG, name, val, 1, big, &o->heads);
         else if (!strcmp(name, "--kv-heads"))
-            rc = parse_i64(name, val, 1, big, &o->kv_heads);
+            rc = ex_parse_i64(PROG, name, val, 1, big, &o->kv_heads);
         else if (!strcmp(name, "--head-dim"))
-            rc = parse_i64(name, val, 1, big, &o->head_dim);
+            rc = ex_parse_i64(PROG, name, val, 1, big, &o->head_dim);
         else if (!strcmp(name, "--seed"))
-            rc = parse_i64(name, val, 0, INT64_MAX, &v), o->seed = (uint64_t)v;
+            rc = ex_parse_i64(PROG, name, val, 0, INT64_MAX, &v), o->seed = (uint64_t)v;
         else if (!strcmp(name, "--iters"))
-            rc = parse_i64(name, val, 1, 100000, &v), o->iters = (int)v;
+            rc = ex_parse_i64(PROG, name, val, 1, 100000, &v), o->iters = (int)v;
         if (rc)
             return 2;
     }
     return 0;
 }
-
-#define CHECK(expr)             \
-    do {                        \
-        tp_status st_ = (expr); \
-        if (st_ != TP_OK) {     \
-            status = st_;       \
-            goto done;          \
-        }                       \
-    } while (0)
 
 static void fill(float *a, int64_t n, uint64_t seed, uint64_t id)
 {
@@ -200,35 +162,35 @@ static tp_status rank_main(tp_comm *world, void *arg)
                               .head_dim = o->head_dim, .bias = o->bias, .causal = o->causal,
                               .sequence_parallel = o->sp, .seed = o->seed, .tensor_id = 1,
                               .name = "attn"};
-    CHECK(tp_attention_create(world, &ac, &att));
+    EX_CHECK(tp_attention_create(world, &ac, &att));
     if (o->sp)
         tp_shard_range(N, T, rank, &lo, &hi);
-    CHECK(tp_tensor_alloc2(dev, TP_F32, hi - lo, H, &xt));
-    CHECK(tp_tensor_alloc2(dev, TP_F32, hi - lo, H, &dyt));
+    EX_CHECK(tp_tensor_alloc2(dev, TP_F32, hi - lo, H, &xt));
+    EX_CHECK(tp_tensor_alloc2(dev, TP_F32, hi - lo, H, &dyt));
     if (hi > lo) {
-        CHECK(tp_tensor_upload(&xt, x + lo * H));
-        CHECK(tp_tensor_upload(&dyt, dy + lo * H));
+        EX_CHECK(tp_tensor_upload(&xt, x + lo * H));
+        EX_CHECK(tp_tensor_upload(&dyt, dy + lo * H));
     }
     /* warm-up, then timed passes */
-    CHECK(tp_attention_zero_grad(att));
-    CHECK(tp_attention_forward(att, &xt, o->batch, o->seq, &yt));
-    CHECK(tp_attention_backward(att, &dyt, &dxt));
-    CHECK(tp_dev_synchronize(dev));
+    EX_CHECK(tp_attention_zero_grad(att));
+    EX_CHECK(tp_attention_forward(att, &xt, o->batch, o->seq, &yt));
+    EX_CHECK(tp_attention_backward(att, &dyt, &dxt));
+    EX_CHECK(tp_dev_synchronize(dev));
     tp_stats_reset(world);
     double t0 = ex_now();
     for (int i = 0; i < o->iters; i++) {
-        CHECK(tp_attention_forward(att, &xt, o->batch, o->seq, &yt));
-        CHECK(tp_attention_backward(att, &dyt, &dxt));
+        EX_CHECK(tp_attention_forward(att, &xt, o->batch, o->seq, &yt));
+        EX_CHECK(tp_attention_backward(att, &dyt, &dxt));
     }
-    CHECK(tp_dev_synchronize(dev));
+    EX_CHECK(tp_dev_synchronize(dev));
     double wall = (ex_now() - t0) / o->iters;
     tp_stats s;
     tp_stats_get(world, &s);
     /* the full y and dx on every rank (sequence parallel: gather the shards) */
     if (o->sp) {
         tp_tensor yfull = {0}, dxfull = {0};
-        CHECK(tp_tensor_alloc2(dev, TP_F32, N, H, &yfull));
-        CHECK(tp_tensor_alloc2(dev, TP_F32, N, H, &dxfull));
+        EX_CHECK(tp_tensor_alloc2(dev, TP_F32, N, H, &yfull));
+        EX_CHECK(tp_tensor_alloc2(dev, TP_F32, N, H, &dxfull));
         for (int i = 0; i < T; i++) {
             int64_t a, c;
             tp_shard_range(N, T, i, &a, &c);
@@ -243,10 +205,10 @@ static tp_status rank_main(tp_comm *world, void *arg)
             st = tp_tensor_download(&dxfull, dx);
         tp_tensor_release(&yfull);
         tp_tensor_release(&dxfull);
-        CHECK(st);
+        EX_CHECK(st);
     } else {
-        CHECK(tp_tensor_download(&yt, y));
-        CHECK(tp_tensor_download(&dxt, dx));
+        EX_CHECK(tp_tensor_download(&yt, y));
+        EX_CHECK(tp_tensor_download(&dxt, dx));
     }
     if (o->npy_dir) { /* collective: the full weights from the shards */
         int64_t hd = o->head_dim ? o->head_dim : H / o->heads;
@@ -255,26 +217,26 @@ static tp_status rank_main(tp_comm *world, void *arg)
         b = malloc(sizeof(float) * (size_t)fw);
         wo = malloc(sizeof(float) * (size_t)(o->heads * hd * H));
         bo = malloc(sizeof(float) * (size_t)H);
-        CHECK(tp_attention_get_full(att, w, b, wo, bo));
+        EX_CHECK(tp_attention_get_full(att, w, b, wo, bo));
         if (!o->bias) {
             memset(b, 0, sizeof(float) * (size_t)fw);
             memset(bo, 0, sizeof(float) * (size_t)H);
         }
     }
     /* the one-rank reference: the same master weights on a T=1 communicator */
-    CHECK(tp_comm_split(world, rank == 0 ? 0 : -1, 0, &solo));
+    EX_CHECK(tp_comm_split(world, rank == 0 ? 0 : -1, 0, &solo));
     if (rank != 0)
         goto done;
     ac.sequence_parallel = false;
-    CHECK(tp_attention_create(solo, &ac, &ref));
-    CHECK(tp_tensor_alloc2(dev, TP_F32, N, H, &xf));
-    CHECK(tp_tensor_alloc2(dev, TP_F32, N, H, &dyf));
-    CHECK(tp_tensor_upload(&xf, x));
-    CHECK(tp_tensor_upload(&dyf, dy));
-    CHECK(tp_attention_forward(ref, &xf, o->batch, o->seq, &yr));
-    CHECK(tp_attention_backward(ref, &dyf, &dxr));
-    CHECK(tp_tensor_download(&yr, yref));
-    CHECK(tp_tensor_download(&dxr, dxref));
+    EX_CHECK(tp_attention_create(solo, &ac, &ref));
+    EX_CHECK(tp_tensor_alloc2(dev, TP_F32, N, H, &xf));
+    EX_CHECK(tp_tensor_alloc2(dev, TP_F32, N, H, &dyf));
+    EX_CHECK(tp_tensor_upload(&xf, x));
+    EX_CHECK(tp_tensor_upload(&dyf, dy));
+    EX_CHECK(tp_attention_forward(ref, &xf, o->batch, o->seq, &yr));
+    EX_CHECK(tp_attention_backward(ref, &dyf, &dxr));
+    EX_CHECK(tp_tensor_download(&yr, yref));
+    EX_CHECK(tp_tensor_download(&dxr, dxref));
     /* Tolerance: both are f32 evaluations of the same math that differ only
      * in how the K-term sums are split (over T ranks, then all-reduced), so
      * each is within ~K u sum|terms| of the exact value, u = 6e-8, K <= the
@@ -353,18 +315,7 @@ int main(int argc, char **argv)
     int rc = parse(argc, argv, &o);
     if (rc)
         return rc == 1 ? 0 : 2;
-    tp_config cfg = {.world_size = o.tp, .argc = &argc, .argv = &argv};
-    tp_ctx *ctx = NULL;
-    tp_status st = tp_init(&cfg, &ctx);
-    if (st != TP_OK) {
-        fprintf(stderr, "tp_attention: %s: %s\n", tp_status_string(st), tp_last_error());
-        return 1;
-    }
-    st = tp_run(ctx, rank_main, &o);
-    if (st != TP_OK)
-        fprintf(stderr, "tp_attention: %s: %s\n", tp_status_string(st), tp_last_error());
-    tp_finalize(ctx);
-    if (st != TP_OK)
+    if (ex_run(PROG, o.tp, &argc, &argv, rank_main, &o, NULL) != TP_OK)
         return 1;
     if (o.mismatch) {
         fprintf(stderr, "tp_attention: MISMATCH between the TP layer and the one-rank reference\n");

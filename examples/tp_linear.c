@@ -24,15 +24,6 @@ typedef struct run {
     int mismatch; /* set by rank 0 */
 } run;
 
-#define CHECK(expr)                      \
-    do {                                 \
-        tp_status st_ = (expr);          \
-        if (st_ != TP_OK) {              \
-            status = st_;                \
-            goto done;                   \
-        }                                \
-    } while (0)
-
 /* max |got - ref| and max |got - ref| / |ref|; count of elements beyond 2x bound
  * (2x: the first-order bound drops second-order terms). */
 static int64_t compare(const float *got, const double *ref, const double *bound, int64_t n,
@@ -50,14 +41,6 @@ static int64_t compare(const float *got, const double *ref, const double *bound,
             bad++;
     }
     return bad;
-}
-
-static double *to_double(const float *a, int64_t n)
-{
-    double *d = malloc(sizeof(double) * (size_t)n);
-    for (int64_t i = 0; i < n; i++)
-        d[i] = a[i];
-    return d;
 }
 
 static tp_status rank_main(tp_comm *world, void *arg)
@@ -84,13 +67,13 @@ static tp_status rank_main(tp_comm *world, void *arg)
     tp_linear_config rc = {.in_features = F, .out_features = H, .bias = true,
                            .input_is_parallel = true, .seed = o->seed, .tensor_id = 3,
                            .name = "row"};
-    CHECK(tp_column_linear_create(world, &cc, &col));
-    CHECK(tp_row_linear_create(world, &rc, &row));
-    CHECK(tp_tensor_alloc2(dev, TP_F32, t, H, &xt));
-    CHECK(tp_tensor_upload(&xt, x));
-    CHECK(tp_linear_forward(col, &xt, &ht)); /* h: [t, F_local], no communication */
-    CHECK(tp_linear_forward(row, &ht, &yt)); /* y: [t, H], one all-reduce */
-    CHECK(tp_tensor_download(&yt, y));
+    EX_CHECK(tp_column_linear_create(world, &cc, &col));
+    EX_CHECK(tp_row_linear_create(world, &rc, &row));
+    EX_CHECK(tp_tensor_alloc2(dev, TP_F32, t, H, &xt));
+    EX_CHECK(tp_tensor_upload(&xt, x));
+    EX_CHECK(tp_linear_forward(col, &xt, &ht)); /* h: [t, F_local], no communication */
+    EX_CHECK(tp_linear_forward(row, &ht, &yt)); /* y: [t, H], one all-reduce */
+    EX_CHECK(tp_tensor_download(&yt, y));
 
     /* concat(column outputs): all-gather the [t, F_r] blocks (rank-major)
      * and place block r at columns [lo_r, hi_r) */
@@ -98,10 +81,10 @@ static tp_status rank_main(tp_comm *world, void *arg)
         tp_shard_range(F, T, r, &off[r], &off[r + 1]);
         counts[r] = (size_t)(t * (off[r + 1] - off[r]));
     }
-    CHECK(tp_dev_alloc(dev, sizeof(float) * (size_t)(t * F), &gath));
-    CHECK(tp_all_gatherv(world, ht.data, gath, counts, TP_F32));
+    EX_CHECK(tp_dev_alloc(dev, sizeof(float) * (size_t)(t * F), &gath));
+    EX_CHECK(tp_all_gatherv(world, ht.data, gath, counts, TP_F32));
     blocks = malloc(sizeof(float) * (size_t)(t * F));
-    CHECK(tp_dev_download(dev, blocks, gath, sizeof(float) * (size_t)(t * F)));
+    EX_CHECK(tp_dev_download(dev, blocks, gath, sizeof(float) * (size_t)(t * F)));
     for (int r = 0; r < T; r++) {
         int64_t w = off[r + 1] - off[r];
         for (int64_t i = 0; i < t; i++)
@@ -111,8 +94,8 @@ static tp_status rank_main(tp_comm *world, void *arg)
     if (o->npy_dir) { /* the full weights, assembled from the shards (collective) */
         w1 = malloc(sizeof(float) * (size_t)(H * F)), b1 = malloc(sizeof(float) * (size_t)F);
         w2 = malloc(sizeof(float) * (size_t)(F * H)), b2 = malloc(sizeof(float) * (size_t)H);
-        CHECK(tp_linear_get_full(col, w1, b1));
-        CHECK(tp_linear_get_full(row, w2, b2));
+        EX_CHECK(tp_linear_get_full(col, w1, b1));
+        EX_CHECK(tp_linear_get_full(row, w2, b2));
     }
     if (rank != 0)
         goto done;
@@ -124,8 +107,8 @@ static tp_status rank_main(tp_comm *world, void *arg)
     tp_master_fill(o->seed, 2, F, 0, 1, 0, F, (float)(1.0 / sqrt((double)H)), fb1);
     tp_master_fill(o->seed, 3, H, 0, F, 0, H, (float)(1.0 / sqrt((double)F)), fw2);
     tp_master_fill(o->seed, 4, H, 0, 1, 0, H, (float)(1.0 / sqrt((double)F)), fb2);
-    double *xd = to_double(x, t * H), *w1d = to_double(fw1, H * F), *b1d = to_double(fb1, F);
-    double *w2d = to_double(fw2, F * H), *b2d = to_double(fb2, H);
+    double *xd = ex_to_double(x, t * H), *w1d = ex_to_double(fw1, H * F), *b1d = ex_to_double(fb1, F);
+    double *w2d = ex_to_double(fw2, F * H), *b2d = ex_to_double(fb2, H);
     double *hr = malloc(sizeof(double) * (size_t)(t * F)), *he = malloc(sizeof(double) * (size_t)(t * F));
     double *yr = malloc(sizeof(double) * (size_t)(t * H)), *ye = malloc(sizeof(double) * (size_t)(t * H));
     ex_ref_gemm(t, F, H, xd, NULL, w1d, b1d, 1, hr, he);
@@ -175,15 +158,7 @@ int main(int argc, char **argv)
                      "Column- and row-parallel linear layers vs a serial one-rank reference.");
     if (p)
         return p == 1 ? 0 : 2;
-    tp_config cfg = {.world_size = R.o.tp, .argc = &argc, .argv = &argv};
-    tp_ctx *ctx = NULL;
-    tp_status st = tp_init(&cfg, &ctx);
-    if (st == TP_OK)
-        st = tp_run(ctx, rank_main, &R);
-    if (st != TP_OK)
-        fprintf(stderr, "tp_linear: %s: %s\n", tp_status_string(st), tp_last_error());
-    tp_finalize(ctx);
-    if (st != TP_OK)
+    if (ex_run("tp_linear", R.o.tp, &argc, &argv, rank_main, &R, NULL) != TP_OK)
         return 1;
     return R.mismatch ? 1 : 0;
 }

@@ -27,28 +27,11 @@ typedef struct run {
     int mismatch; /* set by rank 0 */
 } run;
 
-#define CHECK(expr)             \
-    do {                        \
-        tp_status st_ = (expr); \
-        if (st_ != TP_OK) {     \
-            status = st_;       \
-            goto done;          \
-        }                       \
-    } while (0)
-
 static double gelu_d(double x, bool tanh_approx)
 {
     if (tanh_approx)
         return 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
     return 0.5 * x * (1.0 + erf(x / sqrt(2.0)));
-}
-
-static double *to_double(const float *a, int64_t n)
-{
-    double *d = malloc(sizeof(double) * (size_t)n);
-    for (int64_t i = 0; i < n; i++)
-        d[i] = a[i];
-    return d;
 }
 
 /* The naive MLP on this rank's device: full weights, no communication. */
@@ -93,54 +76,54 @@ static tp_status rank_main(tp_comm *world, void *arg)
         x[i] = tp_master_uniform(o->seed, 1000, (uint64_t)i, 1.0f);
     tp_mlp_config mc = {.hidden = H, .ffn = F, .bias = true, .gelu_tanh = o->gelu_tanh,
                         .seed = o->seed, .tensor_id = 1, .name = "mlp"};
-    CHECK(tp_mlp_create(world, &mc, &mlp));
-    CHECK(tp_tensor_alloc2(dev, TP_F32, t, H, &xt));
-    CHECK(tp_tensor_upload(&xt, x));
+    EX_CHECK(tp_mlp_create(world, &mc, &mlp));
+    EX_CHECK(tp_tensor_alloc2(dev, TP_F32, t, H, &xt));
+    EX_CHECK(tp_tensor_upload(&xt, x));
 
     /* TP forward: one warm-up, then o->iters timed passes */
-    CHECK(tp_mlp_forward(mlp, &xt, &yt));
-    CHECK(tp_dev_synchronize(dev));
+    EX_CHECK(tp_mlp_forward(mlp, &xt, &yt));
+    EX_CHECK(tp_dev_synchronize(dev));
     tp_stats_reset(world);
     double t0 = ex_now();
     for (int i = 0; i < o->iters; i++)
-        CHECK(tp_mlp_forward(mlp, &xt, &yt));
-    CHECK(tp_dev_synchronize(dev));
+        EX_CHECK(tp_mlp_forward(mlp, &xt, &yt));
+    EX_CHECK(tp_dev_synchronize(dev));
     double tp_wall = (ex_now() - t0) / o->iters;
     tp_stats s;
     tp_stats_get(world, &s);
-    CHECK(tp_tensor_download(&yt, y));
+    EX_CHECK(tp_tensor_download(&yt, y));
 
     /* naive: the same full master weights, generated here independently */
     tp_master_fill(o->seed, 1, F, 0, H, 0, F, bh, w1);
     tp_master_fill(o->seed, 2, F, 0, 1, 0, F, bh, b1);
     tp_master_fill(o->seed, 3, H, 0, F, 0, H, bf, w2);
     tp_master_fill(o->seed, 4, H, 0, 1, 0, H, bf, b2);
-    CHECK(tp_tensor_alloc2(dev, TP_F32, H, F, &w1t));
-    CHECK(tp_tensor_alloc2(dev, TP_F32, 1, F, &b1t));
-    CHECK(tp_tensor_alloc2(dev, TP_F32, F, H, &w2t));
-    CHECK(tp_tensor_alloc2(dev, TP_F32, 1, H, &b2t));
-    CHECK(tp_tensor_alloc2(dev, TP_F32, t, F, &ht));
-    CHECK(tp_tensor_alloc2(dev, TP_F32, t, H, &ynt));
-    CHECK(tp_tensor_upload(&w1t, w1));
-    CHECK(tp_tensor_upload(&b1t, b1));
-    CHECK(tp_tensor_upload(&w2t, w2));
-    CHECK(tp_tensor_upload(&b2t, b2));
-    CHECK(naive_forward(dev, t, H, F, xt.data, w1t.data, b1t.data, w2t.data, b2t.data, ht.data,
-                        ynt.data, o->gelu_tanh));
-    CHECK(tp_dev_synchronize(dev));
+    EX_CHECK(tp_tensor_alloc2(dev, TP_F32, H, F, &w1t));
+    EX_CHECK(tp_tensor_alloc2(dev, TP_F32, 1, F, &b1t));
+    EX_CHECK(tp_tensor_alloc2(dev, TP_F32, F, H, &w2t));
+    EX_CHECK(tp_tensor_alloc2(dev, TP_F32, 1, H, &b2t));
+    EX_CHECK(tp_tensor_alloc2(dev, TP_F32, t, F, &ht));
+    EX_CHECK(tp_tensor_alloc2(dev, TP_F32, t, H, &ynt));
+    EX_CHECK(tp_tensor_upload(&w1t, w1));
+    EX_CHECK(tp_tensor_upload(&b1t, b1));
+    EX_CHECK(tp_tensor_upload(&w2t, w2));
+    EX_CHECK(tp_tensor_upload(&b2t, b2));
+    EX_CHECK(naive_forward(dev, t, H, F, xt.data, w1t.data, b1t.data, w2t.data, b2t.data, ht.data,
+                           ynt.data, o->gelu_tanh));
+    EX_CHECK(tp_dev_synchronize(dev));
     t0 = ex_now();
     for (int i = 0; i < o->iters; i++)
-        CHECK(naive_forward(dev, t, H, F, xt.data, w1t.data, b1t.data, w2t.data, b2t.data, ht.data,
-                            ynt.data, o->gelu_tanh));
-    CHECK(tp_dev_synchronize(dev));
+        EX_CHECK(naive_forward(dev, t, H, F, xt.data, w1t.data, b1t.data, w2t.data, b2t.data,
+                               ht.data, ynt.data, o->gelu_tanh));
+    EX_CHECK(tp_dev_synchronize(dev));
     double naive_wall = (ex_now() - t0) / o->iters;
-    CHECK(tp_tensor_download(&ynt, yn));
+    EX_CHECK(tp_tensor_download(&ynt, yn));
 
     if (o->npy_dir) { /* the full weights, assembled from the TP shards (collective) */
         gw1 = malloc(sizeof(float) * (size_t)(H * F)), gb1 = malloc(sizeof(float) * (size_t)F);
         gw2 = malloc(sizeof(float) * (size_t)(F * H)), gb2 = malloc(sizeof(float) * (size_t)H);
-        CHECK(tp_linear_get_full(tp_mlp_fc1(mlp), gw1, gb1));
-        CHECK(tp_linear_get_full(tp_mlp_fc2(mlp), gw2, gb2));
+        EX_CHECK(tp_linear_get_full(tp_mlp_fc1(mlp), gw1, gb1));
+        EX_CHECK(tp_linear_get_full(tp_mlp_fc2(mlp), gw2, gb2));
         if (memcmp(gw1, w1, sizeof(float) * (size_t)(H * F)) || memcmp(gb1, b1, sizeof(float) * (size_t)F) ||
             memcmp(gw2, w2, sizeof(float) * (size_t)(F * H)) || memcmp(gb2, b2, sizeof(float) * (size_t)H))
             R->mismatch = 1, fprintf(stderr, "tp_mlp: rank %d: gathered TP weights differ from the master weights\n", rank);
@@ -152,8 +135,8 @@ static tp_status rank_main(tp_comm *world, void *arg)
      * is within B of it, B the first-order bound of ex_ref_gemm carried
      * through GeLU (|gelu'| <= 1.129, plus 8 ulp for erff/tanhf), so they
      * agree within 2B; we allow 2 x 2B for the dropped second-order terms. */
-    double *xd = to_double(x, t * H), *w1d = to_double(w1, H * F), *b1d = to_double(b1, F);
-    double *w2d = to_double(w2, F * H), *b2d = to_double(b2, H);
+    double *xd = ex_to_double(x, t * H), *w1d = ex_to_double(w1, H * F), *b1d = ex_to_double(b1, F);
+    double *w2d = ex_to_double(w2, F * H), *b2d = ex_to_double(b2, H);
     double *pre = malloc(sizeof(double) * (size_t)(t * F)), *epre = malloc(sizeof(double) * (size_t)(t * F));
     double *yr = malloc(sizeof(double) * (size_t)(t * H)), *ye = malloc(sizeof(double) * (size_t)(t * H));
     ex_ref_gemm(t, F, H, xd, NULL, w1d, b1d, 1, pre, epre);
@@ -230,15 +213,7 @@ int main(int argc, char **argv)
                      "full MLP on every rank.");
     if (p)
         return p == 1 ? 0 : 2;
-    tp_config cfg = {.world_size = R.o.tp, .argc = &argc, .argv = &argv};
-    tp_ctx *ctx = NULL;
-    tp_status st = tp_init(&cfg, &ctx);
-    if (st == TP_OK)
-        st = tp_run(ctx, rank_main, &R);
-    if (st != TP_OK)
-        fprintf(stderr, "tp_mlp: %s: %s\n", tp_status_string(st), tp_last_error());
-    tp_finalize(ctx);
-    if (st != TP_OK)
+    if (ex_run("tp_mlp", R.o.tp, &argc, &argv, rank_main, &R, NULL) != TP_OK)
         return 1;
     return R.mismatch ? 1 : 0;
 }

@@ -23,7 +23,6 @@
  *   TP_BACKEND=loopback build/examples/tp_transformer --tp 4 --compare-tp 1
  *   mpirun -n 4 env TP_BACKEND=mpi build/examples/tp_transformer
  */
-#include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
@@ -34,6 +33,8 @@
 #include <tp/tp.h>
 
 #include "example-common.h"
+
+#define PROG "tp_transformer"
 
 typedef struct opts {
     int tp, compare_tp;
@@ -101,34 +102,6 @@ static void usage(FILE *f)
             d->batch, d->steps, d->lr, d->wd, d->smoothing, d->seed);
 }
 
-static int parse_i64(const char *opt, const char *v, int64_t lo, int64_t hi, int64_t *out)
-{
-    char *end;
-    errno = 0;
-    long long x = strtoll(v, &end, 10);
-    if (errno || end == v || *end || x < lo || x > hi) {
-        fprintf(stderr, "tp_transformer: %s expects an integer in [%" PRId64 ", %" PRId64
-                        "], got '%s'\n", opt, lo, hi, v);
-        return -1;
-    }
-    *out = x;
-    return 0;
-}
-
-static int parse_f(const char *opt, const char *v, double lo, double hi, double *out)
-{
-    char *end;
-    errno = 0;
-    double x = strtod(v, &end);
-    if (errno || end == v || *end || !(x >= lo && x <= hi)) {
-        fprintf(stderr, "tp_transformer: %s expects a number in [%g, %g], got '%s'\n", opt, lo, hi,
-                v);
-        return -1;
-    }
-    *out = x;
-    return 0;
-}
-
 /* 0: run; 1: --help printed; 2: bad option (message printed). */
 static int parse(int argc, char **argv, opts *o)
 {
@@ -152,59 +125,46 @@ static int parse(int argc, char **argv, opts *o)
             *dst[fl] = true;
             continue;
         }
-        const char *name = NULL, *val = NULL;
-        for (size_t j = 0; j < sizeof valued / sizeof *valued; j++) {
-            size_t n = strlen(valued[j]);
-            if (!strncmp(a, valued[j], n) && (a[n] == 0 || a[n] == '=')) {
-                name = valued[j];
-                val = a[n] == '=' ? a + n + 1 : (i + 1 < argc ? argv[++i] : NULL);
-                break;
-            }
-        }
-        if (!name) {
-            fprintf(stderr, "tp_transformer: unknown option '%s' (see --help)\n", a);
+        const char *name, *val;
+        if (ex_valued_option(PROG, argc, argv, &i, valued, sizeof valued / sizeof *valued, &name,
+                             &val))
             return 2;
-        }
-        if (!val || !*val) {
-            fprintf(stderr, "tp_transformer: %s needs a value (see --help)\n", name);
-            return 2;
-        }
         int64_t v = 0;
         int bad = 0;
         if (!strcmp(name, "--tp"))
-            bad = parse_i64(name, val, 1, 1024, &v), o->tp = (int)v;
+            bad = ex_parse_i64(PROG, name, val, 1, 1024, &v), o->tp = (int)v;
         else if (!strcmp(name, "--compare-tp"))
-            bad = parse_i64(name, val, 1, 1024, &v), o->compare_tp = (int)v;
+            bad = ex_parse_i64(PROG, name, val, 1, 1024, &v), o->compare_tp = (int)v;
         else if (!strcmp(name, "--tol"))
-            bad = parse_f(name, val, 0.0, 1e9, &o->tol);
+            bad = ex_parse_f(PROG, name, val, 0.0, 1e9, &o->tol);
         else if (!strcmp(name, "--vocab"))
-            bad = parse_i64(name, val, 2, INT32_MAX, &o->vocab);
+            bad = ex_parse_i64(PROG, name, val, 2, INT32_MAX, &o->vocab);
         else if (!strcmp(name, "--hidden"))
-            bad = parse_i64(name, val, 1, 1 << 16, &o->hidden);
+            bad = ex_parse_i64(PROG, name, val, 1, 1 << 16, &o->hidden);
         else if (!strcmp(name, "--heads"))
-            bad = parse_i64(name, val, 1, 1 << 12, &o->heads);
+            bad = ex_parse_i64(PROG, name, val, 1, 1 << 12, &o->heads);
         else if (!strcmp(name, "--kv-heads"))
-            bad = parse_i64(name, val, 0, 1 << 12, &o->kv_heads);
+            bad = ex_parse_i64(PROG, name, val, 0, 1 << 12, &o->kv_heads);
         else if (!strcmp(name, "--ffn"))
-            bad = parse_i64(name, val, 1, 1 << 18, &o->ffn);
+            bad = ex_parse_i64(PROG, name, val, 1, 1 << 18, &o->ffn);
         else if (!strcmp(name, "--layers"))
-            bad = parse_i64(name, val, 0, 256, &o->layers);
+            bad = ex_parse_i64(PROG, name, val, 0, 256, &o->layers);
         else if (!strcmp(name, "--seq"))
-            bad = parse_i64(name, val, 2, 1 << 16, &o->seq);
+            bad = ex_parse_i64(PROG, name, val, 2, 1 << 16, &o->seq);
         else if (!strcmp(name, "--batch"))
-            bad = parse_i64(name, val, 1, 1 << 16, &o->batch);
+            bad = ex_parse_i64(PROG, name, val, 1, 1 << 16, &o->batch);
         else if (!strcmp(name, "--steps"))
-            bad = parse_i64(name, val, 1, 1000000, &v), o->steps = (int)v;
+            bad = ex_parse_i64(PROG, name, val, 1, 1000000, &v), o->steps = (int)v;
         else if (!strcmp(name, "--print-every"))
-            bad = parse_i64(name, val, 1, 1000000, &v), o->print_every = (int)v;
+            bad = ex_parse_i64(PROG, name, val, 1, 1000000, &v), o->print_every = (int)v;
         else if (!strcmp(name, "--lr"))
-            bad = parse_f(name, val, 0.0, 10.0, &o->lr);
+            bad = ex_parse_f(PROG, name, val, 0.0, 10.0, &o->lr);
         else if (!strcmp(name, "--weight-decay"))
-            bad = parse_f(name, val, 0.0, 10.0, &o->wd);
+            bad = ex_parse_f(PROG, name, val, 0.0, 10.0, &o->wd);
         else if (!strcmp(name, "--label-smoothing"))
-            bad = parse_f(name, val, 0.0, 1.0, &o->smoothing);
+            bad = ex_parse_f(PROG, name, val, 0.0, 1.0, &o->smoothing);
         else if (!strcmp(name, "--seed"))
-            bad = parse_i64(name, val, 0, INT64_MAX, &v), o->seed = (uint64_t)v;
+            bad = ex_parse_i64(PROG, name, val, 0, INT64_MAX, &v), o->seed = (uint64_t)v;
         else if (!strcmp(name, "--save-npy"))
             o->npy_dir = val;
         if (bad)
@@ -219,15 +179,6 @@ static int parse(int argc, char **argv, opts *o)
         o->print_every = o->steps >= 10 ? o->steps / 10 : 1;
     return 0;
 }
-
-#define CHECK(expr)             \
-    do {                        \
-        tp_status st_ = (expr); \
-        if (st_ != TP_OK) {     \
-            status = st_;       \
-            goto done;          \
-        }                       \
-    } while (0)
 
 /* The synthetic batch of `step`: B sequences of S+1 tokens following
  * next = (a cur + b) mod V from a random start; ids are the first S,
@@ -324,16 +275,16 @@ static tp_status train(run *R, tp_comm *g, int which, int wrank)
                          .seq = o->seq, .tied = !o->untied, .sequence_parallel = o->sp,
                          .bias = true, .rms = o->rms, .label_smoothing = (float)o->smoothing,
                          .seed = o->seed};
-    CHECK(tp_gpt_create(g, &cfg, &m));
+    EX_CHECK(tp_gpt_create(g, &cfg, &m));
     const tp_param *ps;
     int np;
     tp_gpt_params(m, &ps, &np);
     tp_optim_config oc = tp_optim_defaults(o->sgd ? TP_OPTIM_SGD : TP_OPTIM_ADAMW);
     oc.lr = (float)o->lr;
     oc.weight_decay = (float)o->wd;
-    CHECK(tp_optim_create(g, &oc, ps, np, &opt));
-    CHECK(tp_tensor_alloc2(dev, TP_I32, o->batch, o->seq, &ti));
-    CHECK(tp_tensor_alloc2(dev, TP_I32, o->batch, o->seq, &tt));
+    EX_CHECK(tp_optim_create(g, &oc, ps, np, &opt));
+    EX_CHECK(tp_tensor_alloc2(dev, TP_I32, o->batch, o->seq, &ti));
+    EX_CHECK(tp_tensor_alloc2(dev, TP_I32, o->batch, o->seq, &tt));
     if (talk) {
         int64_t total = 0, local = 0;
         for (int i = 0; i < np; i++) {
@@ -356,18 +307,18 @@ static tp_status train(run *R, tp_comm *g, int which, int wrank)
     double t_all = 0, sum_gemm = 0, sum_kern = 0, sum_comm = 0;
     for (int s = 0; s < o->steps; s++) {
         make_batch(o, s, ids, tgt);
-        CHECK(tp_tensor_upload(&ti, ids));
-        CHECK(tp_tensor_upload(&tt, tgt));
+        EX_CHECK(tp_tensor_upload(&ti, ids));
+        EX_CHECK(tp_tensor_upload(&tt, tgt));
         tp_stats_reset(g);
         double t0 = ex_now();
         float loss = 0;
-        CHECK(tp_optim_zero_grad(opt));
-        CHECK(tp_gpt_forward(m, &ti, &tt, &loss));
-        CHECK(tp_gpt_backward(m));
+        EX_CHECK(tp_optim_zero_grad(opt));
+        EX_CHECK(tp_gpt_forward(m, &ti, &tt, &loss));
+        EX_CHECK(tp_gpt_backward(m));
         if (s == 0 && o->npy_dir && which == 0)
-            CHECK(save_npy(o, m, rank, ids, tgt, loss));
-        CHECK(tp_optim_step(opt));
-        CHECK(tp_dev_synchronize(dev));
+            EX_CHECK(save_npy(o, m, rank, ids, tgt, loss));
+        EX_CHECK(tp_optim_step(opt));
+        EX_CHECK(tp_dev_synchronize(dev));
         double dt = ex_now() - t0;
         tp_stats st;
         tp_stats_get(g, &st);
@@ -441,15 +392,9 @@ int main(int argc, char **argv)
         return p == 1 ? 0 : 2;
     R.loss[0] = calloc((size_t)R.o.steps, sizeof(float));
     R.loss[1] = calloc((size_t)R.o.steps, sizeof(float));
-    tp_config cfg = {.world_size = R.o.tp, .argc = &argc, .argv = &argv};
-    tp_ctx *ctx = NULL;
-    tp_status st = tp_init(&cfg, &ctx);
-    if (st == TP_OK)
-        st = tp_run(ctx, rank_main, &R);
-    if (st != TP_OK)
-        fprintf(stderr, "tp_transformer: %s: %s\n", tp_status_string(st), tp_last_error());
+    int T = 0;
+    tp_status st = ex_run(PROG, R.o.tp, &argc, &argv, rank_main, &R, &T);
     /* only the process holding world rank 0 printed and compares */
-    int T = ctx ? tp_ctx_world_size(ctx) : 0;
     if (st == TP_OK && R.o.compare_tp && R.have_rank0) {
         double worst = 0;
         int at = 0;
@@ -472,7 +417,6 @@ int main(int argc, char **argv)
                R.o.compare_tp);
         R.failed = !ok;
     }
-    tp_finalize(ctx);
     free(R.loss[0]), free(R.loss[1]);
     if (st != TP_OK)
         return 1;

@@ -65,6 +65,19 @@ tp_status cpu_check_count(int64_t v, const char *op, const char *what)
     return TP_OK;
 }
 
+tp_status cpu_check_dims(const char *op, int64_t rows, int64_t cols, const char *rname,
+                         const char *cname)
+{
+    tp_status st;
+
+    if ((st = cpu_check_count(rows, op, rname)) || (st = cpu_check_count(cols, op, cname)))
+        return st;
+    if (cols > 0 && rows > (int64_t)(SIZE_MAX / sizeof(float)) / cols)
+        return cpu_err(TP_ERR_INVALID_ARG, "%s: %s %lld x %s %lld elements overflow", op, rname,
+                       (long long)rows, cname, (long long)cols);
+    return TP_OK;
+}
+
 tp_status cpu_check_ptr(const void *p, int64_t count, const char *op, const char *what)
 {
     if (!p && count > 0)

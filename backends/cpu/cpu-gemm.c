@@ -37,6 +37,24 @@ static tp_status check_operand(const char *name, const void *p, int64_t rows, in
     return TP_OK;
 }
 
+/* Do the batches' outputs C_b (m x n, row pitch ldc, at b*stride_c) write
+ * disjoint elements? Two layouts qualify: whole matrices one after another
+ * (stride_c >= (m-1)*ldc + n), or column blocks side by side within each
+ * row pitch (stride_c >= n and (batch-1)*stride_c + n <= ldc), as in the
+ * per-head blocks of one [tokens, heads*head_dim] matrix. Other layouts
+ * are refused even where they happen not to collide. */
+static int c_batches_disjoint(const tp_gemm_args *g)
+{
+    int64_t s = g->stride_c;
+
+    if (g->batch <= 1 || g->m == 0 || g->n == 0)
+        return 1;
+    if (s >= (g->m - 1) * g->ldc + g->n)
+        return 1;
+    /* s >= n > 0 here cannot overflow; ldc >= n was checked */
+    return s >= g->n && g->batch - 1 <= (g->ldc - g->n) / s;
+}
+
 /* Every check of cpu_gemm except the dtype's. */
 tp_status cpu_gemm_check(void *dev, const tp_gemm_args *g)
 {
@@ -72,12 +90,15 @@ tp_status cpu_gemm_check(void *dev, const tp_gemm_args *g)
         (st = check_operand("b", g->b, br, bc, g->ldb, g->stride_b, g->batch, g->trans_b)) ||
         (st = check_operand("c", g->c, g->m, g->n, g->ldc, g->stride_c, g->batch, 0)))
         return st;
-    if (g->batch > 1 && g->m > 0 && g->n > 0 && g->stride_c < (g->m - 1) * g->ldc + g->n)
+    if (!c_batches_disjoint(g))
         return cpu_err(TP_ERR_INVALID_ARG,
-                       "gemm: stride_c = %lld makes the %lld output matrices (%lld x %lld, "
-                       "ldc %lld) overlap; expected >= %lld", (long long)g->stride_c,
-                       (long long)g->batch, (long long)g->m, (long long)g->n, (long long)g->ldc,
-                       (long long)((g->m - 1) * g->ldc + g->n));
+                       "gemm: stride_c = %lld makes the %lld output matrices (%lld x %lld, ldc "
+                       "%lld) write some elements twice; expected stride_c >= %lld (separate "
+                       "matrices) or, for column blocks of one matrix, stride_c >= n = %lld with "
+                       "(batch-1)*stride_c + n <= ldc",
+                       (long long)g->stride_c, (long long)g->batch, (long long)g->m,
+                       (long long)g->n, (long long)g->ldc, (long long)((g->m - 1) * g->ldc + g->n),
+                       (long long)g->n);
     return TP_OK;
 }
 

@@ -40,6 +40,9 @@ const char *cpu_dtype_name(tp_dtype dt);
 tp_status cpu_check_dev(const void *dev, const char *op);
 tp_status cpu_check_f32(tp_dtype dt, const char *op);
 tp_status cpu_check_count(int64_t v, const char *op, const char *what);
+/* rows, cols >= 0 and rows x cols f32 elements addressable. */
+tp_status cpu_check_dims(const char *op, int64_t rows, int64_t cols, const char *rname,
+                         const char *cname);
 tp_status cpu_check_ptr(const void *p, int64_t count, const char *op, const char *what);
 
 /* cpu-gemm.c */

@@ -13,19 +13,6 @@
 #define COL_BLOCK 256
 
 /* rows x cols must be addressable. */
-static tp_status check_dims(const char *op, int64_t rows, int64_t cols, const char *rname,
-                            const char *cname)
-{
-    tp_status st;
-
-    if ((st = cpu_check_count(rows, op, rname)) || (st = cpu_check_count(cols, op, cname)))
-        return st;
-    if (cols > 0 && rows > (int64_t)(SIZE_MAX / sizeof(float)) / cols)
-        return cpu_err(TP_ERR_INVALID_ARG, "%s: %s %lld x %s %lld elements overflow", op, rname,
-                       (long long)rows, cname, (long long)cols);
-    return TP_OK;
-}
-
 tp_status cpu_bias_add(void *dev, tp_dtype dt, int64_t rows, int64_t cols, void *y,
                        const void *bias)
 {
@@ -33,7 +20,7 @@ tp_status cpu_bias_add(void *dev, tp_dtype dt, int64_t rows, int64_t cols, void 
     tp_status st;
 
     if ((st = cpu_check_dev(dev, op)) || (st = cpu_check_f32(dt, op)) ||
-        (st = check_dims(op, rows, cols, "rows", "cols")) ||
+        (st = cpu_check_dims(op, rows, cols, "rows", "cols")) ||
         (st = cpu_check_ptr(y, rows * cols, op, "y")) ||
         (st = cpu_check_ptr(bias, rows > 0 ? cols : 0, op, "bias")))
         return st;
@@ -54,7 +41,7 @@ tp_status cpu_bias_grad(void *dev, tp_dtype dt, int64_t rows, int64_t cols, cons
     float acc[COL_BLOCK];
 
     if ((st = cpu_check_dev(dev, op)) || (st = cpu_check_f32(dt, op)) ||
-        (st = check_dims(op, rows, cols, "rows", "cols")) ||
+        (st = cpu_check_dims(op, rows, cols, "rows", "cols")) ||
         (st = cpu_check_ptr(dy, rows * cols, op, "dy")) || (st = cpu_check_ptr(db, cols, op, "db")))
         return st;
     /* db[c] += (sum over r ascending of dy[r,c]), a block of columns at a time. */
@@ -167,8 +154,9 @@ tp_status cpu_softmax(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const 
     tp_status st;
 
     if ((st = cpu_check_dev(dev, op)) || (st = cpu_check_f32(dt, op)) ||
-        (st = check_dims(op, rows, cols, "rows", "cols")) ||
-        (st = cpu_check_ptr(x, rows * cols, op, "x")) || (st = cpu_check_ptr(y, rows * cols, op, "y")))
+        (st = cpu_check_dims(op, rows, cols, "rows", "cols")) ||
+        (st = cpu_check_ptr(x, rows * cols, op, "x")) ||
+        (st = cpu_check_ptr(y, rows * cols, op, "y")))
         return st;
     if (cols == 0)
         return TP_OK;
@@ -202,7 +190,7 @@ tp_status cpu_softmax_bwd(void *dev, tp_dtype dt, int64_t rows, int64_t cols, co
     tp_status st;
 
     if ((st = cpu_check_dev(dev, op)) || (st = cpu_check_f32(dt, op)) ||
-        (st = check_dims(op, rows, cols, "rows", "cols")) ||
+        (st = cpu_check_dims(op, rows, cols, "rows", "cols")) ||
         (st = cpu_check_ptr(y, rows * cols, op, "y")) ||
         (st = cpu_check_ptr(dy, rows * cols, op, "dy")) ||
         (st = cpu_check_ptr(dx, rows * cols, op, "dx")))
@@ -237,8 +225,8 @@ tp_status cpu_embedding(void *dev, tp_dtype dt, int64_t n, int64_t dim, const in
     tp_status st;
 
     if ((st = cpu_check_dev(dev, op)) || (st = cpu_check_f32(dt, op)) ||
-        (st = check_dims(op, n, dim, "n", "dim")) || (st = check_range(op, lo, hi)) ||
-        (st = check_dims(op, hi - lo, dim, "rows (hi - lo)", "dim")) ||
+        (st = cpu_check_dims(op, n, dim, "n", "dim")) || (st = check_range(op, lo, hi)) ||
+        (st = cpu_check_dims(op, hi - lo, dim, "rows (hi - lo)", "dim")) ||
         (st = cpu_check_ptr(ids, n, op, "ids")) ||
         (st = cpu_check_ptr(table, (hi - lo) * dim, op, "table")) ||
         (st = cpu_check_ptr(out, n * dim, op, "out")))
@@ -266,8 +254,8 @@ tp_status cpu_embedding_bwd(void *dev, tp_dtype dt, int64_t n, int64_t dim, cons
     tp_status st;
 
     if ((st = cpu_check_dev(dev, op)) || (st = cpu_check_f32(dt, op)) ||
-        (st = check_dims(op, n, dim, "n", "dim")) || (st = check_range(op, lo, hi)) ||
-        (st = check_dims(op, hi - lo, dim, "rows (hi - lo)", "dim")) ||
+        (st = cpu_check_dims(op, n, dim, "n", "dim")) || (st = check_range(op, lo, hi)) ||
+        (st = cpu_check_dims(op, hi - lo, dim, "rows (hi - lo)", "dim")) ||
         (st = cpu_check_ptr(ids, n, op, "ids")) ||
         (st = cpu_check_ptr(dout, n * dim, op, "dout")) ||
         (st = cpu_check_ptr(dtable, (hi - lo) * dim, op, "dtable")))

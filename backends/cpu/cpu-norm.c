@@ -21,11 +21,8 @@ static tp_status check_norm(const char *op, void *dev, tp_dtype dt, int64_t rows
     tp_status st;
 
     if ((st = cpu_check_dev(dev, op)) || (st = cpu_check_f32(dt, op)) ||
-        (st = cpu_check_count(rows, op, "rows")) || (st = cpu_check_count(cols, op, "cols")))
+        (st = cpu_check_dims(op, rows, cols, "rows", "cols")))
         return st;
-    if (cols > 0 && rows > (int64_t)(SIZE_MAX / sizeof(float)) / cols)
-        return cpu_err(TP_ERR_INVALID_ARG, "%s: rows %lld x cols %lld elements overflow", op,
-                       (long long)rows, (long long)cols);
     if (rows > 0 && cols == 0)
         return cpu_err(TP_ERR_INVALID_ARG, "%s: cols = 0 with %lld rows: cannot normalize an "
                        "empty row", op, (long long)rows);

@@ -198,6 +198,31 @@ static tp_status bad_ptr(tcp_comm *c, const char *op, const char *what)
                                    op, what);
 }
 
+/* The checks and the layout shared by the v-collectives: element size
+ * *es, per-rank offsets *off (caller frees) and the total count. */
+static tp_status v_prologue(tcp_comm *c, const char *name, tp_dtype dt, int redop, tp_redop rop,
+                            const size_t *counts, size_t *es, size_t **off, size_t *total)
+{
+    *off = NULL;
+    tp_status st = check_comm(c, name);
+    if (st == TP_OK)
+        st = check_types(c, name, dt, redop, rop);
+    if (st != TP_OK)
+        return st;
+    if (!counts)
+        return c->eng->host->set_error(TP_ERR_INVALID_ARG, "tcp %s: counts is NULL", name);
+    *es = tcp_dtype_size(dt);
+    *off = malloc(sizeof(size_t) * (size_t)c->size);
+    if (!*off)
+        return c->eng->host->set_error(TP_ERR_NO_MEMORY, "tcp %s: out of memory", name);
+    st = layout(c, name, counts, *es, *off, total);
+    if (st != TP_OK) {
+        free(*off);
+        *off = NULL;
+    }
+    return st;
+}
+
 tp_status tcp_all_reduce(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,
                          tp_redop op)
 {
@@ -240,19 +265,11 @@ tp_status tcp_all_reduce(void *comm, const void *send, void *recv, size_t count,
 static tp_status gather_impl(tcp_comm *c, const char *name, uint16_t wop, const void *send,
                              void *recv, const size_t *counts, tp_dtype dt)
 {
-    tp_status st = check_comm(c, name);
-    if (st == TP_OK)
-        st = check_types(c, name, dt, 0, TP_SUM);
+    size_t es, total, *off;
+    tp_status st = v_prologue(c, name, dt, 0, TP_SUM, counts, &es, &off, &total);
     if (st != TP_OK)
         return st;
-    if (!counts)
-        return c->eng->host->set_error(TP_ERR_INVALID_ARG, "tcp %s: counts is NULL", name);
-    size_t es = tcp_dtype_size(dt), total;
-    size_t *off = malloc(sizeof(size_t) * (size_t)c->size);
-    if (!off)
-        return c->eng->host->set_error(TP_ERR_NO_MEMORY, "tcp %s: out of memory", name);
-    st = layout(c, name, counts, es, off, &total);
-    if (st == TP_OK && counts[c->rank] && !send)
+    if (counts[c->rank] && !send)
         st = bad_ptr(c, name, "send");
     if (st == TP_OK && total && !recv)
         st = bad_ptr(c, name, "recv");
@@ -284,19 +301,11 @@ tp_status tcp_reduce_scatter(void *comm, const void *send, void *recv, const siz
 {
     tcp_comm *c = comm;
     const char *name = "reduce_scatter";
-    tp_status st = check_comm(c, name);
-    if (st == TP_OK)
-        st = check_types(c, name, dt, 1, op);
+    size_t es, total, *off;
+    tp_status st = v_prologue(c, name, dt, 1, op, counts, &es, &off, &total);
     if (st != TP_OK)
         return st;
-    if (!counts)
-        return c->eng->host->set_error(TP_ERR_INVALID_ARG, "tcp %s: counts is NULL", name);
-    size_t es = tcp_dtype_size(dt), total;
-    size_t *off = malloc(sizeof(size_t) * (size_t)c->size);
-    if (!off)
-        return c->eng->host->set_error(TP_ERR_NO_MEMORY, "tcp %s: out of memory", name);
-    st = layout(c, name, counts, es, off, &total);
-    if (st == TP_OK && total && !send)
+    if (total && !send)
         st = bad_ptr(c, name, "send");
     if (st == TP_OK && counts[c->rank] && !recv)
         st = bad_ptr(c, name, "recv");

@@ -569,6 +569,78 @@ static void body_gemm_errors(void)
     expect_err(D->gemm(H, &g), TP_ERR_INVALID_ARG, "gemm A NULL", "NULL", NULL);
 }
 
+/* Column blocks of one matrix as the batches (the per-head outputs of an
+ * attention context [tokens, heads*head_dim]: stride_c = n, ldc >= batch*n):
+ * they interleave in memory but never write the same element, so they must
+ * be accepted and computed exactly like separate matrices. Layouts that do
+ * write an element twice are refused. */
+static void body_gemm_interleaved(void)
+{
+    const int m = 13, n = 5, k = 7, batch = 3, pad = 2, ldc = batch * n + pad;
+    size_t na = (size_t)batch * m * k, nb = (size_t)batch * k * n, nc = (size_t)m * ldc;
+    float *a = hrand(na, 1.0), *b = hrand(nb, 1.0), *c = hrand(nc, 1.0), *out = hzalloc(nc);
+    double *ref = dzalloc((size_t)m * n), *mag = dzalloc((size_t)m * n);
+    tp_gemm_args g = {.struct_size = sizeof g, .dtype = TP_F32, .m = m, .n = n, .k = k,
+                      .alpha = 1.0f, .beta = 0.0f, .lda = k, .stride_a = (int64_t)m * k,
+                      .ldb = n, .stride_b = (int64_t)k * n, .ldc = ldc, .stride_c = n,
+                      .batch = batch};
+
+    g.a = dput(a, na * 4);
+    g.b = dput(b, nb * 4);
+    g.c = dput(c, nc * 4);
+    ck_assert_msg(D->gemm(H, &g) == TP_OK, "interleaved gemm refused: %s", last_msg());
+    dget(out, g.c, nc * 4);
+    for (int bi = 0; bi < batch; bi++) {
+        ref_gemm(0, 0, m, n, k, 1.0, a + (size_t)bi * m * k, k, b + (size_t)bi * k * n, n, 0.0,
+                 c + bi * n, ldc, ref, mag);
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) /* K = k + 3 as in gemm_case */
+                CLOSE(out[i * ldc + bi * n + j], ref[i * n + j],
+                      (k + 3) * U * mag[i * n + j] + 1e-30, "interleaved gemm batch %d C[%d,%d]",
+                      bi, i, j);
+    }
+    for (int i = 0; i < m; i++) /* the padding after the last block stays untouched */
+        for (int j = batch * n; j < ldc; j++)
+            ck_assert_msg(memcmp(&out[i * ldc + j], &c[i * ldc + j], 4) == 0,
+                          "interleaved gemm wrote padding [%d,%d]", i, j);
+
+    /* A single row per batch: any stride_c >= n is disjoint. */
+    g.m = 1;
+    g.stride_c = n;
+    g.ldc = n;
+    ck_assert_msg(D->gemm(H, &g) == TP_OK, "one-row batches refused: %s", last_msg());
+
+    /* Overlapping layouts. */
+    g.m = m;
+    g.ldc = ldc;
+    g.stride_c = n - 1; /* neighbouring blocks share a column */
+    expect_err(D->gemm(H, &g), TP_ERR_INVALID_ARG, "gemm stride_c < n", "stride_c", NULL);
+    g.stride_c = n;
+    g.ldc = batch * n - 1; /* the last block runs into the next row */
+    expect_err(D->gemm(H, &g), TP_ERR_INVALID_ARG, "gemm blocks wider than ldc", "stride_c", NULL);
+    g.ldc = ldc;
+    g.stride_c = ldc; /* batch b starts one row below batch b-1 */
+    expect_err(D->gemm(H, &g), TP_ERR_INVALID_ARG, "gemm row-shifted batches", "stride_c", NULL);
+    g.stride_c = (int64_t)(m - 1) * ldc + n - 1; /* last row of one meets the next */
+    expect_err(D->gemm(H, &g), TP_ERR_INVALID_ARG, "gemm touching batches", "stride_c", NULL);
+    g.stride_c = (int64_t)(m - 1) * ldc + n; /* separate matrices: fine */
+    g.c = dmalloc((size_t)(g.stride_c * batch) * 4);
+    ck_assert_msg(D->gemm(H, &g) == TP_OK, "separate batches refused: %s", last_msg());
+    free(a);
+    free(b);
+    free(c);
+    free(out);
+    free(ref);
+    free(mag);
+    free_bufs();
+}
+
+START_TEST(t_gemm_interleaved)
+{
+    with_device(body_gemm_interleaved);
+}
+END_TEST
+
 START_TEST(t_gemm_errors)
 {
     with_device(body_gemm_errors);
@@ -1875,6 +1947,7 @@ int main(void)
     tcase_add_test(tc, t_memory);
     tcase_add_test(tc, t_gemm);
     tcase_add_test(tc, t_gemm_errors);
+    tcase_add_test(tc, t_gemm_interleaved);
     tcase_add_test(tc, t_bias);
     tcase_add_test(tc, t_gelu);
     tcase_add_test(tc, t_axpby);

@@ -1,10 +1,8 @@
 /*
  * test_gpt.c — the GPT model (tp_gpt) and the optimizers (tp_optim).
  *
- * Same harness as test_layers.c: every test calls tp_run; each rank splits
- * the world into groups of T for T = 1..W and runs the body on its group,
- * so one run at W = 4 covers T = 1..4. Failures are recorded per rank and
- * asserted on the main thread after tp_run.
+ * The harness (tests/common/tp-test.h) runs every body on groups of
+ * T = 1..W, so one run at W = 4 covers T = 1..4. GPT_TEST=NAME runs one test.
  *
  *  reference    loss, logits and every parameter gradient vs a serial
  *               double reference (gpt_ref.h) and its central finite
@@ -22,91 +20,19 @@
  */
 #include <check.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <tp/tp.h>
 
+#include "tp-test.h"
+
 #include "gpt_ref.h"
-
-/* ------------------------------------------------------------ harness */
-
-typedef struct rk {
-    tp_comm *g;
-    tp_device *dev;
-    int T, r, wrank;
-} rk;
-
-typedef void (*body_fn)(rk *k);
-
-typedef struct fail_slot {
-    int n;
-    char first[1024];
-} fail_slot;
-
-static tp_ctx *g_ctx;
-static fail_slot *g_fail;
-static int g_world;
-
-static void fail_at(rk *k, int line, const char *fmt, ...)
-{
-    fail_slot *f = &g_fail[k->wrank];
-    if (f->n++ > 0)
-        return;
-    int off = snprintf(f->first, sizeof f->first, "line %d, T=%d group rank %d: ", line, k->T, k->r);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(f->first + off, sizeof f->first - (size_t)off, fmt, ap);
-    va_end(ap);
-}
-
-#define EXPECT(k, cond, ...)                     \
-    do {                                         \
-        if (!(cond))                             \
-            fail_at((k), __LINE__, __VA_ARGS__); \
-    } while (0)
-
-#define EXPECT_OK(k, expr)                                                                         \
-    do {                                                                                           \
-        tp_status st_ = (expr);                                                                    \
-        if (st_ != TP_OK)                                                                          \
-            fail_at((k), __LINE__, "%s -> %s: %s", #expr, tp_status_string(st_), tp_last_error()); \
-    } while (0)
-
-static tp_status rank_main(tp_comm *world, void *arg)
-{
-    body_fn fn = *(body_fn *)arg;
-    int W = tp_comm_size(world), r = tp_comm_rank(world);
-    for (int T = 1; T <= W; T++) {
-        int color = r < (W / T) * T ? r / T : -1;
-        tp_comm *g = NULL;
-        tp_status st = tp_comm_split(world, color, r, &g);
-        if (st != TP_OK)
-            return st;
-        if (!g)
-            continue;
-        rk k = {.g = g, .dev = tp_comm_device(g), .T = T, .r = tp_comm_rank(g), .wrank = r};
-        fn(&k);
-        tp_comm_free(g);
-    }
-    return TP_OK;
-}
-
-static void run_all(body_fn fn)
-{
-    memset(g_fail, 0, sizeof(fail_slot) * (size_t)g_world);
-    tp_status st = tp_run(g_ctx, rank_main, &fn);
-    ck_assert_msg(st == TP_OK, "tp_run: %s: %s", tp_status_string(st), tp_last_error());
-    for (int i = 0; i < g_world; i++)
-        ck_assert_msg(g_fail[i].n == 0, "world rank %d: %d failed checks; first: %s", i,
-                      g_fail[i].n, g_fail[i].first);
-}
 
 /* ------------------------------------------------------------ helpers */
 
-static tp_tensor upload_i32(rk *k, int64_t rows, int64_t cols, const int32_t *h)
+static tp_tensor upload_i32(tpt_rank *k, int64_t rows, int64_t cols, const int32_t *h)
 {
     tp_tensor t = {0};
     int64_t shape[2] = {rows, cols};
@@ -171,7 +97,7 @@ static void add_full(full_params *f, const char *name, int64_t n, const float *v
     f->name[i] = strdup(name);
 }
 
-static void get_full(rk *k, tp_gpt *m, const tp_gpt_config *c, full_params *f)
+static void get_full(tpt_rank *k, tp_gpt *m, const tp_gpt_config *c, full_params *f)
 {
     memset(f, 0, sizeof *f);
     const tp_param *ps;
@@ -209,7 +135,7 @@ static void get_full(rk *k, tp_gpt *m, const tp_gpt_config *c, full_params *f)
             free(v), free(g);
             continue;
         }
-        fail_at(k, __LINE__, "parameter %s missing from tp_gpt_params", names[q]);
+        tpt_fail_at(k, __LINE__, "parameter %s missing from tp_gpt_params", names[q]);
     }
     EXPECT(k, np == nnames, "tp_gpt_params has %d parameters, expected %d", np, nnames);
 }
@@ -271,7 +197,7 @@ static tp_gpt_config case_cfg(const gcase *c)
  * shard, a missing or doubled reduction, an untied gradient) changes
  * values by their own size, 1e-3 .. 1.
  */
-static void run_reference(rk *k, const gcase *c)
+static void run_reference(tpt_rank *k, const gcase *c)
 {
     tp_gpt_config cfg = case_cfg(c);
     tp_gpt *m = NULL;
@@ -289,7 +215,7 @@ static void run_reference(rk *k, const gcase *c)
     EXPECT_OK(k, tp_gpt_get_full_logits(m, logits));
     full_params f;
     get_full(k, m, &cfg, &f);
-    if (k->r == 0 && !g_fail[k->wrank].n) {
+    if (k->r == 0 && !tpt_failures(k)) {
         gref_cfg rc = ref_cfg(&cfg);
         double *rl = malloc(sizeof(double) * (size_t)(N * c->V));
         double ref = gref_loss(&rc, f.val, c->batch, c->seq, ids, tgt, rl);
@@ -297,14 +223,14 @@ static void run_reference(rk *k, const gcase *c)
                c->what, (double)loss, ref);
         for (int64_t i = 0; i < N * c->V; i++)
             if (!(fabs(logits[i] - rl[i]) <= 3e-5 + 3e-5 * fabs(rl[i]))) {
-                fail_at(k, __LINE__, "%s: logit %lld = %.9g, reference %.9g", c->what,
-                        (long long)i, (double)logits[i], rl[i]);
+                tpt_fail_at(k, __LINE__, "%s: logit %lld = %.9g, reference %.9g", c->what,
+                            (long long)i, (double)logits[i], rl[i]);
                 break;
             }
         /* every gradient entry vs central differences of the reference loss */
         const double h = 1e-5;
         double worst = 0;
-        for (int p = 0; p < f.n && !g_fail[k->wrank].n; p++)
+        for (int p = 0; p < f.n && !tpt_failures(k); p++)
             for (int64_t j = 0; j < f.len[p]; j++) {
                 double keep = f.val[p][j];
                 f.val[p][j] = keep + h;
@@ -316,8 +242,9 @@ static void run_reference(rk *k, const gcase *c)
                 double err = fabs(g - fd) / (6e-5 + 6e-5 * fabs(fd));
                 worst = err > worst ? err : worst;
                 if (!(err <= 1.0)) {
-                    fail_at(k, __LINE__, "%s: d loss / d %s[%lld] = %.9g, finite differences %.9g",
-                            c->what, f.name[p], (long long)j, g, fd);
+                    tpt_fail_at(k, __LINE__,
+                                "%s: d loss / d %s[%lld] = %.9g, finite differences %.9g", c->what,
+                                f.name[p], (long long)j, g, fd);
                     break;
                 }
             }
@@ -339,8 +266,9 @@ static void run_reference(rk *k, const gcase *c)
     for (int p = 0; p < f.n && p < f2.n && k->r == 0; p++)
         for (int64_t j = 0; j < f.len[p]; j++)
             if (!(fabs(f2.grad[p][j] - 2 * f.grad[p][j]) <= 1e-5 * (fabs(f.grad[p][j]) + 1e-6))) {
-                fail_at(k, __LINE__, "%s: accumulated grad of %s[%lld] = %.9g, expected 2 x %.9g",
-                        c->what, f.name[p], (long long)j, f2.grad[p][j], f.grad[p][j]);
+                tpt_fail_at(k, __LINE__,
+                            "%s: accumulated grad of %s[%lld] = %.9g, expected 2 x %.9g", c->what,
+                            f.name[p], (long long)j, f2.grad[p][j], f.grad[p][j]);
                 p = f.n;
                 break;
             }
@@ -351,25 +279,28 @@ static void run_reference(rk *k, const gcase *c)
     tp_gpt_free(m);
 }
 
-static void body_reference(rk *k)
+static void body_reference(tpt_rank *k)
 {
     for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++)
         run_reference(k, &CASES[i]);
 }
 
-START_TEST(test_reference) { run_all(body_reference); }
+START_TEST(test_reference)
+{
+    tpt_run_all(body_reference);
+}
 END_TEST
 
 /* -------------------------------------------------------------- counts */
 
-static void expect_calls(rk *k, int line, const char *what, const tp_stats *s, tp_phase ph,
+static void expect_calls(tpt_rank *k, int line, const char *what, const tp_stats *s, tp_phase ph,
                          const uint64_t want[TP_OP_COUNT])
 {
     for (int op = 0; op < TP_OP_COUNT; op++)
         if (s->comm[ph][op].calls != want[op]) {
-            fail_at(k, line, "%s: %s calls in %s = %llu, expected %llu", what,
-                    tp_op_name((tp_op)op), tp_phase_name(ph),
-                    (unsigned long long)s->comm[ph][op].calls, (unsigned long long)want[op]);
+            tpt_fail_at(k, line, "%s: %s calls in %s = %llu, expected %llu", what,
+                        tp_op_name((tp_op)op), tp_phase_name(ph),
+                        (unsigned long long)s->comm[ph][op].calls, (unsigned long long)want[op]);
             return;
         }
 }
@@ -377,7 +308,7 @@ static void expect_calls(rk *k, int line, const char *what, const tp_stats *s, t
 /* One step: forward, backward, AdamW step. Expected (L layers, see tp-layers.h):
  *   no SP: fwd AR 1 + 2L + 2; bwd AR 1 + 2L; other (optimizer) none
  *   SP:    fwd RS 1 + 2L, AG 2L + 1, AR 2; bwd RS 1 + 2L, AG 2L + 1, AR 1 + L */
-static void body_counts(rk *k)
+static void body_counts(tpt_rank *k)
 {
     for (int sp = 0; sp < 2; sp++)
         for (int tied = 0; tied < 2; tied++) {
@@ -429,7 +360,10 @@ static void body_counts(rk *k)
         }
 }
 
-START_TEST(test_counts) { run_all(body_counts); }
+START_TEST(test_counts)
+{
+    tpt_run_all(body_counts);
+}
 END_TEST
 
 /* --------------------------------------------------------- determinism */
@@ -442,7 +376,7 @@ typedef struct trace {
 } trace;
 
 /* DET_STEPS AdamW steps on comm g; ids/targets change every step. */
-static void train_trace(rk *k, tp_comm *g, const tp_gpt_config *cfg, trace *tr)
+static void train_trace(tpt_rank *k, tp_comm *g, const tp_gpt_config *cfg, trace *tr)
 {
     tp_gpt *m = NULL;
     tp_optim *o = NULL;
@@ -501,7 +435,7 @@ static bool same_bits(const double *a, const double *b, int64_t n)
     return true;
 }
 
-static void body_determinism(rk *k)
+static void body_determinism(tpt_rank *k)
 {
     tp_gpt_config cfg = {.vocab = 21, .hidden = 8, .heads = 12, .kv_heads = 2, .head_dim = 2, .ffn = 11,
                          .layers = 2, .seq = 6, .tied = true, .sequence_parallel = k->T % 2 == 0,
@@ -540,7 +474,10 @@ static void body_determinism(rk *k)
     free_full(&a.f), free_full(&b.f);
 }
 
-START_TEST(test_determinism) { run_all(body_determinism); }
+START_TEST(test_determinism)
+{
+    tpt_run_all(body_determinism);
+}
 END_TEST
 
 /*
@@ -555,7 +492,7 @@ END_TEST
  * not bitwise stable across T on the cpu device. Tolerance as in
  * test_reference: 3e-5 (1 + |x|).
  */
-static void body_bitwise_tp(rk *k)
+static void body_bitwise_tp(tpt_rank *k)
 {
     tp_comm *solo = NULL;
     EXPECT_OK(k, tp_comm_split(k->g, k->r, 0, &solo));
@@ -606,8 +543,8 @@ static void body_bitwise_tp(rk *k)
             EXPECT_OK(k, tp_gpt_get_full_logits(m1, b));
             for (int i = 0; i < 14 * 29; i++)
                 if (!(fabs(a[i] - b[i]) <= 3e-5 * (1 + fabs(b[i])))) {
-                    fail_at(k, __LINE__, "sp=%d: logit %d = %.9g at T=%d but %.9g at T=1", sp, i,
-                            (double)a[i], k->T, (double)b[i]);
+                    tpt_fail_at(k, __LINE__, "sp=%d: logit %d = %.9g at T=%d but %.9g at T=1", sp,
+                                i, (double)a[i], k->T, (double)b[i]);
                     break;
                 }
             EXPECT(k, fabs(l - l1) <= 3e-5 * (1 + fabs(l1)), "sp=%d: loss %.9g vs %.9g", sp,
@@ -626,7 +563,10 @@ static void body_bitwise_tp(rk *k)
     tp_comm_free(solo);
 }
 
-START_TEST(test_bitwise_tp) { run_all(body_bitwise_tp); }
+START_TEST(test_bitwise_tp)
+{
+    tpt_run_all(body_bitwise_tp);
+}
 END_TEST
 
 /* --------------------------------------------------------------- train */
@@ -634,7 +574,7 @@ END_TEST
 /* Next-token prediction of a fixed cyclic sequence: loss must fall below a
  * third of its start within 40 AdamW steps (it reaches ~0.1 here; a broken
  * gradient or update leaves it near log(vocab)). */
-static void body_train(rk *k)
+static void body_train(tpt_rank *k)
 {
     tp_gpt_config cfg = {.vocab = 16, .hidden = 16, .heads = 12, .head_dim = 4, .ffn = 32, .layers = 1, .seq = 8,
                          .tied = k->T != 3, .bias = true, .seed = 17};
@@ -671,7 +611,10 @@ static void body_train(rk *k)
     tp_gpt_free(m);
 }
 
-START_TEST(test_train) { run_all(body_train); }
+START_TEST(test_train)
+{
+    tpt_run_all(body_train);
+}
 END_TEST
 
 /* --------------------------------------------------------------- optim */
@@ -679,7 +622,7 @@ END_TEST
 /* SGD and AdamW on two parameters (one decayed) vs PyTorch's formulas in
  * double. The device computes in f32: each update is a few roundings of
  * O(1) values, so 3 steps stay within 1e-5 relative of the double loop. */
-static void body_optim(rk *k)
+static void body_optim(tpt_rank *k)
 {
     if (k->r != 0 || k->T != 1)
         return;
@@ -750,7 +693,10 @@ static void body_optim(rk *k)
     }
 }
 
-START_TEST(test_optim) { run_all(body_optim); }
+START_TEST(test_optim)
+{
+    tpt_run_all(body_optim);
+}
 END_TEST
 
 /* -------------------------------------------------------------- errors */
@@ -764,7 +710,7 @@ END_TEST
                #expr, tp_last_error(), (needle));                                                \
     } while (0)
 
-static void body_errors(rk *k)
+static void body_errors(tpt_rank *k)
 {
     tp_gpt_config ok = {.vocab = 11, .hidden = 8, .heads = 4, .ffn = 8, .layers = 1, .seq = 4,
                         .tied = true, .seed = 1};
@@ -778,6 +724,9 @@ static void body_errors(rk *k)
     c = ok;
     c.label_smoothing = 1.5f;
     EXPECT_ERR(k, TP_ERR_INVALID_ARG, tp_gpt_create(k->g, &c, &m), "label_smoothing");
+    c = ok; /* seq x hidden overflows: refused before any allocation */
+    c.seq = c.hidden = (int64_t)1 << 40;
+    EXPECT_ERR(k, TP_ERR_INVALID_ARG, tp_gpt_create(k->g, &c, &m), "overflows");
     if (k->T == 3) { /* 4 heads over 3 ranks */
         c = ok;
         EXPECT(k, tp_gpt_create(k->g, &c, &m) == TP_ERR_SHAPE, "heads %% T: %s", tp_last_error());
@@ -829,49 +778,21 @@ static void body_errors(rk *k)
     tp_gpt_free(m);
 }
 
-START_TEST(test_errors) { run_all(body_errors); }
+START_TEST(test_errors)
+{
+    tpt_run_all(body_errors);
+}
 END_TEST
 
 /* ------------------------------------------------------------ main */
 
 int main(int argc, char **argv)
 {
-    tp_config cfg = {.argc = &argc, .argv = &argv};
-    tp_status st = tp_init(&cfg, &g_ctx);
-    if (st == TP_ERR_UNAVAILABLE) {
-        printf("test_gpt: skipped: the backend cannot run here: %s\n", tp_last_error());
-        return 77;
-    }
-    if (st != TP_OK) {
-        fprintf(stderr, "test_gpt: tp_init failed: %s: %s\n", tp_status_string(st), tp_last_error());
-        return 1;
-    }
-    g_world = tp_ctx_world_size(g_ctx);
-    g_fail = calloc((size_t)g_world, sizeof(fail_slot));
-    Suite *s = suite_create("gpt");
-    struct {
-        const char *name;
-        const TTest *fn;
-    } tests[] = {
-        {"optim", test_optim},         {"errors", test_errors},   {"counts", test_counts},
-        {"reference", test_reference}, {"bitwise_tp", test_bitwise_tp},
-        {"determinism", test_determinism}, {"train", test_train},
+    const tpt_test tests[] = {
+        {"optim", test_optim},           {"errors", test_errors},
+        {"counts", test_counts},         {"reference", test_reference},
+        {"bitwise_tp", test_bitwise_tp}, {"determinism", test_determinism},
+        {"train", test_train},
     };
-    const char *only = getenv("GPT_TEST");
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        if (only && strcmp(only, tests[i].name))
-            continue;
-        TCase *tc = tcase_create(tests[i].name);
-        tcase_set_timeout(tc, 0);
-        tcase_add_test(tc, tests[i].fn);
-        suite_add_tcase(s, tc);
-    }
-    SRunner *sr = srunner_create(s);
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    free(g_fail);
-    tp_finalize(g_ctx);
-    return failed ? 1 : 0;
+    return tpt_main(&argc, &argv, "gpt", tests, sizeof tests / sizeof tests[0], "GPT_TEST");
 }

@@ -3,135 +3,23 @@
  * (forward and backward) against a serial double reference (ref.h).
  *
  * Runs unchanged on any backend: world size comes from the engine
- * (TP_WORLD_SIZE for loopback, mpirun -n for mpi). Every test calls tp_run;
- * inside, each rank splits the world into groups of T for T = 1..W (color
- * rank / T; the ranks past floor(W/T)*T sit out) and runs the body on its
- * group, so one run at W = 4 covers T = 1..4 and W = 7 covers T = 1..7 with
- * several groups working at once. Bodies record failures per rank (never
- * longjmp across threads); the Check test, on the main thread, asserts on
- * them after tp_run returns. Check runs in CK_NOFORK mode: ranks are threads
- * or MPI processes, neither survives fork.
+ * (TP_WORLD_SIZE for loopback, mpirun -n for mpi). The harness
+ * (tests/common/tp-test.h) runs every body on groups of T = 1..W, so one run
+ * at W = 4 covers T = 1..4 and W = 7 covers T = 1..7.
  */
 #include <check.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <tp/tp.h>
 
+#include "tp-test.h"
+
 #include "ref.h"
 
-/* ------------------------------------------------------------ harness */
-
-typedef struct rk {
-    tp_comm *g; /* the group of T ranks */
-    tp_device *dev;
-    int T, r, wrank;
-} rk;
-
-typedef void (*body_fn)(rk *k);
-
-typedef struct fail_slot {
-    int n;
-    char first[1024];
-} fail_slot;
-
-static tp_ctx *g_ctx;
-static fail_slot *g_fail; /* one per world rank; each rank writes only its own */
-static int g_world;
-
-static void fail_at(rk *k, int line, const char *fmt, ...)
-{
-    fail_slot *f = &g_fail[k->wrank];
-    if (f->n++ > 0)
-        return;
-    int off = snprintf(f->first, sizeof f->first, "line %d, T=%d group rank %d: ", line, k->T, k->r);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(f->first + off, sizeof f->first - (size_t)off, fmt, ap);
-    va_end(ap);
-}
-
-#define EXPECT(k, cond, ...)                          \
-    do {                                              \
-        if (!(cond))                                  \
-            fail_at((k), __LINE__, __VA_ARGS__);      \
-    } while (0)
-
-#define EXPECT_OK(k, expr)                                                                    \
-    do {                                                                                      \
-        tp_status st_ = (expr);                                                               \
-        if (st_ != TP_OK)                                                                     \
-            fail_at((k), __LINE__, "%s -> %s: %s", #expr, tp_status_string(st_), tp_last_error()); \
-    } while (0)
-
-static tp_status rank_main(tp_comm *world, void *arg)
-{
-    body_fn fn = *(body_fn *)arg;
-    int W = tp_comm_size(world), r = tp_comm_rank(world);
-    for (int T = 1; T <= W; T++) {
-        int color = r < (W / T) * T ? r / T : -1;
-        tp_comm *g = NULL;
-        tp_status st = tp_comm_split(world, color, r, &g);
-        if (st != TP_OK)
-            return st;
-        if (!g)
-            continue;
-        rk k = {.g = g, .dev = tp_comm_device(g), .T = T, .r = tp_comm_rank(g), .wrank = r};
-        if (tp_comm_size(g) != T)
-            fail_at(&k, __LINE__, "split gave a group of %d, expected %d", tp_comm_size(g), T);
-        else
-            fn(&k);
-        tp_comm_free(g);
-    }
-    return TP_OK;
-}
-
-static void run_all(body_fn fn)
-{
-    memset(g_fail, 0, sizeof(fail_slot) * (size_t)g_world);
-    tp_status st = tp_run(g_ctx, rank_main, &fn);
-    ck_assert_msg(st == TP_OK, "tp_run: %s: %s", tp_status_string(st), tp_last_error());
-    for (int i = 0; i < g_world; i++)
-        ck_assert_msg(g_fail[i].n == 0, "world rank %d: %d failed checks; first: %s", i,
-                      g_fail[i].n, g_fail[i].first);
-}
-
 /* ------------------------------------------------------------ helpers */
-
-static void fill(float *a, int64_t n, uint64_t id)
-{
-    for (int64_t i = 0; i < n; i++)
-        a[i] = tp_master_uniform(777, id, (uint64_t)i, 1.0f);
-}
-
-static double *to_d(const float *a, int64_t n)
-{
-    double *d = malloc(sizeof(double) * (size_t)(n ? n : 1));
-    for (int64_t i = 0; i < n; i++)
-        d[i] = a[i];
-    return d;
-}
-
-static tp_tensor upload2(rk *k, int64_t rows, int64_t cols, const float *h)
-{
-    tp_tensor t = {0};
-    EXPECT_OK(k, tp_tensor_alloc2(k->dev, TP_F32, rows, cols, &t));
-    if (t.data && rows * cols > 0)
-        EXPECT_OK(k, tp_tensor_upload(&t, h));
-    return t;
-}
-
-static float *download(rk *k, const tp_tensor *t)
-{
-    int64_t n = tp_tensor_numel(t);
-    float *h = calloc((size_t)(n ? n : 1), sizeof(float));
-    if (t->data && n > 0)
-        EXPECT_OK(k, tp_tensor_download(t, h));
-    return h;
-}
 
 /* Columns [c0, c1) of a rows x cols host matrix. */
 static float *slice_cols(const float *a, int64_t rows, int64_t cols, int64_t c0, int64_t c1)
@@ -145,7 +33,7 @@ static float *slice_cols(const float *a, int64_t rows, int64_t cols, int64_t c0,
 
 /* got[r, c] (a rows x (c1-c0) block) vs ref[r, c0+c] of a rows x ldr matrix;
  * tolerance 2x the first-order bound (see ref.h). */
-static void check_block(rk *k, int line, const char *what, const float *got, int64_t rows,
+static void check_block(tpt_rank *k, int line, const char *what, const float *got, int64_t rows,
                         int64_t c0, int64_t c1, const double *ref, const double *bound, int64_t ldr)
 {
     for (int64_t r = 0; r < rows; r++)
@@ -153,15 +41,16 @@ static void check_block(rk *k, int line, const char *what, const float *got, int
             double g = got[r * (c1 - c0) + (c - c0)], e = ref[r * ldr + c];
             double tol = 2.0 * bound[r * ldr + c];
             if (!(fabs(g - e) <= tol)) {
-                fail_at(k, line, "%s[%lld,%lld] = %.9g, reference %.9g, |diff| %.3g > tolerance %.3g",
-                        what, (long long)r, (long long)c, g, e, fabs(g - e), tol);
+                tpt_fail_at(k, line,
+                            "%s[%lld,%lld] = %.9g, reference %.9g, |diff| %.3g > tolerance %.3g",
+                            what, (long long)r, (long long)c, g, e, fabs(g - e), tol);
                 return;
             }
         }
 }
 
 /* Expected collective calls in `phase` (all others must be 0). */
-static void check_counts(rk *k, int line, const char *what, tp_phase phase, int ar, int ag)
+static void check_counts(tpt_rank *k, int line, const char *what, tp_phase phase, int ar, int ag)
 {
     tp_stats s;
     tp_stats_get(k->g, &s);
@@ -173,15 +62,15 @@ static void check_counts(rk *k, int line, const char *what, tp_phase phase, int 
             if (ph == (int)phase && op == TP_OP_ALL_GATHER)
                 want = (uint64_t)ag;
             if (s.comm[ph][op].calls != want) {
-                fail_at(k, line, "%s: %s calls in phase %s = %llu, expected %llu", what,
-                        tp_op_name((tp_op)op), tp_phase_name((tp_phase)ph),
-                        (unsigned long long)s.comm[ph][op].calls, (unsigned long long)want);
+                tpt_fail_at(k, line, "%s: %s calls in phase %s = %llu, expected %llu", what,
+                            tp_op_name((tp_op)op), tp_phase_name((tp_phase)ph),
+                            (unsigned long long)s.comm[ph][op].calls, (unsigned long long)want);
                 return;
             }
         }
 }
 
-static void shard(int64_t n, rk *k, int64_t *lo, int64_t *hi)
+static void shard(int64_t n, tpt_rank *k, int64_t *lo, int64_t *hi)
 {
     tp_shard_range(n, k->T, k->r, lo, hi);
 }
@@ -216,7 +105,7 @@ typedef struct lin_case {
     bool bias, gather, parallel, user;
 } lin_case;
 
-static void run_linear_case(rk *k, tp_linear_kind kind, const lin_case *c)
+static void run_linear_case(tpt_rank *k, tp_linear_kind kind, const lin_case *c)
 {
     int64_t tokens = c->tokens, in = c->in, out = c->out;
     int64_t split = kind == TP_LINEAR_COLUMN ? out : in;
@@ -225,12 +114,12 @@ static void run_linear_case(rk *k, tp_linear_kind kind, const lin_case *c)
     float *x = malloc(sizeof(float) * (size_t)(tokens * in));
     float *w = malloc(sizeof(float) * (size_t)(in * out));
     float *b = malloc(sizeof(float) * (size_t)out);
-    fill(x, tokens * in, 1);
+    tpt_fill(x, tokens * in, 1);
     if (c->user)
         user_weights(in, out, w, b);
     else
         master(42, 10, in, out, w, b);
-    double *xd = to_d(x, tokens * in), *wd = to_d(w, in * out), *bd = to_d(b, out);
+    double *xd = tpt_to_d(x, tokens * in), *wd = tpt_to_d(w, in * out), *bd = tpt_to_d(b, out);
     double *yr = malloc(sizeof(double) * (size_t)(tokens * out + 1));
     double *ye = malloc(sizeof(double) * (size_t)(tokens * out + 1));
     ref_gemm(tokens, out, in, xd, NULL, 0, wd, NULL, 0, c->bias ? bd : NULL, k->T, yr, ye);
@@ -258,10 +147,10 @@ static void run_linear_case(rk *k, tp_linear_kind kind, const lin_case *c)
     tp_tensor xt;
     if (kind == TP_LINEAR_ROW && c->parallel) {
         float *xs = slice_cols(x, tokens, in, lo, hi);
-        xt = upload2(k, tokens, hi - lo, xs);
+        xt = tpt_upload2(k, tokens, hi - lo, xs);
         free(xs);
     } else {
-        xt = upload2(k, tokens, in, x);
+        xt = tpt_upload2(k, tokens, in, x);
     }
     tp_tensor yt = {0};
     tp_stats_reset(k->g);
@@ -274,7 +163,7 @@ static void run_linear_case(rk *k, tp_linear_kind kind, const lin_case *c)
         check_counts(k, __LINE__, what, TP_PHASE_FORWARD, 0, c->gather ? 1 : 0);
     else
         check_counts(k, __LINE__, what, TP_PHASE_FORWARD, 1, 0);
-    float *y = download(k, &yt);
+    float *y = tpt_download(k, &yt);
     bool full = kind == TP_LINEAR_ROW || c->gather;
     int64_t ycols = full ? out : hi - lo;
     EXPECT(k, yt.ndim == 2 && yt.shape[0] == tokens && yt.shape[1] == ycols,
@@ -302,7 +191,7 @@ out:
     free(x), free(w), free(b), free(xd), free(wd), free(bd), free(yr), free(ye);
 }
 
-static void body_column(rk *k)
+static void body_column(tpt_rank *k)
 {
     for (size_t s = 0; s < NSIZES; s++)
         for (int m = 0; m < 4; m++) {
@@ -311,7 +200,7 @@ static void body_column(rk *k)
         }
 }
 
-static void body_row(rk *k)
+static void body_row(tpt_rank *k)
 {
     for (size_t s = 0; s < NSIZES; s++)
         for (int m = 0; m < 4; m++) {
@@ -321,7 +210,7 @@ static void body_row(rk *k)
         }
 }
 
-static void body_user(rk *k)
+static void body_user(tpt_rank *k)
 {
     lin_case c1 = {7, 13, 17, true, true, false, true};
     run_linear_case(k, TP_LINEAR_COLUMN, &c1);
@@ -333,11 +222,20 @@ static void body_user(rk *k)
     run_linear_case(k, TP_LINEAR_ROW, &c4);
 }
 
-START_TEST(test_column) { run_all(body_column); }
+START_TEST(test_column)
+{
+    tpt_run_all(body_column);
+}
 END_TEST
-START_TEST(test_row) { run_all(body_row); }
+START_TEST(test_row)
+{
+    tpt_run_all(body_row);
+}
 END_TEST
-START_TEST(test_user_weights) { run_all(body_user); }
+START_TEST(test_user_weights)
+{
+    tpt_run_all(body_user);
+}
 END_TEST
 
 /* ------------------------------------------------------------ MLP */
@@ -384,7 +282,7 @@ static void mlp_ref_free(mlp_ref *R)
     free(R->pre), free(R->epre), free(R->h), free(R->eh), free(R->y), free(R->ey);
 }
 
-static void run_mlp_case(rk *k, int64_t t, int64_t H, int64_t F, bool bias, bool tanh_approx,
+static void run_mlp_case(tpt_rank *k, int64_t t, int64_t H, int64_t F, bool bias, bool tanh_approx,
                          bool user, bool backward)
 {
     if (F < k->T)
@@ -392,7 +290,7 @@ static void run_mlp_case(rk *k, int64_t t, int64_t H, int64_t F, bool bias, bool
     float *x = malloc(sizeof(float) * (size_t)(t * H + 1));
     float *w1 = malloc(sizeof(float) * (size_t)(H * F)), *b1 = malloc(sizeof(float) * (size_t)F);
     float *w2 = malloc(sizeof(float) * (size_t)(F * H)), *b2 = malloc(sizeof(float) * (size_t)H);
-    fill(x, t * H, 2);
+    tpt_fill(x, t * H, 2);
     if (user) {
         user_weights(H, F, w1, b1);
         user_weights(F, H, w2, b2);
@@ -400,8 +298,8 @@ static void run_mlp_case(rk *k, int64_t t, int64_t H, int64_t F, bool bias, bool
         master(9, 100, H, F, w1, b1);
         master(9, 102, F, H, w2, b2);
     }
-    double *xd = to_d(x, t * H), *w1d = to_d(w1, H * F), *b1d = to_d(b1, F);
-    double *w2d = to_d(w2, F * H), *b2d = to_d(b2, H);
+    double *xd = tpt_to_d(x, t * H), *w1d = tpt_to_d(w1, H * F), *b1d = tpt_to_d(b1, F);
+    double *w2d = tpt_to_d(w2, F * H), *b2d = tpt_to_d(b2, H);
     mlp_ref R;
     mlp_reference(t, H, F, k->T, xd, w1d, bias ? b1d : NULL, w2d, bias ? b2d : NULL, tanh_approx, &R);
 
@@ -415,14 +313,14 @@ static void run_mlp_case(rk *k, int64_t t, int64_t H, int64_t F, bool bias, bool
              (long long)H, (long long)F, bias, tanh_approx, user);
     tp_mlp *m = NULL;
     EXPECT_OK(k, tp_mlp_create(k->g, &cfg, &m));
-    tp_tensor xt = upload2(k, t, H, x), yt = {0}, dyt = {0}, dxt = {0};
+    tp_tensor xt = tpt_upload2(k, t, H, x), yt = {0}, dyt = {0}, dxt = {0};
     float *dy = NULL;
     if (!m)
         goto out;
     tp_stats_reset(k->g);
     EXPECT_OK(k, tp_mlp_forward(m, &xt, &yt));
     check_counts(k, __LINE__, what, TP_PHASE_FORWARD, 1, 0);
-    float *y = download(k, &yt);
+    float *y = tpt_download(k, &yt);
     check_block(k, __LINE__, what, y, t, 0, H, R.y, R.ey, H);
     free(y);
     if (!backward)
@@ -430,8 +328,8 @@ static void run_mlp_case(rk *k, int64_t t, int64_t H, int64_t F, bool bias, bool
 
     /* Backward twice with dy1, dy2 (gradients accumulate), reference below. */
     dy = malloc(sizeof(float) * (size_t)(2 * t * H + 1));
-    fill(dy, 2 * t * H, 3);
-    double *dyd = to_d(dy, 2 * t * H);
+    tpt_fill(dy, 2 * t * H, 3);
+    double *dyd = tpt_to_d(dy, 2 * t * H);
     int64_t tF = t * F, tH = t * H;
     double *dpre = malloc(sizeof(double) * (size_t)(2 * tF + 1));
     double *edpre = malloc(sizeof(double) * (size_t)(2 * tF + 1));
@@ -461,41 +359,41 @@ static void run_mlp_case(rk *k, int64_t t, int64_t H, int64_t F, bool bias, bool
     ref_gemm(1, F, 2 * t, ones, NULL, 0, dpre, edpre, 0, NULL, 0, db1, edb1);
     ref_gemm(1, H, 2 * t, ones, NULL, 0, dyd, NULL, 0, NULL, 0, db2, edb2);
 
-    dyt = upload2(k, t, H, dy);
-    tp_tensor dyt2 = upload2(k, t, H, dy + tH);
+    dyt = tpt_upload2(k, t, H, dy);
+    tp_tensor dyt2 = tpt_upload2(k, t, H, dy + tH);
     tp_stats_reset(k->g);
     EXPECT_OK(k, tp_mlp_zero_grad(m));
     EXPECT_OK(k, tp_mlp_backward(m, &dyt, &dxt));
     check_counts(k, __LINE__, what, TP_PHASE_BACKWARD, 1, 0);
     EXPECT_OK(k, tp_mlp_forward(m, &xt, &yt));
     EXPECT_OK(k, tp_mlp_backward(m, &dyt2, &dxt));
-    float *dx = download(k, &dxt);
+    float *dx = tpt_download(k, &dxt);
     check_block(k, __LINE__, "mlp dx", dx, t, 0, H, dxr, edx, H);
     int64_t lo, hi;
     shard(F, k, &lo, &hi);
     tp_linear_params p1, p2;
     tp_linear_get_params(tp_mlp_fc1(m), &p1);
     tp_linear_get_params(tp_mlp_fc2(m), &p2);
-    float *g = download(k, p1.weight_grad);
+    float *g = tpt_download(k, p1.weight_grad);
     check_block(k, __LINE__, "mlp dW1 (2 passes)", g, H, lo, hi, dw1, edw1, F);
     free(g);
-    g = download(k, p2.weight_grad);
+    g = tpt_download(k, p2.weight_grad);
     check_block(k, __LINE__, "mlp dW2 (2 passes)", g, hi - lo, 0, H, dw2 + lo * H, edw2 + lo * H, H);
     free(g);
     if (bias) {
-        g = download(k, p1.bias_grad);
+        g = tpt_download(k, p1.bias_grad);
         check_block(k, __LINE__, "mlp db1", g, 1, lo, hi, db1, edb1, F);
         free(g);
-        g = download(k, p2.bias_grad);
+        g = tpt_download(k, p2.bias_grad);
         check_block(k, __LINE__, "mlp db2", g, 1, 0, H, db2, edb2, H);
         free(g);
     }
     /* zero_grad really zeroes */
     EXPECT_OK(k, tp_mlp_zero_grad(m));
-    g = download(k, p2.weight_grad);
+    g = tpt_download(k, p2.weight_grad);
     for (int64_t i = 0; i < (hi - lo) * H; i++)
         if (g[i] != 0.0f) {
-            fail_at(k, __LINE__, "dW2[%lld] = %g after zero_grad", (long long)i, g[i]);
+            tpt_fail_at(k, __LINE__, "dW2[%lld] = %g after zero_grad", (long long)i, g[i]);
             break;
         }
     free(g);
@@ -521,7 +419,7 @@ static const int64_t MLP_SIZES[][3] = { /* tokens, hidden, ffn */
 };
 #define NMLP (sizeof MLP_SIZES / sizeof MLP_SIZES[0])
 
-static void body_mlp(rk *k)
+static void body_mlp(tpt_rank *k)
 {
     for (size_t s = 0; s < NMLP; s++)
         for (int m = 0; m < 4; m++)
@@ -530,7 +428,7 @@ static void body_mlp(rk *k)
     run_mlp_case(k, 5, 13, 17, true, false, true, false);
 }
 
-static void body_mlp_backward(rk *k)
+static void body_mlp_backward(tpt_rank *k)
 {
     for (size_t s = 0; s < NMLP; s++)
         for (int m = 0; m < 4; m++)
@@ -539,14 +437,20 @@ static void body_mlp_backward(rk *k)
     run_mlp_case(k, 5, 13, 17, true, false, true, true);
 }
 
-START_TEST(test_mlp) { run_all(body_mlp); }
+START_TEST(test_mlp)
+{
+    tpt_run_all(body_mlp);
+}
 END_TEST
-START_TEST(test_mlp_backward) { run_all(body_mlp_backward); }
+START_TEST(test_mlp_backward)
+{
+    tpt_run_all(body_mlp_backward);
+}
 END_TEST
 
 /* ---------------------------------------------------- linear backward */
 
-static void run_linear_bwd(rk *k, tp_linear_kind kind, int64_t t, int64_t in, int64_t out,
+static void run_linear_bwd(tpt_rank *k, tp_linear_kind kind, int64_t t, int64_t in, int64_t out,
                            bool bias, bool gather, bool parallel, bool want_dx)
 {
     int64_t split = kind == TP_LINEAR_COLUMN ? out : in;
@@ -556,10 +460,10 @@ static void run_linear_bwd(rk *k, tp_linear_kind kind, int64_t t, int64_t in, in
     shard(split, k, &lo, &hi);
     float *x = malloc(sizeof(float) * (size_t)(t * in + 1)), *w = malloc(sizeof(float) * (size_t)(in * out));
     float *b = malloc(sizeof(float) * (size_t)out), *dy = malloc(sizeof(float) * (size_t)(2 * t * out + 1));
-    fill(x, t * in, 4);
-    fill(dy, 2 * t * out, 5);
+    tpt_fill(x, t * in, 4);
+    tpt_fill(dy, 2 * t * out, 5);
     master(5, 20, in, out, w, b);
-    double *xd = to_d(x, t * in), *wd = to_d(w, in * out), *dyd = to_d(dy, 2 * t * out);
+    double *xd = tpt_to_d(x, t * in), *wd = tpt_to_d(w, in * out), *dyd = tpt_to_d(dy, 2 * t * out);
     /* dx = dy2 W^T (cross-rank reduction for column) */
     double *dxr = malloc(sizeof(double) * (size_t)(t * in + 1)), *edx = malloc(sizeof(double) * (size_t)(t * in + 1));
     ref_gemm(t, in, out, dyd + t * out, NULL, 0, wd, NULL, 1, NULL, k->T, dxr, edx);
@@ -589,8 +493,8 @@ static void run_linear_bwd(rk *k, tp_linear_kind kind, int64_t t, int64_t in, in
     int64_t yc0 = yfull ? 0 : lo, yc1 = yfull ? out : hi;
     float *xs = slice_cols(x, t, in, xc0, xc1);
     float *dy1 = slice_cols(dy, t, out, yc0, yc1), *dy2 = slice_cols(dy + t * out, t, out, yc0, yc1);
-    tp_tensor xt = upload2(k, t, xc1 - xc0, xs), yt = {0}, dxt = {0};
-    tp_tensor d1 = upload2(k, t, yc1 - yc0, dy1), d2 = upload2(k, t, yc1 - yc0, dy2);
+    tp_tensor xt = tpt_upload2(k, t, xc1 - xc0, xs), yt = {0}, dxt = {0};
+    tp_tensor d1 = tpt_upload2(k, t, yc1 - yc0, dy1), d2 = tpt_upload2(k, t, yc1 - yc0, dy2);
     if (!l)
         goto out;
     EXPECT_OK(k, tp_linear_forward(l, &xt, &yt));
@@ -601,7 +505,7 @@ static void run_linear_bwd(rk *k, tp_linear_kind kind, int64_t t, int64_t in, in
     check_counts(k, __LINE__, what, TP_PHASE_BACKWARD, ar, ag);
     EXPECT_OK(k, tp_linear_backward(l, &d2, want_dx ? &dxt : NULL));
     if (want_dx) {
-        float *dx = download(k, &dxt);
+        float *dx = tpt_download(k, &dxt);
         EXPECT(k, dxt.shape[1] == xc1 - xc0, "%s: dx has %lld columns, expected %lld", what,
                (long long)dxt.shape[1], (long long)(xc1 - xc0));
         check_block(k, __LINE__, what, dx, t, xc0, xc1, dxr, edx, in);
@@ -609,14 +513,14 @@ static void run_linear_bwd(rk *k, tp_linear_kind kind, int64_t t, int64_t in, in
     }
     tp_linear_params p;
     tp_linear_get_params(l, &p);
-    float *g = download(k, p.weight_grad);
+    float *g = tpt_download(k, p.weight_grad);
     if (kind == TP_LINEAR_COLUMN)
         check_block(k, __LINE__, what, g, in, lo, hi, dw, edw, out);
     else
         check_block(k, __LINE__, what, g, hi - lo, 0, out, dw + lo * out, edw + lo * out, out);
     free(g);
     if (bias) {
-        g = download(k, p.bias_grad);
+        g = tpt_download(k, p.bias_grad);
         check_block(k, __LINE__, what, g, 1, kind == TP_LINEAR_COLUMN ? lo : 0,
                     kind == TP_LINEAR_COLUMN ? hi : out, db, edb, out);
         free(g);
@@ -635,7 +539,7 @@ out:
     free(x2), free(ones), free(dw), free(edw), free(db), free(edb);
 }
 
-static void body_linear_backward(rk *k)
+static void body_linear_backward(tpt_rank *k)
 {
     for (size_t s = 0; s < NSIZES; s++)
         for (int m = 0; m < 8; m++) {
@@ -647,7 +551,10 @@ static void body_linear_backward(rk *k)
         }
 }
 
-START_TEST(test_linear_backward) { run_all(body_linear_backward); }
+START_TEST(test_linear_backward)
+{
+    tpt_run_all(body_linear_backward);
+}
 END_TEST
 
 /* ------------------------------------- the reference vs finite differences */
@@ -725,7 +632,7 @@ END_TEST
                    "%s: message lacks \"%s\": \"%s\"", #expr, subs_[i_], tp_last_error());     \
     } while (0)
 
-static void body_errors(rk *k)
+static void body_errors(tpt_rank *k)
 {
     int T = k->T;
     char buf[160];
@@ -765,7 +672,7 @@ static void body_errors(rk *k)
     if (!col || !row || !colg || !row_other)
         goto out;
     float *hx = calloc((size_t)(tok * in), sizeof(float));
-    tp_tensor x = upload2(k, tok, in, hx), h = {0}, hg = {0}, y = {0};
+    tp_tensor x = tpt_upload2(k, tok, in, hx), h = {0}, hg = {0}, y = {0};
     free(hx);
     tp_stats_reset(k->g);
     EXPECT_OK(k, tp_linear_forward(col, &x, &h));
@@ -837,12 +744,15 @@ out:
     tp_linear_free(col), tp_linear_free(row), tp_linear_free(colg), tp_linear_free(row_other);
 }
 
-START_TEST(test_errors) { run_all(body_errors); }
+START_TEST(test_errors)
+{
+    tpt_run_all(body_errors);
+}
 END_TEST
 
 /* ------------------------------------------ vocab-parallel embedding and CE */
 
-static tp_tensor upload_ids(rk *k, int64_t n, const int32_t *ids)
+static tp_tensor upload_ids(tpt_rank *k, int64_t n, const int32_t *ids)
 {
     tp_tensor t = {0};
     int64_t shape[1] = {n};
@@ -855,7 +765,7 @@ static tp_tensor upload_ids(rk *k, int64_t n, const int32_t *ids)
 /* Forward is exact: each output row is one table row (or 0) plus zeros from
  * the other ranks. Backward: dtable[v] = sum of the dy rows with id v, at
  * most n terms: gamma(n + 2) * sum |dy| (ref.h). */
-static void run_embedding(rk *k, int64_t vocab, int64_t dim)
+static void run_embedding(tpt_rank *k, int64_t vocab, int64_t dim)
 {
     if (vocab < k->T)
         return;
@@ -867,24 +777,25 @@ static void run_embedding(rk *k, int64_t vocab, int64_t dim)
     float *table = malloc(sizeof(float) * (size_t)(vocab * dim));
     tp_master_fill(8, 30, dim, 0, vocab, 0, dim, 1.0f, table);
     float *dy = malloc(sizeof(float) * (size_t)(2 * n * dim));
-    fill(dy, 2 * n * dim, 6);
+    tpt_fill(dy, 2 * n * dim, 6);
     tp_embedding_config cfg = {.vocab = vocab, .dim = dim, .seed = 8, .tensor_id = 30, .name = "wte"};
     tp_embedding *e = NULL;
     EXPECT_OK(k, tp_embedding_create(k->g, &cfg, &e));
     tp_tensor it = upload_ids(k, n, ids), yt = {0};
-    tp_tensor d1 = upload2(k, n, dim, dy), d2 = upload2(k, n, dim, dy + n * dim);
+    tp_tensor d1 = tpt_upload2(k, n, dim, dy), d2 = tpt_upload2(k, n, dim, dy + n * dim);
     if (!e)
         goto out;
     tp_stats_reset(k->g);
     EXPECT_OK(k, tp_embedding_forward(e, &it, &yt));
     check_counts(k, __LINE__, "embedding fwd", TP_PHASE_FORWARD, 1, 0);
-    float *y = download(k, &yt);
+    float *y = tpt_download(k, &yt);
     for (int64_t i = 0; i < n; i++)
         for (int64_t d = 0; d < dim; d++) {
             float want = ids[i] >= 0 && ids[i] < vocab ? table[ids[i] * dim + d] : 0.0f;
             if (y[i * dim + d] != want) {
-                fail_at(k, __LINE__, "embedding vocab=%lld: y[%lld,%lld] = %g, expected %g (id %d)",
-                        (long long)vocab, (long long)i, (long long)d, y[i * dim + d], want, ids[i]);
+                tpt_fail_at(
+                    k, __LINE__, "embedding vocab=%lld: y[%lld,%lld] = %g, expected %g (id %d)",
+                    (long long)vocab, (long long)i, (long long)d, y[i * dim + d], want, ids[i]);
                 i = n;
                 break;
             }
@@ -924,14 +835,14 @@ out:
  * target logit is copied exactly; the smoothing term's sum of logits is
  * within gamma(V+T+2) sum|x|. dlogits: p = exp(x-max)/sumexp has relative
  * error <= (V+T+12)u, then one subtraction and one scaling (2u). */
-static void run_ce(rk *k, int64_t rows, int64_t vocab, float smoothing, bool ignore)
+static void run_ce(tpt_rank *k, int64_t rows, int64_t vocab, float smoothing, bool ignore)
 {
     if (vocab < k->T)
         return;
     int64_t lo, hi;
     shard(vocab, k, &lo, &hi);
     float *x = malloc(sizeof(float) * (size_t)(rows * vocab));
-    fill(x, rows * vocab, 7);
+    tpt_fill(x, rows * vocab, 7);
     for (int64_t i = 0; i < rows * vocab; i++)
         x[i] *= 4.0f;
     int32_t *tg = malloc(sizeof(int32_t) * (size_t)rows);
@@ -973,7 +884,7 @@ static void run_ce(rk *k, int64_t rows, int64_t vocab, float smoothing, bool ign
     tp_vocab_ce *ce = NULL;
     EXPECT_OK(k, tp_vocab_ce_create(k->g, &cfg, &ce));
     float *xs = slice_cols(x, rows, vocab, lo, hi);
-    tp_tensor lt = upload2(k, rows, hi - lo, xs), tt = upload_ids(k, rows, tg), dt = {0};
+    tp_tensor lt = tpt_upload2(k, rows, hi - lo, xs), tt = upload_ids(k, rows, tg), dt = {0};
     if (!ce)
         goto out;
     float loss = -1;
@@ -986,7 +897,7 @@ static void run_ce(rk *k, int64_t rows, int64_t vocab, float smoothing, bool ign
     tp_stats_reset(k->g);
     EXPECT_OK(k, tp_vocab_ce_backward(ce, 1.0f, &dt));
     check_counts(k, __LINE__, "ce bwd", TP_PHASE_BACKWARD, 0, 0);
-    float *d = download(k, &dt);
+    float *d = tpt_download(k, &dt);
     check_block(k, __LINE__, "ce dlogits", d, rows, lo, hi, dref, dbnd, vocab);
     free(d);
 out:
@@ -995,7 +906,7 @@ out:
     free(x), free(xs), free(tg), free(dref), free(dbnd);
 }
 
-static void body_vocab(rk *k)
+static void body_vocab(tpt_rank *k)
 {
     const int64_t vocabs[] = {13, 17, 7, 1};
     for (size_t v = 0; v < 4; v++) {
@@ -1011,12 +922,12 @@ static void body_vocab(rk *k)
         EXPECT_OK(k, tp_vocab_ce_create(k->g, &cfg, &ce));
         float *z = calloc((size_t)(3 * 12 * k->T), sizeof(float));
         int32_t tg[3] = {0, 1, (int32_t)(12 * k->T)};
-        tp_tensor lt = upload2(k, 3, 12 * k->T, z), tt = upload_ids(k, 3, tg);
+        tp_tensor lt = tpt_upload2(k, 3, 12 * k->T, z), tt = upload_ids(k, 3, tg);
         float loss;
         if (ce) {
             EXPECT_ERR(k, tp_vocab_ce_forward(ce, &lt, &tt, &loss), TP_ERR_SHAPE,
                        "these are the full logits");
-            tp_tensor ls = upload2(k, 3, 12, z);
+            tp_tensor ls = tpt_upload2(k, 3, 12, z);
             EXPECT_ERR(k, tp_vocab_ce_forward(ce, &ls, &tt, &loss), TP_ERR_INVALID_ARG,
                        "target of row 2", "outside [0, vocab");
             tp_tensor_release(&ls);
@@ -1031,46 +942,55 @@ static void body_vocab(rk *k)
     }
 }
 
-START_TEST(test_vocab) { run_all(body_vocab); }
+START_TEST(test_vocab)
+{
+    tpt_run_all(body_vocab);
+}
+END_TEST
+
+/* Sizes whose element counts overflow are refused at create, before any
+ * allocation, with the same error on every rank. */
+static void body_sizes(tpt_rank *k)
+{
+    const int64_t big = (int64_t)1 << 40; /* big * big overflows int64 */
+    tp_linear *l = NULL;
+    tp_linear_config lc = {.in_features = big, .out_features = big, .name = "huge"};
+    EXPECT_ERR(k, tp_column_linear_create(k->g, &lc, &l), TP_ERR_INVALID_ARG, "overflows",
+               "'huge'");
+    EXPECT(k, l == NULL, "failed create left a layer");
+    EXPECT_ERR(k, tp_row_linear_create(k->g, &lc, &l), TP_ERR_INVALID_ARG, "overflows");
+    tp_mlp *m = NULL;
+    tp_mlp_config mc = {.hidden = big, .ffn = big};
+    EXPECT_ERR(k, tp_mlp_create(k->g, &mc, &m), TP_ERR_INVALID_ARG, "overflows");
+    EXPECT(k, m == NULL, "failed create left an MLP");
+    tp_embedding *e = NULL;
+    tp_embedding_config ec = {.vocab = big, .dim = big};
+    EXPECT_ERR(k, tp_embedding_create(k->g, &ec, &e), TP_ERR_INVALID_ARG, "overflows",
+               "vocab x dim");
+    EXPECT(k, e == NULL, "failed create left an embedding");
+}
+
+START_TEST(test_sizes)
+{
+    tpt_run_all(body_sizes);
+}
 END_TEST
 
 /* ------------------------------------------------------------ main */
 
 int main(int argc, char **argv)
 {
-    tp_config cfg = {.argc = &argc, .argv = &argv};
-    tp_status st = tp_init(&cfg, &g_ctx);
-    if (st == TP_ERR_UNAVAILABLE) {
-        printf("test_layers: skipped: the backend cannot run here: %s\n", tp_last_error());
-        return 77;
-    }
-    if (st != TP_OK) {
-        fprintf(stderr, "test_layers: tp_init failed: %s: %s\n", tp_status_string(st),
-                tp_last_error());
-        return 1;
-    }
-    g_world = tp_ctx_world_size(g_ctx);
-    g_fail = calloc((size_t)g_world, sizeof(fail_slot));
-
-    Suite *s = suite_create("layers");
-    struct { const char *name; const TTest *fn; } tests[] = {
-        {"column", test_column}, {"row", test_row}, {"user_weights", test_user_weights},
-        {"mlp", test_mlp}, {"errors", test_errors}, {"linear_backward", test_linear_backward},
-        {"mlp_backward", test_mlp_backward}, {"reference_fd", test_reference_fd},
+    const tpt_test tests[] = {
+        {"column", test_column},
+        {"row", test_row},
+        {"user_weights", test_user_weights},
+        {"mlp", test_mlp},
+        {"errors", test_errors},
+        {"linear_backward", test_linear_backward},
+        {"mlp_backward", test_mlp_backward},
+        {"reference_fd", test_reference_fd},
         {"vocab_parallel", test_vocab},
+        {"sizes", test_sizes},
     };
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        TCase *tc = tcase_create(tests[i].name);
-        tcase_set_timeout(tc, 0); /* meson's timeout applies; ranks time out via TP_TIMEOUT_S */
-        tcase_add_test(tc, tests[i].fn);
-        suite_add_tcase(s, tc);
-    }
-    SRunner *sr = srunner_create(s);
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    free(g_fail);
-    tp_finalize(g_ctx);
-    return failed ? 1 : 0;
+    return tpt_main(&argc, &argv, "layers", tests, sizeof tests / sizeof tests[0], NULL);
 }

@@ -4,12 +4,9 @@
  * parallelism) against a serial double reference (ref.h), whose backward is
  * itself checked by central finite differences.
  *
- * Runs unchanged on any backend: the world size comes from the engine. Each
- * test calls tp_run; every rank splits the world into groups of T for
- * T = 1..W (color rank / T; ranks past floor(W/T)*T sit out), so one run at
- * W = 4 covers T = 1..4 and W = 7 covers T = 1..7. Failures are recorded per
- * rank and asserted on the main thread after tp_run (CK_NOFORK: ranks are
- * threads or MPI processes).
+ * Runs unchanged on any backend: the world size comes from the engine. The
+ * harness (tests/common/tp-test.h) runs every body on groups of T = 1..W, so
+ * one run at W = 4 covers T = 1..4 and W = 7 covers T = 1..7.
  *
  * Tolerance. Inputs are uniform in [-1, 1), weights +-1/sqrt(fan_in), so
  * every activation and gradient is O(1)..O(10). An f32 K-term sum in any
@@ -25,135 +22,23 @@
  */
 #include <check.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <tp/tp.h>
 
+#include "tp-test.h"
+
 #include "ref.h"
 
 #define XF_TOL 1e-3
 
-/* ------------------------------------------------------------ harness */
-
-typedef struct rk {
-    tp_comm *g;
-    tp_device *dev;
-    int T, r, wrank;
-} rk;
-
-typedef void (*body_fn)(rk *k);
-
-typedef struct fail_slot {
-    int n;
-    char first[1024];
-} fail_slot;
-
-static tp_ctx *g_ctx;
-static fail_slot *g_fail;
-static int g_world;
-
-static void fail_at(rk *k, int line, const char *fmt, ...)
-{
-    fail_slot *f = &g_fail[k->wrank];
-    if (f->n++ > 0)
-        return;
-    int off = snprintf(f->first, sizeof f->first, "line %d, T=%d group rank %d: ", line, k->T, k->r);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(f->first + off, sizeof f->first - (size_t)off, fmt, ap);
-    va_end(ap);
-}
-
-#define EXPECT(k, cond, ...)                     \
-    do {                                         \
-        if (!(cond))                             \
-            fail_at((k), __LINE__, __VA_ARGS__); \
-    } while (0)
-
-#define EXPECT_OK(k, expr)                                                                         \
-    do {                                                                                           \
-        tp_status st_ = (expr);                                                                    \
-        if (st_ != TP_OK)                                                                          \
-            fail_at((k), __LINE__, "%s -> %s: %s", #expr, tp_status_string(st_), tp_last_error()); \
-    } while (0)
-
-static tp_status rank_main(tp_comm *world, void *arg)
-{
-    body_fn fn = *(body_fn *)arg;
-    int W = tp_comm_size(world), r = tp_comm_rank(world);
-    for (int T = 1; T <= W; T++) {
-        int color = r < (W / T) * T ? r / T : -1;
-        tp_comm *g = NULL;
-        tp_status st = tp_comm_split(world, color, r, &g);
-        if (st != TP_OK)
-            return st;
-        if (!g)
-            continue;
-        rk k = {.g = g, .dev = tp_comm_device(g), .T = T, .r = tp_comm_rank(g), .wrank = r};
-        if (tp_comm_size(g) != T)
-            fail_at(&k, __LINE__, "split gave a group of %d, expected %d", tp_comm_size(g), T);
-        else
-            fn(&k);
-        tp_comm_free(g);
-    }
-    return TP_OK;
-}
-
-static void run_all(body_fn fn)
-{
-    memset(g_fail, 0, sizeof(fail_slot) * (size_t)g_world);
-    tp_status st = tp_run(g_ctx, rank_main, &fn);
-    ck_assert_msg(st == TP_OK, "tp_run: %s: %s", tp_status_string(st), tp_last_error());
-    for (int i = 0; i < g_world; i++)
-        ck_assert_msg(g_fail[i].n == 0, "world rank %d: %d failed checks; first: %s", i,
-                      g_fail[i].n, g_fail[i].first);
-}
-
 /* ------------------------------------------------------------ helpers */
 
-static void fill(float *a, int64_t n, uint64_t id)
-{
-    for (int64_t i = 0; i < n; i++)
-        a[i] = tp_master_uniform(777, id, (uint64_t)i, 1.0f);
-}
-
-static float *falloc(int64_t n)
-{
-    return calloc((size_t)(n > 0 ? n : 1), sizeof(float));
-}
-
-static double *to_d(const float *a, int64_t n)
-{
-    double *d = rzalloc(n);
-    for (int64_t i = 0; i < n; i++)
-        d[i] = a[i];
-    return d;
-}
-
-static tp_tensor upload2(rk *k, int64_t rows, int64_t cols, const float *h)
-{
-    tp_tensor t = {0};
-    EXPECT_OK(k, tp_tensor_alloc2(k->dev, TP_F32, rows, cols, &t));
-    if (t.data && rows * cols > 0)
-        EXPECT_OK(k, tp_tensor_upload(&t, h));
-    return t;
-}
-
-static float *download(rk *k, const tp_tensor *t)
-{
-    int64_t n = tp_tensor_numel(t);
-    float *h = falloc(n);
-    if (t->data && n > 0)
-        EXPECT_OK(k, tp_tensor_download(t, h));
-    return h;
-}
-
 /* max|got - ref| <= XF_TOL * max(1, max|ref|) over n values (see the top). */
-static void check_close(rk *k, int line, const char *what, const float *got, const double *ref,
-                        int64_t n, double factor)
+static void check_close(tpt_rank *k, int line, const char *what, const float *got,
+                        const double *ref, int64_t n, double factor)
 {
     double maxref = 1.0, err = 0.0;
     int64_t at = 0;
@@ -168,15 +53,16 @@ static void check_close(rk *k, int line, const char *what, const float *got, con
         }
     }
     if (!(err <= XF_TOL * maxref))
-        fail_at(k, line, "%s: max |diff| %.3g at [%lld] (got %.9g, reference %.9g) > %.3g", what,
-                err, (long long)at, n ? got[at] : 0.0, n ? factor * ref[at] : 0.0, XF_TOL * maxref);
+        tpt_fail_at(k, line, "%s: max |diff| %.3g at [%lld] (got %.9g, reference %.9g) > %.3g",
+                    what, err, (long long)at, n ? got[at] : 0.0, n ? factor * ref[at] : 0.0,
+                    XF_TOL * maxref);
 }
 
 #define CHECK_CLOSE(k, what, got, ref, n) check_close((k), __LINE__, (what), (got), (ref), (n), 1.0)
 #define CHECK_CLOSE2(k, what, got, ref, n, f) check_close((k), __LINE__, (what), (got), (ref), (n), (f))
 
 /* Expected collective calls per phase: want[phase][op]; everything else 0. */
-static void check_counts(rk *k, int line, const char *what, const int want[2][TP_OP_COUNT])
+static void check_counts(tpt_rank *k, int line, const char *what, const int want[2][TP_OP_COUNT])
 {
     tp_stats s;
     tp_stats_get(k->g, &s);
@@ -184,9 +70,9 @@ static void check_counts(rk *k, int line, const char *what, const int want[2][TP
         for (int op = 0; op < TP_OP_COUNT; op++) {
             uint64_t w = ph < 2 ? (uint64_t)want[ph][op] : 0;
             if (s.comm[ph][op].calls != w) {
-                fail_at(k, line, "%s: %s calls in phase %s = %llu, expected %llu", what,
-                        tp_op_name((tp_op)op), tp_phase_name((tp_phase)ph),
-                        (unsigned long long)s.comm[ph][op].calls, (unsigned long long)w);
+                tpt_fail_at(k, line, "%s: %s calls in phase %s = %llu, expected %llu", what,
+                            tp_op_name((tp_op)op), tp_phase_name((tp_phase)ph),
+                            (unsigned long long)s.comm[ph][op].calls, (unsigned long long)w);
                 return;
             }
         }
@@ -194,10 +80,10 @@ static void check_counts(rk *k, int line, const char *what, const int want[2][TP
 
 /* A replicated tensor must be bitwise identical on every rank of the group:
  * its element-wise max and min over the ranks both equal the local copy. */
-static void check_replicated(rk *k, int line, const char *what, const tp_tensor *t)
+static void check_replicated(tpt_rank *k, int line, const char *what, const tp_tensor *t)
 {
     if (!t) {
-        fail_at(k, line, "%s: tensor missing", what);
+        tpt_fail_at(k, line, "%s: tensor missing", what);
         return;
     }
     int64_t n = tp_tensor_numel(t);
@@ -206,9 +92,9 @@ static void check_replicated(rk *k, int line, const char *what, const tp_tensor 
     EXPECT_OK(k, tp_tensor_alloc(k->dev, TP_F32, 1, &n, &mn));
     EXPECT_OK(k, tp_all_reduce(k->g, t->data, mx.data, (size_t)n, TP_F32, TP_MAX));
     EXPECT_OK(k, tp_all_reduce(k->g, t->data, mn.data, (size_t)n, TP_F32, TP_MIN));
-    float *a = download(k, t), *b = download(k, &mx), *c = download(k, &mn);
+    float *a = tpt_download(k, t), *b = tpt_download(k, &mx), *c = tpt_download(k, &mn);
     if (memcmp(a, b, sizeof(float) * (size_t)n) || memcmp(a, c, sizeof(float) * (size_t)n))
-        fail_at(k, line, "%s: replicated tensor differs across the group's ranks", what);
+        tpt_fail_at(k, line, "%s: replicated tensor differs across the group's ranks", what);
     free(a);
     free(b);
     free(c);
@@ -216,7 +102,7 @@ static void check_replicated(rk *k, int line, const char *what, const tp_tensor 
     tp_tensor_release(&mn);
 }
 
-static void shard_rows(rk *k, int64_t N, int64_t *lo, int64_t *hi)
+static void shard_rows(tpt_rank *k, int64_t N, int64_t *lo, int64_t *hi)
 {
     tp_shard_range(N, k->T, k->r, lo, hi);
 }
@@ -249,10 +135,10 @@ static void full_attn_alloc(full_attn *f, int64_t hid, int64_t H, int64_t KV, in
 {
     f->fw = (H + 2 * KV) * hd;
     f->ow = H * hd;
-    f->wqkv = falloc(hid * f->fw);
-    f->bqkv = falloc(f->fw);
-    f->wo = falloc(f->ow * hid);
-    f->bo = falloc(hid);
+    f->wqkv = tpt_falloc(hid * f->fw);
+    f->bqkv = tpt_falloc(f->fw);
+    f->wo = tpt_falloc(f->ow * hid);
+    f->bo = tpt_falloc(hid);
 }
 
 static void full_attn_free(full_attn *f)
@@ -265,7 +151,7 @@ static void full_attn_free(full_attn *f)
 
 static const int XF_OPS_NONE[2][TP_OP_COUNT] = {{0}};
 
-static void run_attn_case(rk *k, const attn_case *c, bool sp)
+static void run_attn_case(tpt_rank *k, const attn_case *c, bool sp)
 {
     int64_t H = c->H, KV = c->KV ? c->KV : H, hd = c->hd ? c->hd : c->hid / H, hid = c->hid;
     int64_t N = c->b * c->s;
@@ -288,7 +174,7 @@ static void run_attn_case(rk *k, const attn_case *c, bool sp)
     full_attn_alloc(&f, hid, H, KV, hd);
     EXPECT_OK(k, tp_attention_get_full(a, f.wqkv, f.bqkv, f.wo, f.bo));
     {
-        float *e = falloc(hid * f.fw), *eo = falloc(f.ow * hid);
+        float *e = tpt_falloc(hid * f.fw), *eo = tpt_falloc(f.ow * hid);
         tp_master_fill(11, 100, f.fw, 0, hid, 0, f.fw, (float)(1.0 / sqrt((double)hid)), e);
         tp_master_fill(11, 102, hid, 0, f.ow, 0, hid, (float)(1.0 / sqrt((double)f.ow)), eo);
         EXPECT(k, memcmp(e, f.wqkv, sizeof(float) * (size_t)(hid * f.fw)) == 0,
@@ -298,13 +184,13 @@ static void run_attn_case(rk *k, const attn_case *c, bool sp)
         free(e);
         free(eo);
     }
-    float *x = falloc(N * hid), *dy = falloc(N * hid);
-    fill(x, N * hid, 1);
-    fill(dy, N * hid, 2);
+    float *x = tpt_falloc(N * hid), *dy = tpt_falloc(N * hid);
+    tpt_fill(x, N * hid, 1);
+    tpt_fill(dy, N * hid, 2);
     /* reference */
-    double *xd = to_d(x, N * hid), *dyd = to_d(dy, N * hid);
-    double *wq = to_d(f.wqkv, hid * f.fw), *bq = to_d(f.bqkv, f.fw), *wo = to_d(f.wo, f.ow * hid),
-           *bo = to_d(f.bo, hid);
+    double *xd = tpt_to_d(x, N * hid), *dyd = tpt_to_d(dy, N * hid);
+    double *wq = tpt_to_d(f.wqkv, hid * f.fw), *bq = tpt_to_d(f.bqkv, f.fw),
+           *wo = tpt_to_d(f.wo, f.ow * hid), *bo = tpt_to_d(f.bo, hid);
     ref_attn R = {.b = c->b, .s = c->s, .hid = hid, .H = H, .KV = KV, .hd = hd,
                   .causal = c->causal, .wqkv = wq, .bqkv = c->bias ? bq : NULL, .wo = wo,
                   .bo = c->bias ? bo : NULL};
@@ -316,8 +202,8 @@ static void run_attn_case(rk *k, const attn_case *c, bool sp)
     int64_t lo = 0, hi = N;
     if (sp)
         shard_rows(k, N, &lo, &hi);
-    tp_tensor xt = upload2(k, hi - lo, hid, x + lo * hid);
-    tp_tensor dyt = upload2(k, hi - lo, hid, dy + lo * hid);
+    tp_tensor xt = tpt_upload2(k, hi - lo, hid, x + lo * hid);
+    tp_tensor dyt = tpt_upload2(k, hi - lo, hid, dy + lo * hid);
     tp_tensor yt = {0}, dxt = {0};
     EXPECT_OK(k, tp_attention_zero_grad(a));
     tp_stats_reset(k->g);
@@ -360,7 +246,7 @@ static void run_attn_case(rk *k, const attn_case *c, bool sp)
     /* a second pass: parameter gradients accumulate, outputs are overwritten */
     EXPECT_OK(k, tp_attention_forward(a, &xt, c->b, c->s, &yt));
     EXPECT_OK(k, tp_attention_backward(a, &dyt, &dxt));
-    float *y = download(k, &yt), *dx = download(k, &dxt);
+    float *y = tpt_download(k, &yt), *dx = tpt_download(k, &dxt);
     CHECK_CLOSE(k, "attention y", y, yr + lo * hid, (hi - lo) * hid);
     CHECK_CLOSE(k, "attention dx", dx, dxr + lo * hid, (hi - lo) * hid);
     full_attn gf;
@@ -383,8 +269,8 @@ static void run_attn_case(rk *k, const attn_case *c, bool sp)
         int64_t qlo, qhi, kvlo, kvhi;
         tp_attention_get_info(a, NULL, &qlo, &qhi, &kvlo, &kvhi);
         int64_t hl = qhi - qlo, kvl = kvhi - kvlo, W = (hl + 2 * kvl) * hd;
-        float *lw = download(k, pp.qkv_weight_grad);
-        float *lb = c->bias ? download(k, pp.qkv_bias_grad) : NULL;
+        float *lw = tpt_download(k, pp.qkv_weight_grad);
+        float *lb = c->bias ? tpt_download(k, pp.qkv_bias_grad) : NULL;
         for (int64_t col = hl * hd; col < W; col++) {
             int64_t head = col / hd - hl, e = col % hd;
             int64_t fc = head < kvl ? (H + kvlo + head) * hd + e
@@ -395,8 +281,10 @@ static void run_attn_case(rk *k, const attn_case *c, bool sp)
             if (lb)
                 same = same && lb[col] == gf.bqkv[fc];
             if (!same) {
-                fail_at(k, __LINE__, "local K/V grad column %lld differs from the full gradient "
-                        "(replicated KV heads must agree on every holder)", (long long)col);
+                tpt_fail_at(k, __LINE__,
+                            "local K/V grad column %lld differs from the full gradient "
+                            "(replicated KV heads must agree on every holder)",
+                            (long long)col);
                 break;
             }
         }
@@ -408,7 +296,7 @@ static void run_attn_case(rk *k, const attn_case *c, bool sp)
     EXPECT_OK(k, tp_attention_get_full_grad(a, gf.wqkv, gf.bqkv, gf.wo, gf.bo));
     for (int64_t i = 0; i < hid * f.fw; i++)
         if (gf.wqkv[i] != 0.0f) {
-            fail_at(k, __LINE__, "dWqkv[%lld] = %g after zero_grad", (long long)i, gf.wqkv[i]);
+            tpt_fail_at(k, __LINE__, "dWqkv[%lld] = %g after zero_grad", (long long)i, gf.wqkv[i]);
             break;
         }
     full_attn_free(&gf);
@@ -437,13 +325,13 @@ static void run_attn_case(rk *k, const attn_case *c, bool sp)
     tp_attention_free(a);
 }
 
-static void body_attention(rk *k)
+static void body_attention(tpt_rank *k)
 {
     for (size_t i = 0; i < N_ATTN_CASES; i++)
         run_attn_case(k, &ATTN_CASES[i], false);
 }
 
-static void body_attention_sp(rk *k)
+static void body_attention_sp(tpt_rank *k)
 {
     for (size_t i = 0; i < N_ATTN_CASES; i++)
         run_attn_case(k, &ATTN_CASES[i], true);
@@ -451,20 +339,20 @@ static void body_attention_sp(rk *k)
 
 START_TEST(test_attention)
 {
-    run_all(body_attention);
+    tpt_run_all(body_attention);
 }
 END_TEST
 
 START_TEST(test_attention_sp)
 {
-    run_all(body_attention_sp);
+    tpt_run_all(body_attention_sp);
 }
 END_TEST
 
 /* GQA at T = 4 with kv_heads 1, 2, 4 (heads 8): which KV heads each rank
  * holds, and that the replicated KV heads' gradients are the complete sums
  * (the same on every holder, equal to the reference). */
-static void body_gqa(rk *k)
+static void body_gqa(tpt_rank *k)
 {
     if (k->T != 4)
         return;
@@ -494,19 +382,74 @@ static void body_gqa(rk *k)
 
 START_TEST(test_gqa)
 {
-    run_all(body_gqa);
+    tpt_run_all(body_gqa);
+}
+END_TEST
+
+/* User-supplied full weights (full_qkv_weight etc.) holding exactly the
+ * master tensors the layer would generate: every rank must cut the same
+ * shard (Q, K, V blocks; replicated KV heads), so forward and backward are
+ * bitwise those of the default layer. */
+static void body_attention_user(tpt_rank *k)
+{
+    static const int64_t kvs[] = {6, 3, 1};
+    const int64_t hid = 10, H = 6, hd = 3, b = 2, s = 3, N = b * s, id = 40;
+    if (H % k->T)
+        return;
+    for (int i = 0; i < 3; i++) {
+        int64_t KV = kvs[i], fw = (H + 2 * KV) * hd, fo = H * hd;
+        float bq = (float)(1.0 / sqrt((double)hid)), bo = (float)(1.0 / sqrt((double)fo));
+        float *wq = tpt_falloc(hid * fw), *bqv = tpt_falloc(fw), *wo = tpt_falloc(fo * hid),
+              *bov = tpt_falloc(hid), *x = tpt_falloc(N * hid);
+        tp_master_fill(5, id, fw, 0, hid, 0, fw, bq, wq);
+        tp_master_fill(5, id + 1, fw, 0, 1, 0, fw, bq, bqv);
+        tp_master_fill(5, id + 2, hid, 0, fo, 0, hid, bo, wo);
+        tp_master_fill(5, id + 3, hid, 0, 1, 0, hid, bo, bov);
+        tpt_fill(x, N * hid, 77);
+        tp_attention_config c = {.hidden = hid, .heads = H, .kv_heads = KV, .head_dim = hd,
+                                 .bias = true, .causal = true, .seed = 5, .tensor_id = id};
+        tp_attention_config cu = c;
+        cu.full_qkv_weight = wq, cu.full_qkv_bias = bqv;
+        cu.full_out_weight = wo, cu.full_out_bias = bov;
+        tp_attention *a = NULL, *u = NULL;
+        EXPECT_OK(k, tp_attention_create(k->g, &c, &a));
+        EXPECT_OK(k, tp_attention_create(k->g, &cu, &u));
+        tp_tensor xt = tpt_upload2(k, N, hid, x), ya = {0}, yu = {0}, dxa = {0}, dxu = {0};
+        if (a && u) {
+            EXPECT_OK(k, tp_attention_forward(a, &xt, b, s, &ya));
+            EXPECT_OK(k, tp_attention_forward(u, &xt, b, s, &yu));
+            EXPECT_OK(k, tp_attention_backward(a, &ya, &dxa));
+            EXPECT_OK(k, tp_attention_backward(u, &yu, &dxu));
+            float *fa = tpt_download(k, &ya), *fu = tpt_download(k, &yu);
+            float *ga = tpt_download(k, &dxa), *gu = tpt_download(k, &dxu);
+            EXPECT(k, !memcmp(fa, fu, sizeof(float) * (size_t)(N * hid)),
+                   "kv %lld: y with user weights differs from the default layer's", (long long)KV);
+            EXPECT(k, !memcmp(ga, gu, sizeof(float) * (size_t)(N * hid)),
+                   "kv %lld: dx with user weights differs from the default layer's", (long long)KV);
+            free(fa), free(fu), free(ga), free(gu);
+        }
+        tp_tensor_release(&xt), tp_tensor_release(&ya), tp_tensor_release(&yu);
+        tp_tensor_release(&dxa), tp_tensor_release(&dxu);
+        tp_attention_free(a), tp_attention_free(u);
+        free(wq), free(bqv), free(wo), free(bov), free(x);
+    }
+}
+
+START_TEST(test_attention_user)
+{
+    tpt_run_all(body_attention_user);
 }
 END_TEST
 
 /* ------------------------------------------------------------ norms */
 
-static void run_norm_case(rk *k, bool rms, bool bias, bool sp, int64_t N, int64_t d)
+static void run_norm_case(tpt_rank *k, bool rms, bool bias, bool sp, int64_t N, int64_t d)
 {
-    float *x = falloc(N * d), *dy = falloc(N * d), *g = falloc(d), *b = falloc(d);
-    fill(x, N * d, 21);
-    fill(dy, N * d, 22);
-    fill(g, d, 23);
-    fill(b, d, 24);
+    float *x = tpt_falloc(N * d), *dy = tpt_falloc(N * d), *g = tpt_falloc(d), *b = tpt_falloc(d);
+    tpt_fill(x, N * d, 21);
+    tpt_fill(dy, N * d, 22);
+    tpt_fill(g, d, 23);
+    tpt_fill(b, d, 24);
     for (int64_t i = 0; i < N * d; i++)
         x[i] = 3.0f * x[i] + 0.5f; /* a mean away from 0 */
     tp_norm_config cfg = {.dim = d, .rms = rms, .bias = bias, .eps = 1e-5f,
@@ -515,14 +458,16 @@ static void run_norm_case(rk *k, bool rms, bool bias, bool sp, int64_t N, int64_
     EXPECT_OK(k, tp_norm_create(k->g, &cfg, &n));
     if (!n)
         goto out;
-    double *xd = to_d(x, N * d), *dyd = to_d(dy, N * d), *gd = to_d(g, d), *bd = to_d(b, d);
+    double *xd = tpt_to_d(x, N * d), *dyd = tpt_to_d(dy, N * d), *gd = tpt_to_d(g, d),
+           *bd = tpt_to_d(b, d);
     double *yr = rzalloc(N * d), *dxr = rzalloc(N * d), *dgr = rzalloc(d), *dbr = rzalloc(d);
     ref_norm_forward(rms, N, d, 1e-5, xd, gd, bias ? bd : NULL, yr);
     ref_norm_backward(rms, N, d, 1e-5, xd, gd, dyd, dxr, dgr, dbr);
     int64_t lo = 0, hi = N;
     if (sp)
         shard_rows(k, N, &lo, &hi);
-    tp_tensor xt = upload2(k, hi - lo, d, x + lo * d), dyt = upload2(k, hi - lo, d, dy + lo * d);
+    tp_tensor xt = tpt_upload2(k, hi - lo, d, x + lo * d),
+              dyt = tpt_upload2(k, hi - lo, d, dy + lo * d);
     tp_tensor yt = {0}, dxt = {0};
     tp_stats_reset(k->g);
     EXPECT_OK(k, tp_norm_forward(n, &xt, &yt));
@@ -531,19 +476,19 @@ static void run_norm_case(rk *k, bool rms, bool bias, bool sp, int64_t N, int64_
     memcpy(want, XF_OPS_NONE, sizeof want);
     want[1][TP_OP_ALL_REDUCE] = sp ? 1 : 0; /* the partial parameter grads */
     check_counts(k, __LINE__, "norm", want);
-    float *y = download(k, &yt), *dx = download(k, &dxt);
+    float *y = tpt_download(k, &yt), *dx = tpt_download(k, &dxt);
     CHECK_CLOSE(k, "norm y", y, yr + lo * d, (hi - lo) * d);
     CHECK_CLOSE(k, "norm dx", dx, dxr + lo * d, (hi - lo) * d);
     tp_tensor *dgt, *dbt;
     tp_norm_get_params(n, NULL, NULL, &dgt, &dbt);
     EXPECT(k, dgt && (bias == (dbt != NULL)), "norm grads missing");
     if (dgt) {
-        float *dg = download(k, dgt);
+        float *dg = tpt_download(k, dgt);
         CHECK_CLOSE(k, "norm dgamma", dg, dgr, d);
         free(dg);
     }
     if (dbt) {
-        float *db = download(k, dbt);
+        float *db = tpt_download(k, dbt);
         CHECK_CLOSE(k, "norm dbeta", db, dbr, d);
         free(db);
     }
@@ -569,7 +514,7 @@ out:
     free(b);
 }
 
-static void body_norm(rk *k)
+static void body_norm(tpt_rank *k)
 {
     for (int sp = 0; sp < 2; sp++) {
         run_norm_case(k, false, true, sp, 13, 17);
@@ -581,7 +526,7 @@ static void body_norm(rk *k)
 
 START_TEST(test_norm)
 {
-    run_all(body_norm);
+    tpt_run_all(body_norm);
 }
 END_TEST
 
@@ -635,10 +580,12 @@ static void block_ref_run(const block_case *c, const double *x, const double *dy
     int64_t H = c->H, KV = c->KV ? c->KV : H, hd = c->hd ? c->hd : c->hid / H, hid = c->hid;
     int64_t N = c->b * c->s, F = c->ffn;
     double eps = 1e-5;
-    double *wq = to_d(fa->wqkv, hid * fa->fw), *bq = to_d(fa->bqkv, fa->fw),
-           *wo = to_d(fa->wo, fa->ow * hid), *bo = to_d(fa->bo, hid);
-    double *W1 = to_d(w1, hid * F), *B1 = to_d(b1, F), *W2 = to_d(w2, F * hid), *B2 = to_d(b2, hid);
-    double *G1 = to_d(g1, hid), *BT1 = to_d(bt1, hid), *G2 = to_d(g2, hid), *BT2 = to_d(bt2, hid);
+    double *wq = tpt_to_d(fa->wqkv, hid * fa->fw), *bq = tpt_to_d(fa->bqkv, fa->fw),
+           *wo = tpt_to_d(fa->wo, fa->ow * hid), *bo = tpt_to_d(fa->bo, hid);
+    double *W1 = tpt_to_d(w1, hid * F), *B1 = tpt_to_d(b1, F), *W2 = tpt_to_d(w2, F * hid),
+           *B2 = tpt_to_d(b2, hid);
+    double *G1 = tpt_to_d(g1, hid), *BT1 = tpt_to_d(bt1, hid), *G2 = tpt_to_d(g2, hid),
+           *BT2 = tpt_to_d(bt2, hid);
     double *h1 = rzalloc(N * hid), *r1 = rzalloc(N * hid), *h2 = rzalloc(N * hid);
     double *u = rzalloc(N * F), *act = rzalloc(N * F), *du = rzalloc(N * F);
     double *dh2 = rzalloc(N * hid), *dr1 = rzalloc(N * hid), *dh1 = rzalloc(N * hid);
@@ -711,12 +658,12 @@ static void block_ref_free(block_ref *o)
 }
 
 /* Set a norm's gamma/beta to the test's values (the same on every rank). */
-static void set_norm(rk *k, tp_norm *n, uint64_t id, float *g, float *b, int64_t d)
+static void set_norm(tpt_rank *k, tp_norm *n, uint64_t id, float *g, float *b, int64_t d)
 {
     tp_tensor *gt, *bt;
     tp_norm_get_params(n, &gt, &bt, NULL, NULL);
-    fill(g, d, id);
-    fill(b, d, id + 1);
+    tpt_fill(g, d, id);
+    tpt_fill(b, d, id + 1);
     for (int64_t i = 0; i < d; i++)
         g[i] += 1.0f;
     EXPECT_OK(k, tp_tensor_upload(gt, g));
@@ -726,19 +673,19 @@ static void set_norm(rk *k, tp_norm *n, uint64_t id, float *g, float *b, int64_t
         memset(b, 0, sizeof(float) * (size_t)d);
 }
 
-static float *norm_grad(rk *k, tp_norm *n, bool beta, int64_t d)
+static float *norm_grad(tpt_rank *k, tp_norm *n, bool beta, int64_t d)
 {
     tp_tensor *dg, *db;
     tp_norm_get_params(n, NULL, NULL, &dg, &db);
     tp_tensor *t = beta ? db : dg;
     if (!t)
-        return falloc(d);
-    return download(k, t);
+        return tpt_falloc(d);
+    return tpt_download(k, t);
 }
 
 /* One block forward+backward at this group; fills out (and the reference
  * inputs: full weights) for comparison. passes: how many fwd+bwd. */
-static void run_block(rk *k, const block_case *c, bool sp, int passes, block_out *o,
+static void run_block(tpt_rank *k, const block_case *c, bool sp, int passes, block_out *o,
                       block_ref *ref, bool counts)
 {
     int64_t H = c->H, KV = c->KV ? c->KV : H, hd = c->hd ? c->hd : c->hid / H, hid = c->hid;
@@ -756,15 +703,16 @@ static void run_block(rk *k, const block_case *c, bool sp, int passes, block_out
     set_norm(k, tp_block_norm2(b), 33, g2, bt2, hid);
     full_attn fa;
     full_attn_alloc(&fa, hid, H, KV, hd);
-    float *w1 = falloc(hid * F), *b1 = falloc(F), *w2 = falloc(F * hid), *b2 = falloc(hid);
+    float *w1 = tpt_falloc(hid * F), *b1 = tpt_falloc(F), *w2 = tpt_falloc(F * hid),
+          *b2 = tpt_falloc(hid);
     EXPECT_OK(k, tp_attention_get_full(tp_block_attention(b), fa.wqkv, fa.bqkv, fa.wo, fa.bo));
     EXPECT_OK(k, tp_linear_get_full(tp_mlp_fc1(tp_block_mlp(b)), w1, b1));
     EXPECT_OK(k, tp_linear_get_full(tp_mlp_fc2(tp_block_mlp(b)), w2, b2));
-    float *x = falloc(N * hid), *dy = falloc(N * hid);
-    fill(x, N * hid, 41);
-    fill(dy, N * hid, 42);
+    float *x = tpt_falloc(N * hid), *dy = tpt_falloc(N * hid);
+    tpt_fill(x, N * hid, 41);
+    tpt_fill(dy, N * hid, 42);
     if (ref) {
-        double *xd = to_d(x, N * hid), *dyd = to_d(dy, N * hid);
+        double *xd = tpt_to_d(x, N * hid), *dyd = tpt_to_d(dy, N * hid);
         block_ref_run(c, xd, dyd, &fa, w1, b1, w2, b2, g1, bt1, g2, bt2, ref);
         free(xd);
         free(dyd);
@@ -772,7 +720,8 @@ static void run_block(rk *k, const block_case *c, bool sp, int passes, block_out
     int64_t lo = 0, hi = N;
     if (sp)
         shard_rows(k, N, &lo, &hi);
-    tp_tensor xt = upload2(k, hi - lo, hid, x + lo * hid), dyt = upload2(k, hi - lo, hid, dy + lo * hid);
+    tp_tensor xt = tpt_upload2(k, hi - lo, hid, x + lo * hid),
+              dyt = tpt_upload2(k, hi - lo, hid, dy + lo * hid);
     tp_tensor yt = {0}, dxt = {0};
     EXPECT_OK(k, tp_block_zero_grad(b));
     for (int p = 0; p < passes; p++) {
@@ -810,15 +759,15 @@ static void run_block(rk *k, const block_case *c, bool sp, int passes, block_out
             check_replicated(k, __LINE__, "attention out-bias grad", pa.out_bias_grad);
         }
     }
-    o->y = download(k, &yt);
-    o->dx = download(k, &dxt);
+    o->y = tpt_download(k, &yt);
+    o->dx = tpt_download(k, &dxt);
     full_attn_alloc(&o->ga, hid, H, KV, hd);
     EXPECT_OK(k, tp_attention_get_full_grad(tp_block_attention(b), o->ga.wqkv, o->ga.bqkv, o->ga.wo,
                                             o->ga.bo));
-    o->dw1 = falloc(hid * F);
-    o->db1 = falloc(F);
-    o->dw2 = falloc(F * hid);
-    o->db2 = falloc(hid);
+    o->dw1 = tpt_falloc(hid * F);
+    o->db1 = tpt_falloc(F);
+    o->dw2 = tpt_falloc(F * hid);
+    o->db2 = tpt_falloc(hid);
     EXPECT_OK(k, tp_linear_get_full_grad(tp_mlp_fc1(tp_block_mlp(b)), o->dw1, o->db1));
     EXPECT_OK(k, tp_linear_get_full_grad(tp_mlp_fc2(tp_block_mlp(b)), o->dw2, o->db2));
     o->dg1 = norm_grad(k, tp_block_norm1(b), false, hid);
@@ -839,7 +788,7 @@ static void run_block(rk *k, const block_case *c, bool sp, int passes, block_out
     tp_block_free(b);
 }
 
-static void compare_block(rk *k, const block_case *c, bool sp, const block_out *o,
+static void compare_block(tpt_rank *k, const block_case *c, bool sp, const block_out *o,
                           const block_ref *r, double f)
 {
     int64_t H = c->H, KV = c->KV ? c->KV : H, hd = c->hd ? c->hd : c->hid / H, hid = c->hid;
@@ -867,7 +816,7 @@ static void compare_block(rk *k, const block_case *c, bool sp, const block_out *
     }
 }
 
-static void body_block(rk *k)
+static void body_block(tpt_rank *k)
 {
     for (size_t i = 0; i < N_BLOCK_CASES; i++) {
         const block_case *c = &BLOCK_CASES[i];
@@ -886,13 +835,13 @@ static void body_block(rk *k)
 
 START_TEST(test_block)
 {
-    run_all(body_block);
+    tpt_run_all(body_block);
 }
 END_TEST
 
 /* Sequence parallel on and off give the same results (within the
  * tolerance: the reductions run in a different order). */
-static void body_sp_equal(rk *k)
+static void body_sp_equal(tpt_rank *k)
 {
     const block_case *c = &BLOCK_CASES[0];
     if (c->H % k->T != 0)
@@ -902,8 +851,10 @@ static void body_sp_equal(rk *k)
     run_block(k, c, true, 1, &b, NULL, false);
     int64_t N = c->b * c->s, hid = c->hid, lo, hi;
     shard_rows(k, N, &lo, &hi);
-    double *ya = to_d(a.y + lo * hid, (hi - lo) * hid), *dxa = to_d(a.dx + lo * hid, (hi - lo) * hid);
-    double *wa = to_d(a.ga.wqkv, hid * a.ga.fw), *g1 = to_d(a.dg1, hid), *w1 = to_d(a.dw1, hid * c->ffn);
+    double *ya = tpt_to_d(a.y + lo * hid, (hi - lo) * hid),
+           *dxa = tpt_to_d(a.dx + lo * hid, (hi - lo) * hid);
+    double *wa = tpt_to_d(a.ga.wqkv, hid * a.ga.fw), *g1 = tpt_to_d(a.dg1, hid),
+           *w1 = tpt_to_d(a.dw1, hid * c->ffn);
     CHECK_CLOSE(k, "SP vs non-SP y", b.y, ya, (hi - lo) * hid);
     CHECK_CLOSE(k, "SP vs non-SP dx", b.dx, dxa, (hi - lo) * hid);
     CHECK_CLOSE(k, "SP vs non-SP dWqkv", b.ga.wqkv, wa, hid * a.ga.fw);
@@ -920,12 +871,12 @@ static void body_sp_equal(rk *k)
 
 START_TEST(test_sp_equal)
 {
-    run_all(body_sp_equal);
+    tpt_run_all(body_sp_equal);
 }
 END_TEST
 
 /* Two runs of the same block at the same T are bitwise identical. */
-static void body_determinism(rk *k)
+static void body_determinism(tpt_rank *k)
 {
     const block_case *c = &BLOCK_CASES[1];
     if (c->H % k->T != 0)
@@ -953,7 +904,7 @@ static void body_determinism(rk *k)
 
 START_TEST(test_determinism)
 {
-    run_all(body_determinism);
+    tpt_run_all(body_determinism);
 }
 END_TEST
 
@@ -974,30 +925,31 @@ static double dot(const double *a, const double *b, int64_t n)
     return s;
 }
 
-static void fd_check(rk *k, int line, const char *what, double analytic, double plus, double minus)
+static void fd_check(tpt_rank *k, int line, const char *what, double analytic, double plus,
+                     double minus)
 {
     double fd = (plus - minus) / (2.0 * FD_H);
     double scale = fabs(analytic) > 1.0 ? fabs(analytic) : 1.0;
     if (!(fabs(fd - analytic) <= FD_TOL * scale))
-        fail_at(k, line, "%s: finite difference %.12g vs backward %.12g", what, fd, analytic);
+        tpt_fail_at(k, line, "%s: finite difference %.12g vs backward %.12g", what, fd, analytic);
 }
 
-static void body_fd(rk *k)
+static void body_fd(tpt_rank *k)
 {
     if (k->T != 1 || k->wrank != 0)
         return;
     /* attention: b 2, s 3, hid 4, H 2, KV 1, hd 3 */
     int64_t b = 2, s = 3, hid = 4, H = 2, KV = 1, hd = 3, N = b * s, FW = (H + 2 * KV) * hd;
-    float *xf = falloc(N * hid), *dyf = falloc(N * hid), *wqf = falloc(hid * FW),
-          *bqf = falloc(FW), *wof = falloc(H * hd * hid), *bof = falloc(hid);
-    fill(xf, N * hid, 51);
-    fill(dyf, N * hid, 52);
-    fill(wqf, hid * FW, 53);
-    fill(bqf, FW, 54);
-    fill(wof, H * hd * hid, 55);
-    fill(bof, hid, 56);
-    double *x = to_d(xf, N * hid), *dy = to_d(dyf, N * hid), *wq = to_d(wqf, hid * FW),
-           *bq = to_d(bqf, FW), *wo = to_d(wof, H * hd * hid), *bo = to_d(bof, hid);
+    float *xf = tpt_falloc(N * hid), *dyf = tpt_falloc(N * hid), *wqf = tpt_falloc(hid * FW),
+          *bqf = tpt_falloc(FW), *wof = tpt_falloc(H * hd * hid), *bof = tpt_falloc(hid);
+    tpt_fill(xf, N * hid, 51);
+    tpt_fill(dyf, N * hid, 52);
+    tpt_fill(wqf, hid * FW, 53);
+    tpt_fill(bqf, FW, 54);
+    tpt_fill(wof, H * hd * hid, 55);
+    tpt_fill(bof, hid, 56);
+    double *x = tpt_to_d(xf, N * hid), *dy = tpt_to_d(dyf, N * hid), *wq = tpt_to_d(wqf, hid * FW),
+           *bq = tpt_to_d(bqf, FW), *wo = tpt_to_d(wof, H * hd * hid), *bo = tpt_to_d(bof, hid);
     double *y = rzalloc(N * hid), *dx = rzalloc(N * hid), *dwq = rzalloc(hid * FW),
            *dbq = rzalloc(FW), *dwo = rzalloc(H * hd * hid), *dbo = rzalloc(hid);
     ref_attn R = {.b = b, .s = s, .hid = hid, .H = H, .KV = KV, .hd = hd, .causal = 1,
@@ -1077,7 +1029,7 @@ static void body_fd(rk *k)
 
 START_TEST(test_reference_fd)
 {
-    run_all(body_fd);
+    tpt_run_all(body_fd);
 }
 END_TEST
 
@@ -1086,7 +1038,7 @@ END_TEST
  * entries. Truncation h^2 |L'''| / 6 ~ 2e-5 * |L'''| and rounding
  * ~ N hid u |y||dy| / h ~ 1e-4: we accept 2e-2 relative to max(1, |grad|),
  * far below the size of a wrong gradient (O(1)). */
-static void body_block_fd(rk *k)
+static void body_block_fd(tpt_rank *k)
 {
     const block_case c = {12, 4, 2, 3, 10, 1, 4, true, false};
     if (c.H % k->T != 0)
@@ -1099,13 +1051,13 @@ static void body_block_fd(rk *k)
     EXPECT_OK(k, tp_block_create(k->g, &cfg, &b));
     if (!b)
         return;
-    float *x = falloc(N * hid), *dy = falloc(N * hid), *y = falloc(N * hid), *dx;
-    fill(x, N * hid, 61);
-    fill(dy, N * hid, 62);
-    tp_tensor xt = upload2(k, N, hid, x), dyt = upload2(k, N, hid, dy), yt = {0}, dxt = {0};
+    float *x = tpt_falloc(N * hid), *dy = tpt_falloc(N * hid), *y = tpt_falloc(N * hid), *dx;
+    tpt_fill(x, N * hid, 61);
+    tpt_fill(dy, N * hid, 62);
+    tp_tensor xt = tpt_upload2(k, N, hid, x), dyt = tpt_upload2(k, N, hid, dy), yt = {0}, dxt = {0};
     EXPECT_OK(k, tp_block_forward(b, &xt, c.b, c.s, &yt));
     EXPECT_OK(k, tp_block_backward(b, &dyt, &dxt));
-    dx = download(k, &dxt);
+    dx = tpt_download(k, &dxt);
     const int64_t idx[] = {0, 7, 13, 30, N * hid - 1};
     for (size_t j = 0; j < sizeof idx / sizeof *idx; j++) {
         double l[2];
@@ -1139,13 +1091,13 @@ static void body_block_fd(rk *k)
 
 START_TEST(test_block_fd)
 {
-    run_all(body_block_fd);
+    tpt_run_all(body_block_fd);
 }
 END_TEST
 
 /* ------------------------------------------------------------ errors */
 
-static void body_errors(rk *k)
+static void body_errors(tpt_rank *k)
 {
     tp_attention *a = NULL;
     tp_status st;
@@ -1186,13 +1138,13 @@ static void body_errors(rk *k)
     if (4 % k->T == 0) {
         EXPECT_OK(k, tp_attention_create(k->g, &ok, &a));
         float h[6 * 8] = {0};
-        tp_tensor x = upload2(k, 6, 8, h), y = {0};
+        tp_tensor x = tpt_upload2(k, 6, 8, h), y = {0};
         st = tp_attention_forward(a, &x, 2, 4, &y); /* 6 rows, batch*seq 8 */
         EXPECT(k, st == TP_ERR_SHAPE && strstr(tp_last_error(), "batch*seq"), "rows: %s",
                tp_last_error());
         st = tp_attention_backward(a, &x, &y);
         EXPECT(k, st == TP_ERR_INVALID_ARG, "backward before forward: %s", tp_status_string(st));
-        tp_tensor x2 = upload2(k, 6, 7, h);
+        tp_tensor x2 = tpt_upload2(k, 6, 7, h);
         st = tp_attention_forward(a, &x2, 2, 3, &y);
         EXPECT(k, st == TP_ERR_SHAPE && strstr(tp_last_error(), "hidden"), "width: %s",
                tp_last_error());
@@ -1210,8 +1162,8 @@ static void body_errors(rk *k)
             if (!a)
                 continue;
             float h[6 * 8];
-            fill(h, 6 * 8, 71);
-            tp_tensor x = upload2(k, 6, 8, h), y = {0};
+            tpt_fill(h, 6 * 8, 71);
+            tp_tensor x = tpt_upload2(k, 6, 8, h), y = {0};
             EXPECT_OK(k, tp_attention_forward(a, &x, 2, 3, &y));
             tp_stats_reset(k->g);
             st = tp_attention_backward(a, &y, NULL);
@@ -1238,9 +1190,68 @@ static void body_errors(rk *k)
         EXPECT(k, tp_block_create(k->g, &bc, &b) == TP_ERR_SHAPE && !b, "block Exercise 2");
 }
 
+/* Sizes whose element counts overflow are refused before any allocation
+ * (and before any collective), with the same error on every rank. */
+static void body_sizes(tpt_rank *k)
+{
+    const int64_t big = (int64_t)1 << 40, huge = (int64_t)1 << 62;
+    tp_status st;
+    tp_norm *n = NULL;
+    tp_norm_config nc = {.dim = huge};
+    st = tp_norm_create(k->g, &nc, &n);
+    EXPECT(k, st == TP_ERR_INVALID_ARG && !n && strstr(tp_last_error(), "overflows"),
+           "norm dim 2^62: %s: %s", tp_status_string(st), tp_last_error());
+    tp_attention *a = NULL;
+    tp_attention_config c1 = {.hidden = big, .heads = k->T, .head_dim = big};
+    st = tp_attention_create(k->g, &c1, &a);
+    EXPECT(k, st == TP_ERR_INVALID_ARG && !a && strstr(tp_last_error(), "overflows"),
+           "attention hidden x QKV width: %s: %s", tp_status_string(st), tp_last_error());
+    tp_attention_config c2 = {.hidden = 8, .heads = k->T, .head_dim = huge};
+    st = tp_attention_create(k->g, &c2, &a);
+    EXPECT(k, st == TP_ERR_INVALID_ARG && !a && strstr(tp_last_error(), "overflows"),
+           "attention head_dim 2^62: %s: %s", tp_status_string(st), tp_last_error());
+    tp_block *b = NULL;
+    tp_block_config bc = {.hidden = 8, .heads = k->T, .head_dim = huge, .ffn = 8};
+    st = tp_block_create(k->g, &bc, &b);
+    EXPECT(k, st == TP_ERR_INVALID_ARG && !b, "block head_dim 2^62: %s", tp_status_string(st));
+    bc.head_dim = 2;
+    EXPECT_OK(k, tp_block_create(k->g, &bc, &b));
+    if (b) {
+        float hb[8] = {0};
+        tp_tensor xb = tpt_upload2(k, 1, 8, hb), yb = {0};
+        st = tp_block_forward(b, &xb, huge, 4, &yb);
+        EXPECT(k, st == TP_ERR_INVALID_ARG && strstr(tp_last_error(), "batch x seq"),
+               "block batch 2^62 x seq 4: %s: %s", tp_status_string(st), tp_last_error());
+        tp_tensor_release(&xb);
+        tp_block_free(b);
+    }
+    /* batch * seq and the [batch, heads, seq, seq] probabilities */
+    tp_attention_config ok = {.hidden = 4 * k->T, .heads = k->T, .seed = 1};
+    EXPECT_OK(k, tp_attention_create(k->g, &ok, &a));
+    if (!a)
+        return;
+    float h[4 * 8] = {0};
+    tp_tensor x = tpt_upload2(k, 1, 4 * k->T, h), y = {0};
+    st = tp_attention_forward(a, &x, huge, 4, &y);
+    EXPECT(k, st == TP_ERR_INVALID_ARG && strstr(tp_last_error(), "batch x seq"),
+           "batch 2^62 x seq 4: %s: %s", tp_status_string(st), tp_last_error());
+    st = tp_attention_forward(a, &x, 1, (int64_t)1 << 32, &y);
+    EXPECT(k, st == TP_ERR_INVALID_ARG && strstr(tp_last_error(), "seq x seq"), "seq 2^32: %s: %s",
+           tp_status_string(st), tp_last_error());
+    EXPECT(k, y.data == NULL, "a refused forward allocated y");
+    tp_tensor_release(&x);
+    tp_attention_free(a);
+}
+
+START_TEST(test_sizes)
+{
+    tpt_run_all(body_sizes);
+}
+END_TEST
+
 START_TEST(test_errors)
 {
-    run_all(body_errors);
+    tpt_run_all(body_errors);
 }
 END_TEST
 
@@ -1248,38 +1259,19 @@ END_TEST
 
 int main(int argc, char **argv)
 {
-    tp_config cfg = {.argc = &argc, .argv = &argv};
-    tp_status st = tp_init(&cfg, &g_ctx);
-    if (st == TP_ERR_UNAVAILABLE) {
-        printf("test_transformer: skipped: the backend cannot run here: %s\n", tp_last_error());
-        return 77;
-    }
-    if (st != TP_OK) {
-        fprintf(stderr, "test_transformer: tp_init failed: %s: %s\n", tp_status_string(st),
-                tp_last_error());
-        return 1;
-    }
-    g_world = tp_ctx_world_size(g_ctx);
-    g_fail = calloc((size_t)g_world, sizeof(fail_slot));
-    Suite *s = suite_create("transformer");
-    struct { const char *name; const TTest *fn; } tests[] = {
-        {"reference_fd", test_reference_fd}, {"attention", test_attention},
-        {"attention_sp", test_attention_sp}, {"gqa", test_gqa}, {"norm", test_norm},
-        {"block", test_block}, {"sp_equal", test_sp_equal}, {"determinism", test_determinism},
-        {"block_fd", test_block_fd}, {"errors", test_errors},
+    const tpt_test tests[] = {
+        {"reference_fd", test_reference_fd},
+        {"attention", test_attention},
+        {"attention_sp", test_attention_sp},
+        {"gqa", test_gqa},
+        {"attention_user_weights", test_attention_user},
+        {"norm", test_norm},
+        {"block", test_block},
+        {"sp_equal", test_sp_equal},
+        {"determinism", test_determinism},
+        {"block_fd", test_block_fd},
+        {"errors", test_errors},
+        {"sizes", test_sizes},
     };
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        TCase *tc = tcase_create(tests[i].name);
-        tcase_set_timeout(tc, 0); /* meson's timeout applies; ranks time out via TP_TIMEOUT_S */
-        tcase_add_test(tc, tests[i].fn);
-        suite_add_tcase(s, tc);
-    }
-    SRunner *sr = srunner_create(s);
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    free(g_fail);
-    tp_finalize(g_ctx);
-    return failed ? 1 : 0;
+    return tpt_main(&argc, &argv, "transformer", tests, sizeof tests / sizeof tests[0], NULL);
 }

@@ -117,6 +117,7 @@ tp_status tp_vocab_ce_forward(tp_vocab_ce *c, const tp_tensor *logits, const tp_
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_vocab_ce_forward: layer is NULL");
     if (!loss)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: loss is NULL", c->label);
+    c->saved = false; /* a failed forward leaves nothing for backward */
     int64_t rows;
     tp_status st = tp_layer_check_act(c->label, "logits", logits, c->dev, &rows);
     if (st != TP_OK)

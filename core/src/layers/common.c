@@ -1,4 +1,4 @@
-/* common.c — checks, scratch buffers and the rank-major column gather. */
+/* common.c — checks, scratch buffers, GEMM wrappers and the rank-major gathers. */
 #include "layers-internal.h"
 
 #include <stdio.h>
@@ -90,10 +90,85 @@ tp_status tp_layer_check_act(const char *who, const char *what, const tp_tensor 
     return TP_OK;
 }
 
+tp_status tp_layer_mul(const char *who, const char *what, int64_t a, int64_t b, int64_t *n)
+{
+    int64_t p;
+    /* the bound keeps p * sizeof(double) within int64 and size_t */
+    if (a < 0 || b < 0 || __builtin_mul_overflow(a, b, &p) || p > INT64_MAX / 8)
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "%s: %s = %lld x %lld overflows the addressable size; use smaller "
+                            "dimensions",
+                            who, what, (long long)a, (long long)b);
+    *n = p;
+    return TP_OK;
+}
+
+void tp_layer_host_block(const float *full, int64_t cols, int64_t r0, int64_t r1, int64_t c0,
+                         int64_t c1, float *out)
+{
+    int64_t w = c1 - c0;
+    for (int64_t r = r0; r < r1; r++)
+        memcpy(out + (r - r0) * w, full + r * cols + c0, (size_t)w * sizeof(float));
+}
+
 tp_tensor tp_layer_view2(const tp_tensor *t, int64_t rows, int64_t cols)
 {
     int64_t shape[2] = {rows, cols};
     return tp_tensor_view(t->dev, t->dtype, t->data, 2, shape);
+}
+
+tp_tensor tp_layer_view2p(tp_device *dev, void *p, int64_t rows, int64_t cols)
+{
+    int64_t shape[2] = {rows, cols};
+    return tp_tensor_view(dev, TP_F32, p, 2, shape);
+}
+
+tp_status tp_layer_gemm_batched(tp_device *dev, int ta, int tb, int64_t m, int64_t n, int64_t k,
+                                float beta, const void *a, int64_t lda, int64_t sa, const void *b,
+                                int64_t ldb, int64_t sb, void *c, int64_t ldc, int64_t sc,
+                                int64_t batch)
+{
+    if (m == 0 || n == 0 || batch == 0)
+        return TP_OK;
+    if (k == 0) { /* C = beta C: nothing to do unless beta is 0 */
+        if (beta != 0.0f)
+            return TP_OK;
+        tp_status st = TP_OK;
+        for (int64_t bi = 0; bi < batch && st == TP_OK; bi++)
+            for (int64_t r = 0; r < m && st == TP_OK; r++)
+                st = tp_dev_memset(dev, (float *)c + bi * sc + r * ldc, 0,
+                                   (size_t)n * sizeof(float));
+        return st;
+    }
+    tp_gemm_args g = {
+        .struct_size = sizeof g, .dtype = TP_F32, .trans_a = ta, .trans_b = tb,
+        .m = m, .n = n, .k = k, .alpha = 1.0f, .beta = beta,
+        .a = a, .lda = lda, .stride_a = sa, .b = b, .ldb = ldb, .stride_b = sb,
+        .c = c, .ldc = ldc, .stride_c = sc, .batch = batch,
+    };
+    return tp_dev_gemm(dev, &g);
+}
+
+tp_status tp_layer_gemm(tp_device *dev, int ta, int tb, int64_t m, int64_t n, int64_t k, float beta,
+                        const void *a, int64_t lda, const void *b, int64_t ldb, void *c,
+                        int64_t ldc)
+{
+    return tp_layer_gemm_batched(dev, ta, tb, m, n, k, beta, a, lda, 0, b, ldb, 0, c, ldc, 0, 1);
+}
+
+void tp_layer_shard_offsets(int64_t n, int T, int64_t *off)
+{
+    for (int i = 0; i < T; i++)
+        tp_shard_range(n, T, i, &off[i], &off[i + 1]);
+}
+
+tp_status tp_layer_gather_rows(tp_comm *comm, const void *shard, void *full, const int64_t *off,
+                               int64_t cols, size_t *counts)
+{
+    int T = tp_comm_size(comm);
+    for (int i = 0; i < T; i++)
+        counts[i] = (size_t)((off[i + 1] - off[i]) * cols);
+    return tp_all_gatherv(comm, shard, full, counts, TP_F32);
 }
 
 tp_status tp_layer_prepare_out(const char *who, const char *what, tp_tensor *out,

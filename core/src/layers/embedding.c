@@ -79,6 +79,9 @@ tp_status tp_embedding_create(tp_comm *comm, const tp_embedding_config *cfg, tp_
                           e->label, e->size, (long long)e->vocab, (long long)e->vocab);
         goto fail;
     }
+    int64_t full; /* the full table (full_table, get_full) must be addressable */
+    if ((st = tp_layer_mul(e->label, "table vocab x dim", e->vocab, e->dim, &full)))
+        goto fail;
     tp_shard_range(e->vocab, e->size, e->rank, &e->lo, &e->hi);
     st = tp_tensor_alloc2(e->dev, TP_F32, e->hi - e->lo, e->dim, &e->table);
     if (st != TP_OK)
@@ -148,6 +151,10 @@ tp_status tp_embedding_forward(tp_embedding *e, const tp_tensor *ids, tp_tensor 
         return st;
     if (!y)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: y is NULL", e->label);
+    int64_t nd;
+    st = tp_layer_mul(e->label, "output tokens x dim", n, e->dim, &nd);
+    if (st != TP_OK)
+        return st;
     int64_t shape[TP_MAX_DIMS], slo = 0, shi = n;
     int ndim = ids->ndim + 1;
     for (int i = 0; i < ids->ndim; i++)

@@ -281,18 +281,20 @@ tp_status tp_gpt_create(tp_comm *comm, const tp_gpt_config *cfg, tp_gpt **out)
                           m->label, (double)c->emb_bound);
         goto fail;
     }
+    int64_t npos;
+    if ((st = tp_layer_mul(m->label, "position table seq x hidden", c->seq, c->hidden, &npos)))
+        goto fail;
     m->voff = malloc(sizeof(int64_t) * (size_t)(m->T + 1));
     m->toff = malloc(sizeof(int64_t) * (size_t)(m->T + 1));
     m->counts = malloc(sizeof(size_t) * (size_t)m->T);
     m->blocks = calloc((size_t)(c->layers ? c->layers : 1), sizeof(tp_block *));
     m->xs = calloc((size_t)(c->layers + 1), sizeof(tp_tensor));
-    host = malloc(sizeof(float) * (size_t)(c->seq * c->hidden));
+    host = malloc(sizeof(float) * (size_t)npos);
     if (!m->voff || !m->toff || !m->counts || !m->blocks || !m->xs || !host) {
         st = tp_set_error(TP_ERR_NO_MEMORY, "%s: out of host memory", m->label);
         goto fail;
     }
-    for (int i = 0; i < m->T; i++)
-        tp_shard_range(c->vocab, m->T, i, &m->voff[i], &m->voff[i + 1]);
+    tp_layer_shard_offsets(c->vocab, m->T, m->voff);
     m->vlo = m->voff[m->rank];
     m->vhi = m->voff[m->rank + 1];
     m->vl = m->vhi - m->vlo;
@@ -382,8 +384,7 @@ static tp_status prepare(tp_gpt *m, int64_t batch, int64_t seqlen)
     m->batch = batch;
     m->seqlen = seqlen;
     m->tokens = tokens;
-    for (int i = 0; i < m->T; i++)
-        tp_shard_range(tokens, m->T, i, &m->toff[i], &m->toff[i + 1]);
+    tp_layer_shard_offsets(tokens, m->T, m->toff);
     m->slo = m->cfg.sequence_parallel ? m->toff[m->rank] : 0;
     m->shi = m->cfg.sequence_parallel ? m->toff[m->rank + 1] : tokens;
     m->rows = m->shi - m->slo;
@@ -452,7 +453,13 @@ static tp_status check_inputs(tp_gpt *m, const tp_tensor *ids, const tp_tensor *
     if (!ids->data || !targets->data)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: %s has no data", m->label,
                             !ids->data ? "ids" : "targets");
-    return TP_OK;
+    /* the activations [tokens, hidden] and logits [tokens, vocab] */
+    int64_t n;
+    tp_status st =
+        tp_layer_mul(m->label, "activations tokens x hidden", *batch * *seqlen, m->cfg.hidden, &n);
+    if (st == TP_OK)
+        st = tp_layer_mul(m->label, "logits tokens x vocab", *batch * *seqlen, m->cfg.vocab, &n);
+    return st;
 }
 
 /* Download ids and refuse ids outside [0, vocab) (the embedding would give zero rows). */
@@ -468,22 +475,6 @@ static tp_status check_ids_range(tp_gpt *m, const tp_tensor *ids, int64_t n)
                               m->label, (long long)i, h[i], (long long)m->cfg.vocab);
     free(h);
     return st;
-}
-
-static tp_status gemm(tp_device *dev, int ta, int tb, int64_t M, int64_t N, int64_t K, float beta,
-                      const void *a, int64_t lda, const void *b, int64_t ldb, void *c, int64_t ldc)
-{
-    if (M == 0 || N == 0)
-        return TP_OK;
-    if (K == 0) {
-        if (beta != 0.0f)
-            return TP_OK;
-        return tp_dev_memset(dev, c, 0, (size_t)(M * ldc) * sizeof(float)); /* ldc == N here */
-    }
-    tp_gemm_args g = {.struct_size = sizeof g, .dtype = TP_F32, .trans_a = ta, .trans_b = tb,
-                      .m = M, .n = N, .k = K, .alpha = 1.0f, .beta = beta, .a = a, .lda = lda,
-                      .b = b, .ldb = ldb, .c = c, .ldc = ldc, .batch = 1};
-    return tp_dev_gemm(dev, &g);
 }
 
 /* The output weight: tied E_r [vl, H] (logits = h E_r^T) or untied W_r [H, vl]. */
@@ -532,10 +523,10 @@ static tp_status forward_body(tp_gpt *m, const tp_tensor *ids, const tp_tensor *
     tp_tensor *w, *dw;
     out_weight(m, &w, &dw);
     if (st == TP_OK)
-        st = m->out ? gemm(m->dev, 0, 0, N, m->vl, H, 0.0f, h, H, w->data, m->vl, m->logits.data,
-                           m->vl)
-                    : gemm(m->dev, 0, 1, N, m->vl, H, 0.0f, h, H, w->data, H, m->logits.data,
-                           m->vl);
+        st = m->out ? tp_layer_gemm(m->dev, 0, 0, N, m->vl, H, 0.0f, h, H, w->data, m->vl,
+                                    m->logits.data, m->vl)
+                    : tp_layer_gemm(m->dev, 0, 1, N, m->vl, H, 0.0f, h, H, w->data, H,
+                                    m->logits.data, m->vl);
     tp_phase_set(m->comm, prev);
     if (st == TP_OK)
         st = tp_vocab_ce_forward(m->ce, &m->logits, targets, loss);
@@ -581,15 +572,17 @@ tp_status tp_gpt_backward(tp_gpt *m)
     const void *h = sp ? m->hfull.ptr : m->hn.data;
     tp_phase prev = tp_phase_set(m->comm, TP_PHASE_BACKWARD);
     if (m->out) { /* dW_r += h^T dlogits_r; dh = dlogits_r W_r^T (partial over vocab shards) */
-        st = gemm(m->dev, 1, 0, H, m->vl, N, 1.0f, h, H, m->dlogits.data, m->vl, dw->data, m->vl);
+        st = tp_layer_gemm(m->dev, 1, 0, H, m->vl, N, 1.0f, h, H, m->dlogits.data, m->vl, dw->data,
+                           m->vl);
         if (st == TP_OK)
-            st = gemm(m->dev, 0, 1, N, H, m->vl, 0.0f, m->dlogits.data, m->vl, w->data, m->vl,
-                      m->dhfull.ptr, H);
+            st = tp_layer_gemm(m->dev, 0, 1, N, H, m->vl, 0.0f, m->dlogits.data, m->vl, w->data,
+                               m->vl, m->dhfull.ptr, H);
     } else { /* dE_r += dlogits_r^T h; dh = dlogits_r E_r */
-        st = gemm(m->dev, 1, 0, m->vl, H, N, 1.0f, m->dlogits.data, m->vl, h, H, dw->data, H);
+        st = tp_layer_gemm(m->dev, 1, 0, m->vl, H, N, 1.0f, m->dlogits.data, m->vl, h, H, dw->data,
+                           H);
         if (st == TP_OK)
-            st = gemm(m->dev, 0, 0, N, H, m->vl, 0.0f, m->dlogits.data, m->vl, w->data, H,
-                      m->dhfull.ptr, H);
+            st = tp_layer_gemm(m->dev, 0, 0, N, H, m->vl, 0.0f, m->dlogits.data, m->vl, w->data, H,
+                               m->dhfull.ptr, H);
     }
     tp_tensor *dh = &m->g0, *dx = &m->g1;
     if (st == TP_OK && !sp) {

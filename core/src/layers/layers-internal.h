@@ -28,8 +28,39 @@ tp_status tp_layer_prepare_out(const char *who, const char *what, tp_tensor *out
                                const tp_tensor *like, tp_device *dev, int64_t cols,
                                const char *hint);
 
+/* *n = a * b for sizes a, b >= 0, or TP_ERR_INVALID_ARG ("who: what
+ * a x b overflows") when the product, or its f32 bytes, does not fit; for
+ * sizes computed from configurations and shapes before any allocation. */
+tp_status tp_layer_mul(const char *who, const char *what, int64_t a, int64_t b, int64_t *n);
+
+/* Copy block [r0,r1) x [c0,c1) of a full host matrix with `cols` columns
+ * to out (row pitch c1 - c0): a rank's shard of a user-supplied weight. */
+void tp_layer_host_block(const float *full, int64_t cols, int64_t r0, int64_t r1, int64_t c0,
+                         int64_t c1, float *out);
+
 /* A 2-D view [rows, cols] of t's memory. */
 tp_tensor tp_layer_view2(const tp_tensor *t, int64_t rows, int64_t cols);
+/* A 2-D f32 view [rows, cols] of device memory p (e.g. a tp_ws). */
+tp_tensor tp_layer_view2p(tp_device *dev, void *p, int64_t rows, int64_t cols);
+
+/* C = op(A) op(B) + beta C, f32, alpha 1, batch 1; m/n/k == 0 handled (k == 0
+ * with beta 0 zeroes C). */
+tp_status tp_layer_gemm(tp_device *dev, int ta, int tb, int64_t m, int64_t n, int64_t k,
+                        float beta, const void *a, int64_t lda, const void *b, int64_t ldb,
+                        void *c, int64_t ldc);
+/* Strided-batched variant (strides in elements). */
+tp_status tp_layer_gemm_batched(tp_device *dev, int ta, int tb, int64_t m, int64_t n, int64_t k,
+                                float beta, const void *a, int64_t lda, int64_t sa, const void *b,
+                                int64_t ldb, int64_t sb, void *c, int64_t ldc, int64_t sc,
+                                int64_t batch);
+
+/* Every rank's shard of n split over T (tp_shard_range): off[0..T]. */
+void tp_layer_shard_offsets(int64_t n, int T, int64_t *off);
+
+/* Collective: all_gatherv of row shards [off[i+1]-off[i], cols] into full
+ * [off[T], cols]. counts: T scratch entries. */
+tp_status tp_layer_gather_rows(tp_comm *comm, const void *shard, void *full, const int64_t *off,
+                               int64_t cols, size_t *counts);
 
 /* Collective: every rank holds a [rows, part_i] block (part_i from the
  * offsets off[0..T]); assemble the full [rows, off[T]] matrix in dst on

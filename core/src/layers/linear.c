@@ -46,15 +46,6 @@ void tp_linear_free(tp_linear *l)
     free(l);
 }
 
-/* Copy block [r0,r1) x [c0,c1) of a full host matrix with `cols` columns. */
-static void host_block(const float *full, int64_t cols, int64_t r0, int64_t r1, int64_t c0,
-                       int64_t c1, float *out)
-{
-    int64_t w = c1 - c0;
-    for (int64_t r = r0; r < r1; r++)
-        memcpy(out + (r - r0) * w, full + r * cols + c0, (size_t)w * sizeof(float));
-}
-
 static tp_status linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_linear_kind kind,
                                tp_linear **out)
 {
@@ -91,6 +82,9 @@ static tp_status linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_li
                           who, (long long)l->in, (long long)l->out);
         goto fail;
     }
+    int64_t full; /* the full weight (full_weight, get_full) must be addressable */
+    if ((st = tp_layer_mul(who, "weight in_features x out_features", l->in, l->out, &full)))
+        goto fail;
     int64_t split = kind == TP_LINEAR_COLUMN ? l->out : l->in;
     const char *split_name = kind == TP_LINEAR_COLUMN ? "out_features" : "in_features";
     if (split < l->size) {
@@ -108,12 +102,7 @@ static tp_status linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_li
         st = tp_set_error(TP_ERR_NO_MEMORY, "%s: out of host memory", who);
         goto fail;
     }
-    for (int i = 0; i < l->size; i++) {
-        int64_t a, b;
-        tp_shard_range(split, l->size, i, &a, &b);
-        l->off[i] = a;
-        l->off[i + 1] = b;
-    }
+    tp_layer_shard_offsets(split, l->size, l->off);
     l->lo = l->off[l->rank];
     l->hi = l->off[l->rank + 1];
     l->nloc = l->hi - l->lo;
@@ -134,7 +123,7 @@ static tp_status linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_li
     int64_t r0 = kind == TP_LINEAR_COLUMN ? 0 : l->lo, r1 = r0 + wr;
     int64_t c0 = kind == TP_LINEAR_COLUMN ? l->lo : 0, c1 = c0 + wc;
     if (cfg->full_weight)
-        host_block(cfg->full_weight, l->out, r0, r1, c0, c1, host);
+        tp_layer_host_block(cfg->full_weight, l->out, r0, r1, c0, c1, host);
     else
         tp_master_fill(cfg->seed, cfg->tensor_id, l->out, r0, r1, c0, c1, bound, host);
     st = tp_tensor_upload(&l->w, host);
@@ -239,27 +228,6 @@ static char *out_hint(const tp_linear *l, char *buf, size_t n)
     return buf;
 }
 
-static tp_status gemm(tp_device *dev, int ta, int tb, int64_t m, int64_t n, int64_t k, float beta,
-                      const void *a, int64_t lda, const void *b, int64_t ldb, void *c, int64_t ldc)
-{
-    if (m == 0 || n == 0)
-        return TP_OK;
-    if (k == 0) { /* C = beta * C */
-        if (beta != 0.0f)
-            return TP_OK;
-        tp_status st = TP_OK;
-        for (int64_t r = 0; r < m && st == TP_OK; r++)
-            st = tp_dev_memset(dev, (float *)c + r * ldc, 0, (size_t)n * sizeof(float));
-        return st;
-    }
-    tp_gemm_args g = {
-        .struct_size = sizeof g, .dtype = TP_F32, .trans_a = ta, .trans_b = tb,
-        .m = m, .n = n, .k = k, .alpha = 1.0f, .beta = beta,
-        .a = a, .lda = lda, .b = b, .ldb = ldb, .c = c, .ldc = ldc, .batch = 1,
-    };
-    return tp_dev_gemm(dev, &g);
-}
-
 static tp_status forward_body(tp_linear *l, const tp_tensor *x, tp_tensor *y, int64_t tokens)
 {
     const size_t es = sizeof(float);
@@ -273,8 +241,8 @@ static tp_status forward_body(tp_linear *l, const tp_tensor *x, tp_tensor *y, in
                 return st;
             c = l->ws.ptr;
         }
-        st = gemm(l->dev, 0, 0, tokens, l->nloc, l->in, 0.0f, x->data, l->in, l->w.data, l->nloc, c,
-                  l->nloc);
+        st = tp_layer_gemm(l->dev, 0, 0, tokens, l->nloc, l->in, 0.0f, x->data, l->in, l->w.data,
+                           l->nloc, c, l->nloc);
         if (st == TP_OK && l->has_bias && tokens > 0)
             st = tp_dev_bias_add(l->dev, TP_F32, tokens, l->nloc, c, l->b.data);
         if (st == TP_OK && l->gather_output)
@@ -289,8 +257,8 @@ static tp_status forward_body(tp_linear *l, const tp_tensor *x, tp_tensor *y, in
         a += (size_t)l->lo * es; /* own column slice of the full input */
         lda = l->in;
     }
-    st = gemm(l->dev, 0, 0, tokens, l->out, l->nloc, 0.0f, a, lda, l->w.data, l->out, y->data,
-              l->out);
+    st = tp_layer_gemm(l->dev, 0, 0, tokens, l->out, l->nloc, 0.0f, a, lda, l->w.data, l->out,
+                       y->data, l->out);
     if (st == TP_OK)
         st = tp_all_reduce(l->comm, y->data, y->data, (size_t)(tokens * l->out), TP_F32, TP_SUM);
     if (st == TP_OK && l->has_bias && tokens > 0)
@@ -379,15 +347,15 @@ static tp_status backward_body(tp_linear *l, const tp_tensor *dy, tp_tensor *dx,
             dyl = l->ws.ptr;
         }
         /* dW_local += x^T dy_local; db_local += colsum(dy_local) */
-        st = gemm(l->dev, 1, 0, l->in, l->nloc, tokens, 1.0f, x, l->in, dyl, l->nloc, l->dw.data,
-                  l->nloc);
+        st = tp_layer_gemm(l->dev, 1, 0, l->in, l->nloc, tokens, 1.0f, x, l->in, dyl, l->nloc,
+                           l->dw.data, l->nloc);
         if (st == TP_OK && l->has_bias && tokens > 0)
             st = tp_dev_bias_grad(l->dev, TP_F32, tokens, l->nloc, dyl, l->db.data);
         if (st != TP_OK || !dx)
             return st;
         /* dx = sum over ranks of dy_local W_local^T */
-        st = gemm(l->dev, 0, 1, tokens, l->in, l->nloc, 0.0f, dyl, l->nloc, l->w.data, l->nloc,
-                  dx->data, l->in);
+        st = tp_layer_gemm(l->dev, 0, 1, tokens, l->in, l->nloc, 0.0f, dyl, l->nloc, l->w.data,
+                           l->nloc, dx->data, l->in);
         if (st == TP_OK)
             st = tp_all_reduce(l->comm, dx->data, dx->data, (size_t)(tokens * l->in), TP_F32, TP_SUM);
         return st;
@@ -399,8 +367,8 @@ static tp_status backward_body(tp_linear *l, const tp_tensor *dy, tp_tensor *dx,
         xl += (size_t)l->lo * es;
         ldx = l->in;
     }
-    st = gemm(l->dev, 1, 0, l->nloc, l->out, tokens, 1.0f, xl, ldx, dy->data, l->out, l->dw.data,
-              l->out);
+    st = tp_layer_gemm(l->dev, 1, 0, l->nloc, l->out, tokens, 1.0f, xl, ldx, dy->data, l->out,
+                       l->dw.data, l->out);
     if (st == TP_OK && l->has_bias && tokens > 0)
         st = tp_dev_bias_grad(l->dev, TP_F32, tokens, l->out, dy->data, l->db.data);
     if (st != TP_OK || !dx)
@@ -415,8 +383,8 @@ static tp_status backward_body(tp_linear *l, const tp_tensor *dy, tp_tensor *dx,
             return st;
         c = l->ws.ptr;
     }
-    st = gemm(l->dev, 0, 1, tokens, l->nloc, l->out, 0.0f, dy->data, l->out, l->w.data, l->out, c,
-              l->nloc);
+    st = tp_layer_gemm(l->dev, 0, 1, tokens, l->nloc, l->out, 0.0f, dy->data, l->out, l->w.data,
+                       l->out, c, l->nloc);
     if (st == TP_OK && !l->input_is_parallel) /* the full input's gradient: gather the slices */
         st = tp_layer_gather_cols(l->comm, c, dx->data, l->ws2.ptr, tokens, l->off, l->counts);
     return st;
@@ -491,9 +459,7 @@ static tp_status get_full(tp_linear *l, const tp_tensor *w, const tp_tensor *b, 
     if (l->kind == TP_LINEAR_COLUMN) {
         st = tp_layer_gather_cols(l->comm, w->data, dst, tmp, l->in, l->off, l->counts);
     } else {
-        for (int i = 0; i < l->size; i++)
-            l->counts[i] = (size_t)((l->off[i + 1] - l->off[i]) * l->out);
-        st = tp_all_gatherv(l->comm, w->data, dst, l->counts, TP_F32);
+        st = tp_layer_gather_rows(l->comm, w->data, dst, l->off, l->out, l->counts);
     }
     if (st == TP_OK && hw)
         st = tp_dev_download(l->dev, hw, dst, full * es);

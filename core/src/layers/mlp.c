@@ -102,12 +102,6 @@ fail:
     return st;
 }
 
-static tp_tensor view2(tp_device *dev, void *p, int64_t rows, int64_t cols)
-{
-    int64_t shape[2] = {rows, cols};
-    return tp_tensor_view(dev, TP_F32, p, 2, shape);
-}
-
 static tp_status check_hidden(tp_mlp *m, const char *what, const tp_tensor *t, int64_t *tokens)
 {
     tp_status st = tp_layer_check_act(m->label, what, t, m->dev, tokens);
@@ -135,6 +129,11 @@ tp_status tp_mlp_forward(tp_mlp *m, const tp_tensor *x, tp_tensor *y)
     st = tp_layer_prepare_out(m->label, "y", y, x, m->dev, m->hidden, "");
     if (st != TP_OK)
         return st;
+    /* checked with the full ffn, so that every rank agrees */
+    int64_t n;
+    st = tp_layer_mul(m->label, "activations tokens x ffn", tokens, m->ffn, &n);
+    if (st != TP_OK)
+        return st;
     size_t bytes = (size_t)(tokens * m->flocal) * sizeof(float);
     st = tp_ws_reserve(&m->pre, bytes, m->label);
     if (st == TP_OK)
@@ -143,8 +142,8 @@ tp_status tp_mlp_forward(tp_mlp *m, const tp_tensor *x, tp_tensor *y)
         return st;
     tp_tensor x2 = tp_layer_view2(x, tokens, m->hidden);
     tp_tensor y2 = tp_layer_view2(y, tokens, m->hidden);
-    tp_tensor pre = view2(m->dev, m->pre.ptr, tokens, m->flocal);
-    tp_tensor act = view2(m->dev, m->act.ptr, tokens, m->flocal);
+    tp_tensor pre = tp_layer_view2p(m->dev, m->pre.ptr, tokens, m->flocal);
+    tp_tensor act = tp_layer_view2p(m->dev, m->act.ptr, tokens, m->flocal);
     tp_phase prev = tp_phase_set(m->comm, TP_PHASE_FORWARD);
     st = tp_linear_forward(m->fc1, &x2, &pre);
     if (st == TP_OK && tokens > 0)
@@ -186,7 +185,7 @@ tp_status tp_mlp_backward(tp_mlp *m, const tp_tensor *dy, tp_tensor *dx)
     if (st != TP_OK)
         return st;
     tp_tensor dy2 = tp_layer_view2(dy, tokens, m->hidden);
-    tp_tensor dh = view2(m->dev, m->grad.ptr, tokens, m->flocal);
+    tp_tensor dh = tp_layer_view2p(m->dev, m->grad.ptr, tokens, m->flocal);
     tp_phase prev = tp_phase_set(m->comm, TP_PHASE_BACKWARD);
     st = tp_linear_backward(m->fc2, &dy2, &dh); /* no communication */
     if (st == TP_OK && tokens > 0)

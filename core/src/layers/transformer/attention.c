@@ -35,7 +35,7 @@ struct tp_attention {
     tp_tensor wqkv, bqkv, wo, bo, dwqkv, dbqkv, dwo, dbo;
     int64_t *off;   /* T+1 token-row shard offsets (sequence parallel) */
     size_t *counts; /* T */
-    tp_ws xfull, qkv, probs, scores, ctx, yfull, dctx, dqkv, dpack, kvtmp, bscr, hsc;
+    tp_ws xfull, qkv, probs, scores, ctx, yfull, dctx, dqkv, dpack, kvtmp, bscr;
     /* saved by forward */
     bool saved;
     const void *x_used; /* full input rows [tokens, hidden] (x or xfull) */
@@ -74,8 +74,8 @@ void tp_attention_free(tp_attention *a)
     tp_tensor *ts[] = {&a->wqkv, &a->bqkv, &a->wo, &a->bo, &a->dwqkv, &a->dbqkv, &a->dwo, &a->dbo};
     for (size_t i = 0; i < sizeof ts / sizeof *ts; i++)
         tp_tensor_release(ts[i]);
-    tp_ws *ws[] = {&a->xfull, &a->qkv,   &a->probs, &a->scores, &a->ctx,  &a->yfull,
-                   &a->dctx,  &a->dqkv,  &a->dpack, &a->kvtmp,  &a->bscr, &a->hsc};
+    tp_ws *ws[] = {&a->xfull, &a->qkv,  &a->probs, &a->scores, &a->ctx, &a->yfull,
+                   &a->dctx,  &a->dqkv, &a->dpack, &a->kvtmp,  &a->bscr};
     for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
         tp_ws_release(ws[i]);
     free(a->off);
@@ -181,10 +181,20 @@ static tp_status check_config(tp_attention *a, const tp_attention_config *cfg)
                             "heads (a divisor of %lld), or change heads to a multiple of %d",
                             who, (long long)H, T, (long long)H, T, (long long)(H % T), (long long)H,
                             T);
+    /* every parameter's size fits: (heads + 2 kv_heads) head_dim columns of
+     * hidden rows bounds them all (KV <= H) */
+    int64_t hd = cfg->head_dim ? cfg->head_dim : hidden / H, h3, fw, nw;
+    tp_status st = tp_layer_mul(who, "3 x heads", 3, H, &h3);
+    if (st == TP_OK)
+        st = tp_layer_mul(who, "QKV width (heads + 2 kv_heads) x head_dim", H + 2 * KV, hd, &fw);
+    if (st == TP_OK)
+        st = tp_layer_mul(who, "QKV weight hidden x QKV width", hidden, fw, &nw);
+    if (st != TP_OK)
+        return st;
     a->hidden = hidden;
     a->H = H;
     a->KV = KV;
-    a->hd = cfg->head_dim ? cfg->head_dim : hidden / H;
+    a->hd = hd;
     a->g = H / KV;
     a->hl = H / T;
     return TP_OK;
@@ -219,9 +229,8 @@ static tp_status alloc_params(tp_attention *a, const tp_attention_config *cfg)
             break;
         }
         if (cfg->full_qkv_weight) {
-            for (int64_t r = 0; r < a->hidden; r++)
-                memcpy(tmp + r * blk_w[part], cfg->full_qkv_weight + r * fw + blk_lo[part],
-                       (size_t)blk_w[part] * XF_ES);
+            tp_layer_host_block(cfg->full_qkv_weight, fw, 0, a->hidden, blk_lo[part],
+                                blk_lo[part] + blk_w[part], tmp);
         } else {
             tp_master_fill(cfg->seed, cfg->tensor_id, fw, 0, a->hidden, blk_lo[part],
                            blk_lo[part] + blk_w[part], bq, tmp);
@@ -288,8 +297,8 @@ tp_status tp_attention_create(tp_comm *comm, const tp_attention_config *cfg, tp_
     a->has_bias = cfg->bias;
     a->causal = cfg->causal;
     a->sp = cfg->sequence_parallel;
-    tp_ws *ws[] = {&a->xfull, &a->qkv,   &a->probs, &a->scores, &a->ctx,  &a->yfull,
-                   &a->dctx,  &a->dqkv,  &a->dpack, &a->kvtmp,  &a->bscr, &a->hsc};
+    tp_ws *ws[] = {&a->xfull, &a->qkv,  &a->probs, &a->scores, &a->ctx, &a->yfull,
+                   &a->dctx,  &a->dqkv, &a->dpack, &a->kvtmp,  &a->bscr};
     for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
         ws[i]->dev = a->dev;
     a->off = malloc(sizeof(int64_t) * (size_t)(a->T + 1));
@@ -323,44 +332,27 @@ fail:
 /* ------------------------------------------------------------- compute */
 
 /* C_j = op(A_j) op(B_kv(j)) for every local query head j (m x n each). A
- * advances by sa per query head, B by sb per local KV head. C_j is at
- * C + j*sc with row pitch ldc; when the heads' outputs interleave (column
- * blocks of one matrix, sc < m*ldc) they are computed head-major into the
- * scratch hsc and copied into place, since a strided-batched GEMM's outputs
- * must occupy disjoint memory ranges. */
+ * advances by sa per query head, B by sb per local KV head, C by sc (row
+ * pitch ldc): separate matrices, or column blocks of one matrix (sc = n,
+ * as in the context [tokens, heads*head_dim]), which the device's
+ * strided-batched GEMM writes in place. */
 static tp_status per_head(tp_attention *a, int ta, int tb, int64_t m, int64_t n, int64_t k,
                           const float *A, int64_t lda, int64_t sa, const float *B, int64_t ldb,
                           int64_t sb, float *C, int64_t ldc, int64_t sc)
 {
-    bool inter = a->hl > 1 && sc < m * ldc;
-    float *Cw = C;
-    int64_t ldw = ldc, sw = sc;
+    if (a->g == 1) /* multi-head: query head j uses local KV head j */
+        return tp_layer_gemm_batched(a->dev, ta, tb, m, n, k, 0.0f, A, lda, sa, B, ldb, sb, C, ldc,
+                                     sc, a->hl);
     tp_status st = TP_OK;
-    if (inter) {
-        st = tp_ws_reserve(&a->hsc, (size_t)(a->hl * m * n) * XF_ES, a->label);
-        if (st != TP_OK)
-            return st;
-        Cw = a->hsc.ptr;
-        ldw = n;
-        sw = m * n;
+    for (int64_t i = 0; i < a->kvl && st == TP_OK; i++) {
+        int64_t kh = a->kv_lo + i;
+        int64_t j0 = kh * a->g > a->q_lo ? kh * a->g : a->q_lo;
+        int64_t j1 = (kh + 1) * a->g < a->q_hi ? (kh + 1) * a->g : a->q_hi;
+        j0 -= a->q_lo;
+        j1 -= a->q_lo;
+        st = tp_layer_gemm_batched(a->dev, ta, tb, m, n, k, 0.0f, A + j0 * sa, lda, sa, B + i * sb,
+                                   ldb, 0, C + j0 * sc, ldc, sc, j1 - j0);
     }
-    if (a->g == 1) { /* multi-head: query head j uses local KV head j */
-        st = tp_xf_gemm_batched(a->dev, ta, tb, m, n, k, 0.0f, A, lda, sa, B, ldb, sb, Cw, ldw,
-                                sw, a->hl);
-    } else {
-        for (int64_t i = 0; i < a->kvl && st == TP_OK; i++) {
-            int64_t kh = a->kv_lo + i;
-            int64_t j0 = kh * a->g > a->q_lo ? kh * a->g : a->q_lo;
-            int64_t j1 = (kh + 1) * a->g < a->q_hi ? (kh + 1) * a->g : a->q_hi;
-            j0 -= a->q_lo;
-            j1 -= a->q_lo;
-            st = tp_xf_gemm_batched(a->dev, ta, tb, m, n, k, 0.0f, A + j0 * sa, lda, sa,
-                                    B + i * sb, ldb, 0, Cw + j0 * sw, ldw, sw, j1 - j0);
-        }
-    }
-    for (int64_t j = 0; inter && j < a->hl && st == TP_OK; j++)
-        st = tp_dev_copy_2d(a->dev, C + j * sc, (size_t)ldc * XF_ES, Cw + j * sw,
-                            (size_t)n * XF_ES, (size_t)n * XF_ES, (size_t)m);
     return st;
 }
 
@@ -378,8 +370,8 @@ static tp_status per_kv(tp_attention *a, int ta, int tb, int64_t m, int64_t n, i
         int64_t j0 = kh * a->g > a->q_lo ? kh * a->g : a->q_lo;
         int64_t j1 = (kh + 1) * a->g < a->q_hi ? (kh + 1) * a->g : a->q_hi;
         for (int64_t j = j0 - a->q_lo; j < j1 - a->q_lo; j++) {
-            tp_status st = tp_xf_gemm(a->dev, ta, tb, m, n, k, j == j0 - a->q_lo ? 0.0f : 1.0f,
-                                      A + j * sa, lda, B + j * sb, ldb, C + i * sc, ldc);
+            tp_status st = tp_layer_gemm(a->dev, ta, tb, m, n, k, j == j0 - a->q_lo ? 0.0f : 1.0f,
+                                         A + j * sa, lda, B + j * sb, ldb, C + i * sc, ldc);
             if (st != TP_OK)
                 return st;
         }
@@ -431,7 +423,7 @@ static tp_status forward_body(tp_attention *a, const tp_tensor *x, tp_tensor *y)
     if (a->sp) { /* all-gather the token shards into the full input */
         st = tp_ws_reserve(&a->xfull, (size_t)(N * a->hidden) * XF_ES, a->label);
         if (st == TP_OK)
-            st = tp_xf_gather_rows(a->comm, x->data, a->xfull.ptr, a->off, a->hidden, a->counts);
+            st = tp_layer_gather_rows(a->comm, x->data, a->xfull.ptr, a->off, a->hidden, a->counts);
         if (st != TP_OK)
             return st;
         xf = a->xfull.ptr;
@@ -444,7 +436,7 @@ static tp_status forward_body(tp_attention *a, const tp_tensor *x, tp_tensor *y)
         return st;
     float *qkv = a->qkv.ptr, *P = a->probs.ptr, *S = a->scores.ptr, *ctx = a->ctx.ptr;
     /* qkv = x Wqkv_local (+ b) */
-    st = tp_xf_gemm(a->dev, 0, 0, N, W, a->hidden, 0.0f, xf, a->hidden, a->wqkv.data, W, qkv, W);
+    st = tp_layer_gemm(a->dev, 0, 0, N, W, a->hidden, 0.0f, xf, a->hidden, a->wqkv.data, W, qkv, W);
     if (st == TP_OK && a->has_bias)
         st = tp_dev_bias_add(a->dev, TP_F32, N, W, qkv, a->bqkv.data);
     float scale = (float)(1.0 / sqrt((double)hd));
@@ -466,15 +458,15 @@ static tp_status forward_body(tp_attention *a, const tp_tensor *x, tp_tensor *y)
     /* y = sum over ranks of ctx Wo_local, then + bo */
     int64_t rows = a->rows;
     if (!a->sp) {
-        st = tp_xf_gemm(a->dev, 0, 0, N, a->hidden, a->ow, 0.0f, ctx, a->ow, a->wo.data,
-                        a->hidden, y->data, a->hidden);
+        st = tp_layer_gemm(a->dev, 0, 0, N, a->hidden, a->ow, 0.0f, ctx, a->ow, a->wo.data,
+                           a->hidden, y->data, a->hidden);
         if (st == TP_OK)
             st = tp_all_reduce(a->comm, y->data, y->data, (size_t)(N * a->hidden), TP_F32, TP_SUM);
     } else {
         st = tp_ws_reserve(&a->yfull, (size_t)(N * a->hidden) * XF_ES, a->label);
         if (st == TP_OK)
-            st = tp_xf_gemm(a->dev, 0, 0, N, a->hidden, a->ow, 0.0f, ctx, a->ow, a->wo.data,
-                            a->hidden, a->yfull.ptr, a->hidden);
+            st = tp_layer_gemm(a->dev, 0, 0, N, a->hidden, a->ow, 0.0f, ctx, a->ow, a->wo.data,
+                               a->hidden, a->yfull.ptr, a->hidden);
         for (int i = 0; i < a->T; i++)
             a->counts[i] = (size_t)((a->off[i + 1] - a->off[i]) * a->hidden);
         if (st == TP_OK)
@@ -493,13 +485,25 @@ tp_status tp_attention_forward(tp_attention *a, const tp_tensor *x, int64_t batc
     if (batch <= 0 || seq <= 0)
         return tp_set_error(TP_ERR_SHAPE, "%s: batch (%lld) and seq (%lld) must be >= 1",
                             a->label, (long long)batch, (long long)seq);
+    /* tokens and the probabilities' [batch, heads, seq, seq] must be
+     * addressable (checked with all heads: the same on every rank) */
+    int64_t tokens, ss, hss, bhss;
+    tp_status st = tp_layer_mul(a->label, "tokens batch x seq", batch, seq, &tokens);
+    if (st == TP_OK)
+        st = tp_layer_mul(a->label, "scores seq x seq", seq, seq, &ss);
+    if (st == TP_OK)
+        st = tp_layer_mul(a->label, "scores heads x seq^2", a->H, ss, &hss);
+    if (st == TP_OK)
+        st = tp_layer_mul(a->label, "probabilities batch x heads x seq^2", batch, hss, &bhss);
+    if (st != TP_OK)
+        return st;
     a->b = batch;
     a->s = seq;
-    a->tokens = batch * seq;
-    tp_xf_shard_offsets(a->tokens, a->T, a->off);
+    a->tokens = tokens;
+    tp_layer_shard_offsets(a->tokens, a->T, a->off);
     int64_t want = a->sp ? a->off[a->rank + 1] - a->off[a->rank] : a->tokens, rows;
     a->saved = false;
-    tp_status st = check_x(a, "x", x, want, &rows);
+    st = check_x(a, "x", x, want, &rows);
     if (st != TP_OK)
         return st;
     st = tp_layer_prepare_out(a->label, "y", y, x, a->dev, a->hidden, "");
@@ -604,7 +608,7 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
     if (a->sp) { /* the row-parallel exit's backward: gather dy's shards */
         st = tp_ws_reserve(&a->yfull, (size_t)(N * hid) * XF_ES, a->label);
         if (st == TP_OK)
-            st = tp_xf_gather_rows(a->comm, dy->data, a->yfull.ptr, a->off, hid, a->counts);
+            st = tp_layer_gather_rows(a->comm, dy->data, a->yfull.ptr, a->off, hid, a->counts);
         if (st != TP_OK)
             return st;
         dyf = a->yfull.ptr;
@@ -617,11 +621,12 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
     const float *qkv = a->qkv.ptr, *P = a->probs.ptr, *ctx = a->ctx.ptr;
     /* out-projection: dWo += ctx^T dy, dbo += colsum(dy) (full dy on every
      * rank, so the replicated bias grad is the same everywhere), dctx = dy Wo^T */
-    st = tp_xf_gemm(a->dev, 1, 0, a->ow, hid, N, 1.0f, ctx, a->ow, dyf, hid, a->dwo.data, hid);
+    st = tp_layer_gemm(a->dev, 1, 0, a->ow, hid, N, 1.0f, ctx, a->ow, dyf, hid, a->dwo.data, hid);
     if (st == TP_OK && a->has_bias)
         st = tp_dev_bias_grad(a->dev, TP_F32, N, hid, dyf, a->dbo.data);
     if (st == TP_OK)
-        st = tp_xf_gemm(a->dev, 0, 1, N, a->ow, hid, 0.0f, dyf, hid, a->wo.data, hid, dctx, a->ow);
+        st = tp_layer_gemm(a->dev, 0, 1, N, a->ow, hid, 0.0f, dyf, hid, a->wo.data, hid, dctx,
+                           a->ow);
     float scale = (float)(1.0 / sqrt((double)hd));
     for (int64_t bi = 0; bi < b && st == TP_OK; bi++) {
         const float *Q = qkv + bi * s * W, *K = Q + hl * hd, *V = K + a->kvl * hd;
@@ -647,7 +652,7 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
     float *kvw = NULL, *kvb = NULL;
     if (!a->any_shared) {
         /* dWqkv += x^T dqkv, dbqkv += colsum(dqkv): nothing shared, all local */
-        st = tp_xf_gemm(a->dev, 1, 0, hid, W, N, 1.0f, xf, hid, dqkv, W, a->dwqkv.data, W);
+        st = tp_layer_gemm(a->dev, 1, 0, hid, W, N, 1.0f, xf, hid, dqkv, W, a->dwqkv.data, W);
         if (st == TP_OK && a->has_bias)
             st = tp_dev_bias_grad(a->dev, TP_F32, N, W, dqkv, a->dbqkv.data);
     } else {
@@ -658,9 +663,9 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
             return st;
         kvw = a->kvtmp.ptr;
         kvb = (float *)a->bscr.ptr + W;
-        st = tp_xf_gemm(a->dev, 1, 0, hid, qw, N, 1.0f, xf, hid, dqkv, W, a->dwqkv.data, W);
+        st = tp_layer_gemm(a->dev, 1, 0, hid, qw, N, 1.0f, xf, hid, dqkv, W, a->dwqkv.data, W);
         if (st == TP_OK)
-            st = tp_xf_gemm(a->dev, 1, 0, hid, kw, N, 0.0f, xf, hid, dqkv + qw, W, kvw, kw);
+            st = tp_layer_gemm(a->dev, 1, 0, hid, kw, N, 0.0f, xf, hid, dqkv + qw, W, kvw, kw);
         if (st == TP_OK && a->has_bias) {
             float *bs = a->bscr.ptr;
             st = tp_dev_memset(a->dev, bs, 0, (size_t)W * XF_ES);
@@ -689,7 +694,7 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
             buf = a->dpack.ptr;
         }
         if (st == TP_OK)
-            st = tp_xf_gemm(a->dev, 0, 1, N, hid, W, 0.0f, dqkv, W, a->wqkv.data, W, buf, hid);
+            st = tp_layer_gemm(a->dev, 0, 1, N, hid, W, 0.0f, dqkv, W, a->wqkv.data, W, buf, hid);
         if (st == TP_OK && a->any_shared)
             st = kv_pack(a, -1, buf + dxn, kvw, kvb, false, &used);
         if (st == TP_OK)
@@ -702,8 +707,8 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
         /* reduce-scatter the full partial dx into this rank's token rows */
         st = tp_ws_reserve(&a->dpack, (size_t)dxn * XF_ES, a->label);
         if (st == TP_OK)
-            st = tp_xf_gemm(a->dev, 0, 1, N, hid, W, 0.0f, dqkv, W, a->wqkv.data, W,
-                            a->dpack.ptr, hid);
+            st = tp_layer_gemm(a->dev, 0, 1, N, hid, W, 0.0f, dqkv, W, a->wqkv.data, W,
+                               a->dpack.ptr, hid);
         for (int i = 0; i < a->T; i++)
             a->counts[i] = (size_t)((a->off[i + 1] - a->off[i]) * hid);
         if (st == TP_OK)
@@ -722,8 +727,8 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
         size_t pos = 0;
         for (int i = 0; i < a->T && st == TP_OK; i++) {
             int64_t r0 = a->off[i], rows_i = a->off[i + 1] - r0, used;
-            st = tp_xf_gemm(a->dev, 0, 1, rows_i, hid, W, 0.0f, dqkv + r0 * W, W, a->wqkv.data, W,
-                            pack + pos, hid);
+            st = tp_layer_gemm(a->dev, 0, 1, rows_i, hid, W, 0.0f, dqkv + r0 * W, W, a->wqkv.data,
+                               W, pack + pos, hid);
             if (st == TP_OK)
                 st = kv_pack(a, i, pack + pos + rows_i * hid, kvw, kvb, false, &used);
             pos += a->counts[i];

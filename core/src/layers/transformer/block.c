@@ -139,12 +139,6 @@ fail:
     return st;
 }
 
-static tp_tensor view2(tp_device *dev, void *p, int64_t rows, int64_t cols)
-{
-    int64_t shape[2] = {rows, cols};
-    return tp_tensor_view(dev, TP_F32, p, 2, shape);
-}
-
 /* Sequence-parallel MLP forward on the token shard x -> y (shards). */
 static tp_status sp_mlp_forward(tp_block *b, const tp_tensor *x, tp_tensor *y)
 {
@@ -158,17 +152,17 @@ static tp_status sp_mlp_forward(tp_block *b, const tp_tensor *x, tp_tensor *y)
         (st = tp_ws_reserve(&b->mact, (size_t)(N * fl) * XF_ES, b->label)) ||
         (st = tp_ws_reserve(&b->mtmp, (size_t)(N * hid) * XF_ES, b->label)))
         return st;
-    st = tp_xf_gather_rows(b->comm, x->data, b->mx.ptr, b->off, hid, b->counts);
+    st = tp_layer_gather_rows(b->comm, x->data, b->mx.ptr, b->off, hid, b->counts);
     if (st == TP_OK)
-        st = tp_xf_gemm(b->dev, 0, 0, N, fl, hid, 0.0f, b->mx.ptr, hid, p1.weight->data, fl,
-                        b->mpre.ptr, fl);
+        st = tp_layer_gemm(b->dev, 0, 0, N, fl, hid, 0.0f, b->mx.ptr, hid, p1.weight->data, fl,
+                           b->mpre.ptr, fl);
     if (st == TP_OK && p1.bias)
         st = tp_dev_bias_add(b->dev, TP_F32, N, fl, b->mpre.ptr, p1.bias->data);
     if (st == TP_OK)
         st = tp_dev_gelu(b->dev, TP_F32, N * fl, b->mpre.ptr, b->mact.ptr, b->gelu_tanh ? 1 : 0);
     if (st == TP_OK)
-        st = tp_xf_gemm(b->dev, 0, 0, N, hid, fl, 0.0f, b->mact.ptr, fl, p2.weight->data, hid,
-                        b->mtmp.ptr, hid);
+        st = tp_layer_gemm(b->dev, 0, 0, N, hid, fl, 0.0f, b->mact.ptr, fl, p2.weight->data, hid,
+                           b->mtmp.ptr, hid);
     for (int i = 0; i < b->T; i++)
         b->counts[i] = (size_t)((b->off[i + 1] - b->off[i]) * hid);
     if (st == TP_OK)
@@ -201,24 +195,24 @@ static tp_status sp_mlp_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx
     float *dyf = b->mtmp.ptr; /* [N, hid] */
     float *dh = b->mact.ptr;  /* reused: GeLU output no longer needed after dW2 */
     /* gather dy; fc2: dW2 += act^T dy, db2 += colsum(dy) (full dy: same on every rank) */
-    st = tp_xf_gather_rows(b->comm, dy->data, dyf, b->off, hid, b->counts);
+    st = tp_layer_gather_rows(b->comm, dy->data, dyf, b->off, hid, b->counts);
     if (st == TP_OK)
-        st = tp_xf_gemm(b->dev, 1, 0, fl, hid, N, 1.0f, b->mact.ptr, fl, dyf, hid,
-                        p2.weight_grad->data, hid);
+        st = tp_layer_gemm(b->dev, 1, 0, fl, hid, N, 1.0f, b->mact.ptr, fl, dyf, hid,
+                           p2.weight_grad->data, hid);
     if (st == TP_OK && p2.bias_grad)
         st = tp_dev_bias_grad(b->dev, TP_F32, N, hid, dyf, p2.bias_grad->data);
     if (st == TP_OK)
-        st = tp_xf_gemm(b->dev, 0, 1, N, fl, hid, 0.0f, dyf, hid, p2.weight->data, hid, dh, fl);
+        st = tp_layer_gemm(b->dev, 0, 1, N, fl, hid, 0.0f, dyf, hid, p2.weight->data, hid, dh, fl);
     if (st == TP_OK)
         st = tp_dev_gelu_bwd(b->dev, TP_F32, N * fl, b->mpre.ptr, dh, dh, b->gelu_tanh ? 1 : 0);
     /* fc1: dW1 += x^T dh, db1 += colsum(dh), dx = reduce-scatter(dh W1^T) */
     if (st == TP_OK)
-        st = tp_xf_gemm(b->dev, 1, 0, hid, fl, N, 1.0f, b->mx.ptr, hid, dh, fl,
-                        p1.weight_grad->data, fl);
+        st = tp_layer_gemm(b->dev, 1, 0, hid, fl, N, 1.0f, b->mx.ptr, hid, dh, fl,
+                           p1.weight_grad->data, fl);
     if (st == TP_OK && p1.bias_grad)
         st = tp_dev_bias_grad(b->dev, TP_F32, N, fl, dh, p1.bias_grad->data);
     if (st == TP_OK)
-        st = tp_xf_gemm(b->dev, 0, 1, N, hid, fl, 0.0f, dh, fl, p1.weight->data, fl, dyf, hid);
+        st = tp_layer_gemm(b->dev, 0, 1, N, hid, fl, 0.0f, dh, fl, p1.weight->data, fl, dyf, hid);
     for (int i = 0; i < b->T; i++)
         b->counts[i] = (size_t)((b->off[i + 1] - b->off[i]) * hid);
     if (st == TP_OK)
@@ -235,12 +229,14 @@ tp_status tp_block_forward(tp_block *b, const tp_tensor *x, int64_t batch, int64
         return tp_set_error(TP_ERR_SHAPE, "%s: batch (%lld) and seq (%lld) must be >= 1",
                             b->label, (long long)batch, (long long)seq);
     b->saved = false;
-    b->tokens = batch * seq;
-    tp_xf_shard_offsets(b->tokens, b->T, b->off);
-    int64_t rows;
-    tp_status st = tp_layer_check_act(b->label, "x", x, b->dev, &rows);
+    int64_t tokens, rows;
+    tp_status st = tp_layer_mul(b->label, "tokens batch x seq", batch, seq, &tokens);
+    if (st == TP_OK)
+        st = tp_layer_check_act(b->label, "x", x, b->dev, &rows);
     if (st != TP_OK)
         return st;
+    b->tokens = tokens;
+    tp_layer_shard_offsets(b->tokens, b->T, b->off);
     if (x->shape[x->ndim - 1] != b->hidden)
         return tp_set_error(TP_ERR_SHAPE, "%s: x last dim (hidden) expected %lld, got %lld",
                             b->label, (long long)b->hidden, (long long)x->shape[x->ndim - 1]);
@@ -258,9 +254,9 @@ tp_status tp_block_forward(tp_block *b, const tp_tensor *x, int64_t batch, int64
     if ((st = tp_ws_reserve(&b->h1, bytes, b->label)) || (st = tp_ws_reserve(&b->r1, bytes, b->label)) ||
         (st = tp_ws_reserve(&b->h2, bytes, b->label)))
         return st;
-    tp_tensor h1 = view2(b->dev, b->h1.ptr, rows, b->hidden);
-    tp_tensor r1 = view2(b->dev, b->r1.ptr, rows, b->hidden);
-    tp_tensor h2 = view2(b->dev, b->h2.ptr, rows, b->hidden);
+    tp_tensor h1 = tp_layer_view2p(b->dev, b->h1.ptr, rows, b->hidden);
+    tp_tensor r1 = tp_layer_view2p(b->dev, b->r1.ptr, rows, b->hidden);
+    tp_tensor h2 = tp_layer_view2p(b->dev, b->h2.ptr, rows, b->hidden);
     tp_tensor x2 = tp_layer_view2(x, rows, b->hidden);
     tp_tensor y2 = tp_layer_view2(y, rows, b->hidden);
     int64_t n = rows * b->hidden;
@@ -321,8 +317,8 @@ tp_status tp_block_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx)
     int64_t n = rows * b->hidden;
     tp_tensor dy2 = tp_layer_view2(dy, rows, b->hidden);
     tp_tensor dx2 = tp_layer_view2(dx, rows, b->hidden);
-    tp_tensor g1 = view2(b->dev, b->d1.ptr, rows, b->hidden); /* dLN2-input, then dr1 */
-    tp_tensor g2 = view2(b->dev, b->d2.ptr, rows, b->hidden); /* dh2, then dh1 */
+    tp_tensor g1 = tp_layer_view2p(b->dev, b->d1.ptr, rows, b->hidden); /* dLN2-input, then dr1 */
+    tp_tensor g2 = tp_layer_view2p(b->dev, b->d2.ptr, rows, b->hidden); /* dh2, then dh1 */
     float *contrib = b->contrib.ptr;
     tp_phase prev = tp_phase_set(b->comm, TP_PHASE_BACKWARD);
     /* y = h + MLP(LN2(h)): dh2 = MLP'(dy); dh = LN2'(dh2) + dy */

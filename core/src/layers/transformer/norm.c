@@ -73,6 +73,10 @@ tp_status tp_norm_create(tp_comm *comm, const tp_norm_config *cfg, tp_norm **out
                           (long long)cfg->dim, (double)cfg->eps);
         goto fail;
     }
+    int64_t two_dim;
+    st = tp_layer_mul(n->label, "dim x 2 parameters", n->dim, 2, &two_dim);
+    if (st != TP_OK)
+        goto fail;
     host = malloc((size_t)n->dim * XF_ES);
     if (!host) {
         st = tp_set_error(TP_ERR_NO_MEMORY, "%s: out of host memory", n->label);
