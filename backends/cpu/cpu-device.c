@@ -14,19 +14,22 @@
 
 #define CPU_ALIGN 64
 
+/* Set by the first open(); every rank thread opens concurrently, so it is
+ * written once with a compare-and-swap and read atomically. */
 const tp_host *cpu_host;
 
 tp_status cpu_err(tp_status st, const char *fmt, ...)
 {
     char msg[512];
     va_list ap;
+    const tp_host *host = __atomic_load_n(&cpu_host, __ATOMIC_ACQUIRE);
 
-    if (!cpu_host || !cpu_host->set_error)
+    if (!host || !host->set_error)
         return st;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    return cpu_host->set_error(st, "cpu device: %s", msg);
+    return host->set_error(st, "cpu device: %s", msg);
 }
 
 const char *cpu_dtype_name(tp_dtype dt)
@@ -91,8 +94,10 @@ static tp_status cpu_open(const tp_host *host, const tp_device_args *args, void 
 {
     cpu_dev *d;
 
-    if (host && !cpu_host)
-        cpu_host = host;
+    const tp_host *unset = NULL;
+    if (host)
+        __atomic_compare_exchange_n(&cpu_host, &unset, host, false, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE);
     if (!host || !dev || !env)
         return cpu_err(TP_ERR_INVALID_ARG, "open: host, dev and env must not be NULL");
     if (env->struct_size < sizeof(tp_rank_env))

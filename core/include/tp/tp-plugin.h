@@ -141,7 +141,12 @@ typedef struct tp_device_args {
  *   C[b] = alpha * op(A[b]) * op(B[b]) + beta * C[b],  b = 0 .. batch-1
  * op(A) is m x k, op(B) is k x n, C is m x n. X[b] = X + b * stride_x
  * (strides in elements). lda/ldb/ldc are row pitches in elements of the
- * matrices as stored. A, B, C share `dtype`; accumulation is in f32. */
+ * matrices as stored. A, B, C share `dtype`; accumulation is in f32.
+ * No element of C may be written twice: the C[b] are whole separate
+ * matrices (stride_c >= (m-1)*ldc + n) or column blocks side by side in one
+ * matrix (stride_c >= n and (batch-1)*stride_c + n <= ldc, e.g. attention
+ * heads of a [tokens, heads*head_dim] activation). A and B may be shared
+ * (stride 0). */
 typedef struct tp_gemm_args {
     size_t struct_size;
     tp_dtype dtype;
@@ -272,7 +277,8 @@ typedef struct tp_comm_ops {
                             tp_dtype dt);        /* rank i contributes counts[i]; recv holds all, in rank
                                                     order; send may equal recv + offset of own block */
     tp_status (*reduce_scatter)(void *comm, const void *send, void *recv, const size_t *counts,
-                                tp_dtype dt, tp_redop op); /* send holds sum(counts); rank i gets block i */
+                                tp_dtype dt, tp_redop op); /* send holds sum(counts); rank i gets block i;
+                                                              send and recv do not overlap */
     tp_status (*broadcast)(void *comm, void *buf, size_t count, tp_dtype dt, int root);
     tp_status (*barrier)(void *comm);
 
