@@ -96,7 +96,7 @@ static tp_status cpu_open(const tp_host *host, const tp_device_args *args, void 
 
     const tp_host *unset = NULL;
     if (host)
-        __atomic_compare_exchange_n(&cpu_host, &unset, host, false, __ATOMIC_ACQ_REL,
+        __atomic_compare_exchange_n(&cpu_host, &unset, host, 0, __ATOMIC_ACQ_REL,
                                     __ATOMIC_ACQUIRE);
     if (!host || !dev || !env)
         return cpu_err(TP_ERR_INVALID_ARG, "open: host, dev and env must not be NULL");
