@@ -1,0 +1,463 @@
+/* test-bench-cli.c — tp-bench as a user runs it, on the loopback backend:
+ * exit codes and messages for bad arguments, the collective counts that
+ * `layer` reports, `--check` on correct and on corrupted results, `model`
+ * recovering alpha/beta from a JSON-lines file. No timing assertions. */
+#include <check.h>
+#include <glib.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bench.h"
+
+static const char *tp_bench; /* path, from $TP_BENCH */
+static char tmpdir[64];
+
+typedef struct run_result {
+    int code; /* exit status, or -1 if it did not exit normally */
+    char *out, *err;
+} run_result;
+
+/* Run tp-bench with a shell-like argument line and extra environment
+ * ("NAME=value" strings, NULL-terminated). */
+static run_result run(const char *args, const char *const *env_extra)
+{
+    run_result r = {-1, NULL, NULL};
+    gchar *line = g_strdup_printf("'%s' %s", tp_bench, args);
+    gchar **argv = NULL;
+    ck_assert(g_shell_parse_argv(line, NULL, &argv, NULL));
+    gchar **envp = g_get_environ();
+    envp = g_environ_unsetenv(envp, "TP_WORLD_SIZE");
+    envp = g_environ_unsetenv(envp, "TP_BENCH_CORRUPT");
+    envp = g_environ_setenv(envp, "TP_BACKEND", "loopback", TRUE);
+    envp = g_environ_setenv(envp, "TP_DEVICE", "cpu", TRUE);
+    envp = g_environ_setenv(envp, "TP_TIMEOUT_S", "60", TRUE);
+    for (int i = 0; env_extra && env_extra[i]; i++) {
+        gchar **kv = g_strsplit(env_extra[i], "=", 2);
+        envp = g_environ_setenv(envp, kv[0], kv[1] ? kv[1] : "", TRUE);
+        g_strfreev(kv);
+    }
+    int status = 0;
+    GError *e = NULL;
+    ck_assert_msg(g_spawn_sync(NULL, argv, envp, G_SPAWN_DEFAULT, NULL, NULL, &r.out, &r.err, &status, &e),
+                  "cannot run %s: %s", tp_bench, e ? e->message : "?");
+    if (WIFEXITED(status))
+        r.code = WEXITSTATUS(status);
+    g_strfreev(argv);
+    g_strfreev(envp);
+    g_free(line);
+    return r;
+}
+
+static void run_free(run_result *r)
+{
+    g_free(r->out);
+    g_free(r->err);
+}
+
+static GPtrArray *read_json(const char *path)
+{
+    GPtrArray *a = g_ptr_array_new_with_free_func((GDestroyNotify)bench_rec_free);
+    char err[512];
+    ck_assert_msg(bench_jsonl_read(path, a, err, sizeof err) == 0, "%s", err);
+    return a;
+}
+
+/* ---------------------------------------------------- bad arguments */
+
+START_TEST(bad_arguments)
+{
+    static const struct {
+        const char *args, *needle;
+    } cases[] = {
+        {"", "missing subcommand"},
+        {"nosuch", "unknown subcommand 'nosuch'"},
+        {"collectives --op all_sum", "unknown op 'all_sum'"},
+        {"collectives -b 0", "bad size '0'"},
+        {"collectives -e 0K", "bad size '0K'"},
+        {"layer --layer nosuch", "unknown layer 'nosuch'"},
+        {"layer --layer mlp --tp 4 --ffn 3", "larger than the dimension"},
+        {"layer --layer linear-col --sweep-tp 1,2 --ffn 1", "T=2"},
+        {"model --link nvlink:fast:3", "malformed --link"},
+        {"model --link onlyname", "malformed --link"},
+        {"plot", "missing --out"},
+        {"gemm --bogus", "unknown option '--bogus'"},
+        {"collectives --compare-raw -e 8 -q", "--compare-raw"}, /* loopback: no raw library */
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+        run_result r = run(cases[i].args, NULL);
+        ck_assert_msg(r.code == 2, "'%s': exit %d, want 2", cases[i].args, r.code);
+        ck_assert_msg(strstr(r.err, cases[i].needle) != NULL, "'%s': stderr '%s' lacks '%s'", cases[i].args, r.err,
+                      cases[i].needle);
+        run_free(&r);
+    }
+    /* TP_WORLD_SIZE larger than the split dimension is caught the same way */
+    const char *env[] = {"TP_WORLD_SIZE=5", NULL};
+    run_result r = run("layer --layer mlp --ffn 4", env);
+    ck_assert_int_eq(r.code, 2);
+    ck_assert_ptr_nonnull(strstr(r.err, "TP_WORLD_SIZE"));
+    run_free(&r);
+    /* help works and exits 0 */
+    const char *subs[] = {"--help", "collectives --help", "gemm --help", "layer --help", "model --help",
+                          "plot --help"};
+    for (size_t i = 0; i < G_N_ELEMENTS(subs); i++) {
+        r = run(subs[i], NULL);
+        ck_assert_msg(r.code == 0 && strstr(r.out, "Usage:"), "'%s': exit %d", subs[i], r.code);
+        run_free(&r);
+    }
+}
+END_TEST
+
+/* ------------------------------------------------- layer collectives */
+
+/* Collectives per layer (Megatron's f/g): forward column (no gather) 0,
+ * row 1, MLP 1 all-reduce; backward column 1, row (input parallel) 0, MLP
+ * 1; at T = 2, 3, 4, 7 with odd shapes. The bytes a ring moves per rank
+ * equal the seed's formula 2(T-1)/T * tokens * hidden * 4 per all-reduce.
+ * Forward only, then forward + backward (--backward). */
+START_TEST(layer_counts)
+{
+    const char *layers[] = {"linear-col", "linear-row", "mlp"};
+    const int expect[2][3] = {{0, 1, 1}, {1, 0, 1}};
+    for (int bwd = 0; bwd < 2; bwd++)
+        for (int li = 0; li < 3; li++) {
+            gchar *json = g_strdup_printf("%s/layer-%s-%d.jsonl", tmpdir, layers[li], bwd);
+            gchar *args = g_strdup_printf("layer --layer %s --sweep-tp 1,2,3,4,7 --tokens 5 --hidden 13 --ffn 17 "
+                                          "-n 2 -w 1 -q %s --json %s", layers[li], bwd ? "--backward" : "", json);
+            run_result r = run(args, NULL);
+            ck_assert_msg(r.code == 0, "%s: exit %d\n%s", args, r.code, r.err);
+            GPtrArray *recs = read_json(json);
+            int seen[2] = {0, 0};
+            for (guint i = 0; i < recs->len; i++) {
+                const bench_record *rec = g_ptr_array_index(recs, i);
+                ck_assert_str_eq(bench_rec_kind(rec), "layer");
+                ck_assert_str_eq(bench_rec_get_str(rec, "layer"), layers[li]);
+                const char *phase = bench_rec_get_str(rec, "phase");
+                int ph = strcmp(phase, "backward") == 0;
+                ck_assert_msg(ph || strcmp(phase, "forward") == 0, "phase %s", phase);
+                ck_assert_msg(!ph || bwd, "backward record without --backward");
+                if (bench_rec_get_num(rec, "rank", 0) != -1)
+                    continue;
+                int T = (int)bench_rec_get_num(rec, "tp", 0);
+                double formula = bench_rec_get_num(rec, "formula_bytes", -1);
+                double wire = bench_rec_get_num(rec, "wire_bytes", -1);
+                double want = expect[ph][li] * 2.0 * (T - 1) / T * 5 * 13 * 4;
+                ck_assert_msg(fabs(formula - want) <= 1e-9 * (want + 1), "%s %s T=%d formula %g want %g", layers[li],
+                              phase, T, formula, want);
+                ck_assert_msg(fabs(wire - want) <= 1e-9 * (want + 1), "%s %s T=%d wire bytes %g want %g", layers[li],
+                              phase, T, wire, want);
+                if (T > 1) {
+                    ck_assert_msg(bench_rec_get_num(rec, "collectives", -1) == expect[ph][li],
+                                  "%s %s T=%d: %g collectives", layers[li], phase, T,
+                                  bench_rec_get_num(rec, "collectives", -1));
+                    ck_assert(bench_rec_get_num(rec, "all_reduce", -1) == expect[ph][li]);
+                    ck_assert(bench_rec_get_num(rec, "all_gather", -1) == 0);
+                }
+                double pct = bench_rec_get_num(rec, "comm_pct", -1);
+                ck_assert(pct >= 0 && pct <= 100);
+                ck_assert(isfinite(bench_rec_get_num(rec, "speedup", NAN)));
+                seen[ph]++;
+            }
+            ck_assert_int_eq(seen[0], 5);
+            ck_assert_int_eq(seen[1], bwd ? 5 : 0);
+            ck_assert_ptr_nonnull(strstr(r.out, layers[li]));
+            ck_assert_ptr_nonnull(strstr(r.out, "speedup"));
+            g_ptr_array_free(recs, TRUE);
+            run_free(&r);
+            g_free(args);
+            g_free(json);
+        }
+}
+END_TEST
+
+/* ------------------------------------------------------------ check */
+
+/* Sizes 52 B * 3^k: counts 13, 39, ... odd, and not divisible by T for the
+ * gather/scatter rounding. */
+START_TEST(check_clean)
+{
+    gchar *json = g_strdup_printf("%s/clean.jsonl", tmpdir), *csv = g_strdup_printf("%s/clean.csv", tmpdir);
+    gchar *args = g_strdup_printf("collectives --sweep-tp 1,2,3,4,7 -b 52 -e 20000 -f 3 -n 2 -w 1 -c -q "
+                                  "--no-memcpy --json %s --csv %s", json, csv);
+    run_result r = run(args, NULL);
+    ck_assert_msg(r.code == 0, "exit %d\n%s", r.code, r.err);
+    GPtrArray *recs = read_json(json);
+    int n = 0;
+    for (guint i = 0; i < recs->len; i++) {
+        const bench_record *rec = g_ptr_array_index(recs, i);
+        if (strcmp(bench_rec_kind(rec), "collective") != 0)
+            continue;
+        ck_assert(bench_rec_get_num(rec, "wrong", -1) == 0);
+        ck_assert(bench_rec_get_num(rec, "time_us", -1) > 0);
+        ck_assert(bench_rec_get_num(rec, "algbw_gbps", -1) > 0);
+        /* busbw / algbw is nccl-tests' factor */
+        int op = bench_op_from_name(bench_rec_get_str(rec, "op"));
+        int T = (int)bench_rec_get_num(rec, "ranks", 0);
+        double ratio = bench_rec_get_num(rec, "busbw_gbps", 0) / bench_rec_get_num(rec, "algbw_gbps", 1);
+        ck_assert(fabs(ratio - bench_busbw_factor(op, T)) <= 1e-6);
+        n++;
+    }
+    ck_assert_int_eq(n, 5 * 4 * 6); /* T values x ops x sizes 52..12636 */
+    gchar *text = NULL;
+    ck_assert(g_file_get_contents(csv, &text, NULL, NULL));
+    ck_assert(g_str_has_prefix(text, "kind,backend,device,ranks,op,"));
+    g_free(text);
+    g_ptr_array_free(recs, TRUE);
+    run_free(&r);
+    g_free(args);
+    g_free(json);
+    g_free(csv);
+}
+END_TEST
+
+START_TEST(check_catches_corruption)
+{
+    gchar *json = g_strdup_printf("%s/corrupt.jsonl", tmpdir);
+    gchar *args = g_strdup_printf("collectives --tp 3 -b 52 -e 500 -f 3 -n 2 -w 0 -c -q --no-memcpy --json %s", json);
+    const char *env[] = {"TP_BENCH_CORRUPT=1", NULL};
+    run_result r = run(args, env);
+    ck_assert_msg(r.code == 1, "exit %d, want 1\n%s", r.code, r.err);
+    ck_assert_ptr_nonnull(strstr(r.err, "wrong"));
+    GPtrArray *recs = read_json(json);
+    int n = 0;
+    for (guint i = 0; i < recs->len; i++) {
+        const bench_record *rec = g_ptr_array_index(recs, i);
+        if (strcmp(bench_rec_kind(rec), "collective") != 0)
+            continue;
+        /* one damaged element per timed iteration on one rank */
+        ck_assert_msg(bench_rec_get_num(rec, "wrong", 0) == 2, "%s %g bytes: wrong %g",
+                      bench_rec_get_str(rec, "op"), bench_rec_get_num(rec, "bytes", 0),
+                      bench_rec_get_num(rec, "wrong", 0));
+        n++;
+    }
+    ck_assert_int_gt(n, 0);
+    g_ptr_array_free(recs, TRUE);
+    run_free(&r);
+
+    /* without --check the same damage goes unseen: exit 0 */
+    g_free(args);
+    args = g_strdup_printf("collectives --tp 2 -b 52 -e 52 -n 2 -w 0 -q --no-memcpy");
+    r = run(args, env);
+    ck_assert_int_eq(r.code, 0);
+    run_free(&r);
+    g_free(args);
+    g_free(json);
+}
+END_TEST
+
+/* ------------------------------------------------------------ model */
+
+/* A JSON-lines file with all_reduce times made from known alpha/beta on
+ * p = 2 and 4; model --from must print and write them back. */
+START_TEST(model_from_file)
+{
+    const double alpha = 4e-6, beta = 1.0 / 20e9;
+    gchar *in = g_strdup_printf("%s/synthetic.jsonl", tmpdir), *out = g_strdup_printf("%s/model.jsonl", tmpdir);
+    GString *s = g_string_new(NULL);
+    for (int p = 2; p <= 4; p += 2)
+        for (double b = 1024; b <= 64.0 * 1024 * 1024; b *= 4) {
+            double t = 2.0 * (p - 1) * alpha + 2.0 * (p - 1) / p * b * beta;
+            bench_record *r = bench_rec_new("collective");
+            bench_rec_str(r, "backend", "synthetic");
+            bench_rec_int(r, "ranks", p);
+            bench_rec_str(r, "op", "all_reduce");
+            bench_rec_int(r, "bytes", (int64_t)b);
+            bench_rec_dbl(r, "time_us", t * 1e6);
+            bench_json_line(r, s);
+            g_string_append_c(s, '\n');
+            bench_rec_free(r);
+        }
+    ck_assert(g_file_set_contents(in, s->str, -1, NULL));
+    gchar *args = g_strdup_printf("model --from %s --measure-tp 0 --gflops 1000 --link mine:10:1 --json %s -q", in, out);
+    run_result r = run(args, NULL);
+    ck_assert_msg(r.code == 0, "exit %d\n%s", r.code, r.err);
+    ck_assert_ptr_nonnull(strstr(r.out, "PROJECTION"));
+    GPtrArray *recs = read_json(out);
+    int fits = 0, proj = 0;
+    for (guint i = 0; i < recs->len; i++) {
+        const bench_record *rec = g_ptr_array_index(recs, i);
+        const char *what = bench_rec_get_str(rec, "what");
+        ck_assert_str_eq(bench_rec_kind(rec), "model");
+        if (strcmp(what, "fit") == 0) {
+            /* %.9g in the file: 1e-6 relative is ample */
+            ck_assert(fabs(bench_rec_get_num(rec, "alpha_us", 0) - 4.0) <= 4e-6);
+            ck_assert(fabs(bench_rec_get_num(rec, "beta_gbps", 0) - 20.0) <= 2e-5);
+            fits++;
+        } else if (strcmp(what, "point") == 0) {
+            ck_assert(fabs(bench_rec_get_num(rec, "err_pct", 1)) <= 1e-4);
+        } else if (strcmp(what, "projection") == 0) {
+            ck_assert(bench_rec_get(rec, "projected")->b);
+            /* T=2 on mine:10:1: 2 alpha + 1 * (2048*1024*4 B) / 10 GB/s */
+            if (bench_rec_get_num(rec, "tp", 0) == 2 && strcmp(bench_rec_get_str(rec, "link"), "mine") == 0) {
+                double want = (2 * 1e-6 + 2048.0 * 1024 * 4 / 10e9) * 1e6;
+                ck_assert(fabs(bench_rec_get_num(rec, "comm_us", 0) - want) <= 1e-6 * want);
+            }
+            proj++;
+        }
+    }
+    ck_assert_int_eq(fits, 2);
+    ck_assert_int_eq(proj, 3 * (2 + 3 + 1)); /* T = 2,4,8 x (2 fits + 3 presets + --link) */
+    g_ptr_array_free(recs, TRUE);
+    run_free(&r);
+    g_string_free(s, TRUE);
+    g_free(args);
+    g_free(in);
+    g_free(out);
+}
+END_TEST
+
+/* model with its own sweep and a measured layer: the records are there
+ * (values are timings, so only their presence and sanity are checked). */
+START_TEST(model_sweep)
+{
+    gchar *out = g_strdup_printf("%s/model-sweep.jsonl", tmpdir);
+    gchar *args = g_strdup_printf("model -b 1K -e 64K -f 4 --sweep-tp 2,3 --measure-tp 2 --project-tp 2,4 "
+                                  "--tokens 5 --hidden 13 --ffn 17 -n 3 -w 1 -q --no-memcpy --json %s", out);
+    run_result r = run(args, NULL);
+    ck_assert_msg(r.code == 0, "exit %d\n%s", r.code, r.err);
+    ck_assert_ptr_nonnull(strstr(r.out, "alpha-beta fit"));
+    GPtrArray *recs = read_json(out);
+    int coll = 0, fits = 0, measured = 0, projected = 0;
+    for (guint i = 0; i < recs->len; i++) {
+        const bench_record *rec = g_ptr_array_index(recs, i);
+        if (strcmp(bench_rec_kind(rec), "collective") == 0) {
+            ck_assert_str_eq(bench_rec_get_str(rec, "op"), "all_reduce");
+            coll++;
+            continue;
+        }
+        const char *what = bench_rec_get_str(rec, "what");
+        if (strcmp(what, "fit") == 0) {
+            ck_assert(bench_rec_get_num(rec, "alpha_us", -1) >= 0);
+            ck_assert(bench_rec_get_num(rec, "beta_gbps", -1) > 0);
+            fits++;
+        } else if (strcmp(what, "projection") == 0) {
+            double pct = bench_rec_get_num(rec, "comm_pct", -1);
+            ck_assert(pct >= 0 && pct <= 100);
+            if (bench_rec_get(rec, "projected")->b)
+                projected++;
+            else
+                measured++;
+        }
+    }
+    ck_assert_int_eq(coll, 2 * 4);     /* T = 2, 3 x sizes 1K..64K x4 */
+    ck_assert_int_eq(fits, 2);         /* p = 2, 3 */
+    ck_assert_int_eq(measured, 1);     /* T = 2 */
+    ck_assert_int_eq(projected, 2 * 5); /* T = 2, 4 x (2 fits + 3 presets) */
+    g_ptr_array_free(recs, TRUE);
+    run_free(&r);
+    g_free(args);
+    g_free(out);
+}
+END_TEST
+
+/* ------------------------------------------------------------- plot */
+
+START_TEST(plot_png)
+{
+    gchar *in = g_strdup_printf("%s/plot.jsonl", tmpdir), *png = g_strdup_printf("%s/out.png", tmpdir);
+    const char *lines =
+        "{\"kind\": \"collective\", \"backend\": \"loopback\", \"ranks\": 2, \"op\": \"all_reduce\", "
+        "\"bytes\": 1024, \"busbw_gbps\": 1.5}\n"
+        "{\"kind\": \"collective\", \"backend\": \"loopback\", \"ranks\": 2, \"op\": \"all_reduce\", "
+        "\"bytes\": 4096, \"busbw_gbps\": 4.5}\n"
+        "{\"kind\": \"memcpy\", \"backend\": \"loopback\", \"threads\": 1, \"bytes\": 1024, \"gbps\": 9}\n"
+        "{\"kind\": \"model\", \"what\": \"projection\", \"link\": \"nvlink4\", \"projected\": true, "
+        "\"tp\": 2, \"comm_pct\": 3.5}\n"
+        "{\"kind\": \"model\", \"what\": \"projection\", \"link\": \"nvlink4\", \"projected\": true, "
+        "\"tp\": 4, \"comm_pct\": 7.5}\n";
+    ck_assert(g_file_set_contents(in, lines, -1, NULL));
+    gchar *args = g_strdup_printf("plot %s --out %s", in, png);
+    run_result r = run(args, NULL);
+    ck_assert_msg(r.code == 0, "exit %d\n%s", r.code, r.err);
+    gchar *data = NULL;
+    gsize len = 0;
+    ck_assert(g_file_get_contents(png, &data, &len, NULL));
+    ck_assert(len > 8 && memcmp(data, "\x89PNG", 4) == 0);
+    g_free(data);
+    run_free(&r);
+    g_free(args);
+
+    /* nothing plottable, or a missing file: exit 2 with a message */
+    ck_assert(g_file_set_contents(in, "{\"kind\": \"gemm\"}\n", -1, NULL));
+    args = g_strdup_printf("plot %s --out %s", in, png);
+    r = run(args, NULL);
+    ck_assert_int_eq(r.code, 2);
+    ck_assert_ptr_nonnull(strstr(r.err, "no collective"));
+    run_free(&r);
+    g_free(args);
+    args = g_strdup_printf("plot %s/missing.jsonl --out %s", tmpdir, png);
+    r = run(args, NULL);
+    ck_assert_int_eq(r.code, 2);
+    ck_assert_ptr_nonnull(strstr(r.err, "missing.jsonl"));
+    run_free(&r);
+    g_free(args);
+    g_free(in);
+    g_free(png);
+}
+END_TEST
+
+static Suite *plot_suite(void)
+{
+    Suite *s = suite_create("bench-plot");
+    TCase *t = tcase_create("plot");
+    tcase_set_timeout(t, 60);
+    tcase_add_test(t, plot_png);
+    suite_add_tcase(s, t);
+    return s;
+}
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("bench-cli");
+    TCase *t = tcase_create("cli");
+    tcase_set_timeout(t, 240);
+    tcase_add_test(t, bad_arguments);
+    tcase_add_test(t, layer_counts);
+    tcase_add_test(t, check_clean);
+    tcase_add_test(t, check_catches_corruption);
+    tcase_add_test(t, model_from_file);
+    tcase_add_test(t, model_sweep);
+    suite_add_tcase(s, t);
+    return s;
+}
+
+/* `test-bench-cli plot` runs only the plot test (skipped without gnuplot). */
+int main(int argc, char **argv)
+{
+    bool plot = argc > 1 && strcmp(argv[1], "plot") == 0;
+    if (plot) {
+        gchar *gp = g_find_program_in_path("gnuplot");
+        if (!gp) {
+            fprintf(stderr, "gnuplot is not installed: skipped\n");
+            return 77;
+        }
+        g_free(gp);
+    }
+    tp_bench = getenv("TP_BENCH");
+    if (!tp_bench || access(tp_bench, X_OK) != 0) {
+        fprintf(stderr, "TP_BENCH does not name the tp-bench executable: skipped\n");
+        return 77;
+    }
+    g_strlcpy(tmpdir, "/tmp/tp-bench-cli-XXXXXX", sizeof tmpdir);
+    if (!g_mkdtemp(tmpdir)) {
+        fprintf(stderr, "cannot create a temporary directory: skipped\n");
+        return 77;
+    }
+    SRunner *sr = srunner_create(plot ? plot_suite() : suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    /* remove what the tests wrote */
+    GDir *d = g_dir_open(tmpdir, 0, NULL);
+    const char *name;
+    while (d && (name = g_dir_read_name(d))) {
+        gchar *p = g_build_filename(tmpdir, name, NULL);
+        unlink(p);
+        g_free(p);
+    }
+    if (d)
+        g_dir_close(d);
+    rmdir(tmpdir);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -1,0 +1,400 @@
+/*
+ * bench.h — internal interface of tp-bench, shared by its source files.
+ *
+ * Pure parts (no libtp calls, unit-tested in tests/bench): arith.c,
+ * options.c, output.c, fit.c. The rest drives libtp: driver.c (running a
+ * function on T ranks), collectives.c, gemm.c, layer.c, model.c, plot.c.
+ */
+#ifndef TP_BENCH_H
+#define TP_BENCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <glib.h>
+#include <tp/tp.h>
+
+/* Exit codes: 0 ok, 1 a run failed (or --check found wrong results),
+ * 2 bad command line. */
+enum { BENCH_EXIT_OK = 0, BENCH_EXIT_FAIL = 1, BENCH_EXIT_USAGE = 2 };
+
+#define BENCH_MAX_LIST 32
+#define BENCH_MAX_TP 64
+
+/* ------------------------------------------------------------ arith.c */
+
+/* The four collectives tp-bench sweeps, in tp_op numbering. */
+#define BENCH_OP_MASK_ALL                                                                      \
+    ((1u << TP_OP_ALL_REDUCE) | (1u << TP_OP_ALL_GATHER) | (1u << TP_OP_REDUCE_SCATTER) |   \
+     (1u << TP_OP_BROADCAST))
+
+const char *bench_op_name(int op);        /* "all_reduce", ...; NULL if not a swept op */
+int bench_op_from_name(const char *name); /* -1 if unknown */
+
+/* nccl-tests' bus-bandwidth factor for op on n ranks: all_reduce
+ * 2(n-1)/n, all_gather and reduce_scatter (n-1)/n, broadcast 1. */
+double bench_busbw_factor(int op, int nranks);
+/* algbw = bytes / time (GB/s, 1e9 bytes); busbw = algbw * factor. */
+double bench_algbw_gbps(double bytes, double seconds);
+double bench_busbw_gbps(int op, int nranks, double bytes, double seconds);
+
+/* Hockney coefficients of op on p ranks: t = lat_steps * alpha +
+ * bw_factor * n * beta, n in bytes as the size column defines it.
+ * ring all_reduce: 2(p-1), 2(p-1)/p; ring all_gather / reduce_scatter:
+ * (p-1), (p-1)/p; pipelined broadcast: ceil(log2 p), 1. p = 1: 0, 0. */
+double bench_model_lat_steps(int op, int p);
+double bench_model_bw_factor(int op, int p);
+
+/* Elements per rank and total bytes actually used for a nominal size of
+ * `bytes` (the `size` column): all_reduce/broadcast count = bytes/elt;
+ * all_gather/reduce_scatter count per rank = bytes/(elt*n). Counts are
+ * rounded down and are at least 1. */
+void bench_op_counts(int op, int nranks, size_t bytes, size_t elt, size_t *count_per_rank,
+                     size_t *total_count, size_t *actual_bytes);
+
+/* Summary of a sample (sorts v in place). Median of an even count is the
+ * mean of the two middle values. n = 0 gives zeros. */
+typedef struct bench_summary {
+    double min, median, max, mean;
+} bench_summary;
+bench_summary bench_summarize(double *v, size_t n);
+
+double bench_now(void); /* monotonic seconds */
+
+/* ---------------------------------------------------------- options.c */
+
+typedef enum bench_cmd {
+    BENCH_CMD_NONE = 0,
+    BENCH_CMD_COLLECTIVES,
+    BENCH_CMD_GEMM,
+    BENCH_CMD_LAYER,
+    BENCH_CMD_MODEL,
+    BENCH_CMD_PLOT,
+    BENCH_CMD_HELP,
+} bench_cmd;
+
+typedef struct bench_link {
+    char name[32];
+    double gbps;     /* per direction, 1e9 bytes/s */
+    double alpha_us; /* per-step latency */
+} bench_link;
+
+typedef struct bench_opts {
+    bench_cmd cmd;
+    bool help;
+
+    /* launch */
+    int tp;                          /* --tp / TP_WORLD_SIZE; 0 = engine decides */
+    int sweep_tp[BENCH_MAX_LIST];    /* --sweep-tp; n_sweep_tp = 0: just tp */
+    int n_sweep_tp;
+    const char *backend, *device;    /* --backend/--device, NULL: environment */
+    int threads;                     /* --threads: BLAS threads per rank, 0 = default */
+
+    /* sweeps */
+    unsigned op_mask;                /* --op, default all four */
+    bool op_set;                     /* --op given */
+    size_t fit_min;                  /* model --fit-min: smallest size fitted, default 0 */
+    size_t minbytes, maxbytes;       /* -b / -e */
+    bool maxbytes_set;
+    double stepfactor;               /* -f */
+    int iters, warmup;               /* -n / -w; < 0: per-subcommand default */
+    bool check;                      /* -c */
+    bool compare_raw;                /* --compare-raw (MPI hook) */
+    bool no_memcpy;                  /* --no-memcpy */
+
+    /* gemm */
+    int64_t gemm_sizes[BENCH_MAX_LIST];
+    int n_gemm_sizes;
+
+    /* layer / model */
+    const char *layer;               /* --layer, default "mlp" */
+    int64_t tokens, hidden, ffn;
+    bool bias;
+    bool backward;                   /* --backward: forward + backward per iteration */
+    /* attention / block / transformer (layer_xf_shapes.c); tokens = batch * seq */
+    int64_t heads, kv_heads, head_dim; /* --heads, --kv-heads (0: heads), --head-dim (0: hidden/heads) */
+    int64_t seq, batch;              /* --seq, --batch (0: resolved by bench_xf_resolve) */
+    int64_t layers, vocab;           /* transformer: --layers, --vocab */
+    bool sequence_parallel;          /* --sequence-parallel */
+    bool tokens_set;                 /* --tokens given */
+    bench_link links[BENCH_MAX_LIST]; /* --link, added to the presets */
+    int n_links;
+    int project_tp[BENCH_MAX_LIST];   /* --project-tp, default 2,4,8 */
+    int n_project_tp;
+    int measure_tp[BENCH_MAX_LIST];   /* --measure-tp, default 2,4 */
+    int n_measure_tp;
+    double gflops;                   /* --gflops: assumed compute rate for projection, 0 = measured */
+    const char *from[BENCH_MAX_LIST]; /* --from FILE (model) / positional files (plot) */
+    int n_from;
+
+    /* output */
+    const char *json_path, *csv_path, *out_path;
+    bool quiet;
+} bench_opts;
+
+/* Defaults; default max sweep size is BENCH_DEFAULT_MAXBYTES (not nccl-tests'
+ * 256 MiB: this keeps a default sweep to seconds on a small shared box; pass
+ * -e 256M for the full range). */
+#define BENCH_DEFAULT_MAXBYTES ((size_t)64 << 20)
+void bench_opts_init(bench_opts *o);
+
+/* Parse argv (argv[0] is the program, argv[1] the subcommand). Returns 0,
+ * or -1 with a one-line message in err (the caller prints it and exits 2).
+ * Reads TP_WORLD_SIZE for the default --tp. Does not check values that need
+ * the layer's shape; bench_opts_validate does. */
+int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t errlen);
+int bench_opts_validate(const bench_opts *o, char *err, size_t errlen);
+
+/* "8", "64K", "1M", "2G" (binary multiples, optional trailing B/iB).
+ * Returns 0 on success; size 0 or garbage is an error. */
+int bench_parse_size(const char *s, size_t *out);
+/* "1,2,4" -> ints in [lo, hi]; returns count or -1. */
+int bench_parse_int_list(const char *s, int lo, int hi, int *out, int max);
+/* "name:GBps:us", e.g. "myib:25:2.5". Returns 0 or -1 with err. */
+int bench_parse_link(const char *s, bench_link *out, char *err, size_t errlen);
+/* Human size: "8", "64K", "1.5M"... into buf. */
+const char *bench_format_size(size_t bytes, char *buf, size_t len);
+
+void bench_print_help(FILE *f, bench_cmd cmd);
+
+/* ----------------------------------------------------------- output.c */
+
+typedef enum bench_ftype { BENCH_F_STR, BENCH_F_INT, BENCH_F_DBL, BENCH_F_BOOL, BENCH_F_NULL } bench_ftype;
+
+typedef struct bench_field {
+    char *key;
+    bench_ftype type;
+    char *s;
+    int64_t i;
+    double d;
+    bool b;
+} bench_field;
+
+/* One measurement: an ordered list of fields; the first is always "kind". */
+typedef struct bench_record {
+    bench_field *f;
+    int n, cap;
+} bench_record;
+
+bench_record *bench_rec_new(const char *kind);
+void bench_rec_free(bench_record *r);
+bench_record *bench_rec_copy(const bench_record *r);
+void bench_rec_str(bench_record *r, const char *key, const char *v); /* NULL v -> null */
+void bench_rec_int(bench_record *r, const char *key, int64_t v);
+void bench_rec_dbl(bench_record *r, const char *key, double v); /* non-finite -> null */
+void bench_rec_bool(bench_record *r, const char *key, bool v);
+const bench_field *bench_rec_get(const bench_record *r, const char *key);
+const char *bench_rec_get_str(const bench_record *r, const char *key); /* NULL if absent/not str */
+double bench_rec_get_num(const bench_record *r, const char *key, double dflt);
+const char *bench_rec_kind(const bench_record *r);
+
+/* Writers, appending to a GString (no newline for CSV rows/headers
+ * either: the caller adds it). Doubles print with %.9g; non-finite as
+ * null (JSON) or empty (CSV). */
+void bench_json_line(const bench_record *r, GString *out);
+void bench_csv_header(const bench_record *r, GString *out);
+void bench_csv_row(const bench_record *r, GString *out);
+bool bench_rec_same_keys(const bench_record *a, const bench_record *b);
+
+/* Parse one JSON-lines record: a flat object of strings, numbers, booleans
+ * and nulls. Returns NULL (with err) on anything else. */
+bench_record *bench_json_parse(const char *line, char *err, size_t errlen);
+/* Read every record of a JSON-lines file into arr (of bench_record*).
+ * Returns 0 or -1 with err naming the file and line. */
+int bench_jsonl_read(const char *path, GPtrArray *arr, char *err, size_t errlen);
+
+/* Output sink: JSON lines streamed as records come; CSV written at close,
+ * grouped by kind, each group with its header line, groups separated by a
+ * blank line. Files are opened lazily on the first record, so processes
+ * that never emit (non-zero ranks under mpirun) create nothing. */
+typedef struct bench_sink {
+    const char *json_path, *csv_path;
+    FILE *json;
+    GPtrArray *records; /* for CSV */
+    bool failed;
+    char err[256];
+} bench_sink;
+
+void bench_sink_init(bench_sink *s, const char *json_path, const char *csv_path);
+void bench_sink_emit(bench_sink *s, const bench_record *r); /* copies r */
+int bench_sink_close(bench_sink *s);                        /* 0, or -1 (message in s->err) */
+/* Write records as CSV (grouped as above) to f. */
+void bench_csv_write_all(GPtrArray *records, GString *out);
+
+/* -------------------------------------------------------------- fit.c */
+
+/* One measured collective time, for fitting. */
+typedef struct bench_sample {
+    int op, p;
+    double bytes;   /* the size column */
+    double seconds; /* median time */
+} bench_sample;
+
+typedef struct bench_fit {
+    double alpha_s; /* per-step latency, seconds */
+    double beta_s;  /* seconds per byte (1/bandwidth) */
+    int n;          /* samples used */
+    bool alpha_clamped; /* the unconstrained fit gave alpha < 0: refit with alpha = 0 */
+} bench_fit;
+
+/* Least squares of t = L(op,p) alpha + B(op,p) n beta over the samples
+ * with p >= 2 and bytes >= min_bytes, minimising the sum of squared
+ * relative errors ((model - t)/t)^2. Returns 0, or -1 if fewer than 2
+ * usable samples or a degenerate system. */
+int bench_fit_hockney(const bench_sample *s, int n, double min_bytes, bench_fit *out);
+double bench_model_time(const bench_fit *f, int op, int p, double bytes);
+
+/* Two regimes: on shared memory, messages that fit in the caches move at
+ * a different bandwidth from those that go to DRAM. Fits one model, then
+ * every split of the sizes (>= 3 samples each side) into a "small" and a
+ * "large" model; keeps the split if the single line misses by more than 1%
+ * rms and the split halves the sum of squared relative errors. nseg = 1:
+ * only `lo` is used. */
+typedef struct bench_fit2 {
+    bench_fit lo, hi;
+    double break_bytes; /* sizes <= break_bytes use lo */
+    int nseg;
+    double sse;         /* sum of squared relative errors of the kept model */
+} bench_fit2;
+int bench_fit_piecewise(const bench_sample *s, int n, double min_bytes, bench_fit2 *out);
+double bench_model2_time(const bench_fit2 *f, int op, int p, double bytes);
+/* Link presets: nvlink4, ib-ndr, pcie4. */
+int bench_link_presets(const bench_link **out);
+const bench_link *bench_link_find(const char *name);
+bench_fit bench_link_fit(const bench_link *l);
+
+/* ----------------------------------------------------------- driver.c */
+
+/* Called on every rank taking part: comm has T ranks. Return TP_OK or a
+ * status with tp_set_error. */
+typedef tp_status (*bench_rank_fn)(tp_comm *comm, int T, void *arg);
+
+typedef struct bench_env {
+    const bench_opts *o;
+    char backend[64], device[64];
+    int world;           /* ranks of the current init */
+    bool single_process; /* every rank is a thread of this process */
+    tp_ctx *ctx;         /* current context, NULL before the first init */
+    bool printer;        /* this process ran world rank 0 (it prints) */
+} bench_env;
+
+void bench_env_init(bench_env *env, const bench_opts *o);
+void bench_env_finish(bench_env *env); /* tp_finalize */
+
+/* Run fn on T ranks for each T in tps. Single-process engines (loopback)
+ * are re-initialised with world size T; multi-process engines (mpirun) use
+ * tp_comm_split of the world, the other ranks wait. Returns an exit code;
+ * prints the error. */
+int bench_run_tps(bench_env *env, const int *tps, int ntp, bench_rank_fn fn, void *arg);
+/* Initialise once to learn backend/device/world size (bench_run_tps does
+ * this itself on first use). Returns an exit code. */
+int bench_env_probe(bench_env *env);
+/* True on the process that prints (the one running world rank 0). */
+bool bench_is_printer(tp_comm *comm);
+
+/* A progress line on stderr, at most once a second and only after the
+ * sweep ran 2 s; bench_progress_done ends it. */
+typedef struct bench_progress {
+    double t0, last;
+    bool shown, quiet, tty;
+} bench_progress;
+void bench_progress_start(bench_progress *p, bool quiet);
+void bench_progress_update(bench_progress *p, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+void bench_progress_done(bench_progress *p);
+
+/* ------------------------------------------------------ subcommands */
+
+int bench_cmd_collectives(const bench_opts *o);
+int bench_cmd_gemm(const bench_opts *o);
+int bench_cmd_layer(const bench_opts *o);
+int bench_cmd_model(const bench_opts *o);
+int bench_cmd_plot(const bench_opts *o);
+
+/* collectives.c, reused by model: sweep ops/sizes on T ranks, emitting
+ * collective (and memcpy) records into sink and, if samples != NULL,
+ * appending (op, T, bytes, median) to it. Returns an exit code. */
+int bench_collectives_run(bench_env *env, const int *tps, int ntp, bench_sink *sink,
+                          GArray *samples, bool print_table);
+
+/* layer.c, reused by model. */
+/* Per iteration (a forward, plus a backward with --backward); the arrays
+ * are indexed by phase: 0 forward, 1 backward. */
+typedef struct bench_layer_result {
+    int T;
+    int nphases;          /* 1, or 2 with --backward */
+    double wall_us;       /* per iteration, max over ranks */
+    double gemm_us[2];    /* mean over ranks */
+    double other_us[2];   /* non-GEMM kernels, mean over ranks */
+    double comm_us[2];    /* collectives, mean over ranks */
+    double comm_us_max[2];
+    uint64_t calls[TP_PHASE_COUNT][TP_OP_COUNT]; /* per iteration, rank 0 */
+    double comm_bytes[2];    /* payload bytes, rank 0 (tp_stats) */
+    double wire_bytes[2];    /* payload x ring factor = bytes a rank sends */
+    double formula_bytes[2]; /* the seed's formula */
+    double flops;            /* per iteration, all ranks */
+    double cpu_cores;     /* CPU time / wall time of this process while timing (NAN: ranks in
+                             several processes) */
+} bench_layer_result;
+
+/* Sums over the phases run: compute (GEMM + other) and communication, µs
+ * per iteration, mean over ranks. */
+double bench_layer_compute_us(const bench_layer_result *R);
+double bench_layer_comm_us(const bench_layer_result *R);
+
+/* Layer registry: one entry per layer family. */
+typedef struct bench_layer_desc bench_layer_desc;
+const bench_layer_desc *bench_layer_find(const char *name);
+const char *bench_layer_names(void); /* "linear-col, linear-row, mlp" */
+int bench_layer_kind(const bench_layer_desc *d); /* for layer.c's runners */
+/* The dimension split over T, and its name, for validation. */
+int64_t bench_layer_split_dim(const bench_layer_desc *d, const bench_opts *o, const char **what);
+/* Expected collectives per forward: op -> count, bytes payload per call. */
+typedef struct bench_layer_comm {
+    int op;
+    int calls;
+    double bytes; /* payload per call */
+} bench_layer_comm;
+int bench_layer_expected_comm(const bench_layer_desc *d, const bench_opts *o, int T, int phase,
+                              bench_layer_comm *out, int max);
+/* FLOPs of one pass of `phase` (0 forward, 1 backward), all ranks. */
+double bench_layer_flops(const bench_layer_desc *d, const bench_opts *o, int phase);
+/* Run the layer at each T; results[i] for tps[i]. */
+int bench_layer_run(bench_env *env, const bench_layer_desc *d, const int *tps, int ntp,
+                    bench_layer_result *results);
+
+/* ------------------------------------------------------------ raw.c */
+
+/* --compare-raw hook: the same collective called on the engine's own
+ * library (MPI_Allreduce, ...) on the same buffers, for the plugin/raw
+ * ratio. Built only when tp-bench is configured with MPI; otherwise
+ * bench_raw_available() says why not. */
+bool bench_raw_available(const char **why);
+tp_status bench_raw_collective(tp_comm *comm, int op, const void *send, void *recv,
+                               size_t count_per_rank, size_t total_count);
+
+/* ------------------------------------- layer_xf_shapes.c, layer_xf.c */
+
+/* bench_layer_kind() of the transformer layers (layers.c's table). */
+enum { BENCH_LK_ATTENTION = 3, BENCH_LK_BLOCK = 4, BENCH_LK_TRANSFORMER = 5 };
+bool bench_layer_is_xf(int kind);
+/* After parsing: tokens = batch * seq from --batch/--seq/--tokens (default
+ * 4 x 512 for the transformer layers, which also always run backward).
+ * Returns 0, or -1 with err when they disagree. */
+int bench_xf_resolve(bench_opts *o, char *err, size_t errlen);
+int64_t bench_xf_split_dim(int kind, const bench_opts *o, const char **what);
+double bench_xf_flops(int kind, const bench_opts *o, int phase);
+int bench_xf_expected_comm(int kind, const bench_opts *o, int T, int phase, bench_layer_comm *out, int max);
+void bench_xf_rec_fields(bench_record *r, const bench_opts *o); /* batch, seq, heads, ... */
+double bench_xf_seed_block_bytes(const bench_opts *o, int T);  /* 8 b s h (T-1)/T x 4 */
+
+/* Runners (layer.c's layer_inst holds one). */
+typedef struct bench_xf bench_xf;
+tp_status bench_xf_create(int kind, tp_comm *comm, const bench_opts *o, bench_xf **out);
+tp_status bench_xf_step(bench_xf *b); /* forward, then backward */
+void bench_xf_free(bench_xf *b);      /* NULL is a no-op */
+void bench_xf_print_header(const bench_opts *o);
+void bench_xf_print_result(const bench_opts *o, const bench_layer_result *R);
+
+#endif /* TP_BENCH_H */

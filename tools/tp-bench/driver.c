@@ -1,0 +1,159 @@
+/* driver.c — start tp and run a function on T ranks, for each T asked. */
+#include "bench.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+void bench_env_init(bench_env *env, const bench_opts *o)
+{
+    memset(env, 0, sizeof *env);
+    env->o = o;
+}
+
+void bench_env_finish(bench_env *env)
+{
+    tp_finalize(env->ctx);
+    env->ctx = NULL;
+}
+
+static int init_ctx(bench_env *env, int world_size)
+{
+    tp_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.backend = env->o->backend;
+    cfg.device = env->o->device;
+    cfg.world_size = world_size;
+    cfg.cpu_threads = env->o->threads;
+    tp_ctx *ctx = NULL;
+    tp_status st = tp_init(&cfg, &ctx);
+    if (st != TP_OK) {
+        fprintf(stderr, "tp-bench: tp_init failed (%s): %s\n", tp_status_string(st), tp_last_error());
+        return st == TP_ERR_INVALID_ARG ? BENCH_EXIT_USAGE : BENCH_EXIT_FAIL;
+    }
+    env->ctx = ctx;
+    env->world = tp_ctx_world_size(ctx);
+    env->single_process = tp_ctx_local_count(ctx) == env->world;
+    g_strlcpy(env->backend, tp_ctx_backend(ctx) ? tp_ctx_backend(ctx) : "?", sizeof env->backend);
+    g_strlcpy(env->device, tp_ctx_device(ctx) ? tp_ctx_device(ctx) : "?", sizeof env->device);
+    return BENCH_EXIT_OK;
+}
+
+int bench_env_probe(bench_env *env)
+{
+    if (env->ctx)
+        return BENCH_EXIT_OK;
+    return init_ctx(env, env->o->tp);
+}
+
+typedef struct wrap_arg {
+    bench_env *env;
+    bench_rank_fn fn;
+    void *arg;
+    int T;
+    bool split;
+} wrap_arg;
+
+static tp_status wrap(tp_comm *world, void *a)
+{
+    wrap_arg *w = a;
+    if (tp_comm_rank(world) == 0)
+        w->env->printer = true;
+    if (!w->split)
+        return w->fn(world, w->T, w->arg);
+    int r = tp_comm_rank(world);
+    tp_comm *sub = NULL;
+    tp_status st = tp_comm_split(world, r < w->T ? 0 : -1, r, &sub);
+    if (st == TP_OK && sub)
+        st = w->fn(sub, w->T, w->arg);
+    /* ranks outside the group wait here for the ones inside */
+    tp_status st2 = tp_barrier(world);
+    tp_comm_free(sub);
+    return st != TP_OK ? st : st2;
+}
+
+int bench_run_tps(bench_env *env, const int *tps, int ntp, bench_rank_fn fn, void *arg)
+{
+    int rc = bench_env_probe(env);
+    if (rc)
+        return rc;
+    for (int i = 0; i < ntp; i++) {
+        int T = tps[i];
+        bool split = false;
+        if (env->single_process) {
+            if (env->world != T) {
+                /* a fresh world of T threads; TP_WORLD_SIZE was read as the
+                 * default --tp and would now disagree with T */
+                bench_env_finish(env);
+                unsetenv("TP_WORLD_SIZE");
+                rc = init_ctx(env, T);
+                if (rc)
+                    return rc;
+                if (env->world != T) {
+                    fprintf(stderr, "tp-bench: asked the '%s' backend for %d ranks, it started %d\n",
+                            env->backend, T, env->world);
+                    return BENCH_EXIT_FAIL;
+                }
+            }
+        } else if (T > env->world) {
+            fprintf(stderr, "tp-bench: T=%d needs %d ranks but the '%s' engine runs %d (e.g. mpirun -n %d); "
+                    "start more ranks or drop T=%d\n", T, T, env->backend, env->world, T, T);
+            return BENCH_EXIT_USAGE;
+        } else {
+            split = T < env->world;
+        }
+        wrap_arg w = {env, fn, arg, T, split};
+        tp_status st = tp_run(env->ctx, wrap, &w);
+        if (st != TP_OK) {
+            fprintf(stderr, "tp-bench: run at T=%d on '%s' failed (%s): %s\n", T, env->backend,
+                    tp_status_string(st), tp_last_error());
+            return BENCH_EXIT_FAIL;
+        }
+    }
+    return BENCH_EXIT_OK;
+}
+
+bool bench_is_printer(tp_comm *comm)
+{
+    /* groups are ordered by world rank, so group rank 0 is world rank 0 */
+    return tp_comm_rank(comm) == 0;
+}
+
+/* ---------------------------------------------------------- progress */
+
+void bench_progress_start(bench_progress *p, bool quiet)
+{
+    memset(p, 0, sizeof *p);
+    p->t0 = bench_now();
+    p->quiet = quiet;
+    p->tty = isatty(STDERR_FILENO);
+}
+
+void bench_progress_update(bench_progress *p, const char *fmt, ...)
+{
+    double now = bench_now();
+    if (p->quiet || now - p->t0 < 2.0 || now - p->last < 1.0)
+        return;
+    p->last = now;
+    va_list ap;
+    va_start(ap, fmt);
+    char buf[160];
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (p->tty)
+        fprintf(stderr, "\r\033[K[tp-bench %5.1fs] %s", now - p->t0, buf);
+    else
+        fprintf(stderr, "[tp-bench %5.1fs] %s\n", now - p->t0, buf);
+    fflush(stderr);
+    p->shown = true;
+}
+
+void bench_progress_done(bench_progress *p)
+{
+    if (p->shown && p->tty && !p->quiet) {
+        fputs("\r\033[K", stderr);
+        fflush(stderr);
+    }
+    p->shown = false;
+}

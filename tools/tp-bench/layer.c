@@ -1,0 +1,489 @@
+/* layer.c — run a TP layer through the public API and split its time into
+ * GEMM, other compute and communication, from tp_stats. */
+#include "bench.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+/* Layer families by bench_layer_kind() (see layers.c). */
+enum { LK_LINEAR_COL = 0, LK_LINEAR_ROW = 1, LK_MLP = 2 };
+
+/* One live layer on one rank, with its input and output tensors. */
+typedef struct layer_inst {
+    int kind;
+    tp_linear *lin;
+    tp_mlp *mlp;
+    tp_tensor x, y;   /* forward input and output */
+    tp_tensor dy, dx; /* backward (--backward only): y's and x's shapes */
+    bench_xf *xf;     /* attention, block, transformer (layer_xf.c) */
+} layer_inst;
+
+static void inst_free(layer_inst *li)
+{
+    tp_linear_free(li->lin);
+    tp_mlp_free(li->mlp);
+    bench_xf_free(li->xf);
+    tp_tensor_release(&li->x);
+    tp_tensor_release(&li->y);
+    tp_tensor_release(&li->dy);
+    tp_tensor_release(&li->dx);
+    memset(li, 0, sizeof *li);
+}
+
+static tp_status inst_create(layer_inst *li, int kind, tp_comm *comm, const bench_opts *o)
+{
+    memset(li, 0, sizeof *li);
+    li->kind = kind;
+    if (bench_layer_is_xf(kind))
+        return bench_xf_create(kind, comm, o, &li->xf);
+    tp_device *dev = tp_comm_device(comm);
+    int T = tp_comm_size(comm), r = tp_comm_rank(comm);
+    int64_t lo, hi;
+    tp_shard_range(o->ffn, T, r, &lo, &hi);
+    int64_t x_rows = o->tokens, x_cols = 0, y_cols = 0;
+    tp_status st = TP_OK;
+    switch (kind) {
+    case LK_LINEAR_COL:
+    case LK_LINEAR_ROW: {
+        tp_linear_config cfg;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.bias = o->bias;
+        cfg.seed = 1;
+        cfg.tensor_id = 10;
+        if (kind == LK_LINEAR_COL) {
+            cfg.in_features = o->hidden;
+            cfg.out_features = o->ffn;
+            cfg.name = "bench.linear-col";
+            x_cols = o->hidden;
+            y_cols = hi - lo;
+            st = tp_column_linear_create(comm, &cfg, &li->lin);
+        } else {
+            cfg.in_features = o->ffn;
+            cfg.out_features = o->hidden;
+            cfg.input_is_parallel = true;
+            cfg.name = "bench.linear-row";
+            x_cols = hi - lo;
+            y_cols = o->hidden;
+            st = tp_row_linear_create(comm, &cfg, &li->lin);
+        }
+        break;
+    }
+    case LK_MLP: {
+        tp_mlp_config cfg;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.hidden = o->hidden;
+        cfg.ffn = o->ffn;
+        cfg.bias = o->bias;
+        cfg.seed = 1;
+        cfg.tensor_id = 10;
+        cfg.name = "bench.mlp";
+        x_cols = y_cols = o->hidden;
+        st = tp_mlp_create(comm, &cfg, &li->mlp);
+        break;
+    }
+    default:
+        return tp_set_error(TP_ERR_INTERNAL, "tp-bench: layer kind %d has no runner", kind);
+    }
+    if (st == TP_OK)
+        st = tp_tensor_alloc2(dev, TP_F32, x_rows, x_cols, &li->x);
+    if (st == TP_OK)
+        st = tp_tensor_alloc2(dev, TP_F32, x_rows, y_cols, &li->y);
+    if (st == TP_OK && o->backward) {
+        st = tp_tensor_alloc2(dev, TP_F32, x_rows, x_cols, &li->dx);
+        if (st == TP_OK)
+            st = tp_tensor_alloc2(dev, TP_F32, x_rows, y_cols, &li->dy);
+        float *h = st == TP_OK ? malloc((size_t)x_rows * (size_t)y_cols * sizeof *h) : NULL;
+        if (st == TP_OK && !h)
+            st = tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory for the output gradient");
+        if (h) {
+            tp_master_fill(1, 98, y_cols, 0, x_rows, 0, y_cols, 1.0f, h);
+            st = tp_tensor_upload(&li->dy, h);
+            free(h);
+        }
+    }
+    if (st == TP_OK) {
+        /* this rank's slice of a full [tokens, x_full] input */
+        int64_t full = kind == LK_LINEAR_ROW ? o->ffn : x_cols;
+        int64_t c0 = kind == LK_LINEAR_ROW ? lo : 0;
+        float *h = malloc((size_t)x_rows * (size_t)x_cols * sizeof *h);
+        if (!h)
+            st = tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory for the layer input");
+        else {
+            tp_master_fill(1, 99, full, 0, x_rows, c0, c0 + x_cols, 1.0f, h);
+            st = tp_tensor_upload(&li->x, h);
+            free(h);
+        }
+    }
+    if (st != TP_OK)
+        inst_free(li);
+    return st;
+}
+
+/* One iteration: forward, then backward if its tensors exist. */
+static tp_status inst_step(layer_inst *li)
+{
+    if (li->xf)
+        return bench_xf_step(li->xf);
+    tp_status st = li->mlp ? tp_mlp_forward(li->mlp, &li->x, &li->y) : tp_linear_forward(li->lin, &li->x, &li->y);
+    if (st != TP_OK || !li->dy.data)
+        return st;
+    return li->mlp ? tp_mlp_backward(li->mlp, &li->dy, &li->dx) : tp_linear_backward(li->lin, &li->dy, &li->dx);
+}
+
+/* ------------------------------------------------------------ runner */
+
+/* CPU seconds used by this process so far (all threads). */
+static double process_cpu_s(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return NAN;
+    return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_sec +
+           1e-6 * (double)ru.ru_stime.tv_usec;
+}
+
+/* Per-rank values, µs per iteration: wall, then GEMM/other/comm of each
+ * phase (index V_GEMM + V_PHASE * phase). */
+enum { V_WALL, V_GEMM, V_OTHER, V_COMM, V_PHASE = 3, V_COUNT = 1 + 2 * V_PHASE };
+static const tp_phase phase_of[2] = {TP_PHASE_FORWARD, TP_PHASE_BACKWARD};
+
+typedef struct layer_run {
+    bench_env *env;
+    const bench_opts *o;
+    const bench_layer_desc *d;
+    int iters, warmup;
+    bench_layer_result *res;   /* filled by the printing rank */
+    float *per_rank;           /* [T][V_COUNT] of the last T, printing rank */
+    bench_progress prog;
+} layer_run;
+
+static tp_status layer_rank(tp_comm *comm, int T, void *arg)
+{
+    layer_run *L = arg;
+    tp_device *dev = tp_comm_device(comm);
+    layer_inst li;
+    tp_status st = inst_create(&li, bench_layer_kind(L->d), comm, L->o);
+    if (st != TP_OK)
+        return st;
+    for (int it = 0; it < L->warmup && st == TP_OK; it++)
+        st = inst_step(&li);
+    if (st == TP_OK)
+        st = tp_dev_synchronize(dev);
+    if (st == TP_OK)
+        st = tp_barrier(comm);
+    tp_stats_reset(comm);
+    double cpu0 = process_cpu_s();
+    double t0 = bench_now();
+    for (int it = 0; it < L->iters && st == TP_OK; it++) {
+        if (bench_is_printer(comm))
+            bench_progress_update(&L->prog, "%s T=%d iteration %d/%d", L->o->layer, T, it + 1, L->iters);
+        st = inst_step(&li);
+    }
+    if (st == TP_OK)
+        st = tp_dev_synchronize(dev);
+    double t1 = bench_now();
+    tp_stats s;
+    tp_stats_get(comm, &s);
+    inst_free(&li);
+    if (st != TP_OK)
+        return st;
+
+    double n = L->iters;
+    float mine[V_COUNT];
+    mine[V_WALL] = (float)((t1 - t0) / n * 1e6);
+    for (int ph = 0; ph < 2; ph++) {
+        double comm_s = 0;
+        for (int op = 0; op < TP_OP_COUNT; op++)
+            comm_s += s.comm[phase_of[ph]][op].seconds;
+        mine[V_GEMM + V_PHASE * ph] = (float)(s.gemm[phase_of[ph]].seconds / n * 1e6);
+        mine[V_OTHER + V_PHASE * ph] = (float)(s.kernel[phase_of[ph]].seconds / n * 1e6);
+        mine[V_COMM + V_PHASE * ph] = (float)(comm_s / n * 1e6);
+    }
+
+    /* every rank's values to every rank (works across processes) */
+    void *dsend = NULL, *drecv = NULL;
+    float *all = malloc((size_t)T * V_COUNT * sizeof *all);
+    if (!all)
+        return tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory for per-rank results");
+    st = tp_dev_alloc(dev, sizeof mine, &dsend);
+    if (st == TP_OK)
+        st = tp_dev_alloc(dev, (size_t)T * sizeof mine, &drecv);
+    if (st == TP_OK)
+        st = tp_dev_upload(dev, dsend, mine, sizeof mine);
+    if (st == TP_OK)
+        st = tp_all_gather(comm, dsend, drecv, V_COUNT, TP_F32);
+    if (st == TP_OK)
+        st = tp_dev_download(dev, all, drecv, (size_t)T * sizeof mine);
+    tp_dev_free(dev, dsend);
+    tp_dev_free(dev, drecv);
+    /* every rank is done with its timed loop here (the all-gather waited
+     * for them); only meaningful when this process runs all the ranks */
+    double cores = (process_cpu_s() - cpu0) / (bench_now() - t0);
+    if (st != TP_OK || !bench_is_printer(comm)) {
+        free(all);
+        return st;
+    }
+
+    bench_layer_result *R = L->res;
+    memset(R, 0, sizeof *R);
+    R->T = T;
+    R->nphases = L->o->backward ? 2 : 1;
+    for (int q = 0; q < T; q++) {
+        const float *v = &all[q * V_COUNT];
+        if (v[V_WALL] > R->wall_us)
+            R->wall_us = v[V_WALL];
+        for (int ph = 0; ph < 2; ph++) {
+            const float *p = v + V_PHASE * ph;
+            if (p[V_COMM] > R->comm_us_max[ph])
+                R->comm_us_max[ph] = p[V_COMM];
+            R->gemm_us[ph] += p[V_GEMM] / T;
+            R->other_us[ph] += p[V_OTHER] / T;
+            R->comm_us[ph] += p[V_COMM] / T;
+        }
+    }
+    for (int ph = 0; ph < TP_PHASE_COUNT; ph++)
+        for (int op = 0; op < TP_OP_COUNT; op++)
+            R->calls[ph][op] = s.comm[ph][op].calls / (uint64_t)L->iters;
+    for (int ph = 0; ph < R->nphases; ph++) {
+        for (int op = 0; op < TP_OP_COUNT; op++) {
+            double b = (double)s.comm[phase_of[ph]][op].bytes / n;
+            R->comm_bytes[ph] += b;
+            R->wire_bytes[ph] += b * bench_busbw_factor(op, T);
+        }
+        bench_layer_comm ex[8];
+        int nex = bench_layer_expected_comm(L->d, L->o, T, ph, ex, 8);
+        for (int i = 0; i < nex; i++)
+            R->formula_bytes[ph] += ex[i].calls * ex[i].bytes * bench_busbw_factor(ex[i].op, T);
+        R->flops += bench_layer_flops(L->d, L->o, ph);
+    }
+    R->cpu_cores = L->env->single_process ? cores : NAN;
+    free(L->per_rank);
+    L->per_rank = all;
+    return TP_OK;
+}
+
+int bench_layer_run(bench_env *env, const bench_layer_desc *d, const int *tps, int ntp,
+                    bench_layer_result *results)
+{
+    layer_run L;
+    memset(&L, 0, sizeof L);
+    L.env = env;
+    L.o = env->o;
+    L.d = d;
+    L.iters = L.o->iters > 0 ? L.o->iters : 5;
+    L.warmup = L.o->warmup >= 0 ? L.o->warmup : 1;
+    bench_progress_start(&L.prog, L.o->quiet);
+    int rc = 0;
+    for (int i = 0; i < ntp && rc == 0; i++) {
+        L.res = &results[i];
+        rc = bench_run_tps(env, &tps[i], 1, layer_rank, &L);
+    }
+    bench_progress_done(&L.prog);
+    free(L.per_rank);
+    return rc;
+}
+
+/* ------------------------------------------------------- subcommand */
+
+static double pct(double part, double whole)
+{
+    return whole > 0 ? 100.0 * part / whole : 0.0;
+}
+
+static const char *const phase_names[2] = {"forward", "backward"};
+
+/* One record per phase: rank >= 0 with that rank's values v, or rank -1
+ * (aggregate: mean over ranks, wall = max). */
+static void emit_layer(bench_sink *sink, const bench_env *env, const bench_opts *o, const bench_layer_result *R,
+                       int rank, const float *v, int ph, double speedup, double efficiency)
+{
+    bench_record *rec = bench_rec_new("layer");
+    bench_rec_str(rec, "backend", env->backend);
+    bench_rec_str(rec, "device", env->device);
+    bench_rec_int(rec, "ranks", R->T);
+    bench_rec_str(rec, "layer", o->layer);
+    bench_rec_int(rec, "tp", R->T);
+    bench_rec_int(rec, "rank", rank);
+    bench_rec_str(rec, "phase", phase_names[ph]);
+    bench_rec_int(rec, "tokens", o->tokens);
+    bench_rec_int(rec, "hidden", o->hidden);
+    bench_rec_int(rec, "ffn", o->ffn);
+    bench_xf_rec_fields(rec, o);
+    const float *p = v ? v + V_PHASE * ph : NULL;
+    double gemm = p ? p[V_GEMM] : R->gemm_us[ph], other = p ? p[V_OTHER] : R->other_us[ph];
+    double comm = p ? p[V_COMM] : R->comm_us[ph], wall = v ? v[V_WALL] : R->wall_us;
+    bench_rec_dbl(rec, "wall_us", wall);
+    bench_rec_dbl(rec, "gemm_us", gemm);
+    bench_rec_dbl(rec, "other_us", other);
+    bench_rec_dbl(rec, "compute_us", gemm + other);
+    bench_rec_dbl(rec, "comm_us", comm);
+    bench_rec_dbl(rec, "comm_pct", pct(comm, gemm + other + comm));
+    uint64_t total = 0;
+    for (int op = 0; op < TP_OP_COUNT; op++)
+        total += R->calls[phase_of[ph]][op];
+    bench_rec_int(rec, "collectives", (int64_t)total);
+    for (int op = 0; op < TP_OP_COUNT; op++)
+        bench_rec_int(rec, tp_op_name((tp_op)op), (int64_t)R->calls[phase_of[ph]][op]);
+    bench_rec_dbl(rec, "comm_bytes", R->comm_bytes[ph]);
+    bench_rec_dbl(rec, "wire_bytes", R->wire_bytes[ph]);
+    bench_rec_dbl(rec, "formula_bytes", R->formula_bytes[ph]);
+    bench_rec_dbl(rec, "gflops", wall > 0 ? R->flops / (wall * 1e-6) / 1e9 : NAN);
+    bench_rec_dbl(rec, "speedup", speedup);
+    bench_rec_dbl(rec, "efficiency", efficiency);
+    bench_rec_dbl(rec, "cpu_cores", v ? NAN : R->cpu_cores);
+    bench_sink_emit(sink, rec);
+    bench_rec_free(rec);
+}
+
+double bench_layer_compute_us(const bench_layer_result *R)
+{
+    double c = 0;
+    for (int ph = 0; ph < R->nphases; ph++)
+        c += R->gemm_us[ph] + R->other_us[ph];
+    return c;
+}
+
+double bench_layer_comm_us(const bench_layer_result *R)
+{
+    double c = 0;
+    for (int ph = 0; ph < R->nphases; ph++)
+        c += R->comm_us[ph];
+    return c;
+}
+
+/* Per-rank rows and the aggregate for each phase, counts, bytes. */
+static void print_result(const bench_opts *o, const bench_layer_result *R, const float *per_rank, double speedup,
+                         double efficiency)
+{
+    const char *what = R->nphases > 1 ? "forward + backward" : "forward";
+    printf("#\n# %s %s, T=%d (per iteration; comm %% = comm / (GEMM + other compute + comm))\n", o->layer, what,
+           R->T);
+    printf("# %6s %-8s %11s %11s %11s %11s %11s %7s\n", "rank", "phase", "wall(us)", "gemm(us)", "other(us)",
+           "comm(us)", "compute(us)", "comm%");
+    for (int ph = 0; ph < R->nphases; ph++) {
+        for (int q = 0; per_rank && q < R->T; q++) {
+            const float *v = &per_rank[q * V_COUNT];
+            const float *p = v + V_PHASE * ph;
+            printf("  %6d %-8s %11.1f %11.1f %11.1f %11.1f %11.1f %7.2f\n", q, phase_names[ph], v[V_WALL], p[V_GEMM],
+                   p[V_OTHER], p[V_COMM], p[V_GEMM] + p[V_OTHER], pct(p[V_COMM], p[V_GEMM] + p[V_OTHER] + p[V_COMM]));
+        }
+        printf("  %6s %-8s %11.1f %11.1f %11.1f %11.1f %11.1f %7.2f   (wall: max over ranks, whole iteration; "
+               "others: mean)\n",
+               "all", phase_names[ph], R->wall_us, R->gemm_us[ph], R->other_us[ph], R->comm_us[ph],
+               R->gemm_us[ph] + R->other_us[ph],
+               pct(R->comm_us[ph], R->gemm_us[ph] + R->other_us[ph] + R->comm_us[ph]));
+    }
+    printf("# collectives per iteration (tp_stats, rank 0):");
+    bool any = false;
+    for (int ph = 0; ph < TP_PHASE_COUNT; ph++)
+        for (int op = 0; op < TP_OP_COUNT; op++)
+            if (R->calls[ph][op]) {
+                printf(" %s %s x%" G_GUINT64_FORMAT, tp_phase_name((tp_phase)ph), tp_op_name((tp_op)op),
+                       (guint64)R->calls[ph][op]);
+                any = true;
+            }
+    printf("%s\n", any ? "" : " none");
+    for (int ph = 0; ph < R->nphases; ph++)
+        printf("# %s bytes per rank: payload %.0f, ring traffic %.0f (payload x 2(T-1)/T for all_reduce), seed "
+               "formula %.0f (2(T-1)/T x tokens x hidden x 4 per all-reduce): %s\n",
+               phase_names[ph], R->comm_bytes[ph], R->wire_bytes[ph], R->formula_bytes[ph],
+               fabs(R->wire_bytes[ph] - R->formula_bytes[ph]) <= 1e-6 * (R->formula_bytes[ph] + 1) ? "match"
+                                                                                                   : "MISMATCH");
+    bench_xf_print_result(o, R);
+    if (!isnan(speedup))
+        printf("# strong scaling vs T=1 (same run): speedup %.3f, efficiency %.1f%%\n", speedup, 100 * efficiency);
+    if (!isnan(R->cpu_cores))
+        printf("# CPU this process got while timing: %.2f cores (of %ld online): speedup cannot exceed what the "
+               "machine lets it use\n",
+               R->cpu_cores, sysconf(_SC_NPROCESSORS_ONLN));
+    fflush(stdout);
+}
+
+int bench_cmd_layer(const bench_opts *o)
+{
+    const bench_layer_desc *d = bench_layer_find(o->layer);
+    bench_env env;
+    bench_env_init(&env, o);
+    bench_sink sink;
+    bench_sink_init(&sink, o->json_path, o->csv_path);
+    int rc = bench_env_probe(&env);
+    int tps[BENCH_MAX_LIST], ntp = o->n_sweep_tp;
+    if (ntp)
+        memcpy(tps, o->sweep_tp, (size_t)ntp * sizeof(int));
+    else {
+        tps[0] = env.world;
+        ntp = 1;
+    }
+    bench_layer_result res[BENCH_MAX_LIST];
+    memset(res, 0, sizeof res);
+    double wall1 = NAN;
+    layer_run L;
+    memset(&L, 0, sizeof L);
+    L.env = &env;
+    L.o = o;
+    L.d = d;
+    L.iters = o->iters > 0 ? o->iters : 5;
+    L.warmup = o->warmup >= 0 ? o->warmup : 1;
+    bench_progress_start(&L.prog, o->quiet);
+    bool header = false;
+    for (int i = 0; i < ntp && rc == 0; i++) {
+        L.res = &res[i];
+        rc = bench_run_tps(&env, &tps[i], 1, layer_rank, &L);
+        bench_progress_done(&L.prog);
+        if (rc || !env.printer)
+            continue;
+        if (!header) {
+            printf("# tp-bench layer: %s, tokens %" G_GINT64_FORMAT ", hidden %" G_GINT64_FORMAT ", ffn %"
+                   G_GINT64_FORMAT "%s, f32, %s, backend %s, device %s, %d iters (%d warm-up)\n",
+                   o->layer, (gint64)o->tokens, (gint64)o->hidden, (gint64)o->ffn, o->bias ? ", bias" : "",
+                   o->backward ? "forward + backward" : "forward",
+                   env.backend, env.device, L.iters, L.warmup);
+            bench_xf_print_header(o);
+            header = true;
+        }
+        if (tps[i] == 1)
+            wall1 = res[i].wall_us;
+        double speedup = isnan(wall1) ? NAN : wall1 / res[i].wall_us;
+        double eff = speedup / tps[i];
+        print_result(o, &res[i], L.per_rank, speedup, eff);
+        for (int ph = 0; ph < res[i].nphases; ph++) {
+            for (int q = 0; q < tps[i]; q++)
+                emit_layer(&sink, &env, o, &res[i], q, &L.per_rank[q * V_COUNT], ph, NAN, NAN);
+            emit_layer(&sink, &env, o, &res[i], -1, NULL, ph, speedup, eff);
+        }
+    }
+    if (rc == 0 && env.printer && ntp > 1) {
+        printf("#\n# summary: %s %s (wall = max over ranks, per iteration; all phases)\n", o->layer,
+               o->backward ? "forward + backward" : "forward");
+        printf("# %4s %11s %11s %11s %11s %7s %8s %6s %10s %6s\n", "T", "wall(us)", "gemm(us)", "other(us)",
+               "comm(us)", "comm%", "speedup", "eff%", "coll/iter", "cores");
+        for (int i = 0; i < ntp; i++) {
+            const bench_layer_result *R = &res[i];
+            double sp = isnan(wall1) ? NAN : wall1 / R->wall_us;
+            uint64_t calls = 0;
+            double gemm = 0, other = 0;
+            for (int ph = 0; ph < R->nphases; ph++) {
+                for (int op = 0; op < TP_OP_COUNT; op++)
+                    calls += R->calls[phase_of[ph]][op];
+                gemm += R->gemm_us[ph];
+                other += R->other_us[ph];
+            }
+            printf("  %4d %11.1f %11.1f %11.1f %11.1f %7.2f %8.3f %6.1f %10" G_GUINT64_FORMAT " %6.2f\n", R->T,
+                   R->wall_us, gemm, other, bench_layer_comm_us(R), pct(bench_layer_comm_us(R), bench_layer_compute_us(R) + bench_layer_comm_us(R)), sp,
+                   100 * sp / R->T, (guint64)calls, R->cpu_cores);
+        }
+        if (isnan(wall1))
+            printf("# (no T=1 in --sweep-tp: add 1 for speedup and efficiency)\n");
+    }
+    free(L.per_rank);
+    bench_env_finish(&env);
+    if (bench_sink_close(&sink) != 0) {
+        fprintf(stderr, "tp-bench: %s\n", sink.err);
+        if (rc == 0)
+            rc = BENCH_EXIT_FAIL;
+    }
+    return rc;
+}

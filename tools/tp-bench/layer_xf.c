@@ -1,0 +1,218 @@
+/* layer_xf.c — tp-bench runners for the transformer layers: attention
+ * (tp_attention_*), block (tp_block_*) and transformer (tp_gpt_*, one
+ * training step without the optimizer). Each iteration is a forward and a
+ * backward through the public API; layer.c times them from tp_stats like
+ * the linear layers. Shapes and expected counts: layer_xf_shapes.c. */
+#include "bench.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct bench_xf {
+    int kind;
+    bool backward;
+    int64_t batch, seq;
+    tp_attention *attn;
+    tp_block *block;
+    tp_gpt *gpt;
+    tp_tensor x, y, dy, dx; /* attention, block: this rank's rows (its token shard with SP) */
+    tp_tensor ids, targets; /* transformer */
+};
+
+void bench_xf_free(bench_xf *b)
+{
+    if (!b)
+        return;
+    tp_attention_free(b->attn);
+    tp_block_free(b->block);
+    tp_gpt_free(b->gpt);
+    tp_tensor_release(&b->x);
+    tp_tensor_release(&b->y);
+    tp_tensor_release(&b->dy);
+    tp_tensor_release(&b->dx);
+    tp_tensor_release(&b->ids);
+    tp_tensor_release(&b->targets);
+    free(b);
+}
+
+/* rows x cols of the master tensor (seed 1, id) rows [lo, hi) into t. */
+static tp_status fill(tp_tensor *t, uint64_t id, int64_t lo, int64_t hi, int64_t cols)
+{
+    size_t n = (size_t)(hi - lo) * (size_t)cols;
+    float *h = malloc((n ? n : 1) * sizeof *h);
+    if (!h)
+        return tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory for a %" PRId64 " x %" PRId64 " input",
+                            hi - lo, cols);
+    tp_master_fill(1, id, cols, lo, hi, 0, cols, 1.0f, h);
+    tp_status st = tp_tensor_upload(t, h);
+    free(h);
+    return st;
+}
+
+/* Token ids and next-token targets of a deterministic pseudo-random text. */
+static tp_status fill_ids(bench_xf *b, int64_t vocab)
+{
+    int64_t n = b->batch * b->seq;
+    int32_t *h = malloc((size_t)(n + 1) * sizeof *h);
+    if (!h)
+        return tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory for %" PRId64 " token ids", n);
+    uint64_t s = 0x9e3779b97f4a7c15ull;
+    for (int64_t i = 0; i <= n; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        h[i] = (int32_t)((s >> 33) % (uint64_t)vocab);
+    }
+    tp_status st = tp_tensor_upload(&b->ids, h);
+    if (st == TP_OK)
+        st = tp_tensor_upload(&b->targets, h + 1);
+    free(h);
+    return st;
+}
+
+tp_status bench_xf_create(int kind, tp_comm *comm, const bench_opts *o, bench_xf **out)
+{
+    *out = NULL;
+    bench_xf *b = calloc(1, sizeof *b);
+    if (!b)
+        return tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory for the layer");
+    b->kind = kind;
+    b->backward = o->backward;
+    b->batch = o->batch;
+    b->seq = o->seq;
+    tp_device *dev = tp_comm_device(comm);
+    int T = tp_comm_size(comm), r = tp_comm_rank(comm);
+    int64_t lo = 0, hi = o->tokens;
+    if (o->sequence_parallel)
+        tp_shard_range(o->tokens, T, r, &lo, &hi);
+    tp_status st = TP_OK;
+    switch (kind) {
+    case BENCH_LK_ATTENTION: {
+        tp_attention_config c = {.hidden = o->hidden, .heads = o->heads, .kv_heads = o->kv_heads,
+                                 .head_dim = o->head_dim, .bias = o->bias, .causal = true,
+                                 .sequence_parallel = o->sequence_parallel, .seed = 1, .tensor_id = 10,
+                                 .name = "bench.attention"};
+        st = tp_attention_create(comm, &c, &b->attn);
+        break;
+    }
+    case BENCH_LK_BLOCK: {
+        tp_block_config c = {.hidden = o->hidden, .heads = o->heads, .kv_heads = o->kv_heads,
+                             .head_dim = o->head_dim, .ffn = o->ffn, .bias = o->bias, .causal = true,
+                             .sequence_parallel = o->sequence_parallel, .seed = 1, .tensor_id = 10,
+                             .name = "bench.block"};
+        st = tp_block_create(comm, &c, &b->block);
+        break;
+    }
+    case BENCH_LK_TRANSFORMER: {
+        tp_gpt_config c = {.vocab = o->vocab, .hidden = o->hidden, .heads = o->heads,
+                           .kv_heads = o->kv_heads, .head_dim = o->head_dim, .ffn = o->ffn,
+                           .layers = o->layers, .seq = o->seq, .tied = true,
+                           .sequence_parallel = o->sequence_parallel, .bias = o->bias, .seed = 1};
+        st = tp_gpt_create(comm, &c, &b->gpt);
+        if (st == TP_OK)
+            st = tp_tensor_alloc2(dev, TP_I32, o->batch, o->seq, &b->ids);
+        if (st == TP_OK)
+            st = tp_tensor_alloc2(dev, TP_I32, o->batch, o->seq, &b->targets);
+        if (st == TP_OK)
+            st = fill_ids(b, o->vocab);
+        goto done;
+    }
+    default:
+        st = tp_set_error(TP_ERR_INTERNAL, "tp-bench: layer kind %d is not a transformer layer", kind);
+        goto done;
+    }
+    /* attention, block: x, dy of this rank's rows; y, dx allocated here */
+    if (st == TP_OK)
+        st = tp_tensor_alloc2(dev, TP_F32, hi - lo, o->hidden, &b->x);
+    if (st == TP_OK)
+        st = tp_tensor_alloc2(dev, TP_F32, hi - lo, o->hidden, &b->y);
+    if (st == TP_OK)
+        st = tp_tensor_alloc2(dev, TP_F32, hi - lo, o->hidden, &b->dy);
+    if (st == TP_OK)
+        st = tp_tensor_alloc2(dev, TP_F32, hi - lo, o->hidden, &b->dx);
+    if (st == TP_OK)
+        st = fill(&b->x, 99, lo, hi, o->hidden);
+    if (st == TP_OK)
+        st = fill(&b->dy, 98, lo, hi, o->hidden);
+done:
+    if (st != TP_OK) {
+        bench_xf_free(b);
+        return st;
+    }
+    *out = b;
+    return TP_OK;
+}
+
+/* One iteration: forward, then backward (gradients accumulate; their
+ * values do not change the work done). */
+tp_status bench_xf_step(bench_xf *b)
+{
+    tp_status st;
+    bool backward = b->backward;
+    switch (b->kind) {
+    case BENCH_LK_ATTENTION:
+        st = tp_attention_forward(b->attn, &b->x, b->batch, b->seq, &b->y);
+        if (st == TP_OK && backward)
+            st = tp_attention_backward(b->attn, &b->dy, &b->dx);
+        return st;
+    case BENCH_LK_BLOCK:
+        st = tp_block_forward(b->block, &b->x, b->batch, b->seq, &b->y);
+        if (st == TP_OK && backward)
+            st = tp_block_backward(b->block, &b->dy, &b->dx);
+        return st;
+    case BENCH_LK_TRANSFORMER: {
+        float loss = 0;
+        st = tp_gpt_forward(b->gpt, &b->ids, &b->targets, &loss);
+        if (st == TP_OK && !isfinite(loss))
+            st = tp_set_error(TP_ERR_INTERNAL, "tp-bench: transformer loss is %g", (double)loss);
+        if (st == TP_OK && backward)
+            st = tp_gpt_backward(b->gpt);
+        return st;
+    }
+    default:
+        return tp_set_error(TP_ERR_INTERNAL, "tp-bench: layer kind %d has no runner", b->kind);
+    }
+}
+
+void bench_xf_print_header(const bench_opts *o)
+{
+    const bench_layer_desc *d = bench_layer_find(o->layer);
+    int kind = bench_layer_kind(d);
+    if (!bench_layer_is_xf(kind))
+        return;
+    printf("# batch %" PRId64 " x seq %" PRId64 ", heads %" PRId64 ", kv_heads %" PRId64 ", head_dim ",
+           o->batch, o->seq, o->heads, o->kv_heads ? o->kv_heads : o->heads);
+    if (o->head_dim)
+        printf("%" PRId64, o->head_dim);
+    else
+        printf("hidden/heads");
+    if (kind == BENCH_LK_TRANSFORMER)
+        printf(", layers %" PRId64 ", vocab %" PRId64 " (tied), one training step without the optimizer",
+               o->layers, o->vocab);
+    printf(", causal, sequence parallel %s\n", o->sequence_parallel ? "on" : "off");
+}
+
+/* The seed's formula for the whole forward + backward next to the
+ * measured ring traffic. */
+void bench_xf_print_result(const bench_opts *o, const bench_layer_result *R)
+{
+    const bench_layer_desc *d = bench_layer_find(o->layer);
+    int kind = bench_layer_kind(d);
+    if (!bench_layer_is_xf(kind) || R->nphases < 2)
+        return;
+    double wire = R->wire_bytes[0] + R->wire_bytes[1];
+    double pay = R->comm_bytes[0] + R->comm_bytes[1];
+    if (kind == BENCH_LK_BLOCK) {
+        double seed = bench_xf_seed_block_bytes(o, R->T);
+        printf("# block forward + backward: measured payload %.0f B, ring traffic %.0f B per rank; seed's "
+               "formula 8 b s h (T-1)/T x 4 = %.0f B%s\n",
+               pay, wire, seed,
+               o->sequence_parallel ? " (+ the norms' gradient all-reduce with sequence parallelism)" : "");
+    } else if (kind == BENCH_LK_TRANSFORMER) {
+        double seed = bench_xf_seed_block_bytes(o, R->T) * (double)o->layers;
+        printf("# transformer step: measured payload %.0f B, ring traffic %.0f B per rank; the blocks' share "
+               "by the seed's formula, L x 8 b s h (T-1)/T x 4 = %.0f B (the rest: embedding, output "
+               "projection, cross-entropy)\n",
+               pay, wire, seed);
+    }
+}

@@ -1,0 +1,331 @@
+/* model.c — alpha-beta fit of measured collectives and projection of a
+ * layer's communication onto links this machine does not have. */
+#include "bench.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* One fitted group: a backend, an op and a rank count. Fitting each p on
+ * its own keeps an oversubscribed p (more ranks than cores) from skewing
+ * the others; bench_fit_hockney itself also fits several p jointly. */
+typedef struct fit_group {
+    char backend[64];
+    int op, p;
+    GArray *samples; /* bench_sample */
+    bench_fit2 fit;
+    bool ok;
+} fit_group;
+
+static fit_group *group_for(GPtrArray *groups, const char *backend, int op, int p)
+{
+    for (guint i = 0; i < groups->len; i++) {
+        fit_group *g = g_ptr_array_index(groups, i);
+        if (g->op == op && g->p == p && strcmp(g->backend, backend) == 0)
+            return g;
+    }
+    fit_group *g = g_new0(fit_group, 1);
+    g_strlcpy(g->backend, backend, sizeof g->backend);
+    g->op = op;
+    g->p = p;
+    g->samples = g_array_new(FALSE, FALSE, sizeof(bench_sample));
+    g_ptr_array_add(groups, g);
+    return g;
+}
+
+static void group_free(gpointer p)
+{
+    fit_group *g = p;
+    g_array_free(g->samples, TRUE);
+    g_free(g);
+}
+
+static const double KIB64 = 65536.0;
+
+static void print_fits(GPtrArray *groups, const bench_opts *o, bench_sink *sink)
+{
+    for (guint gi = 0; gi < groups->len; gi++) {
+        fit_group *g = g_ptr_array_index(groups, gi);
+        if (g->p < 2)
+            continue; /* one rank: no communication to model */
+        bench_sample *s = (bench_sample *)(void *)g->samples->data;
+        int n = (int)g->samples->len;
+        g->ok = bench_fit_piecewise(s, n, (double)o->fit_min, &g->fit) == 0;
+        printf("#\n# alpha-beta fit: backend %s, %s, p=%d: t = %s, least squares on relative error, %d sizes "
+               ">= %zu B\n",
+               g->backend, bench_op_name(g->op), g->p,
+               g->op == TP_OP_ALL_REDUCE ? "2(p-1) a + 2(p-1)/p n b"
+               : g->op == TP_OP_BROADCAST ? "ceil(log2 p) a + n b"
+                                          : "(p-1) a + (p-1)/p n b",
+               g->fit.lo.n + (g->fit.nseg > 1 ? g->fit.hi.n : 0), o->fit_min);
+        if (!g->ok) {
+            printf("#   not fitted: needs p >= 2 and at least 2 distinct sizes\n");
+            continue;
+        }
+        double gbps = g->fit.lo.beta_s > 0 ? 1.0 / g->fit.lo.beta_s / 1e9 : INFINITY;
+        double gbps2 = g->fit.hi.beta_s > 0 ? 1.0 / g->fit.hi.beta_s / 1e9 : INFINITY;
+        if (g->fit.nseg == 1)
+            printf("#   a = %.3f us per step, 1/b = %.3f GB/s%s\n", g->fit.lo.alpha_s * 1e6, gbps,
+                   g->fit.lo.alpha_clamped ? " (a < 0 unconstrained: set to 0)" : "");
+        else
+            printf("#   two regimes (one line fitted more than twice as badly): sizes <= %.0f B: a = %.3f us, "
+                   "1/b = %.3f GB/s; larger: a = %.3f us, 1/b = %.3f GB/s\n",
+                   g->fit.break_bytes, g->fit.lo.alpha_s * 1e6, gbps, g->fit.hi.alpha_s * 1e6, gbps2);
+        printf("# %4s %12s %12s %12s %8s\n", "p", "size", "meas(us)", "model(us)", "err%");
+        double maxerr = 0;
+        int nerr = 0;
+        for (int i = 0; i < n; i++) {
+            if (s[i].p < 2)
+                continue;
+            double m = bench_model2_time(&g->fit, g->op, s[i].p, s[i].bytes);
+            double err = 100.0 * (m - s[i].seconds) / s[i].seconds;
+            printf("  %4d %12.0f %12.2f %12.2f %8.1f%s\n", s[i].p, s[i].bytes, s[i].seconds * 1e6, m * 1e6, err,
+                   s[i].bytes < (double)o->fit_min ? "  (not fitted)" : "");
+            if (s[i].bytes >= KIB64) {
+                if (fabs(err) > maxerr)
+                    maxerr = fabs(err);
+                nerr++;
+            }
+            bench_record *rec = bench_rec_new("model");
+            bench_rec_str(rec, "what", "point");
+            bench_rec_str(rec, "backend", g->backend);
+            bench_rec_str(rec, "op", bench_op_name(g->op));
+            bench_rec_int(rec, "ranks", s[i].p);
+            bench_rec_int(rec, "bytes", (int64_t)s[i].bytes);
+            bench_rec_dbl(rec, "time_us", s[i].seconds * 1e6);
+            bench_rec_dbl(rec, "model_us", m * 1e6);
+            bench_rec_dbl(rec, "err_pct", err);
+            bench_sink_emit(sink, rec);
+            bench_rec_free(rec);
+        }
+        if (nerr)
+            printf("#   max |err| for sizes >= 64 KiB: %.1f%% over %d points (target: 20%%)\n", maxerr, nerr);
+        bench_record *rec = bench_rec_new("model");
+        bench_rec_str(rec, "what", "fit");
+        bench_rec_str(rec, "backend", g->backend);
+        bench_rec_str(rec, "op", bench_op_name(g->op));
+        bench_rec_int(rec, "ranks", g->p);
+        bench_rec_dbl(rec, "alpha_us", g->fit.lo.alpha_s * 1e6);
+        bench_rec_dbl(rec, "beta_gbps", gbps);
+        bench_rec_int(rec, "samples", g->fit.lo.n + (g->fit.nseg > 1 ? g->fit.hi.n : 0));
+        bench_rec_int(rec, "regimes", g->fit.nseg);
+        bench_rec_dbl(rec, "break_bytes", g->fit.nseg > 1 ? g->fit.break_bytes : NAN);
+        bench_rec_dbl(rec, "alpha2_us", g->fit.nseg > 1 ? g->fit.hi.alpha_s * 1e6 : NAN);
+        bench_rec_dbl(rec, "beta2_gbps", g->fit.nseg > 1 ? gbps2 : NAN);
+        bench_rec_int(rec, "fit_min_bytes", (int64_t)o->fit_min);
+        bench_rec_dbl(rec, "max_err_pct_64k", nerr ? maxerr : NAN);
+        bench_sink_emit(sink, rec);
+        bench_rec_free(rec);
+    }
+}
+
+static int read_samples(const bench_opts *o, GPtrArray *groups)
+{
+    for (int f = 0; f < o->n_from; f++) {
+        GPtrArray *recs = g_ptr_array_new_with_free_func((GDestroyNotify)bench_rec_free);
+        char err[512];
+        if (bench_jsonl_read(o->from[f], recs, err, sizeof err) != 0) {
+            fprintf(stderr, "tp-bench model: %s\n", err);
+            g_ptr_array_free(recs, TRUE);
+            return BENCH_EXIT_USAGE;
+        }
+        int used = 0;
+        for (guint i = 0; i < recs->len; i++) {
+            const bench_record *r = g_ptr_array_index(recs, i);
+            if (strcmp(bench_rec_kind(r), "collective") != 0)
+                continue;
+            int op = bench_op_from_name(bench_rec_get_str(r, "op"));
+            const char *backend = bench_rec_get_str(r, "backend");
+            double p = bench_rec_get_num(r, "ranks", 0), b = bench_rec_get_num(r, "bytes", 0);
+            double t = bench_rec_get_num(r, "time_us", 0);
+            if (op < 0 || !backend || p < 1 || b <= 0 || !(t > 0))
+                continue;
+            if (o->op_set && !(o->op_mask & (1u << op)))
+                continue;
+            bench_sample s = {op, (int)p, b, t * 1e-6};
+            g_array_append_val(group_for(groups, backend, op, (int)p)->samples, s);
+            used++;
+        }
+        g_ptr_array_free(recs, TRUE);
+        if (!used) {
+            fprintf(stderr, "tp-bench model: '%s' holds no collective records (write one with tp-bench "
+                    "collectives --json FILE)\n", o->from[f]);
+            return BENCH_EXIT_USAGE;
+        }
+    }
+    return BENCH_EXIT_OK;
+}
+
+typedef struct proj_link {
+    char name[80];
+    bench_fit2 fit; /* presets: one regime */
+    double gbps, alpha_us; /* shown: the regime of the layer's message size */
+} proj_link;
+
+int bench_cmd_model(const bench_opts *o_in)
+{
+    bench_opts o = *o_in;
+    if (!o.op_set)
+        o.op_mask = 1u << TP_OP_ALL_REDUCE;
+    bench_env env;
+    bench_env_init(&env, &o);
+    bench_sink sink;
+    bench_sink_init(&sink, o.json_path, o.csv_path);
+    GPtrArray *groups = g_ptr_array_new_with_free_func(group_free);
+    int rc = 0;
+    bool printer = true;
+
+    /* 1. samples: from files, or a sweep now */
+    if (o.n_from) {
+        rc = read_samples(&o, groups);
+    } else {
+        int tps[BENCH_MAX_LIST], ntp = o.n_sweep_tp;
+        if (ntp)
+            memcpy(tps, o.sweep_tp, (size_t)ntp * sizeof(int));
+        else if (o.tp >= 2) {
+            tps[0] = o.tp;
+            ntp = 1;
+        } else {
+            tps[0] = 2;
+            tps[1] = 4;
+            ntp = 2;
+        }
+        GArray *samples = g_array_new(FALSE, FALSE, sizeof(bench_sample));
+        rc = bench_collectives_run(&env, tps, ntp, &sink, samples, true);
+        printer = env.printer;
+        for (guint i = 0; rc == 0 && printer && i < samples->len; i++) {
+            bench_sample *s = &g_array_index(samples, bench_sample, i);
+            g_array_append_val(group_for(groups, env.backend, s->op, s->p)->samples, *s);
+        }
+        g_array_free(samples, TRUE);
+    }
+    if (rc == 0 && printer)
+        print_fits(groups, &o, &sink);
+
+    /* 2. the layer: compute at T=1 (unless --gflops), measured T values */
+    const bench_layer_desc *d = bench_layer_find(o.layer);
+    int mt[BENCH_MAX_LIST + 1], nmt = 0;
+    if (!(o.gflops > 0))
+        mt[nmt++] = 1;
+    for (int i = 0; i < o.n_measure_tp; i++)
+        if (o.measure_tp[i] != 1)
+            mt[nmt++] = o.measure_tp[i];
+    bench_layer_result lr[BENCH_MAX_LIST + 1];
+    memset(lr, 0, sizeof lr);
+    if (rc == 0 && nmt) {
+        rc = bench_layer_run(&env, d, mt, nmt, lr);
+        printer = env.printer;
+    }
+
+    /* 3. projection */
+    if (rc == 0 && printer) {
+        GArray *links = g_array_new(FALSE, FALSE, sizeof(proj_link));
+        for (guint gi = 0; gi < groups->len; gi++) {
+            fit_group *g = g_ptr_array_index(groups, gi);
+            if (!g->ok || g->op != TP_OP_ALL_REDUCE)
+                continue;
+            proj_link l;
+            memset(&l, 0, sizeof l);
+            snprintf(l.name, sizeof l.name, "fit:%s@p%d", g->backend, g->p);
+            l.fit = g->fit;
+            /* the regime of the layer's all-reduce */
+            bench_layer_comm ex1[8];
+            int n1 = bench_layer_expected_comm(d, &o, g->p, 0, ex1, 8);
+            const bench_fit *f = (g->fit.nseg > 1 && n1 > 0 && ex1[0].bytes > g->fit.break_bytes) ? &g->fit.hi
+                                                                                                : &g->fit.lo;
+            l.gbps = 1.0 / f->beta_s / 1e9;
+            l.alpha_us = f->alpha_s * 1e6;
+            g_array_append_val(links, l);
+        }
+        const bench_link *pre;
+        int npre = bench_link_presets(&pre);
+        for (int i = 0; i < npre + o.n_links; i++) {
+            const bench_link *bl = i < npre ? &pre[i] : &o.links[i - npre];
+            proj_link l;
+            memset(&l, 0, sizeof l);
+            g_strlcpy(l.name, bl->name, sizeof l.name);
+            l.fit.lo = bench_link_fit(bl);
+            l.fit.nseg = 1;
+            l.gbps = bl->gbps;
+            l.alpha_us = bl->alpha_us;
+            g_array_append_val(links, l);
+        }
+        double flops = bench_layer_flops(d, &o, 0) + (o.backward ? bench_layer_flops(d, &o, 1) : 0);
+        double compute1_us = NAN;
+        if (!(o.gflops > 0))
+            compute1_us = bench_layer_compute_us(&lr[0]);
+        printf("#\n# PROJECTION of %s %s (tokens %" G_GINT64_FORMAT ", hidden %" G_GINT64_FORMAT ", ffn %"
+               G_GINT64_FORMAT ", f32): comm = sum over its collectives of the link's alpha-beta time;\n",
+               o.layer, o.backward ? "forward + backward" : "forward", (gint64)o.tokens, (gint64)o.hidden, (gint64)o.ffn);
+        if (o.gflops > 0)
+            printf("# compute = %.3g FLOP / T at an assumed %.1f GFLOP/s per rank; ", flops, o.gflops);
+        else
+            printf("# compute = compute measured here at T=1 (%.1f us) / T (ideal scaling); ", compute1_us);
+        printf("comm %% = comm / (compute + comm).\n# Rows marked 'measured' ran here; every other row is a "
+               "PROJECTION, not a measurement.\n");
+        printf("# %4s %-22s %10s %9s %12s %12s %8s  %s\n", "T", "link", "GB/s", "a(us)", "compute(us)",
+               "comm(us)", "comm%", "source");
+        for (int ti = 0; ti < o.n_project_tp; ti++) {
+            int T = o.project_tp[ti];
+            double compute = o.gflops > 0 ? flops / T / (o.gflops * 1e9) * 1e6 : compute1_us / T;
+            for (int mi = 0; mi < nmt; mi++) {
+                if (lr[mi].T != T)
+                    continue;
+                double c = bench_layer_compute_us(&lr[mi]), cm = bench_layer_comm_us(&lr[mi]);
+                double pctv = 100 * cm / (c + cm);
+                char nm[80];
+                snprintf(nm, sizeof nm, "measured:%s", env.backend);
+                printf("  %4d %-22s %10s %9s %12.1f %12.1f %8.2f  measured\n", T, nm, "-", "-", c, cm, pctv);
+                bench_record *rec = bench_rec_new("model");
+                bench_rec_str(rec, "what", "projection");
+                bench_rec_str(rec, "backend", env.backend);
+                bench_rec_str(rec, "layer", o.layer);
+                bench_rec_int(rec, "tp", T);
+                bench_rec_str(rec, "link", nm);
+                bench_rec_bool(rec, "projected", false);
+                bench_rec_dbl(rec, "compute_us", c);
+                bench_rec_dbl(rec, "comm_us", cm);
+                bench_rec_dbl(rec, "comm_pct", pctv);
+                bench_sink_emit(&sink, rec);
+                bench_rec_free(rec);
+            }
+            bench_layer_comm ex[16];
+            int nex = bench_layer_expected_comm(d, &o, T, 0, ex, 8);
+            if (o.backward)
+                nex += bench_layer_expected_comm(d, &o, T, 1, ex + nex, 8);
+            for (guint li = 0; li < links->len; li++) {
+                const proj_link *l = &g_array_index(links, proj_link, li);
+                double comm = 0;
+                for (int e = 0; e < nex; e++)
+                    comm += ex[e].calls * bench_model2_time(&l->fit, ex[e].op, T, ex[e].bytes) * 1e6;
+                double pctv = 100 * comm / (compute + comm);
+                printf("  %4d %-22s %10.1f %9.2f %12.1f %12.1f %8.2f  PROJECTION\n", T, l->name, l->gbps, l->alpha_us,
+                       compute, comm, pctv);
+                bench_record *rec = bench_rec_new("model");
+                bench_rec_str(rec, "what", "projection");
+                bench_rec_str(rec, "backend", env.backend[0] ? env.backend : NULL);
+                bench_rec_str(rec, "layer", o.layer);
+                bench_rec_int(rec, "tp", T);
+                bench_rec_str(rec, "link", l->name);
+                bench_rec_bool(rec, "projected", true);
+                bench_rec_dbl(rec, "link_gbps", l->gbps);
+                bench_rec_dbl(rec, "link_alpha_us", l->alpha_us);
+                bench_rec_dbl(rec, "compute_us", compute);
+                bench_rec_dbl(rec, "comm_us", comm);
+                bench_rec_dbl(rec, "comm_pct", pctv);
+                bench_sink_emit(&sink, rec);
+                bench_rec_free(rec);
+            }
+        }
+        g_array_free(links, TRUE);
+        fflush(stdout);
+    }
+    g_ptr_array_free(groups, TRUE);
+    bench_env_finish(&env);
+    if (bench_sink_close(&sink) != 0) {
+        fprintf(stderr, "tp-bench: %s\n", sink.err);
+        if (rc == 0)
+            rc = BENCH_EXIT_FAIL;
+    }
+    return rc;
+}

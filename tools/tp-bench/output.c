@@ -1,0 +1,530 @@
+/* output.c — measurement records and their JSON-lines / CSV writers. */
+#include "bench.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ----------------------------------------------------------- records */
+
+bench_record *bench_rec_new(const char *kind)
+{
+    bench_record *r = g_new0(bench_record, 1);
+    bench_rec_str(r, "kind", kind);
+    return r;
+}
+
+static void field_clear(bench_field *f)
+{
+    g_free(f->key);
+    g_free(f->s);
+    memset(f, 0, sizeof *f);
+}
+
+void bench_rec_free(bench_record *r)
+{
+    if (!r)
+        return;
+    for (int i = 0; i < r->n; i++)
+        field_clear(&r->f[i]);
+    g_free(r->f);
+    g_free(r);
+}
+
+bench_record *bench_rec_copy(const bench_record *r)
+{
+    bench_record *c = g_new0(bench_record, 1);
+    c->cap = c->n = r->n;
+    c->f = g_new0(bench_field, r->n > 0 ? r->n : 1);
+    for (int i = 0; i < r->n; i++) {
+        c->f[i] = r->f[i];
+        c->f[i].key = g_strdup(r->f[i].key);
+        c->f[i].s = g_strdup(r->f[i].s);
+    }
+    return c;
+}
+
+/* Field for key: the existing one (replaced) or a new one at the end. */
+static bench_field *slot(bench_record *r, const char *key)
+{
+    for (int i = 0; i < r->n; i++)
+        if (strcmp(r->f[i].key, key) == 0) {
+            g_free(r->f[i].s);
+            r->f[i].s = NULL;
+            return &r->f[i];
+        }
+    if (r->n == r->cap) {
+        r->cap = r->cap ? 2 * r->cap : 16;
+        r->f = g_renew(bench_field, r->f, r->cap);
+    }
+    bench_field *f = &r->f[r->n++];
+    memset(f, 0, sizeof *f);
+    f->key = g_strdup(key);
+    return f;
+}
+
+void bench_rec_str(bench_record *r, const char *key, const char *v)
+{
+    bench_field *f = slot(r, key);
+    f->type = v ? BENCH_F_STR : BENCH_F_NULL;
+    f->s = g_strdup(v);
+}
+
+void bench_rec_int(bench_record *r, const char *key, int64_t v)
+{
+    bench_field *f = slot(r, key);
+    f->type = BENCH_F_INT;
+    f->i = v;
+}
+
+void bench_rec_dbl(bench_record *r, const char *key, double v)
+{
+    bench_field *f = slot(r, key);
+    f->type = isfinite(v) ? BENCH_F_DBL : BENCH_F_NULL;
+    f->d = v;
+}
+
+void bench_rec_bool(bench_record *r, const char *key, bool v)
+{
+    bench_field *f = slot(r, key);
+    f->type = BENCH_F_BOOL;
+    f->b = v;
+}
+
+const bench_field *bench_rec_get(const bench_record *r, const char *key)
+{
+    for (int i = 0; i < r->n; i++)
+        if (strcmp(r->f[i].key, key) == 0)
+            return &r->f[i];
+    return NULL;
+}
+
+const char *bench_rec_get_str(const bench_record *r, const char *key)
+{
+    const bench_field *f = bench_rec_get(r, key);
+    return f && f->type == BENCH_F_STR ? f->s : NULL;
+}
+
+double bench_rec_get_num(const bench_record *r, const char *key, double dflt)
+{
+    const bench_field *f = bench_rec_get(r, key);
+    if (!f)
+        return dflt;
+    switch (f->type) {
+    case BENCH_F_INT: return (double)f->i;
+    case BENCH_F_DBL: return f->d;
+    case BENCH_F_BOOL: return f->b ? 1.0 : 0.0;
+    default: return dflt;
+    }
+}
+
+const char *bench_rec_kind(const bench_record *r)
+{
+    const char *k = bench_rec_get_str(r, "kind");
+    return k ? k : "";
+}
+
+bool bench_rec_same_keys(const bench_record *a, const bench_record *b)
+{
+    if (a->n != b->n)
+        return false;
+    for (int i = 0; i < a->n; i++)
+        if (strcmp(a->f[i].key, b->f[i].key) != 0)
+            return false;
+    return true;
+}
+
+/* ----------------------------------------------------------- writers */
+
+static void json_string(GString *out, const char *s)
+{
+    g_string_append_c(out, '"');
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        switch (*p) {
+        case '"': g_string_append(out, "\\\""); break;
+        case '\\': g_string_append(out, "\\\\"); break;
+        case '\n': g_string_append(out, "\\n"); break;
+        case '\r': g_string_append(out, "\\r"); break;
+        case '\t': g_string_append(out, "\\t"); break;
+        default:
+            if (*p < 0x20)
+                g_string_append_printf(out, "\\u%04x", *p);
+            else
+                g_string_append_c(out, (char)*p);
+        }
+    }
+    g_string_append_c(out, '"');
+}
+
+static void append_double(GString *out, double d)
+{
+    char buf[G_ASCII_DTOSTR_BUF_SIZE];
+    /* locale-independent %.9g; integral values keep a plain form */
+    g_ascii_formatd(buf, sizeof buf, "%.9g", d);
+    g_string_append(out, buf);
+}
+
+void bench_json_line(const bench_record *r, GString *out)
+{
+    g_string_append_c(out, '{');
+    for (int i = 0; i < r->n; i++) {
+        const bench_field *f = &r->f[i];
+        if (i)
+            g_string_append(out, ", ");
+        json_string(out, f->key);
+        g_string_append(out, ": ");
+        switch (f->type) {
+        case BENCH_F_STR: json_string(out, f->s); break;
+        case BENCH_F_INT: g_string_append_printf(out, "%" G_GINT64_FORMAT, (gint64)f->i); break;
+        case BENCH_F_DBL: append_double(out, f->d); break;
+        case BENCH_F_BOOL: g_string_append(out, f->b ? "true" : "false"); break;
+        case BENCH_F_NULL: g_string_append(out, "null"); break;
+        }
+    }
+    g_string_append_c(out, '}');
+}
+
+static void csv_cell(GString *out, const char *s)
+{
+    if (strpbrk(s, ",\"\n\r") == NULL) {
+        g_string_append(out, s);
+        return;
+    }
+    g_string_append_c(out, '"');
+    for (const char *p = s; *p; p++) {
+        if (*p == '"')
+            g_string_append_c(out, '"');
+        g_string_append_c(out, *p);
+    }
+    g_string_append_c(out, '"');
+}
+
+void bench_csv_header(const bench_record *r, GString *out)
+{
+    for (int i = 0; i < r->n; i++) {
+        if (i)
+            g_string_append_c(out, ',');
+        csv_cell(out, r->f[i].key);
+    }
+}
+
+void bench_csv_row(const bench_record *r, GString *out)
+{
+    for (int i = 0; i < r->n; i++) {
+        const bench_field *f = &r->f[i];
+        if (i)
+            g_string_append_c(out, ',');
+        switch (f->type) {
+        case BENCH_F_STR: csv_cell(out, f->s); break;
+        case BENCH_F_INT: g_string_append_printf(out, "%" G_GINT64_FORMAT, (gint64)f->i); break;
+        case BENCH_F_DBL: append_double(out, f->d); break;
+        case BENCH_F_BOOL: g_string_append(out, f->b ? "true" : "false"); break;
+        case BENCH_F_NULL: break;
+        }
+    }
+}
+
+void bench_csv_write_all(GPtrArray *records, GString *out)
+{
+    /* groups in order of first appearance: (kind, key list) */
+    guint n = records->len;
+    gboolean *done = g_new0(gboolean, n ? n : 1);
+    bool first_group = true;
+    for (guint i = 0; i < n; i++) {
+        if (done[i])
+            continue;
+        const bench_record *lead = g_ptr_array_index(records, i);
+        if (!first_group)
+            g_string_append_c(out, '\n');
+        first_group = false;
+        bench_csv_header(lead, out);
+        g_string_append_c(out, '\n');
+        for (guint j = i; j < n; j++) {
+            const bench_record *r = g_ptr_array_index(records, j);
+            if (done[j] || !bench_rec_same_keys(lead, r))
+                continue;
+            done[j] = TRUE;
+            bench_csv_row(r, out);
+            g_string_append_c(out, '\n');
+        }
+    }
+    g_free(done);
+}
+
+/* ----------------------------------------------------------- reader */
+
+typedef struct parser {
+    const char *p;
+    char *err;
+    size_t errlen;
+} parser;
+
+static int perr(parser *ps, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+static int perr(parser *ps, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    if (ps->err && ps->errlen)
+        vsnprintf(ps->err, ps->errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static void skip_ws(parser *ps)
+{
+    while (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\r' || *ps->p == '\n')
+        ps->p++;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+static int parse_string(parser *ps, GString *out)
+{
+    if (*ps->p != '"')
+        return perr(ps, "expected '\"' at '%.10s'", ps->p);
+    ps->p++;
+    while (*ps->p && *ps->p != '"') {
+        char c = *ps->p++;
+        if (c != '\\') {
+            g_string_append_c(out, c);
+            continue;
+        }
+        c = *ps->p++;
+        switch (c) {
+        case '"': g_string_append_c(out, '"'); break;
+        case '\\': g_string_append_c(out, '\\'); break;
+        case '/': g_string_append_c(out, '/'); break;
+        case 'b': g_string_append_c(out, '\b'); break;
+        case 'f': g_string_append_c(out, '\f'); break;
+        case 'n': g_string_append_c(out, '\n'); break;
+        case 'r': g_string_append_c(out, '\r'); break;
+        case 't': g_string_append_c(out, '\t'); break;
+        case 'u': {
+            int v = 0;
+            for (int k = 0; k < 4; k++) {
+                int h = hexval(ps->p[k]);
+                if (h < 0)
+                    return perr(ps, "bad \\u escape");
+                v = v * 16 + h;
+            }
+            ps->p += 4;
+            g_string_append_unichar(out, (gunichar)v);
+            break;
+        }
+        default: return perr(ps, "bad escape '\\%c'", c ? c : '0');
+        }
+    }
+    if (*ps->p != '"')
+        return perr(ps, "unterminated string");
+    ps->p++;
+    return 0;
+}
+
+bench_record *bench_json_parse(const char *line, char *err, size_t errlen)
+{
+    parser ps = {line, err, errlen};
+    bench_record *r = g_new0(bench_record, 1);
+    GString *key = g_string_new(NULL), *sval = g_string_new(NULL);
+    skip_ws(&ps);
+    if (*ps.p != '{') {
+        perr(&ps, "expected '{'");
+        goto bad;
+    }
+    ps.p++;
+    skip_ws(&ps);
+    if (*ps.p == '}') {
+        ps.p++;
+        goto end;
+    }
+    for (;;) {
+        skip_ws(&ps);
+        g_string_truncate(key, 0);
+        if (parse_string(&ps, key))
+            goto bad;
+        skip_ws(&ps);
+        if (*ps.p != ':') {
+            perr(&ps, "expected ':' after \"%s\"", key->str);
+            goto bad;
+        }
+        ps.p++;
+        skip_ws(&ps);
+        if (*ps.p == '"') {
+            g_string_truncate(sval, 0);
+            if (parse_string(&ps, sval))
+                goto bad;
+            bench_rec_str(r, key->str, sval->str);
+        } else if (strncmp(ps.p, "true", 4) == 0) {
+            bench_rec_bool(r, key->str, true);
+            ps.p += 4;
+        } else if (strncmp(ps.p, "false", 5) == 0) {
+            bench_rec_bool(r, key->str, false);
+            ps.p += 5;
+        } else if (strncmp(ps.p, "null", 4) == 0) {
+            bench_rec_str(r, key->str, NULL);
+            ps.p += 4;
+        } else {
+            const char *start = ps.p;
+            bool integral = true;
+            if (*ps.p == '-')
+                ps.p++;
+            while ((*ps.p >= '0' && *ps.p <= '9') || *ps.p == '.' || *ps.p == 'e' || *ps.p == 'E' ||
+                   *ps.p == '+' || *ps.p == '-') {
+                if (*ps.p == '.' || *ps.p == 'e' || *ps.p == 'E')
+                    integral = false;
+                ps.p++;
+            }
+            if (ps.p == start) {
+                perr(&ps, "unsupported value for \"%s\" (only strings, numbers, booleans, null)", key->str);
+                goto bad;
+            }
+            char *num = g_strndup(start, (gsize)(ps.p - start));
+            char *end;
+            errno = 0;
+            if (integral) {
+                gint64 v = g_ascii_strtoll(num, &end, 10);
+                if (*end || errno) {
+                    g_free(num);
+                    perr(&ps, "bad number for \"%s\"", key->str);
+                    goto bad;
+                }
+                bench_rec_int(r, key->str, v);
+            } else {
+                double v = g_ascii_strtod(num, &end);
+                if (*end || errno) {
+                    g_free(num);
+                    perr(&ps, "bad number for \"%s\"", key->str);
+                    goto bad;
+                }
+                bench_rec_dbl(r, key->str, v);
+            }
+            g_free(num);
+        }
+        skip_ws(&ps);
+        if (*ps.p == ',') {
+            ps.p++;
+            continue;
+        }
+        if (*ps.p == '}') {
+            ps.p++;
+            break;
+        }
+        perr(&ps, "expected ',' or '}' after \"%s\"", key->str);
+        goto bad;
+    }
+end:
+    skip_ws(&ps);
+    if (*ps.p) {
+        perr(&ps, "trailing characters after the object");
+        goto bad;
+    }
+    g_string_free(key, TRUE);
+    g_string_free(sval, TRUE);
+    return r;
+bad:
+    g_string_free(key, TRUE);
+    g_string_free(sval, TRUE);
+    bench_rec_free(r);
+    return NULL;
+}
+
+int bench_jsonl_read(const char *path, GPtrArray *arr, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "cannot open '%s': %s", path, g_strerror(errno));
+        return -1;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    int lineno = 0, rc = 0;
+    while ((len = getline(&line, &cap, f)) >= 0) {
+        lineno++;
+        const char *p = line;
+        while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
+            p++;
+        if (!*p)
+            continue;
+        char perr_buf[200];
+        bench_record *r = bench_json_parse(line, perr_buf, sizeof perr_buf);
+        if (!r) {
+            snprintf(err, errlen, "%s:%d: not a tp-bench JSON-lines record: %s", path, lineno, perr_buf);
+            rc = -1;
+            break;
+        }
+        g_ptr_array_add(arr, r);
+    }
+    free(line);
+    fclose(f);
+    return rc;
+}
+
+/* ------------------------------------------------------------- sink */
+
+void bench_sink_init(bench_sink *s, const char *json_path, const char *csv_path)
+{
+    memset(s, 0, sizeof *s);
+    s->json_path = json_path;
+    s->csv_path = csv_path;
+    s->records = g_ptr_array_new_with_free_func((GDestroyNotify)bench_rec_free);
+}
+
+void bench_sink_emit(bench_sink *s, const bench_record *r)
+{
+    if (s->failed)
+        return;
+    if (s->json_path) {
+        if (!s->json) {
+            s->json = fopen(s->json_path, "w");
+            if (!s->json) {
+                snprintf(s->err, sizeof s->err, "cannot write --json '%s': %s", s->json_path,
+                         g_strerror(errno));
+                s->failed = true;
+                return;
+            }
+        }
+        GString *line = g_string_new(NULL);
+        bench_json_line(r, line);
+        g_string_append_c(line, '\n');
+        fputs(line->str, s->json);
+        fflush(s->json);
+        g_string_free(line, TRUE);
+    }
+    if (s->csv_path)
+        g_ptr_array_add(s->records, bench_rec_copy(r));
+}
+
+int bench_sink_close(bench_sink *s)
+{
+    int rc = s->failed ? -1 : 0;
+    if (s->json && fclose(s->json) != 0 && rc == 0) {
+        snprintf(s->err, sizeof s->err, "writing --json '%s' failed: %s", s->json_path, g_strerror(errno));
+        rc = -1;
+    }
+    s->json = NULL;
+    if (rc == 0 && s->csv_path && s->records->len > 0) {
+        GString *out = g_string_new(NULL);
+        bench_csv_write_all(s->records, out);
+        GError *e = NULL;
+        if (!g_file_set_contents(s->csv_path, out->str, (gssize)out->len, &e)) {
+            snprintf(s->err, sizeof s->err, "cannot write --csv '%s': %s", s->csv_path, e->message);
+            g_error_free(e);
+            rc = -1;
+        }
+        g_string_free(out, TRUE);
+    }
+    g_ptr_array_free(s->records, TRUE);
+    s->records = NULL;
+    return rc;
+}
