@@ -8,7 +8,8 @@
  * Each rank holds its own lb_comm handle pointing at the group. Every
  * collective is: publish arguments, entry barrier, check that all ranks
  * agree, every thread does its share of the work on all ranks' buffers,
- * exit barrier.
+ * exit barrier (small all_reduce: stage the input in the slot, entry
+ * barrier, check, each rank reduces all staged inputs into its own recv).
  */
 #ifndef TP_LOOPBACK_H
 #define TP_LOOPBACK_H
@@ -24,6 +25,10 @@
 
 #define LB_MAX_RANKS 64
 #define LB_LINE 64 /* cache line: work is split on these boundaries */
+/* all_reduce of at most this many bytes takes one barrier: each rank copies
+ * its input into its slot's staging area, and after the entry barrier every
+ * rank reduces all staged inputs into its own recv (no exit barrier). */
+#define LB_SMALL_BYTES 4096
 
 typedef enum lb_kind {
     LB_NONE = 0,
@@ -43,6 +48,7 @@ typedef struct lb_engine {
     unsigned spin_limit; /* busy spins before a waiter starts to yield */
     bool bind;           /* pin rank i's thread to the i-th allowed CPU */
     size_t stream_bytes; /* bytes written per op above which stores bypass the cache */
+    size_t small_bytes;  /* all_reduce up to this size takes one barrier (<= LB_SMALL_BYTES) */
     pthread_mutex_t lock;
     struct lb_group *world;  /* world group of the current tp_run */
     struct lb_group *worlds; /* every world group made, freed in finalize */
@@ -70,7 +76,8 @@ typedef struct lb_pub {
 typedef struct lb_slot {
     /* Written by the owner before it arrives at the entry barrier and read
      * by peers after it (ordered by the barrier). Double-buffered by op
-     * number: a rank that leaves op k early (barrier has no exit barrier)
+     * number: a rank that leaves op k early (barrier and small all_reduce
+     * have no exit barrier)
      * writes pub[(k+1)&1] while slower ranks still read pub[k&1]; it cannot
      * reach op k+2 before every rank has entered op k+1. */
     _Alignas(LB_LINE) lb_pub pub[2];
@@ -82,6 +89,10 @@ typedef struct lb_slot {
     atomic_uint_fast64_t seq;                     /* number of that op, from 1 */
     atomic_int joined;                            /* world(): took its handle */
     atomic_int departed;                          /* comm_free was called */
+    /* Small all_reduce input, double-buffered by op number like pub[]: a
+     * rank writes stage[k&1] for op k only after every rank has entered op
+     * k-1, so no rank still reads it for op k-2. */
+    _Alignas(LB_LINE) unsigned char stage[2][LB_SMALL_BYTES];
 } lb_slot;
 
 typedef struct lb_comm {
