@@ -10,50 +10,14 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "bench-run.h"
 
 static const char *tp_bench; /* path, from $TP_BENCH */
 static char tmpdir[64];
 
-typedef struct run_result {
-    int code; /* exit status, or -1 if it did not exit normally */
-    char *out, *err;
-} run_result;
-
-/* Run tp-bench with a shell-like argument line and extra environment
- * ("NAME=value" strings, NULL-terminated). */
 static run_result run(const char *args, const char *const *env_extra)
 {
-    run_result r = {-1, NULL, NULL};
-    gchar *line = g_strdup_printf("'%s' %s", tp_bench, args);
-    gchar **argv = NULL;
-    ck_assert(g_shell_parse_argv(line, NULL, &argv, NULL));
-    gchar **envp = g_get_environ();
-    envp = g_environ_unsetenv(envp, "TP_WORLD_SIZE");
-    envp = g_environ_unsetenv(envp, "TP_BENCH_CORRUPT");
-    envp = g_environ_setenv(envp, "TP_BACKEND", "loopback", TRUE);
-    envp = g_environ_setenv(envp, "TP_DEVICE", "cpu", TRUE);
-    envp = g_environ_setenv(envp, "TP_TIMEOUT_S", "60", TRUE);
-    for (int i = 0; env_extra && env_extra[i]; i++) {
-        gchar **kv = g_strsplit(env_extra[i], "=", 2);
-        envp = g_environ_setenv(envp, kv[0], kv[1] ? kv[1] : "", TRUE);
-        g_strfreev(kv);
-    }
-    int status = 0;
-    GError *e = NULL;
-    ck_assert_msg(g_spawn_sync(NULL, argv, envp, G_SPAWN_DEFAULT, NULL, NULL, &r.out, &r.err, &status, &e),
-                  "cannot run %s: %s", tp_bench, e ? e->message : "?");
-    if (WIFEXITED(status))
-        r.code = WEXITSTATUS(status);
-    g_strfreev(argv);
-    g_strfreev(envp);
-    g_free(line);
-    return r;
-}
-
-static void run_free(run_result *r)
-{
-    g_free(r->out);
-    g_free(r->err);
+    return bench_run(tp_bench, args, env_extra);
 }
 
 static GPtrArray *read_json(const char *path)
@@ -90,21 +54,21 @@ START_TEST(bad_arguments)
         ck_assert_msg(r.code == 2, "'%s': exit %d, want 2", cases[i].args, r.code);
         ck_assert_msg(strstr(r.err, cases[i].needle) != NULL, "'%s': stderr '%s' lacks '%s'", cases[i].args, r.err,
                       cases[i].needle);
-        run_free(&r);
+        bench_run_free(&r);
     }
     /* TP_WORLD_SIZE larger than the split dimension is caught the same way */
     const char *env[] = {"TP_WORLD_SIZE=5", NULL};
     run_result r = run("layer --layer mlp --ffn 4", env);
     ck_assert_int_eq(r.code, 2);
     ck_assert_ptr_nonnull(strstr(r.err, "TP_WORLD_SIZE"));
-    run_free(&r);
+    bench_run_free(&r);
     /* help works and exits 0 */
     const char *subs[] = {"--help", "collectives --help", "gemm --help", "layer --help", "model --help",
                           "plot --help"};
     for (size_t i = 0; i < G_N_ELEMENTS(subs); i++) {
         r = run(subs[i], NULL);
         ck_assert_msg(r.code == 0 && strstr(r.out, "Usage:"), "'%s': exit %d", subs[i], r.code);
-        run_free(&r);
+        bench_run_free(&r);
     }
 }
 END_TEST
@@ -164,7 +128,7 @@ START_TEST(layer_counts)
             ck_assert_ptr_nonnull(strstr(r.out, layers[li]));
             ck_assert_ptr_nonnull(strstr(r.out, "speedup"));
             g_ptr_array_free(recs, TRUE);
-            run_free(&r);
+            bench_run_free(&r);
             g_free(args);
             g_free(json);
         }
@@ -204,7 +168,7 @@ START_TEST(check_clean)
     ck_assert(g_str_has_prefix(text, "kind,backend,device,ranks,op,"));
     g_free(text);
     g_ptr_array_free(recs, TRUE);
-    run_free(&r);
+    bench_run_free(&r);
     g_free(args);
     g_free(json);
     g_free(csv);
@@ -233,14 +197,14 @@ START_TEST(check_catches_corruption)
     }
     ck_assert_int_gt(n, 0);
     g_ptr_array_free(recs, TRUE);
-    run_free(&r);
+    bench_run_free(&r);
 
     /* without --check the same damage goes unseen: exit 0 */
     g_free(args);
     args = g_strdup_printf("collectives --tp 2 -b 52 -e 52 -n 2 -w 0 -q --no-memcpy");
     r = run(args, env);
     ck_assert_int_eq(r.code, 0);
-    run_free(&r);
+    bench_run_free(&r);
     g_free(args);
     g_free(json);
 }
@@ -299,7 +263,7 @@ START_TEST(model_from_file)
     ck_assert_int_eq(fits, 2);
     ck_assert_int_eq(proj, 3 * (2 + 3 + 1)); /* T = 2,4,8 x (2 fits + 3 presets + --link) */
     g_ptr_array_free(recs, TRUE);
-    run_free(&r);
+    bench_run_free(&r);
     g_string_free(s, TRUE);
     g_free(args);
     g_free(in);
@@ -345,7 +309,7 @@ START_TEST(model_sweep)
     ck_assert_int_eq(measured, 1);     /* T = 2 */
     ck_assert_int_eq(projected, 2 * 5); /* T = 2, 4 x (2 fits + 3 presets) */
     g_ptr_array_free(recs, TRUE);
-    run_free(&r);
+    bench_run_free(&r);
     g_free(args);
     g_free(out);
 }
@@ -375,7 +339,7 @@ START_TEST(plot_png)
     ck_assert(g_file_get_contents(png, &data, &len, NULL));
     ck_assert(len > 8 && memcmp(data, "\x89PNG", 4) == 0);
     g_free(data);
-    run_free(&r);
+    bench_run_free(&r);
     g_free(args);
 
     /* nothing plottable, or a missing file: exit 2 with a message */
@@ -384,13 +348,13 @@ START_TEST(plot_png)
     r = run(args, NULL);
     ck_assert_int_eq(r.code, 2);
     ck_assert_ptr_nonnull(strstr(r.err, "no collective"));
-    run_free(&r);
+    bench_run_free(&r);
     g_free(args);
     args = g_strdup_printf("plot %s/missing.jsonl --out %s", tmpdir, png);
     r = run(args, NULL);
     ck_assert_int_eq(r.code, 2);
     ck_assert_ptr_nonnull(strstr(r.err, "missing.jsonl"));
-    run_free(&r);
+    bench_run_free(&r);
     g_free(args);
     g_free(in);
     g_free(png);

@@ -12,42 +12,14 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "bench-run.h"
 
 static const char *tp_bench; /* path, from $TP_BENCH */
 static char tmpdir[64];
 
-typedef struct run_result {
-    int code; /* exit status, or -1 if it did not exit normally */
-    char *out, *err;
-} run_result;
-
 static run_result run(const char *args)
 {
-    run_result r = {-1, NULL, NULL};
-    gchar *line = g_strdup_printf("'%s' %s", tp_bench, args);
-    gchar **argv = NULL;
-    ck_assert(g_shell_parse_argv(line, NULL, &argv, NULL));
-    gchar **envp = g_get_environ();
-    envp = g_environ_unsetenv(envp, "TP_WORLD_SIZE");
-    envp = g_environ_setenv(envp, "TP_BACKEND", "loopback", TRUE);
-    envp = g_environ_setenv(envp, "TP_DEVICE", "cpu", TRUE);
-    envp = g_environ_setenv(envp, "TP_TIMEOUT_S", "60", TRUE);
-    int status = 0;
-    GError *e = NULL;
-    ck_assert_msg(g_spawn_sync(NULL, argv, envp, G_SPAWN_DEFAULT, NULL, NULL, &r.out, &r.err, &status, &e),
-                  "cannot run %s: %s", tp_bench, e ? e->message : "?");
-    if (WIFEXITED(status))
-        r.code = WEXITSTATUS(status);
-    g_strfreev(argv);
-    g_strfreev(envp);
-    g_free(line);
-    return r;
-}
-
-static void run_free(run_result *r)
-{
-    g_free(r->out);
-    g_free(r->err);
+    return bench_run(tp_bench, args, NULL);
 }
 
 /* Expected calls per phase of one op. */
@@ -104,7 +76,7 @@ static int check_layer(const char *args, const char *tps, const want_calls want[
     }
     g_ptr_array_free(a, TRUE);
     unlink(json);
-    run_free(&r);
+    bench_run_free(&r);
     g_free(cmd);
     g_free(json);
     return checked;
@@ -217,12 +189,12 @@ START_TEST(exercise2)
     ck_assert_msg(r.code != 0, "Exercise 2 without head_dim exited 0:\n%s", r.out);
     ck_assert_msg(strstr(r.err, "hidden=4096") && strstr(r.err, "heads=12") && strstr(r.err, "head_dim"),
                   "stderr lacks the layer's numbers and way out: %s", r.err);
-    run_free(&r);
+    bench_run_free(&r);
     r = run("layer --layer block --tp 4 --heads 12 --hidden 4096 --head-dim 64 --seq 8 --batch 1 -n 1 -w 0 -q");
     ck_assert_msg(r.code == 0, "Exercise 2 with head_dim: exit %d\n%s", r.code, r.err);
     ck_assert_msg(strstr(r.out, "forward all_reduce x2 backward all_reduce x2\n") != NULL, "counts: %s", r.out);
     ck_assert_msg(strstr(r.out, "match") && !strstr(r.out, "MISMATCH"), "bytes: %s", r.out);
-    run_free(&r);
+    bench_run_free(&r);
 }
 END_TEST
 
@@ -243,12 +215,12 @@ START_TEST(bad_arguments)
         ck_assert_msg(r.code == 2, "'%s': exit %d, want 2", cases[i].args, r.code);
         ck_assert_msg(strstr(r.err, cases[i].needle) != NULL, "'%s': stderr '%s' lacks '%s'", cases[i].args, r.err,
                       cases[i].needle);
-        run_free(&r);
+        bench_run_free(&r);
     }
     /* heads not divisible by T: the layer's error at run time, exit 1 */
     run_result r = run("layer --layer attention --heads 6 --hidden 24 --tokens 4 --tp 4 -n 1 -w 0 -q");
     ck_assert_msg(r.code == 1 && strstr(r.err, "heads=6"), "exit %d: %s", r.code, r.err);
-    run_free(&r);
+    bench_run_free(&r);
 }
 END_TEST
 
