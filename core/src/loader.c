@@ -45,6 +45,7 @@ static const slot comm_slots[] = {
     SLOT(tp_comm_ops, comm_free, true),   SLOT(tp_comm_ops, all_reduce, true),
     SLOT(tp_comm_ops, all_gather, false), SLOT(tp_comm_ops, reduce_scatter, false),
     SLOT(tp_comm_ops, broadcast, false),  SLOT(tp_comm_ops, barrier, false),
+    SLOT(tp_comm_ops, abort, false),
 };
 
 static const slot device_slots[] = {
@@ -363,6 +364,7 @@ void tp_plugin_inspect(const char *path, tp_plugin_info *out)
         out->is_device = p->has_device;
         out->comm_ops = p->has_comm ? slot_names(&p->comm, comm_slots, G_N_ELEMENTS(comm_slots))
                                     : g_new0(char *, 1);
+        out->comm_mem_kinds = p->has_comm ? p->comm.mem_kinds : 0;
         out->device_ops = p->has_device
                               ? slot_names(&p->device, device_slots, G_N_ELEMENTS(device_slots))
                               : g_new0(char *, 1);

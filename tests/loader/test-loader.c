@@ -774,10 +774,13 @@ START_TEST(test_tp_info)
     ck_assert_int_eq(run_tp_info("good", &out), 0);
     ck_assert_ptr_nonnull(strstr(out, "loader test fixture"));
     ck_assert_ptr_nonnull(strstr(out, "shadows:    " FIX "/dup/libtp-good.so"));
+    /* the fixture leaves mem_kinds 0: host memory, device memory staged */
+    ck_assert_ptr_nonnull(strstr(out, "memory:     host"));
     g_free(out);
     ck_assert_int_eq(run_tp_info("--json", &out), 0);
     ck_assert(out[0] == '{');
     ck_assert_ptr_nonnull(strstr(out, "\"shadowed_by\": \"" FIX "/libtp-good.so\""));
+    ck_assert_ptr_nonnull(strstr(out, "\"comm_mem_kinds\": 0"));
     g_free(out);
     ck_assert_int_eq(run_tp_info("--json " FIX "/libtp-abimajor.so", &out), 1);
     ck_assert_ptr_nonnull(strstr(out, "\"accepted\": false"));

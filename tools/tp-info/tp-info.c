@@ -59,6 +59,10 @@ static void print_plugin(const tp_plugin_info *p, bool detail)
     if (detail)
         printf("    about:      %s\n", p->description);
     print_ops("comm ops:", p->comm_ops);
+    if (p->is_comm)
+        printf("    memory:     %s\n", (p->comm_mem_kinds & (1u << TP_MEM_CUDA))
+                                           ? "cuda device memory"
+                                           : "host (device memory is staged through host by the core)");
     print_ops("device ops:", p->device_ops);
 }
 
@@ -149,6 +153,7 @@ static void json_plugin(const tp_plugin_info *p, const char *indent)
                p->abi_major, p->abi_minor, p->is_comm ? "true" : "false",
                p->is_device ? "true" : "false", indent);
         json_list(p->comm_ops);
+        printf(", \"comm_mem_kinds\": %u", (unsigned)p->comm_mem_kinds);
         printf(",\n%s \"device_ops\": ", indent);
         json_list(p->device_ops);
         printf(",\n%s \"available\": %s, \"unavailable_reason\": ", indent,

@@ -32,6 +32,7 @@ typedef struct tp_plugin_info {
     unsigned abi_major, abi_minor;
     bool is_comm, is_device;
     char **comm_ops;   /* NULL-terminated names of the comm slots provided */
+    uint32_t comm_mem_kinds; /* tp_comm_ops.mem_kinds: 0 = host memory only (GPU memory is staged) */
     char **device_ops; /* NULL-terminated names of the device slots provided */
     bool available;    /* probe() said yes, or there is no probe */
     char *unavailable_reason; /* probe's reason when !available */
