@@ -509,7 +509,9 @@ START_TEST(fit_edge_cases)
 END_TEST
 
 /* Two regimes (cache vs DRAM): exact synthetic data gives back the break
- * and both models; one regime stays one. */
+ * and both models; one regime stays one. Exact data: the minimax search
+ * runs to rounding (bisection and golden section to machine precision), so
+ * 1e-6 relative is generous. */
 START_TEST(fit_two_regimes)
 {
     const double a1 = 1e-6, b1 = 1.0 / 20e9, a2 = 30e-6, b2 = 1.0 / 5e9;
@@ -521,21 +523,155 @@ START_TEST(fit_two_regimes)
         s[n++] = (bench_sample){TP_OP_ALL_REDUCE, 2, b, t};
     }
     bench_fit2 f;
-    ck_assert_int_eq(bench_fit_piecewise(s, n, 0, &f), 0);
+    ck_assert_int_eq(bench_fit_piecewise(s, n, 0, 65536, &f), 0);
     ck_assert_int_eq(f.nseg, 2);
-    ck_assert(f.break_bytes == 4.0 * 1024 * 1024);
-    ck_assert(fabs(f.lo.alpha_s - a1) <= 1e-6 * a1 && fabs(f.lo.beta_s - b1) <= 1e-6 * b1);
-    ck_assert(fabs(f.hi.alpha_s - a2) <= 1e-6 * a2 && fabs(f.hi.beta_s - b2) <= 1e-6 * b2);
+    ck_assert(f.hi_bytes[0] == 4.0 * 1024 * 1024);
+    ck_assert(f.lo_bytes[0] == 64 && f.lo_bytes[1] == 8.0 * 1024 * 1024 && f.hi_bytes[1] == 256.0 * 1024 * 1024);
+    ck_assert(fabs(f.seg[0].alpha_s - a1) <= 1e-6 * a1 && fabs(f.seg[0].beta_s - b1) <= 1e-6 * b1);
+    ck_assert(fabs(f.seg[1].alpha_s - a2) <= 1e-6 * a2 && fabs(f.seg[1].beta_s - b2) <= 1e-6 * b2);
     for (int i = 0; i < n; i++)
         ck_assert(fabs(bench_model2_time(&f, TP_OP_ALL_REDUCE, 2, s[i].bytes) - s[i].seconds) <= 1e-6 * s[i].seconds);
+    ck_assert(f.max_err <= 1e-6);
+    ck_assert_int_eq(f.n_err, 13); /* 64K .. 256M */
 
     n = 0;
     for (double b = 64; b <= 256.0 * 1024 * 1024; b *= 2)
         s[n++] = (bench_sample){TP_OP_ALL_REDUCE, 2, b, 2 * a1 + b * b1};
-    ck_assert_int_eq(bench_fit_piecewise(s, n, 0, &f), 0);
+    ck_assert_int_eq(bench_fit_piecewise(s, n, 0, 65536, &f), 0);
     ck_assert_int_eq(f.nseg, 1);
-    ck_assert(fabs(f.lo.beta_s - b1) <= 1e-6 * b1);
+    ck_assert(fabs(f.seg[0].beta_s - b1) <= 1e-6 * b1);
     ck_assert(fabs(bench_model2_time(&f, TP_OP_ALL_REDUCE, 2, 1e9) - (2 * a1 + 1e9 * b1)) <= 1e-6);
+}
+END_TEST
+
+/* Three regimes (latency-bound cache, cache bandwidth, DRAM) on 4 ranks,
+ * from 1 KiB to 256 MiB: both breaks and all three lines come back; with
+ * +-2% deterministic noise (period 3, so every range of >= 3 sizes holds
+ * the worst high and low) the breaks still come back, the largest error at
+ * >= 64 KiB is about the noise (<= 2.5%: a fitted line cannot do better
+ * than 2% on points 2% above and below one true line, and the minimax line
+ * stays within the noise band), and alpha, beta within 10% (a 2% shift at
+ * either end of a range of 3+ octaves moves a line's slope or intercept by
+ * well under that). Then a single noisy line stays one regime. */
+START_TEST(fit_three_regimes)
+{
+    const double al[] = {4e-6, 1e-6, 50e-6}, be[] = {1.0 / 40e9, 1.0 / 20e9, 1.0 / 6e9};
+    const double brk[] = {128.0 * 1024, 8.0 * 1024 * 1024};
+    const int p = 4;
+    const double L = bench_model_lat_steps(TP_OP_ALL_REDUCE, p), B = bench_model_bw_factor(TP_OP_ALL_REDUCE, p);
+    for (int noisy = 0; noisy < 2; noisy++) {
+        bench_sample s[64];
+        int n = 0;
+        for (double b = 1024; b <= 256.0 * 1024 * 1024; b *= 2, n++) {
+            int r = b <= brk[0] ? 0 : b <= brk[1] ? 1 : 2;
+            double noise = noisy ? 1.0 + 0.02 * ((n % 3) - 1) : 1.0;
+            s[n] = (bench_sample){TP_OP_ALL_REDUCE, p, b, (L * al[r] + B * b * be[r]) * noise};
+        }
+        bench_fit2 f;
+        ck_assert_int_eq(bench_fit_piecewise(s, n, 0, 65536, &f), 0);
+        ck_assert_int_eq(f.nseg, 3);
+        ck_assert_msg(f.hi_bytes[0] == brk[0] && f.hi_bytes[1] == brk[1], "noisy %d: breaks %.0f %.0f", noisy,
+                      f.hi_bytes[0], f.hi_bytes[1]);
+        ck_assert(f.lo_bytes[0] == 1024 && f.lo_bytes[1] == 2 * brk[0] && f.lo_bytes[2] == 2 * brk[1]);
+        double tol = noisy ? 0.10 : 1e-6;
+        for (int r = 0; r < 3; r++) {
+            ck_assert_msg(fabs(f.seg[r].alpha_s - al[r]) <= tol * al[r], "noisy %d regime %d: alpha %.9g", noisy, r,
+                          f.seg[r].alpha_s);
+            ck_assert_msg(fabs(f.seg[r].beta_s - be[r]) <= tol * be[r], "noisy %d regime %d: beta %.9g", noisy, r,
+                          f.seg[r].beta_s);
+        }
+        ck_assert(f.max_err <= (noisy ? 0.025 : 1e-6));
+        /* the reported error is the one of the per-size model */
+        double worst = 0;
+        for (int i = 0; i < n; i++)
+            if (s[i].bytes >= 65536)
+                worst = fmax(worst, fabs(bench_model2_time(&f, TP_OP_ALL_REDUCE, p, s[i].bytes) / s[i].seconds - 1));
+        ck_assert(fabs(worst - f.max_err) <= 1e-12);
+        /* sizes between and beyond the fitted ones take the lower regime, the last past the end */
+        ck_assert_int_eq(bench_fit2_regime(&f, brk[0] + 1), 1);
+        ck_assert_int_eq(bench_fit2_regime(&f, brk[1]), 1);
+        ck_assert_int_eq(bench_fit2_regime(&f, 1e12), 2);
+        ck_assert_int_eq(bench_fit2_regime(&f, 1), 0);
+    }
+    bench_sample s[64];
+    int n = 0;
+    for (double b = 1024; b <= 256.0 * 1024 * 1024; b *= 2, n++)
+        s[n] = (bench_sample){TP_OP_ALL_REDUCE, p, b, (L * al[1] + B * b * be[1]) * (1.0 + 0.02 * ((n % 3) - 1))};
+    bench_fit2 f;
+    ck_assert_int_eq(bench_fit_piecewise(s, n, 0, 65536, &f), 0);
+    ck_assert_int_eq(f.nseg, 1);
+}
+END_TEST
+
+/* Regimes never hold fewer than 3 sizes: a jump in the last two sizes
+ * cannot get a regime of its own, and the ranges tile the sizes. The
+ * minimax line of five noisy points is at least as good as the best point
+ * of a 401 x 401 grid over (alpha, beta) covering it (exact up to rounding,
+ * hence 1e-9 slack on an error of order 0.1). */
+START_TEST(fit_regime_rules)
+{
+    bench_sample s[32];
+    int n = 0;
+    for (double b = 1024; b <= 64.0 * 1024 * 1024; b *= 2, n++) {
+        double t = 1e-6 + b / 10e9;
+        if (n >= 15)
+            t *= 3; /* the last two sizes */
+        s[n] = (bench_sample){TP_OP_ALL_REDUCE, 2, b, t};
+    }
+    bench_fit2 f;
+    ck_assert_int_eq(bench_fit_piecewise(s, n, 0, 65536, &f), 0);
+    ck_assert_int_ge(f.nseg, 1);
+    ck_assert_int_le(f.nseg, BENCH_FIT_MAX_REGIMES);
+    ck_assert(f.lo_bytes[0] == 1024 && f.hi_bytes[f.nseg - 1] == 64.0 * 1024 * 1024);
+    int total = 0;
+    for (int r = 0; r < f.nseg; r++) {
+        int nsz = 0;
+        for (int i = 0; i < n; i++)
+            nsz += s[i].bytes >= f.lo_bytes[r] && s[i].bytes <= f.hi_bytes[r];
+        ck_assert_int_eq(nsz, f.seg[r].n);
+        if (f.nseg > 1)
+            ck_assert_int_ge(nsz, BENCH_FIT_MIN_SIZES);
+        if (r > 0)
+            ck_assert(f.lo_bytes[r] == 2 * f.hi_bytes[r - 1]);
+        total += nsz;
+    }
+    ck_assert_int_eq(total, n);
+
+    /* minimax against a brute-force grid over (alpha, beta): the search must
+     * be at least as good as every grid point (up to rounding) */
+    bench_sample q[] = {{TP_OP_ALL_REDUCE, 2, 1000, 1.0e-6}, {TP_OP_ALL_REDUCE, 2, 3000, 1.3e-6},
+                        {TP_OP_ALL_REDUCE, 2, 7000, 2.9e-6}, {TP_OP_ALL_REDUCE, 2, 13000, 3.1e-6},
+                        {TP_OP_ALL_REDUCE, 2, 17000, 5.0e-6}};
+    bench_fit m;
+    double err;
+    ck_assert_int_eq(bench_fit_minimax(q, 5, 0, &m, &err), 0);
+    double worst = 0;
+    for (int i = 0; i < 5; i++)
+        worst = fmax(worst, fabs(bench_model_time(&m, TP_OP_ALL_REDUCE, 2, q[i].bytes) / q[i].seconds - 1));
+    ck_assert(fabs(worst - err) <= 1e-12);
+    double grid_best = INFINITY;
+    for (int ia = 0; ia <= 400; ia++)
+        for (int ib = 0; ib <= 400; ib++) {
+            bench_fit g = {.alpha_s = ia * 1e-6 / 400, .beta_s = ib * 1e-9 / 400};
+            double w = 0;
+            for (int i = 0; i < 5; i++)
+                w = fmax(w, fabs(bench_model_time(&g, TP_OP_ALL_REDUCE, 2, q[i].bytes) / q[i].seconds - 1));
+            grid_best = fmin(grid_best, w);
+        }
+    ck_assert_msg(err <= grid_best + 1e-9, "minimax %.9g, grid %.9g", err, grid_best);
+    /* non-finite samples are skipped, not fitted */
+    bench_sample bad[] = {{TP_OP_ALL_REDUCE, 2, 1000, NAN},      {TP_OP_ALL_REDUCE, 2, INFINITY, 1e-3},
+                          {TP_OP_ALL_REDUCE, 2, NAN, 1e-3},      {TP_OP_ALL_REDUCE, 2, 1000, 2e-6 + 1000 * 1e-10},
+                          {TP_OP_ALL_REDUCE, 2, 1e6, 2e-6 + 1e6 * 1e-10}, {TP_OP_ALL_REDUCE, 2, 4e6, 2e-6 + 4e6 * 1e-10}};
+    ck_assert_int_eq(bench_fit_piecewise(bad, 6, 0, 65536, &f), 0);
+    ck_assert_int_eq(f.nseg, 1);
+    ck_assert_int_eq(f.seg[0].n, 3);
+    ck_assert(fabs(f.seg[0].alpha_s - 1e-6) <= 1e-6 * 1e-6 && fabs(f.seg[0].beta_s - 1e-10) <= 1e-6 * 1e-10);
+    /* one size: not separable */
+    bench_sample one[] = {{TP_OP_ALL_REDUCE, 2, 1024, 1e-6}, {TP_OP_ALL_REDUCE, 2, 1024, 1.1e-6}};
+    ck_assert_int_eq(bench_fit_minimax(one, 2, 0, &m, &err), -1);
+    ck_assert_int_eq(bench_fit_piecewise(one, 2, 0, 65536, &f), -1);
+    ck_assert_int_eq(bench_fit_piecewise(one, 0, 0, 65536, &f), -1);
 }
 END_TEST
 
@@ -627,6 +763,8 @@ static Suite *suite(void)
     tcase_add_test(t, fit_recovers_noisy);
     tcase_add_test(t, fit_edge_cases);
     tcase_add_test(t, fit_two_regimes);
+    tcase_add_test(t, fit_three_regimes);
+    tcase_add_test(t, fit_regime_rules);
     tcase_add_test(t, links);
     tcase_add_test(t, layer_table);
     suite_add_tcase(s, t);

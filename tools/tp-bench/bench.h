@@ -107,6 +107,7 @@ typedef struct bench_opts {
     /* gemm */
     int64_t gemm_sizes[BENCH_MAX_LIST];
     int n_gemm_sizes;
+    tp_dtype gemm_dtype;             /* --dtype f32|bf16|f16, default f32 */
 
     /* layer / model */
     const char *layer;               /* --layer, default "mlp" */
@@ -246,19 +247,36 @@ typedef struct bench_fit {
 int bench_fit_hockney(const bench_sample *s, int n, double min_bytes, bench_fit *out);
 double bench_model_time(const bench_fit *f, int op, int p, double bytes);
 
-/* Two regimes: on shared memory, messages that fit in the caches move at
- * a different bandwidth from those that go to DRAM. Fits one model, then
- * every split of the sizes (>= 3 samples each side) into a "small" and a
- * "large" model; keeps the split if the single line misses by more than 1%
- * rms and the split halves the sum of squared relative errors. nseg = 1:
- * only `lo` is used. */
+/* The same line fitted to minimise the largest relative error (minimax,
+ * Chebyshev) with alpha, beta >= 0, over the samples with p >= 2 and
+ * bytes >= min_bytes; *max_err gets that error. alpha_clamped: alpha ended
+ * at its bound 0. Returns 0, or -1 with fewer than 2 distinct sizes. */
+int bench_fit_minimax(const bench_sample *s, int n, double min_bytes, bench_fit *out, double *max_err);
+
+/* Regimes: on shared memory, messages that fit in the caches move at a
+ * different bandwidth from those that go to DRAM, with a transition
+ * between. The sorted sizes are cut into nseg contiguous ranges (1 to
+ * BENCH_FIT_MAX_REGIMES; each of >= BENCH_FIT_MIN_SIZES distinct sizes
+ * when there is more than one), each with its own minimax line. For each
+ * nseg the cuts minimise the largest |relative error| over the sizes >=
+ * err_min_bytes (all fitted sizes when none is that large; ties: the
+ * smaller sum of squares); then the fewest regimes whose error is within
+ * BENCH_FIT_REGIME_GAIN of the best are kept. */
+#define BENCH_FIT_MAX_REGIMES 3
+#define BENCH_FIT_MIN_SIZES 3
+#define BENCH_FIT_REGIME_GAIN 0.01 /* an extra regime must gain > 1 point of error */
 typedef struct bench_fit2 {
-    bench_fit lo, hi;
-    double break_bytes; /* sizes <= break_bytes use lo */
     int nseg;
-    double sse;         /* sum of squared relative errors of the kept model */
+    bench_fit seg[BENCH_FIT_MAX_REGIMES];
+    double lo_bytes[BENCH_FIT_MAX_REGIMES], hi_bytes[BENCH_FIT_MAX_REGIMES]; /* sizes fitted */
+    double max_err; /* the largest |relative error| over the scored sizes */
+    int n_err;      /* scored samples */
+    double sse;     /* sum of squared relative errors over all fitted samples */
 } bench_fit2;
-int bench_fit_piecewise(const bench_sample *s, int n, double min_bytes, bench_fit2 *out);
+int bench_fit_piecewise(const bench_sample *s, int n, double min_bytes, double err_min_bytes, bench_fit2 *out);
+/* The regime that prices `bytes`: the first whose hi_bytes >= bytes, else
+ * the last (a size between two fitted ranges takes the lower one). */
+int bench_fit2_regime(const bench_fit2 *f, double bytes);
 double bench_model2_time(const bench_fit2 *f, int op, int p, double bytes);
 /* Link presets: nvlink4, ib-ndr, pcie4. */
 int bench_link_presets(const bench_link **out);

@@ -93,20 +93,146 @@ int bench_fit_hockney(const bench_sample *s, int n, double min_bytes, bench_fit 
     return 0;
 }
 
-double bench_model2_time(const bench_fit2 *f, int op, int p, double bytes)
+/* ------------------------------------------------ minimax (Chebyshev) fit
+ *
+ * In relative terms sample i misses by e_i = alpha a_i + beta b_i - 1 with
+ * a_i = L/t_i, b_i = B n_i/t_i. max_i |e_i| is jointly convex in (alpha,
+ * beta), so its minimum over beta >= 0 for fixed alpha, F(alpha), is convex
+ * too: a bisection on beta inside a golden-section search on alpha finds
+ * the minimax pair to rounding. */
+
+typedef struct rel_pt {
+    double a, b;
+} rel_pt;
+
+static double worst_of(const rel_pt *q, int m, double al, double be)
 {
-    const bench_fit *m = (f->nseg > 1 && bytes > f->break_bytes) ? &f->hi : &f->lo;
-    return bench_model_time(m, op, p, bytes);
+    double w = 0;
+    for (int i = 0; i < m; i++) {
+        double e = fabs(al * q[i].a + be * q[i].b - 1);
+        if (e > w)
+            w = e;
+    }
+    return w;
 }
 
-static double sse_of(const bench_fit *f, const bench_sample *s, int n)
+/* up(beta) = max_i (b_i beta - r_i) rises, dn(beta) = max_i (r_i - b_i beta)
+ * falls, r_i = 1 - alpha a_i; the worst error max(up, dn) is least where
+ * they cross, or at beta = 0. */
+static double best_beta(const rel_pt *q, int m, double al, double *err)
 {
-    double sse = 0;
-    for (int i = 0; i < n; i++) {
-        double e = (bench_model_time(f, s[i].op, s[i].p, s[i].bytes) - s[i].seconds) / s[i].seconds;
-        sse += e * e;
+    double rmax = 0, bmax = 0;
+    for (int i = 0; i < m; i++) {
+        rmax = fmax(rmax, fabs(1 - al * q[i].a));
+        bmax = fmax(bmax, q[i].b);
     }
-    return sse;
+    double lo = 0, hi = bmax > 0 ? (2 * rmax + 1) / bmax : 0; /* up(hi) > rmax >= dn(hi) */
+    for (int it = 0; it < 200 && hi > 0; it++) {
+        double mid = 0.5 * (lo + hi);
+        if (mid <= lo || mid >= hi)
+            break;
+        double up = -INFINITY, dn = -INFINITY;
+        for (int i = 0; i < m; i++) {
+            double d = mid * q[i].b - (1 - al * q[i].a);
+            up = fmax(up, d);
+            dn = fmax(dn, -d);
+        }
+        if (up < dn)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    double elo = worst_of(q, m, al, lo), ehi = worst_of(q, m, al, hi);
+    *err = elo <= ehi ? elo : ehi;
+    return elo <= ehi ? lo : hi;
+}
+
+int bench_fit_minimax(const bench_sample *s, int n, double min_bytes, bench_fit *out, double *max_err)
+{
+    memset(out, 0, sizeof *out);
+    *max_err = NAN;
+    rel_pt *q = g_new(rel_pt, n > 0 ? n : 1);
+    int m = 0;
+    double amax = 0, bmax = 0, n0 = -1;
+    bool two_sizes = false;
+    for (int i = 0; i < n; i++) {
+        if (s[i].p < 2 || !(s[i].bytes >= min_bytes) || !(s[i].seconds > 0) || !isfinite(s[i].bytes) ||
+            !isfinite(s[i].seconds))
+            continue;
+        double x1 = bench_model_lat_steps(s[i].op, s[i].p);
+        double x2 = bench_model_bw_factor(s[i].op, s[i].p) * s[i].bytes;
+        if (x1 <= 0 && x2 <= 0)
+            continue;
+        q[m].a = x1 / s[i].seconds;
+        q[m].b = x2 / s[i].seconds;
+        amax = fmax(amax, q[m].a);
+        bmax = fmax(bmax, q[m].b);
+        if (n0 < 0)
+            n0 = s[i].bytes;
+        else if (s[i].bytes != n0)
+            two_sizes = true;
+        m++;
+    }
+    out->n = m;
+    /* one size (or one op and p with every sample alike): alpha and beta
+     * cannot be told apart */
+    if (!two_sizes || !(amax > 0) || !(bmax > 0)) {
+        g_free(q);
+        return -1;
+    }
+    /* alpha beyond (1 + F(0)) / a_i makes sample i miss by more than F(0) */
+    double f0;
+    best_beta(q, m, 0, &f0);
+    double hi = INFINITY;
+    for (int i = 0; i < m; i++)
+        if (q[i].a > 0)
+            hi = fmin(hi, (1 + f0) / q[i].a);
+    const double g = 0.5 * (sqrt(5.0) - 1);
+    double lo = 0, c = hi - g * (hi - lo), d = lo + g * (hi - lo), fc, fd;
+    best_beta(q, m, c, &fc);
+    best_beta(q, m, d, &fd);
+    for (int it = 0; it < 300 && c < d; it++) {
+        if (fc <= fd) {
+            hi = d;
+            d = c;
+            fd = fc;
+            c = hi - g * (hi - lo);
+            best_beta(q, m, c, &fc);
+        } else {
+            lo = c;
+            c = d;
+            fc = fd;
+            d = lo + g * (hi - lo);
+            best_beta(q, m, d, &fd);
+        }
+    }
+    double al = fc <= fd ? c : d, err;
+    double be = best_beta(q, m, al, &err);
+    if (f0 <= err) { /* the bound: no latency resolvable */
+        al = 0;
+        be = best_beta(q, m, 0, &err);
+        out->alpha_clamped = true;
+    }
+    g_free(q);
+    out->alpha_s = al;
+    out->beta_s = be;
+    *max_err = err;
+    return 0;
+}
+
+/* ---------------------------------------------------------- regimes */
+
+int bench_fit2_regime(const bench_fit2 *f, double bytes)
+{
+    for (int r = 0; r + 1 < f->nseg; r++)
+        if (bytes <= f->hi_bytes[r])
+            return r;
+    return f->nseg > 0 ? f->nseg - 1 : 0;
+}
+
+double bench_model2_time(const bench_fit2 *f, int op, int p, double bytes)
+{
+    return bench_model_time(&f->seg[bench_fit2_regime(f, bytes)], op, p, bytes);
 }
 
 static int cmp_bytes(const void *a, const void *b)
@@ -115,41 +241,139 @@ static int cmp_bytes(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-int bench_fit_piecewise(const bench_sample *s, int n, double min_bytes, bench_fit2 *out)
+/* The minimax line of samples v[i..j) and what it scores. */
+typedef struct range_fit {
+    bool done, ok;
+    bench_fit f;
+    double emax; /* over the scored samples in the range; -1: none */
+    double sse;  /* over all of them */
+} range_fit;
+
+static const range_fit *range_get(range_fit *tab, const bench_sample *v, int m, int i, int j,
+                                  double err_min)
+{
+    range_fit *r = &tab[(size_t)i * (size_t)(m + 1) + (size_t)j];
+    if (r->done)
+        return r;
+    r->done = true;
+    double e;
+    r->ok = bench_fit_minimax(v + i, j - i, 0, &r->f, &e) == 0;
+    r->emax = -1;
+    r->sse = 0;
+    for (int k = i; r->ok && k < j; k++) {
+        double x = (bench_model_time(&r->f, v[k].op, v[k].p, v[k].bytes) - v[k].seconds) / v[k].seconds;
+        r->sse += x * x;
+        if (v[k].bytes >= err_min)
+            r->emax = fmax(r->emax, fabs(x));
+    }
+    return r;
+}
+
+/* A candidate: regime r covers v[cut[r]..cut[r+1]). */
+typedef struct partition {
+    int k, cut[BENCH_FIT_MAX_REGIMES + 1];
+    double emax, sse;
+    bool ok;
+} partition;
+
+static partition score(range_fit *tab, const bench_sample *v, int m, const int *cut, int k, double err_min)
+{
+    partition pt = {.k = k, .emax = 0, .sse = 0, .ok = true};
+    memcpy(pt.cut, cut, (size_t)(k + 1) * sizeof *cut);
+    for (int r = 0; r < k && pt.ok; r++) {
+        const range_fit *rf = range_get(tab, v, m, cut[r], cut[r + 1], err_min);
+        pt.ok = rf->ok;
+        pt.emax = fmax(pt.emax, rf->emax);
+        pt.sse += rf->sse;
+    }
+    return pt;
+}
+
+static bool better(const partition *a, const partition *b)
+{
+    if (!b->ok)
+        return a->ok;
+    if (!a->ok)
+        return false;
+    return a->emax < b->emax || (a->emax == b->emax && a->sse < b->sse);
+}
+
+int bench_fit_piecewise(const bench_sample *s, int n, double min_bytes, double err_min_bytes, bench_fit2 *out)
 {
     memset(out, 0, sizeof *out);
-    /* the usable samples, by size */
+    out->max_err = NAN;
     bench_sample *v = g_new(bench_sample, n > 0 ? n : 1);
     int m = 0;
     for (int i = 0; i < n; i++)
-        if (s[i].p >= 2 && s[i].bytes >= min_bytes && s[i].seconds > 0)
+        if (s[i].p >= 2 && s[i].bytes >= min_bytes && s[i].seconds > 0 && isfinite(s[i].bytes) &&
+            isfinite(s[i].seconds))
             v[m++] = s[i];
     qsort(v, (size_t)m, sizeof *v, cmp_bytes);
-    int rc = bench_fit_hockney(v, m, 0, &out->lo);
-    if (rc != 0) {
-        g_free(v);
-        return rc;
-    }
-    out->nseg = 1;
-    out->sse = sse_of(&out->lo, v, m);
-    double best = out->sse;
-    /* one line within 1% rms: nothing to gain from a second */
-    for (int k = 3; out->sse > 1e-4 * m && k + 3 <= m; k++) {
-        if (v[k - 1].bytes == v[k].bytes)
-            continue; /* a split falls between two sizes */
-        bench_fit lo, hi;
-        if (bench_fit_hockney(v, k, 0, &lo) != 0 || bench_fit_hockney(v + k, m - k, 0, &hi) != 0)
+    /* scored sizes: those >= err_min_bytes, or all when there are none */
+    double err_min = (m > 0 && v[m - 1].bytes >= err_min_bytes) ? err_min_bytes : -INFINITY;
+    /* dsz[i]: distinct sizes in v[0..i); a regime may start only at a new size */
+    int *dsz = g_new0(int, (size_t)m + 1);
+    for (int i = 0; i < m; i++)
+        dsz[i + 1] = dsz[i] + (i == 0 || v[i].bytes != v[i - 1].bytes);
+    range_fit *tab = g_new0(range_fit, ((size_t)m + 1) * ((size_t)m + 1));
+#define CUT_OK(i) ((i) > 0 && (i) < m && v[(i)-1].bytes != v[(i)].bytes)
+#define WIDE(i, j) (dsz[(j)] - dsz[(i)] >= BENCH_FIT_MIN_SIZES)
+
+    partition best[BENCH_FIT_MAX_REGIMES + 1];
+    for (int k = 0; k <= BENCH_FIT_MAX_REGIMES; k++)
+        best[k] = (partition){.k = k, .ok = false};
+    int c1[] = {0, m};
+    best[1] = score(tab, v, m, c1, 1, err_min);
+    for (int a = 1; a < m; a++) {
+        if (!CUT_OK(a) || !WIDE(0, a))
             continue;
-        double sse = sse_of(&lo, v, k) + sse_of(&hi, v + k, m - k);
-        if (sse < 0.5 * out->sse && sse < best) {
-            best = sse;
-            out->lo = lo;
-            out->hi = hi;
-            out->break_bytes = v[k - 1].bytes;
-            out->nseg = 2;
+        if (WIDE(a, m)) {
+            int c2[] = {0, a, m};
+            partition pt = score(tab, v, m, c2, 2, err_min);
+            if (better(&pt, &best[2]))
+                best[2] = pt;
+        }
+        for (int b = a + 1; BENCH_FIT_MAX_REGIMES >= 3 && b < m; b++) {
+            if (!CUT_OK(b) || !WIDE(a, b) || !WIDE(b, m))
+                continue;
+            int c3[] = {0, a, b, m};
+            partition pt = score(tab, v, m, c3, 3, err_min);
+            if (better(&pt, &best[3]))
+                best[3] = pt;
         }
     }
-    out->sse = best;
+#undef CUT_OK
+#undef WIDE
+    /* the fewest regimes within BENCH_FIT_REGIME_GAIN of the best */
+    int kbest = 0;
+    for (int k = 1; k <= BENCH_FIT_MAX_REGIMES; k++)
+        if (best[k].ok && (kbest == 0 || best[k].emax < best[kbest].emax))
+            kbest = k;
+    int rc = -1;
+    if (kbest > 0) {
+        int k = 1;
+        while (!(best[k].ok && best[k].emax <= best[kbest].emax + BENCH_FIT_REGIME_GAIN))
+            k++;
+        const partition *pt = &best[k];
+        out->nseg = k;
+        out->max_err = pt->emax;
+        out->sse = pt->sse;
+        for (int r = 0; r < k; r++) {
+            const range_fit *rf = range_get(tab, v, m, pt->cut[r], pt->cut[r + 1], err_min);
+            out->seg[r] = rf->f;
+            out->lo_bytes[r] = v[pt->cut[r]].bytes;
+            out->hi_bytes[r] = v[pt->cut[r + 1] - 1].bytes;
+        }
+        for (int i = 0; i < m; i++)
+            if (v[i].bytes >= err_min)
+                out->n_err++;
+        rc = 0;
+    } else {
+        /* too few sizes: report the samples the single line had */
+        out->seg[0].n = tab[m].f.n;
+    }
+    g_free(tab);
+    g_free(dsz);
     g_free(v);
-    return 0;
+    return rc;
 }

@@ -50,27 +50,36 @@ static void print_fits(GPtrArray *groups, const bench_opts *o, bench_sink *sink)
             continue; /* one rank: no communication to model */
         bench_sample *s = (bench_sample *)(void *)g->samples->data;
         int n = (int)g->samples->len;
-        g->ok = bench_fit_piecewise(s, n, (double)o->fit_min, &g->fit) == 0;
-        printf("#\n# alpha-beta fit: backend %s, %s, p=%d: t = %s, least squares on relative error, %d sizes "
+        g->ok = bench_fit_piecewise(s, n, (double)o->fit_min, KIB64, &g->fit) == 0;
+        int nfit = 0;
+        for (int r = 0; r < g->fit.nseg; r++)
+            nfit += g->fit.seg[r].n;
+        if (!g->ok)
+            nfit = g->fit.seg[0].n;
+        printf("#\n# alpha-beta fit: backend %s, %s, p=%d: t = %s, minimax relative error, %d sizes "
                ">= %zu B\n",
                g->backend, bench_op_name(g->op), g->p,
                g->op == TP_OP_ALL_REDUCE ? "2(p-1) a + 2(p-1)/p n b"
                : g->op == TP_OP_BROADCAST ? "ceil(log2 p) a + n b"
                                           : "(p-1) a + (p-1)/p n b",
-               g->fit.lo.n + (g->fit.nseg > 1 ? g->fit.hi.n : 0), o->fit_min);
+               nfit, o->fit_min);
         if (!g->ok) {
             printf("#   not fitted: needs p >= 2 and at least 2 distinct sizes\n");
             continue;
         }
-        double gbps = g->fit.lo.beta_s > 0 ? 1.0 / g->fit.lo.beta_s / 1e9 : INFINITY;
-        double gbps2 = g->fit.hi.beta_s > 0 ? 1.0 / g->fit.hi.beta_s / 1e9 : INFINITY;
-        if (g->fit.nseg == 1)
-            printf("#   a = %.3f us per step, 1/b = %.3f GB/s%s\n", g->fit.lo.alpha_s * 1e6, gbps,
-                   g->fit.lo.alpha_clamped ? " (a < 0 unconstrained: set to 0)" : "");
-        else
-            printf("#   two regimes (one line fitted more than twice as badly): sizes <= %.0f B: a = %.3f us, "
-                   "1/b = %.3f GB/s; larger: a = %.3f us, 1/b = %.3f GB/s\n",
-                   g->fit.break_bytes, g->fit.lo.alpha_s * 1e6, gbps, g->fit.hi.alpha_s * 1e6, gbps2);
+        double gbps_r[BENCH_FIT_MAX_REGIMES] = {0};
+        for (int r = 0; r < g->fit.nseg; r++)
+            gbps_r[r] = g->fit.seg[r].beta_s > 0 ? 1.0 / g->fit.seg[r].beta_s / 1e9 : INFINITY;
+        double gbps = gbps_r[0];
+        if (g->fit.nseg > 1)
+            printf("#   %d regimes (cuts chosen to minimise the largest |err| at sizes >= 64 KiB):\n", g->fit.nseg);
+        for (int r = 0; r < g->fit.nseg; r++) {
+            char lo[32], hi[32];
+            printf("#   sizes %s .. %s: a = %.3f us per step, 1/b = %.3f GB/s, %d samples%s\n",
+                   bench_format_size((size_t)g->fit.lo_bytes[r], lo, sizeof lo),
+                   bench_format_size((size_t)g->fit.hi_bytes[r], hi, sizeof hi), g->fit.seg[r].alpha_s * 1e6,
+                   gbps_r[r], g->fit.seg[r].n, g->fit.seg[r].alpha_clamped ? " (a at its bound 0)" : "");
+        }
         printf("# %4s %12s %12s %12s %8s\n", "p", "size", "meas(us)", "model(us)", "err%");
         double maxerr = 0;
         int nerr = 0;
@@ -105,13 +114,16 @@ static void print_fits(GPtrArray *groups, const bench_opts *o, bench_sink *sink)
         bench_rec_str(rec, "backend", g->backend);
         bench_rec_str(rec, "op", bench_op_name(g->op));
         bench_rec_int(rec, "ranks", g->p);
-        bench_rec_dbl(rec, "alpha_us", g->fit.lo.alpha_s * 1e6);
+        bench_rec_dbl(rec, "alpha_us", g->fit.seg[0].alpha_s * 1e6);
         bench_rec_dbl(rec, "beta_gbps", gbps);
-        bench_rec_int(rec, "samples", g->fit.lo.n + (g->fit.nseg > 1 ? g->fit.hi.n : 0));
+        bench_rec_int(rec, "samples", nfit);
         bench_rec_int(rec, "regimes", g->fit.nseg);
-        bench_rec_dbl(rec, "break_bytes", g->fit.nseg > 1 ? g->fit.break_bytes : NAN);
-        bench_rec_dbl(rec, "alpha2_us", g->fit.nseg > 1 ? g->fit.hi.alpha_s * 1e6 : NAN);
-        bench_rec_dbl(rec, "beta2_gbps", g->fit.nseg > 1 ? gbps2 : NAN);
+        bench_rec_dbl(rec, "break_bytes", g->fit.nseg > 1 ? g->fit.hi_bytes[0] : NAN);
+        bench_rec_dbl(rec, "alpha2_us", g->fit.nseg > 1 ? g->fit.seg[1].alpha_s * 1e6 : NAN);
+        bench_rec_dbl(rec, "beta2_gbps", g->fit.nseg > 1 ? gbps_r[1] : NAN);
+        bench_rec_dbl(rec, "break2_bytes", g->fit.nseg > 2 ? g->fit.hi_bytes[1] : NAN);
+        bench_rec_dbl(rec, "alpha3_us", g->fit.nseg > 2 ? g->fit.seg[2].alpha_s * 1e6 : NAN);
+        bench_rec_dbl(rec, "beta3_gbps", g->fit.nseg > 2 ? gbps_r[2] : NAN);
         bench_rec_int(rec, "fit_min_bytes", (int64_t)o->fit_min);
         bench_rec_dbl(rec, "max_err_pct_64k", nerr ? maxerr : NAN);
         bench_sink_emit(sink, rec);
@@ -158,7 +170,7 @@ static int read_samples(const bench_opts *o, GPtrArray *groups)
 
 typedef struct proj_link {
     char name[80];
-    bench_fit2 fit; /* presets: one regime */
+    bench_fit2 fit; /* presets: one regime, their own alpha/beta */
     double gbps, alpha_us; /* shown: the regime of the layer's message size */
 } proj_link;
 
@@ -231,8 +243,7 @@ int bench_cmd_model(const bench_opts *o_in)
             /* the regime of the layer's all-reduce */
             bench_layer_comm ex1[8];
             int n1 = bench_layer_expected_comm(d, &o, g->p, 0, ex1, 8);
-            const bench_fit *f = (g->fit.nseg > 1 && n1 > 0 && ex1[0].bytes > g->fit.break_bytes) ? &g->fit.hi
-                                                                                                : &g->fit.lo;
+            const bench_fit *f = &g->fit.seg[n1 > 0 ? bench_fit2_regime(&g->fit, ex1[0].bytes) : 0];
             l.gbps = 1.0 / f->beta_s / 1e9;
             l.alpha_us = f->alpha_s * 1e6;
             g_array_append_val(links, l);
@@ -244,7 +255,7 @@ int bench_cmd_model(const bench_opts *o_in)
             proj_link l;
             memset(&l, 0, sizeof l);
             g_strlcpy(l.name, bl->name, sizeof l.name);
-            l.fit.lo = bench_link_fit(bl);
+            l.fit.seg[0] = bench_link_fit(bl);
             l.fit.nseg = 1;
             l.gbps = bl->gbps;
             l.alpha_us = bl->alpha_us;

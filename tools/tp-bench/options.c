@@ -26,6 +26,7 @@ enum opt_id {
     O_SIZES, O_LAYER, O_TOKENS, O_HIDDEN, O_FFN, O_NO_BIAS, O_LINK, O_PROJECT_TP,
     O_MEASURE_TP, O_GFLOPS, O_FROM, O_OUT, O_FIT_MIN, O_BACKWARD,
     O_HEADS, O_KV_HEADS, O_HEAD_DIM, O_SEQ, O_BATCH, O_LAYERS, O_VOCAB, O_SP,
+    O_DTYPE,
 };
 
 typedef struct opt_def {
@@ -57,6 +58,7 @@ static const opt_def opt_table[] = {
     {"compare-raw", 0, 0, O_RAW, C},
     {"no-memcpy", 0, 0, O_NO_MEMCPY, C | M},
     {"sizes", 0, 1, O_SIZES, G},
+    {"dtype", 0, 1, O_DTYPE, G},
     {"layer", 0, 1, O_LAYER, L | M},
     {"tokens", 0, 1, O_TOKENS, L | M},
     {"hidden", 0, 1, O_HIDDEN, L | M},
@@ -423,6 +425,16 @@ static int apply(bench_opts *o, const opt_def *d, const char *shown, const char 
         o->n_gemm_sizes = cnt;
         return 0;
     }
+    case O_DTYPE:
+        if (strcmp(val, "f32") == 0)
+            o->gemm_dtype = TP_F32;
+        else if (strcmp(val, "bf16") == 0)
+            o->gemm_dtype = TP_BF16;
+        else if (strcmp(val, "f16") == 0)
+            o->gemm_dtype = TP_F16;
+        else
+            return fail(err, errlen, "%s: bad %s '%s': expected f32, bf16 or f16", cmd, shown, val);
+        return 0;
     case O_LAYER: o->layer = val; return 0;
     case O_HEADS:
     case O_KV_HEADS:
@@ -657,9 +669,12 @@ void bench_print_help(FILE *f, bench_cmd cmd)
     case BENCH_CMD_GEMM:
         fprintf(f,
                 "Usage: tp-bench gemm [options]\n"
-                "Square f32 GEMM C = A B through the device vtable (tp_dev_gemm) and through\n"
-                "cblas_sgemm directly, same buffers, alternating, same run; GFLOP/s and ratio.\n\n"
+                "Square GEMM C = A B through the device vtable (tp_dev_gemm) and through the BLAS\n"
+                "library directly (cblas_sgemm on the cpu device, cublasGemmEx on the cuda device),\n"
+                "same buffers, alternating, same run; GFLOP/s, ratio and max |difference|.\n\n"
                 "  --sizes LIST        m=n=k sizes (default 1024,2048; add 4096 if you have time)\n"
+                "  --dtype T           f32 (default), bf16 or f16, f32 accumulation; cblas_sgemm is\n"
+                "                      f32 only, so on the cpu device bf16/f16 run the vtable alone\n"
                 "Defaults: -n 5 -w 1, one BLAS thread (--threads).\n\n");
         break;
     case BENCH_CMD_LAYER:
@@ -723,7 +738,7 @@ void bench_print_help(FILE *f, bench_cmd cmd)
                 "Usage: tp-bench SUBCOMMAND [options]     (tp-bench SUBCOMMAND --help for details)\n"
                 "Measure tensor-parallel layers and collectives on any tp backend.\n\n"
                 "  collectives   nccl-tests-like sweep of all_reduce/all_gather/reduce_scatter/broadcast\n"
-                "  gemm          GEMM through the device vtable vs cblas_sgemm direct\n"
+                "  gemm          GEMM through the device vtable vs direct cblas_sgemm / cuBLAS\n"
                 "  layer         a TP layer's GEMM / compute / communication split, strong scaling\n"
                 "  model         alpha-beta fit and projection onto NVLink / InfiniBand / PCIe links\n"
                 "  plot          PNG from JSON-lines results (gnuplot)\n\n"
