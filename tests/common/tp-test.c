@@ -14,6 +14,7 @@ typedef struct fail_slot {
 static tp_ctx *g_ctx;
 static fail_slot *g_fail; /* one per world rank; each rank writes only its own */
 static int g_world;
+bool tpt_world_only;
 
 void tpt_fail_at(tpt_rank *k, int line, const char *fmt, ...)
 {
@@ -36,20 +37,23 @@ static tp_status rank_main(tp_comm *world, void *arg)
 {
     tpt_body_fn fn = *(tpt_body_fn *)arg;
     int W = tp_comm_size(world), r = tp_comm_rank(world);
-    for (int T = 1; T <= W; T++) {
-        int color = r < (W / T) * T ? r / T : -1;
-        tp_comm *g = NULL;
-        tp_status st = tp_comm_split(world, color, r, &g);
-        if (st != TP_OK)
-            return st;
-        if (!g)
-            continue;
+    for (int T = tpt_world_only ? W : 1; T <= W; T++) {
+        tp_comm *g = world;
+        if (!tpt_world_only) {
+            int color = r < (W / T) * T ? r / T : -1;
+            tp_status st = tp_comm_split(world, color, r, &g);
+            if (st != TP_OK)
+                return st;
+            if (!g)
+                continue;
+        }
         tpt_rank k = {.g = g, .dev = tp_comm_device(g), .T = T, .r = tp_comm_rank(g), .wrank = r};
         if (tp_comm_size(g) != T)
             tpt_fail_at(&k, __LINE__, "split gave a group of %d, expected %d", tp_comm_size(g), T);
         else
             fn(&k);
-        tp_comm_free(g);
+        if (g != world)
+            tp_comm_free(g);
     }
     return TP_OK;
 }

@@ -1,6 +1,6 @@
 /*
- * tp-test.h — the harness shared by the layer suites (tests/layers,
- * tests/transformer).
+ * tp-test.h — the harness shared by the suites that run through tp_run
+ * (tests/layers, tests/transformer, tests/staging).
  *
  * Every test calls tpt_run_all(body); inside tp_run each rank splits the
  * world into groups of T for T = 1..W (color rank / T; the ranks past
@@ -15,6 +15,7 @@
 #define TP_TEST_H
 
 #include <check.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include <tp/tp.h>
@@ -51,6 +52,10 @@ int tpt_failures(const tpt_rank *k);
 
 /* Run fn on every group of every T = 1..W; ck_assert no rank failed. */
 void tpt_run_all(tpt_body_fn fn);
+
+/* Set before tpt_main: run fn once on the world itself (T = W) without
+ * splitting, for comm plugins that provide no split. */
+extern bool tpt_world_only;
 
 typedef struct tpt_test {
     const char *name;

@@ -20,95 +20,16 @@
  * asserted on the main thread after tp_run; Check runs in CK_NOFORK mode.
  */
 #include <check.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <tp/tp.h>
 
+#include "tp-test.h"
+
 #define GUARD 3           /* guard elements on each side of a buffer */
 #define SENTINEL -7777.0f /* never a value of val() */
-
-typedef struct rk {
-    tp_comm *g;
-    tp_device *dev;
-    int T, r, wrank;
-} rk;
-
-typedef void (*body_fn)(rk *k);
-
-typedef struct fail_slot {
-    int n;
-    char first[1024];
-} fail_slot;
-
-static tp_ctx *g_ctx;
-static fail_slot *g_fail;
-static int g_world;
-static bool g_basic;
-
-static void fail_at(rk *k, int line, const char *fmt, ...)
-{
-    fail_slot *f = &g_fail[k->wrank];
-    if (f->n++ > 0)
-        return;
-    int off = snprintf(f->first, sizeof f->first, "line %d, T=%d group rank %d: ", line, k->T,
-                       k->r);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(f->first + off, sizeof f->first - (size_t)off, fmt, ap);
-    va_end(ap);
-}
-
-#define EXPECT(k, cond, ...)                                                                   \
-    do {                                                                                       \
-        if (!(cond))                                                                           \
-            fail_at((k), __LINE__, __VA_ARGS__);                                               \
-    } while (0)
-
-#define EXPECT_OK(k, expr)                                                                     \
-    do {                                                                                       \
-        tp_status st_ = (expr);                                                                \
-        if (st_ != TP_OK)                                                                      \
-            fail_at((k), __LINE__, "%s -> %s: %s", #expr, tp_status_string(st_),              \
-                    tp_last_error());                                                          \
-    } while (0)
-
-static tp_status rank_main(tp_comm *world, void *arg)
-{
-    body_fn fn = *(body_fn *)arg;
-    int W = tp_comm_size(world), r = tp_comm_rank(world);
-    for (int T = g_basic ? W : 1; T <= W; T++) {
-        tp_comm *g = world;
-        if (!g_basic) {
-            int color = r < (W / T) * T ? r / T : -1;
-            tp_status st = tp_comm_split(world, color, r, &g);
-            if (st != TP_OK)
-                return st;
-            if (!g)
-                continue;
-        }
-        rk k = {.g = g, .dev = tp_comm_device(g), .T = T, .r = tp_comm_rank(g), .wrank = r};
-        if (tp_comm_size(g) != T)
-            fail_at(&k, __LINE__, "split gave a group of %d, expected %d", tp_comm_size(g), T);
-        else
-            fn(&k);
-        if (g != world)
-            tp_comm_free(g);
-    }
-    return TP_OK;
-}
-
-static void run_all(body_fn fn)
-{
-    memset(g_fail, 0, sizeof(fail_slot) * (size_t)g_world);
-    tp_status st = tp_run(g_ctx, rank_main, &fn);
-    ck_assert_msg(st == TP_OK, "tp_run: %s: %s", tp_status_string(st), tp_last_error());
-    for (int i = 0; i < g_world; i++)
-        ck_assert_msg(g_fail[i].n == 0, "world rank %d: %d failed checks; first: %s", i,
-                      g_fail[i].n, g_fail[i].first);
-}
 
 /* ------------------------------------------------------------ buffers */
 
@@ -128,7 +49,7 @@ typedef struct dbuf {
 
 /* Host memory devices are read and written directly (no copies at all),
  * others through upload/download. */
-static tp_status put(rk *k, void *dst, const void *src, size_t bytes)
+static tp_status put(tpt_rank *k, void *dst, const void *src, size_t bytes)
 {
     if (tp_device_mem_kind(k->dev) == TP_MEM_HOST) {
         if (bytes)
@@ -138,7 +59,7 @@ static tp_status put(rk *k, void *dst, const void *src, size_t bytes)
     return tp_dev_upload(k->dev, dst, src, bytes);
 }
 
-static tp_status get(rk *k, void *dst, const void *src, size_t bytes)
+static tp_status get(tpt_rank *k, void *dst, const void *src, size_t bytes)
 {
     if (tp_device_mem_kind(k->dev) == TP_MEM_HOST) {
         if (bytes)
@@ -154,7 +75,7 @@ static size_t total_bytes(const dbuf *b)
 }
 
 /* Allocate; fill every element (guards too) with SENTINEL (f32) or 0xA5. */
-static bool dbuf_new(rk *k, dbuf *b, size_t n, size_t es)
+static bool dbuf_new(tpt_rank *k, dbuf *b, size_t n, size_t es)
 {
     memset(b, 0, sizeof *b);
     b->n = n;
@@ -174,7 +95,7 @@ static bool dbuf_new(rk *k, dbuf *b, size_t n, size_t es)
     return true;
 }
 
-static void dbuf_free(rk *k, dbuf *b)
+static void dbuf_free(tpt_rank *k, dbuf *b)
 {
     tp_dev_free(k->dev, b->base);
     free(b->host);
@@ -187,25 +108,25 @@ static float *hf(dbuf *b, size_t i)
     return (float *)(void *)(b->host + (GUARD + i) * b->es);
 }
 
-static void dbuf_push(rk *k, dbuf *b)
+static void dbuf_push(tpt_rank *k, dbuf *b)
 {
     EXPECT_OK(k, put(k, b->base, b->host, total_bytes(b)));
 }
 
-static void dbuf_pull(rk *k, dbuf *b)
+static void dbuf_pull(tpt_rank *k, dbuf *b)
 {
     EXPECT_OK(k, get(k, b->host, b->base, total_bytes(b)));
 }
 
 /* After dbuf_pull: the guards of an f32 buffer are still SENTINEL. */
-static void check_guards(rk *k, dbuf *b, const char *what, int line)
+static void check_guards(tpt_rank *k, dbuf *b, const char *what, int line)
 {
     for (size_t i = 0; i < GUARD; i++) {
         float lo, hi;
         memcpy(&lo, b->host + i * 4, 4);
         memcpy(&hi, b->host + (GUARD + b->n + i) * 4, 4);
         if (lo != SENTINEL || hi != SENTINEL) {
-            fail_at(k, line, "%s: guard element %zu %s the buffer overwritten (%g)", what, i,
+            tpt_fail_at(k, line, "%s: guard element %zu %s the buffer overwritten (%g)", what, i,
                     lo != SENTINEL ? "before" : "after", lo != SENTINEL ? lo : hi);
             return;
         }
@@ -246,7 +167,7 @@ static void uneven(size_t *counts, int T, int salt)
 
 /* ------------------------------------------------------------ bodies */
 
-static void body_all_reduce(rk *k)
+static void body_all_reduce(tpt_rank *k)
 {
     static const size_t sizes[] = {1, 13, 17, 1000};
     static const tp_redop ops[] = {TP_SUM, TP_MAX, TP_MIN};
@@ -280,7 +201,7 @@ static void body_all_reduce(rk *k)
                     dbuf_pull(k, &send);
                     for (size_t i = 0; i < n; i++)
                         if (*hf(&send, i) != val(k->r, i, salt)) {
-                            fail_at(k, __LINE__, "all_reduce changed send[%zu]", i);
+                            tpt_fail_at(k, __LINE__, "all_reduce changed send[%zu]", i);
                             break;
                         }
                     dbuf_free(k, &recv);
@@ -289,7 +210,7 @@ static void body_all_reduce(rk *k)
             }
     /* No elements: NULL buffers are fine. */
     EXPECT_OK(k, tp_all_reduce(k->g, NULL, NULL, 0, TP_F32, TP_SUM));
-    if (g_basic)
+    if (tpt_world_only)
         return;
     /* i32: another element type through the same staging. */
     dbuf b;
@@ -310,7 +231,7 @@ static void body_all_reduce(rk *k)
             want += (int64_t)val(r, i, 99) * 1000003;
         memcpy(&got, hf(&b, i), 4);
         if (got != want) {
-            fail_at(k, __LINE__, "i32 all_reduce [%zu] = %d, expected %lld", i, got,
+            tpt_fail_at(k, __LINE__, "i32 all_reduce [%zu] = %d, expected %lld", i, got,
                     (long long)want);
             break;
         }
@@ -320,7 +241,7 @@ static void body_all_reduce(rk *k)
 }
 
 /* One all-gather: even (tp_all_gather) or uneven counts, in place or not. */
-static void all_gather_case(rk *k, const size_t *counts, bool even, bool inplace, int salt)
+static void all_gather_case(tpt_rank *k, const size_t *counts, bool even, bool inplace, int salt)
 {
     size_t total = offset_of(counts, k->T), mine = counts[k->r], off = offset_of(counts, k->r);
     dbuf send, recv;
@@ -343,7 +264,7 @@ static void all_gather_case(rk *k, const size_t *counts, bool even, bool inplace
     for (int r = 0; r < k->T && ok; r++)
         for (size_t i = 0, o = offset_of(counts, r); i < counts[r] && ok; i++)
             if (*hf(&recv, o + i) != val(r, i, salt)) {
-                fail_at(k, __LINE__, "all_gather%s %s: block %d [%zu] = %g, expected %g",
+                tpt_fail_at(k, __LINE__, "all_gather%s %s: block %d [%zu] = %g, expected %g",
                         even ? "" : "v", inplace ? "in place" : "out of place", r, i,
                         *hf(&recv, o + i), val(r, i, salt));
                 ok = false;
@@ -354,7 +275,7 @@ static void all_gather_case(rk *k, const size_t *counts, bool even, bool inplace
     dbuf_free(k, &recv);
 }
 
-static void body_all_gather(rk *k)
+static void body_all_gather(tpt_rank *k)
 {
     size_t counts[64];
     for (int inplace = 0; inplace < 2; inplace++) {
@@ -366,7 +287,7 @@ static void body_all_gather(rk *k)
             counts[i] = 13;
         all_gather_case(k, counts, true, inplace, 7 + inplace);
     }
-    if (g_basic)
+    if (tpt_world_only)
         return;
     /* bf16: 2-byte elements, compared as bit patterns. */
     size_t n = 5, total = n * (size_t)k->T;
@@ -390,7 +311,7 @@ static void body_all_gather(rk *k)
         if (j >= GUARD && j < GUARD + total)
             want = (uint16_t)(0x3f00 + (int)((j - GUARD) / n) * 16 + (int)((j - GUARD) % n));
         if (got != want) {
-            fail_at(k, __LINE__, "bf16 all_gather: element %zd is 0x%04x, expected 0x%04x",
+            tpt_fail_at(k, __LINE__, "bf16 all_gather: element %zd is 0x%04x, expected 0x%04x",
                     (ssize_t)j - GUARD, got, want);
             break;
         }
@@ -399,7 +320,7 @@ static void body_all_gather(rk *k)
     dbuf_free(k, &r);
 }
 
-static void reduce_scatter_case(rk *k, const size_t *counts, bool even, tp_redop op, int salt)
+static void reduce_scatter_case(tpt_rank *k, const size_t *counts, bool even, tp_redop op, int salt)
 {
     size_t total = offset_of(counts, k->T), mine = counts[k->r], off = offset_of(counts, k->r);
     dbuf send, recv;
@@ -418,7 +339,7 @@ static void reduce_scatter_case(rk *k, const size_t *counts, bool even, tp_redop
     for (size_t i = 0; i < mine; i++) {
         float want = reduce_ref(k->T, off + i, salt, op);
         if (*hf(&recv, i) != want) {
-            fail_at(k, __LINE__, "reduce_scatter%s %s: [%zu] = %g, expected %g", even ? "" : "v",
+            tpt_fail_at(k, __LINE__, "reduce_scatter%s %s: [%zu] = %g, expected %g", even ? "" : "v",
                     op_name(op), i, *hf(&recv, i), want);
             break;
         }
@@ -428,7 +349,7 @@ static void reduce_scatter_case(rk *k, const size_t *counts, bool even, tp_redop
     dbuf_free(k, &recv);
 }
 
-static void body_reduce_scatter(rk *k)
+static void body_reduce_scatter(tpt_rank *k)
 {
     size_t counts[64];
     for (int salt = 0; salt < 3; salt++) {
@@ -441,7 +362,7 @@ static void body_reduce_scatter(rk *k)
     reduce_scatter_case(k, counts, true, TP_MIN, 6);
 }
 
-static void body_broadcast(rk *k)
+static void body_broadcast(tpt_rank *k)
 {
     size_t n = 17;
     for (int root = 0; root < k->T; root++) {
@@ -457,7 +378,7 @@ static void body_broadcast(rk *k)
         dbuf_pull(k, &b);
         for (size_t i = 0; i < n; i++)
             if (*hf(&b, i) != val(root, i, 3)) {
-                fail_at(k, __LINE__, "broadcast from %d: [%zu] = %g, expected %g", root, i,
+                tpt_fail_at(k, __LINE__, "broadcast from %d: [%zu] = %g, expected %g", root, i,
                         *hf(&b, i), val(root, i, 3));
                 break;
             }
@@ -467,7 +388,7 @@ static void body_broadcast(rk *k)
     EXPECT_OK(k, tp_broadcast(k->g, NULL, 0, TP_F32, 0));
 }
 
-static void body_barrier(rk *k)
+static void body_barrier(tpt_rank *k)
 {
     for (int i = 0; i < 3; i++)
         EXPECT_OK(k, tp_barrier(k->g));
@@ -475,7 +396,7 @@ static void body_barrier(rk *k)
 
 /* Staging copies are communication: inside the collective's time, not
  * device kernels; the byte counters are the payload as without staging. */
-static void body_stats(rk *k)
+static void body_stats(tpt_rank *k)
 {
     dbuf b;
     if (!dbuf_new(k, &b, 13, 4))
@@ -504,10 +425,12 @@ static void body_stats(rk *k)
 }
 
 /* The negative control of the fakehost runs: a copy would fail loudly. */
-static void body_fakehost_refuses(rk *k)
+static void body_fakehost_refuses(tpt_rank *k)
 {
     float x = 1, y = 0;
     void *d = NULL;
+    if (strcmp(tp_device_name(k->dev), "fakehost") != 0)
+        return; /* only meaningful on the fakehost device */
     EXPECT(k, tp_device_mem_kind(k->dev) == TP_MEM_HOST, "fakehost is not host memory");
     EXPECT_OK(k, tp_dev_alloc(k->dev, sizeof x, &d));
     tp_status st = tp_dev_upload(k->dev, d, &x, sizeof x);
@@ -520,72 +443,31 @@ static void body_fakehost_refuses(rk *k)
     tp_dev_free(k->dev, d);
 }
 
-START_TEST(test_all_reduce) { run_all(body_all_reduce); }
+START_TEST(test_all_reduce) { tpt_run_all(body_all_reduce); }
 END_TEST
-START_TEST(test_all_gather) { run_all(body_all_gather); }
+START_TEST(test_all_gather) { tpt_run_all(body_all_gather); }
 END_TEST
-START_TEST(test_reduce_scatter) { run_all(body_reduce_scatter); }
+START_TEST(test_reduce_scatter) { tpt_run_all(body_reduce_scatter); }
 END_TEST
-START_TEST(test_broadcast) { run_all(body_broadcast); }
+START_TEST(test_broadcast) { tpt_run_all(body_broadcast); }
 END_TEST
-START_TEST(test_barrier) { run_all(body_barrier); }
+START_TEST(test_barrier) { tpt_run_all(body_barrier); }
 END_TEST
-START_TEST(test_stats) { run_all(body_stats); }
+START_TEST(test_stats) { tpt_run_all(body_stats); }
 END_TEST
-START_TEST(test_fakehost_refuses) { run_all(body_fakehost_refuses); }
+START_TEST(test_fakehost_refuses) { tpt_run_all(body_fakehost_refuses); }
 END_TEST
 
 int main(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--basic") == 0)
-            g_basic = true;
-    tp_config cfg = {.argc = &argc, .argv = &argv};
-    tp_status st = tp_init(&cfg, &g_ctx);
-    if (st == TP_ERR_UNAVAILABLE) {
-        printf("test-staging: skipped: the backend cannot run here: %s\n", tp_last_error());
-        return 77;
-    }
-    if (st != TP_OK) {
-        fprintf(stderr, "test-staging: tp_init failed: %s: %s\n", tp_status_string(st),
-                tp_last_error());
-        return 1;
-    }
-    g_world = tp_ctx_world_size(g_ctx);
-    if (g_world > 64) {
-        fprintf(stderr, "test-staging: world size %d: at most 64 supported\n", g_world);
-        tp_finalize(g_ctx);
-        return 1;
-    }
-    g_fail = calloc((size_t)g_world, sizeof(fail_slot));
-    bool fakehost = strcmp(tp_ctx_device(g_ctx), "fakehost") == 0;
-    printf("test-staging: backend %s, device %s, world %d%s\n", tp_ctx_backend(g_ctx),
-           tp_ctx_device(g_ctx), g_world, g_basic ? " (basic)" : "");
-
-    Suite *s = suite_create("staging");
-    struct {
-        const char *name;
-        const TTest *fn;
-    } tests[] = {
+            tpt_world_only = true;
+    const tpt_test tests[] = {
         {"all_reduce", test_all_reduce}, {"all_gather", test_all_gather},
         {"reduce_scatter", test_reduce_scatter}, {"broadcast", test_broadcast},
         {"barrier", test_barrier}, {"stats", test_stats},
-        {"fakehost_refuses", fakehost ? test_fakehost_refuses : NULL},
+        {"fakehost_refuses", test_fakehost_refuses},
     };
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        if (!tests[i].fn)
-            continue;
-        TCase *tc = tcase_create(tests[i].name);
-        tcase_set_timeout(tc, 0); /* meson's timeout applies; ranks time out via TP_TIMEOUT_S */
-        tcase_add_test(tc, tests[i].fn);
-        suite_add_tcase(s, tc);
-    }
-    SRunner *sr = srunner_create(s);
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    free(g_fail);
-    tp_finalize(g_ctx);
-    return failed ? 1 : 0;
+    return tpt_main(&argc, &argv, "staging", tests, sizeof tests / sizeof tests[0], NULL);
 }
