@@ -182,8 +182,9 @@ static tp_status payload(const char *fn, size_t count, tp_dtype dt, size_t *byte
  * stream), the plugin op on host buffers, host -> device with upload. The
  * copies happen inside the timed collective (they are communication cost)
  * and are not counted as device kernels; byte counters are unchanged.
- * The buffers are ordinary host memory: a device slot that allocates
- * pinned host memory (cudaMallocHost) would let cuda copy them faster. */
+ * The buffers come from the device's host_alloc when it has one (pinned
+ * memory: cuda copies it at full PCIe/NVLink-C2C speed, without a bounce
+ * buffer), else from ordinary host memory. */
 
 bool tp_comm_accepts(const tp_comm_ops *ops, tp_mem_kind kind)
 {
@@ -191,10 +192,30 @@ bool tp_comm_accepts(const tp_comm_ops *ops, tp_mem_kind kind)
     return (unsigned)kind < 32 && ((kinds >> kind) & 1u);
 }
 
-void tp_stage_free(tp_rank_state *state)
+static void host_free(tp_device *dev, void *p)
+{
+    if (dev->ops->host_alloc && dev->ops->host_free)
+        dev->ops->host_free(dev->handle, p);
+    else
+        g_free(p);
+}
+
+static void *host_alloc(tp_device *dev, size_t bytes)
+{
+    if (!dev->ops->host_alloc || !dev->ops->host_free)
+        return g_try_malloc(bytes);
+    void *p = NULL;
+    if (dev->ops->host_alloc(dev->handle, bytes, &p) != TP_OK)
+        p = NULL;
+    tp_clear_error(); /* the caller reports the failure with its own context */
+    return p;
+}
+
+void tp_stage_free(tp_rank_state *state, tp_device *dev)
 {
     for (int i = 0; i < 2; i++) {
-        g_free(state->stage[i]);
+        if (state->stage[i])
+            host_free(dev, state->stage[i]);
         state->stage[i] = NULL;
         state->stage_cap[i] = 0;
     }
@@ -208,16 +229,17 @@ static tp_status stage_buf(tp_comm *comm, int i, size_t bytes, void **out)
         size_t cap = s->stage_cap[i] + s->stage_cap[i] / 2; /* fewer regrowths */
         if (cap < bytes)
             cap = bytes;
-        g_free(s->stage[i]);
-        s->stage[i] = g_try_malloc(cap);
+        if (s->stage[i])
+            host_free(comm->dev, s->stage[i]);
+        s->stage[i] = host_alloc(comm->dev, cap);
         if (!s->stage[i] && cap > bytes)
-            s->stage[i] = g_try_malloc(cap = bytes);
+            s->stage[i] = host_alloc(comm->dev, cap = bytes);
         s->stage_cap[i] = s->stage[i] ? cap : 0;
         if (!s->stage[i])
             return tp_set_error(TP_ERR_NO_MEMORY,
                                 "backend '%s' takes host memory only: cannot allocate %zu bytes "
-                                "of host memory to stage the device's buffers",
-                                comm->plugin, bytes);
+                                "of %shost memory to stage the device's buffers",
+                                comm->plugin, bytes, comm->dev->ops->host_alloc ? "pinned " : "");
     }
     *out = s->stage[i];
     return TP_OK;

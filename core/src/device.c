@@ -183,10 +183,11 @@ tp_status tp_dev_synchronize(tp_device *dev)
 
 /* ----------------------------------------------------------------- gemm */
 
-tp_status tp_dev_gemm(tp_device *dev, const tp_gemm_args *g)
+/* Argument checks of a gemm-like call `op`: sizes, pitches, pointers. */
+static tp_status check_gemm(const char *op, const tp_gemm_args *g)
 {
     if (!g)
-        return bad("gemm", "args is NULL");
+        return bad(op, "args is NULL");
     if (g->struct_size < sizeof *g)
         return tp_set_error(TP_ERR_INVALID_ARG,
                             "tp_dev_gemm: args.struct_size is %zu, expected sizeof(tp_gemm_args) "
@@ -220,11 +221,82 @@ tp_status tp_dev_gemm(tp_device *dev, const tp_gemm_args *g)
     if (g->m && g->n && g->ldc < g->n)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_dev_gemm: ldc=%lld < n=%lld",
                             (long long)g->ldc, (long long)g->n);
-    CHECK(check_ptrs("gemm", g->m * g->k, "a", 1, g->a));
-    CHECK(check_ptrs("gemm", g->k * g->n, "b", 1, g->b));
-    CHECK(check_ptrs("gemm", g->m * g->n, "c", 1, g->c));
-    double flops = 2.0 * (double)g->m * (double)g->n * (double)g->k * (double)g->batch;
-    DISPATCH(dev, gemm, flops, g);
+    CHECK(check_ptrs(op, g->m * g->k, "a", 1, g->a));
+    CHECK(check_ptrs(op, g->k * g->n, "b", 1, g->b));
+    CHECK(check_ptrs(op, g->m * g->n, "c", 1, g->c));
+    return TP_OK;
+}
+
+static double gemm_flops(const tp_gemm_args *g)
+{
+    return 2.0 * (double)g->m * (double)g->n * (double)g->k * (double)g->batch;
+}
+
+tp_status tp_dev_gemm(tp_device *dev, const tp_gemm_args *g)
+{
+    CHECK(check_gemm("gemm", g));
+    DISPATCH(dev, gemm, gemm_flops(g), g);
+}
+
+tp_status tp_dev_gemm_bias_act(tp_device *dev, const tp_gemm_args *g, const void *bias, tp_act act,
+                               void *pre)
+{
+    CHECK(check_gemm("gemm_bias_act", g));
+    if (g->batch != 1 || g->alpha != 1.0f || g->beta != 0.0f)
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "tp_dev_gemm_bias_act: batch %lld, alpha %g, beta %g; the fused "
+                            "epilogue takes batch 1, alpha 1, beta 0 (use tp_dev_gemm and the "
+                            "kernels for anything else)",
+                            (long long)g->batch, (double)g->alpha, (double)g->beta);
+    if ((int)act < 0 || act >= TP_ACT_COUNT_)
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "tp_dev_gemm_bias_act: act %d is not a tp_act (TP_ACT_NONE, "
+                            "TP_ACT_GELU, TP_ACT_GELU_TANH)",
+                            (int)act);
+    if (pre && pre == g->c && g->m * g->n > 0)
+        return bad("gemm_bias_act", "pre and c are the same buffer; pass NULL for pre when the "
+                                    "pre-activation is not needed");
+    CHECK(enter(dev, true, "gemm_bias_act"));
+    if (g->m == 0 || g->n == 0)
+        return TP_OK;
+    if (dev->ops->gemm_bias_act) {
+        double t0 = tp_now();
+        tp_status st = dev->ops->gemm_bias_act(dev->handle, g, bias, act, pre);
+        if (st != TP_ERR_NOT_SUPPORTED)
+            return leave(dev, "gemm", gemm_flops(g), t0, st);
+        tp_clear_error(); /* this combination is not fused: compose it below */
+    }
+    /* gemm into the pre-activation buffer (or c), then bias, then act,
+     * row by row when the rows are not contiguous (ldc > n) */
+    tp_gemm_args g2 = *g;
+    if (pre && act != TP_ACT_NONE)
+        g2.c = pre;
+    CHECK(tp_dev_gemm(dev, &g2));
+    size_t es = tp_dtype_size(g->dtype), pitch = (size_t)g->ldc * es;
+    int64_t blocks = g->ldc == g->n ? 1 : g->m, rows = g->m / blocks;
+    for (int64_t r = 0; r < blocks; r++) {
+        char *p = (char *)g2.c + (size_t)r * pitch;
+        if (bias)
+            CHECK(tp_dev_bias_add(dev, g->dtype, rows, g->n, p, bias));
+        if (act != TP_ACT_NONE)
+            CHECK(tp_dev_gelu(dev, g->dtype, rows * g->n, p, (char *)g->c + (size_t)r * pitch,
+                              act == TP_ACT_GELU_TANH));
+    }
+    if (pre && act == TP_ACT_NONE)
+        CHECK(tp_dev_copy_2d(dev, pre, pitch, g->c, pitch, (size_t)g->n * es, (size_t)g->m));
+    return TP_OK;
+}
+
+tp_status tp_dev_reduce(tp_device *dev, tp_dtype dt, tp_redop op, int64_t n, const void *x, void *y)
+{
+    CHECK(check_dt("reduce", dt));
+    CHECK(check_dims("reduce", n, 0));
+    if ((int)op < 0 || op >= TP_REDOP_COUNT_)
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "tp_dev_reduce: op %d is not a tp_redop (TP_SUM, TP_MAX, TP_MIN)",
+                            (int)op);
+    CHECK(check_ptrs("reduce", n, "x,y", 2, x, y));
+    DISPATCH(dev, reduce, 0, dt, op, n, x, y);
 }
 
 /* -------------------------------------------------------------- kernels */

@@ -309,21 +309,34 @@ static gpointer rank_thread(gpointer data)
         }
         return NULL;
     }
+    env.struct_size = sizeof env; /* the core's full-size copy, whatever open() set */
+    env.dev_ops = dops;
+    env.dev = dh;
     tp_device_init(&dev, dops, ctx->dev_plugin->name, dh, &env, &state);
 
     /* A comm that does not take the device's memory but takes host memory
      * gets a host environment, and its collectives are staged (comm.c);
-     * one that takes neither refuses in world() with its own message. */
+     * one that takes neither refuses in world() with its own message. A
+     * comm that takes the kind but refuses this device in world() with
+     * TP_ERR_NOT_SUPPORTED is staged too, when it takes host memory. */
     tp_rank_env host_env = {.struct_size = sizeof host_env, .mem_kind = TP_MEM_HOST,
-                            .device_index = -1};
-    state.staged = !tp_comm_accepts(cops, env.mem_kind) && tp_comm_accepts(cops, TP_MEM_HOST);
+                            .device_index = -1, .dev_ops = dops, .dev = dh};
+    bool takes_host = tp_comm_accepts(cops, TP_MEM_HOST);
+    state.staged = !tp_comm_accepts(cops, env.mem_kind) && takes_host;
+    int rank = -1, size = 0;
+    st = cops->world(ctx->engine, job->local_index, state.staged ? &host_env : &env, &ch, &rank,
+                     &size);
+    if (st == TP_ERR_NOT_SUPPORTED && !state.staged && env.mem_kind != TP_MEM_HOST && takes_host) {
+        tp_debug("comm", "rank %d: backend '%s' refused device '%s' memory (%s)", world_rank,
+                 ctx->comm_plugin->name, ctx->dev_plugin->name, tp_last_error());
+        tp_clear_error();
+        state.staged = true;
+        st = cops->world(ctx->engine, job->local_index, &host_env, &ch, &rank, &size);
+    }
     if (state.staged)
         tp_debug("comm", "rank %d: backend '%s' does not take device '%s' memory (kind %d): "
                  "collectives stage through host memory", world_rank, ctx->comm_plugin->name,
                  ctx->dev_plugin->name, (int)env.mem_kind);
-    int rank = -1, size = 0;
-    st = cops->world(ctx->engine, job->local_index, state.staged ? &host_env : &env, &ch, &rank,
-                     &size);
     if (st) {
         tp_set_error(st, "backend '%s': world() failed: %s", ctx->comm_plugin->name,
                      tp_last_error()[0] ? tp_last_error() : "(no message)");
@@ -346,7 +359,7 @@ static gpointer rank_thread(gpointer data)
     record(job, st);
     if (ch)
         cops->comm_free(ch);
-    tp_stage_free(&state);
+    tp_stage_free(&state, &dev);
     dops->synchronize(dh);
     dops->close(dh);
     return NULL;

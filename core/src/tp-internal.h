@@ -77,7 +77,7 @@ struct tp_comm {
 
 /* comm.c */
 bool tp_comm_accepts(const tp_comm_ops *ops, tp_mem_kind kind); /* per ops->mem_kinds */
-void tp_stage_free(tp_rank_state *state);
+void tp_stage_free(tp_rank_state *state, tp_device *dev); /* dev: whose host_alloc made them */
 tp_comm *tp_comm_wrap(const tp_comm_ops *ops, const char *plugin, void *handle, int rank, int size,
                       tp_device *dev, tp_rank_state *state);
 

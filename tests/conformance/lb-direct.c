@@ -78,7 +78,7 @@ static tp_mem_kind kind_of_last;
 static void *thread_main(void *p)
 {
     thread_arg *t = p;
-    tp_rank_env env = {sizeof env, TP_MEM_HOST, -1, NULL};
+    tp_rank_env env = {.struct_size = sizeof env, .mem_kind = TP_MEM_HOST, .device_index = -1};
     void *comm;
     int rank, size, last = t->index == t->size - 1;
     if (last)

@@ -216,7 +216,7 @@ static void *vt_rank_main(void *arg)
 {
     vt_rank *r = arg;
     tp_device_args args = {sizeof args, r->rank, r->rank, r->ranks, 0};
-    tp_rank_env env = {sizeof env, TP_MEM_HOST, -1, NULL};
+    tp_rank_env env = {.struct_size = sizeof env, .mem_kind = TP_MEM_HOST, .device_index = -1};
 
     D = plugin->device;
     rng_state += 0x1234567ull * (uint64_t)r->rank;
@@ -278,7 +278,7 @@ static void with_device(body_fn body)
         tp_finalize(ctx);
     } else {
         tp_device_args args = {sizeof args, 0, 0, 1, 0};
-        tp_rank_env env = {sizeof env, TP_MEM_HOST, -1, NULL};
+        tp_rank_env env = {.struct_size = sizeof env, .mem_kind = TP_MEM_HOST, .device_index = -1};
 
         D = plugin->device;
         ck_assert_msg(D->open(&test_host, &args, &H, &env) == TP_OK, "open: %s", host_msg);

@@ -7,6 +7,7 @@
 #include <check.h>
 #include <glib.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -76,7 +77,10 @@ START_TEST(test_refusals)
     expect_refused("garbage", TP_ERR_PLUGIN, "not a loadable shared object");
     expect_refused("noentry", TP_ERR_PLUGIN, "no entry point tp_plugin_get_desc_v1");
     expect_refused("nullentry", TP_ERR_PLUGIN, "returned NULL");
-    expect_refused("abimajor", TP_ERR_PLUGIN, "built for plugin ABI 2.0, this libtp has ABI 1.0");
+    char abi_msg[128];
+    snprintf(abi_msg, sizeof abi_msg, "built for plugin ABI %d.%d, this libtp has ABI %d.%d",
+             TP_ABI_MAJOR + 1, TP_ABI_MINOR, TP_ABI_MAJOR, TP_ABI_MINOR);
+    expect_refused("abimajor", TP_ERR_PLUGIN, abi_msg);
     expect_refused("smalldesc", TP_ERR_PLUGIN, "descriptor struct_size is 16 bytes");
     expect_refused("badname", TP_ERR_PLUGIN, "name mismatch");
     expect_refused("badname", TP_ERR_PLUGIN, "'othername'");

@@ -113,7 +113,7 @@ static void engine_up(void)
     tp_engine_info info = {sizeof info, 0, 0, 0};
     tp_status st = ops->init(&host, &args, &engine, &info);
     ck_assert_msg(st == TP_OK, "init: %d %s", st, last_msg);
-    tp_rank_env env = {sizeof env, TP_MEM_HOST, -1, NULL};
+    tp_rank_env env = {.struct_size = sizeof env, .mem_kind = TP_MEM_HOST, .device_index = -1};
     st = ops->world(engine, 0, &env, &world, &rank, &size);
     ck_assert_msg(st == TP_OK, "world: %d %s", st, last_msg);
     ck_assert_int_eq(size, info.world_size);
@@ -471,7 +471,7 @@ START_TEST(test_refusals)
 
     /* device memory is refused in world() */
     engine_up();
-    tp_rank_env env = {sizeof env, TP_MEM_CUDA, 0, NULL};
+    tp_rank_env env = {.struct_size = sizeof env, .mem_kind = TP_MEM_CUDA, .device_index = 0};
     void *c = (void *)1;
     int r, s;
     st = ops->world(engine, 0, &env, &c, &r, &s);

@@ -85,7 +85,7 @@ tp_status th_open(th_rank *r, int requested, tp_mem_kind mem)
 {
     tp_engine_args args = {sizeof args, requested, NULL, NULL};
     tp_engine_info info = {sizeof info, 0, 0, 0};
-    tp_rank_env env = {sizeof env, mem, mem == TP_MEM_HOST ? -1 : 0, NULL};
+    tp_rank_env env = {.struct_size = sizeof env, .mem_kind = mem, .device_index = mem == TP_MEM_HOST ? -1 : 0};
     memset(r, 0, sizeof *r);
     tp_status st = th_ops->init(&th_host, &args, &r->engine, &info);
     if (st != TP_OK)

@@ -42,8 +42,17 @@
  *   buffers passed to comm ops live in the memory the rank's device
  *   declared in tp_rank_env (host memory for the cpu device, device memory
  *   for cuda), and a comm that still cannot use it refuses in world() with
- *   TP_ERR_NOT_SUPPORTED. Device ops are ordered on the rank's stream;
- *   comm ops given env.stream must be ordered on it too.
+ *   TP_ERR_NOT_SUPPORTED. A comm that takes a device kind only on some
+ *   condition (loopback needs the device's reduce slot) may refuse it in
+ *   world() with TP_ERR_NOT_SUPPORTED; if it also takes host memory the
+ *   core then calls world() again with a host tp_rank_env and stages.
+ *   Device ops are ordered on the rank's stream; comm ops given env.stream
+ *   must be ordered on it too.
+ *
+ * ABI history
+ *   1.0  first release.
+ *   1.1  device: optional reduce, host_alloc/host_free, gemm_bias_act;
+ *        tp_rank_env: dev_ops/dev (set by the core before world()).
  */
 #ifndef TP_PLUGIN_H
 #define TP_PLUGIN_H
@@ -56,7 +65,7 @@ extern "C" {
 #endif
 
 #define TP_ABI_MAJOR 1
-#define TP_ABI_MINOR 0
+#define TP_ABI_MINOR 1
 
 /* ---------------------------------------------------------------- types */
 
@@ -93,6 +102,14 @@ typedef enum tp_redop {
     TP_REDOP_COUNT_
 } tp_redop;
 
+/* Activation fused into a GEMM epilogue (tp_device_ops.gemm_bias_act). */
+typedef enum tp_act {
+    TP_ACT_NONE = 0,      /* identity: bias only */
+    TP_ACT_GELU = 1,      /* exact GeLU, x * Phi(x) (erf) */
+    TP_ACT_GELU_TANH = 2, /* tanh approximation of GeLU */
+    TP_ACT_COUNT_
+} tp_act;
+
 /* Where a rank's tensors live. */
 typedef enum tp_mem_kind {
     TP_MEM_HOST = 0, /* ordinary host memory: any thread may read it */
@@ -121,12 +138,19 @@ typedef struct tp_host {
 
 /* ----------------------------------------------------------- device ops */
 
+struct tp_device_ops;
+
 /* Filled by tp_device_ops.open: tells the comm where this rank's memory is. */
 typedef struct tp_rank_env {
     size_t struct_size;
     tp_mem_kind mem_kind;
     int device_index; /* GPU ordinal, or -1 for host */
     void *stream;     /* e.g. cudaStream_t; NULL for synchronous devices */
+    /* ABI 1.1, set by the core (not by open) before world(): the rank's
+     * device, so a comm that takes device memory can copy and reduce it
+     * with the device's own ops (loopback does). Check struct_size first. */
+    const struct tp_device_ops *dev_ops;
+    void *dev;
 } tp_rank_env;
 
 typedef struct tp_device_args {
@@ -233,6 +257,26 @@ typedef struct tp_device_ops {
     tp_status (*adamw)(void *dev, int64_t n, float *param, const float *grad, float *m, float *v,
                        float lr, float beta1, float beta2, float eps, float weight_decay,
                        int64_t step);                         /* decoupled weight decay, bias-corrected */
+
+    /* ABI 1.1: optional slots; NULL means not provided. */
+    tp_status (*reduce)(void *dev, tp_dtype dt, tp_redop op, int64_t n, const void *x,
+                        void *y);                             /* y[i] = op(y[i], x[i]), f32 math for
+                                                                 f16/bf16; x and y may be buffers of
+                                                                 another rank's device in this process
+                                                                 (a comm reducing peers' buffers) */
+    tp_status (*host_alloc)(void *dev, size_t bytes, void **ptr); /* page-locked host memory for
+                                                                 staging copies (cudaHostAlloc); NULL:
+                                                                 the core uses ordinary memory */
+    void (*host_free)(void *dev, void *ptr);                  /* NULL is a no-op */
+    tp_status (*gemm_bias_act)(void *dev, const tp_gemm_args *g, const void *bias, tp_act act,
+                               void *pre);                    /* GEMM with a fused epilogue, batch 1,
+                                                                 beta 0: C = act(alpha op(A) op(B) +
+                                                                 bias), bias [n] (NULL: none) broadcast
+                                                                 over rows; pre (NULL: not wanted) gets
+                                                                 the value before act, pitch ldc, for
+                                                                 gelu_bwd. TP_ERR_NOT_SUPPORTED for a
+                                                                 combination it does not fuse: the core
+                                                                 then runs gemm, bias_add and gelu */
 } tp_device_ops;
 
 /* ------------------------------------------------------------- comm ops */

@@ -273,6 +273,14 @@ tp_status tp_dev_ce_bwd(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols,
 tp_status tp_dev_adamw(tp_device *dev, int64_t n, float *param, const float *grad, float *m, float *v,
                        float lr, float beta1, float beta2, float eps, float weight_decay,
                        int64_t step);
+/* y = op(y, x) element-wise (the device's reduce slot). */
+tp_status tp_dev_reduce(tp_device *dev, tp_dtype dt, tp_redop op, int64_t n, const void *x, void *y);
+/* C = act(op(A) op(B) + bias) (batch 1, alpha 1, beta 0), pre-activation
+ * into pre when not NULL: the device's fused epilogue when it has one for
+ * this combination, else gemm, bias_add and gelu (same contract; pre and C
+ * may not overlap). Counted as one gemm plus whatever kernels it ran. */
+tp_status tp_dev_gemm_bias_act(tp_device *dev, const tp_gemm_args *g, const void *bias, tp_act act,
+                               void *pre);
 
 /* ------------------------------------------------------ sharding, weights */
 

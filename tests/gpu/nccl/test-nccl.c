@@ -532,7 +532,7 @@ static void *rank_main(void *arg)
     x->msg[0] = '\0';
     CUDA(x, cudaSetDevice(x->device));
     CUDA(x, cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-    tp_rank_env env = {sizeof env, x->kind, x->device, s};
+    tp_rank_env env = {.struct_size = sizeof env, .mem_kind = x->kind, .device_index = x->device, .stream = s};
     tp_status st = o->world(x->engine, x->local, &env, &comm, &r, &n);
     if (st != TP_OK) {
         x->status = st;
