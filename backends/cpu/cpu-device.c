@@ -239,6 +239,8 @@ static const tp_device_ops cpu_ops = {
     .ce_stats = cpu_lp_ce_stats,
     .ce_bwd = cpu_lp_ce_bwd,
     .adamw = cpu_adamw,
+    .reduce = cpu_lp_reduce,
+    .gemm_bias_act = cpu_lp_gemm_bias_act,
 };
 
 TP_PLUGIN_DEFINE("cpu", "0.1.0",

@@ -129,3 +129,23 @@ tp_status cpu_gemm(void *dev, const tp_gemm_args *g)
     }
     return TP_OK;
 }
+
+/* C = act(op(A) op(B) + bias): sgemm, then one pass over C for bias, the
+ * pre-activation copy and GeLU (instead of three passes of separate ops). */
+tp_status cpu_gemm_bias_act(void *dev, const tp_gemm_args *g, const void *bias, tp_act act,
+                            void *pre)
+{
+    tp_status st;
+
+    if ((st = cpu_gemm_check(dev, g)) || (st = cpu_check_f32(g->dtype, "gemm_bias_act")))
+        return st;
+    if (g->batch != 1 || g->beta != 0.0f)
+        return cpu_err(TP_ERR_INVALID_ARG, "gemm_bias_act: batch %lld, beta %g; expected batch 1 "
+                       "and beta 0", (long long)g->batch, (double)g->beta);
+    if ((int)act < 0 || act >= TP_ACT_COUNT_)
+        return cpu_err(TP_ERR_INVALID_ARG, "gemm_bias_act: act %d is not a tp_act", (int)act);
+    if ((st = cpu_gemm(dev, g)))
+        return st;
+    cpu_bias_act_rows(g->m, g->n, g->c, g->ldc, bias, act, pre);
+    return TP_OK;
+}

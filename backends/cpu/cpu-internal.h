@@ -49,6 +49,13 @@ tp_status cpu_check_ptr(const void *p, int64_t count, const char *op, const char
 tp_status cpu_gemm(void *dev, const tp_gemm_args *g);          /* f32 only */
 tp_status cpu_gemm_check(void *dev, const tp_gemm_args *g);    /* all checks but the dtype */
 void cpu_blas_threads(int threads);
+tp_status cpu_gemm_bias_act(void *dev, const tp_gemm_args *g, const void *bias, tp_act act,
+                            void *pre);                        /* f32 only */
+/* c[r, j] = act(c[r, j] + bias[j]) for rows x cols (pitch ldc); pre (same
+ * pitch, may be NULL) gets the value before act; bias may be NULL. */
+void cpu_bias_act_rows(int64_t rows, int64_t cols, float *c, int64_t ldc, const float *bias,
+                       tp_act act, float *pre);
+tp_status cpu_reduce(void *dev, tp_dtype dt, tp_redop op, int64_t n, const void *x, void *y);
 
 /* cpu-kernels.c */
 tp_status cpu_bias_add(void *dev, tp_dtype dt, int64_t rows, int64_t cols, void *y,
@@ -73,6 +80,9 @@ tp_status cpu_adamw(void *dev, int64_t n, float *param, const float *grad, float
 
 /* cpu-lowp.c: the vtable's typed slots; f32 goes straight to the ops above */
 tp_status cpu_lp_gemm(void *dev, const tp_gemm_args *g);
+tp_status cpu_lp_gemm_bias_act(void *dev, const tp_gemm_args *g, const void *bias, tp_act act,
+                               void *pre);
+tp_status cpu_lp_reduce(void *dev, tp_dtype dt, tp_redop op, int64_t n, const void *x, void *y);
 tp_status cpu_lp_bias_add(void *dev, tp_dtype dt, int64_t rows, int64_t cols, void *y,
                           const void *bias);
 tp_status cpu_lp_bias_grad(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *dy,

@@ -66,6 +66,15 @@ tp_status cpu_bias_grad(void *dev, tp_dtype dt, int64_t rows, int64_t cols, cons
 #define GELU_SQRT2_PI 0.79788456080286535588f
 #define GELU_C 0.044715f
 
+/* GeLU of one value: exact x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)), or the
+ * tanh approximation 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). */
+static inline float gelu1(float v, int tanh_approx)
+{
+    if (tanh_approx)
+        return 0.5f * v * (1.0f + tanhf(GELU_SQRT2_PI * (v + GELU_C * v * v * v)));
+    return 0.5f * v * (1.0f + erff(v * GELU_RSQRT2));
+}
+
 tp_status cpu_gelu(void *dev, tp_dtype dt, int64_t n, const void *x, void *y, int tanh_approx)
 {
     const char *op = "gelu";
@@ -77,20 +86,62 @@ tp_status cpu_gelu(void *dev, tp_dtype dt, int64_t n, const void *x, void *y, in
         (st = cpu_check_count(n, op, "n")) || (st = cpu_check_ptr(x, n, op, "x")) ||
         (st = cpu_check_ptr(y, n, op, "y")))
         return st;
-    if (tanh_approx) {
-        /* 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
-        for (int64_t i = 0; i < n; i++) {
-            float v = xs[i];
-            ys[i] = 0.5f * v * (1.0f + tanhf(GELU_SQRT2_PI * (v + GELU_C * v * v * v)));
-        }
-    } else {
-        /* exact: x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)) */
-        for (int64_t i = 0; i < n; i++) {
-            float v = xs[i];
-            ys[i] = 0.5f * v * (1.0f + erff(v * GELU_RSQRT2));
+    for (int64_t i = 0; i < n; i++)
+        ys[i] = gelu1(xs[i], tanh_approx);
+    return TP_OK;
+}
+
+void cpu_bias_act_rows(int64_t rows, int64_t cols, float *c, int64_t ldc, const float *bias,
+                       tp_act act, float *pre)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        float *cr = c + r * ldc, *pr = pre ? pre + r * ldc : NULL;
+        for (int64_t j = 0; j < cols; j++) {
+            float v = bias ? cr[j] + bias[j] : cr[j];
+            if (pr)
+                pr[j] = v;
+            cr[j] = act == TP_ACT_NONE ? v : gelu1(v, act == TP_ACT_GELU_TANH);
         }
     }
-    return TP_OK;
+}
+
+tp_status cpu_reduce(void *dev, tp_dtype dt, tp_redop op, int64_t n, const void *x, void *y)
+{
+    const float *xs = x;
+    float *ys = y;
+    tp_status st;
+
+    if ((st = cpu_check_dev(dev, "reduce")) || (dt != TP_I32 && (st = cpu_check_f32(dt, "reduce"))) ||
+        (st = cpu_check_count(n, "reduce", "n")) || (st = cpu_check_ptr(x, n, "reduce", "x")) ||
+        (st = cpu_check_ptr(y, n, "reduce", "y")))
+        return st;
+    if (dt == TP_I32 && (op == TP_SUM || op == TP_MAX || op == TP_MIN)) {
+        const int32_t *xi = x;
+        int32_t *yi = y;
+        for (int64_t i = 0; i < n; i++) /* the sum wraps, as MPI and NCCL do */
+            yi[i] = op == TP_SUM   ? (int32_t)((uint32_t)yi[i] + (uint32_t)xi[i])
+                    : op == TP_MAX ? (xi[i] > yi[i] ? xi[i] : yi[i])
+                                   : (xi[i] < yi[i] ? xi[i] : yi[i]);
+        return TP_OK;
+    }
+    /* max/min as the loopback comm computes them: a NaN in y stays, one in x is dropped */
+    switch (op) {
+    case TP_SUM:
+        for (int64_t i = 0; i < n; i++)
+            ys[i] += xs[i];
+        return TP_OK;
+    case TP_MAX:
+        for (int64_t i = 0; i < n; i++)
+            ys[i] = xs[i] > ys[i] ? xs[i] : ys[i];
+        return TP_OK;
+    case TP_MIN:
+        for (int64_t i = 0; i < n; i++)
+            ys[i] = xs[i] < ys[i] ? xs[i] : ys[i];
+        return TP_OK;
+    default:
+        return cpu_err(TP_ERR_INVALID_ARG,
+                       "reduce: op %d is not a tp_redop (TP_SUM, TP_MAX or TP_MIN)", (int)op);
+    }
 }
 
 tp_status cpu_gelu_bwd(void *dev, tp_dtype dt, int64_t n, const void *x, const void *dy, void *dx,

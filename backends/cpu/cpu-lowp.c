@@ -189,7 +189,49 @@ tp_status cpu_lp_gemm(void *dev, const tp_gemm_args *g)
     }
 }
 
+tp_status cpu_lp_gemm_bias_act(void *dev, const tp_gemm_args *g, const void *bias, tp_act act,
+                               void *pre)
+{
+    tp_status st;
+    tp_gemm_args f;
+    tp_dtype dt;
+
+    if (!g || !convertible(g->dtype))
+        return cpu_gemm_bias_act(dev, g, bias, act, pre);
+    if ((st = cpu_gemm_check(dev, g)))
+        return st;
+    if (g->batch != 1) /* the f32 op reports it; the extents below assume batch 1 */
+        return cpu_gemm_bias_act(dev, g, bias, act, pre);
+    dt = g->dtype;
+    f = *g;
+    f.dtype = TP_F32;
+    {
+        LP_BEGIN("gemm_bias_act");
+        int64_t ar = g->trans_a ? g->k : g->m, ac = g->trans_a ? g->m : g->k;
+        int64_t br = g->trans_b ? g->n : g->k, bc = g->trans_b ? g->k : g->n;
+        int64_t nc = extent(g->m, g->n, g->ldc, 0, 1);
+        f.a = in(&c_, g->a, extent(ar, ac, g->lda, 0, 1));
+        f.b = in(&c_, g->b, extent(br, bc, g->ldb, 0, 1));
+        /* C and pre: all of their extent, so the gaps between rows come back unchanged */
+        f.c = inout(&c_, g->c, nc);
+        const float *fb = in(&c_, bias, g->m > 0 ? g->n : 0);
+        float *fp = pre ? inout(&c_, pre, nc) : NULL;
+        /* one rounding of the f32 result: pre and C are both rounded from f32 values */
+        LP_RUN(cpu_gemm_bias_act(dev, &f, fb, act, fp));
+    }
+}
+
 /* --------------------------------------------------------- element-wise */
+
+tp_status cpu_lp_reduce(void *dev, tp_dtype dt, tp_redop op, int64_t n, const void *x, void *y)
+{
+    if (!convertible(dt))
+        return cpu_reduce(dev, dt, op, n, x, y);
+    LP_BEGIN("reduce");
+    const float *fx = in(&c_, x, n);
+    float *fy = inout(&c_, y, n);
+    LP_RUN(cpu_reduce(dev, TP_F32, op, n, fx, fy));
+}
 
 tp_status cpu_lp_bias_add(void *dev, tp_dtype dt, int64_t rows, int64_t cols, void *y,
                           const void *bias)

@@ -10,6 +10,7 @@
  * each output element is produced by one thread from the inputs in rank
  * order, results are bitwise identical on every rank and every run, and
  * in-place calls are safe (only the owner of a share reads or writes it).
+ * On device memory the shares move with the rank's device ops (device.c).
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -90,10 +91,12 @@ tp_status lb_all_reduce(void *comm, const void *send, void *recv, size_t count, 
         bad = LB_BAD("%s buffer is NULL with count %zu", send ? "recv" : "send", count);
     if (!bad && count > SIZE_MAX / es)
         bad = LB_BAD("count %zu overflows the address space", count);
+    if (!bad && c->dops)
+        bad = lb_dev_sync(c, msg, sizeof msg);
     lb_args a = {.send = send, .recv = recv, .count = count, .dt = (int)dt, .op = (int)op,
                  .root = -1};
     int n = g->size;
-    if (!bad && n > 1 && count * es <= g->eng->small_bytes) {
+    if (!bad && n > 1 && !c->dops && count * es <= g->eng->small_bytes) {
         /* One barrier: stage the input (the caller may reuse `send` as soon
          * as we return), then reduce everyone's staged input into our own
          * recv. Same kernel, same rank order: identical results everywhere. */
@@ -113,9 +116,12 @@ tp_status lb_all_reduce(void *comm, const void *send, void *recv, size_t count, 
     if (st != TP_OK)
         return st;
     size_t lo, hi;
+    tp_status w = TP_OK;
     lb_share(count, es, n, c->rank, &lo, &hi);
     if (n == 1) {
-        if (count && send != recv)
+        if (count && send != recv && c->dops)
+            w = lb_dev_fanout(c, send, &recv, 1, count * es);
+        else if (count && send != recv)
             lb_fanout(send, &recv, 1, count * es, false);
     } else if (lo < hi) {
         const void *src[LB_MAX_RANKS];
@@ -125,9 +131,12 @@ tp_status lb_all_reduce(void *comm, const void *send, void *recv, size_t count, 
             dst[r] = (char *)lb_peer(c, r)->recv + lo * es;
         }
         bool stream = count * es >= g->eng->stream_bytes / (size_t)n;
-        c->streamed = lb_reduce((int)dt, (int)op, src, n, dst, n, hi - lo, stream);
+        if (c->dops)
+            w = lb_dev_reduce(c, (int)dt, (int)op, src, n, dst, n, hi - lo);
+        else
+            c->streamed = lb_reduce((int)dt, (int)op, src, n, dst, n, hi - lo, stream);
     }
-    return lb_end(c, LB_ALL_REDUCE);
+    return c->dops ? lb_dev_end(c, LB_ALL_REDUCE, w) : lb_end(c, LB_ALL_REDUCE);
 }
 
 tp_status lb_all_gather(void *comm, const void *send, void *recv, const size_t *counts,
@@ -147,6 +156,8 @@ tp_status lb_all_gather(void *comm, const void *send, void *recv, const size_t *
         bad = LB_BAD("recv buffer is NULL but the gathered size is %zu elements", total);
     if (!bad && counts[c->rank] && !send)
         bad = LB_BAD("send buffer is NULL but counts[%d] = %zu", c->rank, counts[c->rank]);
+    if (!bad && c->dops)
+        bad = lb_dev_sync(c, msg, sizeof msg);
     lb_args a = {.send = send, .recv = recv, .count = total, .counts = counts,
                  .counts_hash = hash, .dt = (int)dt, .op = -1, .root = -1};
     tp_status st = lb_begin(c, LB_ALL_GATHER, &a, bad, msg);
@@ -157,16 +168,20 @@ tp_status lb_all_gather(void *comm, const void *send, void *recv, const size_t *
     bool stream = total * es >= g->eng->stream_bytes / (size_t)n;
     void *dst[LB_MAX_RANKS];
     size_t off = 0;
-    for (int s = 0; s < n && off < hi; off += counts[s], s++) {
+    tp_status w = TP_OK;
+    for (int s = 0; s < n && off < hi && !w; off += counts[s], s++) {
         size_t b0 = lo > off ? lo : off, b1 = hi < off + counts[s] ? hi : off + counts[s];
         if (b0 >= b1)
             continue;
         const char *src = (const char *)lb_peer(c, s)->send + (b0 - off) * es;
         for (int d = 0; d < n; d++)
             dst[d] = (char *)lb_peer(c, d)->recv + b0 * es;
-        c->streamed |= lb_fanout(src, dst, n, (b1 - b0) * es, stream);
+        if (c->dops)
+            w = lb_dev_fanout(c, src, dst, n, (b1 - b0) * es);
+        else
+            c->streamed |= lb_fanout(src, dst, n, (b1 - b0) * es, stream);
     }
-    return lb_end(c, LB_ALL_GATHER);
+    return c->dops ? lb_dev_end(c, LB_ALL_GATHER, w) : lb_end(c, LB_ALL_GATHER);
 }
 
 tp_status lb_reduce_scatter(void *comm, const void *send, void *recv, const size_t *counts,
@@ -186,6 +201,8 @@ tp_status lb_reduce_scatter(void *comm, const void *send, void *recv, const size
         bad = LB_BAD("send buffer is NULL but it should hold %zu elements", total);
     if (!bad && counts[c->rank] && !recv)
         bad = LB_BAD("recv buffer is NULL but counts[%d] = %zu", c->rank, counts[c->rank]);
+    if (!bad && c->dops)
+        bad = lb_dev_sync(c, msg, sizeof msg);
     lb_args a = {.send = send, .recv = recv, .count = total, .counts = counts,
                  .counts_hash = hash, .dt = (int)dt, .op = (int)op, .root = -1};
     tp_status st = lb_begin(c, LB_REDUCE_SCATTER, &a, bad, msg);
@@ -196,7 +213,8 @@ tp_status lb_reduce_scatter(void *comm, const void *send, void *recv, const size
     bool stream = total * es >= g->eng->stream_bytes;
     const void *src[LB_MAX_RANKS];
     size_t off = 0;
-    for (int i = 0; i < n && off < hi; off += counts[i], i++) {
+    tp_status w = TP_OK;
+    for (int i = 0; i < n && off < hi && !w; off += counts[i], i++) {
         size_t b0 = lo > off ? lo : off, b1 = hi < off + counts[i] ? hi : off + counts[i];
         if (b0 >= b1)
             continue;
@@ -205,9 +223,12 @@ tp_status lb_reduce_scatter(void *comm, const void *send, void *recv, const size
         void *dst = (char *)lb_peer(c, i)->recv + (b0 - off) * es;
         if (n == 1 && dst == src[0])
             continue;
-        c->streamed |= lb_reduce((int)dt, (int)op, src, n, &dst, 1, b1 - b0, stream);
+        if (c->dops)
+            w = lb_dev_reduce(c, (int)dt, (int)op, src, n, &dst, 1, b1 - b0);
+        else
+            c->streamed |= lb_reduce((int)dt, (int)op, src, n, &dst, 1, b1 - b0, stream);
     }
-    return lb_end(c, LB_REDUCE_SCATTER);
+    return c->dops ? lb_dev_end(c, LB_REDUCE_SCATTER, w) : lb_end(c, LB_REDUCE_SCATTER);
 }
 
 tp_status lb_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int root)
@@ -224,6 +245,8 @@ tp_status lb_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int roo
         bad = LB_BAD("buffer is NULL with count %zu", count);
     if (!bad && count > SIZE_MAX / es)
         bad = LB_BAD("count %zu overflows the address space", count);
+    if (!bad && c->dops)
+        bad = lb_dev_sync(c, msg, sizeof msg);
     lb_args a = {.send = buf, .recv = buf, .count = count, .dt = (int)dt, .op = -1, .root = root};
     tp_status st = lb_begin(c, LB_BROADCAST, &a, bad, msg);
     if (st != TP_OK)
@@ -231,15 +254,19 @@ tp_status lb_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int roo
     if (n == 1)
         return TP_OK;
     size_t lo, hi;
+    tp_status w = TP_OK;
     lb_share(count, es, n, c->rank, &lo, &hi);
     if (lo < hi) {
         void *dst[LB_MAX_RANKS];
         for (int d = 0; d < n; d++)
             dst[d] = (char *)lb_peer(c, d)->recv + lo * es;
         bool stream = count * es >= g->eng->stream_bytes / (size_t)(n - 1);
-        c->streamed = lb_fanout(dst[root], dst, n, (hi - lo) * es, stream);
+        if (c->dops)
+            w = lb_dev_fanout(c, dst[root], dst, n, (hi - lo) * es);
+        else
+            c->streamed = lb_fanout(dst[root], dst, n, (hi - lo) * es, stream);
     }
-    return lb_end(c, LB_BROADCAST);
+    return c->dops ? lb_dev_end(c, LB_BROADCAST, w) : lb_end(c, LB_BROADCAST);
 }
 
 tp_status lb_barrier(void *comm)

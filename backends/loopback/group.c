@@ -6,6 +6,7 @@
  * lowest old rank with that color) and freed by the last member's
  * comm_free.
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,6 +89,23 @@ tp_status lb_world(void *engine, int local_index, const tp_rank_env *env, void *
         return host->set_error(TP_ERR_INVALID_ARG,
                                "loopback: world() got local index %d, expected 0..%d", local_index,
                                eng->world_size - 1);
+    /* Device memory: shares move with the rank's device ops (device.c),
+     * which need copy_2d and the ABI 1.1 reduce slot. Refused before
+     * joining, so the core can call world() again with host memory (and
+     * stage) for a device without reduce. */
+    const tp_device_ops *dops = NULL;
+    if (env && env->mem_kind != TP_MEM_HOST) {
+        if (env->struct_size >= offsetof(tp_rank_env, dev) + sizeof env->dev && env->dev_ops)
+            dops = env->dev_ops;
+        if (!dops || dops->struct_size < offsetof(tp_device_ops, reduce) + sizeof dops->reduce ||
+            !dops->reduce || !dops->copy_2d || !dops->synchronize)
+            return host->set_error(TP_ERR_NOT_SUPPORTED,
+                                   "loopback: rank %d's device keeps its buffers in memory kind "
+                                   "%d (not host memory) and %s; loopback needs the device's "
+                                   "reduce slot (plugin ABI 1.1) to work on device memory",
+                                   local_index, (int)env->mem_kind,
+                                   dops ? "has no reduce slot" : "the core passed no device ops");
+    }
     pthread_mutex_lock(&eng->lock);
     /* A new tp_run starts a new world group once every rank joined the last one. */
     lb_group *g = eng->world;
@@ -117,16 +135,8 @@ tp_status lb_world(void *engine, int local_index, const tp_rank_env *env, void *
     c->rank = local_index;
     pthread_mutex_unlock(&eng->lock);
 
-    if (env && env->mem_kind != TP_MEM_HOST) {
-        /* Leave at once so the other ranks fail fast instead of waiting. */
-        lb_comm_free(c);
-        return host->set_error(TP_ERR_NOT_SUPPORTED,
-                               "loopback: rank %d's device keeps its buffers in memory kind %d "
-                               "(not host memory); the loopback communicator reads buffers with "
-                               "the CPU and needs host memory: use TP_DEVICE=cpu, or a GPU "
-                               "communicator such as TP_BACKEND=nccl",
-                               local_index, (int)env->mem_kind);
-    }
+    c->dops = dops;
+    c->dev = dops ? env->dev : NULL;
     if (eng->bind)
         lb_bind(eng, c, local_index);
     *comm = c;
@@ -220,6 +230,8 @@ tp_status lb_split(void *comm, int color, int key, void **newcomm, int *rank, in
     }
     nc->g = ng;
     nc->rank = newrank;
+    nc->dops = c->dops;
+    nc->dev = c->dev;
     *newcomm = nc;
     *rank = newrank;
     *size = n;

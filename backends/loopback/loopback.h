@@ -104,6 +104,9 @@ typedef struct lb_comm {
     bool bound;     /* world: `thread` was pinned; `saved` restores it */
     pthread_t thread;
     cpu_set_t saved;
+    /* Device memory (device.c): the rank's device, or NULL for host memory. */
+    const tp_device_ops *dops;
+    void *dev;
 } lb_comm;
 
 typedef struct lb_group {
@@ -159,6 +162,15 @@ bool lb_reduce(int dt, int op, const void *const *src, int nsrc, void *const *ds
 /* dst[d][0..bytes) = src[0..bytes) for every d (skipping dst == src). */
 bool lb_fanout(const void *src, void *const *dst, int ndst, size_t bytes, bool stream);
 void lb_store_fence(void);
+
+/* device.c: the device-memory counterparts of lb_reduce and lb_fanout
+ * (errors poison the group), the stream synchronization before a
+ * collective (writes msg for lb_begin's `bad`) and lb_end after one. */
+tp_status lb_dev_sync(lb_comm *c, char *msg, size_t len);
+tp_status lb_dev_reduce(lb_comm *c, int dt, int op, const void *const *src, int nsrc,
+                        void *const *dst, int ndst, size_t n);
+tp_status lb_dev_fanout(lb_comm *c, const void *src, void *const *dst, int ndst, size_t bytes);
+tp_status lb_dev_end(lb_comm *c, lb_kind kind, tp_status work);
 
 /* collectives.c */
 tp_status lb_all_reduce(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,

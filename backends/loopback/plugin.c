@@ -125,9 +125,10 @@ static const tp_comm_ops lb_ops = {
     .broadcast = lb_broadcast,
     .barrier = lb_barrier,
     .abort = NULL, /* one process: a failing rank is reported by tp_run */
-    /* Host memory only: with a GPU device the core stages buffers through
-     * host memory and calls world() with a host environment. */
-    .mem_kinds = 1u << TP_MEM_HOST,
+    /* Host memory with the CPU; CUDA memory with the device's own copy and
+     * reduce ops (device.c). A device without reduce is refused in world()
+     * and the core stages its buffers through host memory instead. */
+    .mem_kinds = 1u << TP_MEM_HOST | 1u << TP_MEM_CUDA,
 };
 
 TP_PLUGIN_DEFINE("loopback", "0.1.0",

@@ -144,6 +144,11 @@ W(adamw,
    float eps, float wd, int64_t step),
   (d, n, p, g, m, v, lr, b1, b2, eps, wd, step))
 
+W(reduce, (void *d, tp_dtype dt, tp_redop op, int64_t n, const void *x, void *y),
+  (d, dt, op, n, x, y))
+W(gemm_bias_act, (void *d, const tp_gemm_args *g, const void *b, tp_act a, void *pre),
+  (d, g, b, a, pre))
+
 static const tp_device_ops api_ops = {
     .struct_size = sizeof(tp_device_ops),
     .alloc = api_alloc, .free = api_free, .upload = api_upload, .download = api_download,
@@ -153,6 +158,7 @@ static const tp_device_ops api_ops = {
     .softmax_bwd = api_softmax_bwd, .norm = api_norm, .norm_bwd = api_norm_bwd,
     .embedding = api_embedding, .embedding_bwd = api_embedding_bwd, .row_max = api_row_max,
     .ce_stats = api_ce_stats, .ce_bwd = api_ce_bwd, .adamw = api_adamw,
+    .reduce = api_reduce, .gemm_bias_act = api_gemm_bias_act, /* host_alloc: no public API */
 };
 
 /* Device buffers of the running test, freed after it. */
@@ -1758,6 +1764,204 @@ START_TEST(t_lowp)
 }
 END_TEST
 
+/* ------------------------------------------------ ABI 1.1 optional slots */
+
+static const tp_dtype all_dts[] = {TP_F32, TP_BF16, TP_F16};
+#define DT_NAME(dt) ((dt) == TP_F32 ? "f32" : (dt) == TP_BF16 ? "bf16" : "f16")
+/* unit roundoff of a storage dtype: f32 2^-24, bf16 2^-8, f16 2^-11 */
+#define DT_U(dt) ((dt) == TP_F32 ? U : (dt) == TP_BF16 ? 1.0 / 256 : 1.0 / 2048)
+
+/* reduce: y = op(y, x). On inputs already in dt, a sum is one rounding of
+ * the exact sum (f32 math, then one rounding to dt: at most u_f32 + u_dt
+ * relative); max and min are exact. NaN: max/min keep a NaN of y and drop
+ * one of x (the loopback comm's order: max(acc, x) = x > acc ? x : acc). */
+static void body_reduce(void)
+{
+    static const int ns[] = {1, 13, 4097};
+    for (int di = 0; di < 3; di++)
+        for (int op = 0; op < TP_REDOP_COUNT_; op++)
+            for (int ni = 0; ni < 3; ni++) {
+                tp_dtype dt = all_dts[di];
+                int n = ns[ni];
+                size_t es = dt_size(dt);
+                float *x = hrand(n, 4.0), *y = hrand(n, 4.0), *out = hzalloc(n);
+                void *hx = malloc(n * es), *hy = malloc(n * es);
+                round_to(dt, x, n), round_to(dt, y, n);
+                enc(dt, x, hx, n), enc(dt, y, hy, n);
+                void *dx = dput(hx, n * es), *dy = dput(hy, n * es);
+                ck_assert_msg(D->reduce, "device '%s' has no reduce slot", dev_name);
+                ck_assert_msg(D->reduce(H, dt, (tp_redop)op, n, dx, dy) == TP_OK, "reduce %s op %d: %s",
+                              DT_NAME(dt), op, last_msg());
+                dget(hy, dy, n * es);
+                dec(dt, hy, out, n);
+                for (int i = 0; i < n; i++) {
+                    double ref = op == TP_SUM   ? (double)x[i] + y[i]
+                                 : op == TP_MAX ? fmax(x[i], y[i])
+                                                : fmin(x[i], y[i]);
+                    CLOSE(out[i], ref, op == TP_SUM ? (DT_U(dt) + U) * fabs(ref) : 0,
+                          "reduce %s op %d n=%d [%d]", DT_NAME(dt), op, n, i);
+                }
+                free(x), free(y), free(out), free(hx), free(hy);
+                free_bufs();
+            }
+    /* i32: exact, the sum wraps */
+    int32_t ix[3] = {INT32_MAX, -5, 7}, iy[3] = {1, 9, -7}, io[3];
+    for (int op = 0; op < TP_REDOP_COUNT_; op++) {
+        void *dix = dput(ix, 12), *diy = dput(iy, 12);
+        ck_assert_msg(D->reduce(H, TP_I32, (tp_redop)op, 3, dix, diy) == TP_OK, "reduce i32: %s",
+                      last_msg());
+        dget(io, diy, 12);
+        for (int i = 0; i < 3; i++) {
+            int32_t want = op == TP_SUM   ? (int32_t)((uint32_t)ix[i] + (uint32_t)iy[i])
+                           : op == TP_MAX ? (ix[i] > iy[i] ? ix[i] : iy[i])
+                                          : (ix[i] < iy[i] ? ix[i] : iy[i]);
+            ck_assert_msg(io[i] == want, "reduce i32 op %d [%d]: got %d, want %d", op, i, io[i],
+                          want);
+        }
+    }
+    /* NaN handling and x aliasing y (y = op(y, y)) */
+    float nx[2] = {NAN, 1.0f}, ny[2] = {2.0f, NAN}, o[2];
+    void *px = dput(nx, 8), *py = dput(ny, 8);
+    ck_assert_int_eq(D->reduce(H, TP_F32, TP_MAX, 2, px, py), TP_OK);
+    dget(o, py, 8);
+    ck_assert_msg(o[0] == 2.0f && isnan(o[1]), "reduce max NaN: got %g %g, want 2 nan", o[0], o[1]);
+    ck_assert_int_eq(D->reduce(H, TP_F32, TP_SUM, 1, py, py), TP_OK);
+    dget(o, py, 4);
+    ck_assert_msg(o[0] == 4.0f, "reduce sum in place: got %g, want 4", o[0]);
+    expect_err(D->reduce(H, TP_F32, (tp_redop)7, 2, px, py), TP_ERR_INVALID_ARG, "reduce op 7",
+               "op", NULL);
+    expect_err(D->reduce(H, TP_F32, TP_SUM, 2, NULL, py), TP_ERR_INVALID_ARG, "reduce x NULL",
+               "NULL", NULL);
+    free_bufs();
+}
+
+START_TEST(t_reduce)
+{
+    with_device(body_reduce);
+}
+END_TEST
+
+/* gemm_bias_act vs double: v = op(A) op(B) + bias, pre = v, C = act(v).
+ * Inputs are rounded to dt first. v: the GEMM bound of lowp_gemm
+ * (2 (k + 3) u M, tensor cores may truncate while accumulating) plus one
+ * rounding to dt (u_dt |v|) and one f32 rounding of the bias add. C:
+ * |gelu'| <= 1.13, so v's error times 1.13, plus the activation's own
+ * error: 8 u |C| for the libm erff/tanhf (<= 4 ulp) and its few roundings,
+ * or, on a GPU with the tanh approximation, 2^-10 |C| (PTX tanh.approx.f32
+ * has a maximum relative error of 2^-10.987), plus one rounding to dt.
+ * Rows are padded (ldc = n + 2): the padding must come back untouched. */
+static void bias_act_case(tp_dtype dt, int ta, int tb, int m, int n, int k, int with_bias,
+                          tp_act act, int with_pre)
+{
+    int ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n, ldc = n + 2;
+    size_t na = (size_t)ar * ac, nb = (size_t)br * bc, nc = (size_t)m * ldc, es = dt_size(dt);
+    float *a = hrand(na, 1.0), *b = hrand(nb, 1.0), *bias = hrand(n, 1.0);
+    float *c0 = hrand(nc, 1.0), *out = hzalloc(nc), *pout = hzalloc(nc);
+    double *ref = dzalloc((size_t)m * n), *mag = dzalloc((size_t)m * n);
+    void *ha = malloc(na * es), *hb = malloc(nb * es), *hbias = malloc(n * es), *hc = malloc(nc * es);
+    tp_gemm_args g = {.struct_size = sizeof g};
+    double udt = DT_U(dt);
+    double act_u = (strcmp(dev_name, "cpu") != 0 && act == TP_ACT_GELU_TANH) ? 0x1p-10 : 8 * U;
+
+    round_to(dt, a, na), round_to(dt, b, nb), round_to(dt, bias, n), round_to(dt, c0, nc);
+    enc(dt, a, ha, na), enc(dt, b, hb, nb), enc(dt, bias, hbias, n), enc(dt, c0, hc, nc);
+    g.dtype = dt, g.trans_a = ta, g.trans_b = tb, g.m = m, g.n = n, g.k = k;
+    g.alpha = 1.0f, g.beta = 0.0f, g.batch = 1;
+    g.a = dput(ha, na * es), g.lda = ac;
+    g.b = dput(hb, nb * es), g.ldb = bc;
+    g.c = dput(hc, nc * es), g.ldc = ldc;
+    void *dpre = with_pre ? dput(hc, nc * es) : NULL; /* starts as c0: padding must survive */
+    tp_status st = D->gemm_bias_act(H, &g, with_bias ? dput(hbias, n * es) : NULL, act, dpre);
+    ck_assert_msg(st == TP_OK, "gemm_bias_act %s act %d bias %d pre %d m=%d n=%d k=%d: %s",
+                  DT_NAME(dt), (int)act, with_bias, with_pre, m, n, k, last_msg());
+    dget(hc, g.c, nc * es);
+    dec(dt, hc, out, nc);
+    if (with_pre) {
+        dget(hc, dpre, nc * es);
+        dec(dt, hc, pout, nc);
+    }
+    ref_gemm(ta, tb, m, n, k, 1.0, a, ac, b, bc, 0.0, c0, ldc, ref, mag);
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < ldc; j++) {
+            size_t at = (size_t)i * ldc + j;
+            if (j >= n) {
+                ck_assert_msg(out[at] == c0[at] && (!with_pre || pout[at] == c0[at]),
+                              "gemm_bias_act wrote row padding");
+                continue;
+            }
+            double v = ref[i * n + j] + (with_bias ? bias[j] : 0.0);
+            double mv = mag[i * n + j] + (with_bias ? fabs(bias[j]) : 0.0);
+            double ev = 2 * (k + 3) * U * mv + U * fabs(v) + 0x1p-40;
+            double cref = act == TP_ACT_NONE ? v
+                          : act == TP_ACT_GELU ? gelu_ref(v, 0)
+                                               : gelu_ref(v, 1);
+            double ec = (act == TP_ACT_NONE ? 1.0 : 1.13) * ev + act_u * fabs(cref);
+            CLOSE(out[at], cref, ec + udt * fabs(cref) + (dt == TP_F16 ? 0x1p-24 : 0),
+                  "gemm_bias_act %s ta=%d tb=%d m=%d n=%d k=%d bias %d act %d: C[%d,%d]",
+                  DT_NAME(dt), ta, tb, m, n, k, with_bias, (int)act, i, j);
+            if (with_pre)
+                CLOSE(pout[at], v, ev + udt * fabs(v) + (dt == TP_F16 ? 0x1p-24 : 0),
+                      "gemm_bias_act %s m=%d n=%d k=%d act %d: pre[%d,%d]", DT_NAME(dt), m, n, k,
+                      (int)act, i, j);
+        }
+    free(a), free(b), free(bias), free(c0), free(out), free(pout), free(ref), free(mag);
+    free(ha), free(hb), free(hbias), free(hc);
+    free_bufs();
+}
+
+static void body_gemm_bias_act(void)
+{
+    ck_assert_msg(D->gemm_bias_act, "device '%s' has no gemm_bias_act slot", dev_name);
+    for (int di = 0; di < 3; di++)
+        for (int act = 0; act < TP_ACT_COUNT_; act++)
+            for (int v = 0; v < 4; v++) {
+                int bias = v & 1, pre = v >> 1;
+                bias_act_case(all_dts[di], 0, 0, 13, 17, 33, bias, (tp_act)act, pre);
+                bias_act_case(all_dts[di], 1, 1, 1, 13, 17, bias, (tp_act)act, pre);
+                bias_act_case(all_dts[di], v & 1, 0, 17, 1, 13, bias, (tp_act)act, pre);
+            }
+    /* a larger, aligned shape: the one a fused GPU epilogue is most likely to take */
+    for (int di = 0; di < 3; di++)
+        bias_act_case(all_dts[di], 0, 0, 256, 384, 512, 1, TP_ACT_GELU_TANH, 1);
+    bias_act_case(TP_F32, 0, 1, 64, 96, 128, 1, TP_ACT_GELU, 1);
+}
+
+START_TEST(t_gemm_bias_act)
+{
+    with_device(body_gemm_bias_act);
+}
+END_TEST
+
+/* host_alloc (vtable mode; the core uses it for staging): a buffer the
+ * device copies to and from, and a NULL free is a no-op. */
+static void body_host_alloc(void)
+{
+    if (!D->host_alloc) {
+        ck_assert_msg(!D->host_free, "host_free without host_alloc");
+        return; /* optional: the core stages through ordinary memory */
+    }
+    size_t n = 1 << 18;
+    float *h = NULL, *back = hzalloc(n);
+    ck_assert_msg(D->host_alloc(H, n * 4, (void **)&h) == TP_OK && h, "host_alloc: %s", last_msg());
+    for (size_t i = 0; i < n; i++)
+        h[i] = (float)i;
+    void *d = dput(h, n * 4);
+    memset(h, 0, n * 4);
+    dget(h, d, n * 4);
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(h[i] == (float)i, "host_alloc buffer round trip [%zu]: %g", i, h[i]);
+    D->host_free(H, h);
+    D->host_free(H, NULL);
+    free(back);
+    free_bufs();
+}
+
+START_TEST(t_host_alloc)
+{
+    with_device(body_host_alloc);
+}
+END_TEST
+
 /* -------------------------------------------------------- bad arguments */
 
 static void body_errors(void)
@@ -1961,6 +2165,9 @@ int main(void)
     tcase_add_test(tc, t_fd_norm);
     tcase_add_test(tc, t_fd_ce);
     tcase_add_test(tc, t_lowp);
+    tcase_add_test(tc, t_reduce);
+    tcase_add_test(tc, t_gemm_bias_act);
+    tcase_add_test(tc, t_host_alloc);
     tcase_add_test(tc, t_errors);
     suite_add_tcase(s, tc);
     sr = srunner_create(s);

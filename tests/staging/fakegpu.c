@@ -14,6 +14,14 @@
  * test reads and writes its buffers directly; any copy the core would make
  * to stage a collective fails with a message naming it.
  *
+ * Built with -DFAKE_P2P as libtp-fakep2p.so: fakegpu plus the reduce slot,
+ * so a comm that takes device memory through the device's ops (loopback)
+ * runs its collectives on these pointers directly; its host_alloc fails,
+ * so any staging by the core is an error.
+ *
+ * fakegpu has host_alloc/host_free (ordinary memory with a canary): the
+ * core's staging buffers come from them.
+ *
  * Only what the tests need: the required slots, gemm as a plain f32 loop.
  */
 #include <stdint.h>
@@ -27,6 +35,11 @@
 #define FAKE_OFFSET ((uintptr_t)0)
 #define FAKE_KIND TP_MEM_HOST
 #define FAKE_DESC "test fixture: a host-memory device that refuses upload and download"
+#elif defined(FAKE_P2P)
+#define FAKE_NAME "fakep2p"
+#define FAKE_OFFSET ((uintptr_t)1 << 47)
+#define FAKE_KIND TP_MEM_CUDA
+#define FAKE_DESC "test fixture: fakegpu with a reduce slot, so comms may work on its memory"
 #else
 #define FAKE_NAME "fakegpu"
 #define FAKE_OFFSET ((uintptr_t)1 << 47)
@@ -144,6 +157,92 @@ static tp_status fake_gemm(void *dev, const tp_gemm_args *g)
     return TP_OK;
 }
 
+#ifndef FAKE_HOST
+#ifdef FAKE_P2P
+/* y = op(y, x) on fake pointers, every dtype: math in f32 (i32 exact),
+ * f16/bf16 rounded to nearest even after each step */
+static float fake_ld(tp_dtype dt, const void *p, int64_t i)
+{
+    if (dt == TP_F32)
+        return ((const float *)p)[i];
+    if (dt == TP_F16)
+        return (float)((const _Float16 *)p)[i];
+    uint32_t u = (uint32_t)((const uint16_t *)p)[i] << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static void fake_st(tp_dtype dt, void *p, int64_t i, float f)
+{
+    uint32_t u;
+    if (dt == TP_F32) {
+        ((float *)p)[i] = f;
+    } else if (dt == TP_F16) {
+        ((_Float16 *)p)[i] = (_Float16)f;
+    } else {
+        memcpy(&u, &f, 4);
+        ((uint16_t *)p)[i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+}
+
+static tp_status fake_reduce(void *dev, tp_dtype dt, tp_redop op, int64_t n, const void *x,
+                             void *y)
+{
+    const void *xs = H(x);
+    void *ys = H(y);
+    for (int64_t i = 0; i < n; i++) {
+        if (dt == TP_I32) {
+            int32_t a = ((const int32_t *)xs)[i], *b = (int32_t *)ys + i;
+            *b = op == TP_SUM ? (int32_t)((uint32_t)*b + (uint32_t)a)
+                 : op == TP_MAX ? (a > *b ? a : *b)
+                                : (a < *b ? a : *b);
+            continue;
+        }
+        float a = fake_ld(dt, xs, i), b = fake_ld(dt, ys, i);
+        fake_st(dt, ys, i, op == TP_SUM ? b + a : op == TP_MAX ? (a > b ? a : b) : (a < b ? a : b));
+    }
+    return TP_OK;
+}
+
+#endif
+
+#define CANARY 0x5eedf00dcafe1234ull
+
+static tp_status fake_host_alloc(void *dev, size_t bytes, void **ptr)
+{
+    *ptr = NULL;
+#ifdef FAKE_P2P
+    return ((const tp_host *)dev)
+        ->set_error(TP_ERR_INTERNAL,
+                    "fakep2p: host_alloc of %zu bytes: the core staged a comm that takes this "
+                    "device's memory",
+                    bytes);
+#else
+    uint64_t *p = malloc(bytes + 64);
+    if (!p)
+        return ((const tp_host *)dev)
+            ->set_error(TP_ERR_NO_MEMORY, FAKE_NAME ": host_alloc of %zu bytes failed", bytes);
+    p[0] = CANARY;
+    *ptr = (char *)p + 64;
+    return TP_OK;
+#endif
+}
+
+/* Frees only what host_alloc returned: a canary mismatch (memory from
+ * elsewhere, or freed twice) aborts the test at once. */
+static void fake_host_free(void *dev, void *ptr)
+{
+    if (!ptr)
+        return;
+    uint64_t *p = (uint64_t *)((char *)ptr - 64);
+    if (p[0] != CANARY)
+        abort();
+    p[0] = 0;
+    free(p);
+}
+#endif
+
 static const tp_device_ops fake_ops = {
     .struct_size = sizeof(tp_device_ops),
     .open = fake_open,
@@ -156,6 +255,13 @@ static const tp_device_ops fake_ops = {
     .memset = fake_memset,
     .synchronize = fake_sync,
     .gemm = fake_gemm,
+#ifndef FAKE_HOST
+    .host_alloc = fake_host_alloc,
+    .host_free = fake_host_free,
+#endif
+#ifdef FAKE_P2P
+    .reduce = fake_reduce,
+#endif
 };
 
 TP_PLUGIN_DEFINE(FAKE_NAME, "0.1.0",

@@ -260,8 +260,9 @@ typedef struct tp_device_ops {
 
     /* ABI 1.1: optional slots; NULL means not provided. */
     tp_status (*reduce)(void *dev, tp_dtype dt, tp_redop op, int64_t n, const void *x,
-                        void *y);                             /* y[i] = op(y[i], x[i]), f32 math for
-                                                                 f16/bf16; x and y may be buffers of
+                        void *y);                             /* y[i] = op(y[i], x[i]) for f32, f16,
+                                                                 bf16 (f32 math, one rounding) and i32
+                                                                 (wrapping sum); x and y may be buffers of
                                                                  another rank's device in this process
                                                                  (a comm reducing peers' buffers) */
     tp_status (*host_alloc)(void *dev, size_t bytes, void **ptr); /* page-locked host memory for
