@@ -11,8 +11,31 @@
 #include "mpi-internal.h"
 
 #include <limits.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+
+#if defined(OPEN_MPI) && OPEN_MPI
+#include <mpi-ext.h> /* MPIX_CUDA_AWARE_SUPPORT, MPIX_Query_cuda_support */
+#endif
+
+/* Can this Open MPI take CUDA device buffers? Built with CUDA support and
+ * running with it (Debian's Open MPI is built without). */
+static bool mpi_cuda_aware(void)
+{
+#if defined(MPIX_CUDA_AWARE_SUPPORT) && MPIX_CUDA_AWARE_SUPPORT
+    return MPIX_Query_cuda_support() == 1;
+#else
+    return false;
+#endif
+}
+
+/* Before a collective on device memory: the rank's kernels that produced
+ * the send buffer must have finished. */
+static tp_status mpi_dev_ready(const mpi_comm *c)
+{
+    return c->dops ? c->dops->synchronize(c->dev) : TP_OK;
+}
 
 tp_status mpi_fail(const mpi_comm *c, const char *op, int rc)
 {
@@ -73,20 +96,38 @@ tp_status mpi_world(void *engine, int local_index, const tp_rank_env *env, void 
         return mpi_host->set_error(TP_ERR_INVALID_ARG,
                                    "mpi world: local rank %d requested, but the mpi engine runs "
                                    "exactly one rank per process (local index 0)", local_index);
-    if (env && env->mem_kind != TP_MEM_HOST)
-        return mpi_host->set_error(TP_ERR_NOT_SUPPORTED,
-                                   "mpi world: the rank's device keeps tensors in device memory "
-                                   "(mem_kind %d) but the mpi backend takes host memory only; "
-                                   "device memory needs a CUDA-aware MPI or host staging: comes "
-                                   "with the GPU issue. Use TP_DEVICE=cpu with TP_BACKEND=mpi, or "
-                                   "TP_BACKEND=nccl for GPUs", (int)env->mem_kind);
+    /* Device memory goes to MPI directly only when Open MPI is CUDA-aware;
+     * otherwise refuse it (before any MPI call), and the core stages it
+     * through the device's pinned host memory. */
+    const tp_device_ops *dops = NULL;
+    if (env && env->mem_kind != TP_MEM_HOST) {
+        if (env->mem_kind != TP_MEM_CUDA || !mpi_cuda_aware())
+            return mpi_host->set_error(TP_ERR_NOT_SUPPORTED,
+                                       "mpi world: the rank's device keeps tensors in memory kind "
+                                       "%d and this Open MPI is not CUDA-aware "
+                                       "(MPIX_Query_cuda_support): buffers are staged through "
+                                       "host memory",
+                                       (int)env->mem_kind);
+        if (env->struct_size >= offsetof(tp_rank_env, dev) + sizeof env->dev)
+            dops = env->dev_ops;
+        if (!dops)
+            return mpi_host->set_error(TP_ERR_NOT_SUPPORTED,
+                                       "mpi world: device memory without the device's ops (a core "
+                                       "older than plugin ABI 1.1): cannot order MPI after the "
+                                       "device's stream; buffers are staged through host memory");
+    }
     MPI_Comm dup = MPI_COMM_NULL;
     mpi_engine_op_begin(e, "world (MPI_Comm_dup)");
     int rc = MPI_Comm_dup(MPI_COMM_WORLD, &dup);
     mpi_engine_op_end(e);
     if (rc != MPI_SUCCESS)
         return mpi_fail(NULL, "world (MPI_Comm_dup of MPI_COMM_WORLD)", rc);
-    return wrap_comm(e, &dup, "world", comm, rank, size);
+    tp_status st = wrap_comm(e, &dup, "world", comm, rank, size);
+    if (st == TP_OK && dops) {
+        ((mpi_comm *)*comm)->dops = dops;
+        ((mpi_comm *)*comm)->dev = env->dev;
+    }
+    return st;
 }
 
 tp_status mpi_split(void *comm, int color, int key, void **newcomm, int *rank, int *size)
@@ -104,7 +145,12 @@ tp_status mpi_split(void *comm, int color, int key, void **newcomm, int *rank, i
         *size = 0;
         return TP_OK;
     }
-    return wrap_comm(c->eng, &nc, "split", newcomm, rank, size);
+    tp_status st = wrap_comm(c->eng, &nc, "split", newcomm, rank, size);
+    if (st == TP_OK) {
+        ((mpi_comm *)*newcomm)->dops = c->dops;
+        ((mpi_comm *)*newcomm)->dev = c->dev;
+    }
+    return st;
 }
 
 void mpi_comm_free(void *comm)
@@ -158,6 +204,8 @@ tp_status mpi_all_reduce(void *comm, const void *send, void *recv, size_t count,
     tp_status st = mpi_engine_types(c->eng, "all_reduce", dt, &op, &mdt, &mop, &esz);
     if (st != TP_OK)
         return st;
+    if ((st = mpi_dev_ready(c)) != TP_OK)
+        return st;
     size_t chunk = mpi_engine_max_count(c->eng);
     int rc = MPI_SUCCESS;
     mpi_engine_op_begin(c->eng, "all_reduce");
@@ -181,6 +229,8 @@ tp_status mpi_all_gather(void *comm, const void *send, void *recv, const size_t 
     if (st == TP_OK)
         st = int_layout(c, "all_gather", counts, &total, &equal);
     if (st != TP_OK)
+        return st;
+    if ((st = mpi_dev_ready(c)) != TP_OK)
         return st;
     if (total == 0)
         return TP_OK; /* every rank computes the same total: all skip */
@@ -212,6 +262,8 @@ tp_status mpi_reduce_scatter(void *comm, const void *send, void *recv, const siz
         st = int_layout(c, "reduce_scatter", counts, &total, &equal);
     if (st != TP_OK)
         return st;
+    if ((st = mpi_dev_ready(c)) != TP_OK)
+        return st;
     if (total == 0)
         return TP_OK;
     /* send == recv: MPI_IN_PLACE takes the input from recv and leaves the
@@ -237,6 +289,8 @@ tp_status mpi_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int ro
     size_t esz;
     tp_status st = mpi_engine_types(c->eng, "broadcast", dt, NULL, &mdt, NULL, &esz);
     if (st != TP_OK)
+        return st;
+    if ((st = mpi_dev_ready(c)) != TP_OK)
         return st;
     if (root < 0 || root >= c->size)
         return mpi_host->set_error(TP_ERR_INVALID_ARG,

@@ -22,6 +22,10 @@ typedef struct mpi_comm {
     int rank, size;
     int *icounts;    /* size entries: int counts for the v-variants */
     int *idispls;    /* size entries: int displacements */
+    /* CUDA-aware Open MPI on device memory: the rank's device, whose stream
+     * is synchronized before each collective (MPI does not see streams). */
+    const tp_device_ops *dops;
+    void *dev;
 } mpi_comm;
 
 /* The host of the current engine (set by init, cleared by finalize). */

@@ -3,7 +3,8 @@
  *
  * One rank per process under mpirun; collectives map one to one onto
  * MPI's (see mpi-comm.c), start-up, shutdown and failure handling are in
- * mpi-engine.c. Buffers must be host memory.
+ * mpi-engine.c. Buffers are host memory, or CUDA memory with a CUDA-aware
+ * Open MPI.
  */
 #include "mpi-internal.h"
 
@@ -20,6 +21,9 @@ static const tp_comm_ops mpi_ops = {
     .broadcast = mpi_broadcast,
     .barrier = mpi_barrier,
     .abort = mpi_engine_abort,
+    /* CUDA memory only with a CUDA-aware Open MPI: world() refuses it
+     * otherwise and the core stages (mpi-comm.c). */
+    .mem_kinds = 1u << TP_MEM_HOST | 1u << TP_MEM_CUDA,
 };
 
 TP_PLUGIN_DEFINE("mpi", "0.1.0",
