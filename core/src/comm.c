@@ -60,6 +60,7 @@ void tp_comm_free(tp_comm *comm)
 {
     if (!comm || comm->is_world) /* the world is freed by tp_run */
         return;
+    tp_device_read_timings(comm->dev); /* pending times point into its counters */
     comm->ops->comm_free(comm->handle);
     g_free(comm);
 }
@@ -100,6 +101,7 @@ void tp_stats_get(const tp_comm *comm, tp_stats *out)
     memset(out, 0, sizeof *out);
     if (!comm)
         return;
+    tp_device_read_timings(comm->dev);
     memcpy(out->comm, comm->counters, sizeof out->comm);
     if (comm->dev) {
         memcpy(out->gemm, comm->dev->gemm, sizeof out->gemm);
@@ -112,6 +114,7 @@ void tp_stats_reset(tp_comm *comm)
 {
     if (!comm)
         return;
+    tp_device_read_timings(comm->dev); /* so that no earlier call adds to the zeroed counters */
     memset(comm->counters, 0, sizeof comm->counters);
     if (comm->dev) {
         memset(comm->dev->gemm, 0, sizeof comm->dev->gemm);
@@ -350,20 +353,19 @@ static tp_status not_supported(const tp_comm *comm, tp_op op)
 }
 
 /* Called after a collective: counts it under the rank's current phase. */
-static tp_status finish(tp_comm *comm, tp_op op, size_t bytes, double t0, tp_status st)
+static tp_status finish(tp_comm *comm, tp_op op, size_t bytes, tp_tick t0, tp_status st)
 {
     if (st) {
+        tp_tick_cancel(comm->dev, t0);
         if (!tp_last_error()[0])
             tp_set_error(st, "backend '%s': %s failed without a message", comm->plugin,
                          tp_op_name(op));
         return st;
     }
-    if (comm->dev && comm->dev->sync_timing)
-        comm->dev->ops->synchronize(comm->dev->handle);
     tp_counter *c = &comm->counters[comm->state->phase][op];
     c->calls++;
     c->bytes += bytes;
-    c->seconds += tp_now() - t0;
+    tp_tick_stop(comm->dev, t0, &c->seconds);
     return TP_OK;
 }
 
@@ -379,7 +381,7 @@ tp_status tp_all_reduce(tp_comm *comm, const void *send, void *recv, size_t coun
     if (count && (!send || !recv))
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: %s buffer is NULL with count %zu", fn,
                             !send ? "send" : "recv", count);
-    double t0 = tp_now();
+    tp_tick t0 = tp_tick_start(comm->dev);
     tp_clear_error();
     st = op_all_reduce(comm, send, recv, count, dt, op);
     return finish(comm, TP_OP_ALL_REDUCE, bytes, t0, st);
@@ -399,7 +401,7 @@ tp_status tp_broadcast(tp_comm *comm, void *buf, size_t count, tp_dtype dt, int 
                             comm->size - 1);
     if (!comm->ops->broadcast)
         return not_supported(comm, TP_OP_BROADCAST);
-    double t0 = tp_now();
+    tp_tick t0 = tp_tick_start(comm->dev);
     tp_clear_error();
     st = op_broadcast(comm, buf, count, dt, root);
     return finish(comm, TP_OP_BROADCAST, bytes, t0, st);
@@ -409,7 +411,7 @@ tp_status tp_barrier(tp_comm *comm)
 {
     if (!comm)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_barrier: comm is NULL");
-    double t0 = tp_now();
+    tp_tick t0 = tp_tick_start(comm->dev);
     tp_clear_error();
     tp_status st;
     if (comm->ops->barrier) {
@@ -467,7 +469,7 @@ static tp_status all_gather(const char *fn, tp_comm *comm, const void *send, voi
     if (st)
         return st;
     size_t es = tp_dtype_size(dt);
-    double t0 = tp_now();
+    tp_tick t0 = tp_tick_start(comm->dev);
     tp_clear_error();
     if (comm->ops->all_gather) {
         st = op_all_gather(comm, send, recv, counts, total, dt);
@@ -498,7 +500,7 @@ static tp_status reduce_scatter(const char *fn, tp_comm *comm, const void *send,
     if (st || (st = check_redop(fn, op)))
         return st;
     size_t es = tp_dtype_size(dt);
-    double t0 = tp_now();
+    tp_tick t0 = tp_tick_start(comm->dev);
     tp_clear_error();
     if (comm->ops->reduce_scatter) {
         st = op_reduce_scatter(comm, send, recv, counts, total, dt, op);

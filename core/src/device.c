@@ -15,6 +15,95 @@ void tp_device_init(tp_device *dev, const tp_device_ops *ops, const char *name, 
     dev->state = state;
     const char *sync = getenv("TP_SYNC_TIMING");
     dev->sync_timing = env->stream && sync && strcmp(sync, "1") == 0;
+    dev->events = env->stream && !dev->sync_timing && ops->event_create && ops->event_record &&
+                  ops->event_elapsed && ops->event_destroy;
+}
+
+/* ------------------------------------------------------------- timing */
+
+/* An event from the pool or a new one; NULL (host time) if that fails. */
+static void *event_get(tp_device *dev)
+{
+    void *ev = NULL;
+    if (dev->npool > 0)
+        ev = dev->pool[--dev->npool];
+    else if (dev->ops->event_create(dev->handle, &ev) != TP_OK)
+        ev = NULL;
+    if (ev && dev->ops->event_record(dev->handle, ev) != TP_OK) {
+        dev->ops->event_destroy(dev->handle, ev);
+        ev = NULL;
+    }
+    return ev;
+}
+
+static void event_put(tp_device *dev, void *ev)
+{
+    if (dev->npool < (int)G_N_ELEMENTS(dev->pool))
+        dev->pool[dev->npool++] = ev;
+    else
+        dev->ops->event_destroy(dev->handle, ev);
+}
+
+tp_tick tp_tick_start(tp_device *dev)
+{
+    tp_tick t = {tp_now(), NULL};
+    if (dev && dev->events) {
+        t.ev0 = event_get(dev);
+        tp_clear_error(); /* a failed event only means host time for this call */
+    }
+    return t;
+}
+
+void tp_tick_stop(tp_device *dev, tp_tick tick, double *seconds)
+{
+    if (dev && dev->sync_timing)
+        dev->ops->synchronize(dev->handle);
+    void *ev1 = tick.ev0 ? event_get(dev) : NULL;
+    if (!ev1) {
+        if (tick.ev0)
+            event_put(dev, tick.ev0);
+        *seconds += tp_now() - tick.t0;
+        tp_clear_error();
+        return;
+    }
+    if (dev->npending == TP_TIMING_PENDING)
+        tp_device_read_timings(dev); /* bounds how far the host runs ahead of the device */
+    dev->pending[dev->npending++] = (tp_timing){tick.ev0, ev1, seconds};
+}
+
+void tp_tick_cancel(tp_device *dev, tp_tick tick)
+{
+    if (tick.ev0)
+        event_put(dev, tick.ev0);
+}
+
+void tp_device_read_timings(tp_device *dev)
+{
+    if (!dev || dev->npending == 0)
+        return;
+    /* called after failures too (tp_run, tp_comm_free): keep their message */
+    char *saved = tp_last_error()[0] ? g_strdup(tp_last_error()) : NULL;
+    for (int i = 0; i < dev->npending; i++) {
+        tp_timing *p = &dev->pending[i];
+        double s = 0;
+        if (dev->ops->event_elapsed(dev->handle, p->ev0, p->ev1, &s) == TP_OK)
+            *p->seconds += s;
+        event_put(dev, p->ev0);
+        event_put(dev, p->ev1);
+    }
+    dev->npending = 0;
+    if (saved)
+        tp_set_error(TP_OK, "%s", saved);
+    else
+        tp_clear_error();
+    g_free(saved);
+}
+
+void tp_device_timing_free(tp_device *dev)
+{
+    tp_device_read_timings(dev);
+    while (dev->npool > 0)
+        dev->ops->event_destroy(dev->handle, dev->pool[--dev->npool]);
 }
 
 const char *tp_device_name(const tp_device *dev)
@@ -43,21 +132,19 @@ static tp_status enter(const tp_device *dev, bool provided, const char *op)
 }
 
 /* Count a finished call under the rank's phase: gemm or kernel. */
-static tp_status leave(tp_device *dev, const char *op, double flops, double t0, tp_status st)
+static tp_status leave(tp_device *dev, const char *op, double flops, tp_tick t0, tp_status st)
 {
     if (st) {
+        tp_tick_cancel(dev, t0);
         if (!tp_last_error()[0])
             tp_set_error(st, "device '%s': %s failed without a message", dev->name, op);
         return st;
     }
-    if (dev->sync_timing)
-        dev->ops->synchronize(dev->handle);
-    double dt = tp_now() - t0;
     tp_phase ph = dev->state->phase;
     bool gemm = strcmp(op, "gemm") == 0;
     tp_counter *c = gemm ? &dev->gemm[ph] : &dev->kernel[ph];
     c->calls++;
-    c->seconds += dt;
+    tp_tick_stop(dev, t0, &c->seconds);
     if (gemm)
         dev->gemm_flops[ph] += flops;
     return TP_OK;
@@ -69,9 +156,9 @@ static tp_status leave(tp_device *dev, const char *op, double flops, double t0, 
         tp_status st_ = enter(dev, (dev) && (dev)->ops->op != NULL, #op);           \
         if (st_)                                                                    \
             return st_;                                                             \
-        double t0_ = tp_now();                                                      \
+        tp_tick t0_ = tp_tick_start(dev);                                           \
         st_ = (dev)->ops->op((dev)->handle, __VA_ARGS__);                           \
-        return leave(dev, #op, flops, t0_, st_);                              \
+        return leave(dev, #op, flops, t0_, st_);                                    \
     } while (0)
 
 static tp_status bad(const char *op, const char *what)
@@ -177,7 +264,7 @@ tp_status tp_dev_memset(tp_device *dev, void *ptr, int value, size_t bytes)
 tp_status tp_dev_synchronize(tp_device *dev)
 {
     CHECK(enter(dev, true, "synchronize"));
-    double t0 = tp_now();
+    tp_tick t0 = {tp_now(), NULL}; /* a host wait: host time */
     return leave(dev, "synchronize", 0, t0, dev->ops->synchronize(dev->handle));
 }
 
@@ -260,10 +347,11 @@ tp_status tp_dev_gemm_bias_act(tp_device *dev, const tp_gemm_args *g, const void
     if (g->m == 0 || g->n == 0)
         return TP_OK;
     if (dev->ops->gemm_bias_act) {
-        double t0 = tp_now();
+        tp_tick t0 = tp_tick_start(dev);
         tp_status st = dev->ops->gemm_bias_act(dev->handle, g, bias, act, pre);
         if (st != TP_ERR_NOT_SUPPORTED)
             return leave(dev, "gemm", gemm_flops(g), t0, st);
+        tp_tick_cancel(dev, t0);
         tp_clear_error(); /* this combination is not fused: compose it below */
     }
     /* gemm into the pre-activation buffer (or c), then bias, then act,

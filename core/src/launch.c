@@ -352,6 +352,7 @@ static gpointer rank_thread(gpointer data)
         st = run->fn(world, run->arg);
         if (st && !tp_last_error()[0])
             tp_set_error(st, "rank_main returned %s without a message", tp_status_string(st));
+        tp_device_read_timings(&dev); /* pending times point into world's counters */
         g_free(world);
     }
     /* Record before comm_free: freeing is how peers learn this rank left,
@@ -360,6 +361,7 @@ static gpointer rank_thread(gpointer data)
     if (ch)
         cops->comm_free(ch);
     tp_stage_free(&state, &dev);
+    tp_device_timing_free(&dev);
     dops->synchronize(dh);
     dops->close(dh);
     return NULL;

@@ -52,6 +52,14 @@ typedef struct tp_rank_state {
     size_t stage_cap[2];
 } tp_rank_state;
 
+/* Device timing (device.c): an event pair waiting to be read into a
+ * counter's seconds. */
+#define TP_TIMING_PENDING 1024 /* pairs in flight before the core reads them */
+typedef struct tp_timing {
+    void *ev0, *ev1;
+    double *seconds;
+} tp_timing;
+
 struct tp_device {
     const tp_device_ops *ops;
     void *handle;
@@ -59,6 +67,10 @@ struct tp_device {
     tp_rank_env env;
     tp_rank_state *state;
     bool sync_timing; /* TP_SYNC_TIMING=1 and the device is asynchronous */
+    bool events;      /* asynchronous device with the event slots, not sync_timing */
+    int npending, npool;
+    tp_timing pending[TP_TIMING_PENDING];
+    void *pool[2 * TP_TIMING_PENDING]; /* events ready for reuse */
     tp_counter gemm[TP_PHASE_COUNT];
     double gemm_flops[TP_PHASE_COUNT];
     tp_counter kernel[TP_PHASE_COUNT];
@@ -84,5 +96,20 @@ tp_comm *tp_comm_wrap(const tp_comm_ops *ops, const char *plugin, void *handle, 
 /* device.c */
 void tp_device_init(tp_device *dev, const tp_device_ops *ops, const char *name, void *handle,
                     const tp_rank_env *env, tp_rank_state *state);
+
+/* The timing of one counted call: host wall time from t0, or, on a device
+ * with events, the time between ev0 (recorded by tp_tick_start) and an
+ * event tp_tick_stop records, added when the device's timings are read. */
+typedef struct tp_tick {
+    double t0;
+    void *ev0;
+} tp_tick;
+tp_tick tp_tick_start(tp_device *dev);
+void tp_tick_stop(tp_device *dev, tp_tick tick, double *seconds);
+void tp_tick_cancel(tp_device *dev, tp_tick tick); /* the call failed: nothing to count */
+/* Wait for the device's pending event pairs and add them to their counters
+ * (before counters are read, reset or freed). */
+void tp_device_read_timings(tp_device *dev);
+void tp_device_timing_free(tp_device *dev); /* read, then destroy every event */
 
 #endif /* TP_INTERNAL_H */

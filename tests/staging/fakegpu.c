@@ -22,8 +22,15 @@
  * fakegpu has host_alloc/host_free (ordinary memory with a canary): the
  * core's staging buffers come from them.
  *
+ * fakegpu and fakep2p declare a stream (so the core treats them as
+ * asynchronous) and have event slots whose elapsed time is exactly
+ * FAKE_EVENT_S per event pair, so a test can tell that counters hold event
+ * time and not host wall time. Unloading aborts if an event was not
+ * destroyed.
+ *
  * Only what the tests need: the required slots, gemm as a plain f32 loop.
  */
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,18 +60,29 @@ static void *H(const void *p)
     return p ? (void *)((uintptr_t)p - FAKE_OFFSET) : NULL;
 }
 
+static int fake_stream;          /* its address is the fake stream */
+static atomic_int fake_events;    /* events created and not destroyed (all ranks) */
+
 static tp_status fake_open(const tp_host *host, const tp_device_args *args, void **dev,
                            tp_rank_env *env)
 {
     *dev = (void *)host;
     env->mem_kind = FAKE_KIND;
     env->device_index = FAKE_KIND == TP_MEM_HOST ? -1 : args->local_index;
-    env->stream = NULL;
+    env->stream = FAKE_KIND == TP_MEM_HOST ? NULL : (void *)&fake_stream;
     return TP_OK;
 }
 
 static void fake_close(void *dev)
 {
+}
+
+/* When the module is unloaded (or the process ends) every rank has
+ * closed: an event still alive is one the core leaked. */
+__attribute__((destructor)) static void fake_unload(void)
+{
+    if (atomic_load(&fake_events) != 0)
+        abort();
 }
 
 static tp_status fake_alloc(void *dev, size_t bytes, void **ptr)
@@ -207,6 +225,40 @@ static tp_status fake_reduce(void *dev, tp_dtype dt, tp_redop op, int64_t n, con
 
 #endif
 
+/* Events: a counter of records; any two make FAKE_EVENT_S (a test checks
+ * the counters add exactly these). */
+#define FAKE_EVENT_S 1e-3
+
+static tp_status fake_event_create(void *dev, void **ev)
+{
+    *ev = calloc(1, sizeof(uint64_t));
+    if (!*ev)
+        return ((const tp_host *)dev)->set_error(TP_ERR_NO_MEMORY, FAKE_NAME ": event_create");
+    atomic_fetch_add(&fake_events, 1);
+    return TP_OK;
+}
+
+static tp_status fake_event_record(void *dev, void *ev)
+{
+    ++*(uint64_t *)ev;
+    return TP_OK;
+}
+
+static tp_status fake_event_elapsed(void *dev, const void *a, const void *b, double *s)
+{
+    if (!*(const uint64_t *)a || !*(const uint64_t *)b)
+        return ((const tp_host *)dev)
+            ->set_error(TP_ERR_INVALID_ARG, FAKE_NAME ": elapsed of an event never recorded");
+    *s = FAKE_EVENT_S;
+    return TP_OK;
+}
+
+static void fake_event_destroy(void *dev, void *ev)
+{
+    atomic_fetch_sub(&fake_events, 1);
+    free(ev);
+}
+
 #define CANARY 0x5eedf00dcafe1234ull
 
 static tp_status fake_host_alloc(void *dev, size_t bytes, void **ptr)
@@ -258,6 +310,10 @@ static const tp_device_ops fake_ops = {
 #ifndef FAKE_HOST
     .host_alloc = fake_host_alloc,
     .host_free = fake_host_free,
+    .event_create = fake_event_create,
+    .event_record = fake_event_record,
+    .event_elapsed = fake_event_elapsed,
+    .event_destroy = fake_event_destroy,
 #endif
 #ifdef FAKE_P2P
     .reduce = fake_reduce,

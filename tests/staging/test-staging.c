@@ -20,6 +20,7 @@
  * asserted on the main thread after tp_run; Check runs in CK_NOFORK mode.
  */
 #include <check.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -421,6 +422,25 @@ static void body_stats(tpt_rank *k)
     EXPECT(k, kernels == 0 && gemms == 0,
            "staging counted as device work: %llu kernel and %llu gemm calls, expected 0",
            (unsigned long long)kernels, (unsigned long long)gemms);
+    /* The fake GPUs are asynchronous and time with events of exactly 1 ms
+     * a pair: the counters must hold event time, not host wall time (a
+     * 13-element collective takes microseconds). Two memsets count as
+     * two kernels; a read resets nothing. */
+    if (tp_device_mem_kind(k->dev) != TP_MEM_HOST) {
+        EXPECT_OK(k, tp_dev_memset(k->dev, b.p, 0, 4));
+        EXPECT_OK(k, tp_dev_memset(k->dev, b.p, 0, 4));
+        tp_stats_get(k->g, &s);
+        const tp_counter *ar = &s.comm[TP_PHASE_OTHER][TP_OP_ALL_REDUCE];
+        const tp_counter *kn = &s.kernel[TP_PHASE_OTHER];
+        EXPECT(k, ar->seconds == 1e-3 && kn->calls == 2 && fabs(kn->seconds - 2e-3) < 1e-15,
+               "event timing: all_reduce %.9f s (expected 0.001), %llu kernels %.9f s "
+               "(expected 2 and 0.002)",
+               ar->seconds, (unsigned long long)kn->calls, kn->seconds);
+        tp_stats_reset(k->g);
+        tp_stats_get(k->g, &s);
+        EXPECT(k, s.kernel[TP_PHASE_OTHER].seconds == 0 && s.kernel[TP_PHASE_OTHER].calls == 0,
+               "after reset: %.9f s", s.kernel[TP_PHASE_OTHER].seconds);
+    }
     dbuf_free(k, &b);
 }
 

@@ -51,7 +51,8 @@
  *
  * ABI history
  *   1.0  first release.
- *   1.1  device: optional reduce, host_alloc/host_free, gemm_bias_act;
+ *   1.1  device: optional reduce, host_alloc/host_free, gemm_bias_act,
+ *        event_create/record/elapsed/destroy;
  *        tp_rank_env: dev_ops/dev (set by the core before world()).
  */
 #ifndef TP_PLUGIN_H
@@ -278,6 +279,15 @@ typedef struct tp_device_ops {
                                                                  gelu_bwd. TP_ERR_NOT_SUPPORTED for a
                                                                  combination it does not fuse: the core
                                                                  then runs gemm, bias_add and gelu */
+    /* Device-side timing (CUDA events), all four or none: the core records
+     * an event before and after each counted op on an asynchronous device
+     * and adds the time between them to the counters when they are read,
+     * instead of host wall time (which is only the time to enqueue). */
+    tp_status (*event_create)(void *dev, void **event);
+    tp_status (*event_record)(void *dev, void *event);        /* on the rank's stream, in call order */
+    tp_status (*event_elapsed)(void *dev, const void *start, const void *stop,
+                               double *seconds);              /* waits until stop has happened */
+    void (*event_destroy)(void *dev, void *event);
 } tp_device_ops;
 
 /* ------------------------------------------------------------- comm ops */
