@@ -61,7 +61,11 @@ static const slot device_slots[] = {
     SLOT(tp_device_ops, norm_bwd, false),     SLOT(tp_device_ops, embedding, false),
     SLOT(tp_device_ops, embedding_bwd, false), SLOT(tp_device_ops, row_max, false),
     SLOT(tp_device_ops, ce_stats, false),     SLOT(tp_device_ops, ce_bwd, false),
-    SLOT(tp_device_ops, adamw, false),
+    SLOT(tp_device_ops, adamw, false),        SLOT(tp_device_ops, reduce, false),
+    SLOT(tp_device_ops, host_alloc, false),   SLOT(tp_device_ops, host_free, false),
+    SLOT(tp_device_ops, gemm_bias_act, false), SLOT(tp_device_ops, event_create, false),
+    SLOT(tp_device_ops, event_record, false), SLOT(tp_device_ops, event_elapsed, false),
+    SLOT(tp_device_ops, event_destroy, false),
 };
 
 static bool slot_set(const void *ops, const slot *s)

@@ -60,9 +60,13 @@ static void print_plugin(const tp_plugin_info *p, bool detail)
         printf("    about:      %s\n", p->description);
     print_ops("comm ops:", p->comm_ops);
     if (p->is_comm)
-        printf("    memory:     %s\n", (p->comm_mem_kinds & (1u << TP_MEM_CUDA))
-                                           ? "cuda device memory"
-                                           : "host (device memory is staged through host by the core)");
+        printf("    memory:     %s\n",
+               (p->comm_mem_kinds & (1u << TP_MEM_CUDA))
+                   ? ((p->comm_mem_kinds & (1u << TP_MEM_HOST) || !p->comm_mem_kinds)
+                          ? "host and cuda device memory (where world() refuses a device, "
+                            "the core stages it through host memory)"
+                          : "cuda device memory")
+                   : "host (device memory is staged through host by the core)");
     print_ops("device ops:", p->device_ops);
 }
 

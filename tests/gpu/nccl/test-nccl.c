@@ -74,17 +74,20 @@ static tp_host host = {sizeof(tp_host), host_set_error, host_debug, 60.0};
 static const tp_plugin_desc *desc;
 static const tp_comm_ops *ops;
 
+/* The plugin built next to this test, or TEST_NCCL_PLUGIN (the GPU
+ * bundle of tools/gpu-check, where the build tree is elsewhere). */
 static void load_plugin(void)
 {
-    void *lib = dlopen(TP_NCCL_PLUGIN, RTLD_NOW | RTLD_LOCAL);
+    const char *path = getenv("TEST_NCCL_PLUGIN") ? getenv("TEST_NCCL_PLUGIN") : TP_NCCL_PLUGIN;
+    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!lib) {
-        fprintf(stderr, "cannot dlopen %s: %s\n", TP_NCCL_PLUGIN, dlerror());
+        fprintf(stderr, "cannot dlopen %s: %s\n", path, dlerror());
         exit(1);
     }
     const tp_plugin_desc *(*entry)(void);
     void *sym = dlsym(lib, TP_PLUGIN_ENTRY);
     if (!sym) {
-        fprintf(stderr, "%s has no %s\n", TP_NCCL_PLUGIN, TP_PLUGIN_ENTRY);
+        fprintf(stderr, "%s has no %s\n", path, TP_PLUGIN_ENTRY);
         exit(1);
     }
     memcpy(&entry, &sym, sizeof sym);

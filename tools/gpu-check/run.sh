@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# run.sh — tp's GPU checks, run on a machine with an NVIDIA GPU from a bundle
+# made by pack.sh: the GPU test suites, then the measurements the GPU issue
+# asks for. Logs, JSON lines and a summary go to $OUT (default gpu-out).
+#
+#   bash gpu-bundle/run.sh [BUNDLE_DIR]          (default: the folder of this script)
+#
+# Needs: the CUDA driver, libcudart/libcublas/libcublasLt (CUDA 13) and NCCL
+# (libnccl.so.2; found in Python's nvidia-nccl-cu13 wheel if not on the
+# library path). Each step has its own timeout; a failing step does not stop
+# the others. STEPS="tests bench" (default both) picks parts.
+set -uo pipefail
+b=$(cd "${1:-$(dirname "$0")}" && pwd)
+out=${OUT:-gpu-out}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+steps=${STEPS:-tests bench}
+
+libs="$b/lib"
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    [ -d "$d" ] && libs="$libs:$d"
+done
+# NCCL and CUDA libraries from Python wheels (nvidia-nccl-cu13, nvidia-cublas, ...)
+py=$(command -v python3 || true)
+if [ -n "$py" ]; then
+    wheel_libs=$("$py" - <<'PY' 2>/dev/null
+import glob, os
+try:
+    import nvidia
+    roots = list(nvidia.__path__)
+except Exception:
+    roots = []
+print(":".join(sorted({os.path.dirname(p) for r in roots for p in glob.glob(os.path.join(r, "*", "lib", "lib*.so*"))})))
+PY
+)
+    [ -n "$wheel_libs" ] && libs="$libs:$wheel_libs"
+fi
+export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export TP_PLUGIN_PATH="$b/plugins"
+export TEST_NCCL_PLUGIN="$b/plugins/libtp-nccl.so"
+export TP_TIMEOUT_S=${TP_TIMEOUT_S:-120}
+export CK_DEFAULT_TIMEOUT=${CK_DEFAULT_TIMEOUT:-600}
+bin="$b/bin"
+
+summary="$out/summary.txt"
+: > "$summary"
+# step NAME TIMEOUT_S CMD...: run, log to $out/NAME.log, one summary line
+step() {
+    local name=$1 limit=$2
+    shift 2
+    local t0=$SECONDS
+    timeout "$limit" "$@" > "$out/$name.log" 2>&1
+    local rc=$?
+    local verdict=ok
+    case $rc in 0) ;; 77) verdict=SKIP ;; 124) verdict=TIMEOUT ;; *) verdict="FAIL($rc)" ;; esac
+    printf '%-34s %-9s %4ds\n' "$name" "$verdict" $((SECONDS - t0)) | tee -a "$summary"
+}
+
+{
+    date -u
+    nvidia-smi 2>&1 || echo "nvidia-smi: not found"
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+} > "$out/machine.txt"
+step tp-info 60 "$bin/tp-info"
+
+if [[ " $steps " == *" tests "* ]]; then
+    # device conformance on cuda: every op vs plain loops, every dtype
+    step device-cuda-vtable 300 env TP_DEVICE=cuda TP_DEVICE_TEST_VIA=vtable CK_FORK=no "$bin/test-device"
+    step device-cuda-api 400 env TP_DEVICE=cuda TP_DEVICE_TEST_VIA=api TP_BACKEND=loopback CK_FORK=yes "$bin/test-device"
+    step cuda-slots-vtable 300 env TP_DEVICE=cuda TP_DEVICE_TEST_VIA=vtable CK_FORK=no "$bin/test-cuda-slots"
+    step cuda-slots-api 300 env TP_DEVICE=cuda TP_DEVICE_TEST_VIA=api TP_BACKEND=loopback CK_FORK=yes "$bin/test-cuda-slots"
+    # nccl: collectives, errors, timeout; tp-conformance at the ranks the GPUs allow
+    step nccl-gpu 300 "$bin/test-nccl" gpu
+    step nccl-conformance 300 "$bin/test-nccl" run "$bin/tp-conformance"
+    # loopback on device memory: T ranks on one GPU, collectives with D2D copies + reduce kernel
+    step conformance-loopback-cuda-4 300 env TP_BACKEND=loopback TP_DEVICE=cuda TP_WORLD_SIZE=4 "$bin/tp-conformance"
+    # layers vs the double reference: cuda+loopback T=1..4 (one run at W=4), nccl T=1
+    step layers-cuda-loopback-w4 400 env TP_BACKEND=loopback TP_DEVICE=cuda TP_WORLD_SIZE=4 CK_FORK=no "$bin/test_layers"
+    step gpt-cuda-loopback-w4 400 env TP_BACKEND=loopback TP_DEVICE=cuda TP_WORLD_SIZE=4 CK_FORK=no "$bin/test_gpt"
+    step layers-cuda-nccl-w1 300 env TP_BACKEND=nccl TP_DEVICE=cuda TP_WORLD_SIZE=1 CK_FORK=no "$bin/test_layers"
+fi
+
+if [[ " $steps " == *" bench "* ]]; then
+    tb="$bin/tp-bench"
+    # vtable GEMM vs direct cuBLAS, same buffers, same run (target >= 0.97)
+    for dt in bf16 f16 f32; do
+        step "gemm-$dt" 300 env TP_DEVICE=cuda "$tb" gemm --sizes 4096,8192 --dtype "$dt" -n 20 -w 3 --json "$out/gemm-$dt.jsonl"
+    done
+    # bf16 MLP forward h=8192, 8192 tokens, T=1 (target >= 85% of the raw bf16 GEMM rate)
+    step mlp-bf16-h8192-t1 300 env TP_DEVICE=cuda "$tb" layer --layer mlp --dtype bf16 --hidden 8192 --ffn 32768 --tokens 8192 --tp 1 -n 10 -w 2 --json "$out/mlp-bf16.jsonl"
+    step mlp-f32-h8192-t1 300 env TP_DEVICE=cuda "$tb" layer --layer mlp --hidden 8192 --ffn 32768 --tokens 8192 --tp 1 -n 5 -w 1 --json "$out/mlp-f32.jsonl"
+    # loopback on one GPU (device-to-device), busbw; nccl T=1
+    step coll-loopback-cuda 400 env TP_DEVICE=cuda "$tb" collectives --backend loopback --sweep-tp 2,4 --op all_reduce,all_gather,reduce_scatter -e 256M --no-memcpy --check 1 --json "$out/coll-loopback-cuda.jsonl"
+    step coll-nccl-t1 300 env TP_DEVICE=cuda "$tb" collectives --backend nccl --tp 1 --op all_reduce -e 256M --no-memcpy --check 1 --json "$out/coll-nccl-t1.jsonl"
+    step mlp-nccl-t1 300 env TP_DEVICE=cuda "$tb" layer --layer mlp --backend nccl --tp 1 --dtype bf16 --hidden 8192 --ffn 32768 --tokens 8192 -n 10 -w 2 --json "$out/mlp-nccl-t1.jsonl"
+    # strong scaling of the MLP on the cuda device (T ranks share the GPU)
+    step mlp-sweep-cuda 400 env TP_DEVICE=cuda "$tb" layer --layer mlp --backend loopback --sweep-tp 1,2,4 --hidden 4096 --ffn 16384 --tokens 8192 --dtype bf16 --backward -n 5 -w 1 --json "$out/mlp-sweep-cuda.jsonl"
+fi
+echo "summary: $summary"
