@@ -1,6 +1,7 @@
 /*
  * cuda-device.c — the cuda device plugin: probe, per-rank context (GPU,
- * stream, cuBLAS handle), memory, copies, the vtable and the descriptor.
+ * stream, cuBLAS and cuBLASLt handles, peer access), memory, pinned host
+ * memory, copies, the vtable and the descriptor.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -144,6 +145,51 @@ static int pick_device(const tp_device_args *args, int count)
 
 static void cuda_close(void *dev);
 
+#define LT_WORKSPACE (32u << 20) /* cuBLASLt workspace per rank */
+
+/* Let kernels on this rank's GPU reach the memory of every other GPU of the
+ * process that supports it, so reduce can combine buffers of ranks on other
+ * GPUs (the loopback comm reduces peers' buffers in place). Peer access is
+ * a property of the GPU's context, shared by every rank on it: a second
+ * rank finds it already enabled. Without peer access (no NVLink/PCIe P2P
+ * between the two GPUs, or P2P disabled) a kernel touching the other GPU's
+ * memory would fault and poison the context, so reduce checks where its
+ * buffers live and refuses those it cannot reach (TP_ERR_NOT_SUPPORTED). */
+static void enable_peers(cuda_dev *d, int count)
+{
+    if (d->device < CUDA_MAX_GPUS)
+        d->peer[d->device] = 1;
+    for (int j = 0; j < count && j < CUDA_MAX_GPUS; j++) {
+        int can = 0;
+        cudaError_t e;
+
+        if (j == d->device)
+            continue;
+        if ((e = cudaDeviceCanAccessPeer(&can, d->device, j)) != cudaSuccess) {
+            cudaGetLastError();
+            if (d->host->debug)
+                d->host->debug("device", "cuda device: rank %d: cudaDeviceCanAccessPeer(%d, %d): "
+                               "%s", d->rank, d->device, j, cudaGetErrorName(e));
+            continue;
+        }
+        if (!can)
+            continue;
+        e = cudaDeviceEnablePeerAccess(j, 0);
+        if (e == cudaErrorPeerAccessAlreadyEnabled) {
+            cudaGetLastError(); /* not sticky, but would be reported by the next launch check */
+            e = cudaSuccess;
+        }
+        if (e != cudaSuccess) {
+            cudaGetLastError();
+            if (d->host->debug)
+                d->host->debug("device", "cuda device: rank %d: peer access GPU %d -> %d not "
+                               "enabled: %s", d->rank, d->device, j, cudaGetErrorName(e));
+            continue;
+        }
+        d->peer[j] = 1;
+    }
+}
+
 static tp_status cuda_open(const tp_host *host, const tp_device_args *args, void **dev,
                            tp_rank_env *env)
 {
@@ -198,6 +244,23 @@ static tp_status cuda_open(const tp_host *host, const tp_device_args *args, void
         cuda_close(d);
         return cuda_err(TP_ERR_DEVICE, "open: cuBLAS setup failed: %s", cublasGetStatusString(bs));
     }
+    if ((bs = cublasLtCreate(&d->lt)) != CUBLAS_STATUS_SUCCESS) {
+        d->lt = NULL;
+        cuda_close(d);
+        return cuda_err(bs == CUBLAS_STATUS_ALLOC_FAILED ? TP_ERR_NO_MEMORY : TP_ERR_DEVICE,
+                        "open: cublasLtCreate failed: %s", cublasGetStatusString(bs));
+    }
+    /* Without a workspace cuBLASLt still works, with fewer algorithms. */
+    if ((e = cudaMalloc(&d->lt_ws, LT_WORKSPACE)) == cudaSuccess) {
+        d->lt_ws_size = LT_WORKSPACE;
+    } else {
+        cudaGetLastError();
+        d->lt_ws = NULL;
+        if (host->debug)
+            host->debug("device", "cuda device: rank %d: no %u-byte cuBLASLt workspace (%s); "
+                        "fused GEMMs run without one", d->rank, LT_WORKSPACE, cudaGetErrorName(e));
+    }
+    enable_peers(d, count);
     if (host->debug)
         host->debug("device", "cuda device: rank %d on GPU %d of %d%s", d->rank, d->device, count,
                     d->tf32 ? ", TF32 GEMMs" : "");
@@ -218,6 +281,10 @@ static void cuda_close(void *dev)
     cudaStreamSynchronize(d->stream);
     if (d->blas)
         cublasDestroy(d->blas);
+    if (d->lt)
+        cublasLtDestroy(d->lt);
+    if (d->lt_ws)
+        cudaFree(d->lt_ws);
     cudaStreamDestroy(d->stream);
     free(d);
 }
@@ -250,6 +317,37 @@ static void cuda_free(void *dev, void *ptr)
 {
     if (ptr)
         cudaFree(ptr); /* waits for the device, so in-flight work on ptr is done */
+}
+
+/* Page-locked host memory for the core's staging copies. Portable: pinned
+ * for every GPU of the process, since ranks on several GPUs may share it. */
+static tp_status cuda_host_alloc(void *dev, size_t bytes, void **ptr)
+{
+    cudaError_t e;
+    void *p = NULL;
+
+    if (cuda_check_dev(dev, "host_alloc"))
+        return TP_ERR_INVALID_ARG;
+    if (!ptr)
+        return cuda_err(TP_ERR_INVALID_ARG, "host_alloc: ptr is NULL");
+    *ptr = NULL;
+    e = cudaHostAlloc(&p, bytes ? bytes : 64, cudaHostAllocPortable);
+    if (e != cudaSuccess || !p) {
+        cudaGetLastError();
+        if (e == cudaErrorMemoryAllocation || e == cudaSuccess)
+            return cuda_err(TP_ERR_NO_MEMORY, "host_alloc: cudaHostAlloc of %zu bytes of "
+                            "page-locked host memory failed: out of memory (or the locked-memory "
+                            "limit, ulimit -l, is too low)", bytes);
+        return cuda_rt_err(e, "host_alloc", "cudaHostAlloc");
+    }
+    *ptr = p;
+    return TP_OK;
+}
+
+static void cuda_host_free(void *dev, void *ptr)
+{
+    if (ptr && cudaFreeHost(ptr) != cudaSuccess)
+        cudaGetLastError(); /* nothing to report through a void slot */
 }
 
 static tp_status cuda_copy_args(void *dev, const char *op, const void *dst, const void *src,
@@ -343,6 +441,60 @@ static tp_status cuda_synchronize(void *dev)
     return TP_OK;
 }
 
+/* CUDA events for the core's device-side timing (tp_stats on the GPU's
+ * clock): created on the rank's GPU (its thread's current device since
+ * open), recorded on the rank's stream. */
+static tp_status cuda_event_create(void *dev, void **event)
+{
+    cudaEvent_t ev = NULL;
+    cudaError_t e;
+
+    if (cuda_check_dev(dev, "event_create"))
+        return TP_ERR_INVALID_ARG;
+    e = cudaEventCreateWithFlags(&ev, cudaEventDefault);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return cuda_rt_err(e, "event_create", "cudaEventCreateWithFlags");
+    }
+    *event = ev;
+    return TP_OK;
+}
+
+static tp_status cuda_event_record(void *dev, void *event)
+{
+    cudaError_t e = cudaEventRecord((cudaEvent_t)event, ((cuda_dev *)dev)->stream);
+
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return cuda_rt_err(e, "event_record", "cudaEventRecord");
+    }
+    return TP_OK;
+}
+
+static tp_status cuda_event_elapsed(void *dev, const void *start, const void *stop,
+                                    double *seconds)
+{
+    float ms = 0;
+    cudaError_t e = cudaEventSynchronize((cudaEvent_t)(uintptr_t)stop);
+
+    if (e == cudaSuccess)
+        e = cudaEventElapsedTime(&ms, (cudaEvent_t)(uintptr_t)start, (cudaEvent_t)(uintptr_t)stop);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return cuda_rt_err(e, "event_elapsed", "cudaEventElapsedTime");
+    }
+    *seconds = 1e-3 * ms;
+    (void)dev;
+    return TP_OK;
+}
+
+static void cuda_event_destroy(void *dev, void *event)
+{
+    if (event)
+        cudaEventDestroy((cudaEvent_t)event);
+    (void)dev;
+}
+
 static const tp_device_ops cuda_ops = {
     .struct_size = sizeof(tp_device_ops),
     .open = cuda_open,
@@ -370,7 +522,15 @@ static const tp_device_ops cuda_ops = {
     .ce_stats = cuda_ce_stats,
     .ce_bwd = cuda_ce_bwd,
     .adamw = cuda_adamw,
+    .reduce = cuda_reduce,
+    .host_alloc = cuda_host_alloc,
+    .host_free = cuda_host_free,
+    .gemm_bias_act = cuda_gemm_bias_act,
+    .event_create = cuda_event_create,
+    .event_record = cuda_event_record,
+    .event_elapsed = cuda_event_elapsed,
+    .event_destroy = cuda_event_destroy,
 };
 
-TP_PLUGIN_DEFINE("cuda", "0.1.0", "CUDA device memory, cuBLAS GEMMs and CUDA kernels "
-                 "(f32, bf16, f16)", NULL, &cuda_ops, cuda_probe)
+TP_PLUGIN_DEFINE("cuda", "0.1.0", "CUDA device memory, cuBLAS/cuBLASLt GEMMs and CUDA "
+                 "kernels (f32, bf16, f16)", NULL, &cuda_ops, cuda_probe)

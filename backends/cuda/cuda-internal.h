@@ -3,7 +3,8 @@
  * (C and CUDA C++).
  *
  * One context per rank: its GPU, a non-blocking stream every op is enqueued
- * on, and a cuBLAS handle bound to that stream. Memory is cudaMalloc'd
+ * on, a cuBLAS handle bound to that stream, and a cuBLASLt handle with its
+ * workspace for the fused GEMM epilogues (gemm_bias_act). Memory is cudaMalloc'd
  * device memory. Element-wise kernels take f32, bf16 or f16 tensors and
  * compute in f32; per-row statistics are f32. Reductions run in a fixed
  * order (no float atomics), so results are the same on every run.
@@ -11,6 +12,15 @@
 #ifndef TP_CUDA_INTERNAL_H
 #define TP_CUDA_INTERNAL_H
 
+/* cublasLt.h declares a function with () in C: not our warning to fix. */
+#if defined(__GNUC__) && !defined(__cplusplus)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wstrict-prototypes"
+#endif
+#include <cublasLt.h>
+#if defined(__GNUC__) && !defined(__cplusplus)
+#pragma GCC diagnostic pop
+#endif
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -20,6 +30,8 @@
 extern "C" {
 #endif
 
+#define CUDA_MAX_GPUS 64 /* GPUs per process that reduce can reach (peer access) */
+
 typedef struct cuda_dev {
     const tp_host *host;
     int rank;          /* world rank, for messages */
@@ -27,6 +39,12 @@ typedef struct cuda_dev {
     cudaStream_t stream;
     cublasHandle_t blas;
     int tf32;          /* TP_CUDA_TF32=1: f32 GEMMs may use TF32 tensor cores */
+    cublasLtHandle_t lt; /* for gemm_bias_act */
+    void *lt_ws;         /* cuBLASLt workspace, used only on `stream` (NULL: none) */
+    size_t lt_ws_size;
+    /* peer[j]: kernels on this rank's GPU may access GPU j's memory (peer
+     * access enabled in open, or j is this GPU) */
+    unsigned char peer[CUDA_MAX_GPUS];
 } cuda_dev;
 
 extern const tp_host *cuda_host;
@@ -56,6 +74,8 @@ tp_status cuda_launched(const char *op);
 
 /* cuda-gemm.c */
 tp_status cuda_gemm(void *dev, const tp_gemm_args *g);
+tp_status cuda_gemm_bias_act(void *dev, const tp_gemm_args *g, const void *bias, tp_act act,
+                             void *pre);
 
 /* cuda-kernels.cu */
 tp_status cuda_gemm_scale(cuda_dev *d, tp_dtype dt, int64_t m, int64_t n, float beta, void *c,
@@ -73,6 +93,7 @@ tp_status cuda_embedding(void *dev, tp_dtype dt, int64_t n, int64_t dim, const i
                          int64_t lo, int64_t hi, const void *table, void *out);
 tp_status cuda_embedding_bwd(void *dev, tp_dtype dt, int64_t n, int64_t dim, const int32_t *ids,
                              int64_t lo, int64_t hi, const void *dout, void *dtable);
+tp_status cuda_reduce(void *dev, tp_dtype dt, tp_redop op, int64_t n, const void *x, void *y);
 tp_status cuda_adamw(void *dev, int64_t n, float *param, const float *grad, float *m, float *v,
                      float lr, float beta1, float beta2, float eps, float weight_decay,
                      int64_t step);

@@ -1,6 +1,6 @@
 /*
  * cuda-kernels.cu — element-wise kernels of the cuda device: GEMM's k = 0
- * scaling, bias, GeLU, axpby, embedding and AdamW. f32 compute for every
+ * scaling, bias, GeLU, axpby, embedding, AdamW and reduce. f32 compute for every
  * storage type; per-column sums run over rows in ascending order, one
  * thread per column, so they are deterministic without atomics.
  */
@@ -320,4 +320,105 @@ extern "C" tp_status cuda_adamw(void *dev, int64_t n, float *param, const float 
     k_adamw<<<grid_for(n), THREADS, 0, d->stream>>>(n, param, grad, m, v, lr, beta1, beta2, eps,
                                                     weight_decay, step_size, rbc2);
     return cuda_launched(op);
+}
+
+/* --------------------------------------------------------------- reduce */
+
+/* y[i] = op(y[i], x[i]) in f32, one rounding to T. max/min as the cpu
+ * device and the loopback comm compute them: a NaN in y stays, one in x is
+ * dropped. */
+template <typename T, int OP> __global__ void k_reduce(const T *x, T *y, int64_t n)
+{
+    FOR_EACH(i, n) {
+        float a = ldf(y, i), b = ldf(x, i);
+        stf(y, i, OP == TP_SUM ? a + b : OP == TP_MAX ? (b > a ? b : a) : (b < a ? b : a));
+    }
+}
+
+/* i32: exact; the sum wraps (two's complement), as NCCL's and MPI's do. */
+template <int OP> __global__ void k_reduce_i32(const int32_t *x, int32_t *y, int64_t n)
+{
+    FOR_EACH(i, n) {
+        int32_t a = y[i], b = x[i];
+        y[i] = OP == TP_SUM ? (int32_t)((uint32_t)a + (uint32_t)b)
+               : OP == TP_MAX ? (b > a ? b : a) : (b < a ? b : a);
+    }
+}
+
+/* Can kernels on d's GPU read and write p? Device memory of a GPU without
+ * peer access, and pageable host memory, would fault in the kernel. */
+static tp_status reachable(const cuda_dev *d, const void *p, const char *what)
+{
+    cudaPointerAttributes a;
+    cudaError_t e = cudaPointerGetAttributes(&a, p);
+
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return cuda_err(TP_ERR_INVALID_ARG, "reduce: %s = %p is not a CUDA pointer "
+                        "(cudaPointerGetAttributes: %s)", what, p, cudaGetErrorName(e));
+    }
+    switch (a.type) {
+    case cudaMemoryTypeDevice:
+        if (a.device == d->device ||
+            (a.device >= 0 && a.device < CUDA_MAX_GPUS && d->peer[a.device]))
+            return TP_OK;
+        return cuda_err(TP_ERR_NOT_SUPPORTED, "reduce: %s is memory of GPU %d, which rank %d's "
+                        "GPU %d cannot access (no peer access between them); stage such buffers "
+                        "through host memory or use a comm that moves data itself (nccl)", what,
+                        a.device, d->rank, d->device);
+    case cudaMemoryTypeHost:    /* page-locked, mapped into the device's address space */
+    case cudaMemoryTypeManaged:
+        return TP_OK;
+    default:
+        return cuda_err(TP_ERR_INVALID_ARG, "reduce: %s = %p is ordinary (pageable) host "
+                        "memory; reduce takes device memory (or cudaHostAlloc'ed memory)", what,
+                        p);
+    }
+}
+
+extern "C" tp_status cuda_reduce(void *dev, tp_dtype dt, tp_redop op, int64_t n, const void *x,
+                                 void *y)
+{
+    const char *name = "reduce";
+    cuda_dev *d = (cuda_dev *)dev;
+    tp_status st;
+
+    if ((st = cuda_check_dev(dev, name)) ||
+        (dt != TP_I32 && (st = cuda_check_float_dt(dt, name))) ||
+        (st = cuda_check_count(n, name, "n")) || (st = cuda_check_ptr(x, n, name, "x")) ||
+        (st = cuda_check_ptr(y, n, name, "y")))
+        return st;
+    if ((unsigned)op >= TP_REDOP_COUNT_)
+        return cuda_err(TP_ERR_INVALID_ARG, "reduce: op %d is not a tp_redop (TP_SUM, TP_MAX or "
+                        "TP_MIN)", (int)op);
+    if (n == 0)
+        return TP_OK;
+    if ((st = reachable(d, x, "x")) || (st = reachable(d, y, "y")))
+        return st;
+    if (dt == TP_I32) {
+        const int32_t *xi = (const int32_t *)x;
+        int32_t *yi = (int32_t *)y;
+        if (op == TP_SUM)
+            k_reduce_i32<TP_SUM><<<grid_for(n), THREADS, 0, d->stream>>>(xi, yi, n);
+        else if (op == TP_MAX)
+            k_reduce_i32<TP_MAX><<<grid_for(n), THREADS, 0, d->stream>>>(xi, yi, n);
+        else
+            k_reduce_i32<TP_MIN><<<grid_for(n), THREADS, 0, d->stream>>>(xi, yi, n);
+        return cuda_launched(name);
+    }
+    switch (op) {
+    case TP_SUM:
+        TP_DISPATCH(dt, (k_reduce<T, TP_SUM><<<grid_for(n), THREADS, 0, d->stream>>>(
+                             (const T *)x, (T *)y, n)));
+        break;
+    case TP_MAX:
+        TP_DISPATCH(dt, (k_reduce<T, TP_MAX><<<grid_for(n), THREADS, 0, d->stream>>>(
+                             (const T *)x, (T *)y, n)));
+        break;
+    default:
+        TP_DISPATCH(dt, (k_reduce<T, TP_MIN><<<grid_for(n), THREADS, 0, d->stream>>>(
+                             (const T *)x, (T *)y, n)));
+        break;
+    }
+    return cuda_launched(name);
 }
