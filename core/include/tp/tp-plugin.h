@@ -44,8 +44,9 @@
  *   for cuda), and a comm that still cannot use it refuses in world() with
  *   TP_ERR_NOT_SUPPORTED. A comm that takes a device kind only on some
  *   condition (loopback needs the device's reduce slot) may refuse it in
- *   world() with TP_ERR_NOT_SUPPORTED; if it also takes host memory the
- *   core then calls world() again with a host tp_rank_env and stages.
+ *   world() with TP_ERR_NOT_SUPPORTED, before any side effect and alike
+ *   on every rank; if it also takes host memory the core then calls
+ *   world() again with a host tp_rank_env and stages.
  *   Device ops are ordered on the rank's stream; comm ops given env.stream
  *   must be ordered on it too.
  *
