@@ -33,6 +33,20 @@ static void inst_free(layer_inst *li)
     memset(li, 0, sizeof *li);
 }
 
+/* Upload n f32 host values into t, rounded to its dtype (bf16/f16 layers). */
+static tp_status upload_f32(tp_tensor *t, const float *h, size_t n)
+{
+    if (t->dtype == TP_F32)
+        return tp_tensor_upload(t, h);
+    void *buf = malloc(n * tp_dtype_size(t->dtype) + 1);
+    if (!buf)
+        return tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory to convert the layer's data");
+    tp_host_convert(t->dtype, buf, TP_F32, h, n);
+    tp_status st = tp_tensor_upload(t, buf);
+    free(buf);
+    return st;
+}
+
 static tp_status inst_create(layer_inst *li, int kind, tp_comm *comm, const bench_opts *o)
 {
     memset(li, 0, sizeof *li);
@@ -53,6 +67,7 @@ static tp_status inst_create(layer_inst *li, int kind, tp_comm *comm, const benc
         cfg.bias = o->bias;
         cfg.seed = 1;
         cfg.tensor_id = 10;
+        cfg.dtype = o->gemm_dtype;
         if (kind == LK_LINEAR_COL) {
             cfg.in_features = o->hidden;
             cfg.out_features = o->ffn;
@@ -80,6 +95,7 @@ static tp_status inst_create(layer_inst *li, int kind, tp_comm *comm, const benc
         cfg.seed = 1;
         cfg.tensor_id = 10;
         cfg.name = "bench.mlp";
+        cfg.dtype = o->gemm_dtype;
         x_cols = y_cols = o->hidden;
         st = tp_mlp_create(comm, &cfg, &li->mlp);
         break;
@@ -87,20 +103,21 @@ static tp_status inst_create(layer_inst *li, int kind, tp_comm *comm, const benc
     default:
         return tp_set_error(TP_ERR_INTERNAL, "tp-bench: layer kind %d has no runner", kind);
     }
+    tp_dtype dt = o->gemm_dtype; /* the layer's: inputs, outputs and gradients alike */
     if (st == TP_OK)
-        st = tp_tensor_alloc2(dev, TP_F32, x_rows, x_cols, &li->x);
+        st = tp_tensor_alloc2(dev, dt, x_rows, x_cols, &li->x);
     if (st == TP_OK)
-        st = tp_tensor_alloc2(dev, TP_F32, x_rows, y_cols, &li->y);
+        st = tp_tensor_alloc2(dev, dt, x_rows, y_cols, &li->y);
     if (st == TP_OK && o->backward) {
-        st = tp_tensor_alloc2(dev, TP_F32, x_rows, x_cols, &li->dx);
+        st = tp_tensor_alloc2(dev, dt, x_rows, x_cols, &li->dx);
         if (st == TP_OK)
-            st = tp_tensor_alloc2(dev, TP_F32, x_rows, y_cols, &li->dy);
+            st = tp_tensor_alloc2(dev, dt, x_rows, y_cols, &li->dy);
         float *h = st == TP_OK ? malloc((size_t)x_rows * (size_t)y_cols * sizeof *h) : NULL;
         if (st == TP_OK && !h)
             st = tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory for the output gradient");
         if (h) {
             tp_master_fill(1, 98, y_cols, 0, x_rows, 0, y_cols, 1.0f, h);
-            st = tp_tensor_upload(&li->dy, h);
+            st = upload_f32(&li->dy, h, (size_t)x_rows * (size_t)y_cols);
             free(h);
         }
     }
@@ -113,7 +130,7 @@ static tp_status inst_create(layer_inst *li, int kind, tp_comm *comm, const benc
             st = tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory for the layer input");
         else {
             tp_master_fill(1, 99, full, 0, x_rows, c0, c0 + x_cols, 1.0f, h);
-            st = tp_tensor_upload(&li->x, h);
+            st = upload_f32(&li->x, h, (size_t)x_rows * (size_t)x_cols);
             free(h);
         }
     }
@@ -311,6 +328,7 @@ static void emit_layer(bench_sink *sink, const bench_env *env, const bench_opts 
     bench_rec_int(rec, "tokens", o->tokens);
     bench_rec_int(rec, "hidden", o->hidden);
     bench_rec_int(rec, "ffn", o->ffn);
+    bench_rec_str(rec, "dtype", tp_dtype_name(o->gemm_dtype));
     bench_xf_rec_fields(rec, o);
     const float *p = v ? v + V_PHASE * ph : NULL;
     double gemm = p ? p[V_GEMM] : R->gemm_us[ph], other = p ? p[V_OTHER] : R->other_us[ph];
@@ -388,8 +406,9 @@ static void print_result(const bench_opts *o, const bench_layer_result *R, const
     printf("%s\n", any ? "" : " none");
     for (int ph = 0; ph < R->nphases; ph++)
         printf("# %s bytes per rank: payload %.0f, ring traffic %.0f (payload x 2(T-1)/T for all_reduce), seed "
-               "formula %.0f (2(T-1)/T x tokens x hidden x 4 per all-reduce): %s\n",
+               "formula %.0f (2(T-1)/T x tokens x hidden x %zu bytes per all-reduce): %s\n",
                phase_names[ph], R->comm_bytes[ph], R->wire_bytes[ph], R->formula_bytes[ph],
+               tp_dtype_size(o->gemm_dtype),
                fabs(R->wire_bytes[ph] - R->formula_bytes[ph]) <= 1e-6 * (R->formula_bytes[ph] + 1) ? "match"
                                                                                                    : "MISMATCH");
     bench_xf_print_result(o, R);
@@ -437,8 +456,9 @@ int bench_cmd_layer(const bench_opts *o)
             continue;
         if (!header) {
             printf("# tp-bench layer: %s, tokens %" G_GINT64_FORMAT ", hidden %" G_GINT64_FORMAT ", ffn %"
-                   G_GINT64_FORMAT "%s, f32, %s, backend %s, device %s, %d iters (%d warm-up)\n",
+                   G_GINT64_FORMAT "%s, %s, %s, backend %s, device %s, %d iters (%d warm-up)\n",
                    o->layer, (gint64)o->tokens, (gint64)o->hidden, (gint64)o->ffn, o->bias ? ", bias" : "",
+                   tp_dtype_name(o->gemm_dtype),
                    o->backward ? "forward + backward" : "forward",
                    env.backend, env.device, L.iters, L.warmup);
             bench_xf_print_header(o);

@@ -86,10 +86,11 @@ int bench_layer_expected_comm(const bench_layer_desc *d, const bench_opts *o, in
 {
     (void)T;
     int n = 0;
-    double elt = 4.0; /* f32 */
     bool reduces = false;
     if (bench_layer_is_xf(d->kind))
         return bench_xf_expected_comm(d->kind, o, T, phase, out, max);
+    /* bytes per element of the layer's dtype (--dtype; this file does not link libtp) */
+    double elt = o->gemm_dtype == TP_F32 ? 4.0 : 2.0;
     switch (d->kind) {
     case LK_LINEAR_COL: reduces = phase == 1; break;
     case LK_LINEAR_ROW: reduces = phase == 0; break;

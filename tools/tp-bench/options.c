@@ -58,7 +58,7 @@ static const opt_def opt_table[] = {
     {"compare-raw", 0, 0, O_RAW, C},
     {"no-memcpy", 0, 0, O_NO_MEMCPY, C | M},
     {"sizes", 0, 1, O_SIZES, G},
-    {"dtype", 0, 1, O_DTYPE, G},
+    {"dtype", 0, 1, O_DTYPE, G | L},
     {"layer", 0, 1, O_LAYER, L | M},
     {"tokens", 0, 1, O_TOKENS, L | M},
     {"hidden", 0, 1, O_HIDDEN, L | M},
@@ -607,6 +607,11 @@ int bench_opts_validate(const bench_opts *o, char *err, size_t errlen)
         if (!bench_layer_find(o->layer))
             return fail(err, errlen, "%s: unknown layer '%s': expected one of %s", cmd, o->layer,
                         bench_layer_names());
+        const bench_layer_desc *d = bench_layer_find(o->layer);
+        if (o->gemm_dtype != TP_F32 && bench_layer_is_xf(bench_layer_kind(d)))
+            return fail(err, errlen, "%s: --dtype %s: layer '%s' runs in f32 only; bf16/f16 are "
+                        "implemented for linear-col, linear-row and mlp (use --dtype f32 or one "
+                        "of those layers)", cmd, o->gemm_dtype == TP_BF16 ? "bf16" : "f16", o->layer);
         if (o->tp && check_split(o, o->tp, "--tp/TP_WORLD_SIZE", err, errlen))
             return -1;
         for (int i = 0; i < o->n_sweep_tp; i++)
@@ -689,6 +694,8 @@ void bench_print_help(FILE *f, bench_cmd cmd)
                 "  --hidden N          hidden size h (default 1024)\n"
                 "  --ffn N             MLP inner size (default 4096)\n"
                 "  --no-bias           layers without bias\n"
+                "  --dtype T           linear-col, linear-row, mlp: f32 (default), bf16 or f16 for\n"
+                "                      weights, activations and gradients (f32 accumulation)\n"
                 "  --backward          each iteration runs forward then backward (dx and weight\n"
                 "                      gradients); both phases are reported\n"
                 "  --sweep-tp LIST     e.g. 1,2,4 (default: --tp)\n"

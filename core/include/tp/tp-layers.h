@@ -10,7 +10,18 @@
  * host. Every layer object belongs to one rank (its comm's rank).
  *
  * Tensors: x and y are f32 [tokens, features] or [d0, .., features] (2 to 4
- * dims; leading dims are flattened into tokens) on the comm's device. An
+ * dims; leading dims are flattened into tokens) on the comm's device.
+ * Dtypes: the linear layers and the MLP take a `dtype` (TP_F32, the zero
+ * default, TP_BF16 or TP_F16; anything else is refused at create with
+ * TP_ERR_INVALID_ARG). Their weights, bias, gradients and every activation
+ * they take or return (x, y, dy, dx) are stored in that dtype, and a tensor
+ * of another dtype is refused with TP_ERR_SHAPE naming both. GEMMs
+ * accumulate in f32 inside the device; each stored result (GEMM output,
+ * bias add, GeLU, the all-reduced sum, each accumulated gradient) is
+ * rounded once to the dtype. Host-side weights (full_weight, the RNG
+ * master weights, tp_linear_get_full) stay f32: the layer rounds its shard
+ * to nearest even before the upload (tp_host_convert) and widens on the
+ * way back. The other layers below are f32 only. An
  * output (y, dx) may be passed zeroed (tp_tensor t = {0}): the layer then
  * allocates it with the right shape and the caller releases it with
  * tp_tensor_release. Otherwise its shape is checked. Shape errors return
@@ -58,6 +69,8 @@ typedef struct tp_linear_config {
     const float *full_weight; /* optional host [in, out]: the layer copies its shard */
     const float *full_bias;   /* optional host [out] */
     const char *name;         /* for error messages, e.g. "mlp.fc1"; may be NULL */
+    tp_dtype dtype;           /* weights, grads and activations: TP_F32 (0, default),
+                                 TP_BF16 or TP_F16 (f32 accumulation); see above */
 } tp_linear_config;
 
 typedef struct tp_linear tp_linear;
@@ -95,8 +108,9 @@ void tp_linear_get_params(tp_linear *layer, tp_linear_params *out);
 
 /* Collective over the layer's comm: assemble the full (unsharded) weight
  * [in, out] and bias [out] from every rank's shard and copy them to the
- * host buffers (either may be NULL; b is ignored without bias). The _grad
- * variant does the same for the gradients (zero before any backward). */
+ * host buffers as f32 (widened exactly from a bf16/f16 layer; either may
+ * be NULL; b is ignored without bias). The _grad variant does the same
+ * for the gradients (zero before any backward). */
 tp_status tp_linear_get_full(tp_linear *layer, float *w, float *b);
 tp_status tp_linear_get_full_grad(tp_linear *layer, float *dw, float *db);
 
@@ -108,11 +122,14 @@ typedef struct tp_mlp_config {
     uint64_t tensor_id; /* fc1 uses tensor_id, tensor_id+1; fc2 tensor_id+2, tensor_id+3 */
     const float *full_w1, *full_b1, *full_w2, *full_b2; /* optional host full weights */
     const char *name;
+    tp_dtype dtype; /* of both linears and every activation: TP_F32 (0), TP_BF16, TP_F16 */
 } tp_mlp_config;
 
 typedef struct tp_mlp tp_mlp;
 
-/* ParallelMLP: column(hidden->ffn) -> GeLU -> row(ffn->hidden): one all-reduce forward. */
+/* ParallelMLP: column(hidden->ffn) -> GeLU -> row(ffn->hidden): one all-reduce forward.
+ * fc1's bias and GeLU run in its GEMM's epilogue where the device fuses them
+ * (tp_dev_gemm_bias_act), else as separate kernels. */
 tp_status tp_mlp_create(tp_comm *comm, const tp_mlp_config *cfg, tp_mlp **out);
 tp_status tp_mlp_forward(tp_mlp *mlp, const tp_tensor *x, tp_tensor *y); /* [tokens, hidden] both */
 /* dy [tokens, hidden] -> dx [tokens, hidden] (or NULL): one all-reduce. */

@@ -170,12 +170,16 @@ typedef struct tp_stats {
     tp_counter kernel[TP_PHASE_COUNT];            /* every other device op */
 } tp_stats;
 
-/* Timing: `seconds` is wall time around each call. An asynchronous device
- * (one whose tp_rank_env.stream is not NULL, e.g. cuda) returns once the
- * work is enqueued, so by default its comm and device times are enqueue
- * times. TP_SYNC_TIMING=1 makes the core synchronize the device after
- * every counted call, so times include execution (slower; for
- * measurement). Synchronous devices (cpu) are always timed exactly. */
+/* Timing: `seconds` is the time of each call. Synchronous devices (cpu)
+ * are timed with the host's clock around the call. An asynchronous device
+ * (tp_rank_env.stream not NULL, e.g. cuda) returns once the work is
+ * enqueued, so when it has the event slots (cuda: CUDA events) the core
+ * records an event before and after each counted call on the rank's
+ * stream and counts the device time between them; reading or resetting
+ * the stats (and freeing a comm) waits for those events. Without events
+ * the times are enqueue times. TP_SYNC_TIMING=1 makes the core
+ * synchronize the device after every counted call and count host time
+ * instead (includes launch gaps; slower). */
 
 /* Counters of comm, plus the compute counters of its rank's device. */
 void tp_stats_get(const tp_comm *comm, tp_stats *out);
@@ -216,6 +220,16 @@ int64_t tp_tensor_numel(const tp_tensor *t);
 size_t tp_tensor_bytes(const tp_tensor *t);
 tp_status tp_tensor_upload(tp_tensor *t, const void *host);  /* host holds numel elements */
 tp_status tp_tensor_download(const tp_tensor *t, void *host); /* waits for the device */
+
+/* Convert n elements between host buffers of f32, bf16 and f16 (e.g. to
+ * upload f32 data into a bf16 tensor, or read one back). Widening to f32
+ * is exact; narrowing rounds to nearest even, overflows to +-inf, keeps f16
+ * subnormals, and a NaN stays a (quiet) NaN of the same sign. bf16 <-> f16
+ * goes through f32, so it is rounded once too. Same dtypes copy (any
+ * dtype, i32 included); other pairs with i32 or an invalid dtype are a
+ * programming error and leave dst untouched. dst and src must not overlap
+ * unless they are the same buffer and the element sizes are equal. */
+void tp_host_convert(tp_dtype dst_dt, void *dst, tp_dtype src_dt, const void *src, size_t n);
 
 /* ---------------------------------------------------------------- device */
 

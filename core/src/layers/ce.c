@@ -119,7 +119,7 @@ tp_status tp_vocab_ce_forward(tp_vocab_ce *c, const tp_tensor *logits, const tp_
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: loss is NULL", c->label);
     c->saved = false; /* a failed forward leaves nothing for backward */
     int64_t rows;
-    tp_status st = tp_layer_check_act(c->label, "logits", logits, c->dev, &rows);
+    tp_status st = tp_layer_check_act(c->label, "logits", logits, c->dev, TP_F32, &rows);
     if (st != TP_OK)
         return st;
     int64_t cols = c->hi - c->lo, got = logits->shape[logits->ndim - 1];
@@ -194,7 +194,7 @@ tp_status tp_vocab_ce_backward(tp_vocab_ce *c, float dloss, tp_tensor *dlogits)
     if (!c->saved)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: backward called before forward", c->label);
     tp_status st = tp_layer_prepare_out(c->label, "dlogits", dlogits, &c->logits_saved, c->dev,
-                                        c->hi - c->lo, "");
+                                        TP_F32, c->hi - c->lo, "");
     if (st != TP_OK || c->rows == 0)
         return st;
     int64_t rows = c->rows;

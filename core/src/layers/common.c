@@ -42,15 +42,18 @@ char *tp_layer_label(const char *kind, const char *name, tp_comm *comm)
     return strdup(buf);
 }
 
-static tp_status check_common(const char *who, const char *what, const tp_tensor *t, tp_device *dev)
+static tp_status check_common(const char *who, const char *what, const tp_tensor *t, tp_device *dev,
+                              tp_dtype dt)
 {
     if (!t)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: %s is NULL", who, what);
-    if (t->dtype != TP_F32)
+    if (t->dtype != dt)
         return tp_set_error(TP_ERR_SHAPE,
-                            "%s: %s has dtype %s but the layer's weights are f32; dtype mismatch "
-                            "(convert %s to f32)",
-                            who, what, tp_dtype_name(t->dtype), what);
+                            "%s: %s has dtype %s but the layer's weights are %s; dtype mismatch "
+                            "(convert %s to %s, e.g. with tp_host_convert before the upload, or "
+                            "create the layer with .dtype = the activations' dtype)",
+                            who, what, tp_dtype_name(t->dtype), tp_dtype_name(dt), what,
+                            tp_dtype_name(dt));
     if (t->dev != dev)
         return tp_set_error(TP_ERR_SHAPE,
                             "%s: %s lives on a different device (%s %p) than the layer (%s %p); "
@@ -81,9 +84,9 @@ static int64_t lead_tokens(const tp_tensor *t)
 }
 
 tp_status tp_layer_check_act(const char *who, const char *what, const tp_tensor *t, tp_device *dev,
-                             int64_t *tokens)
+                             tp_dtype dt, int64_t *tokens)
 {
-    tp_status st = check_common(who, what, t, dev);
+    tp_status st = check_common(who, what, t, dev, dt);
     if (st != TP_OK)
         return st;
     *tokens = lead_tokens(t);
@@ -103,6 +106,45 @@ tp_status tp_layer_mul(const char *who, const char *what, int64_t a, int64_t b, 
     return TP_OK;
 }
 
+tp_status tp_layer_check_dtype(const char *who, tp_dtype dt)
+{
+    if (dt == TP_F32 || dt == TP_BF16 || dt == TP_F16)
+        return TP_OK;
+    return tp_set_error(TP_ERR_INVALID_ARG,
+                        "%s: dtype %d (%s) cannot hold a layer's weights and activations; expected "
+                        "TP_F32, TP_BF16 or TP_F16",
+                        who, (int)dt, tp_dtype_name(dt));
+}
+
+tp_status tp_layer_upload_f32(tp_device *dev, tp_dtype dt, void *dst, const float *src, size_t n)
+{
+    if (dt == TP_F32 || !n)
+        return tp_dev_upload(dev, dst, src, n * sizeof(float));
+    void *h = malloc(n * tp_dtype_size(dt));
+    if (!h)
+        return tp_set_error(TP_ERR_NO_MEMORY, "out of host memory converting %zu values to %s", n,
+                            tp_dtype_name(dt));
+    tp_host_convert(dt, h, TP_F32, src, n);
+    tp_status st = tp_dev_upload(dev, dst, h, n * tp_dtype_size(dt));
+    free(h);
+    return st;
+}
+
+tp_status tp_layer_download_f32(tp_device *dev, tp_dtype dt, float *dst, const void *src, size_t n)
+{
+    if (dt == TP_F32 || !n)
+        return tp_dev_download(dev, dst, src, n * sizeof(float));
+    void *h = malloc(n * tp_dtype_size(dt));
+    if (!h)
+        return tp_set_error(TP_ERR_NO_MEMORY, "out of host memory converting %zu %s values", n,
+                            tp_dtype_name(dt));
+    tp_status st = tp_dev_download(dev, h, src, n * tp_dtype_size(dt));
+    if (st == TP_OK)
+        tp_host_convert(TP_F32, dst, dt, h, n);
+    free(h);
+    return st;
+}
+
 void tp_layer_host_block(const float *full, int64_t cols, int64_t r0, int64_t r1, int64_t c0,
                          int64_t c1, float *out)
 {
@@ -117,17 +159,18 @@ tp_tensor tp_layer_view2(const tp_tensor *t, int64_t rows, int64_t cols)
     return tp_tensor_view(t->dev, t->dtype, t->data, 2, shape);
 }
 
-tp_tensor tp_layer_view2p(tp_device *dev, void *p, int64_t rows, int64_t cols)
+tp_tensor tp_layer_view2p(tp_device *dev, tp_dtype dt, void *p, int64_t rows, int64_t cols)
 {
     int64_t shape[2] = {rows, cols};
-    return tp_tensor_view(dev, TP_F32, p, 2, shape);
+    return tp_tensor_view(dev, dt, p, 2, shape);
 }
 
-tp_status tp_layer_gemm_batched(tp_device *dev, int ta, int tb, int64_t m, int64_t n, int64_t k,
-                                float beta, const void *a, int64_t lda, int64_t sa, const void *b,
-                                int64_t ldb, int64_t sb, void *c, int64_t ldc, int64_t sc,
-                                int64_t batch)
+tp_status tp_layer_gemm_batched(tp_device *dev, tp_dtype dt, int ta, int tb, int64_t m, int64_t n,
+                                int64_t k, float beta, const void *a, int64_t lda, int64_t sa,
+                                const void *b, int64_t ldb, int64_t sb, void *c, int64_t ldc,
+                                int64_t sc, int64_t batch)
 {
+    size_t es = tp_dtype_size(dt);
     if (m == 0 || n == 0 || batch == 0)
         return TP_OK;
     if (k == 0) { /* C = beta C: nothing to do unless beta is 0 */
@@ -136,12 +179,12 @@ tp_status tp_layer_gemm_batched(tp_device *dev, int ta, int tb, int64_t m, int64
         tp_status st = TP_OK;
         for (int64_t bi = 0; bi < batch && st == TP_OK; bi++)
             for (int64_t r = 0; r < m && st == TP_OK; r++)
-                st = tp_dev_memset(dev, (float *)c + bi * sc + r * ldc, 0,
-                                   (size_t)n * sizeof(float));
+                st = tp_dev_memset(dev, (char *)c + (size_t)(bi * sc + r * ldc) * es, 0,
+                                   (size_t)n * es);
         return st;
     }
     tp_gemm_args g = {
-        .struct_size = sizeof g, .dtype = TP_F32, .trans_a = ta, .trans_b = tb,
+        .struct_size = sizeof g, .dtype = dt, .trans_a = ta, .trans_b = tb,
         .m = m, .n = n, .k = k, .alpha = 1.0f, .beta = beta,
         .a = a, .lda = lda, .stride_a = sa, .b = b, .ldb = ldb, .stride_b = sb,
         .c = c, .ldc = ldc, .stride_c = sc, .batch = batch,
@@ -149,11 +192,12 @@ tp_status tp_layer_gemm_batched(tp_device *dev, int ta, int tb, int64_t m, int64
     return tp_dev_gemm(dev, &g);
 }
 
-tp_status tp_layer_gemm(tp_device *dev, int ta, int tb, int64_t m, int64_t n, int64_t k, float beta,
-                        const void *a, int64_t lda, const void *b, int64_t ldb, void *c,
-                        int64_t ldc)
+tp_status tp_layer_gemm(tp_device *dev, tp_dtype dt, int ta, int tb, int64_t m, int64_t n,
+                        int64_t k, float beta, const void *a, int64_t lda, const void *b,
+                        int64_t ldb, void *c, int64_t ldc)
 {
-    return tp_layer_gemm_batched(dev, ta, tb, m, n, k, beta, a, lda, 0, b, ldb, 0, c, ldc, 0, 1);
+    return tp_layer_gemm_batched(dev, dt, ta, tb, m, n, k, beta, a, lda, 0, b, ldb, 0, c, ldc, 0,
+                                 1);
 }
 
 void tp_layer_shard_offsets(int64_t n, int T, int64_t *off)
@@ -162,17 +206,17 @@ void tp_layer_shard_offsets(int64_t n, int T, int64_t *off)
         tp_shard_range(n, T, i, &off[i], &off[i + 1]);
 }
 
-tp_status tp_layer_gather_rows(tp_comm *comm, const void *shard, void *full, const int64_t *off,
-                               int64_t cols, size_t *counts)
+tp_status tp_layer_gather_rows(tp_comm *comm, tp_dtype dt, const void *shard, void *full,
+                               const int64_t *off, int64_t cols, size_t *counts)
 {
     int T = tp_comm_size(comm);
     for (int i = 0; i < T; i++)
         counts[i] = (size_t)((off[i + 1] - off[i]) * cols);
-    return tp_all_gatherv(comm, shard, full, counts, TP_F32);
+    return tp_all_gatherv(comm, shard, full, counts, dt);
 }
 
 tp_status tp_layer_prepare_out(const char *who, const char *what, tp_tensor *out,
-                               const tp_tensor *like, tp_device *dev, int64_t cols,
+                               const tp_tensor *like, tp_device *dev, tp_dtype dt, int64_t cols,
                                const char *hint)
 {
     if (!out)
@@ -182,12 +226,12 @@ tp_status tp_layer_prepare_out(const char *who, const char *what, tp_tensor *out
         for (int i = 0; i + 1 < like->ndim; i++)
             shape[i] = like->shape[i];
         shape[like->ndim - 1] = cols;
-        tp_status st = tp_tensor_alloc(dev, TP_F32, like->ndim, shape, out);
+        tp_status st = tp_tensor_alloc(dev, dt, like->ndim, shape, out);
         if (st != TP_OK)
             return tp_set_error(st, "%s: cannot allocate %s: %s", who, what, tp_last_error());
         return TP_OK;
     }
-    tp_status st = check_common(who, what, out, dev);
+    tp_status st = check_common(who, what, out, dev, dt);
     if (st != TP_OK)
         return st;
     int64_t tx = lead_tokens(like), ty = lead_tokens(out);
@@ -204,14 +248,14 @@ tp_status tp_layer_prepare_out(const char *who, const char *what, tp_tensor *out
     return TP_OK;
 }
 
-tp_status tp_layer_gather_cols(tp_comm *comm, const void *src, void *dst, void *tmp, int64_t rows,
-                               const int64_t *off, size_t *counts)
+tp_status tp_layer_gather_cols(tp_comm *comm, tp_dtype dt, const void *src, void *dst, void *tmp,
+                               int64_t rows, const int64_t *off, size_t *counts)
 {
     int T = tp_comm_size(comm);
-    size_t es = sizeof(float);
+    size_t es = tp_dtype_size(dt);
     for (int i = 0; i < T; i++)
         counts[i] = (size_t)(rows * (off[i + 1] - off[i]));
-    tp_status st = tp_all_gatherv(comm, src, tmp, counts, TP_F32);
+    tp_status st = tp_all_gatherv(comm, src, tmp, counts, dt);
     if (st != TP_OK)
         return st;
     if (rows == 0)

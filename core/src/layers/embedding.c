@@ -173,7 +173,7 @@ tp_status tp_embedding_forward(tp_embedding *e, const tp_tensor *ids, tp_tensor 
             return st;
     } else {
         int64_t tokens;
-        st = tp_layer_check_act(e->label, "y", y, e->dev, &tokens);
+        st = tp_layer_check_act(e->label, "y", y, e->dev, TP_F32, &tokens);
         if (st != TP_OK)
             return st;
         if (tokens != rows)
@@ -225,7 +225,7 @@ tp_status tp_embedding_backward(tp_embedding *e, const tp_tensor *dy)
     if (!e->saved)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: backward called before forward", e->label);
     int64_t tokens, n = e->n_saved, slo = 0, shi = n;
-    tp_status st = tp_layer_check_act(e->label, "dy", dy, e->dev, &tokens);
+    tp_status st = tp_layer_check_act(e->label, "dy", dy, e->dev, TP_F32, &tokens);
     if (st != TP_OK)
         return st;
     if (e->sp)

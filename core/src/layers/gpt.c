@@ -523,9 +523,9 @@ static tp_status forward_body(tp_gpt *m, const tp_tensor *ids, const tp_tensor *
     tp_tensor *w, *dw;
     out_weight(m, &w, &dw);
     if (st == TP_OK)
-        st = m->out ? tp_layer_gemm(m->dev, 0, 0, N, m->vl, H, 0.0f, h, H, w->data, m->vl,
+        st = m->out ? tp_layer_gemm(m->dev, TP_F32, 0, 0, N, m->vl, H, 0.0f, h, H, w->data, m->vl,
                                     m->logits.data, m->vl)
-                    : tp_layer_gemm(m->dev, 0, 1, N, m->vl, H, 0.0f, h, H, w->data, H,
+                    : tp_layer_gemm(m->dev, TP_F32, 0, 1, N, m->vl, H, 0.0f, h, H, w->data, H,
                                     m->logits.data, m->vl);
     tp_phase_set(m->comm, prev);
     if (st == TP_OK)
@@ -572,17 +572,17 @@ tp_status tp_gpt_backward(tp_gpt *m)
     const void *h = sp ? m->hfull.ptr : m->hn.data;
     tp_phase prev = tp_phase_set(m->comm, TP_PHASE_BACKWARD);
     if (m->out) { /* dW_r += h^T dlogits_r; dh = dlogits_r W_r^T (partial over vocab shards) */
-        st = tp_layer_gemm(m->dev, 1, 0, H, m->vl, N, 1.0f, h, H, m->dlogits.data, m->vl, dw->data,
-                           m->vl);
+        st = tp_layer_gemm(m->dev, TP_F32, 1, 0, H, m->vl, N, 1.0f, h, H, m->dlogits.data, m->vl,
+                           dw->data, m->vl);
         if (st == TP_OK)
-            st = tp_layer_gemm(m->dev, 0, 1, N, H, m->vl, 0.0f, m->dlogits.data, m->vl, w->data,
-                               m->vl, m->dhfull.ptr, H);
+            st = tp_layer_gemm(m->dev, TP_F32, 0, 1, N, H, m->vl, 0.0f, m->dlogits.data, m->vl,
+                               w->data, m->vl, m->dhfull.ptr, H);
     } else { /* dE_r += dlogits_r^T h; dh = dlogits_r E_r */
-        st = tp_layer_gemm(m->dev, 1, 0, m->vl, H, N, 1.0f, m->dlogits.data, m->vl, h, H, dw->data,
-                           H);
+        st = tp_layer_gemm(m->dev, TP_F32, 1, 0, m->vl, H, N, 1.0f, m->dlogits.data, m->vl, h, H,
+                           dw->data, H);
         if (st == TP_OK)
-            st = tp_layer_gemm(m->dev, 0, 0, N, H, m->vl, 0.0f, m->dlogits.data, m->vl, w->data, H,
-                               m->dhfull.ptr, H);
+            st = tp_layer_gemm(m->dev, TP_F32, 0, 0, N, H, m->vl, 0.0f, m->dlogits.data, m->vl,
+                               w->data, H, m->dhfull.ptr, H);
     }
     tp_tensor *dh = &m->g0, *dx = &m->g1;
     if (st == TP_OK && !sp) {
@@ -684,8 +684,8 @@ tp_status tp_gpt_get_full_logits(tp_gpt *m, float *logits)
     tp_ws ws = {.dev = m->dev};
     tp_status st = tp_ws_reserve(&ws, 2 * n * sizeof(float), m->label);
     if (st == TP_OK)
-        st = tp_layer_gather_cols(m->comm, m->logits.data, ws.ptr, (float *)ws.ptr + n, m->tokens,
-                                  m->voff, m->counts);
+        st = tp_layer_gather_cols(m->comm, TP_F32, m->logits.data, ws.ptr, (float *)ws.ptr + n,
+                                  m->tokens, m->voff, m->counts);
     if (st == TP_OK && logits)
         st = tp_dev_download(m->dev, logits, ws.ptr, n * sizeof(float));
     tp_ws_release(&ws);

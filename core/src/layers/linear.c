@@ -10,6 +10,8 @@ struct tp_linear {
     tp_comm *comm;
     tp_device *dev;
     tp_linear_kind kind;
+    tp_dtype dt; /* of the weights, grads and activations */
+    size_t es;   /* its size in bytes */
     char *label;
     int rank, size;
     int64_t in, out;
@@ -70,6 +72,8 @@ static tp_status linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_li
     l->gather_output = cfg->gather_output;
     l->input_is_parallel = cfg->input_is_parallel;
     l->ws.dev = l->ws2.dev = l->dev;
+    l->dt = cfg->dtype;
+    l->es = tp_dtype_size(cfg->dtype);
     tp_status st = TP_OK;
     float *host = NULL;
     if (!l->label) {
@@ -77,6 +81,8 @@ static tp_status linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_li
         return tp_set_error(TP_ERR_NO_MEMORY, "%s create: out of host memory", kind_name(kind));
     }
     const char *who = l->label;
+    if ((st = tp_layer_check_dtype(who, l->dt)))
+        goto fail;
     if (l->in <= 0 || l->out <= 0) {
         st = tp_set_error(TP_ERR_SHAPE, "%s: in_features (%lld) and out_features (%lld) must be >= 1",
                           who, (long long)l->in, (long long)l->out);
@@ -110,7 +116,7 @@ static tp_status linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_li
     int64_t wr = kind == TP_LINEAR_COLUMN ? l->in : l->nloc;
     int64_t wc = kind == TP_LINEAR_COLUMN ? l->nloc : l->out;
     int64_t bn = kind == TP_LINEAR_COLUMN ? l->nloc : l->out;
-    st = tp_tensor_alloc2(l->dev, TP_F32, wr, wc, &l->w);
+    st = tp_tensor_alloc2(l->dev, l->dt, wr, wc, &l->w);
     if (st != TP_OK)
         goto fail;
     size_t hn = (size_t)(wr * wc) > (size_t)bn ? (size_t)(wr * wc) : (size_t)bn;
@@ -126,11 +132,12 @@ static tp_status linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_li
         tp_layer_host_block(cfg->full_weight, l->out, r0, r1, c0, c1, host);
     else
         tp_master_fill(cfg->seed, cfg->tensor_id, l->out, r0, r1, c0, c1, bound, host);
-    st = tp_tensor_upload(&l->w, host);
+    /* host weights are f32: rounded to the layer's dtype on the way up */
+    st = tp_layer_upload_f32(l->dev, l->dt, l->w.data, host, (size_t)(wr * wc));
     if (st != TP_OK)
         goto fail;
     if (l->has_bias) {
-        st = tp_tensor_alloc(l->dev, TP_F32, 1, &bn, &l->b);
+        st = tp_tensor_alloc(l->dev, l->dt, 1, &bn, &l->b);
         if (st != TP_OK)
             goto fail;
         int64_t b0 = kind == TP_LINEAR_COLUMN ? l->lo : 0;
@@ -139,7 +146,7 @@ static tp_status linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_li
         else
             tp_master_fill(cfg->seed, cfg->tensor_id + 1, l->out, 0, 1, b0, b0 + bn, bound,
                            host);
-        st = tp_tensor_upload(&l->b, host);
+        st = tp_layer_upload_f32(l->dev, l->dt, l->b.data, host, (size_t)bn);
         if (st != TP_OK)
             goto fail;
     }
@@ -228,9 +235,28 @@ static char *out_hint(const tp_linear *l, char *buf, size_t n)
     return buf;
 }
 
-static tp_status forward_body(tp_linear *l, const tp_tensor *x, tp_tensor *y, int64_t tokens)
+/* y = act(x W + b) for a column layer's local GEMM into c (pitch nloc);
+ * pre (may be NULL) gets x W + b. One fused device call where it fuses. */
+static tp_status column_gemm(tp_linear *l, const void *x, void *c, int64_t tokens, void *pre,
+                             tp_act act)
 {
-    const size_t es = sizeof(float);
+    if (!l->has_bias && act == TP_ACT_NONE && !pre)
+        return tp_layer_gemm(l->dev, l->dt, 0, 0, tokens, l->nloc, l->in, 0.0f, x, l->in,
+                             l->w.data, l->nloc, c, l->nloc);
+    if (tokens == 0)
+        return TP_OK;
+    tp_gemm_args g = {
+        .struct_size = sizeof g, .dtype = l->dt, .m = tokens, .n = l->nloc, .k = l->in,
+        .alpha = 1.0f, .a = x, .lda = l->in, .b = l->w.data, .ldb = l->nloc, .c = c,
+        .ldc = l->nloc, .batch = 1,
+    };
+    return tp_dev_gemm_bias_act(l->dev, &g, l->has_bias ? l->b.data : NULL, act, pre);
+}
+
+static tp_status forward_body(tp_linear *l, const tp_tensor *x, tp_tensor *y, int64_t tokens,
+                              void *pre, tp_act act)
+{
+    const size_t es = l->es;
     tp_status st;
     if (l->kind == TP_LINEAR_COLUMN) {
         /* y_local = x W_local (+ b_local) */
@@ -241,13 +267,11 @@ static tp_status forward_body(tp_linear *l, const tp_tensor *x, tp_tensor *y, in
                 return st;
             c = l->ws.ptr;
         }
-        st = tp_layer_gemm(l->dev, 0, 0, tokens, l->nloc, l->in, 0.0f, x->data, l->in, l->w.data,
-                           l->nloc, c, l->nloc);
-        if (st == TP_OK && l->has_bias && tokens > 0)
-            st = tp_dev_bias_add(l->dev, TP_F32, tokens, l->nloc, c, l->b.data);
+        st = column_gemm(l, x->data, c, tokens, pre, act);
         if (st == TP_OK && l->gather_output)
-            st = tp_layer_gather_cols(l->comm, c, y->data, (char *)l->ws.ptr + (size_t)(tokens * l->nloc) * es,
-                                      tokens, l->off, l->counts);
+            st = tp_layer_gather_cols(l->comm, l->dt, c, y->data,
+                                      (char *)l->ws.ptr + (size_t)(tokens * l->nloc) * es, tokens,
+                                      l->off, l->counts);
         return st;
     }
     /* row: y = sum over ranks of x_local W_local, then + b */
@@ -257,34 +281,33 @@ static tp_status forward_body(tp_linear *l, const tp_tensor *x, tp_tensor *y, in
         a += (size_t)l->lo * es; /* own column slice of the full input */
         lda = l->in;
     }
-    st = tp_layer_gemm(l->dev, 0, 0, tokens, l->out, l->nloc, 0.0f, a, lda, l->w.data, l->out,
-                       y->data, l->out);
+    st = tp_layer_gemm(l->dev, l->dt, 0, 0, tokens, l->out, l->nloc, 0.0f, a, lda, l->w.data,
+                       l->out, y->data, l->out);
     if (st == TP_OK)
-        st = tp_all_reduce(l->comm, y->data, y->data, (size_t)(tokens * l->out), TP_F32, TP_SUM);
+        st = tp_all_reduce(l->comm, y->data, y->data, (size_t)(tokens * l->out), l->dt, TP_SUM);
     if (st == TP_OK && l->has_bias && tokens > 0)
-        st = tp_dev_bias_add(l->dev, TP_F32, tokens, l->out, y->data, l->b.data);
+        st = tp_dev_bias_add(l->dev, l->dt, tokens, l->out, y->data, l->b.data);
     return st;
 }
 
-tp_status tp_linear_forward(tp_linear *l, const tp_tensor *x, tp_tensor *y)
+static tp_status forward(tp_linear *l, const tp_tensor *x, tp_tensor *y, void *pre, tp_act act)
 {
-    if (!l)
-        return tp_set_error(TP_ERR_INVALID_ARG, "tp_linear_forward: layer is NULL");
     int64_t tokens;
-    tp_status st = tp_layer_check_act(l->label, "x", x, l->dev, &tokens);
+    tp_status st = tp_layer_check_act(l->label, "x", x, l->dev, l->dt, &tokens);
     if (st != TP_OK)
         return st;
     st = check_input_width(l, x->shape[x->ndim - 1]);
     if (st != TP_OK)
         return st;
     char hint[256];
-    st = tp_layer_prepare_out(l->label, "y", y, x, l->dev, out_width(l), out_hint(l, hint, sizeof hint));
+    st = tp_layer_prepare_out(l->label, "y", y, x, l->dev, l->dt, out_width(l),
+                              out_hint(l, hint, sizeof hint));
     if (st != TP_OK)
         return st;
     if (y->data == x->data && tokens > 0)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: y aliases x; use a separate output", l->label);
     tp_phase prev = tp_phase_set(l->comm, TP_PHASE_FORWARD);
-    st = forward_body(l, x, y, tokens);
+    st = forward_body(l, x, y, tokens, pre, act);
     tp_phase_set(l->comm, prev);
     if (st != TP_OK)
         return st;
@@ -295,16 +318,35 @@ tp_status tp_linear_forward(tp_linear *l, const tp_tensor *x, tp_tensor *y)
     return TP_OK;
 }
 
+tp_status tp_linear_forward(tp_linear *l, const tp_tensor *x, tp_tensor *y)
+{
+    if (!l)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_linear_forward: layer is NULL");
+    return forward(l, x, y, NULL, TP_ACT_NONE);
+}
+
+tp_status tp_linear_forward_act(tp_linear *l, const tp_tensor *x, tp_tensor *y, void *pre,
+                                tp_act act)
+{
+    if (!l)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_linear_forward_act: layer is NULL");
+    if (act != TP_ACT_NONE && (l->kind != TP_LINEAR_COLUMN || l->gather_output))
+        return tp_set_error(TP_ERR_INTERNAL,
+                            "%s: a fused activation needs a column layer without gather_output",
+                            l->label);
+    return forward(l, x, y, pre, act);
+}
+
 static tp_status ensure_grads(tp_linear *l)
 {
     tp_status st;
     if (!l->dw.data) {
-        st = tp_tensor_alloc(l->dev, TP_F32, 2, l->w.shape, &l->dw);
+        st = tp_tensor_alloc(l->dev, l->dt, 2, l->w.shape, &l->dw);
         if (st != TP_OK)
             return st;
     }
     if (l->has_bias && !l->db.data) {
-        st = tp_tensor_alloc(l->dev, TP_F32, 1, l->b.shape, &l->db);
+        st = tp_tensor_alloc(l->dev, l->dt, 1, l->b.shape, &l->db);
         if (st != TP_OK)
             return st;
     }
@@ -327,7 +369,8 @@ tp_status tp_linear_zero_grad(tp_linear *l)
 
 static tp_status backward_body(tp_linear *l, const tp_tensor *dy, tp_tensor *dx, int64_t tokens)
 {
-    const size_t es = sizeof(float);
+    const size_t es = l->es;
+    const tp_dtype dt = l->dt;
     const char *x = l->x_saved.data;
     tp_status st;
     if (l->kind == TP_LINEAR_COLUMN) {
@@ -347,17 +390,17 @@ static tp_status backward_body(tp_linear *l, const tp_tensor *dy, tp_tensor *dx,
             dyl = l->ws.ptr;
         }
         /* dW_local += x^T dy_local; db_local += colsum(dy_local) */
-        st = tp_layer_gemm(l->dev, 1, 0, l->in, l->nloc, tokens, 1.0f, x, l->in, dyl, l->nloc,
+        st = tp_layer_gemm(l->dev, dt, 1, 0, l->in, l->nloc, tokens, 1.0f, x, l->in, dyl, l->nloc,
                            l->dw.data, l->nloc);
         if (st == TP_OK && l->has_bias && tokens > 0)
-            st = tp_dev_bias_grad(l->dev, TP_F32, tokens, l->nloc, dyl, l->db.data);
+            st = tp_dev_bias_grad(l->dev, dt, tokens, l->nloc, dyl, l->db.data);
         if (st != TP_OK || !dx)
             return st;
         /* dx = sum over ranks of dy_local W_local^T */
-        st = tp_layer_gemm(l->dev, 0, 1, tokens, l->in, l->nloc, 0.0f, dyl, l->nloc, l->w.data,
+        st = tp_layer_gemm(l->dev, dt, 0, 1, tokens, l->in, l->nloc, 0.0f, dyl, l->nloc, l->w.data,
                            l->nloc, dx->data, l->in);
         if (st == TP_OK)
-            st = tp_all_reduce(l->comm, dx->data, dx->data, (size_t)(tokens * l->in), TP_F32, TP_SUM);
+            st = tp_all_reduce(l->comm, dx->data, dx->data, (size_t)(tokens * l->in), dt, TP_SUM);
         return st;
     }
     /* row: dW_local += x_local^T dy; db += colsum(dy) (replicated: the same on every rank) */
@@ -367,10 +410,10 @@ static tp_status backward_body(tp_linear *l, const tp_tensor *dy, tp_tensor *dx,
         xl += (size_t)l->lo * es;
         ldx = l->in;
     }
-    st = tp_layer_gemm(l->dev, 1, 0, l->nloc, l->out, tokens, 1.0f, xl, ldx, dy->data, l->out,
+    st = tp_layer_gemm(l->dev, dt, 1, 0, l->nloc, l->out, tokens, 1.0f, xl, ldx, dy->data, l->out,
                        l->dw.data, l->out);
     if (st == TP_OK && l->has_bias && tokens > 0)
-        st = tp_dev_bias_grad(l->dev, TP_F32, tokens, l->out, dy->data, l->db.data);
+        st = tp_dev_bias_grad(l->dev, dt, tokens, l->out, dy->data, l->db.data);
     if (st != TP_OK || !dx)
         return st;
     /* dx_local = dy W_local^T: no communication */
@@ -383,10 +426,11 @@ static tp_status backward_body(tp_linear *l, const tp_tensor *dy, tp_tensor *dx,
             return st;
         c = l->ws.ptr;
     }
-    st = tp_layer_gemm(l->dev, 0, 1, tokens, l->nloc, l->out, 0.0f, dy->data, l->out, l->w.data,
-                       l->out, c, l->nloc);
+    st = tp_layer_gemm(l->dev, dt, 0, 1, tokens, l->nloc, l->out, 0.0f, dy->data, l->out,
+                       l->w.data, l->out, c, l->nloc);
     if (st == TP_OK && !l->input_is_parallel) /* the full input's gradient: gather the slices */
-        st = tp_layer_gather_cols(l->comm, c, dx->data, l->ws2.ptr, tokens, l->off, l->counts);
+        st = tp_layer_gather_cols(l->comm, dt, c, dx->data, l->ws2.ptr, tokens, l->off,
+                                  l->counts);
     return st;
 }
 
@@ -399,7 +443,7 @@ tp_status tp_linear_backward(tp_linear *l, const tp_tensor *dy, tp_tensor *dx)
                             "%s: backward called before forward (it needs the saved input)",
                             l->label);
     int64_t tokens;
-    tp_status st = tp_layer_check_act(l->label, "dy", dy, l->dev, &tokens);
+    tp_status st = tp_layer_check_act(l->label, "dy", dy, l->dev, l->dt, &tokens);
     if (st != TP_OK)
         return st;
     if (tokens != l->tokens_saved)
@@ -415,7 +459,7 @@ tp_status tp_linear_backward(tp_linear *l, const tp_tensor *dy, tp_tensor *dx)
                             out_hint(l, hint, sizeof hint));
     }
     if (dx) {
-        st = tp_layer_prepare_out(l->label, "dx", dx, &l->x_saved, l->dev,
+        st = tp_layer_prepare_out(l->label, "dx", dx, &l->x_saved, l->dev, l->dt,
                                   l->x_saved.shape[l->x_saved.ndim - 1], "");
         if (st != TP_OK)
             return st;
@@ -450,27 +494,27 @@ void tp_linear_get_params(tp_linear *l, tp_linear_params *p)
 
 static tp_status get_full(tp_linear *l, const tp_tensor *w, const tp_tensor *b, float *hw, float *hb)
 {
-    const size_t es = sizeof(float);
+    const size_t es = l->es;
     size_t full = (size_t)(l->in * l->out);
     tp_status st = tp_ws_reserve(&l->ws2, 2 * full * es, l->label);
     if (st != TP_OK)
         return st;
     char *dst = l->ws2.ptr, *tmp = dst + full * es;
     if (l->kind == TP_LINEAR_COLUMN) {
-        st = tp_layer_gather_cols(l->comm, w->data, dst, tmp, l->in, l->off, l->counts);
+        st = tp_layer_gather_cols(l->comm, l->dt, w->data, dst, tmp, l->in, l->off, l->counts);
     } else {
-        st = tp_layer_gather_rows(l->comm, w->data, dst, l->off, l->out, l->counts);
+        st = tp_layer_gather_rows(l->comm, l->dt, w->data, dst, l->off, l->out, l->counts);
     }
     if (st == TP_OK && hw)
-        st = tp_dev_download(l->dev, hw, dst, full * es);
+        st = tp_layer_download_f32(l->dev, l->dt, hw, dst, full);
     if (st != TP_OK || !l->has_bias)
         return st;
     if (l->kind == TP_LINEAR_COLUMN) {
-        st = tp_layer_gather_cols(l->comm, b->data, dst, tmp, 1, l->off, l->counts);
+        st = tp_layer_gather_cols(l->comm, l->dt, b->data, dst, tmp, 1, l->off, l->counts);
         if (st == TP_OK && hb)
-            st = tp_dev_download(l->dev, hb, dst, (size_t)l->out * es);
+            st = tp_layer_download_f32(l->dev, l->dt, hb, dst, (size_t)l->out);
     } else if (hb) {
-        st = tp_dev_download(l->dev, hb, b->data, (size_t)l->out * es);
+        st = tp_layer_download_f32(l->dev, l->dt, hb, b->data, (size_t)l->out);
     }
     return st;
 }

@@ -10,6 +10,7 @@ struct tp_mlp {
     tp_device *dev;
     char *label;
     int64_t hidden, ffn, flocal;
+    tp_dtype dt; /* of both linears and every activation */
     bool tanh_approx;
     tp_linear *fc1, *fc2;
     tp_ws pre, act, grad; /* [tokens, flocal]: fc1 output, GeLU output, their gradient */
@@ -57,12 +58,15 @@ tp_status tp_mlp_create(tp_comm *comm, const tp_mlp_config *cfg, tp_mlp **out)
     m->hidden = cfg->hidden;
     m->ffn = cfg->ffn;
     m->tanh_approx = cfg->gelu_tanh;
+    m->dt = cfg->dtype;
     m->label = tp_layer_label("ParallelMLP", cfg->name, comm);
     tp_status st;
     if (!m->label) {
         free(m);
         return tp_set_error(TP_ERR_NO_MEMORY, "ParallelMLP create: out of host memory");
     }
+    if ((st = tp_layer_check_dtype(m->label, m->dt)))
+        goto fail;
     if (m->hidden <= 0 || m->ffn <= 0) {
         st = tp_set_error(TP_ERR_SHAPE, "%s: hidden (%lld) and ffn (%lld) must be >= 1", m->label,
                           (long long)m->hidden, (long long)m->ffn);
@@ -82,12 +86,12 @@ tp_status tp_mlp_create(tp_comm *comm, const tp_mlp_config *cfg, tp_mlp **out)
     tp_linear_config c1 = {
         .in_features = m->hidden, .out_features = m->ffn, .bias = cfg->bias,
         .seed = cfg->seed, .tensor_id = cfg->tensor_id,
-        .full_weight = cfg->full_w1, .full_bias = cfg->full_b1, .name = n1,
+        .full_weight = cfg->full_w1, .full_bias = cfg->full_b1, .name = n1, .dtype = m->dt,
     };
     tp_linear_config c2 = {
         .in_features = m->ffn, .out_features = m->hidden, .bias = cfg->bias,
         .input_is_parallel = true, .seed = cfg->seed, .tensor_id = cfg->tensor_id + 2,
-        .full_weight = cfg->full_w2, .full_bias = cfg->full_b2, .name = n2,
+        .full_weight = cfg->full_w2, .full_bias = cfg->full_b2, .name = n2, .dtype = m->dt,
     };
     st = tp_column_linear_create(comm, &c1, &m->fc1);
     if (st == TP_OK)
@@ -104,7 +108,7 @@ fail:
 
 static tp_status check_hidden(tp_mlp *m, const char *what, const tp_tensor *t, int64_t *tokens)
 {
-    tp_status st = tp_layer_check_act(m->label, what, t, m->dev, tokens);
+    tp_status st = tp_layer_check_act(m->label, what, t, m->dev, m->dt, tokens);
     if (st != TP_OK)
         return st;
     int64_t got = t->shape[t->ndim - 1];
@@ -126,7 +130,7 @@ tp_status tp_mlp_forward(tp_mlp *m, const tp_tensor *x, tp_tensor *y)
     tp_status st = check_hidden(m, "x", x, &tokens);
     if (st != TP_OK)
         return st;
-    st = tp_layer_prepare_out(m->label, "y", y, x, m->dev, m->hidden, "");
+    st = tp_layer_prepare_out(m->label, "y", y, x, m->dev, m->dt, m->hidden, "");
     if (st != TP_OK)
         return st;
     /* checked with the full ffn, so that every rank agrees */
@@ -134,7 +138,7 @@ tp_status tp_mlp_forward(tp_mlp *m, const tp_tensor *x, tp_tensor *y)
     st = tp_layer_mul(m->label, "activations tokens x ffn", tokens, m->ffn, &n);
     if (st != TP_OK)
         return st;
-    size_t bytes = (size_t)(tokens * m->flocal) * sizeof(float);
+    size_t bytes = (size_t)(tokens * m->flocal) * tp_dtype_size(m->dt);
     st = tp_ws_reserve(&m->pre, bytes, m->label);
     if (st == TP_OK)
         st = tp_ws_reserve(&m->act, bytes, m->label);
@@ -142,12 +146,11 @@ tp_status tp_mlp_forward(tp_mlp *m, const tp_tensor *x, tp_tensor *y)
         return st;
     tp_tensor x2 = tp_layer_view2(x, tokens, m->hidden);
     tp_tensor y2 = tp_layer_view2(y, tokens, m->hidden);
-    tp_tensor pre = tp_layer_view2p(m->dev, m->pre.ptr, tokens, m->flocal);
-    tp_tensor act = tp_layer_view2p(m->dev, m->act.ptr, tokens, m->flocal);
+    tp_tensor act = tp_layer_view2p(m->dev, m->dt, m->act.ptr, tokens, m->flocal);
     tp_phase prev = tp_phase_set(m->comm, TP_PHASE_FORWARD);
-    st = tp_linear_forward(m->fc1, &x2, &pre);
-    if (st == TP_OK && tokens > 0)
-        st = tp_dev_gelu(m->dev, TP_F32, tokens * m->flocal, pre.data, act.data, m->tanh_approx);
+    /* fc1 with bias and GeLU in its GEMM epilogue; the pre-activation is kept for gelu_bwd */
+    st = tp_linear_forward_act(m->fc1, &x2, &act, m->pre.ptr,
+                               m->tanh_approx ? TP_ACT_GELU_TANH : TP_ACT_GELU);
     if (st == TP_OK)
         st = tp_linear_forward(m->fc2, &act, &y2);
     tp_phase_set(m->comm, prev);
@@ -176,20 +179,20 @@ tp_status tp_mlp_backward(tp_mlp *m, const tp_tensor *dy, tp_tensor *dx)
                             m->label, (long long)tokens, (long long)m->tokens_saved);
     tp_tensor dx2 = {0};
     if (dx) {
-        st = tp_layer_prepare_out(m->label, "dx", dx, dy, m->dev, m->hidden, "");
+        st = tp_layer_prepare_out(m->label, "dx", dx, dy, m->dev, m->dt, m->hidden, "");
         if (st != TP_OK)
             return st;
         dx2 = tp_layer_view2(dx, tokens, m->hidden);
     }
-    st = tp_ws_reserve(&m->grad, (size_t)(tokens * m->flocal) * sizeof(float), m->label);
+    st = tp_ws_reserve(&m->grad, (size_t)(tokens * m->flocal) * tp_dtype_size(m->dt), m->label);
     if (st != TP_OK)
         return st;
     tp_tensor dy2 = tp_layer_view2(dy, tokens, m->hidden);
-    tp_tensor dh = tp_layer_view2p(m->dev, m->grad.ptr, tokens, m->flocal);
+    tp_tensor dh = tp_layer_view2p(m->dev, m->dt, m->grad.ptr, tokens, m->flocal);
     tp_phase prev = tp_phase_set(m->comm, TP_PHASE_BACKWARD);
     st = tp_linear_backward(m->fc2, &dy2, &dh); /* no communication */
     if (st == TP_OK && tokens > 0)
-        st = tp_dev_gelu_bwd(m->dev, TP_F32, tokens * m->flocal, m->pre.ptr, dh.data, dh.data,
+        st = tp_dev_gelu_bwd(m->dev, m->dt, tokens * m->flocal, m->pre.ptr, dh.data, dh.data,
                              m->tanh_approx);
     if (st == TP_OK)
         st = tp_linear_backward(m->fc1, &dh, dx ? &dx2 : NULL); /* one all-reduce */

@@ -341,8 +341,8 @@ static tp_status per_head(tp_attention *a, int ta, int tb, int64_t m, int64_t n,
                           int64_t sb, float *C, int64_t ldc, int64_t sc)
 {
     if (a->g == 1) /* multi-head: query head j uses local KV head j */
-        return tp_layer_gemm_batched(a->dev, ta, tb, m, n, k, 0.0f, A, lda, sa, B, ldb, sb, C, ldc,
-                                     sc, a->hl);
+        return tp_layer_gemm_batched(a->dev, TP_F32, ta, tb, m, n, k, 0.0f, A, lda, sa, B, ldb, sb,
+                                     C, ldc, sc, a->hl);
     tp_status st = TP_OK;
     for (int64_t i = 0; i < a->kvl && st == TP_OK; i++) {
         int64_t kh = a->kv_lo + i;
@@ -350,8 +350,8 @@ static tp_status per_head(tp_attention *a, int ta, int tb, int64_t m, int64_t n,
         int64_t j1 = (kh + 1) * a->g < a->q_hi ? (kh + 1) * a->g : a->q_hi;
         j0 -= a->q_lo;
         j1 -= a->q_lo;
-        st = tp_layer_gemm_batched(a->dev, ta, tb, m, n, k, 0.0f, A + j0 * sa, lda, sa, B + i * sb,
-                                   ldb, 0, C + j0 * sc, ldc, sc, j1 - j0);
+        st = tp_layer_gemm_batched(a->dev, TP_F32, ta, tb, m, n, k, 0.0f, A + j0 * sa, lda, sa,
+                                   B + i * sb, ldb, 0, C + j0 * sc, ldc, sc, j1 - j0);
     }
     return st;
 }
@@ -370,8 +370,9 @@ static tp_status per_kv(tp_attention *a, int ta, int tb, int64_t m, int64_t n, i
         int64_t j0 = kh * a->g > a->q_lo ? kh * a->g : a->q_lo;
         int64_t j1 = (kh + 1) * a->g < a->q_hi ? (kh + 1) * a->g : a->q_hi;
         for (int64_t j = j0 - a->q_lo; j < j1 - a->q_lo; j++) {
-            tp_status st = tp_layer_gemm(a->dev, ta, tb, m, n, k, j == j0 - a->q_lo ? 0.0f : 1.0f,
-                                         A + j * sa, lda, B + j * sb, ldb, C + i * sc, ldc);
+            tp_status st =
+                tp_layer_gemm(a->dev, TP_F32, ta, tb, m, n, k, j == j0 - a->q_lo ? 0.0f : 1.0f,
+                              A + j * sa, lda, B + j * sb, ldb, C + i * sc, ldc);
             if (st != TP_OK)
                 return st;
         }
@@ -382,7 +383,7 @@ static tp_status per_kv(tp_attention *a, int ta, int tb, int64_t m, int64_t n, i
 static tp_status check_x(tp_attention *a, const char *what, const tp_tensor *x, int64_t want_rows,
                          int64_t *rows)
 {
-    tp_status st = tp_layer_check_act(a->label, what, x, a->dev, rows);
+    tp_status st = tp_layer_check_act(a->label, what, x, a->dev, TP_F32, rows);
     if (st != TP_OK)
         return st;
     int64_t got = x->shape[x->ndim - 1];
@@ -423,7 +424,8 @@ static tp_status forward_body(tp_attention *a, const tp_tensor *x, tp_tensor *y)
     if (a->sp) { /* all-gather the token shards into the full input */
         st = tp_ws_reserve(&a->xfull, (size_t)(N * a->hidden) * XF_ES, a->label);
         if (st == TP_OK)
-            st = tp_layer_gather_rows(a->comm, x->data, a->xfull.ptr, a->off, a->hidden, a->counts);
+            st = tp_layer_gather_rows(a->comm, TP_F32, x->data, a->xfull.ptr, a->off, a->hidden,
+                                      a->counts);
         if (st != TP_OK)
             return st;
         xf = a->xfull.ptr;
@@ -436,7 +438,8 @@ static tp_status forward_body(tp_attention *a, const tp_tensor *x, tp_tensor *y)
         return st;
     float *qkv = a->qkv.ptr, *P = a->probs.ptr, *S = a->scores.ptr, *ctx = a->ctx.ptr;
     /* qkv = x Wqkv_local (+ b) */
-    st = tp_layer_gemm(a->dev, 0, 0, N, W, a->hidden, 0.0f, xf, a->hidden, a->wqkv.data, W, qkv, W);
+    st = tp_layer_gemm(a->dev, TP_F32, 0, 0, N, W, a->hidden, 0.0f, xf, a->hidden, a->wqkv.data, W,
+                       qkv, W);
     if (st == TP_OK && a->has_bias)
         st = tp_dev_bias_add(a->dev, TP_F32, N, W, qkv, a->bqkv.data);
     float scale = (float)(1.0 / sqrt((double)hd));
@@ -458,15 +461,15 @@ static tp_status forward_body(tp_attention *a, const tp_tensor *x, tp_tensor *y)
     /* y = sum over ranks of ctx Wo_local, then + bo */
     int64_t rows = a->rows;
     if (!a->sp) {
-        st = tp_layer_gemm(a->dev, 0, 0, N, a->hidden, a->ow, 0.0f, ctx, a->ow, a->wo.data,
+        st = tp_layer_gemm(a->dev, TP_F32, 0, 0, N, a->hidden, a->ow, 0.0f, ctx, a->ow, a->wo.data,
                            a->hidden, y->data, a->hidden);
         if (st == TP_OK)
             st = tp_all_reduce(a->comm, y->data, y->data, (size_t)(N * a->hidden), TP_F32, TP_SUM);
     } else {
         st = tp_ws_reserve(&a->yfull, (size_t)(N * a->hidden) * XF_ES, a->label);
         if (st == TP_OK)
-            st = tp_layer_gemm(a->dev, 0, 0, N, a->hidden, a->ow, 0.0f, ctx, a->ow, a->wo.data,
-                               a->hidden, a->yfull.ptr, a->hidden);
+            st = tp_layer_gemm(a->dev, TP_F32, 0, 0, N, a->hidden, a->ow, 0.0f, ctx, a->ow,
+                               a->wo.data, a->hidden, a->yfull.ptr, a->hidden);
         for (int i = 0; i < a->T; i++)
             a->counts[i] = (size_t)((a->off[i + 1] - a->off[i]) * a->hidden);
         if (st == TP_OK)
@@ -506,7 +509,7 @@ tp_status tp_attention_forward(tp_attention *a, const tp_tensor *x, int64_t batc
     st = check_x(a, "x", x, want, &rows);
     if (st != TP_OK)
         return st;
-    st = tp_layer_prepare_out(a->label, "y", y, x, a->dev, a->hidden, "");
+    st = tp_layer_prepare_out(a->label, "y", y, x, a->dev, TP_F32, a->hidden, "");
     if (st != TP_OK)
         return st;
     if (y->data == x->data && rows > 0)
@@ -608,7 +611,8 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
     if (a->sp) { /* the row-parallel exit's backward: gather dy's shards */
         st = tp_ws_reserve(&a->yfull, (size_t)(N * hid) * XF_ES, a->label);
         if (st == TP_OK)
-            st = tp_layer_gather_rows(a->comm, dy->data, a->yfull.ptr, a->off, hid, a->counts);
+            st = tp_layer_gather_rows(a->comm, TP_F32, dy->data, a->yfull.ptr, a->off, hid,
+                                      a->counts);
         if (st != TP_OK)
             return st;
         dyf = a->yfull.ptr;
@@ -621,12 +625,13 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
     const float *qkv = a->qkv.ptr, *P = a->probs.ptr, *ctx = a->ctx.ptr;
     /* out-projection: dWo += ctx^T dy, dbo += colsum(dy) (full dy on every
      * rank, so the replicated bias grad is the same everywhere), dctx = dy Wo^T */
-    st = tp_layer_gemm(a->dev, 1, 0, a->ow, hid, N, 1.0f, ctx, a->ow, dyf, hid, a->dwo.data, hid);
+    st = tp_layer_gemm(a->dev, TP_F32, 1, 0, a->ow, hid, N, 1.0f, ctx, a->ow, dyf, hid, a->dwo.data,
+                       hid);
     if (st == TP_OK && a->has_bias)
         st = tp_dev_bias_grad(a->dev, TP_F32, N, hid, dyf, a->dbo.data);
     if (st == TP_OK)
-        st = tp_layer_gemm(a->dev, 0, 1, N, a->ow, hid, 0.0f, dyf, hid, a->wo.data, hid, dctx,
-                           a->ow);
+        st = tp_layer_gemm(a->dev, TP_F32, 0, 1, N, a->ow, hid, 0.0f, dyf, hid, a->wo.data, hid,
+                           dctx, a->ow);
     float scale = (float)(1.0 / sqrt((double)hd));
     for (int64_t bi = 0; bi < b && st == TP_OK; bi++) {
         const float *Q = qkv + bi * s * W, *K = Q + hl * hd, *V = K + a->kvl * hd;
@@ -652,7 +657,8 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
     float *kvw = NULL, *kvb = NULL;
     if (!a->any_shared) {
         /* dWqkv += x^T dqkv, dbqkv += colsum(dqkv): nothing shared, all local */
-        st = tp_layer_gemm(a->dev, 1, 0, hid, W, N, 1.0f, xf, hid, dqkv, W, a->dwqkv.data, W);
+        st = tp_layer_gemm(a->dev, TP_F32, 1, 0, hid, W, N, 1.0f, xf, hid, dqkv, W, a->dwqkv.data,
+                           W);
         if (st == TP_OK && a->has_bias)
             st = tp_dev_bias_grad(a->dev, TP_F32, N, W, dqkv, a->dbqkv.data);
     } else {
@@ -663,9 +669,11 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
             return st;
         kvw = a->kvtmp.ptr;
         kvb = (float *)a->bscr.ptr + W;
-        st = tp_layer_gemm(a->dev, 1, 0, hid, qw, N, 1.0f, xf, hid, dqkv, W, a->dwqkv.data, W);
+        st = tp_layer_gemm(a->dev, TP_F32, 1, 0, hid, qw, N, 1.0f, xf, hid, dqkv, W, a->dwqkv.data,
+                           W);
         if (st == TP_OK)
-            st = tp_layer_gemm(a->dev, 1, 0, hid, kw, N, 0.0f, xf, hid, dqkv + qw, W, kvw, kw);
+            st = tp_layer_gemm(a->dev, TP_F32, 1, 0, hid, kw, N, 0.0f, xf, hid, dqkv + qw, W, kvw,
+                               kw);
         if (st == TP_OK && a->has_bias) {
             float *bs = a->bscr.ptr;
             st = tp_dev_memset(a->dev, bs, 0, (size_t)W * XF_ES);
@@ -694,7 +702,8 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
             buf = a->dpack.ptr;
         }
         if (st == TP_OK)
-            st = tp_layer_gemm(a->dev, 0, 1, N, hid, W, 0.0f, dqkv, W, a->wqkv.data, W, buf, hid);
+            st = tp_layer_gemm(a->dev, TP_F32, 0, 1, N, hid, W, 0.0f, dqkv, W, a->wqkv.data, W, buf,
+                               hid);
         if (st == TP_OK && a->any_shared)
             st = kv_pack(a, -1, buf + dxn, kvw, kvb, false, &used);
         if (st == TP_OK)
@@ -707,7 +716,7 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
         /* reduce-scatter the full partial dx into this rank's token rows */
         st = tp_ws_reserve(&a->dpack, (size_t)dxn * XF_ES, a->label);
         if (st == TP_OK)
-            st = tp_layer_gemm(a->dev, 0, 1, N, hid, W, 0.0f, dqkv, W, a->wqkv.data, W,
+            st = tp_layer_gemm(a->dev, TP_F32, 0, 1, N, hid, W, 0.0f, dqkv, W, a->wqkv.data, W,
                                a->dpack.ptr, hid);
         for (int i = 0; i < a->T; i++)
             a->counts[i] = (size_t)((a->off[i + 1] - a->off[i]) * hid);
@@ -727,8 +736,8 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
         size_t pos = 0;
         for (int i = 0; i < a->T && st == TP_OK; i++) {
             int64_t r0 = a->off[i], rows_i = a->off[i + 1] - r0, used;
-            st = tp_layer_gemm(a->dev, 0, 1, rows_i, hid, W, 0.0f, dqkv + r0 * W, W, a->wqkv.data,
-                               W, pack + pos, hid);
+            st = tp_layer_gemm(a->dev, TP_F32, 0, 1, rows_i, hid, W, 0.0f, dqkv + r0 * W, W,
+                               a->wqkv.data, W, pack + pos, hid);
             if (st == TP_OK)
                 st = kv_pack(a, i, pack + pos + rows_i * hid, kvw, kvb, false, &used);
             pos += a->counts[i];
@@ -781,7 +790,7 @@ tp_status tp_attention_backward(tp_attention *a, const tp_tensor *dy, tp_tensor 
                             "pass a dx (it may be discarded)",
                             a->label);
     if (dx) {
-        st = tp_layer_prepare_out(a->label, "dx", dx, &a->x_saved, a->dev, a->hidden, "");
+        st = tp_layer_prepare_out(a->label, "dx", dx, &a->x_saved, a->dev, TP_F32, a->hidden, "");
         if (st != TP_OK)
             return st;
         if (dx->data == dy->data && rows > 0)

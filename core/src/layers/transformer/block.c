@@ -152,17 +152,17 @@ static tp_status sp_mlp_forward(tp_block *b, const tp_tensor *x, tp_tensor *y)
         (st = tp_ws_reserve(&b->mact, (size_t)(N * fl) * XF_ES, b->label)) ||
         (st = tp_ws_reserve(&b->mtmp, (size_t)(N * hid) * XF_ES, b->label)))
         return st;
-    st = tp_layer_gather_rows(b->comm, x->data, b->mx.ptr, b->off, hid, b->counts);
+    st = tp_layer_gather_rows(b->comm, TP_F32, x->data, b->mx.ptr, b->off, hid, b->counts);
     if (st == TP_OK)
-        st = tp_layer_gemm(b->dev, 0, 0, N, fl, hid, 0.0f, b->mx.ptr, hid, p1.weight->data, fl,
-                           b->mpre.ptr, fl);
+        st = tp_layer_gemm(b->dev, TP_F32, 0, 0, N, fl, hid, 0.0f, b->mx.ptr, hid, p1.weight->data,
+                           fl, b->mpre.ptr, fl);
     if (st == TP_OK && p1.bias)
         st = tp_dev_bias_add(b->dev, TP_F32, N, fl, b->mpre.ptr, p1.bias->data);
     if (st == TP_OK)
         st = tp_dev_gelu(b->dev, TP_F32, N * fl, b->mpre.ptr, b->mact.ptr, b->gelu_tanh ? 1 : 0);
     if (st == TP_OK)
-        st = tp_layer_gemm(b->dev, 0, 0, N, hid, fl, 0.0f, b->mact.ptr, fl, p2.weight->data, hid,
-                           b->mtmp.ptr, hid);
+        st = tp_layer_gemm(b->dev, TP_F32, 0, 0, N, hid, fl, 0.0f, b->mact.ptr, fl, p2.weight->data,
+                           hid, b->mtmp.ptr, hid);
     for (int i = 0; i < b->T; i++)
         b->counts[i] = (size_t)((b->off[i + 1] - b->off[i]) * hid);
     if (st == TP_OK)
@@ -195,24 +195,26 @@ static tp_status sp_mlp_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx
     float *dyf = b->mtmp.ptr; /* [N, hid] */
     float *dh = b->mact.ptr;  /* reused: GeLU output no longer needed after dW2 */
     /* gather dy; fc2: dW2 += act^T dy, db2 += colsum(dy) (full dy: same on every rank) */
-    st = tp_layer_gather_rows(b->comm, dy->data, dyf, b->off, hid, b->counts);
+    st = tp_layer_gather_rows(b->comm, TP_F32, dy->data, dyf, b->off, hid, b->counts);
     if (st == TP_OK)
-        st = tp_layer_gemm(b->dev, 1, 0, fl, hid, N, 1.0f, b->mact.ptr, fl, dyf, hid,
+        st = tp_layer_gemm(b->dev, TP_F32, 1, 0, fl, hid, N, 1.0f, b->mact.ptr, fl, dyf, hid,
                            p2.weight_grad->data, hid);
     if (st == TP_OK && p2.bias_grad)
         st = tp_dev_bias_grad(b->dev, TP_F32, N, hid, dyf, p2.bias_grad->data);
     if (st == TP_OK)
-        st = tp_layer_gemm(b->dev, 0, 1, N, fl, hid, 0.0f, dyf, hid, p2.weight->data, hid, dh, fl);
+        st = tp_layer_gemm(b->dev, TP_F32, 0, 1, N, fl, hid, 0.0f, dyf, hid, p2.weight->data, hid,
+                           dh, fl);
     if (st == TP_OK)
         st = tp_dev_gelu_bwd(b->dev, TP_F32, N * fl, b->mpre.ptr, dh, dh, b->gelu_tanh ? 1 : 0);
     /* fc1: dW1 += x^T dh, db1 += colsum(dh), dx = reduce-scatter(dh W1^T) */
     if (st == TP_OK)
-        st = tp_layer_gemm(b->dev, 1, 0, hid, fl, N, 1.0f, b->mx.ptr, hid, dh, fl,
+        st = tp_layer_gemm(b->dev, TP_F32, 1, 0, hid, fl, N, 1.0f, b->mx.ptr, hid, dh, fl,
                            p1.weight_grad->data, fl);
     if (st == TP_OK && p1.bias_grad)
         st = tp_dev_bias_grad(b->dev, TP_F32, N, fl, dh, p1.bias_grad->data);
     if (st == TP_OK)
-        st = tp_layer_gemm(b->dev, 0, 1, N, hid, fl, 0.0f, dh, fl, p1.weight->data, fl, dyf, hid);
+        st = tp_layer_gemm(b->dev, TP_F32, 0, 1, N, hid, fl, 0.0f, dh, fl, p1.weight->data, fl, dyf,
+                           hid);
     for (int i = 0; i < b->T; i++)
         b->counts[i] = (size_t)((b->off[i + 1] - b->off[i]) * hid);
     if (st == TP_OK)
@@ -232,7 +234,7 @@ tp_status tp_block_forward(tp_block *b, const tp_tensor *x, int64_t batch, int64
     int64_t tokens, rows;
     tp_status st = tp_layer_mul(b->label, "tokens batch x seq", batch, seq, &tokens);
     if (st == TP_OK)
-        st = tp_layer_check_act(b->label, "x", x, b->dev, &rows);
+        st = tp_layer_check_act(b->label, "x", x, b->dev, TP_F32, &rows);
     if (st != TP_OK)
         return st;
     b->tokens = tokens;
@@ -246,7 +248,7 @@ tp_status tp_block_forward(tp_block *b, const tp_tensor *x, int64_t batch, int64
                             "%s: x has %lld token rows, expected %lld (%s of batch*seq = %lld)",
                             b->label, (long long)rows, (long long)want,
                             b->sp ? "this rank's sequence-parallel shard" : "all", (long long)b->tokens);
-    st = tp_layer_prepare_out(b->label, "y", y, x, b->dev, b->hidden, "");
+    st = tp_layer_prepare_out(b->label, "y", y, x, b->dev, TP_F32, b->hidden, "");
     if (st != TP_OK)
         return st;
     b->rows = rows;
@@ -254,9 +256,9 @@ tp_status tp_block_forward(tp_block *b, const tp_tensor *x, int64_t batch, int64
     if ((st = tp_ws_reserve(&b->h1, bytes, b->label)) || (st = tp_ws_reserve(&b->r1, bytes, b->label)) ||
         (st = tp_ws_reserve(&b->h2, bytes, b->label)))
         return st;
-    tp_tensor h1 = tp_layer_view2p(b->dev, b->h1.ptr, rows, b->hidden);
-    tp_tensor r1 = tp_layer_view2p(b->dev, b->r1.ptr, rows, b->hidden);
-    tp_tensor h2 = tp_layer_view2p(b->dev, b->h2.ptr, rows, b->hidden);
+    tp_tensor h1 = tp_layer_view2p(b->dev, TP_F32, b->h1.ptr, rows, b->hidden);
+    tp_tensor r1 = tp_layer_view2p(b->dev, TP_F32, b->r1.ptr, rows, b->hidden);
+    tp_tensor h2 = tp_layer_view2p(b->dev, TP_F32, b->h2.ptr, rows, b->hidden);
     tp_tensor x2 = tp_layer_view2(x, rows, b->hidden);
     tp_tensor y2 = tp_layer_view2(y, rows, b->hidden);
     int64_t n = rows * b->hidden;
@@ -290,7 +292,7 @@ tp_status tp_block_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx)
                             "%s: backward called before forward (it needs the saved activations)",
                             b->label);
     int64_t rows;
-    tp_status st = tp_layer_check_act(b->label, "dy", dy, b->dev, &rows);
+    tp_status st = tp_layer_check_act(b->label, "dy", dy, b->dev, TP_F32, &rows);
     if (st != TP_OK)
         return st;
     if (rows != b->rows || dy->shape[dy->ndim - 1] != b->hidden)
@@ -300,7 +302,7 @@ tp_status tp_block_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx)
                             (long long)b->rows, (long long)b->hidden);
     if (!dx)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: dx is NULL", b->label);
-    st = tp_layer_prepare_out(b->label, "dx", dx, &b->x_saved, b->dev, b->hidden, "");
+    st = tp_layer_prepare_out(b->label, "dx", dx, &b->x_saved, b->dev, TP_F32, b->hidden, "");
     if (st != TP_OK)
         return st;
     size_t bytes = (size_t)(rows * b->hidden) * XF_ES;
@@ -317,8 +319,9 @@ tp_status tp_block_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx)
     int64_t n = rows * b->hidden;
     tp_tensor dy2 = tp_layer_view2(dy, rows, b->hidden);
     tp_tensor dx2 = tp_layer_view2(dx, rows, b->hidden);
-    tp_tensor g1 = tp_layer_view2p(b->dev, b->d1.ptr, rows, b->hidden); /* dLN2-input, then dr1 */
-    tp_tensor g2 = tp_layer_view2p(b->dev, b->d2.ptr, rows, b->hidden); /* dh2, then dh1 */
+    /* g1: dLN2-input, then dr1; g2: dh2, then dh1 */
+    tp_tensor g1 = tp_layer_view2p(b->dev, TP_F32, b->d1.ptr, rows, b->hidden);
+    tp_tensor g2 = tp_layer_view2p(b->dev, TP_F32, b->d2.ptr, rows, b->hidden);
     float *contrib = b->contrib.ptr;
     tp_phase prev = tp_phase_set(b->comm, TP_PHASE_BACKWARD);
     /* y = h + MLP(LN2(h)): dh2 = MLP'(dy); dh = LN2'(dh2) + dy */

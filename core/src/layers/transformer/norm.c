@@ -107,7 +107,7 @@ fail:
 
 static tp_status check_in(tp_norm *n, const char *what, const tp_tensor *t, int64_t *rows)
 {
-    tp_status st = tp_layer_check_act(n->label, what, t, n->dev, rows);
+    tp_status st = tp_layer_check_act(n->label, what, t, n->dev, TP_F32, rows);
     if (st != TP_OK)
         return st;
     if (t->shape[t->ndim - 1] != n->dim)
@@ -124,7 +124,7 @@ tp_status tp_norm_forward(tp_norm *n, const tp_tensor *x, tp_tensor *y)
     n->saved = false;
     tp_status st = check_in(n, "x", x, &rows);
     if (st == TP_OK)
-        st = tp_layer_prepare_out(n->label, "y", y, x, n->dev, n->dim, "");
+        st = tp_layer_prepare_out(n->label, "y", y, x, n->dev, TP_F32, n->dim, "");
     if (st == TP_OK)
         st = tp_ws_reserve(&n->mean, (size_t)(rows ? rows : 1) * XF_ES, n->label);
     if (st == TP_OK)
@@ -191,7 +191,7 @@ static tp_status bwd(tp_norm *n, const tp_tensor *dy, tp_tensor *dx, void *dg, v
                             n->label, (long long)rows, (long long)n->rows);
     if (!dx)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: dx is NULL", n->label);
-    st = tp_layer_prepare_out(n->label, "dx", dx, &n->x_saved, n->dev, n->dim, "");
+    st = tp_layer_prepare_out(n->label, "dx", dx, &n->x_saved, n->dev, TP_F32, n->dim, "");
     if (st != TP_OK || rows == 0)
         return st;
     return tp_dev_norm_bwd(n->dev, TP_F32, rows, n->dim, n->x_saved.data, n->gamma.data,
