@@ -13,6 +13,9 @@
 #include "bench-run.h"
 
 static const char *tp_bench; /* path, from $TP_BENCH */
+/* JSON numbers are written with 9 significant digits: a relative error up
+ * to 5e-9 is rounding, anything larger a wrong value. */
+#define JSON_REL 1e-8
 static char tmpdir[64];
 
 static run_result run(const char *args, const char *const *env_extra)
@@ -48,6 +51,8 @@ START_TEST(bad_arguments)
         {"plot", "missing --out"},
         {"gemm --bogus", "unknown option '--bogus'"},
         {"collectives --compare-raw -e 8 -q", "--compare-raw"}, /* loopback: no raw library */
+        {"layer --layer attention --dtype bf16 -q", "runs in f32 only"},
+        {"layer --layer mlp --dtype f64 -q", "bad --dtype 'f64'"},
     };
     for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
         run_result r = run(cases[i].args, NULL);
@@ -107,9 +112,9 @@ START_TEST(layer_counts)
                 double formula = bench_rec_get_num(rec, "formula_bytes", -1);
                 double wire = bench_rec_get_num(rec, "wire_bytes", -1);
                 double want = expect[ph][li] * 2.0 * (T - 1) / T * 5 * 13 * 4;
-                ck_assert_msg(fabs(formula - want) <= 1e-9 * (want + 1), "%s %s T=%d formula %g want %g", layers[li],
+                ck_assert_msg(fabs(formula - want) <= JSON_REL * (want + 1), "%s %s T=%d formula %g want %g", layers[li],
                               phase, T, formula, want);
-                ck_assert_msg(fabs(wire - want) <= 1e-9 * (want + 1), "%s %s T=%d wire bytes %g want %g", layers[li],
+                ck_assert_msg(fabs(wire - want) <= JSON_REL * (want + 1), "%s %s T=%d wire bytes %g want %g", layers[li],
                               phase, T, wire, want);
                 if (T > 1) {
                     ck_assert_msg(bench_rec_get_num(rec, "collectives", -1) == expect[ph][li],
@@ -132,6 +137,38 @@ START_TEST(layer_counts)
             g_free(args);
             g_free(json);
         }
+}
+END_TEST
+
+/* bf16 MLP: records say bf16, and the all-reduce moves 2 bytes per element:
+ * formula and measured wire bytes 2(T-1)/T * tokens * hidden * 2. */
+START_TEST(layer_dtype)
+{
+    gchar *json = g_strdup_printf("%s/layer-bf16.jsonl", tmpdir);
+    gchar *args = g_strdup_printf("layer --layer mlp --dtype bf16 --sweep-tp 1,2,3 --tokens 5 "
+                                  "--hidden 13 --ffn 17 -n 2 -w 1 -q --json %s", json);
+    run_result r = run(args, NULL);
+    ck_assert_msg(r.code == 0, "%s: exit %d\n%s", args, r.code, r.err);
+    GPtrArray *recs = read_json(json);
+    int seen = 0;
+    for (guint i = 0; i < recs->len; i++) {
+        const bench_record *rec = g_ptr_array_index(recs, i);
+        ck_assert_str_eq(bench_rec_get_str(rec, "dtype"), "bf16");
+        if (bench_rec_get_num(rec, "rank", 0) != -1)
+            continue;
+        int T = (int)bench_rec_get_num(rec, "tp", 0);
+        double want = 2.0 * (T - 1) / T * 5 * 13 * 2;
+        ck_assert_msg(fabs(bench_rec_get_num(rec, "formula_bytes", -1) - want) <= JSON_REL * (want + 1) &&
+                          fabs(bench_rec_get_num(rec, "wire_bytes", -1) - want) <= JSON_REL * (want + 1),
+                      "bf16 mlp T=%d: formula %g, wire %g, want %g", T,
+                      bench_rec_get_num(rec, "formula_bytes", -1), bench_rec_get_num(rec, "wire_bytes", -1), want);
+        seen++;
+    }
+    ck_assert_int_eq(seen, 3);
+    g_ptr_array_free(recs, TRUE);
+    bench_run_free(&r);
+    g_free(args);
+    g_free(json);
 }
 END_TEST
 
@@ -378,6 +415,7 @@ static Suite *suite(void)
     tcase_set_timeout(t, 240);
     tcase_add_test(t, bad_arguments);
     tcase_add_test(t, layer_counts);
+    tcase_add_test(t, layer_dtype);
     tcase_add_test(t, check_clean);
     tcase_add_test(t, check_catches_corruption);
     tcase_add_test(t, model_from_file);

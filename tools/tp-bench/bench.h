@@ -107,7 +107,7 @@ typedef struct bench_opts {
     /* gemm */
     int64_t gemm_sizes[BENCH_MAX_LIST];
     int n_gemm_sizes;
-    tp_dtype gemm_dtype;             /* --dtype f32|bf16|f16, default f32 */
+    tp_dtype gemm_dtype;             /* --dtype f32|bf16|f16 (gemm and layer), default f32 */
 
     /* layer / model */
     const char *layer;               /* --layer, default "mlp" */
