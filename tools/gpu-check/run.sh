@@ -78,6 +78,9 @@ if [[ " $steps " == *" tests "* ]]; then
     step layers-cuda-loopback-w4 400 env TP_BACKEND=loopback TP_DEVICE=cuda TP_WORLD_SIZE=4 CK_FORK=no "$bin/test_layers"
     step gpt-cuda-loopback-w4 400 env TP_BACKEND=loopback TP_DEVICE=cuda TP_WORLD_SIZE=4 CK_FORK=no "$bin/test_gpt"
     step layers-cuda-nccl-w1 300 env TP_BACKEND=nccl TP_DEVICE=cuda TP_WORLD_SIZE=1 CK_FORK=no "$bin/test_layers"
+    # bf16/f16 linear and MLP layers (fused cuBLASLt epilogue for tanh GeLU) vs the double reference
+    step lowp-cuda-loopback-w4 400 env TP_BACKEND=loopback TP_DEVICE=cuda TP_WORLD_SIZE=4 CK_FORK=no "$bin/test_lowp"
+    step lowp-cuda-nccl-w1 300 env TP_BACKEND=nccl TP_DEVICE=cuda TP_WORLD_SIZE=1 CK_FORK=no "$bin/test_lowp"
 fi
 
 if [[ " $steps " == *" bench "* ]]; then
