@@ -36,86 +36,6 @@ typedef struct gemm_run {
     bench_progress prog;
 } gemm_run;
 
-/* f32 <-> bf16 / f16 on the host, rounding to nearest even. */
-static uint16_t f32_to_bf16(float f)
-{
-    uint32_t x;
-    memcpy(&x, &f, sizeof x);
-    if ((x & 0x7fffffffu) > 0x7f800000u) /* NaN stays a (quiet) NaN */
-        return (uint16_t)((x >> 16) | 0x40u);
-    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
-}
-
-static float bf16_to_f32(uint16_t h)
-{
-    uint32_t x = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &x, sizeof f);
-    return f;
-}
-
-static uint16_t f32_to_f16(float f)
-{
-    uint32_t x;
-    memcpy(&x, &f, sizeof x);
-    uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu, q, rem, half;
-    if (ax > 0x7f800000u)
-        return (uint16_t)(sign | 0x7e00u); /* NaN */
-    if (ax >= 0x477ff000u)                 /* >= 65520 (and inf) round to inf */
-        return (uint16_t)(sign | 0x7c00u);
-    if (ax >= 0x38800000u) { /* normal: rebias the exponent 127 -> 15, drop 13 bits */
-        uint32_t r = ax - 0x38000000u;
-        q = r >> 13;
-        rem = r & 0x1fffu;
-        half = 0x1000u;
-    } else if (ax >= 0x33000000u) { /* subnormal: value / 2^-24 */
-        int shift = 126 - (int)(ax >> 23);
-        uint32_t mant = (ax & 0x7fffffu) | 0x800000u;
-        q = mant >> shift;
-        rem = mant & ((1u << shift) - 1u);
-        half = 1u << (shift - 1);
-    } else {
-        return (uint16_t)sign; /* below half the smallest subnormal */
-    }
-    if (rem > half || (rem == half && (q & 1u)))
-        q++; /* may carry into the exponent: still the right encoding */
-    return (uint16_t)(sign | q);
-}
-
-static float f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, x;
-    if (e == 0x1f)
-        x = sign | 0x7f800000u | (m << 13);
-    else if (e)
-        x = sign | ((e + 112u) << 23) | (m << 13);
-    else
-        return (sign ? -1.0f : 1.0f) * ldexpf((float)m, -24);
-    float f;
-    memcpy(&f, &x, sizeof f);
-    return f;
-}
-
-static void to_dtype(tp_dtype dt, const float *src, void *dst, size_t n)
-{
-    uint16_t *d = dst;
-    if (dt == TP_F32)
-        memcpy(dst, src, n * sizeof(float));
-    else
-        for (size_t i = 0; i < n; i++)
-            d[i] = dt == TP_BF16 ? f32_to_bf16(src[i]) : f32_to_f16(src[i]);
-}
-
-static void from_dtype(tp_dtype dt, const void *src, float *dst, size_t n)
-{
-    const uint16_t *s = src;
-    if (dt == TP_F32)
-        memcpy(dst, src, n * sizeof(float));
-    else
-        for (size_t i = 0; i < n; i++)
-            dst[i] = dt == TP_BF16 ? bf16_to_f32(s[i]) : f16_to_f32(s[i]);
-}
-
 /* Which direct comparison this device allows; *why says why there is none. */
 static direct_kind pick_direct(tp_device *dev, tp_dtype dt, const char **why)
 {
@@ -213,13 +133,13 @@ static tp_status gemm_rank(tp_comm *comm, int T, void *arg)
         for (size_t i = 0; st == TP_OK && i < elems; i++)
             h[i] = tp_master_uniform(7, 1, i, 1.0f);
         if (st == TP_OK) {
-            to_dtype(g->dtype, h, hx, elems);
+            tp_host_convert(g->dtype, hx, TP_F32, h, elems);
             st = tp_dev_upload(dev, a, hx, bytes);
         }
         for (size_t i = 0; st == TP_OK && i < elems; i++)
             h[i] = tp_master_uniform(7, 2, i, 1.0f);
         if (st == TP_OK) {
-            to_dtype(g->dtype, h, hx, elems);
+            tp_host_convert(g->dtype, hx, TP_F32, h, elems);
             st = tp_dev_upload(dev, b, hx, bytes);
         }
         if (st == TP_OK)
@@ -303,11 +223,11 @@ static tp_status gemm_rank(tp_comm *comm, int T, void *arg)
         if (st == TP_OK && have_direct) {
             st = tp_dev_download(dev, hx, c, bytes);
             if (st == TP_OK) {
-                from_dtype(g->dtype, hx, h, elems);
+                tp_host_convert(TP_F32, h, g->dtype, hx, elems);
                 st = tp_dev_download(dev, hx, c2, bytes);
             }
             if (st == TP_OK) {
-                from_dtype(g->dtype, hx, h2, elems);
+                tp_host_convert(TP_F32, h2, g->dtype, hx, elems);
                 maxdiff = 0;
                 for (size_t i = 0; i < elems; i++) {
                     double d = fabs((double)h[i] - (double)h2[i]);
