@@ -164,6 +164,19 @@ static int64_t extent(int64_t rows, int64_t cols, int64_t ld, int64_t stride, in
     return (batch - 1) * stride + (rows - 1) * ld + cols;
 }
 
+/* f: g with f32 scratch copies of A, B and all of C's extent (so the
+ * gaps between C's rows come back unchanged). */
+static void lp_gemm_operands(lp_call *c, const tp_gemm_args *g, tp_gemm_args *f)
+{
+    int64_t ar = g->trans_a ? g->k : g->m, ac = g->trans_a ? g->m : g->k;
+    int64_t br = g->trans_b ? g->n : g->k, bc = g->trans_b ? g->k : g->n;
+    *f = *g;
+    f->dtype = TP_F32;
+    f->a = in(c, g->a, extent(ar, ac, g->lda, g->stride_a, g->batch));
+    f->b = in(c, g->b, extent(br, bc, g->ldb, g->stride_b, g->batch));
+    f->c = inout(c, g->c, extent(g->m, g->n, g->ldc, g->stride_c, g->batch));
+}
+
 tp_status cpu_lp_gemm(void *dev, const tp_gemm_args *g)
 {
     tp_status st;
@@ -175,18 +188,9 @@ tp_status cpu_lp_gemm(void *dev, const tp_gemm_args *g)
     if ((st = cpu_gemm_check(dev, g)))
         return st;
     dt = g->dtype;
-    f = *g;
-    f.dtype = TP_F32;
-    {
-        LP_BEGIN("gemm");
-        int64_t ar = g->trans_a ? g->k : g->m, ac = g->trans_a ? g->m : g->k;
-        int64_t br = g->trans_b ? g->n : g->k, bc = g->trans_b ? g->k : g->n;
-        f.a = in(&c_, g->a, extent(ar, ac, g->lda, g->stride_a, g->batch));
-        f.b = in(&c_, g->b, extent(br, bc, g->ldb, g->stride_b, g->batch));
-        /* all of C's extent, so the gaps between rows come back unchanged */
-        f.c = inout(&c_, g->c, extent(g->m, g->n, g->ldc, g->stride_c, g->batch));
-        LP_RUN(cpu_gemm(dev, &f));
-    }
+    LP_BEGIN("gemm");
+    lp_gemm_operands(&c_, g, &f);
+    LP_RUN(cpu_gemm(dev, &f));
 }
 
 tp_status cpu_lp_gemm_bias_act(void *dev, const tp_gemm_args *g, const void *bias, tp_act act,
@@ -200,25 +204,15 @@ tp_status cpu_lp_gemm_bias_act(void *dev, const tp_gemm_args *g, const void *bia
         return cpu_gemm_bias_act(dev, g, bias, act, pre);
     if ((st = cpu_gemm_check(dev, g)))
         return st;
-    if (g->batch != 1) /* the f32 op reports it; the extents below assume batch 1 */
+    if (g->batch != 1) /* the f32 op reports it; pre's extent below assumes batch 1 */
         return cpu_gemm_bias_act(dev, g, bias, act, pre);
     dt = g->dtype;
-    f = *g;
-    f.dtype = TP_F32;
-    {
-        LP_BEGIN("gemm_bias_act");
-        int64_t ar = g->trans_a ? g->k : g->m, ac = g->trans_a ? g->m : g->k;
-        int64_t br = g->trans_b ? g->n : g->k, bc = g->trans_b ? g->k : g->n;
-        int64_t nc = extent(g->m, g->n, g->ldc, 0, 1);
-        f.a = in(&c_, g->a, extent(ar, ac, g->lda, 0, 1));
-        f.b = in(&c_, g->b, extent(br, bc, g->ldb, 0, 1));
-        /* C and pre: all of their extent, so the gaps between rows come back unchanged */
-        f.c = inout(&c_, g->c, nc);
-        const float *fb = in(&c_, bias, g->m > 0 ? g->n : 0);
-        float *fp = pre ? inout(&c_, pre, nc) : NULL;
-        /* one rounding of the f32 result: pre and C are both rounded from f32 values */
-        LP_RUN(cpu_gemm_bias_act(dev, &f, fb, act, fp));
-    }
+    LP_BEGIN("gemm_bias_act");
+    lp_gemm_operands(&c_, g, &f);
+    const float *fb = in(&c_, bias, g->m > 0 ? g->n : 0);
+    float *fp = pre ? inout(&c_, pre, extent(g->m, g->n, g->ldc, 0, 1)) : NULL;
+    /* pre and C are both rounded once from their f32 values */
+    LP_RUN(cpu_gemm_bias_act(dev, &f, fb, act, fp));
 }
 
 /* --------------------------------------------------------- element-wise */
