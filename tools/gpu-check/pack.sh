@@ -19,7 +19,7 @@ rm -rf "$out"
 mkdir -p "$out/bin" "$out/lib" "$out/plugins"
 
 programs=(tools/tp-bench/tp-bench tools/tp-info/tp-info tools/tp-conformance/tp-conformance
-          tests/device/test-device tests/gpu/test-cuda-slots tests/gpu/nccl/test-nccl
+          tests/device/test-device tests/gpu/nccl/test-nccl
           tests/layers/test_layers tests/layers/test_lowp tests/layers/test_gpt
           examples/tp_mlp)
 for p in "${programs[@]}"; do

@@ -65,10 +65,8 @@ step tp-info 60 "$bin/tp-info"
 
 if [[ " $steps " == *" tests "* ]]; then
     # device conformance on cuda: every op vs plain loops, every dtype
-    step device-cuda-vtable 300 env TP_DEVICE=cuda TP_DEVICE_TEST_VIA=vtable CK_FORK=no "$bin/test-device"
+    step device-cuda-vtable 400 env TP_DEVICE=cuda TP_DEVICE_TEST_VIA=vtable CK_FORK=no "$bin/test-device"
     step device-cuda-api 400 env TP_DEVICE=cuda TP_DEVICE_TEST_VIA=api TP_BACKEND=loopback CK_FORK=yes "$bin/test-device"
-    step cuda-slots-vtable 300 env TP_DEVICE=cuda TP_DEVICE_TEST_VIA=vtable CK_FORK=no "$bin/test-cuda-slots"
-    step cuda-slots-api 300 env TP_DEVICE=cuda TP_DEVICE_TEST_VIA=api TP_BACKEND=loopback CK_FORK=yes "$bin/test-cuda-slots"
     # nccl: collectives, errors, timeout; tp-conformance at the ranks the GPUs allow
     step nccl-gpu 300 "$bin/test-nccl" gpu
     step nccl-conformance 300 "$bin/test-nccl" run "$bin/tp-conformance"
