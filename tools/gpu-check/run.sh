@@ -87,8 +87,10 @@ if [[ " $steps " == *" bench "* ]]; then
     for dt in bf16 f16 f32; do
         step "gemm-$dt" 300 env TP_DEVICE=cuda "$tb" gemm --sizes 4096,8192 --dtype "$dt" -n 20 -w 3 --json "$out/gemm-$dt.jsonl"
     done
-    # bf16 MLP forward h=8192, 8192 tokens, T=1 (target >= 85% of the raw bf16 GEMM rate)
+    # bf16 MLP forward h=8192, 8192 tokens, T=1 (target >= 85% of the raw bf16 GEMM rate);
+    # exact GeLU (bias and GeLU as kernels) and tanh GeLU (fused in cuBLASLt's epilogue)
     step mlp-bf16-h8192-t1 300 env TP_DEVICE=cuda "$tb" layer --layer mlp --dtype bf16 --hidden 8192 --ffn 32768 --tokens 8192 --tp 1 -n 10 -w 2 --json "$out/mlp-bf16.jsonl"
+    step mlp-bf16-tanh-h8192-t1 300 env TP_DEVICE=cuda "$tb" layer --layer mlp --dtype bf16 --gelu-tanh --hidden 8192 --ffn 32768 --tokens 8192 --tp 1 -n 10 -w 2 --json "$out/mlp-bf16-tanh.jsonl"
     step mlp-f32-h8192-t1 300 env TP_DEVICE=cuda "$tb" layer --layer mlp --hidden 8192 --ffn 32768 --tokens 8192 --tp 1 -n 5 -w 1 --json "$out/mlp-f32.jsonl"
     # loopback on one GPU (device-to-device), busbw; nccl T=1
     step coll-loopback-cuda 400 env TP_DEVICE=cuda "$tb" collectives --backend loopback --sweep-tp 2,4 --op all_reduce,all_gather,reduce_scatter -e 256M --no-memcpy --check 1 --json "$out/coll-loopback-cuda.jsonl"

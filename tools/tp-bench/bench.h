@@ -113,6 +113,7 @@ typedef struct bench_opts {
     const char *layer;               /* --layer, default "mlp" */
     int64_t tokens, hidden, ffn;
     bool bias;
+    bool gelu_tanh;                  /* --gelu-tanh: mlp uses the tanh GeLU */
     bool backward;                   /* --backward: forward + backward per iteration */
     /* attention / block / transformer (layer_xf_shapes.c); tokens = batch * seq */
     int64_t heads, kv_heads, head_dim; /* --heads, --kv-heads (0: heads), --head-dim (0: hidden/heads) */

@@ -96,6 +96,7 @@ static tp_status inst_create(layer_inst *li, int kind, tp_comm *comm, const benc
         cfg.tensor_id = 10;
         cfg.name = "bench.mlp";
         cfg.dtype = o->gemm_dtype;
+        cfg.gelu_tanh = o->gelu_tanh;
         x_cols = y_cols = o->hidden;
         st = tp_mlp_create(comm, &cfg, &li->mlp);
         break;

@@ -26,7 +26,7 @@ enum opt_id {
     O_SIZES, O_LAYER, O_TOKENS, O_HIDDEN, O_FFN, O_NO_BIAS, O_LINK, O_PROJECT_TP,
     O_MEASURE_TP, O_GFLOPS, O_FROM, O_OUT, O_FIT_MIN, O_BACKWARD,
     O_HEADS, O_KV_HEADS, O_HEAD_DIM, O_SEQ, O_BATCH, O_LAYERS, O_VOCAB, O_SP,
-    O_DTYPE,
+    O_DTYPE, O_GELU_TANH,
 };
 
 typedef struct opt_def {
@@ -64,6 +64,7 @@ static const opt_def opt_table[] = {
     {"hidden", 0, 1, O_HIDDEN, L | M},
     {"ffn", 0, 1, O_FFN, L | M},
     {"no-bias", 0, 0, O_NO_BIAS, L | M},
+    {"gelu-tanh", 0, 0, O_GELU_TANH, L | M},
     {"backward", 0, 0, O_BACKWARD, L | M},
     {"heads", 0, 1, O_HEADS, L | M},
     {"kv-heads", 0, 1, O_KV_HEADS, L | M},
@@ -406,6 +407,7 @@ static int apply(bench_opts *o, const opt_def *d, const char *shown, const char 
     case O_RAW: o->compare_raw = true; return 0;
     case O_NO_MEMCPY: o->no_memcpy = true; return 0;
     case O_NO_BIAS: o->bias = false; return 0;
+    case O_GELU_TANH: o->gelu_tanh = true; return 0;
     case O_BACKWARD: o->backward = true; return 0;
     case O_SIZES: {
         gchar **parts = g_strsplit(val, ",", -1);
@@ -694,6 +696,8 @@ void bench_print_help(FILE *f, bench_cmd cmd)
                 "  --hidden N          hidden size h (default 1024)\n"
                 "  --ffn N             MLP inner size (default 4096)\n"
                 "  --no-bias           layers without bias\n"
+                "  --gelu-tanh         mlp: tanh-approximated GeLU (as Megatron's bias_gelu fusion;\n"
+                "                      fused into the GEMM epilogue by cuBLASLt on cuda)\n"
                 "  --dtype T           linear-col, linear-row, mlp: f32 (default), bf16 or f16 for\n"
                 "                      weights, activations and gradients (f32 accumulation)\n"
                 "  --backward          each iteration runs forward then backward (dx and weight\n"
