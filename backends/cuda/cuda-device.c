@@ -16,13 +16,14 @@ tp_status cuda_err(tp_status st, const char *fmt, ...)
 {
     char msg[512];
     va_list ap;
+    const tp_host *h = __atomic_load_n(&cuda_host, __ATOMIC_ACQUIRE);
 
-    if (!cuda_host || !cuda_host->set_error)
+    if (!h || !h->set_error)
         return st;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    return cuda_host->set_error(st, "cuda device: %s", msg);
+    return h->set_error(st, "cuda device: %s", msg);
 }
 
 tp_status cuda_rt_err(cudaError_t e, const char *op, const char *what)
@@ -200,8 +201,8 @@ static tp_status cuda_open(const tp_host *host, const tp_device_args *args, void
     const char *tf32 = getenv("TP_CUDA_TF32");
     char why[256];
 
-    if (host && !cuda_host)
-        cuda_host = host;
+    if (host) /* the current context's: a new tp_init may bring a new host */
+        __atomic_store_n(&cuda_host, host, __ATOMIC_RELEASE);
     if (!host || !dev || !env)
         return cuda_err(TP_ERR_INVALID_ARG, "open: host, dev and env must not be NULL");
     if (env->struct_size < sizeof(tp_rank_env))
@@ -239,8 +240,12 @@ static tp_status cuda_open(const tp_host *host, const tp_device_args *args, void
                         "open: cublasCreate failed: %s", cublasGetStatusString(bs));
     }
     if ((bs = cublasSetStream(d->blas, d->stream)) != CUBLAS_STATUS_SUCCESS ||
-        (bs = cublasSetMathMode(d->blas, d->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
-                                                 : CUBLAS_DEFAULT_MATH)) != CUBLAS_STATUS_SUCCESS) {
+        /* bf16/f16 GEMMs accumulate in f32, split-K partial sums included
+         * (cuBLAS may otherwise reduce them in the output type) */
+        (bs = cublasSetMathMode(d->blas, (cublasMath_t)((d->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                                 : CUBLAS_DEFAULT_MATH) |
+                                                        CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION))) !=
+            CUBLAS_STATUS_SUCCESS) {
         cuda_close(d);
         return cuda_err(TP_ERR_DEVICE, "open: cuBLAS setup failed: %s", cublasGetStatusString(bs));
     }
@@ -315,8 +320,12 @@ static tp_status cuda_alloc(void *dev, size_t bytes, void **ptr)
 
 static void cuda_free(void *dev, void *ptr)
 {
-    if (ptr)
-        cudaFree(ptr); /* waits for the device, so in-flight work on ptr is done */
+    if (!ptr)
+        return;
+    /* the rank's queued work may still use ptr; cudaFree only "may" wait */
+    if (dev)
+        cudaStreamSynchronize(((cuda_dev *)dev)->stream);
+    cudaFree(ptr);
 }
 
 /* Page-locked host memory for the core's staging copies. Portable: pinned
@@ -408,12 +417,16 @@ static tp_status cuda_copy_2d(void *dev, void *dst, size_t dpitch, const void *s
                         width_bytes, dpitch, spitch);
     if (!width_bytes || !height)
         return TP_OK;
-    /* cudaMemcpy2D wants pitches >= width even for one row. */
-    if (height == 1)
-        dpitch = spitch = width_bytes;
-    if ((e = cudaMemcpy2DAsync(dst, dpitch, src, spitch, width_bytes, height,
-                               cudaMemcpyDeviceToDevice, d->stream)))
-        return cuda_rt_err(e, "copy_2d", "cudaMemcpy2DAsync");
+    /* Contiguous (one row, or rows back to back): one linear copy, which has
+     * no pitch limit (cudaMemcpy2D refuses pitches past 2^31 - 1 bytes).
+     * cudaMemcpyDefault: the pointers may be another GPU's (peer copies). */
+    if (height == 1 || (dpitch == width_bytes && spitch == width_bytes))
+        e = cudaMemcpyAsync(dst, src, width_bytes * height, cudaMemcpyDefault, d->stream);
+    else
+        e = cudaMemcpy2DAsync(dst, dpitch, src, spitch, width_bytes, height, cudaMemcpyDefault,
+                              d->stream);
+    if (e)
+        return cuda_rt_err(e, "copy_2d", height == 1 ? "cudaMemcpyAsync" : "cudaMemcpy2DAsync");
     return TP_OK;
 }
 

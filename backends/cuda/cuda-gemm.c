@@ -14,7 +14,11 @@
  * column-major D = C^T (n x m), which is what cuBLASLt's bias is (length =
  * rows of D). cuBLASLt's GELU epilogue is the tanh approximation (PyTorch
  * falls back to gelu(approximate="tanh") where it cannot use it), so only
- * TP_ACT_GELU_TANH is fused; the exact (erf) GeLU is left to the core.
+ * TP_ACT_GELU_TANH is fused, and only for bf16/f16: the epilogue may use
+ * the hardware tanh (relative error ~2^-11), fine below a bf16/f16
+ * rounding but not at f32 accuracy. The exact (erf) GeLU and f32 GeLU are
+ * left to the core (gemm, then the bias_add and gelu kernels); the bias
+ * alone is fused for every dtype.
  */
 #include <stdint.h>
 #include <string.h>
@@ -147,12 +151,20 @@ static uint32_t address_alignment(const void *p)
     return al;
 }
 
-/* A cuBLASLt status -> tp_status: NOT_SUPPORTED stays a polite refusal
- * (the core then composes gemm + bias_add + gelu), the rest is an error. */
+/* A cuBLASLt status -> tp_status. Nothing is written before cublasLtMatmul
+ * runs, so any refusal while setting up (cuBLASLt answers some shapes, e.g.
+ * a single row or column, with INVALID_VALUE from the heuristic) and a
+ * matmul refused as invalid or unsupported become TP_ERR_NOT_SUPPORTED: the
+ * core then composes gemm + bias_add + gelu. Out of memory stays that; a
+ * failed execution is a device error. */
 static tp_status lt_err(cublasStatus_t bs, const tp_gemm_args *g, const char *what)
 {
-    return cuda_err(bs == CUBLAS_STATUS_NOT_SUPPORTED ? TP_ERR_NOT_SUPPORTED :
-                    bs == CUBLAS_STATUS_ALLOC_FAILED ? TP_ERR_NO_MEMORY : TP_ERR_DEVICE,
+    int running = strcmp(what, "cublasLtMatmul") == 0;
+    int refusal = bs != CUBLAS_STATUS_ALLOC_FAILED &&
+                  (!running || bs == CUBLAS_STATUS_INVALID_VALUE || bs == CUBLAS_STATUS_NOT_SUPPORTED);
+    return cuda_err(bs == CUBLAS_STATUS_ALLOC_FAILED ? TP_ERR_NO_MEMORY
+                    : refusal                        ? TP_ERR_NOT_SUPPORTED
+                                                     : TP_ERR_DEVICE,
                     "gemm_bias_act: %s (%s, m %lld n %lld k %lld, ta %d tb %d, lda %lld ldb %lld "
                     "ldc %lld) failed: %s", what, cuda_dtype_name(g->dtype), (long long)g->m,
                     (long long)g->n, (long long)g->k, g->trans_a, g->trans_b, (long long)g->lda,
@@ -230,6 +242,9 @@ tp_status cuda_gemm_bias_act(void *dev, const tp_gemm_args *g, const void *bias,
     if (act == TP_ACT_GELU)
         return cuda_err(TP_ERR_NOT_SUPPORTED, "%s: the exact (erf) GeLU is not fused: cuBLASLt's "
                         "GELU epilogue is the tanh approximation", op);
+    if (act == TP_ACT_GELU_TANH && g->dtype == TP_F32)
+        return cuda_err(TP_ERR_NOT_SUPPORTED, "%s: GeLU is fused for bf16/f16 only: cuBLASLt's "
+                        "epilogue is not f32-accurate", op);
     if (g->k == 0)
         return cuda_err(TP_ERR_NOT_SUPPORTED, "%s: k = 0 is not fused", op);
     /* GELU_AUX writes pre with ld = ldc, which cuBLASLt wants divisible by 8. */
@@ -301,8 +316,12 @@ tp_status cuda_gemm_bias_act(void *dev, const tp_gemm_args *g, const void *bias,
         st = lt_err(bs, g, "cublasLtMatmulPreferenceCreate");
         goto out;
     }
+    /* split-K partial sums in the compute type (f32), not the output type */
+    uint32_t reduction = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
     if ((bs = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                    &ws, sizeof ws)) ||
+        (bs = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                                                   &reduction, sizeof reduction)) ||
         (bs = cublasLtMatmulPreferenceSetAttribute(
              pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a)) ||
         (bs = cublasLtMatmulPreferenceSetAttribute(

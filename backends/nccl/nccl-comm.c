@@ -322,6 +322,11 @@ tp_status nccl_world(void *engine, int local_index, const tp_rank_env *env, void
     nccl_engine *e = engine;
     const tp_host *h = e->host;
     tp_status st;
+    ncclUniqueId id;
+    if ((st = nccl_world_id(e, e->first_rank + local_index, &id)) != TP_OK) {
+        atomic_store(&e->local_failed, 1);
+        return st;
+    }
     if (!comm || !rank || !size || local_index < 0 || local_index >= e->local_count) {
         atomic_store(&e->local_failed, 1);
         return h->set_error(TP_ERR_INVALID_ARG,
@@ -353,7 +358,7 @@ tp_status nccl_world(void *engine, int local_index, const tp_rank_env *env, void
 
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
     cfg.blocking = 0;
-    ncclResult_t r = ncclCommInitRankConfig(&c->nc, e->world_size, e->id, me, &cfg);
+    ncclResult_t r = ncclCommInitRankConfig(&c->nc, e->world_size, id, me, &cfg);
     if (r != ncclSuccess && r != ncclInProgress) {
         st = comm_fail(c, r, "ncclCommInitRankConfig");
         if (c->nc)

@@ -57,6 +57,49 @@ static tp_status count_gpus(nccl_engine *e, const char *where)
                               where, why);
 }
 
+/* A fresh unique id in e->id: made here (one process), or made by rank 0
+ * and broadcast over MPI with rank 0's status, so a failure on rank 0
+ * stops every rank at once. Collective over the MPI job. */
+static tp_status new_id(nccl_engine *e)
+{
+    const tp_host *h = e->host;
+    if (!e->by_mpi) {
+        ncclResult_t r = ncclGetUniqueId(&e->id);
+        if (r != ncclSuccess)
+            return h->set_error(nccl_status_of(r), "nccl: ncclGetUniqueId failed: %s: %s",
+                                ncclGetErrorString(r), ncclGetLastError(NULL));
+        if (h->debug)
+            h->debug("comm", "nccl: new unique id %08x", (unsigned)id_hash(&e->id));
+        return TP_OK;
+    }
+    struct {
+        int32_t status;
+        ncclUniqueId id;
+    } msg;
+    memset(&msg, 0, sizeof msg);
+    char rank0_err[512] = "";
+    int rank = e->mpi.rank;
+    if (rank == 0) {
+        ncclResult_t r = ncclGetUniqueId(&msg.id);
+        msg.status = (int32_t)r;
+        if (r != ncclSuccess)
+            snprintf(rank0_err, sizeof rank0_err, ": %s", ncclGetLastError(NULL));
+    }
+    tp_status st = nccl_mpi_bcast(h, &e->mpi, &msg, (int)sizeof msg, e->timeout_s);
+    if (st != TP_OK)
+        return st;
+    if (msg.status != ncclSuccess)
+        return h->set_error(nccl_status_of((ncclResult_t)msg.status),
+                            "nccl: rank 0 could not create the NCCL unique id: %s%s%s",
+                            ncclGetErrorString((ncclResult_t)msg.status), rank0_err,
+                            rank == 0 ? "" : " (see rank 0's error)");
+    e->id = msg.id;
+    if (h->debug)
+        h->debug("comm", "nccl: rank %d/%d has the unique id from rank 0 over MPI (id %08x)", rank,
+                 e->mpi.size, (unsigned)id_hash(&e->id));
+    return TP_OK;
+}
+
 static tp_status init_one_process(nccl_engine *e, int requested)
 {
     const tp_host *h = e->host;
@@ -76,17 +119,42 @@ static tp_status init_one_process(nccl_engine *e, int requested)
                             ws, e->ndev, vis ? " (CUDA_VISIBLE_DEVICES=" : "", vis ? vis : "",
                             vis ? ")" : "", e->ndev, ws, e->ndev);
     }
-    ncclResult_t r = ncclGetUniqueId(&e->id);
-    if (r != ncclSuccess)
-        return h->set_error(nccl_status_of(r), "nccl: ncclGetUniqueId failed: %s: %s",
-                            ncclGetErrorString(r), ncclGetLastError(NULL));
+    if ((st = new_id(e)) != TP_OK) /* the first run's; later runs make their own */
+        return st;
     e->world_size = ws;
     e->first_rank = 0;
     e->local_count = ws;
     if (h->debug)
-        h->debug("comm", "nccl: one process, %d rank(s) on %d visible GPU(s), unique id %08x", ws,
-                 e->ndev, (unsigned)id_hash(&e->id));
+        h->debug("comm", "nccl: one process, %d rank(s) on %d visible GPU(s)", ws, e->ndev);
     return TP_OK;
+}
+
+/* Each tp_run makes a new world communicator, and a unique id serves one
+ * communicator creation (NCCL's bootstrap root accepts that many
+ * connections, then closes), so every run gets a fresh id: the first local
+ * rank of a run to call world() makes it (and, under MPI, every process
+ * does so together, rank 0 making it). All local ranks of a run call
+ * world() before the next run starts (tp_run waits for them), so the
+ * count of callers tells runs apart. A failure is seen by every local rank
+ * of that run. */
+tp_status nccl_world_id(nccl_engine *e, int me, ncclUniqueId *id)
+{
+    bool maker = false;
+    pthread_mutex_lock(&e->lock);
+    if (e->run_joined == 0) {
+        atomic_store(&e->local_failed, 0); /* a new run: the last one's failure is history */
+        e->run_status = e->runs++ == 0 ? TP_OK : new_id(e); /* init made the first run's */
+        maker = true;
+    }
+    tp_status st = e->run_status;
+    *id = e->id;
+    if (++e->run_joined == e->local_count)
+        e->run_joined = 0;
+    pthread_mutex_unlock(&e->lock);
+    if (st != TP_OK && !maker)
+        return e->host->set_error(st, "nccl: rank %d: this run's NCCL unique id could not be "
+                                  "made (see the first rank's error)", me);
+    return st;
 }
 
 static tp_status init_mpi(nccl_engine *e, int requested, const tp_engine_args *args)
@@ -105,31 +173,11 @@ static tp_status init_mpi(nccl_engine *e, int requested, const tp_engine_args *a
                             "use mpirun -n %d, or drop --tp / TP_WORLD_SIZE",
                             size, requested, requested);
 
-    /* rank 0's status travels with the id */
-    struct {
-        int32_t status;
-        ncclUniqueId id;
-    } msg;
-    memset(&msg, 0, sizeof msg);
-    char rank0_err[512] = "";
-    if (rank == 0) {
-        ncclResult_t r = ncclGetUniqueId(&msg.id);
-        msg.status = (int32_t)r;
-        if (r != ncclSuccess)
-            snprintf(rank0_err, sizeof rank0_err, ": %s", ncclGetLastError(NULL));
-    }
-    st = nccl_mpi_bcast(h, &e->mpi, &msg, (int)sizeof msg, e->timeout_s);
-    if (st != TP_OK)
+    /* the first run's id now, before anything that may fail on one rank
+     * only, so that rank 0's failure stops every rank here */
+    e->by_mpi = true;
+    if ((st = new_id(e)) != TP_OK)
         return st;
-    if (msg.status != ncclSuccess)
-        return h->set_error(nccl_status_of((ncclResult_t)msg.status),
-                            "nccl: rank 0 could not create the NCCL unique id: %s%s%s",
-                            ncclGetErrorString((ncclResult_t)msg.status), rank0_err,
-                            rank == 0 ? "" : " (see rank 0's error)");
-    e->id = msg.id;
-    if (h->debug)
-        h->debug("comm", "nccl: rank %d/%d has the unique id from rank 0 over MPI (id %08x)", rank,
-                 size, (unsigned)id_hash(&e->id));
 
     char where[64];
     snprintf(where, sizeof where, "MPI rank %d/%d", rank, size);

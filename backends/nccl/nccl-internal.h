@@ -80,11 +80,18 @@ typedef struct nccl_engine {
     pthread_mutex_t lock;
     int *device_of;      /* [local_count], -1 = not yet */
     atomic_int local_failed;
+    /* a fresh unique id per run (nccl_world_id), under lock */
+    int runs;            /* runs started */
+    int run_joined;      /* local ranks of the current run that asked for its id */
+    tp_status run_status;
 } nccl_engine;
 
 tp_status nccl_init(const tp_host *host, const tp_engine_args *args, void **engine,
                     tp_engine_info *info);
 void nccl_finalize(void *engine);
+/* The unique id of the run the calling local rank is joining (see
+ * nccl-engine.c); resets local_failed when a new run starts. */
+tp_status nccl_world_id(nccl_engine *e, int me, ncclUniqueId *id);
 
 /* --------------------------------------------------------- nccl-comm.c */
 

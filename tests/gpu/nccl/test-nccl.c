@@ -534,7 +534,9 @@ static void *rank_main(void *arg)
     x->status = TP_OK;
     x->msg[0] = '\0';
     CUDA(x, cudaSetDevice(x->device));
-    CUDA(x, cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    /* a blocking stream: ordered after the legacy default stream, where the
+     * checks' cudaMemcpy uploads may still be in flight */
+    CUDA(x, cudaStreamCreate(&s));
     tp_rank_env env = {.struct_size = sizeof env, .mem_kind = x->kind, .device_index = x->device, .stream = s};
     tp_status st = o->world(x->engine, x->local, &env, &comm, &r, &n);
     if (st != TP_OK) {
@@ -619,21 +621,30 @@ static rank_ctx *run_world(int world, rank_ctx *ctx, int same_gpu, tp_mem_kind k
         return &ctx[0];
     }
     pthread_t th[8];
-    pthread_barrier_init(&gbar, NULL, (unsigned)world);
-    for (int i = 0; i < world; i++) {
-        ctx[i] = (rank_ctx){.ops = ops, .engine = eng, .local = i, .world = world,
-                            .device = same_gpu ? 0 : i, .kind = kind};
-        if (timeout_test)
-            ctx[i].skip_collective = i == 0 ? 2 : 1;
-        pthread_create(&th[i], NULL, rank_main, &ctx[i]);
+    /* Two runs on one engine, as two tp_run calls make: each run's world
+     * needs its own NCCL unique id (one id serves one communicator). */
+    int runs = timeout_test || same_gpu || kind != TP_MEM_CUDA ? 1 : 2;
+    for (int run = 0; run < runs; run++) {
+        pthread_barrier_init(&gbar, NULL, (unsigned)world);
+        for (int i = 0; i < world; i++) {
+            ctx[i] = (rank_ctx){.ops = ops, .engine = eng, .local = i, .world = world,
+                                .device = same_gpu ? 0 : i, .kind = kind};
+            if (timeout_test)
+                ctx[i].skip_collective = i == 0 ? 2 : 1;
+            pthread_create(&th[i], NULL, rank_main, &ctx[i]);
+        }
+        for (int i = 0; i < world; i++)
+            pthread_join(th[i], NULL);
+        pthread_barrier_destroy(&gbar);
+        for (int i = 0; i < world; i++)
+            if (ctx[i].status != TP_OK) {
+                snprintf(ctx[i].msg + strlen(ctx[i].msg), sizeof ctx[i].msg - strlen(ctx[i].msg),
+                         " (run %d of %d on one engine)", run + 1, runs);
+                ops->finalize(eng);
+                return &ctx[i];
+            }
     }
-    for (int i = 0; i < world; i++)
-        pthread_join(th[i], NULL);
-    pthread_barrier_destroy(&gbar);
     ops->finalize(eng);
-    for (int i = 0; i < world; i++)
-        if (ctx[i].status != TP_OK)
-            return &ctx[i];
     return NULL;
 }
 
