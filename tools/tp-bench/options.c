@@ -697,7 +697,7 @@ void bench_print_help(FILE *f, bench_cmd cmd)
                 "  --ffn N             MLP inner size (default 4096)\n"
                 "  --no-bias           layers without bias\n"
                 "  --gelu-tanh         mlp: tanh-approximated GeLU (as Megatron's bias_gelu fusion;\n"
-                "                      fused into the GEMM epilogue by cuBLASLt on cuda)\n"
+                "                      fused into the GEMM epilogue by cuBLASLt on cuda, bf16/f16)\n"
                 "  --dtype T           linear-col, linear-row, mlp: f32 (default), bf16 or f16 for\n"
                 "                      weights, activations and gradients (f32 accumulation)\n"
                 "  --backward          each iteration runs forward then backward (dx and weight\n"
