@@ -14,8 +14,8 @@
 
 #define CPU_ALIGN 64
 
-/* Set by the first open(); every rank thread opens concurrently, so it is
- * written once with a compare-and-swap and read atomically. */
+/* Set by every open() (rank threads open concurrently, all with the same
+ * host of the current context), read atomically. */
 const tp_host *cpu_host;
 
 tp_status cpu_err(tp_status st, const char *fmt, ...)
@@ -94,10 +94,8 @@ static tp_status cpu_open(const tp_host *host, const tp_device_args *args, void 
 {
     cpu_dev *d;
 
-    const tp_host *unset = NULL;
-    if (host)
-        __atomic_compare_exchange_n(&cpu_host, &unset, host, 0, __ATOMIC_ACQ_REL,
-                                    __ATOMIC_ACQUIRE);
+    if (host) /* the current context's: a new tp_init may bring a new host */
+        __atomic_store_n(&cpu_host, host, __ATOMIC_RELEASE);
     if (!host || !dev || !env)
         return cpu_err(TP_ERR_INVALID_ARG, "open: host, dev and env must not be NULL");
     if (env->struct_size < sizeof(tp_rank_env))
