@@ -333,13 +333,35 @@ tp_status cuda_gemm_bias_act(void *dev, const tp_gemm_args *g, const void *bias,
         st = lt_err(bs, g, "cublasLtMatmulPreferenceSetAttribute");
         goto out;
     }
+    /* The heuristic costs tens of microseconds of host time: ask it once per
+     * shape, epilogue and alignment (refusals are not cached: rare). */
+    cuda_lt_key key;
+    memset(&key, 0, sizeof key);
+    key.m = g->m, key.n = g->n, key.k = g->k, key.lda = g->lda, key.ldb = g->ldb;
+    key.ldc = g->ldc, key.dtype = (int32_t)g->dtype, key.trans_a = g->trans_a;
+    key.trans_b = g->trans_b, key.tf32 = compute == CUBLAS_COMPUTE_32F_FAST_TF32;
+    key.epilogue = epi, key.align[0] = al_a, key.align[1] = al_b, key.align[2] = al_c;
+    key.align[3] = bias ? address_alignment(bias) : 0;
+    key.align[4] = pre ? address_alignment(pre) : 0;
+    const cuda_lt_entry *hit = NULL;
+    for (int i = 0; i < CUDA_LT_CACHE && !hit; i++)
+        if (d->lt_cache[i].used && !memcmp(&d->lt_cache[i].key, &key, sizeof key))
+            hit = &d->lt_cache[i];
     memset(&heur, 0, sizeof heur);
-    bs = cublasLtMatmulAlgoGetHeuristic(d->lt, desc, la, lb, lc, lc, pref, 1, &heur, &found);
-    if (bs == CUBLAS_STATUS_SUCCESS && (found < 1 || heur.state != CUBLAS_STATUS_SUCCESS))
-        bs = CUBLAS_STATUS_NOT_SUPPORTED; /* no algorithm for this epilogue and shape */
-    if (bs) {
-        st = lt_err(bs, g, "cublasLtMatmulAlgoGetHeuristic");
-        goto out;
+    if (hit) {
+        heur.algo = hit->algo;
+    } else {
+        bs = cublasLtMatmulAlgoGetHeuristic(d->lt, desc, la, lb, lc, lc, pref, 1, &heur, &found);
+        if (bs == CUBLAS_STATUS_SUCCESS && (found < 1 || heur.state != CUBLAS_STATUS_SUCCESS))
+            bs = CUBLAS_STATUS_NOT_SUPPORTED; /* no algorithm for this epilogue and shape */
+        if (bs) {
+            st = lt_err(bs, g, "cublasLtMatmulAlgoGetHeuristic");
+            goto out;
+        }
+        cuda_lt_entry *e = &d->lt_cache[d->lt_next++ % CUDA_LT_CACHE];
+        e->used = 1;
+        e->key = key;
+        e->algo = heur.algo;
     }
     /* beta 0: C is not read; C and D are the same buffer and layout. */
     bs = cublasLtMatmul(d->lt, desc, &g->alpha, g->b, la, g->a, lb, &beta, g->c, lc, g->c, lc,

@@ -32,6 +32,21 @@ extern "C" {
 
 #define CUDA_MAX_GPUS 64 /* GPUs per process that reduce can reach (peer access) */
 
+/* One cuBLASLt choice of gemm_bias_act for a shape, epilogue and pointer
+ * alignments (compared with memcmp: built zeroed). */
+typedef struct cuda_lt_key {
+    int64_t m, n, k, lda, ldb, ldc;
+    int32_t dtype, trans_a, trans_b, tf32;
+    uint32_t epilogue, align[5]; /* a, b, c, bias, pre */
+} cuda_lt_key;
+
+#define CUDA_LT_CACHE 16
+typedef struct cuda_lt_entry {
+    int used;
+    cuda_lt_key key;
+    cublasLtMatmulAlgo_t algo; /* the heuristic's first choice */
+} cuda_lt_entry;
+
 typedef struct cuda_dev {
     const tp_host *host;
     int rank;          /* world rank, for messages */
@@ -42,6 +57,8 @@ typedef struct cuda_dev {
     cublasLtHandle_t lt; /* for gemm_bias_act */
     void *lt_ws;         /* cuBLASLt workspace, used only on `stream` (NULL: none) */
     size_t lt_ws_size;
+    cuda_lt_entry lt_cache[CUDA_LT_CACHE]; /* heuristic results, replaced round robin */
+    unsigned lt_next;
     /* peer[j]: kernels on this rank's GPU may access GPU j's memory (peer
      * access enabled in open, or j is this GPU) */
     unsigned char peer[CUDA_MAX_GPUS];
