@@ -21,7 +21,7 @@ mkdir -p "$out/bin" "$out/lib" "$out/plugins"
 programs=(tools/tp-bench/tp-bench tools/tp-info/tp-info tools/tp-conformance/tp-conformance
           tests/device/test-device tests/gpu/nccl/test-nccl
           tests/layers/test_layers tests/layers/test_lowp tests/layers/test_gpt
-          examples/tp_mlp)
+          examples/tp_mlp examples/tp_transformer)
 for p in "${programs[@]}"; do
     if [ -f "$build/$p" ]; then cp "$build/$p" "$out/bin/"; else echo "pack.sh: skipping missing $p" >&2; fi
 done

@@ -91,6 +91,11 @@ if [[ " $steps " == *" tests "* ]]; then
     # bf16/f16 linear and MLP layers (fused cuBLASLt epilogue for tanh GeLU) vs the double reference
     step lowp-cuda-loopback-w4 90 env TP_BACKEND=loopback TP_DEVICE=cuda TP_WORLD_SIZE=4 CK_FORK=no "$bin/test_lowp"
     step lowp-cuda-nccl-w1 90 env TP_BACKEND=nccl TP_DEVICE=cuda TP_WORLD_SIZE=1 CK_FORK=no "$bin/test_lowp"
+    # the examples check themselves (exit 1 on a mismatch): TP vs the naive MLP, and the
+    # training loss curve at T=4 vs T=1
+    step example-mlp-cuda-loopback-4 60 env TP_BACKEND=loopback TP_DEVICE=cuda "$bin/tp_mlp" --tp 4
+    step example-mlp-nccl-1 60 env TP_BACKEND=nccl TP_DEVICE=cuda "$bin/tp_mlp" --tp 1
+    step example-transformer-cuda-4v1 90 env TP_BACKEND=loopback TP_DEVICE=cuda "$bin/tp_transformer" --tp 4 --compare-tp 1 --steps 20 --layers 1 --vocab 53 --sequence-parallel --kv-heads 2
 fi
 
 if [[ " $steps " == *" bench "* ]]; then
