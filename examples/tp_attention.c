@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <tp/tp.h>
+#include <tp/tp-transformer.h>
 
 #include "example-common.h"
 

@@ -30,7 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <tp/tp.h>
+#include <tp/tp-layers.h>
 
 #include "example-common.h"
 

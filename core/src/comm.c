@@ -7,7 +7,7 @@
 /* Even-count gather/scatter build a counts array; on the stack up to this. */
 #define SMALL_WORLD 64
 
-tp_comm *tp_comm_wrap(const tp_comm_ops *ops, const char *plugin, void *handle, int rank, int size,
+tp_comm *tpi_comm_wrap(const tp_comm_ops *ops, const char *plugin, void *handle, int rank, int size,
                       tp_device *dev, tp_rank_state *state)
 {
     tp_comm *c = g_new0(tp_comm, 1);
@@ -52,7 +52,7 @@ tp_status tp_comm_split(tp_comm *comm, int color, int key, tp_comm **out)
                                                  comm->plugin);
     if (color < 0 || !h)
         return TP_OK;
-    *out = tp_comm_wrap(comm->ops, comm->plugin, h, rank, size, comm->dev, comm->state);
+    *out = tpi_comm_wrap(comm->ops, comm->plugin, h, rank, size, comm->dev, comm->state);
     return TP_OK;
 }
 
@@ -60,7 +60,7 @@ void tp_comm_free(tp_comm *comm)
 {
     if (!comm || comm->is_world) /* the world is freed by tp_run */
         return;
-    tp_device_read_timings(comm->dev); /* pending times point into its counters */
+    tpi_device_read_timings(comm->dev); /* pending times point into its counters */
     comm->ops->comm_free(comm->handle);
     g_free(comm);
 }
@@ -101,7 +101,7 @@ void tp_stats_get(const tp_comm *comm, tp_stats *out)
     memset(out, 0, sizeof *out);
     if (!comm)
         return;
-    tp_device_read_timings(comm->dev);
+    tpi_device_read_timings(comm->dev);
     memcpy(out->comm, comm->counters, sizeof out->comm);
     if (comm->dev) {
         memcpy(out->gemm, comm->dev->gemm, sizeof out->gemm);
@@ -114,7 +114,7 @@ void tp_stats_reset(tp_comm *comm)
 {
     if (!comm)
         return;
-    tp_device_read_timings(comm->dev); /* so that no earlier call adds to the zeroed counters */
+    tpi_device_read_timings(comm->dev); /* so that no earlier call adds to the zeroed counters */
     memset(comm->counters, 0, sizeof comm->counters);
     if (comm->dev) {
         memset(comm->dev->gemm, 0, sizeof comm->dev->gemm);
@@ -189,7 +189,7 @@ static tp_status payload(const char *fn, size_t count, tp_dtype dt, size_t *byte
  * memory: cuda copies it at full PCIe/NVLink-C2C speed, without a bounce
  * buffer), else from ordinary host memory. */
 
-bool tp_comm_accepts(const tp_comm_ops *ops, tp_mem_kind kind)
+bool tpi_comm_accepts(const tp_comm_ops *ops, tp_mem_kind kind)
 {
     uint32_t kinds = ops->mem_kinds ? ops->mem_kinds : 1u << TP_MEM_HOST;
     return (unsigned)kind < 32 && ((kinds >> kind) & 1u);
@@ -214,7 +214,7 @@ static void *host_alloc(tp_device *dev, size_t bytes)
     return p;
 }
 
-void tp_stage_free(tp_rank_state *state, tp_device *dev)
+void tpi_stage_free(tp_rank_state *state, tp_device *dev)
 {
     for (int i = 0; i < 2; i++) {
         if (state->stage[i])
@@ -356,7 +356,7 @@ static tp_status not_supported(const tp_comm *comm, tp_op op)
 static tp_status finish(tp_comm *comm, tp_op op, size_t bytes, tp_tick t0, tp_status st)
 {
     if (st) {
-        tp_tick_cancel(comm->dev, t0);
+        tpi_tick_cancel(comm->dev, t0);
         if (!tp_last_error()[0])
             tp_set_error(st, "backend '%s': %s failed without a message", comm->plugin,
                          tp_op_name(op));
@@ -365,7 +365,7 @@ static tp_status finish(tp_comm *comm, tp_op op, size_t bytes, tp_tick t0, tp_st
     tp_counter *c = &comm->counters[comm->state->phase][op];
     c->calls++;
     c->bytes += bytes;
-    tp_tick_stop(comm->dev, t0, &c->seconds);
+    tpi_tick_stop(comm->dev, t0, &c->seconds);
     return TP_OK;
 }
 
@@ -381,7 +381,7 @@ tp_status tp_all_reduce(tp_comm *comm, const void *send, void *recv, size_t coun
     if (count && (!send || !recv))
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: %s buffer is NULL with count %zu", fn,
                             !send ? "send" : "recv", count);
-    tp_tick t0 = tp_tick_start(comm->dev);
+    tp_tick t0 = tpi_tick_start(comm->dev);
     tp_clear_error();
     st = op_all_reduce(comm, send, recv, count, dt, op);
     return finish(comm, TP_OP_ALL_REDUCE, bytes, t0, st);
@@ -401,7 +401,7 @@ tp_status tp_broadcast(tp_comm *comm, void *buf, size_t count, tp_dtype dt, int 
                             comm->size - 1);
     if (!comm->ops->broadcast)
         return not_supported(comm, TP_OP_BROADCAST);
-    tp_tick t0 = tp_tick_start(comm->dev);
+    tp_tick t0 = tpi_tick_start(comm->dev);
     tp_clear_error();
     st = op_broadcast(comm, buf, count, dt, root);
     return finish(comm, TP_OP_BROADCAST, bytes, t0, st);
@@ -411,7 +411,7 @@ tp_status tp_barrier(tp_comm *comm)
 {
     if (!comm)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_barrier: comm is NULL");
-    tp_tick t0 = tp_tick_start(comm->dev);
+    tp_tick t0 = tpi_tick_start(comm->dev);
     tp_clear_error();
     tp_status st;
     if (comm->ops->barrier) {
@@ -469,7 +469,7 @@ static tp_status all_gather(const char *fn, tp_comm *comm, const void *send, voi
     if (st)
         return st;
     size_t es = tp_dtype_size(dt);
-    tp_tick t0 = tp_tick_start(comm->dev);
+    tp_tick t0 = tpi_tick_start(comm->dev);
     tp_clear_error();
     if (comm->ops->all_gather) {
         st = op_all_gather(comm, send, recv, counts, total, dt);
@@ -500,7 +500,7 @@ static tp_status reduce_scatter(const char *fn, tp_comm *comm, const void *send,
     if (st || (st = check_redop(fn, op)))
         return st;
     size_t es = tp_dtype_size(dt);
-    tp_tick t0 = tp_tick_start(comm->dev);
+    tp_tick t0 = tpi_tick_start(comm->dev);
     tp_clear_error();
     if (comm->ops->reduce_scatter) {
         st = op_reduce_scatter(comm, send, recv, counts, total, dt, op);

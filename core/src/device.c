@@ -4,7 +4,7 @@
 
 #include "tp-internal.h"
 
-void tp_device_init(tp_device *dev, const tp_device_ops *ops, const char *name, void *handle,
+void tpi_device_init(tp_device *dev, const tp_device_ops *ops, const char *name, void *handle,
                     const tp_rank_env *env, tp_rank_state *state)
 {
     memset(dev, 0, sizeof *dev);
@@ -44,9 +44,9 @@ static void event_put(tp_device *dev, void *ev)
         dev->ops->event_destroy(dev->handle, ev);
 }
 
-tp_tick tp_tick_start(tp_device *dev)
+tp_tick tpi_tick_start(tp_device *dev)
 {
-    tp_tick t = {tp_now(), NULL};
+    tp_tick t = {tpi_now(), NULL};
     if (dev && dev->events) {
         t.ev0 = event_get(dev);
         tp_clear_error(); /* a failed event only means host time for this call */
@@ -54,7 +54,7 @@ tp_tick tp_tick_start(tp_device *dev)
     return t;
 }
 
-void tp_tick_stop(tp_device *dev, tp_tick tick, double *seconds)
+void tpi_tick_stop(tp_device *dev, tp_tick tick, double *seconds)
 {
     if (dev && dev->sync_timing)
         dev->ops->synchronize(dev->handle);
@@ -62,22 +62,22 @@ void tp_tick_stop(tp_device *dev, tp_tick tick, double *seconds)
     if (!ev1) {
         if (tick.ev0)
             event_put(dev, tick.ev0);
-        *seconds += tp_now() - tick.t0;
+        *seconds += tpi_now() - tick.t0;
         tp_clear_error();
         return;
     }
     if (dev->npending == TP_TIMING_PENDING)
-        tp_device_read_timings(dev); /* bounds how far the host runs ahead of the device */
+        tpi_device_read_timings(dev); /* bounds how far the host runs ahead of the device */
     dev->pending[dev->npending++] = (tp_timing){tick.ev0, ev1, seconds};
 }
 
-void tp_tick_cancel(tp_device *dev, tp_tick tick)
+void tpi_tick_cancel(tp_device *dev, tp_tick tick)
 {
     if (tick.ev0)
         event_put(dev, tick.ev0);
 }
 
-void tp_device_read_timings(tp_device *dev)
+void tpi_device_read_timings(tp_device *dev)
 {
     if (!dev || dev->npending == 0)
         return;
@@ -99,9 +99,9 @@ void tp_device_read_timings(tp_device *dev)
     g_free(saved);
 }
 
-void tp_device_timing_free(tp_device *dev)
+void tpi_device_timing_free(tp_device *dev)
 {
-    tp_device_read_timings(dev);
+    tpi_device_read_timings(dev);
     while (dev->npool > 0)
         dev->ops->event_destroy(dev->handle, dev->pool[--dev->npool]);
 }
@@ -135,7 +135,7 @@ static tp_status enter(const tp_device *dev, bool provided, const char *op)
 static tp_status leave(tp_device *dev, const char *op, double flops, tp_tick t0, tp_status st)
 {
     if (st) {
-        tp_tick_cancel(dev, t0);
+        tpi_tick_cancel(dev, t0);
         if (!tp_last_error()[0])
             tp_set_error(st, "device '%s': %s failed without a message", dev->name, op);
         return st;
@@ -144,7 +144,7 @@ static tp_status leave(tp_device *dev, const char *op, double flops, tp_tick t0,
     bool gemm = strcmp(op, "gemm") == 0;
     tp_counter *c = gemm ? &dev->gemm[ph] : &dev->kernel[ph];
     c->calls++;
-    tp_tick_stop(dev, t0, &c->seconds);
+    tpi_tick_stop(dev, t0, &c->seconds);
     if (gemm)
         dev->gemm_flops[ph] += flops;
     return TP_OK;
@@ -156,7 +156,7 @@ static tp_status leave(tp_device *dev, const char *op, double flops, tp_tick t0,
         tp_status st_ = enter(dev, (dev) && (dev)->ops->op != NULL, #op);           \
         if (st_)                                                                    \
             return st_;                                                             \
-        tp_tick t0_ = tp_tick_start(dev);                                           \
+        tp_tick t0_ = tpi_tick_start(dev);                                           \
         st_ = (dev)->ops->op((dev)->handle, __VA_ARGS__);                           \
         return leave(dev, #op, flops, t0_, st_);                                    \
     } while (0)
@@ -264,7 +264,7 @@ tp_status tp_dev_memset(tp_device *dev, void *ptr, int value, size_t bytes)
 tp_status tp_dev_synchronize(tp_device *dev)
 {
     CHECK(enter(dev, true, "synchronize"));
-    tp_tick t0 = {tp_now(), NULL}; /* a host wait: host time */
+    tp_tick t0 = {tpi_now(), NULL}; /* a host wait: host time */
     return leave(dev, "synchronize", 0, t0, dev->ops->synchronize(dev->handle));
 }
 
@@ -347,11 +347,11 @@ tp_status tp_dev_gemm_bias_act(tp_device *dev, const tp_gemm_args *g, const void
     if (g->m == 0 || g->n == 0)
         return TP_OK;
     if (dev->ops->gemm_bias_act) {
-        tp_tick t0 = tp_tick_start(dev);
+        tp_tick t0 = tpi_tick_start(dev);
         tp_status st = dev->ops->gemm_bias_act(dev->handle, g, bias, act, pre);
         if (st != TP_ERR_NOT_SUPPORTED)
             return leave(dev, "gemm", gemm_flops(g), t0, st);
-        tp_tick_cancel(dev, t0);
+        tpi_tick_cancel(dev, t0);
         tp_clear_error(); /* this combination is not fused: compose it below */
     }
     /* gemm into the pre-activation buffer (or c), then bias, then act,

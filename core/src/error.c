@@ -38,7 +38,7 @@ const char *tp_last_error(void)
     return last_error;
 }
 
-tp_status tp_set_errorv(tp_status status, const char *fmt, va_list ap)
+tp_status tpi_set_errorv(tp_status status, const char *fmt, va_list ap)
 {
     /* Format into a temporary first: fmt's arguments may include
      * tp_last_error() itself (e.g. when adding a prefix). */
@@ -52,7 +52,7 @@ tp_status tp_set_error(tp_status status, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    tp_set_errorv(status, fmt, ap);
+    tpi_set_errorv(status, fmt, ap);
     va_end(ap);
     return status;
 }
@@ -64,7 +64,7 @@ void tp_clear_error(void)
 
 /* TP_DEBUG is a list of topics separated by ',', ':' or spaces; "all"
  * enables every topic. Read once per process. */
-bool tp_debug_enabled(const char *topic)
+bool tpi_debug_enabled(const char *topic)
 {
     static gsize once;
     static char **topics;
@@ -81,14 +81,14 @@ bool tp_debug_enabled(const char *topic)
 
 static void debugv(const char *topic, const char *fmt, va_list ap)
 {
-    if (!topic || !tp_debug_enabled(topic))
+    if (!topic || !tpi_debug_enabled(topic))
         return;
     char line[TP_ERROR_MAX];
     vsnprintf(line, sizeof line, fmt ? fmt : "", ap);
     fprintf(stderr, "tp[%s]: %s\n", topic, line); /* one call: lines of threads don't mix */
 }
 
-void tp_debug(const char *topic, const char *fmt, ...)
+void tpi_debug(const char *topic, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -96,16 +96,16 @@ void tp_debug(const char *topic, const char *fmt, ...)
     va_end(ap);
 }
 
-void tp_host_init(tp_host *host, double timeout_s)
+void tpi_host_init(tp_host *host, double timeout_s)
 {
     memset(host, 0, sizeof *host);
     host->struct_size = sizeof *host;
     host->set_error = tp_set_error;
-    host->debug = tp_debug;
+    host->debug = tpi_debug;
     host->timeout_s = timeout_s;
 }
 
-double tp_now(void)
+double tpi_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

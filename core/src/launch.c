@@ -135,20 +135,20 @@ tp_status tp_init(const tp_config *cfg, tp_ctx **out)
 
     tp_ctx *ctx = g_new0(tp_ctx, 1);
     ctx->cpu_threads = threads;
-    tp_host_init(&ctx->host, timeout);
+    tpi_host_init(&ctx->host, timeout);
 
     const char *backend = cfg && cfg->backend ? cfg->backend : getenv("TP_BACKEND");
     const char *bvar = cfg && cfg->backend ? "tp_config.backend" : "TP_BACKEND";
     if (!backend || !backend[0])
         backend = "loopback";
-    if ((st = tp_plugin_load(backend, TP_KIND_COMM, bvar, &ctx->comm_plugin)))
+    if ((st = tpi_plugin_load(backend, TP_KIND_COMM, bvar, &ctx->comm_plugin)))
         goto fail;
 
     const char *device = cfg && cfg->device ? cfg->device : getenv("TP_DEVICE");
     const char *dvar = cfg && cfg->device ? "tp_config.device" : "TP_DEVICE";
     if (!device || !device[0])
         device = strcmp(ctx->comm_plugin->name, "nccl") == 0 ? "cuda" : "cpu";
-    if ((st = tp_plugin_load(device, TP_KIND_DEVICE, dvar, &ctx->dev_plugin)))
+    if ((st = tpi_plugin_load(device, TP_KIND_DEVICE, dvar, &ctx->dev_plugin)))
         goto fail;
 
     tp_engine_args args = {sizeof args, want, cfg ? cfg->argc : NULL, cfg ? cfg->argv : NULL};
@@ -182,7 +182,7 @@ tp_status tp_init(const tp_config *cfg, tp_ctx **out)
                           want, ctx->comm_plugin->name, info.world_size);
         goto fail;
     }
-    tp_debug("launch", "backend %s, device %s, world %d, local %d from rank %d, timeout %g s",
+    tpi_debug("launch", "backend %s, device %s, world %d, local %d from rank %d, timeout %g s",
              ctx->comm_plugin->name, ctx->dev_plugin->name, info.world_size, info.local_count,
              info.first_rank, timeout);
     *out = ctx;
@@ -198,8 +198,8 @@ void tp_finalize(tp_ctx *ctx)
         return;
     if (ctx->engine)
         ctx->comm_plugin->comm.finalize(ctx->engine);
-    tp_plugin_unload(ctx->dev_plugin);
-    tp_plugin_unload(ctx->comm_plugin);
+    tpi_plugin_unload(ctx->dev_plugin);
+    tpi_plugin_unload(ctx->comm_plugin);
     g_free(ctx);
 }
 
@@ -312,7 +312,7 @@ static gpointer rank_thread(gpointer data)
     env.struct_size = sizeof env; /* the core's full-size copy, whatever open() set */
     env.dev_ops = dops;
     env.dev = dh;
-    tp_device_init(&dev, dops, ctx->dev_plugin->name, dh, &env, &state);
+    tpi_device_init(&dev, dops, ctx->dev_plugin->name, dh, &env, &state);
 
     /* A comm that does not take the device's memory but takes host memory
      * gets a host environment, and its collectives are staged (comm.c);
@@ -321,20 +321,20 @@ static gpointer rank_thread(gpointer data)
      * TP_ERR_NOT_SUPPORTED is staged too, when it takes host memory. */
     tp_rank_env host_env = {.struct_size = sizeof host_env, .mem_kind = TP_MEM_HOST,
                             .device_index = -1, .dev_ops = dops, .dev = dh};
-    bool takes_host = tp_comm_accepts(cops, TP_MEM_HOST);
-    state.staged = !tp_comm_accepts(cops, env.mem_kind) && takes_host;
+    bool takes_host = tpi_comm_accepts(cops, TP_MEM_HOST);
+    state.staged = !tpi_comm_accepts(cops, env.mem_kind) && takes_host;
     int rank = -1, size = 0;
     st = cops->world(ctx->engine, job->local_index, state.staged ? &host_env : &env, &ch, &rank,
                      &size);
     if (st == TP_ERR_NOT_SUPPORTED && !state.staged && env.mem_kind != TP_MEM_HOST && takes_host) {
-        tp_debug("comm", "rank %d: backend '%s' refused device '%s' memory (%s)", world_rank,
+        tpi_debug("comm", "rank %d: backend '%s' refused device '%s' memory (%s)", world_rank,
                  ctx->comm_plugin->name, ctx->dev_plugin->name, tp_last_error());
         tp_clear_error();
         state.staged = true;
         st = cops->world(ctx->engine, job->local_index, &host_env, &ch, &rank, &size);
     }
     if (state.staged)
-        tp_debug("comm", "rank %d: backend '%s' does not take device '%s' memory (kind %d): "
+        tpi_debug("comm", "rank %d: backend '%s' does not take device '%s' memory (kind %d): "
                  "collectives stage through host memory", world_rank, ctx->comm_plugin->name,
                  ctx->dev_plugin->name, (int)env.mem_kind);
     if (st) {
@@ -346,13 +346,13 @@ static gpointer rank_thread(gpointer data)
                           "(a bug in the plugin)",
                           ctx->comm_plugin->name, rank, size, world_rank, ctx->info.world_size);
     } else {
-        tp_comm *world = tp_comm_wrap(cops, ctx->comm_plugin->name, ch, rank, size, &dev, &state);
+        tp_comm *world = tpi_comm_wrap(cops, ctx->comm_plugin->name, ch, rank, size, &dev, &state);
         world->is_world = true;
         tp_clear_error();
         st = run->fn(world, run->arg);
         if (st && !tp_last_error()[0])
             tp_set_error(st, "rank_main returned %s without a message", tp_status_string(st));
-        tp_device_read_timings(&dev); /* pending times point into world's counters */
+        tpi_device_read_timings(&dev); /* pending times point into world's counters */
         g_free(world);
     }
     /* Record before comm_free: freeing is how peers learn this rank left,
@@ -360,8 +360,8 @@ static gpointer rank_thread(gpointer data)
     record(job, st);
     if (ch)
         cops->comm_free(ch);
-    tp_stage_free(&state, &dev);
-    tp_device_timing_free(&dev);
+    tpi_stage_free(&state, &dev);
+    tpi_device_timing_free(&dev);
     dops->synchronize(dh);
     dops->close(dh);
     return NULL;

@@ -233,11 +233,11 @@ static tp_status plugin_open(const char *path, tp_plugin **out)
 out:
     g_free(file_name);
     if (st) {
-        tp_debug("plugin", "%s", tp_last_error());
+        tpi_debug("plugin", "%s", tp_last_error());
         plugin_close(p);
         return st;
     }
-    tp_debug("plugin", "%s: accepted '%s' %s (ABI %u.%u)%s%s", path, p->name,
+    tpi_debug("plugin", "%s: accepted '%s' %s (ABI %u.%u)%s%s", path, p->name,
              p->desc->version ? p->desc->version : "?", p->desc->abi_major, p->desc->abi_minor,
              p->has_comm ? " comm" : "", p->has_device ? " device" : "");
     *out = p;
@@ -285,7 +285,7 @@ static void add_dir(GArray *dirs, const char *path, const char *origin)
     if (!path[0])
         return;
     if (!g_path_is_absolute(path)) {
-        tp_debug("plugin", "%s entry '%s' skipped: relative directories are never searched",
+        tpi_debug("plugin", "%s entry '%s' skipped: relative directories are never searched",
                  origin, path);
         return;
     }
@@ -494,7 +494,7 @@ static tp_status not_found(const char *name, tp_plugin_kind kind, const char *va
     return st;
 }
 
-tp_status tp_plugin_load(const char *spec, tp_plugin_kind kind, const char *var, tp_plugin **out)
+tp_status tpi_plugin_load(const char *spec, tp_plugin_kind kind, const char *var, tp_plugin **out)
 {
     *out = NULL;
     if (!spec || !spec[0])
@@ -504,7 +504,7 @@ tp_status tp_plugin_load(const char *spec, tp_plugin_kind kind, const char *var,
     if (strchr(spec, '/')) {
         /* An explicit path: used as given (made absolute), no search. */
         char *path = g_canonicalize_filename(spec, NULL);
-        tp_debug("plugin", "%s=%s: trying %s", var, spec, path);
+        tpi_debug("plugin", "%s=%s: trying %s", var, spec, path);
         st = plugin_open(path, &p);
         g_free(path);
     } else {
@@ -515,10 +515,10 @@ tp_status tp_plugin_load(const char *spec, tp_plugin_kind kind, const char *var,
             tp_plugin_dir *d = &g_array_index(dirs, tp_plugin_dir, i);
             char *cand = g_build_filename(d->path, file, NULL);
             if (g_file_test(cand, G_FILE_TEST_EXISTS)) {
-                tp_debug("plugin", "%s=%s: trying %s (%s)", var, spec, cand, d->origin);
+                tpi_debug("plugin", "%s=%s: trying %s (%s)", var, spec, cand, d->origin);
                 path = cand;
             } else {
-                tp_debug("plugin", "%s=%s: skipped %s (%s): %s", var, spec, cand, d->origin,
+                tpi_debug("plugin", "%s=%s: skipped %s (%s): %s", var, spec, cand, d->origin,
                          d->exists ? "no such file" : "directory does not exist");
                 g_free(cand);
             }
@@ -553,7 +553,7 @@ tp_status tp_plugin_load(const char *spec, tp_plugin_kind kind, const char *var,
     return TP_OK;
 }
 
-void tp_plugin_unload(tp_plugin *p)
+void tpi_plugin_unload(tp_plugin *p)
 {
     plugin_close(p);
 }

@@ -12,11 +12,11 @@
 #include <tp/tp.h>
 
 /* error.c */
-tp_status tp_set_errorv(tp_status status, const char *fmt, va_list ap);
-bool tp_debug_enabled(const char *topic);
-void tp_debug(const char *topic, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
-void tp_host_init(tp_host *host, double timeout_s);
-double tp_now(void); /* monotonic seconds */
+tp_status tpi_set_errorv(tp_status status, const char *fmt, va_list ap);
+bool tpi_debug_enabled(const char *topic);
+void tpi_debug(const char *topic, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+void tpi_host_init(tp_host *host, double timeout_s);
+double tpi_now(void); /* monotonic seconds */
 
 /* loader.c: a loaded, accepted plugin. Ops are copied into full-size
  * zeroed structs, so slots an older plugin does not know read as NULL. */
@@ -37,8 +37,8 @@ typedef struct tp_plugin {
 
 /* Load the plugin `spec` (a name or a path) as `kind`; `var` names the
  * setting it came from ("TP_BACKEND") for messages. Runs probe(). */
-tp_status tp_plugin_load(const char *spec, tp_plugin_kind kind, const char *var, tp_plugin **out);
-void tp_plugin_unload(tp_plugin *p);
+tp_status tpi_plugin_load(const char *spec, tp_plugin_kind kind, const char *var, tp_plugin **out);
+void tpi_plugin_unload(tp_plugin *p);
 
 /* The rank's mutable state, shared by its device and all its comms. */
 typedef struct tp_rank_state {
@@ -46,7 +46,7 @@ typedef struct tp_rank_state {
     /* Staging (comm.c): set when the comm plugin does not take the device's
      * memory kind; its collectives then run on host copies. One send and
      * one recv buffer per rank, shared by all its comms (a rank runs one
-     * collective at a time), grown on demand, freed by tp_stage_free. */
+     * collective at a time), grown on demand, freed by tpi_stage_free. */
     bool staged;
     void *stage[2];
     size_t stage_cap[2];
@@ -88,28 +88,28 @@ struct tp_comm {
 };
 
 /* comm.c */
-bool tp_comm_accepts(const tp_comm_ops *ops, tp_mem_kind kind); /* per ops->mem_kinds */
-void tp_stage_free(tp_rank_state *state, tp_device *dev); /* dev: whose host_alloc made them */
-tp_comm *tp_comm_wrap(const tp_comm_ops *ops, const char *plugin, void *handle, int rank, int size,
+bool tpi_comm_accepts(const tp_comm_ops *ops, tp_mem_kind kind); /* per ops->mem_kinds */
+void tpi_stage_free(tp_rank_state *state, tp_device *dev); /* dev: whose host_alloc made them */
+tp_comm *tpi_comm_wrap(const tp_comm_ops *ops, const char *plugin, void *handle, int rank, int size,
                       tp_device *dev, tp_rank_state *state);
 
 /* device.c */
-void tp_device_init(tp_device *dev, const tp_device_ops *ops, const char *name, void *handle,
+void tpi_device_init(tp_device *dev, const tp_device_ops *ops, const char *name, void *handle,
                     const tp_rank_env *env, tp_rank_state *state);
 
 /* The timing of one counted call: host wall time from t0, or, on a device
- * with events, the time between ev0 (recorded by tp_tick_start) and an
- * event tp_tick_stop records, added when the device's timings are read. */
+ * with events, the time between ev0 (recorded by tpi_tick_start) and an
+ * event tpi_tick_stop records, added when the device's timings are read. */
 typedef struct tp_tick {
     double t0;
     void *ev0;
 } tp_tick;
-tp_tick tp_tick_start(tp_device *dev);
-void tp_tick_stop(tp_device *dev, tp_tick tick, double *seconds);
-void tp_tick_cancel(tp_device *dev, tp_tick tick); /* the call failed: nothing to count */
+tp_tick tpi_tick_start(tp_device *dev);
+void tpi_tick_stop(tp_device *dev, tp_tick tick, double *seconds);
+void tpi_tick_cancel(tp_device *dev, tp_tick tick); /* the call failed: nothing to count */
 /* Wait for the device's pending event pairs and add them to their counters
  * (before counters are read, reset or freed). */
-void tp_device_read_timings(tp_device *dev);
-void tp_device_timing_free(tp_device *dev); /* read, then destroy every event */
+void tpi_device_read_timings(tp_device *dev);
+void tpi_device_timing_free(tp_device *dev); /* read, then destroy every event */
 
 #endif /* TP_INTERNAL_H */

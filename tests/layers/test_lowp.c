@@ -53,7 +53,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <tp/tp.h>
+#include <tp/tp-layers.h>
 
 #include "tp-test.h"
 

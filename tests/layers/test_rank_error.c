@@ -14,7 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include <tp/tp.h>
+#include <tp/tp-layers.h>
 
 static tp_status rank_main(tp_comm *world, void *arg)
 {

@@ -180,15 +180,15 @@ START_TEST(test_first_wins)
 {
     setenv("TP_PLUGIN_PATH", FIX "/dup:" FIX, 1);
     tp_plugin *p = NULL;
-    ck_assert_int_eq(tp_plugin_load("good", TP_KIND_COMM, "TP_BACKEND", &p), TP_OK);
+    ck_assert_int_eq(tpi_plugin_load("good", TP_KIND_COMM, "TP_BACKEND", &p), TP_OK);
     ck_assert_str_eq(p->desc->version, "dup");
     ck_assert_str_eq(p->path, FIX "/dup/libtp-good.so");
-    tp_plugin_unload(p);
+    tpi_plugin_unload(p);
 
     setenv("TP_PLUGIN_PATH", FIX ":" FIX "/dup", 1);
-    ck_assert_int_eq(tp_plugin_load("good", TP_KIND_COMM, "TP_BACKEND", &p), TP_OK);
+    ck_assert_int_eq(tpi_plugin_load("good", TP_KIND_COMM, "TP_BACKEND", &p), TP_OK);
     ck_assert_str_eq(p->desc->version, "1.0");
-    tp_plugin_unload(p);
+    tpi_plugin_unload(p);
 }
 END_TEST
 
@@ -197,10 +197,10 @@ START_TEST(test_old_ops_struct)
     /* oldops' tp_comm_ops ends before broadcast: the slot it sets past its
      * struct_size must read as NULL. */
     tp_plugin *p = NULL;
-    ck_assert_int_eq(tp_plugin_load("oldops", TP_KIND_COMM, "TP_BACKEND", &p), TP_OK);
+    ck_assert_int_eq(tpi_plugin_load("oldops", TP_KIND_COMM, "TP_BACKEND", &p), TP_OK);
     ck_assert_ptr_nonnull(p->comm.all_reduce);
     ck_assert_ptr_null(p->comm.broadcast);
-    tp_plugin_unload(p);
+    tpi_plugin_unload(p);
 }
 END_TEST
 

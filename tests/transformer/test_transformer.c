@@ -26,7 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <tp/tp.h>
+#include <tp/tp-transformer.h>
 
 #include "tp-test.h"
 

@@ -2,6 +2,8 @@
  * GEMM, other compute and communication, from tp_stats. */
 #include "bench.h"
 
+#include <tp/tp-transformer.h>
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>

@@ -5,6 +5,8 @@
  * the linear layers. Shapes and expected counts: layer_xf_shapes.c. */
 #include "bench.h"
 
+#include <tp/tp-transformer.h>
+
 #include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>

@@ -51,12 +51,12 @@ typedef struct tp_plugin_scan {
     tp_plugin_info *plugins; /* in search order; within a directory by file name */
 } tp_plugin_scan;
 
-tp_plugin_scan *tp_plugin_scan_new(void);
-void tp_plugin_scan_free(tp_plugin_scan *scan); /* NULL is a no-op */
+TP_API tp_plugin_scan *tp_plugin_scan_new(void);
+TP_API void tp_plugin_scan_free(tp_plugin_scan *scan); /* NULL is a no-op */
 
 /* Inspect one file (any path); fills *out, which tp_plugin_info_clear frees. */
-void tp_plugin_inspect(const char *path, tp_plugin_info *out);
-void tp_plugin_info_clear(tp_plugin_info *info);
+TP_API void tp_plugin_inspect(const char *path, tp_plugin_info *out);
+TP_API void tp_plugin_info_clear(tp_plugin_info *info);
 
 #ifdef __cplusplus
 }

@@ -1,5 +1,5 @@
 /*
- * tp-layers.h — Megatron-style tensor-parallel layers (included by tp.h).
+ * tp-layers.h — Megatron-style tensor-parallel layers (libtp-layers; link with tp-layers).
  *
  * Weights follow y = x W: W is [in_features, out_features], row-major.
  * A ColumnParallelLinear splits W by columns (out), a RowParallelLinear by
@@ -48,9 +48,7 @@
 #ifndef TP_LAYERS_H
 #define TP_LAYERS_H
 
-#ifndef TP_H
-#error "include <tp/tp.h>, not <tp/tp-layers.h>"
-#endif
+#include <tp/tp.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -75,15 +73,15 @@ typedef struct tp_linear_config {
 
 typedef struct tp_linear tp_linear;
 
-tp_status tp_column_linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_linear **out);
-tp_status tp_row_linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_linear **out);
+TP_API tp_status tp_column_linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_linear **out);
+TP_API tp_status tp_row_linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_linear **out);
 /* column: x [tokens, in] -> y [tokens, out_local] (or [tokens, out] with gather_output)
  * row:    x [tokens, in_local] (or [tokens, in]) -> y [tokens, out], one all-reduce */
-tp_status tp_linear_forward(tp_linear *layer, const tp_tensor *x, tp_tensor *y);
+TP_API tp_status tp_linear_forward(tp_linear *layer, const tp_tensor *x, tp_tensor *y);
 /* dy has y's shape; dx gets x's shape (the one forward was given), or NULL. */
-tp_status tp_linear_backward(tp_linear *layer, const tp_tensor *dy, tp_tensor *dx);
-tp_status tp_linear_zero_grad(tp_linear *layer);
-void tp_linear_free(tp_linear *layer); /* NULL is a no-op */
+TP_API tp_status tp_linear_backward(tp_linear *layer, const tp_tensor *dy, tp_tensor *dx);
+TP_API tp_status tp_linear_zero_grad(tp_linear *layer);
+TP_API void tp_linear_free(tp_linear *layer); /* NULL is a no-op */
 
 typedef enum tp_linear_kind {
     TP_LINEAR_COLUMN = 0,
@@ -104,15 +102,15 @@ typedef struct tp_linear_params {
     tp_tensor *weight_grad, *bias_grad;
 } tp_linear_params;
 
-void tp_linear_get_params(tp_linear *layer, tp_linear_params *out);
+TP_API void tp_linear_get_params(tp_linear *layer, tp_linear_params *out);
 
 /* Collective over the layer's comm: assemble the full (unsharded) weight
  * [in, out] and bias [out] from every rank's shard and copy them to the
  * host buffers as f32 (widened exactly from a bf16/f16 layer; either may
  * be NULL; b is ignored without bias). The _grad variant does the same
  * for the gradients (zero before any backward). */
-tp_status tp_linear_get_full(tp_linear *layer, float *w, float *b);
-tp_status tp_linear_get_full_grad(tp_linear *layer, float *dw, float *db);
+TP_API tp_status tp_linear_get_full(tp_linear *layer, float *w, float *b);
+TP_API tp_status tp_linear_get_full_grad(tp_linear *layer, float *dw, float *db);
 
 typedef struct tp_mlp_config {
     int64_t hidden, ffn;
@@ -130,14 +128,14 @@ typedef struct tp_mlp tp_mlp;
 /* ParallelMLP: column(hidden->ffn) -> GeLU -> row(ffn->hidden): one all-reduce forward.
  * fc1's bias and GeLU run in its GEMM's epilogue where the device fuses them
  * (tp_dev_gemm_bias_act), else as separate kernels. */
-tp_status tp_mlp_create(tp_comm *comm, const tp_mlp_config *cfg, tp_mlp **out);
-tp_status tp_mlp_forward(tp_mlp *mlp, const tp_tensor *x, tp_tensor *y); /* [tokens, hidden] both */
+TP_API tp_status tp_mlp_create(tp_comm *comm, const tp_mlp_config *cfg, tp_mlp **out);
+TP_API tp_status tp_mlp_forward(tp_mlp *mlp, const tp_tensor *x, tp_tensor *y); /* [tokens, hidden] both */
 /* dy [tokens, hidden] -> dx [tokens, hidden] (or NULL): one all-reduce. */
-tp_status tp_mlp_backward(tp_mlp *mlp, const tp_tensor *dy, tp_tensor *dx);
-tp_status tp_mlp_zero_grad(tp_mlp *mlp);
-tp_linear *tp_mlp_fc1(tp_mlp *mlp); /* the column-parallel hidden->ffn layer */
-tp_linear *tp_mlp_fc2(tp_mlp *mlp); /* the row-parallel ffn->hidden layer */
-void tp_mlp_free(tp_mlp *mlp);      /* NULL is a no-op */
+TP_API tp_status tp_mlp_backward(tp_mlp *mlp, const tp_tensor *dy, tp_tensor *dx);
+TP_API tp_status tp_mlp_zero_grad(tp_mlp *mlp);
+TP_API tp_linear *tp_mlp_fc1(tp_mlp *mlp); /* the column-parallel hidden->ffn layer */
+TP_API tp_linear *tp_mlp_fc2(tp_mlp *mlp); /* the row-parallel ffn->hidden layer */
+TP_API void tp_mlp_free(tp_mlp *mlp);      /* NULL is a no-op */
 
 /* ------------------------------------------------ vocab-parallel layers */
 
@@ -163,16 +161,16 @@ typedef struct tp_embedding_config {
 
 typedef struct tp_embedding tp_embedding;
 
-tp_status tp_embedding_create(tp_comm *comm, const tp_embedding_config *cfg, tp_embedding **out);
-tp_status tp_embedding_forward(tp_embedding *e, const tp_tensor *ids, tp_tensor *y);
-tp_status tp_embedding_backward(tp_embedding *e, const tp_tensor *dy); /* uses the saved ids */
-tp_status tp_embedding_zero_grad(tp_embedding *e);
+TP_API tp_status tp_embedding_create(tp_comm *comm, const tp_embedding_config *cfg, tp_embedding **out);
+TP_API tp_status tp_embedding_forward(tp_embedding *e, const tp_tensor *ids, tp_tensor *y);
+TP_API tp_status tp_embedding_backward(tp_embedding *e, const tp_tensor *dy); /* uses the saved ids */
+TP_API tp_status tp_embedding_zero_grad(tp_embedding *e);
 /* table shard [hi-lo, dim] (rows lo..hi-1 of the vocab) and its gradient (NULL before backward) */
-void tp_embedding_get_shard(tp_embedding *e, int64_t *lo, int64_t *hi, tp_tensor **table,
+TP_API void tp_embedding_get_shard(tp_embedding *e, int64_t *lo, int64_t *hi, tp_tensor **table,
                             tp_tensor **grad);
-tp_status tp_embedding_get_full(tp_embedding *e, float *table);     /* collective; host [vocab, dim] */
-tp_status tp_embedding_get_full_grad(tp_embedding *e, float *grad); /* collective */
-void tp_embedding_free(tp_embedding *e);
+TP_API tp_status tp_embedding_get_full(tp_embedding *e, float *table);     /* collective; host [vocab, dim] */
+TP_API tp_status tp_embedding_get_full_grad(tp_embedding *e, float *grad); /* collective */
+TP_API void tp_embedding_free(tp_embedding *e);
 
 /* Vocab-parallel cross-entropy on logits split by vocab columns, without
  * gathering them: row max (one all-reduce, max), then sum of exp, target
@@ -194,15 +192,15 @@ typedef struct tp_ce_config {
 
 typedef struct tp_vocab_ce tp_vocab_ce;
 
-tp_status tp_vocab_ce_create(tp_comm *comm, const tp_ce_config *cfg, tp_vocab_ce **out);
+TP_API tp_status tp_vocab_ce_create(tp_comm *comm, const tp_ce_config *cfg, tp_vocab_ce **out);
 /* logits [rows, vocab_local] (this rank's columns, e.g. a column-parallel
  * output without gather), targets int32 [rows]; *loss (host) = the mean loss,
  * the same on every rank. logits and targets must stay alive until backward. */
-tp_status tp_vocab_ce_forward(tp_vocab_ce *ce, const tp_tensor *logits, const tp_tensor *targets,
+TP_API tp_status tp_vocab_ce_forward(tp_vocab_ce *ce, const tp_tensor *logits, const tp_tensor *targets,
                               float *loss);
 /* dlogits [rows, vocab_local] = d(dloss * loss)/d logits (overwritten) */
-tp_status tp_vocab_ce_backward(tp_vocab_ce *ce, float dloss, tp_tensor *dlogits);
-void tp_vocab_ce_free(tp_vocab_ce *ce);
+TP_API tp_status tp_vocab_ce_backward(tp_vocab_ce *ce, float dloss, tp_tensor *dlogits);
+TP_API void tp_vocab_ce_free(tp_vocab_ce *ce);
 
 /* ------------------------------------------------- parameters, optimizers */
 
@@ -239,7 +237,7 @@ typedef struct tp_optim_config {
 /* PyTorch's defaults: AdamW lr 1e-3, betas (0.9, 0.999), eps 1e-8,
  * weight_decay 0.01; SGD lr 1e-2 (PyTorch has none), weight_decay 0,
  * momentum 0. */
-tp_optim_config tp_optim_defaults(tp_optim_kind kind);
+TP_API tp_optim_config tp_optim_defaults(tp_optim_kind kind);
 
 typedef struct tp_optim tp_optim;
 
@@ -247,15 +245,15 @@ typedef struct tp_optim tp_optim;
  * outlive the optimizer). AdamW allocates its m and v state, SGD with
  * momentum its momentum buffer (zeros) on the device. comm is the rank's comm: the optimizer's kernels count in its
  * stats under TP_PHASE_OTHER. No communication. */
-tp_status tp_optim_create(tp_comm *comm, const tp_optim_config *cfg, const tp_param *params, int n,
+TP_API tp_status tp_optim_create(tp_comm *comm, const tp_optim_config *cfg, const tp_param *params, int n,
                           tp_optim **out);
 /* One update of every parameter from its gradient; the step counter (for
  * AdamW's bias correction) counts from 1. Gradients are left as they are. */
-tp_status tp_optim_step(tp_optim *o);
-tp_status tp_optim_zero_grad(tp_optim *o); /* every parameter's gradient = 0 */
-int64_t tp_optim_steps(const tp_optim *o); /* updates done so far */
-tp_status tp_optim_set_lr(tp_optim *o, float lr);
-void tp_optim_free(tp_optim *o); /* NULL is a no-op */
+TP_API tp_status tp_optim_step(tp_optim *o);
+TP_API tp_status tp_optim_zero_grad(tp_optim *o); /* every parameter's gradient = 0 */
+TP_API int64_t tp_optim_steps(const tp_optim *o); /* updates done so far */
+TP_API tp_status tp_optim_set_lr(tp_optim *o, float lr);
+TP_API void tp_optim_free(tp_optim *o); /* NULL is a no-op */
 
 /* -------------------------------------------------------------- GPT model */
 
@@ -314,16 +312,16 @@ typedef struct tp_block tp_block; /* tp-transformer.h */
 
 /* Errors (TP_ERR_SHAPE / TP_ERR_INVALID_ARG, with the numbers): sizes < 1,
  * vocab < T, ffn < T, and whatever the blocks refuse (heads % T, ...). */
-tp_status tp_gpt_create(tp_comm *comm, const tp_gpt_config *cfg, tp_gpt **out);
+TP_API tp_status tp_gpt_create(tp_comm *comm, const tp_gpt_config *cfg, tp_gpt **out);
 /* ids: int32 [batch, seq_len] on the device (seq_len <= cfg.seq, ids in
  * [0, vocab)); targets: int32 with batch*seq_len elements (row t of the
  * flattened tokens is batch t / seq_len, position t % seq_len). *loss
  * (host) = mean cross-entropy over non-ignored targets, the same on every
  * rank. ids and targets must stay alive until backward. */
-tp_status tp_gpt_forward(tp_gpt *m, const tp_tensor *ids, const tp_tensor *targets, float *loss);
+TP_API tp_status tp_gpt_forward(tp_gpt *m, const tp_tensor *ids, const tp_tensor *targets, float *loss);
 /* Gradients of the last forward's loss, accumulated into every parameter's grad. */
-tp_status tp_gpt_backward(tp_gpt *m);
-tp_status tp_gpt_zero_grad(tp_gpt *m);
+TP_API tp_status tp_gpt_backward(tp_gpt *m);
+TP_API tp_status tp_gpt_zero_grad(tp_gpt *m);
 /* The model's parameters (valid until tp_gpt_free), in this order, with
  * these names and full shapes (biases only where configured):
  *   embedding.weight [vocab, hidden]       position.weight [seq, hidden]
@@ -335,15 +333,15 @@ tp_status tp_gpt_zero_grad(tp_gpt *m);
  *   blocks.<i>.mlp.fc2.weight [ffn, hidden], .fc2.bias [hidden]
  *   ln_f.weight, ln_f.bias [hidden]         output.weight [hidden, vocab] (untied)
  * Pass them to tp_optim_create. */
-void tp_gpt_params(tp_gpt *m, const tp_param **params, int *n);
+TP_API void tp_gpt_params(tp_gpt *m, const tp_param **params, int *n);
 /* Collective: the full (unsharded) value and/or gradient of parameter i
  * into host buffers of full_shape (either may be NULL). */
-tp_status tp_gpt_get_full_param(tp_gpt *m, int i, float *value, float *grad);
+TP_API tp_status tp_gpt_get_full_param(tp_gpt *m, int i, float *value, float *grad);
 /* Collective: the full logits [tokens, vocab] of the last forward (host). */
-tp_status tp_gpt_get_full_logits(tp_gpt *m, float *logits);
-tp_block *tp_gpt_block(tp_gpt *m, int i);
-tp_embedding *tp_gpt_embedding(tp_gpt *m);
-void tp_gpt_free(tp_gpt *m); /* NULL is a no-op */
+TP_API tp_status tp_gpt_get_full_logits(tp_gpt *m, float *logits);
+TP_API tp_block *tp_gpt_block(tp_gpt *m, int i);
+TP_API tp_embedding *tp_gpt_embedding(tp_gpt *m);
+TP_API void tp_gpt_free(tp_gpt *m); /* NULL is a no-op */
 
 #ifdef __cplusplus
 }

@@ -1,5 +1,5 @@
 /*
- * tp-transformer.h — attention, norms and the transformer block (included by tp.h).
+ * tp-transformer.h — attention, norms and the transformer block (libtp-layers).
  *
  * Conventions follow tp-layers.h: f32 activations on the comm's device,
  * y = x W with W [in, out] row-major, outputs may be passed zeroed to be
@@ -27,9 +27,7 @@
 #ifndef TP_TRANSFORMER_H
 #define TP_TRANSFORMER_H
 
-#ifndef TP_H
-#error "include <tp/tp.h>, not <tp/tp-transformer.h>"
-#endif
+#include <tp/tp-layers.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -86,22 +84,22 @@ typedef struct tp_attention tp_attention;
 
 /* heads % T != 0, or hidden % heads != 0 without head_dim, or kv_heads not
  * dividing heads: TP_ERR_SHAPE with the numbers and the ways out. */
-tp_status tp_attention_create(tp_comm *comm, const tp_attention_config *cfg, tp_attention **out);
+TP_API tp_status tp_attention_create(tp_comm *comm, const tp_attention_config *cfg, tp_attention **out);
 /* x [batch*seq, hidden] (or the rank's token shard with sequence
  * parallelism) -> y of x's shape. */
-tp_status tp_attention_forward(tp_attention *a, const tp_tensor *x, int64_t batch, int64_t seq,
+TP_API tp_status tp_attention_forward(tp_attention *a, const tp_tensor *x, int64_t batch, int64_t seq,
                                tp_tensor *y);
 /* dy has y's shape; dx gets x's. dx may be NULL (input-gradient GEMM and
  * collective skipped on every rank; all ranks must agree) except when some
  * KV head is shared by several ranks: their gradient sums ride in the
  * input-gradient collective, so it is refused with TP_ERR_INVALID_ARG. */
-tp_status tp_attention_backward(tp_attention *a, const tp_tensor *dy, tp_tensor *dx);
-tp_status tp_attention_zero_grad(tp_attention *a);
+TP_API tp_status tp_attention_backward(tp_attention *a, const tp_tensor *dy, tp_tensor *dx);
+TP_API tp_status tp_attention_zero_grad(tp_attention *a);
 /* Collective: full (unsharded) host tensors, any may be NULL; biases are
  * ignored without bias. The _grad variant gives the gradients. */
-tp_status tp_attention_get_full(tp_attention *a, float *qkv_w, float *qkv_b, float *out_w,
+TP_API tp_status tp_attention_get_full(tp_attention *a, float *qkv_w, float *qkv_b, float *out_w,
                                 float *out_b);
-tp_status tp_attention_get_full_grad(tp_attention *a, float *qkv_w, float *qkv_b, float *out_w,
+TP_API tp_status tp_attention_get_full_grad(tp_attention *a, float *qkv_w, float *qkv_b, float *out_w,
                                      float *out_b);
 /* This rank's parameters and gradients (for optimizers). Shards: qkv
  * weight [hidden, W] with W = (q_hi-q_lo + 2 (kv_hi-kv_lo)) head_dim,
@@ -116,12 +114,12 @@ typedef struct tp_attention_params {
     tp_tensor *qkv_weight_grad, *qkv_bias_grad, *out_weight_grad, *out_bias_grad;
 } tp_attention_params;
 
-void tp_attention_get_params(tp_attention *a, tp_attention_params *out);
+TP_API void tp_attention_get_params(tp_attention *a, tp_attention_params *out);
 /* Resolved sizes: head_dim, and this rank's query heads [q_lo, q_hi) and
  * KV heads [kv_lo, kv_hi). Any pointer may be NULL. */
-void tp_attention_get_info(const tp_attention *a, int64_t *head_dim, int64_t *q_lo, int64_t *q_hi,
+TP_API void tp_attention_get_info(const tp_attention *a, int64_t *head_dim, int64_t *q_lo, int64_t *q_hi,
                            int64_t *kv_lo, int64_t *kv_hi);
-void tp_attention_free(tp_attention *a); /* NULL is a no-op */
+TP_API void tp_attention_free(tp_attention *a); /* NULL is a no-op */
 
 /* ------------------------------------------------------ LayerNorm, RMSNorm */
 
@@ -147,14 +145,14 @@ typedef struct tp_norm_config {
 
 typedef struct tp_norm tp_norm;
 
-tp_status tp_norm_create(tp_comm *comm, const tp_norm_config *cfg, tp_norm **out);
-tp_status tp_norm_forward(tp_norm *n, const tp_tensor *x, tp_tensor *y); /* [tokens, dim] */
-tp_status tp_norm_backward(tp_norm *n, const tp_tensor *dy, tp_tensor *dx); /* dx required */
-tp_status tp_norm_zero_grad(tp_norm *n);
+TP_API tp_status tp_norm_create(tp_comm *comm, const tp_norm_config *cfg, tp_norm **out);
+TP_API tp_status tp_norm_forward(tp_norm *n, const tp_tensor *x, tp_tensor *y); /* [tokens, dim] */
+TP_API tp_status tp_norm_backward(tp_norm *n, const tp_tensor *dy, tp_tensor *dx); /* dx required */
+TP_API tp_status tp_norm_zero_grad(tp_norm *n);
 /* gamma, beta (NULL without bias) and their grads (NULL before backward/zero_grad) */
-void tp_norm_get_params(tp_norm *n, tp_tensor **gamma, tp_tensor **beta, tp_tensor **dgamma,
+TP_API void tp_norm_get_params(tp_norm *n, tp_tensor **gamma, tp_tensor **beta, tp_tensor **dgamma,
                         tp_tensor **dbeta);
-void tp_norm_free(tp_norm *n);
+TP_API void tp_norm_free(tp_norm *n);
 
 /* ------------------------------------------------------- TransformerBlock */
 
@@ -183,18 +181,18 @@ typedef struct tp_block_config {
 
 typedef struct tp_block tp_block;
 
-tp_status tp_block_create(tp_comm *comm, const tp_block_config *cfg, tp_block **out);
+TP_API tp_status tp_block_create(tp_comm *comm, const tp_block_config *cfg, tp_block **out);
 /* x [batch*seq, hidden] or its token shard with sequence parallelism; x must
  * stay alive until backward. */
-tp_status tp_block_forward(tp_block *b, const tp_tensor *x, int64_t batch, int64_t seq,
+TP_API tp_status tp_block_forward(tp_block *b, const tp_tensor *x, int64_t batch, int64_t seq,
                            tp_tensor *y);
-tp_status tp_block_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx); /* dx required */
-tp_status tp_block_zero_grad(tp_block *b);
-tp_attention *tp_block_attention(tp_block *b);
-tp_mlp *tp_block_mlp(tp_block *b);
-tp_norm *tp_block_norm1(tp_block *b);
-tp_norm *tp_block_norm2(tp_block *b);
-void tp_block_free(tp_block *b);
+TP_API tp_status tp_block_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx); /* dx required */
+TP_API tp_status tp_block_zero_grad(tp_block *b);
+TP_API tp_attention *tp_block_attention(tp_block *b);
+TP_API tp_mlp *tp_block_mlp(tp_block *b);
+TP_API tp_norm *tp_block_norm1(tp_block *b);
+TP_API tp_norm *tp_block_norm2(tp_block *b);
+TP_API void tp_block_free(tp_block *b);
 
 #ifdef __cplusplus
 }

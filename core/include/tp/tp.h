@@ -28,22 +28,30 @@ extern "C" {
 
 #define TP_VERSION "0.1.0"
 
+/* Marks the functions libtp and libtp-layers export; everything else in
+ * them is built with hidden visibility. */
+#if defined(__GNUC__)
+#define TP_API __attribute__((visibility("default")))
+#else
+#define TP_API
+#endif
+
 /* --------------------------------------------------------------- errors */
 
 /* Short name of a status ("TP_ERR_TIMEOUT"), never NULL. */
-const char *tp_status_string(tp_status status);
+TP_API const char *tp_status_string(tp_status status);
 
 /* The calling thread's last error message ("" if none). */
-const char *tp_last_error(void);
+TP_API const char *tp_last_error(void);
 
 /* Set the calling thread's error message; returns `status`. */
-tp_status tp_set_error(tp_status status, const char *fmt, ...)
+TP_API tp_status tp_set_error(tp_status status, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 2, 3)))
 #endif
     ;
 
-void tp_clear_error(void);
+TP_API void tp_clear_error(void);
 
 /* --------------------------------------------------------------- launch */
 
@@ -64,7 +72,7 @@ typedef struct tp_config {
 } tp_config;
 
 /* Load plugins and start the engine. cfg may be NULL. */
-tp_status tp_init(const tp_config *cfg, tp_ctx **out);
+TP_API tp_status tp_init(const tp_config *cfg, tp_ctx **out);
 
 typedef tp_status (*tp_rank_fn)(tp_comm *world, void *arg);
 
@@ -72,44 +80,44 @@ typedef tp_status (*tp_rank_fn)(tp_comm *world, void *arg);
  * thread with its own device; wait for all. Returns TP_OK if every rank
  * returned TP_OK, else the first failing rank's status, with its message
  * (prefixed "rank N: ") as the caller's tp_last_error(). */
-tp_status tp_run(tp_ctx *ctx, tp_rank_fn fn, void *arg);
+TP_API tp_status tp_run(tp_ctx *ctx, tp_rank_fn fn, void *arg);
 
-void tp_finalize(tp_ctx *ctx); /* NULL is a no-op */
+TP_API void tp_finalize(tp_ctx *ctx); /* NULL is a no-op */
 
-int tp_ctx_world_size(const tp_ctx *ctx);
-int tp_ctx_local_count(const tp_ctx *ctx); /* ranks run by this process */
-const char *tp_ctx_backend(const tp_ctx *ctx);
-const char *tp_ctx_device(const tp_ctx *ctx);
+TP_API int tp_ctx_world_size(const tp_ctx *ctx);
+TP_API int tp_ctx_local_count(const tp_ctx *ctx); /* ranks run by this process */
+TP_API const char *tp_ctx_backend(const tp_ctx *ctx);
+TP_API const char *tp_ctx_device(const tp_ctx *ctx);
 
 /* Parse "--tp N" / "--tp=N" from argv into cfg->world_size (other
  * arguments are left alone). Returns TP_ERR_INVALID_ARG for a bad N. */
-tp_status tp_config_parse_tp(tp_config *cfg, int argc, char **argv);
+TP_API tp_status tp_config_parse_tp(tp_config *cfg, int argc, char **argv);
 
 /* ---------------------------------------------------------- communicator */
 
-int tp_comm_rank(const tp_comm *comm);
-int tp_comm_size(const tp_comm *comm);
-tp_device *tp_comm_device(const tp_comm *comm); /* the rank's device */
+TP_API int tp_comm_rank(const tp_comm *comm);
+TP_API int tp_comm_size(const tp_comm *comm);
+TP_API tp_device *tp_comm_device(const tp_comm *comm); /* the rank's device */
 
 /* Collective over all ranks of comm, like MPI_Comm_split: ranks with the
  * same color form a group ordered by (key, rank). color < 0 gives *out = NULL. */
-tp_status tp_comm_split(tp_comm *comm, int color, int key, tp_comm **out);
-void tp_comm_free(tp_comm *comm); /* sub-communicators only; NULL is a no-op */
+TP_API tp_status tp_comm_split(tp_comm *comm, int color, int key, tp_comm **out);
+TP_API void tp_comm_free(tp_comm *comm); /* sub-communicators only; NULL is a no-op */
 
 /* Buffers are memory of the rank's device (host memory for cpu).
  * counts[i] is rank i's block, in elements; NULL counts in the *v
  * variants is an error. */
-tp_status tp_all_reduce(tp_comm *comm, const void *send, void *recv, size_t count, tp_dtype dt,
+TP_API tp_status tp_all_reduce(tp_comm *comm, const void *send, void *recv, size_t count, tp_dtype dt,
                         tp_redop op);
-tp_status tp_all_gather(tp_comm *comm, const void *send, void *recv, size_t count, tp_dtype dt);
-tp_status tp_all_gatherv(tp_comm *comm, const void *send, void *recv, const size_t *counts,
+TP_API tp_status tp_all_gather(tp_comm *comm, const void *send, void *recv, size_t count, tp_dtype dt);
+TP_API tp_status tp_all_gatherv(tp_comm *comm, const void *send, void *recv, const size_t *counts,
                          tp_dtype dt);
-tp_status tp_reduce_scatter(tp_comm *comm, const void *send, void *recv, size_t count, tp_dtype dt,
+TP_API tp_status tp_reduce_scatter(tp_comm *comm, const void *send, void *recv, size_t count, tp_dtype dt,
                             tp_redop op);
-tp_status tp_reduce_scatterv(tp_comm *comm, const void *send, void *recv, const size_t *counts,
+TP_API tp_status tp_reduce_scatterv(tp_comm *comm, const void *send, void *recv, const size_t *counts,
                              tp_dtype dt, tp_redop op);
-tp_status tp_broadcast(tp_comm *comm, void *buf, size_t count, tp_dtype dt, int root);
-tp_status tp_barrier(tp_comm *comm);
+TP_API tp_status tp_broadcast(tp_comm *comm, void *buf, size_t count, tp_dtype dt, int root);
+TP_API tp_status tp_barrier(tp_comm *comm);
 
 /* ------------------------------------------------------------- topology */
 
@@ -130,7 +138,7 @@ typedef struct tp_layout {
  * nodes (ranks per node not divisible by tp_size) is refused with
  * TP_ERR_INVALID_ARG unless allow_span, which groups consecutive world
  * ranks instead. tp_out/dp_out may be NULL; free them with tp_comm_free. */
-tp_status tp_topology(tp_comm *world, int tp_size, bool allow_span, tp_comm **tp_out,
+TP_API tp_status tp_topology(tp_comm *world, int tp_size, bool allow_span, tp_comm **tp_out,
                       tp_comm **dp_out, tp_layout *layout);
 
 /* ----------------------------------------------------------------- stats */
@@ -151,10 +159,10 @@ typedef enum tp_op {
     TP_OP_COUNT
 } tp_op;
 
-const char *tp_op_name(tp_op op);       /* "all_reduce", ... */
-const char *tp_phase_name(tp_phase ph); /* "forward", "backward", "other" */
-size_t tp_dtype_size(tp_dtype dt);      /* 0 for an invalid dtype */
-const char *tp_dtype_name(tp_dtype dt); /* "f32", "bf16", ... */
+TP_API const char *tp_op_name(tp_op op);       /* "all_reduce", ... */
+TP_API const char *tp_phase_name(tp_phase ph); /* "forward", "backward", "other" */
+TP_API size_t tp_dtype_size(tp_dtype dt);      /* 0 for an invalid dtype */
+TP_API const char *tp_dtype_name(tp_dtype dt); /* "f32", "bf16", ... */
 
 typedef struct tp_counter {
     uint64_t calls;
@@ -182,16 +190,16 @@ typedef struct tp_stats {
  * instead (includes launch gaps; slower). */
 
 /* Counters of comm, plus the compute counters of its rank's device. */
-void tp_stats_get(const tp_comm *comm, tp_stats *out);
-void tp_stats_reset(tp_comm *comm); /* this comm's counters and its device's */
+TP_API void tp_stats_get(const tp_comm *comm, tp_stats *out);
+TP_API void tp_stats_reset(tp_comm *comm); /* this comm's counters and its device's */
 
 /* The rank's current phase (shared by all comms of the rank and its
  * device); returns the previous one so callers can restore it. */
-tp_phase tp_phase_set(tp_comm *comm, tp_phase phase);
+TP_API tp_phase tp_phase_set(tp_comm *comm, tp_phase phase);
 
 /* Calls of op in phase; TP_PHASE_COUNT sums over phases and TP_OP_COUNT
  * over ops (so (s, TP_PHASE_COUNT, TP_OP_COUNT) is every collective). */
-uint64_t tp_stats_calls(const tp_stats *s, tp_phase phase, tp_op op);
+TP_API uint64_t tp_stats_calls(const tp_stats *s, tp_phase phase, tp_op op);
 
 /* ---------------------------------------------------------------- tensor */
 
@@ -210,16 +218,16 @@ typedef struct tp_tensor {
 } tp_tensor;
 
 /* Allocate and zero a tensor. ndim 1..4, every dim >= 0. */
-tp_status tp_tensor_alloc(tp_device *dev, tp_dtype dt, int ndim, const int64_t *shape,
+TP_API tp_status tp_tensor_alloc(tp_device *dev, tp_dtype dt, int ndim, const int64_t *shape,
                           tp_tensor *out);
-tp_status tp_tensor_alloc2(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, tp_tensor *out);
-void tp_tensor_release(tp_tensor *t); /* frees owned data; leaves t zeroed */
+TP_API tp_status tp_tensor_alloc2(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, tp_tensor *out);
+TP_API void tp_tensor_release(tp_tensor *t); /* frees owned data; leaves t zeroed */
 /* A non-owning view of existing device memory. */
-tp_tensor tp_tensor_view(tp_device *dev, tp_dtype dt, void *data, int ndim, const int64_t *shape);
-int64_t tp_tensor_numel(const tp_tensor *t);
-size_t tp_tensor_bytes(const tp_tensor *t);
-tp_status tp_tensor_upload(tp_tensor *t, const void *host);  /* host holds numel elements */
-tp_status tp_tensor_download(const tp_tensor *t, void *host); /* waits for the device */
+TP_API tp_tensor tp_tensor_view(tp_device *dev, tp_dtype dt, void *data, int ndim, const int64_t *shape);
+TP_API int64_t tp_tensor_numel(const tp_tensor *t);
+TP_API size_t tp_tensor_bytes(const tp_tensor *t);
+TP_API tp_status tp_tensor_upload(tp_tensor *t, const void *host);  /* host holds numel elements */
+TP_API tp_status tp_tensor_download(const tp_tensor *t, void *host); /* waits for the device */
 
 /* Convert n elements between host buffers of f32, bf16 and f16 (e.g. to
  * upload f32 data into a bf16 tensor, or read one back). Widening to f32
@@ -229,7 +237,7 @@ tp_status tp_tensor_download(const tp_tensor *t, void *host); /* waits for the d
  * dtype, i32 included); other pairs with i32 or an invalid dtype are a
  * programming error and leave dst untouched. dst and src must not overlap
  * unless they are the same buffer and the element sizes are equal. */
-void tp_host_convert(tp_dtype dst_dt, void *dst, tp_dtype src_dt, const void *src, size_t n);
+TP_API void tp_host_convert(tp_dtype dst_dt, void *dst, tp_dtype src_dt, const void *src, size_t n);
 
 /* ---------------------------------------------------------------- device */
 
@@ -240,83 +248,80 @@ void tp_host_convert(tp_dtype dst_dt, void *dst, tp_dtype src_dt, const void *sr
  * returns TP_ERR_NOT_SUPPORTED naming the op if the device does not
  * provide it. Bad arguments (negative sizes, NULL pointers with a non-zero
  * size, a non-float dtype) return TP_ERR_INVALID_ARG before dispatch. */
-const char *tp_device_name(const tp_device *dev);
-tp_mem_kind tp_device_mem_kind(const tp_device *dev);
-tp_status tp_dev_alloc(tp_device *dev, size_t bytes, void **ptr);
-void tp_dev_free(tp_device *dev, void *ptr);
-tp_status tp_dev_upload(tp_device *dev, void *dst, const void *host_src, size_t bytes);
-tp_status tp_dev_download(tp_device *dev, void *host_dst, const void *src, size_t bytes);
-tp_status tp_dev_copy_2d(tp_device *dev, void *dst, size_t dpitch, const void *src, size_t spitch,
+TP_API const char *tp_device_name(const tp_device *dev);
+TP_API tp_mem_kind tp_device_mem_kind(const tp_device *dev);
+TP_API tp_status tp_dev_alloc(tp_device *dev, size_t bytes, void **ptr);
+TP_API void tp_dev_free(tp_device *dev, void *ptr);
+TP_API tp_status tp_dev_upload(tp_device *dev, void *dst, const void *host_src, size_t bytes);
+TP_API tp_status tp_dev_download(tp_device *dev, void *host_dst, const void *src, size_t bytes);
+TP_API tp_status tp_dev_copy_2d(tp_device *dev, void *dst, size_t dpitch, const void *src, size_t spitch,
                          size_t width_bytes, size_t height);
-tp_status tp_dev_memset(tp_device *dev, void *ptr, int value, size_t bytes);
-tp_status tp_dev_synchronize(tp_device *dev);
-tp_status tp_dev_gemm(tp_device *dev, const tp_gemm_args *g);
-tp_status tp_dev_bias_add(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, void *y,
+TP_API tp_status tp_dev_memset(tp_device *dev, void *ptr, int value, size_t bytes);
+TP_API tp_status tp_dev_synchronize(tp_device *dev);
+TP_API tp_status tp_dev_gemm(tp_device *dev, const tp_gemm_args *g);
+TP_API tp_status tp_dev_bias_add(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, void *y,
                           const void *bias);
-tp_status tp_dev_bias_grad(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *dy,
+TP_API tp_status tp_dev_bias_grad(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *dy,
                            void *db);
-tp_status tp_dev_gelu(tp_device *dev, tp_dtype dt, int64_t n, const void *x, void *y, int tanh_approx);
-tp_status tp_dev_gelu_bwd(tp_device *dev, tp_dtype dt, int64_t n, const void *x, const void *dy,
+TP_API tp_status tp_dev_gelu(tp_device *dev, tp_dtype dt, int64_t n, const void *x, void *y, int tanh_approx);
+TP_API tp_status tp_dev_gelu_bwd(tp_device *dev, tp_dtype dt, int64_t n, const void *x, const void *dy,
                           void *dx, int tanh_approx);
-tp_status tp_dev_axpby(tp_device *dev, tp_dtype dt, int64_t n, float alpha, const void *x, float beta,
+TP_API tp_status tp_dev_axpby(tp_device *dev, tp_dtype dt, int64_t n, float alpha, const void *x, float beta,
                        void *y);
-tp_status tp_dev_softmax(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
+TP_API tp_status tp_dev_softmax(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
                          void *y, float scale, int causal);
-tp_status tp_dev_softmax_bwd(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *y,
+TP_API tp_status tp_dev_softmax_bwd(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *y,
                              const void *dy, void *dx, float scale);
-tp_status tp_dev_norm(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
+TP_API tp_status tp_dev_norm(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
                       const void *gamma, const void *beta, void *y, float *mean, float *rstd,
                       float eps, int rms);
-tp_status tp_dev_norm_bwd(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
+TP_API tp_status tp_dev_norm_bwd(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
                           const void *gamma, const float *mean, const float *rstd, const void *dy,
                           void *dx, void *dgamma, void *dbeta, int rms);
-tp_status tp_dev_embedding(tp_device *dev, tp_dtype dt, int64_t n, int64_t dim, const int32_t *ids,
+TP_API tp_status tp_dev_embedding(tp_device *dev, tp_dtype dt, int64_t n, int64_t dim, const int32_t *ids,
                            int64_t lo, int64_t hi, const void *table, void *out);
-tp_status tp_dev_embedding_bwd(tp_device *dev, tp_dtype dt, int64_t n, int64_t dim,
+TP_API tp_status tp_dev_embedding_bwd(tp_device *dev, tp_dtype dt, int64_t n, int64_t dim,
                                const int32_t *ids, int64_t lo, int64_t hi, const void *dout,
                                void *dtable);
-tp_status tp_dev_row_max(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
+TP_API tp_status tp_dev_row_max(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
                          float *out);
-tp_status tp_dev_ce_stats(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols,
+TP_API tp_status tp_dev_ce_stats(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols,
                           const void *logits, const int32_t *targets, int64_t lo,
                           const float *rowmax, float *out3);
-tp_status tp_dev_ce_bwd(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *logits,
+TP_API tp_status tp_dev_ce_bwd(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *logits,
                         const int32_t *targets, int64_t lo, int64_t vocab, const float *rowmax,
                         const float *sumexp, const float *row_scale, float smoothing,
                         void *dlogits);
-tp_status tp_dev_adamw(tp_device *dev, int64_t n, float *param, const float *grad, float *m, float *v,
+TP_API tp_status tp_dev_adamw(tp_device *dev, int64_t n, float *param, const float *grad, float *m, float *v,
                        float lr, float beta1, float beta2, float eps, float weight_decay,
                        int64_t step);
 /* y = op(y, x) element-wise (the device's reduce slot). */
-tp_status tp_dev_reduce(tp_device *dev, tp_dtype dt, tp_redop op, int64_t n, const void *x, void *y);
+TP_API tp_status tp_dev_reduce(tp_device *dev, tp_dtype dt, tp_redop op, int64_t n, const void *x, void *y);
 /* C = act(op(A) op(B) + bias) (batch 1, alpha 1, beta 0), pre-activation
  * into pre when not NULL: the device's fused epilogue when it has one for
  * this combination, else gemm, bias_add and gelu (same contract; pre and C
  * may not overlap). Counted as one gemm plus whatever kernels it ran. */
-tp_status tp_dev_gemm_bias_act(tp_device *dev, const tp_gemm_args *g, const void *bias, tp_act act,
+TP_API tp_status tp_dev_gemm_bias_act(tp_device *dev, const tp_gemm_args *g, const void *bias, tp_act act,
                                void *pre);
 
 /* ------------------------------------------------------ sharding, weights */
 
 /* Split n items into `parts` contiguous shards differing by at most one,
  * the first n % parts shards one larger; shard `index` is [*lo, *hi). */
-void tp_shard_range(int64_t n, int parts, int index, int64_t *lo, int64_t *hi);
+TP_API void tp_shard_range(int64_t n, int parts, int index, int64_t *lo, int64_t *hi);
 
 /* Counter-based RNG: a pure function of (seed, tensor_id, index), uniform in
  * [-bound, bound). Every TP degree sees the same full master weight. */
-float tp_master_uniform(uint64_t seed, uint64_t tensor_id, uint64_t index, float bound);
+TP_API float tp_master_uniform(uint64_t seed, uint64_t tensor_id, uint64_t index, float bound);
 
 /* Fill host buffer `out` (rows_hi-rows_lo) x (cols_hi-cols_lo) with the block
  * [rows_lo, rows_hi) x [cols_lo, cols_hi) of the full rows x full_cols master
  * matrix of (seed, tensor_id): element (r, c) is index r*full_cols + c. */
-void tp_master_fill(uint64_t seed, uint64_t tensor_id, int64_t full_cols, int64_t rows_lo,
+TP_API void tp_master_fill(uint64_t seed, uint64_t tensor_id, int64_t full_cols, int64_t rows_lo,
                     int64_t rows_hi, int64_t cols_lo, int64_t cols_hi, float bound, float *out);
 
 #ifdef __cplusplus
 }
 #endif
-
-#include <tp/tp-layers.h>
-#include <tp/tp-transformer.h>
 
 #endif /* TP_H */

@@ -35,7 +35,7 @@ struct tp_attention {
     tp_tensor wqkv, bqkv, wo, bo, dwqkv, dbqkv, dwo, dbo;
     int64_t *off;   /* T+1 token-row shard offsets (sequence parallel) */
     size_t *counts; /* T */
-    tp_ws xfull, qkv, probs, scores, ctx, yfull, dctx, dqkv, dpack, kvtmp, bscr;
+    tpl_ws xfull, qkv, probs, scores, ctx, yfull, dctx, dqkv, dpack, kvtmp, bscr;
     /* saved by forward */
     bool saved;
     const void *x_used; /* full input rows [tokens, hidden] (x or xfull) */
@@ -74,10 +74,10 @@ void tp_attention_free(tp_attention *a)
     tp_tensor *ts[] = {&a->wqkv, &a->bqkv, &a->wo, &a->bo, &a->dwqkv, &a->dbqkv, &a->dwo, &a->dbo};
     for (size_t i = 0; i < sizeof ts / sizeof *ts; i++)
         tp_tensor_release(ts[i]);
-    tp_ws *ws[] = {&a->xfull, &a->qkv,  &a->probs, &a->scores, &a->ctx, &a->yfull,
+    tpl_ws *ws[] = {&a->xfull, &a->qkv,  &a->probs, &a->scores, &a->ctx, &a->yfull,
                    &a->dctx,  &a->dqkv, &a->dpack, &a->kvtmp,  &a->bscr};
     for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
-        tp_ws_release(ws[i]);
+        tpl_ws_release(ws[i]);
     free(a->off);
     free(a->counts);
     free(a->label);
@@ -184,11 +184,11 @@ static tp_status check_config(tp_attention *a, const tp_attention_config *cfg)
     /* every parameter's size fits: (heads + 2 kv_heads) head_dim columns of
      * hidden rows bounds them all (KV <= H) */
     int64_t hd = cfg->head_dim ? cfg->head_dim : hidden / H, h3, fw, nw;
-    tp_status st = tp_layer_mul(who, "3 x heads", 3, H, &h3);
+    tp_status st = tpl_mul(who, "3 x heads", 3, H, &h3);
     if (st == TP_OK)
-        st = tp_layer_mul(who, "QKV width (heads + 2 kv_heads) x head_dim", H + 2 * KV, hd, &fw);
+        st = tpl_mul(who, "QKV width (heads + 2 kv_heads) x head_dim", H + 2 * KV, hd, &fw);
     if (st == TP_OK)
-        st = tp_layer_mul(who, "QKV weight hidden x QKV width", hidden, fw, &nw);
+        st = tpl_mul(who, "QKV weight hidden x QKV width", hidden, fw, &nw);
     if (st != TP_OK)
         return st;
     a->hidden = hidden;
@@ -229,7 +229,7 @@ static tp_status alloc_params(tp_attention *a, const tp_attention_config *cfg)
             break;
         }
         if (cfg->full_qkv_weight) {
-            tp_layer_host_block(cfg->full_qkv_weight, fw, 0, a->hidden, blk_lo[part],
+            tpl_host_block(cfg->full_qkv_weight, fw, 0, a->hidden, blk_lo[part],
                                 blk_lo[part] + blk_w[part], tmp);
         } else {
             tp_master_fill(cfg->seed, cfg->tensor_id, fw, 0, a->hidden, blk_lo[part],
@@ -293,11 +293,11 @@ tp_status tp_attention_create(tp_comm *comm, const tp_attention_config *cfg, tp_
     a->dev = tp_comm_device(comm);
     a->T = tp_comm_size(comm);
     a->rank = tp_comm_rank(comm);
-    a->label = tp_layer_label("ParallelAttention", cfg->name, comm);
+    a->label = tpl_label("ParallelAttention", cfg->name, comm);
     a->has_bias = cfg->bias;
     a->causal = cfg->causal;
     a->sp = cfg->sequence_parallel;
-    tp_ws *ws[] = {&a->xfull, &a->qkv,  &a->probs, &a->scores, &a->ctx, &a->yfull,
+    tpl_ws *ws[] = {&a->xfull, &a->qkv,  &a->probs, &a->scores, &a->ctx, &a->yfull,
                    &a->dctx,  &a->dqkv, &a->dpack, &a->kvtmp,  &a->bscr};
     for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
         ws[i]->dev = a->dev;
@@ -341,7 +341,7 @@ static tp_status per_head(tp_attention *a, int ta, int tb, int64_t m, int64_t n,
                           int64_t sb, float *C, int64_t ldc, int64_t sc)
 {
     if (a->g == 1) /* multi-head: query head j uses local KV head j */
-        return tp_layer_gemm_batched(a->dev, TP_F32, ta, tb, m, n, k, 0.0f, A, lda, sa, B, ldb, sb,
+        return tpl_gemm_batched(a->dev, TP_F32, ta, tb, m, n, k, 0.0f, A, lda, sa, B, ldb, sb,
                                      C, ldc, sc, a->hl);
     tp_status st = TP_OK;
     for (int64_t i = 0; i < a->kvl && st == TP_OK; i++) {
@@ -350,7 +350,7 @@ static tp_status per_head(tp_attention *a, int ta, int tb, int64_t m, int64_t n,
         int64_t j1 = (kh + 1) * a->g < a->q_hi ? (kh + 1) * a->g : a->q_hi;
         j0 -= a->q_lo;
         j1 -= a->q_lo;
-        st = tp_layer_gemm_batched(a->dev, TP_F32, ta, tb, m, n, k, 0.0f, A + j0 * sa, lda, sa,
+        st = tpl_gemm_batched(a->dev, TP_F32, ta, tb, m, n, k, 0.0f, A + j0 * sa, lda, sa,
                                    B + i * sb, ldb, 0, C + j0 * sc, ldc, sc, j1 - j0);
     }
     return st;
@@ -371,7 +371,7 @@ static tp_status per_kv(tp_attention *a, int ta, int tb, int64_t m, int64_t n, i
         int64_t j1 = (kh + 1) * a->g < a->q_hi ? (kh + 1) * a->g : a->q_hi;
         for (int64_t j = j0 - a->q_lo; j < j1 - a->q_lo; j++) {
             tp_status st =
-                tp_layer_gemm(a->dev, TP_F32, ta, tb, m, n, k, j == j0 - a->q_lo ? 0.0f : 1.0f,
+                tpl_gemm(a->dev, TP_F32, ta, tb, m, n, k, j == j0 - a->q_lo ? 0.0f : 1.0f,
                               A + j * sa, lda, B + j * sb, ldb, C + i * sc, ldc);
             if (st != TP_OK)
                 return st;
@@ -383,7 +383,7 @@ static tp_status per_kv(tp_attention *a, int ta, int tb, int64_t m, int64_t n, i
 static tp_status check_x(tp_attention *a, const char *what, const tp_tensor *x, int64_t want_rows,
                          int64_t *rows)
 {
-    tp_status st = tp_layer_check_act(a->label, what, x, a->dev, TP_F32, rows);
+    tp_status st = tpl_check_act(a->label, what, x, a->dev, TP_F32, rows);
     if (st != TP_OK)
         return st;
     int64_t got = x->shape[x->ndim - 1];
@@ -422,23 +422,23 @@ static tp_status forward_body(tp_attention *a, const tp_tensor *x, tp_tensor *y)
     size_t ss = (size_t)(s * s);
     const float *xf = x->data;
     if (a->sp) { /* all-gather the token shards into the full input */
-        st = tp_ws_reserve(&a->xfull, (size_t)(N * a->hidden) * XF_ES, a->label);
+        st = tpl_ws_reserve(&a->xfull, (size_t)(N * a->hidden) * XF_ES, a->label);
         if (st == TP_OK)
-            st = tp_layer_gather_rows(a->comm, TP_F32, x->data, a->xfull.ptr, a->off, a->hidden,
+            st = tpl_gather_rows(a->comm, TP_F32, x->data, a->xfull.ptr, a->off, a->hidden,
                                       a->counts);
         if (st != TP_OK)
             return st;
         xf = a->xfull.ptr;
     }
     a->x_used = xf;
-    if ((st = tp_ws_reserve(&a->qkv, (size_t)(N * W) * XF_ES, a->label)) ||
-        (st = tp_ws_reserve(&a->probs, (size_t)b * hl * ss * XF_ES, a->label)) ||
-        (st = tp_ws_reserve(&a->scores, (size_t)hl * ss * XF_ES, a->label)) ||
-        (st = tp_ws_reserve(&a->ctx, (size_t)(N * a->ow) * XF_ES, a->label)))
+    if ((st = tpl_ws_reserve(&a->qkv, (size_t)(N * W) * XF_ES, a->label)) ||
+        (st = tpl_ws_reserve(&a->probs, (size_t)b * hl * ss * XF_ES, a->label)) ||
+        (st = tpl_ws_reserve(&a->scores, (size_t)hl * ss * XF_ES, a->label)) ||
+        (st = tpl_ws_reserve(&a->ctx, (size_t)(N * a->ow) * XF_ES, a->label)))
         return st;
     float *qkv = a->qkv.ptr, *P = a->probs.ptr, *S = a->scores.ptr, *ctx = a->ctx.ptr;
     /* qkv = x Wqkv_local (+ b) */
-    st = tp_layer_gemm(a->dev, TP_F32, 0, 0, N, W, a->hidden, 0.0f, xf, a->hidden, a->wqkv.data, W,
+    st = tpl_gemm(a->dev, TP_F32, 0, 0, N, W, a->hidden, 0.0f, xf, a->hidden, a->wqkv.data, W,
                        qkv, W);
     if (st == TP_OK && a->has_bias)
         st = tp_dev_bias_add(a->dev, TP_F32, N, W, qkv, a->bqkv.data);
@@ -461,14 +461,14 @@ static tp_status forward_body(tp_attention *a, const tp_tensor *x, tp_tensor *y)
     /* y = sum over ranks of ctx Wo_local, then + bo */
     int64_t rows = a->rows;
     if (!a->sp) {
-        st = tp_layer_gemm(a->dev, TP_F32, 0, 0, N, a->hidden, a->ow, 0.0f, ctx, a->ow, a->wo.data,
+        st = tpl_gemm(a->dev, TP_F32, 0, 0, N, a->hidden, a->ow, 0.0f, ctx, a->ow, a->wo.data,
                            a->hidden, y->data, a->hidden);
         if (st == TP_OK)
             st = tp_all_reduce(a->comm, y->data, y->data, (size_t)(N * a->hidden), TP_F32, TP_SUM);
     } else {
-        st = tp_ws_reserve(&a->yfull, (size_t)(N * a->hidden) * XF_ES, a->label);
+        st = tpl_ws_reserve(&a->yfull, (size_t)(N * a->hidden) * XF_ES, a->label);
         if (st == TP_OK)
-            st = tp_layer_gemm(a->dev, TP_F32, 0, 0, N, a->hidden, a->ow, 0.0f, ctx, a->ow,
+            st = tpl_gemm(a->dev, TP_F32, 0, 0, N, a->hidden, a->ow, 0.0f, ctx, a->ow,
                                a->wo.data, a->hidden, a->yfull.ptr, a->hidden);
         for (int i = 0; i < a->T; i++)
             a->counts[i] = (size_t)((a->off[i + 1] - a->off[i]) * a->hidden);
@@ -491,25 +491,25 @@ tp_status tp_attention_forward(tp_attention *a, const tp_tensor *x, int64_t batc
     /* tokens and the probabilities' [batch, heads, seq, seq] must be
      * addressable (checked with all heads: the same on every rank) */
     int64_t tokens, ss, hss, bhss;
-    tp_status st = tp_layer_mul(a->label, "tokens batch x seq", batch, seq, &tokens);
+    tp_status st = tpl_mul(a->label, "tokens batch x seq", batch, seq, &tokens);
     if (st == TP_OK)
-        st = tp_layer_mul(a->label, "scores seq x seq", seq, seq, &ss);
+        st = tpl_mul(a->label, "scores seq x seq", seq, seq, &ss);
     if (st == TP_OK)
-        st = tp_layer_mul(a->label, "scores heads x seq^2", a->H, ss, &hss);
+        st = tpl_mul(a->label, "scores heads x seq^2", a->H, ss, &hss);
     if (st == TP_OK)
-        st = tp_layer_mul(a->label, "probabilities batch x heads x seq^2", batch, hss, &bhss);
+        st = tpl_mul(a->label, "probabilities batch x heads x seq^2", batch, hss, &bhss);
     if (st != TP_OK)
         return st;
     a->b = batch;
     a->s = seq;
     a->tokens = tokens;
-    tp_layer_shard_offsets(a->tokens, a->T, a->off);
+    tpl_shard_offsets(a->tokens, a->T, a->off);
     int64_t want = a->sp ? a->off[a->rank + 1] - a->off[a->rank] : a->tokens, rows;
     a->saved = false;
     st = check_x(a, "x", x, want, &rows);
     if (st != TP_OK)
         return st;
-    st = tp_layer_prepare_out(a->label, "y", y, x, a->dev, TP_F32, a->hidden, "");
+    st = tpl_prepare_out(a->label, "y", y, x, a->dev, TP_F32, a->hidden, "");
     if (st != TP_OK)
         return st;
     if (y->data == x->data && rows > 0)
@@ -609,28 +609,28 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
     size_t ss = (size_t)(s * s);
     const float *dyf = dy->data;
     if (a->sp) { /* the row-parallel exit's backward: gather dy's shards */
-        st = tp_ws_reserve(&a->yfull, (size_t)(N * hid) * XF_ES, a->label);
+        st = tpl_ws_reserve(&a->yfull, (size_t)(N * hid) * XF_ES, a->label);
         if (st == TP_OK)
-            st = tp_layer_gather_rows(a->comm, TP_F32, dy->data, a->yfull.ptr, a->off, hid,
+            st = tpl_gather_rows(a->comm, TP_F32, dy->data, a->yfull.ptr, a->off, hid,
                                       a->counts);
         if (st != TP_OK)
             return st;
         dyf = a->yfull.ptr;
     }
-    if ((st = tp_ws_reserve(&a->dctx, (size_t)(N * a->ow) * XF_ES, a->label)) ||
-        (st = tp_ws_reserve(&a->dqkv, (size_t)(N * W) * XF_ES, a->label)) ||
-        (st = tp_ws_reserve(&a->scores, (size_t)hl * ss * XF_ES, a->label)))
+    if ((st = tpl_ws_reserve(&a->dctx, (size_t)(N * a->ow) * XF_ES, a->label)) ||
+        (st = tpl_ws_reserve(&a->dqkv, (size_t)(N * W) * XF_ES, a->label)) ||
+        (st = tpl_ws_reserve(&a->scores, (size_t)hl * ss * XF_ES, a->label)))
         return st;
     float *dctx = a->dctx.ptr, *dqkv = a->dqkv.ptr, *dS = a->scores.ptr;
     const float *qkv = a->qkv.ptr, *P = a->probs.ptr, *ctx = a->ctx.ptr;
     /* out-projection: dWo += ctx^T dy, dbo += colsum(dy) (full dy on every
      * rank, so the replicated bias grad is the same everywhere), dctx = dy Wo^T */
-    st = tp_layer_gemm(a->dev, TP_F32, 1, 0, a->ow, hid, N, 1.0f, ctx, a->ow, dyf, hid, a->dwo.data,
+    st = tpl_gemm(a->dev, TP_F32, 1, 0, a->ow, hid, N, 1.0f, ctx, a->ow, dyf, hid, a->dwo.data,
                        hid);
     if (st == TP_OK && a->has_bias)
         st = tp_dev_bias_grad(a->dev, TP_F32, N, hid, dyf, a->dbo.data);
     if (st == TP_OK)
-        st = tp_layer_gemm(a->dev, TP_F32, 0, 1, N, a->ow, hid, 0.0f, dyf, hid, a->wo.data, hid,
+        st = tpl_gemm(a->dev, TP_F32, 0, 1, N, a->ow, hid, 0.0f, dyf, hid, a->wo.data, hid,
                            dctx, a->ow);
     float scale = (float)(1.0 / sqrt((double)hd));
     for (int64_t bi = 0; bi < b && st == TP_OK; bi++) {
@@ -657,22 +657,22 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
     float *kvw = NULL, *kvb = NULL;
     if (!a->any_shared) {
         /* dWqkv += x^T dqkv, dbqkv += colsum(dqkv): nothing shared, all local */
-        st = tp_layer_gemm(a->dev, TP_F32, 1, 0, hid, W, N, 1.0f, xf, hid, dqkv, W, a->dwqkv.data,
+        st = tpl_gemm(a->dev, TP_F32, 1, 0, hid, W, N, 1.0f, xf, hid, dqkv, W, a->dwqkv.data,
                            W);
         if (st == TP_OK && a->has_bias)
             st = tp_dev_bias_grad(a->dev, TP_F32, N, W, dqkv, a->dbqkv.data);
     } else {
         /* Q columns accumulate directly; this call's K/V contributions go
          * to kvw/kvb so the shared heads can be summed across ranks first. */
-        if ((st = tp_ws_reserve(&a->kvtmp, (size_t)(2 * hid * kw) * XF_ES, a->label)) ||
-            (st = tp_ws_reserve(&a->bscr, (size_t)(W + kw) * XF_ES, a->label)))
+        if ((st = tpl_ws_reserve(&a->kvtmp, (size_t)(2 * hid * kw) * XF_ES, a->label)) ||
+            (st = tpl_ws_reserve(&a->bscr, (size_t)(W + kw) * XF_ES, a->label)))
             return st;
         kvw = a->kvtmp.ptr;
         kvb = (float *)a->bscr.ptr + W;
-        st = tp_layer_gemm(a->dev, TP_F32, 1, 0, hid, qw, N, 1.0f, xf, hid, dqkv, W, a->dwqkv.data,
+        st = tpl_gemm(a->dev, TP_F32, 1, 0, hid, qw, N, 1.0f, xf, hid, dqkv, W, a->dwqkv.data,
                            W);
         if (st == TP_OK)
-            st = tp_layer_gemm(a->dev, TP_F32, 1, 0, hid, kw, N, 0.0f, xf, hid, dqkv + qw, W, kvw,
+            st = tpl_gemm(a->dev, TP_F32, 1, 0, hid, kw, N, 0.0f, xf, hid, dqkv + qw, W, kvw,
                                kw);
         if (st == TP_OK && a->has_bias) {
             float *bs = a->bscr.ptr;
@@ -696,13 +696,13 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
             extra += kv_shared(a, k) ? a->region : 0;
         float *buf = dx->data;
         if (a->any_shared) {
-            st = tp_ws_reserve(&a->dpack, (size_t)(dxn + extra) * XF_ES, a->label);
+            st = tpl_ws_reserve(&a->dpack, (size_t)(dxn + extra) * XF_ES, a->label);
             if (st == TP_OK)
                 st = tp_dev_memset(a->dev, a->dpack.ptr, 0, (size_t)(dxn + extra) * XF_ES);
             buf = a->dpack.ptr;
         }
         if (st == TP_OK)
-            st = tp_layer_gemm(a->dev, TP_F32, 0, 1, N, hid, W, 0.0f, dqkv, W, a->wqkv.data, W, buf,
+            st = tpl_gemm(a->dev, TP_F32, 0, 1, N, hid, W, 0.0f, dqkv, W, a->wqkv.data, W, buf,
                                hid);
         if (st == TP_OK && a->any_shared)
             st = kv_pack(a, -1, buf + dxn, kvw, kvb, false, &used);
@@ -714,9 +714,9 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
             st = kv_pack(a, -1, buf + dxn, kvw, kvb, true, &used);
     } else if (!a->any_shared) {
         /* reduce-scatter the full partial dx into this rank's token rows */
-        st = tp_ws_reserve(&a->dpack, (size_t)dxn * XF_ES, a->label);
+        st = tpl_ws_reserve(&a->dpack, (size_t)dxn * XF_ES, a->label);
         if (st == TP_OK)
-            st = tp_layer_gemm(a->dev, TP_F32, 0, 1, N, hid, W, 0.0f, dqkv, W, a->wqkv.data, W,
+            st = tpl_gemm(a->dev, TP_F32, 0, 1, N, hid, W, 0.0f, dqkv, W, a->wqkv.data, W,
                                a->dpack.ptr, hid);
         for (int i = 0; i < a->T; i++)
             a->counts[i] = (size_t)((a->off[i + 1] - a->off[i]) * hid);
@@ -729,14 +729,14 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
             a->counts[i] = (size_t)((a->off[i + 1] - a->off[i]) * hid + kv_pack_len(a, i));
             total += a->counts[i];
         }
-        st = tp_ws_reserve(&a->dpack, total * XF_ES, a->label);
+        st = tpl_ws_reserve(&a->dpack, total * XF_ES, a->label);
         if (st == TP_OK)
             st = tp_dev_memset(a->dev, a->dpack.ptr, 0, total * XF_ES);
         float *pack = a->dpack.ptr;
         size_t pos = 0;
         for (int i = 0; i < a->T && st == TP_OK; i++) {
             int64_t r0 = a->off[i], rows_i = a->off[i + 1] - r0, used;
-            st = tp_layer_gemm(a->dev, TP_F32, 0, 1, rows_i, hid, W, 0.0f, dqkv + r0 * W, W,
+            st = tpl_gemm(a->dev, TP_F32, 0, 1, rows_i, hid, W, 0.0f, dqkv + r0 * W, W,
                                a->wqkv.data, W, pack + pos, hid);
             if (st == TP_OK)
                 st = kv_pack(a, i, pack + pos + rows_i * hid, kvw, kvb, false, &used);
@@ -744,7 +744,7 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
         }
         size_t mine = a->counts[a->rank];
         if (st == TP_OK)
-            st = tp_ws_reserve(&a->dctx, mine * XF_ES, a->label); /* dctx is free by now */
+            st = tpl_ws_reserve(&a->dctx, mine * XF_ES, a->label); /* dctx is free by now */
         float *recv = a->dctx.ptr;
         if (st == TP_OK)
             st = tp_reduce_scatterv(a->comm, pack, recv, a->counts, TP_F32, TP_SUM);
@@ -790,7 +790,7 @@ tp_status tp_attention_backward(tp_attention *a, const tp_tensor *dy, tp_tensor 
                             "pass a dx (it may be discarded)",
                             a->label);
     if (dx) {
-        st = tp_layer_prepare_out(a->label, "dx", dx, &a->x_saved, a->dev, TP_F32, a->hidden, "");
+        st = tpl_prepare_out(a->label, "dx", dx, &a->x_saved, a->dev, TP_F32, a->hidden, "");
         if (st != TP_OK)
             return st;
         if (dx->data == dy->data && rows > 0)
@@ -826,7 +826,7 @@ static tp_status get_full(tp_attention *a, const tp_tensor *wqkv, const tp_tenso
     }
     size_t own = (size_t)(hid * a->W);
     size_t need = total + (size_t)(hid * a->H * hd) + own + (size_t)a->W;
-    tp_status st = tp_ws_reserve(&a->kvtmp, need * XF_ES, a->label);
+    tp_status st = tpl_ws_reserve(&a->kvtmp, need * XF_ES, a->label);
     float *host = st == TP_OK ? malloc(total * XF_ES) : NULL;
     if (st == TP_OK && !host)
         st = tp_set_error(TP_ERR_NO_MEMORY, "%s: out of host memory", a->label);

@@ -13,7 +13,7 @@ struct tp_mlp {
     tp_dtype dt; /* of both linears and every activation */
     bool tanh_approx;
     tp_linear *fc1, *fc2;
-    tp_ws pre, act, grad; /* [tokens, flocal]: fc1 output, GeLU output, their gradient */
+    tpl_ws pre, act, grad; /* [tokens, flocal]: fc1 output, GeLU output, their gradient */
     int64_t tokens_saved;
     bool saved;
 };
@@ -24,9 +24,9 @@ void tp_mlp_free(tp_mlp *m)
         return;
     tp_linear_free(m->fc1);
     tp_linear_free(m->fc2);
-    tp_ws_release(&m->pre);
-    tp_ws_release(&m->act);
-    tp_ws_release(&m->grad);
+    tpl_ws_release(&m->pre);
+    tpl_ws_release(&m->act);
+    tpl_ws_release(&m->grad);
     free(m->label);
     free(m);
 }
@@ -59,13 +59,13 @@ tp_status tp_mlp_create(tp_comm *comm, const tp_mlp_config *cfg, tp_mlp **out)
     m->ffn = cfg->ffn;
     m->tanh_approx = cfg->gelu_tanh;
     m->dt = cfg->dtype;
-    m->label = tp_layer_label("ParallelMLP", cfg->name, comm);
+    m->label = tpl_label("ParallelMLP", cfg->name, comm);
     tp_status st;
     if (!m->label) {
         free(m);
         return tp_set_error(TP_ERR_NO_MEMORY, "ParallelMLP create: out of host memory");
     }
-    if ((st = tp_layer_check_dtype(m->label, m->dt)))
+    if ((st = tpl_check_dtype(m->label, m->dt)))
         goto fail;
     if (m->hidden <= 0 || m->ffn <= 0) {
         st = tp_set_error(TP_ERR_SHAPE, "%s: hidden (%lld) and ffn (%lld) must be >= 1", m->label,
@@ -98,7 +98,7 @@ tp_status tp_mlp_create(tp_comm *comm, const tp_mlp_config *cfg, tp_mlp **out)
         st = tp_row_linear_create(comm, &c2, &m->fc2);
     if (st != TP_OK)
         goto fail;
-    m->flocal = tp_linear_local_width(m->fc1);
+    m->flocal = tpl_linear_local_width(m->fc1);
     *out = m;
     return TP_OK;
 fail:
@@ -108,7 +108,7 @@ fail:
 
 static tp_status check_hidden(tp_mlp *m, const char *what, const tp_tensor *t, int64_t *tokens)
 {
-    tp_status st = tp_layer_check_act(m->label, what, t, m->dev, m->dt, tokens);
+    tp_status st = tpl_check_act(m->label, what, t, m->dev, m->dt, tokens);
     if (st != TP_OK)
         return st;
     int64_t got = t->shape[t->ndim - 1];
@@ -130,26 +130,26 @@ tp_status tp_mlp_forward(tp_mlp *m, const tp_tensor *x, tp_tensor *y)
     tp_status st = check_hidden(m, "x", x, &tokens);
     if (st != TP_OK)
         return st;
-    st = tp_layer_prepare_out(m->label, "y", y, x, m->dev, m->dt, m->hidden, "");
+    st = tpl_prepare_out(m->label, "y", y, x, m->dev, m->dt, m->hidden, "");
     if (st != TP_OK)
         return st;
     /* checked with the full ffn, so that every rank agrees */
     int64_t n;
-    st = tp_layer_mul(m->label, "activations tokens x ffn", tokens, m->ffn, &n);
+    st = tpl_mul(m->label, "activations tokens x ffn", tokens, m->ffn, &n);
     if (st != TP_OK)
         return st;
     size_t bytes = (size_t)(tokens * m->flocal) * tp_dtype_size(m->dt);
-    st = tp_ws_reserve(&m->pre, bytes, m->label);
+    st = tpl_ws_reserve(&m->pre, bytes, m->label);
     if (st == TP_OK)
-        st = tp_ws_reserve(&m->act, bytes, m->label);
+        st = tpl_ws_reserve(&m->act, bytes, m->label);
     if (st != TP_OK)
         return st;
-    tp_tensor x2 = tp_layer_view2(x, tokens, m->hidden);
-    tp_tensor y2 = tp_layer_view2(y, tokens, m->hidden);
-    tp_tensor act = tp_layer_view2p(m->dev, m->dt, m->act.ptr, tokens, m->flocal);
+    tp_tensor x2 = tpl_view2(x, tokens, m->hidden);
+    tp_tensor y2 = tpl_view2(y, tokens, m->hidden);
+    tp_tensor act = tpl_view2p(m->dev, m->dt, m->act.ptr, tokens, m->flocal);
     tp_phase prev = tp_phase_set(m->comm, TP_PHASE_FORWARD);
     /* fc1 with bias and GeLU in its GEMM epilogue; the pre-activation is kept for gelu_bwd */
-    st = tp_linear_forward_act(m->fc1, &x2, &act, m->pre.ptr,
+    st = tpl_linear_forward_act(m->fc1, &x2, &act, m->pre.ptr,
                                m->tanh_approx ? TP_ACT_GELU_TANH : TP_ACT_GELU);
     if (st == TP_OK)
         st = tp_linear_forward(m->fc2, &act, &y2);
@@ -179,16 +179,16 @@ tp_status tp_mlp_backward(tp_mlp *m, const tp_tensor *dy, tp_tensor *dx)
                             m->label, (long long)tokens, (long long)m->tokens_saved);
     tp_tensor dx2 = {0};
     if (dx) {
-        st = tp_layer_prepare_out(m->label, "dx", dx, dy, m->dev, m->dt, m->hidden, "");
+        st = tpl_prepare_out(m->label, "dx", dx, dy, m->dev, m->dt, m->hidden, "");
         if (st != TP_OK)
             return st;
-        dx2 = tp_layer_view2(dx, tokens, m->hidden);
+        dx2 = tpl_view2(dx, tokens, m->hidden);
     }
-    st = tp_ws_reserve(&m->grad, (size_t)(tokens * m->flocal) * tp_dtype_size(m->dt), m->label);
+    st = tpl_ws_reserve(&m->grad, (size_t)(tokens * m->flocal) * tp_dtype_size(m->dt), m->label);
     if (st != TP_OK)
         return st;
-    tp_tensor dy2 = tp_layer_view2(dy, tokens, m->hidden);
-    tp_tensor dh = tp_layer_view2p(m->dev, m->dt, m->grad.ptr, tokens, m->flocal);
+    tp_tensor dy2 = tpl_view2(dy, tokens, m->hidden);
+    tp_tensor dh = tpl_view2p(m->dev, m->dt, m->grad.ptr, tokens, m->flocal);
     tp_phase prev = tp_phase_set(m->comm, TP_PHASE_BACKWARD);
     st = tp_linear_backward(m->fc2, &dy2, &dh); /* no communication */
     if (st == TP_OK && tokens > 0)

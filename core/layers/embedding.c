@@ -15,8 +15,8 @@ struct tp_embedding {
     bool sp;
     float bound;
     tp_tensor table, grad;
-    tp_ws ws;  /* get_full, and the SP partial output */
-    tp_ws dyf; /* SP backward: the gathered dy [n, dim] */
+    tpl_ws ws;  /* get_full, and the SP partial output */
+    tpl_ws dyf; /* SP backward: the gathered dy [n, dim] */
     tp_tensor ids_saved;
     int64_t n_saved;
     bool saved;
@@ -28,8 +28,8 @@ void tp_embedding_free(tp_embedding *e)
         return;
     tp_tensor_release(&e->table);
     tp_tensor_release(&e->grad);
-    tp_ws_release(&e->ws);
-    tp_ws_release(&e->dyf);
+    tpl_ws_release(&e->ws);
+    tpl_ws_release(&e->dyf);
     free(e->counts);
     free(e->label);
     free(e);
@@ -54,7 +54,7 @@ tp_status tp_embedding_create(tp_comm *comm, const tp_embedding_config *cfg, tp_
     e->dim = cfg->dim;
     e->sp = cfg->sequence_parallel;
     e->bound = cfg->init_bound != 0.0f ? cfg->init_bound : 1.0f;
-    e->label = tp_layer_label("VocabParallelEmbedding", cfg->name, comm);
+    e->label = tpl_label("VocabParallelEmbedding", cfg->name, comm);
     e->counts = calloc((size_t)e->size, sizeof(size_t));
     tp_status st;
     float *host = NULL;
@@ -80,7 +80,7 @@ tp_status tp_embedding_create(tp_comm *comm, const tp_embedding_config *cfg, tp_
         goto fail;
     }
     int64_t full; /* the full table (full_table, get_full) must be addressable */
-    if ((st = tp_layer_mul(e->label, "table vocab x dim", e->vocab, e->dim, &full)))
+    if ((st = tpl_mul(e->label, "table vocab x dim", e->vocab, e->dim, &full)))
         goto fail;
     tp_shard_range(e->vocab, e->size, e->rank, &e->lo, &e->hi);
     st = tp_tensor_alloc2(e->dev, TP_F32, e->hi - e->lo, e->dim, &e->table);
@@ -152,7 +152,7 @@ tp_status tp_embedding_forward(tp_embedding *e, const tp_tensor *ids, tp_tensor 
     if (!y)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: y is NULL", e->label);
     int64_t nd;
-    st = tp_layer_mul(e->label, "output tokens x dim", n, e->dim, &nd);
+    st = tpl_mul(e->label, "output tokens x dim", n, e->dim, &nd);
     if (st != TP_OK)
         return st;
     int64_t shape[TP_MAX_DIMS], slo = 0, shi = n;
@@ -173,7 +173,7 @@ tp_status tp_embedding_forward(tp_embedding *e, const tp_tensor *ids, tp_tensor 
             return st;
     } else {
         int64_t tokens;
-        st = tp_layer_check_act(e->label, "y", y, e->dev, TP_F32, &tokens);
+        st = tpl_check_act(e->label, "y", y, e->dev, TP_F32, &tokens);
         if (st != TP_OK)
             return st;
         if (tokens != rows)
@@ -194,7 +194,7 @@ tp_status tp_embedding_forward(tp_embedding *e, const tp_tensor *ids, tp_tensor 
             st = tp_all_reduce(e->comm, y->data, y->data, (size_t)(n * e->dim), TP_F32, TP_SUM);
     } else {
         /* every token's partial row (own vocab range), then each rank keeps its token shard */
-        st = tp_ws_reserve(&e->ws, (size_t)(n * e->dim) * sizeof(float), e->label);
+        st = tpl_ws_reserve(&e->ws, (size_t)(n * e->dim) * sizeof(float), e->label);
         if (st == TP_OK && n > 0)
             st = tp_dev_embedding(e->dev, TP_F32, n, e->dim, ids->data, e->lo, e->hi,
                                   e->table.data, e->ws.ptr);
@@ -225,7 +225,7 @@ tp_status tp_embedding_backward(tp_embedding *e, const tp_tensor *dy)
     if (!e->saved)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: backward called before forward", e->label);
     int64_t tokens, n = e->n_saved, slo = 0, shi = n;
-    tp_status st = tp_layer_check_act(e->label, "dy", dy, e->dev, TP_F32, &tokens);
+    tp_status st = tpl_check_act(e->label, "dy", dy, e->dev, TP_F32, &tokens);
     if (st != TP_OK)
         return st;
     if (e->sp)
@@ -241,7 +241,7 @@ tp_status tp_embedding_backward(tp_embedding *e, const tp_tensor *dy)
     tp_phase prev = tp_phase_set(e->comm, TP_PHASE_BACKWARD);
     const void *full = dy->data;
     if (e->sp) { /* every rank needs every token's gradient for its vocab rows */
-        st = tp_ws_reserve(&e->dyf, (size_t)(n * e->dim) * sizeof(float), e->label);
+        st = tpl_ws_reserve(&e->dyf, (size_t)(n * e->dim) * sizeof(float), e->label);
         if (st == TP_OK)
             st = tp_all_gatherv(e->comm, dy->data, e->dyf.ptr, e->counts, TP_F32);
         full = e->dyf.ptr;
@@ -253,7 +253,7 @@ tp_status tp_embedding_backward(tp_embedding *e, const tp_tensor *dy)
     return st;
 }
 
-const void *tp_embedding_gathered_dy(const tp_embedding *e)
+const void *tpl_embedding_gathered_dy(const tp_embedding *e)
 {
     return e && e->sp ? e->dyf.ptr : NULL;
 }
@@ -283,7 +283,7 @@ void tp_embedding_get_shard(tp_embedding *e, int64_t *lo, int64_t *hi, tp_tensor
 static tp_status get_full(tp_embedding *e, const tp_tensor *t, float *host)
 {
     size_t bytes = (size_t)(e->vocab * e->dim) * sizeof(float);
-    tp_status st = tp_ws_reserve(&e->ws, bytes, e->label);
+    tp_status st = tpl_ws_reserve(&e->ws, bytes, e->label);
     if (st != TP_OK)
         return st;
     for (int i = 0; i < e->size; i++) {

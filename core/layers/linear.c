@@ -20,7 +20,7 @@ struct tp_linear {
     size_t *counts;       /* size scratch counts for all_gatherv */
     bool has_bias, gather_output, input_is_parallel;
     tp_tensor w, b, dw, db;
-    tp_ws ws, ws2;
+    tpl_ws ws, ws2;
     /* saved by forward for backward */
     tp_tensor x_saved;
     int64_t tokens_saved;
@@ -40,8 +40,8 @@ void tp_linear_free(tp_linear *l)
     tp_tensor_release(&l->b);
     tp_tensor_release(&l->dw);
     tp_tensor_release(&l->db);
-    tp_ws_release(&l->ws);
-    tp_ws_release(&l->ws2);
+    tpl_ws_release(&l->ws);
+    tpl_ws_release(&l->ws2);
     free(l->off);
     free(l->counts);
     free(l->label);
@@ -65,7 +65,7 @@ static tp_status linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_li
     l->kind = kind;
     l->rank = tp_comm_rank(comm);
     l->size = tp_comm_size(comm);
-    l->label = tp_layer_label(kind_name(kind), cfg->name, comm);
+    l->label = tpl_label(kind_name(kind), cfg->name, comm);
     l->in = cfg->in_features;
     l->out = cfg->out_features;
     l->has_bias = cfg->bias;
@@ -81,7 +81,7 @@ static tp_status linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_li
         return tp_set_error(TP_ERR_NO_MEMORY, "%s create: out of host memory", kind_name(kind));
     }
     const char *who = l->label;
-    if ((st = tp_layer_check_dtype(who, l->dt)))
+    if ((st = tpl_check_dtype(who, l->dt)))
         goto fail;
     if (l->in <= 0 || l->out <= 0) {
         st = tp_set_error(TP_ERR_SHAPE, "%s: in_features (%lld) and out_features (%lld) must be >= 1",
@@ -89,7 +89,7 @@ static tp_status linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_li
         goto fail;
     }
     int64_t full; /* the full weight (full_weight, get_full) must be addressable */
-    if ((st = tp_layer_mul(who, "weight in_features x out_features", l->in, l->out, &full)))
+    if ((st = tpl_mul(who, "weight in_features x out_features", l->in, l->out, &full)))
         goto fail;
     int64_t split = kind == TP_LINEAR_COLUMN ? l->out : l->in;
     const char *split_name = kind == TP_LINEAR_COLUMN ? "out_features" : "in_features";
@@ -108,7 +108,7 @@ static tp_status linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_li
         st = tp_set_error(TP_ERR_NO_MEMORY, "%s: out of host memory", who);
         goto fail;
     }
-    tp_layer_shard_offsets(split, l->size, l->off);
+    tpl_shard_offsets(split, l->size, l->off);
     l->lo = l->off[l->rank];
     l->hi = l->off[l->rank + 1];
     l->nloc = l->hi - l->lo;
@@ -129,11 +129,11 @@ static tp_status linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_li
     int64_t r0 = kind == TP_LINEAR_COLUMN ? 0 : l->lo, r1 = r0 + wr;
     int64_t c0 = kind == TP_LINEAR_COLUMN ? l->lo : 0, c1 = c0 + wc;
     if (cfg->full_weight)
-        tp_layer_host_block(cfg->full_weight, l->out, r0, r1, c0, c1, host);
+        tpl_host_block(cfg->full_weight, l->out, r0, r1, c0, c1, host);
     else
         tp_master_fill(cfg->seed, cfg->tensor_id, l->out, r0, r1, c0, c1, bound, host);
     /* host weights are f32: rounded to the layer's dtype on the way up */
-    st = tp_layer_upload_f32(l->dev, l->dt, l->w.data, host, (size_t)(wr * wc));
+    st = tpl_upload_f32(l->dev, l->dt, l->w.data, host, (size_t)(wr * wc));
     if (st != TP_OK)
         goto fail;
     if (l->has_bias) {
@@ -146,7 +146,7 @@ static tp_status linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_li
         else
             tp_master_fill(cfg->seed, cfg->tensor_id + 1, l->out, 0, 1, b0, b0 + bn, bound,
                            host);
-        st = tp_layer_upload_f32(l->dev, l->dt, l->b.data, host, (size_t)bn);
+        st = tpl_upload_f32(l->dev, l->dt, l->b.data, host, (size_t)bn);
         if (st != TP_OK)
             goto fail;
     }
@@ -241,7 +241,7 @@ static tp_status column_gemm(tp_linear *l, const void *x, void *c, int64_t token
                              tp_act act)
 {
     if (!l->has_bias && act == TP_ACT_NONE && !pre)
-        return tp_layer_gemm(l->dev, l->dt, 0, 0, tokens, l->nloc, l->in, 0.0f, x, l->in,
+        return tpl_gemm(l->dev, l->dt, 0, 0, tokens, l->nloc, l->in, 0.0f, x, l->in,
                              l->w.data, l->nloc, c, l->nloc);
     if (tokens == 0)
         return TP_OK;
@@ -262,14 +262,14 @@ static tp_status forward_body(tp_linear *l, const tp_tensor *x, tp_tensor *y, in
         /* y_local = x W_local (+ b_local) */
         void *c = y->data;
         if (l->gather_output) {
-            st = tp_ws_reserve(&l->ws, (size_t)(tokens * (l->nloc + l->out)) * es, l->label);
+            st = tpl_ws_reserve(&l->ws, (size_t)(tokens * (l->nloc + l->out)) * es, l->label);
             if (st != TP_OK)
                 return st;
             c = l->ws.ptr;
         }
         st = column_gemm(l, x->data, c, tokens, pre, act);
         if (st == TP_OK && l->gather_output)
-            st = tp_layer_gather_cols(l->comm, l->dt, c, y->data,
+            st = tpl_gather_cols(l->comm, l->dt, c, y->data,
                                       (char *)l->ws.ptr + (size_t)(tokens * l->nloc) * es, tokens,
                                       l->off, l->counts);
         return st;
@@ -281,7 +281,7 @@ static tp_status forward_body(tp_linear *l, const tp_tensor *x, tp_tensor *y, in
         a += (size_t)l->lo * es; /* own column slice of the full input */
         lda = l->in;
     }
-    st = tp_layer_gemm(l->dev, l->dt, 0, 0, tokens, l->out, l->nloc, 0.0f, a, lda, l->w.data,
+    st = tpl_gemm(l->dev, l->dt, 0, 0, tokens, l->out, l->nloc, 0.0f, a, lda, l->w.data,
                        l->out, y->data, l->out);
     if (st == TP_OK)
         st = tp_all_reduce(l->comm, y->data, y->data, (size_t)(tokens * l->out), l->dt, TP_SUM);
@@ -293,14 +293,14 @@ static tp_status forward_body(tp_linear *l, const tp_tensor *x, tp_tensor *y, in
 static tp_status forward(tp_linear *l, const tp_tensor *x, tp_tensor *y, void *pre, tp_act act)
 {
     int64_t tokens;
-    tp_status st = tp_layer_check_act(l->label, "x", x, l->dev, l->dt, &tokens);
+    tp_status st = tpl_check_act(l->label, "x", x, l->dev, l->dt, &tokens);
     if (st != TP_OK)
         return st;
     st = check_input_width(l, x->shape[x->ndim - 1]);
     if (st != TP_OK)
         return st;
     char hint[256];
-    st = tp_layer_prepare_out(l->label, "y", y, x, l->dev, l->dt, out_width(l),
+    st = tpl_prepare_out(l->label, "y", y, x, l->dev, l->dt, out_width(l),
                               out_hint(l, hint, sizeof hint));
     if (st != TP_OK)
         return st;
@@ -325,11 +325,11 @@ tp_status tp_linear_forward(tp_linear *l, const tp_tensor *x, tp_tensor *y)
     return forward(l, x, y, NULL, TP_ACT_NONE);
 }
 
-tp_status tp_linear_forward_act(tp_linear *l, const tp_tensor *x, tp_tensor *y, void *pre,
+tp_status tpl_linear_forward_act(tp_linear *l, const tp_tensor *x, tp_tensor *y, void *pre,
                                 tp_act act)
 {
     if (!l)
-        return tp_set_error(TP_ERR_INVALID_ARG, "tp_linear_forward_act: layer is NULL");
+        return tp_set_error(TP_ERR_INVALID_ARG, "tpl_linear_forward_act: layer is NULL");
     if (act != TP_ACT_NONE && (l->kind != TP_LINEAR_COLUMN || l->gather_output))
         return tp_set_error(TP_ERR_INTERNAL,
                             "%s: a fused activation needs a column layer without gather_output",
@@ -377,7 +377,7 @@ static tp_status backward_body(tp_linear *l, const tp_tensor *dy, tp_tensor *dx,
         const void *dyl = dy->data;
         if (l->gather_output) {
             /* take this rank's columns [lo, hi) of the full dy */
-            st = tp_ws_reserve(&l->ws, (size_t)(tokens * l->nloc) * es, l->label);
+            st = tpl_ws_reserve(&l->ws, (size_t)(tokens * l->nloc) * es, l->label);
             if (st != TP_OK)
                 return st;
             if (tokens > 0) {
@@ -390,14 +390,14 @@ static tp_status backward_body(tp_linear *l, const tp_tensor *dy, tp_tensor *dx,
             dyl = l->ws.ptr;
         }
         /* dW_local += x^T dy_local; db_local += colsum(dy_local) */
-        st = tp_layer_gemm(l->dev, dt, 1, 0, l->in, l->nloc, tokens, 1.0f, x, l->in, dyl, l->nloc,
+        st = tpl_gemm(l->dev, dt, 1, 0, l->in, l->nloc, tokens, 1.0f, x, l->in, dyl, l->nloc,
                            l->dw.data, l->nloc);
         if (st == TP_OK && l->has_bias && tokens > 0)
             st = tp_dev_bias_grad(l->dev, dt, tokens, l->nloc, dyl, l->db.data);
         if (st != TP_OK || !dx)
             return st;
         /* dx = sum over ranks of dy_local W_local^T */
-        st = tp_layer_gemm(l->dev, dt, 0, 1, tokens, l->in, l->nloc, 0.0f, dyl, l->nloc, l->w.data,
+        st = tpl_gemm(l->dev, dt, 0, 1, tokens, l->in, l->nloc, 0.0f, dyl, l->nloc, l->w.data,
                            l->nloc, dx->data, l->in);
         if (st == TP_OK)
             st = tp_all_reduce(l->comm, dx->data, dx->data, (size_t)(tokens * l->in), dt, TP_SUM);
@@ -410,7 +410,7 @@ static tp_status backward_body(tp_linear *l, const tp_tensor *dy, tp_tensor *dx,
         xl += (size_t)l->lo * es;
         ldx = l->in;
     }
-    st = tp_layer_gemm(l->dev, dt, 1, 0, l->nloc, l->out, tokens, 1.0f, xl, ldx, dy->data, l->out,
+    st = tpl_gemm(l->dev, dt, 1, 0, l->nloc, l->out, tokens, 1.0f, xl, ldx, dy->data, l->out,
                        l->dw.data, l->out);
     if (st == TP_OK && l->has_bias && tokens > 0)
         st = tp_dev_bias_grad(l->dev, dt, tokens, l->out, dy->data, l->db.data);
@@ -419,17 +419,17 @@ static tp_status backward_body(tp_linear *l, const tp_tensor *dy, tp_tensor *dx,
     /* dx_local = dy W_local^T: no communication */
     void *c = dx->data;
     if (!l->input_is_parallel) {
-        st = tp_ws_reserve(&l->ws, (size_t)(tokens * l->nloc) * es, l->label);
+        st = tpl_ws_reserve(&l->ws, (size_t)(tokens * l->nloc) * es, l->label);
         if (st == TP_OK)
-            st = tp_ws_reserve(&l->ws2, (size_t)(tokens * l->in) * es, l->label);
+            st = tpl_ws_reserve(&l->ws2, (size_t)(tokens * l->in) * es, l->label);
         if (st != TP_OK)
             return st;
         c = l->ws.ptr;
     }
-    st = tp_layer_gemm(l->dev, dt, 0, 1, tokens, l->nloc, l->out, 0.0f, dy->data, l->out,
+    st = tpl_gemm(l->dev, dt, 0, 1, tokens, l->nloc, l->out, 0.0f, dy->data, l->out,
                        l->w.data, l->out, c, l->nloc);
     if (st == TP_OK && !l->input_is_parallel) /* the full input's gradient: gather the slices */
-        st = tp_layer_gather_cols(l->comm, dt, c, dx->data, l->ws2.ptr, tokens, l->off,
+        st = tpl_gather_cols(l->comm, dt, c, dx->data, l->ws2.ptr, tokens, l->off,
                                   l->counts);
     return st;
 }
@@ -443,7 +443,7 @@ tp_status tp_linear_backward(tp_linear *l, const tp_tensor *dy, tp_tensor *dx)
                             "%s: backward called before forward (it needs the saved input)",
                             l->label);
     int64_t tokens;
-    tp_status st = tp_layer_check_act(l->label, "dy", dy, l->dev, l->dt, &tokens);
+    tp_status st = tpl_check_act(l->label, "dy", dy, l->dev, l->dt, &tokens);
     if (st != TP_OK)
         return st;
     if (tokens != l->tokens_saved)
@@ -459,7 +459,7 @@ tp_status tp_linear_backward(tp_linear *l, const tp_tensor *dy, tp_tensor *dx)
                             out_hint(l, hint, sizeof hint));
     }
     if (dx) {
-        st = tp_layer_prepare_out(l->label, "dx", dx, &l->x_saved, l->dev, l->dt,
+        st = tpl_prepare_out(l->label, "dx", dx, &l->x_saved, l->dev, l->dt,
                                   l->x_saved.shape[l->x_saved.ndim - 1], "");
         if (st != TP_OK)
             return st;
@@ -496,25 +496,25 @@ static tp_status get_full(tp_linear *l, const tp_tensor *w, const tp_tensor *b, 
 {
     const size_t es = l->es;
     size_t full = (size_t)(l->in * l->out);
-    tp_status st = tp_ws_reserve(&l->ws2, 2 * full * es, l->label);
+    tp_status st = tpl_ws_reserve(&l->ws2, 2 * full * es, l->label);
     if (st != TP_OK)
         return st;
     char *dst = l->ws2.ptr, *tmp = dst + full * es;
     if (l->kind == TP_LINEAR_COLUMN) {
-        st = tp_layer_gather_cols(l->comm, l->dt, w->data, dst, tmp, l->in, l->off, l->counts);
+        st = tpl_gather_cols(l->comm, l->dt, w->data, dst, tmp, l->in, l->off, l->counts);
     } else {
-        st = tp_layer_gather_rows(l->comm, l->dt, w->data, dst, l->off, l->out, l->counts);
+        st = tpl_gather_rows(l->comm, l->dt, w->data, dst, l->off, l->out, l->counts);
     }
     if (st == TP_OK && hw)
-        st = tp_layer_download_f32(l->dev, l->dt, hw, dst, full);
+        st = tpl_download_f32(l->dev, l->dt, hw, dst, full);
     if (st != TP_OK || !l->has_bias)
         return st;
     if (l->kind == TP_LINEAR_COLUMN) {
-        st = tp_layer_gather_cols(l->comm, l->dt, b->data, dst, tmp, 1, l->off, l->counts);
+        st = tpl_gather_cols(l->comm, l->dt, b->data, dst, tmp, 1, l->off, l->counts);
         if (st == TP_OK && hb)
-            st = tp_layer_download_f32(l->dev, l->dt, hb, dst, (size_t)l->out);
+            st = tpl_download_f32(l->dev, l->dt, hb, dst, (size_t)l->out);
     } else if (hb) {
-        st = tp_layer_download_f32(l->dev, l->dt, hb, b->data, (size_t)l->out);
+        st = tpl_download_f32(l->dev, l->dt, hb, b->data, (size_t)l->out);
     }
     return st;
 }
@@ -536,7 +536,7 @@ tp_status tp_linear_get_full_grad(tp_linear *l, float *dw, float *db)
     return get_full(l, &l->dw, &l->db, dw, db);
 }
 
-int64_t tp_linear_local_width(const tp_linear *l)
+int64_t tpl_linear_local_width(const tp_linear *l)
 {
     return l->nloc;
 }

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-tp_status tp_ws_reserve(tp_ws *ws, size_t bytes, const char *who)
+tp_status tpl_ws_reserve(tpl_ws *ws, size_t bytes, const char *who)
 {
     if (ws->ptr && ws->bytes >= bytes)
         return TP_OK;
@@ -22,7 +22,7 @@ tp_status tp_ws_reserve(tp_ws *ws, size_t bytes, const char *who)
     return TP_OK;
 }
 
-void tp_ws_release(tp_ws *ws)
+void tpl_ws_release(tpl_ws *ws)
 {
     if (ws->ptr)
         tp_dev_free(ws->dev, ws->ptr);
@@ -30,7 +30,7 @@ void tp_ws_release(tp_ws *ws)
     ws->bytes = 0;
 }
 
-char *tp_layer_label(const char *kind, const char *name, tp_comm *comm)
+char *tpl_label(const char *kind, const char *name, tp_comm *comm)
 {
     char buf[256];
     if (name && *name)
@@ -83,7 +83,7 @@ static int64_t lead_tokens(const tp_tensor *t)
     return n;
 }
 
-tp_status tp_layer_check_act(const char *who, const char *what, const tp_tensor *t, tp_device *dev,
+tp_status tpl_check_act(const char *who, const char *what, const tp_tensor *t, tp_device *dev,
                              tp_dtype dt, int64_t *tokens)
 {
     tp_status st = check_common(who, what, t, dev, dt);
@@ -93,7 +93,7 @@ tp_status tp_layer_check_act(const char *who, const char *what, const tp_tensor 
     return TP_OK;
 }
 
-tp_status tp_layer_mul(const char *who, const char *what, int64_t a, int64_t b, int64_t *n)
+tp_status tpl_mul(const char *who, const char *what, int64_t a, int64_t b, int64_t *n)
 {
     int64_t p;
     /* the bound keeps p * sizeof(double) within int64 and size_t */
@@ -106,7 +106,7 @@ tp_status tp_layer_mul(const char *who, const char *what, int64_t a, int64_t b, 
     return TP_OK;
 }
 
-tp_status tp_layer_check_dtype(const char *who, tp_dtype dt)
+tp_status tpl_check_dtype(const char *who, tp_dtype dt)
 {
     if (dt == TP_F32 || dt == TP_BF16 || dt == TP_F16)
         return TP_OK;
@@ -116,7 +116,7 @@ tp_status tp_layer_check_dtype(const char *who, tp_dtype dt)
                         who, (int)dt, tp_dtype_name(dt));
 }
 
-tp_status tp_layer_upload_f32(tp_device *dev, tp_dtype dt, void *dst, const float *src, size_t n)
+tp_status tpl_upload_f32(tp_device *dev, tp_dtype dt, void *dst, const float *src, size_t n)
 {
     if (dt == TP_F32 || !n)
         return tp_dev_upload(dev, dst, src, n * sizeof(float));
@@ -130,7 +130,7 @@ tp_status tp_layer_upload_f32(tp_device *dev, tp_dtype dt, void *dst, const floa
     return st;
 }
 
-tp_status tp_layer_download_f32(tp_device *dev, tp_dtype dt, float *dst, const void *src, size_t n)
+tp_status tpl_download_f32(tp_device *dev, tp_dtype dt, float *dst, const void *src, size_t n)
 {
     if (dt == TP_F32 || !n)
         return tp_dev_download(dev, dst, src, n * sizeof(float));
@@ -145,7 +145,7 @@ tp_status tp_layer_download_f32(tp_device *dev, tp_dtype dt, float *dst, const v
     return st;
 }
 
-void tp_layer_host_block(const float *full, int64_t cols, int64_t r0, int64_t r1, int64_t c0,
+void tpl_host_block(const float *full, int64_t cols, int64_t r0, int64_t r1, int64_t c0,
                          int64_t c1, float *out)
 {
     int64_t w = c1 - c0;
@@ -153,19 +153,19 @@ void tp_layer_host_block(const float *full, int64_t cols, int64_t r0, int64_t r1
         memcpy(out + (r - r0) * w, full + r * cols + c0, (size_t)w * sizeof(float));
 }
 
-tp_tensor tp_layer_view2(const tp_tensor *t, int64_t rows, int64_t cols)
+tp_tensor tpl_view2(const tp_tensor *t, int64_t rows, int64_t cols)
 {
     int64_t shape[2] = {rows, cols};
     return tp_tensor_view(t->dev, t->dtype, t->data, 2, shape);
 }
 
-tp_tensor tp_layer_view2p(tp_device *dev, tp_dtype dt, void *p, int64_t rows, int64_t cols)
+tp_tensor tpl_view2p(tp_device *dev, tp_dtype dt, void *p, int64_t rows, int64_t cols)
 {
     int64_t shape[2] = {rows, cols};
     return tp_tensor_view(dev, dt, p, 2, shape);
 }
 
-tp_status tp_layer_gemm_batched(tp_device *dev, tp_dtype dt, int ta, int tb, int64_t m, int64_t n,
+tp_status tpl_gemm_batched(tp_device *dev, tp_dtype dt, int ta, int tb, int64_t m, int64_t n,
                                 int64_t k, float beta, const void *a, int64_t lda, int64_t sa,
                                 const void *b, int64_t ldb, int64_t sb, void *c, int64_t ldc,
                                 int64_t sc, int64_t batch)
@@ -192,21 +192,21 @@ tp_status tp_layer_gemm_batched(tp_device *dev, tp_dtype dt, int ta, int tb, int
     return tp_dev_gemm(dev, &g);
 }
 
-tp_status tp_layer_gemm(tp_device *dev, tp_dtype dt, int ta, int tb, int64_t m, int64_t n,
+tp_status tpl_gemm(tp_device *dev, tp_dtype dt, int ta, int tb, int64_t m, int64_t n,
                         int64_t k, float beta, const void *a, int64_t lda, const void *b,
                         int64_t ldb, void *c, int64_t ldc)
 {
-    return tp_layer_gemm_batched(dev, dt, ta, tb, m, n, k, beta, a, lda, 0, b, ldb, 0, c, ldc, 0,
+    return tpl_gemm_batched(dev, dt, ta, tb, m, n, k, beta, a, lda, 0, b, ldb, 0, c, ldc, 0,
                                  1);
 }
 
-void tp_layer_shard_offsets(int64_t n, int T, int64_t *off)
+void tpl_shard_offsets(int64_t n, int T, int64_t *off)
 {
     for (int i = 0; i < T; i++)
         tp_shard_range(n, T, i, &off[i], &off[i + 1]);
 }
 
-tp_status tp_layer_gather_rows(tp_comm *comm, tp_dtype dt, const void *shard, void *full,
+tp_status tpl_gather_rows(tp_comm *comm, tp_dtype dt, const void *shard, void *full,
                                const int64_t *off, int64_t cols, size_t *counts)
 {
     int T = tp_comm_size(comm);
@@ -215,7 +215,7 @@ tp_status tp_layer_gather_rows(tp_comm *comm, tp_dtype dt, const void *shard, vo
     return tp_all_gatherv(comm, shard, full, counts, dt);
 }
 
-tp_status tp_layer_prepare_out(const char *who, const char *what, tp_tensor *out,
+tp_status tpl_prepare_out(const char *who, const char *what, tp_tensor *out,
                                const tp_tensor *like, tp_device *dev, tp_dtype dt, int64_t cols,
                                const char *hint)
 {
@@ -248,7 +248,7 @@ tp_status tp_layer_prepare_out(const char *who, const char *what, tp_tensor *out
     return TP_OK;
 }
 
-tp_status tp_layer_gather_cols(tp_comm *comm, tp_dtype dt, const void *src, void *dst, void *tmp,
+tp_status tpl_gather_cols(tp_comm *comm, tp_dtype dt, const void *src, void *dst, void *tmp,
                                int64_t rows, const int64_t *off, size_t *counts)
 {
     int T = tp_comm_size(comm);

@@ -56,9 +56,9 @@ struct tp_gpt {
     tp_tensor logits, dlogits; /* [tokens, vl] */
     tp_tensor g0, g1;     /* [rows, hidden] ping-pong gradients */
     tp_tensor pos_ids;    /* int32 [tokens]: t % seq_len */
-    tp_ws hfull;          /* SP: gathered hn [tokens, hidden] */
-    tp_ws dhfull;         /* [tokens, hidden] partial input gradient of the output projection */
-    tp_ws tmp;            /* position rows [rows, hidden]; logits gather */
+    tpl_ws hfull;          /* SP: gathered hn [tokens, hidden] */
+    tpl_ws dhfull;         /* [tokens, hidden] partial input gradient of the output projection */
+    tpl_ws tmp;            /* position rows [rows, hidden]; logits gather */
     int64_t batch, seqlen, tokens, rows, slo, shi;
     bool saved;
 };
@@ -98,9 +98,9 @@ void tp_gpt_free(tp_gpt *m)
         free((char *)m->params[i].name);
     free(m->params);
     free(m->recs);
-    tp_ws_release(&m->hfull);
-    tp_ws_release(&m->dhfull);
-    tp_ws_release(&m->tmp);
+    tpl_ws_release(&m->hfull);
+    tpl_ws_release(&m->dhfull);
+    tpl_ws_release(&m->tmp);
     free(m->voff);
     free(m->toff);
     free(m->counts);
@@ -242,7 +242,7 @@ tp_status tp_gpt_create(tp_comm *comm, const tp_gpt_config *cfg, tp_gpt **out)
     m->cfg = *cfg;
     m->T = tp_comm_size(comm);
     m->rank = tp_comm_rank(comm);
-    m->label = tp_layer_label("GPT", NULL, comm);
+    m->label = tpl_label("GPT", NULL, comm);
     const tp_gpt_config *c = &m->cfg;
     tp_status st = TP_OK;
     float *host = NULL;
@@ -282,7 +282,7 @@ tp_status tp_gpt_create(tp_comm *comm, const tp_gpt_config *cfg, tp_gpt **out)
         goto fail;
     }
     int64_t npos;
-    if ((st = tp_layer_mul(m->label, "position table seq x hidden", c->seq, c->hidden, &npos)))
+    if ((st = tpl_mul(m->label, "position table seq x hidden", c->seq, c->hidden, &npos)))
         goto fail;
     m->voff = malloc(sizeof(int64_t) * (size_t)(m->T + 1));
     m->toff = malloc(sizeof(int64_t) * (size_t)(m->T + 1));
@@ -294,7 +294,7 @@ tp_status tp_gpt_create(tp_comm *comm, const tp_gpt_config *cfg, tp_gpt **out)
         st = tp_set_error(TP_ERR_NO_MEMORY, "%s: out of host memory", m->label);
         goto fail;
     }
-    tp_layer_shard_offsets(c->vocab, m->T, m->voff);
+    tpl_shard_offsets(c->vocab, m->T, m->voff);
     m->vlo = m->voff[m->rank];
     m->vhi = m->voff[m->rank + 1];
     m->vl = m->vhi - m->vlo;
@@ -384,7 +384,7 @@ static tp_status prepare(tp_gpt *m, int64_t batch, int64_t seqlen)
     m->batch = batch;
     m->seqlen = seqlen;
     m->tokens = tokens;
-    tp_layer_shard_offsets(tokens, m->T, m->toff);
+    tpl_shard_offsets(tokens, m->T, m->toff);
     m->slo = m->cfg.sequence_parallel ? m->toff[m->rank] : 0;
     m->shi = m->cfg.sequence_parallel ? m->toff[m->rank + 1] : tokens;
     m->rows = m->shi - m->slo;
@@ -402,11 +402,11 @@ static tp_status prepare(tp_gpt *m, int64_t batch, int64_t seqlen)
     if (st == TP_OK)
         st = ensure2(m, &m->dlogits, TP_F32, tokens, m->vl);
     if (st == TP_OK && m->cfg.sequence_parallel)
-        st = tp_ws_reserve(&m->hfull, (size_t)(tokens * H) * sizeof(float), m->label);
+        st = tpl_ws_reserve(&m->hfull, (size_t)(tokens * H) * sizeof(float), m->label);
     if (st == TP_OK)
-        st = tp_ws_reserve(&m->dhfull, (size_t)(tokens * H) * sizeof(float), m->label);
+        st = tpl_ws_reserve(&m->dhfull, (size_t)(tokens * H) * sizeof(float), m->label);
     if (st == TP_OK)
-        st = tp_ws_reserve(&m->tmp, (size_t)(m->rows * H) * sizeof(float), m->label);
+        st = tpl_ws_reserve(&m->tmp, (size_t)(m->rows * H) * sizeof(float), m->label);
     if (st == TP_OK && tokens > 0) {
         int32_t *p = malloc(sizeof(int32_t) * (size_t)tokens);
         if (!p)
@@ -456,9 +456,9 @@ static tp_status check_inputs(tp_gpt *m, const tp_tensor *ids, const tp_tensor *
     /* the activations [tokens, hidden] and logits [tokens, vocab] */
     int64_t n;
     tp_status st =
-        tp_layer_mul(m->label, "activations tokens x hidden", *batch * *seqlen, m->cfg.hidden, &n);
+        tpl_mul(m->label, "activations tokens x hidden", *batch * *seqlen, m->cfg.hidden, &n);
     if (st == TP_OK)
-        st = tp_layer_mul(m->label, "logits tokens x vocab", *batch * *seqlen, m->cfg.vocab, &n);
+        st = tpl_mul(m->label, "logits tokens x vocab", *batch * *seqlen, m->cfg.vocab, &n);
     return st;
 }
 
@@ -523,9 +523,9 @@ static tp_status forward_body(tp_gpt *m, const tp_tensor *ids, const tp_tensor *
     tp_tensor *w, *dw;
     out_weight(m, &w, &dw);
     if (st == TP_OK)
-        st = m->out ? tp_layer_gemm(m->dev, TP_F32, 0, 0, N, m->vl, H, 0.0f, h, H, w->data, m->vl,
+        st = m->out ? tpl_gemm(m->dev, TP_F32, 0, 0, N, m->vl, H, 0.0f, h, H, w->data, m->vl,
                                     m->logits.data, m->vl)
-                    : tp_layer_gemm(m->dev, TP_F32, 0, 1, N, m->vl, H, 0.0f, h, H, w->data, H,
+                    : tpl_gemm(m->dev, TP_F32, 0, 1, N, m->vl, H, 0.0f, h, H, w->data, H,
                                     m->logits.data, m->vl);
     tp_phase_set(m->comm, prev);
     if (st == TP_OK)
@@ -572,16 +572,16 @@ tp_status tp_gpt_backward(tp_gpt *m)
     const void *h = sp ? m->hfull.ptr : m->hn.data;
     tp_phase prev = tp_phase_set(m->comm, TP_PHASE_BACKWARD);
     if (m->out) { /* dW_r += h^T dlogits_r; dh = dlogits_r W_r^T (partial over vocab shards) */
-        st = tp_layer_gemm(m->dev, TP_F32, 1, 0, H, m->vl, N, 1.0f, h, H, m->dlogits.data, m->vl,
+        st = tpl_gemm(m->dev, TP_F32, 1, 0, H, m->vl, N, 1.0f, h, H, m->dlogits.data, m->vl,
                            dw->data, m->vl);
         if (st == TP_OK)
-            st = tp_layer_gemm(m->dev, TP_F32, 0, 1, N, H, m->vl, 0.0f, m->dlogits.data, m->vl,
+            st = tpl_gemm(m->dev, TP_F32, 0, 1, N, H, m->vl, 0.0f, m->dlogits.data, m->vl,
                                w->data, m->vl, m->dhfull.ptr, H);
     } else { /* dE_r += dlogits_r^T h; dh = dlogits_r E_r */
-        st = tp_layer_gemm(m->dev, TP_F32, 1, 0, m->vl, H, N, 1.0f, m->dlogits.data, m->vl, h, H,
+        st = tpl_gemm(m->dev, TP_F32, 1, 0, m->vl, H, N, 1.0f, m->dlogits.data, m->vl, h, H,
                            dw->data, H);
         if (st == TP_OK)
-            st = tp_layer_gemm(m->dev, TP_F32, 0, 0, N, H, m->vl, 0.0f, m->dlogits.data, m->vl,
+            st = tpl_gemm(m->dev, TP_F32, 0, 0, N, H, m->vl, 0.0f, m->dlogits.data, m->vl,
                                w->data, H, m->dhfull.ptr, H);
     }
     tp_tensor *dh = &m->g0, *dx = &m->g1;
@@ -608,7 +608,7 @@ tp_status tp_gpt_backward(tp_gpt *m)
     /* position table: scatter-add every token's gradient by position (the
      * full gradient, so every rank computes the same replicated result) */
     prev = tp_phase_set(m->comm, TP_PHASE_BACKWARD);
-    const void *full = sp ? tp_embedding_gathered_dy(m->emb) : dx->data;
+    const void *full = sp ? tpl_embedding_gathered_dy(m->emb) : dx->data;
     if (N > 0)
         st = tp_dev_embedding_bwd(m->dev, TP_F32, N, H, m->pos_ids.data, 0, m->cfg.seq, full,
                                   m->dpos.data);
@@ -681,13 +681,13 @@ tp_status tp_gpt_get_full_logits(tp_gpt *m, float *logits)
     if (!m->saved)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: no forward yet", m->label);
     size_t n = (size_t)(m->tokens * m->cfg.vocab);
-    tp_ws ws = {.dev = m->dev};
-    tp_status st = tp_ws_reserve(&ws, 2 * n * sizeof(float), m->label);
+    tpl_ws ws = {.dev = m->dev};
+    tp_status st = tpl_ws_reserve(&ws, 2 * n * sizeof(float), m->label);
     if (st == TP_OK)
-        st = tp_layer_gather_cols(m->comm, TP_F32, m->logits.data, ws.ptr, (float *)ws.ptr + n,
+        st = tpl_gather_cols(m->comm, TP_F32, m->logits.data, ws.ptr, (float *)ws.ptr + n,
                                   m->tokens, m->voff, m->counts);
     if (st == TP_OK && logits)
         st = tp_dev_download(m->dev, logits, ws.ptr, n * sizeof(float));
-    tp_ws_release(&ws);
+    tpl_ws_release(&ws);
     return st;
 }

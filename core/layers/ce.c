@@ -13,7 +13,7 @@ struct tp_vocab_ce {
     float smoothing;
     bool use_ignore;
     int32_t ignore_index;
-    tp_ws ws;       /* gmax[rows] | out3[3 rows] | sumexp[rows] | scale[rows] */
+    tpl_ws ws;       /* gmax[rows] | out3[3 rows] | sumexp[rows] | scale[rows] */
     int32_t *tgt;   /* host copy of the targets */
     float *host;    /* host scratch: out3 + gmax, later the scales */
     size_t host_rows;
@@ -26,7 +26,7 @@ void tp_vocab_ce_free(tp_vocab_ce *c)
 {
     if (!c)
         return;
-    tp_ws_release(&c->ws);
+    tpl_ws_release(&c->ws);
     free(c->tgt);
     free(c->host);
     free(c->label);
@@ -50,7 +50,7 @@ tp_status tp_vocab_ce_create(tp_comm *comm, const tp_ce_config *cfg, tp_vocab_ce
     c->smoothing = cfg->label_smoothing;
     c->use_ignore = cfg->use_ignore_index;
     c->ignore_index = cfg->ignore_index;
-    c->label = tp_layer_label("VocabParallelCrossEntropy", cfg->name, comm);
+    c->label = tpl_label("VocabParallelCrossEntropy", cfg->name, comm);
     tp_status st = TP_OK;
     int T = tp_comm_size(comm);
     if (!c->label)
@@ -119,7 +119,7 @@ tp_status tp_vocab_ce_forward(tp_vocab_ce *c, const tp_tensor *logits, const tp_
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: loss is NULL", c->label);
     c->saved = false; /* a failed forward leaves nothing for backward */
     int64_t rows;
-    tp_status st = tp_layer_check_act(c->label, "logits", logits, c->dev, TP_F32, &rows);
+    tp_status st = tpl_check_act(c->label, "logits", logits, c->dev, TP_F32, &rows);
     if (st != TP_OK)
         return st;
     int64_t cols = c->hi - c->lo, got = logits->shape[logits->ndim - 1];
@@ -170,7 +170,7 @@ tp_status tp_vocab_ce_forward(tp_vocab_ce *c, const tp_tensor *logits, const tp_
                                 c->use_ignore ? "" : " (to skip rows, set use_ignore_index)");
         c->count++;
     }
-    st = tp_ws_reserve(&c->ws, sizeof(float) * (size_t)(6 * rows), c->label);
+    st = tpl_ws_reserve(&c->ws, sizeof(float) * (size_t)(6 * rows), c->label);
     if (st != TP_OK)
         return st;
     tp_phase prev = tp_phase_set(c->comm, TP_PHASE_FORWARD);
@@ -193,7 +193,7 @@ tp_status tp_vocab_ce_backward(tp_vocab_ce *c, float dloss, tp_tensor *dlogits)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_vocab_ce_backward: layer is NULL");
     if (!c->saved)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: backward called before forward", c->label);
-    tp_status st = tp_layer_prepare_out(c->label, "dlogits", dlogits, &c->logits_saved, c->dev,
+    tp_status st = tpl_prepare_out(c->label, "dlogits", dlogits, &c->logits_saved, c->dev,
                                         TP_F32, c->hi - c->lo, "");
     if (st != TP_OK || c->rows == 0)
         return st;

@@ -27,9 +27,9 @@ struct tp_block {
     int64_t *off;
     size_t *counts;
     /* [rows, hidden] activations kept for backward; grads scratch */
-    tp_ws h1, r1, h2, d1, d2, contrib;
+    tpl_ws h1, r1, h2, d1, d2, contrib;
     /* sequence-parallel MLP: gathered input, fc1 output, GeLU output, scratch */
-    tp_ws mx, mpre, mact, mtmp;
+    tpl_ws mx, mpre, mact, mtmp;
     tp_tensor x_saved;
     int64_t rows, tokens;
     bool saved;
@@ -43,10 +43,10 @@ void tp_block_free(tp_block *b)
     tp_norm_free(b->ln2);
     tp_attention_free(b->attn);
     tp_mlp_free(b->mlp);
-    tp_ws *ws[] = {&b->h1, &b->r1, &b->h2, &b->d1, &b->d2, &b->contrib,
+    tpl_ws *ws[] = {&b->h1, &b->r1, &b->h2, &b->d1, &b->d2, &b->contrib,
                    &b->mx, &b->mpre, &b->mact, &b->mtmp};
     for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
-        tp_ws_release(ws[i]);
+        tpl_ws_release(ws[i]);
     free(b->off);
     free(b->counts);
     free(b->label);
@@ -92,8 +92,8 @@ tp_status tp_block_create(tp_comm *comm, const tp_block_config *cfg, tp_block **
     b->ffn = cfg->ffn;
     b->sp = cfg->sequence_parallel;
     b->gelu_tanh = cfg->gelu_tanh;
-    b->label = tp_layer_label("TransformerBlock", cfg->name, comm);
-    tp_ws *ws[] = {&b->h1, &b->r1, &b->h2, &b->d1, &b->d2, &b->contrib,
+    b->label = tpl_label("TransformerBlock", cfg->name, comm);
+    tpl_ws *ws[] = {&b->h1, &b->r1, &b->h2, &b->d1, &b->d2, &b->contrib,
                    &b->mx, &b->mpre, &b->mact, &b->mtmp};
     for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
         ws[i]->dev = b->dev;
@@ -147,21 +147,21 @@ static tp_status sp_mlp_forward(tp_block *b, const tp_tensor *x, tp_tensor *y)
     tp_linear_get_params(tp_mlp_fc2(b->mlp), &p2);
     int64_t N = b->tokens, hid = b->hidden, fl = p1.hi - p1.lo;
     tp_status st;
-    if ((st = tp_ws_reserve(&b->mx, (size_t)(N * hid) * XF_ES, b->label)) ||
-        (st = tp_ws_reserve(&b->mpre, (size_t)(N * fl) * XF_ES, b->label)) ||
-        (st = tp_ws_reserve(&b->mact, (size_t)(N * fl) * XF_ES, b->label)) ||
-        (st = tp_ws_reserve(&b->mtmp, (size_t)(N * hid) * XF_ES, b->label)))
+    if ((st = tpl_ws_reserve(&b->mx, (size_t)(N * hid) * XF_ES, b->label)) ||
+        (st = tpl_ws_reserve(&b->mpre, (size_t)(N * fl) * XF_ES, b->label)) ||
+        (st = tpl_ws_reserve(&b->mact, (size_t)(N * fl) * XF_ES, b->label)) ||
+        (st = tpl_ws_reserve(&b->mtmp, (size_t)(N * hid) * XF_ES, b->label)))
         return st;
-    st = tp_layer_gather_rows(b->comm, TP_F32, x->data, b->mx.ptr, b->off, hid, b->counts);
+    st = tpl_gather_rows(b->comm, TP_F32, x->data, b->mx.ptr, b->off, hid, b->counts);
     if (st == TP_OK)
-        st = tp_layer_gemm(b->dev, TP_F32, 0, 0, N, fl, hid, 0.0f, b->mx.ptr, hid, p1.weight->data,
+        st = tpl_gemm(b->dev, TP_F32, 0, 0, N, fl, hid, 0.0f, b->mx.ptr, hid, p1.weight->data,
                            fl, b->mpre.ptr, fl);
     if (st == TP_OK && p1.bias)
         st = tp_dev_bias_add(b->dev, TP_F32, N, fl, b->mpre.ptr, p1.bias->data);
     if (st == TP_OK)
         st = tp_dev_gelu(b->dev, TP_F32, N * fl, b->mpre.ptr, b->mact.ptr, b->gelu_tanh ? 1 : 0);
     if (st == TP_OK)
-        st = tp_layer_gemm(b->dev, TP_F32, 0, 0, N, hid, fl, 0.0f, b->mact.ptr, fl, p2.weight->data,
+        st = tpl_gemm(b->dev, TP_F32, 0, 0, N, hid, fl, 0.0f, b->mact.ptr, fl, p2.weight->data,
                            hid, b->mtmp.ptr, hid);
     for (int i = 0; i < b->T; i++)
         b->counts[i] = (size_t)((b->off[i + 1] - b->off[i]) * hid);
@@ -195,25 +195,25 @@ static tp_status sp_mlp_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx
     float *dyf = b->mtmp.ptr; /* [N, hid] */
     float *dh = b->mact.ptr;  /* reused: GeLU output no longer needed after dW2 */
     /* gather dy; fc2: dW2 += act^T dy, db2 += colsum(dy) (full dy: same on every rank) */
-    st = tp_layer_gather_rows(b->comm, TP_F32, dy->data, dyf, b->off, hid, b->counts);
+    st = tpl_gather_rows(b->comm, TP_F32, dy->data, dyf, b->off, hid, b->counts);
     if (st == TP_OK)
-        st = tp_layer_gemm(b->dev, TP_F32, 1, 0, fl, hid, N, 1.0f, b->mact.ptr, fl, dyf, hid,
+        st = tpl_gemm(b->dev, TP_F32, 1, 0, fl, hid, N, 1.0f, b->mact.ptr, fl, dyf, hid,
                            p2.weight_grad->data, hid);
     if (st == TP_OK && p2.bias_grad)
         st = tp_dev_bias_grad(b->dev, TP_F32, N, hid, dyf, p2.bias_grad->data);
     if (st == TP_OK)
-        st = tp_layer_gemm(b->dev, TP_F32, 0, 1, N, fl, hid, 0.0f, dyf, hid, p2.weight->data, hid,
+        st = tpl_gemm(b->dev, TP_F32, 0, 1, N, fl, hid, 0.0f, dyf, hid, p2.weight->data, hid,
                            dh, fl);
     if (st == TP_OK)
         st = tp_dev_gelu_bwd(b->dev, TP_F32, N * fl, b->mpre.ptr, dh, dh, b->gelu_tanh ? 1 : 0);
     /* fc1: dW1 += x^T dh, db1 += colsum(dh), dx = reduce-scatter(dh W1^T) */
     if (st == TP_OK)
-        st = tp_layer_gemm(b->dev, TP_F32, 1, 0, hid, fl, N, 1.0f, b->mx.ptr, hid, dh, fl,
+        st = tpl_gemm(b->dev, TP_F32, 1, 0, hid, fl, N, 1.0f, b->mx.ptr, hid, dh, fl,
                            p1.weight_grad->data, fl);
     if (st == TP_OK && p1.bias_grad)
         st = tp_dev_bias_grad(b->dev, TP_F32, N, fl, dh, p1.bias_grad->data);
     if (st == TP_OK)
-        st = tp_layer_gemm(b->dev, TP_F32, 0, 1, N, hid, fl, 0.0f, dh, fl, p1.weight->data, fl, dyf,
+        st = tpl_gemm(b->dev, TP_F32, 0, 1, N, hid, fl, 0.0f, dh, fl, p1.weight->data, fl, dyf,
                            hid);
     for (int i = 0; i < b->T; i++)
         b->counts[i] = (size_t)((b->off[i + 1] - b->off[i]) * hid);
@@ -232,13 +232,13 @@ tp_status tp_block_forward(tp_block *b, const tp_tensor *x, int64_t batch, int64
                             b->label, (long long)batch, (long long)seq);
     b->saved = false;
     int64_t tokens, rows;
-    tp_status st = tp_layer_mul(b->label, "tokens batch x seq", batch, seq, &tokens);
+    tp_status st = tpl_mul(b->label, "tokens batch x seq", batch, seq, &tokens);
     if (st == TP_OK)
-        st = tp_layer_check_act(b->label, "x", x, b->dev, TP_F32, &rows);
+        st = tpl_check_act(b->label, "x", x, b->dev, TP_F32, &rows);
     if (st != TP_OK)
         return st;
     b->tokens = tokens;
-    tp_layer_shard_offsets(b->tokens, b->T, b->off);
+    tpl_shard_offsets(b->tokens, b->T, b->off);
     if (x->shape[x->ndim - 1] != b->hidden)
         return tp_set_error(TP_ERR_SHAPE, "%s: x last dim (hidden) expected %lld, got %lld",
                             b->label, (long long)b->hidden, (long long)x->shape[x->ndim - 1]);
@@ -248,19 +248,19 @@ tp_status tp_block_forward(tp_block *b, const tp_tensor *x, int64_t batch, int64
                             "%s: x has %lld token rows, expected %lld (%s of batch*seq = %lld)",
                             b->label, (long long)rows, (long long)want,
                             b->sp ? "this rank's sequence-parallel shard" : "all", (long long)b->tokens);
-    st = tp_layer_prepare_out(b->label, "y", y, x, b->dev, TP_F32, b->hidden, "");
+    st = tpl_prepare_out(b->label, "y", y, x, b->dev, TP_F32, b->hidden, "");
     if (st != TP_OK)
         return st;
     b->rows = rows;
     size_t bytes = (size_t)(rows * b->hidden) * XF_ES;
-    if ((st = tp_ws_reserve(&b->h1, bytes, b->label)) || (st = tp_ws_reserve(&b->r1, bytes, b->label)) ||
-        (st = tp_ws_reserve(&b->h2, bytes, b->label)))
+    if ((st = tpl_ws_reserve(&b->h1, bytes, b->label)) || (st = tpl_ws_reserve(&b->r1, bytes, b->label)) ||
+        (st = tpl_ws_reserve(&b->h2, bytes, b->label)))
         return st;
-    tp_tensor h1 = tp_layer_view2p(b->dev, TP_F32, b->h1.ptr, rows, b->hidden);
-    tp_tensor r1 = tp_layer_view2p(b->dev, TP_F32, b->r1.ptr, rows, b->hidden);
-    tp_tensor h2 = tp_layer_view2p(b->dev, TP_F32, b->h2.ptr, rows, b->hidden);
-    tp_tensor x2 = tp_layer_view2(x, rows, b->hidden);
-    tp_tensor y2 = tp_layer_view2(y, rows, b->hidden);
+    tp_tensor h1 = tpl_view2p(b->dev, TP_F32, b->h1.ptr, rows, b->hidden);
+    tp_tensor r1 = tpl_view2p(b->dev, TP_F32, b->r1.ptr, rows, b->hidden);
+    tp_tensor h2 = tpl_view2p(b->dev, TP_F32, b->h2.ptr, rows, b->hidden);
+    tp_tensor x2 = tpl_view2(x, rows, b->hidden);
+    tp_tensor y2 = tpl_view2(y, rows, b->hidden);
     int64_t n = rows * b->hidden;
     tp_phase prev = tp_phase_set(b->comm, TP_PHASE_FORWARD);
     st = tp_norm_forward(b->ln1, &x2, &h1);
@@ -292,7 +292,7 @@ tp_status tp_block_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx)
                             "%s: backward called before forward (it needs the saved activations)",
                             b->label);
     int64_t rows;
-    tp_status st = tp_layer_check_act(b->label, "dy", dy, b->dev, TP_F32, &rows);
+    tp_status st = tpl_check_act(b->label, "dy", dy, b->dev, TP_F32, &rows);
     if (st != TP_OK)
         return st;
     if (rows != b->rows || dy->shape[dy->ndim - 1] != b->hidden)
@@ -302,32 +302,32 @@ tp_status tp_block_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx)
                             (long long)b->rows, (long long)b->hidden);
     if (!dx)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: dx is NULL", b->label);
-    st = tp_layer_prepare_out(b->label, "dx", dx, &b->x_saved, b->dev, TP_F32, b->hidden, "");
+    st = tpl_prepare_out(b->label, "dx", dx, &b->x_saved, b->dev, TP_F32, b->hidden, "");
     if (st != TP_OK)
         return st;
     size_t bytes = (size_t)(rows * b->hidden) * XF_ES;
-    if ((st = tp_ws_reserve(&b->d1, bytes, b->label)) || (st = tp_ws_reserve(&b->d2, bytes, b->label)))
+    if ((st = tpl_ws_reserve(&b->d1, bytes, b->label)) || (st = tpl_ws_reserve(&b->d2, bytes, b->label)))
         return st;
-    int64_t c1 = tp_norm_contrib_len(b->ln1), c2 = tp_norm_contrib_len(b->ln2);
+    int64_t c1 = tpl_norm_contrib_len(b->ln1), c2 = tpl_norm_contrib_len(b->ln2);
     if (b->sp) {
-        st = tp_ws_reserve(&b->contrib, (size_t)(c1 + c2) * XF_ES, b->label);
+        st = tpl_ws_reserve(&b->contrib, (size_t)(c1 + c2) * XF_ES, b->label);
         if (st == TP_OK)
             st = tp_dev_memset(b->dev, b->contrib.ptr, 0, (size_t)(c1 + c2) * XF_ES);
         if (st != TP_OK)
             return st;
     }
     int64_t n = rows * b->hidden;
-    tp_tensor dy2 = tp_layer_view2(dy, rows, b->hidden);
-    tp_tensor dx2 = tp_layer_view2(dx, rows, b->hidden);
+    tp_tensor dy2 = tpl_view2(dy, rows, b->hidden);
+    tp_tensor dx2 = tpl_view2(dx, rows, b->hidden);
     /* g1: dLN2-input, then dr1; g2: dh2, then dh1 */
-    tp_tensor g1 = tp_layer_view2p(b->dev, TP_F32, b->d1.ptr, rows, b->hidden);
-    tp_tensor g2 = tp_layer_view2p(b->dev, TP_F32, b->d2.ptr, rows, b->hidden);
+    tp_tensor g1 = tpl_view2p(b->dev, TP_F32, b->d1.ptr, rows, b->hidden);
+    tp_tensor g2 = tpl_view2p(b->dev, TP_F32, b->d2.ptr, rows, b->hidden);
     float *contrib = b->contrib.ptr;
     tp_phase prev = tp_phase_set(b->comm, TP_PHASE_BACKWARD);
     /* y = h + MLP(LN2(h)): dh2 = MLP'(dy); dh = LN2'(dh2) + dy */
     st = b->sp ? sp_mlp_backward(b, &dy2, &g2) : tp_mlp_backward(b->mlp, &dy2, &g2);
     if (st == TP_OK)
-        st = b->sp ? tp_norm_backward_local(b->ln2, &g2, &g1, contrib + c1)
+        st = b->sp ? tpl_norm_backward_local(b->ln2, &g2, &g1, contrib + c1)
                    : tp_norm_backward(b->ln2, &g2, &g1);
     if (st == TP_OK && n > 0)
         st = tp_dev_axpby(b->dev, TP_F32, n, 1.0f, dy2.data, 1.0f, g1.data);
@@ -335,7 +335,7 @@ tp_status tp_block_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx)
     if (st == TP_OK)
         st = tp_attention_backward(b->attn, &g1, &g2);
     if (st == TP_OK)
-        st = b->sp ? tp_norm_backward_local(b->ln1, &g2, &dx2, contrib)
+        st = b->sp ? tpl_norm_backward_local(b->ln1, &g2, &dx2, contrib)
                    : tp_norm_backward(b->ln1, &g2, &dx2);
     if (st == TP_OK && n > 0)
         st = tp_dev_axpby(b->dev, TP_F32, n, 1.0f, g1.data, 1.0f, dx2.data);
@@ -343,9 +343,9 @@ tp_status tp_block_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx)
     if (st == TP_OK && b->sp)
         st = tp_all_reduce(b->comm, contrib, contrib, (size_t)(c1 + c2), TP_F32, TP_SUM);
     if (st == TP_OK && b->sp)
-        st = tp_norm_add_contrib(b->ln1, contrib);
+        st = tpl_norm_add_contrib(b->ln1, contrib);
     if (st == TP_OK && b->sp)
-        st = tp_norm_add_contrib(b->ln2, contrib + c1);
+        st = tpl_norm_add_contrib(b->ln2, contrib + c1);
     tp_phase_set(b->comm, prev);
     return st;
 }

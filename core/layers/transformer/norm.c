@@ -22,7 +22,7 @@ struct tp_norm {
     bool rms, has_bias, sp;
     float eps;
     tp_tensor gamma, beta, dgamma, dbeta;
-    tp_ws mean, rstd, contrib;
+    tpl_ws mean, rstd, contrib;
     tp_tensor x_saved;
     int64_t rows;
     bool saved;
@@ -36,9 +36,9 @@ void tp_norm_free(tp_norm *n)
     tp_tensor_release(&n->beta);
     tp_tensor_release(&n->dgamma);
     tp_tensor_release(&n->dbeta);
-    tp_ws_release(&n->mean);
-    tp_ws_release(&n->rstd);
-    tp_ws_release(&n->contrib);
+    tpl_ws_release(&n->mean);
+    tpl_ws_release(&n->rstd);
+    tpl_ws_release(&n->contrib);
     free(n->label);
     free(n);
 }
@@ -61,7 +61,7 @@ tp_status tp_norm_create(tp_comm *comm, const tp_norm_config *cfg, tp_norm **out
     n->has_bias = cfg->bias;
     n->sp = cfg->sequence_parallel;
     n->eps = cfg->eps > 0.0f ? cfg->eps : 1e-5f;
-    n->label = tp_layer_label(cfg->rms ? "RMSNorm" : "LayerNorm", cfg->name, comm);
+    n->label = tpl_label(cfg->rms ? "RMSNorm" : "LayerNorm", cfg->name, comm);
     tp_status st;
     float *host = NULL;
     if (!n->label) {
@@ -74,7 +74,7 @@ tp_status tp_norm_create(tp_comm *comm, const tp_norm_config *cfg, tp_norm **out
         goto fail;
     }
     int64_t two_dim;
-    st = tp_layer_mul(n->label, "dim x 2 parameters", n->dim, 2, &two_dim);
+    st = tpl_mul(n->label, "dim x 2 parameters", n->dim, 2, &two_dim);
     if (st != TP_OK)
         goto fail;
     host = malloc((size_t)n->dim * XF_ES);
@@ -107,7 +107,7 @@ fail:
 
 static tp_status check_in(tp_norm *n, const char *what, const tp_tensor *t, int64_t *rows)
 {
-    tp_status st = tp_layer_check_act(n->label, what, t, n->dev, TP_F32, rows);
+    tp_status st = tpl_check_act(n->label, what, t, n->dev, TP_F32, rows);
     if (st != TP_OK)
         return st;
     if (t->shape[t->ndim - 1] != n->dim)
@@ -124,11 +124,11 @@ tp_status tp_norm_forward(tp_norm *n, const tp_tensor *x, tp_tensor *y)
     n->saved = false;
     tp_status st = check_in(n, "x", x, &rows);
     if (st == TP_OK)
-        st = tp_layer_prepare_out(n->label, "y", y, x, n->dev, TP_F32, n->dim, "");
+        st = tpl_prepare_out(n->label, "y", y, x, n->dev, TP_F32, n->dim, "");
     if (st == TP_OK)
-        st = tp_ws_reserve(&n->mean, (size_t)(rows ? rows : 1) * XF_ES, n->label);
+        st = tpl_ws_reserve(&n->mean, (size_t)(rows ? rows : 1) * XF_ES, n->label);
     if (st == TP_OK)
-        st = tp_ws_reserve(&n->rstd, (size_t)(rows ? rows : 1) * XF_ES, n->label);
+        st = tpl_ws_reserve(&n->rstd, (size_t)(rows ? rows : 1) * XF_ES, n->label);
     if (st != TP_OK)
         return st;
     tp_phase prev = tp_phase_set(n->comm, TP_PHASE_FORWARD);
@@ -168,7 +168,7 @@ tp_status tp_norm_zero_grad(tp_norm *n)
     return st;
 }
 
-int64_t tp_norm_contrib_len(const tp_norm *n)
+int64_t tpl_norm_contrib_len(const tp_norm *n)
 {
     return n->dim * (n->has_bias ? 2 : 1);
 }
@@ -191,7 +191,7 @@ static tp_status bwd(tp_norm *n, const tp_tensor *dy, tp_tensor *dx, void *dg, v
                             n->label, (long long)rows, (long long)n->rows);
     if (!dx)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: dx is NULL", n->label);
-    st = tp_layer_prepare_out(n->label, "dx", dx, &n->x_saved, n->dev, TP_F32, n->dim, "");
+    st = tpl_prepare_out(n->label, "dx", dx, &n->x_saved, n->dev, TP_F32, n->dim, "");
     if (st != TP_OK || rows == 0)
         return st;
     return tp_dev_norm_bwd(n->dev, TP_F32, rows, n->dim, n->x_saved.data, n->gamma.data,
@@ -199,13 +199,13 @@ static tp_status bwd(tp_norm *n, const tp_tensor *dy, tp_tensor *dx, void *dg, v
                            n->rms ? 1 : 0);
 }
 
-tp_status tp_norm_backward_local(tp_norm *n, const tp_tensor *dy, tp_tensor *dx, void *contrib)
+tp_status tpl_norm_backward_local(tp_norm *n, const tp_tensor *dy, tp_tensor *dx, void *contrib)
 {
     float *c = contrib;
     return bwd(n, dy, dx, c, n->has_bias ? c + n->dim : NULL);
 }
 
-tp_status tp_norm_add_contrib(tp_norm *n, const void *contrib)
+tp_status tpl_norm_add_contrib(tp_norm *n, const void *contrib)
 {
     tp_status st = ensure_grads(n);
     if (st == TP_OK)
@@ -227,16 +227,16 @@ tp_status tp_norm_backward(tp_norm *n, const tp_tensor *dy, tp_tensor *dx)
     if (!n->sp) {
         st = bwd(n, dy, dx, n->dgamma.data, n->has_bias ? n->dbeta.data : NULL);
     } else {
-        int64_t len = tp_norm_contrib_len(n);
-        st = tp_ws_reserve(&n->contrib, (size_t)len * XF_ES, n->label);
+        int64_t len = tpl_norm_contrib_len(n);
+        st = tpl_ws_reserve(&n->contrib, (size_t)len * XF_ES, n->label);
         if (st == TP_OK)
             st = tp_dev_memset(n->dev, n->contrib.ptr, 0, (size_t)len * XF_ES);
         if (st == TP_OK)
-            st = tp_norm_backward_local(n, dy, dx, n->contrib.ptr);
+            st = tpl_norm_backward_local(n, dy, dx, n->contrib.ptr);
         if (st == TP_OK)
             st = tp_all_reduce(n->comm, n->contrib.ptr, n->contrib.ptr, (size_t)len, TP_F32, TP_SUM);
         if (st == TP_OK)
-            st = tp_norm_add_contrib(n, n->contrib.ptr);
+            st = tpl_norm_add_contrib(n, n->contrib.ptr);
     }
     tp_phase_set(n->comm, prev);
     return st;

@@ -6,17 +6,14 @@
 
 #define XF_ES sizeof(float)
 
-/* see tp-transformer.h: hidden from the layer sources there for now */
-void tp_attention_get_params(tp_attention *a, tp_attention_params *out);
-
 /* Norm pieces the block uses to fuse its two norms' sequence-parallel
  * parameter-gradient all-reduces into one. */
-int64_t tp_norm_contrib_len(const tp_norm *n); /* dim * (1 + bias) */
+int64_t tpl_norm_contrib_len(const tp_norm *n); /* dim * (1 + bias) */
 /* Backward writing this call's parameter-gradient contribution to contrib
- * (device, tp_norm_contrib_len floats, zeroed by the caller) instead of
+ * (device, tpl_norm_contrib_len floats, zeroed by the caller) instead of
  * accumulating it; dx as tp_norm_backward. No communication. */
-tp_status tp_norm_backward_local(tp_norm *n, const tp_tensor *dy, tp_tensor *dx, void *contrib);
+tp_status tpl_norm_backward_local(tp_norm *n, const tp_tensor *dy, tp_tensor *dx, void *contrib);
 /* grads += contrib (already reduced over the ranks). */
-tp_status tp_norm_add_contrib(tp_norm *n, const void *contrib);
+tp_status tpl_norm_add_contrib(tp_norm *n, const void *contrib);
 
 #endif
