@@ -4,6 +4,8 @@
 
 #include <tp/tp-transformer.h>
 
+#include "tp-try.h"
+
 /* A grow-only device scratch buffer owned by one layer. */
 typedef struct tpl_ws {
     tp_device *dev;

@@ -82,14 +82,12 @@ const char *tp_phase_name(tp_phase ph)
 
 size_t tp_dtype_size(tp_dtype dt)
 {
-    static const size_t sizes[TP_DTYPE_COUNT_] = {4, 2, 2, 4};
-    return (unsigned)dt < TP_DTYPE_COUNT_ ? sizes[dt] : 0;
+    return tp_util_dtype_size(dt);
 }
 
 const char *tp_dtype_name(tp_dtype dt)
 {
-    static const char *const names[TP_DTYPE_COUNT_] = {"f32", "f16", "bf16", "i32"};
-    return (unsigned)dt < TP_DTYPE_COUNT_ ? names[dt] : "unknown_dtype";
+    return tp_util_dtype_name(dt);
 }
 
 /* ----------------------------------------------------------- stats */

@@ -148,76 +148,6 @@ tp_status tp_tensor_download(const tp_tensor *t, void *host)
 
 /* ------------------------------------------------- host dtype conversion */
 
-/* Written by hand rather than with _Float16, so every compiler and target
- * rounds the same way (round to nearest even on the bit patterns). */
-
-static float bits_f32(uint32_t b)
-{
-    float f;
-    memcpy(&f, &b, sizeof f);
-    return f;
-}
-
-static uint32_t f32_bits(float f)
-{
-    uint32_t b;
-    memcpy(&b, &f, sizeof b);
-    return b;
-}
-
-static float bf16_to_f32(uint16_t h)
-{
-    return bits_f32((uint32_t)h << 16);
-}
-
-static uint16_t f32_to_bf16(float f)
-{
-    uint32_t b = f32_bits(f);
-    if ((b & 0x7fffffffu) > 0x7f800000u) /* NaN: keep sign and top payload, set the quiet bit */
-        return (uint16_t)((b >> 16) | 0x40u);
-    /* add just under half an ulp, plus one when the kept lsb is odd (ties to even); a
-     * carry into the exponent is the correct rounding up, up to inf */
-    return (uint16_t)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
-}
-
-static float f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-    if (e == 31) /* inf, NaN (payload kept, so a NaN stays one) */
-        return bits_f32(sign | 0x7f800000u | (m << 13));
-    if (e == 0) { /* zero or subnormal: m * 2^-24, exact in f32 */
-        float v = (float)m * 0x1p-24f;
-        return sign ? -v : v;
-    }
-    return bits_f32(sign | ((e + 112u) << 23) | (m << 13)); /* rebias 15 -> 127 */
-}
-
-static uint16_t f32_to_f16(float f)
-{
-    uint32_t b = f32_bits(f);
-    uint16_t sign = (uint16_t)((b >> 16) & 0x8000u);
-    uint32_t a = b & 0x7fffffffu;
-    if (a > 0x7f800000u) /* NaN: quiet, top payload bits kept */
-        return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
-    if (a >= 0x477ff000u) /* >= 65520, the midpoint above 65504 (odd): rounds to inf */
-        return (uint16_t)(sign | 0x7c00u);
-    if (a >= 0x38800000u) { /* normal in f16 (>= 2^-14): rebias, round 23 -> 10 bits */
-        uint32_t v = a - 0x38000000u;
-        v += 0xfffu + ((v >> 13) & 1u);
-        return (uint16_t)(sign | (v >> 13));
-    }
-    /* f16 subnormal or zero: q = |f| / 2^-24 rounded to an integer (1024 is the smallest
-     * normal, which the bit pattern gets right) */
-    uint32_t e = a >> 23;
-    if (e < 102) /* |f| < 2^-25: below half the smallest subnormal */
-        return sign;
-    uint32_t m = (a & 0x7fffffu) | 0x800000u, shift = 126u - e; /* |f| = m 2^(e-150) */
-    uint32_t q = m >> shift, rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
-    if (rem > half || (rem == half && (q & 1u)))
-        q++;
-    return (uint16_t)(sign | q);
-}
-
 static bool host_float_dtype(tp_dtype dt)
 {
     return dt == TP_F32 || dt == TP_BF16 || dt == TP_F16;
@@ -228,7 +158,7 @@ static float load_f32(tp_dtype dt, const void *src, size_t i)
     if (dt == TP_F32)
         return ((const float *)src)[i];
     uint16_t h = ((const uint16_t *)src)[i];
-    return dt == TP_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+    return dt == TP_BF16 ? tp_util_bf16_to_f32(h) : tp_util_f16_to_f32(h);
 }
 
 void tp_host_convert(tp_dtype dst_dt, void *dst, tp_dtype src_dt, const void *src, size_t n)
@@ -248,6 +178,6 @@ void tp_host_convert(tp_dtype dst_dt, void *dst, tp_dtype src_dt, const void *sr
         if (dst_dt == TP_F32)
             ((float *)dst)[i] = v;
         else
-            ((uint16_t *)dst)[i] = dst_dt == TP_BF16 ? f32_to_bf16(v) : f32_to_f16(v);
+            ((uint16_t *)dst)[i] = dst_dt == TP_BF16 ? tp_util_f32_to_bf16(v) : tp_util_f32_to_f16(v);
     }
 }

@@ -10,6 +10,9 @@
 #include <gmodule.h>
 
 #include <tp/tp.h>
+#include <tp/tp-plugin-util.h>
+
+#include "tp-try.h"
 
 /* error.c */
 tp_status tpi_set_errorv(tp_status status, const char *fmt, va_list ap);

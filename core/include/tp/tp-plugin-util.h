@@ -1,0 +1,162 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * tp-plugin-util.h — header-only helpers every plugin may use.
+ *
+ * Part of the plugin SDK: like tp-plugin.h it needs no libtp, so a plugin
+ * built from the SDK alone stays free of link dependencies. Everything here
+ * is `static inline` (or a macro that defines a function in the plugin):
+ * one definition for the whole tree, no symbol shared between modules.
+ *
+ *   16-bit floats  tp_util_f32_to_bf16 / _bf16_to_f32 / _f32_to_f16 /
+ *                  _f16_to_f32: round to nearest even on the bit patterns,
+ *                  NaN stays a (quiet) NaN, overflow goes to inf; written
+ *                  by hand so every compiler rounds alike.
+ *   dtypes         tp_util_dtype_size, tp_util_dtype_name.
+ *   errors         TP_UTIL_DEFINE_ERROR(fn, host_expr, "prefix"): defines
+ *                  `tp_status fn(tp_status st, const char *fmt, ...)` that
+ *                  formats the message into a fixed buffer (no allocation on
+ *                  the error path) and reports it, prefixed, through the
+ *                  host's set_error.
+ *   GEMM checks    tp_util_gemm_c_batches_disjoint.
+ */
+#ifndef TP_PLUGIN_UTIL_H
+#define TP_PLUGIN_UTIL_H
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <tp/tp-plugin.h>
+
+/* ------------------------------------------------------- 16-bit floats */
+
+static inline float tp_util_bits_f32(uint32_t b)
+{
+    float f;
+    memcpy(&f, &b, sizeof f);
+    return f;
+}
+
+static inline uint32_t tp_util_f32_bits(float f)
+{
+    uint32_t b;
+    memcpy(&b, &f, sizeof b);
+    return b;
+}
+
+static inline float tp_util_bf16_to_f32(uint16_t h)
+{
+    return tp_util_bits_f32((uint32_t)h << 16);
+}
+
+static inline uint16_t tp_util_f32_to_bf16(float f)
+{
+    uint32_t b = tp_util_f32_bits(f);
+    if ((b & 0x7fffffffu) > 0x7f800000u) /* NaN: keep sign and top payload, set the quiet bit */
+        return (uint16_t)((b >> 16) | 0x40u);
+    /* add just under half an ulp, plus one when the kept lsb is odd (ties to
+     * even); a carry into the exponent is the correct rounding up, up to inf */
+    return (uint16_t)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+}
+
+static inline float tp_util_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 31) /* inf, NaN (payload kept, so a NaN stays one) */
+        return tp_util_bits_f32(sign | 0x7f800000u | (m << 13));
+    if (e == 0) { /* zero or subnormal: m * 2^-24, exact in f32 */
+        float v = (float)m * 0x1p-24f;
+        return sign ? -v : v;
+    }
+    return tp_util_bits_f32(sign | ((e + 112u) << 23) | (m << 13)); /* rebias 15 -> 127 */
+}
+
+static inline uint16_t tp_util_f32_to_f16(float f)
+{
+    uint32_t b = tp_util_f32_bits(f);
+    uint16_t sign = (uint16_t)((b >> 16) & 0x8000u);
+    uint32_t a = b & 0x7fffffffu;
+    if (a > 0x7f800000u) /* NaN: quiet, top payload bits kept */
+        return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+    if (a >= 0x477ff000u) /* >= 65520, the midpoint above 65504 (odd): rounds to inf */
+        return (uint16_t)(sign | 0x7c00u);
+    if (a >= 0x38800000u) { /* normal in f16 (>= 2^-14): rebias, round 23 -> 10 bits */
+        uint32_t v = a - 0x38000000u;
+        v += 0xfffu + ((v >> 13) & 1u);
+        return (uint16_t)(sign | (v >> 13));
+    }
+    /* f16 subnormal or zero: q = |f| / 2^-24 rounded to an integer (1024 is
+     * the smallest normal, which the bit pattern gets right) */
+    uint32_t e = a >> 23;
+    if (e < 102) /* |f| < 2^-25: below half the smallest subnormal */
+        return sign;
+    uint32_t m = (a & 0x7fffffu) | 0x800000u, shift = 126u - e; /* |f| = m 2^(e-150) */
+    uint32_t q = m >> shift, rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+    if (rem > half || (rem == half && (q & 1u)))
+        q++;
+    return (uint16_t)(sign | q);
+}
+
+/* -------------------------------------------------------------- dtypes */
+
+static inline size_t tp_util_dtype_size(tp_dtype dt)
+{
+    static const size_t sizes[TP_DTYPE_COUNT_] = {4, 2, 2, 4};
+    return (unsigned)dt < TP_DTYPE_COUNT_ ? sizes[dt] : 0;
+}
+
+static inline const char *tp_util_dtype_name(tp_dtype dt)
+{
+    static const char *const names[TP_DTYPE_COUNT_] = {"f32", "f16", "bf16", "i32"};
+    return (unsigned)dt < TP_DTYPE_COUNT_ ? names[dt] : "unknown_dtype";
+}
+
+/* -------------------------------------------------------------- errors */
+
+/* Format into a fixed buffer and hand "<prefix>: <message>" to the host's
+ * set_error; without a host (not opened yet) only the status comes back. */
+static inline tp_status tp_util_verror(const tp_host *host, tp_status st, const char *prefix,
+                                       const char *fmt, va_list ap)
+{
+    char msg[512];
+
+    if (!host || !host->set_error)
+        return st;
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    return host->set_error(st, "%s: %s", prefix, msg);
+}
+
+/* Define `tp_status FN(tp_status st, const char *fmt, ...)` reporting
+ * through the tp_host that HOST_EXPR yields (evaluated at each call). */
+#define TP_UTIL_DEFINE_ERROR(FN, HOST_EXPR, PREFIX)                                               \
+    tp_status FN(tp_status st, const char *fmt, ...)                                              \
+    {                                                                                             \
+        va_list ap;                                                                               \
+        va_start(ap, fmt);                                                                        \
+        st = tp_util_verror((HOST_EXPR), st, (PREFIX), fmt, ap);                                  \
+        va_end(ap);                                                                               \
+        return st;                                                                                \
+    }
+
+/* ---------------------------------------------------------- GEMM checks */
+
+/* Do the batches' outputs C_b (m x n, row pitch ldc, at b*stride_c) write
+ * disjoint elements? Two layouts qualify: whole matrices one after another
+ * (stride_c >= (m-1)*ldc + n), or column blocks side by side within each
+ * row pitch (stride_c >= n and (batch-1)*stride_c + n <= ldc), as in the
+ * per-head blocks of one [tokens, heads*head_dim] matrix. Other layouts
+ * are refused even where they happen not to collide. Needs ldc >= n. */
+static inline int tp_util_gemm_c_batches_disjoint(const tp_gemm_args *g)
+{
+    int64_t s = g->stride_c;
+
+    if (g->batch <= 1 || g->m == 0 || g->n == 0)
+        return 1;
+    if (s >= (g->m - 1) * g->ldc + g->n)
+        return 1;
+    /* s >= n > 0 here cannot overflow; ldc >= n was checked */
+    return s >= g->n && g->batch - 1 <= (g->ldc - g->n) / s;
+}
+
+#endif /* TP_PLUGIN_UTIL_H */
