@@ -1,4 +1,4 @@
-/* comm.c — collectives: argument checks, dispatch, staging, fallbacks, counters. */
+/* comm.c — collectives: argument checks, dispatch, staging, fallbacks. */
 #include <stdint.h>
 #include <string.h>
 
@@ -63,84 +63,6 @@ void tp_comm_free(tp_comm *comm)
     tpi_device_read_timings(comm->dev); /* pending times point into its counters */
     comm->ops->comm_free(comm->handle);
     g_free(comm);
-}
-
-/* ----------------------------------------------------------- names */
-
-const char *tp_op_name(tp_op op)
-{
-    static const char *const names[TP_OP_COUNT] = {"all_reduce", "all_gather", "reduce_scatter",
-                                                   "broadcast", "barrier"};
-    return (unsigned)op < TP_OP_COUNT ? names[op] : "unknown_op";
-}
-
-const char *tp_phase_name(tp_phase ph)
-{
-    static const char *const names[TP_PHASE_COUNT] = {"forward", "backward", "other"};
-    return (unsigned)ph < TP_PHASE_COUNT ? names[ph] : "unknown_phase";
-}
-
-size_t tp_dtype_size(tp_dtype dt)
-{
-    return tp_util_dtype_size(dt);
-}
-
-const char *tp_dtype_name(tp_dtype dt)
-{
-    return tp_util_dtype_name(dt);
-}
-
-/* ----------------------------------------------------------- stats */
-
-void tp_stats_get(const tp_comm *comm, tp_stats *out)
-{
-    if (!out)
-        return;
-    memset(out, 0, sizeof *out);
-    if (!comm)
-        return;
-    tpi_device_read_timings(comm->dev);
-    memcpy(out->comm, comm->counters, sizeof out->comm);
-    if (comm->dev) {
-        memcpy(out->gemm, comm->dev->gemm, sizeof out->gemm);
-        memcpy(out->gemm_flops, comm->dev->gemm_flops, sizeof out->gemm_flops);
-        memcpy(out->kernel, comm->dev->kernel, sizeof out->kernel);
-    }
-}
-
-void tp_stats_reset(tp_comm *comm)
-{
-    if (!comm)
-        return;
-    tpi_device_read_timings(comm->dev); /* so that no earlier call adds to the zeroed counters */
-    memset(comm->counters, 0, sizeof comm->counters);
-    if (comm->dev) {
-        memset(comm->dev->gemm, 0, sizeof comm->dev->gemm);
-        memset(comm->dev->gemm_flops, 0, sizeof comm->dev->gemm_flops);
-        memset(comm->dev->kernel, 0, sizeof comm->dev->kernel);
-    }
-}
-
-tp_phase tp_phase_set(tp_comm *comm, tp_phase phase)
-{
-    if (!comm)
-        return TP_PHASE_OTHER;
-    tp_phase prev = comm->state->phase;
-    if ((unsigned)phase < TP_PHASE_COUNT)
-        comm->state->phase = phase;
-    return prev;
-}
-
-uint64_t tp_stats_calls(const tp_stats *s, tp_phase phase, tp_op op)
-{
-    if (!s)
-        return 0;
-    uint64_t n = 0;
-    for (int p = 0; p < TP_PHASE_COUNT; p++)
-        for (int o = 0; o < TP_OP_COUNT; o++)
-            if ((phase == TP_PHASE_COUNT || (int)phase == p) && (op == TP_OP_COUNT || (int)op == o))
-                n += s->comm[p][o].calls;
-    return n;
 }
 
 /* ------------------------------------------------------- dispatch */
@@ -282,14 +204,13 @@ static tp_status op_all_reduce(tp_comm *comm, const void *send, void *recv, size
         return comm->ops->all_reduce(comm->handle, send, recv, count, dt, op);
     size_t bytes = count * tp_dtype_size(dt);
     void *hs = NULL, *hr = NULL;
-    tp_status st = stage_buf(comm, 1, bytes, &hr);
-    if (!st && send != recv)
-        st = stage_buf(comm, 0, bytes, &hs);
-    if (send == recv)
+    TP_TRY(stage_buf(comm, 1, bytes, &hr));
+    if (send != recv)
+        TP_TRY(stage_buf(comm, 0, bytes, &hs));
+    else
         hs = hr; /* in place stays in place */
-    if (st || (st = to_host(comm, hs, send, bytes)) ||
-        (st = comm->ops->all_reduce(comm->handle, hs, hr, count, dt, op)))
-        return st;
+    TP_TRY(to_host(comm, hs, send, bytes));
+    TP_TRY(comm->ops->all_reduce(comm->handle, hs, hr, count, dt, op));
     return to_device(comm, recv, hr, bytes);
 }
 
@@ -300,15 +221,12 @@ static tp_status op_all_gather(tp_comm *comm, const void *send, void *recv, cons
         return comm->ops->all_gather(comm->handle, send, recv, counts, dt);
     size_t es = tp_dtype_size(dt);
     void *hr = NULL;
-    tp_status st = stage_buf(comm, 1, total * es, &hr);
-    if (st)
-        return st;
+    TP_TRY(stage_buf(comm, 1, total * es, &hr));
     /* The own block goes straight into place (send == recv + offset is
      * allowed), which also covers a caller's in-place gather. */
     char *mine = hr ? (char *)hr + offset_of_rank(counts, comm->rank) * es : NULL;
-    if ((st = to_host(comm, mine, send, counts[comm->rank] * es)) ||
-        (st = comm->ops->all_gather(comm->handle, mine, hr, counts, dt)))
-        return st;
+    TP_TRY(to_host(comm, mine, send, counts[comm->rank] * es));
+    TP_TRY(comm->ops->all_gather(comm->handle, mine, hr, counts, dt));
     return to_device(comm, recv, hr, total * es);
 }
 
@@ -319,11 +237,10 @@ static tp_status op_reduce_scatter(tp_comm *comm, const void *send, void *recv,
         return comm->ops->reduce_scatter(comm->handle, send, recv, counts, dt, op);
     size_t es = tp_dtype_size(dt), mine = counts[comm->rank] * es;
     void *hs = NULL, *hr = NULL;
-    tp_status st;
-    if ((st = stage_buf(comm, 0, total * es, &hs)) || (st = stage_buf(comm, 1, mine, &hr)) ||
-        (st = to_host(comm, hs, send, total * es)) ||
-        (st = comm->ops->reduce_scatter(comm->handle, hs, hr, counts, dt, op)))
-        return st;
+    TP_TRY(stage_buf(comm, 0, total * es, &hs));
+    TP_TRY(stage_buf(comm, 1, mine, &hr));
+    TP_TRY(to_host(comm, hs, send, total * es));
+    TP_TRY(comm->ops->reduce_scatter(comm->handle, hs, hr, counts, dt, op));
     return to_device(comm, recv, hr, mine);
 }
 
@@ -333,11 +250,10 @@ static tp_status op_broadcast(tp_comm *comm, void *buf, size_t count, tp_dtype d
         return comm->ops->broadcast(comm->handle, buf, count, dt, root);
     size_t bytes = count * tp_dtype_size(dt);
     void *hb = NULL;
-    tp_status st;
-    if ((st = stage_buf(comm, 1, bytes, &hb)) ||
-        (comm->rank == root && (st = to_host(comm, hb, buf, bytes))) ||
-        (st = comm->ops->broadcast(comm->handle, hb, count, dt, root)))
-        return st;
+    TP_TRY(stage_buf(comm, 1, bytes, &hb));
+    if (comm->rank == root)
+        TP_TRY(to_host(comm, hb, buf, bytes));
+    TP_TRY(comm->ops->broadcast(comm->handle, hb, count, dt, root));
     return comm->rank == root ? TP_OK : to_device(comm, buf, hb, bytes);
 }
 
@@ -372,16 +288,15 @@ tp_status tp_all_reduce(tp_comm *comm, const void *send, void *recv, size_t coun
 {
     static const char fn[] = "tp_all_reduce";
     size_t bytes = 0;
-    tp_status st;
-    if ((st = check_common(comm, fn, dt)) || (st = check_redop(fn, op)) ||
-        (st = payload(fn, count, dt, &bytes)))
-        return st;
+    TP_TRY(check_common(comm, fn, dt));
+    TP_TRY(check_redop(fn, op));
+    TP_TRY(payload(fn, count, dt, &bytes));
     if (count && (!send || !recv))
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: %s buffer is NULL with count %zu", fn,
                             !send ? "send" : "recv", count);
     tp_tick t0 = tpi_tick_start(comm->dev);
     tp_clear_error();
-    st = op_all_reduce(comm, send, recv, count, dt, op);
+    tp_status st = op_all_reduce(comm, send, recv, count, dt, op);
     return finish(comm, TP_OP_ALL_REDUCE, bytes, t0, st);
 }
 
@@ -389,9 +304,8 @@ tp_status tp_broadcast(tp_comm *comm, void *buf, size_t count, tp_dtype dt, int 
 {
     static const char fn[] = "tp_broadcast";
     size_t bytes = 0;
-    tp_status st;
-    if ((st = check_common(comm, fn, dt)) || (st = payload(fn, count, dt, &bytes)))
-        return st;
+    TP_TRY(check_common(comm, fn, dt));
+    TP_TRY(payload(fn, count, dt, &bytes));
     if (count && !buf)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: buf is NULL with count %zu", fn, count);
     if (root < 0 || root >= comm->size)
@@ -401,8 +315,22 @@ tp_status tp_broadcast(tp_comm *comm, void *buf, size_t count, tp_dtype dt, int 
         return not_supported(comm, TP_OP_BROADCAST);
     tp_tick t0 = tpi_tick_start(comm->dev);
     tp_clear_error();
-    st = op_broadcast(comm, buf, count, dt, root);
+    tp_status st = op_broadcast(comm, buf, count, dt, root);
     return finish(comm, TP_OP_BROADCAST, bytes, t0, st);
+}
+
+/* Barrier fallback: a one-element all-reduce, in device memory. */
+static tp_status barrier_by_all_reduce(tp_comm *comm)
+{
+    const tp_device_ops *d = comm->dev->ops;
+    void *one = NULL;
+    tp_status st;
+    TP_TRY_GOTO(d->alloc(comm->dev->handle, sizeof(float), &one), st, out);
+    TP_TRY_GOTO(d->memset(comm->dev->handle, one, 0, sizeof(float)), st, out);
+    st = op_all_reduce(comm, one, one, 1, TP_F32, TP_SUM); /* f32: every backend has it */
+out:
+    d->free(comm->dev->handle, one);
+    return st;
 }
 
 tp_status tp_barrier(tp_comm *comm)
@@ -411,20 +339,8 @@ tp_status tp_barrier(tp_comm *comm)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_barrier: comm is NULL");
     tp_tick t0 = tpi_tick_start(comm->dev);
     tp_clear_error();
-    tp_status st;
-    if (comm->ops->barrier) {
-        st = comm->ops->barrier(comm->handle);
-    } else {
-        /* Fallback: a one-element all-reduce, in device memory. */
-        const tp_device_ops *d = comm->dev->ops;
-        void *one = NULL;
-        st = d->alloc(comm->dev->handle, sizeof(float), &one);
-        if (!st)
-            st = d->memset(comm->dev->handle, one, 0, sizeof(float));
-        if (!st) /* f32: the one dtype every backend supports */
-            st = op_all_reduce(comm, one, one, 1, TP_F32, TP_SUM);
-        d->free(comm->dev->handle, one);
-    }
+    tp_status st = comm->ops->barrier ? comm->ops->barrier(comm->handle)
+                                      : barrier_by_all_reduce(comm);
     return finish(comm, TP_OP_BARRIER, 0, t0, st);
 }
 
@@ -432,9 +348,7 @@ tp_status tp_barrier(tp_comm *comm)
 static tp_status check_v(tp_comm *comm, const char *fn, const void *send, const void *recv,
                          const size_t *counts, tp_dtype dt, bool send_is_total, size_t *total)
 {
-    tp_status st = check_common(comm, fn, dt);
-    if (st)
-        return st;
+    TP_TRY(check_common(comm, fn, dt));
     if (!counts)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: counts is NULL; pass %d block sizes", fn,
                             comm->size);
@@ -445,8 +359,7 @@ static tp_status check_v(tp_comm *comm, const char *fn, const void *send, const 
         sum += counts[i];
     }
     size_t bytes;
-    if ((st = payload(fn, sum, dt, &bytes)))
-        return st;
+    TP_TRY(payload(fn, sum, dt, &bytes));
     size_t mine = counts[comm->rank];
     size_t send_n = send_is_total ? sum : mine, recv_n = send_is_total ? mine : sum;
     if (send_n && !send)
@@ -459,63 +372,71 @@ static tp_status check_v(tp_comm *comm, const char *fn, const void *send, const 
     return TP_OK;
 }
 
+/* All-gather fallback: each rank broadcasts its block into place. */
+static tp_status all_gather_by_broadcast(tp_comm *comm, const void *send, void *recv,
+                                         const size_t *counts, tp_dtype dt)
+{
+    const tp_device *d = comm->dev;
+    size_t es = tp_dtype_size(dt), off = 0;
+    for (int r = 0; r < comm->size; r++) {
+        char *blk = (char *)recv + off * es;
+        if (r == comm->rank && counts[r] && (const void *)blk != send)
+            TP_TRY(d->ops->copy_2d(d->handle, blk, counts[r] * es, send, counts[r] * es,
+                                   counts[r] * es, 1));
+        TP_TRY(op_broadcast(comm, counts[r] ? blk : NULL, counts[r], dt, r));
+        off += counts[r];
+    }
+    return TP_OK;
+}
+
 static tp_status all_gather(const char *fn, tp_comm *comm, const void *send, void *recv,
                             const size_t *counts, tp_dtype dt)
 {
     size_t total = 0;
-    tp_status st = check_v(comm, fn, send, recv, counts, dt, false, &total);
-    if (st)
-        return st;
+    TP_TRY(check_v(comm, fn, send, recv, counts, dt, false, &total));
+    if (!comm->ops->all_gather && !comm->ops->broadcast)
+        return not_supported(comm, TP_OP_ALL_GATHER);
     size_t es = tp_dtype_size(dt);
     tp_tick t0 = tpi_tick_start(comm->dev);
     tp_clear_error();
-    if (comm->ops->all_gather) {
-        st = op_all_gather(comm, send, recv, counts, total, dt);
-    } else if (comm->ops->broadcast) {
-        /* Fallback: each rank broadcasts its block into place. */
-        const tp_device *d = comm->dev;
-        size_t off = 0;
-        for (int r = 0; r < comm->size && !st; r++) {
-            char *blk = (char *)recv + off * es;
-            if (r == comm->rank && counts[r] && (const void *)blk != send)
-                st = d->ops->copy_2d(d->handle, blk, counts[r] * es, send, counts[r] * es,
-                                     counts[r] * es, 1);
-            if (!st)
-                st = op_broadcast(comm, counts[r] ? blk : NULL, counts[r], dt, r);
-            off += counts[r];
-        }
-    } else {
-        return not_supported(comm, TP_OP_ALL_GATHER);
-    }
+    tp_status st = comm->ops->all_gather
+                       ? op_all_gather(comm, send, recv, counts, total, dt)
+                       : all_gather_by_broadcast(comm, send, recv, counts, dt);
     return finish(comm, TP_OP_ALL_GATHER, total * es, t0, st);
+}
+
+/* Reduce-scatter fallback: all-reduce into a temporary, keep our block. */
+static tp_status reduce_scatter_by_all_reduce(tp_comm *comm, const void *send, void *recv,
+                                              const size_t *counts, size_t total, tp_dtype dt,
+                                              tp_redop op)
+{
+    const tp_device *d = comm->dev;
+    size_t es = tp_dtype_size(dt), mine = counts[comm->rank];
+    void *tmp = NULL;
+    tp_status st;
+    TP_TRY_GOTO(d->ops->alloc(d->handle, total * es, &tmp), st, out);
+    TP_TRY_GOTO(op_all_reduce(comm, send, tmp, total, dt, op), st, out);
+    if (mine)
+        st = d->ops->copy_2d(d->handle, recv, mine * es,
+                             (char *)tmp + offset_of_rank(counts, comm->rank) * es, mine * es,
+                             mine * es, 1);
+out:
+    d->ops->free(d->handle, tmp);
+    return st;
 }
 
 static tp_status reduce_scatter(const char *fn, tp_comm *comm, const void *send, void *recv,
                                 const size_t *counts, tp_dtype dt, tp_redop op)
 {
     size_t total = 0;
-    tp_status st = check_v(comm, fn, send, recv, counts, dt, true, &total);
-    if (st || (st = check_redop(fn, op)))
-        return st;
+    TP_TRY(check_v(comm, fn, send, recv, counts, dt, true, &total));
+    TP_TRY(check_redop(fn, op));
     size_t es = tp_dtype_size(dt);
     tp_tick t0 = tpi_tick_start(comm->dev);
     tp_clear_error();
-    if (comm->ops->reduce_scatter) {
-        st = op_reduce_scatter(comm, send, recv, counts, total, dt, op);
-    } else {
-        /* Fallback: all-reduce into a temporary, keep our block. */
-        const tp_device *d = comm->dev;
-        void *tmp = NULL;
-        size_t mine = counts[comm->rank];
-        st = d->ops->alloc(d->handle, total * es, &tmp);
-        if (!st)
-            st = op_all_reduce(comm, send, tmp, total, dt, op);
-        if (!st && mine)
-            st = d->ops->copy_2d(d->handle, recv, mine * es,
-                                 (char *)tmp + offset_of_rank(counts, comm->rank) * es, mine * es,
-                                 mine * es, 1);
-        d->ops->free(d->handle, tmp);
-    }
+    tp_status st = comm->ops->reduce_scatter
+                       ? op_reduce_scatter(comm, send, recv, counts, total, dt, op)
+                       : reduce_scatter_by_all_reduce(comm, send, recv, counts, total, dt, op);
     return finish(comm, TP_OP_REDUCE_SCATTER, total * es, t0, st);
 }
 

@@ -19,93 +19,6 @@ void tpi_device_init(tp_device *dev, const tp_device_ops *ops, const char *name,
                   ops->event_elapsed && ops->event_destroy;
 }
 
-/* ------------------------------------------------------------- timing */
-
-/* An event from the pool or a new one; NULL (host time) if that fails. */
-static void *event_get(tp_device *dev)
-{
-    void *ev = NULL;
-    if (dev->npool > 0)
-        ev = dev->pool[--dev->npool];
-    else if (dev->ops->event_create(dev->handle, &ev) != TP_OK)
-        ev = NULL;
-    if (ev && dev->ops->event_record(dev->handle, ev) != TP_OK) {
-        dev->ops->event_destroy(dev->handle, ev);
-        ev = NULL;
-    }
-    return ev;
-}
-
-static void event_put(tp_device *dev, void *ev)
-{
-    if (dev->npool < (int)G_N_ELEMENTS(dev->pool))
-        dev->pool[dev->npool++] = ev;
-    else
-        dev->ops->event_destroy(dev->handle, ev);
-}
-
-tp_tick tpi_tick_start(tp_device *dev)
-{
-    tp_tick t = {tpi_now(), NULL};
-    if (dev && dev->events) {
-        t.ev0 = event_get(dev);
-        tp_clear_error(); /* a failed event only means host time for this call */
-    }
-    return t;
-}
-
-void tpi_tick_stop(tp_device *dev, tp_tick tick, double *seconds)
-{
-    if (dev && dev->sync_timing)
-        dev->ops->synchronize(dev->handle);
-    void *ev1 = tick.ev0 ? event_get(dev) : NULL;
-    if (!ev1) {
-        if (tick.ev0)
-            event_put(dev, tick.ev0);
-        *seconds += tpi_now() - tick.t0;
-        tp_clear_error();
-        return;
-    }
-    if (dev->npending == TP_TIMING_PENDING)
-        tpi_device_read_timings(dev); /* bounds how far the host runs ahead of the device */
-    dev->pending[dev->npending++] = (tp_timing){tick.ev0, ev1, seconds};
-}
-
-void tpi_tick_cancel(tp_device *dev, tp_tick tick)
-{
-    if (tick.ev0)
-        event_put(dev, tick.ev0);
-}
-
-void tpi_device_read_timings(tp_device *dev)
-{
-    if (!dev || dev->npending == 0)
-        return;
-    /* called after failures too (tp_run, tp_comm_free): keep their message */
-    char *saved = tp_last_error()[0] ? g_strdup(tp_last_error()) : NULL;
-    for (int i = 0; i < dev->npending; i++) {
-        tp_timing *p = &dev->pending[i];
-        double s = 0;
-        if (dev->ops->event_elapsed(dev->handle, p->ev0, p->ev1, &s) == TP_OK)
-            *p->seconds += s;
-        event_put(dev, p->ev0);
-        event_put(dev, p->ev1);
-    }
-    dev->npending = 0;
-    if (saved)
-        tp_set_error(TP_OK, "%s", saved);
-    else
-        tp_clear_error();
-    g_free(saved);
-}
-
-void tpi_device_timing_free(tp_device *dev)
-{
-    tpi_device_read_timings(dev);
-    while (dev->npool > 0)
-        dev->ops->event_destroy(dev->handle, dev->pool[--dev->npool]);
-}
-
 const char *tp_device_name(const tp_device *dev)
 {
     return dev ? dev->name : NULL;
@@ -204,13 +117,6 @@ static tp_status check_ptrs(const char *op, int64_t n, const char *names, int co
     return st;
 }
 
-#define CHECK(expr)                                                                 \
-    do {                                                                            \
-        tp_status c_ = (expr);                                                      \
-        if (c_)                                                                     \
-            return c_;                                                              \
-    } while (0)
-
 /* --------------------------------------------------------- memory ops */
 
 tp_status tp_dev_alloc(tp_device *dev, size_t bytes, void **ptr)
@@ -218,7 +124,7 @@ tp_status tp_dev_alloc(tp_device *dev, size_t bytes, void **ptr)
     if (!ptr)
         return bad("alloc", "ptr is NULL");
     *ptr = NULL;
-    CHECK(enter(dev, true, "alloc"));
+    TP_TRY(enter(dev, true, "alloc"));
     tp_status st = dev->ops->alloc(dev->handle, bytes, ptr);
     if (st && !tp_last_error()[0])
         tp_set_error(st, "device '%s': alloc of %zu bytes failed", dev->name, bytes);
@@ -233,13 +139,13 @@ void tp_dev_free(tp_device *dev, void *ptr)
 
 tp_status tp_dev_upload(tp_device *dev, void *dst, const void *host_src, size_t bytes)
 {
-    CHECK(check_ptrs("upload", (int64_t)bytes, "dst,host_src", 2, dst, host_src));
+    TP_TRY(check_ptrs("upload", (int64_t)bytes, "dst,host_src", 2, dst, host_src));
     DISPATCH(dev, upload, 0, dst, host_src, bytes);
 }
 
 tp_status tp_dev_download(tp_device *dev, void *host_dst, const void *src, size_t bytes)
 {
-    CHECK(check_ptrs("download", (int64_t)bytes, "host_dst,src", 2, host_dst, src));
+    TP_TRY(check_ptrs("download", (int64_t)bytes, "host_dst,src", 2, host_dst, src));
     DISPATCH(dev, download, 0, host_dst, src, bytes);
 }
 
@@ -251,19 +157,19 @@ tp_status tp_dev_copy_2d(tp_device *dev, void *dst, size_t dpitch, const void *s
                             "tp_dev_copy_2d: pitches (dst %zu, src %zu) smaller than the row "
                             "width %zu bytes",
                             dpitch, spitch, width_bytes);
-    CHECK(check_ptrs("copy_2d", (int64_t)(width_bytes * height), "dst,src", 2, dst, src));
+    TP_TRY(check_ptrs("copy_2d", (int64_t)(width_bytes * height), "dst,src", 2, dst, src));
     DISPATCH(dev, copy_2d, 0, dst, dpitch, src, spitch, width_bytes, height);
 }
 
 tp_status tp_dev_memset(tp_device *dev, void *ptr, int value, size_t bytes)
 {
-    CHECK(check_ptrs("memset", (int64_t)bytes, "ptr", 1, ptr));
+    TP_TRY(check_ptrs("memset", (int64_t)bytes, "ptr", 1, ptr));
     DISPATCH(dev, memset, 0, ptr, value, bytes);
 }
 
 tp_status tp_dev_synchronize(tp_device *dev)
 {
-    CHECK(enter(dev, true, "synchronize"));
+    TP_TRY(enter(dev, true, "synchronize"));
     tp_tick t0 = {tpi_now(), NULL}; /* a host wait: host time */
     return leave(dev, "synchronize", 0, t0, dev->ops->synchronize(dev->handle));
 }
@@ -308,9 +214,9 @@ static tp_status check_gemm(const char *op, const tp_gemm_args *g)
     if (g->m && g->n && g->ldc < g->n)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_dev_gemm: ldc=%lld < n=%lld",
                             (long long)g->ldc, (long long)g->n);
-    CHECK(check_ptrs(op, g->m * g->k, "a", 1, g->a));
-    CHECK(check_ptrs(op, g->k * g->n, "b", 1, g->b));
-    CHECK(check_ptrs(op, g->m * g->n, "c", 1, g->c));
+    TP_TRY(check_ptrs(op, g->m * g->k, "a", 1, g->a));
+    TP_TRY(check_ptrs(op, g->k * g->n, "b", 1, g->b));
+    TP_TRY(check_ptrs(op, g->m * g->n, "c", 1, g->c));
     return TP_OK;
 }
 
@@ -321,14 +227,14 @@ static double gemm_flops(const tp_gemm_args *g)
 
 tp_status tp_dev_gemm(tp_device *dev, const tp_gemm_args *g)
 {
-    CHECK(check_gemm("gemm", g));
+    TP_TRY(check_gemm("gemm", g));
     DISPATCH(dev, gemm, gemm_flops(g), g);
 }
 
 tp_status tp_dev_gemm_bias_act(tp_device *dev, const tp_gemm_args *g, const void *bias, tp_act act,
                                void *pre)
 {
-    CHECK(check_gemm("gemm_bias_act", g));
+    TP_TRY(check_gemm("gemm_bias_act", g));
     if (g->batch != 1 || g->alpha != 1.0f || g->beta != 0.0f)
         return tp_set_error(TP_ERR_INVALID_ARG,
                             "tp_dev_gemm_bias_act: batch %lld, alpha %g, beta %g; the fused "
@@ -343,7 +249,7 @@ tp_status tp_dev_gemm_bias_act(tp_device *dev, const tp_gemm_args *g, const void
     if (pre && pre == g->c && g->m * g->n > 0)
         return bad("gemm_bias_act", "pre and c are the same buffer; pass NULL for pre when the "
                                     "pre-activation is not needed");
-    CHECK(enter(dev, true, "gemm_bias_act"));
+    TP_TRY(enter(dev, true, "gemm_bias_act"));
     if (g->m == 0 || g->n == 0)
         return TP_OK;
     if (dev->ops->gemm_bias_act) {
@@ -359,32 +265,32 @@ tp_status tp_dev_gemm_bias_act(tp_device *dev, const tp_gemm_args *g, const void
     tp_gemm_args g2 = *g;
     if (pre && act != TP_ACT_NONE)
         g2.c = pre;
-    CHECK(tp_dev_gemm(dev, &g2));
+    TP_TRY(tp_dev_gemm(dev, &g2));
     size_t es = tp_dtype_size(g->dtype), pitch = (size_t)g->ldc * es;
     int64_t blocks = g->ldc == g->n ? 1 : g->m, rows = g->m / blocks;
     for (int64_t r = 0; r < blocks; r++) {
         char *p = (char *)g2.c + (size_t)r * pitch;
         if (bias)
-            CHECK(tp_dev_bias_add(dev, g->dtype, rows, g->n, p, bias));
+            TP_TRY(tp_dev_bias_add(dev, g->dtype, rows, g->n, p, bias));
         if (act != TP_ACT_NONE)
-            CHECK(tp_dev_gelu(dev, g->dtype, rows * g->n, p, (char *)g->c + (size_t)r * pitch,
+            TP_TRY(tp_dev_gelu(dev, g->dtype, rows * g->n, p, (char *)g->c + (size_t)r * pitch,
                               act == TP_ACT_GELU_TANH));
     }
     if (pre && act == TP_ACT_NONE)
-        CHECK(tp_dev_copy_2d(dev, pre, pitch, g->c, pitch, (size_t)g->n * es, (size_t)g->m));
+        TP_TRY(tp_dev_copy_2d(dev, pre, pitch, g->c, pitch, (size_t)g->n * es, (size_t)g->m));
     return TP_OK;
 }
 
 tp_status tp_dev_reduce(tp_device *dev, tp_dtype dt, tp_redop op, int64_t n, const void *x, void *y)
 {
     if (dt != TP_I32)
-        CHECK(check_dt("reduce", dt));
-    CHECK(check_dims("reduce", n, 0));
+        TP_TRY(check_dt("reduce", dt));
+    TP_TRY(check_dims("reduce", n, 0));
     if ((int)op < 0 || op >= TP_REDOP_COUNT_)
         return tp_set_error(TP_ERR_INVALID_ARG,
                             "tp_dev_reduce: op %d is not a tp_redop (TP_SUM, TP_MAX, TP_MIN)",
                             (int)op);
-    CHECK(check_ptrs("reduce", n, "x,y", 2, x, y));
+    TP_TRY(check_ptrs("reduce", n, "x,y", 2, x, y));
     DISPATCH(dev, reduce, 0, dt, op, n, x, y);
 }
 
@@ -393,63 +299,63 @@ tp_status tp_dev_reduce(tp_device *dev, tp_dtype dt, tp_redop op, int64_t n, con
 tp_status tp_dev_bias_add(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, void *y,
                           const void *bias)
 {
-    CHECK(check_dt("bias_add", dt));
-    CHECK(check_dims("bias_add", rows, cols));
-    CHECK(check_ptrs("bias_add", rows * cols, "y,bias", 2, y, bias));
+    TP_TRY(check_dt("bias_add", dt));
+    TP_TRY(check_dims("bias_add", rows, cols));
+    TP_TRY(check_ptrs("bias_add", rows * cols, "y,bias", 2, y, bias));
     DISPATCH(dev, bias_add, 0, dt, rows, cols, y, bias);
 }
 
 tp_status tp_dev_bias_grad(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *dy,
                            void *db)
 {
-    CHECK(check_dt("bias_grad", dt));
-    CHECK(check_dims("bias_grad", rows, cols));
-    CHECK(check_ptrs("bias_grad", rows * cols, "dy", 1, dy));
-    CHECK(check_ptrs("bias_grad", cols, "db", 1, db));
+    TP_TRY(check_dt("bias_grad", dt));
+    TP_TRY(check_dims("bias_grad", rows, cols));
+    TP_TRY(check_ptrs("bias_grad", rows * cols, "dy", 1, dy));
+    TP_TRY(check_ptrs("bias_grad", cols, "db", 1, db));
     DISPATCH(dev, bias_grad, 0, dt, rows, cols, dy, db);
 }
 
 tp_status tp_dev_gelu(tp_device *dev, tp_dtype dt, int64_t n, const void *x, void *y, int tanh_approx)
 {
-    CHECK(check_dt("gelu", dt));
-    CHECK(check_dims("gelu", n, 0));
-    CHECK(check_ptrs("gelu", n, "x,y", 2, x, y));
+    TP_TRY(check_dt("gelu", dt));
+    TP_TRY(check_dims("gelu", n, 0));
+    TP_TRY(check_ptrs("gelu", n, "x,y", 2, x, y));
     DISPATCH(dev, gelu, 0, dt, n, x, y, tanh_approx);
 }
 
 tp_status tp_dev_gelu_bwd(tp_device *dev, tp_dtype dt, int64_t n, const void *x, const void *dy,
                           void *dx, int tanh_approx)
 {
-    CHECK(check_dt("gelu_bwd", dt));
-    CHECK(check_dims("gelu_bwd", n, 0));
-    CHECK(check_ptrs("gelu_bwd", n, "x,dy,dx", 3, x, dy, dx));
+    TP_TRY(check_dt("gelu_bwd", dt));
+    TP_TRY(check_dims("gelu_bwd", n, 0));
+    TP_TRY(check_ptrs("gelu_bwd", n, "x,dy,dx", 3, x, dy, dx));
     DISPATCH(dev, gelu_bwd, 0, dt, n, x, dy, dx, tanh_approx);
 }
 
 tp_status tp_dev_axpby(tp_device *dev, tp_dtype dt, int64_t n, float alpha, const void *x, float beta,
                        void *y)
 {
-    CHECK(check_dt("axpby", dt));
-    CHECK(check_dims("axpby", n, 0));
-    CHECK(check_ptrs("axpby", n, "x,y", 2, x, y));
+    TP_TRY(check_dt("axpby", dt));
+    TP_TRY(check_dims("axpby", n, 0));
+    TP_TRY(check_ptrs("axpby", n, "x,y", 2, x, y));
     DISPATCH(dev, axpby, 0, dt, n, alpha, x, beta, y);
 }
 
 tp_status tp_dev_softmax(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
                          void *y, float scale, int causal)
 {
-    CHECK(check_dt("softmax", dt));
-    CHECK(check_dims("softmax", rows, cols));
-    CHECK(check_ptrs("softmax", rows * cols, "x,y", 2, x, y));
+    TP_TRY(check_dt("softmax", dt));
+    TP_TRY(check_dims("softmax", rows, cols));
+    TP_TRY(check_ptrs("softmax", rows * cols, "x,y", 2, x, y));
     DISPATCH(dev, softmax, 0, dt, rows, cols, x, y, scale, causal);
 }
 
 tp_status tp_dev_softmax_bwd(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *y,
                              const void *dy, void *dx, float scale)
 {
-    CHECK(check_dt("softmax_bwd", dt));
-    CHECK(check_dims("softmax_bwd", rows, cols));
-    CHECK(check_ptrs("softmax_bwd", rows * cols, "y,dy,dx", 3, y, dy, dx));
+    TP_TRY(check_dt("softmax_bwd", dt));
+    TP_TRY(check_dims("softmax_bwd", rows, cols));
+    TP_TRY(check_ptrs("softmax_bwd", rows * cols, "y,dy,dx", 3, y, dy, dx));
     DISPATCH(dev, softmax_bwd, 0, dt, rows, cols, y, dy, dx, scale);
 }
 
@@ -457,12 +363,12 @@ tp_status tp_dev_norm(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, c
                       const void *gamma, const void *beta, void *y, float *mean, float *rstd,
                       float eps, int rms)
 {
-    CHECK(check_dt("norm", dt));
-    CHECK(check_dims("norm", rows, cols));
-    CHECK(check_ptrs("norm", rows * cols, "x,gamma,y", 3, x, gamma, y));
-    CHECK(check_ptrs("norm", rows, "rstd", 1, rstd));
+    TP_TRY(check_dt("norm", dt));
+    TP_TRY(check_dims("norm", rows, cols));
+    TP_TRY(check_ptrs("norm", rows * cols, "x,gamma,y", 3, x, gamma, y));
+    TP_TRY(check_ptrs("norm", rows, "rstd", 1, rstd));
     if (!rms)
-        CHECK(check_ptrs("norm", rows, "mean (needed unless rms)", 1, mean));
+        TP_TRY(check_ptrs("norm", rows, "mean (needed unless rms)", 1, mean));
     DISPATCH(dev, norm, 0, dt, rows, cols, x, gamma, beta, y, mean, rstd, eps, rms);
 }
 
@@ -470,12 +376,12 @@ tp_status tp_dev_norm_bwd(tp_device *dev, tp_dtype dt, int64_t rows, int64_t col
                           const void *gamma, const float *mean, const float *rstd, const void *dy,
                           void *dx, void *dgamma, void *dbeta, int rms)
 {
-    CHECK(check_dt("norm_bwd", dt));
-    CHECK(check_dims("norm_bwd", rows, cols));
-    CHECK(check_ptrs("norm_bwd", rows * cols, "x,gamma,dy,dx", 4, x, gamma, dy, dx));
-    CHECK(check_ptrs("norm_bwd", rows, "rstd", 1, rstd));
+    TP_TRY(check_dt("norm_bwd", dt));
+    TP_TRY(check_dims("norm_bwd", rows, cols));
+    TP_TRY(check_ptrs("norm_bwd", rows * cols, "x,gamma,dy,dx", 4, x, gamma, dy, dx));
+    TP_TRY(check_ptrs("norm_bwd", rows, "rstd", 1, rstd));
     if (!rms)
-        CHECK(check_ptrs("norm_bwd", rows, "mean (needed unless rms)", 1, mean));
+        TP_TRY(check_ptrs("norm_bwd", rows, "mean (needed unless rms)", 1, mean));
     DISPATCH(dev, norm_bwd, 0, dt, rows, cols, x, gamma, mean, rstd, dy, dx, dgamma, dbeta, rms);
 }
 
@@ -490,12 +396,12 @@ static tp_status check_range(const char *op, int64_t lo, int64_t hi)
 tp_status tp_dev_embedding(tp_device *dev, tp_dtype dt, int64_t n, int64_t dim, const int32_t *ids,
                            int64_t lo, int64_t hi, const void *table, void *out)
 {
-    CHECK(check_dt("embedding", dt));
-    CHECK(check_dims("embedding", n, dim));
-    CHECK(check_range("embedding", lo, hi));
-    CHECK(check_ptrs("embedding", n, "ids", 1, ids));
-    CHECK(check_ptrs("embedding", n * dim, "out", 1, out));
-    CHECK(check_ptrs("embedding", (hi - lo) * dim, "table", 1, table));
+    TP_TRY(check_dt("embedding", dt));
+    TP_TRY(check_dims("embedding", n, dim));
+    TP_TRY(check_range("embedding", lo, hi));
+    TP_TRY(check_ptrs("embedding", n, "ids", 1, ids));
+    TP_TRY(check_ptrs("embedding", n * dim, "out", 1, out));
+    TP_TRY(check_ptrs("embedding", (hi - lo) * dim, "table", 1, table));
     DISPATCH(dev, embedding, 0, dt, n, dim, ids, lo, hi, table, out);
 }
 
@@ -503,22 +409,22 @@ tp_status tp_dev_embedding_bwd(tp_device *dev, tp_dtype dt, int64_t n, int64_t d
                                const int32_t *ids, int64_t lo, int64_t hi, const void *dout,
                                void *dtable)
 {
-    CHECK(check_dt("embedding_bwd", dt));
-    CHECK(check_dims("embedding_bwd", n, dim));
-    CHECK(check_range("embedding_bwd", lo, hi));
-    CHECK(check_ptrs("embedding_bwd", n, "ids", 1, ids));
-    CHECK(check_ptrs("embedding_bwd", n * dim, "dout", 1, dout));
-    CHECK(check_ptrs("embedding_bwd", (hi - lo) * dim, "dtable", 1, dtable));
+    TP_TRY(check_dt("embedding_bwd", dt));
+    TP_TRY(check_dims("embedding_bwd", n, dim));
+    TP_TRY(check_range("embedding_bwd", lo, hi));
+    TP_TRY(check_ptrs("embedding_bwd", n, "ids", 1, ids));
+    TP_TRY(check_ptrs("embedding_bwd", n * dim, "dout", 1, dout));
+    TP_TRY(check_ptrs("embedding_bwd", (hi - lo) * dim, "dtable", 1, dtable));
     DISPATCH(dev, embedding_bwd, 0, dt, n, dim, ids, lo, hi, dout, dtable);
 }
 
 tp_status tp_dev_row_max(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
                          float *out)
 {
-    CHECK(check_dt("row_max", dt));
-    CHECK(check_dims("row_max", rows, cols));
-    CHECK(check_ptrs("row_max", rows * cols, "x", 1, x));
-    CHECK(check_ptrs("row_max", rows, "out", 1, out));
+    TP_TRY(check_dt("row_max", dt));
+    TP_TRY(check_dims("row_max", rows, cols));
+    TP_TRY(check_ptrs("row_max", rows * cols, "x", 1, x));
+    TP_TRY(check_ptrs("row_max", rows, "out", 1, out));
     DISPATCH(dev, row_max, 0, dt, rows, cols, x, out);
 }
 
@@ -526,10 +432,10 @@ tp_status tp_dev_ce_stats(tp_device *dev, tp_dtype dt, int64_t rows, int64_t col
                           const void *logits, const int32_t *targets, int64_t lo,
                           const float *rowmax, float *out3)
 {
-    CHECK(check_dt("ce_stats", dt));
-    CHECK(check_dims("ce_stats", rows, cols));
-    CHECK(check_ptrs("ce_stats", rows * cols, "logits", 1, logits));
-    CHECK(check_ptrs("ce_stats", rows, "targets,rowmax,out3", 3, targets, rowmax, out3));
+    TP_TRY(check_dt("ce_stats", dt));
+    TP_TRY(check_dims("ce_stats", rows, cols));
+    TP_TRY(check_ptrs("ce_stats", rows * cols, "logits", 1, logits));
+    TP_TRY(check_ptrs("ce_stats", rows, "targets,rowmax,out3", 3, targets, rowmax, out3));
     DISPATCH(dev, ce_stats, 0, dt, rows, cols, logits, targets, lo, rowmax, out3);
 }
 
@@ -538,13 +444,13 @@ tp_status tp_dev_ce_bwd(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols,
                         const float *sumexp, const float *row_scale, float smoothing,
                         void *dlogits)
 {
-    CHECK(check_dt("ce_bwd", dt));
-    CHECK(check_dims("ce_bwd", rows, cols));
+    TP_TRY(check_dt("ce_bwd", dt));
+    TP_TRY(check_dims("ce_bwd", rows, cols));
     if (vocab < cols)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_dev_ce_bwd: vocab %lld < cols %lld",
                             (long long)vocab, (long long)cols);
-    CHECK(check_ptrs("ce_bwd", rows * cols, "logits,dlogits", 2, logits, dlogits));
-    CHECK(check_ptrs("ce_bwd", rows, "targets,rowmax,sumexp,row_scale", 4, targets, rowmax, sumexp,
+    TP_TRY(check_ptrs("ce_bwd", rows * cols, "logits,dlogits", 2, logits, dlogits));
+    TP_TRY(check_ptrs("ce_bwd", rows, "targets,rowmax,sumexp,row_scale", 4, targets, rowmax, sumexp,
                      row_scale));
     DISPATCH(dev, ce_bwd, 0, dt, rows, cols, logits, targets, lo, vocab, rowmax, sumexp, row_scale,
              smoothing, dlogits);
@@ -554,10 +460,10 @@ tp_status tp_dev_adamw(tp_device *dev, int64_t n, float *param, const float *gra
                        float lr, float beta1, float beta2, float eps, float weight_decay,
                        int64_t step)
 {
-    CHECK(check_dims("adamw", n, 0));
+    TP_TRY(check_dims("adamw", n, 0));
     if (step < 1)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_dev_adamw: step %lld, expected >= 1 (the "
                             "bias correction divides by 1 - beta^step)", (long long)step);
-    CHECK(check_ptrs("adamw", n, "param,grad,m,v", 4, param, grad, m, v));
+    TP_TRY(check_ptrs("adamw", n, "param,grad,m,v", 4, param, grad, m, v));
     DISPATCH(dev, adamw, 0, n, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step);
 }

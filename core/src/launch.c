@@ -49,9 +49,7 @@ tp_status tp_config_parse_tp(tp_config *cfg, int argc, char **argv)
         } else {
             continue;
         }
-        tp_status st = parse_int("--tp", v, 1, TP_MAX_REQUEST, &cfg->world_size);
-        if (st)
-            return st;
+        TP_TRY(parse_int("--tp", v, 1, TP_MAX_REQUEST, &cfg->world_size));
     }
     return TP_OK;
 }
@@ -68,9 +66,7 @@ static tp_status requested_world(const tp_config *cfg, int *out)
                             "1..%d",
                             from_cfg, TP_MAX_REQUEST);
     if (env && env[0]) {
-        tp_status st = parse_int("TP_WORLD_SIZE", env, 1, TP_MAX_REQUEST, &from_env);
-        if (st)
-            return st;
+        TP_TRY(parse_int("TP_WORLD_SIZE", env, 1, TP_MAX_REQUEST, &from_env));
     }
     if (from_cfg && from_env && from_cfg != from_env)
         return tp_set_error(TP_ERR_INVALID_ARG,
@@ -128,10 +124,9 @@ tp_status tp_init(const tp_config *cfg, tp_ctx **out)
     *out = NULL;
     int want = 0, threads = 1;
     double timeout = 300.0;
-    tp_status st;
-    if ((st = requested_world(cfg, &want)) || (st = resolve_timeout(cfg, &timeout)) ||
-        (st = resolve_threads(cfg, &threads)))
-        return st;
+    TP_TRY(requested_world(cfg, &want));
+    TP_TRY(resolve_timeout(cfg, &timeout));
+    TP_TRY(resolve_threads(cfg, &threads));
 
     tp_ctx *ctx = g_new0(tp_ctx, 1);
     ctx->cpu_threads = threads;
@@ -141,15 +136,14 @@ tp_status tp_init(const tp_config *cfg, tp_ctx **out)
     const char *bvar = cfg && cfg->backend ? "tp_config.backend" : "TP_BACKEND";
     if (!backend || !backend[0])
         backend = "loopback";
-    if ((st = tpi_plugin_load(backend, TP_KIND_COMM, bvar, &ctx->comm_plugin)))
-        goto fail;
+    tp_status st;
+    TP_TRY_GOTO(tpi_plugin_load(backend, TP_KIND_COMM, bvar, &ctx->comm_plugin), st, fail);
 
     const char *device = cfg && cfg->device ? cfg->device : getenv("TP_DEVICE");
     const char *dvar = cfg && cfg->device ? "tp_config.device" : "TP_DEVICE";
     if (!device || !device[0])
         device = strcmp(ctx->comm_plugin->name, "nccl") == 0 ? "cuda" : "cpu";
-    if ((st = tpi_plugin_load(device, TP_KIND_DEVICE, dvar, &ctx->dev_plugin)))
-        goto fail;
+    TP_TRY_GOTO(tpi_plugin_load(device, TP_KIND_DEVICE, dvar, &ctx->dev_plugin), st, fail);
 
     tp_engine_args args = {sizeof args, want, cfg ? cfg->argc : NULL, cfg ? cfg->argv : NULL};
     tp_engine_info info = {.struct_size = sizeof info};

@@ -48,12 +48,11 @@ tp_status tp_tensor_alloc(tp_device *dev, tp_dtype dt, int ndim, const int64_t *
     if (!dev)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: dev is NULL", fn);
     size_t bytes = 0;
-    tp_status st = check_shape(fn, dt, ndim, shape, &bytes);
-    if (st)
-        return st;
+    TP_TRY(check_shape(fn, dt, ndim, shape, &bytes));
     tp_tensor t = {.dtype = dt, .ndim = ndim, .dev = dev, .owned = true};
     memcpy(t.shape, shape, (size_t)ndim * sizeof *shape);
-    if ((st = tp_dev_alloc(dev, bytes, &t.data))) {
+    tp_status st = tp_dev_alloc(dev, bytes, &t.data);
+    if (st) {
         char d[96];
         return tp_set_error(st, "%s: tensor %s (%zu bytes): %s", fn, describe(&t, d, sizeof d),
                             bytes, tp_last_error());
@@ -113,9 +112,7 @@ static tp_status check_transfer(const char *fn, const tp_tensor *t, const void *
     if (!t)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: tensor is NULL", fn);
     size_t bytes;
-    tp_status st = check_shape(fn, t->dtype, t->ndim, t->shape, &bytes);
-    if (st)
-        return st;
+    TP_TRY(check_shape(fn, t->dtype, t->ndim, t->shape, &bytes));
     if (!t->dev)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: tensor %s has no device", fn,
                             describe(t, d, sizeof d));
@@ -132,17 +129,17 @@ static tp_status check_transfer(const char *fn, const tp_tensor *t, const void *
 
 tp_status tp_tensor_upload(tp_tensor *t, const void *host)
 {
-    tp_status st = check_transfer("tp_tensor_upload", t, host);
-    if (st || !tp_tensor_bytes(t))
-        return st;
+    TP_TRY(check_transfer("tp_tensor_upload", t, host));
+    if (!tp_tensor_bytes(t))
+        return TP_OK;
     return tp_dev_upload(t->dev, t->data, host, tp_tensor_bytes(t));
 }
 
 tp_status tp_tensor_download(const tp_tensor *t, void *host)
 {
-    tp_status st = check_transfer("tp_tensor_download", t, host);
-    if (st || !tp_tensor_bytes(t))
-        return st;
+    TP_TRY(check_transfer("tp_tensor_download", t, host));
+    if (!tp_tensor_bytes(t))
+        return TP_OK;
     return tp_dev_download(t->dev, host, t->data, tp_tensor_bytes(t));
 }
 

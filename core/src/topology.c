@@ -75,16 +75,15 @@ static tp_status gather_keys(tp_comm *world, uint64_t key, uint64_t *keys)
     void *d_all = NULL;
     if (all == NULL)
         return tp_set_error(TP_ERR_NO_MEMORY, "tp_topology: out of memory for %d node keys", n);
-    tp_status st = tp_dev_alloc(dev, sizeof(int32_t) * 2 * (size_t)n, &d_all);
+    tp_status st;
+    TP_TRY_GOTO(tp_dev_alloc(dev, sizeof(int32_t) * 2 * (size_t)n, &d_all), st, out);
     int32_t *d_mine = (int32_t *)d_all + 2 * tp_comm_rank(world);
-    if (st == TP_OK)
-        st = tp_dev_upload(dev, d_mine, mine, sizeof mine);
-    if (st == TP_OK)
-        st = tp_all_gather(world, d_mine, d_all, 2, TP_I32);
-    if (st == TP_OK)
-        st = tp_dev_download(dev, all, d_all, sizeof(int32_t) * 2 * (size_t)n);
-    for (int r = 0; st == TP_OK && r < n; r++)
+    TP_TRY_GOTO(tp_dev_upload(dev, d_mine, mine, sizeof mine), st, out);
+    TP_TRY_GOTO(tp_all_gather(world, d_mine, d_all, 2, TP_I32), st, out);
+    TP_TRY_GOTO(tp_dev_download(dev, all, d_all, sizeof(int32_t) * 2 * (size_t)n), st, out);
+    for (int r = 0; r < n; r++)
         keys[r] = ((uint64_t)(uint32_t)all[2 * r] << 32) | (uint32_t)all[2 * r + 1];
+out:
     tp_dev_free(dev, d_all);
     free(all);
     return st;
@@ -118,10 +117,7 @@ tp_status tp_topology(tp_comm *world, int tp_size, bool allow_span, tp_comm **tp
         goto out;
     }
     tp_status gst = gather_keys(world, key, keys);
-    if (st == TP_OK)
-        st = gst;
-    if (st != TP_OK)
-        goto out;
+    TP_TRY_GOTO(st != TP_OK ? st : gst, st, out); /* the first failure wins */
 
     /* Number nodes by their lowest rank; local rank = order within the node. */
     int nodes = 0;
@@ -171,13 +167,13 @@ tp_status tp_topology(tp_comm *world, int tp_size, bool allow_span, tp_comm **tp
         .dp_rank = group, .dp_size = n / tp_size,
     };
     tp_comm *tp = NULL, *dp = NULL;
-    st = tp_comm_split(world, group, tp_rank, &tp);
-    if (st == TP_OK)
-        st = tp_comm_split(world, tp_rank, group, &dp);
-    if (st == TP_OK && (tp_comm_size(tp) != tp_size || tp_comm_size(dp) != n / tp_size))
+    TP_TRY_GOTO(tp_comm_split(world, group, tp_rank, &tp), st, split_done);
+    TP_TRY_GOTO(tp_comm_split(world, tp_rank, group, &dp), st, split_done);
+    if (tp_comm_size(tp) != tp_size || tp_comm_size(dp) != n / tp_size)
         st = tp_set_error(TP_ERR_INTERNAL, "tp_topology: built groups of %d (TP) and %d (DP), "
                           "expected %d and %d", tp_comm_size(tp), tp_comm_size(dp), tp_size,
                           n / tp_size);
+split_done:
     if (st != TP_OK || tp_out == NULL)
         tp_comm_free(tp);
     else

@@ -55,7 +55,7 @@ typedef struct tp_rank_state {
     size_t stage_cap[2];
 } tp_rank_state;
 
-/* Device timing (device.c): an event pair waiting to be read into a
+/* Device timing (timing.c): an event pair waiting to be read into a
  * counter's seconds. */
 #define TP_TIMING_PENDING 1024 /* pairs in flight before the core reads them */
 typedef struct tp_timing {
@@ -98,7 +98,9 @@ tp_comm *tpi_comm_wrap(const tp_comm_ops *ops, const char *plugin, void *handle,
 
 /* device.c */
 void tpi_device_init(tp_device *dev, const tp_device_ops *ops, const char *name, void *handle,
-                    const tp_rank_env *env, tp_rank_state *state);
+                     const tp_rank_env *env, tp_rank_state *state);
+
+/* timing.c */
 
 /* The timing of one counted call: host wall time from t0, or, on a device
  * with events, the time between ev0 (recorded by tpi_tick_start) and an
