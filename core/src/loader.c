@@ -35,38 +35,44 @@ typedef struct slot {
     const char *name;
     size_t offset;
     bool required;
+    unsigned since_minor; /* ABI minor the slot came in */
 } slot;
 
-#define SLOT(T, f, req) {#f, offsetof(T, f), req}
+/* The tables come from the X-macro lists in tp-plugin.h. The enums give
+ * each slot its index, and the assertions below check that the lists name
+ * every function slot of the structs, in order. */
+#define COMM_SLOT(f, req, minor) {#f, offsetof(tp_comm_ops, f), req, minor},
+#define DEVICE_SLOT(f, req, minor) {#f, offsetof(tp_device_ops, f), req, minor},
+static const slot comm_slots[] = {TP_COMM_OPS_SLOTS(COMM_SLOT)};
+static const slot device_slots[] = {TP_DEVICE_OPS_SLOTS(DEVICE_SLOT)};
 
-static const slot comm_slots[] = {
-    SLOT(tp_comm_ops, init, true),        SLOT(tp_comm_ops, finalize, true),
-    SLOT(tp_comm_ops, world, true),       SLOT(tp_comm_ops, split, true),
-    SLOT(tp_comm_ops, comm_free, true),   SLOT(tp_comm_ops, all_reduce, true),
-    SLOT(tp_comm_ops, all_gather, false), SLOT(tp_comm_ops, reduce_scatter, false),
-    SLOT(tp_comm_ops, broadcast, false),  SLOT(tp_comm_ops, barrier, false),
-    SLOT(tp_comm_ops, abort, false),
-};
+#define SLOT_INDEX(f, req, minor) SLOT_INDEX_##f,
+enum { TP_COMM_OPS_SLOTS(SLOT_INDEX) N_COMM_SLOTS };
+enum { TP_DEVICE_OPS_SLOTS(SLOT_INDEX) N_DEVICE_SLOTS };
+#define SLOT_AT(f) (sizeof(size_t) + (size_t)SLOT_INDEX_##f * sizeof(void (*)(void)))
+#define ASSERT_COMM_SLOT(f, req, minor)                                                           \
+    _Static_assert(offsetof(tp_comm_ops, f) == SLOT_AT(f),                          \
+                   "TP_COMM_OPS_SLOTS: '" #f "' is out of order or a slot before it is missing");
+#define ASSERT_DEVICE_SLOT(f, req, minor)                                                         \
+    _Static_assert(offsetof(tp_device_ops, f) == SLOT_AT(f),                      \
+                   "TP_DEVICE_OPS_SLOTS: '" #f "' is out of order or a slot before it is missing");
+TP_COMM_OPS_SLOTS(ASSERT_COMM_SLOT)
+TP_DEVICE_OPS_SLOTS(ASSERT_DEVICE_SLOT)
+_Static_assert(offsetof(tp_comm_ops, mem_kinds) ==
+                   sizeof(size_t) + N_COMM_SLOTS * sizeof(void (*)(void)),
+               "TP_COMM_OPS_SLOTS does not list the last slots of tp_comm_ops");
+_Static_assert(sizeof(tp_device_ops) == sizeof(size_t) + N_DEVICE_SLOTS * sizeof(void (*)(void)),
+               "TP_DEVICE_OPS_SLOTS does not list the last slots of tp_device_ops");
 
-static const slot device_slots[] = {
-    SLOT(tp_device_ops, open, true),          SLOT(tp_device_ops, close, true),
-    SLOT(tp_device_ops, alloc, true),         SLOT(tp_device_ops, free, true),
-    SLOT(tp_device_ops, upload, true),        SLOT(tp_device_ops, download, true),
-    SLOT(tp_device_ops, copy_2d, true),       SLOT(tp_device_ops, memset, true),
-    SLOT(tp_device_ops, synchronize, true),   SLOT(tp_device_ops, gemm, true),
-    SLOT(tp_device_ops, bias_add, false),     SLOT(tp_device_ops, bias_grad, false),
-    SLOT(tp_device_ops, gelu, false),         SLOT(tp_device_ops, gelu_bwd, false),
-    SLOT(tp_device_ops, axpby, false),        SLOT(tp_device_ops, softmax, false),
-    SLOT(tp_device_ops, softmax_bwd, false),  SLOT(tp_device_ops, norm, false),
-    SLOT(tp_device_ops, norm_bwd, false),     SLOT(tp_device_ops, embedding, false),
-    SLOT(tp_device_ops, embedding_bwd, false), SLOT(tp_device_ops, row_max, false),
-    SLOT(tp_device_ops, ce_stats, false),     SLOT(tp_device_ops, ce_bwd, false),
-    SLOT(tp_device_ops, adamw, false),        SLOT(tp_device_ops, reduce, false),
-    SLOT(tp_device_ops, host_alloc, false),   SLOT(tp_device_ops, host_free, false),
-    SLOT(tp_device_ops, gemm_bias_act, false), SLOT(tp_device_ops, event_create, false),
-    SLOT(tp_device_ops, event_record, false), SLOT(tp_device_ops, event_elapsed, false),
-    SLOT(tp_device_ops, event_destroy, false),
-};
+/* Bytes an ops struct must have: up to the end of its last required slot. */
+static size_t required_size(const slot *slots, size_t n)
+{
+    size_t end = sizeof(size_t);
+    for (size_t i = 0; i < n; i++)
+        if (slots[i].required && slots[i].offset + sizeof(void (*)(void)) > end)
+            end = slots[i].offset + sizeof(void (*)(void));
+    return end;
+}
 
 static bool slot_set(const void *ops, const slot *s)
 {
@@ -88,10 +94,10 @@ static char **slot_names(const void *ops, const slot *slots, size_t n)
 
 /* Copy an ops struct of a possibly older or newer plugin into the zeroed
  * full-size `dst`; check its size and required slots. */
-static tp_status copy_ops(const char *path, const char *what, const void *src, void *dst,
-                          size_t full, size_t min, const slot *slots, size_t n)
+static tp_status copy_ops(const char *path, const char *what, unsigned minor, const void *src,
+                          void *dst, size_t full, const slot *slots, size_t n)
 {
-    size_t size;
+    size_t size, min = required_size(slots, n);
     memcpy(&size, src, sizeof size);
     if (size < min)
         return tp_set_error(TP_ERR_PLUGIN,
@@ -107,6 +113,11 @@ static tp_status copy_ops(const char *path, const char *what, const void *src, v
                                 "plugin %s refused: required %s slot '%s' is NULL; every slot "
                                 "marked [required] in <tp/tp-plugin.h> must be provided",
                                 path, what, slots[i].name);
+    for (size_t i = 0; i < n; i++)
+        if (slots[i].since_minor > minor && !slot_set(dst, &slots[i]))
+            tpi_debug("plugin", "%s: %s slot '%s' came in ABI %d.%u, after the plugin's %d.%u",
+                      path, what, slots[i].name, TP_ABI_MAJOR, slots[i].since_minor,
+                      TP_ABI_MAJOR, minor);
     return TP_OK;
 }
 
@@ -181,7 +192,7 @@ static tp_status plugin_open(const char *path, tp_plugin **out)
         st = tp_set_error(TP_ERR_PLUGIN,
                           "plugin %s refused: descriptor struct_size is %zu bytes, at least "
                           "%zu expected; build the descriptor with TP_PLUGIN_DEFINE",
-                          path, d->struct_size, END_OF(tp_plugin_desc, device));
+                          path, d->struct_size, END_OF(tp_plugin_desc, abi_minor));
         goto out;
     }
     if (d->abi_major != TP_ABI_MAJOR) {
@@ -217,17 +228,15 @@ static tp_status plugin_open(const char *path, tp_plugin **out)
     p->desc = d;
     p->name = g_strdup(d->name);
     if (d->comm) {
-        st = copy_ops(path, "tp_comm_ops", d->comm, &p->comm, sizeof p->comm,
-                      END_OF(tp_comm_ops, all_reduce), comm_slots, G_N_ELEMENTS(comm_slots));
-        if (st)
-            goto out;
+        TP_TRY_GOTO(copy_ops(path, "tp_comm_ops", d->abi_minor, d->comm, &p->comm, sizeof p->comm,
+                             comm_slots, N_COMM_SLOTS),
+                    st, out);
         p->has_comm = true;
     }
     if (d->device) {
-        st = copy_ops(path, "tp_device_ops", d->device, &p->device, sizeof p->device,
-                      END_OF(tp_device_ops, gemm), device_slots, G_N_ELEMENTS(device_slots));
-        if (st)
-            goto out;
+        TP_TRY_GOTO(copy_ops(path, "tp_device_ops", d->abi_minor, d->device, &p->device,
+                             sizeof p->device, device_slots, N_DEVICE_SLOTS),
+                    st, out);
         p->has_device = true;
     }
 out:
@@ -366,11 +375,11 @@ void tp_plugin_inspect(const char *path, tp_plugin_info *out)
         out->abi_minor = d->abi_minor;
         out->is_comm = p->has_comm;
         out->is_device = p->has_device;
-        out->comm_ops = p->has_comm ? slot_names(&p->comm, comm_slots, G_N_ELEMENTS(comm_slots))
+        out->comm_ops = p->has_comm ? slot_names(&p->comm, comm_slots, N_COMM_SLOTS)
                                     : g_new0(char *, 1);
         out->comm_mem_kinds = p->has_comm ? p->comm.mem_kinds : 0;
         out->device_ops = p->has_device
-                              ? slot_names(&p->device, device_slots, G_N_ELEMENTS(device_slots))
+                              ? slot_names(&p->device, device_slots, N_DEVICE_SLOTS)
                               : g_new0(char *, 1);
         char reason[512];
         out->available = plugin_probe(p, reason, sizeof reason) != 0;

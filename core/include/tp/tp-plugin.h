@@ -197,99 +197,123 @@ typedef struct tp_gemm_args {
 typedef struct tp_device_ops {
     size_t struct_size;
 
-    /* lifetime and memory [all required] */
+    /* --- lifetime and memory [all required] --- */
+
+    /* Per rank, on its thread. */
     tp_status (*open)(const tp_host *host, const tp_device_args *args, void **dev,
-                      tp_rank_env *env);                                        /* per rank, on its thread */
-    void (*close)(void *dev);                                                   /* after synchronize */
-    tp_status (*alloc)(void *dev, size_t bytes, void **ptr);                    /* 64-byte aligned; bytes may be 0 */
-    void (*free)(void *dev, void *ptr);                                         /* NULL is a no-op */
-    tp_status (*upload)(void *dev, void *dst, const void *host_src, size_t bytes);   /* host buffer reusable on return */
-    tp_status (*download)(void *dev, void *host_dst, const void *src, size_t bytes); /* waits: data valid on return */
+                      tp_rank_env *env);
+    /* After synchronize. */
+    void (*close)(void *dev);
+    /* 64-byte aligned; bytes may be 0. */
+    tp_status (*alloc)(void *dev, size_t bytes, void **ptr);
+    /* NULL is a no-op. */
+    void (*free)(void *dev, void *ptr);
+    /* The host buffer is reusable on return. */
+    tp_status (*upload)(void *dev, void *dst, const void *host_src, size_t bytes);
+    /* Waits: the data is valid on return. */
+    tp_status (*download)(void *dev, void *host_dst, const void *src, size_t bytes);
+    /* Device to device; the two may not overlap. */
     tp_status (*copy_2d)(void *dev, void *dst, size_t dpitch, const void *src, size_t spitch,
-                         size_t width_bytes, size_t height);                    /* device to device, may not overlap */
+                         size_t width_bytes, size_t height);
     tp_status (*memset)(void *dev, void *ptr, int value, size_t bytes);
-    tp_status (*synchronize)(void *dev);                                        /* wait for all enqueued work */
+    /* Wait for all enqueued work. */
+    tp_status (*synchronize)(void *dev);
     tp_status (*gemm)(void *dev, const tp_gemm_args *g);
 
-    /* element-wise kernels used by the layers */
+    /* --- element-wise kernels used by the layers --- */
+
+    /* y[r,c] += bias[c] */
     tp_status (*bias_add)(void *dev, tp_dtype dt, int64_t rows, int64_t cols, void *y,
-                          const void *bias);                  /* y[r,c] += bias[c] */
+                          const void *bias);
+    /* db[c] += sum_r dy[r,c], r ascending */
     tp_status (*bias_grad)(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *dy,
-                           void *db);                         /* db[c] += sum_r dy[r,c], r ascending */
-    tp_status (*gelu)(void *dev, tp_dtype dt, int64_t n, const void *x, void *y,
-                      int tanh_approx);                       /* y = gelu(x); y may alias x */
-    tp_status (*gelu_bwd)(void *dev, tp_dtype dt, int64_t n, const void *x, const void *dy, void *dx,
-                          int tanh_approx);                   /* dx = dy * gelu'(x); dx may alias dy */
+                           void *db);
+    /* y = gelu(x); y may alias x */
+    tp_status (*gelu)(void *dev, tp_dtype dt, int64_t n, const void *x, void *y, int tanh_approx);
+    /* dx = dy * gelu'(x); dx may alias dy */
+    tp_status (*gelu_bwd)(void *dev, tp_dtype dt, int64_t n, const void *x, const void *dy,
+                          void *dx, int tanh_approx);
+    /* y = alpha*x + beta*y (beta 0: y is not read) */
     tp_status (*axpby)(void *dev, tp_dtype dt, int64_t n, float alpha, const void *x, float beta,
-                       void *y);                              /* y = alpha*x + beta*y (beta 0: y not read) */
-    tp_status (*softmax)(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x, void *y,
-                         float scale, int causal);            /* y = softmax(scale*x) per row; causal: row r
-                                                                 keeps cols c <= r % cols, others get 0 */
+                       void *y);
+    /* y = softmax(scale*x) per row; causal: row r keeps columns c <= r % cols, the others get 0 */
+    tp_status (*softmax)(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
+                         void *y, float scale, int causal);
+    /* dx = scale*y*(dy - sum_c dy*y); dx may alias dy */
     tp_status (*softmax_bwd)(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *y,
-                             const void *dy, void *dx,
-                             float scale);                    /* dx = scale*y*(dy - sum_c dy*y); dx may alias dy */
+                             const void *dy, void *dx, float scale);
+    /* Layer norm, or RMS norm when rms != 0 (mean unused, may be NULL); beta may be NULL (no
+     * shift). */
     tp_status (*norm)(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
-                      const void *gamma, const void *beta, void *y, float *mean, float *rstd, float eps,
-                      int rms);                               /* layer norm, or RMS norm when rms != 0
-                                                                 (mean unused, may be NULL); beta may be
-                                                                 NULL (no shift) */
+                      const void *gamma, const void *beta, void *y, float *mean, float *rstd,
+                      float eps, int rms);
+    /* dx written; dgamma and dbeta (may be NULL) accumulate. */
     tp_status (*norm_bwd)(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
                           const void *gamma, const float *mean, const float *rstd, const void *dy,
-                          void *dx, void *dgamma, void *dbeta,
-                          int rms);                           /* dx written; dgamma, dbeta (may be NULL)
-                                                                 accumulate */
+                          void *dx, void *dgamma, void *dbeta, int rms);
+    /* out[i] = lo <= ids[i] < hi ? table[ids[i] - lo] : 0 */
     tp_status (*embedding)(void *dev, tp_dtype dt, int64_t n, int64_t dim, const int32_t *ids,
-                           int64_t lo, int64_t hi, const void *table,
-                           void *out);                        /* out[i] = lo<=ids[i]<hi ? table[ids[i]-lo] : 0 */
+                           int64_t lo, int64_t hi, const void *table, void *out);
+    /* dtable[ids[i] - lo] += dout[i], i ascending */
     tp_status (*embedding_bwd)(void *dev, tp_dtype dt, int64_t n, int64_t dim, const int32_t *ids,
-                               int64_t lo, int64_t hi, const void *dout,
-                               void *dtable);                 /* dtable[ids[i]-lo] += dout[i], i ascending */
+                               int64_t lo, int64_t hi, const void *dout, void *dtable);
+    /* out[r] = max_c x[r,c] */
     tp_status (*row_max)(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
-                         float *out);                         /* out[r] = max_c x[r,c] */
+                         float *out);
+    /* Per row r: out3[3r] = sum_c exp(x - rowmax[r]), out3[3r+1] = x[r, t-lo] if
+     * lo <= t < lo+cols else 0, out3[3r+2] = sum_c x[r,c]. */
     tp_status (*ce_stats)(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *logits,
-                          const int32_t *targets, int64_t lo, const float *rowmax,
-                          float *out3);                       /* per row r: out3[3r] = sum_c exp(x-rowmax[r]),
-                                                                 out3[3r+1] = x[r, t-lo] if lo<=t<lo+cols else 0,
-                                                                 out3[3r+2] = sum_c x[r,c] */
+                          const int32_t *targets, int64_t lo, const float *rowmax, float *out3);
+    /* dlogits = row_scale[r] * (softmax - (1-s)*onehot - s/vocab); row_scale is 0 for ignored
+     * rows. */
     tp_status (*ce_bwd)(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *logits,
                         const int32_t *targets, int64_t lo, int64_t vocab, const float *rowmax,
                         const float *sumexp, const float *row_scale, float smoothing,
-                        void *dlogits);                       /* dlogits = row_scale[r] * (softmax - (1-s)*onehot
-                                                                 - s/vocab); row_scale 0 for ignored rows */
+                        void *dlogits);
+    /* Decoupled weight decay, bias-corrected. */
     tp_status (*adamw)(void *dev, int64_t n, float *param, const float *grad, float *m, float *v,
                        float lr, float beta1, float beta2, float eps, float weight_decay,
-                       int64_t step);                         /* decoupled weight decay, bias-corrected */
+                       int64_t step);
 
-    /* ABI 1.1: optional slots; NULL means not provided. */
-    tp_status (*reduce)(void *dev, tp_dtype dt, tp_redop op, int64_t n, const void *x,
-                        void *y);                             /* y[i] = op(y[i], x[i]) for f32, f16,
-                                                                 bf16 (f32 math, one rounding) and i32
-                                                                 (wrapping sum); x and y may be buffers of
-                                                                 another rank's device in this process
-                                                                 (a comm reducing peers' buffers) */
-    tp_status (*host_alloc)(void *dev, size_t bytes, void **ptr); /* page-locked host memory for
-                                                                 staging copies (cudaHostAlloc); NULL:
-                                                                 the core uses ordinary memory */
-    void (*host_free)(void *dev, void *ptr);                  /* NULL is a no-op */
+    /* --- ABI 1.1: optional slots; NULL means not provided --- */
+
+    /* y[i] = op(y[i], x[i]) for f32, f16, bf16 (f32 math, one rounding) and i32 (wrapping
+     * sum); x and y may be buffers of another rank's device in this process (a comm reducing
+     * its peers' buffers). */
+    tp_status (*reduce)(void *dev, tp_dtype dt, tp_redop op, int64_t n, const void *x, void *y);
+    /* Page-locked host memory for staging copies (cudaHostAlloc); NULL: the core uses
+     * ordinary memory. */
+    tp_status (*host_alloc)(void *dev, size_t bytes, void **ptr);
+    /* NULL is a no-op. */
+    void (*host_free)(void *dev, void *ptr);
+    /* GEMM with a fused epilogue, batch 1, beta 0: C = act(alpha op(A) op(B) + bias), bias [n]
+     * (NULL: none) broadcast over rows; pre (NULL: not wanted) gets the value before act, pitch
+     * ldc, for gelu_bwd. TP_ERR_NOT_SUPPORTED for a combination it does not fuse: the core
+     * then runs gemm, bias_add and gelu. */
     tp_status (*gemm_bias_act)(void *dev, const tp_gemm_args *g, const void *bias, tp_act act,
-                               void *pre);                    /* GEMM with a fused epilogue, batch 1,
-                                                                 beta 0: C = act(alpha op(A) op(B) +
-                                                                 bias), bias [n] (NULL: none) broadcast
-                                                                 over rows; pre (NULL: not wanted) gets
-                                                                 the value before act, pitch ldc, for
-                                                                 gelu_bwd. TP_ERR_NOT_SUPPORTED for a
-                                                                 combination it does not fuse: the core
-                                                                 then runs gemm, bias_add and gelu */
-    /* Device-side timing (CUDA events), all four or none: the core records
-     * an event before and after each counted op on an asynchronous device
-     * and adds the time between them to the counters when they are read,
-     * instead of host wall time (which is only the time to enqueue). */
+                               void *pre);
+    /* Device-side timing (CUDA events), all four or none: the core records an event before and
+     * after each counted op on an asynchronous device and adds the time between them to the
+     * counters when they are read, instead of host wall time (which is only the time to
+     * enqueue). event_record is on the rank's stream, in call order; event_elapsed waits until
+     * stop has happened. */
     tp_status (*event_create)(void *dev, void **event);
-    tp_status (*event_record)(void *dev, void *event);        /* on the rank's stream, in call order */
-    tp_status (*event_elapsed)(void *dev, const void *start, const void *stop,
-                               double *seconds);              /* waits until stop has happened */
+    tp_status (*event_record)(void *dev, void *event);
+    tp_status (*event_elapsed)(void *dev, const void *start, const void *stop, double *seconds);
     void (*event_destroy)(void *dev, void *event);
 } tp_device_ops;
+
+/* Every slot of tp_device_ops, in order: X(name, required, abi_minor it came in). The loader's
+ * checks and tp-info's listing are generated from it, and the loader fails to compile when a
+ * slot is added to the struct but not here (or out of order). */
+#define TP_DEVICE_OPS_SLOTS(X)                                                                   \
+    X(open, 1, 0) X(close, 1, 0) X(alloc, 1, 0) X(free, 1, 0) X(upload, 1, 0)                     \
+    X(download, 1, 0) X(copy_2d, 1, 0) X(memset, 1, 0) X(synchronize, 1, 0) X(gemm, 1, 0)         \
+    X(bias_add, 0, 0) X(bias_grad, 0, 0) X(gelu, 0, 0) X(gelu_bwd, 0, 0) X(axpby, 0, 0)           \
+    X(softmax, 0, 0) X(softmax_bwd, 0, 0) X(norm, 0, 0) X(norm_bwd, 0, 0) X(embedding, 0, 0)      \
+    X(embedding_bwd, 0, 0) X(row_max, 0, 0) X(ce_stats, 0, 0) X(ce_bwd, 0, 0) X(adamw, 0, 0)      \
+    X(reduce, 0, 1) X(host_alloc, 0, 1) X(host_free, 0, 1) X(gemm_bias_act, 0, 1)                 \
+    X(event_create, 0, 1) X(event_record, 0, 1) X(event_elapsed, 0, 1) X(event_destroy, 0, 1)
 
 /* ------------------------------------------------------------- comm ops */
 
@@ -312,47 +336,60 @@ typedef struct tp_engine_info {
 typedef struct tp_comm_ops {
     size_t struct_size;
 
-    /* engine, once per process [required] */
+    /* --- engine, once per process [required] --- */
+
+    /* E.g. MPI_Init_thread; fill info; refuse a world_size request the engine cannot honour,
+     * naming both numbers. */
     tp_status (*init)(const tp_host *host, const tp_engine_args *args, void **engine,
-                      tp_engine_info *info);     /* e.g. MPI_Init_thread; fill info; refuse a world_size
-                                                    request the engine cannot honour, naming both numbers */
-    void (*finalize)(void *engine);              /* after every comm was freed */
+                      tp_engine_info *info);
+    /* After every comm was freed. */
+    void (*finalize)(void *engine);
 
-    /* communicators [required] */
-    tp_status (*world)(void *engine, int local_index, const tp_rank_env *env, void **comm, int *rank,
-                       int *size);               /* called once on each local rank's thread, concurrently */
-    tp_status (*split)(void *comm, int color, int key, void **newcomm, int *rank,
-                       int *size);               /* collective; ranks ordered by (key, old rank); color < 0:
-                                                    *newcomm = NULL */
-    void (*comm_free)(void *comm);               /* not collective; the rank leaves the communicator */
+    /* --- communicators [required] --- */
 
-    /* collectives: every rank of comm calls them in the same order */
+    /* Called once on each local rank's thread, concurrently. */
+    tp_status (*world)(void *engine, int local_index, const tp_rank_env *env, void **comm,
+                       int *rank, int *size);
+    /* Collective; ranks ordered by (key, old rank); color < 0: *newcomm = NULL. */
+    tp_status (*split)(void *comm, int color, int key, void **newcomm, int *rank, int *size);
+    /* Not collective: the rank leaves the communicator. */
+    void (*comm_free)(void *comm);
+
+    /* --- collectives: every rank of comm calls them in the same order --- */
+
+    /* [required] send == recv is in place. */
     tp_status (*all_reduce)(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,
-                            tp_redop op);        /* [required] send == recv is in-place */
+                            tp_redop op);
+    /* Rank i contributes counts[i]; recv holds all, in rank order; send may equal recv + the
+     * offset of the rank's own block. */
     tp_status (*all_gather)(void *comm, const void *send, void *recv, const size_t *counts,
-                            tp_dtype dt);        /* rank i contributes counts[i]; recv holds all, in rank
-                                                    order; send may equal recv + offset of own block */
+                            tp_dtype dt);
+    /* send holds sum(counts); rank i gets block i; send and recv do not overlap. */
     tp_status (*reduce_scatter)(void *comm, const void *send, void *recv, const size_t *counts,
-                                tp_dtype dt, tp_redop op); /* send holds sum(counts); rank i gets block i;
-                                                              send and recv do not overlap */
+                                tp_dtype dt, tp_redop op);
     tp_status (*broadcast)(void *comm, void *buf, size_t count, tp_dtype dt, int root);
     tp_status (*barrier)(void *comm);
 
-    /* Optional: end the whole job because a rank of this process
-     * failed (its set-up or rank_main returned `status`; `message` says why)
-     * while ranks of other processes may wait for it in a collective that
-     * can never complete. Make `message` visible first (the process may not
-     * return from this call, e.g. MPI_Abort). The core calls it only when
-     * the engine runs ranks in several processes (local_count < world_size);
-     * returning, or NULL, means the error is reported normally. */
+    /* Optional: end the whole job because a rank of this process failed (its set-up or
+     * rank_main returned `status`; `message` says why) while ranks of other processes may wait
+     * for it in a collective that can never complete. Make `message` visible first (the
+     * process may not return from this call, e.g. MPI_Abort). The core calls it only when the
+     * engine runs ranks in several processes (local_count < world_size); returning, or NULL,
+     * means the error is reported normally. */
     void (*abort)(void *engine, int world_rank, tp_status status, const char *message);
 
-    /* Data, not a slot: bit (1u << tp_mem_kind) for each memory kind the
-     * collectives accept; 0 means host memory only. For a kind not listed
-     * the core stages through host memory (see "Memory" above), so a
-     * host-memory comm works with any device and needs no change. */
+    /* Data, not a slot: bit (1u << tp_mem_kind) for each memory kind the collectives accept;
+     * 0 means host memory only. For a kind not listed the core stages through host memory (see
+     * "Memory" above), so a host-memory comm works with any device and needs no change. */
     uint32_t mem_kinds;
 } tp_comm_ops;
+
+/* Every function slot of tp_comm_ops, in order: X(name, required, abi_minor it came in); see
+ * TP_DEVICE_OPS_SLOTS. */
+#define TP_COMM_OPS_SLOTS(X)                                                                     \
+    X(init, 1, 0) X(finalize, 1, 0) X(world, 1, 0) X(split, 1, 0) X(comm_free, 1, 0)              \
+    X(all_reduce, 1, 0) X(all_gather, 0, 0) X(reduce_scatter, 0, 0) X(broadcast, 0, 0)           \
+    X(barrier, 0, 0) X(abort, 0, 0)
 
 /* ----------------------------------------------------------- descriptor */
 
