@@ -146,6 +146,39 @@ static void plugin_close(tp_plugin *p)
     g_free(p);
 }
 
+/* The descriptor's own checks: size, ABI major, name, at least one vtable. */
+static tp_status check_desc(const char *path, const char *file_name, const tp_plugin_desc *d)
+{
+    if (d->struct_size < END_OF(tp_plugin_desc, abi_minor))
+        return tp_set_error(TP_ERR_PLUGIN,
+                            "plugin %s refused: descriptor struct_size is %zu bytes, at least "
+                            "%zu expected; build the descriptor with TP_PLUGIN_DEFINE",
+                            path, d->struct_size, END_OF(tp_plugin_desc, abi_minor));
+    if (d->abi_major != TP_ABI_MAJOR)
+        return tp_set_error(TP_ERR_PLUGIN,
+                            "plugin %s refused: built for plugin ABI %u.%u, this libtp has ABI "
+                            "%d.%d (the major versions must be equal); rebuild the plugin against "
+                            "this tp's <tp/tp-plugin.h>",
+                            path, d->abi_major, d->abi_minor, TP_ABI_MAJOR, TP_ABI_MINOR);
+    if (d->struct_size < END_OF(tp_plugin_desc, device))
+        return tp_set_error(TP_ERR_PLUGIN,
+                            "plugin %s refused: descriptor struct_size is %zu bytes, at least "
+                            "%zu expected; build the descriptor with TP_PLUGIN_DEFINE",
+                            path, d->struct_size, END_OF(tp_plugin_desc, device));
+    if (!d->name || strcmp(d->name, file_name) != 0)
+        return tp_set_error(TP_ERR_PLUGIN,
+                            "plugin %s refused: name mismatch: the descriptor says '%s' but the "
+                            "file is named libtp-%s.so; rename the file to libtp-%s.so or fix "
+                            "the name in TP_PLUGIN_DEFINE",
+                            path, d->name ? d->name : "(null)", file_name,
+                            d->name ? d->name : "<name>");
+    if (!d->comm && !d->device)
+        return tp_set_error(TP_ERR_PLUGIN,
+                            "plugin %s refused: the descriptor has neither comm nor device ops",
+                            path);
+    return TP_OK;
+}
+
 /* Open `path` and apply every check that does not depend on how the
  * plugin will be used (kind and probe are checked by the caller). */
 static tp_status plugin_open(const char *path, tp_plugin **out)
@@ -188,43 +221,7 @@ static tp_status plugin_open(const char *path, tp_plugin **out)
                           TP_PLUGIN_ENTRY);
         goto out;
     }
-    if (d->struct_size < END_OF(tp_plugin_desc, abi_minor)) {
-        st = tp_set_error(TP_ERR_PLUGIN,
-                          "plugin %s refused: descriptor struct_size is %zu bytes, at least "
-                          "%zu expected; build the descriptor with TP_PLUGIN_DEFINE",
-                          path, d->struct_size, END_OF(tp_plugin_desc, abi_minor));
-        goto out;
-    }
-    if (d->abi_major != TP_ABI_MAJOR) {
-        st = tp_set_error(TP_ERR_PLUGIN,
-                          "plugin %s refused: built for plugin ABI %u.%u, this libtp has ABI "
-                          "%d.%d (the major versions must be equal); rebuild the plugin against "
-                          "this tp's <tp/tp-plugin.h>",
-                          path, d->abi_major, d->abi_minor, TP_ABI_MAJOR, TP_ABI_MINOR);
-        goto out;
-    }
-    if (d->struct_size < END_OF(tp_plugin_desc, device)) {
-        st = tp_set_error(TP_ERR_PLUGIN,
-                          "plugin %s refused: descriptor struct_size is %zu bytes, at least "
-                          "%zu expected; build the descriptor with TP_PLUGIN_DEFINE",
-                          path, d->struct_size, END_OF(tp_plugin_desc, device));
-        goto out;
-    }
-    if (!d->name || strcmp(d->name, file_name) != 0) {
-        st = tp_set_error(TP_ERR_PLUGIN,
-                          "plugin %s refused: name mismatch: the descriptor says '%s' but the "
-                          "file is named libtp-%s.so; rename the file to libtp-%s.so or fix "
-                          "the name in TP_PLUGIN_DEFINE",
-                          path, d->name ? d->name : "(null)", file_name,
-                          d->name ? d->name : "<name>");
-        goto out;
-    }
-    if (!d->comm && !d->device) {
-        st = tp_set_error(TP_ERR_PLUGIN,
-                          "plugin %s refused: the descriptor has neither comm nor device ops",
-                          path);
-        goto out;
-    }
+    TP_TRY_GOTO(check_desc(path, file_name, d), st, out);
     p->desc = d;
     p->name = g_strdup(d->name);
     if (d->comm) {
