@@ -1,5 +1,5 @@
 /*
- * mpi-plugin-test.c — the mpi plugin's vtable, driven directly, under
+ * test-mpi-plugin.c — the mpi plugin's vtable, driven directly, under
  * mpirun -n 1..7. Loads libtp-mpi.so the way the core does (GModule,
  * G_MODULE_BIND_LOCAL, this program does not link libmpi) with a minimal
  * tp_host, so the plugin is checked on its own, independent of libtp.
