@@ -137,7 +137,7 @@ void *dmalloc(size_t bytes)
 {
     void *p = NULL;
     ck_assert_int_lt(nbufs, MAX_BUFS);
-    ck_assert_msg(D->alloc(H, bytes, &p) == TP_OK, "alloc %zu: %s", bytes, last_msg());
+    expect_status(D->alloc(H, bytes, &p), TP_OK, "alloc %zu", bytes);
     ck_assert_ptr_nonnull(p);
     ck_assert_msg(((uintptr_t)p & 63) == 0, "alloc returned %p, not 64-byte aligned", p);
     bufs[nbufs++] = p;
@@ -148,13 +148,13 @@ void *dmalloc(size_t bytes)
 void *dput(const void *host, size_t bytes)
 {
     void *p = dmalloc(bytes);
-    ck_assert_msg(D->upload(H, p, host, bytes) == TP_OK, "upload: %s", last_msg());
+    expect_status(D->upload(H, p, host, bytes), TP_OK, "upload");
     return p;
 }
 
 void dget(void *host, const void *p, size_t bytes)
 {
-    ck_assert_msg(D->download(H, host, p, bytes) == TP_OK, "download: %s", last_msg());
+    expect_status(D->download(H, host, p, bytes), TP_OK, "download");
 }
 
 void free_bufs(void)
@@ -194,9 +194,9 @@ static void *vt_rank_main(void *arg)
     D = plugin->device;
     rank_id = r->rank;
     rng_state += 0x1234567ull * (uint64_t)r->rank;
-    ck_assert_msg(D->open(&test_host, &args, &H, &env) == TP_OK, "open: %s", host_msg);
+    expect_status(D->open(&test_host, &args, &H, &env), TP_OK, "open");
     r->body();
-    ck_assert_msg(D->synchronize(H) == TP_OK, "synchronize: %s", host_msg);
+    expect_status(D->synchronize(H), TP_OK, "synchronize");
     free_bufs();
     D->close(H);
     H = NULL;
@@ -216,10 +216,9 @@ void with_devices(body_fn body, int ranks)
         cfg.device = dev_name;
         cfg.world_size = ranks;
         st = tp_init(&cfg, &ctx);
-        ck_assert_msg(st == TP_OK, "tp_init(device %s, %d ranks): %s", dev_name, ranks,
-                      tp_last_error());
+        expect_status(st, TP_OK, "tp_init(device %s, %d ranks)", dev_name, ranks);
         st = tp_run(ctx, rank_main, (void *)body);
-        ck_assert_msg(st == TP_OK, "tp_run: %s", tp_last_error());
+        expect_status(st, TP_OK, "tp_run");
         tp_finalize(ctx);
     } else {
         pthread_t th[8];
@@ -246,9 +245,9 @@ void with_device(body_fn body)
         cfg.device = dev_name;
         cfg.world_size = 1;
         st = tp_init(&cfg, &ctx);
-        ck_assert_msg(st == TP_OK, "tp_init(device %s): %s", dev_name, tp_last_error());
+        expect_status(st, TP_OK, "tp_init(device %s)", dev_name);
         st = tp_run(ctx, rank_main, (void *)body);
-        ck_assert_msg(st == TP_OK, "tp_run: %s", tp_last_error());
+        expect_status(st, TP_OK, "tp_run");
         tp_finalize(ctx);
     } else {
         tp_device_args args = {sizeof args, 0, 0, 1, 0};
@@ -256,9 +255,9 @@ void with_device(body_fn body)
 
         D = plugin->device;
         rank_id = 0;
-        ck_assert_msg(D->open(&test_host, &args, &H, &env) == TP_OK, "open: %s", host_msg);
+        expect_status(D->open(&test_host, &args, &H, &env), TP_OK, "open");
         body();
-        ck_assert_msg(D->synchronize(H) == TP_OK, "synchronize: %s", host_msg);
+        expect_status(D->synchronize(H), TP_OK, "synchronize");
         free_bufs();
         D->close(H);
         H = NULL;

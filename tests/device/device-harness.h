@@ -29,6 +29,10 @@
 
 #include <tp/tp.h>
 
+/* expect_status() reports the device's message in either mode */
+#define TP_EXPECT_MESSAGE() last_msg()
+#include "tp-expect.h"
+
 #define U 5.9604644775390625e-08 /* 2^-24 */
 
 /* ---- harness (device-harness.c) */

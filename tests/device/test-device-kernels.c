@@ -15,15 +15,15 @@ static void body_bias(void)
             float *dy = dput(y, nn * 4), *dbias = dput(bias, cols * 4), *ddb = dput(db0, cols * 4);
 
             /* bias_add: one rounding. */
-            ck_assert_msg(D->bias_add(H, TP_F32, rows, cols, dy, dbias) == TP_OK, "%s", last_msg());
+            expect_status(D->bias_add(H, TP_F32, rows, cols, dy, dbias), TP_OK, "bias_add");
             dget(out, dy, nn * 4);
             for (size_t i = 0; i < nn; i++)
                 CLOSE(out[i], (double)y[i] + bias[i % cols],
                       U * fabs((double)y[i] + bias[i % cols]), "bias_add [%zu]", i);
 
             /* bias_grad accumulates onto db: rows + 1 terms, K = rows + 1. */
-            ck_assert_msg(D->bias_grad(H, TP_F32, rows, cols, dput(y, nn * 4), ddb) == TP_OK, "%s",
-                          last_msg());
+            expect_status(D->bias_grad(H, TP_F32, rows, cols, dput(y, nn * 4), ddb), TP_OK,
+                          "bias_grad");
             dget(db, ddb, cols * 4);
             for (int c = 0; c < cols; c++) {
                 double s = db0[c], m = fabs(db0[c]);
@@ -76,7 +76,7 @@ static void body_gelu(void)
     for (int t = 0; t < 2; t++) {
         void *dxv = dput(x, N * 4), *dyv = dmalloc(N * 4);
 
-        ck_assert_msg(D->gelu(H, TP_F32, N, dxv, dyv, t) == TP_OK, "%s", last_msg());
+        expect_status(D->gelu(H, TP_F32, N, dxv, dyv, t), TP_OK, "gelu");
         dget(y, dyv, N * 4);
         /* y = 0.5 x (1 + f), f = erf or tanh within 4 ulp of 1: the
          * absolute error of 1 + f is <= 6u, so |dy| <= 0.5|x| 6u plus 4 roundings of y. */
@@ -86,8 +86,7 @@ static void body_gelu(void)
 
         /* gelu_bwd; then in place (dx aliases dy); y aliases x for gelu. */
         dyv = dput(dy, N * 4);
-        ck_assert_msg(D->gelu_bwd(H, TP_F32, N, dxv, dyv, dmalloc(N * 4), t) == TP_OK, "%s",
-                      last_msg());
+        expect_status(D->gelu_bwd(H, TP_F32, N, dxv, dyv, dmalloc(N * 4), t), TP_OK, "gelu_bwd");
         ck_assert_int_eq(D->gelu_bwd(H, TP_F32, N, dxv, dyv, dyv, t), TP_OK);
         dget(dx, dyv, N * 4);
         /* g' = 0.5(1 + f) + x phi(x)-like term: 1 + f as above (6u absolute),
@@ -181,8 +180,8 @@ void body_softmax(void)
                     for (size_t i = 0; i < nn; i++)
                         xd[i] = x[i];
                     ref_softmax(rows, cols, xd, sc, causal, yr);
-                    ck_assert_msg(D->softmax(H, TP_F32, rows, cols, dxv, dyv, sc, causal) == TP_OK,
-                                  "%s", last_msg());
+                    expect_status(D->softmax(H, TP_F32, rows, cols, dxv, dyv, sc, causal), TP_OK,
+                                  "softmax");
                     dget(y, dyv, nn * 4);
                     /* exp's argument s x - max is off by <= 2u(|s x| + |max|) <= 4u|s|4
                      * absolute, i.e. that much relative in each exp (plus 4 ulp of expf);
@@ -278,10 +277,9 @@ void body_norm(void)
                     vy = dmalloc(nn * 4);
                     vmu = rms ? NULL : dmalloc(rows * 4);
                     vrs = dmalloc(rows * 4);
-                    ck_assert_msg(D->norm(H, TP_F32, rows, cols, vx, dput(g, cols * 4),
-                                          hasb ? dput(b, cols * 4) : NULL, vy, vmu, vrs, eps,
-                                          rms) == TP_OK,
-                                  "%s", last_msg());
+                    expect_status(D->norm(H, TP_F32, rows, cols, vx, dput(g, cols * 4),
+                                          hasb ? dput(b, cols * 4) : NULL, vy, vmu, vrs, eps, rms),
+                                  TP_OK, "norm");
                     dget(y, vy, nn * 4);
                     dget(rs, vrs, rows * 4);
                     if (!rms)
@@ -313,9 +311,8 @@ void body_norm(void)
                     vdx = vdy;
                     vdg = dput(dg0, cols * 4);
                     vdb = hasb ? dput(db0, cols * 4) : NULL;
-                    ck_assert_msg(D->norm_bwd(H, TP_F32, rows, cols, vx, dput(g, cols * 4), vmu,
-                                              vrs, vdy, vdx, vdg, vdb, rms) == TP_OK,
-                                  "%s", last_msg());
+                    expect_status(D->norm_bwd(H, TP_F32, rows, cols, vx, dput(g, cols * 4), vmu,
+                                              vrs, vdy, vdx, vdg, vdb, rms), TP_OK, "norm_bwd");
                     dget(dx, vdx, nn * 4);
                     dget(dg, vdg, cols * 4);
                     if (hasb)
@@ -381,8 +378,8 @@ static void body_embedding(void)
     ids[0] = -100, ids[1] = LO, ids[2] = HI - 1, ids[3] = HI, ids[4] = LO, ids[5] = INT32_MAX;
     vids = dput(ids, sizeof ids);
     vout = dput(dout, N * DIM * 4); /* junk that must be overwritten */
-    ck_assert_msg(D->embedding(H, TP_F32, N, DIM, vids, LO, HI, dput(table, (HI - LO) * DIM * 4),
-                               vout) == TP_OK, "%s", last_msg());
+    expect_status(D->embedding(H, TP_F32, N, DIM, vids, LO, HI, dput(table, (HI - LO) * DIM * 4),
+                               vout), TP_OK, "embedding");
     dget(out, vout, N * DIM * 4);
     for (int i = 0; i < N; i++)
         for (int c = 0; c < DIM; c++) {
@@ -391,8 +388,8 @@ static void body_embedding(void)
         }
 
     vdt = dput(dt0, (HI - LO) * DIM * 4);
-    ck_assert_msg(D->embedding_bwd(H, TP_F32, N, DIM, vids, LO, HI, dput(dout, N * DIM * 4),
-                                   vdt) == TP_OK, "%s", last_msg());
+    expect_status(D->embedding_bwd(H, TP_F32, N, DIM, vids, LO, HI, dput(dout, N * DIM * 4), vdt),
+                  TP_OK, "embedding_bwd");
     dget(dt, vdt, (HI - LO) * DIM * 4);
     for (int j = 0; j < (HI - LO) * DIM; j++)
         ref[j] = dt0[j], mag[j] = fabs(dt0[j]);
@@ -450,10 +447,10 @@ void body_ce(void)
                 scale[r] = r % 4 == 3 ? 0.0f : 1.0f / (float)(r + 1);
             }
             vt = dput(t, rows * 4);
-            ck_assert_msg(D->row_max(H, TP_F32, rows, cols, vx, vmx) == TP_OK, "%s", last_msg());
+            expect_status(D->row_max(H, TP_F32, rows, cols, vx, vmx), TP_OK, "row_max");
             dget(mx, vmx, rows * 4);
-            ck_assert_msg(D->ce_stats(H, TP_F32, rows, cols, vx, vt, lo, vmx, vst) == TP_OK,
-                          "%s", last_msg());
+            expect_status(D->ce_stats(H, TP_F32, rows, cols, vx, vt, lo, vmx, vst), TP_OK,
+                          "ce_stats");
             dget(st, vst, rows * 12);
             for (int r = 0; r < rows; r++) {
                 const float *xr = x + (size_t)r * cols;
@@ -483,9 +480,8 @@ void body_ce(void)
                     se[r] = st[3 * r];
                 vse = dput(se, rows * 4);
                 vdx = dput(x, nn * 4); /* junk to overwrite */
-                ck_assert_msg(D->ce_bwd(H, TP_F32, rows, cols, vx, vt, lo, vocab, vmx, vse,
-                                        dput(scale, rows * 4), s, vdx) == TP_OK,
-                              "%s", last_msg());
+                expect_status(D->ce_bwd(H, TP_F32, rows, cols, vx, vt, lo, vocab, vmx, vse,
+                                        dput(scale, rows * 4), s, vdx), TP_OK, "ce_bwd");
                 dget(dx, vdx, nn * 4);
                 for (int r = 0; r < rows; r++)
                     for (int c = 0; c < cols; c++) {
@@ -529,8 +525,7 @@ static void body_adamw(void)
     g[0] = 0.0f, m[0] = 0.0f, v[0] = 0.0f; /* a zero gradient: p only decays */
     vp = dput(p, N * 4), vg = dput(g, N * 4), vm = dput(m, N * 4), vv = dput(v, N * 4);
     for (int64_t step = 1; step <= 3; step++) {
-        ck_assert_msg(D->adamw(H, N, vp, vg, vm, vv, lr, b1, b2, eps, wd, step) == TP_OK, "%s",
-                      last_msg());
+        expect_status(D->adamw(H, N, vp, vg, vm, vv, lr, b1, b2, eps, wd, step), TP_OK, "adamw");
         dget(po, vp, N * 4), dget(mo, vm, N * 4), dget(vo, vv, N * 4);
         for (int i = 0; i < N; i++) {
             /* PyTorch AdamW, in double, from this step's f32 inputs */

@@ -124,7 +124,7 @@ static void lp_compare(const char *op, tp_dtype dt, lp_fn fn, lp_buf *b, int nb,
             clear_msg();
             goto done;
         }
-        ck_assert_msg(st == TP_OK, "%s (%s): %s", op, pass ? "low precision" : "f32", last_msg());
+        expect_status(st, TP_OK, "%s (%s)", op, pass ? "low precision" : "f32");
         for (int i = 0; i < nb; i++) {
             size_t bytes = b[i].n * (b[i].typed ? dt_size(t) : 4);
             void *h;
@@ -251,7 +251,7 @@ void lowp_gemm(tp_dtype dt)
                       strstr(last_msg(), dt == TP_BF16 ? "bf16" : "f16"), "%s", last_msg());
         clear_msg();
     } else {
-        ck_assert_msg(st == TP_OK, "gemm %s: %s", dt == TP_BF16 ? "bf16" : "f16", last_msg());
+        expect_status(st, TP_OK, "gemm %s", dt == TP_BF16 ? "bf16" : "f16");
         dget(hc, g.c, nc * 2);
         dec(dt, hc, out, nc);
         for (int bi = 0; bi < batch; bi++) {

@@ -26,8 +26,8 @@ static void reduce_case(tp_dtype dt, tp_redop op, int n, void *xmem)
     round_to(dt, x, n), round_to(dt, y, n);
     enc(dt, x, hx, n), enc(dt, y, hy, n);
     void *dx = xmem ? memcpy(xmem, hx, n * es) : dput(hx, n * es), *dy = dput(hy, n * es);
-    ck_assert_msg(D->reduce(H, dt, op, n, dx, dy) == TP_OK, "reduce %s op %d n=%d%s: %s",
-                  DT_NAME(dt), (int)op, n, xmem ? " (x in host_alloc memory)" : "", last_msg());
+    expect_status(D->reduce(H, dt, op, n, dx, dy), TP_OK, "reduce %s op %d n=%d%s", DT_NAME(dt),
+                  (int)op, n, xmem ? " (x in host_alloc memory)" : "");
     dget(hy, dy, n * es);
     dec(dt, hy, out, n);
     for (int i = 0; i < n; i++) {
@@ -55,8 +55,7 @@ static void body_reduce(void)
     int32_t ix[3] = {INT32_MAX, -5, 7}, iy[3] = {1, 9, -7}, io[3];
     for (int op = 0; op < TP_REDOP_COUNT_; op++) {
         void *dix = dput(ix, 12), *diy = dput(iy, 12);
-        ck_assert_msg(D->reduce(H, TP_I32, (tp_redop)op, 3, dix, diy) == TP_OK, "reduce i32: %s",
-                      last_msg());
+        expect_status(D->reduce(H, TP_I32, (tp_redop)op, 3, dix, diy), TP_OK, "reduce i32");
         dget(io, diy, 12);
         for (int i = 0; i < 3; i++) {
             int32_t want = op == TP_SUM   ? (int32_t)((uint32_t)ix[i] + (uint32_t)iy[i])
@@ -155,8 +154,8 @@ static void bias_act_case(tp_dtype dt, int ta, int tb, int m, int n, int k, int 
         clear_msg();
         goto done;
     }
-    ck_assert_msg(st == TP_OK, "gemm_bias_act %s act %d bias %d pre %d m=%d n=%d k=%d ldc=%d: %s",
-                  DT_NAME(dt), (int)act, with_bias, with_pre, m, n, k, ldc, last_msg());
+    expect_status(st, TP_OK, "gemm_bias_act %s act %d bias %d pre %d m=%d n=%d k=%d ldc=%d",
+                  DT_NAME(dt), (int)act, with_bias, with_pre, m, n, k, ldc);
     dget(hc, g.c, nc * es);
     dec(dt, hc, out, nc);
     if (with_pre) {
@@ -268,7 +267,7 @@ static void body_gemm_bias_act_errors(void)
     if (via_api || !strcmp(dev_name, "cuda"))
         expect_err(D->gemm_bias_act(H, &g, NULL, TP_ACT_GELU_TANH, c), TP_ERR_INVALID_ARG,
                    "gemm_bias_act pre == c", "pre", NULL);
-    ck_assert_msg(D->synchronize(H) == TP_OK, "synchronize after refused calls: %s", last_msg());
+    expect_status(D->synchronize(H), TP_OK, "synchronize after refused calls");
     free_bufs();
 }
 
@@ -324,9 +323,9 @@ static void body_fused(void)
                     int fused = !strcmp(dev_name, "cpu") || act == TP_ACT_NONE ||
                                 (act == TP_ACT_GELU_TANH && dt != TP_F32);
                     tp_stats_reset(rank_comm);
-                    ck_assert_msg(D->gemm_bias_act(H, &g, bias ? p[3] : NULL, (tp_act)act,
-                                                   pre ? p[4] : NULL) == TP_OK,
-                                  "gemm_bias_act %s act %d: %s", DT_NAME(dt), act, last_msg());
+                    expect_status(D->gemm_bias_act(H, &g, bias ? p[3] : NULL, (tp_act)act,
+                                                   pre ? p[4] : NULL), TP_OK,
+                                  "gemm_bias_act %s act %d", DT_NAME(dt), act);
                     tp_stats_get(rank_comm, &st);
                     ck_assert_msg(calls(st.gemm) == 1 && (fused ? calls(st.kernel) == 0
                                                                 : calls(st.kernel) >= 1u + bias),
