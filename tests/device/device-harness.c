@@ -233,34 +233,16 @@ void with_devices(body_fn body, int ranks)
     }
 }
 
-/* Run a test body with a fresh device (one rank). */
+/* Run a test body with a fresh device (one rank), on this thread in
+ * vtable mode: there Check may run without fork (CUDA), where a failing
+ * check must happen on the main thread. */
 void with_device(body_fn body)
 {
     if (via_api) {
-        tp_config cfg = {0};
-        tp_ctx *ctx = NULL;
-        tp_status st;
-
-        cfg.backend = "loopback";
-        cfg.device = dev_name;
-        cfg.world_size = 1;
-        st = tp_init(&cfg, &ctx);
-        expect_status(st, TP_OK, "tp_init(device %s)", dev_name);
-        st = tp_run(ctx, rank_main, (void *)body);
-        expect_status(st, TP_OK, "tp_run");
-        tp_finalize(ctx);
+        with_devices(body, 1);
     } else {
-        tp_device_args args = {sizeof args, 0, 0, 1, 0};
-        tp_rank_env env = {.struct_size = sizeof env, .mem_kind = TP_MEM_HOST, .device_index = -1};
-
-        D = plugin->device;
-        rank_id = 0;
-        expect_status(D->open(&test_host, &args, &H, &env), TP_OK, "open");
-        body();
-        expect_status(D->synchronize(H), TP_OK, "synchronize");
-        free_bufs();
-        D->close(H);
-        H = NULL;
+        vt_rank r = {body, 0, 1};
+        vt_rank_main(&r);
     }
 }
 
