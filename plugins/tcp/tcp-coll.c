@@ -50,7 +50,7 @@ static tp_status check_comm(tcp_comm *c, const char *op)
 
 static tp_status check_types(tcp_comm *c, const char *op, tp_dtype dt, int redop, tp_redop rop)
 {
-    if (tcp_dtype_size(dt) == 0)
+    if (tp_util_dtype_size(dt) == 0)
         return c->eng->host->set_error(TP_ERR_INVALID_ARG, "tcp %s: invalid dtype %d", op, (int)dt);
     if (redop && (rop < 0 || rop >= TP_REDOP_COUNT_))
         return c->eng->host->set_error(TP_ERR_INVALID_ARG, "tcp %s: invalid reduction op %d", op,
@@ -211,7 +211,7 @@ static tp_status v_prologue(tcp_comm *c, const char *name, tp_dtype dt, int redo
         return st;
     if (!counts)
         return c->eng->host->set_error(TP_ERR_INVALID_ARG, "tcp %s: counts is NULL", name);
-    *es = tcp_dtype_size(dt);
+    *es = tp_util_dtype_size(dt);
     *off = malloc(sizeof(size_t) * (size_t)c->size);
     if (!*off)
         return c->eng->host->set_error(TP_ERR_NO_MEMORY, "tcp %s: out of memory", name);
@@ -233,7 +233,7 @@ tp_status tcp_all_reduce(void *comm, const void *send, void *recv, size_t count,
         st = check_types(c, name, dt, 1, op);
     if (st != TP_OK)
         return st;
-    size_t es = tcp_dtype_size(dt);
+    size_t es = tp_util_dtype_size(dt);
     if (count > SIZE_MAX / es)
         return c->eng->host->set_error(TP_ERR_INVALID_ARG, "tcp %s: count %zu is too large", name,
                                        count);
@@ -355,7 +355,7 @@ tp_status tcp_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int ro
                                        "tcp broadcast: root %d is not a rank of this communicator "
                                        "(size %d)",
                                        root, c->size);
-    size_t es = tcp_dtype_size(dt);
+    size_t es = tp_util_dtype_size(dt);
     if (count > SIZE_MAX / es)
         return c->eng->host->set_error(TP_ERR_INVALID_ARG, "tcp %s: count %zu is too large", name,
                                        count);

@@ -44,29 +44,32 @@ static void engine_free(tcp_engine *e)
     free(e);
 }
 
-static tp_status tcp_init(const tp_host *host, const tp_engine_args *args, void **engine,
-                          tp_engine_info *info)
+/* The job as the environment describes it (tp-launch sets it). */
+typedef struct tcp_job {
+    long rank, world, chunk;
+    const char *addr, *port;
+} tcp_job;
+
+/* Read and check TP_RANK, TP_WORLD_SIZE, TP_MASTER_ADDR/PORT and
+ * TP_TCP_CHUNK_BYTES against the world size the caller requested (0: any). */
+static tp_status job_from_env(const tp_host *host, int requested, tcp_job *j)
 {
     const char *rank_s = getenv("TP_RANK"), *world_s = getenv("TP_WORLD_SIZE");
-    const char *addr = getenv("TP_MASTER_ADDR"), *port = getenv("TP_MASTER_PORT");
     const char *chunk_s = getenv("TP_TCP_CHUNK_BYTES");
-    int requested = args && args->struct_size >= offsetof(tp_engine_args, world_size) + sizeof(int)
-                        ? args->world_size
-                        : 0;
-    long rank = 0, world = 1, chunk = TCP_DEFAULT_CHUNK;
 
-    *engine = NULL;
-    if (!addr || !*addr)
-        addr = "127.0.0.1";
-    if (world_s && parse_int(world_s, 1, TCP_MAX_WORLD, &world) < 0)
+    *j = (tcp_job){.rank = 0, .world = 1, .chunk = TCP_DEFAULT_CHUNK,
+                   .addr = getenv("TP_MASTER_ADDR"), .port = getenv("TP_MASTER_PORT")};
+    if (!j->addr || !*j->addr)
+        j->addr = "127.0.0.1";
+    if (world_s && parse_int(world_s, 1, TCP_MAX_WORLD, &j->world) < 0)
         return host->set_error(TP_ERR_INVALID_ARG,
                                "tcp: TP_WORLD_SIZE=\"%s\" is not a number in 1..%d", world_s,
                                TCP_MAX_WORLD);
-    if (!rank_s && world_s && world > 1)
+    if (!rank_s && world_s && j->world > 1)
         return host->set_error(TP_ERR_INVALID_ARG,
                                "tcp: TP_WORLD_SIZE=%ld but TP_RANK is not set: the tcp backend "
                                "runs one process per rank; start them with `tp-launch -n %ld PROG`",
-                               world, world);
+                               j->world, j->world);
     if (!world_s && rank_s)
         return host->set_error(TP_ERR_INVALID_ARG,
                                "tcp: TP_RANK=%s but TP_WORLD_SIZE is not set: set both, or start "
@@ -78,26 +81,43 @@ static tp_status tcp_init(const tp_host *host, const tp_engine_args *args, void 
                                "tcp backend runs one process per rank; start them with "
                                "`tp-launch -n %d PROG`",
                                requested, requested);
-    if (rank_s && parse_int(rank_s, 0, world - 1, &rank) < 0)
+    if (rank_s && parse_int(rank_s, 0, j->world - 1, &j->rank) < 0)
         return host->set_error(TP_ERR_INVALID_ARG,
                                "tcp: TP_RANK=\"%s\" is not a rank of TP_WORLD_SIZE=%ld (expected "
                                "0..%ld)",
-                               rank_s, world, world - 1);
-    if (requested > 0 && requested != world)
+                               rank_s, j->world, j->world - 1);
+    if (requested > 0 && requested != j->world)
         return host->set_error(TP_ERR_INVALID_ARG,
                                "tcp: %d ranks requested (--tp or TP_WORLD_SIZE) but this job has "
                                "TP_WORLD_SIZE=%ld processes: start it with `tp-launch -n %d`, or "
                                "ask for %ld",
-                               requested, world, requested, world);
-    if (chunk_s && parse_int(chunk_s, 16, 1L << 30, &chunk) < 0)
+                               requested, j->world, requested, j->world);
+    if (chunk_s && parse_int(chunk_s, 16, 1L << 30, &j->chunk) < 0)
         return host->set_error(TP_ERR_INVALID_ARG,
                                "tcp: TP_TCP_CHUNK_BYTES=\"%s\" is not a number in 16..%ld",
                                chunk_s, 1L << 30);
-    if (world > 1 && (!port || !*port))
+    if (j->world > 1 && (!j->port || !*j->port))
         return host->set_error(TP_ERR_INVALID_ARG,
                                "tcp: TP_MASTER_PORT is not set (rank %ld of %ld): every rank needs "
                                "the port where rank 0 listens; tp-launch sets it",
-                               rank, world);
+                               j->rank, j->world);
+    return TP_OK;
+}
+
+static tp_status tcp_init(const tp_host *host, const tp_engine_args *args, void **engine,
+                          tp_engine_info *info)
+{
+    int requested = args && args->struct_size >= offsetof(tp_engine_args, world_size) + sizeof(int)
+                        ? args->world_size
+                        : 0;
+    tcp_job job;
+
+    *engine = NULL;
+    tp_status jst = job_from_env(host, requested, &job);
+    if (jst != TP_OK)
+        return jst;
+    long rank = job.rank, world = job.world, chunk = job.chunk;
+    const char *addr = job.addr, *port = job.port;
 
     tcp_engine *e = calloc(1, sizeof *e);
     if (!e)

@@ -221,6 +221,14 @@ static size_t acc_msg_size(const acceptor *a)
     return TCP_HDR_SIZE + (a->mesh ? TCP_MESH_SIZE : TCP_HELLO_SIZE);
 }
 
+/* The header a hello (master) or mesh hello (rank) must have. */
+static tcp_hdr acc_want_hdr(const acceptor *a)
+{
+    return (tcp_hdr){.magic = TCP_MAGIC, .version = TCP_WIRE_VERSION,
+                     .op = a->mesh ? TCP_OP_MESH : TCP_OP_HELLO,
+                     .len = a->mesh ? TCP_MESH_SIZE : TCP_HELLO_SIZE};
+}
+
 /* Fatal error: tell every accepted/pending connection (master only), then fail. */
 static tp_status acc_fail(acceptor *a, tp_status st, const char *msg)
 {
@@ -244,9 +252,7 @@ static tp_status acc_check(acceptor *a, int i)
 {
     tcp_engine *e = a->e;
     pending *p = &a->p[i];
-    tcp_hdr h, want = {.magic = TCP_MAGIC, .version = TCP_WIRE_VERSION,
-                       .op = a->mesh ? TCP_OP_MESH : TCP_OP_HELLO,
-                       .len = a->mesh ? TCP_MESH_SIZE : TCP_HELLO_SIZE};
+    tcp_hdr h, want = acc_want_hdr(a);
     char why[384], msg[768];
     const char *where = a->mesh ? "this rank's peer port" : "the master port";
     tcp_hdr_decode(p->buf, &h);
@@ -356,6 +362,69 @@ static tp_status acc_missing(acceptor *a, double timeout_s)
     return acc_fail(a, TP_ERR_TIMEOUT, msg);
 }
 
+/* Read what pending connection i sent; check it as soon as its header is
+ * complete (so garbage fails fast) and again when the whole message is in.
+ * TP_OK too while it needs more bytes, or when it left without a word. */
+static tp_status acc_read(acceptor *a, int i)
+{
+    tcp_engine *e = a->e;
+    pending *p = &a->p[i];
+    size_t want = acc_msg_size(a) - p->got;
+    ssize_t n = recv(p->fd, p->buf + p->got, want, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return TP_OK;
+    if (n <= 0 && p->got == 0) {
+        /* Connected and left without a word (a port probe): ignore it. */
+        e->host->debug("comm", "tcp: rank %d: %s connected and closed", e->rank, p->from);
+        close(p->fd);
+        drop_pending(a, i);
+        return TP_OK;
+    }
+    if (n <= 0) {
+        char msg[512];
+        snprintf(msg, sizeof msg,
+                 "tcp rendezvous: rank %d: a connection from %s to %s sent %zu bytes "
+                 "and %s, expected a %zu-byte tp tcp %s",
+                 e->rank, p->from, a->mesh ? "this rank's peer port" : "the master port",
+                 p->got, n == 0 ? "closed" : strerror(errno), acc_msg_size(a),
+                 a->mesh ? "mesh hello" : "hello");
+        return acc_fail(a, TP_ERR_PEER, msg);
+    }
+    p->got += (size_t)n;
+    if (p->got >= 4 && tcp_get32(p->buf) != TCP_MAGIC)
+        return acc_check(a, i); /* garbage: fail at once */
+    if (p->got >= TCP_HDR_SIZE) {
+        tcp_hdr h, want_h = acc_want_hdr(a);
+        char why[384];
+        tcp_hdr_decode(p->buf, &h);
+        if (tcp_hdr_mismatch(&h, &want_h, why, sizeof why) || p->got == acc_msg_size(a))
+            return acc_check(a, i);
+    }
+    return TP_OK;
+}
+
+/* Take a new connection off the listening socket as pending, if there is
+ * room; a failed accept is left for the next poll. */
+static void acc_take(acceptor *a)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    int fd = accept4(a->lfd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC);
+    if (fd < 0)
+        return;
+    if (a->np == MAX_PENDING || tcp_set_socket_opts(fd) < 0) {
+        close(fd);
+        return;
+    }
+    pending *p = &a->p[a->np++];
+    memset(p, 0, sizeof *p);
+    p->fd = fd;
+    char host[TCP_HOST_LEN];
+    int port;
+    addr_text((struct sockaddr *)&ss, sl, host, sizeof host, &port);
+    snprintf(p->from, sizeof p->from, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+}
+
 /* Accept until `need` valid connections arrived; fds[rank] gets each. */
 static tp_status accept_all(acceptor *a, double deadline)
 {
@@ -380,66 +449,13 @@ static tp_status accept_all(acceptor *a, double deadline)
             break;
         }
         /* Read pending connections first (from the end: drop_pending moves the last). */
-        for (int i = np - 1; i >= 0 && st == TP_OK; i--) {
-            if (!pfd[i + 1].revents)
-                continue;
-            pending *p = &a->p[i];
-            size_t want = acc_msg_size(a) - p->got;
-            ssize_t n = recv(p->fd, p->buf + p->got, want, MSG_DONTWAIT);
-            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-                continue;
-            if (n <= 0 && p->got == 0) {
-                /* Connected and left without a word (a port probe): ignore it. */
-                e->host->debug("comm", "tcp: rank %d: %s connected and closed", e->rank, p->from);
-                close(p->fd);
-                drop_pending(a, i);
-                continue;
-            }
-            if (n <= 0) {
-                char msg[512];
-                snprintf(msg, sizeof msg,
-                         "tcp rendezvous: rank %d: a connection from %s to %s sent %zu bytes "
-                         "and %s, expected a %zu-byte tp tcp %s",
-                         e->rank, p->from, a->mesh ? "this rank's peer port" : "the master port",
-                         p->got, n == 0 ? "closed" : strerror(errno), acc_msg_size(a),
-                         a->mesh ? "mesh hello" : "hello");
-                st = acc_fail(a, TP_ERR_PEER, msg);
-                break;
-            }
-            p->got += (size_t)n;
-            if (p->got >= 4 && tcp_get32(p->buf) != TCP_MAGIC) {
-                st = acc_check(a, i); /* garbage: fail at once */
-            } else if (p->got >= TCP_HDR_SIZE) {
-                /* Check the header as soon as it is complete, so garbage fails fast. */
-                tcp_hdr h, want_h = {.magic = TCP_MAGIC, .version = TCP_WIRE_VERSION,
-                                     .op = a->mesh ? TCP_OP_MESH : TCP_OP_HELLO,
-                                     .len = a->mesh ? TCP_MESH_SIZE : TCP_HELLO_SIZE};
-                char why[384];
-                tcp_hdr_decode(p->buf, &h);
-                if (tcp_hdr_mismatch(&h, &want_h, why, sizeof why) || p->got == acc_msg_size(a))
-                    st = acc_check(a, i);
-            }
-        }
+        for (int i = np - 1; i >= 0 && st == TP_OK; i--)
+            if (pfd[i + 1].revents)
+                st = acc_read(a, i);
         if (st != TP_OK)
             break;
-        if (pfd[0].revents & POLLIN) {
-            struct sockaddr_storage ss;
-            socklen_t sl = sizeof ss;
-            int fd = accept4(a->lfd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC);
-            if (fd < 0)
-                continue;
-            if (a->np == MAX_PENDING || tcp_set_socket_opts(fd) < 0) {
-                close(fd);
-                continue;
-            }
-            pending *p = &a->p[a->np++];
-            memset(p, 0, sizeof *p);
-            p->fd = fd;
-            char host[TCP_HOST_LEN];
-            int port;
-            addr_text((struct sockaddr *)&ss, sl, host, sizeof host, &port);
-            snprintf(p->from, sizeof p->from, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
-        }
+        if (pfd[0].revents & POLLIN)
+            acc_take(a);
     }
     for (int i = 0; i < a->np; i++)
         close(a->p[i].fd);
@@ -534,148 +550,178 @@ static tp_status master_phase(tcp_engine *e, struct addrinfo *ai, int *lfd_out)
     return st;
 }
 
-static tp_status worker_phase(tcp_engine *e, struct addrinfo *ai, int *lfd_out)
+/* Worker: connect to the master, trying each of its addresses in turn;
+ * *fd < 0 means none answered (master names the last one tried). */
+static tp_status worker_connect(tcp_engine *e, struct addrinfo *ai, double deadline,
+                                char *master, size_t master_len, int *fd)
 {
-    double deadline = tcp_now() + e->timeout_s;
-    int fd = -1, err = 0, attempts = 0;
-    char master[96] = "?";
-    for (struct addrinfo *p = ai; p && fd < 0; p = p->ai_next) {
+    int err = 0, attempts = 0;
+    *fd = -1;
+    for (struct addrinfo *p = ai; p && *fd < 0; p = p->ai_next) {
         int port;
         char host[TCP_HOST_LEN];
         addr_text(p->ai_addr, p->ai_addrlen, host, sizeof host, &port);
-        snprintf(master, sizeof master, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
-        fd = connect_retry(p->ai_addr, p->ai_addrlen, p->ai_next ? tcp_now() + 0.5 : deadline,
-                           &err, &attempts);
+        snprintf(master, master_len, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+        *fd = connect_retry(p->ai_addr, p->ai_addrlen, p->ai_next ? tcp_now() + 0.5 : deadline,
+                            &err, &attempts);
     }
-    if (fd < 0)
+    if (*fd < 0)
         return e->host->set_error(
             TP_ERR_TIMEOUT,
             "tcp rendezvous: rank %d could not reach the master (rank 0) at %s within %g s "
             "(TP_TIMEOUT_S, %d attempts, last error: %s): is rank 0 running with the same "
             "TP_MASTER_ADDR/TP_MASTER_PORT?",
             e->rank, master, e->timeout_s, attempts, strerror(err));
-    int lfd = -1;
-    tp_status st = open_peer_listener(e, fd, &lfd);
-    if (st != TP_OK) {
-        close(fd);
-        return st;
-    }
-    unsigned char hello[TCP_HELLO_SIZE] = {0};
-    tcp_put32(hello, (uint32_t)e->rank);
-    tcp_put32(hello + 4, (uint32_t)e->world);
-    tcp_put16(hello + 8, (uint16_t)e->peers[e->rank].port);
-    e->host->debug("comm", "tcp: rank %d: registering with the master at %s", e->rank, master);
+    return TP_OK;
+}
 
-    size_t tlen = TCP_TABLE_HEAD_SIZE + (size_t)e->world * TCP_TABLE_ENTRY_SIZE;
-    unsigned char *table = malloc(tlen);
+/* Worker: the master's refusal (an ABORT header already read) as the error. */
+static tp_status worker_refused(tcp_engine *e, int fd, const tcp_hdr *hdr, const char *master)
+{
+    char reason[TCP_ABORT_MAX + 1] = "";
+    size_t n = 0;
+    (void)tcp_recv_all(fd, reason, (size_t)hdr->len, tcp_now() + 1.0, &n);
+    reason[n] = '\0';
+    for (size_t i = 0; i < n; i++) /* text from the wire: printable only */
+        if (reason[i] < 32 || reason[i] > 126)
+            reason[i] = '?';
+    return e->host->set_error(TP_ERR_PEER,
+                              "tcp rendezvous: the master (rank 0 at %s) refused rank %d: %s",
+                              master, e->rank, reason);
+}
+
+/* Worker: wait for the header of the master's rank table (tlen bytes). */
+static tp_status worker_table_header(tcp_engine *e, int fd, const char *master, size_t tlen)
+{
     unsigned char h[TCP_HDR_SIZE];
     size_t got = 0;
     char why[400];
-    if (!table) {
-        st = e->host->set_error(TP_ERR_NO_MEMORY, "tcp rendezvous: out of memory");
-        goto done;
-    }
-    if (send_msg(fd, TCP_OP_HELLO, hello, sizeof hello, deadline) < 0) {
-        st = e->host->set_error(TP_ERR_PEER,
-                                "tcp rendezvous: rank %d could not register with the master at "
-                                "%s: %s",
-                                e->rank, master, strerror(errno));
-        goto done;
-    }
     /* The master answers when every rank has registered: wait the full timeout. */
     if (tcp_recv_all(fd, h, sizeof h, tcp_now() + e->timeout_s, &got) < 0) {
         int en = errno;
         if (en == ETIMEDOUT)
-            st = e->host->set_error(TP_ERR_TIMEOUT,
-                                    "tcp rendezvous: rank %d registered with the master at %s but "
-                                    "got no rank table within %g s (TP_TIMEOUT_S): other ranks "
-                                    "did not register; see rank 0's error",
-                                    e->rank, master, e->timeout_s);
-        else
-            st = e->host->set_error(TP_ERR_PEER,
-                                    "tcp rendezvous: the master (rank 0 at %s) %s before sending "
-                                    "the rank table to rank %d (%zu of %d header bytes): see rank "
-                                    "0's error",
-                                    master, en == ENODATA ? "closed the connection" : strerror(en),
-                                    e->rank, got, TCP_HDR_SIZE);
-        goto done;
+            return e->host->set_error(TP_ERR_TIMEOUT,
+                                      "tcp rendezvous: rank %d registered with the master at %s "
+                                      "but got no rank table within %g s (TP_TIMEOUT_S): other "
+                                      "ranks did not register; see rank 0's error",
+                                      e->rank, master, e->timeout_s);
+        return e->host->set_error(TP_ERR_PEER,
+                                  "tcp rendezvous: the master (rank 0 at %s) %s before sending "
+                                  "the rank table to rank %d (%zu of %d header bytes): see rank "
+                                  "0's error",
+                                  master, en == ENODATA ? "closed the connection" : strerror(en),
+                                  e->rank, got, TCP_HDR_SIZE);
     }
     tcp_hdr hdr, want = {.magic = TCP_MAGIC, .version = TCP_WIRE_VERSION, .op = TCP_OP_TABLE,
                          .len = tlen};
     tcp_hdr_decode(h, &hdr);
     if (hdr.magic == TCP_MAGIC && hdr.version == TCP_WIRE_VERSION && hdr.op == TCP_OP_ABORT &&
-        hdr.len <= TCP_ABORT_MAX && hdr.comm == 0 && hdr.seq == 0) {
-        char reason[TCP_ABORT_MAX + 1] = "";
-        size_t n = 0;
-        (void)tcp_recv_all(fd, reason, (size_t)hdr.len, tcp_now() + 1.0, &n);
-        reason[n] = '\0';
-        for (size_t i = 0; i < n; i++) /* text from the wire: printable only */
-            if (reason[i] < 32 || reason[i] > 126)
-                reason[i] = '?';
-        st = e->host->set_error(TP_ERR_PEER,
-                                "tcp rendezvous: the master (rank 0 at %s) refused rank %d: %s",
-                                master, e->rank, reason);
-        goto done;
-    }
-    if (tcp_hdr_mismatch(&hdr, &want, why, sizeof why)) {
-        st = e->host->set_error(TP_ERR_PEER,
-                                "tcp rendezvous: rank %d: the master at %s sent %s", e->rank,
-                                master, why);
-        goto done;
-    }
-    if (tcp_recv_all(fd, table, tlen, tcp_now() + e->timeout_s, &got) < 0) {
-        st = e->host->set_error(TP_ERR_PEER,
-                                "tcp rendezvous: rank %d: the master at %s stopped after %zu of "
-                                "%zu rank table bytes: %s",
-                                e->rank, master, got, tlen,
-                                errno == ENODATA ? "connection closed" : strerror(errno));
-        goto done;
-    }
+        hdr.len <= TCP_ABORT_MAX && hdr.comm == 0 && hdr.seq == 0)
+        return worker_refused(e, fd, &hdr, master);
+    if (tcp_hdr_mismatch(&hdr, &want, why, sizeof why))
+        return e->host->set_error(TP_ERR_PEER,
+                                  "tcp rendezvous: rank %d: the master at %s sent %s", e->rank,
+                                  master, why);
+    return TP_OK;
+}
+
+/* Worker: take rank 0's chunk size (every rank must cut messages alike). */
+static tp_status worker_adopt_chunk(tcp_engine *e, uint64_t chunk, const char *master)
+{
+    if (chunk < 16 || chunk > (1u << 30) || chunk % 8)
+        return e->host->set_error(TP_ERR_PEER,
+                                  "tcp rendezvous: rank %d: the master at %s sent chunk size "
+                                  "%llu, expected a multiple of 8 in 16..2^30: a corrupted or "
+                                  "foreign master",
+                                  e->rank, master, (unsigned long long)chunk);
+    if (chunk == e->chunk_bytes)
+        return TP_OK;
+    unsigned char *sc = malloc((size_t)chunk);
+    if (!sc)
+        return e->host->set_error(TP_ERR_NO_MEMORY, "tcp rendezvous: out of memory");
+    e->host->debug("comm", "tcp: rank %d: chunk size %zu -> %llu (rank 0's)", e->rank,
+                   e->chunk_bytes, (unsigned long long)chunk);
+    free(e->scratch);
+    e->scratch = sc;
+    e->scratch_len = (size_t)chunk;
+    e->chunk_bytes = (size_t)chunk;
+    return TP_OK;
+}
+
+/* Worker: the rank table's job id, chunk size and peer addresses. */
+static tp_status worker_adopt_table(tcp_engine *e, const unsigned char *table, const char *master)
+{
     e->job_id = tcp_get64(table);
-    uint64_t chunk = tcp_get64(table + 8);
-    if (chunk < 16 || chunk > (1u << 30) || chunk % 8) {
-        st = e->host->set_error(TP_ERR_PEER,
-                                "tcp rendezvous: rank %d: the master at %s sent chunk size %llu, "
-                                "expected a multiple of 8 in 16..2^30: a corrupted or foreign "
-                                "master",
-                                e->rank, master, (unsigned long long)chunk);
-        goto done;
-    }
-    if (chunk != e->chunk_bytes) {
-        /* Every rank must cut messages the same way: rank 0's setting wins. */
-        unsigned char *sc = malloc((size_t)chunk);
-        if (!sc) {
-            st = e->host->set_error(TP_ERR_NO_MEMORY, "tcp rendezvous: out of memory");
-            goto done;
-        }
-        e->host->debug("comm", "tcp: rank %d: chunk size %zu -> %llu (rank 0's)", e->rank,
-                       e->chunk_bytes, (unsigned long long)chunk);
-        free(e->scratch);
-        e->scratch = sc;
-        e->scratch_len = (size_t)chunk;
-        e->chunk_bytes = (size_t)chunk;
-    }
+    tp_status st = worker_adopt_chunk(e, tcp_get64(table + 8), master);
+    if (st != TP_OK)
+        return st;
     for (int r = 0; r < e->world; r++) {
         const unsigned char *ent = table + TCP_TABLE_HEAD_SIZE + (size_t)r * TCP_TABLE_ENTRY_SIZE;
         char host[TCP_HOST_LEN];
         int port = tcp_get16(ent);
         memcpy(host, ent + 4, TCP_HOST_LEN);
         if (memchr(host, '\0', TCP_HOST_LEN) == NULL || host[0] == '\0' || port == 0 ||
-            (r == e->rank && port != e->peers[r].port)) {
-            st = e->host->set_error(TP_ERR_PEER,
-                                    "tcp rendezvous: rank %d: the master at %s sent a rank table "
-                                    "with an invalid entry for rank %d (port %d): a corrupted or "
-                                    "foreign master",
-                                    e->rank, master, r, port);
-            goto done;
-        }
+            (r == e->rank && port != e->peers[r].port))
+            return e->host->set_error(TP_ERR_PEER,
+                                      "tcp rendezvous: rank %d: the master at %s sent a rank "
+                                      "table with an invalid entry for rank %d (port %d): a "
+                                      "corrupted or foreign master",
+                                      e->rank, master, r, port);
         if (r != e->rank) {
             memcpy(e->peers[r].host, host, TCP_HOST_LEN);
             e->peers[r].port = port;
         }
     }
-done:
+    return TP_OK;
+}
+
+/* Worker: register with the master (hello), receive and adopt the table. */
+static tp_status worker_register(tcp_engine *e, int fd, const char *master, double deadline)
+{
+    unsigned char hello[TCP_HELLO_SIZE] = {0};
+    tcp_put32(hello, (uint32_t)e->rank);
+    tcp_put32(hello + 4, (uint32_t)e->world);
+    tcp_put16(hello + 8, (uint16_t)e->peers[e->rank].port);
+    e->host->debug("comm", "tcp: rank %d: registering with the master at %s", e->rank, master);
+
+    size_t tlen = TCP_TABLE_HEAD_SIZE + (size_t)e->world * TCP_TABLE_ENTRY_SIZE, got = 0;
+    unsigned char *table = malloc(tlen);
+    tp_status st = TP_OK;
+    if (!table)
+        return e->host->set_error(TP_ERR_NO_MEMORY, "tcp rendezvous: out of memory");
+    if (send_msg(fd, TCP_OP_HELLO, hello, sizeof hello, deadline) < 0)
+        st = e->host->set_error(TP_ERR_PEER,
+                                "tcp rendezvous: rank %d could not register with the master at "
+                                "%s: %s",
+                                e->rank, master, strerror(errno));
+    if (st == TP_OK)
+        st = worker_table_header(e, fd, master, tlen);
+    if (st == TP_OK && tcp_recv_all(fd, table, tlen, tcp_now() + e->timeout_s, &got) < 0)
+        st = e->host->set_error(TP_ERR_PEER,
+                                "tcp rendezvous: rank %d: the master at %s stopped after %zu of "
+                                "%zu rank table bytes: %s",
+                                e->rank, master, got, tlen,
+                                errno == ENODATA ? "connection closed" : strerror(errno));
+    if (st == TP_OK)
+        st = worker_adopt_table(e, table, master);
     free(table);
+    return st;
+}
+
+static tp_status worker_phase(tcp_engine *e, struct addrinfo *ai, int *lfd_out)
+{
+    double deadline = tcp_now() + e->timeout_s;
+    int fd = -1, lfd = -1;
+    char master[96] = "?";
+    tp_status st = worker_connect(e, ai, deadline, master, sizeof master, &fd);
+    if (st != TP_OK)
+        return st;
+    st = open_peer_listener(e, fd, &lfd);
+    if (st != TP_OK) {
+        close(fd);
+        return st;
+    }
+    st = worker_register(e, fd, master, deadline);
     close(fd);
     if (st != TP_OK)
         close(lfd);

@@ -348,7 +348,7 @@ static int do_recv(xstate *st, tp_status *status)
         }
         if (st->roff == total) {
             if (m->reduce)
-                tcp_reduce(m->dst, e->scratch, (size_t)m->hdr.len / tcp_dtype_size(x->dt), x->dt,
+                tcp_reduce(m->dst, e->scratch, (size_t)m->hdr.len / tp_util_dtype_size(x->dt), x->dt,
                            x->rop);
             st->ri++;
             st->roff = 0;

@@ -14,7 +14,7 @@
 
 #include <stdint.h>
 #include <stddef.h>
-#include <tp/tp-plugin.h>
+#include <tp/tp-plugin-util.h> /* tp-plugin.h and the SDK helpers */
 
 #include "tcp-wire.h"
 
@@ -107,7 +107,6 @@ tp_status tcp_rendezvous(tcp_engine *e, const char *master_addr, const char *mas
 
 /* -- tcp-reduce.c ------------------------------------------------------ */
 
-size_t tcp_dtype_size(tp_dtype dt);
 const char *tcp_dtype_name(tp_dtype dt);
 const char *tcp_redop_name(tp_redop op);
 /* dst[i] = src[i] OP dst[i] for n elements. */

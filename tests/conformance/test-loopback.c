@@ -19,6 +19,8 @@
 
 #include <tp/tp.h>
 
+#include "tp-expect.h"
+
 #define MAXR 64
 
 typedef struct result {
@@ -51,7 +53,7 @@ static tp_ctx *start(int n, double timeout_env)
     cfg.device = "cpu";
     tp_ctx *ctx = NULL;
     tp_status st = tp_init(&cfg, &ctx);
-    ck_assert_msg(st == TP_OK, "tp_init(%d ranks): %s", n, tp_last_error());
+    expect_status(st, TP_OK, "tp_init(%d ranks)", n);
     return ctx;
 }
 
@@ -260,7 +262,7 @@ START_TEST(world_64)
     result r = {0};
     tp_status st = tp_run(ctx, rank_big, &r);
     tp_finalize(ctx);
-    ck_assert_msg(st == TP_OK, "%s", tp_last_error());
+    expect_status(st, TP_OK, "tp_run on 64 ranks");
 }
 END_TEST
 
@@ -292,7 +294,7 @@ START_TEST(run_twice)
     tp_ctx *ctx = start(3, 120);
     for (int i = 0; i < 3; i++) {
         result r = {0};
-        ck_assert_msg(tp_run(ctx, rank_big, &r) == TP_OK, "run %d: %s", i, tp_last_error());
+        expect_status(tp_run(ctx, rank_big, &r), TP_OK, "run %d", i);
     }
     tp_finalize(ctx);
 }

@@ -1,6 +1,6 @@
 /*
- * layer-util.h — host helpers shared by the layer suites (test_layers.c,
- * test_lowp.c): slices, shards, master weights, collective counts, and
+ * layer-util.h — host helpers shared by the layer suites (test-layers.c,
+ * test-lowp.c): slices, shards, master weights, collective counts, and
  * EXPECT_ERR for refused calls.
  */
 #ifndef TP_TEST_LAYER_UTIL_H

@@ -16,6 +16,7 @@
 #include <tp/tp-info.h>
 #include <tp/tp.h>
 
+#include "tp-expect.h"
 #include "tp-internal.h"
 
 #define FIX FIXTURE_DIR
@@ -120,7 +121,7 @@ START_TEST(test_future_minor_accepted)
 {
     /* ABI minor + 1 with a longer ops struct: accepted, extra slots ignored. */
     tp_ctx *ctx = NULL;
-    ck_assert_msg(init_with("abiminor", "good", 2, &ctx) == TP_OK, "%s", tp_last_error());
+    expect_status(init_with("abiminor", "good", 2, &ctx), TP_OK, "init_with");
     tp_finalize(ctx);
 }
 END_TEST
@@ -433,7 +434,7 @@ START_TEST(test_collectives_fallbacks)
         for (size_t ni = 0; ni < G_N_ELEMENTS(ns); ni++) {
             job jb = {ns[ni], -1};
             tp_status st = tp_run(ctx, rank_collectives, &jb);
-            ck_assert_msg(st == TP_OK, "T=%d n=%d: %s", worlds[wi], ns[ni], tp_last_error());
+            expect_status(st, TP_OK, "T=%d n=%d", worlds[wi], ns[ni]);
         }
         tp_finalize(ctx);
     }
@@ -458,7 +459,7 @@ START_TEST(test_run_first_failure)
     ck_assert_str_eq(tp_last_error(), "rank 2: deliberate failure");
     /* the context is usable again */
     jb.n = 5;
-    ck_assert_msg(tp_run(ctx, rank_collectives, &jb) == TP_OK, "%s", tp_last_error());
+    expect_status(tp_run(ctx, rank_collectives, &jb), TP_OK, "tp_run");
     tp_finalize(ctx);
     /* one rank: run on the calling thread, same prefix */
     ck_assert_int_eq(init_with("good", "good", 1, &ctx), TP_OK);
@@ -536,7 +537,7 @@ START_TEST(test_argument_errors)
 {
     tp_ctx *ctx = NULL;
     ck_assert_int_eq(init_with("good", "good", 2, &ctx), TP_OK);
-    ck_assert_msg(tp_run(ctx, rank_errors, NULL) == TP_OK, "%s", tp_last_error());
+    expect_status(tp_run(ctx, rank_errors, NULL), TP_OK, "tp_run");
     tp_finalize(ctx);
 }
 END_TEST
@@ -560,7 +561,7 @@ START_TEST(test_not_supported_names_op)
 {
     tp_ctx *ctx = NULL;
     ck_assert_int_eq(init_with("oldops", "good", 2, &ctx), TP_OK);
-    ck_assert_msg(tp_run(ctx, rank_old_plugin, NULL) == TP_OK, "%s", tp_last_error());
+    expect_status(tp_run(ctx, rank_old_plugin, NULL), TP_OK, "tp_run");
     tp_finalize(ctx);
 }
 END_TEST
@@ -631,7 +632,7 @@ START_TEST(test_device_and_tensors)
 {
     tp_ctx *ctx = NULL;
     ck_assert_int_eq(init_with("good", "good", 2, &ctx), TP_OK);
-    ck_assert_msg(tp_run(ctx, rank_device, NULL) == TP_OK, "%s", tp_last_error());
+    expect_status(tp_run(ctx, rank_device, NULL), TP_OK, "tp_run");
     tp_finalize(ctx);
 }
 END_TEST

@@ -1,5 +1,5 @@
 /*
- * mpi-job.c — one MPI job per scenario, run under mpirun by mpi-jobs-test.c
+ * mpi-job.c — one MPI job per scenario, run under mpirun by test-mpi-jobs.c
  * (not a test by itself). Usage: mpi-job MODE [--tp N], with TP_BACKEND=mpi.
  *
  *   sum          tp_init/tp_run/tp_finalize twice in one process (MPI is

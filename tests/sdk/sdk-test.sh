@@ -16,7 +16,7 @@ export PKG_CONFIG_PATH="$(dirname "$pc")" PKG_CONFIG_SYSROOT_DIR="$tmp/root"
 plugindir=$(pkg-config --variable=plugindir tp)
 [ -n "$plugindir" ] || { echo "FAIL: tp.pc has no plugindir variable"; exit 1; }
 echo "installed SDK: $(pkg-config --modversion tp), plugindir=$plugindir"
-for h in tp.h tp-plugin.h; do
+for h in tp.h tp-plugin.h tp-plugin-util.h; do
     [ -n "$(find "$tmp/root" -path "*/include/tp/$h")" ] || { echo "FAIL: tp/$h not installed"; exit 1; }
 done
 [ -n "$(find "$tmp/root" -name 'libtp-loopback.so' -path '*tp-1*')" ] ||

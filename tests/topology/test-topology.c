@@ -14,6 +14,8 @@
 
 #include <tp/tp.h>
 
+#include "tp-expect.h"
+
 static tp_ctx *g_ctx;
 
 typedef struct tcase_args {
@@ -148,7 +150,7 @@ static void run_case(const char *fake, int tp, bool span, tp_status expect)
         unsetenv("TP_FAKE_NODES");
     tcase_args a = {fake, tp, span, expect, 0};
     tp_status st = tp_run(g_ctx, rank_main, &a);
-    ck_assert_msg(st == TP_OK, "tp_run: %s", tp_last_error());
+    expect_status(st, TP_OK, "tp_run");
     ck_assert_msg(a.failures == 0, "%d rank(s) saw a wrong layout (TP_FAKE_NODES=%s, tp=%d)",
                   a.failures, fake ? fake : "(host)", tp);
 }

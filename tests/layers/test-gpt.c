@@ -1,11 +1,11 @@
 /*
- * test_gpt.c — the GPT model (tp_gpt) and the optimizers (tp_optim).
+ * test-gpt.c — the GPT model (tp_gpt) and the optimizers (tp_optim).
  *
  * The harness (tests/common/tp-test.h) runs every body on groups of
  * T = 1..W, so one run at W = 4 covers T = 1..4. GPT_TEST=NAME runs one test.
  *
  *  reference    loss, logits and every parameter gradient vs a serial
- *               double reference (gpt_ref.h) and its central finite
+ *               double reference (gpt-ref.h) and its central finite
  *               differences; tied/untied, LayerNorm/RMSNorm, MHA/GQA/MQA,
  *               sequence parallel on/off, label smoothing + ignore_index,
  *               vocab and ffn not divisible by T
@@ -28,7 +28,7 @@
 
 #include "tp-test.h"
 
-#include "gpt_ref.h"
+#include "gpt-ref.h"
 
 /* ------------------------------------------------------------ helpers */
 
@@ -73,7 +73,7 @@ static gref_cfg ref_cfg(const tp_gpt_config *c)
 }
 
 /* Every parameter's full value and gradient (collective), as doubles, in
- * gpt_ref.h's order, looked up by name in tp_gpt_params (so a parameter
+ * gpt-ref.h's order, looked up by name in tp_gpt_params (so a parameter
  * missing from the list fails). */
 typedef struct full_params {
     int n;

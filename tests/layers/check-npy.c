@@ -1,12 +1,12 @@
 /*
- * check_npy DIR — check what `tp_transformer --save-npy DIR` wrote, the way
+ * check-npy DIR — check what `tp_transformer --save-npy DIR` wrote, the way
  * a NumPy/PyTorch user would: load the full ids, targets and weights, run
- * an independent forward (gpt_ref.h, double) and compare the saved loss and
+ * an independent forward (gpt-ref.h, double) and compare the saved loss and
  * logits; compare saved gradients with central finite differences of that
  * forward (every 5th entry of every tensor). Exit 0 if all agree, 1 if not,
  * 77 if DIR lacks the files (nothing to check).
  *
- * Tolerances as in test_gpt.c (same error model, sizes as small or smaller
+ * Tolerances as in test-gpt.c (same error model, sizes as small or smaller
  * as the meson test runs it): 3e-5 (1 + |x|) for the loss and logits,
  * 6e-5 (1 + |g|) for gradients.
  */
@@ -14,61 +14,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gpt_ref.h"
+#include "gpt-ref.h"
+#include "npy-read.h"
 
-typedef struct arr {
-    int ndim;
-    int64_t shape[4], n;
-    void *data;
-} arr;
-
-/* Load a little-endian '<f4' or '<i4' C-order .npy (format 1.0). */
-static int load(const char *dir, const char *name, const char *descr, arr *a)
+/* dir/name, a .npy of dtype descr, into a; 0 or -1 (message printed). */
+static int load(const char *dir, const char *name, const char *descr, npy_array *a)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "check_npy: cannot open %s\n", path);
-        return -1;
-    }
-    unsigned char pre[10];
-    char hdr[1024];
-    int ok = fread(pre, 1, 10, f) == 10 && !memcmp(pre + 1, "NUMPY", 5) && pre[6] == 1;
-    size_t hl = ok ? (size_t)pre[8] | (size_t)pre[9] << 8 : 0;
-    ok = ok && hl < sizeof hdr && fread(hdr, 1, hl, f) == hl;
-    if (ok)
-        hdr[hl] = 0;
-    char want[32];
-    snprintf(want, sizeof want, "'descr': '%s'", descr);
-    ok = ok && strstr(hdr, want) && strstr(hdr, "'fortran_order': False");
-    const char *sh = ok ? strstr(hdr, "'shape': (") : NULL;
-    a->ndim = 0;
-    a->n = 1;
-    if (sh) {
-        sh += 10;
-        while (*sh && *sh != ')' && a->ndim < 4) {
-            char *end;
-            long long v = strtoll(sh, &end, 10);
-            if (end == sh)
-                break;
-            a->shape[a->ndim++] = v;
-            a->n *= v;
-            sh = end;
-            while (*sh == ',' || *sh == ' ')
-                sh++;
-        }
-    }
-    ok = ok && sh;
-    a->data = ok ? malloc(4 * (size_t)(a->n ? a->n : 1)) : NULL;
-    ok = ok && a->data && fread(a->data, 4, (size_t)a->n, f) == (size_t)a->n;
-    fclose(f);
-    if (!ok)
-        fprintf(stderr, "check_npy: %s is not a %s .npy file\n", path, descr);
-    return ok ? 0 : -1;
+    return npy_read(path, descr, "check-npy", a);
 }
 
-static double *to_d(const arr *a)
+static double *to_d(const npy_array *a)
 {
     double *d = malloc(sizeof(double) * (size_t)(a->n ? a->n : 1));
     for (int64_t i = 0; i < a->n; i++)
@@ -79,7 +36,7 @@ static double *to_d(const arr *a)
 int main(int argc, char **argv)
 {
     if (argc != 2) {
-        fprintf(stderr, "usage: check_npy DIR\n");
+        fprintf(stderr, "usage: check-npy DIR\n");
         return 2;
     }
     const char *dir = argv[1];
@@ -87,7 +44,7 @@ int main(int argc, char **argv)
     snprintf(path, sizeof path, "%s/config.txt", dir);
     FILE *f = fopen(path, "r");
     if (!f) {
-        printf("check_npy: skipped: no %s\n", path);
+        printf("check-npy: skipped: no %s\n", path);
         return 77;
     }
     gref_cfg c = {.eps = 1e-5, .bias = true};
@@ -113,12 +70,12 @@ int main(int argc, char **argv)
     fclose(f);
     c.hd = c.H / c.nh;
     int64_t N = batch * seq;
-    arr ids, tgt, logits, loss;
+    npy_array ids, tgt, logits, loss;
     if (load(dir, "ids.npy", "<i4", &ids) || load(dir, "targets.npy", "<i4", &tgt) ||
         load(dir, "logits.npy", "<f4", &logits) || load(dir, "loss.npy", "<f4", &loss))
         return 1;
     if (ids.n != N || tgt.n != N || logits.n != N * c.V || loss.n != 1) {
-        fprintf(stderr, "check_npy: sizes disagree with config.txt\n");
+        fprintf(stderr, "check-npy: sizes disagree with config.txt\n");
         return 1;
     }
     /* parameter names in tp_gpt_params order */
@@ -143,14 +100,14 @@ int main(int argc, char **argv)
     double *P[512], *G[512];
     int64_t len[512];
     for (int i = 0; i < np; i++) {
-        arr v, g;
+        npy_array v, g;
         char gn[80], vn[80];
         snprintf(vn, sizeof vn, "%s.npy", names[i]);
         snprintf(gn, sizeof gn, "grad.%s.npy", names[i]);
         if (load(dir, vn, "<f4", &v) || load(dir, gn, "<f4", &g) || v.n != g.n)
             return 1;
         P[i] = to_d(&v), G[i] = to_d(&g), len[i] = v.n;
-        free(v.data), free(g.data);
+        npy_free(&v), npy_free(&g);
     }
     int bad = 0;
     double *rl = malloc(sizeof(double) * (size_t)(N * c.V));
@@ -182,11 +139,12 @@ int main(int argc, char **argv)
                 printf("grad.%s[%lld] = %.9g, finite differences %.9g: MISMATCH\n", names[i],
                        (long long)j, G[i][j], fd), bad++;
         }
-    printf("check_npy: %d tensors; loss %.7f (reference %.7f); logits worst %.3g of tolerance; "
+    printf("check-npy: %d tensors; loss %.7f (reference %.7f); logits worst %.3g of tolerance; "
            "%lld gradient entries vs finite differences, worst %.3g of tolerance -> %s\n",
            np, l0, ref, worst, (long long)checked, gworst, bad ? "MISMATCH" : "OK");
     for (int i = 0; i < np; i++)
         free(P[i]), free(G[i]);
-    free(rl), free(ids.data), free(tgt.data), free(logits.data), free(loss.data);
+    free(rl);
+    npy_free(&ids), npy_free(&tgt), npy_free(&logits), npy_free(&loss);
     return bad ? 1 : 0;
 }

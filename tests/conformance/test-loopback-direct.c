@@ -1,11 +1,12 @@
 /*
- * lb-direct.c — drives libtp-loopback.so through its vtable directly (no
- * libtp): ranks are threads made here. Checks the plugin on its own, so it
- * can run under -fsanitize=thread or helgrind without instrumenting libtp.
+ * test-loopback-direct.c — drives libtp-loopback.so through its vtable
+ * directly (no libtp): ranks are threads made here. Checks the plugin on its
+ * own, so it can run under -fsanitize=thread or helgrind without
+ * instrumenting libtp.
  *
- *   lb-direct PLUGIN.so            run the checks, exit 0 if all pass
- *   lb-direct PLUGIN.so bench      latency and bandwidth figures (not a test)
- *   lb-direct PLUGIN.so bench T BYTES [ITERS]   one all_reduce size
+ *   test-loopback-direct PLUGIN.so         run the checks, exit 0 if all pass
+ *   test-loopback-direct PLUGIN.so bench   latency and bandwidth figures (not a test)
+ *   test-loopback-direct PLUGIN.so bench T BYTES [ITERS]   one all_reduce size
  *
  * Inputs are small integers, so every sum is exact in every dtype and the
  * expected result does not depend on summation order: exact comparison.

@@ -1,5 +1,5 @@
 /*
- * test_rank_error.c — a shape error that only some ranks hit must not hang
+ * test-rank-error.c — a shape error that only some ranks hit must not hang
  * the others.
  *
  * RowParallelLinear with in_features = 2W + 1 over W ranks: rank 0 holds 3
@@ -47,18 +47,18 @@ int main(int argc, char **argv)
     tp_ctx *ctx = NULL;
     tp_status st = tp_init(&cfg, &ctx);
     if (st == TP_ERR_UNAVAILABLE) {
-        printf("test_rank_error: skipped: the backend cannot run here: %s\n", tp_last_error());
+        printf("test-rank-error: skipped: the backend cannot run here: %s\n", tp_last_error());
         return 77;
     }
     if (st != TP_OK) {
-        fprintf(stderr, "test_rank_error: tp_init: %s: %s\n", tp_status_string(st),
+        fprintf(stderr, "test-rank-error: tp_init: %s: %s\n", tp_status_string(st),
                 tp_last_error());
         return 1;
     }
     int W = tp_ctx_world_size(ctx);
     if (W < 2) {
         tp_finalize(ctx);
-        printf("test_rank_error: skipped: needs 2 or more ranks, got %d\n", W);
+        printf("test-rank-error: skipped: needs 2 or more ranks, got %d\n", W);
         return 77;
     }
     tp_status *got = malloc(sizeof(tp_status) * (size_t)W);
@@ -67,14 +67,14 @@ int main(int argc, char **argv)
     st = got ? tp_run(ctx, rank_main, got) : TP_ERR_NO_MEMORY;
     int bad = st == TP_OK;
     if (bad)
-        fprintf(stderr, "test_rank_error: tp_run returned TP_OK, expected the ranks' errors\n");
+        fprintf(stderr, "test-rank-error: tp_run returned TP_OK, expected the ranks' errors\n");
     for (int i = 0; got && i < W; i++) {
         if (got[i] == (tp_status)-1)
             continue;
         int ok = i == 0 ? got[i] == TP_ERR_PEER || got[i] == TP_ERR_TIMEOUT
                         : got[i] == TP_ERR_SHAPE;
         if (!ok) {
-            fprintf(stderr, "test_rank_error: rank %d got %s, expected %s\n", i,
+            fprintf(stderr, "test-rank-error: rank %d got %s, expected %s\n", i,
                     tp_status_string(got[i]),
                     i == 0 ? "TP_ERR_PEER or TP_ERR_TIMEOUT" : "TP_ERR_SHAPE");
             bad = 1;

@@ -1,5 +1,5 @@
 /*
- * test_transformer.c — ParallelAttention, LayerNorm/RMSNorm and the
+ * test-transformer.c — ParallelAttention, LayerNorm/RMSNorm and the
  * TransformerBlock (forward and backward, with and without sequence
  * parallelism) against a serial double reference (ref.h), whose backward is
  * itself checked by central finite differences.

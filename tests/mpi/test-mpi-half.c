@@ -1,5 +1,5 @@
 /*
- * mpi-half-test.c — the mpi plugin's f16/bf16 conversions (mpi-half.c,
+ * test-mpi-half.c — the mpi plugin's f16/bf16 conversions (mpi-half.c,
  * compiled into this test) against independent references: the
  * compiler's _Float16 for IEEE half, and a nearest-value search in double
  * for bfloat16. Exact comparisons: conversions are correctly rounded (round

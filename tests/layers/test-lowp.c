@@ -1,5 +1,5 @@
 /*
- * test_lowp.c — ColumnParallelLinear, RowParallelLinear and ParallelMLP
+ * test-lowp.c — ColumnParallelLinear, RowParallelLinear and ParallelMLP
  * stored in bf16 and f16 (forward and backward) against a serial double
  * reference, dtype refusals, and tp_host_convert (exhaustive).
  *
@@ -218,7 +218,7 @@ static void run_linear(tpt_rank *k, const lp_dt *d, const lin_case *c)
     bool col = c->kind == TP_LINEAR_COLUMN;
     int64_t split = col ? out : in;
     if (split < T)
-        return; /* refused at create (test_layers errors) */
+        return; /* refused at create (test-layers errors) */
     int64_t lo, hi;
     shard(split, k, &lo, &hi);
     char what[160];

@@ -1,6 +1,6 @@
 /*
- * gpt_ref.h — a serial double-precision GPT forward (plain loops) with the
- * tp_gpt_config conventions, for test_gpt.c: the loss of given full
+ * gpt-ref.h — a serial double-precision GPT forward (plain loops) with the
+ * tp_gpt_config conventions, for test-gpt.c: the loss of given full
  * (unsharded) parameters, and its gradient by central finite differences.
  *
  * Parameters come in tp_gpt_params order and shapes (see tp-layers.h):

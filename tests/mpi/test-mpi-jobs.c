@@ -1,9 +1,9 @@
 /*
- * mpi-jobs-test.c — whole MPI jobs as black boxes: launches mpirun on
+ * test-mpi-jobs.c — whole MPI jobs as black boxes: launches mpirun on
  * mpi-job (see mpi-job.c) and checks how each job ends: its exit status
  * and the message a user would read. Run outside mpirun by meson:
  *
- *   mpi-jobs-test MPIRUN MPI-JOB
+ *   test-mpi-jobs MPIRUN MPI-JOB
  *
  * with OMPI_ALLOW_RUN_AS_ROOT*, TP_BACKEND=mpi etc. in the environment.
  * A job that hangs instead of failing is caught by meson's timeout (the
@@ -141,7 +141,7 @@ END_TEST
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: mpi-jobs-test MPIRUN MPI-JOB\n");
+        fprintf(stderr, "usage: test-mpi-jobs MPIRUN MPI-JOB\n");
         return 2;
     }
     mpirun = argv[1];

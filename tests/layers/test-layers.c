@@ -1,5 +1,5 @@
 /*
- * test_layers.c — ColumnParallelLinear, RowParallelLinear and ParallelMLP
+ * test-layers.c — ColumnParallelLinear, RowParallelLinear and ParallelMLP
  * (forward and backward) against a serial double reference (ref.h).
  *
  * Runs unchanged on any backend: world size comes from the engine
