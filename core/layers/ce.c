@@ -43,7 +43,8 @@ tp_status tp_vocab_ce_create(tp_comm *comm, const tp_ce_config *cfg, tp_vocab_ce
                             !comm ? "comm" : "cfg");
     tp_vocab_ce *c = calloc(1, sizeof *c);
     if (!c)
-        return tp_set_error(TP_ERR_NO_MEMORY, "VocabParallelCrossEntropy create: out of host memory");
+        return tp_set_error(TP_ERR_NO_MEMORY,
+                            "VocabParallelCrossEntropy create: out of host memory");
     c->comm = comm;
     c->dev = c->ws.dev = tp_comm_device(comm);
     c->vocab = cfg->vocab;
@@ -120,21 +121,22 @@ tp_status tp_vocab_ce_forward(tp_vocab_ce *c, const tp_tensor *logits, const tp_
     TP_TRY(tpl_check_act(c->label, "logits", logits, c->dev, TP_F32, &rows));
     int64_t cols = c->hi - c->lo, got = logits->shape[logits->ndim - 1];
     if (got != cols)
-        return tp_set_error(TP_ERR_SHAPE,
-                            "%s: logits last dim expected this rank's vocab shard %lld ([%lld, %lld) "
-                            "of vocab %lld), got %lld%s",
-                            c->label, (long long)cols, (long long)c->lo, (long long)c->hi,
-                            (long long)c->vocab, (long long)got,
-                            got == c->vocab && got != cols
-                                ? "; these are the full logits: pass the column-parallel output "
-                                  "without gather_output"
-                                : "");
+        return tp_set_error(
+            TP_ERR_SHAPE,
+            "%s: logits last dim expected this rank's vocab shard %lld ([%lld, %lld) "
+            "of vocab %lld), got %lld%s",
+            c->label, (long long)cols, (long long)c->lo, (long long)c->hi, (long long)c->vocab,
+            (long long)got,
+            got == c->vocab && got != cols
+                ? "; these are the full logits: pass the column-parallel output "
+                  "without gather_output"
+                : "");
     if (!targets)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: targets is NULL", c->label);
     if (targets->dtype != TP_I32 || targets->dev != c->dev)
-        return tp_set_error(TP_ERR_SHAPE, "%s: targets must be i32 on the layer's device (got %s%s)",
-                            c->label, tp_dtype_name(targets->dtype),
-                            targets->dev != c->dev ? " on another device" : "");
+        return tp_set_error(
+            TP_ERR_SHAPE, "%s: targets must be i32 on the layer's device (got %s%s)", c->label,
+            tp_dtype_name(targets->dtype), targets->dev != c->dev ? " on another device" : "");
     if (tp_tensor_numel(targets) != rows)
         return tp_set_error(TP_ERR_SHAPE, "%s: tokens mismatch: %lld targets for %lld logit rows",
                             c->label, (long long)tp_tensor_numel(targets), (long long)rows);

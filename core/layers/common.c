@@ -84,7 +84,7 @@ static int64_t lead_tokens(const tp_tensor *t)
 }
 
 tp_status tpl_check_act(const char *who, const char *what, const tp_tensor *t, tp_device *dev,
-                             tp_dtype dt, int64_t *tokens)
+                        tp_dtype dt, int64_t *tokens)
 {
     TP_TRY(check_common(who, what, t, dev, dt));
     *tokens = lead_tokens(t);
@@ -144,8 +144,8 @@ out:
     return st;
 }
 
-void tpl_host_block(const float *full, int64_t cols, int64_t r0, int64_t r1, int64_t c0,
-                         int64_t c1, float *out)
+void tpl_host_block(const float *full, int64_t cols, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                    float *out)
 {
     int64_t w = c1 - c0;
     for (int64_t r = r0; r < r1; r++)
@@ -165,9 +165,9 @@ tp_tensor tpl_view2p(tp_device *dev, tp_dtype dt, void *p, int64_t rows, int64_t
 }
 
 tp_status tpl_gemm_batched(tp_device *dev, tp_dtype dt, int ta, int tb, int64_t m, int64_t n,
-                                int64_t k, float beta, const void *a, int64_t lda, int64_t sa,
-                                const void *b, int64_t ldb, int64_t sb, void *c, int64_t ldc,
-                                int64_t sc, int64_t batch)
+                           int64_t k, float beta, const void *a, int64_t lda, int64_t sa,
+                           const void *b, int64_t ldb, int64_t sb, void *c, int64_t ldc, int64_t sc,
+                           int64_t batch)
 {
     size_t es = tp_dtype_size(dt);
     if (m == 0 || n == 0 || batch == 0)
@@ -190,12 +190,11 @@ tp_status tpl_gemm_batched(tp_device *dev, tp_dtype dt, int ta, int tb, int64_t 
     return tp_dev_gemm(dev, &g);
 }
 
-tp_status tpl_gemm(tp_device *dev, tp_dtype dt, int ta, int tb, int64_t m, int64_t n,
-                        int64_t k, float beta, const void *a, int64_t lda, const void *b,
-                        int64_t ldb, void *c, int64_t ldc)
+tp_status tpl_gemm(tp_device *dev, tp_dtype dt, int ta, int tb, int64_t m, int64_t n, int64_t k,
+                   float beta, const void *a, int64_t lda, const void *b, int64_t ldb, void *c,
+                   int64_t ldc)
 {
-    return tpl_gemm_batched(dev, dt, ta, tb, m, n, k, beta, a, lda, 0, b, ldb, 0, c, ldc, 0,
-                                 1);
+    return tpl_gemm_batched(dev, dt, ta, tb, m, n, k, beta, a, lda, 0, b, ldb, 0, c, ldc, 0, 1);
 }
 
 void tpl_shard_offsets(int64_t n, int T, int64_t *off)
@@ -205,7 +204,7 @@ void tpl_shard_offsets(int64_t n, int T, int64_t *off)
 }
 
 tp_status tpl_gather_rows(tp_comm *comm, tp_dtype dt, const void *shard, void *full,
-                               const int64_t *off, int64_t cols, size_t *counts)
+                          const int64_t *off, int64_t cols, size_t *counts)
 {
     int T = tp_comm_size(comm);
     for (int i = 0; i < T; i++)
@@ -213,9 +212,8 @@ tp_status tpl_gather_rows(tp_comm *comm, tp_dtype dt, const void *shard, void *f
     return tp_all_gatherv(comm, shard, full, counts, dt);
 }
 
-tp_status tpl_prepare_out(const char *who, const char *what, tp_tensor *out,
-                               const tp_tensor *like, tp_device *dev, tp_dtype dt, int64_t cols,
-                               const char *hint)
+tp_status tpl_prepare_out(const char *who, const char *what, tp_tensor *out, const tp_tensor *like,
+                          tp_device *dev, tp_dtype dt, int64_t cols, const char *hint)
 {
     if (!out)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: %s is NULL", who, what);
@@ -245,7 +243,7 @@ tp_status tpl_prepare_out(const char *who, const char *what, tp_tensor *out,
 }
 
 tp_status tpl_gather_cols(tp_comm *comm, tp_dtype dt, const void *src, void *dst, void *tmp,
-                               int64_t rows, const int64_t *off, size_t *counts)
+                          int64_t rows, const int64_t *off, size_t *counts)
 {
     int T = tp_comm_size(comm);
     size_t es = tp_dtype_size(dt);

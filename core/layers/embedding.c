@@ -182,13 +182,15 @@ tp_status tp_embedding_forward(tp_embedding *e, const tp_tensor *ids, tp_tensor 
         int64_t tokens;
         TP_TRY(tpl_check_act(e->label, "y", y, e->dev, TP_F32, &tokens));
         if (tokens != rows)
-            return tp_set_error(TP_ERR_SHAPE, "%s: tokens mismatch: y has %lld tokens, expected "
-                                "%lld%s", e->label, (long long)tokens, (long long)rows,
+            return tp_set_error(TP_ERR_SHAPE,
+                                "%s: tokens mismatch: y has %lld tokens, expected "
+                                "%lld%s",
+                                e->label, (long long)tokens, (long long)rows,
                                 e->sp ? " (sequence_parallel: this rank's token shard of the ids)"
                                       : " (one per id)");
         if (y->shape[y->ndim - 1] != e->dim)
-            return tp_set_error(TP_ERR_SHAPE, "%s: y last dim expected dim=%lld, got %lld", e->label,
-                                (long long)e->dim, (long long)y->shape[y->ndim - 1]);
+            return tp_set_error(TP_ERR_SHAPE, "%s: y last dim expected dim=%lld, got %lld",
+                                e->label, (long long)e->dim, (long long)y->shape[y->ndim - 1]);
     }
     tp_phase prev = tp_phase_set(e->comm, TP_PHASE_FORWARD);
     tp_status st = forward_body(e, ids, y, n);

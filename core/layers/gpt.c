@@ -456,7 +456,8 @@ static tp_status check_inputs(tp_gpt *m, const tp_tensor *ids, const tp_tensor *
                               int64_t *batch, int64_t *seqlen)
 {
     if (!ids || !targets)
-        return tp_set_error(TP_ERR_INVALID_ARG, "%s: %s is NULL", m->label, !ids ? "ids" : "targets");
+        return tp_set_error(TP_ERR_INVALID_ARG, "%s: %s is NULL", m->label,
+                            !ids ? "ids" : "targets");
     if (ids->dtype != TP_I32 || targets->dtype != TP_I32)
         return tp_set_error(TP_ERR_SHAPE, "%s: %s has dtype %s, expected i32 token ids", m->label,
                             ids->dtype != TP_I32 ? "ids" : "targets",
@@ -475,9 +476,10 @@ static tp_status check_inputs(tp_gpt *m, const tp_tensor *ids, const tp_tensor *
                             "1 <= seq <= %lld (the position table's rows, cfg.seq)",
                             m->label, (long long)*batch, (long long)*seqlen, (long long)m->cfg.seq);
     if (tp_tensor_numel(targets) != *batch * *seqlen)
-        return tp_set_error(TP_ERR_SHAPE, "%s: %lld targets for %lld tokens (batch %lld x seq %lld)",
-                            m->label, (long long)tp_tensor_numel(targets),
-                            (long long)(*batch * *seqlen), (long long)*batch, (long long)*seqlen);
+        return tp_set_error(TP_ERR_SHAPE,
+                            "%s: %lld targets for %lld tokens (batch %lld x seq %lld)", m->label,
+                            (long long)tp_tensor_numel(targets), (long long)(*batch * *seqlen),
+                            (long long)*batch, (long long)*seqlen);
     if (!ids->data || !targets->data)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: %s has no data", m->label,
                             !ids->data ? "ids" : "targets");
@@ -606,8 +608,8 @@ static tp_status output_backward(tp_gpt *m)
     } else { /* dE_r += dlogits_r^T h; dh = dlogits_r E_r */
         TP_TRY(tpl_gemm(m->dev, TP_F32, 1, 0, m->vl, H, N, 1.0f, m->dlogits.data, m->vl, h, H,
                         dw->data, H));
-        TP_TRY(tpl_gemm(m->dev, TP_F32, 0, 0, N, H, m->vl, 0.0f, m->dlogits.data, m->vl, w->data,
-                        H, m->dhfull.ptr, H));
+        TP_TRY(tpl_gemm(m->dev, TP_F32, 0, 0, N, H, m->vl, 0.0f, m->dlogits.data, m->vl, w->data, H,
+                        m->dhfull.ptr, H));
     }
     if (!sp)
         return tp_all_reduce(m->comm, m->dhfull.ptr, m->g0.data, (size_t)(N * H), TP_F32, TP_SUM);

@@ -177,13 +177,14 @@ static tp_status check_input_width(tp_linear *l, int64_t got)
     if (l->kind == TP_LINEAR_COLUMN) {
         if (got == l->in)
             return TP_OK;
-        return tp_set_error(TP_ERR_SHAPE,
-                            "%s: x last dim (in_features) expected %lld, got %lld; a column-parallel "
-                            "layer takes the full input [tokens, in_features]%s",
-                            who, (long long)l->in, (long long)got,
-                            got < l->in ? " (is x a shard? gather it first, or use a "
-                                          "RowParallelLinear with input_is_parallel=true)"
-                                        : "");
+        return tp_set_error(
+            TP_ERR_SHAPE,
+            "%s: x last dim (in_features) expected %lld, got %lld; a column-parallel "
+            "layer takes the full input [tokens, in_features]%s",
+            who, (long long)l->in, (long long)got,
+            got < l->in ? " (is x a shard? gather it first, or use a "
+                          "RowParallelLinear with input_is_parallel=true)"
+                        : "");
     }
     if (l->input_is_parallel) {
         if (got == l->nloc)
@@ -207,12 +208,12 @@ static tp_status check_input_width(tp_linear *l, int64_t got)
     }
     if (got == l->in)
         return TP_OK;
-    return tp_set_error(TP_ERR_SHAPE,
-                        "%s: x last dim expected in_features=%lld (input_is_parallel=false takes the "
-                        "full input), got %lld%s",
-                        who, (long long)l->in, (long long)got,
-                        got == l->nloc ? "= this rank's shard; did you mean input_is_parallel=true?"
-                                       : "");
+    return tp_set_error(
+        TP_ERR_SHAPE,
+        "%s: x last dim expected in_features=%lld (input_is_parallel=false takes the "
+        "full input), got %lld%s",
+        who, (long long)l->in, (long long)got,
+        got == l->nloc ? "= this rank's shard; did you mean input_is_parallel=true?" : "");
 }
 
 static int64_t out_width(const tp_linear *l)
@@ -242,8 +243,8 @@ static tp_status column_gemm(tp_linear *l, const void *x, void *c, int64_t token
                              tp_act act)
 {
     if (!l->has_bias && act == TP_ACT_NONE && !pre)
-        return tpl_gemm(l->dev, l->dt, 0, 0, tokens, l->nloc, l->in, 0.0f, x, l->in,
-                             l->w.data, l->nloc, c, l->nloc);
+        return tpl_gemm(l->dev, l->dt, 0, 0, tokens, l->nloc, l->in, 0.0f, x, l->in, l->w.data,
+                        l->nloc, c, l->nloc);
     if (tokens == 0)
         return TP_OK;
     tp_gemm_args g = {
@@ -314,7 +315,7 @@ tp_status tp_linear_forward(tp_linear *l, const tp_tensor *x, tp_tensor *y)
 }
 
 tp_status tpl_linear_forward_act(tp_linear *l, const tp_tensor *x, tp_tensor *y, void *pre,
-                                tp_act act)
+                                 tp_act act)
 {
     if (!l)
         return tp_set_error(TP_ERR_INVALID_ARG, "tpl_linear_forward_act: layer is NULL");
@@ -362,8 +363,8 @@ static tp_status column_backward(tp_linear *l, const tp_tensor *dy, tp_tensor *d
         dyl = l->ws.ptr;
     }
     /* dW_local += x^T dy_local; db_local += colsum(dy_local) */
-    TP_TRY(tpl_gemm(l->dev, l->dt, 1, 0, l->in, l->nloc, tokens, 1.0f, l->x_saved.data, l->in,
-                    dyl, l->nloc, l->dw.data, l->nloc));
+    TP_TRY(tpl_gemm(l->dev, l->dt, 1, 0, l->in, l->nloc, tokens, 1.0f, l->x_saved.data, l->in, dyl,
+                    l->nloc, l->dw.data, l->nloc));
     if (l->has_bias && tokens > 0)
         TP_TRY(tp_dev_bias_grad(l->dev, l->dt, tokens, l->nloc, dyl, l->db.data));
     if (!dx)
@@ -397,8 +398,8 @@ static tp_status row_backward(tp_linear *l, const tp_tensor *dy, tp_tensor *dx, 
     /* the full input's gradient: gather every rank's slice */
     TP_TRY(tpl_ws_reserve(&l->ws, (size_t)(tokens * l->nloc) * es, l->label));
     TP_TRY(tpl_ws_reserve(&l->ws2, (size_t)(tokens * l->in) * es, l->label));
-    TP_TRY(tpl_gemm(l->dev, l->dt, 0, 1, tokens, l->nloc, l->out, 0.0f, dy->data, l->out,
-                    l->w.data, l->out, l->ws.ptr, l->nloc));
+    TP_TRY(tpl_gemm(l->dev, l->dt, 0, 1, tokens, l->nloc, l->out, 0.0f, dy->data, l->out, l->w.data,
+                    l->out, l->ws.ptr, l->nloc));
     return tpl_gather_cols(l->comm, l->dt, l->ws.ptr, dx->data, l->ws2.ptr, tokens, l->off,
                            l->counts);
 }
@@ -414,10 +415,11 @@ tp_status tp_linear_backward(tp_linear *l, const tp_tensor *dy, tp_tensor *dx)
     int64_t tokens;
     TP_TRY(tpl_check_act(l->label, "dy", dy, l->dev, l->dt, &tokens));
     if (tokens != l->tokens_saved)
-        return tp_set_error(TP_ERR_SHAPE,
-                            "%s: tokens mismatch: dy has %lld tokens but the last forward had %lld; "
-                            "call backward once per forward with the gradient of its output",
-                            l->label, (long long)tokens, (long long)l->tokens_saved);
+        return tp_set_error(
+            TP_ERR_SHAPE,
+            "%s: tokens mismatch: dy has %lld tokens but the last forward had %lld; "
+            "call backward once per forward with the gradient of its output",
+            l->label, (long long)tokens, (long long)l->tokens_saved);
     int64_t w = out_width(l);
     if (dy->shape[dy->ndim - 1] != w) {
         char hint[256];
@@ -457,7 +459,8 @@ void tp_linear_get_params(tp_linear *l, tp_linear_params *p)
     p->bias_grad = l->has_bias && l->db.data ? &l->db : NULL;
 }
 
-static tp_status get_full(tp_linear *l, const tp_tensor *w, const tp_tensor *b, float *hw, float *hb)
+static tp_status get_full(tp_linear *l, const tp_tensor *w, const tp_tensor *b, float *hw,
+                          float *hb)
 {
     const size_t es = l->es;
     size_t full = (size_t)(l->in * l->out);

@@ -107,12 +107,12 @@ static tp_status check_hidden(tp_mlp *m, const char *what, const tp_tensor *t, i
     TP_TRY(tpl_check_act(m->label, what, t, m->dev, m->dt, tokens));
     int64_t got = t->shape[t->ndim - 1];
     if (got != m->hidden)
-        return tp_set_error(TP_ERR_SHAPE,
-                            "%s: %s last dim (hidden) expected %lld, got %lld%s", m->label, what,
-                            (long long)m->hidden, (long long)got,
-                            got == m->flocal || got == m->ffn
-                                ? " (that is an ffn width: the MLP takes and returns [tokens, hidden])"
-                                : "");
+        return tp_set_error(
+            TP_ERR_SHAPE, "%s: %s last dim (hidden) expected %lld, got %lld%s", m->label, what,
+            (long long)m->hidden, (long long)got,
+            got == m->flocal || got == m->ffn
+                ? " (that is an ffn width: the MLP takes and returns [tokens, hidden])"
+                : "");
     return TP_OK;
 }
 
@@ -167,16 +167,15 @@ tp_status tp_mlp_backward(tp_mlp *m, const tp_tensor *dy, tp_tensor *dx)
         TP_TRY(tpl_prepare_out(m->label, "dx", dx, dy, m->dev, m->dt, m->hidden, ""));
         dx2 = tpl_view2(dx, tokens, m->hidden);
     }
-    TP_TRY(tpl_ws_reserve(&m->grad, (size_t)(tokens * m->flocal) * tp_dtype_size(m->dt),
-                          m->label));
+    TP_TRY(tpl_ws_reserve(&m->grad, (size_t)(tokens * m->flocal) * tp_dtype_size(m->dt), m->label));
     tp_tensor dy2 = tpl_view2(dy, tokens, m->hidden);
     tp_tensor dh = tpl_view2p(m->dev, m->dt, m->grad.ptr, tokens, m->flocal);
     tp_phase prev = tp_phase_set(m->comm, TP_PHASE_BACKWARD);
     tp_status st;
     TP_TRY_GOTO(tp_linear_backward(m->fc2, &dy2, &dh), st, done); /* no communication */
     if (tokens > 0)
-        TP_TRY_GOTO(tp_dev_gelu_bwd(m->dev, m->dt, tokens * m->flocal, m->pre.ptr, dh.data,
-                                    dh.data, m->tanh_approx),
+        TP_TRY_GOTO(tp_dev_gelu_bwd(m->dev, m->dt, tokens * m->flocal, m->pre.ptr, dh.data, dh.data,
+                                    m->tanh_approx),
                     st, done);
     TP_TRY_GOTO(tp_linear_backward(m->fc1, &dh, dx ? &dx2 : NULL), st, done); /* one all-reduce */
 done:

@@ -11,7 +11,7 @@ struct tp_optim {
     tp_optim_config cfg;
     tp_param *params;
     int n;
-    float **m, **v; /* AdamW moments per parameter (device); m: SGD momentum buffer */
+    float **m, **v; /* AdamW moments per parameter (device); m alone: SGD momentum buffer */
     int64_t steps;
 };
 
@@ -55,7 +55,8 @@ static tp_status check_cfg(const tp_optim_config *c)
         return tp_set_error(TP_ERR_INVALID_ARG, "optimizer: lr %g must be finite and >= 0",
                             (double)c->lr);
     if (!(c->weight_decay >= 0.0f) || !isfinite(c->weight_decay))
-        return tp_set_error(TP_ERR_INVALID_ARG, "optimizer: weight_decay %g must be finite and >= 0",
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "optimizer: weight_decay %g must be finite and >= 0",
                             (double)c->weight_decay);
     if (!(c->momentum >= 0.0f && c->momentum < 1.0f))
         return tp_set_error(TP_ERR_INVALID_ARG, "optimizer: momentum %g must lie in [0, 1)",
@@ -103,8 +104,9 @@ static tp_status check_params(const tp_param *params, int n, tp_device *dev)
 static tp_status alloc_state(tp_optim *o, bool adam)
 {
     o->m = calloc((size_t)(o->n ? o->n : 1), sizeof(float *));
-    o->v = calloc((size_t)(o->n ? o->n : 1), sizeof(float *));
-    if (!o->m || !o->v)
+    if (adam)
+        o->v = calloc((size_t)(o->n ? o->n : 1), sizeof(float *));
+    if (!o->m || (adam && !o->v))
         return tp_set_error(TP_ERR_NO_MEMORY, "tp_optim_create: out of host memory");
     for (int i = 0; i < o->n; i++) {
         size_t bytes = tp_tensor_bytes(o->params[i].value);
@@ -201,8 +203,8 @@ tp_status tp_optim_zero_grad(tp_optim *o)
     if (!o)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_optim_zero_grad: optimizer is NULL");
     for (int i = 0; i < o->n; i++)
-        TP_TRY(tp_dev_memset(o->dev, o->params[i].grad->data, 0,
-                             tp_tensor_bytes(o->params[i].grad)));
+        TP_TRY(
+            tp_dev_memset(o->dev, o->params[i].grad->data, 0, tp_tensor_bytes(o->params[i].grad)));
     return TP_OK;
 }
 

@@ -9,9 +9,10 @@
  * reduce-scatter where the row-parallel layer all-reduces.
  *
  * Per batch element and head the Q/K/V operands are views into the local
- * QKV activation [tokens, W] (row pitch W, head stride head_dim), so no
- * reshapes: scores [Hl, s, s] come from one strided-batched GEMM over heads
- * (multi-head) or one per KV head with a zero stride on K (grouped).
+ * QKV activation [tokens, qkv_width] (head stride head_dim), so no
+ * reshapes: scores [local_heads, seq, seq] come from one strided-batched
+ * GEMM over heads (multi-head) or one per KV head with a zero stride on K
+ * (grouped).
  */
 #include "xf-internal.h"
 
@@ -51,8 +52,8 @@ struct tp_attention {
     tpl_ws xfull, qkv, probs, scores, ctx, yfull, dctx, dqkv, dpack, kvtmp, bscr;
     /* saved by forward */
     bool saved;
-    const void *x_used; /* full input rows [tokens, hidden] (x or xfull) */
-    tp_tensor x_saved;  /* the caller's x (for dx's shape) */
+    const void *x_used;               /* full input rows [tokens, hidden] (x or xfull) */
+    tp_tensor x_saved;                /* the caller's x (for dx's shape) */
     int64_t batch, seq, tokens, rows; /* rows: this rank's rows of x (tokens without SP) */
 };
 
@@ -88,7 +89,7 @@ void tp_attention_free(tp_attention *a)
     for (size_t i = 0; i < sizeof ts / sizeof *ts; i++)
         tp_tensor_release(ts[i]);
     tpl_ws *ws[] = {&a->xfull, &a->qkv,  &a->probs, &a->scores, &a->ctx, &a->yfull,
-                   &a->dctx,  &a->dqkv, &a->dpack, &a->kvtmp,  &a->bscr};
+                    &a->dctx,  &a->dqkv, &a->dpack, &a->kvtmp,  &a->bscr};
     for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
         tpl_ws_release(ws[i]);
     free(a->off);
@@ -158,7 +159,8 @@ static tp_status check_config(tp_attention *a, const tp_attention_config *cfg)
                             "%s: kv_heads=%lld must divide heads=%lld (grouped-query attention "
                             "shares each KV head among heads/kv_heads query heads); use a divisor "
                             "of %lld, 1 for multi-query or %lld (=heads) for multi-head",
-                            who, (long long)kv_heads, (long long)heads, (long long)heads, (long long)heads);
+                            who, (long long)kv_heads, (long long)heads, (long long)heads,
+                            (long long)heads);
     if (!cfg->head_dim && hidden % heads != 0) {
         /* nearest head counts that divide hidden and split evenly over T */
         int64_t below = 0, above = 0;
@@ -173,8 +175,8 @@ static tp_status check_config(tp_attention *a, const tp_attention_config *cfg)
             snprintf(alt, sizeof alt, " (e.g. heads=%lld or %lld at T=%d)", (long long)below,
                      (long long)above, tp_size);
         else if (below || above)
-            snprintf(alt, sizeof alt, " (e.g. heads=%lld at T=%d)", (long long)(below ? below : above),
-                     tp_size);
+            snprintf(alt, sizeof alt, " (e.g. heads=%lld at T=%d)",
+                     (long long)(below ? below : above), tp_size);
         int64_t head_dim = hidden / heads > 0 ? hidden / heads : 1;
         return tp_set_error(
             TP_ERR_SHAPE,
@@ -184,22 +186,23 @@ static tp_status check_config(tp_attention *a, const tp_attention_config *cfg)
             "them back to hidden), or choose heads dividing hidden%s",
             who, (long long)hidden, (long long)heads, (long long)hidden, (long long)heads,
             (double)hidden / (double)heads,
-            heads % tp_size == 0 ? " (heads is divisible by T, that part is fine)" : "", (long long)head_dim,
-            (long long)(head_dim * heads), alt);
+            heads % tp_size == 0 ? " (heads is divisible by T, that part is fine)" : "",
+            (long long)head_dim, (long long)(head_dim * heads), alt);
     }
     if (heads % tp_size != 0)
-        return tp_set_error(TP_ERR_SHAPE,
-                            "%s: heads=%lld is not divisible by T=%d (%lld %% %d = %lld): "
-                            "attention splits whole heads across ranks; ways out: choose T dividing "
-                            "heads (a divisor of %lld), or change heads to a multiple of %d",
-                            who, (long long)heads, tp_size, (long long)heads, tp_size, (long long)(heads % tp_size), (long long)heads,
-                            tp_size);
+        return tp_set_error(
+            TP_ERR_SHAPE,
+            "%s: heads=%lld is not divisible by T=%d (%lld %% %d = %lld): "
+            "attention splits whole heads across ranks; ways out: choose T dividing "
+            "heads (a divisor of %lld), or change heads to a multiple of %d",
+            who, (long long)heads, tp_size, (long long)heads, tp_size, (long long)(heads % tp_size),
+            (long long)heads, tp_size);
     /* every parameter's size fits: (heads + 2 kv_heads) head_dim columns of
      * hidden rows bounds them all (kv_heads <= heads) */
     int64_t head_dim = cfg->head_dim ? cfg->head_dim : hidden / heads, h3, fw, nw;
     TP_TRY(tpl_mul(who, "3 x heads", 3, heads, &h3));
-    TP_TRY(tpl_mul(who, "QKV width (heads + 2 kv_heads) x head_dim", heads + 2 * kv_heads,
-                   head_dim, &fw));
+    TP_TRY(tpl_mul(who, "QKV width (heads + 2 kv_heads) x head_dim", heads + 2 * kv_heads, head_dim,
+                   &fw));
     TP_TRY(tpl_mul(who, "QKV weight hidden x QKV width", hidden, fw, &nw));
     a->hidden = hidden;
     a->heads = heads;
@@ -310,7 +313,7 @@ tp_status tp_attention_create(tp_comm *comm, const tp_attention_config *cfg, tp_
     a->causal = cfg->causal;
     a->sp = cfg->sequence_parallel;
     tpl_ws *ws[] = {&a->xfull, &a->qkv,  &a->probs, &a->scores, &a->ctx, &a->yfull,
-                   &a->dctx,  &a->dqkv, &a->dpack, &a->kvtmp,  &a->bscr};
+                    &a->dctx,  &a->dqkv, &a->dpack, &a->kvtmp,  &a->bscr};
     for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
         ws[i]->dev = a->dev;
     a->off = malloc(sizeof(int64_t) * (size_t)(a->tp_size + 1));
@@ -604,12 +607,12 @@ static tp_status kv_pack(tp_attention *a, int dst, float *pack, float *kvw, floa
 static tp_status out_proj_backward(tp_attention *a, const float *dyf)
 {
     int64_t tokens = a->tokens, hidden = a->hidden, out_rows = a->out_rows;
-    TP_TRY(tpl_gemm(a->dev, TP_F32, 1, 0, out_rows, hidden, tokens, 1.0f, a->ctx.ptr, out_rows,
-                    dyf, hidden, a->dwo.data, hidden));
+    TP_TRY(tpl_gemm(a->dev, TP_F32, 1, 0, out_rows, hidden, tokens, 1.0f, a->ctx.ptr, out_rows, dyf,
+                    hidden, a->dwo.data, hidden));
     if (a->has_bias)
         TP_TRY(tp_dev_bias_grad(a->dev, TP_F32, tokens, hidden, dyf, a->dbo.data));
-    return tpl_gemm(a->dev, TP_F32, 0, 1, tokens, out_rows, hidden, 0.0f, dyf, hidden,
-                    a->wo.data, hidden, a->dctx.ptr, out_rows);
+    return tpl_gemm(a->dev, TP_F32, 0, 1, tokens, out_rows, hidden, 0.0f, dyf, hidden, a->wo.data,
+                    hidden, a->dctx.ptr, out_rows);
 }
 
 /* dqkv from dctx through the attention of every batch element and head. */
@@ -628,11 +631,11 @@ static tp_status attend_backward(tp_attention *a)
         float *dQ = dqkv + bi * seq * width, *dK = dQ + local_heads * head_dim;
         float *dV = dK + a->local_kv * head_dim;
         /* dV_kv = sum_j P_j^T dO_j */
-        TP_TRY(per_kv(a, 1, 0, seq, head_dim, seq, Pb, seq, (int64_t)ss, dO, out_rows, head_dim,
-                      dV, width, head_dim));
+        TP_TRY(per_kv(a, 1, 0, seq, head_dim, seq, Pb, seq, (int64_t)ss, dO, out_rows, head_dim, dV,
+                      width, head_dim));
         /* dP_j = dO_j V_kv(j)^T, then dS = scale P (dP - rowsum(dP P)) */
-        TP_TRY(per_head(a, 0, 1, seq, seq, head_dim, dO, out_rows, head_dim, V, width, head_dim,
-                        dS, seq, (int64_t)ss));
+        TP_TRY(per_head(a, 0, 1, seq, seq, head_dim, dO, out_rows, head_dim, V, width, head_dim, dS,
+                        seq, (int64_t)ss));
         TP_TRY(tp_dev_softmax_bwd(a->dev, TP_F32, local_heads * seq, seq, Pb, dS, dS, scale));
         /* dQ_j = dS_j K_kv(j); dK_kv = sum_j dS_j^T Q_j */
         TP_TRY(per_head(a, 0, 0, seq, head_dim, seq, dS, seq, (int64_t)ss, K, width, head_dim, dQ,
@@ -745,8 +748,7 @@ static tp_status dx_reduce_scatter_packed(tp_attention *a, tp_tensor *dx, float 
     float *recv = a->dctx.ptr;
     TP_TRY(tp_reduce_scatterv(a->comm, pack, recv, a->counts, TP_F32, TP_SUM));
     if (a->rows > 0)
-        TP_TRY(tp_dev_copy_2d(a->dev, dx->data, 0, recv, 0, (size_t)(a->rows * hidden) * XF_ES,
-                              1));
+        TP_TRY(tp_dev_copy_2d(a->dev, dx->data, 0, recv, 0, (size_t)(a->rows * hidden) * XF_ES, 1));
     return kv_pack(a, a->rank, recv + a->rows * hidden, kvw, kvb, true);
 }
 
@@ -774,8 +776,7 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
     const float *dyf = dy->data;
     if (a->sp) { /* the row-parallel exit's backward: gather dy's shards */
         TP_TRY(tpl_ws_reserve(&a->yfull, (size_t)(tokens * hidden) * XF_ES, a->label));
-        TP_TRY(tpl_gather_rows(a->comm, TP_F32, dy->data, a->yfull.ptr, a->off, hidden,
-                               a->counts));
+        TP_TRY(tpl_gather_rows(a->comm, TP_F32, dy->data, a->yfull.ptr, a->off, hidden, a->counts));
         dyf = a->yfull.ptr;
     }
     TP_TRY(tpl_ws_reserve(&a->dctx, (size_t)(tokens * a->out_rows) * XF_ES, a->label));
@@ -890,9 +891,9 @@ static tp_status get_full(tp_attention *a, const tp_tensor *wqkv, const tp_tenso
     /* each rank's [weight rows | bias row] block, gathered rank-major */
     TP_TRY_GOTO(tp_dev_copy_2d(a->dev, mine, 0, wqkv->data, 0, own * XF_ES, 1), st, out);
     if (a->has_bias)
-        TP_TRY_GOTO(tp_dev_copy_2d(a->dev, mine + own, 0, bqkv->data, 0,
-                                   (size_t)a->qkv_width * XF_ES, 1),
-                    st, out);
+        TP_TRY_GOTO(
+            tp_dev_copy_2d(a->dev, mine + own, 0, bqkv->data, 0, (size_t)a->qkv_width * XF_ES, 1),
+            st, out);
     else
         TP_TRY_GOTO(tp_dev_memset(a->dev, mine + own, 0, (size_t)a->qkv_width * XF_ES), st, out);
     for (int i = 0; i < tp_size; i++)
@@ -904,9 +905,9 @@ static tp_status get_full(tp_attention *a, const tp_tensor *wqkv, const tp_tenso
         a->counts[i] = (size_t)(a->local_heads * head_dim * hidden);
     TP_TRY_GOTO(tp_all_gatherv(a->comm, wo->data, dso, a->counts, TP_F32), st, out);
     if (how)
-        TP_TRY_GOTO(tp_dev_download(a->dev, how, dso,
-                                    (size_t)(a->heads * head_dim * hidden) * XF_ES),
-                    st, out);
+        TP_TRY_GOTO(
+            tp_dev_download(a->dev, how, dso, (size_t)(a->heads * head_dim * hidden) * XF_ES), st,
+            out);
     if (hob && a->has_bias)
         TP_TRY_GOTO(tp_dev_download(a->dev, hob, bo->data, (size_t)hidden * XF_ES), st, out);
 out:

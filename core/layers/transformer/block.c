@@ -43,8 +43,8 @@ void tp_block_free(tp_block *b)
     tp_norm_free(b->ln2);
     tp_attention_free(b->attn);
     tp_mlp_free(b->mlp);
-    tpl_ws *ws[] = {&b->h1, &b->r1, &b->h2, &b->d1, &b->d2, &b->contrib,
-                   &b->mx, &b->mpre, &b->mact, &b->mtmp};
+    tpl_ws *ws[] = {&b->h1,      &b->r1, &b->h2,   &b->d1,   &b->d2,
+                    &b->contrib, &b->mx, &b->mpre, &b->mact, &b->mtmp};
     for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
         tpl_ws_release(ws[i]);
     free(b->off);
@@ -93,8 +93,8 @@ tp_status tp_block_create(tp_comm *comm, const tp_block_config *cfg, tp_block **
     b->sp = cfg->sequence_parallel;
     b->gelu_tanh = cfg->gelu_tanh;
     b->label = tpl_label("TransformerBlock", cfg->name, comm);
-    tpl_ws *ws[] = {&b->h1, &b->r1, &b->h2, &b->d1, &b->d2, &b->contrib,
-                   &b->mx, &b->mpre, &b->mact, &b->mtmp};
+    tpl_ws *ws[] = {&b->h1,      &b->r1, &b->h2,   &b->d1,   &b->d2,
+                    &b->contrib, &b->mx, &b->mpre, &b->mact, &b->mtmp};
     for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
         ws[i]->dev = b->dev;
     b->off = malloc(sizeof(int64_t) * (size_t)(b->T + 1));
@@ -186,16 +186,15 @@ static tp_status sp_mlp_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx
                     p2.weight_grad->data, hid));
     if (p2.bias_grad)
         TP_TRY(tp_dev_bias_grad(b->dev, TP_F32, N, hid, dyf, p2.bias_grad->data));
-    TP_TRY(tpl_gemm(b->dev, TP_F32, 0, 1, N, fl, hid, 0.0f, dyf, hid, p2.weight->data, hid, dh,
-                    fl));
+    TP_TRY(
+        tpl_gemm(b->dev, TP_F32, 0, 1, N, fl, hid, 0.0f, dyf, hid, p2.weight->data, hid, dh, fl));
     TP_TRY(tp_dev_gelu_bwd(b->dev, TP_F32, N * fl, b->mpre.ptr, dh, dh, b->gelu_tanh ? 1 : 0));
     /* fc1: dW1 += x^T dh, db1 += colsum(dh), dx = reduce-scatter(dh W1^T) */
     TP_TRY(tpl_gemm(b->dev, TP_F32, 1, 0, hid, fl, N, 1.0f, b->mx.ptr, hid, dh, fl,
                     p1.weight_grad->data, fl));
     if (p1.bias_grad)
         TP_TRY(tp_dev_bias_grad(b->dev, TP_F32, N, fl, dh, p1.bias_grad->data));
-    TP_TRY(tpl_gemm(b->dev, TP_F32, 0, 1, N, hid, fl, 0.0f, dh, fl, p1.weight->data, fl, dyf,
-                    hid));
+    TP_TRY(tpl_gemm(b->dev, TP_F32, 0, 1, N, hid, fl, 0.0f, dh, fl, p1.weight->data, fl, dyf, hid));
     for (int i = 0; i < b->T; i++)
         b->counts[i] = (size_t)((b->off[i + 1] - b->off[i]) * hid);
     return tp_reduce_scatterv(b->comm, dyf, dx->data, b->counts, TP_F32, TP_SUM);
