@@ -13,9 +13,9 @@ struct tp_vocab_ce {
     float smoothing;
     bool use_ignore;
     int32_t ignore_index;
-    tpl_ws ws;       /* gmax[rows] | out3[3 rows] | sumexp[rows] | scale[rows] */
-    int32_t *tgt;   /* host copy of the targets */
-    float *host;    /* host scratch: out3 + gmax, later the scales */
+    tpl_ws ws;    /* gmax[rows] | out3[3 rows] | sumexp[rows] | scale[rows] */
+    int32_t *tgt; /* host copy of the targets */
+    float *host;  /* host scratch: out3 + gmax, later the scales */
     size_t host_rows;
     tp_tensor logits_saved, targets_saved;
     int64_t rows, count;
@@ -43,7 +43,8 @@ tp_status tp_vocab_ce_create(tp_comm *comm, const tp_ce_config *cfg, tp_vocab_ce
                             !comm ? "comm" : "cfg");
     tp_vocab_ce *c = calloc(1, sizeof *c);
     if (!c)
-        return tp_set_error(TP_ERR_NO_MEMORY, "VocabParallelCrossEntropy create: out of host memory");
+        return tp_set_error(TP_ERR_NO_MEMORY,
+                            "VocabParallelCrossEntropy create: out of host memory");
     c->comm = comm;
     c->dev = c->ws.dev = tp_comm_device(comm);
     c->vocab = cfg->vocab;
@@ -77,27 +78,22 @@ static tp_status forward_body(tp_vocab_ce *c, const tp_tensor *logits, const tp_
     const size_t fs = sizeof(float);
     int64_t cols = c->hi - c->lo;
     float *gmax = c->ws.ptr, *out3 = gmax + rows, *sumexp = out3 + 3 * rows;
-    tp_status st = TP_OK;
+    tp_status st;
     if (rows > 0)
-        st = tp_dev_row_max(c->dev, TP_F32, rows, cols, logits->data, gmax);
-    if (st == TP_OK)
-        st = tp_all_reduce(c->comm, gmax, gmax, (size_t)rows, TP_F32, TP_MAX);
-    if (st == TP_OK && rows > 0)
-        st = tp_dev_ce_stats(c->dev, TP_F32, rows, cols, logits->data, targets->data, c->lo, gmax,
-                             out3);
+        TP_TRY_GOTO(tp_dev_row_max(c->dev, TP_F32, rows, cols, logits->data, gmax), st, no_loss);
+    TP_TRY_GOTO(tp_all_reduce(c->comm, gmax, gmax, (size_t)rows, TP_F32, TP_MAX), st, no_loss);
+    if (rows > 0)
+        TP_TRY_GOTO(tp_dev_ce_stats(c->dev, TP_F32, rows, cols, logits->data, targets->data, c->lo,
+                                    gmax, out3),
+                    st, no_loss);
     /* sum of exp (relative to the global max), target logit (non-zero on
      * its owner only) and sum of logits, reduced together */
-    if (st == TP_OK)
-        st = tp_all_reduce(c->comm, out3, out3, (size_t)(3 * rows), TP_F32, TP_SUM);
-    if (st != TP_OK || rows == 0) {
-        *loss = 0.0f;
-        return st;
-    }
-    st = tp_dev_copy_2d(c->dev, sumexp, fs, out3, 3 * fs, fs, (size_t)rows);
-    if (st == TP_OK)
-        st = tp_dev_download(c->dev, c->host, gmax, (size_t)(4 * rows) * fs);
-    if (st != TP_OK)
-        return st;
+    TP_TRY_GOTO(tp_all_reduce(c->comm, out3, out3, (size_t)(3 * rows), TP_F32, TP_SUM), st,
+                no_loss);
+    if (rows == 0)
+        goto no_loss;
+    TP_TRY(tp_dev_copy_2d(c->dev, sumexp, fs, out3, 3 * fs, fs, (size_t)rows));
+    TP_TRY(tp_dev_download(c->dev, c->host, gmax, (size_t)(4 * rows) * fs));
     const float *hm = c->host, *h3 = c->host + rows;
     double s = c->smoothing, sum = 0.0;
     for (int64_t r = 0; r < rows; r++) {
@@ -108,6 +104,9 @@ static tp_status forward_body(tp_vocab_ce *c, const tp_tensor *logits, const tp_
     }
     *loss = c->count ? (float)(sum / (double)c->count) : 0.0f;
     return TP_OK;
+no_loss: /* failed, or no rows on any rank */
+    *loss = 0.0f;
+    return st;
 }
 
 tp_status tp_vocab_ce_forward(tp_vocab_ce *c, const tp_tensor *logits, const tp_tensor *targets,
@@ -119,26 +118,25 @@ tp_status tp_vocab_ce_forward(tp_vocab_ce *c, const tp_tensor *logits, const tp_
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: loss is NULL", c->label);
     c->saved = false; /* a failed forward leaves nothing for backward */
     int64_t rows;
-    tp_status st = tpl_check_act(c->label, "logits", logits, c->dev, TP_F32, &rows);
-    if (st != TP_OK)
-        return st;
+    TP_TRY(tpl_check_act(c->label, "logits", logits, c->dev, TP_F32, &rows));
     int64_t cols = c->hi - c->lo, got = logits->shape[logits->ndim - 1];
     if (got != cols)
-        return tp_set_error(TP_ERR_SHAPE,
-                            "%s: logits last dim expected this rank's vocab shard %lld ([%lld, %lld) "
-                            "of vocab %lld), got %lld%s",
-                            c->label, (long long)cols, (long long)c->lo, (long long)c->hi,
-                            (long long)c->vocab, (long long)got,
-                            got == c->vocab && got != cols
-                                ? "; these are the full logits: pass the column-parallel output "
-                                  "without gather_output"
-                                : "");
+        return tp_set_error(
+            TP_ERR_SHAPE,
+            "%s: logits last dim expected this rank's vocab shard %lld ([%lld, %lld) "
+            "of vocab %lld), got %lld%s",
+            c->label, (long long)cols, (long long)c->lo, (long long)c->hi, (long long)c->vocab,
+            (long long)got,
+            got == c->vocab && got != cols
+                ? "; these are the full logits: pass the column-parallel output "
+                  "without gather_output"
+                : "");
     if (!targets)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: targets is NULL", c->label);
     if (targets->dtype != TP_I32 || targets->dev != c->dev)
-        return tp_set_error(TP_ERR_SHAPE, "%s: targets must be i32 on the layer's device (got %s%s)",
-                            c->label, tp_dtype_name(targets->dtype),
-                            targets->dev != c->dev ? " on another device" : "");
+        return tp_set_error(
+            TP_ERR_SHAPE, "%s: targets must be i32 on the layer's device (got %s%s)", c->label,
+            tp_dtype_name(targets->dtype), targets->dev != c->dev ? " on another device" : "");
     if (tp_tensor_numel(targets) != rows)
         return tp_set_error(TP_ERR_SHAPE, "%s: tokens mismatch: %lld targets for %lld logit rows",
                             c->label, (long long)tp_tensor_numel(targets), (long long)rows);
@@ -153,11 +151,8 @@ tp_status tp_vocab_ce_forward(tp_vocab_ce *c, const tp_tensor *logits, const tp_
             return tp_set_error(TP_ERR_NO_MEMORY, "%s: out of host memory", c->label);
         }
     }
-    if (rows > 0) {
-        st = tp_dev_download(c->dev, c->tgt, targets->data, sizeof(int32_t) * (size_t)rows);
-        if (st != TP_OK)
-            return st;
-    }
+    if (rows > 0)
+        TP_TRY(tp_dev_download(c->dev, c->tgt, targets->data, sizeof(int32_t) * (size_t)rows));
     c->count = 0;
     for (int64_t r = 0; r < rows; r++) {
         int32_t t = c->tgt[r];
@@ -170,11 +165,9 @@ tp_status tp_vocab_ce_forward(tp_vocab_ce *c, const tp_tensor *logits, const tp_
                                 c->use_ignore ? "" : " (to skip rows, set use_ignore_index)");
         c->count++;
     }
-    st = tpl_ws_reserve(&c->ws, sizeof(float) * (size_t)(6 * rows), c->label);
-    if (st != TP_OK)
-        return st;
+    TP_TRY(tpl_ws_reserve(&c->ws, sizeof(float) * (size_t)(6 * rows), c->label));
     tp_phase prev = tp_phase_set(c->comm, TP_PHASE_FORWARD);
-    st = forward_body(c, logits, targets, rows, loss);
+    tp_status st = forward_body(c, logits, targets, rows, loss);
     tp_phase_set(c->comm, prev);
     if (st != TP_OK)
         return st;
@@ -193,21 +186,23 @@ tp_status tp_vocab_ce_backward(tp_vocab_ce *c, float dloss, tp_tensor *dlogits)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_vocab_ce_backward: layer is NULL");
     if (!c->saved)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: backward called before forward", c->label);
-    tp_status st = tpl_prepare_out(c->label, "dlogits", dlogits, &c->logits_saved, c->dev,
-                                        TP_F32, c->hi - c->lo, "");
-    if (st != TP_OK || c->rows == 0)
-        return st;
+    TP_TRY(tpl_prepare_out(c->label, "dlogits", dlogits, &c->logits_saved, c->dev, TP_F32,
+                           c->hi - c->lo, ""));
+    if (c->rows == 0)
+        return TP_OK;
     int64_t rows = c->rows;
     float *gmax = c->ws.ptr, *sumexp = gmax + 4 * rows, *scale = sumexp + rows;
     float sc = c->count ? dloss / (float)c->count : 0.0f;
     for (int64_t r = 0; r < rows; r++)
         c->host[r] = c->use_ignore && c->tgt[r] == c->ignore_index ? 0.0f : sc;
     tp_phase prev = tp_phase_set(c->comm, TP_PHASE_BACKWARD);
-    st = tp_dev_upload(c->dev, scale, c->host, sizeof(float) * (size_t)rows);
-    if (st == TP_OK)
-        st = tp_dev_ce_bwd(c->dev, TP_F32, rows, c->hi - c->lo, c->logits_saved.data,
-                           c->targets_saved.data, c->lo, c->vocab, gmax, sumexp, scale,
-                           c->smoothing, dlogits->data);
+    tp_status st;
+    TP_TRY_GOTO(tp_dev_upload(c->dev, scale, c->host, sizeof(float) * (size_t)rows), st, done);
+    TP_TRY_GOTO(tp_dev_ce_bwd(c->dev, TP_F32, rows, c->hi - c->lo, c->logits_saved.data,
+                              c->targets_saved.data, c->lo, c->vocab, gmax, sumexp, scale,
+                              c->smoothing, dlogits->data),
+                st, done);
+done:
     tp_phase_set(c->comm, prev);
     return st;
 }

@@ -84,11 +84,9 @@ static int64_t lead_tokens(const tp_tensor *t)
 }
 
 tp_status tpl_check_act(const char *who, const char *what, const tp_tensor *t, tp_device *dev,
-                             tp_dtype dt, int64_t *tokens)
+                        tp_dtype dt, int64_t *tokens)
 {
-    tp_status st = check_common(who, what, t, dev, dt);
-    if (st != TP_OK)
-        return st;
+    TP_TRY(check_common(who, what, t, dev, dt));
     *tokens = lead_tokens(t);
     return TP_OK;
 }
@@ -138,15 +136,16 @@ tp_status tpl_download_f32(tp_device *dev, tp_dtype dt, float *dst, const void *
     if (!h)
         return tp_set_error(TP_ERR_NO_MEMORY, "out of host memory converting %zu %s values", n,
                             tp_dtype_name(dt));
-    tp_status st = tp_dev_download(dev, h, src, n * tp_dtype_size(dt));
-    if (st == TP_OK)
-        tp_host_convert(TP_F32, dst, dt, h, n);
+    tp_status st;
+    TP_TRY_GOTO(tp_dev_download(dev, h, src, n * tp_dtype_size(dt)), st, out);
+    tp_host_convert(TP_F32, dst, dt, h, n);
+out:
     free(h);
     return st;
 }
 
-void tpl_host_block(const float *full, int64_t cols, int64_t r0, int64_t r1, int64_t c0,
-                         int64_t c1, float *out)
+void tpl_host_block(const float *full, int64_t cols, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                    float *out)
 {
     int64_t w = c1 - c0;
     for (int64_t r = r0; r < r1; r++)
@@ -166,9 +165,9 @@ tp_tensor tpl_view2p(tp_device *dev, tp_dtype dt, void *p, int64_t rows, int64_t
 }
 
 tp_status tpl_gemm_batched(tp_device *dev, tp_dtype dt, int ta, int tb, int64_t m, int64_t n,
-                                int64_t k, float beta, const void *a, int64_t lda, int64_t sa,
-                                const void *b, int64_t ldb, int64_t sb, void *c, int64_t ldc,
-                                int64_t sc, int64_t batch)
+                           int64_t k, float beta, const void *a, int64_t lda, int64_t sa,
+                           const void *b, int64_t ldb, int64_t sb, void *c, int64_t ldc, int64_t sc,
+                           int64_t batch)
 {
     size_t es = tp_dtype_size(dt);
     if (m == 0 || n == 0 || batch == 0)
@@ -176,12 +175,11 @@ tp_status tpl_gemm_batched(tp_device *dev, tp_dtype dt, int ta, int tb, int64_t 
     if (k == 0) { /* C = beta C: nothing to do unless beta is 0 */
         if (beta != 0.0f)
             return TP_OK;
-        tp_status st = TP_OK;
-        for (int64_t bi = 0; bi < batch && st == TP_OK; bi++)
-            for (int64_t r = 0; r < m && st == TP_OK; r++)
-                st = tp_dev_memset(dev, (char *)c + (size_t)(bi * sc + r * ldc) * es, 0,
-                                   (size_t)n * es);
-        return st;
+        for (int64_t bi = 0; bi < batch; bi++)
+            for (int64_t r = 0; r < m; r++)
+                TP_TRY(tp_dev_memset(dev, (char *)c + (size_t)(bi * sc + r * ldc) * es, 0,
+                                     (size_t)n * es));
+        return TP_OK;
     }
     tp_gemm_args g = {
         .struct_size = sizeof g, .dtype = dt, .trans_a = ta, .trans_b = tb,
@@ -192,12 +190,11 @@ tp_status tpl_gemm_batched(tp_device *dev, tp_dtype dt, int ta, int tb, int64_t 
     return tp_dev_gemm(dev, &g);
 }
 
-tp_status tpl_gemm(tp_device *dev, tp_dtype dt, int ta, int tb, int64_t m, int64_t n,
-                        int64_t k, float beta, const void *a, int64_t lda, const void *b,
-                        int64_t ldb, void *c, int64_t ldc)
+tp_status tpl_gemm(tp_device *dev, tp_dtype dt, int ta, int tb, int64_t m, int64_t n, int64_t k,
+                   float beta, const void *a, int64_t lda, const void *b, int64_t ldb, void *c,
+                   int64_t ldc)
 {
-    return tpl_gemm_batched(dev, dt, ta, tb, m, n, k, beta, a, lda, 0, b, ldb, 0, c, ldc, 0,
-                                 1);
+    return tpl_gemm_batched(dev, dt, ta, tb, m, n, k, beta, a, lda, 0, b, ldb, 0, c, ldc, 0, 1);
 }
 
 void tpl_shard_offsets(int64_t n, int T, int64_t *off)
@@ -207,7 +204,7 @@ void tpl_shard_offsets(int64_t n, int T, int64_t *off)
 }
 
 tp_status tpl_gather_rows(tp_comm *comm, tp_dtype dt, const void *shard, void *full,
-                               const int64_t *off, int64_t cols, size_t *counts)
+                          const int64_t *off, int64_t cols, size_t *counts)
 {
     int T = tp_comm_size(comm);
     for (int i = 0; i < T; i++)
@@ -215,9 +212,8 @@ tp_status tpl_gather_rows(tp_comm *comm, tp_dtype dt, const void *shard, void *f
     return tp_all_gatherv(comm, shard, full, counts, dt);
 }
 
-tp_status tpl_prepare_out(const char *who, const char *what, tp_tensor *out,
-                               const tp_tensor *like, tp_device *dev, tp_dtype dt, int64_t cols,
-                               const char *hint)
+tp_status tpl_prepare_out(const char *who, const char *what, tp_tensor *out, const tp_tensor *like,
+                          tp_device *dev, tp_dtype dt, int64_t cols, const char *hint)
 {
     if (!out)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: %s is NULL", who, what);
@@ -231,9 +227,7 @@ tp_status tpl_prepare_out(const char *who, const char *what, tp_tensor *out,
             return tp_set_error(st, "%s: cannot allocate %s: %s", who, what, tp_last_error());
         return TP_OK;
     }
-    tp_status st = check_common(who, what, out, dev, dt);
-    if (st != TP_OK)
-        return st;
+    TP_TRY(check_common(who, what, out, dev, dt));
     int64_t tx = lead_tokens(like), ty = lead_tokens(out);
     if (tx != ty)
         return tp_set_error(TP_ERR_SHAPE,
@@ -249,15 +243,13 @@ tp_status tpl_prepare_out(const char *who, const char *what, tp_tensor *out,
 }
 
 tp_status tpl_gather_cols(tp_comm *comm, tp_dtype dt, const void *src, void *dst, void *tmp,
-                               int64_t rows, const int64_t *off, size_t *counts)
+                          int64_t rows, const int64_t *off, size_t *counts)
 {
     int T = tp_comm_size(comm);
     size_t es = tp_dtype_size(dt);
     for (int i = 0; i < T; i++)
         counts[i] = (size_t)(rows * (off[i + 1] - off[i]));
-    tp_status st = tp_all_gatherv(comm, src, tmp, counts, dt);
-    if (st != TP_OK)
-        return st;
+    TP_TRY(tp_all_gatherv(comm, src, tmp, counts, dt));
     if (rows == 0)
         return TP_OK;
     /* The gathered blocks are rank-major: block i is [rows, part_i] at
@@ -268,11 +260,9 @@ tp_status tpl_gather_cols(tp_comm *comm, tp_dtype dt, const void *src, void *dst
         int64_t w = off[i + 1] - off[i];
         if (w == 0)
             continue;
-        st = tp_dev_copy_2d(dev, (char *)dst + (size_t)off[i] * es, (size_t)n * es,
-                            (const char *)tmp + (size_t)(rows * off[i]) * es, (size_t)w * es,
-                            (size_t)w * es, (size_t)rows);
-        if (st != TP_OK)
-            return st;
+        TP_TRY(tp_dev_copy_2d(dev, (char *)dst + (size_t)off[i] * es, (size_t)n * es,
+                              (const char *)tmp + (size_t)(rows * off[i]) * es, (size_t)w * es,
+                              (size_t)w * es, (size_t)rows));
     }
     return TP_OK;
 }

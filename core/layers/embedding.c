@@ -80,12 +80,9 @@ tp_status tp_embedding_create(tp_comm *comm, const tp_embedding_config *cfg, tp_
         goto fail;
     }
     int64_t full; /* the full table (full_table, get_full) must be addressable */
-    if ((st = tpl_mul(e->label, "table vocab x dim", e->vocab, e->dim, &full)))
-        goto fail;
+    TP_TRY_GOTO(tpl_mul(e->label, "table vocab x dim", e->vocab, e->dim, &full), st, fail);
     tp_shard_range(e->vocab, e->size, e->rank, &e->lo, &e->hi);
-    st = tp_tensor_alloc2(e->dev, TP_F32, e->hi - e->lo, e->dim, &e->table);
-    if (st != TP_OK)
-        goto fail;
+    TP_TRY_GOTO(tp_tensor_alloc2(e->dev, TP_F32, e->hi - e->lo, e->dim, &e->table), st, fail);
     size_t n = (size_t)((e->hi - e->lo) * e->dim);
     host = malloc(n * sizeof(float));
     if (!host) {
@@ -97,9 +94,7 @@ tp_status tp_embedding_create(tp_comm *comm, const tp_embedding_config *cfg, tp_
     else
         tp_master_fill(cfg->seed, cfg->tensor_id, e->dim, e->lo, e->hi, 0, e->dim, e->bound,
                        host);
-    st = tp_tensor_upload(&e->table, host);
-    if (st != TP_OK)
-        goto fail;
+    TP_TRY_GOTO(tp_tensor_upload(&e->table, host), st, fail);
     free(host);
     *out = e;
     return TP_OK;
@@ -141,20 +136,34 @@ static void sp_shard(tp_embedding *e, int64_t n, int64_t *lo, int64_t *hi)
     }
 }
 
+/* y = the rows of the n ids (summed over the vocab shards), or with sequence
+ * parallelism this rank's token shard of them. */
+static tp_status forward_body(tp_embedding *e, const tp_tensor *ids, tp_tensor *y, int64_t n)
+{
+    if (!e->sp) {
+        if (n > 0)
+            TP_TRY(tp_dev_embedding(e->dev, TP_F32, n, e->dim, ids->data, e->lo, e->hi,
+                                    e->table.data, y->data));
+        return tp_all_reduce(e->comm, y->data, y->data, (size_t)(n * e->dim), TP_F32, TP_SUM);
+    }
+    /* every token's partial row (own vocab range), then each rank keeps its token shard */
+    TP_TRY(tpl_ws_reserve(&e->ws, (size_t)(n * e->dim) * sizeof(float), e->label));
+    if (n > 0)
+        TP_TRY(tp_dev_embedding(e->dev, TP_F32, n, e->dim, ids->data, e->lo, e->hi, e->table.data,
+                                e->ws.ptr));
+    return tp_reduce_scatterv(e->comm, e->ws.ptr, y->data, e->counts, TP_F32, TP_SUM);
+}
+
 tp_status tp_embedding_forward(tp_embedding *e, const tp_tensor *ids, tp_tensor *y)
 {
     if (!e)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_embedding_forward: layer is NULL");
     int64_t n = 0;
-    tp_status st = check_ids(e, ids, &n);
-    if (st != TP_OK)
-        return st;
+    TP_TRY(check_ids(e, ids, &n));
     if (!y)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: y is NULL", e->label);
     int64_t nd;
-    st = tpl_mul(e->label, "output tokens x dim", n, e->dim, &nd);
-    if (st != TP_OK)
-        return st;
+    TP_TRY(tpl_mul(e->label, "output tokens x dim", n, e->dim, &nd));
     int64_t shape[TP_MAX_DIMS], slo = 0, shi = n;
     int ndim = ids->ndim + 1;
     for (int i = 0; i < ids->ndim; i++)
@@ -168,39 +177,23 @@ tp_status tp_embedding_forward(tp_embedding *e, const tp_tensor *ids, tp_tensor 
     }
     int64_t rows = shi - slo;
     if (!y->data && y->ndim == 0) {
-        st = tp_tensor_alloc(e->dev, TP_F32, ndim, shape, y);
-        if (st != TP_OK)
-            return st;
+        TP_TRY(tp_tensor_alloc(e->dev, TP_F32, ndim, shape, y));
     } else {
         int64_t tokens;
-        st = tpl_check_act(e->label, "y", y, e->dev, TP_F32, &tokens);
-        if (st != TP_OK)
-            return st;
+        TP_TRY(tpl_check_act(e->label, "y", y, e->dev, TP_F32, &tokens));
         if (tokens != rows)
-            return tp_set_error(TP_ERR_SHAPE, "%s: tokens mismatch: y has %lld tokens, expected "
-                                "%lld%s", e->label, (long long)tokens, (long long)rows,
+            return tp_set_error(TP_ERR_SHAPE,
+                                "%s: tokens mismatch: y has %lld tokens, expected "
+                                "%lld%s",
+                                e->label, (long long)tokens, (long long)rows,
                                 e->sp ? " (sequence_parallel: this rank's token shard of the ids)"
                                       : " (one per id)");
         if (y->shape[y->ndim - 1] != e->dim)
-            return tp_set_error(TP_ERR_SHAPE, "%s: y last dim expected dim=%lld, got %lld", e->label,
-                                (long long)e->dim, (long long)y->shape[y->ndim - 1]);
+            return tp_set_error(TP_ERR_SHAPE, "%s: y last dim expected dim=%lld, got %lld",
+                                e->label, (long long)e->dim, (long long)y->shape[y->ndim - 1]);
     }
     tp_phase prev = tp_phase_set(e->comm, TP_PHASE_FORWARD);
-    if (!e->sp) {
-        st = n > 0 ? tp_dev_embedding(e->dev, TP_F32, n, e->dim, ids->data, e->lo, e->hi,
-                                      e->table.data, y->data)
-                   : TP_OK;
-        if (st == TP_OK)
-            st = tp_all_reduce(e->comm, y->data, y->data, (size_t)(n * e->dim), TP_F32, TP_SUM);
-    } else {
-        /* every token's partial row (own vocab range), then each rank keeps its token shard */
-        st = tpl_ws_reserve(&e->ws, (size_t)(n * e->dim) * sizeof(float), e->label);
-        if (st == TP_OK && n > 0)
-            st = tp_dev_embedding(e->dev, TP_F32, n, e->dim, ids->data, e->lo, e->hi,
-                                  e->table.data, e->ws.ptr);
-        if (st == TP_OK)
-            st = tp_reduce_scatterv(e->comm, e->ws.ptr, y->data, e->counts, TP_F32, TP_SUM);
-    }
+    tp_status st = forward_body(e, ids, y, n);
     tp_phase_set(e->comm, prev);
     if (st != TP_OK)
         return st;
@@ -218,6 +211,21 @@ static tp_status ensure_grad(tp_embedding *e)
     return tp_tensor_alloc2(e->dev, TP_F32, e->hi - e->lo, e->dim, &e->grad);
 }
 
+/* grad += the gradients of this rank's vocab rows among the n ids. */
+static tp_status backward_body(tp_embedding *e, const tp_tensor *dy, int64_t n)
+{
+    const void *full = dy->data;
+    if (e->sp) { /* every rank needs every token's gradient for its vocab rows */
+        TP_TRY(tpl_ws_reserve(&e->dyf, (size_t)(n * e->dim) * sizeof(float), e->label));
+        TP_TRY(tp_all_gatherv(e->comm, dy->data, e->dyf.ptr, e->counts, TP_F32));
+        full = e->dyf.ptr;
+    }
+    if (n == 0)
+        return TP_OK;
+    return tp_dev_embedding_bwd(e->dev, TP_F32, n, e->dim, e->ids_saved.data, e->lo, e->hi, full,
+                                e->grad.data);
+}
+
 tp_status tp_embedding_backward(tp_embedding *e, const tp_tensor *dy)
 {
     if (!e)
@@ -225,30 +233,18 @@ tp_status tp_embedding_backward(tp_embedding *e, const tp_tensor *dy)
     if (!e->saved)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: backward called before forward", e->label);
     int64_t tokens, n = e->n_saved, slo = 0, shi = n;
-    tp_status st = tpl_check_act(e->label, "dy", dy, e->dev, TP_F32, &tokens);
-    if (st != TP_OK)
-        return st;
+    TP_TRY(tpl_check_act(e->label, "dy", dy, e->dev, TP_F32, &tokens));
     if (e->sp)
         sp_shard(e, n, &slo, &shi);
     if (tokens != shi - slo || dy->shape[dy->ndim - 1] != e->dim)
         return tp_set_error(TP_ERR_SHAPE,
-                            "%s: dy expected %lld tokens x dim %lld (the forward output), got %lld x %lld",
+                            "%s: dy expected %lld tokens x dim %lld (the forward output), got "
+                            "%lld x %lld",
                             e->label, (long long)(shi - slo), (long long)e->dim, (long long)tokens,
                             (long long)dy->shape[dy->ndim - 1]);
-    st = ensure_grad(e);
-    if (st != TP_OK)
-        return st;
+    TP_TRY(ensure_grad(e));
     tp_phase prev = tp_phase_set(e->comm, TP_PHASE_BACKWARD);
-    const void *full = dy->data;
-    if (e->sp) { /* every rank needs every token's gradient for its vocab rows */
-        st = tpl_ws_reserve(&e->dyf, (size_t)(n * e->dim) * sizeof(float), e->label);
-        if (st == TP_OK)
-            st = tp_all_gatherv(e->comm, dy->data, e->dyf.ptr, e->counts, TP_F32);
-        full = e->dyf.ptr;
-    }
-    if (st == TP_OK && n > 0)
-        st = tp_dev_embedding_bwd(e->dev, TP_F32, n, e->dim, e->ids_saved.data, e->lo, e->hi,
-                                  full, e->grad.data);
+    tp_status st = backward_body(e, dy, n);
     tp_phase_set(e->comm, prev);
     return st;
 }
@@ -283,18 +279,14 @@ void tp_embedding_get_shard(tp_embedding *e, int64_t *lo, int64_t *hi, tp_tensor
 static tp_status get_full(tp_embedding *e, const tp_tensor *t, float *host)
 {
     size_t bytes = (size_t)(e->vocab * e->dim) * sizeof(float);
-    tp_status st = tpl_ws_reserve(&e->ws, bytes, e->label);
-    if (st != TP_OK)
-        return st;
+    TP_TRY(tpl_ws_reserve(&e->ws, bytes, e->label));
     for (int i = 0; i < e->size; i++) {
         int64_t a, b;
         tp_shard_range(e->vocab, e->size, i, &a, &b);
         e->counts[i] = (size_t)((b - a) * e->dim);
     }
-    st = tp_all_gatherv(e->comm, t->data, e->ws.ptr, e->counts, TP_F32);
-    if (st == TP_OK && host)
-        st = tp_dev_download(e->dev, host, e->ws.ptr, bytes);
-    return st;
+    TP_TRY(tp_all_gatherv(e->comm, t->data, e->ws.ptr, e->counts, TP_F32));
+    return host ? tp_dev_download(e->dev, host, e->ws.ptr, bytes) : TP_OK;
 }
 
 tp_status tp_embedding_get_full(tp_embedding *e, float *table)
@@ -308,6 +300,6 @@ tp_status tp_embedding_get_full_grad(tp_embedding *e, float *grad)
 {
     if (!e)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_embedding_get_full_grad: layer is NULL");
-    tp_status st = ensure_grad(e);
-    return st == TP_OK ? get_full(e, &e->grad, grad) : st;
+    TP_TRY(ensure_grad(e));
+    return get_full(e, &e->grad, grad);
 }

@@ -20,14 +20,13 @@ void tpl_ws_release(tpl_ws *ws);
  * with 2..4 dims. `who` names the layer, `what` the tensor ("x"). Writes
  * the token count (product of the leading dims). */
 tp_status tpl_check_act(const char *who, const char *what, const tp_tensor *t, tp_device *dev,
-                             tp_dtype dt, int64_t *tokens);
+                        tp_dtype dt, int64_t *tokens);
 
 /* Prepare output `out` (dtype dt) to hold like's leading dims and last dim
  * `cols`: allocate it if it is zeroed (data NULL, ndim 0), else check it.
  * `hint` is appended to a last-dimension mismatch message (may be ""). */
-tp_status tpl_prepare_out(const char *who, const char *what, tp_tensor *out,
-                               const tp_tensor *like, tp_device *dev, tp_dtype dt, int64_t cols,
-                               const char *hint);
+tp_status tpl_prepare_out(const char *who, const char *what, tp_tensor *out, const tp_tensor *like,
+                          tp_device *dev, tp_dtype dt, int64_t cols, const char *hint);
 
 /* TP_OK when dt is a dtype a layer can store its weights and activations
  * in (f32, bf16, f16), else TP_ERR_INVALID_ARG naming who. */
@@ -36,8 +35,7 @@ tp_status tpl_check_dtype(const char *who, tp_dtype dt);
 /* Upload n f32 host values into device memory of dtype dt (converted on
  * the host, round to nearest even), and download back to f32. */
 tp_status tpl_upload_f32(tp_device *dev, tp_dtype dt, void *dst, const float *src, size_t n);
-tp_status tpl_download_f32(tp_device *dev, tp_dtype dt, float *dst, const void *src,
-                                size_t n);
+tp_status tpl_download_f32(tp_device *dev, tp_dtype dt, float *dst, const void *src, size_t n);
 
 /* *n = a * b for sizes a, b >= 0, or TP_ERR_INVALID_ARG ("who: what
  * a x b overflows") when the product, or its f32 bytes, does not fit; for
@@ -46,8 +44,8 @@ tp_status tpl_mul(const char *who, const char *what, int64_t a, int64_t b, int64
 
 /* Copy block [r0,r1) x [c0,c1) of a full host matrix with `cols` columns
  * to out (row pitch c1 - c0): a rank's shard of a user-supplied weight. */
-void tpl_host_block(const float *full, int64_t cols, int64_t r0, int64_t r1, int64_t c0,
-                         int64_t c1, float *out);
+void tpl_host_block(const float *full, int64_t cols, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                    float *out);
 
 /* A 2-D view [rows, cols] of t's memory. */
 tp_tensor tpl_view2(const tp_tensor *t, int64_t rows, int64_t cols);
@@ -57,14 +55,14 @@ tp_tensor tpl_view2p(tp_device *dev, tp_dtype dt, void *p, int64_t rows, int64_t
 /* C = op(A) op(B) + beta C, all of dtype dt (f32 accumulation in the
  * device), alpha 1, batch 1; m/n/k == 0 handled (k == 0 with beta 0 zeroes
  * C). */
-tp_status tpl_gemm(tp_device *dev, tp_dtype dt, int ta, int tb, int64_t m, int64_t n,
-                        int64_t k, float beta, const void *a, int64_t lda, const void *b,
-                        int64_t ldb, void *c, int64_t ldc);
+tp_status tpl_gemm(tp_device *dev, tp_dtype dt, int ta, int tb, int64_t m, int64_t n, int64_t k,
+                   float beta, const void *a, int64_t lda, const void *b, int64_t ldb, void *c,
+                   int64_t ldc);
 /* Strided-batched variant (strides in elements). */
 tp_status tpl_gemm_batched(tp_device *dev, tp_dtype dt, int ta, int tb, int64_t m, int64_t n,
-                                int64_t k, float beta, const void *a, int64_t lda, int64_t sa,
-                                const void *b, int64_t ldb, int64_t sb, void *c, int64_t ldc,
-                                int64_t sc, int64_t batch);
+                           int64_t k, float beta, const void *a, int64_t lda, int64_t sa,
+                           const void *b, int64_t ldb, int64_t sb, void *c, int64_t ldc, int64_t sc,
+                           int64_t batch);
 
 /* Every rank's shard of n split over T (tp_shard_range): off[0..T]. */
 void tpl_shard_offsets(int64_t n, int T, int64_t *off);
@@ -72,16 +70,16 @@ void tpl_shard_offsets(int64_t n, int T, int64_t *off);
 /* Collective: all_gatherv of row shards [off[i+1]-off[i], cols] of dtype
  * dt into full [off[T], cols]. counts: T scratch entries. */
 tp_status tpl_gather_rows(tp_comm *comm, tp_dtype dt, const void *shard, void *full,
-                               const int64_t *off, int64_t cols, size_t *counts);
+                          const int64_t *off, int64_t cols, size_t *counts);
 
 /* Collective: every rank holds a [rows, part_i] block of dtype dt (part_i
  * from the offsets off[0..T]); assemble the full [rows, off[T]] matrix in
  * dst on every rank. tmp must hold rows*off[T] elements. Counts one
  * all_gather. */
 tp_status tpl_gather_cols(tp_comm *comm, tp_dtype dt, const void *src, void *dst, void *tmp,
-                               int64_t rows, const int64_t *off, size_t *counts);
+                          int64_t rows, const int64_t *off, size_t *counts);
 
-/* "RowParallelLinear 'fc2' (rank 1/4)" style label; caller frees. */
+/* "RowParallelLinear 'fc2' (rank 1 of T=4)" style label; caller frees. */
 char *tpl_label(const char *kind, const char *name, tp_comm *comm);
 
 /* Width of a linear layer's shard of its split dimension (hi - lo). */
@@ -93,7 +91,7 @@ int64_t tpl_linear_local_width(const tp_linear *l);
  * for TP_ACT_NONE) gets x W + b for the activation's backward. Saves x for
  * tp_linear_backward exactly as tp_linear_forward does. */
 tp_status tpl_linear_forward_act(tp_linear *l, const tp_tensor *x, tp_tensor *y, void *pre,
-                                tp_act act);
+                                 tp_act act);
 
 /* After a sequence-parallel tp_embedding_backward: the all-gathered dy
  * [n, dim] of every token (valid until the next backward); NULL without

@@ -48,6 +48,68 @@ void tp_linear_free(tp_linear *l)
     free(l);
 }
 
+/* Refuse a shape this layer cannot split over its T ranks. */
+static tp_status check_config(const tp_linear *l)
+{
+    const char *who = l->label;
+    TP_TRY(tpl_check_dtype(who, l->dt));
+    if (l->in <= 0 || l->out <= 0)
+        return tp_set_error(TP_ERR_SHAPE,
+                            "%s: in_features (%lld) and out_features (%lld) must be >= 1", who,
+                            (long long)l->in, (long long)l->out);
+    int64_t full; /* the full weight (full_weight, get_full) must be addressable */
+    TP_TRY(tpl_mul(who, "weight in_features x out_features", l->in, l->out, &full));
+    int64_t split = l->kind == TP_LINEAR_COLUMN ? l->out : l->in;
+    const char *split_name = l->kind == TP_LINEAR_COLUMN ? "out_features" : "in_features";
+    if (split < l->size)
+        return tp_set_error(TP_ERR_SHAPE,
+                            "%s: T=%d is larger than %s=%lld, the dimension this layer splits: "
+                            "some rank would get 0 %s; use T <= %lld or a larger %s",
+                            who, l->size, split_name, (long long)split,
+                            l->kind == TP_LINEAR_COLUMN ? "columns" : "rows", (long long)split,
+                            split_name);
+    return TP_OK;
+}
+
+/* Allocate this rank's weight (and bias) shard and fill it from the user's
+ * full tensors or the counter-based master initialization. */
+static tp_status init_params(tp_linear *l, const tp_linear_config *cfg)
+{
+    const bool column = l->kind == TP_LINEAR_COLUMN;
+    int64_t wr = column ? l->in : l->nloc;
+    int64_t wc = column ? l->nloc : l->out;
+    int64_t bn = column ? l->nloc : l->out;
+    TP_TRY(tp_tensor_alloc2(l->dev, l->dt, wr, wc, &l->w));
+    size_t hn = (size_t)(wr * wc) > (size_t)bn ? (size_t)(wr * wc) : (size_t)bn;
+    float *host = malloc(hn * sizeof(float));
+    if (!host)
+        return tp_set_error(TP_ERR_NO_MEMORY, "%s: out of host memory for the weight shard",
+                            l->label);
+    float bound = (float)(1.0 / sqrt((double)l->in));
+    int64_t r0 = column ? 0 : l->lo, r1 = r0 + wr;
+    int64_t c0 = column ? l->lo : 0, c1 = c0 + wc;
+    if (cfg->full_weight)
+        tpl_host_block(cfg->full_weight, l->out, r0, r1, c0, c1, host);
+    else
+        tp_master_fill(cfg->seed, cfg->tensor_id, l->out, r0, r1, c0, c1, bound, host);
+    tp_status st;
+    /* host weights are f32: rounded to the layer's dtype on the way up */
+    TP_TRY_GOTO(tpl_upload_f32(l->dev, l->dt, l->w.data, host, (size_t)(wr * wc)), st, out);
+    if (l->has_bias) {
+        TP_TRY_GOTO(tp_tensor_alloc(l->dev, l->dt, 1, &bn, &l->b), st, out);
+        int64_t b0 = column ? l->lo : 0;
+        if (cfg->full_bias)
+            memcpy(host, cfg->full_bias + b0, (size_t)bn * sizeof(float));
+        else
+            tp_master_fill(cfg->seed, cfg->tensor_id + 1, l->out, 0, 1, b0, b0 + bn, bound,
+                           host);
+        TP_TRY_GOTO(tpl_upload_f32(l->dev, l->dt, l->b.data, host, (size_t)bn), st, out);
+    }
+out:
+    free(host);
+    return st;
+}
+
 static tp_status linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_linear_kind kind,
                                tp_linear **out)
 {
@@ -74,87 +136,26 @@ static tp_status linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_li
     l->ws.dev = l->ws2.dev = l->dev;
     l->dt = cfg->dtype;
     l->es = tp_dtype_size(cfg->dtype);
-    tp_status st = TP_OK;
-    float *host = NULL;
     if (!l->label) {
         free(l);
         return tp_set_error(TP_ERR_NO_MEMORY, "%s create: out of host memory", kind_name(kind));
     }
-    const char *who = l->label;
-    if ((st = tpl_check_dtype(who, l->dt)))
-        goto fail;
-    if (l->in <= 0 || l->out <= 0) {
-        st = tp_set_error(TP_ERR_SHAPE, "%s: in_features (%lld) and out_features (%lld) must be >= 1",
-                          who, (long long)l->in, (long long)l->out);
-        goto fail;
-    }
-    int64_t full; /* the full weight (full_weight, get_full) must be addressable */
-    if ((st = tpl_mul(who, "weight in_features x out_features", l->in, l->out, &full)))
-        goto fail;
-    int64_t split = kind == TP_LINEAR_COLUMN ? l->out : l->in;
-    const char *split_name = kind == TP_LINEAR_COLUMN ? "out_features" : "in_features";
-    if (split < l->size) {
-        st = tp_set_error(TP_ERR_SHAPE,
-                          "%s: T=%d is larger than %s=%lld, the dimension this layer splits: "
-                          "some rank would get 0 %s; use T <= %lld or a larger %s",
-                          who, l->size, split_name, (long long)split,
-                          kind == TP_LINEAR_COLUMN ? "columns" : "rows", (long long)split,
-                          split_name);
-        goto fail;
-    }
+    tp_status st;
+    TP_TRY_GOTO(check_config(l), st, fail);
     l->off = malloc(sizeof(int64_t) * (size_t)(l->size + 1));
     l->counts = malloc(sizeof(size_t) * (size_t)l->size);
     if (!l->off || !l->counts) {
-        st = tp_set_error(TP_ERR_NO_MEMORY, "%s: out of host memory", who);
+        st = tp_set_error(TP_ERR_NO_MEMORY, "%s: out of host memory", l->label);
         goto fail;
     }
-    tpl_shard_offsets(split, l->size, l->off);
+    tpl_shard_offsets(kind == TP_LINEAR_COLUMN ? l->out : l->in, l->size, l->off);
     l->lo = l->off[l->rank];
     l->hi = l->off[l->rank + 1];
     l->nloc = l->hi - l->lo;
-
-    int64_t wr = kind == TP_LINEAR_COLUMN ? l->in : l->nloc;
-    int64_t wc = kind == TP_LINEAR_COLUMN ? l->nloc : l->out;
-    int64_t bn = kind == TP_LINEAR_COLUMN ? l->nloc : l->out;
-    st = tp_tensor_alloc2(l->dev, l->dt, wr, wc, &l->w);
-    if (st != TP_OK)
-        goto fail;
-    size_t hn = (size_t)(wr * wc) > (size_t)bn ? (size_t)(wr * wc) : (size_t)bn;
-    host = malloc(hn * sizeof(float));
-    if (!host) {
-        st = tp_set_error(TP_ERR_NO_MEMORY, "%s: out of host memory for the weight shard", who);
-        goto fail;
-    }
-    float bound = (float)(1.0 / sqrt((double)l->in));
-    int64_t r0 = kind == TP_LINEAR_COLUMN ? 0 : l->lo, r1 = r0 + wr;
-    int64_t c0 = kind == TP_LINEAR_COLUMN ? l->lo : 0, c1 = c0 + wc;
-    if (cfg->full_weight)
-        tpl_host_block(cfg->full_weight, l->out, r0, r1, c0, c1, host);
-    else
-        tp_master_fill(cfg->seed, cfg->tensor_id, l->out, r0, r1, c0, c1, bound, host);
-    /* host weights are f32: rounded to the layer's dtype on the way up */
-    st = tpl_upload_f32(l->dev, l->dt, l->w.data, host, (size_t)(wr * wc));
-    if (st != TP_OK)
-        goto fail;
-    if (l->has_bias) {
-        st = tp_tensor_alloc(l->dev, l->dt, 1, &bn, &l->b);
-        if (st != TP_OK)
-            goto fail;
-        int64_t b0 = kind == TP_LINEAR_COLUMN ? l->lo : 0;
-        if (cfg->full_bias)
-            memcpy(host, cfg->full_bias + b0, (size_t)bn * sizeof(float));
-        else
-            tp_master_fill(cfg->seed, cfg->tensor_id + 1, l->out, 0, 1, b0, b0 + bn, bound,
-                           host);
-        st = tpl_upload_f32(l->dev, l->dt, l->b.data, host, (size_t)bn);
-        if (st != TP_OK)
-            goto fail;
-    }
-    free(host);
+    TP_TRY_GOTO(init_params(l, cfg), st, fail);
     *out = l;
     return TP_OK;
 fail:
-    free(host);
     tp_linear_free(l);
     return st;
 }
@@ -176,13 +177,14 @@ static tp_status check_input_width(tp_linear *l, int64_t got)
     if (l->kind == TP_LINEAR_COLUMN) {
         if (got == l->in)
             return TP_OK;
-        return tp_set_error(TP_ERR_SHAPE,
-                            "%s: x last dim (in_features) expected %lld, got %lld; a column-parallel "
-                            "layer takes the full input [tokens, in_features]%s",
-                            who, (long long)l->in, (long long)got,
-                            got < l->in ? " (is x a shard? gather it first, or use a "
-                                          "RowParallelLinear with input_is_parallel=true)"
-                                        : "");
+        return tp_set_error(
+            TP_ERR_SHAPE,
+            "%s: x last dim (in_features) expected %lld, got %lld; a column-parallel "
+            "layer takes the full input [tokens, in_features]%s",
+            who, (long long)l->in, (long long)got,
+            got < l->in ? " (is x a shard? gather it first, or use a "
+                          "RowParallelLinear with input_is_parallel=true)"
+                        : "");
     }
     if (l->input_is_parallel) {
         if (got == l->nloc)
@@ -206,12 +208,12 @@ static tp_status check_input_width(tp_linear *l, int64_t got)
     }
     if (got == l->in)
         return TP_OK;
-    return tp_set_error(TP_ERR_SHAPE,
-                        "%s: x last dim expected in_features=%lld (input_is_parallel=false takes the "
-                        "full input), got %lld%s",
-                        who, (long long)l->in, (long long)got,
-                        got == l->nloc ? "= this rank's shard; did you mean input_is_parallel=true?"
-                                       : "");
+    return tp_set_error(
+        TP_ERR_SHAPE,
+        "%s: x last dim expected in_features=%lld (input_is_parallel=false takes the "
+        "full input), got %lld%s",
+        who, (long long)l->in, (long long)got,
+        got == l->nloc ? "= this rank's shard; did you mean input_is_parallel=true?" : "");
 }
 
 static int64_t out_width(const tp_linear *l)
@@ -241,8 +243,8 @@ static tp_status column_gemm(tp_linear *l, const void *x, void *c, int64_t token
                              tp_act act)
 {
     if (!l->has_bias && act == TP_ACT_NONE && !pre)
-        return tpl_gemm(l->dev, l->dt, 0, 0, tokens, l->nloc, l->in, 0.0f, x, l->in,
-                             l->w.data, l->nloc, c, l->nloc);
+        return tpl_gemm(l->dev, l->dt, 0, 0, tokens, l->nloc, l->in, 0.0f, x, l->in, l->w.data,
+                        l->nloc, c, l->nloc);
     if (tokens == 0)
         return TP_OK;
     tp_gemm_args g = {
@@ -257,22 +259,16 @@ static tp_status forward_body(tp_linear *l, const tp_tensor *x, tp_tensor *y, in
                               void *pre, tp_act act)
 {
     const size_t es = l->es;
-    tp_status st;
     if (l->kind == TP_LINEAR_COLUMN) {
         /* y_local = x W_local (+ b_local) */
-        void *c = y->data;
-        if (l->gather_output) {
-            st = tpl_ws_reserve(&l->ws, (size_t)(tokens * (l->nloc + l->out)) * es, l->label);
-            if (st != TP_OK)
-                return st;
-            c = l->ws.ptr;
-        }
-        st = column_gemm(l, x->data, c, tokens, pre, act);
-        if (st == TP_OK && l->gather_output)
-            st = tpl_gather_cols(l->comm, l->dt, c, y->data,
-                                      (char *)l->ws.ptr + (size_t)(tokens * l->nloc) * es, tokens,
-                                      l->off, l->counts);
-        return st;
+        if (!l->gather_output)
+            return column_gemm(l, x->data, y->data, tokens, pre, act);
+        TP_TRY(tpl_ws_reserve(&l->ws, (size_t)(tokens * (l->nloc + l->out)) * es, l->label));
+        void *c = l->ws.ptr;
+        TP_TRY(column_gemm(l, x->data, c, tokens, pre, act));
+        return tpl_gather_cols(l->comm, l->dt, c, y->data,
+                               (char *)l->ws.ptr + (size_t)(tokens * l->nloc) * es, tokens, l->off,
+                               l->counts);
     }
     /* row: y = sum over ranks of x_local W_local, then + b */
     const char *a = x->data;
@@ -281,33 +277,26 @@ static tp_status forward_body(tp_linear *l, const tp_tensor *x, tp_tensor *y, in
         a += (size_t)l->lo * es; /* own column slice of the full input */
         lda = l->in;
     }
-    st = tpl_gemm(l->dev, l->dt, 0, 0, tokens, l->out, l->nloc, 0.0f, a, lda, l->w.data,
-                       l->out, y->data, l->out);
-    if (st == TP_OK)
-        st = tp_all_reduce(l->comm, y->data, y->data, (size_t)(tokens * l->out), l->dt, TP_SUM);
-    if (st == TP_OK && l->has_bias && tokens > 0)
-        st = tp_dev_bias_add(l->dev, l->dt, tokens, l->out, y->data, l->b.data);
-    return st;
+    TP_TRY(tpl_gemm(l->dev, l->dt, 0, 0, tokens, l->out, l->nloc, 0.0f, a, lda, l->w.data, l->out,
+                    y->data, l->out));
+    TP_TRY(tp_all_reduce(l->comm, y->data, y->data, (size_t)(tokens * l->out), l->dt, TP_SUM));
+    if (l->has_bias && tokens > 0)
+        TP_TRY(tp_dev_bias_add(l->dev, l->dt, tokens, l->out, y->data, l->b.data));
+    return TP_OK;
 }
 
 static tp_status forward(tp_linear *l, const tp_tensor *x, tp_tensor *y, void *pre, tp_act act)
 {
     int64_t tokens;
-    tp_status st = tpl_check_act(l->label, "x", x, l->dev, l->dt, &tokens);
-    if (st != TP_OK)
-        return st;
-    st = check_input_width(l, x->shape[x->ndim - 1]);
-    if (st != TP_OK)
-        return st;
+    TP_TRY(tpl_check_act(l->label, "x", x, l->dev, l->dt, &tokens));
+    TP_TRY(check_input_width(l, x->shape[x->ndim - 1]));
     char hint[256];
-    st = tpl_prepare_out(l->label, "y", y, x, l->dev, l->dt, out_width(l),
-                              out_hint(l, hint, sizeof hint));
-    if (st != TP_OK)
-        return st;
+    TP_TRY(tpl_prepare_out(l->label, "y", y, x, l->dev, l->dt, out_width(l),
+                           out_hint(l, hint, sizeof hint)));
     if (y->data == x->data && tokens > 0)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: y aliases x; use a separate output", l->label);
     tp_phase prev = tp_phase_set(l->comm, TP_PHASE_FORWARD);
-    st = forward_body(l, x, y, tokens, pre, act);
+    tp_status st = forward_body(l, x, y, tokens, pre, act);
     tp_phase_set(l->comm, prev);
     if (st != TP_OK)
         return st;
@@ -326,7 +315,7 @@ tp_status tp_linear_forward(tp_linear *l, const tp_tensor *x, tp_tensor *y)
 }
 
 tp_status tpl_linear_forward_act(tp_linear *l, const tp_tensor *x, tp_tensor *y, void *pre,
-                                tp_act act)
+                                 tp_act act)
 {
     if (!l)
         return tp_set_error(TP_ERR_INVALID_ARG, "tpl_linear_forward_act: layer is NULL");
@@ -339,17 +328,10 @@ tp_status tpl_linear_forward_act(tp_linear *l, const tp_tensor *x, tp_tensor *y,
 
 static tp_status ensure_grads(tp_linear *l)
 {
-    tp_status st;
-    if (!l->dw.data) {
-        st = tp_tensor_alloc(l->dev, l->dt, 2, l->w.shape, &l->dw);
-        if (st != TP_OK)
-            return st;
-    }
-    if (l->has_bias && !l->db.data) {
-        st = tp_tensor_alloc(l->dev, l->dt, 1, l->b.shape, &l->db);
-        if (st != TP_OK)
-            return st;
-    }
+    if (!l->dw.data)
+        TP_TRY(tp_tensor_alloc(l->dev, l->dt, 2, l->w.shape, &l->dw));
+    if (l->has_bias && !l->db.data)
+        TP_TRY(tp_tensor_alloc(l->dev, l->dt, 1, l->b.shape, &l->db));
     return TP_OK;
 }
 
@@ -358,80 +340,68 @@ tp_status tp_linear_zero_grad(tp_linear *l)
     if (!l)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_linear_zero_grad: layer is NULL");
     bool fresh = !l->dw.data; /* tp_tensor_alloc zeroes */
-    tp_status st = ensure_grads(l);
-    if (st != TP_OK || fresh)
-        return st;
-    st = tp_dev_memset(l->dev, l->dw.data, 0, tp_tensor_bytes(&l->dw));
-    if (st == TP_OK && l->has_bias)
-        st = tp_dev_memset(l->dev, l->db.data, 0, tp_tensor_bytes(&l->db));
-    return st;
+    TP_TRY(ensure_grads(l));
+    if (fresh)
+        return TP_OK;
+    TP_TRY(tp_dev_memset(l->dev, l->dw.data, 0, tp_tensor_bytes(&l->dw)));
+    if (l->has_bias)
+        TP_TRY(tp_dev_memset(l->dev, l->db.data, 0, tp_tensor_bytes(&l->db)));
+    return TP_OK;
 }
 
-static tp_status backward_body(tp_linear *l, const tp_tensor *dy, tp_tensor *dx, int64_t tokens)
+static tp_status column_backward(tp_linear *l, const tp_tensor *dy, tp_tensor *dx, int64_t tokens)
 {
     const size_t es = l->es;
-    const tp_dtype dt = l->dt;
-    const char *x = l->x_saved.data;
-    tp_status st;
-    if (l->kind == TP_LINEAR_COLUMN) {
-        const void *dyl = dy->data;
-        if (l->gather_output) {
-            /* take this rank's columns [lo, hi) of the full dy */
-            st = tpl_ws_reserve(&l->ws, (size_t)(tokens * l->nloc) * es, l->label);
-            if (st != TP_OK)
-                return st;
-            if (tokens > 0) {
-                st = tp_dev_copy_2d(l->dev, l->ws.ptr, (size_t)l->nloc * es,
-                                    (const char *)dy->data + (size_t)l->lo * es, (size_t)l->out * es,
-                                    (size_t)l->nloc * es, (size_t)tokens);
-                if (st != TP_OK)
-                    return st;
-            }
-            dyl = l->ws.ptr;
-        }
-        /* dW_local += x^T dy_local; db_local += colsum(dy_local) */
-        st = tpl_gemm(l->dev, dt, 1, 0, l->in, l->nloc, tokens, 1.0f, x, l->in, dyl, l->nloc,
-                           l->dw.data, l->nloc);
-        if (st == TP_OK && l->has_bias && tokens > 0)
-            st = tp_dev_bias_grad(l->dev, dt, tokens, l->nloc, dyl, l->db.data);
-        if (st != TP_OK || !dx)
-            return st;
-        /* dx = sum over ranks of dy_local W_local^T */
-        st = tpl_gemm(l->dev, dt, 0, 1, tokens, l->in, l->nloc, 0.0f, dyl, l->nloc, l->w.data,
-                           l->nloc, dx->data, l->in);
-        if (st == TP_OK)
-            st = tp_all_reduce(l->comm, dx->data, dx->data, (size_t)(tokens * l->in), dt, TP_SUM);
-        return st;
+    const void *dyl = dy->data;
+    if (l->gather_output) {
+        /* take this rank's columns [lo, hi) of the full dy */
+        TP_TRY(tpl_ws_reserve(&l->ws, (size_t)(tokens * l->nloc) * es, l->label));
+        if (tokens > 0)
+            TP_TRY(tp_dev_copy_2d(l->dev, l->ws.ptr, (size_t)l->nloc * es,
+                                  (const char *)dy->data + (size_t)l->lo * es, (size_t)l->out * es,
+                                  (size_t)l->nloc * es, (size_t)tokens));
+        dyl = l->ws.ptr;
     }
-    /* row: dW_local += x_local^T dy; db += colsum(dy) (replicated: the same on every rank) */
-    const char *xl = x;
+    /* dW_local += x^T dy_local; db_local += colsum(dy_local) */
+    TP_TRY(tpl_gemm(l->dev, l->dt, 1, 0, l->in, l->nloc, tokens, 1.0f, l->x_saved.data, l->in, dyl,
+                    l->nloc, l->dw.data, l->nloc));
+    if (l->has_bias && tokens > 0)
+        TP_TRY(tp_dev_bias_grad(l->dev, l->dt, tokens, l->nloc, dyl, l->db.data));
+    if (!dx)
+        return TP_OK;
+    /* dx = sum over ranks of dy_local W_local^T */
+    TP_TRY(tpl_gemm(l->dev, l->dt, 0, 1, tokens, l->in, l->nloc, 0.0f, dyl, l->nloc, l->w.data,
+                    l->nloc, dx->data, l->in));
+    return tp_all_reduce(l->comm, dx->data, dx->data, (size_t)(tokens * l->in), l->dt, TP_SUM);
+}
+
+static tp_status row_backward(tp_linear *l, const tp_tensor *dy, tp_tensor *dx, int64_t tokens)
+{
+    const size_t es = l->es;
+    /* dW_local += x_local^T dy; db += colsum(dy) (replicated: the same on every rank) */
+    const char *xl = l->x_saved.data;
     int64_t ldx = l->nloc;
     if (!l->input_is_parallel) {
         xl += (size_t)l->lo * es;
         ldx = l->in;
     }
-    st = tpl_gemm(l->dev, dt, 1, 0, l->nloc, l->out, tokens, 1.0f, xl, ldx, dy->data, l->out,
-                       l->dw.data, l->out);
-    if (st == TP_OK && l->has_bias && tokens > 0)
-        st = tp_dev_bias_grad(l->dev, dt, tokens, l->out, dy->data, l->db.data);
-    if (st != TP_OK || !dx)
-        return st;
+    TP_TRY(tpl_gemm(l->dev, l->dt, 1, 0, l->nloc, l->out, tokens, 1.0f, xl, ldx, dy->data, l->out,
+                    l->dw.data, l->out));
+    if (l->has_bias && tokens > 0)
+        TP_TRY(tp_dev_bias_grad(l->dev, l->dt, tokens, l->out, dy->data, l->db.data));
+    if (!dx)
+        return TP_OK;
     /* dx_local = dy W_local^T: no communication */
-    void *c = dx->data;
-    if (!l->input_is_parallel) {
-        st = tpl_ws_reserve(&l->ws, (size_t)(tokens * l->nloc) * es, l->label);
-        if (st == TP_OK)
-            st = tpl_ws_reserve(&l->ws2, (size_t)(tokens * l->in) * es, l->label);
-        if (st != TP_OK)
-            return st;
-        c = l->ws.ptr;
-    }
-    st = tpl_gemm(l->dev, dt, 0, 1, tokens, l->nloc, l->out, 0.0f, dy->data, l->out,
-                       l->w.data, l->out, c, l->nloc);
-    if (st == TP_OK && !l->input_is_parallel) /* the full input's gradient: gather the slices */
-        st = tpl_gather_cols(l->comm, dt, c, dx->data, l->ws2.ptr, tokens, l->off,
-                                  l->counts);
-    return st;
+    if (l->input_is_parallel)
+        return tpl_gemm(l->dev, l->dt, 0, 1, tokens, l->nloc, l->out, 0.0f, dy->data, l->out,
+                        l->w.data, l->out, dx->data, l->nloc);
+    /* the full input's gradient: gather every rank's slice */
+    TP_TRY(tpl_ws_reserve(&l->ws, (size_t)(tokens * l->nloc) * es, l->label));
+    TP_TRY(tpl_ws_reserve(&l->ws2, (size_t)(tokens * l->in) * es, l->label));
+    TP_TRY(tpl_gemm(l->dev, l->dt, 0, 1, tokens, l->nloc, l->out, 0.0f, dy->data, l->out, l->w.data,
+                    l->out, l->ws.ptr, l->nloc));
+    return tpl_gather_cols(l->comm, l->dt, l->ws.ptr, dx->data, l->ws2.ptr, tokens, l->off,
+                           l->counts);
 }
 
 tp_status tp_linear_backward(tp_linear *l, const tp_tensor *dy, tp_tensor *dx)
@@ -443,35 +413,32 @@ tp_status tp_linear_backward(tp_linear *l, const tp_tensor *dy, tp_tensor *dx)
                             "%s: backward called before forward (it needs the saved input)",
                             l->label);
     int64_t tokens;
-    tp_status st = tpl_check_act(l->label, "dy", dy, l->dev, l->dt, &tokens);
-    if (st != TP_OK)
-        return st;
+    TP_TRY(tpl_check_act(l->label, "dy", dy, l->dev, l->dt, &tokens));
     if (tokens != l->tokens_saved)
-        return tp_set_error(TP_ERR_SHAPE,
-                            "%s: tokens mismatch: dy has %lld tokens but the last forward had %lld; "
-                            "call backward once per forward with the gradient of its output",
-                            l->label, (long long)tokens, (long long)l->tokens_saved);
+        return tp_set_error(
+            TP_ERR_SHAPE,
+            "%s: tokens mismatch: dy has %lld tokens but the last forward had %lld; "
+            "call backward once per forward with the gradient of its output",
+            l->label, (long long)tokens, (long long)l->tokens_saved);
     int64_t w = out_width(l);
     if (dy->shape[dy->ndim - 1] != w) {
         char hint[256];
-        return tp_set_error(TP_ERR_SHAPE, "%s: dy last dim expected %lld (the forward output's), got %lld%s",
+        return tp_set_error(TP_ERR_SHAPE,
+                            "%s: dy last dim expected %lld (the forward output's), got %lld%s",
                             l->label, (long long)w, (long long)dy->shape[dy->ndim - 1],
                             out_hint(l, hint, sizeof hint));
     }
     if (dx) {
-        st = tpl_prepare_out(l->label, "dx", dx, &l->x_saved, l->dev, l->dt,
-                                  l->x_saved.shape[l->x_saved.ndim - 1], "");
-        if (st != TP_OK)
-            return st;
+        TP_TRY(tpl_prepare_out(l->label, "dx", dx, &l->x_saved, l->dev, l->dt,
+                               l->x_saved.shape[l->x_saved.ndim - 1], ""));
         if (dx->data == dy->data && tokens > 0)
             return tp_set_error(TP_ERR_INVALID_ARG, "%s: dx aliases dy; use a separate buffer",
                                 l->label);
     }
-    st = ensure_grads(l);
-    if (st != TP_OK)
-        return st;
+    TP_TRY(ensure_grads(l));
     tp_phase prev = tp_phase_set(l->comm, TP_PHASE_BACKWARD);
-    st = backward_body(l, dy, dx, tokens);
+    tp_status st = l->kind == TP_LINEAR_COLUMN ? column_backward(l, dy, dx, tokens)
+                                               : row_backward(l, dy, dx, tokens);
     tp_phase_set(l->comm, prev);
     return st;
 }
@@ -492,31 +459,26 @@ void tp_linear_get_params(tp_linear *l, tp_linear_params *p)
     p->bias_grad = l->has_bias && l->db.data ? &l->db : NULL;
 }
 
-static tp_status get_full(tp_linear *l, const tp_tensor *w, const tp_tensor *b, float *hw, float *hb)
+static tp_status get_full(tp_linear *l, const tp_tensor *w, const tp_tensor *b, float *hw,
+                          float *hb)
 {
     const size_t es = l->es;
     size_t full = (size_t)(l->in * l->out);
-    tp_status st = tpl_ws_reserve(&l->ws2, 2 * full * es, l->label);
-    if (st != TP_OK)
-        return st;
+    TP_TRY(tpl_ws_reserve(&l->ws2, 2 * full * es, l->label));
     char *dst = l->ws2.ptr, *tmp = dst + full * es;
+    if (l->kind == TP_LINEAR_COLUMN)
+        TP_TRY(tpl_gather_cols(l->comm, l->dt, w->data, dst, tmp, l->in, l->off, l->counts));
+    else
+        TP_TRY(tpl_gather_rows(l->comm, l->dt, w->data, dst, l->off, l->out, l->counts));
+    if (hw)
+        TP_TRY(tpl_download_f32(l->dev, l->dt, hw, dst, full));
+    if (!l->has_bias)
+        return TP_OK;
     if (l->kind == TP_LINEAR_COLUMN) {
-        st = tpl_gather_cols(l->comm, l->dt, w->data, dst, tmp, l->in, l->off, l->counts);
-    } else {
-        st = tpl_gather_rows(l->comm, l->dt, w->data, dst, l->off, l->out, l->counts);
+        TP_TRY(tpl_gather_cols(l->comm, l->dt, b->data, dst, tmp, 1, l->off, l->counts));
+        return hb ? tpl_download_f32(l->dev, l->dt, hb, dst, (size_t)l->out) : TP_OK;
     }
-    if (st == TP_OK && hw)
-        st = tpl_download_f32(l->dev, l->dt, hw, dst, full);
-    if (st != TP_OK || !l->has_bias)
-        return st;
-    if (l->kind == TP_LINEAR_COLUMN) {
-        st = tpl_gather_cols(l->comm, l->dt, b->data, dst, tmp, 1, l->off, l->counts);
-        if (st == TP_OK && hb)
-            st = tpl_download_f32(l->dev, l->dt, hb, dst, (size_t)l->out);
-    } else if (hb) {
-        st = tpl_download_f32(l->dev, l->dt, hb, b->data, (size_t)l->out);
-    }
-    return st;
+    return hb ? tpl_download_f32(l->dev, l->dt, hb, b->data, (size_t)l->out) : TP_OK;
 }
 
 tp_status tp_linear_get_full(tp_linear *l, float *w, float *b)
@@ -530,9 +492,7 @@ tp_status tp_linear_get_full_grad(tp_linear *l, float *dw, float *db)
 {
     if (!l)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_linear_get_full_grad: layer is NULL");
-    tp_status st = ensure_grads(l);
-    if (st != TP_OK)
-        return st;
+    TP_TRY(ensure_grads(l));
     return get_full(l, &l->dw, &l->db, dw, db);
 }
 

@@ -60,13 +60,12 @@ tp_status tp_mlp_create(tp_comm *comm, const tp_mlp_config *cfg, tp_mlp **out)
     m->tanh_approx = cfg->gelu_tanh;
     m->dt = cfg->dtype;
     m->label = tpl_label("ParallelMLP", cfg->name, comm);
-    tp_status st;
     if (!m->label) {
         free(m);
         return tp_set_error(TP_ERR_NO_MEMORY, "ParallelMLP create: out of host memory");
     }
-    if ((st = tpl_check_dtype(m->label, m->dt)))
-        goto fail;
+    tp_status st;
+    TP_TRY_GOTO(tpl_check_dtype(m->label, m->dt), st, fail);
     if (m->hidden <= 0 || m->ffn <= 0) {
         st = tp_set_error(TP_ERR_SHAPE, "%s: hidden (%lld) and ffn (%lld) must be >= 1", m->label,
                           (long long)m->hidden, (long long)m->ffn);
@@ -93,11 +92,8 @@ tp_status tp_mlp_create(tp_comm *comm, const tp_mlp_config *cfg, tp_mlp **out)
         .input_is_parallel = true, .seed = cfg->seed, .tensor_id = cfg->tensor_id + 2,
         .full_weight = cfg->full_w2, .full_bias = cfg->full_b2, .name = n2, .dtype = m->dt,
     };
-    st = tp_column_linear_create(comm, &c1, &m->fc1);
-    if (st == TP_OK)
-        st = tp_row_linear_create(comm, &c2, &m->fc2);
-    if (st != TP_OK)
-        goto fail;
+    TP_TRY_GOTO(tp_column_linear_create(comm, &c1, &m->fc1), st, fail);
+    TP_TRY_GOTO(tp_row_linear_create(comm, &c2, &m->fc2), st, fail);
     m->flocal = tpl_linear_local_width(m->fc1);
     *out = m;
     return TP_OK;
@@ -108,17 +104,15 @@ fail:
 
 static tp_status check_hidden(tp_mlp *m, const char *what, const tp_tensor *t, int64_t *tokens)
 {
-    tp_status st = tpl_check_act(m->label, what, t, m->dev, m->dt, tokens);
-    if (st != TP_OK)
-        return st;
+    TP_TRY(tpl_check_act(m->label, what, t, m->dev, m->dt, tokens));
     int64_t got = t->shape[t->ndim - 1];
     if (got != m->hidden)
-        return tp_set_error(TP_ERR_SHAPE,
-                            "%s: %s last dim (hidden) expected %lld, got %lld%s", m->label, what,
-                            (long long)m->hidden, (long long)got,
-                            got == m->flocal || got == m->ffn
-                                ? " (that is an ffn width: the MLP takes and returns [tokens, hidden])"
-                                : "");
+        return tp_set_error(
+            TP_ERR_SHAPE, "%s: %s last dim (hidden) expected %lld, got %lld%s", m->label, what,
+            (long long)m->hidden, (long long)got,
+            got == m->flocal || got == m->ffn
+                ? " (that is an ffn width: the MLP takes and returns [tokens, hidden])"
+                : "");
     return TP_OK;
 }
 
@@ -127,32 +121,25 @@ tp_status tp_mlp_forward(tp_mlp *m, const tp_tensor *x, tp_tensor *y)
     if (!m)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_mlp_forward: mlp is NULL");
     int64_t tokens;
-    tp_status st = check_hidden(m, "x", x, &tokens);
-    if (st != TP_OK)
-        return st;
-    st = tpl_prepare_out(m->label, "y", y, x, m->dev, m->dt, m->hidden, "");
-    if (st != TP_OK)
-        return st;
+    TP_TRY(check_hidden(m, "x", x, &tokens));
+    TP_TRY(tpl_prepare_out(m->label, "y", y, x, m->dev, m->dt, m->hidden, ""));
     /* checked with the full ffn, so that every rank agrees */
     int64_t n;
-    st = tpl_mul(m->label, "activations tokens x ffn", tokens, m->ffn, &n);
-    if (st != TP_OK)
-        return st;
+    TP_TRY(tpl_mul(m->label, "activations tokens x ffn", tokens, m->ffn, &n));
     size_t bytes = (size_t)(tokens * m->flocal) * tp_dtype_size(m->dt);
-    st = tpl_ws_reserve(&m->pre, bytes, m->label);
-    if (st == TP_OK)
-        st = tpl_ws_reserve(&m->act, bytes, m->label);
-    if (st != TP_OK)
-        return st;
+    TP_TRY(tpl_ws_reserve(&m->pre, bytes, m->label));
+    TP_TRY(tpl_ws_reserve(&m->act, bytes, m->label));
     tp_tensor x2 = tpl_view2(x, tokens, m->hidden);
     tp_tensor y2 = tpl_view2(y, tokens, m->hidden);
     tp_tensor act = tpl_view2p(m->dev, m->dt, m->act.ptr, tokens, m->flocal);
     tp_phase prev = tp_phase_set(m->comm, TP_PHASE_FORWARD);
+    tp_status st;
     /* fc1 with bias and GeLU in its GEMM epilogue; the pre-activation is kept for gelu_bwd */
-    st = tpl_linear_forward_act(m->fc1, &x2, &act, m->pre.ptr,
-                               m->tanh_approx ? TP_ACT_GELU_TANH : TP_ACT_GELU);
-    if (st == TP_OK)
-        st = tp_linear_forward(m->fc2, &act, &y2);
+    TP_TRY_GOTO(tpl_linear_forward_act(m->fc1, &x2, &act, m->pre.ptr,
+                                       m->tanh_approx ? TP_ACT_GELU_TANH : TP_ACT_GELU),
+                st, done);
+    TP_TRY_GOTO(tp_linear_forward(m->fc2, &act, &y2), st, done);
+done:
     tp_phase_set(m->comm, prev);
     if (st != TP_OK)
         return st;
@@ -170,32 +157,28 @@ tp_status tp_mlp_backward(tp_mlp *m, const tp_tensor *dy, tp_tensor *dx)
                             "%s: backward called before forward (it needs the saved activations)",
                             m->label);
     int64_t tokens;
-    tp_status st = check_hidden(m, "dy", dy, &tokens);
-    if (st != TP_OK)
-        return st;
+    TP_TRY(check_hidden(m, "dy", dy, &tokens));
     if (tokens != m->tokens_saved)
         return tp_set_error(TP_ERR_SHAPE,
                             "%s: tokens mismatch: dy has %lld tokens but the last forward had %lld",
                             m->label, (long long)tokens, (long long)m->tokens_saved);
     tp_tensor dx2 = {0};
     if (dx) {
-        st = tpl_prepare_out(m->label, "dx", dx, dy, m->dev, m->dt, m->hidden, "");
-        if (st != TP_OK)
-            return st;
+        TP_TRY(tpl_prepare_out(m->label, "dx", dx, dy, m->dev, m->dt, m->hidden, ""));
         dx2 = tpl_view2(dx, tokens, m->hidden);
     }
-    st = tpl_ws_reserve(&m->grad, (size_t)(tokens * m->flocal) * tp_dtype_size(m->dt), m->label);
-    if (st != TP_OK)
-        return st;
+    TP_TRY(tpl_ws_reserve(&m->grad, (size_t)(tokens * m->flocal) * tp_dtype_size(m->dt), m->label));
     tp_tensor dy2 = tpl_view2(dy, tokens, m->hidden);
     tp_tensor dh = tpl_view2p(m->dev, m->dt, m->grad.ptr, tokens, m->flocal);
     tp_phase prev = tp_phase_set(m->comm, TP_PHASE_BACKWARD);
-    st = tp_linear_backward(m->fc2, &dy2, &dh); /* no communication */
-    if (st == TP_OK && tokens > 0)
-        st = tp_dev_gelu_bwd(m->dev, m->dt, tokens * m->flocal, m->pre.ptr, dh.data, dh.data,
-                             m->tanh_approx);
-    if (st == TP_OK)
-        st = tp_linear_backward(m->fc1, &dh, dx ? &dx2 : NULL); /* one all-reduce */
+    tp_status st;
+    TP_TRY_GOTO(tp_linear_backward(m->fc2, &dy2, &dh), st, done); /* no communication */
+    if (tokens > 0)
+        TP_TRY_GOTO(tp_dev_gelu_bwd(m->dev, m->dt, tokens * m->flocal, m->pre.ptr, dh.data, dh.data,
+                                    m->tanh_approx),
+                    st, done);
+    TP_TRY_GOTO(tp_linear_backward(m->fc1, &dh, dx ? &dx2 : NULL), st, done); /* one all-reduce */
+done:
     tp_phase_set(m->comm, prev);
     return st;
 }
@@ -204,6 +187,6 @@ tp_status tp_mlp_zero_grad(tp_mlp *m)
 {
     if (!m)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_mlp_zero_grad: mlp is NULL");
-    tp_status st = tp_linear_zero_grad(m->fc1);
-    return st == TP_OK ? tp_linear_zero_grad(m->fc2) : st;
+    TP_TRY(tp_linear_zero_grad(m->fc1));
+    return tp_linear_zero_grad(m->fc2);
 }

@@ -11,7 +11,7 @@ struct tp_optim {
     tp_optim_config cfg;
     tp_param *params;
     int n;
-    float **m, **v; /* AdamW moments per parameter (device); m: SGD momentum buffer */
+    float **m, **v; /* AdamW moments per parameter (device); m alone: SGD momentum buffer */
     int64_t steps;
 };
 
@@ -55,7 +55,8 @@ static tp_status check_cfg(const tp_optim_config *c)
         return tp_set_error(TP_ERR_INVALID_ARG, "optimizer: lr %g must be finite and >= 0",
                             (double)c->lr);
     if (!(c->weight_decay >= 0.0f) || !isfinite(c->weight_decay))
-        return tp_set_error(TP_ERR_INVALID_ARG, "optimizer: weight_decay %g must be finite and >= 0",
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "optimizer: weight_decay %g must be finite and >= 0",
                             (double)c->weight_decay);
     if (!(c->momentum >= 0.0f && c->momentum < 1.0f))
         return tp_set_error(TP_ERR_INVALID_ARG, "optimizer: momentum %g must lie in [0, 1)",
@@ -73,20 +74,9 @@ static tp_status check_cfg(const tp_optim_config *c)
     return TP_OK;
 }
 
-tp_status tp_optim_create(tp_comm *comm, const tp_optim_config *cfg, const tp_param *params, int n,
-                          tp_optim **out)
+/* Every parameter must be an f32 value with a same-sized f32 gradient on dev. */
+static tp_status check_params(const tp_param *params, int n, tp_device *dev)
 {
-    if (!out)
-        return tp_set_error(TP_ERR_INVALID_ARG, "tp_optim_create: out is NULL");
-    *out = NULL;
-    if (!comm || !cfg || (!params && n > 0) || n < 0)
-        return tp_set_error(TP_ERR_INVALID_ARG, "tp_optim_create: %s",
-                            !comm ? "comm is NULL" : !cfg ? "cfg is NULL"
-                            : n < 0 ? "n < 0" : "params is NULL");
-    tp_status st = check_cfg(cfg);
-    if (st != TP_OK)
-        return st;
-    tp_device *dev = tp_comm_device(comm);
     for (int i = 0; i < n; i++) {
         const tp_param *p = &params[i];
         const char *nm = p->name ? p->name : "?";
@@ -106,6 +96,46 @@ tp_status tp_optim_create(tp_comm *comm, const tp_optim_config *cfg, const tp_pa
             return tp_set_error(TP_ERR_INVALID_ARG, "tp_optim_create: parameter %d (%s) lives on "
                                 "another device than comm's", i, nm);
     }
+    return TP_OK;
+}
+
+/* Zeroed device buffers of a parameter's size: the first moment (or the
+ * momentum buffer) in o->m, with AdamW the second moment in o->v. */
+static tp_status alloc_state(tp_optim *o, bool adam)
+{
+    o->m = calloc((size_t)(o->n ? o->n : 1), sizeof(float *));
+    if (adam)
+        o->v = calloc((size_t)(o->n ? o->n : 1), sizeof(float *));
+    if (!o->m || (adam && !o->v))
+        return tp_set_error(TP_ERR_NO_MEMORY, "tp_optim_create: out of host memory");
+    for (int i = 0; i < o->n; i++) {
+        size_t bytes = tp_tensor_bytes(o->params[i].value);
+        void *pm = NULL, *pv = NULL;
+        TP_TRY(tp_dev_alloc(o->dev, bytes, &pm));
+        o->m[i] = pm;
+        TP_TRY(tp_dev_memset(o->dev, pm, 0, bytes));
+        if (!adam)
+            continue;
+        TP_TRY(tp_dev_alloc(o->dev, bytes, &pv));
+        o->v[i] = pv;
+        TP_TRY(tp_dev_memset(o->dev, pv, 0, bytes));
+    }
+    return TP_OK;
+}
+
+tp_status tp_optim_create(tp_comm *comm, const tp_optim_config *cfg, const tp_param *params, int n,
+                          tp_optim **out)
+{
+    if (!out)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_optim_create: out is NULL");
+    *out = NULL;
+    if (!comm || !cfg || (!params && n > 0) || n < 0)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_optim_create: %s",
+                            !comm ? "comm is NULL" : !cfg ? "cfg is NULL"
+                            : n < 0 ? "n < 0" : "params is NULL");
+    TP_TRY(check_cfg(cfg));
+    tp_device *dev = tp_comm_device(comm);
+    TP_TRY(check_params(params, n, dev));
     tp_optim *o = calloc(1, sizeof *o);
     if (!o)
         return tp_set_error(TP_ERR_NO_MEMORY, "tp_optim_create: out of host memory");
@@ -122,63 +152,49 @@ tp_status tp_optim_create(tp_comm *comm, const tp_optim_config *cfg, const tp_pa
         memcpy(o->params, params, sizeof(tp_param) * (size_t)n);
     bool adam = cfg->kind == TP_OPTIM_ADAMW, mom = !adam && cfg->momentum > 0.0f;
     if (adam || mom) {
-        o->m = calloc((size_t)(n ? n : 1), sizeof(float *));
-        o->v = calloc((size_t)(n ? n : 1), sizeof(float *));
-        if (!o->m || !o->v) {
+        tp_status st = alloc_state(o, adam);
+        if (st != TP_OK) {
             tp_optim_free(o);
-            return tp_set_error(TP_ERR_NO_MEMORY, "tp_optim_create: out of host memory");
-        }
-        for (int i = 0; i < n; i++) {
-            size_t bytes = tp_tensor_bytes(o->params[i].value);
-            void *pm = NULL, *pv = NULL;
-            st = tp_dev_alloc(dev, bytes, &pm);
-            if (st == TP_OK)
-                o->m[i] = pm, st = tp_dev_memset(dev, pm, 0, bytes);
-            if (st == TP_OK && adam)
-                st = tp_dev_alloc(dev, bytes, &pv);
-            if (st == TP_OK && adam)
-                o->v[i] = pv, st = tp_dev_memset(dev, pv, 0, bytes);
-            if (st != TP_OK) {
-                tp_optim_free(o);
-                return st;
-            }
+            return st;
         }
     }
     *out = o;
     return TP_OK;
 }
 
+/* One update of parameter i (of n > 0 elements) at step `step`. */
+static tp_status step_param(tp_optim *o, int i, int64_t step)
+{
+    const tp_optim_config *c = &o->cfg;
+    tp_param *p = &o->params[i];
+    int64_t n = tp_tensor_numel(p->value);
+    float wd = p->decay ? c->weight_decay : 0.0f;
+    if (c->kind == TP_OPTIM_ADAMW)
+        return tp_dev_adamw(o->dev, n, p->value->data, p->grad->data, o->m[i], o->v[i], c->lr,
+                            c->beta1, c->beta2, c->eps, wd, step);
+    if (!o->m) /* p = -lr g + (1 - lr wd) p */
+        return tp_dev_axpby(o->dev, TP_F32, n, -c->lr, p->grad->data, 1.0f - c->lr * wd,
+                            p->value->data);
+    /* b = mu b + g (+ wd p); p -= lr b (b starts at 0, so b = d on step 1) */
+    TP_TRY(tp_dev_axpby(o->dev, TP_F32, n, 1.0f, p->grad->data, c->momentum, o->m[i]));
+    if (wd != 0.0f)
+        TP_TRY(tp_dev_axpby(o->dev, TP_F32, n, wd, p->value->data, 1.0f, o->m[i]));
+    return tp_dev_axpby(o->dev, TP_F32, n, -c->lr, o->m[i], 1.0f, p->value->data);
+}
+
 tp_status tp_optim_step(tp_optim *o)
 {
     if (!o)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_optim_step: optimizer is NULL");
-    const tp_optim_config *c = &o->cfg;
     tp_phase prev = tp_phase_set(o->comm, TP_PHASE_OTHER);
     tp_status st = TP_OK;
     int64_t step = o->steps + 1;
-    for (int i = 0; i < o->n && st == TP_OK; i++) {
-        tp_param *p = &o->params[i];
-        int64_t n = tp_tensor_numel(p->value);
-        float wd = p->decay ? c->weight_decay : 0.0f;
-        if (n == 0)
-            continue;
-        if (c->kind == TP_OPTIM_ADAMW)
-            st = tp_dev_adamw(o->dev, n, p->value->data, p->grad->data, o->m[i], o->v[i], c->lr,
-                              c->beta1, c->beta2, c->eps, wd, step);
-        else if (!o->m) /* p = -lr g + (1 - lr wd) p */
-            st = tp_dev_axpby(o->dev, TP_F32, n, -c->lr, p->grad->data, 1.0f - c->lr * wd,
-                              p->value->data);
-        else { /* b = mu b + g (+ wd p); p -= lr b (b starts at 0, so b = d on step 1) */
-            st = tp_dev_axpby(o->dev, TP_F32, n, 1.0f, p->grad->data, c->momentum, o->m[i]);
-            if (st == TP_OK && wd != 0.0f)
-                st = tp_dev_axpby(o->dev, TP_F32, n, wd, p->value->data, 1.0f, o->m[i]);
-            if (st == TP_OK)
-                st = tp_dev_axpby(o->dev, TP_F32, n, -c->lr, o->m[i], 1.0f, p->value->data);
-        }
-    }
+    for (int i = 0; i < o->n; i++)
+        if (tp_tensor_numel(o->params[i].value) > 0)
+            TP_TRY_GOTO(step_param(o, i, step), st, done);
+    o->steps = step;
+done:
     tp_phase_set(o->comm, prev);
-    if (st == TP_OK)
-        o->steps = step;
     return st;
 }
 
@@ -186,10 +202,10 @@ tp_status tp_optim_zero_grad(tp_optim *o)
 {
     if (!o)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_optim_zero_grad: optimizer is NULL");
-    tp_status st = TP_OK;
-    for (int i = 0; i < o->n && st == TP_OK; i++)
-        st = tp_dev_memset(o->dev, o->params[i].grad->data, 0, tp_tensor_bytes(o->params[i].grad));
-    return st;
+    for (int i = 0; i < o->n; i++)
+        TP_TRY(
+            tp_dev_memset(o->dev, o->params[i].grad->data, 0, tp_tensor_bytes(o->params[i].grad)));
+    return TP_OK;
 }
 
 int64_t tp_optim_steps(const tp_optim *o)

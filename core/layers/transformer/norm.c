@@ -74,9 +74,7 @@ tp_status tp_norm_create(tp_comm *comm, const tp_norm_config *cfg, tp_norm **out
         goto fail;
     }
     int64_t two_dim;
-    st = tpl_mul(n->label, "dim x 2 parameters", n->dim, 2, &two_dim);
-    if (st != TP_OK)
-        goto fail;
+    TP_TRY_GOTO(tpl_mul(n->label, "dim x 2 parameters", n->dim, 2, &two_dim), st, fail);
     host = malloc((size_t)n->dim * XF_ES);
     if (!host) {
         st = tp_set_error(TP_ERR_NO_MEMORY, "%s: out of host memory", n->label);
@@ -84,18 +82,14 @@ tp_status tp_norm_create(tp_comm *comm, const tp_norm_config *cfg, tp_norm **out
     }
     for (int64_t i = 0; i < n->dim; i++)
         host[i] = cfg->full_gamma ? cfg->full_gamma[i] : 1.0f;
-    st = tp_tensor_alloc(n->dev, TP_F32, 1, &n->dim, &n->gamma);
-    if (st == TP_OK)
-        st = tp_tensor_upload(&n->gamma, host);
-    if (st == TP_OK && n->has_bias) {
+    TP_TRY_GOTO(tp_tensor_alloc(n->dev, TP_F32, 1, &n->dim, &n->gamma), st, fail);
+    TP_TRY_GOTO(tp_tensor_upload(&n->gamma, host), st, fail);
+    if (n->has_bias) {
         for (int64_t i = 0; i < n->dim; i++)
             host[i] = cfg->full_beta ? cfg->full_beta[i] : 0.0f;
-        st = tp_tensor_alloc(n->dev, TP_F32, 1, &n->dim, &n->beta);
-        if (st == TP_OK)
-            st = tp_tensor_upload(&n->beta, host);
+        TP_TRY_GOTO(tp_tensor_alloc(n->dev, TP_F32, 1, &n->dim, &n->beta), st, fail);
+        TP_TRY_GOTO(tp_tensor_upload(&n->beta, host), st, fail);
     }
-    if (st != TP_OK)
-        goto fail;
     free(host);
     *out = n;
     return TP_OK;
@@ -107,11 +101,10 @@ fail:
 
 static tp_status check_in(tp_norm *n, const char *what, const tp_tensor *t, int64_t *rows)
 {
-    tp_status st = tpl_check_act(n->label, what, t, n->dev, TP_F32, rows);
-    if (st != TP_OK)
-        return st;
+    TP_TRY(tpl_check_act(n->label, what, t, n->dev, TP_F32, rows));
     if (t->shape[t->ndim - 1] != n->dim)
-        return tp_set_error(TP_ERR_SHAPE, "%s: %s last dim expected %lld (the normalized dim), got %lld",
+        return tp_set_error(TP_ERR_SHAPE,
+                            "%s: %s last dim expected %lld (the normalized dim), got %lld",
                             n->label, what, (long long)n->dim, (long long)t->shape[t->ndim - 1]);
     return TP_OK;
 }
@@ -122,16 +115,12 @@ tp_status tp_norm_forward(tp_norm *n, const tp_tensor *x, tp_tensor *y)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_norm_forward: layer is NULL");
     int64_t rows;
     n->saved = false;
-    tp_status st = check_in(n, "x", x, &rows);
-    if (st == TP_OK)
-        st = tpl_prepare_out(n->label, "y", y, x, n->dev, TP_F32, n->dim, "");
-    if (st == TP_OK)
-        st = tpl_ws_reserve(&n->mean, (size_t)(rows ? rows : 1) * XF_ES, n->label);
-    if (st == TP_OK)
-        st = tpl_ws_reserve(&n->rstd, (size_t)(rows ? rows : 1) * XF_ES, n->label);
-    if (st != TP_OK)
-        return st;
+    TP_TRY(check_in(n, "x", x, &rows));
+    TP_TRY(tpl_prepare_out(n->label, "y", y, x, n->dev, TP_F32, n->dim, ""));
+    TP_TRY(tpl_ws_reserve(&n->mean, (size_t)(rows ? rows : 1) * XF_ES, n->label));
+    TP_TRY(tpl_ws_reserve(&n->rstd, (size_t)(rows ? rows : 1) * XF_ES, n->label));
     tp_phase prev = tp_phase_set(n->comm, TP_PHASE_FORWARD);
+    tp_status st = TP_OK;
     if (rows > 0)
         st = tp_dev_norm(n->dev, TP_F32, rows, n->dim, x->data, n->gamma.data,
                          n->has_bias ? n->beta.data : NULL, y->data, n->rms ? NULL : n->mean.ptr,
@@ -148,24 +137,22 @@ tp_status tp_norm_forward(tp_norm *n, const tp_tensor *x, tp_tensor *y)
 
 static tp_status ensure_grads(tp_norm *n)
 {
-    tp_status st = TP_OK;
     if (!n->dgamma.data)
-        st = tp_tensor_alloc(n->dev, TP_F32, 1, &n->dim, &n->dgamma);
-    if (st == TP_OK && n->has_bias && !n->dbeta.data)
-        st = tp_tensor_alloc(n->dev, TP_F32, 1, &n->dim, &n->dbeta);
-    return st;
+        TP_TRY(tp_tensor_alloc(n->dev, TP_F32, 1, &n->dim, &n->dgamma));
+    if (n->has_bias && !n->dbeta.data)
+        TP_TRY(tp_tensor_alloc(n->dev, TP_F32, 1, &n->dim, &n->dbeta));
+    return TP_OK;
 }
 
 tp_status tp_norm_zero_grad(tp_norm *n)
 {
     if (!n)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_norm_zero_grad: layer is NULL");
-    tp_status st = ensure_grads(n);
-    if (st == TP_OK)
-        st = tp_dev_memset(n->dev, n->dgamma.data, 0, tp_tensor_bytes(&n->dgamma));
-    if (st == TP_OK && n->has_bias)
-        st = tp_dev_memset(n->dev, n->dbeta.data, 0, tp_tensor_bytes(&n->dbeta));
-    return st;
+    TP_TRY(ensure_grads(n));
+    TP_TRY(tp_dev_memset(n->dev, n->dgamma.data, 0, tp_tensor_bytes(&n->dgamma)));
+    if (n->has_bias)
+        TP_TRY(tp_dev_memset(n->dev, n->dbeta.data, 0, tp_tensor_bytes(&n->dbeta)));
+    return TP_OK;
 }
 
 int64_t tpl_norm_contrib_len(const tp_norm *n)
@@ -182,18 +169,16 @@ static tp_status bwd(tp_norm *n, const tp_tensor *dy, tp_tensor *dx, void *dg, v
                             "%s: backward called before forward (it needs the saved input)",
                             n->label);
     int64_t rows;
-    tp_status st = check_in(n, "dy", dy, &rows);
-    if (st != TP_OK)
-        return st;
+    TP_TRY(check_in(n, "dy", dy, &rows));
     if (rows != n->rows)
         return tp_set_error(TP_ERR_SHAPE,
                             "%s: tokens mismatch: dy has %lld rows but the last forward had %lld",
                             n->label, (long long)rows, (long long)n->rows);
     if (!dx)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: dx is NULL", n->label);
-    st = tpl_prepare_out(n->label, "dx", dx, &n->x_saved, n->dev, TP_F32, n->dim, "");
-    if (st != TP_OK || rows == 0)
-        return st;
+    TP_TRY(tpl_prepare_out(n->label, "dx", dx, &n->x_saved, n->dev, TP_F32, n->dim, ""));
+    if (rows == 0)
+        return TP_OK;
     return tp_dev_norm_bwd(n->dev, TP_F32, rows, n->dim, n->x_saved.data, n->gamma.data,
                            n->rms ? NULL : n->mean.ptr, n->rstd.ptr, dy->data, dx->data, dg, db,
                            n->rms ? 1 : 0);
@@ -207,37 +192,34 @@ tp_status tpl_norm_backward_local(tp_norm *n, const tp_tensor *dy, tp_tensor *dx
 
 tp_status tpl_norm_add_contrib(tp_norm *n, const void *contrib)
 {
-    tp_status st = ensure_grads(n);
-    if (st == TP_OK)
-        st = tp_dev_axpby(n->dev, TP_F32, n->dim, 1.0f, contrib, 1.0f, n->dgamma.data);
-    if (st == TP_OK && n->has_bias)
-        st = tp_dev_axpby(n->dev, TP_F32, n->dim, 1.0f, (const float *)contrib + n->dim, 1.0f,
-                          n->dbeta.data);
-    return st;
+    TP_TRY(ensure_grads(n));
+    TP_TRY(tp_dev_axpby(n->dev, TP_F32, n->dim, 1.0f, contrib, 1.0f, n->dgamma.data));
+    if (!n->has_bias)
+        return TP_OK;
+    return tp_dev_axpby(n->dev, TP_F32, n->dim, 1.0f, (const float *)contrib + n->dim, 1.0f,
+                        n->dbeta.data);
+}
+
+/* Sequence parallel: this shard's parameter-gradient part, summed over the
+ * ranks before it is accumulated. */
+static tp_status sp_backward(tp_norm *n, const tp_tensor *dy, tp_tensor *dx)
+{
+    int64_t len = tpl_norm_contrib_len(n);
+    TP_TRY(tpl_ws_reserve(&n->contrib, (size_t)len * XF_ES, n->label));
+    TP_TRY(tp_dev_memset(n->dev, n->contrib.ptr, 0, (size_t)len * XF_ES));
+    TP_TRY(tpl_norm_backward_local(n, dy, dx, n->contrib.ptr));
+    TP_TRY(tp_all_reduce(n->comm, n->contrib.ptr, n->contrib.ptr, (size_t)len, TP_F32, TP_SUM));
+    return tpl_norm_add_contrib(n, n->contrib.ptr);
 }
 
 tp_status tp_norm_backward(tp_norm *n, const tp_tensor *dy, tp_tensor *dx)
 {
     if (!n)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_norm_backward: layer is NULL");
-    tp_status st = ensure_grads(n);
-    if (st != TP_OK)
-        return st;
+    TP_TRY(ensure_grads(n));
     tp_phase prev = tp_phase_set(n->comm, TP_PHASE_BACKWARD);
-    if (!n->sp) {
-        st = bwd(n, dy, dx, n->dgamma.data, n->has_bias ? n->dbeta.data : NULL);
-    } else {
-        int64_t len = tpl_norm_contrib_len(n);
-        st = tpl_ws_reserve(&n->contrib, (size_t)len * XF_ES, n->label);
-        if (st == TP_OK)
-            st = tp_dev_memset(n->dev, n->contrib.ptr, 0, (size_t)len * XF_ES);
-        if (st == TP_OK)
-            st = tpl_norm_backward_local(n, dy, dx, n->contrib.ptr);
-        if (st == TP_OK)
-            st = tp_all_reduce(n->comm, n->contrib.ptr, n->contrib.ptr, (size_t)len, TP_F32, TP_SUM);
-        if (st == TP_OK)
-            st = tpl_norm_add_contrib(n, n->contrib.ptr);
-    }
+    tp_status st = n->sp ? sp_backward(n, dy, dx)
+                         : bwd(n, dy, dx, n->dgamma.data, n->has_bias ? n->dbeta.data : NULL);
     tp_phase_set(n->comm, prev);
     return st;
 }
