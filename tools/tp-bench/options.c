@@ -576,7 +576,7 @@ int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t err
         if (apply(o, d, shown, val, err, errlen))
             return -1;
     }
-    return bench_xf_resolve(o, err, errlen);
+    return bench_xf_resolve(bench_layer_kind(bench_layer_find(o->layer)), o, err, errlen);
 }
 
 static int check_split(const bench_opts *o, int T, const char *src, char *err, size_t errlen)

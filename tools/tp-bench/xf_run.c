@@ -1,8 +1,8 @@
-/* layer_xf.c — tp-bench runners for the transformer layers: attention
+/* xf_run.c — tp-bench runners for the transformer layers: attention
  * (tp_attention_*), block (tp_block_*) and transformer (tp_gpt_*, one
  * training step without the optimizer). Each iteration is a forward and a
- * backward through the public API; layer.c times them from tp_stats like
- * the linear layers. Shapes and expected counts: layer_xf_shapes.c. */
+ * backward through the public API; layer_run.c times them from tp_stats like
+ * the linear layers. Shapes and expected counts: xf_table.c. */
 #include "bench.h"
 
 #include <tp/tp-transformer.h>

@@ -1,4 +1,4 @@
-/* layer.c — run a TP layer through the public API and split its time into
+/* layer_run.c — run a TP layer through the public API and split its time into
  * GEMM, other compute and communication, from tp_stats. */
 #include "bench.h"
 
@@ -10,7 +10,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-/* Layer families by bench_layer_kind() (see layers.c). */
+/* Layer families by bench_layer_kind() (see layer_table.c). */
 enum { LK_LINEAR_COL = 0, LK_LINEAR_ROW = 1, LK_MLP = 2 };
 
 /* One live layer on one rank, with its input and output tensors. */
@@ -20,7 +20,7 @@ typedef struct layer_inst {
     tp_mlp *mlp;
     tp_tensor x, y;   /* forward input and output */
     tp_tensor dy, dx; /* backward (--backward only): y's and x's shapes */
-    bench_xf *xf;     /* attention, block, transformer (layer_xf.c) */
+    bench_xf *xf;     /* attention, block, transformer (xf_run.c) */
 } layer_inst;
 
 static void inst_free(layer_inst *li)
@@ -332,7 +332,7 @@ static void emit_layer(bench_sink *sink, const bench_env *env, const bench_opts 
     bench_rec_int(rec, "hidden", o->hidden);
     bench_rec_int(rec, "ffn", o->ffn);
     bench_rec_str(rec, "dtype", tp_dtype_name(o->gemm_dtype));
-    bench_xf_rec_fields(rec, o);
+    bench_xf_rec_fields(rec, bench_layer_kind(bench_layer_find(o->layer)), o);
     const float *p = v ? v + V_PHASE * ph : NULL;
     double gemm = p ? p[V_GEMM] : R->gemm_us[ph], other = p ? p[V_OTHER] : R->other_us[ph];
     double comm = p ? p[V_COMM] : R->comm_us[ph], wall = v ? v[V_WALL] : R->wall_us;
