@@ -30,6 +30,10 @@ enum { BENCH_EXIT_OK = 0, BENCH_EXIT_FAIL = 1, BENCH_EXIT_USAGE = 2 };
     ((1u << TP_OP_ALL_REDUCE) | (1u << TP_OP_ALL_GATHER) | (1u << TP_OP_REDUCE_SCATTER) |   \
      (1u << TP_OP_BROADCAST))
 
+/* Format the message into err (when err and len) and return -1: the pure
+ * parts' way to fail with a message for the caller. */
+int bench_fail(char *err, size_t len, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
+
 const char *bench_op_name(int op);        /* "all_reduce", ...; NULL if not a swept op */
 int bench_op_from_name(const char *name); /* -1 if unknown */
 

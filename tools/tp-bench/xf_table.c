@@ -8,19 +8,7 @@
 #include "bench.h"
 
 #include <inttypes.h>
-#include <stdarg.h>
 #include <string.h>
-
-static int xf_fail(char *err, size_t len, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
-static int xf_fail(char *err, size_t len, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    if (err && len)
-        vsnprintf(err, len, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 bool bench_layer_is_xf(int kind)
 {
@@ -36,18 +24,23 @@ int bench_xf_resolve(int kind, bench_opts *o, char *err, size_t errlen)
         return 0;
     if (o->seq && o->batch) {
         if (o->tokens_set && o->tokens != o->seq * o->batch)
-            return xf_fail(err, errlen, "layer: --tokens %" PRId64 " disagrees with --batch %" PRId64
-                           " x --seq %" PRId64 " = %" PRId64 ": give --tokens or --batch/--seq", o->tokens,
-                           o->batch, o->seq, o->batch * o->seq);
+            return bench_fail(err, errlen,
+                              "layer: --tokens %" PRId64 " disagrees with --batch %" PRId64
+                              " x --seq %" PRId64 " = %" PRId64 ": give --tokens or --batch/--seq",
+                              o->tokens, o->batch, o->seq, o->batch * o->seq);
     } else if (o->seq) {
         if (o->tokens_set && o->tokens % o->seq)
-            return xf_fail(err, errlen, "layer: --tokens %" PRId64 " is not a multiple of --seq %" PRId64
-                           ": give --batch B with tokens = B x seq", o->tokens, o->seq);
+            return bench_fail(err, errlen,
+                              "layer: --tokens %" PRId64 " is not a multiple of --seq %" PRId64
+                              ": give --batch B with tokens = B x seq",
+                              o->tokens, o->seq);
         o->batch = o->tokens_set ? o->tokens / o->seq : 1;
     } else if (o->batch) {
         if (o->tokens % o->batch)
-            return xf_fail(err, errlen, "layer: --tokens %" PRId64 " is not a multiple of --batch %" PRId64
-                           ": give --seq S with tokens = batch x S", o->tokens, o->batch);
+            return bench_fail(err, errlen,
+                              "layer: --tokens %" PRId64 " is not a multiple of --batch %" PRId64
+                              ": give --seq S with tokens = batch x S",
+                              o->tokens, o->batch);
         o->seq = o->tokens / o->batch;
     } else if (o->tokens_set) {
         o->batch = 1;
