@@ -244,16 +244,14 @@ static tp_status sum_count(tp_comm *comm, uint64_t v, uint64_t *out)
     float parts[3] = {(float)(v & 0xffff), (float)((v >> 16) & 0xffff), (float)((v >> 32) & 0xffff)};
     tp_device *dev = tp_comm_device(comm);
     void *d = NULL;
-    tp_status st = tp_dev_alloc(dev, sizeof parts, &d);
-    if (st == TP_OK)
-        st = tp_dev_upload(dev, d, parts, sizeof parts);
-    if (st == TP_OK)
-        st = tp_all_reduce(comm, d, d, 3, TP_F32, TP_SUM);
-    if (st == TP_OK)
-        st = tp_dev_download(dev, parts, d, sizeof parts);
+    tp_status st;
+    TP_TRY_GOTO(tp_dev_alloc(dev, sizeof parts, &d), st, done);
+    TP_TRY_GOTO(tp_dev_upload(dev, d, parts, sizeof parts), st, done);
+    TP_TRY_GOTO(tp_all_reduce(comm, d, d, 3, TP_F32, TP_SUM), st, done);
+    TP_TRY_GOTO(tp_dev_download(dev, parts, d, sizeof parts), st, done);
+    *out = (uint64_t)parts[0] + ((uint64_t)parts[1] << 16) + ((uint64_t)parts[2] << 32);
+done:
     tp_dev_free(dev, d);
-    if (st == TP_OK)
-        *out = (uint64_t)parts[0] + ((uint64_t)parts[1] << 16) + ((uint64_t)parts[2] << 32);
     return st;
 }
 
@@ -263,13 +261,12 @@ static tp_status max_times(tp_comm *comm, float *us, int n)
     tp_device *dev = tp_comm_device(comm);
     void *d = NULL;
     size_t bytes = (size_t)n * sizeof(float);
-    tp_status st = tp_dev_alloc(dev, bytes, &d);
-    if (st == TP_OK)
-        st = tp_dev_upload(dev, d, us, bytes);
-    if (st == TP_OK)
-        st = tp_all_reduce(comm, d, d, (size_t)n, TP_F32, TP_MAX);
-    if (st == TP_OK)
-        st = tp_dev_download(dev, us, d, bytes);
+    tp_status st;
+    TP_TRY_GOTO(tp_dev_alloc(dev, bytes, &d), st, done);
+    TP_TRY_GOTO(tp_dev_upload(dev, d, us, bytes), st, done);
+    TP_TRY_GOTO(tp_all_reduce(comm, d, d, (size_t)n, TP_F32, TP_MAX), st, done);
+    st = tp_dev_download(dev, us, d, bytes);
+done:
     tp_dev_free(dev, d);
     return st;
 }

@@ -2,6 +2,8 @@
  * GEMM, other compute and communication, from tp_stats. */
 #include "bench.h"
 
+#include "tp-try.h"
+
 #include <tp/tp-transformer.h>
 
 #include <math.h>
@@ -170,6 +172,24 @@ static double process_cpu_s(void)
 enum { V_WALL, V_GEMM, V_OTHER, V_COMM, V_PHASE = 3, V_COUNT = 1 + 2 * V_PHASE };
 static const tp_phase phase_of[2] = {TP_PHASE_FORWARD, TP_PHASE_BACKWARD};
 
+/* Every rank's V_COUNT values to every rank (works across processes). */
+static tp_status gather_values(tp_comm *comm, const float *mine, float *all)
+{
+    tp_device *dev = tp_comm_device(comm);
+    size_t bytes = V_COUNT * sizeof *mine;
+    void *dsend = NULL, *drecv = NULL;
+    tp_status st;
+    TP_TRY_GOTO(tp_dev_alloc(dev, bytes, &dsend), st, done);
+    TP_TRY_GOTO(tp_dev_alloc(dev, (size_t)tp_comm_size(comm) * bytes, &drecv), st, done);
+    TP_TRY_GOTO(tp_dev_upload(dev, dsend, mine, bytes), st, done);
+    TP_TRY_GOTO(tp_all_gather(comm, dsend, drecv, V_COUNT, TP_F32), st, done);
+    st = tp_dev_download(dev, all, drecv, (size_t)tp_comm_size(comm) * bytes);
+done:
+    tp_dev_free(dev, dsend);
+    tp_dev_free(dev, drecv);
+    return st;
+}
+
 typedef struct layer_run {
     bench_env *env;
     const bench_opts *o;
@@ -223,22 +243,10 @@ static tp_status layer_rank(tp_comm *comm, int T, void *arg)
         mine[V_COMM + V_PHASE * ph] = (float)(comm_s / n * 1e6);
     }
 
-    /* every rank's values to every rank (works across processes) */
-    void *dsend = NULL, *drecv = NULL;
     float *all = malloc((size_t)T * V_COUNT * sizeof *all);
     if (!all)
         return tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory for per-rank results");
-    st = tp_dev_alloc(dev, sizeof mine, &dsend);
-    if (st == TP_OK)
-        st = tp_dev_alloc(dev, (size_t)T * sizeof mine, &drecv);
-    if (st == TP_OK)
-        st = tp_dev_upload(dev, dsend, mine, sizeof mine);
-    if (st == TP_OK)
-        st = tp_all_gather(comm, dsend, drecv, V_COUNT, TP_F32);
-    if (st == TP_OK)
-        st = tp_dev_download(dev, all, drecv, (size_t)T * sizeof mine);
-    tp_dev_free(dev, dsend);
-    tp_dev_free(dev, drecv);
+    st = gather_values(comm, mine, all);
     /* every rank is done with its timed loop here (the all-gather waited
      * for them); only meaningful when this process runs all the ranks */
     double cores = (process_cpu_s() - cpu0) / (bench_now() - t0);
