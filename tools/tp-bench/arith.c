@@ -1,10 +1,23 @@
-/* arith.c — bandwidth definitions, model coefficients, sample summaries. */
+/* arith.c — bandwidth definitions, model coefficients, sample summaries;
+ * bench_fail, the pure parts' error message helper. */
 #include "bench.h"
 
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+int bench_fail(char *err, size_t len, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    if (err && len)
+        vsnprintf(err, len, fmt, ap);
+    va_end(ap);
+    return -1;
+}
 
 static const char *const op_names[TP_OP_COUNT] = {
     [TP_OP_ALL_REDUCE] = "all_reduce",

@@ -3,7 +3,7 @@
  *
  * Pure parts (no libtp calls, unit-tested in tests/bench): arith.c,
  * options.c, output.c, fit.c. The rest drives libtp: driver.c (running a
- * function on T ranks), collectives.c, gemm.c, layer.c, model.c, plot.c.
+ * function on T ranks), collectives.c, gemm.c, layer_run.c, model.c, plot.c.
  */
 #ifndef TP_BENCH_H
 #define TP_BENCH_H
@@ -29,6 +29,10 @@ enum { BENCH_EXIT_OK = 0, BENCH_EXIT_FAIL = 1, BENCH_EXIT_USAGE = 2 };
 #define BENCH_OP_MASK_ALL                                                                      \
     ((1u << TP_OP_ALL_REDUCE) | (1u << TP_OP_ALL_GATHER) | (1u << TP_OP_REDUCE_SCATTER) |   \
      (1u << TP_OP_BROADCAST))
+
+/* Format the message into err (when err and len) and return -1: the pure
+ * parts' way to fail with a message for the caller. */
+int bench_fail(char *err, size_t len, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
 
 const char *bench_op_name(int op);        /* "all_reduce", ...; NULL if not a swept op */
 int bench_op_from_name(const char *name); /* -1 if unknown */
@@ -115,7 +119,7 @@ typedef struct bench_opts {
     bool bias;
     bool gelu_tanh;                  /* --gelu-tanh: mlp uses the tanh GeLU */
     bool backward;                   /* --backward: forward + backward per iteration */
-    /* attention / block / transformer (layer_xf_shapes.c); tokens = batch * seq */
+    /* attention / block / transformer (xf_table.c); tokens = batch * seq */
     int64_t heads, kv_heads, head_dim; /* --heads, --kv-heads (0: heads), --head-dim (0: hidden/heads) */
     int64_t seq, batch;              /* --seq, --batch (0: resolved by bench_xf_resolve) */
     int64_t layers, vocab;           /* transformer: --layers, --vocab */
@@ -337,7 +341,7 @@ int bench_cmd_plot(const bench_opts *o);
 int bench_collectives_run(bench_env *env, const int *tps, int ntp, bench_sink *sink,
                           GArray *samples, bool print_table);
 
-/* layer.c, reused by model. */
+/* layer_run.c, reused by model. */
 /* Per iteration (a forward, plus a backward with --backward); the arrays
  * are indexed by phase: 0 forward, 1 backward. */
 typedef struct bench_layer_result {
@@ -366,7 +370,7 @@ double bench_layer_comm_us(const bench_layer_result *R);
 typedef struct bench_layer_desc bench_layer_desc;
 const bench_layer_desc *bench_layer_find(const char *name);
 const char *bench_layer_names(void); /* "linear-col, linear-row, mlp" */
-int bench_layer_kind(const bench_layer_desc *d); /* for layer.c's runners */
+int bench_layer_kind(const bench_layer_desc *d); /* for layer_run.c's runners */
 /* The dimension split over T, and its name, for validation. */
 int64_t bench_layer_split_dim(const bench_layer_desc *d, const bench_opts *o, const char **what);
 /* Expected collectives per forward: op -> count, bytes payload per call. */
@@ -393,22 +397,24 @@ bool bench_raw_available(const char **why);
 tp_status bench_raw_collective(tp_comm *comm, int op, const void *send, void *recv,
                                size_t count_per_rank, size_t total_count);
 
-/* ------------------------------------- layer_xf_shapes.c, layer_xf.c */
+/* ------------------------------------- xf_table.c, xf_run.c */
 
-/* bench_layer_kind() of the transformer layers (layers.c's table). */
+/* bench_layer_kind() of the transformer layers (layer_table.c's table). */
 enum { BENCH_LK_ATTENTION = 3, BENCH_LK_BLOCK = 4, BENCH_LK_TRANSFORMER = 5 };
 bool bench_layer_is_xf(int kind);
 /* After parsing: tokens = batch * seq from --batch/--seq/--tokens (default
  * 4 x 512 for the transformer layers, which also always run backward).
- * Returns 0, or -1 with err when they disagree. */
-int bench_xf_resolve(bench_opts *o, char *err, size_t errlen);
+ * kind: bench_layer_kind() of --layer (-1: none). Returns 0, or -1 with
+ * err when they disagree. */
+int bench_xf_resolve(int kind, bench_opts *o, char *err, size_t errlen);
 int64_t bench_xf_split_dim(int kind, const bench_opts *o, const char **what);
 double bench_xf_flops(int kind, const bench_opts *o, int phase);
 int bench_xf_expected_comm(int kind, const bench_opts *o, int T, int phase, bench_layer_comm *out, int max);
-void bench_xf_rec_fields(bench_record *r, const bench_opts *o); /* batch, seq, heads, ... */
+/* batch, seq, heads, ... for a transformer kind; nothing for the others */
+void bench_xf_rec_fields(bench_record *r, int kind, const bench_opts *o);
 double bench_xf_seed_block_bytes(const bench_opts *o, int T);  /* 8 b s h (T-1)/T x 4 */
 
-/* Runners (layer.c's layer_inst holds one). */
+/* Runners (layer_run.c's layer_inst holds one). */
 typedef struct bench_xf bench_xf;
 tp_status bench_xf_create(int kind, tp_comm *comm, const bench_opts *o, bench_xf **out);
 tp_status bench_xf_step(bench_xf *b); /* forward, then backward */

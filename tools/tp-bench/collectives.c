@@ -2,6 +2,8 @@
  * memcpy reference measured in the same run. */
 #include "bench.h"
 
+#include "tp-try.h"
+
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
@@ -242,16 +244,14 @@ static tp_status sum_count(tp_comm *comm, uint64_t v, uint64_t *out)
     float parts[3] = {(float)(v & 0xffff), (float)((v >> 16) & 0xffff), (float)((v >> 32) & 0xffff)};
     tp_device *dev = tp_comm_device(comm);
     void *d = NULL;
-    tp_status st = tp_dev_alloc(dev, sizeof parts, &d);
-    if (st == TP_OK)
-        st = tp_dev_upload(dev, d, parts, sizeof parts);
-    if (st == TP_OK)
-        st = tp_all_reduce(comm, d, d, 3, TP_F32, TP_SUM);
-    if (st == TP_OK)
-        st = tp_dev_download(dev, parts, d, sizeof parts);
+    tp_status st;
+    TP_TRY_GOTO(tp_dev_alloc(dev, sizeof parts, &d), st, done);
+    TP_TRY_GOTO(tp_dev_upload(dev, d, parts, sizeof parts), st, done);
+    TP_TRY_GOTO(tp_all_reduce(comm, d, d, 3, TP_F32, TP_SUM), st, done);
+    TP_TRY_GOTO(tp_dev_download(dev, parts, d, sizeof parts), st, done);
+    *out = (uint64_t)parts[0] + ((uint64_t)parts[1] << 16) + ((uint64_t)parts[2] << 32);
+done:
     tp_dev_free(dev, d);
-    if (st == TP_OK)
-        *out = (uint64_t)parts[0] + ((uint64_t)parts[1] << 16) + ((uint64_t)parts[2] << 32);
     return st;
 }
 
@@ -261,13 +261,12 @@ static tp_status max_times(tp_comm *comm, float *us, int n)
     tp_device *dev = tp_comm_device(comm);
     void *d = NULL;
     size_t bytes = (size_t)n * sizeof(float);
-    tp_status st = tp_dev_alloc(dev, bytes, &d);
-    if (st == TP_OK)
-        st = tp_dev_upload(dev, d, us, bytes);
-    if (st == TP_OK)
-        st = tp_all_reduce(comm, d, d, (size_t)n, TP_F32, TP_MAX);
-    if (st == TP_OK)
-        st = tp_dev_download(dev, us, d, bytes);
+    tp_status st;
+    TP_TRY_GOTO(tp_dev_alloc(dev, bytes, &d), st, done);
+    TP_TRY_GOTO(tp_dev_upload(dev, d, us, bytes), st, done);
+    TP_TRY_GOTO(tp_all_reduce(comm, d, d, (size_t)n, TP_F32, TP_MAX), st, done);
+    st = tp_dev_download(dev, us, d, bytes);
+done:
     tp_dev_free(dev, d);
     return st;
 }
@@ -287,197 +286,268 @@ static void print_header(const coll_run *c, int op, int T)
     fflush(stdout);
 }
 
+/* One rank's view of a sweep at T ranks, and its timing scratch. */
+typedef struct coll_rank_ctx {
+    coll_run *c;
+    tp_comm *comm;
+    tp_device *dev;
+    int r, T;
+    bool printer; /* records results */
+    bool show;    /* prints the table */
+    float *us, *raw_us; /* per timed iteration, µs */
+    double *dv;         /* seconds, for bench_summarize */
+} coll_rank_ctx;
+
+/* One op's buffers, sized for its largest message. */
+typedef struct coll_bufs {
+    void *send, *recv;
+    float *h_in, *h_expect, *h_got; /* the last two with --check only */
+} coll_bufs;
+
+/* One op at one size: element counts (bench_op_counts) and outcome. */
+typedef struct coll_size {
+    int op, s; /* s: index into c->sizes */
+    size_t per, total, bytes;
+    size_t sn, rn;   /* elements sent, received */
+    void *bbuf;      /* broadcast's buffer (the send buffer), else NULL */
+    bool have_raw;   /* --compare-raw timed the engine's own call */
+    uint64_t wrong_all; /* wrong elements over all ranks and iterations */
+} coll_size;
+
+static const size_t coll_elt = sizeof(float);
+
+static void coll_bufs_free(const coll_rank_ctx *x, coll_bufs *b)
+{
+    tp_dev_free(x->dev, b->send);
+    tp_dev_free(x->dev, b->recv);
+    free(b->h_in);
+    free(b->h_expect);
+    free(b->h_got);
+}
+
+static tp_status coll_bufs_setup(const coll_rank_ctx *x, int op, coll_bufs *b)
+{
+    const coll_run *c = x->c;
+    size_t max_send = 0, max_recv = 0;
+    for (int s = 0; s < c->nsizes; s++) {
+        size_t per, total;
+        bench_op_counts(op, x->T, c->sizes[s], coll_elt, &per, &total, NULL);
+        size_t sn = op == TP_OP_ALL_GATHER ? per : total;
+        size_t rn = op == TP_OP_REDUCE_SCATTER ? per : total;
+        if (sn > max_send)
+            max_send = sn;
+        if (rn > max_recv)
+            max_recv = rn;
+    }
+    TP_TRY(tp_dev_alloc(x->dev, max_send * coll_elt, &b->send));
+    TP_TRY(tp_dev_alloc(x->dev, max_recv * coll_elt, &b->recv));
+    size_t hmax = max_send > max_recv ? max_send : max_recv;
+    b->h_in = malloc(hmax * coll_elt);
+    if (c->o->check) {
+        b->h_expect = malloc(hmax * coll_elt);
+        b->h_got = malloc(hmax * coll_elt);
+    }
+    if (!b->h_in || (c->o->check && (!b->h_expect || !b->h_got)))
+        return tp_set_error(TP_ERR_NO_MEMORY,
+                            "tp-bench: no host memory for %zu-byte check buffers of %s",
+                            hmax * coll_elt, bench_op_name(op));
+    return tp_dev_memset(x->dev, b->recv, 0, max_recv * coll_elt);
+}
+
+/* Timed iteration it: barrier, the collective, synchronize; then the test
+ * hook and --check on this rank's result. */
+static tp_status time_one(coll_rank_ctx *x, const coll_bufs *b, const coll_size *z, int it,
+                          uint64_t *wrong)
+{
+    const bench_opts *o = x->c->o;
+    int op = z->op;
+    if (op == TP_OP_BROADCAST && o->check) /* non-roots start wrong again */
+        TP_TRY(tp_dev_upload(x->dev, b->send, b->h_in, z->sn * coll_elt));
+    TP_TRY(tp_barrier(x->comm));
+    double t0 = bench_now();
+    tp_status st = run_op(x->comm, op, b->send, b->recv, z->bbuf, z->per, z->total);
+    if (st == TP_OK)
+        st = tp_dev_synchronize(x->dev);
+    x->us[it] = (float)((bench_now() - t0) * 1e6);
+    TP_TRY(st);
+    const void *result = op == TP_OP_BROADCAST ? b->send : b->recv;
+    if (x->c->corrupt && x->r == x->T - 1) {
+        /* test hook: damage one element of this rank's result */
+        float bad = 12345.0f;
+        TP_TRY(tp_dev_upload(x->dev, (void *)result, &bad, sizeof bad));
+    }
+    if (o->check) {
+        TP_TRY(tp_dev_download(x->dev, b->h_got, result, z->rn * coll_elt));
+        for (size_t i = 0; i < z->rn; i++)
+            *wrong += b->h_got[i] != b->h_expect[i];
+    }
+    return TP_OK;
+}
+
+/* --compare-raw: the engine's own call on the same buffers. */
+static tp_status time_raw(coll_rank_ctx *x, const coll_bufs *b, coll_size *z)
+{
+    const coll_run *c = x->c;
+    for (int it = 0; c->raw && it < c->warmup + c->iters; it++) {
+        tp_status st = tp_barrier(x->comm);
+        double t0 = bench_now();
+        if (st == TP_OK)
+            st = bench_raw_collective(x->comm, z->op, z->op == TP_OP_BROADCAST ? z->bbuf : b->send,
+                                      b->recv, z->per, z->total);
+        double t1 = bench_now();
+        if (it >= c->warmup)
+            x->raw_us[it - c->warmup] = (float)((t1 - t0) * 1e6);
+        z->have_raw = true;
+        TP_TRY(st);
+    }
+    return TP_OK;
+}
+
+/* Printer only: the table row, the record, the fit sample. */
+static void report_size(coll_rank_ctx *x, const coll_size *z)
+{
+    coll_run *c = x->c;
+    const bench_opts *o = c->o;
+    int op = z->op, T = x->T, nit = c->iters;
+    for (int it = 0; it < nit; it++)
+        x->dv[it] = x->us[it] * 1e-6;
+    bench_summary sm = bench_summarize(x->dv, (size_t)nit);
+    double algbw = bench_algbw_gbps((double)z->bytes, sm.median);
+    double busbw = bench_busbw_gbps(op, T, (double)z->bytes, sm.median);
+    c->wrong_total += z->wrong_all;
+    bench_progress_done(&c->prog);
+    if (x->show)
+        printf("  %12zu %12zu %5s %6s %10.2f %10.2f %10.2f %11.3f %11.3f %8" G_GUINT64_FORMAT,
+               z->bytes, z->total, "f32", redop_name(op), sm.min * 1e6, sm.median * 1e6,
+               sm.max * 1e6, algbw, busbw, (guint64)z->wrong_all);
+    bench_record *rec = bench_rec_new("collective");
+    bench_rec_str(rec, "backend", c->env->backend);
+    bench_rec_str(rec, "device", c->env->device);
+    bench_rec_int(rec, "ranks", T);
+    bench_rec_str(rec, "op", bench_op_name(op));
+    bench_rec_str(rec, "dtype", "f32");
+    bench_rec_str(rec, "redop", redop_name(op));
+    bench_rec_int(rec, "bytes", (int64_t)z->bytes);
+    bench_rec_int(rec, "count", (int64_t)z->total);
+    bench_rec_dbl(rec, "time_us", sm.median * 1e6);
+    bench_rec_dbl(rec, "time_min_us", sm.min * 1e6);
+    bench_rec_dbl(rec, "time_max_us", sm.max * 1e6);
+    bench_rec_dbl(rec, "algbw_gbps", algbw);
+    bench_rec_dbl(rec, "busbw_gbps", busbw);
+    bench_rec_int(rec, "wrong", (int64_t)z->wrong_all);
+    bench_rec_bool(rec, "checked", o->check);
+    bench_rec_int(rec, "iters", nit);
+    bench_rec_int(rec, "warmup", c->warmup);
+    if (op == TP_OP_ALL_REDUCE && c->copyT_s) {
+        double ratio = sm.median / c->copyT_s[z->s];
+        if (x->show)
+            printf(" %10.2f %8.2f", c->copyT_s[z->s] * 1e6, ratio);
+        bench_rec_dbl(rec, "copy_time_us", c->copyT_s[z->s] * 1e6);
+        bench_rec_dbl(rec, "copy_ratio", ratio);
+    }
+    if (z->have_raw) {
+        for (int it = 0; it < nit; it++)
+            x->dv[it] = x->raw_us[it] * 1e-6;
+        bench_summary rs = bench_summarize(x->dv, (size_t)nit);
+        double raw_bw = bench_busbw_gbps(op, T, (double)z->bytes, rs.median);
+        if (x->show)
+            printf(" %10.2f %9.3f", rs.median * 1e6, raw_bw > 0 ? busbw / raw_bw : 0.0);
+        bench_rec_dbl(rec, "raw_time_us", rs.median * 1e6);
+        bench_rec_dbl(rec, "raw_busbw_gbps", raw_bw);
+    }
+    if (x->show) {
+        printf("\n");
+        fflush(stdout);
+    }
+    bench_sink_emit(c->sink, rec);
+    bench_rec_free(rec);
+    if (c->samples) {
+        bench_sample smp = {op, T, (double)z->bytes, sm.median};
+        g_array_append_val(c->samples, smp);
+    }
+}
+
+/* Op at size index s on every rank: warm-up, timed iterations, the raw
+ * comparison, then the maxima and wrong counts over ranks. */
+static tp_status coll_one_size(coll_rank_ctx *x, const coll_bufs *b, int op, int s)
+{
+    coll_run *c = x->c;
+    coll_size z;
+    memset(&z, 0, sizeof z);
+    z.op = op;
+    z.s = s;
+    bench_op_counts(op, x->T, c->sizes[s], coll_elt, &z.per, &z.total, &z.bytes);
+    z.sn = op == TP_OP_ALL_GATHER ? z.per : z.total;
+    z.rn = op == TP_OP_REDUCE_SCATTER ? z.per : z.total;
+    z.bbuf = op == TP_OP_BROADCAST ? b->send : NULL;
+    if (x->printer) {
+        char sz[32];
+        bench_progress_update(&c->prog, "T=%d %s %s", x->T, bench_op_name(op),
+                              bench_format_size(z.bytes, sz, sizeof sz));
+    }
+    make_reference(op, x->r, x->T, z.per, z.total, b->h_in, c->o->check ? b->h_expect : NULL);
+    TP_TRY(tp_dev_upload(x->dev, b->send, b->h_in, z.sn * coll_elt));
+    for (int it = 0; it < c->warmup; it++)
+        TP_TRY(run_op(x->comm, op, b->send, b->recv, z.bbuf, z.per, z.total));
+    uint64_t wrong = 0;
+    for (int it = 0; it < c->iters; it++)
+        TP_TRY(time_one(x, b, &z, it, &wrong));
+    TP_TRY(time_raw(x, b, &z));
+    TP_TRY(max_times(x->comm, x->us, c->iters));
+    if (z.have_raw)
+        TP_TRY(max_times(x->comm, x->raw_us, c->iters));
+    TP_TRY(sum_count(x->comm, wrong, &z.wrong_all));
+    if (x->printer)
+        report_size(x, &z);
+    return TP_OK;
+}
+
+static tp_status coll_one_op(coll_rank_ctx *x, int op)
+{
+    coll_run *c = x->c;
+    const bench_opts *o = c->o;
+    coll_bufs b;
+    memset(&b, 0, sizeof b);
+    tp_status st;
+    TP_TRY_GOTO(coll_bufs_setup(x, op, &b), st, done);
+    if (x->show && !c->header_done) {
+        printf("# tp-bench collectives: backend %s, device %s, f32, sizes %zu..%zu x%g\n",
+               c->env->backend, c->env->device, o->minbytes, o->maxbytes, o->stepfactor);
+        c->header_done = true;
+    }
+    if (x->show)
+        print_header(c, op, x->T);
+    for (int s = 0; s < c->nsizes; s++)
+        TP_TRY_GOTO(coll_one_size(x, &b, op, s), st, done);
+done:
+    coll_bufs_free(x, &b);
+    return st;
+}
+
 static tp_status coll_rank(tp_comm *comm, int T, void *arg)
 {
-    coll_run *c = arg;
-    const bench_opts *o = c->o;
-    int r = tp_comm_rank(comm);
-    bool printer = bench_is_printer(comm); /* records results */
-    bool show = printer && c->print;       /* prints the table */
-    tp_device *dev = tp_comm_device(comm);
-    const size_t elt = sizeof(float);
+    coll_rank_ctx x;
+    memset(&x, 0, sizeof x);
+    x.c = arg;
+    x.comm = comm;
+    x.dev = tp_comm_device(comm);
+    x.r = tp_comm_rank(comm);
+    x.T = T;
+    x.printer = bench_is_printer(comm);
+    x.show = x.printer && x.c->print;
+    int nit = x.c->iters;
+    x.us = malloc((size_t)nit * sizeof *x.us);
+    x.raw_us = malloc((size_t)nit * sizeof *x.raw_us);
+    x.dv = malloc((size_t)nit * sizeof *x.dv);
     tp_status st = TP_OK;
-    int nit = c->iters;
-    float *us = malloc((size_t)nit * sizeof *us);
-    float *raw_us = malloc((size_t)nit * sizeof *raw_us);
-    double *dv = malloc((size_t)nit * sizeof *dv);
-    if (!us || !raw_us || !dv) {
-        free(us);
-        free(raw_us);
-        free(dv);
-        return tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory for %d timings", nit);
-    }
-
-    for (int op = 0; op < TP_OP_COUNT && st == TP_OK; op++) {
-        if (!(o->op_mask & (1u << op)) || !bench_op_name(op))
-            continue;
-        /* largest buffers of this op */
-        size_t max_send = 0, max_recv = 0;
-        for (int s = 0; s < c->nsizes; s++) {
-            size_t per, total;
-            bench_op_counts(op, T, c->sizes[s], elt, &per, &total, NULL);
-            size_t sn = op == TP_OP_ALL_GATHER ? per : total;
-            size_t rn = op == TP_OP_REDUCE_SCATTER ? per : total;
-            if (sn > max_send)
-                max_send = sn;
-            if (rn > max_recv)
-                max_recv = rn;
-        }
-        void *send = NULL, *recv = NULL;
-        float *h_in = NULL, *h_expect = NULL, *h_got = NULL;
-        st = tp_dev_alloc(dev, max_send * elt, &send);
-        if (st == TP_OK)
-            st = tp_dev_alloc(dev, max_recv * elt, &recv);
-        size_t hmax = max_send > max_recv ? max_send : max_recv;
-        h_in = malloc(hmax * elt);
-        if (o->check) {
-            h_expect = malloc(hmax * elt);
-            h_got = malloc(hmax * elt);
-        }
-        if (st == TP_OK && (!h_in || (o->check && (!h_expect || !h_got))))
-            st = tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no host memory for %zu-byte check buffers of %s",
-                              hmax * elt, bench_op_name(op));
-        if (st == TP_OK)
-            st = tp_dev_memset(dev, recv, 0, max_recv * elt);
-        if (st == TP_OK && show && !c->header_done) {
-            printf("# tp-bench collectives: backend %s, device %s, f32, sizes %zu..%zu x%g\n",
-                   c->env->backend, c->env->device, o->minbytes, o->maxbytes, o->stepfactor);
-            c->header_done = true;
-        }
-        if (st == TP_OK && show)
-            print_header(c, op, T);
-
-        for (int s = 0; s < c->nsizes && st == TP_OK; s++) {
-            size_t per, total, bytes;
-            bench_op_counts(op, T, c->sizes[s], elt, &per, &total, &bytes);
-            size_t sn = op == TP_OP_ALL_GATHER ? per : total;
-            size_t rn = op == TP_OP_REDUCE_SCATTER ? per : total;
-            void *bbuf = op == TP_OP_BROADCAST ? send : NULL;
-            if (printer) {
-                char sz[32];
-                bench_progress_update(&c->prog, "T=%d %s %s", T, bench_op_name(op),
-                                      bench_format_size(bytes, sz, sizeof sz));
-            }
-            make_reference(op, r, T, per, total, h_in, o->check ? h_expect : NULL);
-            st = tp_dev_upload(dev, send, h_in, sn * elt);
-            for (int it = 0; it < c->warmup && st == TP_OK; it++)
-                st = run_op(comm, op, send, recv, bbuf, per, total);
-            uint64_t wrong = 0;
-            for (int it = 0; it < nit && st == TP_OK; it++) {
-                if (op == TP_OP_BROADCAST && o->check)
-                    st = tp_dev_upload(dev, send, h_in, sn * elt); /* non-roots start wrong again */
-                if (st == TP_OK)
-                    st = tp_barrier(comm);
-                if (st != TP_OK)
-                    break;
-                double t0 = bench_now();
-                st = run_op(comm, op, send, recv, bbuf, per, total);
-                if (st == TP_OK)
-                    st = tp_dev_synchronize(dev);
-                double t1 = bench_now();
-                us[it] = (float)((t1 - t0) * 1e6);
-                if (st != TP_OK)
-                    break;
-                const void *result = op == TP_OP_BROADCAST ? send : recv;
-                if (c->corrupt && r == T - 1) {
-                    /* test hook: damage one element of this rank's result */
-                    float bad = 12345.0f;
-                    st = tp_dev_upload(dev, (void *)result, &bad, sizeof bad);
-                }
-                if (st == TP_OK && o->check) {
-                    st = tp_dev_download(dev, h_got, result, rn * elt);
-                    for (size_t i = 0; st == TP_OK && i < rn; i++)
-                        wrong += h_got[i] != h_expect[i];
-                }
-            }
-            /* --compare-raw: the engine's own call on the same buffers */
-            bool have_raw = false;
-            for (int it = 0; c->raw && it < c->warmup + nit && st == TP_OK; it++) {
-                st = tp_barrier(comm);
-                double t0 = bench_now();
-                if (st == TP_OK)
-                    st = bench_raw_collective(comm, op, op == TP_OP_BROADCAST ? bbuf : send, recv, per, total);
-                double t1 = bench_now();
-                if (it >= c->warmup)
-                    raw_us[it - c->warmup] = (float)((t1 - t0) * 1e6);
-                have_raw = true;
-            }
-            if (st == TP_OK)
-                st = max_times(comm, us, nit);
-            if (st == TP_OK && have_raw)
-                st = max_times(comm, raw_us, nit);
-            uint64_t wrong_all = 0;
-            if (st == TP_OK)
-                st = sum_count(comm, wrong, &wrong_all);
-            if (st != TP_OK || !printer)
-                continue;
-
-            for (int it = 0; it < nit; it++)
-                dv[it] = us[it] * 1e-6;
-            bench_summary sm = bench_summarize(dv, (size_t)nit);
-            double algbw = bench_algbw_gbps((double)bytes, sm.median);
-            double busbw = bench_busbw_gbps(op, T, (double)bytes, sm.median);
-            c->wrong_total += wrong_all;
-            bench_progress_done(&c->prog);
-            if (show)
-                printf("  %12zu %12zu %5s %6s %10.2f %10.2f %10.2f %11.3f %11.3f %8" G_GUINT64_FORMAT, bytes,
-                       total, "f32", redop_name(op), sm.min * 1e6, sm.median * 1e6, sm.max * 1e6, algbw, busbw,
-                       (guint64)wrong_all);
-            bench_record *rec = bench_rec_new("collective");
-            bench_rec_str(rec, "backend", c->env->backend);
-            bench_rec_str(rec, "device", c->env->device);
-            bench_rec_int(rec, "ranks", T);
-            bench_rec_str(rec, "op", bench_op_name(op));
-            bench_rec_str(rec, "dtype", "f32");
-            bench_rec_str(rec, "redop", redop_name(op));
-            bench_rec_int(rec, "bytes", (int64_t)bytes);
-            bench_rec_int(rec, "count", (int64_t)total);
-            bench_rec_dbl(rec, "time_us", sm.median * 1e6);
-            bench_rec_dbl(rec, "time_min_us", sm.min * 1e6);
-            bench_rec_dbl(rec, "time_max_us", sm.max * 1e6);
-            bench_rec_dbl(rec, "algbw_gbps", algbw);
-            bench_rec_dbl(rec, "busbw_gbps", busbw);
-            bench_rec_int(rec, "wrong", (int64_t)wrong_all);
-            bench_rec_bool(rec, "checked", o->check);
-            bench_rec_int(rec, "iters", nit);
-            bench_rec_int(rec, "warmup", c->warmup);
-            if (op == TP_OP_ALL_REDUCE && c->copyT_s) {
-                double ratio = sm.median / c->copyT_s[s];
-                if (show)
-                    printf(" %10.2f %8.2f", c->copyT_s[s] * 1e6, ratio);
-                bench_rec_dbl(rec, "copy_time_us", c->copyT_s[s] * 1e6);
-                bench_rec_dbl(rec, "copy_ratio", ratio);
-            }
-            if (have_raw) {
-                for (int it = 0; it < nit; it++)
-                    dv[it] = raw_us[it] * 1e-6;
-                bench_summary rs = bench_summarize(dv, (size_t)nit);
-                double raw_bw = bench_busbw_gbps(op, T, (double)bytes, rs.median);
-                if (show)
-                    printf(" %10.2f %9.3f", rs.median * 1e6, raw_bw > 0 ? busbw / raw_bw : 0.0);
-                bench_rec_dbl(rec, "raw_time_us", rs.median * 1e6);
-                bench_rec_dbl(rec, "raw_busbw_gbps", raw_bw);
-            }
-            if (show) {
-                printf("\n");
-                fflush(stdout);
-            }
-            bench_sink_emit(c->sink, rec);
-            bench_rec_free(rec);
-            if (c->samples) {
-                bench_sample smp = {op, T, (double)bytes, sm.median};
-                g_array_append_val(c->samples, smp);
-            }
-        }
-        tp_dev_free(dev, send);
-        tp_dev_free(dev, recv);
-        free(h_in);
-        free(h_expect);
-        free(h_got);
-    }
-    free(us);
-    free(raw_us);
-    free(dv);
+    if (!x.us || !x.raw_us || !x.dv)
+        st = tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory for %d timings", nit);
+    for (int op = 0; op < TP_OP_COUNT && st == TP_OK; op++)
+        if ((x.c->o->op_mask & (1u << op)) && bench_op_name(op))
+            st = coll_one_op(&x, op);
+    free(x.us);
+    free(x.raw_us);
+    free(x.dv);
     return st;
 }
 

@@ -5,6 +5,8 @@
  * comparison only; libtp never does. */
 #include "bench.h"
 
+#include "tp-try.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,235 +60,332 @@ static direct_kind pick_direct(tp_device *dev, tp_dtype dt, const char **why)
     return DIRECT_NONE;
 }
 
+/* Rank 0's view of one gemm run: the device, the direct library, units. */
+typedef struct gemm_rank_ctx {
+    gemm_run *g;
+    tp_device *dev;
+    int T;
+    bool host;          /* host memory: cblas; GPU rates print as TFLOP/s */
+    direct_kind direct; /* DIRECT_NONE: why says why */
+    const char *why;
+    double unit; /* 1e12 (TFLOP/s) or 1e9 (GFLOP/s) */
+#ifdef TP_BENCH_HAVE_CUBLAS
+    bench_cublas *cb;
+#endif
+} gemm_rank_ctx;
+
+/* One size: host staging, the four device buffers, per-iteration times. */
+typedef struct gemm_size {
+    int64_t N;
+    size_t elems, bytes;
+    float *h, *h2;        /* f32 host copies (inputs, then the two results) */
+    void *hx;             /* the same in the GEMM's dtype */
+    void *a, *b, *c, *c2; /* c: the vtable's result, c2: the direct one's */
+    double *tv, *td;      /* vtable and direct time per GEMM, per timed iteration */
+    int reps;             /* GEMMs per timing */
+} gemm_size;
+
+#ifdef TP_BENCH_HAVE_CUBLAS
+/* cuBLAS on the same GPU as the vtable's buffers: check it on one of them. */
+static tp_status open_cublas(gemm_rank_ctx *x)
+{
+    void *probe = NULL;
+    tp_status st;
+    TP_TRY_GOTO(tp_dev_alloc(x->dev, 256, &probe), st, done);
+    TP_TRY_GOTO(tp_dev_synchronize(x->dev), st, done);
+    st = bench_cublas_open(probe, &x->cb);
+done:
+    tp_dev_free(x->dev, probe);
+    return st;
+}
+#endif
+
+static void print_header(const gemm_rank_ctx *x)
+{
+    const gemm_run *g = x->g;
+    const char *dtn = tp_dtype_name(g->dtype);
+    bool tflops = !x->host;
+    if (x->host)
+        printf("# tp-bench gemm: backend %s, device %s, %s row-major C = A B, %d BLAS thread%s, %d "
+               "iters "
+               "(%d warm-up), vtable and direct alternating\n",
+               g->env->backend, g->env->device, dtn, g->threads, g->threads == 1 ? "" : "s",
+               g->iters, g->warmup);
+    else
+        printf("# tp-bench gemm: backend %s, device %s, %s row-major C = A B (f32 accumulation), "
+               "%d iters "
+               "(%d warm-up), vtable and direct alternating; each timing: R back-to-back GEMMs, "
+               "then a "
+               "synchronize, / R\n",
+               g->env->backend, g->env->device, dtn, g->iters, g->warmup);
+#ifdef TP_BENCH_HAVE_CUBLAS
+    if (x->cb)
+        printf("# direct: cuBLAS on its own handle and stream, %s\n", bench_cublas_describe(x->cb));
+#endif
+    if (x->T > 1)
+        printf("# note: %d ranks started; rank 0 measures while the others wait in a barrier (use "
+               "--tp 1)\n",
+               x->T);
+    if (x->why)
+        printf("# note: %s\n", x->why);
+    printf("# %6s %12s %12s %12s %12s %8s %12s%s\n", "m=n=k", "vtable(us)",
+           tflops ? "vtable(TF/s)" : "vtable(GF/s)", "direct(us)",
+           tflops ? "direct(TF/s)" : "direct(GF/s)", "ratio", "max|diff|",
+           x->host ? "" : "      R");
+    fflush(stdout);
+}
+
+static void size_free(const gemm_rank_ctx *x, gemm_size *s)
+{
+    free(s->tv);
+    free(s->td);
+    free(s->h);
+    free(s->h2);
+    free(s->hx);
+    tp_dev_free(x->dev, s->a);
+    tp_dev_free(x->dev, s->b);
+    tp_dev_free(x->dev, s->c);
+    tp_dev_free(x->dev, s->c2);
+}
+
+/* dst = uniform(-1, 1) values of master stream `id`, in the GEMM's dtype. */
+static tp_status upload_uniform(const gemm_rank_ctx *x, gemm_size *s, void *dst, uint64_t id)
+{
+    for (size_t i = 0; i < s->elems; i++)
+        s->h[i] = tp_master_uniform(7, id, i, 1.0f);
+    tp_host_convert(x->g->dtype, s->hx, TP_F32, s->h, s->elems);
+    return tp_dev_upload(x->dev, dst, s->hx, s->bytes);
+}
+
+/* Host and device buffers of an N x N GEMM, A and B filled, both Cs zero. */
+static tp_status size_setup(const gemm_rank_ctx *x, gemm_size *s, int64_t N)
+{
+    tp_device *dev = x->dev;
+    s->N = N;
+    s->elems = (size_t)N * (size_t)N;
+    s->bytes = s->elems * tp_dtype_size(x->g->dtype);
+    s->reps = 1;
+    s->h = malloc(s->elems * sizeof(float));
+    s->h2 = malloc(s->elems * sizeof(float));
+    s->hx = malloc(s->bytes);
+    if (!s->h || !s->h2 || !s->hx)
+        return tp_set_error(TP_ERR_NO_MEMORY,
+                            "tp-bench gemm: no host memory for %" G_GINT64_FORMAT "^2 floats",
+                            (gint64)N);
+    TP_TRY(tp_dev_alloc(dev, s->bytes, &s->a));
+    TP_TRY(tp_dev_alloc(dev, s->bytes, &s->b));
+    TP_TRY(tp_dev_alloc(dev, s->bytes, &s->c));
+    TP_TRY(tp_dev_alloc(dev, s->bytes, &s->c2));
+    TP_TRY(upload_uniform(x, s, s->a, 1));
+    TP_TRY(upload_uniform(x, s, s->b, 2));
+    TP_TRY(tp_dev_memset(dev, s->c, 0, s->bytes));
+    TP_TRY(tp_dev_memset(dev, s->c2, 0, s->bytes));
+    return tp_dev_synchronize(dev);
+}
+
+static tp_gemm_args size_args(const gemm_rank_ctx *x, const gemm_size *s)
+{
+    tp_gemm_args ga;
+    memset(&ga, 0, sizeof ga);
+    ga.struct_size = sizeof ga;
+    ga.dtype = x->g->dtype;
+    ga.m = ga.n = ga.k = s->N;
+    ga.alpha = 1.0f;
+    ga.beta = 0.0f;
+    ga.a = s->a;
+    ga.lda = s->N;
+    ga.b = s->b;
+    ga.ldb = s->N;
+    ga.c = s->c;
+    ga.ldc = s->N;
+    ga.batch = 1;
+    return ga;
+}
+
+/* Warm now: how many GEMMs make one timing on an asynchronous device. */
+static tp_status calibrate_reps(const gemm_rank_ctx *x, gemm_size *s, const tp_gemm_args *ga)
+{
+    double c0 = bench_now();
+    TP_TRY(tp_dev_gemm(x->dev, ga));
+    TP_TRY(tp_dev_synchronize(x->dev));
+    double one = bench_now() - c0;
+    int reps = one > 0 ? (int)ceil(GEMM_TARGET_S / one) : GEMM_MAX_REPS;
+    s->reps = reps < 1 ? 1 : reps > GEMM_MAX_REPS ? GEMM_MAX_REPS : reps;
+    return TP_OK;
+}
+
+static tp_status time_vtable(const gemm_rank_ctx *x, const gemm_size *s, const tp_gemm_args *ga,
+                             double *t0, double *t1)
+{
+    *t0 = bench_now();
+    for (int r = 0; r < s->reps; r++)
+        TP_TRY(tp_dev_gemm(x->dev, ga));
+    TP_TRY(tp_dev_synchronize(x->dev));
+    *t1 = bench_now();
+    return TP_OK;
+}
+
+/* The direct library on the same buffers (nothing without one: 0 s). */
+static tp_status time_direct(const gemm_rank_ctx *x, const gemm_size *s, double *t2, double *t3)
+{
+    int n = (int)s->N;
+    if (x->direct == DIRECT_CBLAS) {
+        openblas_set_num_threads(x->g->threads);
+        *t2 = bench_now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, s->a, n, s->b, n,
+                    0.0f, s->c2, n);
+        *t3 = bench_now();
+    }
+#ifdef TP_BENCH_HAVE_CUBLAS
+    else if (x->direct == DIRECT_CUBLAS) {
+        TP_TRY(tp_dev_synchronize(x->dev)); /* the vtable's stream is idle while we time */
+        *t2 = bench_now();
+        TP_TRY(bench_cublas_gemm(x->cb, x->g->dtype, s->N, s->a, s->b, s->c2, s->reps));
+        TP_TRY(bench_cublas_sync(x->cb));
+        *t3 = bench_now();
+    }
+#endif
+    return TP_OK;
+}
+
+/* Warm-up and timed iterations, vtable and direct alternating which goes
+ * first, so neither always finds warm caches. */
+static tp_status time_iterations(gemm_rank_ctx *x, gemm_size *s)
+{
+    gemm_run *g = x->g;
+    tp_gemm_args ga = size_args(x, s);
+    for (int it = 0; it < g->warmup + g->iters; it++) {
+        bench_progress_update(&g->prog, "gemm %" G_GINT64_FORMAT " iteration %d/%d", (gint64)s->N,
+                              it + 1, g->warmup + g->iters);
+        if (!x->host && it == g->warmup)
+            TP_TRY(calibrate_reps(x, s, &ga));
+        double t0 = 0, t1 = 0, t2 = 0, t3 = 0;
+        for (int pass = 0; pass < 2; pass++) {
+            if ((pass == 0) == (it % 2 == 0))
+                TP_TRY(time_vtable(x, s, &ga, &t0, &t1));
+            else
+                TP_TRY(time_direct(x, s, &t2, &t3));
+        }
+        if (it >= g->warmup) {
+            s->tv[it - g->warmup] = (t1 - t0) / s->reps;
+            s->td[it - g->warmup] = (t3 - t2) / s->reps;
+        }
+    }
+    return TP_OK;
+}
+
+/* max |vtable C - direct C| over the elements (NaN wins). */
+static tp_status max_diff(const gemm_rank_ctx *x, gemm_size *s, double *out)
+{
+    TP_TRY(tp_dev_download(x->dev, s->hx, s->c, s->bytes));
+    tp_host_convert(TP_F32, s->h, x->g->dtype, s->hx, s->elems);
+    TP_TRY(tp_dev_download(x->dev, s->hx, s->c2, s->bytes));
+    tp_host_convert(TP_F32, s->h2, x->g->dtype, s->hx, s->elems);
+    double maxdiff = 0;
+    for (size_t i = 0; i < s->elems; i++) {
+        double d = fabs((double)s->h[i] - (double)s->h2[i]);
+        if (d > maxdiff || isnan(d))
+            maxdiff = d;
+    }
+    *out = maxdiff;
+    return TP_OK;
+}
+
+/* The table row and one record per implementation. */
+static void report_size(gemm_rank_ctx *x, const gemm_size *s, double maxdiff)
+{
+    gemm_run *g = x->g;
+    bool have_direct = x->direct != DIRECT_NONE;
+    int64_t N = s->N;
+    bench_progress_done(&g->prog);
+    double flops = 2.0 * (double)N * (double)N * (double)N;
+    bench_summary sv = bench_summarize(s->tv, (size_t)g->iters);
+    bench_summary sd = bench_summarize(s->td, (size_t)g->iters);
+    double gv = flops / sv.median / 1e9, gd = have_direct ? flops / sd.median / 1e9 : NAN;
+    double ratio = have_direct ? gv / gd : NAN;
+    printf("  %6" G_GINT64_FORMAT " %12.1f %12.2f %12.1f %12.2f %8.3f %12.3g", (gint64)N,
+           sv.median * 1e6, gv * 1e9 / x->unit, have_direct ? sd.median * 1e6 : NAN,
+           gd * 1e9 / x->unit, ratio, maxdiff);
+    if (!x->host)
+        printf(" %6d", s->reps);
+    printf("\n");
+    fflush(stdout);
+    for (int impl = 0; impl < (have_direct ? 2 : 1); impl++) {
+        bench_summary *sm = impl ? &sd : &sv;
+        bench_record *rec = bench_rec_new("gemm");
+        bench_rec_str(rec, "backend", g->env->backend);
+        bench_rec_str(rec, "device", g->env->device);
+        bench_rec_int(rec, "ranks", x->T);
+        bench_rec_str(rec, "impl", impl ? "direct" : "vtable");
+        bench_rec_str(rec, "library",
+                      !impl                           ? NULL
+                          : x->direct == DIRECT_CBLAS ? "cblas_sgemm"
+                                                      : "cublasGemmEx");
+        bench_rec_str(rec, "dtype", tp_dtype_name(g->dtype));
+        bench_rec_int(rec, "m", N);
+        bench_rec_int(rec, "n", N);
+        bench_rec_int(rec, "k", N);
+        bench_rec_int(rec, "threads", g->threads);
+        bench_rec_int(rec, "reps", s->reps);
+        bench_rec_dbl(rec, "time_us", sm->median * 1e6);
+        bench_rec_dbl(rec, "time_min_us", sm->min * 1e6);
+        bench_rec_dbl(rec, "time_max_us", sm->max * 1e6);
+        bench_rec_dbl(rec, "gflops", impl ? gd : gv);
+        if (!impl) {
+            bench_rec_dbl(rec, "ratio", ratio);
+            bench_rec_dbl(rec, "max_abs_diff", maxdiff);
+        }
+        bench_sink_emit(g->sink, rec);
+        bench_rec_free(rec);
+    }
+}
+
+/* Measure one N x N x N GEMM: set up, time, compare, report. */
+static tp_status gemm_one_size(gemm_rank_ctx *x, int64_t N)
+{
+    gemm_size s;
+    memset(&s, 0, sizeof s);
+    double maxdiff = NAN;
+    tp_status st;
+    TP_TRY_GOTO(size_setup(x, &s, N), st, done);
+    s.tv = calloc((size_t)x->g->iters, sizeof(double));
+    s.td = calloc((size_t)x->g->iters, sizeof(double));
+    if (!s.tv || !s.td) {
+        st = tp_set_error(TP_ERR_NO_MEMORY, "tp-bench gemm: no memory for timings");
+        goto done;
+    }
+    TP_TRY_GOTO(time_iterations(x, &s), st, done);
+    if (x->direct != DIRECT_NONE)
+        TP_TRY_GOTO(max_diff(x, &s, &maxdiff), st, done);
+    report_size(x, &s, maxdiff);
+done:
+    size_free(x, &s);
+    return st;
+}
+
 static tp_status gemm_rank(tp_comm *comm, int T, void *arg)
 {
-    gemm_run *g = arg;
+    gemm_rank_ctx x;
+    memset(&x, 0, sizeof x);
+    x.g = arg;
     if (!bench_is_printer(comm))
         return tp_barrier(comm); /* other ranks wait; see the note printed */
-    tp_device *dev = tp_comm_device(comm);
-    bool host = tp_device_mem_kind(dev) == TP_MEM_HOST;
-    const char *why = NULL;
-    direct_kind direct = pick_direct(dev, g->dtype, &why);
-    bool have_direct = direct != DIRECT_NONE;
-    size_t esize = tp_dtype_size(g->dtype);
-    const char *dtn = tp_dtype_name(g->dtype);
+    x.dev = tp_comm_device(comm);
+    x.T = T;
+    x.host = tp_device_mem_kind(x.dev) == TP_MEM_HOST;
+    x.direct = pick_direct(x.dev, x.g->dtype, &x.why);
+    x.unit = x.host ? 1e9 : 1e12;
     tp_status st = TP_OK;
 #ifdef TP_BENCH_HAVE_CUBLAS
-    bench_cublas *cb = NULL;
-    if (direct == DIRECT_CUBLAS) {
-        /* same GPU as the vtable's buffers: check it on one of them */
-        void *probe = NULL;
-        st = tp_dev_alloc(dev, 256, &probe);
-        if (st == TP_OK)
-            st = tp_dev_synchronize(dev);
-        if (st == TP_OK)
-            st = bench_cublas_open(probe, &cb);
-        tp_dev_free(dev, probe);
-    }
+    if (x.direct == DIRECT_CUBLAS)
+        st = open_cublas(&x);
 #endif
-    /* GPU rates print as TFLOP/s, CPU ones as GFLOP/s */
-    bool tflops = !host;
-    double unit = tflops ? 1e12 : 1e9;
-    if (st == TP_OK) {
-        if (host)
-            printf("# tp-bench gemm: backend %s, device %s, %s row-major C = A B, %d BLAS thread%s, %d iters "
-                   "(%d warm-up), vtable and direct alternating\n",
-                   g->env->backend, g->env->device, dtn, g->threads, g->threads == 1 ? "" : "s", g->iters,
-                   g->warmup);
-        else
-            printf("# tp-bench gemm: backend %s, device %s, %s row-major C = A B (f32 accumulation), %d iters "
-                   "(%d warm-up), vtable and direct alternating; each timing: R back-to-back GEMMs, then a "
-                   "synchronize, / R\n",
-                   g->env->backend, g->env->device, dtn, g->iters, g->warmup);
+    if (st == TP_OK)
+        print_header(&x);
+    for (int si = 0; si < x.g->o->n_gemm_sizes && st == TP_OK; si++)
+        st = gemm_one_size(&x, x.g->o->gemm_sizes[si]);
 #ifdef TP_BENCH_HAVE_CUBLAS
-        if (cb)
-            printf("# direct: cuBLAS on its own handle and stream, %s\n", bench_cublas_describe(cb));
-#endif
-        if (T > 1)
-            printf("# note: %d ranks started; rank 0 measures while the others wait in a barrier (use --tp 1)\n",
-                   T);
-        if (why)
-            printf("# note: %s\n", why);
-        printf("# %6s %12s %12s %12s %12s %8s %12s%s\n", "m=n=k", "vtable(us)", tflops ? "vtable(TF/s)" : "vtable(GF/s)",
-               "direct(us)", tflops ? "direct(TF/s)" : "direct(GF/s)", "ratio", "max|diff|", host ? "" : "      R");
-        fflush(stdout);
-    }
-
-    for (int si = 0; si < g->o->n_gemm_sizes && st == TP_OK; si++) {
-        int64_t N = g->o->gemm_sizes[si];
-        size_t elems = (size_t)N * (size_t)N, bytes = elems * esize;
-        float *h = malloc(elems * sizeof(float)), *h2 = malloc(elems * sizeof(float));
-        void *hx = malloc(bytes);
-        void *a = NULL, *b = NULL, *c = NULL, *c2 = NULL;
-        int reps = 1;
-        if (!h || !h2 || !hx)
-            st = tp_set_error(TP_ERR_NO_MEMORY, "tp-bench gemm: no host memory for %" G_GINT64_FORMAT "^2 floats",
-                              (gint64)N);
-        if (st == TP_OK)
-            st = tp_dev_alloc(dev, bytes, &a);
-        if (st == TP_OK)
-            st = tp_dev_alloc(dev, bytes, &b);
-        if (st == TP_OK)
-            st = tp_dev_alloc(dev, bytes, &c);
-        if (st == TP_OK)
-            st = tp_dev_alloc(dev, bytes, &c2);
-        for (size_t i = 0; st == TP_OK && i < elems; i++)
-            h[i] = tp_master_uniform(7, 1, i, 1.0f);
-        if (st == TP_OK) {
-            tp_host_convert(g->dtype, hx, TP_F32, h, elems);
-            st = tp_dev_upload(dev, a, hx, bytes);
-        }
-        for (size_t i = 0; st == TP_OK && i < elems; i++)
-            h[i] = tp_master_uniform(7, 2, i, 1.0f);
-        if (st == TP_OK) {
-            tp_host_convert(g->dtype, hx, TP_F32, h, elems);
-            st = tp_dev_upload(dev, b, hx, bytes);
-        }
-        if (st == TP_OK)
-            st = tp_dev_memset(dev, c, 0, bytes);
-        if (st == TP_OK)
-            st = tp_dev_memset(dev, c2, 0, bytes);
-        if (st == TP_OK)
-            st = tp_dev_synchronize(dev);
-
-        tp_gemm_args ga;
-        memset(&ga, 0, sizeof ga);
-        ga.struct_size = sizeof ga;
-        ga.dtype = g->dtype;
-        ga.m = ga.n = ga.k = N;
-        ga.alpha = 1.0f;
-        ga.beta = 0.0f;
-        ga.a = a;
-        ga.lda = N;
-        ga.b = b;
-        ga.ldb = N;
-        ga.c = c;
-        ga.ldc = N;
-        ga.batch = 1;
-
-        double *tv = calloc((size_t)g->iters, sizeof(double)), *td = calloc((size_t)g->iters, sizeof(double));
-        if (st == TP_OK && (!tv || !td))
-            st = tp_set_error(TP_ERR_NO_MEMORY, "tp-bench gemm: no memory for timings");
-        for (int it = 0; it < g->warmup + g->iters && st == TP_OK; it++) {
-            bench_progress_update(&g->prog, "gemm %" G_GINT64_FORMAT " iteration %d/%d", (gint64)N, it + 1,
-                                  g->warmup + g->iters);
-            if (!host && it == g->warmup) {
-                /* warm now: how many GEMMs make one timing */
-                double c0 = bench_now();
-                st = tp_dev_gemm(dev, &ga);
-                if (st == TP_OK)
-                    st = tp_dev_synchronize(dev);
-                double one = bench_now() - c0;
-                reps = one > 0 ? (int)ceil(GEMM_TARGET_S / one) : GEMM_MAX_REPS;
-                reps = reps < 1 ? 1 : reps > GEMM_MAX_REPS ? GEMM_MAX_REPS : reps;
-                if (st != TP_OK)
-                    break;
-            }
-            /* alternate which goes first, so neither always finds warm caches */
-            double t0 = 0, t1 = 0, t2 = 0, t3 = 0;
-            for (int pass = 0; pass < 2 && st == TP_OK; pass++) {
-                bool vtable = (pass == 0) == (it % 2 == 0);
-                if (vtable) {
-                    t0 = bench_now();
-                    for (int r = 0; r < reps && st == TP_OK; r++)
-                        st = tp_dev_gemm(dev, &ga);
-                    if (st == TP_OK)
-                        st = tp_dev_synchronize(dev);
-                    t1 = bench_now();
-                } else if (direct == DIRECT_CBLAS) {
-                    openblas_set_num_threads(g->threads);
-                    t2 = bench_now();
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)N, (int)N, 1.0f, a,
-                                (int)N, b, (int)N, 0.0f, c2, (int)N);
-                    t3 = bench_now();
-                }
-#ifdef TP_BENCH_HAVE_CUBLAS
-                else if (direct == DIRECT_CUBLAS) {
-                    st = tp_dev_synchronize(dev); /* the vtable's stream is idle while we time */
-                    t2 = bench_now();
-                    if (st == TP_OK)
-                        st = bench_cublas_gemm(cb, g->dtype, N, a, b, c2, reps);
-                    if (st == TP_OK)
-                        st = bench_cublas_sync(cb);
-                    t3 = bench_now();
-                }
-#endif
-            }
-            if (st != TP_OK)
-                break;
-            if (it >= g->warmup) {
-                tv[it - g->warmup] = (t1 - t0) / reps;
-                td[it - g->warmup] = (t3 - t2) / reps;
-            }
-        }
-        double maxdiff = NAN;
-        if (st == TP_OK && have_direct) {
-            st = tp_dev_download(dev, hx, c, bytes);
-            if (st == TP_OK) {
-                tp_host_convert(TP_F32, h, g->dtype, hx, elems);
-                st = tp_dev_download(dev, hx, c2, bytes);
-            }
-            if (st == TP_OK) {
-                tp_host_convert(TP_F32, h2, g->dtype, hx, elems);
-                maxdiff = 0;
-                for (size_t i = 0; i < elems; i++) {
-                    double d = fabs((double)h[i] - (double)h2[i]);
-                    if (d > maxdiff || isnan(d))
-                        maxdiff = d;
-                }
-            }
-        }
-        if (st == TP_OK) {
-            bench_progress_done(&g->prog);
-            double flops = 2.0 * (double)N * (double)N * (double)N;
-            bench_summary sv = bench_summarize(tv, (size_t)g->iters);
-            bench_summary sd = bench_summarize(td, (size_t)g->iters);
-            double gv = flops / sv.median / 1e9, gd = have_direct ? flops / sd.median / 1e9 : NAN;
-            double ratio = have_direct ? gv / gd : NAN;
-            printf("  %6" G_GINT64_FORMAT " %12.1f %12.2f %12.1f %12.2f %8.3f %12.3g", (gint64)N, sv.median * 1e6,
-                   gv * 1e9 / unit, have_direct ? sd.median * 1e6 : NAN, gd * 1e9 / unit, ratio, maxdiff);
-            if (!host)
-                printf(" %6d", reps);
-            printf("\n");
-            fflush(stdout);
-            for (int impl = 0; impl < (have_direct ? 2 : 1); impl++) {
-                bench_summary *s = impl ? &sd : &sv;
-                bench_record *rec = bench_rec_new("gemm");
-                bench_rec_str(rec, "backend", g->env->backend);
-                bench_rec_str(rec, "device", g->env->device);
-                bench_rec_int(rec, "ranks", T);
-                bench_rec_str(rec, "impl", impl ? "direct" : "vtable");
-                bench_rec_str(rec, "library", !impl ? NULL : direct == DIRECT_CBLAS ? "cblas_sgemm" : "cublasGemmEx");
-                bench_rec_str(rec, "dtype", dtn);
-                bench_rec_int(rec, "m", N);
-                bench_rec_int(rec, "n", N);
-                bench_rec_int(rec, "k", N);
-                bench_rec_int(rec, "threads", g->threads);
-                bench_rec_int(rec, "reps", reps);
-                bench_rec_dbl(rec, "time_us", s->median * 1e6);
-                bench_rec_dbl(rec, "time_min_us", s->min * 1e6);
-                bench_rec_dbl(rec, "time_max_us", s->max * 1e6);
-                bench_rec_dbl(rec, "gflops", impl ? gd : gv);
-                if (!impl) {
-                    bench_rec_dbl(rec, "ratio", ratio);
-                    bench_rec_dbl(rec, "max_abs_diff", maxdiff);
-                }
-                bench_sink_emit(g->sink, rec);
-                bench_rec_free(rec);
-            }
-        }
-        free(tv);
-        free(td);
-        free(h);
-        free(h2);
-        free(hx);
-        tp_dev_free(dev, a);
-        tp_dev_free(dev, b);
-        tp_dev_free(dev, c);
-        tp_dev_free(dev, c2);
-    }
-#ifdef TP_BENCH_HAVE_CUBLAS
-    bench_cublas_close(cb);
+    bench_cublas_close(x.cb);
 #endif
     tp_status st2 = tp_barrier(comm);
     return st != TP_OK ? st : st2;

@@ -31,6 +31,7 @@
 #include <time.h>
 
 #include <tp/tp.h>
+#include <tp/tp-plugin-util.h>
 
 #define GUARD 16      /* elements after each output that must stay untouched */
 #define MAX_PRINT 10  /* failure details printed per rank */
@@ -84,17 +85,6 @@ typedef struct rank_state {
 
 /* ------------------------------------------------------------ values */
 
-static size_t dt_size(tp_dtype dt)
-{
-    return dt == TP_F16 || dt == TP_BF16 ? 2 : 4;
-}
-
-static const char *dt_name(tp_dtype dt)
-{
-    static const char *const n[] = {"f32", "f16", "bf16", "i32"};
-    return (unsigned)dt < TP_DTYPE_COUNT_ ? n[dt] : "?";
-}
-
 static const char *op_name(tp_redop op)
 {
     static const char *const n[] = {"sum", "max", "min"};
@@ -127,35 +117,16 @@ static int reference(tp_dtype dt, tp_redop op, int size, size_t i, size_t salt)
     return acc;
 }
 
-/* Exact encodings of small integers. */
-static uint16_t half_of_int(int v)
-{
-    if (v == 0)
-        return 0;
-    uint16_t sign = v < 0 ? 0x8000u : 0;
-    unsigned a = (unsigned)(v < 0 ? -v : v); /* < 2048 */
-    int e = 31 - __builtin_clz(a);
-    return (uint16_t)(sign | (unsigned)(e + 15) << 10 | ((a << (10 - e)) & 0x3ffu));
-}
-
-static double half_to_double(uint16_t h)
-{
-    int e = (h >> 10) & 0x1f, m = h & 0x3ff;
-    double v = e == 0 ? m * 0x1p-24 : e == 31 ? (m ? 0.0 / 0.0 : 1.0 / 0.0)
-                                               : (1.0 + m / 1024.0) * (double)(1 << e) * 0x1p-15;
-    return h & 0x8000u ? -v : v;
-}
-
+/* Every value put here is a small integer its format holds exactly (see
+ * top), so the SDK's round-to-nearest conversions are exact both ways. */
 static void put(tp_dtype dt, void *buf, size_t i, int v)
 {
     float f = (float)v;
-    uint32_t u;
-    memcpy(&u, &f, 4);
     switch (dt) {
     case TP_F32: ((float *)buf)[i] = f; break;
     case TP_I32: ((int32_t *)buf)[i] = v; break;
-    case TP_BF16: ((uint16_t *)buf)[i] = (uint16_t)(u >> 16); break; /* exact for |v| <= 256 */
-    default: ((uint16_t *)buf)[i] = half_of_int(v); break;
+    case TP_BF16: ((uint16_t *)buf)[i] = tp_util_f32_to_bf16(f); break;
+    default: ((uint16_t *)buf)[i] = tp_util_f32_to_f16(f); break;
     }
 }
 
@@ -164,13 +135,8 @@ static double get(tp_dtype dt, const void *buf, size_t i)
     switch (dt) {
     case TP_F32: return ((const float *)buf)[i];
     case TP_I32: return ((const int32_t *)buf)[i];
-    case TP_BF16: {
-        uint32_t u = (uint32_t)((const uint16_t *)buf)[i] << 16;
-        float f;
-        memcpy(&f, &u, 4);
-        return f;
-    }
-    default: return half_to_double(((const uint16_t *)buf)[i]);
+    case TP_BF16: return tp_util_bf16_to_f32(((const uint16_t *)buf)[i]);
+    default: return tp_util_f16_to_f32(((const uint16_t *)buf)[i]);
     }
 }
 
@@ -318,7 +284,7 @@ static void counts_of(const ccase *c, int size, size_t *counts, size_t *offs, si
 
 static void describe(const ccase *c, const char *op, char *out, size_t len)
 {
-    int w = snprintf(out, len, "%s %s", op, dt_name(c->dt));
+    int w = snprintf(out, len, "%s %s", op, tp_dtype_name(c->dt));
     if (!strcmp(op, "all_reduce") || !strncmp(op, "reduce_scatter", 14))
         w += snprintf(out + w, len - (size_t)w, " %s", op_name(c->op));
     w += snprintf(out + w, len - (size_t)w, " count %zu", c->n);
@@ -354,13 +320,31 @@ static int setup_failed(rank_state *s, const char *what)
 static int mismatch(rank_state *s, const char *what, tp_dtype dt, const void *host, size_t pos,
                     double got, int expected)
 {
-    const unsigned char *p = (const unsigned char *)host + pos * dt_size(dt);
+    const unsigned char *p = (const unsigned char *)host + pos * tp_dtype_size(dt);
     bool untouched = true;
-    for (size_t i = 0; i < dt_size(dt); i++)
+    for (size_t i = 0; i < tp_dtype_size(dt); i++)
         untouched &= p[i] == SENTINEL;
     fail_msg(s, what, "element %zu is %g, expected %d%s", pos, got, expected,
              untouched ? " (never written: still the fill pattern)" : "");
     return R_FAIL;
+}
+
+/* The collective's verdict, then its output back on the host: R_PASS when
+ * both went well, so the caller can compare. */
+static int call_and_fetch(rank_state *s, const char *what, tp_status st, buf *out)
+{
+    int verdict = status_verdict(s, what, st);
+    if (verdict != R_PASS)
+        return verdict;
+    return buf_down(s, out) ? R_PASS : setup_failed(s, what);
+}
+
+/* Element pos of host against its exact reference value. */
+static int expect(rank_state *s, const char *what, tp_dtype dt, const void *host, size_t pos,
+                  int expected)
+{
+    double got = get(dt, host, pos);
+    return got == (double)expected ? R_PASS : mismatch(s, what, dt, host, pos, got, expected);
 }
 
 static int case_all_reduce(rank_state *s, const ccase *c, size_t salt)
@@ -368,7 +352,7 @@ static int case_all_reduce(rank_state *s, const ccase *c, size_t salt)
     char what[200];
     describe(c, "all_reduce", what, sizeof what);
     int rank = tp_comm_rank(c->comm), size = tp_comm_size(c->comm);
-    size_t es = dt_size(c->dt), bytes = (c->n + GUARD) * es;
+    size_t es = tp_dtype_size(c->dt), bytes = (c->n + GUARD) * es;
     vbufs v = {0};
     int verdict = R_FAIL;
     buf *out = c->inplace ? &v.a : &v.b;
@@ -380,24 +364,16 @@ static int case_all_reduce(rank_state *s, const ccase *c, size_t salt)
         verdict = setup_failed(s, what);
         goto done;
     }
-    verdict = status_verdict(s, what, tp_all_reduce(c->comm, v.a.dev, out->dev, c->n, c->dt, c->op));
+    verdict = call_and_fetch(s, what, tp_all_reduce(c->comm, v.a.dev, out->dev, c->n, c->dt, c->op),
+                             out);
     if (verdict != R_PASS)
         goto done;
-    verdict = R_FAIL;
-    if (!buf_down(s, out)) {
-        verdict = setup_failed(s, what);
-        goto done;
-    }
     for (size_t i = 0; i < c->n; i++) {
-        int e = reference(c->dt, c->op, size, i, salt);
-        double g = get(c->dt, out->host, i);
-        if (g != (double)e) {
-            verdict = mismatch(s, what, c->dt, out->host, i, g, e);
+        verdict = expect(s, what, c->dt, out->host, i, reference(c->dt, c->op, size, i, salt));
+        if (verdict != R_PASS)
             goto done;
-        }
     }
-    if (guard_ok(s, what, out, c->n * es))
-        verdict = R_PASS;
+    verdict = guard_ok(s, what, out, c->n * es) ? R_PASS : R_FAIL;
 done:
     vbufs_free(s, &v);
     return verdict;
@@ -419,7 +395,7 @@ static int case_all_gather(rank_state *s, const ccase *c, size_t salt)
     char what[200];
     describe(c, c->pattern ? "all_gatherv" : "all_gather", what, sizeof what);
     int rank = tp_comm_rank(c->comm), size = tp_comm_size(c->comm);
-    size_t es = dt_size(c->dt);
+    size_t es = tp_dtype_size(c->dt);
     vbufs v = {0};
     int verdict = R_FAIL;
     if (!counts_new(c, &v))
@@ -438,25 +414,16 @@ static int case_all_gather(rank_state *s, const ccase *c, size_t salt)
     const void *send = c->inplace ? (const char *)v.a.dev + off * es : v.b.dev;
     tp_status st = c->pattern ? tp_all_gatherv(c->comm, send, v.a.dev, v.counts, c->dt)
                               : tp_all_gather(c->comm, send, v.a.dev, c->n, c->dt);
-    verdict = status_verdict(s, what, st);
+    verdict = call_and_fetch(s, what, st, &v.a);
     if (verdict != R_PASS)
         goto done;
-    verdict = R_FAIL;
-    if (!buf_down(s, &v.a)) {
-        verdict = setup_failed(s, what);
-        goto done;
-    }
     for (int r = 0; r < size; r++)
         for (size_t i = 0; i < v.counts[r]; i++) {
-            int e = value(c->dt, r, i, salt);
-            double g = get(c->dt, v.a.host, v.offs[r] + i);
-            if (g != (double)e) {
-                verdict = mismatch(s, what, c->dt, v.a.host, v.offs[r] + i, g, e);
+            verdict = expect(s, what, c->dt, v.a.host, v.offs[r] + i, value(c->dt, r, i, salt));
+            if (verdict != R_PASS)
                 goto done;
-            }
         }
-    if (guard_ok(s, what, &v.a, v.total * es))
-        verdict = R_PASS;
+    verdict = guard_ok(s, what, &v.a, v.total * es) ? R_PASS : R_FAIL;
 done:
     vbufs_free(s, &v);
     return verdict;
@@ -467,7 +434,7 @@ static int case_reduce_scatter(rank_state *s, const ccase *c, size_t salt)
     char what[200];
     describe(c, c->pattern ? "reduce_scatterv" : "reduce_scatter", what, sizeof what);
     int rank = tp_comm_rank(c->comm), size = tp_comm_size(c->comm);
-    size_t es = dt_size(c->dt);
+    size_t es = tp_dtype_size(c->dt);
     vbufs v = {0};
     int verdict = R_FAIL;
     if (!counts_new(c, &v))
@@ -483,24 +450,15 @@ static int case_reduce_scatter(rank_state *s, const ccase *c, size_t salt)
     }
     tp_status st = c->pattern ? tp_reduce_scatterv(c->comm, v.a.dev, v.b.dev, v.counts, c->dt, c->op)
                               : tp_reduce_scatter(c->comm, v.a.dev, v.b.dev, c->n, c->dt, c->op);
-    verdict = status_verdict(s, what, st);
+    verdict = call_and_fetch(s, what, st, &v.b);
     if (verdict != R_PASS)
         goto done;
-    verdict = R_FAIL;
-    if (!buf_down(s, &v.b)) {
-        verdict = setup_failed(s, what);
-        goto done;
-    }
     for (size_t i = 0; i < mine; i++) {
-        int e = reference(c->dt, c->op, size, off + i, salt);
-        double g = get(c->dt, v.b.host, i);
-        if (g != (double)e) {
-            verdict = mismatch(s, what, c->dt, v.b.host, i, g, e);
+        verdict = expect(s, what, c->dt, v.b.host, i, reference(c->dt, c->op, size, off + i, salt));
+        if (verdict != R_PASS)
             goto done;
-        }
     }
-    if (guard_ok(s, what, &v.b, mine * es))
-        verdict = R_PASS;
+    verdict = guard_ok(s, what, &v.b, mine * es) ? R_PASS : R_FAIL;
 done:
     vbufs_free(s, &v);
     return verdict;
@@ -511,7 +469,7 @@ static int case_broadcast(rank_state *s, const ccase *c, size_t salt)
     char what[200];
     describe(c, "broadcast", what, sizeof what);
     int rank = tp_comm_rank(c->comm);
-    size_t es = dt_size(c->dt);
+    size_t es = tp_dtype_size(c->dt);
     vbufs v = {0};
     int verdict = R_FAIL;
     if (!buf_new(s, &v.a, (c->n + GUARD) * es))
@@ -522,24 +480,15 @@ static int case_broadcast(rank_state *s, const ccase *c, size_t salt)
         verdict = setup_failed(s, what);
         goto done;
     }
-    verdict = status_verdict(s, what, tp_broadcast(c->comm, v.a.dev, c->n, c->dt, c->root));
+    verdict = call_and_fetch(s, what, tp_broadcast(c->comm, v.a.dev, c->n, c->dt, c->root), &v.a);
     if (verdict != R_PASS)
         goto done;
-    verdict = R_FAIL;
-    if (!buf_down(s, &v.a)) {
-        verdict = setup_failed(s, what);
-        goto done;
-    }
     for (size_t i = 0; i < c->n; i++) {
-        int e = value(c->dt, c->root, i, salt);
-        double g = get(c->dt, v.a.host, i);
-        if (g != (double)e) {
-            verdict = mismatch(s, what, c->dt, v.a.host, i, g, e);
+        verdict = expect(s, what, c->dt, v.a.host, i, value(c->dt, c->root, i, salt));
+        if (verdict != R_PASS)
             goto done;
-        }
     }
-    if (guard_ok(s, what, &v.a, c->n * es))
-        verdict = R_PASS;
+    verdict = guard_ok(s, what, &v.a, c->n * es) ? R_PASS : R_FAIL;
 done:
     vbufs_free(s, &v);
     return verdict;
@@ -745,8 +694,10 @@ static void print_table(const shared *sh, const rank_state *s, const int32_t *ve
     if (!combined)
         printf("warning: rank 0's own results only (combining with the other ranks failed)\n");
     printf("%-18s", "op");
-    for (int k = 0; k < NCOLS; k++)
-        printf(" %-11s", col_order[k] == COL_OTHER ? "other" : dt_name((tp_dtype)col_order[k]));
+    for (int k = 0; k < NCOLS; k++) {
+        int col = col_order[k];
+        printf(" %-11s", col == COL_OTHER ? "other" : tp_dtype_name((tp_dtype)col));
+    }
     printf("\n");
     for (int r = 0; r < ROW_COUNT; r++) {
         int any = 0;

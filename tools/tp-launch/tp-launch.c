@@ -183,11 +183,27 @@ static void signal_all(child *c, int n, int sig)
             kill(-c[i].pid, sig); /* the rank's process group: it and its children */
 }
 
-int main(int argc, char **argv)
+/* The command line. */
+typedef struct launch_opts {
+    long n, port, grace_ms;
+    const char *addr;
+    int prefix;
+} launch_opts;
+
+/* Everything the supervision loop tracks. */
+typedef struct launcher {
+    child *c;
+    long n;
+    int prefix;
+    long grace_ms;
+    sigset_t orig; /* the mask before tp-launch blocked its signals */
+    int running, first_fail;
+    double kill_at, hard_kill_at; /* SIGTERM, then SIGKILL the ranks left (-1: not due) */
+} launcher;
+
+/* Options up to the program; returns -1 to go on, else the exit status. */
+static int parse_args(int argc, char **argv, launch_opts *lo)
 {
-    long n = 0, port = 0, grace_ms = 5000;
-    const char *addr = "127.0.0.1";
-    int prefix = 1;
     enum { OPT_NO_PREFIX = 256, OPT_VERSION };
     static const struct option opts[] = {
         {"np", required_argument, NULL, 'n'},
@@ -203,21 +219,21 @@ int main(int argc, char **argv)
     while ((o = getopt_long(argc, argv, "+n:p:a:g:h", opts, NULL)) != -1) {
         switch (o) {
         case 'n':
-            if (parse_long(optarg, 1, MAX_RANKS, &n) < 0) {
+            if (parse_long(optarg, 1, MAX_RANKS, &lo->n) < 0) {
                 fprintf(stderr, "tp-launch: -n %s: expected a number of ranks in 1..%d\n", optarg,
                         MAX_RANKS);
                 return 2;
             }
             break;
         case 'p':
-            if (parse_long(optarg, 1, 65535, &port) < 0) {
+            if (parse_long(optarg, 1, 65535, &lo->port) < 0) {
                 fprintf(stderr, "tp-launch: --master-port %s: expected a port in 1..65535\n",
                         optarg);
                 return 2;
             }
             break;
         case 'a':
-            addr = optarg;
+            lo->addr = optarg;
             break;
         case 'g': {
             char *end;
@@ -226,11 +242,11 @@ int main(int argc, char **argv)
                 fprintf(stderr, "tp-launch: --grace %s: expected seconds in 0..3600\n", optarg);
                 return 2;
             }
-            grace_ms = (long)(g * 1000);
+            lo->grace_ms = (long)(g * 1000);
             break;
         }
         case OPT_NO_PREFIX:
-            prefix = 0;
+            lo->prefix = 0;
             break;
         case 'h':
             usage(stdout);
@@ -243,32 +259,26 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (n == 0 || optind >= argc) {
-        fprintf(stderr, "tp-launch: %s\n", n == 0 ? "missing -n N (the number of ranks)"
-                                                  : "missing the program to run");
+    if (lo->n == 0 || optind >= argc) {
+        fprintf(stderr, "tp-launch: %s\n", lo->n == 0 ? "missing -n N (the number of ranks)"
+                                                      : "missing the program to run");
         usage(stderr);
         return 2;
     }
-    if (port == 0 && (port = free_port()) < 0) {
-        fprintf(stderr, "tp-launch: cannot find a free port on 127.0.0.1: %s; pass --master-port\n",
-                strerror(errno));
-        return 1;
-    }
+    return -1;
+}
 
-    child *c = calloc((size_t)n, sizeof *c);
-    if (!c) {
-        fprintf(stderr, "tp-launch: out of memory\n");
-        return 1;
-    }
-    /* Signals stay blocked except inside ppoll(), so none is missed between
-     * a check and the wait. */
-    sigset_t block, orig;
+/* Signals stay blocked except inside ppoll(), so none is missed between
+ * a check and the wait. */
+static void install_signals(sigset_t *orig)
+{
+    sigset_t block;
     sigemptyset(&block);
     sigaddset(&block, SIGCHLD);
     sigaddset(&block, SIGINT);
     sigaddset(&block, SIGTERM);
     sigaddset(&block, SIGHUP);
-    sigprocmask(SIG_BLOCK, &block, &orig);
+    sigprocmask(SIG_BLOCK, &block, orig);
     struct sigaction sa = {.sa_handler = on_signal};
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
@@ -277,172 +287,250 @@ int main(int argc, char **argv)
     sa.sa_handler = on_child;
     sigaction(SIGCHLD, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+}
 
+/* What every rank inherits: backend (tcp unless set), world, master. */
+static void set_world_env(const launch_opts *lo)
+{
     char val[32];
     if (!getenv("TP_BACKEND"))
         setenv("TP_BACKEND", "tcp", 1);
-    snprintf(val, sizeof val, "%ld", n);
+    snprintf(val, sizeof val, "%ld", lo->n);
     setenv("TP_WORLD_SIZE", val, 1);
-    setenv("TP_MASTER_ADDR", addr, 1);
-    snprintf(val, sizeof val, "%ld", port);
+    setenv("TP_MASTER_ADDR", lo->addr, 1);
+    snprintf(val, sizeof val, "%ld", lo->port);
     setenv("TP_MASTER_PORT", val, 1);
+}
 
-    int running = 0, first_fail = -1;
-    double kill_at = -1, hard_kill_at = -1;
-    for (long r = 0; r < n; r++) {
-        int p[2][2] = {{-1, -1}, {-1, -1}};
-        if (prefix && (pipe(p[0]) < 0 || pipe(p[1]) < 0)) {
-            fprintf(stderr, "tp-launch: pipe: %s\n", strerror(errno));
-            signal_all(c, (int)r, SIGKILL);
-            return 1;
-        }
-        fflush(NULL);
-        pid_t pid = fork();
-        if (pid < 0) {
-            fprintf(stderr, "tp-launch: fork for rank %ld: %s\n", r, strerror(errno));
-            signal_all(c, (int)r, SIGKILL);
-            return 1;
-        }
-        if (pid == 0) {
-            setpgid(0, 0);
-            sigprocmask(SIG_SETMASK, &orig, NULL);
-            signal(SIGCHLD, SIG_DFL);
-            signal(SIGINT, SIG_DFL);
-            signal(SIGTERM, SIG_DFL);
-            signal(SIGHUP, SIG_DFL);
-            signal(SIGPIPE, SIG_DFL);
-            if (prefix) {
-                dup2(p[0][1], STDOUT_FILENO);
-                dup2(p[1][1], STDERR_FILENO);
-                close(p[0][0]);
-                close(p[0][1]);
-                close(p[1][0]);
-                close(p[1][1]);
+/* In the forked child: own process group, default signals, the pipes as
+ * stdout/stderr, none of the earlier ranks' pipes; then the program. */
+static void exec_rank(const launcher *L, long r, int p[2][2], char **prog)
+{
+    setpgid(0, 0);
+    sigprocmask(SIG_SETMASK, &L->orig, NULL);
+    signal(SIGCHLD, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGHUP, SIG_DFL);
+    signal(SIGPIPE, SIG_DFL);
+    if (L->prefix) {
+        dup2(p[0][1], STDOUT_FILENO);
+        dup2(p[1][1], STDERR_FILENO);
+        close(p[0][0]);
+        close(p[0][1]);
+        close(p[1][0]);
+        close(p[1][1]);
+    }
+    for (long k = 0; k < r; k++)
+        for (int j = 0; j < 2; j++)
+            if (L->c[k].s[j].fd >= 0)
+                close(L->c[k].s[j].fd);
+    char val[32];
+    snprintf(val, sizeof val, "%ld", r);
+    setenv("TP_RANK", val, 1);
+    execvp(prog[0], prog);
+    fprintf(stderr, "tp-launch: rank %ld: cannot run %s: %s\n", r, prog[0], strerror(errno));
+    _exit(127);
+}
+
+/* Fork rank r; returns 0, or -1 (message printed, earlier ranks killed). */
+static int start_rank(launcher *L, long r, char **prog)
+{
+    int p[2][2] = {{-1, -1}, {-1, -1}};
+    if (L->prefix && (pipe(p[0]) < 0 || pipe(p[1]) < 0)) {
+        fprintf(stderr, "tp-launch: pipe: %s\n", strerror(errno));
+        signal_all(L->c, (int)r, SIGKILL);
+        return -1;
+    }
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        fprintf(stderr, "tp-launch: fork for rank %ld: %s\n", r, strerror(errno));
+        signal_all(L->c, (int)r, SIGKILL);
+        return -1;
+    }
+    if (pid == 0)
+        exec_rank(L, r, p, prog);
+    setpgid(pid, pid); /* also here: no race with an early kill */
+    L->c[r].pid = pid;
+    L->c[r].running = 1;
+    L->running++;
+    for (int j = 0; j < 2; j++) {
+        L->c[r].s[j].out = j ? stderr : stdout;
+        L->c[r].s[j].fd = L->prefix ? p[j][0] : -1;
+        if (L->prefix)
+            close(p[j][1]);
+    }
+    return 0;
+}
+
+/* Wait up to one tick for output or a signal; copy what arrived. Returns
+ * how many streams reached their end. */
+static int pump_streams(launcher *L, struct pollfd *pfd, int *owner)
+{
+    nfds_t np = 0;
+    for (long r = 0; r < L->n; r++)
+        for (int j = 0; j < 2; j++)
+            if (L->c[r].s[j].fd >= 0) {
+                pfd[np] = (struct pollfd){.fd = L->c[r].s[j].fd, .events = POLLIN};
+                owner[np++] = (int)(2 * r + j);
             }
-            for (long k = 0; k < r; k++)
-                for (int j = 0; j < 2; j++)
-                    if (c[k].s[j].fd >= 0)
-                        close(c[k].s[j].fd);
-            snprintf(val, sizeof val, "%ld", r);
-            setenv("TP_RANK", val, 1);
-            execvp(argv[optind], argv + optind);
-            fprintf(stderr, "tp-launch: rank %ld: cannot run %s: %s\n", r, argv[optind],
-                    strerror(errno));
-            _exit(127);
-        }
-        setpgid(pid, pid); /* also here: no race with an early kill */
-        c[r].pid = pid;
-        c[r].running = 1;
-        running++;
-        for (int j = 0; j < 2; j++) {
-            c[r].s[j].out = j ? stderr : stdout;
-            c[r].s[j].fd = prefix ? p[j][0] : -1;
-            if (prefix)
-                close(p[j][1]);
-        }
+    struct timespec tick = {0, 50 * 1000 * 1000};
+    int pr = ppoll(pfd, np, &tick, &L->orig);
+    int closed = 0;
+    for (nfds_t i = 0; pr > 0 && i < np; i++) {
+        if (!pfd[i].revents)
+            continue;
+        int r = owner[i] / 2, j = owner[i] % 2;
+        if (!pump(&L->c[r].s[j], r, L->prefix))
+            closed++;
     }
+    return closed;
+}
 
-    struct pollfd *pfd = calloc(2 * (size_t)n, sizeof *pfd);
-    int *owner = calloc(2 * (size_t)n, sizeof *owner);
-    if (!pfd || !owner) {
-        fprintf(stderr, "tp-launch: out of memory\n");
-        signal_all(c, (int)n, SIGKILL);
-        return 1;
+/* Rank r ended with status; the first failure starts the grace period. */
+static void rank_ended(launcher *L, long r, int status)
+{
+    child *ch = &L->c[r];
+    ch->running = 0;
+    ch->status = status;
+    L->running--;
+    if ((WIFEXITED(status) && WEXITSTATUS(status) == 0) || L->first_fail >= 0)
+        return;
+    char how[128];
+    describe(how, sizeof how, status);
+    L->first_fail = (int)r;
+    if (L->running > 0) {
+        fprintf(stderr,
+                "tp-launch: rank %ld (pid %d) %s; stopping the other %d rank(s) "
+                "in %.1f s\n",
+                r, (int)ch->pid, how, L->running, (double)L->grace_ms / 1000.0);
+        L->kill_at = now() + (double)L->grace_ms / 1000.0;
     }
-    int open_streams = prefix ? 2 * (int)n : 0;
+}
+
+static void reap_children(launcher *L)
+{
+    for (;;) {
+        int status;
+        pid_t pid = waitpid(-1, &status, WNOHANG);
+        if (pid <= 0)
+            break;
+        for (long r = 0; r < L->n; r++)
+            if (L->c[r].pid == pid && L->c[r].running)
+                rank_ended(L, r, status);
+    }
+}
+
+/* A signal to tp-launch goes to every rank, with SIGKILL 2 s later. */
+static void forward_signal(launcher *L)
+{
+    if (!got_signal)
+        return;
+    fprintf(stderr, "tp-launch: got signal %d (%s); stopping all ranks\n", (int)got_signal,
+            strsignal(got_signal));
+    signal_all(L->c, (int)L->n, (int)got_signal);
+    if (L->hard_kill_at < 0)
+        L->hard_kill_at = now() + 2.0;
+    got_signal = 0;
+}
+
+/* SIGTERM when the grace period is over, SIGKILL 2 s after that. */
+static void escalate(launcher *L)
+{
+    if (L->kill_at >= 0 && now() >= L->kill_at && L->running > 0) {
+        signal_all(L->c, (int)L->n, SIGTERM);
+        L->kill_at = -1;
+        L->hard_kill_at = now() + 2.0;
+    }
+    if (L->hard_kill_at >= 0 && now() >= L->hard_kill_at && L->running > 0) {
+        signal_all(L->c, (int)L->n, SIGKILL);
+        L->hard_kill_at = -1;
+    }
+}
+
+/* Until every rank has ended and its output is copied (grandchildren may
+ * keep a pipe open: drain for a moment, then stop). */
+static void supervise(launcher *L, struct pollfd *pfd, int *owner)
+{
+    int open_streams = L->prefix ? 2 * (int)L->n : 0;
     double drain_until = -1;
-    while (running > 0 || (open_streams > 0 && (drain_until < 0 || now() < drain_until))) {
-        if (got_signal) {
-            fprintf(stderr, "tp-launch: got signal %d (%s); stopping all ranks\n", (int)got_signal,
-                    strsignal(got_signal));
-            signal_all(c, (int)n, (int)got_signal);
-            if (hard_kill_at < 0)
-                hard_kill_at = now() + 2.0;
-            got_signal = 0;
-        }
-        nfds_t np = 0;
-        for (long r = 0; r < n; r++)
-            for (int j = 0; j < 2; j++)
-                if (c[r].s[j].fd >= 0) {
-                    pfd[np] = (struct pollfd){.fd = c[r].s[j].fd, .events = POLLIN};
-                    owner[np++] = (int)(2 * r + j);
-                }
-        struct timespec tick = {0, 50 * 1000 * 1000};
-        int pr = ppoll(pfd, np, &tick, &orig);
-        for (nfds_t i = 0; pr > 0 && i < np; i++) {
-            if (!pfd[i].revents)
-                continue;
-            int r = owner[i] / 2, j = owner[i] % 2;
-            if (!pump(&c[r].s[j], r, prefix))
-                open_streams--;
-        }
-        for (;;) {
-            int status;
-            pid_t pid = waitpid(-1, &status, WNOHANG);
-            if (pid <= 0)
-                break;
-            for (long r = 0; r < n; r++) {
-                if (c[r].pid != pid || !c[r].running)
-                    continue;
-                c[r].running = 0;
-                c[r].status = status;
-                running--;
-                if ((!WIFEXITED(status) || WEXITSTATUS(status) != 0) && first_fail < 0) {
-                    char how[128];
-                    describe(how, sizeof how, status);
-                    first_fail = (int)r;
-                    if (running > 0) {
-                        fprintf(stderr,
-                                "tp-launch: rank %ld (pid %d) %s; stopping the other %d rank(s) "
-                                "in %.1f s\n",
-                                r, (int)pid, how, running, (double)grace_ms / 1000.0);
-                        kill_at = now() + (double)grace_ms / 1000.0;
-                    }
-                }
-            }
-        }
-        if (kill_at >= 0 && now() >= kill_at && running > 0) {
-            signal_all(c, (int)n, SIGTERM);
-            kill_at = -1;
-            hard_kill_at = now() + 2.0;
-        }
-        if (hard_kill_at >= 0 && now() >= hard_kill_at && running > 0) {
-            signal_all(c, (int)n, SIGKILL);
-            hard_kill_at = -1;
-        }
-        /* Grandchildren may keep a pipe open: drain for a moment, then stop. */
-        if (running == 0 && drain_until < 0)
+    while (L->running > 0 || (open_streams > 0 && (drain_until < 0 || now() < drain_until))) {
+        forward_signal(L);
+        open_streams -= pump_streams(L, pfd, owner);
+        reap_children(L);
+        escalate(L);
+        if (L->running == 0 && drain_until < 0)
             drain_until = now() + 0.5;
     }
-    for (long r = 0; r < n; r++)
+    for (long r = 0; r < L->n; r++)
         for (int j = 0; j < 2; j++)
-            if (c[r].s[j].fd >= 0) {
-                flush_line(&c[r].s[j], (int)r, prefix, 1);
-                close(c[r].s[j].fd);
+            if (L->c[r].s[j].fd >= 0) {
+                flush_line(&L->c[r].s[j], (int)r, L->prefix, 1);
+                close(L->c[r].s[j].fd);
             }
+}
 
-    int rc = 0;
-    if (first_fail >= 0) {
-        char how[128];
-        describe(how, sizeof how, c[first_fail].status);
-        rc = exit_code(c[first_fail].status);
-        int all_same = 1;
-        for (long r = 0; r < n; r++)
-            if (c[r].status != c[first_fail].status)
-                all_same = 0;
-        if (all_same && n > 1)
-            fprintf(stderr, "tp-launch: every rank %s\n", how);
-        else
-            fprintf(stderr, "tp-launch: failed: rank %d %s\n", first_fail, how);
-        for (long r = 0; r < n && !all_same; r++) {
-            if (r == first_fail || (WIFEXITED(c[r].status) && WEXITSTATUS(c[r].status) == 0))
-                continue;
-            describe(how, sizeof how, c[r].status);
-            fprintf(stderr, "tp-launch:   rank %ld %s\n", r, how);
-        }
+/* The exit status: the first failed rank's, with a summary on stderr. */
+static int report(const launcher *L)
+{
+    if (L->first_fail < 0)
+        return 0;
+    const child *c = L->c;
+    int ff = L->first_fail;
+    char how[128];
+    describe(how, sizeof how, c[ff].status);
+    int all_same = 1;
+    for (long r = 0; r < L->n; r++)
+        if (c[r].status != c[ff].status)
+            all_same = 0;
+    if (all_same && L->n > 1)
+        fprintf(stderr, "tp-launch: every rank %s\n", how);
+    else
+        fprintf(stderr, "tp-launch: failed: rank %d %s\n", ff, how);
+    for (long r = 0; r < L->n && !all_same; r++) {
+        if (r == ff || (WIFEXITED(c[r].status) && WEXITSTATUS(c[r].status) == 0))
+            continue;
+        describe(how, sizeof how, c[r].status);
+        fprintf(stderr, "tp-launch:   rank %ld %s\n", r, how);
     }
+    return exit_code(c[ff].status);
+}
+
+int main(int argc, char **argv)
+{
+    launch_opts lo = {.n = 0, .port = 0, .grace_ms = 5000, .addr = "127.0.0.1", .prefix = 1};
+    int rc = parse_args(argc, argv, &lo);
+    if (rc >= 0)
+        return rc;
+    if (lo.port == 0 && (lo.port = free_port()) < 0) {
+        fprintf(stderr, "tp-launch: cannot find a free port on 127.0.0.1: %s; pass --master-port\n",
+                strerror(errno));
+        return 1;
+    }
+    launcher L = {.n = lo.n, .prefix = lo.prefix, .grace_ms = lo.grace_ms, .first_fail = -1,
+                  .kill_at = -1, .hard_kill_at = -1};
+    L.c = calloc((size_t)lo.n, sizeof *L.c);
+    if (!L.c) {
+        fprintf(stderr, "tp-launch: out of memory\n");
+        return 1;
+    }
+    install_signals(&L.orig);
+    set_world_env(&lo);
+    for (long r = 0; r < lo.n; r++)
+        if (start_rank(&L, r, argv + optind) < 0)
+            return 1;
+    struct pollfd *pfd = calloc(2 * (size_t)lo.n, sizeof *pfd);
+    int *owner = calloc(2 * (size_t)lo.n, sizeof *owner);
+    if (!pfd || !owner) {
+        fprintf(stderr, "tp-launch: out of memory\n");
+        signal_all(L.c, (int)lo.n, SIGKILL);
+        return 1;
+    }
+    supervise(&L, pfd, owner);
+    rc = report(&L);
     free(pfd);
     free(owner);
-    free(c);
+    free(L.c);
     return rc;
 }

@@ -1,14 +1,14 @@
-/* layers.c — what tp-bench knows about each layer family without running
+/* layer_table.c — what tp-bench knows about each layer family without running
  * it: names, the dimension split over T, FLOPs, and the communication the
- * seed's formula predicts. layer.c runs them. A new layer (attention,
- * block, transformer) adds a row here and a runner in layer.c. */
+ * seed's formula predicts. layer_run.c runs them. A new layer (attention,
+ * block, transformer) adds a row here and a runner in layer_run.c. */
 #include "bench.h"
 
 #include <string.h>
 
 typedef enum layer_kind {
     LK_LINEAR_COL, LK_LINEAR_ROW, LK_MLP,
-    /* layer_xf_shapes.c / layer_xf.c */
+    /* xf_table.c / xf_run.c */
     LK_ATTENTION = BENCH_LK_ATTENTION, LK_BLOCK = BENCH_LK_BLOCK, LK_TRANSFORMER = BENCH_LK_TRANSFORMER,
 } layer_kind;
 

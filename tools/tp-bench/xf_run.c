@@ -1,9 +1,11 @@
-/* layer_xf.c — tp-bench runners for the transformer layers: attention
+/* xf_run.c — tp-bench runners for the transformer layers: attention
  * (tp_attention_*), block (tp_block_*) and transformer (tp_gpt_*, one
  * training step without the optimizer). Each iteration is a forward and a
- * backward through the public API; layer.c times them from tp_stats like
- * the linear layers. Shapes and expected counts: layer_xf_shapes.c. */
+ * backward through the public API; layer_run.c times them from tp_stats like
+ * the linear layers. Shapes and expected counts: xf_table.c. */
 #include "bench.h"
+
+#include "tp-try.h"
 
 #include <tp/tp-transformer.h>
 
@@ -94,7 +96,7 @@ tp_status bench_xf_create(int kind, tp_comm *comm, const bench_opts *o, bench_xf
                                  .head_dim = o->head_dim, .bias = o->bias, .causal = true,
                                  .sequence_parallel = o->sequence_parallel, .seed = 1, .tensor_id = 10,
                                  .name = "bench.attention"};
-        st = tp_attention_create(comm, &c, &b->attn);
+        TP_TRY_GOTO(tp_attention_create(comm, &c, &b->attn), st, done);
         break;
     }
     case BENCH_LK_BLOCK: {
@@ -102,7 +104,7 @@ tp_status bench_xf_create(int kind, tp_comm *comm, const bench_opts *o, bench_xf
                              .head_dim = o->head_dim, .ffn = o->ffn, .bias = o->bias, .causal = true,
                              .sequence_parallel = o->sequence_parallel, .seed = 1, .tensor_id = 10,
                              .name = "bench.block"};
-        st = tp_block_create(comm, &c, &b->block);
+        TP_TRY_GOTO(tp_block_create(comm, &c, &b->block), st, done);
         break;
     }
     case BENCH_LK_TRANSFORMER: {
@@ -110,13 +112,10 @@ tp_status bench_xf_create(int kind, tp_comm *comm, const bench_opts *o, bench_xf
                            .kv_heads = o->kv_heads, .head_dim = o->head_dim, .ffn = o->ffn,
                            .layers = o->layers, .seq = o->seq, .tied = true,
                            .sequence_parallel = o->sequence_parallel, .bias = o->bias, .seed = 1};
-        st = tp_gpt_create(comm, &c, &b->gpt);
-        if (st == TP_OK)
-            st = tp_tensor_alloc2(dev, TP_I32, o->batch, o->seq, &b->ids);
-        if (st == TP_OK)
-            st = tp_tensor_alloc2(dev, TP_I32, o->batch, o->seq, &b->targets);
-        if (st == TP_OK)
-            st = fill_ids(b, o->vocab);
+        TP_TRY_GOTO(tp_gpt_create(comm, &c, &b->gpt), st, done);
+        TP_TRY_GOTO(tp_tensor_alloc2(dev, TP_I32, o->batch, o->seq, &b->ids), st, done);
+        TP_TRY_GOTO(tp_tensor_alloc2(dev, TP_I32, o->batch, o->seq, &b->targets), st, done);
+        st = fill_ids(b, o->vocab);
         goto done;
     }
     default:
@@ -124,18 +123,12 @@ tp_status bench_xf_create(int kind, tp_comm *comm, const bench_opts *o, bench_xf
         goto done;
     }
     /* attention, block: x, dy of this rank's rows; y, dx allocated here */
-    if (st == TP_OK)
-        st = tp_tensor_alloc2(dev, TP_F32, hi - lo, o->hidden, &b->x);
-    if (st == TP_OK)
-        st = tp_tensor_alloc2(dev, TP_F32, hi - lo, o->hidden, &b->y);
-    if (st == TP_OK)
-        st = tp_tensor_alloc2(dev, TP_F32, hi - lo, o->hidden, &b->dy);
-    if (st == TP_OK)
-        st = tp_tensor_alloc2(dev, TP_F32, hi - lo, o->hidden, &b->dx);
-    if (st == TP_OK)
-        st = fill(&b->x, 99, lo, hi, o->hidden);
-    if (st == TP_OK)
-        st = fill(&b->dy, 98, lo, hi, o->hidden);
+    TP_TRY_GOTO(tp_tensor_alloc2(dev, TP_F32, hi - lo, o->hidden, &b->x), st, done);
+    TP_TRY_GOTO(tp_tensor_alloc2(dev, TP_F32, hi - lo, o->hidden, &b->y), st, done);
+    TP_TRY_GOTO(tp_tensor_alloc2(dev, TP_F32, hi - lo, o->hidden, &b->dy), st, done);
+    TP_TRY_GOTO(tp_tensor_alloc2(dev, TP_F32, hi - lo, o->hidden, &b->dx), st, done);
+    TP_TRY_GOTO(fill(&b->x, 99, lo, hi, o->hidden), st, done);
+    st = fill(&b->dy, 98, lo, hi, o->hidden);
 done:
     if (st != TP_OK) {
         bench_xf_free(b);

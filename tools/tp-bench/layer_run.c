@@ -1,6 +1,8 @@
-/* layer.c — run a TP layer through the public API and split its time into
+/* layer_run.c — run a TP layer through the public API and split its time into
  * GEMM, other compute and communication, from tp_stats. */
 #include "bench.h"
+
+#include "tp-try.h"
 
 #include <tp/tp-transformer.h>
 
@@ -10,7 +12,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-/* Layer families by bench_layer_kind() (see layers.c). */
+/* Layer families by bench_layer_kind() (see layer_table.c). */
 enum { LK_LINEAR_COL = 0, LK_LINEAR_ROW = 1, LK_MLP = 2 };
 
 /* One live layer on one rank, with its input and output tensors. */
@@ -20,7 +22,7 @@ typedef struct layer_inst {
     tp_mlp *mlp;
     tp_tensor x, y;   /* forward input and output */
     tp_tensor dy, dx; /* backward (--backward only): y's and x's shapes */
-    bench_xf *xf;     /* attention, block, transformer (layer_xf.c) */
+    bench_xf *xf;     /* attention, block, transformer (xf_run.c) */
 } layer_inst;
 
 static void inst_free(layer_inst *li)
@@ -170,6 +172,24 @@ static double process_cpu_s(void)
 enum { V_WALL, V_GEMM, V_OTHER, V_COMM, V_PHASE = 3, V_COUNT = 1 + 2 * V_PHASE };
 static const tp_phase phase_of[2] = {TP_PHASE_FORWARD, TP_PHASE_BACKWARD};
 
+/* Every rank's V_COUNT values to every rank (works across processes). */
+static tp_status gather_values(tp_comm *comm, const float *mine, float *all)
+{
+    tp_device *dev = tp_comm_device(comm);
+    size_t bytes = V_COUNT * sizeof *mine;
+    void *dsend = NULL, *drecv = NULL;
+    tp_status st;
+    TP_TRY_GOTO(tp_dev_alloc(dev, bytes, &dsend), st, done);
+    TP_TRY_GOTO(tp_dev_alloc(dev, (size_t)tp_comm_size(comm) * bytes, &drecv), st, done);
+    TP_TRY_GOTO(tp_dev_upload(dev, dsend, mine, bytes), st, done);
+    TP_TRY_GOTO(tp_all_gather(comm, dsend, drecv, V_COUNT, TP_F32), st, done);
+    st = tp_dev_download(dev, all, drecv, (size_t)tp_comm_size(comm) * bytes);
+done:
+    tp_dev_free(dev, dsend);
+    tp_dev_free(dev, drecv);
+    return st;
+}
+
 typedef struct layer_run {
     bench_env *env;
     const bench_opts *o;
@@ -223,22 +243,10 @@ static tp_status layer_rank(tp_comm *comm, int T, void *arg)
         mine[V_COMM + V_PHASE * ph] = (float)(comm_s / n * 1e6);
     }
 
-    /* every rank's values to every rank (works across processes) */
-    void *dsend = NULL, *drecv = NULL;
     float *all = malloc((size_t)T * V_COUNT * sizeof *all);
     if (!all)
         return tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory for per-rank results");
-    st = tp_dev_alloc(dev, sizeof mine, &dsend);
-    if (st == TP_OK)
-        st = tp_dev_alloc(dev, (size_t)T * sizeof mine, &drecv);
-    if (st == TP_OK)
-        st = tp_dev_upload(dev, dsend, mine, sizeof mine);
-    if (st == TP_OK)
-        st = tp_all_gather(comm, dsend, drecv, V_COUNT, TP_F32);
-    if (st == TP_OK)
-        st = tp_dev_download(dev, all, drecv, (size_t)T * sizeof mine);
-    tp_dev_free(dev, dsend);
-    tp_dev_free(dev, drecv);
+    st = gather_values(comm, mine, all);
     /* every rank is done with its timed loop here (the all-gather waited
      * for them); only meaningful when this process runs all the ranks */
     double cores = (process_cpu_s() - cpu0) / (bench_now() - t0);
@@ -332,7 +340,7 @@ static void emit_layer(bench_sink *sink, const bench_env *env, const bench_opts 
     bench_rec_int(rec, "hidden", o->hidden);
     bench_rec_int(rec, "ffn", o->ffn);
     bench_rec_str(rec, "dtype", tp_dtype_name(o->gemm_dtype));
-    bench_xf_rec_fields(rec, o);
+    bench_xf_rec_fields(rec, bench_layer_kind(bench_layer_find(o->layer)), o);
     const float *p = v ? v + V_PHASE * ph : NULL;
     double gemm = p ? p[V_GEMM] : R->gemm_us[ph], other = p ? p[V_OTHER] : R->other_us[ph];
     double comm = p ? p[V_COMM] : R->comm_us[ph], wall = v ? v[V_WALL] : R->wall_us;

@@ -1,52 +1,46 @@
-/* layer_xf_shapes.c — what tp-bench knows about the transformer layers
+/* xf_table.c — what tp-bench knows about the transformer layers
  * (attention, block, transformer) without running them: batch/seq
  * resolution, split dimension, FLOPs and the collectives each phase makes.
  * Pure (no libtp calls): part of tp-bench-pure, unit-testable. The counts
- * follow tp-transformer.h and tp-layers.h; layer_xf.c runs the layers. */
+ * follow tp-transformer.h and tp-layers.h; xf_run.c runs the layers.
+ * Callers pass the layer kind (bench_layer_kind()): layer_table.c uses this
+ * file, never the other way round. */
 #include "bench.h"
 
 #include <inttypes.h>
-#include <stdarg.h>
 #include <string.h>
-
-static int xf_fail(char *err, size_t len, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
-static int xf_fail(char *err, size_t len, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    if (err && len)
-        vsnprintf(err, len, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 bool bench_layer_is_xf(int kind)
 {
     return kind == BENCH_LK_ATTENTION || kind == BENCH_LK_BLOCK || kind == BENCH_LK_TRANSFORMER;
 }
 
-int bench_xf_resolve(bench_opts *o, char *err, size_t errlen)
+int bench_xf_resolve(int kind, bench_opts *o, char *err, size_t errlen)
 {
     if (o->cmd != BENCH_CMD_LAYER && o->cmd != BENCH_CMD_MODEL)
         return 0;
-    const bench_layer_desc *d = bench_layer_find(o->layer);
-    bool xf = d && bench_layer_is_xf(bench_layer_kind(d));
+    bool xf = bench_layer_is_xf(kind);
     if (!xf && !o->seq && !o->batch)
         return 0;
     if (o->seq && o->batch) {
         if (o->tokens_set && o->tokens != o->seq * o->batch)
-            return xf_fail(err, errlen, "layer: --tokens %" PRId64 " disagrees with --batch %" PRId64
-                           " x --seq %" PRId64 " = %" PRId64 ": give --tokens or --batch/--seq", o->tokens,
-                           o->batch, o->seq, o->batch * o->seq);
+            return bench_fail(err, errlen,
+                              "layer: --tokens %" PRId64 " disagrees with --batch %" PRId64
+                              " x --seq %" PRId64 " = %" PRId64 ": give --tokens or --batch/--seq",
+                              o->tokens, o->batch, o->seq, o->batch * o->seq);
     } else if (o->seq) {
         if (o->tokens_set && o->tokens % o->seq)
-            return xf_fail(err, errlen, "layer: --tokens %" PRId64 " is not a multiple of --seq %" PRId64
-                           ": give --batch B with tokens = B x seq", o->tokens, o->seq);
+            return bench_fail(err, errlen,
+                              "layer: --tokens %" PRId64 " is not a multiple of --seq %" PRId64
+                              ": give --batch B with tokens = B x seq",
+                              o->tokens, o->seq);
         o->batch = o->tokens_set ? o->tokens / o->seq : 1;
     } else if (o->batch) {
         if (o->tokens % o->batch)
-            return xf_fail(err, errlen, "layer: --tokens %" PRId64 " is not a multiple of --batch %" PRId64
-                           ": give --seq S with tokens = batch x S", o->tokens, o->batch);
+            return bench_fail(err, errlen,
+                              "layer: --tokens %" PRId64 " is not a multiple of --batch %" PRId64
+                              ": give --seq S with tokens = batch x S",
+                              o->tokens, o->batch);
         o->seq = o->tokens / o->batch;
     } else if (o->tokens_set) {
         o->batch = 1;
@@ -191,10 +185,8 @@ int bench_xf_expected_comm(int kind, const bench_opts *o, int T, int phase, benc
     return n;
 }
 
-void bench_xf_rec_fields(bench_record *r, const bench_opts *o)
+void bench_xf_rec_fields(bench_record *r, int kind, const bench_opts *o)
 {
-    const bench_layer_desc *d = bench_layer_find(o->layer);
-    int kind = bench_layer_kind(d);
     if (!bench_layer_is_xf(kind))
         return;
     bench_rec_int(r, "batch", o->batch);
