@@ -17,10 +17,7 @@ TP_UTIL_DEFINE_ERROR(cpu_err, __atomic_load_n(&cpu_host, __ATOMIC_ACQUIRE), "cpu
 
 tp_status cpu_check_dev(const void *dev, const char *op)
 {
-    if (!dev)
-        return cpu_err(TP_ERR_INVALID_ARG, "%s: device handle is NULL (was open() successful?)",
-                       op);
-    return TP_OK;
+    return tp_util_check_dev(cpu_err, dev, op);
 }
 
 tp_status cpu_check_f32(tp_dtype dt, const char *op)
@@ -36,28 +33,23 @@ tp_status cpu_check_f32(tp_dtype dt, const char *op)
 
 tp_status cpu_check_count(int64_t v, const char *op, const char *what)
 {
-    if (v < 0)
-        return cpu_err(TP_ERR_INVALID_ARG, "%s: %s = %lld, expected >= 0", op, what, (long long)v);
-    return TP_OK;
+    return tp_util_check_count(cpu_err, v, op, what);
 }
 
+/* Elements are f32 and sizes are size_t bytes. */
 tp_status cpu_check_dims(const char *op, int64_t rows, int64_t cols, const char *rname,
                          const char *cname)
 {
-    tp_status st;
-
-    if ((st = cpu_check_count(rows, op, rname)) || (st = cpu_check_count(cols, op, cname)))
-        return st;
-    if (cols > 0 && rows > (int64_t)(SIZE_MAX / sizeof(float)) / cols)
-        return cpu_err(TP_ERR_INVALID_ARG, "%s: %s %lld x %s %lld elements overflow", op, rname,
-                       (long long)rows, cname, (long long)cols);
-    return TP_OK;
+    return tp_util_check_dims(cpu_err, op, rows, cols, rname, cname,
+                              (int64_t)(SIZE_MAX / sizeof(float)));
 }
 
 tp_status cpu_check_ptr(const void *p, int64_t count, const char *op, const char *what)
 {
-    if (!p && count > 0)
-        return cpu_err(TP_ERR_INVALID_ARG, "%s: %s is NULL but %lld elements are needed", op, what,
-                       (long long)count);
-    return TP_OK;
+    return tp_util_check_ptr(cpu_err, p, count, op, what);
+}
+
+tp_status cpu_check_id_range(const char *op, int64_t lo, int64_t hi)
+{
+    return tp_util_check_id_range(cpu_err, op, lo, hi);
 }

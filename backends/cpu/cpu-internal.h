@@ -47,6 +47,7 @@ tp_status cpu_check_count(int64_t v, const char *op, const char *what);
 tp_status cpu_check_dims(const char *op, int64_t rows, int64_t cols, const char *rname,
                          const char *cname);
 tp_status cpu_check_ptr(const void *p, int64_t count, const char *op, const char *what);
+tp_status cpu_check_id_range(const char *op, int64_t lo, int64_t hi); /* lo <= hi */
 
 /* cpu-device.c: lifetime, memory and copies */
 tp_status cpu_open(const tp_host *host, const tp_device_args *args, void **dev, tp_rank_env *env);

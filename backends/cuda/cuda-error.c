@@ -30,10 +30,7 @@ tp_status cuda_launched(const char *op)
 
 tp_status cuda_check_dev(const void *dev, const char *op)
 {
-    if (!dev)
-        return cuda_err(TP_ERR_INVALID_ARG, "%s: device handle is NULL (was open() successful?)",
-                        op);
-    return TP_OK;
+    return tp_util_check_dev(cuda_err, dev, op);
 }
 
 tp_status cuda_check_float_dt(tp_dtype dt, const char *op)
@@ -48,29 +45,22 @@ tp_status cuda_check_float_dt(tp_dtype dt, const char *op)
 
 tp_status cuda_check_count(int64_t v, const char *op, const char *what)
 {
-    if (v < 0)
-        return cuda_err(TP_ERR_INVALID_ARG, "%s: %s = %lld, expected >= 0", op, what,
-                        (long long)v);
-    return TP_OK;
+    return tp_util_check_count(cuda_err, v, op, what);
 }
 
+/* Element counts stay below 2^60: byte offsets of 8-byte elements fit in int64_t. */
 tp_status cuda_check_dims(const char *op, int64_t rows, int64_t cols, const char *rname,
                           const char *cname)
 {
-    tp_status st;
-
-    if ((st = cuda_check_count(rows, op, rname)) || (st = cuda_check_count(cols, op, cname)))
-        return st;
-    if (cols > 0 && rows > (INT64_MAX / 8) / cols)
-        return cuda_err(TP_ERR_INVALID_ARG, "%s: %s %lld x %s %lld elements overflow", op, rname,
-                        (long long)rows, cname, (long long)cols);
-    return TP_OK;
+    return tp_util_check_dims(cuda_err, op, rows, cols, rname, cname, INT64_MAX / 8);
 }
 
 tp_status cuda_check_ptr(const void *p, int64_t count, const char *op, const char *what)
 {
-    if (!p && count > 0)
-        return cuda_err(TP_ERR_INVALID_ARG, "%s: %s is NULL but %lld elements are needed", op,
-                        what, (long long)count);
-    return TP_OK;
+    return tp_util_check_ptr(cuda_err, p, count, op, what);
+}
+
+tp_status cuda_check_id_range(const char *op, int64_t lo, int64_t hi)
+{
+    return tp_util_check_id_range(cuda_err, op, lo, hi);
 }

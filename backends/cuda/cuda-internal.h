@@ -89,6 +89,7 @@ tp_status cuda_check_count(int64_t v, const char *op, const char *what);
 tp_status cuda_check_dims(const char *op, int64_t rows, int64_t cols, const char *rname,
                           const char *cname);
 tp_status cuda_check_ptr(const void *p, int64_t count, const char *op, const char *what);
+tp_status cuda_check_id_range(const char *op, int64_t lo, int64_t hi); /* lo <= hi */
 
 /* After launching kernels: report a launch error. */
 tp_status cuda_launched(const char *op);

@@ -17,6 +17,8 @@
  *                  formats the message into a fixed buffer (no allocation on
  *                  the error path) and reports it, prefixed, through the
  *                  host's set_error.
+ *   op checks      tp_util_check_dev / _count / _dims / _ptr / _id_range:
+ *                  the argument checks of a device's element-wise ops.
  *   GEMM checks    tp_util_gemm_check_args / _mnk / _batch / _operands /
  *                  _c_disjoint: the argument checks every device's gemm
  *                  makes, reporting through the plugin's error function
@@ -149,6 +151,62 @@ typedef tp_status (*tp_util_error_fn)(tp_status st, const char *fmt, ...)
         va_end(ap);                                                                               \
         return st;                                                                                \
     }
+
+/* ----------------------------------------------------------- op checks */
+
+/* Each returns TP_OK or reports through err, with "OP: " in front. */
+
+static inline tp_status tp_util_check_dev(tp_util_error_fn err, const void *dev, const char *op)
+{
+    if (!dev)
+        return err(TP_ERR_INVALID_ARG, "%s: device handle is NULL (was open() successful?)", op);
+    return TP_OK;
+}
+
+/* A size WHAT = v must be >= 0. */
+static inline tp_status tp_util_check_count(tp_util_error_fn err, int64_t v, const char *op,
+                                            const char *what)
+{
+    if (v < 0)
+        return err(TP_ERR_INVALID_ARG, "%s: %s = %lld, expected >= 0", op, what, (long long)v);
+    return TP_OK;
+}
+
+/* rows, cols >= 0 and rows x cols <= max_elems (what the device can address). */
+static inline tp_status tp_util_check_dims(tp_util_error_fn err, const char *op, int64_t rows,
+                                           int64_t cols, const char *rname, const char *cname,
+                                           int64_t max_elems)
+{
+    tp_status st = tp_util_check_count(err, rows, op, rname);
+
+    if (st == TP_OK)
+        st = tp_util_check_count(err, cols, op, cname);
+    if (st == TP_OK && cols > 0 && rows > max_elems / cols)
+        st = err(TP_ERR_INVALID_ARG, "%s: %s %lld x %s %lld elements overflow", op, rname,
+                 (long long)rows, cname, (long long)cols);
+    return st;
+}
+
+/* A pointer WHAT is needed when it has count > 0 elements. */
+static inline tp_status tp_util_check_ptr(tp_util_error_fn err, const void *p, int64_t count,
+                                          const char *op, const char *what)
+{
+    if (!p && count > 0)
+        return err(TP_ERR_INVALID_ARG, "%s: %s is NULL but %lld elements are needed", op, what,
+                   (long long)count);
+    return TP_OK;
+}
+
+/* A vocabulary shard's id range [lo, hi) (embedding ops). */
+static inline tp_status tp_util_check_id_range(tp_util_error_fn err, const char *op, int64_t lo,
+                                               int64_t hi)
+{
+    if (lo > hi)
+        return err(TP_ERR_INVALID_ARG, "%s: id range [lo %lld, hi %lld) is reversed; expected "
+                   "lo <= hi (the shard's first and one-past-last vocab row)", op, (long long)lo,
+                   (long long)hi);
+    return TP_OK;
+}
 
 /* ---------------------------------------------------------- GEMM checks */
 
