@@ -9,7 +9,10 @@
  * only. cpu-lowp.c wraps them for bf16 and f16 storage: it converts the
  * typed operands to f32 scratch, runs the f32 op, and rounds the results
  * back (to nearest even), so low-precision results are the f32 results
- * rounded once. The vtable points at those wrappers.
+ * rounded once. The vtable (cpu-plugin.c) points at those wrappers.
+ *
+ * Files call downwards only: cpu-plugin -> cpu-lowp -> cpu-gemm ->
+ * cpu-kernels, cpu-norm, cpu-ce, cpu-device -> cpu-error (the leaf).
  */
 #ifndef TP_CPU_INTERNAL_H
 #define TP_CPU_INTERNAL_H
@@ -21,6 +24,8 @@ typedef struct cpu_dev {
     int rank;    /* world rank, for messages */
     int threads; /* BLAS threads requested for this rank */
 } cpu_dev;
+
+/* cpu-error.c: reporting and the common argument checks (calls no other file) */
 
 /* The host of the first open(); the same for every rank of the process.
  * Lets ops report a NULL device handle. */
@@ -34,8 +39,6 @@ tp_status cpu_err(tp_status st, const char *fmt, ...)
 #endif
     ;
 
-const char *cpu_dtype_name(tp_dtype dt);
-
 /* Common checks of an op's arguments; each returns TP_OK or reports. */
 tp_status cpu_check_dev(const void *dev, const char *op);
 tp_status cpu_check_f32(tp_dtype dt, const char *op);
@@ -44,6 +47,19 @@ tp_status cpu_check_count(int64_t v, const char *op, const char *what);
 tp_status cpu_check_dims(const char *op, int64_t rows, int64_t cols, const char *rname,
                          const char *cname);
 tp_status cpu_check_ptr(const void *p, int64_t count, const char *op, const char *what);
+tp_status cpu_check_id_range(const char *op, int64_t lo, int64_t hi); /* lo <= hi */
+
+/* cpu-device.c: lifetime, memory and copies */
+tp_status cpu_open(const tp_host *host, const tp_device_args *args, void **dev, tp_rank_env *env);
+void cpu_close(void *dev);
+tp_status cpu_alloc(void *dev, size_t bytes, void **ptr);
+void cpu_free(void *dev, void *ptr);
+tp_status cpu_upload(void *dev, void *dst, const void *host_src, size_t bytes);
+tp_status cpu_download(void *dev, void *host_dst, const void *src, size_t bytes);
+tp_status cpu_copy_2d(void *dev, void *dst, size_t dpitch, const void *src, size_t spitch,
+                      size_t width_bytes, size_t height);
+tp_status cpu_memset(void *dev, void *ptr, int value, size_t bytes);
+tp_status cpu_synchronize(void *dev);
 
 /* cpu-gemm.c */
 tp_status cpu_gemm(void *dev, const tp_gemm_args *g);          /* f32 only */

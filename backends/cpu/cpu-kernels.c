@@ -260,12 +260,19 @@ tp_status cpu_softmax_bwd(void *dev, tp_dtype dt, int64_t rows, int64_t cols, co
     return TP_OK;
 }
 
-static tp_status check_range(const char *op, int64_t lo, int64_t hi)
+/* The checks embedding and embedding_bwd share; the table shard holds
+ * rows [lo, hi). */
+static tp_status check_embedding(const char *op, const void *dev, tp_dtype dt, int64_t n,
+                                 int64_t dim, const int32_t *ids, int64_t lo, int64_t hi)
 {
-    if (lo > hi)
-        return cpu_err(TP_ERR_INVALID_ARG, "%s: id range [lo %lld, hi %lld) is reversed; "
-                       "expected lo <= hi (the shard's first and one-past-last vocab row)", op,
-                       (long long)lo, (long long)hi);
+    tp_status st;
+
+    if ((st = cpu_check_dev(dev, op)) || (st = cpu_check_f32(dt, op)) ||
+        (st = cpu_check_dims(op, n, dim, "n", "dim")) ||
+        (st = cpu_check_id_range(op, lo, hi)) ||
+        (st = cpu_check_dims(op, hi - lo, dim, "rows (hi - lo)", "dim")) ||
+        (st = cpu_check_ptr(ids, n, op, "ids")))
+        return st;
     return TP_OK;
 }
 
@@ -275,10 +282,7 @@ tp_status cpu_embedding(void *dev, tp_dtype dt, int64_t n, int64_t dim, const in
     const char *op = "embedding";
     tp_status st;
 
-    if ((st = cpu_check_dev(dev, op)) || (st = cpu_check_f32(dt, op)) ||
-        (st = cpu_check_dims(op, n, dim, "n", "dim")) || (st = check_range(op, lo, hi)) ||
-        (st = cpu_check_dims(op, hi - lo, dim, "rows (hi - lo)", "dim")) ||
-        (st = cpu_check_ptr(ids, n, op, "ids")) ||
+    if ((st = check_embedding(op, dev, dt, n, dim, ids, lo, hi)) ||
         (st = cpu_check_ptr(table, (hi - lo) * dim, op, "table")) ||
         (st = cpu_check_ptr(out, n * dim, op, "out")))
         return st;
@@ -304,10 +308,7 @@ tp_status cpu_embedding_bwd(void *dev, tp_dtype dt, int64_t n, int64_t dim, cons
     const char *op = "embedding_bwd";
     tp_status st;
 
-    if ((st = cpu_check_dev(dev, op)) || (st = cpu_check_f32(dt, op)) ||
-        (st = cpu_check_dims(op, n, dim, "n", "dim")) || (st = check_range(op, lo, hi)) ||
-        (st = cpu_check_dims(op, hi - lo, dim, "rows (hi - lo)", "dim")) ||
-        (st = cpu_check_ptr(ids, n, op, "ids")) ||
+    if ((st = check_embedding(op, dev, dt, n, dim, ids, lo, hi)) ||
         (st = cpu_check_ptr(dout, n * dim, op, "dout")) ||
         (st = cpu_check_ptr(dtable, (hi - lo) * dim, op, "dtable")))
         return st;

@@ -5,7 +5,8 @@
  * convert) goes straight to the f32 op, which also reports bad dtypes. For
  * bf16/f16 it converts the typed operands to f32 scratch, runs the f32 op
  * on them, and on success rounds the typed outputs back to nearest even:
- * the result is the f32 result rounded once. Per-row statistics (mean,
+ * the result is the f32 result rounded once (the SDK's tp_util_*
+ * conversions: the same bits on every compiler). Per-row statistics (mean,
  * rstd, row max, CE statistics), ids and AdamW state are f32/int32 in
  * every dtype and pass through untouched. Argument errors are found by the
  * f32 op before it touches memory, so operands that cannot be converted
@@ -13,64 +14,40 @@
  */
 #include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
+
+#include <tp/tp-plugin-util.h>
 
 #include "cpu-internal.h"
 
-#if defined(__FLT16_MAX__)
-#define HAVE_F16 1
-#else
-#define HAVE_F16 0
-#endif
-
 static int convertible(tp_dtype dt)
 {
-    return dt == TP_BF16 || (dt == TP_F16 && HAVE_F16);
-}
-
-static float bf16_to_f32(uint16_t h)
-{
-    uint32_t b = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &b, sizeof f);
-    return f;
-}
-
-static uint16_t f32_to_bf16(float f)
-{
-    uint32_t b;
-    memcpy(&b, &f, sizeof b);
-    if ((b & 0x7fffffffu) > 0x7f800000u) /* NaN stays a (quiet) NaN */
-        return (uint16_t)((b >> 16) | 0x40u);
-    return (uint16_t)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+    return dt == TP_BF16 || dt == TP_F16;
 }
 
 static void load(tp_dtype dt, const void *src, float *dst, int64_t n)
 {
+    const uint16_t *h = src;
+
     if (dt == TP_BF16) {
         for (int64_t i = 0; i < n; i++)
-            dst[i] = bf16_to_f32(((const uint16_t *)src)[i]);
-    }
-#if HAVE_F16
-    else {
+            dst[i] = tp_util_bf16_to_f32(h[i]);
+    } else {
         for (int64_t i = 0; i < n; i++)
-            dst[i] = (float)((const _Float16 *)src)[i];
+            dst[i] = tp_util_f16_to_f32(h[i]);
     }
-#endif
 }
 
 static void store(tp_dtype dt, const float *src, void *dst, int64_t n)
 {
+    uint16_t *h = dst;
+
     if (dt == TP_BF16) {
         for (int64_t i = 0; i < n; i++)
-            ((uint16_t *)dst)[i] = f32_to_bf16(src[i]);
-    }
-#if HAVE_F16
-    else {
+            h[i] = tp_util_f32_to_bf16(src[i]);
+    } else {
         for (int64_t i = 0; i < n; i++)
-            ((_Float16 *)dst)[i] = (_Float16)src[i];
+            h[i] = tp_util_f32_to_f16(src[i]);
     }
-#endif
 }
 
 /* The f32 scratch of one call. */
@@ -136,7 +113,7 @@ static float *inout(lp_call *c, void *p, int64_t n)
 static tp_status failed(lp_call *c)
 {
     return c->nomem ? cpu_err(TP_ERR_NO_MEMORY, "%s: out of memory for the f32 scratch of a %s "
-                              "operand", c->op, cpu_dtype_name(c->dt))
+                              "operand", c->op, tp_util_dtype_name(c->dt))
                     : TP_OK;
 }
 

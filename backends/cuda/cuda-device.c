@@ -1,106 +1,16 @@
 /*
- * cuda-device.c — the cuda device plugin: probe, per-rank context (GPU,
- * stream, cuBLAS and cuBLASLt handles, peer access), memory, pinned host
- * memory, copies, the vtable and the descriptor.
+ * cuda-device.c — the cuda device's probe, per-rank context (GPU, stream,
+ * cuBLAS and cuBLASLt handles, peer access), memory, pinned host memory,
+ * copies and events.
  */
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cuda-internal.h"
 
-const tp_host *cuda_host;
-
-tp_status cuda_err(tp_status st, const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    const tp_host *h = __atomic_load_n(&cuda_host, __ATOMIC_ACQUIRE);
-
-    if (!h || !h->set_error)
-        return st;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    return h->set_error(st, "cuda device: %s", msg);
-}
-
-tp_status cuda_rt_err(cudaError_t e, const char *op, const char *what)
-{
-    if (e == cudaErrorMemoryAllocation)
-        return cuda_err(TP_ERR_NO_MEMORY, "%s: %s: out of GPU memory (%s); reduce the model or "
-                        "batch size, or use more ranks", op, what, cudaGetErrorString(e));
-    return cuda_err(TP_ERR_DEVICE, "%s: %s failed: %s (%s)", op, what, cudaGetErrorName(e),
-                    cudaGetErrorString(e));
-}
-
-tp_status cuda_launched(const char *op)
-{
-    cudaError_t e = cudaGetLastError();
-    return e == cudaSuccess ? TP_OK : cuda_rt_err(e, op, "kernel launch");
-}
-
-const char *cuda_dtype_name(tp_dtype dt)
-{
-    switch (dt) {
-    case TP_F32: return "f32";
-    case TP_F16: return "f16";
-    case TP_BF16: return "bf16";
-    case TP_I32: return "i32";
-    default: return "invalid dtype";
-    }
-}
-
-tp_status cuda_check_dev(const void *dev, const char *op)
-{
-    if (!dev)
-        return cuda_err(TP_ERR_INVALID_ARG, "%s: device handle is NULL (was open() successful?)",
-                        op);
-    return TP_OK;
-}
-
-tp_status cuda_check_float_dt(tp_dtype dt, const char *op)
-{
-    if (dt == TP_F32 || dt == TP_BF16 || dt == TP_F16)
-        return TP_OK;
-    if ((unsigned)dt >= TP_DTYPE_COUNT_)
-        return cuda_err(TP_ERR_INVALID_ARG, "%s: dtype %d is not a tp_dtype", op, (int)dt);
-    return cuda_err(TP_ERR_NOT_SUPPORTED, "%s: dtype %s is not supported (expected f32, bf16 "
-                    "or f16)", op, cuda_dtype_name(dt));
-}
-
-tp_status cuda_check_count(int64_t v, const char *op, const char *what)
-{
-    if (v < 0)
-        return cuda_err(TP_ERR_INVALID_ARG, "%s: %s = %lld, expected >= 0", op, what,
-                        (long long)v);
-    return TP_OK;
-}
-
-tp_status cuda_check_dims(const char *op, int64_t rows, int64_t cols, const char *rname,
-                          const char *cname)
-{
-    tp_status st;
-
-    if ((st = cuda_check_count(rows, op, rname)) || (st = cuda_check_count(cols, op, cname)))
-        return st;
-    if (cols > 0 && rows > (INT64_MAX / 8) / cols)
-        return cuda_err(TP_ERR_INVALID_ARG, "%s: %s %lld x %s %lld elements overflow", op, rname,
-                        (long long)rows, cname, (long long)cols);
-    return TP_OK;
-}
-
-tp_status cuda_check_ptr(const void *p, int64_t count, const char *op, const char *what)
-{
-    if (!p && count > 0)
-        return cuda_err(TP_ERR_INVALID_ARG, "%s: %s is NULL but %lld elements are needed", op,
-                        what, (long long)count);
-    return TP_OK;
-}
-
 /* Can this plugin run here? No state is kept. */
-static int cuda_probe(char *reason, size_t len)
+int cuda_probe(char *reason, size_t len)
 {
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
@@ -143,8 +53,6 @@ static int pick_device(const tp_device_args *args, int count)
     }
     return count > 0 ? (idx < 0 ? 0 : idx) % count : 0;
 }
-
-static void cuda_close(void *dev);
 
 #define LT_WORKSPACE (32u << 20) /* cuBLASLt workspace per rank */
 
@@ -191,8 +99,8 @@ static void enable_peers(cuda_dev *d, int count)
     }
 }
 
-static tp_status cuda_open(const tp_host *host, const tp_device_args *args, void **dev,
-                           tp_rank_env *env)
+tp_status cuda_open(const tp_host *host, const tp_device_args *args, void **dev,
+                    tp_rank_env *env)
 {
     cuda_dev *d;
     cudaError_t e;
@@ -239,13 +147,13 @@ static tp_status cuda_open(const tp_host *host, const tp_device_args *args, void
         return cuda_err(bs == CUBLAS_STATUS_ALLOC_FAILED ? TP_ERR_NO_MEMORY : TP_ERR_DEVICE,
                         "open: cublasCreate failed: %s", cublasGetStatusString(bs));
     }
+    /* bf16/f16 GEMMs accumulate in f32, split-K partial sums included
+     * (cuBLAS may otherwise reduce them in the output type) */
+    cublasMath_t math =
+        (cublasMath_t)((d->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH) |
+                       CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION);
     if ((bs = cublasSetStream(d->blas, d->stream)) != CUBLAS_STATUS_SUCCESS ||
-        /* bf16/f16 GEMMs accumulate in f32, split-K partial sums included
-         * (cuBLAS may otherwise reduce them in the output type) */
-        (bs = cublasSetMathMode(d->blas, (cublasMath_t)((d->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
-                                                                 : CUBLAS_DEFAULT_MATH) |
-                                                        CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION))) !=
-            CUBLAS_STATUS_SUCCESS) {
+        (bs = cublasSetMathMode(d->blas, math)) != CUBLAS_STATUS_SUCCESS) {
         cuda_close(d);
         return cuda_err(TP_ERR_DEVICE, "open: cuBLAS setup failed: %s", cublasGetStatusString(bs));
     }
@@ -276,7 +184,7 @@ static tp_status cuda_open(const tp_host *host, const tp_device_args *args, void
     return TP_OK;
 }
 
-static void cuda_close(void *dev)
+void cuda_close(void *dev)
 {
     cuda_dev *d = dev;
 
@@ -294,7 +202,7 @@ static void cuda_close(void *dev)
     free(d);
 }
 
-static tp_status cuda_alloc(void *dev, size_t bytes, void **ptr)
+tp_status cuda_alloc(void *dev, size_t bytes, void **ptr)
 {
     cudaError_t e;
     void *p = NULL;
@@ -318,7 +226,7 @@ static tp_status cuda_alloc(void *dev, size_t bytes, void **ptr)
     return TP_OK;
 }
 
-static void cuda_free(void *dev, void *ptr)
+void cuda_free(void *dev, void *ptr)
 {
     if (!ptr)
         return;
@@ -330,7 +238,7 @@ static void cuda_free(void *dev, void *ptr)
 
 /* Page-locked host memory for the core's staging copies. Portable: pinned
  * for every GPU of the process, since ranks on several GPUs may share it. */
-static tp_status cuda_host_alloc(void *dev, size_t bytes, void **ptr)
+tp_status cuda_host_alloc(void *dev, size_t bytes, void **ptr)
 {
     cudaError_t e;
     void *p = NULL;
@@ -353,7 +261,7 @@ static tp_status cuda_host_alloc(void *dev, size_t bytes, void **ptr)
     return TP_OK;
 }
 
-static void cuda_host_free(void *dev, void *ptr)
+void cuda_host_free(void *dev, void *ptr)
 {
     if (ptr && cudaFreeHost(ptr) != cudaSuccess)
         cudaGetLastError(); /* nothing to report through a void slot */
@@ -370,7 +278,7 @@ static tp_status cuda_copy_args(void *dev, const char *op, const void *dst, cons
     return TP_OK;
 }
 
-static tp_status cuda_upload(void *dev, void *dst, const void *host_src, size_t bytes)
+tp_status cuda_upload(void *dev, void *dst, const void *host_src, size_t bytes)
 {
     cuda_dev *d = dev;
     cudaError_t e;
@@ -385,7 +293,7 @@ static tp_status cuda_upload(void *dev, void *dst, const void *host_src, size_t 
     return TP_OK;
 }
 
-static tp_status cuda_download(void *dev, void *host_dst, const void *src, size_t bytes)
+tp_status cuda_download(void *dev, void *host_dst, const void *src, size_t bytes)
 {
     cuda_dev *d = dev;
     cudaError_t e;
@@ -399,8 +307,8 @@ static tp_status cuda_download(void *dev, void *host_dst, const void *src, size_
     return TP_OK;
 }
 
-static tp_status cuda_copy_2d(void *dev, void *dst, size_t dpitch, const void *src, size_t spitch,
-                              size_t width_bytes, size_t height)
+tp_status cuda_copy_2d(void *dev, void *dst, size_t dpitch, const void *src, size_t spitch,
+                       size_t width_bytes, size_t height)
 {
     cuda_dev *d = dev;
     cudaError_t e;
@@ -430,7 +338,7 @@ static tp_status cuda_copy_2d(void *dev, void *dst, size_t dpitch, const void *s
     return TP_OK;
 }
 
-static tp_status cuda_memset(void *dev, void *ptr, int value, size_t bytes)
+tp_status cuda_memset(void *dev, void *ptr, int value, size_t bytes)
 {
     cuda_dev *d = dev;
     cudaError_t e;
@@ -443,7 +351,7 @@ static tp_status cuda_memset(void *dev, void *ptr, int value, size_t bytes)
     return TP_OK;
 }
 
-static tp_status cuda_synchronize(void *dev)
+tp_status cuda_synchronize(void *dev)
 {
     cudaError_t e;
 
@@ -457,7 +365,7 @@ static tp_status cuda_synchronize(void *dev)
 /* CUDA events for the core's device-side timing (tp_stats on the GPU's
  * clock): created on the rank's GPU (its thread's current device since
  * open), recorded on the rank's stream. */
-static tp_status cuda_event_create(void *dev, void **event)
+tp_status cuda_event_create(void *dev, void **event)
 {
     cudaEvent_t ev = NULL;
     cudaError_t e;
@@ -473,7 +381,7 @@ static tp_status cuda_event_create(void *dev, void **event)
     return TP_OK;
 }
 
-static tp_status cuda_event_record(void *dev, void *event)
+tp_status cuda_event_record(void *dev, void *event)
 {
     cudaError_t e = cudaEventRecord((cudaEvent_t)event, ((cuda_dev *)dev)->stream);
 
@@ -484,8 +392,8 @@ static tp_status cuda_event_record(void *dev, void *event)
     return TP_OK;
 }
 
-static tp_status cuda_event_elapsed(void *dev, const void *start, const void *stop,
-                                    double *seconds)
+tp_status cuda_event_elapsed(void *dev, const void *start, const void *stop,
+                             double *seconds)
 {
     float ms = 0;
     cudaError_t e = cudaEventSynchronize((cudaEvent_t)(uintptr_t)stop);
@@ -501,49 +409,9 @@ static tp_status cuda_event_elapsed(void *dev, const void *start, const void *st
     return TP_OK;
 }
 
-static void cuda_event_destroy(void *dev, void *event)
+void cuda_event_destroy(void *dev, void *event)
 {
     if (event)
         cudaEventDestroy((cudaEvent_t)event);
     (void)dev;
 }
-
-static const tp_device_ops cuda_ops = {
-    .struct_size = sizeof(tp_device_ops),
-    .open = cuda_open,
-    .close = cuda_close,
-    .alloc = cuda_alloc,
-    .free = cuda_free,
-    .upload = cuda_upload,
-    .download = cuda_download,
-    .copy_2d = cuda_copy_2d,
-    .memset = cuda_memset,
-    .synchronize = cuda_synchronize,
-    .gemm = cuda_gemm,
-    .bias_add = cuda_bias_add,
-    .bias_grad = cuda_bias_grad,
-    .gelu = cuda_gelu,
-    .gelu_bwd = cuda_gelu_bwd,
-    .axpby = cuda_axpby,
-    .softmax = cuda_softmax,
-    .softmax_bwd = cuda_softmax_bwd,
-    .norm = cuda_norm,
-    .norm_bwd = cuda_norm_bwd,
-    .embedding = cuda_embedding,
-    .embedding_bwd = cuda_embedding_bwd,
-    .row_max = cuda_row_max,
-    .ce_stats = cuda_ce_stats,
-    .ce_bwd = cuda_ce_bwd,
-    .adamw = cuda_adamw,
-    .reduce = cuda_reduce,
-    .host_alloc = cuda_host_alloc,
-    .host_free = cuda_host_free,
-    .gemm_bias_act = cuda_gemm_bias_act,
-    .event_create = cuda_event_create,
-    .event_record = cuda_event_record,
-    .event_elapsed = cuda_event_elapsed,
-    .event_destroy = cuda_event_destroy,
-};
-
-TP_PLUGIN_DEFINE("cuda", "0.1.0", "CUDA device memory, cuBLAS/cuBLASLt GEMMs and CUDA "
-                 "kernels (f32, bf16, f16)", NULL, &cuda_ops, cuda_probe)

@@ -23,102 +23,64 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <tp/tp-plugin-util.h>
+
 #include "cuda-internal.h"
 
-static tp_status check_operand(const char *op, const char *name, const void *p, int64_t rows,
-                               int64_t cols, int64_t ld, int64_t stride, int transposed)
+/* The cuBLAS storage and compute types of dtype `dt` (f32, bf16 or f16;
+ * TF32 for f32 when the rank asked for it) and its element size. */
+static tp_status gemm_types(const cuda_dev *d, const char *op, tp_dtype dt, cudaDataType_t *type,
+                            cublasComputeType_t *compute, size_t *es)
 {
-    if (ld < (cols > 1 ? cols : 1))
-        return cuda_err(TP_ERR_INVALID_ARG,
-                        "%s: ld%s = %lld but %s%s is stored as %lld x %lld (row-major), so "
-                        "ld%s must be >= %lld; did you swap m/n/k or forget a transpose flag?",
-                        op, name, (long long)ld, name, transposed ? " (transposed)" : "",
-                        (long long)rows, (long long)cols, name, (long long)(cols > 1 ? cols : 1));
-    if (stride < 0)
-        return cuda_err(TP_ERR_INVALID_ARG, "%s: stride_%s = %lld, expected >= 0", op, name,
-                        (long long)stride);
-    if (!p && rows > 0 && cols > 0)
-        return cuda_err(TP_ERR_INVALID_ARG, "%s: %s is NULL for a %lld x %lld operand", op, name,
-                        (long long)rows, (long long)cols);
+    tp_status st = cuda_check_float_dt(dt, op);
+
+    if (st != TP_OK)
+        return st;
+    *type = dt == TP_F32 ? CUDA_R_32F : dt == TP_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    *es = dt == TP_F32 ? 4 : 2;
+    *compute = dt == TP_F32 && d->tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     return TP_OK;
 }
 
-/* Do the batches' outputs C_b (m x n, row pitch ldc, at b*stride_c) write
- * disjoint elements? Two layouts qualify: whole matrices one after another
- * (stride_c >= (m-1)*ldc + n), or column blocks side by side within each
- * row pitch (stride_c >= n and (batch-1)*stride_c + n <= ldc), as in the
- * per-head blocks of one [tokens, heads*head_dim] matrix. Other layouts
- * are refused even where they happen not to collide. */
-static int c_batches_disjoint(const tp_gemm_args *g)
+/* cuBLAS takes int sizes. */
+static tp_status check_int_sizes(const tp_gemm_args *g)
 {
-    int64_t s = g->stride_c;
+    if (g->m > INT32_MAX || g->n > INT32_MAX || g->k > INT32_MAX || g->lda > INT32_MAX ||
+        g->ldb > INT32_MAX || g->ldc > INT32_MAX || g->batch > INT32_MAX)
+        return cuda_err(TP_ERR_INVALID_ARG, "gemm: m, n, k, batch and leading dimensions must "
+                        "be <= %d for cuBLAS (got m %lld, n %lld, k %lld, batch %lld)", INT32_MAX,
+                        (long long)g->m, (long long)g->n, (long long)g->k, (long long)g->batch);
+    return TP_OK;
+}
 
-    if (g->batch <= 1 || g->m == 0 || g->n == 0)
-        return 1;
-    if (s >= (g->m - 1) * g->ldc + g->n)
-        return 1;
-    /* s >= n > 0 here cannot overflow; ldc >= n was checked */
-    return s >= g->n && g->batch - 1 <= (g->ldc - g->n) / s;
+/* Every check of gemm, in order; sets the cuBLAS types. */
+static tp_status gemm_check(cuda_dev *d, const tp_gemm_args *g, cudaDataType_t *type,
+                            cublasComputeType_t *compute)
+{
+    const char *op = "gemm";
+    size_t es;
+    tp_status st;
+
+    if ((st = cuda_check_dev(d, op)) || (st = tp_util_gemm_check_args(cuda_err, op, g)) ||
+        (st = gemm_types(d, op, g->dtype, type, compute, &es)) ||
+        (st = tp_util_gemm_check_mnk(cuda_err, op, g)) ||
+        (st = tp_util_gemm_check_batch(cuda_err, op, g)) || (st = check_int_sizes(g)) ||
+        (st = tp_util_gemm_check_operands(cuda_err, op, g)) ||
+        (st = tp_util_gemm_check_c_disjoint(cuda_err, op, g)))
+        return st;
+    return TP_OK;
 }
 
 tp_status cuda_gemm(void *dev, const tp_gemm_args *g)
 {
     cuda_dev *d = dev;
     tp_status st;
-    int64_t ar, ac, br, bc;
     cudaDataType_t type;
-    cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
+    cublasComputeType_t compute;
     cublasStatus_t bs;
 
-    if ((st = cuda_check_dev(dev, "gemm")))
+    if ((st = gemm_check(d, g, &type, &compute)))
         return st;
-    if (!g)
-        return cuda_err(TP_ERR_INVALID_ARG, "gemm: args is NULL");
-    if (g->struct_size < sizeof(tp_gemm_args))
-        return cuda_err(TP_ERR_INVALID_ARG, "gemm: args.struct_size %zu < %zu (caller built "
-                        "against an older tp-plugin.h?)", g->struct_size, sizeof(tp_gemm_args));
-    switch (g->dtype) {
-    case TP_F32:
-        type = CUDA_R_32F;
-        if (d->tf32)
-            compute = CUBLAS_COMPUTE_32F_FAST_TF32;
-        break;
-    case TP_BF16: type = CUDA_R_16BF; break;
-    case TP_F16: type = CUDA_R_16F; break;
-    default:
-        if ((unsigned)g->dtype >= TP_DTYPE_COUNT_)
-            return cuda_err(TP_ERR_INVALID_ARG, "gemm: dtype %d is not a tp_dtype", (int)g->dtype);
-        return cuda_err(TP_ERR_NOT_SUPPORTED, "gemm: dtype %s is not supported (expected f32, "
-                        "bf16 or f16)", cuda_dtype_name(g->dtype));
-    }
-    if (g->m < 0 || g->n < 0 || g->k < 0)
-        return cuda_err(TP_ERR_INVALID_ARG, "gemm: m, n, k must be >= 0, got %lld, %lld, %lld",
-                        (long long)g->m, (long long)g->n, (long long)g->k);
-    if (g->batch < 1)
-        return cuda_err(TP_ERR_INVALID_ARG, "gemm: batch = %lld, expected >= 1",
-                        (long long)g->batch);
-    if (g->m > INT32_MAX || g->n > INT32_MAX || g->k > INT32_MAX || g->lda > INT32_MAX ||
-        g->ldb > INT32_MAX || g->ldc > INT32_MAX || g->batch > INT32_MAX)
-        return cuda_err(TP_ERR_INVALID_ARG, "gemm: m, n, k, batch and leading dimensions must "
-                        "be <= %d for cuBLAS (got m %lld, n %lld, k %lld, batch %lld)", INT32_MAX,
-                        (long long)g->m, (long long)g->n, (long long)g->k, (long long)g->batch);
-    ar = g->trans_a ? g->k : g->m;
-    ac = g->trans_a ? g->m : g->k;
-    br = g->trans_b ? g->n : g->k;
-    bc = g->trans_b ? g->k : g->n;
-    if ((st = check_operand("gemm", "a", g->a, ar, ac, g->lda, g->stride_a, g->trans_a)) ||
-        (st = check_operand("gemm", "b", g->b, br, bc, g->ldb, g->stride_b, g->trans_b)) ||
-        (st = check_operand("gemm", "c", g->c, g->m, g->n, g->ldc, g->stride_c, 0)))
-        return st;
-    if (!c_batches_disjoint(g))
-        return cuda_err(TP_ERR_INVALID_ARG,
-                        "gemm: stride_c = %lld makes the %lld output matrices (%lld x %lld, ldc "
-                        "%lld) write some elements twice; expected stride_c >= %lld (separate "
-                        "matrices) or, for column blocks of one matrix, stride_c >= n = %lld with "
-                        "(batch-1)*stride_c + n <= ldc",
-                        (long long)g->stride_c, (long long)g->batch, (long long)g->m,
-                        (long long)g->n, (long long)g->ldc, (long long)((g->m - 1) * g->ldc + g->n),
-                        (long long)g->n);
     if (g->m == 0 || g->n == 0)
         return TP_OK;
     if (g->k == 0) /* nothing to multiply: C = beta C, and beta 0 writes zeros */
@@ -132,11 +94,13 @@ tp_status cuda_gemm(void *dev, const tp_gemm_args *g)
         type, (int)g->ldc, (long long)g->stride_c, (int)g->batch, compute, CUBLAS_GEMM_DEFAULT);
     if (bs != CUBLAS_STATUS_SUCCESS)
         return cuda_err(TP_ERR_DEVICE, "gemm: cublasGemmStridedBatchedEx (%s, m %lld n %lld "
-                        "k %lld batch %lld) failed: %s", cuda_dtype_name(g->dtype),
+                        "k %lld batch %lld) failed: %s", tp_util_dtype_name(g->dtype),
                         (long long)g->m, (long long)g->n, (long long)g->k, (long long)g->batch,
                         cublasGetStatusString(bs));
     return TP_OK;
 }
+
+/* ------------------------------------------------------- gemm_bias_act */
 
 /* The largest power of two <= 256 dividing p's address: the alignment
  * cuBLASLt may assume for it (its preference defaults to 256 bytes, and an
@@ -161,81 +125,45 @@ static tp_status lt_err(cublasStatus_t bs, const tp_gemm_args *g, const char *wh
 {
     int running = strcmp(what, "cublasLtMatmul") == 0;
     int refusal = bs != CUBLAS_STATUS_ALLOC_FAILED &&
-                  (!running || bs == CUBLAS_STATUS_INVALID_VALUE || bs == CUBLAS_STATUS_NOT_SUPPORTED);
+                  (!running || bs == CUBLAS_STATUS_INVALID_VALUE ||
+                   bs == CUBLAS_STATUS_NOT_SUPPORTED);
     return cuda_err(bs == CUBLAS_STATUS_ALLOC_FAILED ? TP_ERR_NO_MEMORY
                     : refusal                        ? TP_ERR_NOT_SUPPORTED
                                                      : TP_ERR_DEVICE,
                     "gemm_bias_act: %s (%s, m %lld n %lld k %lld, ta %d tb %d, lda %lld ldb %lld "
-                    "ldc %lld) failed: %s", what, cuda_dtype_name(g->dtype), (long long)g->m,
+                    "ldc %lld) failed: %s", what, tp_util_dtype_name(g->dtype), (long long)g->m,
                     (long long)g->n, (long long)g->k, g->trans_a, g->trans_b, (long long)g->lda,
                     (long long)g->ldb, (long long)g->ldc, cublasGetStatusString(bs));
 }
 
-tp_status cuda_gemm_bias_act(void *dev, const tp_gemm_args *g, const void *bias, tp_act act,
-                             void *pre)
+/* gemm_bias_act's argument errors, in order; sets the cuBLAS types. */
+static tp_status bias_act_check(cuda_dev *d, const tp_gemm_args *g, tp_act act,
+                                cudaDataType_t *type, cublasComputeType_t *compute, size_t *es)
 {
     const char *op = "gemm_bias_act";
-    cuda_dev *d = dev;
     tp_status st;
-    int64_t ar, ac, br, bc;
-    cudaDataType_t type;
-    size_t es;
-    cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
-    cublasStatus_t bs;
-    cublasLtMatmulDesc_t desc = NULL;
-    cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
-    cublasLtMatmulPreference_t pref = NULL;
-    cublasLtMatmulHeuristicResult_t heur;
-    int found = 0;
-    uint32_t epi;
-    int32_t opa, opb;
-    float beta = 0.0f;
-    uint64_t ws;
-    uint32_t al_a, al_b, al_c;
 
-    if ((st = cuda_check_dev(dev, op)))
+    if ((st = cuda_check_dev(d, op)) || (st = tp_util_gemm_check_args(cuda_err, op, g)) ||
+        (st = gemm_types(d, op, g->dtype, type, compute, es)))
         return st;
-    if (!g)
-        return cuda_err(TP_ERR_INVALID_ARG, "%s: args is NULL", op);
-    if (g->struct_size < sizeof(tp_gemm_args))
-        return cuda_err(TP_ERR_INVALID_ARG, "%s: args.struct_size %zu < %zu (caller built "
-                        "against an older tp-plugin.h?)", op, g->struct_size, sizeof(tp_gemm_args));
-    switch (g->dtype) {
-    case TP_F32:
-        type = CUDA_R_32F;
-        es = 4;
-        if (d->tf32)
-            compute = CUBLAS_COMPUTE_32F_FAST_TF32;
-        break;
-    case TP_BF16: type = CUDA_R_16BF; es = 2; break;
-    case TP_F16: type = CUDA_R_16F; es = 2; break;
-    default:
-        if ((unsigned)g->dtype >= TP_DTYPE_COUNT_)
-            return cuda_err(TP_ERR_INVALID_ARG, "%s: dtype %d is not a tp_dtype", op,
-                            (int)g->dtype);
-        return cuda_err(TP_ERR_NOT_SUPPORTED, "%s: dtype %s is not supported (expected f32, "
-                        "bf16 or f16)", op, cuda_dtype_name(g->dtype));
-    }
     if ((unsigned)act >= TP_ACT_COUNT_)
         return cuda_err(TP_ERR_INVALID_ARG, "%s: act %d is not a tp_act (TP_ACT_NONE, "
                         "TP_ACT_GELU or TP_ACT_GELU_TANH)", op, (int)act);
-    if (g->m < 0 || g->n < 0 || g->k < 0)
-        return cuda_err(TP_ERR_INVALID_ARG, "%s: m, n, k must be >= 0, got %lld, %lld, %lld", op,
-                        (long long)g->m, (long long)g->n, (long long)g->k);
-    ar = g->trans_a ? g->k : g->m;
-    ac = g->trans_a ? g->m : g->k;
-    br = g->trans_b ? g->n : g->k;
-    bc = g->trans_b ? g->k : g->n;
-    if ((st = check_operand(op, "a", g->a, ar, ac, g->lda, g->stride_a, g->trans_a)) ||
-        (st = check_operand(op, "b", g->b, br, bc, g->ldb, g->stride_b, g->trans_b)) ||
-        (st = check_operand(op, "c", g->c, g->m, g->n, g->ldc, g->stride_c, 0)))
+    if ((st = tp_util_gemm_check_mnk(cuda_err, op, g)) ||
+        (st = tp_util_gemm_check_operands(cuda_err, op, g)))
         return st;
-    if (g->m == 0 || g->n == 0)
-        return TP_OK;
+    return TP_OK;
+}
+
+/* Can cuBLASLt fuse this call (m, n > 0)? What is not fused is
+ * TP_ERR_NOT_SUPPORTED: the core composes it from gemm, bias_add and gelu. */
+static tp_status bias_act_fusable(const tp_gemm_args *g, tp_act act, const void *pre)
+{
+    const char *op = "gemm_bias_act";
+
     if (pre && pre == g->c)
         return cuda_err(TP_ERR_INVALID_ARG, "%s: pre and c are the same buffer; pass NULL for "
                         "pre when the pre-activation is not needed", op);
-    /* What is not fused: the core composes it from gemm, bias_add and gelu. */
     if (g->batch != 1 || g->beta != 0.0f)
         return cuda_err(TP_ERR_NOT_SUPPORTED, "%s: batch %lld, beta %g: only batch 1 and beta 0 "
                         "are fused", op, (long long)g->batch, (double)g->beta);
@@ -251,146 +179,226 @@ tp_status cuda_gemm_bias_act(void *dev, const tp_gemm_args *g, const void *bias,
     if (pre && act == TP_ACT_GELU_TANH && g->ldc % 8 != 0)
         return cuda_err(TP_ERR_NOT_SUPPORTED, "%s: pre-activation output needs ldc divisible by "
                         "8 for cuBLASLt, got ldc %lld", op, (long long)g->ldc);
+    return TP_OK;
+}
 
+/* The cuBLASLt objects of one gemm_bias_act call (NULL: not created). */
+typedef struct lt_call {
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, lc;
+    cublasLtMatmulPreference_t pref;
+} lt_call;
+
+static void lt_call_free(lt_call *c)
+{
+    if (c->pref)
+        cublasLtMatmulPreferenceDestroy(c->pref);
+    if (c->lc)
+        cublasLtMatrixLayoutDestroy(c->lc);
+    if (c->lb)
+        cublasLtMatrixLayoutDestroy(c->lb);
+    if (c->la)
+        cublasLtMatrixLayoutDestroy(c->la);
+    if (c->desc)
+        cublasLtMatmulDescDestroy(c->desc);
+}
+
+static uint32_t lt_epilogue(const void *bias, tp_act act, const void *pre)
+{
     if (act == TP_ACT_GELU_TANH)
-        epi = pre ? (bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX)
-                  : (bias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU);
-    else
-        epi = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
-    /* Column-major: D (n x m, ldc) = op(B)^T (n x k) * op(A)^T (k x m); cuBLASLt's A is our B,
-     * stored column-major as bc x br with ldb, its B our A, ac x ar with lda. */
-    opa = g->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-    opb = g->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-    ws = d->lt_ws ? (uint64_t)d->lt_ws_size : 0;
-    al_a = address_alignment(g->b);
-    al_b = address_alignment(g->a);
-    al_c = address_alignment(g->c);
+        return pre ? (bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX)
+                   : (bias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU);
+    return bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+}
 
-    if ((bs = cublasLtMatmulDescCreate(&desc, compute, CUDA_R_32F)) != CUBLAS_STATUS_SUCCESS) {
-        desc = NULL;
-        st = lt_err(bs, g, "cublasLtMatmulDescCreate");
-        goto out;
+/* The matmul descriptor: transposes, epilogue, bias and the aux (pre)
+ * output. Column-major: D (n x m, ldc) = op(B)^T (n x k) * op(A)^T (k x m),
+ * so cuBLASLt's A is our B and its B our A. */
+static tp_status lt_make_desc(lt_call *c, const tp_gemm_args *g, cublasComputeType_t compute,
+                              uint32_t epi, const void *bias, tp_act act, void *pre)
+{
+    int32_t opa = g->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    int32_t opb = g->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasStatus_t bs;
+
+    if ((bs = cublasLtMatmulDescCreate(&c->desc, compute, CUDA_R_32F)) != CUBLAS_STATUS_SUCCESS) {
+        c->desc = NULL;
+        return lt_err(bs, g, "cublasLtMatmulDescCreate");
     }
-    if ((bs = cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa,
+    if ((bs = cublasLtMatmulDescSetAttribute(c->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa,
                                              sizeof opa)) ||
-        (bs = cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb,
+        (bs = cublasLtMatmulDescSetAttribute(c->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb,
                                              sizeof opb)) ||
-        (bs = cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi,
-                                             sizeof epi))) {
-        st = lt_err(bs, g, "cublasLtMatmulDescSetAttribute");
-        goto out;
-    }
+        (bs = cublasLtMatmulDescSetAttribute(c->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi,
+                                             sizeof epi)))
+        return lt_err(bs, g, "cublasLtMatmulDescSetAttribute");
     /* The bias has D's type (f32, bf16 or f16), cuBLASLt's default for these types. */
-    if (bias && (bs = cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                                                     &bias, sizeof bias))) {
-        st = lt_err(bs, g, "setting the bias pointer");
-        goto out;
-    }
+    if (bias && (bs = cublasLtMatmulDescSetAttribute(c->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                     &bias, sizeof bias)))
+        return lt_err(bs, g, "setting the bias pointer");
     if (pre && act == TP_ACT_GELU_TANH) {
         int64_t ld = g->ldc;
-        if ((bs = cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
-                                                 &pre, sizeof pre)) ||
-            (bs = cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld,
-                                                 sizeof ld))) {
-            st = lt_err(bs, g, "setting the pre-activation (aux) output");
-            goto out;
-        }
+        if ((bs = cublasLtMatmulDescSetAttribute(c->desc,
+                                                 CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &pre,
+                                                 sizeof pre)) ||
+            (bs = cublasLtMatmulDescSetAttribute(c->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
+                                                 &ld, sizeof ld)))
+            return lt_err(bs, g, "setting the pre-activation (aux) output");
     }
-    if ((bs = cublasLtMatrixLayoutCreate(&la, type, (uint64_t)bc, (uint64_t)br, g->ldb))) {
-        la = NULL;
-        st = lt_err(bs, g, "cublasLtMatrixLayoutCreate (b)");
-        goto out;
+    return TP_OK;
+}
+
+/* One column-major layout (rows x cols, ld); *l stays NULL on failure. */
+static tp_status lt_make_layout(cublasLtMatrixLayout_t *l, const tp_gemm_args *g,
+                                cudaDataType_t type, int64_t rows, int64_t cols, int64_t ld,
+                                const char *what)
+{
+    cublasStatus_t bs = cublasLtMatrixLayoutCreate(l, type, (uint64_t)rows, (uint64_t)cols, ld);
+
+    if (bs) {
+        *l = NULL;
+        return lt_err(bs, g, what);
     }
-    if ((bs = cublasLtMatrixLayoutCreate(&lb, type, (uint64_t)ac, (uint64_t)ar, g->lda))) {
-        lb = NULL;
-        st = lt_err(bs, g, "cublasLtMatrixLayoutCreate (a)");
-        goto out;
-    }
-    if ((bs = cublasLtMatrixLayoutCreate(&lc, type, (uint64_t)g->n, (uint64_t)g->m, g->ldc))) {
-        lc = NULL;
-        st = lt_err(bs, g, "cublasLtMatrixLayoutCreate (c)");
-        goto out;
-    }
-    if ((bs = cublasLtMatmulPreferenceCreate(&pref))) {
-        pref = NULL;
-        st = lt_err(bs, g, "cublasLtMatmulPreferenceCreate");
-        goto out;
-    }
+    return TP_OK;
+}
+
+/* cuBLASLt's A is our B, stored column-major as bc x br with ldb; its B
+ * our A, ac x ar with lda; D = C, n x m with ldc. */
+static tp_status lt_make_layouts(lt_call *c, const tp_gemm_args *g, cudaDataType_t type)
+{
+    int64_t ar = g->trans_a ? g->k : g->m, ac = g->trans_a ? g->m : g->k;
+    int64_t br = g->trans_b ? g->n : g->k, bc = g->trans_b ? g->k : g->n;
+    tp_status st;
+
+    if ((st = lt_make_layout(&c->la, g, type, bc, br, g->ldb, "cublasLtMatrixLayoutCreate (b)")) ||
+        (st = lt_make_layout(&c->lb, g, type, ac, ar, g->lda, "cublasLtMatrixLayoutCreate (a)")) ||
+        (st = lt_make_layout(&c->lc, g, type, g->n, g->m, g->ldc,
+                             "cublasLtMatrixLayoutCreate (c)")))
+        return st;
+    return TP_OK;
+}
+
+/* The search preference: workspace, f32 split-K sums, and the alignments
+ * al[] of cuBLASLt's A, B and C (= D). */
+static tp_status lt_make_pref(lt_call *c, const tp_gemm_args *g, uint64_t ws, const uint32_t *al)
+{
     /* split-K partial sums in the compute type (f32), not the output type */
     uint32_t reduction = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
-    if ((bs = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                   &ws, sizeof ws)) ||
-        (bs = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
-                                                   &reduction, sizeof reduction)) ||
-        (bs = cublasLtMatmulPreferenceSetAttribute(
-             pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a)) ||
-        (bs = cublasLtMatmulPreferenceSetAttribute(
-             pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b)) ||
-        (bs = cublasLtMatmulPreferenceSetAttribute(
-             pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof al_c)) ||
-        (bs = cublasLtMatmulPreferenceSetAttribute(
-             pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof al_c))) {
-        st = lt_err(bs, g, "cublasLtMatmulPreferenceSetAttribute");
-        goto out;
+    cublasStatus_t bs;
+
+    if ((bs = cublasLtMatmulPreferenceCreate(&c->pref))) {
+        c->pref = NULL;
+        return lt_err(bs, g, "cublasLtMatmulPreferenceCreate");
     }
-    /* The heuristic costs tens of microseconds of host time: ask it once per
-     * shape, epilogue and alignment (refusals are not cached: rare). */
-    cuda_lt_key key;
-    memset(&key, 0, sizeof key);
-    key.m = g->m, key.n = g->n, key.k = g->k, key.lda = g->lda, key.ldb = g->ldb;
-    key.ldc = g->ldc, key.dtype = (int32_t)g->dtype, key.trans_a = g->trans_a;
-    key.trans_b = g->trans_b, key.tf32 = compute == CUBLAS_COMPUTE_32F_FAST_TF32;
-    key.epilogue = epi, key.align[0] = al_a, key.align[1] = al_b, key.align[2] = al_c;
-    key.align[3] = bias ? address_alignment(bias) : 0;
-    key.align[4] = pre ? address_alignment(pre) : 0;
+    if ((bs = cublasLtMatmulPreferenceSetAttribute(
+             c->pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws)) ||
+        (bs = cublasLtMatmulPreferenceSetAttribute(
+             c->pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &reduction, sizeof reduction)) ||
+        (bs = cublasLtMatmulPreferenceSetAttribute(
+             c->pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al[0], sizeof al[0])) ||
+        (bs = cublasLtMatmulPreferenceSetAttribute(
+             c->pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al[1], sizeof al[1])) ||
+        (bs = cublasLtMatmulPreferenceSetAttribute(
+             c->pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al[2], sizeof al[2])) ||
+        (bs = cublasLtMatmulPreferenceSetAttribute(
+             c->pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al[2], sizeof al[2])))
+        return lt_err(bs, g, "cublasLtMatmulPreferenceSetAttribute");
+    return TP_OK;
+}
+
+/* The algorithm for this shape, epilogue and alignments. The heuristic
+ * costs tens of microseconds of host time: ask it once per key, and keep
+ * its answer in the rank's cache (refusals are not cached: rare). */
+static tp_status lt_pick_algo(cuda_dev *d, const lt_call *c, const tp_gemm_args *g,
+                              const cuda_lt_key *key, cublasLtMatmulHeuristicResult_t *heur)
+{
     const cuda_lt_entry *hit = NULL;
+    int found = 0;
+    cublasStatus_t bs;
+
     for (int i = 0; i < CUDA_LT_CACHE && !hit; i++)
-        if (d->lt_cache[i].used && !memcmp(&d->lt_cache[i].key, &key, sizeof key))
+        if (d->lt_cache[i].used && !memcmp(&d->lt_cache[i].key, key, sizeof *key))
             hit = &d->lt_cache[i];
-    memset(&heur, 0, sizeof heur);
+    memset(heur, 0, sizeof *heur);
     if (hit) {
-        heur.algo = hit->algo;
-    } else {
-        bs = cublasLtMatmulAlgoGetHeuristic(d->lt, desc, la, lb, lc, lc, pref, 1, &heur, &found);
-        if (bs == CUBLAS_STATUS_SUCCESS && (found < 1 || heur.state != CUBLAS_STATUS_SUCCESS))
-            bs = CUBLAS_STATUS_NOT_SUPPORTED; /* no algorithm for this epilogue and shape */
-        if (bs) {
-            st = lt_err(bs, g, "cublasLtMatmulAlgoGetHeuristic");
-            goto out;
-        }
-        cuda_lt_entry *e = &d->lt_cache[d->lt_next++ % CUDA_LT_CACHE];
-        e->used = 1;
-        e->key = key;
-        e->algo = heur.algo;
+        heur->algo = hit->algo;
+        return TP_OK;
     }
+    bs = cublasLtMatmulAlgoGetHeuristic(d->lt, c->desc, c->la, c->lb, c->lc, c->lc, c->pref, 1,
+                                        heur, &found);
+    if (bs == CUBLAS_STATUS_SUCCESS && (found < 1 || heur->state != CUBLAS_STATUS_SUCCESS))
+        bs = CUBLAS_STATUS_NOT_SUPPORTED; /* no algorithm for this epilogue and shape */
+    if (bs)
+        return lt_err(bs, g, "cublasLtMatmulAlgoGetHeuristic");
+    cuda_lt_entry *e = &d->lt_cache[d->lt_next++ % CUDA_LT_CACHE];
+    e->used = 1;
+    e->key = *key;
+    e->algo = heur->algo;
+    return TP_OK;
+}
+
+/* Run the matmul; with act NONE the pre-activation is C itself, copied. */
+static tp_status lt_run(cuda_dev *d, const lt_call *c, const tp_gemm_args *g,
+                        const cublasLtMatmulAlgo_t *algo, uint64_t ws, tp_act act, void *pre,
+                        size_t es)
+{
+    float beta = 0.0f;
+    cublasStatus_t bs;
+
     /* beta 0: C is not read; C and D are the same buffer and layout. */
-    bs = cublasLtMatmul(d->lt, desc, &g->alpha, g->b, la, g->a, lb, &beta, g->c, lc, g->c, lc,
-                        &heur.algo, d->lt_ws, (size_t)ws, d->stream);
-    if (bs) {
-        st = lt_err(bs, g, "cublasLtMatmul");
-        goto out;
-    }
-    /* act NONE: the pre-activation is C itself. */
+    bs = cublasLtMatmul(d->lt, c->desc, &g->alpha, g->b, c->la, g->a, c->lb, &beta, g->c, c->lc,
+                        g->c, c->lc, algo, d->lt_ws, (size_t)ws, d->stream);
+    if (bs)
+        return lt_err(bs, g, "cublasLtMatmul");
     if (pre && act == TP_ACT_NONE) {
         size_t pitch = (size_t)g->ldc * es;
         cudaError_t e = cudaMemcpy2DAsync(pre, pitch, g->c, pitch, (size_t)g->n * es,
                                           (size_t)g->m, cudaMemcpyDeviceToDevice, d->stream);
-        if (e != cudaSuccess) {
-            st = cuda_rt_err(e, op, "cudaMemcpy2DAsync of the pre-activation");
-            goto out;
-        }
+        if (e != cudaSuccess)
+            return cuda_rt_err(e, "gemm_bias_act", "cudaMemcpy2DAsync of the pre-activation");
     }
-    st = TP_OK;
+    return TP_OK;
+}
+
+tp_status cuda_gemm_bias_act(void *dev, const tp_gemm_args *g, const void *bias, tp_act act,
+                             void *pre)
+{
+    cuda_dev *d = dev;
+    tp_status st;
+    cudaDataType_t type;
+    cublasComputeType_t compute;
+    size_t es;
+    lt_call c = {NULL, NULL, NULL, NULL, NULL};
+    cublasLtMatmulHeuristicResult_t heur;
+    cuda_lt_key key;
+    uint32_t epi, al[3];
+    uint64_t ws;
+
+    if ((st = bias_act_check(d, g, act, &type, &compute, &es)))
+        return st;
+    if (g->m == 0 || g->n == 0)
+        return TP_OK;
+    if ((st = bias_act_fusable(g, act, pre)))
+        return st;
+
+    epi = lt_epilogue(bias, act, pre);
+    ws = d->lt_ws ? (uint64_t)d->lt_ws_size : 0;
+    al[0] = address_alignment(g->b); /* cuBLASLt's A, B and C: our B, A and C */
+    al[1] = address_alignment(g->a);
+    al[2] = address_alignment(g->c);
+    if ((st = lt_make_desc(&c, g, compute, epi, bias, act, pre)) ||
+        (st = lt_make_layouts(&c, g, type)) || (st = lt_make_pref(&c, g, ws, al)))
+        goto out;
+    memset(&key, 0, sizeof key);
+    key.m = g->m, key.n = g->n, key.k = g->k, key.lda = g->lda, key.ldb = g->ldb;
+    key.ldc = g->ldc, key.dtype = (int32_t)g->dtype, key.trans_a = g->trans_a;
+    key.trans_b = g->trans_b, key.tf32 = compute == CUBLAS_COMPUTE_32F_FAST_TF32;
+    key.epilogue = epi, key.align[0] = al[0], key.align[1] = al[1], key.align[2] = al[2];
+    key.align[3] = bias ? address_alignment(bias) : 0;
+    key.align[4] = pre ? address_alignment(pre) : 0;
+    if ((st = lt_pick_algo(d, &c, g, &key, &heur)) == TP_OK)
+        st = lt_run(d, &c, g, &heur.algo, ws, act, pre, es);
 out:
-    if (pref)
-        cublasLtMatmulPreferenceDestroy(pref);
-    if (lc)
-        cublasLtMatrixLayoutDestroy(lc);
-    if (lb)
-        cublasLtMatrixLayoutDestroy(lb);
-    if (la)
-        cublasLtMatrixLayoutDestroy(la);
-    if (desc)
-        cublasLtMatmulDescDestroy(desc);
+    lt_call_free(&c);
     return st;
 }

@@ -8,6 +8,9 @@
  * device memory. Element-wise kernels take f32, bf16 or f16 tensors and
  * compute in f32; per-row statistics are f32. Reductions run in a fixed
  * order (no float atomics), so results are the same on every run.
+ *
+ * Files call downwards only: cuda-plugin (the vtable) -> cuda-device,
+ * cuda-gemm -> cuda-kernels, cuda-rows -> cuda-error (the leaf).
  */
 #ifndef TP_CUDA_INTERNAL_H
 #define TP_CUDA_INTERNAL_H
@@ -64,6 +67,9 @@ typedef struct cuda_dev {
     unsigned char peer[CUDA_MAX_GPUS];
 } cuda_dev;
 
+/* cuda-error.c: reporting and the common argument checks (calls no other file) */
+
+/* The host of the first open(); the same for every rank of the process. */
 extern const tp_host *cuda_host;
 
 /* Report through the host; messages start with "cuda device: ". */
@@ -76,8 +82,6 @@ tp_status cuda_err(tp_status st, const char *fmt, ...)
 /* A CUDA runtime error from `what` in `op` -> TP_ERR_DEVICE (or NO_MEMORY). */
 tp_status cuda_rt_err(cudaError_t e, const char *op, const char *what);
 
-const char *cuda_dtype_name(tp_dtype dt);
-
 /* Argument checks; each returns TP_OK or reports. */
 tp_status cuda_check_dev(const void *dev, const char *op);
 tp_status cuda_check_float_dt(tp_dtype dt, const char *op); /* f32, bf16, f16 */
@@ -85,9 +89,31 @@ tp_status cuda_check_count(int64_t v, const char *op, const char *what);
 tp_status cuda_check_dims(const char *op, int64_t rows, int64_t cols, const char *rname,
                           const char *cname);
 tp_status cuda_check_ptr(const void *p, int64_t count, const char *op, const char *what);
+tp_status cuda_check_id_range(const char *op, int64_t lo, int64_t hi); /* lo <= hi */
 
 /* After launching kernels: report a launch error. */
 tp_status cuda_launched(const char *op);
+
+/* cuda-device.c: probe, lifetime, memory, copies, events */
+int cuda_probe(char *reason, size_t len);
+tp_status cuda_open(const tp_host *host, const tp_device_args *args, void **dev,
+                    tp_rank_env *env);
+void cuda_close(void *dev);
+tp_status cuda_alloc(void *dev, size_t bytes, void **ptr);
+void cuda_free(void *dev, void *ptr);
+tp_status cuda_host_alloc(void *dev, size_t bytes, void **ptr);
+void cuda_host_free(void *dev, void *ptr);
+tp_status cuda_upload(void *dev, void *dst, const void *host_src, size_t bytes);
+tp_status cuda_download(void *dev, void *host_dst, const void *src, size_t bytes);
+tp_status cuda_copy_2d(void *dev, void *dst, size_t dpitch, const void *src, size_t spitch,
+                       size_t width_bytes, size_t height);
+tp_status cuda_memset(void *dev, void *ptr, int value, size_t bytes);
+tp_status cuda_synchronize(void *dev);
+tp_status cuda_event_create(void *dev, void **event);
+tp_status cuda_event_record(void *dev, void *event);
+tp_status cuda_event_elapsed(void *dev, const void *start, const void *stop,
+                             double *seconds);
+void cuda_event_destroy(void *dev, void *event);
 
 /* cuda-gemm.c */
 tp_status cuda_gemm(void *dev, const tp_gemm_args *g);

@@ -217,12 +217,19 @@ __global__ void k_embedding_bwd(int64_t n, int64_t dim, const int32_t *ids, int6
     }
 }
 
-static tp_status check_range(const char *op, int64_t lo, int64_t hi)
+/* The checks embedding and embedding_bwd share; the table shard holds
+ * rows [lo, hi). */
+static tp_status check_embedding(const char *op, const void *dev, tp_dtype dt, int64_t n,
+                                 int64_t dim, const int32_t *ids, int64_t lo, int64_t hi)
 {
-    if (lo > hi)
-        return cuda_err(TP_ERR_INVALID_ARG, "%s: id range [lo %lld, hi %lld) is reversed; "
-                        "expected lo <= hi (the shard's first and one-past-last vocab row)", op,
-                        (long long)lo, (long long)hi);
+    tp_status st;
+
+    if ((st = cuda_check_dev(dev, op)) || (st = cuda_check_float_dt(dt, op)) ||
+        (st = cuda_check_dims(op, n, dim, "n", "dim")) ||
+        (st = cuda_check_id_range(op, lo, hi)) ||
+        (st = cuda_check_dims(op, hi - lo, dim, "rows (hi - lo)", "dim")) ||
+        (st = cuda_check_ptr(ids, n, op, "ids")))
+        return st;
     return TP_OK;
 }
 
@@ -234,10 +241,7 @@ extern "C" tp_status cuda_embedding(void *dev, tp_dtype dt, int64_t n, int64_t d
     cuda_dev *d = (cuda_dev *)dev;
     tp_status st;
 
-    if ((st = cuda_check_dev(dev, op)) || (st = cuda_check_float_dt(dt, op)) ||
-        (st = cuda_check_dims(op, n, dim, "n", "dim")) || (st = check_range(op, lo, hi)) ||
-        (st = cuda_check_dims(op, hi - lo, dim, "rows (hi - lo)", "dim")) ||
-        (st = cuda_check_ptr(ids, n, op, "ids")) ||
+    if ((st = check_embedding(op, dev, dt, n, dim, ids, lo, hi)) ||
         (st = cuda_check_ptr(table, (hi - lo) * dim, op, "table")) ||
         (st = cuda_check_ptr(out, n * dim, op, "out")))
         return st;
@@ -258,10 +262,7 @@ extern "C" tp_status cuda_embedding_bwd(void *dev, tp_dtype dt, int64_t n, int64
     int64_t rows = hi - lo, blocks = (dim + THREADS - 1) / THREADS;
     unsigned parts;
 
-    if ((st = cuda_check_dev(dev, op)) || (st = cuda_check_float_dt(dt, op)) ||
-        (st = cuda_check_dims(op, n, dim, "n", "dim")) || (st = check_range(op, lo, hi)) ||
-        (st = cuda_check_dims(op, rows, dim, "rows (hi - lo)", "dim")) ||
-        (st = cuda_check_ptr(ids, n, op, "ids")) ||
+    if ((st = check_embedding(op, dev, dt, n, dim, ids, lo, hi)) ||
         (st = cuda_check_ptr(dout, n * dim, op, "dout")) ||
         (st = cuda_check_ptr(dtable, rows * dim, op, "dtable")))
         return st;

@@ -16,6 +16,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <tp/tp-plugin-util.h>
+
 #include "loopback.h"
 
 /* Share w of nw of n elements of size es, on cache-line boundaries. */
@@ -46,7 +48,7 @@ static tp_status lb_bad(char *msg, size_t len, tp_status st, const char *fmt, ..
 
 static tp_status lb_check_type(char *msg, size_t len, int dt, int op, bool reduces)
 {
-    if (!lb_dtype_size(dt))
+    if (!tp_util_dtype_size(dt))
         return lb_bad(msg, len, TP_ERR_INVALID_ARG,
                       "dtype %d is not a tp_dtype (expected TP_F32, TP_F16, TP_BF16 or TP_I32)", dt);
     if (reduces && (op < 0 || op >= TP_REDOP_COUNT_))
@@ -86,7 +88,7 @@ tp_status lb_all_reduce(void *comm, const void *send, void *recv, size_t count, 
     lb_group *g = c->g;
     char msg[200] = "";
     tp_status bad = lb_check_type(msg, sizeof msg, (int)dt, (int)op, true);
-    size_t es = lb_dtype_size((int)dt);
+    size_t es = tp_util_dtype_size(dt);
     if (!bad && count && (!send || !recv))
         bad = LB_BAD("%s buffer is NULL with count %zu", send ? "recv" : "send", count);
     if (!bad && count > SIZE_MAX / es)
@@ -149,7 +151,7 @@ tp_status lb_all_gather(void *comm, const void *send, void *recv, const size_t *
     size_t total = 0;
     uint64_t hash = 0;
     tp_status bad = lb_check_type(msg, sizeof msg, (int)dt, 0, false);
-    size_t es = lb_dtype_size((int)dt);
+    size_t es = tp_util_dtype_size(dt);
     if (!bad)
         bad = lb_check_counts(msg, sizeof msg, counts, n, es, &total, &hash);
     if (!bad && total && !recv)
@@ -194,7 +196,7 @@ tp_status lb_reduce_scatter(void *comm, const void *send, void *recv, const size
     size_t total = 0;
     uint64_t hash = 0;
     tp_status bad = lb_check_type(msg, sizeof msg, (int)dt, (int)op, true);
-    size_t es = lb_dtype_size((int)dt);
+    size_t es = tp_util_dtype_size(dt);
     if (!bad)
         bad = lb_check_counts(msg, sizeof msg, counts, n, es, &total, &hash);
     if (!bad && total && !send)
@@ -238,7 +240,7 @@ tp_status lb_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int roo
     int n = g->size;
     char msg[200] = "";
     tp_status bad = lb_check_type(msg, sizeof msg, (int)dt, 0, false);
-    size_t es = lb_dtype_size((int)dt);
+    size_t es = tp_util_dtype_size(dt);
     if (!bad && (root < 0 || root >= n))
         bad = LB_BAD("root %d is out of range: expected 0..%d", root, n - 1);
     if (!bad && count && !buf)

@@ -16,6 +16,8 @@
  */
 #include <stdio.h>
 
+#include <tp/tp-plugin-util.h>
+
 #include "loopback.h"
 
 /* A failed device op: say which, on which rank. The device recorded its
@@ -39,7 +41,7 @@ tp_status lb_dev_sync(lb_comm *c, char *msg, size_t len)
 tp_status lb_dev_reduce(lb_comm *c, int dt, int op, const void *const *src, int nsrc,
                         void *const *dst, int ndst, size_t n)
 {
-    size_t bytes = n * lb_dtype_size(dt);
+    size_t bytes = n * tp_util_dtype_size(dt);
     tp_status st = TP_OK;
     void *acc = dst[0];
     if (acc != src[0])

@@ -151,9 +151,6 @@ tp_status lb_poison(lb_group *g, tp_status status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 /* reduce.c */
-size_t lb_dtype_size(int dt);
-const char *lb_dtype_name(int dt);
-const char *lb_op_name(int op);
 /* dst[d][0..n) = src[0][i] op src[1][i] op ... in source order, for every
  * d; a dst equal to its source (in place) is safe. Returns true if
  * non-temporal stores were issued (call lb_store_fence before publishing). */

@@ -45,11 +45,9 @@ static tp_status lb_init(const tp_host *host, const tp_engine_args *args, void *
     /* When ranks fill or outnumber the CPUs, pin rank i's thread to allowed
      * CPU i mod ncpu (as mpirun binds ranks to cores): otherwise a loaded
      * machine's scheduler may stack ranks on one CPU while another has
-     * fewer, and barriers then wait for context switches (measured here
-     * under load, 8 B all_reduce: 2 ranks on 2 CPUs 2.5 us unpinned vs 0.5
-     * us pinned; 4 ranks 15 us vs 7.4 us). With CPUs to spare the
-     * scheduler places threads well, and pinning would stack concurrent
-     * jobs on the first CPUs. Undone when the rank leaves.
+     * fewer, and barriers then wait for context switches. With CPUs to
+     * spare the scheduler places threads well, and pinning would stack
+     * concurrent jobs on the first CPUs. Undone when the rank leaves.
      * TP_LOOPBACK_BIND=0 turns it off, =1 forces it. */
     const char *bind = getenv("TP_LOOPBACK_BIND");
     eng->bind = bind && *bind ? strcmp(bind, "0") != 0 : n >= 2 && n >= ncpu;
@@ -58,9 +56,8 @@ static tp_status lb_init(const tp_host *host, const tp_engine_args *args, void *
         eng->spin_limit = (unsigned)strtoul(sp, NULL, 0);
     /* Store results with non-temporal stores once an op writes more than
      * the last-level cache holds (as glibc's memcpy does): they would be
-     * evicted before anyone reads them. Measured here (a VM reporting a
-     * 384 MiB L3), caching stores win up to at least 64 MiB messages, so
-     * the reported size is trusted. TP_LOOPBACK_STREAM_BYTES overrides. */
+     * evicted before anyone reads them. The size the system reports is
+     * taken as it is. TP_LOOPBACK_STREAM_BYTES overrides. */
     long llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
     if (llc <= 0)
         llc = sysconf(_SC_LEVEL2_CACHE_SIZE);
@@ -69,12 +66,11 @@ static tp_status lb_init(const tp_host *host, const tp_engine_args *args, void *
     if (sb && *sb)
         eng->stream_bytes = (size_t)strtoull(sb, NULL, 0);
     /* all_reduce up to small_bytes takes one barrier instead of two, at the
-     * price of every rank reducing the whole vector. Measured here (8 B
-     * .. 8 KiB, medians): with 2 ranks on 2 CPUs it wins below about 1 KiB
-     * (8 B: 0.27 vs 0.35 us; 4 KiB: 0.7 vs 0.44 us); when ranks outnumber
-     * CPUs each barrier costs context switches and it wins up to the 4 KiB
-     * staging area (4 ranks, 8 B: 5.0 vs 6.7 us; 4 KiB: 6.0 vs 7.3 us).
-     * TP_LOOPBACK_SMALL_BYTES overrides (at most LB_SMALL_BYTES). */
+     * price of every rank reducing the whole vector: with a CPU per rank
+     * that pays only for small messages (about 1 KiB); when ranks outnumber
+     * CPUs each barrier costs context switches, and it pays up to the whole
+     * staging area. TP_LOOPBACK_SMALL_BYTES overrides (at most
+     * LB_SMALL_BYTES). */
     eng->small_bytes = n > ncpu ? LB_SMALL_BYTES : 1024;
     const char *sm = getenv("TP_LOOPBACK_SMALL_BYTES"); /* tuning knob, bytes */
     if (sm && *sm) {

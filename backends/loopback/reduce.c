@@ -7,7 +7,8 @@
  * split. max(acc, x) = x > acc ? x : acc (and min likewise), so a NaN in
  * src[0] survives a max and a NaN later is skipped, on every rank alike.
  * i32 sums wrap modulo 2^32. f16 and bf16 are widened to f32, reduced in
- * f32 and rounded once to nearest-even at the end.
+ * f32 and rounded once to nearest-even at the end (the SDK's tp_util_*
+ * conversions).
  *
  * Large ops store with non-temporal (streaming) stores: results bigger
  * than the cache would only evict useful lines, and streaming avoids
@@ -19,109 +20,11 @@
 #include <emmintrin.h>
 #endif
 
+#include <tp/tp-plugin-util.h>
+
 #include "loopback.h"
 
 #define LB_TILE 1024 /* elements per tile: 4 KiB of f32 */
-
-size_t lb_dtype_size(int dt)
-{
-    switch (dt) {
-    case TP_F32: return 4;
-    case TP_I32: return 4;
-    case TP_F16: return 2;
-    case TP_BF16: return 2;
-    default: return 0;
-    }
-}
-
-const char *lb_dtype_name(int dt)
-{
-    switch (dt) {
-    case TP_F32: return "f32";
-    case TP_I32: return "i32";
-    case TP_F16: return "f16";
-    case TP_BF16: return "bf16";
-    default: return "?";
-    }
-}
-
-const char *lb_op_name(int op)
-{
-    switch (op) {
-    case TP_SUM: return "sum";
-    case TP_MAX: return "max";
-    case TP_MIN: return "min";
-    default: return "?";
-    }
-}
-
-/* ------------------------------------------------ 16-bit float formats */
-
-static inline float lb_bits_f32(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static inline uint32_t lb_f32_bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
-static inline float lb_bf16_to_f32(uint16_t h)
-{
-    return lb_bits_f32((uint32_t)h << 16);
-}
-
-static inline uint16_t lb_f32_to_bf16(float f)
-{
-    uint32_t x = lb_f32_bits(f);
-    if ((x & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((x >> 16) | 0x40u); /* NaN stays a (quiet) NaN */
-    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
-}
-
-static inline float lb_f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
-    if (exp == 0x1f)
-        return lb_bits_f32(sign | 0x7f800000u | (man << 13));
-    if (exp)
-        return lb_bits_f32(sign | ((exp + 112u) << 23) | (man << 13));
-    float f = (float)man * 0x1p-24f; /* subnormal or zero: exact */
-    return lb_bits_f32(sign | lb_f32_bits(f));
-}
-
-static inline uint16_t lb_f32_to_f16(float f)
-{
-    uint32_t x = lb_f32_bits(f);
-    uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
-    if (ax > 0x7f800000u)
-        return (uint16_t)(sign | 0x7e00u | ((ax >> 13) & 0x3ffu));
-    if (ax >= 0x47800000u) /* >= 65536, or inf */
-        return (uint16_t)(sign | 0x7c00u);
-    uint32_t h, rem, half;
-    if (ax >= 0x38800000u) { /* normal in f16 */
-        h = ((ax >> 23) - 112u) << 10 | ((ax >> 13) & 0x3ffu);
-        rem = ax & 0x1fffu;
-        half = 0x1000u;
-    } else { /* subnormal in f16: units of 2^-24 */
-        uint32_t e = ax >> 23, shift = 126u - e;
-        if (e == 0 || shift > 24)
-            return (uint16_t)sign;
-        uint32_t m = (ax & 0x7fffffu) | 0x800000u;
-        h = m >> shift;
-        rem = m & ((1u << shift) - 1u);
-        half = 1u << (shift - 1u);
-    }
-    if (rem > half || (rem == half && (h & 1u)))
-        h++; /* may carry into the exponent: still the right encoding */
-    return (uint16_t)(sign | h);
-}
 
 /* ------------------------------------------------------- combine loops */
 
@@ -184,20 +87,20 @@ static void lb_widen(int dt, float *restrict w, const uint16_t *restrict s, size
 {
     if (dt == TP_BF16)
         for (size_t i = 0; i < m; i++)
-            w[i] = lb_bf16_to_f32(s[i]);
+            w[i] = tp_util_bf16_to_f32(s[i]);
     else
         for (size_t i = 0; i < m; i++)
-            w[i] = lb_f16_to_f32(s[i]);
+            w[i] = tp_util_f16_to_f32(s[i]);
 }
 
 static void lb_narrow(int dt, uint16_t *restrict d, const float *restrict t, size_t m)
 {
     if (dt == TP_BF16)
         for (size_t i = 0; i < m; i++)
-            d[i] = lb_f32_to_bf16(t[i]);
+            d[i] = tp_util_f32_to_bf16(t[i]);
     else
         for (size_t i = 0; i < m; i++)
-            d[i] = lb_f32_to_f16(t[i]);
+            d[i] = tp_util_f32_to_f16(t[i]);
 }
 
 /* ------------------------------------------------------------- stores */
@@ -241,7 +144,7 @@ void lb_store_fence(void)
 bool lb_reduce(int dt, int op, const void *const *src, int nsrc, void *const *dst, int ndst,
                size_t n, bool stream)
 {
-    size_t es = lb_dtype_size(dt);
+    size_t es = tp_util_dtype_size(dt);
     _Alignas(LB_LINE) float t[LB_TILE];
     _Alignas(LB_LINE) float w[LB_TILE];
     _Alignas(LB_LINE) uint16_t h[LB_TILE];

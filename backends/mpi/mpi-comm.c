@@ -37,23 +37,6 @@ static tp_status mpi_dev_ready(const mpi_comm *c)
     return c->dops ? c->dops->synchronize(c->dev) : TP_OK;
 }
 
-tp_status mpi_fail(const mpi_comm *c, const char *op, int rc)
-{
-    char msg[MPI_MAX_ERROR_STRING + 1];
-    int len = 0, cls = 0;
-    if (MPI_Error_string(rc, msg, &len) != MPI_SUCCESS)
-        len = snprintf(msg, sizeof msg, "unknown MPI error");
-    msg[len < 0 ? 0 : (len > MPI_MAX_ERROR_STRING ? MPI_MAX_ERROR_STRING : len)] = '\0';
-    MPI_Error_class(rc, &cls);
-    if (c)
-        return mpi_host->set_error(TP_ERR_COMM,
-                                   "mpi %s failed on rank %d of a %d-rank communicator: %s "
-                                   "(MPI error %d, class %d)",
-                                   op, c->rank, c->size, msg, rc, cls);
-    return mpi_host->set_error(TP_ERR_COMM, "mpi %s failed: %s (MPI error %d, class %d)", op, msg,
-                               rc, cls);
-}
-
 /* Wrap an MPI_Comm we own into a handle. Takes ownership of *mc. */
 static tp_status wrap_comm(mpi_engine *e, MPI_Comm *mc, const char *op, void **out, int *rank,
                            int *size)

@@ -55,8 +55,6 @@ struct mpi_engine {
     bool stop;
 };
 
-const tp_host *mpi_host;
-
 static bool mpi_we_initialised; /* MPI_Init_thread was ours: finalize at exit */
 static bool mpi_exit_hook;      /* the exit handler is registered */
 

@@ -3,12 +3,15 @@
  *
  * One engine per process (MPI has one COMM_WORLD), one rank per process.
  * Symbols here are hidden (gnu_symbol_visibility: 'hidden'); the plugin
- * exports only its TP_PLUGIN_DEFINE entry point.
+ * exports only its TP_PLUGIN_DEFINE entry point. Files call downwards
+ * only: mpi-plugin (the vtable) -> mpi-comm -> mpi-engine -> mpi-half,
+ * and everyone -> mpi-error (the leaf).
  */
 #ifndef TP_MPI_INTERNAL_H
 #define TP_MPI_INTERNAL_H
 
 #include <tp/tp-plugin.h>
+#include <tp/tp-plugin-util.h>
 
 #include <mpi.h>
 #include <stdbool.h>
@@ -28,8 +31,14 @@ typedef struct mpi_comm {
     void *dev;
 } mpi_comm;
 
-/* The host of the current engine (set by init, cleared by finalize). */
+/* mpi-error.c: calls no other file */
+
+/* The host of the current engine (set by init). */
 extern const tp_host *mpi_host;
+
+/* Turn an MPI return code into TP_ERR_COMM with MPI's error string; c may
+ * be NULL (no communicator yet). */
+tp_status mpi_fail(const mpi_comm *c, const char *op, int rc);
 
 /* mpi-engine.c */
 tp_status mpi_engine_init(const tp_host *host, const tp_engine_args *args, void **engine,
@@ -59,9 +68,6 @@ tp_status mpi_reduce_scatter(void *comm, const void *send, void *recv, const siz
 tp_status mpi_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int root);
 tp_status mpi_barrier(void *comm);
 
-/* Turn an MPI return code into TP_ERR_COMM with MPI's error string. */
-tp_status mpi_fail(const mpi_comm *c, const char *op, int rc);
-
 /* mpi-half.c: reductions on IEEE half and bfloat16 in f32 arithmetic. */
 void mpi_half_sum(void *in, void *inout, int *len, MPI_Datatype *dt);
 void mpi_half_max(void *in, void *inout, int *len, MPI_Datatype *dt);
@@ -69,9 +75,11 @@ void mpi_half_min(void *in, void *inout, int *len, MPI_Datatype *dt);
 void mpi_bf16_sum(void *in, void *inout, int *len, MPI_Datatype *dt);
 void mpi_bf16_max(void *in, void *inout, int *len, MPI_Datatype *dt);
 void mpi_bf16_min(void *in, void *inout, int *len, MPI_Datatype *dt);
-float mpi_half_to_f32(uint16_t h);
-uint16_t mpi_f32_to_half(float f);
-float mpi_bf16_to_f32(uint16_t h);
-uint16_t mpi_f32_to_bf16(float f);
+/* The SDK's conversions these ops use, under the names
+ * tests/mpi/mpi-half-test.c checks. */
+static inline float mpi_half_to_f32(uint16_t h) { return tp_util_f16_to_f32(h); }
+static inline uint16_t mpi_f32_to_half(float f) { return tp_util_f32_to_f16(f); }
+static inline float mpi_bf16_to_f32(uint16_t h) { return tp_util_bf16_to_f32(h); }
+static inline uint16_t mpi_f32_to_bf16(float f) { return tp_util_f32_to_bf16(f); }
 
 #endif /* TP_MPI_INTERNAL_H */

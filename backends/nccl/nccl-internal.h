@@ -1,11 +1,12 @@
 /*
  * nccl-internal.h — shared by the files of libtp-nccl.so (not installed).
  *
- * Files, one concern each:
- *   nccl-plugin.c   descriptor, probe(), error helpers
+ * Files, one concern each, each calling only those below it:
+ *   nccl-plugin.c   the vtable, descriptor and probe()
+ *   nccl-comm.c     world/split/free and the collectives, waiting, timeouts
  *   nccl-engine.c   init/finalize: launch model, world size, unique id
  *   nccl-mpi.c      unique-id broadcast over Open MPI, dlopen'ed at run time
- *   nccl-comm.c     world/split/free and the collectives, waiting, timeouts
+ *   nccl-util.c     statuses, CUDA diagnostics, clock and backoff (a leaf)
  *
  * Everything here has hidden visibility (the module is built with
  * gnu_symbol_visibility: 'hidden'); only tp_plugin_get_desc_v1 is exported.
@@ -108,7 +109,7 @@ tp_status nccl_reduce_scatter(void *comm, const void *send, void *recv, const si
 tp_status nccl_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int root);
 tp_status nccl_barrier(void *comm);
 
-/* ------------------------------------------------------- nccl-plugin.c */
+/* --------------------------------------------------------- nccl-util.c */
 
 /* Why CUDA cannot be used here, from cudaGetDeviceCount's result: "no CUDA
  * device ...", "CUDA driver too old: cudaErrorInsufficientDriver ...". */

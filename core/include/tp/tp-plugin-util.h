@@ -17,7 +17,13 @@
  *                  formats the message into a fixed buffer (no allocation on
  *                  the error path) and reports it, prefixed, through the
  *                  host's set_error.
- *   GEMM checks    tp_util_gemm_c_batches_disjoint.
+ *   op checks      tp_util_check_dev / _count / _dims / _ptr / _id_range:
+ *                  the argument checks of a device's element-wise ops.
+ *   GEMM checks    tp_util_gemm_check_args / _mnk / _batch / _operands /
+ *                  _c_disjoint: the argument checks every device's gemm
+ *                  makes, reporting through the plugin's error function
+ *                  (a tp_util_error_fn, e.g. one TP_UTIL_DEFINE_ERROR
+ *                  made); tp_util_gemm_c_batches_disjoint.
  */
 #ifndef TP_PLUGIN_UTIL_H
 #define TP_PLUGIN_UTIL_H
@@ -127,6 +133,13 @@ static inline tp_status tp_util_verror(const tp_host *host, tp_status st, const 
     return host->set_error(st, "%s: %s", prefix, msg);
 }
 
+/* What TP_UTIL_DEFINE_ERROR defines: the helpers below report through one. */
+typedef tp_status (*tp_util_error_fn)(tp_status st, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
 /* Define `tp_status FN(tp_status st, const char *fmt, ...)` reporting
  * through the tp_host that HOST_EXPR yields (evaluated at each call). */
 #define TP_UTIL_DEFINE_ERROR(FN, HOST_EXPR, PREFIX)                                               \
@@ -138,6 +151,62 @@ static inline tp_status tp_util_verror(const tp_host *host, tp_status st, const 
         va_end(ap);                                                                               \
         return st;                                                                                \
     }
+
+/* ----------------------------------------------------------- op checks */
+
+/* Each returns TP_OK or reports through err, with "OP: " in front. */
+
+static inline tp_status tp_util_check_dev(tp_util_error_fn err, const void *dev, const char *op)
+{
+    if (!dev)
+        return err(TP_ERR_INVALID_ARG, "%s: device handle is NULL (was open() successful?)", op);
+    return TP_OK;
+}
+
+/* A size WHAT = v must be >= 0. */
+static inline tp_status tp_util_check_count(tp_util_error_fn err, int64_t v, const char *op,
+                                            const char *what)
+{
+    if (v < 0)
+        return err(TP_ERR_INVALID_ARG, "%s: %s = %lld, expected >= 0", op, what, (long long)v);
+    return TP_OK;
+}
+
+/* rows, cols >= 0 and rows x cols <= max_elems (what the device can address). */
+static inline tp_status tp_util_check_dims(tp_util_error_fn err, const char *op, int64_t rows,
+                                           int64_t cols, const char *rname, const char *cname,
+                                           int64_t max_elems)
+{
+    tp_status st = tp_util_check_count(err, rows, op, rname);
+
+    if (st == TP_OK)
+        st = tp_util_check_count(err, cols, op, cname);
+    if (st == TP_OK && cols > 0 && rows > max_elems / cols)
+        st = err(TP_ERR_INVALID_ARG, "%s: %s %lld x %s %lld elements overflow", op, rname,
+                 (long long)rows, cname, (long long)cols);
+    return st;
+}
+
+/* A pointer WHAT is needed when it has count > 0 elements. */
+static inline tp_status tp_util_check_ptr(tp_util_error_fn err, const void *p, int64_t count,
+                                          const char *op, const char *what)
+{
+    if (!p && count > 0)
+        return err(TP_ERR_INVALID_ARG, "%s: %s is NULL but %lld elements are needed", op, what,
+                   (long long)count);
+    return TP_OK;
+}
+
+/* A vocabulary shard's id range [lo, hi) (embedding ops). */
+static inline tp_status tp_util_check_id_range(tp_util_error_fn err, const char *op, int64_t lo,
+                                               int64_t hi)
+{
+    if (lo > hi)
+        return err(TP_ERR_INVALID_ARG, "%s: id range [lo %lld, hi %lld) is reversed; expected "
+                   "lo <= hi (the shard's first and one-past-last vocab row)", op, (long long)lo,
+                   (long long)hi);
+    return TP_OK;
+}
 
 /* ---------------------------------------------------------- GEMM checks */
 
@@ -157,6 +226,98 @@ static inline int tp_util_gemm_c_batches_disjoint(const tp_gemm_args *g)
         return 1;
     /* s >= n > 0 here cannot overflow; ldc >= n was checked */
     return s >= g->n && g->batch - 1 <= (g->ldc - g->n) / s;
+}
+
+/* The checks below return TP_OK or report through err, with "OP: " in
+ * front of the message. A device calls those it needs, in its own order. */
+
+/* args present and from a tp-plugin.h at least as new as this one. */
+static inline tp_status tp_util_gemm_check_args(tp_util_error_fn err, const char *op,
+                                                const tp_gemm_args *g)
+{
+    if (!g)
+        return err(TP_ERR_INVALID_ARG, "%s: args is NULL", op);
+    if (g->struct_size < sizeof(tp_gemm_args))
+        return err(TP_ERR_INVALID_ARG, "%s: args.struct_size %zu < %zu (caller built "
+                   "against an older tp-plugin.h?)", op, g->struct_size, sizeof(tp_gemm_args));
+    return TP_OK;
+}
+
+static inline tp_status tp_util_gemm_check_mnk(tp_util_error_fn err, const char *op,
+                                               const tp_gemm_args *g)
+{
+    if (g->m < 0 || g->n < 0 || g->k < 0)
+        return err(TP_ERR_INVALID_ARG, "%s: m, n, k must be >= 0, got %lld, %lld, %lld", op,
+                   (long long)g->m, (long long)g->n, (long long)g->k);
+    return TP_OK;
+}
+
+static inline tp_status tp_util_gemm_check_batch(tp_util_error_fn err, const char *op,
+                                                 const tp_gemm_args *g)
+{
+    if (g->batch < 1)
+        return err(TP_ERR_INVALID_ARG, "%s: batch = %lld, expected >= 1", op,
+                   (long long)g->batch);
+    return TP_OK;
+}
+
+/* One operand NAME: a rows x cols row-major matrix with row pitch ld and
+ * batch stride; needs a pointer when it has elements. */
+static inline tp_status tp_util_gemm_check_operand(tp_util_error_fn err, const char *op,
+                                                   const char *name, const void *p,
+                                                   int64_t rows, int64_t cols, int64_t ld,
+                                                   int64_t stride, int transposed)
+{
+    int64_t min_ld = cols > 1 ? cols : 1;
+
+    if (ld < min_ld)
+        return err(TP_ERR_INVALID_ARG,
+                   "%s: ld%s = %lld but %s%s is stored as %lld x %lld (row-major), so ld%s "
+                   "must be >= %lld; did you swap m/n/k or forget a transpose flag?",
+                   op, name, (long long)ld, name, transposed ? " (transposed)" : "",
+                   (long long)rows, (long long)cols, name, (long long)min_ld);
+    if (stride < 0)
+        return err(TP_ERR_INVALID_ARG, "%s: stride_%s = %lld, expected >= 0", op, name,
+                   (long long)stride);
+    if (!p && rows > 0 && cols > 0)
+        return err(TP_ERR_INVALID_ARG, "%s: %s is NULL for a %lld x %lld operand", op, name,
+                   (long long)rows, (long long)cols);
+    return TP_OK;
+}
+
+/* A, B and C as stored: A is m x k (k x m if transposed), B k x n (n x k),
+ * C m x n. Needs m, n, k >= 0. */
+static inline tp_status tp_util_gemm_check_operands(tp_util_error_fn err, const char *op,
+                                                    const tp_gemm_args *g)
+{
+    int64_t ar = g->trans_a ? g->k : g->m, ac = g->trans_a ? g->m : g->k;
+    int64_t br = g->trans_b ? g->n : g->k, bc = g->trans_b ? g->k : g->n;
+    tp_status st;
+
+    st = tp_util_gemm_check_operand(err, op, "a", g->a, ar, ac, g->lda, g->stride_a, g->trans_a);
+    if (st == TP_OK)
+        st = tp_util_gemm_check_operand(err, op, "b", g->b, br, bc, g->ldb, g->stride_b,
+                                        g->trans_b);
+    if (st == TP_OK)
+        st = tp_util_gemm_check_operand(err, op, "c", g->c, g->m, g->n, g->ldc, g->stride_c, 0);
+    return st;
+}
+
+/* The batches' outputs must not overlap (tp_util_gemm_c_batches_disjoint);
+ * needs the operands checked. */
+static inline tp_status tp_util_gemm_check_c_disjoint(tp_util_error_fn err, const char *op,
+                                                      const tp_gemm_args *g)
+{
+    if (tp_util_gemm_c_batches_disjoint(g))
+        return TP_OK;
+    return err(TP_ERR_INVALID_ARG,
+               "%s: stride_c = %lld makes the %lld output matrices (%lld x %lld, ldc %lld) "
+               "write some elements twice; expected stride_c >= %lld (separate matrices) or, "
+               "for column blocks of one matrix, stride_c >= n = %lld with "
+               "(batch-1)*stride_c + n <= ldc",
+               op, (long long)g->stride_c, (long long)g->batch, (long long)g->m,
+               (long long)g->n, (long long)g->ldc, (long long)((g->m - 1) * g->ldc + g->n),
+               (long long)g->n);
 }
 
 #endif /* TP_PLUGIN_UTIL_H */
