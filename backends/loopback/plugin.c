@@ -36,6 +36,8 @@ static tp_status lb_init(const tp_host *host, const tp_engine_args *args, void *
     eng->host = host;
     eng->world_size = n;
     eng->timeout_s = host->timeout_s > 0 ? host->timeout_s : 300.0;
+    /* The measurements behind these defaults are in docs/performance.md
+     * ("Measurements behind loopback's engine defaults"). */
     int ncpu = lb_cpu_count();
     /* Spin a few microseconds (200 pauses) before yielding: a peer that is
      * coming arrives within that on an idle machine; when ranks outnumber
