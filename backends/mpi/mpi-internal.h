@@ -75,11 +75,5 @@ void mpi_half_min(void *in, void *inout, int *len, MPI_Datatype *dt);
 void mpi_bf16_sum(void *in, void *inout, int *len, MPI_Datatype *dt);
 void mpi_bf16_max(void *in, void *inout, int *len, MPI_Datatype *dt);
 void mpi_bf16_min(void *in, void *inout, int *len, MPI_Datatype *dt);
-/* The SDK's conversions these ops use, under the names
- * tests/mpi/mpi-half-test.c checks. */
-static inline float mpi_half_to_f32(uint16_t h) { return tp_util_f16_to_f32(h); }
-static inline uint16_t mpi_f32_to_half(float f) { return tp_util_f32_to_f16(f); }
-static inline float mpi_bf16_to_f32(uint16_t h) { return tp_util_bf16_to_f32(h); }
-static inline uint16_t mpi_f32_to_bf16(float f) { return tp_util_f32_to_bf16(f); }
 
 #endif /* TP_MPI_INTERNAL_H */
