@@ -181,8 +181,8 @@ static int write_npy(const char *dir, const char *name, const void *data, const 
                                 ndim == 1 ? "," : (i + 1 < ndim ? ", " : ""));
         n *= shape[i];
     }
-    int len = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }",
-                       descr, sh);
+    int len = snprintf(dict, sizeof dict,
+                       "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }", descr, sh);
     size_t total = 10 + (size_t)len + 1;
     size_t pad = (64 - total % 64) % 64;
     size_t hlen = (size_t)len + pad + 1;
