@@ -108,7 +108,7 @@ typedef struct opt_slot {
     const char *name;
     int64_t lo, hi; /* integers */
     double flo, fhi; /* reals */
-    int64_t *i64;
+    int64_t *i64; /* exactly one of these five is set */
     int *i32;
     uint64_t *u64;
     double *f;
