@@ -181,8 +181,8 @@ static int write_npy(const char *dir, const char *name, const void *data, const 
                                 ndim == 1 ? "," : (i + 1 < ndim ? ", " : ""));
         n *= shape[i];
     }
-    int len = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }",
-                       descr, sh);
+    int len = snprintf(dict, sizeof dict,
+                       "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }", descr, sh);
     size_t total = 10 + (size_t)len + 1;
     size_t pad = (64 - total % 64) % 64;
     size_t hlen = (size_t)len + pad + 1;
@@ -208,9 +208,27 @@ static int write_npy(const char *dir, const char *name, const void *data, const 
     return 0;
 }
 
-double *ex_to_double(const float *a, int64_t n)
+void *ex_calloc(int64_t n, size_t size, const char *what, tp_status *st)
 {
-    double *d = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
+    if (*st != TP_OK)
+        return NULL;
+    size_t count = n > 0 ? (size_t)n : 1;
+    void *p = calloc(count, size);
+    if (!p)
+        *st = tp_set_error(TP_ERR_NO_MEMORY, "out of memory for %s (%zu x %zu bytes)", what,
+                           count, size);
+    return p;
+}
+
+const char *ex_backend_name(void)
+{
+    const char *b = getenv("TP_BACKEND");
+    return b ? b : "loopback";
+}
+
+double *ex_to_double(const float *a, int64_t n, const char *what, tp_status *st)
+{
+    double *d = ex_calloc(n, sizeof(double), what, st);
     for (int64_t i = 0; d && i < n; i++)
         d[i] = a[i];
     return d;

@@ -29,6 +29,23 @@ typedef struct ex_opts {
         }                       \
     } while (0)
 
+/* In a function returning tp_status: return expr's status unless it is TP_OK. */
+#define EX_TRY(expr)            \
+    do {                        \
+        tp_status st_ = (expr); \
+        if (st_ != TP_OK)       \
+            return st_;         \
+    } while (0)
+
+/* calloc(n, size) (at least one element), or NULL after setting *st to
+ * TP_ERR_NO_MEMORY with a message naming `what` and its bytes. Allocations
+ * chain: once *st is a failure, it allocates nothing and returns NULL, so a
+ * run of them needs one check of *st at the end. */
+void *ex_calloc(int64_t n, size_t size, const char *what, tp_status *st);
+
+/* The comm backend's name as the examples print it: TP_BACKEND, else loopback. */
+const char *ex_backend_name(void);
+
 /* Parse an integer in [lo, hi] (0), or print why not and return -1. */
 int ex_parse_i64(const char *prog, const char *opt, const char *v, int64_t lo, int64_t hi,
                  int64_t *out);
@@ -65,8 +82,8 @@ int ex_write_npy_i32(const char *dir, const char *name, const int32_t *data, int
 
 double ex_now(void); /* monotonic seconds */
 
-/* a widened to double (malloc'ed; the caller frees). */
-double *ex_to_double(const float *a, int64_t n);
+/* a widened to double (allocated as by ex_calloc; the caller frees). */
+double *ex_to_double(const float *a, int64_t n, const char *what, tp_status *st);
 
 /* Serial reference in double: C[m,n] = A[m,k] B[k,n] (+ bias), with ec the
  * bound on the error of an f32 computation whose inputs carry the errors

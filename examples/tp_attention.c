@@ -54,7 +54,8 @@ static void usage(FILE *f, const opts *d)
             "  --no-causal         attend to every position (default: causal mask)\n"
             "  --no-bias           no QKV / out-projection biases\n"
             "  --sequence-parallel shard tokens between TP regions (all-gather/reduce-scatter)\n"
-            "  --save-npy DIR      rank 0 writes x, qkv_w, qkv_b, out_w, out_b, y (full, unsharded)\n"
+            "  --save-npy DIR      rank 0 writes x, qkv_w, qkv_b, out_w, out_b, y (full, "
+            "unsharded)\n"
             "                      as float32 .npy files to DIR\n"
             "  --help              this text\n\n"
             "Environment: TP_BACKEND (loopback, mpi, ...), TP_DEVICE (cpu, cuda), TP_WORLD_SIZE.\n",
@@ -141,171 +142,282 @@ static void maxdiff(const float *a, const float *b, int64_t n, double *err, doub
     }
 }
 
-static tp_status rank_main(tp_comm *world, void *arg)
+/* One rank's state. Host buffers are full size [N, H] (N = batch * seq):
+ * x, dy the input and output gradient, y, dx the TP output and input
+ * gradient, yref, dxref the one-rank reference's; w, b, wo, bo (--save-npy
+ * only) the full weights gathered from the shards. */
+typedef struct att_run {
+    opts *o;
+    tp_comm *world;
+    tp_device *dev;
+    int rank, T;
+    int64_t N, H, lo, hi; /* this rank's token rows [lo, hi): all, or its sequence shard */
+    tp_attention_config ac;
+    tp_attention *att, *ref;
+    tp_comm *solo; /* rank 0 alone, for the reference */
+    tp_tensor xt, dyt, yt, dxt; /* TP */
+    tp_tensor xf, dyf, yr, dxr; /* reference */
+    float *x, *dy, *y, *dx, *yref, *dxref;
+    float *w, *b, *wo, *bo;
+    double wall;    /* mean seconds per forward + backward */
+    tp_stats stats; /* this rank's counters over the timed passes */
+} att_run;
+
+static void att_run_free(att_run *A)
 {
-    opts *o = arg;
-    int rank = tp_comm_rank(world), T = tp_comm_size(world);
-    tp_device *dev = tp_comm_device(world);
-    int64_t N = o->batch * o->seq, H = o->hidden, lo = 0, hi = N;
-    tp_status status = TP_OK;
-    tp_attention *att = NULL, *ref = NULL;
-    tp_comm *solo = NULL;
-    tp_tensor xt = {0}, dyt = {0}, yt = {0}, dxt = {0}, xf = {0}, dyf = {0}, yr = {0}, dxr = {0};
-    float *x = malloc(sizeof(float) * (size_t)(N * H)), *dy = malloc(sizeof(float) * (size_t)(N * H));
-    float *y = calloc((size_t)(N * H), sizeof(float)), *dx = calloc((size_t)(N * H), sizeof(float));
-    float *yref = calloc((size_t)(N * H), sizeof(float)), *dxref = calloc((size_t)(N * H), sizeof(float));
-    float *w = NULL, *b = NULL, *wo = NULL, *bo = NULL;
-    size_t *counts = calloc((size_t)T, sizeof(size_t));
-    fill(x, N * H, o->seed, 1000);
-    fill(dy, N * H, o->seed, 1001);
-    tp_attention_config ac = {.hidden = H, .heads = o->heads, .kv_heads = o->kv_heads,
-                              .head_dim = o->head_dim, .bias = o->bias, .causal = o->causal,
-                              .sequence_parallel = o->sp, .seed = o->seed, .tensor_id = 1,
-                              .name = "attn"};
-    EX_CHECK(tp_attention_create(world, &ac, &att));
+    tp_tensor_release(&A->xt), tp_tensor_release(&A->dyt), tp_tensor_release(&A->yt);
+    tp_tensor_release(&A->dxt), tp_tensor_release(&A->xf), tp_tensor_release(&A->dyf);
+    tp_tensor_release(&A->yr), tp_tensor_release(&A->dxr);
+    tp_attention_free(A->att);
+    tp_attention_free(A->ref);
+    tp_comm_free(A->solo);
+    free(A->x), free(A->dy), free(A->y), free(A->dx), free(A->yref), free(A->dxref);
+    free(A->w), free(A->b), free(A->wo), free(A->bo);
+}
+
+/* The host buffers, the inputs, the TP layer and this rank's rows of x, dy. */
+static tp_status set_up(att_run *A)
+{
+    const opts *o = A->o;
+    int64_t N = A->N, H = A->H;
+    tp_status st = TP_OK;
+    A->x = ex_calloc(N * H, sizeof(float), "the input x", &st);
+    A->dy = ex_calloc(N * H, sizeof(float), "the output gradient dy", &st);
+    A->y = ex_calloc(N * H, sizeof(float), "the TP output y", &st);
+    A->dx = ex_calloc(N * H, sizeof(float), "the TP input gradient dx", &st);
+    A->yref = ex_calloc(N * H, sizeof(float), "the reference output", &st);
+    A->dxref = ex_calloc(N * H, sizeof(float), "the reference input gradient", &st);
+    EX_TRY(st);
+    fill(A->x, N * H, o->seed, 1000);
+    fill(A->dy, N * H, o->seed, 1001);
+    A->ac = (tp_attention_config){.hidden = H, .heads = o->heads, .kv_heads = o->kv_heads,
+                                  .head_dim = o->head_dim, .bias = o->bias,
+                                  .causal = o->causal, .sequence_parallel = o->sp,
+                                  .seed = o->seed, .tensor_id = 1, .name = "attn"};
+    EX_TRY(tp_attention_create(A->world, &A->ac, &A->att));
+    A->lo = 0, A->hi = N;
     if (o->sp)
-        tp_shard_range(N, T, rank, &lo, &hi);
-    EX_CHECK(tp_tensor_alloc2(dev, TP_F32, hi - lo, H, &xt));
-    EX_CHECK(tp_tensor_alloc2(dev, TP_F32, hi - lo, H, &dyt));
-    if (hi > lo) {
-        EX_CHECK(tp_tensor_upload(&xt, x + lo * H));
-        EX_CHECK(tp_tensor_upload(&dyt, dy + lo * H));
+        tp_shard_range(N, A->T, A->rank, &A->lo, &A->hi);
+    EX_TRY(tp_tensor_alloc2(A->dev, TP_F32, A->hi - A->lo, H, &A->xt));
+    EX_TRY(tp_tensor_alloc2(A->dev, TP_F32, A->hi - A->lo, H, &A->dyt));
+    if (A->hi > A->lo) {
+        EX_TRY(tp_tensor_upload(&A->xt, A->x + A->lo * H));
+        EX_TRY(tp_tensor_upload(&A->dyt, A->dy + A->lo * H));
     }
-    /* warm-up, then timed passes */
-    EX_CHECK(tp_attention_zero_grad(att));
-    EX_CHECK(tp_attention_forward(att, &xt, o->batch, o->seq, &yt));
-    EX_CHECK(tp_attention_backward(att, &dyt, &dxt));
-    EX_CHECK(tp_dev_synchronize(dev));
-    tp_stats_reset(world);
+    return TP_OK;
+}
+
+static tp_status tp_pass(att_run *A)
+{
+    EX_TRY(tp_attention_forward(A->att, &A->xt, A->o->batch, A->o->seq, &A->yt));
+    return tp_attention_backward(A->att, &A->dyt, &A->dxt);
+}
+
+/* One warm-up forward+backward, then o->iters timed ones; the counters
+ * cover the timed passes only. */
+static tp_status time_tp_passes(att_run *A)
+{
+    EX_TRY(tp_attention_zero_grad(A->att));
+    EX_TRY(tp_pass(A));
+    EX_TRY(tp_dev_synchronize(A->dev));
+    tp_stats_reset(A->world);
     double t0 = ex_now();
-    for (int i = 0; i < o->iters; i++) {
-        EX_CHECK(tp_attention_forward(att, &xt, o->batch, o->seq, &yt));
-        EX_CHECK(tp_attention_backward(att, &dyt, &dxt));
+    for (int i = 0; i < A->o->iters; i++)
+        EX_TRY(tp_pass(A));
+    EX_TRY(tp_dev_synchronize(A->dev));
+    A->wall = (ex_now() - t0) / A->o->iters;
+    tp_stats_get(A->world, &A->stats);
+    return TP_OK;
+}
+
+/* Sequence parallel: all-gather the row shards of y and dx into full
+ * tensors and download those. Collective. */
+static tp_status gather_sequence_shards(att_run *A)
+{
+    int T = A->T;
+    int64_t N = A->N, H = A->H;
+    tp_status status = TP_OK;
+    tp_tensor yfull = {0}, dxfull = {0};
+    size_t *counts = ex_calloc(T, sizeof(size_t), "the gather counts", &status);
+    EX_CHECK(status);
+    EX_CHECK(tp_tensor_alloc2(A->dev, TP_F32, N, H, &yfull));
+    EX_CHECK(tp_tensor_alloc2(A->dev, TP_F32, N, H, &dxfull));
+    for (int i = 0; i < T; i++) {
+        int64_t a, c;
+        tp_shard_range(N, T, i, &a, &c);
+        counts[i] = (size_t)((c - a) * H);
     }
-    EX_CHECK(tp_dev_synchronize(dev));
-    double wall = (ex_now() - t0) / o->iters;
-    tp_stats s;
-    tp_stats_get(world, &s);
-    /* the full y and dx on every rank (sequence parallel: gather the shards) */
-    if (o->sp) {
-        tp_tensor yfull = {0}, dxfull = {0};
-        EX_CHECK(tp_tensor_alloc2(dev, TP_F32, N, H, &yfull));
-        EX_CHECK(tp_tensor_alloc2(dev, TP_F32, N, H, &dxfull));
-        for (int i = 0; i < T; i++) {
-            int64_t a, c;
-            tp_shard_range(N, T, i, &a, &c);
-            counts[i] = (size_t)((c - a) * H);
-        }
-        tp_status st = tp_all_gatherv(world, yt.data, yfull.data, counts, TP_F32);
-        if (st == TP_OK)
-            st = tp_all_gatherv(world, dxt.data, dxfull.data, counts, TP_F32);
-        if (st == TP_OK)
-            st = tp_tensor_download(&yfull, y);
-        if (st == TP_OK)
-            st = tp_tensor_download(&dxfull, dx);
-        tp_tensor_release(&yfull);
-        tp_tensor_release(&dxfull);
-        EX_CHECK(st);
-    } else {
-        EX_CHECK(tp_tensor_download(&yt, y));
-        EX_CHECK(tp_tensor_download(&dxt, dx));
+    EX_CHECK(tp_all_gatherv(A->world, A->yt.data, yfull.data, counts, TP_F32));
+    EX_CHECK(tp_all_gatherv(A->world, A->dxt.data, dxfull.data, counts, TP_F32));
+    EX_CHECK(tp_tensor_download(&yfull, A->y));
+    EX_CHECK(tp_tensor_download(&dxfull, A->dx));
+done:
+    tp_tensor_release(&yfull);
+    tp_tensor_release(&dxfull);
+    free(counts);
+    return status;
+}
+
+/* The full y and dx on every rank. */
+static tp_status fetch_outputs(att_run *A)
+{
+    if (A->o->sp)
+        return gather_sequence_shards(A);
+    EX_TRY(tp_tensor_download(&A->yt, A->y));
+    return tp_tensor_download(&A->dxt, A->dx);
+}
+
+/* For --save-npy: the full weights from the shards (collective); zeros
+ * for the biases of a layer without them. */
+static tp_status gather_full_weights(att_run *A)
+{
+    const opts *o = A->o;
+    int64_t H = A->H;
+    int64_t hd = o->head_dim ? o->head_dim : H / o->heads;
+    int64_t kv = o->kv_heads ? o->kv_heads : o->heads, fw = (o->heads + 2 * kv) * hd;
+    tp_status st = TP_OK;
+    A->w = ex_calloc(H * fw, sizeof(float), "the full QKV weight", &st);
+    A->b = ex_calloc(fw, sizeof(float), "the full QKV bias", &st);
+    A->wo = ex_calloc(o->heads * hd * H, sizeof(float), "the full out-projection weight", &st);
+    A->bo = ex_calloc(H, sizeof(float), "the full out-projection bias", &st);
+    EX_TRY(st);
+    EX_TRY(tp_attention_get_full(A->att, A->w, A->b, A->wo, A->bo));
+    if (!o->bias) {
+        memset(A->b, 0, sizeof(float) * (size_t)fw);
+        memset(A->bo, 0, sizeof(float) * (size_t)H);
     }
-    if (o->npy_dir) { /* collective: the full weights from the shards */
-        int64_t hd = o->head_dim ? o->head_dim : H / o->heads;
-        int64_t kv = o->kv_heads ? o->kv_heads : o->heads, fw = (o->heads + 2 * kv) * hd;
-        w = malloc(sizeof(float) * (size_t)(H * fw));
-        b = malloc(sizeof(float) * (size_t)fw);
-        wo = malloc(sizeof(float) * (size_t)(o->heads * hd * H));
-        bo = malloc(sizeof(float) * (size_t)H);
-        EX_CHECK(tp_attention_get_full(att, w, b, wo, bo));
-        if (!o->bias) {
-            memset(b, 0, sizeof(float) * (size_t)fw);
-            memset(bo, 0, sizeof(float) * (size_t)H);
-        }
-    }
-    /* the one-rank reference: the same master weights on a T=1 communicator */
-    EX_CHECK(tp_comm_split(world, rank == 0 ? 0 : -1, 0, &solo));
-    if (rank != 0)
-        goto done;
+    return TP_OK;
+}
+
+/* Rank 0: the one-rank reference, the same master weights on the T=1
+ * communicator A->solo, run on the full x and dy. */
+static tp_status run_reference(att_run *A)
+{
+    int64_t N = A->N, H = A->H;
+    tp_attention_config ac = A->ac;
     ac.sequence_parallel = false;
-    EX_CHECK(tp_attention_create(solo, &ac, &ref));
-    EX_CHECK(tp_tensor_alloc2(dev, TP_F32, N, H, &xf));
-    EX_CHECK(tp_tensor_alloc2(dev, TP_F32, N, H, &dyf));
-    EX_CHECK(tp_tensor_upload(&xf, x));
-    EX_CHECK(tp_tensor_upload(&dyf, dy));
-    EX_CHECK(tp_attention_forward(ref, &xf, o->batch, o->seq, &yr));
-    EX_CHECK(tp_attention_backward(ref, &dyf, &dxr));
-    EX_CHECK(tp_tensor_download(&yr, yref));
-    EX_CHECK(tp_tensor_download(&dxr, dxref));
-    /* Tolerance: both are f32 evaluations of the same math that differ only
-     * in how the K-term sums are split (over T ranks, then all-reduced), so
-     * each is within ~K u sum|terms| of the exact value, u = 6e-8, K <= the
-     * longest sum (hidden, or heads*head_dim, or seq) — a few 1e-5 relative
-     * at these sizes through the softmax; 1e-3 * max(1, max|ref|) leaves a
-     * wide margin while any sharding bug is O(max|ref|). */
+    EX_TRY(tp_attention_create(A->solo, &ac, &A->ref));
+    EX_TRY(tp_tensor_alloc2(A->dev, TP_F32, N, H, &A->xf));
+    EX_TRY(tp_tensor_alloc2(A->dev, TP_F32, N, H, &A->dyf));
+    EX_TRY(tp_tensor_upload(&A->xf, A->x));
+    EX_TRY(tp_tensor_upload(&A->dyf, A->dy));
+    EX_TRY(tp_attention_forward(A->ref, &A->xf, A->o->batch, A->o->seq, &A->yr));
+    EX_TRY(tp_attention_backward(A->ref, &A->dyf, &A->dxr));
+    EX_TRY(tp_tensor_download(&A->yr, A->yref));
+    return tp_tensor_download(&A->dxr, A->dxref);
+}
+
+/* Rank 0: y and dx vs the reference. Tolerance: both are f32 evaluations
+ * of the same math that differ only in how the K-term sums are split (over
+ * T ranks, then all-reduced), so each is within ~K u sum|terms| of the
+ * exact value, u = 6e-8, K <= the longest sum (hidden, or heads*head_dim,
+ * or seq) — a few 1e-5 relative at these sizes through the softmax;
+ * 1e-3 * max(1, max|ref|) leaves a wide margin while any sharding bug is
+ * O(max|ref|). Sets o->mismatch. */
+static void check_agreement(att_run *A)
+{
+    int64_t n = A->N * A->H;
     double ey, sy, ex_, sx;
-    maxdiff(y, yref, N * H, &ey, &sy);
-    maxdiff(dx, dxref, N * H, &ex_, &sx);
+    maxdiff(A->y, A->yref, n, &ey, &sy);
+    maxdiff(A->dx, A->dxref, n, &ex_, &sx);
     double tol_y = 1e-3 * (sy > 1.0 ? sy : 1.0), tol_x = 1e-3 * (sx > 1.0 ? sx : 1.0);
     bool bad = !(ey <= tol_y) || !(ex_ <= tol_x);
-    o->mismatch = bad;
-    int64_t qlo, qhi, kvlo, kvhi, hd;
-    tp_attention_get_info(att, &hd, &qlo, &qhi, &kvlo, &kvhi);
-    printf("tp_attention: T=%d backend=%s device=%s batch=%lld seq=%lld hidden=%lld heads=%lld "
-           "kv_heads=%lld head_dim=%lld%s%s\n",
-           T, getenv("TP_BACKEND") ? getenv("TP_BACKEND") : "loopback", tp_device_name(dev),
-           (long long)o->batch, (long long)o->seq, (long long)H, (long long)o->heads,
-           (long long)(o->kv_heads ? o->kv_heads : o->heads), (long long)hd,
-           o->causal ? " causal" : "", o->sp ? " sequence-parallel" : "");
-    printf("  rank 0 holds query heads [%lld, %lld) and KV heads [%lld, %lld)\n", (long long)qlo,
-           (long long)qhi, (long long)kvlo, (long long)kvhi);
+    A->o->mismatch = bad;
     printf("  TP vs one-rank reference: y max abs err %.3e (tol %.1e), dx max abs err %.3e "
            "(tol %.1e) -> %s\n",
            ey, tol_y, ex_, tol_x, bad ? "MISMATCH" : "AGREE");
+}
+
+/* The configuration and the heads rank 0 holds. */
+static void print_header(const att_run *A)
+{
+    const opts *o = A->o;
+    int64_t qlo, qhi, kvlo, kvhi, hd;
+    tp_attention_get_info(A->att, &hd, &qlo, &qhi, &kvlo, &kvhi);
+    printf("tp_attention: T=%d backend=%s device=%s batch=%lld seq=%lld hidden=%lld heads=%lld "
+           "kv_heads=%lld head_dim=%lld%s%s\n",
+           A->T, ex_backend_name(), tp_device_name(A->dev), (long long)o->batch,
+           (long long)o->seq, (long long)A->H, (long long)o->heads,
+           (long long)(o->kv_heads ? o->kv_heads : o->heads), (long long)hd,
+           o->causal ? " causal" : "", o->sp ? " sequence-parallel" : "");
+    printf("  rank 0 holds query heads [%lld, %lld) and KV heads [%lld, %lld)\n",
+           (long long)qlo, (long long)qhi, (long long)kvlo, (long long)kvhi);
+}
+
+/* Rank 0's compute/communication split per phase from the counters, and
+ * the wall time. */
+static void print_timing(const att_run *A)
+{
+    const tp_stats *s = &A->stats;
+    int iters = A->o->iters;
     for (int ph = 0; ph < 2; ph++) {
-        double gm = s.gemm[ph].seconds / o->iters, kr = s.kernel[ph].seconds / o->iters, cm = 0;
+        double gm = s->gemm[ph].seconds / iters, kr = s->kernel[ph].seconds / iters, cm = 0;
         uint64_t calls = 0, bytes = 0;
         for (int op = 0; op < TP_OP_COUNT; op++) {
-            cm += s.comm[ph][op].seconds / o->iters;
-            calls += s.comm[ph][op].calls;
-            bytes += s.comm[ph][op].bytes;
+            cm += s->comm[ph][op].seconds / iters;
+            calls += s->comm[ph][op].calls;
+            bytes += s->comm[ph][op].bytes;
         }
         printf("  %-8s (rank 0, mean of %d): gemm %.3f ms (%.2f GFLOP/s), other kernels %.3f ms, "
                "comm %.3f ms in %.2f call(s) of %.1f KiB -> comm %.1f%%\n",
-               tp_phase_name((tp_phase)ph), o->iters, 1e3 * gm,
-               gm > 0 ? s.gemm_flops[ph] / o->iters / gm * 1e-9 : 0.0, 1e3 * kr, 1e3 * cm,
-               (double)calls / o->iters, (double)bytes / (double)(calls ? calls : 1) / 1024.0,
+               tp_phase_name((tp_phase)ph), iters, 1e3 * gm,
+               gm > 0 ? s->gemm_flops[ph] / iters / gm * 1e-9 : 0.0, 1e3 * kr, 1e3 * cm,
+               (double)calls / iters, (double)bytes / (double)(calls ? calls : 1) / 1024.0,
                gm + kr + cm > 0 ? 100.0 * cm / (gm + kr + cm) : 0.0);
     }
-    printf("  wall per forward+backward: %.3f ms\n", 1e3 * wall);
-    if (o->npy_dir) {
-        int64_t hdd = hd, kv = o->kv_heads ? o->kv_heads : o->heads;
-        int64_t fw = (o->heads + 2 * kv) * hdd;
-        int64_t sx2[2] = {N, H}, sw[2] = {H, fw}, sb[1] = {fw}, swo[2] = {o->heads * hdd, H},
-                sbo[1] = {H};
-        if (ex_write_npy(o->npy_dir, "x.npy", x, 2, sx2) ||
-            ex_write_npy(o->npy_dir, "qkv_w.npy", w, 2, sw) ||
-            ex_write_npy(o->npy_dir, "qkv_b.npy", b, 1, sb) ||
-            ex_write_npy(o->npy_dir, "out_w.npy", wo, 2, swo) ||
-            ex_write_npy(o->npy_dir, "out_b.npy", bo, 1, sbo) ||
-            ex_write_npy(o->npy_dir, "y.npy", y, 2, sx2))
-            status = tp_set_error(TP_ERR_IO, "writing .npy files to %s failed", o->npy_dir);
-        else
-            printf("  wrote x, qkv_w, qkv_b, out_w, out_b, y .npy to %s (qkv_w columns: Q heads, "
-                   "then K heads, then V heads, head_dim each; y = attn(x) with x [batch*seq, "
-                   "hidden], batch-major)\n",
-                   o->npy_dir);
-    }
-done:
-    tp_tensor_release(&xt), tp_tensor_release(&dyt), tp_tensor_release(&yt);
-    tp_tensor_release(&dxt), tp_tensor_release(&xf), tp_tensor_release(&dyf);
-    tp_tensor_release(&yr), tp_tensor_release(&dxr);
-    tp_attention_free(att);
-    tp_attention_free(ref);
-    tp_comm_free(solo);
-    free(x), free(dy), free(y), free(dx), free(yref), free(dxref);
-    free(w), free(b), free(wo), free(bo), free(counts);
-    return status;
+    printf("  wall per forward+backward: %.3f ms\n", 1e3 * A->wall);
+}
+
+/* Rank 0, --save-npy: x, the full weights and y. */
+static tp_status save_npy(const att_run *A)
+{
+    const opts *o = A->o;
+    const char *dir = o->npy_dir;
+    int64_t N = A->N, H = A->H, hd, qlo, qhi, kvlo, kvhi;
+    tp_attention_get_info(A->att, &hd, &qlo, &qhi, &kvlo, &kvhi);
+    int64_t kv = o->kv_heads ? o->kv_heads : o->heads, fw = (o->heads + 2 * kv) * hd;
+    int64_t sx2[2] = {N, H}, sw[2] = {H, fw}, sb[1] = {fw}, swo[2] = {o->heads * hd, H},
+            sbo[1] = {H};
+    if (ex_write_npy(dir, "x.npy", A->x, 2, sx2) || ex_write_npy(dir, "qkv_w.npy", A->w, 2, sw) ||
+        ex_write_npy(dir, "qkv_b.npy", A->b, 1, sb) ||
+        ex_write_npy(dir, "out_w.npy", A->wo, 2, swo) ||
+        ex_write_npy(dir, "out_b.npy", A->bo, 1, sbo) || ex_write_npy(dir, "y.npy", A->y, 2, sx2))
+        return tp_set_error(TP_ERR_IO, "writing .npy files to %s failed", dir);
+    printf("  wrote x, qkv_w, qkv_b, out_w, out_b, y .npy to %s (qkv_w columns: Q heads, "
+           "then K heads, then V heads, head_dim each; y = attn(x) with x [batch*seq, "
+           "hidden], batch-major)\n",
+           dir);
+    return TP_OK;
+}
+
+/* Every rank runs the TP layer and its collectives; rank 0 then runs the
+ * one-rank reference, compares and reports. */
+static tp_status run_rank(att_run *A)
+{
+    EX_TRY(set_up(A));
+    EX_TRY(time_tp_passes(A));
+    EX_TRY(fetch_outputs(A));
+    if (A->o->npy_dir)
+        EX_TRY(gather_full_weights(A));
+    EX_TRY(tp_comm_split(A->world, A->rank == 0 ? 0 : -1, 0, &A->solo));
+    if (A->rank != 0)
+        return TP_OK;
+    EX_TRY(run_reference(A));
+    print_header(A);
+    check_agreement(A);
+    print_timing(A);
+    return A->o->npy_dir ? save_npy(A) : TP_OK;
+}
+
+static tp_status rank_main(tp_comm *world, void *arg)
+{
+    opts *o = arg;
+    att_run A = {.o = o, .world = world, .dev = tp_comm_device(world),
+                 .rank = tp_comm_rank(world), .T = tp_comm_size(world),
+                 .N = o->batch * o->seq, .H = o->hidden};
+    tp_status st = run_rank(&A);
+    att_run_free(&A);
+    return st;
 }
 
 int main(int argc, char **argv)

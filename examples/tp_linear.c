@@ -43,112 +43,222 @@ static int64_t compare(const float *got, const double *ref, const double *bound,
     return bad;
 }
 
-static tp_status rank_main(tp_comm *world, void *arg)
+/* One rank's state. Host buffers are full size: x [t, H], h = concat(column
+ * outputs) [t, F], y [t, H]; w1, b1, w2, b2 (--save-npy only) are the full
+ * weights assembled from the shards. */
+typedef struct lin_run {
+    const ex_opts *o;
+    tp_comm *world;
+    tp_device *dev;
+    int rank, T;
+    int64_t t, H, F;
+    tp_linear *col, *row;
+    tp_tensor xt, ht, yt;
+    float *x, *h, *y;
+    float *w1, *b1, *w2, *b2;
+} lin_run;
+
+static void lin_free(lin_run *L)
 {
-    run *R = arg;
-    const ex_opts *o = &R->o;
-    int rank = tp_comm_rank(world), T = tp_comm_size(world);
-    tp_device *dev = tp_comm_device(world);
-    int64_t t = o->tokens, H = o->hidden, F = o->ffn;
-    tp_status status = TP_OK;
-    tp_linear *col = NULL, *row = NULL;
-    tp_tensor xt = {0}, ht = {0}, yt = {0};
-    float *x = malloc(sizeof(float) * (size_t)(t * H));
-    float *h = malloc(sizeof(float) * (size_t)(t * F)), *y = malloc(sizeof(float) * (size_t)(t * H));
-    float *w1 = NULL, *b1 = NULL, *w2 = NULL, *b2 = NULL, *blocks = NULL;
-    void *gath = NULL;
-    size_t *counts = calloc((size_t)T, sizeof(size_t));
-    int64_t *off = calloc((size_t)T + 1, sizeof(int64_t));
+    tp_tensor_release(&L->xt), tp_tensor_release(&L->ht), tp_tensor_release(&L->yt);
+    tp_linear_free(L->col), tp_linear_free(L->row);
+    free(L->x), free(L->h), free(L->y);
+    free(L->w1), free(L->b1), free(L->w2), free(L->b2);
+}
 
+/* The layers (weights from the master seed, this rank's shards) and the input. */
+static tp_status set_up(lin_run *L)
+{
+    int64_t t = L->t, H = L->H, F = L->F;
+    tp_status st = TP_OK;
+    L->x = ex_calloc(t * H, sizeof(float), "the input x", &st);
+    L->h = ex_calloc(t * F, sizeof(float), "the column outputs h", &st);
+    L->y = ex_calloc(t * H, sizeof(float), "the output y", &st);
+    EX_TRY(st);
     for (int64_t i = 0; i < t * H; i++)
-        x[i] = tp_master_uniform(o->seed, 1000, (uint64_t)i, 1.0f);
-    tp_linear_config cc = {.in_features = H, .out_features = F, .bias = true, .seed = o->seed,
-                           .tensor_id = 1, .name = "column"};
+        L->x[i] = tp_master_uniform(L->o->seed, 1000, (uint64_t)i, 1.0f);
+    tp_linear_config cc = {.in_features = H, .out_features = F, .bias = true,
+                           .seed = L->o->seed, .tensor_id = 1, .name = "column"};
     tp_linear_config rc = {.in_features = F, .out_features = H, .bias = true,
-                           .input_is_parallel = true, .seed = o->seed, .tensor_id = 3,
+                           .input_is_parallel = true, .seed = L->o->seed, .tensor_id = 3,
                            .name = "row"};
-    EX_CHECK(tp_column_linear_create(world, &cc, &col));
-    EX_CHECK(tp_row_linear_create(world, &rc, &row));
-    EX_CHECK(tp_tensor_alloc2(dev, TP_F32, t, H, &xt));
-    EX_CHECK(tp_tensor_upload(&xt, x));
-    EX_CHECK(tp_linear_forward(col, &xt, &ht)); /* h: [t, F_local], no communication */
-    EX_CHECK(tp_linear_forward(row, &ht, &yt)); /* y: [t, H], one all-reduce */
-    EX_CHECK(tp_tensor_download(&yt, y));
+    EX_TRY(tp_column_linear_create(L->world, &cc, &L->col));
+    EX_TRY(tp_row_linear_create(L->world, &rc, &L->row));
+    EX_TRY(tp_tensor_alloc2(L->dev, TP_F32, t, H, &L->xt));
+    return tp_tensor_upload(&L->xt, L->x);
+}
 
-    /* concat(column outputs): all-gather the [t, F_r] blocks (rank-major)
-     * and place block r at columns [lo_r, hi_r) */
+/* Column then row layer; y comes back to the host. */
+static tp_status tp_forward(lin_run *L)
+{
+    EX_TRY(tp_linear_forward(L->col, &L->xt, &L->ht)); /* h: [t, F_local], no communication */
+    EX_TRY(tp_linear_forward(L->row, &L->ht, &L->yt)); /* y: [t, H], one all-reduce */
+    return tp_tensor_download(&L->yt, L->y);
+}
+
+/* concat(column outputs) into L->h: all-gather the [t, F_r] blocks
+ * (rank-major) and place block r at columns [lo_r, hi_r). Collective. */
+static tp_status gather_column_outputs(lin_run *L)
+{
+    int T = L->T;
+    int64_t t = L->t, F = L->F;
+    size_t bytes = sizeof(float) * (size_t)(t * F);
+    tp_status status = TP_OK;
+    void *gath = NULL;
+    size_t *counts = ex_calloc(T, sizeof(size_t), "the gather counts", &status);
+    int64_t *off = ex_calloc(T + 1, sizeof(int64_t), "the shard offsets", &status);
+    float *blocks = ex_calloc(t * F, sizeof(float), "the gathered blocks", &status);
+    EX_CHECK(status);
     for (int r = 0; r < T; r++) {
         tp_shard_range(F, T, r, &off[r], &off[r + 1]);
         counts[r] = (size_t)(t * (off[r + 1] - off[r]));
     }
-    EX_CHECK(tp_dev_alloc(dev, sizeof(float) * (size_t)(t * F), &gath));
-    EX_CHECK(tp_all_gatherv(world, ht.data, gath, counts, TP_F32));
-    blocks = malloc(sizeof(float) * (size_t)(t * F));
-    EX_CHECK(tp_dev_download(dev, blocks, gath, sizeof(float) * (size_t)(t * F)));
+    EX_CHECK(tp_dev_alloc(L->dev, bytes, &gath));
+    EX_CHECK(tp_all_gatherv(L->world, L->ht.data, gath, counts, TP_F32));
+    EX_CHECK(tp_dev_download(L->dev, blocks, gath, bytes));
     for (int r = 0; r < T; r++) {
         int64_t w = off[r + 1] - off[r];
         for (int64_t i = 0; i < t; i++)
-            memcpy(h + i * F + off[r], blocks + t * off[r] + i * w, sizeof(float) * (size_t)w);
+            memcpy(L->h + i * F + off[r], blocks + t * off[r] + i * w,
+                   sizeof(float) * (size_t)w);
     }
+done:
+    if (gath)
+        tp_dev_free(L->dev, gath);
+    free(counts), free(off), free(blocks);
+    return status;
+}
 
-    if (o->npy_dir) { /* the full weights, assembled from the shards (collective) */
-        w1 = malloc(sizeof(float) * (size_t)(H * F)), b1 = malloc(sizeof(float) * (size_t)F);
-        w2 = malloc(sizeof(float) * (size_t)(F * H)), b2 = malloc(sizeof(float) * (size_t)H);
-        EX_CHECK(tp_linear_get_full(col, w1, b1));
-        EX_CHECK(tp_linear_get_full(row, w2, b2));
+/* For --save-npy: the full weights, assembled from the shards. Collective. */
+static tp_status gather_full_weights(lin_run *L)
+{
+    int64_t H = L->H, F = L->F;
+    tp_status st = TP_OK;
+    L->w1 = ex_calloc(H * F, sizeof(float), "the full w1", &st);
+    L->b1 = ex_calloc(F, sizeof(float), "the full b1", &st);
+    L->w2 = ex_calloc(F * H, sizeof(float), "the full w2", &st);
+    L->b2 = ex_calloc(H, sizeof(float), "the full b2", &st);
+    EX_TRY(st);
+    EX_TRY(tp_linear_get_full(L->col, L->w1, L->b1));
+    return tp_linear_get_full(L->row, L->w2, L->b2);
+}
+
+/* The serial reference in double: h = x W1 + b1, y = h W2 + b2 with their
+ * f32 error bounds he, ye. */
+typedef struct lin_ref {
+    double *h, *he, *y, *ye;
+} lin_ref;
+
+static void lin_ref_free(lin_ref *ref)
+{
+    free(ref->h), free(ref->he), free(ref->y), free(ref->ye);
+}
+
+/* The reference from the full master weights, generated here independently
+ * of the layers, with plain loops. */
+static tp_status reference_forward(const lin_run *L, lin_ref *ref)
+{
+    int64_t t = L->t, H = L->H, F = L->F;
+    uint64_t seed = L->o->seed;
+    float sh = (float)(1.0 / sqrt((double)H)), sf = (float)(1.0 / sqrt((double)F));
+    tp_status st = TP_OK;
+    float *fw1 = ex_calloc(H * F, sizeof(float), "the master w1", &st);
+    float *fb1 = ex_calloc(F, sizeof(float), "the master b1", &st);
+    float *fw2 = ex_calloc(F * H, sizeof(float), "the master w2", &st);
+    float *fb2 = ex_calloc(H, sizeof(float), "the master b2", &st);
+    if (st == TP_OK) {
+        tp_master_fill(seed, 1, F, 0, H, 0, F, sh, fw1);
+        tp_master_fill(seed, 2, F, 0, 1, 0, F, sh, fb1);
+        tp_master_fill(seed, 3, H, 0, F, 0, H, sf, fw2);
+        tp_master_fill(seed, 4, H, 0, 1, 0, H, sf, fb2);
     }
-    if (rank != 0)
-        goto done;
+    double *xd = ex_to_double(L->x, t * H, "x in double", &st);
+    double *w1d = ex_to_double(fw1, H * F, "w1 in double", &st);
+    double *b1d = ex_to_double(fb1, F, "b1 in double", &st);
+    double *w2d = ex_to_double(fw2, F * H, "w2 in double", &st);
+    double *b2d = ex_to_double(fb2, H, "b2 in double", &st);
+    ref->h = ex_calloc(t * F, sizeof(double), "the reference h", &st);
+    ref->he = ex_calloc(t * F, sizeof(double), "the error bound of h", &st);
+    ref->y = ex_calloc(t * H, sizeof(double), "the reference y", &st);
+    ref->ye = ex_calloc(t * H, sizeof(double), "the error bound of y", &st);
+    if (st == TP_OK) {
+        ex_ref_gemm(t, F, H, xd, NULL, w1d, b1d, 1, ref->h, ref->he);
+        ex_ref_gemm(t, H, F, ref->h, ref->he, w2d, b2d, L->T, ref->y, ref->ye);
+    }
+    free(fw1), free(fb1), free(fw2), free(fb2);
+    free(xd), free(w1d), free(b1d), free(w2d), free(b2d);
+    return st;
+}
 
-    /* serial reference: the full master weights, plain loops in double */
-    float *fw1 = malloc(sizeof(float) * (size_t)(H * F)), *fb1 = malloc(sizeof(float) * (size_t)F);
-    float *fw2 = malloc(sizeof(float) * (size_t)(F * H)), *fb2 = malloc(sizeof(float) * (size_t)H);
-    tp_master_fill(o->seed, 1, F, 0, H, 0, F, (float)(1.0 / sqrt((double)H)), fw1);
-    tp_master_fill(o->seed, 2, F, 0, 1, 0, F, (float)(1.0 / sqrt((double)H)), fb1);
-    tp_master_fill(o->seed, 3, H, 0, F, 0, H, (float)(1.0 / sqrt((double)F)), fw2);
-    tp_master_fill(o->seed, 4, H, 0, 1, 0, H, (float)(1.0 / sqrt((double)F)), fb2);
-    double *xd = ex_to_double(x, t * H), *w1d = ex_to_double(fw1, H * F), *b1d = ex_to_double(fb1, F);
-    double *w2d = ex_to_double(fw2, F * H), *b2d = ex_to_double(fb2, H);
-    double *hr = malloc(sizeof(double) * (size_t)(t * F)), *he = malloc(sizeof(double) * (size_t)(t * F));
-    double *yr = malloc(sizeof(double) * (size_t)(t * H)), *ye = malloc(sizeof(double) * (size_t)(t * H));
-    ex_ref_gemm(t, F, H, xd, NULL, w1d, b1d, 1, hr, he);
-    ex_ref_gemm(t, H, F, hr, he, w2d, b2d, T, yr, ye);
+/* Rank 0: compare h and y with the reference and print the report; returns
+ * whether any element failed. */
+static int report_agreement(const lin_run *L, const lin_ref *ref)
+{
+    int64_t t = L->t, H = L->H, F = L->F;
     double ha, hrel, ya, yrel;
-    int64_t hbad = compare(h, hr, he, t * F, &ha, &hrel);
-    int64_t ybad = compare(y, yr, ye, t * H, &ya, &yrel);
-    printf("tp_linear: T=%d backend=%s device=%s tokens=%lld hidden=%lld ffn=%lld%s\n", T,
-           getenv("TP_BACKEND") ? getenv("TP_BACKEND") : "loopback", tp_device_name(dev),
-           (long long)t, (long long)H, (long long)F, F % T ? " (uneven shards)" : "");
-    printf("  column  concat(outputs) [%lld x %lld] vs x W1 + b1:  max abs err %.3e  max rel err %.3e  %s\n",
+    int64_t hbad = compare(L->h, ref->h, ref->he, t * F, &ha, &hrel);
+    int64_t ybad = compare(L->y, ref->y, ref->ye, t * H, &ya, &yrel);
+    printf("tp_linear: T=%d backend=%s device=%s tokens=%lld hidden=%lld ffn=%lld%s\n", L->T,
+           ex_backend_name(), tp_device_name(L->dev), (long long)t, (long long)H,
+           (long long)F, F % L->T ? " (uneven shards)" : "");
+    printf("  column  concat(outputs) [%lld x %lld] vs x W1 + b1:  "
+           "max abs err %.3e  max rel err %.3e  %s\n",
            (long long)t, (long long)F, ha, hrel, hbad ? "MISMATCH" : "ok");
-    printf("  row     output          [%lld x %lld] vs h W2 + b2:  max abs err %.3e  max rel err %.3e  %s\n",
+    printf("  row     output          [%lld x %lld] vs h W2 + b2:  "
+           "max abs err %.3e  max rel err %.3e  %s\n",
            (long long)t, (long long)H, ya, yrel, ybad ? "MISMATCH" : "ok");
     printf("  (reference: plain loops in double; an element fails if its error exceeds 2x the\n"
            "   f32 bound gamma(K+T+2)*sum|a||b|; %lld + %lld elements failed)\n",
            (long long)hbad, (long long)ybad);
-    R->mismatch = hbad || ybad;
-    if (o->npy_dir) {
-        int64_t sx[2] = {t, H}, sw1[2] = {H, F}, sb1[1] = {F}, sh[2] = {t, F}, sw2[2] = {F, H},
-                sb2[1] = {H};
-        if (ex_write_npy(o->npy_dir, "x.npy", x, 2, sx) || ex_write_npy(o->npy_dir, "w1.npy", w1, 2, sw1) ||
-            ex_write_npy(o->npy_dir, "b1.npy", b1, 1, sb1) || ex_write_npy(o->npy_dir, "h.npy", h, 2, sh) ||
-            ex_write_npy(o->npy_dir, "w2.npy", w2, 2, sw2) || ex_write_npy(o->npy_dir, "b2.npy", b2, 1, sb2) ||
-            ex_write_npy(o->npy_dir, "y.npy", y, 2, sx))
-            status = tp_set_error(TP_ERR_IO, "writing .npy files to %s failed", o->npy_dir);
-        else
-            printf("  wrote x, w1, b1, h, w2, b2, y .npy to %s (h = x@w1+b1, y = h@w2+b2)\n",
-                   o->npy_dir);
-    }
-    free(fw1), free(fb1), free(fw2), free(fb2), free(xd), free(w1d), free(b1d), free(w2d);
-    free(b2d), free(hr), free(he), free(yr), free(ye);
-done:
-    if (gath)
-        tp_dev_free(dev, gath);
-    tp_tensor_release(&xt), tp_tensor_release(&ht), tp_tensor_release(&yt);
-    tp_linear_free(col), tp_linear_free(row);
-    free(x), free(h), free(y), free(blocks), free(counts), free(off);
-    free(w1), free(b1), free(w2), free(b2);
-    return status;
+    return hbad || ybad;
+}
+
+/* Rank 0, --save-npy: x, the full weights, h and y. */
+static tp_status save_npy(const lin_run *L)
+{
+    const char *dir = L->o->npy_dir;
+    int64_t t = L->t, H = L->H, F = L->F;
+    int64_t sx[2] = {t, H}, sw1[2] = {H, F}, sb1[1] = {F}, sh[2] = {t, F}, sw2[2] = {F, H},
+            sb2[1] = {H};
+    if (ex_write_npy(dir, "x.npy", L->x, 2, sx) || ex_write_npy(dir, "w1.npy", L->w1, 2, sw1) ||
+        ex_write_npy(dir, "b1.npy", L->b1, 1, sb1) || ex_write_npy(dir, "h.npy", L->h, 2, sh) ||
+        ex_write_npy(dir, "w2.npy", L->w2, 2, sw2) ||
+        ex_write_npy(dir, "b2.npy", L->b2, 1, sb2) || ex_write_npy(dir, "y.npy", L->y, 2, sx))
+        return tp_set_error(TP_ERR_IO, "writing .npy files to %s failed", dir);
+    printf("  wrote x, w1, b1, h, w2, b2, y .npy to %s (h = x@w1+b1, y = h@w2+b2)\n", dir);
+    return TP_OK;
+}
+
+/* Every rank runs the layers and the collectives; rank 0 then checks the
+ * result against the serial reference and reports. */
+static tp_status run_rank(lin_run *L, run *R)
+{
+    EX_TRY(set_up(L));
+    EX_TRY(tp_forward(L));
+    EX_TRY(gather_column_outputs(L));
+    if (L->o->npy_dir)
+        EX_TRY(gather_full_weights(L));
+    if (L->rank != 0)
+        return TP_OK;
+    lin_ref ref = {0};
+    tp_status st = reference_forward(L, &ref);
+    if (st == TP_OK)
+        R->mismatch = report_agreement(L, &ref);
+    lin_ref_free(&ref);
+    if (st == TP_OK && L->o->npy_dir)
+        st = save_npy(L);
+    return st;
+}
+
+static tp_status rank_main(tp_comm *world, void *arg)
+{
+    run *R = arg;
+    lin_run L = {.o = &R->o, .world = world, .dev = tp_comm_device(world),
+                 .rank = tp_comm_rank(world), .T = tp_comm_size(world),
+                 .t = R->o.tokens, .H = R->o.hidden, .F = R->o.ffn};
+    tp_status st = run_rank(&L, R);
+    lin_free(&L);
+    return st;
 }
 
 int main(int argc, char **argv)

@@ -75,7 +75,8 @@ static void usage(FILE *f)
             "                      the loss curves (exit 1 beyond --tol)\n"
             "  --tol X             loss tolerance for --compare-tp: |a - b| <= X (1 + |b|)\n"
             "                      (default %g)\n"
-            "  --vocab V           vocabulary (default %" PRId64 "; need not divide by T, 50257 works)\n"
+            "  --vocab V           vocabulary (default %" PRId64 "; need not divide by T, "
+            "50257 works)\n"
             "  --hidden H          hidden size (default %" PRId64 ")\n"
             "  --heads A           attention heads, divisible by T (default %" PRId64 ")\n"
             "  --kv-heads G        KV heads (GQA; 0 = heads) (default %" PRId64 ")\n"
@@ -102,14 +103,68 @@ static void usage(FILE *f)
             d->batch, d->steps, d->lr, d->wd, d->smoothing, d->seed);
 }
 
+/* A valued option: its name, its range and the one field it sets. */
+typedef struct opt_slot {
+    const char *name;
+    int64_t lo, hi; /* integers */
+    double flo, fhi; /* reals */
+    int64_t *i64; /* exactly one of these five is set */
+    int *i32;
+    uint64_t *u64;
+    double *f;
+    const char **str;
+} opt_slot;
+
+/* The value of option `s`; 0, or 2 after printing why not. */
+static int set_option(const opt_slot *s, const char *val)
+{
+    int64_t v = 0;
+    if (s->str) {
+        *s->str = val;
+        return 0;
+    }
+    if (s->f)
+        return ex_parse_f(PROG, s->name, val, s->flo, s->fhi, s->f) ? 2 : 0;
+    if (ex_parse_i64(PROG, s->name, val, s->lo, s->hi, &v))
+        return 2;
+    if (s->i64)
+        *s->i64 = v;
+    else if (s->i32)
+        *s->i32 = (int)v;
+    else
+        *s->u64 = (uint64_t)v;
+    return 0;
+}
+
 /* 0: run; 1: --help printed; 2: bad option (message printed). */
 static int parse(int argc, char **argv, opts *o)
 {
     static const char *const flags[] = {"--sgd", "--untied", "--sequence-parallel", "--rms"};
-    static const char *const valued[] = {
-        "--tp", "--compare-tp", "--tol", "--vocab", "--hidden", "--heads", "--kv-heads", "--ffn",
-        "--layers", "--seq", "--batch", "--steps", "--print-every", "--lr", "--weight-decay",
-        "--label-smoothing", "--seed", "--save-npy"};
+    bool *flag_dst[] = {&o->sgd, &o->untied, &o->sp, &o->rms};
+    const opt_slot slots[] = {
+        {"--tp", 1, 1024, .i32 = &o->tp},
+        {"--compare-tp", 1, 1024, .i32 = &o->compare_tp},
+        {"--tol", .flo = 0.0, .fhi = 1e9, .f = &o->tol},
+        {"--vocab", 2, INT32_MAX, .i64 = &o->vocab},
+        {"--hidden", 1, 1 << 16, .i64 = &o->hidden},
+        {"--heads", 1, 1 << 12, .i64 = &o->heads},
+        {"--kv-heads", 0, 1 << 12, .i64 = &o->kv_heads},
+        {"--ffn", 1, 1 << 18, .i64 = &o->ffn},
+        {"--layers", 0, 256, .i64 = &o->layers},
+        {"--seq", 2, 1 << 16, .i64 = &o->seq},
+        {"--batch", 1, 1 << 16, .i64 = &o->batch},
+        {"--steps", 1, 1000000, .i32 = &o->steps},
+        {"--print-every", 1, 1000000, .i32 = &o->print_every},
+        {"--lr", .flo = 0.0, .fhi = 10.0, .f = &o->lr},
+        {"--weight-decay", .flo = 0.0, .fhi = 10.0, .f = &o->wd},
+        {"--label-smoothing", .flo = 0.0, .fhi = 1.0, .f = &o->smoothing},
+        {"--seed", 0, INT64_MAX, .u64 = &o->seed},
+        {"--save-npy", .str = &o->npy_dir},
+    };
+    enum { NFLAGS = sizeof flags / sizeof *flags, NSLOTS = sizeof slots / sizeof *slots };
+    const char *valued[NSLOTS];
+    for (int j = 0; j < NSLOTS; j++)
+        valued[j] = slots[j].name;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -117,58 +172,19 @@ static int parse(int argc, char **argv, opts *o)
             return 1;
         }
         int fl = -1;
-        for (int j = 0; j < 4; j++)
+        for (int j = 0; j < NFLAGS; j++)
             if (!strcmp(a, flags[j]))
                 fl = j;
         if (fl >= 0) {
-            bool *dst[] = {&o->sgd, &o->untied, &o->sp, &o->rms};
-            *dst[fl] = true;
+            *flag_dst[fl] = true;
             continue;
         }
         const char *name, *val;
-        if (ex_valued_option(PROG, argc, argv, &i, valued, sizeof valued / sizeof *valued, &name,
-                             &val))
+        if (ex_valued_option(PROG, argc, argv, &i, valued, NSLOTS, &name, &val))
             return 2;
-        int64_t v = 0;
-        int bad = 0;
-        if (!strcmp(name, "--tp"))
-            bad = ex_parse_i64(PROG, name, val, 1, 1024, &v), o->tp = (int)v;
-        else if (!strcmp(name, "--compare-tp"))
-            bad = ex_parse_i64(PROG, name, val, 1, 1024, &v), o->compare_tp = (int)v;
-        else if (!strcmp(name, "--tol"))
-            bad = ex_parse_f(PROG, name, val, 0.0, 1e9, &o->tol);
-        else if (!strcmp(name, "--vocab"))
-            bad = ex_parse_i64(PROG, name, val, 2, INT32_MAX, &o->vocab);
-        else if (!strcmp(name, "--hidden"))
-            bad = ex_parse_i64(PROG, name, val, 1, 1 << 16, &o->hidden);
-        else if (!strcmp(name, "--heads"))
-            bad = ex_parse_i64(PROG, name, val, 1, 1 << 12, &o->heads);
-        else if (!strcmp(name, "--kv-heads"))
-            bad = ex_parse_i64(PROG, name, val, 0, 1 << 12, &o->kv_heads);
-        else if (!strcmp(name, "--ffn"))
-            bad = ex_parse_i64(PROG, name, val, 1, 1 << 18, &o->ffn);
-        else if (!strcmp(name, "--layers"))
-            bad = ex_parse_i64(PROG, name, val, 0, 256, &o->layers);
-        else if (!strcmp(name, "--seq"))
-            bad = ex_parse_i64(PROG, name, val, 2, 1 << 16, &o->seq);
-        else if (!strcmp(name, "--batch"))
-            bad = ex_parse_i64(PROG, name, val, 1, 1 << 16, &o->batch);
-        else if (!strcmp(name, "--steps"))
-            bad = ex_parse_i64(PROG, name, val, 1, 1000000, &v), o->steps = (int)v;
-        else if (!strcmp(name, "--print-every"))
-            bad = ex_parse_i64(PROG, name, val, 1, 1000000, &v), o->print_every = (int)v;
-        else if (!strcmp(name, "--lr"))
-            bad = ex_parse_f(PROG, name, val, 0.0, 10.0, &o->lr);
-        else if (!strcmp(name, "--weight-decay"))
-            bad = ex_parse_f(PROG, name, val, 0.0, 10.0, &o->wd);
-        else if (!strcmp(name, "--label-smoothing"))
-            bad = ex_parse_f(PROG, name, val, 0.0, 1.0, &o->smoothing);
-        else if (!strcmp(name, "--seed"))
-            bad = ex_parse_i64(PROG, name, val, 0, INT64_MAX, &v), o->seed = (uint64_t)v;
-        else if (!strcmp(name, "--save-npy"))
-            o->npy_dir = val;
-        if (bad)
-            return 2;
+        for (int j = 0; j < NSLOTS; j++)
+            if (!strcmp(slots[j].name, name) && set_option(&slots[j], val))
+                return 2;
     }
     if (o->tp && o->compare_tp > o->tp) {
         fprintf(stderr, "tp_transformer: --compare-tp %d is larger than --tp %d (the comparison "
@@ -180,6 +196,12 @@ static int parse(int argc, char **argv, opts *o)
     return 0;
 }
 
+/* Elements of parameter p in the full (unsharded) model. */
+static int64_t full_numel(const tp_param *p)
+{
+    return p->ndim == 2 ? p->full_shape[0] * p->full_shape[1] : p->full_shape[0];
+}
+
 /* The synthetic batch of `step`: B sequences of S+1 tokens following
  * next = (a cur + b) mod V from a random start; ids are the first S,
  * targets the last S (the next token at every position). */
@@ -189,8 +211,8 @@ static void make_batch(const opts *o, int step, int32_t *ids, int32_t *tgt)
     if (V % 2 == 0 && a % 2 == 0)
         a++;
     for (int64_t s = 0; s < o->batch; s++) {
-        float u = tp_master_uniform(o->seed, 1u << 20, (uint64_t)step * (uint64_t)o->batch + (uint64_t)s,
-                                    1.0f);
+        uint64_t seq_id = (uint64_t)step * (uint64_t)o->batch + (uint64_t)s;
+        float u = tp_master_uniform(o->seed, 1u << 20, seq_id, 1.0f);
         int64_t cur = (int64_t)((u + 1.0f) * 0.5f * (float)V) % V;
         for (int64_t t = 0; t < o->seq; t++) {
             int64_t next = (a * cur + b) % V;
@@ -220,7 +242,7 @@ static tp_status save_npy(const opts *o, tp_gpt *m, int rank, const int32_t *ids
     }
     free(logits);
     for (int i = 0; i < np && st == TP_OK; i++) {
-        int64_t n = ps[i].ndim == 2 ? ps[i].full_shape[0] * ps[i].full_shape[1] : ps[i].full_shape[0];
+        int64_t n = full_numel(&ps[i]);
         float *v = malloc(sizeof(float) * (size_t)n), *g = malloc(sizeof(float) * (size_t)n);
         st = tp_gpt_get_full_param(m, i, v, g); /* collective: every rank */
         if (st == TP_OK && rank == 0) {
@@ -257,108 +279,175 @@ static tp_status save_npy(const opts *o, tp_gpt *m, int rank, const int32_t *ids
     return st;
 }
 
-/* Train on comm g (which = 0: the --tp run, 1: the --compare-tp run). */
-static tp_status train(run *R, tp_comm *g, int which, int wrank)
+/* One training run on communicator g: the model, its optimizer, the
+ * batch, and the sums over the steps that count for the means. */
+typedef struct trainer {
+    const opts *o;
+    tp_comm *g;
+    tp_device *dev;
+    int which; /* 0: the --tp run, 1: the --compare-tp run */
+    int rank;  /* in g */
+    bool talk; /* world rank 0: prints and records the losses */
+    tp_gpt *m;
+    tp_optim *opt;
+    const tp_param *ps;
+    int np;
+    tp_tensor ti, tt; /* ids and targets on the device */
+    int32_t *ids, *tgt;
+    double t_all, sum_gemm, sum_kern, sum_comm; /* steps 2.. (or the only one) */
+} trainer;
+
+/* One step's numbers: its loss, wall seconds, and this rank's GEMM, other
+ * kernel and communication seconds from the counters. */
+typedef struct step_result {
+    float loss;
+    double dt, gemm, kern, comm;
+    tp_stats stats;
+} step_result;
+
+static void trainer_free(trainer *tr)
 {
-    const opts *o = &R->o;
-    int T = tp_comm_size(g), rank = tp_comm_rank(g);
-    bool talk = wrank == 0;
-    tp_device *dev = tp_comm_device(g);
-    tp_status status = TP_OK;
-    tp_gpt *m = NULL;
-    tp_optim *opt = NULL;
-    tp_tensor ti = {0}, tt = {0};
+    tp_tensor_release(&tr->ti), tp_tensor_release(&tr->tt);
+    tp_optim_free(tr->opt);
+    tp_gpt_free(tr->m);
+    free(tr->ids), free(tr->tgt);
+}
+
+/* The model (from the seed, this rank's shards), its optimizer and the
+ * batch buffers. */
+static tp_status set_up(trainer *tr)
+{
+    const opts *o = tr->o;
     int64_t N = o->batch * o->seq;
-    int32_t *ids = malloc(sizeof(int32_t) * (size_t)N), *tgt = malloc(sizeof(int32_t) * (size_t)N);
+    tp_status st = TP_OK;
+    tr->ids = ex_calloc(N, sizeof(int32_t), "the input ids", &st);
+    tr->tgt = ex_calloc(N, sizeof(int32_t), "the targets", &st);
+    EX_TRY(st);
     tp_gpt_config cfg = {.vocab = o->vocab, .hidden = o->hidden, .heads = o->heads,
                          .kv_heads = o->kv_heads, .ffn = o->ffn, .layers = o->layers,
                          .seq = o->seq, .tied = !o->untied, .sequence_parallel = o->sp,
                          .bias = true, .rms = o->rms, .label_smoothing = (float)o->smoothing,
                          .seed = o->seed};
-    EX_CHECK(tp_gpt_create(g, &cfg, &m));
-    const tp_param *ps;
-    int np;
-    tp_gpt_params(m, &ps, &np);
+    EX_TRY(tp_gpt_create(tr->g, &cfg, &tr->m));
+    tp_gpt_params(tr->m, &tr->ps, &tr->np);
     tp_optim_config oc = tp_optim_defaults(o->sgd ? TP_OPTIM_SGD : TP_OPTIM_ADAMW);
     oc.lr = (float)o->lr;
     oc.weight_decay = (float)o->wd;
-    EX_CHECK(tp_optim_create(g, &oc, ps, np, &opt));
-    EX_CHECK(tp_tensor_alloc2(dev, TP_I32, o->batch, o->seq, &ti));
-    EX_CHECK(tp_tensor_alloc2(dev, TP_I32, o->batch, o->seq, &tt));
-    if (talk) {
-        int64_t total = 0, local = 0;
-        for (int i = 0; i < np; i++) {
-            total += ps[i].ndim == 2 ? ps[i].full_shape[0] * ps[i].full_shape[1] : ps[i].full_shape[0];
-            local += tp_tensor_numel(ps[i].value);
-        }
-        printf("\n== run %s: T=%d backend=%s device=%s | vocab %lld hidden %lld heads %lld "
-               "kv_heads %lld ffn %lld layers %lld seq %lld batch %lld | %s output, %s, %s%s\n",
-               which ? "compare" : "main", T, getenv("TP_BACKEND") ? getenv("TP_BACKEND") : "loopback",
-               tp_device_name(dev), (long long)o->vocab, (long long)o->hidden, (long long)o->heads,
-               (long long)(o->kv_heads ? o->kv_heads : o->heads), (long long)o->ffn,
-               (long long)o->layers, (long long)o->seq, (long long)o->batch,
-               o->untied ? "untied" : "tied", o->sgd ? "SGD" : "AdamW", o->rms ? "RMSNorm" : "LayerNorm",
-               o->sp ? ", sequence parallel" : "");
-        printf("   parameters: %lld in the full model, %lld on rank 0\n", (long long)total,
-               (long long)local);
-        printf("   %5s %9s %8s %8s %8s %8s %6s %9s %9s\n", "step", "loss", "ms", "gemm", "kernels",
-               "comm", "comm%", "coll fwd", "coll bwd");
+    EX_TRY(tp_optim_create(tr->g, &oc, tr->ps, tr->np, &tr->opt));
+    EX_TRY(tp_tensor_alloc2(tr->dev, TP_I32, o->batch, o->seq, &tr->ti));
+    return tp_tensor_alloc2(tr->dev, TP_I32, o->batch, o->seq, &tr->tt);
+}
+
+/* The run's configuration, its parameter counts and the step table's header. */
+static void print_run_header(const trainer *tr)
+{
+    const opts *o = tr->o;
+    int64_t total = 0, local = 0;
+    for (int i = 0; i < tr->np; i++) {
+        total += full_numel(&tr->ps[i]);
+        local += tp_tensor_numel(tr->ps[i].value);
     }
-    double t_all = 0, sum_gemm = 0, sum_kern = 0, sum_comm = 0;
+    printf("\n== run %s: T=%d backend=%s device=%s | vocab %lld hidden %lld heads %lld "
+           "kv_heads %lld ffn %lld layers %lld seq %lld batch %lld | %s output, %s, %s%s\n",
+           tr->which ? "compare" : "main", tp_comm_size(tr->g), ex_backend_name(),
+           tp_device_name(tr->dev), (long long)o->vocab, (long long)o->hidden,
+           (long long)o->heads, (long long)(o->kv_heads ? o->kv_heads : o->heads),
+           (long long)o->ffn, (long long)o->layers, (long long)o->seq, (long long)o->batch,
+           o->untied ? "untied" : "tied", o->sgd ? "SGD" : "AdamW",
+           o->rms ? "RMSNorm" : "LayerNorm", o->sp ? ", sequence parallel" : "");
+    printf("   parameters: %lld in the full model, %lld on rank 0\n", (long long)total,
+           (long long)local);
+    printf("   %5s %9s %8s %8s %8s %8s %6s %9s %9s\n", "step", "loss", "ms", "gemm", "kernels",
+           "comm", "comm%", "coll fwd", "coll bwd");
+}
+
+/* Step s: its batch, forward, backward (then, at the first step of the main
+ * run, the --save-npy dump), optimizer step; timed and counted. */
+static tp_status train_step(trainer *tr, int s, step_result *r)
+{
+    const opts *o = tr->o;
+    make_batch(o, s, tr->ids, tr->tgt);
+    EX_TRY(tp_tensor_upload(&tr->ti, tr->ids));
+    EX_TRY(tp_tensor_upload(&tr->tt, tr->tgt));
+    tp_stats_reset(tr->g);
+    double t0 = ex_now();
+    r->loss = 0;
+    EX_TRY(tp_optim_zero_grad(tr->opt));
+    EX_TRY(tp_gpt_forward(tr->m, &tr->ti, &tr->tt, &r->loss));
+    EX_TRY(tp_gpt_backward(tr->m));
+    if (s == 0 && o->npy_dir && tr->which == 0)
+        EX_TRY(save_npy(o, tr->m, tr->rank, tr->ids, tr->tgt, r->loss));
+    EX_TRY(tp_optim_step(tr->opt));
+    EX_TRY(tp_dev_synchronize(tr->dev));
+    r->dt = ex_now() - t0;
+    tp_stats_get(tr->g, &r->stats);
+    r->gemm = r->kern = r->comm = 0;
+    for (int ph = 0; ph < TP_PHASE_COUNT; ph++) {
+        r->gemm += r->stats.gemm[ph].seconds;
+        r->kern += r->stats.kernel[ph].seconds;
+        for (int op = 0; op < TP_OP_COUNT; op++)
+            r->comm += r->stats.comm[ph][op].seconds;
+    }
+    return TP_OK;
+}
+
+static void print_step(int s, const step_result *r)
+{
+    double gm = r->gemm, kr = r->kern, cm = r->comm;
+    printf("   %5d %9.5f %8.2f %8.2f %8.2f %8.2f %5.1f%% %9llu %9llu\n", s + 1, (double)r->loss,
+           1e3 * r->dt, 1e3 * gm, 1e3 * kr, 1e3 * cm,
+           gm + kr + cm > 0 ? 100.0 * cm / (gm + kr + cm) : 0.0,
+           (unsigned long long)tp_stats_calls(&r->stats, TP_PHASE_FORWARD, TP_OP_COUNT),
+           (unsigned long long)tp_stats_calls(&r->stats, TP_PHASE_BACKWARD, TP_OP_COUNT));
+}
+
+/* The means per step over steps 2.. (rank 0's view); *ms gets the wall. */
+static void print_means(const trainer *tr, double *ms)
+{
+    int steps = tr->o->steps, n = steps > 1 ? steps - 1 : 1;
+    double gm = tr->sum_gemm, kr = tr->sum_kern, cm = tr->sum_comm;
+    *ms = 1e3 * tr->t_all / n;
+    printf("   mean per step (rank 0, steps 2..%d): %.2f ms wall = gemm %.2f + other kernels "
+           "%.2f + communication %.2f (%.1f%% of compute+comm; includes waiting for slower "
+           "ranks) + host work\n",
+           steps, 1e3 * tr->t_all / n, 1e3 * gm / n, 1e3 * kr / n, 1e3 * cm / n,
+           gm + kr + cm > 0 ? 100.0 * cm / (gm + kr + cm) : 0.0);
+}
+
+/* Every step; world rank 0 records the losses and prints the table. */
+static tp_status train_steps(trainer *tr, run *R)
+{
+    const opts *o = tr->o;
+    if (tr->talk)
+        print_run_header(tr);
     for (int s = 0; s < o->steps; s++) {
-        make_batch(o, s, ids, tgt);
-        EX_CHECK(tp_tensor_upload(&ti, ids));
-        EX_CHECK(tp_tensor_upload(&tt, tgt));
-        tp_stats_reset(g);
-        double t0 = ex_now();
-        float loss = 0;
-        EX_CHECK(tp_optim_zero_grad(opt));
-        EX_CHECK(tp_gpt_forward(m, &ti, &tt, &loss));
-        EX_CHECK(tp_gpt_backward(m));
-        if (s == 0 && o->npy_dir && which == 0)
-            EX_CHECK(save_npy(o, m, rank, ids, tgt, loss));
-        EX_CHECK(tp_optim_step(opt));
-        EX_CHECK(tp_dev_synchronize(dev));
-        double dt = ex_now() - t0;
-        tp_stats st;
-        tp_stats_get(g, &st);
-        double gm = 0, kr = 0, cm = 0;
-        for (int ph = 0; ph < TP_PHASE_COUNT; ph++) {
-            gm += st.gemm[ph].seconds;
-            kr += st.kernel[ph].seconds;
-            for (int op = 0; op < TP_OP_COUNT; op++)
-                cm += st.comm[ph][op].seconds;
-        }
+        step_result r;
+        EX_TRY(train_step(tr, s, &r));
         if (s > 0 || o->steps == 1) { /* the first step allocates: leave it out of the means */
-            t_all += dt, sum_gemm += gm, sum_kern += kr, sum_comm += cm;
+            tr->t_all += r.dt, tr->sum_gemm += r.gemm, tr->sum_kern += r.kern;
+            tr->sum_comm += r.comm;
         }
-        if (talk) {
-            R->loss[which][s] = loss;
+        if (tr->talk) {
+            R->loss[tr->which][s] = r.loss;
             if (s % o->print_every == 0 || s == o->steps - 1)
-                printf("   %5d %9.5f %8.2f %8.2f %8.2f %8.2f %5.1f%% %9llu %9llu\n", s + 1,
-                       (double)loss, 1e3 * dt, 1e3 * gm, 1e3 * kr, 1e3 * cm,
-                       gm + kr + cm > 0 ? 100.0 * cm / (gm + kr + cm) : 0.0,
-                       (unsigned long long)tp_stats_calls(&st, TP_PHASE_FORWARD, TP_OP_COUNT),
-                       (unsigned long long)tp_stats_calls(&st, TP_PHASE_BACKWARD, TP_OP_COUNT));
+                print_step(s, &r);
         }
     }
-    if (talk) {
-        int n = o->steps > 1 ? o->steps - 1 : 1;
-        R->ms[which] = 1e3 * t_all / n;
-        printf("   mean per step (rank 0, steps 2..%d): %.2f ms wall = gemm %.2f + other kernels "
-               "%.2f + communication %.2f (%.1f%% of compute+comm; includes waiting for slower "
-               "ranks) + host work\n",
-               o->steps, 1e3 * t_all / n, 1e3 * sum_gemm / n, 1e3 * sum_kern / n,
-               1e3 * sum_comm / n,
-               sum_gemm + sum_kern + sum_comm > 0
-                   ? 100.0 * sum_comm / (sum_gemm + sum_kern + sum_comm) : 0.0);
-    }
-done:
-    tp_tensor_release(&ti), tp_tensor_release(&tt);
-    tp_optim_free(opt);
-    tp_gpt_free(m);
-    free(ids), free(tgt);
-    return status;
+    if (tr->talk)
+        print_means(tr, &R->ms[tr->which]);
+    return TP_OK;
+}
+
+/* Train on comm g (which = 0: the --tp run, 1: the --compare-tp run). */
+static tp_status train(run *R, tp_comm *g, int which, int wrank)
+{
+    trainer tr = {.o = &R->o, .g = g, .dev = tp_comm_device(g), .which = which,
+                  .rank = tp_comm_rank(g), .talk = wrank == 0};
+    tp_status st = set_up(&tr);
+    if (st == TP_OK)
+        st = train_steps(&tr, R);
+    trainer_free(&tr);
+    return st;
 }
 
 static tp_status rank_main(tp_comm *world, void *arg)
@@ -384,6 +473,34 @@ static tp_status rank_main(tp_comm *world, void *arg)
     return st;
 }
 
+/* World rank 0's process, after both runs: the loss curves side by side
+ * and their largest relative difference; true if within --tol. */
+static bool compare_loss_curves(const run *R, int T)
+{
+    const opts *o = &R->o;
+    const float *a = R->loss[0], *b = R->loss[1];
+    double worst = 0;
+    int at = 0;
+    for (int s = 0; s < o->steps; s++) {
+        double d = fabs((double)a[s] - b[s]) / (1.0 + fabs((double)b[s]));
+        if (d > worst)
+            worst = d, at = s;
+    }
+    printf("\n== loss curves, T=%d vs T=%d\n   %5s %11s %11s %11s\n", T, o->compare_tp, "step",
+           "T=main", "T=compare", "diff");
+    for (int s = 0; s < o->steps; s++)
+        if (s % o->print_every == 0 || s == o->steps - 1)
+            printf("   %5d %11.6f %11.6f %11.2e\n", s + 1, (double)a[s], (double)b[s],
+                   (double)a[s] - b[s]);
+    bool ok = worst <= o->tol;
+    printf("   max |diff| / (1 + |loss|) = %.2e at step %d -> %s (tolerance %g; equal within "
+           "f32 rounding, not bitwise: see docs/determinism.md)\n",
+           worst, at + 1, ok ? "MATCH" : "DIFFER", o->tol);
+    printf("   wall per step: %.2f ms at T=%d, %.2f ms at T=%d\n", R->ms[0], T, R->ms[1],
+           o->compare_tp);
+    return ok;
+}
+
 int main(int argc, char **argv)
 {
     run R = {.o = DEFAULTS};
@@ -395,28 +512,8 @@ int main(int argc, char **argv)
     int T = 0;
     tp_status st = ex_run(PROG, R.o.tp, &argc, &argv, rank_main, &R, &T);
     /* only the process holding world rank 0 printed and compares */
-    if (st == TP_OK && R.o.compare_tp && R.have_rank0) {
-        double worst = 0;
-        int at = 0;
-        for (int s = 0; s < R.o.steps; s++) {
-            double d = fabs((double)R.loss[0][s] - R.loss[1][s]) / (1.0 + fabs((double)R.loss[1][s]));
-            if (d > worst)
-                worst = d, at = s;
-        }
-        printf("\n== loss curves, T=%d vs T=%d\n   %5s %11s %11s %11s\n", T, R.o.compare_tp,
-               "step", "T=main", "T=compare", "diff");
-        for (int s = 0; s < R.o.steps; s++)
-            if (s % R.o.print_every == 0 || s == R.o.steps - 1)
-                printf("   %5d %11.6f %11.6f %11.2e\n", s + 1, (double)R.loss[0][s],
-                       (double)R.loss[1][s], (double)R.loss[0][s] - R.loss[1][s]);
-        bool ok = worst <= R.o.tol;
-        printf("   max |diff| / (1 + |loss|) = %.2e at step %d -> %s (tolerance %g; equal within "
-               "f32 rounding, not bitwise: see docs/determinism.md)\n",
-               worst, at + 1, ok ? "MATCH" : "DIFFER", R.o.tol);
-        printf("   wall per step: %.2f ms at T=%d, %.2f ms at T=%d\n", R.ms[0], T, R.ms[1],
-               R.o.compare_tp);
-        R.failed = !ok;
-    }
+    if (st == TP_OK && R.o.compare_tp && R.have_rank0)
+        R.failed = !compare_loss_curves(&R, T);
     free(R.loss[0]), free(R.loss[1]);
     if (st != TP_OK)
         return 1;
