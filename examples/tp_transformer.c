@@ -17,7 +17,7 @@
  * bitwise). --save-npy DIR writes, after the first forward+backward, the
  * full (unsharded) input ids, targets, every weight (as used by that
  * forward), the logits, the loss and every parameter's gradient, plus
- * config.txt; tests/layers/check_npy DIR checks them against an independent
+ * config.txt; tests/layers/check-npy DIR checks them against an independent
  * double-precision forward and finite differences.
  *
  *   TP_BACKEND=loopback build/examples/tp_transformer --tp 4 --compare-tp 1
