@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* example-common.c — see example-common.h. */
 #include "example-common.h"
 

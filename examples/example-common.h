@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* example-common.h — option parsing, .npy output and the serial reference
  * shared by the examples (not part of the library). */
 #ifndef TP_EXAMPLE_COMMON_H

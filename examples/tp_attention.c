@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tp_attention — ParallelAttention over T ranks vs a one-rank reference.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tp_linear — column- and row-parallel linear layers vs a serial reference.
  *

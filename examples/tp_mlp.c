@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tp_mlp — the tensor-parallel MLP vs the naive one.
  *

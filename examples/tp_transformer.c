@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tp_transformer — train a small tensor-parallel GPT on a synthetic token task.
  *

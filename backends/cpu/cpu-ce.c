@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * cpu-ce.c — the pieces of vocab-parallel cross-entropy: row max, per-row
  * statistics (sum of exp, target logit, sum of logits) and the gradient.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * cpu-device.c — the cpu device's lifetime, memory and copies. Everything
  * runs synchronously on the rank's own thread; memory is ordinary host

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * cpu-gemm.c — row-major strided-batched GEMM through OpenBLAS cblas_sgemm.
  */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * cpu-internal.h — shared between the files of the cpu device plugin only.
  *

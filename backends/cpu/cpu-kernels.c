@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * cpu-kernels.c — element-wise kernels of the cpu device: bias, GeLU,
  * axpby, softmax, embedding and AdamW. Plain loops over f32 that the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * cpu-lowp.c — bf16 and f16 storage for the cpu device's f32 ops.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * cpu-norm.c — LayerNorm and RMSNorm forward and backward over the last
  * dimension (rows x cols), f32.

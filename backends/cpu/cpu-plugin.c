@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * cpu-plugin.c — libtp-cpu.so: the cpu device's vtable and descriptor.
  *

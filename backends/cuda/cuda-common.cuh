@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * cuda-common.cuh — device helpers shared by the .cu files of this plugin:
  * load/store of f32, bf16 and f16 as f32, dtype dispatch, launch sizes and

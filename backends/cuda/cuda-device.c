@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * cuda-device.c — the cuda device's probe, per-rank context (GPU, stream,
  * cuBLAS and cuBLASLt handles, peer access), memory, pinned host memory,

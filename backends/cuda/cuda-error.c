@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * cuda-error.c — error reporting and the argument checks every op of the
  * cuda device shares. A leaf: the other files call it, it calls none of

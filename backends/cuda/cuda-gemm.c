@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * cuda-gemm.c — row-major strided-batched GEMM through cuBLAS.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * cuda-internal.h — shared between the files of the cuda device plugin only
  * (C and CUDA C++).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * cuda-kernels.cu — element-wise kernels of the cuda device: GEMM's k = 0
  * scaling, bias, GeLU, axpby, embedding, AdamW and reduce. f32 compute for every

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * cuda-plugin.c — libtp-cuda.so: the cuda device's vtable and descriptor.
  *

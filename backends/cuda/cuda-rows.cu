@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * cuda-rows.cu — row-wise kernels of the cuda device, one thread block per
  * row: softmax, LayerNorm/RMSNorm, row max and the cross-entropy pieces.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * collectives.c — all_reduce, all_gather, reduce_scatter, broadcast,
  * barrier on the ranks' own buffers.

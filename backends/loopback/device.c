@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * device.c — collectives on device memory (e.g. several ranks' cudaMalloc'd
  * buffers on one or more GPUs of this process).

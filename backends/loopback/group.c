@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * group.c — communicator groups: the world group, split, and leaving.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * loopback.h — definitions shared by the files of the loopback backend
  * (ranks are threads of one process; collectives read and write the ranks'

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * plugin.c — the loopback engine (init/finalize) and the plugin descriptor.
  */

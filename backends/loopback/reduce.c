@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * reduce.c — element kernels: reduce several sources through a small tile
  * that stays in L1, and copy a source to several destinations.

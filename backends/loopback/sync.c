@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * sync.c — barriers, argument agreement, timeouts and failure.
  *

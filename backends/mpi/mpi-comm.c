@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * mpi-comm.c — communicators and collectives on Open MPI's native calls.
  *

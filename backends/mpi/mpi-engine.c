@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * mpi-engine.c — the mpi engine: MPI start-up and shutdown, the world-size
  * check, datatypes and reduction ops, and the TP_TIMEOUT_S watchdog.

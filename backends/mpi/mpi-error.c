@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * mpi-error.c — the engine's host and MPI error reporting, shared by the
  * other files of the mpi plugin. A leaf: it calls none of them.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * mpi-half.c — MPI reduction ops for IEEE binary16 (TP_F16) and bfloat16
  * (TP_BF16). MPI has no 16-bit float types, so buffers travel as

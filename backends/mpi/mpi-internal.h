@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * mpi-internal.h — shared by the files of the mpi communicator plugin only.
  *

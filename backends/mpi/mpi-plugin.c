@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * mpi-plugin.c — libtp-mpi.so: the Open MPI communicator plugin.
  *

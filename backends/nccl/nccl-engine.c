@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * nccl-engine.c — init/finalize: which launch model, how many ranks, and
  * the NCCL unique id every rank of the world must share.

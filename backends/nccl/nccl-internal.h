@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * nccl-internal.h — shared by the files of libtp-nccl.so (not installed).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * nccl-mpi.c — broadcast the NCCL unique id over Open MPI.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * nccl-plugin.c — libtp-nccl.so: the NCCL communicator plugin.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * nccl-util.c — helpers every file of the nccl plugin may call: NCCL and
  * CUDA results as tp statuses and messages, the clock and the polling

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* ce.c — vocab-parallel cross-entropy: 2 all-reduces forward, none backward. */
 #include "layers-internal.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* common.c — checks, scratch buffers, GEMM wrappers and the rank-major gathers. */
 #include "layers-internal.h"
 

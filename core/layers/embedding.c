@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* embedding.c — VocabParallelEmbedding: table rows split by vocab id, one all-reduce. */
 #include "layers-internal.h"
 

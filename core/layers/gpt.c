@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * gpt.c — a small Megatron-style GPT: vocab-parallel token embedding +
  * replicated position embedding -> TransformerBlocks -> final norm ->

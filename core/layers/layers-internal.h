@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* layers-internal.h — helpers shared by the layer families (not installed). */
 #ifndef TP_LAYERS_INTERNAL_H
 #define TP_LAYERS_INTERNAL_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* linear.c — ColumnParallelLinear and RowParallelLinear, forward and backward. */
 #include "layers-internal.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* mlp.c — ParallelMLP: column(hidden->ffn) -> GeLU -> row(ffn->hidden, input_is_parallel). */
 #include "layers-internal.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* optim.c — SGD and AdamW over a list of parameters (no communication). */
 #include "layers-internal.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* comm.c — collectives: argument checks, dispatch, staging, fallbacks. */
 #include <stdint.h>
 #include <string.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* device.c — the device API: argument checks, dispatch, counters. */
 #include <stdlib.h>
 #include <string.h>

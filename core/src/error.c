@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* error.c — status names, per-thread last error, debug output, tp_host. */
 #include <stdio.h>
 #include <stdlib.h>

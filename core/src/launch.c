@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* launch.c — configuration, tp_init / tp_run / tp_finalize. */
 #include <errno.h>
 #include <limits.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* rng.c — shard ranges and the counter-based master-weight RNG. */
 #include "tp-internal.h"
 

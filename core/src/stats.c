@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* stats.c — the counters of a comm and its device, per phase and op. */
 #include <string.h>
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tensor.c — contiguous row-major tensors in a device's memory. */
 #include <stdio.h>
 #include <string.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* timing.c — how long counted calls take: host wall time, or on an
  * asynchronous device the time between two events, read in batches. */
 #include <string.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tp-internal.h — definitions shared by the files of libtp (not installed).
  */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* types.c — names and sizes of ops, phases and dtypes (a leaf: calls nothing in libtp). */
 #include "tp-internal.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tcp-coll.c — collectives on a ring of the communicator's ranks.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tcp-plugin.c — the tcp communicator: descriptor, engine and communicators.
  *

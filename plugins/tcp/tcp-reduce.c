@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tcp-reduce.c — element-wise reductions for the dtypes of tp-plugin.h.
  * 16-bit floats are widened, combined in f32 and rounded back (to nearest
  * even) per step, with the SDK's conversions (tp-plugin-util.h). */

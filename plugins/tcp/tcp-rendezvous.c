@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tcp-rendezvous.c — find the other ranks and connect a full mesh.
  *

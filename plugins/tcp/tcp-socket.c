@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tcp-socket.c — socket helpers and the poll() loop that runs a collective step. */
 #include <errno.h>
 #include <netinet/in.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tcp-wire.h — the tcp plugin's wire format (private to plugins/tcp and its
  * tests; not part of the tp SDK).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tcp.h — internal declarations of the tcp communicator plugin.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* bench-run.c — see bench-run.h. */
 #include <check.h>
 #include <glib.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* bench-run.h — run the tp-bench executable as a user would, for the CLI tests. */
 #ifndef BENCH_RUN_H
 #define BENCH_RUN_H

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # gemm-device.sh DEVICE — run `tp-bench gemm` on DEVICE (cpu or cuda) and
 # check its vtable/direct comparison from the JSON records. Needs $TP_BENCH.
 #   cpu:  f32 has a direct cblas_sgemm record; bf16 runs the vtable alone.

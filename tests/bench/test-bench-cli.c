@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test-bench-cli.c — tp-bench as a user runs it, on the loopback backend:
  * exit codes and messages for bad arguments, the collective counts that
  * `layer` reports, `--check` on correct and on corrupted results, `model`

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test-bench-unit.c — tp-bench's pure parts: bandwidth arithmetic, option
  * parsing, JSON/CSV writers and reader, the alpha-beta fit, the layer
  * table. No libtp calls, no timing. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test-bench-xf.c — `tp-bench layer` on the transformer layers (attention,
  * block, transformer), loopback backend: the collectives it reports per
  * phase (from tp_stats) against the counts tp-transformer.h and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* npy-read.c — see npy-read.h. */
 #include "npy-read.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * npy-read.h — the one .npy reader of the tests (check-npy, npy-compare):
  * C-order little-endian arrays of 4-byte elements, format 1.x or 2.x, as

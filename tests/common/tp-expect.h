@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tp-expect.h — expect_status(), the one check of a returned tp_status:
  *

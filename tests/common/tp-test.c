@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tp-test.c — the shared layer-suite harness (see tp-test.h). */
 #include "tp-test.h"
 

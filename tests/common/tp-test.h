@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tp-test.h — the harness shared by the suites that run through tp_run
  * (tests/layers, tests/transformer, tests/staging).

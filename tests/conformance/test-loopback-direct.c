@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-loopback-direct.c — drives libtp-loopback.so through its vtable
  * directly (no libtp): ranks are threads made here. Checks the plugin on its

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-loopback.c — behaviour specific to the loopback backend, through the
  * public API: failures end in an error instead of a hang, results are

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* device-harness.c — the device under test, its buffers, the test data
  * (see device-harness.h). */
 #include <pthread.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * device-harness.h — what the device conformance files share (see
  * test-device.c for which device and how it is reached): the device under

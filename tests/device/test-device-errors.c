@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test-device-errors.c — bad arguments: every op refuses them with the
  * right status and a message naming the problem. */
 #include "device-harness.h"

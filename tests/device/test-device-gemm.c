@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test-device-gemm.c — strided-batched GEMM vs a double reference, its
  * refusals, and interleaved per-head layouts. */
 #include "device-harness.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test-device-kernels.c — the element-wise, row and optimizer kernels vs
  * plain-loop references, and the backward kernels vs finite differences. */
 #include "device-harness.h"

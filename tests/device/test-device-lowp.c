@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test-device-lowp.c — every kernel on bf16/f16 storage vs the same op in
  * f32, and GEMM in bf16/f16. */
 #include "device-harness.h"

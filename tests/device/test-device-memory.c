@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test-device-memory.c — allocation, copies, memset, copy_2d. */
 #include "device-harness.h"
 

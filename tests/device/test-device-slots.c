@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* test-device-slots.c — the ABI 1.1 optional slots: reduce, gemm_bias_act
  * (fused bias and activation), host_alloc. */
 #include "device-harness.h"

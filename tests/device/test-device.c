@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-device.c — device conformance: every op of a device plugin against
  * plain-loop references written here, plus finite-difference checks of the

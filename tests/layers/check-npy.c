@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * check-npy DIR — check what `tp_transformer --save-npy DIR` wrote, the way
  * a NumPy/PyTorch user would: load the full ids, targets and weights, run

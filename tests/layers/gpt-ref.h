@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * gpt-ref.h — a serial double-precision GPT forward (plain loops) with the
  * tp_gpt_config conventions, for test-gpt.c: the loss of given full

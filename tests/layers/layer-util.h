@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * layer-util.h — host helpers shared by the layer suites (test-layers.c,
  * test-lowp.c): slices, shards, master weights, collective counts, and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * ref.h — the serial reference for the layer tests: plain loops in double,
  * each value paired with a bound on the error of an f32 computation of it.

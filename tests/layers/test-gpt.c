@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-gpt.c — the GPT model (tp_gpt) and the optimizers (tp_optim).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-layers.c — ColumnParallelLinear, RowParallelLinear and ParallelMLP
  * (forward and backward) against a serial double reference (ref.h).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-lowp.c — ColumnParallelLinear, RowParallelLinear and ParallelMLP
  * stored in bf16 and f16 (forward and backward) against a serial double

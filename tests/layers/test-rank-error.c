@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-rank-error.c — a shape error that only some ranks hit must not hang
  * the others.

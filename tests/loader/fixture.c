@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * fixture.c — test plugins for the loader tests, one file built many ways.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-loader.c — the plugin loader, launch and config, comm dispatch with
  * its fallbacks, stats, tensors, errors, shard ranges, the master RNG and

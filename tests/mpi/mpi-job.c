@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * mpi-job.c — one MPI job per scenario, run under mpirun by test-mpi-jobs.c
  * (not a test by itself). Usage: mpi-job MODE [--tp N], with TP_BACKEND=mpi.

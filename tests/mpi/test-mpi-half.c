@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-mpi-half.c — the f16/bf16 conversions the mpi plugin's reduction ops
  * use (tp-plugin-util.h's tp_util_*, with mpi-half.c compiled into this

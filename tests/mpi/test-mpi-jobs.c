@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-mpi-jobs.c — whole MPI jobs as black boxes: launches mpirun on
  * mpi-job (see mpi-job.c) and checks how each job ends: its exit status

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-mpi-plugin.c — the mpi plugin's vtable, driven directly, under
  * mpirun -n 1..7. Loads libtp-mpi.so the way the core does (GModule,

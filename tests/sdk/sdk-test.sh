@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # Out-of-tree SDK test: install tp into a temporary root, build a plugin from
 # a temporary directory using only the installed headers and tp.pc, load it
 # by TP_PLUGIN_PATH and run the conformance suite against it.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tiny.c — the smallest useful communicator plugin: a world of one rank.
  *

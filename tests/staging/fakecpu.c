@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * fakecpu.c — fixture device plugin libtp-fakecpu.so: the cpu device behind
  * the fakegpu's faulting pointers.

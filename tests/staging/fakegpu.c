@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * fakegpu.c — fixture device plugins for the staging tests.
  *

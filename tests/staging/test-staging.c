@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-staging.c — the collectives through the public API on a device
  * whose memory the comm backend does not take, so the core stages them

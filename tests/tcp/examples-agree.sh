@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # examples-agree.sh TP_LAUNCH NPY_COMPARE EXAMPLE N [ARGS...]
 # Run EXAMPLE with TP=N on loopback (threads) and under tp-launch on tcp
 # (processes); both write their tensors with --save-npy; compare y.npy.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * npy-compare A.npy B.npy ATOL — compare two little-endian float32 .npy
  * files (as the examples' --save-npy writes them): same shape, and every

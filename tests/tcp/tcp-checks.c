@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tcp-checks.c — every collective of the tcp plugin against a serial
  * reference computed from the same inputs, run by each rank.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tcp-checks.h — correctness checks of every collective (see tcp-checks.c). */
 #ifndef TCP_CHECKS_H
 #define TCP_CHECKS_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* tcp-harness.c — see tcp-harness.h. */
 #include "tcp-harness.h"
 

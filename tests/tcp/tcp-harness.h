@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tcp-harness.h — drive libtp-tcp.so directly through its vtable, without
  * libtp: load it with dlopen, give it a tp_host, and run ranks as forked

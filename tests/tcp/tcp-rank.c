@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tcp-rank — one rank of a tcp job for tp-launch, without libtp: loads
  * libtp-tcp.so, joins the job from the environment tp-launch sets, and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-launch.c — tp-launch as a user meets it: the environment each rank
  * gets, prefixed output, exit status, and what happens when a rank fails

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-tcp.c — the tcp plugin driven directly through its vtable, one forked
  * process per rank: correctness over world sizes 1..4 and 7 and odd counts,

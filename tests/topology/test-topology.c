@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-topology.c — tp_topology on fake node layouts (TP_FAKE_NODES).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * ref.h — serial double-precision reference for the transformer tests:
  * plain loops, written from the formulas, sharing no code with the library.

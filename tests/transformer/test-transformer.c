@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-transformer.c — ParallelAttention, LayerNorm/RMSNorm and the
  * TransformerBlock (forward and backward, with and without sequence

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tp-info.h — inspect the plugins the loader can see (used by tp-info).
  *

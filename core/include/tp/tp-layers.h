@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tp-layers.h — Megatron-style tensor-parallel layers (libtp-layers; link with tp-layers).
  *

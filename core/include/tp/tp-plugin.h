@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tp-plugin.h — the tp plugin SDK: the two vtables a backend implements.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tp-transformer.h — attention, norms and the transformer block (libtp-layers).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tp.h — tensor parallelism on pluggable communication backends.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * attention.c — ParallelAttention: fused QKV column-parallel linear (whole
  * heads per rank, GQA/MQA with replicated KV heads), causal scaled

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * block.c — pre-LN GPT TransformerBlock:
  *   h = x + Attn(LN1(x));  y = h + MLP(LN2(h)).

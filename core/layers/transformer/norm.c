@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * norm.c — LayerNorm / RMSNorm with replicated parameters.
  *

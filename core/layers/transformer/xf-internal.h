@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* xf-internal.h — helpers shared by attention.c, norm.c and block.c (not installed). */
 #ifndef TP_XF_INTERNAL_H
 #define TP_XF_INTERNAL_H

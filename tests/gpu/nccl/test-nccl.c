@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-nccl.c — checks of libtp-nccl.so, driving the plugin's vtable
  * directly (dlopen), without libtp or the cuda device plugin.
