@@ -6,7 +6,6 @@
  */
 #include <stdint.h>
 
-#include <tp/tp-plugin-util.h>
 
 #include "cpu-internal.h"
 

@@ -5,7 +5,6 @@
 #include <cblas.h>
 #include <stdint.h>
 
-#include <tp/tp-plugin-util.h>
 
 #include "cpu-internal.h"
 

@@ -18,7 +18,7 @@
 #ifndef TP_CPU_INTERNAL_H
 #define TP_CPU_INTERNAL_H
 
-#include <tp/tp-plugin.h>
+#include <tp/tp-plugin-util.h>
 
 typedef struct cpu_dev {
     const tp_host *host;

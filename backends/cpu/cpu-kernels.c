@@ -266,15 +266,8 @@ tp_status cpu_softmax_bwd(void *dev, tp_dtype dt, int64_t rows, int64_t cols, co
 static tp_status check_embedding(const char *op, const void *dev, tp_dtype dt, int64_t n,
                                  int64_t dim, const int32_t *ids, int64_t lo, int64_t hi)
 {
-    tp_status st;
-
-    if ((st = cpu_check_dev(dev, op)) || (st = cpu_check_f32(dt, op)) ||
-        (st = cpu_check_dims(op, n, dim, "n", "dim")) ||
-        (st = cpu_check_id_range(op, lo, hi)) ||
-        (st = cpu_check_dims(op, hi - lo, dim, "rows (hi - lo)", "dim")) ||
-        (st = cpu_check_ptr(ids, n, op, "ids")))
-        return st;
-    return TP_OK;
+    return tp_util_check_embedding(cpu_err, cpu_check_f32, op, dev, dt, n, dim, ids, lo, hi,
+                                   (int64_t)(SIZE_MAX / sizeof(float)));
 }
 
 tp_status cpu_embedding(void *dev, tp_dtype dt, int64_t n, int64_t dim, const int32_t *ids,

@@ -16,7 +16,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include <tp/tp-plugin-util.h>
 
 #include "cpu-internal.h"
 

@@ -4,7 +4,6 @@
  * cuda device shares. A leaf: the other files call it, it calls none of
  * them (only the CUDA runtime, for error names).
  */
-#include <tp/tp-plugin-util.h>
 
 #include "cuda-internal.h"
 

@@ -24,7 +24,6 @@
 #include <stdint.h>
 #include <string.h>
 
-#include <tp/tp-plugin-util.h>
 
 #include "cuda-internal.h"
 

@@ -28,7 +28,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
-#include <tp/tp-plugin.h>
+#include <tp/tp-plugin-util.h>
 
 #ifdef __cplusplus
 extern "C" {

@@ -223,15 +223,8 @@ __global__ void k_embedding_bwd(int64_t n, int64_t dim, const int32_t *ids, int6
 static tp_status check_embedding(const char *op, const void *dev, tp_dtype dt, int64_t n,
                                  int64_t dim, const int32_t *ids, int64_t lo, int64_t hi)
 {
-    tp_status st;
-
-    if ((st = cuda_check_dev(dev, op)) || (st = cuda_check_float_dt(dt, op)) ||
-        (st = cuda_check_dims(op, n, dim, "n", "dim")) ||
-        (st = cuda_check_id_range(op, lo, hi)) ||
-        (st = cuda_check_dims(op, hi - lo, dim, "rows (hi - lo)", "dim")) ||
-        (st = cuda_check_ptr(ids, n, op, "ids")))
-        return st;
-    return TP_OK;
+    return tp_util_check_embedding(cuda_err, cuda_check_float_dt, op, dev, dt, n, dim, ids, lo, hi,
+                                   INT64_MAX / 8);
 }
 
 extern "C" tp_status cuda_embedding(void *dev, tp_dtype dt, int64_t n, int64_t dim,

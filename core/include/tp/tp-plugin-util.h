@@ -208,6 +208,30 @@ static inline tp_status tp_util_check_id_range(tp_util_error_fn err, const char 
     return TP_OK;
 }
 
+/* The checks embedding and embedding_bwd share, in this order: the device,
+ * the dtype (check_dt: the device's own rule), n x dim, the table shard's
+ * rows [lo, hi) and its size, the ids. */
+static inline tp_status tp_util_check_embedding(tp_util_error_fn err,
+                                                tp_status (*check_dt)(tp_dtype, const char *),
+                                                const char *op, const void *dev, tp_dtype dt,
+                                                int64_t n, int64_t dim, const int32_t *ids,
+                                                int64_t lo, int64_t hi, int64_t max_elems)
+{
+    tp_status st = tp_util_check_dev(err, dev, op);
+
+    if (st == TP_OK)
+        st = check_dt(dt, op);
+    if (st == TP_OK)
+        st = tp_util_check_dims(err, op, n, dim, "n", "dim", max_elems);
+    if (st == TP_OK)
+        st = tp_util_check_id_range(err, op, lo, hi);
+    if (st == TP_OK)
+        st = tp_util_check_dims(err, op, hi - lo, dim, "rows (hi - lo)", "dim", max_elems);
+    if (st == TP_OK)
+        st = tp_util_check_ptr(err, ids, n, op, "ids");
+    return st;
+}
+
 /* ---------------------------------------------------------- GEMM checks */
 
 /* Do the batches' outputs C_b (m x n, row pitch ldc, at b*stride_c) write
