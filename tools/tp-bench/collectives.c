@@ -420,18 +420,13 @@ static void report_size(coll_rank_ctx *x, const coll_size *z)
         printf("  %12zu %12zu %5s %6s %10.2f %10.2f %10.2f %11.3f %11.3f %8" G_GUINT64_FORMAT,
                z->bytes, z->total, "f32", redop_name(op), sm.min * 1e6, sm.median * 1e6,
                sm.max * 1e6, algbw, busbw, (guint64)z->wrong_all);
-    bench_record *rec = bench_rec_new("collective");
-    bench_rec_str(rec, "backend", c->env->backend);
-    bench_rec_str(rec, "device", c->env->device);
-    bench_rec_int(rec, "ranks", T);
+    bench_record *rec = bench_env_rec_new(c->env, "collective", T);
     bench_rec_str(rec, "op", bench_op_name(op));
     bench_rec_str(rec, "dtype", "f32");
     bench_rec_str(rec, "redop", redop_name(op));
     bench_rec_int(rec, "bytes", (int64_t)z->bytes);
     bench_rec_int(rec, "count", (int64_t)z->total);
-    bench_rec_dbl(rec, "time_us", sm.median * 1e6);
-    bench_rec_dbl(rec, "time_min_us", sm.min * 1e6);
-    bench_rec_dbl(rec, "time_max_us", sm.max * 1e6);
+    bench_rec_times(rec, &sm);
     bench_rec_dbl(rec, "algbw_gbps", algbw);
     bench_rec_dbl(rec, "busbw_gbps", busbw);
     bench_rec_int(rec, "wrong", (int64_t)z->wrong_all);
@@ -578,10 +573,7 @@ static int make_sizes(const bench_opts *o, size_t **out)
 static void emit_memcpy(coll_run *c, int T, int threads, const double *med)
 {
     for (int s = 0; s < c->nsizes; s++) {
-        bench_record *rec = bench_rec_new("memcpy");
-        bench_rec_str(rec, "backend", c->env->backend);
-        bench_rec_str(rec, "device", c->env->device);
-        bench_rec_int(rec, "ranks", T);
+        bench_record *rec = bench_env_rec_new(c->env, "memcpy", T);
         bench_rec_int(rec, "threads", threads);
         bench_rec_int(rec, "bytes", (int64_t)c->sizes[s]);
         bench_rec_dbl(rec, "time_us", med[s] * 1e6);
@@ -699,11 +691,5 @@ int bench_cmd_collectives(const bench_opts *o)
         }
         rc = bench_collectives_run(&env, tps, ntp, &sink, NULL, true);
     }
-    bench_env_finish(&env);
-    if (bench_sink_close(&sink) != 0) {
-        fprintf(stderr, "tp-bench: %s\n", sink.err);
-        if (rc == 0)
-            rc = BENCH_EXIT_FAIL;
-    }
-    return rc;
+    return bench_cmd_finish(&env, &sink, rc);
 }

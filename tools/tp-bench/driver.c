@@ -18,6 +18,26 @@ void bench_env_finish(bench_env *env)
     env->ctx = NULL;
 }
 
+int bench_cmd_finish(bench_env *env, bench_sink *sink, int rc)
+{
+    bench_env_finish(env);
+    if (bench_sink_close(sink) != 0) {
+        fprintf(stderr, "tp-bench: %s\n", sink->err);
+        if (rc == 0)
+            rc = BENCH_EXIT_FAIL;
+    }
+    return rc;
+}
+
+bench_record *bench_env_rec_new(const bench_env *env, const char *kind, int ranks)
+{
+    bench_record *rec = bench_rec_new(kind);
+    bench_rec_str(rec, "backend", env->backend);
+    bench_rec_str(rec, "device", env->device);
+    bench_rec_int(rec, "ranks", ranks);
+    return rec;
+}
+
 static int init_ctx(bench_env *env, int world_size)
 {
     tp_config cfg;

@@ -328,10 +328,7 @@ static const char *const phase_names[2] = {"forward", "backward"};
 static void emit_layer(bench_sink *sink, const bench_env *env, const bench_opts *o, const bench_layer_result *R,
                        int rank, const float *v, int ph, double speedup, double efficiency)
 {
-    bench_record *rec = bench_rec_new("layer");
-    bench_rec_str(rec, "backend", env->backend);
-    bench_rec_str(rec, "device", env->device);
-    bench_rec_int(rec, "ranks", R->T);
+    bench_record *rec = bench_env_rec_new(env, "layer", R->T);
     bench_rec_str(rec, "layer", o->layer);
     bench_rec_int(rec, "tp", R->T);
     bench_rec_int(rec, "rank", rank);
@@ -510,11 +507,5 @@ int bench_cmd_layer(const bench_opts *o)
             printf("# (no T=1 in --sweep-tp: add 1 for speedup and efficiency)\n");
     }
     free(L.per_rank);
-    bench_env_finish(&env);
-    if (bench_sink_close(&sink) != 0) {
-        fprintf(stderr, "tp-bench: %s\n", sink.err);
-        if (rc == 0)
-            rc = BENCH_EXIT_FAIL;
-    }
-    return rc;
+    return bench_cmd_finish(&env, &sink, rc);
 }

@@ -93,6 +93,13 @@ void bench_rec_bool(bench_record *r, const char *key, bool v)
     f->b = v;
 }
 
+void bench_rec_times(bench_record *r, const bench_summary *sm)
+{
+    bench_rec_dbl(r, "time_us", sm->median * 1e6);
+    bench_rec_dbl(r, "time_min_us", sm->min * 1e6);
+    bench_rec_dbl(r, "time_max_us", sm->max * 1e6);
+}
+
 const bench_field *bench_rec_get(const bench_record *r, const char *key)
 {
     for (int i = 0; i < r->n; i++)
