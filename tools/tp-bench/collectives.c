@@ -583,6 +583,75 @@ static void emit_memcpy(coll_run *c, int T, int threads, const double *med)
     }
 }
 
+/* The memcpy reference at T threads (and 1): measured here, outside
+ * tp_run, so idle ranks do not compete for the cores; printed and emitted.
+ * Returns an exit code. */
+static int memcpy_reference(coll_run *c, int T)
+{
+    c->copy1_s = calloc((size_t)c->nsizes, sizeof(double));
+    c->copyT_s = calloc((size_t)c->nsizes, sizeof(double));
+    bench_progress_update(&c->prog, "memcpy reference, %d thread%s", T, T == 1 ? "" : "s");
+    if (!c->copy1_s || !c->copyT_s ||
+        memcpy_sweep(1, c->sizes, c->nsizes, c->iters, c->warmup, c->copy1_s) != 0 ||
+        (T > 1 && memcpy_sweep(T, c->sizes, c->nsizes, c->iters, c->warmup, c->copyT_s) != 0)) {
+        fprintf(stderr, "tp-bench: memcpy reference failed (out of memory or threads); use --no-memcpy\n");
+        return BENCH_EXIT_FAIL;
+    }
+    if (T == 1)
+        memcpy(c->copyT_s, c->copy1_s, (size_t)c->nsizes * sizeof(double));
+    bench_progress_done(&c->prog);
+    if (c->print) {
+        printf("#\n# memcpy reference (same run): %d thread%s each copying `size` bytes "
+               "concurrently; GB/s = threads x size / time\n",
+               T, T == 1 ? "" : "s");
+        printf("# %12s %12s %12s %12s %12s\n", "size", "1thr(us)", "1thr(GB/s)", "Tthr(us)", "Tthr(GB/s)");
+        for (int s = 0; s < c->nsizes; s++)
+            printf("  %12zu %12.2f %12.3f %12.2f %12.3f\n", c->sizes[s], c->copy1_s[s] * 1e6,
+                   (double)c->sizes[s] / c->copy1_s[s] / 1e9, c->copyT_s[s] * 1e6,
+                   (double)T * (double)c->sizes[s] / c->copyT_s[s] / 1e9);
+    }
+    emit_memcpy(c, T, 1, c->copy1_s);
+    if (T > 1)
+        emit_memcpy(c, T, T, c->copyT_s);
+    return BENCH_EXIT_OK;
+}
+
+/* The sweep at one T: the memcpy reference when every rank is a thread of
+ * this process (on mpirun each process would measure its own), then the
+ * collectives on T ranks. first: the first T of the sweep. */
+static int sweep_at(coll_run *c, int T, bool first)
+{
+    const bench_opts *o = c->o;
+    free(c->copy1_s);
+    free(c->copyT_s);
+    c->copy1_s = c->copyT_s = NULL;
+    bool want_memcpy = !o->no_memcpy && (o->op_mask & (1u << TP_OP_ALL_REDUCE));
+    if (want_memcpy && c->env->single_process) {
+        int rc = memcpy_reference(c, T);
+        if (rc != BENCH_EXIT_OK)
+            return rc;
+    } else if (want_memcpy && c->print && first) {
+        printf("# memcpy reference skipped: ranks run in several processes here; measure it with "
+               "TP_BACKEND=loopback\n");
+    }
+    return bench_run_tps(c->env, &T, 1, coll_rank, c);
+}
+
+/* After tp_init (the mpi backend initialises MPI there): can --compare-raw
+ * run? Returns an exit code. */
+static int check_raw(coll_run *c)
+{
+    if (!c->o->compare_raw)
+        return BENCH_EXIT_OK;
+    const char *why = NULL;
+    c->raw = true;
+    if (!bench_raw_available(&why)) {
+        fprintf(stderr, "tp-bench: --compare-raw: %s\n", why);
+        return BENCH_EXIT_USAGE;
+    }
+    return BENCH_EXIT_OK;
+}
+
 int bench_collectives_run(bench_env *env, const int *tps, int ntp, bench_sink *sink, GArray *samples,
                           bool print_table)
 {
@@ -605,63 +674,16 @@ int bench_collectives_run(bench_env *env, const int *tps, int ntp, bench_sink *s
         return BENCH_EXIT_USAGE;
     }
     int rc = bench_env_probe(env);
-    if (rc == 0 && o->compare_raw) {
-        /* after tp_init: the mpi backend initialises MPI there */
-        const char *why = NULL;
-        if (!bench_raw_available(&why)) {
-            fprintf(stderr, "tp-bench: --compare-raw: %s\n", why);
-            rc = BENCH_EXIT_USAGE;
-        }
-        c.raw = true;
-    }
+    if (rc == 0)
+        rc = check_raw(&c);
     if (rc == 0 && env->single_process && print_table) {
         printf("# tp-bench collectives: backend %s, device %s, f32, sizes %zu..%zu x%g\n", env->backend,
                env->device, o->minbytes, o->maxbytes, o->stepfactor);
         c.header_done = true;
     }
     bench_progress_start(&c.prog, o->quiet);
-    for (int i = 0; i < ntp && rc == 0; i++) {
-        int T = tps[i];
-        free(c.copy1_s);
-        free(c.copyT_s);
-        c.copy1_s = c.copyT_s = NULL;
-        /* memcpy reference: here, outside tp_run, so idle ranks do not
-         * compete for the cores; only when every rank is a thread of this
-         * process (on mpirun each process would measure its own). */
-        bool want_memcpy = !o->no_memcpy && (o->op_mask & (1u << TP_OP_ALL_REDUCE));
-        if (want_memcpy && env->single_process) {
-            c.copy1_s = calloc((size_t)c.nsizes, sizeof(double));
-            c.copyT_s = calloc((size_t)c.nsizes, sizeof(double));
-            bench_progress_update(&c.prog, "memcpy reference, %d thread%s", T, T == 1 ? "" : "s");
-            if (!c.copy1_s || !c.copyT_s ||
-                memcpy_sweep(1, c.sizes, c.nsizes, c.iters, c.warmup, c.copy1_s) != 0 ||
-                (T > 1 && memcpy_sweep(T, c.sizes, c.nsizes, c.iters, c.warmup, c.copyT_s) != 0)) {
-                fprintf(stderr, "tp-bench: memcpy reference failed (out of memory or threads); use --no-memcpy\n");
-                rc = BENCH_EXIT_FAIL;
-                break;
-            }
-            if (T == 1)
-                memcpy(c.copyT_s, c.copy1_s, (size_t)c.nsizes * sizeof(double));
-            bench_progress_done(&c.prog);
-            if (print_table) {
-                printf("#\n# memcpy reference (same run): %d thread%s each copying `size` bytes "
-                       "concurrently; GB/s = threads x size / time\n",
-                       T, T == 1 ? "" : "s");
-                printf("# %12s %12s %12s %12s %12s\n", "size", "1thr(us)", "1thr(GB/s)", "Tthr(us)", "Tthr(GB/s)");
-                for (int s = 0; s < c.nsizes; s++)
-                    printf("  %12zu %12.2f %12.3f %12.2f %12.3f\n", c.sizes[s], c.copy1_s[s] * 1e6,
-                           (double)c.sizes[s] / c.copy1_s[s] / 1e9, c.copyT_s[s] * 1e6,
-                           (double)T * (double)c.sizes[s] / c.copyT_s[s] / 1e9);
-            }
-            emit_memcpy(&c, T, 1, c.copy1_s);
-            if (T > 1)
-                emit_memcpy(&c, T, T, c.copyT_s);
-        } else if (want_memcpy && print_table && i == 0) {
-            printf("# memcpy reference skipped: ranks run in several processes here; measure it with "
-                   "TP_BACKEND=loopback\n");
-        }
-        rc = bench_run_tps(env, &T, 1, coll_rank, &c);
-    }
+    for (int i = 0; i < ntp && rc == 0; i++)
+        rc = sweep_at(&c, tps[i], i == 0);
     bench_progress_done(&c.prog);
     if (rc == 0 && c.wrong_total > 0) {
         fprintf(stderr, "tp-bench: --check found %" G_GUINT64_FORMAT " wrong result element%s\n",
