@@ -354,6 +354,13 @@ static tp_status coll_bufs_setup(const coll_rank_ctx *x, int op, coll_bufs *b)
     return tp_dev_memset(x->dev, b->recv, 0, max_recv * coll_elt);
 }
 
+/* The collective, then a synchronize: what one timing covers. */
+static tp_status run_op_synced(coll_rank_ctx *x, int op, const coll_bufs *b, const coll_size *z)
+{
+    TP_TRY(run_op(x->comm, op, b->send, b->recv, z->bbuf, z->per, z->total));
+    return tp_dev_synchronize(x->dev);
+}
+
 /* Timed iteration it: barrier, the collective, synchronize; then the test
  * hook and --check on this rank's result. */
 static tp_status time_one(coll_rank_ctx *x, const coll_bufs *b, const coll_size *z, int it,
@@ -365,9 +372,7 @@ static tp_status time_one(coll_rank_ctx *x, const coll_bufs *b, const coll_size 
         TP_TRY(tp_dev_upload(x->dev, b->send, b->h_in, z->sn * coll_elt));
     TP_TRY(tp_barrier(x->comm));
     double t0 = bench_now();
-    tp_status st = run_op(x->comm, op, b->send, b->recv, z->bbuf, z->per, z->total);
-    if (st == TP_OK)
-        st = tp_dev_synchronize(x->dev);
+    tp_status st = run_op_synced(x, op, b, z);
     x->us[it] = (float)((bench_now() - t0) * 1e6);
     TP_TRY(st);
     const void *result = op == TP_OP_BROADCAST ? b->send : b->recv;
@@ -389,11 +394,11 @@ static tp_status time_raw(coll_rank_ctx *x, const coll_bufs *b, coll_size *z)
 {
     const coll_run *c = x->c;
     for (int it = 0; c->raw && it < c->warmup + c->iters; it++) {
-        tp_status st = tp_barrier(x->comm);
+        TP_TRY(tp_barrier(x->comm));
         double t0 = bench_now();
-        if (st == TP_OK)
-            st = bench_raw_collective(x->comm, z->op, z->op == TP_OP_BROADCAST ? z->bbuf : b->send,
-                                      b->recv, z->per, z->total);
+        tp_status st = bench_raw_collective(x->comm, z->op,
+                                            z->op == TP_OP_BROADCAST ? z->bbuf : b->send, b->recv,
+                                            z->per, z->total);
         double t1 = bench_now();
         if (it >= c->warmup)
             x->raw_us[it - c->warmup] = (float)((t1 - t0) * 1e6);
@@ -535,11 +540,14 @@ static tp_status coll_rank(tp_comm *comm, int T, void *arg)
     x.raw_us = malloc((size_t)nit * sizeof *x.raw_us);
     x.dv = malloc((size_t)nit * sizeof *x.dv);
     tp_status st = TP_OK;
-    if (!x.us || !x.raw_us || !x.dv)
+    if (!x.us || !x.raw_us || !x.dv) {
         st = tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory for %d timings", nit);
-    for (int op = 0; op < TP_OP_COUNT && st == TP_OK; op++)
+        goto done;
+    }
+    for (int op = 0; op < TP_OP_COUNT; op++)
         if ((x.c->o->op_mask & (1u << op)) && bench_op_name(op))
-            st = coll_one_op(&x, op);
+            TP_TRY_GOTO(coll_one_op(&x, op), st, done);
+done:
     free(x.us);
     free(x.raw_us);
     free(x.dv);

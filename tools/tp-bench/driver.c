@@ -1,6 +1,8 @@
 /* driver.c — start tp and run a function on T ranks, for each T asked. */
 #include "bench.h"
 
+#include "tp-try.h"
+
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,11 +86,13 @@ static tp_status wrap(tp_comm *world, void *a)
         return w->fn(world, w->T, w->arg);
     int r = tp_comm_rank(world);
     tp_comm *sub = NULL;
-    tp_status st = tp_comm_split(world, r < w->T ? 0 : -1, r, &sub);
-    if (st == TP_OK && sub)
+    tp_status st, st2;
+    TP_TRY_GOTO(tp_comm_split(world, r < w->T ? 0 : -1, r, &sub), st, wait);
+    if (sub)
         st = w->fn(sub, w->T, w->arg);
-    /* ranks outside the group wait here for the ones inside */
-    tp_status st2 = tp_barrier(world);
+wait:
+    /* ranks outside the group wait here for the ones inside, even after a failure */
+    st2 = tp_barrier(world);
     tp_comm_free(sub);
     return st != TP_OK ? st : st2;
 }

@@ -370,19 +370,20 @@ static tp_status gemm_rank(tp_comm *comm, int T, void *arg)
     x.host = tp_device_mem_kind(x.dev) == TP_MEM_HOST;
     x.direct = pick_direct(x.dev, x.g->dtype, &x.why);
     x.unit = x.host ? 1e9 : 1e12;
-    tp_status st = TP_OK;
+    tp_status st = TP_OK, st2;
 #ifdef TP_BENCH_HAVE_CUBLAS
     if (x.direct == DIRECT_CUBLAS)
-        st = open_cublas(&x);
+        TP_TRY_GOTO(open_cublas(&x), st, done);
 #endif
-    if (st == TP_OK)
-        print_header(&x);
-    for (int si = 0; si < x.g->o->n_gemm_sizes && st == TP_OK; si++)
-        st = gemm_one_size(&x, x.g->o->gemm_sizes[si]);
+    print_header(&x);
+    for (int si = 0; si < x.g->o->n_gemm_sizes; si++)
+        TP_TRY_GOTO(gemm_one_size(&x, x.g->o->gemm_sizes[si]), st, done);
+done:
 #ifdef TP_BENCH_HAVE_CUBLAS
     bench_cublas_close(x.cb);
 #endif
-    tp_status st2 = tp_barrier(comm);
+    /* the other ranks wait in this barrier, also after a failure */
+    st2 = tp_barrier(comm);
     return st != TP_OK ? st : st2;
 }
 
