@@ -311,6 +311,9 @@ void bench_env_finish(bench_env *env); /* tp_finalize */
  * that could not be written prints its error and turns rc 0 into
  * BENCH_EXIT_FAIL. Returns the exit code. */
 int bench_cmd_finish(bench_env *env, bench_sink *sink, int rc);
+/* The T values a collectives or layer sweep runs: --sweep-tp, else the
+ * world size (after bench_env_probe). Returns how many. */
+int bench_env_tps(const bench_env *env, int *tps);
 /* A record of `kind` that starts as every measurement of this run does:
  * backend, device, ranks. */
 bench_record *bench_env_rec_new(const bench_env *env, const char *kind, int ranks);

@@ -712,13 +712,8 @@ int bench_cmd_collectives(const bench_opts *o)
     bench_sink_init(&sink, o->json_path, o->csv_path);
     int rc = bench_env_probe(&env);
     if (rc == 0) {
-        int tps[BENCH_MAX_LIST], ntp = o->n_sweep_tp;
-        if (ntp)
-            memcpy(tps, o->sweep_tp, (size_t)ntp * sizeof(int));
-        else {
-            tps[0] = env.world;
-            ntp = 1;
-        }
+        int tps[BENCH_MAX_LIST];
+        int ntp = bench_env_tps(&env, tps);
         rc = bench_collectives_run(&env, tps, ntp, &sink, NULL, true);
     }
     return bench_cmd_finish(&env, &sink, rc);

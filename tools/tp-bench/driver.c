@@ -31,6 +31,17 @@ int bench_cmd_finish(bench_env *env, bench_sink *sink, int rc)
     return rc;
 }
 
+int bench_env_tps(const bench_env *env, int *tps)
+{
+    const bench_opts *o = env->o;
+    if (o->n_sweep_tp) {
+        memcpy(tps, o->sweep_tp, (size_t)o->n_sweep_tp * sizeof(int));
+        return o->n_sweep_tp;
+    }
+    tps[0] = env->world;
+    return 1;
+}
+
 bench_record *bench_env_rec_new(const bench_env *env, const char *kind, int ranks)
 {
     bench_record *rec = bench_rec_new(kind);

@@ -473,13 +473,8 @@ int bench_cmd_layer(const bench_opts *o)
     bench_sink sink;
     bench_sink_init(&sink, o->json_path, o->csv_path);
     int rc = bench_env_probe(&env);
-    int tps[BENCH_MAX_LIST], ntp = o->n_sweep_tp;
-    if (ntp)
-        memcpy(tps, o->sweep_tp, (size_t)ntp * sizeof(int));
-    else {
-        tps[0] = env.world;
-        ntp = 1;
-    }
+    int tps[BENCH_MAX_LIST];
+    int ntp = bench_env_tps(&env, tps);
     bench_layer_result res[BENCH_MAX_LIST];
     memset(res, 0, sizeof res);
     double wall1 = NAN;
