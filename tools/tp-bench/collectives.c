@@ -396,9 +396,9 @@ static tp_status time_raw(coll_rank_ctx *x, const coll_bufs *b, coll_size *z)
     for (int it = 0; c->raw && it < c->warmup + c->iters; it++) {
         TP_TRY(tp_barrier(x->comm));
         double t0 = bench_now();
-        tp_status st = bench_raw_collective(x->comm, z->op,
-                                            z->op == TP_OP_BROADCAST ? z->bbuf : b->send, b->recv,
-                                            z->per, z->total);
+        tp_status st =
+            bench_raw_collective(x->comm, z->op, z->op == TP_OP_BROADCAST ? z->bbuf : b->send,
+                                 b->recv, z->per, z->total);
         double t1 = bench_now();
         if (it >= c->warmup)
             x->raw_us[it - c->warmup] = (float)((t1 - t0) * 1e6);
@@ -602,7 +602,8 @@ static int memcpy_reference(coll_run *c, int T)
     if (!c->copy1_s || !c->copyT_s ||
         memcpy_sweep(1, c->sizes, c->nsizes, c->iters, c->warmup, c->copy1_s) != 0 ||
         (T > 1 && memcpy_sweep(T, c->sizes, c->nsizes, c->iters, c->warmup, c->copyT_s) != 0)) {
-        fprintf(stderr, "tp-bench: memcpy reference failed (out of memory or threads); use --no-memcpy\n");
+        fprintf(stderr,
+                "tp-bench: memcpy reference failed (out of memory or threads); use --no-memcpy\n");
         return BENCH_EXIT_FAIL;
     }
     if (T == 1)
@@ -612,7 +613,8 @@ static int memcpy_reference(coll_run *c, int T)
         printf("#\n# memcpy reference (same run): %d thread%s each copying `size` bytes "
                "concurrently; GB/s = threads x size / time\n",
                T, T == 1 ? "" : "s");
-        printf("# %12s %12s %12s %12s %12s\n", "size", "1thr(us)", "1thr(GB/s)", "Tthr(us)", "Tthr(GB/s)");
+        printf("# %12s %12s %12s %12s %12s\n", "size", "1thr(us)", "1thr(GB/s)", "Tthr(us)",
+               "Tthr(GB/s)");
         for (int s = 0; s < c->nsizes; s++)
             printf("  %12zu %12.2f %12.3f %12.2f %12.3f\n", c->sizes[s], c->copy1_s[s] * 1e6,
                    (double)c->sizes[s] / c->copy1_s[s] / 1e9, c->copyT_s[s] * 1e6,

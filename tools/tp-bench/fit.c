@@ -302,9 +302,9 @@ static bool better(const partition *a, const partition *b)
 typedef struct cut_search {
     bench_sample *v; /* usable samples, sorted by size */
     int m;
-    int *dsz;        /* dsz[i]: distinct sizes in v[0..i) */
-    range_fit *tab;  /* [i][j]: the line of v[i..j), fitted on first use */
-    double err_min;  /* scored sizes: those >= this */
+    int *dsz;       /* dsz[i]: distinct sizes in v[0..i) */
+    range_fit *tab; /* [i][j]: the line of v[i..j), fitted on first use */
+    double err_min; /* scored sizes: those >= this */
 } cut_search;
 
 /* A regime may start only at a new size. */
@@ -397,7 +397,8 @@ static int pick_regimes(const partition *best)
     return k;
 }
 
-int bench_fit_piecewise(const bench_sample *s, int n, double min_bytes, double err_min_bytes, bench_fit2 *out)
+int bench_fit_piecewise(const bench_sample *s, int n, double min_bytes, double err_min_bytes,
+                        bench_fit2 *out)
 {
     memset(out, 0, sizeof *out);
     out->max_err = NAN;

@@ -144,12 +144,8 @@ static tp_status inst_create(layer_inst *li, int kind, tp_comm *comm, const benc
     tp_status st;
     switch (kind) {
     case LK_LINEAR_COL:
-    case LK_LINEAR_ROW:
-        TP_TRY_GOTO(create_linear(li, kind, comm, o, &sh), st, fail);
-        break;
-    case LK_MLP:
-        TP_TRY_GOTO(create_mlp(li, comm, o, &sh), st, fail);
-        break;
+    case LK_LINEAR_ROW: TP_TRY_GOTO(create_linear(li, kind, comm, o, &sh), st, fail); break;
+    case LK_MLP: TP_TRY_GOTO(create_mlp(li, comm, o, &sh), st, fail); break;
     default:
         return tp_set_error(TP_ERR_INTERNAL, "tp-bench: layer kind %d has no runner", kind);
     }
@@ -267,7 +263,8 @@ static void rank_values(const rank_timing *tm, int iters, float *mine)
 
 /* The printing rank's result at T from every rank's values (all) and its
  * own tp_stats s. */
-static void fill_result(const layer_run *L, int T, const float *all, const tp_stats *s, double cores)
+static void fill_result(const layer_run *L, int T, const float *all, const tp_stats *s,
+                        double cores)
 {
     double n = L->iters;
     bench_layer_result *R = L->res;

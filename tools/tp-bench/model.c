@@ -263,33 +263,36 @@ typedef struct projection {
     const bench_env *env;
     const bench_layer_desc *d;
     bench_sink *sink;
-    GArray *links;                  /* proj_link */
-    const bench_layer_result *lr;   /* the layer measured here, at nmt values of T */
+    GArray *links;                /* proj_link */
+    const bench_layer_result *lr; /* the layer measured here, at nmt values of T */
     int nmt;
-    double flops;                   /* one iteration, all ranks */
-    double compute1_us;             /* measured at T=1; NAN with --gflops */
+    double flops;       /* one iteration, all ranks */
+    double compute1_us; /* measured at T=1; NAN with --gflops */
 } projection;
 
 static void print_projection_header(const projection *pj)
 {
     const bench_opts *o = pj->o;
-    printf("#\n# PROJECTION of %s %s (tokens %" G_GINT64_FORMAT ", hidden %" G_GINT64_FORMAT ", ffn %"
-           G_GINT64_FORMAT ", f32): comm = sum over its collectives of the link's alpha-beta time;\n",
-           o->layer, o->backward ? "forward + backward" : "forward", (gint64)o->tokens, (gint64)o->hidden,
-           (gint64)o->ffn);
+    printf("#\n# PROJECTION of %s %s (tokens %" G_GINT64_FORMAT ", hidden %" G_GINT64_FORMAT
+           ", ffn %" G_GINT64_FORMAT ", f32): "
+           "comm = sum over its collectives of the link's alpha-beta time;\n",
+           o->layer, o->backward ? "forward + backward" : "forward", (gint64)o->tokens,
+           (gint64)o->hidden, (gint64)o->ffn);
     if (o->gflops > 0)
-        printf("# compute = %.3g FLOP / T at an assumed %.1f GFLOP/s per rank; ", pj->flops, o->gflops);
+        printf("# compute = %.3g FLOP / T at an assumed %.1f GFLOP/s per rank; ", pj->flops,
+               o->gflops);
     else
-        printf("# compute = compute measured here at T=1 (%.1f us) / T (ideal scaling); ", pj->compute1_us);
-    printf("comm %% = comm / (compute + comm).\n# Rows marked 'measured' ran here; every other row is a "
-           "PROJECTION, not a measurement.\n");
+        printf("# compute = compute measured here at T=1 (%.1f us) / T (ideal scaling); ",
+               pj->compute1_us);
+    printf("comm %% = comm / (compute + comm).\n# Rows marked 'measured' ran here; "
+           "every other row is a PROJECTION, not a measurement.\n");
     printf("# %4s %-22s %10s %9s %12s %12s %8s  %s\n", "T", "link", "GB/s", "a(us)", "compute(us)",
            "comm(us)", "comm%", "source");
 }
 
 /* A projection record with what measured and projected rows share. */
-static bench_record *projection_rec(const projection *pj, const char *backend, int T, const char *link,
-                                    bool projected)
+static bench_record *projection_rec(const projection *pj, const char *backend, int T,
+                                    const char *link, bool projected)
 {
     bench_record *rec = bench_rec_new("model");
     bench_rec_str(rec, "what", "projection");
@@ -321,8 +324,10 @@ static void project_measured(const projection *pj, int T)
         double pctv = 100 * cm / (c + cm);
         char nm[80];
         /* backend is a NUL-terminated char[64]: the bound only tells the compiler */
-        snprintf(nm, sizeof nm, "measured:%.*s", (int)sizeof pj->env->backend - 1, pj->env->backend);
-        printf("  %4d %-22s %10s %9s %12.1f %12.1f %8.2f  measured\n", T, nm, "-", "-", c, cm, pctv);
+        snprintf(nm, sizeof nm, "measured:%.*s", (int)sizeof pj->env->backend - 1,
+                 pj->env->backend);
+        printf("  %4d %-22s %10s %9s %12.1f %12.1f %8.2f  measured\n", T, nm, "-", "-", c, cm,
+               pctv);
         bench_record *rec = projection_rec(pj, pj->env->backend, T, nm, false);
         emit_comm_split(pj, rec, c, cm, pctv);
     }
@@ -343,8 +348,8 @@ static void project_links(const projection *pj, int T, double compute)
         for (int e = 0; e < nex; e++)
             comm += ex[e].calls * bench_model2_time(&l->fit, ex[e].op, T, ex[e].bytes) * 1e6;
         double pctv = 100 * comm / (compute + comm);
-        printf("  %4d %-22s %10.1f %9.2f %12.1f %12.1f %8.2f  PROJECTION\n", T, l->name, l->gbps, l->alpha_us,
-               compute, comm, pctv);
+        printf("  %4d %-22s %10.1f %9.2f %12.1f %12.1f %8.2f  PROJECTION\n", T, l->name, l->gbps,
+               l->alpha_us, compute, comm, pctv);
         bench_record *rec = projection_rec(pj, backend, T, l->name, true);
         bench_rec_dbl(rec, "link_gbps", l->gbps);
         bench_rec_dbl(rec, "link_alpha_us", l->alpha_us);
@@ -364,7 +369,8 @@ static void print_projection(projection *pj, GPtrArray *groups)
     print_projection_header(pj);
     for (int ti = 0; ti < o->n_project_tp; ti++) {
         int T = o->project_tp[ti];
-        double compute = o->gflops > 0 ? pj->flops / T / (o->gflops * 1e9) * 1e6 : pj->compute1_us / T;
+        double compute =
+            o->gflops > 0 ? pj->flops / T / (o->gflops * 1e9) * 1e6 : pj->compute1_us / T;
         project_measured(pj, T);
         project_links(pj, T, compute);
     }

@@ -352,7 +352,8 @@ static int parse_number(parser *ps, bench_record *r, const char *key)
         ps->p++;
     }
     if (ps->p == start)
-        return perr(ps, "unsupported value for \"%s\" (only strings, numbers, booleans, null)", key);
+        return perr(ps, "unsupported value for \"%s\" (only strings, numbers, booleans, null)",
+                    key);
     char *num = g_strndup(start, (gsize)(ps->p - start));
     char *end;
     int rc = 0;

@@ -102,7 +102,8 @@ static void add_collective(plot_series *ps, const bench_record *r, const char *b
 {
     char title[160];
     const char *op = bench_rec_get_str(r, "op");
-    snprintf(title, sizeof title, "%s %s T=%d", backend, op ? op : "?", (int)bench_rec_get_num(r, "ranks", 0));
+    snprintf(title, sizeof title, "%s %s T=%d", backend, op ? op : "?",
+             (int)bench_rec_get_num(r, "ranks", 0));
     double b = bench_rec_get_num(r, "bytes", NAN), y = bench_rec_get_num(r, "busbw_gbps", NAN);
     /* one rank moves nothing: busbw is 0 or meaningless */
     if (bench_rec_get_num(r, "ranks", 0) >= 2 && b > 0 && isfinite(y) && y > 0)
@@ -209,19 +210,20 @@ static GString *gp_script(const bench_opts *o, const plot_series *ps)
             g_ptr_array_add(all, g_ptr_array_index(ps->bw, i));
         for (guint i = 0; i < ps->ref->len; i++)
             g_ptr_array_add(all, g_ptr_array_index(ps->ref, i));
-        idx = gp_panel(gp, idx, all,
-                       "set title 'bus bandwidth vs size (nccl-tests busbw; dashed: memcpy reference)'\n"
-                       "set logscale x 2\nset format x '%.0b%B'\nset xlabel 'size (bytes)'\n"
-                       "set ylabel 'GB/s'\nset logscale y\n",
-                       bw_style, ps);
+        idx = gp_panel(
+            gp, idx, all,
+            "set title 'bus bandwidth vs size (nccl-tests busbw; dashed: memcpy reference)'\n"
+            "set logscale x 2\nset format x '%.0b%B'\nset xlabel 'size (bytes)'\n"
+            "set ylabel 'GB/s'\nset logscale y\n",
+            bw_style, ps);
         g_ptr_array_free(all, TRUE);
     }
     if (have_pct)
         gp_panel(gp, idx, ps->pct,
-                       "set title 'communication % of layer forward vs T (projections labelled)'\n"
-                       "unset logscale x\nset logscale y\nset format x '%g'\nset xlabel 'T (ranks)'\n"
-                       "set ylabel 'comm %'\nset xtics 1\n",
-                       pct_style, ps);
+                 "set title 'communication % of layer forward vs T (projections labelled)'\n"
+                 "unset logscale x\nset logscale y\nset format x '%g'\nset xlabel 'T (ranks)'\n"
+                 "set ylabel 'comm %'\nset xtics 1\n",
+                 pct_style, ps);
     if (panels > 1)
         g_string_append(gp, "unset multiplot\n");
     return gp;
@@ -236,13 +238,16 @@ static int run_gnuplot(char *script)
     int status = 0;
     GError *e = NULL;
     int rc = BENCH_EXIT_OK;
-    if (!g_spawn_sync(NULL, argv, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL, NULL,
-                      &err_out, &status, &e)) {
-        fprintf(stderr, "tp-bench plot: cannot run gnuplot (%s); install it (apt-get install gnuplot-nox) "
-                "or set GNUPLOT=/path/to/gnuplot\n", e->message);
+    if (!g_spawn_sync(NULL, argv, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL, NULL,
+                      NULL, NULL, &err_out, &status, &e)) {
+        fprintf(stderr,
+                "tp-bench plot: cannot run gnuplot (%s); install it (apt-get install gnuplot-nox) "
+                "or set GNUPLOT=/path/to/gnuplot\n",
+                e->message);
         rc = BENCH_EXIT_FAIL;
     } else if (!wait_ok(status, &e)) {
-        fprintf(stderr, "tp-bench plot: gnuplot failed (%s):\n%s", e->message, err_out ? err_out : "");
+        fprintf(stderr, "tp-bench plot: gnuplot failed (%s):\n%s", e->message,
+                err_out ? err_out : "");
         rc = BENCH_EXIT_FAIL;
     }
     g_clear_error(&e);
@@ -303,15 +308,16 @@ int bench_cmd_plot(const bench_opts *o)
     };
     collect_series(recs, &ps);
     if (!ps.bw->len && !ps.pct->len) {
-        fprintf(stderr, "tp-bench plot: no collective or model projection records in the input (write them "
+        fprintf(stderr,
+                "tp-bench plot: no collective or model projection records in the input (write them "
                 "with tp-bench collectives/model --json FILE)\n");
         rc = BENCH_EXIT_USAGE;
     } else {
         GString *gp = gp_script(o, &ps);
         rc = draw(gp);
         if (rc == BENCH_EXIT_OK)
-            printf("tp-bench plot: wrote %s (%u bandwidth series, %u projection series)\n", o->out_path,
-                   ps.bw->len + ps.ref->len, ps.pct->len);
+            printf("tp-bench plot: wrote %s (%u bandwidth series, %u projection series)\n",
+                   o->out_path, ps.bw->len + ps.ref->len, ps.pct->len);
         g_string_free(gp, TRUE);
     }
     g_ptr_array_free(ps.bw, TRUE);

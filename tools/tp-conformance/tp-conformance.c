@@ -603,8 +603,8 @@ static void op_suite(rank_state *s, tp_comm *comm, const char *where, bool sub, 
     static const tp_dtype dts[] = {TP_F32, TP_F16, TP_BF16, TP_I32};
     size_t counts[8];
     size_t ncounts = suite_counts(s, sub, counts);
-    suite su = {.s = s, .sub = sub, .size = comm ? tp_comm_size(comm) : 1,
-                .none_verdict = none_verdict};
+    suite su = {
+        .s = s, .sub = sub, .size = comm ? tp_comm_size(comm) : 1, .none_verdict = none_verdict};
     for (size_t k = 0; k < ncounts; k++) {
         size_t n = counts[k];
         su.big = n > 1000000;
