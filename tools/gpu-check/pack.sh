@@ -7,25 +7,28 @@
 #
 #   tools/gpu-check/pack.sh [BUILD_DIR] [BUNDLE_DIR]     (defaults: build, gpu-bundle)
 #
-# The bundle holds bin/ (programs), lib/ (libtp and dependencies) and
+# The bundle holds bin/ (programs), lib/ (libtp, libtp-layers and dependencies) and
 # plugins/ (libtp-*.so). CUDA's own libraries (cudart, cuBLAS, cuBLASLt,
 # NCCL) are taken from the GPU machine, not from here.
 set -euo pipefail
 build=${1:-build}
 out=${2:-gpu-bundle}
-[ -f "$build/core/libtp.so.0" ] || { echo "pack.sh: no libtp in $build (build it first)" >&2; exit 2; }
+[ -f "$build/core/libtp.so.0" ] && [ -f "$build/core/layers/libtp-layers.so.0" ] ||
+    { echo "pack.sh: no libtp or libtp-layers in $build (build it first)" >&2; exit 2; }
 [ -f "$build/backends/cuda/libtp-cuda.so" ] || { echo "pack.sh: $build has no cuda plugin (-Dcuda)" >&2; exit 2; }
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/lib" "$out/plugins"
 
 programs=(tools/tp-bench/tp-bench tools/tp-info/tp-info tools/tp-conformance/tp-conformance
           tests/device/test-device tests/gpu/nccl/test-nccl
-          tests/layers/test_layers tests/layers/test_lowp tests/layers/test_gpt
+          tests/layers/test-layers tests/layers/test-lowp tests/layers/test-gpt
           examples/tp_mlp examples/tp_transformer)
 for p in "${programs[@]}"; do
     if [ -f "$build/$p" ]; then cp "$build/$p" "$out/bin/"; else echo "pack.sh: skipping missing $p" >&2; fi
 done
 cp -L "$build/core/libtp.so.0" "$out/lib/"
+# the layers library (tp-bench, the layer tests and the examples link it)
+cp -L "$build/core/layers/libtp-layers.so.0" "$out/lib/"
 for name in loopback cpu cuda nccl; do
     cp "$build/backends/$name/libtp-$name.so" "$out/plugins/"
 done

@@ -85,12 +85,12 @@ if [[ " $steps " == *" tests "* ]]; then
     # loopback on device memory: T ranks on one GPU, collectives with D2D copies + reduce kernel
     step conformance-loopback-cuda-4 90 env TP_BACKEND=loopback TP_DEVICE=cuda TP_WORLD_SIZE=4 "$bin/tp-conformance"
     # layers vs the double reference: cuda+loopback T=1..4 (one run at W=4), nccl T=1
-    step layers-cuda-loopback-w4 90 env TP_BACKEND=loopback TP_DEVICE=cuda TP_WORLD_SIZE=4 CK_FORK=no "$bin/test_layers"
-    step gpt-cuda-loopback-w4 90 env TP_BACKEND=loopback TP_DEVICE=cuda TP_WORLD_SIZE=4 CK_FORK=no "$bin/test_gpt"
-    step layers-cuda-nccl-w1 90 env TP_BACKEND=nccl TP_DEVICE=cuda TP_WORLD_SIZE=1 CK_FORK=no "$bin/test_layers"
+    step layers-cuda-loopback-w4 90 env TP_BACKEND=loopback TP_DEVICE=cuda TP_WORLD_SIZE=4 CK_FORK=no "$bin/test-layers"
+    step gpt-cuda-loopback-w4 90 env TP_BACKEND=loopback TP_DEVICE=cuda TP_WORLD_SIZE=4 CK_FORK=no "$bin/test-gpt"
+    step layers-cuda-nccl-w1 90 env TP_BACKEND=nccl TP_DEVICE=cuda TP_WORLD_SIZE=1 CK_FORK=no "$bin/test-layers"
     # bf16/f16 linear and MLP layers (fused cuBLASLt epilogue for tanh GeLU) vs the double reference
-    step lowp-cuda-loopback-w4 90 env TP_BACKEND=loopback TP_DEVICE=cuda TP_WORLD_SIZE=4 CK_FORK=no "$bin/test_lowp"
-    step lowp-cuda-nccl-w1 90 env TP_BACKEND=nccl TP_DEVICE=cuda TP_WORLD_SIZE=1 CK_FORK=no "$bin/test_lowp"
+    step lowp-cuda-loopback-w4 90 env TP_BACKEND=loopback TP_DEVICE=cuda TP_WORLD_SIZE=4 CK_FORK=no "$bin/test-lowp"
+    step lowp-cuda-nccl-w1 90 env TP_BACKEND=nccl TP_DEVICE=cuda TP_WORLD_SIZE=1 CK_FORK=no "$bin/test-lowp"
     # the examples check themselves (exit 1 on a mismatch): TP vs the naive MLP, and the
     # training loss curve at T=4 vs T=1
     step example-mlp-cuda-loopback-4 60 env TP_BACKEND=loopback TP_DEVICE=cuda "$bin/tp_mlp" --tp 4

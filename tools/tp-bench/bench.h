@@ -191,6 +191,8 @@ void bench_rec_str(bench_record *r, const char *key, const char *v); /* NULL v -
 void bench_rec_int(bench_record *r, const char *key, int64_t v);
 void bench_rec_dbl(bench_record *r, const char *key, double v); /* non-finite -> null */
 void bench_rec_bool(bench_record *r, const char *key, bool v);
+/* time_us, time_min_us, time_max_us: a summary of seconds, in µs. */
+void bench_rec_times(bench_record *r, const bench_summary *sm);
 const bench_field *bench_rec_get(const bench_record *r, const char *key);
 const char *bench_rec_get_str(const bench_record *r, const char *key); /* NULL if absent/not str */
 double bench_rec_get_num(const bench_record *r, const char *key, double dflt);
@@ -305,6 +307,16 @@ typedef struct bench_env {
 
 void bench_env_init(bench_env *env, const bench_opts *o);
 void bench_env_finish(bench_env *env); /* tp_finalize */
+/* The end of a subcommand: bench_env_finish, then close the sink; a sink
+ * that could not be written prints its error and turns rc 0 into
+ * BENCH_EXIT_FAIL. Returns the exit code. */
+int bench_cmd_finish(bench_env *env, bench_sink *sink, int rc);
+/* The T values a collectives or layer sweep runs: --sweep-tp, else the
+ * world size (after bench_env_probe). Returns how many. */
+int bench_env_tps(const bench_env *env, int *tps);
+/* A record of `kind` that starts as every measurement of this run does:
+ * backend, device, ranks. */
+bench_record *bench_env_rec_new(const bench_env *env, const char *kind, int ranks);
 
 /* Run fn on T ranks for each T in tps. Single-process engines (loopback)
  * are re-initialised with world size T; multi-process engines (mpirun) use

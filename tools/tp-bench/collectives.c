@@ -354,6 +354,13 @@ static tp_status coll_bufs_setup(const coll_rank_ctx *x, int op, coll_bufs *b)
     return tp_dev_memset(x->dev, b->recv, 0, max_recv * coll_elt);
 }
 
+/* The collective, then a synchronize: what one timing covers. */
+static tp_status run_op_synced(coll_rank_ctx *x, int op, const coll_bufs *b, const coll_size *z)
+{
+    TP_TRY(run_op(x->comm, op, b->send, b->recv, z->bbuf, z->per, z->total));
+    return tp_dev_synchronize(x->dev);
+}
+
 /* Timed iteration it: barrier, the collective, synchronize; then the test
  * hook and --check on this rank's result. */
 static tp_status time_one(coll_rank_ctx *x, const coll_bufs *b, const coll_size *z, int it,
@@ -365,9 +372,7 @@ static tp_status time_one(coll_rank_ctx *x, const coll_bufs *b, const coll_size 
         TP_TRY(tp_dev_upload(x->dev, b->send, b->h_in, z->sn * coll_elt));
     TP_TRY(tp_barrier(x->comm));
     double t0 = bench_now();
-    tp_status st = run_op(x->comm, op, b->send, b->recv, z->bbuf, z->per, z->total);
-    if (st == TP_OK)
-        st = tp_dev_synchronize(x->dev);
+    tp_status st = run_op_synced(x, op, b, z);
     x->us[it] = (float)((bench_now() - t0) * 1e6);
     TP_TRY(st);
     const void *result = op == TP_OP_BROADCAST ? b->send : b->recv;
@@ -389,11 +394,11 @@ static tp_status time_raw(coll_rank_ctx *x, const coll_bufs *b, coll_size *z)
 {
     const coll_run *c = x->c;
     for (int it = 0; c->raw && it < c->warmup + c->iters; it++) {
-        tp_status st = tp_barrier(x->comm);
+        TP_TRY(tp_barrier(x->comm));
         double t0 = bench_now();
-        if (st == TP_OK)
-            st = bench_raw_collective(x->comm, z->op, z->op == TP_OP_BROADCAST ? z->bbuf : b->send,
-                                      b->recv, z->per, z->total);
+        tp_status st =
+            bench_raw_collective(x->comm, z->op, z->op == TP_OP_BROADCAST ? z->bbuf : b->send,
+                                 b->recv, z->per, z->total);
         double t1 = bench_now();
         if (it >= c->warmup)
             x->raw_us[it - c->warmup] = (float)((t1 - t0) * 1e6);
@@ -420,18 +425,13 @@ static void report_size(coll_rank_ctx *x, const coll_size *z)
         printf("  %12zu %12zu %5s %6s %10.2f %10.2f %10.2f %11.3f %11.3f %8" G_GUINT64_FORMAT,
                z->bytes, z->total, "f32", redop_name(op), sm.min * 1e6, sm.median * 1e6,
                sm.max * 1e6, algbw, busbw, (guint64)z->wrong_all);
-    bench_record *rec = bench_rec_new("collective");
-    bench_rec_str(rec, "backend", c->env->backend);
-    bench_rec_str(rec, "device", c->env->device);
-    bench_rec_int(rec, "ranks", T);
+    bench_record *rec = bench_env_rec_new(c->env, "collective", T);
     bench_rec_str(rec, "op", bench_op_name(op));
     bench_rec_str(rec, "dtype", "f32");
     bench_rec_str(rec, "redop", redop_name(op));
     bench_rec_int(rec, "bytes", (int64_t)z->bytes);
     bench_rec_int(rec, "count", (int64_t)z->total);
-    bench_rec_dbl(rec, "time_us", sm.median * 1e6);
-    bench_rec_dbl(rec, "time_min_us", sm.min * 1e6);
-    bench_rec_dbl(rec, "time_max_us", sm.max * 1e6);
+    bench_rec_times(rec, &sm);
     bench_rec_dbl(rec, "algbw_gbps", algbw);
     bench_rec_dbl(rec, "busbw_gbps", busbw);
     bench_rec_int(rec, "wrong", (int64_t)z->wrong_all);
@@ -540,11 +540,14 @@ static tp_status coll_rank(tp_comm *comm, int T, void *arg)
     x.raw_us = malloc((size_t)nit * sizeof *x.raw_us);
     x.dv = malloc((size_t)nit * sizeof *x.dv);
     tp_status st = TP_OK;
-    if (!x.us || !x.raw_us || !x.dv)
+    if (!x.us || !x.raw_us || !x.dv) {
         st = tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory for %d timings", nit);
-    for (int op = 0; op < TP_OP_COUNT && st == TP_OK; op++)
+        goto done;
+    }
+    for (int op = 0; op < TP_OP_COUNT; op++)
         if ((x.c->o->op_mask & (1u << op)) && bench_op_name(op))
-            st = coll_one_op(&x, op);
+            TP_TRY_GOTO(coll_one_op(&x, op), st, done);
+done:
     free(x.us);
     free(x.raw_us);
     free(x.dv);
@@ -578,10 +581,7 @@ static int make_sizes(const bench_opts *o, size_t **out)
 static void emit_memcpy(coll_run *c, int T, int threads, const double *med)
 {
     for (int s = 0; s < c->nsizes; s++) {
-        bench_record *rec = bench_rec_new("memcpy");
-        bench_rec_str(rec, "backend", c->env->backend);
-        bench_rec_str(rec, "device", c->env->device);
-        bench_rec_int(rec, "ranks", T);
+        bench_record *rec = bench_env_rec_new(c->env, "memcpy", T);
         bench_rec_int(rec, "threads", threads);
         bench_rec_int(rec, "bytes", (int64_t)c->sizes[s]);
         bench_rec_dbl(rec, "time_us", med[s] * 1e6);
@@ -589,6 +589,77 @@ static void emit_memcpy(coll_run *c, int T, int threads, const double *med)
         bench_sink_emit(c->sink, rec);
         bench_rec_free(rec);
     }
+}
+
+/* The memcpy reference at T threads (and 1): measured here, outside
+ * tp_run, so idle ranks do not compete for the cores; printed and emitted.
+ * Returns an exit code. */
+static int memcpy_reference(coll_run *c, int T)
+{
+    c->copy1_s = calloc((size_t)c->nsizes, sizeof(double));
+    c->copyT_s = calloc((size_t)c->nsizes, sizeof(double));
+    bench_progress_update(&c->prog, "memcpy reference, %d thread%s", T, T == 1 ? "" : "s");
+    if (!c->copy1_s || !c->copyT_s ||
+        memcpy_sweep(1, c->sizes, c->nsizes, c->iters, c->warmup, c->copy1_s) != 0 ||
+        (T > 1 && memcpy_sweep(T, c->sizes, c->nsizes, c->iters, c->warmup, c->copyT_s) != 0)) {
+        fprintf(stderr,
+                "tp-bench: memcpy reference failed (out of memory or threads); use --no-memcpy\n");
+        return BENCH_EXIT_FAIL;
+    }
+    if (T == 1)
+        memcpy(c->copyT_s, c->copy1_s, (size_t)c->nsizes * sizeof(double));
+    bench_progress_done(&c->prog);
+    if (c->print) {
+        printf("#\n# memcpy reference (same run): %d thread%s each copying `size` bytes "
+               "concurrently; GB/s = threads x size / time\n",
+               T, T == 1 ? "" : "s");
+        printf("# %12s %12s %12s %12s %12s\n", "size", "1thr(us)", "1thr(GB/s)", "Tthr(us)",
+               "Tthr(GB/s)");
+        for (int s = 0; s < c->nsizes; s++)
+            printf("  %12zu %12.2f %12.3f %12.2f %12.3f\n", c->sizes[s], c->copy1_s[s] * 1e6,
+                   (double)c->sizes[s] / c->copy1_s[s] / 1e9, c->copyT_s[s] * 1e6,
+                   (double)T * (double)c->sizes[s] / c->copyT_s[s] / 1e9);
+    }
+    emit_memcpy(c, T, 1, c->copy1_s);
+    if (T > 1)
+        emit_memcpy(c, T, T, c->copyT_s);
+    return BENCH_EXIT_OK;
+}
+
+/* The sweep at one T: the memcpy reference when every rank is a thread of
+ * this process (on mpirun each process would measure its own), then the
+ * collectives on T ranks. first: the first T of the sweep. */
+static int sweep_at(coll_run *c, int T, bool first)
+{
+    const bench_opts *o = c->o;
+    free(c->copy1_s);
+    free(c->copyT_s);
+    c->copy1_s = c->copyT_s = NULL;
+    bool want_memcpy = !o->no_memcpy && (o->op_mask & (1u << TP_OP_ALL_REDUCE));
+    if (want_memcpy && c->env->single_process) {
+        int rc = memcpy_reference(c, T);
+        if (rc != BENCH_EXIT_OK)
+            return rc;
+    } else if (want_memcpy && c->print && first) {
+        printf("# memcpy reference skipped: ranks run in several processes here; measure it with "
+               "TP_BACKEND=loopback\n");
+    }
+    return bench_run_tps(c->env, &T, 1, coll_rank, c);
+}
+
+/* After tp_init (the mpi backend initialises MPI there): can --compare-raw
+ * run? Returns an exit code. */
+static int check_raw(coll_run *c)
+{
+    if (!c->o->compare_raw)
+        return BENCH_EXIT_OK;
+    const char *why = NULL;
+    c->raw = true;
+    if (!bench_raw_available(&why)) {
+        fprintf(stderr, "tp-bench: --compare-raw: %s\n", why);
+        return BENCH_EXIT_USAGE;
+    }
+    return BENCH_EXIT_OK;
 }
 
 int bench_collectives_run(bench_env *env, const int *tps, int ntp, bench_sink *sink, GArray *samples,
@@ -613,63 +684,16 @@ int bench_collectives_run(bench_env *env, const int *tps, int ntp, bench_sink *s
         return BENCH_EXIT_USAGE;
     }
     int rc = bench_env_probe(env);
-    if (rc == 0 && o->compare_raw) {
-        /* after tp_init: the mpi backend initialises MPI there */
-        const char *why = NULL;
-        if (!bench_raw_available(&why)) {
-            fprintf(stderr, "tp-bench: --compare-raw: %s\n", why);
-            rc = BENCH_EXIT_USAGE;
-        }
-        c.raw = true;
-    }
+    if (rc == 0)
+        rc = check_raw(&c);
     if (rc == 0 && env->single_process && print_table) {
         printf("# tp-bench collectives: backend %s, device %s, f32, sizes %zu..%zu x%g\n", env->backend,
                env->device, o->minbytes, o->maxbytes, o->stepfactor);
         c.header_done = true;
     }
     bench_progress_start(&c.prog, o->quiet);
-    for (int i = 0; i < ntp && rc == 0; i++) {
-        int T = tps[i];
-        free(c.copy1_s);
-        free(c.copyT_s);
-        c.copy1_s = c.copyT_s = NULL;
-        /* memcpy reference: here, outside tp_run, so idle ranks do not
-         * compete for the cores; only when every rank is a thread of this
-         * process (on mpirun each process would measure its own). */
-        bool want_memcpy = !o->no_memcpy && (o->op_mask & (1u << TP_OP_ALL_REDUCE));
-        if (want_memcpy && env->single_process) {
-            c.copy1_s = calloc((size_t)c.nsizes, sizeof(double));
-            c.copyT_s = calloc((size_t)c.nsizes, sizeof(double));
-            bench_progress_update(&c.prog, "memcpy reference, %d thread%s", T, T == 1 ? "" : "s");
-            if (!c.copy1_s || !c.copyT_s ||
-                memcpy_sweep(1, c.sizes, c.nsizes, c.iters, c.warmup, c.copy1_s) != 0 ||
-                (T > 1 && memcpy_sweep(T, c.sizes, c.nsizes, c.iters, c.warmup, c.copyT_s) != 0)) {
-                fprintf(stderr, "tp-bench: memcpy reference failed (out of memory or threads); use --no-memcpy\n");
-                rc = BENCH_EXIT_FAIL;
-                break;
-            }
-            if (T == 1)
-                memcpy(c.copyT_s, c.copy1_s, (size_t)c.nsizes * sizeof(double));
-            bench_progress_done(&c.prog);
-            if (print_table) {
-                printf("#\n# memcpy reference (same run): %d thread%s each copying `size` bytes "
-                       "concurrently; GB/s = threads x size / time\n",
-                       T, T == 1 ? "" : "s");
-                printf("# %12s %12s %12s %12s %12s\n", "size", "1thr(us)", "1thr(GB/s)", "Tthr(us)", "Tthr(GB/s)");
-                for (int s = 0; s < c.nsizes; s++)
-                    printf("  %12zu %12.2f %12.3f %12.2f %12.3f\n", c.sizes[s], c.copy1_s[s] * 1e6,
-                           (double)c.sizes[s] / c.copy1_s[s] / 1e9, c.copyT_s[s] * 1e6,
-                           (double)T * (double)c.sizes[s] / c.copyT_s[s] / 1e9);
-            }
-            emit_memcpy(&c, T, 1, c.copy1_s);
-            if (T > 1)
-                emit_memcpy(&c, T, T, c.copyT_s);
-        } else if (want_memcpy && print_table && i == 0) {
-            printf("# memcpy reference skipped: ranks run in several processes here; measure it with "
-                   "TP_BACKEND=loopback\n");
-        }
-        rc = bench_run_tps(env, &T, 1, coll_rank, &c);
-    }
+    for (int i = 0; i < ntp && rc == 0; i++)
+        rc = sweep_at(&c, tps[i], i == 0);
     bench_progress_done(&c.prog);
     if (rc == 0 && c.wrong_total > 0) {
         fprintf(stderr, "tp-bench: --check found %" G_GUINT64_FORMAT " wrong result element%s\n",
@@ -690,20 +714,9 @@ int bench_cmd_collectives(const bench_opts *o)
     bench_sink_init(&sink, o->json_path, o->csv_path);
     int rc = bench_env_probe(&env);
     if (rc == 0) {
-        int tps[BENCH_MAX_LIST], ntp = o->n_sweep_tp;
-        if (ntp)
-            memcpy(tps, o->sweep_tp, (size_t)ntp * sizeof(int));
-        else {
-            tps[0] = env.world;
-            ntp = 1;
-        }
+        int tps[BENCH_MAX_LIST];
+        int ntp = bench_env_tps(&env, tps);
         rc = bench_collectives_run(&env, tps, ntp, &sink, NULL, true);
     }
-    bench_env_finish(&env);
-    if (bench_sink_close(&sink) != 0) {
-        fprintf(stderr, "tp-bench: %s\n", sink.err);
-        if (rc == 0)
-            rc = BENCH_EXIT_FAIL;
-    }
-    return rc;
+    return bench_cmd_finish(&env, &sink, rc);
 }

@@ -1,6 +1,8 @@
 /* driver.c — start tp and run a function on T ranks, for each T asked. */
 #include "bench.h"
 
+#include "tp-try.h"
+
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +18,37 @@ void bench_env_finish(bench_env *env)
 {
     tp_finalize(env->ctx);
     env->ctx = NULL;
+}
+
+int bench_cmd_finish(bench_env *env, bench_sink *sink, int rc)
+{
+    bench_env_finish(env);
+    if (bench_sink_close(sink) != 0) {
+        fprintf(stderr, "tp-bench: %s\n", sink->err);
+        if (rc == 0)
+            rc = BENCH_EXIT_FAIL;
+    }
+    return rc;
+}
+
+int bench_env_tps(const bench_env *env, int *tps)
+{
+    const bench_opts *o = env->o;
+    if (o->n_sweep_tp) {
+        memcpy(tps, o->sweep_tp, (size_t)o->n_sweep_tp * sizeof(int));
+        return o->n_sweep_tp;
+    }
+    tps[0] = env->world;
+    return 1;
+}
+
+bench_record *bench_env_rec_new(const bench_env *env, const char *kind, int ranks)
+{
+    bench_record *rec = bench_rec_new(kind);
+    bench_rec_str(rec, "backend", env->backend);
+    bench_rec_str(rec, "device", env->device);
+    bench_rec_int(rec, "ranks", ranks);
+    return rec;
 }
 
 static int init_ctx(bench_env *env, int world_size)
@@ -64,11 +97,13 @@ static tp_status wrap(tp_comm *world, void *a)
         return w->fn(world, w->T, w->arg);
     int r = tp_comm_rank(world);
     tp_comm *sub = NULL;
-    tp_status st = tp_comm_split(world, r < w->T ? 0 : -1, r, &sub);
-    if (st == TP_OK && sub)
+    tp_status st, st2;
+    TP_TRY_GOTO(tp_comm_split(world, r < w->T ? 0 : -1, r, &sub), st, wait);
+    if (sub)
         st = w->fn(sub, w->T, w->arg);
-    /* ranks outside the group wait here for the ones inside */
-    tp_status st2 = tp_barrier(world);
+wait:
+    /* ranks outside the group wait here for the ones inside, even after a failure */
+    st2 = tp_barrier(world);
     tp_comm_free(sub);
     return st != TP_OK ? st : st2;
 }

@@ -298,10 +298,37 @@ static bool better(const partition *a, const partition *b)
     return a->emax < b->emax || (a->emax == b->emax && a->sse < b->sse);
 }
 
-int bench_fit_piecewise(const bench_sample *s, int n, double min_bytes, double err_min_bytes, bench_fit2 *out)
+/* The samples a piecewise fit uses, and the tables its search fills. */
+typedef struct cut_search {
+    bench_sample *v; /* usable samples, sorted by size */
+    int m;
+    int *dsz;       /* dsz[i]: distinct sizes in v[0..i) */
+    range_fit *tab; /* [i][j]: the line of v[i..j), fitted on first use */
+    double err_min; /* scored sizes: those >= this */
+} cut_search;
+
+/* A regime may start only at a new size. */
+static bool cut_ok(const cut_search *cs, int i)
 {
-    memset(out, 0, sizeof *out);
-    out->max_err = NAN;
+    return i > 0 && i < cs->m && cs->v[i - 1].bytes != cs->v[i].bytes;
+}
+
+/* v[i..j) holds enough distinct sizes to be a regime. */
+static bool wide(const cut_search *cs, int i, int j)
+{
+    return cs->dsz[j] - cs->dsz[i] >= BENCH_FIT_MIN_SIZES;
+}
+
+static partition cs_score(cut_search *cs, const int *cut, int k)
+{
+    return score(cs->tab, cs->v, cs->m, cut, k, cs->err_min);
+}
+
+/* Samples with p >= 2, bytes >= min_bytes and finite, positive times,
+ * sorted by size, with the tables the search needs. */
+static void cut_search_init(cut_search *cs, const bench_sample *s, int n, double min_bytes,
+                            double err_min_bytes)
+{
     bench_sample *v = g_new(bench_sample, n > 0 ? n : 1);
     int m = 0;
     for (int i = 0; i < n; i++)
@@ -309,71 +336,96 @@ int bench_fit_piecewise(const bench_sample *s, int n, double min_bytes, double e
             isfinite(s[i].seconds))
             v[m++] = s[i];
     qsort(v, (size_t)m, sizeof *v, cmp_bytes);
+    cs->v = v;
+    cs->m = m;
     /* scored sizes: those >= err_min_bytes, or all when there are none */
-    double err_min = (m > 0 && v[m - 1].bytes >= err_min_bytes) ? err_min_bytes : -INFINITY;
-    /* dsz[i]: distinct sizes in v[0..i); a regime may start only at a new size */
-    int *dsz = g_new0(int, (size_t)m + 1);
+    cs->err_min = (m > 0 && v[m - 1].bytes >= err_min_bytes) ? err_min_bytes : -INFINITY;
+    cs->dsz = g_new0(int, (size_t)m + 1);
     for (int i = 0; i < m; i++)
-        dsz[i + 1] = dsz[i] + (i == 0 || v[i].bytes != v[i - 1].bytes);
-    range_fit *tab = g_new0(range_fit, ((size_t)m + 1) * ((size_t)m + 1));
-#define CUT_OK(i) ((i) > 0 && (i) < m && v[(i)-1].bytes != v[(i)].bytes)
-#define WIDE(i, j) (dsz[(j)] - dsz[(i)] >= BENCH_FIT_MIN_SIZES)
+        cs->dsz[i + 1] = cs->dsz[i] + (i == 0 || v[i].bytes != v[i - 1].bytes);
+    cs->tab = g_new0(range_fit, ((size_t)m + 1) * ((size_t)m + 1));
+}
 
-    partition best[BENCH_FIT_MAX_REGIMES + 1];
+static void cut_search_free(cut_search *cs)
+{
+    g_free(cs->tab);
+    g_free(cs->dsz);
+    g_free(cs->v);
+}
+
+/* best[k]: the best cut into k regimes, for k = 1 .. BENCH_FIT_MAX_REGIMES
+ * (not ok where there is none). */
+static void best_partitions(cut_search *cs, partition *best)
+{
+    int m = cs->m;
     for (int k = 0; k <= BENCH_FIT_MAX_REGIMES; k++)
         best[k] = (partition){.k = k, .ok = false};
     int c1[] = {0, m};
-    best[1] = score(tab, v, m, c1, 1, err_min);
+    best[1] = cs_score(cs, c1, 1);
     for (int a = 1; a < m; a++) {
-        if (!CUT_OK(a) || !WIDE(0, a))
+        if (!cut_ok(cs, a) || !wide(cs, 0, a))
             continue;
-        if (WIDE(a, m)) {
+        if (wide(cs, a, m)) {
             int c2[] = {0, a, m};
-            partition pt = score(tab, v, m, c2, 2, err_min);
+            partition pt = cs_score(cs, c2, 2);
             if (better(&pt, &best[2]))
                 best[2] = pt;
         }
         for (int b = a + 1; BENCH_FIT_MAX_REGIMES >= 3 && b < m; b++) {
-            if (!CUT_OK(b) || !WIDE(a, b) || !WIDE(b, m))
+            if (!cut_ok(cs, b) || !wide(cs, a, b) || !wide(cs, b, m))
                 continue;
             int c3[] = {0, a, b, m};
-            partition pt = score(tab, v, m, c3, 3, err_min);
+            partition pt = cs_score(cs, c3, 3);
             if (better(&pt, &best[3]))
                 best[3] = pt;
         }
     }
-#undef CUT_OK
-#undef WIDE
-    /* the fewest regimes within BENCH_FIT_REGIME_GAIN of the best */
+}
+
+/* The fewest regimes within BENCH_FIT_REGIME_GAIN of the best; 0: none fits. */
+static int pick_regimes(const partition *best)
+{
     int kbest = 0;
     for (int k = 1; k <= BENCH_FIT_MAX_REGIMES; k++)
         if (best[k].ok && (kbest == 0 || best[k].emax < best[kbest].emax))
             kbest = k;
-    int rc = -1;
-    if (kbest > 0) {
-        int k = 1;
-        while (!(best[k].ok && best[k].emax <= best[kbest].emax + BENCH_FIT_REGIME_GAIN))
-            k++;
-        const partition *pt = &best[k];
-        out->nseg = k;
-        out->max_err = pt->emax;
-        out->sse = pt->sse;
-        for (int r = 0; r < k; r++) {
-            const range_fit *rf = range_get(tab, v, m, pt->cut[r], pt->cut[r + 1], err_min);
-            out->seg[r] = rf->f;
-            out->lo_bytes[r] = v[pt->cut[r]].bytes;
-            out->hi_bytes[r] = v[pt->cut[r + 1] - 1].bytes;
-        }
-        for (int i = 0; i < m; i++)
-            if (v[i].bytes >= err_min)
-                out->n_err++;
-        rc = 0;
-    } else {
+    if (kbest == 0)
+        return 0;
+    int k = 1;
+    while (!(best[k].ok && best[k].emax <= best[kbest].emax + BENCH_FIT_REGIME_GAIN))
+        k++;
+    return k;
+}
+
+int bench_fit_piecewise(const bench_sample *s, int n, double min_bytes, double err_min_bytes,
+                        bench_fit2 *out)
+{
+    memset(out, 0, sizeof *out);
+    out->max_err = NAN;
+    cut_search cs;
+    cut_search_init(&cs, s, n, min_bytes, err_min_bytes);
+    partition best[BENCH_FIT_MAX_REGIMES + 1];
+    best_partitions(&cs, best);
+    int k = pick_regimes(best);
+    if (k == 0) {
         /* too few sizes: report the samples the single line had */
-        out->seg[0].n = tab[m].f.n;
+        out->seg[0].n = cs.tab[cs.m].f.n;
+        cut_search_free(&cs);
+        return -1;
     }
-    g_free(tab);
-    g_free(dsz);
-    g_free(v);
-    return rc;
+    const partition *pt = &best[k];
+    out->nseg = k;
+    out->max_err = pt->emax;
+    out->sse = pt->sse;
+    for (int r = 0; r < k; r++) {
+        const range_fit *rf = range_get(cs.tab, cs.v, cs.m, pt->cut[r], pt->cut[r + 1], cs.err_min);
+        out->seg[r] = rf->f;
+        out->lo_bytes[r] = cs.v[pt->cut[r]].bytes;
+        out->hi_bytes[r] = cs.v[pt->cut[r + 1] - 1].bytes;
+    }
+    for (int i = 0; i < cs.m; i++)
+        if (cs.v[i].bytes >= cs.err_min)
+            out->n_err++;
+    cut_search_free(&cs);
+    return 0;
 }

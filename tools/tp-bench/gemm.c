@@ -312,10 +312,7 @@ static void report_size(gemm_rank_ctx *x, const gemm_size *s, double maxdiff)
     fflush(stdout);
     for (int impl = 0; impl < (have_direct ? 2 : 1); impl++) {
         bench_summary *sm = impl ? &sd : &sv;
-        bench_record *rec = bench_rec_new("gemm");
-        bench_rec_str(rec, "backend", g->env->backend);
-        bench_rec_str(rec, "device", g->env->device);
-        bench_rec_int(rec, "ranks", x->T);
+        bench_record *rec = bench_env_rec_new(g->env, "gemm", x->T);
         bench_rec_str(rec, "impl", impl ? "direct" : "vtable");
         bench_rec_str(rec, "library",
                       !impl                           ? NULL
@@ -327,9 +324,7 @@ static void report_size(gemm_rank_ctx *x, const gemm_size *s, double maxdiff)
         bench_rec_int(rec, "k", N);
         bench_rec_int(rec, "threads", g->threads);
         bench_rec_int(rec, "reps", s->reps);
-        bench_rec_dbl(rec, "time_us", sm->median * 1e6);
-        bench_rec_dbl(rec, "time_min_us", sm->min * 1e6);
-        bench_rec_dbl(rec, "time_max_us", sm->max * 1e6);
+        bench_rec_times(rec, sm);
         bench_rec_dbl(rec, "gflops", impl ? gd : gv);
         if (!impl) {
             bench_rec_dbl(rec, "ratio", ratio);
@@ -375,19 +370,20 @@ static tp_status gemm_rank(tp_comm *comm, int T, void *arg)
     x.host = tp_device_mem_kind(x.dev) == TP_MEM_HOST;
     x.direct = pick_direct(x.dev, x.g->dtype, &x.why);
     x.unit = x.host ? 1e9 : 1e12;
-    tp_status st = TP_OK;
+    tp_status st = TP_OK, st2;
 #ifdef TP_BENCH_HAVE_CUBLAS
     if (x.direct == DIRECT_CUBLAS)
-        st = open_cublas(&x);
+        TP_TRY_GOTO(open_cublas(&x), st, done);
 #endif
-    if (st == TP_OK)
-        print_header(&x);
-    for (int si = 0; si < x.g->o->n_gemm_sizes && st == TP_OK; si++)
-        st = gemm_one_size(&x, x.g->o->gemm_sizes[si]);
+    print_header(&x);
+    for (int si = 0; si < x.g->o->n_gemm_sizes; si++)
+        TP_TRY_GOTO(gemm_one_size(&x, x.g->o->gemm_sizes[si]), st, done);
+done:
 #ifdef TP_BENCH_HAVE_CUBLAS
     bench_cublas_close(x.cb);
 #endif
-    tp_status st2 = tp_barrier(comm);
+    /* the other ranks wait in this barrier, also after a failure */
+    st2 = tp_barrier(comm);
     return st != TP_OK ? st : st2;
 }
 
@@ -417,11 +413,5 @@ int bench_cmd_gemm(const bench_opts *o)
         rc = bench_run_tps(&env, &T, 1, gemm_rank, &g);
     }
     bench_progress_done(&g.prog);
-    bench_env_finish(&env);
-    if (bench_sink_close(&sink) != 0) {
-        fprintf(stderr, "tp-bench: %s\n", sink.err);
-        if (rc == 0)
-            rc = BENCH_EXIT_FAIL;
-    }
-    return rc;
+    return bench_cmd_finish(&env, &sink, rc);
 }

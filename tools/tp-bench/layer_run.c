@@ -51,96 +51,108 @@ static tp_status upload_f32(tp_tensor *t, const float *h, size_t n)
     return st;
 }
 
+/* One rank's layer input x [rows, x_cols] and output y [rows, y_cols];
+ * lo..hi: this rank's slice of the ffn dimension. */
+typedef struct inst_shape {
+    int64_t rows, x_cols, y_cols, lo, hi;
+} inst_shape;
+
+static tp_status create_linear(layer_inst *li, int kind, tp_comm *comm, const bench_opts *o,
+                               inst_shape *sh)
+{
+    tp_linear_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.bias = o->bias;
+    cfg.seed = 1;
+    cfg.tensor_id = 10;
+    cfg.dtype = o->gemm_dtype;
+    if (kind == LK_LINEAR_COL) {
+        cfg.in_features = o->hidden;
+        cfg.out_features = o->ffn;
+        cfg.name = "bench.linear-col";
+        sh->x_cols = o->hidden;
+        sh->y_cols = sh->hi - sh->lo;
+        return tp_column_linear_create(comm, &cfg, &li->lin);
+    }
+    cfg.in_features = o->ffn;
+    cfg.out_features = o->hidden;
+    cfg.input_is_parallel = true;
+    cfg.name = "bench.linear-row";
+    sh->x_cols = sh->hi - sh->lo;
+    sh->y_cols = o->hidden;
+    return tp_row_linear_create(comm, &cfg, &li->lin);
+}
+
+static tp_status create_mlp(layer_inst *li, tp_comm *comm, const bench_opts *o, inst_shape *sh)
+{
+    tp_mlp_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.hidden = o->hidden;
+    cfg.ffn = o->ffn;
+    cfg.bias = o->bias;
+    cfg.seed = 1;
+    cfg.tensor_id = 10;
+    cfg.name = "bench.mlp";
+    cfg.dtype = o->gemm_dtype;
+    cfg.gelu_tanh = o->gelu_tanh;
+    sh->x_cols = sh->y_cols = o->hidden;
+    return tp_mlp_create(comm, &cfg, &li->mlp);
+}
+
+/* t = rows [0, rows) x columns [c0, c0 + cols) of master stream `id` of a
+ * [rows, full] matrix; what names it when host memory runs out. */
+static tp_status upload_master(tp_tensor *t, uint64_t id, int64_t full, int64_t rows, int64_t c0,
+                               int64_t cols, const char *what)
+{
+    float *h = malloc((size_t)rows * (size_t)cols * sizeof *h);
+    if (!h)
+        return tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory for %s", what);
+    tp_master_fill(1, id, full, 0, rows, c0, c0 + cols, 1.0f, h);
+    tp_status st = upload_f32(t, h, (size_t)rows * (size_t)cols);
+    free(h);
+    return st;
+}
+
+/* The layer's tensors in its dtype (inputs, outputs and gradients alike):
+ * x filled with this rank's slice of a full [tokens, x_full] input; with
+ * --backward also dx, and dy filled. */
+static tp_status inst_tensors(layer_inst *li, tp_device *dev, const bench_opts *o,
+                              const inst_shape *sh)
+{
+    tp_dtype dt = o->gemm_dtype;
+    TP_TRY(tp_tensor_alloc2(dev, dt, sh->rows, sh->x_cols, &li->x));
+    TP_TRY(tp_tensor_alloc2(dev, dt, sh->rows, sh->y_cols, &li->y));
+    if (o->backward) {
+        TP_TRY(tp_tensor_alloc2(dev, dt, sh->rows, sh->x_cols, &li->dx));
+        TP_TRY(tp_tensor_alloc2(dev, dt, sh->rows, sh->y_cols, &li->dy));
+        TP_TRY(upload_master(&li->dy, 98, sh->y_cols, sh->rows, 0, sh->y_cols,
+                             "the output gradient"));
+    }
+    bool row = li->kind == LK_LINEAR_ROW;
+    return upload_master(&li->x, 99, row ? o->ffn : sh->x_cols, sh->rows, row ? sh->lo : 0,
+                         sh->x_cols, "the layer input");
+}
+
 static tp_status inst_create(layer_inst *li, int kind, tp_comm *comm, const bench_opts *o)
 {
     memset(li, 0, sizeof *li);
     li->kind = kind;
     if (bench_layer_is_xf(kind))
         return bench_xf_create(kind, comm, o, &li->xf);
-    tp_device *dev = tp_comm_device(comm);
-    int T = tp_comm_size(comm), r = tp_comm_rank(comm);
-    int64_t lo, hi;
-    tp_shard_range(o->ffn, T, r, &lo, &hi);
-    int64_t x_rows = o->tokens, x_cols = 0, y_cols = 0;
-    tp_status st = TP_OK;
+    inst_shape sh = {.rows = o->tokens};
+    tp_shard_range(o->ffn, tp_comm_size(comm), tp_comm_rank(comm), &sh.lo, &sh.hi);
+    tp_status st;
     switch (kind) {
     case LK_LINEAR_COL:
-    case LK_LINEAR_ROW: {
-        tp_linear_config cfg;
-        memset(&cfg, 0, sizeof cfg);
-        cfg.bias = o->bias;
-        cfg.seed = 1;
-        cfg.tensor_id = 10;
-        cfg.dtype = o->gemm_dtype;
-        if (kind == LK_LINEAR_COL) {
-            cfg.in_features = o->hidden;
-            cfg.out_features = o->ffn;
-            cfg.name = "bench.linear-col";
-            x_cols = o->hidden;
-            y_cols = hi - lo;
-            st = tp_column_linear_create(comm, &cfg, &li->lin);
-        } else {
-            cfg.in_features = o->ffn;
-            cfg.out_features = o->hidden;
-            cfg.input_is_parallel = true;
-            cfg.name = "bench.linear-row";
-            x_cols = hi - lo;
-            y_cols = o->hidden;
-            st = tp_row_linear_create(comm, &cfg, &li->lin);
-        }
-        break;
-    }
-    case LK_MLP: {
-        tp_mlp_config cfg;
-        memset(&cfg, 0, sizeof cfg);
-        cfg.hidden = o->hidden;
-        cfg.ffn = o->ffn;
-        cfg.bias = o->bias;
-        cfg.seed = 1;
-        cfg.tensor_id = 10;
-        cfg.name = "bench.mlp";
-        cfg.dtype = o->gemm_dtype;
-        cfg.gelu_tanh = o->gelu_tanh;
-        x_cols = y_cols = o->hidden;
-        st = tp_mlp_create(comm, &cfg, &li->mlp);
-        break;
-    }
+    case LK_LINEAR_ROW: TP_TRY_GOTO(create_linear(li, kind, comm, o, &sh), st, fail); break;
+    case LK_MLP: TP_TRY_GOTO(create_mlp(li, comm, o, &sh), st, fail); break;
     default:
         return tp_set_error(TP_ERR_INTERNAL, "tp-bench: layer kind %d has no runner", kind);
     }
-    tp_dtype dt = o->gemm_dtype; /* the layer's: inputs, outputs and gradients alike */
-    if (st == TP_OK)
-        st = tp_tensor_alloc2(dev, dt, x_rows, x_cols, &li->x);
-    if (st == TP_OK)
-        st = tp_tensor_alloc2(dev, dt, x_rows, y_cols, &li->y);
-    if (st == TP_OK && o->backward) {
-        st = tp_tensor_alloc2(dev, dt, x_rows, x_cols, &li->dx);
-        if (st == TP_OK)
-            st = tp_tensor_alloc2(dev, dt, x_rows, y_cols, &li->dy);
-        float *h = st == TP_OK ? malloc((size_t)x_rows * (size_t)y_cols * sizeof *h) : NULL;
-        if (st == TP_OK && !h)
-            st = tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory for the output gradient");
-        if (h) {
-            tp_master_fill(1, 98, y_cols, 0, x_rows, 0, y_cols, 1.0f, h);
-            st = upload_f32(&li->dy, h, (size_t)x_rows * (size_t)y_cols);
-            free(h);
-        }
-    }
-    if (st == TP_OK) {
-        /* this rank's slice of a full [tokens, x_full] input */
-        int64_t full = kind == LK_LINEAR_ROW ? o->ffn : x_cols;
-        int64_t c0 = kind == LK_LINEAR_ROW ? lo : 0;
-        float *h = malloc((size_t)x_rows * (size_t)x_cols * sizeof *h);
-        if (!h)
-            st = tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory for the layer input");
-        else {
-            tp_master_fill(1, 99, full, 0, x_rows, c0, c0 + x_cols, 1.0f, h);
-            st = upload_f32(&li->x, h, (size_t)x_rows * (size_t)x_cols);
-            free(h);
-        }
-    }
-    if (st != TP_OK)
-        inst_free(li);
+    TP_TRY_GOTO(inst_tensors(li, tp_comm_device(comm), o, &sh), st, fail);
+    return TP_OK;
+fail:
+    inst_free(li);
     return st;
 }
 
@@ -200,61 +212,61 @@ typedef struct layer_run {
     bench_progress prog;
 } layer_run;
 
-static tp_status layer_rank(tp_comm *comm, int T, void *arg)
+/* One rank's timed loop: its bounds and the tp_stats it left. */
+typedef struct rank_timing {
+    double cpu0, t0, t1; /* process CPU seconds and wall time at the start, wall at the end */
+    tp_stats s;
+} rank_timing;
+
+/* Build the layer, warm it up, then time L->iters iterations between a
+ * barrier and a synchronize. */
+static tp_status time_layer(layer_run *L, tp_comm *comm, int T, rank_timing *tm)
 {
-    layer_run *L = arg;
     tp_device *dev = tp_comm_device(comm);
     layer_inst li;
-    tp_status st = inst_create(&li, bench_layer_kind(L->d), comm, L->o);
-    if (st != TP_OK)
-        return st;
-    for (int it = 0; it < L->warmup && st == TP_OK; it++)
-        st = inst_step(&li);
-    if (st == TP_OK)
-        st = tp_dev_synchronize(dev);
-    if (st == TP_OK)
-        st = tp_barrier(comm);
+    TP_TRY(inst_create(&li, bench_layer_kind(L->d), comm, L->o));
+    tp_status st;
+    for (int it = 0; it < L->warmup; it++)
+        TP_TRY_GOTO(inst_step(&li), st, done);
+    TP_TRY_GOTO(tp_dev_synchronize(dev), st, done);
+    TP_TRY_GOTO(tp_barrier(comm), st, done);
     tp_stats_reset(comm);
-    double cpu0 = process_cpu_s();
-    double t0 = bench_now();
-    for (int it = 0; it < L->iters && st == TP_OK; it++) {
+    tm->cpu0 = process_cpu_s();
+    tm->t0 = bench_now();
+    for (int it = 0; it < L->iters; it++) {
         if (bench_is_printer(comm))
             bench_progress_update(&L->prog, "%s T=%d iteration %d/%d", L->o->layer, T, it + 1, L->iters);
-        st = inst_step(&li);
+        TP_TRY_GOTO(inst_step(&li), st, done);
     }
-    if (st == TP_OK)
-        st = tp_dev_synchronize(dev);
-    double t1 = bench_now();
-    tp_stats s;
-    tp_stats_get(comm, &s);
+    TP_TRY_GOTO(tp_dev_synchronize(dev), st, done);
+    tm->t1 = bench_now();
+    tp_stats_get(comm, &tm->s);
+done:
     inst_free(&li);
-    if (st != TP_OK)
-        return st;
+    return st;
+}
 
-    double n = L->iters;
-    float mine[V_COUNT];
-    mine[V_WALL] = (float)((t1 - t0) / n * 1e6);
+/* This rank's V_COUNT values, µs per iteration. */
+static void rank_values(const rank_timing *tm, int iters, float *mine)
+{
+    double n = iters;
+    mine[V_WALL] = (float)((tm->t1 - tm->t0) / n * 1e6);
     for (int ph = 0; ph < 2; ph++) {
         double comm_s = 0;
         for (int op = 0; op < TP_OP_COUNT; op++)
-            comm_s += s.comm[phase_of[ph]][op].seconds;
-        mine[V_GEMM + V_PHASE * ph] = (float)(s.gemm[phase_of[ph]].seconds / n * 1e6);
-        mine[V_OTHER + V_PHASE * ph] = (float)(s.kernel[phase_of[ph]].seconds / n * 1e6);
+            comm_s += tm->s.comm[phase_of[ph]][op].seconds;
+        mine[V_GEMM + V_PHASE * ph] = (float)(tm->s.gemm[phase_of[ph]].seconds / n * 1e6);
+        mine[V_OTHER + V_PHASE * ph] = (float)(tm->s.kernel[phase_of[ph]].seconds / n * 1e6);
         mine[V_COMM + V_PHASE * ph] = (float)(comm_s / n * 1e6);
     }
+}
 
-    float *all = malloc((size_t)T * V_COUNT * sizeof *all);
-    if (!all)
-        return tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory for per-rank results");
-    st = gather_values(comm, mine, all);
-    /* every rank is done with its timed loop here (the all-gather waited
-     * for them); only meaningful when this process runs all the ranks */
-    double cores = (process_cpu_s() - cpu0) / (bench_now() - t0);
-    if (st != TP_OK || !bench_is_printer(comm)) {
-        free(all);
-        return st;
-    }
-
+/* The printing rank's result at T from every rank's values (all) and its
+ * own tp_stats s. */
+static void fill_result(const layer_run *L, int T, const float *all, const tp_stats *s,
+                        double cores)
+{
+    double n = L->iters;
     bench_layer_result *R = L->res;
     memset(R, 0, sizeof *R);
     R->T = T;
@@ -274,10 +286,10 @@ static tp_status layer_rank(tp_comm *comm, int T, void *arg)
     }
     for (int ph = 0; ph < TP_PHASE_COUNT; ph++)
         for (int op = 0; op < TP_OP_COUNT; op++)
-            R->calls[ph][op] = s.comm[ph][op].calls / (uint64_t)L->iters;
+            R->calls[ph][op] = s->comm[ph][op].calls / (uint64_t)L->iters;
     for (int ph = 0; ph < R->nphases; ph++) {
         for (int op = 0; op < TP_OP_COUNT; op++) {
-            double b = (double)s.comm[phase_of[ph]][op].bytes / n;
+            double b = (double)s->comm[phase_of[ph]][op].bytes / n;
             R->comm_bytes[ph] += b;
             R->wire_bytes[ph] += b * bench_busbw_factor(op, T);
         }
@@ -288,6 +300,27 @@ static tp_status layer_rank(tp_comm *comm, int T, void *arg)
         R->flops += bench_layer_flops(L->d, L->o, ph);
     }
     R->cpu_cores = L->env->single_process ? cores : NAN;
+}
+
+static tp_status layer_rank(tp_comm *comm, int T, void *arg)
+{
+    layer_run *L = arg;
+    rank_timing tm;
+    TP_TRY(time_layer(L, comm, T, &tm));
+    float mine[V_COUNT];
+    rank_values(&tm, L->iters, mine);
+    float *all = malloc((size_t)T * V_COUNT * sizeof *all);
+    if (!all)
+        return tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory for per-rank results");
+    tp_status st = gather_values(comm, mine, all);
+    /* every rank is done with its timed loop here (the all-gather waited
+     * for them); only meaningful when this process runs all the ranks */
+    double cores = (process_cpu_s() - tm.cpu0) / (bench_now() - tm.t0);
+    if (st != TP_OK || !bench_is_printer(comm)) {
+        free(all);
+        return st;
+    }
+    fill_result(L, T, all, &tm.s, cores);
     free(L->per_rank);
     L->per_rank = all;
     return TP_OK;
@@ -328,10 +361,7 @@ static const char *const phase_names[2] = {"forward", "backward"};
 static void emit_layer(bench_sink *sink, const bench_env *env, const bench_opts *o, const bench_layer_result *R,
                        int rank, const float *v, int ph, double speedup, double efficiency)
 {
-    bench_record *rec = bench_rec_new("layer");
-    bench_rec_str(rec, "backend", env->backend);
-    bench_rec_str(rec, "device", env->device);
-    bench_rec_int(rec, "ranks", R->T);
+    bench_record *rec = bench_env_rec_new(env, "layer", R->T);
     bench_rec_str(rec, "layer", o->layer);
     bench_rec_int(rec, "tp", R->T);
     bench_rec_int(rec, "rank", rank);
@@ -440,13 +470,8 @@ int bench_cmd_layer(const bench_opts *o)
     bench_sink sink;
     bench_sink_init(&sink, o->json_path, o->csv_path);
     int rc = bench_env_probe(&env);
-    int tps[BENCH_MAX_LIST], ntp = o->n_sweep_tp;
-    if (ntp)
-        memcpy(tps, o->sweep_tp, (size_t)ntp * sizeof(int));
-    else {
-        tps[0] = env.world;
-        ntp = 1;
-    }
+    int tps[BENCH_MAX_LIST];
+    int ntp = bench_env_tps(&env, tps);
     bench_layer_result res[BENCH_MAX_LIST];
     memset(res, 0, sizeof res);
     double wall1 = NAN;
@@ -510,11 +535,5 @@ int bench_cmd_layer(const bench_opts *o)
             printf("# (no T=1 in --sweep-tp: add 1 for speedup and efficiency)\n");
     }
     free(L.per_rank);
-    bench_env_finish(&env);
-    if (bench_sink_close(&sink) != 0) {
-        fprintf(stderr, "tp-bench: %s\n", sink.err);
-        if (rc == 0)
-            rc = BENCH_EXIT_FAIL;
-    }
-    return rc;
+    return bench_cmd_finish(&env, &sink, rc);
 }

@@ -168,11 +168,216 @@ static int read_samples(const bench_opts *o, GPtrArray *groups)
     return BENCH_EXIT_OK;
 }
 
+/* The rank counts a sweep here measures: --sweep-tp, else --tp when it has
+ * at least 2 ranks, else 2 and 4. */
+static int sweep_tps(const bench_opts *o, int *tps)
+{
+    if (o->n_sweep_tp) {
+        memcpy(tps, o->sweep_tp, (size_t)o->n_sweep_tp * sizeof(int));
+        return o->n_sweep_tp;
+    }
+    if (o->tp >= 2) {
+        tps[0] = o->tp;
+        return 1;
+    }
+    tps[0] = 2;
+    tps[1] = 4;
+    return 2;
+}
+
+/* No --from: sweep the collectives now; the printing process groups the
+ * samples for fitting. */
+static int sweep_samples(bench_env *env, bench_sink *sink, GPtrArray *groups)
+{
+    int tps[BENCH_MAX_LIST];
+    int ntp = sweep_tps(env->o, tps);
+    GArray *samples = g_array_new(FALSE, FALSE, sizeof(bench_sample));
+    int rc = bench_collectives_run(env, tps, ntp, sink, samples, true);
+    for (guint i = 0; rc == 0 && env->printer && i < samples->len; i++) {
+        bench_sample *s = &g_array_index(samples, bench_sample, i);
+        g_array_append_val(group_for(groups, env->backend, s->op, s->p)->samples, *s);
+    }
+    g_array_free(samples, TRUE);
+    return rc;
+}
+
+/* The T values the layer runs at here: 1 for the compute baseline (unless
+ * --gflops gives the rate), then the other --measure-tp values. */
+static int measured_tps(const bench_opts *o, int *mt)
+{
+    int nmt = 0;
+    if (!(o->gflops > 0))
+        mt[nmt++] = 1;
+    for (int i = 0; i < o->n_measure_tp; i++)
+        if (o->measure_tp[i] != 1)
+            mt[nmt++] = o->measure_tp[i];
+    return nmt;
+}
+
 typedef struct proj_link {
     char name[80];
     bench_fit2 fit; /* presets: one regime, their own alpha/beta */
     double gbps, alpha_us; /* shown: the regime of the layer's message size */
 } proj_link;
+
+/* The links to project onto: every fitted all_reduce, then the presets and
+ * the --link ones. */
+static GArray *projection_links(GPtrArray *groups, const bench_layer_desc *d, const bench_opts *o)
+{
+    GArray *links = g_array_new(FALSE, FALSE, sizeof(proj_link));
+    for (guint gi = 0; gi < groups->len; gi++) {
+        fit_group *g = g_ptr_array_index(groups, gi);
+        if (!g->ok || g->op != TP_OP_ALL_REDUCE)
+            continue;
+        proj_link l;
+        memset(&l, 0, sizeof l);
+        snprintf(l.name, sizeof l.name, "fit:%s@p%d", g->backend, g->p);
+        l.fit = g->fit;
+        /* the regime of the layer's all-reduce */
+        bench_layer_comm ex1[8];
+        int n1 = bench_layer_expected_comm(d, o, g->p, 0, ex1, 8);
+        const bench_fit *f = &g->fit.seg[n1 > 0 ? bench_fit2_regime(&g->fit, ex1[0].bytes) : 0];
+        l.gbps = 1.0 / f->beta_s / 1e9;
+        l.alpha_us = f->alpha_s * 1e6;
+        g_array_append_val(links, l);
+    }
+    const bench_link *pre;
+    int npre = bench_link_presets(&pre);
+    for (int i = 0; i < npre + o->n_links; i++) {
+        const bench_link *bl = i < npre ? &pre[i] : &o->links[i - npre];
+        proj_link l;
+        memset(&l, 0, sizeof l);
+        g_strlcpy(l.name, bl->name, sizeof l.name);
+        l.fit.seg[0] = bench_link_fit(bl);
+        l.fit.nseg = 1;
+        l.gbps = bl->gbps;
+        l.alpha_us = bl->alpha_us;
+        g_array_append_val(links, l);
+    }
+    return links;
+}
+
+/* What the projection step works from. */
+typedef struct projection {
+    const bench_opts *o;
+    const bench_env *env;
+    const bench_layer_desc *d;
+    bench_sink *sink;
+    GArray *links;                /* proj_link */
+    const bench_layer_result *lr; /* the layer measured here, at nmt values of T */
+    int nmt;
+    double flops;       /* one iteration, all ranks */
+    double compute1_us; /* measured at T=1; NAN with --gflops */
+} projection;
+
+static void print_projection_header(const projection *pj)
+{
+    const bench_opts *o = pj->o;
+    printf("#\n# PROJECTION of %s %s (tokens %" G_GINT64_FORMAT ", hidden %" G_GINT64_FORMAT
+           ", ffn %" G_GINT64_FORMAT ", f32): "
+           "comm = sum over its collectives of the link's alpha-beta time;\n",
+           o->layer, o->backward ? "forward + backward" : "forward", (gint64)o->tokens,
+           (gint64)o->hidden, (gint64)o->ffn);
+    if (o->gflops > 0)
+        printf("# compute = %.3g FLOP / T at an assumed %.1f GFLOP/s per rank; ", pj->flops,
+               o->gflops);
+    else
+        printf("# compute = compute measured here at T=1 (%.1f us) / T (ideal scaling); ",
+               pj->compute1_us);
+    printf("comm %% = comm / (compute + comm).\n# Rows marked 'measured' ran here; "
+           "every other row is a PROJECTION, not a measurement.\n");
+    printf("# %4s %-22s %10s %9s %12s %12s %8s  %s\n", "T", "link", "GB/s", "a(us)", "compute(us)",
+           "comm(us)", "comm%", "source");
+}
+
+/* A projection record with what measured and projected rows share. */
+static bench_record *projection_rec(const projection *pj, const char *backend, int T,
+                                    const char *link, bool projected)
+{
+    bench_record *rec = bench_rec_new("model");
+    bench_rec_str(rec, "what", "projection");
+    bench_rec_str(rec, "backend", backend);
+    bench_rec_str(rec, "layer", pj->o->layer);
+    bench_rec_int(rec, "tp", T);
+    bench_rec_str(rec, "link", link);
+    bench_rec_bool(rec, "projected", projected);
+    return rec;
+}
+
+static void emit_comm_split(const projection *pj, bench_record *rec, double compute, double comm,
+                            double pctv)
+{
+    bench_rec_dbl(rec, "compute_us", compute);
+    bench_rec_dbl(rec, "comm_us", comm);
+    bench_rec_dbl(rec, "comm_pct", pctv);
+    bench_sink_emit(pj->sink, rec);
+    bench_rec_free(rec);
+}
+
+/* The rows of T that were measured here, as they were. */
+static void project_measured(const projection *pj, int T)
+{
+    for (int mi = 0; mi < pj->nmt; mi++) {
+        if (pj->lr[mi].T != T)
+            continue;
+        double c = bench_layer_compute_us(&pj->lr[mi]), cm = bench_layer_comm_us(&pj->lr[mi]);
+        double pctv = 100 * cm / (c + cm);
+        char nm[80];
+        /* backend is a NUL-terminated char[64]: the bound only tells the compiler */
+        snprintf(nm, sizeof nm, "measured:%.*s", (int)sizeof pj->env->backend - 1,
+                 pj->env->backend);
+        printf("  %4d %-22s %10s %9s %12.1f %12.1f %8.2f  measured\n", T, nm, "-", "-", c, cm,
+               pctv);
+        bench_record *rec = projection_rec(pj, pj->env->backend, T, nm, false);
+        emit_comm_split(pj, rec, c, cm, pctv);
+    }
+}
+
+/* One row per link: the layer's collectives at T priced on that link. */
+static void project_links(const projection *pj, int T, double compute)
+{
+    const bench_opts *o = pj->o;
+    bench_layer_comm ex[16];
+    int nex = bench_layer_expected_comm(pj->d, o, T, 0, ex, 8);
+    if (o->backward)
+        nex += bench_layer_expected_comm(pj->d, o, T, 1, ex + nex, 8);
+    const char *backend = pj->env->backend[0] ? pj->env->backend : NULL;
+    for (guint li = 0; li < pj->links->len; li++) {
+        const proj_link *l = &g_array_index(pj->links, proj_link, li);
+        double comm = 0;
+        for (int e = 0; e < nex; e++)
+            comm += ex[e].calls * bench_model2_time(&l->fit, ex[e].op, T, ex[e].bytes) * 1e6;
+        double pctv = 100 * comm / (compute + comm);
+        printf("  %4d %-22s %10.1f %9.2f %12.1f %12.1f %8.2f  PROJECTION\n", T, l->name, l->gbps,
+               l->alpha_us, compute, comm, pctv);
+        bench_record *rec = projection_rec(pj, backend, T, l->name, true);
+        bench_rec_dbl(rec, "link_gbps", l->gbps);
+        bench_rec_dbl(rec, "link_alpha_us", l->alpha_us);
+        emit_comm_split(pj, rec, compute, comm, pctv);
+    }
+}
+
+/* The table: for each --project-tp T, the measured rows then the links. */
+static void print_projection(projection *pj, GPtrArray *groups)
+{
+    const bench_opts *o = pj->o;
+    pj->links = projection_links(groups, pj->d, o);
+    pj->flops = bench_layer_flops(pj->d, o, 0) + (o->backward ? bench_layer_flops(pj->d, o, 1) : 0);
+    pj->compute1_us = NAN;
+    if (!(o->gflops > 0))
+        pj->compute1_us = bench_layer_compute_us(&pj->lr[0]);
+    print_projection_header(pj);
+    for (int ti = 0; ti < o->n_project_tp; ti++) {
+        int T = o->project_tp[ti];
+        double compute =
+            o->gflops > 0 ? pj->flops / T / (o->gflops * 1e9) * 1e6 : pj->compute1_us / T;
+        project_measured(pj, T);
+        project_links(pj, T, compute);
+    }
+    g_array_free(pj->links, TRUE);
+    pj->links = NULL;
+    fflush(stdout);
+}
 
 int bench_cmd_model(const bench_opts *o_in)
 {
@@ -184,44 +389,23 @@ int bench_cmd_model(const bench_opts *o_in)
     bench_sink sink;
     bench_sink_init(&sink, o.json_path, o.csv_path);
     GPtrArray *groups = g_ptr_array_new_with_free_func(group_free);
-    int rc = 0;
     bool printer = true;
 
     /* 1. samples: from files, or a sweep now */
+    int rc;
     if (o.n_from) {
         rc = read_samples(&o, groups);
     } else {
-        int tps[BENCH_MAX_LIST], ntp = o.n_sweep_tp;
-        if (ntp)
-            memcpy(tps, o.sweep_tp, (size_t)ntp * sizeof(int));
-        else if (o.tp >= 2) {
-            tps[0] = o.tp;
-            ntp = 1;
-        } else {
-            tps[0] = 2;
-            tps[1] = 4;
-            ntp = 2;
-        }
-        GArray *samples = g_array_new(FALSE, FALSE, sizeof(bench_sample));
-        rc = bench_collectives_run(&env, tps, ntp, &sink, samples, true);
+        rc = sweep_samples(&env, &sink, groups);
         printer = env.printer;
-        for (guint i = 0; rc == 0 && printer && i < samples->len; i++) {
-            bench_sample *s = &g_array_index(samples, bench_sample, i);
-            g_array_append_val(group_for(groups, env.backend, s->op, s->p)->samples, *s);
-        }
-        g_array_free(samples, TRUE);
     }
     if (rc == 0 && printer)
         print_fits(groups, &o, &sink);
 
     /* 2. the layer: compute at T=1 (unless --gflops), measured T values */
     const bench_layer_desc *d = bench_layer_find(o.layer);
-    int mt[BENCH_MAX_LIST + 1], nmt = 0;
-    if (!(o.gflops > 0))
-        mt[nmt++] = 1;
-    for (int i = 0; i < o.n_measure_tp; i++)
-        if (o.measure_tp[i] != 1)
-            mt[nmt++] = o.measure_tp[i];
+    int mt[BENCH_MAX_LIST + 1];
+    int nmt = measured_tps(&o, mt);
     bench_layer_result lr[BENCH_MAX_LIST + 1];
     memset(lr, 0, sizeof lr);
     if (rc == 0 && nmt) {
@@ -231,112 +415,9 @@ int bench_cmd_model(const bench_opts *o_in)
 
     /* 3. projection */
     if (rc == 0 && printer) {
-        GArray *links = g_array_new(FALSE, FALSE, sizeof(proj_link));
-        for (guint gi = 0; gi < groups->len; gi++) {
-            fit_group *g = g_ptr_array_index(groups, gi);
-            if (!g->ok || g->op != TP_OP_ALL_REDUCE)
-                continue;
-            proj_link l;
-            memset(&l, 0, sizeof l);
-            snprintf(l.name, sizeof l.name, "fit:%s@p%d", g->backend, g->p);
-            l.fit = g->fit;
-            /* the regime of the layer's all-reduce */
-            bench_layer_comm ex1[8];
-            int n1 = bench_layer_expected_comm(d, &o, g->p, 0, ex1, 8);
-            const bench_fit *f = &g->fit.seg[n1 > 0 ? bench_fit2_regime(&g->fit, ex1[0].bytes) : 0];
-            l.gbps = 1.0 / f->beta_s / 1e9;
-            l.alpha_us = f->alpha_s * 1e6;
-            g_array_append_val(links, l);
-        }
-        const bench_link *pre;
-        int npre = bench_link_presets(&pre);
-        for (int i = 0; i < npre + o.n_links; i++) {
-            const bench_link *bl = i < npre ? &pre[i] : &o.links[i - npre];
-            proj_link l;
-            memset(&l, 0, sizeof l);
-            g_strlcpy(l.name, bl->name, sizeof l.name);
-            l.fit.seg[0] = bench_link_fit(bl);
-            l.fit.nseg = 1;
-            l.gbps = bl->gbps;
-            l.alpha_us = bl->alpha_us;
-            g_array_append_val(links, l);
-        }
-        double flops = bench_layer_flops(d, &o, 0) + (o.backward ? bench_layer_flops(d, &o, 1) : 0);
-        double compute1_us = NAN;
-        if (!(o.gflops > 0))
-            compute1_us = bench_layer_compute_us(&lr[0]);
-        printf("#\n# PROJECTION of %s %s (tokens %" G_GINT64_FORMAT ", hidden %" G_GINT64_FORMAT ", ffn %"
-               G_GINT64_FORMAT ", f32): comm = sum over its collectives of the link's alpha-beta time;\n",
-               o.layer, o.backward ? "forward + backward" : "forward", (gint64)o.tokens, (gint64)o.hidden, (gint64)o.ffn);
-        if (o.gflops > 0)
-            printf("# compute = %.3g FLOP / T at an assumed %.1f GFLOP/s per rank; ", flops, o.gflops);
-        else
-            printf("# compute = compute measured here at T=1 (%.1f us) / T (ideal scaling); ", compute1_us);
-        printf("comm %% = comm / (compute + comm).\n# Rows marked 'measured' ran here; every other row is a "
-               "PROJECTION, not a measurement.\n");
-        printf("# %4s %-22s %10s %9s %12s %12s %8s  %s\n", "T", "link", "GB/s", "a(us)", "compute(us)",
-               "comm(us)", "comm%", "source");
-        for (int ti = 0; ti < o.n_project_tp; ti++) {
-            int T = o.project_tp[ti];
-            double compute = o.gflops > 0 ? flops / T / (o.gflops * 1e9) * 1e6 : compute1_us / T;
-            for (int mi = 0; mi < nmt; mi++) {
-                if (lr[mi].T != T)
-                    continue;
-                double c = bench_layer_compute_us(&lr[mi]), cm = bench_layer_comm_us(&lr[mi]);
-                double pctv = 100 * cm / (c + cm);
-                char nm[80];
-                snprintf(nm, sizeof nm, "measured:%s", env.backend);
-                printf("  %4d %-22s %10s %9s %12.1f %12.1f %8.2f  measured\n", T, nm, "-", "-", c, cm, pctv);
-                bench_record *rec = bench_rec_new("model");
-                bench_rec_str(rec, "what", "projection");
-                bench_rec_str(rec, "backend", env.backend);
-                bench_rec_str(rec, "layer", o.layer);
-                bench_rec_int(rec, "tp", T);
-                bench_rec_str(rec, "link", nm);
-                bench_rec_bool(rec, "projected", false);
-                bench_rec_dbl(rec, "compute_us", c);
-                bench_rec_dbl(rec, "comm_us", cm);
-                bench_rec_dbl(rec, "comm_pct", pctv);
-                bench_sink_emit(&sink, rec);
-                bench_rec_free(rec);
-            }
-            bench_layer_comm ex[16];
-            int nex = bench_layer_expected_comm(d, &o, T, 0, ex, 8);
-            if (o.backward)
-                nex += bench_layer_expected_comm(d, &o, T, 1, ex + nex, 8);
-            for (guint li = 0; li < links->len; li++) {
-                const proj_link *l = &g_array_index(links, proj_link, li);
-                double comm = 0;
-                for (int e = 0; e < nex; e++)
-                    comm += ex[e].calls * bench_model2_time(&l->fit, ex[e].op, T, ex[e].bytes) * 1e6;
-                double pctv = 100 * comm / (compute + comm);
-                printf("  %4d %-22s %10.1f %9.2f %12.1f %12.1f %8.2f  PROJECTION\n", T, l->name, l->gbps, l->alpha_us,
-                       compute, comm, pctv);
-                bench_record *rec = bench_rec_new("model");
-                bench_rec_str(rec, "what", "projection");
-                bench_rec_str(rec, "backend", env.backend[0] ? env.backend : NULL);
-                bench_rec_str(rec, "layer", o.layer);
-                bench_rec_int(rec, "tp", T);
-                bench_rec_str(rec, "link", l->name);
-                bench_rec_bool(rec, "projected", true);
-                bench_rec_dbl(rec, "link_gbps", l->gbps);
-                bench_rec_dbl(rec, "link_alpha_us", l->alpha_us);
-                bench_rec_dbl(rec, "compute_us", compute);
-                bench_rec_dbl(rec, "comm_us", comm);
-                bench_rec_dbl(rec, "comm_pct", pctv);
-                bench_sink_emit(&sink, rec);
-                bench_rec_free(rec);
-            }
-        }
-        g_array_free(links, TRUE);
-        fflush(stdout);
+        projection pj = {.o = &o, .env = &env, .d = d, .sink = &sink, .lr = lr, .nmt = nmt};
+        print_projection(&pj, groups);
     }
     g_ptr_array_free(groups, TRUE);
-    bench_env_finish(&env);
-    if (bench_sink_close(&sink) != 0) {
-        fprintf(stderr, "tp-bench: %s\n", sink.err);
-        if (rc == 0)
-            rc = BENCH_EXIT_FAIL;
-    }
-    return rc;
+    return bench_cmd_finish(&env, &sink, rc);
 }

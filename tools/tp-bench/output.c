@@ -93,6 +93,13 @@ void bench_rec_bool(bench_record *r, const char *key, bool v)
     f->b = v;
 }
 
+void bench_rec_times(bench_record *r, const bench_summary *sm)
+{
+    bench_rec_dbl(r, "time_us", sm->median * 1e6);
+    bench_rec_dbl(r, "time_min_us", sm->min * 1e6);
+    bench_rec_dbl(r, "time_max_us", sm->max * 1e6);
+}
+
 const bench_field *bench_rec_get(const bench_record *r, const char *key)
 {
     for (int i = 0; i < r->n; i++)
@@ -331,111 +338,129 @@ static int parse_string(parser *ps, GString *out)
     return 0;
 }
 
+/* A number: an integer unless it has a '.', 'e' or 'E', then a double. */
+static int parse_number(parser *ps, bench_record *r, const char *key)
+{
+    const char *start = ps->p;
+    bool integral = true;
+    if (*ps->p == '-')
+        ps->p++;
+    while ((*ps->p >= '0' && *ps->p <= '9') || *ps->p == '.' || *ps->p == 'e' || *ps->p == 'E' ||
+           *ps->p == '+' || *ps->p == '-') {
+        if (*ps->p == '.' || *ps->p == 'e' || *ps->p == 'E')
+            integral = false;
+        ps->p++;
+    }
+    if (ps->p == start)
+        return perr(ps, "unsupported value for \"%s\" (only strings, numbers, booleans, null)",
+                    key);
+    char *num = g_strndup(start, (gsize)(ps->p - start));
+    char *end;
+    int rc = 0;
+    errno = 0;
+    if (integral) {
+        gint64 v = g_ascii_strtoll(num, &end, 10);
+        if (*end || errno)
+            rc = perr(ps, "bad number for \"%s\"", key);
+        else
+            bench_rec_int(r, key, v);
+    } else {
+        double v = g_ascii_strtod(num, &end);
+        if (*end || errno)
+            rc = perr(ps, "bad number for \"%s\"", key);
+        else
+            bench_rec_dbl(r, key, v);
+    }
+    g_free(num);
+    return rc;
+}
+
+/* The value of member `key` into r; sval is scratch for strings. */
+static int parse_value(parser *ps, bench_record *r, const char *key, GString *sval)
+{
+    if (*ps->p == '"') {
+        g_string_truncate(sval, 0);
+        if (parse_string(ps, sval))
+            return -1;
+        bench_rec_str(r, key, sval->str);
+    } else if (strncmp(ps->p, "true", 4) == 0) {
+        bench_rec_bool(r, key, true);
+        ps->p += 4;
+    } else if (strncmp(ps->p, "false", 5) == 0) {
+        bench_rec_bool(r, key, false);
+        ps->p += 5;
+    } else if (strncmp(ps->p, "null", 4) == 0) {
+        bench_rec_str(r, key, NULL);
+        ps->p += 4;
+    } else {
+        return parse_number(ps, r, key);
+    }
+    return 0;
+}
+
+/* An object's members, from after its '{' through its '}'. */
+static int parse_members(parser *ps, bench_record *r)
+{
+    skip_ws(ps);
+    if (*ps->p == '}') {
+        ps->p++;
+        return 0;
+    }
+    GString *key = g_string_new(NULL), *sval = g_string_new(NULL);
+    int rc = 0;
+    for (;;) {
+        skip_ws(ps);
+        g_string_truncate(key, 0);
+        if ((rc = parse_string(ps, key)) != 0)
+            break;
+        skip_ws(ps);
+        if (*ps->p != ':') {
+            rc = perr(ps, "expected ':' after \"%s\"", key->str);
+            break;
+        }
+        ps->p++;
+        skip_ws(ps);
+        if ((rc = parse_value(ps, r, key->str, sval)) != 0)
+            break;
+        skip_ws(ps);
+        if (*ps->p == ',') {
+            ps->p++;
+            continue;
+        }
+        if (*ps->p == '}') {
+            ps->p++;
+            break;
+        }
+        rc = perr(ps, "expected ',' or '}' after \"%s\"", key->str);
+        break;
+    }
+    g_string_free(key, TRUE);
+    g_string_free(sval, TRUE);
+    return rc;
+}
+
 bench_record *bench_json_parse(const char *line, char *err, size_t errlen)
 {
     parser ps = {line, err, errlen};
     bench_record *r = g_new0(bench_record, 1);
-    GString *key = g_string_new(NULL), *sval = g_string_new(NULL);
+    int rc;
     skip_ws(&ps);
     if (*ps.p != '{') {
-        perr(&ps, "expected '{'");
-        goto bad;
-    }
-    ps.p++;
-    skip_ws(&ps);
-    if (*ps.p == '}') {
+        rc = perr(&ps, "expected '{'");
+    } else {
         ps.p++;
-        goto end;
+        rc = parse_members(&ps, r);
     }
-    for (;;) {
+    if (rc == 0) {
         skip_ws(&ps);
-        g_string_truncate(key, 0);
-        if (parse_string(&ps, key))
-            goto bad;
-        skip_ws(&ps);
-        if (*ps.p != ':') {
-            perr(&ps, "expected ':' after \"%s\"", key->str);
-            goto bad;
-        }
-        ps.p++;
-        skip_ws(&ps);
-        if (*ps.p == '"') {
-            g_string_truncate(sval, 0);
-            if (parse_string(&ps, sval))
-                goto bad;
-            bench_rec_str(r, key->str, sval->str);
-        } else if (strncmp(ps.p, "true", 4) == 0) {
-            bench_rec_bool(r, key->str, true);
-            ps.p += 4;
-        } else if (strncmp(ps.p, "false", 5) == 0) {
-            bench_rec_bool(r, key->str, false);
-            ps.p += 5;
-        } else if (strncmp(ps.p, "null", 4) == 0) {
-            bench_rec_str(r, key->str, NULL);
-            ps.p += 4;
-        } else {
-            const char *start = ps.p;
-            bool integral = true;
-            if (*ps.p == '-')
-                ps.p++;
-            while ((*ps.p >= '0' && *ps.p <= '9') || *ps.p == '.' || *ps.p == 'e' || *ps.p == 'E' ||
-                   *ps.p == '+' || *ps.p == '-') {
-                if (*ps.p == '.' || *ps.p == 'e' || *ps.p == 'E')
-                    integral = false;
-                ps.p++;
-            }
-            if (ps.p == start) {
-                perr(&ps, "unsupported value for \"%s\" (only strings, numbers, booleans, null)", key->str);
-                goto bad;
-            }
-            char *num = g_strndup(start, (gsize)(ps.p - start));
-            char *end;
-            errno = 0;
-            if (integral) {
-                gint64 v = g_ascii_strtoll(num, &end, 10);
-                if (*end || errno) {
-                    g_free(num);
-                    perr(&ps, "bad number for \"%s\"", key->str);
-                    goto bad;
-                }
-                bench_rec_int(r, key->str, v);
-            } else {
-                double v = g_ascii_strtod(num, &end);
-                if (*end || errno) {
-                    g_free(num);
-                    perr(&ps, "bad number for \"%s\"", key->str);
-                    goto bad;
-                }
-                bench_rec_dbl(r, key->str, v);
-            }
-            g_free(num);
-        }
-        skip_ws(&ps);
-        if (*ps.p == ',') {
-            ps.p++;
-            continue;
-        }
-        if (*ps.p == '}') {
-            ps.p++;
-            break;
-        }
-        perr(&ps, "expected ',' or '}' after \"%s\"", key->str);
-        goto bad;
+        if (*ps.p)
+            rc = perr(&ps, "trailing characters after the object");
     }
-end:
-    skip_ws(&ps);
-    if (*ps.p) {
-        perr(&ps, "trailing characters after the object");
-        goto bad;
+    if (rc != 0) {
+        bench_rec_free(r);
+        return NULL;
     }
-    g_string_free(key, TRUE);
-    g_string_free(sval, TRUE);
     return r;
-bad:
-    g_string_free(key, TRUE);
-    g_string_free(sval, TRUE);
-    bench_rec_free(r);
-    return NULL;
 }
 
 int bench_jsonl_read(const char *path, GPtrArray *arr, char *err, size_t errlen)

@@ -67,9 +67,10 @@ static tp_status fill_ids(bench_xf *b, int64_t vocab)
         s = s * 6364136223846793005ull + 1442695040888963407ull;
         h[i] = (int32_t)((s >> 33) % (uint64_t)vocab);
     }
-    tp_status st = tp_tensor_upload(&b->ids, h);
-    if (st == TP_OK)
-        st = tp_tensor_upload(&b->targets, h + 1);
+    tp_status st;
+    TP_TRY_GOTO(tp_tensor_upload(&b->ids, h), st, done);
+    st = tp_tensor_upload(&b->targets, h + 1);
+done:
     free(h);
     return st;
 }
@@ -142,27 +143,20 @@ done:
  * values do not change the work done). */
 tp_status bench_xf_step(bench_xf *b)
 {
-    tp_status st;
     bool backward = b->backward;
     switch (b->kind) {
     case BENCH_LK_ATTENTION:
-        st = tp_attention_forward(b->attn, &b->x, b->batch, b->seq, &b->y);
-        if (st == TP_OK && backward)
-            st = tp_attention_backward(b->attn, &b->dy, &b->dx);
-        return st;
+        TP_TRY(tp_attention_forward(b->attn, &b->x, b->batch, b->seq, &b->y));
+        return backward ? tp_attention_backward(b->attn, &b->dy, &b->dx) : TP_OK;
     case BENCH_LK_BLOCK:
-        st = tp_block_forward(b->block, &b->x, b->batch, b->seq, &b->y);
-        if (st == TP_OK && backward)
-            st = tp_block_backward(b->block, &b->dy, &b->dx);
-        return st;
+        TP_TRY(tp_block_forward(b->block, &b->x, b->batch, b->seq, &b->y));
+        return backward ? tp_block_backward(b->block, &b->dy, &b->dx) : TP_OK;
     case BENCH_LK_TRANSFORMER: {
         float loss = 0;
-        st = tp_gpt_forward(b->gpt, &b->ids, &b->targets, &loss);
-        if (st == TP_OK && !isfinite(loss))
-            st = tp_set_error(TP_ERR_INTERNAL, "tp-bench: transformer loss is %g", (double)loss);
-        if (st == TP_OK && backward)
-            st = tp_gpt_backward(b->gpt);
-        return st;
+        TP_TRY(tp_gpt_forward(b->gpt, &b->ids, &b->targets, &loss));
+        if (!isfinite(loss))
+            return tp_set_error(TP_ERR_INTERNAL, "tp-bench: transformer loss is %g", (double)loss);
+        return backward ? tp_gpt_backward(b->gpt) : TP_OK;
     }
     default:
         return tp_set_error(TP_ERR_INTERNAL, "tp-bench: layer kind %d has no runner", b->kind);

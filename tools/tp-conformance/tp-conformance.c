@@ -511,72 +511,118 @@ static void run_case(rank_state *s, int row, case_fn fn, const ccase *c, int non
     record(s, row, c->dt, v);
 }
 
-/* The op suite on one communicator. Sub-communicator suites use fewer
- * sizes and a fixed number of cases per op, so every rank, whatever its
- * group, records the same sequence of cases. */
-static void op_suite(rank_state *s, tp_comm *comm, const char *where, bool sub, int none_verdict)
+/* One op_suite pass: where its cases run and how many of them. */
+typedef struct suite {
+    rank_state *s;
+    bool sub;         /* on a sub-communicator: fewer cases, all recorded as ROW_SUB */
+    bool big;         /* the --large count: f32 and one case per op only */
+    int size;         /* ranks of the communicator (1 where this rank is not a member) */
+    int none_verdict; /* what a non-member records */
+} suite;
+
+static void suite_case(const suite *su, int row, case_fn fn, const ccase *c)
+{
+    run_case(su->s, su->sub ? ROW_SUB : row, fn, c, su->none_verdict);
+}
+
+/* The counts a pass runs: up to 1000 on sub-communicators, and one more
+ * above 16 MiB with --large on the world. */
+static size_t suite_counts(const rank_state *s, bool sub, size_t *counts)
 {
     static const size_t base[] = {0, 1, 13, 17, 1000, 262147};
-    size_t counts[8], ncounts = 0;
+    size_t ncounts = 0;
     for (size_t i = 0; i < sizeof base / sizeof base[0]; i++)
         if (!sub || base[i] <= 1000)
             counts[ncounts++] = base[i];
     if (s->o->large && !sub)
         counts[ncounts++] = 4194309; /* > 16 MiB of f32 */
-    int size = comm ? tp_comm_size(comm) : 1;
+    return ncounts;
+}
+
+static bool suite_dtype(const suite *su, tp_dtype dt)
+{
+    if (su->big && dt != TP_F32)
+        return false;
+    return !su->sub || dt == TP_F32 || dt == TP_I32;
+}
+
+static void suite_all_reduce(const suite *su, ccase *c)
+{
+    for (int op = 0; op < TP_REDOP_COUNT_; op++)
+        for (int ip = 0; ip < 2; ip++) {
+            if (su->big && op != TP_SUM)
+                continue;
+            c->op = (tp_redop)op;
+            c->inplace = ip;
+            suite_case(su, ROW_ALL_REDUCE, case_all_reduce, c);
+        }
+}
+
+static void suite_all_gather(const suite *su, ccase *c)
+{
+    for (int pat = 0; pat < 3; pat++)
+        for (int ip = 0; ip < 2; ip++) {
+            if (su->big && pat)
+                continue;
+            c->pattern = pat;
+            c->inplace = ip;
+            suite_case(su, pat ? ROW_ALL_GATHERV : ROW_ALL_GATHER, case_all_gather, c);
+        }
+}
+
+static void suite_reduce_scatter(const suite *su, ccase *c)
+{
+    for (int pat = 0; pat < 3; pat++)
+        for (int op = 0; op < TP_REDOP_COUNT_; op++) {
+            if (su->big && (pat || op != TP_SUM))
+                continue;
+            c->pattern = pat;
+            c->op = (tp_redop)op;
+            suite_case(su, pat ? ROW_REDUCE_SCATTERV : ROW_REDUCE_SCATTER, case_reduce_scatter, c);
+        }
+}
+
+static void suite_broadcast(const suite *su, ccase *c)
+{
+    /* every root for small counts on the world; else first and last */
+    int size = su->size;
+    int nroots = !su->sub && c->n <= 1000 ? size : 2;
+    for (int i = 0; i < nroots; i++) {
+        c->root = nroots == size ? i : i == 0 ? 0 : size - 1;
+        if (su->big && i == 0)
+            continue;
+        suite_case(su, ROW_BROADCAST, case_broadcast, c);
+    }
+}
+
+/* The op suite on one communicator. Sub-communicator suites use fewer
+ * sizes and a fixed number of cases per op, so every rank, whatever its
+ * group, records the same sequence of cases. */
+static void op_suite(rank_state *s, tp_comm *comm, const char *where, bool sub, int none_verdict)
+{
     static const tp_dtype dts[] = {TP_F32, TP_F16, TP_BF16, TP_I32};
+    size_t counts[8];
+    size_t ncounts = suite_counts(s, sub, counts);
+    suite su = {
+        .s = s, .sub = sub, .size = comm ? tp_comm_size(comm) : 1, .none_verdict = none_verdict};
     for (size_t k = 0; k < ncounts; k++) {
         size_t n = counts[k];
-        bool big = n > 1000000; /* --large: f32 and one case per op only */
+        su.big = n > 1000000;
         for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
-            tp_dtype dt = dts[d];
-            if (big && dt != TP_F32)
+            if (!suite_dtype(&su, dts[d]))
                 continue;
-            if (sub && dt != TP_F32 && dt != TP_I32)
-                continue;
-            ccase c = {.comm = comm, .where = where, .dt = dt, .n = n};
-            int r_ar = sub ? ROW_SUB : ROW_ALL_REDUCE;
+            /* one case, its fields set op by op in this order */
+            ccase c = {.comm = comm, .where = where, .dt = dts[d], .n = n};
             if (wanted(s, ROW_ALL_REDUCE))
-                for (int op = 0; op < TP_REDOP_COUNT_; op++)
-                    for (int ip = 0; ip < 2; ip++) {
-                        if (big && op != TP_SUM)
-                            continue;
-                        c.op = (tp_redop)op;
-                        c.inplace = ip;
-                        run_case(s, r_ar, case_all_reduce, &c, none_verdict);
-                    }
+                suite_all_reduce(&su, &c);
             if (wanted(s, ROW_ALL_GATHER))
-                for (int pat = 0; pat < 3; pat++)
-                    for (int ip = 0; ip < 2; ip++) {
-                        if (big && pat)
-                            continue;
-                        c.pattern = pat;
-                        c.inplace = ip;
-                        run_case(s, sub ? ROW_SUB : pat ? ROW_ALL_GATHERV : ROW_ALL_GATHER,
-                                 case_all_gather, &c, none_verdict);
-                    }
+                suite_all_gather(&su, &c);
             c.inplace = false;
             if (wanted(s, ROW_REDUCE_SCATTER))
-                for (int pat = 0; pat < 3; pat++)
-                    for (int op = 0; op < TP_REDOP_COUNT_; op++) {
-                        if (big && (pat || op != TP_SUM))
-                            continue;
-                        c.pattern = pat;
-                        c.op = (tp_redop)op;
-                        run_case(s, sub ? ROW_SUB : pat ? ROW_REDUCE_SCATTERV : ROW_REDUCE_SCATTER,
-                                 case_reduce_scatter, &c, none_verdict);
-                    }
+                suite_reduce_scatter(&su, &c);
             c.pattern = 0;
-            if (wanted(s, ROW_BROADCAST)) {
-                /* every root for small counts on the world; else first and last */
-                int nroots = !sub && n <= 1000 ? size : 2;
-                for (int i = 0; i < nroots; i++) {
-                    c.root = nroots == size ? i : i == 0 ? 0 : size - 1;
-                    if (big && i == 0)
-                        continue;
-                    run_case(s, sub ? ROW_SUB : ROW_BROADCAST, case_broadcast, &c, none_verdict);
-                }
-            }
+            if (wanted(s, ROW_BROADCAST))
+                suite_broadcast(&su, &c);
         }
     }
 }
@@ -589,6 +635,78 @@ static void barrier_cases(rank_state *s)
         record(s, ROW_BARRIER, COL_OTHER, status_verdict(s, "barrier", tp_barrier(s->world)));
 }
 
+/* The split modes: odd/even, one group with reversed keys, and color -1
+ * on rank 0. */
+static int split_color(int mode, int rank)
+{
+    return mode == 0 ? rank % 2 : mode == 1 ? 0 : (rank == 0 ? -1 : 1);
+}
+
+/* The world ranks of rank r's new group, in new-rank order; returns how
+ * many (0 for color -1). */
+static int split_members(int mode, int T, int color, int *members, int max)
+{
+    int nm = 0;
+    for (int q = 0; q < T && nm < max; q++) {
+        int qq = mode == 1 ? T - 1 - q : q;
+        if (color >= 0 && split_color(mode, qq) == color)
+            members[nm++] = qq;
+    }
+    return nm;
+}
+
+/* What tp_comm_split returned against what it should have. */
+static int check_split(rank_state *s, const char *name, tp_status st, int color, tp_comm *sub,
+                       int exp_rank, int nm)
+{
+    int v = status_verdict(s, name, st);
+    if (v != R_PASS)
+        return v;
+    if (color < 0 && sub) {
+        fail_msg(s, name, "color -1 returned a communicator, expected NULL");
+        return R_FAIL;
+    }
+    if (color >= 0 && !sub) {
+        fail_msg(s, name, "returned no communicator for color %d", color);
+        return R_FAIL;
+    }
+    if (sub && (tp_comm_rank(sub) != exp_rank || tp_comm_size(sub) != nm)) {
+        fail_msg(s, name, "got rank %d of %d, expected rank %d of %d", tp_comm_rank(sub),
+                 tp_comm_size(sub), exp_rank, nm);
+        return R_FAIL;
+    }
+    return R_PASS;
+}
+
+/* Membership: gather world ranks in new-rank order. */
+static int check_membership(rank_state *s, const char *name, tp_comm *sub, int r,
+                            const int *members, int nm)
+{
+    buf a = {0}, b = {0};
+    int v = R_FAIL;
+    if (!buf_new(s, &a, (size_t)nm * 4) || !buf_new(s, &b, 4))
+        goto done;
+    memcpy(b.host, &r, 4);
+    if (!buf_up(s, &b)) {
+        v = setup_failed(s, name);
+        goto done;
+    }
+    v = status_verdict(s, name, tp_all_gather(sub, b.dev, a.dev, 1, TP_I32));
+    if (v == R_PASS && buf_down(s, &a)) {
+        for (int i = 0; i < nm; i++)
+            if (((int32_t *)a.host)[i] != members[i]) {
+                fail_msg(s, name, "rank %d of the new group is world rank %d, expected %d", i,
+                         ((int32_t *)a.host)[i], members[i]);
+                v = R_FAIL;
+                break;
+            }
+    }
+done:
+    buf_free(s, &a);
+    buf_free(s, &b);
+    return v;
+}
+
 /* Split the world three ways; check rank, size and membership (an
  * all_gather of world ranks), then run the op suite on the new groups. */
 static void split_cases(rank_state *s)
@@ -599,65 +717,23 @@ static void split_cases(rank_state *s)
     static const char *const names[] = {"split odd/even", "split with reversed keys",
                                         "split with color -1 on rank 0"};
     for (int mode = 0; mode < 3; mode++) {
-        int color = mode == 0 ? r % 2 : mode == 1 ? 0 : (r == 0 ? -1 : 1);
+        int color = split_color(mode, r);
         int key = mode == 1 ? T - r : r;
-        int members[1024], nm = 0; /* expected members in new-rank order */
-        for (int q = 0; q < T && nm < 1024; q++) {
-            int qq = mode == 1 ? T - 1 - q : q;
-            int cq = mode == 0 ? qq % 2 : mode == 1 ? 0 : (qq == 0 ? -1 : 1);
-            if (color >= 0 && cq == color)
-                members[nm++] = qq;
-        }
+        int members[1024]; /* expected members in new-rank order */
+        int nm = split_members(mode, T, color, members, 1024);
         int exp_rank = -1;
         for (int i = 0; i < nm; i++)
             if (members[i] == r)
                 exp_rank = i;
         tp_comm *sub = NULL;
         tp_status st = tp_comm_split(s->world, color, key, &sub);
-        int v = status_verdict(s, names[mode], st);
-        if (v == R_PASS) {
-            if (color < 0 && sub) {
-                fail_msg(s, names[mode], "color -1 returned a communicator, expected NULL");
-                v = R_FAIL;
-            } else if (color >= 0 && !sub) {
-                fail_msg(s, names[mode], "returned no communicator for color %d", color);
-                v = R_FAIL;
-            } else if (sub && (tp_comm_rank(sub) != exp_rank || tp_comm_size(sub) != nm)) {
-                fail_msg(s, names[mode], "got rank %d of %d, expected rank %d of %d",
-                         tp_comm_rank(sub), tp_comm_size(sub), exp_rank, nm);
-                v = R_FAIL;
-            }
-        }
+        int v = check_split(s, names[mode], st, color, sub, exp_rank, nm);
         if (v != R_PASS && sub) {
             tp_comm_free(sub);
             sub = NULL;
         }
-        if (sub) {
-            /* membership: gather world ranks in new-rank order */
-            buf a = {0}, b = {0};
-            if (buf_new(s, &a, (size_t)nm * 4) && buf_new(s, &b, 4)) {
-                memcpy(b.host, &r, 4);
-                if (!buf_up(s, &b)) {
-                    v = setup_failed(s, names[mode]);
-                } else {
-                    v = status_verdict(s, names[mode], tp_all_gather(sub, b.dev, a.dev, 1, TP_I32));
-                    if (v == R_PASS && buf_down(s, &a)) {
-                        for (int i = 0; i < nm; i++)
-                            if (((int32_t *)a.host)[i] != members[i]) {
-                                fail_msg(s, names[mode],
-                                         "rank %d of the new group is world rank %d, expected %d",
-                                         i, ((int32_t *)a.host)[i], members[i]);
-                                v = R_FAIL;
-                                break;
-                            }
-                    }
-                }
-            } else {
-                v = R_FAIL;
-            }
-            buf_free(s, &a);
-            buf_free(s, &b);
-        }
+        if (sub)
+            v = check_membership(s, names[mode], sub, r, members, nm);
         record(s, ROW_SPLIT, COL_OTHER, v);
         /* Members run the sub-suite; non-members (and ranks whose split
          * failed) record it as passed / failed without calling anything. */
