@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # pack.sh — gather what a GPU machine needs to run tp's GPU checks from a
 # build made here (the GPU machine has the CUDA driver, cuBLAS and NCCL but
 # no GLib, Check or OpenBLAS): the programs, libtp and the plugins, and the

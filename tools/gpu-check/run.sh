@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # run.sh — tp's GPU checks, run on a machine with an NVIDIA GPU from a bundle
 # made by pack.sh: the GPU test suites, then the measurements the GPU issue
 # asks for. Logs, JSON lines and summary.txt are written to a work folder

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* arith.c — bandwidth definitions, model coefficients, sample summaries;
  * bench_fail, the pure parts' error message helper. */
 #include "bench.h"

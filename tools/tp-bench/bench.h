@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * bench.h — internal interface of tp-bench, shared by its source files.
  *

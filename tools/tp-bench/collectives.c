@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* collectives.c — nccl-tests-like sweep of the collectives, plus the
  * memcpy reference measured in the same run. */
 #include "bench.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* driver.c — start tp and run a function on T ranks, for each T asked. */
 #include "bench.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* fit.c — alpha-beta (Hockney) fit and link presets. */
 #include "bench.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* gemm.c — GEMM through the device vtable vs the BLAS library called
  * directly, same buffers, same run: cblas_sgemm on host memory (the cpu
  * device), cublasGemmEx on CUDA memory (the cuda device; gemm_cublas.c,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * gemm_cublas.c — cuBLAS called directly on the cuda device's own buffers,
  * for `tp-bench gemm`'s vtable/direct ratio. Same GPU, same pointers, its

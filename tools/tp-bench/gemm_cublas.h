@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * gemm_cublas.h — `tp-bench gemm`'s direct cuBLAS comparison for the cuda
  * device. Built only when meson finds CUDA (TP_BENCH_HAVE_CUBLAS is then

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* layer_run.c — run a TP layer through the public API and split its time into
  * GEMM, other compute and communication, from tp_stats. */
 #include "bench.h"

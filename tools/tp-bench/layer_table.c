@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* layer_table.c — what tp-bench knows about each layer family without running
  * it: names, the dimension split over T, FLOPs, and the communication the
  * seed's formula predicts. layer_run.c runs them. A new layer (attention,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* main.c — tp-bench: subcommand dispatch. */
 #include "bench.h"
 

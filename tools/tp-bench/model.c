@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* model.c — alpha-beta fit of measured collectives and projection of a
  * layer's communication onto links this machine does not have. */
 #include "bench.h"

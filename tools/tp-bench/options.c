@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* options.c — command-line parsing and validation for tp-bench. */
 #include "bench.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* output.c — measurement records and their JSON-lines / CSV writers. */
 #include "bench.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* plot.c — a PNG from tp-bench JSON lines, drawn by gnuplot. */
 #include "bench.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* raw.c — the --compare-raw hook without an engine library: reports why
  * it is unavailable. A build with MPI replaces this file by one that calls
  * MPI_Allreduce, MPI_Allgather, MPI_Reduce_scatter_block and MPI_Bcast on

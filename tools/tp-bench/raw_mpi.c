@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* raw_mpi.c — the --compare-raw hook on MPI: the same collective called on
  * libmpi directly, on the same buffers, for the plugin/raw ratio. Built
  * instead of raw.c when the mpi backend is built (have_mpi). It runs only

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* xf_run.c — tp-bench runners for the transformer layers: attention
  * (tp_attention_*), block (tp_block_*) and transformer (tp_gpt_*, one
  * training step without the optimizer). Each iteration is a forward and a

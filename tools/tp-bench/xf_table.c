@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* xf_table.c — what tp-bench knows about the transformer layers
  * (attention, block, transformer) without running them: batch/seq
  * resolution, split dimension, FLOPs and the collectives each phase makes.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tp-conformance — the communicator conformance suite, run through the
  * public tp.h API against whatever backend TP_BACKEND names.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tp-info — list the plugins tp can see, and the files it refused.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tp-launch — start N local processes of one program as the ranks of a tcp
  * job (TP_BACKEND=tcp), like torchrun's env:// rendezvous for one host.
