@@ -116,8 +116,8 @@ int ex_parse(int argc, char **argv, ex_opts *o, const char *prog, const char *su
             o->gelu_tanh = true;
             continue;
         }
-        static const char *const valued[] = {"--tp", "--tokens", "--hidden", "--ffn", "--seed",
-                                             "--iters", "--save-npy"};
+        static const char *const valued[] = {"--tp",   "--tokens", "--hidden",  "--ffn",
+                                             "--seed", "--iters",  "--save-npy"};
         const char *name, *val;
         if (ex_valued_option(prog, argc, argv, &i, valued, sizeof valued / sizeof valued[0], &name,
                              &val))
@@ -192,7 +192,15 @@ static int write_npy(const char *dir, const char *name, const void *data, const 
         fprintf(stderr, "error: cannot write %s: %s\n", path, strerror(errno));
         return -1;
     }
-    unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hlen & 0xff),
+    unsigned char pre[10] = {0x93,
+                             'N',
+                             'U',
+                             'M',
+                             'P',
+                             'Y',
+                             1,
+                             0,
+                             (unsigned char)(hlen & 0xff),
                              (unsigned char)(hlen >> 8)};
     int ok = fwrite(pre, 1, 10, f) == 10 && fwrite(dict, 1, (size_t)len, f) == (size_t)len;
     for (size_t i = 0; ok && i < pad; i++)
@@ -216,8 +224,8 @@ void *ex_calloc(int64_t n, size_t size, const char *what, tp_status *st)
     size_t count = n > 0 ? (size_t)n : 1;
     void *p = calloc(count, size);
     if (!p)
-        *st = tp_set_error(TP_ERR_NO_MEMORY, "out of memory for %s (%zu x %zu bytes)", what,
-                           count, size);
+        *st = tp_set_error(TP_ERR_NO_MEMORY, "out of memory for %s (%zu x %zu bytes)", what, count,
+                           size);
     return p;
 }
 

@@ -11,7 +11,7 @@
 #include <tp/tp.h>
 
 typedef struct ex_opts {
-    int tp;            /* 0: TP_WORLD_SIZE, else the engine's (mpirun -n), else 1 */
+    int tp; /* 0: TP_WORLD_SIZE, else the engine's (mpirun -n), else 1 */
     int64_t tokens, hidden, ffn;
     uint64_t seed;
     int iters;
@@ -21,21 +21,21 @@ typedef struct ex_opts {
 
 /* In a function with a tp_status `status` and a `done:` cleanup label:
  * on failure keep the status and jump there. */
-#define EX_CHECK(expr)          \
-    do {                        \
-        tp_status st_ = (expr); \
-        if (st_ != TP_OK) {     \
-            status = st_;       \
-            goto done;          \
-        }                       \
+#define EX_CHECK(expr)                                                                             \
+    do {                                                                                           \
+        tp_status st_ = (expr);                                                                    \
+        if (st_ != TP_OK) {                                                                        \
+            status = st_;                                                                          \
+            goto done;                                                                             \
+        }                                                                                          \
     } while (0)
 
 /* In a function returning tp_status: return expr's status unless it is TP_OK. */
-#define EX_TRY(expr)            \
-    do {                        \
-        tp_status st_ = (expr); \
-        if (st_ != TP_OK)       \
-            return st_;         \
+#define EX_TRY(expr)                                                                               \
+    do {                                                                                           \
+        tp_status st_ = (expr);                                                                    \
+        if (st_ != TP_OK)                                                                          \
+            return st_;                                                                            \
     } while (0)
 
 /* calloc(n, size) (at least one element), or NULL after setting *st to
@@ -51,16 +51,14 @@ const char *ex_backend_name(void);
 int ex_parse_i64(const char *prog, const char *opt, const char *v, int64_t lo, int64_t hi,
                  int64_t *out);
 /* The same for a real number. */
-int ex_parse_f(const char *prog, const char *opt, const char *v, double lo, double hi,
-               double *out);
+int ex_parse_f(const char *prog, const char *opt, const char *v, double lo, double hi, double *out);
 
 /* argv[*i] as one of the options in `valued` that take a value, given as
  * "--opt VALUE" (advances *i) or "--opt=VALUE". Returns 0 with *name and
  * *val set, or 2 after printing why (unknown option, missing or empty
  * value). */
-int ex_valued_option(const char *prog, int argc, char **argv, int *i,
-                     const char *const *valued, size_t nvalued, const char **name,
-                     const char **val);
+int ex_valued_option(const char *prog, int argc, char **argv, int *i, const char *const *valued,
+                     size_t nvalued, const char **name, const char **val);
 
 /* tp_init (world size tp, 0: from the engine or TP_WORLD_SIZE), tp_run(fn,
  * arg), tp_finalize; prints "prog: STATUS: message" on failure. *world (may

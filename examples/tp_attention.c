@@ -85,9 +85,9 @@ static int parse(int argc, char **argv, opts *o)
             o->sp = true;
             continue;
         }
-        static const char *const valued[] = {"--tp", "--batch", "--seq", "--hidden", "--heads",
-                                             "--kv-heads", "--head-dim", "--seed", "--iters",
-                                             "--save-npy"};
+        static const char *const valued[] = {"--tp",    "--batch",    "--seq",      "--hidden",
+                                             "--heads", "--kv-heads", "--head-dim", "--seed",
+                                             "--iters", "--save-npy"};
         const char *name, *val;
         if (ex_valued_option(PROG, argc, argv, &i, valued, sizeof valued / sizeof valued[0], &name,
                              &val))
@@ -155,7 +155,7 @@ typedef struct att_run {
     int64_t N, H, lo, hi; /* this rank's token rows [lo, hi): all, or its sequence shard */
     tp_attention_config ac;
     tp_attention *att, *ref;
-    tp_comm *solo; /* rank 0 alone, for the reference */
+    tp_comm *solo;              /* rank 0 alone, for the reference */
     tp_tensor xt, dyt, yt, dxt; /* TP */
     tp_tensor xf, dyf, yr, dxr; /* reference */
     float *x, *dy, *y, *dx, *yref, *dxref;
@@ -191,10 +191,16 @@ static tp_status set_up(att_run *A)
     EX_TRY(st);
     fill(A->x, N * H, o->seed, 1000);
     fill(A->dy, N * H, o->seed, 1001);
-    A->ac = (tp_attention_config){.hidden = H, .heads = o->heads, .kv_heads = o->kv_heads,
-                                  .head_dim = o->head_dim, .bias = o->bias,
-                                  .causal = o->causal, .sequence_parallel = o->sp,
-                                  .seed = o->seed, .tensor_id = 1, .name = "attn"};
+    A->ac = (tp_attention_config){.hidden = H,
+                                  .heads = o->heads,
+                                  .kv_heads = o->kv_heads,
+                                  .head_dim = o->head_dim,
+                                  .bias = o->bias,
+                                  .causal = o->causal,
+                                  .sequence_parallel = o->sp,
+                                  .seed = o->seed,
+                                  .tensor_id = 1,
+                                  .name = "attn"};
     EX_TRY(tp_attention_create(A->world, &A->ac, &A->att));
     A->lo = 0, A->hi = N;
     if (o->sp)
@@ -337,12 +343,11 @@ static void print_header(const att_run *A)
     tp_attention_get_info(A->att, &hd, &qlo, &qhi, &kvlo, &kvhi);
     printf("tp_attention: T=%d backend=%s device=%s batch=%lld seq=%lld hidden=%lld heads=%lld "
            "kv_heads=%lld head_dim=%lld%s%s\n",
-           A->T, ex_backend_name(), tp_device_name(A->dev), (long long)o->batch,
-           (long long)o->seq, (long long)A->H, (long long)o->heads,
-           (long long)(o->kv_heads ? o->kv_heads : o->heads), (long long)hd,
-           o->causal ? " causal" : "", o->sp ? " sequence-parallel" : "");
-    printf("  rank 0 holds query heads [%lld, %lld) and KV heads [%lld, %lld)\n",
-           (long long)qlo, (long long)qhi, (long long)kvlo, (long long)kvhi);
+           A->T, ex_backend_name(), tp_device_name(A->dev), (long long)o->batch, (long long)o->seq,
+           (long long)A->H, (long long)o->heads, (long long)(o->kv_heads ? o->kv_heads : o->heads),
+           (long long)hd, o->causal ? " causal" : "", o->sp ? " sequence-parallel" : "");
+    printf("  rank 0 holds query heads [%lld, %lld) and KV heads [%lld, %lld)\n", (long long)qlo,
+           (long long)qhi, (long long)kvlo, (long long)kvhi);
 }
 
 /* Rank 0's compute/communication split per phase from the counters, and
@@ -413,9 +418,13 @@ static tp_status run_rank(att_run *A)
 static tp_status rank_main(tp_comm *world, void *arg)
 {
     opts *o = arg;
-    att_run A = {.o = o, .world = world, .dev = tp_comm_device(world),
-                 .rank = tp_comm_rank(world), .T = tp_comm_size(world),
-                 .N = o->batch * o->seq, .H = o->hidden};
+    att_run A = {.o = o,
+                 .world = world,
+                 .dev = tp_comm_device(world),
+                 .rank = tp_comm_rank(world),
+                 .T = tp_comm_size(world),
+                 .N = o->batch * o->seq,
+                 .H = o->hidden};
     tp_status st = run_rank(&A);
     att_run_free(&A);
     return st;
@@ -423,8 +432,14 @@ static tp_status rank_main(tp_comm *world, void *arg)
 
 int main(int argc, char **argv)
 {
-    opts o = {.batch = 2, .seq = 16, .hidden = 64, .heads = 8, .seed = 1234, .iters = 5,
-              .causal = true, .bias = true};
+    opts o = {.batch = 2,
+              .seq = 16,
+              .hidden = 64,
+              .heads = 8,
+              .seed = 1234,
+              .iters = 5,
+              .causal = true,
+              .bias = true};
     int rc = parse(argc, argv, &o);
     if (rc)
         return rc == 1 ? 0 : 2;

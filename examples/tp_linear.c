@@ -78,10 +78,18 @@ static tp_status set_up(lin_run *L)
     EX_TRY(st);
     for (int64_t i = 0; i < t * H; i++)
         L->x[i] = tp_master_uniform(L->o->seed, 1000, (uint64_t)i, 1.0f);
-    tp_linear_config cc = {.in_features = H, .out_features = F, .bias = true,
-                           .seed = L->o->seed, .tensor_id = 1, .name = "column"};
-    tp_linear_config rc = {.in_features = F, .out_features = H, .bias = true,
-                           .input_is_parallel = true, .seed = L->o->seed, .tensor_id = 3,
+    tp_linear_config cc = {.in_features = H,
+                           .out_features = F,
+                           .bias = true,
+                           .seed = L->o->seed,
+                           .tensor_id = 1,
+                           .name = "column"};
+    tp_linear_config rc = {.in_features = F,
+                           .out_features = H,
+                           .bias = true,
+                           .input_is_parallel = true,
+                           .seed = L->o->seed,
+                           .tensor_id = 3,
                            .name = "row"};
     EX_TRY(tp_column_linear_create(L->world, &cc, &L->col));
     EX_TRY(tp_row_linear_create(L->world, &rc, &L->row));
@@ -120,8 +128,7 @@ static tp_status gather_column_outputs(lin_run *L)
     for (int r = 0; r < T; r++) {
         int64_t w = off[r + 1] - off[r];
         for (int64_t i = 0; i < t; i++)
-            memcpy(L->h + i * F + off[r], blocks + t * off[r] + i * w,
-                   sizeof(float) * (size_t)w);
+            memcpy(L->h + i * F + off[r], blocks + t * off[r] + i * w, sizeof(float) * (size_t)w);
     }
 done:
     if (gath)
@@ -200,8 +207,8 @@ static int report_agreement(const lin_run *L, const lin_ref *ref)
     int64_t hbad = compare(L->h, ref->h, ref->he, t * F, &ha, &hrel);
     int64_t ybad = compare(L->y, ref->y, ref->ye, t * H, &ya, &yrel);
     printf("tp_linear: T=%d backend=%s device=%s tokens=%lld hidden=%lld ffn=%lld%s\n", L->T,
-           ex_backend_name(), tp_device_name(L->dev), (long long)t, (long long)H,
-           (long long)F, F % L->T ? " (uneven shards)" : "");
+           ex_backend_name(), tp_device_name(L->dev), (long long)t, (long long)H, (long long)F,
+           F % L->T ? " (uneven shards)" : "");
     printf("  column  concat(outputs) [%lld x %lld] vs x W1 + b1:  "
            "max abs err %.3e  max rel err %.3e  %s\n",
            (long long)t, (long long)F, ha, hrel, hbad ? "MISMATCH" : "ok");
@@ -223,8 +230,8 @@ static tp_status save_npy(const lin_run *L)
             sb2[1] = {H};
     if (ex_write_npy(dir, "x.npy", L->x, 2, sx) || ex_write_npy(dir, "w1.npy", L->w1, 2, sw1) ||
         ex_write_npy(dir, "b1.npy", L->b1, 1, sb1) || ex_write_npy(dir, "h.npy", L->h, 2, sh) ||
-        ex_write_npy(dir, "w2.npy", L->w2, 2, sw2) ||
-        ex_write_npy(dir, "b2.npy", L->b2, 1, sb2) || ex_write_npy(dir, "y.npy", L->y, 2, sx))
+        ex_write_npy(dir, "w2.npy", L->w2, 2, sw2) || ex_write_npy(dir, "b2.npy", L->b2, 1, sb2) ||
+        ex_write_npy(dir, "y.npy", L->y, 2, sx))
         return tp_set_error(TP_ERR_IO, "writing .npy files to %s failed", dir);
     printf("  wrote x, w1, b1, h, w2, b2, y .npy to %s (h = x@w1+b1, y = h@w2+b2)\n", dir);
     return TP_OK;
@@ -254,9 +261,14 @@ static tp_status run_rank(lin_run *L, run *R)
 static tp_status rank_main(tp_comm *world, void *arg)
 {
     run *R = arg;
-    lin_run L = {.o = &R->o, .world = world, .dev = tp_comm_device(world),
-                 .rank = tp_comm_rank(world), .T = tp_comm_size(world),
-                 .t = R->o.tokens, .H = R->o.hidden, .F = R->o.ffn};
+    lin_run L = {.o = &R->o,
+                 .world = world,
+                 .dev = tp_comm_device(world),
+                 .rank = tp_comm_rank(world),
+                 .T = tp_comm_size(world),
+                 .t = R->o.tokens,
+                 .H = R->o.hidden,
+                 .F = R->o.ffn};
     tp_status st = run_rank(&L, R);
     lin_free(&L);
     return st;

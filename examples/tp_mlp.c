@@ -79,8 +79,13 @@ static tp_status set_up(mlp_run *M)
     EX_TRY(st);
     for (int64_t i = 0; i < t * H; i++)
         M->x[i] = tp_master_uniform(M->o->seed, 1000, (uint64_t)i, 1.0f);
-    tp_mlp_config mc = {.hidden = H, .ffn = F, .bias = true, .gelu_tanh = M->o->gelu_tanh,
-                        .seed = M->o->seed, .tensor_id = 1, .name = "mlp"};
+    tp_mlp_config mc = {.hidden = H,
+                        .ffn = F,
+                        .bias = true,
+                        .gelu_tanh = M->o->gelu_tanh,
+                        .seed = M->o->seed,
+                        .tensor_id = 1,
+                        .name = "mlp"};
     EX_TRY(tp_mlp_create(M->world, &mc, &M->mlp));
     EX_TRY(tp_tensor_alloc2(M->dev, TP_F32, t, H, &M->xt));
     return tp_tensor_upload(&M->xt, M->x);
@@ -116,9 +121,19 @@ static tp_status naive_pass(mlp_run *M)
 {
     tp_device *dev = M->dev;
     int64_t t = M->t, H = M->H, F = M->F;
-    tp_gemm_args g = {.struct_size = sizeof g, .dtype = TP_F32, .m = t, .n = F, .k = H,
-                      .alpha = 1.0f, .a = M->xt.data, .lda = H, .b = M->w1t.data, .ldb = F,
-                      .c = M->ht.data, .ldc = F, .batch = 1};
+    tp_gemm_args g = {.struct_size = sizeof g,
+                      .dtype = TP_F32,
+                      .m = t,
+                      .n = F,
+                      .k = H,
+                      .alpha = 1.0f,
+                      .a = M->xt.data,
+                      .lda = H,
+                      .b = M->w1t.data,
+                      .ldb = F,
+                      .c = M->ht.data,
+                      .ldc = F,
+                      .batch = 1};
     EX_TRY(tp_dev_gemm(dev, &g));
     EX_TRY(tp_dev_bias_add(dev, TP_F32, t, F, M->ht.data, M->b1t.data));
     EX_TRY(tp_dev_gelu(dev, TP_F32, t * F, M->ht.data, M->ht.data, M->o->gelu_tanh));
@@ -299,8 +314,7 @@ static tp_status save_npy(const mlp_run *M)
     const char *dir = M->o->npy_dir;
     int64_t t = M->t, H = M->H, F = M->F;
     int64_t sx[2] = {t, H}, sw1[2] = {H, F}, sb1[1] = {F}, sw2[2] = {F, H}, sb2[1] = {H};
-    if (ex_write_npy(dir, "x.npy", M->x, 2, sx) ||
-        ex_write_npy(dir, "w1.npy", M->gw1, 2, sw1) ||
+    if (ex_write_npy(dir, "x.npy", M->x, 2, sx) || ex_write_npy(dir, "w1.npy", M->gw1, 2, sw1) ||
         ex_write_npy(dir, "b1.npy", M->gb1, 1, sb1) ||
         ex_write_npy(dir, "w2.npy", M->gw2, 2, sw2) ||
         ex_write_npy(dir, "b2.npy", M->gb2, 1, sb2) || ex_write_npy(dir, "y.npy", M->y, 2, sx))
@@ -331,9 +345,14 @@ static tp_status run_rank(mlp_run *M, run *R)
 static tp_status rank_main(tp_comm *world, void *arg)
 {
     run *R = arg;
-    mlp_run M = {.o = &R->o, .world = world, .dev = tp_comm_device(world),
-                 .rank = tp_comm_rank(world), .T = tp_comm_size(world),
-                 .t = R->o.tokens, .H = R->o.hidden, .F = R->o.ffn};
+    mlp_run M = {.o = &R->o,
+                 .world = world,
+                 .dev = tp_comm_device(world),
+                 .rank = tp_comm_rank(world),
+                 .T = tp_comm_size(world),
+                 .t = R->o.tokens,
+                 .H = R->o.hidden,
+                 .F = R->o.ffn};
     tp_status st = run_rank(&M, R);
     mlp_run_free(&M);
     return st;

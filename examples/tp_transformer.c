@@ -57,9 +57,21 @@ typedef struct run {
 } run;
 
 static const opts DEFAULTS = {
-    .vocab = 251, .hidden = 64, .heads = 4, .kv_heads = 0, .ffn = 256, .layers = 2, .seq = 32,
-    .batch = 8, .steps = 300, .print_every = 0, .lr = 3e-3, .smoothing = 0.0, .wd = 0.01,
-    .seed = 1234, .tol = 1e-3,
+    .vocab = 251,
+    .hidden = 64,
+    .heads = 4,
+    .kv_heads = 0,
+    .ffn = 256,
+    .layers = 2,
+    .seq = 32,
+    .batch = 8,
+    .steps = 300,
+    .print_every = 0,
+    .lr = 3e-3,
+    .smoothing = 0.0,
+    .wd = 0.01,
+    .seed = 1234,
+    .tol = 1e-3,
 };
 
 static void usage(FILE *f)
@@ -100,16 +112,16 @@ static void usage(FILE *f)
             "  --help              this text\n\n"
             "Environment: TP_BACKEND (loopback, mpi, tcp, ...), TP_DEVICE (cpu, cuda), "
             "TP_WORLD_SIZE.\n",
-            d->tol, d->vocab, d->hidden, d->heads, d->kv_heads, d->ffn, d->layers, d->seq,
-            d->batch, d->steps, d->lr, d->wd, d->smoothing, d->seed);
+            d->tol, d->vocab, d->hidden, d->heads, d->kv_heads, d->ffn, d->layers, d->seq, d->batch,
+            d->steps, d->lr, d->wd, d->smoothing, d->seed);
 }
 
 /* A valued option: its name, its range and the one field it sets. */
 typedef struct opt_slot {
     const char *name;
-    int64_t lo, hi; /* integers */
+    int64_t lo, hi;  /* integers */
     double flo, fhi; /* reals */
-    int64_t *i64; /* exactly one of these five is set */
+    int64_t *i64;    /* exactly one of these five is set */
     int *i32;
     uint64_t *u64;
     double *f;
@@ -162,7 +174,10 @@ static int parse(int argc, char **argv, opts *o)
         {"--seed", 0, INT64_MAX, .u64 = &o->seed},
         {"--save-npy", .str = &o->npy_dir},
     };
-    enum { NFLAGS = sizeof flags / sizeof *flags, NSLOTS = sizeof slots / sizeof *slots };
+    enum {
+        NFLAGS = sizeof flags / sizeof *flags,
+        NSLOTS = sizeof slots / sizeof *slots
+    };
     const char *valued[NSLOTS];
     for (int j = 0; j < NSLOTS; j++)
         valued[j] = slots[j].name;
@@ -188,8 +203,10 @@ static int parse(int argc, char **argv, opts *o)
                 return 2;
     }
     if (o->tp && o->compare_tp > o->tp) {
-        fprintf(stderr, "tp_transformer: --compare-tp %d is larger than --tp %d (the comparison "
-                        "runs on the first K ranks)\n", o->compare_tp, o->tp);
+        fprintf(stderr,
+                "tp_transformer: --compare-tp %d is larger than --tp %d (the comparison "
+                "runs on the first K ranks)\n",
+                o->compare_tp, o->tp);
         return 2;
     }
     if (!o->print_every)
@@ -260,9 +277,10 @@ static tp_status save_npy(const opts *o, tp_gpt *m, int rank, const int32_t *ids
         snprintf(path, sizeof path, "%s/config.txt", o->npy_dir);
         FILE *f = fopen(path, "w");
         if (f) {
-            fprintf(f, "vocab %lld\nhidden %lld\nheads %lld\nkv_heads %lld\nffn %lld\nlayers %lld\n"
-                       "seq %lld\nbatch %lld\ntied %d\nnorm %s\neps 1e-05\ngelu erf\nbias 1\n"
-                       "causal 1\nlabel_smoothing %g\nloss mean\n",
+            fprintf(f,
+                    "vocab %lld\nhidden %lld\nheads %lld\nkv_heads %lld\nffn %lld\nlayers %lld\n"
+                    "seq %lld\nbatch %lld\ntied %d\nnorm %s\neps 1e-05\ngelu erf\nbias 1\n"
+                    "causal 1\nlabel_smoothing %g\nloss mean\n",
                     (long long)o->vocab, (long long)o->hidden, (long long)o->heads,
                     (long long)(o->kv_heads ? o->kv_heads : o->heads), (long long)o->ffn,
                     (long long)o->layers, (long long)o->seq, (long long)o->batch, !o->untied,
@@ -275,7 +293,8 @@ static tp_status save_npy(const opts *o, tp_gpt *m, int rank, const int32_t *ids
             st = tp_set_error(TP_ERR_IO, "writing .npy files to %s failed", o->npy_dir);
         else
             printf("wrote ids, targets, logits, loss, config.txt and %d parameters + gradients "
-                   "(<name>.npy, grad.<name>.npy) to %s\n", np, o->npy_dir);
+                   "(<name>.npy, grad.<name>.npy) to %s\n",
+                   np, o->npy_dir);
     }
     return st;
 }
@@ -324,10 +343,18 @@ static tp_status set_up(trainer *tr)
     tr->ids = ex_calloc(N, sizeof(int32_t), "the input ids", &st);
     tr->tgt = ex_calloc(N, sizeof(int32_t), "the targets", &st);
     EX_TRY(st);
-    tp_gpt_config cfg = {.vocab = o->vocab, .hidden = o->hidden, .heads = o->heads,
-                         .kv_heads = o->kv_heads, .ffn = o->ffn, .layers = o->layers,
-                         .seq = o->seq, .tied = !o->untied, .sequence_parallel = o->sp,
-                         .bias = true, .rms = o->rms, .label_smoothing = (float)o->smoothing,
+    tp_gpt_config cfg = {.vocab = o->vocab,
+                         .hidden = o->hidden,
+                         .heads = o->heads,
+                         .kv_heads = o->kv_heads,
+                         .ffn = o->ffn,
+                         .layers = o->layers,
+                         .seq = o->seq,
+                         .tied = !o->untied,
+                         .sequence_parallel = o->sp,
+                         .bias = true,
+                         .rms = o->rms,
+                         .label_smoothing = (float)o->smoothing,
                          .seed = o->seed};
     EX_TRY(tp_gpt_create(tr->g, &cfg, &tr->m));
     tp_gpt_params(tr->m, &tr->ps, &tr->np);
@@ -351,9 +378,9 @@ static void print_run_header(const trainer *tr)
     printf("\n== run %s: T=%d backend=%s device=%s | vocab %lld hidden %lld heads %lld "
            "kv_heads %lld ffn %lld layers %lld seq %lld batch %lld | %s output, %s, %s%s\n",
            tr->which ? "compare" : "main", tp_comm_size(tr->g), ex_backend_name(),
-           tp_device_name(tr->dev), (long long)o->vocab, (long long)o->hidden,
-           (long long)o->heads, (long long)(o->kv_heads ? o->kv_heads : o->heads),
-           (long long)o->ffn, (long long)o->layers, (long long)o->seq, (long long)o->batch,
+           tp_device_name(tr->dev), (long long)o->vocab, (long long)o->hidden, (long long)o->heads,
+           (long long)(o->kv_heads ? o->kv_heads : o->heads), (long long)o->ffn,
+           (long long)o->layers, (long long)o->seq, (long long)o->batch,
            o->untied ? "untied" : "tied", o->sgd ? "SGD" : "AdamW",
            o->rms ? "RMSNorm" : "LayerNorm", o->sp ? ", sequence parallel" : "");
     printf("   parameters: %lld in the full model, %lld on rank 0\n", (long long)total,
@@ -442,8 +469,12 @@ static tp_status train_steps(trainer *tr, run *R)
 /* Train on comm g (which = 0: the --tp run, 1: the --compare-tp run). */
 static tp_status train(run *R, tp_comm *g, int which, int wrank)
 {
-    trainer tr = {.o = &R->o, .g = g, .dev = tp_comm_device(g), .which = which,
-                  .rank = tp_comm_rank(g), .talk = wrank == 0};
+    trainer tr = {.o = &R->o,
+                  .g = g,
+                  .dev = tp_comm_device(g),
+                  .which = which,
+                  .rank = tp_comm_rank(g),
+                  .talk = wrank == 0};
     tp_status st = set_up(&tr);
     if (st == TP_OK)
         st = train_steps(&tr, R);

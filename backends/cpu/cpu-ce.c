@@ -20,8 +20,7 @@ static tp_status check_rows(const char *op, void *dev, tp_dtype dt, int64_t rows
     return TP_OK;
 }
 
-tp_status cpu_row_max(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
-                      float *out)
+tp_status cpu_row_max(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x, float *out)
 {
     const char *op = "row_max";
     tp_status st;
@@ -85,8 +84,10 @@ tp_status cpu_ce_bwd(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const v
         (st = cpu_check_ptr(dlogits, rows * cols, op, "dlogits")))
         return st;
     if (vocab < 1)
-        return cpu_err(TP_ERR_INVALID_ARG, "ce_bwd: vocab = %lld, expected the full vocabulary "
-                       "size >= 1", (long long)vocab);
+        return cpu_err(TP_ERR_INVALID_ARG,
+                       "ce_bwd: vocab = %lld, expected the full vocabulary "
+                       "size >= 1",
+                       (long long)vocab);
     if (!(smoothing >= 0.0f && smoothing <= 1.0f))
         return cpu_err(TP_ERR_INVALID_ARG, "ce_bwd: label smoothing %g outside [0, 1]",
                        (double)smoothing);

@@ -59,8 +59,10 @@ tp_status cpu_alloc(void *dev, size_t bytes, void **ptr)
     /* Size 0 still gets a real, freeable block so pointers stay distinct. */
     rc = posix_memalign(&p, CPU_ALIGN, bytes ? bytes : CPU_ALIGN);
     if (rc != 0 || !p)
-        return cpu_err(TP_ERR_NO_MEMORY, "alloc: %zu bytes (64-byte aligned) failed: %s; "
-                       "reduce the model or batch size", bytes, strerror(rc ? rc : ENOMEM));
+        return cpu_err(TP_ERR_NO_MEMORY,
+                       "alloc: %zu bytes (64-byte aligned) failed: %s; "
+                       "reduce the model or batch size",
+                       bytes, strerror(rc ? rc : ENOMEM));
     *ptr = p;
     return TP_OK;
 }

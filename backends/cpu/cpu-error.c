@@ -6,7 +6,6 @@
  */
 #include <stdint.h>
 
-
 #include "cpu-internal.h"
 
 /* Set by every open() (rank threads open concurrently, all with the same

@@ -5,7 +5,6 @@
 #include <cblas.h>
 #include <stdint.h>
 
-
 #include "cpu-internal.h"
 
 void cpu_blas_threads(int threads)
@@ -30,9 +29,10 @@ tp_status cpu_gemm_check(void *dev, const tp_gemm_args *g)
     /* cblas takes int sizes. */
     if (g->m > INT32_MAX || g->n > INT32_MAX || g->k > INT32_MAX || g->lda > INT32_MAX ||
         g->ldb > INT32_MAX || g->ldc > INT32_MAX)
-        return cpu_err(TP_ERR_INVALID_ARG, "gemm: m, n, k and leading dimensions must be <= "
-                       "%d for BLAS (got m %lld, n %lld, k %lld)", INT32_MAX, (long long)g->m,
-                       (long long)g->n, (long long)g->k);
+        return cpu_err(TP_ERR_INVALID_ARG,
+                       "gemm: m, n, k and leading dimensions must be <= "
+                       "%d for BLAS (got m %lld, n %lld, k %lld)",
+                       INT32_MAX, (long long)g->m, (long long)g->n, (long long)g->k);
     if ((st = tp_util_gemm_check_operands(cpu_err, "gemm", g)) ||
         (st = tp_util_gemm_check_c_disjoint(cpu_err, "gemm", g)))
         return st;
@@ -77,8 +77,10 @@ tp_status cpu_gemm_bias_act(void *dev, const tp_gemm_args *g, const void *bias, 
     if ((st = cpu_gemm_check(dev, g)) || (st = cpu_check_f32(g->dtype, "gemm_bias_act")))
         return st;
     if (g->batch != 1 || g->beta != 0.0f)
-        return cpu_err(TP_ERR_INVALID_ARG, "gemm_bias_act: batch %lld, beta %g; expected batch 1 "
-                       "and beta 0", (long long)g->batch, (double)g->beta);
+        return cpu_err(TP_ERR_INVALID_ARG,
+                       "gemm_bias_act: batch %lld, beta %g; expected batch 1 "
+                       "and beta 0",
+                       (long long)g->batch, (double)g->beta);
     if ((int)act < 0 || act >= TP_ACT_COUNT_)
         return cpu_err(TP_ERR_INVALID_ARG, "gemm_bias_act: act %d is not a tp_act", (int)act);
     if ((st = cpu_gemm(dev, g)))

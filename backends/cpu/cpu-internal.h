@@ -63,11 +63,11 @@ tp_status cpu_memset(void *dev, void *ptr, int value, size_t bytes);
 tp_status cpu_synchronize(void *dev);
 
 /* cpu-gemm.c */
-tp_status cpu_gemm(void *dev, const tp_gemm_args *g);          /* f32 only */
-tp_status cpu_gemm_check(void *dev, const tp_gemm_args *g);    /* all checks but the dtype */
+tp_status cpu_gemm(void *dev, const tp_gemm_args *g);       /* f32 only */
+tp_status cpu_gemm_check(void *dev, const tp_gemm_args *g); /* all checks but the dtype */
 void cpu_blas_threads(int threads);
 tp_status cpu_gemm_bias_act(void *dev, const tp_gemm_args *g, const void *bias, tp_act act,
-                            void *pre);                        /* f32 only */
+                            void *pre); /* f32 only */
 /* c[r, j] = act(c[r, j] + bias[j]) for rows x cols (pitch ldc); pre (same
  * pitch, may be NULL) gets the value before act; bias may be NULL. */
 void cpu_bias_act_rows(int64_t rows, int64_t cols, float *c, int64_t ldc, const float *bias,
@@ -93,7 +93,8 @@ tp_status cpu_embedding(void *dev, tp_dtype dt, int64_t n, int64_t dim, const in
 tp_status cpu_embedding_bwd(void *dev, tp_dtype dt, int64_t n, int64_t dim, const int32_t *ids,
                             int64_t lo, int64_t hi, const void *dout, void *dtable);
 tp_status cpu_adamw(void *dev, int64_t n, float *param, const float *grad, float *m, float *v,
-                    float lr, float beta1, float beta2, float eps, float weight_decay, int64_t step);
+                    float lr, float beta1, float beta2, float eps, float weight_decay,
+                    int64_t step);
 
 /* cpu-lowp.c: the vtable's typed slots; f32 goes straight to the ops above */
 tp_status cpu_lp_gemm(void *dev, const tp_gemm_args *g);
@@ -109,8 +110,8 @@ tp_status cpu_lp_gelu_bwd(void *dev, tp_dtype dt, int64_t n, const void *x, cons
                           void *dx, int tanh_approx);
 tp_status cpu_lp_axpby(void *dev, tp_dtype dt, int64_t n, float alpha, const void *x, float beta,
                        void *y);
-tp_status cpu_lp_softmax(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
-                         void *y, float scale, int causal);
+tp_status cpu_lp_softmax(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x, void *y,
+                         float scale, int causal);
 tp_status cpu_lp_softmax_bwd(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *y,
                              const void *dy, void *dx, float scale);
 tp_status cpu_lp_norm(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
@@ -121,9 +122,8 @@ tp_status cpu_lp_norm_bwd(void *dev, tp_dtype dt, int64_t rows, int64_t cols, co
                           void *dx, void *dgamma, void *dbeta, int rms);
 tp_status cpu_lp_embedding(void *dev, tp_dtype dt, int64_t n, int64_t dim, const int32_t *ids,
                            int64_t lo, int64_t hi, const void *table, void *out);
-tp_status cpu_lp_embedding_bwd(void *dev, tp_dtype dt, int64_t n, int64_t dim,
-                               const int32_t *ids, int64_t lo, int64_t hi, const void *dout,
-                               void *dtable);
+tp_status cpu_lp_embedding_bwd(void *dev, tp_dtype dt, int64_t n, int64_t dim, const int32_t *ids,
+                               int64_t lo, int64_t hi, const void *dout, void *dtable);
 tp_status cpu_lp_row_max(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
                          float *out);
 tp_status cpu_lp_ce_stats(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *logits,
@@ -135,8 +135,8 @@ tp_status cpu_lp_ce_bwd(void *dev, tp_dtype dt, int64_t rows, int64_t cols, cons
 
 /* cpu-norm.c */
 tp_status cpu_norm(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
-                   const void *gamma, const void *beta, void *y, float *mean, float *rstd, float eps,
-                   int rms);
+                   const void *gamma, const void *beta, void *y, float *mean, float *rstd,
+                   float eps, int rms);
 tp_status cpu_norm_bwd(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
                        const void *gamma, const float *mean, const float *rstd, const void *dy,
                        void *dx, void *dgamma, void *dbeta, int rms);

@@ -62,10 +62,10 @@ tp_status cpu_bias_grad(void *dev, tp_dtype dt, int64_t rows, int64_t cols, cons
 }
 
 /* GeLU constants: 1/sqrt(2), 1/sqrt(2*pi), sqrt(2/pi). */
-#define GELU_RSQRT2 0.70710678118654752440f
+#define GELU_RSQRT2   0.70710678118654752440f
 #define GELU_RSQRT2PI 0.39894228040143267794f
 #define GELU_SQRT2_PI 0.79788456080286535588f
-#define GELU_C 0.044715f
+#define GELU_C        0.044715f
 
 /* GeLU of one value: exact x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)), or the
  * tanh approximation 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). */
@@ -112,7 +112,8 @@ tp_status cpu_reduce(void *dev, tp_dtype dt, tp_redop op, int64_t n, const void 
     float *ys = y;
     tp_status st;
 
-    if ((st = cpu_check_dev(dev, "reduce")) || (dt != TP_I32 && (st = cpu_check_f32(dt, "reduce"))) ||
+    if ((st = cpu_check_dev(dev, "reduce")) ||
+        (dt != TP_I32 && (st = cpu_check_f32(dt, "reduce"))) ||
         (st = cpu_check_count(n, "reduce", "n")) || (st = cpu_check_ptr(x, n, "reduce", "x")) ||
         (st = cpu_check_ptr(y, n, "reduce", "y")))
         return st;
@@ -127,21 +128,21 @@ tp_status cpu_reduce(void *dev, tp_dtype dt, tp_redop op, int64_t n, const void 
     }
     /* max/min as the loopback comm computes them: a NaN in y stays, one in x is dropped */
     switch (op) {
-    case TP_SUM:
-        for (int64_t i = 0; i < n; i++)
-            ys[i] += xs[i];
-        return TP_OK;
-    case TP_MAX:
-        for (int64_t i = 0; i < n; i++)
-            ys[i] = xs[i] > ys[i] ? xs[i] : ys[i];
-        return TP_OK;
-    case TP_MIN:
-        for (int64_t i = 0; i < n; i++)
-            ys[i] = xs[i] < ys[i] ? xs[i] : ys[i];
-        return TP_OK;
-    default:
-        return cpu_err(TP_ERR_INVALID_ARG,
-                       "reduce: op %d is not a tp_redop (TP_SUM, TP_MAX or TP_MIN)", (int)op);
+        case TP_SUM:
+            for (int64_t i = 0; i < n; i++)
+                ys[i] += xs[i];
+            return TP_OK;
+        case TP_MAX:
+            for (int64_t i = 0; i < n; i++)
+                ys[i] = xs[i] > ys[i] ? xs[i] : ys[i];
+            return TP_OK;
+        case TP_MIN:
+            for (int64_t i = 0; i < n; i++)
+                ys[i] = xs[i] < ys[i] ? xs[i] : ys[i];
+            return TP_OK;
+        default:
+            return cpu_err(TP_ERR_INVALID_ARG,
+                           "reduce: op %d is not a tp_redop (TP_SUM, TP_MAX or TP_MIN)", (int)op);
     }
 }
 
@@ -170,7 +171,8 @@ tp_status cpu_gelu_bwd(void *dev, tp_dtype dt, int64_t n, const void *x, const v
         /* d/dx x Phi(x) = Phi(x) + x phi(x) */
         for (int64_t i = 0; i < n; i++) {
             float v = xs[i];
-            float d = 0.5f * (1.0f + erff(v * GELU_RSQRT2)) + v * GELU_RSQRT2PI * expf(-0.5f * v * v);
+            float d =
+                0.5f * (1.0f + erff(v * GELU_RSQRT2)) + v * GELU_RSQRT2PI * expf(-0.5f * v * v);
             dxs[i] = dys[i] * d;
         }
     }
@@ -332,8 +334,10 @@ tp_status cpu_adamw(void *dev, int64_t n, float *param, const float *grad, float
         (st = cpu_check_ptr(m, n, op, "m")) || (st = cpu_check_ptr(v, n, op, "v")))
         return st;
     if (step < 1)
-        return cpu_err(TP_ERR_INVALID_ARG, "adamw: step = %lld, expected >= 1 (the count of "
-                       "updates including this one, as in PyTorch)", (long long)step);
+        return cpu_err(TP_ERR_INVALID_ARG,
+                       "adamw: step = %lld, expected >= 1 (the count of "
+                       "updates including this one, as in PyTorch)",
+                       (long long)step);
     if (!(beta1 >= 0.0f && beta1 < 1.0f) || !(beta2 >= 0.0f && beta2 < 1.0f))
         return cpu_err(TP_ERR_INVALID_ARG, "adamw: betas (%g, %g) must lie in [0, 1)",
                        (double)beta1, (double)beta2);

@@ -16,7 +16,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-
 #include "cpu-internal.h"
 
 static int convertible(tp_dtype dt)
@@ -112,8 +111,10 @@ static float *inout(lp_call *c, void *p, int64_t n)
 /* Out of memory while converting? Then the op must not run. */
 static tp_status failed(lp_call *c)
 {
-    return c->nomem ? cpu_err(TP_ERR_NO_MEMORY, "%s: out of memory for the f32 scratch of a %s "
-                              "operand", c->op, tp_util_dtype_name(c->dt))
+    return c->nomem ? cpu_err(TP_ERR_NO_MEMORY,
+                              "%s: out of memory for the f32 scratch of a %s "
+                              "operand",
+                              c->op, tp_util_dtype_name(c->dt))
                     : TP_OK;
 }
 
@@ -129,7 +130,7 @@ static tp_status finish(lp_call *c, tp_status st)
 }
 
 #define LP_BEGIN(OPNAME) lp_call c_ = {dt, OPNAME, 0, 0, {{0}}}
-#define LP_RUN(CALL) return finish(&c_, c_.nomem ? failed(&c_) : (CALL))
+#define LP_RUN(CALL)     return finish(&c_, c_.nomem ? failed(&c_) : (CALL))
 
 /* ----------------------------------------------------------------- gemm */
 
@@ -258,8 +259,8 @@ tp_status cpu_lp_axpby(void *dev, tp_dtype dt, int64_t n, float alpha, const voi
     LP_RUN(cpu_axpby(dev, TP_F32, n, alpha, fx, beta, fy));
 }
 
-tp_status cpu_lp_softmax(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
-                         void *y, float scale, int causal)
+tp_status cpu_lp_softmax(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x, void *y,
+                         float scale, int causal)
 {
     if (!convertible(dt))
         return cpu_softmax(dev, dt, rows, cols, x, y, scale, causal);
@@ -299,8 +300,7 @@ tp_status cpu_lp_norm_bwd(void *dev, tp_dtype dt, int64_t rows, int64_t cols, co
                           void *dx, void *dgamma, void *dbeta, int rms)
 {
     if (!convertible(dt))
-        return cpu_norm_bwd(dev, dt, rows, cols, x, gamma, mean, rstd, dy, dx, dgamma, dbeta,
-                            rms);
+        return cpu_norm_bwd(dev, dt, rows, cols, x, gamma, mean, rstd, dy, dx, dgamma, dbeta, rms);
     LP_BEGIN(rms ? "norm_bwd (rms)" : "norm_bwd");
     int64_t n = elems(rows, cols), nc = rows > 0 ? cols : 0;
     const float *fx = in(&c_, x, n), *fg = in(&c_, gamma, nc), *fdy = in(&c_, dy, n);
@@ -320,9 +320,8 @@ tp_status cpu_lp_embedding(void *dev, tp_dtype dt, int64_t n, int64_t dim, const
     LP_RUN(cpu_embedding(dev, TP_F32, n, dim, ids, lo, hi, ft, fo));
 }
 
-tp_status cpu_lp_embedding_bwd(void *dev, tp_dtype dt, int64_t n, int64_t dim,
-                               const int32_t *ids, int64_t lo, int64_t hi, const void *dout,
-                               void *dtable)
+tp_status cpu_lp_embedding_bwd(void *dev, tp_dtype dt, int64_t n, int64_t dim, const int32_t *ids,
+                               int64_t lo, int64_t hi, const void *dout, void *dtable)
 {
     if (!convertible(dt))
         return cpu_embedding_bwd(dev, dt, n, dim, ids, lo, hi, dout, dtable);
@@ -354,8 +353,7 @@ tp_status cpu_lp_ce_stats(void *dev, tp_dtype dt, int64_t rows, int64_t cols, co
 
 tp_status cpu_lp_ce_bwd(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *logits,
                         const int32_t *targets, int64_t lo, int64_t vocab, const float *rowmax,
-                        const float *sumexp, const float *row_scale, float smoothing,
-                        void *dlogits)
+                        const float *sumexp, const float *row_scale, float smoothing, void *dlogits)
 {
     if (!convertible(dt))
         return cpu_ce_bwd(dev, dt, rows, cols, logits, targets, lo, vocab, rowmax, sumexp,

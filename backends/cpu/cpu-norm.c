@@ -25,14 +25,16 @@ static tp_status check_norm(const char *op, void *dev, tp_dtype dt, int64_t rows
         (st = cpu_check_dims(op, rows, cols, "rows", "cols")))
         return st;
     if (rows > 0 && cols == 0)
-        return cpu_err(TP_ERR_INVALID_ARG, "%s: cols = 0 with %lld rows: cannot normalize an "
-                       "empty row", op, (long long)rows);
+        return cpu_err(TP_ERR_INVALID_ARG,
+                       "%s: cols = 0 with %lld rows: cannot normalize an "
+                       "empty row",
+                       op, (long long)rows);
     return TP_OK;
 }
 
 tp_status cpu_norm(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
-                   const void *gamma, const void *beta, void *y, float *mean, float *rstd, float eps,
-                   int rms)
+                   const void *gamma, const void *beta, void *y, float *mean, float *rstd,
+                   float eps, int rms)
 {
     const char *op = rms ? "norm (rms)" : "norm";
     const float *g = gamma, *b = beta;

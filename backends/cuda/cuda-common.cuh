@@ -17,20 +17,47 @@
 
 /* Element i of a tensor as f32, and storing f32 (rounded to nearest even). */
 #define DEVFN __device__ __forceinline__
-DEVFN float ldf(const float *p, int64_t i) { return p[i]; }
-DEVFN float ldf(const __nv_bfloat16 *p, int64_t i) { return __bfloat162float(p[i]); }
-DEVFN float ldf(const __half *p, int64_t i) { return __half2float(p[i]); }
-DEVFN void stf(float *p, int64_t i, float v) { p[i] = v; }
-DEVFN void stf(__nv_bfloat16 *p, int64_t i, float v) { p[i] = __float2bfloat16(v); }
-DEVFN void stf(__half *p, int64_t i, float v) { p[i] = __float2half(v); }
+DEVFN float ldf(const float *p, int64_t i)
+{
+    return p[i];
+}
+DEVFN float ldf(const __nv_bfloat16 *p, int64_t i)
+{
+    return __bfloat162float(p[i]);
+}
+DEVFN float ldf(const __half *p, int64_t i)
+{
+    return __half2float(p[i]);
+}
+DEVFN void stf(float *p, int64_t i, float v)
+{
+    p[i] = v;
+}
+DEVFN void stf(__nv_bfloat16 *p, int64_t i, float v)
+{
+    p[i] = __float2bfloat16(v);
+}
+DEVFN void stf(__half *p, int64_t i, float v)
+{
+    p[i] = __float2half(v);
+}
 
 /* Run STMT with T the storage type of dtype DT (f32, bf16, f16). */
-#define TP_DISPATCH(DT, STMT)                                                                 \
-    switch (DT) {                                                                             \
-    case TP_F32: { typedef float T; STMT; } break;                                            \
-    case TP_BF16: { typedef __nv_bfloat16 T; STMT; } break;                                   \
-    case TP_F16: { typedef __half T; STMT; } break;                                           \
-    default: break;                                                                           \
+#define TP_DISPATCH(DT, STMT)                                                                      \
+    switch (DT) {                                                                                  \
+        case TP_F32: {                                                                             \
+            typedef float T;                                                                       \
+            STMT;                                                                                  \
+        } break;                                                                                   \
+        case TP_BF16: {                                                                            \
+            typedef __nv_bfloat16 T;                                                               \
+            STMT;                                                                                  \
+        } break;                                                                                   \
+        case TP_F16: {                                                                             \
+            typedef __half T;                                                                      \
+            STMT;                                                                                  \
+        } break;                                                                                   \
+        default: break;                                                                            \
     }
 
 /* Blocks for a grid-stride loop over n elements. */

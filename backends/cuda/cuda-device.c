@@ -19,7 +19,8 @@ int cuda_probe(char *reason, size_t len)
     if (e == cudaSuccess && n > 0)
         return 1;
     if (e == cudaErrorInsufficientDriver)
-        snprintf(reason, len, "driver too old (cudaErrorInsufficientDriver): the NVIDIA driver "
+        snprintf(reason, len,
+                 "driver too old (cudaErrorInsufficientDriver): the NVIDIA driver "
                  "is missing or older than CUDA runtime %d.%d this plugin was built with",
                  CUDART_VERSION / 1000, CUDART_VERSION % 1000 / 10);
     else if (e == cudaErrorNoDevice || (e == cudaSuccess && n == 0))
@@ -78,8 +79,10 @@ static void enable_peers(cuda_dev *d, int count)
         if ((e = cudaDeviceCanAccessPeer(&can, d->device, j)) != cudaSuccess) {
             cudaGetLastError();
             if (d->host->debug)
-                d->host->debug("device", "cuda device: rank %d: cudaDeviceCanAccessPeer(%d, %d): "
-                               "%s", d->rank, d->device, j, cudaGetErrorName(e));
+                d->host->debug("device",
+                               "cuda device: rank %d: cudaDeviceCanAccessPeer(%d, %d): "
+                               "%s",
+                               d->rank, d->device, j, cudaGetErrorName(e));
             continue;
         }
         if (!can)
@@ -92,16 +95,17 @@ static void enable_peers(cuda_dev *d, int count)
         if (e != cudaSuccess) {
             cudaGetLastError();
             if (d->host->debug)
-                d->host->debug("device", "cuda device: rank %d: peer access GPU %d -> %d not "
-                               "enabled: %s", d->rank, d->device, j, cudaGetErrorName(e));
+                d->host->debug("device",
+                               "cuda device: rank %d: peer access GPU %d -> %d not "
+                               "enabled: %s",
+                               d->rank, d->device, j, cudaGetErrorName(e));
             continue;
         }
         d->peer[j] = 1;
     }
 }
 
-tp_status cuda_open(const tp_host *host, const tp_device_args *args, void **dev,
-                    tp_rank_env *env)
+tp_status cuda_open(const tp_host *host, const tp_device_args *args, void **dev, tp_rank_env *env)
 {
     cuda_dev *d;
     cudaError_t e;
@@ -130,8 +134,10 @@ tp_status cuda_open(const tp_host *host, const tp_device_args *args, void **dev,
     if (d->device >= count) {
         int want = d->device;
         free(d);
-        return cuda_err(TP_ERR_INVALID_ARG, "open: TP_CUDA_DEVICE=%d but only %d GPU(s) are "
-                        "visible", want, count);
+        return cuda_err(TP_ERR_INVALID_ARG,
+                        "open: TP_CUDA_DEVICE=%d but only %d GPU(s) are "
+                        "visible",
+                        want, count);
     }
     /* The ordinal is per thread: every op runs on this rank's thread. */
     if ((e = cudaSetDevice(d->device)) != cudaSuccess) {
@@ -171,8 +177,10 @@ tp_status cuda_open(const tp_host *host, const tp_device_args *args, void **dev,
         cudaGetLastError();
         d->lt_ws = NULL;
         if (host->debug)
-            host->debug("device", "cuda device: rank %d: no %u-byte cuBLASLt workspace (%s); "
-                        "fused GEMMs run without one", d->rank, LT_WORKSPACE, cudaGetErrorName(e));
+            host->debug("device",
+                        "cuda device: rank %d: no %u-byte cuBLASLt workspace (%s); "
+                        "fused GEMMs run without one",
+                        d->rank, LT_WORKSPACE, cudaGetErrorName(e));
     }
     enable_peers(d, count);
     if (host->debug)
@@ -218,9 +226,11 @@ tp_status cuda_alloc(void *dev, size_t bytes, void **ptr)
     if (e != cudaSuccess || !p) {
         cudaGetLastError(); /* clear the sticky-free error state */
         if (e == cudaErrorMemoryAllocation || e == cudaSuccess)
-            return cuda_err(TP_ERR_NO_MEMORY, "alloc: cudaMalloc of %zu bytes on GPU %d failed: "
+            return cuda_err(TP_ERR_NO_MEMORY,
+                            "alloc: cudaMalloc of %zu bytes on GPU %d failed: "
                             "out of GPU memory; reduce the model or batch size, or use more "
-                            "ranks", bytes, ((cuda_dev *)dev)->device);
+                            "ranks",
+                            bytes, ((cuda_dev *)dev)->device);
         return cuda_rt_err(e, "alloc", "cudaMalloc");
     }
     *ptr = p;
@@ -253,9 +263,11 @@ tp_status cuda_host_alloc(void *dev, size_t bytes, void **ptr)
     if (e != cudaSuccess || !p) {
         cudaGetLastError();
         if (e == cudaErrorMemoryAllocation || e == cudaSuccess)
-            return cuda_err(TP_ERR_NO_MEMORY, "host_alloc: cudaHostAlloc of %zu bytes of "
+            return cuda_err(TP_ERR_NO_MEMORY,
+                            "host_alloc: cudaHostAlloc of %zu bytes of "
                             "page-locked host memory failed: out of memory (or the locked-memory "
-                            "limit, ulimit -l, is too low)", bytes);
+                            "limit, ulimit -l, is too low)",
+                            bytes);
         return cuda_rt_err(e, "host_alloc", "cudaHostAlloc");
     }
     *ptr = p;
@@ -393,8 +405,7 @@ tp_status cuda_event_record(void *dev, void *event)
     return TP_OK;
 }
 
-tp_status cuda_event_elapsed(void *dev, const void *start, const void *stop,
-                             double *seconds)
+tp_status cuda_event_elapsed(void *dev, const void *start, const void *stop, double *seconds)
 {
     float ms = 0;
     cudaError_t e = cudaEventSynchronize((cudaEvent_t)(uintptr_t)stop);

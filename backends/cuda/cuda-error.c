@@ -16,8 +16,10 @@ TP_UTIL_DEFINE_ERROR(cuda_err, __atomic_load_n(&cuda_host, __ATOMIC_ACQUIRE), "c
 tp_status cuda_rt_err(cudaError_t e, const char *op, const char *what)
 {
     if (e == cudaErrorMemoryAllocation)
-        return cuda_err(TP_ERR_NO_MEMORY, "%s: %s: out of GPU memory (%s); reduce the model or "
-                        "batch size, or use more ranks", op, what, cudaGetErrorString(e));
+        return cuda_err(TP_ERR_NO_MEMORY,
+                        "%s: %s: out of GPU memory (%s); reduce the model or "
+                        "batch size, or use more ranks",
+                        op, what, cudaGetErrorString(e));
     return cuda_err(TP_ERR_DEVICE, "%s: %s failed: %s (%s)", op, what, cudaGetErrorName(e),
                     cudaGetErrorString(e));
 }
@@ -39,8 +41,10 @@ tp_status cuda_check_float_dt(tp_dtype dt, const char *op)
         return TP_OK;
     if ((unsigned)dt >= TP_DTYPE_COUNT_)
         return cuda_err(TP_ERR_INVALID_ARG, "%s: dtype %d is not a tp_dtype", op, (int)dt);
-    return cuda_err(TP_ERR_NOT_SUPPORTED, "%s: dtype %s is not supported (expected f32, bf16 "
-                    "or f16)", op, tp_util_dtype_name(dt));
+    return cuda_err(TP_ERR_NOT_SUPPORTED,
+                    "%s: dtype %s is not supported (expected f32, bf16 "
+                    "or f16)",
+                    op, tp_util_dtype_name(dt));
 }
 
 tp_status cuda_check_count(int64_t v, const char *op, const char *what)

@@ -24,7 +24,6 @@
 #include <stdint.h>
 #include <string.h>
 
-
 #include "cuda-internal.h"
 
 /* The cuBLAS storage and compute types of dtype `dt` (f32, bf16 or f16;
@@ -47,9 +46,11 @@ static tp_status check_int_sizes(const tp_gemm_args *g)
 {
     if (g->m > INT32_MAX || g->n > INT32_MAX || g->k > INT32_MAX || g->lda > INT32_MAX ||
         g->ldb > INT32_MAX || g->ldc > INT32_MAX || g->batch > INT32_MAX)
-        return cuda_err(TP_ERR_INVALID_ARG, "gemm: m, n, k, batch and leading dimensions must "
-                        "be <= %d for cuBLAS (got m %lld, n %lld, k %lld, batch %lld)", INT32_MAX,
-                        (long long)g->m, (long long)g->n, (long long)g->k, (long long)g->batch);
+        return cuda_err(TP_ERR_INVALID_ARG,
+                        "gemm: m, n, k, batch and leading dimensions must "
+                        "be <= %d for cuBLAS (got m %lld, n %lld, k %lld, batch %lld)",
+                        INT32_MAX, (long long)g->m, (long long)g->n, (long long)g->k,
+                        (long long)g->batch);
     return TP_OK;
 }
 
@@ -89,14 +90,15 @@ tp_status cuda_gemm(void *dev, const tp_gemm_args *g)
 
     bs = cublasGemmStridedBatchedEx(
         d->blas, g->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, g->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
-        (int)g->n, (int)g->m, (int)g->k, &g->alpha, g->b, type, (int)g->ldb,
-        (long long)g->stride_b, g->a, type, (int)g->lda, (long long)g->stride_a, &g->beta, g->c,
-        type, (int)g->ldc, (long long)g->stride_c, (int)g->batch, compute, CUBLAS_GEMM_DEFAULT);
+        (int)g->n, (int)g->m, (int)g->k, &g->alpha, g->b, type, (int)g->ldb, (long long)g->stride_b,
+        g->a, type, (int)g->lda, (long long)g->stride_a, &g->beta, g->c, type, (int)g->ldc,
+        (long long)g->stride_c, (int)g->batch, compute, CUBLAS_GEMM_DEFAULT);
     if (bs != CUBLAS_STATUS_SUCCESS)
-        return cuda_err(TP_ERR_DEVICE, "gemm: cublasGemmStridedBatchedEx (%s, m %lld n %lld "
-                        "k %lld batch %lld) failed: %s", tp_util_dtype_name(g->dtype),
-                        (long long)g->m, (long long)g->n, (long long)g->k, (long long)g->batch,
-                        cublasGetStatusString(bs));
+        return cuda_err(TP_ERR_DEVICE,
+                        "gemm: cublasGemmStridedBatchedEx (%s, m %lld n %lld "
+                        "k %lld batch %lld) failed: %s",
+                        tp_util_dtype_name(g->dtype), (long long)g->m, (long long)g->n,
+                        (long long)g->k, (long long)g->batch, cublasGetStatusString(bs));
     return TP_OK;
 }
 
@@ -124,16 +126,17 @@ static uint32_t address_alignment(const void *p)
 static tp_status lt_err(cublasStatus_t bs, const tp_gemm_args *g, const char *what)
 {
     int running = strcmp(what, "cublasLtMatmul") == 0;
-    int refusal = bs != CUBLAS_STATUS_ALLOC_FAILED &&
-                  (!running || bs == CUBLAS_STATUS_INVALID_VALUE ||
-                   bs == CUBLAS_STATUS_NOT_SUPPORTED);
+    int refusal =
+        bs != CUBLAS_STATUS_ALLOC_FAILED &&
+        (!running || bs == CUBLAS_STATUS_INVALID_VALUE || bs == CUBLAS_STATUS_NOT_SUPPORTED);
     return cuda_err(bs == CUBLAS_STATUS_ALLOC_FAILED ? TP_ERR_NO_MEMORY
                     : refusal                        ? TP_ERR_NOT_SUPPORTED
                                                      : TP_ERR_DEVICE,
                     "gemm_bias_act: %s (%s, m %lld n %lld k %lld, ta %d tb %d, lda %lld ldb %lld "
-                    "ldc %lld) failed: %s", what, tp_util_dtype_name(g->dtype), (long long)g->m,
-                    (long long)g->n, (long long)g->k, g->trans_a, g->trans_b, (long long)g->lda,
-                    (long long)g->ldb, (long long)g->ldc, cublasGetStatusString(bs));
+                    "ldc %lld) failed: %s",
+                    what, tp_util_dtype_name(g->dtype), (long long)g->m, (long long)g->n,
+                    (long long)g->k, g->trans_a, g->trans_b, (long long)g->lda, (long long)g->ldb,
+                    (long long)g->ldc, cublasGetStatusString(bs));
 }
 
 /* gemm_bias_act's argument errors, in order; sets the cuBLAS types. */
@@ -147,8 +150,10 @@ static tp_status bias_act_check(cuda_dev *d, const tp_gemm_args *g, tp_act act,
         (st = gemm_types(d, op, g->dtype, type, compute, es)))
         return st;
     if ((unsigned)act >= TP_ACT_COUNT_)
-        return cuda_err(TP_ERR_INVALID_ARG, "%s: act %d is not a tp_act (TP_ACT_NONE, "
-                        "TP_ACT_GELU or TP_ACT_GELU_TANH)", op, (int)act);
+        return cuda_err(TP_ERR_INVALID_ARG,
+                        "%s: act %d is not a tp_act (TP_ACT_NONE, "
+                        "TP_ACT_GELU or TP_ACT_GELU_TANH)",
+                        op, (int)act);
     if ((st = tp_util_gemm_check_mnk(cuda_err, op, g)) ||
         (st = tp_util_gemm_check_operands(cuda_err, op, g)))
         return st;
@@ -162,23 +167,33 @@ static tp_status bias_act_fusable(const tp_gemm_args *g, tp_act act, const void 
     const char *op = "gemm_bias_act";
 
     if (pre && pre == g->c)
-        return cuda_err(TP_ERR_INVALID_ARG, "%s: pre and c are the same buffer; pass NULL for "
-                        "pre when the pre-activation is not needed", op);
+        return cuda_err(TP_ERR_INVALID_ARG,
+                        "%s: pre and c are the same buffer; pass NULL for "
+                        "pre when the pre-activation is not needed",
+                        op);
     if (g->batch != 1 || g->beta != 0.0f)
-        return cuda_err(TP_ERR_NOT_SUPPORTED, "%s: batch %lld, beta %g: only batch 1 and beta 0 "
-                        "are fused", op, (long long)g->batch, (double)g->beta);
+        return cuda_err(TP_ERR_NOT_SUPPORTED,
+                        "%s: batch %lld, beta %g: only batch 1 and beta 0 "
+                        "are fused",
+                        op, (long long)g->batch, (double)g->beta);
     if (act == TP_ACT_GELU)
-        return cuda_err(TP_ERR_NOT_SUPPORTED, "%s: the exact (erf) GeLU is not fused: cuBLASLt's "
-                        "GELU epilogue is the tanh approximation", op);
+        return cuda_err(TP_ERR_NOT_SUPPORTED,
+                        "%s: the exact (erf) GeLU is not fused: cuBLASLt's "
+                        "GELU epilogue is the tanh approximation",
+                        op);
     if (act == TP_ACT_GELU_TANH && g->dtype == TP_F32)
-        return cuda_err(TP_ERR_NOT_SUPPORTED, "%s: GeLU is fused for bf16/f16 only: cuBLASLt's "
-                        "epilogue is not f32-accurate", op);
+        return cuda_err(TP_ERR_NOT_SUPPORTED,
+                        "%s: GeLU is fused for bf16/f16 only: cuBLASLt's "
+                        "epilogue is not f32-accurate",
+                        op);
     if (g->k == 0)
         return cuda_err(TP_ERR_NOT_SUPPORTED, "%s: k = 0 is not fused", op);
     /* GELU_AUX writes pre with ld = ldc, which cuBLASLt wants divisible by 8. */
     if (pre && act == TP_ACT_GELU_TANH && g->ldc % 8 != 0)
-        return cuda_err(TP_ERR_NOT_SUPPORTED, "%s: pre-activation output needs ldc divisible by "
-                        "8 for cuBLASLt, got ldc %lld", op, (long long)g->ldc);
+        return cuda_err(TP_ERR_NOT_SUPPORTED,
+                        "%s: pre-activation output needs ldc divisible by "
+                        "8 for cuBLASLt, got ldc %lld",
+                        op, (long long)g->ldc);
     return TP_OK;
 }
 
@@ -238,11 +253,10 @@ static tp_status lt_make_desc(lt_call *c, const tp_gemm_args *g, cublasComputeTy
         return lt_err(bs, g, "setting the bias pointer");
     if (pre && act == TP_ACT_GELU_TANH) {
         int64_t ld = g->ldc;
-        if ((bs = cublasLtMatmulDescSetAttribute(c->desc,
-                                                 CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &pre,
-                                                 sizeof pre)) ||
-            (bs = cublasLtMatmulDescSetAttribute(c->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
-                                                 &ld, sizeof ld)))
+        if ((bs = cublasLtMatmulDescSetAttribute(c->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                                                 &pre, sizeof pre)) ||
+            (bs = cublasLtMatmulDescSetAttribute(c->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld,
+                                                 sizeof ld)))
             return lt_err(bs, g, "setting the pre-activation (aux) output");
     }
     return TP_OK;
@@ -272,8 +286,8 @@ static tp_status lt_make_layouts(lt_call *c, const tp_gemm_args *g, cudaDataType
 
     if ((st = lt_make_layout(&c->la, g, type, bc, br, g->ldb, "cublasLtMatrixLayoutCreate (b)")) ||
         (st = lt_make_layout(&c->lb, g, type, ac, ar, g->lda, "cublasLtMatrixLayoutCreate (a)")) ||
-        (st = lt_make_layout(&c->lc, g, type, g->n, g->m, g->ldc,
-                             "cublasLtMatrixLayoutCreate (c)")))
+        (st =
+             lt_make_layout(&c->lc, g, type, g->n, g->m, g->ldc, "cublasLtMatrixLayoutCreate (c)")))
         return st;
     return TP_OK;
 }
@@ -352,8 +366,8 @@ static tp_status lt_run(cuda_dev *d, const lt_call *c, const tp_gemm_args *g,
         return lt_err(bs, g, "cublasLtMatmul");
     if (pre && act == TP_ACT_NONE) {
         size_t pitch = (size_t)g->ldc * es;
-        cudaError_t e = cudaMemcpy2DAsync(pre, pitch, g->c, pitch, (size_t)g->n * es,
-                                          (size_t)g->m, cudaMemcpyDeviceToDevice, d->stream);
+        cudaError_t e = cudaMemcpy2DAsync(pre, pitch, g->c, pitch, (size_t)g->n * es, (size_t)g->m,
+                                          cudaMemcpyDeviceToDevice, d->stream);
         if (e != cudaSuccess)
             return cuda_rt_err(e, "gemm_bias_act", "cudaMemcpy2DAsync of the pre-activation");
     }

@@ -53,11 +53,11 @@ typedef struct cuda_lt_entry {
 
 typedef struct cuda_dev {
     const tp_host *host;
-    int rank;          /* world rank, for messages */
-    int device;        /* CUDA ordinal */
+    int rank;   /* world rank, for messages */
+    int device; /* CUDA ordinal */
     cudaStream_t stream;
     cublasHandle_t blas;
-    int tf32;          /* TP_CUDA_TF32=1: f32 GEMMs may use TF32 tensor cores */
+    int tf32;            /* TP_CUDA_TF32=1: f32 GEMMs may use TF32 tensor cores */
     cublasLtHandle_t lt; /* for gemm_bias_act */
     void *lt_ws;         /* cuBLASLt workspace, used only on `stream` (NULL: none) */
     size_t lt_ws_size;
@@ -97,8 +97,7 @@ tp_status cuda_launched(const char *op);
 
 /* cuda-device.c: probe, lifetime, memory, copies, events */
 int cuda_probe(char *reason, size_t len);
-tp_status cuda_open(const tp_host *host, const tp_device_args *args, void **dev,
-                    tp_rank_env *env);
+tp_status cuda_open(const tp_host *host, const tp_device_args *args, void **dev, tp_rank_env *env);
 void cuda_close(void *dev);
 tp_status cuda_alloc(void *dev, size_t bytes, void **ptr);
 void cuda_free(void *dev, void *ptr);
@@ -112,8 +111,7 @@ tp_status cuda_memset(void *dev, void *ptr, int value, size_t bytes);
 tp_status cuda_synchronize(void *dev);
 tp_status cuda_event_create(void *dev, void **event);
 tp_status cuda_event_record(void *dev, void *event);
-tp_status cuda_event_elapsed(void *dev, const void *start, const void *stop,
-                             double *seconds);
+tp_status cuda_event_elapsed(void *dev, const void *start, const void *stop, double *seconds);
 void cuda_event_destroy(void *dev, void *event);
 
 /* cuda-gemm.c */
@@ -129,8 +127,8 @@ tp_status cuda_bias_add(void *dev, tp_dtype dt, int64_t rows, int64_t cols, void
 tp_status cuda_bias_grad(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *dy,
                          void *db);
 tp_status cuda_gelu(void *dev, tp_dtype dt, int64_t n, const void *x, void *y, int tanh_approx);
-tp_status cuda_gelu_bwd(void *dev, tp_dtype dt, int64_t n, const void *x, const void *dy,
-                        void *dx, int tanh_approx);
+tp_status cuda_gelu_bwd(void *dev, tp_dtype dt, int64_t n, const void *x, const void *dy, void *dx,
+                        int tanh_approx);
 tp_status cuda_axpby(void *dev, tp_dtype dt, int64_t n, float alpha, const void *x, float beta,
                      void *y);
 tp_status cuda_embedding(void *dev, tp_dtype dt, int64_t n, int64_t dim, const int32_t *ids,
@@ -159,8 +157,7 @@ tp_status cuda_ce_stats(void *dev, tp_dtype dt, int64_t rows, int64_t cols, cons
                         const int32_t *targets, int64_t lo, const float *rowmax, float *out3);
 tp_status cuda_ce_bwd(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *logits,
                       const int32_t *targets, int64_t lo, int64_t vocab, const float *rowmax,
-                      const float *sumexp, const float *row_scale, float smoothing,
-                      void *dlogits);
+                      const float *sumexp, const float *row_scale, float smoothing, void *dlogits);
 
 #ifdef __cplusplus
 }

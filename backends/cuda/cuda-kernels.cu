@@ -7,8 +7,8 @@
  */
 #include "cuda-common.cuh"
 
-#define FOR_EACH(i, n)                                                                         \
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n);                  \
+#define FOR_EACH(i, n)                                                                             \
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n);                      \
          i += (int64_t)gridDim.x * blockDim.x)
 
 /* ---------------------------------------------------------- gemm, k = 0 */
@@ -17,7 +17,8 @@ template <typename T>
 __global__ void k_gemm_scale(T *c, int64_t m, int64_t n, float beta, int64_t ldc, int64_t stride,
                              int64_t batch)
 {
-    FOR_EACH(i, m * n * batch) {
+    FOR_EACH(i, m * n * batch)
+    {
         int64_t b = i / (m * n), r = i / n % m, col = i % n;
         int64_t at = b * stride + r * ldc + col;
         stf(c, at, beta == 0.0f ? 0.0f : beta * ldf(c, at));
@@ -28,7 +29,7 @@ extern "C" tp_status cuda_gemm_scale(cuda_dev *d, tp_dtype dt, int64_t m, int64_
                                      void *c, int64_t ldc, int64_t stride_c, int64_t batch)
 {
     TP_DISPATCH(dt, (k_gemm_scale<T><<<grid_for(m * n * batch), THREADS, 0, d->stream>>>(
-                         (T *)c, m, n, beta, ldc, stride_c, batch)));
+                        (T *)c, m, n, beta, ldc, stride_c, batch)));
     return cuda_launched("gemm (k = 0)");
 }
 
@@ -37,7 +38,7 @@ extern "C" tp_status cuda_gemm_scale(cuda_dev *d, tp_dtype dt, int64_t m, int64_
 template <typename T> __global__ void k_bias_add(T *y, const T *bias, int64_t rows, int64_t cols)
 {
     FOR_EACH(i, rows * cols)
-        stf(y, i, ldf(y, i) + ldf(bias, i % cols));
+    stf(y, i, ldf(y, i) + ldf(bias, i % cols));
 }
 
 extern "C" tp_status cuda_bias_add(void *dev, tp_dtype dt, int64_t rows, int64_t cols, void *y,
@@ -55,14 +56,15 @@ extern "C" tp_status cuda_bias_add(void *dev, tp_dtype dt, int64_t rows, int64_t
     if (rows * cols == 0)
         return TP_OK;
     TP_DISPATCH(dt, (k_bias_add<T><<<grid_for(rows * cols), THREADS, 0, d->stream>>>(
-                         (T *)y, (const T *)bias, rows, cols)));
+                        (T *)y, (const T *)bias, rows, cols)));
     return cuda_launched(op);
 }
 
 /* db[c] += sum over r ascending of dy[r, c]: one thread per column. */
 template <typename T> __global__ void k_bias_grad(const T *dy, T *db, int64_t rows, int64_t cols)
 {
-    FOR_EACH(c, cols) {
+    FOR_EACH(c, cols)
+    {
         float acc = 0.0f;
         for (int64_t r = 0; r < rows; r++)
             acc += ldf(dy, r * cols + c);
@@ -85,23 +87,24 @@ extern "C" tp_status cuda_bias_grad(void *dev, tp_dtype dt, int64_t rows, int64_
     if (cols == 0)
         return TP_OK;
     TP_DISPATCH(dt, (k_bias_grad<T><<<grid_for(cols), THREADS, 0, d->stream>>>(
-                         (const T *)dy, (T *)db, rows, cols)));
+                        (const T *)dy, (T *)db, rows, cols)));
     return cuda_launched(op);
 }
 
 /* ----------------------------------------------------------------- GeLU */
 
-#define GELU_RSQRT2 0.70710678118654752440f
+#define GELU_RSQRT2   0.70710678118654752440f
 #define GELU_RSQRT2PI 0.39894228040143267794f
 #define GELU_SQRT2_PI 0.79788456080286535588f
-#define GELU_C 0.044715f
+#define GELU_C        0.044715f
 
 template <typename T> __global__ void k_gelu(const T *x, T *y, int64_t n, int tanh_approx)
 {
-    FOR_EACH(i, n) {
+    FOR_EACH(i, n)
+    {
         float v = ldf(x, i);
-        float f = tanh_approx ? tanhf(GELU_SQRT2_PI * (v + GELU_C * v * v * v))
-                              : erff(v * GELU_RSQRT2);
+        float f =
+            tanh_approx ? tanhf(GELU_SQRT2_PI * (v + GELU_C * v * v * v)) : erff(v * GELU_RSQRT2);
         stf(y, i, 0.5f * v * (1.0f + f));
     }
 }
@@ -109,7 +112,8 @@ template <typename T> __global__ void k_gelu(const T *x, T *y, int64_t n, int ta
 template <typename T>
 __global__ void k_gelu_bwd(const T *x, const T *dy, T *dx, int64_t n, int tanh_approx)
 {
-    FOR_EACH(i, n) {
+    FOR_EACH(i, n)
+    {
         float v = ldf(x, i), g;
         if (tanh_approx) {
             float t = tanhf(GELU_SQRT2_PI * (v + GELU_C * v * v * v));
@@ -140,8 +144,8 @@ extern "C" tp_status cuda_gelu(void *dev, tp_dtype dt, int64_t n, const void *x,
     return cuda_launched(op);
 }
 
-extern "C" tp_status cuda_gelu_bwd(void *dev, tp_dtype dt, int64_t n, const void *x,
-                                   const void *dy, void *dx, int tanh_approx)
+extern "C" tp_status cuda_gelu_bwd(void *dev, tp_dtype dt, int64_t n, const void *x, const void *dy,
+                                   void *dx, int tanh_approx)
 {
     const char *op = "gelu_bwd";
     cuda_dev *d = (cuda_dev *)dev;
@@ -154,17 +158,16 @@ extern "C" tp_status cuda_gelu_bwd(void *dev, tp_dtype dt, int64_t n, const void
     if (n == 0)
         return TP_OK;
     TP_DISPATCH(dt, (k_gelu_bwd<T><<<grid_for(n), THREADS, 0, d->stream>>>(
-                         (const T *)x, (const T *)dy, (T *)dx, n, tanh_approx)));
+                        (const T *)x, (const T *)dy, (T *)dx, n, tanh_approx)));
     return cuda_launched(op);
 }
 
 /* ---------------------------------------------------------------- axpby */
 
-template <typename T>
-__global__ void k_axpby(int64_t n, float alpha, const T *x, float beta, T *y)
+template <typename T> __global__ void k_axpby(int64_t n, float alpha, const T *x, float beta, T *y)
 {
     FOR_EACH(i, n)
-        stf(y, i, beta == 0.0f ? alpha * ldf(x, i) : alpha * ldf(x, i) + beta * ldf(y, i));
+    stf(y, i, beta == 0.0f ? alpha * ldf(x, i) : alpha * ldf(x, i) + beta * ldf(y, i));
 }
 
 extern "C" tp_status cuda_axpby(void *dev, tp_dtype dt, int64_t n, float alpha, const void *x,
@@ -191,7 +194,8 @@ template <typename T>
 __global__ void k_embedding(int64_t n, int64_t dim, const int32_t *ids, int64_t lo, int64_t hi,
                             const T *table, T *out)
 {
-    FOR_EACH(i, n * dim) {
+    FOR_EACH(i, n * dim)
+    {
         int64_t id = ids[i / dim], c = i % dim;
         stf(out, i, id >= lo && id < hi ? ldf(table, (id - lo) * dim + c) : 0.0f);
     }
@@ -201,8 +205,8 @@ __global__ void k_embedding(int64_t n, int64_t dim, const int32_t *ids, int64_t 
  * table row ids[i] - lo when that row belongs to part p: every table element
  * has one writer and a fixed order, so no atomics are needed. */
 template <typename T>
-__global__ void k_embedding_bwd(int64_t n, int64_t dim, const int32_t *ids, int64_t lo,
-                                int64_t hi, const T *dout, T *dtable)
+__global__ void k_embedding_bwd(int64_t n, int64_t dim, const int32_t *ids, int64_t lo, int64_t hi,
+                                const T *dout, T *dtable)
 {
     int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     int64_t parts = gridDim.y, p = blockIdx.y;
@@ -242,7 +246,7 @@ extern "C" tp_status cuda_embedding(void *dev, tp_dtype dt, int64_t n, int64_t d
     if (n * dim == 0)
         return TP_OK;
     TP_DISPATCH(dt, (k_embedding<T><<<grid_for(n * dim), THREADS, 0, d->stream>>>(
-                         n, dim, ids, lo, hi, (const T *)table, (T *)out)));
+                        n, dim, ids, lo, hi, (const T *)table, (T *)out)));
     return cuda_launched(op);
 }
 
@@ -266,7 +270,7 @@ extern "C" tp_status cuda_embedding_bwd(void *dev, tp_dtype dt, int64_t n, int64
         return cuda_err(TP_ERR_INVALID_ARG, "%s: dim %lld is too large", op, (long long)dim);
     parts = (unsigned)(rows < 64 ? rows : 64);
     TP_DISPATCH(dt, (k_embedding_bwd<T><<<dim3((unsigned)blocks, parts), THREADS, 0, d->stream>>>(
-                         n, dim, ids, lo, hi, (const T *)dout, (T *)dtable)));
+                        n, dim, ids, lo, hi, (const T *)dout, (T *)dtable)));
     return cuda_launched(op);
 }
 
@@ -276,7 +280,8 @@ __global__ void k_adamw(int64_t n, float *param, const float *grad, float *m, fl
                         float beta1, float beta2, float eps, float weight_decay, float step_size,
                         float rbc2)
 {
-    FOR_EACH(i, n) {
+    FOR_EACH(i, n)
+    {
         float g = grad[i];
         float p = param[i] * (1.0f - lr * weight_decay);
         float mi = beta1 * m[i] + (1.0f - beta1) * g;
@@ -302,8 +307,10 @@ extern "C" tp_status cuda_adamw(void *dev, int64_t n, float *param, const float 
         (st = cuda_check_ptr(v, n, op, "v")))
         return st;
     if (step < 1)
-        return cuda_err(TP_ERR_INVALID_ARG, "adamw: step = %lld, expected >= 1 (the count of "
-                        "updates including this one, as in PyTorch)", (long long)step);
+        return cuda_err(TP_ERR_INVALID_ARG,
+                        "adamw: step = %lld, expected >= 1 (the count of "
+                        "updates including this one, as in PyTorch)",
+                        (long long)step);
     if (!(beta1 >= 0.0f && beta1 < 1.0f) || !(beta2 >= 0.0f && beta2 < 1.0f))
         return cuda_err(TP_ERR_INVALID_ARG, "adamw: betas (%g, %g) must lie in [0, 1)",
                         (double)beta1, (double)beta2);
@@ -324,7 +331,8 @@ extern "C" tp_status cuda_adamw(void *dev, int64_t n, float *param, const float 
  * dropped. */
 template <typename T, int OP> __global__ void k_reduce(const T *x, T *y, int64_t n)
 {
-    FOR_EACH(i, n) {
+    FOR_EACH(i, n)
+    {
         float a = ldf(y, i), b = ldf(x, i);
         stf(y, i, OP == TP_SUM ? a + b : OP == TP_MAX ? (b > a ? b : a) : (b < a ? b : a));
     }
@@ -333,10 +341,12 @@ template <typename T, int OP> __global__ void k_reduce(const T *x, T *y, int64_t
 /* i32: exact; the sum wraps (two's complement), as NCCL's and MPI's do. */
 template <int OP> __global__ void k_reduce_i32(const int32_t *x, int32_t *y, int64_t n)
 {
-    FOR_EACH(i, n) {
+    FOR_EACH(i, n)
+    {
         int32_t a = y[i], b = x[i];
-        y[i] = OP == TP_SUM ? (int32_t)((uint32_t)a + (uint32_t)b)
-               : OP == TP_MAX ? (b > a ? b : a) : (b < a ? b : a);
+        y[i] = OP == TP_SUM   ? (int32_t)((uint32_t)a + (uint32_t)b)
+               : OP == TP_MAX ? (b > a ? b : a)
+                              : (b < a ? b : a);
     }
 }
 
@@ -349,25 +359,29 @@ static tp_status reachable(const cuda_dev *d, const void *p, const char *what)
 
     if (e != cudaSuccess) {
         cudaGetLastError();
-        return cuda_err(TP_ERR_INVALID_ARG, "reduce: %s = %p is not a CUDA pointer "
-                        "(cudaPointerGetAttributes: %s)", what, p, cudaGetErrorName(e));
+        return cuda_err(TP_ERR_INVALID_ARG,
+                        "reduce: %s = %p is not a CUDA pointer "
+                        "(cudaPointerGetAttributes: %s)",
+                        what, p, cudaGetErrorName(e));
     }
     switch (a.type) {
-    case cudaMemoryTypeDevice:
-        if (a.device == d->device ||
-            (a.device >= 0 && a.device < CUDA_MAX_GPUS && d->peer[a.device]))
-            return TP_OK;
-        return cuda_err(TP_ERR_NOT_SUPPORTED, "reduce: %s is memory of GPU %d, which rank %d's "
-                        "GPU %d cannot access (no peer access between them); stage such buffers "
-                        "through host memory or use a comm that moves data itself (nccl)", what,
-                        a.device, d->rank, d->device);
-    case cudaMemoryTypeHost:    /* page-locked, mapped into the device's address space */
-    case cudaMemoryTypeManaged:
-        return TP_OK;
-    default:
-        return cuda_err(TP_ERR_INVALID_ARG, "reduce: %s = %p is ordinary (pageable) host "
-                        "memory; reduce takes device memory (or cudaHostAlloc'ed memory)", what,
-                        p);
+        case cudaMemoryTypeDevice:
+            if (a.device == d->device ||
+                (a.device >= 0 && a.device < CUDA_MAX_GPUS && d->peer[a.device]))
+                return TP_OK;
+            return cuda_err(
+                TP_ERR_NOT_SUPPORTED,
+                "reduce: %s is memory of GPU %d, which rank %d's "
+                "GPU %d cannot access (no peer access between them); stage such buffers "
+                "through host memory or use a comm that moves data itself (nccl)",
+                what, a.device, d->rank, d->device);
+        case cudaMemoryTypeHost: /* page-locked, mapped into the device's address space */
+        case cudaMemoryTypeManaged: return TP_OK;
+        default:
+            return cuda_err(TP_ERR_INVALID_ARG,
+                            "reduce: %s = %p is ordinary (pageable) host "
+                            "memory; reduce takes device memory (or cudaHostAlloc'ed memory)",
+                            what, p);
     }
 }
 
@@ -384,8 +398,10 @@ extern "C" tp_status cuda_reduce(void *dev, tp_dtype dt, tp_redop op, int64_t n,
         (st = cuda_check_ptr(y, n, name, "y")))
         return st;
     if ((unsigned)op >= TP_REDOP_COUNT_)
-        return cuda_err(TP_ERR_INVALID_ARG, "reduce: op %d is not a tp_redop (TP_SUM, TP_MAX or "
-                        "TP_MIN)", (int)op);
+        return cuda_err(TP_ERR_INVALID_ARG,
+                        "reduce: op %d is not a tp_redop (TP_SUM, TP_MAX or "
+                        "TP_MIN)",
+                        (int)op);
     if (n == 0)
         return TP_OK;
     if ((st = reachable(d, x, "x")) || (st = reachable(d, y, "y")))
@@ -402,18 +418,18 @@ extern "C" tp_status cuda_reduce(void *dev, tp_dtype dt, tp_redop op, int64_t n,
         return cuda_launched(name);
     }
     switch (op) {
-    case TP_SUM:
-        TP_DISPATCH(dt, (k_reduce<T, TP_SUM><<<grid_for(n), THREADS, 0, d->stream>>>(
-                             (const T *)x, (T *)y, n)));
-        break;
-    case TP_MAX:
-        TP_DISPATCH(dt, (k_reduce<T, TP_MAX><<<grid_for(n), THREADS, 0, d->stream>>>(
-                             (const T *)x, (T *)y, n)));
-        break;
-    default:
-        TP_DISPATCH(dt, (k_reduce<T, TP_MIN><<<grid_for(n), THREADS, 0, d->stream>>>(
-                             (const T *)x, (T *)y, n)));
-        break;
+        case TP_SUM:
+            TP_DISPATCH(dt, (k_reduce<T, TP_SUM>
+                             <<<grid_for(n), THREADS, 0, d->stream>>>((const T *)x, (T *)y, n)));
+            break;
+        case TP_MAX:
+            TP_DISPATCH(dt, (k_reduce<T, TP_MAX>
+                             <<<grid_for(n), THREADS, 0, d->stream>>>((const T *)x, (T *)y, n)));
+            break;
+        default:
+            TP_DISPATCH(dt, (k_reduce<T, TP_MIN>
+                             <<<grid_for(n), THREADS, 0, d->stream>>>((const T *)x, (T *)y, n)));
+            break;
     }
     return cuda_launched(name);
 }

@@ -46,5 +46,7 @@ static const tp_device_ops cuda_ops = {
     .event_destroy = cuda_event_destroy,
 };
 
-TP_PLUGIN_DEFINE("cuda", "0.1.0", "CUDA device memory, cuBLAS/cuBLASLt GEMMs and CUDA "
-                 "kernels (f32, bf16, f16)", NULL, &cuda_ops, cuda_probe)
+TP_PLUGIN_DEFINE("cuda", "0.1.0",
+                 "CUDA device memory, cuBLAS/cuBLASLt GEMMs and CUDA "
+                 "kernels (f32, bf16, f16)",
+                 NULL, &cuda_ops, cuda_probe)

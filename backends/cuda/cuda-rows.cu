@@ -44,8 +44,8 @@ __global__ void k_softmax(const T *x, T *y, int64_t cols, float scale, int causa
         stf(yr, c, c < keep ? expf(scale * ldf(xr, c) - mx) * inv : 0.0f);
 }
 
-extern "C" tp_status cuda_softmax(void *dev, tp_dtype dt, int64_t rows, int64_t cols,
-                                  const void *x, void *y, float scale, int causal)
+extern "C" tp_status cuda_softmax(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
+                                  void *y, float scale, int causal)
 {
     const char *op = "softmax";
     cuda_dev *d = (cuda_dev *)dev;
@@ -57,8 +57,8 @@ extern "C" tp_status cuda_softmax(void *dev, tp_dtype dt, int64_t rows, int64_t 
         return st;
     if (rows == 0 || cols == 0)
         return TP_OK;
-    TP_DISPATCH(dt, (k_softmax<T><<<(unsigned)rows, THREADS, 0, d->stream>>>(
-                         (const T *)x, (T *)y, cols, scale, causal)));
+    TP_DISPATCH(dt, (k_softmax<T><<<(unsigned)rows, THREADS, 0, d->stream>>>((const T *)x, (T *)y,
+                                                                             cols, scale, causal)));
     return cuda_launched(op);
 }
 
@@ -91,7 +91,7 @@ extern "C" tp_status cuda_softmax_bwd(void *dev, tp_dtype dt, int64_t rows, int6
     if (rows == 0 || cols == 0)
         return TP_OK;
     TP_DISPATCH(dt, (k_softmax_bwd<T><<<(unsigned)rows, THREADS, 0, d->stream>>>(
-                         (const T *)y, (const T *)dy, (T *)dx, cols, scale)));
+                        (const T *)y, (const T *)dy, (T *)dx, cols, scale)));
     return cuda_launched(op);
 }
 
@@ -145,16 +145,18 @@ extern "C" tp_status cuda_norm(void *dev, tp_dtype dt, int64_t rows, int64_t col
         (st = cuda_check_ptr(y, rows * cols, op, "y")))
         return st;
     if (rows > 0 && cols == 0)
-        return cuda_err(TP_ERR_INVALID_ARG, "%s: cols = 0 with %lld rows: cannot normalize an "
-                        "empty row", op, (long long)rows);
+        return cuda_err(TP_ERR_INVALID_ARG,
+                        "%s: cols = 0 with %lld rows: cannot normalize an "
+                        "empty row",
+                        op, (long long)rows);
     if (!(eps >= 0.0f))
         return cuda_err(TP_ERR_INVALID_ARG, "%s: eps = %g, expected >= 0 (typically 1e-5)", op,
                         (double)eps);
     if (rows == 0)
         return TP_OK;
     TP_DISPATCH(dt, (k_norm<T><<<(unsigned)rows, THREADS, 0, d->stream>>>(
-                         (const T *)x, (const T *)gamma, (const T *)beta, (T *)y, mean, rstd, cols,
-                         eps, rms)));
+                        (const T *)x, (const T *)gamma, (const T *)beta, (T *)y, mean, rstd, cols,
+                        eps, rms)));
     return cuda_launched(op);
 }
 
@@ -219,18 +221,20 @@ extern "C" tp_status cuda_norm_bwd(void *dev, tp_dtype dt, int64_t rows, int64_t
         (st = cuda_check_ptr(dx, rows * cols, op, "dx")))
         return st;
     if (rows > 0 && cols == 0)
-        return cuda_err(TP_ERR_INVALID_ARG, "%s: cols = 0 with %lld rows: cannot normalize an "
-                        "empty row", op, (long long)rows);
+        return cuda_err(TP_ERR_INVALID_ARG,
+                        "%s: cols = 0 with %lld rows: cannot normalize an "
+                        "empty row",
+                        op, (long long)rows);
     if (rows == 0)
         return TP_OK;
     /* Parameter gradients first: they read dy, which dx may overwrite. */
     if (dgamma || dbeta)
         TP_DISPATCH(dt, (k_norm_bwd_cols<T><<<grid_for(cols), THREADS, 0, d->stream>>>(
-                             (const T *)x, mean, rstd, (const T *)dy, (T *)dgamma, (T *)dbeta,
-                             rows, cols, rms)));
-    TP_DISPATCH(dt, (k_norm_bwd_rows<T><<<(unsigned)rows, THREADS, 0, d->stream>>>(
-                         (const T *)x, (const T *)gamma, mean, rstd, (const T *)dy, (T *)dx, cols,
-                         rms)));
+                            (const T *)x, mean, rstd, (const T *)dy, (T *)dgamma, (T *)dbeta, rows,
+                            cols, rms)));
+    TP_DISPATCH(
+        dt, (k_norm_bwd_rows<T><<<(unsigned)rows, THREADS, 0, d->stream>>>(
+                (const T *)x, (const T *)gamma, mean, rstd, (const T *)dy, (T *)dx, cols, rms)));
     return cuda_launched(op);
 }
 
@@ -249,8 +253,8 @@ template <typename T> __global__ void k_row_max(const T *x, float *out, int64_t 
         out[blockIdx.x] = mx;
 }
 
-extern "C" tp_status cuda_row_max(void *dev, tp_dtype dt, int64_t rows, int64_t cols,
-                                  const void *x, float *out)
+extern "C" tp_status cuda_row_max(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
+                                  float *out)
 {
     const char *op = "row_max";
     cuda_dev *d = (cuda_dev *)dev;
@@ -262,8 +266,8 @@ extern "C" tp_status cuda_row_max(void *dev, tp_dtype dt, int64_t rows, int64_t 
         return st;
     if (rows == 0)
         return TP_OK;
-    TP_DISPATCH(dt, (k_row_max<T><<<(unsigned)rows, THREADS, 0, d->stream>>>((const T *)x, out,
-                                                                              cols)));
+    TP_DISPATCH(dt,
+                (k_row_max<T><<<(unsigned)rows, THREADS, 0, d->stream>>>((const T *)x, out, cols)));
     return cuda_launched(op);
 }
 
@@ -307,7 +311,7 @@ extern "C" tp_status cuda_ce_stats(void *dev, tp_dtype dt, int64_t rows, int64_t
     if (rows == 0)
         return TP_OK;
     TP_DISPATCH(dt, (k_ce_stats<T><<<(unsigned)rows, THREADS, 0, d->stream>>>(
-                         (const T *)logits, targets, lo, rowmax, out3, cols)));
+                        (const T *)logits, targets, lo, rowmax, out3, cols)));
     return cuda_launched(op);
 }
 
@@ -348,15 +352,17 @@ extern "C" tp_status cuda_ce_bwd(void *dev, tp_dtype dt, int64_t rows, int64_t c
         (st = cuda_check_ptr(dlogits, rows * cols, op, "dlogits")))
         return st;
     if (vocab < 1)
-        return cuda_err(TP_ERR_INVALID_ARG, "ce_bwd: vocab = %lld, expected the full vocabulary "
-                        "size >= 1", (long long)vocab);
+        return cuda_err(TP_ERR_INVALID_ARG,
+                        "ce_bwd: vocab = %lld, expected the full vocabulary "
+                        "size >= 1",
+                        (long long)vocab);
     if (!(smoothing >= 0.0f && smoothing <= 1.0f))
         return cuda_err(TP_ERR_INVALID_ARG, "ce_bwd: label smoothing %g outside [0, 1]",
                         (double)smoothing);
     if (rows * cols == 0)
         return TP_OK;
     TP_DISPATCH(dt, (k_ce_bwd<T><<<grid_for(rows * cols), THREADS, 0, d->stream>>>(
-                         (const T *)logits, targets, lo, smoothing / (float)vocab, rowmax, sumexp,
-                         row_scale, smoothing, (T *)dlogits, rows, cols)));
+                        (const T *)logits, targets, lo, smoothing / (float)vocab, rowmax, sumexp,
+                        row_scale, smoothing, (T *)dlogits, rows, cols)));
     return cuda_launched(op);
 }

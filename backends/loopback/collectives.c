@@ -51,7 +51,8 @@ static tp_status lb_check_type(char *msg, size_t len, int dt, int op, bool reduc
 {
     if (!tp_util_dtype_size(dt))
         return lb_bad(msg, len, TP_ERR_INVALID_ARG,
-                      "dtype %d is not a tp_dtype (expected TP_F32, TP_F16, TP_BF16 or TP_I32)", dt);
+                      "dtype %d is not a tp_dtype (expected TP_F32, TP_F16, TP_BF16 or TP_I32)",
+                      dt);
     if (reduces && (op < 0 || op >= TP_REDOP_COUNT_))
         return lb_bad(msg, len, TP_ERR_INVALID_ARG,
                       "reduction op %d is not a tp_redop (expected TP_SUM, TP_MAX or TP_MIN)", op);
@@ -96,8 +97,8 @@ tp_status lb_all_reduce(void *comm, const void *send, void *recv, size_t count, 
         bad = LB_BAD("count %zu overflows the address space", count);
     if (!bad && c->dops)
         bad = lb_dev_sync(c, msg, sizeof msg);
-    lb_args a = {.send = send, .recv = recv, .count = count, .dt = (int)dt, .op = (int)op,
-                 .root = -1};
+    lb_args a = {
+        .send = send, .recv = recv, .count = count, .dt = (int)dt, .op = (int)op, .root = -1};
     int n = g->size;
     if (!bad && n > 1 && !c->dops && count * es <= g->eng->small_bytes) {
         /* One barrier: stage the input (the caller may reuse `send` as soon
@@ -142,8 +143,7 @@ tp_status lb_all_reduce(void *comm, const void *send, void *recv, size_t count, 
     return c->dops ? lb_dev_end(c, LB_ALL_REDUCE, w) : lb_end(c, LB_ALL_REDUCE);
 }
 
-tp_status lb_all_gather(void *comm, const void *send, void *recv, const size_t *counts,
-                        tp_dtype dt)
+tp_status lb_all_gather(void *comm, const void *send, void *recv, const size_t *counts, tp_dtype dt)
 {
     lb_comm *c = comm;
     lb_group *g = c->g;
@@ -161,8 +161,14 @@ tp_status lb_all_gather(void *comm, const void *send, void *recv, const size_t *
         bad = LB_BAD("send buffer is NULL but counts[%d] = %zu", c->rank, counts[c->rank]);
     if (!bad && c->dops)
         bad = lb_dev_sync(c, msg, sizeof msg);
-    lb_args a = {.send = send, .recv = recv, .count = total, .counts = counts,
-                 .counts_hash = hash, .dt = (int)dt, .op = -1, .root = -1};
+    lb_args a = {.send = send,
+                 .recv = recv,
+                 .count = total,
+                 .counts = counts,
+                 .counts_hash = hash,
+                 .dt = (int)dt,
+                 .op = -1,
+                 .root = -1};
     tp_status st = lb_begin(c, LB_ALL_GATHER, &a, bad, msg);
     if (st != TP_OK)
         return st;
@@ -206,8 +212,14 @@ tp_status lb_reduce_scatter(void *comm, const void *send, void *recv, const size
         bad = LB_BAD("recv buffer is NULL but counts[%d] = %zu", c->rank, counts[c->rank]);
     if (!bad && c->dops)
         bad = lb_dev_sync(c, msg, sizeof msg);
-    lb_args a = {.send = send, .recv = recv, .count = total, .counts = counts,
-                 .counts_hash = hash, .dt = (int)dt, .op = (int)op, .root = -1};
+    lb_args a = {.send = send,
+                 .recv = recv,
+                 .count = total,
+                 .counts = counts,
+                 .counts_hash = hash,
+                 .dt = (int)dt,
+                 .op = (int)op,
+                 .root = -1};
     tp_status st = lb_begin(c, LB_REDUCE_SCATTER, &a, bad, msg);
     if (st != TP_OK)
         return st;

@@ -25,7 +25,8 @@
  * own message for this rank's thread; peers get this one. */
 static tp_status lb_dev_failed(lb_comm *c, tp_status st, const char *op)
 {
-    return lb_poison(c->g, st, "rank %d: the device's %s failed (%d) inside a collective on "
+    return lb_poison(c->g, st,
+                     "rank %d: the device's %s failed (%d) inside a collective on "
                      "device memory; see rank %d's error for the device's message",
                      c->rank, op, (int)st, c->rank);
 }

@@ -25,7 +25,7 @@
 #include <tp/tp-plugin.h>
 
 #define LB_MAX_RANKS 64
-#define LB_LINE 64 /* cache line: work is split on these boundaries */
+#define LB_LINE      64 /* cache line: work is split on these boundaries */
 /* all_reduce of at most this many bytes takes one barrier: each rank copies
  * its input into its slot's staging area, and after the entry barrier every
  * rank reduces all staged inputs into its own recv (no exit barrier). */
@@ -114,11 +114,11 @@ typedef struct lb_group {
     lb_engine *eng;
     int size;
     bool is_world;
-    int joined;               /* world groups: handles handed out (under eng->lock) */
-    atomic_int refs;          /* sub-groups: members that have not freed it */
-    struct lb_group *next;    /* world groups: list in the engine */
-    lb_comm *world_comms;     /* world groups: one handle per rank */
-    _Alignas(LB_LINE) atomic_uint arrived;      /* ranks at the current barrier */
+    int joined;                            /* world groups: handles handed out (under eng->lock) */
+    atomic_int refs;                       /* sub-groups: members that have not freed it */
+    struct lb_group *next;                 /* world groups: list in the engine */
+    lb_comm *world_comms;                  /* world groups: one handle per rank */
+    _Alignas(LB_LINE) atomic_uint arrived; /* ranks at the current barrier */
     _Alignas(LB_LINE) atomic_uint_fast64_t gen; /* last completed barrier epoch */
     atomic_uint wake;                           /* futex word: bumped to wake sleepers */
     atomic_uint sleepers;                       /* waiters blocked (or about to block) */

@@ -92,7 +92,8 @@ static tp_status lb_init(const tp_host *host, const tp_engine_args *args, void *
                     "loopback: %d rank(s) on %d CPU(s), %s, spin limit %u, one-barrier "
                     "all_reduce up to %zu bytes, streaming stores above %zu bytes, timeout "
                     "%.1f s",
-                    n, ncpu, eng->bind ? "rank i pinned to CPU i mod CPUs" : "rank threads not pinned",
+                    n, ncpu,
+                    eng->bind ? "rank i pinned to CPU i mod CPUs" : "rank threads not pinned",
                     eng->spin_limit, eng->small_bytes, eng->stream_bytes, eng->timeout_s);
     return TP_OK;
 }
@@ -131,5 +132,5 @@ static const tp_comm_ops lb_ops = {
 };
 
 TP_PLUGIN_DEFINE("loopback", "0.1.0",
-                 "ranks are threads of one process; collectives through shared memory",
-                 &lb_ops, NULL, NULL)
+                 "ranks are threads of one process; collectives through shared memory", &lb_ops,
+                 NULL, NULL)

@@ -32,18 +32,18 @@
 static void lb_f32_combine(int op, float *restrict t, const float *restrict s, size_t m)
 {
     switch (op) {
-    case TP_SUM:
-        for (size_t i = 0; i < m; i++)
-            t[i] += s[i];
-        break;
-    case TP_MAX:
-        for (size_t i = 0; i < m; i++)
-            t[i] = s[i] > t[i] ? s[i] : t[i];
-        break;
-    default:
-        for (size_t i = 0; i < m; i++)
-            t[i] = s[i] < t[i] ? s[i] : t[i];
-        break;
+        case TP_SUM:
+            for (size_t i = 0; i < m; i++)
+                t[i] += s[i];
+            break;
+        case TP_MAX:
+            for (size_t i = 0; i < m; i++)
+                t[i] = s[i] > t[i] ? s[i] : t[i];
+            break;
+        default:
+            for (size_t i = 0; i < m; i++)
+                t[i] = s[i] < t[i] ? s[i] : t[i];
+            break;
     }
 }
 
@@ -51,36 +51,36 @@ static void lb_f32_combine2(int op, float *restrict t, const float *restrict a,
                             const float *restrict b, size_t m)
 {
     switch (op) {
-    case TP_SUM:
-        for (size_t i = 0; i < m; i++)
-            t[i] = a[i] + b[i];
-        break;
-    case TP_MAX:
-        for (size_t i = 0; i < m; i++)
-            t[i] = b[i] > a[i] ? b[i] : a[i];
-        break;
-    default:
-        for (size_t i = 0; i < m; i++)
-            t[i] = b[i] < a[i] ? b[i] : a[i];
-        break;
+        case TP_SUM:
+            for (size_t i = 0; i < m; i++)
+                t[i] = a[i] + b[i];
+            break;
+        case TP_MAX:
+            for (size_t i = 0; i < m; i++)
+                t[i] = b[i] > a[i] ? b[i] : a[i];
+            break;
+        default:
+            for (size_t i = 0; i < m; i++)
+                t[i] = b[i] < a[i] ? b[i] : a[i];
+            break;
     }
 }
 
 static void lb_i32_combine(int op, int32_t *restrict t, const int32_t *restrict s, size_t m)
 {
     switch (op) {
-    case TP_SUM:
-        for (size_t i = 0; i < m; i++)
-            t[i] = (int32_t)((uint32_t)t[i] + (uint32_t)s[i]);
-        break;
-    case TP_MAX:
-        for (size_t i = 0; i < m; i++)
-            t[i] = s[i] > t[i] ? s[i] : t[i];
-        break;
-    default:
-        for (size_t i = 0; i < m; i++)
-            t[i] = s[i] < t[i] ? s[i] : t[i];
-        break;
+        case TP_SUM:
+            for (size_t i = 0; i < m; i++)
+                t[i] = (int32_t)((uint32_t)t[i] + (uint32_t)s[i]);
+            break;
+        case TP_MAX:
+            for (size_t i = 0; i < m; i++)
+                t[i] = s[i] > t[i] ? s[i] : t[i];
+            break;
+        default:
+            for (size_t i = 0; i < m; i++)
+                t[i] = s[i] < t[i] ? s[i] : t[i];
+            break;
     }
 }
 

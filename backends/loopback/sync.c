@@ -123,8 +123,8 @@ static tp_status lb_report_failed(lb_comm *c, lb_kind kind, const char *how)
     lb_group *g = c->g;
     tp_status st = (tp_status)atomic_load_explicit(&g->failed, memory_order_acquire);
     return g->eng->host->set_error(st, "loopback: %s #%llu on rank %d of %d %s: %s",
-                                   lb_kind_name(kind), (unsigned long long)c->seq, c->rank,
-                                   g->size, how, g->msg);
+                                   lb_kind_name(kind), (unsigned long long)c->seq, c->rank, g->size,
+                                   how, g->msg);
 }
 
 /* Append "rank R (<where it is>)" for every rank that has not reached
@@ -243,11 +243,11 @@ tp_status lb_barrier_wait(lb_comm *c, lb_kind kind)
 static uint64_t lb_arg_of(const lb_args *a, int which)
 {
     switch (which) {
-    case 0: return a->count;
-    case 1: return (uint64_t)(int64_t)a->dt;
-    case 2: return (uint64_t)(int64_t)a->op;
-    case 3: return (uint64_t)(int64_t)a->root;
-    default: return a->counts_hash;
+        case 0: return a->count;
+        case 1: return (uint64_t)(int64_t)a->dt;
+        case 2: return (uint64_t)(int64_t)a->op;
+        case 3: return (uint64_t)(int64_t)a->root;
+        default: return a->counts_hash;
     }
 }
 
@@ -255,17 +255,17 @@ static uint64_t lb_arg_of(const lb_args *a, int which)
 static unsigned lb_agreed_fields(lb_kind kind)
 {
     switch (kind) {
-    case LB_ALL_REDUCE: return 1u | 2u | 4u;
-    case LB_ALL_GATHER: return 2u | 16u;
-    case LB_REDUCE_SCATTER: return 2u | 4u | 16u;
-    case LB_BROADCAST: return 1u | 2u | 8u;
-    default: return 0;
+        case LB_ALL_REDUCE: return 1u | 2u | 4u;
+        case LB_ALL_GATHER: return 2u | 16u;
+        case LB_REDUCE_SCATTER: return 2u | 4u | 16u;
+        case LB_BROADCAST: return 1u | 2u | 8u;
+        default: return 0;
     }
 }
 
 /* A readable account of how ranks 0 and r differ in field `which`. */
-static void lb_describe_difference(const lb_args *a0, const lb_args *ar, int r, int size,
-                                   int which, char *out, size_t len)
+static void lb_describe_difference(const lb_args *a0, const lb_args *ar, int r, int size, int which,
+                                   char *out, size_t len)
 {
     static const char *const names[] = {"count", "dtype", "op", "root"};
     if (which < 4) {
@@ -275,8 +275,8 @@ static void lb_describe_difference(const lb_args *a0, const lb_args *ar, int r, 
     }
     for (int i = 0; i < size; i++) {
         if (a0->counts[i] != ar->counts[i]) {
-            snprintf(out, len, "rank 0 passed counts[%d] = %zu, rank %d passed counts[%d] = %zu",
-                     i, a0->counts[i], r, i, ar->counts[i]);
+            snprintf(out, len, "rank 0 passed counts[%d] = %zu, rank %d passed counts[%d] = %zu", i,
+                     a0->counts[i], r, i, ar->counts[i]);
             return;
         }
     }

@@ -79,7 +79,8 @@ tp_status mpi_world(void *engine, int local_index, const tp_rank_env *env, void 
     if (local_index != 0)
         return mpi_host->set_error(TP_ERR_INVALID_ARG,
                                    "mpi world: local rank %d requested, but the mpi engine runs "
-                                   "exactly one rank per process (local index 0)", local_index);
+                                   "exactly one rank per process (local index 0)",
+                                   local_index);
     /* Device memory goes to MPI directly only when Open MPI is CUDA-aware;
      * otherwise refuse it (before any MPI call), and the core stages it
      * through the device's pinned host memory. */
@@ -203,7 +204,8 @@ tp_status mpi_all_reduce(void *comm, const void *send, void *recv, size_t count,
     return rc == MPI_SUCCESS ? TP_OK : mpi_fail(c, "all_reduce (MPI_Allreduce)", rc);
 }
 
-tp_status mpi_all_gather(void *comm, const void *send, void *recv, const size_t *counts, tp_dtype dt)
+tp_status mpi_all_gather(void *comm, const void *send, void *recv, const size_t *counts,
+                         tp_dtype dt)
 {
     mpi_comm *c = comm;
     MPI_Datatype mdt;
@@ -226,10 +228,12 @@ tp_status mpi_all_gather(void *comm, const void *send, void *recv, const size_t 
     if (equal)
         rc = MPI_Allgather(s, c->icounts[0], mdt, recv, c->icounts[0], mdt, c->comm);
     else
-        rc = MPI_Allgatherv(s, c->icounts[c->rank], mdt, recv, c->icounts, c->idispls, mdt, c->comm);
+        rc =
+            MPI_Allgatherv(s, c->icounts[c->rank], mdt, recv, c->icounts, c->idispls, mdt, c->comm);
     mpi_engine_op_end(c->eng);
     if (rc != MPI_SUCCESS)
-        return mpi_fail(c, equal ? "all_gather (MPI_Allgather)" : "all_gather (MPI_Allgatherv)", rc);
+        return mpi_fail(c, equal ? "all_gather (MPI_Allgather)" : "all_gather (MPI_Allgatherv)",
+                        rc);
     return TP_OK;
 }
 
@@ -261,8 +265,10 @@ tp_status mpi_reduce_scatter(void *comm, const void *send, void *recv, const siz
         rc = MPI_Reduce_scatter(s, recv, c->icounts, mdt, mop, c->comm);
     mpi_engine_op_end(c->eng);
     if (rc != MPI_SUCCESS)
-        return mpi_fail(c, equal ? "reduce_scatter (MPI_Reduce_scatter_block)"
-                                 : "reduce_scatter (MPI_Reduce_scatter)", rc);
+        return mpi_fail(c,
+                        equal ? "reduce_scatter (MPI_Reduce_scatter_block)"
+                              : "reduce_scatter (MPI_Reduce_scatter)",
+                        rc);
     return TP_OK;
 }
 
@@ -279,7 +285,8 @@ tp_status mpi_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int ro
     if (root < 0 || root >= c->size)
         return mpi_host->set_error(TP_ERR_INVALID_ARG,
                                    "mpi broadcast: root %d is not a rank of this %d-rank "
-                                   "communicator (expected 0..%d)", root, c->size, c->size - 1);
+                                   "communicator (expected 0..%d)",
+                                   root, c->size, c->size - 1);
     size_t chunk = mpi_engine_max_count(c->eng);
     int rc = MPI_SUCCESS;
     mpi_engine_op_begin(c->eng, "broadcast");

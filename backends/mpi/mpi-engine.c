@@ -41,8 +41,8 @@
 
 struct mpi_engine {
     int world_rank, world_size;
-    int thread_level;   /* what MPI provided */
-    size_t max_count;   /* largest count one MPI call may take (int) */
+    int thread_level;                    /* what MPI provided */
+    size_t max_count;                    /* largest count one MPI call may take (int) */
     MPI_Op half_ops[2][TP_REDOP_COUNT_]; /* [0: f16, 1: bf16][redop] */
 
     /* watchdog: a blocking call is in flight while op_start_ns != 0 */
@@ -59,16 +59,19 @@ struct mpi_engine {
 static bool mpi_we_initialised; /* MPI_Init_thread was ours: finalize at exit */
 static bool mpi_exit_hook;      /* the exit handler is registered */
 
-size_t mpi_engine_max_count(const mpi_engine *e) { return e->max_count; }
+size_t mpi_engine_max_count(const mpi_engine *e)
+{
+    return e->max_count;
+}
 
 static const char *thread_level_name(int level)
 {
     switch (level) {
-    case MPI_THREAD_SINGLE: return "MPI_THREAD_SINGLE";
-    case MPI_THREAD_FUNNELED: return "MPI_THREAD_FUNNELED";
-    case MPI_THREAD_SERIALIZED: return "MPI_THREAD_SERIALIZED";
-    case MPI_THREAD_MULTIPLE: return "MPI_THREAD_MULTIPLE";
-    default: return "unknown";
+        case MPI_THREAD_SINGLE: return "MPI_THREAD_SINGLE";
+        case MPI_THREAD_FUNNELED: return "MPI_THREAD_FUNNELED";
+        case MPI_THREAD_SERIALIZED: return "MPI_THREAD_SERIALIZED";
+        case MPI_THREAD_MULTIPLE: return "MPI_THREAD_MULTIPLE";
+        default: return "unknown";
     }
 }
 
@@ -98,8 +101,10 @@ static void pin_module(void)
         /* The extra reference is never dropped: that is the point. */
         void *self = dlopen(di.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
         if (!self && mpi_host)
-            mpi_host->debug("comm", "mpi: could not pin %s (%s); MPI will be finalized when "
-                            "the plugin is unloaded", di.dli_fname, dlerror());
+            mpi_host->debug("comm",
+                            "mpi: could not pin %s (%s); MPI will be finalized when "
+                            "the plugin is unloaded",
+                            di.dli_fname, dlerror());
     }
 }
 
@@ -119,7 +124,8 @@ static void *watchdog_main(void *arg)
     while (!e->stop) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
-        long long wake = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec + (long long)(period * 1e9);
+        long long wake =
+            (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec + (long long)(period * 1e9);
         ts.tv_sec = wake / 1000000000LL;
         ts.tv_nsec = wake % 1000000000LL;
         pthread_cond_timedwait(&e->cv, &e->mu, &ts);
@@ -134,11 +140,13 @@ static void *watchdog_main(void *arg)
         const char *op = atomic_load_explicit(&e->op_name, memory_order_relaxed);
         /* The only way out of a blocked MPI call. The message goes to
          * stderr because the process is about to be killed. */
-        fprintf(stderr,
-                "tp mpi: rank %d: %s has waited %.1f s for its peers, longer than TP_TIMEOUT_S=%g s; "
-                "a rank probably stopped, failed or died. Aborting the MPI job (MPI_Abort) because "
-                "a blocked MPI call cannot be cancelled. Raise TP_TIMEOUT_S if the peers are only slow.\n",
-                e->world_rank, op ? op : "an MPI call", (double)waited / 1e9, e->timeout_s);
+        fprintf(
+            stderr,
+            "tp mpi: rank %d: %s has waited %.1f s for its peers, longer than TP_TIMEOUT_S=%g s; "
+            "a rank probably stopped, failed or died. Aborting the MPI job (MPI_Abort) because "
+            "a blocked MPI call cannot be cancelled. Raise TP_TIMEOUT_S if the peers are only "
+            "slow.\n",
+            e->world_rank, op ? op : "an MPI call", (double)waited / 1e9, e->timeout_s);
         fflush(stderr);
         MPI_Abort(MPI_COMM_WORLD, TP_ERR_TIMEOUT);
     }
@@ -231,14 +239,28 @@ tp_status mpi_engine_types(mpi_engine *e, const char *opname, tp_dtype dt, const
 {
     int half = -1;
     switch (dt) {
-    case TP_F32: *mdt = MPI_FLOAT; *elem_size = 4; break;
-    case TP_I32: *mdt = MPI_INT32_T; *elem_size = 4; break;
-    case TP_F16: *mdt = MPI_UINT16_T; *elem_size = 2; half = 0; break;
-    case TP_BF16: *mdt = MPI_UINT16_T; *elem_size = 2; half = 1; break;
-    default:
-        return mpi_host->set_error(TP_ERR_INVALID_ARG,
-                                   "mpi %s: dtype %d is not a tp_dtype (expected 0..%d)", opname,
-                                   (int)dt, TP_DTYPE_COUNT_ - 1);
+        case TP_F32:
+            *mdt = MPI_FLOAT;
+            *elem_size = 4;
+            break;
+        case TP_I32:
+            *mdt = MPI_INT32_T;
+            *elem_size = 4;
+            break;
+        case TP_F16:
+            *mdt = MPI_UINT16_T;
+            *elem_size = 2;
+            half = 0;
+            break;
+        case TP_BF16:
+            *mdt = MPI_UINT16_T;
+            *elem_size = 2;
+            half = 1;
+            break;
+        default:
+            return mpi_host->set_error(TP_ERR_INVALID_ARG,
+                                       "mpi %s: dtype %d is not a tp_dtype (expected 0..%d)",
+                                       opname, (int)dt, TP_DTYPE_COUNT_ - 1);
     }
     if (!op)
         return TP_OK;
@@ -251,9 +273,9 @@ tp_status mpi_engine_types(mpi_engine *e, const char *opname, tp_dtype dt, const
         return TP_OK;
     }
     switch (*op) {
-    case TP_SUM: *mop = MPI_SUM; break;
-    case TP_MAX: *mop = MPI_MAX; break;
-    default: *mop = MPI_MIN; break;
+        case TP_SUM: *mop = MPI_SUM; break;
+        case TP_MAX: *mop = MPI_MAX; break;
+        default: *mop = MPI_MIN; break;
     }
     return TP_OK;
 }
@@ -268,7 +290,8 @@ int mpi_engine_probe(char *reason, size_t reason_len)
     int len = 0;
     if (MPI_Get_library_version(ver, &len) != MPI_SUCCESS) {
         if (reason && reason_len)
-            snprintf(reason, reason_len, "MPI_Get_library_version failed: the MPI library is unusable");
+            snprintf(reason, reason_len,
+                     "MPI_Get_library_version failed: the MPI library is unusable");
         return 0;
     }
     return 1;
@@ -317,16 +340,18 @@ tp_status mpi_engine_init(const tp_host *host, const tp_engine_args *args, void 
     MPI_Comm_size(MPI_COMM_WORLD, &size);
 
     int want = (args && args->struct_size >= offsetof(tp_engine_args, world_size) + sizeof(int))
-                   ? args->world_size : 0;
+                   ? args->world_size
+                   : 0;
     if (want > 0 && want != size)
         /* Every rank sees the same two numbers, so every rank fails here
          * alike; MPI stays up until exit, where it is finalized. */
-        return host->set_error(TP_ERR_INVALID_ARG,
-                               "mpi init: the requested world size (TP_WORLD_SIZE or --tp) is %d but "
-                               "mpirun started %d process%s, and the mpi backend runs one rank per "
-                               "process; run `mpirun -n %d ...`, or ask for %d, or leave "
-                               "TP_WORLD_SIZE/--tp unset to use mpirun's count",
-                               want, size, size == 1 ? "" : "es", want, size);
+        return host->set_error(
+            TP_ERR_INVALID_ARG,
+            "mpi init: the requested world size (TP_WORLD_SIZE or --tp) is %d but "
+            "mpirun started %d process%s, and the mpi backend runs one rank per "
+            "process; run `mpirun -n %d ...`, or ask for %d, or leave "
+            "TP_WORLD_SIZE/--tp unset to use mpirun's count",
+            want, size, size == 1 ? "" : "es", want, size);
 
     mpi_engine *e = calloc(1, sizeof *e);
     if (!e)

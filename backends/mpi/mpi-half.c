@@ -10,19 +10,28 @@
  */
 #include "mpi-internal.h"
 
-static float f_sum(float a, float b) { return a + b; }
-static float f_max(float a, float b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
-static float f_min(float a, float b) { return a != a ? a : (b != b ? b : (a < b ? a : b)); }
+static float f_sum(float a, float b)
+{
+    return a + b;
+}
+static float f_max(float a, float b)
+{
+    return a != a ? a : (b != b ? b : (a > b ? a : b));
+}
+static float f_min(float a, float b)
+{
+    return a != a ? a : (b != b ? b : (a < b ? a : b));
+}
 
 /* inout[i] = round16(OP(in[i], inout[i])) */
-#define MPI_HALF_OP(NAME, TO_F32, FROM_F32, OP)                                 \
-    void NAME(void *in, void *inout, int *len, MPI_Datatype *dt)               \
-    {                                                                          \
-        (void)dt;                                                              \
-        const uint16_t *a = in;                                                \
-        uint16_t *b = inout;                                                   \
-        for (int i = 0; i < *len; i++)                                         \
-            b[i] = FROM_F32(OP(TO_F32(a[i]), TO_F32(b[i])));                   \
+#define MPI_HALF_OP(NAME, TO_F32, FROM_F32, OP)                                                    \
+    void NAME(void *in, void *inout, int *len, MPI_Datatype *dt)                                   \
+    {                                                                                              \
+        (void)dt;                                                                                  \
+        const uint16_t *a = in;                                                                    \
+        uint16_t *b = inout;                                                                       \
+        for (int i = 0; i < *len; i++)                                                             \
+            b[i] = FROM_F32(OP(TO_F32(a[i]), TO_F32(b[i])));                                       \
     }
 
 MPI_HALF_OP(mpi_half_sum, tp_util_f16_to_f32, tp_util_f32_to_f16, f_sum)

@@ -21,11 +21,11 @@ typedef struct mpi_engine mpi_engine;
 
 /* A communicator handle as the core sees it (void *comm). */
 typedef struct mpi_comm {
-    MPI_Comm comm;   /* owned: a dup or split, MPI_ERRORS_RETURN */
+    MPI_Comm comm; /* owned: a dup or split, MPI_ERRORS_RETURN */
     mpi_engine *eng;
     int rank, size;
-    int *icounts;    /* size entries: int counts for the v-variants */
-    int *idispls;    /* size entries: int displacements */
+    int *icounts; /* size entries: int counts for the v-variants */
+    int *idispls; /* size entries: int displacements */
     /* CUDA-aware Open MPI on device memory: the rank's device, whose stream
      * is synchronized before each collective (MPI does not see streams). */
     const tp_device_ops *dops;
@@ -63,7 +63,8 @@ tp_status mpi_split(void *comm, int color, int key, void **newcomm, int *rank, i
 void mpi_comm_free(void *comm);
 tp_status mpi_all_reduce(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,
                          tp_redop op);
-tp_status mpi_all_gather(void *comm, const void *send, void *recv, const size_t *counts, tp_dtype dt);
+tp_status mpi_all_gather(void *comm, const void *send, void *recv, const size_t *counts,
+                         tp_dtype dt);
 tp_status mpi_reduce_scatter(void *comm, const void *send, void *recv, const size_t *counts,
                              tp_dtype dt, tp_redop op);
 tp_status mpi_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int root);

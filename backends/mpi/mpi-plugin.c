@@ -28,5 +28,5 @@ static const tp_comm_ops mpi_ops = {
 };
 
 TP_PLUGIN_DEFINE("mpi", "0.1.0",
-                 "Open MPI: one rank per process under mpirun, shared memory or network",
-                 &mpi_ops, NULL, mpi_engine_probe)
+                 "Open MPI: one rank per process under mpirun, shared memory or network", &mpi_ops,
+                 NULL, mpi_engine_probe)

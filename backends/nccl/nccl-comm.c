@@ -25,12 +25,12 @@
 typedef struct nccl_comm {
     nccl_engine *eng;
     const tp_host *host;
-    ncclComm_t nc;        /* NULL once aborted or destroyed */
-    cudaStream_t stream;  /* the rank's stream (env.stream); 0 = legacy default */
-    int device;           /* CUDA ordinal */
-    int rank, size;       /* in this comm; -1 while being created */
-    float *scratch;       /* one float of device memory for barrier */
-    bool broken;          /* aborted after an error or timeout */
+    ncclComm_t nc;       /* NULL once aborted or destroyed */
+    cudaStream_t stream; /* the rank's stream (env.stream); 0 = legacy default */
+    int device;          /* CUDA ordinal */
+    int rank, size;      /* in this comm; -1 while being created */
+    float *scratch;      /* one float of device memory for barrier */
+    bool broken;         /* aborted after an error or timeout */
 } nccl_comm;
 
 /* ------------------------------------------------------------- helpers */
@@ -44,16 +44,14 @@ static const char *last_error(const nccl_comm *c)
 static const char *hint_of(ncclResult_t r)
 {
     switch (r) {
-    case ncclUnhandledCudaError:
-        return "; a CUDA call inside NCCL failed: check the GPU (nvidia-smi) and earlier CUDA errors";
-    case ncclSystemError:
-        return "; a system call or the network failed: NCCL_DEBUG=WARN shows which";
-    case ncclRemoteError:
-        return "; a peer rank failed or left: check the other ranks' errors";
-    case ncclInvalidUsage:
-        return "; NCCL_DEBUG=WARN shows NCCL's own message";
-    default:
-        return "";
+        case ncclUnhandledCudaError:
+            return "; a CUDA call inside NCCL failed: check the GPU (nvidia-smi) and earlier CUDA "
+                   "errors";
+        case ncclSystemError:
+            return "; a system call or the network failed: NCCL_DEBUG=WARN shows which";
+        case ncclRemoteError: return "; a peer rank failed or left: check the other ranks' errors";
+        case ncclInvalidUsage: return "; NCCL_DEBUG=WARN shows NCCL's own message";
+        default: return "";
     }
 }
 
@@ -111,10 +109,11 @@ static tp_status comm_wait(nccl_comm *c, const char *what, bool stream, atomic_i
         }
         if (peer_failed && atomic_load(peer_failed)) {
             comm_abort(c);
-            return c->host->set_error(TP_ERR_PEER,
-                                      "nccl: %s on rank %d/%d (GPU %d) stopped: another rank of "
-                                      "this process failed to join the communicator (see its error)",
-                                      what, c->rank, c->size, c->device);
+            return c->host->set_error(
+                TP_ERR_PEER,
+                "nccl: %s on rank %d/%d (GPU %d) stopped: another rank of "
+                "this process failed to join the communicator (see its error)",
+                what, c->rank, c->size, c->device);
         }
         if (nccl_now() - t0 > c->eng->timeout_s) {
             comm_abort(c);
@@ -159,42 +158,30 @@ static tp_status map_dtype(const nccl_comm *c, const char *op, tp_dtype dt, nccl
                            size_t *elem)
 {
     switch (dt) {
-    case TP_F32:
-        *out = ncclFloat32, *elem = 4;
-        return TP_OK;
-    case TP_F16:
-        *out = ncclFloat16, *elem = 2;
-        return TP_OK;
-    case TP_BF16:
-        *out = ncclBfloat16, *elem = 2;
-        return TP_OK;
-    case TP_I32:
-        *out = ncclInt32, *elem = 4;
-        return TP_OK;
-    default:
-        return c->host->set_error(TP_ERR_INVALID_ARG,
-                                  "nccl: %s on rank %d/%d: dtype %d is not one of f32, f16, bf16, "
-                                  "i32",
-                                  op, c->rank, c->size, (int)dt);
+        case TP_F32: *out = ncclFloat32, *elem = 4; return TP_OK;
+        case TP_F16: *out = ncclFloat16, *elem = 2; return TP_OK;
+        case TP_BF16: *out = ncclBfloat16, *elem = 2; return TP_OK;
+        case TP_I32: *out = ncclInt32, *elem = 4; return TP_OK;
+        default:
+            return c->host->set_error(
+                TP_ERR_INVALID_ARG,
+                "nccl: %s on rank %d/%d: dtype %d is not one of f32, f16, bf16, "
+                "i32",
+                op, c->rank, c->size, (int)dt);
     }
 }
 
 static tp_status map_op(const nccl_comm *c, const char *op, tp_redop rop, ncclRedOp_t *out)
 {
     switch (rop) {
-    case TP_SUM:
-        *out = ncclSum;
-        return TP_OK;
-    case TP_MAX:
-        *out = ncclMax;
-        return TP_OK;
-    case TP_MIN:
-        *out = ncclMin;
-        return TP_OK;
-    default:
-        return c->host->set_error(TP_ERR_INVALID_ARG,
-                                  "nccl: %s on rank %d/%d: reduction %d is not one of sum, max, min",
-                                  op, c->rank, c->size, (int)rop);
+        case TP_SUM: *out = ncclSum; return TP_OK;
+        case TP_MAX: *out = ncclMax; return TP_OK;
+        case TP_MIN: *out = ncclMin; return TP_OK;
+        default:
+            return c->host->set_error(
+                TP_ERR_INVALID_ARG,
+                "nccl: %s on rank %d/%d: reduction %d is not one of sum, max, min", op, c->rank,
+                c->size, (int)rop);
     }
 }
 
@@ -253,7 +240,8 @@ static tp_status scratch_alloc(nccl_comm *c)
         return c->host->set_error(TP_ERR_DEVICE,
                                   "nccl: rank %d (GPU %d): allocating 4 bytes of barrier scratch "
                                   "failed: %s (%s)",
-                                  c->rank, c->device, cudaGetErrorName(err), cudaGetErrorString(err));
+                                  c->rank, c->device, cudaGetErrorName(err),
+                                  cudaGetErrorString(err));
     return TP_OK;
 }
 
@@ -306,15 +294,16 @@ static tp_status claim_device(nccl_engine *e, int local_index, int device)
     if (other < 0)
         return TP_OK;
     const char *forced = getenv("TP_CUDA_DEVICE");
-    return e->host->set_error(TP_ERR_UNAVAILABLE,
-                              "nccl: ranks %d and %d were both given GPU %d by the cuda device%s%s%s; "
-                              "NCCL refuses two ranks on one GPU (\"Duplicate GPU detected\", "
-                              "since NCCL 2.5; NCCL_MULTI_RANK_GPU_ENABLE=1 is experimental, from "
-                              "2.30): run at most %d ranks, or TP_BACKEND=loopback with "
-                              "TP_DEVICE=cuda to put several ranks on one GPU",
-                              e->first_rank + other, e->first_rank + local_index, device,
-                              forced ? " (TP_CUDA_DEVICE=" : "", forced ? forced : "",
-                              forced ? " puts every rank on one GPU: unset it)" : "", e->ndev);
+    return e->host->set_error(
+        TP_ERR_UNAVAILABLE,
+        "nccl: ranks %d and %d were both given GPU %d by the cuda device%s%s%s; "
+        "NCCL refuses two ranks on one GPU (\"Duplicate GPU detected\", "
+        "since NCCL 2.5; NCCL_MULTI_RANK_GPU_ENABLE=1 is experimental, from "
+        "2.30): run at most %d ranks, or TP_BACKEND=loopback with "
+        "TP_DEVICE=cuda to put several ranks on one GPU",
+        e->first_rank + other, e->first_rank + local_index, device,
+        forced ? " (TP_CUDA_DEVICE=" : "", forced ? forced : "",
+        forced ? " puts every rank on one GPU: unset it)" : "", e->ndev);
 }
 
 tp_status nccl_world(void *engine, int local_index, const tp_rank_env *env, void **comm, int *rank,
@@ -559,8 +548,8 @@ tp_status nccl_all_gather(void *comm, const void *send, void *recv, const size_t
         if (counts[i] > 0) {
             /* sendbuff is read on the root only; elsewhere pass a valid pointer */
             char *dst = (char *)recv + off * elem;
-            ncclResult_t r = ncclBroadcast(i == c->rank ? send : dst, dst, counts[i], ndt, i, c->nc,
-                                           c->stream);
+            ncclResult_t r =
+                ncclBroadcast(i == c->rank ? send : dst, dst, counts[i], ndt, i, c->nc, c->stream);
             if (r != ncclSuccess && r != ncclInProgress)
                 first = r;
         }
@@ -640,7 +629,7 @@ tp_status nccl_barrier(void *comm)
     if (st != TP_OK)
         return st;
     /* every rank's stream reaches this point and the 1-float sum completes */
-    return comm_finish(c, ncclAllReduce(c->scratch, c->scratch, 1, ncclFloat32, ncclSum, c->nc,
-                                        c->stream),
-                       "barrier (1-element ncclAllReduce)");
+    return comm_finish(
+        c, ncclAllReduce(c->scratch, c->scratch, 1, ncclFloat32, ncclSum, c->nc, c->stream),
+        "barrier (1-element ncclAllReduce)");
 }

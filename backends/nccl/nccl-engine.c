@@ -110,15 +110,16 @@ static tp_status init_one_process(nccl_engine *e, int requested)
     int ws = requested > 0 ? requested : 1;
     if (ws > e->ndev) {
         const char *vis = getenv("CUDA_VISIBLE_DEVICES");
-        return h->set_error(TP_ERR_UNAVAILABLE,
-                            "nccl: %d ranks asked for (--tp / TP_WORLD_SIZE) but this process sees "
-                            "%d CUDA device(s)%s%s%s: NCCL puts one rank on one GPU and refuses two "
-                            "ranks on the same GPU (\"Duplicate GPU detected\", since NCCL 2.5; "
-                            "NCCL_MULTI_RANK_GPU_ENABLE=1 is experimental, from NCCL 2.30); use "
-                            "--tp %d or fewer, or TP_BACKEND=loopback TP_DEVICE=cuda to run %d "
-                            "ranks on %d GPU(s)",
-                            ws, e->ndev, vis ? " (CUDA_VISIBLE_DEVICES=" : "", vis ? vis : "",
-                            vis ? ")" : "", e->ndev, ws, e->ndev);
+        return h->set_error(
+            TP_ERR_UNAVAILABLE,
+            "nccl: %d ranks asked for (--tp / TP_WORLD_SIZE) but this process sees "
+            "%d CUDA device(s)%s%s%s: NCCL puts one rank on one GPU and refuses two "
+            "ranks on the same GPU (\"Duplicate GPU detected\", since NCCL 2.5; "
+            "NCCL_MULTI_RANK_GPU_ENABLE=1 is experimental, from NCCL 2.30); use "
+            "--tp %d or fewer, or TP_BACKEND=loopback TP_DEVICE=cuda to run %d "
+            "ranks on %d GPU(s)",
+            ws, e->ndev, vis ? " (CUDA_VISIBLE_DEVICES=" : "", vis ? vis : "", vis ? ")" : "",
+            e->ndev, ws, e->ndev);
     }
     if ((st = new_id(e)) != TP_OK) /* the first run's; later runs make their own */
         return st;
@@ -153,8 +154,10 @@ tp_status nccl_world_id(nccl_engine *e, int me, ncclUniqueId *id)
         e->run_joined = 0;
     pthread_mutex_unlock(&e->lock);
     if (st != TP_OK && !maker)
-        return e->host->set_error(st, "nccl: rank %d: this run's NCCL unique id could not be "
-                                  "made (see the first rank's error)", me);
+        return e->host->set_error(st,
+                                  "nccl: rank %d: this run's NCCL unique id could not be "
+                                  "made (see the first rank's error)",
+                                  me);
     return st;
 }
 
@@ -215,7 +218,9 @@ tp_status nccl_init(const tp_host *host, const tp_engine_args *args, void **engi
         return TP_ERR_INVALID_ARG;
     if (!args || !engine || !info)
         return host->set_error(TP_ERR_INVALID_ARG, "nccl: init called with a NULL %s",
-                               !args ? "args" : !engine ? "engine" : "info");
+                               !args     ? "args"
+                               : !engine ? "engine"
+                                         : "info");
     *engine = NULL;
     int requested = args->struct_size >= END_OF(tp_engine_args, world_size) ? args->world_size : 0;
     if (requested < 0)

@@ -67,24 +67,24 @@ void nccl_mpi_stop(nccl_mpi *m);
 
 typedef struct nccl_engine {
     const tp_host *host;
-    double timeout_s;    /* host->timeout_s, or 300 if unset */
-    bool by_mpi;         /* one process per GPU under mpirun */
+    double timeout_s; /* host->timeout_s, or 300 if unset */
+    bool by_mpi;      /* one process per GPU under mpirun */
     int world_size;
-    int first_rank;      /* rank of local index 0 */
-    int local_count;     /* ranks (threads) this process runs */
-    int ndev;            /* cudaGetDeviceCount */
-    ncclUniqueId id;     /* identical on every rank of the world */
+    int first_rank;  /* rank of local index 0 */
+    int local_count; /* ranks (threads) this process runs */
+    int ndev;        /* cudaGetDeviceCount */
+    ncclUniqueId id; /* identical on every rank of the world */
     nccl_mpi mpi;
 
     /* one-process mode: which GPU each local rank took, to name a
      * duplicate before NCCL does; a failed local world() tells the
      * others to stop waiting for it */
     pthread_mutex_t lock;
-    int *device_of;      /* [local_count], -1 = not yet */
+    int *device_of; /* [local_count], -1 = not yet */
     atomic_int local_failed;
     /* a fresh unique id per run (nccl_world_id), under lock */
-    int runs;            /* runs started */
-    int run_joined;      /* local ranks of the current run that asked for its id */
+    int runs;       /* runs started */
+    int run_joined; /* local ranks of the current run that asked for its id */
     tp_status run_status;
 } nccl_engine;
 

@@ -22,7 +22,7 @@
 
 #include "nccl-internal.h"
 
-#define NCCL_MPI_SUCCESS 0
+#define NCCL_MPI_SUCCESS         0
 #define NCCL_MPI_THREAD_FUNNELED 1 /* same value in every MPI: an ordered enum */
 
 const char *nccl_mpi_launcher_var(void)
@@ -57,11 +57,12 @@ tp_status nccl_mpi_start(const tp_host *host, nccl_mpi *m, int *argc, char ***ar
         file = "libmpi.so.40";
     m->lib = dlopen(file, RTLD_NOW | RTLD_GLOBAL);
     if (!m->lib)
-        return host->set_error(TP_ERR_UNAVAILABLE,
-                               "nccl: started by an MPI launcher (%s is set), so the NCCL unique id "
-                               "must come from rank 0 over MPI, but %s could not be opened: %s; "
-                               "install Open MPI, or set TP_NCCL_LIBMPI to its libmpi.so.40",
-                               nccl_mpi_launcher_var(), file, dlerror());
+        return host->set_error(
+            TP_ERR_UNAVAILABLE,
+            "nccl: started by an MPI launcher (%s is set), so the NCCL unique id "
+            "must come from rank 0 over MPI, but %s could not be opened: %s; "
+            "install Open MPI, or set TP_NCCL_LIBMPI to its libmpi.so.40",
+            nccl_mpi_launcher_var(), file, dlerror());
 
     struct {
         const char *name;

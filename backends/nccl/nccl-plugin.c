@@ -51,10 +51,11 @@ static const tp_comm_ops nccl_comm_ops = {
 };
 
 #define NCCL_STR_(x) #x
-#define NCCL_STR(x) NCCL_STR_(x)
+#define NCCL_STR(x)  NCCL_STR_(x)
 
 TP_PLUGIN_DEFINE("nccl", "0.1.0",
-                 "NCCL " NCCL_STR(NCCL_MAJOR) "." NCCL_STR(NCCL_MINOR) "." NCCL_STR(NCCL_PATCH)
-                 " collectives on CUDA memory: threads on one node's GPUs, or one process per GPU "
-                 "under mpirun",
+                 "NCCL " NCCL_STR(NCCL_MAJOR) "." NCCL_STR(NCCL_MINOR) "." NCCL_STR(
+                     NCCL_PATCH) " collectives on CUDA memory: threads on one node's GPUs, or one "
+                                 "process per GPU "
+                                 "under mpirun",
                  &nccl_comm_ops, NULL, nccl_probe)

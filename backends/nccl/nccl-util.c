@@ -30,16 +30,11 @@ void nccl_backoff(double t0)
 tp_status nccl_status_of(ncclResult_t r)
 {
     switch (r) {
-    case ncclSuccess:
-        return TP_OK;
-    case ncclUnhandledCudaError:
-        return TP_ERR_DEVICE;
-    case ncclInvalidArgument:
-        return TP_ERR_INVALID_ARG;
-    case ncclRemoteError:
-        return TP_ERR_PEER;
-    default: /* system, internal, invalid usage, in progress */
-        return TP_ERR_COMM;
+        case ncclSuccess: return TP_OK;
+        case ncclUnhandledCudaError: return TP_ERR_DEVICE;
+        case ncclInvalidArgument: return TP_ERR_INVALID_ARG;
+        case ncclRemoteError: return TP_ERR_PEER;
+        default: /* system, internal, invalid usage, in progress */ return TP_ERR_COMM;
     }
 }
 

@@ -14,18 +14,18 @@
 
 #include <tp/tp.h>
 
-#define TP_TRY(expr)                                                                              \
-    do {                                                                                          \
-        tp_status tp_try_st_ = (expr);                                                            \
-        if (tp_try_st_ != TP_OK)                                                                  \
-            return tp_try_st_;                                                                    \
+#define TP_TRY(expr)                                                                               \
+    do {                                                                                           \
+        tp_status tp_try_st_ = (expr);                                                             \
+        if (tp_try_st_ != TP_OK)                                                                   \
+            return tp_try_st_;                                                                     \
     } while (0)
 
-#define TP_TRY_GOTO(expr, st, label)                                                              \
-    do {                                                                                          \
-        (st) = (expr);                                                                            \
-        if ((st) != TP_OK)                                                                        \
-            goto label;                                                                           \
+#define TP_TRY_GOTO(expr, st, label)                                                               \
+    do {                                                                                           \
+        (st) = (expr);                                                                             \
+        if ((st) != TP_OK)                                                                         \
+            goto label;                                                                            \
     } while (0)
 
 #endif /* TP_TRY_H */

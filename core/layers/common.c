@@ -183,10 +183,25 @@ tp_status tpl_gemm_batched(tp_device *dev, tp_dtype dt, int ta, int tb, int64_t 
         return TP_OK;
     }
     tp_gemm_args g = {
-        .struct_size = sizeof g, .dtype = dt, .trans_a = ta, .trans_b = tb,
-        .m = m, .n = n, .k = k, .alpha = 1.0f, .beta = beta,
-        .a = a, .lda = lda, .stride_a = sa, .b = b, .ldb = ldb, .stride_b = sb,
-        .c = c, .ldc = ldc, .stride_c = sc, .batch = batch,
+        .struct_size = sizeof g,
+        .dtype = dt,
+        .trans_a = ta,
+        .trans_b = tb,
+        .m = m,
+        .n = n,
+        .k = k,
+        .alpha = 1.0f,
+        .beta = beta,
+        .a = a,
+        .lda = lda,
+        .stride_a = sa,
+        .b = b,
+        .ldb = ldb,
+        .stride_b = sb,
+        .c = c,
+        .ldc = ldc,
+        .stride_c = sc,
+        .batch = batch,
     };
     return tp_dev_gemm(dev, &g);
 }

@@ -64,8 +64,10 @@ tp_status tp_embedding_create(tp_comm *comm, const tp_embedding_config *cfg, tp_
         goto fail;
     }
     if (!(e->bound > 0.0f) || !isfinite(e->bound)) {
-        st = tp_set_error(TP_ERR_INVALID_ARG, "%s: init_bound %g must be a finite number > 0 "
-                          "(0 selects the default 1.0)", e->label, (double)cfg->init_bound);
+        st = tp_set_error(TP_ERR_INVALID_ARG,
+                          "%s: init_bound %g must be a finite number > 0 "
+                          "(0 selects the default 1.0)",
+                          e->label, (double)cfg->init_bound);
         goto fail;
     }
     if (e->vocab <= 0 || e->dim <= 0) {
@@ -93,8 +95,7 @@ tp_status tp_embedding_create(tp_comm *comm, const tp_embedding_config *cfg, tp_
     if (cfg->full_table)
         memcpy(host, cfg->full_table + e->lo * e->dim, n * sizeof(float));
     else
-        tp_master_fill(cfg->seed, cfg->tensor_id, e->dim, e->lo, e->hi, 0, e->dim, e->bound,
-                       host);
+        tp_master_fill(cfg->seed, cfg->tensor_id, e->dim, e->lo, e->hi, 0, e->dim, e->bound, host);
     TP_TRY_GOTO(tp_tensor_upload(&e->table, host), st, fail);
     free(host);
     *out = e;

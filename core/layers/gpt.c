@@ -20,10 +20,10 @@
  * with the seed they are every weight's identity, so the values are fixed
  * (the same weights for every T, and across releases). */
 enum {
-    TID_EMBEDDING = 1, /* token table */
-    TID_POSITION = 2,  /* position table */
-    TID_OUTPUT = 3,    /* untied output projection (no bias) */
-    TID_BLOCK0 = 16,   /* block i: TID_BLOCK0 + i * TID_BLOCK_STRIDE ... */
+    TID_EMBEDDING = 1,    /* token table */
+    TID_POSITION = 2,     /* position table */
+    TID_OUTPUT = 3,       /* untied output projection (no bias) */
+    TID_BLOCK0 = 16,      /* block i: TID_BLOCK0 + i * TID_BLOCK_STRIDE ... */
     TID_BLOCK_STRIDE = 8, /* attention +0..3, MLP +4..7 */
 };
 
@@ -152,8 +152,13 @@ static tp_status add_param(tp_gpt *m, const char *name, tp_tensor *v, tp_tensor 
     char *nm = strdup(name);
     if (!nm)
         return tp_set_error(TP_ERR_NO_MEMORY, "%s: out of host memory", m->label);
-    m->params[m->np] = (tp_param){.name = nm, .value = v, .grad = g, .decay = ndim == 2,
-                                  .replicated = repl, .ndim = ndim, .full_shape = {d0, d1}};
+    m->params[m->np] = (tp_param){.name = nm,
+                                  .value = v,
+                                  .grad = g,
+                                  .decay = ndim == 2,
+                                  .replicated = repl,
+                                  .ndim = ndim,
+                                  .full_shape = {d0, d1}};
     m->sources[m->np] = src;
     m->np++;
     return TP_OK;
@@ -274,8 +279,8 @@ static tp_status check_config(const tp_gpt *m)
                             (double)c->label_smoothing);
     float eb = emb_bound(c);
     if (!(eb > 0.0f) || !isfinite(eb))
-        return tp_set_error(TP_ERR_INVALID_ARG, "%s: emb_bound %g must be finite and > 0",
-                            m->label, (double)c->emb_bound);
+        return tp_set_error(TP_ERR_INVALID_ARG, "%s: emb_bound %g must be finite and > 0", m->label,
+                            (double)c->emb_bound);
     int64_t npos;
     return tpl_mul(m->label, "position table seq x hidden", c->seq, c->hidden, &npos);
 }
@@ -285,8 +290,12 @@ static tp_status create_embeddings(tp_gpt *m)
 {
     const tp_gpt_config *c = &m->cfg;
     float eb = emb_bound(c);
-    tp_embedding_config ec = {.vocab = c->vocab, .dim = c->hidden, .seed = c->seed,
-                              .tensor_id = TID_EMBEDDING, .name = "embedding", .init_bound = eb,
+    tp_embedding_config ec = {.vocab = c->vocab,
+                              .dim = c->hidden,
+                              .seed = c->seed,
+                              .tensor_id = TID_EMBEDDING,
+                              .name = "embedding",
+                              .init_bound = eb,
                               .sequence_parallel = c->sequence_parallel};
     TP_TRY(tp_embedding_create(m->comm, &ec, &m->emb));
     TP_TRY(tp_tensor_alloc2(m->dev, TP_F32, c->seq, c->hidden, &m->pos));
@@ -308,25 +317,41 @@ static tp_status create_sublayers(tp_gpt *m)
     for (int64_t i = 0; i < c->layers; i++) {
         char nm[64];
         snprintf(nm, sizeof nm, "blocks.%lld", (long long)i);
-        tp_block_config bc = {.hidden = c->hidden, .heads = c->heads, .kv_heads = c->kv_heads,
-                              .head_dim = c->head_dim, .ffn = c->ffn, .bias = c->bias,
-                              .rms = c->rms, .eps = c->eps, .gelu_tanh = c->gelu_tanh,
-                              .causal = true, .sequence_parallel = c->sequence_parallel,
+        tp_block_config bc = {.hidden = c->hidden,
+                              .heads = c->heads,
+                              .kv_heads = c->kv_heads,
+                              .head_dim = c->head_dim,
+                              .ffn = c->ffn,
+                              .bias = c->bias,
+                              .rms = c->rms,
+                              .eps = c->eps,
+                              .gelu_tanh = c->gelu_tanh,
+                              .causal = true,
+                              .sequence_parallel = c->sequence_parallel,
                               .seed = c->seed,
                               .tensor_id = TID_BLOCK0 + TID_BLOCK_STRIDE * (uint64_t)i,
                               .name = nm};
         TP_TRY(tp_block_create(m->comm, &bc, &m->blocks[i]));
     }
-    tp_norm_config nc = {.dim = c->hidden, .rms = c->rms, .bias = !c->rms, .eps = c->eps,
-                         .sequence_parallel = c->sequence_parallel, .name = "ln_f"};
+    tp_norm_config nc = {.dim = c->hidden,
+                         .rms = c->rms,
+                         .bias = !c->rms,
+                         .eps = c->eps,
+                         .sequence_parallel = c->sequence_parallel,
+                         .name = "ln_f"};
     TP_TRY(tp_norm_create(m->comm, &nc, &m->lnf));
     if (!c->tied) {
-        tp_linear_config lc = {.in_features = c->hidden, .out_features = c->vocab, .seed = c->seed,
-                               .tensor_id = TID_OUTPUT, .name = "output"};
+        tp_linear_config lc = {.in_features = c->hidden,
+                               .out_features = c->vocab,
+                               .seed = c->seed,
+                               .tensor_id = TID_OUTPUT,
+                               .name = "output"};
         TP_TRY(tp_column_linear_create(m->comm, &lc, &m->out));
     }
-    tp_ce_config cc = {.vocab = c->vocab, .label_smoothing = c->label_smoothing,
-                       .use_ignore_index = c->use_ignore_index, .ignore_index = c->ignore_index,
+    tp_ce_config cc = {.vocab = c->vocab,
+                       .label_smoothing = c->label_smoothing,
+                       .use_ignore_index = c->use_ignore_index,
+                       .ignore_index = c->ignore_index,
                        .name = "loss"};
     return tp_vocab_ce_create(m->comm, &cc, &m->ce);
 }
@@ -675,25 +700,25 @@ static tp_status full_of(tp_gpt *m, int i, bool grad, float *host)
     const param_source *r = &m->sources[i];
     const tp_param *p = &m->params[i];
     switch (r->kind) {
-    case PARAM_EMBEDDING:
-        return grad ? tp_embedding_get_full_grad(r->layer, host)
-                    : tp_embedding_get_full(r->layer, host);
-    case PARAM_REPLICATED:
-        return host ? tp_tensor_download(grad ? p->grad : p->value, host) : TP_OK;
-    case PARAM_LINEAR_WEIGHT:
-        return grad ? tp_linear_get_full_grad(r->layer, host, NULL)
-                    : tp_linear_get_full(r->layer, host, NULL);
-    case PARAM_LINEAR_BIAS:
-        return grad ? tp_linear_get_full_grad(r->layer, NULL, host)
-                    : tp_linear_get_full(r->layer, NULL, host);
-    case PARAM_ATTENTION: {
-        float *o[ATT_TENSORS] = {NULL};
-        o[r->which] = host;
-        return grad ? tp_attention_get_full_grad(r->layer, o[ATT_QKV_WEIGHT], o[ATT_QKV_BIAS],
-                                                 o[ATT_OUT_WEIGHT], o[ATT_OUT_BIAS])
-                    : tp_attention_get_full(r->layer, o[ATT_QKV_WEIGHT], o[ATT_QKV_BIAS],
-                                            o[ATT_OUT_WEIGHT], o[ATT_OUT_BIAS]);
-    }
+        case PARAM_EMBEDDING:
+            return grad ? tp_embedding_get_full_grad(r->layer, host)
+                        : tp_embedding_get_full(r->layer, host);
+        case PARAM_REPLICATED:
+            return host ? tp_tensor_download(grad ? p->grad : p->value, host) : TP_OK;
+        case PARAM_LINEAR_WEIGHT:
+            return grad ? tp_linear_get_full_grad(r->layer, host, NULL)
+                        : tp_linear_get_full(r->layer, host, NULL);
+        case PARAM_LINEAR_BIAS:
+            return grad ? tp_linear_get_full_grad(r->layer, NULL, host)
+                        : tp_linear_get_full(r->layer, NULL, host);
+        case PARAM_ATTENTION: {
+            float *o[ATT_TENSORS] = {NULL};
+            o[r->which] = host;
+            return grad ? tp_attention_get_full_grad(r->layer, o[ATT_QKV_WEIGHT], o[ATT_QKV_BIAS],
+                                                     o[ATT_OUT_WEIGHT], o[ATT_OUT_BIAS])
+                        : tp_attention_get_full(r->layer, o[ATT_QKV_WEIGHT], o[ATT_QKV_BIAS],
+                                                o[ATT_OUT_WEIGHT], o[ATT_OUT_BIAS]);
+        }
     }
     return tp_set_error(TP_ERR_INTERNAL, "%s: bad parameter kind", m->label);
 }

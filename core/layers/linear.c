@@ -102,8 +102,7 @@ static tp_status init_params(tp_linear *l, const tp_linear_config *cfg)
         if (cfg->full_bias)
             memcpy(host, cfg->full_bias + b0, (size_t)bn * sizeof(float));
         else
-            tp_master_fill(cfg->seed, cfg->tensor_id + 1, l->out, 0, 1, b0, b0 + bn, bound,
-                           host);
+            tp_master_fill(cfg->seed, cfg->tensor_id + 1, l->out, 0, 1, b0, b0 + bn, bound, host);
         TP_TRY_GOTO(tpl_upload_f32(l->dev, l->dt, l->b.data, host, (size_t)bn), st, out);
     }
 out:
@@ -249,9 +248,19 @@ static tp_status column_gemm(tp_linear *l, const void *x, void *c, int64_t token
     if (tokens == 0)
         return TP_OK;
     tp_gemm_args g = {
-        .struct_size = sizeof g, .dtype = l->dt, .m = tokens, .n = l->nloc, .k = l->in,
-        .alpha = 1.0f, .a = x, .lda = l->in, .b = l->w.data, .ldb = l->nloc, .c = c,
-        .ldc = l->nloc, .batch = 1,
+        .struct_size = sizeof g,
+        .dtype = l->dt,
+        .m = tokens,
+        .n = l->nloc,
+        .k = l->in,
+        .alpha = 1.0f,
+        .a = x,
+        .lda = l->in,
+        .b = l->w.data,
+        .ldb = l->nloc,
+        .c = c,
+        .ldc = l->nloc,
+        .batch = 1,
     };
     return tp_dev_gemm_bias_act(l->dev, &g, l->has_bias ? l->b.data : NULL, act, pre);
 }

@@ -84,14 +84,27 @@ tp_status tp_mlp_create(tp_comm *comm, const tp_mlp_config *cfg, tp_mlp **out)
     snprintf(n1, sizeof n1, "%s.fc1", base);
     snprintf(n2, sizeof n2, "%s.fc2", base);
     tp_linear_config c1 = {
-        .in_features = m->hidden, .out_features = m->ffn, .bias = cfg->bias,
-        .seed = cfg->seed, .tensor_id = cfg->tensor_id,
-        .full_weight = cfg->full_w1, .full_bias = cfg->full_b1, .name = n1, .dtype = m->dt,
+        .in_features = m->hidden,
+        .out_features = m->ffn,
+        .bias = cfg->bias,
+        .seed = cfg->seed,
+        .tensor_id = cfg->tensor_id,
+        .full_weight = cfg->full_w1,
+        .full_bias = cfg->full_b1,
+        .name = n1,
+        .dtype = m->dt,
     };
     tp_linear_config c2 = {
-        .in_features = m->ffn, .out_features = m->hidden, .bias = cfg->bias,
-        .input_is_parallel = true, .seed = cfg->seed, .tensor_id = cfg->tensor_id + 2,
-        .full_weight = cfg->full_w2, .full_bias = cfg->full_b2, .name = n2, .dtype = m->dt,
+        .in_features = m->ffn,
+        .out_features = m->hidden,
+        .bias = cfg->bias,
+        .input_is_parallel = true,
+        .seed = cfg->seed,
+        .tensor_id = cfg->tensor_id + 2,
+        .full_weight = cfg->full_w2,
+        .full_bias = cfg->full_b2,
+        .name = n2,
+        .dtype = m->dt,
     };
     TP_TRY_GOTO(tp_column_linear_create(comm, &c1, &m->fc1), st, fail);
     TP_TRY_GOTO(tp_row_linear_create(comm, &c2, &m->fc2), st, fail);

@@ -50,8 +50,10 @@ void tp_optim_free(tp_optim *o)
 static tp_status check_cfg(const tp_optim_config *c)
 {
     if (c->kind != TP_OPTIM_SGD && c->kind != TP_OPTIM_ADAMW)
-        return tp_set_error(TP_ERR_INVALID_ARG, "optimizer: unknown kind %d (TP_OPTIM_SGD or "
-                            "TP_OPTIM_ADAMW)", (int)c->kind);
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "optimizer: unknown kind %d (TP_OPTIM_SGD or "
+                            "TP_OPTIM_ADAMW)",
+                            (int)c->kind);
     if (!(c->lr >= 0.0f) || !isfinite(c->lr))
         return tp_set_error(TP_ERR_INVALID_ARG, "optimizer: lr %g must be finite and >= 0",
                             (double)c->lr);
@@ -69,8 +71,10 @@ static tp_status check_cfg(const tp_optim_config *c)
                                 "0.999), see tp_optim_defaults()",
                                 (double)c->beta1, (double)c->beta2);
         if (!(c->eps > 0.0f) || !isfinite(c->eps))
-            return tp_set_error(TP_ERR_INVALID_ARG, "AdamW: eps %g must be finite and > 0 (1e-8 is "
-                                "PyTorch's)", (double)c->eps);
+            return tp_set_error(TP_ERR_INVALID_ARG,
+                                "AdamW: eps %g must be finite and > 0 (1e-8 is "
+                                "PyTorch's)",
+                                (double)c->eps);
     }
     return TP_OK;
 }
@@ -94,8 +98,10 @@ static tp_status check_params(const tp_param *params, int n, tp_device *dev)
                                 i, nm, (long long)tp_tensor_numel(p->value),
                                 (long long)tp_tensor_numel(p->grad));
         if (p->value->dev != dev || p->grad->dev != dev)
-            return tp_set_error(TP_ERR_INVALID_ARG, "tp_optim_create: parameter %d (%s) lives on "
-                                "another device than comm's", i, nm);
+            return tp_set_error(TP_ERR_INVALID_ARG,
+                                "tp_optim_create: parameter %d (%s) lives on "
+                                "another device than comm's",
+                                i, nm);
     }
     return TP_OK;
 }
@@ -132,8 +138,10 @@ tp_status tp_optim_create(tp_comm *comm, const tp_optim_config *cfg, const tp_pa
     *out = NULL;
     if (!comm || !cfg || (!params && n > 0) || n < 0)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_optim_create: %s",
-                            !comm ? "comm is NULL" : !cfg ? "cfg is NULL"
-                            : n < 0 ? "n < 0" : "params is NULL");
+                            !comm   ? "comm is NULL"
+                            : !cfg  ? "cfg is NULL"
+                            : n < 0 ? "n < 0"
+                                    : "params is NULL");
     TP_TRY(check_cfg(cfg));
     tp_device *dev = tp_comm_device(comm);
     TP_TRY(check_params(params, n, dev));

@@ -9,7 +9,7 @@
 #define SMALL_WORLD 64
 
 tp_comm *tpi_comm_wrap(const tp_comm_ops *ops, const char *plugin, void *handle, int rank, int size,
-                      tp_device *dev, tp_rank_state *state)
+                       tp_device *dev, tp_rank_state *state)
 {
     tp_comm *c = g_new0(tp_comm, 1);
     c->ops = ops;
@@ -48,9 +48,9 @@ tp_status tp_comm_split(tp_comm *comm, int color, int key, tp_comm **out)
     tp_clear_error();
     tp_status st = comm->ops->split(comm->handle, color, key, &h, &rank, &size);
     if (st)
-        return tp_last_error()[0] ? st
-                                  : tp_set_error(st, "backend '%s': split failed without a message",
-                                                 comm->plugin);
+        return tp_last_error()[0]
+                   ? st
+                   : tp_set_error(st, "backend '%s': split failed without a message", comm->plugin);
     if (color < 0 || !h)
         return TP_OK;
     *out = tpi_comm_wrap(comm->ops, comm->plugin, h, rank, size, comm->dev, comm->state);
@@ -174,8 +174,8 @@ static tp_status to_host(tp_comm *comm, void *host, const void *src, size_t byte
     const tp_device *d = comm->dev;
     tp_status st = bytes ? d->ops->download(d->handle, host, src, bytes) : TP_OK;
     if (st && !tp_last_error()[0])
-        tp_set_error(st, "device '%s': download of %zu bytes to stage a collective failed",
-                     d->name, bytes);
+        tp_set_error(st, "device '%s': download of %zu bytes to stage a collective failed", d->name,
+                     bytes);
     return st;
 }
 
@@ -340,8 +340,8 @@ tp_status tp_barrier(tp_comm *comm)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_barrier: comm is NULL");
     tp_tick t0 = tpi_tick_start(comm->dev);
     tp_clear_error();
-    tp_status st = comm->ops->barrier ? comm->ops->barrier(comm->handle)
-                                      : barrier_by_all_reduce(comm);
+    tp_status st =
+        comm->ops->barrier ? comm->ops->barrier(comm->handle) : barrier_by_all_reduce(comm);
     return finish(comm, TP_OP_BARRIER, 0, t0, st);
 }
 
@@ -400,9 +400,8 @@ static tp_status all_gather(const char *fn, tp_comm *comm, const void *send, voi
     size_t es = tp_dtype_size(dt);
     tp_tick t0 = tpi_tick_start(comm->dev);
     tp_clear_error();
-    tp_status st = comm->ops->all_gather
-                       ? op_all_gather(comm, send, recv, counts, total, dt)
-                       : all_gather_by_broadcast(comm, send, recv, counts, dt);
+    tp_status st = comm->ops->all_gather ? op_all_gather(comm, send, recv, counts, total, dt)
+                                         : all_gather_by_broadcast(comm, send, recv, counts, dt);
     return finish(comm, TP_OP_ALL_GATHER, total * es, t0, st);
 }
 

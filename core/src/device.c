@@ -6,7 +6,7 @@
 #include "tp-internal.h"
 
 void tpi_device_init(tp_device *dev, const tp_device_ops *ops, const char *name, void *handle,
-                    const tp_rank_env *env, tp_rank_state *state)
+                     const tp_rank_env *env, tp_rank_state *state)
 {
     memset(dev, 0, sizeof *dev);
     dev->ops = ops;
@@ -65,14 +65,14 @@ static tp_status leave(tp_device *dev, const char *op, double flops, tp_tick t0,
 }
 
 /* Dispatch to slot `op` of dev, counted as a gemm (with flops) or a kernel. */
-#define DISPATCH(dev, op, flops, ...)                                               \
-    do {                                                                            \
-        tp_status st_ = enter(dev, (dev) && (dev)->ops->op != NULL, #op);           \
-        if (st_)                                                                    \
-            return st_;                                                             \
-        tp_tick t0_ = tpi_tick_start(dev);                                           \
-        st_ = (dev)->ops->op((dev)->handle, __VA_ARGS__);                           \
-        return leave(dev, #op, flops, t0_, st_);                                    \
+#define DISPATCH(dev, op, flops, ...)                                                              \
+    do {                                                                                           \
+        tp_status st_ = enter(dev, (dev) && (dev)->ops->op != NULL, #op);                          \
+        if (st_)                                                                                   \
+            return st_;                                                                            \
+        tp_tick t0_ = tpi_tick_start(dev);                                                         \
+        st_ = (dev)->ops->op((dev)->handle, __VA_ARGS__);                                          \
+        return leave(dev, #op, flops, t0_, st_);                                                   \
     } while (0)
 
 static tp_status bad(const char *op, const char *what)
@@ -93,8 +93,8 @@ static tp_status check_dt(const char *op, tp_dtype dt)
 static tp_status check_dims(const char *op, int64_t rows, int64_t cols)
 {
     if (rows < 0 || cols < 0)
-        return tp_set_error(TP_ERR_INVALID_ARG, "tp_dev_%s: negative size (%lld, %lld)",
-                            op, (long long)rows, (long long)cols);
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_dev_%s: negative size (%lld, %lld)", op,
+                            (long long)rows, (long long)cols);
     return TP_OK;
 }
 
@@ -194,27 +194,22 @@ static tp_status check_gemm(const char *op, const tp_gemm_args *g)
         return tp_set_error(TP_ERR_INVALID_ARG,
                             "tp_dev_gemm: bad sizes m=%lld n=%lld k=%lld batch=%lld (expected "
                             "m, n, k >= 0 and batch >= 1)",
-                            (long long)g->m, (long long)g->n, (long long)g->k,
-                            (long long)g->batch);
+                            (long long)g->m, (long long)g->n, (long long)g->k, (long long)g->batch);
     /* Row pitches of the matrices as stored (row-major). */
     int64_t min_lda = g->trans_a ? g->m : g->k, min_ldb = g->trans_b ? g->k : g->n;
     if (g->m && g->k && g->lda < (min_lda > 1 ? min_lda : 1))
-        return tp_set_error(TP_ERR_INVALID_ARG,
-                            "tp_dev_gemm: lda=%lld < %lld (A is stored %s, %lld x %lld)",
-                            (long long)g->lda, (long long)min_lda,
-                            g->trans_a ? "transposed" : "as is",
-                            (long long)(g->trans_a ? g->k : g->m),
-                            (long long)(g->trans_a ? g->m : g->k));
+        return tp_set_error(
+            TP_ERR_INVALID_ARG, "tp_dev_gemm: lda=%lld < %lld (A is stored %s, %lld x %lld)",
+            (long long)g->lda, (long long)min_lda, g->trans_a ? "transposed" : "as is",
+            (long long)(g->trans_a ? g->k : g->m), (long long)(g->trans_a ? g->m : g->k));
     if (g->k && g->n && g->ldb < (min_ldb > 1 ? min_ldb : 1))
-        return tp_set_error(TP_ERR_INVALID_ARG,
-                            "tp_dev_gemm: ldb=%lld < %lld (B is stored %s, %lld x %lld)",
-                            (long long)g->ldb, (long long)min_ldb,
-                            g->trans_b ? "transposed" : "as is",
-                            (long long)(g->trans_b ? g->n : g->k),
-                            (long long)(g->trans_b ? g->k : g->n));
+        return tp_set_error(
+            TP_ERR_INVALID_ARG, "tp_dev_gemm: ldb=%lld < %lld (B is stored %s, %lld x %lld)",
+            (long long)g->ldb, (long long)min_ldb, g->trans_b ? "transposed" : "as is",
+            (long long)(g->trans_b ? g->n : g->k), (long long)(g->trans_b ? g->k : g->n));
     if (g->m && g->n && g->ldc < g->n)
-        return tp_set_error(TP_ERR_INVALID_ARG, "tp_dev_gemm: ldc=%lld < n=%lld",
-                            (long long)g->ldc, (long long)g->n);
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_dev_gemm: ldc=%lld < n=%lld", (long long)g->ldc,
+                            (long long)g->n);
     TP_TRY(check_ptrs(op, g->m * g->k, "a", 1, g->a));
     TP_TRY(check_ptrs(op, g->k * g->n, "b", 1, g->b));
     TP_TRY(check_ptrs(op, g->m * g->n, "c", 1, g->c));
@@ -275,7 +270,7 @@ tp_status tp_dev_gemm_bias_act(tp_device *dev, const tp_gemm_args *g, const void
             TP_TRY(tp_dev_bias_add(dev, g->dtype, rows, g->n, p, bias));
         if (act != TP_ACT_NONE)
             TP_TRY(tp_dev_gelu(dev, g->dtype, rows * g->n, p, (char *)g->c + (size_t)r * pitch,
-                              act == TP_ACT_GELU_TANH));
+                               act == TP_ACT_GELU_TANH));
     }
     if (pre && act == TP_ACT_NONE)
         TP_TRY(tp_dev_copy_2d(dev, pre, pitch, g->c, pitch, (size_t)g->n * es, (size_t)g->m));
@@ -316,7 +311,8 @@ tp_status tp_dev_bias_grad(tp_device *dev, tp_dtype dt, int64_t rows, int64_t co
     DISPATCH(dev, bias_grad, 0, dt, rows, cols, dy, db);
 }
 
-tp_status tp_dev_gelu(tp_device *dev, tp_dtype dt, int64_t n, const void *x, void *y, int tanh_approx)
+tp_status tp_dev_gelu(tp_device *dev, tp_dtype dt, int64_t n, const void *x, void *y,
+                      int tanh_approx)
 {
     TP_TRY(check_dt("gelu", dt));
     TP_TRY(check_dims("gelu", n, 0));
@@ -333,8 +329,8 @@ tp_status tp_dev_gelu_bwd(tp_device *dev, tp_dtype dt, int64_t n, const void *x,
     DISPATCH(dev, gelu_bwd, 0, dt, n, x, dy, dx, tanh_approx);
 }
 
-tp_status tp_dev_axpby(tp_device *dev, tp_dtype dt, int64_t n, float alpha, const void *x, float beta,
-                       void *y)
+tp_status tp_dev_axpby(tp_device *dev, tp_dtype dt, int64_t n, float alpha, const void *x,
+                       float beta, void *y)
 {
     TP_TRY(check_dt("axpby", dt));
     TP_TRY(check_dims("axpby", n, 0));
@@ -442,8 +438,7 @@ tp_status tp_dev_ce_stats(tp_device *dev, tp_dtype dt, int64_t rows, int64_t col
 
 tp_status tp_dev_ce_bwd(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *logits,
                         const int32_t *targets, int64_t lo, int64_t vocab, const float *rowmax,
-                        const float *sumexp, const float *row_scale, float smoothing,
-                        void *dlogits)
+                        const float *sumexp, const float *row_scale, float smoothing, void *dlogits)
 {
     TP_TRY(check_dt("ce_bwd", dt));
     TP_TRY(check_dims("ce_bwd", rows, cols));
@@ -452,19 +447,21 @@ tp_status tp_dev_ce_bwd(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols,
                             (long long)vocab, (long long)cols);
     TP_TRY(check_ptrs("ce_bwd", rows * cols, "logits,dlogits", 2, logits, dlogits));
     TP_TRY(check_ptrs("ce_bwd", rows, "targets,rowmax,sumexp,row_scale", 4, targets, rowmax, sumexp,
-                     row_scale));
+                      row_scale));
     DISPATCH(dev, ce_bwd, 0, dt, rows, cols, logits, targets, lo, vocab, rowmax, sumexp, row_scale,
              smoothing, dlogits);
 }
 
-tp_status tp_dev_adamw(tp_device *dev, int64_t n, float *param, const float *grad, float *m, float *v,
-                       float lr, float beta1, float beta2, float eps, float weight_decay,
+tp_status tp_dev_adamw(tp_device *dev, int64_t n, float *param, const float *grad, float *m,
+                       float *v, float lr, float beta1, float beta2, float eps, float weight_decay,
                        int64_t step)
 {
     TP_TRY(check_dims("adamw", n, 0));
     if (step < 1)
-        return tp_set_error(TP_ERR_INVALID_ARG, "tp_dev_adamw: step %lld, expected >= 1 (the "
-                            "bias correction divides by 1 - beta^step)", (long long)step);
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "tp_dev_adamw: step %lld, expected >= 1 (the "
+                            "bias correction divides by 1 - beta^step)",
+                            (long long)step);
     TP_TRY(check_ptrs("adamw", n, "param,grad,m,v", 4, param, grad, m, v));
     DISPATCH(dev, adamw, 0, n, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step);
 }

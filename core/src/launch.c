@@ -82,8 +82,10 @@ static tp_status resolve_timeout(const tp_config *cfg, double *out)
 {
     *out = 300.0;
     if (cfg && cfg->timeout_s < 0)
-        return tp_set_error(TP_ERR_INVALID_ARG, "tp_config.timeout_s = %g: expected > 0 (or 0 "
-                            "for TP_TIMEOUT_S / the default 300 s)", cfg->timeout_s);
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "tp_config.timeout_s = %g: expected > 0 (or 0 "
+                            "for TP_TIMEOUT_S / the default 300 s)",
+                            cfg->timeout_s);
     if (cfg && cfg->timeout_s > 0) {
         *out = cfg->timeout_s;
         return TP_OK;
@@ -104,8 +106,10 @@ static tp_status resolve_threads(const tp_config *cfg, int *out)
 {
     *out = 1;
     if (cfg && cfg->cpu_threads < 0)
-        return tp_set_error(TP_ERR_INVALID_ARG, "tp_config.cpu_threads = %d: expected >= 1 (or "
-                            "0 for TP_CPU_THREADS / the default 1)", cfg->cpu_threads);
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "tp_config.cpu_threads = %d: expected >= 1 (or "
+                            "0 for TP_CPU_THREADS / the default 1)",
+                            cfg->cpu_threads);
     if (cfg && cfg->cpu_threads > 0) {
         *out = cfg->cpu_threads;
         return TP_OK;
@@ -178,8 +182,8 @@ tp_status tp_init(const tp_config *cfg, tp_ctx **out)
         goto fail;
     }
     tpi_debug("launch", "backend %s, device %s, world %d, local %d from rank %d, timeout %g s",
-             ctx->comm_plugin->name, ctx->dev_plugin->name, info.world_size, info.local_count,
-             info.first_rank, timeout);
+              ctx->comm_plugin->name, ctx->dev_plugin->name, info.world_size, info.local_count,
+              info.first_rank, timeout);
     *out = ctx;
     return TP_OK;
 fail:
@@ -226,9 +230,9 @@ typedef struct run_state {
     void *arg;
     GMutex lock;
     GCond cond;
-    int opened;        /* ranks past device open */
-    bool open_failed;  /* some rank could not open its device */
-    int first_failed;  /* local index of the first rank to fail, -1 if none */
+    int opened;       /* ranks past device open */
+    bool open_failed; /* some rank could not open its device */
+    int first_failed; /* local index of the first rank to fail, -1 if none */
 } run_state;
 
 typedef struct rank_job {
@@ -298,8 +302,8 @@ static gpointer rank_thread(gpointer data)
     }
     if (!wait_all_opened(run, st == TP_OK)) {
         if (!st) {
-            record(job, tp_set_error(TP_ERR_PEER,
-                                     "not started: another rank's device failed to open"));
+            record(job,
+                   tp_set_error(TP_ERR_PEER, "not started: another rank's device failed to open"));
             dops->close(dh);
         }
         return NULL;
@@ -314,8 +318,11 @@ static gpointer rank_thread(gpointer data)
      * one that takes neither refuses in world() with its own message. A
      * comm that takes the kind but refuses this device in world() with
      * TP_ERR_NOT_SUPPORTED is staged too, when it takes host memory. */
-    tp_rank_env host_env = {.struct_size = sizeof host_env, .mem_kind = TP_MEM_HOST,
-                            .device_index = -1, .dev_ops = dops, .dev = dh};
+    tp_rank_env host_env = {.struct_size = sizeof host_env,
+                            .mem_kind = TP_MEM_HOST,
+                            .device_index = -1,
+                            .dev_ops = dops,
+                            .dev = dh};
     bool takes_host = tpi_comm_accepts(cops, TP_MEM_HOST);
     state.staged = !tpi_comm_accepts(cops, env.mem_kind) && takes_host;
     int rank = -1, size = 0;
@@ -323,15 +330,16 @@ static gpointer rank_thread(gpointer data)
                      &size);
     if (st == TP_ERR_NOT_SUPPORTED && !state.staged && env.mem_kind != TP_MEM_HOST && takes_host) {
         tpi_debug("comm", "rank %d: backend '%s' refused device '%s' memory (%s)", world_rank,
-                 ctx->comm_plugin->name, ctx->dev_plugin->name, tp_last_error());
+                  ctx->comm_plugin->name, ctx->dev_plugin->name, tp_last_error());
         tp_clear_error();
         state.staged = true;
         st = cops->world(ctx->engine, job->local_index, &host_env, &ch, &rank, &size);
     }
     if (state.staged)
-        tpi_debug("comm", "rank %d: backend '%s' does not take device '%s' memory (kind %d): "
-                 "collectives stage through host memory", world_rank, ctx->comm_plugin->name,
-                 ctx->dev_plugin->name, (int)env.mem_kind);
+        tpi_debug("comm",
+                  "rank %d: backend '%s' does not take device '%s' memory (kind %d): "
+                  "collectives stage through host memory",
+                  world_rank, ctx->comm_plugin->name, ctx->dev_plugin->name, (int)env.mem_kind);
     if (st) {
         tp_set_error(st, "backend '%s': world() failed: %s", ctx->comm_plugin->name,
                      tp_last_error()[0] ? tp_last_error() : "(no message)");

@@ -42,21 +42,26 @@ typedef struct slot {
 /* The tables come from the X-macro lists in tp-plugin.h. The enums give
  * each slot its index, and the assertions below check that the lists name
  * every function slot of the structs, in order. */
-#define COMM_SLOT(f, req, minor) {#f, offsetof(tp_comm_ops, f), req, minor},
+#define COMM_SLOT(f, req, minor)   {#f, offsetof(tp_comm_ops, f), req, minor},
 #define DEVICE_SLOT(f, req, minor) {#f, offsetof(tp_device_ops, f), req, minor},
 static const slot comm_slots[] = {TP_COMM_OPS_SLOTS(COMM_SLOT)};
 static const slot device_slots[] = {TP_DEVICE_OPS_SLOTS(DEVICE_SLOT)};
 
 #define SLOT_INDEX(f, req, minor) SLOT_INDEX_##f,
-enum { TP_COMM_OPS_SLOTS(SLOT_INDEX) N_COMM_SLOTS };
-enum { TP_DEVICE_OPS_SLOTS(SLOT_INDEX) N_DEVICE_SLOTS };
+enum {
+    TP_COMM_OPS_SLOTS(SLOT_INDEX) N_COMM_SLOTS
+};
+enum {
+    TP_DEVICE_OPS_SLOTS(SLOT_INDEX) N_DEVICE_SLOTS
+};
 #define SLOT_AT(f) (sizeof(size_t) + (size_t)SLOT_INDEX_##f * sizeof(void (*)(void)))
-#define ASSERT_COMM_SLOT(f, req, minor)                                                           \
-    _Static_assert(offsetof(tp_comm_ops, f) == SLOT_AT(f),                          \
+#define ASSERT_COMM_SLOT(f, req, minor)                                                            \
+    _Static_assert(offsetof(tp_comm_ops, f) == SLOT_AT(f),                                         \
                    "TP_COMM_OPS_SLOTS: '" #f "' is out of order or a slot before it is missing");
-#define ASSERT_DEVICE_SLOT(f, req, minor)                                                         \
-    _Static_assert(offsetof(tp_device_ops, f) == SLOT_AT(f),                      \
-                   "TP_DEVICE_OPS_SLOTS: '" #f "' is out of order or a slot before it is missing");
+#define ASSERT_DEVICE_SLOT(f, req, minor)                                                          \
+    _Static_assert(offsetof(tp_device_ops, f) == SLOT_AT(f),                                       \
+                   "TP_DEVICE_OPS_SLOTS: '" #f                                                     \
+                   "' is out of order or a slot before it is missing");
 TP_COMM_OPS_SLOTS(ASSERT_COMM_SLOT)
 TP_DEVICE_OPS_SLOTS(ASSERT_DEVICE_SLOT)
 _Static_assert(offsetof(tp_comm_ops, mem_kinds) ==
@@ -117,8 +122,8 @@ static tp_status copy_ops(const char *path, const char *what, unsigned minor, co
     for (size_t i = 0; i < n; i++)
         if (slots[i].since_minor > minor && !slot_set(dst, &slots[i]))
             tpi_debug("plugin", "%s: %s slot '%s' came in ABI %d.%u, after the plugin's %d.%u",
-                      path, what, slots[i].name, TP_ABI_MAJOR, slots[i].since_minor,
-                      TP_ABI_MAJOR, minor);
+                      path, what, slots[i].name, TP_ABI_MAJOR, slots[i].since_minor, TP_ABI_MAJOR,
+                      minor);
     return TP_OK;
 }
 
@@ -245,8 +250,8 @@ out:
         return st;
     }
     tpi_debug("plugin", "%s: accepted '%s' %s (ABI %u.%u)%s%s", path, p->name,
-             p->desc->version ? p->desc->version : "?", p->desc->abi_major, p->desc->abi_minor,
-             p->has_comm ? " comm" : "", p->has_device ? " device" : "");
+              p->desc->version ? p->desc->version : "?", p->desc->abi_major, p->desc->abi_minor,
+              p->has_comm ? " comm" : "", p->has_device ? " device" : "");
     *out = p;
     return TP_OK;
 }
@@ -293,7 +298,7 @@ static void add_dir(GArray *dirs, const char *path, const char *origin)
         return;
     if (!g_path_is_absolute(path)) {
         tpi_debug("plugin", "%s entry '%s' skipped: relative directories are never searched",
-                 origin, path);
+                  origin, path);
         return;
     }
     char *real = realpath(path, NULL);
@@ -373,12 +378,11 @@ void tp_plugin_inspect(const char *path, tp_plugin_info *out)
         out->abi_minor = d->abi_minor;
         out->is_comm = p->has_comm;
         out->is_device = p->has_device;
-        out->comm_ops = p->has_comm ? slot_names(&p->comm, comm_slots, N_COMM_SLOTS)
-                                    : g_new0(char *, 1);
+        out->comm_ops =
+            p->has_comm ? slot_names(&p->comm, comm_slots, N_COMM_SLOTS) : g_new0(char *, 1);
         out->comm_mem_kinds = p->has_comm ? p->comm.mem_kinds : 0;
-        out->device_ops = p->has_device
-                              ? slot_names(&p->device, device_slots, N_DEVICE_SLOTS)
-                              : g_new0(char *, 1);
+        out->device_ops = p->has_device ? slot_names(&p->device, device_slots, N_DEVICE_SLOTS)
+                                        : g_new0(char *, 1);
         char reason[512];
         out->available = plugin_probe(p, reason, sizeof reason) != 0;
         if (!out->available)
@@ -526,7 +530,7 @@ tp_status tpi_plugin_load(const char *spec, tp_plugin_kind kind, const char *var
                 path = cand;
             } else {
                 tpi_debug("plugin", "%s=%s: skipped %s (%s): %s", var, spec, cand, d->origin,
-                         d->exists ? "no such file" : "directory does not exist");
+                          d->exists ? "no such file" : "directory does not exist");
                 g_free(cand);
             }
         }

@@ -122,9 +122,8 @@ static tp_status check_transfer(const char *fn, const tp_tensor *t, const void *
                             "%s: tensor %s has no data (allocate it with tp_tensor_alloc)", fn,
                             describe(t, d, sizeof d));
     if (bytes && !host)
-        return tp_set_error(TP_ERR_INVALID_ARG,
-                            "%s: host buffer is NULL for tensor %s (%zu bytes)", fn,
-                            describe(t, d, sizeof d), bytes);
+        return tp_set_error(TP_ERR_INVALID_ARG, "%s: host buffer is NULL for tensor %s (%zu bytes)",
+                            fn, describe(t, d, sizeof d), bytes);
     return TP_OK;
 }
 
@@ -176,6 +175,7 @@ void tp_host_convert(tp_dtype dst_dt, void *dst, tp_dtype src_dt, const void *sr
         if (dst_dt == TP_F32)
             ((float *)dst)[i] = v;
         else
-            ((uint16_t *)dst)[i] = dst_dt == TP_BF16 ? tp_util_f32_to_bf16(v) : tp_util_f32_to_f16(v);
+            ((uint16_t *)dst)[i] =
+                dst_dt == TP_BF16 ? tp_util_f32_to_bf16(v) : tp_util_f32_to_f16(v);
     }
 }

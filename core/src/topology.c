@@ -40,7 +40,8 @@ static tp_status node_key(int world_rank, int world_size, uint64_t *key)
         if (errno || *end || per < 1)
             return tp_set_error(TP_ERR_INVALID_ARG,
                                 "tp_topology: TP_FAKE_NODES='%s' is not a positive number of ranks "
-                                "per node or a list of node ids like '0,0,1,1'", fake);
+                                "per node or a list of node ids like '0,0,1,1'",
+                                fake);
         *key = (uint64_t)(world_rank / per);
         return TP_OK;
     }
@@ -59,7 +60,8 @@ static tp_status node_key(int world_rank, int world_size, uint64_t *key)
             if (r + 1 != world_size)
                 return tp_set_error(TP_ERR_INVALID_ARG,
                                     "tp_topology: TP_FAKE_NODES='%s' lists %d node ids, expected "
-                                    "one per rank (%d)", fake, r + 1, world_size);
+                                    "one per rank (%d)",
+                                    fake, r + 1, world_size);
             return TP_OK;
         }
         p = end + 1;
@@ -104,7 +106,8 @@ tp_status tp_topology(tp_comm *world, int tp_size, bool allow_span, tp_comm **tp
     if (tp_size < 1 || tp_size > n || n % tp_size != 0)
         return tp_set_error(TP_ERR_INVALID_ARG,
                             "tp_topology: TP size %d does not divide the world size %d; choose a "
-                            "TP size among the divisors of %d", tp_size, n, n);
+                            "TP size among the divisors of %d",
+                            tp_size, n, n);
 
     uint64_t key = 0;
     tp_status st = node_key(me, n, &key);
@@ -149,7 +152,8 @@ tp_status tp_topology(tp_comm *world, int tp_size, bool allow_span, tp_comm **tp
                               "(first rank %d) runs %d ranks, not a multiple of %d. TP traffic "
                               "belongs on the fast intra-node link; choose a TP size dividing "
                               "the ranks per node, or pass allow_span to group consecutive "
-                              "ranks anyway", tp_size, node, first, size_of_node[node], tp_size);
+                              "ranks anyway",
+                              tp_size, node, first, size_of_node[node], tp_size);
             goto out;
         }
         /* Groups are numbered node by node. */
@@ -161,19 +165,26 @@ tp_status tp_topology(tp_comm *world, int tp_size, bool allow_span, tp_comm **tp
     }
 
     *layout = (tp_layout){
-        .world_rank = me, .world_size = n,
-        .node = node_of[me], .nodes = nodes,
-        .local_rank = local_of[me], .local_size = size_of_node[node_of[me]],
-        .tp_group = group, .tp_rank = tp_rank, .tp_size = tp_size,
-        .dp_rank = group, .dp_size = n / tp_size,
+        .world_rank = me,
+        .world_size = n,
+        .node = node_of[me],
+        .nodes = nodes,
+        .local_rank = local_of[me],
+        .local_size = size_of_node[node_of[me]],
+        .tp_group = group,
+        .tp_rank = tp_rank,
+        .tp_size = tp_size,
+        .dp_rank = group,
+        .dp_size = n / tp_size,
     };
     tp_comm *tp = NULL, *dp = NULL;
     TP_TRY_GOTO(tp_comm_split(world, group, tp_rank, &tp), st, split_done);
     TP_TRY_GOTO(tp_comm_split(world, tp_rank, group, &dp), st, split_done);
     if (tp_comm_size(tp) != tp_size || tp_comm_size(dp) != n / tp_size)
-        st = tp_set_error(TP_ERR_INTERNAL, "tp_topology: built groups of %d (TP) and %d (DP), "
-                          "expected %d and %d", tp_comm_size(tp), tp_comm_size(dp), tp_size,
-                          n / tp_size);
+        st = tp_set_error(TP_ERR_INTERNAL,
+                          "tp_topology: built groups of %d (TP) and %d (DP), "
+                          "expected %d and %d",
+                          tp_comm_size(tp), tp_comm_size(dp), tp_size, n / tp_size);
 split_done:
     if (st != TP_OK || tp_out == NULL)
         tp_comm_free(tp);

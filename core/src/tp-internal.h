@@ -95,7 +95,7 @@ struct tp_comm {
 bool tpi_comm_accepts(const tp_comm_ops *ops, tp_mem_kind kind); /* per ops->mem_kinds */
 void tpi_stage_free(tp_rank_state *state, tp_device *dev); /* dev: whose host_alloc made them */
 tp_comm *tpi_comm_wrap(const tp_comm_ops *ops, const char *plugin, void *handle, int rank, int size,
-                      tp_device *dev, tp_rank_state *state);
+                       tp_device *dev, tp_rank_state *state);
 
 /* device.c */
 void tpi_device_init(tp_device *dev, const tp_device_ops *ops, const char *name, void *handle,

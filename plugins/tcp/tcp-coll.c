@@ -29,12 +29,12 @@ typedef struct ring {
     uint16_t op;
     tp_dtype dt;
     tp_redop rop;
-    size_t esize, chunk;  /* element size, chunk in elements */
+    size_t esize, chunk; /* element size, chunk in elements */
     int n, r;
-    const size_t *cnt;    /* [n] elements per segment */
-    size_t *off;          /* [n] element offset of each segment */
-    char *work;           /* segments live here */
-    const char *first;    /* step 0 of reduce-scatter sends own data from here (may be work) */
+    const size_t *cnt; /* [n] elements per segment */
+    size_t *off;       /* [n] element offset of each segment */
+    char *work;        /* segments live here */
+    const char *first; /* step 0 of reduce-scatter sends own data from here (may be work) */
 } ring;
 
 static tp_status check_comm(tcp_comm *c, const char *op)
@@ -93,10 +93,14 @@ static size_t nchunks(const ring *g, int seg)
 
 static tcp_hdr make_hdr(const ring *g, size_t step, size_t bytes, int root)
 {
-    return (tcp_hdr){.magic = TCP_MAGIC, .version = TCP_WIRE_VERSION, .op = g->op,
+    return (tcp_hdr){.magic = TCP_MAGIC,
+                     .version = TCP_WIRE_VERSION,
+                     .op = g->op,
                      .step = (uint32_t)step,
                      .arg = (uint32_t)g->dt | ((uint32_t)g->rop << 8) | ((uint32_t)root << 16),
-                     .comm = g->c->id, .seq = g->c->seq, .len = bytes};
+                     .comm = g->c->id,
+                     .seq = g->c->seq,
+                     .len = bytes};
 }
 
 /* Run `rs` reduce-scatter steps then `ag` all-gather steps on g->work. */
@@ -160,9 +164,16 @@ static tp_status ring_run(ring *g, int rs, int ag)
             m[ri].reduce = reduce;
         }
     }
-    tcp_xfer x = {.comm = c, .opname = g->opname,
-                  .to = c->members[mod(r + 1, n)], .from = c->members[mod(r - 1, n)],
-                  .s = s, .ns = nmsg, .r = m, .nr = nrecv, .dt = g->dt, .rop = g->rop};
+    tcp_xfer x = {.comm = c,
+                  .opname = g->opname,
+                  .to = c->members[mod(r + 1, n)],
+                  .from = c->members[mod(r - 1, n)],
+                  .s = s,
+                  .ns = nmsg,
+                  .r = m,
+                  .nr = nrecv,
+                  .dt = g->dt,
+                  .rop = g->rop};
     tp_status st = tcp_xfer_run(&x);
     free(s);
     free(m);
@@ -254,9 +265,19 @@ tp_status tcp_all_reduce(void *comm, const void *send, void *recv, size_t count,
         cnt[i] = base + ((size_t)i < extra ? 1 : 0);
         off[i] = i == 0 ? 0 : off[i - 1] + cnt[i - 1];
     }
-    ring g = {.c = c, .opname = name, .op = TCP_OP_ALL_REDUCE, .dt = dt, .rop = op, .esize = es,
-              .chunk = chunk_elems(c, es, max_count(cnt, c->size)), .n = c->size, .r = c->rank,
-              .cnt = cnt, .off = off, .work = recv, .first = recv};
+    ring g = {.c = c,
+              .opname = name,
+              .op = TCP_OP_ALL_REDUCE,
+              .dt = dt,
+              .rop = op,
+              .esize = es,
+              .chunk = chunk_elems(c, es, max_count(cnt, c->size)),
+              .n = c->size,
+              .r = c->rank,
+              .cnt = cnt,
+              .off = off,
+              .work = recv,
+              .first = recv};
     st = ring_run(&g, c->size - 1, c->size - 1);
     c->seq++;
     free(cnt);
@@ -281,9 +302,19 @@ static tp_status gather_impl(tcp_comm *c, const char *name, uint16_t wop, const 
     if (counts[c->rank])
         copy_bytes((char *)recv + off[c->rank] * es, send, counts[c->rank] * es);
     if (c->size > 1) {
-        ring g = {.c = c, .opname = name, .op = wop, .dt = dt, .rop = TP_SUM, .esize = es,
-                  .chunk = chunk_elems(c, es, max_count(counts, c->size)), .n = c->size,
-                  .r = c->rank, .cnt = counts, .off = off, .work = recv, .first = recv};
+        ring g = {.c = c,
+                  .opname = name,
+                  .op = wop,
+                  .dt = dt,
+                  .rop = TP_SUM,
+                  .esize = es,
+                  .chunk = chunk_elems(c, es, max_count(counts, c->size)),
+                  .n = c->size,
+                  .r = c->rank,
+                  .cnt = counts,
+                  .off = off,
+                  .work = recv,
+                  .first = recv};
         st = ring_run(&g, 0, c->size - 1);
     }
     c->seq++;
@@ -328,9 +359,18 @@ tp_status tcp_reduce_scatter(void *comm, const void *send, void *recv, const siz
     if (c->size == 1) {
         copy_bytes(recv, send, counts[0] * es);
     } else {
-        ring g = {.c = c, .opname = name, .op = TCP_OP_REDUCE_SCATTER, .dt = dt, .rop = op,
-                  .esize = es, .chunk = chunk_elems(c, es, max_count(counts, c->size)),
-                  .n = c->size, .r = c->rank, .cnt = counts, .off = off, .work = work,
+        ring g = {.c = c,
+                  .opname = name,
+                  .op = TCP_OP_REDUCE_SCATTER,
+                  .dt = dt,
+                  .rop = op,
+                  .esize = es,
+                  .chunk = chunk_elems(c, es, max_count(counts, c->size)),
+                  .n = c->size,
+                  .r = c->rank,
+                  .cnt = counts,
+                  .off = off,
+                  .work = work,
                   .first = work};
         st = ring_run(&g, c->size - 1, 0);
         if (st == TP_OK && counts[c->rank])
@@ -389,9 +429,16 @@ tp_status tcp_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int ro
         if (m)
             m[k] = (tcp_rmsg){.hdr = h, .dst = p, .reduce = 0};
     }
-    tcp_xfer x = {.comm = c, .opname = name, .to = sends ? c->members[mod(c->rank + 1, n)] : -1,
-                  .from = recvs ? c->members[mod(c->rank - 1, n)] : -1, .s = s,
-                  .ns = sends ? nch : 0, .r = m, .nr = recvs ? nch : 0, .dt = dt, .rop = TP_SUM};
+    tcp_xfer x = {.comm = c,
+                  .opname = name,
+                  .to = sends ? c->members[mod(c->rank + 1, n)] : -1,
+                  .from = recvs ? c->members[mod(c->rank - 1, n)] : -1,
+                  .s = s,
+                  .ns = sends ? nch : 0,
+                  .r = m,
+                  .nr = recvs ? nch : 0,
+                  .dt = dt,
+                  .rop = TP_SUM};
     st = tcp_xfer_run(&x);
     c->seq++;
     free(s);
@@ -409,9 +456,19 @@ tp_status tcp_barrier(void *comm)
         size_t *z = calloc(2 * (size_t)c->size, sizeof(size_t));
         if (!z)
             return c->eng->host->set_error(TP_ERR_NO_MEMORY, "tcp barrier: out of memory");
-        ring g = {.c = c, .opname = "barrier", .op = TCP_OP_BARRIER, .dt = TP_F32, .rop = TP_SUM,
-                  .esize = 4, .chunk = 1, .n = c->size, .r = c->rank, .cnt = z, .off = z + c->size,
-                  .work = NULL, .first = NULL};
+        ring g = {.c = c,
+                  .opname = "barrier",
+                  .op = TCP_OP_BARRIER,
+                  .dt = TP_F32,
+                  .rop = TP_SUM,
+                  .esize = 4,
+                  .chunk = 1,
+                  .n = c->size,
+                  .r = c->rank,
+                  .cnt = z,
+                  .off = z + c->size,
+                  .work = NULL,
+                  .first = NULL};
         st = ring_run(&g, 0, c->size - 1);
         free(z);
     }

@@ -58,8 +58,11 @@ static tp_status job_from_env(const tp_host *host, int requested, tcp_job *j)
     const char *rank_s = getenv("TP_RANK"), *world_s = getenv("TP_WORLD_SIZE");
     const char *chunk_s = getenv("TP_TCP_CHUNK_BYTES");
 
-    *j = (tcp_job){.rank = 0, .world = 1, .chunk = TCP_DEFAULT_CHUNK,
-                   .addr = getenv("TP_MASTER_ADDR"), .port = getenv("TP_MASTER_PORT")};
+    *j = (tcp_job){.rank = 0,
+                   .world = 1,
+                   .chunk = TCP_DEFAULT_CHUNK,
+                   .addr = getenv("TP_MASTER_ADDR"),
+                   .port = getenv("TP_MASTER_PORT")};
     if (!j->addr || !*j->addr)
         j->addr = "127.0.0.1";
     if (world_s && parse_int(world_s, 1, TCP_MAX_WORLD, &j->world) < 0)
@@ -95,8 +98,8 @@ static tp_status job_from_env(const tp_host *host, int requested, tcp_job *j)
                                requested, j->world, requested, j->world);
     if (chunk_s && parse_int(chunk_s, 16, 1L << 30, &j->chunk) < 0)
         return host->set_error(TP_ERR_INVALID_ARG,
-                               "tcp: TP_TCP_CHUNK_BYTES=\"%s\" is not a number in 16..%ld",
-                               chunk_s, 1L << 30);
+                               "tcp: TP_TCP_CHUNK_BYTES=\"%s\" is not a number in 16..%ld", chunk_s,
+                               1L << 30);
     if (j->world > 1 && (!j->port || !*j->port))
         return host->set_error(TP_ERR_INVALID_ARG,
                                "tcp: TP_MASTER_PORT is not set (rank %ld of %ld): every rank needs "
@@ -126,10 +129,10 @@ static tp_status tcp_init(const tp_host *host, const tp_engine_args *args, void 
     e->host = host;
     e->rank = (int)rank;
     e->world = (int)world;
-    e->timeout_s = host->struct_size >= offsetof(tp_host, timeout_s) + sizeof(double) &&
-                           host->timeout_s > 0
-                       ? host->timeout_s
-                       : 300.0;
+    e->timeout_s =
+        host->struct_size >= offsetof(tp_host, timeout_s) + sizeof(double) && host->timeout_s > 0
+            ? host->timeout_s
+            : 300.0;
     e->chunk_bytes = (size_t)chunk & ~(size_t)7; /* a multiple of every element size */
     e->peers = calloc((size_t)world, sizeof *e->peers);
     e->scratch = malloc(e->chunk_bytes);

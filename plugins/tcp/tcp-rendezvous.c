@@ -58,8 +58,8 @@ static void fd_name(int fd, int peer, char *buf, size_t len)
 
 static tp_status resolve(tcp_engine *e, const char *addr, const char *port, struct addrinfo **out)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_NUMERICSERV};
+    struct addrinfo hints = {
+        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
     char *end;
     long p = strtol(port, &end, 10);
     if (*port == '\0' || *end != '\0' || p <= 0 || p > 65535)
@@ -107,8 +107,8 @@ static tp_status open_peer_listener(tcp_engine *e, int like, int *lfd)
     int fd = listen_on((struct sockaddr *)&ss, sl, e->world + 16);
     if (fd < 0)
         return e->host->set_error(TP_ERR_IO,
-                                  "tcp: rank %d cannot open its peer listening socket: %s",
-                                  e->rank, strerror(errno));
+                                  "tcp: rank %d cannot open its peer listening socket: %s", e->rank,
+                                  strerror(errno));
     sl = sizeof ss;
     getsockname(fd, (struct sockaddr *)&ss, &sl);
     addr_text((struct sockaddr *)&ss, sl, e->peers[e->rank].host, TCP_HOST_LEN,
@@ -210,8 +210,8 @@ typedef struct pending {
 typedef struct acceptor {
     tcp_engine *e;
     int lfd;
-    int mesh;          /* 0: master accepting HELLO, 1: rank accepting MESH */
-    int *fds;          /* [world]: accepted connection per rank, -1 if none */
+    int mesh; /* 0: master accepting HELLO, 1: rank accepting MESH */
+    int *fds; /* [world]: accepted connection per rank, -1 if none */
     int need, have;
     pending p[MAX_PENDING];
     int np;
@@ -225,7 +225,8 @@ static size_t acc_msg_size(const acceptor *a)
 /* The header a hello (master) or mesh hello (rank) must have. */
 static tcp_hdr acc_want_hdr(const acceptor *a)
 {
-    return (tcp_hdr){.magic = TCP_MAGIC, .version = TCP_WIRE_VERSION,
+    return (tcp_hdr){.magic = TCP_MAGIC,
+                     .version = TCP_WIRE_VERSION,
                      .op = a->mesh ? TCP_OP_MESH : TCP_OP_HELLO,
                      .len = a->mesh ? TCP_MESH_SIZE : TCP_HELLO_SIZE};
 }
@@ -386,8 +387,8 @@ static tp_status acc_read(acceptor *a, int i)
         snprintf(msg, sizeof msg,
                  "tcp rendezvous: rank %d: a connection from %s to %s sent %zu bytes "
                  "and %s, expected a %zu-byte tp tcp %s",
-                 e->rank, p->from, a->mesh ? "this rank's peer port" : "the master port",
-                 p->got, n == 0 ? "closed" : strerror(errno), acc_msg_size(a),
+                 e->rank, p->from, a->mesh ? "this rank's peer port" : "the master port", p->got,
+                 n == 0 ? "closed" : strerror(errno), acc_msg_size(a),
                  a->mesh ? "mesh hello" : "hello");
         return acc_fail(a, TP_ERR_PEER, msg);
     }
@@ -553,8 +554,8 @@ static tp_status master_phase(tcp_engine *e, struct addrinfo *ai, int *lfd_out)
 
 /* Worker: connect to the master, trying each of its addresses in turn;
  * *fd < 0 means none answered (master names the last one tried). */
-static tp_status worker_connect(tcp_engine *e, struct addrinfo *ai, double deadline,
-                                char *master, size_t master_len, int *fd)
+static tp_status worker_connect(tcp_engine *e, struct addrinfo *ai, double deadline, char *master,
+                                size_t master_len, int *fd)
 {
     int err = 0, attempts = 0;
     *fd = -1;
@@ -613,16 +614,15 @@ static tp_status worker_table_header(tcp_engine *e, int fd, const char *master, 
                                   master, en == ENODATA ? "closed the connection" : strerror(en),
                                   e->rank, got, TCP_HDR_SIZE);
     }
-    tcp_hdr hdr, want = {.magic = TCP_MAGIC, .version = TCP_WIRE_VERSION, .op = TCP_OP_TABLE,
-                         .len = tlen};
+    tcp_hdr hdr,
+        want = {.magic = TCP_MAGIC, .version = TCP_WIRE_VERSION, .op = TCP_OP_TABLE, .len = tlen};
     tcp_hdr_decode(h, &hdr);
     if (hdr.magic == TCP_MAGIC && hdr.version == TCP_WIRE_VERSION && hdr.op == TCP_OP_ABORT &&
         hdr.len <= TCP_ABORT_MAX && hdr.comm == 0 && hdr.seq == 0)
         return worker_refused(e, fd, &hdr, master);
     if (tcp_hdr_mismatch(&hdr, &want, why, sizeof why))
-        return e->host->set_error(TP_ERR_PEER,
-                                  "tcp rendezvous: rank %d: the master at %s sent %s", e->rank,
-                                  master, why);
+        return e->host->set_error(TP_ERR_PEER, "tcp rendezvous: rank %d: the master at %s sent %s",
+                                  e->rank, master, why);
     return TP_OK;
 }
 

@@ -44,17 +44,17 @@ const char *tcp_peer_name(const tcp_peer *p, char *buf, size_t len)
 const char *tcp_op_name(unsigned op)
 {
     switch (op) {
-    case TCP_OP_HELLO: return "hello";
-    case TCP_OP_TABLE: return "table";
-    case TCP_OP_MESH: return "mesh hello";
-    case TCP_OP_ABORT: return "abort";
-    case TCP_OP_ALL_REDUCE: return "all_reduce";
-    case TCP_OP_ALL_GATHER: return "all_gather";
-    case TCP_OP_REDUCE_SCATTER: return "reduce_scatter";
-    case TCP_OP_BROADCAST: return "broadcast";
-    case TCP_OP_BARRIER: return "barrier";
-    case TCP_OP_SPLIT: return "split";
-    default: return "unknown op";
+        case TCP_OP_HELLO: return "hello";
+        case TCP_OP_TABLE: return "table";
+        case TCP_OP_MESH: return "mesh hello";
+        case TCP_OP_ABORT: return "abort";
+        case TCP_OP_ALL_REDUCE: return "all_reduce";
+        case TCP_OP_ALL_GATHER: return "all_gather";
+        case TCP_OP_REDUCE_SCATTER: return "reduce_scatter";
+        case TCP_OP_BROADCAST: return "broadcast";
+        case TCP_OP_BARRIER: return "barrier";
+        case TCP_OP_SPLIT: return "split";
+        default: return "unknown op";
     }
 }
 
@@ -162,14 +162,13 @@ const char *tcp_hdr_mismatch(const tcp_hdr *got, const tcp_hdr *want, char *buf,
                  tcp_redop_name((tp_redop)((got->arg >> 8) & 0xff)),
                  tcp_redop_name((tp_redop)((want->arg >> 8) & 0xff)));
     } else if (got->arg != want->arg) {
-        snprintf(buf, len, "root %u, expected %u: the ranks passed different roots",
-                 got->arg >> 16, want->arg >> 16);
+        snprintf(buf, len, "root %u, expected %u: the ranks passed different roots", got->arg >> 16,
+                 want->arg >> 16);
     } else if (got->step != want->step) {
-        snprintf(buf, len, "message %u of the collective, expected %u: a protocol error",
-                 got->step, want->step);
+        snprintf(buf, len, "message %u of the collective, expected %u: a protocol error", got->step,
+                 want->step);
     } else if (got->len != want->len) {
-        snprintf(buf, len,
-                 "%llu payload bytes, expected %llu: the ranks passed different counts",
+        snprintf(buf, len, "%llu payload bytes, expected %llu: the ranks passed different counts",
                  (unsigned long long)got->len, (unsigned long long)want->len);
     } else {
         return NULL;
@@ -202,9 +201,9 @@ void tcp_engine_break(tcp_engine *e, const char *why, int mid)
 
 typedef struct xstate {
     tcp_xfer *x;
-    size_t si, soff;      /* current send message, bytes of header+payload sent */
+    size_t si, soff; /* current send message, bytes of header+payload sent */
     unsigned char shdr[TCP_HDR_SIZE];
-    size_t ri, roff;      /* current receive message, bytes of header+payload received */
+    size_t ri, roff; /* current receive message, bytes of header+payload received */
     unsigned char rhdr[TCP_HDR_SIZE];
 } xstate;
 
@@ -349,8 +348,8 @@ static int do_recv(xstate *st, tp_status *status)
         }
         if (st->roff == total) {
             if (m->reduce)
-                tcp_reduce(m->dst, e->scratch, (size_t)m->hdr.len / tp_util_dtype_size(x->dt), x->dt,
-                           x->rop);
+                tcp_reduce(m->dst, e->scratch, (size_t)m->hdr.len / tp_util_dtype_size(x->dt),
+                           x->dt, x->rop);
             st->ri++;
             st->roff = 0;
         }

@@ -33,16 +33,16 @@
 
 #include <stdint.h>
 
-#define TCP_MAGIC 0x54504354u /* the bytes "TCPT" read as a little-endian u32 */
-#define TCP_WIRE_VERSION 1
-#define TCP_HDR_SIZE 40
-#define TCP_HOST_LEN 60          /* numeric address text, NUL terminated */
-#define TCP_HELLO_SIZE 12        /* rank u32, world u32, port u16, 2 zero bytes */
+#define TCP_MAGIC            0x54504354u /* the bytes "TCPT" read as a little-endian u32 */
+#define TCP_WIRE_VERSION     1
+#define TCP_HDR_SIZE         40
+#define TCP_HOST_LEN         60  /* numeric address text, NUL terminated */
+#define TCP_HELLO_SIZE       12  /* rank u32, world u32, port u16, 2 zero bytes */
 #define TCP_TABLE_ENTRY_SIZE 64  /* port u16, 2 zero bytes, host[TCP_HOST_LEN] */
-#define TCP_TABLE_HEAD_SIZE 16   /* job id u64, chunk bytes u64, then world entries */
-#define TCP_MESH_SIZE 16         /* job id u64, rank u32, world u32 */
-#define TCP_ABORT_MAX 512        /* reason text, not NUL terminated */
-#define TCP_MAX_WORLD 65535
+#define TCP_TABLE_HEAD_SIZE  16  /* job id u64, chunk bytes u64, then world entries */
+#define TCP_MESH_SIZE        16  /* job id u64, rank u32, world u32 */
+#define TCP_ABORT_MAX        512 /* reason text, not NUL terminated */
+#define TCP_MAX_WORLD        65535
 
 typedef enum tcp_wire_op {
     TCP_OP_HELLO = 1,

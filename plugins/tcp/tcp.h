@@ -20,8 +20,8 @@
 #include "tcp-wire.h"
 
 typedef struct tcp_peer {
-    int fd;            /* connected, non-blocking; -1 for self or closed */
-    int port;          /* the peer's listening port */
+    int fd;   /* connected, non-blocking; -1 for self or closed */
+    int port; /* the peer's listening port */
     char host[TCP_HOST_LEN];
 } tcp_peer;
 
@@ -29,10 +29,10 @@ typedef struct tcp_engine {
     const tp_host *host;
     int rank, world;
     double timeout_s;
-    size_t chunk_bytes;     /* pipelining unit of the collectives */
-    uint64_t job_id;        /* chosen by rank 0, checked on every mesh hello */
-    tcp_peer *peers;        /* [world] */
-    int broken;             /* a wire error left the streams unusable */
+    size_t chunk_bytes; /* pipelining unit of the collectives */
+    uint64_t job_id;    /* chosen by rank 0, checked on every mesh hello */
+    tcp_peer *peers;    /* [world] */
+    int broken;         /* a wire error left the streams unusable */
     char broken_why[512];
     unsigned char *scratch; /* receive buffer for reductions, scratch_len >= chunk_bytes */
     size_t scratch_len;
@@ -41,10 +41,10 @@ typedef struct tcp_engine {
 typedef struct tcp_comm {
     tcp_engine *eng;
     uint64_t id;
-    uint64_t seq;          /* collectives issued so far */
-    uint64_t splits;       /* splits issued so far (new ids derive from it) */
+    uint64_t seq;    /* collectives issued so far */
+    uint64_t splits; /* splits issued so far (new ids derive from it) */
     int rank, size;
-    int *members;          /* [size] global ranks, in comm rank order */
+    int *members; /* [size] global ranks, in comm rank order */
 } tcp_comm;
 
 /* -- tcp-socket.c ------------------------------------------------------ */
@@ -85,7 +85,7 @@ typedef struct tcp_rmsg {
 typedef struct tcp_xfer {
     tcp_comm *comm;
     const char *opname;
-    int to, from;            /* global ranks, -1 for none */
+    int to, from; /* global ranks, -1 for none */
     tcp_smsg *s;
     size_t ns;
     tcp_rmsg *r;

@@ -25,8 +25,9 @@ run_result bench_run(const char *exe, const char *args, const char *const *env_e
     }
     int status = 0;
     GError *e = NULL;
-    ck_assert_msg(g_spawn_sync(NULL, argv, envp, G_SPAWN_DEFAULT, NULL, NULL, &r.out, &r.err, &status, &e),
-                  "cannot run %s: %s", exe, e ? e->message : "?");
+    ck_assert_msg(
+        g_spawn_sync(NULL, argv, envp, G_SPAWN_DEFAULT, NULL, NULL, &r.out, &r.err, &status, &e),
+        "cannot run %s: %s", exe, e ? e->message : "?");
     if (WIFEXITED(status))
         r.code = WEXITSTATUS(status);
     g_strfreev(argv);

@@ -58,8 +58,8 @@ START_TEST(bad_arguments)
     for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
         run_result r = run(cases[i].args, NULL);
         ck_assert_msg(r.code == 2, "'%s': exit %d, want 2", cases[i].args, r.code);
-        ck_assert_msg(strstr(r.err, cases[i].needle) != NULL, "'%s': stderr '%s' lacks '%s'", cases[i].args, r.err,
-                      cases[i].needle);
+        ck_assert_msg(strstr(r.err, cases[i].needle) != NULL, "'%s': stderr '%s' lacks '%s'",
+                      cases[i].args, r.err, cases[i].needle);
         bench_run_free(&r);
     }
     /* TP_WORLD_SIZE larger than the split dimension is caught the same way */
@@ -69,8 +69,8 @@ START_TEST(bad_arguments)
     ck_assert_ptr_nonnull(strstr(r.err, "TP_WORLD_SIZE"));
     bench_run_free(&r);
     /* help works and exits 0 */
-    const char *subs[] = {"--help", "collectives --help", "gemm --help", "layer --help", "model --help",
-                          "plot --help"};
+    const char *subs[] = {"--help",       "collectives --help", "gemm --help",
+                          "layer --help", "model --help",       "plot --help"};
     for (size_t i = 0; i < G_N_ELEMENTS(subs); i++) {
         r = run(subs[i], NULL);
         ck_assert_msg(r.code == 0 && strstr(r.out, "Usage:"), "'%s': exit %d", subs[i], r.code);
@@ -93,8 +93,10 @@ START_TEST(layer_counts)
     for (int bwd = 0; bwd < 2; bwd++)
         for (int li = 0; li < 3; li++) {
             gchar *json = g_strdup_printf("%s/layer-%s-%d.jsonl", tmpdir, layers[li], bwd);
-            gchar *args = g_strdup_printf("layer --layer %s --sweep-tp 1,2,3,4,7 --tokens 5 --hidden 13 --ffn 17 "
-                                          "-n 2 -w 1 -q %s --json %s", layers[li], bwd ? "--backward" : "", json);
+            gchar *args = g_strdup_printf(
+                "layer --layer %s --sweep-tp 1,2,3,4,7 --tokens 5 --hidden 13 --ffn 17 "
+                "-n 2 -w 1 -q %s --json %s",
+                layers[li], bwd ? "--backward" : "", json);
             run_result r = run(args, NULL);
             ck_assert_msg(r.code == 0, "%s: exit %d\n%s", args, r.code, r.err);
             GPtrArray *recs = read_json(json);
@@ -113,10 +115,10 @@ START_TEST(layer_counts)
                 double formula = bench_rec_get_num(rec, "formula_bytes", -1);
                 double wire = bench_rec_get_num(rec, "wire_bytes", -1);
                 double want = expect[ph][li] * 2.0 * (T - 1) / T * 5 * 13 * 4;
-                ck_assert_msg(fabs(formula - want) <= JSON_REL * (want + 1), "%s %s T=%d formula %g want %g", layers[li],
-                              phase, T, formula, want);
-                ck_assert_msg(fabs(wire - want) <= JSON_REL * (want + 1), "%s %s T=%d wire bytes %g want %g", layers[li],
-                              phase, T, wire, want);
+                ck_assert_msg(fabs(formula - want) <= JSON_REL * (want + 1),
+                              "%s %s T=%d formula %g want %g", layers[li], phase, T, formula, want);
+                ck_assert_msg(fabs(wire - want) <= JSON_REL * (want + 1),
+                              "%s %s T=%d wire bytes %g want %g", layers[li], phase, T, wire, want);
                 if (T > 1) {
                     ck_assert_msg(bench_rec_get_num(rec, "collectives", -1) == expect[ph][li],
                                   "%s %s T=%d: %g collectives", layers[li], phase, T,
@@ -147,7 +149,8 @@ START_TEST(layer_dtype)
 {
     gchar *json = g_strdup_printf("%s/layer-bf16.jsonl", tmpdir);
     gchar *args = g_strdup_printf("layer --layer mlp --dtype bf16 --sweep-tp 1,2,3 --tokens 5 "
-                                  "--hidden 13 --ffn 17 -n 2 -w 1 -q --json %s", json);
+                                  "--hidden 13 --ffn 17 -n 2 -w 1 -q --json %s",
+                                  json);
     run_result r = run(args, NULL);
     ck_assert_msg(r.code == 0, "%s: exit %d\n%s", args, r.code, r.err);
     GPtrArray *recs = read_json(json);
@@ -159,10 +162,12 @@ START_TEST(layer_dtype)
             continue;
         int T = (int)bench_rec_get_num(rec, "tp", 0);
         double want = 2.0 * (T - 1) / T * 5 * 13 * 2;
-        ck_assert_msg(fabs(bench_rec_get_num(rec, "formula_bytes", -1) - want) <= JSON_REL * (want + 1) &&
-                          fabs(bench_rec_get_num(rec, "wire_bytes", -1) - want) <= JSON_REL * (want + 1),
-                      "bf16 mlp T=%d: formula %g, wire %g, want %g", T,
-                      bench_rec_get_num(rec, "formula_bytes", -1), bench_rec_get_num(rec, "wire_bytes", -1), want);
+        ck_assert_msg(
+            fabs(bench_rec_get_num(rec, "formula_bytes", -1) - want) <= JSON_REL * (want + 1) &&
+                fabs(bench_rec_get_num(rec, "wire_bytes", -1) - want) <= JSON_REL * (want + 1),
+            "bf16 mlp T=%d: formula %g, wire %g, want %g", T,
+            bench_rec_get_num(rec, "formula_bytes", -1), bench_rec_get_num(rec, "wire_bytes", -1),
+            want);
         seen++;
     }
     ck_assert_int_eq(seen, 3);
@@ -179,9 +184,12 @@ END_TEST
  * gather/scatter rounding. */
 START_TEST(check_clean)
 {
-    gchar *json = g_strdup_printf("%s/clean.jsonl", tmpdir), *csv = g_strdup_printf("%s/clean.csv", tmpdir);
-    gchar *args = g_strdup_printf("collectives --sweep-tp 1,2,3,4,7 -b 52 -e 20000 -f 3 -n 2 -w 1 -c -q "
-                                  "--no-memcpy --json %s --csv %s", json, csv);
+    gchar *json = g_strdup_printf("%s/clean.jsonl", tmpdir),
+          *csv = g_strdup_printf("%s/clean.csv", tmpdir);
+    gchar *args =
+        g_strdup_printf("collectives --sweep-tp 1,2,3,4,7 -b 52 -e 20000 -f 3 -n 2 -w 1 -c -q "
+                        "--no-memcpy --json %s --csv %s",
+                        json, csv);
     run_result r = run(args, NULL);
     ck_assert_msg(r.code == 0, "exit %d\n%s", r.code, r.err);
     GPtrArray *recs = read_json(json);
@@ -196,7 +204,8 @@ START_TEST(check_clean)
         /* busbw / algbw is nccl-tests' factor */
         int op = bench_op_from_name(bench_rec_get_str(rec, "op"));
         int T = (int)bench_rec_get_num(rec, "ranks", 0);
-        double ratio = bench_rec_get_num(rec, "busbw_gbps", 0) / bench_rec_get_num(rec, "algbw_gbps", 1);
+        double ratio =
+            bench_rec_get_num(rec, "busbw_gbps", 0) / bench_rec_get_num(rec, "algbw_gbps", 1);
         ck_assert(fabs(ratio - bench_busbw_factor(op, T)) <= 1e-6);
         n++;
     }
@@ -216,7 +225,8 @@ END_TEST
 START_TEST(check_catches_corruption)
 {
     gchar *json = g_strdup_printf("%s/corrupt.jsonl", tmpdir);
-    gchar *args = g_strdup_printf("collectives --tp 3 -b 52 -e 500 -f 3 -n 2 -w 0 -c -q --no-memcpy --json %s", json);
+    gchar *args = g_strdup_printf(
+        "collectives --tp 3 -b 52 -e 500 -f 3 -n 2 -w 0 -c -q --no-memcpy --json %s", json);
     const char *env[] = {"TP_BENCH_CORRUPT=1", NULL};
     run_result r = run(args, env);
     ck_assert_msg(r.code == 1, "exit %d, want 1\n%s", r.code, r.err);
@@ -255,7 +265,8 @@ END_TEST
 START_TEST(model_from_file)
 {
     const double alpha = 4e-6, beta = 1.0 / 20e9;
-    gchar *in = g_strdup_printf("%s/synthetic.jsonl", tmpdir), *out = g_strdup_printf("%s/model.jsonl", tmpdir);
+    gchar *in = g_strdup_printf("%s/synthetic.jsonl", tmpdir),
+          *out = g_strdup_printf("%s/model.jsonl", tmpdir);
     GString *s = g_string_new(NULL);
     for (int p = 2; p <= 4; p += 2)
         for (double b = 1024; b <= 64.0 * 1024 * 1024; b *= 4) {
@@ -271,7 +282,8 @@ START_TEST(model_from_file)
             bench_rec_free(r);
         }
     ck_assert(g_file_set_contents(in, s->str, -1, NULL));
-    gchar *args = g_strdup_printf("model --from %s --measure-tp 0 --gflops 1000 --link mine:10:1 --json %s -q", in, out);
+    gchar *args = g_strdup_printf(
+        "model --from %s --measure-tp 0 --gflops 1000 --link mine:10:1 --json %s -q", in, out);
     run_result r = run(args, NULL);
     ck_assert_msg(r.code == 0, "exit %d\n%s", r.code, r.err);
     ck_assert_ptr_nonnull(strstr(r.out, "PROJECTION"));
@@ -291,7 +303,8 @@ START_TEST(model_from_file)
         } else if (strcmp(what, "projection") == 0) {
             ck_assert(bench_rec_get(rec, "projected")->b);
             /* T=2 on mine:10:1: 2 alpha + 1 * (2048*1024*4 B) / 10 GB/s */
-            if (bench_rec_get_num(rec, "tp", 0) == 2 && strcmp(bench_rec_get_str(rec, "link"), "mine") == 0) {
+            if (bench_rec_get_num(rec, "tp", 0) == 2 &&
+                strcmp(bench_rec_get_str(rec, "link"), "mine") == 0) {
                 double want = (2 * 1e-6 + 2048.0 * 1024 * 4 / 10e9) * 1e6;
                 ck_assert(fabs(bench_rec_get_num(rec, "comm_us", 0) - want) <= 1e-6 * want);
             }
@@ -314,8 +327,10 @@ END_TEST
 START_TEST(model_sweep)
 {
     gchar *out = g_strdup_printf("%s/model-sweep.jsonl", tmpdir);
-    gchar *args = g_strdup_printf("model -b 1K -e 64K -f 4 --sweep-tp 2,3 --measure-tp 2 --project-tp 2,4 "
-                                  "--tokens 5 --hidden 13 --ffn 17 -n 3 -w 1 -q --no-memcpy --json %s", out);
+    gchar *args =
+        g_strdup_printf("model -b 1K -e 64K -f 4 --sweep-tp 2,3 --measure-tp 2 --project-tp 2,4 "
+                        "--tokens 5 --hidden 13 --ffn 17 -n 3 -w 1 -q --no-memcpy --json %s",
+                        out);
     run_result r = run(args, NULL);
     ck_assert_msg(r.code == 0, "exit %d\n%s", r.code, r.err);
     ck_assert_ptr_nonnull(strstr(r.out, "alpha-beta fit"));
@@ -342,9 +357,9 @@ START_TEST(model_sweep)
                 measured++;
         }
     }
-    ck_assert_int_eq(coll, 2 * 4);     /* T = 2, 3 x sizes 1K..64K x4 */
-    ck_assert_int_eq(fits, 2);         /* p = 2, 3 */
-    ck_assert_int_eq(measured, 1);     /* T = 2 */
+    ck_assert_int_eq(coll, 2 * 4);      /* T = 2, 3 x sizes 1K..64K x4 */
+    ck_assert_int_eq(fits, 2);          /* p = 2, 3 */
+    ck_assert_int_eq(measured, 1);      /* T = 2 */
     ck_assert_int_eq(projected, 2 * 5); /* T = 2, 4 x (2 fits + 3 presets) */
     g_ptr_array_free(recs, TRUE);
     bench_run_free(&r);
@@ -357,17 +372,22 @@ END_TEST
 
 START_TEST(plot_png)
 {
-    gchar *in = g_strdup_printf("%s/plot.jsonl", tmpdir), *png = g_strdup_printf("%s/out.png", tmpdir);
-    const char *lines =
-        "{\"kind\": \"collective\", \"backend\": \"loopback\", \"ranks\": 2, \"op\": \"all_reduce\", "
-        "\"bytes\": 1024, \"busbw_gbps\": 1.5}\n"
-        "{\"kind\": \"collective\", \"backend\": \"loopback\", \"ranks\": 2, \"op\": \"all_reduce\", "
-        "\"bytes\": 4096, \"busbw_gbps\": 4.5}\n"
-        "{\"kind\": \"memcpy\", \"backend\": \"loopback\", \"threads\": 1, \"bytes\": 1024, \"gbps\": 9}\n"
-        "{\"kind\": \"model\", \"what\": \"projection\", \"link\": \"nvlink4\", \"projected\": true, "
-        "\"tp\": 2, \"comm_pct\": 3.5}\n"
-        "{\"kind\": \"model\", \"what\": \"projection\", \"link\": \"nvlink4\", \"projected\": true, "
-        "\"tp\": 4, \"comm_pct\": 7.5}\n";
+    gchar *in = g_strdup_printf("%s/plot.jsonl", tmpdir),
+          *png = g_strdup_printf("%s/out.png", tmpdir);
+    const char *lines = "{\"kind\": \"collective\", \"backend\": \"loopback\", \"ranks\": 2, "
+                        "\"op\": \"all_reduce\", "
+                        "\"bytes\": 1024, \"busbw_gbps\": 1.5}\n"
+                        "{\"kind\": \"collective\", \"backend\": \"loopback\", \"ranks\": 2, "
+                        "\"op\": \"all_reduce\", "
+                        "\"bytes\": 4096, \"busbw_gbps\": 4.5}\n"
+                        "{\"kind\": \"memcpy\", \"backend\": \"loopback\", \"threads\": 1, "
+                        "\"bytes\": 1024, \"gbps\": 9}\n"
+                        "{\"kind\": \"model\", \"what\": \"projection\", \"link\": \"nvlink4\", "
+                        "\"projected\": true, "
+                        "\"tp\": 2, \"comm_pct\": 3.5}\n"
+                        "{\"kind\": \"model\", \"what\": \"projection\", \"link\": \"nvlink4\", "
+                        "\"projected\": true, "
+                        "\"tp\": 4, \"comm_pct\": 7.5}\n";
     ck_assert(g_file_set_contents(in, lines, -1, NULL));
     gchar *args = g_strdup_printf("plot %s --out %s", in, png);
     run_result r = run(args, NULL);

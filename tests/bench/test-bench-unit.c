@@ -12,7 +12,9 @@
 
 /* Floating-point expectations below are computed from the same formula in
  * a different order; 1e-12 relative covers a few ulps of rounding. */
-#define REL_EQ(a, b) ck_assert_msg(fabs((a) - (b)) <= 1e-12 * fabs(b) + 1e-300, "%.17g != %.17g", (double)(a), (double)(b))
+#define REL_EQ(a, b)                                                                               \
+    ck_assert_msg(fabs((a) - (b)) <= 1e-12 * fabs(b) + 1e-300, "%.17g != %.17g", (double)(a),      \
+                  (double)(b))
 
 /* ------------------------------------------------------------ arith */
 
@@ -54,7 +56,8 @@ START_TEST(op_counts)
     ck_assert_uint_eq(per, 8);
     ck_assert_uint_eq(total, 24);
     ck_assert_uint_eq(bytes, 96);
-    bench_op_counts(TP_OP_REDUCE_SCATTER, 7, 8, 4, &per, &total, &bytes); /* rounds up to 1 per rank */
+    bench_op_counts(TP_OP_REDUCE_SCATTER, 7, 8, 4, &per, &total,
+                    &bytes); /* rounds up to 1 per rank */
     ck_assert_uint_eq(per, 1);
     ck_assert_uint_eq(total, 7);
     ck_assert_uint_eq(bytes, 28);
@@ -137,12 +140,13 @@ START_TEST(lists_and_links)
     ck_assert_str_eq(l.name, "myib");
     ck_assert(l.gbps == 25 && l.alpha_us == 2.5);
     ck_assert_int_eq(bench_parse_link("x:0.5:0", &l, err, sizeof err), 0);
-    const char *bad[] = {"bad", "a:1", "a:1:2:3", ":1:2", "a::2", "a:1:", "a:0:1", "a:-3:1", "a:x:1",
-                         "a:1:-1", "a b:1:1", "a:inf:1"};
+    const char *bad[] = {"bad",   "a:1",    "a:1:2:3", ":1:2",   "a::2",    "a:1:",
+                         "a:0:1", "a:-3:1", "a:x:1",   "a:1:-1", "a b:1:1", "a:inf:1"};
     for (size_t i = 0; i < G_N_ELEMENTS(bad); i++) {
         err[0] = 0;
         ck_assert_msg(bench_parse_link(bad[i], &l, err, sizeof err) != 0, "'%s' accepted", bad[i]);
-        ck_assert_msg(strstr(err, "--link") != NULL, "message for '%s' does not name --link: %s", bad[i], err);
+        ck_assert_msg(strstr(err, "--link") != NULL, "message for '%s' does not name --link: %s",
+                      bad[i], err);
     }
 }
 END_TEST
@@ -182,10 +186,11 @@ START_TEST(parse_collectives)
     ck_assert_uint_eq(o.maxbytes, BENCH_DEFAULT_MAXBYTES);
     ck_assert(o.stepfactor == 2.0 && o.tp == 0 && !o.check);
 
-    ck_assert_int_eq(parse(&o, err, sizeof err,
-                           "collectives -b 1K -e 1M -f 4 -n 3 -w 0 -c --op all_reduce,broadcast --tp 4 "
-                           "--json a.jsonl --csv=b.csv --sweep-tp 2,4"),
-                     0);
+    ck_assert_int_eq(
+        parse(&o, err, sizeof err,
+              "collectives -b 1K -e 1M -f 4 -n 3 -w 0 -c --op all_reduce,broadcast --tp 4 "
+              "--json a.jsonl --csv=b.csv --sweep-tp 2,4"),
+        0);
     ck_assert_uint_eq(o.minbytes, 1024);
     ck_assert_uint_eq(o.maxbytes, 1u << 20);
     ck_assert(o.stepfactor == 4 && o.iters == 3 && o.warmup == 0 && o.check && o.tp == 4);
@@ -254,9 +259,10 @@ START_TEST(parse_errors)
     for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
         bench_opts o;
         char err[512] = "";
-        ck_assert_msg(parse(&o, err, sizeof err, cases[i].line) != 0, "'%s' accepted", cases[i].line);
-        ck_assert_msg(strstr(err, cases[i].needle) != NULL, "'%s': message '%s' lacks '%s'", cases[i].line, err,
-                      cases[i].needle);
+        ck_assert_msg(parse(&o, err, sizeof err, cases[i].line) != 0, "'%s' accepted",
+                      cases[i].line);
+        ck_assert_msg(strstr(err, cases[i].needle) != NULL, "'%s': message '%s' lacks '%s'",
+                      cases[i].line, err, cases[i].needle);
     }
 }
 END_TEST
@@ -266,12 +272,16 @@ START_TEST(parse_layer_model_plot)
     unsetenv("TP_WORLD_SIZE");
     bench_opts o;
     char err[512];
-    ck_assert_int_eq(parse(&o, err, sizeof err, "layer --layer linear-row --tokens 5 --hidden 13 --ffn 17 "
-                                                "--sweep-tp 1,2,3,4,7 --no-bias"), 0);
+    ck_assert_int_eq(parse(&o, err, sizeof err,
+                           "layer --layer linear-row --tokens 5 --hidden 13 --ffn 17 "
+                           "--sweep-tp 1,2,3,4,7 --no-bias"),
+                     0);
     ck_assert_str_eq(o.layer, "linear-row");
     ck_assert(o.tokens == 5 && o.hidden == 13 && o.ffn == 17 && !o.bias && o.n_sweep_tp == 5);
-    ck_assert_int_eq(parse(&o, err, sizeof err, "model --link a:1:2 --link b:3:4 --project-tp 2 --measure-tp 0 "
-                                                "--gflops 100 --from x.jsonl --fit-min 64K"), 0);
+    ck_assert_int_eq(parse(&o, err, sizeof err,
+                           "model --link a:1:2 --link b:3:4 --project-tp 2 --measure-tp 0 "
+                           "--gflops 100 --from x.jsonl --fit-min 64K"),
+                     0);
     ck_assert_int_eq(o.n_links, 2);
     ck_assert_str_eq(o.links[1].name, "b");
     ck_assert(o.n_project_tp == 1 && o.n_measure_tp == 0 && o.gflops == 100 && o.n_from == 1);
@@ -308,9 +318,10 @@ START_TEST(json_writer)
     bench_record *r = sample_record();
     GString *s = g_string_new(NULL);
     bench_json_line(r, s);
-    ck_assert_str_eq(s->str, "{\"kind\": \"collective\", \"backend\": \"loop\\\"back\", \"ranks\": 4, "
-                             "\"bytes\": 1099511627776, \"time_us\": 12.5, \"busbw_gbps\": null, "
-                             "\"checked\": true, \"note\": \"a,b\\nc\"}");
+    ck_assert_str_eq(s->str,
+                     "{\"kind\": \"collective\", \"backend\": \"loop\\\"back\", \"ranks\": 4, "
+                     "\"bytes\": 1099511627776, \"time_us\": 12.5, \"busbw_gbps\": null, "
+                     "\"checked\": true, \"note\": \"a,b\\nc\"}");
     /* replacing a field keeps its position */
     bench_rec_int(r, "ranks", 2);
     g_string_truncate(s, 0);
@@ -343,7 +354,8 @@ START_TEST(csv_writer)
     }
     g_string_truncate(s, 0);
     bench_csv_write_all(recs, s);
-    ck_assert_str_eq(s->str, "kind,threads\nmemcpy,1\nmemcpy,2\n\nkind,bytes\ncollective,8\ncollective,16\n");
+    ck_assert_str_eq(
+        s->str, "kind,threads\nmemcpy,1\nmemcpy,2\n\nkind,bytes\ncollective,8\ncollective,16\n");
     g_ptr_array_free(recs, TRUE);
     g_string_free(s, TRUE);
     bench_rec_free(r);
@@ -365,7 +377,8 @@ START_TEST(json_reader)
     ck_assert(bench_rec_get_num(back, "bytes", 0) == 1099511627776.0);
     ck_assert(bench_rec_get_num(back, "time_us", 0) == 12.5);
     ck_assert(bench_rec_get_num(back, "busbw_gbps", -1) == -1); /* null -> default */
-    ck_assert(bench_rec_get(back, "checked")->type == BENCH_F_BOOL && bench_rec_get(back, "checked")->b);
+    ck_assert(bench_rec_get(back, "checked")->type == BENCH_F_BOOL &&
+              bench_rec_get(back, "checked")->b);
     bench_rec_free(back);
 
     back = bench_json_parse("  {\"a\": -1.5e3, \"u\": \"\\u00e9\\t\"}  \n", err, sizeof err);
@@ -374,8 +387,15 @@ START_TEST(json_reader)
     ck_assert_str_eq(bench_rec_get_str(back, "u"), "\xc3\xa9\t");
     bench_rec_free(back);
 
-    const char *bad[] = {"", "[1]", "{\"a\": {\"b\": 1}}", "{\"a\": [1]}", "{\"a\" 1}", "{\"a\": 1,}",
-                         "{\"a\": 1} x", "{\"a\": \"open}", "{\"a\": tru}"};
+    const char *bad[] = {"",
+                         "[1]",
+                         "{\"a\": {\"b\": 1}}",
+                         "{\"a\": [1]}",
+                         "{\"a\" 1}",
+                         "{\"a\": 1,}",
+                         "{\"a\": 1} x",
+                         "{\"a\": \"open}",
+                         "{\"a\": tru}"};
     for (size_t i = 0; i < G_N_ELEMENTS(bad); i++)
         ck_assert_msg(bench_json_parse(bad[i], err, sizeof err) == NULL, "'%s' accepted", bad[i]);
     g_string_free(s, TRUE);
@@ -387,7 +407,8 @@ START_TEST(sink_files)
 {
     char dir[] = "/tmp/tp-bench-unit-XXXXXX";
     ck_assert_ptr_nonnull(g_mkdtemp(dir));
-    char *json = g_build_filename(dir, "r.jsonl", NULL), *csv = g_build_filename(dir, "r.csv", NULL);
+    char *json = g_build_filename(dir, "r.jsonl", NULL),
+         *csv = g_build_filename(dir, "r.csv", NULL);
     bench_sink s;
     bench_sink_init(&s, json, csv);
     bench_record *r = sample_record();
@@ -454,8 +475,10 @@ START_TEST(fit_recovers_exact)
                 }
             bench_fit f;
             ck_assert_int_eq(bench_fit_hockney(s, n, 0, &f), 0);
-            ck_assert_msg(fabs(f.alpha_s - alpha) <= 1e-6 * alpha, "op %d: alpha %.9g", ops[oi], f.alpha_s);
-            ck_assert_msg(fabs(f.beta_s - beta) <= 1e-6 * beta, "op %d: beta %.9g", ops[oi], f.beta_s);
+            ck_assert_msg(fabs(f.alpha_s - alpha) <= 1e-6 * alpha, "op %d: alpha %.9g", ops[oi],
+                          f.alpha_s);
+            ck_assert_msg(fabs(f.beta_s - beta) <= 1e-6 * beta, "op %d: beta %.9g", ops[oi],
+                          f.beta_s);
             ck_assert(!f.alpha_clamped);
             ck_assert_int_eq(f.n, n);
         }
@@ -496,13 +519,15 @@ START_TEST(fit_edge_cases)
     ck_assert_int_eq(bench_fit_hockney(p1, 2, 0, &f), -1);
     ck_assert_int_eq(f.n, 0);
     /* min_bytes drops small sizes */
-    bench_sample s[] = {{TP_OP_ALL_REDUCE, 2, 8, 1}, {TP_OP_ALL_REDUCE, 2, 1e6, 2e-6 + 1e6 * 1e-10},
+    bench_sample s[] = {{TP_OP_ALL_REDUCE, 2, 8, 1},
+                        {TP_OP_ALL_REDUCE, 2, 1e6, 2e-6 + 1e6 * 1e-10},
                         {TP_OP_ALL_REDUCE, 2, 4e6, 2e-6 + 4e6 * 1e-10}};
     ck_assert_int_eq(bench_fit_hockney(s, 3, 1000, &f), 0);
     ck_assert_int_eq(f.n, 2);
     ck_assert(fabs(f.alpha_s - 1e-6) <= 1e-12 && fabs(f.beta_s - 1e-10) <= 1e-16);
     /* pure bandwidth data with a tiny negative intercept: alpha clamped to 0 */
-    bench_sample bw[] = {{TP_OP_ALL_REDUCE, 2, 1e6, 0.999e-4}, {TP_OP_ALL_REDUCE, 2, 2e6, 2e-4},
+    bench_sample bw[] = {{TP_OP_ALL_REDUCE, 2, 1e6, 0.999e-4},
+                         {TP_OP_ALL_REDUCE, 2, 2e6, 2e-4},
                          {TP_OP_ALL_REDUCE, 2, 4e6, 4e-4}};
     ck_assert_int_eq(bench_fit_hockney(bw, 3, 0, &f), 0);
     ck_assert(f.alpha_clamped && f.alpha_s == 0 && f.beta_s > 0);
@@ -527,11 +552,13 @@ START_TEST(fit_two_regimes)
     ck_assert_int_eq(bench_fit_piecewise(s, n, 0, 65536, &f), 0);
     ck_assert_int_eq(f.nseg, 2);
     ck_assert(f.hi_bytes[0] == 4.0 * 1024 * 1024);
-    ck_assert(f.lo_bytes[0] == 64 && f.lo_bytes[1] == 8.0 * 1024 * 1024 && f.hi_bytes[1] == 256.0 * 1024 * 1024);
+    ck_assert(f.lo_bytes[0] == 64 && f.lo_bytes[1] == 8.0 * 1024 * 1024 &&
+              f.hi_bytes[1] == 256.0 * 1024 * 1024);
     ck_assert(fabs(f.seg[0].alpha_s - a1) <= 1e-6 * a1 && fabs(f.seg[0].beta_s - b1) <= 1e-6 * b1);
     ck_assert(fabs(f.seg[1].alpha_s - a2) <= 1e-6 * a2 && fabs(f.seg[1].beta_s - b2) <= 1e-6 * b2);
     for (int i = 0; i < n; i++)
-        ck_assert(fabs(bench_model2_time(&f, TP_OP_ALL_REDUCE, 2, s[i].bytes) - s[i].seconds) <= 1e-6 * s[i].seconds);
+        ck_assert(fabs(bench_model2_time(&f, TP_OP_ALL_REDUCE, 2, s[i].bytes) - s[i].seconds) <=
+                  1e-6 * s[i].seconds);
     ck_assert(f.max_err <= 1e-6);
     ck_assert_int_eq(f.n_err, 13); /* 64K .. 256M */
 
@@ -559,7 +586,8 @@ START_TEST(fit_three_regimes)
     const double al[] = {4e-6, 1e-6, 50e-6}, be[] = {1.0 / 40e9, 1.0 / 20e9, 1.0 / 6e9};
     const double brk[] = {128.0 * 1024, 8.0 * 1024 * 1024};
     const int p = 4;
-    const double L = bench_model_lat_steps(TP_OP_ALL_REDUCE, p), B = bench_model_bw_factor(TP_OP_ALL_REDUCE, p);
+    const double L = bench_model_lat_steps(TP_OP_ALL_REDUCE, p),
+                 B = bench_model_bw_factor(TP_OP_ALL_REDUCE, p);
     for (int noisy = 0; noisy < 2; noisy++) {
         bench_sample s[64];
         int n = 0;
@@ -571,22 +599,25 @@ START_TEST(fit_three_regimes)
         bench_fit2 f;
         ck_assert_int_eq(bench_fit_piecewise(s, n, 0, 65536, &f), 0);
         ck_assert_int_eq(f.nseg, 3);
-        ck_assert_msg(f.hi_bytes[0] == brk[0] && f.hi_bytes[1] == brk[1], "noisy %d: breaks %.0f %.0f", noisy,
-                      f.hi_bytes[0], f.hi_bytes[1]);
-        ck_assert(f.lo_bytes[0] == 1024 && f.lo_bytes[1] == 2 * brk[0] && f.lo_bytes[2] == 2 * brk[1]);
+        ck_assert_msg(f.hi_bytes[0] == brk[0] && f.hi_bytes[1] == brk[1],
+                      "noisy %d: breaks %.0f %.0f", noisy, f.hi_bytes[0], f.hi_bytes[1]);
+        ck_assert(f.lo_bytes[0] == 1024 && f.lo_bytes[1] == 2 * brk[0] &&
+                  f.lo_bytes[2] == 2 * brk[1]);
         double tol = noisy ? 0.10 : 1e-6;
         for (int r = 0; r < 3; r++) {
-            ck_assert_msg(fabs(f.seg[r].alpha_s - al[r]) <= tol * al[r], "noisy %d regime %d: alpha %.9g", noisy, r,
-                          f.seg[r].alpha_s);
-            ck_assert_msg(fabs(f.seg[r].beta_s - be[r]) <= tol * be[r], "noisy %d regime %d: beta %.9g", noisy, r,
-                          f.seg[r].beta_s);
+            ck_assert_msg(fabs(f.seg[r].alpha_s - al[r]) <= tol * al[r],
+                          "noisy %d regime %d: alpha %.9g", noisy, r, f.seg[r].alpha_s);
+            ck_assert_msg(fabs(f.seg[r].beta_s - be[r]) <= tol * be[r],
+                          "noisy %d regime %d: beta %.9g", noisy, r, f.seg[r].beta_s);
         }
         ck_assert(f.max_err <= (noisy ? 0.025 : 1e-6));
         /* the reported error is the one of the per-size model */
         double worst = 0;
         for (int i = 0; i < n; i++)
             if (s[i].bytes >= 65536)
-                worst = fmax(worst, fabs(bench_model2_time(&f, TP_OP_ALL_REDUCE, p, s[i].bytes) / s[i].seconds - 1));
+                worst = fmax(worst, fabs(bench_model2_time(&f, TP_OP_ALL_REDUCE, p, s[i].bytes) /
+                                             s[i].seconds -
+                                         1));
         ck_assert(fabs(worst - f.max_err) <= 1e-12);
         /* sizes between and beyond the fitted ones take the lower regime, the last past the end */
         ck_assert_int_eq(bench_fit2_regime(&f, brk[0] + 1), 1);
@@ -597,7 +628,8 @@ START_TEST(fit_three_regimes)
     bench_sample s[64];
     int n = 0;
     for (double b = 1024; b <= 256.0 * 1024 * 1024; b *= 2, n++)
-        s[n] = (bench_sample){TP_OP_ALL_REDUCE, p, b, (L * al[1] + B * b * be[1]) * (1.0 + 0.02 * ((n % 3) - 1))};
+        s[n] = (bench_sample){TP_OP_ALL_REDUCE, p, b,
+                              (L * al[1] + B * b * be[1]) * (1.0 + 0.02 * ((n % 3) - 1))};
     bench_fit2 f;
     ck_assert_int_eq(bench_fit_piecewise(s, n, 0, 65536, &f), 0);
     ck_assert_int_eq(f.nseg, 1);
@@ -640,15 +672,18 @@ START_TEST(fit_regime_rules)
 
     /* minimax against a brute-force grid over (alpha, beta): the search must
      * be at least as good as every grid point (up to rounding) */
-    bench_sample q[] = {{TP_OP_ALL_REDUCE, 2, 1000, 1.0e-6}, {TP_OP_ALL_REDUCE, 2, 3000, 1.3e-6},
-                        {TP_OP_ALL_REDUCE, 2, 7000, 2.9e-6}, {TP_OP_ALL_REDUCE, 2, 13000, 3.1e-6},
+    bench_sample q[] = {{TP_OP_ALL_REDUCE, 2, 1000, 1.0e-6},
+                        {TP_OP_ALL_REDUCE, 2, 3000, 1.3e-6},
+                        {TP_OP_ALL_REDUCE, 2, 7000, 2.9e-6},
+                        {TP_OP_ALL_REDUCE, 2, 13000, 3.1e-6},
                         {TP_OP_ALL_REDUCE, 2, 17000, 5.0e-6}};
     bench_fit m;
     double err;
     ck_assert_int_eq(bench_fit_minimax(q, 5, 0, &m, &err), 0);
     double worst = 0;
     for (int i = 0; i < 5; i++)
-        worst = fmax(worst, fabs(bench_model_time(&m, TP_OP_ALL_REDUCE, 2, q[i].bytes) / q[i].seconds - 1));
+        worst = fmax(
+            worst, fabs(bench_model_time(&m, TP_OP_ALL_REDUCE, 2, q[i].bytes) / q[i].seconds - 1));
     ck_assert(fabs(worst - err) <= 1e-12);
     double grid_best = INFINITY;
     for (int ia = 0; ia <= 400; ia++)
@@ -656,18 +691,24 @@ START_TEST(fit_regime_rules)
             bench_fit g = {.alpha_s = ia * 1e-6 / 400, .beta_s = ib * 1e-9 / 400};
             double w = 0;
             for (int i = 0; i < 5; i++)
-                w = fmax(w, fabs(bench_model_time(&g, TP_OP_ALL_REDUCE, 2, q[i].bytes) / q[i].seconds - 1));
+                w = fmax(
+                    w,
+                    fabs(bench_model_time(&g, TP_OP_ALL_REDUCE, 2, q[i].bytes) / q[i].seconds - 1));
             grid_best = fmin(grid_best, w);
         }
     ck_assert_msg(err <= grid_best + 1e-9, "minimax %.9g, grid %.9g", err, grid_best);
     /* non-finite samples are skipped, not fitted */
-    bench_sample bad[] = {{TP_OP_ALL_REDUCE, 2, 1000, NAN},      {TP_OP_ALL_REDUCE, 2, INFINITY, 1e-3},
-                          {TP_OP_ALL_REDUCE, 2, NAN, 1e-3},      {TP_OP_ALL_REDUCE, 2, 1000, 2e-6 + 1000 * 1e-10},
-                          {TP_OP_ALL_REDUCE, 2, 1e6, 2e-6 + 1e6 * 1e-10}, {TP_OP_ALL_REDUCE, 2, 4e6, 2e-6 + 4e6 * 1e-10}};
+    bench_sample bad[] = {{TP_OP_ALL_REDUCE, 2, 1000, NAN},
+                          {TP_OP_ALL_REDUCE, 2, INFINITY, 1e-3},
+                          {TP_OP_ALL_REDUCE, 2, NAN, 1e-3},
+                          {TP_OP_ALL_REDUCE, 2, 1000, 2e-6 + 1000 * 1e-10},
+                          {TP_OP_ALL_REDUCE, 2, 1e6, 2e-6 + 1e6 * 1e-10},
+                          {TP_OP_ALL_REDUCE, 2, 4e6, 2e-6 + 4e6 * 1e-10}};
     ck_assert_int_eq(bench_fit_piecewise(bad, 6, 0, 65536, &f), 0);
     ck_assert_int_eq(f.nseg, 1);
     ck_assert_int_eq(f.seg[0].n, 3);
-    ck_assert(fabs(f.seg[0].alpha_s - 1e-6) <= 1e-6 * 1e-6 && fabs(f.seg[0].beta_s - 1e-10) <= 1e-6 * 1e-10);
+    ck_assert(fabs(f.seg[0].alpha_s - 1e-6) <= 1e-6 * 1e-6 &&
+              fabs(f.seg[0].beta_s - 1e-10) <= 1e-6 * 1e-10);
     /* one size: not separable */
     bench_sample one[] = {{TP_OP_ALL_REDUCE, 2, 1024, 1e-6}, {TP_OP_ALL_REDUCE, 2, 1024, 1.1e-6}};
     ck_assert_int_eq(bench_fit_minimax(one, 2, 0, &m, &err), -1);
@@ -727,9 +768,11 @@ START_TEST(layer_table)
                     ck_assert_int_eq(c[k].op, TP_OP_ALL_REDUCE);
                     ck_assert(c[k].bytes == 5.0 * 13 * 4); /* b*s*h f32 */
                     /* seed's formula: a ring moves 2(T-1)/T * b*s*h elements per rank */
-                    REL_EQ(c[k].bytes * bench_busbw_factor(c[k].op, T) + 1.0, 2.0 * (T - 1) / T * 5 * 13 * 4 + 1.0);
+                    REL_EQ(c[k].bytes * bench_busbw_factor(c[k].op, T) + 1.0,
+                           2.0 * (T - 1) / T * 5 * 13 * 4 + 1.0);
                 }
-                ck_assert_msg(calls == expect_calls[ph][i], "%s phase %d: %d calls", names[i], ph, calls);
+                ck_assert_msg(calls == expect_calls[ph][i], "%s phase %d: %d calls", names[i], ph,
+                              calls);
             }
     }
 }

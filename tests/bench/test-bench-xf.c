@@ -34,7 +34,8 @@ typedef struct want_calls {
  * prediction matches what tp_stats measured). Returns the records checked. */
 typedef double (*payload_fn)(int T, int phase);
 
-static int check_layer(const char *args, const char *tps, const want_calls want[2], payload_fn payload)
+static int check_layer(const char *args, const char *tps, const want_calls want[2],
+                       payload_fn payload)
 {
     static int seq;
     gchar *json = g_strdup_printf("%s/xf-%d.jsonl", tmpdir, seq++);
@@ -55,21 +56,23 @@ static int check_layer(const char *args, const char *tps, const want_calls want[
         ck_assert_ptr_nonnull(phase);
         int ph = strcmp(phase, "backward") == 0;
         ck_assert_msg(ph || strcmp(phase, "forward") == 0, "phase %s", phase);
-        double ar = bench_rec_get_num(rec, "all_reduce", -1), ag = bench_rec_get_num(rec, "all_gather", -1);
+        double ar = bench_rec_get_num(rec, "all_reduce", -1),
+               ag = bench_rec_get_num(rec, "all_gather", -1);
         double rs = bench_rec_get_num(rec, "reduce_scatter", -1);
         ck_assert_msg(ar == want[ph].ar && ag == want[ph].ag && rs == want[ph].rs,
-                      "%s: T=%d %s: all_reduce %g all_gather %g reduce_scatter %g, want %d %d %d", cmd, T, phase,
-                      ar, ag, rs, want[ph].ar, want[ph].ag, want[ph].rs);
+                      "%s: T=%d %s: all_reduce %g all_gather %g reduce_scatter %g, want %d %d %d",
+                      cmd, T, phase, ar, ag, rs, want[ph].ar, want[ph].ag, want[ph].rs);
         ck_assert(bench_rec_get_num(rec, "broadcast", -1) == 0);
-        ck_assert(bench_rec_get_num(rec, "collectives", -1) == want[ph].ar + want[ph].ag + want[ph].rs);
+        ck_assert(bench_rec_get_num(rec, "collectives", -1) ==
+                  want[ph].ar + want[ph].ag + want[ph].rs);
         double pay = bench_rec_get_num(rec, "comm_bytes", NAN), want_pay = payload(T, ph) * 4.0;
         /* exact integers well below 2^53: equal up to rounding of %.9g */
-        ck_assert_msg(fabs(pay - want_pay) <= 1e-9 * want_pay, "%s: T=%d %s payload %g want %g", cmd, T, phase,
-                      pay, want_pay);
+        ck_assert_msg(fabs(pay - want_pay) <= 1e-9 * want_pay, "%s: T=%d %s payload %g want %g",
+                      cmd, T, phase, pay, want_pay);
         double formula = bench_rec_get_num(rec, "formula_bytes", NAN);
         double wire = bench_rec_get_num(rec, "wire_bytes", NAN);
-        ck_assert_msg(fabs(formula - wire) <= 1e-9 * (wire + 1), "%s: T=%d %s formula %g wire %g", cmd, T, phase,
-                      formula, wire);
+        ck_assert_msg(fabs(formula - wire) <= 1e-9 * (wire + 1), "%s: T=%d %s formula %g wire %g",
+                      cmd, T, phase, formula, wire);
         ck_assert(bench_rec_get(rec, "heads") != NULL);
         ck_assert(bench_rec_get(rec, "seq") != NULL);
         ck_assert(bench_rec_get(rec, "sequence_parallel") != NULL);
@@ -101,7 +104,8 @@ static double pay_block(int T, int ph) /* two per phase */
 START_TEST(attention_counts)
 {
     const want_calls w[2] = {{1, 0, 0}, {1, 0, 0}};
-    ck_assert_int_eq(check_layer("--layer attention --heads 12 --hidden 24 --seq 5 --batch 3", "1,2,3,4", w, pay_th),
+    ck_assert_int_eq(check_layer("--layer attention --heads 12 --hidden 24 --seq 5 --batch 3",
+                                 "1,2,3,4", w, pay_th),
                      8);
 }
 END_TEST
@@ -117,17 +121,19 @@ static double pay_mqa(int T, int ph)
 START_TEST(attention_mqa_counts)
 {
     const want_calls w[2] = {{1, 0, 0}, {1, 0, 0}};
-    ck_assert_int_eq(check_layer("--layer attention --heads 12 --kv-heads 1 --hidden 24 --seq 5 --batch 3", "1,2,4",
-                                 w, pay_mqa),
-                     6);
+    ck_assert_int_eq(
+        check_layer("--layer attention --heads 12 --kv-heads 1 --hidden 24 --seq 5 --batch 3",
+                    "1,2,4", w, pay_mqa),
+        6);
 }
 END_TEST
 
 START_TEST(block_counts)
 {
     const want_calls w[2] = {{2, 0, 0}, {2, 0, 0}};
-    ck_assert_int_eq(
-        check_layer("--layer block --heads 12 --hidden 24 --ffn 17 --seq 5 --batch 3", "1,2,3,4", w, pay_block), 8);
+    ck_assert_int_eq(check_layer("--layer block --heads 12 --hidden 24 --ffn 17 --seq 5 --batch 3",
+                                 "1,2,3,4", w, pay_block),
+                     8);
 }
 END_TEST
 
@@ -140,7 +146,9 @@ static double pay_block7(int T, int ph)
 START_TEST(block_counts_t7)
 {
     const want_calls w[2] = {{2, 0, 0}, {2, 0, 0}};
-    ck_assert_int_eq(check_layer("--layer block --heads 7 --hidden 21 --ffn 13 --tokens 13", "7", w, pay_block7), 2);
+    ck_assert_int_eq(
+        check_layer("--layer block --heads 7 --hidden 21 --ffn 13 --tokens 13", "7", w, pay_block7),
+        2);
 }
 END_TEST
 
@@ -156,9 +164,11 @@ static double pay_block_sp(int T, int ph)
 START_TEST(block_sp_counts)
 {
     const want_calls w[2] = {{0, 2, 2}, {1, 2, 2}};
-    ck_assert_int_eq(check_layer("--layer block --sequence-parallel --heads 12 --hidden 24 --ffn 17 --seq 5 --batch 3",
-                                 "1,2,3,4", w, pay_block_sp),
-                     8);
+    ck_assert_int_eq(
+        check_layer(
+            "--layer block --sequence-parallel --heads 12 --hidden 24 --ffn 17 --seq 5 --batch 3",
+            "1,2,3,4", w, pay_block_sp),
+        8);
 }
 END_TEST
 
@@ -174,10 +184,12 @@ static double pay_gpt(int T, int ph)
 START_TEST(transformer_counts)
 {
     const want_calls w[2] = {{2 * 2 + 3, 0, 0}, {2 * 2 + 1, 0, 0}};
-    ck_assert_int_eq(check_layer("--layer transformer --layers 2 --vocab 50 --heads 12 --hidden 24 --ffn 17 --seq 5 "
-                                 "--batch 3",
-                                 "1,2,3,4", w, pay_gpt),
-                     8);
+    ck_assert_int_eq(
+        check_layer(
+            "--layer transformer --layers 2 --vocab 50 --heads 12 --hidden 24 --ffn 17 --seq 5 "
+            "--batch 3",
+            "1,2,3,4", w, pay_gpt),
+        8);
 }
 END_TEST
 
@@ -186,14 +198,18 @@ END_TEST
  * head_dim 64 tp-bench answers: 2 all-reduces forward, 2 backward. */
 START_TEST(exercise2)
 {
-    run_result r = run("layer --layer block --tp 4 --heads 12 --hidden 4096 --seq 8 --batch 1 -n 1 -w 0 -q");
+    run_result r =
+        run("layer --layer block --tp 4 --heads 12 --hidden 4096 --seq 8 --batch 1 -n 1 -w 0 -q");
     ck_assert_msg(r.code != 0, "Exercise 2 without head_dim exited 0:\n%s", r.out);
-    ck_assert_msg(strstr(r.err, "hidden=4096") && strstr(r.err, "heads=12") && strstr(r.err, "head_dim"),
+    ck_assert_msg(strstr(r.err, "hidden=4096") && strstr(r.err, "heads=12") &&
+                      strstr(r.err, "head_dim"),
                   "stderr lacks the layer's numbers and way out: %s", r.err);
     bench_run_free(&r);
-    r = run("layer --layer block --tp 4 --heads 12 --hidden 4096 --head-dim 64 --seq 8 --batch 1 -n 1 -w 0 -q");
+    r = run("layer --layer block --tp 4 --heads 12 --hidden 4096 --head-dim 64 --seq 8 --batch 1 "
+            "-n 1 -w 0 -q");
     ck_assert_msg(r.code == 0, "Exercise 2 with head_dim: exit %d\n%s", r.code, r.err);
-    ck_assert_msg(strstr(r.out, "forward all_reduce x2 backward all_reduce x2\n") != NULL, "counts: %s", r.out);
+    ck_assert_msg(strstr(r.out, "forward all_reduce x2 backward all_reduce x2\n") != NULL,
+                  "counts: %s", r.out);
     ck_assert_msg(strstr(r.out, "match") && !strstr(r.out, "MISMATCH"), "bytes: %s", r.out);
     bench_run_free(&r);
 }
@@ -214,12 +230,13 @@ START_TEST(bad_arguments)
     for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
         run_result r = run(cases[i].args);
         ck_assert_msg(r.code == 2, "'%s': exit %d, want 2", cases[i].args, r.code);
-        ck_assert_msg(strstr(r.err, cases[i].needle) != NULL, "'%s': stderr '%s' lacks '%s'", cases[i].args, r.err,
-                      cases[i].needle);
+        ck_assert_msg(strstr(r.err, cases[i].needle) != NULL, "'%s': stderr '%s' lacks '%s'",
+                      cases[i].args, r.err, cases[i].needle);
         bench_run_free(&r);
     }
     /* heads not divisible by T: the layer's error at run time, exit 1 */
-    run_result r = run("layer --layer attention --heads 6 --hidden 24 --tokens 4 --tp 4 -n 1 -w 0 -q");
+    run_result r =
+        run("layer --layer attention --heads 6 --hidden 24 --tokens 4 --tp 4 -n 1 -w 0 -q");
     ck_assert_msg(r.code == 1 && strstr(r.err, "heads=6"), "exit %d: %s", r.code, r.err);
     bench_run_free(&r);
 }

@@ -15,9 +15,9 @@
 typedef struct npy_array {
     int ndim;
     int64_t shape[NPY_MAX_DIMS];
-    int64_t n;          /* elements: the product of shape (1 for a scalar) */
+    int64_t n;            /* elements: the product of shape (1 for a scalar) */
     char shape_text[128]; /* the header's shape between the parentheses, for messages */
-    void *data;         /* n elements of 4 bytes (malloc'ed, at least 4 bytes) */
+    void *data;           /* n elements of 4 bytes (malloc'ed, at least 4 bytes) */
 } npy_array;
 
 /* Read path, whose dtype must be descr ("<f4" or "<i4"). 0 on success;

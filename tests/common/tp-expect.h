@@ -26,23 +26,33 @@
 static inline const char *tpt_status_name(tp_status st)
 {
     static const char *const names[] = {
-        "TP_OK", "TP_ERR_INVALID_ARG", "TP_ERR_SHAPE", "TP_ERR_NOT_SUPPORTED",
-        "TP_ERR_NO_MEMORY", "TP_ERR_PLUGIN", "TP_ERR_UNAVAILABLE", "TP_ERR_TIMEOUT",
-        "TP_ERR_PEER", "TP_ERR_COMM", "TP_ERR_DEVICE", "TP_ERR_IO", "TP_ERR_INTERNAL",
+        "TP_OK",
+        "TP_ERR_INVALID_ARG",
+        "TP_ERR_SHAPE",
+        "TP_ERR_NOT_SUPPORTED",
+        "TP_ERR_NO_MEMORY",
+        "TP_ERR_PLUGIN",
+        "TP_ERR_UNAVAILABLE",
+        "TP_ERR_TIMEOUT",
+        "TP_ERR_PEER",
+        "TP_ERR_COMM",
+        "TP_ERR_DEVICE",
+        "TP_ERR_IO",
+        "TP_ERR_INTERNAL",
     };
     _Static_assert(sizeof names / sizeof names[0] == TP_STATUS_COUNT_, "a name per tp_status");
     return (unsigned)st < sizeof names / sizeof names[0] ? names[st] : "(not a tp_status)";
 }
 
-#define expect_status(expr, want, ...)                                                         \
-    do {                                                                                       \
-        tp_status got_ = (expr), want_ = (want);                                               \
-        if (got_ != want_) {                                                                   \
-            char what_[512];                                                                   \
-            snprintf(what_, sizeof what_, __VA_ARGS__);                                        \
-            ck_abort_msg("%s: got %s, expected %s: %s", what_, tpt_status_name(got_),          \
-                         tpt_status_name(want_), TP_EXPECT_MESSAGE());                         \
-        }                                                                                      \
+#define expect_status(expr, want, ...)                                                             \
+    do {                                                                                           \
+        tp_status got_ = (expr), want_ = (want);                                                   \
+        if (got_ != want_) {                                                                       \
+            char what_[512];                                                                       \
+            snprintf(what_, sizeof what_, __VA_ARGS__);                                            \
+            ck_abort_msg("%s: got %s, expected %s: %s", what_, tpt_status_name(got_),              \
+                         tpt_status_name(want_), TP_EXPECT_MESSAGE());                             \
+        }                                                                                          \
     } while (0)
 
 #endif

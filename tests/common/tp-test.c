@@ -22,7 +22,8 @@ void tpt_fail_at(tpt_rank *k, int line, const char *fmt, ...)
     fail_slot *f = &g_fail[k->wrank];
     if (f->n++ > 0)
         return;
-    int off = snprintf(f->first, sizeof f->first, "line %d, T=%d group rank %d: ", line, k->T, k->r);
+    int off =
+        snprintf(f->first, sizeof f->first, "line %d, T=%d group rank %d: ", line, k->T, k->r);
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(f->first + off, sizeof f->first - (size_t)off, fmt, ap);

@@ -31,24 +31,23 @@ typedef struct tpt_rank {
 typedef void (*tpt_body_fn)(tpt_rank *k);
 
 /* Record a failure for k's world rank (only the first message is kept). */
-void tpt_fail_at(tpt_rank *k, int line, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+void tpt_fail_at(tpt_rank *k, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* How many failures k's world rank has recorded in this run. */
 int tpt_failures(const tpt_rank *k);
 
-#define EXPECT(k, cond, ...)                         \
-    do {                                             \
-        if (!(cond))                                 \
-            tpt_fail_at((k), __LINE__, __VA_ARGS__); \
+#define EXPECT(k, cond, ...)                                                                       \
+    do {                                                                                           \
+        if (!(cond))                                                                               \
+            tpt_fail_at((k), __LINE__, __VA_ARGS__);                                               \
     } while (0)
 
-#define EXPECT_OK(k, expr)                                                                   \
-    do {                                                                                     \
-        tp_status st_ = (expr);                                                              \
-        if (st_ != TP_OK)                                                                    \
-            tpt_fail_at((k), __LINE__, "%s -> %s: %s", #expr, tp_status_string(st_),         \
-                        tp_last_error());                                                    \
+#define EXPECT_OK(k, expr)                                                                         \
+    do {                                                                                           \
+        tp_status st_ = (expr);                                                                    \
+        if (st_ != TP_OK)                                                                          \
+            tpt_fail_at((k), __LINE__, "%s -> %s: %s", #expr, tp_status_string(st_),               \
+                        tp_last_error());                                                          \
     } while (0)
 
 /* Run fn on every group of every T = 1..W; ck_assert no rank failed. */
@@ -73,7 +72,7 @@ int tpt_main(int *argc, char ***argv, const char *suite, const tpt_test *tests, 
 
 /* Host helpers. */
 void tpt_fill(float *a, int64_t n, uint64_t id); /* uniform [-1, 1), seed 777 */
-float *tpt_falloc(int64_t n);                   /* zeroed, at least one element */
+float *tpt_falloc(int64_t n);                    /* zeroed, at least one element */
 double *tpt_to_d(const float *a, int64_t n);     /* widen to double (caller frees) */
 /* A [rows, cols] f32 device tensor holding h (failures recorded on k). */
 tp_tensor tpt_upload2(tpt_rank *k, int64_t rows, int64_t cols, const float *h);

@@ -156,10 +156,10 @@ static size_t dsize(tp_dtype dt)
 static void put(tp_dtype dt, void *buf, size_t i, int v)
 {
     switch (dt) {
-    case TP_F32: ((float *)buf)[i] = (float)v; break;
-    case TP_I32: ((int32_t *)buf)[i] = v; break;
-    case TP_BF16: ((uint16_t *)buf)[i] = to_bf16((float)v); break;
-    default: ((uint16_t *)buf)[i] = to_f16(v); break;
+        case TP_F32: ((float *)buf)[i] = (float)v; break;
+        case TP_I32: ((int32_t *)buf)[i] = v; break;
+        case TP_BF16: ((uint16_t *)buf)[i] = to_bf16((float)v); break;
+        default: ((uint16_t *)buf)[i] = to_f16(v); break;
     }
 }
 
@@ -203,8 +203,9 @@ static void t_all_reduce(void *comm, int rank, int size, void *arg)
                         FAIL("all_reduce rank %d: %s", rank, last_err);
                     for (size_t i = 0; st == TP_OK && i < n; i++)
                         if (!same(dt, out, i, reduce_ref(op, size, i, salt, 0))) {
-                            FAIL("all_reduce T=%d rank %d dt %d op %d n %zu inplace %d: [%zu] wrong",
-                                 size, rank, dt, op, n, inplace, i);
+                            FAIL(
+                                "all_reduce T=%d rank %d dt %d op %d n %zu inplace %d: [%zu] wrong",
+                                size, rank, dt, op, n, inplace, i);
                             break;
                         }
                     free(send);

@@ -15,8 +15,8 @@ int via_api = 1;
  * thread, as each rank (thread) has its own device. */
 _Thread_local const tp_device_ops *D;
 _Thread_local void *H;
-_Thread_local int rank_id;          /* this rank (thread) among the test's ranks */
-_Thread_local tp_comm *rank_comm;   /* api mode: the rank's world, for its stats */
+_Thread_local int rank_id;        /* this rank (thread) among the test's ranks */
+_Thread_local tp_comm *rank_comm; /* api mode: the rank's world, for its stats */
 
 /* vtable mode: the loaded plugin, and a host that records errors. */
 const tp_plugin_desc *plugin;
@@ -50,8 +50,11 @@ void clear_msg(void)
 }
 
 /* api mode: wrappers with the vtable's signatures around tp_dev_*. */
-#define W(name, params, args)                                                                 \
-    static tp_status api_##name params { return tp_dev_##name args; }
+#define W(name, params, args)                                                                      \
+    static tp_status api_##name params                                                             \
+    {                                                                                              \
+        return tp_dev_##name args;                                                                 \
+    }
 static tp_status api_alloc(void *d, size_t bytes, void **p)
 {
     return tp_dev_alloc(d, bytes, p);
@@ -82,8 +85,8 @@ W(softmax_bwd,
   (void *d, tp_dtype dt, int64_t r, int64_t c, const void *y, const void *dy, void *dx, float s),
   (d, dt, r, c, y, dy, dx, s))
 W(norm,
-  (void *d, tp_dtype dt, int64_t r, int64_t c, const void *x, const void *g, const void *b,
-   void *y, float *mu, float *rs, float eps, int rms),
+  (void *d, tp_dtype dt, int64_t r, int64_t c, const void *x, const void *g, const void *b, void *y,
+   float *mu, float *rs, float eps, int rms),
   (d, dt, r, c, x, g, b, y, mu, rs, eps, rms))
 W(norm_bwd,
   (void *d, tp_dtype dt, int64_t r, int64_t c, const void *x, const void *g, const float *mu,
@@ -119,14 +122,31 @@ W(gemm_bias_act, (void *d, const tp_gemm_args *g, const void *b, tp_act a, void 
 
 static const tp_device_ops api_ops = {
     .struct_size = sizeof(tp_device_ops),
-    .alloc = api_alloc, .free = api_free, .upload = api_upload, .download = api_download,
-    .copy_2d = api_copy_2d, .memset = api_memset, .synchronize = api_synchronize,
-    .gemm = api_gemm, .bias_add = api_bias_add, .bias_grad = api_bias_grad, .gelu = api_gelu,
-    .gelu_bwd = api_gelu_bwd, .axpby = api_axpby, .softmax = api_softmax,
-    .softmax_bwd = api_softmax_bwd, .norm = api_norm, .norm_bwd = api_norm_bwd,
-    .embedding = api_embedding, .embedding_bwd = api_embedding_bwd, .row_max = api_row_max,
-    .ce_stats = api_ce_stats, .ce_bwd = api_ce_bwd, .adamw = api_adamw,
-    .reduce = api_reduce, .gemm_bias_act = api_gemm_bias_act, /* host_alloc: no public API */
+    .alloc = api_alloc,
+    .free = api_free,
+    .upload = api_upload,
+    .download = api_download,
+    .copy_2d = api_copy_2d,
+    .memset = api_memset,
+    .synchronize = api_synchronize,
+    .gemm = api_gemm,
+    .bias_add = api_bias_add,
+    .bias_grad = api_bias_grad,
+    .gelu = api_gelu,
+    .gelu_bwd = api_gelu_bwd,
+    .axpby = api_axpby,
+    .softmax = api_softmax,
+    .softmax_bwd = api_softmax_bwd,
+    .norm = api_norm,
+    .norm_bwd = api_norm_bwd,
+    .embedding = api_embedding,
+    .embedding_bwd = api_embedding_bwd,
+    .row_max = api_row_max,
+    .ce_stats = api_ce_stats,
+    .ce_bwd = api_ce_bwd,
+    .adamw = api_adamw,
+    .reduce = api_reduce,
+    .gemm_bias_act = api_gemm_bias_act, /* host_alloc: no public API */
 };
 
 /* Device buffers of the running test, freed after it. */
@@ -249,7 +269,6 @@ void with_device(body_fn body)
 
 /* ---------------------------------------------------------- utilities */
 
-
 double urand(void) /* uniform [-1, 1) */
 {
     rng_state ^= rng_state << 13;
@@ -281,19 +300,18 @@ double *dzalloc(size_t n)
     return p;
 }
 
-
 /* Expect status `want` and a message containing each of the NULL-ended words. */
 void expect_err(tp_status got, tp_status want, const char *what, ...)
 {
     va_list ap;
     const char *w;
 
-    ck_assert_msg(got == want, "%s: got %s, expected %s (message: %s)", what,
-                  tp_status_string(got), tp_status_string(want), last_msg());
+    ck_assert_msg(got == want, "%s: got %s, expected %s (message: %s)", what, tp_status_string(got),
+                  tp_status_string(want), last_msg());
     va_start(ap, what);
     while ((w = va_arg(ap, const char *)))
-        ck_assert_msg(strcasestr(last_msg(), w), "%s: message \"%s\" does not mention \"%s\"",
-                      what, last_msg(), w);
+        ck_assert_msg(strcasestr(last_msg(), w), "%s: message \"%s\" does not mention \"%s\"", what,
+                      last_msg(), w);
     va_end(ap);
     clear_msg();
 }

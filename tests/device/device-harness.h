@@ -66,21 +66,21 @@ void with_devices(body_fn body, int ranks);
 
 /* ---- utilities (device-harness.c) */
 
-double urand(void);                  /* uniform [-1, 1), this rank's stream */
+double urand(void);                   /* uniform [-1, 1), this rank's stream */
 float *hrand(size_t n, double scale); /* n floats scale * urand() */
 float *hzalloc(size_t n);
 double *dzalloc(size_t n);
 
 /* |got - ref| <= tol, with a message naming what and where. */
-#define CLOSE(got, ref, tol, ...)                                                              \
-    do {                                                                                       \
-        double g_ = (got), r_ = (ref), t_ = (tol);                                             \
-        if (!(fabs(g_ - r_) <= t_)) {                                                          \
-            char w_[256];                                                                      \
-            snprintf(w_, sizeof w_, __VA_ARGS__);                                              \
-            ck_abort_msg("%s: got %.9g, expected %.9g (diff %.3g > tol %.3g)", w_, g_, r_,     \
-                         fabs(g_ - r_), t_);                                                   \
-        }                                                                                      \
+#define CLOSE(got, ref, tol, ...)                                                                  \
+    do {                                                                                           \
+        double g_ = (got), r_ = (ref), t_ = (tol);                                                 \
+        if (!(fabs(g_ - r_) <= t_)) {                                                              \
+            char w_[256];                                                                          \
+            snprintf(w_, sizeof w_, __VA_ARGS__);                                                  \
+            ck_abort_msg("%s: got %.9g, expected %.9g (diff %.3g > tol %.3g)", w_, g_, r_,         \
+                         fabs(g_ - r_), t_);                                                       \
+        }                                                                                          \
     } while (0)
 
 /* Expect status `want` and a message containing each of the NULL-ended words. */

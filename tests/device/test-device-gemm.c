@@ -8,8 +8,8 @@
 /* C = alpha op(A) op(B) + beta C on one matrix, in double, with the
  * magnitude sum |alpha| sum|a||b| + |beta c| for the tolerance. */
 void ref_gemm(int ta, int tb, int m, int n, int k, double alpha, const float *a, int lda,
-                     const float *b, int ldb, double beta, const float *c0, int ldc, double *ref,
-                     double *mag)
+              const float *b, int ldb, double beta, const float *c0, int ldc, double *ref,
+              double *mag)
 {
     for (int i = 0; i < m; i++)
         for (int j = 0; j < n; j++) {
@@ -63,8 +63,8 @@ static void gemm_case(int ta, int tb, int m, int n, int k, int batch, int pad, f
     expect_status(D->gemm(H, &g), TP_OK, "gemm");
     dget(out, g.c, nc * 4);
     for (int bi = 0; bi < batch; bi++) {
-        ref_gemm(ta, tb, m, n, k, alpha, a + bi * sa, lda, b + bi * sb, ldb, beta, c + bi * sc,
-                 ldc, ref, mag);
+        ref_gemm(ta, tb, m, n, k, alpha, a + bi * sa, lda, b + bi * sb, ldb, beta, c + bi * sc, ldc,
+                 ref, mag);
         for (int i = 0; i < m; i++)
             for (int j = 0; j < ldc; j++) {
                 size_t at = (size_t)(bi * sc + i * ldc + j);
@@ -76,7 +76,8 @@ static void gemm_case(int ta, int tb, int m, int n, int k, int batch, int pad, f
                  * K = k + 3 (one more for an FMA-free product). */
                 CLOSE(out[at], ref[i * n + j], (k + 3) * U * mag[i * n + j] + 1e-30,
                       "gemm ta=%d tb=%d m=%d n=%d k=%d batch %d/%d pad=%d alpha=%g beta=%g "
-                      "C[%d,%d]", ta, tb, m, n, k, bi, batch, pad, alpha, beta, i, j);
+                      "C[%d,%d]",
+                      ta, tb, m, n, k, bi, batch, pad, alpha, beta, i, j);
             }
         /* the gap between batches stays untouched */
         for (int64_t t = (int64_t)(m - 1) * ldc + n; bi + 1 < batch && t < sc; t++)
@@ -168,9 +169,19 @@ static void body_gemm_interleaved(void)
     size_t na = (size_t)batch * m * k, nb = (size_t)batch * k * n, nc = (size_t)m * ldc;
     float *a = hrand(na, 1.0), *b = hrand(nb, 1.0), *c = hrand(nc, 1.0), *out = hzalloc(nc);
     double *ref = dzalloc((size_t)m * n), *mag = dzalloc((size_t)m * n);
-    tp_gemm_args g = {.struct_size = sizeof g, .dtype = TP_F32, .m = m, .n = n, .k = k,
-                      .alpha = 1.0f, .beta = 0.0f, .lda = k, .stride_a = (int64_t)m * k,
-                      .ldb = n, .stride_b = (int64_t)k * n, .ldc = ldc, .stride_c = n,
+    tp_gemm_args g = {.struct_size = sizeof g,
+                      .dtype = TP_F32,
+                      .m = m,
+                      .n = n,
+                      .k = k,
+                      .alpha = 1.0f,
+                      .beta = 0.0f,
+                      .lda = k,
+                      .stride_a = (int64_t)m * k,
+                      .ldb = n,
+                      .stride_b = (int64_t)k * n,
+                      .ldc = ldc,
+                      .stride_c = n,
                       .batch = batch};
 
     g.a = dput(a, na * 4);

@@ -30,7 +30,8 @@ static void body_bias(void)
                 double s = db0[c], m = fabs(db0[c]);
                 for (int r = 0; r < rows; r++)
                     s += y[r * cols + c], m += fabs(y[r * cols + c]);
-                CLOSE(db[c], s, (rows + 1) * U * m, "bias_grad rows=%d cols=%d [%d]", rows, cols, c);
+                CLOSE(db[c], s, (rows + 1) * U * m, "bias_grad rows=%d cols=%d [%d]", rows, cols,
+                      c);
             }
             /* Deterministic: the same inputs give bitwise the same db. */
             {
@@ -70,7 +71,9 @@ static double gelu_grad_ref(double x, int t)
 
 static void body_gelu(void)
 {
-    enum { N = 1001 };
+    enum {
+        N = 1001
+    };
     float *x = hrand(N, 6.0), *dy = hrand(N, 1.0), *y = hzalloc(N), *dx = hzalloc(N);
 
     x[0] = 0.0f, x[1] = -0.0f, x[2] = 8.0f, x[3] = -8.0f, x[4] = 1e-20f;
@@ -115,7 +118,9 @@ END_TEST
 static void body_axpby(void)
 {
     static const float ab[][2] = {{1, 0}, {0.5f, 2}, {-3, -0.25f}, {0, 1}};
-    enum { N = 33 };
+    enum {
+        N = 33
+    };
     float *x = hrand(N, 1.0), *y = hrand(N, 1.0), *out = hzalloc(N);
 
     for (int t = 0; t < 4; t++) {
@@ -298,10 +303,10 @@ void body_norm(void)
                             size_t i = (size_t)r * cols + c;
                             /* (x - mu) carries mu's error (cols+2)u mx; rstd (cols+8)u
                              * relative; three more roundings with gamma and beta. */
-                            double tol = fabs(g[c]) * rr[r] *
-                                             ((cols + 2) * U * mx +
-                                              (cols + 12) * U * fabs(xd[i] - mr[r])) +
-                                         2 * U * fabs(yr[i]) + (hasb ? U * fabs(b[c]) : 0);
+                            double tol =
+                                fabs(g[c]) * rr[r] *
+                                    ((cols + 2) * U * mx + (cols + 12) * U * fabs(xd[i] - mr[r])) +
+                                2 * U * fabs(yr[i]) + (hasb ? U * fabs(b[c]) : 0);
                             CLOSE(y[i], yr[i], tol, "norm%s rows=%d cols=%d beta=%d [%d,%d]",
                                   rms ? "(rms)" : "", rows, cols, hasb, r, c);
                         }
@@ -313,7 +318,8 @@ void body_norm(void)
                     vdg = dput(dg0, cols * 4);
                     vdb = hasb ? dput(db0, cols * 4) : NULL;
                     expect_status(D->norm_bwd(H, TP_F32, rows, cols, vx, dput(g, cols * 4), vmu,
-                                              vrs, vdy, vdx, vdg, vdb, rms), TP_OK, "norm_bwd");
+                                              vrs, vdy, vdx, vdg, vdb, rms),
+                                  TP_OK, "norm_bwd");
                     dget(dx, vdx, nn * 4);
                     dget(dg, vdg, cols * 4);
                     if (hasb)
@@ -331,8 +337,8 @@ void body_norm(void)
                             double ref = s * (gc - (rms ? 0 : sg / cols) - xh * sgx / cols);
                             /* the two row means are sums of cols terms; xhat has a few
                              * roundings (its cancellation x - mean is exact-ish in f32) */
-                            double tol = s * ((cols + 8) * U * (fabs(gc) + ag / cols +
-                                                                fabs(xh) * agx / cols) +
+                            double tol = s * ((cols + 8) * U *
+                                                  (fabs(gc) + ag / cols + fabs(xh) * agx / cols) +
                                               8 * U * fabs(xh) * fabs(sgx) / cols);
                             CLOSE(dx[i], ref, tol, "norm_bwd%s dx rows=%d cols=%d [%d,%d]",
                                   rms ? "(rms)" : "", rows, cols, r, c);
@@ -365,7 +371,12 @@ END_TEST
 
 static void body_embedding(void)
 {
-    enum { N = 17, DIM = 13, LO = 5, HI = 16 };
+    enum {
+        N = 17,
+        DIM = 13,
+        LO = 5,
+        HI = 16
+    };
     int32_t ids[N];
     float *table = hrand((HI - LO) * DIM, 1.0), *out = hzalloc(N * DIM);
     float *dout = hrand(N * DIM, 1.0), *dt0 = hrand((HI - LO) * DIM, 1.0);
@@ -379,8 +390,9 @@ static void body_embedding(void)
     ids[0] = -100, ids[1] = LO, ids[2] = HI - 1, ids[3] = HI, ids[4] = LO, ids[5] = INT32_MAX;
     vids = dput(ids, sizeof ids);
     vout = dput(dout, N * DIM * 4); /* junk that must be overwritten */
-    expect_status(D->embedding(H, TP_F32, N, DIM, vids, LO, HI, dput(table, (HI - LO) * DIM * 4),
-                               vout), TP_OK, "embedding");
+    expect_status(
+        D->embedding(H, TP_F32, N, DIM, vids, LO, HI, dput(table, (HI - LO) * DIM * 4), vout),
+        TP_OK, "embedding");
     dget(out, vout, N * DIM * 4);
     for (int i = 0; i < N; i++)
         for (int c = 0; c < DIM; c++) {
@@ -407,8 +419,8 @@ static void body_embedding(void)
     {
         float *again = hzalloc((HI - LO) * DIM);
         void *v2 = dput(dt0, (HI - LO) * DIM * 4);
-        ck_assert_int_eq(D->embedding_bwd(H, TP_F32, N, DIM, vids, LO, HI,
-                                          dput(dout, N * DIM * 4), v2), TP_OK);
+        ck_assert_int_eq(
+            D->embedding_bwd(H, TP_F32, N, DIM, vids, LO, HI, dput(dout, N * DIM * 4), v2), TP_OK);
         dget(again, v2, (HI - LO) * DIM * 4);
         ck_assert_mem_eq(again, dt, (HI - LO) * DIM * 4);
         free(again);
@@ -443,8 +455,10 @@ void body_ce(void)
             ck_assert_ptr_nonnull(t);
             for (int r = 0; r < rows; r++) {
                 /* targets in the shard, before it, after it, and ignored (-100) */
-                t[r] = (int32_t)(r % 4 == 0 ? lo + (r * 5) % cols : r % 4 == 1 ? 2 :
-                                 r % 4 == 2 ? lo + cols : -100);
+                t[r] = (int32_t)(r % 4 == 0   ? lo + (r * 5) % cols
+                                 : r % 4 == 1 ? 2
+                                 : r % 4 == 2 ? lo + cols
+                                              : -100);
                 scale[r] = r % 4 == 3 ? 0.0f : 1.0f / (float)(r + 1);
             }
             vt = dput(t, rows * 4);
@@ -468,8 +482,7 @@ void body_ce(void)
                 for (int c = 0; c < cols; c++)
                     spread = fmax(spread, m - xr[c]);
                 CLOSE(st[3 * r], se, (cols + 6 + 2 * spread) * U * se,
-                      "ce_stats sumexp rows=%d cols=%d [%d]",
-                      rows, cols, r);
+                      "ce_stats sumexp rows=%d cols=%d [%d]", rows, cols, r);
                 ck_assert_float_eq(st[3 * r + 1],
                                    t[r] >= lo && t[r] < lo + cols ? xr[t[r] - lo] : 0.0f);
                 CLOSE(st[3 * r + 2], sx, cols * U * ax, "ce_stats sum x [%d]", r);
@@ -482,7 +495,8 @@ void body_ce(void)
                 vse = dput(se, rows * 4);
                 vdx = dput(x, nn * 4); /* junk to overwrite */
                 expect_status(D->ce_bwd(H, TP_F32, rows, cols, vx, vt, lo, vocab, vmx, vse,
-                                        dput(scale, rows * 4), s, vdx), TP_OK, "ce_bwd");
+                                        dput(scale, rows * 4), s, vdx),
+                              TP_OK, "ce_bwd");
                 dget(dx, vdx, nn * 4);
                 for (int r = 0; r < rows; r++)
                     for (int c = 0; c < cols; c++) {
@@ -496,8 +510,8 @@ void body_ce(void)
                         double arg = fabs((double)x[r * cols + c] - mx[r]);
                         double tol = fabs(scale[r]) * U *
                                      (p * (8 + 2 * arg) + 4 * (hot + s / (double)vocab));
-                        CLOSE(dx[r * cols + c], ref, tol, "ce_bwd s=%g rows=%d cols=%d [%d,%d]",
-                              s, rows, cols, r, c);
+                        CLOSE(dx[r * cols + c], ref, tol, "ce_bwd s=%g rows=%d cols=%d [%d,%d]", s,
+                              rows, cols, r, c);
                         if (scale[r] == 0.0f) /* ignored rows: exactly 0, not 0 * NaN */
                             ck_assert_msg(dx[r * cols + c] == 0.0f, "ce_bwd ignored row %d", r);
                     }
@@ -515,7 +529,9 @@ END_TEST
 
 static void body_adamw(void)
 {
-    enum { N = 37 };
+    enum {
+        N = 37
+    };
     float *p = hrand(N, 1.0), *g = hrand(N, 0.1), *m = hrand(N, 0.01), *v = hzalloc(N);
     float *po = hzalloc(N), *mo = hzalloc(N), *vo = hzalloc(N);
     const float lr = 1e-3f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.01f;
@@ -562,7 +578,7 @@ END_TEST
  * and rounding ~1e-16/h ~ 1e-11, so the difference is the device's f32
  * error: a few hundred u of the gradient's magnitude scale on these tiny
  * sizes; we allow 1e-4 of that scale, still far below any formula error. */
-#define FD_H 1e-5
+#define FD_H   1e-5
 #define FD_TOL 1e-4
 
 static double loss_gelu(const double *x, const double *w, int n, int t)
@@ -575,7 +591,9 @@ static double loss_gelu(const double *x, const double *w, int n, int t)
 
 static void body_fd_gelu(void)
 {
-    enum { N = 13 };
+    enum {
+        N = 13
+    };
     float *x = hrand(N, 3.0), *w = hrand(N, 1.0), *dx = hzalloc(N);
     double xd[N], wd[N];
 
@@ -606,7 +624,10 @@ END_TEST
 
 static void body_fd_softmax(void)
 {
-    enum { R = 5, C = 4 };
+    enum {
+        R = 5,
+        C = 4
+    };
     const float sc = 0.7f;
     for (int causal = 0; causal < 2; causal++) {
         float *x = hrand(R * C, 2.0), *w = hrand(R * C, 1.0), *dx = hzalloc(R * C);
@@ -654,9 +675,13 @@ static double loss_norm(int rows, int cols, const double *x, const double *g, co
 
 static void body_fd_norm(void)
 {
-    enum { R = 3, C = 7 };
+    enum {
+        R = 3,
+        C = 7
+    };
     for (int rms = 0; rms < 2; rms++) {
-        float *x = hrand(R * C, 2.0), *g = hrand(C, 1.5), *b = hrand(C, 1.0), *w = hrand(R * C, 1.0);
+        float *x = hrand(R * C, 2.0), *g = hrand(C, 1.5), *b = hrand(C, 1.0),
+              *w = hrand(R * C, 1.0);
         float dx[R * C], dg[C], db[C];
         double xd[R * C], gd[C], bd[C], wd[R * C];
         void *vx = dput(x, R * C * 4), *vg = dput(g, C * 4), *vmu = dmalloc(R * 4),
@@ -671,9 +696,11 @@ static void body_fd_norm(void)
             gd[c] = g[c], bd[c] = b[c], dg[c] = db[c] = 0;
         vdg = dput(dg, C * 4), vdb = dput(db, C * 4);
         ck_assert_int_eq(D->norm(H, TP_F32, R, C, vx, vg, dput(b, C * 4), dmalloc(R * C * 4),
-                                 rms ? NULL : vmu, vrs, 1e-5f, rms), TP_OK);
+                                 rms ? NULL : vmu, vrs, 1e-5f, rms),
+                         TP_OK);
         ck_assert_int_eq(D->norm_bwd(H, TP_F32, R, C, vx, vg, rms ? NULL : vmu, vrs,
-                                     dput(w, R * C * 4), vdx, vdg, vdb, rms), TP_OK);
+                                     dput(w, R * C * 4), vdx, vdg, vdb, rms),
+                         TP_OK);
         dget(dx, vdx, sizeof dx), dget(dg, vdg, sizeof dg), dget(db, vdb, sizeof db);
         for (int v = 0; v < 3; v++)
             for (int i = 0; i < lens[v]; i++) {
@@ -683,8 +710,11 @@ static void body_fd_norm(void)
                 vars[v][i] = s - FD_H;
                 lm = loss_norm(R, C, xd, gd, bd, rms, wd);
                 vars[v][i] = s;
-                CLOSE(grads[v][i], (lp - lm) / (2 * FD_H), FD_TOL * 4,
-                      "norm%s fd d%s[%d]", rms ? "(rms)" : "", v == 0 ? "x" : v == 1 ? "gamma" : "beta",
+                CLOSE(grads[v][i], (lp - lm) / (2 * FD_H), FD_TOL * 4, "norm%s fd d%s[%d]",
+                      rms ? "(rms)" : "",
+                      v == 0   ? "x"
+                      : v == 1 ? "gamma"
+                               : "beta",
                       i);
             }
         free(x), free(g), free(b), free(w);
@@ -718,7 +748,10 @@ static double loss_ce(int rows, int cols, const double *x, const int32_t *t, con
 
 static void body_fd_ce(void)
 {
-    enum { R = 4, C = 9 };
+    enum {
+        R = 4,
+        C = 9
+    };
     int32_t t[R] = {3, 0, -100, 8};
     float scale[R] = {0.25f, 0.5f, 0.0f, 0.25f};
     float *x = hrand(R * C, 3.0), dx[R * C], st[3 * R], se[R];
@@ -736,7 +769,8 @@ static void body_fd_ce(void)
     for (int sm = 0; sm < 2; sm++) {
         double s = sm ? 0.2 : 0.0;
         ck_assert_int_eq(D->ce_bwd(H, TP_F32, R, C, vx, vt, 0, C, vmx, dput(se, sizeof se),
-                                   dput(scale, sizeof scale), (float)s, vdx), TP_OK);
+                                   dput(scale, sizeof scale), (float)s, vdx),
+                         TP_OK);
         dget(dx, vdx, sizeof dx);
         for (int i = 0; i < R * C; i++) {
             double v = xd[i], lp, lm;

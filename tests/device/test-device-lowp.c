@@ -75,14 +75,20 @@ void round_to(tp_dtype dt, float *x, size_t n)
  * the others (ids, row statistics) keep their own type (raw bytes). */
 typedef struct lp_buf {
     int typed, is_out;
-    size_t n;          /* elements */
-    float *init;       /* typed or raw f32: initial values (rounded in place if typed) */
-    const void *raw;   /* raw non-float (ids): bytes n * 4 */
-    void *dev;         /* set for the callback */
+    size_t n;        /* elements */
+    float *init;     /* typed or raw f32: initial values (rounded in place if typed) */
+    const void *raw; /* raw non-float (ids): bytes n * 4 */
+    void *dev;       /* set for the callback */
 } lp_buf;
 
-#define LB(typed, out, n, init) {typed, out, n, init, NULL, NULL}
-#define LI(n, ids) {0, 0, n, NULL, ids, NULL}
+#define LB(typed, out, n, init)                                                                    \
+    {                                                                                              \
+        typed, out, n, init, NULL, NULL                                                            \
+    }
+#define LI(n, ids)                                                                                 \
+    {                                                                                              \
+        0, 0, n, NULL, ids, NULL                                                                   \
+    }
 
 typedef tp_status (*lp_fn)(tp_dtype dt, lp_buf *b, int64_t len);
 
@@ -162,7 +168,10 @@ done:
     free_bufs();
 }
 
-enum { LR = 13, LC = 33 };
+enum {
+    LR = 13,
+    LC = 33
+};
 
 static tp_status lp_bias(tp_dtype dt, lp_buf *b, int64_t len)
 {
@@ -192,8 +201,9 @@ static tp_status lp_norm(tp_dtype dt, lp_buf *b, int64_t len)
     /* x, gamma, beta, y, mean, rstd, dy, dx ... dgamma/dbeta in the next call */
     tp_status st = D->norm(H, dt, LR, LC, b[0].dev, b[1].dev, b[2].dev, b[3].dev, b[4].dev,
                            b[5].dev, 1e-5f, 0);
-    return st ? st : D->norm_bwd(H, dt, LR, LC, b[0].dev, b[1].dev, b[4].dev, b[5].dev, b[6].dev,
-                                 b[7].dev, NULL, NULL, 0);
+    return st ? st
+              : D->norm_bwd(H, dt, LR, LC, b[0].dev, b[1].dev, b[4].dev, b[5].dev, b[6].dev,
+                            b[7].dev, NULL, NULL, 0);
 }
 /* Callbacks chain no typed results: a chained typed intermediate would be
  * rounded in one pass and not the other. */
@@ -220,8 +230,9 @@ static tp_status lp_ce(tp_dtype dt, lp_buf *b, int64_t len)
     tp_status st = D->row_max(H, dt, LR, LC, b[0].dev, b[2].dev);
     if (!st)
         st = D->ce_stats(H, dt, LR, LC, b[0].dev, b[1].dev, 3, b[2].dev, b[3].dev);
-    return st ? st : D->ce_bwd(H, dt, LR, LC, b[0].dev, b[1].dev, 3, 100, b[2].dev, b[4].dev,
-                               b[5].dev, 0.1f, b[6].dev);
+    return st ? st
+              : D->ce_bwd(H, dt, LR, LC, b[0].dev, b[1].dev, 3, 100, b[2].dev, b[4].dev, b[5].dev,
+                          0.1f, b[6].dev);
 }
 
 /* The GEMM against the double reference on rounded inputs: the output
@@ -249,15 +260,16 @@ void lowp_gemm(tp_dtype dt)
     st = D->gemm(H, &g);
     if (st == TP_ERR_NOT_SUPPORTED) {
         ck_assert_msg(strstr(last_msg(), "gemm") &&
-                      strstr(last_msg(), dt == TP_BF16 ? "bf16" : "f16"), "%s", last_msg());
+                          strstr(last_msg(), dt == TP_BF16 ? "bf16" : "f16"),
+                      "%s", last_msg());
         clear_msg();
     } else {
         expect_status(st, TP_OK, "gemm %s", dt == TP_BF16 ? "bf16" : "f16");
         dget(hc, g.c, nc * 2);
         dec(dt, hc, out, nc);
         for (int bi = 0; bi < batch; bi++) {
-            ref_gemm(0, 1, m, n, k, 0.5, a + bi * m * k, k, b + bi * n * k, k, 1.0,
-                     c + bi * m * n, n, ref, mag);
+            ref_gemm(0, 1, m, n, k, 0.5, a + bi * m * k, k, b + bi * n * k, k, 1.0, c + bi * m * n,
+                     n, ref, mag);
             for (int i = 0; i < m * n; i++)
                 CLOSE(out[bi * m * n + i], ref[i],
                       udt * fabs(ref[i]) + 2 * (k + 3) * U * mag[i] + 0x1p-25,
@@ -271,12 +283,15 @@ void lowp_gemm(tp_dtype dt)
 static void body_lowp(void)
 {
     static const tp_dtype dts[] = {TP_BF16, TP_F16};
-    enum { NN = LR * LC };
+    enum {
+        NN = LR * LC
+    };
 
     for (int di = 0; di < 2; di++) {
         tp_dtype dt = dts[di];
         float *x = hrand(NN, 3.0), *y = hrand(NN, 1.0), *z = hrand(NN, 1.0), *w = hrand(NN, 1.0);
-        float *g = hrand(LC, 1.5), *bb = hrand(LC, 1.0), *g2 = hrand(LC, 1.0), *bb2 = hrand(LC, 1.0);
+        float *g = hrand(LC, 1.5), *bb = hrand(LC, 1.0), *g2 = hrand(LC, 1.0),
+              *bb2 = hrand(LC, 1.0);
         float *mu = hzalloc(LR), *rs = hzalloc(LR), *st3 = hzalloc(3 * LR), *ones = hzalloc(LR);
         int32_t ids[LR], tg[LR];
 
@@ -294,7 +309,7 @@ static void body_lowp(void)
         }
         {
             float *o1 = hzalloc(NN), *o2 = hzalloc(NN), *o3 = hzalloc(NN), *o4 = hzalloc(NN);
-            lp_buf b[] = {LB(1, 0, NN, x), LB(1, 1, NN, o1), LB(1, 0, NN, y),
+            lp_buf b[] = {LB(1, 0, NN, x),  LB(1, 1, NN, o1), LB(1, 0, NN, y),
                           LB(1, 1, NN, o2), LB(1, 1, NN, o3), LB(1, 1, NN, o4)};
             lp_compare("gelu", dt, lp_gelu, b, 6, 1);
             free(o1), free(o2), free(o3), free(o4);
@@ -314,14 +329,14 @@ static void body_lowp(void)
         }
         {
             float *ny = hzalloc(NN), *nm = hzalloc(LR), *nr = hzalloc(LR), *dx = hzalloc(NN);
-            lp_buf b[] = {LB(1, 0, NN, x), LB(1, 0, LC, g), LB(1, 0, LC, bb), LB(1, 1, NN, ny),
-                          LB(0, 1, LR, nm), LB(0, 1, LR, nr), LB(1, 0, NN, w), LB(1, 1, NN, dx)};
+            lp_buf b[] = {LB(1, 0, NN, x),  LB(1, 0, LC, g),  LB(1, 0, LC, bb), LB(1, 1, NN, ny),
+                          LB(0, 1, LR, nm), LB(0, 1, LR, nr), LB(1, 0, NN, w),  LB(1, 1, NN, dx)};
             lp_compare("norm", dt, lp_norm, b, 8, LC);
             free(ny), free(nm), free(nr), free(dx);
         }
         {
             float *dx = hzalloc(NN), *wy = hrand(NN, 1.0);
-            lp_buf b[] = {LB(1, 0, NN, x), LB(1, 0, LC, g), LB(0, 0, LR, mu), LB(0, 0, LR, rs),
+            lp_buf b[] = {LB(1, 0, NN, x),  LB(1, 0, LC, g),  LB(0, 0, LR, mu), LB(0, 0, LR, rs),
                           LB(1, 1, NN, wy), LB(1, 1, NN, dx), LB(1, 1, LC, g2), LB(1, 1, LC, bb2)};
             lp_compare("norm_bwd", dt, lp_norm_params, b, 8, LR + LC);
             lp_buf b2[] = {LB(1, 0, NN, x), LB(1, 0, LC, g), LB(0, 0, LR, rs), LB(1, 1, NN, wy),
@@ -339,8 +354,9 @@ static void body_lowp(void)
             float *mx = hzalloc(LR), *se = hzalloc(LR), *dl = hzalloc(NN);
             for (int r = 0; r < LR; r++)
                 se[r] = 2.0f + (float)r;
-            lp_buf b[] = {LB(1, 0, NN, x), LI(LR, tg), LB(0, 1, LR, mx), LB(0, 1, 3 * LR, st3),
-                          LB(0, 0, LR, se), LB(0, 0, LR, ones), LB(1, 1, NN, dl)};
+            lp_buf b[] = {LB(1, 0, NN, x),       LI(LR, tg),       LB(0, 1, LR, mx),
+                          LB(0, 1, 3 * LR, st3), LB(0, 0, LR, se), LB(0, 0, LR, ones),
+                          LB(1, 1, NN, dl)};
             lp_compare("row_max/ce_stats/ce_bwd", dt, lp_ce, b, 7, LC);
             free(mx), free(se), free(dl);
         }

@@ -6,7 +6,9 @@
 
 static void body_memory(void)
 {
-    enum { N = 1000 };
+    enum {
+        N = 1000
+    };
     unsigned char src[N], back[N];
     void *a, *b, *z1, *z2;
 

@@ -142,16 +142,20 @@ static void bias_act_case(tp_dtype dt, int ta, int tb, int m, int n, int k, int 
     tp_status st = D->gemm_bias_act(H, &g, with_bias ? dput(hbias, n * es) : NULL, act, dpre);
     if (st == TP_ERR_NOT_SUPPORTED && may_refuse()) {
         dget(hc, g.c, nc * es);
-        ck_assert_msg(memcmp(hc, hc0, nc * es) == 0, "gemm_bias_act %s act %d: refused (%s) "
-                      "but wrote C", DT_NAME(dt), (int)act, last_msg());
+        ck_assert_msg(memcmp(hc, hc0, nc * es) == 0,
+                      "gemm_bias_act %s act %d: refused (%s) "
+                      "but wrote C",
+                      DT_NAME(dt), (int)act, last_msg());
         if (with_pre) {
             dget(hc, dpre, nc * es);
-            ck_assert_msg(memcmp(hc, hc0, nc * es) == 0, "gemm_bias_act %s act %d: refused "
-                          "(%s) but wrote pre", DT_NAME(dt), (int)act, last_msg());
+            ck_assert_msg(memcmp(hc, hc0, nc * es) == 0,
+                          "gemm_bias_act %s act %d: refused "
+                          "(%s) but wrote pre",
+                          DT_NAME(dt), (int)act, last_msg());
         }
         printf("note: gemm_bias_act %s ta=%d tb=%d m=%d n=%d k=%d ldc=%d bias %d act %d pre %d "
-               "refused (the core composes it): %s\n", DT_NAME(dt), ta, tb, m, n, k, ldc,
-               with_bias, (int)act, with_pre, last_msg());
+               "refused (the core composes it): %s\n",
+               DT_NAME(dt), ta, tb, m, n, k, ldc, with_bias, (int)act, with_pre, last_msg());
         clear_msg();
         goto done;
     }
@@ -175,7 +179,7 @@ static void bias_act_case(tp_dtype dt, int ta, int tb, int m, int n, int k, int 
             double v = ref[i * n + j] + (with_bias ? bias[j] : 0.0);
             double mv = mag[i * n + j] + (with_bias ? fabs(bias[j]) : 0.0);
             double ev = 2 * (k + 3) * U * mv + U * fabs(v) + 0x1p-40;
-            double cref = act == TP_ACT_NONE ? v
+            double cref = act == TP_ACT_NONE   ? v
                           : act == TP_ACT_GELU ? gelu_ref(v, 0)
                                                : gelu_ref(v, 1);
             double t = tanh(sqrt(2 / M_PI) * (v + 0.044715 * v * v * v));
@@ -198,8 +202,8 @@ static void bias_act_case(tp_dtype dt, int ta, int tb, int m, int n, int k, int 
     if (dt == TP_F32 && act != TP_ACT_NONE && m * n >= 200)
         ck_assert_msg(act == TP_ACT_GELU_TANH ? d_tanh < d_erf : d_erf < d_tanh,
                       "gemm_bias_act act %d m=%d n=%d k=%d: mean distance to the tanh GeLU %.3g, "
-                      "to the exact (erf) GeLU %.3g: the other form was computed", (int)act, m, n,
-                      k, d_tanh / (m * n), d_erf / (m * n));
+                      "to the exact (erf) GeLU %.3g: the other form was computed",
+                      (int)act, m, n, k, d_tanh / (m * n), d_erf / (m * n));
 done:
     free(a), free(b), free(bias), free(c0), free(out), free(pout), free(ref), free(mag);
     free(ha), free(hb), free(hbias), free(hc), free(hc0);
@@ -306,17 +310,27 @@ static void body_fused(void)
         for (int si = 0; si < 2; si++) {
             tp_dtype dt = all_dts[di];
             int m = shapes[si].m, n = shapes[si].n, k = shapes[si].k, ldc = shapes[si].ldc;
-            size_t es = dt_size(dt), bytes[5] = {(size_t)m * k * es, (size_t)k * n * es,
-                                                 (size_t)m * ldc * es, (size_t)n * es,
-                                                 (size_t)m * ldc * es};
+            size_t es = dt_size(dt),
+                   bytes[5] = {(size_t)m * k * es, (size_t)k * n * es, (size_t)m * ldc * es,
+                               (size_t)n * es, (size_t)m * ldc * es};
             void *p[5];
             for (int i = 0; i < 5; i++) { /* zeros: only the counts matter here */
                 p[i] = dmalloc(bytes[i]);
                 ck_assert_int_eq(D->memset(H, p[i], 0, bytes[i]), TP_OK);
             }
-            tp_gemm_args g = {.struct_size = sizeof g, .dtype = dt, .trans_b = shapes[si].tb,
-                              .m = m, .n = n, .k = k, .alpha = 1.0f, .a = p[0], .lda = k,
-                              .b = p[1], .ldb = shapes[si].tb ? k : n, .c = p[2], .ldc = ldc,
+            tp_gemm_args g = {.struct_size = sizeof g,
+                              .dtype = dt,
+                              .trans_b = shapes[si].tb,
+                              .m = m,
+                              .n = n,
+                              .k = k,
+                              .alpha = 1.0f,
+                              .a = p[0],
+                              .lda = k,
+                              .b = p[1],
+                              .ldb = shapes[si].tb ? k : n,
+                              .c = p[2],
+                              .ldc = ldc,
                               .batch = 1};
             for (int act = 0; act < TP_ACT_COUNT_; act++)
                 for (int v = 0; v < 4; v++) {
@@ -324,15 +338,16 @@ static void body_fused(void)
                     int fused = !strcmp(dev_name, "cpu") || act == TP_ACT_NONE ||
                                 (act == TP_ACT_GELU_TANH && dt != TP_F32);
                     tp_stats_reset(rank_comm);
-                    expect_status(D->gemm_bias_act(H, &g, bias ? p[3] : NULL, (tp_act)act,
-                                                   pre ? p[4] : NULL), TP_OK,
-                                  "gemm_bias_act %s act %d", DT_NAME(dt), act);
+                    expect_status(
+                        D->gemm_bias_act(H, &g, bias ? p[3] : NULL, (tp_act)act, pre ? p[4] : NULL),
+                        TP_OK, "gemm_bias_act %s act %d", DT_NAME(dt), act);
                     tp_stats_get(rank_comm, &st);
                     ck_assert_msg(calls(st.gemm) == 1 && (fused ? calls(st.kernel) == 0
                                                                 : calls(st.kernel) >= 1u + bias),
                                   "gemm_bias_act %s m=%d n=%d k=%d ldc=%d bias %d act %d pre %d "
                                   "on %s: %llu gemm and %llu kernel calls counted, expected 1 "
-                                  "and %s", DT_NAME(dt), m, n, k, ldc, bias, act, pre, dev_name,
+                                  "and %s",
+                                  DT_NAME(dt), m, n, k, ldc, bias, act, pre, dev_name,
                                   (unsigned long long)calls(st.gemm),
                                   (unsigned long long)calls(st.kernel),
                                   fused ? "0 (fused)" : "bias_add and gelu (composed)");

@@ -50,7 +50,10 @@ END_TEST
  * reduce takes buffers of the other ranks' devices in this process (as
  * the loopback comm uses it on device memory). Integers below 2^24: exact.
  * Ranks on GPUs without peer access may refuse, naming it. */
-enum { RR_RANKS = 4, RR_N = 4097 };
+enum {
+    RR_RANKS = 4,
+    RR_N = 4097
+};
 static void *rr_x[RR_RANKS];
 static pthread_barrier_t rr_bar;
 
@@ -131,8 +134,8 @@ static int device_available(char *why, size_t len)
                 snprintf(msg, sizeof msg, "tp_init with device '%s': %s: %s", dev_name,
                          tp_status_string(st), tp_last_error());
             /* only a device that is not built or cannot run here is a skip */
-            if (!ok && (!strcmp(dev_name, "cpu") ||
-                        (st != TP_ERR_UNAVAILABLE && st != TP_ERR_PLUGIN)))
+            if (!ok &&
+                (!strcmp(dev_name, "cpu") || (st != TP_ERR_UNAVAILABLE && st != TP_ERR_PLUGIN)))
                 ok = -1;
             tp_finalize(ctx);
         } else {
@@ -206,12 +209,8 @@ int main(void)
         return 77;
     }
     switch (device_available(why, sizeof why)) {
-    case 0:
-        printf("SKIP: device '%s' is not available here: %s\n", dev_name, why);
-        return 77;
-    case -1:
-        printf("FAIL: device '%s' could not be started: %s\n", dev_name, why);
-        return 1;
+        case 0: printf("SKIP: device '%s' is not available here: %s\n", dev_name, why); return 77;
+        case -1: printf("FAIL: device '%s' could not be started: %s\n", dev_name, why); return 1;
     }
 
     s = suite_create("device");

@@ -53,20 +53,34 @@ int main(int argc, char **argv)
     char key[64], val[64];
     while (fscanf(f, "%63s %63s", key, val) == 2) {
         long long v = atoll(val);
-        if (!strcmp(key, "vocab")) c.V = v;
-        else if (!strcmp(key, "hidden")) c.H = v;
-        else if (!strcmp(key, "heads")) c.nh = v;
-        else if (!strcmp(key, "kv_heads")) c.kv = v;
-        else if (!strcmp(key, "ffn")) c.F = v;
-        else if (!strcmp(key, "layers")) c.L = v;
-        else if (!strcmp(key, "seq")) c.S = seq = v;
-        else if (!strcmp(key, "batch")) batch = v;
-        else if (!strcmp(key, "tied")) c.tied = v != 0;
-        else if (!strcmp(key, "norm")) c.rms = !strcmp(val, "rms");
-        else if (!strcmp(key, "eps")) c.eps = atof(val);
-        else if (!strcmp(key, "bias")) c.bias = v != 0;
-        else if (!strcmp(key, "gelu")) c.gelu_tanh = !strcmp(val, "tanh");
-        else if (!strcmp(key, "label_smoothing")) c.smoothing = atof(val);
+        if (!strcmp(key, "vocab"))
+            c.V = v;
+        else if (!strcmp(key, "hidden"))
+            c.H = v;
+        else if (!strcmp(key, "heads"))
+            c.nh = v;
+        else if (!strcmp(key, "kv_heads"))
+            c.kv = v;
+        else if (!strcmp(key, "ffn"))
+            c.F = v;
+        else if (!strcmp(key, "layers"))
+            c.L = v;
+        else if (!strcmp(key, "seq"))
+            c.S = seq = v;
+        else if (!strcmp(key, "batch"))
+            batch = v;
+        else if (!strcmp(key, "tied"))
+            c.tied = v != 0;
+        else if (!strcmp(key, "norm"))
+            c.rms = !strcmp(val, "rms");
+        else if (!strcmp(key, "eps"))
+            c.eps = atof(val);
+        else if (!strcmp(key, "bias"))
+            c.bias = v != 0;
+        else if (!strcmp(key, "gelu"))
+            c.gelu_tanh = !strcmp(val, "tanh");
+        else if (!strcmp(key, "label_smoothing"))
+            c.smoothing = atof(val);
     }
     fclose(f);
     c.hd = c.H / c.nh;
@@ -82,9 +96,9 @@ int main(int argc, char **argv)
     /* parameter names in tp_gpt_params order */
     char names[512][64];
     int np = 0;
-    const char *blk[] = {"ln1.weight", "ln1.bias", "attn.qkv.weight", "attn.qkv.bias",
-                         "attn.out.weight", "attn.out.bias", "ln2.weight", "ln2.bias",
-                         "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"};
+    const char *blk[] = {"ln1.weight",      "ln1.bias",      "attn.qkv.weight", "attn.qkv.bias",
+                         "attn.out.weight", "attn.out.bias", "ln2.weight",      "ln2.bias",
+                         "mlp.fc1.weight",  "mlp.fc1.bias",  "mlp.fc2.weight",  "mlp.fc2.bias"};
     snprintf(names[np++], 64, "embedding.weight");
     snprintf(names[np++], 64, "position.weight");
     for (int64_t l = 0; l < c.L && np < 500; l++)
@@ -138,7 +152,8 @@ int main(int argc, char **argv)
             checked++;
             if (e > 1 && bad < 10)
                 printf("grad.%s[%lld] = %.9g, finite differences %.9g: MISMATCH\n", names[i],
-                       (long long)j, G[i][j], fd), bad++;
+                       (long long)j, G[i][j], fd),
+                    bad++;
         }
     printf("check-npy: %d tensors; loss %.7f (reference %.7f); logits worst %.3g of tolerance; "
            "%lld gradient entries vs finite differences, worst %.3g of tolerance -> %s\n",

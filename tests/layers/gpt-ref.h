@@ -73,10 +73,12 @@ static inline double gref_loss(const gref_cfg *c, double *const *P, int64_t batc
 {
     int64_t N = batch * seq, H = c->H, hd = c->hd, W = (c->nh + 2 * c->kv) * hd, F = c->F;
     int64_t grp = c->nh / c->kv;
-    double *x = calloc((size_t)(N * H), sizeof(double)), *a = calloc((size_t)(N * H), sizeof(double));
+    double *x = calloc((size_t)(N * H), sizeof(double)),
+           *a = calloc((size_t)(N * H), sizeof(double));
     double *qkv = calloc((size_t)(N * W), sizeof(double));
     double *ctx = calloc((size_t)(N * c->nh * hd), sizeof(double));
-    double *u = calloc((size_t)(N * F), sizeof(double)), *lg = calloc((size_t)(N * c->V), sizeof(double));
+    double *u = calloc((size_t)(N * F), sizeof(double)),
+           *lg = calloc((size_t)(N * c->V), sizeof(double));
     double *p = calloc((size_t)seq, sizeof(double));
     int pi = 0;
     const double *E = P[pi++], *Pos = P[pi++];

@@ -16,8 +16,7 @@
 #include "tp-test.h"
 
 /* Columns [c0, c1) of a rows x cols host matrix. */
-static inline float *slice_cols(const float *a, int64_t rows, int64_t cols, int64_t c0,
-                                int64_t c1)
+static inline float *slice_cols(const float *a, int64_t rows, int64_t cols, int64_t c0, int64_t c1)
 {
     float *s = malloc(sizeof(float) * (size_t)(rows * (c1 - c0) + 1));
     for (int64_t r = 0; r < rows; r++)
@@ -63,16 +62,16 @@ static inline void master(uint64_t seed, uint64_t id, int64_t in, int64_t out, f
 }
 
 /* expr must return `want` with every string of ... in its message. */
-#define EXPECT_ERR(k, expr, want, ...)                                                         \
-    do {                                                                                       \
-        tp_clear_error();                                                                      \
-        tp_status st_ = (expr);                                                                \
-        EXPECT((k), st_ == (want), "%s returned %s, expected %s (%s)", #expr,                  \
-               tp_status_string(st_), tp_status_string(want), tp_last_error());                \
-        const char *subs_[] = {__VA_ARGS__};                                                   \
-        for (size_t i_ = 0; i_ < sizeof subs_ / sizeof subs_[0]; i_++)                         \
-            EXPECT((k), strstr(tp_last_error(), subs_[i_]) != NULL,                            \
-                   "%s: message lacks \"%s\": \"%s\"", #expr, subs_[i_], tp_last_error());     \
+#define EXPECT_ERR(k, expr, want, ...)                                                             \
+    do {                                                                                           \
+        tp_clear_error();                                                                          \
+        tp_status st_ = (expr);                                                                    \
+        EXPECT((k), st_ == (want), "%s returned %s, expected %s (%s)", #expr,                      \
+               tp_status_string(st_), tp_status_string(want), tp_last_error());                    \
+        const char *subs_[] = {__VA_ARGS__};                                                       \
+        for (size_t i_ = 0; i_ < sizeof subs_ / sizeof subs_[0]; i_++)                             \
+            EXPECT((k), strstr(tp_last_error(), subs_[i_]) != NULL,                                \
+                   "%s: message lacks \"%s\": \"%s\"", #expr, subs_[i_], tp_last_error());         \
     } while (0)
 
 #endif

@@ -33,10 +33,10 @@
 #include <math.h>
 #include <stdint.h>
 
-#define REF_U (1.0 / 16777216.0) /* 2^-24 */
+#define REF_U     (1.0 / 16777216.0) /* 2^-24 */
 #define GELU_ULPS 8.0
-#define GELU_D1 1.1290 /* max |gelu'|  */
-#define GELU_D2 0.7979 /* max |gelu''| */
+#define GELU_D1   1.1290 /* max |gelu'|  */
+#define GELU_D2   0.7979 /* max |gelu''| */
 
 static inline double ref_gamma(double n)
 {

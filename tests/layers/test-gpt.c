@@ -65,11 +65,21 @@ static int64_t numel_full(const tp_param *p)
 static gref_cfg ref_cfg(const tp_gpt_config *c)
 {
     int64_t hd = c->head_dim ? c->head_dim : c->hidden / c->heads;
-    return (gref_cfg){.V = c->vocab, .H = c->hidden, .nh = c->heads,
-                      .kv = c->kv_heads ? c->kv_heads : c->heads, .hd = hd, .F = c->ffn,
-                      .L = c->layers, .S = c->seq, .tied = c->tied, .bias = c->bias, .rms = c->rms,
-                      .gelu_tanh = c->gelu_tanh, .eps = c->eps ? c->eps : 1e-5,
-                      .smoothing = c->label_smoothing, .use_ignore = c->use_ignore_index,
+    return (gref_cfg){.V = c->vocab,
+                      .H = c->hidden,
+                      .nh = c->heads,
+                      .kv = c->kv_heads ? c->kv_heads : c->heads,
+                      .hd = hd,
+                      .F = c->ffn,
+                      .L = c->layers,
+                      .S = c->seq,
+                      .tied = c->tied,
+                      .bias = c->bias,
+                      .rms = c->rms,
+                      .gelu_tanh = c->gelu_tanh,
+                      .eps = c->eps ? c->eps : 1e-5,
+                      .smoothing = c->label_smoothing,
+                      .use_ignore = c->use_ignore_index,
                       .ignore = c->ignore_index};
 }
 
@@ -104,9 +114,9 @@ static void get_full(tpt_rank *k, tp_gpt *m, const tp_gpt_config *c, full_params
     const tp_param *ps;
     int np;
     tp_gpt_params(m, &ps, &np);
-    const char *blk[] = {"ln1.weight", "ln1.bias", "attn.qkv.weight", "attn.qkv.bias",
-                         "attn.out.weight", "attn.out.bias", "ln2.weight", "ln2.bias",
-                         "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"};
+    const char *blk[] = {"ln1.weight",      "ln1.bias",      "attn.qkv.weight", "attn.qkv.bias",
+                         "attn.out.weight", "attn.out.bias", "ln2.weight",      "ln2.bias",
+                         "mlp.fc1.weight",  "mlp.fc1.bias",  "mlp.fc2.weight",  "mlp.fc2.bias"};
     int nnames = 0;
     char names[512][64];
     snprintf(names[nnames++], 64, "embedding.weight");
@@ -174,12 +184,24 @@ static const gcase CASES[] = {
 
 static tp_gpt_config case_cfg(const gcase *c)
 {
-    return (tp_gpt_config){.vocab = c->V, .hidden = c->H, .heads = c->nh, .kv_heads = c->kv,
-                           .head_dim = c->hd, .ffn = c->F, .layers = c->L, .seq = c->S,
-                           .tied = c->tied, .sequence_parallel = c->sp, .bias = c->bias,
-                           .rms = c->rms, .gelu_tanh = c->tanh, .emb_bound = 0.5f,
-                           .label_smoothing = c->smoothing, .use_ignore_index = c->ignore,
-                           .ignore_index = -100, .seed = 5};
+    return (tp_gpt_config){.vocab = c->V,
+                           .hidden = c->H,
+                           .heads = c->nh,
+                           .kv_heads = c->kv,
+                           .head_dim = c->hd,
+                           .ffn = c->F,
+                           .layers = c->L,
+                           .seq = c->S,
+                           .tied = c->tied,
+                           .sequence_parallel = c->sp,
+                           .bias = c->bias,
+                           .rms = c->rms,
+                           .gelu_tanh = c->tanh,
+                           .emb_bound = 0.5f,
+                           .label_smoothing = c->smoothing,
+                           .use_ignore_index = c->ignore,
+                           .ignore_index = -100,
+                           .seed = 5};
 }
 
 /*
@@ -251,7 +273,8 @@ static void run_reference(tpt_rank *k, const gcase *c)
             }
         if (getenv("GPT_VERBOSE"))
             printf("reference %-28s T=%d: loss %.7f (ref %.7f), worst gradient error %.3g of "
-                   "tolerance, %d tensors\n", c->what, k->T, (double)loss, ref, worst, f.n);
+                   "tolerance, %d tensors\n",
+                   c->what, k->T, (double)loss, ref, worst, f.n);
         free(rl);
     }
     /* gradients accumulate: a second forward + backward of the same batch
@@ -314,8 +337,16 @@ static void body_counts(tpt_rank *k)
     for (int sp = 0; sp < 2; sp++)
         for (int tied = 0; tied < 2; tied++) {
             const uint64_t L = 3;
-            tp_gpt_config cfg = {.vocab = 19, .hidden = 8, .heads = 12, .head_dim = 2, .ffn = 12, .layers = (int64_t)L,
-                                 .seq = 4, .tied = tied, .sequence_parallel = sp, .bias = true,
+            tp_gpt_config cfg = {.vocab = 19,
+                                 .hidden = 8,
+                                 .heads = 12,
+                                 .head_dim = 2,
+                                 .ffn = 12,
+                                 .layers = (int64_t)L,
+                                 .seq = 4,
+                                 .tied = tied,
+                                 .sequence_parallel = sp,
+                                 .bias = true,
                                  .seed = 3};
             tp_gpt *m = NULL;
             EXPECT_OK(k, tp_gpt_create(k->g, &cfg, &m));
@@ -338,7 +369,8 @@ static void body_counts(tpt_rank *k)
             tp_stats s;
             tp_stats_get(k->g, &s);
             char what[64];
-            snprintf(what, sizeof what, "GPT L=%llu sp=%d tied=%d", (unsigned long long)L, sp, tied);
+            snprintf(what, sizeof what, "GPT L=%llu sp=%d tied=%d", (unsigned long long)L, sp,
+                     tied);
             uint64_t none[TP_OP_COUNT] = {0};
             if (!sp) {
                 uint64_t f[TP_OP_COUNT] = {[TP_OP_ALL_REDUCE] = 1 + 2 * L + 2};
@@ -346,7 +378,8 @@ static void body_counts(tpt_rank *k)
                 expect_calls(k, __LINE__, what, &s, TP_PHASE_FORWARD, f);
                 expect_calls(k, __LINE__, what, &s, TP_PHASE_BACKWARD, b);
             } else {
-                uint64_t f[TP_OP_COUNT] = {[TP_OP_ALL_REDUCE] = 2, [TP_OP_ALL_GATHER] = 2 * L + 1,
+                uint64_t f[TP_OP_COUNT] = {[TP_OP_ALL_REDUCE] = 2,
+                                           [TP_OP_ALL_GATHER] = 2 * L + 1,
                                            [TP_OP_REDUCE_SCATTER] = 1 + 2 * L};
                 uint64_t b[TP_OP_COUNT] = {[TP_OP_ALL_REDUCE] = 1 + L,
                                            [TP_OP_ALL_GATHER] = 2 * L + 1,
@@ -438,10 +471,22 @@ static bool same_bits(const double *a, const double *b, int64_t n)
 
 static void body_determinism(tpt_rank *k)
 {
-    tp_gpt_config cfg = {.vocab = 21, .hidden = 8, .heads = 12, .kv_heads = 2, .head_dim = 2, .ffn = 11,
-                         .layers = 2, .seq = 6, .tied = true, .sequence_parallel = k->T % 2 == 0,
-                         .bias = true, .label_smoothing = 0.1f, .use_ignore_index = true,
-                         .ignore_index = -100, .emb_bound = 0.5f, .seed = 11};
+    tp_gpt_config cfg = {.vocab = 21,
+                         .hidden = 8,
+                         .heads = 12,
+                         .kv_heads = 2,
+                         .head_dim = 2,
+                         .ffn = 11,
+                         .layers = 2,
+                         .seq = 6,
+                         .tied = true,
+                         .sequence_parallel = k->T % 2 == 0,
+                         .bias = true,
+                         .label_smoothing = 0.1f,
+                         .use_ignore_index = true,
+                         .ignore_index = -100,
+                         .emb_bound = 0.5f,
+                         .seed = 11};
     trace a, b, one;
     train_trace(k, k->g, &cfg, &a);
     train_trace(k, k->g, &cfg, &b);
@@ -503,8 +548,8 @@ static void body_bitwise_tp(tpt_rank *k)
     make_batch(14, 29, 21, false, ids, tgt);
     tp_tensor ti = upload_i32(k, 2, 7, ids), tt = upload_i32(k, 2, 7, tgt);
     for (int sp = 0; sp < 2; sp++) {
-        tp_embedding_config ec = {.vocab = 29, .dim = 24, .seed = 4, .tensor_id = 1,
-                                  .sequence_parallel = sp};
+        tp_embedding_config ec = {
+            .vocab = 29, .dim = 24, .seed = 4, .tensor_id = 1, .sequence_parallel = sp};
         tp_embedding *e = NULL, *e1 = NULL;
         tp_tensor y = {0}, y1 = {0};
         EXPECT_OK(k, tp_embedding_create(k->g, &ec, &e));
@@ -517,9 +562,10 @@ static void body_bitwise_tp(tpt_rank *k)
             if (sp)
                 tp_shard_range(14, k->T, k->r, &lo, &hi);
             float *a = calloc(14 * 24, sizeof(float)), *b = calloc(14 * 24, sizeof(float));
-            EXPECT(k, tp_tensor_numel(&y) == (hi - lo) * 24, "sp=%d: embedding output has %lld "
-                   "elements, expected %lld", sp, (long long)tp_tensor_numel(&y),
-                   (long long)((hi - lo) * 24));
+            EXPECT(k, tp_tensor_numel(&y) == (hi - lo) * 24,
+                   "sp=%d: embedding output has %lld "
+                   "elements, expected %lld",
+                   sp, (long long)tp_tensor_numel(&y), (long long)((hi - lo) * 24));
             if (tp_tensor_numel(&y) == (hi - lo) * 24) {
                 EXPECT_OK(k, tp_tensor_download(&y, a));
                 EXPECT_OK(k, tp_tensor_download(&y1, b));
@@ -531,12 +577,20 @@ static void body_bitwise_tp(tpt_rank *k)
         tp_tensor_release(&y), tp_tensor_release(&y1);
         tp_embedding_free(e), tp_embedding_free(e1);
 
-        tp_gpt_config cfg = {.vocab = 29, .hidden = 24, .heads = 12, .ffn = 8, .layers = 0,
-                             .seq = 7, .tied = sp == 0, .sequence_parallel = sp, .seed = 13};
+        tp_gpt_config cfg = {.vocab = 29,
+                             .hidden = 24,
+                             .heads = 12,
+                             .ffn = 8,
+                             .layers = 0,
+                             .seq = 7,
+                             .tied = sp == 0,
+                             .sequence_parallel = sp,
+                             .seed = 13};
         tp_gpt *m = NULL, *m1 = NULL;
         EXPECT_OK(k, tp_gpt_create(k->g, &cfg, &m));
         EXPECT_OK(k, tp_gpt_create(solo, &cfg, &m1));
-        float l = 0, l1 = 0, *a = malloc(sizeof(float) * 14 * 29), *b = malloc(sizeof(float) * 14 * 29);
+        float l = 0, l1 = 0, *a = malloc(sizeof(float) * 14 * 29),
+              *b = malloc(sizeof(float) * 14 * 29);
         if (m && m1) {
             EXPECT_OK(k, tp_gpt_forward(m, &ti, &tt, &l));
             EXPECT_OK(k, tp_gpt_forward(m1, &ti, &tt, &l1));
@@ -577,8 +631,16 @@ END_TEST
  * gradient or update leaves it near log(vocab)). */
 static void body_train(tpt_rank *k)
 {
-    tp_gpt_config cfg = {.vocab = 16, .hidden = 16, .heads = 12, .head_dim = 4, .ffn = 32, .layers = 1, .seq = 8,
-                         .tied = k->T != 3, .bias = true, .seed = 17};
+    tp_gpt_config cfg = {.vocab = 16,
+                         .hidden = 16,
+                         .heads = 12,
+                         .head_dim = 4,
+                         .ffn = 32,
+                         .layers = 1,
+                         .seq = 8,
+                         .tied = k->T != 3,
+                         .bias = true,
+                         .seed = 17};
     tp_gpt *m = NULL;
     EXPECT_OK(k, tp_gpt_create(k->g, &cfg, &m));
     if (!m)
@@ -627,13 +689,19 @@ static void body_optim(tpt_rank *k)
 {
     if (k->r != 0 || k->T != 1)
         return;
-    enum { N1 = 13, N2 = 5, STEPS = 3 };
+    enum {
+        N1 = 13,
+        N2 = 5,
+        STEPS = 3
+    };
     float p1[N1], p2[N2], g1[N1], g2[N2];
     for (int kind = 0; kind < 3; kind++) { /* SGD, AdamW, SGD with momentum */
         for (int i = 0; i < N1; i++)
-            p1[i] = tp_master_uniform(1, 1, (uint64_t)i, 1.0f), g1[i] = tp_master_uniform(1, 2, (uint64_t)i, 1.0f);
+            p1[i] = tp_master_uniform(1, 1, (uint64_t)i, 1.0f),
+            g1[i] = tp_master_uniform(1, 2, (uint64_t)i, 1.0f);
         for (int i = 0; i < N2; i++)
-            p2[i] = tp_master_uniform(1, 3, (uint64_t)i, 1.0f), g2[i] = tp_master_uniform(1, 4, (uint64_t)i, 1.0f);
+            p2[i] = tp_master_uniform(1, 3, (uint64_t)i, 1.0f),
+            g2[i] = tp_master_uniform(1, 4, (uint64_t)i, 1.0f);
         tp_tensor v1 = {0}, v2 = {0}, d1 = {0}, d2 = {0};
         EXPECT_OK(k, tp_tensor_alloc2(k->dev, TP_F32, 1, N1, &v1));
         EXPECT_OK(k, tp_tensor_alloc2(k->dev, TP_F32, 1, N2, &v2));
@@ -681,7 +749,9 @@ static void body_optim(tpt_rank *k)
                 }
                 EXPECT(k, fabs(got[i] - p) <= 1e-5 * (1 + fabs(p)),
                        "%s param %d[%d]: %.9g, PyTorch formula %.9g",
-                       kind == 1 ? "AdamW" : kind ? "SGD momentum" : "SGD",
+                       kind == 1 ? "AdamW"
+                       : kind    ? "SGD momentum"
+                                 : "SGD",
                        which, i, (double)got[i], p);
             }
         }
@@ -690,7 +760,8 @@ static void body_optim(tpt_rank *k)
         for (int i = 0; i < N1; i++)
             EXPECT(k, r1[i] == 0.0f, "zero_grad left grad[%d] = %g", i, (double)r1[i]);
         tp_optim_free(o);
-        tp_tensor_release(&v1), tp_tensor_release(&v2), tp_tensor_release(&d1), tp_tensor_release(&d2);
+        tp_tensor_release(&v1), tp_tensor_release(&v2), tp_tensor_release(&d1),
+            tp_tensor_release(&d2);
     }
 }
 
@@ -702,19 +773,25 @@ END_TEST
 
 /* -------------------------------------------------------------- errors */
 
-#define EXPECT_ERR(k, code, expr, needle)                                                        \
-    do {                                                                                         \
-        tp_status st_ = (expr);                                                                  \
-        EXPECT((k), st_ == (code), "%s -> %s, expected %s", #expr, tp_status_string(st_),        \
-               tp_status_string(code));                                                          \
-        EXPECT((k), strstr(tp_last_error(), (needle)) != NULL, "%s: message '%s' lacks '%s'",    \
-               #expr, tp_last_error(), (needle));                                                \
+#define EXPECT_ERR(k, code, expr, needle)                                                          \
+    do {                                                                                           \
+        tp_status st_ = (expr);                                                                    \
+        EXPECT((k), st_ == (code), "%s -> %s, expected %s", #expr, tp_status_string(st_),          \
+               tp_status_string(code));                                                            \
+        EXPECT((k), strstr(tp_last_error(), (needle)) != NULL, "%s: message '%s' lacks '%s'",      \
+               #expr, tp_last_error(), (needle));                                                  \
     } while (0)
 
 static void body_errors(tpt_rank *k)
 {
-    tp_gpt_config ok = {.vocab = 11, .hidden = 8, .heads = 4, .ffn = 8, .layers = 1, .seq = 4,
-                        .tied = true, .seed = 1};
+    tp_gpt_config ok = {.vocab = 11,
+                        .hidden = 8,
+                        .heads = 4,
+                        .ffn = 8,
+                        .layers = 1,
+                        .seq = 4,
+                        .tied = true,
+                        .seed = 1};
     tp_gpt *m = NULL;
     tp_gpt_config c = ok;
     c.vocab = 0;

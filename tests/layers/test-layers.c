@@ -50,7 +50,8 @@ static void user_weights(int64_t in, int64_t out, float *w, float *b)
         b[i] = (float)((i * 5 % 7) - 3) / 8.0f;
 }
 
-static const int64_t SIZES[][3] = { /* tokens, in, out */
+static const int64_t SIZES[][3] = {
+    /* tokens, in, out */
     {13, 17, 13}, {1, 13, 17}, {17, 1, 13}, {5, 13, 7}, {3, 7, 1},
 };
 #define NSIZES (sizeof SIZES / sizeof SIZES[0])
@@ -81,9 +82,14 @@ static void run_linear_case(tpt_rank *k, tp_linear_kind kind, const lin_case *c)
     double *ye = malloc(sizeof(double) * (size_t)(tokens * out + 1));
     ref_gemm(tokens, out, in, xd, NULL, 0, wd, NULL, 0, c->bias ? bd : NULL, k->T, yr, ye);
 
-    tp_linear_config cfg = {.in_features = in, .out_features = out, .bias = c->bias,
-                            .gather_output = c->gather, .input_is_parallel = c->parallel,
-                            .seed = 42, .tensor_id = 10, .name = "t"};
+    tp_linear_config cfg = {.in_features = in,
+                            .out_features = out,
+                            .bias = c->bias,
+                            .gather_output = c->gather,
+                            .input_is_parallel = c->parallel,
+                            .seed = 42,
+                            .tensor_id = 10,
+                            .name = "t"};
     if (c->user) {
         cfg.full_weight = w;
         cfg.full_bias = b;
@@ -132,7 +138,8 @@ static void run_linear_case(tpt_rank *k, tp_linear_kind kind, const lin_case *c)
         check_block(k, __LINE__, what, y, tokens, lo, hi, yr, ye, out);
 
     /* the full weight reassembled from the shards is the one we gave */
-    float *wf = malloc(sizeof(float) * (size_t)(in * out)), *bf = malloc(sizeof(float) * (size_t)out);
+    float *wf = malloc(sizeof(float) * (size_t)(in * out)),
+          *bf = malloc(sizeof(float) * (size_t)out);
     EXPECT_OK(k, tp_linear_get_full(l, wf, bf));
     EXPECT(k, memcmp(wf, w, sizeof(float) * (size_t)(in * out)) == 0,
            "%s: tp_linear_get_full weight differs from the full weight", what);
@@ -258,10 +265,16 @@ static void run_mlp_case(tpt_rank *k, int64_t t, int64_t H, int64_t F, bool bias
     double *xd = tpt_to_d(x, t * H), *w1d = tpt_to_d(w1, H * F), *b1d = tpt_to_d(b1, F);
     double *w2d = tpt_to_d(w2, F * H), *b2d = tpt_to_d(b2, H);
     mlp_ref R;
-    mlp_reference(t, H, F, k->T, xd, w1d, bias ? b1d : NULL, w2d, bias ? b2d : NULL, tanh_approx, &R);
+    mlp_reference(t, H, F, k->T, xd, w1d, bias ? b1d : NULL, w2d, bias ? b2d : NULL, tanh_approx,
+                  &R);
 
-    tp_mlp_config cfg = {.hidden = H, .ffn = F, .bias = bias, .gelu_tanh = tanh_approx, .seed = 9,
-                         .tensor_id = 100, .name = "mlp"};
+    tp_mlp_config cfg = {.hidden = H,
+                         .ffn = F,
+                         .bias = bias,
+                         .gelu_tanh = tanh_approx,
+                         .seed = 9,
+                         .tensor_id = 100,
+                         .name = "mlp"};
     if (user) {
         cfg.full_w1 = w1, cfg.full_b1 = b1, cfg.full_w2 = w2, cfg.full_b2 = b2;
     }
@@ -290,16 +303,20 @@ static void run_mlp_case(tpt_rank *k, int64_t t, int64_t H, int64_t F, bool bias
     int64_t tF = t * F, tH = t * H;
     double *dpre = malloc(sizeof(double) * (size_t)(2 * tF + 1));
     double *edpre = malloc(sizeof(double) * (size_t)(2 * tF + 1));
-    double *dh = malloc(sizeof(double) * (size_t)(tF + 1)), *edh = malloc(sizeof(double) * (size_t)(tF + 1));
+    double *dh = malloc(sizeof(double) * (size_t)(tF + 1)),
+           *edh = malloc(sizeof(double) * (size_t)(tF + 1));
     for (int pass = 0; pass < 2; pass++)
         mlp_ref_dpre(t, H, F, &R, w2d, dyd + pass * tH, tanh_approx, dh, edh, dpre + pass * tF,
                      edpre + pass * tF);
     /* dx (second pass only: dx is overwritten) = dpre2 W1^T, reduced over T */
-    double *dxr = malloc(sizeof(double) * (size_t)(tH + 1)), *edx = malloc(sizeof(double) * (size_t)(tH + 1));
+    double *dxr = malloc(sizeof(double) * (size_t)(tH + 1)),
+           *edx = malloc(sizeof(double) * (size_t)(tH + 1));
     ref_gemm(t, H, F, dpre + tF, edpre + tF, 0, w1d, NULL, 1, NULL, k->T, dxr, edx);
     /* weight grads over both passes: stack the passes as 2t tokens */
-    double *x2 = malloc(sizeof(double) * (size_t)(2 * tH + 1)), *h2 = malloc(sizeof(double) * (size_t)(2 * tF + 1));
-    double *eh2 = malloc(sizeof(double) * (size_t)(2 * tF + 1)), *ones = malloc(sizeof(double) * (size_t)(2 * t + 1));
+    double *x2 = malloc(sizeof(double) * (size_t)(2 * tH + 1)),
+           *h2 = malloc(sizeof(double) * (size_t)(2 * tF + 1));
+    double *eh2 = malloc(sizeof(double) * (size_t)(2 * tF + 1)),
+           *ones = malloc(sizeof(double) * (size_t)(2 * t + 1));
     for (int pass = 0; pass < 2; pass++) {
         memcpy(x2 + pass * tH, xd, sizeof(double) * (size_t)tH);
         memcpy(h2 + pass * tF, R.h, sizeof(double) * (size_t)tF);
@@ -307,8 +324,10 @@ static void run_mlp_case(tpt_rank *k, int64_t t, int64_t H, int64_t F, bool bias
     }
     for (int64_t i = 0; i < 2 * t; i++)
         ones[i] = 1.0;
-    double *dw1 = malloc(sizeof(double) * (size_t)(H * F)), *edw1 = malloc(sizeof(double) * (size_t)(H * F));
-    double *dw2 = malloc(sizeof(double) * (size_t)(F * H)), *edw2 = malloc(sizeof(double) * (size_t)(F * H));
+    double *dw1 = malloc(sizeof(double) * (size_t)(H * F)),
+           *edw1 = malloc(sizeof(double) * (size_t)(H * F));
+    double *dw2 = malloc(sizeof(double) * (size_t)(F * H)),
+           *edw2 = malloc(sizeof(double) * (size_t)(F * H));
     double *db1 = malloc(sizeof(double) * (size_t)F), *edb1 = malloc(sizeof(double) * (size_t)F);
     double *db2 = malloc(sizeof(double) * (size_t)H), *edb2 = malloc(sizeof(double) * (size_t)H);
     ref_gemm(H, F, 2 * t, x2, NULL, 1, dpre, edpre, 0, NULL, 0, dw1, edw1);
@@ -335,7 +354,8 @@ static void run_mlp_case(tpt_rank *k, int64_t t, int64_t H, int64_t F, bool bias
     check_block(k, __LINE__, "mlp dW1 (2 passes)", g, H, lo, hi, dw1, edw1, F);
     free(g);
     g = tpt_download(k, p2.weight_grad);
-    check_block(k, __LINE__, "mlp dW2 (2 passes)", g, hi - lo, 0, H, dw2 + lo * H, edw2 + lo * H, H);
+    check_block(k, __LINE__, "mlp dW2 (2 passes)", g, hi - lo, 0, H, dw2 + lo * H, edw2 + lo * H,
+                H);
     free(g);
     if (bias) {
         g = tpt_download(k, p1.bias_grad);
@@ -371,7 +391,8 @@ out:
     free(xd), free(w1d), free(b1d), free(w2d), free(b2d);
 }
 
-static const int64_t MLP_SIZES[][3] = { /* tokens, hidden, ffn */
+static const int64_t MLP_SIZES[][3] = {
+    /* tokens, hidden, ffn */
     {13, 17, 13}, {1, 13, 17}, {7, 1, 13}, {3, 5, 7}, {2, 4, 1},
 };
 #define NMLP (sizeof MLP_SIZES / sizeof MLP_SIZES[0])
@@ -415,21 +436,26 @@ static void run_linear_bwd(tpt_rank *k, tp_linear_kind kind, int64_t t, int64_t 
         return;
     int64_t lo, hi;
     shard(split, k, &lo, &hi);
-    float *x = malloc(sizeof(float) * (size_t)(t * in + 1)), *w = malloc(sizeof(float) * (size_t)(in * out));
-    float *b = malloc(sizeof(float) * (size_t)out), *dy = malloc(sizeof(float) * (size_t)(2 * t * out + 1));
+    float *x = malloc(sizeof(float) * (size_t)(t * in + 1)),
+          *w = malloc(sizeof(float) * (size_t)(in * out));
+    float *b = malloc(sizeof(float) * (size_t)out),
+          *dy = malloc(sizeof(float) * (size_t)(2 * t * out + 1));
     tpt_fill(x, t * in, 4);
     tpt_fill(dy, 2 * t * out, 5);
     master(5, 20, in, out, w, b);
     double *xd = tpt_to_d(x, t * in), *wd = tpt_to_d(w, in * out), *dyd = tpt_to_d(dy, 2 * t * out);
     /* dx = dy2 W^T (cross-rank reduction for column) */
-    double *dxr = malloc(sizeof(double) * (size_t)(t * in + 1)), *edx = malloc(sizeof(double) * (size_t)(t * in + 1));
+    double *dxr = malloc(sizeof(double) * (size_t)(t * in + 1)),
+           *edx = malloc(sizeof(double) * (size_t)(t * in + 1));
     ref_gemm(t, in, out, dyd + t * out, NULL, 0, wd, NULL, 1, NULL, k->T, dxr, edx);
-    double *x2 = malloc(sizeof(double) * (size_t)(2 * t * in + 1)), *ones = malloc(sizeof(double) * (size_t)(2 * t + 1));
+    double *x2 = malloc(sizeof(double) * (size_t)(2 * t * in + 1)),
+           *ones = malloc(sizeof(double) * (size_t)(2 * t + 1));
     memcpy(x2, xd, sizeof(double) * (size_t)(t * in));
     memcpy(x2 + t * in, xd, sizeof(double) * (size_t)(t * in));
     for (int64_t i = 0; i < 2 * t; i++)
         ones[i] = 1.0;
-    double *dw = malloc(sizeof(double) * (size_t)(in * out)), *edw = malloc(sizeof(double) * (size_t)(in * out));
+    double *dw = malloc(sizeof(double) * (size_t)(in * out)),
+           *edw = malloc(sizeof(double) * (size_t)(in * out));
     double *db = malloc(sizeof(double) * (size_t)out), *edb = malloc(sizeof(double) * (size_t)out);
     ref_gemm(in, out, 2 * t, x2, NULL, 1, dyd, NULL, 0, NULL, 0, dw, edw);
     ref_gemm(1, out, 2 * t, ones, NULL, 0, dyd, NULL, 0, NULL, 0, db, edb);
@@ -438,8 +464,12 @@ static void run_linear_bwd(tpt_rank *k, tp_linear_kind kind, int64_t t, int64_t 
     snprintf(what, sizeof what, "%s bwd %lldx%lld->%lld bias=%d gather=%d parallel=%d dx=%d",
              kind == TP_LINEAR_COLUMN ? "column" : "row", (long long)t, (long long)in,
              (long long)out, bias, gather, parallel, want_dx);
-    tp_linear_config cfg = {.in_features = in, .out_features = out, .bias = bias,
-                            .gather_output = gather, .input_is_parallel = parallel, .seed = 5,
+    tp_linear_config cfg = {.in_features = in,
+                            .out_features = out,
+                            .bias = bias,
+                            .gather_output = gather,
+                            .input_is_parallel = parallel,
+                            .seed = 5,
                             .tensor_id = 20};
     tp_linear *l = NULL;
     EXPECT_OK(k, kind == TP_LINEAR_COLUMN ? tp_column_linear_create(k->g, &cfg, &l)
@@ -449,7 +479,8 @@ static void run_linear_bwd(tpt_rank *k, tp_linear_kind kind, int64_t t, int64_t 
     int64_t xc0 = xshard ? lo : 0, xc1 = xshard ? hi : in;
     int64_t yc0 = yfull ? 0 : lo, yc1 = yfull ? out : hi;
     float *xs = slice_cols(x, t, in, xc0, xc1);
-    float *dy1 = slice_cols(dy, t, out, yc0, yc1), *dy2 = slice_cols(dy + t * out, t, out, yc0, yc1);
+    float *dy1 = slice_cols(dy, t, out, yc0, yc1),
+          *dy2 = slice_cols(dy + t * out, t, out, yc0, yc1);
     tp_tensor xt = tpt_upload2(k, t, xc1 - xc0, xs), yt = {0}, dxt = {0};
     tp_tensor d1 = tpt_upload2(k, t, yc1 - yc0, dy1), d2 = tpt_upload2(k, t, yc1 - yc0, dy2);
     if (!l)
@@ -483,7 +514,8 @@ static void run_linear_bwd(tpt_rank *k, tp_linear_kind kind, int64_t t, int64_t 
         free(g);
     }
     /* the gathered full gradient matches too */
-    float *gf = malloc(sizeof(float) * (size_t)(in * out)), *gb = malloc(sizeof(float) * (size_t)out);
+    float *gf = malloc(sizeof(float) * (size_t)(in * out)),
+          *gb = malloc(sizeof(float) * (size_t)out);
     EXPECT_OK(k, tp_linear_get_full_grad(l, gf, gb));
     check_block(k, __LINE__, "full grad", gf, in, 0, out, dw, edw, out);
     free(gf), free(gb);
@@ -551,11 +583,11 @@ START_TEST(test_reference_fd)
         mlp_reference(t, H, F, 1, x, w1, b1, w2, b2, tanh_approx, &R);
         double dh[8], edh[8], dpre[8], edpre[8], g[5][12], e[12], ones[2] = {1, 1};
         mlp_ref_dpre(t, H, F, &R, w2, dy, tanh_approx, dh, edh, dpre, edpre);
-        ref_gemm(t, H, F, dpre, NULL, 0, w1, NULL, 1, NULL, 1, g[0], e);  /* dx */
-        ref_gemm(H, F, t, x, NULL, 1, dpre, NULL, 0, NULL, 0, g[1], e);   /* dW1 */
+        ref_gemm(t, H, F, dpre, NULL, 0, w1, NULL, 1, NULL, 1, g[0], e);   /* dx */
+        ref_gemm(H, F, t, x, NULL, 1, dpre, NULL, 0, NULL, 0, g[1], e);    /* dW1 */
         ref_gemm(1, F, t, ones, NULL, 0, dpre, NULL, 0, NULL, 0, g[2], e); /* db1 */
-        ref_gemm(F, H, t, R.h, NULL, 1, dy, NULL, 0, NULL, 0, g[3], e);   /* dW2 */
-        ref_gemm(1, H, t, ones, NULL, 0, dy, NULL, 0, NULL, 0, g[4], e);  /* db2 */
+        ref_gemm(F, H, t, R.h, NULL, 1, dy, NULL, 0, NULL, 0, g[3], e);    /* dW2 */
+        ref_gemm(1, H, t, ones, NULL, 0, dy, NULL, 0, NULL, 0, g[4], e);   /* db2 */
         mlp_ref_free(&R);
         const char *names[] = {"dx", "dW1", "db1", "dW2", "db2"};
         for (int p = 0; p < 5; p++)
@@ -604,8 +636,11 @@ static void body_errors(tpt_rank *k)
      * otherwise the others would wait in the collective. */
     int64_t tok = 5, in = 4 * T + 1, mid = 4 * T, out = 3 * T;
     tp_linear_config cc = {.in_features = in, .out_features = mid, .bias = true, .name = "fc1"};
-    tp_linear_config rc = {.in_features = mid, .out_features = out, .bias = true,
-                           .input_is_parallel = true, .name = "fc2"};
+    tp_linear_config rc = {.in_features = mid,
+                           .out_features = out,
+                           .bias = true,
+                           .input_is_parallel = true,
+                           .name = "fc2"};
     tp_linear *col = NULL, *row = NULL, *colg = NULL, *row_other = NULL;
     EXPECT_OK(k, tp_column_linear_create(k->g, &cc, &col));
     EXPECT_OK(k, tp_row_linear_create(k->g, &rc, &row));
@@ -627,8 +662,7 @@ static void body_errors(tpt_rank *k)
     if (T > 1) {
         snprintf(buf, sizeof buf, "x has %lld columns = in_features", (long long)mid);
         EXPECT_ERR(k, tp_linear_forward(row, &hg, &y), TP_ERR_SHAPE, buf,
-                   "did you mean input_is_parallel=false", "column layer's local output",
-                   "'fc2'");
+                   "did you mean input_is_parallel=false", "column layer's local output", "'fc2'");
         /* a column output that does not match the next row's input */
         EXPECT_ERR(k, tp_linear_forward(row_other, &h, &y), TP_ERR_SHAPE, "x last dim expected 3",
                    "got 4", "out_features must equal this layer's in_features");
@@ -652,8 +686,8 @@ static void body_errors(tpt_rank *k)
     /* tokens mismatch between x and y */
     tp_tensor ybad = {0};
     EXPECT_OK(k, tp_tensor_alloc2(k->dev, TP_F32, tok - 1, mid, &ybad));
-    EXPECT_ERR(k, tp_linear_forward(colg, &x, &ybad), TP_ERR_SHAPE, "tokens mismatch", "has 4 tokens",
-               "input has 5");
+    EXPECT_ERR(k, tp_linear_forward(colg, &x, &ybad), TP_ERR_SHAPE, "tokens mismatch",
+               "has 4 tokens", "input has 5");
     tp_tensor_release(&ybad);
     /* dtype mismatch */
     tp_tensor xi = tp_tensor_view(k->dev, TP_I32, x.data, 2, x.shape);
@@ -723,7 +757,8 @@ static void run_embedding(tpt_rank *k, int64_t vocab, int64_t dim)
     tp_master_fill(8, 30, dim, 0, vocab, 0, dim, 1.0f, table);
     float *dy = malloc(sizeof(float) * (size_t)(2 * n * dim));
     tpt_fill(dy, 2 * n * dim, 6);
-    tp_embedding_config cfg = {.vocab = vocab, .dim = dim, .seed = 8, .tensor_id = 30, .name = "wte"};
+    tp_embedding_config cfg = {
+        .vocab = vocab, .dim = dim, .seed = 8, .tensor_id = 30, .name = "wte"};
     tp_embedding *e = NULL;
     EXPECT_OK(k, tp_embedding_create(k->g, &cfg, &e));
     tp_tensor it = upload_ids(k, n, ids), yt = {0};
@@ -758,7 +793,8 @@ static void run_embedding(tpt_rank *k, int64_t vocab, int64_t dim)
             if (ids[i] >= 0 && ids[i] < vocab)
                 for (int64_t d = 0; d < dim; d++) {
                     ref[ids[i] * dim + d] += dy[(p * n + i) * dim + d];
-                    bnd[ids[i] * dim + d] += ref_gamma(2.0 * n + 2) * fabs(dy[(p * n + i) * dim + d]);
+                    bnd[ids[i] * dim + d] +=
+                        ref_gamma(2.0 * n + 2) * fabs(dy[(p * n + i) * dim + d]);
                 }
     float *g = malloc(sizeof(float) * (size_t)(vocab * dim));
     EXPECT_OK(k, tp_embedding_get_full_grad(e, g));
@@ -824,8 +860,11 @@ static void run_ce(tpt_rank *k, int64_t rows, int64_t vocab, float smoothing, bo
     loss_ref = count ? loss_ref / (double)count : 0.0;
     loss_bnd = count ? loss_bnd / (double)count + 4 * REF_U * fabs(loss_ref) : 0.0;
 
-    tp_ce_config cfg = {.vocab = vocab, .label_smoothing = smoothing, .use_ignore_index = ignore,
-                        .ignore_index = -100, .name = "lm_loss"};
+    tp_ce_config cfg = {.vocab = vocab,
+                        .label_smoothing = smoothing,
+                        .use_ignore_index = ignore,
+                        .ignore_index = -100,
+                        .name = "lm_loss"};
     tp_vocab_ce *ce = NULL;
     EXPECT_OK(k, tp_vocab_ce_create(k->g, &cfg, &ce));
     float *xs = slice_cols(x, rows, vocab, lo, hi);

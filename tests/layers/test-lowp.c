@@ -187,8 +187,10 @@ static void expect_differs(tpt_rank *k, int line, const char *what, const float 
         if (lp[i] != f32[i])
             return;
     if (n > 0)
-        tpt_fail_at(k, line, "%s: identical to the f32 layer's result in all %lld values: did it "
-                    "run in low precision?", what, (long long)n);
+        tpt_fail_at(k, line,
+                    "%s: identical to the f32 layer's result in all %lld values: did it "
+                    "run in low precision?",
+                    what, (long long)n);
 }
 
 /* Whether the device stores dt (the cpu device needs _Float16 for f16). */
@@ -260,16 +262,22 @@ static void run_linear(tpt_rank *k, const lp_dt *d, const lin_case *c)
     double bdb = chain_bound(d, 2, 2 * t, 0, S);
 
     /* the layer (master weights from the RNG) and its f32 twin (the rounded weights) */
-    tp_linear_config cfg = {.in_features = in, .out_features = out, .bias = c->bias,
-                            .gather_output = c->gather, .input_is_parallel = c->parallel,
-                            .seed = 5, .tensor_id = 40, .name = "lp", .dtype = d->dt};
+    tp_linear_config cfg = {.in_features = in,
+                            .out_features = out,
+                            .bias = c->bias,
+                            .gather_output = c->gather,
+                            .input_is_parallel = c->parallel,
+                            .seed = 5,
+                            .tensor_id = 40,
+                            .name = "lp",
+                            .dtype = d->dt};
     tp_linear_config c32 = cfg;
     c32.dtype = TP_F32;
     c32.full_weight = w;
     c32.full_bias = b;
     tp_linear *l = NULL, *l32 = NULL;
-    EXPECT_OK(k, col ? tp_column_linear_create(k->g, &cfg, &l)
-                     : tp_row_linear_create(k->g, &cfg, &l));
+    EXPECT_OK(k,
+              col ? tp_column_linear_create(k->g, &cfg, &l) : tp_row_linear_create(k->g, &cfg, &l));
     EXPECT_OK(k, col ? tp_column_linear_create(k->g, &c32, &l32)
                      : tp_row_linear_create(k->g, &c32, &l32));
     bool xshard = !col && c->parallel, yfull = !col || c->gather;
@@ -378,8 +386,8 @@ static void run_mlp(tpt_rank *k, const lp_dt *d, int64_t t, int64_t H, int64_t F
     shard(F, k, &lo, &hi);
     int64_t tH = t * H, tF = t * F;
     char what[160];
-    snprintf(what, sizeof what, "%s mlp t=%lld H=%lld F=%lld bias=%d tanh=%d",
-             tp_dtype_name(d->dt), (long long)t, (long long)H, (long long)F, bias, tanh_approx);
+    snprintf(what, sizeof what, "%s mlp t=%lld H=%lld F=%lld bias=%d tanh=%d", tp_dtype_name(d->dt),
+             (long long)t, (long long)H, (long long)F, bias, tanh_approx);
     float *x = tpt_falloc(tH), *dy = tpt_falloc(2 * tH), *w1 = tpt_falloc(H * F);
     float *b1 = tpt_falloc(F), *w2 = tpt_falloc(F * H), *b2 = tpt_falloc(H);
     tpt_fill(x, tH, 13);
@@ -432,8 +440,14 @@ static void run_mlp(tpt_rank *k, const lp_dt *d, int64_t t, int64_t H, int64_t F
     lp_gemm(1, H, 2 * t, ones, 0, dyd, 0, NULL, db2, &S);
     double e_db2 = chain_bound(d, 2, 2 * t, 0, S);
 
-    tp_mlp_config cfg = {.hidden = H, .ffn = F, .bias = bias, .gelu_tanh = tanh_approx,
-                         .seed = 9, .tensor_id = 100, .name = "mlp", .dtype = d->dt};
+    tp_mlp_config cfg = {.hidden = H,
+                         .ffn = F,
+                         .bias = bias,
+                         .gelu_tanh = tanh_approx,
+                         .seed = 9,
+                         .tensor_id = 100,
+                         .name = "mlp",
+                         .dtype = d->dt};
     tp_mlp_config c32 = cfg;
     c32.dtype = TP_F32;
     c32.full_w1 = w1, c32.full_b1 = b1, c32.full_w2 = w2, c32.full_b2 = b2;
@@ -670,11 +684,12 @@ START_TEST(test_host_convert_exhaustive)
                 uint16_t sb = sg ? 0x8000 : 0;
                 uint16_t r = to16(dt, s * fm), lo = to16(dt, s * nextafterf(fm, 0.0f));
                 uint16_t hi = to16(dt, s * nextafterf(fm, INFINITY));
-                ck_assert_msg(r == (even | sb), "%s: %a rounds to %04x, expected %04x (even)",
-                              name, (double)(s * fm), r, even | sb);
+                ck_assert_msg(r == (even | sb), "%s: %a rounds to %04x, expected %04x (even)", name,
+                              (double)(s * fm), r, even | sb);
                 ck_assert_msg(lo == (a | sb) && hi == (b | sb),
                               "%s: neighbours of the midpoint %a round to %04x/%04x, expected "
-                              "%04x/%04x", name, (double)(s * fm), lo, hi, a | sb, b | sb);
+                              "%04x/%04x",
+                              name, (double)(s * fm), lo, hi, a | sb, b | sb);
             }
         }
     }

@@ -22,8 +22,11 @@ static tp_status rank_main(tp_comm *world, void *arg)
     tp_status *got = arg; /* [rank]; with processes each sees only its own */
     int W = tp_comm_size(world), r = tp_comm_rank(world);
     tp_linear *l = NULL;
-    tp_linear_config c = {.in_features = 2 * W + 1, .out_features = 5, .bias = true,
-                          .input_is_parallel = true, .name = "uneven"};
+    tp_linear_config c = {.in_features = 2 * W + 1,
+                          .out_features = 5,
+                          .bias = true,
+                          .input_is_parallel = true,
+                          .name = "uneven"};
     tp_status st = tp_row_linear_create(world, &c, &l);
     if (st != TP_OK) {
         got[r] = TP_OK; /* not the status under test */
@@ -72,8 +75,8 @@ int main(int argc, char **argv)
     for (int i = 0; got && i < W; i++) {
         if (got[i] == (tp_status)-1)
             continue;
-        int ok = i == 0 ? got[i] == TP_ERR_PEER || got[i] == TP_ERR_TIMEOUT
-                        : got[i] == TP_ERR_SHAPE;
+        int ok =
+            i == 0 ? got[i] == TP_ERR_PEER || got[i] == TP_ERR_TIMEOUT : got[i] == TP_ERR_SHAPE;
         if (!ok) {
             fprintf(stderr, "test-rank-error: rank %d got %s, expected %s\n", i,
                     tp_status_string(got[i]),

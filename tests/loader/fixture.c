@@ -157,16 +157,15 @@ static tp_status fix_barrier(fcomm *c)
     }
     pthread_mutex_unlock(&e->mu);
     if (st == TP_ERR_PEER)
-        return e->host->set_error(st, "fixture: rank %d: a peer left the communicator",
-                                  c->rank);
+        return e->host->set_error(st, "fixture: rank %d: a peer left the communicator", c->rank);
     if (st == TP_ERR_TIMEOUT)
-        return e->host->set_error(st, "fixture: rank %d: peers did not arrive within %g s",
-                                  c->rank, e->host->timeout_s);
+        return e->host->set_error(st, "fixture: rank %d: peers did not arrive within %g s", c->rank,
+                                  e->host->timeout_s);
     return TP_OK;
 }
 
-__attribute__((unused)) static tp_status fix_all_reduce(void *comm, const void *send, void *recv, size_t count,
-                                tp_dtype dt, tp_redop op)
+__attribute__((unused)) static tp_status fix_all_reduce(void *comm, const void *send, void *recv,
+                                                        size_t count, tp_dtype dt, tp_redop op)
 {
     fcomm *c = comm;
     engine *e = c->e;
@@ -213,22 +212,23 @@ static const struct __attribute__((unused)) {
     void (*future_slot[4])(void);
 } fix_comm = {{
 #if defined(FIX_COMM_SIZE)
-    FIX_COMM_SIZE,
+                  FIX_COMM_SIZE,
 #elif defined(FIX_BIG_OPS)
-    sizeof fix_comm,
+                  sizeof fix_comm,
 #else
-    sizeof(tp_comm_ops),
+                  sizeof(tp_comm_ops),
 #endif
-    .init = fix_init,
-    .finalize = fix_finalize,
-    .world = fix_world,
-    .split = fix_split,
-    .comm_free = fix_comm_free,
+                  .init = fix_init,
+                  .finalize = fix_finalize,
+                  .world = fix_world,
+                  .split = fix_split,
+                  .comm_free = fix_comm_free,
 #ifndef FIX_NO_ALL_REDUCE
-    .all_reduce = fix_all_reduce,
+                  .all_reduce = fix_all_reduce,
 #endif
-    .broadcast = fix_broadcast,
-}, {0}};
+                  .broadcast = fix_broadcast,
+              },
+              {0}};
 
 /* ----------------------------------------------------------- device */
 
@@ -373,8 +373,8 @@ TP_PLUGIN_EXPORT const tp_plugin_desc *tp_plugin_get_desc_v1(void);
 TP_PLUGIN_EXPORT const tp_plugin_desc *tp_plugin_get_desc_v1(void)
 {
     static const tp_plugin_desc desc = {FIX_DESC_SIZE, FIX_ABI_MAJOR, FIX_ABI_MINOR,
-                                        FIX_DESC_NAME, FIX_VERSION, "loader test fixture",
-                                        COMM_OPS, DEVICE_OPS, fix_probe};
+                                        FIX_DESC_NAME, FIX_VERSION,   "loader test fixture",
+                                        COMM_OPS,      DEVICE_OPS,    fix_probe};
     return &desc;
 }
 #else

@@ -29,8 +29,8 @@ static tp_status init_with(const char *backend, const char *device, int world, t
     return tp_init(&cfg, ctx);
 }
 
-#define ck_assert_msg_has(needle)                                                             \
-    ck_assert_msg(strstr(tp_last_error(), (needle)) != NULL, "message lacks '%s': %s", (needle), \
+#define ck_assert_msg_has(needle)                                                                  \
+    ck_assert_msg(strstr(tp_last_error(), (needle)) != NULL, "message lacks '%s': %s", (needle),   \
                   tp_last_error())
 
 /* Load `name` as a comm plugin; expect `want` and a message naming the file. */
@@ -111,10 +111,10 @@ START_TEST(test_not_found_lists)
     ck_assert_int_eq(tp_init(NULL, &ctx), TP_ERR_PLUGIN);
     ck_assert_msg_has("TP_BACKEND=nosuch");
     ck_assert_msg_has("libtp-nosuch.so");
-    ck_assert_msg_has(FIX " (TP_PLUGIN_PATH)");          /* where it looked */
-    ck_assert_msg_has(FIX "/libtp-good.so");              /* what it found */
-    ck_assert_msg_has("set TP_BACKEND to one of");        /* how to fix */
-    ck_assert_msg_has("commonly");                        /* comm plugins listed */
+    ck_assert_msg_has(FIX " (TP_PLUGIN_PATH)");    /* where it looked */
+    ck_assert_msg_has(FIX "/libtp-good.so");       /* what it found */
+    ck_assert_msg_has("set TP_BACKEND to one of"); /* how to fix */
+    ck_assert_msg_has("commonly");                 /* comm plugins listed */
 }
 END_TEST
 
@@ -302,7 +302,9 @@ START_TEST(test_parse_tp)
     char *a2[] = {"prog", "--tp=7", NULL};
     ck_assert_int_eq(tp_config_parse_tp(&cfg, 2, a2), TP_OK);
     ck_assert_int_eq(cfg.world_size, 7);
-    char *bad[][3] = {{"prog", "--tp", "x"}, {"prog", "--tp=0", NULL}, {"prog", "--tp", "65"},
+    char *bad[][3] = {{"prog", "--tp", "x"},
+                      {"prog", "--tp=0", NULL},
+                      {"prog", "--tp", "65"},
                       {"prog", "--tp=3x", NULL}};
     int argcs[] = {3, 2, 3, 2};
     for (int i = 0; i < 4; i++) {
@@ -318,7 +320,7 @@ END_TEST
 /* -------------------------------------------------------------- run */
 
 typedef struct job {
-    int n;        /* element count for the collectives */
+    int n; /* element count for the collectives */
     int fail_rank;
 } job;
 
@@ -384,8 +386,8 @@ static tp_status rank_collectives(tp_comm *w, void *arg)
         for (int q = 0; q < T; q++)
             want += val(q, r * n + i);
         if (recv[i] != want) {
-            st = tp_set_error(TP_ERR_INTERNAL, "reduce_scatter[%d] = %g, want %g", i, recv[i],
-                              want);
+            st =
+                tp_set_error(TP_ERR_INTERNAL, "reduce_scatter[%d] = %g, want %g", i, recv[i], want);
             goto out;
         }
     }
@@ -417,8 +419,7 @@ static tp_status rank_collectives(tp_comm *w, void *arg)
         s.comm[TP_PHASE_OTHER][TP_OP_ALL_REDUCE].bytes != 2 * (uint64_t)n * 4 ||
         s.comm[TP_PHASE_OTHER][TP_OP_ALL_GATHER].bytes != (uint64_t)(total + (size_t)n * T) * 4)
         st = tp_set_error(TP_ERR_INTERNAL, "stats wrong: %llu all_reduce calls",
-                          (unsigned long long)tp_stats_calls(&s, TP_PHASE_OTHER,
-                                                             TP_OP_ALL_REDUCE));
+                          (unsigned long long)tp_stats_calls(&s, TP_PHASE_OTHER, TP_OP_ALL_REDUCE));
 out:
     free(send);
     free(recv);
@@ -492,13 +493,13 @@ static tp_status rank_errors(tp_comm *w, void *arg)
 {
     float x[4] = {0};
     size_t counts[64] = {0};
-#define EXPECT(call, status, text)                                                            \
-    do {                                                                                      \
-        tp_status s_ = (call);                                                                \
-        if (s_ != (status) || !strstr(tp_last_error(), (text)))                               \
-            return tp_set_error(TP_ERR_INTERNAL, "%s: got %s '%s', want %s '%s'", #call,      \
-                                tp_status_string(s_), tp_last_error(), tp_status_string(status), \
-                                text);                                                        \
+#define EXPECT(call, status, text)                                                                 \
+    do {                                                                                           \
+        tp_status s_ = (call);                                                                     \
+        if (s_ != (status) || !strstr(tp_last_error(), (text)))                                    \
+            return tp_set_error(TP_ERR_INTERNAL, "%s: got %s '%s', want %s '%s'", #call,           \
+                                tp_status_string(s_), tp_last_error(), tp_status_string(status),   \
+                                text);                                                             \
     } while (0)
     EXPECT(tp_all_reduce(NULL, x, x, 1, TP_F32, TP_SUM), TP_ERR_INVALID_ARG, "comm is NULL");
     EXPECT(tp_all_reduce(w, NULL, x, 1, TP_F32, TP_SUM), TP_ERR_INVALID_ARG, "send buffer is NULL");
@@ -526,8 +527,7 @@ static tp_status rank_errors(tp_comm *w, void *arg)
     /* tensors */
     tp_tensor t;
     int64_t bad_shape[2] = {3, -2};
-    EXPECT(tp_tensor_alloc(dev, TP_F32, 2, bad_shape, &t), TP_ERR_INVALID_ARG,
-           "dimension 1 is -2");
+    EXPECT(tp_tensor_alloc(dev, TP_F32, 2, bad_shape, &t), TP_ERR_INVALID_ARG, "dimension 1 is -2");
     EXPECT(tp_tensor_alloc(dev, TP_F32, 5, bad_shape, &t), TP_ERR_INVALID_ARG, "ndim 5");
     tp_tensor v = tp_tensor_view(dev, TP_F32, NULL, 2, (int64_t[]){13, 17});
     EXPECT(tp_tensor_upload(&v, x), TP_ERR_INVALID_ARG, "tensor [13, 17] f32 has no data");
@@ -573,7 +573,11 @@ static tp_status rank_device(tp_comm *w, void *arg)
     tp_device *dev = tp_comm_device(w);
     if (strcmp(tp_device_name(dev), "good") || tp_device_mem_kind(dev) != TP_MEM_HOST)
         return tp_set_error(TP_ERR_INTERNAL, "device identity wrong");
-    enum { M = 13, K = 17, N = 5 };
+    enum {
+        M = 13,
+        K = 17,
+        N = 5
+    };
     float a[M * K], b[K * N], c[M * N], ref[M * N];
     for (int i = 0; i < M * K; i++)
         a[i] = (float)(i % 7) - 3;
@@ -597,8 +601,8 @@ static tp_status rank_device(tp_comm *w, void *arg)
     if ((st = tp_tensor_upload(&ta, a)) || (st = tp_tensor_upload(&tb, b)))
         return st;
     tp_phase prev = tp_phase_set(w, TP_PHASE_FORWARD);
-    tp_gemm_args g = {sizeof g, TP_F32, 0, 0, M, N, K, 1.0f, 0.0f, ta.data, K, 0,
-                      tb.data, N, 0, tc.data, N, 0, 1};
+    tp_gemm_args g = {sizeof g, TP_F32, 0,       0, M, N,       K, 1.0f, 0.0f, ta.data,
+                      K,        0,      tb.data, N, 0, tc.data, N, 0,    1};
     if ((st = tp_dev_gemm(dev, &g)))
         return st;
     tp_phase_set(w, TP_PHASE_BACKWARD);
@@ -705,7 +709,10 @@ END_TEST
 
 START_TEST(test_master_rng)
 {
-    enum { R = 13, C = 17 };
+    enum {
+        R = 13,
+        C = 17
+    };
     float full[R * C], part[R * C];
     const float bound = 0.5f;
     tp_master_fill(42, 7, C, 0, R, 0, C, bound, full);

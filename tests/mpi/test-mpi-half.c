@@ -75,7 +75,8 @@ START_TEST(test_half_encode)
         memcpy(&want, &ref, 2);
         uint16_t got = tp_util_f32_to_f16(f);
         if (isnan(f)) {
-            ck_assert_msg((got & 0x7c00) == 0x7c00 && (got & 0x3ff), "nan 0x%08x -> 0x%04x", u, got);
+            ck_assert_msg((got & 0x7c00) == 0x7c00 && (got & 0x3ff), "nan 0x%08x -> 0x%04x", u,
+                          got);
             continue;
         }
         ck_assert_msg(got == want, "f32 %a (0x%08x): got 0x%04x want 0x%04x", f, u, got, want);
@@ -128,8 +129,10 @@ END_TEST
 START_TEST(test_ops)
 {
     /* the user ops: inout = round(in OP inout), element by element */
-    uint16_t in[3] = {tp_util_f32_to_bf16(1.0f), tp_util_f32_to_bf16(-2.0f), tp_util_f32_to_bf16(3.0f)};
-    uint16_t io[3] = {tp_util_f32_to_bf16(0x1p-8f), tp_util_f32_to_bf16(5.0f), tp_util_f32_to_bf16(-7.0f)};
+    uint16_t in[3] = {tp_util_f32_to_bf16(1.0f), tp_util_f32_to_bf16(-2.0f),
+                      tp_util_f32_to_bf16(3.0f)};
+    uint16_t io[3] = {tp_util_f32_to_bf16(0x1p-8f), tp_util_f32_to_bf16(5.0f),
+                      tp_util_f32_to_bf16(-7.0f)};
     int len = 3;
     MPI_Datatype dt = MPI_UINT16_T;
     uint16_t a[3], b[3];

@@ -93,7 +93,8 @@ START_TEST(test_world_size_mismatch)
 {
     const char *env_var[] = {"TP_WORLD_SIZE=4", "TP_TIMEOUT_S=60", NULL};
     const char *env_none[] = {"TP_TIMEOUT_S=60", NULL};
-    job_result r = _i == 0 ? run_job(3, "sum", NULL, env_var) : run_job(3, "sum", "--tp 4", env_none);
+    job_result r =
+        _i == 0 ? run_job(3, "sum", NULL, env_var) : run_job(3, "sum", "--tp 4", env_none);
     ck_assert_int_ne(r.exit_status, 0);
     ck_assert_ptr_nonnull(strstr(r.out, "TP_ERR_INVALID_ARG"));
     ck_assert_ptr_nonnull(strstr(r.out, "is 4 but mpirun started 3 processes"));

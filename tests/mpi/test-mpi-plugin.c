@@ -135,10 +135,16 @@ static void engine_down(void)
 
 /* ------------------------------------------------------------ data */
 
-static size_t esize(tp_dtype dt) { return dt == TP_F16 || dt == TP_BF16 ? 2 : 4; }
+static size_t esize(tp_dtype dt)
+{
+    return dt == TP_F16 || dt == TP_BF16 ? 2 : 4;
+}
 
 /* Small integer in [-6, 6]: exact in every dtype, sums over 7 ranks too. */
-static int value(int r, size_t i, int salt) { return (int)((r * 7 + i * 3 + (size_t)salt) % 13) - 6; }
+static int value(int r, size_t i, int salt)
+{
+    return (int)((r * 7 + i * 3 + (size_t)salt) % 13) - 6;
+}
 
 static uint16_t to_f16(double v) /* exact for small integers */
 {
@@ -179,22 +185,22 @@ static double from_bf16(uint16_t h)
 static void put(void *buf, tp_dtype dt, size_t i, double v)
 {
     switch (dt) {
-    case TP_F32: ((float *)buf)[i] = (float)v; break;
-    case TP_I32: ((int32_t *)buf)[i] = (int32_t)v; break;
-    case TP_F16: ((uint16_t *)buf)[i] = to_f16(v); break;
-    case TP_BF16: ((uint16_t *)buf)[i] = to_bf16(v); break;
-    default: break;
+        case TP_F32: ((float *)buf)[i] = (float)v; break;
+        case TP_I32: ((int32_t *)buf)[i] = (int32_t)v; break;
+        case TP_F16: ((uint16_t *)buf)[i] = to_f16(v); break;
+        case TP_BF16: ((uint16_t *)buf)[i] = to_bf16(v); break;
+        default: break;
     }
 }
 
 static double get(const void *buf, tp_dtype dt, size_t i)
 {
     switch (dt) {
-    case TP_F32: return ((const float *)buf)[i];
-    case TP_I32: return ((const int32_t *)buf)[i];
-    case TP_F16: return from_f16(((const uint16_t *)buf)[i]);
-    case TP_BF16: return from_bf16(((const uint16_t *)buf)[i]);
-    default: return NAN;
+        case TP_F32: return ((const float *)buf)[i];
+        case TP_I32: return ((const int32_t *)buf)[i];
+        case TP_F16: return from_f16(((const uint16_t *)buf)[i]);
+        case TP_BF16: return from_bf16(((const uint16_t *)buf)[i]);
+        default: return NAN;
     }
 }
 
@@ -234,9 +240,10 @@ START_TEST(test_all_reduce)
                     tp_status st = ops->all_reduce(world, inplace ? recv : send, recv, n, dt, op);
                     expect_status(st, TP_OK, "all_reduce");
                     for (size_t i = 0; i < n; i++)
-                        ck_assert_msg(get(recv, dt, i) == reduced(op, i, salt),
-                                      "all_reduce dt %d op %d n %zu inplace %d [%zu]: got %g want %g",
-                                      dt, op, n, inplace, i, get(recv, dt, i), reduced(op, i, salt));
+                        ck_assert_msg(
+                            get(recv, dt, i) == reduced(op, i, salt),
+                            "all_reduce dt %d op %d n %zu inplace %d [%zu]: got %g want %g", dt, op,
+                            n, inplace, i, get(recv, dt, i), reduced(op, i, salt));
                     free(send);
                     free(recv);
                 }
@@ -254,14 +261,17 @@ START_TEST(test_half_rounding)
         engine_down();
         return;
     }
-    struct { tp_dtype dt; double a, b, want; } cases[] = {
-        {TP_BF16, 1.0, 0x1p-8, 1.0},                 /* tie, 1.0 is even */
-        {TP_BF16, 1.0 + 0x1p-7, 0x1p-8, 1.0 + 0x1p-6}, /* tie, rounds up to even */
+    struct {
+        tp_dtype dt;
+        double a, b, want;
+    } cases[] = {
+        {TP_BF16, 1.0, 0x1p-8, 1.0},                    /* tie, 1.0 is even */
+        {TP_BF16, 1.0 + 0x1p-7, 0x1p-8, 1.0 + 0x1p-6},  /* tie, rounds up to even */
         {TP_BF16, 1.0, 0x1p-8 + 0x1p-12, 1.0 + 0x1p-7}, /* above the tie */
         {TP_F16, 1.0, 0x1p-11, 1.0},
         {TP_F16, 1.0 + 0x1p-10, 0x1p-11, 1.0 + 0x1p-9},
-        {TP_F16, 65504.0, 32.0, INFINITY},           /* 65536 -> inf */
-        {TP_F16, 0x1p-24, 0x1p-24, 0x1p-23},         /* subnormals */
+        {TP_F16, 65504.0, 32.0, INFINITY},   /* 65536 -> inf */
+        {TP_F16, 0x1p-24, 0x1p-24, 0x1p-23}, /* subnormals */
     };
     for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
         uint16_t buf = 0;
@@ -282,8 +292,8 @@ START_TEST(test_half_rounding)
         }
         tp_status st = ops->all_reduce(world, &buf, &buf, 1, cases[k].dt, TP_SUM);
         expect_status(st, TP_OK, "all_reduce of one element");
-        ck_assert_msg(get(&buf, cases[k].dt, 0) == cases[k].want, "case %zu: got %.10g want %.10g", k,
-                      get(&buf, cases[k].dt, 0), cases[k].want);
+        ck_assert_msg(get(&buf, cases[k].dt, 0) == cases[k].want, "case %zu: got %.10g want %.10g",
+                      k, get(&buf, cases[k].dt, 0), cases[k].want);
     }
     engine_down();
 }
@@ -341,8 +351,8 @@ START_TEST(test_all_gather)
                         for (int r = 0; r < size; r++)
                             for (size_t i = 0; i < counts[r]; i++)
                                 ck_assert_msg(get(recv, dt, offs[r] + i) == value(r, i, salt),
-                                              "all_gather dt %d kind %d inplace %d rank %d [%zu]", dt,
-                                              kind, inplace, r, i);
+                                              "all_gather dt %d kind %d inplace %d rank %d [%zu]",
+                                              dt, kind, inplace, r, i);
                     }
                     free(send);
                     free(recv);
@@ -374,17 +384,19 @@ START_TEST(test_reduce_scatter)
                             put(send, dt, i, value(rank, i, salt));
                         if (inplace)
                             memcpy(recv, send, total * esize(dt));
-                        tp_status st = ops->reduce_scatter(world, inplace ? recv : send, recv, counts,
-                                                           dt, op);
+                        tp_status st =
+                            ops->reduce_scatter(world, inplace ? recv : send, recv, counts, dt, op);
                         if (over_limit(counts)) {
                             ck_assert_msg(st == TP_ERR_NOT_SUPPORTED, "%d %s", st, last_msg);
                         } else {
                             expect_status(st, TP_OK, "reduce_scatter");
                             for (size_t i = 0; i < counts[rank]; i++)
-                                ck_assert_msg(get(recv, dt, i) == reduced(op, offs[rank] + i, salt),
-                                              "reduce_scatter dt %d op %d kind %d inplace %d [%zu]: "
-                                              "got %g want %g", dt, op, kind, inplace, i,
-                                              get(recv, dt, i), reduced(op, offs[rank] + i, salt));
+                                ck_assert_msg(
+                                    get(recv, dt, i) == reduced(op, offs[rank] + i, salt),
+                                    "reduce_scatter dt %d op %d kind %d inplace %d [%zu]: "
+                                    "got %g want %g",
+                                    dt, op, kind, inplace, i, get(recv, dt, i),
+                                    reduced(op, offs[rank] + i, salt));
                         }
                         free(send);
                         free(recv);

@@ -17,9 +17,11 @@ static int engine_token, comm_token;
 static size_t dtype_size(tp_dtype dt)
 {
     switch (dt) {
-    case TP_F32: case TP_I32: return 4;
-    case TP_F16: case TP_BF16: return 2;
-    default: return 0;
+        case TP_F32:
+        case TP_I32: return 4;
+        case TP_F16:
+        case TP_BF16: return 2;
+        default: return 0;
     }
 }
 
@@ -30,7 +32,8 @@ static tp_status tiny_init(const tp_host *h, const tp_engine_args *args, void **
     if (args->world_size > 1)
         return h->set_error(TP_ERR_INVALID_ARG,
                             "tiny: world size %d requested, but this plugin runs exactly 1 rank; "
-                            "use --tp 1 or TP_WORLD_SIZE=1", args->world_size);
+                            "use --tp 1 or TP_WORLD_SIZE=1",
+                            args->world_size);
     *engine = &engine_token;
     info->world_size = 1;
     info->local_count = 1;
@@ -38,7 +41,10 @@ static tp_status tiny_init(const tp_host *h, const tp_engine_args *args, void **
     return TP_OK;
 }
 
-static void tiny_finalize(void *engine) { (void)engine; }
+static void tiny_finalize(void *engine)
+{
+    (void)engine;
+}
 
 static tp_status tiny_world(void *engine, int local_index, const tp_rank_env *env, void **comm,
                             int *rank, int *size)
@@ -59,7 +65,10 @@ static tp_status tiny_split(void *comm, int color, int key, void **newcomm, int 
     return TP_OK;
 }
 
-static void tiny_comm_free(void *comm) { (void)comm; }
+static void tiny_comm_free(void *comm)
+{
+    (void)comm;
+}
 
 /* With one rank every collective is a copy of the rank's own data. */
 static tp_status copy(const void *send, void *recv, size_t count, tp_dtype dt)
@@ -84,8 +93,8 @@ static tp_status tiny_all_gather(void *comm, const void *send, void *recv, const
     return copy(send, recv, counts[0], dt);
 }
 
-static tp_status tiny_reduce_scatter(void *comm, const void *send, void *recv,
-                                     const size_t *counts, tp_dtype dt, tp_redop op)
+static tp_status tiny_reduce_scatter(void *comm, const void *send, void *recv, const size_t *counts,
+                                     tp_dtype dt, tp_redop op)
 {
     return copy(send, recv, counts[0], dt);
 }
@@ -95,7 +104,10 @@ static tp_status tiny_broadcast(void *comm, void *buf, size_t count, tp_dtype dt
     return TP_OK;
 }
 
-static tp_status tiny_barrier(void *comm) { return TP_OK; }
+static tp_status tiny_barrier(void *comm)
+{
+    return TP_OK;
+}
 
 static const tp_comm_ops tiny_ops = {
     .struct_size = sizeof(tp_comm_ops),

@@ -138,8 +138,7 @@ static tp_status f_bias_add(void *dev, tp_dtype dt, int64_t r, int64_t c, void *
     return in_ops->bias_add(I(dev), dt, r, c, H(y), H(b));
 }
 
-static tp_status f_bias_grad(void *dev, tp_dtype dt, int64_t r, int64_t c, const void *dy,
-                             void *db)
+static tp_status f_bias_grad(void *dev, tp_dtype dt, int64_t r, int64_t c, const void *dy, void *db)
 {
     return in_ops->bias_grad(I(dev), dt, r, c, H(dy), H(db));
 }
@@ -173,9 +172,8 @@ static tp_status f_softmax_bwd(void *dev, tp_dtype dt, int64_t r, int64_t c, con
     return in_ops->softmax_bwd(I(dev), dt, r, c, H(y), H(dy), H(dx), s);
 }
 
-static tp_status f_norm(void *dev, tp_dtype dt, int64_t r, int64_t c, const void *x,
-                        const void *g, const void *b, void *y, float *mu, float *rs, float eps,
-                        int rms)
+static tp_status f_norm(void *dev, tp_dtype dt, int64_t r, int64_t c, const void *x, const void *g,
+                        const void *b, void *y, float *mu, float *rs, float eps, int rms)
 {
     return in_ops->norm(I(dev), dt, r, c, H(x), H(g), H(b), H(y), H(mu), H(rs), eps, rms);
 }
@@ -184,8 +182,8 @@ static tp_status f_norm_bwd(void *dev, tp_dtype dt, int64_t r, int64_t c, const 
                             const void *g, const float *mu, const float *rs, const void *dy,
                             void *dx, void *dg, void *db, int rms)
 {
-    return in_ops->norm_bwd(I(dev), dt, r, c, H(x), H(g), H(mu), H(rs), H(dy), H(dx), H(dg),
-                            H(db), rms);
+    return in_ops->norm_bwd(I(dev), dt, r, c, H(x), H(g), H(mu), H(rs), H(dy), H(dx), H(dg), H(db),
+                            rms);
 }
 
 static tp_status f_embedding(void *dev, tp_dtype dt, int64_t n, int64_t dim, const int32_t *ids,
@@ -194,9 +192,8 @@ static tp_status f_embedding(void *dev, tp_dtype dt, int64_t n, int64_t dim, con
     return in_ops->embedding(I(dev), dt, n, dim, H(ids), lo, hi, H(t), H(o));
 }
 
-static tp_status f_embedding_bwd(void *dev, tp_dtype dt, int64_t n, int64_t dim,
-                                 const int32_t *ids, int64_t lo, int64_t hi, const void *o,
-                                 void *t)
+static tp_status f_embedding_bwd(void *dev, tp_dtype dt, int64_t n, int64_t dim, const int32_t *ids,
+                                 int64_t lo, int64_t hi, const void *o, void *t)
 {
     return in_ops->embedding_bwd(I(dev), dt, n, dim, H(ids), lo, hi, H(o), H(t));
 }
@@ -213,8 +210,8 @@ static tp_status f_ce_stats(void *dev, tp_dtype dt, int64_t r, int64_t c, const 
 }
 
 static tp_status f_ce_bwd(void *dev, tp_dtype dt, int64_t r, int64_t c, const void *x,
-                          const int32_t *t, int64_t lo, int64_t v, const float *mx,
-                          const float *se, const float *sc, float s, void *dx)
+                          const int32_t *t, int64_t lo, int64_t v, const float *mx, const float *se,
+                          const float *sc, float s, void *dx)
 {
     return in_ops->ce_bwd(I(dev), dt, r, c, H(x), H(t), lo, v, H(mx), H(se), H(sc), s, H(dx));
 }
@@ -255,16 +252,37 @@ static void f_event_destroy(void *dev, void *ev)
 
 static const tp_device_ops fake_ops = {
     .struct_size = sizeof(tp_device_ops),
-    .open = f_open, .close = f_close, .alloc = f_alloc, .free = f_free,
-    .upload = f_upload, .download = f_download, .copy_2d = f_copy_2d, .memset = f_memset,
-    .synchronize = f_sync, .gemm = f_gemm,
-    .bias_add = f_bias_add, .bias_grad = f_bias_grad, .gelu = f_gelu, .gelu_bwd = f_gelu_bwd,
-    .axpby = f_axpby, .softmax = f_softmax, .softmax_bwd = f_softmax_bwd, .norm = f_norm,
-    .norm_bwd = f_norm_bwd, .embedding = f_embedding, .embedding_bwd = f_embedding_bwd,
-    .row_max = f_row_max, .ce_stats = f_ce_stats, .ce_bwd = f_ce_bwd, .adamw = f_adamw,
-    .reduce = f_reduce, .gemm_bias_act = f_gemm_bias_act,
-    .event_create = f_event_create, .event_record = f_event_record,
-    .event_elapsed = f_event_elapsed, .event_destroy = f_event_destroy,
+    .open = f_open,
+    .close = f_close,
+    .alloc = f_alloc,
+    .free = f_free,
+    .upload = f_upload,
+    .download = f_download,
+    .copy_2d = f_copy_2d,
+    .memset = f_memset,
+    .synchronize = f_sync,
+    .gemm = f_gemm,
+    .bias_add = f_bias_add,
+    .bias_grad = f_bias_grad,
+    .gelu = f_gelu,
+    .gelu_bwd = f_gelu_bwd,
+    .axpby = f_axpby,
+    .softmax = f_softmax,
+    .softmax_bwd = f_softmax_bwd,
+    .norm = f_norm,
+    .norm_bwd = f_norm_bwd,
+    .embedding = f_embedding,
+    .embedding_bwd = f_embedding_bwd,
+    .row_max = f_row_max,
+    .ce_stats = f_ce_stats,
+    .ce_bwd = f_ce_bwd,
+    .adamw = f_adamw,
+    .reduce = f_reduce,
+    .gemm_bias_act = f_gemm_bias_act,
+    .event_create = f_event_create,
+    .event_record = f_event_record,
+    .event_elapsed = f_event_elapsed,
+    .event_destroy = f_event_destroy,
 };
 
 TP_PLUGIN_DEFINE("fakecpu", "0.1.0",

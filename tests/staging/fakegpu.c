@@ -39,20 +39,20 @@
 #include <tp/tp-plugin.h>
 
 #ifdef FAKE_HOST
-#define FAKE_NAME "fakehost"
+#define FAKE_NAME   "fakehost"
 #define FAKE_OFFSET ((uintptr_t)0)
-#define FAKE_KIND TP_MEM_HOST
-#define FAKE_DESC "test fixture: a host-memory device that refuses upload and download"
+#define FAKE_KIND   TP_MEM_HOST
+#define FAKE_DESC   "test fixture: a host-memory device that refuses upload and download"
 #elif defined(FAKE_P2P)
-#define FAKE_NAME "fakep2p"
+#define FAKE_NAME   "fakep2p"
 #define FAKE_OFFSET ((uintptr_t)1 << 47)
-#define FAKE_KIND TP_MEM_CUDA
-#define FAKE_DESC "test fixture: fakegpu with a reduce slot, so comms may work on its memory"
+#define FAKE_KIND   TP_MEM_CUDA
+#define FAKE_DESC   "test fixture: fakegpu with a reduce slot, so comms may work on its memory"
 #else
-#define FAKE_NAME "fakegpu"
+#define FAKE_NAME   "fakegpu"
 #define FAKE_OFFSET ((uintptr_t)1 << 47)
-#define FAKE_KIND TP_MEM_CUDA
-#define FAKE_DESC "test fixture: a CUDA-kind device whose pointers only its own ops may touch"
+#define FAKE_KIND   TP_MEM_CUDA
+#define FAKE_DESC   "test fixture: a CUDA-kind device whose pointers only its own ops may touch"
 #endif
 
 /* Host address behind a fake device pointer (NULL stays NULL). */
@@ -61,8 +61,8 @@ static void *H(const void *p)
     return p ? (void *)((uintptr_t)p - FAKE_OFFSET) : NULL;
 }
 
-static int fake_stream;          /* its address is the fake stream */
-static atomic_int fake_events;    /* events created and not destroyed (all ranks) */
+static int fake_stream;        /* its address is the fake stream */
+static atomic_int fake_events; /* events created and not destroyed (all ranks) */
 
 static tp_status fake_open(const tp_host *host, const tp_device_args *args, void **dev,
                            tp_rank_env *env)
@@ -205,15 +205,14 @@ static void fake_st(tp_dtype dt, void *p, int64_t i, float f)
     }
 }
 
-static tp_status fake_reduce(void *dev, tp_dtype dt, tp_redop op, int64_t n, const void *x,
-                             void *y)
+static tp_status fake_reduce(void *dev, tp_dtype dt, tp_redop op, int64_t n, const void *x, void *y)
 {
     const void *xs = H(x);
     void *ys = H(y);
     for (int64_t i = 0; i < n; i++) {
         if (dt == TP_I32) {
             int32_t a = ((const int32_t *)xs)[i], *b = (int32_t *)ys + i;
-            *b = op == TP_SUM ? (int32_t)((uint32_t)*b + (uint32_t)a)
+            *b = op == TP_SUM   ? (int32_t)((uint32_t)*b + (uint32_t)a)
                  : op == TP_MAX ? (a > *b ? a : *b)
                                 : (a < *b ? a : *b);
             continue;
@@ -321,6 +320,4 @@ static const tp_device_ops fake_ops = {
 #endif
 };
 
-TP_PLUGIN_DEFINE(FAKE_NAME, "0.1.0",
-                 FAKE_DESC,
-                 NULL, &fake_ops, NULL)
+TP_PLUGIN_DEFINE(FAKE_NAME, "0.1.0", FAKE_DESC, NULL, &fake_ops, NULL)

@@ -30,7 +30,7 @@
 
 #include "tp-test.h"
 
-#define GUARD 3           /* guard elements on each side of a buffer */
+#define GUARD    3        /* guard elements on each side of a buffer */
 #define SENTINEL -7777.0f /* never a value of val() */
 
 /* ------------------------------------------------------------ buffers */
@@ -129,7 +129,7 @@ static void check_guards(tpt_rank *k, dbuf *b, const char *what, int line)
         memcpy(&hi, b->host + (GUARD + b->n + i) * 4, 4);
         if (lo != SENTINEL || hi != SENTINEL) {
             tpt_fail_at(k, line, "%s: guard element %zu %s the buffer overwritten (%g)", what, i,
-                    lo != SENTINEL ? "before" : "after", lo != SENTINEL ? lo : hi);
+                        lo != SENTINEL ? "before" : "after", lo != SENTINEL ? lo : hi);
             return;
         }
     }
@@ -195,9 +195,11 @@ static void body_all_reduce(tpt_rank *k)
                 for (size_t i = 0; i < n; i++)
                     if (*hf(out, i) != reduce_ref(k->T, i, salt, ops[o]) && !bad++)
                         first = i;
-                EXPECT(k, !bad, "all_reduce %s n=%zu %s: %zu wrong elements, first [%zu] = %g, "
-                       "expected %g", op_name(ops[o]), n, inplace ? "in place" : "out of place",
-                       bad, first, *hf(out, first), reduce_ref(k->T, first, salt, ops[o]));
+                EXPECT(k, !bad,
+                       "all_reduce %s n=%zu %s: %zu wrong elements, first [%zu] = %g, "
+                       "expected %g",
+                       op_name(ops[o]), n, inplace ? "in place" : "out of place", bad, first,
+                       *hf(out, first), reduce_ref(k->T, first, salt, ops[o]));
                 check_guards(k, out, "all_reduce recv", __LINE__);
                 if (!inplace) { /* the send buffer is not written */
                     dbuf_pull(k, &send);
@@ -234,7 +236,7 @@ static void body_all_reduce(tpt_rank *k)
         memcpy(&got, hf(&b, i), 4);
         if (got != want) {
             tpt_fail_at(k, __LINE__, "i32 all_reduce [%zu] = %d, expected %lld", i, got,
-                    (long long)want);
+                        (long long)want);
             break;
         }
     }
@@ -267,8 +269,8 @@ static void all_gather_case(tpt_rank *k, const size_t *counts, bool even, bool i
         for (size_t i = 0, o = offset_of(counts, r); i < counts[r] && ok; i++)
             if (*hf(&recv, o + i) != val(r, i, salt)) {
                 tpt_fail_at(k, __LINE__, "all_gather%s %s: block %d [%zu] = %g, expected %g",
-                        even ? "" : "v", inplace ? "in place" : "out of place", r, i,
-                        *hf(&recv, o + i), val(r, i, salt));
+                            even ? "" : "v", inplace ? "in place" : "out of place", r, i,
+                            *hf(&recv, o + i), val(r, i, salt));
                 ok = false;
             }
     check_guards(k, &recv, "all_gather recv", __LINE__);
@@ -314,7 +316,7 @@ static void body_all_gather(tpt_rank *k)
             want = (uint16_t)(0x3f00 + (int)((j - GUARD) / n) * 16 + (int)((j - GUARD) % n));
         if (got != want) {
             tpt_fail_at(k, __LINE__, "bf16 all_gather: element %zd is 0x%04x, expected 0x%04x",
-                    (ssize_t)j - GUARD, got, want);
+                        (ssize_t)j - GUARD, got, want);
             break;
         }
     }
@@ -341,8 +343,8 @@ static void reduce_scatter_case(tpt_rank *k, const size_t *counts, bool even, tp
     for (size_t i = 0; i < mine; i++) {
         float want = reduce_ref(k->T, off + i, salt, op);
         if (*hf(&recv, i) != want) {
-            tpt_fail_at(k, __LINE__, "reduce_scatter%s %s: [%zu] = %g, expected %g", even ? "" : "v",
-                    op_name(op), i, *hf(&recv, i), want);
+            tpt_fail_at(k, __LINE__, "reduce_scatter%s %s: [%zu] = %g, expected %g",
+                        even ? "" : "v", op_name(op), i, *hf(&recv, i), want);
             break;
         }
     }
@@ -381,7 +383,7 @@ static void body_broadcast(tpt_rank *k)
         for (size_t i = 0; i < n; i++)
             if (*hf(&b, i) != val(root, i, 3)) {
                 tpt_fail_at(k, __LINE__, "broadcast from %d: [%zu] = %g, expected %g", root, i,
-                        *hf(&b, i), val(root, i, 3));
+                            *hf(&b, i), val(root, i, 3));
                 break;
             }
         check_guards(k, &b, "broadcast", __LINE__);
@@ -414,8 +416,9 @@ static void body_stats(tpt_rank *k)
         kernels += s.kernel[p].calls;
         gemms += s.gemm[p].calls;
     }
-    EXPECT(k, tp_stats_calls(&s, TP_PHASE_COUNT, TP_OP_ALL_REDUCE) == 1 &&
-                  tp_stats_calls(&s, TP_PHASE_COUNT, TP_OP_BARRIER) == 1,
+    EXPECT(k,
+           tp_stats_calls(&s, TP_PHASE_COUNT, TP_OP_ALL_REDUCE) == 1 &&
+               tp_stats_calls(&s, TP_PHASE_COUNT, TP_OP_BARRIER) == 1,
            "expected 1 all_reduce and 1 barrier, counted %llu and %llu",
            (unsigned long long)tp_stats_calls(&s, TP_PHASE_COUNT, TP_OP_ALL_REDUCE),
            (unsigned long long)tp_stats_calls(&s, TP_PHASE_COUNT, TP_OP_BARRIER));
@@ -464,19 +467,40 @@ static void body_fakehost_refuses(tpt_rank *k)
     tp_dev_free(k->dev, d);
 }
 
-START_TEST(test_all_reduce) { tpt_run_all(body_all_reduce); }
+START_TEST(test_all_reduce)
+{
+    tpt_run_all(body_all_reduce);
+}
 END_TEST
-START_TEST(test_all_gather) { tpt_run_all(body_all_gather); }
+START_TEST(test_all_gather)
+{
+    tpt_run_all(body_all_gather);
+}
 END_TEST
-START_TEST(test_reduce_scatter) { tpt_run_all(body_reduce_scatter); }
+START_TEST(test_reduce_scatter)
+{
+    tpt_run_all(body_reduce_scatter);
+}
 END_TEST
-START_TEST(test_broadcast) { tpt_run_all(body_broadcast); }
+START_TEST(test_broadcast)
+{
+    tpt_run_all(body_broadcast);
+}
 END_TEST
-START_TEST(test_barrier) { tpt_run_all(body_barrier); }
+START_TEST(test_barrier)
+{
+    tpt_run_all(body_barrier);
+}
 END_TEST
-START_TEST(test_stats) { tpt_run_all(body_stats); }
+START_TEST(test_stats)
+{
+    tpt_run_all(body_stats);
+}
 END_TEST
-START_TEST(test_fakehost_refuses) { tpt_run_all(body_fakehost_refuses); }
+START_TEST(test_fakehost_refuses)
+{
+    tpt_run_all(body_fakehost_refuses);
+}
 END_TEST
 
 int main(int argc, char **argv)
@@ -485,9 +509,12 @@ int main(int argc, char **argv)
         if (strcmp(argv[i], "--basic") == 0)
             tpt_world_only = true;
     const tpt_test tests[] = {
-        {"all_reduce", test_all_reduce}, {"all_gather", test_all_gather},
-        {"reduce_scatter", test_reduce_scatter}, {"broadcast", test_broadcast},
-        {"barrier", test_barrier}, {"stats", test_stats},
+        {"all_reduce", test_all_reduce},
+        {"all_gather", test_all_gather},
+        {"reduce_scatter", test_reduce_scatter},
+        {"broadcast", test_broadcast},
+        {"barrier", test_barrier},
+        {"stats", test_stats},
         {"fakehost_refuses", test_fakehost_refuses},
     };
     return tpt_main(&argc, &argv, "staging", tests, sizeof tests / sizeof tests[0], NULL);

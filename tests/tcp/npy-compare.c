@@ -25,8 +25,7 @@ int main(int argc, char **argv)
         npy_read(argv[2], "<f4", "npy-compare", &b) < 0)
         return 2;
     if (!npy_same_shape(&a, &b)) {
-        fprintf(stderr, "npy-compare: shapes differ: (%s) vs (%s)\n", a.shape_text,
-                b.shape_text);
+        fprintf(stderr, "npy-compare: shapes differ: (%s) vs (%s)\n", a.shape_text, b.shape_text);
         return 1;
     }
     double worst = 0, maxabs = 0;

@@ -117,8 +117,8 @@ static tp_status check_all_reduce(void *comm, int rank, int size, size_t count)
         for (int r = 0; r < size; r++)
             ref += xf(r, i);
         if (fabs(out[i] - ref) > 1e-5) {
-            st = FAIL("all_reduce f32 sum count %zu: [%zu] = %.9g, expected %.9g", count, i,
-                      out[i], ref);
+            st = FAIL("all_reduce f32 sum count %zu: [%zu] = %.9g, expected %.9g", count, i, out[i],
+                      ref);
             goto done;
         }
     }
@@ -242,8 +242,8 @@ static tp_status check_gather_scatter(void *comm, int rank, int size, size_t bas
         for (int r = 0; r < size; r++)
             ref += xf(r, off[rank] + i);
         if (fabs(mine[i] - ref) > 1e-5) {
-            st = FAIL("reduce_scatter base %zu: [%zu] = %.9g, expected %.9g", base, i, mine[i],
-                      ref);
+            st =
+                FAIL("reduce_scatter base %zu: [%zu] = %.9g, expected %.9g", base, i, mine[i], ref);
             goto done;
         }
     }
@@ -322,8 +322,8 @@ static tp_status check_split(void *comm, int rank, int size)
         if ((st = th_ops->broadcast(sub, b, 17, TP_F32, m - 1)) == TP_OK)
             for (int i = 0; i < 17; i++)
                 if (b[i] != xf(root_world, (size_t)i)) {
-                    st = FAIL("broadcast on split color %d: [%d] = %g, expected %g", color, i,
-                              b[i], xf(root_world, (size_t)i));
+                    st = FAIL("broadcast on split color %d: [%d] = %g, expected %g", color, i, b[i],
+                              xf(root_world, (size_t)i));
                     break;
                 }
     }

@@ -72,8 +72,7 @@ int th_load(void)
         fprintf(stderr, "tcp harness: cannot load %s: %s\n", path, dlerror());
         return -1;
     }
-    const tp_plugin_desc *(*get)(void) =
-        (const tp_plugin_desc *(*)(void))dlsym(h, TP_PLUGIN_ENTRY);
+    const tp_plugin_desc *(*get)(void) = (const tp_plugin_desc *(*)(void))dlsym(h, TP_PLUGIN_ENTRY);
     if (!get || !get() || !get()->comm) {
         fprintf(stderr, "tcp harness: %s has no communicator descriptor\n", path);
         return -1;
@@ -86,7 +85,8 @@ tp_status th_open(th_rank *r, int requested, tp_mem_kind mem)
 {
     tp_engine_args args = {sizeof args, requested, NULL, NULL};
     tp_engine_info info = {sizeof info, 0, 0, 0};
-    tp_rank_env env = {.struct_size = sizeof env, .mem_kind = mem, .device_index = mem == TP_MEM_HOST ? -1 : 0};
+    tp_rank_env env = {
+        .struct_size = sizeof env, .mem_kind = mem, .device_index = mem == TP_MEM_HOST ? -1 : 0};
     memset(r, 0, sizeof *r);
     tp_status st = th_ops->init(&th_host, &args, &r->engine, &info);
     if (st != TP_OK)

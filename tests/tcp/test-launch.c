@@ -87,7 +87,7 @@ static void run(char *const argv[], double guard_s, run_out *o)
     o->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
-#define HAS(s, needle)                                                                     \
+#define HAS(s, needle)                                                                             \
     ck_assert_msg(strstr((s), (needle)) != NULL, "no \"%s\" in:\n%s", (needle), (s))
 
 START_TEST(test_help)
@@ -111,7 +111,13 @@ END_TEST
 START_TEST(test_env_and_prefix)
 {
     run_out o;
-    char *argv[] = {(char *)launch_path, "-n", "3", "--master-port", "29999", "/bin/sh", "-c",
+    char *argv[] = {(char *)launch_path,
+                    "-n",
+                    "3",
+                    "--master-port",
+                    "29999",
+                    "/bin/sh",
+                    "-c",
                     "echo env $TP_RANK $TP_WORLD_SIZE $TP_BACKEND $TP_MASTER_ADDR $TP_MASTER_PORT; "
                     "echo err >&2; printf partial",
                     NULL};
@@ -125,7 +131,7 @@ START_TEST(test_env_and_prefix)
     HAS(o.err, "[rank 1] err\n");
     /* TP_BACKEND already set: kept */
     setenv("TP_BACKEND", "mine", 1);
-    char *argv2[] = {(char *)launch_path, "-n", "1", "--no-prefix", "/bin/sh", "-c",
+    char *argv2[] = {(char *)launch_path,         "-n", "1", "--no-prefix", "/bin/sh", "-c",
                      "echo $TP_BACKEND $TP_RANK", NULL};
     run(argv2, 60, &o);
     unsetenv("TP_BACKEND");
@@ -139,16 +145,28 @@ END_TEST
 START_TEST(test_failure_stops_others)
 {
     run_out o;
-    char *argv[] = {(char *)launch_path, "-n", "2", "--grace", "0.2", "/bin/sh", "-c",
-                    "if [ $TP_RANK = 1 ]; then exit 5; fi; exec sleep 600", NULL};
+    char *argv[] = {(char *)launch_path,
+                    "-n",
+                    "2",
+                    "--grace",
+                    "0.2",
+                    "/bin/sh",
+                    "-c",
+                    "if [ $TP_RANK = 1 ]; then exit 5; fi; exec sleep 600",
+                    NULL};
     run(argv, 120, &o);
     ck_assert_msg(o.status == 5, "status %d, stderr:\n%s", o.status, o.err);
     HAS(o.err, "tp-launch: rank 1 (pid");
     HAS(o.err, "exited with status 5; stopping the other 1 rank(s)");
     HAS(o.err, "tp-launch: failed: rank 1 exited with status 5");
     HAS(o.err, "rank 0 was killed by signal 15");
-    char *sig[] = {(char *)launch_path, "-n", "2", "/bin/sh", "-c",
-                   "if [ $TP_RANK = 0 ]; then kill -SEGV $$; fi; exit 0", NULL};
+    char *sig[] = {(char *)launch_path,
+                   "-n",
+                   "2",
+                   "/bin/sh",
+                   "-c",
+                   "if [ $TP_RANK = 0 ]; then kill -SEGV $$; fi; exit 0",
+                   NULL};
     run(sig, 120, &o);
     ck_assert_msg(o.status == 128 + SIGSEGV, "status %d, stderr:\n%s", o.status, o.err);
     HAS(o.err, "failed: rank 0 was killed by signal 11");
@@ -218,8 +236,8 @@ END_TEST
 START_TEST(test_tcp_rank_dies)
 {
     run_out o;
-    char *argv[] = {(char *)launch_path, "-n", "3", "--grace", "60", (char *)rank_path, "die",
-                    "1", NULL};
+    char *argv[] = {(char *)launch_path, "-n",  "3", "--grace", "60",
+                    (char *)rank_path,   "die", "1", NULL};
     setenv("TP_TIMEOUT_S", "30", 1);
     run(argv, 240, &o);
     /* Which failure tp-launch sees first is a race (rank 0 may notice the

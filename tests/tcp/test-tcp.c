@@ -56,8 +56,8 @@ static tp_status sc_check(int rank, int size, void *arg)
         return st;
     if (r.rank != rank || r.size != size) {
         th_close(&r);
-        return th_host.set_error(TP_ERR_INTERNAL, "world: rank %d of %d, expected %d of %d",
-                                 r.rank, r.size, rank, size);
+        return th_host.set_error(TP_ERR_INTERNAL, "world: rank %d of %d, expected %d of %d", r.rank,
+                                 r.size, rank, size);
     }
     st = tcp_check_all(r.world, rank, size, *(int *)arg);
     th_close(&r);
@@ -71,8 +71,8 @@ static void run_checks(int size, const char *const *env, int big)
     th_result res[TH_MAX_RANKS];
     th_run(size, NULL, size, env, GUARD_S, sc_check, &big, res);
     for (int i = 0; i < size; i++) {
-        ck_assert_msg(res[i].exited && res[i].code == 0, "world %d rank %d: exit %d%s %s", size,
-                      i, res[i].code, res[i].exited ? "" : " (signal/hang)", res[i].msg);
+        ck_assert_msg(res[i].exited && res[i].code == 0, "world %d rank %d: exit %d%s %s", size, i,
+                      res[i].code, res[i].exited ? "" : " (signal/hang)", res[i].msg);
         ck_assert_msg(res[i].status == TP_OK, "world %d rank %d: status %d: %s", size, i,
                       res[i].status, res[i].msg);
     }
@@ -248,8 +248,8 @@ START_TEST(test_peer_stuck_times_out)
     ck_assert_msg(res[0].status == TP_ERR_TIMEOUT, "status %d: %s", res[0].status, res[0].msg);
     expect_msg(&res[0], "rank 2 at 127.0.0.1:");
     expect_msg(&res[0], "sent nothing for 2 s (TP_TIMEOUT_S)");
-    ck_assert_msg(res[1].status == TP_ERR_PEER || res[1].status == TP_ERR_TIMEOUT,
-                  "status %d: %s", res[1].status, res[1].msg);
+    ck_assert_msg(res[1].status == TP_ERR_PEER || res[1].status == TP_ERR_TIMEOUT, "status %d: %s",
+                  res[1].status, res[1].msg);
 }
 END_TEST
 
@@ -287,8 +287,8 @@ START_TEST(test_rank_never_comes)
     ck_assert_msg(res[0].status == TP_ERR_TIMEOUT, "status %d: %s", res[0].status, res[0].msg);
     /* "rank(s) 2", or "rank(s) 1, 2" on a machine so loaded that rank 1 was late too */
     expect_msg(&res[0], "2 to register");
-    ck_assert_msg(res[1].status == TP_ERR_TIMEOUT || res[1].status == TP_ERR_PEER,
-                  "status %d: %s", res[1].status, res[1].msg);
+    ck_assert_msg(res[1].status == TP_ERR_TIMEOUT || res[1].status == TP_ERR_PEER, "status %d: %s",
+                  res[1].status, res[1].msg);
 }
 END_TEST
 
@@ -469,8 +469,7 @@ START_TEST(test_world_size_mismatch)
     th_result res[2];
     th_run(2, NULL, 2, env, GUARD_S, sc_world_mismatch, NULL, res);
     expect_no_hang(res, 2);
-    ck_assert_msg(res[0].status == TP_ERR_INVALID_ARG, "status %d: %s", res[0].status,
-                  res[0].msg);
+    ck_assert_msg(res[0].status == TP_ERR_INVALID_ARG, "status %d: %s", res[0].status, res[0].msg);
     expect_msg(&res[0], "TP_WORLD_SIZE=3 but rank 0 has TP_WORLD_SIZE=2");
     ck_assert_msg(res[1].status == TP_ERR_PEER, "status %d: %s", res[1].status, res[1].msg);
     expect_msg(&res[1], "refused rank 1");
@@ -491,8 +490,7 @@ START_TEST(test_requested_world_mismatch)
 {
     th_result res[1];
     th_run(2, NULL, 1, NULL, GUARD_S, sc_requested, NULL, res);
-    ck_assert_msg(res[0].status == TP_ERR_INVALID_ARG, "status %d: %s", res[0].status,
-                  res[0].msg);
+    ck_assert_msg(res[0].status == TP_ERR_INVALID_ARG, "status %d: %s", res[0].status, res[0].msg);
     expect_msg(&res[0], "4 ranks requested");
     expect_msg(&res[0], "TP_WORLD_SIZE=2");
 }
@@ -545,8 +543,8 @@ START_TEST(test_mismatched_collectives)
     for (int i = 0; i < 2; i++)
         ck_assert_msg(res[i].status == TP_ERR_PEER, "rank %d: status %d: %s", i, res[i].status,
                       res[i].msg);
-    const char *needle = mode == 0 ? "the ranks called different collectives"
-                                   : "the ranks passed different counts";
+    const char *needle =
+        mode == 0 ? "the ranks called different collectives" : "the ranks passed different counts";
     /* Rank 1 receives rank 0's first message and sees the mismatch; it tells
      * rank 0 why it gives up before it closes, and rank 0 passes that on. */
     expect_msg(&res[1], needle);

@@ -133,9 +133,11 @@ static tp_status rank_main(tp_comm *world, void *arg)
         bad |= check_members(tp, members, a->tp);
         bad |= check_members(dp, dp_members, nd);
         if (bad)
-            fprintf(stderr, "rank %d: wrong layout for TP_FAKE_NODES=%s tp=%d span=%d: node %d "
-                    "tp_group %d tp_rank %d dp_rank %d\n", me, a->fake ? a->fake : "(host)",
-                    a->tp, a->allow_span, L.node, L.tp_group, L.tp_rank, L.dp_rank);
+            fprintf(stderr,
+                    "rank %d: wrong layout for TP_FAKE_NODES=%s tp=%d span=%d: node %d "
+                    "tp_group %d tp_rank %d dp_rank %d\n",
+                    me, a->fake ? a->fake : "(host)", a->tp, a->allow_span, L.node, L.tp_group,
+                    L.tp_rank, L.dp_rank);
     }
     tp_comm_free(tp);
     tp_comm_free(dp);

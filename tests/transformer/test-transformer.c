@@ -60,7 +60,8 @@ static void check_close(tpt_rank *k, int line, const char *what, const float *go
 }
 
 #define CHECK_CLOSE(k, what, got, ref, n) check_close((k), __LINE__, (what), (got), (ref), (n), 1.0)
-#define CHECK_CLOSE2(k, what, got, ref, n, f) check_close((k), __LINE__, (what), (got), (ref), (n), (f))
+#define CHECK_CLOSE2(k, what, got, ref, n, f)                                                      \
+    check_close((k), __LINE__, (what), (got), (ref), (n), (f))
 
 /* Expected collective calls per phase: want[phase][op]; everything else 0. */
 static void check_counts(tpt_rank *k, int line, const char *what, const int want[2][TP_OP_COUNT])
@@ -116,14 +117,14 @@ typedef struct attn_case {
 } attn_case;
 
 static const attn_case ATTN_CASES[] = {
-    {16, 4, 0, 0, 2, 5, true, true},    /* multi-head */
-    {13, 4, 2, 3, 1, 7, false, false},  /* odd hidden with head_dim given, GQA */
-    {16, 8, 1, 2, 2, 3, true, true},    /* multi-query: kv 1 */
-    {16, 8, 2, 2, 1, 5, true, true},    /* GQA kv 2 */
-    {16, 8, 4, 3, 3, 3, false, true},   /* GQA kv 4 */
-    {12, 6, 2, 0, 3, 3, true, true},    /* T=3: KV heads partly shared */
-    {17, 4, 4, 5, 1, 3, true, false},   /* odd hidden, tokens 3 < T=4: an empty shard */
-    {8, 12, 4, 2, 1, 1, true, true},    /* single token */
+    {16, 4, 0, 0, 2, 5, true, true},   /* multi-head */
+    {13, 4, 2, 3, 1, 7, false, false}, /* odd hidden with head_dim given, GQA */
+    {16, 8, 1, 2, 2, 3, true, true},   /* multi-query: kv 1 */
+    {16, 8, 2, 2, 1, 5, true, true},   /* GQA kv 2 */
+    {16, 8, 4, 3, 3, 3, false, true},  /* GQA kv 4 */
+    {12, 6, 2, 0, 3, 3, true, true},   /* T=3: KV heads partly shared */
+    {17, 4, 4, 5, 1, 3, true, false},  /* odd hidden, tokens 3 < T=4: an empty shard */
+    {8, 12, 4, 2, 1, 1, true, true},   /* single token */
 };
 #define N_ATTN_CASES (sizeof ATTN_CASES / sizeof ATTN_CASES[0])
 
@@ -156,9 +157,16 @@ static void run_attn_case(tpt_rank *k, const attn_case *c, bool sp)
 {
     int64_t H = c->H, KV = c->KV ? c->KV : H, hd = c->hd ? c->hd : c->hid / H, hid = c->hid;
     int64_t N = c->b * c->s;
-    tp_attention_config cfg = {.hidden = hid, .heads = H, .kv_heads = c->KV, .head_dim = c->hd,
-                               .bias = c->bias, .causal = c->causal, .sequence_parallel = sp,
-                               .seed = 11, .tensor_id = 100, .name = "attn"};
+    tp_attention_config cfg = {.hidden = hid,
+                               .heads = H,
+                               .kv_heads = c->KV,
+                               .head_dim = c->hd,
+                               .bias = c->bias,
+                               .causal = c->causal,
+                               .sequence_parallel = sp,
+                               .seed = 11,
+                               .tensor_id = 100,
+                               .name = "attn"};
     tp_attention *a = NULL;
     tp_status st = tp_attention_create(k->g, &cfg, &a);
     if (H % k->T != 0) {
@@ -192,8 +200,16 @@ static void run_attn_case(tpt_rank *k, const attn_case *c, bool sp)
     double *xd = tpt_to_d(x, N * hid), *dyd = tpt_to_d(dy, N * hid);
     double *wq = tpt_to_d(f.wqkv, hid * f.fw), *bq = tpt_to_d(f.bqkv, f.fw),
            *wo = tpt_to_d(f.wo, f.ow * hid), *bo = tpt_to_d(f.bo, hid);
-    ref_attn R = {.b = c->b, .s = c->s, .hid = hid, .H = H, .KV = KV, .hd = hd,
-                  .causal = c->causal, .wqkv = wq, .bqkv = c->bias ? bq : NULL, .wo = wo,
+    ref_attn R = {.b = c->b,
+                  .s = c->s,
+                  .hid = hid,
+                  .H = H,
+                  .KV = KV,
+                  .hd = hd,
+                  .causal = c->causal,
+                  .wqkv = wq,
+                  .bqkv = c->bias ? bq : NULL,
+                  .wo = wo,
                   .bo = c->bias ? bo : NULL};
     double *yr = rzalloc(N * hid), *dxr = rzalloc(N * hid), *dwq = rzalloc(hid * f.fw),
            *dbq = rzalloc(f.fw), *dwo = rzalloc(f.ow * hid), *dbo = rzalloc(hid);
@@ -234,7 +250,8 @@ static void run_attn_case(tpt_rank *k, const attn_case *c, bool sp)
                "forward %s bytes %llu, expected tokens*hidden*4 = %llu", tp_op_name(fop),
                (unsigned long long)sts.comm[TP_PHASE_FORWARD][fop].bytes, (unsigned long long)act);
         if (!sp)
-            EXPECT(k, sts.comm[TP_PHASE_BACKWARD][fop].bytes == act + (uint64_t)extra * sizeof(float),
+            EXPECT(k,
+                   sts.comm[TP_PHASE_BACKWARD][fop].bytes == act + (uint64_t)extra * sizeof(float),
                    "backward all_reduce bytes %llu, expected %llu + shared KV grads %lld floats",
                    (unsigned long long)sts.comm[TP_PHASE_BACKWARD][fop].bytes,
                    (unsigned long long)act, (long long)extra);
@@ -274,8 +291,8 @@ static void run_attn_case(tpt_rank *k, const attn_case *c, bool sp)
         float *lb = c->bias ? tpt_download(k, pp.qkv_bias_grad) : NULL;
         for (int64_t col = hl * hd; col < W; col++) {
             int64_t head = col / hd - hl, e = col % hd;
-            int64_t fc = head < kvl ? (H + kvlo + head) * hd + e
-                                    : (H + KV + kvlo + head - kvl) * hd + e;
+            int64_t fc =
+                head < kvl ? (H + kvlo + head) * hd + e : (H + KV + kvlo + head - kvl) * hd + e;
             bool same = true;
             for (int64_t r = 0; r < hid; r++)
                 same = same && lw[r * W + col] == gf.wqkv[r * f.fw + fc];
@@ -361,8 +378,14 @@ static void body_gqa(tpt_rank *k)
     for (int i = 0; i < 3; i++) {
         int64_t KV = kvs[i], g = 8 / KV;
         attn_case c = {16, 8, KV, 2, 2, 3, true, true};
-        tp_attention_config cfg = {.hidden = 16, .heads = 8, .kv_heads = KV, .head_dim = 2,
-                                   .bias = true, .causal = true, .seed = 11, .tensor_id = 100};
+        tp_attention_config cfg = {.hidden = 16,
+                                   .heads = 8,
+                                   .kv_heads = KV,
+                                   .head_dim = 2,
+                                   .bias = true,
+                                   .causal = true,
+                                   .seed = 11,
+                                   .tensor_id = 100};
         tp_attention *a = NULL;
         EXPECT_OK(k, tp_attention_create(k->g, &cfg, &a));
         if (!a)
@@ -407,8 +430,14 @@ static void body_attention_user(tpt_rank *k)
         tp_master_fill(5, id + 2, hid, 0, fo, 0, hid, bo, wo);
         tp_master_fill(5, id + 3, hid, 0, 1, 0, hid, bo, bov);
         tpt_fill(x, N * hid, 77);
-        tp_attention_config c = {.hidden = hid, .heads = H, .kv_heads = KV, .head_dim = hd,
-                                 .bias = true, .causal = true, .seed = 5, .tensor_id = id};
+        tp_attention_config c = {.hidden = hid,
+                                 .heads = H,
+                                 .kv_heads = KV,
+                                 .head_dim = hd,
+                                 .bias = true,
+                                 .causal = true,
+                                 .seed = 5,
+                                 .tensor_id = id};
         tp_attention_config cu = c;
         cu.full_qkv_weight = wq, cu.full_qkv_bias = bqv;
         cu.full_out_weight = wo, cu.full_out_bias = bov;
@@ -453,8 +482,13 @@ static void run_norm_case(tpt_rank *k, bool rms, bool bias, bool sp, int64_t N, 
     tpt_fill(b, d, 24);
     for (int64_t i = 0; i < N * d; i++)
         x[i] = 3.0f * x[i] + 0.5f; /* a mean away from 0 */
-    tp_norm_config cfg = {.dim = d, .rms = rms, .bias = bias, .eps = 1e-5f,
-                          .sequence_parallel = sp, .full_gamma = g, .full_beta = b};
+    tp_norm_config cfg = {.dim = d,
+                          .rms = rms,
+                          .bias = bias,
+                          .eps = 1e-5f,
+                          .sequence_parallel = sp,
+                          .full_gamma = g,
+                          .full_beta = b};
     tp_norm *n = NULL;
     EXPECT_OK(k, tp_norm_create(k->g, &cfg, &n));
     if (!n)
@@ -547,8 +581,8 @@ static const block_case BLOCK_CASES[] = {
 
 /* Everything a block run produces, on the host, full size where sharded. */
 typedef struct block_out {
-    float *y, *dx;           /* this rank's rows */
-    full_attn ga;            /* attention grads */
+    float *y, *dx; /* this rank's rows */
+    full_attn ga;  /* attention grads */
     float *dw1, *db1, *dw2, *db2;
     float *dg1, *dbt1, *dg2, *dbt2;
 } block_out;
@@ -604,8 +638,17 @@ static void block_ref_run(const block_case *c, const double *x, const double *dy
     o->dbt1 = rzalloc(hid);
     o->dg2 = rzalloc(hid);
     o->dbt2 = rzalloc(hid);
-    ref_attn R = {.b = c->b, .s = c->s, .hid = hid, .H = H, .KV = KV, .hd = hd, .causal = 1,
-                  .wqkv = wq, .bqkv = c->bias ? bq : NULL, .wo = wo, .bo = c->bias ? bo : NULL};
+    ref_attn R = {.b = c->b,
+                  .s = c->s,
+                  .hid = hid,
+                  .H = H,
+                  .KV = KV,
+                  .hd = hd,
+                  .causal = 1,
+                  .wqkv = wq,
+                  .bqkv = c->bias ? bq : NULL,
+                  .wo = wo,
+                  .bo = c->bias ? bo : NULL};
     /* forward */
     ref_norm_forward(c->rms, N, hid, eps, x, G1, c->rms ? NULL : BT1, h1);
     ref_attn_forward(&R, h1, r1);
@@ -644,16 +687,16 @@ static void block_ref_run(const block_case *c, const double *x, const double *dy
     for (int64_t i = 0; i < N * hid; i++)
         o->dx[i] += dr1[i];
     ref_attn_free(&R);
-    double *fr[] = {wq, bq, wo, bo, W1, B1, W2, B2, G1, BT1, G2, BT2, h1, r1, h2, u, act, du,
-                    dh2, dr1, dh1};
+    double *fr[] = {wq,  bq, wo, bo, W1, B1,  W2, B2,  G1,  BT1, G2,
+                    BT2, h1, r1, h2, u,  act, du, dh2, dr1, dh1};
     for (size_t i = 0; i < sizeof fr / sizeof *fr; i++)
         free(fr[i]);
 }
 
 static void block_ref_free(block_ref *o)
 {
-    double *fr[] = {o->y, o->dx, o->dwq, o->dbq, o->dwo, o->dbo, o->dw1, o->db1, o->dw2,
-                    o->db2, o->dg1, o->dbt1, o->dg2, o->dbt2};
+    double *fr[] = {o->y,   o->dx,  o->dwq, o->dbq, o->dwo,  o->dbo, o->dw1,
+                    o->db1, o->dw2, o->db2, o->dg1, o->dbt1, o->dg2, o->dbt2};
     for (size_t i = 0; i < sizeof fr / sizeof *fr; i++)
         free(fr[i]);
 }
@@ -692,9 +735,18 @@ static void run_block(tpt_rank *k, const block_case *c, bool sp, int passes, blo
     int64_t H = c->H, KV = c->KV ? c->KV : H, hd = c->hd ? c->hd : c->hid / H, hid = c->hid;
     int64_t N = c->b * c->s, F = c->ffn;
     memset(o, 0, sizeof *o);
-    tp_block_config cfg = {.hidden = hid, .heads = H, .kv_heads = c->KV, .head_dim = c->hd,
-                           .ffn = F, .bias = c->bias, .rms = c->rms, .causal = true,
-                           .sequence_parallel = sp, .seed = 5, .tensor_id = 300, .name = "blk"};
+    tp_block_config cfg = {.hidden = hid,
+                           .heads = H,
+                           .kv_heads = c->KV,
+                           .head_dim = c->hd,
+                           .ffn = F,
+                           .bias = c->bias,
+                           .rms = c->rms,
+                           .causal = true,
+                           .sequence_parallel = sp,
+                           .seed = 5,
+                           .tensor_id = 300,
+                           .name = "blk"};
     tp_block *b = NULL;
     EXPECT_OK(k, tp_block_create(k->g, &cfg, &b));
     if (!b)
@@ -915,7 +967,7 @@ END_TEST
  * which every layer test trusts): L = sum(y * dy), h = 1e-6, so the
  * truncation error h^2 |L'''| / 6 and the rounding error 1e-16 |L| / h are
  * both below 1e-9; we accept 1e-6 relative to max(1, |grad|). */
-#define FD_H 1e-6
+#define FD_H   1e-6
 #define FD_TOL 1e-6
 
 static double dot(const double *a, const double *b, int64_t n)
@@ -953,12 +1005,25 @@ static void body_fd(tpt_rank *k)
            *bq = tpt_to_d(bqf, FW), *wo = tpt_to_d(wof, H * hd * hid), *bo = tpt_to_d(bof, hid);
     double *y = rzalloc(N * hid), *dx = rzalloc(N * hid), *dwq = rzalloc(hid * FW),
            *dbq = rzalloc(FW), *dwo = rzalloc(H * hd * hid), *dbo = rzalloc(hid);
-    ref_attn R = {.b = b, .s = s, .hid = hid, .H = H, .KV = KV, .hd = hd, .causal = 1,
-                  .wqkv = wq, .bqkv = bq, .wo = wo, .bo = bo};
+    ref_attn R = {.b = b,
+                  .s = s,
+                  .hid = hid,
+                  .H = H,
+                  .KV = KV,
+                  .hd = hd,
+                  .causal = 1,
+                  .wqkv = wq,
+                  .bqkv = bq,
+                  .wo = wo,
+                  .bo = bo};
     ref_attn_forward(&R, x, y);
     ref_attn_backward(&R, x, dy, dx, dwq, dbq, dwo, dbo);
-    struct { const char *name; double *p, *g; int64_t n; } ps[] = {
-        {"x", x, dx, N * hid}, {"Wqkv", wq, dwq, hid * FW}, {"bqkv", bq, dbq, FW},
+    struct {
+        const char *name;
+        double *p, *g;
+        int64_t n;
+    } ps[] = {
+        {"x", x, dx, N * hid},         {"Wqkv", wq, dwq, hid * FW}, {"bqkv", bq, dbq, FW},
         {"Wo", wo, dwo, H * hd * hid}, {"bo", bo, dbo, hid},
     };
     for (size_t p = 0; p < sizeof ps / sizeof *ps; p++)
@@ -990,8 +1055,14 @@ static void body_fd(tpt_rank *k)
             dyn[i] = tp_master_uniform(9, 4, (uint64_t)i, 1.0f);
         }
         ref_norm_backward(rms, n, d, 1e-5, xn, g, dyn, dxn, dg, db);
-        struct { const char *name; double *p, *gr; int64_t cnt; } qs[] = {
-            {"x", xn, dxn, n * d}, {"gamma", g, dg, d}, {"beta", be, db, d},
+        struct {
+            const char *name;
+            double *p, *gr;
+            int64_t cnt;
+        } qs[] = {
+            {"x", xn, dxn, n * d},
+            {"gamma", g, dg, d},
+            {"beta", be, db, d},
         };
         for (size_t p = 0; p < 3; p++)
             for (int64_t i = 0; i < qs[p].cnt; i++) {
@@ -1045,8 +1116,14 @@ static void body_block_fd(tpt_rank *k)
     if (c.H % k->T != 0)
         return;
     int64_t N = c.b * c.s, hid = c.hid;
-    tp_block_config cfg = {.hidden = hid, .heads = c.H, .kv_heads = c.KV, .head_dim = c.hd,
-                           .ffn = c.ffn, .bias = true, .causal = true, .seed = 5,
+    tp_block_config cfg = {.hidden = hid,
+                           .heads = c.H,
+                           .kv_heads = c.KV,
+                           .head_dim = c.hd,
+                           .ffn = c.ffn,
+                           .bias = true,
+                           .causal = true,
+                           .seed = 5,
                            .tensor_id = 300};
     tp_block *b = NULL;
     EXPECT_OK(k, tp_block_create(k->g, &cfg, &b));
@@ -1107,7 +1184,8 @@ static void body_errors(tpt_rank *k)
         tp_attention_config c = {.hidden = 4096, .heads = 12, .name = "ex2"};
         st = tp_attention_create(k->g, &c, &a);
         const char *m = tp_last_error();
-        EXPECT(k, st == TP_ERR_SHAPE && !a, "Exercise 2 must be refused, got %s", tp_status_string(st));
+        EXPECT(k, st == TP_ERR_SHAPE && !a, "Exercise 2 must be refused, got %s",
+               tp_status_string(st));
         EXPECT(k, strstr(m, "4096") && strstr(m, "heads=12") && strstr(m, "head_dim"),
                "Exercise 2 message lacks the numbers or the way out: %s", m);
         tp_attention_free(a);

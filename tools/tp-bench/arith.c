@@ -58,15 +58,11 @@ double bench_busbw_factor(int op, int nranks)
         return 0.0;
     double n = nranks;
     switch (op) {
-    case TP_OP_ALL_REDUCE:
-        return 2.0 * (n - 1.0) / n;
-    case TP_OP_ALL_GATHER:
-    case TP_OP_REDUCE_SCATTER:
-        return (n - 1.0) / n;
-    case TP_OP_BROADCAST:
-        return 1.0;
-    default:
-        return 0.0;
+        case TP_OP_ALL_REDUCE: return 2.0 * (n - 1.0) / n;
+        case TP_OP_ALL_GATHER:
+        case TP_OP_REDUCE_SCATTER: return (n - 1.0) / n;
+        case TP_OP_BROADCAST: return 1.0;
+        default: return 0.0;
     }
 }
 
@@ -87,15 +83,11 @@ double bench_model_lat_steps(int op, int p)
     if (p < 2)
         return 0.0;
     switch (op) {
-    case TP_OP_ALL_REDUCE:
-        return 2.0 * (p - 1);
-    case TP_OP_ALL_GATHER:
-    case TP_OP_REDUCE_SCATTER:
-        return (double)(p - 1);
-    case TP_OP_BROADCAST:
-        return ceil(log2((double)p));
-    default:
-        return 0.0;
+        case TP_OP_ALL_REDUCE: return 2.0 * (p - 1);
+        case TP_OP_ALL_GATHER:
+        case TP_OP_REDUCE_SCATTER: return (double)(p - 1);
+        case TP_OP_BROADCAST: return ceil(log2((double)p));
+        default: return 0.0;
     }
 }
 

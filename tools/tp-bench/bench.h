@@ -19,16 +19,20 @@
 
 /* Exit codes: 0 ok, 1 a run failed (or --check found wrong results),
  * 2 bad command line. */
-enum { BENCH_EXIT_OK = 0, BENCH_EXIT_FAIL = 1, BENCH_EXIT_USAGE = 2 };
+enum {
+    BENCH_EXIT_OK = 0,
+    BENCH_EXIT_FAIL = 1,
+    BENCH_EXIT_USAGE = 2
+};
 
 #define BENCH_MAX_LIST 32
-#define BENCH_MAX_TP 64
+#define BENCH_MAX_TP   64
 
 /* ------------------------------------------------------------ arith.c */
 
 /* The four collectives tp-bench sweeps, in tp_op numbering. */
-#define BENCH_OP_MASK_ALL                                                                      \
-    ((1u << TP_OP_ALL_REDUCE) | (1u << TP_OP_ALL_GATHER) | (1u << TP_OP_REDUCE_SCATTER) |   \
+#define BENCH_OP_MASK_ALL                                                                          \
+    ((1u << TP_OP_ALL_REDUCE) | (1u << TP_OP_ALL_GATHER) | (1u << TP_OP_REDUCE_SCATTER) |          \
      (1u << TP_OP_BROADCAST))
 
 /* Format the message into err (when err and len) and return -1: the pure
@@ -91,48 +95,49 @@ typedef struct bench_opts {
     bool help;
 
     /* launch */
-    int tp;                          /* --tp / TP_WORLD_SIZE; 0 = engine decides */
-    int sweep_tp[BENCH_MAX_LIST];    /* --sweep-tp; n_sweep_tp = 0: just tp */
+    int tp;                       /* --tp / TP_WORLD_SIZE; 0 = engine decides */
+    int sweep_tp[BENCH_MAX_LIST]; /* --sweep-tp; n_sweep_tp = 0: just tp */
     int n_sweep_tp;
-    const char *backend, *device;    /* --backend/--device, NULL: environment */
-    int threads;                     /* --threads: BLAS threads per rank, 0 = default */
+    const char *backend, *device; /* --backend/--device, NULL: environment */
+    int threads;                  /* --threads: BLAS threads per rank, 0 = default */
 
     /* sweeps */
-    unsigned op_mask;                /* --op, default all four */
-    bool op_set;                     /* --op given */
-    size_t fit_min;                  /* model --fit-min: smallest size fitted, default 0 */
-    size_t minbytes, maxbytes;       /* -b / -e */
+    unsigned op_mask;          /* --op, default all four */
+    bool op_set;               /* --op given */
+    size_t fit_min;            /* model --fit-min: smallest size fitted, default 0 */
+    size_t minbytes, maxbytes; /* -b / -e */
     bool maxbytes_set;
-    double stepfactor;               /* -f */
-    int iters, warmup;               /* -n / -w; < 0: per-subcommand default */
-    bool check;                      /* -c */
-    bool compare_raw;                /* --compare-raw (MPI hook) */
-    bool no_memcpy;                  /* --no-memcpy */
+    double stepfactor; /* -f */
+    int iters, warmup; /* -n / -w; < 0: per-subcommand default */
+    bool check;        /* -c */
+    bool compare_raw;  /* --compare-raw (MPI hook) */
+    bool no_memcpy;    /* --no-memcpy */
 
     /* gemm */
     int64_t gemm_sizes[BENCH_MAX_LIST];
     int n_gemm_sizes;
-    tp_dtype gemm_dtype;             /* --dtype f32|bf16|f16 (gemm and layer), default f32 */
+    tp_dtype gemm_dtype; /* --dtype f32|bf16|f16 (gemm and layer), default f32 */
 
     /* layer / model */
-    const char *layer;               /* --layer, default "mlp" */
+    const char *layer; /* --layer, default "mlp" */
     int64_t tokens, hidden, ffn;
     bool bias;
-    bool gelu_tanh;                  /* --gelu-tanh: mlp uses the tanh GeLU */
-    bool backward;                   /* --backward: forward + backward per iteration */
+    bool gelu_tanh; /* --gelu-tanh: mlp uses the tanh GeLU */
+    bool backward;  /* --backward: forward + backward per iteration */
     /* attention / block / transformer (xf_table.c); tokens = batch * seq */
-    int64_t heads, kv_heads, head_dim; /* --heads, --kv-heads (0: heads), --head-dim (0: hidden/heads) */
-    int64_t seq, batch;              /* --seq, --batch (0: resolved by bench_xf_resolve) */
-    int64_t layers, vocab;           /* transformer: --layers, --vocab */
-    bool sequence_parallel;          /* --sequence-parallel */
-    bool tokens_set;                 /* --tokens given */
+    int64_t heads, kv_heads,
+        head_dim;           /* --heads, --kv-heads (0: heads), --head-dim (0: hidden/heads) */
+    int64_t seq, batch;     /* --seq, --batch (0: resolved by bench_xf_resolve) */
+    int64_t layers, vocab;  /* transformer: --layers, --vocab */
+    bool sequence_parallel; /* --sequence-parallel */
+    bool tokens_set;        /* --tokens given */
     bench_link links[BENCH_MAX_LIST]; /* --link, added to the presets */
     int n_links;
-    int project_tp[BENCH_MAX_LIST];   /* --project-tp, default 2,4,8 */
+    int project_tp[BENCH_MAX_LIST]; /* --project-tp, default 2,4,8 */
     int n_project_tp;
-    int measure_tp[BENCH_MAX_LIST];   /* --measure-tp, default 2,4 */
+    int measure_tp[BENCH_MAX_LIST]; /* --measure-tp, default 2,4 */
     int n_measure_tp;
-    double gflops;                   /* --gflops: assumed compute rate for projection, 0 = measured */
+    double gflops; /* --gflops: assumed compute rate for projection, 0 = measured */
     const char *from[BENCH_MAX_LIST]; /* --from FILE (model) / positional files (plot) */
     int n_from;
 
@@ -168,7 +173,13 @@ void bench_print_help(FILE *f, bench_cmd cmd);
 
 /* ----------------------------------------------------------- output.c */
 
-typedef enum bench_ftype { BENCH_F_STR, BENCH_F_INT, BENCH_F_DBL, BENCH_F_BOOL, BENCH_F_NULL } bench_ftype;
+typedef enum bench_ftype {
+    BENCH_F_STR,
+    BENCH_F_INT,
+    BENCH_F_DBL,
+    BENCH_F_BOOL,
+    BENCH_F_NULL
+} bench_ftype;
 
 typedef struct bench_field {
     char *key;
@@ -242,9 +253,9 @@ typedef struct bench_sample {
 } bench_sample;
 
 typedef struct bench_fit {
-    double alpha_s; /* per-step latency, seconds */
-    double beta_s;  /* seconds per byte (1/bandwidth) */
-    int n;          /* samples used */
+    double alpha_s;     /* per-step latency, seconds */
+    double beta_s;      /* seconds per byte (1/bandwidth) */
+    int n;              /* samples used */
     bool alpha_clamped; /* the unconstrained fit gave alpha < 0: refit with alpha = 0 */
 } bench_fit;
 
@@ -259,7 +270,8 @@ double bench_model_time(const bench_fit *f, int op, int p, double bytes);
  * Chebyshev) with alpha, beta >= 0, over the samples with p >= 2 and
  * bytes >= min_bytes; *max_err gets that error. alpha_clamped: alpha ended
  * at its bound 0. Returns 0, or -1 with fewer than 2 distinct sizes. */
-int bench_fit_minimax(const bench_sample *s, int n, double min_bytes, bench_fit *out, double *max_err);
+int bench_fit_minimax(const bench_sample *s, int n, double min_bytes, bench_fit *out,
+                      double *max_err);
 
 /* Regimes: on shared memory, messages that fit in the caches move at a
  * different bandwidth from those that go to DRAM, with a transition
@@ -271,7 +283,7 @@ int bench_fit_minimax(const bench_sample *s, int n, double min_bytes, bench_fit 
  * smaller sum of squares); then the fewest regimes whose error is within
  * BENCH_FIT_REGIME_GAIN of the best are kept. */
 #define BENCH_FIT_MAX_REGIMES 3
-#define BENCH_FIT_MIN_SIZES 3
+#define BENCH_FIT_MIN_SIZES   3
 #define BENCH_FIT_REGIME_GAIN 0.01 /* an extra regime must gain > 1 point of error */
 typedef struct bench_fit2 {
     int nseg;
@@ -281,7 +293,8 @@ typedef struct bench_fit2 {
     int n_err;      /* scored samples */
     double sse;     /* sum of squared relative errors over all fitted samples */
 } bench_fit2;
-int bench_fit_piecewise(const bench_sample *s, int n, double min_bytes, double err_min_bytes, bench_fit2 *out);
+int bench_fit_piecewise(const bench_sample *s, int n, double min_bytes, double err_min_bytes,
+                        bench_fit2 *out);
 /* The regime that prices `bytes`: the first whose hi_bytes >= bytes, else
  * the last (a size between two fitted ranges takes the lower one). */
 int bench_fit2_regime(const bench_fit2 *f, double bytes);
@@ -359,18 +372,18 @@ int bench_collectives_run(bench_env *env, const int *tps, int ntp, bench_sink *s
  * are indexed by phase: 0 forward, 1 backward. */
 typedef struct bench_layer_result {
     int T;
-    int nphases;          /* 1, or 2 with --backward */
-    double wall_us;       /* per iteration, max over ranks */
-    double gemm_us[2];    /* mean over ranks */
-    double other_us[2];   /* non-GEMM kernels, mean over ranks */
-    double comm_us[2];    /* collectives, mean over ranks */
+    int nphases;        /* 1, or 2 with --backward */
+    double wall_us;     /* per iteration, max over ranks */
+    double gemm_us[2];  /* mean over ranks */
+    double other_us[2]; /* non-GEMM kernels, mean over ranks */
+    double comm_us[2];  /* collectives, mean over ranks */
     double comm_us_max[2];
     uint64_t calls[TP_PHASE_COUNT][TP_OP_COUNT]; /* per iteration, rank 0 */
-    double comm_bytes[2];    /* payload bytes, rank 0 (tp_stats) */
-    double wire_bytes[2];    /* payload x ring factor = bytes a rank sends */
-    double formula_bytes[2]; /* the seed's formula */
-    double flops;            /* per iteration, all ranks */
-    double cpu_cores;     /* CPU time / wall time of this process while timing (NAN: ranks in
+    double comm_bytes[2];                        /* payload bytes, rank 0 (tp_stats) */
+    double wire_bytes[2];                        /* payload x ring factor = bytes a rank sends */
+    double formula_bytes[2];                     /* the seed's formula */
+    double flops;                                /* per iteration, all ranks */
+    double cpu_cores; /* CPU time / wall time of this process while timing (NAN: ranks in
                              several processes) */
 } bench_layer_result;
 
@@ -382,7 +395,7 @@ double bench_layer_comm_us(const bench_layer_result *R);
 /* Layer registry: one entry per layer family. */
 typedef struct bench_layer_desc bench_layer_desc;
 const bench_layer_desc *bench_layer_find(const char *name);
-const char *bench_layer_names(void); /* "linear-col, linear-row, mlp" */
+const char *bench_layer_names(void);             /* "linear-col, linear-row, mlp" */
 int bench_layer_kind(const bench_layer_desc *d); /* for layer_run.c's runners */
 /* The dimension split over T, and its name, for validation. */
 int64_t bench_layer_split_dim(const bench_layer_desc *d, const bench_opts *o, const char **what);
@@ -413,7 +426,11 @@ tp_status bench_raw_collective(tp_comm *comm, int op, const void *send, void *re
 /* ------------------------------------- xf_table.c, xf_run.c */
 
 /* bench_layer_kind() of the transformer layers (layer_table.c's table). */
-enum { BENCH_LK_ATTENTION = 3, BENCH_LK_BLOCK = 4, BENCH_LK_TRANSFORMER = 5 };
+enum {
+    BENCH_LK_ATTENTION = 3,
+    BENCH_LK_BLOCK = 4,
+    BENCH_LK_TRANSFORMER = 5
+};
 bool bench_layer_is_xf(int kind);
 /* After parsing: tokens = batch * seq from --batch/--seq/--tokens (default
  * 4 x 512 for the transformer layers, which also always run backward).
@@ -422,10 +439,11 @@ bool bench_layer_is_xf(int kind);
 int bench_xf_resolve(int kind, bench_opts *o, char *err, size_t errlen);
 int64_t bench_xf_split_dim(int kind, const bench_opts *o, const char **what);
 double bench_xf_flops(int kind, const bench_opts *o, int phase);
-int bench_xf_expected_comm(int kind, const bench_opts *o, int T, int phase, bench_layer_comm *out, int max);
+int bench_xf_expected_comm(int kind, const bench_opts *o, int T, int phase, bench_layer_comm *out,
+                           int max);
 /* batch, seq, heads, ... for a transformer kind; nothing for the others */
 void bench_xf_rec_fields(bench_record *r, int kind, const bench_opts *o);
-double bench_xf_seed_block_bytes(const bench_opts *o, int T);  /* 8 b s h (T-1)/T x 4 */
+double bench_xf_seed_block_bytes(const bench_opts *o, int T); /* 8 b s h (T-1)/T x 4 */
 
 /* Runners (layer_run.c's layer_inst holds one). */
 typedef struct bench_xf bench_xf;

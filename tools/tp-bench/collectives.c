@@ -80,7 +80,8 @@ static void *mc_main(void *a)
 
 /* Median copy time per size for T concurrent threads (T = 1: the calling
  * thread alone). Returns 0, or -1 when memory or threads ran out. */
-static int memcpy_sweep(int T, const size_t *sizes, int nsizes, int iters, int warmup, double *median_s)
+static int memcpy_sweep(int T, const size_t *sizes, int nsizes, int iters, int warmup,
+                        double *median_s)
 {
     mc_shared sh;
     memset(&sh, 0, sizeof sh);
@@ -187,10 +188,10 @@ static tp_status run_op(tp_comm *comm, int op, const void *send, void *recv, voi
                         size_t per, size_t total)
 {
     switch (op) {
-    case TP_OP_ALL_REDUCE: return tp_all_reduce(comm, send, recv, total, TP_F32, TP_SUM);
-    case TP_OP_ALL_GATHER: return tp_all_gather(comm, send, recv, per, TP_F32);
-    case TP_OP_REDUCE_SCATTER: return tp_reduce_scatter(comm, send, recv, per, TP_F32, TP_SUM);
-    case TP_OP_BROADCAST: return tp_broadcast(comm, buf_bcast, total, TP_F32, 0);
+        case TP_OP_ALL_REDUCE: return tp_all_reduce(comm, send, recv, total, TP_F32, TP_SUM);
+        case TP_OP_ALL_GATHER: return tp_all_gather(comm, send, recv, per, TP_F32);
+        case TP_OP_REDUCE_SCATTER: return tp_reduce_scatter(comm, send, recv, per, TP_F32, TP_SUM);
+        case TP_OP_BROADCAST: return tp_broadcast(comm, buf_bcast, total, TP_F32, 0);
     }
     return tp_set_error(TP_ERR_INTERNAL, "tp-bench: op %d not swept", op);
 }
@@ -200,41 +201,42 @@ static tp_status run_op(tp_comm *comm, int op, const void *send, void *recv, voi
 static void make_reference(int op, int r, int T, size_t per, size_t total, float *in, float *expect)
 {
     switch (op) {
-    case TP_OP_ALL_REDUCE:
-        for (size_t i = 0; i < total; i++) {
-            in[i] = pattern(r, i);
-            if (expect) {
+        case TP_OP_ALL_REDUCE:
+            for (size_t i = 0; i < total; i++) {
+                in[i] = pattern(r, i);
+                if (expect) {
+                    float s = 0;
+                    for (int q = 0; q < T; q++)
+                        s += pattern(q, i);
+                    expect[i] = s;
+                }
+            }
+            break;
+        case TP_OP_ALL_GATHER:
+            for (size_t i = 0; i < per; i++)
+                in[i] = pattern(r, i);
+            for (int q = 0; expect && q < T; q++)
+                for (size_t i = 0; i < per; i++)
+                    expect[(size_t)q * per + i] = pattern(q, i);
+            break;
+        case TP_OP_REDUCE_SCATTER:
+            for (size_t i = 0; i < total; i++)
+                in[i] = pattern(r, i);
+            for (size_t i = 0; expect && i < per; i++) {
                 float s = 0;
                 for (int q = 0; q < T; q++)
-                    s += pattern(q, i);
+                    s += pattern(q, (size_t)r * per + i);
                 expect[i] = s;
             }
-        }
-        break;
-    case TP_OP_ALL_GATHER:
-        for (size_t i = 0; i < per; i++)
-            in[i] = pattern(r, i);
-        for (int q = 0; expect && q < T; q++)
-            for (size_t i = 0; i < per; i++)
-                expect[(size_t)q * per + i] = pattern(q, i);
-        break;
-    case TP_OP_REDUCE_SCATTER:
-        for (size_t i = 0; i < total; i++)
-            in[i] = pattern(r, i);
-        for (size_t i = 0; expect && i < per; i++) {
-            float s = 0;
-            for (int q = 0; q < T; q++)
-                s += pattern(q, (size_t)r * per + i);
-            expect[i] = s;
-        }
-        break;
-    case TP_OP_BROADCAST:
-        for (size_t i = 0; i < total; i++) {
-            in[i] = r == 0 ? pattern(0, i) : 1000.0f + pattern(r, i); /* non-roots start wrong */
-            if (expect)
-                expect[i] = pattern(0, i);
-        }
-        break;
+            break;
+        case TP_OP_BROADCAST:
+            for (size_t i = 0; i < total; i++) {
+                in[i] =
+                    r == 0 ? pattern(0, i) : 1000.0f + pattern(r, i); /* non-roots start wrong */
+                if (expect)
+                    expect[i] = pattern(0, i);
+            }
+            break;
     }
 }
 
@@ -242,7 +244,8 @@ static void make_reference(int op, int r, int T, size_t per, size_t total, float
  * summing to < 64 * 65536 < 2^24. */
 static tp_status sum_count(tp_comm *comm, uint64_t v, uint64_t *out)
 {
-    float parts[3] = {(float)(v & 0xffff), (float)((v >> 16) & 0xffff), (float)((v >> 32) & 0xffff)};
+    float parts[3] = {(float)(v & 0xffff), (float)((v >> 16) & 0xffff),
+                      (float)((v >> 32) & 0xffff)};
     tp_device *dev = tp_comm_device(comm);
     void *d = NULL;
     tp_status st;
@@ -274,11 +277,11 @@ done:
 
 static void print_header(const coll_run *c, int op, int T)
 {
-    printf("#\n# %s, %d rank%s, backend %s, device %s, %d iters (%d warm-up)%s\n", bench_op_name(op), T,
-           T == 1 ? "" : "s", c->env->backend, c->env->device, c->iters, c->warmup,
-           c->o->check ? ", checked" : "");
-    printf("# %12s %12s %5s %6s %10s %10s %10s %11s %11s %8s", "size", "count", "type", "redop", "min(us)",
-           "time(us)", "max(us)", "algbw(GB/s)", "busbw(GB/s)", "#wrong");
+    printf("#\n# %s, %d rank%s, backend %s, device %s, %d iters (%d warm-up)%s\n",
+           bench_op_name(op), T, T == 1 ? "" : "s", c->env->backend, c->env->device, c->iters,
+           c->warmup, c->o->check ? ", checked" : "");
+    printf("# %12s %12s %5s %6s %10s %10s %10s %11s %11s %8s", "size", "count", "type", "redop",
+           "min(us)", "time(us)", "max(us)", "algbw(GB/s)", "busbw(GB/s)", "#wrong");
     if (op == TP_OP_ALL_REDUCE && c->copyT_s)
         printf(" %10s %8s", "copyT(us)", "t/copyT");
     if (c->raw)
@@ -293,8 +296,8 @@ typedef struct coll_rank_ctx {
     tp_comm *comm;
     tp_device *dev;
     int r, T;
-    bool printer; /* records results */
-    bool show;    /* prints the table */
+    bool printer;       /* records results */
+    bool show;          /* prints the table */
     float *us, *raw_us; /* per timed iteration, µs */
     double *dv;         /* seconds, for bench_summarize */
 } coll_rank_ctx;
@@ -309,9 +312,9 @@ typedef struct coll_bufs {
 typedef struct coll_size {
     int op, s; /* s: index into c->sizes */
     size_t per, total, bytes;
-    size_t sn, rn;   /* elements sent, received */
-    void *bbuf;      /* broadcast's buffer (the send buffer), else NULL */
-    bool have_raw;   /* --compare-raw timed the engine's own call */
+    size_t sn, rn;      /* elements sent, received */
+    void *bbuf;         /* broadcast's buffer (the send buffer), else NULL */
+    bool have_raw;      /* --compare-raw timed the engine's own call */
     uint64_t wrong_all; /* wrong elements over all ranks and iterations */
 } coll_size;
 
@@ -586,7 +589,8 @@ static void emit_memcpy(coll_run *c, int T, int threads, const double *med)
         bench_rec_int(rec, "threads", threads);
         bench_rec_int(rec, "bytes", (int64_t)c->sizes[s]);
         bench_rec_dbl(rec, "time_us", med[s] * 1e6);
-        bench_rec_dbl(rec, "gbps", med[s] > 0 ? (double)threads * (double)c->sizes[s] / med[s] / 1e9 : 0.0);
+        bench_rec_dbl(rec, "gbps",
+                      med[s] > 0 ? (double)threads * (double)c->sizes[s] / med[s] / 1e9 : 0.0);
         bench_sink_emit(c->sink, rec);
         bench_rec_free(rec);
     }
@@ -663,8 +667,8 @@ static int check_raw(coll_run *c)
     return BENCH_EXIT_OK;
 }
 
-int bench_collectives_run(bench_env *env, const int *tps, int ntp, bench_sink *sink, GArray *samples,
-                          bool print_table)
+int bench_collectives_run(bench_env *env, const int *tps, int ntp, bench_sink *sink,
+                          GArray *samples, bool print_table)
 {
     const bench_opts *o = env->o;
     coll_run c;
@@ -688,8 +692,8 @@ int bench_collectives_run(bench_env *env, const int *tps, int ntp, bench_sink *s
     if (rc == 0)
         rc = check_raw(&c);
     if (rc == 0 && env->single_process && print_table) {
-        printf("# tp-bench collectives: backend %s, device %s, f32, sizes %zu..%zu x%g\n", env->backend,
-               env->device, o->minbytes, o->maxbytes, o->stepfactor);
+        printf("# tp-bench collectives: backend %s, device %s, f32, sizes %zu..%zu x%g\n",
+               env->backend, env->device, o->minbytes, o->maxbytes, o->stepfactor);
         c.header_done = true;
     }
     bench_progress_start(&c.prog, o->quiet);

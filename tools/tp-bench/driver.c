@@ -63,7 +63,8 @@ static int init_ctx(bench_env *env, int world_size)
     tp_ctx *ctx = NULL;
     tp_status st = tp_init(&cfg, &ctx);
     if (st != TP_OK) {
-        fprintf(stderr, "tp-bench: tp_init failed (%s): %s\n", tp_status_string(st), tp_last_error());
+        fprintf(stderr, "tp-bench: tp_init failed (%s): %s\n", tp_status_string(st),
+                tp_last_error());
         return st == TP_ERR_INVALID_ARG ? BENCH_EXIT_USAGE : BENCH_EXIT_FAIL;
     }
     env->ctx = ctx;
@@ -127,14 +128,18 @@ int bench_run_tps(bench_env *env, const int *tps, int ntp, bench_rank_fn fn, voi
                 if (rc)
                     return rc;
                 if (env->world != T) {
-                    fprintf(stderr, "tp-bench: asked the '%s' backend for %d ranks, it started %d\n",
+                    fprintf(stderr,
+                            "tp-bench: asked the '%s' backend for %d ranks, it started %d\n",
                             env->backend, T, env->world);
                     return BENCH_EXIT_FAIL;
                 }
             }
         } else if (T > env->world) {
-            fprintf(stderr, "tp-bench: T=%d needs %d ranks but the '%s' engine runs %d (e.g. mpirun -n %d); "
-                    "start more ranks or drop T=%d\n", T, T, env->backend, env->world, T, T);
+            fprintf(
+                stderr,
+                "tp-bench: T=%d needs %d ranks but the '%s' engine runs %d (e.g. mpirun -n %d); "
+                "start more ranks or drop T=%d\n",
+                T, T, env->backend, env->world, T, T);
             return BENCH_EXIT_USAGE;
         } else {
             split = T < env->world;

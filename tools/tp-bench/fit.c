@@ -39,7 +39,8 @@ bench_fit bench_link_fit(const bench_link *l)
 
 double bench_model_time(const bench_fit *f, int op, int p, double bytes)
 {
-    return bench_model_lat_steps(op, p) * f->alpha_s + bench_model_bw_factor(op, p) * bytes * f->beta_s;
+    return bench_model_lat_steps(op, p) * f->alpha_s +
+           bench_model_bw_factor(op, p) * bytes * f->beta_s;
 }
 
 int bench_fit_hockney(const bench_sample *s, int n, double min_bytes, bench_fit *out)
@@ -148,7 +149,8 @@ static double best_beta(const rel_pt *q, int m, double al, double *err)
     return elo <= ehi ? lo : hi;
 }
 
-int bench_fit_minimax(const bench_sample *s, int n, double min_bytes, bench_fit *out, double *max_err)
+int bench_fit_minimax(const bench_sample *s, int n, double min_bytes, bench_fit *out,
+                      double *max_err)
 {
     memset(out, 0, sizeof *out);
     *max_err = NAN;
@@ -157,8 +159,8 @@ int bench_fit_minimax(const bench_sample *s, int n, double min_bytes, bench_fit 
     double amax = 0, bmax = 0, n0 = -1;
     bool two_sizes = false;
     for (int i = 0; i < n; i++) {
-        if (s[i].p < 2 || !(s[i].bytes >= min_bytes) || !(s[i].seconds > 0) || !isfinite(s[i].bytes) ||
-            !isfinite(s[i].seconds))
+        if (s[i].p < 2 || !(s[i].bytes >= min_bytes) || !(s[i].seconds > 0) ||
+            !isfinite(s[i].bytes) || !isfinite(s[i].seconds))
             continue;
         double x1 = bench_model_lat_steps(s[i].op, s[i].p);
         double x2 = bench_model_bw_factor(s[i].op, s[i].p) * s[i].bytes;
@@ -262,7 +264,8 @@ static const range_fit *range_get(range_fit *tab, const bench_sample *v, int m, 
     r->emax = -1;
     r->sse = 0;
     for (int k = i; r->ok && k < j; k++) {
-        double x = (bench_model_time(&r->f, v[k].op, v[k].p, v[k].bytes) - v[k].seconds) / v[k].seconds;
+        double x =
+            (bench_model_time(&r->f, v[k].op, v[k].p, v[k].bytes) - v[k].seconds) / v[k].seconds;
         r->sse += x * x;
         if (v[k].bytes >= err_min)
             r->emax = fmax(r->emax, fabs(x));
@@ -277,7 +280,8 @@ typedef struct partition {
     bool ok;
 } partition;
 
-static partition score(range_fit *tab, const bench_sample *v, int m, const int *cut, int k, double err_min)
+static partition score(range_fit *tab, const bench_sample *v, int m, const int *cut, int k,
+                       double err_min)
 {
     partition pt = {.k = k, .emax = 0, .sse = 0, .ok = true};
     memcpy(pt.cut, cut, (size_t)(k + 1) * sizeof *cut);

@@ -22,7 +22,11 @@
 void openblas_set_num_threads(int num_threads);
 
 /* Which library the direct comparison calls. */
-typedef enum direct_kind { DIRECT_NONE, DIRECT_CBLAS, DIRECT_CUBLAS } direct_kind;
+typedef enum direct_kind {
+    DIRECT_NONE,
+    DIRECT_CBLAS,
+    DIRECT_CUBLAS
+} direct_kind;
 
 /* On an asynchronous device one timing is GEMM_TARGET_S worth of
  * back-to-back GEMMs (at most GEMM_MAX_REPS) then one synchronize, so the
@@ -44,17 +48,18 @@ static direct_kind pick_direct(tp_device *dev, tp_dtype dt, const char **why)
 {
     *why = NULL;
     switch (tp_device_mem_kind(dev)) {
-    case TP_MEM_HOST:
-        if (dt == TP_F32)
-            return DIRECT_CBLAS;
-        *why = "cblas_sgemm takes f32 only: no direct comparison for this dtype";
-        return DIRECT_NONE;
-    case TP_MEM_CUDA:
+        case TP_MEM_HOST:
+            if (dt == TP_F32)
+                return DIRECT_CBLAS;
+            *why = "cblas_sgemm takes f32 only: no direct comparison for this dtype";
+            return DIRECT_NONE;
+        case TP_MEM_CUDA:
 #ifdef TP_BENCH_HAVE_CUBLAS
-        return DIRECT_CUBLAS;
+            return DIRECT_CUBLAS;
 #else
-        *why = "tp-bench was built without CUDA (meson found no cuBLAS): no direct cuBLAS comparison";
-        return DIRECT_NONE;
+            *why = "tp-bench was built without CUDA (meson found no cuBLAS): no direct cuBLAS "
+                   "comparison";
+            return DIRECT_NONE;
 #endif
     }
     *why = "device memory is neither host nor CUDA memory: no direct comparison";
@@ -316,9 +321,9 @@ static void report_size(gemm_rank_ctx *x, const gemm_size *s, double maxdiff)
         bench_record *rec = bench_env_rec_new(g->env, "gemm", x->T);
         bench_rec_str(rec, "impl", impl ? "direct" : "vtable");
         bench_rec_str(rec, "library",
-                      !impl                           ? NULL
-                          : x->direct == DIRECT_CBLAS ? "cblas_sgemm"
-                                                      : "cublasGemmEx");
+                      !impl                       ? NULL
+                      : x->direct == DIRECT_CBLAS ? "cblas_sgemm"
+                                                  : "cublasGemmEx");
         bench_rec_str(rec, "dtype", tp_dtype_name(g->dtype));
         bench_rec_int(rec, "m", N);
         bench_rec_int(rec, "n", N);

@@ -45,12 +45,13 @@ tp_status bench_cublas_open(const void *vtable_buf, bench_cublas **out)
     if ((e = cudaPointerGetAttributes(&attr, vtable_buf)) != cudaSuccess)
         return rt_err(e, "cudaPointerGetAttributes on a tp_dev_alloc buffer");
     if (attr.type != cudaMemoryTypeDevice || attr.device != dev)
-        return tp_set_error(TP_ERR_DEVICE,
-                            "tp-bench gemm (direct cuBLAS): the vtable's buffer %p is %s of GPU %d, "
-                            "expected device memory of GPU %d (this thread's current device); is "
-                            "TP_DEVICE a CUDA device that selects its GPU on the rank's thread?",
-                            vtable_buf, attr.type == cudaMemoryTypeDevice ? "device memory" : "not device memory",
-                            attr.device, dev);
+        return tp_set_error(
+            TP_ERR_DEVICE,
+            "tp-bench gemm (direct cuBLAS): the vtable's buffer %p is %s of GPU %d, "
+            "expected device memory of GPU %d (this thread's current device); is "
+            "TP_DEVICE a CUDA device that selects its GPU on the rank's thread?",
+            vtable_buf, attr.type == cudaMemoryTypeDevice ? "device memory" : "not device memory",
+            attr.device, dev);
     if ((e = cudaGetDeviceProperties(&prop, dev)) != cudaSuccess)
         return rt_err(e, "cudaGetDeviceProperties");
 
@@ -70,7 +71,8 @@ tp_status bench_cublas_open(const void *vtable_buf, bench_cublas **out)
                             cublasGetStatusString(bs));
     }
     if ((bs = cublasSetStream(cb->blas, cb->stream)) != CUBLAS_STATUS_SUCCESS ||
-        (bs = cublasSetMathMode(cb->blas, cb->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH)) !=
+        (bs = cublasSetMathMode(cb->blas,
+                                cb->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH)) !=
             CUBLAS_STATUS_SUCCESS) {
         bench_cublas_close(cb);
         return tp_set_error(TP_ERR_DEVICE, "tp-bench gemm (direct cuBLAS): cuBLAS setup failed: %s",
@@ -105,27 +107,32 @@ tp_status bench_cublas_gemm(bench_cublas *cb, tp_dtype dt, int64_t n, const void
     const float alpha = 1.0f, beta = 0.0f;
 
     switch (dt) {
-    case TP_F32:
-        type = CUDA_R_32F;
-        if (cb->tf32)
-            compute = CUBLAS_COMPUTE_32F_FAST_TF32;
-        break;
-    case TP_BF16: type = CUDA_R_16BF; break;
-    case TP_F16: type = CUDA_R_16F; break;
-    default:
-        return tp_set_error(TP_ERR_NOT_SUPPORTED, "tp-bench gemm (direct cuBLAS): dtype %s, expected "
-                            "f32, bf16 or f16", tp_dtype_name(dt));
+        case TP_F32:
+            type = CUDA_R_32F;
+            if (cb->tf32)
+                compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+            break;
+        case TP_BF16: type = CUDA_R_16BF; break;
+        case TP_F16: type = CUDA_R_16F; break;
+        default:
+            return tp_set_error(TP_ERR_NOT_SUPPORTED,
+                                "tp-bench gemm (direct cuBLAS): dtype %s, expected "
+                                "f32, bf16 or f16",
+                                tp_dtype_name(dt));
     }
     if (n < 1 || n > INT32_MAX)
-        return tp_set_error(TP_ERR_INVALID_ARG, "tp-bench gemm (direct cuBLAS): n = %lld, expected 1..%d",
-                            (long long)n, INT32_MAX);
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "tp-bench gemm (direct cuBLAS): n = %lld, expected 1..%d", (long long)n,
+                            INT32_MAX);
     for (int r = 0; r < reps; r++) {
-        cublasStatus_t bs = cublasGemmEx(cb->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)n, (int)n, (int)n, &alpha,
-                                         b, type, (int)n, a, type, (int)n, &beta, c, type, (int)n, compute,
-                                         CUBLAS_GEMM_DEFAULT);
+        cublasStatus_t bs = cublasGemmEx(cb->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)n, (int)n, (int)n,
+                                         &alpha, b, type, (int)n, a, type, (int)n, &beta, c, type,
+                                         (int)n, compute, CUBLAS_GEMM_DEFAULT);
         if (bs != CUBLAS_STATUS_SUCCESS)
-            return tp_set_error(TP_ERR_DEVICE, "tp-bench gemm (direct cuBLAS): cublasGemmEx (%s, n %lld) "
-                                "failed: %s", tp_dtype_name(dt), (long long)n, cublasGetStatusString(bs));
+            return tp_set_error(TP_ERR_DEVICE,
+                                "tp-bench gemm (direct cuBLAS): cublasGemmEx (%s, n %lld) "
+                                "failed: %s",
+                                tp_dtype_name(dt), (long long)n, cublasGetStatusString(bs));
     }
     return TP_OK;
 }

@@ -14,7 +14,11 @@
 #include <unistd.h>
 
 /* Layer families by bench_layer_kind() (see layer_table.c). */
-enum { LK_LINEAR_COL = 0, LK_LINEAR_ROW = 1, LK_MLP = 2 };
+enum {
+    LK_LINEAR_COL = 0,
+    LK_LINEAR_ROW = 1,
+    LK_MLP = 2
+};
 
 /* One live layer on one rank, with its input and output tensors. */
 typedef struct layer_inst {
@@ -126,8 +130,8 @@ static tp_status inst_tensors(layer_inst *li, tp_device *dev, const bench_opts *
     if (o->backward) {
         TP_TRY(tp_tensor_alloc2(dev, dt, sh->rows, sh->x_cols, &li->dx));
         TP_TRY(tp_tensor_alloc2(dev, dt, sh->rows, sh->y_cols, &li->dy));
-        TP_TRY(upload_master(&li->dy, 98, sh->y_cols, sh->rows, 0, sh->y_cols,
-                             "the output gradient"));
+        TP_TRY(
+            upload_master(&li->dy, 98, sh->y_cols, sh->rows, 0, sh->y_cols, "the output gradient"));
     }
     bool row = li->kind == LK_LINEAR_ROW;
     return upload_master(&li->x, 99, row ? o->ffn : sh->x_cols, sh->rows, row ? sh->lo : 0,
@@ -144,11 +148,11 @@ static tp_status inst_create(layer_inst *li, int kind, tp_comm *comm, const benc
     tp_shard_range(o->ffn, tp_comm_size(comm), tp_comm_rank(comm), &sh.lo, &sh.hi);
     tp_status st;
     switch (kind) {
-    case LK_LINEAR_COL:
-    case LK_LINEAR_ROW: TP_TRY_GOTO(create_linear(li, kind, comm, o, &sh), st, fail); break;
-    case LK_MLP: TP_TRY_GOTO(create_mlp(li, comm, o, &sh), st, fail); break;
-    default:
-        return tp_set_error(TP_ERR_INTERNAL, "tp-bench: layer kind %d has no runner", kind);
+        case LK_LINEAR_COL:
+        case LK_LINEAR_ROW: TP_TRY_GOTO(create_linear(li, kind, comm, o, &sh), st, fail); break;
+        case LK_MLP: TP_TRY_GOTO(create_mlp(li, comm, o, &sh), st, fail); break;
+        default:
+            return tp_set_error(TP_ERR_INTERNAL, "tp-bench: layer kind %d has no runner", kind);
     }
     TP_TRY_GOTO(inst_tensors(li, tp_comm_device(comm), o, &sh), st, fail);
     return TP_OK;
@@ -162,10 +166,12 @@ static tp_status inst_step(layer_inst *li)
 {
     if (li->xf)
         return bench_xf_step(li->xf);
-    tp_status st = li->mlp ? tp_mlp_forward(li->mlp, &li->x, &li->y) : tp_linear_forward(li->lin, &li->x, &li->y);
+    tp_status st = li->mlp ? tp_mlp_forward(li->mlp, &li->x, &li->y)
+                           : tp_linear_forward(li->lin, &li->x, &li->y);
     if (st != TP_OK || !li->dy.data)
         return st;
-    return li->mlp ? tp_mlp_backward(li->mlp, &li->dy, &li->dx) : tp_linear_backward(li->lin, &li->dy, &li->dx);
+    return li->mlp ? tp_mlp_backward(li->mlp, &li->dy, &li->dx)
+                   : tp_linear_backward(li->lin, &li->dy, &li->dx);
 }
 
 /* ------------------------------------------------------------ runner */
@@ -176,13 +182,20 @@ static double process_cpu_s(void)
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) != 0)
         return NAN;
-    return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_sec +
-           1e-6 * (double)ru.ru_stime.tv_usec;
+    return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec +
+           (double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec;
 }
 
 /* Per-rank values, µs per iteration: wall, then GEMM/other/comm of each
  * phase (index V_GEMM + V_PHASE * phase). */
-enum { V_WALL, V_GEMM, V_OTHER, V_COMM, V_PHASE = 3, V_COUNT = 1 + 2 * V_PHASE };
+enum {
+    V_WALL,
+    V_GEMM,
+    V_OTHER,
+    V_COMM,
+    V_PHASE = 3,
+    V_COUNT = 1 + 2 * V_PHASE
+};
 static const tp_phase phase_of[2] = {TP_PHASE_FORWARD, TP_PHASE_BACKWARD};
 
 /* Every rank's V_COUNT values to every rank (works across processes). */
@@ -208,8 +221,8 @@ typedef struct layer_run {
     const bench_opts *o;
     const bench_layer_desc *d;
     int iters, warmup;
-    bench_layer_result *res;   /* filled by the printing rank */
-    float *per_rank;           /* [T][V_COUNT] of the last T, printing rank */
+    bench_layer_result *res; /* filled by the printing rank */
+    float *per_rank;         /* [T][V_COUNT] of the last T, printing rank */
     bench_progress prog;
 } layer_run;
 
@@ -236,7 +249,8 @@ static tp_status time_layer(layer_run *L, tp_comm *comm, int T, rank_timing *tm)
     tm->t0 = bench_now();
     for (int it = 0; it < L->iters; it++) {
         if (bench_is_printer(comm))
-            bench_progress_update(&L->prog, "%s T=%d iteration %d/%d", L->o->layer, T, it + 1, L->iters);
+            bench_progress_update(&L->prog, "%s T=%d iteration %d/%d", L->o->layer, T, it + 1,
+                                  L->iters);
         TP_TRY_GOTO(inst_step(&li), st, done);
     }
     TP_TRY_GOTO(tp_dev_synchronize(dev), st, done);
@@ -359,8 +373,9 @@ static const char *const phase_names[2] = {"forward", "backward"};
 
 /* One record per phase: rank >= 0 with that rank's values v, or rank -1
  * (aggregate: mean over ranks, wall = max). */
-static void emit_layer(bench_sink *sink, const bench_env *env, const bench_opts *o, const bench_layer_result *R,
-                       int rank, const float *v, int ph, double speedup, double efficiency)
+static void emit_layer(bench_sink *sink, const bench_env *env, const bench_opts *o,
+                       const bench_layer_result *R, int rank, const float *v, int ph,
+                       double speedup, double efficiency)
 {
     bench_record *rec = bench_env_rec_new(env, "layer", R->T);
     bench_rec_str(rec, "layer", o->layer);
@@ -415,22 +430,24 @@ double bench_layer_comm_us(const bench_layer_result *R)
 }
 
 /* Per-rank rows and the aggregate for each phase, counts, bytes. */
-static void print_result(const bench_opts *o, const bench_layer_result *R, const float *per_rank, double speedup,
-                         double efficiency)
+static void print_result(const bench_opts *o, const bench_layer_result *R, const float *per_rank,
+                         double speedup, double efficiency)
 {
     const char *what = R->nphases > 1 ? "forward + backward" : "forward";
-    printf("#\n# %s %s, T=%d (per iteration; comm %% = comm / (GEMM + other compute + comm))\n", o->layer, what,
-           R->T);
-    printf("# %6s %-8s %11s %11s %11s %11s %11s %7s\n", "rank", "phase", "wall(us)", "gemm(us)", "other(us)",
-           "comm(us)", "compute(us)", "comm%");
+    printf("#\n# %s %s, T=%d (per iteration; comm %% = comm / (GEMM + other compute + comm))\n",
+           o->layer, what, R->T);
+    printf("# %6s %-8s %11s %11s %11s %11s %11s %7s\n", "rank", "phase", "wall(us)", "gemm(us)",
+           "other(us)", "comm(us)", "compute(us)", "comm%");
     for (int ph = 0; ph < R->nphases; ph++) {
         for (int q = 0; per_rank && q < R->T; q++) {
             const float *v = &per_rank[q * V_COUNT];
             const float *p = v + V_PHASE * ph;
-            printf("  %6d %-8s %11.1f %11.1f %11.1f %11.1f %11.1f %7.2f\n", q, phase_names[ph], v[V_WALL], p[V_GEMM],
-                   p[V_OTHER], p[V_COMM], p[V_GEMM] + p[V_OTHER], pct(p[V_COMM], p[V_GEMM] + p[V_OTHER] + p[V_COMM]));
+            printf("  %6d %-8s %11.1f %11.1f %11.1f %11.1f %11.1f %7.2f\n", q, phase_names[ph],
+                   v[V_WALL], p[V_GEMM], p[V_OTHER], p[V_COMM], p[V_GEMM] + p[V_OTHER],
+                   pct(p[V_COMM], p[V_GEMM] + p[V_OTHER] + p[V_COMM]));
         }
-        printf("  %6s %-8s %11.1f %11.1f %11.1f %11.1f %11.1f %7.2f   (wall: max over ranks, whole iteration; "
+        printf("  %6s %-8s %11.1f %11.1f %11.1f %11.1f %11.1f %7.2f   (wall: max over ranks, whole "
+               "iteration; "
                "others: mean)\n",
                "all", phase_names[ph], R->wall_us, R->gemm_us[ph], R->other_us[ph], R->comm_us[ph],
                R->gemm_us[ph] + R->other_us[ph],
@@ -441,23 +458,27 @@ static void print_result(const bench_opts *o, const bench_layer_result *R, const
     for (int ph = 0; ph < TP_PHASE_COUNT; ph++)
         for (int op = 0; op < TP_OP_COUNT; op++)
             if (R->calls[ph][op]) {
-                printf(" %s %s x%" G_GUINT64_FORMAT, tp_phase_name((tp_phase)ph), tp_op_name((tp_op)op),
-                       (guint64)R->calls[ph][op]);
+                printf(" %s %s x%" G_GUINT64_FORMAT, tp_phase_name((tp_phase)ph),
+                       tp_op_name((tp_op)op), (guint64)R->calls[ph][op]);
                 any = true;
             }
     printf("%s\n", any ? "" : " none");
     for (int ph = 0; ph < R->nphases; ph++)
-        printf("# %s bytes per rank: payload %.0f, ring traffic %.0f (payload x 2(T-1)/T for all_reduce), seed "
+        printf("# %s bytes per rank: payload %.0f, ring traffic %.0f (payload x 2(T-1)/T for "
+               "all_reduce), seed "
                "formula %.0f (2(T-1)/T x tokens x hidden x %zu bytes per all-reduce): %s\n",
                phase_names[ph], R->comm_bytes[ph], R->wire_bytes[ph], R->formula_bytes[ph],
                tp_dtype_size(o->gemm_dtype),
-               fabs(R->wire_bytes[ph] - R->formula_bytes[ph]) <= 1e-6 * (R->formula_bytes[ph] + 1) ? "match"
-                                                                                                   : "MISMATCH");
+               fabs(R->wire_bytes[ph] - R->formula_bytes[ph]) <= 1e-6 * (R->formula_bytes[ph] + 1)
+                   ? "match"
+                   : "MISMATCH");
     bench_xf_print_result(o, R);
     if (!isnan(speedup))
-        printf("# strong scaling vs T=1 (same run): speedup %.3f, efficiency %.1f%%\n", speedup, 100 * efficiency);
+        printf("# strong scaling vs T=1 (same run): speedup %.3f, efficiency %.1f%%\n", speedup,
+               100 * efficiency);
     if (!isnan(R->cpu_cores))
-        printf("# CPU this process got while timing: %.2f cores (of %ld online): speedup cannot exceed what the "
+        printf("# CPU this process got while timing: %.2f cores (of %ld online): speedup cannot "
+               "exceed what the "
                "machine lets it use\n",
                R->cpu_cores, sysconf(_SC_NPROCESSORS_ONLN));
     fflush(stdout);
@@ -492,12 +513,13 @@ int bench_cmd_layer(const bench_opts *o)
         if (rc || !env.printer)
             continue;
         if (!header) {
-            printf("# tp-bench layer: %s, tokens %" G_GINT64_FORMAT ", hidden %" G_GINT64_FORMAT ", ffn %"
-                   G_GINT64_FORMAT "%s, %s, %s, backend %s, device %s, %d iters (%d warm-up)\n",
-                   o->layer, (gint64)o->tokens, (gint64)o->hidden, (gint64)o->ffn, o->bias ? ", bias" : "",
-                   tp_dtype_name(o->gemm_dtype),
-                   o->backward ? "forward + backward" : "forward",
-                   env.backend, env.device, L.iters, L.warmup);
+            printf("# tp-bench layer: %s, tokens %" G_GINT64_FORMAT ", hidden %" G_GINT64_FORMAT
+                   ", ffn %" G_GINT64_FORMAT
+                   "%s, %s, %s, backend %s, device %s, %d iters (%d warm-up)\n",
+                   o->layer, (gint64)o->tokens, (gint64)o->hidden, (gint64)o->ffn,
+                   o->bias ? ", bias" : "", tp_dtype_name(o->gemm_dtype),
+                   o->backward ? "forward + backward" : "forward", env.backend, env.device, L.iters,
+                   L.warmup);
             bench_xf_print_header(o);
             header = true;
         }
@@ -515,8 +537,8 @@ int bench_cmd_layer(const bench_opts *o)
     if (rc == 0 && env.printer && ntp > 1) {
         printf("#\n# summary: %s %s (wall = max over ranks, per iteration; all phases)\n", o->layer,
                o->backward ? "forward + backward" : "forward");
-        printf("# %4s %11s %11s %11s %11s %7s %8s %6s %10s %6s\n", "T", "wall(us)", "gemm(us)", "other(us)",
-               "comm(us)", "comm%", "speedup", "eff%", "coll/iter", "cores");
+        printf("# %4s %11s %11s %11s %11s %7s %8s %6s %10s %6s\n", "T", "wall(us)", "gemm(us)",
+               "other(us)", "comm(us)", "comm%", "speedup", "eff%", "coll/iter", "cores");
         for (int i = 0; i < ntp; i++) {
             const bench_layer_result *R = &res[i];
             double sp = isnan(wall1) ? NAN : wall1 / R->wall_us;
@@ -528,9 +550,11 @@ int bench_cmd_layer(const bench_opts *o)
                 gemm += R->gemm_us[ph];
                 other += R->other_us[ph];
             }
-            printf("  %4d %11.1f %11.1f %11.1f %11.1f %7.2f %8.3f %6.1f %10" G_GUINT64_FORMAT " %6.2f\n", R->T,
-                   R->wall_us, gemm, other, bench_layer_comm_us(R), pct(bench_layer_comm_us(R), bench_layer_compute_us(R) + bench_layer_comm_us(R)), sp,
-                   100 * sp / R->T, (guint64)calls, R->cpu_cores);
+            printf("  %4d %11.1f %11.1f %11.1f %11.1f %7.2f %8.3f %6.1f %10" G_GUINT64_FORMAT
+                   " %6.2f\n",
+                   R->T, R->wall_us, gemm, other, bench_layer_comm_us(R),
+                   pct(bench_layer_comm_us(R), bench_layer_compute_us(R) + bench_layer_comm_us(R)),
+                   sp, 100 * sp / R->T, (guint64)calls, R->cpu_cores);
         }
         if (isnan(wall1))
             printf("# (no T=1 in --sweep-tp: add 1 for speedup and efficiency)\n");

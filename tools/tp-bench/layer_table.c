@@ -8,9 +8,13 @@
 #include <string.h>
 
 typedef enum layer_kind {
-    LK_LINEAR_COL, LK_LINEAR_ROW, LK_MLP,
+    LK_LINEAR_COL,
+    LK_LINEAR_ROW,
+    LK_MLP,
     /* xf_table.c / xf_run.c */
-    LK_ATTENTION = BENCH_LK_ATTENTION, LK_BLOCK = BENCH_LK_BLOCK, LK_TRANSFORMER = BENCH_LK_TRANSFORMER,
+    LK_ATTENTION = BENCH_LK_ATTENTION,
+    LK_BLOCK = BENCH_LK_BLOCK,
+    LK_TRANSFORMER = BENCH_LK_TRANSFORMER,
 } layer_kind;
 
 struct bench_layer_desc {
@@ -19,12 +23,8 @@ struct bench_layer_desc {
 };
 
 static const bench_layer_desc layer_table[] = {
-    {"linear-col", LK_LINEAR_COL},
-    {"linear-row", LK_LINEAR_ROW},
-    {"mlp", LK_MLP},
-    {"attention", LK_ATTENTION},
-    {"block", LK_BLOCK},
-    {"transformer", LK_TRANSFORMER},
+    {"linear-col", LK_LINEAR_COL}, {"linear-row", LK_LINEAR_ROW}, {"mlp", LK_MLP},
+    {"attention", LK_ATTENTION},   {"block", LK_BLOCK},           {"transformer", LK_TRANSFORMER},
 };
 
 const bench_layer_desc *bench_layer_find(const char *name)
@@ -69,10 +69,10 @@ double bench_layer_flops(const bench_layer_desc *d, const bench_opts *o, int pha
     if (bench_layer_is_xf(d->kind))
         return bench_xf_flops(d->kind, o, phase);
     switch (d->kind) {
-    case LK_LINEAR_COL:
-    case LK_LINEAR_ROW: fwd = 2.0 * t * h * f; break;
-    case LK_MLP: fwd = 4.0 * t * h * f; break;
-    default: break;
+        case LK_LINEAR_COL:
+        case LK_LINEAR_ROW: fwd = 2.0 * t * h * f; break;
+        case LK_MLP: fwd = 4.0 * t * h * f; break;
+        default: break;
     }
     return phase == 0 ? fwd : 2.0 * fwd;
 }
@@ -93,12 +93,13 @@ int bench_layer_expected_comm(const bench_layer_desc *d, const bench_opts *o, in
     /* bytes per element of the layer's dtype (--dtype; this file does not link libtp) */
     double elt = o->gemm_dtype == TP_F32 ? 4.0 : 2.0;
     switch (d->kind) {
-    case LK_LINEAR_COL: reduces = phase == 1; break;
-    case LK_LINEAR_ROW: reduces = phase == 0; break;
-    case LK_MLP: reduces = true; break;
-    default: break;
+        case LK_LINEAR_COL: reduces = phase == 1; break;
+        case LK_LINEAR_ROW: reduces = phase == 0; break;
+        case LK_MLP: reduces = true; break;
+        default: break;
     }
     if (reduces && n < max)
-        out[n++] = (bench_layer_comm){TP_OP_ALL_REDUCE, 1, (double)o->tokens * (double)o->hidden * elt};
+        out[n++] =
+            (bench_layer_comm){TP_OP_ALL_REDUCE, 1, (double)o->tokens * (double)o->hidden * elt};
     return n;
 }

@@ -57,13 +57,14 @@ static void print_fits(GPtrArray *groups, const bench_opts *o, bench_sink *sink)
             nfit += g->fit.seg[r].n;
         if (!g->ok)
             nfit = g->fit.seg[0].n;
-        printf("#\n# alpha-beta fit: backend %s, %s, p=%d: t = %s, minimax relative error, %d sizes "
-               ">= %zu B\n",
-               g->backend, bench_op_name(g->op), g->p,
-               g->op == TP_OP_ALL_REDUCE ? "2(p-1) a + 2(p-1)/p n b"
-               : g->op == TP_OP_BROADCAST ? "ceil(log2 p) a + n b"
-                                          : "(p-1) a + (p-1)/p n b",
-               nfit, o->fit_min);
+        printf(
+            "#\n# alpha-beta fit: backend %s, %s, p=%d: t = %s, minimax relative error, %d sizes "
+            ">= %zu B\n",
+            g->backend, bench_op_name(g->op), g->p,
+            g->op == TP_OP_ALL_REDUCE  ? "2(p-1) a + 2(p-1)/p n b"
+            : g->op == TP_OP_BROADCAST ? "ceil(log2 p) a + n b"
+                                       : "(p-1) a + (p-1)/p n b",
+            nfit, o->fit_min);
         if (!g->ok) {
             printf("#   not fitted: needs p >= 2 and at least 2 distinct sizes\n");
             continue;
@@ -73,13 +74,16 @@ static void print_fits(GPtrArray *groups, const bench_opts *o, bench_sink *sink)
             gbps_r[r] = g->fit.seg[r].beta_s > 0 ? 1.0 / g->fit.seg[r].beta_s / 1e9 : INFINITY;
         double gbps = gbps_r[0];
         if (g->fit.nseg > 1)
-            printf("#   %d regimes (cuts chosen to minimise the largest |err| at sizes >= 64 KiB):\n", g->fit.nseg);
+            printf(
+                "#   %d regimes (cuts chosen to minimise the largest |err| at sizes >= 64 KiB):\n",
+                g->fit.nseg);
         for (int r = 0; r < g->fit.nseg; r++) {
             char lo[32], hi[32];
             printf("#   sizes %s .. %s: a = %.3f us per step, 1/b = %.3f GB/s, %d samples%s\n",
                    bench_format_size((size_t)g->fit.lo_bytes[r], lo, sizeof lo),
-                   bench_format_size((size_t)g->fit.hi_bytes[r], hi, sizeof hi), g->fit.seg[r].alpha_s * 1e6,
-                   gbps_r[r], g->fit.seg[r].n, g->fit.seg[r].alpha_clamped ? " (a at its bound 0)" : "");
+                   bench_format_size((size_t)g->fit.hi_bytes[r], hi, sizeof hi),
+                   g->fit.seg[r].alpha_s * 1e6, gbps_r[r], g->fit.seg[r].n,
+                   g->fit.seg[r].alpha_clamped ? " (a at its bound 0)" : "");
         }
         printf("# %4s %12s %12s %12s %8s\n", "p", "size", "meas(us)", "model(us)", "err%");
         double maxerr = 0;
@@ -89,8 +93,8 @@ static void print_fits(GPtrArray *groups, const bench_opts *o, bench_sink *sink)
                 continue;
             double m = bench_model2_time(&g->fit, g->op, s[i].p, s[i].bytes);
             double err = 100.0 * (m - s[i].seconds) / s[i].seconds;
-            printf("  %4d %12.0f %12.2f %12.2f %8.1f%s\n", s[i].p, s[i].bytes, s[i].seconds * 1e6, m * 1e6, err,
-                   s[i].bytes < (double)o->fit_min ? "  (not fitted)" : "");
+            printf("  %4d %12.0f %12.2f %12.2f %8.1f%s\n", s[i].p, s[i].bytes, s[i].seconds * 1e6,
+                   m * 1e6, err, s[i].bytes < (double)o->fit_min ? "  (not fitted)" : "");
             if (s[i].bytes >= KIB64) {
                 if (fabs(err) > maxerr)
                     maxerr = fabs(err);
@@ -109,7 +113,8 @@ static void print_fits(GPtrArray *groups, const bench_opts *o, bench_sink *sink)
             bench_rec_free(rec);
         }
         if (nerr)
-            printf("#   max |err| for sizes >= 64 KiB: %.1f%% over %d points (target: 20%%)\n", maxerr, nerr);
+            printf("#   max |err| for sizes >= 64 KiB: %.1f%% over %d points (target: 20%%)\n",
+                   maxerr, nerr);
         bench_record *rec = bench_rec_new("model");
         bench_rec_str(rec, "what", "fit");
         bench_rec_str(rec, "backend", g->backend);
@@ -161,8 +166,10 @@ static int read_samples(const bench_opts *o, GPtrArray *groups)
         }
         g_ptr_array_free(recs, TRUE);
         if (!used) {
-            fprintf(stderr, "tp-bench model: '%s' holds no collective records (write one with tp-bench "
-                    "collectives --json FILE)\n", o->from[f]);
+            fprintf(stderr,
+                    "tp-bench model: '%s' holds no collective records (write one with tp-bench "
+                    "collectives --json FILE)\n",
+                    o->from[f]);
             return BENCH_EXIT_USAGE;
         }
     }
@@ -217,7 +224,7 @@ static int measured_tps(const bench_opts *o, int *mt)
 
 typedef struct proj_link {
     char name[80];
-    bench_fit2 fit; /* presets: one regime, their own alpha/beta */
+    bench_fit2 fit;        /* presets: one regime, their own alpha/beta */
     double gbps, alpha_us; /* shown: the regime of the layer's message size */
 } proj_link;
 

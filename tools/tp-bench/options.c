@@ -21,12 +21,48 @@ enum {
 };
 
 enum opt_id {
-    O_HELP, O_TP, O_SWEEP_TP, O_BACKEND, O_DEVICE, O_THREADS, O_JSON, O_CSV, O_QUIET,
-    O_OP, O_MINB, O_MAXB, O_STEP, O_ITERS, O_WARMUP, O_CHECK, O_RAW, O_NO_MEMCPY,
-    O_SIZES, O_LAYER, O_TOKENS, O_HIDDEN, O_FFN, O_NO_BIAS, O_LINK, O_PROJECT_TP,
-    O_MEASURE_TP, O_GFLOPS, O_FROM, O_OUT, O_FIT_MIN, O_BACKWARD,
-    O_HEADS, O_KV_HEADS, O_HEAD_DIM, O_SEQ, O_BATCH, O_LAYERS, O_VOCAB, O_SP,
-    O_DTYPE, O_GELU_TANH,
+    O_HELP,
+    O_TP,
+    O_SWEEP_TP,
+    O_BACKEND,
+    O_DEVICE,
+    O_THREADS,
+    O_JSON,
+    O_CSV,
+    O_QUIET,
+    O_OP,
+    O_MINB,
+    O_MAXB,
+    O_STEP,
+    O_ITERS,
+    O_WARMUP,
+    O_CHECK,
+    O_RAW,
+    O_NO_MEMCPY,
+    O_SIZES,
+    O_LAYER,
+    O_TOKENS,
+    O_HIDDEN,
+    O_FFN,
+    O_NO_BIAS,
+    O_LINK,
+    O_PROJECT_TP,
+    O_MEASURE_TP,
+    O_GFLOPS,
+    O_FROM,
+    O_OUT,
+    O_FIT_MIN,
+    O_BACKWARD,
+    O_HEADS,
+    O_KV_HEADS,
+    O_HEAD_DIM,
+    O_SEQ,
+    O_BATCH,
+    O_LAYERS,
+    O_VOCAB,
+    O_SP,
+    O_DTYPE,
+    O_GELU_TANH,
 };
 
 typedef struct opt_def {
@@ -84,8 +120,9 @@ static const opt_def opt_table[] = {
 };
 
 static const char *const cmd_names[] = {
-    [BENCH_CMD_NONE] = "", [BENCH_CMD_COLLECTIVES] = "collectives", [BENCH_CMD_GEMM] = "gemm",
-    [BENCH_CMD_LAYER] = "layer", [BENCH_CMD_MODEL] = "model", [BENCH_CMD_PLOT] = "plot",
+    [BENCH_CMD_NONE] = "",       [BENCH_CMD_COLLECTIVES] = "collectives",
+    [BENCH_CMD_GEMM] = "gemm",   [BENCH_CMD_LAYER] = "layer",
+    [BENCH_CMD_MODEL] = "model", [BENCH_CMD_PLOT] = "plot",
     [BENCH_CMD_HELP] = "help",
 };
 
@@ -133,11 +170,23 @@ int bench_parse_size(const char *s, size_t *out)
         return -1;
     double mult = 1;
     switch (toupper((unsigned char)*end)) {
-    case 'K': mult = 1024.0; end++; break;
-    case 'M': mult = 1024.0 * 1024; end++; break;
-    case 'G': mult = 1024.0 * 1024 * 1024; end++; break;
-    case 'T': mult = 1024.0 * 1024 * 1024 * 1024; end++; break;
-    default: break;
+        case 'K':
+            mult = 1024.0;
+            end++;
+            break;
+        case 'M':
+            mult = 1024.0 * 1024;
+            end++;
+            break;
+        case 'G':
+            mult = 1024.0 * 1024 * 1024;
+            end++;
+            break;
+        case 'T':
+            mult = 1024.0 * 1024 * 1024 * 1024;
+            end++;
+            break;
+        default: break;
     }
     if (mult > 1 && (*end == 'i' || *end == 'I'))
         end++;
@@ -299,21 +348,21 @@ static int bad_value(const opt_arg *a, const char *want)
 static bool apply_plain(bench_opts *o, int id, const char *val)
 {
     switch (id) {
-    case O_HELP: o->help = true; return true;
-    case O_QUIET: o->quiet = true; return true;
-    case O_BACKEND: o->backend = val; return true;
-    case O_DEVICE: o->device = val; return true;
-    case O_JSON: o->json_path = val; return true;
-    case O_CSV: o->csv_path = val; return true;
-    case O_OUT: o->out_path = val; return true;
-    case O_RAW: o->compare_raw = true; return true;
-    case O_NO_MEMCPY: o->no_memcpy = true; return true;
-    case O_NO_BIAS: o->bias = false; return true;
-    case O_GELU_TANH: o->gelu_tanh = true; return true;
-    case O_BACKWARD: o->backward = true; return true;
-    case O_LAYER: o->layer = val; return true;
-    case O_SP: o->sequence_parallel = true; return true;
-    default: return false;
+        case O_HELP: o->help = true; return true;
+        case O_QUIET: o->quiet = true; return true;
+        case O_BACKEND: o->backend = val; return true;
+        case O_DEVICE: o->device = val; return true;
+        case O_JSON: o->json_path = val; return true;
+        case O_CSV: o->csv_path = val; return true;
+        case O_OUT: o->out_path = val; return true;
+        case O_RAW: o->compare_raw = true; return true;
+        case O_NO_MEMCPY: o->no_memcpy = true; return true;
+        case O_NO_BIAS: o->bias = false; return true;
+        case O_GELU_TANH: o->gelu_tanh = true; return true;
+        case O_BACKWARD: o->backward = true; return true;
+        case O_LAYER: o->layer = val; return true;
+        case O_SP: o->sequence_parallel = true; return true;
+        default: return false;
     }
 }
 
@@ -327,8 +376,14 @@ typedef struct int_opt {
     const char *want;
 } int_opt;
 
-#define INT_OPT(id, field, lo, hi, want) {id, offsetof(bench_opts, field), false, lo, hi, want}
-#define I64_OPT(id, field, lo, hi, want) {id, offsetof(bench_opts, field), true, lo, hi, want}
+#define INT_OPT(id, field, lo, hi, want)                                                           \
+    {                                                                                              \
+        id, offsetof(bench_opts, field), false, lo, hi, want                                       \
+    }
+#define I64_OPT(id, field, lo, hi, want)                                                           \
+    {                                                                                              \
+        id, offsetof(bench_opts, field), true, lo, hi, want                                        \
+    }
 static const int_opt int_opts[] = {
     INT_OPT(O_TP, tp, 1, BENCH_MAX_TP, "a number of ranks 1.." G_STRINGIFY(BENCH_MAX_TP)),
     INT_OPT(O_THREADS, threads, 1, 1024, "BLAS threads per rank >= 1"),
@@ -375,13 +430,14 @@ static int apply_int(bench_opts *o, const int_opt *io, const opt_arg *a)
 static int apply_tp_list(bench_opts *o, int id, const opt_arg *a)
 {
     int *dst = id == O_SWEEP_TP ? o->sweep_tp : id == O_PROJECT_TP ? o->project_tp : o->measure_tp;
-    int *cnt = id == O_SWEEP_TP ? &o->n_sweep_tp : id == O_PROJECT_TP ? &o->n_project_tp
-                                                                      : &o->n_measure_tp;
-    int n = bench_parse_int_list(a->val, id == O_MEASURE_TP ? 0 : 1, BENCH_MAX_TP, dst,
-                                 BENCH_MAX_LIST);
+    int *cnt = id == O_SWEEP_TP     ? &o->n_sweep_tp
+               : id == O_PROJECT_TP ? &o->n_project_tp
+                                    : &o->n_measure_tp;
+    int n =
+        bench_parse_int_list(a->val, id == O_MEASURE_TP ? 0 : 1, BENCH_MAX_TP, dst, BENCH_MAX_LIST);
     if (n < 0)
-        return bad_value(a, "a comma list of rank counts 1.." G_STRINGIFY(BENCH_MAX_TP)
-                            ", e.g. 1,2,4");
+        return bad_value(
+            a, "a comma list of rank counts 1.." G_STRINGIFY(BENCH_MAX_TP) ", e.g. 1,2,4");
     if (id == O_MEASURE_TP && n == 1 && dst[0] == 0)
         n = 0;
     *cnt = n;
@@ -521,27 +577,27 @@ static int apply(bench_opts *o, const opt_def *d, const char *shown, const char 
     if (io)
         return apply_int(o, io, &a);
     switch (d->id) {
-    case O_SWEEP_TP:
-    case O_PROJECT_TP:
-    case O_MEASURE_TP: return apply_tp_list(o, d->id, &a);
-    case O_OP: return apply_ops(o, &a);
-    case O_FIT_MIN:
-    case O_MINB:
-    case O_MAXB: return apply_bytes(o, d->id, &a);
-    case O_SIZES: return apply_gemm_sizes(o, &a);
-    case O_STEP:
-        if (parse_real_above(val, 1.0, &o->stepfactor))
-            return bad_value(&a, "a multiplication factor > 1, e.g. 2");
-        return 0;
-    case O_GFLOPS:
-        if (parse_real_above(val, 0.0, &o->gflops))
-            return bad_value(&a, "a compute rate in GFLOP/s > 0");
-        return 0;
-    case O_CHECK: return apply_check(o, &a);
-    case O_DTYPE: return apply_dtype(o, &a);
-    case O_FROM:
-    case O_LINK: return apply_append(o, d->id, &a);
-    default: break;
+        case O_SWEEP_TP:
+        case O_PROJECT_TP:
+        case O_MEASURE_TP: return apply_tp_list(o, d->id, &a);
+        case O_OP: return apply_ops(o, &a);
+        case O_FIT_MIN:
+        case O_MINB:
+        case O_MAXB: return apply_bytes(o, d->id, &a);
+        case O_SIZES: return apply_gemm_sizes(o, &a);
+        case O_STEP:
+            if (parse_real_above(val, 1.0, &o->stepfactor))
+                return bad_value(&a, "a multiplication factor > 1, e.g. 2");
+            return 0;
+        case O_GFLOPS:
+            if (parse_real_above(val, 0.0, &o->gflops))
+                return bad_value(&a, "a compute rate in GFLOP/s > 0");
+            return 0;
+        case O_CHECK: return apply_check(o, &a);
+        case O_DTYPE: return apply_dtype(o, &a);
+        case O_FROM:
+        case O_LINK: return apply_append(o, d->id, &a);
+        default: break;
     }
     return bench_fail(err, errlen, "%s: internal error: option %s not handled", a.cmd, shown);
 }
@@ -818,7 +874,7 @@ static const char help_layer_tail[] =
     "Shapes: linear-col h->ffn (split ffn), linear-row ffn->h (split ffn, input is the\n"
     "shard), mlp h->ffn->h; attention, block (pre-LN GPT block) and transformer (GPT model,\n"
     "one training step: embedding, blocks, tied output, cross-entropy) h -> h. Defaults: -n 5 -w "
-        "1.\n\n";
+    "1.\n\n";
 
 static const char help_model[] =
     "Usage: tp-bench model [options]\n"
@@ -862,16 +918,16 @@ static const char help_top[] =
 void bench_print_help(FILE *f, bench_cmd cmd)
 {
     switch (cmd) {
-    case BENCH_CMD_COLLECTIVES: fputs(help_collectives, f); break;
-    case BENCH_CMD_GEMM: fputs(help_gemm, f); break;
-    case BENCH_CMD_LAYER:
-        fputs(help_layer_head, f);
-        fputs(bench_layer_names(), f);
-        fputs(help_layer_tail, f);
-        break;
-    case BENCH_CMD_MODEL: fputs(help_model, f); break;
-    case BENCH_CMD_PLOT: fputs(help_plot, f); return;
-    default: fputs(help_top, f); return;
+        case BENCH_CMD_COLLECTIVES: fputs(help_collectives, f); break;
+        case BENCH_CMD_GEMM: fputs(help_gemm, f); break;
+        case BENCH_CMD_LAYER:
+            fputs(help_layer_head, f);
+            fputs(bench_layer_names(), f);
+            fputs(help_layer_tail, f);
+            break;
+        case BENCH_CMD_MODEL: fputs(help_model, f); break;
+        case BENCH_CMD_PLOT: fputs(help_plot, f); return;
+        default: fputs(help_top, f); return;
     }
     fputs(help_common, f);
 }

@@ -121,10 +121,10 @@ double bench_rec_get_num(const bench_record *r, const char *key, double dflt)
     if (!f)
         return dflt;
     switch (f->type) {
-    case BENCH_F_INT: return (double)f->i;
-    case BENCH_F_DBL: return f->d;
-    case BENCH_F_BOOL: return f->b ? 1.0 : 0.0;
-    default: return dflt;
+        case BENCH_F_INT: return (double)f->i;
+        case BENCH_F_DBL: return f->d;
+        case BENCH_F_BOOL: return f->b ? 1.0 : 0.0;
+        default: return dflt;
     }
 }
 
@@ -151,16 +151,16 @@ static void json_string(GString *out, const char *s)
     g_string_append_c(out, '"');
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
         switch (*p) {
-        case '"': g_string_append(out, "\\\""); break;
-        case '\\': g_string_append(out, "\\\\"); break;
-        case '\n': g_string_append(out, "\\n"); break;
-        case '\r': g_string_append(out, "\\r"); break;
-        case '\t': g_string_append(out, "\\t"); break;
-        default:
-            if (*p < 0x20)
-                g_string_append_printf(out, "\\u%04x", *p);
-            else
-                g_string_append_c(out, (char)*p);
+            case '"': g_string_append(out, "\\\""); break;
+            case '\\': g_string_append(out, "\\\\"); break;
+            case '\n': g_string_append(out, "\\n"); break;
+            case '\r': g_string_append(out, "\\r"); break;
+            case '\t': g_string_append(out, "\\t"); break;
+            default:
+                if (*p < 0x20)
+                    g_string_append_printf(out, "\\u%04x", *p);
+                else
+                    g_string_append_c(out, (char)*p);
         }
     }
     g_string_append_c(out, '"');
@@ -184,11 +184,11 @@ void bench_json_line(const bench_record *r, GString *out)
         json_string(out, f->key);
         g_string_append(out, ": ");
         switch (f->type) {
-        case BENCH_F_STR: json_string(out, f->s); break;
-        case BENCH_F_INT: g_string_append_printf(out, "%" G_GINT64_FORMAT, (gint64)f->i); break;
-        case BENCH_F_DBL: append_double(out, f->d); break;
-        case BENCH_F_BOOL: g_string_append(out, f->b ? "true" : "false"); break;
-        case BENCH_F_NULL: g_string_append(out, "null"); break;
+            case BENCH_F_STR: json_string(out, f->s); break;
+            case BENCH_F_INT: g_string_append_printf(out, "%" G_GINT64_FORMAT, (gint64)f->i); break;
+            case BENCH_F_DBL: append_double(out, f->d); break;
+            case BENCH_F_BOOL: g_string_append(out, f->b ? "true" : "false"); break;
+            case BENCH_F_NULL: g_string_append(out, "null"); break;
         }
     }
     g_string_append_c(out, '}');
@@ -225,11 +225,11 @@ void bench_csv_row(const bench_record *r, GString *out)
         if (i)
             g_string_append_c(out, ',');
         switch (f->type) {
-        case BENCH_F_STR: csv_cell(out, f->s); break;
-        case BENCH_F_INT: g_string_append_printf(out, "%" G_GINT64_FORMAT, (gint64)f->i); break;
-        case BENCH_F_DBL: append_double(out, f->d); break;
-        case BENCH_F_BOOL: g_string_append(out, f->b ? "true" : "false"); break;
-        case BENCH_F_NULL: break;
+            case BENCH_F_STR: csv_cell(out, f->s); break;
+            case BENCH_F_INT: g_string_append_printf(out, "%" G_GINT64_FORMAT, (gint64)f->i); break;
+            case BENCH_F_DBL: append_double(out, f->d); break;
+            case BENCH_F_BOOL: g_string_append(out, f->b ? "true" : "false"); break;
+            case BENCH_F_NULL: break;
         }
     }
 }
@@ -310,27 +310,27 @@ static int parse_string(parser *ps, GString *out)
         }
         c = *ps->p++;
         switch (c) {
-        case '"': g_string_append_c(out, '"'); break;
-        case '\\': g_string_append_c(out, '\\'); break;
-        case '/': g_string_append_c(out, '/'); break;
-        case 'b': g_string_append_c(out, '\b'); break;
-        case 'f': g_string_append_c(out, '\f'); break;
-        case 'n': g_string_append_c(out, '\n'); break;
-        case 'r': g_string_append_c(out, '\r'); break;
-        case 't': g_string_append_c(out, '\t'); break;
-        case 'u': {
-            int v = 0;
-            for (int k = 0; k < 4; k++) {
-                int h = hexval(ps->p[k]);
-                if (h < 0)
-                    return perr(ps, "bad \\u escape");
-                v = v * 16 + h;
+            case '"': g_string_append_c(out, '"'); break;
+            case '\\': g_string_append_c(out, '\\'); break;
+            case '/': g_string_append_c(out, '/'); break;
+            case 'b': g_string_append_c(out, '\b'); break;
+            case 'f': g_string_append_c(out, '\f'); break;
+            case 'n': g_string_append_c(out, '\n'); break;
+            case 'r': g_string_append_c(out, '\r'); break;
+            case 't': g_string_append_c(out, '\t'); break;
+            case 'u': {
+                int v = 0;
+                for (int k = 0; k < 4; k++) {
+                    int h = hexval(ps->p[k]);
+                    if (h < 0)
+                        return perr(ps, "bad \\u escape");
+                    v = v * 16 + h;
+                }
+                ps->p += 4;
+                g_string_append_unichar(out, (gunichar)v);
+                break;
             }
-            ps->p += 4;
-            g_string_append_unichar(out, (gunichar)v);
-            break;
-        }
-        default: return perr(ps, "bad escape '\\%c'", c ? c : '0');
+            default: return perr(ps, "bad escape '\\%c'", c ? c : '0');
         }
     }
     if (*ps->p != '"')
@@ -485,7 +485,8 @@ int bench_jsonl_read(const char *path, GPtrArray *arr, char *err, size_t errlen)
         char perr_buf[200];
         bench_record *r = bench_json_parse(line, perr_buf, sizeof perr_buf);
         if (!r) {
-            snprintf(err, errlen, "%s:%d: not a tp-bench JSON-lines record: %s", path, lineno, perr_buf);
+            snprintf(err, errlen, "%s:%d: not a tp-bench JSON-lines record: %s", path, lineno,
+                     perr_buf);
             rc = -1;
             break;
         }
@@ -535,7 +536,8 @@ int bench_sink_close(bench_sink *s)
 {
     int rc = s->failed ? -1 : 0;
     if (s->json && fclose(s->json) != 0 && rc == 0) {
-        snprintf(s->err, sizeof s->err, "writing --json '%s' failed: %s", s->json_path, g_strerror(errno));
+        snprintf(s->err, sizeof s->err, "writing --json '%s' failed: %s", s->json_path,
+                 g_strerror(errno));
         rc = -1;
     }
     s->json = NULL;

@@ -68,7 +68,9 @@ static void gp_data(GString *gp, int idx, const series *s)
     for (guint i = 0; i < n; i++)
         ord[i] = i;
     for (guint i = 1; i < n; i++)
-        for (guint j = i; j > 0 && g_array_index(s->x, double, ord[j - 1]) > g_array_index(s->x, double, ord[j]); j--) {
+        for (guint j = i;
+             j > 0 && g_array_index(s->x, double, ord[j - 1]) > g_array_index(s->x, double, ord[j]);
+             j--) {
             guint t = ord[j];
             ord[j] = ord[j - 1];
             ord[j - 1] = t;
@@ -199,9 +201,11 @@ static GString *gp_script(const bench_opts *o, const plot_series *ps)
     bool have_bw = ps->bw->len > 0, have_pct = ps->pct->len > 0;
     GString *gp = g_string_new(NULL);
     int panels = (int)have_bw + (int)have_pct;
-    g_string_append_printf(gp, "set terminal pngcairo noenhanced size %d,600 font ',10'\nset output ", 900 * panels);
+    g_string_append_printf(
+        gp, "set terminal pngcairo noenhanced size %d,600 font ',10'\nset output ", 900 * panels);
     gp_quote(gp, o->out_path);
-    g_string_append(gp, "\nset grid\nset key outside bottom center horizontal maxrows 4 noenhanced\n");
+    g_string_append(gp,
+                    "\nset grid\nset key outside bottom center horizontal maxrows 4 noenhanced\n");
     if (panels > 1)
         g_string_append(gp, "set multiplot layout 1,2\n");
     int idx = 0;
@@ -264,7 +268,8 @@ static int draw(const GString *gp)
     GError *e = NULL;
     int fd = g_file_open_tmp("tp-bench-XXXXXX.gp", &tmp, &e);
     if (fd < 0) {
-        fprintf(stderr, "tp-bench plot: cannot create a temporary gnuplot script: %s\n", e->message);
+        fprintf(stderr, "tp-bench plot: cannot create a temporary gnuplot script: %s\n",
+                e->message);
         g_error_free(e);
         return BENCH_EXIT_FAIL;
     }

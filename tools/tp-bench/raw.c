@@ -9,13 +9,14 @@
 bool bench_raw_available(const char **why)
 {
     if (why)
-        *why = "this tp-bench was built without MPI (configure with -Dmpi=enabled and run under mpirun "
+        *why = "this tp-bench was built without MPI (configure with -Dmpi=enabled and run under "
+               "mpirun "
                "with TP_BACKEND=mpi)";
     return false;
 }
 
-tp_status bench_raw_collective(tp_comm *comm, int op, const void *send, void *recv, size_t count_per_rank,
-                               size_t total_count)
+tp_status bench_raw_collective(tp_comm *comm, int op, const void *send, void *recv,
+                               size_t count_per_rank, size_t total_count)
 {
     (void)comm;
     (void)op;
@@ -23,5 +24,6 @@ tp_status bench_raw_collective(tp_comm *comm, int op, const void *send, void *re
     (void)recv;
     (void)count_per_rank;
     (void)total_count;
-    return tp_set_error(TP_ERR_NOT_SUPPORTED, "tp-bench: --compare-raw is not available in this build");
+    return tp_set_error(TP_ERR_NOT_SUPPORTED,
+                        "tp-bench: --compare-raw is not available in this build");
 }

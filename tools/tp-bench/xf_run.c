@@ -48,8 +48,9 @@ static tp_status fill(tp_tensor *t, uint64_t id, int64_t lo, int64_t hi, int64_t
     size_t n = (size_t)(hi - lo) * (size_t)cols;
     float *h = malloc((n ? n : 1) * sizeof *h);
     if (!h)
-        return tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory for a %" PRId64 " x %" PRId64 " input",
-                            hi - lo, cols);
+        return tp_set_error(TP_ERR_NO_MEMORY,
+                            "tp-bench: no memory for a %" PRId64 " x %" PRId64 " input", hi - lo,
+                            cols);
     tp_master_fill(1, id, cols, lo, hi, 0, cols, 1.0f, h);
     tp_status st = tp_tensor_upload(t, h);
     free(h);
@@ -93,36 +94,58 @@ tp_status bench_xf_create(int kind, tp_comm *comm, const bench_opts *o, bench_xf
         tp_shard_range(o->tokens, T, r, &lo, &hi);
     tp_status st = TP_OK;
     switch (kind) {
-    case BENCH_LK_ATTENTION: {
-        tp_attention_config c = {.hidden = o->hidden, .heads = o->heads, .kv_heads = o->kv_heads,
-                                 .head_dim = o->head_dim, .bias = o->bias, .causal = true,
-                                 .sequence_parallel = o->sequence_parallel, .seed = 1, .tensor_id = 10,
-                                 .name = "bench.attention"};
-        TP_TRY_GOTO(tp_attention_create(comm, &c, &b->attn), st, done);
-        break;
-    }
-    case BENCH_LK_BLOCK: {
-        tp_block_config c = {.hidden = o->hidden, .heads = o->heads, .kv_heads = o->kv_heads,
-                             .head_dim = o->head_dim, .ffn = o->ffn, .bias = o->bias, .causal = true,
-                             .sequence_parallel = o->sequence_parallel, .seed = 1, .tensor_id = 10,
-                             .name = "bench.block"};
-        TP_TRY_GOTO(tp_block_create(comm, &c, &b->block), st, done);
-        break;
-    }
-    case BENCH_LK_TRANSFORMER: {
-        tp_gpt_config c = {.vocab = o->vocab, .hidden = o->hidden, .heads = o->heads,
-                           .kv_heads = o->kv_heads, .head_dim = o->head_dim, .ffn = o->ffn,
-                           .layers = o->layers, .seq = o->seq, .tied = true,
-                           .sequence_parallel = o->sequence_parallel, .bias = o->bias, .seed = 1};
-        TP_TRY_GOTO(tp_gpt_create(comm, &c, &b->gpt), st, done);
-        TP_TRY_GOTO(tp_tensor_alloc2(dev, TP_I32, o->batch, o->seq, &b->ids), st, done);
-        TP_TRY_GOTO(tp_tensor_alloc2(dev, TP_I32, o->batch, o->seq, &b->targets), st, done);
-        st = fill_ids(b, o->vocab);
-        goto done;
-    }
-    default:
-        st = tp_set_error(TP_ERR_INTERNAL, "tp-bench: layer kind %d is not a transformer layer", kind);
-        goto done;
+        case BENCH_LK_ATTENTION: {
+            tp_attention_config c = {.hidden = o->hidden,
+                                     .heads = o->heads,
+                                     .kv_heads = o->kv_heads,
+                                     .head_dim = o->head_dim,
+                                     .bias = o->bias,
+                                     .causal = true,
+                                     .sequence_parallel = o->sequence_parallel,
+                                     .seed = 1,
+                                     .tensor_id = 10,
+                                     .name = "bench.attention"};
+            TP_TRY_GOTO(tp_attention_create(comm, &c, &b->attn), st, done);
+            break;
+        }
+        case BENCH_LK_BLOCK: {
+            tp_block_config c = {.hidden = o->hidden,
+                                 .heads = o->heads,
+                                 .kv_heads = o->kv_heads,
+                                 .head_dim = o->head_dim,
+                                 .ffn = o->ffn,
+                                 .bias = o->bias,
+                                 .causal = true,
+                                 .sequence_parallel = o->sequence_parallel,
+                                 .seed = 1,
+                                 .tensor_id = 10,
+                                 .name = "bench.block"};
+            TP_TRY_GOTO(tp_block_create(comm, &c, &b->block), st, done);
+            break;
+        }
+        case BENCH_LK_TRANSFORMER: {
+            tp_gpt_config c = {.vocab = o->vocab,
+                               .hidden = o->hidden,
+                               .heads = o->heads,
+                               .kv_heads = o->kv_heads,
+                               .head_dim = o->head_dim,
+                               .ffn = o->ffn,
+                               .layers = o->layers,
+                               .seq = o->seq,
+                               .tied = true,
+                               .sequence_parallel = o->sequence_parallel,
+                               .bias = o->bias,
+                               .seed = 1};
+            TP_TRY_GOTO(tp_gpt_create(comm, &c, &b->gpt), st, done);
+            TP_TRY_GOTO(tp_tensor_alloc2(dev, TP_I32, o->batch, o->seq, &b->ids), st, done);
+            TP_TRY_GOTO(tp_tensor_alloc2(dev, TP_I32, o->batch, o->seq, &b->targets), st, done);
+            st = fill_ids(b, o->vocab);
+            goto done;
+        }
+        default:
+            st = tp_set_error(TP_ERR_INTERNAL, "tp-bench: layer kind %d is not a transformer layer",
+                              kind);
+            goto done;
     }
     /* attention, block: x, dy of this rank's rows; y, dx allocated here */
     TP_TRY_GOTO(tp_tensor_alloc2(dev, TP_F32, hi - lo, o->hidden, &b->x), st, done);
@@ -146,21 +169,22 @@ tp_status bench_xf_step(bench_xf *b)
 {
     bool backward = b->backward;
     switch (b->kind) {
-    case BENCH_LK_ATTENTION:
-        TP_TRY(tp_attention_forward(b->attn, &b->x, b->batch, b->seq, &b->y));
-        return backward ? tp_attention_backward(b->attn, &b->dy, &b->dx) : TP_OK;
-    case BENCH_LK_BLOCK:
-        TP_TRY(tp_block_forward(b->block, &b->x, b->batch, b->seq, &b->y));
-        return backward ? tp_block_backward(b->block, &b->dy, &b->dx) : TP_OK;
-    case BENCH_LK_TRANSFORMER: {
-        float loss = 0;
-        TP_TRY(tp_gpt_forward(b->gpt, &b->ids, &b->targets, &loss));
-        if (!isfinite(loss))
-            return tp_set_error(TP_ERR_INTERNAL, "tp-bench: transformer loss is %g", (double)loss);
-        return backward ? tp_gpt_backward(b->gpt) : TP_OK;
-    }
-    default:
-        return tp_set_error(TP_ERR_INTERNAL, "tp-bench: layer kind %d has no runner", b->kind);
+        case BENCH_LK_ATTENTION:
+            TP_TRY(tp_attention_forward(b->attn, &b->x, b->batch, b->seq, &b->y));
+            return backward ? tp_attention_backward(b->attn, &b->dy, &b->dx) : TP_OK;
+        case BENCH_LK_BLOCK:
+            TP_TRY(tp_block_forward(b->block, &b->x, b->batch, b->seq, &b->y));
+            return backward ? tp_block_backward(b->block, &b->dy, &b->dx) : TP_OK;
+        case BENCH_LK_TRANSFORMER: {
+            float loss = 0;
+            TP_TRY(tp_gpt_forward(b->gpt, &b->ids, &b->targets, &loss));
+            if (!isfinite(loss))
+                return tp_set_error(TP_ERR_INTERNAL, "tp-bench: transformer loss is %g",
+                                    (double)loss);
+            return backward ? tp_gpt_backward(b->gpt) : TP_OK;
+        }
+        default:
+            return tp_set_error(TP_ERR_INTERNAL, "tp-bench: layer kind %d has no runner", b->kind);
     }
 }
 
@@ -170,14 +194,16 @@ void bench_xf_print_header(const bench_opts *o)
     int kind = bench_layer_kind(d);
     if (!bench_layer_is_xf(kind))
         return;
-    printf("# batch %" PRId64 " x seq %" PRId64 ", heads %" PRId64 ", kv_heads %" PRId64 ", head_dim ",
+    printf("# batch %" PRId64 " x seq %" PRId64 ", heads %" PRId64 ", kv_heads %" PRId64
+           ", head_dim ",
            o->batch, o->seq, o->heads, o->kv_heads ? o->kv_heads : o->heads);
     if (o->head_dim)
         printf("%" PRId64, o->head_dim);
     else
         printf("hidden/heads");
     if (kind == BENCH_LK_TRANSFORMER)
-        printf(", layers %" PRId64 ", vocab %" PRId64 " (tied), one training step without the optimizer",
+        printf(", layers %" PRId64 ", vocab %" PRId64
+               " (tied), one training step without the optimizer",
                o->layers, o->vocab);
     printf(", causal, sequence parallel %s\n", o->sequence_parallel ? "on" : "off");
 }
@@ -194,15 +220,20 @@ void bench_xf_print_result(const bench_opts *o, const bench_layer_result *R)
     double pay = R->comm_bytes[0] + R->comm_bytes[1];
     if (kind == BENCH_LK_BLOCK) {
         double seed = bench_xf_seed_block_bytes(o, R->T);
-        printf("# block forward + backward: measured payload %.0f B, ring traffic %.0f B per rank; seed's "
+        printf("# block forward + backward: measured payload %.0f B, ring traffic %.0f B per rank; "
+               "seed's "
                "formula 8 b s h (T-1)/T x 4 = %.0f B%s\n",
                pay, wire, seed,
-               o->sequence_parallel ? " (+ the norms' gradient all-reduce with sequence parallelism)" : "");
+               o->sequence_parallel
+                   ? " (+ the norms' gradient all-reduce with sequence parallelism)"
+                   : "");
     } else if (kind == BENCH_LK_TRANSFORMER) {
         double seed = bench_xf_seed_block_bytes(o, R->T) * (double)o->layers;
-        printf("# transformer step: measured payload %.0f B, ring traffic %.0f B per rank; the blocks' share "
-               "by the seed's formula, L x 8 b s h (T-1)/T x 4 = %.0f B (the rest: embedding, output "
-               "projection, cross-entropy)\n",
-               pay, wire, seed);
+        printf(
+            "# transformer step: measured payload %.0f B, ring traffic %.0f B per rank; the "
+            "blocks' share "
+            "by the seed's formula, L x 8 b s h (T-1)/T x 4 = %.0f B (the rest: embedding, output "
+            "projection, cross-entropy)\n",
+            pay, wire, seed);
     }
 }

@@ -96,8 +96,8 @@ double bench_xf_flops(int kind, const bench_opts *o, int phase)
     double t = (double)o->tokens, h = (double)o->hidden, f = (double)o->ffn;
     double s = (double)o->seq, b = (double)o->batch, H = (double)o->heads;
     double KV = (double)kv_heads(o), d = (double)head_dim(o);
-    double attn = 2.0 * t * h * (H + 2.0 * KV) * d /* QKV */ + 4.0 * b * H * s * s * d /* QK^T, PV */ +
-                  2.0 * t * H * d * h /* out */;
+    double attn = 2.0 * t * h * (H + 2.0 * KV) * d /* QKV */ +
+                  4.0 * b * H * s * s * d /* QK^T, PV */ + 2.0 * t * H * d * h /* out */;
     double fwd = attn;
     if (kind != BENCH_LK_ATTENTION)
         fwd += 4.0 * t * h * f;
@@ -136,9 +136,11 @@ static int add(bench_layer_comm *out, int n, int max, int op, int calls, double 
  * (all_gather the gathered total, reduce_scatter the input total). Without
  * sequence parallelism each TP region all-reduces [tokens, hidden]; with it,
  * an all-gather before and a reduce-scatter after, the same ring bytes. */
-int bench_xf_expected_comm(int kind, const bench_opts *o, int T, int phase, bench_layer_comm *out, int max)
+int bench_xf_expected_comm(int kind, const bench_opts *o, int T, int phase, bench_layer_comm *out,
+                           int max)
 {
-    const double th = (double)o->tokens * (double)o->hidden, h = (double)o->hidden, t = (double)o->tokens;
+    const double th = (double)o->tokens * (double)o->hidden, h = (double)o->hidden,
+                 t = (double)o->tokens;
     const bool sp = o->sequence_parallel;
     const int L = kind == BENCH_LK_TRANSFORMER ? (int)o->layers : 1;
     const int regions = kind == BENCH_LK_ATTENTION ? 1 : 2; /* TP regions per block */
@@ -148,7 +150,8 @@ int bench_xf_expected_comm(int kind, const bench_opts *o, int T, int phase, benc
         if (phase == 0) {
             int emb = kind == BENCH_LK_TRANSFORMER; /* embedding all-reduce */
             n = add(out, n, max, TP_OP_ALL_REDUCE, regions * L + emb, th);
-            if (kind == BENCH_LK_TRANSFORMER) { /* cross-entropy: max, then (sum-exp, target, sum) */
+            if (kind ==
+                BENCH_LK_TRANSFORMER) { /* cross-entropy: max, then (sum-exp, target, sum) */
                 n = add(out, n, max, TP_OP_ALL_REDUCE, 1, t);
                 n = add(out, n, max, TP_OP_ALL_REDUCE, 1, 3.0 * t);
             }
@@ -156,7 +159,8 @@ int bench_xf_expected_comm(int kind, const bench_opts *o, int T, int phase, benc
             /* per block: QKV input gradient (+ shared KV grads), MLP fc1 input gradient */
             n = add(out, n, max, TP_OP_ALL_REDUCE, L, th + extra);
             n = add(out, n, max, TP_OP_ALL_REDUCE, (regions - 1) * L, th);
-            n = add(out, n, max, TP_OP_ALL_REDUCE, kind == BENCH_LK_TRANSFORMER, th); /* output proj. */
+            n = add(out, n, max, TP_OP_ALL_REDUCE, kind == BENCH_LK_TRANSFORMER,
+                    th); /* output proj. */
         }
         return n;
     }

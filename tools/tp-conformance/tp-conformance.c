@@ -34,11 +34,15 @@
 #include <tp/tp.h>
 #include <tp/tp-plugin-util.h>
 
-#define GUARD 16      /* elements after each output that must stay untouched */
-#define MAX_PRINT 10  /* failure details printed per rank */
-#define SENTINEL 0x5a /* byte pattern of untouched output memory */
+#define GUARD     16   /* elements after each output that must stay untouched */
+#define MAX_PRINT 10   /* failure details printed per rank */
+#define SENTINEL  0x5a /* byte pattern of untouched output memory */
 
-enum { R_PASS = 0, R_SKIP = 1, R_FAIL = 2 }; /* combined with max over ranks */
+enum {
+    R_PASS = 0,
+    R_SKIP = 1,
+    R_FAIL = 2
+}; /* combined with max over ranks */
 
 enum row {
     ROW_ALL_REDUCE,
@@ -54,17 +58,16 @@ enum row {
 };
 
 static const char *const row_names[ROW_COUNT] = {
-    "all_reduce",      "all_gather", "all_gatherv", "reduce_scatter",
-    "reduce_scatterv", "broadcast",  "barrier",     "split",
-    "ops on sub-comms"};
+    "all_reduce", "all_gather", "all_gatherv", "reduce_scatter",  "reduce_scatterv",
+    "broadcast",  "barrier",    "split",       "ops on sub-comms"};
 
 /* Which op names --op accepts for each row. */
-static const char *const row_ops[ROW_COUNT] = {
-    "all_reduce", "all_gather", "all_gather", "reduce_scatter", "reduce_scatter",
-    "broadcast",  "barrier",    "split",      "split"};
+static const char *const row_ops[ROW_COUNT] = {"all_reduce",     "all_gather",     "all_gather",
+                                               "reduce_scatter", "reduce_scatter", "broadcast",
+                                               "barrier",        "split",          "split"};
 
 #define COL_OTHER TP_DTYPE_COUNT_ /* column for cases without a dtype */
-#define NCOLS (TP_DTYPE_COUNT_ + 1)
+#define NCOLS     (TP_DTYPE_COUNT_ + 1)
 
 typedef struct opts {
     bool large;
@@ -124,20 +127,20 @@ static void put(tp_dtype dt, void *buf, size_t i, int v)
 {
     float f = (float)v;
     switch (dt) {
-    case TP_F32: ((float *)buf)[i] = f; break;
-    case TP_I32: ((int32_t *)buf)[i] = v; break;
-    case TP_BF16: ((uint16_t *)buf)[i] = tp_util_f32_to_bf16(f); break;
-    default: ((uint16_t *)buf)[i] = tp_util_f32_to_f16(f); break;
+        case TP_F32: ((float *)buf)[i] = f; break;
+        case TP_I32: ((int32_t *)buf)[i] = v; break;
+        case TP_BF16: ((uint16_t *)buf)[i] = tp_util_f32_to_bf16(f); break;
+        default: ((uint16_t *)buf)[i] = tp_util_f32_to_f16(f); break;
     }
 }
 
 static double get(tp_dtype dt, const void *buf, size_t i)
 {
     switch (dt) {
-    case TP_F32: return ((const float *)buf)[i];
-    case TP_I32: return ((const int32_t *)buf)[i];
-    case TP_BF16: return tp_util_bf16_to_f32(((const uint16_t *)buf)[i]);
-    default: return tp_util_f16_to_f32(((const uint16_t *)buf)[i]);
+        case TP_F32: return ((const float *)buf)[i];
+        case TP_I32: return ((const int32_t *)buf)[i];
+        case TP_BF16: return tp_util_bf16_to_f32(((const uint16_t *)buf)[i]);
+        default: return tp_util_f16_to_f32(((const uint16_t *)buf)[i]);
     }
 }
 
@@ -214,8 +217,8 @@ static bool buf_new(rank_state *s, buf *b, size_t bytes)
     b->host = malloc(bytes ? bytes : 1);
     b->dev = NULL;
     if (!b->host || tp_dev_alloc(s->dev, bytes, &b->dev) != TP_OK) {
-        fprintf(stderr, "tp-conformance: rank %d: cannot allocate %zu bytes: %s\n", s->wrank,
-                bytes, b->host ? tp_last_error() : strerror(ENOMEM));
+        fprintf(stderr, "tp-conformance: rank %d: cannot allocate %zu bytes: %s\n", s->wrank, bytes,
+                b->host ? tp_last_error() : strerror(ENOMEM));
         free(b->host);
         b->host = NULL;
         return false;
@@ -290,14 +293,14 @@ static void describe(const ccase *c, const char *op, char *out, size_t len)
         w += snprintf(out + w, len - (size_t)w, " %s", op_name(c->op));
     w += snprintf(out + w, len - (size_t)w, " count %zu", c->n);
     if (c->pattern)
-        w += snprintf(out + w, len - (size_t)w, " (%s counts)", c->pattern == 1 ? "uneven" : "some zero");
+        w += snprintf(out + w, len - (size_t)w, " (%s counts)",
+                      c->pattern == 1 ? "uneven" : "some zero");
     if (!strcmp(op, "broadcast"))
         w += snprintf(out + w, len - (size_t)w, " root %d", c->root);
     else if (strncmp(op, "reduce_scatter", 14))
         w += snprintf(out + w, len - (size_t)w, " %s", c->inplace ? "in-place" : "out-of-place");
     snprintf(out + w, len - (size_t)w, " on %s (%d ranks)", c->where, tp_comm_size(c->comm));
 }
-
 
 typedef struct vbufs {
     buf a, b;
@@ -365,8 +368,8 @@ static int case_all_reduce(rank_state *s, const ccase *c, size_t salt)
         verdict = setup_failed(s, what);
         goto done;
     }
-    verdict = call_and_fetch(s, what, tp_all_reduce(c->comm, v.a.dev, out->dev, c->n, c->dt, c->op),
-                             out);
+    verdict =
+        call_and_fetch(s, what, tp_all_reduce(c->comm, v.a.dev, out->dev, c->n, c->dt, c->op), out);
     if (verdict != R_PASS)
         goto done;
     for (size_t i = 0; i < c->n; i++) {
@@ -449,8 +452,9 @@ static int case_reduce_scatter(rank_state *s, const ccase *c, size_t salt)
         verdict = setup_failed(s, what);
         goto done;
     }
-    tp_status st = c->pattern ? tp_reduce_scatterv(c->comm, v.a.dev, v.b.dev, v.counts, c->dt, c->op)
-                              : tp_reduce_scatter(c->comm, v.a.dev, v.b.dev, c->n, c->dt, c->op);
+    tp_status st = c->pattern
+                       ? tp_reduce_scatterv(c->comm, v.a.dev, v.b.dev, v.counts, c->dt, c->op)
+                       : tp_reduce_scatter(c->comm, v.a.dev, v.b.dev, c->n, c->dt, c->op);
     verdict = call_and_fetch(s, what, st, &v.b);
     if (verdict != R_PASS)
         goto done;
@@ -833,7 +837,8 @@ static bool combine(rank_state *s, int32_t *verdicts)
     memcpy(nn, b.host, sizeof nn);
     buf_free(s, &b);
     if (nn[0] != -nn[1]) {
-        fprintf(stderr, "tp-conformance: rank %d: ranks ran different numbers of cases (%d .. %d)\n",
+        fprintf(stderr,
+                "tp-conformance: rank %d: ranks ran different numbers of cases (%d .. %d)\n",
                 s->wrank, -nn[1], nn[0]);
         return false;
     }
@@ -856,8 +861,11 @@ static bool combine(rank_state *s, int32_t *verdicts)
 static tp_status rank_main(tp_comm *world, void *arg)
 {
     shared *sh = arg;
-    rank_state s = {.o = sh->o, .world = world, .dev = tp_comm_device(world),
-                    .wrank = tp_comm_rank(world), .wsize = tp_comm_size(world)};
+    rank_state s = {.o = sh->o,
+                    .world = world,
+                    .dev = tp_comm_device(world),
+                    .wrank = tp_comm_rank(world),
+                    .wsize = tp_comm_size(world)};
     op_suite(&s, world, "world", false, R_FAIL);
     barrier_cases(&s);
     split_cases(&s);

@@ -17,16 +17,15 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "Usage: tp-info [--json] [NAME | PATH]\n"
-            "List the tp plugins found on the search path (TP_PLUGIN_PATH, the build tree,\n"
-            "the install dir) with name, version, ABI, kind, ops and probe result, and every\n"
-            "file that was refused and why. With NAME (or a path to a plugin file), show one.\n"
-            "\n"
-            "  --json      print JSON instead of text\n"
-            "  -h, --help  show this help\n"
-            "\n"
-            "Exit status: 0 on success; 1 if NAME is not found or refused; 2 on bad usage.\n");
+    fprintf(f, "Usage: tp-info [--json] [NAME | PATH]\n"
+               "List the tp plugins found on the search path (TP_PLUGIN_PATH, the build tree,\n"
+               "the install dir) with name, version, ABI, kind, ops and probe result, and every\n"
+               "file that was refused and why. With NAME (or a path to a plugin file), show one.\n"
+               "\n"
+               "  --json      print JSON instead of text\n"
+               "  -h, --help  show this help\n"
+               "\n"
+               "Exit status: 0 on success; 1 if NAME is not found or refused; 2 on bad usage.\n");
 }
 
 static const char *kind_of(const tp_plugin_info *p)
@@ -91,8 +90,8 @@ static void print_text(const tp_plugin_scan *s)
         if (s->plugins[i].status && !s->plugins[i].shadowed_by) {
             if (!n++)
                 printf("\nRefused files:\n");
-            printf("  %s\n    %s: %s\n", s->plugins[i].path,
-                   tp_status_string(s->plugins[i].status), s->plugins[i].reason);
+            printf("  %s\n    %s: %s\n", s->plugins[i].path, tp_status_string(s->plugins[i].status),
+                   s->plugins[i].reason);
         }
     n = 0;
     for (int i = 0; i < s->n_plugins; i++)
@@ -154,9 +153,9 @@ static void json_plugin(const tp_plugin_info *p, const char *indent)
         json_str(p->version);
         printf(", \"description\": ");
         json_str(p->description);
-        printf(", \"abi\": \"%u.%u\", \"comm\": %s, \"device\": %s,\n%s \"comm_ops\": ",
-               p->abi_major, p->abi_minor, p->is_comm ? "true" : "false",
-               p->is_device ? "true" : "false", indent);
+        printf(
+            ", \"abi\": \"%u.%u\", \"comm\": %s, \"device\": %s,\n%s \"comm_ops\": ", p->abi_major,
+            p->abi_minor, p->is_comm ? "true" : "false", p->is_device ? "true" : "false", indent);
         json_list(p->comm_ops);
         printf(", \"comm_mem_kinds\": %u", (unsigned)p->comm_mem_kinds);
         printf(",\n%s \"device_ops\": ", indent);
@@ -241,8 +240,9 @@ int main(int argc, char **argv)
             for (int i = 0; i < s->n_plugins; i++)
                 if (!s->plugins[i].shadowed_by && s->plugins[i].file_name)
                     fprintf(stderr, " %s", s->plugins[i].file_name);
-            fprintf(stderr, "\nAdd the directory holding it to TP_PLUGIN_PATH, or give its "
-                            "path: tp-info /path/to/libtp-%s.so\n",
+            fprintf(stderr,
+                    "\nAdd the directory holding it to TP_PLUGIN_PATH, or give its "
+                    "path: tp-info /path/to/libtp-%s.so\n",
                     name);
             rc = 1;
         } else {

@@ -27,11 +27,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_RANKS 1024
+#define MAX_RANKS      1024
 #define LINE_MAX_BYTES 8192
 
 typedef struct stream {
-    int fd;        /* read end, -1 when closed */
+    int fd; /* read end, -1 when closed */
     FILE *out;
     char buf[LINE_MAX_BYTES];
     size_t len;
@@ -205,7 +205,10 @@ typedef struct launcher {
 /* Options up to the program; returns -1 to go on, else the exit status. */
 static int parse_args(int argc, char **argv, launch_opts *lo)
 {
-    enum { OPT_NO_PREFIX = 256, OPT_VERSION };
+    enum {
+        OPT_NO_PREFIX = 256,
+        OPT_VERSION
+    };
     static const struct option opts[] = {
         {"np", required_argument, NULL, 'n'},
         {"master-port", required_argument, NULL, 'p'},
@@ -219,50 +222,40 @@ static int parse_args(int argc, char **argv, launch_opts *lo)
     int o;
     while ((o = getopt_long(argc, argv, "+n:p:a:g:h", opts, NULL)) != -1) {
         switch (o) {
-        case 'n':
-            if (parse_long(optarg, 1, MAX_RANKS, &lo->n) < 0) {
-                fprintf(stderr, "tp-launch: -n %s: expected a number of ranks in 1..%d\n", optarg,
-                        MAX_RANKS);
-                return 2;
+            case 'n':
+                if (parse_long(optarg, 1, MAX_RANKS, &lo->n) < 0) {
+                    fprintf(stderr, "tp-launch: -n %s: expected a number of ranks in 1..%d\n",
+                            optarg, MAX_RANKS);
+                    return 2;
+                }
+                break;
+            case 'p':
+                if (parse_long(optarg, 1, 65535, &lo->port) < 0) {
+                    fprintf(stderr, "tp-launch: --master-port %s: expected a port in 1..65535\n",
+                            optarg);
+                    return 2;
+                }
+                break;
+            case 'a': lo->addr = optarg; break;
+            case 'g': {
+                char *end;
+                double g = strtod(optarg, &end);
+                if (!*optarg || *end || !(g >= 0 && g <= 3600)) {
+                    fprintf(stderr, "tp-launch: --grace %s: expected seconds in 0..3600\n", optarg);
+                    return 2;
+                }
+                lo->grace_ms = (long)(g * 1000);
+                break;
             }
-            break;
-        case 'p':
-            if (parse_long(optarg, 1, 65535, &lo->port) < 0) {
-                fprintf(stderr, "tp-launch: --master-port %s: expected a port in 1..65535\n",
-                        optarg);
-                return 2;
-            }
-            break;
-        case 'a':
-            lo->addr = optarg;
-            break;
-        case 'g': {
-            char *end;
-            double g = strtod(optarg, &end);
-            if (!*optarg || *end || !(g >= 0 && g <= 3600)) {
-                fprintf(stderr, "tp-launch: --grace %s: expected seconds in 0..3600\n", optarg);
-                return 2;
-            }
-            lo->grace_ms = (long)(g * 1000);
-            break;
-        }
-        case OPT_NO_PREFIX:
-            lo->prefix = 0;
-            break;
-        case 'h':
-            usage(stdout);
-            return 0;
-        case OPT_VERSION:
-            printf("tp-launch %s\n", TP_LAUNCH_VERSION);
-            return 0;
-        default:
-            usage(stderr);
-            return 2;
+            case OPT_NO_PREFIX: lo->prefix = 0; break;
+            case 'h': usage(stdout); return 0;
+            case OPT_VERSION: printf("tp-launch %s\n", TP_LAUNCH_VERSION); return 0;
+            default: usage(stderr); return 2;
         }
     }
     if (lo->n == 0 || optind >= argc) {
-        fprintf(stderr, "tp-launch: %s\n", lo->n == 0 ? "missing -n N (the number of ranks)"
-                                                      : "missing the program to run");
+        fprintf(stderr, "tp-launch: %s\n",
+                lo->n == 0 ? "missing -n N (the number of ranks)" : "missing the program to run");
         usage(stderr);
         return 2;
     }
@@ -509,8 +502,12 @@ int main(int argc, char **argv)
                 strerror(errno));
         return 1;
     }
-    launcher L = {.n = lo.n, .prefix = lo.prefix, .grace_ms = lo.grace_ms, .first_fail = -1,
-                  .kill_at = -1, .hard_kill_at = -1};
+    launcher L = {.n = lo.n,
+                  .prefix = lo.prefix,
+                  .grace_ms = lo.grace_ms,
+                  .first_fail = -1,
+                  .kill_at = -1,
+                  .hard_kill_at = -1};
     L.c = calloc((size_t)lo.n, sizeof *L.c);
     if (!L.c) {
         fprintf(stderr, "tp-launch: out of memory\n");

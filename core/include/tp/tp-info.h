@@ -22,20 +22,21 @@ extern "C" {
 #endif
 
 typedef struct tp_plugin_info {
-    char *path;      /* absolute path of the file */
-    char *file_name; /* <name> from libtp-<name>.so */
-    tp_status status; /* TP_OK: accepted; else the refusal (see reason) */
-    char *reason;     /* why the file was refused; NULL when accepted */
+    char *path;        /* absolute path of the file */
+    char *file_name;   /* <name> from libtp-<name>.so */
+    tp_status status;  /* TP_OK: accepted; else the refusal (see reason) */
+    char *reason;      /* why the file was refused; NULL when accepted */
     char *shadowed_by; /* path of an earlier file with the same name, or NULL */
 
     /* Filled only for accepted plugins (status == TP_OK). */
     char *name, *version, *description;
     unsigned abi_major, abi_minor;
     bool is_comm, is_device;
-    char **comm_ops;   /* NULL-terminated names of the comm slots provided */
-    uint32_t comm_mem_kinds; /* tp_comm_ops.mem_kinds: 0 = host memory only (GPU memory is staged) */
-    char **device_ops; /* NULL-terminated names of the device slots provided */
-    bool available;    /* probe() said yes, or there is no probe */
+    char **comm_ops; /* NULL-terminated names of the comm slots provided */
+    uint32_t
+        comm_mem_kinds; /* tp_comm_ops.mem_kinds: 0 = host memory only (GPU memory is staged) */
+    char **device_ops;  /* NULL-terminated names of the device slots provided */
+    bool available;     /* probe() said yes, or there is no probe */
     char *unavailable_reason; /* probe's reason when !available */
 } tp_plugin_info;
 

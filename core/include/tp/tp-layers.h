@@ -74,7 +74,8 @@ typedef struct tp_linear_config {
 
 typedef struct tp_linear tp_linear;
 
-TP_API tp_status tp_column_linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_linear **out);
+TP_API tp_status tp_column_linear_create(tp_comm *comm, const tp_linear_config *cfg,
+                                         tp_linear **out);
 TP_API tp_status tp_row_linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_linear **out);
 /* column: x [tokens, in] -> y [tokens, out_local] (or [tokens, out] with gather_output)
  * row:    x [tokens, in_local] (or [tokens, in]) -> y [tokens, out], one all-reduce */
@@ -130,7 +131,8 @@ typedef struct tp_mlp tp_mlp;
  * fc1's bias and GeLU run in its GEMM's epilogue where the device fuses them
  * (tp_dev_gemm_bias_act), else as separate kernels. */
 TP_API tp_status tp_mlp_create(tp_comm *comm, const tp_mlp_config *cfg, tp_mlp **out);
-TP_API tp_status tp_mlp_forward(tp_mlp *mlp, const tp_tensor *x, tp_tensor *y); /* [tokens, hidden] both */
+TP_API tp_status tp_mlp_forward(tp_mlp *mlp, const tp_tensor *x,
+                                tp_tensor *y); /* [tokens, hidden] both */
 /* dy [tokens, hidden] -> dx [tokens, hidden] (or NULL): one all-reduce. */
 TP_API tp_status tp_mlp_backward(tp_mlp *mlp, const tp_tensor *dy, tp_tensor *dx);
 TP_API tp_status tp_mlp_zero_grad(tp_mlp *mlp);
@@ -148,10 +150,10 @@ TP_API void tp_mlp_free(tp_mlp *mlp);      /* NULL is a no-op */
  * Backward: dtable_local += scatter-add of dy rows (no communication). */
 typedef struct tp_embedding_config {
     int64_t vocab, dim;
-    uint64_t seed, tensor_id;  /* master table (seed, tensor_id), uniform in [-bound, bound) */
-    const float *full_table;   /* optional host [vocab, dim] */
+    uint64_t seed, tensor_id; /* master table (seed, tensor_id), uniform in [-bound, bound) */
+    const float *full_table;  /* optional host [vocab, dim] */
     const char *name;
-    float init_bound;          /* 0: 1.0 */
+    float init_bound; /* 0: 1.0 */
     /* Sequence parallelism: forward reduce-scatters instead of all-reducing,
      * so y is this rank's token shard [hi-lo, dim], rows [lo, hi) =
      * tp_shard_range(n, T, rank) of the n = numel(ids) tokens (the shard the
@@ -162,14 +164,17 @@ typedef struct tp_embedding_config {
 
 typedef struct tp_embedding tp_embedding;
 
-TP_API tp_status tp_embedding_create(tp_comm *comm, const tp_embedding_config *cfg, tp_embedding **out);
+TP_API tp_status tp_embedding_create(tp_comm *comm, const tp_embedding_config *cfg,
+                                     tp_embedding **out);
 TP_API tp_status tp_embedding_forward(tp_embedding *e, const tp_tensor *ids, tp_tensor *y);
-TP_API tp_status tp_embedding_backward(tp_embedding *e, const tp_tensor *dy); /* uses the saved ids */
+TP_API tp_status tp_embedding_backward(tp_embedding *e,
+                                       const tp_tensor *dy); /* uses the saved ids */
 TP_API tp_status tp_embedding_zero_grad(tp_embedding *e);
 /* table shard [hi-lo, dim] (rows lo..hi-1 of the vocab) and its gradient (NULL before backward) */
 TP_API void tp_embedding_get_shard(tp_embedding *e, int64_t *lo, int64_t *hi, tp_tensor **table,
-                            tp_tensor **grad);
-TP_API tp_status tp_embedding_get_full(tp_embedding *e, float *table);     /* collective; host [vocab, dim] */
+                                   tp_tensor **grad);
+TP_API tp_status tp_embedding_get_full(tp_embedding *e,
+                                       float *table); /* collective; host [vocab, dim] */
 TP_API tp_status tp_embedding_get_full_grad(tp_embedding *e, float *grad); /* collective */
 TP_API void tp_embedding_free(tp_embedding *e);
 
@@ -185,9 +190,9 @@ TP_API void tp_embedding_free(tp_embedding *e);
  * no communication; ignored rows get 0. */
 typedef struct tp_ce_config {
     int64_t vocab;
-    float label_smoothing;  /* 0 .. 1 */
-    bool use_ignore_index;  /* rows whose target == ignore_index are ignored */
-    int32_t ignore_index;   /* e.g. -100 as in PyTorch */
+    float label_smoothing; /* 0 .. 1 */
+    bool use_ignore_index; /* rows whose target == ignore_index are ignored */
+    int32_t ignore_index;  /* e.g. -100 as in PyTorch */
     const char *name;
 } tp_ce_config;
 
@@ -197,8 +202,8 @@ TP_API tp_status tp_vocab_ce_create(tp_comm *comm, const tp_ce_config *cfg, tp_v
 /* logits [rows, vocab_local] (this rank's columns, e.g. a column-parallel
  * output without gather), targets int32 [rows]; *loss (host) = the mean loss,
  * the same on every rank. logits and targets must stay alive until backward. */
-TP_API tp_status tp_vocab_ce_forward(tp_vocab_ce *ce, const tp_tensor *logits, const tp_tensor *targets,
-                              float *loss);
+TP_API tp_status tp_vocab_ce_forward(tp_vocab_ce *ce, const tp_tensor *logits,
+                                     const tp_tensor *targets, float *loss);
 /* dlogits [rows, vocab_local] = d(dloss * loss)/d logits (overwritten) */
 TP_API tp_status tp_vocab_ce_backward(tp_vocab_ce *ce, float dloss, tp_tensor *dlogits);
 TP_API void tp_vocab_ce_free(tp_vocab_ce *ce);
@@ -246,8 +251,8 @@ typedef struct tp_optim tp_optim;
  * outlive the optimizer). AdamW allocates its m and v state, SGD with
  * momentum its momentum buffer (zeros) on the device. comm is the rank's comm: the optimizer's kernels count in its
  * stats under TP_PHASE_OTHER. No communication. */
-TP_API tp_status tp_optim_create(tp_comm *comm, const tp_optim_config *cfg, const tp_param *params, int n,
-                          tp_optim **out);
+TP_API tp_status tp_optim_create(tp_comm *comm, const tp_optim_config *cfg, const tp_param *params,
+                                 int n, tp_optim **out);
 /* One update of every parameter from its gradient; the step counter (for
  * AdamW's bias correction) counts from 1. Gradients are left as they are. */
 TP_API tp_status tp_optim_step(tp_optim *o);
@@ -294,16 +299,16 @@ TP_API void tp_optim_free(tp_optim *o); /* NULL is a no-op */
  */
 typedef struct tp_gpt_config {
     int64_t vocab, hidden, heads, kv_heads, head_dim, ffn, layers;
-    int64_t seq;             /* maximum sequence length (position table rows) */
-    bool tied;               /* output projection reuses the token table */
+    int64_t seq; /* maximum sequence length (position table rows) */
+    bool tied;   /* output projection reuses the token table */
     bool sequence_parallel;
-    bool bias;               /* biases in the blocks' linears */
-    bool rms;                /* RMSNorm instead of LayerNorm everywhere */
+    bool bias; /* biases in the blocks' linears */
+    bool rms;  /* RMSNorm instead of LayerNorm everywhere */
     bool gelu_tanh;
-    float eps;               /* norms; 0: 1e-5 */
-    float emb_bound;         /* 0: 0.1 */
-    float label_smoothing;   /* 0 .. 1 */
-    bool use_ignore_index;   /* targets == ignore_index are ignored */
+    float eps;             /* norms; 0: 1e-5 */
+    float emb_bound;       /* 0: 0.1 */
+    float label_smoothing; /* 0 .. 1 */
+    bool use_ignore_index; /* targets == ignore_index are ignored */
     int32_t ignore_index;
     uint64_t seed;
 } tp_gpt_config;
@@ -319,7 +324,8 @@ TP_API tp_status tp_gpt_create(tp_comm *comm, const tp_gpt_config *cfg, tp_gpt *
  * flattened tokens is batch t / seq_len, position t % seq_len). *loss
  * (host) = mean cross-entropy over non-ignored targets, the same on every
  * rank. ids and targets must stay alive until backward. */
-TP_API tp_status tp_gpt_forward(tp_gpt *m, const tp_tensor *ids, const tp_tensor *targets, float *loss);
+TP_API tp_status tp_gpt_forward(tp_gpt *m, const tp_tensor *ids, const tp_tensor *targets,
+                                float *loss);
 /* Gradients of the last forward's loss, accumulated into every parameter's grad. */
 TP_API tp_status tp_gpt_backward(tp_gpt *m);
 TP_API tp_status tp_gpt_zero_grad(tp_gpt *m);

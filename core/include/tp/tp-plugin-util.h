@@ -142,14 +142,14 @@ typedef tp_status (*tp_util_error_fn)(tp_status st, const char *fmt, ...)
 
 /* Define `tp_status FN(tp_status st, const char *fmt, ...)` reporting
  * through the tp_host that HOST_EXPR yields (evaluated at each call). */
-#define TP_UTIL_DEFINE_ERROR(FN, HOST_EXPR, PREFIX)                                               \
-    tp_status FN(tp_status st, const char *fmt, ...)                                              \
-    {                                                                                             \
-        va_list ap;                                                                               \
-        va_start(ap, fmt);                                                                        \
-        st = tp_util_verror((HOST_EXPR), st, (PREFIX), fmt, ap);                                  \
-        va_end(ap);                                                                               \
-        return st;                                                                                \
+#define TP_UTIL_DEFINE_ERROR(FN, HOST_EXPR, PREFIX)                                                \
+    tp_status FN(tp_status st, const char *fmt, ...)                                               \
+    {                                                                                              \
+        va_list ap;                                                                                \
+        va_start(ap, fmt);                                                                         \
+        st = tp_util_verror((HOST_EXPR), st, (PREFIX), fmt, ap);                                   \
+        va_end(ap);                                                                                \
+        return st;                                                                                 \
     }
 
 /* ----------------------------------------------------------- op checks */
@@ -202,9 +202,10 @@ static inline tp_status tp_util_check_id_range(tp_util_error_fn err, const char 
                                                int64_t hi)
 {
     if (lo > hi)
-        return err(TP_ERR_INVALID_ARG, "%s: id range [lo %lld, hi %lld) is reversed; expected "
-                   "lo <= hi (the shard's first and one-past-last vocab row)", op, (long long)lo,
-                   (long long)hi);
+        return err(TP_ERR_INVALID_ARG,
+                   "%s: id range [lo %lld, hi %lld) is reversed; expected "
+                   "lo <= hi (the shard's first and one-past-last vocab row)",
+                   op, (long long)lo, (long long)hi);
     return TP_OK;
 }
 
@@ -262,8 +263,10 @@ static inline tp_status tp_util_gemm_check_args(tp_util_error_fn err, const char
     if (!g)
         return err(TP_ERR_INVALID_ARG, "%s: args is NULL", op);
     if (g->struct_size < sizeof(tp_gemm_args))
-        return err(TP_ERR_INVALID_ARG, "%s: args.struct_size %zu < %zu (caller built "
-                   "against an older tp-plugin.h?)", op, g->struct_size, sizeof(tp_gemm_args));
+        return err(TP_ERR_INVALID_ARG,
+                   "%s: args.struct_size %zu < %zu (caller built "
+                   "against an older tp-plugin.h?)",
+                   op, g->struct_size, sizeof(tp_gemm_args));
     return TP_OK;
 }
 
@@ -280,17 +283,16 @@ static inline tp_status tp_util_gemm_check_batch(tp_util_error_fn err, const cha
                                                  const tp_gemm_args *g)
 {
     if (g->batch < 1)
-        return err(TP_ERR_INVALID_ARG, "%s: batch = %lld, expected >= 1", op,
-                   (long long)g->batch);
+        return err(TP_ERR_INVALID_ARG, "%s: batch = %lld, expected >= 1", op, (long long)g->batch);
     return TP_OK;
 }
 
 /* One operand NAME: a rows x cols row-major matrix with row pitch ld and
  * batch stride; needs a pointer when it has elements. */
 static inline tp_status tp_util_gemm_check_operand(tp_util_error_fn err, const char *op,
-                                                   const char *name, const void *p,
-                                                   int64_t rows, int64_t cols, int64_t ld,
-                                                   int64_t stride, int transposed)
+                                                   const char *name, const void *p, int64_t rows,
+                                                   int64_t cols, int64_t ld, int64_t stride,
+                                                   int transposed)
 {
     int64_t min_ld = cols > 1 ? cols : 1;
 
@@ -320,8 +322,8 @@ static inline tp_status tp_util_gemm_check_operands(tp_util_error_fn err, const 
 
     st = tp_util_gemm_check_operand(err, op, "a", g->a, ar, ac, g->lda, g->stride_a, g->trans_a);
     if (st == TP_OK)
-        st = tp_util_gemm_check_operand(err, op, "b", g->b, br, bc, g->ldb, g->stride_b,
-                                        g->trans_b);
+        st =
+            tp_util_gemm_check_operand(err, op, "b", g->b, br, bc, g->ldb, g->stride_b, g->trans_b);
     if (st == TP_OK)
         st = tp_util_gemm_check_operand(err, op, "c", g->c, g->m, g->n, g->ldc, g->stride_c, 0);
     return st;
@@ -339,9 +341,8 @@ static inline tp_status tp_util_gemm_check_c_disjoint(tp_util_error_fn err, cons
                "write some elements twice; expected stride_c >= %lld (separate matrices) or, "
                "for column blocks of one matrix, stride_c >= n = %lld with "
                "(batch-1)*stride_c + n <= ldc",
-               op, (long long)g->stride_c, (long long)g->batch, (long long)g->m,
-               (long long)g->n, (long long)g->ldc, (long long)((g->m - 1) * g->ldc + g->n),
-               (long long)g->n);
+               op, (long long)g->stride_c, (long long)g->batch, (long long)g->m, (long long)g->n,
+               (long long)g->ldc, (long long)((g->m - 1) * g->ldc + g->n), (long long)g->n);
 }
 
 #endif /* TP_PLUGIN_UTIL_H */

@@ -238,8 +238,8 @@ typedef struct tp_device_ops {
     tp_status (*axpby)(void *dev, tp_dtype dt, int64_t n, float alpha, const void *x, float beta,
                        void *y);
     /* y = softmax(scale*x) per row; causal: row r keeps columns c <= r % cols, the others get 0 */
-    tp_status (*softmax)(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
-                         void *y, float scale, int causal);
+    tp_status (*softmax)(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x, void *y,
+                         float scale, int causal);
     /* dx = scale*y*(dy - sum_c dy*y); dx may alias dy */
     tp_status (*softmax_bwd)(void *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *y,
                              const void *dy, void *dx, float scale);
@@ -307,6 +307,7 @@ typedef struct tp_device_ops {
 /* Every slot of tp_device_ops, in order: X(name, required, abi_minor it came in). The loader's
  * checks and tp-info's listing are generated from it, and the loader fails to compile when a
  * slot is added to the struct but not here (or out of order). */
+/* clang-format off */
 #define TP_DEVICE_OPS_SLOTS(X)                                                                   \
     X(open, 1, 0) X(close, 1, 0) X(alloc, 1, 0) X(free, 1, 0) X(upload, 1, 0)                     \
     X(download, 1, 0) X(copy_2d, 1, 0) X(memset, 1, 0) X(synchronize, 1, 0) X(gemm, 1, 0)         \
@@ -315,6 +316,7 @@ typedef struct tp_device_ops {
     X(embedding_bwd, 0, 0) X(row_max, 0, 0) X(ce_stats, 0, 0) X(ce_bwd, 0, 0) X(adamw, 0, 0)      \
     X(reduce, 0, 1) X(host_alloc, 0, 1) X(host_free, 0, 1) X(gemm_bias_act, 0, 1)                 \
     X(event_create, 0, 1) X(event_record, 0, 1) X(event_elapsed, 0, 1) X(event_destroy, 0, 1)
+/* clang-format on */
 
 /* ------------------------------------------------------------- comm ops */
 
@@ -387,10 +389,12 @@ typedef struct tp_comm_ops {
 
 /* Every function slot of tp_comm_ops, in order: X(name, required, abi_minor it came in); see
  * TP_DEVICE_OPS_SLOTS. */
+/* clang-format off */
 #define TP_COMM_OPS_SLOTS(X)                                                                     \
     X(init, 1, 0) X(finalize, 1, 0) X(world, 1, 0) X(split, 1, 0) X(comm_free, 1, 0)              \
     X(all_reduce, 1, 0) X(all_gather, 0, 0) X(reduce_scatter, 0, 0) X(broadcast, 0, 0)           \
     X(barrier, 0, 0) X(abort, 0, 0)
+/* clang-format on */
 
 /* ----------------------------------------------------------- descriptor */
 
@@ -399,9 +403,9 @@ typedef struct tp_plugin_desc {
     uint16_t abi_major, abi_minor; /* TP_ABI_MAJOR/MINOR the plugin was built with */
     const char *name;              /* must equal <name> in libtp-<name>.so */
     const char *version;
-    const char *description;       /* one line */
-    const tp_comm_ops *comm;       /* NULL if not a communicator */
-    const tp_device_ops *device;   /* NULL if not a device */
+    const char *description;     /* one line */
+    const tp_comm_ops *comm;     /* NULL if not a communicator */
+    const tp_device_ops *device; /* NULL if not a device */
     /* Optional: can this plugin run here? Return 1 if so; else 0 and write
      * the reason (e.g. "no CUDA device: cudaGetDeviceCount returned 35
      * (driver too old)") into reason. Must not keep state or crash. */
@@ -418,14 +422,14 @@ typedef struct tp_plugin_desc {
 
 /* Define the plugin's entry point. COMM and DEVICE are addresses of ops
  * structs or NULL; PROBE a probe function or NULL. */
-#define TP_PLUGIN_DEFINE(NAME, VERSION, DESCRIPTION, COMM, DEVICE, PROBE)          \
-    TP_PLUGIN_EXPORT const tp_plugin_desc *tp_plugin_get_desc_v1(void);           \
-    TP_PLUGIN_EXPORT const tp_plugin_desc *tp_plugin_get_desc_v1(void)            \
-    {                                                                             \
-        static const tp_plugin_desc desc = {                                      \
-            sizeof(tp_plugin_desc), TP_ABI_MAJOR, TP_ABI_MINOR, (NAME), (VERSION), \
-            (DESCRIPTION), (COMM), (DEVICE), (PROBE)};                            \
-        return &desc;                                                             \
+#define TP_PLUGIN_DEFINE(NAME, VERSION, DESCRIPTION, COMM, DEVICE, PROBE)                          \
+    TP_PLUGIN_EXPORT const tp_plugin_desc *tp_plugin_get_desc_v1(void);                            \
+    TP_PLUGIN_EXPORT const tp_plugin_desc *tp_plugin_get_desc_v1(void)                             \
+    {                                                                                              \
+        static const tp_plugin_desc desc = {                                                       \
+            sizeof(tp_plugin_desc), TP_ABI_MAJOR, TP_ABI_MINOR, (NAME), (VERSION),                 \
+            (DESCRIPTION),          (COMM),       (DEVICE),     (PROBE)};                          \
+        return &desc;                                                                              \
     }
 
 #ifdef __cplusplus

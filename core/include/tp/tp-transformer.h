@@ -70,12 +70,12 @@ extern "C" {
 typedef struct tp_attention_config {
     int64_t hidden;
     int64_t heads;
-    int64_t kv_heads;        /* 0: heads (multi-head); 1: multi-query */
-    int64_t head_dim;        /* 0: hidden / heads (then hidden % heads must be 0) */
-    bool bias;               /* QKV and out-projection biases */
+    int64_t kv_heads; /* 0: heads (multi-head); 1: multi-query */
+    int64_t head_dim; /* 0: hidden / heads (then hidden % heads must be 0) */
+    bool bias;        /* QKV and out-projection biases */
     bool causal;
-    bool sequence_parallel;  /* x, y, dy, dx are token shards (see above) */
-    uint64_t seed, tensor_id; /* uses tensor_id .. tensor_id+3 */
+    bool sequence_parallel;                       /* x, y, dy, dx are token shards (see above) */
+    uint64_t seed, tensor_id;                     /* uses tensor_id .. tensor_id+3 */
     const float *full_qkv_weight, *full_qkv_bias; /* optional host full tensors */
     const float *full_out_weight, *full_out_bias;
     const char *name;
@@ -85,11 +85,12 @@ typedef struct tp_attention tp_attention;
 
 /* heads % T != 0, or hidden % heads != 0 without head_dim, or kv_heads not
  * dividing heads: TP_ERR_SHAPE with the numbers and the ways out. */
-TP_API tp_status tp_attention_create(tp_comm *comm, const tp_attention_config *cfg, tp_attention **out);
+TP_API tp_status tp_attention_create(tp_comm *comm, const tp_attention_config *cfg,
+                                     tp_attention **out);
 /* x [batch*seq, hidden] (or the rank's token shard with sequence
  * parallelism) -> y of x's shape. */
-TP_API tp_status tp_attention_forward(tp_attention *a, const tp_tensor *x, int64_t batch, int64_t seq,
-                               tp_tensor *y);
+TP_API tp_status tp_attention_forward(tp_attention *a, const tp_tensor *x, int64_t batch,
+                                      int64_t seq, tp_tensor *y);
 /* dy has y's shape; dx gets x's. dx may be NULL (input-gradient GEMM and
  * collective skipped on every rank; all ranks must agree) except when some
  * KV head is shared by several ranks: their gradient sums ride in the
@@ -99,9 +100,9 @@ TP_API tp_status tp_attention_zero_grad(tp_attention *a);
 /* Collective: full (unsharded) host tensors, any may be NULL; biases are
  * ignored without bias. The _grad variant gives the gradients. */
 TP_API tp_status tp_attention_get_full(tp_attention *a, float *qkv_w, float *qkv_b, float *out_w,
-                                float *out_b);
-TP_API tp_status tp_attention_get_full_grad(tp_attention *a, float *qkv_w, float *qkv_b, float *out_w,
-                                     float *out_b);
+                                       float *out_b);
+TP_API tp_status tp_attention_get_full_grad(tp_attention *a, float *qkv_w, float *qkv_b,
+                                            float *out_w, float *out_b);
 /* This rank's parameters and gradients (for optimizers). Shards: qkv
  * weight [hidden, W] with W = (q_hi-q_lo + 2 (kv_hi-kv_lo)) head_dim,
  * columns [its Q heads | its K heads | its V heads]; qkv bias [W]; out
@@ -118,8 +119,8 @@ typedef struct tp_attention_params {
 TP_API void tp_attention_get_params(tp_attention *a, tp_attention_params *out);
 /* Resolved sizes: head_dim, and this rank's query heads [q_lo, q_hi) and
  * KV heads [kv_lo, kv_hi). Any pointer may be NULL. */
-TP_API void tp_attention_get_info(const tp_attention *a, int64_t *head_dim, int64_t *q_lo, int64_t *q_hi,
-                           int64_t *kv_lo, int64_t *kv_hi);
+TP_API void tp_attention_get_info(const tp_attention *a, int64_t *head_dim, int64_t *q_lo,
+                                  int64_t *q_hi, int64_t *kv_lo, int64_t *kv_hi);
 TP_API void tp_attention_free(tp_attention *a); /* NULL is a no-op */
 
 /* ------------------------------------------------------ LayerNorm, RMSNorm */
@@ -136,9 +137,9 @@ TP_API void tp_attention_free(tp_attention *a); /* NULL is a no-op */
  */
 typedef struct tp_norm_config {
     int64_t dim;
-    bool rms;                /* RMSNorm: y = x / rms(x) * gamma (+ beta if bias) */
-    bool bias;               /* beta; LayerNorm usually true, RMSNorm false */
-    float eps;               /* 0: 1e-5 */
+    bool rms;  /* RMSNorm: y = x / rms(x) * gamma (+ beta if bias) */
+    bool bias; /* beta; LayerNorm usually true, RMSNorm false */
+    float eps; /* 0: 1e-5 */
     bool sequence_parallel;
     const float *full_gamma, *full_beta; /* optional host [dim] */
     const char *name;
@@ -152,7 +153,7 @@ TP_API tp_status tp_norm_backward(tp_norm *n, const tp_tensor *dy, tp_tensor *dx
 TP_API tp_status tp_norm_zero_grad(tp_norm *n);
 /* gamma, beta (NULL without bias) and their grads (NULL before backward/zero_grad) */
 TP_API void tp_norm_get_params(tp_norm *n, tp_tensor **gamma, tp_tensor **beta, tp_tensor **dgamma,
-                        tp_tensor **dbeta);
+                               tp_tensor **dbeta);
 TP_API void tp_norm_free(tp_norm *n);
 
 /* ------------------------------------------------------- TransformerBlock */
@@ -170,9 +171,9 @@ TP_API void tp_norm_free(tp_norm *n);
  */
 typedef struct tp_block_config {
     int64_t hidden, heads, kv_heads, head_dim, ffn; /* kv_heads, head_dim: 0 as in attention */
-    bool bias;              /* linear biases */
-    bool rms;               /* RMSNorm instead of LayerNorm (no beta) */
-    float eps;              /* 0: 1e-5 */
+    bool bias;                                      /* linear biases */
+    bool rms;                                       /* RMSNorm instead of LayerNorm (no beta) */
+    float eps;                                      /* 0: 1e-5 */
     bool gelu_tanh;
     bool causal;
     bool sequence_parallel;
@@ -186,8 +187,9 @@ TP_API tp_status tp_block_create(tp_comm *comm, const tp_block_config *cfg, tp_b
 /* x [batch*seq, hidden] or its token shard with sequence parallelism; x must
  * stay alive until backward. */
 TP_API tp_status tp_block_forward(tp_block *b, const tp_tensor *x, int64_t batch, int64_t seq,
-                           tp_tensor *y);
-TP_API tp_status tp_block_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx); /* dx required */
+                                  tp_tensor *y);
+TP_API tp_status tp_block_backward(tp_block *b, const tp_tensor *dy,
+                                   tp_tensor *dx); /* dx required */
 TP_API tp_status tp_block_zero_grad(tp_block *b);
 TP_API tp_attention *tp_block_attention(tp_block *b);
 TP_API tp_mlp *tp_block_mlp(tp_block *b);

@@ -108,15 +108,16 @@ TP_API void tp_comm_free(tp_comm *comm); /* sub-communicators only; NULL is a no
 /* Buffers are memory of the rank's device (host memory for cpu).
  * counts[i] is rank i's block, in elements; NULL counts in the *v
  * variants is an error. */
-TP_API tp_status tp_all_reduce(tp_comm *comm, const void *send, void *recv, size_t count, tp_dtype dt,
-                        tp_redop op);
-TP_API tp_status tp_all_gather(tp_comm *comm, const void *send, void *recv, size_t count, tp_dtype dt);
+TP_API tp_status tp_all_reduce(tp_comm *comm, const void *send, void *recv, size_t count,
+                               tp_dtype dt, tp_redop op);
+TP_API tp_status tp_all_gather(tp_comm *comm, const void *send, void *recv, size_t count,
+                               tp_dtype dt);
 TP_API tp_status tp_all_gatherv(tp_comm *comm, const void *send, void *recv, const size_t *counts,
-                         tp_dtype dt);
-TP_API tp_status tp_reduce_scatter(tp_comm *comm, const void *send, void *recv, size_t count, tp_dtype dt,
-                            tp_redop op);
-TP_API tp_status tp_reduce_scatterv(tp_comm *comm, const void *send, void *recv, const size_t *counts,
-                             tp_dtype dt, tp_redop op);
+                                tp_dtype dt);
+TP_API tp_status tp_reduce_scatter(tp_comm *comm, const void *send, void *recv, size_t count,
+                                   tp_dtype dt, tp_redop op);
+TP_API tp_status tp_reduce_scatterv(tp_comm *comm, const void *send, void *recv,
+                                    const size_t *counts, tp_dtype dt, tp_redop op);
 TP_API tp_status tp_broadcast(tp_comm *comm, void *buf, size_t count, tp_dtype dt, int root);
 TP_API tp_status tp_barrier(tp_comm *comm);
 
@@ -128,7 +129,7 @@ typedef struct tp_layout {
     int node, nodes;            /* node index (numbered by their lowest rank), node count */
     int local_rank, local_size; /* position among the ranks of its node */
     int tp_group, tp_rank, tp_size;
-    int dp_rank, dp_size;       /* dp_rank == tp_group: ranks with the same tp_rank form a DP group */
+    int dp_rank, dp_size; /* dp_rank == tp_group: ranks with the same tp_rank form a DP group */
 } tp_layout;
 
 /* Build TP groups of tp_size ranks and the DP groups across them
@@ -140,7 +141,7 @@ typedef struct tp_layout {
  * TP_ERR_INVALID_ARG unless allow_span, which groups consecutive world
  * ranks instead. tp_out/dp_out may be NULL; free them with tp_comm_free. */
 TP_API tp_status tp_topology(tp_comm *world, int tp_size, bool allow_span, tp_comm **tp_out,
-                      tp_comm **dp_out, tp_layout *layout);
+                             tp_comm **dp_out, tp_layout *layout);
 
 /* ----------------------------------------------------------------- stats */
 
@@ -167,9 +168,9 @@ TP_API const char *tp_dtype_name(tp_dtype dt); /* "f32", "bf16", ... */
 
 typedef struct tp_counter {
     uint64_t calls;
-    uint64_t bytes;   /* payload: all_reduce/broadcast count*size; all_gather the
+    uint64_t bytes; /* payload: all_reduce/broadcast count*size; all_gather the
                          gathered total; reduce_scatter the input total */
-    double seconds;   /* wall time inside the calls */
+    double seconds; /* wall time inside the calls */
 } tp_counter;
 
 typedef struct tp_stats {
@@ -220,14 +221,16 @@ typedef struct tp_tensor {
 
 /* Allocate and zero a tensor. ndim 1..4, every dim >= 0. */
 TP_API tp_status tp_tensor_alloc(tp_device *dev, tp_dtype dt, int ndim, const int64_t *shape,
-                          tp_tensor *out);
-TP_API tp_status tp_tensor_alloc2(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, tp_tensor *out);
+                                 tp_tensor *out);
+TP_API tp_status tp_tensor_alloc2(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols,
+                                  tp_tensor *out);
 TP_API void tp_tensor_release(tp_tensor *t); /* frees owned data; leaves t zeroed */
 /* A non-owning view of existing device memory. */
-TP_API tp_tensor tp_tensor_view(tp_device *dev, tp_dtype dt, void *data, int ndim, const int64_t *shape);
+TP_API tp_tensor tp_tensor_view(tp_device *dev, tp_dtype dt, void *data, int ndim,
+                                const int64_t *shape);
 TP_API int64_t tp_tensor_numel(const tp_tensor *t);
 TP_API size_t tp_tensor_bytes(const tp_tensor *t);
-TP_API tp_status tp_tensor_upload(tp_tensor *t, const void *host);  /* host holds numel elements */
+TP_API tp_status tp_tensor_upload(tp_tensor *t, const void *host);   /* host holds numel elements */
 TP_API tp_status tp_tensor_download(const tp_tensor *t, void *host); /* waits for the device */
 
 /* Convert n elements between host buffers of f32, bf16 and f16 (e.g. to
@@ -255,55 +258,59 @@ TP_API tp_status tp_dev_alloc(tp_device *dev, size_t bytes, void **ptr);
 TP_API void tp_dev_free(tp_device *dev, void *ptr);
 TP_API tp_status tp_dev_upload(tp_device *dev, void *dst, const void *host_src, size_t bytes);
 TP_API tp_status tp_dev_download(tp_device *dev, void *host_dst, const void *src, size_t bytes);
-TP_API tp_status tp_dev_copy_2d(tp_device *dev, void *dst, size_t dpitch, const void *src, size_t spitch,
-                         size_t width_bytes, size_t height);
+TP_API tp_status tp_dev_copy_2d(tp_device *dev, void *dst, size_t dpitch, const void *src,
+                                size_t spitch, size_t width_bytes, size_t height);
 TP_API tp_status tp_dev_memset(tp_device *dev, void *ptr, int value, size_t bytes);
 TP_API tp_status tp_dev_synchronize(tp_device *dev);
 TP_API tp_status tp_dev_gemm(tp_device *dev, const tp_gemm_args *g);
 TP_API tp_status tp_dev_bias_add(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, void *y,
-                          const void *bias);
-TP_API tp_status tp_dev_bias_grad(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *dy,
-                           void *db);
-TP_API tp_status tp_dev_gelu(tp_device *dev, tp_dtype dt, int64_t n, const void *x, void *y, int tanh_approx);
-TP_API tp_status tp_dev_gelu_bwd(tp_device *dev, tp_dtype dt, int64_t n, const void *x, const void *dy,
-                          void *dx, int tanh_approx);
-TP_API tp_status tp_dev_axpby(tp_device *dev, tp_dtype dt, int64_t n, float alpha, const void *x, float beta,
-                       void *y);
-TP_API tp_status tp_dev_softmax(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
-                         void *y, float scale, int causal);
-TP_API tp_status tp_dev_softmax_bwd(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *y,
-                             const void *dy, void *dx, float scale);
+                                 const void *bias);
+TP_API tp_status tp_dev_bias_grad(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols,
+                                  const void *dy, void *db);
+TP_API tp_status tp_dev_gelu(tp_device *dev, tp_dtype dt, int64_t n, const void *x, void *y,
+                             int tanh_approx);
+TP_API tp_status tp_dev_gelu_bwd(tp_device *dev, tp_dtype dt, int64_t n, const void *x,
+                                 const void *dy, void *dx, int tanh_approx);
+TP_API tp_status tp_dev_axpby(tp_device *dev, tp_dtype dt, int64_t n, float alpha, const void *x,
+                              float beta, void *y);
+TP_API tp_status tp_dev_softmax(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols,
+                                const void *x, void *y, float scale, int causal);
+TP_API tp_status tp_dev_softmax_bwd(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols,
+                                    const void *y, const void *dy, void *dx, float scale);
 TP_API tp_status tp_dev_norm(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
-                      const void *gamma, const void *beta, void *y, float *mean, float *rstd,
-                      float eps, int rms);
-TP_API tp_status tp_dev_norm_bwd(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
-                          const void *gamma, const float *mean, const float *rstd, const void *dy,
-                          void *dx, void *dgamma, void *dbeta, int rms);
-TP_API tp_status tp_dev_embedding(tp_device *dev, tp_dtype dt, int64_t n, int64_t dim, const int32_t *ids,
-                           int64_t lo, int64_t hi, const void *table, void *out);
+                             const void *gamma, const void *beta, void *y, float *mean, float *rstd,
+                             float eps, int rms);
+TP_API tp_status tp_dev_norm_bwd(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols,
+                                 const void *x, const void *gamma, const float *mean,
+                                 const float *rstd, const void *dy, void *dx, void *dgamma,
+                                 void *dbeta, int rms);
+TP_API tp_status tp_dev_embedding(tp_device *dev, tp_dtype dt, int64_t n, int64_t dim,
+                                  const int32_t *ids, int64_t lo, int64_t hi, const void *table,
+                                  void *out);
 TP_API tp_status tp_dev_embedding_bwd(tp_device *dev, tp_dtype dt, int64_t n, int64_t dim,
-                               const int32_t *ids, int64_t lo, int64_t hi, const void *dout,
-                               void *dtable);
-TP_API tp_status tp_dev_row_max(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *x,
-                         float *out);
+                                      const int32_t *ids, int64_t lo, int64_t hi, const void *dout,
+                                      void *dtable);
+TP_API tp_status tp_dev_row_max(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols,
+                                const void *x, float *out);
 TP_API tp_status tp_dev_ce_stats(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols,
-                          const void *logits, const int32_t *targets, int64_t lo,
-                          const float *rowmax, float *out3);
-TP_API tp_status tp_dev_ce_bwd(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols, const void *logits,
-                        const int32_t *targets, int64_t lo, int64_t vocab, const float *rowmax,
-                        const float *sumexp, const float *row_scale, float smoothing,
-                        void *dlogits);
-TP_API tp_status tp_dev_adamw(tp_device *dev, int64_t n, float *param, const float *grad, float *m, float *v,
-                       float lr, float beta1, float beta2, float eps, float weight_decay,
-                       int64_t step);
+                                 const void *logits, const int32_t *targets, int64_t lo,
+                                 const float *rowmax, float *out3);
+TP_API tp_status tp_dev_ce_bwd(tp_device *dev, tp_dtype dt, int64_t rows, int64_t cols,
+                               const void *logits, const int32_t *targets, int64_t lo,
+                               int64_t vocab, const float *rowmax, const float *sumexp,
+                               const float *row_scale, float smoothing, void *dlogits);
+TP_API tp_status tp_dev_adamw(tp_device *dev, int64_t n, float *param, const float *grad, float *m,
+                              float *v, float lr, float beta1, float beta2, float eps,
+                              float weight_decay, int64_t step);
 /* y = op(y, x) element-wise (the device's reduce slot). */
-TP_API tp_status tp_dev_reduce(tp_device *dev, tp_dtype dt, tp_redop op, int64_t n, const void *x, void *y);
+TP_API tp_status tp_dev_reduce(tp_device *dev, tp_dtype dt, tp_redop op, int64_t n, const void *x,
+                               void *y);
 /* C = act(op(A) op(B) + bias) (batch 1, alpha 1, beta 0), pre-activation
  * into pre when not NULL: the device's fused epilogue when it has one for
  * this combination, else gemm, bias_add and gelu (same contract; pre and C
  * may not overlap). Counted as one gemm plus whatever kernels it ran. */
-TP_API tp_status tp_dev_gemm_bias_act(tp_device *dev, const tp_gemm_args *g, const void *bias, tp_act act,
-                               void *pre);
+TP_API tp_status tp_dev_gemm_bias_act(tp_device *dev, const tp_gemm_args *g, const void *bias,
+                                      tp_act act, void *pre);
 
 /* ------------------------------------------------------ sharding, weights */
 
@@ -319,7 +326,8 @@ TP_API float tp_master_uniform(uint64_t seed, uint64_t tensor_id, uint64_t index
  * [rows_lo, rows_hi) x [cols_lo, cols_hi) of the full rows x full_cols master
  * matrix of (seed, tensor_id): element (r, c) is index r*full_cols + c. */
 TP_API void tp_master_fill(uint64_t seed, uint64_t tensor_id, int64_t full_cols, int64_t rows_lo,
-                    int64_t rows_hi, int64_t cols_lo, int64_t cols_hi, float bound, float *out);
+                           int64_t rows_hi, int64_t cols_lo, int64_t cols_hi, float bound,
+                           float *out);
 
 #ifdef __cplusplus
 }

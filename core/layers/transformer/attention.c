@@ -39,11 +39,11 @@ struct tp_attention {
     char *label;
     int tp_size, rank;
     int64_t hidden, heads, kv_heads, head_dim;
-    int64_t group;                      /* query heads per KV head: heads / kv_heads */
-    int64_t local_heads, q_lo, q_hi;    /* query heads of this rank */
-    int64_t kv_lo, kv_hi, local_kv;     /* KV heads of this rank */
-    int64_t qkv_width;                  /* local QKV width (local_heads + 2 local_kv) head_dim */
-    int64_t out_rows;                   /* local out-projection rows local_heads head_dim */
+    int64_t group;                   /* query heads per KV head: heads / kv_heads */
+    int64_t local_heads, q_lo, q_hi; /* query heads of this rank */
+    int64_t kv_lo, kv_hi, local_kv;  /* KV heads of this rank */
+    int64_t qkv_width;               /* local QKV width (local_heads + 2 local_kv) head_dim */
+    int64_t out_rows;                /* local out-projection rows local_heads head_dim */
     bool has_bias, causal, sp, any_shared;
     dx_reduce dx_reduce;
     int64_t region; /* floats per shared KV head in a gradient pack */
@@ -223,8 +223,7 @@ static tp_status fill_qkv_weight(const tp_attention *a, const tp_attention_confi
     int64_t head_dim = a->head_dim;
     int64_t blk_lo[3] = {a->q_lo * head_dim, (a->heads + a->kv_lo) * head_dim,
                          (a->heads + a->kv_heads + a->kv_lo) * head_dim};
-    int64_t blk_w[3] = {a->local_heads * head_dim, a->local_kv * head_dim,
-                        a->local_kv * head_dim};
+    int64_t blk_w[3] = {a->local_heads * head_dim, a->local_kv * head_dim, a->local_kv * head_dim};
     for (int part = 0, c0 = 0; part < 3; c0 += (int)blk_w[part], part++) {
         float *tmp = malloc((size_t)(a->hidden * blk_w[part]) * XF_ES + 1);
         if (!tmp)
@@ -246,7 +245,7 @@ static tp_status fill_qkv_weight(const tp_attention *a, const tp_attention_confi
 static tp_status alloc_params(tp_attention *a, const tp_attention_config *cfg)
 {
     int64_t fw = (a->heads + 2 * a->kv_heads) * a->head_dim; /* full QKV width */
-    int64_t fo = a->heads * a->head_dim;                      /* full out-projection rows */
+    int64_t fo = a->heads * a->head_dim;                     /* full out-projection rows */
     size_t n1 = (size_t)(a->hidden * a->qkv_width), n2 = (size_t)(a->out_rows * a->hidden);
     size_t hn = n1 > n2 ? n1 : n2;
     if ((size_t)fw > hn)
@@ -277,8 +276,8 @@ static tp_status alloc_params(tp_attention *a, const tp_attention_config *cfg)
     if (cfg->full_out_weight)
         memcpy(host, cfg->full_out_weight + r0 * a->hidden, n2 * XF_ES);
     else
-        tp_master_fill(cfg->seed, cfg->tensor_id + 2, a->hidden, r0, r0 + a->out_rows, 0,
-                       a->hidden, bo, host);
+        tp_master_fill(cfg->seed, cfg->tensor_id + 2, a->hidden, r0, r0 + a->out_rows, 0, a->hidden,
+                       bo, host);
     TP_TRY_GOTO(tp_tensor_upload(&a->wo, host), st, out);
     if (a->has_bias) {
         if (cfg->full_out_bias)
@@ -496,8 +495,8 @@ tp_status tp_attention_forward(tp_attention *a, const tp_tensor *x, int64_t batc
     if (!a)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_attention_forward: layer is NULL");
     if (batch <= 0 || seq <= 0)
-        return tp_set_error(TP_ERR_SHAPE, "%s: batch (%lld) and seq (%lld) must be >= 1",
-                            a->label, (long long)batch, (long long)seq);
+        return tp_set_error(TP_ERR_SHAPE, "%s: batch (%lld) and seq (%lld) must be >= 1", a->label,
+                            (long long)batch, (long long)seq);
     /* tokens and the probabilities' [batch, heads, seq, seq] must be
      * addressable (checked with all heads: the same on every rank) */
     int64_t tokens, ss, hss, bhss;
@@ -792,16 +791,14 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
     /* dx = sum over ranks of dqkv Wqkv_local^T; the shared KV heads'
      * gradient parts ride in the same collective */
     switch (a->dx_reduce) {
-    case DX_ALL_REDUCE:
-        return dx_all_reduce(a, dx);
-    case DX_REDUCE_SCATTER:
-        return dx_reduce_scatter(a, dx);
-    case DX_ALL_REDUCE_PACKED:
-        TP_TRY(dx_all_reduce_packed(a, dx, kvw, kvb));
-        return add_kv_grads(a, kvw, kvb);
-    case DX_REDUCE_SCATTER_PACKED:
-        TP_TRY(dx_reduce_scatter_packed(a, dx, kvw, kvb));
-        return add_kv_grads(a, kvw, kvb);
+        case DX_ALL_REDUCE: return dx_all_reduce(a, dx);
+        case DX_REDUCE_SCATTER: return dx_reduce_scatter(a, dx);
+        case DX_ALL_REDUCE_PACKED:
+            TP_TRY(dx_all_reduce_packed(a, dx, kvw, kvb));
+            return add_kv_grads(a, kvw, kvb);
+        case DX_REDUCE_SCATTER_PACKED:
+            TP_TRY(dx_reduce_scatter_packed(a, dx, kvw, kvb));
+            return add_kv_grads(a, kvw, kvb);
     }
     return tp_set_error(TP_ERR_INTERNAL, "%s: bad dx reduction %d", a->label, (int)a->dx_reduce);
 }

@@ -111,21 +111,36 @@ tp_status tp_block_create(tp_comm *comm, const tp_block_config *cfg, tp_block **
     snprintf(n2, sizeof n2, "%s.ln2", base);
     snprintf(na, sizeof na, "%s.attn", base);
     snprintf(nm, sizeof nm, "%s.mlp", base);
-    tp_norm_config nc = {.dim = cfg->hidden, .rms = cfg->rms, .bias = !cfg->rms, .eps = cfg->eps,
-                         .sequence_parallel = cfg->sequence_parallel, .name = n1};
+    tp_norm_config nc = {.dim = cfg->hidden,
+                         .rms = cfg->rms,
+                         .bias = !cfg->rms,
+                         .eps = cfg->eps,
+                         .sequence_parallel = cfg->sequence_parallel,
+                         .name = n1};
     TP_TRY_GOTO(tp_norm_create(comm, &nc, &b->ln1), st, fail);
     nc.name = n2;
     TP_TRY_GOTO(tp_norm_create(comm, &nc, &b->ln2), st, fail);
     tp_attention_config ac = {
-        .hidden = cfg->hidden, .heads = cfg->heads, .kv_heads = cfg->kv_heads,
-        .head_dim = cfg->head_dim, .bias = cfg->bias, .causal = cfg->causal,
-        .sequence_parallel = cfg->sequence_parallel, .seed = cfg->seed,
-        .tensor_id = cfg->tensor_id, .name = na,
+        .hidden = cfg->hidden,
+        .heads = cfg->heads,
+        .kv_heads = cfg->kv_heads,
+        .head_dim = cfg->head_dim,
+        .bias = cfg->bias,
+        .causal = cfg->causal,
+        .sequence_parallel = cfg->sequence_parallel,
+        .seed = cfg->seed,
+        .tensor_id = cfg->tensor_id,
+        .name = na,
     };
     TP_TRY_GOTO(tp_attention_create(comm, &ac, &b->attn), st, fail);
     tp_mlp_config mc = {
-        .hidden = cfg->hidden, .ffn = cfg->ffn, .bias = cfg->bias, .gelu_tanh = cfg->gelu_tanh,
-        .seed = cfg->seed, .tensor_id = cfg->tensor_id + 4, .name = nm,
+        .hidden = cfg->hidden,
+        .ffn = cfg->ffn,
+        .bias = cfg->bias,
+        .gelu_tanh = cfg->gelu_tanh,
+        .seed = cfg->seed,
+        .tensor_id = cfg->tensor_id + 4,
+        .name = nm,
     };
     TP_TRY_GOTO(tp_mlp_create(comm, &mc, &b->mlp), st, fail);
     *out = b;
@@ -227,8 +242,8 @@ tp_status tp_block_forward(tp_block *b, const tp_tensor *x, int64_t batch, int64
     if (!b)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_block_forward: block is NULL");
     if (batch <= 0 || seq <= 0)
-        return tp_set_error(TP_ERR_SHAPE, "%s: batch (%lld) and seq (%lld) must be >= 1",
-                            b->label, (long long)batch, (long long)seq);
+        return tp_set_error(TP_ERR_SHAPE, "%s: batch (%lld) and seq (%lld) must be >= 1", b->label,
+                            (long long)batch, (long long)seq);
     b->saved = false;
     int64_t tokens, rows;
     TP_TRY(tpl_mul(b->label, "tokens batch x seq", batch, seq, &tokens));
@@ -240,11 +255,10 @@ tp_status tp_block_forward(tp_block *b, const tp_tensor *x, int64_t batch, int64
                             b->label, (long long)b->hidden, (long long)x->shape[x->ndim - 1]);
     int64_t want = b->sp ? b->off[b->rank + 1] - b->off[b->rank] : b->tokens;
     if (rows != want)
-        return tp_set_error(TP_ERR_SHAPE,
-                            "%s: x has %lld token rows, expected %lld (%s of batch*seq = %lld)",
-                            b->label, (long long)rows, (long long)want,
-                            b->sp ? "this rank's sequence-parallel shard" : "all",
-                            (long long)b->tokens);
+        return tp_set_error(
+            TP_ERR_SHAPE, "%s: x has %lld token rows, expected %lld (%s of batch*seq = %lld)",
+            b->label, (long long)rows, (long long)want,
+            b->sp ? "this rank's sequence-parallel shard" : "all", (long long)b->tokens);
     TP_TRY(tpl_prepare_out(b->label, "y", y, x, b->dev, TP_F32, b->hidden, ""));
     b->rows = rows;
     size_t bytes = (size_t)(rows * b->hidden) * XF_ES;

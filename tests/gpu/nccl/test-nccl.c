@@ -215,7 +215,8 @@ static int run_mpi(void)
     tp_status st = ops->init(&host, &args, &eng, &info);
 
     char expect[64];
-    snprintf(expect, sizeof expect, "rank %d/%d has the unique id from rank 0 over MPI", rank, size);
+    snprintf(expect, sizeof expect, "rank %d/%d has the unique id from rank 0 over MPI", rank,
+             size);
     int bad = 0;
     if (!strstr(debug_log, expect)) {
         fprintf(stderr, "rank %d: debug log lacks '%s':\n%s", rank, expect, debug_log);
@@ -227,8 +228,10 @@ static int run_mpi(void)
     const char *hp = strstr(debug_log, "(id ");
     unsigned hash = hp ? (unsigned)strtoul(hp + 4, NULL, 16) : 0, lo = 0, hi = 0;
     void *allreduce = dlsym(RTLD_DEFAULT, "MPI_Allreduce");
-    void *t_uns = dlsym(RTLD_DEFAULT, "ompi_mpi_unsigned"), *o_min = dlsym(RTLD_DEFAULT, "ompi_mpi_op_min");
-    void *o_max = dlsym(RTLD_DEFAULT, "ompi_mpi_op_max"), *world = dlsym(RTLD_DEFAULT, "ompi_mpi_comm_world");
+    void *t_uns = dlsym(RTLD_DEFAULT, "ompi_mpi_unsigned"),
+         *o_min = dlsym(RTLD_DEFAULT, "ompi_mpi_op_min");
+    void *o_max = dlsym(RTLD_DEFAULT, "ompi_mpi_op_max"),
+         *world = dlsym(RTLD_DEFAULT, "ompi_mpi_comm_world");
     if (!hp || !allreduce || !t_uns || !o_min || !o_max || !world) {
         fprintf(stderr, "rank %d: no id hash in the debug log or no Open MPI symbols\n", rank);
         bad = 1;
@@ -238,7 +241,8 @@ static int run_mpi(void)
         ar(&hash, &lo, 1, t_uns, o_min, world);
         ar(&hash, &hi, 1, t_uns, o_max, world);
         if (lo != hash || hi != hash) {
-            fprintf(stderr, "rank %d: id hash %08x, but ranks hold %08x..%08x\n", rank, hash, lo, hi);
+            fprintf(stderr, "rank %d: id hash %08x, but ranks hold %08x..%08x\n", rank, hash, lo,
+                    hi);
             bad = 1;
         }
     }
@@ -264,8 +268,7 @@ static int run_mpi(void)
     }
     printf("rank %d/%d: %s (id %08x)%s%s\n", rank, size,
            bad ? "FAILED" : "ok: id received over MPI, the same on every rank", hash,
-           bad ? "" : "; init: ",
-           bad ? "" : (st == TP_OK ? "ok" : last_msg));
+           bad ? "" : "; init: ", bad ? "" : (st == TP_OK ? "ok" : last_msg));
     /* A failed init leaves MPI initialised on purpose (a failing rank must
      * exit at once so mpirun ends the job); every rank failed alike here,
      * so finalize through the libmpi the plugin loaded RTLD_GLOBAL. */
@@ -317,7 +320,8 @@ static uint16_t f32_to_f16(float f)
 static float f16_to_f32(uint16_t h)
 {
     int e = (h >> 10) & 31, m = h & 1023;
-    float v = e == 0 ? (float)m / 1024.0f / 16384.0f : (1.0f + (float)m / 1024.0f) * (float)(1 << e) / 32768.0f;
+    float v = e == 0 ? (float)m / 1024.0f / 16384.0f
+                     : (1.0f + (float)m / 1024.0f) * (float)(1 << e) / 32768.0f;
     return (h & 0x8000) ? -v : v;
 }
 
@@ -330,32 +334,20 @@ static size_t dt_size(tp_dtype dt)
 static void put(tp_dtype dt, void *buf, size_t i, double v)
 {
     switch (dt) {
-    case TP_F32:
-        ((float *)buf)[i] = (float)v;
-        break;
-    case TP_I32:
-        ((int32_t *)buf)[i] = (int32_t)v;
-        break;
-    case TP_BF16:
-        ((uint16_t *)buf)[i] = f32_to_bf16((float)v);
-        break;
-    default:
-        ((uint16_t *)buf)[i] = f32_to_f16((float)v);
-        break;
+        case TP_F32: ((float *)buf)[i] = (float)v; break;
+        case TP_I32: ((int32_t *)buf)[i] = (int32_t)v; break;
+        case TP_BF16: ((uint16_t *)buf)[i] = f32_to_bf16((float)v); break;
+        default: ((uint16_t *)buf)[i] = f32_to_f16((float)v); break;
     }
 }
 
 static double get(tp_dtype dt, const void *buf, size_t i)
 {
     switch (dt) {
-    case TP_F32:
-        return ((const float *)buf)[i];
-    case TP_I32:
-        return ((const int32_t *)buf)[i];
-    case TP_BF16:
-        return bf16_to_f32(((const uint16_t *)buf)[i]);
-    default:
-        return f16_to_f32(((const uint16_t *)buf)[i]);
+        case TP_F32: return ((const float *)buf)[i];
+        case TP_I32: return ((const int32_t *)buf)[i];
+        case TP_BF16: return bf16_to_f32(((const uint16_t *)buf)[i]);
+        default: return f16_to_f32(((const uint16_t *)buf)[i]);
     }
 }
 
@@ -372,8 +364,8 @@ typedef struct rank_ctx {
     const tp_comm_ops *ops;
     void *engine;
     int local, world;
-    int device;        /* GPU to use */
-    tp_mem_kind kind;  /* what the "device" claims */
+    int device;          /* GPU to use */
+    tp_mem_kind kind;    /* what the "device" claims */
     int skip_collective; /* timeout test: rank 1 never joins the all_reduce */
     tp_status status;
     char msg[2200];
@@ -381,25 +373,25 @@ typedef struct rank_ctx {
 
 static pthread_barrier_t gbar;
 
-#define FAIL(ctx, ...)                                                                        \
-    do {                                                                                      \
-        snprintf((ctx)->msg, sizeof (ctx)->msg, __VA_ARGS__);                                 \
-        (ctx)->status = TP_ERR_INTERNAL;                                                      \
-        goto out;                                                                             \
+#define FAIL(ctx, ...)                                                                             \
+    do {                                                                                           \
+        snprintf((ctx)->msg, sizeof(ctx)->msg, __VA_ARGS__);                                       \
+        (ctx)->status = TP_ERR_INTERNAL;                                                           \
+        goto out;                                                                                  \
     } while (0)
 
-#define CALL(ctx, what, expr)                                                                 \
-    do {                                                                                      \
-        tp_status st_ = (expr);                                                               \
-        if (st_ != TP_OK)                                                                     \
-            FAIL(ctx, "%s returned %d: %s", what, (int)st_, last_msg);                        \
+#define CALL(ctx, what, expr)                                                                      \
+    do {                                                                                           \
+        tp_status st_ = (expr);                                                                    \
+        if (st_ != TP_OK)                                                                          \
+            FAIL(ctx, "%s returned %d: %s", what, (int)st_, last_msg);                             \
     } while (0)
 
-#define CUDA(ctx, expr)                                                                       \
-    do {                                                                                      \
-        cudaError_t e_ = (expr);                                                              \
-        if (e_ != cudaSuccess)                                                                \
-            FAIL(ctx, "%s: %s", #expr, cudaGetErrorString(e_));                               \
+#define CUDA(ctx, expr)                                                                            \
+    do {                                                                                           \
+        cudaError_t e_ = (expr);                                                                   \
+        if (e_ != cudaSuccess)                                                                     \
+            FAIL(ctx, "%s: %s", #expr, cudaGetErrorString(e_));                                    \
     } while (0)
 
 static double reduce_ref(tp_redop op, int n, size_t i, int salt)
@@ -444,7 +436,8 @@ static int check_collectives(rank_ctx *x, void *comm, int r, int n, cudaStream_t
                     CUDA(x, cudaMemcpy(h_out, dst, cnt * es, cudaMemcpyDeviceToHost));
                     for (size_t i = 0; i < cnt; i++)
                         if (get(dt, h_out, i) != reduce_ref((tp_redop)op, n, i, op))
-                            FAIL(x, "all_reduce dt %d op %d n %zu inplace %d: [%zu] = %g, expected %g",
+                            FAIL(x,
+                                 "all_reduce dt %d op %d n %zu inplace %d: [%zu] = %g, expected %g",
                                  (int)dt, op, cnt, inplace, i, get(dt, h_out, i),
                                  reduce_ref((tp_redop)op, n, i, op));
                 }
@@ -478,8 +471,11 @@ static int check_collectives(rank_ctx *x, void *comm, int r, int n, cudaStream_t
                     for (int q = 0; q < n; q++)
                         for (size_t i = 0; i < counts[q]; i++, k++)
                             if (get(dt, h_out, k) != input(q, i, 3))
-                                FAIL(x, "all_gather dt %d uneven %d inplace %d: block %d [%zu] = %g, expected %g",
-                                     (int)dt, uneven, inplace, q, i, get(dt, h_out, k), input(q, i, 3));
+                                FAIL(x,
+                                     "all_gather dt %d uneven %d inplace %d: block %d [%zu] = %g, "
+                                     "expected %g",
+                                     (int)dt, uneven, inplace, q, i, get(dt, h_out, k),
+                                     input(q, i, 3));
                 }
                 /* reduce_scatter (sum): rank r gets block r of the sum */
                 for (size_t i = 0; i < total; i++)
@@ -538,7 +534,8 @@ static void *rank_main(void *arg)
     /* a blocking stream: ordered after the legacy default stream, where the
      * checks' cudaMemcpy uploads may still be in flight */
     CUDA(x, cudaStreamCreate(&s));
-    tp_rank_env env = {.struct_size = sizeof env, .mem_kind = x->kind, .device_index = x->device, .stream = s};
+    tp_rank_env env = {
+        .struct_size = sizeof env, .mem_kind = x->kind, .device_index = x->device, .stream = s};
     tp_status st = o->world(x->engine, x->local, &env, &comm, &r, &n);
     if (st != TP_OK) {
         x->status = st;
@@ -606,11 +603,12 @@ out:
     return NULL;
 }
 
-static int ndev;      /* GPUs used by the tests, at most 7 */
-static int ndev_all;  /* GPUs visible */
+static int ndev;     /* GPUs used by the tests, at most 7 */
+static int ndev_all; /* GPUs visible */
 
 /* Run `world` ranks as threads; returns the first failing rank's context. */
-static rank_ctx *run_world(int world, rank_ctx *ctx, int same_gpu, tp_mem_kind kind, int timeout_test)
+static rank_ctx *run_world(int world, rank_ctx *ctx, int same_gpu, tp_mem_kind kind,
+                           int timeout_test)
 {
     void *eng = NULL;
     tp_engine_info info = {sizeof info, 0, 0, 0};
@@ -628,8 +626,12 @@ static rank_ctx *run_world(int world, rank_ctx *ctx, int same_gpu, tp_mem_kind k
     for (int run = 0; run < runs; run++) {
         pthread_barrier_init(&gbar, NULL, (unsigned)world);
         for (int i = 0; i < world; i++) {
-            ctx[i] = (rank_ctx){.ops = ops, .engine = eng, .local = i, .world = world,
-                                .device = same_gpu ? 0 : i, .kind = kind};
+            ctx[i] = (rank_ctx){.ops = ops,
+                                .engine = eng,
+                                .local = i,
+                                .world = world,
+                                .device = same_gpu ? 0 : i,
+                                .kind = kind};
             if (timeout_test)
                 ctx[i].skip_collective = i == 0 ? 2 : 1;
             pthread_create(&th[i], NULL, rank_main, &ctx[i]);
