@@ -249,8 +249,9 @@ typedef struct tp_optim tp_optim;
 
 /* An optimizer over n parameters (the array is copied; the tensors must
  * outlive the optimizer). AdamW allocates its m and v state, SGD with
- * momentum its momentum buffer (zeros) on the device. comm is the rank's comm: the optimizer's kernels count in its
- * stats under TP_PHASE_OTHER. No communication. */
+ * momentum its momentum buffer (zeros) on the device. comm is the rank's
+ * comm: the optimizer's kernels count in its stats under TP_PHASE_OTHER.
+ * No communication. */
 TP_API tp_status tp_optim_create(tp_comm *comm, const tp_optim_config *cfg, const tp_param *params,
                                  int n, tp_optim **out);
 /* One update of every parameter from its gradient; the step counter (for

@@ -330,7 +330,8 @@ typedef struct tp_engine_args {
 typedef struct tp_engine_info {
     size_t struct_size;
     int world_size;  /* total ranks across all processes */
-    int local_count; /* ranks this process runs (threads): world_size for loopback, 1 under mpirun */
+    /* ranks this process runs (threads): world_size for loopback, 1 under mpirun */
+    int local_count;
     int first_rank;  /* global rank of local index 0; local ranks are consecutive */
 } tp_engine_info;
 
