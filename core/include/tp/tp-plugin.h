@@ -329,10 +329,10 @@ typedef struct tp_engine_args {
 
 typedef struct tp_engine_info {
     size_t struct_size;
-    int world_size;  /* total ranks across all processes */
+    int world_size; /* total ranks across all processes */
     /* ranks this process runs (threads): world_size for loopback, 1 under mpirun */
     int local_count;
-    int first_rank;  /* global rank of local index 0; local ranks are consecutive */
+    int first_rank; /* global rank of local index 0; local ranks are consecutive */
 } tp_engine_info;
 
 /* The communicator vtable. `comm` handles come from world() or split().
