@@ -92,6 +92,87 @@ out:
     return st;
 }
 
+/* Where each rank runs: node index (nodes numbered by their lowest rank),
+ * local rank (order within the node) and each node's rank count. */
+typedef struct node_map {
+    int nodes;
+    int *node_of, *local_of, *size_of_node;
+} node_map;
+
+static void number_nodes(const uint64_t *keys, int n, node_map *m)
+{
+    m->nodes = 0;
+    for (int r = 0; r < n; r++) {
+        int node = -1;
+        for (int q = 0; q < r && node < 0; q++)
+            if (keys[q] == keys[r])
+                node = m->node_of[q];
+        if (node < 0)
+            node = m->nodes++;
+        m->node_of[r] = node;
+        m->local_of[r] = m->size_of_node[node]++;
+    }
+}
+
+/* The TP group and rank in it of world rank `me`: consecutive ranks with
+ * allow_span, else groups inside each node, numbered node by node (refused
+ * when a node's rank count is not a multiple of tp_size). */
+static tp_status assign_group(const node_map *m, int me, int tp_size, bool allow_span, int *group,
+                              int *tp_rank)
+{
+    if (allow_span) {
+        *group = me / tp_size;
+        *tp_rank = me % tp_size;
+        return TP_OK;
+    }
+    for (int node = 0; node < m->nodes; node++) {
+        if (m->size_of_node[node] % tp_size == 0)
+            continue;
+        int first = 0;
+        while (m->node_of[first] != node)
+            first++;
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "tp_topology: a TP group of %d ranks would span nodes: node %d "
+                            "(first rank %d) runs %d ranks, not a multiple of %d. TP traffic "
+                            "belongs on the fast intra-node link; choose a TP size dividing "
+                            "the ranks per node, or pass allow_span to group consecutive "
+                            "ranks anyway",
+                            tp_size, node, first, m->size_of_node[node], tp_size);
+    }
+    *group = 0;
+    for (int node = 0; node < m->node_of[me]; node++)
+        *group += m->size_of_node[node] / tp_size;
+    *group += m->local_of[me] / tp_size;
+    *tp_rank = m->local_of[me] % tp_size;
+    return TP_OK;
+}
+
+/* Split the world into the layout's TP and DP groups (collective); hand
+ * them out where asked for, free them otherwise or on failure. */
+static tp_status split_groups(tp_comm *world, const tp_layout *l, tp_comm **tp_out,
+                              tp_comm **dp_out)
+{
+    tp_comm *tp = NULL, *dp = NULL;
+    tp_status st;
+    TP_TRY_GOTO(tp_comm_split(world, l->tp_group, l->tp_rank, &tp), st, out);
+    TP_TRY_GOTO(tp_comm_split(world, l->tp_rank, l->tp_group, &dp), st, out);
+    if (tp_comm_size(tp) != l->tp_size || tp_comm_size(dp) != l->dp_size)
+        st = tp_set_error(TP_ERR_INTERNAL,
+                          "tp_topology: built groups of %d (TP) and %d (DP), "
+                          "expected %d and %d",
+                          tp_comm_size(tp), tp_comm_size(dp), l->tp_size, l->dp_size);
+out:
+    if (st != TP_OK || tp_out == NULL)
+        tp_comm_free(tp);
+    else
+        *tp_out = tp;
+    if (st != TP_OK || dp_out == NULL)
+        tp_comm_free(dp);
+    else
+        *dp_out = dp;
+    return st;
+}
+
 tp_status tp_topology(tp_comm *world, int tp_size, bool allow_span, tp_comm **tp_out,
                       tp_comm **dp_out, tp_layout *layout)
 {
@@ -113,91 +194,36 @@ tp_status tp_topology(tp_comm *world, int tp_size, bool allow_span, tp_comm **tp
     tp_status st = node_key(me, n, &key);
     /* Even a rank whose key failed must join the gather, or the others hang. */
     uint64_t *keys = calloc((size_t)n, sizeof *keys);
-    int *node_of = calloc((size_t)n, sizeof *node_of);
-    int *local_of = calloc((size_t)n, sizeof *local_of);
-    int *size_of_node = calloc((size_t)n, sizeof *size_of_node);
-    if (!keys || !node_of || !local_of || !size_of_node) {
+    node_map m = {.node_of = calloc((size_t)n, sizeof(int)),
+                  .local_of = calloc((size_t)n, sizeof(int)),
+                  .size_of_node = calloc((size_t)n, sizeof(int))};
+    if (!keys || !m.node_of || !m.local_of || !m.size_of_node) {
         st = tp_set_error(TP_ERR_NO_MEMORY, "tp_topology: out of memory for %d ranks", n);
         goto out;
     }
     tp_status gst = gather_keys(world, key, keys);
     TP_TRY_GOTO(st != TP_OK ? st : gst, st, out); /* the first failure wins */
-
-    /* Number nodes by their lowest rank; local rank = order within the node. */
-    int nodes = 0;
-    for (int r = 0; r < n; r++) {
-        int node = -1;
-        for (int q = 0; q < r && node < 0; q++)
-            if (keys[q] == keys[r])
-                node = node_of[q];
-        if (node < 0)
-            node = nodes++;
-        node_of[r] = node;
-        local_of[r] = size_of_node[node]++;
-    }
-
-    int group, tp_rank;
-    if (allow_span) {
-        group = me / tp_size;
-        tp_rank = me % tp_size;
-    } else {
-        for (int node = 0; node < nodes; node++) {
-            if (size_of_node[node] % tp_size == 0)
-                continue;
-            int first = 0;
-            while (node_of[first] != node)
-                first++;
-            st = tp_set_error(TP_ERR_INVALID_ARG,
-                              "tp_topology: a TP group of %d ranks would span nodes: node %d "
-                              "(first rank %d) runs %d ranks, not a multiple of %d. TP traffic "
-                              "belongs on the fast intra-node link; choose a TP size dividing "
-                              "the ranks per node, or pass allow_span to group consecutive "
-                              "ranks anyway",
-                              tp_size, node, first, size_of_node[node], tp_size);
-            goto out;
-        }
-        /* Groups are numbered node by node. */
-        group = 0;
-        for (int node = 0; node < node_of[me]; node++)
-            group += size_of_node[node] / tp_size;
-        group += local_of[me] / tp_size;
-        tp_rank = local_of[me] % tp_size;
-    }
-
+    number_nodes(keys, n, &m);
+    int group = 0, tp_rank = 0;
+    TP_TRY_GOTO(assign_group(&m, me, tp_size, allow_span, &group, &tp_rank), st, out);
     *layout = (tp_layout){
         .world_rank = me,
         .world_size = n,
-        .node = node_of[me],
-        .nodes = nodes,
-        .local_rank = local_of[me],
-        .local_size = size_of_node[node_of[me]],
+        .node = m.node_of[me],
+        .nodes = m.nodes,
+        .local_rank = m.local_of[me],
+        .local_size = m.size_of_node[m.node_of[me]],
         .tp_group = group,
         .tp_rank = tp_rank,
         .tp_size = tp_size,
         .dp_rank = group,
         .dp_size = n / tp_size,
     };
-    tp_comm *tp = NULL, *dp = NULL;
-    TP_TRY_GOTO(tp_comm_split(world, group, tp_rank, &tp), st, split_done);
-    TP_TRY_GOTO(tp_comm_split(world, tp_rank, group, &dp), st, split_done);
-    if (tp_comm_size(tp) != tp_size || tp_comm_size(dp) != n / tp_size)
-        st = tp_set_error(TP_ERR_INTERNAL,
-                          "tp_topology: built groups of %d (TP) and %d (DP), "
-                          "expected %d and %d",
-                          tp_comm_size(tp), tp_comm_size(dp), tp_size, n / tp_size);
-split_done:
-    if (st != TP_OK || tp_out == NULL)
-        tp_comm_free(tp);
-    else
-        *tp_out = tp;
-    if (st != TP_OK || dp_out == NULL)
-        tp_comm_free(dp);
-    else
-        *dp_out = dp;
+    st = split_groups(world, layout, tp_out, dp_out);
 out:
     free(keys);
-    free(node_of);
-    free(local_of);
-    free(size_of_node);
+    free(m.node_of);
+    free(m.local_of);
+    free(m.size_of_node);
     return st;
 }
