@@ -270,9 +270,8 @@ static void describe_peer(diag_out *o, int m, const diag_view *v, const mpi_diag
                 put(o, "rank %d is at collective #%llu (%s) on this communicator, for %.1f s", m,
                     (unsigned long long)v->seq, its, since);
             else
-                put(o, "rank %d has not entered %s #%llu: it waits in %s #%llu on %s, for %.1f s",
-                    m, here, (unsigned long long)at->seq, its, (unsigned long long)v->seq, which,
-                    since);
+                put(o, "rank %d waits in %s #%llu on another communicator, for %.1f s", m, its,
+                    (unsigned long long)v->seq, since);
             break;
         default:
             if (v->key == at->key && v->seq >= at->seq)
@@ -379,7 +378,7 @@ size_t mpi_diag_report(char *buf, size_t cap, const mpi_diag_site *at, double st
             "determined. ",
             remote, remote == 1 ? "" : "s", remote == 1 ? "s" : "");
     if (unread)
-        put(&o, "%d rank%s changed state too fast to be read. ", unread, unread == 1 ? "" : "s");
+        put(&o, "%d rank%s could not be read consistently. ", unread, unread == 1 ? "" : "s");
     free(waiting);
     return o.len;
 }

@@ -183,6 +183,25 @@ START_TEST(test_stopped_rank_named)
 }
 END_TEST
 
+/* Rank 3 of 4 stalls after a split by parity: rank 1 waits for it on their
+ * half, ranks 0 and 2 on the world. Whichever watchdog fires first, it
+ * names rank 3 as not entered, and no other rank. */
+START_TEST(test_stalled_rank_in_split)
+{
+    const char *env[] = {"TP_TIMEOUT_S=3", NULL};
+    job_result r = run_job(4, "stall-split", NULL, env);
+    ck_assert_int_eq(r.exit_status, TP_ERR_TIMEOUT);
+    ck_assert_msg(strstr(r.out, "rank 3 has not entered all_reduce #1:") ||
+                      strstr(r.out, "rank 3 has not entered barrier #3:"),
+                  "rank 3 is not named");
+    for (int i = 0; i < 3; i++) {
+        char wrong[64];
+        snprintf(wrong, sizeof wrong, "rank %d has not entered", i);
+        ck_assert_msg(!strstr(r.out, wrong), "\"%s\" blames a waiting rank", wrong);
+    }
+}
+END_TEST
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
@@ -202,6 +221,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, test_hanging_rank);
     tcase_add_loop_test(tc, test_stalled_rank_named, 0, 2);
     tcase_add_test(tc, test_stopped_rank_named);
+    tcase_add_test(tc, test_stalled_rank_in_split);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
