@@ -323,7 +323,8 @@ size_t mpi_diag_report(char *buf, size_t cap, const mpi_diag_site *at, double st
     if (cap)
         buf[0] = '\0';
     if (!diag_self) {
-        put(&o, "Which rank stalled could not be determined (no shared-memory state window).");
+        put(&o, "Which rank stalled could not be determined (no shared-memory state window): "
+                "a rank probably stopped, failed or died. ");
         return o.len;
     }
     bool *waiting = calloc((size_t)diag_world_size, sizeof *waiting);
