@@ -38,9 +38,27 @@ static tp_status mpi_dev_ready(const mpi_comm *c)
     return c->dops ? c->dops->synchronize(c->dev) : TP_OK;
 }
 
+/* The world rank of each of mc's n ranks (scratch: n ints). */
+static int world_ranks_of(MPI_Comm mc, int n, int *scratch, int *out)
+{
+    MPI_Group g, wg;
+    int rc = MPI_Comm_group(mc, &g);
+    if (rc != MPI_SUCCESS)
+        return rc;
+    rc = MPI_Comm_group(MPI_COMM_WORLD, &wg);
+    if (rc == MPI_SUCCESS) {
+        for (int i = 0; i < n; i++)
+            scratch[i] = i;
+        rc = MPI_Group_translate_ranks(g, n, scratch, wg, out);
+        MPI_Group_free(&wg);
+    }
+    MPI_Group_free(&g);
+    return rc;
+}
+
 /* Wrap an MPI_Comm we own into a handle. Takes ownership of *mc. */
-static tp_status wrap_comm(mpi_engine *e, MPI_Comm *mc, const char *op, void **out, int *rank,
-                           int *size)
+static tp_status wrap_comm(mpi_engine *e, MPI_Comm *mc, uint64_t key, const char *op, void **out,
+                           int *rank, int *size)
 {
     mpi_comm *c = calloc(1, sizeof *c);
     int rc = MPI_Comm_set_errhandler(*mc, MPI_ERRORS_RETURN);
@@ -49,8 +67,11 @@ static tp_status wrap_comm(mpi_engine *e, MPI_Comm *mc, const char *op, void **o
         MPI_Comm_size(*mc, &c->size);
         c->icounts = calloc((size_t)c->size, sizeof(int));
         c->idispls = calloc((size_t)c->size, sizeof(int));
+        c->world_ranks = calloc((size_t)c->size, sizeof(int));
     }
-    if (!c || rc != MPI_SUCCESS || !c->icounts || !c->idispls) {
+    if (c && c->world_ranks && c->icounts) /* icounts: 0..size-1, then overwritten */
+        rc = world_ranks_of(*mc, c->size, c->icounts, c->world_ranks);
+    if (!c || rc != MPI_SUCCESS || !c->icounts || !c->idispls || !c->world_ranks) {
         tp_status st = rc != MPI_SUCCESS
                            ? mpi_fail(NULL, op, rc)
                            : mpi_host->set_error(TP_ERR_NO_MEMORY,
@@ -58,6 +79,7 @@ static tp_status wrap_comm(mpi_engine *e, MPI_Comm *mc, const char *op, void **o
         if (c) {
             free(c->icounts);
             free(c->idispls);
+            free(c->world_ranks);
             free(c);
         }
         MPI_Comm_free(mc);
@@ -65,6 +87,7 @@ static tp_status wrap_comm(mpi_engine *e, MPI_Comm *mc, const char *op, void **o
     }
     c->comm = *mc;
     c->eng = e;
+    c->key = key;
     *out = c;
     *rank = c->rank;
     *size = c->size;
@@ -101,13 +124,25 @@ tp_status mpi_world(void *engine, int local_index, const tp_rank_env *env, void 
                                        "older than plugin ABI 1.1): cannot order MPI after the "
                                        "device's stream; buffers are staged through host memory");
     }
+    /* MPI_COMM_WORLD as a parent: its collectives are our dups of it */
+    static uint64_t world_dups; /* in this process, across engines */
+    mpi_comm wc = {.comm = MPI_COMM_WORLD, .eng = e, .key = TPMPI_WORLD_KEY, .seq = ++world_dups};
+    MPI_Comm_rank(MPI_COMM_WORLD, &wc.rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &wc.size);
     MPI_Comm dup = MPI_COMM_NULL;
-    mpi_engine_op_begin(e, "world (MPI_Comm_dup)");
+    mpi_engine_op_begin(e, TPMPI_OPK_WORLD, &wc);
     int rc = MPI_Comm_dup(MPI_COMM_WORLD, &dup);
     mpi_engine_op_end(e);
     if (rc != MPI_SUCCESS)
         return mpi_fail(NULL, "world (MPI_Comm_dup of MPI_COMM_WORLD)", rc);
-    tp_status st = wrap_comm(e, &dup, "world", comm, rank, size);
+    tp_status st = wrap_comm(e, &dup, mpi_diag_key(wc.key, wc.seq, 0), "world", comm, rank, size);
+    if (st == TP_OK) {
+        /* once per process, collective like the dup (see mpi-diag.c) */
+        wc.seq = ++world_dups;
+        mpi_engine_op_begin(e, TPMPI_OPK_DIAG, &wc);
+        mpi_diag_open(((mpi_comm *)*comm)->comm, wc.rank, wc.size);
+        mpi_engine_op_end(e);
+    }
     if (st == TP_OK && dops) {
         ((mpi_comm *)*comm)->dops = dops;
         ((mpi_comm *)*comm)->dev = env->dev;
@@ -120,7 +155,8 @@ tp_status mpi_split(void *comm, int color, int key, void **newcomm, int *rank, i
     mpi_comm *c = comm;
     MPI_Comm nc = MPI_COMM_NULL;
     *newcomm = NULL;
-    mpi_engine_op_begin(c->eng, "split (MPI_Comm_split)");
+    c->seq++;
+    mpi_engine_op_begin(c->eng, TPMPI_OPK_SPLIT, c);
     int rc = MPI_Comm_split(c->comm, color < 0 ? MPI_UNDEFINED : color, key, &nc);
     mpi_engine_op_end(c->eng);
     if (rc != MPI_SUCCESS)
@@ -130,7 +166,8 @@ tp_status mpi_split(void *comm, int color, int key, void **newcomm, int *rank, i
         *size = 0;
         return TP_OK;
     }
-    tp_status st = wrap_comm(c->eng, &nc, "split", newcomm, rank, size);
+    tp_status st =
+        wrap_comm(c->eng, &nc, mpi_diag_key(c->key, c->seq, color), "split", newcomm, rank, size);
     if (st == TP_OK) {
         ((mpi_comm *)*newcomm)->dops = c->dops;
         ((mpi_comm *)*newcomm)->dev = c->dev;
@@ -149,6 +186,7 @@ void mpi_comm_free(void *comm)
         MPI_Comm_free(&c->comm);
     free(c->icounts);
     free(c->idispls);
+    free(c->world_ranks);
     free(c);
 }
 
@@ -193,7 +231,8 @@ tp_status mpi_all_reduce(void *comm, const void *send, void *recv, size_t count,
         return st;
     size_t chunk = mpi_engine_max_count(c->eng);
     int rc = MPI_SUCCESS;
-    mpi_engine_op_begin(c->eng, "all_reduce");
+    c->seq++;
+    mpi_engine_op_begin(c->eng, TPMPI_OPK_ALL_REDUCE, c);
     for (size_t done = 0; done < count && rc == MPI_SUCCESS; done += chunk) {
         size_t n = count - done < chunk ? count - done : chunk;
         char *r = (char *)recv + done * esz;
@@ -224,7 +263,8 @@ tp_status mpi_all_gather(void *comm, const void *send, void *recv, const size_t 
     if ((const char *)send == (const char *)recv + (size_t)c->idispls[c->rank] * esz)
         s = MPI_IN_PLACE; /* own block already in place */
     int rc;
-    mpi_engine_op_begin(c->eng, "all_gather");
+    c->seq++;
+    mpi_engine_op_begin(c->eng, TPMPI_OPK_ALL_GATHER, c);
     if (equal)
         rc = MPI_Allgather(s, c->icounts[0], mdt, recv, c->icounts[0], mdt, c->comm);
     else
@@ -258,7 +298,8 @@ tp_status mpi_reduce_scatter(void *comm, const void *send, void *recv, const siz
      * rank's block at its start, which is what the caller asked for. */
     const void *s = send == recv ? MPI_IN_PLACE : send;
     int rc;
-    mpi_engine_op_begin(c->eng, "reduce_scatter");
+    c->seq++;
+    mpi_engine_op_begin(c->eng, TPMPI_OPK_REDUCE_SCATTER, c);
     if (equal)
         rc = MPI_Reduce_scatter_block(s, recv, c->icounts[0], mdt, mop, c->comm);
     else
@@ -289,7 +330,8 @@ tp_status mpi_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int ro
                                    root, c->size, c->size - 1);
     size_t chunk = mpi_engine_max_count(c->eng);
     int rc = MPI_SUCCESS;
-    mpi_engine_op_begin(c->eng, "broadcast");
+    c->seq++;
+    mpi_engine_op_begin(c->eng, TPMPI_OPK_BROADCAST, c);
     for (size_t done = 0; done < count && rc == MPI_SUCCESS; done += chunk) {
         size_t n = count - done < chunk ? count - done : chunk;
         rc = MPI_Bcast((char *)buf + done * esz, (int)n, mdt, root, c->comm);
@@ -301,7 +343,8 @@ tp_status mpi_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int ro
 tp_status mpi_barrier(void *comm)
 {
     mpi_comm *c = comm;
-    mpi_engine_op_begin(c->eng, "barrier");
+    c->seq++;
+    mpi_engine_op_begin(c->eng, TPMPI_OPK_BARRIER, c);
     int rc = MPI_Barrier(c->comm);
     mpi_engine_op_end(c->eng);
     return rc == MPI_SUCCESS ? TP_OK : mpi_fail(c, "barrier (MPI_Barrier)", rc);

@@ -45,11 +45,12 @@ struct mpi_engine {
     size_t max_count;                    /* largest count one MPI call may take (int) */
     MPI_Op half_ops[2][TP_REDOP_COUNT_]; /* [0: f16, 1: bf16][redop] */
 
-    /* watchdog: a blocking call is in flight while op_start_ns != 0 */
+    /* watchdog: a blocking call is in flight while op_start_ns != 0; site
+     * says which (written before op_start_ns is set, read after) */
     double timeout_s;
     bool watchdog_on;
     _Atomic long long op_start_ns;
-    _Atomic(const char *) op_name;
+    mpi_diag_site site;
     pthread_t watchdog;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -110,18 +111,43 @@ static void pin_module(void)
 
 /* ------------------------------------------------------------ watchdog */
 
+/* The watchdog's tick, and a peer's heartbeat older than this means it is
+ * not running (stopped, or starved of CPU). */
+static double watchdog_period(const mpi_engine *e)
+{
+    double period = e->timeout_s / 4;
+    return period > 1.0 ? 1.0 : period < 0.01 ? 0.01 : period;
+}
+
+/* The only way out of a blocked MPI call. The message goes to stderr
+ * because the process is about to be killed; it is formatted into a static
+ * buffer (this thread is the only one that fires). */
+static void watchdog_fire(mpi_engine *e, long long t0, long long waited)
+{
+    static char why[4096];
+    mpi_diag_report(why, sizeof why, &e->site, 2 * watchdog_period(e) + 0.25);
+    if (atomic_load_explicit(&e->op_start_ns, memory_order_acquire) != t0)
+        return; /* the call returned meanwhile: no timeout after all */
+    fprintf(stderr,
+            "tp mpi: rank %d: %s has waited %.1f s for its peers, longer than TP_TIMEOUT_S=%g s "
+            "(it is collective #%llu on a communicator of %d rank%s). %sAborting the MPI job "
+            "(MPI_Abort) because a blocked MPI call cannot be cancelled. Raise TP_TIMEOUT_S if "
+            "the peers are only slow.\n",
+            e->world_rank, mpi_opk_name(e->site.opk), (double)waited / 1e9, e->timeout_s,
+            (unsigned long long)e->site.seq, e->site.n, e->site.n == 1 ? "" : "s", why);
+    fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, TP_ERR_TIMEOUT);
+}
+
 static void *watchdog_main(void *arg)
 {
     mpi_engine *e = arg;
-    double period = e->timeout_s / 4;
-    if (period > 1.0)
-        period = 1.0;
-    if (period < 0.01)
-        period = 0.01;
+    double period = watchdog_period(e);
     long long limit_ns = (long long)(e->timeout_s * 1e9);
 
     pthread_mutex_lock(&e->mu);
     while (!e->stop) {
+        mpi_diag_heartbeat();
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         long long wake =
@@ -135,37 +161,35 @@ static void *watchdog_main(void *arg)
         if (t0 == 0)
             continue;
         long long waited = now_ns() - t0;
-        if (waited <= limit_ns)
-            continue;
-        const char *op = atomic_load_explicit(&e->op_name, memory_order_relaxed);
-        /* The only way out of a blocked MPI call. The message goes to
-         * stderr because the process is about to be killed. */
-        fprintf(
-            stderr,
-            "tp mpi: rank %d: %s has waited %.1f s for its peers, longer than TP_TIMEOUT_S=%g s; "
-            "a rank probably stopped, failed or died. Aborting the MPI job (MPI_Abort) because "
-            "a blocked MPI call cannot be cancelled. Raise TP_TIMEOUT_S if the peers are only "
-            "slow.\n",
-            e->world_rank, op ? op : "an MPI call", (double)waited / 1e9, e->timeout_s);
-        fflush(stderr);
-        MPI_Abort(MPI_COMM_WORLD, TP_ERR_TIMEOUT);
+        if (waited > limit_ns)
+            watchdog_fire(e, t0, waited);
     }
     pthread_mutex_unlock(&e->mu);
     return NULL;
 }
 
-void mpi_engine_op_begin(mpi_engine *e, const char *op)
+void mpi_engine_op_begin(mpi_engine *e, mpi_opk opk, const mpi_comm *c)
 {
+    mpi_diag_enter((int)opk, c->key, c->seq);
     if (!e->watchdog_on)
         return;
-    atomic_store_explicit(&e->op_name, op, memory_order_relaxed);
+    mpi_diag_heartbeat(); /* between ticks too: a short job may see none */
+    e->site.world_rank = e->world_rank;
+    e->site.opk = (int)opk;
+    e->site.key = c->key;
+    e->site.seq = c->seq;
+    e->site.members = c->world_ranks;
+    e->site.n = c->size;
     atomic_store_explicit(&e->op_start_ns, now_ns(), memory_order_release);
 }
 
 void mpi_engine_op_end(mpi_engine *e)
 {
-    if (e->watchdog_on)
-        atomic_store_explicit(&e->op_start_ns, 0, memory_order_release);
+    mpi_diag_leave();
+    if (!e->watchdog_on)
+        return;
+    atomic_store_explicit(&e->op_start_ns, 0, memory_order_release);
+    mpi_diag_heartbeat();
 }
 
 static tp_status start_watchdog(mpi_engine *e)
@@ -398,6 +422,7 @@ void mpi_engine_finalize(void *engine)
     mpi_engine *e = engine;
     if (!e)
         return;
+    mpi_diag_done();
     stop_watchdog(e);
     int finalized = 0;
     MPI_Finalized(&finalized);

@@ -6,7 +6,8 @@
  * Symbols here are hidden (gnu_symbol_visibility: 'hidden'); the plugin
  * exports only its TP_PLUGIN_DEFINE entry point. Files call downwards
  * only: mpi-plugin (the vtable) -> mpi-comm -> mpi-engine -> mpi-half,
- * and everyone -> mpi-error (the leaf).
+ * mpi-comm and mpi-engine -> mpi-diag (the ranks' published state), and
+ * everyone -> mpi-error (the leaf).
  */
 #ifndef TP_MPI_INTERNAL_H
 #define TP_MPI_INTERNAL_H
@@ -16,6 +17,7 @@
 
 #include <mpi.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 typedef struct mpi_engine mpi_engine;
 
@@ -24,6 +26,10 @@ typedef struct mpi_comm {
     MPI_Comm comm; /* owned: a dup or split, MPI_ERRORS_RETURN */
     mpi_engine *eng;
     int rank, size;
+    /* For the watchdog's report (mpi-diag.c): the same key on every member,
+     * the number of collectives so far, each member's world rank. */
+    uint64_t key, seq;
+    int *world_ranks;
     int *icounts; /* size entries: int counts for the v-variants */
     int *idispls; /* size entries: int displacements */
     /* CUDA-aware Open MPI on device memory: the rank's device, whose stream
@@ -31,6 +37,29 @@ typedef struct mpi_comm {
     const tp_device_ops *dops;
     void *dev;
 } mpi_comm;
+
+/* The kinds of blocking MPI calls the watchdog watches. */
+typedef enum mpi_opk {
+    TPMPI_OPK_WORLD,
+    TPMPI_OPK_SPLIT,
+    TPMPI_OPK_ALL_REDUCE,
+    TPMPI_OPK_ALL_GATHER,
+    TPMPI_OPK_REDUCE_SCATTER,
+    TPMPI_OPK_BROADCAST,
+    TPMPI_OPK_BARRIER,
+    TPMPI_OPK_DIAG,
+    TPMPI_OPK_COUNT_
+} mpi_opk;
+
+/* Where a rank waits: collective #seq of kind opk on the communicator with
+ * this key, whose n members have these world ranks (NULL: 0..n-1). */
+typedef struct mpi_diag_site {
+    int world_rank;
+    int opk;
+    uint64_t key, seq;
+    const int *members;
+    int n;
+} mpi_diag_site;
 
 /* mpi-error.c: calls no other file */
 
@@ -41,6 +70,20 @@ extern const tp_host *mpi_host;
  * be NULL (no communicator yet). */
 tp_status mpi_fail(const mpi_comm *c, const char *op, int rc);
 
+/* mpi-diag.c: each rank's state in a node-shared MPI window */
+#define TPMPI_WORLD_KEY 0x7470776f726c64ULL /* the key of MPI_COMM_WORLD itself */
+const char *mpi_opk_name(int opk);
+uint64_t mpi_diag_key(uint64_t parent, uint64_t seq, int color);
+/* Collective over world_dup, once per process; failure only loses the report. */
+void mpi_diag_open(MPI_Comm world_dup, int world_rank, int world_size);
+void mpi_diag_enter(int opk, uint64_t key, uint64_t seq);
+void mpi_diag_leave(void);
+void mpi_diag_done(void);
+void mpi_diag_heartbeat(void);
+/* Name the members of at's communicator that are not waiting with this
+ * rank (a peer is stale when its heartbeat is older than stale_s). */
+size_t mpi_diag_report(char *buf, size_t cap, const mpi_diag_site *at, double stale_s);
+
 /* mpi-engine.c */
 tp_status mpi_engine_init(const tp_host *host, const tp_engine_args *args, void **engine,
                           tp_engine_info *info);
@@ -48,8 +91,9 @@ void mpi_engine_finalize(void *engine);
 void mpi_engine_abort(void *engine, int world_rank, tp_status status, const char *message);
 int mpi_engine_probe(char *reason, size_t reason_len);
 size_t mpi_engine_max_count(const mpi_engine *e);
-/* Mark a blocking MPI call in flight for the TP_TIMEOUT_S watchdog. */
-void mpi_engine_op_begin(mpi_engine *e, const char *op);
+/* Mark a blocking MPI call in flight for the TP_TIMEOUT_S watchdog: call
+ * #c->seq of kind opk on c (c->key, c->world_ranks, c->size are read). */
+void mpi_engine_op_begin(mpi_engine *e, mpi_opk opk, const mpi_comm *c);
 void mpi_engine_op_end(mpi_engine *e);
 /* MPI datatype for dt, and for reductions the MPI_Op for (dt, op); 16-bit
  * floats use user ops created by the engine. Sets the error on failure. */

@@ -14,6 +14,13 @@
  *   fail-exit    rank 1 exits (status 3) before the first collective.
  *   hang         rank 1 sleeps instead of joining the collective (for the
  *                TP_TIMEOUT_S watchdog).
+ *   stall        after one all_reduce, the last rank sleeps instead of
+ *                joining the second (the watchdog must name it).
+ *   stop         after one all_reduce, the last rank stops itself with
+ *                SIGSTOP (it cannot even answer): the watchdog must name it.
+ *   stall-split  after one all_reduce, the ranks split by parity; the last
+ *                rank sleeps instead of joining its half's all_reduce, while
+ *                the other half goes on to a barrier on the world.
  *
  * Prints "mpi-job MODE ok" on rank 0 when the scenario completed, and the
  * error message on any rank where tp failed; exits 1 on failure.
@@ -21,12 +28,29 @@
 #include <tp/tp.h>
 
 #include <mpi.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 static const char *mode;
+
+static tp_status stall_split(tp_comm *world, int rank, int size)
+{
+    tp_comm *half = NULL;
+    tp_status st = tp_comm_split(world, rank % 2, rank, &half);
+    if (st != TP_OK)
+        return st;
+    if (rank == size - 1)
+        sleep(600);
+    int32_t v = rank;
+    st = tp_all_reduce(half, &v, &v, 1, TP_I32, TP_SUM);
+    if (st == TP_OK)
+        st = tp_barrier(world);
+    tp_comm_free(half);
+    return st;
+}
 
 static tp_status rank_main(tp_comm *world, void *arg)
 {
@@ -43,6 +67,19 @@ static tp_status rank_main(tp_comm *world, void *arg)
     tp_status st = tp_all_reduce(world, &v, &v, 1, TP_I32, TP_SUM);
     if (st)
         return st;
+    if (rank == size - 1 && strcmp(mode, "stall") == 0)
+        sleep(600);
+    if (rank == size - 1 && strcmp(mode, "stop") == 0) {
+        raise(SIGSTOP);
+        sleep(600); /* mpirun sends SIGCONT before it kills: stay out */
+    }
+    if (strcmp(mode, "stall-split") == 0)
+        return stall_split(world, rank, size);
+    if (strcmp(mode, "stall") == 0 || strcmp(mode, "stop") == 0) {
+        v = rank; /* a second all_reduce: #2 on the world communicator */
+        if ((st = tp_all_reduce(world, &v, &v, 1, TP_I32, TP_SUM)) != TP_OK)
+            return st;
+    }
     if (v != size * (size - 1) / 2)
         return tp_set_error(TP_ERR_INTERNAL, "mpi-job: all_reduce gave %d, expected %d", v,
                             size * (size - 1) / 2);
@@ -69,7 +106,8 @@ static int run_once(int *argc, char ***argv)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: mpi-job sum|app-init|fail-return|fail-exit|hang\n");
+        fprintf(stderr,
+                "usage: mpi-job sum|app-init|fail-return|fail-exit|hang|stall|stop|stall-split\n");
         return 2;
     }
     mode = argv[1];

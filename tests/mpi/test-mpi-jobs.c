@@ -140,6 +140,68 @@ START_TEST(test_hanging_rank)
 }
 END_TEST
 
+/* The last rank of a 3- or 4-rank job sleeps instead of joining the second
+ * all_reduce (mode "stall"), or stops itself with SIGSTOP ("stop"): the
+ * waiting ranks' watchdogs end the job after TP_TIMEOUT_S with status
+ * TP_ERR_TIMEOUT, and their message names the stalled rank, the
+ * collective it has not entered, whether it is alive, and who waits. */
+static void check_stall_named(int n, const char *mode, const char *liveness)
+{
+    const char *env[] = {"TP_TIMEOUT_S=3", NULL};
+    gint64 t0 = g_get_monotonic_time();
+    job_result r = run_job(n, mode, NULL, env);
+    double took = (double)(g_get_monotonic_time() - t0) / 1e6;
+    fprintf(stderr, "---- %s, %d ranks: ended in %.1f s\n", mode, n, took);
+    ck_assert_int_eq(r.exit_status, TP_ERR_TIMEOUT);
+    ck_assert_msg(took < 3 + 30, "the job took %.1f s to end", took);
+    char culprit[96], waiters[96];
+    snprintf(culprit, sizeof culprit, "Not there: rank %d has not entered all_reduce #2:", n - 1);
+    snprintf(waiters, sizeof waiters, "Waiting in all_reduce #2: ranks 0-%d.", n - 2);
+    ck_assert_ptr_nonnull(strstr(r.out, "all_reduce has waited"));
+    ck_assert_ptr_nonnull(strstr(r.out, "(it is collective #2 on a communicator of"));
+    ck_assert_msg(strstr(r.out, culprit), "no \"%s\" in the output", culprit);
+    ck_assert_msg(strstr(r.out, waiters), "no \"%s\" in the output", waiters);
+    ck_assert_msg(strstr(r.out, liveness), "no \"%s\" in the output", liveness);
+    /* no waiting rank is blamed */
+    for (int i = 0; i < n - 1; i++) {
+        char wrong[64];
+        snprintf(wrong, sizeof wrong, "rank %d has not entered", i);
+        ck_assert_msg(!strstr(r.out, wrong), "\"%s\" blames a waiting rank", wrong);
+    }
+    ck_assert_ptr_null(strstr(r.out, "mpi-job stall ok"));
+}
+
+START_TEST(test_stalled_rank_named)
+{
+    check_stall_named(3 + _i, "stall", "and it is alive (its watchdog ticked");
+}
+END_TEST
+
+START_TEST(test_stopped_rank_named)
+{
+    check_stall_named(3, "stop", "it has not answered for");
+}
+END_TEST
+
+/* Rank 3 of 4 stalls after a split by parity: rank 1 waits for it on their
+ * half, ranks 0 and 2 on the world. Whichever watchdog fires first, it
+ * names rank 3 as not entered, and no other rank. */
+START_TEST(test_stalled_rank_in_split)
+{
+    const char *env[] = {"TP_TIMEOUT_S=3", NULL};
+    job_result r = run_job(4, "stall-split", NULL, env);
+    ck_assert_int_eq(r.exit_status, TP_ERR_TIMEOUT);
+    ck_assert_msg(strstr(r.out, "rank 3 has not entered all_reduce #1:") ||
+                      strstr(r.out, "rank 3 has not entered barrier #3:"),
+                  "rank 3 is not named");
+    for (int i = 0; i < 3; i++) {
+        char wrong[64];
+        snprintf(wrong, sizeof wrong, "rank %d has not entered", i);
+        ck_assert_msg(!strstr(r.out, wrong), "\"%s\" blames a waiting rank", wrong);
+    }
+}
+END_TEST
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
@@ -157,6 +219,9 @@ int main(int argc, char **argv)
     tcase_add_loop_test(tc, test_failing_rank_returns, 0, 2);
     tcase_add_test(tc, test_failing_rank_exits);
     tcase_add_test(tc, test_hanging_rank);
+    tcase_add_loop_test(tc, test_stalled_rank_named, 0, 2);
+    tcase_add_test(tc, test_stopped_rank_named);
+    tcase_add_test(tc, test_stalled_rank_in_split);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
