@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 static void usage(FILE *f, const char *prog, const char *summary, const ex_opts *d)
 {
@@ -145,6 +146,8 @@ int ex_parse(int argc, char **argv, ex_opts *o, const char *prog, const char *su
         if (bad)
             return 2;
     }
+    if (o->npy_dir && ex_check_out_dir(prog, o->npy_dir) != 0)
+        return 2;
     return 0;
 }
 
@@ -217,6 +220,52 @@ static int write_npy(const char *dir, const char *name, const void *data, const 
     return 0;
 }
 
+int ex_check_out_dir(const char *prog, const char *dir)
+{
+    struct stat sb;
+    if (stat(dir, &sb) == 0) {
+        if (!S_ISDIR(sb.st_mode)) {
+            fprintf(stderr, "%s: --save-npy %s: exists and is not a directory; give a directory\n",
+                    prog, dir);
+            return -1;
+        }
+        if (access(dir, W_OK | X_OK) != 0) {
+            fprintf(stderr,
+                    "%s: --save-npy %s: directory is not writable (%s); give a directory you can "
+                    "write to\n",
+                    prog, dir, strerror(errno));
+            return -1;
+        }
+        return 0;
+    }
+    if (errno != ENOENT) {
+        fprintf(stderr, "%s: --save-npy %s: %s\n", prog, dir, strerror(errno));
+        return -1;
+    }
+    /* missing: write_npy creates it (one level), so its parent must be writable */
+    char parent[4096];
+    snprintf(parent, sizeof parent, "%s", dir);
+    size_t len = strlen(parent);
+    while (len > 1 && parent[len - 1] == '/')
+        parent[--len] = 0;
+    char *slash = strrchr(parent, '/');
+    if (!slash)
+        snprintf(parent, sizeof parent, ".");
+    else if (slash == parent)
+        parent[1] = 0;
+    else
+        *slash = 0;
+    errno = 0;
+    if (stat(parent, &sb) != 0 || !S_ISDIR(sb.st_mode) || access(parent, W_OK | X_OK) != 0) {
+        fprintf(stderr,
+                "%s: --save-npy %s: cannot create it: its parent %s is not a writable directory "
+                "(%s); create the parent or give another directory\n",
+                prog, dir, parent, errno ? strerror(errno) : "not a directory");
+        return -1;
+    }
+    return 0;
+}
+
 void *ex_calloc(int64_t n, size_t size, const char *what, tp_status *st)
 {
     if (*st != TP_OK)
@@ -250,12 +299,16 @@ double ex_now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-void ex_ref_gemm(int64_t m, int64_t n, int64_t k, const double *a, const double *ea,
-                 const double *b, const double *bias, int parts, double *c, double *ec)
+tp_status ex_ref_gemm(int64_t m, int64_t n, int64_t k, const double *a, const double *ea,
+                      const double *b, const double *bias, int parts, double *c, double *ec)
 {
     double nt = (double)k + parts + 2.0;
     double g = nt * EX_U / (1.0 - nt * EX_U);
-    double *sa = malloc(sizeof(double) * (size_t)(2 * n + 1)), *prop = sa + n;
+    tp_status st = TP_OK;
+    double *sa = ex_calloc(2 * n + 1, sizeof(double), "the reference GEMM's row sums", &st);
+    if (!sa)
+        return st;
+    double *prop = sa + n;
     for (int64_t i = 0; i < m; i++) {
         double *s = c + i * n;
         for (int64_t j = 0; j < n; j++) {
@@ -276,4 +329,5 @@ void ex_ref_gemm(int64_t m, int64_t n, int64_t k, const double *a, const double 
             ec[i * n + j] = g * sa[j] + prop[j];
     }
     free(sa);
+    return TP_OK;
 }

@@ -79,6 +79,10 @@ int ex_write_npy(const char *dir, const char *name, const float *data, int ndim,
 int ex_write_npy_i32(const char *dir, const char *name, const int32_t *data, int ndim,
                      const int64_t *shape);
 
+/* Before the run: --save-npy DIR is a writable directory, or missing with
+ * a writable parent (it is created then). 0, or -1 after printing why. */
+int ex_check_out_dir(const char *prog, const char *dir);
+
 double ex_now(void); /* monotonic seconds */
 
 /* a widened to double (allocated as by ex_calloc; the caller frees). */
@@ -88,9 +92,10 @@ double *ex_to_double(const float *a, int64_t n, const char *what, tp_status *st)
  * bound on the error of an f32 computation whose inputs carry the errors
  * ea (may be NULL) and whose k-term sums are split over `parts` ranks and
  * reduced: gamma(k + parts + 2) * sum |a||b| + propagated input error,
- * gamma(n) = n u / (1 - n u), u = 2^-24 (any summation order, FMA or not). */
-void ex_ref_gemm(int64_t m, int64_t n, int64_t k, const double *a, const double *ea,
-                 const double *b, const double *bias, int parts, double *c, double *ec);
+ * gamma(n) = n u / (1 - n u), u = 2^-24 (any summation order, FMA or not).
+ * TP_ERR_NO_MEMORY (message set) if its scratch row cannot be allocated. */
+tp_status ex_ref_gemm(int64_t m, int64_t n, int64_t k, const double *a, const double *ea,
+                      const double *b, const double *bias, int parts, double *c, double *ec);
 
 #define EX_U (1.0 / 16777216.0)
 

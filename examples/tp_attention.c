@@ -120,6 +120,8 @@ static int parse(int argc, char **argv, opts *o)
         if (rc)
             return 2;
     }
+    if (o->npy_dir && ex_check_out_dir(PROG, o->npy_dir) != 0)
+        return 2;
     return 0;
 }
 

@@ -189,10 +189,10 @@ static tp_status reference_forward(const lin_run *L, lin_ref *ref)
     ref->he = ex_calloc(t * F, sizeof(double), "the error bound of h", &st);
     ref->y = ex_calloc(t * H, sizeof(double), "the reference y", &st);
     ref->ye = ex_calloc(t * H, sizeof(double), "the error bound of y", &st);
-    if (st == TP_OK) {
-        ex_ref_gemm(t, F, H, xd, NULL, w1d, b1d, 1, ref->h, ref->he);
-        ex_ref_gemm(t, H, F, ref->h, ref->he, w2d, b2d, L->T, ref->y, ref->ye);
-    }
+    if (st == TP_OK)
+        st = ex_ref_gemm(t, F, H, xd, NULL, w1d, b1d, 1, ref->h, ref->he);
+    if (st == TP_OK)
+        st = ex_ref_gemm(t, H, F, ref->h, ref->he, w2d, b2d, L->T, ref->y, ref->ye);
     free(fw1), free(fb1), free(fw2), free(fb2);
     free(xd), free(w1d), free(b1d), free(w2d), free(b2d);
     return st;

@@ -214,14 +214,15 @@ static tp_status reference_forward(const mlp_run *M, double *yr, double *ye)
     double *b2d = ex_to_double(M->b2, H, "b2 in double", &st);
     double *pre = ex_calloc(t * F, sizeof(double), "the reference hidden", &st);
     double *epre = ex_calloc(t * F, sizeof(double), "the error bound of the hidden", &st);
+    if (st == TP_OK)
+        st = ex_ref_gemm(t, F, H, xd, NULL, w1d, b1d, 1, pre, epre);
     if (st == TP_OK) {
-        ex_ref_gemm(t, F, H, xd, NULL, w1d, b1d, 1, pre, epre);
         for (int64_t i = 0; i < t * F; i++) {
             double hv = gelu_d(pre[i], M->o->gelu_tanh);
             epre[i] = 1.129 * epre[i] + 8.0 * EX_U * (fabs(pre[i]) + fabs(hv));
             pre[i] = hv;
         }
-        ex_ref_gemm(t, H, F, pre, epre, w2d, b2d, M->T, yr, ye);
+        st = ex_ref_gemm(t, H, F, pre, epre, w2d, b2d, M->T, yr, ye);
     }
     free(xd), free(w1d), free(b1d), free(w2d), free(b2d), free(pre), free(epre);
     return st;

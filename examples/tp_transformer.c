@@ -24,6 +24,7 @@
  *   TP_BACKEND=loopback build/examples/tp_transformer --tp 4 --compare-tp 1
  *   mpirun -n 4 env TP_BACKEND=mpi build/examples/tp_transformer
  */
+#include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
@@ -209,6 +210,8 @@ static int parse(int argc, char **argv, opts *o)
                 o->compare_tp, o->tp);
         return 2;
     }
+    if (o->npy_dir && ex_check_out_dir(PROG, o->npy_dir) != 0)
+        return 2;
     if (!o->print_every)
         o->print_every = o->steps >= 10 ? o->steps / 10 : 1;
     return 0;
@@ -248,8 +251,13 @@ static tp_status save_npy(const opts *o, tp_gpt *m, int rank, const int32_t *ids
     const tp_param *ps;
     int np;
     tp_gpt_params(m, &ps, &np);
-    float *logits = rank == 0 ? malloc(sizeof(float) * (size_t)(N * o->vocab)) : NULL;
-    tp_status st = tp_gpt_get_full_logits(m, logits);
+    tp_status st = TP_OK;
+    /* N * vocab fits: the model's own logits [N, vocab / T] were allocated */
+    float *logits =
+        rank == 0 ? ex_calloc(N * o->vocab, sizeof(float), "the full logits", &st) : NULL;
+    if (st != TP_OK)
+        return st; /* the other ranks get the backend's error from the collective */
+    st = tp_gpt_get_full_logits(m, logits);
     int bad = 0;
     if (st == TP_OK && rank == 0) {
         int64_t sid[2] = {o->batch, o->seq}, sl[2] = {N, o->vocab}, s1[1] = {1};
@@ -261,8 +269,10 @@ static tp_status save_npy(const opts *o, tp_gpt *m, int rank, const int32_t *ids
     free(logits);
     for (int i = 0; i < np && st == TP_OK; i++) {
         int64_t n = full_numel(&ps[i]);
-        float *v = malloc(sizeof(float) * (size_t)n), *g = malloc(sizeof(float) * (size_t)n);
-        st = tp_gpt_get_full_param(m, i, v, g); /* collective: every rank */
+        float *v = ex_calloc(n, sizeof(float), ps[i].name, &st);
+        float *g = ex_calloc(n, sizeof(float), "a full gradient", &st);
+        if (st == TP_OK)
+            st = tp_gpt_get_full_param(m, i, v, g); /* collective: every rank */
         if (st == TP_OK && rank == 0) {
             char nm[160];
             snprintf(nm, sizeof nm, "%s.npy", ps[i].name);
@@ -287,6 +297,7 @@ static tp_status save_npy(const opts *o, tp_gpt *m, int rank, const int32_t *ids
                     o->rms ? "rms" : "layernorm", o->smoothing);
             bad |= fclose(f) != 0;
         } else {
+            fprintf(stderr, "error: cannot write %s: %s\n", path, strerror(errno));
             bad = 1;
         }
         if (bad)
@@ -539,10 +550,16 @@ int main(int argc, char **argv)
     int p = parse(argc, argv, &R.o);
     if (p)
         return p == 1 ? 0 : 2;
-    R.loss[0] = calloc((size_t)R.o.steps, sizeof(float));
-    R.loss[1] = calloc((size_t)R.o.steps, sizeof(float));
+    tp_status st = TP_OK;
+    R.loss[0] = ex_calloc(R.o.steps, sizeof(float), "the loss curve", &st);
+    R.loss[1] = ex_calloc(R.o.steps, sizeof(float), "the compared loss curve", &st);
+    if (st != TP_OK) {
+        fprintf(stderr, "%s: %s: %s\n", PROG, tp_status_string(st), tp_last_error());
+        free(R.loss[0]), free(R.loss[1]);
+        return 1;
+    }
     int T = 0;
-    tp_status st = ex_run(PROG, R.o.tp, &argc, &argv, rank_main, &R, &T);
+    st = ex_run(PROG, R.o.tp, &argc, &argv, rank_main, &R, &T);
     /* only the process holding world rank 0 printed and compares */
     if (st == TP_OK && R.o.compare_tp && R.have_rank0)
         R.failed = !compare_loss_curves(&R, T);

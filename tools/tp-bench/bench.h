@@ -240,6 +240,15 @@ typedef struct bench_sink {
 void bench_sink_init(bench_sink *s, const char *json_path, const char *csv_path);
 void bench_sink_emit(bench_sink *s, const bench_record *r); /* copies r */
 int bench_sink_close(bench_sink *s);                        /* 0, or -1 (message in s->err) */
+/* Before any run: each path given (NULL: none) can be written -- an
+ * existing writable file or device, or a new file in a writable directory.
+ * 0, or -1 with err naming the flag, the file and why. The CSV is written
+ * at close: a regular file (or a new one) is replaced atomically by
+ * rename; a symlink is written through (its target rewritten in place,
+ * the link kept), and a device, FIFO or hard-linked file is written in
+ * place, never replaced. */
+int bench_sink_check_paths(const char *json_path, const char *csv_path, const char *out_path,
+                           char *err, size_t errlen);
 /* Write records as CSV (grouped as above) to f. */
 void bench_csv_write_all(GPtrArray *records, GString *out);
 
@@ -342,6 +351,14 @@ int bench_run_tps(bench_env *env, const int *tps, int ntp, bench_rank_fn fn, voi
 int bench_env_probe(bench_env *env);
 /* True on the process that prints (the one running world rank 0). */
 bool bench_is_printer(tp_comm *comm);
+/* tp_barrier(comm), after a failure st too (so that the other ranks are not
+ * left waiting) without losing st's message, which a collective clears.
+ * Returns st, or the barrier's status when st is TP_OK. */
+tp_status bench_barrier_after(tp_comm *comm, tp_status st);
+/* malloc(bytes), or NULL with *st = TP_ERR_NO_MEMORY and a message naming
+ * what and its bytes; does nothing once *st is a failure (one check after
+ * a run of them). */
+void *bench_malloc(size_t bytes, const char *what, tp_status *st);
 
 /* A progress line on stderr, at most once a second and only after the
  * sweep ran 2 s; bench_progress_done ends it. */

@@ -128,6 +128,8 @@ static int memcpy_sweep(int T, const size_t *sizes, int nsizes, int iters, int w
         rc = -1;
     if (rc == 0) {
         double *v = malloc((size_t)iters * sizeof *v);
+        if (!v)
+            rc = -1;
         for (int s = 0; s < nsizes && v; s++) {
             for (int it = 0; it < iters; it++) {
                 size_t k0 = ((size_t)s * iters + it) * T;
@@ -607,8 +609,14 @@ static int memcpy_reference(coll_run *c, int T)
     if (!c->copy1_s || !c->copyT_s ||
         memcpy_sweep(1, c->sizes, c->nsizes, c->iters, c->warmup, c->copy1_s) != 0 ||
         (T > 1 && memcpy_sweep(T, c->sizes, c->nsizes, c->iters, c->warmup, c->copyT_s) != 0)) {
+        size_t maxb = 0;
+        for (int s = 0; s < c->nsizes; s++)
+            maxb = c->sizes[s] > maxb ? c->sizes[s] : maxb;
         fprintf(stderr,
-                "tp-bench: memcpy reference failed (out of memory or threads); use --no-memcpy\n");
+                "tp-bench: TP_ERR_NO_MEMORY: memcpy reference failed: out of memory for its "
+                "buffers (2 x %zu bytes per thread, %d thread%s) or out of threads; use "
+                "--no-memcpy or a smaller --maxbytes\n",
+                maxb, T, T == 1 ? "" : "s");
         return BENCH_EXIT_FAIL;
     }
     if (T == 1)

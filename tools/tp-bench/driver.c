@@ -99,15 +99,38 @@ static tp_status wrap(tp_comm *world, void *a)
         return w->fn(world, w->T, w->arg);
     int r = tp_comm_rank(world);
     tp_comm *sub = NULL;
-    tp_status st, st2;
+    tp_status st;
     TP_TRY_GOTO(tp_comm_split(world, r < w->T ? 0 : -1, r, &sub), st, wait);
     if (sub)
         st = w->fn(sub, w->T, w->arg);
 wait:
     /* ranks outside the group wait here for the ones inside, even after a failure */
-    st2 = tp_barrier(world);
+    st = bench_barrier_after(world, st);
     tp_comm_free(sub);
-    return st != TP_OK ? st : st2;
+    return st;
+}
+
+tp_status bench_barrier_after(tp_comm *comm, tp_status st)
+{
+    if (st == TP_OK)
+        return tp_barrier(comm);
+    /* a collective clears the thread's last error: keep the failure's message */
+    char msg[1024];
+    g_strlcpy(msg, tp_last_error(), sizeof msg);
+    tp_barrier(comm);
+    return tp_set_error(st, "%s", msg);
+}
+
+void *bench_malloc(size_t bytes, const char *what, tp_status *st)
+{
+    if (*st != TP_OK)
+        return NULL;
+    void *p = malloc(bytes ? bytes : 1);
+    if (!p)
+        *st = tp_set_error(TP_ERR_NO_MEMORY,
+                           "tp-bench: out of host memory for %s (%zu bytes); use smaller sizes",
+                           what, bytes);
+    return p;
 }
 
 int bench_run_tps(bench_env *env, const int *tps, int ntp, bench_rank_fn fn, void *arg)

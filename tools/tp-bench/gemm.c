@@ -171,13 +171,11 @@ static tp_status size_setup(const gemm_rank_ctx *x, gemm_size *s, int64_t N)
     s->elems = (size_t)N * (size_t)N;
     s->bytes = s->elems * tp_dtype_size(x->g->dtype);
     s->reps = 1;
-    s->h = malloc(s->elems * sizeof(float));
-    s->h2 = malloc(s->elems * sizeof(float));
-    s->hx = malloc(s->bytes);
-    if (!s->h || !s->h2 || !s->hx)
-        return tp_set_error(TP_ERR_NO_MEMORY,
-                            "tp-bench gemm: no host memory for %" G_GINT64_FORMAT "^2 floats",
-                            (gint64)N);
+    tp_status st = TP_OK;
+    s->h = bench_malloc(s->elems * sizeof(float), "gemm: the f32 host copy of A, B and C", &st);
+    s->h2 = bench_malloc(s->elems * sizeof(float), "gemm: the f32 host copy of C (direct)", &st);
+    s->hx = bench_malloc(s->bytes, "gemm: the host staging buffer", &st);
+    TP_TRY(st);
     TP_TRY(tp_dev_alloc(dev, s->bytes, &s->a));
     TP_TRY(tp_dev_alloc(dev, s->bytes, &s->b));
     TP_TRY(tp_dev_alloc(dev, s->bytes, &s->c));
@@ -349,12 +347,11 @@ static tp_status gemm_one_size(gemm_rank_ctx *x, int64_t N)
     double maxdiff = NAN;
     tp_status st;
     TP_TRY_GOTO(size_setup(x, &s, N), st, done);
-    s.tv = calloc((size_t)x->g->iters, sizeof(double));
-    s.td = calloc((size_t)x->g->iters, sizeof(double));
-    if (!s.tv || !s.td) {
-        st = tp_set_error(TP_ERR_NO_MEMORY, "tp-bench gemm: no memory for timings");
+    st = TP_OK;
+    s.tv = bench_malloc((size_t)x->g->iters * sizeof(double), "gemm: the vtable timings", &st);
+    s.td = bench_malloc((size_t)x->g->iters * sizeof(double), "gemm: the direct timings", &st);
+    if (st != TP_OK)
         goto done;
-    }
     TP_TRY_GOTO(time_iterations(x, &s), st, done);
     if (x->direct != DIRECT_NONE)
         TP_TRY_GOTO(max_diff(x, &s, &maxdiff), st, done);
@@ -376,7 +373,7 @@ static tp_status gemm_rank(tp_comm *comm, int T, void *arg)
     x.host = tp_device_mem_kind(x.dev) == TP_MEM_HOST;
     x.direct = pick_direct(x.dev, x.g->dtype, &x.why);
     x.unit = x.host ? 1e9 : 1e12;
-    tp_status st = TP_OK, st2;
+    tp_status st = TP_OK;
 #ifdef TP_BENCH_HAVE_CUBLAS
     if (x.direct == DIRECT_CUBLAS)
         TP_TRY_GOTO(open_cublas(&x), st, done);
@@ -389,8 +386,7 @@ done:
     bench_cublas_close(x.cb);
 #endif
     /* the other ranks wait in this barrier, also after a failure */
-    st2 = tp_barrier(comm);
-    return st != TP_OK ? st : st2;
+    return bench_barrier_after(comm, st);
 }
 
 int bench_cmd_gemm(const bench_opts *o)

@@ -49,7 +49,9 @@ static tp_status upload_f32(tp_tensor *t, const float *h, size_t n)
         return tp_tensor_upload(t, h);
     void *buf = malloc(n * tp_dtype_size(t->dtype) + 1);
     if (!buf)
-        return tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory to convert the layer's data");
+        return tp_set_error(TP_ERR_NO_MEMORY,
+                            "tp-bench: out of host memory to convert the layer's data (%zu bytes)",
+                            n * tp_dtype_size(t->dtype) + 1);
     tp_host_convert(t->dtype, buf, TP_F32, h, n);
     tp_status st = tp_tensor_upload(t, buf);
     free(buf);
@@ -111,7 +113,8 @@ static tp_status upload_master(tp_tensor *t, uint64_t id, int64_t full, int64_t 
 {
     float *h = malloc((size_t)rows * (size_t)cols * sizeof *h);
     if (!h)
-        return tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory for %s", what);
+        return tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: out of host memory for %s (%zu bytes)",
+                            what, (size_t)rows * (size_t)cols * sizeof *h);
     tp_master_fill(1, id, full, 0, rows, c0, c0 + cols, 1.0f, h);
     tp_status st = upload_f32(t, h, (size_t)rows * (size_t)cols);
     free(h);
@@ -326,7 +329,9 @@ static tp_status layer_rank(tp_comm *comm, int T, void *arg)
     rank_values(&tm, L->iters, mine);
     float *all = malloc((size_t)T * V_COUNT * sizeof *all);
     if (!all)
-        return tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory for per-rank results");
+        return tp_set_error(TP_ERR_NO_MEMORY,
+                            "tp-bench: out of host memory for per-rank results (%zu bytes)",
+                            (size_t)T * V_COUNT * sizeof *all);
     tp_status st = gather_values(comm, mine, all);
     /* every rank is done with its timed loop here (the all-gather waited
      * for them); only meaningful when this process runs all the ranks */

@@ -661,6 +661,9 @@ static int parse_option(bench_opts *o, int argc, char **argv, int *i, char *err,
             return bench_fail(err, errlen, "%s: option '%s' needs a value", cmd, shown);
         val = argv[++*i];
     }
+    if (d->has_arg == 1 && val && !*val)
+        return bench_fail(err, errlen, "%s: option '%s' needs a value, got an empty one", cmd,
+                          shown);
     return apply(o, d, shown, val, err, errlen);
 }
 

@@ -3,10 +3,13 @@
 #include "bench.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 /* ----------------------------------------------------------- records */
 
@@ -499,6 +502,114 @@ int bench_jsonl_read(const char *path, GPtrArray *arr, char *err, size_t errlen)
 
 /* ------------------------------------------------------------- sink */
 
+/* Whether path names a regular file that may be replaced by rename: not a
+ * symlink (its link would be lost), a special file (a device node, a
+ * FIFO) or a file with other hard links (they would keep the old data).
+ * A missing path is created the same way. */
+static bool replace_atomically(const char *path)
+{
+    struct stat sb;
+    if (lstat(path, &sb) != 0)
+        return errno == ENOENT;
+    return S_ISREG(sb.st_mode) && sb.st_nlink == 1;
+}
+
+/* Write all of data to fd; false with errno set on failure. */
+static bool write_all(int fd, const char *data, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, data, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            if (n == 0)
+                errno = EIO;
+            return false;
+        }
+        data += n;
+        len -= (size_t)n;
+    }
+    return true;
+}
+
+/* Write out to what the user named: a regular file (or a new one) is
+ * replaced atomically (a temporary file renamed over it, so a reader never
+ * sees half a file); anything else -- a symlink, a device, a FIFO, a
+ * hard-linked file -- is written in place through open(), so the link, the
+ * node and its type stay what they were. 0, or -1 with err naming the
+ * file. */
+static int write_output(const char *flag, const char *path, const GString *out, char *err,
+                        size_t errlen)
+{
+    if (replace_atomically(path)) {
+        GError *e = NULL;
+        if (g_file_set_contents(path, out->str, (gssize)out->len, &e))
+            return 0;
+        snprintf(err, errlen, "cannot write %s '%s': %s", flag, path, e->message);
+        g_error_free(e);
+        return -1;
+    }
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot write %s '%s': %s", flag, path, g_strerror(errno));
+        return -1;
+    }
+    bool ok = write_all(fd, out->str, out->len);
+    int saved = errno;
+    if (close(fd) != 0 && ok) {
+        ok = false;
+        saved = errno;
+    }
+    if (!ok) {
+        snprintf(err, errlen, "writing %s '%s' failed: %s", flag, path, g_strerror(saved));
+        return -1;
+    }
+    return 0;
+}
+
+/* One output path, before the run: 0 if it can be written (an existing
+ * writable file or device, or a new file in a writable directory). */
+static int check_path(const char *flag, const char *path, char *err, size_t errlen)
+{
+    struct stat sb;
+    if (stat(path, &sb) == 0) {
+        if (S_ISDIR(sb.st_mode)) {
+            snprintf(err, errlen, "%s '%s' is a directory; give a file name", flag, path);
+            return -1;
+        }
+        if (access(path, W_OK) != 0) {
+            snprintf(err, errlen, "%s '%s' is not writable: %s", flag, path, g_strerror(errno));
+            return -1;
+        }
+        return 0;
+    }
+    if (errno != ENOENT) {
+        snprintf(err, errlen, "%s '%s': %s", flag, path, g_strerror(errno));
+        return -1;
+    }
+    /* missing (or a dangling symlink): created in the directory named */
+    char *dir = g_path_get_dirname(path);
+    errno = 0;
+    int ok = stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode) && access(dir, W_OK | X_OK) == 0;
+    if (!ok)
+        snprintf(err, errlen, "%s '%s' cannot be created in directory '%s': %s", flag, path, dir,
+                 errno ? g_strerror(errno) : "not a directory");
+    g_free(dir);
+    return ok ? 0 : -1;
+}
+
+int bench_sink_check_paths(const char *json_path, const char *csv_path, const char *out_path,
+                           char *err, size_t errlen)
+{
+    if (json_path && check_path("--json", json_path, err, errlen) != 0)
+        return -1;
+    if (csv_path && check_path("--csv", csv_path, err, errlen) != 0)
+        return -1;
+    if (out_path && check_path("--out", out_path, err, errlen) != 0)
+        return -1;
+    return 0;
+}
+
 void bench_sink_init(bench_sink *s, const char *json_path, const char *csv_path)
 {
     memset(s, 0, sizeof *s);
@@ -524,8 +635,13 @@ void bench_sink_emit(bench_sink *s, const bench_record *r)
         GString *line = g_string_new(NULL);
         bench_json_line(r, line);
         g_string_append_c(line, '\n');
-        fputs(line->str, s->json);
-        fflush(s->json);
+        /* flushed per record (a killed run keeps what it measured); a
+         * failed write (disk full) fails the run, naming the file */
+        if (fwrite(line->str, 1, line->len, s->json) != line->len || fflush(s->json) != 0) {
+            snprintf(s->err, sizeof s->err, "writing --json '%s' failed: %s", s->json_path,
+                     g_strerror(errno));
+            s->failed = true; /* reported by bench_sink_close */
+        }
         g_string_free(line, TRUE);
     }
     if (s->csv_path)
@@ -544,12 +660,7 @@ int bench_sink_close(bench_sink *s)
     if (rc == 0 && s->csv_path && s->records->len > 0) {
         GString *out = g_string_new(NULL);
         bench_csv_write_all(s->records, out);
-        GError *e = NULL;
-        if (!g_file_set_contents(s->csv_path, out->str, (gssize)out->len, &e)) {
-            snprintf(s->err, sizeof s->err, "cannot write --csv '%s': %s", s->csv_path, e->message);
-            g_error_free(e);
-            rc = -1;
-        }
+        rc = write_output("--csv", s->csv_path, out, s->err, sizeof s->err);
         g_string_free(out, TRUE);
     }
     g_ptr_array_free(s->records, TRUE);

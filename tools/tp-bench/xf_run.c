@@ -49,8 +49,9 @@ static tp_status fill(tp_tensor *t, uint64_t id, int64_t lo, int64_t hi, int64_t
     float *h = malloc((n ? n : 1) * sizeof *h);
     if (!h)
         return tp_set_error(TP_ERR_NO_MEMORY,
-                            "tp-bench: no memory for a %" PRId64 " x %" PRId64 " input", hi - lo,
-                            cols);
+                            "tp-bench: out of host memory for a %" PRId64 " x %" PRId64
+                            " input (%zu bytes)",
+                            hi - lo, cols, (n ? n : 1) * sizeof *h);
     tp_master_fill(1, id, cols, lo, hi, 0, cols, 1.0f, h);
     tp_status st = tp_tensor_upload(t, h);
     free(h);
@@ -63,7 +64,9 @@ static tp_status fill_ids(bench_xf *b, int64_t vocab)
     int64_t n = b->batch * b->seq;
     int32_t *h = malloc((size_t)(n + 1) * sizeof *h);
     if (!h)
-        return tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory for %" PRId64 " token ids", n);
+        return tp_set_error(TP_ERR_NO_MEMORY,
+                            "tp-bench: out of host memory for %" PRId64 " token ids (%zu bytes)", n,
+                            (size_t)(n + 1) * sizeof *h);
     uint64_t s = 0x9e3779b97f4a7c15ull;
     for (int64_t i = 0; i <= n; i++) {
         s = s * 6364136223846793005ull + 1442695040888963407ull;
@@ -82,7 +85,8 @@ tp_status bench_xf_create(int kind, tp_comm *comm, const bench_opts *o, bench_xf
     *out = NULL;
     bench_xf *b = calloc(1, sizeof *b);
     if (!b)
-        return tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory for the layer");
+        return tp_set_error(TP_ERR_NO_MEMORY,
+                            "tp-bench: out of host memory for the layer (%zu bytes)", sizeof *b);
     b->kind = kind;
     b->backward = o->backward;
     b->batch = o->batch;
