@@ -8,6 +8,10 @@
  *                                the current size plus MB MiB (set after
  *                                tp_init), each allocating N f32 (default
  *                                16384), reducing and gathering them
+ *   faults-prog exhaust MB RANKS the same limit; each rank allocates until
+ *                                nothing is left (64 KiB blocks down to 32
+ *                                bytes), keeps it all and returns the error:
+ *                                tp must report it without memory
  *
  * The backend and device come from TP_BACKEND / TP_DEVICE. Exit status 0
  * on success; 1 with "faults-prog: STATUS: message" on stderr on a tp
@@ -99,6 +103,21 @@ static tp_status big(tp_comm *w, void *arg)
     return st;
 }
 
+/* Take every byte there is (the blocks are never freed: the process ends
+ * after reporting), then fail as a program out of memory does. */
+static tp_status exhaust(tp_comm *w, void *arg)
+{
+    (void)arg;
+    long n = 0;
+    for (size_t size = 65536; size >= 8; size /= 2)
+        while (n < 100000000 && malloc(size))
+            n++;
+    return tp_set_error(TP_ERR_NO_MEMORY,
+                        "exhaust: rank %d: no memory left after %ld blocks "
+                        "(could not allocate 8 bytes)",
+                        tp_comm_rank(w), n);
+}
+
 /* The address space in use now (VmSize), in bytes; 0 if unknown. */
 static size_t vm_size(void)
 {
@@ -126,13 +145,13 @@ int main(int argc, char **argv)
     tp_config cfg = {.world_size = 2};
     if (strcmp(mode, "gemm") == 0) {
         fn = gemms;
-    } else if (strcmp(mode, "oom") == 0) {
+    } else if (strcmp(mode, "oom") == 0 || strcmp(mode, "exhaust") == 0) {
 #ifdef UNDER_ASAN
         return 77; /* the sanitizer's shadow memory does not fit an address-space limit */
 #endif
         if (argc < 4)
             return 2;
-        fn = big;
+        fn = strcmp(mode, "oom") == 0 ? big : exhaust;
         cfg.world_size = atoi(argv[3]);
         if (argc > 4)
             oom_elems = (size_t)atol(argv[4]);
@@ -144,7 +163,7 @@ int main(int argc, char **argv)
     tp_status st = tp_init(&cfg, &ctx);
     if (st)
         return fail("tp_init", st);
-    if (strcmp(mode, "oom") == 0) {
+    if (argc > 3) {
         struct rlimit rl;
         rl.rlim_cur = rl.rlim_max = vm_size() + (size_t)atoi(argv[2]) * 1024 * 1024;
         if (setrlimit(RLIMIT_AS, &rl) != 0) {

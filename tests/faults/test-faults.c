@@ -179,35 +179,40 @@ END_TEST
 /* ---------------------------------------------------------- out of memory */
 
 /* A sweep of address-space limits over runs of 64 ranks with little data
- * (threads run out first) and of 8 ranks with 36 MiB each (buffers run out
- * first): each run ends on its own, with 0 or a named TP_ERR_NO_MEMORY,
- * never a signal or a hang. */
+ * (threads run out first), of 8 ranks with 36 MiB each (buffers run out
+ * first), and of 2 and 8 ranks that take every byte left and then fail
+ * (tp must report that without memory): each run ends on its own, with 0
+ * or a named TP_ERR_NO_MEMORY, never a signal or a hang. */
 START_TEST(test_oom_sweep)
 {
     const char *env[] = {"TP_BACKEND=good", "TP_DEVICE=good", NULL};
     int ok = 0, nomem = 0;
-    for (int run_i = 0; run_i < 2 * 51; run_i++) {
-        int mb = run_i % 51 * 32;
-        bool many = run_i < 51;
+    for (int run_i = 0; run_i < 2 * 51 + 2 * 8; run_i++) {
+        int mb = run_i < 102 ? run_i % 51 * 32 : 64 + (run_i - 102) % 8 * 32;
+        const char *mode = run_i < 102 ? "oom" : "exhaust";
+        const char *ranks = run_i < 51 ? "64" : run_i < 110 ? "8" : "2";
         char mbs[16];
         g_snprintf(mbs, sizeof mbs, "%d", mb);
-        const char *args[] = {"oom", mbs, many ? "64" : "8", many ? "16384" : "1048576", NULL};
+        const char *args[] = {mode, mbs, ranks, run_i < 51 ? "16384" : "1048576", NULL};
         child c = run(args, env, 30);
         if (WIFEXITED(c.status) && WEXITSTATUS(c.status) == 77) {
             g_free(c.err);
             return; /* under a sanitizer */
         }
-        ck_assert_msg(c.status != -1, "limit +%d MiB: still running after 30 s; stderr:\n%s", mb,
-                      c.err);
-        ck_assert_msg(WIFEXITED(c.status), "limit +%d MiB: killed by signal %d; stderr:\n%s", mb,
-                      WIFSIGNALED(c.status) ? WTERMSIG(c.status) : -1, c.err);
+        ck_assert_msg(c.status != -1,
+                      "%s, %s ranks, limit +%d MiB: still running after 30 s; "
+                      "stderr:\n%s",
+                      mode, ranks, mb, c.err);
+        ck_assert_msg(WIFEXITED(c.status),
+                      "%s, %s ranks, limit +%d MiB: killed by signal %d; stderr:\n%s", mode, ranks,
+                      mb, WIFSIGNALED(c.status) ? WTERMSIG(c.status) : -1, c.err);
         if (WEXITSTATUS(c.status) == 0) {
             ok++;
         } else {
             ck_assert_msg(WEXITSTATUS(c.status) == 1, "limit +%d MiB: exit %d; stderr:\n%s", mb,
                           WEXITSTATUS(c.status), c.err);
-            ck_assert_msg((strstr(c.err, "TP_ERR_NO_MEMORY") && strstr(c.err, "bytes")) ||
-                              strstr(c.err, "cannot start the thread of rank"),
+            ck_assert_msg(strstr(c.err, "TP_ERR_NO_MEMORY") &&
+                              (strstr(c.err, "bytes") || strstr(c.err, "thread")),
                           "limit +%d MiB: not a named out-of-memory error:\n%s", mb, c.err);
             nomem++;
         }
