@@ -176,6 +176,67 @@ START_TEST(test_hang_watchdog)
 }
 END_TEST
 
+/* ------------------------------------------------------------ shadowing */
+
+START_TEST(test_shadow_notice)
+{
+    /* shadow/libtp-loopback.so is found on TP_PLUGIN_PATH before the
+     * build tree's loopback: it is used, and said so on one line. */
+    const char *env[] = {"TP_PLUGIN_PATH=" FIX "/shadow:" FIX, "TP_BACKEND=loopback",
+                         "TP_DEVICE=good", NULL};
+    child c = run(NULL, env, 60);
+    ck_assert_msg(WIFEXITED(c.status) && WEXITSTATUS(c.status) == 0, "status 0x%x:\n%s", c.status,
+                  c.err);
+    ck_assert_err_has(c,
+                      "tp: notice: TP_BACKEND=loopback: " FIX "/shadow/libtp-loopback.so from "
+                      "TP_PLUGIN_PATH shadows the built-in " BUILT_IN_LOOPBACK " (build tree)\n");
+    g_free(c.err);
+    /* the built-in itself, or a plugin with no built-in namesake: no notice */
+    const char *plain[] = {"TP_BACKEND=good", "TP_DEVICE=good", NULL};
+    c = run(NULL, plain, 60);
+    ck_assert_msg(strstr(c.err, "notice") == NULL, "unexpected:\n%s", c.err);
+    g_free(c.err);
+}
+END_TEST
+
+static char *tp_info(const char *args)
+{
+    char *cmd =
+        g_strdup_printf("env TP_PLUGIN_PATH=%s/shadow %s %s", FIX, getenv("TP_INFO_BIN"), args);
+    char *out = NULL;
+    int status = -1;
+    ck_assert(g_spawn_command_line_sync(cmd, &out, NULL, &status, NULL));
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s: status 0x%x", cmd, status);
+    g_free(cmd);
+    return out;
+}
+
+START_TEST(test_shadow_tp_info)
+{
+    ck_assert_ptr_nonnull(getenv("TP_INFO_BIN"));
+    char *out = tp_info("");
+    ck_assert_msg(strstr(out,
+                         "    file:       " FIX "/shadow/libtp-loopback.so (TP_PLUGIN_PATH)\n"
+                         "    shadows:    " BUILT_IN_LOOPBACK " (build tree: a built-in plugin)\n"),
+                  "%s", out);
+    g_free(out);
+    out = tp_info("loopback");
+    ck_assert_msg(strstr(out, "shadows:    " BUILT_IN_LOOPBACK " (build tree: a built-in plugin)"),
+                  "%s", out);
+    g_free(out);
+    out = tp_info("--json");
+    ck_assert_msg(strstr(out, "\"path\": \"" FIX "/shadow/libtp-loopback.so\", \"file_name\": "
+                              "\"loopback\", \"accepted\": true, \"status\": \"TP_OK\", "
+                              "\"reason\": null, \"shadowed_by\": null, \"origin\": "
+                              "\"TP_PLUGIN_PATH\", \"shadows\": [\"" BUILT_IN_LOOPBACK "\"]"),
+                  "%s", out);
+    ck_assert_msg(strstr(out, "\"shadowed_by\": \"" FIX "/shadow/libtp-loopback.so\", \"origin\": "
+                              "\"build tree\""),
+                  "%s", out);
+    g_free(out);
+}
+END_TEST
+
 /* ---------------------------------------------------------- out of memory */
 
 /* A sweep of address-space limits over runs of 64 ranks with little data
@@ -234,6 +295,8 @@ int main(int argc, char **argv)
         {"test_signals_off", test_signals_off},
         {"test_healthy_run_untouched", test_healthy_run_untouched},
         {"test_hang_watchdog", test_hang_watchdog},
+        {"test_shadow_notice", test_shadow_notice},
+        {"test_shadow_tp_info", test_shadow_tp_info},
         {"test_oom_sweep", test_oom_sweep},
     };
     Suite *s = suite_create("faults");
