@@ -8,10 +8,18 @@
 /* Even-count gather/scatter build a counts array; on the stack up to this. */
 #define SMALL_WORLD 64
 
+/* Call slot `slot` of comm's plugin, recorded as the rank's current plugin
+ * call (launch.c): collective number comm->seq. */
+#define CALL(comm, slot, ...)                                                                      \
+    (tpi_call_enter((comm)->state, #slot, (comm)->state->comm_path, (comm)->seq, true),            \
+     tpi_call_leave((comm)->state, (comm)->ops->slot((comm)->handle, __VA_ARGS__)))
+
 tp_comm *tpi_comm_wrap(const tp_comm_ops *ops, const char *plugin, void *handle, int rank, int size,
                        tp_device *dev, tp_rank_state *state)
 {
-    tp_comm *c = g_new0(tp_comm, 1);
+    tp_comm *c = g_try_new0(tp_comm, 1);
+    if (!c)
+        return NULL;
     c->ops = ops;
     c->plugin = plugin;
     c->handle = handle;
@@ -46,7 +54,8 @@ tp_status tp_comm_split(tp_comm *comm, int color, int key, tp_comm **out)
     void *h = NULL;
     int rank = -1, size = 0;
     tp_clear_error();
-    tp_status st = comm->ops->split(comm->handle, color, key, &h, &rank, &size);
+    comm->seq++;
+    tp_status st = CALL(comm, split, color, key, &h, &rank, &size);
     if (st)
         return tp_last_error()[0]
                    ? st
@@ -54,6 +63,12 @@ tp_status tp_comm_split(tp_comm *comm, int color, int key, tp_comm **out)
     if (color < 0 || !h)
         return TP_OK;
     *out = tpi_comm_wrap(comm->ops, comm->plugin, h, rank, size, comm->dev, comm->state);
+    if (!*out) {
+        comm->ops->comm_free(h);
+        return tp_set_error(TP_ERR_NO_MEMORY,
+                            "tp_comm_split: cannot allocate %zu bytes for the new communicator",
+                            sizeof(tp_comm));
+    }
     return TP_OK;
 }
 
@@ -62,7 +77,10 @@ void tp_comm_free(tp_comm *comm)
     if (!comm || comm->is_world) /* the world is freed by tp_run */
         return;
     tpi_device_read_timings(comm->dev); /* pending times point into its counters */
+    comm->seq++;
+    tpi_call_enter(comm->state, "comm_free", comm->state->comm_path, comm->seq, true);
     comm->ops->comm_free(comm->handle);
+    tpi_call_leave(comm->state, TP_OK);
     g_free(comm);
 }
 
@@ -202,7 +220,7 @@ static tp_status op_all_reduce(tp_comm *comm, const void *send, void *recv, size
                                tp_dtype dt, tp_redop op)
 {
     if (!comm->state->staged)
-        return comm->ops->all_reduce(comm->handle, send, recv, count, dt, op);
+        return CALL(comm, all_reduce, send, recv, count, dt, op);
     size_t bytes = count * tp_dtype_size(dt);
     void *hs = NULL, *hr = NULL;
     TP_TRY(stage_buf(comm, 1, bytes, &hr));
@@ -211,7 +229,7 @@ static tp_status op_all_reduce(tp_comm *comm, const void *send, void *recv, size
     else
         hs = hr; /* in place stays in place */
     TP_TRY(to_host(comm, hs, send, bytes));
-    TP_TRY(comm->ops->all_reduce(comm->handle, hs, hr, count, dt, op));
+    TP_TRY(CALL(comm, all_reduce, hs, hr, count, dt, op));
     return to_device(comm, recv, hr, bytes);
 }
 
@@ -219,7 +237,7 @@ static tp_status op_all_gather(tp_comm *comm, const void *send, void *recv, cons
                                size_t total, tp_dtype dt)
 {
     if (!comm->state->staged)
-        return comm->ops->all_gather(comm->handle, send, recv, counts, dt);
+        return CALL(comm, all_gather, send, recv, counts, dt);
     size_t es = tp_dtype_size(dt);
     void *hr = NULL;
     TP_TRY(stage_buf(comm, 1, total * es, &hr));
@@ -227,7 +245,7 @@ static tp_status op_all_gather(tp_comm *comm, const void *send, void *recv, cons
      * allowed), which also covers a caller's in-place gather. */
     char *mine = hr ? (char *)hr + offset_of_rank(counts, comm->rank) * es : NULL;
     TP_TRY(to_host(comm, mine, send, counts[comm->rank] * es));
-    TP_TRY(comm->ops->all_gather(comm->handle, mine, hr, counts, dt));
+    TP_TRY(CALL(comm, all_gather, mine, hr, counts, dt));
     return to_device(comm, recv, hr, total * es);
 }
 
@@ -235,26 +253,26 @@ static tp_status op_reduce_scatter(tp_comm *comm, const void *send, void *recv,
                                    const size_t *counts, size_t total, tp_dtype dt, tp_redop op)
 {
     if (!comm->state->staged)
-        return comm->ops->reduce_scatter(comm->handle, send, recv, counts, dt, op);
+        return CALL(comm, reduce_scatter, send, recv, counts, dt, op);
     size_t es = tp_dtype_size(dt), mine = counts[comm->rank] * es;
     void *hs = NULL, *hr = NULL;
     TP_TRY(stage_buf(comm, 0, total * es, &hs));
     TP_TRY(stage_buf(comm, 1, mine, &hr));
     TP_TRY(to_host(comm, hs, send, total * es));
-    TP_TRY(comm->ops->reduce_scatter(comm->handle, hs, hr, counts, dt, op));
+    TP_TRY(CALL(comm, reduce_scatter, hs, hr, counts, dt, op));
     return to_device(comm, recv, hr, mine);
 }
 
 static tp_status op_broadcast(tp_comm *comm, void *buf, size_t count, tp_dtype dt, int root)
 {
     if (!comm->state->staged)
-        return comm->ops->broadcast(comm->handle, buf, count, dt, root);
+        return CALL(comm, broadcast, buf, count, dt, root);
     size_t bytes = count * tp_dtype_size(dt);
     void *hb = NULL;
     TP_TRY(stage_buf(comm, 1, bytes, &hb));
     if (comm->rank == root)
         TP_TRY(to_host(comm, hb, buf, bytes));
-    TP_TRY(comm->ops->broadcast(comm->handle, hb, count, dt, root));
+    TP_TRY(CALL(comm, broadcast, hb, count, dt, root));
     return comm->rank == root ? TP_OK : to_device(comm, buf, hb, bytes);
 }
 
@@ -295,6 +313,7 @@ tp_status tp_all_reduce(tp_comm *comm, const void *send, void *recv, size_t coun
     if (count && (!send || !recv))
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: %s buffer is NULL with count %zu", fn,
                             !send ? "send" : "recv", count);
+    comm->seq++;
     tp_tick t0 = tpi_tick_start(comm->dev);
     tp_clear_error();
     tp_status st = op_all_reduce(comm, send, recv, count, dt, op);
@@ -314,6 +333,7 @@ tp_status tp_broadcast(tp_comm *comm, void *buf, size_t count, tp_dtype dt, int 
                             comm->size - 1);
     if (!comm->ops->broadcast)
         return not_supported(comm, TP_OP_BROADCAST);
+    comm->seq++;
     tp_tick t0 = tpi_tick_start(comm->dev);
     tp_clear_error();
     tp_status st = op_broadcast(comm, buf, count, dt, root);
@@ -334,14 +354,20 @@ out:
     return st;
 }
 
+static tp_status plugin_barrier(tp_comm *comm)
+{
+    tpi_call_enter(comm->state, "barrier", comm->state->comm_path, comm->seq, true);
+    return tpi_call_leave(comm->state, comm->ops->barrier(comm->handle));
+}
+
 tp_status tp_barrier(tp_comm *comm)
 {
     if (!comm)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_barrier: comm is NULL");
     tp_tick t0 = tpi_tick_start(comm->dev);
     tp_clear_error();
-    tp_status st =
-        comm->ops->barrier ? comm->ops->barrier(comm->handle) : barrier_by_all_reduce(comm);
+    comm->seq++;
+    tp_status st = comm->ops->barrier ? plugin_barrier(comm) : barrier_by_all_reduce(comm);
     return finish(comm, TP_OP_BARRIER, 0, t0, st);
 }
 
@@ -398,6 +424,7 @@ static tp_status all_gather(const char *fn, tp_comm *comm, const void *send, voi
     if (!comm->ops->all_gather && !comm->ops->broadcast)
         return not_supported(comm, TP_OP_ALL_GATHER);
     size_t es = tp_dtype_size(dt);
+    comm->seq++;
     tp_tick t0 = tpi_tick_start(comm->dev);
     tp_clear_error();
     tp_status st = comm->ops->all_gather ? op_all_gather(comm, send, recv, counts, total, dt)
@@ -432,6 +459,7 @@ static tp_status reduce_scatter(const char *fn, tp_comm *comm, const void *send,
     TP_TRY(check_v(comm, fn, send, recv, counts, dt, true, &total));
     TP_TRY(check_redop(fn, op));
     size_t es = tp_dtype_size(dt);
+    comm->seq++;
     tp_tick t0 = tpi_tick_start(comm->dev);
     tp_clear_error();
     tp_status st = comm->ops->reduce_scatter
@@ -452,13 +480,20 @@ tp_status tp_reduce_scatterv(tp_comm *comm, const void *send, void *recv, const 
     return reduce_scatter("tp_reduce_scatterv", comm, send, recv, counts, dt, op);
 }
 
-/* counts[i] = count for every rank; *heap is set when it had to allocate. */
-static size_t *even_counts(const tp_comm *comm, size_t count, size_t *small, size_t **heap)
+/* counts[i] = count for every rank; *heap is set when it had to allocate;
+ * NULL with the error set when it could not. */
+static size_t *even_counts(const char *fn, const tp_comm *comm, size_t count, size_t *small,
+                           size_t **heap)
 {
     *heap = NULL;
     size_t *c = small;
     if (comm->size > SMALL_WORLD)
-        c = *heap = g_new(size_t, comm->size);
+        c = *heap = g_try_new(size_t, comm->size);
+    if (!c) {
+        tp_set_error(TP_ERR_NO_MEMORY, "%s: cannot allocate %zu bytes for %d block sizes", fn,
+                     (size_t)comm->size * sizeof(size_t), comm->size);
+        return NULL;
+    }
     for (int i = 0; i < comm->size; i++)
         c[i] = count;
     return c;
@@ -469,7 +504,9 @@ tp_status tp_all_gather(tp_comm *comm, const void *send, void *recv, size_t coun
     if (!comm)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_all_gather: comm is NULL");
     size_t small[SMALL_WORLD], *heap;
-    size_t *counts = even_counts(comm, count, small, &heap);
+    size_t *counts = even_counts("tp_all_gather", comm, count, small, &heap);
+    if (!counts)
+        return TP_ERR_NO_MEMORY;
     tp_status st = all_gather("tp_all_gather", comm, send, recv, counts, dt);
     g_free(heap);
     return st;
@@ -481,7 +518,9 @@ tp_status tp_reduce_scatter(tp_comm *comm, const void *send, void *recv, size_t 
     if (!comm)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_reduce_scatter: comm is NULL");
     size_t small[SMALL_WORLD], *heap;
-    size_t *counts = even_counts(comm, count, small, &heap);
+    size_t *counts = even_counts("tp_reduce_scatter", comm, count, small, &heap);
+    if (!counts)
+        return TP_ERR_NO_MEMORY;
     tp_status st = reduce_scatter("tp_reduce_scatter", comm, send, recv, counts, dt, op);
     g_free(heap);
     return st;

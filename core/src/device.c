@@ -64,6 +64,12 @@ static tp_status leave(tp_device *dev, const char *op, double flops, tp_tick t0,
     return TP_OK;
 }
 
+/* Call slot `op` of dev's plugin, recorded as the rank's current plugin
+ * call (launch.c names it if the plugin crashes). */
+#define DEV_CALL(dev, op, ...)                                                                     \
+    (tpi_call_enter((dev)->state, #op, (dev)->state->dev_path, ++(dev)->state->dev_calls, false),  \
+     tpi_call_leave((dev)->state, (dev)->ops->op((dev)->handle, __VA_ARGS__)))
+
 /* Dispatch to slot `op` of dev, counted as a gemm (with flops) or a kernel. */
 #define DISPATCH(dev, op, flops, ...)                                                              \
     do {                                                                                           \
@@ -71,7 +77,7 @@ static tp_status leave(tp_device *dev, const char *op, double flops, tp_tick t0,
         if (st_)                                                                                   \
             return st_;                                                                            \
         tp_tick t0_ = tpi_tick_start(dev);                                                         \
-        st_ = (dev)->ops->op((dev)->handle, __VA_ARGS__);                                          \
+        st_ = DEV_CALL(dev, op, __VA_ARGS__);                                                      \
         return leave(dev, #op, flops, t0_, st_);                                                   \
     } while (0)
 
@@ -98,22 +104,24 @@ static tp_status check_dims(const char *op, int64_t rows, int64_t cols)
     return TP_OK;
 }
 
-/* NULL pointers are allowed only when there are no elements. */
+/* NULL pointers are allowed only when there are no elements. `names` is
+ * "a,b,c", one name per pointer. Allocates nothing. */
 static tp_status check_ptrs(const char *op, int64_t n, const char *names, int count, ...)
 {
     if (n == 0)
         return TP_OK;
     va_list ap;
     va_start(ap, count);
-    char **list = g_strsplit(names, ",", -1);
     tp_status st = TP_OK;
-    for (int i = 0; i < count; i++) {
+    const char *name = names;
+    for (int i = 0; i < count && !st; i++) {
         const void *p = va_arg(ap, const void *);
-        if (!p && !st)
-            st = tp_set_error(TP_ERR_INVALID_ARG, "tp_dev_%s: %s is NULL (size %lld)", op,
-                              list[i] ? list[i] : "?", (long long)n);
+        size_t len = strcspn(name, ",");
+        if (!p)
+            st = tp_set_error(TP_ERR_INVALID_ARG, "tp_dev_%s: %.*s is NULL (size %lld)", op,
+                              (int)len, name, (long long)n);
+        name += name[len] ? len + 1 : len;
     }
-    g_strfreev(list);
     va_end(ap);
     return st;
 }
@@ -126,7 +134,7 @@ tp_status tp_dev_alloc(tp_device *dev, size_t bytes, void **ptr)
         return bad("alloc", "ptr is NULL");
     *ptr = NULL;
     TP_TRY(enter(dev, true, "alloc"));
-    tp_status st = dev->ops->alloc(dev->handle, bytes, ptr);
+    tp_status st = DEV_CALL(dev, alloc, bytes, ptr);
     if (st && !tp_last_error()[0])
         tp_set_error(st, "device '%s': alloc of %zu bytes failed", dev->name, bytes);
     return st;
@@ -172,7 +180,9 @@ tp_status tp_dev_synchronize(tp_device *dev)
 {
     TP_TRY(enter(dev, true, "synchronize"));
     tp_tick t0 = {tpi_now(), NULL}; /* a host wait: host time */
-    return leave(dev, "synchronize", 0, t0, dev->ops->synchronize(dev->handle));
+    tpi_call_enter(dev->state, "synchronize", dev->state->dev_path, ++dev->state->dev_calls, false);
+    tp_status st = tpi_call_leave(dev->state, dev->ops->synchronize(dev->handle));
+    return leave(dev, "synchronize", 0, t0, st);
 }
 
 /* ----------------------------------------------------------------- gemm */
@@ -250,7 +260,7 @@ tp_status tp_dev_gemm_bias_act(tp_device *dev, const tp_gemm_args *g, const void
         return TP_OK;
     if (dev->ops->gemm_bias_act) {
         tp_tick t0 = tpi_tick_start(dev);
-        tp_status st = dev->ops->gemm_bias_act(dev->handle, g, bias, act, pre);
+        tp_status st = DEV_CALL(dev, gemm_bias_act, g, bias, act, pre);
         if (st != TP_ERR_NOT_SUPPORTED)
             return leave(dev, "gemm", gemm_flops(g), t0, st);
         tpi_tick_cancel(dev, t0);

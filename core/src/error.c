@@ -7,8 +7,9 @@
 
 #include "tp-internal.h"
 
-/* Long enough for the loader's "plugin not found" listing. */
-#define TP_ERROR_MAX 4096
+/* TPI_ERROR_MAX (tp-internal.h): long enough for the loader's "plugin not
+ * found" listing. */
+#define TP_ERROR_MAX TPI_ERROR_MAX
 
 static _Thread_local char last_error[TP_ERROR_MAX];
 

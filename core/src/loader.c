@@ -11,6 +11,7 @@
  */
 #include <dlfcn.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -292,13 +293,16 @@ static bool libtp_in_build_tree(void)
     return yes;
 }
 
-static void add_dir(GArray *dirs, const char *path, const char *origin)
+/* `skipped` (may be NULL) collects the relative entries. */
+static void add_dir(GArray *dirs, GPtrArray *skipped, const char *path, const char *origin)
 {
     if (!path[0])
         return;
     if (!g_path_is_absolute(path)) {
         tpi_debug("plugin", "%s entry '%s' skipped: relative directories are never searched",
                   origin, path);
+        if (skipped)
+            g_ptr_array_add(skipped, g_strdup(path));
         return;
     }
     char *real = realpath(path, NULL);
@@ -315,22 +319,30 @@ static void add_dir(GArray *dirs, const char *path, const char *origin)
     free(real);
 }
 
-static void add_dir_list(GArray *dirs, const char *list, const char *origin)
+static void add_dir_list(GArray *dirs, GPtrArray *skipped, const char *list, const char *origin)
 {
     char **parts = g_strsplit(list ? list : "", ":", -1);
     for (char **s = parts; *s; s++)
-        add_dir(dirs, *s, origin);
+        add_dir(dirs, skipped, *s, origin);
     g_strfreev(parts);
 }
 
-static GArray *search_dirs(void)
+/* The directories searched, in order; `skipped` (may be NULL) gets the
+ * relative TP_PLUGIN_PATH entries, which are not. */
+static GArray *search_dirs(GPtrArray *skipped)
 {
     GArray *dirs = g_array_new(FALSE, TRUE, sizeof(tp_plugin_dir));
-    add_dir_list(dirs, getenv("TP_PLUGIN_PATH"), "TP_PLUGIN_PATH");
+    add_dir_list(dirs, skipped, getenv("TP_PLUGIN_PATH"), "TP_PLUGIN_PATH");
     if (libtp_in_build_tree())
-        add_dir_list(dirs, TP_BUILD_PLUGIN_DIRS, "build tree");
-    add_dir(dirs, TP_PLUGIN_INSTALL_DIR, "install dir");
+        add_dir_list(dirs, NULL, TP_BUILD_PLUGIN_DIRS, "build tree");
+    add_dir(dirs, NULL, TP_PLUGIN_INSTALL_DIR, "install dir");
     return dirs;
+}
+
+/* A built-in directory: one of tp's own plugin directories. */
+static bool built_in(const tp_plugin_dir *d)
+{
+    return strcmp(d->origin, "TP_PLUGIN_PATH") != 0;
 }
 
 static void free_dirs(GArray *dirs)
@@ -356,6 +368,7 @@ void tp_plugin_info_clear(tp_plugin_info *info)
     g_strfreev(info->comm_ops);
     g_strfreev(info->device_ops);
     g_free(info->unavailable_reason);
+    g_strfreev(info->shadows);
     memset(info, 0, sizeof *info);
 }
 
@@ -398,10 +411,30 @@ static gint cmp_str(gconstpointer a, gconstpointer b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* Add `info` to `infos`: the first file of its name wins, a later one is
+ * shadowed by it (and listed in the winner's `shadows`). */
+static void add_info(GArray *infos, tp_plugin_info *info)
+{
+    for (guint k = 0; k < infos->len; k++) {
+        tp_plugin_info *prev = &g_array_index(infos, tp_plugin_info, k);
+        if (info->file_name && prev->file_name && !prev->shadowed_by &&
+            strcmp(prev->file_name, info->file_name) == 0) {
+            info->shadowed_by = g_strdup(prev->path);
+            guint n = prev->shadows ? g_strv_length(prev->shadows) : 0;
+            prev->shadows = g_renew(char *, prev->shadows, n + 2);
+            prev->shadows[n] = g_strdup(info->path);
+            prev->shadows[n + 1] = NULL;
+            break;
+        }
+    }
+    g_array_append_val(infos, *info);
+}
+
 tp_plugin_scan *tp_plugin_scan_new(void)
 {
     tp_plugin_scan *scan = g_new0(tp_plugin_scan, 1);
-    GArray *dirs = search_dirs();
+    GPtrArray *skipped = g_ptr_array_new();
+    GArray *dirs = search_dirs(skipped);
     GArray *infos = g_array_new(FALSE, TRUE, sizeof(tp_plugin_info));
     for (guint i = 0; i < dirs->len; i++) {
         tp_plugin_dir *dir = &g_array_index(dirs, tp_plugin_dir, i);
@@ -418,18 +451,13 @@ tp_plugin_scan *tp_plugin_scan_new(void)
         for (guint j = 0; j < files->len; j++) {
             tp_plugin_info info;
             tp_plugin_inspect(files->pdata[j], &info);
-            for (guint k = 0; k < infos->len; k++) {
-                tp_plugin_info *prev = &g_array_index(infos, tp_plugin_info, k);
-                if (info.file_name && prev->file_name && !prev->shadowed_by &&
-                    strcmp(prev->file_name, info.file_name) == 0) {
-                    info.shadowed_by = g_strdup(prev->path);
-                    break;
-                }
-            }
-            g_array_append_val(infos, info);
+            info.origin = dir->origin;
+            add_info(infos, &info);
         }
         g_ptr_array_free(files, TRUE);
     }
+    g_ptr_array_add(skipped, NULL);
+    scan->skipped = (char **)g_ptr_array_free(skipped, FALSE);
     scan->n_dirs = (int)dirs->len;
     scan->dirs = (tp_plugin_dir *)g_array_free(dirs, FALSE);
     scan->n_plugins = (int)infos->len;
@@ -447,6 +475,7 @@ void tp_plugin_scan_free(tp_plugin_scan *scan)
         g_free(scan->dirs[i].path);
     g_free(scan->plugins);
     g_free(scan->dirs);
+    g_strfreev(scan->skipped);
     g_free(scan);
 }
 
@@ -457,52 +486,117 @@ static const char *kind_word(tp_plugin_kind kind)
     return kind == TP_KIND_COMM ? "communicator" : "device";
 }
 
+/* A message built in a fixed buffer (an error path: no aborting allocator). */
+typedef struct msg_buf {
+    char s[TPI_ERROR_MAX];
+    size_t n;
+} msg_buf;
+
+static void G_GNUC_PRINTF(2, 3) msg_add(msg_buf *m, const char *fmt, ...)
+{
+    if (m->n >= sizeof m->s - 1)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    int w = vsnprintf(m->s + m->n, sizeof m->s - m->n, fmt, ap);
+    va_end(ap);
+    if (w > 0)
+        m->n = m->n + (size_t)w < sizeof m->s ? m->n + (size_t)w : sizeof m->s - 1;
+}
+
+/* The plugins found that fit `kind`, listed into m; their names into names. */
+static int list_found(const tp_plugin_scan *scan, tp_plugin_kind kind, msg_buf *m, msg_buf *names)
+{
+    int found = 0;
+    for (int i = 0; i < scan->n_plugins; i++) {
+        const tp_plugin_info *p = &scan->plugins[i];
+        if (p->status || p->shadowed_by)
+            continue;
+        found++;
+        msg_add(m, "\n    %-10s %-13s %s%s", p->name,
+                p->is_comm && p->is_device ? "comm+device"
+                : p->is_comm               ? "comm"
+                                           : "device",
+                p->path, p->available ? "" : " (cannot run here)");
+        if ((kind == TP_KIND_COMM && p->is_comm) || (kind == TP_KIND_DEVICE && p->is_device))
+            msg_add(names, "%s%s", names->n ? ", " : "", p->name);
+    }
+    return found;
+}
+
+/* "libtp-x.so" or "x.so" given as a name: the plain name and the path form. */
+static bool file_name_hint(msg_buf *m, const char *name, const char *var)
+{
+    size_t len = strlen(name);
+    bool prefix = strncmp(name, "libtp-", 6) == 0;
+    bool suffix = len > 3 && strcmp(name + len - 3, ".so") == 0;
+    if (!prefix && !suffix)
+        return false;
+    const char *plain = prefix ? name + 6 : name;
+    int plain_len = (int)(strlen(plain) - (suffix ? 3 : 0));
+    msg_add(m,
+            "\n  '%s' looks like a file name, but a name is searched as libtp-<name>.so: give "
+            "the plain name (%s=%.*s) or a path with a '/' (%s=./%s or %s=/absolute/dir/%s)",
+            name, var, plain_len > 0 ? plain_len : 0, plain, var, name, var, name);
+    return true;
+}
+
 /* The error for a name found nowhere: what exists, where we looked, the fix. */
 static tp_status not_found(const char *name, tp_plugin_kind kind, const char *var)
 {
     tp_plugin_scan *scan = tp_plugin_scan_new();
-    GString *msg = g_string_new(NULL);
-    g_string_append_printf(msg, "%s=%s: no plugin libtp-%s.so found.\n  Looked in:", var, name,
-                           name);
+    static _Thread_local msg_buf m, names;
+    m.n = names.n = 0;
+    m.s[0] = names.s[0] = '\0';
+    msg_add(&m, "%s=%s: no plugin libtp-%s.so found.\n  Looked in:", var, name, name);
     for (int i = 0; i < scan->n_dirs; i++)
-        g_string_append_printf(msg, "\n    %s (%s%s)", scan->dirs[i].path, scan->dirs[i].origin,
-                               scan->dirs[i].exists ? "" : ", missing");
+        msg_add(&m, "\n    %s (%s%s)", scan->dirs[i].path, scan->dirs[i].origin,
+                scan->dirs[i].exists ? "" : ", missing");
     if (scan->n_dirs == 0)
-        g_string_append(msg, " nothing (TP_PLUGIN_PATH is unset and no install dir)");
-    GString *names = g_string_new(NULL);
-    int found = 0, refused = 0;
-    g_string_append(msg, "\n  Plugins found:");
-    for (int i = 0; i < scan->n_plugins; i++) {
-        const tp_plugin_info *p = &scan->plugins[i];
-        if (p->status) {
-            refused++;
-            continue;
-        }
-        if (p->shadowed_by)
-            continue;
-        found++;
-        g_string_append_printf(msg, "\n    %-10s %-13s %s%s", p->name,
-                               p->is_comm && p->is_device ? "comm+device"
-                               : p->is_comm               ? "comm"
-                                                          : "device",
-                               p->path, p->available ? "" : " (cannot run here)");
-        if ((kind == TP_KIND_COMM && p->is_comm) || (kind == TP_KIND_DEVICE && p->is_device))
-            g_string_append_printf(names, "%s%s", names->len ? ", " : "", p->name);
-    }
+        msg_add(&m, " nothing (TP_PLUGIN_PATH is unset and no install dir)");
+    for (char **s = scan->skipped; s && *s; s++)
+        msg_add(&m, "%s'%s'",
+                s == scan->skipped ? "\n  Not searched (relative TP_PLUGIN_PATH entries are never "
+                                     "searched; give absolute directories): "
+                                   : ", ",
+                *s);
+    msg_add(&m, "\n  Plugins found:");
+    int found = list_found(scan, kind, &m, &names), refused = 0;
+    for (int i = 0; i < scan->n_plugins; i++)
+        refused += scan->plugins[i].status != TP_OK;
     if (!found)
-        g_string_append(msg, " none");
+        msg_add(&m, " none");
     if (refused)
-        g_string_append_printf(msg, "\n  %d file(s) refused; run tp-info to see why", refused);
-    g_string_append_printf(msg,
-                           "\n  Fix: set %s to one of the %s plugins found (%s), to the "
-                           "absolute path of a plugin file, or add the directory holding "
-                           "libtp-%s.so to TP_PLUGIN_PATH",
-                           var, kind_word(kind), names->len ? names->str : "none", name);
-    tp_status st = tp_set_error(TP_ERR_PLUGIN, "%s", msg->str);
-    g_string_free(names, TRUE);
-    g_string_free(msg, TRUE);
+        msg_add(&m, "\n  %d file(s) refused; run tp-info to see why", refused);
+    bool file_like = file_name_hint(&m, name, var);
+    msg_add(&m,
+            "\n  Fix: set %s to one of the %s plugins found (%s), to the absolute path of a "
+            "plugin file, or add the directory holding libtp-%s.so to TP_PLUGIN_PATH",
+            var, kind_word(kind), names.n ? names.s : "none", file_like ? "<name>" : name);
     tp_plugin_scan_free(scan);
-    return st;
+    return tp_set_error(TP_ERR_PLUGIN, "%s", m.s);
+}
+
+/* A file from TP_PLUGIN_PATH found before one of tp's own plugins of the
+ * same name is used, and said so: a one-line notice on stderr. */
+static void notice_shadowing(GArray *dirs, guint used, const char *file, const char *var,
+                             const char *spec)
+{
+    const tp_plugin_dir *d = &g_array_index(dirs, tp_plugin_dir, used);
+    if (built_in(d))
+        return;
+    for (guint i = used + 1; i < dirs->len; i++) {
+        const tp_plugin_dir *b = &g_array_index(dirs, tp_plugin_dir, i);
+        char *cand = built_in(b) ? g_build_filename(b->path, file, NULL) : NULL;
+        if (cand && g_file_test(cand, G_FILE_TEST_EXISTS)) {
+            fprintf(stderr,
+                    "tp: notice: %s=%s: %s/%s from TP_PLUGIN_PATH shadows the built-in %s (%s)\n",
+                    var, spec, d->path, file, cand, b->origin);
+            g_free(cand);
+            return;
+        }
+        g_free(cand);
+    }
 }
 
 tp_status tpi_plugin_load(const char *spec, tp_plugin_kind kind, const char *var, tp_plugin **out)
@@ -519,7 +613,7 @@ tp_status tpi_plugin_load(const char *spec, tp_plugin_kind kind, const char *var
         st = plugin_open(path, &p);
         g_free(path);
     } else {
-        GArray *dirs = search_dirs();
+        GArray *dirs = search_dirs(NULL);
         char *file = g_strdup_printf("libtp-%s.so", spec);
         char *path = NULL;
         for (guint i = 0; i < dirs->len && !path; i++) {
@@ -527,6 +621,7 @@ tp_status tpi_plugin_load(const char *spec, tp_plugin_kind kind, const char *var
             char *cand = g_build_filename(d->path, file, NULL);
             if (g_file_test(cand, G_FILE_TEST_EXISTS)) {
                 tpi_debug("plugin", "%s=%s: trying %s (%s)", var, spec, cand, d->origin);
+                notice_shadowing(dirs, i, file, var, spec);
                 path = cand;
             } else {
                 tpi_debug("plugin", "%s=%s: skipped %s (%s): %s", var, spec, cand, d->origin,

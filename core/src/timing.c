@@ -65,8 +65,10 @@ void tpi_device_read_timings(tp_device *dev)
 {
     if (!dev || dev->npending == 0)
         return;
-    /* called after failures too (tp_run, tp_comm_free): keep their message */
-    char *saved = tp_last_error()[0] ? g_strdup(tp_last_error()) : NULL;
+    /* called after failures too (tp_run, tp_comm_free): keep their message
+     * (in a fixed buffer: this runs on error paths, maybe out of memory) */
+    static _Thread_local char saved[TPI_ERROR_MAX];
+    g_strlcpy(saved, tp_last_error(), sizeof saved);
     for (int i = 0; i < dev->npending; i++) {
         tp_timing *p = &dev->pending[i];
         double s = 0;
@@ -76,11 +78,10 @@ void tpi_device_read_timings(tp_device *dev)
         event_put(dev, p->ev1);
     }
     dev->npending = 0;
-    if (saved)
+    if (saved[0])
         tp_set_error(TP_OK, "%s", saved);
     else
         tp_clear_error();
-    g_free(saved);
 }
 
 void tpi_device_timing_free(tp_device *dev)

@@ -6,7 +6,10 @@
 #define TP_INTERNAL_H
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
 
 #include <gmodule.h>
 
@@ -16,6 +19,7 @@
 #include "tp-try.h"
 
 /* error.c */
+#define TPI_ERROR_MAX 4096 /* bytes of a message, with its NUL (tp_last_error) */
 tp_status tpi_set_errorv(tp_status status, const char *fmt, va_list ap);
 bool tpi_debug_enabled(const char *topic);
 void tpi_debug(const char *topic, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
@@ -44,9 +48,27 @@ typedef struct tp_plugin {
 tp_status tpi_plugin_load(const char *spec, tp_plugin_kind kind, const char *var, tp_plugin **out);
 void tpi_plugin_unload(tp_plugin *p);
 
+/* The plugin call a rank is inside (launch.c reads it from a fatal-signal
+ * handler and from the watchdog thread). Only the rank's own thread writes
+ * it: a few relaxed stores around every plugin call, `op` last (release);
+ * NULL `op` means "not inside a plugin call". */
+typedef struct tp_call {
+    _Atomic(const char *) op;   /* the plugin slot: "all_reduce", "gemm", ... */
+    _Atomic(const char *) path; /* the plugin's file */
+    _Atomic(uint64_t) seq;      /* comm: the collective's number on its comm; device: call number */
+    _Atomic(int64_t) t0_ns;     /* CLOCK_MONOTONIC at entry */
+    _Atomic(bool) watched;      /* a comm call: the watchdog bounds how long it takes */
+} tp_call;
+
 /* The rank's mutable state, shared by its device and all its comms. */
 typedef struct tp_rank_state {
     tp_phase phase;
+    int world_rank;
+    const char *comm_path, *dev_path; /* the plugins' files, for tp_call */
+    uint64_t dev_calls;               /* device plugin calls so far (tp_call.seq) */
+    tp_call call;
+    const char *error;    /* the rank's error message (launch.c), once `failed` */
+    _Atomic(bool) failed; /* set (release) after `error` is written */
     /* Staging (comm.c): set when the comm plugin does not take the device's
      * memory kind; its collectives then run on host copies. One send and
      * one recv buffer per rank, shared by all its comms (a rank runs one
@@ -85,6 +107,7 @@ struct tp_comm {
     const char *plugin; /* plugin name, for messages */
     void *handle;
     int rank, size;
+    uint64_t seq;  /* collectives started on this comm (tp_call.seq) */
     bool is_world; /* freed by tp_run, not by tp_comm_free */
     tp_device *dev;
     tp_rank_state *state;
@@ -117,5 +140,45 @@ void tpi_tick_cancel(tp_device *dev, tp_tick tick); /* the call failed: nothing 
  * (before counters are read, reset or freed). */
 void tpi_device_read_timings(tp_device *dev);
 void tpi_device_timing_free(tp_device *dev); /* read, then destroy every event */
+
+/* launch.c: fatal signals and the watchdog. tp_call is written by comm.c,
+ * device.c and launch.c with these inline functions. */
+
+static inline int64_t tpi_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* vDSO: no system call */
+    return (int64_t)ts.tv_sec * 1000000000 + (int64_t)ts.tv_nsec;
+}
+
+/* Around every plugin call: a few stores, no lock, no system call. */
+static inline void tpi_call_enter(tp_rank_state *s, const char *op, const char *path, uint64_t seq,
+                                  bool watched)
+{
+    atomic_store_explicit(&s->call.path, path, memory_order_relaxed);
+    atomic_store_explicit(&s->call.seq, seq, memory_order_relaxed);
+    atomic_store_explicit(&s->call.watched, watched, memory_order_relaxed);
+    atomic_store_explicit(&s->call.t0_ns, tpi_now_ns(), memory_order_relaxed);
+    atomic_store_explicit(&s->call.op, op, memory_order_release);
+}
+
+static inline tp_status tpi_call_leave(tp_rank_state *s, tp_status st)
+{
+    atomic_store_explicit(&s->call.op, NULL, memory_order_release);
+    return st;
+}
+
+/* TP_SIGNALS (unset or 1: install; 0: do not), once per process. */
+tp_status tpi_signals_install(void);
+/* The calling thread runs this rank (its crashes name it) until rank_end. */
+void tpi_watch_rank_begin(tp_rank_state *s);
+void tpi_watch_rank_end(tp_rank_state *s);
+/* A thread that ends the process with TP_EXIT_WATCHDOG when one of the
+ * ranks stays inside a comm plugin call for longer than tpi_watchdog_limit.
+ * NULL when the thread cannot start (the run goes on without it). */
+typedef struct tpi_watchdog tpi_watchdog;
+double tpi_watchdog_limit(double timeout_s); /* timeout + max(5 s, 10 %) */
+tpi_watchdog *tpi_watchdog_start(tp_rank_state *const *ranks, int n, double timeout_s);
+void tpi_watchdog_stop(tpi_watchdog *w); /* NULL is a no-op */
 
 #endif /* TP_INTERNAL_H */

@@ -6,13 +6,18 @@
  * process, shared memory, f32 only; all_gather, reduce_scatter and barrier
  * are left NULL so the core's fallbacks run). With FIX_DEVICE it is a
  * host-memory device with a plain-loop f32 GEMM and bias_add only. The
- * other FIX_* macros break it in the ways the loader must refuse.
+ * other FIX_* macros break it in the ways the loader must refuse, or make
+ * it crash or hang (tests/faults): FIX_SEGV_ALL_REDUCE, rank 1 faults in
+ * its third all_reduce; FIX_HANG_ALL_REDUCE, rank 1 never returns from its
+ * second; FIX_SEGV_GEMM, a rank faults in its second gemm.
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <tp/tp-plugin.h>
 
@@ -52,7 +57,15 @@ typedef struct engine {
 typedef struct fcomm {
     engine *e;
     int rank;
+    int all_reduces; /* calls so far, for the FIX_*_ALL_REDUCE faults */
 } fcomm;
+
+/* A real fault (not raise()): a store to an address nothing maps. */
+__attribute__((unused)) static void fault(void)
+{
+    volatile uintptr_t addr = 8; /* volatile: the compiler cannot see it is bad */
+    *(volatile int *)addr = 1;
+}
 
 static tp_status fix_init(const tp_host *host, const tp_engine_args *args, void **out,
                           tp_engine_info *info)
@@ -66,7 +79,8 @@ static tp_status fix_init(const tp_host *host, const tp_engine_args *args, void 
                                MAX_RANKS);
     engine *e = calloc(1, sizeof *e);
     if (!e)
-        return host->set_error(TP_ERR_NO_MEMORY, "fixture: out of memory");
+        return host->set_error(TP_ERR_NO_MEMORY,
+                               "fixture: cannot allocate %zu bytes for the engine", sizeof *e);
     e->host = host;
     e->n = n;
     pthread_mutex_init(&e->mu, NULL);
@@ -92,7 +106,8 @@ static tp_status fix_world(void *engine_, int local_index, const tp_rank_env *en
     engine *e = engine_;
     fcomm *c = calloc(1, sizeof *c);
     if (!c)
-        return e->host->set_error(TP_ERR_NO_MEMORY, "fixture: out of memory");
+        return e->host->set_error(
+            TP_ERR_NO_MEMORY, "fixture: cannot allocate %zu bytes for a communicator", sizeof *c);
     pthread_mutex_lock(&e->mu);
     if (e->left == e->n) /* every rank of the previous tp_run has left */
         e->left = 0;
@@ -169,11 +184,22 @@ __attribute__((unused)) static tp_status fix_all_reduce(void *comm, const void *
 {
     fcomm *c = comm;
     engine *e = c->e;
+    c->all_reduces++;
+#ifdef FIX_SEGV_ALL_REDUCE
+    if (c->rank == 1 && c->all_reduces == 3)
+        fault();
+#endif
+#ifdef FIX_HANG_ALL_REDUCE
+    while (c->rank == 1 && c->all_reduces == 2)
+        sleep(1000);
+#endif
     if (dt != TP_F32)
         return e->host->set_error(TP_ERR_NOT_SUPPORTED, "fixture: all_reduce is f32 only");
     float *tmp = malloc(count ? count * sizeof(float) : 1);
     if (!tmp)
-        return e->host->set_error(TP_ERR_NO_MEMORY, "fixture: out of memory");
+        return e->host->set_error(TP_ERR_NO_MEMORY,
+                                  "fixture: cannot allocate %zu bytes to reduce into",
+                                  count * sizeof(float));
     e->bufs[c->rank] = (void *)send;
     tp_status st = fix_barrier(c);
     for (size_t i = 0; i < count && !st; i++) {
@@ -253,7 +279,8 @@ static tp_status dev_alloc(void *dev, size_t bytes, void **ptr)
 {
     *ptr = aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
     if (!*ptr)
-        return ((const tp_host *)dev)->set_error(TP_ERR_NO_MEMORY, "fixture: out of memory");
+        return ((const tp_host *)dev)
+            ->set_error(TP_ERR_NO_MEMORY, "fixture: cannot allocate %zu bytes", bytes);
     return TP_OK;
 }
 
@@ -289,6 +316,11 @@ static tp_status dev_sync(void *dev)
 
 static tp_status dev_gemm(void *dev, const tp_gemm_args *g)
 {
+#ifdef FIX_SEGV_GEMM
+    static _Thread_local int calls;
+    if (++calls == 2)
+        fault();
+#endif
     if (g->dtype != TP_F32)
         return ((const tp_host *)dev)->set_error(TP_ERR_NOT_SUPPORTED, "fixture: gemm is f32 only");
     for (int64_t b = 0; b < g->batch; b++) {

@@ -118,6 +118,26 @@ START_TEST(test_not_found_lists)
 }
 END_TEST
 
+START_TEST(test_not_found_names_skipped)
+{
+    /* Relative entries are never searched: the error names them. */
+    setenv("TP_PLUGIN_PATH", "rel-dir:" FIX ":./other", 1);
+    tp_ctx *ctx = NULL;
+    ck_assert_int_eq(init_with("nosuch", "good", 1, &ctx), TP_ERR_PLUGIN);
+    ck_assert_msg_has("Not searched (relative TP_PLUGIN_PATH entries are never searched; give "
+                      "absolute directories): 'rel-dir', './other'");
+    /* A file name given as a name: the plain name and the path form. */
+    ck_assert_int_eq(init_with("libtp-good.so", "good", 1, &ctx), TP_ERR_PLUGIN);
+    ck_assert_msg_has("no plugin libtp-libtp-good.so.so found");
+    ck_assert_msg_has("'libtp-good.so' looks like a file name");
+    ck_assert_msg_has("give the plain name (tp_config.backend=good) or a path with a '/' "
+                      "(tp_config.backend=./libtp-good.so");
+    /* no hint for a plain name */
+    ck_assert_int_eq(init_with("nosuch", "good", 1, &ctx), TP_ERR_PLUGIN);
+    ck_assert(strstr(tp_last_error(), "looks like a file name") == NULL);
+}
+END_TEST
+
 START_TEST(test_future_minor_accepted)
 {
     /* ABI minor + 1 with a longer ops struct: accepted, extra slots ignored. */
@@ -794,6 +814,10 @@ START_TEST(test_tp_info)
     ck_assert(out[0] == '{');
     ck_assert_ptr_nonnull(strstr(out, "\"shadowed_by\": \"" FIX "/libtp-good.so\""));
     ck_assert_ptr_nonnull(strstr(out, "\"comm_mem_kinds\": 0"));
+    /* the winner names the file it hides, and where each came from */
+    ck_assert_ptr_nonnull(strstr(out, "\"origin\": \"TP_PLUGIN_PATH\", \"shadows\": [\"" FIX
+                                      "/dup/libtp-good.so\"]"));
+    ck_assert_ptr_nonnull(strstr(out, "\"skipped\": []"));
     g_free(out);
     ck_assert_int_eq(run_tp_info("--json " FIX "/libtp-abimajor.so", &out), 1);
     ck_assert_ptr_nonnull(strstr(out, "\"accepted\": false"));
@@ -817,6 +841,7 @@ int main(int argc, char **argv)
         {"test_refusals", test_refusals},
         {"test_wrong_device_kind", test_wrong_device_kind},
         {"test_not_found_lists", test_not_found_lists},
+        {"test_not_found_names_skipped", test_not_found_names_skipped},
         {"test_future_minor_accepted", test_future_minor_accepted},
         {"test_absolute_path", test_absolute_path},
         {"test_cwd_never_searched", test_cwd_never_searched},

@@ -45,7 +45,28 @@ static void print_ops(const char *label, char **ops)
     printf("\n");
 }
 
-static void print_plugin(const tp_plugin_info *p, bool detail)
+/* The origin of the file at `path` in the scan ("build tree", ...). */
+static const char *origin_of(const tp_plugin_scan *s, const char *path)
+{
+    for (int i = 0; s && i < s->n_plugins; i++)
+        if (s->plugins[i].origin && strcmp(s->plugins[i].path, path) == 0)
+            return s->plugins[i].origin;
+    return "?";
+}
+
+/* The files this one hides; a built-in (not TP_PLUGIN_PATH) one is marked. */
+static void print_shadows(const tp_plugin_scan *s, const tp_plugin_info *p)
+{
+    for (char **o = p->shadows; o && *o; o++) {
+        const char *origin = origin_of(s, *o);
+        printf("    shadows:    %s (%s%s)\n", *o, origin,
+               strcmp(origin, "TP_PLUGIN_PATH") != 0 && strcmp(origin, "?") != 0
+                   ? ": a built-in plugin"
+                   : "");
+    }
+}
+
+static void print_plugin(const tp_plugin_scan *s, const tp_plugin_info *p, bool detail)
 {
     if (p->status) {
         printf("  %s\n    refused (%s): %s\n", p->path, tp_status_string(p->status), p->reason);
@@ -55,7 +76,9 @@ static void print_plugin(const tp_plugin_info *p, bool detail)
            kind_of(p), p->available ? "available" : "not available");
     if (!p->available)
         printf("    why not:    %s\n", p->unavailable_reason);
-    printf("    file:       %s\n", p->path);
+    printf("    file:       %s%s%s%s\n", p->path, p->origin ? " (" : "", p->origin ? p->origin : "",
+           p->origin ? ")" : "");
+    print_shadows(s, p);
     if (detail)
         printf("    about:      %s\n", p->description);
     print_ops("comm ops:", p->comm_ops);
@@ -80,11 +103,19 @@ static void print_text(const tp_plugin_scan *s)
     printf("\nPlugins:\n");
     for (int i = 0; i < s->n_plugins; i++)
         if (!s->plugins[i].status && !s->plugins[i].shadowed_by) {
-            print_plugin(&s->plugins[i], false);
+            print_plugin(s, &s->plugins[i], false);
             n++;
         }
     if (!n)
         printf("  none\n");
+    for (char **k = s->skipped; k && *k; k++)
+        printf("%s'%s'",
+               k == s->skipped ? "\nNot searched (relative TP_PLUGIN_PATH entries; give "
+                                 "absolute directories):\n  "
+                               : ", ",
+               *k);
+    if (s->skipped && s->skipped[0])
+        printf("\n");
     n = 0;
     for (int i = 0; i < s->n_plugins; i++)
         if (s->plugins[i].status && !s->plugins[i].shadowed_by) {
@@ -146,6 +177,10 @@ static void json_plugin(const tp_plugin_info *p, const char *indent)
     json_str(p->reason);
     printf(", \"shadowed_by\": ");
     json_str(p->shadowed_by);
+    printf(", \"origin\": ");
+    json_str(p->origin);
+    printf(", \"shadows\": ");
+    json_list(p->shadows);
     if (!p->status) {
         printf(",\n%s \"name\": ", indent);
         json_str(p->name);
@@ -177,7 +212,9 @@ static void print_json(const tp_plugin_scan *s)
         json_str(s->dirs[i].origin);
         printf(", \"exists\": %s}", s->dirs[i].exists ? "true" : "false");
     }
-    printf("],\n\"plugins\": [");
+    printf("],\n\"skipped\": ");
+    json_list(s->skipped);
+    printf(",\n\"plugins\": [");
     for (int i = 0; i < s->n_plugins; i++) {
         printf("%s\n", i ? "," : "");
         json_plugin(&s->plugins[i], "  ");
@@ -213,7 +250,7 @@ int main(int argc, char **argv)
             json_plugin(&info, "");
             printf("\n");
         } else {
-            print_plugin(&info, true);
+            print_plugin(NULL, &info, true);
         }
         int rc = info.status ? 1 : 0;
         tp_plugin_info_clear(&info);
@@ -250,11 +287,7 @@ int main(int argc, char **argv)
                 json_plugin(p, "");
                 printf("\n");
             } else {
-                print_plugin(p, true);
-                for (int i = 0; i < s->n_plugins; i++)
-                    if (s->plugins[i].shadowed_by && s->plugins[i].file_name &&
-                        strcmp(s->plugins[i].file_name, name) == 0)
-                        printf("    shadows:    %s\n", s->plugins[i].path);
+                print_plugin(s, p, true);
             }
             rc = p->status ? 1 : 0;
         }

@@ -38,6 +38,11 @@ typedef struct tp_plugin_info {
     char **device_ops;  /* NULL-terminated names of the device slots provided */
     bool available;     /* probe() said yes, or there is no probe */
     char *unavailable_reason; /* probe's reason when !available */
+
+    /* Filled by tp_plugin_scan_new (NULL from tp_plugin_inspect). */
+    const char *origin; /* the directory's origin, as in tp_plugin_dir */
+    char **shadows;     /* NULL-terminated paths of later files of the same name that this one
+                           hides (a file on TP_PLUGIN_PATH named like a built-in plugin) */
 } tp_plugin_info;
 
 typedef struct tp_plugin_dir {
@@ -51,6 +56,7 @@ typedef struct tp_plugin_scan {
     tp_plugin_dir *dirs;
     int n_plugins;
     tp_plugin_info *plugins; /* in search order; within a directory by file name */
+    char **skipped;          /* NULL-terminated TP_PLUGIN_PATH entries never searched (relative) */
 } tp_plugin_scan;
 
 TP_API tp_plugin_scan *tp_plugin_scan_new(void);

@@ -83,6 +83,14 @@ typedef tp_status (*tp_rank_fn)(tp_comm *world, void *arg);
  * (prefixed "rank N: ") as the caller's tp_last_error(). */
 TP_API tp_status tp_run(tp_ctx *ctx, tp_rank_fn fn, void *arg);
 
+/* The exit status of a process ended by tp's watchdog: a rank stayed inside
+ * one call of the comm plugin for TP_TIMEOUT_S plus a grace period of
+ * max(5 s, 10 % of TP_TIMEOUT_S). tp first prints every local rank's current
+ * plugin call on stderr. (A fatal signal inside a plugin keeps its signal:
+ * tp prints the rank, op, plugin and sequence number, then re-raises it;
+ * TP_SIGNALS=0 installs no handler.) */
+#define TP_EXIT_WATCHDOG 86
+
 TP_API void tp_finalize(tp_ctx *ctx); /* NULL is a no-op */
 
 TP_API int tp_ctx_world_size(const tp_ctx *ctx);
