@@ -48,7 +48,7 @@ typedef struct tp_plugin {
 tp_status tpi_plugin_load(const char *spec, tp_plugin_kind kind, const char *var, tp_plugin **out);
 void tpi_plugin_unload(tp_plugin *p);
 
-/* The plugin call a rank is inside (launch.c reads it from a fatal-signal
+/* The plugin call a rank is inside (watch.c reads it from a fatal-signal
  * handler and from the watchdog thread). Only the rank's own thread writes
  * it: a few relaxed stores around every plugin call, `op` last (release);
  * NULL `op` means "not inside a plugin call". */
@@ -141,7 +141,7 @@ void tpi_tick_cancel(tp_device *dev, tp_tick tick); /* the call failed: nothing 
 void tpi_device_read_timings(tp_device *dev);
 void tpi_device_timing_free(tp_device *dev); /* read, then destroy every event */
 
-/* launch.c: fatal signals and the watchdog. tp_call is written by comm.c,
+/* watch.c: fatal signals and the watchdog. tp_call is written by comm.c,
  * device.c and launch.c with these inline functions. */
 
 static inline int64_t tpi_now_ns(void)
