@@ -22,9 +22,9 @@
 
 #include "tcp.h"
 
-#define TCP_SECRET_MIN  16
+#define TCP_SECRET_MIN   16
 #define TCP_INSECURE_KEY "tp-tcp insecure: no TP_TCP_SECRET"
-#define TCP_AUTH_LABEL  "tp-tcp auth v2"
+#define TCP_AUTH_LABEL   "tp-tcp auth v2"
 
 static const char *role_name(int role)
 {
@@ -167,10 +167,9 @@ static tp_status auth_io_error(tcp_engine *e, const char *who, size_t got, int *
                                   e->rank, who, e->timeout_s, got, TCP_HDR_SIZE + TCP_PROOF_SIZE);
     if (got == 0 && (en == ENODATA || en == ECONNRESET || en == EPIPE))
         *retry = 1; /* dropped before it answered (busy or gone): connect again */
-    return e->host->set_error(TP_ERR_PEER,
-                              "tcp: rank %d: %s %s during the authentication (%zu bytes in)",
-                              e->rank, who,
-                              en == ENODATA ? "closed the connection" : strerror(en), got);
+    return e->host->set_error(
+        TP_ERR_PEER, "tcp: rank %d: %s %s during the authentication (%zu bytes in)", e->rank, who,
+        en == ENODATA ? "closed the connection" : strerror(en), got);
 }
 
 /* The connector's side, once: see tcp_auth_connect. */
@@ -191,8 +190,7 @@ static tp_status auth_connect_once(tcp_engine *e, int fd, int role, const char *
         return e->host->set_error(TP_ERR_PEER,
                                   "tcp: rank %d: %s sent %s in answer to the authentication: "
                                   "another program holds this port, not %s of this job",
-                                  e->rank, who, why,
-                                  role == TCP_ROLE_MASTER ? "rank 0" : "a rank");
+                                  e->rank, who, why, role == TCP_ROLE_MASTER ? "rank 0" : "a rank");
     if (tcp_recv_all(fd, in + TCP_HDR_SIZE, TCP_PROOF_SIZE, deadline, &got) < 0)
         return auth_io_error(e, who, TCP_HDR_SIZE + got, retry);
     const unsigned char *ns = in + TCP_HDR_SIZE;

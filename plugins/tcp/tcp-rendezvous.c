@@ -204,7 +204,11 @@ static void random_job_id(uint64_t *id)
  * accept is dropped, so idle connections cannot hold the pending slots. */
 #define AUTH_DEADLINE_S 1.0
 
-enum { ST_CHALLENGE, ST_RESPONSE, ST_HELLO }; /* what a pending connection sends next */
+enum {
+    ST_CHALLENGE,
+    ST_RESPONSE,
+    ST_HELLO
+}; /* what a pending connection sends next */
 
 typedef struct pending {
     int fd;
@@ -448,10 +452,12 @@ static int acc_auth_read(acceptor *a, int i)
     pending *p = &a->p[i];
     char why[300];
     if (p->got >= 4 && tcp_get32(p->buf) != TCP_MAGIC) {
-        unsigned char h[TCP_HDR_SIZE] = {0};
-        memcpy(h, p->buf, p->got < TCP_HDR_SIZE ? p->got : TCP_HDR_SIZE);
-        acc_reject(a, i,
-                   tcp_auth_check_hdr(h, 0, 0, 0, why, sizeof why) ? why : "sent garbage");
+        char msg[400];
+        snprintf(msg, sizeof msg,
+                 "sent bytes that are not a tp tcp message (magic 0x%08x, expected 0x%08x): "
+                 "another program may be talking to this port",
+                 tcp_get32(p->buf), TCP_MAGIC);
+        acc_reject(a, i, msg);
         return 0;
     }
     if (p->got < TCP_HDR_SIZE)
@@ -539,8 +545,7 @@ static void acc_take(acceptor *a)
         if (a->np == MAX_PENDING) {
             int old = -1;
             for (int i = 0; i < a->np; i++)
-                if (a->p[i].stage != ST_HELLO &&
-                    (old < 0 || a->p[i].deadline < a->p[old].deadline))
+                if (a->p[i].stage != ST_HELLO && (old < 0 || a->p[i].deadline < a->p[old].deadline))
                     old = i;
             if (old < 0) {
                 close(fd);

@@ -295,9 +295,8 @@ static tp_status stall_note_from(xstate *st, int peer)
 {
     tcp_engine *e = st->x->comm->eng;
     unsigned char b[TCP_HDR_SIZE + TCP_STALL_SIZE];
-    size_t off = peer == st->x->from && st->ri < st->x->nr && st->roff == TCP_HDR_SIZE
-                     ? TCP_HDR_SIZE
-                     : 0;
+    size_t off =
+        peer == st->x->from && st->ri < st->x->nr && st->roff == TCP_HDR_SIZE ? TCP_HDR_SIZE : 0;
     tcp_stall_note n;
     double waited = tcp_now() - st->last;
     int ok = tcp_recv_all(e->peers[peer].fd, b + off, sizeof b - off, tcp_now() + 1.0, NULL) == 0;

@@ -25,7 +25,12 @@
 #define DIAG_WINDOW_S 1.5 /* how long the live ranks get to answer */
 #define WHY_KEEP      200 /* bytes of a peer's ABORT reason kept */
 
-enum { R_NONE, R_STALL, R_ABORT, R_CLOSED };
+enum {
+    R_NONE,
+    R_STALL,
+    R_ABORT,
+    R_CLOSED
+};
 
 typedef struct diag_peer {
     unsigned char hdr[TCP_HDR_SIZE];
@@ -58,12 +63,11 @@ int tcp_stall_peek(tcp_engine *e, int peer)
     return 0;
 }
 
-void tcp_stall_note_encode(const tcp_stall_note *n, unsigned char out[TCP_HDR_SIZE + TCP_STALL_SIZE])
+void tcp_stall_note_encode(const tcp_stall_note *n,
+                           unsigned char out[TCP_HDR_SIZE + TCP_STALL_SIZE])
 {
-    tcp_hdr h = {.magic = TCP_MAGIC,
-                 .version = TCP_WIRE_VERSION,
-                 .op = TCP_OP_STALL,
-                 .len = TCP_STALL_SIZE};
+    tcp_hdr h = {
+        .magic = TCP_MAGIC, .version = TCP_WIRE_VERSION, .op = TCP_OP_STALL, .len = TCP_STALL_SIZE};
     tcp_hdr_encode(&h, out);
     unsigned char *p = out + TCP_HDR_SIZE;
     tcp_put32(p, n->rank);
@@ -271,8 +275,8 @@ static tp_status diag_verdict(tcp_stall_ctx *cx, const diag_peer *d, char *msg, 
              "(stopped by a signal such as SIGSTOP, stuck outside tp, or not calling this "
              "collective); wait chain %s, this rank waited for rank %d",
              head, x, name, last_sending ? "accepted no data" : "sent nothing", e->timeout_s,
-             e->timeout_s < DIAG_WINDOW_S ? e->timeout_s : DIAG_WINDOW_S, answered, e->world - 1,
-             x, chain, cx->waits_on);
+             e->timeout_s < DIAG_WINDOW_S ? e->timeout_s : DIAG_WINDOW_S, answered, e->world - 1, x,
+             chain, cx->waits_on);
     return TP_ERR_TIMEOUT;
 }
 
@@ -288,7 +292,8 @@ tp_status tcp_stall_diagnose(tcp_stall_ctx *cx)
         free(d);
         free(pfd);
         free(who);
-        snprintf(msg, sizeof msg, "tcp %s: rank %d made no progress for %g s (TP_TIMEOUT_S) "
+        snprintf(msg, sizeof msg,
+                 "tcp %s: rank %d made no progress for %g s (TP_TIMEOUT_S) "
                  "waiting for rank %d (out of memory for the stall check)",
                  cx->opname, e->rank, e->timeout_s, cx->waits_on);
         tcp_engine_break(e, msg, cx->mid);

@@ -81,6 +81,12 @@ typedef enum tcp_wire_op {
     TCP_OP_SPLIT = 15,
 } tcp_wire_op;
 
+/* Which port an authentication is for (the AUTH_* header's arg). */
+enum {
+    TCP_ROLE_MASTER = 0,
+    TCP_ROLE_PEER = 1
+};
+
 typedef struct tcp_hdr {
     uint32_t magic;
     uint16_t version;

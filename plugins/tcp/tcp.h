@@ -110,8 +110,6 @@ void tcp_engine_break(tcp_engine *e, const char *why, int mid);
 
 /* -- tcp-auth.c -------------------------------------------------------- */
 
-enum { TCP_ROLE_MASTER = 0, TCP_ROLE_PEER = 1 }; /* which port a connection is for */
-
 /* Take the secret from TP_TCP_SECRET (or TP_TCP_INSECURE=1, with a warning);
  * a named error when neither is set. */
 tp_status tcp_auth_setup(tcp_engine *e);
@@ -123,8 +121,7 @@ void tcp_auth_mac(const tcp_engine *e, char dir, int role, const unsigned char *
 /* 1 if equal; takes the same time wherever they differ. */
 int tcp_auth_equal(const unsigned char *a, const unsigned char *b, size_t n);
 /* Send an authentication message (header arg = role). 0 or -1 with errno. */
-int tcp_auth_send(int fd, uint16_t op, int role, const void *payload, size_t len,
-                  double deadline);
+int tcp_auth_send(int fd, uint16_t op, int role, const void *payload, size_t len, double deadline);
 /* NULL if the raw header is the expected authentication message, else why not. */
 const char *tcp_auth_check_hdr(const unsigned char *raw, uint16_t op, int role, size_t len,
                                char *buf, size_t buflen);

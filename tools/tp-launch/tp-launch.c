@@ -50,10 +50,10 @@ typedef struct stream {
 typedef struct child {
     pid_t pid;
     int running;
-    int stopped;     /* the signal that stopped it, 0 while it runs */
-    int died_stopped;  /* it was stopped when it ended */
-    int killed_by_us;  /* still running when tp-launch stopped the job */
-    int status; /* waitpid status once reaped */
+    int stopped;      /* the signal that stopped it, 0 while it runs */
+    int died_stopped; /* it was stopped when it ended */
+    int killed_by_us; /* still running when tp-launch stopped the job */
+    int status;       /* waitpid status once reaped */
     stream s[2];
 } child;
 
@@ -459,8 +459,8 @@ static void rank_stopped(launcher *L, long r, int status)
         return;
     }
     ch->stopped = WSTOPSIG(status);
-    fprintf(stderr, "tp-launch: rank %ld (pid %d) was stopped by signal %d (%s)\n", r,
-            (int)ch->pid, ch->stopped, strsignal(ch->stopped));
+    fprintf(stderr, "tp-launch: rank %ld (pid %d) was stopped by signal %d (%s)\n", r, (int)ch->pid,
+            ch->stopped, strsignal(ch->stopped));
 }
 
 static void reap_children(launcher *L)
@@ -477,7 +477,8 @@ static void reap_children(launcher *L)
                 rank_stopped(L, r, status);
                 continue;
             }
-            L->c[r].died_stopped = L->c[r].stopped;
+            if (!L->c[r].died_stopped)
+                L->c[r].died_stopped = L->c[r].stopped;
             rank_ended(L, r, status);
         }
     }
@@ -510,8 +511,11 @@ static int all_left_stopped(const launcher *L)
 static void escalate(launcher *L)
 {
     if (L->kill_at >= 0 && L->running > 0 && (now() >= L->kill_at || all_left_stopped(L))) {
-        for (long r = 0; r < L->n; r++)
+        for (long r = 0; r < L->n; r++) {
             L->c[r].killed_by_us = L->c[r].running;
+            if (L->c[r].running && L->c[r].stopped)
+                L->c[r].died_stopped = L->c[r].stopped; /* SIGCONT below clears .stopped */
+        }
         signal_all(L->c, (int)L->n, SIGTERM);
         signal_all(L->c, (int)L->n, SIGCONT);
         L->kill_at = -1;
