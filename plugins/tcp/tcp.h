@@ -53,9 +53,11 @@ typedef struct tcp_comm {
     int *members; /* [size] global ranks, in comm rank order */
 } tcp_comm;
 
-/* -- tcp-socket.c ------------------------------------------------------ */
+/* -- tcp-io.c ---------------------------------------------------------- */
 
 double tcp_now(void);
+/* Milliseconds until deadline for poll(): at least 0, at most 1000. */
+int tcp_poll_ms(double deadline);
 /* Ask for socket options every tp socket uses (non-blocking, no delay). */
 int tcp_set_socket_opts(int fd);
 /* Text "host:port" of a peer for messages. */
@@ -70,6 +72,14 @@ int tcp_recv_all(int fd, void *buf, size_t len, double deadline, size_t *got);
  * NULL if it matches. `buf` receives the text. */
 const char *tcp_hdr_mismatch(const tcp_hdr *got, const tcp_hdr *want, char *buf, size_t len);
 const char *tcp_op_name(unsigned op);
+
+/* Mark the engine unusable after a wire error: send ABORT(why) to every
+ * peer whose stream is at a message boundary (all but `mid`, -1 for none),
+ * then shut every socket down, so peers blocked on this rank fail at once
+ * and can say why. */
+void tcp_engine_break(tcp_engine *e, const char *why, int mid);
+
+/* -- tcp-socket.c ------------------------------------------------------ */
 
 /* One step of a collective: a list of messages to send to `to` and a list
  * to receive from `from`, progressed together with poll(). Send i starts
@@ -101,12 +111,6 @@ typedef struct tcp_xfer {
 } tcp_xfer;
 
 tp_status tcp_xfer_run(tcp_xfer *x);
-
-/* Mark the engine unusable after a wire error: send ABORT(why) to every
- * peer whose stream is at a message boundary (all but `mid`, -1 for none),
- * then shut every socket down, so peers blocked on this rank fail at once
- * and can say why. */
-void tcp_engine_break(tcp_engine *e, const char *why, int mid);
 
 /* -- tcp-auth.c -------------------------------------------------------- */
 
