@@ -8,6 +8,9 @@
  *   TP_MASTER_ADDR   address where rank 0 listens (default 127.0.0.1)
  *   TP_MASTER_PORT   port where rank 0 listens
  *   TP_TCP_CHUNK_BYTES  pipelining unit of the collectives (default 256 KiB)
+ *   TP_TCP_SECRET    the job's shared secret: every connection is authenticated
+ *                    with it (tp-launch sets a fresh one); TP_TCP_INSECURE=1
+ *                    runs without one, for debugging
  * Without TP_RANK and TP_WORLD_SIZE, and when at most one rank is asked
  * for, it runs a single rank without sockets.
  */
@@ -42,6 +45,15 @@ static void engine_free(tcp_engine *e)
                 close(e->peers[i].fd);
     free(e->peers);
     free(e->scratch);
+    free(e->quiet);
+    free(e->pfd);
+    free(e->pfd_peer);
+    if (e->secret) {
+        volatile unsigned char *p = e->secret; /* do not leave it in freed memory */
+        for (size_t i = 0; i < e->secret_len; i++)
+            p[i] = 0;
+        free(e->secret);
+    }
     free(e);
 }
 
@@ -137,13 +149,21 @@ static tp_status tcp_init(const tp_host *host, const tp_engine_args *args, void 
     e->peers = calloc((size_t)world, sizeof *e->peers);
     e->scratch = malloc(e->chunk_bytes);
     e->scratch_len = e->chunk_bytes;
-    if (!e->peers || !e->scratch) {
+    e->quiet = calloc((size_t)world, 1);
+    e->pfd = calloc((size_t)world, sizeof *e->pfd);
+    e->pfd_peer = calloc((size_t)world, sizeof *e->pfd_peer);
+    if (!e->peers || !e->scratch || !e->quiet || !e->pfd || !e->pfd_peer) {
         engine_free(e);
         return host->set_error(TP_ERR_NO_MEMORY, "tcp: out of memory");
     }
     for (long i = 0; i < world; i++)
         e->peers[i].fd = -1;
     if (world > 1) {
+        tp_status ast = tcp_auth_setup(e);
+        if (ast != TP_OK) {
+            engine_free(e);
+            return ast;
+        }
         host->debug("comm", "tcp: rank %ld of %ld, master %s:%s, timeout %g s", rank, world, addr,
                     port, e->timeout_s);
         tp_status st = tcp_rendezvous(e, addr, port);
@@ -222,5 +242,5 @@ static const tp_comm_ops tcp_ops = {
 
 TP_PLUGIN_DEFINE("tcp", "0.1.0",
                  "processes on one or more hosts over TCP sockets (TP_RANK, TP_WORLD_SIZE, "
-                 "TP_MASTER_ADDR, TP_MASTER_PORT; start with tp-launch)",
+                 "TP_MASTER_ADDR, TP_MASTER_PORT, TP_TCP_SECRET; start with tp-launch)",
                  &tcp_ops, NULL, NULL)

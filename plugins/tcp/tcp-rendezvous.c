@@ -26,7 +26,7 @@
 
 #include "tcp.h"
 
-#define MAX_PENDING 64
+#define MAX_PENDING 256 /* connections accepted but not yet adopted */
 
 static void addr_text(const struct sockaddr *sa, socklen_t len, char *host, size_t hostlen,
                       int *port)
@@ -104,7 +104,7 @@ static tp_status open_peer_listener(tcp_engine *e, int like, int *lfd)
         ((struct sockaddr_in *)&ss)->sin_port = 0;
     else if (ss.ss_family == AF_INET6)
         ((struct sockaddr_in6 *)&ss)->sin6_port = 0;
-    int fd = listen_on((struct sockaddr *)&ss, sl, e->world + 16);
+    int fd = listen_on((struct sockaddr *)&ss, sl, e->world + 128);
     if (fd < 0)
         return e->host->set_error(TP_ERR_IO,
                                   "tcp: rank %d cannot open its peer listening socket: %s", e->rank,
@@ -200,12 +200,29 @@ static void random_job_id(uint64_t *id)
 
 /* ------------------------------------------------------- accept loop */
 
+/* A connection that has not authenticated within this many seconds of its
+ * accept is dropped, so idle connections cannot hold the pending slots. */
+#define AUTH_DEADLINE_S 1.0
+
+enum {
+    ST_CHALLENGE,
+    ST_RESPONSE,
+    ST_HELLO
+}; /* what a pending connection sends next */
+
 typedef struct pending {
     int fd;
+    int stage;
+    double deadline; /* for the handshake (ST_CHALLENGE, ST_RESPONSE) */
     size_t got;
-    unsigned char buf[TCP_HDR_SIZE + TCP_MESH_SIZE]; /* >= HELLO too */
+    unsigned char buf[TCP_HDR_SIZE + TCP_NONCE_SIZE]; /* >= every message read here */
+    unsigned char nc[TCP_NONCE_SIZE], ns[TCP_NONCE_SIZE];
     char from[96];
 } pending;
+
+_Static_assert(TCP_NONCE_SIZE >= TCP_MESH_SIZE && TCP_NONCE_SIZE >= TCP_HELLO_SIZE &&
+                   TCP_MAC_SIZE == TCP_NONCE_SIZE,
+               "pending.buf holds every message read before a rank is adopted");
 
 typedef struct acceptor {
     tcp_engine *e;
@@ -217,9 +234,16 @@ typedef struct acceptor {
     int np;
 } acceptor;
 
-static size_t acc_msg_size(const acceptor *a)
+static size_t acc_msg_size(const acceptor *a, const pending *p)
 {
+    if (p->stage != ST_HELLO)
+        return TCP_HDR_SIZE + TCP_NONCE_SIZE; /* challenge and response are 32 bytes */
     return TCP_HDR_SIZE + (a->mesh ? TCP_MESH_SIZE : TCP_HELLO_SIZE);
+}
+
+static const char *acc_port(const acceptor *a)
+{
+    return a->mesh ? "this rank's peer port" : "the master port";
 }
 
 /* The header a hello (master) or mesh hello (rank) must have. */
@@ -231,7 +255,7 @@ static tcp_hdr acc_want_hdr(const acceptor *a)
                      .len = a->mesh ? TCP_MESH_SIZE : TCP_HELLO_SIZE};
 }
 
-/* Fatal error: tell every accepted/pending connection (master only), then fail. */
+/* Fatal error: tell every authenticated connection (master only), then fail. */
 static tp_status acc_fail(acceptor *a, tp_status st, const char *msg)
 {
     if (!a->mesh) {
@@ -239,7 +263,8 @@ static tp_status acc_fail(acceptor *a, tp_status st, const char *msg)
             if (a->fds[i] >= 0)
                 send_abort(a->fds[i], msg);
         for (int i = 0; i < a->np; i++)
-            send_abort(a->p[i].fd, msg);
+            if (a->p[i].stage == ST_HELLO)
+                send_abort(a->p[i].fd, msg);
     }
     return a->e->host->set_error(st, "%s", msg);
 }
@@ -249,6 +274,28 @@ static void drop_pending(acceptor *a, int i)
     a->p[i] = a->p[--a->np];
 }
 
+/* An unauthenticated connection misbehaved: log it, close it, go on. */
+static void acc_reject(acceptor *a, int i, const char *why)
+{
+    fprintf(stderr, "tp tcp: rank %d: refused a connection from %s to %s: %s\n", a->e->rank,
+            a->p[i].from, acc_port(a), why);
+    close(a->p[i].fd);
+    drop_pending(a, i);
+}
+
+/* Drop every connection still unauthenticated after its deadline; the
+ * earliest deadline left (or `until`). */
+static double acc_expire(acceptor *a, double until)
+{
+    double now = tcp_now();
+    for (int i = a->np - 1; i >= 0; i--)
+        if (a->p[i].stage != ST_HELLO && now >= a->p[i].deadline)
+            acc_reject(a, i, "did not authenticate within 1 s");
+    for (int i = 0; i < a->np; i++)
+        if (a->p[i].stage != ST_HELLO && a->p[i].deadline < until)
+            until = a->p[i].deadline;
+    return until;
+}
 /* Check a complete hello/mesh message from pending i; adopt its fd. */
 static tp_status acc_check(acceptor *a, int i)
 {
@@ -256,7 +303,7 @@ static tp_status acc_check(acceptor *a, int i)
     pending *p = &a->p[i];
     tcp_hdr h, want = acc_want_hdr(a);
     char why[384], msg[768];
-    const char *where = a->mesh ? "this rank's peer port" : "the master port";
+    const char *where = acc_port(a);
     tcp_hdr_decode(p->buf, &h);
     if (tcp_hdr_mismatch(&h, &want, why, sizeof why)) {
         snprintf(msg, sizeof msg, "tcp rendezvous: rank %d: a connection from %s to %s sent %s",
@@ -364,19 +411,92 @@ static tp_status acc_missing(acceptor *a, double timeout_s)
     return acc_fail(a, TP_ERR_TIMEOUT, msg);
 }
 
-/* Read what pending connection i sent; check it as soon as its header is
- * complete (so garbage fails fast) and again when the whole message is in.
- * TP_OK too while it needs more bytes, or when it left without a word. */
+/* A complete challenge (answer with the proof) or response (check it). */
+static void acc_auth_step(acceptor *a, int i)
+{
+    pending *p = &a->p[i];
+    int role = a->mesh ? TCP_ROLE_PEER : TCP_ROLE_MASTER;
+    unsigned char mac[TCP_MAC_SIZE], proof[TCP_PROOF_SIZE];
+    const unsigned char *payload = p->buf + TCP_HDR_SIZE;
+    if (p->stage == ST_CHALLENGE) {
+        memcpy(p->nc, payload, TCP_NONCE_SIZE);
+        if (tcp_random(p->ns, TCP_NONCE_SIZE) < 0) {
+            acc_reject(a, i, "no random bytes for a nonce");
+            return;
+        }
+        memcpy(proof, p->ns, TCP_NONCE_SIZE);
+        tcp_auth_mac(a->e, 'L', role, p->nc, p->ns, proof + TCP_NONCE_SIZE);
+        if (tcp_auth_send(p->fd, TCP_OP_AUTH_PROOF, role, proof, sizeof proof, p->deadline) < 0) {
+            acc_reject(a, i, "could not be sent the authentication proof");
+            return;
+        }
+        p->stage = ST_RESPONSE;
+        p->got = 0;
+        return;
+    }
+    tcp_auth_mac(a->e, 'C', role, p->nc, p->ns, mac);
+    if (!tcp_auth_equal(mac, payload, TCP_MAC_SIZE)) {
+        acc_reject(a, i,
+                   "failed authentication: it does not know this job's TP_TCP_SECRET (a "
+                   "process of another job, a replayed connection, or an intruder)");
+        return;
+    }
+    a->e->host->debug("comm", "tcp: rank %d: %s authenticated", a->e->rank, p->from);
+    p->stage = ST_HELLO;
+    p->got = 0;
+}
+
+/* Check what an unauthenticated connection sent so far; 0 if it was refused. */
+static int acc_auth_read(acceptor *a, int i)
+{
+    pending *p = &a->p[i];
+    char why[300];
+    if (p->got >= 4 && tcp_get32(p->buf) != TCP_MAGIC) {
+        char msg[400];
+        snprintf(msg, sizeof msg,
+                 "sent bytes that are not a tp tcp message (magic 0x%08x, expected 0x%08x): "
+                 "another program may be talking to this port",
+                 tcp_get32(p->buf), TCP_MAGIC);
+        acc_reject(a, i, msg);
+        return 0;
+    }
+    if (p->got < TCP_HDR_SIZE)
+        return 1;
+    int role = a->mesh ? TCP_ROLE_PEER : TCP_ROLE_MASTER;
+    uint16_t op = p->stage == ST_CHALLENGE ? TCP_OP_AUTH_CHALLENGE : TCP_OP_AUTH_RESPONSE;
+    if (tcp_auth_check_hdr(p->buf, op, role, TCP_NONCE_SIZE, why, sizeof why)) {
+        char msg[400];
+        snprintf(msg, sizeof msg, "sent %s (not authenticated)", why);
+        acc_reject(a, i, msg);
+        return 0;
+    }
+    if (p->got == acc_msg_size(a, p))
+        acc_auth_step(a, i);
+    return 1;
+}
+
+/* Read what pending connection i sent. Before it has authenticated, anything
+ * wrong only drops it (logged); after, its hello is checked as soon as its
+ * header is complete (so a wrong one fails fast) and again when it is all
+ * in. TP_OK too while it needs more bytes, or when it left without a word. */
 static tp_status acc_read(acceptor *a, int i)
 {
     tcp_engine *e = a->e;
     pending *p = &a->p[i];
-    size_t want = acc_msg_size(a) - p->got;
+    size_t want = acc_msg_size(a, p) - p->got;
     ssize_t n = recv(p->fd, p->buf + p->got, want, MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return TP_OK;
+    if (n <= 0 && p->stage != ST_HELLO) {
+        char why[160];
+        snprintf(why, sizeof why, "%s before authenticating (%zu bytes of its %s in)",
+                 n == 0 ? "closed the connection" : strerror(errno), p->got,
+                 p->stage == ST_CHALLENGE ? "challenge" : "response");
+        acc_reject(a, i, why);
+        return TP_OK;
+    }
     if (n <= 0 && p->got == 0) {
-        /* Connected and left without a word (a port probe): ignore it. */
+        /* Authenticated, then left without a word: ignore it. */
         e->host->debug("comm", "tcp: rank %d: %s connected and closed", e->rank, p->from);
         close(p->fd);
         drop_pending(a, i);
@@ -387,44 +507,62 @@ static tp_status acc_read(acceptor *a, int i)
         snprintf(msg, sizeof msg,
                  "tcp rendezvous: rank %d: a connection from %s to %s sent %zu bytes "
                  "and %s, expected a %zu-byte tp tcp %s",
-                 e->rank, p->from, a->mesh ? "this rank's peer port" : "the master port", p->got,
-                 n == 0 ? "closed" : strerror(errno), acc_msg_size(a),
-                 a->mesh ? "mesh hello" : "hello");
+                 e->rank, p->from, acc_port(a), p->got, n == 0 ? "closed" : strerror(errno),
+                 acc_msg_size(a, p), a->mesh ? "mesh hello" : "hello");
         return acc_fail(a, TP_ERR_PEER, msg);
     }
     p->got += (size_t)n;
+    if (p->stage != ST_HELLO) {
+        (void)acc_auth_read(a, i);
+        return TP_OK;
+    }
     if (p->got >= 4 && tcp_get32(p->buf) != TCP_MAGIC)
         return acc_check(a, i); /* garbage: fail at once */
     if (p->got >= TCP_HDR_SIZE) {
         tcp_hdr h, want_h = acc_want_hdr(a);
         char why[384];
         tcp_hdr_decode(p->buf, &h);
-        if (tcp_hdr_mismatch(&h, &want_h, why, sizeof why) || p->got == acc_msg_size(a))
+        if (tcp_hdr_mismatch(&h, &want_h, why, sizeof why) || p->got == acc_msg_size(a, p))
             return acc_check(a, i);
     }
     return TP_OK;
 }
 
-/* Take a new connection off the listening socket as pending, if there is
- * room; a failed accept is left for the next poll. */
+/* Take the new connections off the listening socket as pending; when every
+ * slot is taken, the unauthenticated one closest to its deadline makes room. */
 static void acc_take(acceptor *a)
 {
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    int fd = accept4(a->lfd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC);
-    if (fd < 0)
-        return;
-    if (a->np == MAX_PENDING || tcp_set_socket_opts(fd) < 0) {
-        close(fd);
-        return;
+    for (int k = 0; k < 64; k++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        int fd = accept4(a->lfd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC);
+        if (fd < 0)
+            return;
+        if (tcp_set_socket_opts(fd) < 0) {
+            close(fd);
+            continue;
+        }
+        if (a->np == MAX_PENDING) {
+            int old = -1;
+            for (int i = 0; i < a->np; i++)
+                if (a->p[i].stage != ST_HELLO && (old < 0 || a->p[i].deadline < a->p[old].deadline))
+                    old = i;
+            if (old < 0) {
+                close(fd);
+                continue;
+            }
+            acc_reject(a, old, "dropped: too many connections waiting to authenticate");
+        }
+        pending *p = &a->p[a->np++];
+        memset(p, 0, sizeof *p);
+        p->fd = fd;
+        p->stage = ST_CHALLENGE;
+        p->deadline = tcp_now() + AUTH_DEADLINE_S;
+        char host[TCP_HOST_LEN];
+        int port;
+        addr_text((struct sockaddr *)&ss, sl, host, sizeof host, &port);
+        snprintf(p->from, sizeof p->from, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
     }
-    pending *p = &a->p[a->np++];
-    memset(p, 0, sizeof *p);
-    p->fd = fd;
-    char host[TCP_HOST_LEN];
-    int port;
-    addr_text((struct sockaddr *)&ss, sl, host, sizeof host, &port);
-    snprintf(p->from, sizeof p->from, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
 }
 
 /* Accept until `need` valid connections arrived; fds[rank] gets each. */
@@ -437,12 +575,13 @@ static tp_status accept_all(acceptor *a, double deadline)
             st = acc_missing(a, e->timeout_s);
             break;
         }
+        double wake = acc_expire(a, deadline);
         struct pollfd pfd[MAX_PENDING + 1];
         pfd[0] = (struct pollfd){.fd = a->lfd, .events = POLLIN};
         for (int i = 0; i < a->np; i++)
             pfd[i + 1] = (struct pollfd){.fd = a->p[i].fd, .events = POLLIN};
-        double left = deadline - tcp_now();
-        int ms = left > 1.0 ? 1000 : (int)(left * 1000) + 1;
+        double left = wake - tcp_now();
+        int ms = left > 1.0 ? 1000 : left > 0 ? (int)(left * 1000) + 1 : 0;
         int np = a->np;
         if (poll(pfd, (nfds_t)np + 1, ms) < 0) {
             if (errno == EINTR)
@@ -472,7 +611,7 @@ static tp_status master_phase(tcp_engine *e, struct addrinfo *ai, int *lfd_out)
     int mfd = -1, lfd = -1;
     int err = 0;
     for (struct addrinfo *p = ai; p; p = p->ai_next) {
-        mfd = listen_on(p->ai_addr, p->ai_addrlen, e->world + 16);
+        mfd = listen_on(p->ai_addr, p->ai_addrlen, e->world + 128);
         if (mfd >= 0)
             break;
         err = errno;
@@ -714,9 +853,23 @@ static tp_status worker_phase(tcp_engine *e, struct addrinfo *ai, int *lfd_out)
     double deadline = tcp_now() + e->timeout_s;
     int fd = -1, lfd = -1;
     char master[96] = "?";
-    tp_status st = worker_connect(e, ai, deadline, master, sizeof master, &fd);
-    if (st != TP_OK)
-        return st;
+    tp_status st;
+    char who[160];
+    for (;;) {
+        int retry = 0;
+        st = worker_connect(e, ai, deadline, master, sizeof master, &fd);
+        if (st != TP_OK)
+            return st;
+        snprintf(who, sizeof who, "the master at %s (TP_MASTER_ADDR:TP_MASTER_PORT)", master);
+        st = tcp_auth_connect(e, fd, TCP_ROLE_MASTER, who, deadline, &retry);
+        if (st == TP_OK)
+            break;
+        close(fd);
+        if (!retry || tcp_now() >= deadline)
+            return st;
+        e->host->debug("comm", "tcp: rank %d: %s dropped the connection, trying again", e->rank,
+                       master);
+    }
     st = open_peer_listener(e, fd, &lfd);
     if (st != TP_OK) {
         close(fd);
@@ -729,6 +882,33 @@ static tp_status worker_phase(tcp_engine *e, struct addrinfo *ai, int *lfd_out)
     else
         *lfd_out = lfd;
     return st;
+}
+
+/* Connect to rank j's peer port and authenticate (both ways), connecting
+ * again while it drops the connection before answering. */
+static tp_status mesh_connect(tcp_engine *e, const struct addrinfo *ai, int j, const char *name,
+                              double deadline, int *fd_out)
+{
+    char who[160];
+    snprintf(who, sizeof who, "rank %d's peer port %s", j, name);
+    for (;;) {
+        int err = 0, attempts = 0, retry = 0;
+        int fd = connect_retry(ai->ai_addr, ai->ai_addrlen, deadline, &err, &attempts);
+        if (fd < 0)
+            return e->host->set_error(TP_ERR_TIMEOUT,
+                                      "tcp rendezvous: rank %d could not connect to rank %d at %s "
+                                      "within %g s (TP_TIMEOUT_S, %d attempts, last error: %s): "
+                                      "it exited, or a firewall blocks its port",
+                                      e->rank, j, name, e->timeout_s, attempts, strerror(err));
+        tp_status st = tcp_auth_connect(e, fd, TCP_ROLE_PEER, who, deadline, &retry);
+        if (st == TP_OK) {
+            *fd_out = fd;
+            return TP_OK;
+        }
+        close(fd);
+        if (!retry || tcp_now() >= deadline)
+            return st;
+    }
 }
 
 /* Connect to every rank below this one, then accept every rank above. */
@@ -753,15 +933,11 @@ static tp_status mesh_phase(tcp_engine *e, int lfd)
                                       "tcp rendezvous: rank %d: the rank table gives rank %d the "
                                       "address %s, which is not a numeric address",
                                       e->rank, j, name);
-        int err = 0, attempts = 0;
-        int fd = connect_retry(ai->ai_addr, ai->ai_addrlen, deadline, &err, &attempts);
+        int fd = -1;
+        st = mesh_connect(e, ai, j, name, deadline, &fd);
         freeaddrinfo(ai);
-        if (fd < 0)
-            return e->host->set_error(TP_ERR_TIMEOUT,
-                                      "tcp rendezvous: rank %d could not connect to rank %d at %s "
-                                      "within %g s (TP_TIMEOUT_S, %d attempts, last error: %s): "
-                                      "it exited, or a firewall blocks its port",
-                                      e->rank, j, name, e->timeout_s, attempts, strerror(err));
+        if (st != TP_OK)
+            return st;
         p->fd = fd;
         if (send_msg(fd, TCP_OP_MESH, m, sizeof m, deadline) < 0)
             return e->host->set_error(TP_ERR_PEER,

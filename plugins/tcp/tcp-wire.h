@@ -19,11 +19,27 @@
  * A receiver always knows which message comes next and compares every field
  * with what it expects; `len` must equal the expected size exactly.
  *
+ * Authentication (before anything else on every connection): the connecting
+ * side sends AUTH_CHALLENGE (a fresh 32-byte nonce Nc, arg = role: 0 for the
+ * master port, 1 for a peer port); the listener answers AUTH_PROOF (its own
+ * fresh nonce Ns, then HMAC-SHA-256(TP_TCP_SECRET, "tp-tcp auth v2" | 'L' |
+ * role | Nc | Ns)); the connector checks it (a squatted port fails here) and
+ * answers AUTH_RESPONSE (HMAC-SHA-256(secret, "tp-tcp auth v2" | 'C' | role |
+ * Nc | Ns)), which the listener checks. The secret never crosses the wire,
+ * both nonces are fresh, and the 'L'/'C' byte keeps a proof from being
+ * reflected as a response.
+ *
  * Rendezvous: rank r > 0 connects to the master (rank 0) at
  * TP_MASTER_ADDR:TP_MASTER_PORT and sends HELLO; rank 0 answers every rank
  * with TABLE (job id, rank 0's chunk size, every rank's address) or ABORT
  * with a reason. Then rank r connects to every rank j < r and sends MESH;
  * it accepts a connection from every rank j > r.
+ *
+ * A rank that waited TP_TIMEOUT_S without progress sends STALL (comm 0, seq
+ * 0: who it is, whom it waits on) to every peer; a rank that sees a STALL
+ * answers with its own, so every live rank learns who waits on whom and the
+ * rank that stopped progressing is the one at the end of the chain that
+ * never answers.
  *
  * A rank that gives up after a wire error sends ABORT (comm 0, seq 0, the
  * reason as payload) where its stream is at a message boundary, then closes.
@@ -34,7 +50,7 @@
 #include <stdint.h>
 
 #define TCP_MAGIC            0x54504354u /* the bytes "TCPT" read as a little-endian u32 */
-#define TCP_WIRE_VERSION     1
+#define TCP_WIRE_VERSION     2
 #define TCP_HDR_SIZE         40
 #define TCP_HOST_LEN         60  /* numeric address text, NUL terminated */
 #define TCP_HELLO_SIZE       12  /* rank u32, world u32, port u16, 2 zero bytes */
@@ -43,12 +59,20 @@
 #define TCP_MESH_SIZE        16  /* job id u64, rank u32, world u32 */
 #define TCP_ABORT_MAX        512 /* reason text, not NUL terminated */
 #define TCP_MAX_WORLD        65535
+#define TCP_NONCE_SIZE       32 /* AUTH_CHALLENGE payload */
+#define TCP_MAC_SIZE         32 /* HMAC-SHA-256; AUTH_RESPONSE payload */
+#define TCP_PROOF_SIZE       64 /* AUTH_PROOF: nonce, then MAC */
+#define TCP_STALL_SIZE       24 /* STALL: rank u32, waits on u32, waited ms u64, seq u64 */
 
 typedef enum tcp_wire_op {
     TCP_OP_HELLO = 1,
     TCP_OP_TABLE = 2,
     TCP_OP_MESH = 3,
     TCP_OP_ABORT = 4,
+    TCP_OP_AUTH_CHALLENGE = 5,
+    TCP_OP_AUTH_PROOF = 6,
+    TCP_OP_AUTH_RESPONSE = 7,
+    TCP_OP_STALL = 8,
     TCP_OP_ALL_REDUCE = 10,
     TCP_OP_ALL_GATHER = 11,
     TCP_OP_REDUCE_SCATTER = 12,
@@ -56,6 +80,12 @@ typedef enum tcp_wire_op {
     TCP_OP_BARRIER = 14,
     TCP_OP_SPLIT = 15,
 } tcp_wire_op;
+
+/* Which port an authentication is for (the AUTH_* header's arg). */
+enum {
+    TCP_ROLE_MASTER = 0,
+    TCP_ROLE_PEER = 1
+};
 
 typedef struct tcp_hdr {
     uint32_t magic;

@@ -15,6 +15,7 @@
 
 #include <stdint.h>
 #include <stddef.h>
+#include <poll.h>
 #include <tp/tp-plugin-util.h> /* tp-plugin.h and the SDK helpers */
 
 #include "tcp-wire.h"
@@ -36,6 +37,11 @@ typedef struct tcp_engine {
     char broken_why[512];
     unsigned char *scratch; /* receive buffer for reductions, scratch_len >= chunk_bytes */
     size_t scratch_len;
+    unsigned char *secret; /* TP_TCP_SECRET (or the public insecure key) */
+    size_t secret_len;
+    unsigned char *quiet; /* [world] peers not watched for notes in this xfer */
+    struct pollfd *pfd;   /* [world] poll set of an xfer */
+    int *pfd_peer;        /* [world] whose socket each pfd entry is */
 } tcp_engine;
 
 typedef struct tcp_comm {
@@ -47,9 +53,11 @@ typedef struct tcp_comm {
     int *members; /* [size] global ranks, in comm rank order */
 } tcp_comm;
 
-/* -- tcp-socket.c ------------------------------------------------------ */
+/* -- tcp-io.c ---------------------------------------------------------- */
 
 double tcp_now(void);
+/* Milliseconds until deadline for poll(): at least 0, at most 1000. */
+int tcp_poll_ms(double deadline);
 /* Ask for socket options every tp socket uses (non-blocking, no delay). */
 int tcp_set_socket_opts(int fd);
 /* Text "host:port" of a peer for messages. */
@@ -64,6 +72,14 @@ int tcp_recv_all(int fd, void *buf, size_t len, double deadline, size_t *got);
  * NULL if it matches. `buf` receives the text. */
 const char *tcp_hdr_mismatch(const tcp_hdr *got, const tcp_hdr *want, char *buf, size_t len);
 const char *tcp_op_name(unsigned op);
+
+/* Mark the engine unusable after a wire error: send ABORT(why) to every
+ * peer whose stream is at a message boundary (all but `mid`, -1 for none),
+ * then shut every socket down, so peers blocked on this rank fail at once
+ * and can say why. */
+void tcp_engine_break(tcp_engine *e, const char *why, int mid);
+
+/* -- tcp-socket.c ------------------------------------------------------ */
 
 /* One step of a collective: a list of messages to send to `to` and a list
  * to receive from `from`, progressed together with poll(). Send i starts
@@ -96,11 +112,63 @@ typedef struct tcp_xfer {
 
 tp_status tcp_xfer_run(tcp_xfer *x);
 
-/* Mark the engine unusable after a wire error: send ABORT(why) to every
- * peer whose stream is at a message boundary (all but `mid`, -1 for none),
- * then shut every socket down, so peers blocked on this rank fail at once
- * and can say why. */
-void tcp_engine_break(tcp_engine *e, const char *why, int mid);
+/* -- tcp-auth.c -------------------------------------------------------- */
+
+/* Take the secret from TP_TCP_SECRET (or TP_TCP_INSECURE=1, with a warning);
+ * a named error when neither is set. */
+tp_status tcp_auth_setup(tcp_engine *e);
+/* n random bytes from getrandom() or /dev/urandom: 0, or -1 with errno. */
+int tcp_random(void *buf, size_t n);
+/* HMAC-SHA-256(secret, label | dir ('L' listener, 'C' connector) | role | nc | ns). */
+void tcp_auth_mac(const tcp_engine *e, char dir, int role, const unsigned char *nc,
+                  const unsigned char *ns, unsigned char mac[TCP_MAC_SIZE]);
+/* 1 if equal; takes the same time wherever they differ. */
+int tcp_auth_equal(const unsigned char *a, const unsigned char *b, size_t n);
+/* Send an authentication message (header arg = role). 0 or -1 with errno. */
+int tcp_auth_send(int fd, uint16_t op, int role, const void *payload, size_t len, double deadline);
+/* NULL if the raw header is the expected authentication message, else why not. */
+const char *tcp_auth_check_hdr(const unsigned char *raw, uint16_t op, int role, size_t len,
+                               char *buf, size_t buflen);
+/* The connecting side of the handshake on fd, `who` names the listener in
+ * messages. *retry = 1 when the listener dropped the connection before it
+ * answered (worth connecting again). */
+tp_status tcp_auth_connect(tcp_engine *e, int fd, int role, const char *who, double deadline,
+                           int *retry);
+
+/* -- tcp-stall.c ------------------------------------------------------- */
+
+typedef struct tcp_stall_note {
+    uint32_t rank, waits_on, waited_ms, flags; /* flags bit 0: waits to send, not to receive */
+    uint64_t seq;
+} tcp_stall_note;
+
+/* What a rank that gives up waiting knows. */
+typedef struct tcp_stall_ctx {
+    tcp_comm *comm;
+    const char *opname;
+    int waits_on;    /* global rank this rank waits on */
+    int sending;     /* 1: waits for it to accept data; 0: to send */
+    double waited_s; /* time without progress */
+    int from;        /* global rank whose stream this rank was reading, -1 */
+    unsigned char hdr[TCP_HDR_SIZE];
+    size_t hoff;   /* header bytes of that stream's current message already in hdr */
+    uint64_t skip; /* or payload bytes of it still to come */
+    int mid;       /* the peer this rank is mid-send to (no note for it), -1 */
+    int note_from; /* a peer whose STALL note was already read, -1 */
+    tcp_stall_note note;
+} tcp_stall_ctx;
+
+/* While waiting: what peer `peer` (not the one being read) has at the head
+ * of its stream. 1 a STALL note, 2 an ABORT, 0 anything else (stop watching
+ * it), -1 nothing yet. */
+int tcp_stall_peek(tcp_engine *e, int peer);
+void tcp_stall_note_encode(const tcp_stall_note *n,
+                           unsigned char out[TCP_HDR_SIZE + TCP_STALL_SIZE]);
+void tcp_stall_note_decode(const unsigned char in[TCP_STALL_SIZE], tcp_stall_note *n);
+/* Exchange STALL notes with every peer, name the rank that stopped
+ * progressing, break the engine and return the error (TP_ERR_TIMEOUT, or
+ * TP_ERR_PEER when the chain ends at a rank that gave up or exited). */
+tp_status tcp_stall_diagnose(tcp_stall_ctx *cx);
 
 /* -- tcp-rendezvous.c -------------------------------------------------- */
 

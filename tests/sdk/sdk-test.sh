@@ -35,6 +35,12 @@ TP_PLUGIN_PATH="$tmp/plugins" TP_BACKEND=tiny TP_WORLD_SIZE=1 "$conformance"
 # against the same installed SDK, then loaded in place of the in-tree one.
 if [ -n "${4:-}" ]; then
     launch=$4
+    # The tcp plugin also needs the system's glib-2.0, which the sysroot
+    # above would hide: give meson a tp.pc whose prefix points into the
+    # temporary root instead, and no sysroot.
+    mkdir -p "$tmp/pc"
+    sed "s|^prefix=|prefix=$tmp/root|" "$pc" >"$tmp/pc/tp.pc"
+    PKG_CONFIG_PATH="$tmp/pc" PKG_CONFIG_SYSROOT_DIR= \
     meson setup "$tmp/tcp-build" "$src/plugins/tcp/standalone" >"$tmp/tcp.log" 2>&1 &&
         ninja -C "$tmp/tcp-build" >>"$tmp/tcp.log" 2>&1 || { cat "$tmp/tcp.log"; exit 1; }
     TP_PLUGIN_PATH="$tmp/tcp-build" TP_DEBUG=plugin "$launch" -n 2 "$conformance" 2>"$tmp/debug.log"

@@ -173,6 +173,8 @@ int th_run(int world, const int *ranks, int nranks, const char *const *extra_env
             setenv("TP_MASTER_ADDR", "127.0.0.1", 1);
             snprintf(buf, sizeof buf, "%d", port);
             setenv("TP_MASTER_PORT", buf, 1);
+            /* Ranks started by hand share a secret (tp-launch would make one). */
+            setenv("TP_TCP_SECRET", TH_SECRET, 1);
             for (const char *const *e = extra_env; e && *e; e++)
                 putenv((char *)*e);
             th_result out = {.exited = 1};

@@ -56,6 +56,9 @@ typedef tp_status (*th_scenario)(int rank, int size, void *arg);
 int th_run(int world, const int *ranks, int nranks, const char *const *extra_env, double guard_s,
            th_scenario fn, void *arg, th_result *res);
 
+/* The TP_TCP_SECRET th_run gives every rank (extra_env may override it). */
+#define TH_SECRET "tests-tcp-0123456789abcdef0123456789abcdef"
+
 /* A free TCP port on 127.0.0.1 (bind to 0, read it, close). */
 int th_free_port(void);
 

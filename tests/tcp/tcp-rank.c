@@ -5,19 +5,47 @@
  *   tcp-rank check       runs every collective against a serial reference
  *   tcp-rank die RANK    rank RANK exits with status 3 after a barrier; the
  *                        others call all_reduce and must fail (exit 1)
+ *   tcp-rank stall RANK  rank RANK stops itself (SIGSTOP) after a barrier;
+ *                        the others call all_reduce and must fail (exit 1)
+ *   tcp-rank bind-port   only try to bind TP_MASTER_PORT on 127.0.0.1 (no
+ *                        SO_REUSEADDR), print what happened, exit 0
  * Exit status 0 on success, 1 on a failed check (message on stderr).
  */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "tcp-checks.h"
+
+/* Can another program bind the master port now? (It must not: tp-launch
+ * keeps the port it picked until rank 0 listens on it.) */
+static void try_bind_master_port(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons((uint16_t)atoi(getenv("TP_MASTER_PORT")));
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int r = bind(fd, (struct sockaddr *)&a, sizeof a);
+    printf("bind master port: %s\n", r == 0 ? "bound" : strerror(errno));
+    fflush(stdout);
+    close(fd);
+}
 
 int main(int argc, char **argv)
 {
     if (argc < 2 || th_load() != 0) {
-        fprintf(stderr, "usage: tcp-rank check | die RANK\n");
+        fprintf(stderr, "usage: tcp-rank check | die RANK | stall RANK | bind-port\n");
         return 2;
+    }
+    if (strcmp(argv[1], "bind-port") == 0) {
+        try_bind_master_port();
+        return 0;
     }
     th_rank r;
     tp_status st = th_open(&r, 0, TP_MEM_HOST);
@@ -30,8 +58,12 @@ int main(int argc, char **argv)
         if (st == TP_OK)
             printf("rank %d of %d: all collectives agree with the serial reference\n", r.rank,
                    r.size);
-    } else if (strcmp(argv[1], "die") == 0 && argc > 2) {
+    } else if ((strcmp(argv[1], "die") == 0 || strcmp(argv[1], "stall") == 0) && argc > 2) {
         st = th_ops->barrier(r.world);
+        if (st == TP_OK && r.rank == atoi(argv[2]) && argv[1][0] == 's') {
+            fprintf(stderr, "rank %d: stopping on purpose\n", r.rank);
+            raise(SIGSTOP);
+        }
         if (st == TP_OK && r.rank == atoi(argv[2])) {
             fprintf(stderr, "rank %d: exiting on purpose\n", r.rank);
             exit(3);

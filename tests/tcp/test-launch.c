@@ -7,7 +7,9 @@
  * argv[1] = tp-launch, argv[2] = tcp-rank (set by meson).
  */
 #include <check.h>
+#include <errno.h>
 #include <poll.h>
+#include <sys/prctl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -269,6 +271,156 @@ START_TEST(test_tcp_check)
 }
 END_TEST
 
+/* Every job gets a fresh 64-hex-digit TP_TCP_SECRET in the environment
+ * (never on the command line); one the user set is kept. */
+START_TEST(test_secret_per_job)
+{
+    run_out o;
+    char first[128] = "";
+    char *argv[] = {(char *)launch_path,
+                    "-n",
+                    "2",
+                    "/bin/sh",
+                    "-c",
+                    "echo \"secret ${#TP_TCP_SECRET} $TP_TCP_SECRET\"",
+                    NULL};
+    unsetenv("TP_TCP_SECRET");
+    for (int run_i = 0; run_i < 2; run_i++) {
+        run(argv, 60, &o);
+        ck_assert_int_eq(o.status, 0);
+        HAS(o.out, "[rank 0] secret 64 ");
+        char *a = strstr(o.out, "[rank 0] secret 64 "), *b = strstr(o.out, "[rank 1] secret 64 ");
+        ck_assert(a && b);
+        ck_assert_msg(strncmp(a + 19, b + 19, 64) == 0, "ranks got different secrets:\n%s", o.out);
+        if (run_i == 0)
+            snprintf(first, sizeof first, "%.64s", a + 19);
+        else
+            ck_assert_msg(strncmp(first, a + 19, 64) != 0, "two jobs got the same secret %s",
+                          first);
+    }
+    setenv("TP_TCP_SECRET", "mine-mine-mine-mine", 1);
+    run(argv, 60, &o);
+    unsetenv("TP_TCP_SECRET");
+    HAS(o.out, "[rank 0] secret 19 mine-mine-mine-mine\n");
+}
+END_TEST
+
+/* The master port tp-launch picked stays taken until rank 0 listens: no
+ * other program can bind it meanwhile (no race between pick and use). */
+START_TEST(test_master_port_held)
+{
+    run_out o;
+    char *argv[] = {(char *)launch_path, "-n", "1", (char *)rank_path, "bind-port", NULL};
+    run(argv, 60, &o);
+    ck_assert_msg(o.status == 0, "status %d\n%s%s", o.status, o.out, o.err);
+    HAS(o.out, "[rank 0] bind master port: Address already in use\n");
+}
+END_TEST
+
+/* 1 while pid is a live process (a zombie counts as dead). */
+static int alive(pid_t pid)
+{
+    char path[64], st[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(st, 1, sizeof st - 1, f);
+    fclose(f);
+    st[n] = '\0';
+    char *p = strrchr(st, ')');
+    return p && p[1] == ' ' && p[2] != 'Z' && p[2] != 'X';
+}
+
+/* kill -9 of tp-launch (no prefix: no pipes that would end the ranks) takes
+ * its ranks with it. This test process is a child subreaper, so the
+ * orphaned ranks become its children: it can reap them, and kill them by
+ * PID if they outlive the bounded wait. */
+START_TEST(test_sigkill_of_launcher_ends_ranks)
+{
+    int po[2];
+    ck_assert(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
+    ck_assert(pipe(po) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(po[1], 1);
+        close(po[0]);
+        execl(launch_path, launch_path, "-n", "2", "--no-prefix", "/bin/sh", "-c",
+              "echo pid $$; exec sleep 600", (char *)NULL);
+        _exit(127);
+    }
+    close(po[1]);
+    char buf[512] = "";
+    size_t len = 0;
+    int pids[2], got = 0;
+    while (got < 2 && len < sizeof buf - 1) {
+        struct pollfd p = {po[0], POLLIN, 0};
+        if (poll(&p, 1, 60000) <= 0)
+            break;
+        ssize_t n = read(po[0], buf + len, sizeof buf - 1 - len);
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+        buf[len] = '\0';
+        got = sscanf(buf, "pid %d\npid %d", &pids[0], &pids[1]);
+    }
+    ck_assert_msg(got == 2, "ranks did not start: %s", buf);
+    struct timespec up = {0, 200 * 1000 * 1000};
+    nanosleep(&up, NULL); /* let both reach exec of sleep */
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    int left = 2;
+    for (int i = 0; i < 100 && left > 0; i++) { /* up to 10 s */
+        while (waitpid(-1, NULL, WNOHANG) > 0)
+            ;
+        left = alive(pids[0]) + alive(pids[1]);
+        struct timespec ts = {0, 100 * 1000 * 1000};
+        if (left)
+            nanosleep(&ts, NULL);
+    }
+    for (int i = 0; i < 2; i++)
+        if (alive(pids[i]))
+            kill(pids[i], SIGKILL); /* ours (we are their subreaper): clean up */
+    while (waitpid(-1, NULL, WNOHANG) > 0)
+        ;
+    close(po[0]);
+    ck_assert_msg(left == 0, "%d rank(s) still running 10 s after kill -9 of tp-launch", left);
+}
+END_TEST
+
+/* A rank stops (SIGSTOP) after a barrier: every other rank names it as the
+ * rank that stopped progressing, and so does tp-launch's summary, within
+ * TP_TIMEOUT_S plus a few seconds (not TP_TIMEOUT_S + the grace period). */
+START_TEST(test_tcp_rank_stalls)
+{
+    run_out o;
+    char *argv[] = {(char *)launch_path, "-n",    "4", "--grace", "30",
+                    (char *)rank_path,   "stall", "2", NULL};
+    struct timespec t0, t1;
+    setenv("TP_TIMEOUT_S", "3", 1);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    run(argv, 240, &o);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double took = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    ck_assert_msg(o.status == 1, "status %d, stderr:\n%s", o.status, o.err);
+    HAS(o.err, "[rank 2] rank 2: stopping on purpose");
+    for (int r = 0; r < 4; r++) {
+        if (r == 2)
+            continue;
+        char want[128];
+        snprintf(want, sizeof want, "[rank %d] rank %d: failed as expected: tcp all_reduce", r, r);
+        HAS(o.err, want);
+        const char *line = strstr(o.err, want), *eol = strchr(line, '\n');
+        const char *named = strstr(line, "rank 2 stopped progressing");
+        ck_assert_msg(named && (!eol || named < eol), "rank %d does not name rank 2:\n%s", r,
+                      o.err);
+    }
+    HAS(o.err, "tp-launch: rank 2 stopped progressing: it was stopped by signal 19");
+    /* 3 s timeout + 1.5 s stall check + start-up; the grace period (30 s) is not waited. */
+    ck_assert_msg(took < 25, "took %.1f s", took);
+}
+END_TEST
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
@@ -285,6 +437,10 @@ int main(int argc, char **argv)
     tcase_add_test(tc, test_failure_stops_others);
     tcase_add_test(tc, test_signal_forwarded);
     tcase_add_test(tc, test_tcp_rank_dies);
+    tcase_add_test(tc, test_secret_per_job);
+    tcase_add_test(tc, test_master_port_held);
+    tcase_add_test(tc, test_sigkill_of_launcher_ends_ranks);
+    tcase_add_test(tc, test_tcp_rank_stalls);
     tcase_add_loop_test(tc, test_tcp_check, 2, 5); /* 2, 3, 4 processes */
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

@@ -12,6 +12,8 @@
  */
 #include <check.h>
 #include <arpa/inet.h>
+#include <fcntl.h>
+#include <glib.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -250,6 +252,12 @@ START_TEST(test_peer_stuck_times_out)
     expect_msg(&res[0], "sent nothing for 2 s (TP_TIMEOUT_S)");
     ck_assert_msg(res[1].status == TP_ERR_PEER || res[1].status == TP_ERR_TIMEOUT, "status %d: %s",
                   res[1].status, res[1].msg);
+    /* Both name the rank that stopped progressing (rank 1 waits on rank 0,
+     * which waits on rank 2), and the rank each of them waited for. */
+    for (int i = 0; i < 2; i++)
+        expect_msg(&res[i], "rank 2 stopped progressing");
+    expect_msg(&res[0], "this rank waited for rank 2");
+    expect_msg(&res[1], "this rank waited for rank 0");
 }
 END_TEST
 
@@ -347,106 +355,410 @@ static void wait_close(int fd)
 
 static const char garbage[] = "GET / HTTP/1.0\r\nHost: example\r\n\r\n";
 
-/* Rank 1's slot: not a rank but a stranger writing to the master port. */
-static tp_status sc_garbage_master(int rank, int size, void *arg)
+/* ------------------------------------------------ intruders (no secret) */
+
+/* Run fn with this process's stderr going to a temporary file; the plugin's
+ * log (what it refused) is appended to the message as " || log: ...". */
+static tp_status with_log(th_scenario fn, int rank, int size, void *arg)
 {
-    if (rank == 0)
-        return sc_open_only(rank, size, arg);
-    signal(SIGPIPE, SIG_IGN);
-    int fd = connect_port(atoi(getenv("TP_MASTER_PORT")), 20);
-    if (fd < 0)
-        return th_host.set_error(TP_ERR_IO, "could not reach the master");
-    (void)!write(fd, garbage, sizeof garbage - 1);
-    wait_close(fd);
-    close(fd);
-    return TP_OK;
+    FILE *f = tmpfile();
+    int saved = dup(2);
+    fflush(stderr);
+    dup2(fileno(f), 2);
+    tp_status st = fn(rank, size, arg);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    char err[600], log[2000];
+    snprintf(err, sizeof err, "%s", th_error());
+    rewind(f);
+    size_t n = fread(log, 1, sizeof log - 1, f);
+    log[n] = '\0';
+    fclose(f);
+    th_host.set_error(st, "%s || log: %s", err, log);
+    return st;
 }
 
-START_TEST(test_garbage_to_master_port)
+/* HMAC-SHA-256 as the plugin computes it (tcp-auth.c): the test knows the
+ * secret, so it can play a legitimate rank, or replay one. */
+static void test_mac(const char *secret, char dir, int role, const unsigned char *nc,
+                     const unsigned char *ns, unsigned char mac[TCP_MAC_SIZE])
 {
-    static const char *env[] = {"TP_TIMEOUT_S=30", NULL};
+    GHmac *h = g_hmac_new(G_CHECKSUM_SHA256, (const guchar *)secret, strlen(secret));
+    unsigned char tag[2] = {(unsigned char)dir, (unsigned char)role};
+    gsize len = TCP_MAC_SIZE;
+    g_hmac_update(h, (const guchar *)"tp-tcp auth v2", 14);
+    g_hmac_update(h, tag, 2);
+    g_hmac_update(h, nc, TCP_NONCE_SIZE);
+    g_hmac_update(h, ns, TCP_NONCE_SIZE);
+    g_hmac_get_digest(h, mac, &len);
+    g_hmac_unref(h);
+}
+
+static void send_auth(int fd, uint16_t op, int role, const void *payload, size_t len)
+{
+    unsigned char m[TCP_HDR_SIZE + TCP_PROOF_SIZE];
+    tcp_hdr h = {.magic = TCP_MAGIC,
+                 .version = TCP_WIRE_VERSION,
+                 .op = op,
+                 .arg = (uint32_t)role,
+                 .len = len};
+    tcp_hdr_encode(&h, m);
+    memcpy(m + TCP_HDR_SIZE, payload, len);
+    (void)!write(fd, m, TCP_HDR_SIZE + len);
+}
+
+/* Challenge the listener on fd with nc; its nonce in ns. Returns 1 if its
+ * proof is right for `secret`, 0 if not, -1 if it did not answer. */
+static int challenge(int fd, int role, const char *secret, const unsigned char *nc,
+                     unsigned char *ns)
+{
+    unsigned char in[TCP_HDR_SIZE + TCP_PROOF_SIZE], mac[TCP_MAC_SIZE];
+    send_auth(fd, TCP_OP_AUTH_CHALLENGE, role, nc, TCP_NONCE_SIZE);
+    if (read_full(fd, in, sizeof in) < 0)
+        return -1;
+    memcpy(ns, in + TCP_HDR_SIZE, TCP_NONCE_SIZE);
+    test_mac(secret, 'L', role, nc, ns, mac);
+    return memcmp(mac, in + TCP_HDR_SIZE + TCP_NONCE_SIZE, TCP_MAC_SIZE) == 0;
+}
+
+/* 1 if the other side closes fd within s seconds. */
+static int closed_within(int fd, double s)
+{
+    char b[256];
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    while (poll(&p, 1, (int)(s * 1000)) > 0) {
+        ssize_t n = read(fd, b, sizeof b);
+        if (n <= 0)
+            return 1;
+    }
+    return 0;
+}
+
+typedef struct intrude {
+    int mode; /* 0 garbage + forged hello + wrong MAC, 1 idle flood, 2 replay */
+    int ok;   /* set in the child: what the intruder saw was right */
+} intrude;
+
+/* Rank 1's slot: attack the master port first, then join as the real rank 1
+ * (which must still work: the job succeeds with right results). */
+static tp_status sc_intruder_then_rank(int rank, int size, void *arg)
+{
+    if (rank == 0)
+        return with_log(sc_check, rank, size, &(int){0});
+    signal(SIGPIPE, SIG_IGN);
+    int mode = ((intrude *)arg)->mode, port = atoi(getenv("TP_MASTER_PORT"));
+    int fd = connect_port(port, 20);
+    if (fd < 0)
+        return th_host.set_error(TP_ERR_IO, "intruder: could not reach the master");
+    close(fd); /* a port probe */
+    static int idle[300];
+    int nidle = 0;
+    unsigned char nc[TCP_NONCE_SIZE] = {1, 2, 3}, ns[TCP_NONCE_SIZE], ns2[TCP_NONCE_SIZE];
+    unsigned char mac[TCP_MAC_SIZE];
+    if (mode == 0) {
+        fd = connect_port(port, 20); /* garbage */
+        (void)!write(fd, garbage, sizeof garbage - 1);
+        wait_close(fd);
+        close(fd);
+        unsigned char hello[TCP_HDR_SIZE + TCP_HELLO_SIZE] = {0}; /* a hello, no handshake */
+        tcp_hdr h = {.magic = TCP_MAGIC,
+                     .version = TCP_WIRE_VERSION,
+                     .op = TCP_OP_HELLO,
+                     .len = TCP_HELLO_SIZE};
+        tcp_hdr_encode(&h, hello);
+        tcp_put32(hello + TCP_HDR_SIZE, 1);
+        tcp_put32(hello + TCP_HDR_SIZE + 4, 2);
+        tcp_put16(hello + TCP_HDR_SIZE + 8, 9);
+        fd = connect_port(port, 20);
+        (void)!write(fd, hello, sizeof hello);
+        wait_close(fd);
+        close(fd);
+        fd = connect_port(port, 20); /* a handshake without the secret */
+        int proof = challenge(fd, TCP_ROLE_MASTER, "not the secret at all", nc, ns);
+        memset(mac, 0x5a, sizeof mac);
+        send_auth(fd, TCP_OP_AUTH_RESPONSE, TCP_ROLE_MASTER, mac, sizeof mac);
+        if (proof != 0 || !closed_within(fd, 5))
+            return th_host.set_error(TP_ERR_INTERNAL, "intruder: proof %d, or not closed", proof);
+        close(fd);
+    } else if (mode == 1) {
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        for (; nidle < 300; nidle++) { /* idle connections, never a byte */
+            idle[nidle] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+            (void)!connect(idle[nidle], (struct sockaddr *)&a, sizeof a);
+        }
+        /* Wait (at most 10 s) until every one is through the accept queue,
+         * so they all sit in the master's pending table before rank 1 comes. */
+        for (int k = 0, up = 0; k < nidle && up < 1000; up++) {
+            struct pollfd p = {.fd = idle[k], .events = POLLOUT};
+            if (poll(&p, 1, 10) > 0)
+                k++;
+        }
+        sleep_s(0.2);
+    } else {
+        /* A legitimate handshake (the test knows the secret) is accepted: the
+         * master keeps the connection, waiting for the hello. */
+        fd = connect_port(port, 20);
+        if (challenge(fd, TCP_ROLE_MASTER, TH_SECRET, nc, ns) != 1)
+            return th_host.set_error(TP_ERR_INTERNAL, "intruder: the master's proof is wrong");
+        test_mac(TH_SECRET, 'C', TCP_ROLE_MASTER, nc, ns, mac);
+        send_auth(fd, TCP_OP_AUTH_RESPONSE, TCP_ROLE_MASTER, mac, sizeof mac);
+        if (closed_within(fd, 1.5))
+            return th_host.set_error(TP_ERR_INTERNAL, "intruder: a right response was refused");
+        close(fd);
+        /* The same transcript replayed: the master's nonce is fresh, so the
+         * recorded response is wrong now, and the connection is refused. */
+        int g = connect_port(port, 20);
+        challenge(g, TCP_ROLE_MASTER, TH_SECRET, nc, ns2);
+        if (memcmp(ns, ns2, sizeof ns) == 0)
+            return th_host.set_error(TP_ERR_INTERNAL, "intruder: the master reused its nonce");
+        send_auth(g, TCP_OP_AUTH_RESPONSE, TCP_ROLE_MASTER, mac, sizeof mac);
+        if (!closed_within(g, 5))
+            return th_host.set_error(TP_ERR_INTERNAL, "intruder: a replayed response was taken");
+        close(g);
+    }
+    tp_status st = sc_check(rank, size, &(int){0});
+    for (int i = 0; i < nidle; i++)
+        close(idle[i]);
+    return st;
+}
+
+START_TEST(test_garbage_and_intruders_refused)
+{
+    static const char *env[] = {"TP_TIMEOUT_S=20", NULL};
+    intrude in = {.mode = _i};
     th_result res[2];
-    th_run(2, NULL, 2, env, GUARD_S, sc_garbage_master, NULL, res);
+    th_run(2, NULL, 2, env, GUARD_S, sc_intruder_then_rank, &in, res);
     expect_no_hang(res, 2);
-    ck_assert_msg(res[0].exited && res[0].code == 0, "rank 0 crashed");
-    ck_assert_msg(res[0].status == TP_ERR_PEER, "status %d: %s", res[0].status, res[0].msg);
-    expect_msg(&res[0], "to the master port sent bytes that are not a tp tcp message");
+    for (int i = 0; i < 2; i++)
+        ck_assert_msg(res[i].exited && res[i].status == TP_OK, "mode %d rank %d: status %d: %s", _i,
+                      i, res[i].status, res[i].msg);
+    expect_msg(&res[0], "tp tcp: rank 0: refused a connection from 127.0.0.1:");
+    if (_i == 0) {
+        expect_msg(&res[0], "to the master port: sent bytes that are not a tp tcp message");
+        expect_msg(&res[0], "sent a hello message of 12 bytes where a 32-byte authentication "
+                            "challenge was due (not authenticated)");
+        expect_msg(&res[0], "failed authentication: it does not know this job's TP_TCP_SECRET");
+    } else if (_i == 1) {
+        expect_msg(&res[0], "too many connections waiting to authenticate");
+    } else {
+        expect_msg(&res[0], "failed authentication");
+    }
 }
 END_TEST
 
-/* A fake master (in rank 0's slot) for a world of 3 where only rank 1 is
- * real. mode 0: answer with a valid table, then write garbage to rank 1's
- * peer port as if it were rank 2. mode 1: answer the hello with garbage. */
-static tp_status sc_fake_master(int rank, int size, void *arg)
+/* A process with another secret claims rank 1 while the real rank 1 joins:
+ * it is refused with a named error, the job goes on. */
+static tp_status sc_wrong_secret(int rank, int size, void *arg)
 {
-    int mode = *(int *)arg;
+    if (rank == 0)
+        return with_log(sc_check, rank, size, &(int){0});
+    if (rank == 1) {
+        sleep_s(1.5); /* the impostor comes first */
+        return sc_check(rank, size, &(int){0});
+    }
+    setenv("TP_RANK", "1", 1);
+    setenv("TP_TCP_SECRET", "another-secret-0123456789", 1);
+    return sc_open_only(1, size, arg);
+}
+
+START_TEST(test_wrong_secret_cannot_join)
+{
+    static const char *env[] = {"TP_TIMEOUT_S=5", NULL};
+    const int ranks[] = {0, 1, 101};
+    th_result res[3];
+    th_run(2, ranks, 3, env, GUARD_S, sc_wrong_secret, NULL, res);
+    expect_no_hang(res, 3);
+    for (int i = 0; i < 2; i++)
+        ck_assert_msg(res[i].status == TP_OK, "rank %d: status %d: %s", i, res[i].status,
+                      res[i].msg);
+    ck_assert_msg(res[2].status == TP_ERR_PEER, "intruder: status %d: %s", res[2].status,
+                  res[2].msg);
+    expect_msg(&res[2], "failed authentication: it does not know this job's TP_TCP_SECRET");
+    expect_msg(&res[0], "refused a connection from 127.0.0.1:");
+}
+END_TEST
+
+/* A stranger holds the master port and plays rank 0 (answering either
+ * protocol): the real rank detects it by name instead of computing with it. */
+static tp_status sc_squatter(int rank, int size, void *arg)
+{
     if (rank == 1)
         return sc_open_only(rank, size, arg);
     signal(SIGPIPE, SIG_IGN);
     int lfd = listen_port(atoi(getenv("TP_MASTER_PORT")));
-    int port0 = th_free_port();
-    int l0 = listen_port(port0); /* where rank 1 will connect as "rank 0" */
-    if (lfd < 0 || l0 < 0)
-        return th_host.set_error(TP_ERR_IO, "fake master: cannot listen");
-    int fd = accept(lfd, NULL, NULL);
-    unsigned char hello[TCP_HDR_SIZE + TCP_HELLO_SIZE];
-    if (fd < 0 || read_full(fd, hello, sizeof hello) < 0)
-        return th_host.set_error(TP_ERR_IO, "fake master: no hello");
-    if (mode == 1) {
-        unsigned char junk[TCP_HDR_SIZE];
-        memset(junk, 0xab, sizeof junk);
-        (void)!write(fd, junk, sizeof junk);
-        wait_close(fd);
-        return TP_OK;
+    int l0 = listen_port(th_free_port());
+    struct sockaddr_in me;
+    socklen_t ml = sizeof me;
+    getsockname(l0, (struct sockaddr *)&me, &ml);
+    int fd = lfd >= 0 ? accept(lfd, NULL, NULL) : -1;
+    unsigned char in[TCP_HDR_SIZE + TCP_HELLO_SIZE];
+    if (fd < 0 || read_full(fd, in, sizeof in) < 0)
+        return th_host.set_error(TP_ERR_IO, "squatter: nothing came");
+    if (tcp_get16(in + 6) == TCP_OP_AUTH_CHALLENGE) { /* forge a proof */
+        unsigned char proof[TCP_PROOF_SIZE];
+        memset(proof, 0x77, sizeof proof);
+        send_auth(fd, TCP_OP_AUTH_PROOF, TCP_ROLE_MASTER, proof, sizeof proof);
+    } else { /* the old protocol: a rank table naming the squatter rank 0 */
+        size_t tlen = TCP_TABLE_HEAD_SIZE + 2 * TCP_TABLE_ENTRY_SIZE;
+        unsigned char msg[TCP_HDR_SIZE + TCP_TABLE_HEAD_SIZE + 2 * TCP_TABLE_ENTRY_SIZE] = {0};
+        tcp_hdr h = {/* whatever version the rank speaks */
+                     .magic = TCP_MAGIC,
+                     .version = tcp_get16(in + 4),
+                     .op = TCP_OP_TABLE,
+                     .len = tlen};
+        tcp_hdr_encode(&h, msg);
+        tcp_put64(msg + TCP_HDR_SIZE, 42);
+        tcp_put64(msg + TCP_HDR_SIZE + 8, 1 << 18);
+        int ports[2] = {ntohs(me.sin_port), tcp_get16(in + TCP_HDR_SIZE + 8)};
+        for (int r = 0; r < 2; r++) {
+            unsigned char *e = msg + TCP_HDR_SIZE + TCP_TABLE_HEAD_SIZE + r * TCP_TABLE_ENTRY_SIZE;
+            tcp_put16(e, (uint16_t)ports[r]);
+            strcpy((char *)e + 4, "127.0.0.1");
+        }
+        (void)!write(fd, msg, sizeof msg);
     }
-    int port1 = tcp_get16(hello + TCP_HDR_SIZE + 8);
-    size_t tlen = TCP_TABLE_HEAD_SIZE + 3 * TCP_TABLE_ENTRY_SIZE;
-    unsigned char msg[TCP_HDR_SIZE + TCP_TABLE_HEAD_SIZE + 3 * TCP_TABLE_ENTRY_SIZE];
-    memset(msg, 0, sizeof msg);
-    tcp_hdr h = {.magic = TCP_MAGIC, .version = TCP_WIRE_VERSION, .op = TCP_OP_TABLE, .len = tlen};
-    tcp_hdr_encode(&h, msg);
-    unsigned char *t = msg + TCP_HDR_SIZE;
-    tcp_put64(t, 42);          /* job id */
-    tcp_put64(t + 8, 1 << 18); /* chunk bytes */
-    int ports[3] = {port0, port1, 9};
-    for (int r = 0; r < 3; r++) {
-        unsigned char *e = t + TCP_TABLE_HEAD_SIZE + r * TCP_TABLE_ENTRY_SIZE;
-        tcp_put16(e, (uint16_t)ports[r]);
-        strcpy((char *)e + 4, "127.0.0.1");
-    }
-    (void)!write(fd, msg, sizeof msg);
+    wait_close(fd);
     close(fd);
-    int g = connect_port(port1, 20);
-    if (g < 0)
-        return th_host.set_error(TP_ERR_IO, "fake rank 2: cannot reach rank 1");
-    (void)!write(g, garbage, sizeof garbage - 1);
-    wait_close(g);
-    close(g);
     close(l0);
     close(lfd);
     return TP_OK;
 }
 
-START_TEST(test_garbage_to_peer_port)
+START_TEST(test_squatted_master_port_detected)
 {
-    static const char *env[] = {"TP_TIMEOUT_S=30", NULL};
-    int mode = 0;
+    static const char *env[] = {"TP_TIMEOUT_S=10", NULL};
     th_result res[2];
-    th_run(3, NULL, 2, env, GUARD_S, sc_fake_master, &mode, res);
+    th_run(2, NULL, 2, env, GUARD_S, sc_squatter, NULL, res);
     expect_no_hang(res, 2);
-    ck_assert_msg(res[0].status == TP_OK, "fake master: %s", res[0].msg);
-    ck_assert_msg(res[1].exited && res[1].code == 0, "rank 1 crashed");
-    ck_assert_msg(res[1].status == TP_ERR_PEER, "status %d: %s", res[1].status, res[1].msg);
-    expect_msg(&res[1], "to this rank's peer port sent bytes that are not a tp tcp message");
+    ck_assert_msg(res[1].exited && res[1].status == TP_ERR_PEER, "rank 1: status %d: %s",
+                  res[1].status, res[1].msg);
+    expect_msg(&res[1], "the master at 127.0.0.1:");
+    expect_msg(&res[1], "failed authentication: it does not know this job's TP_TCP_SECRET, so "
+                        "another program (or a job with another secret) holds the port");
 }
 END_TEST
+
+/* No secret: a named refusal that says how to set one; a short one is
+ * refused; TP_TCP_INSECURE=1 runs (with a warning). mode = _i. */
+static tp_status sc_secret_env(int rank, int size, void *arg)
+{
+    int mode = *(int *)arg;
+    if (mode == 0)
+        unsetenv("TP_TCP_SECRET");
+    else if (mode == 1)
+        setenv("TP_TCP_SECRET", "short", 1);
+    else {
+        unsetenv("TP_TCP_SECRET");
+        setenv("TP_TCP_INSECURE", "1", 1);
+        return with_log(sc_check, rank, size, &(int){0});
+    }
+    return sc_open_only(rank, size, arg);
+}
+
+START_TEST(test_secret_required)
+{
+    static const char *env[] = {"TP_TIMEOUT_S=5", NULL};
+    int mode = _i;
+    th_result res[2];
+    th_run(2, NULL, 2, env, GUARD_S, sc_secret_env, &mode, res);
+    expect_no_hang(res, 2);
+    for (int i = 0; i < 2; i++) {
+        if (mode == 2) {
+            ck_assert_msg(res[i].status == TP_OK, "rank %d: %s", i, res[i].msg);
+            expect_msg(&res[i], "TP_TCP_INSECURE=1: connections are not authenticated");
+            continue;
+        }
+        ck_assert_msg(res[i].status == TP_ERR_INVALID_ARG, "rank %d: status %d: %s", i,
+                      res[i].status, res[i].msg);
+        expect_msg(&res[i], mode == 0 ? "TP_TCP_SECRET is not set" : "at least 16 expected");
+        expect_msg(&res[i], "export TP_TCP_SECRET=");
+    }
+}
+END_TEST
+
+/* A stranger writing to a rank's peer port during the rendezvous is refused
+ * and logged; the rank goes on (here: to wait for the real rank 2, which
+ * never connects, so it times out naming rank 2, not the stranger). The
+ * rank 2 slot registers properly (the test knows the secret), reads the
+ * table, then writes garbage to rank 1's peer port and leaves. */
+static tp_status sc_garbage_peer(int rank, int size, void *arg)
+{
+    if (rank < 2)
+        return with_log(sc_open_only, rank, size, arg);
+    signal(SIGPIPE, SIG_IGN);
+    int fd = connect_port(atoi(getenv("TP_MASTER_PORT")), 20), l2 = listen_port(th_free_port());
+    unsigned char nc[TCP_NONCE_SIZE] = {7}, ns[TCP_NONCE_SIZE], mac[TCP_MAC_SIZE];
+    struct sockaddr_in me;
+    socklen_t ml = sizeof me;
+    getsockname(l2, (struct sockaddr *)&me, &ml);
+    if (fd < 0 || challenge(fd, TCP_ROLE_MASTER, TH_SECRET, nc, ns) != 1)
+        return th_host.set_error(TP_ERR_IO, "fake rank 2: no master");
+    test_mac(TH_SECRET, 'C', TCP_ROLE_MASTER, nc, ns, mac);
+    send_auth(fd, TCP_OP_AUTH_RESPONSE, TCP_ROLE_MASTER, mac, sizeof mac);
+    unsigned char hello[TCP_HDR_SIZE + TCP_HELLO_SIZE] = {0};
+    tcp_hdr h = {
+        .magic = TCP_MAGIC, .version = TCP_WIRE_VERSION, .op = TCP_OP_HELLO, .len = TCP_HELLO_SIZE};
+    tcp_hdr_encode(&h, hello);
+    tcp_put32(hello + TCP_HDR_SIZE, 2);
+    tcp_put32(hello + TCP_HDR_SIZE + 4, 3);
+    tcp_put16(hello + TCP_HDR_SIZE + 8, ntohs(me.sin_port));
+    (void)!write(fd, hello, sizeof hello);
+    unsigned char table[TCP_HDR_SIZE + TCP_TABLE_HEAD_SIZE + 3 * TCP_TABLE_ENTRY_SIZE];
+    if (read_full(fd, table, sizeof table) < 0)
+        return th_host.set_error(TP_ERR_IO, "fake rank 2: no table");
+    int port1 = tcp_get16(table + TCP_HDR_SIZE + TCP_TABLE_HEAD_SIZE + TCP_TABLE_ENTRY_SIZE);
+    int g = connect_port(port1, 20);
+    (void)!write(g, garbage, sizeof garbage - 1);
+    wait_close(g);
+    close(g);
+    close(fd);
+    close(l2);
+    return TP_OK;
+}
+
+START_TEST(test_garbage_to_peer_port)
+{
+    static const char *env[] = {"TP_TIMEOUT_S=4", NULL};
+    th_result res[3];
+    th_run(3, NULL, 3, env, GUARD_S, sc_garbage_peer, NULL, res);
+    expect_no_hang(res, 3);
+    ck_assert_msg(res[2].status == TP_OK, "fake rank 2: %s", res[2].msg);
+    ck_assert_msg(res[1].exited && res[1].code == 0, "rank 1 crashed");
+    ck_assert_msg(res[1].status == TP_ERR_TIMEOUT, "status %d: %s", res[1].status, res[1].msg);
+    expect_msg(&res[1], "for rank(s) 2 to connect");
+    expect_msg(&res[1], "to this rank's peer port: sent bytes that are not a tp tcp message");
+}
+END_TEST
+
+/* A fake master (in rank 0's slot) for a world of 3 where only rank 1 is
+ * real: it answers the challenge with garbage. */
+static tp_status sc_fake_master(int rank, int size, void *arg)
+{
+    if (rank == 1)
+        return sc_open_only(rank, size, arg);
+    signal(SIGPIPE, SIG_IGN);
+    int lfd = listen_port(atoi(getenv("TP_MASTER_PORT")));
+    if (lfd < 0)
+        return th_host.set_error(TP_ERR_IO, "fake master: cannot listen");
+    int fd = accept(lfd, NULL, NULL);
+    unsigned char hello[TCP_HDR_SIZE + TCP_HELLO_SIZE];
+    if (fd < 0 || read_full(fd, hello, sizeof hello) < 0)
+        return th_host.set_error(TP_ERR_IO, "fake master: no hello");
+    unsigned char junk[TCP_HDR_SIZE];
+    memset(junk, 0xab, sizeof junk);
+    (void)!write(fd, junk, sizeof junk);
+    wait_close(fd);
+    close(lfd);
+    return TP_OK;
+}
 
 START_TEST(test_garbage_from_master)
 {
     static const char *env[] = {"TP_TIMEOUT_S=30", NULL};
-    int mode = 1;
     th_result res[2];
-    th_run(3, NULL, 2, env, GUARD_S, sc_fake_master, &mode, res);
+    th_run(3, NULL, 2, env, GUARD_S, sc_fake_master, NULL, res);
     expect_no_hang(res, 2);
     ck_assert_msg(res[1].status == TP_ERR_PEER, "status %d: %s", res[1].status, res[1].msg);
     expect_msg(&res[1], "the master at 127.0.0.1:");
@@ -573,7 +885,10 @@ static Suite *tcp_suite(void)
     tcase_add_test(tc, test_peer_stuck_times_out);
     tcase_add_test(tc, test_master_never_comes);
     tcase_add_test(tc, test_rank_never_comes);
-    tcase_add_test(tc, test_garbage_to_master_port);
+    tcase_add_loop_test(tc, test_garbage_and_intruders_refused, 0, 3);
+    tcase_add_test(tc, test_wrong_secret_cannot_join);
+    tcase_add_test(tc, test_squatted_master_port_detected);
+    tcase_add_loop_test(tc, test_secret_required, 0, 3);
     tcase_add_test(tc, test_garbage_to_peer_port);
     tcase_add_test(tc, test_garbage_from_master);
     tcase_add_test(tc, test_world_size_mismatch);

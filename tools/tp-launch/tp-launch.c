@@ -11,6 +11,14 @@
  * the others get a grace period to fail on their own (they see the lost
  * peer), then SIGTERM, then SIGKILL; tp-launch exits non-zero naming the
  * first rank that failed.
+ *
+ * Every job gets a fresh random TP_TCP_SECRET (in the environment, never on
+ * a command line) unless one is set; the tcp plugin authenticates every
+ * connection with it. The master port tp-launch picks stays bound (not
+ * listening) by tp-launch until the job ends, so no other program is handed
+ * it between the pick and rank 0's listen. Ranks die with tp-launch
+ * (PR_SET_PDEATHSIG), even when it is killed with SIGKILL. A rank that is
+ * stopped (SIGSTOP) is named as the one that stopped progressing.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -21,6 +29,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -40,7 +50,10 @@ typedef struct stream {
 typedef struct child {
     pid_t pid;
     int running;
-    int status; /* waitpid status once reaped */
+    int stopped;      /* the signal that stopped it, 0 while it runs */
+    int died_stopped; /* it was stopped when it ended */
+    int killed_by_us; /* still running when tp-launch stopped the job */
+    int status;       /* waitpid status once reaped */
     stream s[2];
 } child;
 
@@ -70,7 +83,9 @@ static void usage(FILE *f)
             "\n"
             "Start N local processes of PROGRAM as the ranks of one tp job over TCP.\n"
             "Each process gets TP_RANK (0..N-1), TP_WORLD_SIZE=N, TP_MASTER_ADDR,\n"
-            "TP_MASTER_PORT, and TP_BACKEND=tcp unless TP_BACKEND is already set.\n"
+            "TP_MASTER_PORT, and TP_BACKEND=tcp unless TP_BACKEND is already set, and\n"
+            "a fresh random TP_TCP_SECRET (unless set) that authenticates the job's\n"
+            "connections. The ranks end when tp-launch ends, even by SIGKILL.\n"
             "\n"
             "Options:\n"
             "  -n, --np N            number of ranks (1..%d)\n"
@@ -104,21 +119,46 @@ static int parse_long(const char *s, long lo, long hi, long *out)
     return 0;
 }
 
-static int free_port(void)
+/* A free port on addr (127.0.0.1 unless addr is another numeric IPv4
+ * address), kept bound (not listening, SO_REUSEADDR) in *hold until the job
+ * ends: no other socket is bound to it meanwhile, while rank 0, which also
+ * sets SO_REUSEADDR, can still bind it and listen. */
+static int free_port(const char *addr, int *hold)
 {
     struct sockaddr_in a = {.sin_family = AF_INET};
     socklen_t len = sizeof a;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int one = 1;
+    if (inet_pton(AF_INET, addr, &a.sin_addr) != 1)
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0 ||
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        bind(fd, (struct sockaddr *)&a, sizeof a) < 0 ||
         getsockname(fd, (struct sockaddr *)&a, &len) < 0) {
         close(fd);
         return -1;
     }
-    close(fd);
+    *hold = fd;
     return ntohs(a.sin_port);
+}
+
+/* A fresh random secret for the job's TP_TCP_SECRET (64 hex digits). */
+static int make_secret(char out[65])
+{
+    unsigned char b[32];
+    size_t done = 0;
+    while (done < sizeof b) {
+        ssize_t r = getrandom(b + done, sizeof b - done, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        done += (size_t)r;
+    }
+    for (size_t i = 0; i < sizeof b; i++)
+        snprintf(out + 2 * i, 3, "%02x", b[i]);
+    return 0;
 }
 
 static void flush_line(stream *s, int rank, int prefix, int add_newline)
@@ -198,6 +238,7 @@ typedef struct launcher {
     int prefix;
     long grace_ms;
     sigset_t orig; /* the mask before tp-launch blocked its signals */
+    pid_t self;    /* tp-launch's pid: the parent every rank checks for */
     int running, first_fail;
     double kill_at, hard_kill_at; /* SIGTERM, then SIGKILL the ranks left (-1: not due) */
 } launcher;
@@ -300,6 +341,12 @@ static void set_world_env(const launch_opts *lo)
  * stdout/stderr, none of the earlier ranks' pipes; then the program. */
 static void exec_rank(const launcher *L, long r, int p[2][2], char **prog)
 {
+    /* Die with tp-launch, even when it is killed with SIGKILL; if it is
+     * already gone (the signal would never come), do not start. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != L->self) {
+        fprintf(stderr, "tp-launch: rank %ld: tp-launch exited before the rank started\n", r);
+        _exit(127);
+    }
     setpgid(0, 0);
     sigprocmask(SIG_SETMASK, &L->orig, NULL);
     signal(SIGCHLD, SIG_DFL);
@@ -403,16 +450,37 @@ static void rank_ended(launcher *L, long r, int status)
     }
 }
 
+/* A rank was stopped (SIGSTOP, SIGTSTP...) or continued. */
+static void rank_stopped(launcher *L, long r, int status)
+{
+    child *ch = &L->c[r];
+    if (WIFCONTINUED(status)) {
+        ch->stopped = 0;
+        return;
+    }
+    ch->stopped = WSTOPSIG(status);
+    fprintf(stderr, "tp-launch: rank %ld (pid %d) was stopped by signal %d (%s)\n", r, (int)ch->pid,
+            ch->stopped, strsignal(ch->stopped));
+}
+
 static void reap_children(launcher *L)
 {
     for (;;) {
         int status;
-        pid_t pid = waitpid(-1, &status, WNOHANG);
+        pid_t pid = waitpid(-1, &status, WNOHANG | WUNTRACED | WCONTINUED);
         if (pid <= 0)
             break;
-        for (long r = 0; r < L->n; r++)
-            if (L->c[r].pid == pid && L->c[r].running)
-                rank_ended(L, r, status);
+        for (long r = 0; r < L->n; r++) {
+            if (L->c[r].pid != pid || !L->c[r].running)
+                continue;
+            if (WIFSTOPPED(status) || WIFCONTINUED(status)) {
+                rank_stopped(L, r, status);
+                continue;
+            }
+            if (!L->c[r].died_stopped)
+                L->c[r].died_stopped = L->c[r].stopped;
+            rank_ended(L, r, status);
+        }
     }
 }
 
@@ -429,11 +497,27 @@ static void forward_signal(launcher *L)
     got_signal = 0;
 }
 
-/* SIGTERM when the grace period is over, SIGKILL 2 s after that. */
+/* 1 if every rank still running is stopped: none can fail on its own. */
+static int all_left_stopped(const launcher *L)
+{
+    for (long r = 0; r < L->n; r++)
+        if (L->c[r].running && !L->c[r].stopped)
+            return 0;
+    return 1;
+}
+
+/* SIGTERM (and SIGCONT, so a stopped rank acts on it) when the grace period
+ * is over or only stopped ranks are left, SIGKILL 2 s after that. */
 static void escalate(launcher *L)
 {
-    if (L->kill_at >= 0 && now() >= L->kill_at && L->running > 0) {
+    if (L->kill_at >= 0 && L->running > 0 && (now() >= L->kill_at || all_left_stopped(L))) {
+        for (long r = 0; r < L->n; r++) {
+            L->c[r].killed_by_us = L->c[r].running;
+            if (L->c[r].running && L->c[r].stopped)
+                L->c[r].died_stopped = L->c[r].stopped; /* SIGCONT below clears .stopped */
+        }
         signal_all(L->c, (int)L->n, SIGTERM);
+        signal_all(L->c, (int)L->n, SIGCONT);
         L->kill_at = -1;
         L->hard_kill_at = now() + 2.0;
     }
@@ -465,6 +549,29 @@ static void supervise(launcher *L, struct pollfd *pfd, int *owner)
             }
 }
 
+/* The rank(s) that stopped progressing: stopped by a signal until the end,
+ * else still running when the others had failed (killed by tp-launch). */
+static void report_stalled(const launcher *L)
+{
+    int named = 0;
+    for (long r = 0; r < L->n; r++) {
+        const child *ch = &L->c[r];
+        if (!ch->died_stopped)
+            continue;
+        fprintf(stderr,
+                "tp-launch: rank %ld stopped progressing: it was stopped by signal %d (%s) "
+                "and never continued, so the other ranks failed waiting for it\n",
+                r, ch->died_stopped, strsignal(ch->died_stopped));
+        named++;
+    }
+    for (long r = 0; r < L->n && !named; r++)
+        if (L->c[r].killed_by_us && (long)L->first_fail != r)
+            fprintf(stderr,
+                    "tp-launch: rank %ld did not end on its own after rank %d failed (tp-launch "
+                    "stopped it): if the others report waiting for it, it stopped progressing\n",
+                    r, L->first_fail);
+}
+
 /* The exit status: the first failed rank's, with a summary on stderr. */
 static int report(const launcher *L)
 {
@@ -482,6 +589,7 @@ static int report(const launcher *L)
         fprintf(stderr, "tp-launch: every rank %s\n", how);
     else
         fprintf(stderr, "tp-launch: failed: rank %d %s\n", ff, how);
+    report_stalled(L);
     for (long r = 0; r < L->n && !all_same; r++) {
         if (r == ff || (WIFEXITED(c[r].status) && WEXITSTATUS(c[r].status) == 0))
             continue;
@@ -497,12 +605,26 @@ int main(int argc, char **argv)
     int rc = parse_args(argc, argv, &lo);
     if (rc >= 0)
         return rc;
-    if (lo.port == 0 && (lo.port = free_port()) < 0) {
-        fprintf(stderr, "tp-launch: cannot find a free port on 127.0.0.1: %s; pass --master-port\n",
-                strerror(errno));
+    int hold = -1; /* the picked port, kept bound until the job ends */
+    if (lo.port == 0 && (lo.port = free_port(lo.addr, &hold)) < 0) {
+        fprintf(stderr, "tp-launch: cannot find a free port on %s: %s; pass --master-port\n",
+                lo.addr, strerror(errno));
         return 1;
     }
+    const char *sec = getenv("TP_TCP_SECRET");
+    char secret[65];
+    if (!sec || !*sec) {
+        if (make_secret(secret) < 0) {
+            fprintf(stderr,
+                    "tp-launch: cannot make a random TP_TCP_SECRET (getrandom: %s); set "
+                    "TP_TCP_SECRET yourself\n",
+                    strerror(errno));
+            return 1;
+        }
+        setenv("TP_TCP_SECRET", secret, 1);
+    }
     launcher L = {.n = lo.n,
+                  .self = getpid(),
                   .prefix = lo.prefix,
                   .grace_ms = lo.grace_ms,
                   .first_fail = -1,
@@ -530,5 +652,7 @@ int main(int argc, char **argv)
     free(pfd);
     free(owner);
     free(L.c);
+    if (hold >= 0)
+        close(hold);
     return rc;
 }
