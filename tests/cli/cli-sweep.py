@@ -31,11 +31,7 @@ INT_BAD = ["abc", "-1", "0", BIG, "1.5", "", None]  # None: value missing
 # (program, args tuple) -> why; see the module docstring
 # tp-launch (owned elsewhere) does not check -a/--master-addr: a program
 # that does not use tcp (here `true`) runs and exits 0.
-KNOWN_FAILING = {
-    ("tp-launch", ("-n", "1", "-a", "", "true"), ()): "tp-launch accepts an empty -a",
-    ("tp-launch", ("-n", "1", "-a", "not an address", "true"), ()):
-        "tp-launch accepts a -a that is not an address",
-}
+KNOWN_FAILING = {}
 
 
 def int_cases(prog, base, flag, bad=INT_BAD):

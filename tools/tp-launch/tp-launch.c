@@ -23,6 +23,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -224,6 +225,30 @@ static void signal_all(child *c, int n, int sig)
             kill(-c[i].pid, sig); /* the rank's process group: it and its children */
 }
 
+/* -a: a host name or numeric address the ranks can resolve (the tcp plugin
+ * resolves TP_MASTER_ADDR the same way); 0, or -1 after saying why. */
+static int check_addr(const char *addr)
+{
+    size_t ok =
+        strspn(addr, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:%[]");
+    if (!*addr || addr[ok]) {
+        fprintf(stderr,
+                "tp-launch: --master-addr '%s': expected a host name or an IP address (e.g. "
+                "127.0.0.1, the default)\n",
+                addr);
+        return -1;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    int rc = getaddrinfo(addr, NULL, &hints, &res);
+    if (rc != 0) {
+        fprintf(stderr, "tp-launch: --master-addr '%s': cannot resolve it: %s\n", addr,
+                gai_strerror(rc));
+        return -1;
+    }
+    freeaddrinfo(res);
+    return 0;
+}
+
 /* The command line. */
 typedef struct launch_opts {
     long n, port, grace_ms;
@@ -277,7 +302,11 @@ static int parse_args(int argc, char **argv, launch_opts *lo)
                     return 2;
                 }
                 break;
-            case 'a': lo->addr = optarg; break;
+            case 'a':
+                if (check_addr(optarg) < 0)
+                    return 2;
+                lo->addr = optarg;
+                break;
             case 'g': {
                 char *end;
                 double g = strtod(optarg, &end);
