@@ -9,13 +9,15 @@
  * vtable link none: the status names are spelled out here, and the message
  * is TP_EXPECT_MESSAGE(), which a file may define before including this
  * header (default: tp_last_error()). The expression is evaluated once,
- * before the message is read.
+ * before the message is read. tpt_run_named() is the main() of a suite
+ * whose tests can also be run one by one by name.
  */
 #ifndef TP_EXPECT_H
 #define TP_EXPECT_H
 
 #include <check.h>
 #include <stdio.h>
+#include <string.h>
 
 #include <tp/tp-plugin.h>
 
@@ -54,5 +56,30 @@ static inline const char *tpt_status_name(tp_status st)
                          tpt_status_name(want_), TP_EXPECT_MESSAGE());                             \
         }                                                                                          \
     } while (0)
+
+/* A suite's tests by name, so that `prog NAME` runs one of them. */
+typedef struct tpt_named_test {
+    const char *name;
+    const TTest *test;
+} tpt_named_test;
+
+/* Run `tests` (all, or only argv[1] when given) as one Check case with
+ * `timeout_s` per test; the exit status for main(). */
+static inline int tpt_run_named(const char *suite, const tpt_named_test *tests, size_t n,
+                                double timeout_s, int argc, char **argv)
+{
+    Suite *s = suite_create(suite);
+    TCase *tc = tcase_create(suite);
+    tcase_set_timeout(tc, timeout_s);
+    for (size_t i = 0; i < n; i++)
+        if (argc < 2 || strcmp(argv[1], tests[i].name) == 0)
+            tcase_add_test(tc, tests[i].test);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
 
 #endif

@@ -22,6 +22,8 @@
 
 #include <tp/tp.h>
 
+#include "tp-expect.h"
+
 #define FIX FAULTS_FIXTURE_DIR
 
 typedef struct child {
@@ -286,10 +288,7 @@ END_TEST
 
 int main(int argc, char **argv)
 {
-    const struct {
-        const char *name;
-        const TTest *test;
-    } tests[] = {
+    const tpt_named_test tests[] = {
         {"test_segv_in_all_reduce", test_segv_in_all_reduce},
         {"test_segv_in_gemm", test_segv_in_gemm},
         {"test_signals_off", test_signals_off},
@@ -299,16 +298,5 @@ int main(int argc, char **argv)
         {"test_shadow_tp_info", test_shadow_tp_info},
         {"test_oom_sweep", test_oom_sweep},
     };
-    Suite *s = suite_create("faults");
-    TCase *tc = tcase_create("faults");
-    tcase_set_timeout(tc, 600);
-    for (size_t i = 0; i < G_N_ELEMENTS(tests); i++)
-        if (argc < 2 || strcmp(argv[1], tests[i].name) == 0)
-            tcase_add_test(tc, tests[i].test);
-    suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return tpt_run_named("faults", tests, G_N_ELEMENTS(tests), 600, argc, argv);
 }

@@ -832,10 +832,7 @@ END_TEST
 /* test-loader [NAME]: run every test, or only NAME (handy with CK_FORK=no). */
 int main(int argc, char **argv)
 {
-    const struct {
-        const char *name;
-        const TTest *test;
-    } tests[] = {
+    const tpt_named_test tests[] = {
         {"test_good", test_good},
         {"test_env_selects", test_env_selects},
         {"test_refusals", test_refusals},
@@ -865,16 +862,5 @@ int main(int argc, char **argv)
         {"test_master_rng", test_master_rng},
         {"test_tp_info", test_tp_info},
     };
-    Suite *s = suite_create("loader");
-    TCase *tc = tcase_create("loader");
-    tcase_set_timeout(tc, 60);
-    for (size_t i = 0; i < G_N_ELEMENTS(tests); i++)
-        if (argc < 2 || strcmp(argv[1], tests[i].name) == 0)
-            tcase_add_test(tc, tests[i].test);
-    suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return tpt_run_named("loader", tests, G_N_ELEMENTS(tests), 60, argc, argv);
 }
