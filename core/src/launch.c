@@ -144,6 +144,7 @@ tp_status tp_init(const tp_config *cfg, tp_ctx **out)
                             sizeof *ctx);
     ctx->cpu_threads = threads;
     tpi_host_init(&ctx->host, timeout);
+    ctx->host.progress = tpi_progress;
 
     const char *backend = cfg && cfg->backend ? cfg->backend : getenv("TP_BACKEND");
     const char *bvar = cfg && cfg->backend ? "tp_config.backend" : "TP_BACKEND";

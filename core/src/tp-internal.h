@@ -57,6 +57,7 @@ typedef struct tp_call {
     _Atomic(const char *) path; /* the plugin's file */
     _Atomic(uint64_t) seq;      /* comm: the collective's number on its comm; device: call number */
     _Atomic(int64_t) t0_ns;     /* CLOCK_MONOTONIC at entry */
+    _Atomic(int64_t) last_ns;   /* entry, or the plugin's last tp_host.progress() */
     _Atomic(bool) watched;      /* a comm call: the watchdog bounds how long it takes */
 } tp_call;
 
@@ -158,7 +159,9 @@ static inline void tpi_call_enter(tp_rank_state *s, const char *op, const char *
     atomic_store_explicit(&s->call.path, path, memory_order_relaxed);
     atomic_store_explicit(&s->call.seq, seq, memory_order_relaxed);
     atomic_store_explicit(&s->call.watched, watched, memory_order_relaxed);
-    atomic_store_explicit(&s->call.t0_ns, tpi_now_ns(), memory_order_relaxed);
+    int64_t now = tpi_now_ns();
+    atomic_store_explicit(&s->call.t0_ns, now, memory_order_relaxed);
+    atomic_store_explicit(&s->call.last_ns, now, memory_order_relaxed);
     atomic_store_explicit(&s->call.op, op, memory_order_release);
 }
 
@@ -173,8 +176,11 @@ tp_status tpi_signals_install(void);
 /* The calling thread runs this rank (its crashes name it) until rank_end. */
 void tpi_watch_rank_begin(tp_rank_state *s);
 void tpi_watch_rank_end(tp_rank_state *s);
+/* tp_host.progress: the calling rank's plugin call made progress. */
+void tpi_progress(void);
 /* A thread that ends the process with TP_EXIT_WATCHDOG when one of the
- * ranks stays inside a comm plugin call for longer than tpi_watchdog_limit.
+ * ranks stays inside a comm plugin call for longer than tpi_watchdog_limit
+ * without progress.
  * NULL when the thread cannot start (the run goes on without it). */
 typedef struct tpi_watchdog tpi_watchdog;
 double tpi_watchdog_limit(double timeout_s); /* timeout + max(5 s, 10 %) */

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -107,7 +108,7 @@ static const char *signal_name(int sig)
 typedef struct snapshot {
     const char *op, *path;
     uint64_t seq;
-    int64_t t0_ns;
+    int64_t t0_ns, last_ns;
     bool watched;
 } snapshot;
 
@@ -122,6 +123,7 @@ static bool snap(const tp_rank_state *s, snapshot *out)
         out->path = atomic_load_explicit(&c->path, memory_order_relaxed);
         out->seq = atomic_load_explicit(&c->seq, memory_order_relaxed);
         out->watched = atomic_load_explicit(&c->watched, memory_order_relaxed);
+        out->last_ns = atomic_load_explicit(&c->last_ns, memory_order_relaxed);
         out->t0_ns = atomic_load_explicit(&c->t0_ns, memory_order_acquire);
         if (out->t0_ns == t0 && atomic_load_explicit(&c->op, memory_order_acquire) == out->op)
             return true;
@@ -141,6 +143,11 @@ static void put_call(line *l, const snapshot *c, int64_t now)
     put_s(l, " for ");
     put_secs(l, now - c->t0_ns);
     put_s(l, " s");
+    if (c->last_ns > c->t0_ns) {
+        put_s(l, ", last progress ");
+        put_secs(l, now - c->last_ns);
+        put_s(l, " s ago");
+    }
 }
 
 /* ------------------------------------------------------- the ranks known */
@@ -149,7 +156,16 @@ static void put_call(line *l, const snapshot *c, int64_t now)
  * plugin's own thread). Slots are claimed with a compare-and-swap. */
 #define MAX_TRACKED 1024
 static _Atomic(tp_rank_state *) tracked[MAX_TRACKED];
-static _Thread_local tp_rank_state *self;
+/* initial-exec: the handler must not reach it through __tls_get_addr,
+ * which may allocate on a thread's first access. */
+static _Thread_local tp_rank_state *self __attribute__((tls_model("initial-exec")));
+
+void tpi_progress(void)
+{
+    tp_rank_state *s = self;
+    if (s)
+        atomic_store_explicit(&s->call.last_ns, tpi_now_ns(), memory_order_relaxed);
+}
 
 /* ------------------------------------------------------------- signals */
 
@@ -335,7 +351,7 @@ static void watchdog_fire(const tpi_watchdog *w, int stuck, const snapshot *c, i
     put_secs(&l, (int64_t)(w->timeout_s * 1e9));
     put_s(&l, " s) plus a grace period (");
     put_secs(&l, w->limit_ns - (int64_t)(w->timeout_s * 1e9));
-    put_s(&l, " s): the plugin does not return");
+    put_s(&l, " s) without progress: the plugin does not return");
     put_line(&l);
     for (int i = 0; i < w->n; i++) {
         snapshot o;
@@ -355,9 +371,13 @@ static void watchdog_fire(const tpi_watchdog *w, int stuck, const snapshot *c, i
     put_s(&l, "tp: watchdog: ending the process with exit status ");
     put_u(&l, TP_EXIT_WATCHDOG);
     put_line(&l);
-    /* What the program printed so far, unless a stuck thread holds stdout. */
+    /* What the program printed so far, unless a stuck thread holds stdout
+     * or stdout cannot take it now (a full pipe whose reader stalled must
+     * not hang the watchdog itself). */
+    struct pollfd out = {.fd = fileno(stdout), .events = POLLOUT};
     if (ftrylockfile(stdout) == 0) {
-        fflush(stdout);
+        if (poll(&out, 1, 100) == 1 && (out.revents & POLLOUT))
+            fflush(stdout);
         funlockfile(stdout);
     }
     _exit(TP_EXIT_WATCHDOG);
@@ -368,7 +388,7 @@ static void watchdog_check(const tpi_watchdog *w)
     int64_t now = tpi_now_ns();
     for (int i = 0; i < w->n; i++) {
         snapshot c;
-        if (snap(w->ranks[i], &c) && c.watched && now - c.t0_ns > w->limit_ns)
+        if (snap(w->ranks[i], &c) && c.watched && now - c.last_ns > w->limit_ns)
             watchdog_fire(w, i, &c, now);
     }
 }

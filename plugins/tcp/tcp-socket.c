@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* tcp-socket.c — the poll() loop that runs a collective step. */
 #include <errno.h>
+#include <stddef.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
@@ -281,6 +282,15 @@ static int do_recv(xstate *st, tp_status *status)
     return progressed;
 }
 
+/* Tell the core's watchdog that this call moves (hosts of ABI 1.2 on), so a
+ * long transfer over a slow link is bounded, like our own waits, by the
+ * time without progress. */
+static void report_progress(const tp_host *h)
+{
+    if (h->struct_size >= offsetof(tp_host, progress) + sizeof h->progress && h->progress)
+        h->progress();
+}
+
 tp_status tcp_xfer_run(tcp_xfer *x)
 {
     tcp_engine *e = x->comm->eng;
@@ -304,6 +314,7 @@ tp_status tcp_xfer_run(tcp_xfer *x)
         if (progressed) {
             st.last = tcp_now();
             deadline = st.last + e->timeout_s;
+            report_progress(e->host);
             continue;
         }
         if (st.si >= x->ns && st.ri >= x->nr)

@@ -46,7 +46,7 @@ static void h_debug(const char *topic, const char *fmt, ...)
     (void)fmt;
 }
 
-static tp_host host = {sizeof(tp_host), h_set_error, h_debug, 300.0};
+static tp_host host = {sizeof(tp_host), h_set_error, h_debug, 300.0, NULL};
 
 #define FAIL(...)                                                                                  \
     do {                                                                                           \

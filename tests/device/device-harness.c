@@ -35,7 +35,7 @@ static void host_debug(const char *topic, const char *fmt, ...)
 {
 }
 
-static const tp_host test_host = {sizeof(tp_host), host_set_error, host_debug, 300.0};
+static const tp_host test_host = {sizeof(tp_host), host_set_error, host_debug, 300.0, NULL};
 
 const char *last_msg(void)
 {

@@ -168,12 +168,29 @@ START_TEST(test_hang_watchdog)
     ck_assert_msg(c.seconds >= 6.0 && c.seconds < 6.0 + 5.0, "ended after %.2f s", c.seconds);
     ck_assert_err_has(c, "tp: watchdog: rank 1 has been inside all_reduce (collective #2 on its "
                          "communicator) of plugin " FIX "/libtp-hang.so for 6.");
-    ck_assert_err_has(c, "over TP_TIMEOUT_S (1.000 s) plus a grace period (5.000 s)");
+    ck_assert_err_has(c, "over TP_TIMEOUT_S (1.000 s) plus a grace period (5.000 s) without "
+                         "progress");
     /* the healthy rank's own timeout, which tp_run never got to return */
     ck_assert_err_has(c, "tp: watchdog:   rank 0: not inside a plugin call; it failed: fixture: "
                          "rank 0: peers did not arrive within 1 s");
     ck_assert_err_has(c, "tp: watchdog:   rank 1: inside all_reduce (collective #2");
     ck_assert_err_has(c, "ending the process with exit status 86");
+    g_free(c.err);
+}
+END_TEST
+
+START_TEST(test_slow_progress_not_killed)
+{
+    /* Both ranks spend 8 s in their second all_reduce, calling
+     * tp_host.progress every 0.25 s: over the watchdog's 6 s limit in
+     * total, never without progress. The run must finish normally. */
+    const char *env[] = {"TP_BACKEND=slow", "TP_DEVICE=slow", "TP_TIMEOUT_S=1", NULL};
+    child c = run(NULL, env, 40);
+    ck_assert_msg(c.status != -1, "still running after 40 s; stderr:\n%s", c.err);
+    ck_assert_msg(WIFEXITED(c.status) && WEXITSTATUS(c.status) == 0,
+                  "want exit 0, got status 0x%x; stderr:\n%s", c.status, c.err);
+    ck_assert_msg(c.seconds >= 8.0, "ended after %.2f s: the slow call did not run", c.seconds);
+    ck_assert_msg(strstr(c.err, "watchdog") == NULL, "the watchdog spoke:\n%s", c.err);
     g_free(c.err);
 }
 END_TEST
@@ -294,6 +311,7 @@ int main(int argc, char **argv)
         {"test_signals_off", test_signals_off},
         {"test_healthy_run_untouched", test_healthy_run_untouched},
         {"test_hang_watchdog", test_hang_watchdog},
+        {"test_slow_progress_not_killed", test_slow_progress_not_killed},
         {"test_shadow_notice", test_shadow_notice},
         {"test_shadow_tp_info", test_shadow_tp_info},
         {"test_oom_sweep", test_oom_sweep},

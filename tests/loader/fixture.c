@@ -9,7 +9,9 @@
  * other FIX_* macros break it in the ways the loader must refuse, or make
  * it crash or hang (tests/faults): FIX_SEGV_ALL_REDUCE, rank 1 faults in
  * its third all_reduce; FIX_HANG_ALL_REDUCE, rank 1 never returns from its
- * second; FIX_SEGV_GEMM, a rank faults in its second gemm.
+ * second; FIX_SLOW_ALL_REDUCE, every rank's second all_reduce takes 8 s
+ * while reporting progress (tp_host.progress); FIX_SEGV_GEMM, a rank faults
+ * in its second gemm.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -192,6 +194,15 @@ __attribute__((unused)) static tp_status fix_all_reduce(void *comm, const void *
 #ifdef FIX_HANG_ALL_REDUCE
     while (c->rank == 1 && c->all_reduces == 2)
         sleep(1000);
+#endif
+#ifdef FIX_SLOW_ALL_REDUCE
+    /* Every rank's second all_reduce takes 8 s, reporting progress every
+     * 0.25 s: longer than the watchdog's limit, never that long without
+     * progress. */
+    for (int i = 0; c->all_reduces == 2 && i < 32; i++) {
+        usleep(250000);
+        e->host->progress();
+    }
 #endif
     if (dt != TP_F32)
         return e->host->set_error(TP_ERR_NOT_SUPPORTED, "fixture: all_reduce is f32 only");

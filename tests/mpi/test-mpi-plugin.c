@@ -60,7 +60,7 @@ static void host_debug(const char *topic, const char *fmt, ...)
     va_end(ap);
 }
 
-static tp_host host = {sizeof(tp_host), host_set_error, host_debug, 60.0};
+static tp_host host = {sizeof(tp_host), host_set_error, host_debug, 60.0, NULL};
 
 /* ------------------------------------------------------------ fixture */
 

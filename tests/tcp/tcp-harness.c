@@ -45,7 +45,7 @@ static void host_debug(const char *topic, const char *fmt, ...)
     va_end(ap);
 }
 
-tp_host th_host = {sizeof(tp_host), host_set_error, host_debug, 30.0};
+tp_host th_host = {sizeof(tp_host), host_set_error, host_debug, 30.0, NULL};
 
 const char *th_error(void)
 {

@@ -68,7 +68,7 @@ extern "C" {
 #endif
 
 #define TP_ABI_MAJOR 1
-#define TP_ABI_MINOR 1
+#define TP_ABI_MINOR 2
 
 /* ---------------------------------------------------------------- types */
 
@@ -137,6 +137,13 @@ typedef struct tp_host {
 #endif
         ;
     double timeout_s; /* TP_TIMEOUT_S: how long a peer may be waited for */
+    /* ABI 1.2 (check struct_size first): a plugin whose call can take long
+     * while it makes progress (bytes moving over a slow link) calls this from
+     * the rank's thread whenever it progressed. The core's watchdog then
+     * ends the process only after TP_TIMEOUT_S (plus a grace period)
+     * without progress, as the plugin's own waits are bounded. Cheap: two
+     * stores. */
+    void (*progress)(void);
 } tp_host;
 
 /* ----------------------------------------------------------- device ops */

@@ -68,7 +68,7 @@ static void host_debug(const char *topic, const char *fmt, ...)
     (void)topic;
 }
 
-static tp_host host = {sizeof(tp_host), host_set_error, host_debug, 60.0};
+static tp_host host = {sizeof(tp_host), host_set_error, host_debug, 60.0, NULL};
 
 /* ---------------------------------------------------------- the plugin */
 
