@@ -38,8 +38,9 @@ static int parse_quantity(const char *s, size_t len, const unit *units, double *
     char *end;
     errno = 0;
     double v = strtod(tmp, &end);
-    if (errno || end == tmp || !isfinite(v) || v < 0)
-        return -1;
+    if (errno || end == tmp || !isfinite(v) || v < 0 ||
+        strspn(tmp, "0123456789.") != (size_t)(end - tmp))
+        return -1; /* plain decimals only: no hex, no exponent */
     for (const unit *u = units; u->name; u++)
         if (strcasecmp(end, u->name) == 0) {
             *out = v * u->scale;

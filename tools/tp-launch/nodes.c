@@ -44,9 +44,10 @@ static int find_tool(const char *name, char *out, size_t len)
     for (char *save = NULL, *d = strtok_r(dirs, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
         if (!*d)
             continue;
+        struct stat st;
         snprintf(out, len, "%s/%s", d, name);
-        if (access(out, X_OK) == 0)
-            return 0;
+        if (stat(out, &st) == 0 && S_ISREG(st.st_mode) && access(out, X_OK) == 0)
+            return 0; /* a file: /usr/lib/<triplet>/tc is a folder */
     }
     return -1;
 }

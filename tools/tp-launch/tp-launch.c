@@ -445,12 +445,15 @@ static void exec_rank(const launcher *L, long r, int p[2][2], char **prog)
     setpgid(0, 0);
     if (L->cluster && tpl_cluster_enter(L->cluster, tpl_node_of_rank(r, L->n, L->cluster->k)) < 0)
         _exit(127);
-    sigprocmask(SIG_SETMASK, &L->orig, NULL);
+    /* default handlers first: a signal already pending for the rank then
+     * acts on it when the mask is restored, instead of on tp-launch's
+     * handler (which would only set this copy's flag) */
     signal(SIGCHLD, SIG_DFL);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     signal(SIGHUP, SIG_DFL);
     signal(SIGPIPE, SIG_DFL);
+    sigprocmask(SIG_SETMASK, &L->orig, NULL);
     if (L->prefix) {
         dup2(p[0][1], STDOUT_FILENO);
         dup2(p[1][1], STDERR_FILENO);
