@@ -19,6 +19,10 @@
  * it between the pick and rank 0's listen. Ranks die with tp-launch
  * (PR_SET_PDEATHSIG), even when it is killed with SIGKILL. A rank that is
  * stopped (SIGSTOP) is named as the one that stopped progressing.
+ *
+ * --nodes K [--link RATE[,DELAY]] runs the ranks on K emulated nodes (network
+ * namespaces with their own host names, joined by shaped veth links to a
+ * bridge; see nodes.c), in blocks: node i holds ranks i*N/K .. (i+1)*N/K-1.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -37,6 +41,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "nodes.h"
 
 #define MAX_RANKS      1024
 #define LINE_MAX_BYTES 8192
@@ -95,6 +101,15 @@ static void usage(FILE *f)
             "  -g, --grace S         after a rank fails, seconds the others get to fail on\n"
             "                        their own before SIGTERM, then SIGKILL (default 5)\n"
             "      --no-prefix       do not prefix output lines with \"[rank K] \"\n"
+            "      --nodes K         run the ranks on K emulated nodes (1..N): network\n"
+            "                        namespaces with their own host names, addresses in\n"
+            "                        198.18.0.0/15, joined by veth links to a bridge; node\n"
+            "                        i holds ranks i*N/K..(i+1)*N/K-1; TP_MASTER_ADDR is\n"
+            "                        node 0's address. Needs root (CAP_SYS_ADMIN and\n"
+            "                        CAP_NET_ADMIN) and iproute2; all is removed at the end\n"
+            "      --link RATE[,DELAY]  shape both directions of every node's link: RATE\n"
+            "                        e.g. 1gbit, 500mbit, 2gbps; DELAY (one way) e.g. 50us,\n"
+            "                        1ms (needs the kernel's netem); default unshaped\n"
             "  -h, --help            show this help\n"
             "      --version         show the version\n"
             "\n"
@@ -105,7 +120,8 @@ static void usage(FILE *f)
             "\n"
             "Example:\n"
             "  tp-launch -n 4 tp-conformance\n"
-            "  TP_TIMEOUT_S=30 tp-launch -n 2 --master-port 29500 ./tp_mlp --tp 2\n",
+            "  TP_TIMEOUT_S=30 tp-launch -n 2 --master-port 29500 ./tp_mlp --tp 2\n"
+            "  tp-launch --nodes 2 --link 1gbit,50us -n 4 tp-bench collectives\n",
             MAX_RANKS);
 }
 
@@ -254,6 +270,9 @@ typedef struct launch_opts {
     long n, port, grace_ms;
     const char *addr;
     int prefix;
+    long nodes;    /* --nodes K; 0: none */
+    tpl_link link; /* --link; rate 0: unshaped */
+    int have_link, have_addr;
 } launch_opts;
 
 /* Everything the supervision loop tracks. */
@@ -262,18 +281,57 @@ typedef struct launcher {
     long n;
     int prefix;
     long grace_ms;
-    sigset_t orig; /* the mask before tp-launch blocked its signals */
-    pid_t self;    /* tp-launch's pid: the parent every rank checks for */
+    sigset_t orig;              /* the mask before tp-launch blocked its signals */
+    pid_t self;                 /* tp-launch's pid: the parent every rank checks for */
+    const tpl_cluster *cluster; /* --nodes; NULL: none */
     int running, first_fail;
     double kill_at, hard_kill_at; /* SIGTERM, then SIGKILL the ranks left (-1: not due) */
 } launcher;
+
+/* --nodes K (nodes) or --link SPEC; 0, or -1 after saying why. */
+static int parse_nodes_opt(int nodes, const char *arg, launch_opts *lo)
+{
+    if (nodes) {
+        if (parse_long(arg, 1, TPL_MAX_NODES, &lo->nodes) < 0) {
+            fprintf(stderr, "tp-launch: --nodes %s: expected a number of nodes in 1..%d\n", arg,
+                    TPL_MAX_NODES);
+            return -1;
+        }
+        return 0;
+    }
+    char why[256];
+    if (tpl_parse_link(arg, &lo->link, why, sizeof why) < 0) {
+        fprintf(stderr, "tp-launch: --link %s: %s\n", arg, why);
+        return -1;
+    }
+    lo->have_link = 1;
+    return 0;
+}
+
+/* --nodes with the rest of the command line: -1 to go on, else 2. */
+static int check_nodes_opts(const launch_opts *lo)
+{
+    const char *why = NULL;
+    if (lo->have_link && !lo->nodes)
+        why = "--link shapes the links of emulated nodes: it needs --nodes K";
+    else if (lo->nodes > lo->n)
+        why = "--nodes: more nodes than ranks (-n); every node needs a rank";
+    else if (lo->nodes && lo->have_addr)
+        why = "--nodes sets TP_MASTER_ADDR to node 0's address: drop --master-addr";
+    if (!why)
+        return -1;
+    fprintf(stderr, "tp-launch: %s\n", why);
+    return 2;
+}
 
 /* Options up to the program; returns -1 to go on, else the exit status. */
 static int parse_args(int argc, char **argv, launch_opts *lo)
 {
     enum {
         OPT_NO_PREFIX = 256,
-        OPT_VERSION
+        OPT_VERSION,
+        OPT_NODES,
+        OPT_LINK
     };
     static const struct option opts[] = {
         {"np", required_argument, NULL, 'n'},
@@ -281,6 +339,8 @@ static int parse_args(int argc, char **argv, launch_opts *lo)
         {"master-addr", required_argument, NULL, 'a'},
         {"grace", required_argument, NULL, 'g'},
         {"no-prefix", no_argument, NULL, OPT_NO_PREFIX},
+        {"nodes", required_argument, NULL, OPT_NODES},
+        {"link", required_argument, NULL, OPT_LINK},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
@@ -306,6 +366,7 @@ static int parse_args(int argc, char **argv, launch_opts *lo)
                 if (check_addr(optarg) < 0)
                     return 2;
                 lo->addr = optarg;
+                lo->have_addr = 1;
                 break;
             case 'g': {
                 char *end;
@@ -318,6 +379,11 @@ static int parse_args(int argc, char **argv, launch_opts *lo)
                 break;
             }
             case OPT_NO_PREFIX: lo->prefix = 0; break;
+            case OPT_NODES:
+            case OPT_LINK:
+                if (parse_nodes_opt(o == OPT_NODES, optarg, lo) < 0)
+                    return 2;
+                break;
             case 'h': usage(stdout); return 0;
             case OPT_VERSION: printf("tp-launch %s\n", TP_LAUNCH_VERSION); return 0;
             default: usage(stderr); return 2;
@@ -329,7 +395,7 @@ static int parse_args(int argc, char **argv, launch_opts *lo)
         usage(stderr);
         return 2;
     }
-    return -1;
+    return check_nodes_opts(lo);
 }
 
 /* Signals stay blocked except inside ppoll(), so none is missed between
@@ -377,12 +443,17 @@ static void exec_rank(const launcher *L, long r, int p[2][2], char **prog)
         _exit(127);
     }
     setpgid(0, 0);
-    sigprocmask(SIG_SETMASK, &L->orig, NULL);
+    if (L->cluster && tpl_cluster_enter(L->cluster, tpl_node_of_rank(r, L->n, L->cluster->k)) < 0)
+        _exit(127);
+    /* default handlers first: a signal already pending for the rank then
+     * acts on it when the mask is restored, instead of on tp-launch's
+     * handler (which would only set this copy's flag) */
     signal(SIGCHLD, SIG_DFL);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     signal(SIGHUP, SIG_DFL);
     signal(SIGPIPE, SIG_DFL);
+    sigprocmask(SIG_SETMASK, &L->orig, NULL);
     if (L->prefix) {
         dup2(p[0][1], STDOUT_FILENO);
         dup2(p[1][1], STDERR_FILENO);
@@ -628,6 +699,62 @@ static int report(const launcher *L)
     return exit_code(c[ff].status);
 }
 
+/* TP_TCP_SECRET: the caller's, else a fresh random one; 0, or -1. */
+static int set_secret(void)
+{
+    const char *sec = getenv("TP_TCP_SECRET");
+    char secret[65];
+    if (sec && *sec)
+        return 0;
+    if (make_secret(secret) < 0) {
+        fprintf(stderr,
+                "tp-launch: cannot make a random TP_TCP_SECRET (getrandom: %s); set "
+                "TP_TCP_SECRET yourself\n",
+                strerror(errno));
+        return -1;
+    }
+    setenv("TP_TCP_SECRET", secret, 1);
+    return 0;
+}
+
+/* Start the ranks, supervise them, report; the exit status. */
+static int run_ranks(launcher *L, char **prog)
+{
+    for (long r = 0; r < L->n; r++)
+        if (start_rank(L, r, prog) < 0)
+            return 1;
+    struct pollfd *pfd = calloc(2 * (size_t)L->n, sizeof *pfd);
+    int *owner = calloc(2 * (size_t)L->n, sizeof *owner);
+    if (!pfd || !owner) {
+        fprintf(stderr, "tp-launch: out of memory\n");
+        signal_all(L->c, (int)L->n, SIGKILL);
+        free(pfd);
+        free(owner);
+        return 1;
+    }
+    supervise(L, pfd, owner);
+    free(pfd);
+    free(owner);
+    return report(L);
+}
+
+/* The ranks were started: wait until every one has ended (they were sent
+ * SIGKILL on a failed start), so that the cluster can go. */
+static void reap_all(launcher *L)
+{
+    while (L->running > 0) {
+        int status;
+        pid_t pid = waitpid(-1, &status, 0);
+        if (pid < 0 && errno != EINTR)
+            break;
+        for (long r = 0; r < L->n && pid > 0; r++)
+            if (L->c[r].pid == pid && L->c[r].running && !WIFSTOPPED(status)) {
+                L->c[r].running = 0;
+                L->running--;
+            }
+    }
+}
+
 int main(int argc, char **argv)
 {
     launch_opts lo = {.n = 0, .port = 0, .grace_ms = 5000, .addr = "127.0.0.1", .prefix = 1};
@@ -635,23 +762,19 @@ int main(int argc, char **argv)
     if (rc >= 0)
         return rc;
     int hold = -1; /* the picked port, kept bound until the job ends */
-    if (lo.port == 0 && (lo.port = free_port(lo.addr, &hold)) < 0) {
+    char master[48];
+    if (lo.nodes) { /* a fresh namespace: every port is free there */
+        tpl_node_addr(0, master, sizeof master);
+        lo.addr = master;
+        if (lo.port == 0)
+            lo.port = 29500;
+    } else if (lo.port == 0 && (lo.port = free_port(lo.addr, &hold)) < 0) {
         fprintf(stderr, "tp-launch: cannot find a free port on %s: %s; pass --master-port\n",
                 lo.addr, strerror(errno));
         return 1;
     }
-    const char *sec = getenv("TP_TCP_SECRET");
-    char secret[65];
-    if (!sec || !*sec) {
-        if (make_secret(secret) < 0) {
-            fprintf(stderr,
-                    "tp-launch: cannot make a random TP_TCP_SECRET (getrandom: %s); set "
-                    "TP_TCP_SECRET yourself\n",
-                    strerror(errno));
-            return 1;
-        }
-        setenv("TP_TCP_SECRET", secret, 1);
-    }
+    if (set_secret() < 0)
+        return 1;
     launcher L = {.n = lo.n,
                   .self = getpid(),
                   .prefix = lo.prefix,
@@ -665,21 +788,19 @@ int main(int argc, char **argv)
         return 1;
     }
     install_signals(&L.orig);
-    set_world_env(&lo);
-    for (long r = 0; r < lo.n; r++)
-        if (start_rank(&L, r, argv + optind) < 0)
+    tpl_cluster cluster;
+    if (lo.nodes) {
+        if (tpl_cluster_create(&cluster, lo.nodes, &lo.link) < 0) {
+            free(L.c);
             return 1;
-    struct pollfd *pfd = calloc(2 * (size_t)lo.n, sizeof *pfd);
-    int *owner = calloc(2 * (size_t)lo.n, sizeof *owner);
-    if (!pfd || !owner) {
-        fprintf(stderr, "tp-launch: out of memory\n");
-        signal_all(L.c, (int)lo.n, SIGKILL);
-        return 1;
+        }
+        L.cluster = &cluster;
     }
-    supervise(&L, pfd, owner);
-    rc = report(&L);
-    free(pfd);
-    free(owner);
+    set_world_env(&lo);
+    rc = run_ranks(&L, argv + optind);
+    reap_all(&L);
+    if (L.cluster)
+        tpl_cluster_destroy(&cluster);
     free(L.c);
     if (hold >= 0)
         close(hold);
