@@ -29,8 +29,6 @@ BIG = "99999999999999999999"  # overflows int64
 INT_BAD = ["abc", "-1", "0", BIG, "1.5", "", None]  # None: value missing
 
 # (program, args tuple) -> why; see the module docstring
-# tp-launch (owned elsewhere) does not check -a/--master-addr: a program
-# that does not use tcp (here `true`) runs and exits 0.
 KNOWN_FAILING = {}
 
 
@@ -180,6 +178,14 @@ def tool_cases():
         ("tp-conformance", ["--op"], {}, "fail"),
         ("tp-conformance", ["positional"], {}, "fail"),
     ]
+    # emulated nodes: the values are refused before anything is created
+    for v in ["0", "abc", "-1", "", BIG, "1.5", "3", None]:
+        cases.append(("tp-launch", ["-n", "2"] + (["--nodes"] if v is None else ["--nodes", v])
+                      + ["true"], {}, "fail"))
+    cases.append(("tp-launch", ["-n", "1", "--link", "1gbit", "true"], {}, "fail"))
+    cases.append(("tp-launch", ["-n", "1", "--nodes", "1", "-a", "127.0.0.1", "true"], {}, "fail"))
+    for v in ["fast", "", "1gbit,fast", "0gbit", "-1gbit", "1gbit,-1us", "999tbit"]:
+        cases.append(("tp-launch", ["-n", "1", "--nodes", "1", "--link", v, "true"], {}, "fail"))
     for v in ["abc", "-1", "0", BIG, "", None]:
         cases.append(("tp-launch", (["-n"] if v is None else ["-n", v]) + ["true"], {}, "fail"))
         cases.append(("tp-conformance", ["--tp"] + ([] if v is None else [v]), {}, "fail"))
