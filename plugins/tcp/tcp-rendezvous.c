@@ -104,7 +104,7 @@ static tp_status open_peer_listener(tcp_engine *e, int like, int *lfd)
         ((struct sockaddr_in *)&ss)->sin_port = 0;
     else if (ss.ss_family == AF_INET6)
         ((struct sockaddr_in6 *)&ss)->sin6_port = 0;
-    int fd = listen_on((struct sockaddr *)&ss, sl, e->world + 128);
+    int fd = listen_on((struct sockaddr *)&ss, sl, SOMAXCONN);
     if (fd < 0)
         return e->host->set_error(TP_ERR_IO,
                                   "tcp: rank %d cannot open its peer listening socket: %s", e->rank,
@@ -117,45 +117,67 @@ static tp_status open_peer_listener(tcp_engine *e, int like, int *lfd)
     return TP_OK;
 }
 
-/* Connect to sa, retrying refused/unreachable with backoff until deadline. */
+/* One connect attempt, waiting at most `wait_s`: the fd, or -1 with errno. */
+static int connect_once(const struct sockaddr *sa, socklen_t len, double wait_s)
+{
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    if (tcp_set_socket_opts(fd) < 0) {
+        int en = errno;
+        close(fd);
+        errno = en;
+        return -1;
+    }
+    int r = connect(fd, sa, len);
+    if (r < 0 && errno == EINPROGRESS) {
+        struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+        int ms = wait_s > 0 ? (int)(wait_s * 1000) + 1 : 0;
+        r = poll(&pfd, 1, ms);
+        if (r == 0) {
+            errno = ETIMEDOUT;
+            r = -1;
+        } else if (r > 0) {
+            int err = 0;
+            socklen_t el = sizeof err;
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el);
+            errno = err;
+            r = err ? -1 : 0;
+        }
+    }
+    if (r == 0)
+        return fd;
+    int en = errno;
+    close(fd);
+    errno = en;
+    return -1;
+}
+
+/* Each connect attempt waits at most this long, then a fresh socket tries
+ * again: a SYN dropped by a full accept queue is retransmitted only after
+ * 1, 3, 7 s, so one long wait would be one try. */
+#define CONNECT_TRY_S 1.0
+
+/* Connect to sa, retrying until deadline (refused/unreachable with backoff).
+ * With `refused_final`, a refusal ends it at once (the listener was there
+ * and is gone). */
 static int connect_retry(const struct sockaddr *sa, socklen_t len, double deadline, int *last_err,
-                         int *attempts)
+                         int *attempts, int refused_final)
 {
     double backoff = 0.01;
     *attempts = 0;
     for (;;) {
         ++*attempts;
-        int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0) {
-            *last_err = errno;
-            return -1;
-        }
-        if (tcp_set_socket_opts(fd) < 0) {
-            *last_err = errno;
-            close(fd);
-            return -1;
-        }
-        int r = connect(fd, sa, len);
-        if (r < 0 && errno == EINPROGRESS) {
-            struct pollfd pfd = {.fd = fd, .events = POLLOUT};
-            double left = deadline - tcp_now();
-            int ms = left > 0 ? (int)(left * 1000) + 1 : 0;
-            r = poll(&pfd, 1, ms);
-            if (r == 0) {
-                errno = ETIMEDOUT;
-                r = -1;
-            } else if (r > 0) {
-                int err = 0;
-                socklen_t el = sizeof err;
-                getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el);
-                errno = err;
-                r = err ? -1 : 0;
-            }
-        }
-        if (r == 0)
+        double left = deadline - tcp_now();
+        int fd = connect_once(sa, len, left < CONNECT_TRY_S ? left : CONNECT_TRY_S);
+        if (fd >= 0)
             return fd;
         *last_err = errno;
-        close(fd);
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM ||
+            (refused_final && errno == ECONNREFUSED))
+            return -1;
+        if (errno == ETIMEDOUT && tcp_now() < deadline)
+            continue; /* that attempt's SYN was dropped: a fresh one now */
         if (tcp_now() + backoff >= deadline)
             return -1;
         struct timespec ts = {.tv_sec = (time_t)backoff,
@@ -232,6 +254,7 @@ typedef struct acceptor {
     int need, have;
     pending p[MAX_PENDING];
     int np;
+    long refused; /* connections refused so far (only the first few are logged) */
 } acceptor;
 
 static size_t acc_msg_size(const acceptor *a, const pending *p)
@@ -275,10 +298,15 @@ static void drop_pending(acceptor *a, int i)
 }
 
 /* An unauthenticated connection misbehaved: log it, close it, go on. */
+/* Refusals logged one by one; the rest are counted (a flood must not cost
+ * a log line each: that would slow the accept loop down). */
+#define REFUSED_LOGGED 16
+
 static void acc_reject(acceptor *a, int i, const char *why)
 {
-    fprintf(stderr, "tp tcp: rank %d: refused a connection from %s to %s: %s\n", a->e->rank,
-            a->p[i].from, acc_port(a), why);
+    if (a->refused++ < REFUSED_LOGGED)
+        fprintf(stderr, "tp tcp: rank %d: refused a connection from %s to %s: %s\n", a->e->rank,
+                a->p[i].from, acc_port(a), why);
     close(a->p[i].fd);
     drop_pending(a, i);
 }
@@ -368,6 +396,18 @@ static tp_status acc_check(acceptor *a, int i)
         getpeername(p->fd, (struct sockaddr *)&ss, &sl);
         addr_text((struct sockaddr *)&ss, sl, e->peers[rank].host, TCP_HOST_LEN, &dummy);
         e->peers[rank].port = port;
+    }
+    if (a->mesh) {
+        /* Tell the connector it is in: until then, a dropped connection
+         * (evicted while it authenticated) is one it connects again. */
+        unsigned char ack = TCP_MESH_ACK;
+        if (tcp_send_all(p->fd, &ack, 1, tcp_now() + 1.0) < 0) {
+            snprintf(msg, sizeof msg,
+                     "tcp rendezvous: rank %d could not acknowledge rank %u (connected from %s): "
+                     "%s: it exited during the rendezvous",
+                     e->rank, rank, p->from, strerror(errno));
+            return acc_fail(a, TP_ERR_PEER, msg);
+        }
     }
     a->fds[rank] = p->fd;
     a->have++;
@@ -528,16 +568,21 @@ static tp_status acc_read(acceptor *a, int i)
     return TP_OK;
 }
 
-/* Take the new connections off the listening socket as pending; when every
+/* Take the new connections off the listening socket as pending, until it
+ * has none (a full accept queue drops a real rank's SYN) or a table's worth
+ * came (then the pending ones are read before more are taken); when every
  * slot is taken, the unauthenticated one closest to its deadline makes room. */
 static void acc_take(acceptor *a)
 {
-    for (int k = 0; k < 64; k++) {
+    for (int k = 0; k < MAX_PENDING;) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof ss;
         int fd = accept4(a->lfd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC);
+        if (fd < 0 && (errno == EINTR || errno == ECONNABORTED))
+            continue;
         if (fd < 0)
             return;
+        k++;
         if (tcp_set_socket_opts(fd) < 0) {
             close(fd);
             continue;
@@ -601,17 +646,66 @@ static tp_status accept_all(acceptor *a, double deadline)
     for (int i = 0; i < a->np; i++)
         close(a->p[i].fd);
     a->np = 0;
+    if (a->refused > REFUSED_LOGGED)
+        fprintf(stderr,
+                "tp tcp: rank %d: refused %ld more connection(s) to %s (not logged one by one)\n",
+                e->rank, a->refused - REFUSED_LOGGED, acc_port(a));
     return st;
 }
 
 /* ------------------------------------------------------------- phases */
 
+/* The master socket tp-launch opened for rank 0 (TP_MASTER_FD: bound and
+ * listening since before any rank started, so no other process can take the
+ * port): *mfd, or -1 when TP_MASTER_FD is not set. */
+static tp_status inherited_master(tcp_engine *e, const struct addrinfo *ai, int *mfd)
+{
+    const char *s = getenv("TP_MASTER_FD");
+    *mfd = -1;
+    if (!s || !*s)
+        return TP_OK;
+    char *end, host[TCP_HOST_LEN];
+    long v = strtol(s, &end, 10);
+    int type = 0, acc = 0, port = -1, want;
+    socklen_t tl = sizeof type, al = sizeof acc;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    addr_text(ai->ai_addr, ai->ai_addrlen, host, sizeof host, &want);
+    int fd = *end || v < 0 || v > 65535 ? -1 : (int)v;
+    if (fd < 0 || fcntl(fd, F_GETFD) < 0 || getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) < 0 ||
+        type != SOCK_STREAM || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &al) < 0 || !acc ||
+        getsockname(fd, (struct sockaddr *)&ss, &sl) < 0 ||
+        (ss.ss_family != AF_INET && ss.ss_family != AF_INET6))
+        return e->host->set_error(TP_ERR_INVALID_ARG,
+                                  "tcp: rank 0: TP_MASTER_FD=\"%s\" is not a listening TCP socket "
+                                  "of this process: tp-launch sets it for rank 0 only; unset it "
+                                  "when you start a rank yourself",
+                                  s);
+    addr_text((struct sockaddr *)&ss, sl, host, sizeof host, &port);
+    if (port != want)
+        return e->host->set_error(TP_ERR_INVALID_ARG,
+                                  "tcp: rank 0: TP_MASTER_FD=%s listens on port %d, but "
+                                  "TP_MASTER_PORT=%d: they come from different launches; unset "
+                                  "TP_MASTER_FD when you start a rank yourself",
+                                  s, port, want);
+    if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0 || tcp_set_socket_opts(fd) < 0)
+        return e->host->set_error(TP_ERR_IO, "tcp: rank 0: TP_MASTER_FD=%s: %s", s,
+                                  strerror(errno));
+    e->host->debug("comm", "tcp: rank 0: master socket from tp-launch (fd %d, port %d)", fd, port);
+    *mfd = fd;
+    return TP_OK;
+}
+
 static tp_status master_phase(tcp_engine *e, struct addrinfo *ai, int *lfd_out)
 {
     int mfd = -1, lfd = -1;
     int err = 0;
-    for (struct addrinfo *p = ai; p; p = p->ai_next) {
-        mfd = listen_on(p->ai_addr, p->ai_addrlen, e->world + 128);
+    tp_status st = inherited_master(e, ai, &mfd);
+    int inherited = mfd >= 0; /* kept open for the process' life (a later init) */
+    if (st != TP_OK)
+        return st;
+    for (struct addrinfo *p = ai; p && !inherited; p = p->ai_next) {
+        mfd = listen_on(p->ai_addr, p->ai_addrlen, SOMAXCONN);
         if (mfd >= 0)
             break;
         err = errno;
@@ -628,15 +722,17 @@ static tp_status master_phase(tcp_engine *e, struct addrinfo *ai, int *lfd_out)
                                 "(tp-launch picks a free one)"
                               : "");
     }
-    tp_status st = open_peer_listener(e, mfd, &lfd);
+    st = open_peer_listener(e, mfd, &lfd);
     if (st != TP_OK) {
-        close(mfd);
+        if (!inherited)
+            close(mfd);
         return st;
     }
     random_job_id(&e->job_id);
     int *fds = malloc(sizeof(int) * (size_t)e->world);
     if (!fds) {
-        close(mfd);
+        if (!inherited)
+            close(mfd);
         close(lfd);
         return e->host->set_error(TP_ERR_NO_MEMORY, "tcp rendezvous: out of memory");
     }
@@ -645,7 +741,8 @@ static tp_status master_phase(tcp_engine *e, struct addrinfo *ai, int *lfd_out)
     acceptor *a = calloc(1, sizeof *a);
     if (!a) {
         free(fds);
-        close(mfd);
+        if (!inherited)
+            close(mfd);
         close(lfd);
         return e->host->set_error(TP_ERR_NO_MEMORY, "tcp rendezvous: out of memory");
     }
@@ -683,7 +780,8 @@ static tp_status master_phase(tcp_engine *e, struct addrinfo *ai, int *lfd_out)
             close(fds[r]);
     free(fds);
     free(a);
-    close(mfd);
+    if (!inherited)
+        close(mfd);
     if (st != TP_OK)
         close(lfd);
     else
@@ -694,7 +792,7 @@ static tp_status master_phase(tcp_engine *e, struct addrinfo *ai, int *lfd_out)
 /* Worker: connect to the master, trying each of its addresses in turn;
  * *fd < 0 means none answered (master names the last one tried). */
 static tp_status worker_connect(tcp_engine *e, struct addrinfo *ai, double deadline, char *master,
-                                size_t master_len, int *fd)
+                                size_t master_len, int dropped, int *fd)
 {
     int err = 0, attempts = 0;
     *fd = -1;
@@ -704,8 +802,14 @@ static tp_status worker_connect(tcp_engine *e, struct addrinfo *ai, double deadl
         addr_text(p->ai_addr, p->ai_addrlen, host, sizeof host, &port);
         snprintf(master, master_len, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
         *fd = connect_retry(p->ai_addr, p->ai_addrlen, p->ai_next ? tcp_now() + 0.5 : deadline,
-                            &err, &attempts);
+                            &err, &attempts, dropped);
     }
+    if (*fd < 0 && dropped && err == ECONNREFUSED)
+        return e->host->set_error(TP_ERR_PEER,
+                                  "tcp rendezvous: the master (rank 0 at %s) closed rank %d's "
+                                  "connection before sending the rank table and no longer "
+                                  "accepts connections: it exited; see rank 0's error",
+                                  master, e->rank);
     if (*fd < 0)
         return e->host->set_error(
             TP_ERR_TIMEOUT,
@@ -732,7 +836,8 @@ static tp_status worker_refused(tcp_engine *e, int fd, const tcp_hdr *hdr, const
 }
 
 /* Worker: wait for the header of the master's rank table (tlen bytes). */
-static tp_status worker_table_header(tcp_engine *e, int fd, const char *master, size_t tlen)
+static tp_status worker_table_header(tcp_engine *e, int fd, const char *master, size_t tlen,
+                                     int *retry)
 {
     unsigned char h[TCP_HDR_SIZE];
     size_t got = 0;
@@ -746,6 +851,9 @@ static tp_status worker_table_header(tcp_engine *e, int fd, const char *master, 
                                       "but got no rank table within %g s (TP_TIMEOUT_S): other "
                                       "ranks did not register; see rank 0's error",
                                       e->rank, master, e->timeout_s);
+        /* Dropped before a word (too many connections, or the 1 s limit
+         * while this rank was slow): register again. */
+        *retry = got == 0 && (en == ENODATA || en == ECONNRESET);
         return e->host->set_error(TP_ERR_PEER,
                                   "tcp rendezvous: the master (rank 0 at %s) %s before sending "
                                   "the rank table to rank %d (%zu of %d header bytes): see rank "
@@ -816,7 +924,8 @@ static tp_status worker_adopt_table(tcp_engine *e, const unsigned char *table, c
 }
 
 /* Worker: register with the master (hello), receive and adopt the table. */
-static tp_status worker_register(tcp_engine *e, int fd, const char *master, double deadline)
+static tp_status worker_register(tcp_engine *e, int fd, const char *master, double deadline,
+                                 int *retry)
 {
     unsigned char hello[TCP_HELLO_SIZE] = {0};
     tcp_put32(hello, (uint32_t)e->rank);
@@ -829,13 +938,15 @@ static tp_status worker_register(tcp_engine *e, int fd, const char *master, doub
     tp_status st = TP_OK;
     if (!table)
         return e->host->set_error(TP_ERR_NO_MEMORY, "tcp rendezvous: out of memory");
-    if (send_msg(fd, TCP_OP_HELLO, hello, sizeof hello, deadline) < 0)
+    if (send_msg(fd, TCP_OP_HELLO, hello, sizeof hello, deadline) < 0) {
+        *retry = errno == EPIPE || errno == ECONNRESET;
         st = e->host->set_error(TP_ERR_PEER,
                                 "tcp rendezvous: rank %d could not register with the master at "
                                 "%s: %s",
                                 e->rank, master, strerror(errno));
+    }
     if (st == TP_OK)
-        st = worker_table_header(e, fd, master, tlen);
+        st = worker_table_header(e, fd, master, tlen, retry);
     if (st == TP_OK && tcp_recv_all(fd, table, tlen, tcp_now() + e->timeout_s, &got) < 0)
         st = e->host->set_error(TP_ERR_PEER,
                                 "tcp rendezvous: rank %d: the master at %s stopped after %zu of "
@@ -851,49 +962,83 @@ static tp_status worker_register(tcp_engine *e, int fd, const char *master, doub
 static tp_status worker_phase(tcp_engine *e, struct addrinfo *ai, int *lfd_out)
 {
     double deadline = tcp_now() + e->timeout_s;
-    int fd = -1, lfd = -1;
+    int fd = -1, lfd = -1, dropped = 0;
     char master[96] = "?";
     tp_status st;
     char who[160];
+    /* Connect, authenticate, register; again while the master drops the
+     * connection before it answers (it is busy, e.g. flooded). */
     for (;;) {
         int retry = 0;
-        st = worker_connect(e, ai, deadline, master, sizeof master, &fd);
+        st = worker_connect(e, ai, deadline, master, sizeof master, dropped, &fd);
         if (st != TP_OK)
-            return st;
+            break;
         snprintf(who, sizeof who, "the master at %s (TP_MASTER_ADDR:TP_MASTER_PORT)", master);
         st = tcp_auth_connect(e, fd, TCP_ROLE_MASTER, who, deadline, &retry);
+        if (st == TP_OK && lfd < 0)
+            st = open_peer_listener(e, fd, &lfd);
         if (st == TP_OK)
-            break;
+            st = worker_register(e, fd, master, deadline, &retry);
         close(fd);
-        if (!retry || tcp_now() >= deadline)
-            return st;
+        if (st == TP_OK || !retry || tcp_now() >= deadline)
+            break;
+        dropped = 1;
         e->host->debug("comm", "tcp: rank %d: %s dropped the connection, trying again", e->rank,
                        master);
     }
-    st = open_peer_listener(e, fd, &lfd);
-    if (st != TP_OK) {
-        close(fd);
-        return st;
-    }
-    st = worker_register(e, fd, master, deadline);
-    close(fd);
-    if (st != TP_OK)
+    if (st != TP_OK && lfd >= 0)
         close(lfd);
-    else
+    else if (st == TP_OK)
         *lfd_out = lfd;
     return st;
 }
 
-/* Connect to rank j's peer port and authenticate (both ways), connecting
- * again while it drops the connection before answering. */
+/* Greet rank j on fd (MESH) and wait for its one-byte acknowledgement; a
+ * connection dropped before it (*retry) is not in rank j's mesh. */
+static tp_status mesh_greet(tcp_engine *e, int fd, int j, const char *name, const unsigned char *m,
+                            double deadline, int *retry)
+{
+    unsigned char ack = 0;
+    size_t got = 0;
+    if (send_msg(fd, TCP_OP_MESH, m, TCP_MESH_SIZE, deadline) < 0) {
+        *retry = errno == EPIPE || errno == ECONNRESET;
+        return e->host->set_error(TP_ERR_PEER,
+                                  "tcp rendezvous: rank %d could not greet rank %d at %s: %s",
+                                  e->rank, j, name, strerror(errno));
+    }
+    if (tcp_recv_all(fd, &ack, 1, deadline, &got) < 0) {
+        int en = errno;
+        *retry = en == ENODATA || en == ECONNRESET;
+        return e->host->set_error(en == ETIMEDOUT ? TP_ERR_TIMEOUT : TP_ERR_PEER,
+                                  "tcp rendezvous: rank %d: rank %d at %s did not acknowledge "
+                                  "this rank's mesh hello within %g s (TP_TIMEOUT_S): %s",
+                                  e->rank, j, name, e->timeout_s,
+                                  en == ENODATA ? "it closed the connection" : strerror(en));
+    }
+    if (ack != TCP_MESH_ACK)
+        return e->host->set_error(TP_ERR_PEER,
+                                  "tcp rendezvous: rank %d: rank %d at %s acknowledged the mesh "
+                                  "hello with byte %#x, expected %#x: a corrupted stream",
+                                  e->rank, j, name, ack, TCP_MESH_ACK);
+    return TP_OK;
+}
+
+/* Connect to rank j's peer port, authenticate (both ways) and greet it,
+ * connecting again while it drops the connection before acknowledging. */
 static tp_status mesh_connect(tcp_engine *e, const struct addrinfo *ai, int j, const char *name,
-                              double deadline, int *fd_out)
+                              const unsigned char *m, double deadline, int *fd_out)
 {
     char who[160];
     snprintf(who, sizeof who, "rank %d's peer port %s", j, name);
-    for (;;) {
+    for (int dropped = 0;; dropped = 1) {
         int err = 0, attempts = 0, retry = 0;
-        int fd = connect_retry(ai->ai_addr, ai->ai_addrlen, deadline, &err, &attempts);
+        int fd = connect_retry(ai->ai_addr, ai->ai_addrlen, deadline, &err, &attempts, dropped);
+        if (fd < 0 && dropped && err == ECONNREFUSED)
+            return e->host->set_error(TP_ERR_PEER,
+                                      "tcp rendezvous: rank %d at %s closed rank %d's connection "
+                                      "before acknowledging it and no longer listens: it "
+                                      "exited; see its own error",
+                                      j, name, e->rank);
         if (fd < 0)
             return e->host->set_error(TP_ERR_TIMEOUT,
                                       "tcp rendezvous: rank %d could not connect to rank %d at %s "
@@ -901,6 +1046,8 @@ static tp_status mesh_connect(tcp_engine *e, const struct addrinfo *ai, int j, c
                                       "it exited, or a firewall blocks its port",
                                       e->rank, j, name, e->timeout_s, attempts, strerror(err));
         tp_status st = tcp_auth_connect(e, fd, TCP_ROLE_PEER, who, deadline, &retry);
+        if (st == TP_OK)
+            st = mesh_greet(e, fd, j, name, m, deadline, &retry);
         if (st == TP_OK) {
             *fd_out = fd;
             return TP_OK;
@@ -934,15 +1081,11 @@ static tp_status mesh_phase(tcp_engine *e, int lfd)
                                       "address %s, which is not a numeric address",
                                       e->rank, j, name);
         int fd = -1;
-        st = mesh_connect(e, ai, j, name, deadline, &fd);
+        st = mesh_connect(e, ai, j, name, m, deadline, &fd);
         freeaddrinfo(ai);
         if (st != TP_OK)
             return st;
         p->fd = fd;
-        if (send_msg(fd, TCP_OP_MESH, m, sizeof m, deadline) < 0)
-            return e->host->set_error(TP_ERR_PEER,
-                                      "tcp rendezvous: rank %d could not greet rank %d at %s: %s",
-                                      e->rank, j, name, strerror(errno));
     }
     int need = e->world - 1 - e->rank;
     if (need > 0) {

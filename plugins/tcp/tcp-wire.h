@@ -32,8 +32,12 @@
  * Rendezvous: rank r > 0 connects to the master (rank 0) at
  * TP_MASTER_ADDR:TP_MASTER_PORT and sends HELLO; rank 0 answers every rank
  * with TABLE (job id, rank 0's chunk size, every rank's address) or ABORT
- * with a reason. Then rank r connects to every rank j < r and sends MESH;
- * it accepts a connection from every rank j > r.
+ * with a reason. Then rank r connects to every rank j < r and sends MESH,
+ * which rank j acknowledges with the single byte TCP_MESH_ACK once it has
+ * taken the connection into its mesh (a connection dropped before that, e.g.
+ * by a flood of strangers on the port, is connected again); it accepts a
+ * connection from every rank j > r. A rank that registered with the master
+ * and sees its connection end before the TABLE registers again.
  *
  * A rank that waited TP_TIMEOUT_S without progress sends STALL (comm 0, seq
  * 0: who it is, whom it waits on) to every peer; a rank that sees a STALL
@@ -50,14 +54,15 @@
 #include <stdint.h>
 
 #define TCP_MAGIC            0x54504354u /* the bytes "TCPT" read as a little-endian u32 */
-#define TCP_WIRE_VERSION     2
+#define TCP_WIRE_VERSION     3           /* 3: MESH is acknowledged */
 #define TCP_HDR_SIZE         40
-#define TCP_HOST_LEN         60  /* numeric address text, NUL terminated */
-#define TCP_HELLO_SIZE       12  /* rank u32, world u32, port u16, 2 zero bytes */
-#define TCP_TABLE_ENTRY_SIZE 64  /* port u16, 2 zero bytes, host[TCP_HOST_LEN] */
-#define TCP_TABLE_HEAD_SIZE  16  /* job id u64, chunk bytes u64, then world entries */
-#define TCP_MESH_SIZE        16  /* job id u64, rank u32, world u32 */
-#define TCP_ABORT_MAX        512 /* reason text, not NUL terminated */
+#define TCP_HOST_LEN         60   /* numeric address text, NUL terminated */
+#define TCP_HELLO_SIZE       12   /* rank u32, world u32, port u16, 2 zero bytes */
+#define TCP_TABLE_ENTRY_SIZE 64   /* port u16, 2 zero bytes, host[TCP_HOST_LEN] */
+#define TCP_TABLE_HEAD_SIZE  16   /* job id u64, chunk bytes u64, then world entries */
+#define TCP_MESH_SIZE        16   /* job id u64, rank u32, world u32 */
+#define TCP_MESH_ACK         0x4b /* the byte that acknowledges a MESH */
+#define TCP_ABORT_MAX        512  /* reason text, not NUL terminated */
 #define TCP_MAX_WORLD        65535
 #define TCP_NONCE_SIZE       32 /* AUTH_CHALLENGE payload */
 #define TCP_MAC_SIZE         32 /* HMAC-SHA-256; AUTH_RESPONSE payload */

@@ -37,15 +37,39 @@ static void try_bind_master_port(void)
     close(fd);
 }
 
+/* A squatter: bind the master port with SO_REUSEADDR and listen (tp-launch
+ * holds it listening, so this must fail); the fd stays open meanwhile. */
+static int squat_master_port(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    int one = 1;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons((uint16_t)atoi(getenv("TP_MASTER_PORT")));
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    int r = bind(fd, (struct sockaddr *)&a, sizeof a) == 0 ? listen(fd, 8) : -1;
+    printf("squat master port: %s\n", r == 0 ? "listening" : strerror(errno));
+    fflush(stdout);
+    return fd;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2 || th_load() != 0) {
-        fprintf(stderr, "usage: tcp-rank check | die RANK | stall RANK | bind-port\n");
+        fprintf(stderr, "usage: tcp-rank check | die RANK | stall RANK | bind-port | squat\n");
         return 2;
     }
     if (strcmp(argv[1], "bind-port") == 0) {
         try_bind_master_port();
         return 0;
+    }
+    int squat = -1;
+    if (strcmp(argv[1], "squat") == 0) { /* rank 1 squats first, then every rank checks */
+        if (atoi(getenv("TP_RANK")) == 1)
+            squat = squat_master_port();
+        else
+            sleep(1);
+        argv[1] = "check";
     }
     th_rank r;
     tp_status st = th_open(&r, 0, TP_MEM_HOST);
@@ -83,5 +107,7 @@ int main(int argc, char **argv)
     if (st != TP_OK)
         fprintf(stderr, "tcp-rank: rank %d: %s\n", r.rank, th_error());
     th_close(&r);
+    if (squat >= 0)
+        close(squat);
     return st == TP_OK ? 0 : 1;
 }

@@ -317,6 +317,32 @@ START_TEST(test_master_port_held)
 }
 END_TEST
 
+/* A process that binds the picked port with SO_REUSEADDR and listens, after
+ * tp-launch picked it and before rank 0 starts, cannot take it: tp-launch
+ * holds the master socket listening and hands it to rank 0 (TP_MASTER_FD). */
+START_TEST(test_master_port_squatter)
+{
+    run_out o;
+    char *argv[] = {(char *)launch_path, "-n", "3", (char *)rank_path, "squat", NULL};
+    run(argv, 120, &o);
+    ck_assert_msg(o.status == 0, "status %d\n%s%s", o.status, o.out, o.err);
+    HAS(o.out, "[rank 1] squat master port: Address already in use\n");
+    HAS(o.out, "[rank 0] rank 0 of 3: all collectives agree with the serial reference\n");
+}
+END_TEST
+
+/* -n above the core's limit on TP_WORLD_SIZE: refused up front (exit 2). */
+START_TEST(test_too_many_ranks)
+{
+    run_out o;
+    char *argv[] = {(char *)launch_path, "-n", "65", (char *)rank_path, "check", NULL};
+    run(argv, 60, &o);
+    ck_assert_msg(o.status == 2, "status %d\n%s%s", o.status, o.out, o.err);
+    HAS(o.err, "tp-launch: -n 65: expected a number of ranks in 1..64");
+    ck_assert_msg(strstr(o.out, "[rank") == NULL, "a rank ran: %s", o.out);
+}
+END_TEST
+
 /* 1 while pid is a live process (a zombie counts as dead). */
 static int alive(pid_t pid)
 {
@@ -439,6 +465,8 @@ int main(int argc, char **argv)
     tcase_add_test(tc, test_tcp_rank_dies);
     tcase_add_test(tc, test_secret_per_job);
     tcase_add_test(tc, test_master_port_held);
+    tcase_add_test(tc, test_master_port_squatter);
+    tcase_add_test(tc, test_too_many_ranks);
     tcase_add_test(tc, test_sigkill_of_launcher_ends_ranks);
     tcase_add_test(tc, test_tcp_rank_stalls);
     tcase_add_loop_test(tc, test_tcp_check, 2, 5); /* 2, 3, 4 processes */

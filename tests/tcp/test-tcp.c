@@ -20,7 +20,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -30,6 +32,13 @@
 #include "tcp-wire.h"
 
 #define GUARD_S 120.0
+
+static double tsec(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
 
 static void sleep_s(double s)
 {
@@ -548,6 +557,113 @@ START_TEST(test_garbage_and_intruders_refused)
 }
 END_TEST
 
+/* ------------------------------------------------------ flooding (no secret) */
+
+#define FLOOD_PROCS 8   /* flooding processes */
+#define FLOOD_CONNS 150 /* connections each keeps open, re-opened as they close */
+#define FLOOD_HOLD  0.9 /* seconds each is held after its challenge (under the 1 s limit) */
+#define FLOOD_RUNS  3
+
+/* A local process without the secret floods the master port for at most
+ * for_s seconds (it is killed sooner): each connection sends a valid-looking
+ * challenge, is held FLOOD_HOLD s, closed and opened again at once. */
+static void flood(int port, double for_s)
+{
+    setpgid(0, 0); /* the flooders are one group, stopped by one kill */
+    for (int k = 1; k < FLOOD_PROCS; k++)
+        if (fork() == 0)
+            break;
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    signal(SIGPIPE, SIG_IGN);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    unsigned char m[TCP_HDR_SIZE + TCP_NONCE_SIZE] = {0};
+    tcp_hdr h = {.magic = TCP_MAGIC,
+                 .version = TCP_WIRE_VERSION,
+                 .op = TCP_OP_AUTH_CHALLENGE,
+                 .arg = TCP_ROLE_MASTER,
+                 .len = TCP_NONCE_SIZE};
+    tcp_hdr_encode(&h, m);
+    int fd[FLOOD_CONNS];
+    double opened[FLOOD_CONNS], t0 = tsec();
+    for (int i = 0; i < FLOOD_CONNS; i++)
+        fd[i] = -1;
+    while (tsec() - t0 < for_s) {
+        for (int i = 0; i < FLOOD_CONNS; i++) {
+            if (fd[i] >= 0 && tsec() - opened[i] < FLOOD_HOLD)
+                continue;
+            if (fd[i] >= 0)
+                close(fd[i]);
+            fd[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+            opened[i] = tsec();
+            (void)connect(fd[i], (struct sockaddr *)&a, sizeof a);
+            (void)!send(fd[i], m, sizeof m, MSG_NOSIGNAL);
+        }
+        sleep_s(0.001);
+    }
+    _exit(0);
+}
+
+/* Rank 0 starts the flood on its own port; the other ranks come once it is
+ * in full swing. Every rank must get through and compute right. */
+static tp_status sc_flooded(int rank, int size, void *arg)
+{
+    (void)arg;
+    if (rank != 0) {
+        sleep_s(1.0);
+        return sc_check(rank, size, &(int){0});
+    }
+    pid_t f = fork();
+    if (f == 0)
+        flood(atoi(getenv("TP_MASTER_PORT")), 30);
+    FILE *devnull = tmpfile(); /* thousands of "refused" lines */
+    int saved = dup(2);
+    fflush(stderr);
+    dup2(fileno(devnull), 2);
+    tp_status st = sc_check(rank, size, &(int){0});
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    fclose(devnull);
+    kill(-f, SIGKILL);
+    kill(f, SIGKILL);
+    waitpid(f, NULL, 0);
+    return st;
+}
+
+/* A local process without the secret keeps the master port busy (issue #13
+ * review): the job still starts, every time. */
+START_TEST(test_flood_cannot_stop_the_job)
+{
+    static const char *env[] = {"TP_TIMEOUT_S=10", NULL};
+    th_result res[TH_MAX_RANKS];
+    th_run(TH_MAX_RANKS, NULL, TH_MAX_RANKS, env, GUARD_S, sc_flooded, NULL, res);
+    expect_no_hang(res, TH_MAX_RANKS);
+    for (int i = 0; i < TH_MAX_RANKS; i++)
+        ck_assert_msg(res[i].exited && res[i].status == TP_OK, "run %d rank %d: status %d: %s", _i,
+                      i, res[i].status, res[i].msg);
+}
+END_TEST
+
+/* TP_MASTER_FD that is not a listening socket on TP_MASTER_PORT (stdin; a
+ * socket listening elsewhere): rank 0 refuses it by name. mode = _i. */
+START_TEST(test_master_fd_checked)
+{
+    int other = listen_port(th_free_port());
+    char fdenv[32];
+    snprintf(fdenv, sizeof fdenv, "TP_MASTER_FD=%d", _i == 0 ? 0 : other);
+    const char *env[] = {"TP_TIMEOUT_S=3", fdenv, NULL};
+    th_result res[2];
+    th_run(2, NULL, 2, env, GUARD_S, sc_open_only, NULL, res);
+    close(other);
+    expect_no_hang(res, 2);
+    ck_assert_msg(res[0].status == TP_ERR_INVALID_ARG, "status %d: %s", res[0].status, res[0].msg);
+    expect_msg(&res[0],
+               _i == 0 ? "is not a listening TCP socket of this process" : "listens on port");
+    ck_assert_msg(res[1].status != TP_OK, "rank 1 joined without a master: %s", res[1].msg);
+}
+END_TEST
+
 /* A process with another secret claims rank 1 while the real rank 1 joins:
  * it is refused with a named error, the job goes on. */
 static tp_status sc_wrong_secret(int rank, int size, void *arg)
@@ -895,6 +1011,12 @@ static Suite *tcp_suite(void)
     tcase_add_test(tc, test_requested_world_mismatch);
     tcase_add_test(tc, test_device_memory_refused);
     tcase_add_loop_test(tc, test_mismatched_collectives, 0, 2);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("flood");
+    tcase_set_timeout(tc, 300);
+    tcase_add_loop_test(tc, test_flood_cannot_stop_the_job, 0, FLOOD_RUNS);
+    tcase_add_loop_test(tc, test_master_fd_checked, 0, 2);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -26,6 +26,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -44,7 +45,7 @@
 
 #include "nodes.h"
 
-#define MAX_RANKS      1024
+#define MAX_RANKS      64 /* the core takes TP_WORLD_SIZE in 1..64 */
 #define LINE_MAX_BYTES 8192
 
 typedef struct stream {
@@ -137,9 +138,10 @@ static int parse_long(const char *s, long lo, long hi, long *out)
 }
 
 /* A free port on addr (127.0.0.1 unless addr is another numeric IPv4
- * address), kept bound (not listening, SO_REUSEADDR) in *hold until the job
- * ends: no other socket is bound to it meanwhile, while rank 0, which also
- * sets SO_REUSEADDR, can still bind it and listen. */
+ * address): the master socket itself, bound and listening in *hold until the
+ * job ends, so no other process can bind the port (a bound socket that does
+ * not listen would not stop one that sets SO_REUSEADDR). Rank 0 alone gets
+ * it (TP_MASTER_FD) and accepts on it; it is close-on-exec for the others. */
 static int free_port(const char *addr, int *hold)
 {
     struct sockaddr_in a = {.sin_family = AF_INET};
@@ -151,7 +153,7 @@ static int free_port(const char *addr, int *hold)
     if (fd < 0)
         return -1;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-        bind(fd, (struct sockaddr *)&a, sizeof a) < 0 ||
+        bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, SOMAXCONN) < 0 ||
         getsockname(fd, (struct sockaddr *)&a, &len) < 0) {
         close(fd);
         return -1;
@@ -286,6 +288,7 @@ typedef struct launcher {
     const tpl_cluster *cluster; /* --nodes; NULL: none */
     int running, first_fail;
     double kill_at, hard_kill_at; /* SIGTERM, then SIGKILL the ranks left (-1: not due) */
+    int hold;                     /* the master socket for rank 0 (free_port), or -1 */
 } launcher;
 
 /* --nodes K (nodes) or --link SPEC; 0, or -1 after saying why. */
@@ -350,7 +353,9 @@ static int parse_args(int argc, char **argv, launch_opts *lo)
         switch (o) {
             case 'n':
                 if (parse_long(optarg, 1, MAX_RANKS, &lo->n) < 0) {
-                    fprintf(stderr, "tp-launch: -n %s: expected a number of ranks in 1..%d\n",
+                    fprintf(stderr,
+                            "tp-launch: -n %s: expected a number of ranks in 1..%d (the most "
+                            "TP_WORLD_SIZE allows)\n",
                             optarg, MAX_RANKS);
                     return 2;
                 }
@@ -469,6 +474,11 @@ static void exec_rank(const launcher *L, long r, int p[2][2], char **prog)
     char val[32];
     snprintf(val, sizeof val, "%ld", r);
     setenv("TP_RANK", val, 1);
+    unsetenv("TP_MASTER_FD");
+    if (r == 0 && L->hold >= 0 && fcntl(L->hold, F_SETFD, 0) == 0) { /* rank 0 inherits it */
+        snprintf(val, sizeof val, "%d", L->hold);
+        setenv("TP_MASTER_FD", val, 1);
+    }
     execvp(prog[0], prog);
     fprintf(stderr, "tp-launch: rank %ld: cannot run %s: %s\n", r, prog[0], strerror(errno));
     _exit(127);
@@ -781,7 +791,8 @@ int main(int argc, char **argv)
                   .grace_ms = lo.grace_ms,
                   .first_fail = -1,
                   .kill_at = -1,
-                  .hard_kill_at = -1};
+                  .hard_kill_at = -1,
+                  .hold = hold};
     L.c = calloc((size_t)lo.n, sizeof *L.c);
     if (!L.c) {
         fprintf(stderr, "tp-launch: out of memory\n");
