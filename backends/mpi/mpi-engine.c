@@ -125,16 +125,29 @@ static double watchdog_period(const mpi_engine *e)
 static void watchdog_fire(mpi_engine *e, long long t0, long long waited)
 {
     static char why[4096];
-    mpi_diag_report(why, sizeof why, &e->site, 2 * watchdog_period(e) + 0.25);
+    static int members[4096];
+    /* Copy the site (and its member list, which the rank frees with its
+     * comm once the call returns) and use the copy only if the call is
+     * still the one that timed out after copying. */
+    mpi_diag_site site = e->site;
+    int ranks = site.n; /* the report looks at the first 4096 */
+    if (site.n < 0 || site.n > (int)(sizeof members / sizeof members[0]))
+        site.n = site.n < 0 ? 0 : (int)(sizeof members / sizeof members[0]);
+    if (site.members && site.n)
+        memcpy(members, site.members, (size_t)site.n * sizeof members[0]);
+    site.members = site.members ? members : NULL;
     if (atomic_load_explicit(&e->op_start_ns, memory_order_acquire) != t0)
         return; /* the call returned meanwhile: no timeout after all */
+    mpi_diag_report(why, sizeof why, &site, 2 * watchdog_period(e) + 0.25);
+    if (atomic_load_explicit(&e->op_start_ns, memory_order_acquire) != t0)
+        return;
     fprintf(stderr,
             "tp mpi: rank %d: %s has waited %.1f s for its peers, longer than TP_TIMEOUT_S=%g s "
             "(it is collective #%llu on a communicator of %d rank%s). %sAborting the MPI job "
             "(MPI_Abort) because a blocked MPI call cannot be cancelled. Raise TP_TIMEOUT_S if "
             "the peers are only slow.\n",
-            e->world_rank, mpi_opk_name(e->site.opk), (double)waited / 1e9, e->timeout_s,
-            (unsigned long long)e->site.seq, e->site.n, e->site.n == 1 ? "" : "s", why);
+            e->world_rank, mpi_opk_name(site.opk), (double)waited / 1e9, e->timeout_s,
+            (unsigned long long)site.seq, ranks, ranks == 1 ? "" : "s", why);
     fflush(stderr);
     MPI_Abort(MPI_COMM_WORLD, TP_ERR_TIMEOUT);
 }
