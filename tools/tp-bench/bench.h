@@ -28,6 +28,14 @@ enum {
 #define BENCH_MAX_LIST 32
 #define BENCH_MAX_TP   64
 
+/* Where a run's ranks are: nodes from tp_topology (distinct host names,
+ * or TP_FAKE_NODES), the ranks on rank 0's node, and the emulated link
+ * tp-launch --link exported as TP_LAUNCH_LINK ("none" when unset). */
+typedef struct bench_place {
+    int nodes, ranks_per_node;
+    char link[64];
+} bench_place;
+
 /* ------------------------------------------------------------ arith.c */
 
 /* The four collectives tp-bench sweeps, in tp_op numbering. */
@@ -342,13 +350,6 @@ int bench_env_tps(const bench_env *env, int *tps);
  * backend, device, ranks. */
 bench_record *bench_env_rec_new(const bench_env *env, const char *kind, int ranks);
 
-/* Where a run's ranks are: nodes from tp_topology (distinct host names,
- * or TP_FAKE_NODES), the ranks on rank 0's node, and the emulated link
- * tp-launch --link exported as TP_LAUNCH_LINK ("none" when unset). */
-typedef struct bench_place {
-    int nodes, ranks_per_node;
-    char link[64];
-} bench_place;
 /* Collective over comm; its collectives are counted in comm's stats. */
 tp_status bench_place_get(tp_comm *comm, bench_place *out);
 /* nodes, ranks_per_node, link fields of a layer or collective record. */
@@ -396,7 +397,12 @@ int bench_cmd_plot(const bench_opts *o);
 
 /* collectives.c, reused by model: sweep ops/sizes on T ranks, emitting
  * collective (and memcpy) records into sink and, if samples != NULL,
- * appending (op, T, bytes, median) to it. Returns an exit code. */
+ * appending a bench_placed_sample (op, T, bytes, median; where the T ranks
+ * ran) to it. Returns an exit code. */
+typedef struct bench_placed_sample {
+    bench_sample s;
+    bench_place place;
+} bench_placed_sample;
 int bench_collectives_run(bench_env *env, const int *tps, int ntp, bench_sink *sink,
                           GArray *samples, bool print_table);
 
