@@ -524,19 +524,26 @@ int bench_cmd_model(const bench_opts *o_in)
         rc = sweep_samples(&env, &sink, groups);
         printer = env.printer;
     }
-    if (rc == 0 && printer)
-        print_fits(groups, &o, &sink);
-
-    /* 2. the layer: compute at T=1 (unless --gflops), measured T values */
+    /* with --from, which process prints is known only once the layer ran
+     * (under tp-launch or mpirun every process read the files) */
     const bench_layer_desc *d = bench_layer_find(o.layer);
     int mt[BENCH_MAX_LIST + 1];
     int nmt = measured_tps(&o, mt);
+    bool fitted = false;
+    if (rc == 0 && printer && (!o.n_from || nmt == 0)) {
+        print_fits(groups, &o, &sink);
+        fitted = true;
+    }
+
+    /* 2. the layer: compute at T=1 (unless --gflops), measured T values */
     bench_layer_result lr[BENCH_MAX_LIST + 1];
     memset(lr, 0, sizeof lr);
     if (rc == 0 && nmt) {
         rc = bench_layer_run(&env, d, mt, nmt, lr);
         printer = env.printer;
     }
+    if (rc == 0 && printer && !fitted)
+        print_fits(groups, &o, &sink);
 
     /* 3. projection */
     if (rc == 0 && printer) {
