@@ -8,9 +8,14 @@
  * sleeps SKEW seconds before an all_reduce (phase forward); then K
  * all_reduces without the sleep (phase backward). The reference for each
  * call is measured by the test itself, independently of the core: every
- * rank stores its clock just before calling tp_all_reduce in a table
- * shared by the threads, and the expected wait of rank r is
- * max over ranks of that time - rank r's time.
+ * rank reads its clock just before calling tp_all_reduce; after the stats
+ * are read the ranks all-gather these times, and the expected wait of
+ * rank r is max over ranks of that time - rank r's time.
+ *
+ * Run as is: loopback threads at world sizes 1, 3, 7. With
+ * TP_WAIT_PROCESSES=1 under tp-launch (tcp): the ranks are processes of
+ * this machine (one CLOCK_MONOTONIC), both modes, each process checking its
+ * own rank.
  *
  * Bounds. TP_WAIT_CLOCK reads the same clock as the test a few
  * instructions later (argument checks, no system call), so per call the
@@ -57,6 +62,7 @@ static void sleep_s(double s)
 
 /* What each rank saw, checked on the main thread after tp_run. */
 typedef struct rank_out {
+    bool ran;
     char err[512];
     tp_stats s;
     uint64_t split_calls;
@@ -66,7 +72,6 @@ typedef struct rank_out {
 
 typedef struct run_arg {
     tp_wait_mode mode;
-    double t_enter[2][K][MAX_W]; /* the test's clock before each tp_all_reduce */
     rank_out out[MAX_W];
 } run_arg;
 
@@ -80,8 +85,9 @@ typedef struct run_arg {
         }                                                                                          \
     } while (0)
 
-/* K all_reduces in phase ph (0 forward: the last rank sleeps first). */
-static tp_status calls(tp_comm *w, run_arg *a, int ph, float *buf)
+/* K all_reduces in phase ph (0 forward: the last rank sleeps first);
+ * t_enter[ph][k]: the test's clock just before each. */
+static tp_status calls(tp_comm *w, run_arg *a, int ph, float *buf, double (*t_enter)[K])
 {
     int r = tp_comm_rank(w), W = tp_comm_size(w);
     rank_out *o = &a->out[r];
@@ -92,7 +98,7 @@ static tp_status calls(tp_comm *w, run_arg *a, int ph, float *buf)
         TRY(o, tp_barrier(w));
         if (ph == 0 && r == W - 1)
             sleep_s(SKEW);
-        a->t_enter[ph][k][r] = now_s();
+        t_enter[ph][k] = now_s();
         TRY(o, tp_all_reduce(w, buf, buf, N, TP_F32, TP_SUM));
         for (int i = 0; i < N; i++)
             o->sum_ok = o->sum_ok && buf[i] == (float)(W * (W + 1) / 2);
@@ -107,23 +113,27 @@ static tp_status rank_main(tp_comm *w, void *arg)
     int r = tp_comm_rank(w), W = tp_comm_size(w);
     rank_out *o = &a->out[r];
     float buf[N];
+    double mine[2][K], all[MAX_W][2][K];
     o->sum_ok = true;
     TRY(o, tp_stats_set_wait(w, a->mode));
     TRY(o, tp_all_reduce(w, buf, buf, 1, TP_F32, TP_SUM)); /* warm-up, then reset */
     tp_stats_reset(w);
-    TRY(o, calls(w, a, 0, buf));
-    TRY(o, calls(w, a, 1, buf));
+    TRY(o, calls(w, a, 0, buf, mine));
+    TRY(o, calls(w, a, 1, buf, mine));
     if (a->mode != TP_WAIT_NONE)
         TRY(o, tp_stats_split_wait(w, &o->split_calls));
     tp_stats_get(w, &o->s);
-    TRY(o, tp_barrier(w)); /* every rank's t_enter is written */
+    TRY(o, tp_stats_set_wait(w, TP_WAIT_NONE));
+    /* the reference: every rank's clock reads (doubles moved as 32-bit words) */
+    TRY(o, tp_all_gather(w, mine, all, sizeof mine / 4, TP_I32));
     for (int ph = 0; ph < 2; ph++)
         for (int k = 0; k < K; k++) {
             double last = 0;
             for (int q = 0; q < W; q++)
-                last = fmax(last, a->t_enter[ph][k][q]);
-            o->ref_wait[ph] += last - a->t_enter[ph][k][r];
+                last = fmax(last, all[q][ph][k]);
+            o->ref_wait[ph] += last - all[r][ph][k];
         }
+    o->ran = true;
     return TP_OK;
 }
 
@@ -144,11 +154,12 @@ static run_arg *run_world(int W, tp_wait_mode mode)
     return a;
 }
 
-static void check_world(int W, tp_wait_mode mode)
+/* One rank's results against the reference and the bounds above. */
+static void check_rank(const run_arg *a, int r, int W)
 {
-    run_arg *a = run_world(W, mode);
+    tp_wait_mode mode = a->mode;
     double tol = mode == TP_WAIT_CLOCK ? CLOCK_TOL * K : SKEW / 4 * K;
-    for (int r = 0; r < W; r++) {
+    {
         const rank_out *o = &a->out[r];
         ck_assert_msg(o->sum_ok, "rank %d: wrong all_reduce result", r);
         uint64_t all = tp_stats_calls(&o->s, TP_PHASE_COUNT, TP_OP_COUNT);
@@ -183,8 +194,46 @@ static void check_world(int W, tp_wait_mode mode)
                 ck_assert_msg(c->wait_seconds == 0, "one rank waited %.6f s", c->wait_seconds);
         }
     }
+}
+
+static void check_world(int W, tp_wait_mode mode)
+{
+    run_arg *a = run_world(W, mode);
+    for (int r = 0; r < W; r++)
+        check_rank(a, r, W);
     free(a);
 }
+
+/* TP_WAIT_PROCESSES: the world of the engine (tp-launch -n W), this
+ * process's ranks. */
+START_TEST(processes)
+{
+    tp_wait_mode modes[] = {TP_WAIT_CLOCK, TP_WAIT_BARRIER};
+    tp_config cfg = {0};
+    tp_ctx *ctx = NULL;
+    ck_assert_msg(tp_init(&cfg, &ctx) == TP_OK, "tp_init: %s", tp_last_error());
+    int W = tp_ctx_world_size(ctx);
+    ck_assert_msg(W <= MAX_W, "at most %d ranks", MAX_W);
+    for (int m = 0; m < 2; m++) {
+        run_arg *a = calloc(1, sizeof *a);
+        ck_assert(a);
+        a->mode = modes[m];
+        tp_status st = tp_run(ctx, rank_main, a);
+        int checked = 0;
+        for (int r = 0; r < W; r++) {
+            ck_assert_msg(a->out[r].err[0] == 0, "rank %d: %s", r, a->out[r].err);
+            if (a->out[r].ran) {
+                check_rank(a, r, W);
+                checked++;
+            }
+        }
+        ck_assert_msg(st == TP_OK, "tp_run: %s", tp_last_error());
+        ck_assert_int_eq(checked, tp_ctx_local_count(ctx));
+        free(a);
+    }
+    tp_finalize(ctx);
+}
+END_TEST
 
 START_TEST(clock_w1)
 {
@@ -283,6 +332,11 @@ int main(void)
     Suite *s = suite_create("wait");
     TCase *tc = tcase_create("wait");
     tcase_set_timeout(tc, 0); /* meson's timeout applies */
+    const char *procs = getenv("TP_WAIT_PROCESSES");
+    if (procs && strcmp(procs, "1") == 0) {
+        tcase_add_test(tc, processes);
+        goto run;
+    }
     tcase_add_test(tc, clock_w1);
     tcase_add_test(tc, clock_w3);
     tcase_add_test(tc, clock_w7);
@@ -291,6 +345,7 @@ int main(void)
     tcase_add_test(tc, barrier_w7);
     tcase_add_test(tc, untraced_w3);
     tcase_add_test(tc, misuse);
+run:
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_NOFORK);
