@@ -81,6 +81,7 @@ void tp_comm_free(tp_comm *comm)
     tpi_call_enter(comm->state, "comm_free", comm->state->comm_path, comm->seq, true);
     comm->ops->comm_free(comm->handle);
     tpi_call_leave(comm->state, TP_OK);
+    tpi_wait_log_free(comm->wait_log);
     g_free(comm);
 }
 
@@ -299,8 +300,18 @@ static tp_status finish(tp_comm *comm, tp_op op, size_t bytes, tp_tick t0, tp_st
     c->calls++;
     c->bytes += bytes;
     tpi_tick_stop(comm->dev, t0, &c->seconds);
+    if (comm->wait_mode == TP_WAIT_BARRIER) {
+        c->seconds += comm->barrier_s;
+        c->wait_seconds += comm->barrier_s;
+    } else if (comm->wait_mode == TP_WAIT_CLOCK) {
+        tpi_wait_log_add(comm->wait_log, comm->state->phase, op, t0.t0, tpi_now());
+    }
     return TP_OK;
 }
+
+/* Before a counted collective (after comm->seq++): with TP_WAIT_BARRIER
+ * the barrier whose time is the call's wait, then the call's tick. */
+static tp_status count_start(tp_comm *comm, tp_tick *t0);
 
 tp_status tp_all_reduce(tp_comm *comm, const void *send, void *recv, size_t count, tp_dtype dt,
                         tp_redop op)
@@ -314,7 +325,8 @@ tp_status tp_all_reduce(tp_comm *comm, const void *send, void *recv, size_t coun
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: %s buffer is NULL with count %zu", fn,
                             !send ? "send" : "recv", count);
     comm->seq++;
-    tp_tick t0 = tpi_tick_start(comm->dev);
+    tp_tick t0;
+    TP_TRY(count_start(comm, &t0));
     tp_clear_error();
     tp_status st = op_all_reduce(comm, send, recv, count, dt, op);
     return finish(comm, TP_OP_ALL_REDUCE, bytes, t0, st);
@@ -334,7 +346,8 @@ tp_status tp_broadcast(tp_comm *comm, void *buf, size_t count, tp_dtype dt, int 
     if (!comm->ops->broadcast)
         return not_supported(comm, TP_OP_BROADCAST);
     comm->seq++;
-    tp_tick t0 = tpi_tick_start(comm->dev);
+    tp_tick t0;
+    TP_TRY(count_start(comm, &t0));
     tp_clear_error();
     tp_status st = op_broadcast(comm, buf, count, dt, root);
     return finish(comm, TP_OP_BROADCAST, bytes, t0, st);
@@ -358,6 +371,25 @@ static tp_status plugin_barrier(tp_comm *comm)
 {
     tpi_call_enter(comm->state, "barrier", comm->state->comm_path, comm->seq, true);
     return tpi_call_leave(comm->state, comm->ops->barrier(comm->handle));
+}
+
+static tp_status count_start(tp_comm *comm, tp_tick *t0)
+{
+    comm->barrier_s = 0;
+    if (comm->wait_mode == TP_WAIT_BARRIER) {
+        double b0 = tpi_now();
+        tp_clear_error();
+        tp_status st = comm->ops->barrier ? plugin_barrier(comm) : barrier_by_all_reduce(comm);
+        if (st)
+            return tp_last_error()[0] ? st
+                                      : tp_set_error(st,
+                                                     "backend '%s': the barrier before a "
+                                                     "collective (TP_WAIT_BARRIER) failed",
+                                                     comm->plugin);
+        comm->barrier_s = tpi_now() - b0;
+    }
+    *t0 = tpi_tick_start(comm->dev);
+    return TP_OK;
 }
 
 tp_status tp_barrier(tp_comm *comm)
@@ -425,7 +457,8 @@ static tp_status all_gather(const char *fn, tp_comm *comm, const void *send, voi
         return not_supported(comm, TP_OP_ALL_GATHER);
     size_t es = tp_dtype_size(dt);
     comm->seq++;
-    tp_tick t0 = tpi_tick_start(comm->dev);
+    tp_tick t0;
+    TP_TRY(count_start(comm, &t0));
     tp_clear_error();
     tp_status st = comm->ops->all_gather ? op_all_gather(comm, send, recv, counts, total, dt)
                                          : all_gather_by_broadcast(comm, send, recv, counts, dt);
@@ -460,7 +493,8 @@ static tp_status reduce_scatter(const char *fn, tp_comm *comm, const void *send,
     TP_TRY(check_redop(fn, op));
     size_t es = tp_dtype_size(dt);
     comm->seq++;
-    tp_tick t0 = tpi_tick_start(comm->dev);
+    tp_tick t0;
+    TP_TRY(count_start(comm, &t0));
     tp_clear_error();
     tp_status st = comm->ops->reduce_scatter
                        ? op_reduce_scatter(comm, send, recv, counts, total, dt, op)

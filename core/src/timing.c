@@ -90,3 +90,26 @@ void tpi_device_timing_free(tp_device *dev)
     while (dev->npool > 0)
         dev->ops->event_destroy(dev->handle, dev->pool[--dev->npool]);
 }
+
+void tpi_wait_log_add(tpi_wait_log *log, tp_phase phase, tp_op op, double t_in, double t_out)
+{
+    if (log->n == log->cap) {
+        size_t cap = log->cap ? 2 * log->cap : 256;
+        tpi_wait_entry *e = g_try_renew(tpi_wait_entry, log->e, cap);
+        if (!e) {
+            log->lost = true;
+            return;
+        }
+        log->e = e;
+        log->cap = cap;
+    }
+    log->e[log->n++] = (tpi_wait_entry){t_in, t_out, (uint8_t)phase, (uint8_t)op};
+}
+
+void tpi_wait_log_free(tpi_wait_log *log)
+{
+    if (!log)
+        return;
+    g_free(log->e);
+    g_free(log);
+}

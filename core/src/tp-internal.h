@@ -103,6 +103,17 @@ struct tp_device {
     tp_counter kernel[TP_PHASE_COUNT];
 };
 
+/* The wait log of a TP_WAIT_CLOCK comm (timing.c writes, stats.c splits). */
+typedef struct tpi_wait_entry {
+    double t_in, t_out; /* tpi_now() at entry and exit of a counted call */
+    uint8_t phase, op;
+} tpi_wait_entry;
+typedef struct tpi_wait_log {
+    tpi_wait_entry *e;
+    size_t n, cap;
+    bool lost; /* an entry could not be stored (out of memory) */
+} tpi_wait_log;
+
 struct tp_comm {
     const tp_comm_ops *ops;
     const char *plugin; /* plugin name, for messages */
@@ -113,6 +124,9 @@ struct tp_comm {
     tp_device *dev;
     tp_rank_state *state;
     tp_counter counters[TP_PHASE_COUNT][TP_OP_COUNT];
+    tp_wait_mode wait_mode; /* tp_stats_set_wait */
+    double barrier_s;       /* TP_WAIT_BARRIER: the barrier before the current call */
+    tpi_wait_log *wait_log; /* TP_WAIT_CLOCK */
 };
 
 /* comm.c */
@@ -141,6 +155,9 @@ void tpi_tick_cancel(tp_device *dev, tp_tick tick); /* the call failed: nothing 
  * (before counters are read, reset or freed). */
 void tpi_device_read_timings(tp_device *dev);
 void tpi_device_timing_free(tp_device *dev); /* read, then destroy every event */
+/* Append one counted call to a wait log (grows it; sets `lost` if it cannot). */
+void tpi_wait_log_add(tpi_wait_log *log, tp_phase phase, tp_op op, double t_in, double t_out);
+void tpi_wait_log_free(tpi_wait_log *log); /* NULL is a no-op */
 
 /* watch.c: fatal signals and the watchdog. tp_call is written by comm.c,
  * device.c and launch.c with these inline functions. */

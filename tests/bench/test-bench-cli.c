@@ -368,6 +368,169 @@ START_TEST(model_sweep)
 }
 END_TEST
 
+/* ------------------------------------------- wait, transfer, placement */
+
+/* Every layer record splits comm into wait + transfer (both >= 0; one rank
+ * never waits for another on the shared clock) and says where it ran:
+ * TP_FAKE_NODES=1 puts each rank on its own node, TP_LAUNCH_LINK (what
+ * tp-launch --link exports) is copied, "none" when unset. */
+static void check_layer_split(const char *extra, const char *const *env, const char *split,
+                              bool one_per_node, const char *link)
+{
+    gchar *json = g_strdup_printf("%s/layer-wait.jsonl", tmpdir);
+    gchar *args =
+        g_strdup_printf("layer --layer mlp --sweep-tp 1,3 --tokens 5 --hidden 13 --ffn 17 "
+                        "-n 2 -w 1 -q --backward %s --json %s",
+                        extra, json);
+    run_result r = run(args, env);
+    ck_assert_msg(r.code == 0, "%s: exit %d\n%s", args, r.code, r.err);
+    ck_assert_ptr_nonnull(strstr(r.out, "wait(us)"));
+    ck_assert_ptr_nonnull(strstr(r.out, "xfer(us)"));
+    GPtrArray *recs = read_json(json);
+    int n = 0;
+    for (guint i = 0; i < recs->len; i++) {
+        const bench_record *rec = g_ptr_array_index(recs, i);
+        int T = (int)bench_rec_get_num(rec, "tp", 0);
+        bool agg = bench_rec_get_num(rec, "rank", 0) == -1;
+        double comm = bench_rec_get_num(rec, "comm_us", NAN);
+        double wait = bench_rec_get_num(rec, "wait_us", NAN);
+        double xfer = bench_rec_get_num(rec, "transfer_us", NAN);
+        ck_assert_msg(wait >= 0 && xfer >= -1e-3 && fabs(wait + xfer - comm) <= 1e-6 * (comm + 1),
+                      "T=%d: comm %g, wait %g, transfer %g", T, comm, wait, xfer);
+        if (T == 1 && strcmp(split, "clock") == 0)
+            ck_assert_msg(wait == 0, "one rank waited %g us", wait);
+        if (agg) {
+            ck_assert(bench_rec_get_num(rec, "wait_us_max", -1) >= wait - 1e-6 * (wait + 1));
+            ck_assert(bench_rec_get_num(rec, "transfer_us_max", -1) >= xfer - 1e-6 * (xfer + 1));
+        } else {
+            ck_assert(bench_rec_get(rec, "wait_us_max")->type == BENCH_F_NULL);
+        }
+        ck_assert_str_eq(bench_rec_get_str(rec, "wait_split"), split);
+        ck_assert_int_eq((int)bench_rec_get_num(rec, "nodes", 0), one_per_node ? T : 1);
+        ck_assert_int_eq((int)bench_rec_get_num(rec, "ranks_per_node", 0), one_per_node ? 1 : T);
+        ck_assert_str_eq(bench_rec_get_str(rec, "link"), link);
+        n++;
+    }
+    ck_assert_int_eq(n, 2 * (1 + 1) + 2 * (3 + 1)); /* phases x (ranks + aggregate) */
+    g_ptr_array_free(recs, TRUE);
+    bench_run_free(&r);
+    g_free(args);
+    g_free(json);
+}
+
+START_TEST(layer_wait_split)
+{
+    const char *const emulated[] = {"TP_FAKE_NODES=1", "TP_LAUNCH_LINK=1gbit,50us", NULL};
+    check_layer_split("", NULL, "clock", false, "none");
+    check_layer_split("", emulated, "clock", true, "1gbit,50us");
+    check_layer_split("--split-wait", NULL, "barrier", false, "none");
+}
+END_TEST
+
+START_TEST(collectives_placement)
+{
+    const char *const emulated[] = {"TP_FAKE_NODES=1", "TP_LAUNCH_LINK=5gbit", NULL};
+    gchar *json = g_strdup_printf("%s/coll-place.jsonl", tmpdir);
+    for (int e = 0; e < 2; e++) {
+        gchar *args = g_strdup_printf(
+            "collectives --tp 3 -b 1K -e 4K -f 4 -n 2 -w 1 -q --no-memcpy --json %s", json);
+        unlink(json);
+        run_result r = run(args, e ? emulated : NULL);
+        ck_assert_msg(r.code == 0, "exit %d\n%s", r.code, r.err);
+        GPtrArray *recs = read_json(json);
+        ck_assert_uint_eq(recs->len, 4 * 2); /* ops x sizes */
+        for (guint i = 0; i < recs->len; i++) {
+            const bench_record *rec = g_ptr_array_index(recs, i);
+            ck_assert_int_eq((int)bench_rec_get_num(rec, "nodes", 0), e ? 3 : 1);
+            ck_assert_int_eq((int)bench_rec_get_num(rec, "ranks_per_node", 0), e ? 1 : 3);
+            ck_assert_str_eq(bench_rec_get_str(rec, "link"), e ? "5gbit" : "none");
+        }
+        g_ptr_array_free(recs, TRUE);
+        bench_run_free(&r);
+        g_free(args);
+    }
+    g_free(json);
+}
+END_TEST
+
+/* model on emulated-node records: the fits keep placements apart (an
+ * old-format file's records read as one node, link none), and the layer
+ * measured at the emulated placement is predicted from that placement's
+ * fit: predicted_comm_us is the fitted all_reduce time of the MLP's one
+ * forward all_reduce (tokens x hidden x 4 bytes), compared with the
+ * measured transfer_us. */
+START_TEST(model_emulated)
+{
+    const double a1 = 4e-6, b1 = 1.0 / 20e9;     /* one node */
+    const double a2 = 50e-6, b2 = 1.0 / 0.125e9; /* 1 Gbit/s, 50 us */
+    gchar *in = g_strdup_printf("%s/emulated.jsonl", tmpdir),
+          *out = g_strdup_printf("%s/model-emulated.jsonl", tmpdir);
+    GString *s = g_string_new(NULL);
+    for (int pl = 0; pl < 2; pl++)
+        for (double b = 1024; b <= 16.0 * 1024 * 1024; b *= 4) {
+            int p = 3;
+            double t = 2.0 * (p - 1) * (pl ? a2 : a1) + 2.0 * (p - 1) / p * b * (pl ? b2 : b1);
+            bench_record *r = bench_rec_new("collective");
+            bench_rec_str(r, "backend", "loopback");
+            bench_rec_int(r, "ranks", p);
+            bench_rec_str(r, "op", "all_reduce");
+            bench_rec_int(r, "bytes", (int64_t)b);
+            bench_rec_dbl(r, "time_us", t * 1e6);
+            if (pl) {
+                bench_place where = {3, 1, "1gbit,50us"};
+                bench_rec_place(r, &where);
+            }
+            bench_json_line(r, s);
+            g_string_append_c(s, '\n');
+            bench_rec_free(r);
+        }
+    ck_assert(g_file_set_contents(in, s->str, -1, NULL));
+    const char *const emulated[] = {"TP_FAKE_NODES=1", "TP_LAUNCH_LINK=1gbit,50us", NULL};
+    gchar *args = g_strdup_printf("model --from %s --measure-tp 3 --project-tp 3 --tokens 6 "
+                                  "--hidden 8 --ffn 24 -n 2 -w 1 -q --json %s",
+                                  in, out);
+    run_result r = run(args, emulated);
+    ck_assert_msg(r.code == 0, "exit %d\n%s", r.code, r.err);
+    ck_assert_ptr_nonnull(strstr(r.out, "MODEL vs MEASURED"));
+    ck_assert_ptr_nonnull(strstr(r.out, "(3 nodes x 1 rank, link 1gbit,50us)"));
+    GPtrArray *recs = read_json(out);
+    int fits = 0, compares = 0;
+    for (guint i = 0; i < recs->len; i++) {
+        const bench_record *rec = g_ptr_array_index(recs, i);
+        const char *what = bench_rec_get_str(rec, "what");
+        bool emu = bench_rec_get_num(rec, "nodes", 0) == 3;
+        if (strcmp(what, "fit") == 0) {
+            ck_assert_str_eq(bench_rec_get_str(rec, "link"), emu ? "1gbit,50us" : "none");
+            double alpha = bench_rec_get_num(rec, "alpha_us", 0),
+                   gbps = bench_rec_get_num(rec, "beta_gbps", 0);
+            ck_assert_msg(fabs(alpha - (emu ? 50.0 : 4.0)) <= 1e-4 * alpha, "alpha %g", alpha);
+            ck_assert_msg(fabs(gbps - (emu ? 0.125 : 20.0)) <= 1e-5 * gbps, "%g GB/s", gbps);
+            fits++;
+        } else if (strcmp(what, "compare") == 0) {
+            ck_assert(emu);
+            ck_assert_int_eq((int)bench_rec_get_num(rec, "tp", 0), 3);
+            double want = (4 * a2 + 4.0 / 3 * 6 * 8 * 4 * b2) * 1e6;
+            double pred = bench_rec_get_num(rec, "predicted_comm_us", 0);
+            ck_assert_msg(fabs(pred - want) <= 1e-6 * want, "predicted %g, want %g", pred, want);
+            double xfer = bench_rec_get_num(rec, "transfer_us", NAN);
+            double wait = bench_rec_get_num(rec, "wait_us", NAN);
+            double comm = bench_rec_get_num(rec, "comm_us", NAN);
+            ck_assert(fabs(xfer + wait - comm) <= 1e-6 * (comm + 1));
+            ck_assert(fabs(bench_rec_get_num(rec, "ratio", 0) - pred / xfer) <= 1e-6 * pred / xfer);
+            compares++;
+        }
+    }
+    ck_assert_int_eq(fits, 2);
+    ck_assert_int_eq(compares, 1);
+    g_ptr_array_free(recs, TRUE);
+    bench_run_free(&r);
+    g_string_free(s, TRUE);
+    g_free(args);
+    g_free(in);
+    g_free(out);
+}
+END_TEST
+
 /* ------------------------------------------------------------- plot */
 
 START_TEST(plot_png)
@@ -441,6 +604,9 @@ static Suite *suite(void)
     tcase_add_test(t, check_catches_corruption);
     tcase_add_test(t, model_from_file);
     tcase_add_test(t, model_sweep);
+    tcase_add_test(t, layer_wait_split);
+    tcase_add_test(t, collectives_placement);
+    tcase_add_test(t, model_emulated);
     suite_add_tcase(s, t);
     return s;
 }

@@ -717,6 +717,41 @@ START_TEST(fit_regime_rules)
 }
 END_TEST
 
+/* Placement fields: written as given; read back; a record from before
+ * them reads as one node of its ranks, link "none". */
+START_TEST(placement_fields)
+{
+    bench_record *r = bench_rec_new("collective");
+    bench_rec_int(r, "ranks", 4);
+    bench_place pl;
+    bench_place_from_rec(r, &pl);
+    ck_assert_int_eq(pl.nodes, 1);
+    ck_assert_int_eq(pl.ranks_per_node, 4);
+    ck_assert_str_eq(pl.link, "none");
+    bench_place emu = {2, 2, "1gbit,50us"};
+    bench_rec_place(r, &emu);
+    GString *line = g_string_new(NULL);
+    bench_json_line(r, line);
+    ck_assert_ptr_nonnull(
+        strstr(line->str, "\"nodes\": 2, \"ranks_per_node\": 2, \"link\": \"1gbit,50us\""));
+    char err[128];
+    bench_record *back = bench_json_parse(line->str, err, sizeof err);
+    ck_assert_msg(back, "%s", err);
+    bench_place_from_rec(back, &pl);
+    ck_assert_int_eq(pl.nodes, 2);
+    ck_assert_int_eq(pl.ranks_per_node, 2);
+    ck_assert_str_eq(pl.link, "1gbit,50us");
+    bench_place none = {1, 4, ""}; /* an empty link is written as "none" */
+    bench_record *r2 = bench_rec_new("layer");
+    bench_rec_place(r2, &none);
+    ck_assert_str_eq(bench_rec_get_str(r2, "link"), "none");
+    bench_rec_free(r2);
+    bench_rec_free(back);
+    bench_rec_free(r);
+    g_string_free(line, TRUE);
+}
+END_TEST
+
 START_TEST(links)
 {
     const bench_link *p;
@@ -811,6 +846,7 @@ static Suite *suite(void)
     tcase_add_test(t, fit_regime_rules);
     tcase_add_test(t, links);
     tcase_add_test(t, layer_table);
+    tcase_add_test(t, placement_fields);
     suite_add_tcase(s, t);
     return s;
 }

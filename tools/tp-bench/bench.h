@@ -28,6 +28,14 @@ enum {
 #define BENCH_MAX_LIST 32
 #define BENCH_MAX_TP   64
 
+/* Where a run's ranks are: nodes from tp_topology (distinct host names,
+ * or TP_FAKE_NODES), the ranks on rank 0's node, and the emulated link
+ * tp-launch --link exported as TP_LAUNCH_LINK ("none" when unset). */
+typedef struct bench_place {
+    int nodes, ranks_per_node;
+    char link[64];
+} bench_place;
+
 /* ------------------------------------------------------------ arith.c */
 
 /* The four collectives tp-bench sweeps, in tp_op numbering. */
@@ -122,8 +130,9 @@ typedef struct bench_opts {
     const char *layer; /* --layer, default "mlp" */
     int64_t tokens, hidden, ffn;
     bool bias;
-    bool gelu_tanh; /* --gelu-tanh: mlp uses the tanh GeLU */
-    bool backward;  /* --backward: forward + backward per iteration */
+    bool gelu_tanh;  /* --gelu-tanh: mlp uses the tanh GeLU */
+    bool backward;   /* --backward: forward + backward per iteration */
+    bool split_wait; /* --split-wait: TP_WAIT_BARRIER instead of TP_WAIT_CLOCK */
     /* attention / block / transformer (xf_table.c); tokens = batch * seq */
     int64_t heads, kv_heads,
         head_dim;           /* --heads, --kv-heads (0: heads), --head-dim (0: hidden/heads) */
@@ -341,6 +350,14 @@ int bench_env_tps(const bench_env *env, int *tps);
  * backend, device, ranks. */
 bench_record *bench_env_rec_new(const bench_env *env, const char *kind, int ranks);
 
+/* Collective over comm; its collectives are counted in comm's stats. */
+tp_status bench_place_get(tp_comm *comm, bench_place *out);
+/* nodes, ranks_per_node, link fields of a layer or collective record. */
+void bench_rec_place(bench_record *r, const bench_place *p);
+/* The same from a record read back; old records without them read as one
+ * node of `ranks` ranks, link "none". */
+void bench_place_from_rec(const bench_record *r, bench_place *out);
+
 /* Run fn on T ranks for each T in tps. Single-process engines (loopback)
  * are re-initialised with world size T; multi-process engines (mpirun) use
  * tp_comm_split of the world, the other ranks wait. Returns an exit code;
@@ -380,7 +397,12 @@ int bench_cmd_plot(const bench_opts *o);
 
 /* collectives.c, reused by model: sweep ops/sizes on T ranks, emitting
  * collective (and memcpy) records into sink and, if samples != NULL,
- * appending (op, T, bytes, median) to it. Returns an exit code. */
+ * appending a bench_placed_sample (op, T, bytes, median; where the T ranks
+ * ran) to it. Returns an exit code. */
+typedef struct bench_placed_sample {
+    bench_sample s;
+    bench_place place;
+} bench_placed_sample;
 int bench_collectives_run(bench_env *env, const int *tps, int ntp, bench_sink *sink,
                           GArray *samples, bool print_table);
 
@@ -395,6 +417,10 @@ typedef struct bench_layer_result {
     double other_us[2]; /* non-GEMM kernels, mean over ranks */
     double comm_us[2];  /* collectives, mean over ranks */
     double comm_us_max[2];
+    double wait_us[2];         /* of comm_us: waiting for the last rank, mean over ranks */
+    double wait_us_max[2];     /* the largest rank's wait */
+    double transfer_us_max[2]; /* the largest rank's comm - wait */
+    bench_place place;         /* where the T ranks ran */
     uint64_t calls[TP_PHASE_COUNT][TP_OP_COUNT]; /* per iteration, rank 0 */
     double comm_bytes[2];                        /* payload bytes, rank 0 (tp_stats) */
     double wire_bytes[2];                        /* payload x ring factor = bytes a rank sends */
@@ -408,6 +434,7 @@ typedef struct bench_layer_result {
  * per iteration, mean over ranks. */
 double bench_layer_compute_us(const bench_layer_result *R);
 double bench_layer_comm_us(const bench_layer_result *R);
+double bench_layer_wait_us(const bench_layer_result *R); /* of comm_us: waiting */
 
 /* Layer registry: one entry per layer family. */
 typedef struct bench_layer_desc bench_layer_desc;

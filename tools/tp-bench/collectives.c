@@ -302,6 +302,7 @@ typedef struct coll_rank_ctx {
     bool show;          /* prints the table */
     float *us, *raw_us; /* per timed iteration, µs */
     double *dv;         /* seconds, for bench_summarize */
+    bench_place place;  /* where the T ranks run */
 } coll_rank_ctx;
 
 /* One op's buffers, sized for its largest message. */
@@ -444,6 +445,7 @@ static void report_size(coll_rank_ctx *x, const coll_size *z)
     bench_rec_bool(rec, "checked", o->check);
     bench_rec_int(rec, "iters", nit);
     bench_rec_int(rec, "warmup", c->warmup);
+    bench_rec_place(rec, &x->place);
     if (op == TP_OP_ALL_REDUCE && c->copyT_s) {
         double ratio = sm.median / c->copyT_s[z->s];
         if (x->show)
@@ -468,7 +470,7 @@ static void report_size(coll_rank_ctx *x, const coll_size *z)
     bench_sink_emit(c->sink, rec);
     bench_rec_free(rec);
     if (c->samples) {
-        bench_sample smp = {op, T, (double)z->bytes, sm.median};
+        bench_placed_sample smp = {{op, T, (double)z->bytes, sm.median}, x->place};
         g_array_append_val(c->samples, smp);
     }
 }
@@ -550,6 +552,11 @@ static tp_status coll_rank(tp_comm *comm, int T, void *arg)
         st = tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory for %d timings", nit);
         goto done;
     }
+    TP_TRY_GOTO(bench_place_get(comm, &x.place), st, done);
+    if (x.show)
+        printf("# placement: %d node%s, %d rank%s on rank 0's node, link %s\n", x.place.nodes,
+               x.place.nodes == 1 ? "" : "s", x.place.ranks_per_node,
+               x.place.ranks_per_node == 1 ? "" : "s", x.place.link);
     for (int op = 0; op < TP_OP_COUNT; op++)
         if ((x.c->o->op_mask & (1u << op)) && bench_op_name(op))
             TP_TRY_GOTO(coll_one_op(&x, op), st, done);

@@ -221,3 +221,17 @@ void bench_progress_done(bench_progress *p)
     }
     p->shown = false;
 }
+
+/* ---------------------------------------------------------- placement */
+
+tp_status bench_place_get(tp_comm *comm, bench_place *out)
+{
+    memset(out, 0, sizeof *out);
+    tp_layout lay;
+    TP_TRY(tp_topology(comm, 1, false, NULL, NULL, &lay));
+    out->nodes = lay.nodes;
+    out->ranks_per_node = lay.local_size;
+    const char *link = getenv("TP_LAUNCH_LINK");
+    g_strlcpy(out->link, link && *link ? link : "none", sizeof out->link);
+    return TP_OK;
+}

@@ -189,14 +189,15 @@ static double process_cpu_s(void)
            (double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec;
 }
 
-/* Per-rank values, µs per iteration: wall, then GEMM/other/comm of each
- * phase (index V_GEMM + V_PHASE * phase). */
+/* Per-rank values, µs per iteration: wall, then GEMM/other/comm/wait of
+ * each phase (index V_GEMM + V_PHASE * phase); wait is part of comm. */
 enum {
     V_WALL,
     V_GEMM,
     V_OTHER,
     V_COMM,
-    V_PHASE = 3,
+    V_WAIT,
+    V_PHASE = 4,
     V_COUNT = 1 + 2 * V_PHASE
 };
 static const tp_phase phase_of[2] = {TP_PHASE_FORWARD, TP_PHASE_BACKWARD};
@@ -233,14 +234,19 @@ typedef struct layer_run {
 typedef struct rank_timing {
     double cpu0, t0, t1; /* process CPU seconds and wall time at the start, wall at the end */
     tp_stats s;
+    bench_place place;
 } rank_timing;
 
 /* Build the layer, warm it up, then time L->iters iterations between a
- * barrier and a synchronize. */
+ * barrier and a synchronize. The collectives' wait is split from their
+ * transfer on the shared clock (TP_WAIT_CLOCK), or with --split-wait by a
+ * barrier before each (TP_WAIT_BARRIER). */
 static tp_status time_layer(layer_run *L, tp_comm *comm, int T, rank_timing *tm)
 {
     tp_device *dev = tp_comm_device(comm);
     layer_inst li;
+    TP_TRY(bench_place_get(comm, &tm->place));
+    TP_TRY(tp_stats_set_wait(comm, L->o->split_wait ? TP_WAIT_BARRIER : TP_WAIT_CLOCK));
     TP_TRY(inst_create(&li, bench_layer_kind(L->d), comm, L->o));
     tp_status st;
     for (int it = 0; it < L->warmup; it++)
@@ -258,9 +264,11 @@ static tp_status time_layer(layer_run *L, tp_comm *comm, int T, rank_timing *tm)
     }
     TP_TRY_GOTO(tp_dev_synchronize(dev), st, done);
     tm->t1 = bench_now();
+    TP_TRY_GOTO(tp_stats_split_wait(comm, NULL), st, done);
     tp_stats_get(comm, &tm->s);
 done:
     inst_free(&li);
+    tp_stats_set_wait(comm, TP_WAIT_NONE);
     return st;
 }
 
@@ -270,25 +278,30 @@ static void rank_values(const rank_timing *tm, int iters, float *mine)
     double n = iters;
     mine[V_WALL] = (float)((tm->t1 - tm->t0) / n * 1e6);
     for (int ph = 0; ph < 2; ph++) {
-        double comm_s = 0;
-        for (int op = 0; op < TP_OP_COUNT; op++)
+        double comm_s = 0, wait_s = 0;
+        for (int op = 0; op < TP_OP_COUNT; op++) {
             comm_s += tm->s.comm[phase_of[ph]][op].seconds;
+            wait_s += tm->s.comm[phase_of[ph]][op].wait_seconds;
+        }
         mine[V_GEMM + V_PHASE * ph] = (float)(tm->s.gemm[phase_of[ph]].seconds / n * 1e6);
         mine[V_OTHER + V_PHASE * ph] = (float)(tm->s.kernel[phase_of[ph]].seconds / n * 1e6);
         mine[V_COMM + V_PHASE * ph] = (float)(comm_s / n * 1e6);
+        mine[V_WAIT + V_PHASE * ph] = (float)(wait_s / n * 1e6);
     }
 }
 
 /* The printing rank's result at T from every rank's values (all) and its
  * own tp_stats s. */
-static void fill_result(const layer_run *L, int T, const float *all, const tp_stats *s,
+static void fill_result(const layer_run *L, int T, const float *all, const rank_timing *tm,
                         double cores)
 {
+    const tp_stats *s = &tm->s;
     double n = L->iters;
     bench_layer_result *R = L->res;
     memset(R, 0, sizeof *R);
     R->T = T;
     R->nphases = L->o->backward ? 2 : 1;
+    R->place = tm->place;
     for (int q = 0; q < T; q++) {
         const float *v = &all[q * V_COUNT];
         if (v[V_WALL] > R->wall_us)
@@ -300,6 +313,9 @@ static void fill_result(const layer_run *L, int T, const float *all, const tp_st
             R->gemm_us[ph] += p[V_GEMM] / T;
             R->other_us[ph] += p[V_OTHER] / T;
             R->comm_us[ph] += p[V_COMM] / T;
+            R->wait_us[ph] += p[V_WAIT] / T;
+            R->wait_us_max[ph] = fmax(R->wait_us_max[ph], p[V_WAIT]);
+            R->transfer_us_max[ph] = fmax(R->transfer_us_max[ph], p[V_COMM] - p[V_WAIT]);
         }
     }
     for (int ph = 0; ph < TP_PHASE_COUNT; ph++)
@@ -340,7 +356,7 @@ static tp_status layer_rank(tp_comm *comm, int T, void *arg)
         free(all);
         return st;
     }
-    fill_result(L, T, all, &tm.s, cores);
+    fill_result(L, T, all, &tm, cores);
     free(L->per_rank);
     L->per_rank = all;
     return TP_OK;
@@ -395,11 +411,17 @@ static void emit_layer(bench_sink *sink, const bench_env *env, const bench_opts 
     const float *p = v ? v + V_PHASE * ph : NULL;
     double gemm = p ? p[V_GEMM] : R->gemm_us[ph], other = p ? p[V_OTHER] : R->other_us[ph];
     double comm = p ? p[V_COMM] : R->comm_us[ph], wall = v ? v[V_WALL] : R->wall_us;
+    double wait = p ? p[V_WAIT] : R->wait_us[ph];
     bench_rec_dbl(rec, "wall_us", wall);
     bench_rec_dbl(rec, "gemm_us", gemm);
     bench_rec_dbl(rec, "other_us", other);
     bench_rec_dbl(rec, "compute_us", gemm + other);
     bench_rec_dbl(rec, "comm_us", comm);
+    bench_rec_dbl(rec, "wait_us", wait);
+    bench_rec_dbl(rec, "transfer_us", comm - wait);
+    bench_rec_dbl(rec, "wait_us_max", v ? NAN : R->wait_us_max[ph]);
+    bench_rec_dbl(rec, "transfer_us_max", v ? NAN : R->transfer_us_max[ph]);
+    bench_rec_str(rec, "wait_split", o->split_wait ? "barrier" : "clock");
     bench_rec_dbl(rec, "comm_pct", pct(comm, gemm + other + comm));
     uint64_t total = 0;
     for (int op = 0; op < TP_OP_COUNT; op++)
@@ -414,6 +436,7 @@ static void emit_layer(bench_sink *sink, const bench_env *env, const bench_opts 
     bench_rec_dbl(rec, "speedup", speedup);
     bench_rec_dbl(rec, "efficiency", efficiency);
     bench_rec_dbl(rec, "cpu_cores", v ? NAN : R->cpu_cores);
+    bench_rec_place(rec, &R->place);
     bench_sink_emit(sink, rec);
     bench_rec_free(rec);
 }
@@ -434,6 +457,14 @@ double bench_layer_comm_us(const bench_layer_result *R)
     return c;
 }
 
+double bench_layer_wait_us(const bench_layer_result *R)
+{
+    double c = 0;
+    for (int ph = 0; ph < R->nphases; ph++)
+        c += R->wait_us[ph];
+    return c;
+}
+
 /* Per-rank rows and the aggregate for each phase, counts, bytes. */
 static void print_result(const bench_opts *o, const bench_layer_result *R, const float *per_rank,
                          double speedup, double efficiency)
@@ -441,22 +472,27 @@ static void print_result(const bench_opts *o, const bench_layer_result *R, const
     const char *what = R->nphases > 1 ? "forward + backward" : "forward";
     printf("#\n# %s %s, T=%d (per iteration; comm %% = comm / (GEMM + other compute + comm))\n",
            o->layer, what, R->T);
-    printf("# %6s %-8s %11s %11s %11s %11s %11s %7s\n", "rank", "phase", "wall(us)", "gemm(us)",
-           "other(us)", "comm(us)", "compute(us)", "comm%");
+    printf("# placement: %d node%s, %d rank%s on rank 0's node, link %s; wait split by %s\n",
+           R->place.nodes, R->place.nodes == 1 ? "" : "s", R->place.ranks_per_node,
+           R->place.ranks_per_node == 1 ? "" : "s", R->place.link,
+           o->split_wait ? "a barrier before each collective (--split-wait)" : "the shared clock");
+    printf("# %6s %-8s %11s %11s %11s %11s %11s %11s %11s %7s\n", "rank", "phase", "wall(us)",
+           "gemm(us)", "other(us)", "comm(us)", "wait(us)", "xfer(us)", "compute(us)", "comm%");
     for (int ph = 0; ph < R->nphases; ph++) {
         for (int q = 0; per_rank && q < R->T; q++) {
             const float *v = &per_rank[q * V_COUNT];
             const float *p = v + V_PHASE * ph;
-            printf("  %6d %-8s %11.1f %11.1f %11.1f %11.1f %11.1f %7.2f\n", q, phase_names[ph],
-                   v[V_WALL], p[V_GEMM], p[V_OTHER], p[V_COMM], p[V_GEMM] + p[V_OTHER],
+            printf("  %6d %-8s %11.1f %11.1f %11.1f %11.1f %11.1f %11.1f %11.1f %7.2f\n", q,
+                   phase_names[ph], v[V_WALL], p[V_GEMM], p[V_OTHER], p[V_COMM], p[V_WAIT],
+                   p[V_COMM] - p[V_WAIT], p[V_GEMM] + p[V_OTHER],
                    pct(p[V_COMM], p[V_GEMM] + p[V_OTHER] + p[V_COMM]));
         }
-        printf("  %6s %-8s %11.1f %11.1f %11.1f %11.1f %11.1f %7.2f   (wall: max over ranks, whole "
-               "iteration; "
-               "others: mean)\n",
-               "all", phase_names[ph], R->wall_us, R->gemm_us[ph], R->other_us[ph], R->comm_us[ph],
-               R->gemm_us[ph] + R->other_us[ph],
-               pct(R->comm_us[ph], R->gemm_us[ph] + R->other_us[ph] + R->comm_us[ph]));
+        printf(
+            "  %6s %-8s %11.1f %11.1f %11.1f %11.1f %11.1f %11.1f %11.1f %7.2f   (wall: max over "
+            "ranks, whole iteration; others: mean)\n",
+            "all", phase_names[ph], R->wall_us, R->gemm_us[ph], R->other_us[ph], R->comm_us[ph],
+            R->wait_us[ph], R->comm_us[ph] - R->wait_us[ph], R->gemm_us[ph] + R->other_us[ph],
+            pct(R->comm_us[ph], R->gemm_us[ph] + R->other_us[ph] + R->comm_us[ph]));
     }
     printf("# collectives per iteration (tp_stats, rank 0):");
     bool any = false;
@@ -542,8 +578,9 @@ int bench_cmd_layer(const bench_opts *o)
     if (rc == 0 && env.printer && ntp > 1) {
         printf("#\n# summary: %s %s (wall = max over ranks, per iteration; all phases)\n", o->layer,
                o->backward ? "forward + backward" : "forward");
-        printf("# %4s %11s %11s %11s %11s %7s %8s %6s %10s %6s\n", "T", "wall(us)", "gemm(us)",
-               "other(us)", "comm(us)", "comm%", "speedup", "eff%", "coll/iter", "cores");
+        printf("# %4s %11s %11s %11s %11s %11s %11s %7s %8s %6s %10s %6s %5s\n", "T", "wall(us)",
+               "gemm(us)", "other(us)", "comm(us)", "wait(us)", "xfer(us)", "comm%", "speedup",
+               "eff%", "coll/iter", "cores", "nodes");
         for (int i = 0; i < ntp; i++) {
             const bench_layer_result *R = &res[i];
             double sp = isnan(wall1) ? NAN : wall1 / R->wall_us;
@@ -555,11 +592,12 @@ int bench_cmd_layer(const bench_opts *o)
                 gemm += R->gemm_us[ph];
                 other += R->other_us[ph];
             }
-            printf("  %4d %11.1f %11.1f %11.1f %11.1f %7.2f %8.3f %6.1f %10" G_GUINT64_FORMAT
-                   " %6.2f\n",
-                   R->T, R->wall_us, gemm, other, bench_layer_comm_us(R),
-                   pct(bench_layer_comm_us(R), bench_layer_compute_us(R) + bench_layer_comm_us(R)),
-                   sp, 100 * sp / R->T, (guint64)calls, R->cpu_cores);
+            double cm = bench_layer_comm_us(R), wt = bench_layer_wait_us(R);
+            printf("  %4d %11.1f %11.1f %11.1f %11.1f %11.1f %11.1f %7.2f %8.3f %6.1f "
+                   "%10" G_GUINT64_FORMAT " %6.2f %5d\n",
+                   R->T, R->wall_us, gemm, other, cm, wt, cm - wt,
+                   pct(cm, bench_layer_compute_us(R) + cm), sp, 100 * sp / R->T, (guint64)calls,
+                   R->cpu_cores, R->place.nodes);
         }
         if (isnan(wall1))
             printf("# (no T=1 in --sweep-tp: add 1 for speedup and efficiency)\n");

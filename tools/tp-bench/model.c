@@ -7,25 +7,57 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* One fitted group: a backend, an op and a rank count. Fitting each p on
- * its own keeps an oversubscribed p (more ranks than cores) from skewing
- * the others; bench_fit_hockney itself also fits several p jointly. */
+/* One fitted group: a backend, a placement (nodes, ranks per node, link:
+ * emulated nodes of tp-launch --nodes/--link apart from one machine), an
+ * op and a rank count. Fitting each p on its own keeps an oversubscribed p
+ * (more ranks than cores) from skewing the others; bench_fit_hockney
+ * itself also fits several p jointly. */
 typedef struct fit_group {
     char backend[64];
+    bench_place place;
     int op, p;
     GArray *samples; /* bench_sample */
     bench_fit2 fit;
     bool ok;
 } fit_group;
 
-static fit_group *group_for(GPtrArray *groups, const char *backend, int op, int p)
+static bool same_place(const bench_place *a, const bench_place *b)
+{
+    return a->nodes == b->nodes && a->ranks_per_node == b->ranks_per_node &&
+           strcmp(a->link, b->link) == 0;
+}
+
+/* "", or " (2 nodes x 2 ranks, link 1gbit,50us)" when not one plain node. */
+static const char *place_label(const bench_place *pl, char *buf, size_t len)
+{
+    buf[0] = 0;
+    if (pl->nodes > 1 || strcmp(pl->link, "none") != 0)
+        snprintf(buf, len, " (%d node%s x %d rank%s, link %s)", pl->nodes,
+                 pl->nodes == 1 ? "" : "s", pl->ranks_per_node, pl->ranks_per_node == 1 ? "" : "s",
+                 pl->link);
+    return buf;
+}
+
+static fit_group *find_group(GPtrArray *groups, const char *backend, const bench_place *pl, int op,
+                             int p)
 {
     for (guint i = 0; i < groups->len; i++) {
         fit_group *g = g_ptr_array_index(groups, i);
-        if (g->op == op && g->p == p && strcmp(g->backend, backend) == 0)
+        if (g->op == op && g->p == p && strcmp(g->backend, backend) == 0 &&
+            same_place(&g->place, pl))
             return g;
     }
-    fit_group *g = g_new0(fit_group, 1);
+    return NULL;
+}
+
+static fit_group *group_for(GPtrArray *groups, const char *backend, const bench_place *pl, int op,
+                            int p)
+{
+    fit_group *g = find_group(groups, backend, pl, op, p);
+    if (g)
+        return g;
+    g = g_new0(fit_group, 1);
+    g->place = *pl;
     g_strlcpy(g->backend, backend, sizeof g->backend);
     g->op = op;
     g->p = p;
@@ -57,10 +89,11 @@ static void print_fits(GPtrArray *groups, const bench_opts *o, bench_sink *sink)
             nfit += g->fit.seg[r].n;
         if (!g->ok)
             nfit = g->fit.seg[0].n;
+        char where[128];
         printf(
-            "#\n# alpha-beta fit: backend %s, %s, p=%d: t = %s, minimax relative error, %d sizes "
+            "#\n# alpha-beta fit: backend %s%s, %s, p=%d: t = %s, minimax relative error, %d sizes "
             ">= %zu B\n",
-            g->backend, bench_op_name(g->op), g->p,
+            g->backend, place_label(&g->place, where, sizeof where), bench_op_name(g->op), g->p,
             g->op == TP_OP_ALL_REDUCE  ? "2(p-1) a + 2(p-1)/p n b"
             : g->op == TP_OP_BROADCAST ? "ceil(log2 p) a + n b"
                                        : "(p-1) a + (p-1)/p n b",
@@ -105,6 +138,7 @@ static void print_fits(GPtrArray *groups, const bench_opts *o, bench_sink *sink)
             bench_rec_str(rec, "backend", g->backend);
             bench_rec_str(rec, "op", bench_op_name(g->op));
             bench_rec_int(rec, "ranks", s[i].p);
+            bench_rec_place(rec, &g->place);
             bench_rec_int(rec, "bytes", (int64_t)s[i].bytes);
             bench_rec_dbl(rec, "time_us", s[i].seconds * 1e6);
             bench_rec_dbl(rec, "model_us", m * 1e6);
@@ -120,6 +154,7 @@ static void print_fits(GPtrArray *groups, const bench_opts *o, bench_sink *sink)
         bench_rec_str(rec, "backend", g->backend);
         bench_rec_str(rec, "op", bench_op_name(g->op));
         bench_rec_int(rec, "ranks", g->p);
+        bench_rec_place(rec, &g->place);
         bench_rec_dbl(rec, "alpha_us", g->fit.seg[0].alpha_s * 1e6);
         bench_rec_dbl(rec, "beta_gbps", gbps);
         bench_rec_int(rec, "samples", nfit);
@@ -161,7 +196,9 @@ static int read_samples(const bench_opts *o, GPtrArray *groups)
             if (o->op_set && !(o->op_mask & (1u << op)))
                 continue;
             bench_sample s = {op, (int)p, b, t * 1e-6};
-            g_array_append_val(group_for(groups, backend, op, (int)p)->samples, s);
+            bench_place pl;
+            bench_place_from_rec(r, &pl); /* files from before the fields: one node */
+            g_array_append_val(group_for(groups, backend, &pl, op, (int)p)->samples, s);
             used++;
         }
         g_ptr_array_free(recs, TRUE);
@@ -199,11 +236,12 @@ static int sweep_samples(bench_env *env, bench_sink *sink, GPtrArray *groups)
 {
     int tps[BENCH_MAX_LIST];
     int ntp = sweep_tps(env->o, tps);
-    GArray *samples = g_array_new(FALSE, FALSE, sizeof(bench_sample));
+    GArray *samples = g_array_new(FALSE, FALSE, sizeof(bench_placed_sample));
     int rc = bench_collectives_run(env, tps, ntp, sink, samples, true);
     for (guint i = 0; rc == 0 && env->printer && i < samples->len; i++) {
-        bench_sample *s = &g_array_index(samples, bench_sample, i);
-        g_array_append_val(group_for(groups, env->backend, s->op, s->p)->samples, *s);
+        bench_placed_sample *ps = &g_array_index(samples, bench_placed_sample, i);
+        g_array_append_val(group_for(groups, env->backend, &ps->place, ps->s.op, ps->s.p)->samples,
+                           ps->s);
     }
     g_array_free(samples, TRUE);
     return rc;
@@ -239,7 +277,10 @@ static GArray *projection_links(GPtrArray *groups, const bench_layer_desc *d, co
             continue;
         proj_link l;
         memset(&l, 0, sizeof l);
-        snprintf(l.name, sizeof l.name, "fit:%s@p%d", g->backend, g->p);
+        if (g->place.nodes > 1)
+            snprintf(l.name, sizeof l.name, "fit:%.48s@p%d/%dn", g->backend, g->p, g->place.nodes);
+        else
+            snprintf(l.name, sizeof l.name, "fit:%s@p%d", g->backend, g->p);
         l.fit = g->fit;
         /* the regime of the layer's all-reduce */
         bench_layer_comm ex1[8];
@@ -365,6 +406,82 @@ static void project_links(const projection *pj, int T, double compute)
     }
 }
 
+/* The layer's communication at R->T predicted from the fits of this
+ * backend at R's placement and p = T: the sum over its expected
+ * collectives of the fitted times, µs. NAN, with *missing naming the op,
+ * when one of its ops has no fit there. */
+static double predict_comm_us(const projection *pj, GPtrArray *groups, const bench_layer_result *R,
+                              const char **missing)
+{
+    bench_layer_comm ex[16];
+    int nex = bench_layer_expected_comm(pj->d, pj->o, R->T, 0, ex, 8);
+    if (pj->o->backward)
+        nex += bench_layer_expected_comm(pj->d, pj->o, R->T, 1, ex + nex, 8);
+    double us = 0;
+    for (int e = 0; e < nex; e++) {
+        const fit_group *g = find_group(groups, pj->env->backend, &R->place, ex[e].op, R->T);
+        if (!g || !g->ok) {
+            *missing = bench_op_name(ex[e].op);
+            return NAN;
+        }
+        us += ex[e].calls * bench_model2_time(&g->fit, ex[e].op, R->T, ex[e].bytes) * 1e6;
+    }
+    return us;
+}
+
+/* Model vs measurement for each T >= 2 the layer ran at here: predicted
+ * communication against the measured transfer (comm minus wait: a rank
+ * waiting for a slower one is not the link's time). */
+static void compare_measured(const projection *pj, GPtrArray *groups)
+{
+    const bench_opts *o = pj->o;
+    bool header = false;
+    for (int mi = 0; mi < pj->nmt; mi++) {
+        const bench_layer_result *R = &pj->lr[mi];
+        if (R->T < 2)
+            continue;
+        char where[128];
+        place_label(&R->place, where, sizeof where);
+        if (!header) {
+            printf("#\n# MODEL vs MEASURED, %s %s: comm predicted from the fits of backend %s at "
+                   "the same placement and p, vs the measured transfer (comm - wait for the last "
+                   "rank; wait split by %s); means over ranks, per iteration\n",
+                   o->layer, o->backward ? "forward + backward" : "forward", pj->env->backend,
+                   o->split_wait ? "a barrier before each collective" : "the shared clock");
+            printf("# %4s %5s %5s %-16s %12s %12s %12s %12s %10s\n", "T", "nodes", "r/n", "link",
+                   "predict(us)", "xfer(us)", "wait(us)", "comm(us)", "pred/xfer");
+            header = true;
+        }
+        const char *missing = NULL;
+        double pred = predict_comm_us(pj, groups, R, &missing);
+        double comm = bench_layer_comm_us(R), wait = bench_layer_wait_us(R), xfer = comm - wait;
+        if (isnan(pred)) {
+            printf("  %4d: no %s fit for backend %s at p=%d%s: sweep the collectives in the same "
+                   "placement, or --from a file of them\n",
+                   R->T, missing, pj->env->backend, R->T, where);
+            continue;
+        }
+        printf("  %4d %5d %5d %-16s %12.1f %12.1f %12.1f %12.1f %10.3f\n", R->T, R->place.nodes,
+               R->place.ranks_per_node, R->place.link, pred, xfer, wait, comm,
+               xfer > 0 ? pred / xfer : NAN);
+        bench_record *rec = bench_rec_new("model");
+        bench_rec_str(rec, "what", "compare");
+        bench_rec_str(rec, "backend", pj->env->backend);
+        bench_rec_str(rec, "layer", o->layer);
+        bench_rec_int(rec, "tp", R->T);
+        bench_rec_place(rec, &R->place);
+        bench_rec_str(rec, "wait_split", o->split_wait ? "barrier" : "clock");
+        bench_rec_dbl(rec, "predicted_comm_us", pred);
+        bench_rec_dbl(rec, "transfer_us", xfer);
+        bench_rec_dbl(rec, "wait_us", wait);
+        bench_rec_dbl(rec, "comm_us", comm);
+        bench_rec_dbl(rec, "ratio", xfer > 0 ? pred / xfer : NAN);
+        bench_rec_dbl(rec, "err_pct", xfer > 0 ? 100 * (pred - xfer) / xfer : NAN);
+        bench_sink_emit(pj->sink, rec);
+        bench_rec_free(rec);
+    }
+}
+
 /* The table: for each --project-tp T, the measured rows then the links. */
 static void print_projection(projection *pj, GPtrArray *groups)
 {
@@ -407,23 +524,31 @@ int bench_cmd_model(const bench_opts *o_in)
         rc = sweep_samples(&env, &sink, groups);
         printer = env.printer;
     }
-    if (rc == 0 && printer)
-        print_fits(groups, &o, &sink);
-
-    /* 2. the layer: compute at T=1 (unless --gflops), measured T values */
+    /* with --from, which process prints is known only once the layer ran
+     * (under tp-launch or mpirun every process read the files) */
     const bench_layer_desc *d = bench_layer_find(o.layer);
     int mt[BENCH_MAX_LIST + 1];
     int nmt = measured_tps(&o, mt);
+    bool fitted = false;
+    if (rc == 0 && printer && (!o.n_from || nmt == 0)) {
+        print_fits(groups, &o, &sink);
+        fitted = true;
+    }
+
+    /* 2. the layer: compute at T=1 (unless --gflops), measured T values */
     bench_layer_result lr[BENCH_MAX_LIST + 1];
     memset(lr, 0, sizeof lr);
     if (rc == 0 && nmt) {
         rc = bench_layer_run(&env, d, mt, nmt, lr);
         printer = env.printer;
     }
+    if (rc == 0 && printer && !fitted)
+        print_fits(groups, &o, &sink);
 
     /* 3. projection */
     if (rc == 0 && printer) {
         projection pj = {.o = &o, .env = &env, .d = d, .sink = &sink, .lr = lr, .nmt = nmt};
+        compare_measured(&pj, groups);
         print_projection(&pj, groups);
     }
     g_ptr_array_free(groups, TRUE);

@@ -63,6 +63,7 @@ enum opt_id {
     O_SP,
     O_DTYPE,
     O_GELU_TANH,
+    O_SPLIT_WAIT,
 };
 
 typedef struct opt_def {
@@ -102,6 +103,7 @@ static const opt_def opt_table[] = {
     {"no-bias", 0, 0, O_NO_BIAS, L | M},
     {"gelu-tanh", 0, 0, O_GELU_TANH, L | M},
     {"backward", 0, 0, O_BACKWARD, L | M},
+    {"split-wait", 0, 0, O_SPLIT_WAIT, L | M},
     {"heads", 0, 1, O_HEADS, L | M},
     {"kv-heads", 0, 1, O_KV_HEADS, L | M},
     {"head-dim", 0, 1, O_HEAD_DIM, L | M},
@@ -360,6 +362,7 @@ static bool apply_plain(bench_opts *o, int id, const char *val)
         case O_NO_BIAS: o->bias = false; return true;
         case O_GELU_TANH: o->gelu_tanh = true; return true;
         case O_BACKWARD: o->backward = true; return true;
+        case O_SPLIT_WAIT: o->split_wait = true; return true;
         case O_LAYER: o->layer = val; return true;
         case O_SP: o->sequence_parallel = true; return true;
         default: return false;
@@ -867,6 +870,10 @@ static const char help_layer_tail[] =
     "  --backward          each iteration runs forward then backward (dx and weight\n"
     "                      gradients); both phases are reported\n"
     "  --sweep-tp LIST     e.g. 1,2,4 (default: --tp)\n"
+    "  --split-wait        split comm into wait and transfer with a barrier before each\n"
+    "                      collective (for ranks on machines with different clocks; adds\n"
+    "                      the barrier's latency to comm and counts it as wait). Default:\n"
+    "                      entry times on the shared clock (one machine, emulated nodes)\n"
     "attention, block, transformer (always forward + backward):\n"
     "  --batch N, --seq N  tokens = batch x seq (default 4 x 512, or 1 x --tokens)\n"
     "  --heads N           attention heads (default 16); T must divide them\n"
@@ -895,6 +902,7 @@ static const char help_model[] =
     "                      pcie4 (25 GB/s, 5 us)\n"
     "  --layer, --tokens, --hidden, --ffn  the layer to project (default mlp)\n"
     "  --backward          project forward + backward (default forward only)\n"
+    "  --split-wait        the measured layer's wait/transfer split by barriers (see layer)\n"
     "  --project-tp LIST   T values to project (default 2,4,8)\n"
     "  --measure-tp LIST   T values also measured here (default 2,4; 0 = none)\n"
     "  --gflops R          assume compute runs at R GFLOP/s per rank instead of the\n"

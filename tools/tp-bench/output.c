@@ -667,3 +667,22 @@ int bench_sink_close(bench_sink *s)
     s->records = NULL;
     return rc;
 }
+
+/* ------------------------------------------------------------ placement */
+
+void bench_rec_place(bench_record *r, const bench_place *p)
+{
+    bench_rec_int(r, "nodes", p->nodes);
+    bench_rec_int(r, "ranks_per_node", p->ranks_per_node);
+    bench_rec_str(r, "link", p->link[0] ? p->link : "none");
+}
+
+void bench_place_from_rec(const bench_record *r, bench_place *out)
+{
+    memset(out, 0, sizeof *out);
+    double ranks = bench_rec_get_num(r, "ranks", 1);
+    out->nodes = (int)bench_rec_get_num(r, "nodes", 1);
+    out->ranks_per_node = (int)bench_rec_get_num(r, "ranks_per_node", ranks);
+    const char *link = bench_rec_get_str(r, "link");
+    g_strlcpy(out->link, link && *link ? link : "none", sizeof out->link);
+}

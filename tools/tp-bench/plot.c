@@ -105,8 +105,13 @@ static void add_collective(plot_series *ps, const bench_record *r, const char *b
 {
     char title[160];
     const char *op = bench_rec_get_str(r, "op");
-    snprintf(title, sizeof title, "%s %s T=%d", backend, op ? op : "?",
-             (int)bench_rec_get_num(r, "ranks", 0));
+    bench_place pl;
+    bench_place_from_rec(r, &pl); /* old records: one node, no link */
+    char where[96] = "";
+    if (pl.nodes > 1 || strcmp(pl.link, "none") != 0)
+        snprintf(where, sizeof where, " %dx%d link %s", pl.nodes, pl.ranks_per_node, pl.link);
+    snprintf(title, sizeof title, "%s %s T=%d%s", backend, op ? op : "?",
+             (int)bench_rec_get_num(r, "ranks", 0), where);
     double b = bench_rec_get_num(r, "bytes", NAN), y = bench_rec_get_num(r, "busbw_gbps", NAN);
     /* one rank moves nothing: busbw is 0 or meaningless */
     if (bench_rec_get_num(r, "ranks", 0) >= 2 && b > 0 && isfinite(y) && y > 0)

@@ -179,6 +179,11 @@ typedef struct tp_counter {
     uint64_t bytes; /* payload: all_reduce/broadcast count*size; all_gather the
                          gathered total; reduce_scatter the input total */
     double seconds; /* wall time inside the calls */
+    /* Of `seconds`, the time the calls waited for the last rank of the
+     * communicator to arrive (skew, imbalance); seconds - wait_seconds is
+     * the transfer. 0 unless the communicator has a wait mode
+     * (tp_stats_set_wait); device counters keep it 0. */
+    double wait_seconds;
 } tp_counter;
 
 typedef struct tp_stats {
@@ -201,11 +206,54 @@ typedef struct tp_stats {
 
 /* Counters of comm, plus the compute counters of its rank's device. */
 TP_API void tp_stats_get(const tp_comm *comm, tp_stats *out);
-TP_API void tp_stats_reset(tp_comm *comm); /* this comm's counters and its device's */
+TP_API void tp_stats_reset(tp_comm *comm); /* this comm's counters, wait log and device's */
 
 /* The rank's current phase (shared by all comms of the rank and its
  * device); returns the previous one so callers can restore it. */
 TP_API tp_phase tp_phase_set(tp_comm *comm, tp_phase phase);
+
+/* Waiting vs transfer: how a collective's time splits into waiting until
+ * the last rank of the communicator has arrived and the transfer itself.
+ * Per communicator, off by default (untraced calls cost nothing more).
+ * Every rank of the communicator sets the same mode, between collectives;
+ * it is not inherited by communicators split from it.
+ *
+ * TP_WAIT_CLOCK: for ranks that share one clock (threads, processes, or
+ *   network namespaces of one machine: CLOCK_MONOTONIC is common). Each
+ *   counted call's entry and exit time goes into a log of the
+ *   communicator; tp_stats_split_wait (collective) all-gathers the entry
+ *   times and adds, per call, wait = max over ranks of the entry time -
+ *   this rank's entry time, clamped to [0, this call's host duration], to
+ *   that call's counter, then empties the log. On separate machines the
+ *   clocks differ and the split is meaningless: use TP_WAIT_BARRIER.
+ * TP_WAIT_BARRIER: for any placement. The core runs a barrier before each
+ *   counted collective (not before tp_barrier itself) and counts its time
+ *   into both `seconds` and `wait_seconds` of that collective. The barrier
+ *   has its own latency (one small collective, e.g. a few us on shared
+ *   memory, a network round trip or more across nodes), which is counted
+ *   as wait even without skew, and it adds that latency to every call.
+ *
+ * Times of both modes are host times; on an asynchronous device they mean
+ * something only with TP_SYNC_TIMING=1. */
+typedef enum tp_wait_mode {
+    TP_WAIT_NONE = 0, /* default: wait_seconds stays 0 */
+    TP_WAIT_CLOCK = 1,
+    TP_WAIT_BARRIER = 2,
+} tp_wait_mode;
+
+/* Set comm's wait mode (not collective). Changing it empties the log;
+ * TP_WAIT_CLOCK allocates it here (it grows as calls are logged; if it
+ * cannot, tp_stats_split_wait reports TP_ERR_NO_MEMORY). */
+TP_API tp_status tp_stats_set_wait(tp_comm *comm, tp_wait_mode mode);
+
+/* TP_WAIT_CLOCK: collective over comm. Splits the calls logged since the
+ * last split (or reset) into wait and transfer as described above; its own
+ * collectives are neither counted nor logged. *calls (may be NULL) gets
+ * the number of calls split, equal to the counted calls in that time.
+ * Ranks that logged different numbers of calls get TP_ERR_INVALID_ARG
+ * naming both (the log is dropped). TP_WAIT_BARRIER: nothing to do, TP_OK
+ * and *calls = 0. TP_WAIT_NONE: TP_ERR_INVALID_ARG. */
+TP_API tp_status tp_stats_split_wait(tp_comm *comm, uint64_t *calls);
 
 /* Calls of op in phase; TP_PHASE_COUNT sums over phases and TP_OP_COUNT
  * over ops (so (s, TP_PHASE_COUNT, TP_OP_COUNT) is every collective). */
