@@ -321,6 +321,7 @@ typedef struct launcher {
     pid_t self;                 /* tp-launch's pid: the parent every rank checks for */
     const tpl_cluster *cluster; /* --nodes; NULL: none */
     int mpi;                    /* the one child is mpirun, in node 0 */
+    int forwarded;              /* the first signal forwarded to the job, 0: none */
     int running, first_fail;
     double kill_at, hard_kill_at; /* SIGTERM, then SIGKILL the ranks left (-1: not due) */
     int hold;                     /* the master socket for rank 0 (free_port), or -1 */
@@ -664,7 +665,8 @@ static void reap_children(launcher *L)
     }
 }
 
-/* A signal to tp-launch goes to every rank, with SIGKILL 2 s later. */
+/* A signal to tp-launch goes to every rank, with SIGKILL 2 s later (to
+ * mpirun, 5 s: it stops its daemons' ranks through the daemons first). */
 static void forward_signal(launcher *L)
 {
     if (!got_signal)
@@ -672,8 +674,10 @@ static void forward_signal(launcher *L)
     fprintf(stderr, "tp-launch: got signal %d (%s); stopping all ranks\n", (int)got_signal,
             strsignal(got_signal));
     signal_all(L->c, (int)L->n, (int)got_signal);
+    if (!L->forwarded)
+        L->forwarded = (int)got_signal;
     if (L->hard_kill_at < 0)
-        L->hard_kill_at = now() + 2.0;
+        L->hard_kill_at = now() + (L->mpi ? 5.0 : 2.0);
     got_signal = 0;
 }
 
@@ -761,7 +765,8 @@ static int report(const launcher *L)
         char how[128];
         describe(how, sizeof how, L->c[0].status);
         fprintf(stderr, "tp-launch: failed: mpirun %s\n", how);
-        return exit_code(L->c[0].status);
+        /* stopped by a signal to tp-launch: 128+N, as the tcp path's ranks */
+        return L->forwarded ? 128 + L->forwarded : exit_code(L->c[0].status);
     }
     const child *c = L->c;
     int ff = L->first_fail;
@@ -882,6 +887,21 @@ static int pick_master(launch_opts *lo, char *master, size_t len, int *hold)
     return set_secret();
 }
 
+/* Under --nodes tp-launch is a child subreaper: processes that detach from
+ * its ranks (Open MPI's daemons) become its children, so that it can reap
+ * them once the cluster's processes are ended (instead of leaving zombies
+ * where no init reaps). Bounded: 1 s at most. */
+static void reap_orphans(void)
+{
+    for (int i = 0; i < 100; i++) {
+        pid_t p = waitpid(-1, NULL, WNOHANG);
+        if (p < 0 && errno != EINTR)
+            return; /* ECHILD: none left */
+        if (p == 0)
+            nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+    }
+}
+
 /* Ranks (or mpirun) on the cluster or here; the exit status. */
 static int launch(launcher *L, const launch_opts *lo, char **prog)
 {
@@ -891,6 +911,7 @@ static int launch(launcher *L, const launch_opts *lo, char **prog)
         if (tpl_cluster_create(&cluster, lo->nodes, &lo->link) < 0)
             return 1;
         L->cluster = &cluster;
+        prctl(PR_SET_CHILD_SUBREAPER, 1);
     }
     if (lo->mpi) {
         if (!getenv("TP_BACKEND"))
@@ -906,8 +927,10 @@ static int launch(launcher *L, const launch_opts *lo, char **prog)
     }
     int rc = run_ranks(L, prog);
     reap_all(L);
-    if (L->cluster)
+    if (L->cluster) {
         tpl_cluster_destroy(&cluster);
+        reap_orphans();
+    }
     tpl_mpi_free_argv(mpirun);
     return rc;
 }
