@@ -18,7 +18,7 @@ removed at the next start while those of live jobs and foreign names stay.
 The same under --mpi (TP_BACKEND=mpi, Open MPI's mpirun on the nodes):
 conformance, tp_mlp, the layout, Open MPI's own choice of transport
 (btl_base_verbose: vader/self to ranks on the same node, tcp to the
-others), a failed rank, SIGINT, and kill -9 of tp-launch while the job runs
+others), mpirun options after "--" replacing tp-launch's, a failed rank, SIGINT, and kill -9 of tp-launch while the job runs
 (then every process that was in the job's namespaces, mpirun and the
 daemons included, has ended). Without the plugin or mpirun that part is
 skipped, saying why. The root namespace's interfaces are the same before
@@ -336,6 +336,17 @@ def test_mpi_flags():
     check(namespaces() == before, "bad --mpi uses create nothing")
 
 
+def test_mpi_user_opts():
+    """A user's --mca btl replaces tp-launch's (Open MPI refuses one given twice)."""
+    pid, rc, out = launch(["--nodes", "2", "--mpi", "-n", "4", "--", "--mca", "btl", "self,tcp",
+                           "--mca", "btl_base_verbose", "1", "--", TOPO, "2"], MPI_ENV, 60)
+    kinds = set(re.findall(r"mca: bml: Using (\w+) btl for send", out))
+    check(rc == 0 and len(layouts(out)) == 4 and kinds == {"self", "tcp"},
+          "mpi: -- --mca btl self,tcp -- replaces tp-launch's btl list (exit %d, btls %s)" %
+          (rc, sorted(kinds)))
+    left_after(pid, "mpi: user options")
+
+
 def test_mpi():
     if MPI != "yes":
         print("SKIP (the --mpi part): %s" % MPI, flush=True)
@@ -343,6 +354,7 @@ def test_mpi():
     test_conformance(mpi=True)
     test_mlp(mpi=True)
     test_topology(mpi=True)
+    test_mpi_user_opts()
     test_mpi_failed_rank()
     test_signal(signal.SIGINT, "SIGINT", mpi=True)
     test_signal(signal.SIGKILL, "SIGKILL of tp-launch", mpi=True)
