@@ -5,6 +5,7 @@
  * as a job's (the only ones tp-launch ever deletes).
  */
 #include <check.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -127,6 +128,84 @@ START_TEST(job_names)
 }
 END_TEST
 
+/* TP_LAUNCH_LINK: canonical, and parsing it gives the same link back. */
+START_TEST(link_canonical)
+{
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        {"1gbit", "1gbit"},
+        {"1Gbit,50us", "1gbit,50us"},
+        {"1000mbit", "1gbit"},
+        {"1.5gbit", "1500mbit"},
+        {"1gbps", "8gbit"},
+        {"500mbit,1ms", "500mbit,1ms"},
+        {"5gbit,1.5ms", "5gbit,1500us"},
+        {"8000bit,0ns", "8kbit"},
+        {"400gbit,10s", "400gbit,10s"},
+        {"100kbit,2500ns", "100kbit,2500ns"},
+        {"12345bit", "12345bit"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tpl_link l, back;
+        char s[64], err[256];
+        ck_assert_int_eq(tpl_parse_link(cases[i].in, &l, err, sizeof err), 0);
+        tpl_link_str(&l, s, sizeof s);
+        ck_assert_msg(strcmp(s, cases[i].out) == 0, "'%s' shown as '%s', expected '%s'",
+                      cases[i].in, s, cases[i].out);
+        ck_assert_int_eq(tpl_parse_link(s, &back, err, sizeof err), 0);
+        ck_assert(back.rate_bps == l.rate_bps && back.delay_ns == l.delay_ns);
+    }
+    char s[16];
+    tpl_link_str(&(tpl_link){0, 0}, s, sizeof s);
+    ck_assert_str_eq(s, "none");
+}
+END_TEST
+
+/* mpirun's host list: the node names with the block sizes as slots. */
+START_TEST(mpi_hosts)
+{
+    char h[2048];
+    ck_assert_int_eq(tpl_mpi_hosts(42, 4, 2, h, sizeof h), 0);
+    ck_assert_str_eq(h, "tpl42-n0:2,tpl42-n1:2");
+    ck_assert_int_eq(tpl_mpi_hosts(42, 5, 2, h, sizeof h), 0);
+    ck_assert_str_eq(h, "tpl42-n0:2,tpl42-n1:3");
+    ck_assert_int_eq(tpl_mpi_hosts(7, 1, 1, h, sizeof h), 0);
+    ck_assert_str_eq(h, "tpl7-n0:1");
+    ck_assert_int_eq(tpl_mpi_hosts(7, 8, 3, h, sizeof h), 0);
+    ck_assert_str_eq(h, "tpl7-n0:2,tpl7-n1:3,tpl7-n2:3");
+    /* the slots agree with tpl_node_of_rank for every split */
+    for (long n = 1; n <= 64; n++)
+        for (long k = 1; k <= n; k++) {
+            ck_assert_int_eq(tpl_mpi_hosts(9, n, k, h, sizeof h), 0);
+            const char *p = h;
+            for (long i = 0; i < k; i++) {
+                long count = 0;
+                for (long r = 0; r < n; r++)
+                    count += tpl_node_of_rank(r, n, k) == i;
+                char want[64];
+                snprintf(want, sizeof want, "tpl9-n%ld:%ld", i, count);
+                ck_assert_msg(strncmp(p, want, strlen(want)) == 0, "n=%ld k=%ld: %s lacks %s", n, k,
+                              h, want);
+                p += strlen(want) + 1;
+            }
+        }
+    ck_assert_int_eq(tpl_mpi_hosts(42, 4, 2, h, 12), -1); /* too small: no overrun */
+}
+END_TEST
+
+START_TEST(node_names)
+{
+    ck_assert_int_eq(tpl_ns_node("tpl42-n0", 42), 0);
+    ck_assert_int_eq(tpl_ns_node("tpl42-n13", 42), 13);
+    static const char *other[] = {"tpl42-br", "tpl421-n0",   "tpl4-n0", "tpl42-n01", "tpl42-n0x",
+                                  "tpl42-n",  "tpl42-n1024", "",        "tpl42-n-1"};
+    for (size_t i = 0; i < sizeof other / sizeof other[0]; i++)
+        ck_assert_msg(tpl_ns_node(other[i], 42) == -1, "'%s' taken for a node of job 42", other[i]);
+    ck_assert_int_eq(tpl_ns_node("tpl42-n0", 0), -1);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("nodes-spec");
@@ -136,6 +215,9 @@ int main(void)
     tcase_add_test(tc, placement_blocks);
     tcase_add_test(tc, addresses);
     tcase_add_test(tc, job_names);
+    tcase_add_test(tc, link_canonical);
+    tcase_add_test(tc, mpi_hosts);
+    tcase_add_test(tc, node_names);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -139,3 +139,54 @@ pid_t tpl_ns_job(const char *name)
         return 0;
     return (pid_t)pid;
 }
+
+/* v in the largest unit (scales ascending) that holds it exactly. */
+static int print_exact(char *buf, size_t len, uint64_t v, const unit *units)
+{
+    const unit *best = units;
+    for (const unit *u = units; u->name; u++)
+        if (v % (uint64_t)u->scale == 0)
+            best = u;
+    return snprintf(buf, len, "%llu%s", (unsigned long long)(v / (uint64_t)best->scale),
+                    best->name);
+}
+
+void tpl_link_str(const tpl_link *l, char *buf, size_t len)
+{
+    static const unit rates[] = {{"bit", 1.0},  {"kbit", 1e3},  {"mbit", 1e6},
+                                 {"gbit", 1e9}, {"tbit", 1e12}, {NULL, 0}};
+    if (!l->rate_bps) {
+        snprintf(buf, len, "none");
+        return;
+    }
+    int w = print_exact(buf, len, l->rate_bps, rates);
+    if (l->delay_ns && w >= 0 && (size_t)w + 1 < len) {
+        buf[w] = ',';
+        print_exact(buf + w + 1, len - (size_t)w - 1, l->delay_ns, delay_units);
+    }
+}
+
+int tpl_mpi_hosts(pid_t pid, long n, long k, char *buf, size_t len)
+{
+    size_t at = 0;
+    for (long i = 0; i < k; i++) {
+        char name[64];
+        tpl_ns_name(pid, i, name, sizeof name);
+        long slots = (i + 1) * n / k - i * n / k;
+        int w = snprintf(buf + at, len - at, "%s%s:%ld", i ? "," : "", name, slots);
+        if (w < 0 || (size_t)w >= len - at)
+            return -1;
+        at += (size_t)w;
+    }
+    return 0;
+}
+
+long tpl_ns_node(const char *name, pid_t job)
+{
+    char want[32];
+    snprintf(want, sizeof want, "tpl%ld-n", (long)job);
+    size_t wl = strlen(want);
+    if (job <= 0 || tpl_ns_job(name) != job || strncmp(name, want, wl) != 0)
+        return -1;
+    return strtol(name + wl, NULL, 10);
+}

@@ -27,6 +27,12 @@ typedef struct tpl_link {
  * with ns, us, ms or s. Returns 0, or -1 with why in err. */
 int tpl_parse_link(const char *spec, tpl_link *out, char *err, size_t errlen);
 
+/* The link as TP_LAUNCH_LINK shows it: "none" when unshaped, else the rate
+ * in the largest of tbit, gbit, mbit, kbit, bit that holds it exactly, and
+ * ",DELAY" in the largest of s, ms, us, ns that does (e.g. "1gbit,50us",
+ * "1500mbit"; 1gbps gives "8gbit"). */
+void tpl_link_str(const tpl_link *l, char *buf, size_t len);
+
 /* The node (0..k-1) of rank r of n in blocks: node i holds ranks
  * i*n/k .. (i+1)*n/k - 1 (1 <= k <= n). */
 long tpl_node_of_rank(long r, long n, long k);
@@ -41,5 +47,14 @@ void tpl_ns_name(pid_t pid, long node, char *buf, size_t len); /* node -1: the b
 /* If name is exactly one of a job's namespace names, its job pid (> 0);
  * else 0. Strict: no leading zeros, nothing after the name. */
 pid_t tpl_ns_job(const char *name);
+
+/* mpirun's --host list for job `pid`: every node's name with its slot
+ * count, in node order ("tpl<pid>-n0:2,tpl<pid>-n1:2"). 0, or -1 if len is
+ * too small. */
+int tpl_mpi_hosts(pid_t pid, long n, long k, char *buf, size_t len);
+
+/* The node of a job's node name "tpl<job>-n<i>": i, or -1 if name is not a
+ * node of that job (the bridge's name included). */
+long tpl_ns_node(const char *name, pid_t job);
 
 #endif

@@ -9,7 +9,10 @@
  *                        no default route
  *   rate/delay: tbf (root, handle 1:) with a netem child (10:) on eth0 and
  *               on v<i>, i.e. on both directions of every node's link.
- * Removing the namespaces removes the veths and the bridge with them.
+ * Removing a namespace first ends (SIGKILL) every process still in it,
+ * found by its /proc/PID/ns/net: ranks' children, and under --mpi the
+ * Open MPI daemons, which detach themselves (orted --daemonize); then the
+ * namespace goes, and with the last one the veths and the bridge.
  * A watcher process (own session, ignores SIGINT/SIGTERM/SIGHUP) removes
  * the namespaces when tp-launch dies without doing it (SIGKILL); if the
  * watcher is killed too, the next tp-launch --nodes removes namespaces of
@@ -27,7 +30,9 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define NETNS_DIR "/run/netns"
@@ -168,6 +173,55 @@ static int check_tools(const tpl_link *link)
     return 0;
 }
 
+/* Is process pid (a /proc entry) in the namespace with inode *ns? */
+static int in_ns(const char *pid, const struct stat *ns)
+{
+    char path[64];
+    struct stat st;
+    snprintf(path, sizeof path, "/proc/%.16s/ns/net", pid);
+    return stat(path, &st) == 0 && st.st_ino == ns->st_ino && st.st_dev == ns->st_dev;
+}
+
+/* SIGKILL to process pid if it is in namespace ns: through a pidfd, so a
+ * pid reused after the check is never signalled. 1 if it was sent. */
+static int kill_in_ns(const char *pid, const struct stat *ns)
+{
+#ifdef SYS_pidfd_open
+    int fd = (int)syscall(SYS_pidfd_open, atoi(pid), 0);
+    if (fd >= 0) {
+        int sent = in_ns(pid, ns) && syscall(SYS_pidfd_send_signal, fd, SIGKILL, NULL, 0) == 0;
+        close(fd);
+        return sent;
+    }
+#endif
+    return in_ns(pid, ns) && kill(atoi(pid), SIGKILL) == 0;
+}
+
+/* End every process in namespace `name` (never this one): passes over
+ * /proc until one finds none, for at most about 2 s. */
+static void kill_ns_processes(const char *name)
+{
+    char path[sizeof NETNS_DIR + 256];
+    struct stat ns;
+    snprintf(path, sizeof path, NETNS_DIR "/%s", name);
+    if (stat(path, &ns) < 0)
+        return;
+    for (int pass = 0; pass < 200; pass++) {
+        DIR *d = opendir("/proc");
+        if (!d)
+            return;
+        int found = 0;
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL)
+            if (e->d_name[0] >= '1' && e->d_name[0] <= '9' && atoi(e->d_name) != getpid())
+                found += kill_in_ns(e->d_name, &ns);
+        closedir(d);
+        if (!found)
+            return;
+        nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+    }
+}
+
 /* Remove the namespaces of job `job` (all_dead: of every job whose pid no
  * longer exists, saying so). Only names tpl_ns_job() accepts are touched. */
 static void remove_namespaces(pid_t job, int all_dead)
@@ -182,6 +236,7 @@ static void remove_namespaces(pid_t job, int all_dead)
             continue;
         if (all_dead ? (p == getpid() || kill(p, 0) == 0 || errno != ESRCH) : p != job)
             continue;
+        kill_ns_processes(e->d_name);
         if (tool(1, ip_path, (const char *[]){"netns", "delete", e->d_name, NULL}) == 0 && all_dead)
             fprintf(stderr, "tp-launch: removed namespace %s of an earlier job (pid %ld, gone)\n",
                     e->d_name, (long)p);

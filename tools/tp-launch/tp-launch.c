@@ -23,6 +23,21 @@
  * --nodes K [--link RATE[,DELAY]] runs the ranks on K emulated nodes (network
  * namespaces with their own host names, joined by shaped veth links to a
  * bridge; see nodes.c), in blocks: node i holds ranks i*N/K .. (i+1)*N/K-1.
+ *
+ * --nodes K --mpi runs Open MPI's mpirun on that cluster instead (mpi.c):
+ * mpirun in node 0, its daemons put on the other nodes by tp-launch itself
+ * as the rsh agent, ranks in the same blocks, shared memory (vader) inside
+ * a node and TCP across nodes. mpirun's own options go between two "--":
+ *   tp-launch --nodes 2 --mpi -n 4 -- --mca btl_base_verbose 30 -- prog
+ * Everything of the job, the daemons included, ends with it.
+ *
+ * Every rank, in both paths, also gets (mpirun: -x):
+ *   TP_JOB_ID        "<tp-launch's pid>.<8 random hex digits>", unique per
+ *                    job (e.g. to name a shared-memory segment per job);
+ *                    set with and without --nodes
+ *   TP_LAUNCH_NODES  K, with --nodes (unset without)
+ *   TP_LAUNCH_LINK   the --link spec in canonical form ("1gbit,50us",
+ *                    "1500mbit"), or "none" when unshaped; with --nodes
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -43,6 +58,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "mpi.h"
 #include "nodes.h"
 
 #define MAX_RANKS      64 /* the core takes TP_WORLD_SIZE in 1..64 */
@@ -88,6 +104,8 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "Usage: tp-launch -n N [OPTIONS] [--] PROGRAM [ARGS...]\n"
+            "       tp-launch --nodes K [--link L] --mpi -n N [-- MPIRUN-OPTION... --]\n"
+            "                 PROGRAM [ARGS...]\n"
             "\n"
             "Start N local processes of PROGRAM as the ranks of one tp job over TCP.\n"
             "Each process gets TP_RANK (0..N-1), TP_WORLD_SIZE=N, TP_MASTER_ADDR,\n"
@@ -111,8 +129,28 @@ static void usage(FILE *f)
             "      --link RATE[,DELAY]  shape both directions of every node's link: RATE\n"
             "                        e.g. 1gbit, 500mbit, 2gbps; DELAY (one way) e.g. 50us,\n"
             "                        1ms (needs the kernel's netem); default unshaped\n"
+            "      --mpi             with --nodes: run Open MPI's mpirun on the nodes instead\n"
+            "                        (TP_BACKEND=mpi unless set): same blocks, shared memory\n"
+            "                        inside a node, TCP across; --oversubscribe is added when\n"
+            "                        a node has more ranks than the machine has cores. Give\n"
+            "                        mpirun options between two '--' (see below)\n"
             "  -h, --help            show this help\n"
             "      --version         show the version\n"
+            "\n"
+            "Every rank gets TP_JOB_ID (\"<tp-launch pid>.<8 random hex>\", unique per job)\n"
+            "and, with --nodes, TP_LAUNCH_NODES=K and TP_LAUNCH_LINK (the --link spec in\n"
+            "canonical form, e.g. \"1gbit,50us\"; \"none\" when unshaped).\n"
+            "\n"
+            "With --mpi: tp-launch --nodes K [--link L] --mpi -n N [-- MPIRUN-OPTION... --]\n"
+            "PROGRAM [ARGS...]. mpirun gets the nodes as hosts (slots = their blocks),\n"
+            "--map-by slot --rank-by slot --bind-to none, --mca btl self,vader,tcp, oob\n"
+            "and btl tcp on 198.18.0.0/15, -x TP_BACKEND TP_JOB_ID TP_LAUNCH_NODES\n"
+            "TP_LAUNCH_LINK, then your options (one of --mca NAME, --map-by, --rank-by,\n"
+            "--bind-to replaces tp-launch's; -n, hosts and the launch agent are not\n"
+            "yours to set). As root, mpirun itself also wants OMPI_ALLOW_RUN_AS_ROOT=1\n"
+            "and OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1. The output is mpirun's (no rank\n"
+            "prefix; add --tag-output); the exit status is mpirun's, or 128+N when a\n"
+            "signal N to tp-launch stopped the job.\n"
             "\n"
             "Exit status: 0 if every rank exited 0; otherwise that of the first rank\n"
             "seen to fail (128+N for signal N), or 2 for a usage error. Every failed\n"
@@ -122,7 +160,9 @@ static void usage(FILE *f)
             "Example:\n"
             "  tp-launch -n 4 tp-conformance\n"
             "  TP_TIMEOUT_S=30 tp-launch -n 2 --master-port 29500 ./tp_mlp --tp 2\n"
-            "  tp-launch --nodes 2 --link 1gbit,50us -n 4 tp-bench collectives\n",
+            "  tp-launch --nodes 2 --link 1gbit,50us -n 4 tp-bench collectives\n"
+            "  tp-launch --nodes 2 --link 1gbit --mpi -n 4 -- --mca btl_base_verbose 30 -- \\\n"
+            "      tp-bench collectives\n",
             MAX_RANKS);
 }
 
@@ -274,7 +314,10 @@ typedef struct launch_opts {
     int prefix;
     long nodes;    /* --nodes K; 0: none */
     tpl_link link; /* --link; rate 0: unshaped */
-    int have_link, have_addr;
+    int have_link, have_addr, have_port;
+    int mpi;         /* --mpi */
+    char **mpi_user; /* mpirun's options from between the two "--" */
+    int n_mpi_user;
 } launch_opts;
 
 /* Everything the supervision loop tracks. */
@@ -286,6 +329,8 @@ typedef struct launcher {
     sigset_t orig;              /* the mask before tp-launch blocked its signals */
     pid_t self;                 /* tp-launch's pid: the parent every rank checks for */
     const tpl_cluster *cluster; /* --nodes; NULL: none */
+    int mpi;                    /* the one child is mpirun, in node 0 */
+    int forwarded;              /* the first signal forwarded to the job, 0: none */
     int running, first_fail;
     double kill_at, hard_kill_at; /* SIGTERM, then SIGKILL the ranks left (-1: not due) */
     int hold;                     /* the master socket for rank 0 (free_port), or -1 */
@@ -321,10 +366,36 @@ static int check_nodes_opts(const launch_opts *lo)
         why = "--nodes: more nodes than ranks (-n); every node needs a rank";
     else if (lo->nodes && lo->have_addr)
         why = "--nodes sets TP_MASTER_ADDR to node 0's address: drop --master-addr";
+    else if (lo->mpi && !lo->nodes)
+        why = "--mpi runs mpirun on emulated nodes: it needs --nodes K (--nodes 1 for one)";
+    else if (lo->mpi && lo->have_port)
+        why = "--master-port is the tcp backend's rendezvous; --mpi ranks meet through mpirun";
     if (!why)
         return -1;
     fprintf(stderr, "tp-launch: %s\n", why);
     return 2;
+}
+
+/* --mpi: words from optind that start with '-' are mpirun's options, up to
+ * a "--" (getopt took the first one). 0, or -1 after saying why. */
+static int split_mpi_opts(int argc, char **argv, launch_opts *lo)
+{
+    if (optind >= argc || argv[optind][0] != '-')
+        return 0;
+    int end = optind;
+    while (end < argc && strcmp(argv[end], "--") != 0)
+        end++;
+    if (end == argc) {
+        fprintf(stderr,
+                "tp-launch: --mpi: mpirun options start at '%s' but no '--' ends them: "
+                "write tp-launch ... --mpi -n N -- MPIRUN-OPTION... -- PROGRAM\n",
+                argv[optind]);
+        return -1;
+    }
+    lo->mpi_user = argv + optind;
+    lo->n_mpi_user = end - optind;
+    optind = end + 1;
+    return tpl_mpi_check_user(lo->mpi_user, lo->n_mpi_user);
 }
 
 /* Options up to the program; returns -1 to go on, else the exit status. */
@@ -334,7 +405,8 @@ static int parse_args(int argc, char **argv, launch_opts *lo)
         OPT_NO_PREFIX = 256,
         OPT_VERSION,
         OPT_NODES,
-        OPT_LINK
+        OPT_LINK,
+        OPT_MPI
     };
     static const struct option opts[] = {
         {"np", required_argument, NULL, 'n'},
@@ -344,6 +416,7 @@ static int parse_args(int argc, char **argv, launch_opts *lo)
         {"no-prefix", no_argument, NULL, OPT_NO_PREFIX},
         {"nodes", required_argument, NULL, OPT_NODES},
         {"link", required_argument, NULL, OPT_LINK},
+        {"mpi", no_argument, NULL, OPT_MPI},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
@@ -366,6 +439,7 @@ static int parse_args(int argc, char **argv, launch_opts *lo)
                             optarg);
                     return 2;
                 }
+                lo->have_port = 1;
                 break;
             case 'a':
                 if (check_addr(optarg) < 0)
@@ -384,6 +458,7 @@ static int parse_args(int argc, char **argv, launch_opts *lo)
                 break;
             }
             case OPT_NO_PREFIX: lo->prefix = 0; break;
+            case OPT_MPI: lo->mpi = 1; break;
             case OPT_NODES:
             case OPT_LINK:
                 if (parse_nodes_opt(o == OPT_NODES, optarg, lo) < 0)
@@ -394,6 +469,8 @@ static int parse_args(int argc, char **argv, launch_opts *lo)
             default: usage(stderr); return 2;
         }
     }
+    if (lo->mpi && split_mpi_opts(argc, argv, lo) < 0)
+        return 2;
     if (lo->n == 0 || optind >= argc) {
         fprintf(stderr, "tp-launch: %s\n",
                 lo->n == 0 ? "missing -n N (the number of ranks)" : "missing the program to run");
@@ -448,7 +525,8 @@ static void exec_rank(const launcher *L, long r, int p[2][2], char **prog)
         _exit(127);
     }
     setpgid(0, 0);
-    if (L->cluster && tpl_cluster_enter(L->cluster, tpl_node_of_rank(r, L->n, L->cluster->k)) < 0)
+    long node = L->mpi || !L->cluster ? 0 : tpl_node_of_rank(r, L->n, L->cluster->k);
+    if (L->cluster && tpl_cluster_enter(L->cluster, node) < 0)
         _exit(127);
     /* default handlers first: a signal already pending for the rank then
      * acts on it when the mask is restored, instead of on tp-launch's
@@ -473,14 +551,16 @@ static void exec_rank(const launcher *L, long r, int p[2][2], char **prog)
                 close(L->c[k].s[j].fd);
     char val[32];
     snprintf(val, sizeof val, "%ld", r);
-    setenv("TP_RANK", val, 1);
+    if (!L->mpi)
+        setenv("TP_RANK", val, 1);
     unsetenv("TP_MASTER_FD");
     if (r == 0 && L->hold >= 0 && fcntl(L->hold, F_SETFD, 0) == 0) { /* rank 0 inherits it */
         snprintf(val, sizeof val, "%d", L->hold);
         setenv("TP_MASTER_FD", val, 1);
     }
     execvp(prog[0], prog);
-    fprintf(stderr, "tp-launch: rank %ld: cannot run %s: %s\n", r, prog[0], strerror(errno));
+    fprintf(stderr, "tp-launch: %s %ld: cannot run %s: %s\n", L->mpi ? "job" : "rank", r, prog[0],
+            strerror(errno));
     _exit(127);
 }
 
@@ -569,8 +649,8 @@ static void rank_stopped(launcher *L, long r, int status)
         return;
     }
     ch->stopped = WSTOPSIG(status);
-    fprintf(stderr, "tp-launch: rank %ld (pid %d) was stopped by signal %d (%s)\n", r, (int)ch->pid,
-            ch->stopped, strsignal(ch->stopped));
+    fprintf(stderr, "tp-launch: %s %ld (pid %d) was stopped by signal %d (%s)\n",
+            L->mpi ? "mpirun, job" : "rank", r, (int)ch->pid, ch->stopped, strsignal(ch->stopped));
 }
 
 static void reap_children(launcher *L)
@@ -594,7 +674,8 @@ static void reap_children(launcher *L)
     }
 }
 
-/* A signal to tp-launch goes to every rank, with SIGKILL 2 s later. */
+/* A signal to tp-launch goes to every rank, with SIGKILL 2 s later (to
+ * mpirun, 5 s: it stops its daemons' ranks through the daemons first). */
 static void forward_signal(launcher *L)
 {
     if (!got_signal)
@@ -602,8 +683,10 @@ static void forward_signal(launcher *L)
     fprintf(stderr, "tp-launch: got signal %d (%s); stopping all ranks\n", (int)got_signal,
             strsignal(got_signal));
     signal_all(L->c, (int)L->n, (int)got_signal);
+    if (!L->forwarded)
+        L->forwarded = (int)got_signal;
     if (L->hard_kill_at < 0)
-        L->hard_kill_at = now() + 2.0;
+        L->hard_kill_at = now() + (L->mpi ? 5.0 : 2.0);
     got_signal = 0;
 }
 
@@ -687,6 +770,13 @@ static int report(const launcher *L)
 {
     if (L->first_fail < 0)
         return 0;
+    if (L->mpi) {
+        char how[128];
+        describe(how, sizeof how, L->c[0].status);
+        fprintf(stderr, "tp-launch: failed: mpirun %s\n", how);
+        /* stopped by a signal to tp-launch: 128+N, as the tcp path's ranks */
+        return L->forwarded ? 128 + L->forwarded : exit_code(L->c[0].status);
+    }
     const child *c = L->c;
     int ff = L->first_fail;
     char how[128];
@@ -765,53 +855,124 @@ static void reap_all(launcher *L)
     }
 }
 
+/* TP_JOB_ID always; TP_LAUNCH_NODES and TP_LAUNCH_LINK with --nodes (else
+ * unset, so no outer job's values pass for this one's). 0, or -1. */
+static int set_job_env(const launch_opts *lo)
+{
+    char rnd[65], val[64];
+    if (make_secret(rnd) < 0) {
+        fprintf(stderr, "tp-launch: cannot make a random TP_JOB_ID (getrandom: %s)\n",
+                strerror(errno));
+        return -1;
+    }
+    snprintf(val, sizeof val, "%ld.%.8s", (long)getpid(), rnd);
+    setenv("TP_JOB_ID", val, 1);
+    if (!lo->nodes) {
+        unsetenv("TP_LAUNCH_NODES");
+        unsetenv("TP_LAUNCH_LINK");
+        return 0;
+    }
+    snprintf(val, sizeof val, "%ld", lo->nodes);
+    setenv("TP_LAUNCH_NODES", val, 1);
+    tpl_link_str(&lo->link, val, sizeof val);
+    setenv("TP_LAUNCH_LINK", val, 1);
+    return 0;
+}
+
+/* The tcp path's rendezvous: node 0's address under --nodes, else a free
+ * port held in *hold. 0, or -1 after saying why. */
+static int pick_master(launch_opts *lo, char *master, size_t len, int *hold)
+{
+    if (lo->nodes) { /* a fresh namespace: every port is free there */
+        tpl_node_addr(0, master, len);
+        lo->addr = master;
+        if (lo->port == 0)
+            lo->port = 29500;
+    } else if (lo->port == 0 && (lo->port = free_port(lo->addr, hold)) < 0) {
+        fprintf(stderr, "tp-launch: cannot find a free port on %s: %s; pass --master-port\n",
+                lo->addr, strerror(errno));
+        return -1;
+    }
+    return set_secret();
+}
+
+/* Under --nodes tp-launch is a child subreaper: processes that detach from
+ * its ranks (Open MPI's daemons) become its children, so that it can reap
+ * them once the cluster's processes are ended (instead of leaving zombies
+ * where no init reaps). Bounded: 1 s at most. */
+static void reap_orphans(void)
+{
+    for (int i = 0; i < 100; i++) {
+        pid_t p = waitpid(-1, NULL, WNOHANG);
+        if (p < 0 && errno != EINTR)
+            return; /* ECHILD: none left */
+        if (p == 0)
+            nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+    }
+}
+
+/* Ranks (or mpirun) on the cluster or here; the exit status. */
+static int launch(launcher *L, const launch_opts *lo, char **prog)
+{
+    tpl_cluster cluster;
+    char **mpirun = NULL;
+    if (lo->nodes) {
+        if (tpl_cluster_create(&cluster, lo->nodes, &lo->link) < 0)
+            return 1;
+        L->cluster = &cluster;
+        prctl(PR_SET_CHILD_SUBREAPER, 1);
+    }
+    if (lo->mpi) {
+        if (!getenv("TP_BACKEND"))
+            setenv("TP_BACKEND", "mpi", 1);
+        tpl_mpi_job j = {.n = lo->n, .user = lo->mpi_user, .n_user = lo->n_mpi_user, .prog = prog};
+        if (!(mpirun = tpl_mpi_argv(&cluster, &j))) {
+            tpl_cluster_destroy(&cluster);
+            return 1;
+        }
+        prog = mpirun;
+    } else {
+        set_world_env(lo);
+    }
+    int rc = run_ranks(L, prog);
+    reap_all(L);
+    if (L->cluster) {
+        tpl_cluster_destroy(&cluster);
+        reap_orphans();
+    }
+    tpl_mpi_free_argv(mpirun);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc > 1 && strncmp(argv[1], TPL_MPI_AGENT_OPT, strlen(TPL_MPI_AGENT_OPT)) == 0)
+        return tpl_mpi_agent(argc, argv); /* Open MPI's launch agent under --mpi */
     launch_opts lo = {.n = 0, .port = 0, .grace_ms = 5000, .addr = "127.0.0.1", .prefix = 1};
     int rc = parse_args(argc, argv, &lo);
     if (rc >= 0)
         return rc;
     int hold = -1; /* the picked port, kept bound until the job ends */
     char master[48];
-    if (lo.nodes) { /* a fresh namespace: every port is free there */
-        tpl_node_addr(0, master, sizeof master);
-        lo.addr = master;
-        if (lo.port == 0)
-            lo.port = 29500;
-    } else if (lo.port == 0 && (lo.port = free_port(lo.addr, &hold)) < 0) {
-        fprintf(stderr, "tp-launch: cannot find a free port on %s: %s; pass --master-port\n",
-                lo.addr, strerror(errno));
+    if ((lo.mpi ? tpl_mpi_find() : pick_master(&lo, master, sizeof master, &hold)) < 0 ||
+        set_job_env(&lo) < 0)
         return 1;
-    }
-    if (set_secret() < 0)
-        return 1;
-    launcher L = {.n = lo.n,
+    launcher L = {.n = lo.mpi ? 1 : lo.n, /* --mpi: the one child is mpirun */
                   .self = getpid(),
-                  .prefix = lo.prefix,
+                  .prefix = lo.mpi ? 0 : lo.prefix,
+                  .mpi = lo.mpi,
                   .grace_ms = lo.grace_ms,
                   .first_fail = -1,
                   .kill_at = -1,
                   .hard_kill_at = -1,
                   .hold = hold};
-    L.c = calloc((size_t)lo.n, sizeof *L.c);
+    L.c = calloc((size_t)L.n, sizeof *L.c);
     if (!L.c) {
         fprintf(stderr, "tp-launch: out of memory\n");
         return 1;
     }
     install_signals(&L.orig);
-    tpl_cluster cluster;
-    if (lo.nodes) {
-        if (tpl_cluster_create(&cluster, lo.nodes, &lo.link) < 0) {
-            free(L.c);
-            return 1;
-        }
-        L.cluster = &cluster;
-    }
-    set_world_env(&lo);
-    rc = run_ranks(&L, argv + optind);
-    reap_all(&L);
-    if (L.cluster)
-        tpl_cluster_destroy(&cluster);
+    rc = launch(&L, &lo, argv + optind);
     free(L.c);
     if (hold >= 0)
         close(hold);
