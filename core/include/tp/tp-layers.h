@@ -318,7 +318,7 @@ typedef struct tp_gpt tp_gpt;
 typedef struct tp_block tp_block; /* tp-transformer.h */
 
 /* Errors (TP_ERR_SHAPE / TP_ERR_INVALID_ARG, with the numbers): sizes < 1,
- * vocab < T, ffn < T, and whatever the blocks refuse (heads % T, ...). */
+ * vocab < T, ffn < T, and whatever the blocks refuse (heads < T, ...). */
 TP_API tp_status tp_gpt_create(tp_comm *comm, const tp_gpt_config *cfg, tp_gpt **out);
 /* ids: int32 [batch, seq_len] on the device (seq_len <= cfg.seq, ids in
  * [0, vocab)); targets: int32 with batch*seq_len elements (row t of the

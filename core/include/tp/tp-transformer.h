@@ -42,17 +42,21 @@ extern "C" {
  * head, out-projection row-parallel (input_is_parallel). One all-reduce
  * forward (out-projection), one backward (input gradient of the QKV linear).
  *
- * Heads: heads % T must be 0; rank r owns query heads [r*H/T, (r+1)*H/T).
- * Grouped-query / multi-query attention: kv_heads divides heads, query head
- * h uses KV head h / (heads / kv_heads). Each rank holds the KV heads its
- * query heads use: with kv_heads >= T and kv_heads % T == 0 they are split;
- * otherwise (kv_heads < T, e.g. MQA) some KV heads are replicated on the
- * ranks that share them. The gradient of a replicated KV weight is the sum
- * of the partial gradients of the ranks sharing it: those partial sums ride
- * in the same collective as the input gradient (appended to the all-reduce
- * payload, or to the sharing ranks' blocks of the reduce-scatter with
- * sequence parallelism), so the count stays one per backward and every
- * holder ends with the same, complete gradient.
+ * Heads: rank r owns query heads [q_lo, q_hi) = tp_shard_range(heads, T, r),
+ * so heads need not be divisible by T: ranks hold ceil(heads/T) or
+ * floor(heads/T) heads (heads >= T). Grouped-query / multi-query attention:
+ * kv_heads divides heads, query head h uses KV head h / (heads / kv_heads).
+ * Each rank holds the KV heads its query heads use, [q_lo / g, (q_hi-1) / g
+ * + 1) with g = heads / kv_heads: where a group of g query heads straddles
+ * a shard boundary (MQA, kv_heads < T, or uneven shards) that KV head is
+ * replicated on every rank holding one of its query heads. The gradient of
+ * a replicated KV weight is the sum of the partial gradients of the ranks
+ * sharing it (each rank's part covers its own query heads; the others add
+ * exact zeros): those partial sums ride in the same collective as the input
+ * gradient (appended to the all-reduce payload, or to the sharing ranks'
+ * blocks of the reduce-scatter with sequence parallelism), so the count
+ * stays one per backward, the sum has the communicator's fixed order, and
+ * every holder ends with the same, complete gradient bits.
  *
  * Master weights (the same full model for every T):
  *   qkv weight [hidden, (heads + 2*kv_heads) * head_dim] = (seed, tensor_id),
@@ -83,7 +87,7 @@ typedef struct tp_attention_config {
 
 typedef struct tp_attention tp_attention;
 
-/* heads % T != 0, or hidden % heads != 0 without head_dim, or kv_heads not
+/* heads < T, or hidden % heads != 0 without head_dim, or kv_heads not
  * dividing heads: TP_ERR_SHAPE with the numbers and the ways out. */
 TP_API tp_status tp_attention_create(tp_comm *comm, const tp_attention_config *cfg,
                                      tp_attention **out);

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * attention.c — ParallelAttention: fused QKV column-parallel linear (whole
- * heads per rank, GQA/MQA with replicated KV heads), causal scaled
+ * heads per rank, tp_shard_range of the query heads, so heads % T may be
+ * non-zero; GQA/MQA with replicated KV heads), causal scaled
  * dot-product attention per head, row-parallel out-projection.
  *
  * The GEMMs are composed here rather than through tp_linear because the
@@ -58,21 +59,36 @@ struct tp_attention {
     int64_t batch, seq, tokens, rows; /* rows: this rank's rows of x (tokens without SP) */
 };
 
-/* Query heads [q_lo, q_hi) and KV heads [kv_lo, kv_hi) of rank i. */
+/* Query heads [q_lo, q_hi) = tp_shard_range(heads, T, i) and the KV heads
+ * [kv_lo, kv_hi) they use, of rank i. */
 static void ranges_of(const tp_attention *a, int i, int64_t *qlo, int64_t *qhi, int64_t *kvlo,
                       int64_t *kvhi)
 {
-    int64_t lo = i * a->local_heads, hi = lo + a->local_heads;
+    int64_t lo, hi;
+    tp_shard_range(a->heads, a->tp_size, i, &lo, &hi);
     *qlo = lo;
     *qhi = hi;
     *kvlo = lo / a->group;
     *kvhi = (hi - 1) / a->group + 1;
 }
 
-/* Is KV head k held by more than one rank? */
+/* The rank holding query head h. */
+static int rank_of_head(const tp_attention *a, int64_t h)
+{
+    for (int i = 0; i < a->tp_size; i++) {
+        int64_t lo, hi;
+        tp_shard_range(a->heads, a->tp_size, i, &lo, &hi);
+        if (h < hi)
+            return i;
+    }
+    return a->tp_size - 1;
+}
+
+/* Is KV head k held by more than one rank (its query-head group straddles
+ * a shard boundary)? */
 static bool kv_shared(const tp_attention *a, int64_t k)
 {
-    return (k * a->group) / a->local_heads != ((k + 1) * a->group - 1) / a->local_heads;
+    return rank_of_head(a, k * a->group) != rank_of_head(a, (k + 1) * a->group - 1);
 }
 
 static bool rank_holds(const tp_attention *a, int i, int64_t k)
@@ -143,6 +159,32 @@ static int64_t full_col(const tp_attention *a, int64_t qlo, int64_t kvlo, int64_
     return (a->heads + a->kv_heads + kvlo + head) * head_dim + e;
 }
 
+/* heads not dividing hidden and no head_dim: name both ways out. */
+static tp_status refuse_head_dim(const char *who, int64_t hidden, int64_t heads)
+{
+    int64_t below = 0, above = 0; /* nearest head counts dividing hidden */
+    for (int64_t d = heads - 1; d >= 1 && !below; d--)
+        if (hidden % d == 0)
+            below = d;
+    for (int64_t d = heads + 1; d <= hidden && !above; d++)
+        if (hidden % d == 0)
+            above = d;
+    char alt[96] = "";
+    if (below && above)
+        snprintf(alt, sizeof alt, " (e.g. heads=%lld or %lld)", (long long)below, (long long)above);
+    else if (below || above)
+        snprintf(alt, sizeof alt, " (e.g. heads=%lld)", (long long)(below ? below : above));
+    int64_t hd = (hidden + heads - 1) / heads;
+    return tp_set_error(TP_ERR_SHAPE,
+                        "%s: head_dim is 0 (default hidden/heads) but hidden=%lld is not "
+                        "divisible by heads=%lld; ways out: give head_dim explicitly (the "
+                        "examples' and tp-bench's --head-dim; e.g. head_dim=%lld: Q/K/V are then "
+                        "heads*head_dim=%lld wide and the out-projection maps them back to "
+                        "hidden), or choose heads dividing hidden%s",
+                        who, (long long)hidden, (long long)heads, (long long)hd,
+                        (long long)(hd * heads), alt);
+}
+
 static tp_status check_config(tp_attention *a, const tp_attention_config *cfg)
 {
     const char *who = a->label;
@@ -162,42 +204,15 @@ static tp_status check_config(tp_attention *a, const tp_attention_config *cfg)
                             "of %lld, 1 for multi-query or %lld (=heads) for multi-head",
                             who, (long long)kv_heads, (long long)heads, (long long)heads,
                             (long long)heads);
-    if (!cfg->head_dim && hidden % heads != 0) {
-        /* nearest head counts that divide hidden and split evenly over T */
-        int64_t below = 0, above = 0;
-        for (int64_t d = heads - 1; d >= 1 && !below; d--)
-            if (hidden % d == 0 && d % tp_size == 0)
-                below = d;
-        for (int64_t d = heads + 1; d <= hidden && !above; d++)
-            if (hidden % d == 0 && d % tp_size == 0)
-                above = d;
-        char alt[160] = "";
-        if (below && above)
-            snprintf(alt, sizeof alt, " (e.g. heads=%lld or %lld at T=%d)", (long long)below,
-                     (long long)above, tp_size);
-        else if (below || above)
-            snprintf(alt, sizeof alt, " (e.g. heads=%lld at T=%d)",
-                     (long long)(below ? below : above), tp_size);
-        int64_t head_dim = hidden / heads > 0 ? hidden / heads : 1;
-        return tp_set_error(
-            TP_ERR_SHAPE,
-            "%s: hidden=%lld is not divisible by heads=%lld (%lld / %lld = %.3f), so head_dim "
-            "cannot default to hidden/heads%s; ways out: give head_dim explicitly (e.g. "
-            "head_dim=%lld: Q/K/V are then heads*head_dim=%lld wide and the out-projection maps "
-            "them back to hidden), or choose heads dividing hidden%s",
-            who, (long long)hidden, (long long)heads, (long long)hidden, (long long)heads,
-            (double)hidden / (double)heads,
-            heads % tp_size == 0 ? " (heads is divisible by T, that part is fine)" : "",
-            (long long)head_dim, (long long)(head_dim * heads), alt);
-    }
-    if (heads % tp_size != 0)
-        return tp_set_error(
-            TP_ERR_SHAPE,
-            "%s: heads=%lld is not divisible by T=%d (%lld %% %d = %lld): "
-            "attention splits whole heads across ranks; ways out: choose T dividing "
-            "heads (a divisor of %lld), or change heads to a multiple of %d",
-            who, (long long)heads, tp_size, (long long)heads, tp_size, (long long)(heads % tp_size),
-            (long long)heads, tp_size);
+    if (!cfg->head_dim && hidden % heads != 0)
+        return refuse_head_dim(who, hidden, heads);
+    /* heads need not divide by T (tp_shard_range), but every rank needs one */
+    if (heads < tp_size)
+        return tp_set_error(TP_ERR_SHAPE,
+                            "%s: heads=%lld is less than T=%d: attention gives every rank at "
+                            "least one whole query head (heads need not be divisible by T); ways "
+                            "out: T <= %lld, or heads >= %d",
+                            who, (long long)heads, tp_size, (long long)heads, tp_size);
     /* every parameter's size fits: (heads + 2 kv_heads) head_dim columns of
      * hidden rows bounds them all (kv_heads <= heads) */
     int64_t head_dim = cfg->head_dim ? cfg->head_dim : hidden / heads, h3, fw, nw;
@@ -210,7 +225,6 @@ static tp_status check_config(tp_attention *a, const tp_attention_config *cfg)
     a->kv_heads = kv_heads;
     a->head_dim = head_dim;
     a->group = heads / kv_heads;
-    a->local_heads = heads / tp_size;
     return TP_OK;
 }
 
@@ -325,6 +339,7 @@ tp_status tp_attention_create(tp_comm *comm, const tp_attention_config *cfg, tp_
     }
     TP_TRY_GOTO(check_config(a, cfg), st, fail);
     ranges_of(a, a->rank, &a->q_lo, &a->q_hi, &a->kv_lo, &a->kv_hi);
+    a->local_heads = a->q_hi - a->q_lo;
     a->local_kv = a->kv_hi - a->kv_lo;
     a->qkv_width = (a->local_heads + 2 * a->local_kv) * a->head_dim;
     a->out_rows = a->local_heads * a->head_dim;
@@ -899,8 +914,11 @@ static tp_status get_full(tp_attention *a, const tp_tensor *wqkv, const tp_tenso
     TP_TRY_GOTO(tp_all_gatherv(a->comm, mine, dst, a->counts, TP_F32), st, out);
     TP_TRY_GOTO(tp_dev_download(a->dev, host, dst, total * XF_ES), st, out);
     place_qkv(a, host, wid, hw, hb);
-    for (int i = 0; i < tp_size; i++)
-        a->counts[i] = (size_t)(a->local_heads * head_dim * hidden);
+    for (int i = 0; i < tp_size; i++) {
+        int64_t ql, qh;
+        tp_shard_range(a->heads, tp_size, i, &ql, &qh);
+        a->counts[i] = (size_t)((qh - ql) * head_dim * hidden);
+    }
     TP_TRY_GOTO(tp_all_gatherv(a->comm, wo->data, dso, a->counts, TP_F32), st, out);
     if (how)
         TP_TRY_GOTO(
