@@ -245,36 +245,38 @@ static void run_attn_case(tpt_rank *k, const attn_case *c, bool sp)
     tp_stats_reset(k->g);
     EXPECT_OK(k, tp_attention_forward(a, &xt, c->b, c->s, &yt));
     EXPECT_OK(k, tp_attention_backward(a, &dyt, &dxt));
+    /* floats of the shared KV heads' gradients (their query-head group
+     * straddles a shard boundary) */
+    int64_t g = H / KV, extra = 0;
+    for (int64_t kh = 0; kh < KV; kh++)
+        if (head_rank(H, k->T, kh * g) != head_rank(H, k->T, (kh + 1) * g - 1))
+            extra += 2 * hd * (hid + (c->bias ? 1 : 0));
     int want[2][TP_OP_COUNT];
     memcpy(want, XF_OPS_NONE, sizeof want);
     if (sp) {
         want[0][TP_OP_ALL_GATHER] = want[0][TP_OP_REDUCE_SCATTER] = 1;
         want[1][TP_OP_ALL_GATHER] = want[1][TP_OP_REDUCE_SCATTER] = 1;
+        want[1][TP_OP_ALL_REDUCE] = extra > 0; /* the shared heads' gradients */
     } else {
         want[0][TP_OP_ALL_REDUCE] = want[1][TP_OP_ALL_REDUCE] = 1;
     }
     check_counts(k, __LINE__, sp ? "attention (sequence parallel)" : "attention", want);
     /* payload bytes: the [tokens, hidden] activation each way (the seed's
-     * formula); backward carries the shared KV heads' gradients on top */
+     * formula); backward carries the shared KV heads' gradients on top (in
+     * the all-reduce; with SP in an all-reduce of their own) */
     {
         tp_stats sts;
         tp_stats_get(k->g, &sts);
-        uint64_t act = (uint64_t)(N * hid) * sizeof(float);
-        int64_t g = H / KV, extra = 0;
-        for (int64_t kh = 0; kh < KV; kh++)
-            if (head_rank(H, k->T, kh * g) != head_rank(H, k->T, (kh + 1) * g - 1))
-                extra += 2 * hd * (hid + (c->bias ? 1 : 0));
+        uint64_t act = (uint64_t)(N * hid) * sizeof(float), kvb = (uint64_t)extra * sizeof(float);
         tp_op fop = sp ? TP_OP_REDUCE_SCATTER : TP_OP_ALL_REDUCE;
         EXPECT(k, sts.comm[TP_PHASE_FORWARD][fop].bytes == act,
                "forward %s bytes %llu, expected tokens*hidden*4 = %llu", tp_op_name(fop),
                (unsigned long long)sts.comm[TP_PHASE_FORWARD][fop].bytes, (unsigned long long)act);
-        if (!sp)
-            EXPECT(k,
-                   sts.comm[TP_PHASE_BACKWARD][fop].bytes == act + (uint64_t)extra * sizeof(float),
-                   "backward all_reduce bytes %llu, expected %llu + shared KV grads %lld floats",
-                   (unsigned long long)sts.comm[TP_PHASE_BACKWARD][fop].bytes,
-                   (unsigned long long)act, (long long)extra);
-        else
+        uint64_t ar = sts.comm[TP_PHASE_BACKWARD][TP_OP_ALL_REDUCE].bytes;
+        EXPECT(k, ar == (sp ? kvb : act + kvb),
+               "backward all_reduce bytes %llu, expected %llu + shared KV grads %lld floats",
+               (unsigned long long)ar, (unsigned long long)(sp ? 0 : act), (long long)extra);
+        if (sp)
             EXPECT(k, sts.comm[TP_PHASE_BACKWARD][TP_OP_ALL_GATHER].bytes == act,
                    "backward all_gather bytes %llu, expected %llu",
                    (unsigned long long)sts.comm[TP_PHASE_BACKWARD][TP_OP_ALL_GATHER].bytes,
@@ -805,10 +807,16 @@ static void run_block(tpt_rank *k, const block_case *c, bool sp, int passes, blo
         if (counts && p == 0) {
             int want[2][TP_OP_COUNT];
             memcpy(want, XF_OPS_NONE, sizeof want);
+            /* KV heads shared by several ranks add one all-reduce with SP */
+            int64_t kvn = c->KV ? c->KV : c->H, gq = c->H / kvn;
+            int shared = 0;
+            for (int64_t kh = 0; kh < kvn; kh++)
+                shared |=
+                    head_rank(c->H, k->T, kh * gq) != head_rank(c->H, k->T, (kh + 1) * gq - 1);
             if (sp) { /* 2 AG + 2 RS each way, plus the fused norm-grad all-reduce */
                 want[0][TP_OP_ALL_GATHER] = want[0][TP_OP_REDUCE_SCATTER] = 2;
                 want[1][TP_OP_ALL_GATHER] = want[1][TP_OP_REDUCE_SCATTER] = 2;
-                want[1][TP_OP_ALL_REDUCE] = 1;
+                want[1][TP_OP_ALL_REDUCE] = 1 + shared;
             } else { /* Megatron's count: 2 all-reduces forward, 2 backward */
                 want[0][TP_OP_ALL_REDUCE] = want[1][TP_OP_ALL_REDUCE] = 2;
             }

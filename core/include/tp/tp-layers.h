@@ -292,7 +292,10 @@ TP_API void tp_optim_free(tp_optim *o); /* NULL is a no-op */
  *   backward: 1 reduce_scatter (output projection's input gradient) +
  *             1 all_reduce (final norm's parameter gradients) + the blocks'
  *             2L all_gather + 2L reduce_scatter + L all_reduce + 1 all_gather
- *             (embedding: every rank needs every token's gradient)
+ *             (embedding: every rank needs every token's gradient); plus,
+ *             per block whose KV heads are shared by several ranks (a GQA
+ *             group straddling a head-shard boundary), 1 all_reduce of
+ *             their gradients
  * T = 1 runs the same calls on a one-rank comm. The position add and the
  * output projection count under the forward/backward phases like the layers.
  * Host syncs per step: forward downloads the ids (range check) and the

@@ -23,15 +23,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* How backward sums the input gradient over the ranks; the gradients of KV
- * heads held by several ranks (GQA with T > kv_heads) ride in the same
- * collective, packed after the dx rows. Fixed by the configuration. */
+/* How backward sums the input gradient over the ranks and the gradients
+ * of KV heads held by several ranks (a GQA group straddling a shard
+ * boundary). Fixed by the configuration. */
 typedef enum dx_reduce {
-    DX_ALL_REDUCE,            /* dx [tokens, hidden] */
-    DX_ALL_REDUCE_PACKED,     /* dx | every shared KV head's region */
-    DX_REDUCE_SCATTER,        /* sequence parallel: dx into the token shards */
-    DX_REDUCE_SCATTER_PACKED, /* block i: shard i's dx rows | regions of the shared heads rank i
-                                 holds */
+    DX_ALL_REDUCE,        /* dx [tokens, hidden] */
+    DX_ALL_REDUCE_PACKED, /* dx | every shared KV head's region */
+    DX_REDUCE_SCATTER,    /* sequence parallel: dx into the token shards */
+    DX_REDUCE_SCATTER_KV, /* sequence parallel with shared KV heads: dx reduce-scattered,
+                                 then one all-reduce of every shared head's region (not packed
+                                 into each holder's reduce-scatter block: a backend may sum
+                                 different blocks in different orders, and the holders must get
+                                 the same bits) */
 } dx_reduce;
 
 struct tp_attention {
@@ -89,13 +92,6 @@ static int rank_of_head(const tp_attention *a, int64_t h)
 static bool kv_shared(const tp_attention *a, int64_t k)
 {
     return rank_of_head(a, k * a->group) != rank_of_head(a, (k + 1) * a->group - 1);
-}
-
-static bool rank_holds(const tp_attention *a, int i, int64_t k)
-{
-    int64_t ql, qh, kl, kh;
-    ranges_of(a, i, &ql, &qh, &kl, &kh);
-    return k >= kl && k < kh;
 }
 
 void tp_attention_free(tp_attention *a)
@@ -348,7 +344,7 @@ tp_status tp_attention_create(tp_comm *comm, const tp_attention_config *cfg, tp_
             a->any_shared = true;
     a->region = 2 * a->head_dim * (a->hidden + (a->has_bias ? 1 : 0));
     if (a->sp)
-        a->dx_reduce = a->any_shared ? DX_REDUCE_SCATTER_PACKED : DX_REDUCE_SCATTER;
+        a->dx_reduce = a->any_shared ? DX_REDUCE_SCATTER_KV : DX_REDUCE_SCATTER;
     else
         a->dx_reduce = a->any_shared ? DX_ALL_REDUCE_PACKED : DX_ALL_REDUCE;
     TP_TRY_GOTO(alloc_params(a, cfg), st, fail);
@@ -568,27 +564,16 @@ tp_status tp_attention_zero_grad(tp_attention *a)
 
 /* ------------------------------------------------------------ backward */
 
-/* Floats of the shared-KV regions in rank dst's reduce-scatter block. */
-static int64_t kv_pack_len(const tp_attention *a, int dst)
-{
-    int64_t n = 0;
-    for (int64_t k = 0; k < a->kv_heads; k++)
-        if (kv_shared(a, k) && rank_holds(a, dst, k))
-            n += a->region;
-    return n;
-}
-
-/* Fill the gradient-pack regions of the shared KV heads listed for
- * destination `dst` (-1: every shared KV head, for the all-reduce) from
- * this rank's contributions kvw [hidden, 2 local_kv head_dim] and kvb
- * [2 local_kv head_dim]; regions of heads this rank does not hold stay
- * zero. With unpack, copy the reduced regions back into kvw/kvb instead. */
-static tp_status kv_pack(tp_attention *a, int dst, float *pack, float *kvw, float *kvb, bool unpack)
+/* Fill the gradient-pack regions of every shared KV head (in ascending
+ * order) from this rank's contributions kvw [hidden, 2 local_kv head_dim]
+ * and kvb [2 local_kv head_dim]; regions of heads this rank does not hold
+ * stay zero. With unpack, copy the reduced regions back into kvw/kvb. */
+static tp_status kv_pack(tp_attention *a, float *pack, float *kvw, float *kvb, bool unpack)
 {
     int64_t n = 0, head_dim = a->head_dim, kw = 2 * a->local_kv * head_dim;
     size_t hd_bytes = (size_t)head_dim * XF_ES;
     for (int64_t k = 0; k < a->kv_heads; k++) {
-        if (!kv_shared(a, k) || (dst >= 0 && !rank_holds(a, dst, k)))
+        if (!kv_shared(a, k))
             continue;
         float *r = pack + n;
         n += a->region;
@@ -722,10 +707,10 @@ static tp_status dx_all_reduce_packed(tp_attention *a, tp_tensor *dx, float *kvw
     TP_TRY(tp_dev_memset(a->dev, a->dpack.ptr, 0, bytes));
     float *buf = a->dpack.ptr;
     TP_TRY(dx_part(a, 0, a->tokens, buf));
-    TP_TRY(kv_pack(a, -1, buf + n, kvw, kvb, false));
+    TP_TRY(kv_pack(a, buf + n, kvw, kvb, false));
     TP_TRY(tp_all_reduce(a->comm, buf, buf, (size_t)(n + extra), TP_F32, TP_SUM));
     TP_TRY(tp_dev_copy_2d(a->dev, dx->data, 0, buf, 0, (size_t)n * XF_ES, 1));
-    return kv_pack(a, -1, buf + n, kvw, kvb, true);
+    return kv_pack(a, buf + n, kvw, kvb, true);
 }
 
 /* Sequence parallel: reduce-scatter the full partial dx into this rank's token rows. */
@@ -738,33 +723,21 @@ static tp_status dx_reduce_scatter(tp_attention *a, tp_tensor *dx)
     return tp_reduce_scatterv(a->comm, a->dpack.ptr, dx->data, a->counts, TP_F32, TP_SUM);
 }
 
-/* Sequence parallel with shared KV heads: block i of the reduce-scatter is
- * [dx rows of shard i | regions of the shared heads rank i holds]. */
-static tp_status dx_reduce_scatter_packed(tp_attention *a, tp_tensor *dx, float *kvw, float *kvb)
+/* Sequence parallel with shared KV heads: after dx's reduce-scatter, one
+ * all-reduce of every shared head's region (zeros from the ranks not
+ * holding it), so every holder gets the same bits. */
+static tp_status kv_all_reduce(tp_attention *a, float *kvw, float *kvb)
 {
-    int64_t hidden = a->hidden;
-    size_t total = 0;
-    for (int i = 0; i < a->tp_size; i++) {
-        a->counts[i] = (size_t)((a->off[i + 1] - a->off[i]) * hidden + kv_pack_len(a, i));
-        total += a->counts[i];
-    }
-    TP_TRY(tpl_ws_reserve(&a->dpack, total * XF_ES, a->label));
-    TP_TRY(tp_dev_memset(a->dev, a->dpack.ptr, 0, total * XF_ES));
-    float *pack = a->dpack.ptr;
-    size_t pos = 0;
-    for (int i = 0; i < a->tp_size; i++) {
-        int64_t r0 = a->off[i], rows_i = a->off[i + 1] - r0;
-        TP_TRY(dx_part(a, r0, rows_i, pack + pos));
-        TP_TRY(kv_pack(a, i, pack + pos + rows_i * hidden, kvw, kvb, false));
-        pos += a->counts[i];
-    }
-    size_t mine = a->counts[a->rank];
-    TP_TRY(tpl_ws_reserve(&a->dctx, mine * XF_ES, a->label)); /* dctx is free by now */
-    float *recv = a->dctx.ptr;
-    TP_TRY(tp_reduce_scatterv(a->comm, pack, recv, a->counts, TP_F32, TP_SUM));
-    if (a->rows > 0)
-        TP_TRY(tp_dev_copy_2d(a->dev, dx->data, 0, recv, 0, (size_t)(a->rows * hidden) * XF_ES, 1));
-    return kv_pack(a, a->rank, recv + a->rows * hidden, kvw, kvb, true);
+    int64_t extra = 0;
+    for (int64_t k = 0; k < a->kv_heads; k++)
+        extra += kv_shared(a, k) ? a->region : 0;
+    size_t bytes = (size_t)extra * XF_ES;
+    TP_TRY(tpl_ws_reserve(&a->dctx, bytes, a->label)); /* dctx is free by now */
+    TP_TRY(tp_dev_memset(a->dev, a->dctx.ptr, 0, bytes));
+    float *buf = a->dctx.ptr;
+    TP_TRY(kv_pack(a, buf, kvw, kvb, false));
+    TP_TRY(tp_all_reduce(a->comm, buf, buf, (size_t)extra, TP_F32, TP_SUM));
+    return kv_pack(a, buf, kvw, kvb, true);
 }
 
 /* dWqkv[:, K/V columns] += kvw, dbqkv[K/V] += kvb (now complete for every
@@ -804,15 +777,16 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
     if (!dx)
         return TP_OK; /* refused earlier when KV heads are shared */
     /* dx = sum over ranks of dqkv Wqkv_local^T; the shared KV heads'
-     * gradient parts ride in the same collective */
+     * gradient parts ride in the same all-reduce, or (SP) follow in one */
     switch (a->dx_reduce) {
         case DX_ALL_REDUCE: return dx_all_reduce(a, dx);
         case DX_REDUCE_SCATTER: return dx_reduce_scatter(a, dx);
         case DX_ALL_REDUCE_PACKED:
             TP_TRY(dx_all_reduce_packed(a, dx, kvw, kvb));
             return add_kv_grads(a, kvw, kvb);
-        case DX_REDUCE_SCATTER_PACKED:
-            TP_TRY(dx_reduce_scatter_packed(a, dx, kvw, kvb));
+        case DX_REDUCE_SCATTER_KV:
+            TP_TRY(dx_reduce_scatter(a, dx));
+            TP_TRY(kv_all_reduce(a, kvw, kvb));
             return add_kv_grads(a, kvw, kvb);
     }
     return tp_set_error(TP_ERR_INTERNAL, "%s: bad dx reduction %d", a->label, (int)a->dx_reduce);
