@@ -14,6 +14,7 @@
  *   TP_BACKEND=loopback build/examples/tp_attention --tp 4 --heads 12 --hidden 4096
  *       (the seed's Exercise 2: refused with the ways out; add --head-dim 64)
  */
+#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -47,7 +48,8 @@ static void usage(FILE *f, const opts *d)
             "  --batch B           batch size (default %" PRId64 ")\n"
             "  --seq S             sequence length (default %" PRId64 ")\n"
             "  --hidden H          hidden size (default %" PRId64 ")\n"
-            "  --heads N           query heads, divisible by T (default %" PRId64 ")\n"
+            "  --heads N           query heads, >= T (T need not divide them) (default %" PRId64
+            ")\n"
             "  --kv-heads N        KV heads dividing heads; 1 = multi-query (default: heads)\n"
             "  --head-dim D        head size (default: hidden / heads)\n"
             "  --seed S            master weight seed (default %" PRIu64 ")\n"
@@ -162,8 +164,9 @@ typedef struct att_run {
     tp_tensor xf, dyf, yr, dxr; /* reference */
     float *x, *dy, *y, *dx, *yref, *dxref;
     float *w, *b, *wo, *bo;
-    double wall;    /* mean seconds per forward + backward */
-    tp_stats stats; /* this rank's counters over the timed passes */
+    float *gw, *gb, *gwo, *gbo; /* --save-npy: the gradients of one pass */
+    double wall;                /* mean seconds per forward + backward */
+    tp_stats stats;             /* this rank's counters over the timed passes */
 } att_run;
 
 static void att_run_free(att_run *A)
@@ -176,6 +179,7 @@ static void att_run_free(att_run *A)
     tp_comm_free(A->solo);
     free(A->x), free(A->dy), free(A->y), free(A->dx), free(A->yref), free(A->dxref);
     free(A->w), free(A->b), free(A->wo), free(A->bo);
+    free(A->gw), free(A->gb), free(A->gwo), free(A->gbo);
 }
 
 /* The host buffers, the inputs, the TP layer and this rank's rows of x, dy. */
@@ -276,8 +280,9 @@ static tp_status fetch_outputs(att_run *A)
     return tp_tensor_download(&A->dxt, A->dx);
 }
 
-/* For --save-npy: the full weights from the shards (collective); zeros
- * for the biases of a layer without them. */
+/* For --save-npy: the full weights from the shards and the full parameter
+ * gradients of one more pass from zero (the timed passes accumulated
+ * theirs); zeros for the biases of a layer without them. Collective. */
 static tp_status gather_full_weights(att_run *A)
 {
     const opts *o = A->o;
@@ -289,11 +294,20 @@ static tp_status gather_full_weights(att_run *A)
     A->b = ex_calloc(fw, sizeof(float), "the full QKV bias", &st);
     A->wo = ex_calloc(o->heads * hd * H, sizeof(float), "the full out-projection weight", &st);
     A->bo = ex_calloc(H, sizeof(float), "the full out-projection bias", &st);
+    A->gw = ex_calloc(H * fw, sizeof(float), "the full QKV weight gradient", &st);
+    A->gb = ex_calloc(fw, sizeof(float), "the full QKV bias gradient", &st);
+    A->gwo = ex_calloc(o->heads * hd * H, sizeof(float), "the out weight gradient", &st);
+    A->gbo = ex_calloc(H, sizeof(float), "the full out-projection bias gradient", &st);
     EX_TRY(st);
     EX_TRY(tp_attention_get_full(A->att, A->w, A->b, A->wo, A->bo));
+    EX_TRY(tp_attention_zero_grad(A->att));
+    EX_TRY(tp_pass(A)); /* the same y and dx again */
+    EX_TRY(tp_attention_get_full_grad(A->att, A->gw, A->gb, A->gwo, A->gbo));
     if (!o->bias) {
         memset(A->b, 0, sizeof(float) * (size_t)fw);
         memset(A->bo, 0, sizeof(float) * (size_t)H);
+        memset(A->gb, 0, sizeof(float) * (size_t)fw);
+        memset(A->gbo, 0, sizeof(float) * (size_t)H);
     }
     return TP_OK;
 }
@@ -376,7 +390,32 @@ static void print_timing(const att_run *A)
     printf("  wall per forward+backward: %.3f ms\n", 1e3 * A->wall);
 }
 
-/* Rank 0, --save-npy: x, the full weights and y. */
+/* config.json: every setting that determines the dumped tensors. */
+static int write_config(const att_run *A, int64_t hd)
+{
+    const opts *o = A->o;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", o->npy_dir);
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "error: cannot write %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    fprintf(f,
+            "{\n  \"T\": %d,\n  \"seed\": %llu,\n  \"batch\": %lld,\n  \"seq\": %lld,\n"
+            "  \"hidden\": %lld,\n  \"heads\": %lld,\n  \"kv_heads\": %lld,\n"
+            "  \"head_dim\": %lld,\n  \"bias\": %s,\n  \"causal\": %s,\n"
+            "  \"sequence_parallel\": %s,\n  \"scale\": \"1/sqrt(head_dim)\",\n"
+            "  \"dtype\": \"f32\",\n  \"grads\": \"one forward+backward from zero\"\n}\n",
+            A->T, (unsigned long long)o->seed, (long long)o->batch, (long long)o->seq,
+            (long long)A->H, (long long)o->heads, (long long)(o->kv_heads ? o->kv_heads : o->heads),
+            (long long)hd, o->bias ? "true" : "false", o->causal ? "true" : "false",
+            o->sp ? "true" : "false");
+    return fclose(f) != 0;
+}
+
+/* Rank 0, --save-npy: config.json, x, dy, the full weights, y, dx and the
+ * parameter gradients. */
 static tp_status save_npy(const att_run *A)
 {
     const opts *o = A->o;
@@ -389,11 +428,17 @@ static tp_status save_npy(const att_run *A)
     if (ex_write_npy(dir, "x.npy", A->x, 2, sx2) || ex_write_npy(dir, "qkv_w.npy", A->w, 2, sw) ||
         ex_write_npy(dir, "qkv_b.npy", A->b, 1, sb) ||
         ex_write_npy(dir, "out_w.npy", A->wo, 2, swo) ||
-        ex_write_npy(dir, "out_b.npy", A->bo, 1, sbo) || ex_write_npy(dir, "y.npy", A->y, 2, sx2))
+        ex_write_npy(dir, "out_b.npy", A->bo, 1, sbo) || ex_write_npy(dir, "y.npy", A->y, 2, sx2) ||
+        ex_write_npy(dir, "dy.npy", A->dy, 2, sx2) || ex_write_npy(dir, "dx.npy", A->dx, 2, sx2) ||
+        ex_write_npy(dir, "grad_qkv_w.npy", A->gw, 2, sw) ||
+        ex_write_npy(dir, "grad_qkv_b.npy", A->gb, 1, sb) ||
+        ex_write_npy(dir, "grad_out_w.npy", A->gwo, 2, swo) ||
+        ex_write_npy(dir, "grad_out_b.npy", A->gbo, 1, sbo) || write_config(A, hd))
         return tp_set_error(TP_ERR_IO, "writing .npy files to %s failed", dir);
-    printf("  wrote x, qkv_w, qkv_b, out_w, out_b, y .npy to %s (qkv_w columns: Q heads, "
-           "then K heads, then V heads, head_dim each; y = attn(x) with x [batch*seq, "
-           "hidden], batch-major)\n",
+    printf("  wrote config.json and x, dy, qkv_w, qkv_b, out_w, out_b, y, dx, grad_qkv_w, "
+           "grad_qkv_b, grad_out_w, grad_out_b .npy to %s (qkv_w columns: Q heads, then K heads, "
+           "then V heads, head_dim each; y = attn(x) with x [batch*seq, hidden], batch-major; "
+           "gradients of sum(y * dy))\n",
            dir);
     return TP_OK;
 }

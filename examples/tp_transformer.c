@@ -12,16 +12,22 @@
  * built-in counters (GEMM, other kernels, collectives and their count per
  * phase).
  *
- * --compare-tp K trains the same model again on the first K ranks and
- * prints both loss curves side by side; exit 1 if they differ by more than
- * the tolerance (see docs/determinism.md: equal within f32 rounding, not
- * bitwise). --save-npy DIR writes, after the first forward+backward, the
- * full (unsharded) input ids, targets, every weight (as used by that
- * forward), the logits, the loss and every parameter's gradient, plus
- * config.txt; tests/layers/check-npy DIR checks them against an independent
+ * --compare-tp K trains the same model again on the first K ranks;
+ * --compare-tp T1,T2,... trains it at each listed T (on the first T ranks).
+ * Both print the loss curves side by side (exit 1 beyond --tol) and, for
+ * the first --compare-steps steps, the largest difference of the loss, the
+ * logits and every gradient from the first run's, in ULPs, next to the
+ * bound the reduction order allows (tt-compare.c, docs/determinism.md);
+ * exit 1 when one is exceeded. --save-npy DIR writes, after the forward
+ * and backward of step --save-npy-step K + 1 (the weights after K
+ * optimizer steps), the full (unsharded) input ids, targets, every weight
+ * (as used by that forward), the logits, the loss and every parameter's
+ * gradient, plus config.json with every setting that determines them;
+ * tests/layers/check-npy DIR checks them against an independent
  * double-precision forward and finite differences.
  *
  *   TP_BACKEND=loopback build/examples/tp_transformer --tp 4 --compare-tp 1
+ *   TP_BACKEND=loopback build/examples/tp_transformer --compare-tp 1,2,3,4 --heads 6
  *   mpirun -n 4 env TP_BACKEND=mpi build/examples/tp_transformer
  */
 #include <errno.h>
@@ -35,13 +41,21 @@
 #include <tp/tp-layers.h>
 
 #include "example-common.h"
+#include "tt-compare.h"
 
 #define PROG "tp_transformer"
 
 typedef struct opts {
-    int tp, compare_tp;
-    int64_t vocab, hidden, heads, kv_heads, ffn, layers, seq, batch;
-    int steps, print_every;
+    int tp;
+    const char *compare;          /* --compare-tp as given */
+    int runs[TT_MAX_RUNS], nruns; /* T of each run (0: the world), resolved from it */
+    bool compare_list;            /* T1,T2,... rather than K */
+    int compare_steps;
+    double bound_scale;
+    int64_t vocab, hidden, heads, kv_heads, head_dim, ffn, layers, seq, batch;
+    int64_t ignore_index, ignore_every;
+    bool use_ignore;
+    int steps, print_every, save_step;
     double lr, smoothing, wd;
     bool untied, sp, sgd, rms;
     uint64_t seed;
@@ -51,10 +65,12 @@ typedef struct opts {
 
 typedef struct run {
     opts o;
-    float *loss[2];  /* per step: the --tp run, the --compare-tp run (rank 0) */
-    double ms[2];    /* mean wall ms per step */
-    int failed;      /* set by rank 0 */
-    bool have_rank0; /* this process runs world rank 0 (it prints) */
+    float *loss[TT_MAX_RUNS]; /* per step, per run (rank 0) */
+    double ms[TT_MAX_RUNS];   /* mean wall ms per step */
+    int Ts[TT_MAX_RUNS];      /* each run's T */
+    tt_cmp cmp;               /* per-tensor differences (rank 0) */
+    int failed;               /* set by rank 0 */
+    bool have_rank0;          /* this process runs world rank 0 (it prints) */
 } run;
 
 static const opts DEFAULTS = {
@@ -62,6 +78,10 @@ static const opts DEFAULTS = {
     .hidden = 64,
     .heads = 4,
     .kv_heads = 0,
+    .head_dim = 0,
+    .ignore_index = -100,
+    .compare_steps = 3,
+    .bound_scale = 1.0,
     .ffn = 256,
     .layers = 2,
     .seq = 32,
@@ -86,14 +106,23 @@ static void usage(FILE *f)
             "  --tp N              tensor-parallel degree (default: TP_WORLD_SIZE, the engine's\n"
             "                      world size under mpirun, else 1)\n"
             "  --compare-tp K      train again on the first K ranks (K <= N, e.g. 1) and compare\n"
-            "                      the loss curves (exit 1 beyond --tol)\n"
+            "                      the loss curves (exit 1 beyond --tol) and the tensors (below)\n"
+            "  --compare-tp T1,T2,...  train at each T (on the first T ranks; --tp defaults to\n"
+            "                      the largest) and compare every run with the first: the loss\n"
+            "                      curves, and per step the loss, logits and every gradient in\n"
+            "                      ULPs next to the reduction-order bound (exit 1 beyond it)\n"
+            "  --compare-steps N   steps whose tensors are compared (default %d)\n"
+            "  --ulp-bound-scale X multiply every ULP bound by X (0: demand bitwise equality)\n"
             "  --tol X             loss tolerance for --compare-tp: |a - b| <= X (1 + |b|)\n"
             "                      (default %g)\n"
             "  --vocab V           vocabulary (default %" PRId64 "; need not divide by T, "
             "50257 works)\n"
             "  --hidden H          hidden size (default %" PRId64 ")\n"
-            "  --heads A           attention heads, divisible by T (default %" PRId64 ")\n"
-            "  --kv-heads G        KV heads (GQA; 0 = heads) (default %" PRId64 ")\n"
+            "  --heads A           attention heads, >= T; T need not divide them (ranks hold\n"
+            "                      ceil(A/T) or floor(A/T)) (default %" PRId64 ")\n"
+            "  --kv-heads G        KV heads dividing A (GQA; 0 = heads) (default %" PRId64 ")\n"
+            "  --head-dim D        per-head size (default hidden/heads, rounded up when heads\n"
+            "                      does not divide hidden; Q/K/V are heads*D wide)\n"
             "  --ffn F             MLP size (default %" PRId64 ")\n"
             "  --layers L          transformer blocks (default %" PRId64 ")\n"
             "  --seq S             sequence length (default %" PRId64 ")\n"
@@ -104,17 +133,23 @@ static void usage(FILE *f)
             "  --weight-decay X    AdamW/SGD weight decay (default %g)\n"
             "  --sgd               plain SGD instead of AdamW\n"
             "  --label-smoothing X (default %g)\n"
+            "  --ignore-index I    targets equal to I do not count in the loss (default -100\n"
+            "                      once --ignore-every is given)\n"
+            "  --ignore-every K    data: every K-th target (flattened) is the ignore index\n"
             "  --untied            separate output projection (default: tied to the embedding)\n"
             "  --sequence-parallel sequence parallelism between the TP regions\n"
             "  --rms               RMSNorm instead of LayerNorm\n"
             "  --seed S            weights and data seed (default %" PRIu64 ")\n"
             "  --save-npy DIR      after the first forward+backward, rank 0 writes the full ids,\n"
-            "                      targets, weights, logits, loss and gradients as .npy to DIR\n"
+            "                      targets, weights, logits, loss and gradients as .npy to DIR,\n"
+            "                      and config.json (every setting that determines them)\n"
+            "  --save-npy-step K   dump at step K+1 instead: the weights after K optimizer steps\n"
+            "                      and that step's logits, loss and gradients (default 0)\n"
             "  --help              this text\n\n"
             "Environment: TP_BACKEND (loopback, mpi, tcp, ...), TP_DEVICE (cpu, cuda), "
             "TP_WORLD_SIZE.\n",
-            d->tol, d->vocab, d->hidden, d->heads, d->kv_heads, d->ffn, d->layers, d->seq, d->batch,
-            d->steps, d->lr, d->wd, d->smoothing, d->seed);
+            d->compare_steps, d->tol, d->vocab, d->hidden, d->heads, d->kv_heads, d->ffn, d->layers,
+            d->seq, d->batch, d->steps, d->lr, d->wd, d->smoothing, d->seed);
 }
 
 /* A valued option: its name, its range and the one field it sets. */
@@ -150,6 +185,60 @@ static int set_option(const opt_slot *s, const char *val)
     return 0;
 }
 
+/* Was option `name` given (as --name V or --name=V)? */
+static bool given(int argc, char **argv, const char *name)
+{
+    size_t n = strlen(name);
+    for (int i = 1; i < argc; i++)
+        if (!strncmp(argv[i], name, n) && (argv[i][n] == 0 || argv[i][n] == '='))
+            return true;
+    return false;
+}
+
+/* The runs of --compare-tp, head_dim's default, the ignore index and
+ * --save-npy-step against --steps; 0, or 2 after printing why. */
+static int resolve(opts *o, int argc, char **argv)
+{
+    o->nruns = 1;
+    o->runs[0] = 0;
+    if (o->compare) {
+        int Ts[TT_MAX_RUNS], n = 0, mx = 0;
+        if (tt_parse_list(PROG, o->compare, Ts, &n))
+            return 2;
+        o->compare_list = strchr(o->compare, ',') != NULL;
+        for (int i = 0; i < n; i++)
+            mx = Ts[i] > mx ? Ts[i] : mx;
+        if (!o->compare_list) { /* K: the --tp run, then K */
+            o->nruns = 2, o->runs[1] = Ts[0];
+        } else {
+            o->nruns = n;
+            memcpy(o->runs, Ts, sizeof(int) * (size_t)n);
+            if (!o->tp)
+                o->tp = mx;
+        }
+        if (o->tp && mx > o->tp) {
+            fprintf(stderr,
+                    "tp_transformer: --compare-tp %s asks for T=%d but --tp is %d (every run "
+                    "uses the first T ranks); raise --tp to %d or drop %d from the list\n",
+                    o->compare, mx, o->tp, mx, mx);
+            return 2;
+        }
+    }
+    if (!o->head_dim) /* hidden/heads, rounded up when heads does not divide hidden */
+        o->head_dim = (o->hidden + o->heads - 1) / o->heads;
+    o->use_ignore = o->ignore_every > 0 || given(argc, argv, "--ignore-index");
+    if (o->save_step >= o->steps) {
+        fprintf(stderr,
+                "tp_transformer: --save-npy-step %d needs at least %d steps (the dump is taken "
+                "during step K+1); raise --steps to %d or lower --save-npy-step\n",
+                o->save_step, o->save_step + 1, o->save_step + 1);
+        return 2;
+    }
+    if (o->compare_steps > o->steps)
+        o->compare_steps = o->steps;
+    return 0;
+}
+
 /* 0: run; 1: --help printed; 2: bad option (message printed). */
 static int parse(int argc, char **argv, opts *o)
 {
@@ -157,12 +246,18 @@ static int parse(int argc, char **argv, opts *o)
     bool *flag_dst[] = {&o->sgd, &o->untied, &o->sp, &o->rms};
     const opt_slot slots[] = {
         {"--tp", 1, 1024, .i32 = &o->tp},
-        {"--compare-tp", 1, 1024, .i32 = &o->compare_tp},
+        {"--compare-tp", .str = &o->compare},
+        {"--compare-steps", 0, 1000000, .i32 = &o->compare_steps},
+        {"--ulp-bound-scale", .flo = 0.0, .fhi = 1e12, .f = &o->bound_scale},
         {"--tol", .flo = 0.0, .fhi = 1e9, .f = &o->tol},
         {"--vocab", 2, INT32_MAX, .i64 = &o->vocab},
         {"--hidden", 1, 1 << 16, .i64 = &o->hidden},
         {"--heads", 1, 1 << 12, .i64 = &o->heads},
         {"--kv-heads", 0, 1 << 12, .i64 = &o->kv_heads},
+        {"--head-dim", 0, 1 << 16, .i64 = &o->head_dim},
+        {"--ignore-index", INT32_MIN, INT32_MAX, .i64 = &o->ignore_index},
+        {"--ignore-every", 2, INT32_MAX, .i64 = &o->ignore_every},
+        {"--save-npy-step", 0, 1000000, .i32 = &o->save_step},
         {"--ffn", 1, 1 << 18, .i64 = &o->ffn},
         {"--layers", 0, 256, .i64 = &o->layers},
         {"--seq", 2, 1 << 16, .i64 = &o->seq},
@@ -203,13 +298,8 @@ static int parse(int argc, char **argv, opts *o)
             if (!strcmp(slots[j].name, name) && set_option(&slots[j], val))
                 return 2;
     }
-    if (o->tp && o->compare_tp > o->tp) {
-        fprintf(stderr,
-                "tp_transformer: --compare-tp %d is larger than --tp %d (the comparison "
-                "runs on the first K ranks)\n",
-                o->compare_tp, o->tp);
+    if (resolve(o, argc, argv))
         return 2;
-    }
     if (o->npy_dir && ex_check_out_dir(PROG, o->npy_dir) != 0)
         return 2;
     if (!o->print_every)
@@ -242,9 +332,48 @@ static void make_batch(const opts *o, int step, int32_t *ids, int32_t *tgt)
             cur = next;
         }
     }
+    if (o->ignore_every > 0) /* every K-th target of the flattened batch */
+        for (int64_t t = o->ignore_every - 1; t < o->batch * o->seq; t += o->ignore_every)
+            tgt[t] = (int32_t)o->ignore_index;
 }
 
-static tp_status save_npy(const opts *o, tp_gpt *m, int rank, const int32_t *ids,
+/* config.json: every setting that determines the dumped tensors. */
+static int write_config(const opts *o, int T, int step)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", o->npy_dir);
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "error: cannot write %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    tp_optim_config oc = tp_optim_defaults(o->sgd ? TP_OPTIM_SGD : TP_OPTIM_ADAMW);
+    char ign[32] = "null";
+    if (o->use_ignore)
+        snprintf(ign, sizeof ign, "%lld", (long long)o->ignore_index);
+    fprintf(f,
+            "{\n  \"T\": %d,\n  \"seed\": %llu,\n  \"vocab\": %lld,\n  \"hidden\": %lld,\n"
+            "  \"heads\": %lld,\n  \"kv_heads\": %lld,\n  \"head_dim\": %lld,\n"
+            "  \"ffn\": %lld,\n  \"layers\": %lld,\n  \"seq\": %lld,\n  \"seq_len\": %lld,\n"
+            "  \"batch\": %lld,\n  \"norm\": \"%s\",\n  \"norm_eps\": 1e-05,\n"
+            "  \"gelu\": \"erf\",\n  \"bias\": true,\n  \"causal\": true,\n"
+            "  \"sequence_parallel\": %s,\n  \"tied\": %s,\n  \"label_smoothing\": %.9g,\n"
+            "  \"ignore_index\": %s,\n  \"ignore_every\": %lld,\n  \"loss\": \"mean\",\n"
+            "  \"dtype\": \"f32\",\n  \"optimizer\": \"%s\",\n  \"lr\": %.9g,\n"
+            "  \"weight_decay\": %.9g,\n  \"betas\": [%.9g, %.9g],\n  \"eps\": %.9g,\n"
+            "  \"momentum\": %.9g,\n  \"emb_bound\": 0.1,\n  \"step\": %d,\n"
+            "  \"data\": \"next = (a cur + b) mod vocab, tp_transformer make_batch\"\n}\n",
+            T, (unsigned long long)o->seed, (long long)o->vocab, (long long)o->hidden,
+            (long long)o->heads, (long long)(o->kv_heads ? o->kv_heads : o->heads),
+            (long long)o->head_dim, (long long)o->ffn, (long long)o->layers, (long long)o->seq,
+            (long long)o->seq, (long long)o->batch, o->rms ? "rms" : "layernorm",
+            o->sp ? "true" : "false", o->untied ? "false" : "true", o->smoothing, ign,
+            (long long)o->ignore_every, o->sgd ? "sgd" : "adamw", o->lr, o->wd, (double)oc.beta1,
+            (double)oc.beta2, (double)oc.eps, (double)oc.momentum, step);
+    return fclose(f) != 0;
+}
+
+static tp_status save_npy(const opts *o, tp_gpt *m, int rank, int T, const int32_t *ids,
                           const int32_t *tgt, float loss)
 {
     int64_t N = o->batch * o->seq;
@@ -283,29 +412,13 @@ static tp_status save_npy(const opts *o, tp_gpt *m, int rank, const int32_t *ids
         free(v), free(g);
     }
     if (st == TP_OK && rank == 0) {
-        char path[4096];
-        snprintf(path, sizeof path, "%s/config.txt", o->npy_dir);
-        FILE *f = fopen(path, "w");
-        if (f) {
-            fprintf(f,
-                    "vocab %lld\nhidden %lld\nheads %lld\nkv_heads %lld\nffn %lld\nlayers %lld\n"
-                    "seq %lld\nbatch %lld\ntied %d\nnorm %s\neps 1e-05\ngelu erf\nbias 1\n"
-                    "causal 1\nlabel_smoothing %g\nloss mean\n",
-                    (long long)o->vocab, (long long)o->hidden, (long long)o->heads,
-                    (long long)(o->kv_heads ? o->kv_heads : o->heads), (long long)o->ffn,
-                    (long long)o->layers, (long long)o->seq, (long long)o->batch, !o->untied,
-                    o->rms ? "rms" : "layernorm", o->smoothing);
-            bad |= fclose(f) != 0;
-        } else {
-            fprintf(stderr, "error: cannot write %s: %s\n", path, strerror(errno));
-            bad = 1;
-        }
+        bad |= write_config(o, T, o->save_step);
         if (bad)
             st = tp_set_error(TP_ERR_IO, "writing .npy files to %s failed", o->npy_dir);
         else
-            printf("wrote ids, targets, logits, loss, config.txt and %d parameters + gradients "
-                   "(<name>.npy, grad.<name>.npy) to %s\n",
-                   np, o->npy_dir);
+            printf("wrote ids, targets, logits, loss, config.json and %d parameters + gradients "
+                   "(<name>.npy, grad.<name>.npy; weights after %d optimizer steps) to %s\n",
+                   np, o->save_step, o->npy_dir);
     }
     return st;
 }
@@ -314,9 +427,10 @@ static tp_status save_npy(const opts *o, tp_gpt *m, int rank, const int32_t *ids
  * batch, and the sums over the steps that count for the means. */
 typedef struct trainer {
     const opts *o;
+    run *R;
     tp_comm *g;
     tp_device *dev;
-    int which; /* 0: the --tp run, 1: the --compare-tp run */
+    int which; /* the run: 0 the first (--tp, or the first listed T), 1.. the others */
     int rank;  /* in g */
     bool talk; /* world rank 0: prints and records the losses */
     tp_gpt *m;
@@ -358,6 +472,7 @@ static tp_status set_up(trainer *tr)
                          .hidden = o->hidden,
                          .heads = o->heads,
                          .kv_heads = o->kv_heads,
+                         .head_dim = o->head_dim,
                          .ffn = o->ffn,
                          .layers = o->layers,
                          .seq = o->seq,
@@ -366,6 +481,8 @@ static tp_status set_up(trainer *tr)
                          .bias = true,
                          .rms = o->rms,
                          .label_smoothing = (float)o->smoothing,
+                         .use_ignore_index = o->use_ignore,
+                         .ignore_index = (int32_t)o->ignore_index,
                          .seed = o->seed};
     EX_TRY(tp_gpt_create(tr->g, &cfg, &tr->m));
     tp_gpt_params(tr->m, &tr->ps, &tr->np);
@@ -387,17 +504,74 @@ static void print_run_header(const trainer *tr)
         local += tp_tensor_numel(tr->ps[i].value);
     }
     printf("\n== run %s: T=%d backend=%s device=%s | vocab %lld hidden %lld heads %lld "
-           "kv_heads %lld ffn %lld layers %lld seq %lld batch %lld | %s output, %s, %s%s\n",
+           "kv_heads %lld head_dim %lld ffn %lld layers %lld seq %lld batch %lld | %s output, "
+           "%s, %s%s\n",
            tr->which ? "compare" : "main", tp_comm_size(tr->g), ex_backend_name(),
            tp_device_name(tr->dev), (long long)o->vocab, (long long)o->hidden, (long long)o->heads,
-           (long long)(o->kv_heads ? o->kv_heads : o->heads), (long long)o->ffn,
-           (long long)o->layers, (long long)o->seq, (long long)o->batch,
+           (long long)(o->kv_heads ? o->kv_heads : o->heads), (long long)o->head_dim,
+           (long long)o->ffn, (long long)o->layers, (long long)o->seq, (long long)o->batch,
            o->untied ? "untied" : "tied", o->sgd ? "SGD" : "AdamW",
            o->rms ? "RMSNorm" : "LayerNorm", o->sp ? ", sequence parallel" : "");
     printf("   parameters: %lld in the full model, %lld on rank 0\n", (long long)total,
            (long long)local);
     printf("   %5s %9s %8s %8s %8s %8s %6s %9s %9s\n", "step", "loss", "ms", "gemm", "kernels",
            "comm", "comm%", "coll fwd", "coll bwd");
+}
+
+/* Rank 0's comparison table, from the first run's parameters. */
+static tp_status cmp_set_up(trainer *tr)
+{
+    run *R = tr->R;
+    const opts *o = tr->o;
+    tp_status st = TP_OK;
+    const char **names = ex_calloc(tr->np, sizeof(char *), "parameter names", &st);
+    int64_t *lens = ex_calloc(tr->np, sizeof(int64_t), "parameter sizes", &st);
+    EX_TRY(st);
+    for (int i = 0; i < tr->np; i++)
+        names[i] = tr->ps[i].name, lens[i] = full_numel(&tr->ps[i]);
+    R->cmp.shape = (tt_shape){o->vocab, o->hidden, o->heads, o->head_dim,
+                              o->ffn,   o->layers, o->seq,   o->batch * o->seq};
+    R->cmp.scale = o->bound_scale;
+    if (tt_cmp_init(&R->cmp, o->nruns, o->compare_steps, tr->np, names, lens,
+                    o->batch * o->seq * o->vocab))
+        st = tp_set_error(TP_ERR_NO_MEMORY, "out of host memory for --compare-tp");
+    free(names), free(lens);
+    return st;
+}
+
+/* --compare-tp: step s's loss, full logits and every full gradient (and at
+ * the first step every weight) into rank 0's table. Collective. */
+static tp_status compare_step(trainer *tr, int s, float loss)
+{
+    tt_cmp *c = &tr->R->cmp;
+    const opts *o = tr->o;
+    if (tr->talk && !c->names)
+        EX_TRY(cmp_set_up(tr));
+    int64_t mx = o->batch * o->seq * o->vocab;
+    for (int i = 0; i < tr->np; i++)
+        mx = full_numel(&tr->ps[i]) > mx ? full_numel(&tr->ps[i]) : mx;
+    tp_status st = TP_OK;
+    float *v = ex_calloc(mx, sizeof(float), "a full tensor", &st);
+    float *g = ex_calloc(mx, sizeof(float), "a full gradient", &st);
+    int bad = 0;
+    if (st == TP_OK && tr->talk)
+        bad |= tt_cmp_record(c, tr->which, s, 0, &loss);
+    if (st == TP_OK)
+        st = tp_gpt_get_full_logits(tr->m, tr->talk ? v : NULL);
+    if (st == TP_OK && tr->talk)
+        bad |= tt_cmp_record(c, tr->which, s, 1, v);
+    for (int i = 0; i < tr->np && st == TP_OK; i++) {
+        st = tp_gpt_get_full_param(tr->m, i, s == 0 ? v : NULL, g);
+        if (st == TP_OK && tr->talk) {
+            bad |= tt_cmp_record(c, tr->which, s, 2 + i, g);
+            if (s == 0)
+                bad |= tt_cmp_record(c, tr->which, s, 2 + tr->np + i, v);
+        }
+    }
+    free(v), free(g);
+    if (st == TP_OK && bad)
+        st = tp_set_error(TP_ERR_NO_MEMORY, "out of host memory for --compare-tp");
+    return st;
 }
 
 /* Step s: its batch, forward, backward (then, at the first step of the main
@@ -414,8 +588,10 @@ static tp_status train_step(trainer *tr, int s, step_result *r)
     EX_TRY(tp_optim_zero_grad(tr->opt));
     EX_TRY(tp_gpt_forward(tr->m, &tr->ti, &tr->tt, &r->loss));
     EX_TRY(tp_gpt_backward(tr->m));
-    if (s == 0 && o->npy_dir && tr->which == 0)
-        EX_TRY(save_npy(o, tr->m, tr->rank, tr->ids, tr->tgt, r->loss));
+    if (s == o->save_step && o->npy_dir && tr->which == 0)
+        EX_TRY(save_npy(o, tr->m, tr->rank, tp_comm_size(tr->g), tr->ids, tr->tgt, r->loss));
+    if (o->nruns > 1 && s < o->compare_steps)
+        EX_TRY(compare_step(tr, s, r->loss));
     EX_TRY(tp_optim_step(tr->opt));
     EX_TRY(tp_dev_synchronize(tr->dev));
     r->dt = ex_now() - t0;
@@ -477,15 +653,18 @@ static tp_status train_steps(trainer *tr, run *R)
     return TP_OK;
 }
 
-/* Train on comm g (which = 0: the --tp run, 1: the --compare-tp run). */
+/* Train on comm g as run `which` (0: the first). */
 static tp_status train(run *R, tp_comm *g, int which, int wrank)
 {
     trainer tr = {.o = &R->o,
+                  .R = R,
                   .g = g,
                   .dev = tp_comm_device(g),
                   .which = which,
                   .rank = tp_comm_rank(g),
                   .talk = wrank == 0};
+    if (tr.talk)
+        R->Ts[which] = tp_comm_size(g);
     tp_status st = set_up(&tr);
     if (st == TP_OK)
         st = train_steps(&tr, R);
@@ -493,54 +672,71 @@ static tp_status train(run *R, tp_comm *g, int which, int wrank)
     return st;
 }
 
+/* Every run: on the world when its T is the world size, else on the first
+ * T ranks (the others wait at the barrier). */
 static tp_status rank_main(tp_comm *world, void *arg)
 {
     run *R = arg;
-    int wrank = tp_comm_rank(world);
+    int wrank = tp_comm_rank(world), W = tp_comm_size(world);
     if (wrank == 0)
         R->have_rank0 = true;
-    tp_status st = train(R, world, 0, wrank);
-    if (st != TP_OK || !R->o.compare_tp)
-        return st;
-    int K = R->o.compare_tp;
-    if (K > tp_comm_size(world))
-        return tp_set_error(TP_ERR_INVALID_ARG, "--compare-tp %d is larger than the world size %d",
-                            K, tp_comm_size(world));
-    tp_comm *sub = NULL;
-    st = tp_comm_split(world, wrank < K ? 0 : -1, wrank, &sub);
-    if (st == TP_OK && sub)
-        st = train(R, sub, 1, wrank);
-    tp_comm_free(sub);
-    if (st == TP_OK)
-        st = tp_barrier(world);
+    tp_status st = TP_OK;
+    for (int r = 0; r < R->o.nruns && st == TP_OK; r++) {
+        int T = R->o.runs[r] ? R->o.runs[r] : W;
+        if (T > W)
+            return tp_set_error(TP_ERR_INVALID_ARG,
+                                "--compare-tp %s: T=%d is larger than the world size %d (raise "
+                                "--tp to %d)",
+                                R->o.compare, T, W, T);
+        if (T == W) {
+            st = train(R, world, r, wrank);
+            continue;
+        }
+        tp_comm *sub = NULL;
+        st = tp_comm_split(world, wrank < T ? 0 : -1, wrank, &sub);
+        if (st == TP_OK && sub)
+            st = train(R, sub, r, wrank);
+        tp_comm_free(sub);
+        if (st == TP_OK)
+            st = tp_barrier(world);
+    }
     return st;
 }
 
-/* World rank 0's process, after both runs: the loss curves side by side
- * and their largest relative difference; true if within --tol. */
-static bool compare_loss_curves(const run *R, int T)
+/* World rank 0's process, after the runs: each run's loss curve next to
+ * the first's and the largest relative difference; true if within --tol. */
+static bool compare_loss_curves(const run *R)
 {
     const opts *o = &R->o;
-    const float *a = R->loss[0], *b = R->loss[1];
-    double worst = 0;
-    int at = 0;
-    for (int s = 0; s < o->steps; s++) {
-        double d = fabs((double)a[s] - b[s]) / (1.0 + fabs((double)b[s]));
-        if (d > worst)
-            worst = d, at = s;
-    }
-    printf("\n== loss curves, T=%d vs T=%d\n   %5s %11s %11s %11s\n", T, o->compare_tp, "step",
-           "T=main", "T=compare", "diff");
+    bool ok = true;
+    printf("\n== loss curves vs T=%d\n   %5s %11s", R->Ts[0], "step", "first");
+    for (int r = 1; r < o->nruns; r++)
+        printf("   T=%-3d diff   ", R->Ts[r]);
+    printf("\n");
     for (int s = 0; s < o->steps; s++)
-        if (s % o->print_every == 0 || s == o->steps - 1)
-            printf("   %5d %11.6f %11.6f %11.2e\n", s + 1, (double)a[s], (double)b[s],
-                   (double)a[s] - b[s]);
-    bool ok = worst <= o->tol;
-    printf("   max |diff| / (1 + |loss|) = %.2e at step %d -> %s (tolerance %g; equal within "
-           "f32 rounding, not bitwise: see docs/determinism.md)\n",
-           worst, at + 1, ok ? "MATCH" : "DIFFER", o->tol);
-    printf("   wall per step: %.2f ms at T=%d, %.2f ms at T=%d\n", R->ms[0], T, R->ms[1],
-           o->compare_tp);
+        if (s % o->print_every == 0 || s == o->steps - 1) {
+            printf("   %5d %11.6f", s + 1, (double)R->loss[0][s]);
+            for (int r = 1; r < o->nruns; r++)
+                printf(" %11.2e   ", (double)R->loss[r][s] - R->loss[0][s]);
+            printf("\n");
+        }
+    for (int r = 1; r < o->nruns; r++) {
+        const float *a = R->loss[0], *b = R->loss[r];
+        double worst = 0;
+        int at = 0;
+        for (int s = 0; s < o->steps; s++) {
+            double d = fabs((double)a[s] - b[s]) / (1.0 + fabs((double)a[s]));
+            if (d > worst || d != d)
+                worst = d != d ? INFINITY : d, at = s;
+        }
+        bool m = worst <= o->tol;
+        ok = ok && m;
+        printf("   T=%d vs T=%d: max |diff| / (1 + |loss|) = %.2e at step %d -> %s (tolerance "
+               "%g); wall per step %.2f ms vs %.2f ms\n",
+               R->Ts[r], R->Ts[0], worst, at + 1, m ? "MATCH" : "DIFFER", o->tol, R->ms[r],
+               R->ms[0]);
+    }
+    printf("   (equal within f32 rounding, not bitwise: see docs/determinism.md)\n");
     return ok;
 }
 
@@ -551,19 +747,22 @@ int main(int argc, char **argv)
     if (p)
         return p == 1 ? 0 : 2;
     tp_status st = TP_OK;
-    R.loss[0] = ex_calloc(R.o.steps, sizeof(float), "the loss curve", &st);
-    R.loss[1] = ex_calloc(R.o.steps, sizeof(float), "the compared loss curve", &st);
-    if (st != TP_OK) {
+    for (int r = 0; r < R.o.nruns; r++)
+        R.loss[r] = ex_calloc(R.o.steps, sizeof(float), "a loss curve", &st);
+    if (st == TP_OK)
+        st = ex_run(PROG, R.o.tp, &argc, &argv, rank_main, &R, NULL);
+    else
         fprintf(stderr, "%s: %s: %s\n", PROG, tp_status_string(st), tp_last_error());
-        free(R.loss[0]), free(R.loss[1]);
-        return 1;
-    }
-    int T = 0;
-    st = ex_run(PROG, R.o.tp, &argc, &argv, rank_main, &R, &T);
     /* only the process holding world rank 0 printed and compares */
-    if (st == TP_OK && R.o.compare_tp && R.have_rank0)
-        R.failed = !compare_loss_curves(&R, T);
-    free(R.loss[0]), free(R.loss[1]);
+    if (st == TP_OK && R.o.nruns > 1 && R.have_rank0) {
+        bool curves = compare_loss_curves(&R);
+        memcpy(R.cmp.Ts, R.Ts, sizeof R.Ts);
+        bool tensors = R.o.compare_steps == 0 || tt_cmp_report(&R.cmp);
+        R.failed = !curves || !tensors;
+    }
+    for (int r = 0; r < R.o.nruns; r++)
+        free(R.loss[r]);
+    tt_cmp_free(&R.cmp);
     if (st != TP_OK)
         return 1;
     return R.failed ? 1 : 0;

@@ -234,10 +234,10 @@ START_TEST(bad_arguments)
                       cases[i].args, r.err, cases[i].needle);
         bench_run_free(&r);
     }
-    /* heads not divisible by T: the layer's error at run time, exit 1 */
+    /* heads not divisible by T run (the ranks hold 2, 2, 1, 1 heads) */
     run_result r =
         run("layer --layer attention --heads 6 --hidden 24 --tokens 4 --tp 4 -n 1 -w 0 -q");
-    ck_assert_msg(r.code == 1 && strstr(r.err, "heads=6"), "exit %d: %s", r.code, r.err);
+    ck_assert_msg(r.code == 0, "exit %d: %s", r.code, r.err);
     bench_run_free(&r);
 }
 END_TEST

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * check-npy DIR — check what `tp_transformer --save-npy DIR` wrote, the way
- * a NumPy/PyTorch user would: load the full ids, targets and weights, run
+ * a NumPy/PyTorch user would: read config.json (sizes, head_dim, norm,
+ * ignore_index, ...), load the full ids, targets and weights, run
  * an independent forward (gpt-ref.h, double) and compare the saved loss and
  * logits; compare saved gradients with central finite differences of that
  * forward (every 5th entry of every tensor). Exit 0 if all agree, 1 if not,
@@ -16,6 +17,7 @@
 #include <string.h>
 
 #include "gpt-ref.h"
+#include "json-read.h"
 #include "npy-read.h"
 
 /* dir/name, a .npy of dtype descr, into a; 0 or -1 (message printed). */
@@ -42,55 +44,46 @@ int main(int argc, char **argv)
     }
     const char *dir = argv[1];
     char path[4096];
-    snprintf(path, sizeof path, "%s/config.txt", dir);
-    FILE *f = fopen(path, "r");
-    if (!f) {
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    char *json = slurp(path);
+    if (!json) {
         printf("check-npy: skipped: no %s\n", path);
         return 77;
     }
     gref_cfg c = {.eps = 1e-5, .bias = true};
-    long long batch = 0, seq = 0;
-    char key[64], val[64];
-    while (fscanf(f, "%63s %63s", key, val) == 2) {
-        long long v = atoll(val);
-        if (!strcmp(key, "vocab"))
-            c.V = v;
-        else if (!strcmp(key, "hidden"))
-            c.H = v;
-        else if (!strcmp(key, "heads"))
-            c.nh = v;
-        else if (!strcmp(key, "kv_heads"))
-            c.kv = v;
-        else if (!strcmp(key, "ffn"))
-            c.F = v;
-        else if (!strcmp(key, "layers"))
-            c.L = v;
-        else if (!strcmp(key, "seq"))
-            c.S = seq = v;
-        else if (!strcmp(key, "batch"))
-            batch = v;
-        else if (!strcmp(key, "tied"))
-            c.tied = v != 0;
-        else if (!strcmp(key, "norm"))
-            c.rms = !strcmp(val, "rms");
-        else if (!strcmp(key, "eps"))
-            c.eps = atof(val);
-        else if (!strcmp(key, "bias"))
-            c.bias = v != 0;
-        else if (!strcmp(key, "gelu"))
-            c.gelu_tanh = !strcmp(val, "tanh");
-        else if (!strcmp(key, "label_smoothing"))
-            c.smoothing = atof(val);
+    c.V = (int64_t)jnum(json, "vocab", 0);
+    c.H = (int64_t)jnum(json, "hidden", 0);
+    c.nh = (int64_t)jnum(json, "heads", 0);
+    c.kv = (int64_t)jnum(json, "kv_heads", (double)c.nh);
+    c.hd = (int64_t)jnum(json, "head_dim", c.nh ? (double)(c.H / c.nh) : 0);
+    c.F = (int64_t)jnum(json, "ffn", 0);
+    c.L = (int64_t)jnum(json, "layers", 0);
+    c.S = (int64_t)jnum(json, "seq", 0);
+    long long batch = (long long)jnum(json, "batch", 0);
+    long long seq = (long long)jnum(json, "seq_len", (double)c.S);
+    c.tied = jnum(json, "tied", 1) != 0;
+    c.rms = jstr_is(json, "norm", "rms");
+    c.eps = jnum(json, "norm_eps", 1e-5);
+    c.bias = jnum(json, "bias", 1) != 0;
+    c.gelu_tanh = jstr_is(json, "gelu", "tanh");
+    c.smoothing = jnum(json, "label_smoothing", 0);
+    c.use_ignore = !jis_null(json, "ignore_index");
+    c.ignore = c.use_ignore ? (int32_t)jnum(json, "ignore_index", -100) : 0;
+    bool ok_cfg = jstr_is(json, "dtype", "f32") && jnum(json, "causal", 1) != 0 && c.V > 0 &&
+                  c.H > 0 && c.nh > 0 && c.hd > 0 && seq <= c.S;
+    free(json);
+    if (!ok_cfg) {
+        fprintf(stderr, "check-npy: config.json: unsupported or inconsistent settings (needs "
+                        "dtype f32, causal, sizes >= 1, seq_len <= seq)\n");
+        return 1;
     }
-    fclose(f);
-    c.hd = c.H / c.nh;
     int64_t N = batch * seq;
     npy_array ids, tgt, logits, loss;
     if (load(dir, "ids.npy", "<i4", &ids) || load(dir, "targets.npy", "<i4", &tgt) ||
         load(dir, "logits.npy", "<f4", &logits) || load(dir, "loss.npy", "<f4", &loss))
         return 1;
     if (ids.n != N || tgt.n != N || logits.n != N * c.V || loss.n != 1) {
-        fprintf(stderr, "check-npy: sizes disagree with config.txt\n");
+        fprintf(stderr, "check-npy: sizes disagree with config.json\n");
         return 1;
     }
     /* parameter names in tp_gpt_params order */

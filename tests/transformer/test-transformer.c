@@ -125,6 +125,15 @@ static const attn_case ATTN_CASES[] = {
     {12, 6, 2, 0, 3, 3, true, true},   /* T=3: KV heads partly shared */
     {17, 4, 4, 5, 1, 3, true, false},  /* odd hidden, tokens 3 < T=4: an empty shard */
     {8, 12, 4, 2, 1, 1, true, true},   /* single token */
+    /* heads not divisible by T (tp_shard_range), GQA groups straddling
+     * ranks, odd token counts 13, 17, 1 */
+    {12, 6, 1, 0, 1, 13, true, true},   /* MQA */
+    {12, 6, 2, 3, 1, 17, true, true},   /* kv 2, head_dim given */
+    {18, 6, 3, 0, 13, 1, false, true},  /* kv 3, 13 sequences of one token */
+    {12, 6, 0, 0, 1, 1, true, false},   /* multi-head, one token */
+    {20, 10, 1, 0, 1, 17, true, true},  /* MQA */
+    {20, 10, 2, 3, 1, 13, true, true},  /* kv 2 */
+    {10, 10, 5, 0, 1, 13, true, false}, /* kv 5 */
 };
 #define N_ATTN_CASES (sizeof ATTN_CASES / sizeof ATTN_CASES[0])
 
@@ -153,6 +162,16 @@ static void full_attn_free(full_attn *f)
 
 static const int XF_OPS_NONE[2][TP_OP_COUNT] = {{0}};
 
+/* The rank holding query head h of H at T (tp_shard_range, computed here
+ * independently: the first H % T ranks hold one head more). */
+static int head_rank(int64_t H, int T, int64_t h)
+{
+    int64_t base = H / T, rem = H % T;
+    if (h < rem * (base + 1))
+        return (int)(h / (base + 1));
+    return (int)(rem + (h - rem * (base + 1)) / base);
+}
+
 static void run_attn_case(tpt_rank *k, const attn_case *c, bool sp)
 {
     int64_t H = c->H, KV = c->KV ? c->KV : H, hd = c->hd ? c->hd : c->hid / H, hid = c->hid;
@@ -169,8 +188,8 @@ static void run_attn_case(tpt_rank *k, const attn_case *c, bool sp)
                                .name = "attn"};
     tp_attention *a = NULL;
     tp_status st = tp_attention_create(k->g, &cfg, &a);
-    if (H % k->T != 0) {
-        EXPECT(k, st == TP_ERR_SHAPE && !a, "heads %lld %% T %d != 0 must be refused, got %s",
+    if (H < k->T) {
+        EXPECT(k, st == TP_ERR_SHAPE && !a, "heads %lld < T %d must be refused, got %s",
                (long long)H, k->T, tp_status_string(st));
         tp_attention_free(a);
         return;
@@ -226,36 +245,38 @@ static void run_attn_case(tpt_rank *k, const attn_case *c, bool sp)
     tp_stats_reset(k->g);
     EXPECT_OK(k, tp_attention_forward(a, &xt, c->b, c->s, &yt));
     EXPECT_OK(k, tp_attention_backward(a, &dyt, &dxt));
+    /* floats of the shared KV heads' gradients (their query-head group
+     * straddles a shard boundary) */
+    int64_t g = H / KV, extra = 0;
+    for (int64_t kh = 0; kh < KV; kh++)
+        if (head_rank(H, k->T, kh * g) != head_rank(H, k->T, (kh + 1) * g - 1))
+            extra += 2 * hd * (hid + (c->bias ? 1 : 0));
     int want[2][TP_OP_COUNT];
     memcpy(want, XF_OPS_NONE, sizeof want);
     if (sp) {
         want[0][TP_OP_ALL_GATHER] = want[0][TP_OP_REDUCE_SCATTER] = 1;
         want[1][TP_OP_ALL_GATHER] = want[1][TP_OP_REDUCE_SCATTER] = 1;
+        want[1][TP_OP_ALL_REDUCE] = extra > 0; /* the shared heads' gradients */
     } else {
         want[0][TP_OP_ALL_REDUCE] = want[1][TP_OP_ALL_REDUCE] = 1;
     }
     check_counts(k, __LINE__, sp ? "attention (sequence parallel)" : "attention", want);
     /* payload bytes: the [tokens, hidden] activation each way (the seed's
-     * formula); backward carries the shared KV heads' gradients on top */
+     * formula); backward carries the shared KV heads' gradients on top (in
+     * the all-reduce; with SP in an all-reduce of their own) */
     {
         tp_stats sts;
         tp_stats_get(k->g, &sts);
-        uint64_t act = (uint64_t)(N * hid) * sizeof(float);
-        int64_t hl = H / k->T, g = H / KV, extra = 0;
-        for (int64_t kh = 0; kh < KV; kh++)
-            if ((kh * g) / hl != ((kh + 1) * g - 1) / hl)
-                extra += 2 * hd * (hid + (c->bias ? 1 : 0));
+        uint64_t act = (uint64_t)(N * hid) * sizeof(float), kvb = (uint64_t)extra * sizeof(float);
         tp_op fop = sp ? TP_OP_REDUCE_SCATTER : TP_OP_ALL_REDUCE;
         EXPECT(k, sts.comm[TP_PHASE_FORWARD][fop].bytes == act,
                "forward %s bytes %llu, expected tokens*hidden*4 = %llu", tp_op_name(fop),
                (unsigned long long)sts.comm[TP_PHASE_FORWARD][fop].bytes, (unsigned long long)act);
-        if (!sp)
-            EXPECT(k,
-                   sts.comm[TP_PHASE_BACKWARD][fop].bytes == act + (uint64_t)extra * sizeof(float),
-                   "backward all_reduce bytes %llu, expected %llu + shared KV grads %lld floats",
-                   (unsigned long long)sts.comm[TP_PHASE_BACKWARD][fop].bytes,
-                   (unsigned long long)act, (long long)extra);
-        else
+        uint64_t ar = sts.comm[TP_PHASE_BACKWARD][TP_OP_ALL_REDUCE].bytes;
+        EXPECT(k, ar == (sp ? kvb : act + kvb),
+               "backward all_reduce bytes %llu, expected %llu + shared KV grads %lld floats",
+               (unsigned long long)ar, (unsigned long long)(sp ? 0 : act), (long long)extra);
+        if (sp)
             EXPECT(k, sts.comm[TP_PHASE_BACKWARD][TP_OP_ALL_GATHER].bytes == act,
                    "backward all_gather bytes %llu, expected %llu",
                    (unsigned long long)sts.comm[TP_PHASE_BACKWARD][TP_OP_ALL_GATHER].bytes,
@@ -418,7 +439,7 @@ static void body_attention_user(tpt_rank *k)
 {
     static const int64_t kvs[] = {6, 3, 1};
     const int64_t hid = 10, H = 6, hd = 3, b = 2, s = 3, N = b * s, id = 40;
-    if (H % k->T)
+    if (H < k->T)
         return;
     for (int i = 0; i < 3; i++) {
         int64_t KV = kvs[i], fw = (H + 2 * KV) * hd, fo = H * hd;
@@ -576,6 +597,8 @@ static const block_case BLOCK_CASES[] = {
     {16, 4, 0, 0, 20, 2, 5, true, false},
     {13, 4, 2, 3, 17, 1, 7, true, true},
     {12, 12, 4, 1, 13, 2, 3, false, false},
+    {12, 6, 2, 0, 14, 1, 13, true, false}, /* heads 6: uneven at T=4, 5; GQA straddling */
+    {20, 10, 1, 3, 16, 1, 17, true, true}, /* heads 10, MQA, head_dim given */
 };
 #define N_BLOCK_CASES (sizeof BLOCK_CASES / sizeof BLOCK_CASES[0])
 
@@ -784,10 +807,16 @@ static void run_block(tpt_rank *k, const block_case *c, bool sp, int passes, blo
         if (counts && p == 0) {
             int want[2][TP_OP_COUNT];
             memcpy(want, XF_OPS_NONE, sizeof want);
+            /* KV heads shared by several ranks add one all-reduce with SP */
+            int64_t kvn = c->KV ? c->KV : c->H, gq = c->H / kvn;
+            int shared = 0;
+            for (int64_t kh = 0; kh < kvn; kh++)
+                shared |=
+                    head_rank(c->H, k->T, kh * gq) != head_rank(c->H, k->T, (kh + 1) * gq - 1);
             if (sp) { /* 2 AG + 2 RS each way, plus the fused norm-grad all-reduce */
                 want[0][TP_OP_ALL_GATHER] = want[0][TP_OP_REDUCE_SCATTER] = 2;
                 want[1][TP_OP_ALL_GATHER] = want[1][TP_OP_REDUCE_SCATTER] = 2;
-                want[1][TP_OP_ALL_REDUCE] = 1;
+                want[1][TP_OP_ALL_REDUCE] = 1 + shared;
             } else { /* Megatron's count: 2 all-reduces forward, 2 backward */
                 want[0][TP_OP_ALL_REDUCE] = want[1][TP_OP_ALL_REDUCE] = 2;
             }
@@ -873,7 +902,7 @@ static void body_block(tpt_rank *k)
 {
     for (size_t i = 0; i < N_BLOCK_CASES; i++) {
         const block_case *c = &BLOCK_CASES[i];
-        if (c->H % k->T != 0)
+        if (c->H < k->T)
             continue;
         for (int sp = 0; sp < 2; sp++) {
             block_out o;
@@ -897,7 +926,7 @@ END_TEST
 static void body_sp_equal(tpt_rank *k)
 {
     const block_case *c = &BLOCK_CASES[0];
-    if (c->H % k->T != 0)
+    if (c->H < k->T)
         return;
     block_out a, b;
     run_block(k, c, false, 1, &a, NULL, false);
@@ -932,7 +961,7 @@ END_TEST
 static void body_determinism(tpt_rank *k)
 {
     const block_case *c = &BLOCK_CASES[1];
-    if (c->H % k->T != 0)
+    if (c->H < k->T)
         return;
     for (int sp = 0; sp < 2; sp++) {
         block_out a, b;
@@ -1113,7 +1142,7 @@ END_TEST
 static void body_block_fd(tpt_rank *k)
 {
     const block_case c = {12, 4, 2, 3, 10, 1, 4, true, false};
-    if (c.H % k->T != 0)
+    if (c.H < k->T)
         return;
     int64_t N = c.b * c.s, hid = c.hid;
     tp_block_config cfg = {.hidden = hid,
@@ -1196,12 +1225,35 @@ static void body_errors(tpt_rank *k)
         EXPECT(k, st == TP_OK, "Exercise 2 with head_dim: %s", tp_last_error());
         tp_attention_free(a);
         a = NULL;
-        /* heads % T != 0 */
+        /* heads % T != 0 is accepted (ranks hold 2, 2, 1, 1 heads) */
         tp_attention_config d = {.hidden = 12, .heads = 6, .name = "odd"};
         st = tp_attention_create(k->g, &d, &a);
+        EXPECT(k, st == TP_OK, "heads 6 at T=4: %s: %s", tp_status_string(st), tp_last_error());
+        int64_t qlo = -1, qhi = -1;
+        tp_attention_get_info(a, NULL, &qlo, &qhi, NULL, NULL);
+        EXPECT(k, qhi - qlo == (k->r < 2 ? 2 : 1) && qlo == (k->r < 2 ? 2 * k->r : 2 + k->r),
+               "heads 6 at T=4: rank %d holds [%lld, %lld)", k->r, (long long)qlo, (long long)qhi);
+        tp_attention_free(a);
+        a = NULL;
+        /* heads < T: refused, naming that constraint (not divisibility) */
+        tp_attention_config d3 = {.hidden = 12, .heads = 3, .name = "few"};
+        st = tp_attention_create(k->g, &d3, &a);
         m = tp_last_error();
-        EXPECT(k, st == TP_ERR_SHAPE && strstr(m, "heads=6") && strstr(m, "T=4"),
-               "heads 6 at T=4: %s: %s", tp_status_string(st), m);
+        EXPECT(k,
+               st == TP_ERR_SHAPE && !a && strstr(m, "heads=3 is less than T=4") &&
+                   strstr(m, "T <= 3") && !strstr(m, "divisible by T ("),
+               "heads 3 at T=4: %s: %s", tp_status_string(st), m);
+        tp_attention_free(a);
+        a = NULL;
+        /* hidden % heads with no head_dim: the message names head_dim, not T */
+        tp_attention_config d6 = {.hidden = 64, .heads = 6, .name = "hd"};
+        st = tp_attention_create(k->g, &d6, &a);
+        m = tp_last_error();
+        EXPECT(k,
+               st == TP_ERR_SHAPE && !a && strstr(m, "hidden=64 is not divisible by heads=6") &&
+                   strstr(m, "head_dim=11") && strstr(m, "--head-dim") &&
+                   !strstr(m, "divisible by T"),
+               "hidden 64 heads 6: %s: %s", tp_status_string(st), m);
         tp_attention_free(a);
         a = NULL;
     }

@@ -292,7 +292,10 @@ TP_API void tp_optim_free(tp_optim *o); /* NULL is a no-op */
  *   backward: 1 reduce_scatter (output projection's input gradient) +
  *             1 all_reduce (final norm's parameter gradients) + the blocks'
  *             2L all_gather + 2L reduce_scatter + L all_reduce + 1 all_gather
- *             (embedding: every rank needs every token's gradient)
+ *             (embedding: every rank needs every token's gradient); plus,
+ *             per block whose KV heads are shared by several ranks (a GQA
+ *             group straddling a head-shard boundary), 1 all_reduce of
+ *             their gradients
  * T = 1 runs the same calls on a one-rank comm. The position add and the
  * output projection count under the forward/backward phases like the layers.
  * Host syncs per step: forward downloads the ids (range check) and the
@@ -318,7 +321,7 @@ typedef struct tp_gpt tp_gpt;
 typedef struct tp_block tp_block; /* tp-transformer.h */
 
 /* Errors (TP_ERR_SHAPE / TP_ERR_INVALID_ARG, with the numbers): sizes < 1,
- * vocab < T, ffn < T, and whatever the blocks refuse (heads % T, ...). */
+ * vocab < T, ffn < T, and whatever the blocks refuse (heads < T, ...). */
 TP_API tp_status tp_gpt_create(tp_comm *comm, const tp_gpt_config *cfg, tp_gpt **out);
 /* ids: int32 [batch, seq_len] on the device (seq_len <= cfg.seq, ids in
  * [0, vocab)); targets: int32 with batch*seq_len elements (row t of the

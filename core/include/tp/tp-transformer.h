@@ -42,17 +42,24 @@ extern "C" {
  * head, out-projection row-parallel (input_is_parallel). One all-reduce
  * forward (out-projection), one backward (input gradient of the QKV linear).
  *
- * Heads: heads % T must be 0; rank r owns query heads [r*H/T, (r+1)*H/T).
- * Grouped-query / multi-query attention: kv_heads divides heads, query head
- * h uses KV head h / (heads / kv_heads). Each rank holds the KV heads its
- * query heads use: with kv_heads >= T and kv_heads % T == 0 they are split;
- * otherwise (kv_heads < T, e.g. MQA) some KV heads are replicated on the
- * ranks that share them. The gradient of a replicated KV weight is the sum
- * of the partial gradients of the ranks sharing it: those partial sums ride
- * in the same collective as the input gradient (appended to the all-reduce
- * payload, or to the sharing ranks' blocks of the reduce-scatter with
- * sequence parallelism), so the count stays one per backward and every
- * holder ends with the same, complete gradient.
+ * Heads: rank r owns query heads [q_lo, q_hi) = tp_shard_range(heads, T, r),
+ * so heads need not be divisible by T: ranks hold ceil(heads/T) or
+ * floor(heads/T) heads (heads >= T). Grouped-query / multi-query attention:
+ * kv_heads divides heads, query head h uses KV head h / (heads / kv_heads).
+ * Each rank holds the KV heads its query heads use, [q_lo / g, (q_hi-1) / g
+ * + 1) with g = heads / kv_heads: where a group of g query heads straddles
+ * a shard boundary (MQA, kv_heads < T, or uneven shards) that KV head is
+ * replicated on every rank holding one of its query heads. The gradient of
+ * a replicated KV weight is the sum of the partial gradients of the ranks
+ * sharing it (each rank's part covers its own query heads; the others add
+ * exact zeros). Without sequence parallelism those partial sums ride in
+ * the input gradient's all-reduce (appended to its payload), so the count
+ * stays one per backward; with sequence parallelism they take one
+ * all-reduce of their own after dx's reduce-scatter (packing them into
+ * each holder's reduce-scatter block would let a backend sum different
+ * blocks in different orders, and the holders must end with the same
+ * bits). Either way the sum has the communicator's fixed order and every
+ * holder ends with the same, complete gradient bits.
  *
  * Master weights (the same full model for every T):
  *   qkv weight [hidden, (heads + 2*kv_heads) * head_dim] = (seed, tensor_id),
@@ -83,7 +90,7 @@ typedef struct tp_attention_config {
 
 typedef struct tp_attention tp_attention;
 
-/* heads % T != 0, or hidden % heads != 0 without head_dim, or kv_heads not
+/* heads < T, or hidden % heads != 0 without head_dim, or kv_heads not
  * dividing heads: TP_ERR_SHAPE with the numbers and the ways out. */
 TP_API tp_status tp_attention_create(tp_comm *comm, const tp_attention_config *cfg,
                                      tp_attention **out);
@@ -94,7 +101,8 @@ TP_API tp_status tp_attention_forward(tp_attention *a, const tp_tensor *x, int64
 /* dy has y's shape; dx gets x's. dx may be NULL (input-gradient GEMM and
  * collective skipped on every rank; all ranks must agree) except when some
  * KV head is shared by several ranks: their gradient sums ride in the
- * input-gradient collective, so it is refused with TP_ERR_INVALID_ARG. */
+ * input-gradient collective (without sequence parallelism), so it is
+ * refused with TP_ERR_INVALID_ARG either way. */
 TP_API tp_status tp_attention_backward(tp_attention *a, const tp_tensor *dy, tp_tensor *dx);
 TP_API tp_status tp_attention_zero_grad(tp_attention *a);
 /* Collective: full (unsharded) host tensors, any may be NULL; biases are
@@ -165,7 +173,8 @@ TP_API void tp_norm_free(tp_norm *n);
  * QKV linear and of MLP fc1). With sequence parallelism: forward 2
  * all-gathers + 2 reduce-scatters; backward 2 all-gathers (of dy into each
  * row-parallel exit) + 2 reduce-scatters (input gradients) + 1 all-reduce
- * (both norms' parameter gradients).
+ * (both norms' parameter gradients) + 1 all-reduce when KV heads are
+ * shared by several ranks (see ParallelAttention).
  * Parameters: attention (seed, tensor_id .. +3), MLP (seed, tensor_id+4 ..
  * +7, see tp_mlp_config), norms ones/zeros.
  */

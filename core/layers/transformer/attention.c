@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * attention.c — ParallelAttention: fused QKV column-parallel linear (whole
- * heads per rank, GQA/MQA with replicated KV heads), causal scaled
+ * heads per rank, tp_shard_range of the query heads, so heads % T may be
+ * non-zero; GQA/MQA with replicated KV heads), causal scaled
  * dot-product attention per head, row-parallel out-projection.
  *
  * The GEMMs are composed here rather than through tp_linear because the
@@ -22,15 +23,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* How backward sums the input gradient over the ranks; the gradients of KV
- * heads held by several ranks (GQA with T > kv_heads) ride in the same
- * collective, packed after the dx rows. Fixed by the configuration. */
+/* How backward sums the input gradient over the ranks and the gradients
+ * of KV heads held by several ranks (a GQA group straddling a shard
+ * boundary). Fixed by the configuration. */
 typedef enum dx_reduce {
-    DX_ALL_REDUCE,            /* dx [tokens, hidden] */
-    DX_ALL_REDUCE_PACKED,     /* dx | every shared KV head's region */
-    DX_REDUCE_SCATTER,        /* sequence parallel: dx into the token shards */
-    DX_REDUCE_SCATTER_PACKED, /* block i: shard i's dx rows | regions of the shared heads rank i
-                                 holds */
+    DX_ALL_REDUCE,        /* dx [tokens, hidden] */
+    DX_ALL_REDUCE_PACKED, /* dx | every shared KV head's region */
+    DX_REDUCE_SCATTER,    /* sequence parallel: dx into the token shards */
+    DX_REDUCE_SCATTER_KV, /* sequence parallel with shared KV heads: dx reduce-scattered,
+                                 then one all-reduce of every shared head's region (not packed
+                                 into each holder's reduce-scatter block: a backend may sum
+                                 different blocks in different orders, and the holders must get
+                                 the same bits) */
 } dx_reduce;
 
 struct tp_attention {
@@ -58,28 +62,36 @@ struct tp_attention {
     int64_t batch, seq, tokens, rows; /* rows: this rank's rows of x (tokens without SP) */
 };
 
-/* Query heads [q_lo, q_hi) and KV heads [kv_lo, kv_hi) of rank i. */
+/* Query heads [q_lo, q_hi) = tp_shard_range(heads, T, i) and the KV heads
+ * [kv_lo, kv_hi) they use, of rank i. */
 static void ranges_of(const tp_attention *a, int i, int64_t *qlo, int64_t *qhi, int64_t *kvlo,
                       int64_t *kvhi)
 {
-    int64_t lo = i * a->local_heads, hi = lo + a->local_heads;
+    int64_t lo, hi;
+    tp_shard_range(a->heads, a->tp_size, i, &lo, &hi);
     *qlo = lo;
     *qhi = hi;
     *kvlo = lo / a->group;
     *kvhi = (hi - 1) / a->group + 1;
 }
 
-/* Is KV head k held by more than one rank? */
-static bool kv_shared(const tp_attention *a, int64_t k)
+/* The rank holding query head h. */
+static int rank_of_head(const tp_attention *a, int64_t h)
 {
-    return (k * a->group) / a->local_heads != ((k + 1) * a->group - 1) / a->local_heads;
+    for (int i = 0; i < a->tp_size; i++) {
+        int64_t lo, hi;
+        tp_shard_range(a->heads, a->tp_size, i, &lo, &hi);
+        if (h < hi)
+            return i;
+    }
+    return a->tp_size - 1;
 }
 
-static bool rank_holds(const tp_attention *a, int i, int64_t k)
+/* Is KV head k held by more than one rank (its query-head group straddles
+ * a shard boundary)? */
+static bool kv_shared(const tp_attention *a, int64_t k)
 {
-    int64_t ql, qh, kl, kh;
-    ranges_of(a, i, &ql, &qh, &kl, &kh);
-    return k >= kl && k < kh;
+    return rank_of_head(a, k * a->group) != rank_of_head(a, (k + 1) * a->group - 1);
 }
 
 void tp_attention_free(tp_attention *a)
@@ -143,6 +155,32 @@ static int64_t full_col(const tp_attention *a, int64_t qlo, int64_t kvlo, int64_
     return (a->heads + a->kv_heads + kvlo + head) * head_dim + e;
 }
 
+/* heads not dividing hidden and no head_dim: name both ways out. */
+static tp_status refuse_head_dim(const char *who, int64_t hidden, int64_t heads)
+{
+    int64_t below = 0, above = 0; /* nearest head counts dividing hidden */
+    for (int64_t d = heads - 1; d >= 1 && !below; d--)
+        if (hidden % d == 0)
+            below = d;
+    for (int64_t d = heads + 1; d <= hidden && !above; d++)
+        if (hidden % d == 0)
+            above = d;
+    char alt[96] = "";
+    if (below && above)
+        snprintf(alt, sizeof alt, " (e.g. heads=%lld or %lld)", (long long)below, (long long)above);
+    else if (below || above)
+        snprintf(alt, sizeof alt, " (e.g. heads=%lld)", (long long)(below ? below : above));
+    int64_t hd = (hidden + heads - 1) / heads;
+    return tp_set_error(TP_ERR_SHAPE,
+                        "%s: head_dim is 0 (default hidden/heads) but hidden=%lld is not "
+                        "divisible by heads=%lld; ways out: give head_dim explicitly (the "
+                        "examples' and tp-bench's --head-dim; e.g. head_dim=%lld: Q/K/V are then "
+                        "heads*head_dim=%lld wide and the out-projection maps them back to "
+                        "hidden), or choose heads dividing hidden%s",
+                        who, (long long)hidden, (long long)heads, (long long)hd,
+                        (long long)(hd * heads), alt);
+}
+
 static tp_status check_config(tp_attention *a, const tp_attention_config *cfg)
 {
     const char *who = a->label;
@@ -162,42 +200,15 @@ static tp_status check_config(tp_attention *a, const tp_attention_config *cfg)
                             "of %lld, 1 for multi-query or %lld (=heads) for multi-head",
                             who, (long long)kv_heads, (long long)heads, (long long)heads,
                             (long long)heads);
-    if (!cfg->head_dim && hidden % heads != 0) {
-        /* nearest head counts that divide hidden and split evenly over T */
-        int64_t below = 0, above = 0;
-        for (int64_t d = heads - 1; d >= 1 && !below; d--)
-            if (hidden % d == 0 && d % tp_size == 0)
-                below = d;
-        for (int64_t d = heads + 1; d <= hidden && !above; d++)
-            if (hidden % d == 0 && d % tp_size == 0)
-                above = d;
-        char alt[160] = "";
-        if (below && above)
-            snprintf(alt, sizeof alt, " (e.g. heads=%lld or %lld at T=%d)", (long long)below,
-                     (long long)above, tp_size);
-        else if (below || above)
-            snprintf(alt, sizeof alt, " (e.g. heads=%lld at T=%d)",
-                     (long long)(below ? below : above), tp_size);
-        int64_t head_dim = hidden / heads > 0 ? hidden / heads : 1;
-        return tp_set_error(
-            TP_ERR_SHAPE,
-            "%s: hidden=%lld is not divisible by heads=%lld (%lld / %lld = %.3f), so head_dim "
-            "cannot default to hidden/heads%s; ways out: give head_dim explicitly (e.g. "
-            "head_dim=%lld: Q/K/V are then heads*head_dim=%lld wide and the out-projection maps "
-            "them back to hidden), or choose heads dividing hidden%s",
-            who, (long long)hidden, (long long)heads, (long long)hidden, (long long)heads,
-            (double)hidden / (double)heads,
-            heads % tp_size == 0 ? " (heads is divisible by T, that part is fine)" : "",
-            (long long)head_dim, (long long)(head_dim * heads), alt);
-    }
-    if (heads % tp_size != 0)
-        return tp_set_error(
-            TP_ERR_SHAPE,
-            "%s: heads=%lld is not divisible by T=%d (%lld %% %d = %lld): "
-            "attention splits whole heads across ranks; ways out: choose T dividing "
-            "heads (a divisor of %lld), or change heads to a multiple of %d",
-            who, (long long)heads, tp_size, (long long)heads, tp_size, (long long)(heads % tp_size),
-            (long long)heads, tp_size);
+    if (!cfg->head_dim && hidden % heads != 0)
+        return refuse_head_dim(who, hidden, heads);
+    /* heads need not divide by T (tp_shard_range), but every rank needs one */
+    if (heads < tp_size)
+        return tp_set_error(TP_ERR_SHAPE,
+                            "%s: heads=%lld is less than T=%d: attention gives every rank at "
+                            "least one whole query head (heads need not be divisible by T); ways "
+                            "out: T <= %lld, or heads >= %d",
+                            who, (long long)heads, tp_size, (long long)heads, tp_size);
     /* every parameter's size fits: (heads + 2 kv_heads) head_dim columns of
      * hidden rows bounds them all (kv_heads <= heads) */
     int64_t head_dim = cfg->head_dim ? cfg->head_dim : hidden / heads, h3, fw, nw;
@@ -210,7 +221,6 @@ static tp_status check_config(tp_attention *a, const tp_attention_config *cfg)
     a->kv_heads = kv_heads;
     a->head_dim = head_dim;
     a->group = heads / kv_heads;
-    a->local_heads = heads / tp_size;
     return TP_OK;
 }
 
@@ -325,6 +335,7 @@ tp_status tp_attention_create(tp_comm *comm, const tp_attention_config *cfg, tp_
     }
     TP_TRY_GOTO(check_config(a, cfg), st, fail);
     ranges_of(a, a->rank, &a->q_lo, &a->q_hi, &a->kv_lo, &a->kv_hi);
+    a->local_heads = a->q_hi - a->q_lo;
     a->local_kv = a->kv_hi - a->kv_lo;
     a->qkv_width = (a->local_heads + 2 * a->local_kv) * a->head_dim;
     a->out_rows = a->local_heads * a->head_dim;
@@ -333,7 +344,7 @@ tp_status tp_attention_create(tp_comm *comm, const tp_attention_config *cfg, tp_
             a->any_shared = true;
     a->region = 2 * a->head_dim * (a->hidden + (a->has_bias ? 1 : 0));
     if (a->sp)
-        a->dx_reduce = a->any_shared ? DX_REDUCE_SCATTER_PACKED : DX_REDUCE_SCATTER;
+        a->dx_reduce = a->any_shared ? DX_REDUCE_SCATTER_KV : DX_REDUCE_SCATTER;
     else
         a->dx_reduce = a->any_shared ? DX_ALL_REDUCE_PACKED : DX_ALL_REDUCE;
     TP_TRY_GOTO(alloc_params(a, cfg), st, fail);
@@ -553,27 +564,16 @@ tp_status tp_attention_zero_grad(tp_attention *a)
 
 /* ------------------------------------------------------------ backward */
 
-/* Floats of the shared-KV regions in rank dst's reduce-scatter block. */
-static int64_t kv_pack_len(const tp_attention *a, int dst)
-{
-    int64_t n = 0;
-    for (int64_t k = 0; k < a->kv_heads; k++)
-        if (kv_shared(a, k) && rank_holds(a, dst, k))
-            n += a->region;
-    return n;
-}
-
-/* Fill the gradient-pack regions of the shared KV heads listed for
- * destination `dst` (-1: every shared KV head, for the all-reduce) from
- * this rank's contributions kvw [hidden, 2 local_kv head_dim] and kvb
- * [2 local_kv head_dim]; regions of heads this rank does not hold stay
- * zero. With unpack, copy the reduced regions back into kvw/kvb instead. */
-static tp_status kv_pack(tp_attention *a, int dst, float *pack, float *kvw, float *kvb, bool unpack)
+/* Fill the gradient-pack regions of every shared KV head (in ascending
+ * order) from this rank's contributions kvw [hidden, 2 local_kv head_dim]
+ * and kvb [2 local_kv head_dim]; regions of heads this rank does not hold
+ * stay zero. With unpack, copy the reduced regions back into kvw/kvb. */
+static tp_status kv_pack(tp_attention *a, float *pack, float *kvw, float *kvb, bool unpack)
 {
     int64_t n = 0, head_dim = a->head_dim, kw = 2 * a->local_kv * head_dim;
     size_t hd_bytes = (size_t)head_dim * XF_ES;
     for (int64_t k = 0; k < a->kv_heads; k++) {
-        if (!kv_shared(a, k) || (dst >= 0 && !rank_holds(a, dst, k)))
+        if (!kv_shared(a, k))
             continue;
         float *r = pack + n;
         n += a->region;
@@ -707,10 +707,10 @@ static tp_status dx_all_reduce_packed(tp_attention *a, tp_tensor *dx, float *kvw
     TP_TRY(tp_dev_memset(a->dev, a->dpack.ptr, 0, bytes));
     float *buf = a->dpack.ptr;
     TP_TRY(dx_part(a, 0, a->tokens, buf));
-    TP_TRY(kv_pack(a, -1, buf + n, kvw, kvb, false));
+    TP_TRY(kv_pack(a, buf + n, kvw, kvb, false));
     TP_TRY(tp_all_reduce(a->comm, buf, buf, (size_t)(n + extra), TP_F32, TP_SUM));
     TP_TRY(tp_dev_copy_2d(a->dev, dx->data, 0, buf, 0, (size_t)n * XF_ES, 1));
-    return kv_pack(a, -1, buf + n, kvw, kvb, true);
+    return kv_pack(a, buf + n, kvw, kvb, true);
 }
 
 /* Sequence parallel: reduce-scatter the full partial dx into this rank's token rows. */
@@ -723,33 +723,21 @@ static tp_status dx_reduce_scatter(tp_attention *a, tp_tensor *dx)
     return tp_reduce_scatterv(a->comm, a->dpack.ptr, dx->data, a->counts, TP_F32, TP_SUM);
 }
 
-/* Sequence parallel with shared KV heads: block i of the reduce-scatter is
- * [dx rows of shard i | regions of the shared heads rank i holds]. */
-static tp_status dx_reduce_scatter_packed(tp_attention *a, tp_tensor *dx, float *kvw, float *kvb)
+/* Sequence parallel with shared KV heads: after dx's reduce-scatter, one
+ * all-reduce of every shared head's region (zeros from the ranks not
+ * holding it), so every holder gets the same bits. */
+static tp_status kv_all_reduce(tp_attention *a, float *kvw, float *kvb)
 {
-    int64_t hidden = a->hidden;
-    size_t total = 0;
-    for (int i = 0; i < a->tp_size; i++) {
-        a->counts[i] = (size_t)((a->off[i + 1] - a->off[i]) * hidden + kv_pack_len(a, i));
-        total += a->counts[i];
-    }
-    TP_TRY(tpl_ws_reserve(&a->dpack, total * XF_ES, a->label));
-    TP_TRY(tp_dev_memset(a->dev, a->dpack.ptr, 0, total * XF_ES));
-    float *pack = a->dpack.ptr;
-    size_t pos = 0;
-    for (int i = 0; i < a->tp_size; i++) {
-        int64_t r0 = a->off[i], rows_i = a->off[i + 1] - r0;
-        TP_TRY(dx_part(a, r0, rows_i, pack + pos));
-        TP_TRY(kv_pack(a, i, pack + pos + rows_i * hidden, kvw, kvb, false));
-        pos += a->counts[i];
-    }
-    size_t mine = a->counts[a->rank];
-    TP_TRY(tpl_ws_reserve(&a->dctx, mine * XF_ES, a->label)); /* dctx is free by now */
-    float *recv = a->dctx.ptr;
-    TP_TRY(tp_reduce_scatterv(a->comm, pack, recv, a->counts, TP_F32, TP_SUM));
-    if (a->rows > 0)
-        TP_TRY(tp_dev_copy_2d(a->dev, dx->data, 0, recv, 0, (size_t)(a->rows * hidden) * XF_ES, 1));
-    return kv_pack(a, a->rank, recv + a->rows * hidden, kvw, kvb, true);
+    int64_t extra = 0;
+    for (int64_t k = 0; k < a->kv_heads; k++)
+        extra += kv_shared(a, k) ? a->region : 0;
+    size_t bytes = (size_t)extra * XF_ES;
+    TP_TRY(tpl_ws_reserve(&a->dctx, bytes, a->label)); /* dctx is free by now */
+    TP_TRY(tp_dev_memset(a->dev, a->dctx.ptr, 0, bytes));
+    float *buf = a->dctx.ptr;
+    TP_TRY(kv_pack(a, buf, kvw, kvb, false));
+    TP_TRY(tp_all_reduce(a->comm, buf, buf, (size_t)extra, TP_F32, TP_SUM));
+    return kv_pack(a, buf, kvw, kvb, true);
 }
 
 /* dWqkv[:, K/V columns] += kvw, dbqkv[K/V] += kvb (now complete for every
@@ -789,15 +777,16 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
     if (!dx)
         return TP_OK; /* refused earlier when KV heads are shared */
     /* dx = sum over ranks of dqkv Wqkv_local^T; the shared KV heads'
-     * gradient parts ride in the same collective */
+     * gradient parts ride in the same all-reduce, or (SP) follow in one */
     switch (a->dx_reduce) {
         case DX_ALL_REDUCE: return dx_all_reduce(a, dx);
         case DX_REDUCE_SCATTER: return dx_reduce_scatter(a, dx);
         case DX_ALL_REDUCE_PACKED:
             TP_TRY(dx_all_reduce_packed(a, dx, kvw, kvb));
             return add_kv_grads(a, kvw, kvb);
-        case DX_REDUCE_SCATTER_PACKED:
-            TP_TRY(dx_reduce_scatter_packed(a, dx, kvw, kvb));
+        case DX_REDUCE_SCATTER_KV:
+            TP_TRY(dx_reduce_scatter(a, dx));
+            TP_TRY(kv_all_reduce(a, kvw, kvb));
             return add_kv_grads(a, kvw, kvb);
     }
     return tp_set_error(TP_ERR_INTERNAL, "%s: bad dx reduction %d", a->label, (int)a->dx_reduce);
@@ -899,8 +888,11 @@ static tp_status get_full(tp_attention *a, const tp_tensor *wqkv, const tp_tenso
     TP_TRY_GOTO(tp_all_gatherv(a->comm, mine, dst, a->counts, TP_F32), st, out);
     TP_TRY_GOTO(tp_dev_download(a->dev, host, dst, total * XF_ES), st, out);
     place_qkv(a, host, wid, hw, hb);
-    for (int i = 0; i < tp_size; i++)
-        a->counts[i] = (size_t)(a->local_heads * head_dim * hidden);
+    for (int i = 0; i < tp_size; i++) {
+        int64_t ql, qh;
+        tp_shard_range(a->heads, tp_size, i, &ql, &qh);
+        a->counts[i] = (size_t)((qh - ql) * head_dim * hidden);
+    }
     TP_TRY_GOTO(tp_all_gatherv(a->comm, wo->data, dso, a->counts, TP_F32), st, out);
     if (how)
         TP_TRY_GOTO(
