@@ -11,6 +11,11 @@
  *                                      cores: binding would stack the nodes'
  *                                      ranks on the same cores
  *   --oversubscribe                    when a node has more ranks than cores
+ *   --mca mpi_yield_when_idle 1        when all nodes' ranks together exceed
+ *                                      the cores they share: Open MPI only
+ *                                      knows each node's count, and ranks
+ *                                      that busy-poll on shared cores starve
+ *                                      the one they wait for
  *   --mca plm rsh, plm_rsh_agent "tp-launch --mpi-agent=P",
  *         plm_rsh_no_tree_spawn 1      daemons start through the agent
  *   --mca oob_tcp_if_include, btl_tcp_if_include 198.18.0.0/15
@@ -238,6 +243,8 @@ static void add_placement(args *a, const tpl_cluster *c, const tpl_mpi_job *j, c
     long cores = sysconf(_SC_NPROCESSORS_ONLN), per_node = (j->n + c->k - 1) / c->k;
     if (per_node > (cores > 0 ? cores : 1) && !user_has(j->user, j->n_user, "oversubscribe"))
         add(a, "--oversubscribe");
+    if (j->n > (cores > 0 ? cores : 1))
+        add_mca(a, j, "mpi_yield_when_idle", "1");
 }
 
 char **tpl_mpi_argv(const tpl_cluster *c, const tpl_mpi_job *j)
