@@ -28,6 +28,23 @@
 
 #define SH_BAD(...) sc_bad(msg, sizeof msg, __VA_ARGS__)
 
+/* Copy result elements [x0, x1) but not [s0, s1) from res (holding the
+ * piece that starts at element b) to base + element index. */
+static void sh_copy_out(sh_comm *c, const unsigned char *res, size_t b, char *base, size_t x0,
+                        size_t x1, size_t s0, size_t s1, size_t es, bool stream)
+{
+    size_t cut[2][2] = {{x0, s0 < x1 ? s0 : x1}, {s1 > x0 ? s1 : x0, x1}};
+    if (s0 >= s1)
+        cut[0][1] = x1, cut[1][0] = x1;
+    for (int i = 0; i < 2; i++) {
+        if (cut[i][0] >= cut[i][1])
+            continue;
+        void *dst = base + cut[i][0] * es;
+        c->streamed |=
+            sc_fanout(res + (cut[i][0] - b) * es, &dst, 1, (cut[i][1] - cut[i][0]) * es, stream);
+    }
+}
+
 /* One pipelined reduction over `total` elements; the result elements
  * [out_lo, out_hi) land in recv. Stage of piece 0 is filled by the caller
  * before sh_begin (so it shares the first barrier). */
@@ -38,6 +55,7 @@ static tp_status sh_reduce_pipe(sh_comm *c, const void *send, void *recv, size_t
     size_t k = total / m + (total % m != 0);
     bool stream = (out_hi - out_lo) * es >= c->eng->stream_bytes;
     const void *src[SH_MAX_RANKS];
+    bool whole = out_lo == 0 && out_hi == total;
     for (size_t j = 1; j <= k + 1; j++) {
         uint64_t e = c->epoch;
         if (j <= k) { /* reduce my share of piece j-1 */
@@ -46,8 +64,9 @@ static tp_status sh_reduce_pipe(sh_comm *c, const void *send, void *recv, size_t
             if (lo < hi) {
                 for (int r = 0; r < c->size; r++)
                     src[r] = sh_stage(c, e, r) + lo * es;
-                void *dst = sh_res(c, e + 1) + lo * es;
-                sc_reduce(dt, op, src, c->size, &dst, 1, hi - lo, false);
+                /* all_reduce: the own share goes straight to recv too */
+                void *dst[2] = {sh_res(c, e + 1) + lo * es, (char *)recv + (b + lo) * es};
+                sc_reduce(dt, op, src, c->size, dst, whole ? 2 : 1, hi - lo, false);
             }
         }
         if (j < k) { /* stage piece j */
@@ -57,11 +76,11 @@ static tp_status sh_reduce_pipe(sh_comm *c, const void *send, void *recv, size_t
         if (j >= 2) { /* piece j-2 of the result, where it meets [out_lo, out_hi) */
             size_t b = (j - 2) * m, pe = total - b < m ? total : b + m;
             size_t x0 = b > out_lo ? b : out_lo, x1 = pe < out_hi ? pe : out_hi;
-            if (x0 < x1) {
-                void *dst = (char *)recv + (x0 - out_lo) * es;
-                c->streamed |=
-                    sc_fanout(sh_res(c, e) + (x0 - b) * es, &dst, 1, (x1 - x0) * es, stream);
-            }
+            size_t lo = 0, hi = 0;
+            if (whole) /* skip the own share, written above */
+                sc_share(pe - b, es, c->size, c->rank, &lo, &hi);
+            sh_copy_out(c, sh_res(c, e), b, (char *)recv - out_lo * es, x0, x1, b + lo, b + hi, es,
+                        stream);
         }
         if (j <= k) {
             tp_status st = sh_barrier_wait(c, SC_ALL_REDUCE);
