@@ -12,7 +12,7 @@
 
 /* After mapping: wait until every rank mapped it. If some never come, the
  * name is removed so that it does not outlive the job. */
-static tp_status sh_join(sh_comm *c, const char *name)
+tp_status sh_join(sh_comm *c, const char *name)
 {
     tp_status st = sh_barrier_wait(c, SC_NONE);
     if (st != TP_OK && name && atomic_load(&c->h->mapped) < c->size)
@@ -69,6 +69,8 @@ void sh_comm_free(void *comm)
         sc_bar_wake(&c->h->bar, true);
         sh_seg_detach(c);
     }
+    if (c->eng->by_comms && atomic_fetch_sub(&c->eng->refs, 1) == 1)
+        free(c->eng);
     free(c);
 }
 
@@ -140,6 +142,8 @@ tp_status sh_split(void *comm, int color, int key, void **newcomm, int *rank, in
         return st;
     }
     nc->id = id;
+    if (eng->by_comms)
+        atomic_fetch_add(&eng->refs, 1);
     *newcomm = nc;
     *rank = newrank;
     *size = n;

@@ -30,10 +30,10 @@ static bool sh_proc_stat(pid_t pid, char *state, uint64_t *start)
     buf[n] = '\0';
     /* "pid (comm) S ppid ...": comm may hold spaces and parentheses. */
     char *p = strrchr(buf, ')');
-    if (!p || p[1] != ' ' || !p[2])
+    if (!p || p[1] != ' ' || !p[2] || p[3] != ' ')
         return false;
     *state = p[2];
-    p += 3;
+    p += 4; /* field 4 */
     /* fields 4 .. 21 precede the start time (field 22) */
     for (int field = 4; field < 22 && p; field++) {
         p = strchr(p, ' ');

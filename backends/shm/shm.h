@@ -81,8 +81,10 @@ typedef struct sh_engine {
     size_t chunk;        /* bytes per rank per pipeline step */
     size_t small_bytes;  /* all_reduce up to this takes one barrier */
     size_t stream_bytes; /* copies out above this use non-temporal stores */
-    char job[72];        /* TP_JOB_ID */
+    char job[72];        /* TP_JOB_ID, or the group's id (comm_create) */
     bool cleaned;        /* stale segments were looked for */
+    bool by_comms;       /* made by comm_create: freed with its last communicator */
+    atomic_int refs;     /* by_comms: communicators using it */
 } sh_engine;
 
 typedef struct sh_comm {
@@ -106,6 +108,12 @@ static inline unsigned char *sh_res(const sh_comm *c, uint64_t parity)
 {
     return c->data + (2 * (size_t)c->size + (parity & 1)) * c->eng->chunk;
 }
+
+/* shm-env.c */
+/* s is a decimal number in lo..hi. */
+bool sh_parse(const char *s, long lo, long hi, long *out);
+/* Chunk, spin limit, small and streaming sizes from TP_SHM_* (world_size set). */
+tp_status sh_knobs(const tp_host *host, sh_engine *eng);
 
 /* shm-proc.c: process identity and liveness */
 /* Start time of pid (clock ticks since boot) or 0 if it is gone or a zombie. */
@@ -153,5 +161,11 @@ tp_status sh_world(void *engine, int local_index, const tp_rank_env *env, void *
                    int *size);
 tp_status sh_split(void *comm, int color, int key, void **newcomm, int *rank, int *size);
 void sh_comm_free(void *comm);
+
+/* shm-boot.c */
+tp_status sh_comm_create(const tp_host *host, const tp_bootstrap *boot, const tp_rank_env *env,
+                         void **comm);
+/* After mapping: wait until every rank mapped it (shm-group.c). */
+tp_status sh_join(sh_comm *c, const char *name);
 
 #endif /* TP_SHM_H */
