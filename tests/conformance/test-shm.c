@@ -13,7 +13,10 @@
  *     segments stay;
  *   - TP_JOB_ID missing is refused naming the variable;
  *   - a peer that scribbles over the shared header (bad sizes, kinds,
- *     statuses, unterminated messages) makes its peers fail, not crash.
+ *     statuses, unterminated messages) makes its peers fail, not crash;
+ *   - comm_create (shm as an intra-node backend) over a bootstrap
+ *     communicator works, splits, and refuses a group across nodes with a
+ *     message naming them, on every rank.
  *
  *   test-shm LIBTP-SHM.so LIBTP-LOOPBACK.so
  */
@@ -512,6 +515,89 @@ START_TEST(hostile_peer_cannot_crash)
 }
 END_TEST
 
+/* ------------------------------------------------ comm_create (intra) */
+
+/* tp_bootstrap.all_gather through the shm world communicator itself. */
+static tp_status boot_gather(void *ctx, const void *mine, void *all, size_t bytes)
+{
+    size_t n = (bytes + 3) / 4;
+    int32_t pad[256] = {0};
+    memcpy(pad, mine, bytes);
+    void *comm = ctx;
+    int size = ((sh_comm *)comm)->size;
+    size_t counts[MAXR] = {0};
+    int32_t *tmp = calloc((size_t)size * n, 4);
+    for (int r = 0; r < size && r < MAXR; r++)
+        counts[r] = n;
+    tp_status st = shm_ops->all_gather(comm, pad, tmp, counts, TP_I32);
+    for (int r = 0; st == TP_OK && r < size; r++)
+        memcpy((char *)all + (size_t)r * bytes, tmp + (size_t)r * n, bytes);
+    free(tmp);
+    return st;
+}
+
+/* arg: NULL, every rank on one node; else ranks >= 1 on "node-b". */
+static tp_status create_rank(void *comm, int rank, int size, void *arg, unsigned char *out)
+{
+    tp_bootstrap boot = {sizeof boot, rank,       size, arg && rank >= 1 ? "node-b" : "node-a",
+                         comm,        boot_gather};
+    tp_rank_env env = {.struct_size = sizeof env, .device_index = -1};
+    void *nc = NULL;
+    tp_status st = shm_ops->comm_create(&host, &boot, &env, &nc);
+    if (st)
+        return st;
+    /* the new communicator works, and so does a split of it */
+    float x[3000], y[3000];
+    for (int i = 0; i < 3000; i++)
+        x[i] = (float)(rank + 1);
+    st = shm_ops->all_reduce(nc, x, y, 3000, TP_F32, TP_SUM);
+    void *sub = NULL;
+    int sr, ss;
+    if (!st)
+        st = shm_ops->split(nc, rank % 2, rank, &sub, &sr, &ss);
+    if (!st)
+        st = shm_ops->all_reduce(sub, x, x, 3000, TP_F32, TP_SUM);
+    memcpy(out, y, sizeof y);
+    memcpy(out + sizeof y, x, sizeof x);
+    shm_ops->comm_free(sub);
+    shm_ops->comm_free(nc);
+    return st;
+}
+
+START_TEST(comm_create_over_a_group)
+{
+    shared_out *so = new_out();
+    new_job_id("create");
+    start_ranks(3, create_rank, NULL, so, 30.0);
+    wait_ranks(3, 60.0);
+    for (int r = 0; r < 3; r++) {
+        ck_assert_msg(so->rep[r].st == TP_OK, "rank %d: %s", r, so->rep[r].msg);
+        const float *y = (const float *)so->data[r], *x = y + 3000;
+        ck_assert_msg(y[0] == 6.0f && y[2999] == 6.0f, "rank %d: all_reduce gave %g", r, y[0]);
+        float want = r % 2 ? 2.0f : 4.0f; /* ranks {0, 2} and {1} */
+        ck_assert_msg(x[0] == want && x[2999] == want, "rank %d: split all_reduce %g, want %g", r,
+                      x[0], want);
+    }
+    munmap(so, sizeof *so);
+}
+END_TEST
+
+START_TEST(comm_create_refuses_a_group_across_nodes)
+{
+    shared_out *so = new_out();
+    new_job_id("across");
+    start_ranks(3, create_rank, "span", so, 30.0);
+    wait_ranks(3, 60.0);
+    for (int r = 0; r < 3; r++) {
+        ck_assert_msg(so->rep[r].st == TP_ERR_INVALID_ARG, "rank %d: status %d (%s)", r,
+                      so->rep[r].st, so->rep[r].msg);
+        ck_assert_msg(strstr(so->rep[r].msg, "node-a") && strstr(so->rep[r].msg, "node-b"),
+                      "rank %d's message names no nodes: %s", r, so->rep[r].msg);
+    }
+    munmap(so, sizeof *so);
+}
+END_TEST
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
@@ -542,6 +628,8 @@ int main(int argc, char **argv)
     tcase_add_test(tc, stalled_peer_gives_timeout);
     tcase_add_test(tc, hostile_peer_cannot_crash);
     tcase_add_test(tc, stale_segments_are_removed);
+    tcase_add_test(tc, comm_create_over_a_group);
+    tcase_add_test(tc, comm_create_refuses_a_group_across_nodes);
     tcase_add_test(tc, bitwise_equal_to_loopback);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
