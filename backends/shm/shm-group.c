@@ -86,11 +86,55 @@ static uint64_t sh_mix(uint64_t h, uint64_t v)
 /* Split as MPI_Comm_split: agree on colours and keys through the parent,
  * the leader of each colour creates its segment, a second barrier of the
  * parent publishes whether that worked, the members attach. */
+/* The new communicator of this rank's colour: size *n, its rank, leader. */
+static void sh_split_count(const sh_comm *c, int color, int key, int *n, int *newrank, int *leader)
+{
+    *n = 0, *newrank = 0, *leader = -1;
+    for (int r = 0; r < c->size && color >= 0; r++) {
+        const sh_pub *o = sh_peer(c, r);
+        if (o->color != color)
+            continue;
+        if (*leader < 0)
+            *leader = r;
+        (*n)++;
+        if (o->key < key || (o->key == key && r < c->rank))
+            (*newrank)++;
+    }
+}
+
+/* After the leader made the segment (its status is in its slot): attach. */
+static tp_status sh_split_attach(sh_comm *c, int color, int leader, int n, int newrank,
+                                 const char *name, sh_comm *nc)
+{
+    sh_engine *eng = c->eng;
+    tp_status st;
+    if (n == 1) {
+        st = sh_seg_attach(eng, NULL, true, 1, 0, nc);
+    } else if (leader == c->rank) {
+        st = (tp_status)atomic_load(&c->h->slots[c->rank].split_status);
+    } else {
+        int ls = atomic_load(&c->h->slots[leader].split_status);
+        st = ls ? eng->host->set_error(TP_ERR_PEER,
+                                       "shm: split (colour %d): rank %d could not create the "
+                                       "%d-rank segment (status %d; see its error)",
+                                       color, leader, n, ls)
+                : sh_seg_attach(eng, name, false, n, newrank, nc);
+    }
+    if (st == TP_OK && (st = sh_join(nc, n > 1 ? name : NULL)) != TP_OK)
+        sh_seg_detach(nc);
+    return st;
+}
+
+/* Split as MPI_Comm_split: agree on colours and keys through the parent,
+ * the leader of each colour creates its segment, a second barrier of the
+ * parent publishes whether that worked, the members attach. */
 tp_status sh_split(void *comm, int color, int key, void **newcomm, int *rank, int *size)
 {
     sh_comm *c = comm;
     sh_engine *eng = c->eng;
     *newcomm = NULL;
+    *rank = -1;
+    *size = 0;
     sh_comm *nc = color >= 0 ? calloc(1, sizeof *nc) : NULL;
     tp_status bad = color >= 0 && !nc ? TP_ERR_NO_MEMORY : TP_OK;
     sh_pub a = {.color = color, .key = key, .dt = -1, .op = -1, .root = -1};
@@ -99,17 +143,8 @@ tp_status sh_split(void *comm, int color, int key, void **newcomm, int *rank, in
         free(nc);
         return st;
     }
-    int n = 0, newrank = 0, leader = -1;
-    for (int r = 0; r < c->size && color >= 0; r++) {
-        const sh_pub *o = sh_peer(c, r);
-        if (o->color != color)
-            continue;
-        if (leader < 0)
-            leader = r;
-        n++;
-        if (o->key < key || (o->key == key && r < c->rank))
-            newrank++;
-    }
+    int n, newrank, leader;
+    sh_split_count(c, color, key, &n, &newrank, &leader);
     uint64_t id =
         sh_mix(sh_mix(sh_mix(0xcbf29ce484222325ull, c->id), ++c->splits), (uint64_t)leader);
     char name[SH_NAME_MAX];
@@ -119,26 +154,12 @@ tp_status sh_split(void *comm, int color, int key, void **newcomm, int *rank, in
     if (color >= 0 && n > 1 && leader == c->rank)
         atomic_store(&me->split_status, (int)sh_seg_attach(eng, name, true, n, newrank, nc));
     st = sh_barrier_wait(c, SC_SPLIT);
-    if (st == TP_OK && color >= 0 && n > 1 && leader != c->rank) {
-        int ls = atomic_load(&c->h->slots[leader].split_status);
-        st = ls ? eng->host->set_error(TP_ERR_PEER,
-                                       "shm: split (colour %d): rank %d could not create the "
-                                       "%d-rank segment (status %d; see its error)",
-                                       color, leader, n, ls)
-                : sh_seg_attach(eng, name, false, n, newrank, nc);
-    } else if (st == TP_OK && color >= 0 && n == 1) {
-        st = sh_seg_attach(eng, NULL, true, 1, 0, nc);
-    } else if (st == TP_OK && color >= 0) {
-        st = (tp_status)atomic_load(&me->split_status);
-    }
-    if (st == TP_OK && color >= 0 && (st = sh_join(nc, n > 1 ? name : NULL)) != TP_OK)
-        sh_seg_detach(nc);
+    if (st == TP_OK && color >= 0)
+        st = sh_split_attach(c, color, leader, n, newrank, name, nc);
     if (st != TP_OK || color < 0) {
         if (nc && nc->h)
             sh_seg_detach(nc);
         free(nc);
-        *rank = -1;
-        *size = 0;
         return st;
     }
     nc->id = id;

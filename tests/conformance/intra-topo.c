@@ -34,8 +34,8 @@ static tp_status check(const char *what, int32_t got, int32_t want, int rank)
 {
     if (got == want)
         return TP_OK;
-    return tp_set_error(TP_ERR_INTERNAL, "intra-topo: rank %d: %s sum %d, expected %d", rank,
-                        what, (int)got, (int)want);
+    return tp_set_error(TP_ERR_INTERNAL, "intra-topo: rank %d: %s sum %d, expected %d", rank, what,
+                        (int)got, (int)want);
 }
 
 static tp_status rank_main(tp_comm *world, void *arg)
