@@ -376,6 +376,28 @@ static bool shm_exists(const char *job)
     return access(path, F_OK) == 0;
 }
 
+/* The job's segment exists and its creator finished setting it up (a
+ * creator killed before that leaves a file nobody can prove is tp's). */
+static bool shm_ready(const char *job)
+{
+    char path[256];
+    snprintf(path, sizeof path, "/dev/shm/" SH_PREFIX "%u-%s", (unsigned)getuid(), job);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        return false;
+    struct stat st;
+    bool ready = false;
+    if (fstat(fd, &st) == 0 && (size_t)st.st_size >= sizeof(sh_hdr)) {
+        sh_hdr *h = mmap(NULL, sizeof(sh_hdr), PROT_READ, MAP_SHARED, fd, 0);
+        if (h != MAP_FAILED) {
+            ready = atomic_load(&h->magic) == SH_MAGIC;
+            munmap(h, sizeof(sh_hdr));
+        }
+    }
+    close(fd);
+    return ready;
+}
+
 START_TEST(stale_segments_are_removed)
 {
     shared_out *so = new_out();
@@ -399,7 +421,7 @@ START_TEST(stale_segments_are_removed)
         _exit(3);
     }
     double until = now_s() + 20;
-    while (!shm_exists(stale) && now_s() < until)
+    while (!shm_ready(stale) && now_s() < until)
         usleep(2000);
     ck_assert_msg(shm_exists(stale), "rank 0 of the stale job made no segment");
     /* A live job's segment (rank 0 waits for its rank 1) must stay. */
@@ -421,7 +443,7 @@ START_TEST(stale_segments_are_removed)
         _exit(3);
     }
     until = now_s() + 20;
-    while (!shm_exists(live) && now_s() < until)
+    while (!shm_ready(live) && now_s() < until)
         usleep(2000);
     kill(p, SIGKILL);
     waitpid(p, &status, 0);
