@@ -13,7 +13,6 @@
  * in-place calls are safe (only the owner of a share reads or writes it).
  * On device memory the shares move with the rank's device ops (device.c).
  */
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -21,67 +20,7 @@
 
 #include "loopback.h"
 
-/* Share w of nw of n elements of size es, on cache-line boundaries. */
-static void lb_share(size_t n, size_t es, int nw, int w, size_t *lo, size_t *hi)
-{
-    size_t unit = LB_LINE / es;
-    size_t units = n / unit + (n % unit != 0);
-    size_t base = units / (size_t)nw, rem = units % (size_t)nw, uw = (size_t)w;
-    size_t a = uw * base + (uw < rem ? uw : rem);
-    size_t b = a + base + (uw < rem);
-    *lo = a * unit < n ? a * unit : n;
-    *hi = b * unit < n ? b * unit : n;
-}
-
-static tp_status lb_bad(char *msg, size_t len, tp_status st, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static tp_status lb_bad(char *msg, size_t len, tp_status st, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, len, fmt, ap);
-    va_end(ap);
-    return st;
-}
-
-#define LB_BAD(...) lb_bad(msg, sizeof msg, TP_ERR_INVALID_ARG, __VA_ARGS__)
-
-static tp_status lb_check_type(char *msg, size_t len, int dt, int op, bool reduces)
-{
-    if (!tp_util_dtype_size(dt))
-        return lb_bad(msg, len, TP_ERR_INVALID_ARG,
-                      "dtype %d is not a tp_dtype (expected TP_F32, TP_F16, TP_BF16 or TP_I32)",
-                      dt);
-    if (reduces && (op < 0 || op >= TP_REDOP_COUNT_))
-        return lb_bad(msg, len, TP_ERR_INVALID_ARG,
-                      "reduction op %d is not a tp_redop (expected TP_SUM, TP_MAX or TP_MIN)", op);
-    return TP_OK;
-}
-
-/* Validate a counts array; set *total and its hash. */
-static tp_status lb_check_counts(char *msg, size_t len, const size_t *counts, int size, size_t es,
-                                 size_t *total, uint64_t *hash)
-{
-    *total = 0;
-    *hash = 0xcbf29ce484222325ull; /* FNV-1a over the counts */
-    if (!counts)
-        return lb_bad(msg, len, TP_ERR_INVALID_ARG,
-                      "counts is NULL; pass an array of %d per-rank element counts", size);
-    for (int r = 0; r < size; r++) {
-        if (counts[r] > (SIZE_MAX / es - *total))
-            return lb_bad(msg, len, TP_ERR_INVALID_ARG,
-                          "counts overflow: the sum up to counts[%d] = %zu exceeds the address "
-                          "space",
-                          r, counts[r]);
-        *total += counts[r];
-        for (int k = 0; k < 8; k++) {
-            *hash ^= (counts[r] >> (8 * k)) & 0xffu;
-            *hash *= 0x100000001b3ull;
-        }
-    }
-    return TP_OK;
-}
+#define LB_BAD(...) sc_bad(msg, sizeof msg, __VA_ARGS__)
 
 tp_status lb_all_reduce(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,
                         tp_redop op)
@@ -89,7 +28,7 @@ tp_status lb_all_reduce(void *comm, const void *send, void *recv, size_t count, 
     lb_comm *c = comm;
     lb_group *g = c->g;
     char msg[200] = "";
-    tp_status bad = lb_check_type(msg, sizeof msg, (int)dt, (int)op, true);
+    tp_status bad = sc_check_type(msg, sizeof msg, (int)dt, (int)op, true);
     size_t es = tp_util_dtype_size(dt);
     if (!bad && count && (!send || !recv))
         bad = LB_BAD("%s buffer is NULL with count %zu", send ? "recv" : "send", count);
@@ -113,7 +52,7 @@ tp_status lb_all_reduce(void *comm, const void *send, void *recv, size_t count, 
         const void *src[LB_MAX_RANKS];
         for (int r = 0; r < n; r++)
             src[r] = g->slots[r].stage[c->seq & 1];
-        lb_reduce((int)dt, (int)op, src, n, &recv, 1, count, false);
+        sc_reduce((int)dt, (int)op, src, n, &recv, 1, count, false);
         return TP_OK;
     }
     tp_status st = lb_begin(c, LB_ALL_REDUCE, &a, bad, msg);
@@ -121,12 +60,12 @@ tp_status lb_all_reduce(void *comm, const void *send, void *recv, size_t count, 
         return st;
     size_t lo, hi;
     tp_status w = TP_OK;
-    lb_share(count, es, n, c->rank, &lo, &hi);
+    sc_share(count, es, n, c->rank, &lo, &hi);
     if (n == 1) {
         if (count && send != recv && c->dops)
             w = lb_dev_fanout(c, send, &recv, 1, count * es);
         else if (count && send != recv)
-            lb_fanout(send, &recv, 1, count * es, false);
+            sc_fanout(send, &recv, 1, count * es, false);
     } else if (lo < hi) {
         const void *src[LB_MAX_RANKS];
         void *dst[LB_MAX_RANKS];
@@ -138,7 +77,7 @@ tp_status lb_all_reduce(void *comm, const void *send, void *recv, size_t count, 
         if (c->dops)
             w = lb_dev_reduce(c, (int)dt, (int)op, src, n, dst, n, hi - lo);
         else
-            c->streamed = lb_reduce((int)dt, (int)op, src, n, dst, n, hi - lo, stream);
+            c->streamed = sc_reduce((int)dt, (int)op, src, n, dst, n, hi - lo, stream);
     }
     return c->dops ? lb_dev_end(c, LB_ALL_REDUCE, w) : lb_end(c, LB_ALL_REDUCE);
 }
@@ -151,10 +90,10 @@ tp_status lb_all_gather(void *comm, const void *send, void *recv, const size_t *
     char msg[200] = "";
     size_t total = 0;
     uint64_t hash = 0;
-    tp_status bad = lb_check_type(msg, sizeof msg, (int)dt, 0, false);
+    tp_status bad = sc_check_type(msg, sizeof msg, (int)dt, 0, false);
     size_t es = tp_util_dtype_size(dt);
     if (!bad)
-        bad = lb_check_counts(msg, sizeof msg, counts, n, es, &total, &hash);
+        bad = sc_check_counts(msg, sizeof msg, counts, n, es, &total, &hash);
     if (!bad && total && !recv)
         bad = LB_BAD("recv buffer is NULL but the gathered size is %zu elements", total);
     if (!bad && counts[c->rank] && !send)
@@ -173,7 +112,7 @@ tp_status lb_all_gather(void *comm, const void *send, void *recv, const size_t *
     if (st != TP_OK)
         return st;
     size_t lo, hi;
-    lb_share(total, es, n, c->rank, &lo, &hi);
+    sc_share(total, es, n, c->rank, &lo, &hi);
     bool stream = total * es >= g->eng->stream_bytes / (size_t)n;
     void *dst[LB_MAX_RANKS];
     size_t off = 0;
@@ -188,7 +127,7 @@ tp_status lb_all_gather(void *comm, const void *send, void *recv, const size_t *
         if (c->dops)
             w = lb_dev_fanout(c, src, dst, n, (b1 - b0) * es);
         else
-            c->streamed |= lb_fanout(src, dst, n, (b1 - b0) * es, stream);
+            c->streamed |= sc_fanout(src, dst, n, (b1 - b0) * es, stream);
     }
     return c->dops ? lb_dev_end(c, LB_ALL_GATHER, w) : lb_end(c, LB_ALL_GATHER);
 }
@@ -202,10 +141,10 @@ tp_status lb_reduce_scatter(void *comm, const void *send, void *recv, const size
     char msg[200] = "";
     size_t total = 0;
     uint64_t hash = 0;
-    tp_status bad = lb_check_type(msg, sizeof msg, (int)dt, (int)op, true);
+    tp_status bad = sc_check_type(msg, sizeof msg, (int)dt, (int)op, true);
     size_t es = tp_util_dtype_size(dt);
     if (!bad)
-        bad = lb_check_counts(msg, sizeof msg, counts, n, es, &total, &hash);
+        bad = sc_check_counts(msg, sizeof msg, counts, n, es, &total, &hash);
     if (!bad && total && !send)
         bad = LB_BAD("send buffer is NULL but it should hold %zu elements", total);
     if (!bad && counts[c->rank] && !recv)
@@ -224,7 +163,7 @@ tp_status lb_reduce_scatter(void *comm, const void *send, void *recv, const size
     if (st != TP_OK)
         return st;
     size_t lo, hi;
-    lb_share(total, es, n, c->rank, &lo, &hi);
+    sc_share(total, es, n, c->rank, &lo, &hi);
     bool stream = total * es >= g->eng->stream_bytes;
     const void *src[LB_MAX_RANKS];
     size_t off = 0;
@@ -241,7 +180,7 @@ tp_status lb_reduce_scatter(void *comm, const void *send, void *recv, const size
         if (c->dops)
             w = lb_dev_reduce(c, (int)dt, (int)op, src, n, &dst, 1, b1 - b0);
         else
-            c->streamed |= lb_reduce((int)dt, (int)op, src, n, &dst, 1, b1 - b0, stream);
+            c->streamed |= sc_reduce((int)dt, (int)op, src, n, &dst, 1, b1 - b0, stream);
     }
     return c->dops ? lb_dev_end(c, LB_REDUCE_SCATTER, w) : lb_end(c, LB_REDUCE_SCATTER);
 }
@@ -252,7 +191,7 @@ tp_status lb_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int roo
     lb_group *g = c->g;
     int n = g->size;
     char msg[200] = "";
-    tp_status bad = lb_check_type(msg, sizeof msg, (int)dt, 0, false);
+    tp_status bad = sc_check_type(msg, sizeof msg, (int)dt, 0, false);
     size_t es = tp_util_dtype_size(dt);
     if (!bad && (root < 0 || root >= n))
         bad = LB_BAD("root %d is out of range: expected 0..%d", root, n - 1);
@@ -270,7 +209,7 @@ tp_status lb_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int roo
         return TP_OK;
     size_t lo, hi;
     tp_status w = TP_OK;
-    lb_share(count, es, n, c->rank, &lo, &hi);
+    sc_share(count, es, n, c->rank, &lo, &hi);
     if (lo < hi) {
         void *dst[LB_MAX_RANKS];
         for (int d = 0; d < n; d++)
@@ -279,7 +218,7 @@ tp_status lb_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int roo
         if (c->dops)
             w = lb_dev_fanout(c, dst[root], dst, n, (hi - lo) * es);
         else
-            c->streamed = lb_fanout(dst[root], dst, n, (hi - lo) * es, stream);
+            c->streamed = sc_fanout(dst[root], dst, n, (hi - lo) * es, stream);
     }
     return c->dops ? lb_dev_end(c, LB_BROADCAST, w) : lb_end(c, LB_BROADCAST);
 }

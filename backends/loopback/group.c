@@ -26,10 +26,7 @@ lb_group *lb_group_new(lb_engine *eng, int size, bool is_world)
     g->size = size;
     g->is_world = is_world;
     atomic_init(&g->refs, size);
-    atomic_init(&g->arrived, 0);
-    atomic_init(&g->gen, 0);
-    atomic_init(&g->wake, 0);
-    atomic_init(&g->sleepers, 0);
+    sc_bar_init(&g->bar);
     atomic_init(&g->failed, 0);
     atomic_init(&g->departures, 0);
     atomic_init(&g->poison_claim, 0);
@@ -154,7 +151,7 @@ void lb_comm_free(void *comm)
     lb_group *g = c->g;
     atomic_store_explicit(&g->slots[c->rank].departed, 1, memory_order_release);
     atomic_fetch_add_explicit(&g->departures, 1, memory_order_seq_cst);
-    lb_wake(g); /* peers blocked waiting for this rank re-check */
+    sc_bar_wake(&g->bar, false); /* peers blocked waiting for this rank re-check */
     if (g->is_world) {
         /* comm_free runs on the rank's thread: undo the pinning */
         if (c->bound && pthread_equal(pthread_self(), c->thread)) {

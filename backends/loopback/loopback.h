@@ -24,23 +24,24 @@
 
 #include <tp/tp-plugin.h>
 
+#include "shmcoll.h"
+
 #define LB_MAX_RANKS 64
-#define LB_LINE      64 /* cache line: work is split on these boundaries */
+#define LB_LINE      SC_LINE /* cache line: work is split on these boundaries */
 /* all_reduce of at most this many bytes takes one barrier: each rank copies
  * its input into its slot's staging area, and after the entry barrier every
  * rank reduces all staged inputs into its own recv (no exit barrier). */
 #define LB_SMALL_BYTES 4096
 
-typedef enum lb_kind {
-    LB_NONE = 0,
-    LB_ALL_REDUCE,
-    LB_ALL_GATHER,
-    LB_REDUCE_SCATTER,
-    LB_BROADCAST,
-    LB_BARRIER,
-    LB_SPLIT,
-    LB_KIND_COUNT
-} lb_kind;
+/* The collectives (shmcoll's names). */
+typedef sc_kind lb_kind;
+#define LB_NONE           SC_NONE
+#define LB_ALL_REDUCE     SC_ALL_REDUCE
+#define LB_ALL_GATHER     SC_ALL_GATHER
+#define LB_REDUCE_SCATTER SC_REDUCE_SCATTER
+#define LB_BROADCAST      SC_BROADCAST
+#define LB_BARRIER        SC_BARRIER
+#define LB_SPLIT          SC_SPLIT
 
 typedef struct lb_engine {
     const tp_host *host;
@@ -114,16 +115,13 @@ typedef struct lb_group {
     lb_engine *eng;
     int size;
     bool is_world;
-    int joined;                            /* world groups: handles handed out (under eng->lock) */
-    atomic_int refs;                       /* sub-groups: members that have not freed it */
-    struct lb_group *next;                 /* world groups: list in the engine */
-    lb_comm *world_comms;                  /* world groups: one handle per rank */
-    _Alignas(LB_LINE) atomic_uint arrived; /* ranks at the current barrier */
-    _Alignas(LB_LINE) atomic_uint_fast64_t gen; /* last completed barrier epoch */
-    atomic_uint wake;                           /* futex word: bumped to wake sleepers */
-    atomic_uint sleepers;                       /* waiters blocked (or about to block) */
-    _Alignas(LB_LINE) atomic_int failed;        /* tp_status that poisoned the group */
-    atomic_uint departures;                     /* number of comm_free calls */
+    int joined;                          /* world groups: handles handed out (under eng->lock) */
+    atomic_int refs;                     /* sub-groups: members that have not freed it */
+    struct lb_group *next;               /* world groups: list in the engine */
+    lb_comm *world_comms;                /* world groups: one handle per rank */
+    sc_bar bar;                          /* the group's barrier (shmcoll) */
+    _Alignas(LB_LINE) atomic_int failed; /* tp_status that poisoned the group */
+    atomic_uint departures;              /* number of comm_free calls */
     atomic_int poison_claim;
     char msg[640]; /* why it failed; written before `failed` is set */
     lb_slot slots[];
@@ -138,7 +136,6 @@ tp_status lb_split(void *comm, int color, int key, void **newcomm, int *rank, in
 void lb_comm_free(void *comm);
 
 /* sync.c */
-const char *lb_kind_name(int kind);
 tp_status lb_barrier_wait(lb_comm *c, lb_kind kind);
 tp_status lb_begin(lb_comm *c, lb_kind kind, const lb_args *a, tp_status bad, const char *bad_msg);
 tp_status lb_end(lb_comm *c, lb_kind kind);
@@ -147,19 +144,8 @@ static inline const lb_args *lb_peer(const lb_comm *c, int r)
 {
     return &c->g->slots[r].pub[c->seq & 1].args;
 }
-void lb_wake(lb_group *g);
 tp_status lb_poison(lb_group *g, tp_status status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-
-/* reduce.c */
-/* dst[d][0..n) = src[0][i] op src[1][i] op ... in source order, for every
- * d; a dst equal to its source (in place) is safe. Returns true if
- * non-temporal stores were issued (call lb_store_fence before publishing). */
-bool lb_reduce(int dt, int op, const void *const *src, int nsrc, void *const *dst, int ndst,
-               size_t n, bool stream);
-/* dst[d][0..bytes) = src[0..bytes) for every d (skipping dst == src). */
-bool lb_fanout(const void *src, void *const *dst, int ndst, size_t bytes, bool stream);
-void lb_store_fence(void);
 
 /* device.c: the device-memory counterparts of lb_reduce and lb_fanout
  * (errors poison the group), the stream synchronization before a

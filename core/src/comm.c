@@ -69,6 +69,8 @@ tp_status tp_comm_split(tp_comm *comm, int color, int key, tp_comm **out)
                             "tp_comm_split: cannot allocate %zu bytes for the new communicator",
                             sizeof(tp_comm));
     }
+    (*out)->intra = comm->intra;
+    (*out)->host = comm->host;
     return TP_OK;
 }
 
@@ -558,4 +560,88 @@ tp_status tp_reduce_scatter(tp_comm *comm, const void *send, void *recv, size_t 
     tp_status st = reduce_scatter("tp_reduce_scatter", comm, send, recv, counts, dt, op);
     g_free(heap);
     return st;
+}
+
+/* ------------------------------------------- intra-node communicators */
+
+/* tp_bootstrap.all_gather over the bootstrap communicator: `bytes` from
+ * every rank, padded to int32 words, through device memory like any
+ * collective (so it works on every backend and device). */
+static tp_status boot_all_gather(void *ctx, const void *mine, void *all, size_t bytes)
+{
+    tp_comm *g = ctx;
+    size_t words = (bytes + 3) / 4, n = (size_t)g->size;
+    int32_t *pad = g_try_new0(int32_t, words ? words : 1);
+    int32_t *host = g_try_new0(int32_t, n * words + 1);
+    void *d_all = NULL;
+    tp_status st = TP_OK;
+    if (!pad || !host) {
+        st = tp_set_error(TP_ERR_NO_MEMORY, "bootstrap all_gather: out of memory");
+        goto out;
+    }
+    memcpy(pad, mine, bytes);
+    TP_TRY_GOTO(tp_dev_alloc(g->dev, n * words * 4 + 4, &d_all), st, out);
+    int32_t *d_mine = (int32_t *)d_all + (size_t)g->rank * words;
+    TP_TRY_GOTO(tp_dev_upload(g->dev, d_mine, pad, words * 4), st, out);
+    TP_TRY_GOTO(tp_all_gather(g, d_mine, d_all, words, TP_I32), st, out);
+    TP_TRY_GOTO(tp_dev_download(g->dev, host, d_all, n * words * 4), st, out);
+    for (size_t r = 0; r < n; r++)
+        memcpy((char *)all + r * bytes, host + r * words, bytes);
+out:
+    tp_dev_free(g->dev, d_all);
+    g_free(pad);
+    g_free(host);
+    return st;
+}
+
+const char *tpi_comm_backend(const tp_comm *comm)
+{
+    return comm ? comm->plugin : NULL;
+}
+
+const tp_plugin *tpi_comm_intra_plugin(const tp_comm *comm)
+{
+    return comm ? comm->intra : NULL;
+}
+
+tp_status tpi_comm_create_intra(tp_comm *group, const char *node, tp_comm **out)
+{
+    *out = NULL;
+    const tp_plugin *ip = group->intra;
+    if (!ip || !ip->comm.comm_create)
+        return tp_set_error(TP_ERR_INTERNAL, "intra-node communicator without TP_INTRA_BACKEND");
+    /* Staging is decided per rank, for the world's backend: the intra one
+     * must take the same memory. */
+    tp_rank_env env = group->dev->env;
+    bool world_takes = tpi_comm_accepts(group->ops, env.mem_kind);
+    if (tpi_comm_accepts(&ip->comm, env.mem_kind) != world_takes)
+        return tp_set_error(TP_ERR_NOT_SUPPORTED,
+                            "TP_INTRA_BACKEND=%s %s the device's memory (kind %d) but the world "
+                            "backend '%s' %s; choose an intra backend that takes the same memory "
+                            "(shm with host-memory backends, nccl with nccl)",
+                            ip->name, world_takes ? "does not take" : "takes", (int)env.mem_kind,
+                            group->plugin, world_takes ? "does" : "does not");
+    if (!world_takes)
+        env = (tp_rank_env){.struct_size = sizeof env, .mem_kind = TP_MEM_HOST, .device_index = -1};
+    tp_bootstrap boot = {sizeof boot, group->rank, group->size, node, group, boot_all_gather};
+    void *h = NULL;
+    tp_clear_error();
+    group->seq++;
+    tpi_call_enter(group->state, "comm_create", ip->path, group->seq, true);
+    tp_status st = tpi_call_leave(group->state, ip->comm.comm_create(group->host, &boot, &env, &h));
+    if (st)
+        return tp_last_error()[0] ? st
+                                  : tp_set_error(st,
+                                                 "intra backend '%s': comm_create failed "
+                                                 "without a message",
+                                                 ip->name);
+    *out =
+        tpi_comm_wrap(&ip->comm, ip->name, h, group->rank, group->size, group->dev, group->state);
+    if (!*out) {
+        ip->comm.comm_free(h);
+        return tp_set_error(TP_ERR_NO_MEMORY, "cannot allocate the intra-node communicator");
+    }
+    (*out)->intra = group->intra;
+    (*out)->host = group->host;
+    return TP_OK;
 }

@@ -17,6 +17,7 @@
 
 struct tp_ctx {
     tp_plugin *comm_plugin, *dev_plugin;
+    tp_plugin *intra_plugin; /* TP_INTRA_BACKEND, or NULL */
     void *engine;
     tp_engine_info info;
     tp_host host;
@@ -126,6 +127,27 @@ static tp_status resolve_threads(const tp_config *cfg, int *out)
 
 /* ------------------------------------------------------------ init/fini */
 
+/* TP_INTRA_BACKEND: the plugin that node-local groups (tp_topology) run on,
+ * bootstrapped through the world's backend; it must have comm_create. */
+static tp_status load_intra(tp_ctx *ctx)
+{
+    const char *intra = getenv("TP_INTRA_BACKEND");
+    if (!intra || !intra[0])
+        return TP_OK;
+    TP_TRY(tpi_plugin_load(intra, TP_KIND_COMM, "TP_INTRA_BACKEND", &ctx->intra_plugin));
+    if (!ctx->intra_plugin->comm.comm_create)
+        return tp_set_error(TP_ERR_PLUGIN,
+                            "TP_INTRA_BACKEND=%s: plugin '%s' (%s) cannot serve as an intra-node "
+                            "backend: it has no comm_create slot (plugin ABI 1.3); `tp-info` "
+                            "lists the plugins that can",
+                            intra, ctx->intra_plugin->name, ctx->intra_plugin->path);
+    tpi_debug("comm",
+              "intra-node backend %s (%s): groups inside one node run on it, the world "
+              "and groups across nodes on %s",
+              ctx->intra_plugin->name, ctx->intra_plugin->path, ctx->comm_plugin->name);
+    return TP_OK;
+}
+
 tp_status tp_init(const tp_config *cfg, tp_ctx **out)
 {
     if (!out)
@@ -152,6 +174,8 @@ tp_status tp_init(const tp_config *cfg, tp_ctx **out)
         backend = "loopback";
     tp_status st;
     TP_TRY_GOTO(tpi_plugin_load(backend, TP_KIND_COMM, bvar, &ctx->comm_plugin), st, fail);
+
+    TP_TRY_GOTO(load_intra(ctx), st, fail);
 
     const char *device = cfg && cfg->device ? cfg->device : getenv("TP_DEVICE");
     const char *dvar = cfg && cfg->device ? "tp_config.device" : "TP_DEVICE";
@@ -207,6 +231,7 @@ void tp_finalize(tp_ctx *ctx)
     if (ctx->engine)
         ctx->comm_plugin->comm.finalize(ctx->engine);
     tpi_plugin_unload(ctx->dev_plugin);
+    tpi_plugin_unload(ctx->intra_plugin);
     tpi_plugin_unload(ctx->comm_plugin);
     g_free(ctx);
 }
@@ -358,6 +383,8 @@ static tp_status rank_body(rank_job *job, tp_device *dev, tp_rank_env *env, void
                             "tp_run: cannot allocate %zu bytes for rank %d's world communicator",
                             sizeof(tp_comm), world_rank);
     world->is_world = true;
+    world->intra = ctx->intra_plugin;
+    world->host = &ctx->host;
     tp_clear_error();
     st = run->fn(world, run->arg);
     if (st && !tp_last_error()[0])

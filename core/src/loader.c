@@ -56,8 +56,12 @@ enum {
     TP_DEVICE_OPS_SLOTS(SLOT_INDEX) N_DEVICE_SLOTS
 };
 #define SLOT_AT(f) (sizeof(size_t) + (size_t)SLOT_INDEX_##f * sizeof(void (*)(void)))
+/* In tp_comm_ops the data field mem_kinds (padded to a pointer) sits between
+ * abort and the slots that came in ABI 1.3. */
+#define COMM_SLOT_AT(f)                                                                            \
+    (SLOT_AT(f) + (SLOT_INDEX_##f > SLOT_INDEX_abort ? sizeof(void (*)(void)) : 0))
 #define ASSERT_COMM_SLOT(f, req, minor)                                                            \
-    _Static_assert(offsetof(tp_comm_ops, f) == SLOT_AT(f),                                         \
+    _Static_assert(offsetof(tp_comm_ops, f) == COMM_SLOT_AT(f),                                    \
                    "TP_COMM_OPS_SLOTS: '" #f "' is out of order or a slot before it is missing");
 #define ASSERT_DEVICE_SLOT(f, req, minor)                                                          \
     _Static_assert(offsetof(tp_device_ops, f) == SLOT_AT(f),                                       \
@@ -66,7 +70,9 @@ enum {
 TP_COMM_OPS_SLOTS(ASSERT_COMM_SLOT)
 TP_DEVICE_OPS_SLOTS(ASSERT_DEVICE_SLOT)
 _Static_assert(offsetof(tp_comm_ops, mem_kinds) ==
-                   sizeof(size_t) + N_COMM_SLOTS * sizeof(void (*)(void)),
+                   sizeof(size_t) + (SLOT_INDEX_abort + 1) * sizeof(void (*)(void)),
+               "TP_COMM_OPS_SLOTS: the slots before mem_kinds end with abort");
+_Static_assert(sizeof(tp_comm_ops) == sizeof(size_t) + (N_COMM_SLOTS + 1) * sizeof(void (*)(void)),
                "TP_COMM_OPS_SLOTS does not list the last slots of tp_comm_ops");
 _Static_assert(sizeof(tp_device_ops) == sizeof(size_t) + N_DEVICE_SLOTS * sizeof(void (*)(void)),
                "TP_DEVICE_OPS_SLOTS does not list the last slots of tp_device_ops");

@@ -8,6 +8,7 @@
  * one machine.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -147,20 +148,91 @@ static tp_status assign_group(const node_map *m, int me, int tp_size, bool allow
     return TP_OK;
 }
 
+/* This rank's node as the intra backend sees it: "fake-node-N" under
+ * TP_FAKE_NODES, else the host name. */
+static void node_label(uint64_t key, char *buf, size_t len)
+{
+    const char *fake = getenv("TP_FAKE_NODES");
+    if (fake && *fake) {
+        snprintf(buf, len, "fake-node-%llu", (unsigned long long)key);
+        return;
+    }
+    if (gethostname(buf, len - 1) != 0)
+        snprintf(buf, len, "(unknown host)");
+    buf[len - 1] = '\0';
+}
+
+/* Whether every member of this rank's TP group (dp false) or DP group (dp
+ * true) runs on one node; the same answer on every rank. */
+static bool group_in_one_node(const node_map *m, int n, int tp_size, bool allow_span, bool dp,
+                              int mine)
+{
+    int node = -1;
+    for (int q = 0; q < n; q++) {
+        int g = 0, r = 0;
+        if (assign_group(m, q, tp_size, allow_span, &g, &r) != TP_OK)
+            return false;
+        if ((dp ? r : g) != mine)
+            continue;
+        if (node >= 0 && m->node_of[q] != node)
+            return false;
+        node = m->node_of[q];
+    }
+    return true;
+}
+
+/* With TP_INTRA_BACKEND: replace a group that lies inside one node by a
+ * communicator of the same ranks on the intra backend, bootstrapped
+ * through it. TP_DEBUG=comm says where each group runs. */
+static tp_status place_group(tp_comm **c, const char *what, int id, bool local, const char *node)
+{
+    int me = tp_comm_rank(*c);
+    if (tpi_comm_intra_plugin(*c) && local) {
+        tp_comm *ic = NULL;
+        TP_TRY(tpi_comm_create_intra(*c, node, &ic));
+        tp_comm_free(*c);
+        *c = ic;
+    }
+    tpi_debug("comm", "tp_topology: %s group %d (%d ranks, rank %d here) on %s%s", what, id,
+              tp_comm_size(*c), me, tpi_comm_backend(*c),
+              !tpi_comm_intra_plugin(*c) ? ""
+              : local                    ? " (intra-node backend: the group is inside a node)"
+                                         : " (world backend: the group spans nodes)");
+    return TP_OK;
+}
+
+typedef struct group_place {
+    const node_map *m;
+    bool allow_span;
+    const char *node;
+} group_place;
+
 /* Split the world into the layout's TP and DP groups (collective); hand
  * them out where asked for, free them otherwise or on failure. */
-static tp_status split_groups(tp_comm *world, const tp_layout *l, tp_comm **tp_out,
-                              tp_comm **dp_out)
+static tp_status split_groups(tp_comm *world, const tp_layout *l, const group_place *gp,
+                              tp_comm **tp_out, tp_comm **dp_out)
 {
     tp_comm *tp = NULL, *dp = NULL;
     tp_status st;
     TP_TRY_GOTO(tp_comm_split(world, l->tp_group, l->tp_rank, &tp), st, out);
     TP_TRY_GOTO(tp_comm_split(world, l->tp_rank, l->tp_group, &dp), st, out);
-    if (tp_comm_size(tp) != l->tp_size || tp_comm_size(dp) != l->dp_size)
+    if (tp_comm_size(tp) != l->tp_size || tp_comm_size(dp) != l->dp_size) {
         st = tp_set_error(TP_ERR_INTERNAL,
                           "tp_topology: built groups of %d (TP) and %d (DP), "
                           "expected %d and %d",
                           tp_comm_size(tp), tp_comm_size(dp), l->tp_size, l->dp_size);
+        goto out;
+    }
+    TP_TRY_GOTO(place_group(&tp, "TP", l->tp_group,
+                            group_in_one_node(gp->m, l->world_size, l->tp_size, gp->allow_span,
+                                              false, l->tp_group),
+                            gp->node),
+                st, out);
+    TP_TRY_GOTO(place_group(&dp, "DP", l->tp_rank,
+                            group_in_one_node(gp->m, l->world_size, l->tp_size, gp->allow_span,
+                                              true, l->tp_rank),
+                            gp->node),
+                st, out);
 out:
     if (st != TP_OK || tp_out == NULL)
         tp_comm_free(tp);
@@ -219,7 +291,10 @@ tp_status tp_topology(tp_comm *world, int tp_size, bool allow_span, tp_comm **tp
         .dp_rank = group,
         .dp_size = n / tp_size,
     };
-    st = split_groups(world, layout, tp_out, dp_out);
+    char node[256];
+    node_label(key, node, sizeof node);
+    group_place gp = {&m, allow_span, node};
+    st = split_groups(world, layout, &gp, tp_out, dp_out);
 out:
     free(keys);
     free(m.node_of);

@@ -127,11 +127,21 @@ struct tp_comm {
     tp_wait_mode wait_mode; /* tp_stats_set_wait */
     double barrier_s;       /* TP_WAIT_BARRIER: the barrier before the current call */
     tpi_wait_log *wait_log; /* TP_WAIT_CLOCK */
+    /* TP_INTRA_BACKEND's plugin (NULL: unset) and the host services to give
+     * it; inherited by split (comm.c's tpi_comm_create_intra uses them). */
+    const tp_plugin *intra;
+    const tp_host *host;
 };
 
 /* comm.c */
 bool tpi_comm_accepts(const tp_comm_ops *ops, tp_mem_kind kind); /* per ops->mem_kinds */
 void tpi_stage_free(tp_rank_state *state, tp_device *dev); /* dev: whose host_alloc made them */
+/* Collective over `group`: a communicator of the same ranks on the intra
+ * backend (group->intra), bootstrapped through `group`; `node` names this
+ * rank's node (the plugin refuses a group spanning nodes). */
+tp_status tpi_comm_create_intra(tp_comm *group, const char *node, tp_comm **out);
+const char *tpi_comm_backend(const tp_comm *comm);           /* its plugin's name */
+const tp_plugin *tpi_comm_intra_plugin(const tp_comm *comm); /* TP_INTRA_BACKEND's, or NULL */
 tp_comm *tpi_comm_wrap(const tp_comm_ops *ops, const char *plugin, void *handle, int rank, int size,
                        tp_device *dev, tp_rank_state *state);
 

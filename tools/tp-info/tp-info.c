@@ -66,6 +66,15 @@ static void print_shadows(const tp_plugin_scan *s, const tp_plugin_info *p)
     }
 }
 
+/* Can the plugin serve as TP_INTRA_BACKEND (it has the comm_create slot)? */
+static bool is_intra(const tp_plugin_info *p)
+{
+    for (char **o = p->comm_ops; p->is_comm && o && *o; o++)
+        if (strcmp(*o, "comm_create") == 0)
+            return true;
+    return false;
+}
+
 static void print_plugin(const tp_plugin_scan *s, const tp_plugin_info *p, bool detail)
 {
     if (p->status) {
@@ -90,6 +99,11 @@ static void print_plugin(const tp_plugin_scan *s, const tp_plugin_info *p, bool 
                             "the core stages it through host memory)"
                           : "cuda device memory")
                    : "host (device memory is staged through host by the core)");
+    if (p->is_comm)
+        printf("    intra-node: %s\n",
+               is_intra(p) ? "yes: can serve groups inside a node for another world backend "
+                             "(TP_INTRA_BACKEND, comm_create)"
+                           : "no (no comm_create slot): world backend only");
     print_ops("device ops:", p->device_ops);
 }
 
@@ -108,6 +122,12 @@ static void print_text(const tp_plugin_scan *s)
         }
     if (!n)
         printf("  none\n");
+    n = 0;
+    for (int i = 0; i < s->n_plugins; i++)
+        if (!s->plugins[i].status && !s->plugins[i].shadowed_by && is_intra(&s->plugins[i]))
+            printf("%s%s", n++ ? ", " : "\nIntra-node backends (TP_INTRA_BACKEND=NAME): ",
+                   s->plugins[i].name);
+    printf("%s\n", n ? "" : "\nIntra-node backends (TP_INTRA_BACKEND=NAME): none");
     for (char **k = s->skipped; k && *k; k++)
         printf("%s'%s'",
                k == s->skipped ? "\nNot searched (relative TP_PLUGIN_PATH entries; give "
@@ -192,7 +212,8 @@ static void json_plugin(const tp_plugin_info *p, const char *indent)
             ", \"abi\": \"%u.%u\", \"comm\": %s, \"device\": %s,\n%s \"comm_ops\": ", p->abi_major,
             p->abi_minor, p->is_comm ? "true" : "false", p->is_device ? "true" : "false", indent);
         json_list(p->comm_ops);
-        printf(", \"comm_mem_kinds\": %u", (unsigned)p->comm_mem_kinds);
+        printf(", \"comm_mem_kinds\": %u, \"intra_node\": %s", (unsigned)p->comm_mem_kinds,
+               is_intra(p) ? "true" : "false");
         printf(",\n%s \"device_ops\": ", indent);
         json_list(p->device_ops);
         printf(",\n%s \"available\": %s, \"unavailable_reason\": ", indent,

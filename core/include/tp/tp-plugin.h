@@ -56,6 +56,9 @@
  *   1.1  device: optional reduce, host_alloc/host_free, gemm_bias_act,
  *        event_create/record/elapsed/destroy;
  *        tp_rank_env: dev_ops/dev (set by the core before world()).
+ *   1.2  tp_host.progress.
+ *   1.3  comm: optional comm_create (a communicator over a group, bootstrapped
+ *        through another communicator: TP_INTRA_BACKEND), tp_bootstrap.
  */
 #ifndef TP_PLUGIN_H
 #define TP_PLUGIN_H
@@ -68,7 +71,7 @@ extern "C" {
 #endif
 
 #define TP_ABI_MAJOR 1
-#define TP_ABI_MINOR 2
+#define TP_ABI_MINOR 3
 
 /* ---------------------------------------------------------------- types */
 
@@ -342,6 +345,20 @@ typedef struct tp_engine_info {
     int first_rank; /* global rank of local index 0; local ranks are consecutive */
 } tp_engine_info;
 
+/* How comm_create's ranks reach each other before the new communicator
+ * exists: through a communicator of the same ranks on another backend (the
+ * world's), as NCCL's unique id travels over MPI. */
+typedef struct tp_bootstrap {
+    size_t struct_size;
+    int rank, size;   /* this rank's place in the group being created */
+    const char *node; /* the node this rank runs on: its host name, or "fake-node-N" under
+                       * TP_FAKE_NODES; ranks with different nodes do not share memory */
+    void *ctx;
+    /* Collective over the group: every rank gives `bytes` bytes (the same count on every
+     * rank); `all` receives size * bytes, in rank order. Host memory. */
+    tp_status (*all_gather)(void *ctx, const void *mine, void *all, size_t bytes);
+} tp_bootstrap;
+
 /* The communicator vtable. `comm` handles come from world() or split().
  * Counts are in elements of `dt`. Ranks are 0 .. size-1 within `comm`. */
 typedef struct tp_comm_ops {
@@ -393,15 +410,24 @@ typedef struct tp_comm_ops {
      * 0 means host memory only. For a kind not listed the core stages through host memory (see
      * "Memory" above), so a host-memory comm works with any device and needs no change. */
     uint32_t mem_kinds;
+    /* --- ABI 1.3: optional --- */
+    /* Collective over the bootstrap's group: create a communicator of boot->size ranks (rank
+     * boot->rank) without init() or world(): the plugin serves as the intra-node backend
+     * (TP_INTRA_BACKEND) of a job whose world runs on another plugin. Exchange addresses or
+     * ids with boot->all_gather; refuse (alike on every rank, naming the nodes) a group whose
+     * ranks are on different nodes if the plugin works only inside one. The handle is used
+     * with this vtable's collectives, split and comm_free like one from world(). */
+    tp_status (*comm_create)(const tp_host *host, const tp_bootstrap *boot, const tp_rank_env *env,
+                             void **comm);
 } tp_comm_ops;
 
 /* Every function slot of tp_comm_ops, in order: X(name, required, abi_minor it came in); see
- * TP_DEVICE_OPS_SLOTS. */
+ * TP_DEVICE_OPS_SLOTS. The data field mem_kinds sits between abort and comm_create. */
 /* clang-format off */
 #define TP_COMM_OPS_SLOTS(X)                                                                     \
     X(init, 1, 0) X(finalize, 1, 0) X(world, 1, 0) X(split, 1, 0) X(comm_free, 1, 0)              \
     X(all_reduce, 1, 0) X(all_gather, 0, 0) X(reduce_scatter, 0, 0) X(broadcast, 0, 0)           \
-    X(barrier, 0, 0) X(abort, 0, 0)
+    X(barrier, 0, 0) X(abort, 0, 0) X(comm_create, 0, 3)
 /* clang-format on */
 
 /* ----------------------------------------------------------- descriptor */

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * reduce.c — element kernels: reduce several sources through a small tile
+ * sc-reduce.c — element kernels (shared by loopback and shm): reduce several sources through a small tile
  * that stays in L1, and copy a source to several destinations.
  *
  * Reduction order is fixed: acc = src[0]; acc = acc op src[r], r = 1, 2,
@@ -23,13 +23,13 @@
 
 #include <tp/tp-plugin-util.h>
 
-#include "loopback.h"
+#include "shmcoll.h"
 
-#define LB_TILE 1024 /* elements per tile: 4 KiB of f32 */
+#define SC_TILE 1024 /* elements per tile: 4 KiB of f32 */
 
 /* ------------------------------------------------------- combine loops */
 
-static void lb_f32_combine(int op, float *restrict t, const float *restrict s, size_t m)
+static void sc_f32_combine(int op, float *restrict t, const float *restrict s, size_t m)
 {
     switch (op) {
         case TP_SUM:
@@ -47,7 +47,7 @@ static void lb_f32_combine(int op, float *restrict t, const float *restrict s, s
     }
 }
 
-static void lb_f32_combine2(int op, float *restrict t, const float *restrict a,
+static void sc_f32_combine2(int op, float *restrict t, const float *restrict a,
                             const float *restrict b, size_t m)
 {
     switch (op) {
@@ -66,7 +66,7 @@ static void lb_f32_combine2(int op, float *restrict t, const float *restrict a,
     }
 }
 
-static void lb_i32_combine(int op, int32_t *restrict t, const int32_t *restrict s, size_t m)
+static void sc_i32_combine(int op, int32_t *restrict t, const int32_t *restrict s, size_t m)
 {
     switch (op) {
         case TP_SUM:
@@ -84,7 +84,7 @@ static void lb_i32_combine(int op, int32_t *restrict t, const int32_t *restrict 
     }
 }
 
-static void lb_widen(int dt, float *restrict w, const uint16_t *restrict s, size_t m)
+static void sc_widen(int dt, float *restrict w, const uint16_t *restrict s, size_t m)
 {
     if (dt == TP_BF16)
         for (size_t i = 0; i < m; i++)
@@ -94,7 +94,7 @@ static void lb_widen(int dt, float *restrict w, const uint16_t *restrict s, size
             w[i] = tp_util_f16_to_f32(s[i]);
 }
 
-static void lb_narrow(int dt, uint16_t *restrict d, const float *restrict t, size_t m)
+static void sc_narrow(int dt, uint16_t *restrict d, const float *restrict t, size_t m)
 {
     if (dt == TP_BF16)
         for (size_t i = 0; i < m; i++)
@@ -106,7 +106,7 @@ static void lb_narrow(int dt, uint16_t *restrict d, const float *restrict t, siz
 
 /* ------------------------------------------------------------- stores */
 
-static bool lb_store(void *dst, const void *src, size_t bytes, bool stream)
+static bool sc_store(void *dst, const void *src, size_t bytes, bool stream)
 {
     if (dst == src || bytes == 0)
         return false;
@@ -133,7 +133,7 @@ static bool lb_store(void *dst, const void *src, size_t bytes, bool stream)
     return false;
 }
 
-void lb_store_fence(void)
+void sc_store_fence(void)
 {
 #if defined(__SSE2__)
     _mm_sfence();
@@ -142,54 +142,54 @@ void lb_store_fence(void)
 #endif
 }
 
-bool lb_reduce(int dt, int op, const void *const *src, int nsrc, void *const *dst, int ndst,
+bool sc_reduce(int dt, int op, const void *const *src, int nsrc, void *const *dst, int ndst,
                size_t n, bool stream)
 {
     size_t es = tp_util_dtype_size(dt);
-    _Alignas(LB_LINE) float t[LB_TILE];
-    _Alignas(LB_LINE) float w[LB_TILE];
-    _Alignas(LB_LINE) uint16_t h[LB_TILE];
-    _Alignas(LB_LINE) int32_t ti[LB_TILE];
+    _Alignas(SC_LINE) float t[SC_TILE];
+    _Alignas(SC_LINE) float w[SC_TILE];
+    _Alignas(SC_LINE) uint16_t h[SC_TILE];
+    _Alignas(SC_LINE) int32_t ti[SC_TILE];
     bool streamed = false;
-    for (size_t b = 0; b < n; b += LB_TILE) {
-        size_t m = n - b < LB_TILE ? n - b : LB_TILE;
+    for (size_t b = 0; b < n; b += SC_TILE) {
+        size_t m = n - b < SC_TILE ? n - b : SC_TILE;
         const void *res = t;
         if (dt == TP_F32) {
             const float *s0 = (const float *)src[0] + b;
             if (nsrc == 1)
                 memcpy(t, s0, m * 4);
             else
-                lb_f32_combine2(op, t, s0, (const float *)src[1] + b, m);
+                sc_f32_combine2(op, t, s0, (const float *)src[1] + b, m);
             for (int r = 2; r < nsrc; r++)
-                lb_f32_combine(op, t, (const float *)src[r] + b, m);
+                sc_f32_combine(op, t, (const float *)src[r] + b, m);
         } else if (dt == TP_I32) {
             memcpy(ti, (const int32_t *)src[0] + b, m * 4);
             for (int r = 1; r < nsrc; r++)
-                lb_i32_combine(op, ti, (const int32_t *)src[r] + b, m);
+                sc_i32_combine(op, ti, (const int32_t *)src[r] + b, m);
             res = ti;
         } else {
-            lb_widen(dt, t, (const uint16_t *)src[0] + b, m);
+            sc_widen(dt, t, (const uint16_t *)src[0] + b, m);
             for (int r = 1; r < nsrc; r++) {
-                lb_widen(dt, w, (const uint16_t *)src[r] + b, m);
-                lb_f32_combine(op, t, w, m);
+                sc_widen(dt, w, (const uint16_t *)src[r] + b, m);
+                sc_f32_combine(op, t, w, m);
             }
-            lb_narrow(dt, h, t, m);
+            sc_narrow(dt, h, t, m);
             res = h;
         }
         for (int d = 0; d < ndst; d++)
-            streamed |= lb_store((char *)dst[d] + b * es, res, m * es, stream);
+            streamed |= sc_store((char *)dst[d] + b * es, res, m * es, stream);
     }
     return streamed;
 }
 
-bool lb_fanout(const void *src, void *const *dst, int ndst, size_t bytes, bool stream)
+bool sc_fanout(const void *src, void *const *dst, int ndst, size_t bytes, bool stream)
 {
     const size_t piece = 16384; /* read once, then written from L1 to each dst */
     bool streamed = false;
     for (size_t b = 0; b < bytes; b += piece) {
         size_t m = bytes - b < piece ? bytes - b : piece;
         for (int d = 0; d < ndst; d++)
-            streamed |= lb_store((char *)dst[d] + b, (const char *)src + b, m, stream);
+            streamed |= sc_store((char *)dst[d] + b, (const char *)src + b, m, stream);
     }
     return streamed;
 }

@@ -1,0 +1,61 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * shm-env.c — numbers from the environment and the engine's knobs, for
+ * both ways an engine is made (init for a standalone job, comm_create for
+ * an intra-node group).
+ */
+#include <errno.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "shm.h"
+
+bool sh_parse(const char *s, long lo, long hi, long *out)
+{
+    if (!s || !*s)
+        return false;
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || v < lo || v > hi)
+        return false;
+    *out = v;
+    return true;
+}
+
+static int sh_cpu_count(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+        return CPU_COUNT(&set);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+tp_status sh_knobs(const tp_host *host, sh_engine *eng)
+{
+    long v = 0;
+    const char *s = getenv("TP_SHM_CHUNK_BYTES");
+    eng->chunk = (size_t)256 << 10;
+    if (s && *s) {
+        if (!sh_parse(s, 4096, 64L << 20, &v))
+            return host->set_error(TP_ERR_INVALID_ARG,
+                                   "shm: TP_SHM_CHUNK_BYTES=\"%s\" is not a number of bytes in "
+                                   "4096..%ld",
+                                   s, 64L << 20);
+        eng->chunk = (size_t)v / SC_LINE * SC_LINE;
+    }
+    int ncpu = sh_cpu_count();
+    eng->spin_limit = eng->world_size > ncpu ? 16 : 200;
+    if ((s = getenv("TP_SHM_SPIN")) && sh_parse(s, 0, 1L << 30, &v))
+        eng->spin_limit = (unsigned)v;
+    eng->small_bytes = eng->world_size > ncpu ? SH_SMALL_BYTES : 1024;
+    if ((s = getenv("TP_SHM_SMALL_BYTES")) && sh_parse(s, 0, SH_SMALL_BYTES, &v))
+        eng->small_bytes = (size_t)v;
+    long llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    if (llc <= 0)
+        llc = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    eng->stream_bytes = llc > 0 ? (size_t)llc : (size_t)32 << 20;
+    return TP_OK;
+}

@@ -1,0 +1,171 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * shm.h — definitions shared by the files of the shm backend: ranks are
+ * processes of one node that meet in a POSIX shared-memory segment. Not
+ * installed.
+ *
+ * A communicator is one segment: a header (the barrier, the failure flag
+ * and message, one slot per rank where the rank publishes its arguments,
+ * pid and progress) followed by the data area, stage[2][size][chunk] and
+ * res[2][chunk]. Nothing in the segment is a pointer, and every size or
+ * index a rank uses is computed locally (from its own arguments, which
+ * the ranks check agree) — never taken from the segment — so a buggy or
+ * hostile peer can make a collective fail or compute garbage, not crash
+ * its peers.
+ *
+ * Buffer discipline: data written before barrier e goes to parity e & 1
+ * and is read only between barriers e and e + 1. A rank writes parity
+ * e & 1 again only before barrier e + 2, i.e. after every rank arrived at
+ * e + 1 and so finished reading it; this holds across collectives because
+ * epochs count every barrier of the communicator.
+ */
+#ifndef TP_SHM_H
+#define TP_SHM_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <tp/tp-plugin.h>
+
+#include "shmcoll.h"
+
+#define SH_MAX_RANKS   64
+#define SH_MAGIC       0x316d68732d7074ull /* "tp-shm1" */
+#define SH_MAGIC_INIT  0x696d68732d7074ull /* "tp-shmi": being set up */
+#define SH_PREFIX      "tp-shm-"           /* /dev/shm/tp-shm-<uid>-... */
+#define SH_NAME_MAX    128
+#define SH_SMALL_BYTES 4096 /* all_reduce up to this takes one barrier */
+
+/* What a rank publishes for one op (no pointers). */
+typedef struct sh_pub {
+    uint64_t count, counts_hash;
+    int32_t kind, dt, op, root, color, key;
+    int32_t bad;       /* tp_status of a local argument error, 0 if none */
+    char bad_msg[200]; /* its message */
+} sh_pub;
+
+typedef struct sh_slot {
+    _Alignas(SC_LINE) sh_pub pub[2];              /* by op number, as loopback */
+    _Alignas(SC_LINE) atomic_uint_fast64_t epoch; /* last barrier arrived at */
+    atomic_int kind;                              /* sc_kind of its current op */
+    atomic_uint_fast64_t seq;                     /* number of that op, from 1 */
+    atomic_int departed;                          /* comm_free was called */
+    atomic_int pid;                               /* 0 until the rank mapped the segment */
+    atomic_uint_fast64_t start;                   /* its start time (/proc/PID/stat) */
+    atomic_int split_status;                      /* split: the leader's creation status */
+} sh_slot;
+
+typedef struct sh_hdr {
+    atomic_uint_fast64_t magic; /* SH_MAGIC once set up (release) */
+    uint32_t version;
+    int32_t size;
+    uint64_t chunk, total_bytes;
+    atomic_int creator_pid;
+    atomic_uint_fast64_t creator_start;
+    atomic_int mapped; /* ranks that mapped it; the last unlinks the name */
+    _Alignas(SC_LINE) atomic_int failed;
+    atomic_int poison_claim;
+    char msg[640];
+    sc_bar bar;
+    sh_slot slots[];
+} sh_hdr;
+
+typedef struct sh_engine {
+    const tp_host *host;
+    int world_size, rank;
+    double timeout_s;
+    unsigned spin_limit;
+    size_t chunk;        /* bytes per rank per pipeline step */
+    size_t small_bytes;  /* all_reduce up to this takes one barrier */
+    size_t stream_bytes; /* copies out above this use non-temporal stores */
+    char job[72];        /* TP_JOB_ID, or the group's id (comm_create) */
+    bool cleaned;        /* stale segments were looked for */
+    bool by_comms;       /* made by comm_create: freed with its last communicator */
+    atomic_int refs;     /* by_comms: communicators using it */
+} sh_engine;
+
+typedef struct sh_comm {
+    sh_engine *eng;
+    sh_hdr *h;
+    size_t map_bytes;
+    unsigned char *data; /* stage[2][size][chunk], res[2][chunk] */
+    int rank, size;
+    uint64_t epoch, seq, splits;
+    uint64_t id; /* names sub-communicators' segments */
+    bool streamed;
+    double next_poll; /* when to check peers' processes next */
+} sh_comm;
+
+static inline unsigned char *sh_stage(const sh_comm *c, uint64_t parity, int r)
+{
+    return c->data + ((parity & 1) * (size_t)c->size + (size_t)r) * c->eng->chunk;
+}
+
+static inline unsigned char *sh_res(const sh_comm *c, uint64_t parity)
+{
+    return c->data + (2 * (size_t)c->size + (parity & 1)) * c->eng->chunk;
+}
+
+/* shm-env.c */
+/* s is a decimal number in lo..hi. */
+bool sh_parse(const char *s, long lo, long hi, long *out);
+/* Chunk, spin limit, small and streaming sizes from TP_SHM_* (world_size set). */
+tp_status sh_knobs(const tp_host *host, sh_engine *eng);
+
+/* shm-proc.c: process identity and liveness */
+/* Start time of pid (clock ticks since boot) or 0 if it is gone or a zombie. */
+uint64_t sh_proc_start(pid_t pid);
+/* Whether the process (pid, start) still runs (pid reuse is noticed). */
+bool sh_proc_alive(pid_t pid, uint64_t start);
+
+/* shm-seg.c: segments */
+/* Layout sizes for a group of `size` ranks. */
+size_t sh_data_offset(int size);
+size_t sh_total_bytes(int size, size_t chunk);
+void sh_seg_name(const sh_engine *eng, uint64_t id, char *out, size_t len);
+/* Create (creator) or open (others) the segment `name` of `size` ranks,
+ * map it, record this rank and unlink the name once every rank mapped it.
+ * name NULL: a private one-rank mapping. */
+tp_status sh_seg_attach(sh_engine *eng, const char *name, bool create, int size, int rank,
+                        sh_comm *c);
+void sh_seg_detach(sh_comm *c);
+/* Remove /dev/shm/tp-shm-<uid>-* segments whose every process is gone. */
+void sh_seg_clean_stale(sh_engine *eng);
+
+/* shm-sync.c */
+tp_status sh_barrier_wait(sh_comm *c, int kind);
+tp_status sh_begin(sh_comm *c, int kind, const sh_pub *a, tp_status bad, const char *bad_msg);
+tp_status sh_poison(sh_comm *c, tp_status status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Rank r's published arguments for the current op (valid after sh_begin). */
+static inline const sh_pub *sh_peer(const sh_comm *c, int r)
+{
+    return &c->h->slots[r].pub[c->seq & 1];
+}
+
+/* shm-coll.c */
+tp_status sh_all_reduce(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,
+                        tp_redop op);
+tp_status sh_all_gather(void *comm, const void *send, void *recv, const size_t *counts,
+                        tp_dtype dt);
+tp_status sh_reduce_scatter(void *comm, const void *send, void *recv, const size_t *counts,
+                            tp_dtype dt, tp_redop op);
+tp_status sh_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int root);
+tp_status sh_barrier(void *comm);
+
+/* shm-group.c */
+tp_status sh_world(void *engine, int local_index, const tp_rank_env *env, void **comm, int *rank,
+                   int *size);
+tp_status sh_split(void *comm, int color, int key, void **newcomm, int *rank, int *size);
+void sh_comm_free(void *comm);
+
+/* shm-boot.c */
+tp_status sh_comm_create(const tp_host *host, const tp_bootstrap *boot, const tp_rank_env *env,
+                         void **comm);
+/* After mapping: wait until every rank mapped it (shm-group.c). */
+tp_status sh_join(sh_comm *c, const char *name);
+
+#endif /* TP_SHM_H */

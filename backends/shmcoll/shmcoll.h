@@ -1,0 +1,102 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * shmcoll.h — code shared by the communicators whose ranks reach each
+ * other through shared memory: loopback (threads of one process) and shm
+ * (processes of one node). A static library (libtp-shmcoll.a) linked into
+ * both plugins; it includes only the SDK. Not installed.
+ *
+ *   sc-reduce.c  element kernels: reduce in fixed rank order, fan-out copies
+ *   sc-util.c    collective names, argument checks, work shares, clocks
+ *   sc-bar.c     a counter barrier that works between threads or between
+ *                processes (futex words in shared memory), and its wait loop
+ */
+#ifndef TP_SHMCOLL_H
+#define TP_SHMCOLL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <tp/tp-plugin.h>
+
+#define SC_LINE 64 /* cache line: work is split on these boundaries */
+
+/* The collectives, as both backends name them in messages. */
+typedef enum sc_kind {
+    SC_NONE = 0,
+    SC_ALL_REDUCE,
+    SC_ALL_GATHER,
+    SC_REDUCE_SCATTER,
+    SC_BROADCAST,
+    SC_BARRIER,
+    SC_SPLIT,
+    SC_KIND_COUNT
+} sc_kind;
+
+/* ------------------------------------------------------------ sc-reduce.c */
+/* dst[d][0..n) = src[0][i] op src[1][i] op ... in source order, for every
+ * d; a dst equal to its source (in place) is safe. Returns true if
+ * non-temporal stores were issued (call sc_store_fence before publishing). */
+bool sc_reduce(int dt, int op, const void *const *src, int nsrc, void *const *dst, int ndst,
+               size_t n, bool stream);
+/* dst[d][0..bytes) = src[0..bytes) for every d (skipping dst == src). */
+bool sc_fanout(const void *src, void *const *dst, int ndst, size_t bytes, bool stream);
+void sc_store_fence(void);
+
+/* ------------------------------------------------------------- sc-util.c */
+/* "all_reduce", ...; "?" for a value out of range (it may come from a peer). */
+const char *sc_kind_name(int kind);
+/* Share w of nw of n elements of size es, cut on cache-line boundaries. */
+void sc_share(size_t n, size_t es, int nw, int w, size_t *lo, size_t *hi);
+/* Write a message into msg and return TP_ERR_INVALID_ARG. */
+tp_status sc_bad(char *msg, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* dtype (and, if `reduces`, op) are valid; else the message in msg. */
+tp_status sc_check_type(char *msg, size_t len, int dt, int op, bool reduces);
+/* Validate a counts array of `size` ranks; set *total and its FNV-1a hash. */
+tp_status sc_check_counts(char *msg, size_t len, const size_t *counts, int size, size_t es,
+                          size_t *total, uint64_t *hash);
+/* Which of the scalar arguments (count, dtype, op, root, counts hash: bits
+ * 0..4) must agree between ranks for a collective of this kind. */
+unsigned sc_agreed_fields(int kind);
+double sc_now(void);
+void sc_cpu_relax(void);
+/* futex wait on *word while it equals `seen`, at most timeout_s; `shared`:
+ * the word is in memory shared between processes. */
+void sc_futex_wait(atomic_uint *word, unsigned seen, double timeout_s, bool shared);
+void sc_futex_wake(atomic_uint *word, bool shared);
+
+/* --------------------------------------------------------------- sc-bar.c */
+/* A counter barrier with a generation number: each arrival increments
+ * `arrived` (acq_rel); the last resets it and publishes the epoch in `gen`
+ * (release). No pointers: it may live in a segment shared by processes. */
+typedef struct sc_bar {
+    _Alignas(SC_LINE) atomic_uint arrived;
+    _Alignas(SC_LINE) atomic_uint_fast64_t gen; /* last completed epoch */
+    atomic_uint wake;                           /* futex word, bumped to wake sleepers */
+    atomic_uint sleepers;                       /* waiters blocked (or about to block) */
+} sc_bar;
+
+void sc_bar_init(sc_bar *b);
+/* Arrive at epoch e of a `size`-party barrier; true if this arrival completed it. */
+bool sc_bar_arrive(sc_bar *b, unsigned size, uint64_t e, bool shared);
+/* Wake blocked waiters (cheap when none sleeps). */
+void sc_bar_wake(sc_bar *b, bool shared);
+
+/* How to wait for epoch e. `check` is called whenever spinning is over
+ * (about every `poll_s` while blocked): a status other than TP_OK ends the
+ * wait with it (a failed group, a dead or departed peer, a timeout).
+ * `waited` is the time since the wait began. */
+typedef struct sc_wait_spec {
+    sc_bar *bar;
+    uint64_t epoch;
+    unsigned spin_limit; /* CPU pauses before yielding */
+    double poll_s;       /* longest single block */
+    bool shared;         /* the barrier is shared between processes */
+    tp_status (*check)(void *ctx, double waited);
+    void *ctx;
+} sc_wait_spec;
+
+tp_status sc_bar_wait(const sc_wait_spec *w);
+
+#endif /* TP_SHMCOLL_H */

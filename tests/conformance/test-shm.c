@@ -1,0 +1,662 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test-shm.c — drives libtp-shm.so through its vtable (no libtp), with
+ * ranks as processes forked here, and libtp-loopback.so as the reference:
+ *
+ *   - results are bitwise equal to loopback's (same kernels, same rank
+ *     order) for all_reduce and reduce_scatter, over dtypes, ops, sizes
+ *     that take one barrier, one pipeline piece and many;
+ *   - a rank killed with SIGKILL gives the others TP_ERR_PEER within
+ *     seconds (TP_TIMEOUT_S is 60 s), a stalled rank TP_ERR_TIMEOUT;
+ *   - segments left by a job whose ranks were all killed are removed by
+ *     the next job, while a live job's segment and files that are not tp
+ *     segments stay;
+ *   - TP_JOB_ID missing is refused naming the variable;
+ *   - a peer that scribbles over the shared header (bad sizes, kinds,
+ *     statuses, unterminated messages) makes its peers fail, not crash;
+ *   - comm_create (shm as an intra-node backend) over a bootstrap
+ *     communicator works, splits, and refuses a group across nodes with a
+ *     message naming them, on every rank.
+ *
+ *   test-shm LIBTP-SHM.so LIBTP-LOOPBACK.so
+ */
+#include <check.h>
+#include <dirent.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <tp/tp-plugin-util.h>
+#include <tp/tp-plugin.h>
+
+#include "shm.h"
+
+#define MAXR 8
+
+static const tp_comm_ops *shm_ops, *lb_ops;
+static _Thread_local char last_err[1024];
+
+static tp_status h_set_error(tp_status st, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_err, sizeof last_err, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+static void h_debug(const char *topic, const char *fmt, ...)
+{
+    (void)topic;
+    (void)fmt;
+}
+
+static tp_host host = {sizeof(tp_host), h_set_error, h_debug, 60.0, NULL};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* What each rank process reports, in memory shared with the test. */
+typedef struct report {
+    int st;      /* status of the rank function's collective */
+    int init_st; /* init/world */
+    double secs; /* how long the collective took */
+    char msg[1100];
+} report;
+
+typedef struct shared_out {
+    report rep[MAXR];
+    unsigned char data[MAXR][1 << 21]; /* each rank's result bytes */
+} shared_out;
+
+typedef tp_status (*rank_fn)(void *comm, int rank, int size, void *arg, unsigned char *out);
+
+static char job_id[64];
+
+static void new_job_id(const char *what)
+{
+    static int k;
+    snprintf(job_id, sizeof job_id, "test-%s-%d-%d", what, (int)getpid(), k++);
+}
+
+/* Start n rank processes of one shm job; wait for them at most `bound` s
+ * (then kill them). Returns how many exited normally. */
+static pid_t pids[MAXR];
+
+static void start_ranks(int n, rank_fn fn, void *arg, shared_out *out, double timeout_s)
+{
+    for (int r = 0; r < n; r++) {
+        pid_t p = fork();
+        ck_assert_int_ge(p, 0);
+        if (p == 0) {
+            char buf[16];
+            snprintf(buf, sizeof buf, "%d", r);
+            setenv("TP_RANK", buf, 1);
+            snprintf(buf, sizeof buf, "%d", n);
+            setenv("TP_WORLD_SIZE", buf, 1);
+            setenv("TP_JOB_ID", job_id, 1);
+            host.timeout_s = timeout_s;
+            report *rep = &out->rep[r];
+            void *eng = NULL, *comm = NULL;
+            int rank = -1, size = 0;
+            tp_engine_args ea = {sizeof ea, n, NULL, NULL};
+            tp_engine_info info = {sizeof info, 0, 0, 0};
+            tp_rank_env env = {.struct_size = sizeof env, .device_index = -1};
+            rep->init_st = shm_ops->init(&host, &ea, &eng, &info);
+            if (!rep->init_st)
+                rep->init_st = shm_ops->world(eng, 0, &env, &comm, &rank, &size);
+            if (rep->init_st) {
+                snprintf(rep->msg, sizeof rep->msg, "%s", last_err);
+                _exit(1);
+            }
+            double t0 = now_s();
+            rep->st = fn(comm, rank, size, arg, out->data[r]);
+            rep->secs = now_s() - t0;
+            snprintf(rep->msg, sizeof rep->msg, "%s", rep->st ? last_err : "");
+            shm_ops->comm_free(comm);
+            shm_ops->finalize(eng);
+            _exit(0);
+        }
+        pids[r] = p;
+    }
+}
+
+static void wait_ranks(int n, double bound)
+{
+    double until = now_s() + bound;
+    for (int r = 0; r < n; r++) {
+        int status;
+        while (waitpid(pids[r], &status, WNOHANG) == 0) {
+            if (now_s() > until) {
+                kill(pids[r], SIGKILL);
+                waitpid(pids[r], &status, 0);
+                ck_abort_msg("rank %d did not finish within %.0f s", r, bound);
+            }
+            usleep(2000);
+        }
+    }
+}
+
+static shared_out *new_out(void)
+{
+    void *p =
+        mmap(NULL, sizeof(shared_out), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    ck_assert_ptr_ne(p, MAP_FAILED);
+    return p;
+}
+
+/* ------------------------------------------------------ bitwise equality */
+
+typedef struct case_arg {
+    int kind; /* 0 all_reduce, 1 reduce_scatter */
+    tp_dtype dt;
+    tp_redop op;
+    size_t count; /* all_reduce: elements; reduce_scatter: per rank */
+} case_arg;
+
+/* Rank r's input element i: a value whose sums round differently in
+ * different orders (so a changed order shows). */
+static void fill(void *buf, tp_dtype dt, size_t n, int r)
+{
+    uint32_t s = 0x9e3779b9u * (uint32_t)(r + 1);
+    for (size_t i = 0; i < n; i++) {
+        s = s * 1664525u + 1013904223u;
+        float v = ((float)(s >> 8) / 16777216.0f - 0.5f) * (float)(1 + (i % 7) * 1000);
+        if (dt == TP_F32)
+            ((float *)buf)[i] = v;
+        else if (dt == TP_BF16)
+            ((uint16_t *)buf)[i] = tp_util_f32_to_bf16(v);
+        else if (dt == TP_F16)
+            ((uint16_t *)buf)[i] = tp_util_f32_to_f16(v / 64.0f);
+        else
+            ((int32_t *)buf)[i] = (int32_t)(s ^ (uint32_t)i);
+    }
+}
+
+static tp_status run_case(const tp_comm_ops *ops, void *comm, int rank, int size, const case_arg *a,
+                          unsigned char *out)
+{
+    size_t es = tp_util_dtype_size(a->dt), total = a->kind ? a->count * (size_t)size : a->count;
+    void *send = malloc(total * es);
+    fill(send, a->dt, total, rank);
+    tp_status st;
+    if (a->kind == 0) {
+        st = ops->all_reduce(comm, send, out, a->count, a->dt, a->op);
+    } else {
+        size_t counts[MAXR];
+        for (int r = 0; r < size; r++)
+            counts[r] = a->count;
+        st = ops->reduce_scatter(comm, send, out, counts, a->dt, a->op);
+    }
+    free(send);
+    return st;
+}
+
+static tp_status shm_case(void *comm, int rank, int size, void *arg, unsigned char *out)
+{
+    return run_case(shm_ops, comm, rank, size, arg, out);
+}
+
+typedef struct lb_thread {
+    void *engine;
+    int index;
+    const case_arg *a;
+    unsigned char *out;
+    tp_status st;
+} lb_thread;
+
+static void *lb_main(void *p)
+{
+    lb_thread *t = p;
+    tp_rank_env env = {.struct_size = sizeof env, .device_index = -1};
+    void *comm;
+    int rank, size;
+    t->st = lb_ops->world(t->engine, t->index, &env, &comm, &rank, &size);
+    if (!t->st)
+        t->st = run_case(lb_ops, comm, rank, size, t->a, t->out);
+    lb_ops->comm_free(comm);
+    return NULL;
+}
+
+/* The same case on loopback threads; out[r] gets rank r's result. */
+static void loopback_case(int n, const case_arg *a, unsigned char (*out)[1 << 21])
+{
+    tp_engine_args ea = {sizeof ea, n, NULL, NULL};
+    tp_engine_info info = {sizeof info, 0, 0, 0};
+    void *engine;
+    ck_assert_int_eq(lb_ops->init(&host, &ea, &engine, &info), TP_OK);
+    pthread_t th[MAXR];
+    lb_thread t[MAXR];
+    for (int i = 0; i < n; i++) {
+        t[i] = (lb_thread){engine, i, a, out[i], TP_OK};
+        pthread_create(&th[i], NULL, lb_main, &t[i]);
+    }
+    for (int i = 0; i < n; i++) {
+        pthread_join(th[i], NULL);
+        ck_assert_int_eq(t[i].st, TP_OK);
+    }
+    lb_ops->finalize(engine);
+}
+
+static void check_equal(int n, const char *chunk)
+{
+    static const size_t counts[] = {1, 100, 250, 3000, 70001, 300000};
+    static const tp_dtype dts[] = {TP_F32, TP_BF16, TP_F16, TP_I32};
+    shared_out *so = new_out(), *ref = new_out();
+    if (chunk)
+        setenv("TP_SHM_CHUNK_BYTES", chunk, 1);
+    for (int kind = 0; kind < 2; kind++)
+        for (size_t ci = 0; ci < sizeof counts / sizeof *counts; ci++)
+            for (size_t di = 0; di < sizeof dts / sizeof *dts; di++)
+                for (int op = 0; op < 2; op++) {
+                    case_arg a = {kind, dts[di], (tp_redop)op,
+                                  kind ? counts[ci] / 4 + 1 : counts[ci]};
+                    size_t bytes = a.count * tp_util_dtype_size(a.dt);
+                    memset(so, 0xa5, sizeof *so);
+                    memset(ref->data, 0x5a, sizeof ref->data);
+                    new_job_id("eq");
+                    start_ranks(n, shm_case, &a, so, 60.0);
+                    wait_ranks(n, 120.0);
+                    loopback_case(n, &a, ref->data);
+                    for (int r = 0; r < n; r++) {
+                        ck_assert_msg(so->rep[r].init_st == 0 && so->rep[r].st == 0, "rank %d: %s",
+                                      r, so->rep[r].msg);
+                        ck_assert_msg(memcmp(so->data[r], ref->data[r], bytes) == 0,
+                                      "%s %s op %d count %zu, %d ranks (chunk %s): rank %d's "
+                                      "result differs from loopback's",
+                                      kind ? "reduce_scatter" : "all_reduce",
+                                      tp_util_dtype_name(a.dt), op, a.count, n,
+                                      chunk ? chunk : "default", r);
+                    }
+                }
+    unsetenv("TP_SHM_CHUNK_BYTES");
+    munmap(so, sizeof *so);
+    munmap(ref, sizeof *ref);
+}
+
+START_TEST(bitwise_equal_to_loopback)
+{
+    check_equal(3, NULL);
+    check_equal(4, "4096");
+    check_equal(2, "65536");
+}
+END_TEST
+
+/* ------------------------------------------------------------- failures */
+
+typedef struct fault_arg {
+    int victim;
+    int how; /* 0: SIGKILL itself, 1: stall */
+} fault_arg;
+
+static tp_status fault_rank(void *comm, int rank, int size, void *arg, unsigned char *out)
+{
+    (void)size;
+    const fault_arg *f = arg;
+    float x[1000] = {0};
+    tp_status st = shm_ops->all_reduce(comm, x, out, 1000, TP_F32, TP_SUM);
+    if (st)
+        return st;
+    if (rank == f->victim) {
+        if (f->how == 0)
+            raise(SIGKILL);
+        sleep(30);
+        return TP_OK;
+    }
+    return shm_ops->all_reduce(comm, x, out, 1000, TP_F32, TP_SUM);
+}
+
+START_TEST(killed_peer_gives_peer_error)
+{
+    shared_out *so = new_out();
+    fault_arg f = {2, 0};
+    new_job_id("kill");
+    start_ranks(3, fault_rank, &f, so, 60.0);
+    wait_ranks(3, 30.0);
+    for (int r = 0; r < 2; r++) {
+        ck_assert_msg(so->rep[r].st == TP_ERR_PEER, "rank %d: status %d (%s), expected PEER", r,
+                      so->rep[r].st, so->rep[r].msg);
+        ck_assert_msg(strstr(so->rep[r].msg, "rank 2") && strstr(so->rep[r].msg, "died"),
+                      "rank %d's message: %s", r, so->rep[r].msg);
+        ck_assert_msg(so->rep[r].secs < 5.0, "rank %d noticed the death after %.1f s", r,
+                      so->rep[r].secs);
+    }
+    munmap(so, sizeof *so);
+}
+END_TEST
+
+START_TEST(stalled_peer_gives_timeout)
+{
+    shared_out *so = new_out();
+    fault_arg f = {1, 1};
+    new_job_id("stall");
+    start_ranks(3, fault_rank, &f, so, 1.0);
+    double t0 = now_s();
+    int status;
+    waitpid(pids[0], &status, 0);
+    waitpid(pids[2], &status, 0);
+    double took = now_s() - t0;
+    kill(pids[1], SIGKILL);
+    waitpid(pids[1], &status, 0);
+    for (int r = 0; r < 3; r += 2) {
+        ck_assert_msg(so->rep[r].st == TP_ERR_TIMEOUT, "rank %d: status %d (%s)", r, so->rep[r].st,
+                      so->rep[r].msg);
+        ck_assert_msg(strstr(so->rep[r].msg, "rank 1"), "rank %d's message: %s", r, so->rep[r].msg);
+    }
+    ck_assert_msg(took < 10.0, "ranks took %.1f s to time out after 1 s", took);
+    munmap(so, sizeof *so);
+}
+END_TEST
+
+static tp_status noop_rank(void *comm, int rank, int size, void *arg, unsigned char *out)
+{
+    (void)rank, (void)size, (void)arg, (void)out;
+    return shm_ops->barrier(comm);
+}
+
+static bool shm_exists(const char *job)
+{
+    char path[256];
+    snprintf(path, sizeof path, "/dev/shm/" SH_PREFIX "%u-%s", (unsigned)getuid(), job);
+    return access(path, F_OK) == 0;
+}
+
+/* The job's segment exists and its creator finished setting it up (a
+ * creator killed before that leaves a file nobody can prove is tp's). */
+static bool shm_ready(const char *job)
+{
+    char path[256];
+    snprintf(path, sizeof path, "/dev/shm/" SH_PREFIX "%u-%s", (unsigned)getuid(), job);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        return false;
+    struct stat st;
+    bool ready = false;
+    if (fstat(fd, &st) == 0 && (size_t)st.st_size >= sizeof(sh_hdr)) {
+        sh_hdr *h = mmap(NULL, sizeof(sh_hdr), PROT_READ, MAP_SHARED, fd, 0);
+        if (h != MAP_FAILED) {
+            ready = atomic_load(&h->magic) == SH_MAGIC;
+            munmap(h, sizeof(sh_hdr));
+        }
+    }
+    close(fd);
+    return ready;
+}
+
+START_TEST(stale_segments_are_removed)
+{
+    shared_out *so = new_out();
+    /* A 2-rank job whose rank 1 never comes: rank 0 made the segment. */
+    new_job_id("stale");
+    char stale[64];
+    snprintf(stale, sizeof stale, "%s", job_id);
+    int status;
+    pid_t p = fork();
+    if (p == 0) {
+        setenv("TP_RANK", "0", 1);
+        setenv("TP_WORLD_SIZE", "2", 1);
+        setenv("TP_JOB_ID", stale, 1);
+        void *eng, *comm;
+        int rank, size;
+        tp_engine_args ea = {sizeof ea, 2, NULL, NULL};
+        tp_engine_info info = {sizeof info, 0, 0, 0};
+        tp_rank_env env = {.struct_size = sizeof env, .device_index = -1};
+        if (shm_ops->init(&host, &ea, &eng, &info) == TP_OK)
+            shm_ops->world(eng, 0, &env, &comm, &rank, &size);
+        _exit(3);
+    }
+    double until = now_s() + 20;
+    while (!shm_ready(stale) && now_s() < until)
+        usleep(2000);
+    ck_assert_msg(shm_exists(stale), "rank 0 of the stale job made no segment");
+    /* A live job's segment (rank 0 waits for its rank 1) must stay. */
+    new_job_id("live");
+    char live[64];
+    snprintf(live, sizeof live, "%s", job_id);
+    pid_t q = fork();
+    if (q == 0) {
+        setenv("TP_RANK", "0", 1);
+        setenv("TP_WORLD_SIZE", "2", 1);
+        setenv("TP_JOB_ID", live, 1);
+        void *eng, *comm;
+        int rank, size;
+        tp_engine_args ea = {sizeof ea, 2, NULL, NULL};
+        tp_engine_info info = {sizeof info, 0, 0, 0};
+        tp_rank_env env = {.struct_size = sizeof env, .device_index = -1};
+        if (shm_ops->init(&host, &ea, &eng, &info) == TP_OK)
+            shm_ops->world(eng, 0, &env, &comm, &rank, &size);
+        _exit(3);
+    }
+    until = now_s() + 20;
+    while (!shm_ready(live) && now_s() < until)
+        usleep(2000);
+    kill(p, SIGKILL);
+    waitpid(p, &status, 0);
+    ck_assert(shm_exists(stale));
+    /* A file with the prefix that is not a tp segment must stay too. */
+    char decoy[256];
+    snprintf(decoy, sizeof decoy, "/dev/shm/" SH_PREFIX "%u-decoy-%d", (unsigned)getuid(),
+             (int)getpid());
+    int fd = open(decoy, O_CREAT | O_WRONLY | O_TRUNC, 0600);
+    ck_assert_int_ge(fd, 0);
+    char junk[8192];
+    memset(junk, 0x11, sizeof junk);
+    ck_assert_int_eq(write(fd, junk, sizeof junk), (ssize_t)sizeof junk);
+    close(fd);
+    /* The next job removes the dead job's segment. */
+    new_job_id("next");
+    start_ranks(2, noop_rank, NULL, so, 60.0);
+    wait_ranks(2, 30.0);
+    ck_assert_msg(so->rep[0].st == 0 && so->rep[1].st == 0, "next job: %s", so->rep[0].msg);
+    ck_assert_msg(!shm_exists(stale), "the dead job's segment was not removed");
+    ck_assert_msg(shm_exists(live), "the live job's segment was removed");
+    ck_assert_msg(access(decoy, F_OK) == 0, "a file that is no tp segment was removed");
+    unlink(decoy);
+    kill(q, SIGKILL);
+    waitpid(q, &status, 0);
+    /* the live job is dead now: one more job cleans it */
+    new_job_id("after");
+    start_ranks(2, noop_rank, NULL, so, 60.0);
+    wait_ranks(2, 30.0);
+    ck_assert_msg(!shm_exists(live), "the killed live job's segment was not removed");
+    munmap(so, sizeof *so);
+}
+END_TEST
+
+START_TEST(job_id_required)
+{
+    unsetenv("TP_JOB_ID");
+    setenv("TP_RANK", "0", 1);
+    setenv("TP_WORLD_SIZE", "2", 1);
+    void *eng = NULL;
+    tp_engine_args ea = {sizeof ea, 2, NULL, NULL};
+    tp_engine_info info = {sizeof info, 0, 0, 0};
+    ck_assert_int_eq(shm_ops->init(&host, &ea, &eng, &info), TP_ERR_INVALID_ARG);
+    ck_assert_msg(strstr(last_err, "TP_JOB_ID"), "message: %s", last_err);
+    setenv("TP_JOB_ID", "bad/id", 1);
+    ck_assert_int_eq(shm_ops->init(&host, &ea, &eng, &info), TP_ERR_INVALID_ARG);
+    ck_assert_msg(strstr(last_err, "TP_JOB_ID"), "message: %s", last_err);
+    unsetenv("TP_RANK");
+    unsetenv("TP_WORLD_SIZE");
+}
+END_TEST
+
+/* Rank 1 scribbles over the shared header and its slot, then calls the
+ * collective; its peers must fail with an error, not crash. */
+static tp_status hostile_rank(void *comm, int rank, int size, void *arg, unsigned char *out)
+{
+    (void)size, (void)arg;
+    sh_comm *c = comm;
+    if (rank == 1) {
+        sh_hdr *h = c->h;
+        h->size = 1 << 30;
+        h->chunk = 3;
+        int q = (int)((c->seq + 1) & 1);
+        h->slots[1].pub[q].kind = 12345;
+        h->slots[1].pub[q].bad = 99999;
+        memset(h->slots[1].pub[q].bad_msg, 'x', sizeof h->slots[1].pub[q].bad_msg);
+        h->slots[1].pub[q].count = ~0ull;
+        atomic_store(&h->slots[1].kind, -7);
+        memset(h->msg, 'y', sizeof h->msg);
+        /* arrive at the collective's barrier without publishing properly */
+        uint64_t e = c->epoch + 1;
+        atomic_store(&h->slots[1].epoch, e);
+        sc_bar_arrive(&h->bar, (unsigned)c->size, e, true);
+        usleep(500000);
+        return TP_OK;
+    }
+    usleep(200000);
+    float x[5000] = {0};
+    return shm_ops->all_reduce(comm, x, out, 5000, TP_F32, TP_SUM);
+}
+
+START_TEST(hostile_peer_cannot_crash)
+{
+    shared_out *so = new_out();
+    new_job_id("hostile");
+    start_ranks(3, hostile_rank, NULL, so, 2.0);
+    wait_ranks(3, 30.0);
+    for (int r = 0; r < 3; r += 2)
+        ck_assert_msg(so->rep[r].st != TP_OK, "rank %d: expected an error, got OK", r);
+    munmap(so, sizeof *so);
+}
+END_TEST
+
+/* ------------------------------------------------ comm_create (intra) */
+
+/* tp_bootstrap.all_gather through the shm world communicator itself. */
+static tp_status boot_gather(void *ctx, const void *mine, void *all, size_t bytes)
+{
+    size_t n = (bytes + 3) / 4;
+    int32_t pad[256] = {0};
+    memcpy(pad, mine, bytes);
+    void *comm = ctx;
+    int size = ((sh_comm *)comm)->size;
+    size_t counts[MAXR] = {0};
+    int32_t *tmp = calloc((size_t)size * n, 4);
+    for (int r = 0; r < size && r < MAXR; r++)
+        counts[r] = n;
+    tp_status st = shm_ops->all_gather(comm, pad, tmp, counts, TP_I32);
+    for (int r = 0; st == TP_OK && r < size; r++)
+        memcpy((char *)all + (size_t)r * bytes, tmp + (size_t)r * n, bytes);
+    free(tmp);
+    return st;
+}
+
+/* arg: NULL, every rank on one node; else ranks >= 1 on "node-b". */
+static tp_status create_rank(void *comm, int rank, int size, void *arg, unsigned char *out)
+{
+    tp_bootstrap boot = {sizeof boot, rank,       size, arg && rank >= 1 ? "node-b" : "node-a",
+                         comm,        boot_gather};
+    tp_rank_env env = {.struct_size = sizeof env, .device_index = -1};
+    void *nc = NULL;
+    tp_status st = shm_ops->comm_create(&host, &boot, &env, &nc);
+    if (st)
+        return st;
+    /* the new communicator works, and so does a split of it */
+    float x[3000], y[3000];
+    for (int i = 0; i < 3000; i++)
+        x[i] = (float)(rank + 1);
+    st = shm_ops->all_reduce(nc, x, y, 3000, TP_F32, TP_SUM);
+    void *sub = NULL;
+    int sr, ss;
+    if (!st)
+        st = shm_ops->split(nc, rank % 2, rank, &sub, &sr, &ss);
+    if (!st)
+        st = shm_ops->all_reduce(sub, x, x, 3000, TP_F32, TP_SUM);
+    memcpy(out, y, sizeof y);
+    memcpy(out + sizeof y, x, sizeof x);
+    shm_ops->comm_free(sub);
+    shm_ops->comm_free(nc);
+    return st;
+}
+
+START_TEST(comm_create_over_a_group)
+{
+    shared_out *so = new_out();
+    new_job_id("create");
+    start_ranks(3, create_rank, NULL, so, 30.0);
+    wait_ranks(3, 60.0);
+    for (int r = 0; r < 3; r++) {
+        ck_assert_msg(so->rep[r].st == TP_OK, "rank %d: %s", r, so->rep[r].msg);
+        const float *y = (const float *)so->data[r], *x = y + 3000;
+        ck_assert_msg(y[0] == 6.0f && y[2999] == 6.0f, "rank %d: all_reduce gave %g", r, y[0]);
+        float want = r % 2 ? 2.0f : 4.0f; /* ranks {0, 2} and {1} */
+        ck_assert_msg(x[0] == want && x[2999] == want, "rank %d: split all_reduce %g, want %g", r,
+                      x[0], want);
+    }
+    munmap(so, sizeof *so);
+}
+END_TEST
+
+START_TEST(comm_create_refuses_a_group_across_nodes)
+{
+    shared_out *so = new_out();
+    new_job_id("across");
+    start_ranks(3, create_rank, "span", so, 30.0);
+    wait_ranks(3, 60.0);
+    for (int r = 0; r < 3; r++) {
+        ck_assert_msg(so->rep[r].st == TP_ERR_INVALID_ARG, "rank %d: status %d (%s)", r,
+                      so->rep[r].st, so->rep[r].msg);
+        ck_assert_msg(strstr(so->rep[r].msg, "node-a") && strstr(so->rep[r].msg, "node-b"),
+                      "rank %d's message names no nodes: %s", r, so->rep[r].msg);
+    }
+    munmap(so, sizeof *so);
+}
+END_TEST
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: test-shm LIBTP-SHM.so LIBTP-LOOPBACK.so\n");
+        return 2;
+    }
+    const tp_comm_ops **ops[2] = {&shm_ops, &lb_ops};
+    for (int i = 0; i < 2; i++) {
+        void *h = dlopen(argv[1 + i], RTLD_NOW | RTLD_LOCAL);
+        if (!h) {
+            fprintf(stderr, "dlopen %s: %s\n", argv[1 + i], dlerror());
+            return 1;
+        }
+        const tp_plugin_desc *(*get)(void) =
+            (const tp_plugin_desc *(*)(void))dlsym(h, TP_PLUGIN_ENTRY);
+        if (!get || !get()->comm) {
+            fprintf(stderr, "%s: no comm plugin entry\n", argv[1 + i]);
+            return 1;
+        }
+        *ops[i] = get()->comm;
+    }
+    unsetenv("TP_TIMEOUT_S");
+    Suite *s = suite_create("shm");
+    TCase *tc = tcase_create("shm");
+    tcase_set_timeout(tc, 240);
+    tcase_add_test(tc, job_id_required);
+    tcase_add_test(tc, killed_peer_gives_peer_error);
+    tcase_add_test(tc, stalled_peer_gives_timeout);
+    tcase_add_test(tc, hostile_peer_cannot_crash);
+    tcase_add_test(tc, stale_segments_are_removed);
+    tcase_add_test(tc, comm_create_over_a_group);
+    tcase_add_test(tc, comm_create_refuses_a_group_across_nodes);
+    tcase_add_test(tc, bitwise_equal_to_loopback);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
