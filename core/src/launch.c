@@ -148,8 +148,8 @@ tp_status tp_init(const tp_config *cfg, tp_ctx **out)
 
     const char *backend = cfg && cfg->backend ? cfg->backend : getenv("TP_BACKEND");
     const char *bvar = cfg && cfg->backend ? "tp_config.backend" : "TP_BACKEND";
-    if (!backend || !backend[0])
-        backend = "loopback";
+    if (!backend || !backend[0]) /* torchrun sets RANK and WORLD_SIZE: one process per rank */
+        backend = getenv("RANK") && getenv("WORLD_SIZE") ? "tcp" : "loopback";
     tp_status st;
     TP_TRY_GOTO(tpi_plugin_load(backend, TP_KIND_COMM, bvar, &ctx->comm_plugin), st, fail);
 
