@@ -137,6 +137,7 @@ tp_status tp_init(const tp_config *cfg, tp_ctx **out)
     TP_TRY(resolve_timeout(cfg, &timeout));
     TP_TRY(resolve_threads(cfg, &threads));
     TP_TRY(tpi_signals_install());
+    TP_TRY(tpi_debug_setup()); /* TP_DEBUG_FILE that cannot be opened: fail here, named */
 
     tp_ctx *ctx = g_try_new0(tp_ctx, 1);
     if (!ctx)
@@ -190,6 +191,8 @@ tp_status tp_init(const tp_config *cfg, tp_ctx **out)
                           want, ctx->comm_plugin->name, info.world_size);
         goto fail;
     }
+    if (info.local_count == 1)
+        tpi_debug_set_process_rank(info.first_rank);
     tpi_debug("launch", "backend %s, device %s, world %d, local %d from rank %d, timeout %g s",
               ctx->comm_plugin->name, ctx->dev_plugin->name, info.world_size, info.local_count,
               info.first_rank, timeout);
@@ -382,6 +385,7 @@ static void *rank_thread(void *data)
                             ctx->info.local_count, ctx->cpu_threads};
 
     tpi_watch_rank_begin(state);
+    tpi_debug_set_rank(state->world_rank);
     tp_clear_error();
     tpi_call_enter(state, "open", state->dev_path, 0, false);
     tp_status st = tpi_call_leave(state, dops->open(&ctx->host, &dargs, &dh, &env));
@@ -396,6 +400,7 @@ static void *rank_thread(void *data)
                    tp_set_error(TP_ERR_PEER, "not started: another rank's device failed to open"));
             dops->close(dh);
         }
+        tpi_debug_set_rank(-1);
         tpi_watch_rank_end(state);
         return NULL;
     }
@@ -416,6 +421,7 @@ static void *rank_thread(void *data)
     tpi_device_timing_free(&dev);
     dops->synchronize(dh);
     dops->close(dh);
+    tpi_debug_set_rank(-1);
     tpi_watch_rank_end(state);
     return NULL;
 }
