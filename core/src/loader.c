@@ -4,7 +4,8 @@
  *
  * A name is looked up as libtp-<name>.so in each directory of
  * TP_PLUGIN_PATH, then in the build tree (only when this libtp runs from
- * the build tree), then in the install directory; never the current
+ * the build tree), then in the install directory (<libdir>/tp-1 beside the
+ * running libtp, then the configured one); never the current
  * directory or a relative one. The first file found is the one used: if it
  * is refused, that refusal is the error (a later file is not tried, so a
  * broken plugin is never silently replaced by another).
@@ -327,6 +328,26 @@ static void add_dir_list(GArray *dirs, GPtrArray *skipped, const char *list, con
     g_strfreev(parts);
 }
 
+/* An installed libtp's own <libdir>/tp-1 (the plugin directory beside it):
+ * found where the tree is, also when it was moved or installed with DESTDIR.
+ * In the usual case it is TP_PLUGIN_INSTALL_DIR, searched once. */
+static void add_dir_next_to_libtp(GArray *dirs)
+{
+    Dl_info dl;
+    if (!dladdr((void *)tp_plugin_scan_new, &dl) || !dl.dli_fname)
+        return;
+    char *lib = realpath(dl.dli_fname, NULL);
+    if (!lib)
+        return;
+    char *dir = g_path_get_dirname(lib);
+    char *plugins = g_build_filename(dir, "tp-1", NULL); /* plugindir in meson.build */
+    if (g_file_test(plugins, G_FILE_TEST_IS_DIR))
+        add_dir(dirs, NULL, plugins, "install dir");
+    g_free(plugins);
+    g_free(dir);
+    free(lib);
+}
+
 /* The directories searched, in order; `skipped` (may be NULL) gets the
  * relative TP_PLUGIN_PATH entries, which are not. */
 static GArray *search_dirs(GPtrArray *skipped)
@@ -335,6 +356,8 @@ static GArray *search_dirs(GPtrArray *skipped)
     add_dir_list(dirs, skipped, getenv("TP_PLUGIN_PATH"), "TP_PLUGIN_PATH");
     if (libtp_in_build_tree())
         add_dir_list(dirs, NULL, TP_BUILD_PLUGIN_DIRS, "build tree");
+    else
+        add_dir_next_to_libtp(dirs);
     add_dir(dirs, NULL, TP_PLUGIN_INSTALL_DIR, "install dir");
     return dirs;
 }
