@@ -392,7 +392,36 @@ void tp_plugin_info_clear(tp_plugin_info *info)
     g_strfreev(info->device_ops);
     g_free(info->unavailable_reason);
     g_strfreev(info->shadows);
+    for (int i = 0; i < info->n_settings; i++) {
+        g_free(info->settings[i].name);
+        g_free(info->settings[i].default_value);
+        g_free(info->settings[i].description);
+    }
+    g_free(info->settings);
     memset(info, 0, sizeof *info);
+}
+
+#define MAX_SETTINGS 256 /* a list without its NULL end is not read past this */
+
+/* The plugin's optional settings list (TP_PLUGIN_SETTINGS_ENTRY), copied. */
+static void read_settings(const tp_plugin *p, tp_plugin_info *out)
+{
+    gpointer sym = NULL;
+    if (!g_module_symbol(p->module, TP_PLUGIN_SETTINGS_ENTRY, &sym) || !sym)
+        return;
+    const tp_plugin_setting *(*get)(void) = (const tp_plugin_setting *(*)(void))sym;
+    const tp_plugin_setting *list = get();
+    int n = 0;
+    while (list && n < MAX_SETTINGS && list[n].name)
+        n++;
+    out->settings = g_new0(tp_plugin_setting_info, n ? n : 1);
+    out->n_settings = n;
+    for (int i = 0; i < n; i++) {
+        out->settings[i].name = g_strdup(list[i].name);
+        out->settings[i].default_value =
+            g_strdup(list[i].default_value ? list[i].default_value : "unset");
+        out->settings[i].description = g_strdup(list[i].description ? list[i].description : "");
+    }
 }
 
 void tp_plugin_inspect(const char *path, tp_plugin_info *out)
@@ -423,6 +452,7 @@ void tp_plugin_inspect(const char *path, tp_plugin_info *out)
         out->available = plugin_probe(p, reason, sizeof reason) != 0;
         if (!out->available)
             out->unavailable_reason = g_strdup(reason);
+        read_settings(p, out);
         plugin_close(p);
     }
     tp_set_error(TP_OK, "%s", saved);

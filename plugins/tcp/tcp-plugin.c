@@ -248,3 +248,19 @@ TP_PLUGIN_DEFINE("tcp", "0.1.0",
                  "processes on one or more hosts over TCP sockets (TP_RANK, TP_WORLD_SIZE, "
                  "TP_MASTER_ADDR, TP_MASTER_PORT, TP_TCP_SECRET; start with tp-launch)",
                  &tcp_ops, NULL, NULL)
+
+/* Listed by `tp-info tcp`; tcp_env_job_read and README.md say more. */
+TP_PLUGIN_DEFINE_SETTINGS(
+    {"TP_RANK", "(required with 2+ ranks)", "this process's rank, 0 .. world size - 1; else RANK"},
+    {"TP_WORLD_SIZE", "1", "number of processes; else WORLD_SIZE (torchrun)"},
+    {"TP_MASTER_ADDR", "127.0.0.1", "address where rank 0 listens; else MASTER_ADDR"},
+    {"TP_MASTER_PORT", "(required with 2+ ranks)",
+     "port where rank 0 listens; else MASTER_PORT (+ 1 under torchrun's agent store)"},
+    {"TP_MASTER_FD", "unset", "rank 0: an inherited listening socket on the port (tp-launch)"},
+    {"TP_TCP_CHUNK_BYTES", "262144",
+     "pipelining unit of the collectives, 16 .. 1 GiB; rank 0's value is used"},
+    {"TP_TCP_SECRET", "(required with 2+ ranks)",
+     "the job's shared secret, 16+ characters; tp-launch sets a fresh one"},
+    {"TP_TCP_INSECURE", "0", "1: run without a secret (debugging only; warns)"},
+    {"TORCHELASTIC_USE_AGENT_STORE", "unset",
+     "set by torchrun: True moves rank 0 to MASTER_PORT + 1"})
