@@ -67,6 +67,8 @@ if rc != 0:
 
 bindir, libdir = under(args.bindir), under(args.libdir)
 clean = {"PATH": "/usr/bin:/bin", "HOME": args.tmp, "TP_TIMEOUT_S": "60"}
+# A sanitizer build keeps its options (they name no library or plugin path).
+clean.update({k: v for k, v in os.environ.items() if k.endswith("SAN_OPTIONS")})
 bin_path = dict(clean, PATH=bindir + ":/usr/bin:/bin")
 
 
