@@ -125,10 +125,10 @@ static bool expand_debug_path(const char *pattern, const char *host, char *out, 
     return true;
 }
 
-/* Where debug lines go, and the "host:pid" they start with; set up once. */
+/* Where debug lines go, and the host name they start with; set up once. */
 static struct {
     FILE *out; /* stderr, or TP_DEBUG_FILE's file */
-    char who[96];
+    char host[64];
     tp_status status; /* TP_OK, or why TP_DEBUG_FILE could not be opened */
     char error[TP_ERROR_MAX];
 } debug_sink;
@@ -140,7 +140,7 @@ static void debug_sink_init(void)
         host[sizeof host - 1] = '\0';
         host[strcspn(host, ".")] = '\0'; /* the short name, as NCCL prints it */
     }
-    snprintf(debug_sink.who, sizeof debug_sink.who, "%s:%ld", host, (long)getpid());
+    memcpy(debug_sink.host, host, sizeof host);
     debug_sink.out = stderr;
     const char *pattern = getenv("TP_DEBUG_FILE"), *topics = getenv("TP_DEBUG");
     if (!pattern || !*pattern || !topics || !*topics)
@@ -159,7 +159,8 @@ static void debug_sink_init(void)
                  "writable directory (%%h is the host name, %%p the process id), or unset "
                  "TP_DEBUG_FILE to print to stderr",
                  pattern, path, strerror(err));
-        fprintf(stderr, "tp %s: %s; debug lines go to stderr\n", debug_sink.who, debug_sink.error);
+        fprintf(stderr, "tp %s:%ld: %s; debug lines go to stderr\n", host, (long)getpid(),
+                debug_sink.error);
         return;
     }
     setvbuf(f, NULL, _IOLBF, 0);
@@ -193,8 +194,9 @@ static void debugv(const char *topic, const char *fmt, va_list ap)
     int r = thread_rank >= 0 ? thread_rank : atomic_load(&process_rank);
     if (r >= 0)
         snprintf(rank, sizeof rank, "%d", r);
-    /* one call: lines of threads don't mix */
-    fprintf(debug_sink.out, "%s [%s] tp[%s]: %s\n", debug_sink.who, rank, topic, line);
+    /* one call: lines of threads don't mix; the pid now, not at setup (fork) */
+    fprintf(debug_sink.out, "%s:%ld [%s] tp[%s]: %s\n", debug_sink.host, (long)getpid(), rank,
+            topic, line);
 }
 
 void tpi_debug(const char *topic, const char *fmt, ...)

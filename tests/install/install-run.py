@@ -151,6 +151,11 @@ def completions():
     check("completes tp-launch's flags", flags and flags <= got, "missing %r" % (flags - got))
     got = complete(["tp-launch", "-n", "2", "tp-inf"], 3)
     check("completes tp-launch's program", "tp-info" in got, repr(got))
+    # Flags with values (from the option lines) are skipped to find the program.
+    if os.path.exists("/usr/share/bash-completion/bash_completion"):
+        got = complete(["tp-launch", "--grace", "3", "-p", "29500", "--no-prefix", "tp-bench",
+                        "col"], 7)
+        check("skips flags' values to find the program", got == {"collectives"}, repr(got))
     got = complete(["tp-launch", "-n", "2", "tp-bench", "col"], 4)
     if os.path.exists("/usr/share/bash-completion/bash_completion"):
         check("completes the program's own arguments after tp-launch", got == {"collectives"},
