@@ -43,3 +43,8 @@ static const tp_device_ops cpu_ops = {
 TP_PLUGIN_DEFINE("cpu", "0.1.0",
                  "host memory, OpenBLAS sgemm and C kernels (f32; bf16/f16 storage)", NULL,
                  &cpu_ops, NULL)
+
+/* Listed by `tp-info cpu`. */
+TP_PLUGIN_DEFINE_SETTINGS({"TP_CPU_THREADS", "1",
+                           "BLAS threads per rank (read by libtp, given to open() as "
+                           "cpu_threads)"})

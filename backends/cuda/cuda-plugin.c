@@ -50,3 +50,10 @@ TP_PLUGIN_DEFINE("cuda", "0.1.0",
                  "CUDA device memory, cuBLAS/cuBLASLt GEMMs and CUDA "
                  "kernels (f32, bf16, f16)",
                  NULL, &cuda_ops, cuda_probe)
+
+/* Listed by `tp-info cuda`; pick_device and cuda_open read them. */
+TP_PLUGIN_DEFINE_SETTINGS(
+    {"TP_CUDA_DEVICE", "the local rank modulo the GPU count",
+     "GPU of every rank; the local rank is the process's rank index, else "
+     "OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID, SLURM_LOCALID or LOCAL_RANK"},
+    {"TP_CUDA_TF32", "0", "1: allow TF32 tensor cores for f32 GEMMs"})

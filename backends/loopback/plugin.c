@@ -134,3 +134,14 @@ static const tp_comm_ops lb_ops = {
 TP_PLUGIN_DEFINE("loopback", "0.1.0",
                  "ranks are threads of one process; collectives through shared memory", &lb_ops,
                  NULL, NULL)
+
+/* Listed by `tp-info loopback`; lb_init reads them (docs/performance.md). */
+TP_PLUGIN_DEFINE_SETTINGS(
+    {"TP_LOOPBACK_BIND", "auto",
+     "1: pin rank i to CPU i; 0: never; auto: with 2+ ranks and ranks >= CPUs"},
+    {"TP_LOOPBACK_SPIN", "200 (16 when ranks > CPUs)",
+     "busy spins of a waiting rank before it starts to yield"},
+    {"TP_LOOPBACK_STREAM_BYTES", "last-level cache size (else 32 MiB)",
+     "results larger than this are stored with non-temporal stores"},
+    {"TP_LOOPBACK_SMALL_BYTES", "1024 (4096 when ranks > CPUs)",
+     "all_reduce up to this size takes one barrier; at most 4096"})

@@ -30,3 +30,8 @@ static const tp_comm_ops mpi_ops = {
 TP_PLUGIN_DEFINE("mpi", "0.1.0",
                  "Open MPI: one rank per process under mpirun, shared memory or network", &mpi_ops,
                  NULL, mpi_engine_probe)
+
+/* Listed by `tp-info mpi`. */
+TP_PLUGIN_DEFINE_SETTINGS({"TP_MPI_MAX_COUNT", "2147483647",
+                           "largest element count of one MPI call (a test knob: smaller "
+                           "values exercise the chunked paths)"})

@@ -59,3 +59,9 @@ TP_PLUGIN_DEFINE("nccl", "0.1.0",
                                  "process per GPU "
                                  "under mpirun",
                  &nccl_comm_ops, NULL, nccl_probe)
+
+/* Listed by `tp-info nccl`. */
+TP_PLUGIN_DEFINE_SETTINGS(
+    {"TP_NCCL_LIBMPI", "libmpi.so.40",
+     "MPI library opened to share the unique id when started under mpirun or srun"},
+    {"TP_CUDA_DEVICE", "the local rank modulo the GPU count", "GPU of every rank"})

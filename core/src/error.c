@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /* error.c — status names, per-thread last error, debug output, tp_host. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "tp-internal.h"
 
@@ -81,13 +83,120 @@ bool tpi_debug_enabled(const char *topic)
     return false;
 }
 
+/* The rank a debug line names: the rank thread's own (tp_run sets it), else
+ * the process's one rank (one-rank-per-process engines), else none. */
+static _Thread_local int thread_rank = -1;
+static atomic_int process_rank = -1;
+
+void tpi_debug_set_rank(int rank)
+{
+    thread_rank = rank;
+}
+
+void tpi_debug_set_process_rank(int rank)
+{
+    atomic_store(&process_rank, rank);
+}
+
+/* Expand TP_DEBUG_FILE's %h (short host name), %p (pid) and %% into out.
+ * Returns false when the result does not fit. */
+static bool expand_debug_path(const char *pattern, const char *host, char *out, size_t len)
+{
+    size_t n = 0;
+    for (const char *c = pattern; *c; c++) {
+        char buf[24] = {*c, '\0'};
+        const char *piece = buf;
+        if (c[0] == '%' && (c[1] == 'h' || c[1] == 'p' || c[1] == '%')) {
+            c++;
+            if (*c == 'h')
+                piece = host;
+            else if (*c == 'p')
+                snprintf(buf, sizeof buf, "%ld", (long)getpid());
+        }
+        size_t k = strlen(piece);
+        if (n + k >= len) {
+            snprintf(out, len, "(longer than %zu bytes)", len - 1);
+            return false;
+        }
+        memcpy(out + n, piece, k);
+        n += k;
+    }
+    out[n] = '\0';
+    return true;
+}
+
+/* Where debug lines go, and the host name they start with; set up once. */
+static struct {
+    FILE *out; /* stderr, or TP_DEBUG_FILE's file */
+    char host[64];
+    tp_status status; /* TP_OK, or why TP_DEBUG_FILE could not be opened */
+    char error[TP_ERROR_MAX];
+} debug_sink;
+
+static void debug_sink_init(void)
+{
+    char host[64] = "unknown";
+    if (gethostname(host, sizeof host) == 0) {
+        host[sizeof host - 1] = '\0';
+        host[strcspn(host, ".")] = '\0'; /* the short name, as NCCL prints it */
+    }
+    memcpy(debug_sink.host, host, sizeof host);
+    debug_sink.out = stderr;
+    const char *pattern = getenv("TP_DEBUG_FILE"), *topics = getenv("TP_DEBUG");
+    if (!pattern || !*pattern || !topics || !*topics)
+        return;
+    char path[4096] = "(too long)";
+    FILE *f = NULL;
+    int err = ENAMETOOLONG;
+    if (expand_debug_path(pattern, host, path, sizeof path)) {
+        f = fopen(path, "we");
+        err = errno;
+    }
+    if (!f) {
+        debug_sink.status = TP_ERR_IO;
+        snprintf(debug_sink.error, sizeof debug_sink.error,
+                 "TP_DEBUG_FILE=\"%s\": cannot open \"%.2048s\" for writing: %s; give a path in a "
+                 "writable directory (%%h is the host name, %%p the process id), or unset "
+                 "TP_DEBUG_FILE to print to stderr",
+                 pattern, path, strerror(err));
+        fprintf(stderr, "tp %s:%ld: %s; debug lines go to stderr\n", host, (long)getpid(),
+                debug_sink.error);
+        return;
+    }
+    setvbuf(f, NULL, _IOLBF, 0);
+    debug_sink.out = f;
+}
+
+static void debug_sink_once(void)
+{
+    static gsize once;
+    if (g_once_init_enter(&once)) {
+        debug_sink_init();
+        g_once_init_leave(&once, 1);
+    }
+}
+
+tp_status tpi_debug_setup(void)
+{
+    debug_sink_once();
+    if (debug_sink.status != TP_OK)
+        return tp_set_error(debug_sink.status, "%s", debug_sink.error);
+    return TP_OK;
+}
+
 static void debugv(const char *topic, const char *fmt, va_list ap)
 {
     if (!topic || !tpi_debug_enabled(topic))
         return;
-    char line[TP_ERROR_MAX];
+    debug_sink_once();
+    char line[TP_ERROR_MAX], rank[16] = "-";
     vsnprintf(line, sizeof line, fmt ? fmt : "", ap);
-    fprintf(stderr, "tp[%s]: %s\n", topic, line); /* one call: lines of threads don't mix */
+    int r = thread_rank >= 0 ? thread_rank : atomic_load(&process_rank);
+    if (r >= 0)
+        snprintf(rank, sizeof rank, "%d", r);
+    /* one call: lines of threads don't mix; the pid now, not at setup (fork) */
+    fprintf(debug_sink.out, "%s:%ld [%s] tp[%s]: %s\n", debug_sink.host, (long)getpid(), rank,
+            topic, line);
 }
 
 void tpi_debug(const char *topic, const char *fmt, ...)

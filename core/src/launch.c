@@ -159,6 +159,7 @@ tp_status tp_init(const tp_config *cfg, tp_ctx **out)
     TP_TRY(resolve_timeout(cfg, &timeout));
     TP_TRY(resolve_threads(cfg, &threads));
     TP_TRY(tpi_signals_install());
+    TP_TRY(tpi_debug_setup()); /* TP_DEBUG_FILE that cannot be opened: fail here, named */
 
     tp_ctx *ctx = g_try_new0(tp_ctx, 1);
     if (!ctx)
@@ -170,8 +171,8 @@ tp_status tp_init(const tp_config *cfg, tp_ctx **out)
 
     const char *backend = cfg && cfg->backend ? cfg->backend : getenv("TP_BACKEND");
     const char *bvar = cfg && cfg->backend ? "tp_config.backend" : "TP_BACKEND";
-    if (!backend || !backend[0])
-        backend = "loopback";
+    if (!backend || !backend[0]) /* torchrun sets RANK and WORLD_SIZE: one process per rank */
+        backend = getenv("RANK") && getenv("WORLD_SIZE") ? "tcp" : "loopback";
     tp_status st;
     TP_TRY_GOTO(tpi_plugin_load(backend, TP_KIND_COMM, bvar, &ctx->comm_plugin), st, fail);
 
@@ -214,6 +215,8 @@ tp_status tp_init(const tp_config *cfg, tp_ctx **out)
                           want, ctx->comm_plugin->name, info.world_size);
         goto fail;
     }
+    if (info.local_count == 1)
+        tpi_debug_set_process_rank(info.first_rank);
     tpi_debug("launch", "backend %s, device %s, world %d, local %d from rank %d, timeout %g s",
               ctx->comm_plugin->name, ctx->dev_plugin->name, info.world_size, info.local_count,
               info.first_rank, timeout);
@@ -410,6 +413,7 @@ static void *rank_thread(void *data)
                             ctx->info.local_count, ctx->cpu_threads};
 
     tpi_watch_rank_begin(state);
+    tpi_debug_set_rank(state->world_rank);
     tp_clear_error();
     tpi_call_enter(state, "open", state->dev_path, 0, false);
     tp_status st = tpi_call_leave(state, dops->open(&ctx->host, &dargs, &dh, &env));
@@ -424,6 +428,7 @@ static void *rank_thread(void *data)
                    tp_set_error(TP_ERR_PEER, "not started: another rank's device failed to open"));
             dops->close(dh);
         }
+        tpi_debug_set_rank(-1);
         tpi_watch_rank_end(state);
         return NULL;
     }
@@ -444,6 +449,7 @@ static void *rank_thread(void *data)
     tpi_device_timing_free(&dev);
     dops->synchronize(dh);
     dops->close(dh);
+    tpi_debug_set_rank(-1);
     tpi_watch_rank_end(state);
     return NULL;
 }

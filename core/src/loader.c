@@ -4,7 +4,8 @@
  *
  * A name is looked up as libtp-<name>.so in each directory of
  * TP_PLUGIN_PATH, then in the build tree (only when this libtp runs from
- * the build tree), then in the install directory; never the current
+ * the build tree), then in the install directory (<libdir>/tp-1 beside the
+ * running libtp, then the configured one); never the current
  * directory or a relative one. The first file found is the one used: if it
  * is refused, that refusal is the error (a later file is not tried, so a
  * broken plugin is never silently replaced by another).
@@ -333,6 +334,26 @@ static void add_dir_list(GArray *dirs, GPtrArray *skipped, const char *list, con
     g_strfreev(parts);
 }
 
+/* An installed libtp's own <libdir>/tp-1 (the plugin directory beside it):
+ * found where the tree is, also when it was moved or installed with DESTDIR.
+ * In the usual case it is TP_PLUGIN_INSTALL_DIR, searched once. */
+static void add_dir_next_to_libtp(GArray *dirs)
+{
+    Dl_info dl;
+    if (!dladdr((void *)tp_plugin_scan_new, &dl) || !dl.dli_fname)
+        return;
+    char *lib = realpath(dl.dli_fname, NULL);
+    if (!lib)
+        return;
+    char *dir = g_path_get_dirname(lib);
+    char *plugins = g_build_filename(dir, "tp-1", NULL); /* plugindir in meson.build */
+    if (g_file_test(plugins, G_FILE_TEST_IS_DIR))
+        add_dir(dirs, NULL, plugins, "install dir");
+    g_free(plugins);
+    g_free(dir);
+    free(lib);
+}
+
 /* The directories searched, in order; `skipped` (may be NULL) gets the
  * relative TP_PLUGIN_PATH entries, which are not. */
 static GArray *search_dirs(GPtrArray *skipped)
@@ -341,6 +362,8 @@ static GArray *search_dirs(GPtrArray *skipped)
     add_dir_list(dirs, skipped, getenv("TP_PLUGIN_PATH"), "TP_PLUGIN_PATH");
     if (libtp_in_build_tree())
         add_dir_list(dirs, NULL, TP_BUILD_PLUGIN_DIRS, "build tree");
+    else
+        add_dir_next_to_libtp(dirs);
     add_dir(dirs, NULL, TP_PLUGIN_INSTALL_DIR, "install dir");
     return dirs;
 }
@@ -375,7 +398,36 @@ void tp_plugin_info_clear(tp_plugin_info *info)
     g_strfreev(info->device_ops);
     g_free(info->unavailable_reason);
     g_strfreev(info->shadows);
+    for (int i = 0; i < info->n_settings; i++) {
+        g_free(info->settings[i].name);
+        g_free(info->settings[i].default_value);
+        g_free(info->settings[i].description);
+    }
+    g_free(info->settings);
     memset(info, 0, sizeof *info);
+}
+
+#define MAX_SETTINGS 256 /* a list without its NULL end is not read past this */
+
+/* The plugin's optional settings list (TP_PLUGIN_SETTINGS_ENTRY), copied. */
+static void read_settings(const tp_plugin *p, tp_plugin_info *out)
+{
+    gpointer sym = NULL;
+    if (!g_module_symbol(p->module, TP_PLUGIN_SETTINGS_ENTRY, &sym) || !sym)
+        return;
+    const tp_plugin_setting *(*get)(void) = (const tp_plugin_setting *(*)(void))sym;
+    const tp_plugin_setting *list = get();
+    int n = 0;
+    while (list && n < MAX_SETTINGS && list[n].name)
+        n++;
+    out->settings = g_new0(tp_plugin_setting_info, n ? n : 1);
+    out->n_settings = n;
+    for (int i = 0; i < n; i++) {
+        out->settings[i].name = g_strdup(list[i].name);
+        out->settings[i].default_value =
+            g_strdup(list[i].default_value ? list[i].default_value : "unset");
+        out->settings[i].description = g_strdup(list[i].description ? list[i].description : "");
+    }
 }
 
 void tp_plugin_inspect(const char *path, tp_plugin_info *out)
@@ -406,6 +458,7 @@ void tp_plugin_inspect(const char *path, tp_plugin_info *out)
         out->available = plugin_probe(p, reason, sizeof reason) != 0;
         if (!out->available)
             out->unavailable_reason = g_strdup(reason);
+        read_settings(p, out);
         plugin_close(p);
     }
     tp_set_error(TP_OK, "%s", saved);

@@ -23,6 +23,14 @@
 tp_status tpi_set_errorv(tp_status status, const char *fmt, va_list ap);
 bool tpi_debug_enabled(const char *topic);
 void tpi_debug(const char *topic, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+/* Debug lines read "host:pid [rank] tp[topic]: ..." and go to stderr, or to
+ * TP_DEBUG_FILE (%h host, %p pid). tpi_debug_setup opens that file once per
+ * process (TP_ERR_IO, with the path and the reason, when it cannot);
+ * tpi_debug_set_rank names the calling thread's rank (-1: none), and
+ * tpi_debug_set_process_rank the rank of a one-rank process. */
+tp_status tpi_debug_setup(void);
+void tpi_debug_set_rank(int rank);
+void tpi_debug_set_process_rank(int rank);
 void tpi_host_init(tp_host *host, double timeout_s);
 double tpi_now(void); /* monotonic seconds */
 

@@ -11,8 +11,10 @@
  *   TP_TCP_SECRET    the job's shared secret: every connection is authenticated
  *                    with it (tp-launch sets a fresh one); TP_TCP_INSECURE=1
  *                    runs without one, for debugging
- * Without TP_RANK and TP_WORLD_SIZE, and when at most one rank is asked
- * for, it runs a single rank without sockets.
+ * or by torchrun, whose RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT are read
+ * when the TP_ forms are unset (tcp_env_job_read). Without a rank and world
+ * size, and when at most one rank is asked for, it runs a single rank without
+ * sockets.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -57,40 +59,43 @@ static void engine_free(tcp_engine *e)
     free(e);
 }
 
-/* The job as the environment describes it (tp-launch sets it). */
+/* The job as the environment describes it (tp-launch or torchrun sets it).
+ * `env` holds the strings addr and port point into: do not copy a tcp_job. */
 typedef struct tcp_job {
     long rank, world, chunk;
     const char *addr, *port;
+    tcp_env_job env;
 } tcp_job;
 
-/* Read and check TP_RANK, TP_WORLD_SIZE, TP_MASTER_ADDR/PORT and
- * TP_TCP_CHUNK_BYTES against the world size the caller requested (0: any). */
+/* Read and check the rank, world size, master address and port (TP_ forms or
+ * torchrun's, tcp_env_job_read) and TP_TCP_CHUNK_BYTES against the world size
+ * the caller requested (0: any). */
 static tp_status job_from_env(const tp_host *host, int requested, tcp_job *j)
 {
-    const char *rank_s = getenv("TP_RANK"), *world_s = getenv("TP_WORLD_SIZE");
     const char *chunk_s = getenv("TP_TCP_CHUNK_BYTES");
-
-    *j = (tcp_job){.rank = 0,
-                   .world = 1,
-                   .chunk = TCP_DEFAULT_CHUNK,
-                   .addr = getenv("TP_MASTER_ADDR"),
-                   .port = getenv("TP_MASTER_PORT")};
-    if (!j->addr || !*j->addr)
-        j->addr = "127.0.0.1";
+    j->rank = 0;
+    j->world = 1;
+    j->chunk = TCP_DEFAULT_CHUNK;
+    tp_status st = tcp_env_job_read(host, &j->env);
+    if (st != TP_OK)
+        return st;
+    const char *rank_s = j->env.rank.value, *world_s = j->env.world.value;
+    const char *rname = j->env.rank.name, *wname = j->env.world.name;
+    j->addr = j->env.addr.value ? j->env.addr.value : "127.0.0.1";
+    j->port = j->env.port.value;
     if (world_s && parse_int(world_s, 1, TCP_MAX_WORLD, &j->world) < 0)
-        return host->set_error(TP_ERR_INVALID_ARG,
-                               "tcp: TP_WORLD_SIZE=\"%s\" is not a number in 1..%d", world_s,
-                               TCP_MAX_WORLD);
+        return host->set_error(TP_ERR_INVALID_ARG, "tcp: %s=\"%s\" is not a number in 1..%d", wname,
+                               world_s, TCP_MAX_WORLD);
     if (!rank_s && world_s && j->world > 1)
         return host->set_error(TP_ERR_INVALID_ARG,
-                               "tcp: TP_WORLD_SIZE=%ld but TP_RANK is not set: the tcp backend "
+                               "tcp: %s=%ld but TP_RANK (or RANK) is not set: the tcp backend "
                                "runs one process per rank; start them with `tp-launch -n %ld PROG`",
-                               j->world, j->world);
+                               wname, j->world, j->world);
     if (!world_s && rank_s)
         return host->set_error(TP_ERR_INVALID_ARG,
-                               "tcp: TP_RANK=%s but TP_WORLD_SIZE is not set: set both, or start "
-                               "the ranks with `tp-launch -n N PROG`",
-                               rank_s);
+                               "tcp: %s=%s but TP_WORLD_SIZE (or WORLD_SIZE) is not set: set "
+                               "both, or start the ranks with `tp-launch -n N PROG`",
+                               rname, rank_s);
     if (!world_s && requested > 1)
         return host->set_error(TP_ERR_INVALID_ARG,
                                "tcp: %d ranks requested but TP_RANK/TP_WORLD_SIZE are not set: the "
@@ -99,23 +104,22 @@ static tp_status job_from_env(const tp_host *host, int requested, tcp_job *j)
                                requested, requested);
     if (rank_s && parse_int(rank_s, 0, j->world - 1, &j->rank) < 0)
         return host->set_error(TP_ERR_INVALID_ARG,
-                               "tcp: TP_RANK=\"%s\" is not a rank of TP_WORLD_SIZE=%ld (expected "
-                               "0..%ld)",
-                               rank_s, j->world, j->world - 1);
+                               "tcp: %s=\"%s\" is not a rank of %s=%ld (expected 0..%ld)", rname,
+                               rank_s, wname, j->world, j->world - 1);
     if (requested > 0 && requested != j->world)
         return host->set_error(TP_ERR_INVALID_ARG,
                                "tcp: %d ranks requested (--tp or TP_WORLD_SIZE) but this job has "
-                               "TP_WORLD_SIZE=%ld processes: start it with `tp-launch -n %d`, or "
+                               "%s=%ld processes: start it with `tp-launch -n %d`, or "
                                "ask for %ld",
-                               requested, j->world, requested, j->world);
+                               requested, wname, j->world, requested, j->world);
     if (chunk_s && parse_int(chunk_s, 16, 1L << 30, &j->chunk) < 0)
         return host->set_error(TP_ERR_INVALID_ARG,
                                "tcp: TP_TCP_CHUNK_BYTES=\"%s\" is not a number in 16..%ld", chunk_s,
                                1L << 30);
-    if (j->world > 1 && (!j->port || !*j->port))
+    if (j->world > 1 && !j->port)
         return host->set_error(TP_ERR_INVALID_ARG,
-                               "tcp: TP_MASTER_PORT is not set (rank %ld of %ld): every rank needs "
-                               "the port where rank 0 listens; tp-launch sets it",
+                               "tcp: TP_MASTER_PORT (or MASTER_PORT) is not set (rank %ld of %ld): "
+                               "every rank needs the port where rank 0 listens; tp-launch sets it",
                                j->rank, j->world);
     return TP_OK;
 }
@@ -244,3 +248,19 @@ TP_PLUGIN_DEFINE("tcp", "0.1.0",
                  "processes on one or more hosts over TCP sockets (TP_RANK, TP_WORLD_SIZE, "
                  "TP_MASTER_ADDR, TP_MASTER_PORT, TP_TCP_SECRET; start with tp-launch)",
                  &tcp_ops, NULL, NULL)
+
+/* Listed by `tp-info tcp`; tcp_env_job_read and README.md say more. */
+TP_PLUGIN_DEFINE_SETTINGS(
+    {"TP_RANK", "(required with 2+ ranks)", "this process's rank, 0 .. world size - 1; else RANK"},
+    {"TP_WORLD_SIZE", "1", "number of processes; else WORLD_SIZE (torchrun)"},
+    {"TP_MASTER_ADDR", "127.0.0.1", "address where rank 0 listens; else MASTER_ADDR"},
+    {"TP_MASTER_PORT", "(required with 2+ ranks)",
+     "port where rank 0 listens; else MASTER_PORT (+ 1 under torchrun's agent store)"},
+    {"TP_MASTER_FD", "unset", "rank 0: an inherited listening socket on the port (tp-launch)"},
+    {"TP_TCP_CHUNK_BYTES", "262144",
+     "pipelining unit of the collectives, 16 .. 1 GiB; rank 0's value is used"},
+    {"TP_TCP_SECRET", "(required with 2+ ranks)",
+     "the job's shared secret, 16+ characters; tp-launch sets a fresh one"},
+    {"TP_TCP_INSECURE", "0", "1: run without a secret (debugging only; warns)"},
+    {"TORCHELASTIC_USE_AGENT_STORE", "unset",
+     "set by torchrun: True moves rank 0 to MASTER_PORT + 1"})

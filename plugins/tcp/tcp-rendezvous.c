@@ -1132,3 +1132,67 @@ tp_status tcp_rendezvous(tcp_engine *e, const char *master_addr, const char *mas
                        e->world - 1, (unsigned long long)e->job_id);
     return st;
 }
+
+/* -- the job's variables: TP_ form, or torchrun's ------------------------ */
+
+/* One variable of the job: the TP_ form wins when only it is set; torchrun's
+ * form (RANK, ...) is used when the TP_ form is unset; both set to different
+ * values is an error naming both. An empty value counts as unset. */
+static tp_status env_pick(const tp_host *host, const char *tp_name, const char *alias,
+                          tcp_env_var *out)
+{
+    const char *tv = getenv(tp_name), *av = getenv(alias);
+    if (tv && !*tv)
+        tv = NULL;
+    if (av && !*av)
+        av = NULL;
+    if (tv && av && strcmp(tv, av) != 0)
+        return host->set_error(TP_ERR_INVALID_ARG,
+                               "tcp: %s=\"%s\" and %s=\"%s\" disagree: %s is torchrun's name for "
+                               "the same setting; unset one of them, or make them equal",
+                               tp_name, tv, alias, av, alias);
+    *out = (tcp_env_var){.value = tv ? tv : av, .name = tv || !av ? tp_name : alias};
+    return TP_OK;
+}
+
+/* torchrun's default (static) rendezvous keeps its own TCP store listening on
+ * MASTER_PORT and tells the workers so with TORCHELASTIC_USE_AGENT_STORE=True;
+ * then rank 0 listens on MASTER_PORT + 1, which every rank computes alike. */
+static tp_status agent_store_port(const tp_host *host, tcp_env_job *j)
+{
+    const char *agent = getenv("TORCHELASTIC_USE_AGENT_STORE");
+    if (!j->port.value || strcmp(j->port.name, "MASTER_PORT") != 0 || !agent ||
+        strcmp(agent, "True") != 0)
+        return TP_OK;
+    char *end;
+    errno = 0;
+    long p = strtol(j->port.value, &end, 10);
+    if (*end || errno || p < 1 || p > 65534)
+        return host->set_error(TP_ERR_INVALID_ARG,
+                               "tcp: MASTER_PORT=\"%s\" (from torchrun): expected a port in "
+                               "1..65534, since torchrun's store holds it and tp's rank 0 listens "
+                               "on MASTER_PORT + 1; or set TP_MASTER_PORT",
+                               j->port.value);
+    snprintf(j->port_buf, sizeof j->port_buf, "%ld", p + 1);
+    j->port = (tcp_env_var){.value = j->port_buf, .name = "MASTER_PORT + 1"};
+    if (host->debug)
+        host->debug("comm",
+                    "tcp: torchrun's store holds MASTER_PORT=%ld; rank 0 listens on port %ld", p,
+                    p + 1);
+    return TP_OK;
+}
+
+tp_status tcp_env_job_read(const tp_host *host, tcp_env_job *j)
+{
+    memset(j, 0, sizeof *j);
+    tp_status st = env_pick(host, "TP_RANK", "RANK", &j->rank);
+    if (st == TP_OK)
+        st = env_pick(host, "TP_WORLD_SIZE", "WORLD_SIZE", &j->world);
+    if (st == TP_OK)
+        st = env_pick(host, "TP_MASTER_ADDR", "MASTER_ADDR", &j->addr);
+    if (st == TP_OK)
+        st = env_pick(host, "TP_MASTER_PORT", "MASTER_PORT", &j->port);
+    if (st == TP_OK)
+        st = agent_store_port(host, j);
+    return st;
+}

@@ -172,6 +172,23 @@ tp_status tcp_stall_diagnose(tcp_stall_ctx *cx);
 
 /* -- tcp-rendezvous.c -------------------------------------------------- */
 
+/* One setting of the job and the variable it came from (for messages). */
+typedef struct tcp_env_var {
+    const char *value; /* NULL: neither form is set */
+    const char *name;  /* "TP_RANK", "RANK", ... */
+} tcp_env_var;
+
+/* The job as the environment describes it: TP_RANK, TP_WORLD_SIZE,
+ * TP_MASTER_ADDR, TP_MASTER_PORT, each falling back to torchrun's RANK,
+ * WORLD_SIZE, MASTER_ADDR, MASTER_PORT when unset (both set and different:
+ * TP_ERR_INVALID_ARG naming both). Under torchrun's agent store
+ * (TORCHELASTIC_USE_AGENT_STORE=True) the port is MASTER_PORT + 1. */
+typedef struct tcp_env_job {
+    tcp_env_var rank, world, addr, port;
+    char port_buf[16];
+} tcp_env_job;
+tp_status tcp_env_job_read(const tp_host *host, tcp_env_job *j);
+
 tp_status tcp_rendezvous(tcp_engine *e, const char *master_addr, const char *master_port);
 
 /* -- tcp-reduce.c ------------------------------------------------------ */

@@ -75,6 +75,19 @@ static bool is_intra(const tp_plugin_info *p)
     return false;
 }
 
+/* The plugin's own settings, one per line, like `ompi_info --param`. */
+static void print_settings(const tp_plugin_info *p)
+{
+    if (!p->n_settings) {
+        printf("    settings:   none declared\n");
+        return;
+    }
+    printf("    settings:\n");
+    for (int i = 0; i < p->n_settings; i++)
+        printf("      %-24s default: %s\n          %s\n", p->settings[i].name,
+               p->settings[i].default_value, p->settings[i].description);
+}
+
 static void print_plugin(const tp_plugin_scan *s, const tp_plugin_info *p, bool detail)
 {
     if (p->status) {
@@ -105,6 +118,8 @@ static void print_plugin(const tp_plugin_scan *s, const tp_plugin_info *p, bool 
                              "(TP_INTRA_BACKEND, comm_create)"
                            : "no (no comm_create slot): world backend only");
     print_ops("device ops:", p->device_ops);
+    if (detail)
+        print_settings(p);
 }
 
 static void print_text(const tp_plugin_scan *s)
@@ -219,6 +234,17 @@ static void json_plugin(const tp_plugin_info *p, const char *indent)
         printf(",\n%s \"available\": %s, \"unavailable_reason\": ", indent,
                p->available ? "true" : "false");
         json_str(p->unavailable_reason);
+        printf(",\n%s \"settings\": [", indent);
+        for (int i = 0; i < p->n_settings; i++) {
+            printf("%s{\"name\": ", i ? ", " : "");
+            json_str(p->settings[i].name);
+            printf(", \"default\": ");
+            json_str(p->settings[i].default_value);
+            printf(", \"description\": ");
+            json_str(p->settings[i].description);
+            printf("}");
+        }
+        printf("]");
     }
     printf("}");
 }

@@ -21,6 +21,11 @@
 extern "C" {
 #endif
 
+/* One of a plugin's own settings (TP_PLUGIN_DEFINE_SETTINGS in tp-plugin.h). */
+typedef struct tp_plugin_setting_info {
+    char *name, *default_value, *description;
+} tp_plugin_setting_info;
+
 typedef struct tp_plugin_info {
     char *path;        /* absolute path of the file */
     char *file_name;   /* <name> from libtp-<name>.so */
@@ -43,6 +48,10 @@ typedef struct tp_plugin_info {
     const char *origin; /* the directory's origin, as in tp_plugin_dir */
     char **shadows;     /* NULL-terminated paths of later files of the same name that this one
                            hides (a file on TP_PLUGIN_PATH named like a built-in plugin) */
+
+    /* The plugin's own settings, when it defines them (accepted plugins only). */
+    int n_settings;
+    tp_plugin_setting_info *settings;
 } tp_plugin_info;
 
 typedef struct tp_plugin_dir {

@@ -466,6 +466,34 @@ typedef struct tp_plugin_desc {
         return &desc;                                                                              \
     }
 
+/* ------------------------------------------------------------- settings */
+
+/* Optional, beside the descriptor: the plugin's own settings (environment
+ * variables) with their defaults, which `tp-info NAME` lists like
+ * `ompi_info --param`. A second entry point rather than a descriptor field,
+ * so it needs no ABI bump: a plugin without it has no settings to list, and
+ * an older libtp never looks for it. */
+typedef struct tp_plugin_setting {
+    const char *name;          /* "TP_TCP_CHUNK_BYTES" */
+    const char *default_value; /* as the user would see it: "262144", "unset", "(required)" */
+    const char *description;   /* one line: what it does, its range */
+} tp_plugin_setting;
+
+#define TP_PLUGIN_SETTINGS_ENTRY "tp_plugin_get_settings_v1"
+
+/* Define the settings entry point: a list of {name, default, description}
+ * initializers, e.g.
+ *   TP_PLUGIN_DEFINE_SETTINGS({"TP_X_CHUNK", "65536", "bytes per message"},
+ *                             {"TP_X_DEBUG", "0", "1: trace every call"})
+ * It returns them followed by an entry whose name is NULL. */
+#define TP_PLUGIN_DEFINE_SETTINGS(...)                                                             \
+    TP_PLUGIN_EXPORT const tp_plugin_setting *tp_plugin_get_settings_v1(void);                     \
+    TP_PLUGIN_EXPORT const tp_plugin_setting *tp_plugin_get_settings_v1(void)                      \
+    {                                                                                              \
+        static const tp_plugin_setting settings[] = {__VA_ARGS__, {NULL, NULL, NULL}};             \
+        return settings;                                                                           \
+    }
+
 #ifdef __cplusplus
 }
 #endif
