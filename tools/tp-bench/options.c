@@ -1040,7 +1040,8 @@ static const char help_top[] =
     "  layer         a TP layer's GEMM / compute / communication split, strong scaling\n"
     "  model         alpha-beta fit and projection onto NVLink / InfiniBand / PCIe links\n"
     "  plot          PNG from JSON-lines results (gnuplot)\n\n"
-    "Backend: TP_BACKEND=loopback (default) | mpi (under mpirun) | ...; TP_WORLD_SIZE or --tp.\n\n";
+    "Backend: TP_BACKEND=loopback (default) | mpi (under mpirun) | ...; TP_WORLD_SIZE or --tp.\n"
+    "tp-bench --version prints the version and git revision.\n\n";
 
 /* The layer help names the layers between its head and tail; every
  * subcommand's help but plot's ends with help_common. */
