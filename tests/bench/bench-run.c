@@ -15,6 +15,7 @@ run_result bench_run(const char *exe, const char *args, const char *const *env_e
     gchar **envp = g_get_environ();
     envp = g_environ_unsetenv(envp, "TP_WORLD_SIZE");
     envp = g_environ_unsetenv(envp, "TP_BENCH_CORRUPT");
+    envp = g_environ_unsetenv(envp, "TP_BENCH_FAKE_TIMES");
     envp = g_environ_setenv(envp, "TP_BACKEND", "loopback", TRUE);
     envp = g_environ_setenv(envp, "TP_DEVICE", "cpu", TRUE);
     envp = g_environ_setenv(envp, "TP_TIMEOUT_S", "60", TRUE);

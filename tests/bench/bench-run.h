@@ -9,7 +9,7 @@ typedef struct run_result {
 } run_result;
 
 /* Run `exe` with a shell-like argument line on loopback + cpu, with
- * TP_WORLD_SIZE and TP_BENCH_CORRUPT unset and extra environment
+ * TP_WORLD_SIZE, TP_BENCH_CORRUPT and TP_BENCH_FAKE_TIMES unset and extra environment
  * ("NAME=value" strings, NULL-terminated; env_extra may be NULL). */
 run_result bench_run(const char *exe, const char *args, const char *const *env_extra);
 void bench_run_free(run_result *r);

@@ -39,8 +39,9 @@ run() {
 }
 
 # field FILE IMPL KEY: the value of KEY in the records of IMPL, one a line
+# (with or without a space after the colon: json-glib writes none)
 field() {
-    grep "\"impl\": \"$2\"" "$1" | sed -n "s/.*\"$3\": \\([^,}]*\\).*/\\1/p"
+    grep "\"impl\": *\"$2\"" "$1" | sed -n "s/.*\"$3\": *\\([^,}]*\\).*/\\1/p"
 }
 
 # check DTYPE NSIZES LIBRARY TOL: NSIZES vtable and direct records, the

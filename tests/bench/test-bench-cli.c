@@ -14,8 +14,9 @@
 #include "bench-run.h"
 
 static const char *tp_bench; /* path, from $TP_BENCH */
-/* JSON numbers are written with 9 significant digits: a relative error up
- * to 5e-9 is rounding, anything larger a wrong value. */
+/* JSON numbers are written by json-glib with 17 significant digits (CSV:
+ * 9): a relative error up to 5e-9 is rounding, anything larger a wrong
+ * value. */
 #define JSON_REL 1e-8
 static char tmpdir[64];
 
@@ -24,11 +25,23 @@ static run_result run(const char *args, const char *const *env_extra)
     return bench_run(tp_bench, args, env_extra);
 }
 
-static GPtrArray *read_json(const char *path)
+/* Every record of a JSON-lines file. */
+static GPtrArray *read_json_all(const char *path)
 {
     GPtrArray *a = g_ptr_array_new_with_free_func((GDestroyNotify)bench_rec_free);
     char err[512];
     ck_assert_msg(bench_jsonl_read(path, a, err, sizeof err) == 0, "%s", err);
+    return a;
+}
+
+/* The measurements of a file tp-bench wrote: its first record, the meta
+ * record, is checked to be there and left out. */
+static GPtrArray *read_json(const char *path)
+{
+    GPtrArray *a = read_json_all(path);
+    ck_assert_msg(a->len > 0 && strcmp(bench_rec_kind(g_ptr_array_index(a, 0)), "meta") == 0,
+                  "%s: no meta record first", path);
+    g_ptr_array_remove_index(a, 0);
     return a;
 }
 
@@ -212,7 +225,9 @@ START_TEST(check_clean)
     ck_assert_int_eq(n, 5 * 4 * 6); /* T values x ops x sizes 52..12636 */
     gchar *text = NULL;
     ck_assert(g_file_get_contents(csv, &text, NULL, NULL));
-    ck_assert(g_str_has_prefix(text, "kind,backend,device,ranks,op,"));
+    /* the meta record's group first, then the measurements' */
+    ck_assert(g_str_has_prefix(text, "kind,tp_version,git_revision,"));
+    ck_assert_ptr_nonnull(strstr(text, "\n\nkind,backend,device,ranks,op,"));
     g_free(text);
     g_ptr_array_free(recs, TRUE);
     bench_run_free(&r);
@@ -237,24 +252,336 @@ START_TEST(check_catches_corruption)
         const bench_record *rec = g_ptr_array_index(recs, i);
         if (strcmp(bench_rec_kind(rec), "collective") != 0)
             continue;
-        /* one damaged element per timed iteration on one rank */
+        /* one damaged element per timed iteration on one rank, in each form */
         ck_assert_msg(bench_rec_get_num(rec, "wrong", 0) == 2, "%s %g bytes: wrong %g",
                       bench_rec_get_str(rec, "op"), bench_rec_get_num(rec, "bytes", 0),
                       bench_rec_get_num(rec, "wrong", 0));
+        if (bench_rec_get(rec, "ip_time_us"))
+            ck_assert(bench_rec_get_num(rec, "ip_wrong", 0) == 2);
         n++;
     }
     ck_assert_int_gt(n, 0);
-    g_ptr_array_free(recs, TRUE);
     bench_run_free(&r);
 
-    /* without --check the same damage goes unseen: exit 0 */
+    /* checking is on by default (nccl-tests' -c 1): the damage is found
+     * without -c too */
     g_free(args);
     args = g_strdup_printf("collectives --tp 2 -b 52 -e 52 -n 2 -w 0 -q --no-memcpy");
     r = run(args, env);
+    ck_assert_msg(r.code == 1, "exit %d, want 1", r.code);
+    ck_assert_ptr_nonnull(strstr(r.out, "# Out of bounds values : 12 FAILED"));
+    bench_run_free(&r);
+
+    /* -c 0: the same damage goes unseen; #wrong reads N/A, wrong is null */
+    g_free(args);
+    args = g_strdup_printf("collectives --tp 2 -b 52 -e 52 -n 2 -w 0 -q --no-memcpy -c 0 --json %s",
+                           json);
+    r = run(args, env);
     ck_assert_int_eq(r.code, 0);
+    ck_assert_ptr_nonnull(strstr(r.out, "# Out of bounds values : 0 OK (not checked: -c 0)"));
+    ck_assert_ptr_nonnull(strstr(r.out, "not checked (-c 0)"));
+    g_ptr_array_free(recs, TRUE);
+    recs = read_json(json);
+    n = 0;
+    for (guint i = 0; i < recs->len; i++) {
+        const bench_record *rec = g_ptr_array_index(recs, i);
+        if (strcmp(bench_rec_kind(rec), "collective") != 0)
+            continue;
+        ck_assert(bench_rec_get(rec, "wrong")->type == BENCH_F_NULL);
+        ck_assert(bench_rec_get(rec, "checked")->type == BENCH_F_BOOL &&
+                  !bench_rec_get(rec, "checked")->b);
+        n++;
+    }
+    ck_assert_int_eq(n, 4);
+    /* every row's #wrong columns read N/A */
+    gchar **lines = g_strsplit(r.out, "\n", -1);
+    int rows = 0;
+    for (int i = 0; lines[i]; i++) {
+        if (lines[i][0] == '#' || !lines[i][0])
+            continue;
+        gchar **tok = g_strsplit_set(g_strstrip(lines[i]), " ", -1);
+        GPtrArray *w = g_ptr_array_new();
+        for (int k = 0; tok[k]; k++)
+            if (tok[k][0])
+                g_ptr_array_add(w, tok[k]);
+        ck_assert_uint_ge(w->len, 13);
+        ck_assert_str_eq(g_ptr_array_index(w, 8), "N/A");
+        ck_assert_str_eq(g_ptr_array_index(w, 12), "N/A");
+        rows++;
+        g_ptr_array_free(w, TRUE);
+        g_strfreev(tok);
+    }
+    ck_assert_int_eq(rows, 4);
+    g_strfreev(lines);
+    g_ptr_array_free(recs, TRUE);
     bench_run_free(&r);
     g_free(args);
     g_free(json);
+}
+END_TEST
+
+/* ------------------------------------------------- nccl-tests flags */
+
+/* The collective records of a JSON-lines file (the meta record skipped). */
+static GPtrArray *collective_records(const char *json)
+{
+    GPtrArray *all = read_json(json);
+    GPtrArray *out = g_ptr_array_new_with_free_func((GDestroyNotify)bench_rec_free);
+    for (guint i = 0; i < all->len; i++)
+        if (strcmp(bench_rec_kind(g_ptr_array_index(all, i)), "collective") == 0)
+            g_ptr_array_add(out, bench_rec_copy(g_ptr_array_index(all, i)));
+    g_ptr_array_free(all, TRUE);
+    return out;
+}
+
+/* -d x -o: every dtype with every reduction, checked (exact: the data are
+ * small integers, see collectives.c); the records name them, the counts
+ * follow the element size; the damage hook is caught in every dtype. */
+START_TEST(coll_dtypes_redops)
+{
+    static const struct {
+        const char *name;
+        size_t elt;
+    } dts[] = {{"f32", 4}, {"bf16", 2}, {"f16", 2}, {"i32", 4}};
+    static const char *const ops[] = {"sum", "max", "min"};
+    gchar *json = g_strdup_printf("%s/dt.jsonl", tmpdir);
+    for (size_t d = 0; d < G_N_ELEMENTS(dts); d++)
+        for (size_t k = 0; k < G_N_ELEMENTS(ops); k++) {
+            gchar *args = g_strdup_printf("collectives --tp 3 -b 48 -e 480 -f 10 -n 2 -w 1 -q "
+                                          "--no-memcpy -d %s -o %s --json %s",
+                                          dts[d].name, ops[k], json);
+            run_result r = run(args, NULL);
+            ck_assert_msg(r.code == 0, "%s: exit %d\n%s", args, r.code, r.err);
+            GPtrArray *recs = collective_records(json);
+            ck_assert_uint_eq(recs->len, 4 * 2);
+            for (guint i = 0; i < recs->len; i++) {
+                const bench_record *rec = g_ptr_array_index(recs, i);
+                const char *op = bench_rec_get_str(rec, "op");
+                bool reduces = !strcmp(op, "all_reduce") || !strcmp(op, "reduce_scatter");
+                ck_assert_str_eq(bench_rec_get_str(rec, "dtype"), dts[d].name);
+                ck_assert_str_eq(bench_rec_get_str(rec, "redop"), reduces ? ops[k] : "none");
+                ck_assert_msg(bench_rec_get_num(rec, "wrong", -1) == 0, "%s %s: wrong %g", args, op,
+                              bench_rec_get_num(rec, "wrong", -1));
+                if (bench_rec_get(rec, "ip_wrong"))
+                    ck_assert(bench_rec_get_num(rec, "ip_wrong", -1) == 0);
+                if (!strcmp(op, "all_reduce"))
+                    ck_assert(bench_rec_get_num(rec, "count", 0) * dts[d].elt ==
+                              bench_rec_get_num(rec, "bytes", -1));
+            }
+            g_ptr_array_free(recs, TRUE);
+            bench_run_free(&r);
+            g_free(args);
+        }
+    const char *env[] = {"TP_BENCH_CORRUPT=1", NULL};
+    for (size_t d = 0; d < G_N_ELEMENTS(dts); d++) {
+        gchar *args = g_strdup_printf("collectives --tp 3 -b 48 -e 48 -n 2 -w 0 -q --no-memcpy "
+                                      "-d %s -o max --json %s",
+                                      dts[d].name, json);
+        run_result r = run(args, env);
+        ck_assert_msg(r.code == 1, "%s: exit %d, want 1", args, r.code);
+        GPtrArray *recs = collective_records(json);
+        for (guint i = 0; i < recs->len; i++)
+            ck_assert(bench_rec_get_num(g_ptr_array_index(recs, i), "wrong", 0) == 2);
+        g_ptr_array_free(recs, TRUE);
+        bench_run_free(&r);
+        g_free(args);
+    }
+    g_free(json);
+}
+END_TEST
+
+/* -a 0/1/2/3 on made-up times (TP_BENCH_FAKE_TIMES: rank r takes (r+1) ms
+ * every iteration): rank 0's 1000 us, the mean 2000, the min 1000, the
+ * max 3000, in time_us and in the table. */
+START_TEST(coll_average)
+{
+    static const double want[] = {1000, 2000, 1000, 3000};
+    static const char *const names[] = {"rank0", "mean", "min", "max"};
+    const char *env[] = {"TP_BENCH_FAKE_TIMES=1", NULL};
+    gchar *json = g_strdup_printf("%s/avg.jsonl", tmpdir);
+    for (int a = 0; a < 4; a++) {
+        gchar *args = g_strdup_printf("collectives --tp 3 -C all_reduce -b 64 -e 64 -n 3 -w 0 -q "
+                                      "--no-memcpy -a %d --json %s",
+                                      a, json);
+        run_result r = run(args, env);
+        ck_assert_msg(r.code == 0, "%s: exit %d\n%s", args, r.code, r.err);
+        GPtrArray *recs = collective_records(json);
+        ck_assert_uint_eq(recs->len, 1);
+        const bench_record *rec = g_ptr_array_index(recs, 0);
+        ck_assert_str_eq(bench_rec_get_str(rec, "average"), names[a]);
+        for (int f = 0; f < 2; f++) {
+            const char *key = f ? "ip_time_us" : "time_us";
+            ck_assert_msg(bench_rec_get_num(rec, key, 0) == want[a], "-a %d: %s %g, want %g", a,
+                          key, bench_rec_get_num(rec, key, 0), want[a]);
+        }
+        gchar *row = g_strdup_printf(" %.2f ", want[a]);
+        ck_assert_ptr_nonnull(strstr(r.out, row));
+        g_free(row);
+        g_ptr_array_free(recs, TRUE);
+        bench_run_free(&r);
+        g_free(args);
+    }
+    g_free(json);
+}
+END_TEST
+
+/* The table as nccl-tests prints it: out-of-place and in-place column
+ * groups (N/A where tp has no such form) matching the records, and the
+ * footer lines with the average busbw of every column printed. */
+START_TEST(coll_columns_footer)
+{
+    gchar *json = g_strdup_printf("%s/cols.jsonl", tmpdir);
+    gchar *args = g_strdup_printf(
+        "collectives --tp 2 -b 64 -e 256 -f 2 -n 2 -w 0 -q --no-memcpy --json %s", json);
+    run_result r = run(args, NULL);
+    ck_assert_msg(r.code == 0, "exit %d\n%s", r.code, r.err);
+    GPtrArray *recs = collective_records(json);
+    ck_assert_uint_eq(recs->len, 4 * 3);
+    double bw_sum = 0;
+    int bw_n = 0;
+    gchar **lines = g_strsplit(r.out, "\n", -1);
+    int row = 0;
+    for (int i = 0; lines[i]; i++) {
+        if (lines[i][0] == '#' || !lines[i][0])
+            continue;
+        ck_assert_uint_lt(row, recs->len);
+        const bench_record *rec = g_ptr_array_index(recs, row++);
+        const char *op = bench_rec_get_str(rec, "op");
+        gchar **tok = g_strsplit_set(g_strstrip(lines[i]), " ", -1);
+        GPtrArray *w = g_ptr_array_new();
+        for (int k = 0; tok[k]; k++)
+            if (tok[k][0])
+                g_ptr_array_add(w, tok[k]);
+        ck_assert_uint_eq(w->len, 13);
+        ck_assert(atof(g_ptr_array_index(w, 0)) == bench_rec_get_num(rec, "bytes", 0));
+        ck_assert_str_eq(g_ptr_array_index(w, 4), strcmp(op, "broadcast") ? "-1" : "0");
+        bool bcast = !strcmp(op, "broadcast"), rs = !strcmp(op, "reduce_scatter");
+        /* the form a record's time_us holds, and the in-place one */
+        const char *oop_time = g_ptr_array_index(w, 5), *ip_time = g_ptr_array_index(w, 9);
+        gchar *t = g_strdup_printf("%.2f", bench_rec_get_num(rec, "time_us", 0));
+        ck_assert_str_eq(bcast ? ip_time : oop_time, t);
+        g_free(t);
+        ck_assert(bench_rec_get(rec, "in_place")->b == bcast);
+        if (bcast)
+            ck_assert_str_eq(oop_time, "N/A");
+        else if (rs) {
+            ck_assert_str_eq(ip_time, "N/A");
+            ck_assert_ptr_null(bench_rec_get(rec, "ip_time_us"));
+        } else {
+            t = g_strdup_printf("%.2f", bench_rec_get_num(rec, "ip_time_us", 0));
+            ck_assert_str_eq(ip_time, t);
+            g_free(t);
+            ck_assert(bench_rec_get_num(rec, "ip_wrong", -1) == 0);
+            bw_sum += bench_rec_get_num(rec, "ip_busbw_gbps", 0);
+            bw_n++;
+        }
+        ck_assert_str_eq(g_ptr_array_index(w, bcast ? 12 : 8), "0"); /* #wrong */
+        bw_sum += bench_rec_get_num(rec, "busbw_gbps", 0);
+        bw_n++;
+        g_ptr_array_free(w, TRUE);
+        g_strfreev(tok);
+    }
+    ck_assert_int_eq(row, (int)recs->len);
+    g_strfreev(lines);
+    ck_assert_ptr_nonnull(strstr(r.out, "\n# Out of bounds values : 0 OK\n"));
+    const char *avg = strstr(r.out, "\n# Avg bus bandwidth    : ");
+    ck_assert_ptr_nonnull(avg);
+    double got = g_ascii_strtod(avg + strlen("\n# Avg bus bandwidth    : "), NULL);
+    ck_assert_int_eq(bw_n, 4 * 3 + 2 * 3);
+    ck_assert_msg(fabs(got - bw_sum / bw_n) <= 1e-5 * (bw_sum / bw_n), "footer %g, records %g", got,
+                  bw_sum / bw_n);
+    g_ptr_array_free(recs, TRUE);
+    bench_run_free(&r);
+    g_free(args);
+    g_free(json);
+}
+END_TEST
+
+/* The old --op COLLECTIVE spelling: still works, one deprecation line. */
+START_TEST(coll_old_op_spelling)
+{
+    gchar *json = g_strdup_printf("%s/old-op.jsonl", tmpdir);
+    gchar *args = g_strdup_printf(
+        "collectives --tp 2 --op all_gather -b 64 -e 64 -n 1 -w 0 -q --no-memcpy --json %s", json);
+    run_result r = run(args, NULL);
+    ck_assert_msg(r.code == 0, "exit %d\n%s", r.code, r.err);
+    gchar **lines = g_strsplit(g_strstrip(r.err), "\n", -1);
+    ck_assert_uint_eq(g_strv_length(lines), 1);
+    ck_assert_ptr_nonnull(strstr(lines[0], "deprecated"));
+    ck_assert_ptr_nonnull(strstr(lines[0], "-C/--collective all_gather"));
+    g_strfreev(lines);
+    GPtrArray *recs = collective_records(json);
+    ck_assert_uint_eq(recs->len, 1);
+    ck_assert_str_eq(bench_rec_get_str(g_ptr_array_index(recs, 0), "op"), "all_gather");
+    g_ptr_array_free(recs, TRUE);
+    bench_run_free(&r);
+    g_free(args);
+    g_free(json);
+}
+END_TEST
+
+/* The meta record of a real run parsed back: the plugins as loaded, the
+ * world, the version --version prints, the environment with the secret
+ * redacted (its value in neither file); model --from skips it. */
+START_TEST(meta_record_run)
+{
+    gchar *json = g_strdup_printf("%s/meta.jsonl", tmpdir),
+          *csv = g_strdup_printf("%s/meta.csv", tmpdir);
+    gchar *args = g_strdup_printf(
+        "collectives --tp 3 -C all_reduce -b 64 -e 256 -n 1 -w 0 -q --no-memcpy --json %s --csv %s",
+        json, csv);
+    const char *env[] = {"TP_TCP_SECRET=do-not-print-me-42", "TP_BENCH_META_PROBE=yes",
+                         "NCCL_META_PROBE=1", NULL};
+    run_result r = run(args, env);
+    ck_assert_msg(r.code == 0, "exit %d\n%s", r.code, r.err);
+    run_result v = run("--version", NULL);
+    ck_assert_int_eq(v.code, 0);
+    GPtrArray *recs = read_json_all(json);
+    const bench_record *m = g_ptr_array_index(recs, 0);
+    ck_assert_str_eq(bench_rec_kind(m), "meta");
+    gchar *want = g_strdup_printf("tp-bench %s (git %s)\n", bench_rec_get_str(m, "tp_version"),
+                                  bench_rec_get_str(m, "git_revision"));
+    ck_assert_str_eq(v.out, want);
+    g_free(want);
+    ck_assert_str_eq(bench_rec_get_str(m, "tp_version"), TP_VERSION);
+    ck_assert_str_eq(bench_rec_get_str(m, "backend"), "loopback");
+    ck_assert_str_eq(bench_rec_get_str(m, "device"), "cpu");
+    const char *bp = bench_rec_get_str(m, "backend_path"),
+               *dp = bench_rec_get_str(m, "device_path");
+    ck_assert(bp && g_str_has_suffix(bp, "/libtp-loopback.so") &&
+              g_file_test(bp, G_FILE_TEST_EXISTS));
+    ck_assert(dp && g_str_has_suffix(dp, "/libtp-cpu.so") && g_file_test(dp, G_FILE_TEST_EXISTS));
+    ck_assert_str_eq(bench_rec_get_str(m, "backend_version"), TP_VERSION);
+    ck_assert(bench_rec_get_num(m, "world_size", 0) == 3);
+    ck_assert(bench_rec_get_num(m, "cpu_cores", 0) == g_get_num_processors());
+    ck_assert_str_eq(bench_rec_get_str(m, "host"), g_get_host_name());
+    ck_assert_ptr_nonnull(strstr(bench_rec_get_str(m, "command"), "'collectives'"));
+    const char *envj = bench_rec_get(m, "env")->s;
+    ck_assert_ptr_nonnull(strstr(envj, "\"TP_TCP_SECRET\":\"<redacted>\""));
+    ck_assert_ptr_nonnull(strstr(envj, "\"TP_BENCH_META_PROBE\":\"yes\""));
+    ck_assert_ptr_nonnull(strstr(envj, "\"NCCL_META_PROBE\":\"1\""));
+    ck_assert_ptr_nonnull(strstr(envj, "\"TP_BACKEND\":\"loopback\""));
+    ck_assert_ptr_null(strstr(envj, "\"HOME\""));
+    for (int f = 0; f < 2; f++) {
+        gchar *text = NULL;
+        ck_assert(g_file_get_contents(f ? csv : json, &text, NULL, NULL));
+        ck_assert_ptr_null(strstr(text, "do-not-print-me-42"));
+        ck_assert(g_str_has_prefix(text, f ? "kind,tp_version," : "{\"kind\":\"meta\","));
+        g_free(text);
+    }
+    /* model --from reads the file, meta record and all */
+    gchar *margs = g_strdup_printf("model --from %s --measure-tp 0 --project-tp 2 -q", json);
+    run_result mr = run(margs, NULL);
+    ck_assert_msg(mr.code == 0, "model --from: exit %d\n%s", mr.code, mr.err);
+    ck_assert_ptr_nonnull(strstr(mr.out, "alpha-beta fit"));
+    bench_run_free(&mr);
+    g_free(margs);
+    g_ptr_array_free(recs, TRUE);
+    bench_run_free(&r);
+    bench_run_free(&v);
+    g_free(args);
+    g_free(json);
+    g_free(csv);
 }
 END_TEST
 
@@ -607,6 +934,14 @@ static Suite *suite(void)
     tcase_add_test(t, layer_wait_split);
     tcase_add_test(t, collectives_placement);
     tcase_add_test(t, model_emulated);
+    suite_add_tcase(s, t);
+    t = tcase_create("nccl-tests");
+    tcase_set_timeout(t, 240);
+    tcase_add_test(t, coll_dtypes_redops);
+    tcase_add_test(t, coll_average);
+    tcase_add_test(t, coll_columns_footer);
+    tcase_add_test(t, coll_old_op_spelling);
+    tcase_add_test(t, meta_record_run);
     suite_add_tcase(s, t);
     return s;
 }

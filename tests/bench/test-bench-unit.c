@@ -184,7 +184,10 @@ START_TEST(parse_collectives)
     ck_assert_uint_eq(o.op_mask, BENCH_OP_MASK_ALL);
     ck_assert_uint_eq(o.minbytes, 8);
     ck_assert_uint_eq(o.maxbytes, BENCH_DEFAULT_MAXBYTES);
-    ck_assert(o.stepfactor == 2.0 && o.tp == 0 && !o.check);
+    /* nccl-tests' defaults: checking on, sum, f32; times combined by max */
+    ck_assert(o.stepfactor == 2.0 && o.tp == 0 && o.check);
+    ck_assert(o.redop == TP_SUM && o.coll_dtype == TP_F32 && o.average == BENCH_AVG_MAX);
+    ck_assert_str_eq(o.note, "");
 
     ck_assert_int_eq(
         parse(&o, err, sizeof err,
@@ -195,6 +198,10 @@ START_TEST(parse_collectives)
     ck_assert_uint_eq(o.maxbytes, 1u << 20);
     ck_assert(o.stepfactor == 4 && o.iters == 3 && o.warmup == 0 && o.check && o.tp == 4);
     ck_assert_uint_eq(o.op_mask, (1u << TP_OP_ALL_REDUCE) | (1u << TP_OP_BROADCAST));
+    /* the old --op LIST still selects collectives, with a deprecation note */
+    ck_assert_ptr_nonnull(strstr(o.note, "deprecated"));
+    ck_assert_ptr_nonnull(strstr(o.note, "-C/--collective all_reduce,broadcast"));
+    ck_assert(o.redop == TP_SUM);
     ck_assert_str_eq(o.json_path, "a.jsonl");
     ck_assert_str_eq(o.csv_path, "b.csv");
     ck_assert_int_eq(o.n_sweep_tp, 2);
@@ -254,7 +261,22 @@ START_TEST(parse_errors)
         {"gemm --sizes 0", "square GEMM sizes"},
         {"plot results.jsonl", "missing --out"},
         {"plot --out x.png", "missing input"},
-        {"collectives --check=2", "0 or 1"},
+        {"collectives --check=abc", "0 (no check) or a count"},
+        {"collectives --check=-1", "0 (no check) or a count"},
+        {"collectives -d f64", "f32 (float), bf16 (bfloat16), f16 (half) or i32"},
+        {"collectives --datatype=", "needs a value"},
+        {"collectives -o prod", "unknown op 'prod' for -o"},
+        {"collectives --op avg", "unknown op 'avg' for --op"},
+        {"collectives -a 4", "0 (rank 0's time), 1 (mean over ranks), 2 (min) or 3 (max)"},
+        {"collectives -a", "needs a value"},
+        {"collectives -C nosuch", "unknown collective 'nosuch' in -C"},
+        {"collectives --collective=", "needs a value"},
+        {"collectives --compare-raw -d bf16", "MPI's f32 sum"},
+        {"collectives --compare-raw -o max", "MPI's f32 sum"},
+        {"model -o max", "applies to 'collectives' only"},
+        {"model -d bf16", "does not apply"},
+        {"gemm -o x", "does not apply"},
+        {"collectives --version=1", "takes no value"},
     };
     for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
         bench_opts o;
@@ -264,6 +286,75 @@ START_TEST(parse_errors)
         ck_assert_msg(strstr(err, cases[i].needle) != NULL, "'%s': message '%s' lacks '%s'",
                       cases[i].line, err, cases[i].needle);
     }
+}
+END_TEST
+
+/* nccl-tests' collectives flags, --version, --opt=value and "last wins". */
+START_TEST(parse_nccl_flags)
+{
+    unsetenv("TP_WORLD_SIZE");
+    bench_opts o;
+    char err[512];
+    static const struct {
+        const char *line;
+        tp_dtype dt;
+    } dts[] = {{"-d f32", TP_F32},         {"-d float", TP_F32},
+               {"-dbf16", TP_BF16},        {"--datatype bfloat16", TP_BF16},
+               {"--datatype=f16", TP_F16}, {"-d half", TP_F16},
+               {"-d i32", TP_I32},         {"--datatype=int32", TP_I32}};
+    for (size_t i = 0; i < G_N_ELEMENTS(dts); i++) {
+        gchar *line = g_strdup_printf("collectives %s", dts[i].line);
+        ck_assert_msg(parse(&o, err, sizeof err, line) == 0, "%s: %s", line, err);
+        ck_assert_msg(o.coll_dtype == dts[i].dt, "%s: dtype %d", line, o.coll_dtype);
+        g_free(line);
+    }
+    ck_assert_int_eq(parse(&o, err, sizeof err, "collectives -o max"), 0);
+    ck_assert(o.redop == TP_MAX && o.op_mask == BENCH_OP_MASK_ALL && !o.note[0]);
+    ck_assert_int_eq(parse(&o, err, sizeof err, "collectives --op=min -C all_gather"), 0);
+    ck_assert(o.redop == TP_MIN);
+    ck_assert_uint_eq(o.op_mask, 1u << TP_OP_ALL_GATHER);
+    ck_assert_int_eq(parse(&o, err, sizeof err, "collectives --collective=reduce_scatter,all"), 0);
+    ck_assert_uint_eq(o.op_mask, BENCH_OP_MASK_ALL);
+    for (int a = 0; a < 4; a++) {
+        gchar *line = g_strdup_printf("collectives -a %d", a);
+        ck_assert_int_eq(parse(&o, err, sizeof err, line), 0);
+        ck_assert_int_eq(o.average, a);
+        g_free(line);
+    }
+    ck_assert_int_eq(parse(&o, err, sizeof err, "collectives --average=1"), 0);
+    ck_assert_int_eq(o.average, BENCH_AVG_MEAN);
+    /* -c N: nccl-tests' check count; 0 off, any count on */
+    ck_assert_int_eq(parse(&o, err, sizeof err, "collectives -c 0"), 0);
+    ck_assert(!o.check);
+    ck_assert_int_eq(parse(&o, err, sizeof err, "collectives -c 0 -c 5"), 0);
+    ck_assert(o.check);
+    ck_assert_int_eq(parse(&o, err, sizeof err, "collectives --check=0 -n 4"), 0);
+    ck_assert(!o.check && o.iters == 4);
+    /* plot's -o is --out */
+    ck_assert_int_eq(parse(&o, err, sizeof err, "plot a.jsonl -o x.png"), 0);
+    ck_assert_str_eq(o.out_path, "x.png");
+    /* --version, alone or after a subcommand */
+    ck_assert_int_eq(parse(&o, err, sizeof err, "--version"), 0);
+    ck_assert(o.version);
+    ck_assert_int_eq(parse(&o, err, sizeof err, "layer --version"), 0);
+    ck_assert(o.version && o.cmd == BENCH_CMD_LAYER);
+    /* given twice: the last value wins (--from and --link add up) */
+    ck_assert_int_eq(
+        parse(&o, err, sizeof err,
+              "collectives -n 3 --iters=5 --tp 2 --tp=3 -d bf16 -d i32 -o max -o min -a 0 -a 2 "
+              "-C all_reduce -C broadcast -e 1K -e 2K --json a --json b"),
+        0);
+    ck_assert(o.iters == 5 && o.tp == 3 && o.coll_dtype == TP_I32 && o.redop == TP_MIN &&
+              o.average == BENCH_AVG_MIN && o.maxbytes == 2048);
+    ck_assert_uint_eq(o.op_mask, 1u << TP_OP_BROADCAST);
+    ck_assert_str_eq(o.json_path, "b");
+    ck_assert_int_eq(
+        parse(&o, err, sizeof err, "model --from a --from b --link x:1:1 --link y:2:2"), 0);
+    ck_assert(o.n_from == 2 && o.n_links == 2);
+    /* the command line is kept for the meta record */
+    ck_assert_int_eq(parse(&o, err, sizeof err, "collectives -n 2"), 0);
+    ck_assert_int_eq(o.argc, 4);
+    ck_assert_str_eq(o.argv[1], "collectives");
 }
 END_TEST
 
@@ -318,15 +409,20 @@ START_TEST(json_writer)
     bench_record *r = sample_record();
     GString *s = g_string_new(NULL);
     bench_json_line(r, s);
-    ck_assert_str_eq(s->str,
-                     "{\"kind\": \"collective\", \"backend\": \"loop\\\"back\", \"ranks\": 4, "
-                     "\"bytes\": 1099511627776, \"time_us\": 12.5, \"busbw_gbps\": null, "
-                     "\"checked\": true, \"note\": \"a,b\\nc\"}");
+    /* json-glib's compact form (no spaces), fields in their order */
+    ck_assert_str_eq(s->str, "{\"kind\":\"collective\",\"backend\":\"loop\\\"back\",\"ranks\":4,"
+                             "\"bytes\":1099511627776,\"time_us\":12.5,\"busbw_gbps\":null,"
+                             "\"checked\":true,\"note\":\"a,b\\nc\"}");
     /* replacing a field keeps its position */
     bench_rec_int(r, "ranks", 2);
     g_string_truncate(s, 0);
     bench_json_line(r, s);
-    ck_assert_ptr_nonnull(strstr(s->str, "\"backend\": \"loop\\\"back\", \"ranks\": 2, \"bytes\""));
+    ck_assert_ptr_nonnull(strstr(s->str, "\"backend\":\"loop\\\"back\",\"ranks\":2,\"bytes\""));
+    /* a nested value (the meta record's env) is written as JSON, not a string */
+    bench_rec_json(r, "env", "{\"TP_X\": \"1\"}");
+    g_string_truncate(s, 0);
+    bench_json_line(r, s);
+    ck_assert(g_str_has_suffix(s->str, ",\"env\":{\"TP_X\":\"1\"}}"));
     g_string_free(s, TRUE);
     bench_rec_free(r);
 }
@@ -387,10 +483,20 @@ START_TEST(json_reader)
     ck_assert_str_eq(bench_rec_get_str(back, "u"), "\xc3\xa9\t");
     bench_rec_free(back);
 
+    /* objects and arrays inside come back as their JSON text */
+    back = bench_json_parse("{\"a\": {\"b\": 1}, \"c\": [1, \"x\"], \"d\": 2}", err, sizeof err);
+    ck_assert_msg(back != NULL, "%s", err);
+    ck_assert(bench_rec_get(back, "a")->type == BENCH_F_JSON);
+    ck_assert_str_eq(bench_rec_get(back, "a")->s, "{\"b\":1}");
+    ck_assert_str_eq(bench_rec_get(back, "c")->s, "[1,\"x\"]");
+    ck_assert(bench_rec_get_num(back, "d", 0) == 2);
+    ck_assert_ptr_null(bench_rec_get_str(back, "a")); /* not a string */
+    bench_rec_free(back);
+
     const char *bad[] = {"",
+                         "   ",
                          "[1]",
-                         "{\"a\": {\"b\": 1}}",
-                         "{\"a\": [1]}",
+                         "42",
                          "{\"a\" 1}",
                          "{\"a\": 1,}",
                          "{\"a\": 1} x",
@@ -442,6 +548,136 @@ START_TEST(sink_files)
     ck_assert_int_eq(bench_sink_close(&s), -1);
     ck_assert_ptr_nonnull(strstr(s.err, "/nonexistent/dir/r.jsonl"));
 
+    g_ptr_array_free(back, TRUE);
+    bench_rec_free(r);
+    unlink(json);
+    unlink(csv);
+    rmdir(dir);
+    g_free(json);
+    g_free(csv);
+}
+END_TEST
+
+/* The meta record: every field present and right, written as JSON and
+ * parsed back; the environment filtered to TP_*, OMPI_*, NCCL_* and a
+ * secret's value never written. */
+START_TEST(meta_record)
+{
+    char *const envp[] = {"TP_TCP_SECRET=s3cr3t-value",
+                          "TP_BACKEND=loopback",
+                          "OMPI_COMM_WORLD_RANK=0",
+                          "NCCL_DEBUG=INFO",
+                          "NCCL_IB_TOKEN=tok-value",
+                          "HOME=/home/x",
+                          "PATH=/bin",
+                          "XTP_NOT=1",
+                          NULL};
+    char *const argv[] = {"tp-bench", "collectives", "--json", "a b.jsonl", NULL};
+    GDateTime *before = g_date_time_new_now_utc();
+    bench_record *m = bench_meta_new(4, argv, envp);
+    GDateTime *after = g_date_time_new_now_utc();
+    bench_meta_set_plugin(m, "backend", "loopback", "/x/libtp-loopback.so", "0.1.0");
+    bench_rec_int(m, "world_size", 3);
+    GString *line = g_string_new(NULL);
+    bench_json_line(m, line);
+    ck_assert_ptr_null(strstr(line->str, "s3cr3t"));
+    ck_assert_ptr_null(strstr(line->str, "tok-value"));
+    ck_assert_ptr_null(strstr(line->str, "/home/x"));
+
+    char err[200];
+    bench_record *back = bench_json_parse(line->str, err, sizeof err);
+    ck_assert_msg(back, "%s", err);
+    static const char *const keys[] = {
+        "kind",           "tp_version", "git_revision", "date_utc",        "host",   "cpu_model",
+        "cpu_cores",      "backend",    "backend_path", "backend_version", "device", "device_path",
+        "device_version", "world_size", "env",          "command"};
+    ck_assert_int_eq(back->n, (int)G_N_ELEMENTS(keys));
+    for (size_t i = 0; i < G_N_ELEMENTS(keys); i++)
+        ck_assert_str_eq(back->f[i].key, keys[i]); /* present, in this order */
+    ck_assert_str_eq(bench_rec_kind(back), "meta");
+    ck_assert_str_eq(bench_rec_get_str(back, "tp_version"), TP_VERSION);
+    ck_assert(strlen(bench_rec_get_str(back, "git_revision")) > 0);
+    ck_assert_str_eq(bench_rec_get_str(back, "host"), g_get_host_name());
+    ck_assert(bench_rec_get_num(back, "cpu_cores", 0) == g_get_num_processors());
+    ck_assert_str_eq(bench_rec_get_str(back, "backend"), "loopback");
+    ck_assert_str_eq(bench_rec_get_str(back, "backend_path"), "/x/libtp-loopback.so");
+    ck_assert_str_eq(bench_rec_get_str(back, "backend_version"), "0.1.0");
+    ck_assert(bench_rec_get(back, "device")->type == BENCH_F_NULL); /* not set: null */
+    ck_assert(bench_rec_get_num(back, "world_size", 0) == 3);
+    /* the date: UTC, ISO 8601, between the clock reads around the call */
+    GDateTime *d = g_date_time_new_from_iso8601(bench_rec_get_str(back, "date_utc"), NULL);
+    ck_assert_ptr_nonnull(d);
+    ck_assert(g_str_has_suffix(bench_rec_get_str(back, "date_utc"), "Z"));
+    ck_assert(g_date_time_to_unix(d) >= g_date_time_to_unix(before) &&
+              g_date_time_to_unix(d) <= g_date_time_to_unix(after));
+    /* the command line parses back to argv */
+    gchar **args = NULL;
+    int argc = 0;
+    ck_assert(g_shell_parse_argv(bench_rec_get_str(back, "command"), &argc, &args, NULL));
+    ck_assert_int_eq(argc, 4);
+    for (int i = 0; i < 4; i++)
+        ck_assert_str_eq(args[i], argv[i]);
+    g_strfreev(args);
+    /* env: exactly the wanted variables, sorted, the secrets redacted */
+    ck_assert(bench_rec_get(back, "env")->type == BENCH_F_JSON);
+    ck_assert_str_eq(bench_rec_get(back, "env")->s,
+                     "{\"NCCL_DEBUG\":\"INFO\",\"NCCL_IB_TOKEN\":\"" BENCH_META_REDACTED
+                     "\",\"OMPI_COMM_WORLD_RANK\":\"0\",\"TP_BACKEND\":\"loopback\","
+                     "\"TP_TCP_SECRET\":\"" BENCH_META_REDACTED "\"}");
+    /* the CSV row holds the same env text in one cell */
+    g_string_truncate(line, 0);
+    bench_csv_row(back, line);
+    ck_assert_ptr_nonnull(strstr(line->str, "\"{\"\"NCCL_DEBUG\"\":\"\"INFO\"\""));
+    ck_assert_ptr_null(strstr(line->str, "s3cr3t"));
+
+    /* this process's environment when envp is NULL */
+    g_setenv("TP_TCP_SECRET", "other-s3cr3t", TRUE);
+    bench_record *own = bench_meta_new(0, NULL, NULL);
+    g_string_truncate(line, 0);
+    bench_json_line(own, line);
+    ck_assert_ptr_null(strstr(line->str, "other-s3cr3t"));
+    ck_assert_ptr_nonnull(strstr(line->str, "\"TP_TCP_SECRET\":\"" BENCH_META_REDACTED "\""));
+    g_unsetenv("TP_TCP_SECRET");
+
+    bench_rec_free(own);
+    bench_rec_free(back);
+    bench_rec_free(m);
+    g_string_free(line, TRUE);
+    g_date_time_unref(d);
+    g_date_time_unref(before);
+    g_date_time_unref(after);
+}
+END_TEST
+
+/* A sink with a meta record writes it first, once, in JSON and CSV. */
+START_TEST(sink_meta_first)
+{
+    char dir[] = "/tmp/tp-bench-unit-XXXXXX";
+    ck_assert_ptr_nonnull(g_mkdtemp(dir));
+    char *json = g_build_filename(dir, "m.jsonl", NULL),
+         *csv = g_build_filename(dir, "m.csv", NULL);
+    bench_sink s;
+    bench_sink_init(&s, json, csv);
+    bench_record *m = bench_rec_new("meta");
+    bench_rec_str(m, "host", "h");
+    bench_sink_set_meta(&s, m);
+    bench_rec_str(m, "host", "h2"); /* may change until written */
+    bench_record *r = bench_rec_new("collective");
+    bench_rec_int(r, "bytes", 8);
+    bench_sink_emit(&s, r);
+    bench_sink_emit(&s, r);
+    ck_assert_int_eq(bench_sink_close(&s), 0);
+    GPtrArray *back = g_ptr_array_new_with_free_func((GDestroyNotify)bench_rec_free);
+    char err[256];
+    ck_assert_int_eq(bench_jsonl_read(json, back, err, sizeof err), 0);
+    ck_assert_uint_eq(back->len, 3);
+    ck_assert_str_eq(bench_rec_kind(g_ptr_array_index(back, 0)), "meta");
+    ck_assert_str_eq(bench_rec_get_str(g_ptr_array_index(back, 0), "host"), "h2");
+    ck_assert_str_eq(bench_rec_kind(g_ptr_array_index(back, 2)), "collective");
+    gchar *text = NULL;
+    ck_assert(g_file_get_contents(csv, &text, NULL, NULL));
+    ck_assert_str_eq(text, "kind,host\nmeta,h2\n\nkind,bytes\ncollective,8\ncollective,8\n");
+    g_free(text);
     g_ptr_array_free(back, TRUE);
     bench_rec_free(r);
     unlink(json);
@@ -733,7 +969,7 @@ START_TEST(placement_fields)
     GString *line = g_string_new(NULL);
     bench_json_line(r, line);
     ck_assert_ptr_nonnull(
-        strstr(line->str, "\"nodes\": 2, \"ranks_per_node\": 2, \"link\": \"1gbit,50us\""));
+        strstr(line->str, "\"nodes\":2,\"ranks_per_node\":2,\"link\":\"1gbit,50us\""));
     char err[128];
     bench_record *back = bench_json_parse(line->str, err, sizeof err);
     ck_assert_msg(back, "%s", err);
@@ -829,6 +1065,7 @@ static Suite *suite(void)
     tcase_add_test(t, lists_and_links);
     tcase_add_test(t, parse_collectives);
     tcase_add_test(t, parse_errors);
+    tcase_add_test(t, parse_nccl_flags);
     tcase_add_test(t, parse_layer_model_plot);
     suite_add_tcase(s, t);
     t = tcase_create("output");
@@ -836,6 +1073,8 @@ static Suite *suite(void)
     tcase_add_test(t, csv_writer);
     tcase_add_test(t, json_reader);
     tcase_add_test(t, sink_files);
+    tcase_add_test(t, meta_record);
+    tcase_add_test(t, sink_meta_first);
     suite_add_tcase(s, t);
     t = tcase_create("model");
     tcase_add_test(t, fit_recovers_exact);

@@ -46,7 +46,9 @@ static int check_layer(const char *args, const char *tps, const want_calls want[
     char err[512];
     ck_assert_msg(bench_jsonl_read(json, a, err, sizeof err) == 0, "%s", err);
     int checked = 0;
-    for (guint i = 0; i < a->len; i++) {
+    /* the meta record first, then layer records only */
+    ck_assert(a->len > 0 && strcmp(bench_rec_kind(a->pdata[0]), "meta") == 0);
+    for (guint i = 1; i < a->len; i++) {
         const bench_record *rec = a->pdata[i];
         ck_assert_str_eq(bench_rec_kind(rec), "layer");
         if (bench_rec_get_num(rec, "rank", 0) != -1)

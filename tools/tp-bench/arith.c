@@ -152,3 +152,51 @@ double bench_now(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+
+static const char *const redop_names[] = {[TP_SUM] = "sum", [TP_MAX] = "max", [TP_MIN] = "min"};
+
+const char *bench_redop_name(int redop)
+{
+    return redop >= 0 && redop < (int)G_N_ELEMENTS(redop_names) ? redop_names[redop] : NULL;
+}
+
+int bench_redop_from_name(const char *name)
+{
+    for (int i = 0; name && i < (int)G_N_ELEMENTS(redop_names); i++)
+        if (strcmp(redop_names[i], name) == 0)
+            return i;
+    return -1;
+}
+
+int bench_dtype_from_name(const char *name)
+{
+    static const struct {
+        const char *name;
+        tp_dtype dt;
+    } names[] = {
+        {"f32", TP_F32},       {"float", TP_F32}, {"float32", TP_F32}, {"bf16", TP_BF16},
+        {"bfloat16", TP_BF16}, {"f16", TP_F16},   {"half", TP_F16},    {"float16", TP_F16},
+        {"i32", TP_I32},       {"int32", TP_I32}, {"int", TP_I32},
+    };
+    for (size_t i = 0; name && i < G_N_ELEMENTS(names); i++)
+        if (strcmp(names[i].name, name) == 0)
+            return names[i].dt;
+    return -1;
+}
+
+const char *bench_average_name(int average)
+{
+    static const char *const names[] = {"rank0", "mean", "min", "max"};
+    return average >= 0 && average < 4 ? names[average] : NULL;
+}
+
+const char *bench_dtype_name(int dt)
+{
+    switch (dt) {
+        case TP_F32: return "f32";
+        case TP_F16: return "f16";
+        case TP_BF16: return "bf16";
+        case TP_I32: return "i32";
+        default: return NULL;
+    }
+}

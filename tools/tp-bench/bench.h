@@ -50,6 +50,22 @@ int bench_fail(char *err, size_t len, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
 const char *bench_op_name(int op);        /* "all_reduce", ...; NULL if not a swept op */
 int bench_op_from_name(const char *name); /* -1 if unknown */
 
+/* Reductions (tp_redop): "sum", "max", "min"; -1 / NULL otherwise. */
+const char *bench_redop_name(int redop);
+int bench_redop_from_name(const char *name);
+/* tp_dtype of "f32"/"bf16"/"f16"/"i32" or nccl-tests' "float", "bfloat16",
+ * "half", "int32"; -1 if unknown. */
+int bench_dtype_from_name(const char *name);
+const char *bench_dtype_name(int dt); /* "f32", "f16", "bf16", "i32"; NULL otherwise */
+/* -a: how per-rank times combine, nccl-tests' numbering. */
+enum {
+    BENCH_AVG_RANK0 = 0,
+    BENCH_AVG_MEAN = 1,
+    BENCH_AVG_MIN = 2,
+    BENCH_AVG_MAX = 3
+};
+const char *bench_average_name(int average); /* "rank0", "mean", "min", "max" */
+
 /* nccl-tests' bus-bandwidth factor for op on n ranks: all_reduce
  * 2(n-1)/n, all_gather and reduce_scatter (n-1)/n, broadcast 1. */
 double bench_busbw_factor(int op, int nranks);
@@ -101,6 +117,9 @@ typedef struct bench_link {
 typedef struct bench_opts {
     bench_cmd cmd;
     bool help;
+    bool version; /* --version */
+    int argc;     /* the command line, for the meta record */
+    char **argv;
 
     /* launch */
     int tp;                       /* --tp / TP_WORLD_SIZE; 0 = engine decides */
@@ -110,16 +129,20 @@ typedef struct bench_opts {
     int threads;                  /* --threads: BLAS threads per rank, 0 = default */
 
     /* sweeps */
-    unsigned op_mask;          /* --op, default all four */
-    bool op_set;               /* --op given */
+    unsigned op_mask;          /* -C/--collective (old: --op LIST), default all four */
+    bool op_set;               /* -C given */
     size_t fit_min;            /* model --fit-min: smallest size fitted, default 0 */
     size_t minbytes, maxbytes; /* -b / -e */
     bool maxbytes_set;
-    double stepfactor; /* -f */
-    int iters, warmup; /* -n / -w; < 0: per-subcommand default */
-    bool check;        /* -c */
-    bool compare_raw;  /* --compare-raw (MPI hook) */
-    bool no_memcpy;    /* --no-memcpy */
+    double stepfactor;   /* -f */
+    int iters, warmup;   /* -n / -w; < 0: per-subcommand default */
+    bool check;          /* -c [N]: on unless -c 0 */
+    tp_dtype coll_dtype; /* -d/--datatype, collectives only (default f32) */
+    tp_redop redop;      /* -o/--op (default sum) */
+    int average;         /* -a 0..3 (BENCH_AVG_*), default max */
+    char note[256];      /* a deprecation note main prints, "" if none */
+    bool compare_raw;    /* --compare-raw (MPI hook) */
+    bool no_memcpy;      /* --no-memcpy */
 
     /* gemm */
     int64_t gemm_sizes[BENCH_MAX_LIST];
@@ -187,7 +210,8 @@ typedef enum bench_ftype {
     BENCH_F_INT,
     BENCH_F_DBL,
     BENCH_F_BOOL,
-    BENCH_F_NULL
+    BENCH_F_NULL,
+    BENCH_F_JSON /* an object or array, kept as its JSON text in s (meta: env) */
 } bench_ftype;
 
 typedef struct bench_field {
@@ -212,6 +236,8 @@ void bench_rec_str(bench_record *r, const char *key, const char *v); /* NULL v -
 void bench_rec_int(bench_record *r, const char *key, int64_t v);
 void bench_rec_dbl(bench_record *r, const char *key, double v); /* non-finite -> null */
 void bench_rec_bool(bench_record *r, const char *key, bool v);
+/* An object or array given as JSON text (written nested; CSV: the text). */
+void bench_rec_json(bench_record *r, const char *key, const char *json);
 /* time_us, time_min_us, time_max_us: a summary of seconds, in µs. */
 void bench_rec_times(bench_record *r, const bench_summary *sm);
 const bench_field *bench_rec_get(const bench_record *r, const char *key);
@@ -227,8 +253,9 @@ void bench_csv_header(const bench_record *r, GString *out);
 void bench_csv_row(const bench_record *r, GString *out);
 bool bench_rec_same_keys(const bench_record *a, const bench_record *b);
 
-/* Parse one JSON-lines record: a flat object of strings, numbers, booleans
- * and nulls. Returns NULL (with err) on anything else. */
+/* Parse one JSON-lines record (json-glib): an object whose members are
+ * strings, numbers, booleans and nulls, or objects/arrays (kept as
+ * BENCH_F_JSON text). Returns NULL (with err) on anything else. */
 bench_record *bench_json_parse(const char *line, char *err, size_t errlen);
 /* Read every record of a JSON-lines file into arr (of bench_record*).
  * Returns 0 or -1 with err naming the file and line. */
@@ -240,6 +267,8 @@ int bench_jsonl_read(const char *path, GPtrArray *arr, char *err, size_t errlen)
  * that never emit (non-zero ranks under mpirun) create nothing. */
 typedef struct bench_sink {
     const char *json_path, *csv_path;
+    bench_record *meta; /* written before the first record (bench_sink_set_meta) */
+    bool meta_done;
     FILE *json;
     GPtrArray *records; /* for CSV */
     bool failed;
@@ -248,7 +277,10 @@ typedef struct bench_sink {
 
 void bench_sink_init(bench_sink *s, const char *json_path, const char *csv_path);
 void bench_sink_emit(bench_sink *s, const bench_record *r); /* copies r */
-int bench_sink_close(bench_sink *s);                        /* 0, or -1 (message in s->err) */
+/* The meta record (owned by the sink, NULL: none) that bench_sink_emit
+ * writes before the first record; it may be changed until then. */
+void bench_sink_set_meta(bench_sink *s, bench_record *meta);
+int bench_sink_close(bench_sink *s); /* 0, or -1 (message in s->err) */
 /* Before any run: each path given (NULL: none) can be written -- an
  * existing writable file or device, or a new file in a writable directory.
  * 0, or -1 with err naming the flag, the file and why. The CSV is written
@@ -260,6 +292,25 @@ int bench_sink_check_paths(const char *json_path, const char *csv_path, const ch
                            char *err, size_t errlen);
 /* Write records as CSV (grouped as above) to f. */
 void bench_csv_write_all(GPtrArray *records, GString *out);
+
+/* ------------------------------------------------------------- meta.c */
+
+/* The meta record that starts every JSON/CSV output (bench_sink_set_meta):
+ * kind "meta", tp_version and git_revision (tp-version.h), date_utc
+ * (ISO 8601), host, cpu_model (null where /proc/cpuinfo names none),
+ * cpu_cores (usable by this process), backend, backend_path,
+ * backend_version, device, device_path, device_version, world_size (null
+ * until the driver fills them), env (an object: every TP_*, OMPI_* and
+ * NCCL_* variable of envp, by name; a secret's value is
+ * BENCH_META_REDACTED) and command (argv, shell-quoted). envp NULL: this
+ * process's environment. */
+#define BENCH_META_REDACTED "<redacted>"
+bench_record *bench_meta_new(int argc, char *const *argv, char *const *envp);
+bool bench_meta_env_wanted(const char *name); /* TP_*, OMPI_*, NCCL_* */
+bool bench_meta_env_secret(const char *name); /* TP_TCP_SECRET, *PASSWORD*, *TOKEN* */
+/* role "backend" or "device": its name, the plugin file and its version. */
+void bench_meta_set_plugin(bench_record *m, const char *role, const char *name, const char *path,
+                           const char *version);
 
 /* -------------------------------------------------------------- fit.c */
 
@@ -335,10 +386,15 @@ typedef struct bench_env {
     bool single_process; /* every rank is a thread of this process */
     tp_ctx *ctx;         /* current context, NULL before the first init */
     bool printer;        /* this process ran world rank 0 (it prints) */
+    bench_sink *sink;    /* bench_env_attach: its meta record gets the run's fields */
 } bench_env;
 
 void bench_env_init(bench_env *env, const bench_opts *o);
 void bench_env_finish(bench_env *env); /* tp_finalize */
+/* The subcommand's output: with --json/--csv, the sink gets a meta record
+ * (bench_meta_new), whose backend, device and world_size fields each
+ * tp_init fills in until it is written. */
+void bench_env_attach(bench_env *env, bench_sink *sink);
 /* The end of a subcommand: bench_env_finish, then close the sink; a sink
  * that could not be written prints its error and turns rc 0 into
  * BENCH_EXIT_FAIL. Returns the exit code. */

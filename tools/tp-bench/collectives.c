@@ -166,52 +166,98 @@ typedef struct coll_run {
     size_t *sizes;
     int nsizes;
     int iters, warmup;
+    tp_dtype dt;               /* -d (model: f32) */
+    size_t elt;                /* its size */
+    tp_redop redop;            /* -o */
+    bool inplace;              /* also time the in-place form (collectives, not model) */
     double *copy1_s, *copyT_s; /* per size, NULL if not measured */
     bool corrupt;
+    bool fake_times; /* test hook TP_BENCH_FAKE_TIMES: rank r "took" (r+1) ms */
     bool raw;
     bool header_done;
     uint64_t wrong_total;
+    double busbw_sum; /* over the rows printed, both columns: nccl-tests' average */
+    int busbw_n;
     bench_progress prog;
 } coll_run;
 
-/* Check pattern: small integers, so sums over up to 64 ranks are exact in
- * f32 in any order and the comparison can be exact. */
+/* Check pattern: integers in [-4, 4], so every partial sum over up to 64
+ * ranks is an integer of magnitude <= 256, exact in f32, f16 (11-bit
+ * significand), bf16 (8-bit: every integer up to 2^8) and i32, whatever
+ * the order or the precision of the plugin's accumulation; max and min
+ * return one of the inputs. The comparison is therefore exact for every
+ * dtype (tolerance 0): any difference is a wrong element. */
 static inline float pattern(int rank, size_t i)
 {
-    return (float)((int)(((size_t)rank * 131u + i * 7u) % 17u) - 8);
+    return (float)((int)(((size_t)rank * 131u + i * 7u) % 9u) - 4);
 }
 
-static const char *redop_name(int op)
+static bool op_reduces(int op)
 {
-    return (op == TP_OP_ALL_REDUCE || op == TP_OP_REDUCE_SCATTER) ? "sum" : "none";
+    return op == TP_OP_ALL_REDUCE || op == TP_OP_REDUCE_SCATTER;
 }
 
-static tp_status run_op(tp_comm *comm, int op, const void *send, void *recv, void *buf_bcast,
+static const char *redop_name(const coll_run *c, int op)
+{
+    return op_reduces(op) ? bench_redop_name(c->redop) : "none";
+}
+
+/* f32 values into dtype dt (i32: the integers themselves). */
+static void to_dtype(tp_dtype dt, void *dst, const float *src, size_t n)
+{
+    if (dt == TP_I32)
+        for (size_t i = 0; i < n; i++)
+            ((int32_t *)dst)[i] = (int32_t)src[i];
+    else
+        tp_host_convert(dt, dst, TP_F32, src, n);
+}
+
+static void from_dtype(tp_dtype dt, float *dst, const void *src, size_t n)
+{
+    if (dt == TP_I32)
+        for (size_t i = 0; i < n; i++)
+            dst[i] = (float)((const int32_t *)src)[i];
+    else
+        tp_host_convert(TP_F32, dst, dt, src, n);
+}
+
+static float reduce2(tp_redop r, float a, float b)
+{
+    return r == TP_MAX ? (a > b ? a : b) : r == TP_MIN ? (a < b ? a : b) : a + b;
+}
+
+static tp_status run_op(const coll_run *c, tp_comm *comm, int op, const void *send, void *recv,
                         size_t per, size_t total)
 {
     switch (op) {
-        case TP_OP_ALL_REDUCE: return tp_all_reduce(comm, send, recv, total, TP_F32, TP_SUM);
-        case TP_OP_ALL_GATHER: return tp_all_gather(comm, send, recv, per, TP_F32);
-        case TP_OP_REDUCE_SCATTER: return tp_reduce_scatter(comm, send, recv, per, TP_F32, TP_SUM);
-        case TP_OP_BROADCAST: return tp_broadcast(comm, buf_bcast, total, TP_F32, 0);
+        case TP_OP_ALL_REDUCE: return tp_all_reduce(comm, send, recv, total, c->dt, c->redop);
+        case TP_OP_ALL_GATHER: return tp_all_gather(comm, send, recv, per, c->dt);
+        case TP_OP_REDUCE_SCATTER: return tp_reduce_scatter(comm, send, recv, per, c->dt, c->redop);
+        case TP_OP_BROADCAST: return tp_broadcast(comm, recv, total, c->dt, 0);
     }
     return tp_set_error(TP_ERR_INTERNAL, "tp-bench: op %d not swept", op);
 }
 
-/* Fill the host input of `op` for rank r and, if expect is not NULL, the
+/* The reduction over ranks of pattern(., i). */
+static float reduced(tp_redop r, int T, size_t i)
+{
+    float s = pattern(0, i);
+    for (int q = 1; q < T; q++)
+        s = reduce2(r, s, pattern(q, i));
+    return s;
+}
+
+/* The f32 input of `op` for rank r and, if expect is not NULL, the
  * expected output. */
-static void make_reference(int op, int r, int T, size_t per, size_t total, float *in, float *expect)
+static void make_reference(int op, tp_redop red, int r, int T, size_t per, size_t total, float *in,
+                           float *expect)
 {
     switch (op) {
         case TP_OP_ALL_REDUCE:
             for (size_t i = 0; i < total; i++) {
                 in[i] = pattern(r, i);
-                if (expect) {
-                    float s = 0;
-                    for (int q = 0; q < T; q++)
-                        s += pattern(q, i);
-                    expect[i] = s;
-                }
+                if (expect)
+                    expect[i] = reduced(red, T, i);
             }
             break;
         case TP_OP_ALL_GATHER:
@@ -224,17 +270,12 @@ static void make_reference(int op, int r, int T, size_t per, size_t total, float
         case TP_OP_REDUCE_SCATTER:
             for (size_t i = 0; i < total; i++)
                 in[i] = pattern(r, i);
-            for (size_t i = 0; expect && i < per; i++) {
-                float s = 0;
-                for (int q = 0; q < T; q++)
-                    s += pattern(q, (size_t)r * per + i);
-                expect[i] = s;
-            }
+            for (size_t i = 0; expect && i < per; i++)
+                expect[i] = reduced(red, T, (size_t)r * per + i);
             break;
         case TP_OP_BROADCAST:
             for (size_t i = 0; i < total; i++) {
-                in[i] =
-                    r == 0 ? pattern(0, i) : 1000.0f + pattern(r, i); /* non-roots start wrong */
+                in[i] = r == 0 ? pattern(0, i) : 100.0f + pattern(r, i); /* non-roots start wrong */
                 if (expect)
                     expect[i] = pattern(0, i);
             }
@@ -261,8 +302,9 @@ done:
     return st;
 }
 
-/* Element-wise max over ranks of per-iteration times (µs, f32). */
-static tp_status max_times(tp_comm *comm, float *us, int n)
+/* Per-iteration times (µs, f32) combined over ranks as -a says:
+ * rank 0's own, the mean, the min or the max (nccl-tests' 0/1/2/3). */
+static tp_status combine_times(tp_comm *comm, int average, float *us, int n)
 {
     tp_device *dev = tp_comm_device(comm);
     void *d = NULL;
@@ -270,8 +312,18 @@ static tp_status max_times(tp_comm *comm, float *us, int n)
     tp_status st;
     TP_TRY_GOTO(tp_dev_alloc(dev, bytes, &d), st, done);
     TP_TRY_GOTO(tp_dev_upload(dev, d, us, bytes), st, done);
-    TP_TRY_GOTO(tp_all_reduce(comm, d, d, (size_t)n, TP_F32, TP_MAX), st, done);
-    st = tp_dev_download(dev, us, d, bytes);
+    if (average == BENCH_AVG_RANK0)
+        TP_TRY_GOTO(tp_broadcast(comm, d, (size_t)n, TP_F32, 0), st, done);
+    else
+        TP_TRY_GOTO(tp_all_reduce(comm, d, d, (size_t)n, TP_F32,
+                                  average == BENCH_AVG_MIN   ? TP_MIN
+                                  : average == BENCH_AVG_MAX ? TP_MAX
+                                                             : TP_SUM),
+                    st, done);
+    TP_TRY_GOTO(tp_dev_download(dev, us, d, bytes), st, done);
+    if (average == BENCH_AVG_MEAN)
+        for (int i = 0; i < n; i++)
+            us[i] /= (float)tp_comm_size(comm);
 done:
     tp_dev_free(dev, d);
     return st;
@@ -279,11 +331,15 @@ done:
 
 static void print_header(const coll_run *c, int op, int T)
 {
-    printf("#\n# %s, %d rank%s, backend %s, device %s, %d iters (%d warm-up)%s\n",
+    printf("#\n# %s, %d rank%s, backend %s, device %s, %d iters (%d warm-up), %s, time: median "
+           "over iterations of the %s over ranks (-a %d)%s\n",
            bench_op_name(op), T, T == 1 ? "" : "s", c->env->backend, c->env->device, c->iters,
-           c->warmup, c->o->check ? ", checked" : "");
-    printf("# %12s %12s %5s %6s %10s %10s %10s %11s %11s %8s", "size", "count", "type", "redop",
-           "min(us)", "time(us)", "max(us)", "algbw(GB/s)", "busbw(GB/s)", "#wrong");
+           c->warmup, tp_dtype_name(c->dt), bench_average_name(c->o->average), c->o->average,
+           c->o->check ? ", checked" : ", not checked (-c 0)");
+    printf("# %43s%-42s%s\n", "", "   out-of-place", "   in-place");
+    printf("# %12s %12s %5s %6s %4s %10s %11s %11s %6s %10s %11s %11s %6s", "size", "count", "type",
+           "redop", "root", "time(us)", "algbw(GB/s)", "busbw(GB/s)", "#wrong", "time(us)",
+           "algbw(GB/s)", "busbw(GB/s)", "#wrong");
     if (op == TP_OP_ALL_REDUCE && c->copyT_s)
         printf(" %10s %8s", "copyT(us)", "t/copyT");
     if (c->raw)
@@ -298,17 +354,20 @@ typedef struct coll_rank_ctx {
     tp_comm *comm;
     tp_device *dev;
     int r, T;
-    bool printer;       /* records results */
-    bool show;          /* prints the table */
-    float *us, *raw_us; /* per timed iteration, µs */
-    double *dv;         /* seconds, for bench_summarize */
-    bench_place place;  /* where the T ranks run */
+    bool printer;               /* records results */
+    bool show;                  /* prints the table */
+    float *us, *ip_us, *raw_us; /* per timed iteration, µs */
+    double *dv;                 /* seconds, for bench_summarize */
+    bench_place place;          /* where the T ranks run */
 } coll_rank_ctx;
 
 /* One op's buffers, sized for its largest message. */
 typedef struct coll_bufs {
     void *send, *recv;
-    float *h_in, *h_expect, *h_got; /* the last two with --check only */
+    void *h_in;               /* the input in the dtype */
+    float *h_inf;             /* the input in f32 */
+    float *h_expect, *h_gotf; /* --check only: expected and received, f32 */
+    void *h_got;              /* --check only: received, in the dtype */
 } coll_bufs;
 
 /* One op at one size: element counts (bench_op_counts) and outcome. */
@@ -316,29 +375,31 @@ typedef struct coll_size {
     int op, s; /* s: index into c->sizes */
     size_t per, total, bytes;
     size_t sn, rn;      /* elements sent, received */
-    void *bbuf;         /* broadcast's buffer (the send buffer), else NULL */
+    bool have_oop;      /* the out-of-place form was timed (all but broadcast) */
+    bool have_ip;       /* the in-place form was timed */
     bool have_raw;      /* --compare-raw timed the engine's own call */
-    uint64_t wrong_all; /* wrong elements over all ranks and iterations */
+    uint64_t wrong_all; /* out of place: wrong elements over all ranks and iterations */
+    uint64_t wrong_ip;  /* in place */
 } coll_size;
-
-static const size_t coll_elt = sizeof(float);
 
 static void coll_bufs_free(const coll_rank_ctx *x, coll_bufs *b)
 {
     tp_dev_free(x->dev, b->send);
     tp_dev_free(x->dev, b->recv);
     free(b->h_in);
+    free(b->h_inf);
     free(b->h_expect);
+    free(b->h_gotf);
     free(b->h_got);
 }
 
 static tp_status coll_bufs_setup(const coll_rank_ctx *x, int op, coll_bufs *b)
 {
     const coll_run *c = x->c;
-    size_t max_send = 0, max_recv = 0;
+    size_t max_send = 0, max_recv = 0, elt = c->elt;
     for (int s = 0; s < c->nsizes; s++) {
         size_t per, total;
-        bench_op_counts(op, x->T, c->sizes[s], coll_elt, &per, &total, NULL);
+        bench_op_counts(op, x->T, c->sizes[s], elt, &per, &total, NULL);
         size_t sn = op == TP_OP_ALL_GATHER ? per : total;
         size_t rn = op == TP_OP_REDUCE_SCATTER ? per : total;
         if (sn > max_send)
@@ -346,66 +407,85 @@ static tp_status coll_bufs_setup(const coll_rank_ctx *x, int op, coll_bufs *b)
         if (rn > max_recv)
             max_recv = rn;
     }
-    TP_TRY(tp_dev_alloc(x->dev, max_send * coll_elt, &b->send));
-    TP_TRY(tp_dev_alloc(x->dev, max_recv * coll_elt, &b->recv));
+    TP_TRY(tp_dev_alloc(x->dev, max_send * elt, &b->send));
+    TP_TRY(tp_dev_alloc(x->dev, max_recv * elt, &b->recv));
     size_t hmax = max_send > max_recv ? max_send : max_recv;
-    b->h_in = malloc(hmax * coll_elt);
+    b->h_in = malloc(hmax * elt);
+    b->h_inf = malloc(hmax * sizeof(float));
     if (c->o->check) {
-        b->h_expect = malloc(hmax * coll_elt);
-        b->h_got = malloc(hmax * coll_elt);
+        b->h_expect = malloc(hmax * sizeof(float));
+        b->h_gotf = malloc(hmax * sizeof(float));
+        b->h_got = malloc(hmax * elt);
     }
-    if (!b->h_in || (c->o->check && (!b->h_expect || !b->h_got)))
+    if (!b->h_in || !b->h_inf || (c->o->check && (!b->h_expect || !b->h_gotf || !b->h_got)))
         return tp_set_error(TP_ERR_NO_MEMORY,
-                            "tp-bench: no host memory for %zu-byte check buffers of %s",
-                            hmax * coll_elt, bench_op_name(op));
-    return tp_dev_memset(x->dev, b->recv, 0, max_recv * coll_elt);
+                            "tp-bench: no host memory for %zu-element check buffers of %s", hmax,
+                            bench_op_name(op));
+    return tp_dev_memset(x->dev, b->recv, 0, max_recv * elt);
 }
 
-/* The collective, then a synchronize: what one timing covers. */
-static tp_status run_op_synced(coll_rank_ctx *x, int op, const coll_bufs *b, const coll_size *z)
+/* The buffers of one form: out of place (send -> recv; broadcast has
+ * none), or in place (all_reduce: recv -> recv; all_gather: the rank's
+ * block of recv -> recv; broadcast: its one buffer). */
+typedef struct coll_form {
+    bool ip;
+    void *send, *recv; /* recv also holds broadcast's buffer */
+    const void *result;
+} coll_form;
+
+static coll_form form_of(const coll_rank_ctx *x, const coll_bufs *b, const coll_size *z, bool ip)
 {
-    TP_TRY(run_op(x->comm, op, b->send, b->recv, z->bbuf, z->per, z->total));
-    return tp_dev_synchronize(x->dev);
+    coll_form f = {ip, b->send, b->recv, b->recv};
+    if (z->op == TP_OP_BROADCAST)
+        f.recv = f.send = b->send, f.result = b->send;
+    else if (ip && z->op == TP_OP_ALL_GATHER)
+        f.send = (char *)b->recv + (size_t)x->r * z->per * x->c->elt;
+    else if (ip)
+        f.send = b->recv;
+    return f;
 }
 
-/* Timed iteration it: barrier, the collective, synchronize; then the test
- * hook and --check on this rank's result. */
-static tp_status time_one(coll_rank_ctx *x, const coll_bufs *b, const coll_size *z, int it,
-                          uint64_t *wrong)
+/* Timed iteration it: (in place: the input again), barrier, the
+ * collective, synchronize; then the test hook and --check on this rank's
+ * result. */
+static tp_status time_one(coll_rank_ctx *x, const coll_bufs *b, const coll_size *z,
+                          const coll_form *f, float *us, uint64_t *wrong)
 {
-    const bench_opts *o = x->c->o;
-    int op = z->op;
-    if (op == TP_OP_BROADCAST && o->check) /* non-roots start wrong again */
-        TP_TRY(tp_dev_upload(x->dev, b->send, b->h_in, z->sn * coll_elt));
+    const coll_run *c = x->c;
+    size_t elt = c->elt;
+    if (f->ip) /* the last iteration overwrote the input */
+        TP_TRY(tp_dev_upload(x->dev, f->send, b->h_in, z->sn * elt));
     TP_TRY(tp_barrier(x->comm));
     double t0 = bench_now();
-    tp_status st = run_op_synced(x, op, b, z);
-    x->us[it] = (float)((bench_now() - t0) * 1e6);
+    tp_status st = run_op(c, x->comm, z->op, f->send, f->recv, z->per, z->total);
+    if (st == TP_OK)
+        st = tp_dev_synchronize(x->dev);
+    *us = c->fake_times ? (float)(x->r + 1) * 1000.0f : (float)((bench_now() - t0) * 1e6);
     TP_TRY(st);
-    const void *result = op == TP_OP_BROADCAST ? b->send : b->recv;
-    if (x->c->corrupt && x->r == x->T - 1) {
+    if (c->corrupt && x->r == x->T - 1) {
         /* test hook: damage one element of this rank's result */
-        float bad = 12345.0f;
-        TP_TRY(tp_dev_upload(x->dev, (void *)result, &bad, sizeof bad));
+        float badf = 12345.0f;
+        char bad[8];
+        to_dtype(c->dt, bad, &badf, 1);
+        TP_TRY(tp_dev_upload(x->dev, (void *)f->result, bad, elt));
     }
-    if (o->check) {
-        TP_TRY(tp_dev_download(x->dev, b->h_got, result, z->rn * coll_elt));
+    if (c->o->check) {
+        TP_TRY(tp_dev_download(x->dev, b->h_got, f->result, z->rn * elt));
+        from_dtype(c->dt, b->h_gotf, b->h_got, z->rn);
         for (size_t i = 0; i < z->rn; i++)
-            *wrong += b->h_got[i] != b->h_expect[i];
+            *wrong += b->h_gotf[i] != b->h_expect[i];
     }
     return TP_OK;
 }
 
-/* --compare-raw: the engine's own call on the same buffers. */
+/* --compare-raw: the engine's own call on the same buffers (f32 sum). */
 static tp_status time_raw(coll_rank_ctx *x, const coll_bufs *b, coll_size *z)
 {
     const coll_run *c = x->c;
     for (int it = 0; c->raw && it < c->warmup + c->iters; it++) {
         TP_TRY(tp_barrier(x->comm));
         double t0 = bench_now();
-        tp_status st =
-            bench_raw_collective(x->comm, z->op, z->op == TP_OP_BROADCAST ? z->bbuf : b->send,
-                                 b->recv, z->per, z->total);
+        tp_status st = bench_raw_collective(x->comm, z->op, b->send, b->recv, z->per, z->total);
         double t1 = bench_now();
         if (it >= c->warmup)
             x->raw_us[it - c->warmup] = (float)((t1 - t0) * 1e6);
@@ -415,39 +495,108 @@ static tp_status time_raw(coll_rank_ctx *x, const coll_bufs *b, coll_size *z)
     return TP_OK;
 }
 
+/* One column group of the table: time, algbw, busbw, #wrong, or N/A. */
+typedef struct coll_col {
+    bool have;
+    bench_summary sm;
+    double algbw, busbw;
+    uint64_t wrong;
+} coll_col;
+
+static coll_col summarize_col(coll_rank_ctx *x, const coll_size *z, const float *us, bool have,
+                              uint64_t wrong)
+{
+    coll_col col;
+    memset(&col, 0, sizeof col);
+    col.have = have;
+    if (!have)
+        return col;
+    for (int it = 0; it < x->c->iters; it++)
+        x->dv[it] = us[it] * 1e-6;
+    col.sm = bench_summarize(x->dv, (size_t)x->c->iters);
+    col.algbw = bench_algbw_gbps((double)z->bytes, col.sm.median);
+    col.busbw = bench_busbw_gbps(z->op, x->T, (double)z->bytes, col.sm.median);
+    col.wrong = wrong;
+    x->c->busbw_sum += col.busbw;
+    x->c->busbw_n++;
+    x->c->wrong_total += wrong;
+    return col;
+}
+
+static void print_col(const coll_run *c, const coll_col *col)
+{
+    if (!col->have) {
+        printf(" %10s %11s %11s %6s", "N/A", "N/A", "N/A", "N/A");
+        return;
+    }
+    printf(" %10.2f %11.3f %11.3f", col->sm.median * 1e6, col->algbw, col->busbw);
+    if (c->o->check)
+        printf(" %6" G_GUINT64_FORMAT, (guint64)col->wrong);
+    else
+        printf(" %6s", "N/A");
+}
+
+/* The record's fields of one column group; prefix "" or "ip_". */
+static void rec_col(const coll_run *c, bench_record *rec, const char *prefix, const coll_col *col)
+{
+    char key[64];
+#define KEY(name) (g_snprintf(key, sizeof key, "%s%s", prefix, name), key)
+    bench_rec_dbl(rec, KEY("time_us"), col->sm.median * 1e6);
+    bench_rec_dbl(rec, KEY("time_min_us"), col->sm.min * 1e6);
+    bench_rec_dbl(rec, KEY("time_max_us"), col->sm.max * 1e6);
+    bench_rec_dbl(rec, KEY("algbw_gbps"), col->algbw);
+    bench_rec_dbl(rec, KEY("busbw_gbps"), col->busbw);
+    if (c->o->check)
+        bench_rec_int(rec, KEY("wrong"), (int64_t)col->wrong);
+    else
+        bench_rec_str(rec, KEY("wrong"), NULL); /* not checked */
+#undef KEY
+}
+
+/* The record of one size: out-of-place fields (broadcast: its in-place
+ * call, the only form), then in-place ones when both forms ran. */
+static bench_record *size_record(coll_rank_ctx *x, const coll_size *z, const coll_col *oop,
+                                 const coll_col *ip)
+{
+    coll_run *c = x->c;
+    const coll_col *main = oop->have ? oop : ip;
+    bench_record *rec = bench_env_rec_new(c->env, "collective", x->T);
+    bench_rec_str(rec, "op", bench_op_name(z->op));
+    bench_rec_str(rec, "dtype", tp_dtype_name(c->dt));
+    bench_rec_str(rec, "redop", redop_name(c, z->op));
+    bench_rec_int(rec, "bytes", (int64_t)z->bytes);
+    bench_rec_int(rec, "count", (int64_t)z->total);
+    rec_col(c, rec, "", main);
+    bench_rec_bool(rec, "checked", c->o->check);
+    bench_rec_bool(rec, "in_place", !oop->have);
+    bench_rec_str(rec, "average", bench_average_name(c->o->average));
+    bench_rec_int(rec, "iters", c->iters);
+    bench_rec_int(rec, "warmup", c->warmup);
+    bench_rec_place(rec, &x->place);
+    if (oop->have && ip->have)
+        rec_col(c, rec, "ip_", ip);
+    return rec;
+}
+
 /* Printer only: the table row, the record, the fit sample. */
 static void report_size(coll_rank_ctx *x, const coll_size *z)
 {
     coll_run *c = x->c;
-    const bench_opts *o = c->o;
     int op = z->op, T = x->T, nit = c->iters;
-    for (int it = 0; it < nit; it++)
-        x->dv[it] = x->us[it] * 1e-6;
-    bench_summary sm = bench_summarize(x->dv, (size_t)nit);
-    double algbw = bench_algbw_gbps((double)z->bytes, sm.median);
-    double busbw = bench_busbw_gbps(op, T, (double)z->bytes, sm.median);
-    c->wrong_total += z->wrong_all;
+    coll_col oop = summarize_col(x, z, x->us, z->have_oop, z->wrong_all);
+    coll_col ip = summarize_col(x, z, z->have_oop ? x->ip_us : x->us, z->have_ip,
+                                z->have_oop ? z->wrong_ip : z->wrong_all);
+    const coll_col *main = oop.have ? &oop : &ip;
     bench_progress_done(&c->prog);
-    if (x->show)
-        printf("  %12zu %12zu %5s %6s %10.2f %10.2f %10.2f %11.3f %11.3f %8" G_GUINT64_FORMAT,
-               z->bytes, z->total, "f32", redop_name(op), sm.min * 1e6, sm.median * 1e6,
-               sm.max * 1e6, algbw, busbw, (guint64)z->wrong_all);
-    bench_record *rec = bench_env_rec_new(c->env, "collective", T);
-    bench_rec_str(rec, "op", bench_op_name(op));
-    bench_rec_str(rec, "dtype", "f32");
-    bench_rec_str(rec, "redop", redop_name(op));
-    bench_rec_int(rec, "bytes", (int64_t)z->bytes);
-    bench_rec_int(rec, "count", (int64_t)z->total);
-    bench_rec_times(rec, &sm);
-    bench_rec_dbl(rec, "algbw_gbps", algbw);
-    bench_rec_dbl(rec, "busbw_gbps", busbw);
-    bench_rec_int(rec, "wrong", (int64_t)z->wrong_all);
-    bench_rec_bool(rec, "checked", o->check);
-    bench_rec_int(rec, "iters", nit);
-    bench_rec_int(rec, "warmup", c->warmup);
-    bench_rec_place(rec, &x->place);
+    if (x->show) {
+        printf("  %12zu %12zu %5s %6s %4d", z->bytes, z->total, tp_dtype_name(c->dt),
+               redop_name(c, op), op == TP_OP_BROADCAST ? 0 : -1);
+        print_col(c, &oop);
+        print_col(c, &ip);
+    }
+    bench_record *rec = size_record(x, z, &oop, &ip);
     if (op == TP_OP_ALL_REDUCE && c->copyT_s) {
-        double ratio = sm.median / c->copyT_s[z->s];
+        double ratio = main->sm.median / c->copyT_s[z->s];
         if (x->show)
             printf(" %10.2f %8.2f", c->copyT_s[z->s] * 1e6, ratio);
         bench_rec_dbl(rec, "copy_time_us", c->copyT_s[z->s] * 1e6);
@@ -459,7 +608,7 @@ static void report_size(coll_rank_ctx *x, const coll_size *z)
         bench_summary rs = bench_summarize(x->dv, (size_t)nit);
         double raw_bw = bench_busbw_gbps(op, T, (double)z->bytes, rs.median);
         if (x->show)
-            printf(" %10.2f %9.3f", rs.median * 1e6, raw_bw > 0 ? busbw / raw_bw : 0.0);
+            printf(" %10.2f %9.3f", rs.median * 1e6, raw_bw > 0 ? main->busbw / raw_bw : 0.0);
         bench_rec_dbl(rec, "raw_time_us", rs.median * 1e6);
         bench_rec_dbl(rec, "raw_busbw_gbps", raw_bw);
     }
@@ -470,13 +619,32 @@ static void report_size(coll_rank_ctx *x, const coll_size *z)
     bench_sink_emit(c->sink, rec);
     bench_rec_free(rec);
     if (c->samples) {
-        bench_placed_sample smp = {{op, T, (double)z->bytes, sm.median}, x->place};
+        bench_placed_sample smp = {{op, T, (double)z->bytes, main->sm.median}, x->place};
         g_array_append_val(c->samples, smp);
     }
 }
 
-/* Op at size index s on every rank: warm-up, timed iterations, the raw
- * comparison, then the maxima and wrong counts over ranks. */
+/* One form's timed iterations into us, combined over ranks (-a), and its
+ * wrong elements summed over ranks. */
+static tp_status time_form(coll_rank_ctx *x, const coll_bufs *b, const coll_size *z, bool ip,
+                           float *us, uint64_t *wrong_all)
+{
+    coll_run *c = x->c;
+    coll_form f = form_of(x, b, z, ip);
+    uint64_t wrong = 0;
+    if (!ip || z->op == TP_OP_BROADCAST) /* the input again (in place: time_one does it) */
+        TP_TRY(tp_dev_upload(x->dev, f.send, b->h_in, z->sn * c->elt));
+    for (int it = 0; it < c->iters; it++) {
+        if (z->op == TP_OP_BROADCAST && c->o->check && it > 0) /* non-roots start wrong again */
+            TP_TRY(tp_dev_upload(x->dev, f.send, b->h_in, z->sn * c->elt));
+        TP_TRY(time_one(x, b, z, &f, &us[it], &wrong));
+    }
+    TP_TRY(combine_times(x->comm, c->o->average, us, c->iters));
+    return sum_count(x->comm, wrong, wrong_all);
+}
+
+/* Op at size index s on every rank: warm-up, the timed forms, the raw
+ * comparison, then the times and wrong counts over ranks. */
 static tp_status coll_one_size(coll_rank_ctx *x, const coll_bufs *b, int op, int s)
 {
     coll_run *c = x->c;
@@ -484,27 +652,32 @@ static tp_status coll_one_size(coll_rank_ctx *x, const coll_bufs *b, int op, int
     memset(&z, 0, sizeof z);
     z.op = op;
     z.s = s;
-    bench_op_counts(op, x->T, c->sizes[s], coll_elt, &z.per, &z.total, &z.bytes);
+    bench_op_counts(op, x->T, c->sizes[s], c->elt, &z.per, &z.total, &z.bytes);
     z.sn = op == TP_OP_ALL_GATHER ? z.per : z.total;
     z.rn = op == TP_OP_REDUCE_SCATTER ? z.per : z.total;
-    z.bbuf = op == TP_OP_BROADCAST ? b->send : NULL;
+    z.have_oop = op != TP_OP_BROADCAST;
+    z.have_ip =
+        op == TP_OP_BROADCAST || (c->inplace && (op == TP_OP_ALL_REDUCE || op == TP_OP_ALL_GATHER));
     if (x->printer) {
         char sz[32];
         bench_progress_update(&c->prog, "T=%d %s %s", x->T, bench_op_name(op),
                               bench_format_size(z.bytes, sz, sizeof sz));
     }
-    make_reference(op, x->r, x->T, z.per, z.total, b->h_in, c->o->check ? b->h_expect : NULL);
-    TP_TRY(tp_dev_upload(x->dev, b->send, b->h_in, z.sn * coll_elt));
+    make_reference(op, c->redop, x->r, x->T, z.per, z.total, b->h_inf,
+                   c->o->check ? b->h_expect : NULL);
+    to_dtype(c->dt, b->h_in, b->h_inf, z.sn);
+    coll_form warm = form_of(x, b, &z, !z.have_oop);
+    TP_TRY(tp_dev_upload(x->dev, warm.send, b->h_in, z.sn * c->elt));
     for (int it = 0; it < c->warmup; it++)
-        TP_TRY(run_op(x->comm, op, b->send, b->recv, z.bbuf, z.per, z.total));
-    uint64_t wrong = 0;
-    for (int it = 0; it < c->iters; it++)
-        TP_TRY(time_one(x, b, &z, it, &wrong));
+        TP_TRY(run_op(c, x->comm, op, warm.send, warm.recv, z.per, z.total));
+    if (z.have_oop)
+        TP_TRY(time_form(x, b, &z, false, x->us, &z.wrong_all));
+    if (z.have_ip)
+        TP_TRY(time_form(x, b, &z, true, z.have_oop ? x->ip_us : x->us,
+                         z.have_oop ? &z.wrong_ip : &z.wrong_all));
     TP_TRY(time_raw(x, b, &z));
-    TP_TRY(max_times(x->comm, x->us, c->iters));
     if (z.have_raw)
-        TP_TRY(max_times(x->comm, x->raw_us, c->iters));
-    TP_TRY(sum_count(x->comm, wrong, &z.wrong_all));
+        TP_TRY(combine_times(x->comm, c->o->average, x->raw_us, c->iters));
     if (x->printer)
         report_size(x, &z);
     return TP_OK;
@@ -519,8 +692,9 @@ static tp_status coll_one_op(coll_rank_ctx *x, int op)
     tp_status st;
     TP_TRY_GOTO(coll_bufs_setup(x, op, &b), st, done);
     if (x->show && !c->header_done) {
-        printf("# tp-bench collectives: backend %s, device %s, f32, sizes %zu..%zu x%g\n",
-               c->env->backend, c->env->device, o->minbytes, o->maxbytes, o->stepfactor);
+        printf("# tp-bench collectives: backend %s, device %s, %s, sizes %zu..%zu x%g\n",
+               c->env->backend, c->env->device, tp_dtype_name(c->dt), o->minbytes, o->maxbytes,
+               o->stepfactor);
         c->header_done = true;
     }
     if (x->show)
@@ -545,10 +719,11 @@ static tp_status coll_rank(tp_comm *comm, int T, void *arg)
     x.show = x.printer && x.c->print;
     int nit = x.c->iters;
     x.us = malloc((size_t)nit * sizeof *x.us);
+    x.ip_us = malloc((size_t)nit * sizeof *x.ip_us);
     x.raw_us = malloc((size_t)nit * sizeof *x.raw_us);
     x.dv = malloc((size_t)nit * sizeof *x.dv);
     tp_status st = TP_OK;
-    if (!x.us || !x.raw_us || !x.dv) {
+    if (!x.us || !x.ip_us || !x.raw_us || !x.dv) {
         st = tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: no memory for %d timings", nit);
         goto done;
     }
@@ -562,6 +737,7 @@ static tp_status coll_rank(tp_comm *comm, int T, void *arg)
             TP_TRY_GOTO(coll_one_op(&x, op), st, done);
 done:
     free(x.us);
+    free(x.ip_us);
     free(x.raw_us);
     free(x.dv);
     return st;
@@ -682,6 +858,17 @@ static int check_raw(coll_run *c)
     return BENCH_EXIT_OK;
 }
 
+/* nccl-tests' footer, the lines scripts grep for: wrong elements over the
+ * whole run, and busbw averaged over every column printed. */
+static void print_footer(const coll_run *c)
+{
+    printf("# Out of bounds values : %" G_GUINT64_FORMAT " %s%s\n", (guint64)c->wrong_total,
+           c->wrong_total ? "FAILED" : "OK", c->o->check ? "" : " (not checked: -c 0)");
+    printf("# Avg bus bandwidth    : %g\n", c->busbw_sum / c->busbw_n);
+    printf("#\n");
+    fflush(stdout);
+}
+
 int bench_collectives_run(bench_env *env, const int *tps, int ntp, bench_sink *sink,
                           GArray *samples, bool print_table)
 {
@@ -695,8 +882,14 @@ int bench_collectives_run(bench_env *env, const int *tps, int ntp, bench_sink *s
     c.print = print_table;
     c.iters = o->iters > 0 ? o->iters : 20;
     c.warmup = o->warmup >= 0 ? o->warmup : 5;
+    c.dt = o->cmd == BENCH_CMD_COLLECTIVES ? o->coll_dtype : TP_F32;
+    c.elt = tp_dtype_size(c.dt);
+    c.redop = o->cmd == BENCH_CMD_COLLECTIVES ? o->redop : TP_SUM;
+    c.inplace = o->cmd == BENCH_CMD_COLLECTIVES;
     const char *corrupt = getenv("TP_BENCH_CORRUPT");
     c.corrupt = corrupt && *corrupt && strcmp(corrupt, "0") != 0;
+    const char *fake = getenv("TP_BENCH_FAKE_TIMES");
+    c.fake_times = fake && *fake && strcmp(fake, "0") != 0;
     c.nsizes = make_sizes(o, &c.sizes);
     if (c.nsizes <= 0) {
         fprintf(stderr, "tp-bench: no sizes between -b %zu and -e %zu\n", o->minbytes, o->maxbytes);
@@ -707,14 +900,17 @@ int bench_collectives_run(bench_env *env, const int *tps, int ntp, bench_sink *s
     if (rc == 0)
         rc = check_raw(&c);
     if (rc == 0 && env->single_process && print_table) {
-        printf("# tp-bench collectives: backend %s, device %s, f32, sizes %zu..%zu x%g\n",
-               env->backend, env->device, o->minbytes, o->maxbytes, o->stepfactor);
+        printf("# tp-bench collectives: backend %s, device %s, %s, sizes %zu..%zu x%g\n",
+               env->backend, env->device, tp_dtype_name(c.dt), o->minbytes, o->maxbytes,
+               o->stepfactor);
         c.header_done = true;
     }
     bench_progress_start(&c.prog, o->quiet);
     for (int i = 0; i < ntp && rc == 0; i++)
         rc = sweep_at(&c, tps[i], i == 0);
     bench_progress_done(&c.prog);
+    if (rc == 0 && print_table && c.busbw_n > 0)
+        print_footer(&c);
     if (rc == 0 && c.wrong_total > 0) {
         fprintf(stderr, "tp-bench: --check found %" G_GUINT64_FORMAT " wrong result element%s\n",
                 (guint64)c.wrong_total, c.wrong_total == 1 ? "" : "s");
@@ -732,6 +928,7 @@ int bench_cmd_collectives(const bench_opts *o)
     bench_env_init(&env, o);
     bench_sink sink;
     bench_sink_init(&sink, o->json_path, o->csv_path);
+    bench_env_attach(&env, &sink);
     int rc = bench_env_probe(&env);
     if (rc == 0) {
         int tps[BENCH_MAX_LIST];

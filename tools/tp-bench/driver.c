@@ -4,6 +4,8 @@
 
 #include "tp-try.h"
 
+#include <tp/tp-info.h>
+
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +32,52 @@ int bench_cmd_finish(bench_env *env, bench_sink *sink, int rc)
             rc = BENCH_EXIT_FAIL;
     }
     return rc;
+}
+
+void bench_env_attach(bench_env *env, bench_sink *sink)
+{
+    env->sink = sink;
+    if (sink->json_path || sink->csv_path)
+        bench_sink_set_meta(sink, bench_meta_new(env->o->argc, env->o->argv, NULL));
+}
+
+/* The plugin file that `asked` (--backend/--device, TP_BACKEND/TP_DEVICE)
+ * loaded as `name`: a path is inspected, a name found as the loader finds
+ * it (the first accepted file of that name in search order). */
+static void meta_plugin(bench_record *m, const tp_plugin_scan *scan, const char *role,
+                        const char *name, const char *asked, bool comm)
+{
+    tp_plugin_info direct;
+    memset(&direct, 0, sizeof direct);
+    const tp_plugin_info *found = NULL;
+    if (asked && strchr(asked, '/')) {
+        tp_plugin_inspect(asked, &direct);
+        found = direct.status == TP_OK ? &direct : NULL;
+    }
+    for (int i = 0; !found && scan && i < scan->n_plugins; i++) {
+        const tp_plugin_info *p = &scan->plugins[i];
+        if (p->status == TP_OK && !p->shadowed_by && p->name && strcmp(p->name, name) == 0 &&
+            (comm ? p->is_comm : p->is_device))
+            found = p;
+    }
+    bench_meta_set_plugin(m, role, name, found ? found->path : NULL, found ? found->version : NULL);
+    tp_plugin_info_clear(&direct);
+}
+
+/* The meta record's run fields, until it is written. */
+static void meta_fill(bench_env *env)
+{
+    bench_sink *sink = env->sink;
+    if (!sink || !sink->meta || sink->meta_done)
+        return;
+    const bench_opts *o = env->o;
+    const char *b = o->backend ? o->backend : g_getenv("TP_BACKEND");
+    const char *d = o->device ? o->device : g_getenv("TP_DEVICE");
+    tp_plugin_scan *scan = tp_plugin_scan_new();
+    meta_plugin(sink->meta, scan, "backend", env->backend, b, true);
+    meta_plugin(sink->meta, scan, "device", env->device, d, false);
+    tp_plugin_scan_free(scan);
+    bench_rec_int(sink->meta, "world_size", env->world);
 }
 
 int bench_env_tps(const bench_env *env, int *tps)
@@ -72,6 +120,7 @@ static int init_ctx(bench_env *env, int world_size)
     env->single_process = tp_ctx_local_count(ctx) == env->world;
     g_strlcpy(env->backend, tp_ctx_backend(ctx) ? tp_ctx_backend(ctx) : "?", sizeof env->backend);
     g_strlcpy(env->device, tp_ctx_device(ctx) ? tp_ctx_device(ctx) : "?", sizeof env->device);
+    meta_fill(env);
     return BENCH_EXIT_OK;
 }
 

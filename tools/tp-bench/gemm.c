@@ -395,6 +395,7 @@ int bench_cmd_gemm(const bench_opts *o)
     bench_env_init(&env, o);
     bench_sink sink;
     bench_sink_init(&sink, o->json_path, o->csv_path);
+    bench_env_attach(&env, &sink);
     gemm_run g;
     memset(&g, 0, sizeof g);
     g.o = o;

@@ -532,6 +532,7 @@ int bench_cmd_layer(const bench_opts *o)
     bench_env_init(&env, o);
     bench_sink sink;
     bench_sink_init(&sink, o->json_path, o->csv_path);
+    bench_env_attach(&env, &sink);
     int rc = bench_env_probe(&env);
     int tps[BENCH_MAX_LIST];
     int ntp = bench_env_tps(&env, tps);

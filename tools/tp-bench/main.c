@@ -2,6 +2,8 @@
 /* main.c — tp-bench: subcommand dispatch. */
 #include "bench.h"
 
+#include "tp-version.h"
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +51,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "tp-bench: %s\n", err);
         return BENCH_EXIT_USAGE;
     }
+    if (o.version) {
+        printf("tp-bench %s (git %s)\n", TP_TOOLS_VERSION, TP_TOOLS_REVISION);
+        return finish(BENCH_EXIT_OK);
+    }
+    if (o.note[0])
+        fprintf(stderr, "tp-bench: %s\n", o.note);
     if (o.help) {
         bench_print_help(stdout, o.cmd == BENCH_CMD_HELP ? BENCH_CMD_NONE : o.cmd);
         return finish(BENCH_EXIT_OK);

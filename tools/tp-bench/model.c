@@ -513,6 +513,7 @@ int bench_cmd_model(const bench_opts *o_in)
     bench_env_init(&env, &o);
     bench_sink sink;
     bench_sink_init(&sink, o.json_path, o.csv_path);
+    bench_env_attach(&env, &sink);
     GPtrArray *groups = g_ptr_array_new_with_free_func(group_free);
     bool printer = true;
 

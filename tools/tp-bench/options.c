@@ -64,6 +64,10 @@ enum opt_id {
     O_DTYPE,
     O_GELU_TANH,
     O_SPLIT_WAIT,
+    O_VERSION,
+    O_COLLECTIVE,
+    O_DATATYPE,
+    O_AVERAGE,
 };
 
 typedef struct opt_def {
@@ -76,6 +80,7 @@ typedef struct opt_def {
 
 static const opt_def opt_table[] = {
     {"help", 'h', 0, O_HELP, ALL},
+    {"version", 0, 0, O_VERSION, ALL},
     {"tp", 0, 1, O_TP, RUN},
     {"sweep-tp", 0, 1, O_SWEEP_TP, C | L | M},
     {"backend", 0, 1, O_BACKEND, RUN},
@@ -84,7 +89,10 @@ static const opt_def opt_table[] = {
     {"json", 0, 1, O_JSON, RUN},
     {"csv", 0, 1, O_CSV, RUN},
     {"quiet", 'q', 0, O_QUIET, ALL},
-    {"op", 0, 1, O_OP, C | M},
+    {"op", 'o', 1, O_OP, C | M},
+    {"collective", 'C', 1, O_COLLECTIVE, C | M},
+    {"datatype", 'd', 1, O_DATATYPE, C},
+    {"average", 'a', 1, O_AVERAGE, C},
     {"minbytes", 'b', 1, O_MINB, C | M},
     {"maxbytes", 'e', 1, O_MAXB, C | M},
     {"stepfactor", 'f', 1, O_STEP, C | M},
@@ -132,6 +140,10 @@ void bench_opts_init(bench_opts *o)
 {
     memset(o, 0, sizeof *o);
     o->op_mask = BENCH_OP_MASK_ALL;
+    o->check = true; /* like nccl-tests: -c 0 turns it off */
+    o->coll_dtype = TP_F32;
+    o->redop = TP_SUM;
+    o->average = BENCH_AVG_MAX;
     o->minbytes = 8;
     o->maxbytes = BENCH_DEFAULT_MAXBYTES;
     o->stepfactor = 2.0;
@@ -314,12 +326,20 @@ static const opt_def *find_long(const char *name, size_t len)
     return NULL;
 }
 
-static const opt_def *find_short(char c)
+/* The subcommand's own option for -c first (plot's -o is --out, the
+ * collectives' --op), else any, which then "does not apply". */
+static const opt_def *find_short(char c, bench_cmd cmd)
 {
-    for (size_t i = 0; i < G_N_ELEMENTS(opt_table); i++)
-        if (opt_table[i].shrt == c)
+    const opt_def *any = NULL;
+    for (size_t i = 0; i < G_N_ELEMENTS(opt_table); i++) {
+        if (opt_table[i].shrt != c)
+            continue;
+        if (opt_table[i].mask & (1 << cmd))
             return &opt_table[i];
-    return NULL;
+        if (!any)
+            any = &opt_table[i];
+    }
+    return any;
 }
 
 static bench_cmd cmd_from_name(const char *s)
@@ -327,7 +347,7 @@ static bench_cmd cmd_from_name(const char *s)
     for (int i = 1; i < (int)G_N_ELEMENTS(cmd_names); i++)
         if (strcmp(cmd_names[i], s) == 0)
             return (bench_cmd)i;
-    if (strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0)
+    if (strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0 || strcmp(s, "--version") == 0)
         return BENCH_CMD_HELP;
     return BENCH_CMD_NONE;
 }
@@ -351,6 +371,7 @@ static bool apply_plain(bench_opts *o, int id, const char *val)
 {
     switch (id) {
         case O_HELP: o->help = true; return true;
+        case O_VERSION: o->version = true; return true;
         case O_QUIET: o->quiet = true; return true;
         case O_BACKEND: o->backend = val; return true;
         case O_DEVICE: o->device = val; return true;
@@ -447,7 +468,8 @@ static int apply_tp_list(bench_opts *o, int id, const opt_arg *a)
     return 0;
 }
 
-static int apply_ops(bench_opts *o, const opt_arg *a)
+/* -C/--collective LIST (and the old --op LIST): collective names or all. */
+static int apply_collectives(bench_opts *o, const opt_arg *a)
 {
     unsigned mask = 0;
     gchar **parts = g_strsplit(a->val, ",", -1);
@@ -459,7 +481,7 @@ static int apply_ops(bench_opts *o, const opt_arg *a)
         int op = bench_op_from_name(parts[i]);
         if (op < 0) {
             bench_fail(a->err, a->errlen,
-                       "%s: unknown op '%s' in %s: expected all_reduce, all_gather, "
+                       "%s: unknown collective '%s' in %s: expected all_reduce, all_gather, "
                        "reduce_scatter, broadcast or all (comma-separated)",
                        a->cmd, parts[i], a->shown);
             g_strfreev(parts);
@@ -469,9 +491,69 @@ static int apply_ops(bench_opts *o, const opt_arg *a)
     }
     g_strfreev(parts);
     if (!mask)
-        return bench_fail(a->err, a->errlen, "%s: %s needs at least one op", a->cmd, a->shown);
+        return bench_fail(a->err, a->errlen, "%s: %s needs at least one collective", a->cmd,
+                          a->shown);
     o->op_mask = mask;
     o->op_set = true;
+    return 0;
+}
+
+/* Whether every comma-separated word of s names a collective (or all):
+ * the spelling --op had before it selected the reduction. */
+static bool names_collectives(const char *s)
+{
+    gchar **parts = g_strsplit(s, ",", -1);
+    bool all = parts[0] != NULL;
+    for (int i = 0; parts[i]; i++)
+        if (strcmp(parts[i], "all") != 0 && bench_op_from_name(parts[i]) < 0)
+            all = false;
+    g_strfreev(parts);
+    return all;
+}
+
+/* -o/--op: the reduction, as nccl-tests; a collective list is the old
+ * meaning, kept with a deprecation note. */
+static int apply_redop(bench_opts *o, const opt_arg *a)
+{
+    if (names_collectives(a->val)) {
+        snprintf(o->note, sizeof o->note,
+                 "%s %s: selecting collectives with --op is deprecated; use -C/--collective %s "
+                 "(--op now selects the reduction: sum, max or min)",
+                 a->shown, a->val, a->val);
+        return apply_collectives(o, a);
+    }
+    int op = bench_redop_from_name(a->val);
+    if (op < 0)
+        return bench_fail(a->err, a->errlen,
+                          "%s: unknown op '%s' for %s: expected a reduction sum, max or min "
+                          "(collectives are chosen with -C/--collective all_reduce,...)",
+                          a->cmd, a->val, a->shown);
+    if (o->cmd != BENCH_CMD_COLLECTIVES)
+        return bench_fail(a->err, a->errlen,
+                          "%s: %s %s: the reduction applies to 'collectives' only (model fits "
+                          "sum all-reduces)",
+                          a->cmd, a->shown, a->val);
+    o->redop = (tp_redop)op;
+    return 0;
+}
+
+/* -d/--datatype: tp's names or nccl-tests' (float, half, bfloat16, int32). */
+static int apply_datatype(bench_opts *o, const opt_arg *a)
+{
+    int dt = bench_dtype_from_name(a->val);
+    if (dt < 0)
+        return bad_value(a, "f32 (float), bf16 (bfloat16), f16 (half) or i32 (int32)");
+    o->coll_dtype = (tp_dtype)dt;
+    return 0;
+}
+
+/* -a/--average 0..3: nccl-tests' rank 0, mean, min, max across ranks. */
+static int apply_average(bench_opts *o, const opt_arg *a)
+{
+    int64_t v;
+    if (parse_int64(a->val, 0, 3, &v))
+        return bad_value(a, "0 (rank 0's time), 1 (mean over ranks), 2 (min) or 3 (max)");
+    o->average = (int)v;
     return 0;
 }
 
@@ -527,14 +609,14 @@ static int parse_real_above(const char *s, double above, double *out)
     return 0;
 }
 
+/* -c [N]: nccl-tests' check count; 0 turns checking off, any other count
+ * turns it on (every timed iteration is checked). */
 static int apply_check(bench_opts *o, const opt_arg *a)
 {
-    if (!a->val || strcmp(a->val, "1") == 0)
-        o->check = true;
-    else if (strcmp(a->val, "0") == 0)
-        o->check = false;
-    else
-        return bad_value(a, "0 or 1");
+    int64_t v = 1;
+    if (a->val && parse_int64(a->val, 0, 1000000, &v))
+        return bad_value(a, "0 (no check) or a count >= 1 (check every timed iteration)");
+    o->check = v != 0;
     return 0;
 }
 
@@ -583,7 +665,10 @@ static int apply(bench_opts *o, const opt_def *d, const char *shown, const char 
         case O_SWEEP_TP:
         case O_PROJECT_TP:
         case O_MEASURE_TP: return apply_tp_list(o, d->id, &a);
-        case O_OP: return apply_ops(o, &a);
+        case O_OP: return apply_redop(o, &a);
+        case O_COLLECTIVE: return apply_collectives(o, &a);
+        case O_DATATYPE: return apply_datatype(o, &a);
+        case O_AVERAGE: return apply_average(o, &a);
         case O_FIT_MIN:
         case O_MINB:
         case O_MAXB: return apply_bytes(o, d->id, &a);
@@ -607,8 +692,8 @@ static int apply(bench_opts *o, const opt_def *d, const char *shown, const char 
 
 /* One "--name", "--name=VAL", "-x" or "-xVAL": its definition, the name
  * messages show, and the value written into it (NULL: none). */
-static int lookup_option(const char *cmd, const char *a, const opt_def **d, char *shown,
-                         size_t shown_len, const char **val, char *err, size_t errlen)
+static int lookup_option(const char *cmd, bench_cmd o_cmd, const char *a, const opt_def **d,
+                         char *shown, size_t shown_len, const char **val, char *err, size_t errlen)
 {
     *val = NULL;
     if (a[1] == '-') {
@@ -624,7 +709,7 @@ static int lookup_option(const char *cmd, const char *a, const opt_def **d, char
             *val = eq + 1;
         return 0;
     }
-    *d = find_short(a[1]);
+    *d = find_short(a[1], o_cmd);
     snprintf(shown, shown_len, "-%c", a[1]);
     if (!*d)
         return bench_fail(err, errlen, "%s: unknown option '%s' (see tp-bench %s --help)", cmd,
@@ -638,6 +723,16 @@ static int lookup_option(const char *cmd, const char *a, const opt_def **d, char
     return 0;
 }
 
+static bool is_count(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++)
+        if (!g_ascii_isdigit(*s))
+            return false;
+    return true;
+}
+
 /* The option at argv[*i], with its value (inline or the next argument,
  * which *i then skips), applied to o. */
 static int parse_option(bench_opts *o, int argc, char **argv, int *i, char *err, size_t errlen)
@@ -646,7 +741,7 @@ static int parse_option(bench_opts *o, int argc, char **argv, int *i, char *err,
     const opt_def *d;
     const char *val;
     char shown[64];
-    if (lookup_option(cmd, argv[*i], &d, shown, sizeof shown, &val, err, errlen))
+    if (lookup_option(cmd, o->cmd, argv[*i], &d, shown, sizeof shown, &val, err, errlen))
         return -1;
     bool inline_val = val != NULL;
     if (!(d->mask & (1 << o->cmd)))
@@ -655,9 +750,8 @@ static int parse_option(bench_opts *o, int argc, char **argv, int *i, char *err,
                           shown, cmd, cmd);
     if (d->has_arg == 0 && inline_val)
         return bench_fail(err, errlen, "%s: option '%s' takes no value", cmd, shown);
-    /* nccl-tests style "-c 1" / "-c 0" */
-    if (d->has_arg == 2 && !inline_val && *i + 1 < argc &&
-        (strcmp(argv[*i + 1], "0") == 0 || strcmp(argv[*i + 1], "1") == 0))
+    /* nccl-tests style "-c 1" / "-c 0": a following count is the value */
+    if (d->has_arg == 2 && !inline_val && *i + 1 < argc && is_count(argv[*i + 1]))
         val = argv[++*i];
     if (d->has_arg == 1 && !inline_val) {
         if (*i + 1 >= argc)
@@ -701,6 +795,10 @@ static int parse_subcommand(int argc, char **argv, bench_opts *o, char *err, siz
     if (o->cmd != BENCH_CMD_HELP)
         return 0;
     o->help = true;
+    if (strcmp(argv[1], "--version") == 0) {
+        o->version = true;
+        return 1;
+    }
     /* "tp-bench help layer" */
     if (argc > 2) {
         bench_cmd c = cmd_from_name(argv[2]);
@@ -713,6 +811,8 @@ static int parse_subcommand(int argc, char **argv, bench_opts *o, char *err, siz
 int bench_parse_args(int argc, char **argv, bench_opts *o, char *err, size_t errlen)
 {
     bench_opts_init(o);
+    o->argc = argc;
+    o->argv = argv;
     int sub = parse_subcommand(argc, argv, o, err, errlen);
     if (sub != 0)
         return sub < 0 ? -1 : 0;
@@ -771,6 +871,11 @@ int bench_opts_validate(const bench_opts *o, char *err, size_t errlen)
                               "larger step factor",
                               cmd, o->stepfactor, o->minbytes, o->maxbytes);
     }
+    if (o->compare_raw && (o->coll_dtype != TP_F32 || o->redop != TP_SUM))
+        return bench_fail(err, errlen,
+                          "%s: --compare-raw times MPI's f32 sum: drop -d %s / -o %s or "
+                          "--compare-raw",
+                          cmd, bench_dtype_name(o->coll_dtype), bench_redop_name(o->redop));
     if (o->cmd == BENCH_CMD_LAYER || o->cmd == BENCH_CMD_MODEL) {
         if (!bench_layer_find(o->layer))
             return bench_fail(err, errlen, "%s: unknown layer '%s': expected one of %s", cmd,
@@ -819,25 +924,38 @@ static const char help_common[] =
     "  --json FILE         write JSON lines (one record per measurement; see docs/bench.md)\n"
     "  --csv FILE          write CSV (grouped by record kind, one header line per group)\n"
     "  -q, --quiet         no progress line on stderr\n"
-    "  -h, --help          this help\n"
+    "  -h, --help          this help;  --version  the version and git revision\n"
+    "Values go as --opt VALUE or --opt=VALUE (-n5 too). Given twice, an option's last\n"
+    "value wins, except --from and --link, which add up.\n"
     "Exit status: 0 ok, 1 a run failed or --check found wrong results, 2 bad arguments.\n";
 
 static const char help_collectives[] =
     "Usage: tp-bench collectives [options]\n"
-    "Sweep collectives over sizes, like nccl-tests: columns size count type redop time(us)\n"
-    "algbw(GB/s) busbw(GB/s) #wrong, min/median/max over the timed iterations. busbw =\n"
+    "Sweep collectives over sizes, like nccl-tests: columns size count type redop root, then\n"
+    "time(us) algbw(GB/s) busbw(GB/s) #wrong out of place and in place (N/A where tp has no\n"
+    "such form: reduce_scatter in place; broadcast, which tp runs in place only), then the\n"
+    "footer '# Out of bounds values : N OK|FAILED' and '# Avg bus bandwidth    : X'. time is\n"
+    "the median over the timed iterations of the time combined over ranks (-a). busbw =\n"
     "algbw x 2(n-1)/n (all_reduce), (n-1)/n (all_gather, reduce_scatter), 1 (broadcast).\n"
     "Also measures, in the same run, memcpy of the same sizes by 1 thread and by T threads\n"
     "concurrently, and prints all_reduce time / T-thread copy time.\n\n"
-    "  --op LIST           all_reduce,all_gather,reduce_scatter,broadcast or all (default all)\n"
+    "  -C, --collective L  all_reduce,all_gather,reduce_scatter,broadcast or all (default all)\n"
+    "  -o, --op OP         the reduction: sum (default), max or min (nccl-tests' -o); the\n"
+    "                      old '--op all_reduce,...' still selects collectives (deprecated)\n"
+    "  -d, --datatype T    f32 (default; float), bf16 (bfloat16), f16 (half), i32 (int32)\n"
     "  -b, --minbytes S    smallest size (default 8; K/M/G suffixes)\n"
-    "  -e, --maxbytes S    largest size (default 64M; nccl-tests uses 256M: pass -e 256M)\n"
+    "  -e, --maxbytes S    largest size (default 64M; nccl-tests' -b and -e both default\n"
+    "                      to 32M)\n"
     "  -f, --stepfactor F  size multiplier (default 2)\n"
-    "  -c, --check [0|1]   verify every result against a serial reference, count #wrong\n"
+    "  -c, --check N       check every result against a serial reference (default on,\n"
+    "                      as nccl-tests); -c 0 turns it off (#wrong then reads N/A)\n"
+    "  -a, --average N     combine per-rank times: 0 rank 0's, 1 mean, 2 min, 3 max\n"
+    "                      (default 3: a collective ends when its last rank does;\n"
+    "                      nccl-tests defaults to 1)\n"
     "  --sweep-tp LIST     run at each rank count, e.g. 2,4 (default: --tp)\n"
     "  --no-memcpy         skip the memcpy reference\n"
-    "  --compare-raw       also time the engine's own library (MPI builds only)\n"
-    "Defaults: -n 20 -w 5.\n\n";
+    "  --compare-raw       also time the engine's own library (MPI builds only; f32 sum)\n"
+    "Defaults: -n 20 -w 5 (as nccl-tests).\n\n";
 
 static const char help_gemm[] =
     "Usage: tp-bench gemm [options]\n"
@@ -895,7 +1013,7 @@ static const char help_model[] =
     "vs PROJECTED communication % for each T.\n\n"
     "  --from FILE         fit from a collectives JSON-lines file instead of sweeping now\n"
     "                      (repeatable); otherwise sweeps like 'collectives' (default\n"
-    "                      --op all_reduce at --sweep-tp, default --tp or 2,4)\n"
+    "                      -C all_reduce at --sweep-tp, default --tp or 2,4)\n"
     "  --fit-min S         fit only sizes >= S (default: all)\n"
     "  --link NAME:GBps:us add a link (bandwidth per direction, per-step latency);\n"
     "                      presets: nvlink4 (450 GB/s, 3 us), ib-ndr (48 GB/s, 6 us),\n"
@@ -922,7 +1040,8 @@ static const char help_top[] =
     "  layer         a TP layer's GEMM / compute / communication split, strong scaling\n"
     "  model         alpha-beta fit and projection onto NVLink / InfiniBand / PCIe links\n"
     "  plot          PNG from JSON-lines results (gnuplot)\n\n"
-    "Backend: TP_BACKEND=loopback (default) | mpi (under mpirun) | ...; TP_WORLD_SIZE or --tp.\n\n";
+    "Backend: TP_BACKEND=loopback (default) | mpi (under mpirun) | ...; TP_WORLD_SIZE or --tp.\n"
+    "tp-bench --version prints the version and git revision.\n\n";
 
 /* The layer help names the layers between its head and tail; every
  * subcommand's help but plot's ends with help_common. */

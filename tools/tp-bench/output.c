@@ -3,6 +3,7 @@
 #include "bench.h"
 
 #include <errno.h>
+#include <json-glib/json-glib.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
@@ -90,6 +91,13 @@ void bench_rec_dbl(bench_record *r, const char *key, double v)
     f->d = v;
 }
 
+void bench_rec_json(bench_record *r, const char *key, const char *json)
+{
+    bench_field *f = slot(r, key);
+    f->type = json ? BENCH_F_JSON : BENCH_F_NULL;
+    f->s = g_strdup(json);
+}
+
 void bench_rec_bool(bench_record *r, const char *key, bool v)
 {
     bench_field *f = slot(r, key);
@@ -149,52 +157,48 @@ bool bench_rec_same_keys(const bench_record *a, const bench_record *b)
 
 /* ----------------------------------------------------------- writers */
 
-static void json_string(GString *out, const char *s)
-{
-    g_string_append_c(out, '"');
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        switch (*p) {
-            case '"': g_string_append(out, "\\\""); break;
-            case '\\': g_string_append(out, "\\\\"); break;
-            case '\n': g_string_append(out, "\\n"); break;
-            case '\r': g_string_append(out, "\\r"); break;
-            case '\t': g_string_append(out, "\\t"); break;
-            default:
-                if (*p < 0x20)
-                    g_string_append_printf(out, "\\u%04x", *p);
-                else
-                    g_string_append_c(out, (char)*p);
-        }
-    }
-    g_string_append_c(out, '"');
-}
-
 static void append_double(GString *out, double d)
 {
     char buf[G_ASCII_DTOSTR_BUF_SIZE];
-    /* locale-independent %.9g; integral values keep a plain form */
+    /* CSV: locale-independent %.9g; integral values keep a plain form */
     g_ascii_formatd(buf, sizeof buf, "%.9g", d);
     g_string_append(out, buf);
 }
 
+/* The JSON node of one field; a BENCH_F_JSON field's text is parsed back
+ * into its object or array (text that does not parse writes null). */
+static JsonNode *field_node(const bench_field *f)
+{
+    JsonNode *n = json_node_alloc();
+    switch (f->type) {
+        case BENCH_F_STR: return json_node_init_string(n, f->s);
+        case BENCH_F_INT: return json_node_init_int(n, f->i);
+        case BENCH_F_DBL: return json_node_init_double(n, f->d);
+        case BENCH_F_BOOL: return json_node_init_boolean(n, f->b);
+        case BENCH_F_JSON: {
+            JsonNode *nested = json_from_string(f->s, NULL);
+            if (nested) {
+                json_node_free(n);
+                return nested;
+            }
+            break;
+        }
+        case BENCH_F_NULL: break;
+    }
+    return json_node_init_null(n);
+}
+
 void bench_json_line(const bench_record *r, GString *out)
 {
-    g_string_append_c(out, '{');
-    for (int i = 0; i < r->n; i++) {
-        const bench_field *f = &r->f[i];
-        if (i)
-            g_string_append(out, ", ");
-        json_string(out, f->key);
-        g_string_append(out, ": ");
-        switch (f->type) {
-            case BENCH_F_STR: json_string(out, f->s); break;
-            case BENCH_F_INT: g_string_append_printf(out, "%" G_GINT64_FORMAT, (gint64)f->i); break;
-            case BENCH_F_DBL: append_double(out, f->d); break;
-            case BENCH_F_BOOL: g_string_append(out, f->b ? "true" : "false"); break;
-            case BENCH_F_NULL: g_string_append(out, "null"); break;
-        }
-    }
-    g_string_append_c(out, '}');
+    JsonObject *obj = json_object_new();
+    for (int i = 0; i < r->n; i++)
+        json_object_set_member(obj, r->f[i].key, field_node(&r->f[i]));
+    JsonNode *root = json_node_init_object(json_node_alloc(), obj);
+    json_object_unref(obj);
+    char *text = json_to_string(root, FALSE);
+    g_string_append(out, text);
+    g_free(text);
+    json_node_unref(root);
 }
 
 static void csv_cell(GString *out, const char *s)
@@ -228,7 +232,8 @@ void bench_csv_row(const bench_record *r, GString *out)
         if (i)
             g_string_append_c(out, ',');
         switch (f->type) {
-            case BENCH_F_STR: csv_cell(out, f->s); break;
+            case BENCH_F_STR:
+            case BENCH_F_JSON: csv_cell(out, f->s); break;
             case BENCH_F_INT: g_string_append_printf(out, "%" G_GINT64_FORMAT, (gint64)f->i); break;
             case BENCH_F_DBL: append_double(out, f->d); break;
             case BENCH_F_BOOL: g_string_append(out, f->b ? "true" : "false"); break;
@@ -266,204 +271,53 @@ void bench_csv_write_all(GPtrArray *records, GString *out)
 
 /* ----------------------------------------------------------- reader */
 
-typedef struct parser {
-    const char *p;
-    char *err;
-    size_t errlen;
-} parser;
-
-static int perr(parser *ps, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
-static int perr(parser *ps, const char *fmt, ...)
+/* Member `key` of a record read back: scalars by their JSON type (an
+ * integer stays an integer), objects and arrays as their JSON text. */
+static void member_to_field(bench_record *r, const char *key, JsonNode *v)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    if (ps->err && ps->errlen)
-        vsnprintf(ps->err, ps->errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
-static void skip_ws(parser *ps)
-{
-    while (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\r' || *ps->p == '\n')
-        ps->p++;
-}
-
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-static int parse_string(parser *ps, GString *out)
-{
-    if (*ps->p != '"')
-        return perr(ps, "expected '\"' at '%.10s'", ps->p);
-    ps->p++;
-    while (*ps->p && *ps->p != '"') {
-        char c = *ps->p++;
-        if (c != '\\') {
-            g_string_append_c(out, c);
-            continue;
+    switch (JSON_NODE_TYPE(v)) {
+        case JSON_NODE_OBJECT:
+        case JSON_NODE_ARRAY: {
+            char *text = json_to_string(v, FALSE);
+            bench_rec_json(r, key, text);
+            g_free(text);
+            return;
         }
-        c = *ps->p++;
-        switch (c) {
-            case '"': g_string_append_c(out, '"'); break;
-            case '\\': g_string_append_c(out, '\\'); break;
-            case '/': g_string_append_c(out, '/'); break;
-            case 'b': g_string_append_c(out, '\b'); break;
-            case 'f': g_string_append_c(out, '\f'); break;
-            case 'n': g_string_append_c(out, '\n'); break;
-            case 'r': g_string_append_c(out, '\r'); break;
-            case 't': g_string_append_c(out, '\t'); break;
-            case 'u': {
-                int v = 0;
-                for (int k = 0; k < 4; k++) {
-                    int h = hexval(ps->p[k]);
-                    if (h < 0)
-                        return perr(ps, "bad \\u escape");
-                    v = v * 16 + h;
-                }
-                ps->p += 4;
-                g_string_append_unichar(out, (gunichar)v);
-                break;
-            }
-            default: return perr(ps, "bad escape '\\%c'", c ? c : '0');
-        }
+        case JSON_NODE_NULL: bench_rec_str(r, key, NULL); return;
+        case JSON_NODE_VALUE: break;
     }
-    if (*ps->p != '"')
-        return perr(ps, "unterminated string");
-    ps->p++;
-    return 0;
-}
-
-/* A number: an integer unless it has a '.', 'e' or 'E', then a double. */
-static int parse_number(parser *ps, bench_record *r, const char *key)
-{
-    const char *start = ps->p;
-    bool integral = true;
-    if (*ps->p == '-')
-        ps->p++;
-    while ((*ps->p >= '0' && *ps->p <= '9') || *ps->p == '.' || *ps->p == 'e' || *ps->p == 'E' ||
-           *ps->p == '+' || *ps->p == '-') {
-        if (*ps->p == '.' || *ps->p == 'e' || *ps->p == 'E')
-            integral = false;
-        ps->p++;
-    }
-    if (ps->p == start)
-        return perr(ps, "unsupported value for \"%s\" (only strings, numbers, booleans, null)",
-                    key);
-    char *num = g_strndup(start, (gsize)(ps->p - start));
-    char *end;
-    int rc = 0;
-    errno = 0;
-    if (integral) {
-        gint64 v = g_ascii_strtoll(num, &end, 10);
-        if (*end || errno)
-            rc = perr(ps, "bad number for \"%s\"", key);
-        else
-            bench_rec_int(r, key, v);
-    } else {
-        double v = g_ascii_strtod(num, &end);
-        if (*end || errno)
-            rc = perr(ps, "bad number for \"%s\"", key);
-        else
-            bench_rec_dbl(r, key, v);
-    }
-    g_free(num);
-    return rc;
-}
-
-/* The value of member `key` into r; sval is scratch for strings. */
-static int parse_value(parser *ps, bench_record *r, const char *key, GString *sval)
-{
-    if (*ps->p == '"') {
-        g_string_truncate(sval, 0);
-        if (parse_string(ps, sval))
-            return -1;
-        bench_rec_str(r, key, sval->str);
-    } else if (strncmp(ps->p, "true", 4) == 0) {
-        bench_rec_bool(r, key, true);
-        ps->p += 4;
-    } else if (strncmp(ps->p, "false", 5) == 0) {
-        bench_rec_bool(r, key, false);
-        ps->p += 5;
-    } else if (strncmp(ps->p, "null", 4) == 0) {
-        bench_rec_str(r, key, NULL);
-        ps->p += 4;
-    } else {
-        return parse_number(ps, r, key);
-    }
-    return 0;
-}
-
-/* An object's members, from after its '{' through its '}'. */
-static int parse_members(parser *ps, bench_record *r)
-{
-    skip_ws(ps);
-    if (*ps->p == '}') {
-        ps->p++;
-        return 0;
-    }
-    GString *key = g_string_new(NULL), *sval = g_string_new(NULL);
-    int rc = 0;
-    for (;;) {
-        skip_ws(ps);
-        g_string_truncate(key, 0);
-        if ((rc = parse_string(ps, key)) != 0)
-            break;
-        skip_ws(ps);
-        if (*ps->p != ':') {
-            rc = perr(ps, "expected ':' after \"%s\"", key->str);
-            break;
-        }
-        ps->p++;
-        skip_ws(ps);
-        if ((rc = parse_value(ps, r, key->str, sval)) != 0)
-            break;
-        skip_ws(ps);
-        if (*ps->p == ',') {
-            ps->p++;
-            continue;
-        }
-        if (*ps->p == '}') {
-            ps->p++;
-            break;
-        }
-        rc = perr(ps, "expected ',' or '}' after \"%s\"", key->str);
-        break;
-    }
-    g_string_free(key, TRUE);
-    g_string_free(sval, TRUE);
-    return rc;
+    GType t = json_node_get_value_type(v);
+    if (t == G_TYPE_INT64)
+        bench_rec_int(r, key, json_node_get_int(v));
+    else if (t == G_TYPE_DOUBLE)
+        bench_rec_dbl(r, key, json_node_get_double(v));
+    else if (t == G_TYPE_BOOLEAN)
+        bench_rec_bool(r, key, json_node_get_boolean(v));
+    else
+        bench_rec_str(r, key, json_node_get_string(v));
 }
 
 bench_record *bench_json_parse(const char *line, char *err, size_t errlen)
 {
-    parser ps = {line, err, errlen};
-    bench_record *r = g_new0(bench_record, 1);
-    int rc;
-    skip_ws(&ps);
-    if (*ps.p != '{') {
-        rc = perr(&ps, "expected '{'");
+    JsonParser *p = json_parser_new_immutable();
+    GError *e = NULL;
+    bench_record *r = NULL;
+    if (!json_parser_load_from_data(p, line, -1, &e)) {
+        bench_fail(err, errlen, "%s", e->message);
+        g_error_free(e);
+    } else if (!json_parser_get_root(p) || !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(p))) {
+        bench_fail(err, errlen, "expected a JSON object {...} on the line");
     } else {
-        ps.p++;
-        rc = parse_members(&ps, r);
+        JsonObject *obj = json_node_get_object(json_parser_get_root(p));
+        JsonObjectIter it;
+        const char *key;
+        JsonNode *v;
+        r = g_new0(bench_record, 1);
+        json_object_iter_init_ordered(&it, obj);
+        while (json_object_iter_next_ordered(&it, &key, &v))
+            member_to_field(r, key, v);
     }
-    if (rc == 0) {
-        skip_ws(&ps);
-        if (*ps.p)
-            rc = perr(&ps, "trailing characters after the object");
-    }
-    if (rc != 0) {
-        bench_rec_free(r);
-        return NULL;
-    }
+    g_object_unref(p);
     return r;
 }
 
@@ -618,7 +472,24 @@ void bench_sink_init(bench_sink *s, const char *json_path, const char *csv_path)
     s->records = g_ptr_array_new_with_free_func((GDestroyNotify)bench_rec_free);
 }
 
+void bench_sink_set_meta(bench_sink *s, bench_record *meta)
+{
+    bench_rec_free(s->meta);
+    s->meta = meta;
+}
+
+static void sink_write(bench_sink *s, const bench_record *r);
+
 void bench_sink_emit(bench_sink *s, const bench_record *r)
+{
+    if (s->meta && !s->meta_done) {
+        s->meta_done = true; /* the meta record goes first, once */
+        sink_write(s, s->meta);
+    }
+    sink_write(s, r);
+}
+
+static void sink_write(bench_sink *s, const bench_record *r)
 {
     if (s->failed)
         return;
@@ -665,6 +536,7 @@ int bench_sink_close(bench_sink *s)
     }
     g_ptr_array_free(s->records, TRUE);
     s->records = NULL;
+    bench_sink_set_meta(s, NULL);
     return rc;
 }
 

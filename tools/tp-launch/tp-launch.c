@@ -59,6 +59,7 @@
 #include <unistd.h>
 
 #include "mpi.h"
+#include "tp-version.h"
 #include "nodes.h"
 
 #define MAX_RANKS      64 /* the core takes TP_WORLD_SIZE in 1..64 */
@@ -135,7 +136,10 @@ static void usage(FILE *f)
             "                        a node has more ranks than the machine has cores. Give\n"
             "                        mpirun options between two '--' (see below)\n"
             "  -h, --help            show this help\n"
-            "      --version         show the version\n"
+            "      --version         show the version and git revision\n"
+            "\n"
+            "Options take their value as --opt VALUE or --opt=VALUE (-n4 too). Given twice,\n"
+            "an option's last value wins (-n 2 -n 4 runs 4 ranks).\n"
             "\n"
             "Every rank gets TP_JOB_ID (\"<tp-launch pid>.<8 random hex>\", unique per job)\n"
             "and, with --nodes, TP_LAUNCH_NODES=K and TP_LAUNCH_LINK (the --link spec in\n"
@@ -465,7 +469,9 @@ static int parse_args(int argc, char **argv, launch_opts *lo)
                     return 2;
                 break;
             case 'h': usage(stdout); return 0;
-            case OPT_VERSION: printf("tp-launch %s\n", TP_LAUNCH_VERSION); return 0;
+            case OPT_VERSION:
+                printf("tp-launch %s (git %s)\n", TP_TOOLS_VERSION, TP_TOOLS_REVISION);
+                return 0;
             default: usage(stderr); return 2;
         }
     }

@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""The command-line conventions every program shares (issue 18, item 1).
+
+For each program given (NAME=PATH; the ones listed in CHECKS are checked):
+  --version  exit 0, one line "NAME VERSION (git REVISION)", the same
+             version and revision for every program;
+  --help     exit 0, usage on stdout naming --version;
+  --opt=VAL  accepted like --opt VAL (the run's result shows the value);
+  twice      a flag given twice: the last value wins (the result shows it);
+  errors     a bad value: exit 2, one message on stderr starting "NAME: ".
+
+usage: cli-conventions.py --tmp DIR NAME=PATH...
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+TIMEOUT_S = 60
+ENV = dict(os.environ, TP_BACKEND="loopback", TP_DEVICE="cpu", TP_TIMEOUT_S="30")
+ENV.pop("TP_WORLD_SIZE", None)
+
+
+def run(args, env=None):
+    try:
+        p = subprocess.run(args, env=env or ENV, stdin=subprocess.DEVNULL, capture_output=True,
+                           text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return None, "", "timed out"
+    return p.returncode, p.stdout, p.stderr
+
+
+def json_records(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def bench_run_checks(exe, tmp):
+    """tp-bench: --opt=value and last-wins, read back from its records."""
+    out = os.path.join(tmp, "conv.jsonl")
+    bad = []
+    base = ["collectives", "--no-memcpy", "-q", "--iters=1", "--warmup_iters=0"]
+    rc, _, err = run([exe] + base + ["--tp=2", "--collective=all_gather", "--maxbytes=64",
+                                     "--minbytes=64", "--datatype=bf16", "--json=" + out])
+    recs = [r for r in json_records(out) if r["kind"] == "collective"] if rc == 0 else []
+    if rc != 0 or [(r["ranks"], r["op"], r["bytes"], r["dtype"]) for r in recs] != \
+            [(2, "all_gather", 64, "bf16")]:
+        bad.append("--opt=value: rc %s, records %r | %s" % (rc, recs, err.strip()[-200:]))
+    rc, _, err = run([exe] + base + ["--tp", "3", "--tp", "2", "-C", "broadcast", "-C",
+                                     "all_reduce", "-b", "32", "-e", "128", "-e", "64",
+                                     "--json", os.path.join(tmp, "x"), "--json", out])
+    recs = [r for r in json_records(out) if r["kind"] == "collective"] if rc == 0 else []
+    if rc != 0 or [(r["ranks"], r["op"], r["bytes"]) for r in recs] != \
+            [(2, "all_reduce", 32), (2, "all_reduce", 64)]:
+        bad.append("last wins: rc %s, records %r | %s" % (rc, recs, err.strip()[-200:]))
+    if os.path.exists(os.path.join(tmp, "x")):
+        bad.append("last wins: the first --json was written too")
+    return bad
+
+
+def launch_run_checks(exe, tmp):
+    """tp-launch: the ranks it starts show -n's value."""
+    bad = []
+    show = ["sh", "-c", 'echo "size=$TP_WORLD_SIZE"']
+    for name, args, want in [("--opt=value", ["--np=2", "--grace=1", "--"], 2),
+                             ("last wins", ["-n", "3", "--np", "2", "-g", "9", "-g", "1"], 2)]:
+        rc, out, err = run([exe] + args + show)
+        lines = [ln for ln in out.splitlines() if "size=" in ln]
+        if rc != 0 or len(lines) != want or any(not ln.endswith("size=%d" % want)
+                                                for ln in lines):
+            bad.append("%s: rc %s, output %r | %s" % (name, rc, out, err.strip()[-200:]))
+    return bad
+
+
+# name -> (help args, version args, a bad value, the checks of real runs)
+CHECKS = {
+    "tp-bench": (["--help"], ["--version"], ["collectives", "-n", "abc"], bench_run_checks),
+    "tp-launch": (["--help"], ["--version"], ["-n", "abc", "true"], launch_run_checks),
+}
+
+
+def check_program(name, exe, tmp):
+    help_args, version_args, bad_args, runs = CHECKS[name]
+    bad = []
+    rc, out, err = run([exe] + version_args)
+    m = re.fullmatch(r"%s (\S+) \(git (\S+)\)\n" % re.escape(name), out)
+    if rc != 0 or not m:
+        bad.append("--version: rc %s, stdout %r" % (rc, out))
+    version = m.groups() if m else None
+    rc, out, err = run([exe] + help_args)
+    if rc != 0 or "Usage:" not in out or "--version" not in out:
+        bad.append("--help: rc %s, no usage naming --version on stdout" % rc)
+    rc, out, err = run([exe] + bad_args)
+    lines = err.strip().splitlines()
+    if rc != 2 or not lines or not lines[0].startswith(name + ": "):
+        bad.append("bad value %r: rc %s, stderr %r (want exit 2, '%s: ...')" %
+                   (bad_args, rc, err[:200], name))
+    bad += runs(exe, tmp)
+    return version, bad
+
+
+def main(argv):
+    tmp, progs, i = None, {}, 1
+    while i < len(argv):
+        if argv[i] == "--tmp":
+            tmp = argv[i + 1]
+            i += 2
+            continue
+        name, _, path = argv[i].partition("=")
+        progs[name] = os.path.abspath(path)
+        i += 1
+    tmp = tmp or tempfile.mkdtemp(prefix="cli-conventions-")
+    shutil.rmtree(tmp, ignore_errors=True)  # ours, from an earlier run
+    os.makedirs(tmp)
+    failed, versions = [], {}
+    for name in sorted(progs):
+        if name not in CHECKS:
+            continue
+        version, bad = check_program(name, progs[name], tmp)
+        if version:
+            versions[name] = version
+        failed += ["%s %s" % (name, b) for b in bad]
+        print("%s: %s" % (name, "ok" if not bad else "%d failed" % len(bad)))
+    if len(set(versions.values())) > 1:
+        failed.append("versions differ: %r" % versions)
+    for line in failed:
+        print("FAIL:", line)
+    print("cli-conventions: %d programs, %d failed checks" % (len(versions), len(failed)))
+    return 1 if failed or not versions else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
