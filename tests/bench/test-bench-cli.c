@@ -890,6 +890,29 @@ START_TEST(plot_png)
     bench_run_free(&r);
     g_free(args);
 
+    /* measured layers: one comm % series per placement, forward aggregate
+     * rows only (per-rank and backward rows are not drawn) */
+    const char *layers =
+        "{\"kind\": \"layer\", \"backend\": \"tcp\", \"layer\": \"mlp\", \"tp\": 2, "
+        "\"rank\": -1, \"phase\": \"forward\", \"nodes\": 1, \"ranks_per_node\": 2, "
+        "\"link\": \"none\", \"comm_pct\": 3}\n"
+        "{\"kind\": \"layer\", \"backend\": \"tcp\", \"layer\": \"mlp\", \"tp\": 2, "
+        "\"rank\": -1, \"phase\": \"forward\", \"nodes\": 2, \"ranks_per_node\": 1, "
+        "\"link\": \"1gbit\", \"comm_pct\": 20}\n"
+        "{\"kind\": \"layer\", \"backend\": \"tcp\", \"layer\": \"mlp\", \"tp\": 2, "
+        "\"rank\": 0, \"phase\": \"forward\", \"nodes\": 4, \"ranks_per_node\": 1, "
+        "\"link\": \"1gbit\", \"comm_pct\": 20}\n"
+        "{\"kind\": \"layer\", \"backend\": \"tcp\", \"layer\": \"mlp\", \"tp\": 2, "
+        "\"rank\": -1, \"phase\": \"backward\", \"nodes\": 4, \"ranks_per_node\": 1, "
+        "\"link\": \"1gbit\", \"comm_pct\": 20}\n";
+    ck_assert(g_file_set_contents(in, layers, -1, NULL));
+    args = g_strdup_printf("plot %s --out %s", in, png);
+    r = run(args, NULL);
+    ck_assert_msg(r.code == 0, "exit %d\n%s", r.code, r.err);
+    ck_assert_msg(strstr(r.out, "(0 bandwidth series, 2 comm % series)"), "%s", r.out);
+    bench_run_free(&r);
+    g_free(args);
+
     /* nothing plottable, or a missing file: exit 2 with a message */
     ck_assert(g_file_set_contents(in, "{\"kind\": \"gemm\"}\n", -1, NULL));
     args = g_strdup_printf("plot %s --out %s", in, png);

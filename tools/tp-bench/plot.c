@@ -143,6 +143,27 @@ static void add_projection(plot_series *ps, const bench_record *r)
         add_point(series_for(ps->pct, title), t, y);
 }
 
+/* A measured layer (aggregate forward row): its comm % at its T, one series
+ * per layer, backend and placement, so TP inside a node and across nodes
+ * sit side by side with the projections. */
+static void add_layer(plot_series *ps, const bench_record *r, const char *backend)
+{
+    const char *layer = bench_rec_get_str(r, "layer"), *phase = bench_rec_get_str(r, "phase");
+    if (!layer || !phase || strcmp(phase, "forward") != 0 || bench_rec_get_num(r, "rank", 0) != -1)
+        return;
+    bench_place pl;
+    bench_place_from_rec(r, &pl);
+    char title[160];
+    if (pl.nodes > 1)
+        snprintf(title, sizeof title, "%s %s across %d nodes (link %s)", layer, backend, pl.nodes,
+                 pl.link);
+    else
+        snprintf(title, sizeof title, "%s %s inside 1 node", layer, backend);
+    double t = bench_rec_get_num(r, "tp", NAN), y = bench_rec_get_num(r, "comm_pct", NAN);
+    if (t > 0 && isfinite(y))
+        add_point(series_for(ps->pct, title), t, y);
+}
+
 static void collect_series(GPtrArray *recs, plot_series *ps)
 {
     for (guint i = 0; i < recs->len; i++) {
@@ -157,6 +178,8 @@ static void collect_series(GPtrArray *recs, plot_series *ps)
             add_memcpy(ps, r);
         else if (strcmp(kind, "model") == 0)
             add_projection(ps, r);
+        else if (strcmp(kind, "layer") == 0)
+            add_layer(ps, r, backend);
     }
 }
 
@@ -230,7 +253,8 @@ static GString *gp_script(const bench_opts *o, const plot_series *ps)
     }
     if (have_pct)
         gp_panel(gp, idx, ps->pct,
-                 "set title 'communication % of layer forward vs T (projections labelled)'\n"
+                 "set title 'communication % of layer forward vs T (measured layers; projections "
+                 "labelled)'\n"
                  "unset logscale x\nset logscale y\nset format x '%g'\nset xlabel 'T (ranks)'\n"
                  "set ylabel 'comm %'\nset xtics 1\n",
                  pct_style, ps);
@@ -319,15 +343,16 @@ int bench_cmd_plot(const bench_opts *o)
     };
     collect_series(recs, &ps);
     if (!ps.bw->len && !ps.pct->len) {
-        fprintf(stderr,
-                "tp-bench plot: no collective or model projection records in the input (write them "
-                "with tp-bench collectives/model --json FILE)\n");
+        fprintf(
+            stderr,
+            "tp-bench plot: no collective, layer or model projection records in the input (write "
+            "them with tp-bench collectives/layer/model --json FILE)\n");
         rc = BENCH_EXIT_USAGE;
     } else {
         GString *gp = gp_script(o, &ps);
         rc = draw(gp);
         if (rc == BENCH_EXIT_OK)
-            printf("tp-bench plot: wrote %s (%u bandwidth series, %u projection series)\n",
+            printf("tp-bench plot: wrote %s (%u bandwidth series, %u comm %% series)\n",
                    o->out_path, ps.bw->len + ps.ref->len, ps.pct->len);
         g_string_free(gp, TRUE);
     }
