@@ -48,6 +48,7 @@ tp_status tp_vocab_ce_create(tp_comm *comm, const tp_ce_config *cfg, tp_vocab_ce
                             "VocabParallelCrossEntropy create: out of host memory");
     c->comm = comm;
     c->dev = c->ws.dev = tp_comm_device(comm);
+    c->ws.keep = true; /* row max and sum of exp for backward */
     c->vocab = cfg->vocab;
     c->smoothing = cfg->label_smoothing;
     c->use_ignore = cfg->use_ignore_index;

@@ -27,8 +27,8 @@ void tp_embedding_free(tp_embedding *e)
 {
     if (!e)
         return;
-    tp_tensor_release(&e->table);
-    tp_tensor_release(&e->grad);
+    tpl_release(&e->table, TP_USE_PARAMETERS);
+    tpl_release(&e->grad, TP_USE_GRADIENTS);
     tpl_ws_release(&e->ws);
     tpl_ws_release(&e->dyf);
     free(e->counts);
@@ -85,7 +85,9 @@ tp_status tp_embedding_create(tp_comm *comm, const tp_embedding_config *cfg, tp_
     int64_t full; /* the full table (full_table, get_full) must be addressable */
     TP_TRY_GOTO(tpl_mul(e->label, "table vocab x dim", e->vocab, e->dim, &full), st, fail);
     tp_shard_range(e->vocab, e->size, e->rank, &e->lo, &e->hi);
-    TP_TRY_GOTO(tp_tensor_alloc2(e->dev, TP_F32, e->hi - e->lo, e->dim, &e->table), st, fail);
+    TP_TRY_GOTO(tpl_alloc(e->dev, TP_USE_PARAMETERS, TP_F32, 2, (int64_t[]){e->hi - e->lo, e->dim},
+                          &e->table),
+                st, fail);
     size_t n = (size_t)((e->hi - e->lo) * e->dim);
     host = malloc(n * sizeof(float));
     if (!host) {
@@ -210,7 +212,8 @@ static tp_status ensure_grad(tp_embedding *e)
 {
     if (e->grad.data)
         return TP_OK;
-    return tp_tensor_alloc2(e->dev, TP_F32, e->hi - e->lo, e->dim, &e->grad);
+    return tpl_alloc(e->dev, TP_USE_GRADIENTS, TP_F32, 2, (int64_t[]){e->hi - e->lo, e->dim},
+                     &e->grad);
 }
 
 /* grad += the gradients of this rank's vocab rows among the n ids. */

@@ -90,13 +90,13 @@ static void release_acts(tp_gpt *m)
 {
     if (m->xs)
         for (int64_t i = 0; i <= m->cfg.layers; i++)
-            tp_tensor_release(&m->xs[i]);
-    tp_tensor_release(&m->hn);
-    tp_tensor_release(&m->logits);
-    tp_tensor_release(&m->dlogits);
-    tp_tensor_release(&m->g0);
-    tp_tensor_release(&m->g1);
-    tp_tensor_release(&m->pos_ids);
+            tpl_release(&m->xs[i], TP_USE_ACTIVATIONS);
+    tpl_release(&m->hn, TP_USE_ACTIVATIONS);
+    tpl_release(&m->logits, TP_USE_ACTIVATIONS);
+    tpl_release(&m->dlogits, TP_USE_WORKSPACE);
+    tpl_release(&m->g0, TP_USE_WORKSPACE);
+    tpl_release(&m->g1, TP_USE_WORKSPACE);
+    tpl_release(&m->pos_ids, TP_USE_ACTIVATIONS);
 }
 
 void tp_gpt_free(tp_gpt *m)
@@ -106,8 +106,8 @@ void tp_gpt_free(tp_gpt *m)
     release_acts(m);
     free(m->xs);
     tp_embedding_free(m->emb);
-    tp_tensor_release(&m->pos);
-    tp_tensor_release(&m->dpos);
+    tpl_release(&m->pos, TP_USE_PARAMETERS);
+    tpl_release(&m->dpos, TP_USE_GRADIENTS);
     if (m->blocks)
         for (int64_t i = 0; i < m->cfg.layers; i++)
             tp_block_free(m->blocks[i]);
@@ -298,8 +298,9 @@ static tp_status create_embeddings(tp_gpt *m)
                               .init_bound = eb,
                               .sequence_parallel = c->sequence_parallel};
     TP_TRY(tp_embedding_create(m->comm, &ec, &m->emb));
-    TP_TRY(tp_tensor_alloc2(m->dev, TP_F32, c->seq, c->hidden, &m->pos));
-    TP_TRY(tp_tensor_alloc2(m->dev, TP_F32, c->seq, c->hidden, &m->dpos));
+    int64_t shape[2] = {c->seq, c->hidden};
+    TP_TRY(tpl_alloc(m->dev, TP_USE_PARAMETERS, TP_F32, 2, shape, &m->pos));
+    TP_TRY(tpl_alloc(m->dev, TP_USE_GRADIENTS, TP_F32, 2, shape, &m->dpos));
     float *host = malloc(sizeof(float) * (size_t)(c->seq * c->hidden));
     if (!host)
         return tp_set_error(TP_ERR_NO_MEMORY, "%s: out of host memory", m->label);
@@ -368,6 +369,7 @@ tp_status tp_gpt_create(tp_comm *comm, const tp_gpt_config *cfg, tp_gpt **out)
         return tp_set_error(TP_ERR_NO_MEMORY, "GPT create: out of host memory");
     m->comm = comm;
     m->dev = m->hfull.dev = m->dhfull.dev = m->tmp.dev = tp_comm_device(comm);
+    m->hfull.keep = true; /* the output projection's input, for its weight gradient */
     m->cfg = *cfg;
     m->T = tp_comm_size(comm);
     m->rank = tp_comm_rank(comm);
@@ -417,12 +419,13 @@ tp_status tp_gpt_zero_grad(tp_gpt *m)
 /* ------------------------------------------------------------- forward */
 
 /* Make t a [rows, cols] tensor of dtype dt (reusing it when it already is). */
-static tp_status ensure2(tp_gpt *m, tp_tensor *t, tp_dtype dt, int64_t rows, int64_t cols)
+static tp_status ensure2(tp_gpt *m, tp_tensor *t, tp_mem_use kind, tp_dtype dt, int64_t rows,
+                         int64_t cols)
 {
     if (t->data && t->ndim == 2 && t->dtype == dt && t->shape[0] == rows && t->shape[1] == cols)
         return TP_OK;
-    tp_tensor_release(t);
-    return tp_tensor_alloc2(m->dev, dt, rows, cols, t);
+    tpl_release(t, kind);
+    return tpl_alloc(m->dev, kind, dt, 2, (int64_t[]){rows, cols}, t);
 }
 
 /* pos_ids[t] = t % seqlen, the position of token t. */
@@ -441,14 +444,15 @@ static tp_status upload_pos_ids(tp_gpt *m)
 static tp_status alloc_acts(tp_gpt *m)
 {
     int64_t tokens = m->tokens, H = m->cfg.hidden;
-    TP_TRY(ensure2(m, &m->pos_ids, TP_I32, 1, tokens));
+    const tp_mem_use A = TP_USE_ACTIVATIONS, W = TP_USE_WORKSPACE;
+    TP_TRY(ensure2(m, &m->pos_ids, A, TP_I32, 1, tokens));
     for (int64_t i = 0; i <= m->cfg.layers; i++)
-        TP_TRY(ensure2(m, &m->xs[i], TP_F32, m->rows, H));
-    TP_TRY(ensure2(m, &m->hn, TP_F32, m->rows, H));
-    TP_TRY(ensure2(m, &m->g0, TP_F32, m->rows, H));
-    TP_TRY(ensure2(m, &m->g1, TP_F32, m->rows, H));
-    TP_TRY(ensure2(m, &m->logits, TP_F32, tokens, m->vl));
-    TP_TRY(ensure2(m, &m->dlogits, TP_F32, tokens, m->vl));
+        TP_TRY(ensure2(m, &m->xs[i], A, TP_F32, m->rows, H));
+    TP_TRY(ensure2(m, &m->hn, A, TP_F32, m->rows, H));
+    TP_TRY(ensure2(m, &m->g0, W, TP_F32, m->rows, H));
+    TP_TRY(ensure2(m, &m->g1, W, TP_F32, m->rows, H));
+    TP_TRY(ensure2(m, &m->logits, A, TP_F32, tokens, m->vl));
+    TP_TRY(ensure2(m, &m->dlogits, W, TP_F32, tokens, m->vl));
     if (m->cfg.sequence_parallel)
         TP_TRY(tpl_ws_reserve(&m->hfull, (size_t)(tokens * H) * sizeof(float), m->label));
     TP_TRY(tpl_ws_reserve(&m->dhfull, (size_t)(tokens * H) * sizeof(float), m->label));

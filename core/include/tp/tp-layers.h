@@ -238,6 +238,16 @@ typedef struct tp_optim_config {
     float beta1, beta2, eps; /* AdamW only */
     float weight_decay;      /* applied only to params with decay = true */
     float momentum;          /* SGD only; 0: none */
+    /* Loss scaling (for f16): the backward's loss was multiplied by the
+     * optimizer's current scale (tp_optim_loss_scale; e.g. pass it to
+     * tp_gpt_backward_scaled). 0 or 1: no scaling. dynamic_loss_scale:
+     * halve the scale after a step whose gradients hold a non-finite
+     * value (on any rank; that step is skipped), double it after
+     * growth_interval (0: 2000) good steps in a row, as PyTorch's
+     * GradScaler. A static scale also skips such steps (and keeps it). */
+    float loss_scale;
+    bool dynamic_loss_scale;
+    int growth_interval;
 } tp_optim_config;
 
 /* PyTorch's defaults: AdamW lr 1e-3, betas (0.9, 0.999), eps 1e-8,
@@ -249,9 +259,21 @@ typedef struct tp_optim tp_optim;
 
 /* An optimizer over n parameters (the array is copied; the tensors must
  * outlive the optimizer). AdamW allocates its m and v state, SGD with
- * momentum its momentum buffer (zeros) on the device. comm is the rank's
- * comm: the optimizer's kernels count in its stats under TP_PHASE_OTHER.
- * No communication. */
+ * momentum its momentum buffer (zeros) on the device, all f32. comm is
+ * the rank's comm: the optimizer's kernels count in its stats under
+ * TP_PHASE_OTHER. Without loss scaling and with f32 parameters there is
+ * no communication and no host copy.
+ *
+ * Mixed precision: a bf16/f16 parameter (value and grad of that dtype)
+ * gets an f32 master copy (its value widened, counted as optimizer
+ * state); each step updates the master from the f32 gradient and rounds
+ * it once (nearest even) into the value, so small updates accumulate in
+ * the master instead of rounding away. With such parameters or a loss
+ * scale the step goes through the host (this device API has no cast):
+ * each gradient is downloaded, widened, divided by the scale and checked
+ * for non-finite values; one all-reduce over comm (one float) makes every
+ * rank agree to skip or apply; then the f32 gradient is uploaded, the
+ * update runs on the device and the master is rounded into the value. */
 TP_API tp_status tp_optim_create(tp_comm *comm, const tp_optim_config *cfg, const tp_param *params,
                                  int n, tp_optim **out);
 /* One update of every parameter from its gradient; the step counter (for
@@ -260,7 +282,9 @@ TP_API tp_status tp_optim_step(tp_optim *o);
 TP_API tp_status tp_optim_zero_grad(tp_optim *o); /* every parameter's gradient = 0 */
 TP_API int64_t tp_optim_steps(const tp_optim *o); /* updates done so far */
 TP_API tp_status tp_optim_set_lr(tp_optim *o, float lr);
-TP_API void tp_optim_free(tp_optim *o); /* NULL is a no-op */
+TP_API float tp_optim_loss_scale(const tp_optim *o); /* current scale (1 without scaling) */
+TP_API int64_t tp_optim_skipped(const tp_optim *o);  /* steps skipped for non-finite grads */
+TP_API void tp_optim_free(tp_optim *o);              /* NULL is a no-op */
 
 /* -------------------------------------------------------------- GPT model */
 

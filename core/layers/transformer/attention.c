@@ -100,7 +100,7 @@ void tp_attention_free(tp_attention *a)
         return;
     tp_tensor *ts[] = {&a->wqkv, &a->bqkv, &a->wo, &a->bo, &a->dwqkv, &a->dbqkv, &a->dwo, &a->dbo};
     for (size_t i = 0; i < sizeof ts / sizeof *ts; i++)
-        tp_tensor_release(ts[i]);
+        tpl_release(ts[i], i < 4 ? TP_USE_PARAMETERS : TP_USE_GRADIENTS);
     tpl_ws *ws[] = {&a->xfull, &a->qkv,  &a->probs, &a->scores, &a->ctx, &a->yfull,
                     &a->dctx,  &a->dqkv, &a->dpack, &a->kvtmp,  &a->bscr};
     for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
@@ -267,7 +267,9 @@ static tp_status alloc_params(tp_attention *a, const tp_attention_config *cfg)
         goto out;
     }
     float bq = (float)(1.0 / sqrt((double)a->hidden)), bo = (float)(1.0 / sqrt((double)fo));
-    TP_TRY_GOTO(tp_tensor_alloc2(a->dev, TP_F32, a->hidden, a->qkv_width, &a->wqkv), st, out);
+    TP_TRY_GOTO(tpl_alloc(a->dev, TP_USE_PARAMETERS, TP_F32, 2,
+                          (int64_t[]){a->hidden, a->qkv_width}, &a->wqkv),
+                st, out);
     TP_TRY_GOTO(fill_qkv_weight(a, cfg, fw, bq, host), st, out);
     TP_TRY_GOTO(tp_tensor_upload(&a->wqkv, host), st, out);
     if (a->has_bias) {
@@ -277,11 +279,14 @@ static tp_status alloc_params(tp_attention *a, const tp_attention_config *cfg)
             tp_master_fill(cfg->seed, cfg->tensor_id + 1, fw, 0, 1, 0, fw, bq, row);
         for (int64_t c = 0; c < a->qkv_width; c++)
             host[c] = row[full_col(a, a->q_lo, a->kv_lo, a->local_heads, a->local_kv, c)];
-        TP_TRY_GOTO(tp_tensor_alloc(a->dev, TP_F32, 1, &a->qkv_width, &a->bqkv), st, out);
+        TP_TRY_GOTO(tpl_alloc(a->dev, TP_USE_PARAMETERS, TP_F32, 1, &a->qkv_width, &a->bqkv), st,
+                    out);
         TP_TRY_GOTO(tp_tensor_upload(&a->bqkv, host), st, out);
     }
     /* out-projection: rows [q_lo head_dim, q_hi head_dim) of [heads head_dim, hidden] */
-    TP_TRY_GOTO(tp_tensor_alloc2(a->dev, TP_F32, a->out_rows, a->hidden, &a->wo), st, out);
+    TP_TRY_GOTO(tpl_alloc(a->dev, TP_USE_PARAMETERS, TP_F32, 2, (int64_t[]){a->out_rows, a->hidden},
+                          &a->wo),
+                st, out);
     int64_t r0 = a->q_lo * a->head_dim;
     if (cfg->full_out_weight)
         memcpy(host, cfg->full_out_weight + r0 * a->hidden, n2 * XF_ES);
@@ -294,7 +299,7 @@ static tp_status alloc_params(tp_attention *a, const tp_attention_config *cfg)
             memcpy(host, cfg->full_out_bias, (size_t)a->hidden * XF_ES);
         else
             tp_master_fill(cfg->seed, cfg->tensor_id + 3, a->hidden, 0, 1, 0, a->hidden, bo, host);
-        TP_TRY_GOTO(tp_tensor_alloc(a->dev, TP_F32, 1, &a->hidden, &a->bo), st, out);
+        TP_TRY_GOTO(tpl_alloc(a->dev, TP_USE_PARAMETERS, TP_F32, 1, &a->hidden, &a->bo), st, out);
         TP_TRY_GOTO(tp_tensor_upload(&a->bo, host), st, out);
     }
 out:
@@ -326,6 +331,7 @@ tp_status tp_attention_create(tp_comm *comm, const tp_attention_config *cfg, tp_
                     &a->dctx,  &a->dqkv, &a->dpack, &a->kvtmp,  &a->bscr};
     for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
         ws[i]->dev = a->dev;
+    a->xfull.keep = a->qkv.keep = a->probs.keep = a->ctx.keep = true; /* read by backward */
     a->off = malloc(sizeof(int64_t) * (size_t)(a->tp_size + 1));
     a->counts = malloc(sizeof(size_t) * (size_t)a->tp_size);
     tp_status st;
@@ -540,13 +546,13 @@ tp_status tp_attention_forward(tp_attention *a, const tp_tensor *x, int64_t batc
 static tp_status ensure_grads(tp_attention *a)
 {
     if (!a->dwqkv.data)
-        TP_TRY(tp_tensor_alloc(a->dev, TP_F32, 2, a->wqkv.shape, &a->dwqkv));
+        TP_TRY(tpl_alloc(a->dev, TP_USE_GRADIENTS, TP_F32, 2, a->wqkv.shape, &a->dwqkv));
     if (!a->dwo.data)
-        TP_TRY(tp_tensor_alloc(a->dev, TP_F32, 2, a->wo.shape, &a->dwo));
+        TP_TRY(tpl_alloc(a->dev, TP_USE_GRADIENTS, TP_F32, 2, a->wo.shape, &a->dwo));
     if (a->has_bias && !a->dbqkv.data)
-        TP_TRY(tp_tensor_alloc(a->dev, TP_F32, 1, a->bqkv.shape, &a->dbqkv));
+        TP_TRY(tpl_alloc(a->dev, TP_USE_GRADIENTS, TP_F32, 1, a->bqkv.shape, &a->dbqkv));
     if (a->has_bias && !a->dbo.data)
-        TP_TRY(tp_tensor_alloc(a->dev, TP_F32, 1, a->bo.shape, &a->dbo));
+        TP_TRY(tpl_alloc(a->dev, TP_USE_GRADIENTS, TP_F32, 1, a->bo.shape, &a->dbo));
     return TP_OK;
 }
 

@@ -98,6 +98,8 @@ tp_status tp_block_create(tp_comm *comm, const tp_block_config *cfg, tp_block **
                     &b->contrib, &b->mx, &b->mpre, &b->mact, &b->mtmp};
     for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
         ws[i]->dev = b->dev;
+    /* read by backward: the norms' inputs, the MLP's gathered input and its pre/post GeLU */
+    b->h1.keep = b->r1.keep = b->h2.keep = b->mx.keep = b->mpre.keep = b->mact.keep = true;
     b->off = malloc(sizeof(int64_t) * (size_t)(b->T + 1));
     b->counts = malloc(sizeof(size_t) * (size_t)b->T);
     tp_status st;

@@ -33,10 +33,10 @@ void tp_norm_free(tp_norm *n)
 {
     if (!n)
         return;
-    tp_tensor_release(&n->gamma);
-    tp_tensor_release(&n->beta);
-    tp_tensor_release(&n->dgamma);
-    tp_tensor_release(&n->dbeta);
+    tpl_release(&n->gamma, TP_USE_PARAMETERS);
+    tpl_release(&n->beta, TP_USE_PARAMETERS);
+    tpl_release(&n->dgamma, TP_USE_GRADIENTS);
+    tpl_release(&n->dbeta, TP_USE_GRADIENTS);
     tpl_ws_release(&n->mean);
     tpl_ws_release(&n->rstd);
     tpl_ws_release(&n->contrib);
@@ -57,6 +57,7 @@ tp_status tp_norm_create(tp_comm *comm, const tp_norm_config *cfg, tp_norm **out
     n->comm = comm;
     n->dev = tp_comm_device(comm);
     n->mean.dev = n->rstd.dev = n->contrib.dev = n->dev;
+    n->mean.keep = n->rstd.keep = true;
     n->dim = cfg->dim;
     n->rms = cfg->rms;
     n->has_bias = cfg->bias;
@@ -83,12 +84,12 @@ tp_status tp_norm_create(tp_comm *comm, const tp_norm_config *cfg, tp_norm **out
     }
     for (int64_t i = 0; i < n->dim; i++)
         host[i] = cfg->full_gamma ? cfg->full_gamma[i] : 1.0f;
-    TP_TRY_GOTO(tp_tensor_alloc(n->dev, TP_F32, 1, &n->dim, &n->gamma), st, fail);
+    TP_TRY_GOTO(tpl_alloc(n->dev, TP_USE_PARAMETERS, TP_F32, 1, &n->dim, &n->gamma), st, fail);
     TP_TRY_GOTO(tp_tensor_upload(&n->gamma, host), st, fail);
     if (n->has_bias) {
         for (int64_t i = 0; i < n->dim; i++)
             host[i] = cfg->full_beta ? cfg->full_beta[i] : 0.0f;
-        TP_TRY_GOTO(tp_tensor_alloc(n->dev, TP_F32, 1, &n->dim, &n->beta), st, fail);
+        TP_TRY_GOTO(tpl_alloc(n->dev, TP_USE_PARAMETERS, TP_F32, 1, &n->dim, &n->beta), st, fail);
         TP_TRY_GOTO(tp_tensor_upload(&n->beta, host), st, fail);
     }
     free(host);
@@ -139,9 +140,9 @@ tp_status tp_norm_forward(tp_norm *n, const tp_tensor *x, tp_tensor *y)
 static tp_status ensure_grads(tp_norm *n)
 {
     if (!n->dgamma.data)
-        TP_TRY(tp_tensor_alloc(n->dev, TP_F32, 1, &n->dim, &n->dgamma));
+        TP_TRY(tpl_alloc(n->dev, TP_USE_GRADIENTS, TP_F32, 1, &n->dim, &n->dgamma));
     if (n->has_bias && !n->dbeta.data)
-        TP_TRY(tp_tensor_alloc(n->dev, TP_F32, 1, &n->dim, &n->dbeta));
+        TP_TRY(tpl_alloc(n->dev, TP_USE_GRADIENTS, TP_F32, 1, &n->dim, &n->dbeta));
     return TP_OK;
 }
 
