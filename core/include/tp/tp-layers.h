@@ -160,6 +160,8 @@ typedef struct tp_embedding_config {
      * transformer block expects); backward takes dy of that shard and
      * all-gathers it (one all_gather) before the scatter-add. */
     bool sequence_parallel;
+    tp_dtype dtype; /* table, its gradient, y and dy: TP_F32 (0), TP_BF16, TP_F16; the
+                       scatter-add rounds each accumulated row once per backward */
 } tp_embedding_config;
 
 typedef struct tp_embedding tp_embedding;
@@ -194,6 +196,8 @@ typedef struct tp_ce_config {
     bool use_ignore_index; /* rows whose target == ignore_index are ignored */
     int32_t ignore_index;  /* e.g. -100 as in PyTorch */
     const char *name;
+    tp_dtype dtype; /* logits and dlogits: TP_F32 (0), TP_BF16, TP_F16; the row max, sums
+                       of exp and the loss are f32 (each logit widened exactly) */
 } tp_ce_config;
 
 typedef struct tp_vocab_ce tp_vocab_ce;
@@ -339,6 +343,11 @@ typedef struct tp_gpt_config {
     bool use_ignore_index; /* targets == ignore_index are ignored */
     int32_t ignore_index;
     uint64_t seed;
+    /* Every parameter, gradient and activation: TP_F32 (0), TP_BF16 or TP_F16 (GEMMs and
+     * reductions inside the device accumulate in f32; each stored tensor is rounded once).
+     * The loss and the cross-entropy statistics are f32. Train with tp_optim (it keeps f32
+     * master weights); f16 needs loss scaling (tp_gpt_backward_scaled). */
+    tp_dtype dtype;
 } tp_gpt_config;
 
 typedef struct tp_gpt tp_gpt;
@@ -356,6 +365,9 @@ TP_API tp_status tp_gpt_forward(tp_gpt *m, const tp_tensor *ids, const tp_tensor
                                 float *loss);
 /* Gradients of the last forward's loss, accumulated into every parameter's grad. */
 TP_API tp_status tp_gpt_backward(tp_gpt *m);
+/* The same for scale * loss (loss scaling: pass tp_optim_loss_scale of an optimizer created
+ * with loss_scale, which divides the gradients by it again); scale finite and > 0. */
+TP_API tp_status tp_gpt_backward_scaled(tp_gpt *m, float scale);
 TP_API tp_status tp_gpt_zero_grad(tp_gpt *m);
 /* The model's parameters (valid until tp_gpt_free), in this order, with
  * these names and full shapes (biases only where configured):

@@ -86,6 +86,8 @@ typedef struct tp_attention_config {
     const float *full_qkv_weight, *full_qkv_bias; /* optional host full tensors */
     const float *full_out_weight, *full_out_bias;
     const char *name;
+    tp_dtype dtype; /* weights, gradients, x, y, dy, dx and every internal activation (QKV,
+                       scores, probabilities, context): TP_F32 (0), TP_BF16 or TP_F16 */
 } tp_attention_config;
 
 typedef struct tp_attention tp_attention;
@@ -151,6 +153,8 @@ typedef struct tp_norm_config {
     bool sequence_parallel;
     const float *full_gamma, *full_beta; /* optional host [dim] */
     const char *name;
+    tp_dtype dtype; /* gamma, beta, their gradients, x, y, dy, dx: TP_F32 (0), TP_BF16,
+                       TP_F16; mean and rstd stay f32 */
 } tp_norm_config;
 
 typedef struct tp_norm tp_norm;
@@ -188,6 +192,8 @@ typedef struct tp_block_config {
     bool sequence_parallel;
     uint64_t seed, tensor_id;
     const char *name;
+    tp_dtype dtype; /* of the norms, attention and MLP (their parameters, gradients and
+                       activations), x, y, dy, dx: TP_F32 (0), TP_BF16, TP_F16 */
 } tp_block_config;
 
 typedef struct tp_block tp_block;
