@@ -49,9 +49,12 @@ static void store(tp_dtype dt, const float *src, void *dst, int64_t n)
     }
 }
 
-/* The f32 scratch of one call. */
-#define LP_MAX 8
+/* The f32 scratch of one call: the device's slots (kept and grown between
+ * calls), or malloc'd buffers without a device handle (the op then
+ * reports the handle). */
+#define LP_MAX CPU_LP_SLOTS
 typedef struct lp_call {
+    cpu_dev *dev;
     tp_dtype dt;
     const char *op;
     int count, nomem;
@@ -72,15 +75,27 @@ static int64_t elems(int64_t rows, int64_t cols)
     return n;
 }
 
+/* Slot i of c's device holding at least n floats, or NULL. */
+static float *slot(lp_call *c, int i, int64_t n)
+{
+    cpu_dev *d = c->dev;
+    if (!d)
+        return malloc((size_t)n * sizeof(float));
+    if (d->lp_n[i] < (size_t)n) {
+        free(d->lp[i]);
+        d->lp[i] = malloc((size_t)n * sizeof(float));
+        d->lp_n[i] = d->lp[i] ? (size_t)n : 0;
+    }
+    return d->lp[i];
+}
+
 static float *scratch(lp_call *c, const void *p, void *dst, int64_t n, int read)
 {
     float *f;
 
     if (!p || n <= 0) /* nothing to convert: let the op see the original */
         return (float *)(uintptr_t)p;
-    f = malloc((size_t)n * sizeof *f);
-    if (!f || c->count == LP_MAX) {
-        free(f);
+    if (c->count == LP_MAX || !(f = slot(c, c->count, n))) {
         c->nomem = 1;
         return NULL;
     }
@@ -124,12 +139,13 @@ static tp_status finish(lp_call *c, tp_status st)
     for (int i = 0; i < c->count; i++) {
         if (st == TP_OK && c->b[i].dst)
             store(c->dt, c->b[i].f, c->b[i].dst, c->b[i].n);
-        free(c->b[i].f);
+        if (!c->dev)
+            free(c->b[i].f);
     }
     return st;
 }
 
-#define LP_BEGIN(OPNAME) lp_call c_ = {dt, OPNAME, 0, 0, {{0}}}
+#define LP_BEGIN(OPNAME) lp_call c_ = {dev, dt, OPNAME, 0, 0, {{0}}}
 #define LP_RUN(CALL)     return finish(&c_, c_.nomem ? failed(&c_) : (CALL))
 
 /* ----------------------------------------------------------------- gemm */
