@@ -867,6 +867,265 @@ START_TEST(test_errors)
 }
 END_TEST
 
+/* -------------------------------------------------------------- memory */
+
+/*
+ * Device memory accounting (tp_stats.mem). Parameter bytes of rank r at T
+ * are computed here from the configuration alone, with this file's own
+ * shard formula (the first n % T ranks hold one row more), and must equal
+ * the counter's growth over tp_gpt_create exactly:
+ *   sharded: the token table's vocab rows, the QKV columns of the rank's
+ *     query heads and of the KV heads they use, the out-projection rows of
+ *     its query heads, fc1's columns (and bias), fc2's rows, the untied
+ *     output projection's vocab columns;
+ *   replicated: the position table, every norm's gain (and bias), the
+ *     out-projection's and fc2's biases.
+ * Summed over the ranks that is the full model plus (T - 1) copies of the
+ * replicated tensors plus the extra copies of KV heads held by several
+ * ranks; when every split divides, each rank holds exactly full_sharded/T
+ * + replicated + its share of the KV heads. Gradients allocate the same
+ * bytes; AdamW adds two f32 moments per element and, for bf16/f16, an f32
+ * master copy.
+ */
+
+/* [lo, hi) of n split over T, rank r: written here independently of tp_shard_range. */
+static void my_shard(int64_t n, int T, int r, int64_t *lo, int64_t *hi)
+{
+    int64_t base = n / T, rem = n % T;
+    *lo = r * base + (r < rem ? r : rem);
+    *hi = *lo + base + (r < rem ? 1 : 0);
+}
+
+typedef struct mem_expect {
+    int64_t sharded, replicated; /* elements on this rank */
+    int64_t full_sharded;        /* elements of the sharded tensors in the full model */
+    int64_t kv_extra; /* elements of this rank's KV heads whose first query head is on an earlier
+                         rank (the copies beyond one per KV head) */
+} mem_expect;
+
+static void expect_block(const tp_gpt_config *c, int T, int r, mem_expect *e)
+{
+    int64_t H = c->hidden, nh = c->heads, kv = c->kv_heads ? c->kv_heads : nh;
+    int64_t hd = c->head_dim ? c->head_dim : H / nh, g = nh / kv, F = c->ffn, b = c->bias;
+    int64_t ql, qh, fl, fh;
+    my_shard(nh, T, r, &ql, &qh);
+    my_shard(F, T, r, &fl, &fh);
+    int64_t kl = ql / g, kh = (qh - 1) / g + 1;
+    e->replicated += 2 * H * (c->rms ? 1 : 2) + 2 * b * H; /* ln1, ln2; out, fc2 biases */
+    e->sharded += (H + b) * (qh - ql + 2 * (kh - kl)) * hd + (qh - ql) * hd * H; /* qkv, out */
+    e->sharded += (H + b) * (fh - fl) + (fh - fl) * H;                           /* fc1, fc2 */
+    e->full_sharded += (H + b) * (nh + 2 * kv) * hd + nh * hd * H + (H + b) * F + F * H;
+    for (int64_t k = kl; k < kh; k++) { /* held elsewhere too: its group straddles a boundary */
+        if (ql > k * g) /* an earlier rank holds its first query head: this copy is extra */
+            e->kv_extra += 2 * (H + b) * hd;
+    }
+}
+
+static mem_expect expect_gpt(const tp_gpt_config *c, int T, int r)
+{
+    mem_expect e = {0};
+    int64_t H = c->hidden, vl, vh;
+    my_shard(c->vocab, T, r, &vl, &vh);
+    e.sharded = (vh - vl) * H * (c->tied ? 1 : 2); /* token table (+ output projection) */
+    e.full_sharded = c->vocab * H * (c->tied ? 1 : 2);
+    e.replicated = c->seq * H + H * (c->rms ? 1 : 2); /* position table, ln_f */
+    for (int64_t i = 0; i < c->layers; i++)
+        expect_block(c, T, r, &e);
+    return e;
+}
+
+static uint64_t mem_now(tpt_rank *k, tp_mem_use u)
+{
+    tp_stats st;
+    tp_stats_get(k->g, &st);
+    return st.mem.kind[u].bytes;
+}
+
+/* Sum of v (>= 0, < 2^40) over the group's ranks, exactly (two i32 parts). */
+static int64_t sum_ranks(tpt_rank *k, int64_t v)
+{
+    tp_tensor t = {0};
+    int64_t n = 2;
+    EXPECT_OK(k, tp_tensor_alloc(k->dev, TP_I32, 1, &n, &t));
+    int32_t h[2] = {(int32_t)(v >> 20), (int32_t)(v & 0xfffff)}; /* each part sums exactly */
+    EXPECT_OK(k, tp_tensor_upload(&t, h));
+    EXPECT_OK(k, tp_all_reduce(k->g, t.data, t.data, 2, TP_I32, TP_SUM));
+    EXPECT_OK(k, tp_tensor_download(&t, h));
+    tp_tensor_release(&t);
+    return ((int64_t)h[0] << 20) + h[1];
+}
+
+static void mem_case(tpt_rank *k, tp_gpt_config cfg, tp_dtype dt)
+{
+    cfg.dtype = dt;
+    int64_t es = (int64_t)tp_dtype_size(dt);
+    uint64_t p0 = mem_now(k, TP_USE_PARAMETERS), g0 = mem_now(k, TP_USE_GRADIENTS),
+             o0 = mem_now(k, TP_USE_OPTIMIZER);
+    tp_gpt *m = NULL;
+    EXPECT_OK(k, tp_gpt_create(k->g, &cfg, &m));
+    if (!m)
+        return;
+    mem_expect e = expect_gpt(&cfg, k->T, k->r);
+    int64_t got = (int64_t)(mem_now(k, TP_USE_PARAMETERS) - p0);
+    int64_t want = (e.sharded + e.replicated) * es;
+    EXPECT(k, got == want,
+           "%s T=%d rank %d: parameter bytes %lld, expected %lld (sharded %lld + replicated %lld "
+           "elements x %lld)",
+           tp_dtype_name(dt), k->T, k->r, (long long)got, (long long)want, (long long)e.sharded,
+           (long long)e.replicated, (long long)es);
+    /* over the ranks: the full model, T copies of the replicated tensors, extra KV copies */
+    int64_t all = sum_ranks(k, got), kv_extra = sum_ranks(k, e.kv_extra);
+    int64_t whole = (e.full_sharded + kv_extra + (int64_t)k->T * e.replicated) * es;
+    EXPECT(k, all == whole, "T=%d: parameter bytes over the ranks %lld, expected %lld", k->T,
+           (long long)all, (long long)whole);
+    if (k->T == 4 && cfg.vocab % 4 == 0 && cfg.heads % 4 == 0 && cfg.ffn % 4 == 0 &&
+        e.kv_extra == 0) /* every split even: exactly full/4 + replicated on each rank */
+        EXPECT(k, got == (e.full_sharded / 4 + e.replicated) * es,
+               "T=4: %lld != full/4 %lld + replicated %lld", (long long)got,
+               (long long)(e.full_sharded / 4 * es), (long long)(e.replicated * es));
+    const tp_param *ps;
+    int np;
+    tp_gpt_params(m, &ps, &np);
+    EXPECT_OK(k, tp_gpt_zero_grad(m));
+    EXPECT(k, (int64_t)(mem_now(k, TP_USE_GRADIENTS) - g0) == want,
+           "gradient bytes %lld, expected the parameters' %lld",
+           (long long)(mem_now(k, TP_USE_GRADIENTS) - g0), (long long)want);
+    tp_optim_config oc = tp_optim_defaults(TP_OPTIM_ADAMW);
+    tp_optim *o = NULL;
+    EXPECT_OK(k, tp_optim_create(k->g, &oc, ps, np, &o));
+    int64_t n = e.sharded + e.replicated, wo = n * 4 * (dt == TP_F32 ? 2 : 3);
+    EXPECT(k, (int64_t)(mem_now(k, TP_USE_OPTIMIZER) - o0) == wo,
+           "optimizer bytes %lld, expected %lld (AdamW m, v%s)",
+           (long long)(mem_now(k, TP_USE_OPTIMIZER) - o0), (long long)wo,
+           dt == TP_F32 ? "" : " and the f32 master");
+    tp_optim_free(o);
+    tp_gpt_free(m);
+    EXPECT(k,
+           mem_now(k, TP_USE_PARAMETERS) == p0 && mem_now(k, TP_USE_GRADIENTS) == g0 &&
+               mem_now(k, TP_USE_OPTIMIZER) == o0,
+           "memory counters not back after free");
+}
+
+static void body_memory(tpt_rank *k)
+{
+    for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++)
+        if (CASES[i].nh >= k->T && CASES[i].V >= k->T)
+            for (int d = 0; d < 2; d++)
+                mem_case(k, case_cfg(&CASES[i]), d ? TP_BF16 : TP_F32);
+    /* every split even at T = 4: vocab 16, heads 12 (KV 4: one per rank at T=4), ffn 16 */
+    tp_gpt_config even = {.vocab = 16,
+                          .hidden = 8,
+                          .heads = 12,
+                          .kv_heads = 4,
+                          .head_dim = 2,
+                          .ffn = 16,
+                          .layers = 2,
+                          .seq = 5,
+                          .bias = true,
+                          .seed = 3};
+    mem_case(k, even, TP_F32);
+    even.tied = true, even.rms = true, even.bias = false;
+    mem_case(k, even, TP_BF16);
+}
+
+START_TEST(test_memory)
+{
+    tpt_run_all(body_memory);
+}
+END_TEST
+
+/*
+ * Sequence parallelism divides the activations a block keeps for backward
+ * by T, except the two gathered inputs of the column-parallel GEMMs (QKV,
+ * fc1), which stay full [tokens, hidden] (kept, not re-gathered in
+ * backward; tp-transformer.h). Bound checked, with A1 the activation
+ * bytes of one block forward at T = 1 without SP, N tokens, es the dtype
+ * size, and ceil() for uneven shards:
+ *     A_sp(T) <= ceil_factor * A1 / T + 2 N hidden es,
+ * ceil_factor = max over the split sizes n of ceil(n/T) T / n and of this
+ * rank's QKV width (its query heads and the KV heads they use, some held
+ * by two ranks) times T over the full width. The bound
+ * is tight at T = 1 (SP then keeps exactly A1 plus the two gathered
+ * inputs). Without SP the norms' inputs and outputs stay full on every
+ * rank while the rest is split anyway, so at small hidden/ffn ratios SP's
+ * saving (3 N hidden (1 - 1/T)) does not cover the 2 N hidden it keeps
+ * gathered (T = 2 here): re-gathering in backward, as Megatron does, would
+ * remove that term at one all-gather per region per backward.
+ */
+static uint64_t block_acts(tpt_rank *k, tp_comm *g, const tp_block_config *c, int64_t N, int64_t b,
+                           int64_t s)
+{
+    int T = tp_comm_size(g), r = tp_comm_rank(g);
+    int64_t lo = 0, hi = N;
+    if (c->sequence_parallel)
+        my_shard(N, T, r, &lo, &hi);
+    tp_block *blk = NULL;
+    EXPECT_OK(k, tp_block_create(g, c, &blk));
+    tp_tensor x = {0}, y = {0};
+    EXPECT_OK(k, tp_tensor_alloc2(tp_comm_device(g), c->dtype, hi - lo, c->hidden, &x));
+    tp_stats st;
+    tp_stats_get(g, &st);
+    uint64_t a0 = st.mem.kind[TP_USE_ACTIVATIONS].bytes;
+    if (blk)
+        EXPECT_OK(k, tp_block_forward(blk, &x, b, s, &y));
+    tp_stats_get(g, &st);
+    uint64_t a = st.mem.kind[TP_USE_ACTIVATIONS].bytes - a0;
+    tp_tensor_release(&x), tp_tensor_release(&y);
+    tp_block_free(blk);
+    return a;
+}
+
+static void body_sp_memory(tpt_rank *k)
+{
+    for (int d = 0; d < 2; d++) {
+        tp_block_config c = {.hidden = 24,
+                             .heads = 12,
+                             .kv_heads = 4,
+                             .ffn = 52,
+                             .bias = true,
+                             .causal = true,
+                             .seed = 1,
+                             .tensor_id = 10,
+                             .dtype = d ? TP_BF16 : TP_F32};
+        int64_t b = 2, s = 13, N = b * s, es = (int64_t)tp_dtype_size(c.dtype);
+        tp_comm *solo = NULL;
+        EXPECT_OK(k, tp_comm_split(k->g, k->r == 0 ? 0 : -1, 0, &solo));
+        uint64_t a1 = 0;
+        if (solo)
+            a1 = block_acts(k, solo, &c, N, b, s);
+        tp_comm_free(solo);
+        a1 = (uint64_t)sum_ranks(k, (int64_t)a1); /* rank 0's value everywhere */
+        uint64_t nosp = block_acts(k, k->g, &c, N, b, s);
+        c.sequence_parallel = true;
+        uint64_t sp = block_acts(k, k->g, &c, N, b, s);
+        int T = k->T;
+        int64_t splits[] = {N, c.heads, c.ffn};
+        double cf = 1.0;
+        for (int i = 0; i < 3; i++)
+            cf = fmax(cf, (double)((splits[i] + T - 1) / T * T) / (double)splits[i]);
+        int64_t ql, qh, g = c.heads / c.kv_heads; /* QKV width with this rank's KV copies */
+        my_shard(c.heads, T, k->r, &ql, &qh);
+        int64_t w = qh - ql + 2 * ((qh - 1) / g + 1 - ql / g);
+        cf = fmax(cf, (double)(w * T) / (double)(c.heads + 2 * c.kv_heads));
+        double bound = cf * (double)a1 / T + 2.0 * (double)(N * c.hidden * es);
+        EXPECT(k, (double)sp <= bound,
+               "%s T=%d: SP activations %llu > bound %.0f (A1 %llu / T x %.3f + gathered inputs)",
+               tp_dtype_name(c.dtype), T, (unsigned long long)sp, bound, (unsigned long long)a1,
+               cf);
+        if (k->r == 0 && getenv("TP_TEST_VERBOSE"))
+            printf("%s T=%d: block activations A1 %llu, no-SP %llu, SP %llu = %.3f A1 (1/T = "
+                   "%.3f, bound %.0f)\n",
+                   tp_dtype_name(c.dtype), T, (unsigned long long)a1, (unsigned long long)nosp,
+                   (unsigned long long)sp, (double)sp / (double)a1, 1.0 / T, bound);
+    }
+}
+
+START_TEST(test_sp_memory)
+{
+    tpt_run_all(body_sp_memory);
+}
+END_TEST
+
 /* ------------------------------------------------------------ main */
 
 int main(int argc, char **argv)
@@ -875,7 +1134,8 @@ int main(int argc, char **argv)
         {"optim", test_optim},           {"errors", test_errors},
         {"counts", test_counts},         {"reference", test_reference},
         {"bitwise_tp", test_bitwise_tp}, {"determinism", test_determinism},
-        {"train", test_train},
+        {"train", test_train},           {"memory", test_memory},
+        {"sp_memory", test_sp_memory},
     };
     return tpt_main(&argc, &argv, "gpt", tests, sizeof tests / sizeof tests[0], "GPT_TEST");
 }
