@@ -867,6 +867,158 @@ START_TEST(test_errors)
 }
 END_TEST
 
+/* ------------------------------------------------------------ bf16, f16 */
+
+/*
+ * The GPT in bf16/f16 (embedding, position add, blocks, final norm, output
+ * projection, vocab-parallel cross-entropy) against the same model in f32
+ * holding exactly the same weights (the low-precision model's shards,
+ * widened, uploaded into the f32 model's), whose loss and logits are
+ * checked against the double reference here too. Error model as in
+ * tests/transformer (every stored tensor rounded once, relative u of the
+ * magnitudes it rounds, max|ref| normalised): the longest chain of
+ * roundings is the embedding and position add (2), per block about 22
+ * (docs/determinism.md), the final norm and the logits GEMM (2), so we
+ * accept (8 + 24 L) u relative to max(1, max|ref|) per tensor, for the
+ * loss, the logits and every gradient (measured: well under a quarter of
+ * it). The loss is f32 on both sides.
+ */
+static double lp_u(tp_dtype dt)
+{
+    return dt == TP_BF16 ? 0x1p-8 : 0x1p-11;
+}
+
+/* max |a - b| / max(1, max |b|) over n. */
+static double rel_maxdiff(const float *a, const double *b, int64_t n)
+{
+    double m = 1.0, e = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        m = fmax(m, fabs(b[i]));
+    for (int64_t i = 0; i < n; i++)
+        e = fmax(e, fabs((double)a[i] - b[i]));
+    return e / m;
+}
+
+static double rel_maxdiff_d(const double *a, const double *b, int64_t n)
+{
+    double m = 1.0, e = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        m = fmax(m, fabs(b[i]));
+    for (int64_t i = 0; i < n; i++)
+        e = fmax(e, fabs(a[i] - b[i]));
+    return e / m;
+}
+
+/* The f32 model's parameters := the low-precision model's (this rank's shards, widened). */
+static void copy_weights(tpt_rank *k, tp_gpt *lp, tp_gpt *f32)
+{
+    const tp_param *a, *b;
+    int na, nb;
+    tp_gpt_params(lp, &a, &na);
+    tp_gpt_params(f32, &b, &nb);
+    EXPECT(k, na == nb, "parameter counts differ: %d vs %d", na, nb);
+    for (int i = 0; i < na && i < nb; i++) {
+        int64_t n = tp_tensor_numel(a[i].value);
+        float *h = malloc(sizeof(float) * (size_t)(n + 1));
+        void *raw = malloc(tp_tensor_bytes(a[i].value) + 1);
+        EXPECT_OK(k, tp_tensor_download(a[i].value, raw));
+        tp_host_convert(TP_F32, h, a[i].value->dtype, raw, (size_t)n);
+        EXPECT_OK(k, tp_tensor_upload(b[i].value, h));
+        free(h), free(raw);
+    }
+}
+
+/* Forward + backward of m on the case's batch: loss, full logits, full grads. */
+static void run_gpt_once(tpt_rank *k, const gcase *c, tp_gpt *m, const tp_gpt_config *cfg,
+                         float *loss, float *logits, full_params *f)
+{
+    int64_t N = c->batch * c->seq;
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)N), *tgt = malloc(sizeof(int32_t) * (size_t)N);
+    make_batch(N, c->V, 7, c->ignore, ids, tgt);
+    tp_tensor ti = upload_i32(k, c->batch, c->seq, ids), tt = upload_i32(k, 1, N, tgt);
+    EXPECT_OK(k, tp_gpt_zero_grad(m));
+    EXPECT_OK(k, tp_gpt_forward(m, &ti, &tt, loss));
+    EXPECT_OK(k, tp_gpt_backward(m));
+    EXPECT_OK(k, tp_gpt_get_full_logits(m, logits));
+    get_full(k, m, cfg, f);
+    tp_tensor_release(&ti), tp_tensor_release(&tt);
+    free(ids), free(tgt);
+}
+
+static double lowp_gpt_case(tpt_rank *k, const gcase *c, tp_dtype dt)
+{
+    tp_gpt_config cfg = case_cfg(c), c32 = cfg;
+    cfg.dtype = dt;
+    tp_gpt *m = NULL, *r = NULL;
+    EXPECT_OK(k, tp_gpt_create(k->g, &cfg, &m));
+    EXPECT_OK(k, tp_gpt_create(k->g, &c32, &r));
+    if (!m || !r) {
+        tp_gpt_free(m), tp_gpt_free(r);
+        return 0.0;
+    }
+    copy_weights(k, m, r);
+    int64_t N = c->batch * c->seq;
+    float lm = 0, lr = 0, *gm = malloc(sizeof(float) * (size_t)(N * c->V)),
+          *gr = malloc(sizeof(float) * (size_t)(N * c->V));
+    full_params fm, fr;
+    run_gpt_once(k, c, m, &cfg, &lm, gm, &fm);
+    run_gpt_once(k, c, r, &c32, &lr, gr, &fr);
+    double tol = (8.0 + 24.0 * (double)c->L) * lp_u(dt), worst = 0.0;
+    if (k->r == 0) {
+        double dl = (double)lr, *dg = malloc(sizeof(double) * (size_t)(N * c->V));
+        for (int64_t i = 0; i < N * c->V; i++)
+            dg[i] = gr[i];
+        double e = rel_maxdiff(&lm, &dl, 1), el = rel_maxdiff(gm, dg, N * c->V);
+        EXPECT(k, e <= tol, "%s %s: loss %.7g vs f32 %.7g: %.3g > %.3g", c->what, tp_dtype_name(dt),
+               (double)lm, (double)lr, e, tol);
+        EXPECT(k, el <= tol, "%s %s: logits differ from f32 by %.3g > %.3g", c->what,
+               tp_dtype_name(dt), el, tol);
+        EXPECT(k, el > 0.0, "%s %s: logits equal the f32 model's: did it run in %s?", c->what,
+               tp_dtype_name(dt), tp_dtype_name(dt));
+        /* the tolerance can fail: the f32 logits rotated by one token row */
+        double *rot = malloc(sizeof(double) * (size_t)(N * c->V));
+        for (int64_t t = 0; t < N; t++)
+            for (int64_t v = 0; v < c->V; v++)
+                rot[t * c->V + v] = dg[((t + 1) % N) * c->V + v];
+        EXPECT(k, N < 2 || rel_maxdiff(gm, rot, N * c->V) > tol,
+               "%s %s: a wrong reference (logit rows rotated) passes the tolerance %.3g", c->what,
+               tp_dtype_name(dt), tol);
+        free(rot);
+        worst = fmax(e, el);
+        for (int p = 0; p < fm.n && p < fr.n; p++) {
+            double eg = rel_maxdiff_d(fm.grad[p], fr.grad[p], fm.len[p]);
+            EXPECT(k, eg <= tol, "%s %s: gradient of %s differs from f32 by %.3g > %.3g", c->what,
+                   tp_dtype_name(dt), fm.name[p], eg, tol);
+            worst = fmax(worst, eg);
+        }
+        free(dg);
+    }
+    free_full(&fm), free_full(&fr);
+    free(gm), free(gr);
+    tp_gpt_free(m), tp_gpt_free(r);
+    return worst / tol;
+}
+
+static void body_lowp(tpt_rank *k)
+{
+    const tp_dtype dts[] = {TP_BF16, TP_F16};
+    for (int d = 0; d < 2; d++) {
+        double worst = 0.0;
+        for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++)
+            if (CASES[i].nh >= k->T && CASES[i].V >= k->T)
+                worst = fmax(worst, lowp_gpt_case(k, &CASES[i], dts[d]));
+        if (k->r == 0 && getenv("GPT_VERBOSE"))
+            printf("gpt %s T=%d: worst difference from f32 = %.3f of the tolerance\n",
+                   tp_dtype_name(dts[d]), k->T, worst);
+    }
+}
+
+START_TEST(test_lowp)
+{
+    tpt_run_all(body_lowp);
+}
+END_TEST
+
 /* -------------------------------------------------------------- memory */
 
 /*
@@ -1135,7 +1287,7 @@ int main(int argc, char **argv)
         {"counts", test_counts},         {"reference", test_reference},
         {"bitwise_tp", test_bitwise_tp}, {"determinism", test_determinism},
         {"train", test_train},           {"memory", test_memory},
-        {"sp_memory", test_sp_memory},
+        {"sp_memory", test_sp_memory},   {"lowp", test_lowp},
     };
     return tpt_main(&argc, &argv, "gpt", tests, sizeof tests / sizeof tests[0], "GPT_TEST");
 }
