@@ -10,9 +10,10 @@
  * they never branch on the backend and never touch tensor memory from the
  * host. Every layer object belongs to one rank (its comm's rank).
  *
- * Tensors: x and y are f32 [tokens, features] or [d0, .., features] (2 to 4
+ * Tensors: x and y are [tokens, features] or [d0, .., features] (2 to 4
  * dims; leading dims are flattened into tokens) on the comm's device.
- * Dtypes: the linear layers and the MLP take a `dtype` (TP_F32, the zero
+ * Dtypes: every layer (linear, MLP, embedding, cross-entropy, and in
+ * tp-transformer.h attention, norms, block; the GPT) takes a `dtype` (TP_F32, the zero
  * default, TP_BF16 or TP_F16; anything else is refused at create with
  * TP_ERR_INVALID_ARG). Their weights, bias, gradients and every activation
  * they take or return (x, y, dy, dx) are stored in that dtype, and a tensor
@@ -22,7 +23,10 @@
  * rounded once to the dtype. Host-side weights (full_weight, the RNG
  * master weights, tp_linear_get_full) stay f32: the layer rounds its shard
  * to nearest even before the upload (tp_host_convert) and widens on the
- * way back. The other layers below are f32 only. An
+ * way back. Statistics (norm mean/rstd, the cross-entropy's row max and
+ * sums, the loss) are f32 in every dtype. Memory: what a layer allocates
+ * counts in tp_stats.mem under its kind (parameters, gradients,
+ * activations kept for backward, workspace). An
  * output (y, dx) may be passed zeroed (tp_tensor t = {0}): the layer then
  * allocates it with the right shape and the caller releases it with
  * tp_tensor_release. Otherwise its shape is checked. Shape errors return

@@ -2,7 +2,8 @@
 /*
  * tp-transformer.h — attention, norms and the transformer block (libtp-layers).
  *
- * Conventions follow tp-layers.h: f32 activations on the comm's device,
+ * Conventions follow tp-layers.h: activations of the layer's dtype (f32,
+ * bf16 or f16; f32 accumulation) on the comm's device,
  * y = x W with W [in, out] row-major, outputs may be passed zeroed to be
  * allocated, forward saves views (not copies) of its inputs, parameter
  * gradients accumulate until *_zero_grad, dx is overwritten and may be
