@@ -69,13 +69,13 @@ typedef struct opts {
 
 typedef struct run {
     opts o;
-    float *loss[TT_MAX_RUNS]; /* per step, per run (rank 0) */
-    double ms[TT_MAX_RUNS];   /* mean wall ms per step */
-    int Ts[TT_MAX_RUNS];      /* each run's T */
+    float *loss[TT_MAX_RUNS];  /* per step, per run (rank 0) */
+    double ms[TT_MAX_RUNS];    /* mean wall ms per step */
+    int Ts[TT_MAX_RUNS];       /* each run's T */
     tp_dtype dts[TT_MAX_RUNS]; /* each run's dtype */
-    tt_cmp cmp;               /* per-tensor differences (rank 0) */
-    int failed;               /* set by rank 0 */
-    bool have_rank0;          /* this process runs world rank 0 (it prints) */
+    tt_cmp cmp;                /* per-tensor differences (rank 0) */
+    int failed;                /* set by rank 0 */
+    bool have_rank0;           /* this process runs world rank 0 (it prints) */
 } run;
 
 static const opts DEFAULTS = {
@@ -241,7 +241,7 @@ static int resolve_dtypes(opts *o)
         return 2;
     }
     o->nruns = 2;
-    o->runs[1] = 0;    /* the same T */
+    o->runs[1] = 0;       /* the same T */
     o->compare_steps = 0; /* ULP bounds are for one dtype at two T */
     return 0;
 }
@@ -421,8 +421,8 @@ static int write_config(const opts *o, int T, int step)
             (long long)o->head_dim, (long long)o->ffn, (long long)o->layers, (long long)o->seq,
             (long long)o->seq, (long long)o->batch, o->rms ? "rms" : "layernorm",
             o->sp ? "true" : "false", o->untied ? "false" : "true", o->smoothing, ign,
-            (long long)o->ignore_every, tp_dtype_name(o->dt), o->sgd ? "sgd" : "adamw", o->lr, o->wd, (double)oc.beta1,
-            (double)oc.beta2, (double)oc.eps, (double)oc.momentum, step);
+            (long long)o->ignore_every, tp_dtype_name(o->dt), o->sgd ? "sgd" : "adamw", o->lr,
+            o->wd, (double)oc.beta1, (double)oc.beta2, (double)oc.eps, (double)oc.momentum, step);
     return fclose(f) != 0;
 }
 
@@ -485,8 +485,8 @@ typedef struct trainer {
     tp_device *dev;
     tp_dtype dt; /* of this run */
     int which;   /* the run: 0 the first (--tp, or the first listed T), 1.. the others */
-    int rank;  /* in g */
-    bool talk; /* world rank 0: prints and records the losses */
+    int rank;    /* in g */
+    bool talk;   /* world rank 0: prints and records the losses */
     tp_gpt *m;
     tp_optim *opt;
     const tp_param *ps;
@@ -681,12 +681,7 @@ static void print_step(int s, const step_result *r)
  * during it (the counters of libtp, see tp_stats.mem). */
 static void print_memory(const tp_stats *st, const tp_optim *opt)
 {
-    printf("   device memory (rank 0, MiB; in use / peak during the last step):");
-    for (int k = 0; k < TP_USE_COUNT; k++)
-        printf(" %s %.3f/%.3f%s", tp_mem_use_name((tp_mem_use)k), st->mem.kind[k].bytes / 1048576.0,
-               st->mem.kind[k].peak / 1048576.0, k + 1 < TP_USE_COUNT ? "," : "");
-    printf("; total %.3f/%.3f\n", st->mem.total.bytes / 1048576.0,
-           st->mem.total.peak / 1048576.0);
+    ex_print_memory(st, "   ", "rank 0, peak during the last step");
     if (tp_optim_skipped(opt) || tp_optim_loss_scale(opt) != 1.0f)
         printf("   loss scale %g, steps skipped for non-finite gradients: %lld\n",
                (double)tp_optim_loss_scale(opt), (long long)tp_optim_skipped(opt));
@@ -828,9 +823,9 @@ static bool compare_loss_curves(const run *R)
                R->Ts[r], tp_dtype_name(R->dts[r]), R->Ts[0], tp_dtype_name(R->dts[0]), worst,
                at + 1, m ? "MATCH" : "DIFFER", tol, R->ms[r], R->ms[0]);
     }
-    printf("   (%s: see docs/determinism.md)\n",
-           o->cmp_dtype_s ? "within the rounding of the lower precision"
-                          : "equal within f32 rounding, not bitwise");
+    printf("   (%s: see docs/determinism.md)\n", o->cmp_dtype_s
+                                                     ? "within the rounding of the lower precision"
+                                                     : "equal within f32 rounding, not bitwise");
     return ok;
 }
 
