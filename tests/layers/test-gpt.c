@@ -1019,6 +1019,105 @@ START_TEST(test_lowp)
 }
 END_TEST
 
+/* ----------------------------------------- mixed precision, loss scale */
+
+/* An f16 or bf16 tensor [1, n] holding h (rounded). */
+static tp_tensor lp_tensor(tpt_rank *k, tp_dtype dt, int n, const float *h)
+{
+    tp_tensor t = {0};
+    uint16_t b[64];
+    EXPECT_OK(k, tp_tensor_alloc2(k->dev, dt, 1, n, &t));
+    tp_host_convert(dt, b, TP_F32, h, (size_t)n);
+    EXPECT_OK(k, tp_tensor_upload(&t, b));
+    return t;
+}
+
+static float lp_get(tpt_rank *k, const tp_tensor *t, int i)
+{
+    uint16_t b[64];
+    float f[64];
+    EXPECT_OK(k, tp_tensor_download(t, b));
+    tp_host_convert(TP_F32, f, t->dtype, b, (size_t)tp_tensor_numel(t));
+    return f[i];
+}
+
+/*
+ * f32 master weights: SGD with updates below bf16's spacing. p = 1, g = 1,
+ * lr = 2^-10, a quarter of the spacing 2^-8 just below 1: without a master
+ * the value would never move (1 - 2^-10 rounds back to 1); with it the
+ * value is the f32 master rounded: 1 after steps 1 and 2 (1 - 2^-9 is a
+ * tie, to even), and after 8 steps exactly 1 - 2^-7 (every partial sum is
+ * exact in f32).
+ * Dynamic loss scaling, on every rank of the group: a gradient of inf on
+ * the last rank only skips the step on all ranks (value, step count kept,
+ * skipped = 1, scale halved: 1024 -> 512); finite gradients (scaled by the
+ * loss scale, as tp_gpt_backward_scaled makes them) are divided by it;
+ * growth_interval 2 good steps double it back.
+ */
+static void body_mixed(tpt_rank *k)
+{
+    float one = 1.0f, gone = 1.0f;
+    tp_tensor v = lp_tensor(k, TP_BF16, 1, &one), g = lp_tensor(k, TP_BF16, 1, &gone);
+    tp_param p = {.name = "w", .value = &v, .grad = &g};
+    tp_optim_config c = tp_optim_defaults(TP_OPTIM_SGD);
+    c.lr = 0x1p-10f;
+    tp_optim *o = NULL;
+    EXPECT_OK(k, tp_optim_create(k->g, &c, &p, 1, &o));
+    for (int s = 0; s < 8 && o; s++) {
+        EXPECT_OK(k, tp_optim_step(o));
+        if (s < 2)
+            EXPECT(k, lp_get(k, &v, 0) == 1.0f,
+                   "step %d: value %.9g moved before the master "
+                   "crossed half a spacing",
+                   s + 1, (double)lp_get(k, &v, 0));
+    }
+    EXPECT(k, lp_get(k, &v, 0) == 1.0f - 0x1p-7f, "after 8 steps of 2^-10: %.9g, expected %.9g",
+           (double)lp_get(k, &v, 0), (double)(1.0f - 0x1p-7f));
+    tp_optim_free(o);
+    tp_tensor_release(&v), tp_tensor_release(&g);
+
+    /* dynamic loss scale, f16: an inf gradient on the last rank only */
+    float h = 0.5f, inf = INFINITY, gs = 1024.0f * 0.25f; /* 0.25 scaled by 1024 */
+    v = lp_tensor(k, TP_F16, 1, &h);
+    g = lp_tensor(k, TP_F16, 1, k->r == k->T - 1 ? &inf : &gs);
+    p = (tp_param){.name = "w", .value = &v, .grad = &g}; /* the optimizer keeps &g */
+    c.lr = 1.0f;
+    c.loss_scale = 1024.0f;
+    c.dynamic_loss_scale = true;
+    c.growth_interval = 2;
+    o = NULL;
+    EXPECT_OK(k, tp_optim_create(k->g, &c, &p, 1, &o));
+    if (!o)
+        return;
+    EXPECT_OK(k, tp_optim_step(o));
+    EXPECT(k,
+           lp_get(k, &v, 0) == 0.5f && tp_optim_steps(o) == 0 && tp_optim_skipped(o) == 1 &&
+               tp_optim_loss_scale(o) == 512.0f,
+           "rank %d: after an inf gradient on rank %d: value %.9g, steps %lld, skipped %lld, "
+           "scale %g (expected 0.5, 0, 1, 512)",
+           k->r, k->T - 1, (double)lp_get(k, &v, 0), (long long)tp_optim_steps(o),
+           (long long)tp_optim_skipped(o), (double)tp_optim_loss_scale(o));
+    float g512 = 512.0f * 0.25f; /* the next backward's gradient at scale 512 */
+    tp_tensor_release(&g);
+    g = lp_tensor(k, TP_F16, 1, &g512);
+    EXPECT_OK(k, tp_optim_step(o)); /* 0.5 - 0.25 */
+    EXPECT(k, lp_get(k, &v, 0) == 0.25f && tp_optim_steps(o) == 1,
+           "unscaled step: value %.9g (expected 0.25), steps %lld", (double)lp_get(k, &v, 0),
+           (long long)tp_optim_steps(o));
+    EXPECT_OK(k, tp_optim_step(o)); /* second good step: the scale doubles */
+    EXPECT(k, tp_optim_loss_scale(o) == 1024.0f && lp_get(k, &v, 0) == 0.0f,
+           "after 2 good steps: scale %g (expected 1024), value %.9g (expected 0)",
+           (double)tp_optim_loss_scale(o), (double)lp_get(k, &v, 0));
+    tp_optim_free(o);
+    tp_tensor_release(&v), tp_tensor_release(&g);
+}
+
+START_TEST(test_mixed)
+{
+    tpt_run_all(body_mixed);
+}
+END_TEST
+
 /* -------------------------------------------------------------- memory */
 
 /*
@@ -1288,6 +1387,7 @@ int main(int argc, char **argv)
         {"bitwise_tp", test_bitwise_tp}, {"determinism", test_determinism},
         {"train", test_train},           {"memory", test_memory},
         {"sp_memory", test_sp_memory},   {"lowp", test_lowp},
+        {"mixed", test_mixed},
     };
     return tpt_main(&argc, &argv, "gpt", tests, sizeof tests / sizeof tests[0], "GPT_TEST");
 }
