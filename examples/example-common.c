@@ -299,6 +299,15 @@ double ex_now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+void ex_print_memory(const tp_stats *s, const char *indent, const char *when)
+{
+    printf("%sdevice memory (%s; MiB in use / peak):", indent, when);
+    for (int k = 0; k < TP_USE_COUNT; k++)
+        printf(" %s %.3f/%.3f%s", tp_mem_use_name((tp_mem_use)k), s->mem.kind[k].bytes / 1048576.0,
+               s->mem.kind[k].peak / 1048576.0, k + 1 < TP_USE_COUNT ? "," : ";");
+    printf(" total %.3f/%.3f\n", s->mem.total.bytes / 1048576.0, s->mem.total.peak / 1048576.0);
+}
+
 tp_status ex_ref_gemm(int64_t m, int64_t n, int64_t k, const double *a, const double *ea,
                       const double *b, const double *bias, int parts, double *c, double *ec)
 {

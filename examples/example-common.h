@@ -85,6 +85,11 @@ int ex_check_out_dir(const char *prog, const char *dir);
 
 double ex_now(void); /* monotonic seconds */
 
+/* One line: the rank's device memory by kind from s->mem (MiB, in use /
+ * peak since the last tp_stats_reset), after `indent`; `when` says whose
+ * and when, e.g. "rank 0, after the timed passes". */
+void ex_print_memory(const tp_stats *s, const char *indent, const char *when);
+
 /* a widened to double (allocated as by ex_calloc; the caller frees). */
 double *ex_to_double(const float *a, int64_t n, const char *what, tp_status *st);
 

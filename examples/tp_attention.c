@@ -388,6 +388,7 @@ static void print_timing(const att_run *A)
                gm + kr + cm > 0 ? 100.0 * cm / (gm + kr + cm) : 0.0);
     }
     printf("  wall per forward+backward: %.3f ms\n", 1e3 * A->wall);
+    ex_print_memory(s, "  ", "rank 0, peak over the timed passes");
 }
 
 /* config.json: every setting that determines the dumped tensors. */

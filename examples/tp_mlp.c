@@ -307,6 +307,7 @@ static void print_timing(const mlp_run *M)
            gm + ar + kr > 0 ? 100.0 * ar / (gm + ar + kr) : 0.0, (double)ncomm / iters);
     printf("  wall per forward: TP %.3f ms, naive full MLP %.3f ms\n", 1e3 * M->tp_wall,
            1e3 * M->naive_wall);
+    ex_print_memory(s, "  ", "rank 0, peak over the timed TP passes");
 }
 
 /* Rank 0, --save-npy: x, the gathered full weights and y. */

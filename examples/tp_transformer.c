@@ -61,16 +61,21 @@ typedef struct opts {
     uint64_t seed;
     const char *npy_dir;
     double tol;
+    const char *dtype_s, *cmp_dtype_s; /* --dtype, --compare-dtype as given */
+    tp_dtype dt, cmp_dt;               /* resolved; cmp_dt used when cmp_dtype_s */
+    double loss_scale;                 /* --loss-scale: 0 = dynamic for f16, none otherwise */
+    double dtype_tol;                  /* --dtype-tol: 0 = the derived one (dtype_tolerance) */
 } opts;
 
 typedef struct run {
     opts o;
-    float *loss[TT_MAX_RUNS]; /* per step, per run (rank 0) */
-    double ms[TT_MAX_RUNS];   /* mean wall ms per step */
-    int Ts[TT_MAX_RUNS];      /* each run's T */
-    tt_cmp cmp;               /* per-tensor differences (rank 0) */
-    int failed;               /* set by rank 0 */
-    bool have_rank0;          /* this process runs world rank 0 (it prints) */
+    float *loss[TT_MAX_RUNS];  /* per step, per run (rank 0) */
+    double ms[TT_MAX_RUNS];    /* mean wall ms per step */
+    int Ts[TT_MAX_RUNS];       /* each run's T */
+    tp_dtype dts[TT_MAX_RUNS]; /* each run's dtype */
+    tt_cmp cmp;                /* per-tensor differences (rank 0) */
+    int failed;                /* set by rank 0 */
+    bool have_rank0;           /* this process runs world rank 0 (it prints) */
 } run;
 
 static const opts DEFAULTS = {
@@ -115,6 +120,15 @@ static void usage(FILE *f)
             "  --ulp-bound-scale X multiply every ULP bound by X (0: demand bitwise equality)\n"
             "  --tol X             loss tolerance for --compare-tp: |a - b| <= X (1 + |b|)\n"
             "                      (default %g)\n"
+            "  --dtype D           f32, bf16 or f16: every weight, gradient and activation\n"
+            "                      (f32 accumulation, f32 master weights and optimizer state)\n"
+            "  --compare-dtype D   train again at the same T in dtype D (e.g. f32) and compare\n"
+            "                      the loss curves: exit 1 when |a - b| > --dtype-tol (1 + |b|)\n"
+            "  --dtype-tol X       tolerance of --compare-dtype (default: 16 u of the lower\n"
+            "                      precision, u = 2^-8 bf16, 2^-11 f16; docs/determinism.md)\n"
+            "  --loss-scale X      static loss scale (default: f16 dynamic from 65536, halved on\n"
+            "                      overflow (the step is skipped), doubled after 2000 good\n"
+            "                      steps; bf16/f32 none)\n"
             "  --vocab V           vocabulary (default %" PRId64 "; need not divide by T, "
             "50257 works)\n"
             "  --hidden H          hidden size (default %" PRId64 ")\n"
@@ -197,6 +211,41 @@ static bool given(int argc, char **argv, const char *name)
 
 /* The runs of --compare-tp, head_dim's default, the ignore index and
  * --save-npy-step against --steps; 0, or 2 after printing why. */
+/* "f32", "bf16" or "f16" into *dt; 0, or 2 after printing why not. */
+static int parse_dtype(const char *opt, const char *s, tp_dtype *dt)
+{
+    if (!s || !strcmp(s, "f32"))
+        *dt = TP_F32;
+    else if (!strcmp(s, "bf16"))
+        *dt = TP_BF16;
+    else if (!strcmp(s, "f16"))
+        *dt = TP_F16;
+    else {
+        fprintf(stderr, "tp_transformer: %s %s: expected f32, bf16 or f16\n", opt, s);
+        return 2;
+    }
+    return 0;
+}
+
+/* --dtype and --compare-dtype (a second run at the same T); 0 or 2. */
+static int resolve_dtypes(opts *o)
+{
+    if (parse_dtype("--dtype", o->dtype_s, &o->dt) ||
+        (o->cmp_dtype_s && parse_dtype("--compare-dtype", o->cmp_dtype_s, &o->cmp_dt)))
+        return 2;
+    if (!o->cmp_dtype_s)
+        return 0;
+    if (o->compare) {
+        fprintf(stderr, "tp_transformer: --compare-dtype and --compare-tp cannot be combined; "
+                        "run them separately\n");
+        return 2;
+    }
+    o->nruns = 2;
+    o->runs[1] = 0;       /* the same T */
+    o->compare_steps = 0; /* ULP bounds are for one dtype at two T */
+    return 0;
+}
+
 static int resolve(opts *o, int argc, char **argv)
 {
     o->nruns = 1;
@@ -236,7 +285,7 @@ static int resolve(opts *o, int argc, char **argv)
     }
     if (o->compare_steps > o->steps)
         o->compare_steps = o->steps;
-    return 0;
+    return resolve_dtypes(o);
 }
 
 /* 0: run; 1: --help printed; 2: bad option (message printed). */
@@ -269,6 +318,10 @@ static int parse(int argc, char **argv, opts *o)
         {"--label-smoothing", .flo = 0.0, .fhi = 1.0, .f = &o->smoothing},
         {"--seed", 0, INT64_MAX, .u64 = &o->seed},
         {"--save-npy", .str = &o->npy_dir},
+        {"--dtype", .str = &o->dtype_s},
+        {"--compare-dtype", .str = &o->cmp_dtype_s},
+        {"--dtype-tol", .flo = 0.0, .fhi = 1e9, .f = &o->dtype_tol},
+        {"--loss-scale", .flo = 0.0, .fhi = 1e30, .f = &o->loss_scale},
     };
     enum {
         NFLAGS = sizeof flags / sizeof *flags,
@@ -359,7 +412,7 @@ static int write_config(const opts *o, int T, int step)
             "  \"gelu\": \"erf\",\n  \"bias\": true,\n  \"causal\": true,\n"
             "  \"sequence_parallel\": %s,\n  \"tied\": %s,\n  \"label_smoothing\": %.9g,\n"
             "  \"ignore_index\": %s,\n  \"ignore_every\": %lld,\n  \"loss\": \"mean\",\n"
-            "  \"dtype\": \"f32\",\n  \"optimizer\": \"%s\",\n  \"lr\": %.9g,\n"
+            "  \"dtype\": \"%s\",\n  \"optimizer\": \"%s\",\n  \"lr\": %.9g,\n"
             "  \"weight_decay\": %.9g,\n  \"betas\": [%.9g, %.9g],\n  \"eps\": %.9g,\n"
             "  \"momentum\": %.9g,\n  \"emb_bound\": 0.1,\n  \"step\": %d,\n"
             "  \"data\": \"next = (a cur + b) mod vocab, tp_transformer make_batch\"\n}\n",
@@ -368,8 +421,8 @@ static int write_config(const opts *o, int T, int step)
             (long long)o->head_dim, (long long)o->ffn, (long long)o->layers, (long long)o->seq,
             (long long)o->seq, (long long)o->batch, o->rms ? "rms" : "layernorm",
             o->sp ? "true" : "false", o->untied ? "false" : "true", o->smoothing, ign,
-            (long long)o->ignore_every, o->sgd ? "sgd" : "adamw", o->lr, o->wd, (double)oc.beta1,
-            (double)oc.beta2, (double)oc.eps, (double)oc.momentum, step);
+            (long long)o->ignore_every, tp_dtype_name(o->dt), o->sgd ? "sgd" : "adamw", o->lr,
+            o->wd, (double)oc.beta1, (double)oc.beta2, (double)oc.eps, (double)oc.momentum, step);
     return fclose(f) != 0;
 }
 
@@ -430,9 +483,10 @@ typedef struct trainer {
     run *R;
     tp_comm *g;
     tp_device *dev;
-    int which; /* the run: 0 the first (--tp, or the first listed T), 1.. the others */
-    int rank;  /* in g */
-    bool talk; /* world rank 0: prints and records the losses */
+    tp_dtype dt; /* of this run */
+    int which;   /* the run: 0 the first (--tp, or the first listed T), 1.. the others */
+    int rank;    /* in g */
+    bool talk;   /* world rank 0: prints and records the losses */
     tp_gpt *m;
     tp_optim *opt;
     const tp_param *ps;
@@ -483,12 +537,18 @@ static tp_status set_up(trainer *tr)
                          .label_smoothing = (float)o->smoothing,
                          .use_ignore_index = o->use_ignore,
                          .ignore_index = (int32_t)o->ignore_index,
-                         .seed = o->seed};
+                         .seed = o->seed,
+                         .dtype = tr->dt};
     EX_TRY(tp_gpt_create(tr->g, &cfg, &tr->m));
     tp_gpt_params(tr->m, &tr->ps, &tr->np);
     tp_optim_config oc = tp_optim_defaults(o->sgd ? TP_OPTIM_SGD : TP_OPTIM_ADAMW);
     oc.lr = (float)o->lr;
     oc.weight_decay = (float)o->wd;
+    oc.loss_scale = (float)o->loss_scale;
+    if (tr->dt == TP_F16 && o->loss_scale == 0.0) { /* PyTorch GradScaler's defaults */
+        oc.loss_scale = 65536.0f;
+        oc.dynamic_loss_scale = true;
+    }
     EX_TRY(tp_optim_create(tr->g, &oc, tr->ps, tr->np, &tr->opt));
     EX_TRY(tp_tensor_alloc2(tr->dev, TP_I32, o->batch, o->seq, &tr->ti));
     return tp_tensor_alloc2(tr->dev, TP_I32, o->batch, o->seq, &tr->tt);
@@ -505,13 +565,14 @@ static void print_run_header(const trainer *tr)
     }
     printf("\n== run %s: T=%d backend=%s device=%s | vocab %lld hidden %lld heads %lld "
            "kv_heads %lld head_dim %lld ffn %lld layers %lld seq %lld batch %lld | %s output, "
-           "%s, %s%s\n",
+           "%s, %s%s, %s\n",
            tr->which ? "compare" : "main", tp_comm_size(tr->g), ex_backend_name(),
            tp_device_name(tr->dev), (long long)o->vocab, (long long)o->hidden, (long long)o->heads,
            (long long)(o->kv_heads ? o->kv_heads : o->heads), (long long)o->head_dim,
            (long long)o->ffn, (long long)o->layers, (long long)o->seq, (long long)o->batch,
            o->untied ? "untied" : "tied", o->sgd ? "SGD" : "AdamW",
-           o->rms ? "RMSNorm" : "LayerNorm", o->sp ? ", sequence parallel" : "");
+           o->rms ? "RMSNorm" : "LayerNorm", o->sp ? ", sequence parallel" : "",
+           tp_dtype_name(tr->dt));
     printf("   parameters: %lld in the full model, %lld on rank 0\n", (long long)total,
            (long long)local);
     printf("   %5s %9s %8s %8s %8s %8s %6s %9s %9s\n", "step", "loss", "ms", "gemm", "kernels",
@@ -587,7 +648,7 @@ static tp_status train_step(trainer *tr, int s, step_result *r)
     r->loss = 0;
     EX_TRY(tp_optim_zero_grad(tr->opt));
     EX_TRY(tp_gpt_forward(tr->m, &tr->ti, &tr->tt, &r->loss));
-    EX_TRY(tp_gpt_backward(tr->m));
+    EX_TRY(tp_gpt_backward_scaled(tr->m, tp_optim_loss_scale(tr->opt)));
     if (s == o->save_step && o->npy_dir && tr->which == 0)
         EX_TRY(save_npy(o, tr->m, tr->rank, tp_comm_size(tr->g), tr->ids, tr->tgt, r->loss));
     if (o->nruns > 1 && s < o->compare_steps)
@@ -616,6 +677,16 @@ static void print_step(int s, const step_result *r)
            (unsigned long long)tp_stats_calls(&r->stats, TP_PHASE_BACKWARD, TP_OP_COUNT));
 }
 
+/* Rank 0's device memory by kind: in use after the last step and the peak
+ * during it (the counters of libtp, see tp_stats.mem). */
+static void print_memory(const tp_stats *st, const tp_optim *opt)
+{
+    ex_print_memory(st, "   ", "rank 0, peak during the last step");
+    if (tp_optim_skipped(opt) || tp_optim_loss_scale(opt) != 1.0f)
+        printf("   loss scale %g, steps skipped for non-finite gradients: %lld\n",
+               (double)tp_optim_loss_scale(opt), (long long)tp_optim_skipped(opt));
+}
+
 /* The means per step over steps 2.. (rank 0's view); *ms gets the wall. */
 static void print_means(const trainer *tr, double *ms)
 {
@@ -635,8 +706,8 @@ static tp_status train_steps(trainer *tr, run *R)
     const opts *o = tr->o;
     if (tr->talk)
         print_run_header(tr);
+    step_result r = {0};
     for (int s = 0; s < o->steps; s++) {
-        step_result r;
         EX_TRY(train_step(tr, s, &r));
         if (s > 0 || o->steps == 1) { /* the first step allocates: leave it out of the means */
             tr->t_all += r.dt, tr->sum_gemm += r.gemm, tr->sum_kern += r.kern;
@@ -648,8 +719,10 @@ static tp_status train_steps(trainer *tr, run *R)
                 print_step(s, &r);
         }
     }
-    if (tr->talk)
+    if (tr->talk) {
         print_means(tr, &R->ms[tr->which]);
+        print_memory(&r.stats, tr->opt);
+    }
     return TP_OK;
 }
 
@@ -660,11 +733,14 @@ static tp_status train(run *R, tp_comm *g, int which, int wrank)
                   .R = R,
                   .g = g,
                   .dev = tp_comm_device(g),
+                  .dt = which && R->o.cmp_dtype_s ? R->o.cmp_dt : R->o.dt,
                   .which = which,
                   .rank = tp_comm_rank(g),
                   .talk = wrank == 0};
-    if (tr.talk)
+    if (tr.talk) {
         R->Ts[which] = tp_comm_size(g);
+        R->dts[which] = tr.dt;
+    }
     tp_status st = set_up(&tr);
     if (st == TP_OK)
         st = train_steps(&tr, R);
@@ -703,8 +779,18 @@ static tp_status rank_main(tp_comm *world, void *arg)
     return st;
 }
 
+/* The loss-curve tolerance between runs in dtypes a and b (docs/determinism.md,
+ * "bf16 and f16"): 16 unit roundoffs of the less precise one, relative to 1 + |loss|. */
+static double dtype_tolerance(const opts *o, tp_dtype a, tp_dtype b)
+{
+    double ua = a == TP_BF16 ? 0x1p-8 : a == TP_F16 ? 0x1p-11 : 0x1p-24;
+    double ub = b == TP_BF16 ? 0x1p-8 : b == TP_F16 ? 0x1p-11 : 0x1p-24;
+    return o->dtype_tol > 0 ? o->dtype_tol : 16.0 * (ua > ub ? ua : ub);
+}
+
 /* World rank 0's process, after the runs: each run's loss curve next to
- * the first's and the largest relative difference; true if within --tol. */
+ * the first's and the largest relative difference; true if within --tol
+ * (--compare-dtype: the dtype tolerance). */
 static bool compare_loss_curves(const run *R)
 {
     const opts *o = &R->o;
@@ -729,14 +815,17 @@ static bool compare_loss_curves(const run *R)
             if (d > worst || d != d)
                 worst = d != d ? INFINITY : d, at = s;
         }
-        bool m = worst <= o->tol;
+        double tol = o->cmp_dtype_s ? dtype_tolerance(o, R->dts[0], R->dts[r]) : o->tol;
+        bool m = worst <= tol;
         ok = ok && m;
-        printf("   T=%d vs T=%d: max |diff| / (1 + |loss|) = %.2e at step %d -> %s (tolerance "
-               "%g); wall per step %.2f ms vs %.2f ms\n",
-               R->Ts[r], R->Ts[0], worst, at + 1, m ? "MATCH" : "DIFFER", o->tol, R->ms[r],
-               R->ms[0]);
+        printf("   T=%d %s vs T=%d %s: max |diff| / (1 + |loss|) = %.2e at step %d -> %s "
+               "(tolerance %g); wall per step %.2f ms vs %.2f ms\n",
+               R->Ts[r], tp_dtype_name(R->dts[r]), R->Ts[0], tp_dtype_name(R->dts[0]), worst,
+               at + 1, m ? "MATCH" : "DIFFER", tol, R->ms[r], R->ms[0]);
     }
-    printf("   (equal within f32 rounding, not bitwise: see docs/determinism.md)\n");
+    printf("   (%s: see docs/determinism.md)\n", o->cmp_dtype_s
+                                                     ? "within the rounding of the lower precision"
+                                                     : "equal within f32 rounding, not bitwise");
     return ok;
 }
 

@@ -43,6 +43,10 @@ tp_status cpu_open(const tp_host *host, const tp_device_args *args, void **dev, 
 
 void cpu_close(void *dev)
 {
+    cpu_dev *d = dev;
+    if (d)
+        for (int i = 0; i < CPU_LP_SLOTS; i++)
+            free(d->lp[i]);
     free(dev);
 }
 

@@ -20,10 +20,16 @@
 
 #include <tp/tp-plugin-util.h>
 
+#define CPU_LP_SLOTS 8 /* f32 scratch buffers of one bf16/f16 op (cpu-lowp.c) */
+
 typedef struct cpu_dev {
     const tp_host *host;
     int rank;    /* world rank, for messages */
     int threads; /* BLAS threads requested for this rank */
+    /* cpu-lowp.c's grow-only f32 scratch, kept between calls (no page
+     * faults on every call); freed by cpu_close */
+    float *lp[CPU_LP_SLOTS];
+    size_t lp_n[CPU_LP_SLOTS];
 } cpu_dev;
 
 /* cpu-error.c: reporting and the common argument checks (calls no other file) */

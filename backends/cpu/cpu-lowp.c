@@ -49,16 +49,27 @@ static void store(tp_dtype dt, const float *src, void *dst, int64_t n)
     }
 }
 
-/* The f32 scratch of one call. */
-#define LP_MAX 8
+/* Where a scratch buffer's values live in the typed operand: `batch`
+ * matrices `stride` elements apart (stride 0: one matrix shared by the
+ * batch), each `rows` rows of `cols` elements `ld` apart. The scratch holds
+ * them dense: [batch][rows][cols] (one matrix when stride is 0). */
+typedef struct lp_mat {
+    int64_t rows, cols, ld, stride, batch;
+} lp_mat;
+
+/* The f32 scratch of one call: the device's slots (kept and grown between
+ * calls), or malloc'd buffers without a device handle (the op then
+ * reports the handle). */
+#define LP_MAX CPU_LP_SLOTS
 typedef struct lp_call {
+    cpu_dev *dev;
     tp_dtype dt;
     const char *op;
     int count, nomem;
     struct {
         float *f;  /* scratch */
         void *dst; /* write back here on success, or NULL */
-        int64_t n;
+        lp_mat m;
     } b[LP_MAX];
 } lp_call;
 
@@ -72,25 +83,73 @@ static int64_t elems(int64_t rows, int64_t cols)
     return n;
 }
 
-static float *scratch(lp_call *c, const void *p, void *dst, int64_t n, int read)
+/* Slot i of c's device holding at least n floats, or NULL. */
+static float *slot(lp_call *c, int i, int64_t n)
+{
+    cpu_dev *d = c->dev;
+    if (!d)
+        return malloc((size_t)n * sizeof(float));
+    if (d->lp_n[i] < (size_t)n) {
+        free(d->lp[i]);
+        d->lp[i] = malloc((size_t)n * sizeof(float));
+        d->lp_n[i] = d->lp[i] ? (size_t)n : 0;
+    }
+    return d->lp[i];
+}
+
+/* Elements of m's dense copy (0 when empty or not addressable). */
+static int64_t mat_elems(const lp_mat *m)
+{
+    return elems(m->stride == 0 ? 1 : m->batch, elems(m->rows, m->cols));
+}
+
+/* Typed element offset of row r of matrix b. */
+static size_t mat_at(const lp_mat *m, int64_t b, int64_t r)
+{
+    return (size_t)(b * m->stride + r * m->ld) * sizeof(uint16_t);
+}
+
+static void load_mat(tp_dtype dt, const void *p, float *f, const lp_mat *m)
+{
+    int64_t nb = m->stride == 0 ? 1 : m->batch;
+    for (int64_t b = 0; b < nb; b++)
+        for (int64_t r = 0; r < m->rows; r++)
+            load(dt, (const char *)p + mat_at(m, b, r), f + (b * m->rows + r) * m->cols, m->cols);
+}
+
+static void store_mat(tp_dtype dt, const float *f, void *p, const lp_mat *m)
+{
+    int64_t nb = m->stride == 0 ? 1 : m->batch;
+    for (int64_t b = 0; b < nb; b++)
+        for (int64_t r = 0; r < m->rows; r++)
+            store(dt, f + (b * m->rows + r) * m->cols, (char *)p + mat_at(m, b, r), m->cols);
+}
+
+static float *scratch_mat(lp_call *c, const void *p, void *dst, const lp_mat *m, int read)
 {
     float *f;
+    int64_t n = mat_elems(m);
 
     if (!p || n <= 0) /* nothing to convert: let the op see the original */
         return (float *)(uintptr_t)p;
-    f = malloc((size_t)n * sizeof *f);
-    if (!f || c->count == LP_MAX) {
-        free(f);
+    if (c->count == LP_MAX || !(f = slot(c, c->count, n))) {
         c->nomem = 1;
         return NULL;
     }
     if (read)
-        load(c->dt, p, f, n);
+        load_mat(c->dt, p, f, m);
     c->b[c->count].f = f;
     c->b[c->count].dst = dst;
-    c->b[c->count].n = n;
+    c->b[c->count].m = *m;
     c->count++;
     return f;
+}
+
+/* n contiguous elements. */
+static float *scratch(lp_call *c, const void *p, void *dst, int64_t n, int read)
+{
+    lp_mat m = {1, n, n, 0, 1};
+    return scratch_mat(c, p, dst, &m, read);
 }
 
 static const float *in(lp_call *c, const void *p, int64_t n)
@@ -123,36 +182,46 @@ static tp_status finish(lp_call *c, tp_status st)
 {
     for (int i = 0; i < c->count; i++) {
         if (st == TP_OK && c->b[i].dst)
-            store(c->dt, c->b[i].f, c->b[i].dst, c->b[i].n);
-        free(c->b[i].f);
+            store_mat(c->dt, c->b[i].f, c->b[i].dst, &c->b[i].m);
+        if (!c->dev)
+            free(c->b[i].f);
     }
     return st;
 }
 
-#define LP_BEGIN(OPNAME) lp_call c_ = {dt, OPNAME, 0, 0, {{0}}}
+#define LP_BEGIN(OPNAME) lp_call c_ = {dev, dt, OPNAME, 0, 0, {{0}}}
 #define LP_RUN(CALL)     return finish(&c_, c_.nomem ? failed(&c_) : (CALL))
 
 /* ----------------------------------------------------------------- gemm */
 
-/* Elements from the first to one past the last element of an operand. */
-static int64_t extent(int64_t rows, int64_t cols, int64_t ld, int64_t stride, int64_t batch)
+/* One GEMM operand as dense f32 scratch: *ld and *stride become the dense
+ * ones (the stride stays 0 for an operand shared by the batch); an empty
+ * operand is passed on unchanged. read: load it (C only when beta != 0). */
+static void *gemm_operand(lp_call *c, const void *p, void *dst, lp_mat m, int read, int64_t *ld,
+                          int64_t *stride)
 {
-    if (rows == 0 || cols == 0)
-        return 0;
-    return (batch - 1) * stride + (rows - 1) * ld + cols;
+    float *f = scratch_mat(c, p, dst, &m, read);
+    if (f && f != p) {
+        *ld = m.cols;
+        *stride = m.stride == 0 ? 0 : m.rows * m.cols;
+    }
+    return f;
 }
 
-/* f: g with f32 scratch copies of A, B and all of C's extent (so the
- * gaps between C's rows come back unchanged). */
+/* f: g with dense f32 scratch copies of the elements A, B and C touch
+ * (C's gaps are neither read nor written). */
 static void lp_gemm_operands(lp_call *c, const tp_gemm_args *g, tp_gemm_args *f)
 {
     int64_t ar = g->trans_a ? g->k : g->m, ac = g->trans_a ? g->m : g->k;
     int64_t br = g->trans_b ? g->n : g->k, bc = g->trans_b ? g->k : g->n;
     *f = *g;
     f->dtype = TP_F32;
-    f->a = in(c, g->a, extent(ar, ac, g->lda, g->stride_a, g->batch));
-    f->b = in(c, g->b, extent(br, bc, g->ldb, g->stride_b, g->batch));
-    f->c = inout(c, g->c, extent(g->m, g->n, g->ldc, g->stride_c, g->batch));
+    f->a = gemm_operand(c, g->a, NULL, (lp_mat){ar, ac, g->lda, g->stride_a, g->batch}, 1, &f->lda,
+                        &f->stride_a);
+    f->b = gemm_operand(c, g->b, NULL, (lp_mat){br, bc, g->ldb, g->stride_b, g->batch}, 1, &f->ldb,
+                        &f->stride_b);
+    f->c = gemm_operand(c, g->c, g->c, (lp_mat){g->m, g->n, g->ldc, g->stride_c, g->batch},
+                        g->beta != 0.0f, &f->ldc, &f->stride_c);
 }
 
 tp_status cpu_lp_gemm(void *dev, const tp_gemm_args *g)
@@ -182,13 +251,14 @@ tp_status cpu_lp_gemm_bias_act(void *dev, const tp_gemm_args *g, const void *bia
         return cpu_gemm_bias_act(dev, g, bias, act, pre);
     if ((st = cpu_gemm_check(dev, g)))
         return st;
-    if (g->batch != 1) /* the f32 op reports it; pre's extent below assumes batch 1 */
+    if (g->batch != 1) /* the f32 op reports it; pre's layout below assumes batch 1 */
         return cpu_gemm_bias_act(dev, g, bias, act, pre);
     dt = g->dtype;
     LP_BEGIN("gemm_bias_act");
     lp_gemm_operands(&c_, g, &f);
     const float *fb = in(&c_, bias, g->m > 0 ? g->n : 0);
-    float *fp = pre ? inout(&c_, pre, extent(g->m, g->n, g->ldc, 0, 1)) : NULL;
+    lp_mat pm = {g->m, g->n, g->ldc, 0, 1}; /* pre has C's layout (now dense: f.ldc) */
+    float *fp = pre ? scratch_mat(&c_, pre, pre, &pm, 0) : NULL;
     /* pre and C are both rounded once from their f32 values */
     LP_RUN(cpu_gemm_bias_act(dev, &f, fb, act, fp));
 }

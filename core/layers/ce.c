@@ -14,6 +14,7 @@ struct tp_vocab_ce {
     float smoothing;
     bool use_ignore;
     int32_t ignore_index;
+    tp_dtype dt;  /* logits and dlogits; the row statistics are f32 */
     tpl_ws ws;    /* gmax[rows] | out3[3 rows] | sumexp[rows] | scale[rows] */
     int32_t *tgt; /* host copy of the targets */
     float *host;  /* host scratch: out3 + gmax, later the scales */
@@ -48,15 +49,19 @@ tp_status tp_vocab_ce_create(tp_comm *comm, const tp_ce_config *cfg, tp_vocab_ce
                             "VocabParallelCrossEntropy create: out of host memory");
     c->comm = comm;
     c->dev = c->ws.dev = tp_comm_device(comm);
+    c->ws.keep = true; /* row max and sum of exp for backward */
     c->vocab = cfg->vocab;
     c->smoothing = cfg->label_smoothing;
     c->use_ignore = cfg->use_ignore_index;
     c->ignore_index = cfg->ignore_index;
+    c->dt = cfg->dtype;
     c->label = tpl_label("VocabParallelCrossEntropy", cfg->name, comm);
     tp_status st = TP_OK;
     int T = tp_comm_size(comm);
     if (!c->label)
         st = tp_set_error(TP_ERR_NO_MEMORY, "VocabParallelCrossEntropy create: out of host memory");
+    else if (tpl_check_dtype(c->label, c->dt) != TP_OK)
+        st = TP_ERR_INVALID_ARG;
     else if (c->vocab < T)
         st = tp_set_error(TP_ERR_SHAPE,
                           "%s: T=%d is larger than vocab=%lld: some rank would get 0 logit columns",
@@ -81,10 +86,10 @@ static tp_status forward_body(tp_vocab_ce *c, const tp_tensor *logits, const tp_
     float *gmax = c->ws.ptr, *out3 = gmax + rows, *sumexp = out3 + 3 * rows;
     tp_status st;
     if (rows > 0)
-        TP_TRY_GOTO(tp_dev_row_max(c->dev, TP_F32, rows, cols, logits->data, gmax), st, no_loss);
+        TP_TRY_GOTO(tp_dev_row_max(c->dev, c->dt, rows, cols, logits->data, gmax), st, no_loss);
     TP_TRY_GOTO(tp_all_reduce(c->comm, gmax, gmax, (size_t)rows, TP_F32, TP_MAX), st, no_loss);
     if (rows > 0)
-        TP_TRY_GOTO(tp_dev_ce_stats(c->dev, TP_F32, rows, cols, logits->data, targets->data, c->lo,
+        TP_TRY_GOTO(tp_dev_ce_stats(c->dev, c->dt, rows, cols, logits->data, targets->data, c->lo,
                                     gmax, out3),
                     st, no_loss);
     /* sum of exp (relative to the global max), target logit (non-zero on
@@ -119,7 +124,7 @@ tp_status tp_vocab_ce_forward(tp_vocab_ce *c, const tp_tensor *logits, const tp_
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: loss is NULL", c->label);
     c->saved = false; /* a failed forward leaves nothing for backward */
     int64_t rows;
-    TP_TRY(tpl_check_act(c->label, "logits", logits, c->dev, TP_F32, &rows));
+    TP_TRY(tpl_check_act(c->label, "logits", logits, c->dev, c->dt, &rows));
     int64_t cols = c->hi - c->lo, got = logits->shape[logits->ndim - 1];
     if (got != cols)
         return tp_set_error(
@@ -187,7 +192,7 @@ tp_status tp_vocab_ce_backward(tp_vocab_ce *c, float dloss, tp_tensor *dlogits)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_vocab_ce_backward: layer is NULL");
     if (!c->saved)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: backward called before forward", c->label);
-    TP_TRY(tpl_prepare_out(c->label, "dlogits", dlogits, &c->logits_saved, c->dev, TP_F32,
+    TP_TRY(tpl_prepare_out(c->label, "dlogits", dlogits, &c->logits_saved, c->dev, c->dt,
                            c->hi - c->lo, ""));
     if (c->rows == 0)
         return TP_OK;
@@ -199,7 +204,7 @@ tp_status tp_vocab_ce_backward(tp_vocab_ce *c, float dloss, tp_tensor *dlogits)
     tp_phase prev = tp_phase_set(c->comm, TP_PHASE_BACKWARD);
     tp_status st;
     TP_TRY_GOTO(tp_dev_upload(c->dev, scale, c->host, sizeof(float) * (size_t)rows), st, done);
-    TP_TRY_GOTO(tp_dev_ce_bwd(c->dev, TP_F32, rows, c->hi - c->lo, c->logits_saved.data,
+    TP_TRY_GOTO(tp_dev_ce_bwd(c->dev, c->dt, rows, c->hi - c->lo, c->logits_saved.data,
                               c->targets_saved.data, c->lo, c->vocab, gmax, sumexp, scale,
                               c->smoothing, dlogits->data),
                 st, done);

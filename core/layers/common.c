@@ -6,13 +6,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+static tp_mem_use ws_kind(const tpl_ws *ws)
+{
+    return ws->keep ? TP_USE_ACTIVATIONS : TP_USE_WORKSPACE;
+}
+
 tp_status tpl_ws_reserve(tpl_ws *ws, size_t bytes, const char *who)
 {
     if (ws->ptr && ws->bytes >= bytes)
         return TP_OK;
-    tp_dev_free(ws->dev, ws->ptr);
-    ws->ptr = NULL;
-    ws->bytes = 0;
+    tpl_ws_release(ws);
     void *p = NULL;
     tp_status st = tp_dev_alloc(ws->dev, bytes ? bytes : 1, &p);
     if (st != TP_OK)
@@ -20,15 +23,40 @@ tp_status tpl_ws_reserve(tpl_ws *ws, size_t bytes, const char *who)
                             tp_last_error());
     ws->ptr = p;
     ws->bytes = bytes;
+    tp_mem_count(ws->dev, ws_kind(ws), (int64_t)bytes);
     return TP_OK;
 }
 
 void tpl_ws_release(tpl_ws *ws)
 {
-    if (ws->ptr)
+    if (ws->ptr) {
+        tp_mem_count(ws->dev, ws_kind(ws), -(int64_t)ws->bytes);
         tp_dev_free(ws->dev, ws->ptr);
+    }
     ws->ptr = NULL;
     ws->bytes = 0;
+}
+
+tp_status tpl_alloc(tp_device *dev, tp_mem_use kind, tp_dtype dt, int ndim, const int64_t *shape,
+                    tp_tensor *out)
+{
+    TP_TRY(tp_tensor_alloc(dev, dt, ndim, shape, out));
+    int64_t b = (int64_t)tp_tensor_bytes(out);
+    tp_mem_count(dev, TP_USE_OTHER, -b);
+    tp_mem_count(dev, kind, b);
+    return TP_OK;
+}
+
+void tpl_release(tp_tensor *t, tp_mem_use kind)
+{
+    if (!t || !t->owned || !t->data) {
+        tp_tensor_release(t);
+        return;
+    }
+    int64_t b = (int64_t)tp_tensor_bytes(t);
+    tp_mem_count(t->dev, kind, -b);
+    tp_mem_count(t->dev, TP_USE_OTHER, b);
+    tp_tensor_release(t);
 }
 
 char *tpl_label(const char *kind, const char *name, tp_comm *comm)

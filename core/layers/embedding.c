@@ -15,6 +15,8 @@ struct tp_embedding {
     size_t *counts;
     bool sp;
     float bound;
+    tp_dtype dt; /* table, its gradient, y and dy */
+    size_t es;
     tp_tensor table, grad;
     tpl_ws ws;  /* get_full, and the SP partial output */
     tpl_ws dyf; /* SP backward: the gathered dy [n, dim] */
@@ -27,8 +29,8 @@ void tp_embedding_free(tp_embedding *e)
 {
     if (!e)
         return;
-    tp_tensor_release(&e->table);
-    tp_tensor_release(&e->grad);
+    tpl_release(&e->table, TP_USE_PARAMETERS);
+    tpl_release(&e->grad, TP_USE_GRADIENTS);
     tpl_ws_release(&e->ws);
     tpl_ws_release(&e->dyf);
     free(e->counts);
@@ -54,6 +56,8 @@ tp_status tp_embedding_create(tp_comm *comm, const tp_embedding_config *cfg, tp_
     e->vocab = cfg->vocab;
     e->dim = cfg->dim;
     e->sp = cfg->sequence_parallel;
+    e->dt = cfg->dtype;
+    e->es = tp_dtype_size(cfg->dtype);
     e->bound = cfg->init_bound != 0.0f ? cfg->init_bound : 1.0f;
     e->label = tpl_label("VocabParallelEmbedding", cfg->name, comm);
     e->counts = calloc((size_t)e->size, sizeof(size_t));
@@ -82,10 +86,13 @@ tp_status tp_embedding_create(tp_comm *comm, const tp_embedding_config *cfg, tp_
                           e->label, e->size, (long long)e->vocab, (long long)e->vocab);
         goto fail;
     }
+    TP_TRY_GOTO(tpl_check_dtype(e->label, e->dt), st, fail);
     int64_t full; /* the full table (full_table, get_full) must be addressable */
     TP_TRY_GOTO(tpl_mul(e->label, "table vocab x dim", e->vocab, e->dim, &full), st, fail);
     tp_shard_range(e->vocab, e->size, e->rank, &e->lo, &e->hi);
-    TP_TRY_GOTO(tp_tensor_alloc2(e->dev, TP_F32, e->hi - e->lo, e->dim, &e->table), st, fail);
+    TP_TRY_GOTO(tpl_alloc(e->dev, TP_USE_PARAMETERS, e->dt, 2, (int64_t[]){e->hi - e->lo, e->dim},
+                          &e->table),
+                st, fail);
     size_t n = (size_t)((e->hi - e->lo) * e->dim);
     host = malloc(n * sizeof(float));
     if (!host) {
@@ -96,7 +103,7 @@ tp_status tp_embedding_create(tp_comm *comm, const tp_embedding_config *cfg, tp_
         memcpy(host, cfg->full_table + e->lo * e->dim, n * sizeof(float));
     else
         tp_master_fill(cfg->seed, cfg->tensor_id, e->dim, e->lo, e->hi, 0, e->dim, e->bound, host);
-    TP_TRY_GOTO(tp_tensor_upload(&e->table, host), st, fail);
+    TP_TRY_GOTO(tpl_upload_f32(e->dev, e->dt, e->table.data, host, n), st, fail);
     free(host);
     *out = e;
     return TP_OK;
@@ -144,16 +151,16 @@ static tp_status forward_body(tp_embedding *e, const tp_tensor *ids, tp_tensor *
 {
     if (!e->sp) {
         if (n > 0)
-            TP_TRY(tp_dev_embedding(e->dev, TP_F32, n, e->dim, ids->data, e->lo, e->hi,
+            TP_TRY(tp_dev_embedding(e->dev, e->dt, n, e->dim, ids->data, e->lo, e->hi,
                                     e->table.data, y->data));
-        return tp_all_reduce(e->comm, y->data, y->data, (size_t)(n * e->dim), TP_F32, TP_SUM);
+        return tp_all_reduce(e->comm, y->data, y->data, (size_t)(n * e->dim), e->dt, TP_SUM);
     }
     /* every token's partial row (own vocab range), then each rank keeps its token shard */
-    TP_TRY(tpl_ws_reserve(&e->ws, (size_t)(n * e->dim) * sizeof(float), e->label));
+    TP_TRY(tpl_ws_reserve(&e->ws, (size_t)(n * e->dim) * e->es, e->label));
     if (n > 0)
-        TP_TRY(tp_dev_embedding(e->dev, TP_F32, n, e->dim, ids->data, e->lo, e->hi, e->table.data,
+        TP_TRY(tp_dev_embedding(e->dev, e->dt, n, e->dim, ids->data, e->lo, e->hi, e->table.data,
                                 e->ws.ptr));
-    return tp_reduce_scatterv(e->comm, e->ws.ptr, y->data, e->counts, TP_F32, TP_SUM);
+    return tp_reduce_scatterv(e->comm, e->ws.ptr, y->data, e->counts, e->dt, TP_SUM);
 }
 
 tp_status tp_embedding_forward(tp_embedding *e, const tp_tensor *ids, tp_tensor *y)
@@ -179,10 +186,10 @@ tp_status tp_embedding_forward(tp_embedding *e, const tp_tensor *ids, tp_tensor 
     }
     int64_t rows = shi - slo;
     if (!y->data && y->ndim == 0) {
-        TP_TRY(tp_tensor_alloc(e->dev, TP_F32, ndim, shape, y));
+        TP_TRY(tp_tensor_alloc(e->dev, e->dt, ndim, shape, y));
     } else {
         int64_t tokens;
-        TP_TRY(tpl_check_act(e->label, "y", y, e->dev, TP_F32, &tokens));
+        TP_TRY(tpl_check_act(e->label, "y", y, e->dev, e->dt, &tokens));
         if (tokens != rows)
             return tp_set_error(TP_ERR_SHAPE,
                                 "%s: tokens mismatch: y has %lld tokens, expected "
@@ -210,7 +217,8 @@ static tp_status ensure_grad(tp_embedding *e)
 {
     if (e->grad.data)
         return TP_OK;
-    return tp_tensor_alloc2(e->dev, TP_F32, e->hi - e->lo, e->dim, &e->grad);
+    return tpl_alloc(e->dev, TP_USE_GRADIENTS, e->dt, 2, (int64_t[]){e->hi - e->lo, e->dim},
+                     &e->grad);
 }
 
 /* grad += the gradients of this rank's vocab rows among the n ids. */
@@ -218,13 +226,13 @@ static tp_status backward_body(tp_embedding *e, const tp_tensor *dy, int64_t n)
 {
     const void *full = dy->data;
     if (e->sp) { /* every rank needs every token's gradient for its vocab rows */
-        TP_TRY(tpl_ws_reserve(&e->dyf, (size_t)(n * e->dim) * sizeof(float), e->label));
-        TP_TRY(tp_all_gatherv(e->comm, dy->data, e->dyf.ptr, e->counts, TP_F32));
+        TP_TRY(tpl_ws_reserve(&e->dyf, (size_t)(n * e->dim) * e->es, e->label));
+        TP_TRY(tp_all_gatherv(e->comm, dy->data, e->dyf.ptr, e->counts, e->dt));
         full = e->dyf.ptr;
     }
     if (n == 0)
         return TP_OK;
-    return tp_dev_embedding_bwd(e->dev, TP_F32, n, e->dim, e->ids_saved.data, e->lo, e->hi, full,
+    return tp_dev_embedding_bwd(e->dev, e->dt, n, e->dim, e->ids_saved.data, e->lo, e->hi, full,
                                 e->grad.data);
 }
 
@@ -235,7 +243,7 @@ tp_status tp_embedding_backward(tp_embedding *e, const tp_tensor *dy)
     if (!e->saved)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: backward called before forward", e->label);
     int64_t tokens, n = e->n_saved, slo = 0, shi = n;
-    TP_TRY(tpl_check_act(e->label, "dy", dy, e->dev, TP_F32, &tokens));
+    TP_TRY(tpl_check_act(e->label, "dy", dy, e->dev, e->dt, &tokens));
     if (e->sp)
         sp_shard(e, n, &slo, &shi);
     if (tokens != shi - slo || dy->shape[dy->ndim - 1] != e->dim)
@@ -280,15 +288,15 @@ void tp_embedding_get_shard(tp_embedding *e, int64_t *lo, int64_t *hi, tp_tensor
 
 static tp_status get_full(tp_embedding *e, const tp_tensor *t, float *host)
 {
-    size_t bytes = (size_t)(e->vocab * e->dim) * sizeof(float);
-    TP_TRY(tpl_ws_reserve(&e->ws, bytes, e->label));
+    size_t n = (size_t)(e->vocab * e->dim);
+    TP_TRY(tpl_ws_reserve(&e->ws, n * e->es, e->label));
     for (int i = 0; i < e->size; i++) {
         int64_t a, b;
         tp_shard_range(e->vocab, e->size, i, &a, &b);
         e->counts[i] = (size_t)((b - a) * e->dim);
     }
-    TP_TRY(tp_all_gatherv(e->comm, t->data, e->ws.ptr, e->counts, TP_F32));
-    return host ? tp_dev_download(e->dev, host, e->ws.ptr, bytes) : TP_OK;
+    TP_TRY(tp_all_gatherv(e->comm, t->data, e->ws.ptr, e->counts, e->dt));
+    return host ? tpl_download_f32(e->dev, e->dt, host, e->ws.ptr, n) : TP_OK;
 }
 
 tp_status tp_embedding_get_full(tp_embedding *e, float *table)

@@ -56,6 +56,8 @@ struct tp_gpt {
     tp_device *dev;
     char *label;
     tp_gpt_config cfg;
+    tp_dtype dt; /* cfg.dtype: every parameter, gradient and activation */
+    size_t es;
     int T, rank;
     int64_t vlo, vhi, vl; /* this rank's vocab shard */
     int64_t *voff;        /* T+1 vocab offsets */
@@ -90,13 +92,13 @@ static void release_acts(tp_gpt *m)
 {
     if (m->xs)
         for (int64_t i = 0; i <= m->cfg.layers; i++)
-            tp_tensor_release(&m->xs[i]);
-    tp_tensor_release(&m->hn);
-    tp_tensor_release(&m->logits);
-    tp_tensor_release(&m->dlogits);
-    tp_tensor_release(&m->g0);
-    tp_tensor_release(&m->g1);
-    tp_tensor_release(&m->pos_ids);
+            tpl_release(&m->xs[i], TP_USE_ACTIVATIONS);
+    tpl_release(&m->hn, TP_USE_ACTIVATIONS);
+    tpl_release(&m->logits, TP_USE_ACTIVATIONS);
+    tpl_release(&m->dlogits, TP_USE_WORKSPACE);
+    tpl_release(&m->g0, TP_USE_WORKSPACE);
+    tpl_release(&m->g1, TP_USE_WORKSPACE);
+    tpl_release(&m->pos_ids, TP_USE_ACTIVATIONS);
 }
 
 void tp_gpt_free(tp_gpt *m)
@@ -106,8 +108,8 @@ void tp_gpt_free(tp_gpt *m)
     release_acts(m);
     free(m->xs);
     tp_embedding_free(m->emb);
-    tp_tensor_release(&m->pos);
-    tp_tensor_release(&m->dpos);
+    tpl_release(&m->pos, TP_USE_PARAMETERS);
+    tpl_release(&m->dpos, TP_USE_GRADIENTS);
     if (m->blocks)
         for (int64_t i = 0; i < m->cfg.layers; i++)
             tp_block_free(m->blocks[i]);
@@ -296,15 +298,18 @@ static tp_status create_embeddings(tp_gpt *m)
                               .tensor_id = TID_EMBEDDING,
                               .name = "embedding",
                               .init_bound = eb,
+                              .dtype = c->dtype,
                               .sequence_parallel = c->sequence_parallel};
     TP_TRY(tp_embedding_create(m->comm, &ec, &m->emb));
-    TP_TRY(tp_tensor_alloc2(m->dev, TP_F32, c->seq, c->hidden, &m->pos));
-    TP_TRY(tp_tensor_alloc2(m->dev, TP_F32, c->seq, c->hidden, &m->dpos));
-    float *host = malloc(sizeof(float) * (size_t)(c->seq * c->hidden));
+    int64_t shape[2] = {c->seq, c->hidden};
+    TP_TRY(tpl_alloc(m->dev, TP_USE_PARAMETERS, m->dt, 2, shape, &m->pos));
+    TP_TRY(tpl_alloc(m->dev, TP_USE_GRADIENTS, m->dt, 2, shape, &m->dpos));
+    size_t n = (size_t)(c->seq * c->hidden);
+    float *host = malloc(sizeof(float) * n);
     if (!host)
         return tp_set_error(TP_ERR_NO_MEMORY, "%s: out of host memory", m->label);
     tp_master_fill(c->seed, TID_POSITION, c->hidden, 0, c->seq, 0, c->hidden, eb, host);
-    tp_status st = tp_tensor_upload(&m->pos, host);
+    tp_status st = tpl_upload_f32(m->dev, m->dt, m->pos.data, host, n);
     free(host);
     return st;
 }
@@ -328,6 +333,7 @@ static tp_status create_sublayers(tp_gpt *m)
                               .gelu_tanh = c->gelu_tanh,
                               .causal = true,
                               .sequence_parallel = c->sequence_parallel,
+                              .dtype = c->dtype,
                               .seed = c->seed,
                               .tensor_id = TID_BLOCK0 + TID_BLOCK_STRIDE * (uint64_t)i,
                               .name = nm};
@@ -338,21 +344,24 @@ static tp_status create_sublayers(tp_gpt *m)
                          .bias = !c->rms,
                          .eps = c->eps,
                          .sequence_parallel = c->sequence_parallel,
-                         .name = "ln_f"};
+                         .name = "ln_f",
+                         .dtype = c->dtype};
     TP_TRY(tp_norm_create(m->comm, &nc, &m->lnf));
     if (!c->tied) {
         tp_linear_config lc = {.in_features = c->hidden,
                                .out_features = c->vocab,
                                .seed = c->seed,
                                .tensor_id = TID_OUTPUT,
-                               .name = "output"};
+                               .name = "output",
+                               .dtype = c->dtype};
         TP_TRY(tp_column_linear_create(m->comm, &lc, &m->out));
     }
     tp_ce_config cc = {.vocab = c->vocab,
                        .label_smoothing = c->label_smoothing,
                        .use_ignore_index = c->use_ignore_index,
                        .ignore_index = c->ignore_index,
-                       .name = "loss"};
+                       .name = "loss",
+                       .dtype = c->dtype};
     return tp_vocab_ce_create(m->comm, &cc, &m->ce);
 }
 
@@ -368,7 +377,10 @@ tp_status tp_gpt_create(tp_comm *comm, const tp_gpt_config *cfg, tp_gpt **out)
         return tp_set_error(TP_ERR_NO_MEMORY, "GPT create: out of host memory");
     m->comm = comm;
     m->dev = m->hfull.dev = m->dhfull.dev = m->tmp.dev = tp_comm_device(comm);
+    m->hfull.keep = true; /* the output projection's input, for its weight gradient */
     m->cfg = *cfg;
+    m->dt = cfg->dtype;
+    m->es = tp_dtype_size(cfg->dtype);
     m->T = tp_comm_size(comm);
     m->rank = tp_comm_rank(comm);
     m->label = tpl_label("GPT", NULL, comm);
@@ -417,12 +429,13 @@ tp_status tp_gpt_zero_grad(tp_gpt *m)
 /* ------------------------------------------------------------- forward */
 
 /* Make t a [rows, cols] tensor of dtype dt (reusing it when it already is). */
-static tp_status ensure2(tp_gpt *m, tp_tensor *t, tp_dtype dt, int64_t rows, int64_t cols)
+static tp_status ensure2(tp_gpt *m, tp_tensor *t, tp_mem_use kind, tp_dtype dt, int64_t rows,
+                         int64_t cols)
 {
     if (t->data && t->ndim == 2 && t->dtype == dt && t->shape[0] == rows && t->shape[1] == cols)
         return TP_OK;
-    tp_tensor_release(t);
-    return tp_tensor_alloc2(m->dev, dt, rows, cols, t);
+    tpl_release(t, kind);
+    return tpl_alloc(m->dev, kind, dt, 2, (int64_t[]){rows, cols}, t);
 }
 
 /* pos_ids[t] = t % seqlen, the position of token t. */
@@ -441,18 +454,19 @@ static tp_status upload_pos_ids(tp_gpt *m)
 static tp_status alloc_acts(tp_gpt *m)
 {
     int64_t tokens = m->tokens, H = m->cfg.hidden;
-    TP_TRY(ensure2(m, &m->pos_ids, TP_I32, 1, tokens));
+    const tp_mem_use A = TP_USE_ACTIVATIONS, W = TP_USE_WORKSPACE;
+    TP_TRY(ensure2(m, &m->pos_ids, A, TP_I32, 1, tokens));
     for (int64_t i = 0; i <= m->cfg.layers; i++)
-        TP_TRY(ensure2(m, &m->xs[i], TP_F32, m->rows, H));
-    TP_TRY(ensure2(m, &m->hn, TP_F32, m->rows, H));
-    TP_TRY(ensure2(m, &m->g0, TP_F32, m->rows, H));
-    TP_TRY(ensure2(m, &m->g1, TP_F32, m->rows, H));
-    TP_TRY(ensure2(m, &m->logits, TP_F32, tokens, m->vl));
-    TP_TRY(ensure2(m, &m->dlogits, TP_F32, tokens, m->vl));
+        TP_TRY(ensure2(m, &m->xs[i], A, m->dt, m->rows, H));
+    TP_TRY(ensure2(m, &m->hn, A, m->dt, m->rows, H));
+    TP_TRY(ensure2(m, &m->g0, W, m->dt, m->rows, H));
+    TP_TRY(ensure2(m, &m->g1, W, m->dt, m->rows, H));
+    TP_TRY(ensure2(m, &m->logits, A, m->dt, tokens, m->vl));
+    TP_TRY(ensure2(m, &m->dlogits, W, m->dt, tokens, m->vl));
     if (m->cfg.sequence_parallel)
-        TP_TRY(tpl_ws_reserve(&m->hfull, (size_t)(tokens * H) * sizeof(float), m->label));
-    TP_TRY(tpl_ws_reserve(&m->dhfull, (size_t)(tokens * H) * sizeof(float), m->label));
-    TP_TRY(tpl_ws_reserve(&m->tmp, (size_t)(m->rows * H) * sizeof(float), m->label));
+        TP_TRY(tpl_ws_reserve(&m->hfull, (size_t)(tokens * H) * m->es, m->label));
+    TP_TRY(tpl_ws_reserve(&m->dhfull, (size_t)(tokens * H) * m->es, m->label));
+    TP_TRY(tpl_ws_reserve(&m->tmp, (size_t)(m->rows * H) * m->es, m->label));
     return tokens > 0 ? upload_pos_ids(m) : TP_OK;
 }
 
@@ -562,9 +576,9 @@ static tp_status add_positions(tp_gpt *m)
     const int64_t H = m->cfg.hidden, R = m->rows;
     if (R == 0)
         return TP_OK;
-    TP_TRY(tp_dev_embedding(m->dev, TP_F32, R, H, (const int32_t *)m->pos_ids.data + m->slo, 0,
+    TP_TRY(tp_dev_embedding(m->dev, m->dt, R, H, (const int32_t *)m->pos_ids.data + m->slo, 0,
                             m->cfg.seq, m->pos.data, m->tmp.ptr));
-    return tp_dev_axpby(m->dev, TP_F32, R * H, 1.0f, m->tmp.ptr, 1.0f, m->xs[0].data);
+    return tp_dev_axpby(m->dev, m->dt, R * H, 1.0f, m->tmp.ptr, 1.0f, m->xs[0].data);
 }
 
 /* logits = hn's every token times this rank's vocab shard of the output weight. */
@@ -575,15 +589,15 @@ static tp_status output_forward(tp_gpt *m)
     if (m->cfg.sequence_parallel) { /* the output projection needs every token */
         for (int i = 0; i < m->T; i++)
             m->counts[i] = (size_t)((m->toff[i + 1] - m->toff[i]) * H);
-        TP_TRY(tp_all_gatherv(m->comm, m->hn.data, m->hfull.ptr, m->counts, TP_F32));
+        TP_TRY(tp_all_gatherv(m->comm, m->hn.data, m->hfull.ptr, m->counts, m->dt));
         h = m->hfull.ptr;
     }
     tp_tensor *w, *dw;
     out_weight(m, &w, &dw);
     if (m->out)
-        return tpl_gemm(m->dev, TP_F32, 0, 0, N, m->vl, H, 0.0f, h, H, w->data, m->vl,
+        return tpl_gemm(m->dev, m->dt, 0, 0, N, m->vl, H, 0.0f, h, H, w->data, m->vl,
                         m->logits.data, m->vl);
-    return tpl_gemm(m->dev, TP_F32, 0, 1, N, m->vl, H, 0.0f, h, H, w->data, H, m->logits.data,
+    return tpl_gemm(m->dev, m->dt, 0, 1, N, m->vl, H, 0.0f, h, H, w->data, H, m->logits.data,
                     m->vl);
 }
 
@@ -627,32 +641,41 @@ static tp_status output_backward(tp_gpt *m)
     out_weight(m, &w, &dw);
     const void *h = sp ? m->hfull.ptr : m->hn.data;
     if (m->out) { /* dW_r += h^T dlogits_r; dh = dlogits_r W_r^T (partial over vocab shards) */
-        TP_TRY(tpl_gemm(m->dev, TP_F32, 1, 0, H, m->vl, N, 1.0f, h, H, m->dlogits.data, m->vl,
+        TP_TRY(tpl_gemm(m->dev, m->dt, 1, 0, H, m->vl, N, 1.0f, h, H, m->dlogits.data, m->vl,
                         dw->data, m->vl));
-        TP_TRY(tpl_gemm(m->dev, TP_F32, 0, 1, N, H, m->vl, 0.0f, m->dlogits.data, m->vl, w->data,
+        TP_TRY(tpl_gemm(m->dev, m->dt, 0, 1, N, H, m->vl, 0.0f, m->dlogits.data, m->vl, w->data,
                         m->vl, m->dhfull.ptr, H));
     } else { /* dE_r += dlogits_r^T h; dh = dlogits_r E_r */
-        TP_TRY(tpl_gemm(m->dev, TP_F32, 1, 0, m->vl, H, N, 1.0f, m->dlogits.data, m->vl, h, H,
+        TP_TRY(tpl_gemm(m->dev, m->dt, 1, 0, m->vl, H, N, 1.0f, m->dlogits.data, m->vl, h, H,
                         dw->data, H));
-        TP_TRY(tpl_gemm(m->dev, TP_F32, 0, 0, N, H, m->vl, 0.0f, m->dlogits.data, m->vl, w->data, H,
+        TP_TRY(tpl_gemm(m->dev, m->dt, 0, 0, N, H, m->vl, 0.0f, m->dlogits.data, m->vl, w->data, H,
                         m->dhfull.ptr, H));
     }
     if (!sp)
-        return tp_all_reduce(m->comm, m->dhfull.ptr, m->g0.data, (size_t)(N * H), TP_F32, TP_SUM);
+        return tp_all_reduce(m->comm, m->dhfull.ptr, m->g0.data, (size_t)(N * H), m->dt, TP_SUM);
     for (int i = 0; i < m->T; i++)
         m->counts[i] = (size_t)((m->toff[i + 1] - m->toff[i]) * H);
-    return tp_reduce_scatterv(m->comm, m->dhfull.ptr, m->g0.data, m->counts, TP_F32, TP_SUM);
+    return tp_reduce_scatterv(m->comm, m->dhfull.ptr, m->g0.data, m->counts, m->dt, TP_SUM);
 }
 
 tp_status tp_gpt_backward(tp_gpt *m)
 {
+    return tp_gpt_backward_scaled(m, 1.0f);
+}
+
+tp_status tp_gpt_backward_scaled(tp_gpt *m, float scale)
+{
     if (!m)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_gpt_backward: model is NULL");
+    if (!(scale > 0.0f) || !isfinite(scale))
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "%s: loss scale %g must be finite and > 0 (tp_optim_loss_scale)",
+                            m->label, (double)scale);
     if (!m->saved)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: backward called without a successful forward",
                             m->label);
     const int64_t H = m->cfg.hidden, N = m->tokens;
-    TP_TRY(tp_vocab_ce_backward(m->ce, 1.0f, &m->dlogits));
+    TP_TRY(tp_vocab_ce_backward(m->ce, scale, &m->dlogits));
     TP_TRY(in_phase(m, TP_PHASE_BACKWARD, output_backward));
     tp_tensor *dh = &m->g0, *dx = &m->g1;
     TP_TRY(tp_norm_backward(m->lnf, dh, dx));
@@ -669,7 +692,7 @@ tp_status tp_gpt_backward(tp_gpt *m)
      * full gradient, so every rank computes the same replicated result) */
     tp_phase prev = tp_phase_set(m->comm, TP_PHASE_BACKWARD);
     const void *full = m->cfg.sequence_parallel ? tpl_embedding_gathered_dy(m->emb) : dx->data;
-    tp_status st = tp_dev_embedding_bwd(m->dev, TP_F32, N, H, m->pos_ids.data, 0, m->cfg.seq, full,
+    tp_status st = tp_dev_embedding_bwd(m->dev, m->dt, N, H, m->pos_ids.data, 0, m->cfg.seq, full,
                                         m->dpos.data);
     tp_phase_set(m->comm, prev);
     return st;
@@ -704,7 +727,9 @@ static tp_status full_of(tp_gpt *m, int i, bool grad, float *host)
             return grad ? tp_embedding_get_full_grad(r->layer, host)
                         : tp_embedding_get_full(r->layer, host);
         case PARAM_REPLICATED:
-            return host ? tp_tensor_download(grad ? p->grad : p->value, host) : TP_OK;
+            return host ? tpl_download_f32(m->dev, m->dt, host, (grad ? p->grad : p->value)->data,
+                                           (size_t)tp_tensor_numel(p->value))
+                        : TP_OK;
         case PARAM_LINEAR_WEIGHT:
             return grad ? tp_linear_get_full_grad(r->layer, host, NULL)
                         : tp_linear_get_full(r->layer, host, NULL);
@@ -743,12 +768,12 @@ tp_status tp_gpt_get_full_logits(tp_gpt *m, float *logits)
     size_t n = (size_t)(m->tokens * m->cfg.vocab);
     tpl_ws ws = {.dev = m->dev};
     tp_status st;
-    TP_TRY_GOTO(tpl_ws_reserve(&ws, 2 * n * sizeof(float), m->label), st, out);
-    TP_TRY_GOTO(tpl_gather_cols(m->comm, TP_F32, m->logits.data, ws.ptr, (float *)ws.ptr + n,
+    TP_TRY_GOTO(tpl_ws_reserve(&ws, 2 * n * m->es, m->label), st, out);
+    TP_TRY_GOTO(tpl_gather_cols(m->comm, m->dt, m->logits.data, ws.ptr, (char *)ws.ptr + n * m->es,
                                 m->tokens, m->voff, m->counts),
                 st, out);
     if (logits)
-        TP_TRY_GOTO(tp_dev_download(m->dev, logits, ws.ptr, n * sizeof(float)), st, out);
+        TP_TRY_GOTO(tpl_download_f32(m->dev, m->dt, logits, ws.ptr, n), st, out);
 out:
     tpl_ws_release(&ws);
     return st;

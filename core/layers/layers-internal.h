@@ -7,15 +7,24 @@
 
 #include "tp-try.h"
 
-/* A grow-only device scratch buffer owned by one layer. */
+/* A grow-only device scratch buffer owned by one layer, counted in the
+ * device's memory stats as workspace, or as activations when `keep` (what
+ * forward fills for backward). */
 typedef struct tpl_ws {
     tp_device *dev;
     void *ptr;
     size_t bytes;
+    bool keep;
 } tpl_ws;
 
 tp_status tpl_ws_reserve(tpl_ws *ws, size_t bytes, const char *who);
 void tpl_ws_release(tpl_ws *ws);
+
+/* tp_tensor_alloc counted as `kind` (moved from TP_USE_OTHER), and its
+ * release; tpl_release of an unallocated tensor is a no-op. */
+tp_status tpl_alloc(tp_device *dev, tp_mem_use kind, tp_dtype dt, int ndim, const int64_t *shape,
+                    tp_tensor *out);
+void tpl_release(tp_tensor *t, tp_mem_use kind);
 
 /* Check that t is a usable activation of dtype dt (the layer's) on dev
  * with 2..4 dims. `who` names the layer, `what` the tensor ("x"). Writes

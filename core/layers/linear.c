@@ -37,10 +37,10 @@ void tp_linear_free(tp_linear *l)
 {
     if (!l)
         return;
-    tp_tensor_release(&l->w);
-    tp_tensor_release(&l->b);
-    tp_tensor_release(&l->dw);
-    tp_tensor_release(&l->db);
+    tpl_release(&l->w, TP_USE_PARAMETERS);
+    tpl_release(&l->b, TP_USE_PARAMETERS);
+    tpl_release(&l->dw, TP_USE_GRADIENTS);
+    tpl_release(&l->db, TP_USE_GRADIENTS);
     tpl_ws_release(&l->ws);
     tpl_ws_release(&l->ws2);
     free(l->off);
@@ -80,7 +80,7 @@ static tp_status init_params(tp_linear *l, const tp_linear_config *cfg)
     int64_t wr = column ? l->in : l->nloc;
     int64_t wc = column ? l->nloc : l->out;
     int64_t bn = column ? l->nloc : l->out;
-    TP_TRY(tp_tensor_alloc2(l->dev, l->dt, wr, wc, &l->w));
+    TP_TRY(tpl_alloc(l->dev, TP_USE_PARAMETERS, l->dt, 2, (int64_t[]){wr, wc}, &l->w));
     size_t hn = (size_t)(wr * wc) > (size_t)bn ? (size_t)(wr * wc) : (size_t)bn;
     float *host = malloc(hn * sizeof(float));
     if (!host)
@@ -97,7 +97,7 @@ static tp_status init_params(tp_linear *l, const tp_linear_config *cfg)
     /* host weights are f32: rounded to the layer's dtype on the way up */
     TP_TRY_GOTO(tpl_upload_f32(l->dev, l->dt, l->w.data, host, (size_t)(wr * wc)), st, out);
     if (l->has_bias) {
-        TP_TRY_GOTO(tp_tensor_alloc(l->dev, l->dt, 1, &bn, &l->b), st, out);
+        TP_TRY_GOTO(tpl_alloc(l->dev, TP_USE_PARAMETERS, l->dt, 1, &bn, &l->b), st, out);
         int64_t b0 = column ? l->lo : 0;
         if (cfg->full_bias)
             memcpy(host, cfg->full_bias + b0, (size_t)bn * sizeof(float));
@@ -339,9 +339,9 @@ tp_status tpl_linear_forward_act(tp_linear *l, const tp_tensor *x, tp_tensor *y,
 static tp_status ensure_grads(tp_linear *l)
 {
     if (!l->dw.data)
-        TP_TRY(tp_tensor_alloc(l->dev, l->dt, 2, l->w.shape, &l->dw));
+        TP_TRY(tpl_alloc(l->dev, TP_USE_GRADIENTS, l->dt, 2, l->w.shape, &l->dw));
     if (l->has_bias && !l->db.data)
-        TP_TRY(tp_tensor_alloc(l->dev, l->dt, 1, l->b.shape, &l->db));
+        TP_TRY(tpl_alloc(l->dev, TP_USE_GRADIENTS, l->dt, 1, l->b.shape, &l->db));
     return TP_OK;
 }
 

@@ -56,6 +56,7 @@ tp_status tp_mlp_create(tp_comm *comm, const tp_mlp_config *cfg, tp_mlp **out)
     m->comm = comm;
     m->dev = tp_comm_device(comm);
     m->pre.dev = m->act.dev = m->grad.dev = m->dev;
+    m->pre.keep = m->act.keep = true;
     m->hidden = cfg->hidden;
     m->ffn = cfg->ffn;
     m->tanh_approx = cfg->gelu_tanh;

@@ -18,6 +18,7 @@ void tp_stats_get(const tp_comm *comm, tp_stats *out)
         memcpy(out->gemm, comm->dev->gemm, sizeof out->gemm);
         memcpy(out->gemm_flops, comm->dev->gemm_flops, sizeof out->gemm_flops);
         memcpy(out->kernel, comm->dev->kernel, sizeof out->kernel);
+        out->mem = comm->dev->mem;
     }
 }
 
@@ -35,7 +36,39 @@ void tp_stats_reset(tp_comm *comm)
         memset(comm->dev->gemm, 0, sizeof comm->dev->gemm);
         memset(comm->dev->gemm_flops, 0, sizeof comm->dev->gemm_flops);
         memset(comm->dev->kernel, 0, sizeof comm->dev->kernel);
+        tp_mem_stats *m = &comm->dev->mem;
+        for (int k = 0; k < TP_USE_COUNT; k++)
+            m->kind[k].peak = m->kind[k].bytes;
+        m->total.peak = m->total.bytes;
     }
+}
+
+/* ------------------------------------------------------ device memory */
+
+const char *tp_mem_use_name(tp_mem_use kind)
+{
+    static const char *const names[TP_USE_COUNT] = {
+        "parameters", "gradients", "optimizer", "activations", "workspace", "other",
+    };
+    return (unsigned)kind < TP_USE_COUNT ? names[kind] : "?";
+}
+
+/* c += bytes, not below 0; the peak follows. Returns the change made. */
+static int64_t mem_add(tp_mem_counter *c, int64_t bytes)
+{
+    if (bytes < 0 && (uint64_t)-bytes > c->bytes)
+        bytes = -(int64_t)c->bytes;
+    c->bytes += (uint64_t)bytes;
+    if (c->bytes > c->peak)
+        c->peak = c->bytes;
+    return bytes;
+}
+
+void tp_mem_count(tp_device *dev, tp_mem_use kind, int64_t bytes)
+{
+    if (!dev || (unsigned)kind >= TP_USE_COUNT)
+        return;
+    mem_add(&dev->mem.total, mem_add(&dev->mem.kind[kind], bytes));
 }
 
 tp_phase tp_phase_set(tp_comm *comm, tp_phase phase)

@@ -62,6 +62,7 @@ tp_status tp_tensor_alloc(tp_device *dev, tp_dtype dt, int ndim, const int64_t *
         tp_dev_free(dev, t.data);
         return st;
     }
+    tp_mem_count(dev, TP_USE_OTHER, (int64_t)bytes);
     *out = t;
     return TP_OK;
 }
@@ -76,8 +77,10 @@ void tp_tensor_release(tp_tensor *t)
 {
     if (!t)
         return;
-    if (t->owned)
+    if (t->owned) {
+        tp_mem_count(t->dev, TP_USE_OTHER, -(int64_t)tp_tensor_bytes(t));
         tp_dev_free(t->dev, t->data);
+    }
     memset(t, 0, sizeof *t);
 }
 

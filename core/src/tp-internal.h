@@ -109,6 +109,7 @@ struct tp_device {
     tp_counter gemm[TP_PHASE_COUNT];
     double gemm_flops[TP_PHASE_COUNT];
     tp_counter kernel[TP_PHASE_COUNT];
+    tp_mem_stats mem; /* tp_mem_count (stats.c) */
 };
 
 /* The wait log of a TP_WAIT_CLOCK comm (timing.c writes, stats.c splits). */

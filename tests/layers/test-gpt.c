@@ -867,6 +867,516 @@ START_TEST(test_errors)
 }
 END_TEST
 
+/* ------------------------------------------------------------ bf16, f16 */
+
+/*
+ * The GPT in bf16/f16 (embedding, position add, blocks, final norm, output
+ * projection, vocab-parallel cross-entropy) against the same model in f32
+ * holding exactly the same weights (the low-precision model's shards,
+ * widened, uploaded into the f32 model's), whose loss and logits are
+ * checked against the double reference here too. Error model as in
+ * tests/transformer (every stored tensor rounded once, relative u of the
+ * magnitudes it rounds, max|ref| normalised): the longest chain of
+ * roundings is the embedding and position add (2), per block about 22
+ * (docs/determinism.md), the final norm and the logits GEMM (2), so we
+ * accept (8 + 24 L) u relative to max(1, max|ref|) per tensor, for the
+ * loss, the logits and every gradient (measured: well under a quarter of
+ * it). The loss is f32 on both sides.
+ */
+static double lp_u(tp_dtype dt)
+{
+    return dt == TP_BF16 ? 0x1p-8 : 0x1p-11;
+}
+
+/* max |a - b| / max(1, max |b|) over n. */
+static double rel_maxdiff(const float *a, const double *b, int64_t n)
+{
+    double m = 1.0, e = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        m = fmax(m, fabs(b[i]));
+    for (int64_t i = 0; i < n; i++)
+        e = fmax(e, fabs((double)a[i] - b[i]));
+    return e / m;
+}
+
+static double rel_maxdiff_d(const double *a, const double *b, int64_t n)
+{
+    double m = 1.0, e = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        m = fmax(m, fabs(b[i]));
+    for (int64_t i = 0; i < n; i++)
+        e = fmax(e, fabs(a[i] - b[i]));
+    return e / m;
+}
+
+/* The f32 model's parameters := the low-precision model's (this rank's shards, widened). */
+static void copy_weights(tpt_rank *k, tp_gpt *lp, tp_gpt *f32)
+{
+    const tp_param *a, *b;
+    int na, nb;
+    tp_gpt_params(lp, &a, &na);
+    tp_gpt_params(f32, &b, &nb);
+    EXPECT(k, na == nb, "parameter counts differ: %d vs %d", na, nb);
+    for (int i = 0; i < na && i < nb; i++) {
+        int64_t n = tp_tensor_numel(a[i].value);
+        float *h = malloc(sizeof(float) * (size_t)(n + 1));
+        void *raw = malloc(tp_tensor_bytes(a[i].value) + 1);
+        EXPECT_OK(k, tp_tensor_download(a[i].value, raw));
+        tp_host_convert(TP_F32, h, a[i].value->dtype, raw, (size_t)n);
+        EXPECT_OK(k, tp_tensor_upload(b[i].value, h));
+        free(h), free(raw);
+    }
+}
+
+/* Forward + backward of m on the case's batch: loss, full logits, full grads. */
+static void run_gpt_once(tpt_rank *k, const gcase *c, tp_gpt *m, const tp_gpt_config *cfg,
+                         float *loss, float *logits, full_params *f)
+{
+    int64_t N = c->batch * c->seq;
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)N), *tgt = malloc(sizeof(int32_t) * (size_t)N);
+    make_batch(N, c->V, 7, c->ignore, ids, tgt);
+    tp_tensor ti = upload_i32(k, c->batch, c->seq, ids), tt = upload_i32(k, 1, N, tgt);
+    EXPECT_OK(k, tp_gpt_zero_grad(m));
+    EXPECT_OK(k, tp_gpt_forward(m, &ti, &tt, loss));
+    EXPECT_OK(k, tp_gpt_backward(m));
+    EXPECT_OK(k, tp_gpt_get_full_logits(m, logits));
+    get_full(k, m, cfg, f);
+    tp_tensor_release(&ti), tp_tensor_release(&tt);
+    free(ids), free(tgt);
+}
+
+static double lowp_gpt_case(tpt_rank *k, const gcase *c, tp_dtype dt)
+{
+    tp_gpt_config cfg = case_cfg(c), c32 = cfg;
+    cfg.dtype = dt;
+    tp_gpt *m = NULL, *r = NULL;
+    EXPECT_OK(k, tp_gpt_create(k->g, &cfg, &m));
+    EXPECT_OK(k, tp_gpt_create(k->g, &c32, &r));
+    if (!m || !r) {
+        tp_gpt_free(m), tp_gpt_free(r);
+        return 0.0;
+    }
+    copy_weights(k, m, r);
+    int64_t N = c->batch * c->seq;
+    float lm = 0, lr = 0, *gm = malloc(sizeof(float) * (size_t)(N * c->V)),
+          *gr = malloc(sizeof(float) * (size_t)(N * c->V));
+    full_params fm, fr;
+    run_gpt_once(k, c, m, &cfg, &lm, gm, &fm);
+    run_gpt_once(k, c, r, &c32, &lr, gr, &fr);
+    double tol = (8.0 + 24.0 * (double)c->L) * lp_u(dt), worst = 0.0;
+    if (k->r == 0) {
+        double dl = (double)lr, *dg = malloc(sizeof(double) * (size_t)(N * c->V));
+        for (int64_t i = 0; i < N * c->V; i++)
+            dg[i] = gr[i];
+        double e = rel_maxdiff(&lm, &dl, 1), el = rel_maxdiff(gm, dg, N * c->V);
+        EXPECT(k, e <= tol, "%s %s: loss %.7g vs f32 %.7g: %.3g > %.3g", c->what, tp_dtype_name(dt),
+               (double)lm, (double)lr, e, tol);
+        EXPECT(k, el <= tol, "%s %s: logits differ from f32 by %.3g > %.3g", c->what,
+               tp_dtype_name(dt), el, tol);
+        EXPECT(k, el > 0.0, "%s %s: logits equal the f32 model's: did it run in %s?", c->what,
+               tp_dtype_name(dt), tp_dtype_name(dt));
+        /* the tolerance can fail: the f32 logits rotated by one token row */
+        double *rot = malloc(sizeof(double) * (size_t)(N * c->V));
+        for (int64_t t = 0; t < N; t++)
+            for (int64_t v = 0; v < c->V; v++)
+                rot[t * c->V + v] = dg[((t + 1) % N) * c->V + v];
+        EXPECT(k, N < 2 || rel_maxdiff(gm, rot, N * c->V) > tol,
+               "%s %s: a wrong reference (logit rows rotated) passes the tolerance %.3g", c->what,
+               tp_dtype_name(dt), tol);
+        free(rot);
+        worst = fmax(e, el);
+        for (int p = 0; p < fm.n && p < fr.n; p++) {
+            double eg = rel_maxdiff_d(fm.grad[p], fr.grad[p], fm.len[p]);
+            EXPECT(k, eg <= tol, "%s %s: gradient of %s differs from f32 by %.3g > %.3g", c->what,
+                   tp_dtype_name(dt), fm.name[p], eg, tol);
+            worst = fmax(worst, eg);
+        }
+        free(dg);
+    }
+    free_full(&fm), free_full(&fr);
+    free(gm), free(gr);
+    tp_gpt_free(m), tp_gpt_free(r);
+    return worst / tol;
+}
+
+static void body_lowp(tpt_rank *k)
+{
+    const tp_dtype dts[] = {TP_BF16, TP_F16};
+    for (int d = 0; d < 2; d++) {
+        double worst = 0.0;
+        for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++)
+            if (CASES[i].nh >= k->T && CASES[i].V >= k->T)
+                worst = fmax(worst, lowp_gpt_case(k, &CASES[i], dts[d]));
+        if (k->r == 0 && getenv("GPT_VERBOSE"))
+            printf("gpt %s T=%d: worst difference from f32 = %.3f of the tolerance\n",
+                   tp_dtype_name(dts[d]), k->T, worst);
+    }
+}
+
+START_TEST(test_lowp)
+{
+    tpt_run_all(body_lowp);
+}
+END_TEST
+
+/* ----------------------------------------- mixed precision, loss scale */
+
+/* An f16 or bf16 tensor [1, n] holding h (rounded). */
+static tp_tensor lp_tensor(tpt_rank *k, tp_dtype dt, int n, const float *h)
+{
+    tp_tensor t = {0};
+    uint16_t b[64];
+    EXPECT_OK(k, tp_tensor_alloc2(k->dev, dt, 1, n, &t));
+    tp_host_convert(dt, b, TP_F32, h, (size_t)n);
+    EXPECT_OK(k, tp_tensor_upload(&t, b));
+    return t;
+}
+
+static float lp_get(tpt_rank *k, const tp_tensor *t, int i)
+{
+    uint16_t b[64];
+    float f[64];
+    EXPECT_OK(k, tp_tensor_download(t, b));
+    tp_host_convert(TP_F32, f, t->dtype, b, (size_t)tp_tensor_numel(t));
+    return f[i];
+}
+
+/*
+ * f32 master weights: SGD with updates below bf16's spacing. p = 1, g = 1,
+ * lr = 2^-10, a quarter of the spacing 2^-8 just below 1: without a master
+ * the value would never move (1 - 2^-10 rounds back to 1); with it the
+ * value is the f32 master rounded: 1 after steps 1 and 2 (1 - 2^-9 is a
+ * tie, to even), and after 8 steps exactly 1 - 2^-7 (every partial sum is
+ * exact in f32).
+ * Dynamic loss scaling, on every rank of the group: a gradient of inf on
+ * the last rank only skips the step on all ranks (value, step count kept,
+ * skipped = 1, scale halved: 1024 -> 512); finite gradients (scaled by the
+ * loss scale, as tp_gpt_backward_scaled makes them) are divided by it;
+ * growth_interval 2 good steps double it back.
+ */
+static void body_mixed(tpt_rank *k)
+{
+    float one = 1.0f, gone = 1.0f;
+    tp_tensor v = lp_tensor(k, TP_BF16, 1, &one), g = lp_tensor(k, TP_BF16, 1, &gone);
+    tp_param p = {.name = "w", .value = &v, .grad = &g};
+    tp_optim_config c = tp_optim_defaults(TP_OPTIM_SGD);
+    c.lr = 0x1p-10f;
+    tp_optim *o = NULL;
+    EXPECT_OK(k, tp_optim_create(k->g, &c, &p, 1, &o));
+    for (int s = 0; s < 8 && o; s++) {
+        EXPECT_OK(k, tp_optim_step(o));
+        if (s < 2)
+            EXPECT(k, lp_get(k, &v, 0) == 1.0f,
+                   "step %d: value %.9g moved before the master "
+                   "crossed half a spacing",
+                   s + 1, (double)lp_get(k, &v, 0));
+    }
+    EXPECT(k, lp_get(k, &v, 0) == 1.0f - 0x1p-7f, "after 8 steps of 2^-10: %.9g, expected %.9g",
+           (double)lp_get(k, &v, 0), (double)(1.0f - 0x1p-7f));
+    tp_optim_free(o);
+    tp_tensor_release(&v), tp_tensor_release(&g);
+
+    /* dynamic loss scale, f16: an inf gradient on the last rank only */
+    float h = 0.5f, inf = INFINITY, gs = 1024.0f * 0.25f; /* 0.25 scaled by 1024 */
+    v = lp_tensor(k, TP_F16, 1, &h);
+    g = lp_tensor(k, TP_F16, 1, k->r == k->T - 1 ? &inf : &gs);
+    p = (tp_param){.name = "w", .value = &v, .grad = &g}; /* the optimizer keeps &g */
+    c.lr = 1.0f;
+    c.loss_scale = 1024.0f;
+    c.dynamic_loss_scale = true;
+    c.growth_interval = 2;
+    o = NULL;
+    EXPECT_OK(k, tp_optim_create(k->g, &c, &p, 1, &o));
+    if (!o)
+        return;
+    EXPECT_OK(k, tp_optim_step(o));
+    EXPECT(k,
+           lp_get(k, &v, 0) == 0.5f && tp_optim_steps(o) == 0 && tp_optim_skipped(o) == 1 &&
+               tp_optim_loss_scale(o) == 512.0f,
+           "rank %d: after an inf gradient on rank %d: value %.9g, steps %lld, skipped %lld, "
+           "scale %g (expected 0.5, 0, 1, 512)",
+           k->r, k->T - 1, (double)lp_get(k, &v, 0), (long long)tp_optim_steps(o),
+           (long long)tp_optim_skipped(o), (double)tp_optim_loss_scale(o));
+    float g512 = 512.0f * 0.25f; /* the next backward's gradient at scale 512 */
+    tp_tensor_release(&g);
+    g = lp_tensor(k, TP_F16, 1, &g512);
+    EXPECT_OK(k, tp_optim_step(o)); /* 0.5 - 0.25 */
+    EXPECT(k, lp_get(k, &v, 0) == 0.25f && tp_optim_steps(o) == 1,
+           "unscaled step: value %.9g (expected 0.25), steps %lld", (double)lp_get(k, &v, 0),
+           (long long)tp_optim_steps(o));
+    EXPECT_OK(k, tp_optim_step(o)); /* second good step: the scale doubles */
+    EXPECT(k, tp_optim_loss_scale(o) == 1024.0f && lp_get(k, &v, 0) == 0.0f,
+           "after 2 good steps: scale %g (expected 1024), value %.9g (expected 0)",
+           (double)tp_optim_loss_scale(o), (double)lp_get(k, &v, 0));
+    tp_optim_free(o);
+    tp_tensor_release(&v), tp_tensor_release(&g);
+}
+
+START_TEST(test_mixed)
+{
+    tpt_run_all(body_mixed);
+}
+END_TEST
+
+/* -------------------------------------------------------------- memory */
+
+/*
+ * Device memory accounting (tp_stats.mem). Parameter bytes of rank r at T
+ * are computed here from the configuration alone, with this file's own
+ * shard formula (the first n % T ranks hold one row more), and must equal
+ * the counter's growth over tp_gpt_create exactly:
+ *   sharded: the token table's vocab rows, the QKV columns of the rank's
+ *     query heads and of the KV heads they use, the out-projection rows of
+ *     its query heads, fc1's columns (and bias), fc2's rows, the untied
+ *     output projection's vocab columns;
+ *   replicated: the position table, every norm's gain (and bias), the
+ *     out-projection's and fc2's biases.
+ * Summed over the ranks that is the full model plus (T - 1) copies of the
+ * replicated tensors plus the extra copies of KV heads held by several
+ * ranks; when every split divides, each rank holds exactly full_sharded/T
+ * + replicated + its share of the KV heads. Gradients allocate the same
+ * bytes; AdamW adds two f32 moments per element and, for bf16/f16, an f32
+ * master copy.
+ */
+
+/* [lo, hi) of n split over T, rank r: written here independently of tp_shard_range. */
+static void my_shard(int64_t n, int T, int r, int64_t *lo, int64_t *hi)
+{
+    int64_t base = n / T, rem = n % T;
+    *lo = r * base + (r < rem ? r : rem);
+    *hi = *lo + base + (r < rem ? 1 : 0);
+}
+
+typedef struct mem_expect {
+    int64_t sharded, replicated; /* elements on this rank */
+    int64_t full_sharded;        /* elements of the sharded tensors in the full model */
+    int64_t kv_extra; /* elements of this rank's KV heads whose first query head is on an earlier
+                         rank (the copies beyond one per KV head) */
+} mem_expect;
+
+static void expect_block(const tp_gpt_config *c, int T, int r, mem_expect *e)
+{
+    int64_t H = c->hidden, nh = c->heads, kv = c->kv_heads ? c->kv_heads : nh;
+    int64_t hd = c->head_dim ? c->head_dim : H / nh, g = nh / kv, F = c->ffn, b = c->bias;
+    int64_t ql, qh, fl, fh;
+    my_shard(nh, T, r, &ql, &qh);
+    my_shard(F, T, r, &fl, &fh);
+    int64_t kl = ql / g, kh = (qh - 1) / g + 1;
+    e->replicated += 2 * H * (c->rms ? 1 : 2) + 2 * b * H; /* ln1, ln2; out, fc2 biases */
+    e->sharded += (H + b) * (qh - ql + 2 * (kh - kl)) * hd + (qh - ql) * hd * H; /* qkv, out */
+    e->sharded += (H + b) * (fh - fl) + (fh - fl) * H;                           /* fc1, fc2 */
+    e->full_sharded += (H + b) * (nh + 2 * kv) * hd + nh * hd * H + (H + b) * F + F * H;
+    for (int64_t k = kl; k < kh; k++) { /* held elsewhere too: its group straddles a boundary */
+        if (ql > k * g) /* an earlier rank holds its first query head: this copy is extra */
+            e->kv_extra += 2 * (H + b) * hd;
+    }
+}
+
+static mem_expect expect_gpt(const tp_gpt_config *c, int T, int r)
+{
+    mem_expect e = {0};
+    int64_t H = c->hidden, vl, vh;
+    my_shard(c->vocab, T, r, &vl, &vh);
+    e.sharded = (vh - vl) * H * (c->tied ? 1 : 2); /* token table (+ output projection) */
+    e.full_sharded = c->vocab * H * (c->tied ? 1 : 2);
+    e.replicated = c->seq * H + H * (c->rms ? 1 : 2); /* position table, ln_f */
+    for (int64_t i = 0; i < c->layers; i++)
+        expect_block(c, T, r, &e);
+    return e;
+}
+
+static uint64_t mem_now(tpt_rank *k, tp_mem_use u)
+{
+    tp_stats st;
+    tp_stats_get(k->g, &st);
+    return st.mem.kind[u].bytes;
+}
+
+/* Sum of v (>= 0, < 2^40) over the group's ranks, exactly (two i32 parts). */
+static int64_t sum_ranks(tpt_rank *k, int64_t v)
+{
+    tp_tensor t = {0};
+    int64_t n = 2;
+    EXPECT_OK(k, tp_tensor_alloc(k->dev, TP_I32, 1, &n, &t));
+    int32_t h[2] = {(int32_t)(v >> 20), (int32_t)(v & 0xfffff)}; /* each part sums exactly */
+    EXPECT_OK(k, tp_tensor_upload(&t, h));
+    EXPECT_OK(k, tp_all_reduce(k->g, t.data, t.data, 2, TP_I32, TP_SUM));
+    EXPECT_OK(k, tp_tensor_download(&t, h));
+    tp_tensor_release(&t);
+    return ((int64_t)h[0] << 20) + h[1];
+}
+
+static void mem_case(tpt_rank *k, tp_gpt_config cfg, tp_dtype dt)
+{
+    cfg.dtype = dt;
+    int64_t es = (int64_t)tp_dtype_size(dt);
+    uint64_t p0 = mem_now(k, TP_USE_PARAMETERS), g0 = mem_now(k, TP_USE_GRADIENTS),
+             o0 = mem_now(k, TP_USE_OPTIMIZER);
+    tp_gpt *m = NULL;
+    EXPECT_OK(k, tp_gpt_create(k->g, &cfg, &m));
+    if (!m)
+        return;
+    mem_expect e = expect_gpt(&cfg, k->T, k->r);
+    int64_t got = (int64_t)(mem_now(k, TP_USE_PARAMETERS) - p0);
+    int64_t want = (e.sharded + e.replicated) * es;
+    EXPECT(k, got == want,
+           "%s T=%d rank %d: parameter bytes %lld, expected %lld (sharded %lld + replicated %lld "
+           "elements x %lld)",
+           tp_dtype_name(dt), k->T, k->r, (long long)got, (long long)want, (long long)e.sharded,
+           (long long)e.replicated, (long long)es);
+    /* over the ranks: the full model, T copies of the replicated tensors, extra KV copies */
+    int64_t all = sum_ranks(k, got), kv_extra = sum_ranks(k, e.kv_extra);
+    int64_t whole = (e.full_sharded + kv_extra + (int64_t)k->T * e.replicated) * es;
+    EXPECT(k, all == whole, "T=%d: parameter bytes over the ranks %lld, expected %lld", k->T,
+           (long long)all, (long long)whole);
+    if (k->T == 4 && cfg.vocab % 4 == 0 && cfg.heads % 4 == 0 && cfg.ffn % 4 == 0 &&
+        e.kv_extra == 0) /* every split even: exactly full/4 + replicated on each rank */
+        EXPECT(k, got == (e.full_sharded / 4 + e.replicated) * es,
+               "T=4: %lld != full/4 %lld + replicated %lld", (long long)got,
+               (long long)(e.full_sharded / 4 * es), (long long)(e.replicated * es));
+    const tp_param *ps;
+    int np;
+    tp_gpt_params(m, &ps, &np);
+    EXPECT_OK(k, tp_gpt_zero_grad(m));
+    EXPECT(k, (int64_t)(mem_now(k, TP_USE_GRADIENTS) - g0) == want,
+           "gradient bytes %lld, expected the parameters' %lld",
+           (long long)(mem_now(k, TP_USE_GRADIENTS) - g0), (long long)want);
+    tp_optim_config oc = tp_optim_defaults(TP_OPTIM_ADAMW);
+    tp_optim *o = NULL;
+    EXPECT_OK(k, tp_optim_create(k->g, &oc, ps, np, &o));
+    int64_t n = e.sharded + e.replicated, wo = n * 4 * (dt == TP_F32 ? 2 : 3);
+    EXPECT(k, (int64_t)(mem_now(k, TP_USE_OPTIMIZER) - o0) == wo,
+           "optimizer bytes %lld, expected %lld (AdamW m, v%s)",
+           (long long)(mem_now(k, TP_USE_OPTIMIZER) - o0), (long long)wo,
+           dt == TP_F32 ? "" : " and the f32 master");
+    tp_optim_free(o);
+    tp_gpt_free(m);
+    EXPECT(k,
+           mem_now(k, TP_USE_PARAMETERS) == p0 && mem_now(k, TP_USE_GRADIENTS) == g0 &&
+               mem_now(k, TP_USE_OPTIMIZER) == o0,
+           "memory counters not back after free");
+}
+
+static void body_memory(tpt_rank *k)
+{
+    for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++)
+        if (CASES[i].nh >= k->T && CASES[i].V >= k->T)
+            for (int d = 0; d < 2; d++)
+                mem_case(k, case_cfg(&CASES[i]), d ? TP_BF16 : TP_F32);
+    /* every split even at T = 4: vocab 16, heads 12 (KV 4: one per rank at T=4), ffn 16 */
+    tp_gpt_config even = {.vocab = 16,
+                          .hidden = 8,
+                          .heads = 12,
+                          .kv_heads = 4,
+                          .head_dim = 2,
+                          .ffn = 16,
+                          .layers = 2,
+                          .seq = 5,
+                          .bias = true,
+                          .seed = 3};
+    mem_case(k, even, TP_F32);
+    even.tied = true, even.rms = true, even.bias = false;
+    mem_case(k, even, TP_BF16);
+}
+
+START_TEST(test_memory)
+{
+    tpt_run_all(body_memory);
+}
+END_TEST
+
+/*
+ * Sequence parallelism divides the activations a block keeps for backward
+ * by T, except the two gathered inputs of the column-parallel GEMMs (QKV,
+ * fc1), which stay full [tokens, hidden] (kept, not re-gathered in
+ * backward; tp-transformer.h). Bound checked, with A1 the activation
+ * bytes of one block forward at T = 1 without SP, N tokens, es the dtype
+ * size, and ceil() for uneven shards:
+ *     A_sp(T) <= ceil_factor * A1 / T + 2 N hidden es,
+ * ceil_factor = max over the split sizes n of ceil(n/T) T / n and of this
+ * rank's QKV width (its query heads and the KV heads they use, some held
+ * by two ranks) times T over the full width. The bound
+ * is tight at T = 1 (SP then keeps exactly A1 plus the two gathered
+ * inputs). Without SP the norms' inputs and outputs stay full on every
+ * rank while the rest is split anyway, so at small hidden/ffn ratios SP's
+ * saving (3 N hidden (1 - 1/T)) does not cover the 2 N hidden it keeps
+ * gathered (T = 2 here): re-gathering in backward, as Megatron does, would
+ * remove that term at one all-gather per region per backward.
+ */
+static uint64_t block_acts(tpt_rank *k, tp_comm *g, const tp_block_config *c, int64_t N, int64_t b,
+                           int64_t s)
+{
+    int T = tp_comm_size(g), r = tp_comm_rank(g);
+    int64_t lo = 0, hi = N;
+    if (c->sequence_parallel)
+        my_shard(N, T, r, &lo, &hi);
+    tp_block *blk = NULL;
+    EXPECT_OK(k, tp_block_create(g, c, &blk));
+    tp_tensor x = {0}, y = {0};
+    EXPECT_OK(k, tp_tensor_alloc2(tp_comm_device(g), c->dtype, hi - lo, c->hidden, &x));
+    tp_stats st;
+    tp_stats_get(g, &st);
+    uint64_t a0 = st.mem.kind[TP_USE_ACTIVATIONS].bytes;
+    if (blk)
+        EXPECT_OK(k, tp_block_forward(blk, &x, b, s, &y));
+    tp_stats_get(g, &st);
+    uint64_t a = st.mem.kind[TP_USE_ACTIVATIONS].bytes - a0;
+    tp_tensor_release(&x), tp_tensor_release(&y);
+    tp_block_free(blk);
+    return a;
+}
+
+static void body_sp_memory(tpt_rank *k)
+{
+    for (int d = 0; d < 2; d++) {
+        tp_block_config c = {.hidden = 24,
+                             .heads = 12,
+                             .kv_heads = 4,
+                             .ffn = 52,
+                             .bias = true,
+                             .causal = true,
+                             .seed = 1,
+                             .tensor_id = 10,
+                             .dtype = d ? TP_BF16 : TP_F32};
+        int64_t b = 2, s = 13, N = b * s, es = (int64_t)tp_dtype_size(c.dtype);
+        tp_comm *solo = NULL;
+        EXPECT_OK(k, tp_comm_split(k->g, k->r == 0 ? 0 : -1, 0, &solo));
+        uint64_t a1 = 0;
+        if (solo)
+            a1 = block_acts(k, solo, &c, N, b, s);
+        tp_comm_free(solo);
+        a1 = (uint64_t)sum_ranks(k, (int64_t)a1); /* rank 0's value everywhere */
+        uint64_t nosp = block_acts(k, k->g, &c, N, b, s);
+        c.sequence_parallel = true;
+        uint64_t sp = block_acts(k, k->g, &c, N, b, s);
+        int T = k->T;
+        int64_t splits[] = {N, c.heads, c.ffn};
+        double cf = 1.0;
+        for (int i = 0; i < 3; i++)
+            cf = fmax(cf, (double)((splits[i] + T - 1) / T * T) / (double)splits[i]);
+        int64_t ql, qh, g = c.heads / c.kv_heads; /* QKV width with this rank's KV copies */
+        my_shard(c.heads, T, k->r, &ql, &qh);
+        int64_t w = qh - ql + 2 * ((qh - 1) / g + 1 - ql / g);
+        cf = fmax(cf, (double)(w * T) / (double)(c.heads + 2 * c.kv_heads));
+        double bound = cf * (double)a1 / T + 2.0 * (double)(N * c.hidden * es);
+        EXPECT(k, (double)sp <= bound,
+               "%s T=%d: SP activations %llu > bound %.0f (A1 %llu / T x %.3f + gathered inputs)",
+               tp_dtype_name(c.dtype), T, (unsigned long long)sp, bound, (unsigned long long)a1,
+               cf);
+        if (k->r == 0 && getenv("TP_TEST_VERBOSE"))
+            printf("%s T=%d: block activations A1 %llu, no-SP %llu, SP %llu = %.3f A1 (1/T = "
+                   "%.3f, bound %.0f)\n",
+                   tp_dtype_name(c.dtype), T, (unsigned long long)a1, (unsigned long long)nosp,
+                   (unsigned long long)sp, (double)sp / (double)a1, 1.0 / T, bound);
+    }
+}
+
+START_TEST(test_sp_memory)
+{
+    tpt_run_all(body_sp_memory);
+}
+END_TEST
+
 /* ------------------------------------------------------------ main */
 
 int main(int argc, char **argv)
@@ -875,7 +1385,9 @@ int main(int argc, char **argv)
         {"optim", test_optim},           {"errors", test_errors},
         {"counts", test_counts},         {"reference", test_reference},
         {"bitwise_tp", test_bitwise_tp}, {"determinism", test_determinism},
-        {"train", test_train},
+        {"train", test_train},           {"memory", test_memory},
+        {"sp_memory", test_sp_memory},   {"lowp", test_lowp},
+        {"mixed", test_mixed},
     };
     return tpt_main(&argc, &argv, "gpt", tests, sizeof tests / sizeof tests[0], "GPT_TEST");
 }

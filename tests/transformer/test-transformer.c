@@ -37,9 +37,10 @@
 
 /* ------------------------------------------------------------ helpers */
 
-/* max|got - ref| <= XF_TOL * max(1, max|ref|) over n values (see the top). */
-static void check_close(tpt_rank *k, int line, const char *what, const float *got,
-                        const double *ref, int64_t n, double factor)
+/* max|got - ref| <= tol * max(1, max|ref|) over n values (see the top);
+ * returns max|got - ref| / max(1, max|ref|). */
+static double check_close_tol(tpt_rank *k, int line, const char *what, const float *got,
+                              const double *ref, int64_t n, double factor, double tol)
 {
     double maxref = 1.0, err = 0.0;
     int64_t at = 0;
@@ -53,10 +54,65 @@ static void check_close(tpt_rank *k, int line, const char *what, const float *go
             at = i;
         }
     }
-    if (!(err <= XF_TOL * maxref))
+    if (!(err <= tol * maxref))
         tpt_fail_at(k, line, "%s: max |diff| %.3g at [%lld] (got %.9g, reference %.9g) > %.3g",
                     what, err, (long long)at, n ? got[at] : 0.0, n ? factor * ref[at] : 0.0,
-                    XF_TOL * maxref);
+                    tol * maxref);
+    return err / maxref;
+}
+
+static void check_close(tpt_rank *k, int line, const char *what, const float *got,
+                        const double *ref, int64_t n, double factor)
+{
+    check_close_tol(k, line, what, got, ref, n, factor, XF_TOL);
+}
+
+/* ------------------------------------------------- bf16/f16 host helpers */
+
+/* a := a rounded to dt (nearest even) and widened back: what a tensor of
+ * dtype dt holds. No-op for f32. */
+static void round_to(tp_dtype dt, float *a, int64_t n)
+{
+    if (dt == TP_F32 || n <= 0)
+        return;
+    uint16_t *h = malloc(sizeof(uint16_t) * (size_t)n);
+    tp_host_convert(dt, h, TP_F32, a, (size_t)n);
+    tp_host_convert(TP_F32, a, dt, h, (size_t)n);
+    free(h);
+}
+
+/* Upload f32 host values into t (any float dtype), rounding to nearest even. */
+static void upload_as(tpt_rank *k, tp_tensor *t, const float *h)
+{
+    int64_t n = tp_tensor_numel(t);
+    void *b = malloc(tp_tensor_bytes(t) + 1);
+    tp_host_convert(t->dtype, b, TP_F32, h, (size_t)n);
+    EXPECT_OK(k, tp_tensor_upload(t, b));
+    free(b);
+}
+
+/* A [rows, cols] tensor of dtype dt holding h (rounded). */
+static tp_tensor upload2_as(tpt_rank *k, tp_dtype dt, int64_t rows, int64_t cols, const float *h)
+{
+    tp_tensor t = {0};
+    EXPECT_OK(k, tp_tensor_alloc2(k->dev, dt, rows, cols, &t));
+    if (t.data)
+        upload_as(k, &t, h);
+    return t;
+}
+
+/* t's values widened to f32 (exact), any float dtype. */
+static float *download_f32(tpt_rank *k, const tp_tensor *t)
+{
+    int64_t n = tp_tensor_numel(t);
+    float *h = tpt_falloc(n);
+    void *b = malloc(tp_tensor_bytes(t) + 1);
+    if (t->data && n > 0 && b) {
+        EXPECT_OK(k, tp_tensor_download(t, b));
+        tp_host_convert(TP_F32, h, t->dtype, b, (size_t)n);
+    }
+    free(b);
+    return h;
 }
 
 #define CHECK_CLOSE(k, what, got, ref, n) check_close((k), __LINE__, (what), (got), (ref), (n), 1.0)
@@ -90,11 +146,11 @@ static void check_replicated(tpt_rank *k, int line, const char *what, const tp_t
     }
     int64_t n = tp_tensor_numel(t);
     tp_tensor mx = {0}, mn = {0};
-    EXPECT_OK(k, tp_tensor_alloc(k->dev, TP_F32, 1, &n, &mx));
-    EXPECT_OK(k, tp_tensor_alloc(k->dev, TP_F32, 1, &n, &mn));
-    EXPECT_OK(k, tp_all_reduce(k->g, t->data, mx.data, (size_t)n, TP_F32, TP_MAX));
-    EXPECT_OK(k, tp_all_reduce(k->g, t->data, mn.data, (size_t)n, TP_F32, TP_MIN));
-    float *a = tpt_download(k, t), *b = tpt_download(k, &mx), *c = tpt_download(k, &mn);
+    EXPECT_OK(k, tp_tensor_alloc(k->dev, t->dtype, 1, &n, &mx));
+    EXPECT_OK(k, tp_tensor_alloc(k->dev, t->dtype, 1, &n, &mn));
+    EXPECT_OK(k, tp_all_reduce(k->g, t->data, mx.data, (size_t)n, t->dtype, TP_MAX));
+    EXPECT_OK(k, tp_all_reduce(k->g, t->data, mn.data, (size_t)n, t->dtype, TP_MIN));
+    float *a = download_f32(k, t), *b = download_f32(k, &mx), *c = download_f32(k, &mn);
     if (memcmp(a, b, sizeof(float) * (size_t)n) || memcmp(a, c, sizeof(float) * (size_t)n))
         tpt_fail_at(k, line, "%s: replicated tensor differs across the group's ranks", what);
     free(a);
@@ -733,9 +789,11 @@ static void set_norm(tpt_rank *k, tp_norm *n, uint64_t id, float *g, float *b, i
     tpt_fill(b, d, id + 1);
     for (int64_t i = 0; i < d; i++)
         g[i] += 1.0f;
-    EXPECT_OK(k, tp_tensor_upload(gt, g));
+    round_to(gt->dtype, g, d);
+    round_to(gt->dtype, b, d);
+    upload_as(k, gt, g);
     if (bt)
-        EXPECT_OK(k, tp_tensor_upload(bt, b));
+        upload_as(k, bt, b);
     else
         memset(b, 0, sizeof(float) * (size_t)d);
 }
@@ -747,13 +805,13 @@ static float *norm_grad(tpt_rank *k, tp_norm *n, bool beta, int64_t d)
     tp_tensor *t = beta ? db : dg;
     if (!t)
         return tpt_falloc(d);
-    return tpt_download(k, t);
+    return download_f32(k, t);
 }
 
 /* One block forward+backward at this group; fills out (and the reference
  * inputs: full weights) for comparison. passes: how many fwd+bwd. */
-static void run_block(tpt_rank *k, const block_case *c, bool sp, int passes, block_out *o,
-                      block_ref *ref, bool counts)
+static void run_block(tpt_rank *k, const block_case *c, tp_dtype dt, bool sp, int passes,
+                      block_out *o, block_ref *ref, bool counts)
 {
     int64_t H = c->H, KV = c->KV ? c->KV : H, hd = c->hd ? c->hd : c->hid / H, hid = c->hid;
     int64_t N = c->b * c->s, F = c->ffn;
@@ -769,7 +827,8 @@ static void run_block(tpt_rank *k, const block_case *c, bool sp, int passes, blo
                            .sequence_parallel = sp,
                            .seed = 5,
                            .tensor_id = 300,
-                           .name = "blk"};
+                           .name = "blk",
+                           .dtype = dt};
     tp_block *b = NULL;
     EXPECT_OK(k, tp_block_create(k->g, &cfg, &b));
     if (!b)
@@ -787,6 +846,8 @@ static void run_block(tpt_rank *k, const block_case *c, bool sp, int passes, blo
     float *x = tpt_falloc(N * hid), *dy = tpt_falloc(N * hid);
     tpt_fill(x, N * hid, 41);
     tpt_fill(dy, N * hid, 42);
+    round_to(dt, x, N * hid);
+    round_to(dt, dy, N * hid);
     if (ref) {
         double *xd = tpt_to_d(x, N * hid), *dyd = tpt_to_d(dy, N * hid);
         block_ref_run(c, xd, dyd, &fa, w1, b1, w2, b2, g1, bt1, g2, bt2, ref);
@@ -796,8 +857,8 @@ static void run_block(tpt_rank *k, const block_case *c, bool sp, int passes, blo
     int64_t lo = 0, hi = N;
     if (sp)
         shard_rows(k, N, &lo, &hi);
-    tp_tensor xt = tpt_upload2(k, hi - lo, hid, x + lo * hid),
-              dyt = tpt_upload2(k, hi - lo, hid, dy + lo * hid);
+    tp_tensor xt = upload2_as(k, dt, hi - lo, hid, x + lo * hid),
+              dyt = upload2_as(k, dt, hi - lo, hid, dy + lo * hid);
     tp_tensor yt = {0}, dxt = {0};
     EXPECT_OK(k, tp_block_zero_grad(b));
     for (int p = 0; p < passes; p++) {
@@ -841,8 +902,8 @@ static void run_block(tpt_rank *k, const block_case *c, bool sp, int passes, blo
             check_replicated(k, __LINE__, "attention out-bias grad", pa.out_bias_grad);
         }
     }
-    o->y = tpt_download(k, &yt);
-    o->dx = tpt_download(k, &dxt);
+    o->y = download_f32(k, &yt);
+    o->dx = download_f32(k, &dxt);
     full_attn_alloc(&o->ga, hid, H, KV, hd);
     EXPECT_OK(k, tp_attention_get_full_grad(tp_block_attention(b), o->ga.wqkv, o->ga.bqkv, o->ga.wo,
                                             o->ga.bo));
@@ -869,6 +930,42 @@ static void run_block(tpt_rank *k, const block_case *c, bool sp, int passes, blo
     full_attn_free(&fa);
     tp_block_free(b);
 }
+
+#define CMP(what, got, ref, n, fac)                                                                \
+    worst = fmax(worst, check_close_tol(k, __LINE__, (what), (got), (ref), (n), (fac), tol))
+
+/* Every output of a block run against the reference: max |diff| <= tol *
+ * max(1, max|ref|) each; returns the largest ratio max|diff| / max(1, max|ref|). */
+static double compare_block_tol(tpt_rank *k, const block_case *c, bool sp, const block_out *o,
+                                const block_ref *r, double f, double tol)
+{
+    int64_t H = c->H, KV = c->KV ? c->KV : H, hd = c->hd ? c->hd : c->hid / H, hid = c->hid;
+    int64_t N = c->b * c->s, F = c->ffn, fw = (H + 2 * KV) * hd, ow = H * hd;
+    int64_t lo = 0, hi = N;
+    double worst = 0.0;
+    if (sp)
+        shard_rows(k, N, &lo, &hi);
+    CMP("block y", o->y, r->y + lo * hid, (hi - lo) * hid, 1.0);
+    CMP("block dx", o->dx, r->dx + lo * hid, (hi - lo) * hid, 1.0);
+    CMP("block dWqkv", o->ga.wqkv, r->dwq, hid * fw, f);
+    CMP("block dWo", o->ga.wo, r->dwo, ow * hid, f);
+    CMP("block dW1", o->dw1, r->dw1, hid * F, f);
+    CMP("block dW2", o->dw2, r->dw2, F * hid, f);
+    CMP("block dgamma1", o->dg1, r->dg1, hid, f);
+    CMP("block dgamma2", o->dg2, r->dg2, hid, f);
+    if (!c->rms) {
+        CMP("block dbeta1", o->dbt1, r->dbt1, hid, f);
+        CMP("block dbeta2", o->dbt2, r->dbt2, hid, f);
+    }
+    if (c->bias) {
+        CMP("block dbqkv", o->ga.bqkv, r->dbq, fw, f);
+        CMP("block dbo", o->ga.bo, r->dbo, hid, f);
+        CMP("block db1", o->db1, r->db1, F, f);
+        CMP("block db2", o->db2, r->db2, hid, f);
+    }
+    return worst;
+}
+#undef CMP
 
 static void compare_block(tpt_rank *k, const block_case *c, bool sp, const block_out *o,
                           const block_ref *r, double f)
@@ -907,7 +1004,7 @@ static void body_block(tpt_rank *k)
         for (int sp = 0; sp < 2; sp++) {
             block_out o;
             block_ref r;
-            run_block(k, c, sp, 2, &o, &r, true);
+            run_block(k, c, TP_F32, sp, 2, &o, &r, true);
             compare_block(k, c, sp, &o, &r, 2.0); /* 2 passes: grads doubled */
             block_out_free(&o);
             block_ref_free(&r);
@@ -921,6 +1018,82 @@ START_TEST(test_block)
 }
 END_TEST
 
+/* ------------------------------------------------------ bf16 / f16 block */
+
+/* The tolerance of a bf16/f16 block run against the double reference
+ * (see docs/determinism.md, "bf16 and f16"): LP_TOL_C * u relative to
+ * max(1, max|ref|), u the dtype's unit roundoff. */
+#define LP_TOL_C 24.0
+
+static double unit_roundoff(tp_dtype dt)
+{
+    return dt == TP_BF16 ? 0x1p-8 : dt == TP_F16 ? 0x1p-11 : 0x1p-24;
+}
+
+/* max|a - b| over n floats. */
+static double max_diff(const float *a, const float *b, int64_t n)
+{
+    double m = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        m = fmax(m, fabs((double)a[i] - (double)b[i]));
+    return m;
+}
+
+static void lowp_case(tpt_rank *k, const block_case *c, tp_dtype dt, bool sp, double *worst)
+{
+    int64_t N = c->b * c->s, hid = c->hid, lo = 0, hi = N;
+    double tol = LP_TOL_C * unit_roundoff(dt);
+    block_out o, o32;
+    block_ref r;
+    run_block(k, c, dt, sp, 2, &o, &r, true);
+    *worst = fmax(*worst, compare_block_tol(k, c, sp, &o, &r, 2.0, tol));
+    if (sp)
+        shard_rows(k, N, &lo, &hi);
+    /* it ran in dt: the f32 block on the same rounded weights and inputs differs */
+    run_block(k, c, TP_F32, sp, 2, &o32, NULL, false);
+    EXPECT(k, hi == lo || max_diff(o.y, o32.y, (hi - lo) * hid) > 0.0,
+           "%s block y equals the f32 block's: did it run in %s?", tp_dtype_name(dt),
+           tp_dtype_name(dt));
+    /* the tolerance can fail: y against the reference rotated by one token row */
+    if (N > 1 && hi - lo > 0) {
+        double *rot = malloc(sizeof(double) * (size_t)(N * hid)), maxref = 1.0, err = 0.0;
+        for (int64_t t = 0; t < N; t++)
+            memcpy(rot + t * hid, r.y + ((t + 1) % N) * hid, sizeof(double) * (size_t)hid);
+        for (int64_t i = lo * hid; i < hi * hid; i++) {
+            maxref = fmax(maxref, fabs(rot[i]));
+            err = fmax(err, fabs((double)o.y[i - lo * hid] - rot[i]));
+        }
+        EXPECT(k, err > tol * maxref, "%s: a wrong reference (rows rotated) passes: %.3g <= %.3g",
+               tp_dtype_name(dt), err, tol * maxref);
+        free(rot);
+    }
+    block_out_free(&o);
+    block_out_free(&o32);
+    block_ref_free(&r);
+}
+
+static void body_block_lowp(tpt_rank *k)
+{
+    const tp_dtype dts[] = {TP_BF16, TP_F16};
+    for (int d = 0; d < 2; d++) {
+        double worst = 0.0;
+        for (size_t i = 0; i < N_BLOCK_CASES; i++)
+            if (BLOCK_CASES[i].H >= k->T)
+                for (int sp = 0; sp < 2; sp++)
+                    lowp_case(k, &BLOCK_CASES[i], dts[d], sp, &worst);
+        if (k->r == 0 && getenv("TP_TEST_VERBOSE"))
+            printf("block %s T=%d: worst max|diff|/max(1,max|ref|) = %.3g = %.2f u (tolerance "
+                   "%.0f u)\n",
+                   tp_dtype_name(dts[d]), k->T, worst, worst / unit_roundoff(dts[d]), LP_TOL_C);
+    }
+}
+
+START_TEST(test_block_lowp)
+{
+    tpt_run_all(body_block_lowp);
+}
+END_TEST
+
 /* Sequence parallel on and off give the same results (within the
  * tolerance: the reductions run in a different order). */
 static void body_sp_equal(tpt_rank *k)
@@ -929,8 +1102,8 @@ static void body_sp_equal(tpt_rank *k)
     if (c->H < k->T)
         return;
     block_out a, b;
-    run_block(k, c, false, 1, &a, NULL, false);
-    run_block(k, c, true, 1, &b, NULL, false);
+    run_block(k, c, TP_F32, false, 1, &a, NULL, false);
+    run_block(k, c, TP_F32, true, 1, &b, NULL, false);
     int64_t N = c->b * c->s, hid = c->hid, lo, hi;
     shard_rows(k, N, &lo, &hi);
     double *ya = tpt_to_d(a.y + lo * hid, (hi - lo) * hid),
@@ -965,8 +1138,8 @@ static void body_determinism(tpt_rank *k)
         return;
     for (int sp = 0; sp < 2; sp++) {
         block_out a, b;
-        run_block(k, c, sp, 2, &a, NULL, false);
-        run_block(k, c, sp, 2, &b, NULL, false);
+        run_block(k, c, TP_F32, sp, 2, &a, NULL, false);
+        run_block(k, c, TP_F32, sp, 2, &b, NULL, false);
         int64_t N = c->b * c->s, hid = c->hid, lo = 0, hi = N;
         if (sp)
             shard_rows(k, N, &lo, &hi);
@@ -1398,6 +1571,7 @@ int main(int argc, char **argv)
         {"attention_user_weights", test_attention_user},
         {"norm", test_norm},
         {"block", test_block},
+        {"block_lowp", test_block_lowp},
         {"sp_equal", test_sp_equal},
         {"determinism", test_determinism},
         {"block_fd", test_block_fd},

@@ -10,9 +10,10 @@
  * they never branch on the backend and never touch tensor memory from the
  * host. Every layer object belongs to one rank (its comm's rank).
  *
- * Tensors: x and y are f32 [tokens, features] or [d0, .., features] (2 to 4
+ * Tensors: x and y are [tokens, features] or [d0, .., features] (2 to 4
  * dims; leading dims are flattened into tokens) on the comm's device.
- * Dtypes: the linear layers and the MLP take a `dtype` (TP_F32, the zero
+ * Dtypes: every layer (linear, MLP, embedding, cross-entropy, and in
+ * tp-transformer.h attention, norms, block; the GPT) takes a `dtype` (TP_F32, the zero
  * default, TP_BF16 or TP_F16; anything else is refused at create with
  * TP_ERR_INVALID_ARG). Their weights, bias, gradients and every activation
  * they take or return (x, y, dy, dx) are stored in that dtype, and a tensor
@@ -22,7 +23,10 @@
  * rounded once to the dtype. Host-side weights (full_weight, the RNG
  * master weights, tp_linear_get_full) stay f32: the layer rounds its shard
  * to nearest even before the upload (tp_host_convert) and widens on the
- * way back. The other layers below are f32 only. An
+ * way back. Statistics (norm mean/rstd, the cross-entropy's row max and
+ * sums, the loss) are f32 in every dtype. Memory: what a layer allocates
+ * counts in tp_stats.mem under its kind (parameters, gradients,
+ * activations kept for backward, workspace). An
  * output (y, dx) may be passed zeroed (tp_tensor t = {0}): the layer then
  * allocates it with the right shape and the caller releases it with
  * tp_tensor_release. Otherwise its shape is checked. Shape errors return
@@ -160,6 +164,8 @@ typedef struct tp_embedding_config {
      * transformer block expects); backward takes dy of that shard and
      * all-gathers it (one all_gather) before the scatter-add. */
     bool sequence_parallel;
+    tp_dtype dtype; /* table, its gradient, y and dy: TP_F32 (0), TP_BF16, TP_F16; the
+                       scatter-add rounds each accumulated row once per backward */
 } tp_embedding_config;
 
 typedef struct tp_embedding tp_embedding;
@@ -194,6 +200,8 @@ typedef struct tp_ce_config {
     bool use_ignore_index; /* rows whose target == ignore_index are ignored */
     int32_t ignore_index;  /* e.g. -100 as in PyTorch */
     const char *name;
+    tp_dtype dtype; /* logits and dlogits: TP_F32 (0), TP_BF16, TP_F16; the row max, sums
+                       of exp and the loss are f32 (each logit widened exactly) */
 } tp_ce_config;
 
 typedef struct tp_vocab_ce tp_vocab_ce;
@@ -238,6 +246,16 @@ typedef struct tp_optim_config {
     float beta1, beta2, eps; /* AdamW only */
     float weight_decay;      /* applied only to params with decay = true */
     float momentum;          /* SGD only; 0: none */
+    /* Loss scaling (for f16): the backward's loss was multiplied by the
+     * optimizer's current scale (tp_optim_loss_scale; e.g. pass it to
+     * tp_gpt_backward_scaled). 0 or 1: no scaling. dynamic_loss_scale:
+     * halve the scale after a step whose gradients hold a non-finite
+     * value (on any rank; that step is skipped), double it after
+     * growth_interval (0: 2000) good steps in a row, as PyTorch's
+     * GradScaler. A static scale also skips such steps (and keeps it). */
+    float loss_scale;
+    bool dynamic_loss_scale;
+    int growth_interval;
 } tp_optim_config;
 
 /* PyTorch's defaults: AdamW lr 1e-3, betas (0.9, 0.999), eps 1e-8,
@@ -249,9 +267,21 @@ typedef struct tp_optim tp_optim;
 
 /* An optimizer over n parameters (the array is copied; the tensors must
  * outlive the optimizer). AdamW allocates its m and v state, SGD with
- * momentum its momentum buffer (zeros) on the device. comm is the rank's
- * comm: the optimizer's kernels count in its stats under TP_PHASE_OTHER.
- * No communication. */
+ * momentum its momentum buffer (zeros) on the device, all f32. comm is
+ * the rank's comm: the optimizer's kernels count in its stats under
+ * TP_PHASE_OTHER. Without loss scaling and with f32 parameters there is
+ * no communication and no host copy.
+ *
+ * Mixed precision: a bf16/f16 parameter (value and grad of that dtype)
+ * gets an f32 master copy (its value widened, counted as optimizer
+ * state); each step updates the master from the f32 gradient and rounds
+ * it once (nearest even) into the value, so small updates accumulate in
+ * the master instead of rounding away. With such parameters or a loss
+ * scale the step goes through the host (this device API has no cast):
+ * each gradient is downloaded, widened, divided by the scale and checked
+ * for non-finite values; one all-reduce over comm (one float) makes every
+ * rank agree to skip or apply; then the f32 gradient is uploaded, the
+ * update runs on the device and the master is rounded into the value. */
 TP_API tp_status tp_optim_create(tp_comm *comm, const tp_optim_config *cfg, const tp_param *params,
                                  int n, tp_optim **out);
 /* One update of every parameter from its gradient; the step counter (for
@@ -260,7 +290,9 @@ TP_API tp_status tp_optim_step(tp_optim *o);
 TP_API tp_status tp_optim_zero_grad(tp_optim *o); /* every parameter's gradient = 0 */
 TP_API int64_t tp_optim_steps(const tp_optim *o); /* updates done so far */
 TP_API tp_status tp_optim_set_lr(tp_optim *o, float lr);
-TP_API void tp_optim_free(tp_optim *o); /* NULL is a no-op */
+TP_API float tp_optim_loss_scale(const tp_optim *o); /* current scale (1 without scaling) */
+TP_API int64_t tp_optim_skipped(const tp_optim *o);  /* steps skipped for non-finite grads */
+TP_API void tp_optim_free(tp_optim *o);              /* NULL is a no-op */
 
 /* -------------------------------------------------------------- GPT model */
 
@@ -315,6 +347,11 @@ typedef struct tp_gpt_config {
     bool use_ignore_index; /* targets == ignore_index are ignored */
     int32_t ignore_index;
     uint64_t seed;
+    /* Every parameter, gradient and activation: TP_F32 (0), TP_BF16 or TP_F16 (GEMMs and
+     * reductions inside the device accumulate in f32; each stored tensor is rounded once).
+     * The loss and the cross-entropy statistics are f32. Train with tp_optim (it keeps f32
+     * master weights); f16 needs loss scaling (tp_gpt_backward_scaled). */
+    tp_dtype dtype;
 } tp_gpt_config;
 
 typedef struct tp_gpt tp_gpt;
@@ -332,6 +369,9 @@ TP_API tp_status tp_gpt_forward(tp_gpt *m, const tp_tensor *ids, const tp_tensor
                                 float *loss);
 /* Gradients of the last forward's loss, accumulated into every parameter's grad. */
 TP_API tp_status tp_gpt_backward(tp_gpt *m);
+/* The same for scale * loss (loss scaling: pass tp_optim_loss_scale of an optimizer created
+ * with loss_scale, which divides the gradients by it again); scale finite and > 0. */
+TP_API tp_status tp_gpt_backward_scaled(tp_gpt *m, float scale);
 TP_API tp_status tp_gpt_zero_grad(tp_gpt *m);
 /* The model's parameters (valid until tp_gpt_free), in this order, with
  * these names and full shapes (biases only where configured):

@@ -2,7 +2,8 @@
 /*
  * tp-transformer.h — attention, norms and the transformer block (libtp-layers).
  *
- * Conventions follow tp-layers.h: f32 activations on the comm's device,
+ * Conventions follow tp-layers.h: activations of the layer's dtype (f32,
+ * bf16 or f16; f32 accumulation) on the comm's device,
  * y = x W with W [in, out] row-major, outputs may be passed zeroed to be
  * allocated, forward saves views (not copies) of its inputs, parameter
  * gradients accumulate until *_zero_grad, dx is overwritten and may be
@@ -86,6 +87,8 @@ typedef struct tp_attention_config {
     const float *full_qkv_weight, *full_qkv_bias; /* optional host full tensors */
     const float *full_out_weight, *full_out_bias;
     const char *name;
+    tp_dtype dtype; /* weights, gradients, x, y, dy, dx and every internal activation (QKV,
+                       scores, probabilities, context): TP_F32 (0), TP_BF16 or TP_F16 */
 } tp_attention_config;
 
 typedef struct tp_attention tp_attention;
@@ -151,6 +154,8 @@ typedef struct tp_norm_config {
     bool sequence_parallel;
     const float *full_gamma, *full_beta; /* optional host [dim] */
     const char *name;
+    tp_dtype dtype; /* gamma, beta, their gradients, x, y, dy, dx: TP_F32 (0), TP_BF16,
+                       TP_F16; mean and rstd stay f32 */
 } tp_norm_config;
 
 typedef struct tp_norm tp_norm;
@@ -188,6 +193,8 @@ typedef struct tp_block_config {
     bool sequence_parallel;
     uint64_t seed, tensor_id;
     const char *name;
+    tp_dtype dtype; /* of the norms, attention and MLP (their parameters, gradients and
+                       activations), x, y, dy, dx: TP_F32 (0), TP_BF16, TP_F16 */
 } tp_block_config;
 
 typedef struct tp_block tp_block;

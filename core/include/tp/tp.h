@@ -186,11 +186,45 @@ typedef struct tp_counter {
     double wait_seconds;
 } tp_counter;
 
+/* Device memory of a rank, by what it holds. The core counts every
+ * tp_tensor_alloc as TP_USE_OTHER until tp_tensor_release; the layers
+ * (libtp-layers) move what they allocate to its kind where they allocate
+ * it (tp_mem_count) and count their scratch buffers as workspace or, when
+ * forward fills them for backward, activations. Bytes of tp_dev_alloc
+ * calls nobody counts (and a plugin's own memory) are not included. */
+typedef enum tp_mem_use {
+    TP_USE_PARAMETERS = 0, /* layer weights, biases, norm gains, tables */
+    TP_USE_GRADIENTS,      /* their gradients */
+    TP_USE_OPTIMIZER,      /* optimizer state: moments, momentum, f32 master weights */
+    TP_USE_ACTIVATIONS,    /* what forward keeps for backward */
+    TP_USE_WORKSPACE,      /* scratch of a call (grow-only, reused) */
+    TP_USE_OTHER,          /* tensors nobody claimed: the caller's inputs and outputs */
+    TP_USE_COUNT
+} tp_mem_use;
+
+typedef struct tp_mem_counter {
+    uint64_t bytes; /* in use now */
+    uint64_t peak;  /* the most in use at once since the device opened or tp_stats_reset */
+} tp_mem_counter;
+
+typedef struct tp_mem_stats {
+    tp_mem_counter kind[TP_USE_COUNT];
+    tp_mem_counter total; /* every kind together (its peak is the peak of the sum) */
+} tp_mem_stats;
+
+TP_API const char *tp_mem_use_name(tp_mem_use kind); /* "parameters", ..., "other" */
+/* Count bytes (> 0: allocated, < 0: freed) of kind on dev, e.g. move a
+ * tensor from TP_USE_OTHER to TP_USE_PARAMETERS with -b then +b. A count
+ * never goes below 0 (a surplus free is dropped). Not thread-safe: one
+ * rank's thread, like every call on its device. */
+TP_API void tp_mem_count(tp_device *dev, tp_mem_use kind, int64_t bytes);
+
 typedef struct tp_stats {
     tp_counter comm[TP_PHASE_COUNT][TP_OP_COUNT]; /* this communicator */
     tp_counter gemm[TP_PHASE_COUNT];              /* this rank's device */
     double gemm_flops[TP_PHASE_COUNT];            /* 2*m*n*k*batch summed */
     tp_counter kernel[TP_PHASE_COUNT];            /* every other device op */
+    tp_mem_stats mem;                             /* this rank's device memory */
 } tp_stats;
 
 /* Timing: `seconds` is the time of each call. Synchronous devices (cpu)
@@ -206,7 +240,8 @@ typedef struct tp_stats {
 
 /* Counters of comm, plus the compute counters of its rank's device. */
 TP_API void tp_stats_get(const tp_comm *comm, tp_stats *out);
-TP_API void tp_stats_reset(tp_comm *comm); /* this comm's counters, wait log and device's */
+/* this comm's counters, wait log and device's (memory: peak = bytes in use) */
+TP_API void tp_stats_reset(tp_comm *comm);
 
 /* The rank's current phase (shared by all comms of the rank and its
  * device); returns the previous one so callers can restore it. */

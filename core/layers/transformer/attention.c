@@ -19,6 +19,7 @@
 #include "xf-internal.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +50,8 @@ struct tp_attention {
     int64_t qkv_width;               /* local QKV width (local_heads + 2 local_kv) head_dim */
     int64_t out_rows;                /* local out-projection rows local_heads head_dim */
     bool has_bias, causal, sp, any_shared;
+    tp_dtype dt; /* weights, gradients and every activation (f32 accumulation) */
+    size_t es;   /* its size */
     dx_reduce dx_reduce;
     int64_t region; /* floats per shared KV head in a gradient pack */
     tp_tensor wqkv, bqkv, wo, bo, dwqkv, dbqkv, dwo, dbo;
@@ -61,6 +64,12 @@ struct tp_attention {
     tp_tensor x_saved;                /* the caller's x (for dx's shape) */
     int64_t batch, seq, tokens, rows; /* rows: this rank's rows of x (tokens without SP) */
 };
+
+/* Element i of a device array p of the layer's dtype. */
+static char *at(const tp_attention *a, const void *p, int64_t i)
+{
+    return (char *)(uintptr_t)p + (size_t)i * a->es;
+}
 
 /* Query heads [q_lo, q_hi) = tp_shard_range(heads, T, i) and the KV heads
  * [kv_lo, kv_hi) they use, of rank i. */
@@ -100,7 +109,7 @@ void tp_attention_free(tp_attention *a)
         return;
     tp_tensor *ts[] = {&a->wqkv, &a->bqkv, &a->wo, &a->bo, &a->dwqkv, &a->dbqkv, &a->dwo, &a->dbo};
     for (size_t i = 0; i < sizeof ts / sizeof *ts; i++)
-        tp_tensor_release(ts[i]);
+        tpl_release(ts[i], i < 4 ? TP_USE_PARAMETERS : TP_USE_GRADIENTS);
     tpl_ws *ws[] = {&a->xfull, &a->qkv,  &a->probs, &a->scores, &a->ctx, &a->yfull,
                     &a->dctx,  &a->dqkv, &a->dpack, &a->kvtmp,  &a->bscr};
     for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
@@ -267,9 +276,11 @@ static tp_status alloc_params(tp_attention *a, const tp_attention_config *cfg)
         goto out;
     }
     float bq = (float)(1.0 / sqrt((double)a->hidden)), bo = (float)(1.0 / sqrt((double)fo));
-    TP_TRY_GOTO(tp_tensor_alloc2(a->dev, TP_F32, a->hidden, a->qkv_width, &a->wqkv), st, out);
+    TP_TRY_GOTO(tpl_alloc(a->dev, TP_USE_PARAMETERS, a->dt, 2, (int64_t[]){a->hidden, a->qkv_width},
+                          &a->wqkv),
+                st, out);
     TP_TRY_GOTO(fill_qkv_weight(a, cfg, fw, bq, host), st, out);
-    TP_TRY_GOTO(tp_tensor_upload(&a->wqkv, host), st, out);
+    TP_TRY_GOTO(tpl_upload_f32(a->dev, a->dt, a->wqkv.data, host, n1), st, out);
     if (a->has_bias) {
         if (cfg->full_qkv_bias)
             memcpy(row, cfg->full_qkv_bias, (size_t)fw * XF_ES);
@@ -277,25 +288,29 @@ static tp_status alloc_params(tp_attention *a, const tp_attention_config *cfg)
             tp_master_fill(cfg->seed, cfg->tensor_id + 1, fw, 0, 1, 0, fw, bq, row);
         for (int64_t c = 0; c < a->qkv_width; c++)
             host[c] = row[full_col(a, a->q_lo, a->kv_lo, a->local_heads, a->local_kv, c)];
-        TP_TRY_GOTO(tp_tensor_alloc(a->dev, TP_F32, 1, &a->qkv_width, &a->bqkv), st, out);
-        TP_TRY_GOTO(tp_tensor_upload(&a->bqkv, host), st, out);
+        TP_TRY_GOTO(tpl_alloc(a->dev, TP_USE_PARAMETERS, a->dt, 1, &a->qkv_width, &a->bqkv), st,
+                    out);
+        TP_TRY_GOTO(tpl_upload_f32(a->dev, a->dt, a->bqkv.data, host, (size_t)a->qkv_width), st,
+                    out);
     }
     /* out-projection: rows [q_lo head_dim, q_hi head_dim) of [heads head_dim, hidden] */
-    TP_TRY_GOTO(tp_tensor_alloc2(a->dev, TP_F32, a->out_rows, a->hidden, &a->wo), st, out);
+    TP_TRY_GOTO(
+        tpl_alloc(a->dev, TP_USE_PARAMETERS, a->dt, 2, (int64_t[]){a->out_rows, a->hidden}, &a->wo),
+        st, out);
     int64_t r0 = a->q_lo * a->head_dim;
     if (cfg->full_out_weight)
         memcpy(host, cfg->full_out_weight + r0 * a->hidden, n2 * XF_ES);
     else
         tp_master_fill(cfg->seed, cfg->tensor_id + 2, a->hidden, r0, r0 + a->out_rows, 0, a->hidden,
                        bo, host);
-    TP_TRY_GOTO(tp_tensor_upload(&a->wo, host), st, out);
+    TP_TRY_GOTO(tpl_upload_f32(a->dev, a->dt, a->wo.data, host, n2), st, out);
     if (a->has_bias) {
         if (cfg->full_out_bias)
             memcpy(host, cfg->full_out_bias, (size_t)a->hidden * XF_ES);
         else
             tp_master_fill(cfg->seed, cfg->tensor_id + 3, a->hidden, 0, 1, 0, a->hidden, bo, host);
-        TP_TRY_GOTO(tp_tensor_alloc(a->dev, TP_F32, 1, &a->hidden, &a->bo), st, out);
-        TP_TRY_GOTO(tp_tensor_upload(&a->bo, host), st, out);
+        TP_TRY_GOTO(tpl_alloc(a->dev, TP_USE_PARAMETERS, a->dt, 1, &a->hidden, &a->bo), st, out);
+        TP_TRY_GOTO(tpl_upload_f32(a->dev, a->dt, a->bo.data, host, (size_t)a->hidden), st, out);
     }
 out:
     free(host);
@@ -322,10 +337,13 @@ tp_status tp_attention_create(tp_comm *comm, const tp_attention_config *cfg, tp_
     a->has_bias = cfg->bias;
     a->causal = cfg->causal;
     a->sp = cfg->sequence_parallel;
+    a->dt = cfg->dtype;
+    a->es = tp_dtype_size(cfg->dtype);
     tpl_ws *ws[] = {&a->xfull, &a->qkv,  &a->probs, &a->scores, &a->ctx, &a->yfull,
                     &a->dctx,  &a->dqkv, &a->dpack, &a->kvtmp,  &a->bscr};
     for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
         ws[i]->dev = a->dev;
+    a->xfull.keep = a->qkv.keep = a->probs.keep = a->ctx.keep = true; /* read by backward */
     a->off = malloc(sizeof(int64_t) * (size_t)(a->tp_size + 1));
     a->counts = malloc(sizeof(size_t) * (size_t)a->tp_size);
     tp_status st;
@@ -333,6 +351,7 @@ tp_status tp_attention_create(tp_comm *comm, const tp_attention_config *cfg, tp_
         st = tp_set_error(TP_ERR_NO_MEMORY, "ParallelAttention create: out of host memory");
         goto fail;
     }
+    TP_TRY_GOTO(tpl_check_dtype(a->label, a->dt), st, fail);
     TP_TRY_GOTO(check_config(a, cfg), st, fail);
     ranges_of(a, a->rank, &a->q_lo, &a->q_hi, &a->kv_lo, &a->kv_hi);
     a->local_heads = a->q_hi - a->q_lo;
@@ -363,11 +382,11 @@ fail:
  * as in the context [tokens, heads*head_dim]), which the device's
  * strided-batched GEMM writes in place. */
 static tp_status per_head(tp_attention *a, int ta, int tb, int64_t m, int64_t n, int64_t k,
-                          const float *A, int64_t lda, int64_t sa, const float *B, int64_t ldb,
-                          int64_t sb, float *C, int64_t ldc, int64_t sc)
+                          const void *A, int64_t lda, int64_t sa, const void *B, int64_t ldb,
+                          int64_t sb, void *C, int64_t ldc, int64_t sc)
 {
     if (a->group == 1) /* multi-head: query head j uses local KV head j */
-        return tpl_gemm_batched(a->dev, TP_F32, ta, tb, m, n, k, 0.0f, A, lda, sa, B, ldb, sb, C,
+        return tpl_gemm_batched(a->dev, a->dt, ta, tb, m, n, k, 0.0f, A, lda, sa, B, ldb, sb, C,
                                 ldc, sc, a->local_heads);
     for (int64_t i = 0; i < a->local_kv; i++) {
         int64_t kh = a->kv_lo + i;
@@ -375,8 +394,8 @@ static tp_status per_head(tp_attention *a, int ta, int tb, int64_t m, int64_t n,
         int64_t j1 = (kh + 1) * a->group < a->q_hi ? (kh + 1) * a->group : a->q_hi;
         j0 -= a->q_lo;
         j1 -= a->q_lo;
-        TP_TRY(tpl_gemm_batched(a->dev, TP_F32, ta, tb, m, n, k, 0.0f, A + j0 * sa, lda, sa,
-                                B + i * sb, ldb, 0, C + j0 * sc, ldc, sc, j1 - j0));
+        TP_TRY(tpl_gemm_batched(a->dev, a->dt, ta, tb, m, n, k, 0.0f, at(a, A, j0 * sa), lda, sa,
+                                at(a, B, i * sb), ldb, 0, at(a, C, j0 * sc), ldc, sc, j1 - j0));
     }
     return TP_OK;
 }
@@ -385,8 +404,8 @@ static tp_status per_head(tp_attention *a, int ta, int tb, int64_t m, int64_t n,
  * for every local KV head (C advances by sc per KV head, A/B by sa/sb per
  * query head). Heads are summed in ascending order. */
 static tp_status per_kv(tp_attention *a, int ta, int tb, int64_t m, int64_t n, int64_t k,
-                        const float *A, int64_t lda, int64_t sa, const float *B, int64_t ldb,
-                        int64_t sb, float *C, int64_t ldc, int64_t sc)
+                        const void *A, int64_t lda, int64_t sa, const void *B, int64_t ldb,
+                        int64_t sb, void *C, int64_t ldc, int64_t sc)
 {
     if (a->group == 1) /* one query head per KV head: the same shape as per_head */
         return per_head(a, ta, tb, m, n, k, A, lda, sa, B, ldb, sb, C, ldc, sc);
@@ -395,8 +414,8 @@ static tp_status per_kv(tp_attention *a, int ta, int tb, int64_t m, int64_t n, i
         int64_t j0 = kh * a->group > a->q_lo ? kh * a->group : a->q_lo;
         int64_t j1 = (kh + 1) * a->group < a->q_hi ? (kh + 1) * a->group : a->q_hi;
         for (int64_t j = j0 - a->q_lo; j < j1 - a->q_lo; j++)
-            TP_TRY(tpl_gemm(a->dev, TP_F32, ta, tb, m, n, k, j == j0 - a->q_lo ? 0.0f : 1.0f,
-                            A + j * sa, lda, B + j * sb, ldb, C + i * sc, ldc));
+            TP_TRY(tpl_gemm(a->dev, a->dt, ta, tb, m, n, k, j == j0 - a->q_lo ? 0.0f : 1.0f,
+                            at(a, A, j * sa), lda, at(a, B, j * sb), ldb, at(a, C, i * sc), ldc));
     }
     return TP_OK;
 }
@@ -404,7 +423,7 @@ static tp_status per_kv(tp_attention *a, int ta, int tb, int64_t m, int64_t n, i
 static tp_status check_x(tp_attention *a, const char *what, const tp_tensor *x, int64_t want_rows,
                          int64_t *rows)
 {
-    TP_TRY(tpl_check_act(a->label, what, x, a->dev, TP_F32, rows));
+    TP_TRY(tpl_check_act(a->label, what, x, a->dev, a->dt, rows));
     int64_t got = x->shape[x->ndim - 1];
     if (got != a->hidden)
         return tp_set_error(TP_ERR_SHAPE, "%s: %s last dim (hidden) expected %lld, got %lld%s",
@@ -441,22 +460,21 @@ static tp_status attend(tp_attention *a)
     int64_t seq = a->seq, head_dim = a->head_dim, width = a->qkv_width;
     int64_t local_heads = a->local_heads;
     size_t ss = (size_t)(seq * seq);
-    const float *qkv = a->qkv.ptr;
-    float *P = a->probs.ptr, *S = a->scores.ptr, *ctx = a->ctx.ptr;
+    void *S = a->scores.ptr;
     float scale = (float)(1.0 / sqrt((double)head_dim));
     for (int64_t bi = 0; bi < a->batch; bi++) {
-        const float *Q = qkv + bi * seq * width, *K = Q + local_heads * head_dim;
-        const float *V = K + a->local_kv * head_dim;
-        float *Pb = P + (size_t)bi * local_heads * ss;
+        const char *Q = at(a, a->qkv.ptr, bi * seq * width), *K = at(a, Q, local_heads * head_dim);
+        const char *V = at(a, K, a->local_kv * head_dim);
+        char *Pb = at(a, a->probs.ptr, bi * local_heads * (int64_t)ss);
         /* S_j = Q_j K_kv(j)^T  [seq, seq] */
         TP_TRY(per_head(a, 0, 1, seq, seq, head_dim, Q, width, head_dim, K, width, head_dim, S, seq,
                         (int64_t)ss));
         /* P = softmax(scale S) per row, causal within the batch element */
-        TP_TRY(tp_dev_softmax(a->dev, TP_F32, local_heads * seq, seq, S, Pb, scale,
-                              a->causal ? 1 : 0));
+        TP_TRY(
+            tp_dev_softmax(a->dev, a->dt, local_heads * seq, seq, S, Pb, scale, a->causal ? 1 : 0));
         /* O_j = P_j V_kv(j) -> ctx columns [j head_dim, (j+1) head_dim) */
         TP_TRY(per_head(a, 0, 0, seq, head_dim, seq, Pb, seq, (int64_t)ss, V, width, head_dim,
-                        ctx + bi * seq * a->out_rows, a->out_rows, head_dim));
+                        at(a, a->ctx.ptr, bi * seq * a->out_rows), a->out_rows, head_dim));
     }
     return TP_OK;
 }
@@ -465,38 +483,38 @@ static tp_status forward_body(tp_attention *a, const tp_tensor *x, tp_tensor *y)
 {
     int64_t tokens = a->tokens, hidden = a->hidden, width = a->qkv_width;
     size_t ss = (size_t)(a->seq * a->seq);
-    const float *xf = x->data;
+    const void *xf = x->data;
     if (a->sp) { /* all-gather the token shards into the full input */
-        TP_TRY(tpl_ws_reserve(&a->xfull, (size_t)(tokens * hidden) * XF_ES, a->label));
-        TP_TRY(tpl_gather_rows(a->comm, TP_F32, x->data, a->xfull.ptr, a->off, hidden, a->counts));
+        TP_TRY(tpl_ws_reserve(&a->xfull, (size_t)(tokens * hidden) * a->es, a->label));
+        TP_TRY(tpl_gather_rows(a->comm, a->dt, x->data, a->xfull.ptr, a->off, hidden, a->counts));
         xf = a->xfull.ptr;
     }
     a->x_used = xf;
-    TP_TRY(tpl_ws_reserve(&a->qkv, (size_t)(tokens * width) * XF_ES, a->label));
-    TP_TRY(tpl_ws_reserve(&a->probs, (size_t)a->batch * a->local_heads * ss * XF_ES, a->label));
-    TP_TRY(tpl_ws_reserve(&a->scores, (size_t)a->local_heads * ss * XF_ES, a->label));
-    TP_TRY(tpl_ws_reserve(&a->ctx, (size_t)(tokens * a->out_rows) * XF_ES, a->label));
+    TP_TRY(tpl_ws_reserve(&a->qkv, (size_t)(tokens * width) * a->es, a->label));
+    TP_TRY(tpl_ws_reserve(&a->probs, (size_t)a->batch * a->local_heads * ss * a->es, a->label));
+    TP_TRY(tpl_ws_reserve(&a->scores, (size_t)a->local_heads * ss * a->es, a->label));
+    TP_TRY(tpl_ws_reserve(&a->ctx, (size_t)(tokens * a->out_rows) * a->es, a->label));
     /* qkv = x Wqkv_local (+ b) */
-    TP_TRY(tpl_gemm(a->dev, TP_F32, 0, 0, tokens, width, hidden, 0.0f, xf, hidden, a->wqkv.data,
+    TP_TRY(tpl_gemm(a->dev, a->dt, 0, 0, tokens, width, hidden, 0.0f, xf, hidden, a->wqkv.data,
                     width, a->qkv.ptr, width));
     if (a->has_bias)
-        TP_TRY(tp_dev_bias_add(a->dev, TP_F32, tokens, width, a->qkv.ptr, a->bqkv.data));
+        TP_TRY(tp_dev_bias_add(a->dev, a->dt, tokens, width, a->qkv.ptr, a->bqkv.data));
     TP_TRY(attend(a));
     /* y = sum over ranks of ctx Wo_local, then + bo */
     if (!a->sp) {
-        TP_TRY(tpl_gemm(a->dev, TP_F32, 0, 0, tokens, hidden, a->out_rows, 0.0f, a->ctx.ptr,
+        TP_TRY(tpl_gemm(a->dev, a->dt, 0, 0, tokens, hidden, a->out_rows, 0.0f, a->ctx.ptr,
                         a->out_rows, a->wo.data, hidden, y->data, hidden));
-        TP_TRY(tp_all_reduce(a->comm, y->data, y->data, (size_t)(tokens * hidden), TP_F32, TP_SUM));
+        TP_TRY(tp_all_reduce(a->comm, y->data, y->data, (size_t)(tokens * hidden), a->dt, TP_SUM));
     } else {
-        TP_TRY(tpl_ws_reserve(&a->yfull, (size_t)(tokens * hidden) * XF_ES, a->label));
-        TP_TRY(tpl_gemm(a->dev, TP_F32, 0, 0, tokens, hidden, a->out_rows, 0.0f, a->ctx.ptr,
+        TP_TRY(tpl_ws_reserve(&a->yfull, (size_t)(tokens * hidden) * a->es, a->label));
+        TP_TRY(tpl_gemm(a->dev, a->dt, 0, 0, tokens, hidden, a->out_rows, 0.0f, a->ctx.ptr,
                         a->out_rows, a->wo.data, hidden, a->yfull.ptr, hidden));
         for (int i = 0; i < a->tp_size; i++)
             a->counts[i] = (size_t)((a->off[i + 1] - a->off[i]) * hidden);
-        TP_TRY(tp_reduce_scatterv(a->comm, a->yfull.ptr, y->data, a->counts, TP_F32, TP_SUM));
+        TP_TRY(tp_reduce_scatterv(a->comm, a->yfull.ptr, y->data, a->counts, a->dt, TP_SUM));
     }
     if (a->has_bias && a->rows > 0)
-        TP_TRY(tp_dev_bias_add(a->dev, TP_F32, a->rows, hidden, y->data, a->bo.data));
+        TP_TRY(tp_dev_bias_add(a->dev, a->dt, a->rows, hidden, y->data, a->bo.data));
     return TP_OK;
 }
 
@@ -522,7 +540,7 @@ tp_status tp_attention_forward(tp_attention *a, const tp_tensor *x, int64_t batc
     int64_t want = a->sp ? a->off[a->rank + 1] - a->off[a->rank] : a->tokens, rows;
     a->saved = false;
     TP_TRY(check_x(a, "x", x, want, &rows));
-    TP_TRY(tpl_prepare_out(a->label, "y", y, x, a->dev, TP_F32, a->hidden, ""));
+    TP_TRY(tpl_prepare_out(a->label, "y", y, x, a->dev, a->dt, a->hidden, ""));
     if (y->data == x->data && rows > 0)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: y aliases x; use a separate output", a->label);
     a->rows = rows;
@@ -540,13 +558,13 @@ tp_status tp_attention_forward(tp_attention *a, const tp_tensor *x, int64_t batc
 static tp_status ensure_grads(tp_attention *a)
 {
     if (!a->dwqkv.data)
-        TP_TRY(tp_tensor_alloc(a->dev, TP_F32, 2, a->wqkv.shape, &a->dwqkv));
+        TP_TRY(tpl_alloc(a->dev, TP_USE_GRADIENTS, a->dt, 2, a->wqkv.shape, &a->dwqkv));
     if (!a->dwo.data)
-        TP_TRY(tp_tensor_alloc(a->dev, TP_F32, 2, a->wo.shape, &a->dwo));
+        TP_TRY(tpl_alloc(a->dev, TP_USE_GRADIENTS, a->dt, 2, a->wo.shape, &a->dwo));
     if (a->has_bias && !a->dbqkv.data)
-        TP_TRY(tp_tensor_alloc(a->dev, TP_F32, 1, a->bqkv.shape, &a->dbqkv));
+        TP_TRY(tpl_alloc(a->dev, TP_USE_GRADIENTS, a->dt, 1, a->bqkv.shape, &a->dbqkv));
     if (a->has_bias && !a->dbo.data)
-        TP_TRY(tp_tensor_alloc(a->dev, TP_F32, 1, a->bo.shape, &a->dbo));
+        TP_TRY(tpl_alloc(a->dev, TP_USE_GRADIENTS, a->dt, 1, a->bo.shape, &a->dbo));
     return TP_OK;
 }
 
@@ -568,32 +586,32 @@ tp_status tp_attention_zero_grad(tp_attention *a)
  * order) from this rank's contributions kvw [hidden, 2 local_kv head_dim]
  * and kvb [2 local_kv head_dim]; regions of heads this rank does not hold
  * stay zero. With unpack, copy the reduced regions back into kvw/kvb. */
-static tp_status kv_pack(tp_attention *a, float *pack, float *kvw, float *kvb, bool unpack)
+static tp_status kv_pack(tp_attention *a, void *pack, void *kvw, void *kvb, bool unpack)
 {
     int64_t n = 0, head_dim = a->head_dim, kw = 2 * a->local_kv * head_dim;
-    size_t hd_bytes = (size_t)head_dim * XF_ES;
+    size_t hd_bytes = (size_t)head_dim * a->es;
     for (int64_t k = 0; k < a->kv_heads; k++) {
         if (!kv_shared(a, k))
             continue;
-        float *r = pack + n;
+        char *r = at(a, pack, n);
         n += a->region;
         if (k < a->kv_lo || k >= a->kv_hi)
             continue;
         int64_t i = k - a->kv_lo;
         /* region: K block [hidden, head_dim] | V block [hidden, head_dim] | bK | bV */
         for (int part = 0; part < 2; part++) {
-            float *blk = r + part * a->hidden * head_dim;
-            float *src = kvw + (part * a->local_kv + i) * head_dim;
+            char *blk = at(a, r, part * a->hidden * head_dim);
+            char *src = at(a, kvw, (part * a->local_kv + i) * head_dim);
             if (unpack)
-                TP_TRY(tp_dev_copy_2d(a->dev, src, (size_t)kw * XF_ES, blk, hd_bytes, hd_bytes,
+                TP_TRY(tp_dev_copy_2d(a->dev, src, (size_t)kw * a->es, blk, hd_bytes, hd_bytes,
                                       (size_t)a->hidden));
             else
-                TP_TRY(tp_dev_copy_2d(a->dev, blk, hd_bytes, src, (size_t)kw * XF_ES, hd_bytes,
+                TP_TRY(tp_dev_copy_2d(a->dev, blk, hd_bytes, src, (size_t)kw * a->es, hd_bytes,
                                       (size_t)a->hidden));
             if (!a->has_bias)
                 continue;
-            float *bb = r + 2 * a->hidden * head_dim + part * head_dim;
-            float *bs = kvb + (part * a->local_kv + i) * head_dim;
+            char *bb = at(a, r, 2 * a->hidden * head_dim + part * head_dim);
+            char *bs = at(a, kvb, (part * a->local_kv + i) * head_dim);
             TP_TRY(unpack ? tp_dev_copy_2d(a->dev, bs, 0, bb, 0, hd_bytes, 1)
                           : tp_dev_copy_2d(a->dev, bb, 0, bs, 0, hd_bytes, 1));
         }
@@ -604,14 +622,14 @@ static tp_status kv_pack(tp_attention *a, float *pack, float *kvw, float *kvb, b
 /* The out-projection's backward: dWo += ctx^T dy, dbo += colsum(dy) (full
  * dy on every rank, so the replicated bias grad is the same everywhere),
  * dctx = dy Wo^T. */
-static tp_status out_proj_backward(tp_attention *a, const float *dyf)
+static tp_status out_proj_backward(tp_attention *a, const void *dyf)
 {
     int64_t tokens = a->tokens, hidden = a->hidden, out_rows = a->out_rows;
-    TP_TRY(tpl_gemm(a->dev, TP_F32, 1, 0, out_rows, hidden, tokens, 1.0f, a->ctx.ptr, out_rows, dyf,
+    TP_TRY(tpl_gemm(a->dev, a->dt, 1, 0, out_rows, hidden, tokens, 1.0f, a->ctx.ptr, out_rows, dyf,
                     hidden, a->dwo.data, hidden));
     if (a->has_bias)
-        TP_TRY(tp_dev_bias_grad(a->dev, TP_F32, tokens, hidden, dyf, a->dbo.data));
-    return tpl_gemm(a->dev, TP_F32, 0, 1, tokens, out_rows, hidden, 0.0f, dyf, hidden, a->wo.data,
+        TP_TRY(tp_dev_bias_grad(a->dev, a->dt, tokens, hidden, dyf, a->dbo.data));
+    return tpl_gemm(a->dev, a->dt, 0, 1, tokens, out_rows, hidden, 0.0f, dyf, hidden, a->wo.data,
                     hidden, a->dctx.ptr, out_rows);
 }
 
@@ -621,22 +639,22 @@ static tp_status attend_backward(tp_attention *a)
     int64_t seq = a->seq, head_dim = a->head_dim, width = a->qkv_width;
     int64_t local_heads = a->local_heads, out_rows = a->out_rows;
     size_t ss = (size_t)(seq * seq);
-    const float *qkv = a->qkv.ptr, *P = a->probs.ptr, *dctx = a->dctx.ptr;
-    float *dqkv = a->dqkv.ptr, *dS = a->scores.ptr;
+    void *dS = a->scores.ptr;
     float scale = (float)(1.0 / sqrt((double)head_dim));
     for (int64_t bi = 0; bi < a->batch; bi++) {
-        const float *Q = qkv + bi * seq * width, *K = Q + local_heads * head_dim;
-        const float *V = K + a->local_kv * head_dim;
-        const float *Pb = P + (size_t)bi * local_heads * ss, *dO = dctx + bi * seq * out_rows;
-        float *dQ = dqkv + bi * seq * width, *dK = dQ + local_heads * head_dim;
-        float *dV = dK + a->local_kv * head_dim;
+        const char *Q = at(a, a->qkv.ptr, bi * seq * width), *K = at(a, Q, local_heads * head_dim);
+        const char *V = at(a, K, a->local_kv * head_dim);
+        const char *Pb = at(a, a->probs.ptr, bi * local_heads * (int64_t)ss);
+        const char *dO = at(a, a->dctx.ptr, bi * seq * out_rows);
+        char *dQ = at(a, a->dqkv.ptr, bi * seq * width), *dK = at(a, dQ, local_heads * head_dim);
+        char *dV = at(a, dK, a->local_kv * head_dim);
         /* dV_kv = sum_j P_j^T dO_j */
         TP_TRY(per_kv(a, 1, 0, seq, head_dim, seq, Pb, seq, (int64_t)ss, dO, out_rows, head_dim, dV,
                       width, head_dim));
         /* dP_j = dO_j V_kv(j)^T, then dS = scale P (dP - rowsum(dP P)) */
         TP_TRY(per_head(a, 0, 1, seq, seq, head_dim, dO, out_rows, head_dim, V, width, head_dim, dS,
                         seq, (int64_t)ss));
-        TP_TRY(tp_dev_softmax_bwd(a->dev, TP_F32, local_heads * seq, seq, Pb, dS, dS, scale));
+        TP_TRY(tp_dev_softmax_bwd(a->dev, a->dt, local_heads * seq, seq, Pb, dS, dS, scale));
         /* dQ_j = dS_j K_kv(j); dK_kv = sum_j dS_j^T Q_j */
         TP_TRY(per_head(a, 0, 0, seq, head_dim, seq, dS, seq, (int64_t)ss, K, width, head_dim, dQ,
                         width, head_dim));
@@ -652,127 +670,126 @@ static tp_status attend_backward(tp_attention *a)
  * call's K/V contributions go to *kvw [hidden, 2 local_kv head_dim] and
  * *kvb [2 local_kv head_dim] so that the shared heads can be summed across
  * ranks first (add_kv_grads). */
-static tp_status qkv_param_backward(tp_attention *a, float **kvw, float **kvb)
+static tp_status qkv_param_backward(tp_attention *a, void **kvw, void **kvb)
 {
     int64_t tokens = a->tokens, hidden = a->hidden, width = a->qkv_width;
     int64_t qw = a->local_heads * a->head_dim, kw = 2 * a->local_kv * a->head_dim;
-    const float *xf = a->x_used, *dqkv = a->dqkv.ptr;
+    const void *xf = a->x_used, *dqkv = a->dqkv.ptr;
     if (!a->any_shared) {
-        TP_TRY(tpl_gemm(a->dev, TP_F32, 1, 0, hidden, width, tokens, 1.0f, xf, hidden, dqkv, width,
+        TP_TRY(tpl_gemm(a->dev, a->dt, 1, 0, hidden, width, tokens, 1.0f, xf, hidden, dqkv, width,
                         a->dwqkv.data, width));
-        return a->has_bias ? tp_dev_bias_grad(a->dev, TP_F32, tokens, width, dqkv, a->dbqkv.data)
+        return a->has_bias ? tp_dev_bias_grad(a->dev, a->dt, tokens, width, dqkv, a->dbqkv.data)
                            : TP_OK;
     }
-    TP_TRY(tpl_ws_reserve(&a->kvtmp, (size_t)(2 * hidden * kw) * XF_ES, a->label));
-    TP_TRY(tpl_ws_reserve(&a->bscr, (size_t)(width + kw) * XF_ES, a->label));
+    TP_TRY(tpl_ws_reserve(&a->kvtmp, (size_t)(2 * hidden * kw) * a->es, a->label));
+    TP_TRY(tpl_ws_reserve(&a->bscr, (size_t)(width + kw) * a->es, a->label));
     *kvw = a->kvtmp.ptr;
-    *kvb = (float *)a->bscr.ptr + width;
-    TP_TRY(tpl_gemm(a->dev, TP_F32, 1, 0, hidden, qw, tokens, 1.0f, xf, hidden, dqkv, width,
+    *kvb = at(a, a->bscr.ptr, width);
+    TP_TRY(tpl_gemm(a->dev, a->dt, 1, 0, hidden, qw, tokens, 1.0f, xf, hidden, dqkv, width,
                     a->dwqkv.data, width));
-    TP_TRY(tpl_gemm(a->dev, TP_F32, 1, 0, hidden, kw, tokens, 0.0f, xf, hidden, dqkv + qw, width,
-                    *kvw, kw));
+    TP_TRY(tpl_gemm(a->dev, a->dt, 1, 0, hidden, kw, tokens, 0.0f, xf, hidden, at(a, dqkv, qw),
+                    width, *kvw, kw));
     if (!a->has_bias)
         return TP_OK;
-    float *bs = a->bscr.ptr;
-    TP_TRY(tp_dev_memset(a->dev, bs, 0, (size_t)width * XF_ES));
-    TP_TRY(tp_dev_bias_grad(a->dev, TP_F32, tokens, width, dqkv, bs));
-    TP_TRY(tp_dev_axpby(a->dev, TP_F32, qw, 1.0f, bs, 1.0f, a->dbqkv.data));
-    return tp_dev_copy_2d(a->dev, *kvb, 0, bs + qw, 0, (size_t)kw * XF_ES, 1);
+    void *bs = a->bscr.ptr;
+    TP_TRY(tp_dev_memset(a->dev, bs, 0, (size_t)width * a->es));
+    TP_TRY(tp_dev_bias_grad(a->dev, a->dt, tokens, width, dqkv, bs));
+    TP_TRY(tp_dev_axpby(a->dev, a->dt, qw, 1.0f, bs, 1.0f, a->dbqkv.data));
+    return tp_dev_copy_2d(a->dev, *kvb, 0, at(a, bs, qw), 0, (size_t)kw * a->es, 1);
 }
 
 /* out [rows, hidden] = dqkv rows [r0, r0 + rows) Wqkv_local^T: this rank's
  * part of the input gradient. */
-static tp_status dx_part(tp_attention *a, int64_t r0, int64_t rows, float *out)
+static tp_status dx_part(tp_attention *a, int64_t r0, int64_t rows, void *out)
 {
     int64_t width = a->qkv_width;
-    return tpl_gemm(a->dev, TP_F32, 0, 1, rows, a->hidden, width, 0.0f,
-                    (const float *)a->dqkv.ptr + r0 * width, width, a->wqkv.data, width, out,
-                    a->hidden);
+    return tpl_gemm(a->dev, a->dt, 0, 1, rows, a->hidden, width, 0.0f,
+                    at(a, a->dqkv.ptr, r0 * width), width, a->wqkv.data, width, out, a->hidden);
 }
 
 static tp_status dx_all_reduce(tp_attention *a, tp_tensor *dx)
 {
     TP_TRY(dx_part(a, 0, a->tokens, dx->data));
-    return tp_all_reduce(a->comm, dx->data, dx->data, (size_t)(a->tokens * a->hidden), TP_F32,
+    return tp_all_reduce(a->comm, dx->data, dx->data, (size_t)(a->tokens * a->hidden), a->dt,
                          TP_SUM);
 }
 
-static tp_status dx_all_reduce_packed(tp_attention *a, tp_tensor *dx, float *kvw, float *kvb)
+static tp_status dx_all_reduce_packed(tp_attention *a, tp_tensor *dx, void *kvw, void *kvb)
 {
     int64_t n = a->tokens * a->hidden, extra = 0;
     for (int64_t k = 0; k < a->kv_heads; k++)
         extra += kv_shared(a, k) ? a->region : 0;
-    size_t bytes = (size_t)(n + extra) * XF_ES;
+    size_t bytes = (size_t)(n + extra) * a->es;
     TP_TRY(tpl_ws_reserve(&a->dpack, bytes, a->label));
     TP_TRY(tp_dev_memset(a->dev, a->dpack.ptr, 0, bytes));
-    float *buf = a->dpack.ptr;
+    void *buf = a->dpack.ptr;
     TP_TRY(dx_part(a, 0, a->tokens, buf));
-    TP_TRY(kv_pack(a, buf + n, kvw, kvb, false));
-    TP_TRY(tp_all_reduce(a->comm, buf, buf, (size_t)(n + extra), TP_F32, TP_SUM));
-    TP_TRY(tp_dev_copy_2d(a->dev, dx->data, 0, buf, 0, (size_t)n * XF_ES, 1));
-    return kv_pack(a, buf + n, kvw, kvb, true);
+    TP_TRY(kv_pack(a, at(a, buf, n), kvw, kvb, false));
+    TP_TRY(tp_all_reduce(a->comm, buf, buf, (size_t)(n + extra), a->dt, TP_SUM));
+    TP_TRY(tp_dev_copy_2d(a->dev, dx->data, 0, buf, 0, (size_t)n * a->es, 1));
+    return kv_pack(a, at(a, buf, n), kvw, kvb, true);
 }
 
 /* Sequence parallel: reduce-scatter the full partial dx into this rank's token rows. */
 static tp_status dx_reduce_scatter(tp_attention *a, tp_tensor *dx)
 {
-    TP_TRY(tpl_ws_reserve(&a->dpack, (size_t)(a->tokens * a->hidden) * XF_ES, a->label));
+    TP_TRY(tpl_ws_reserve(&a->dpack, (size_t)(a->tokens * a->hidden) * a->es, a->label));
     TP_TRY(dx_part(a, 0, a->tokens, a->dpack.ptr));
     for (int i = 0; i < a->tp_size; i++)
         a->counts[i] = (size_t)((a->off[i + 1] - a->off[i]) * a->hidden);
-    return tp_reduce_scatterv(a->comm, a->dpack.ptr, dx->data, a->counts, TP_F32, TP_SUM);
+    return tp_reduce_scatterv(a->comm, a->dpack.ptr, dx->data, a->counts, a->dt, TP_SUM);
 }
 
 /* Sequence parallel with shared KV heads: after dx's reduce-scatter, one
  * all-reduce of every shared head's region (zeros from the ranks not
  * holding it), so every holder gets the same bits. */
-static tp_status kv_all_reduce(tp_attention *a, float *kvw, float *kvb)
+static tp_status kv_all_reduce(tp_attention *a, void *kvw, void *kvb)
 {
     int64_t extra = 0;
     for (int64_t k = 0; k < a->kv_heads; k++)
         extra += kv_shared(a, k) ? a->region : 0;
-    size_t bytes = (size_t)extra * XF_ES;
+    size_t bytes = (size_t)extra * a->es;
     TP_TRY(tpl_ws_reserve(&a->dctx, bytes, a->label)); /* dctx is free by now */
     TP_TRY(tp_dev_memset(a->dev, a->dctx.ptr, 0, bytes));
-    float *buf = a->dctx.ptr;
+    void *buf = a->dctx.ptr;
     TP_TRY(kv_pack(a, buf, kvw, kvb, false));
-    TP_TRY(tp_all_reduce(a->comm, buf, buf, (size_t)extra, TP_F32, TP_SUM));
+    TP_TRY(tp_all_reduce(a->comm, buf, buf, (size_t)extra, a->dt, TP_SUM));
     return kv_pack(a, buf, kvw, kvb, true);
 }
 
 /* dWqkv[:, K/V columns] += kvw, dbqkv[K/V] += kvb (now complete for every
  * held head): copy the strided block out, add, copy back. */
-static tp_status add_kv_grads(tp_attention *a, float *kvw, const float *kvb)
+static tp_status add_kv_grads(tp_attention *a, void *kvw, const void *kvb)
 {
     int64_t hidden = a->hidden, width = a->qkv_width;
     int64_t qw = a->local_heads * a->head_dim, kw = 2 * a->local_kv * a->head_dim;
-    float *tmp = kvw + hidden * kw, *dkv = (float *)a->dwqkv.data + qw;
-    TP_TRY(tp_dev_copy_2d(a->dev, tmp, (size_t)kw * XF_ES, dkv, (size_t)width * XF_ES,
-                          (size_t)kw * XF_ES, (size_t)hidden));
-    TP_TRY(tp_dev_axpby(a->dev, TP_F32, hidden * kw, 1.0f, kvw, 1.0f, tmp));
-    TP_TRY(tp_dev_copy_2d(a->dev, dkv, (size_t)width * XF_ES, tmp, (size_t)kw * XF_ES,
-                          (size_t)kw * XF_ES, (size_t)hidden));
+    char *tmp = at(a, kvw, hidden * kw), *dkv = at(a, a->dwqkv.data, qw);
+    TP_TRY(tp_dev_copy_2d(a->dev, tmp, (size_t)kw * a->es, dkv, (size_t)width * a->es,
+                          (size_t)kw * a->es, (size_t)hidden));
+    TP_TRY(tp_dev_axpby(a->dev, a->dt, hidden * kw, 1.0f, kvw, 1.0f, tmp));
+    TP_TRY(tp_dev_copy_2d(a->dev, dkv, (size_t)width * a->es, tmp, (size_t)kw * a->es,
+                          (size_t)kw * a->es, (size_t)hidden));
     if (!a->has_bias)
         return TP_OK;
-    return tp_dev_axpby(a->dev, TP_F32, kw, 1.0f, kvb, 1.0f, (float *)a->dbqkv.data + qw);
+    return tp_dev_axpby(a->dev, a->dt, kw, 1.0f, kvb, 1.0f, at(a, a->dbqkv.data, qw));
 }
 
 static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *dx)
 {
     int64_t tokens = a->tokens, hidden = a->hidden;
     size_t ss = (size_t)(a->seq * a->seq);
-    const float *dyf = dy->data;
+    const void *dyf = dy->data;
     if (a->sp) { /* the row-parallel exit's backward: gather dy's shards */
-        TP_TRY(tpl_ws_reserve(&a->yfull, (size_t)(tokens * hidden) * XF_ES, a->label));
-        TP_TRY(tpl_gather_rows(a->comm, TP_F32, dy->data, a->yfull.ptr, a->off, hidden, a->counts));
+        TP_TRY(tpl_ws_reserve(&a->yfull, (size_t)(tokens * hidden) * a->es, a->label));
+        TP_TRY(tpl_gather_rows(a->comm, a->dt, dy->data, a->yfull.ptr, a->off, hidden, a->counts));
         dyf = a->yfull.ptr;
     }
-    TP_TRY(tpl_ws_reserve(&a->dctx, (size_t)(tokens * a->out_rows) * XF_ES, a->label));
-    TP_TRY(tpl_ws_reserve(&a->dqkv, (size_t)(tokens * a->qkv_width) * XF_ES, a->label));
-    TP_TRY(tpl_ws_reserve(&a->scores, (size_t)a->local_heads * ss * XF_ES, a->label));
+    TP_TRY(tpl_ws_reserve(&a->dctx, (size_t)(tokens * a->out_rows) * a->es, a->label));
+    TP_TRY(tpl_ws_reserve(&a->dqkv, (size_t)(tokens * a->qkv_width) * a->es, a->label));
+    TP_TRY(tpl_ws_reserve(&a->scores, (size_t)a->local_heads * ss * a->es, a->label));
     TP_TRY(out_proj_backward(a, dyf));
     TP_TRY(attend_backward(a));
-    float *kvw = NULL, *kvb = NULL;
+    void *kvw = NULL, *kvb = NULL;
     TP_TRY(qkv_param_backward(a, &kvw, &kvb));
     if (!dx)
         return TP_OK; /* refused earlier when KV heads are shared */
@@ -809,7 +826,7 @@ tp_status tp_attention_backward(tp_attention *a, const tp_tensor *dy, tp_tensor 
                             "pass a dx (it may be discarded)",
                             a->label);
     if (dx) {
-        TP_TRY(tpl_prepare_out(a->label, "dx", dx, &a->x_saved, a->dev, TP_F32, a->hidden, ""));
+        TP_TRY(tpl_prepare_out(a->label, "dx", dx, &a->x_saved, a->dev, a->dt, a->hidden, ""));
         if (dx->data == dy->data && rows > 0)
             return tp_set_error(TP_ERR_INVALID_ARG, "%s: dx aliases dy; use a separate buffer",
                                 a->label);
@@ -868,38 +885,41 @@ static tp_status get_full(tp_attention *a, const tp_tensor *wqkv, const tp_tenso
     size_t need = total + (size_t)(hidden * a->heads * head_dim) + own + (size_t)a->qkv_width;
     float *host = NULL;
     tp_status st;
-    TP_TRY_GOTO(tpl_ws_reserve(&a->kvtmp, need * XF_ES, a->label), st, out);
+    TP_TRY_GOTO(tpl_ws_reserve(&a->kvtmp, need * a->es, a->label), st, out);
     host = malloc(total * XF_ES);
     if (!host) {
         st = tp_set_error(TP_ERR_NO_MEMORY, "%s: out of host memory", a->label);
         goto out;
     }
-    float *dst = a->kvtmp.ptr, *dso = dst + total, *mine = dso + hidden * a->heads * head_dim;
+    char *dst = a->kvtmp.ptr, *dso = at(a, dst, (int64_t)total);
+    char *mine = at(a, dso, hidden * a->heads * head_dim);
     /* each rank's [weight rows | bias row] block, gathered rank-major */
-    TP_TRY_GOTO(tp_dev_copy_2d(a->dev, mine, 0, wqkv->data, 0, own * XF_ES, 1), st, out);
+    TP_TRY_GOTO(tp_dev_copy_2d(a->dev, mine, 0, wqkv->data, 0, own * a->es, 1), st, out);
     if (a->has_bias)
-        TP_TRY_GOTO(
-            tp_dev_copy_2d(a->dev, mine + own, 0, bqkv->data, 0, (size_t)a->qkv_width * XF_ES, 1),
-            st, out);
+        TP_TRY_GOTO(tp_dev_copy_2d(a->dev, at(a, mine, (int64_t)own), 0, bqkv->data, 0,
+                                   (size_t)a->qkv_width * a->es, 1),
+                    st, out);
     else
-        TP_TRY_GOTO(tp_dev_memset(a->dev, mine + own, 0, (size_t)a->qkv_width * XF_ES), st, out);
+        TP_TRY_GOTO(
+            tp_dev_memset(a->dev, at(a, mine, (int64_t)own), 0, (size_t)a->qkv_width * a->es), st,
+            out);
     for (int i = 0; i < tp_size; i++)
         a->counts[i] = (size_t)(wid[i] * (hidden + 1));
-    TP_TRY_GOTO(tp_all_gatherv(a->comm, mine, dst, a->counts, TP_F32), st, out);
-    TP_TRY_GOTO(tp_dev_download(a->dev, host, dst, total * XF_ES), st, out);
+    TP_TRY_GOTO(tp_all_gatherv(a->comm, mine, dst, a->counts, a->dt), st, out);
+    TP_TRY_GOTO(tpl_download_f32(a->dev, a->dt, host, dst, total), st, out);
     place_qkv(a, host, wid, hw, hb);
     for (int i = 0; i < tp_size; i++) {
         int64_t ql, qh;
         tp_shard_range(a->heads, tp_size, i, &ql, &qh);
         a->counts[i] = (size_t)((qh - ql) * head_dim * hidden);
     }
-    TP_TRY_GOTO(tp_all_gatherv(a->comm, wo->data, dso, a->counts, TP_F32), st, out);
+    TP_TRY_GOTO(tp_all_gatherv(a->comm, wo->data, dso, a->counts, a->dt), st, out);
     if (how)
         TP_TRY_GOTO(
-            tp_dev_download(a->dev, how, dso, (size_t)(a->heads * head_dim * hidden) * XF_ES), st,
+            tpl_download_f32(a->dev, a->dt, how, dso, (size_t)(a->heads * head_dim * hidden)), st,
             out);
     if (hob && a->has_bias)
-        TP_TRY_GOTO(tp_dev_download(a->dev, hob, bo->data, (size_t)hidden * XF_ES), st, out);
+        TP_TRY_GOTO(tpl_download_f32(a->dev, a->dt, hob, bo->data, (size_t)hidden), st, out);
 out:
     free(host);
     free(wid);

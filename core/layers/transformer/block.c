@@ -22,6 +22,8 @@ struct tp_block {
     int T, rank;
     int64_t hidden, ffn;
     bool sp, gelu_tanh;
+    tp_dtype dt; /* of every parameter and activation (the sublayers') */
+    size_t es;
     tp_norm *ln1, *ln2;
     tp_attention *attn;
     tp_mlp *mlp;
@@ -93,11 +95,15 @@ tp_status tp_block_create(tp_comm *comm, const tp_block_config *cfg, tp_block **
     b->ffn = cfg->ffn;
     b->sp = cfg->sequence_parallel;
     b->gelu_tanh = cfg->gelu_tanh;
+    b->dt = cfg->dtype;
+    b->es = tp_dtype_size(cfg->dtype);
     b->label = tpl_label("TransformerBlock", cfg->name, comm);
     tpl_ws *ws[] = {&b->h1,      &b->r1, &b->h2,   &b->d1,   &b->d2,
                     &b->contrib, &b->mx, &b->mpre, &b->mact, &b->mtmp};
     for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
         ws[i]->dev = b->dev;
+    /* read by backward: the norms' inputs, the MLP's gathered input and its pre/post GeLU */
+    b->h1.keep = b->r1.keep = b->h2.keep = b->mx.keep = b->mpre.keep = b->mact.keep = true;
     b->off = malloc(sizeof(int64_t) * (size_t)(b->T + 1));
     b->counts = malloc(sizeof(size_t) * (size_t)b->T);
     tp_status st;
@@ -116,7 +122,8 @@ tp_status tp_block_create(tp_comm *comm, const tp_block_config *cfg, tp_block **
                          .bias = !cfg->rms,
                          .eps = cfg->eps,
                          .sequence_parallel = cfg->sequence_parallel,
-                         .name = n1};
+                         .name = n1,
+                         .dtype = cfg->dtype};
     TP_TRY_GOTO(tp_norm_create(comm, &nc, &b->ln1), st, fail);
     nc.name = n2;
     TP_TRY_GOTO(tp_norm_create(comm, &nc, &b->ln2), st, fail);
@@ -131,6 +138,7 @@ tp_status tp_block_create(tp_comm *comm, const tp_block_config *cfg, tp_block **
         .seed = cfg->seed,
         .tensor_id = cfg->tensor_id,
         .name = na,
+        .dtype = cfg->dtype,
     };
     TP_TRY_GOTO(tp_attention_create(comm, &ac, &b->attn), st, fail);
     tp_mlp_config mc = {
@@ -141,6 +149,7 @@ tp_status tp_block_create(tp_comm *comm, const tp_block_config *cfg, tp_block **
         .seed = cfg->seed,
         .tensor_id = cfg->tensor_id + 4,
         .name = nm,
+        .dtype = cfg->dtype,
     };
     TP_TRY_GOTO(tp_mlp_create(comm, &mc, &b->mlp), st, fail);
     *out = b;
@@ -157,23 +166,23 @@ static tp_status sp_mlp_forward(tp_block *b, const tp_tensor *x, tp_tensor *y)
     tp_linear_get_params(tp_mlp_fc1(b->mlp), &p1);
     tp_linear_get_params(tp_mlp_fc2(b->mlp), &p2);
     int64_t N = b->tokens, hid = b->hidden, fl = p1.hi - p1.lo;
-    TP_TRY(tpl_ws_reserve(&b->mx, (size_t)(N * hid) * XF_ES, b->label));
-    TP_TRY(tpl_ws_reserve(&b->mpre, (size_t)(N * fl) * XF_ES, b->label));
-    TP_TRY(tpl_ws_reserve(&b->mact, (size_t)(N * fl) * XF_ES, b->label));
-    TP_TRY(tpl_ws_reserve(&b->mtmp, (size_t)(N * hid) * XF_ES, b->label));
-    TP_TRY(tpl_gather_rows(b->comm, TP_F32, x->data, b->mx.ptr, b->off, hid, b->counts));
-    TP_TRY(tpl_gemm(b->dev, TP_F32, 0, 0, N, fl, hid, 0.0f, b->mx.ptr, hid, p1.weight->data, fl,
+    TP_TRY(tpl_ws_reserve(&b->mx, (size_t)(N * hid) * b->es, b->label));
+    TP_TRY(tpl_ws_reserve(&b->mpre, (size_t)(N * fl) * b->es, b->label));
+    TP_TRY(tpl_ws_reserve(&b->mact, (size_t)(N * fl) * b->es, b->label));
+    TP_TRY(tpl_ws_reserve(&b->mtmp, (size_t)(N * hid) * b->es, b->label));
+    TP_TRY(tpl_gather_rows(b->comm, b->dt, x->data, b->mx.ptr, b->off, hid, b->counts));
+    TP_TRY(tpl_gemm(b->dev, b->dt, 0, 0, N, fl, hid, 0.0f, b->mx.ptr, hid, p1.weight->data, fl,
                     b->mpre.ptr, fl));
     if (p1.bias)
-        TP_TRY(tp_dev_bias_add(b->dev, TP_F32, N, fl, b->mpre.ptr, p1.bias->data));
-    TP_TRY(tp_dev_gelu(b->dev, TP_F32, N * fl, b->mpre.ptr, b->mact.ptr, b->gelu_tanh ? 1 : 0));
-    TP_TRY(tpl_gemm(b->dev, TP_F32, 0, 0, N, hid, fl, 0.0f, b->mact.ptr, fl, p2.weight->data, hid,
+        TP_TRY(tp_dev_bias_add(b->dev, b->dt, N, fl, b->mpre.ptr, p1.bias->data));
+    TP_TRY(tp_dev_gelu(b->dev, b->dt, N * fl, b->mpre.ptr, b->mact.ptr, b->gelu_tanh ? 1 : 0));
+    TP_TRY(tpl_gemm(b->dev, b->dt, 0, 0, N, hid, fl, 0.0f, b->mact.ptr, fl, p2.weight->data, hid,
                     b->mtmp.ptr, hid));
     for (int i = 0; i < b->T; i++)
         b->counts[i] = (size_t)((b->off[i + 1] - b->off[i]) * hid);
-    TP_TRY(tp_reduce_scatterv(b->comm, b->mtmp.ptr, y->data, b->counts, TP_F32, TP_SUM));
+    TP_TRY(tp_reduce_scatterv(b->comm, b->mtmp.ptr, y->data, b->counts, b->dt, TP_SUM));
     if (p2.bias && b->rows > 0)
-        TP_TRY(tp_dev_bias_add(b->dev, TP_F32, b->rows, hid, y->data, p2.bias->data));
+        TP_TRY(tp_dev_bias_add(b->dev, b->dt, b->rows, hid, y->data, p2.bias->data));
     return TP_OK;
 }
 
@@ -194,45 +203,44 @@ static tp_status sp_mlp_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx
     TP_TRY(grads_of(tp_mlp_fc1(b->mlp), &p1));
     TP_TRY(grads_of(tp_mlp_fc2(b->mlp), &p2));
     int64_t N = b->tokens, hid = b->hidden, fl = p1.hi - p1.lo;
-    float *dyf = b->mtmp.ptr; /* [N, hid] */
-    float *dh = b->mact.ptr;  /* reused: GeLU output no longer needed after dW2 */
+    void *dyf = b->mtmp.ptr; /* [N, hid] */
+    void *dh = b->mact.ptr;  /* reused: GeLU output no longer needed after dW2 */
     /* gather dy; fc2: dW2 += act^T dy, db2 += colsum(dy) (full dy: same on every rank) */
-    TP_TRY(tpl_gather_rows(b->comm, TP_F32, dy->data, dyf, b->off, hid, b->counts));
-    TP_TRY(tpl_gemm(b->dev, TP_F32, 1, 0, fl, hid, N, 1.0f, b->mact.ptr, fl, dyf, hid,
+    TP_TRY(tpl_gather_rows(b->comm, b->dt, dy->data, dyf, b->off, hid, b->counts));
+    TP_TRY(tpl_gemm(b->dev, b->dt, 1, 0, fl, hid, N, 1.0f, b->mact.ptr, fl, dyf, hid,
                     p2.weight_grad->data, hid));
     if (p2.bias_grad)
-        TP_TRY(tp_dev_bias_grad(b->dev, TP_F32, N, hid, dyf, p2.bias_grad->data));
-    TP_TRY(
-        tpl_gemm(b->dev, TP_F32, 0, 1, N, fl, hid, 0.0f, dyf, hid, p2.weight->data, hid, dh, fl));
-    TP_TRY(tp_dev_gelu_bwd(b->dev, TP_F32, N * fl, b->mpre.ptr, dh, dh, b->gelu_tanh ? 1 : 0));
+        TP_TRY(tp_dev_bias_grad(b->dev, b->dt, N, hid, dyf, p2.bias_grad->data));
+    TP_TRY(tpl_gemm(b->dev, b->dt, 0, 1, N, fl, hid, 0.0f, dyf, hid, p2.weight->data, hid, dh, fl));
+    TP_TRY(tp_dev_gelu_bwd(b->dev, b->dt, N * fl, b->mpre.ptr, dh, dh, b->gelu_tanh ? 1 : 0));
     /* fc1: dW1 += x^T dh, db1 += colsum(dh), dx = reduce-scatter(dh W1^T) */
-    TP_TRY(tpl_gemm(b->dev, TP_F32, 1, 0, hid, fl, N, 1.0f, b->mx.ptr, hid, dh, fl,
+    TP_TRY(tpl_gemm(b->dev, b->dt, 1, 0, hid, fl, N, 1.0f, b->mx.ptr, hid, dh, fl,
                     p1.weight_grad->data, fl));
     if (p1.bias_grad)
-        TP_TRY(tp_dev_bias_grad(b->dev, TP_F32, N, fl, dh, p1.bias_grad->data));
-    TP_TRY(tpl_gemm(b->dev, TP_F32, 0, 1, N, hid, fl, 0.0f, dh, fl, p1.weight->data, fl, dyf, hid));
+        TP_TRY(tp_dev_bias_grad(b->dev, b->dt, N, fl, dh, p1.bias_grad->data));
+    TP_TRY(tpl_gemm(b->dev, b->dt, 0, 1, N, hid, fl, 0.0f, dh, fl, p1.weight->data, fl, dyf, hid));
     for (int i = 0; i < b->T; i++)
         b->counts[i] = (size_t)((b->off[i + 1] - b->off[i]) * hid);
-    return tp_reduce_scatterv(b->comm, dyf, dx->data, b->counts, TP_F32, TP_SUM);
+    return tp_reduce_scatterv(b->comm, dyf, dx->data, b->counts, b->dt, TP_SUM);
 }
 
 static tp_status forward_body(tp_block *b, const tp_tensor *x, tp_tensor *y, int64_t batch,
                               int64_t seq)
 {
     int64_t rows = b->rows, n = rows * b->hidden;
-    tp_tensor h1 = tpl_view2p(b->dev, TP_F32, b->h1.ptr, rows, b->hidden);
-    tp_tensor r1 = tpl_view2p(b->dev, TP_F32, b->r1.ptr, rows, b->hidden);
-    tp_tensor h2 = tpl_view2p(b->dev, TP_F32, b->h2.ptr, rows, b->hidden);
+    tp_tensor h1 = tpl_view2p(b->dev, b->dt, b->h1.ptr, rows, b->hidden);
+    tp_tensor r1 = tpl_view2p(b->dev, b->dt, b->r1.ptr, rows, b->hidden);
+    tp_tensor h2 = tpl_view2p(b->dev, b->dt, b->h2.ptr, rows, b->hidden);
     tp_tensor x2 = tpl_view2(x, rows, b->hidden);
     tp_tensor y2 = tpl_view2(y, rows, b->hidden);
     TP_TRY(tp_norm_forward(b->ln1, &x2, &h1));
     TP_TRY(tp_attention_forward(b->attn, &h1, batch, seq, &r1));
     if (n > 0) /* h = x + attn */
-        TP_TRY(tp_dev_axpby(b->dev, TP_F32, n, 1.0f, x2.data, 1.0f, r1.data));
+        TP_TRY(tp_dev_axpby(b->dev, b->dt, n, 1.0f, x2.data, 1.0f, r1.data));
     TP_TRY(tp_norm_forward(b->ln2, &r1, &h2));
     TP_TRY(b->sp ? sp_mlp_forward(b, &h2, &y2) : tp_mlp_forward(b->mlp, &h2, &y2));
     if (n > 0) /* y = h + mlp */
-        TP_TRY(tp_dev_axpby(b->dev, TP_F32, n, 1.0f, r1.data, 1.0f, y2.data));
+        TP_TRY(tp_dev_axpby(b->dev, b->dt, n, 1.0f, r1.data, 1.0f, y2.data));
     return TP_OK;
 }
 
@@ -247,7 +255,7 @@ tp_status tp_block_forward(tp_block *b, const tp_tensor *x, int64_t batch, int64
     b->saved = false;
     int64_t tokens, rows;
     TP_TRY(tpl_mul(b->label, "tokens batch x seq", batch, seq, &tokens));
-    TP_TRY(tpl_check_act(b->label, "x", x, b->dev, TP_F32, &rows));
+    TP_TRY(tpl_check_act(b->label, "x", x, b->dev, b->dt, &rows));
     b->tokens = tokens;
     tpl_shard_offsets(b->tokens, b->T, b->off);
     if (x->shape[x->ndim - 1] != b->hidden)
@@ -259,9 +267,9 @@ tp_status tp_block_forward(tp_block *b, const tp_tensor *x, int64_t batch, int64
             TP_ERR_SHAPE, "%s: x has %lld token rows, expected %lld (%s of batch*seq = %lld)",
             b->label, (long long)rows, (long long)want,
             b->sp ? "this rank's sequence-parallel shard" : "all", (long long)b->tokens);
-    TP_TRY(tpl_prepare_out(b->label, "y", y, x, b->dev, TP_F32, b->hidden, ""));
+    TP_TRY(tpl_prepare_out(b->label, "y", y, x, b->dev, b->dt, b->hidden, ""));
     b->rows = rows;
-    size_t bytes = (size_t)(rows * b->hidden) * XF_ES;
+    size_t bytes = (size_t)(rows * b->hidden) * b->es;
     TP_TRY(tpl_ws_reserve(&b->h1, bytes, b->label));
     TP_TRY(tpl_ws_reserve(&b->r1, bytes, b->label));
     TP_TRY(tpl_ws_reserve(&b->h2, bytes, b->label));
@@ -283,27 +291,27 @@ static tp_status backward_body(tp_block *b, const tp_tensor *dy, tp_tensor *dx)
     tp_tensor dy2 = tpl_view2(dy, rows, b->hidden);
     tp_tensor dx2 = tpl_view2(dx, rows, b->hidden);
     /* g1: dLN2-input, then dr1; g2: dh2, then dh1 */
-    tp_tensor g1 = tpl_view2p(b->dev, TP_F32, b->d1.ptr, rows, b->hidden);
-    tp_tensor g2 = tpl_view2p(b->dev, TP_F32, b->d2.ptr, rows, b->hidden);
-    float *contrib = b->contrib.ptr;
+    tp_tensor g1 = tpl_view2p(b->dev, b->dt, b->d1.ptr, rows, b->hidden);
+    tp_tensor g2 = tpl_view2p(b->dev, b->dt, b->d2.ptr, rows, b->hidden);
+    char *contrib = b->contrib.ptr, *contrib2 = contrib + (size_t)c1 * b->es;
     /* y = h + MLP(LN2(h)): dh2 = MLP'(dy); dh = LN2'(dh2) + dy */
     TP_TRY(b->sp ? sp_mlp_backward(b, &dy2, &g2) : tp_mlp_backward(b->mlp, &dy2, &g2));
-    TP_TRY(b->sp ? tpl_norm_backward_local(b->ln2, &g2, &g1, contrib + c1)
+    TP_TRY(b->sp ? tpl_norm_backward_local(b->ln2, &g2, &g1, contrib2)
                  : tp_norm_backward(b->ln2, &g2, &g1));
     if (n > 0)
-        TP_TRY(tp_dev_axpby(b->dev, TP_F32, n, 1.0f, dy2.data, 1.0f, g1.data));
+        TP_TRY(tp_dev_axpby(b->dev, b->dt, n, 1.0f, dy2.data, 1.0f, g1.data));
     /* h = x + Attn(LN1(x)): dh1 = Attn'(dh); dx = LN1'(dh1) + dh */
     TP_TRY(tp_attention_backward(b->attn, &g1, &g2));
     TP_TRY(b->sp ? tpl_norm_backward_local(b->ln1, &g2, &dx2, contrib)
                  : tp_norm_backward(b->ln1, &g2, &dx2));
     if (n > 0)
-        TP_TRY(tp_dev_axpby(b->dev, TP_F32, n, 1.0f, g1.data, 1.0f, dx2.data));
+        TP_TRY(tp_dev_axpby(b->dev, b->dt, n, 1.0f, g1.data, 1.0f, dx2.data));
     if (!b->sp)
         return TP_OK;
     /* sequence parallel: both norms' partial parameter grads in one all-reduce */
-    TP_TRY(tp_all_reduce(b->comm, contrib, contrib, (size_t)(c1 + c2), TP_F32, TP_SUM));
+    TP_TRY(tp_all_reduce(b->comm, contrib, contrib, (size_t)(c1 + c2), b->dt, TP_SUM));
     TP_TRY(tpl_norm_add_contrib(b->ln1, contrib));
-    return tpl_norm_add_contrib(b->ln2, contrib + c1);
+    return tpl_norm_add_contrib(b->ln2, contrib2);
 }
 
 tp_status tp_block_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx)
@@ -315,7 +323,7 @@ tp_status tp_block_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx)
                             "%s: backward called before forward (it needs the saved activations)",
                             b->label);
     int64_t rows;
-    TP_TRY(tpl_check_act(b->label, "dy", dy, b->dev, TP_F32, &rows));
+    TP_TRY(tpl_check_act(b->label, "dy", dy, b->dev, b->dt, &rows));
     if (rows != b->rows || dy->shape[dy->ndim - 1] != b->hidden)
         return tp_set_error(TP_ERR_SHAPE,
                             "%s: dy is [%lld, %lld], expected the forward output's [%lld, %lld]",
@@ -323,13 +331,13 @@ tp_status tp_block_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx)
                             (long long)b->rows, (long long)b->hidden);
     if (!dx)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: dx is NULL", b->label);
-    TP_TRY(tpl_prepare_out(b->label, "dx", dx, &b->x_saved, b->dev, TP_F32, b->hidden, ""));
-    size_t bytes = (size_t)(rows * b->hidden) * XF_ES;
+    TP_TRY(tpl_prepare_out(b->label, "dx", dx, &b->x_saved, b->dev, b->dt, b->hidden, ""));
+    size_t bytes = (size_t)(rows * b->hidden) * b->es;
     TP_TRY(tpl_ws_reserve(&b->d1, bytes, b->label));
     TP_TRY(tpl_ws_reserve(&b->d2, bytes, b->label));
     if (b->sp) {
         size_t cbytes =
-            (size_t)(tpl_norm_contrib_len(b->ln1) + tpl_norm_contrib_len(b->ln2)) * XF_ES;
+            (size_t)(tpl_norm_contrib_len(b->ln1) + tpl_norm_contrib_len(b->ln2)) * b->es;
         TP_TRY(tpl_ws_reserve(&b->contrib, cbytes, b->label));
         TP_TRY(tp_dev_memset(b->dev, b->contrib.ptr, 0, cbytes));
     }

@@ -22,6 +22,8 @@ struct tp_norm {
     int64_t dim;
     bool rms, has_bias, sp;
     float eps;
+    tp_dtype dt; /* parameters, their gradients and activations; statistics f32 */
+    size_t es;
     tp_tensor gamma, beta, dgamma, dbeta;
     tpl_ws mean, rstd, contrib;
     tp_tensor x_saved;
@@ -33,10 +35,10 @@ void tp_norm_free(tp_norm *n)
 {
     if (!n)
         return;
-    tp_tensor_release(&n->gamma);
-    tp_tensor_release(&n->beta);
-    tp_tensor_release(&n->dgamma);
-    tp_tensor_release(&n->dbeta);
+    tpl_release(&n->gamma, TP_USE_PARAMETERS);
+    tpl_release(&n->beta, TP_USE_PARAMETERS);
+    tpl_release(&n->dgamma, TP_USE_GRADIENTS);
+    tpl_release(&n->dbeta, TP_USE_GRADIENTS);
     tpl_ws_release(&n->mean);
     tpl_ws_release(&n->rstd);
     tpl_ws_release(&n->contrib);
@@ -57,11 +59,14 @@ tp_status tp_norm_create(tp_comm *comm, const tp_norm_config *cfg, tp_norm **out
     n->comm = comm;
     n->dev = tp_comm_device(comm);
     n->mean.dev = n->rstd.dev = n->contrib.dev = n->dev;
+    n->mean.keep = n->rstd.keep = true;
     n->dim = cfg->dim;
     n->rms = cfg->rms;
     n->has_bias = cfg->bias;
     n->sp = cfg->sequence_parallel;
     n->eps = cfg->eps > 0.0f ? cfg->eps : 1e-5f;
+    n->dt = cfg->dtype;
+    n->es = tp_dtype_size(cfg->dtype);
     n->label = tpl_label(cfg->rms ? "RMSNorm" : "LayerNorm", cfg->name, comm);
     tp_status st;
     float *host = NULL;
@@ -74,6 +79,7 @@ tp_status tp_norm_create(tp_comm *comm, const tp_norm_config *cfg, tp_norm **out
                           (long long)cfg->dim, (double)cfg->eps);
         goto fail;
     }
+    TP_TRY_GOTO(tpl_check_dtype(n->label, n->dt), st, fail);
     int64_t two_dim;
     TP_TRY_GOTO(tpl_mul(n->label, "dim x 2 parameters", n->dim, 2, &two_dim), st, fail);
     host = malloc((size_t)n->dim * XF_ES);
@@ -83,13 +89,13 @@ tp_status tp_norm_create(tp_comm *comm, const tp_norm_config *cfg, tp_norm **out
     }
     for (int64_t i = 0; i < n->dim; i++)
         host[i] = cfg->full_gamma ? cfg->full_gamma[i] : 1.0f;
-    TP_TRY_GOTO(tp_tensor_alloc(n->dev, TP_F32, 1, &n->dim, &n->gamma), st, fail);
-    TP_TRY_GOTO(tp_tensor_upload(&n->gamma, host), st, fail);
+    TP_TRY_GOTO(tpl_alloc(n->dev, TP_USE_PARAMETERS, n->dt, 1, &n->dim, &n->gamma), st, fail);
+    TP_TRY_GOTO(tpl_upload_f32(n->dev, n->dt, n->gamma.data, host, (size_t)n->dim), st, fail);
     if (n->has_bias) {
         for (int64_t i = 0; i < n->dim; i++)
             host[i] = cfg->full_beta ? cfg->full_beta[i] : 0.0f;
-        TP_TRY_GOTO(tp_tensor_alloc(n->dev, TP_F32, 1, &n->dim, &n->beta), st, fail);
-        TP_TRY_GOTO(tp_tensor_upload(&n->beta, host), st, fail);
+        TP_TRY_GOTO(tpl_alloc(n->dev, TP_USE_PARAMETERS, n->dt, 1, &n->dim, &n->beta), st, fail);
+        TP_TRY_GOTO(tpl_upload_f32(n->dev, n->dt, n->beta.data, host, (size_t)n->dim), st, fail);
     }
     free(host);
     *out = n;
@@ -102,7 +108,7 @@ fail:
 
 static tp_status check_in(tp_norm *n, const char *what, const tp_tensor *t, int64_t *rows)
 {
-    TP_TRY(tpl_check_act(n->label, what, t, n->dev, TP_F32, rows));
+    TP_TRY(tpl_check_act(n->label, what, t, n->dev, n->dt, rows));
     if (t->shape[t->ndim - 1] != n->dim)
         return tp_set_error(TP_ERR_SHAPE,
                             "%s: %s last dim expected %lld (the normalized dim), got %lld",
@@ -117,13 +123,13 @@ tp_status tp_norm_forward(tp_norm *n, const tp_tensor *x, tp_tensor *y)
     int64_t rows;
     n->saved = false;
     TP_TRY(check_in(n, "x", x, &rows));
-    TP_TRY(tpl_prepare_out(n->label, "y", y, x, n->dev, TP_F32, n->dim, ""));
+    TP_TRY(tpl_prepare_out(n->label, "y", y, x, n->dev, n->dt, n->dim, ""));
     TP_TRY(tpl_ws_reserve(&n->mean, (size_t)(rows ? rows : 1) * XF_ES, n->label));
     TP_TRY(tpl_ws_reserve(&n->rstd, (size_t)(rows ? rows : 1) * XF_ES, n->label));
     tp_phase prev = tp_phase_set(n->comm, TP_PHASE_FORWARD);
     tp_status st = TP_OK;
     if (rows > 0)
-        st = tp_dev_norm(n->dev, TP_F32, rows, n->dim, x->data, n->gamma.data,
+        st = tp_dev_norm(n->dev, n->dt, rows, n->dim, x->data, n->gamma.data,
                          n->has_bias ? n->beta.data : NULL, y->data, n->rms ? NULL : n->mean.ptr,
                          n->rstd.ptr, n->eps, n->rms ? 1 : 0);
     tp_phase_set(n->comm, prev);
@@ -139,9 +145,9 @@ tp_status tp_norm_forward(tp_norm *n, const tp_tensor *x, tp_tensor *y)
 static tp_status ensure_grads(tp_norm *n)
 {
     if (!n->dgamma.data)
-        TP_TRY(tp_tensor_alloc(n->dev, TP_F32, 1, &n->dim, &n->dgamma));
+        TP_TRY(tpl_alloc(n->dev, TP_USE_GRADIENTS, n->dt, 1, &n->dim, &n->dgamma));
     if (n->has_bias && !n->dbeta.data)
-        TP_TRY(tp_tensor_alloc(n->dev, TP_F32, 1, &n->dim, &n->dbeta));
+        TP_TRY(tpl_alloc(n->dev, TP_USE_GRADIENTS, n->dt, 1, &n->dim, &n->dbeta));
     return TP_OK;
 }
 
@@ -154,6 +160,11 @@ tp_status tp_norm_zero_grad(tp_norm *n)
     if (n->has_bias)
         TP_TRY(tp_dev_memset(n->dev, n->dbeta.data, 0, tp_tensor_bytes(&n->dbeta)));
     return TP_OK;
+}
+
+tp_dtype tpl_norm_dtype(const tp_norm *n)
+{
+    return n->dt;
 }
 
 int64_t tpl_norm_contrib_len(const tp_norm *n)
@@ -177,28 +188,28 @@ static tp_status bwd(tp_norm *n, const tp_tensor *dy, tp_tensor *dx, void *dg, v
                             n->label, (long long)rows, (long long)n->rows);
     if (!dx)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: dx is NULL", n->label);
-    TP_TRY(tpl_prepare_out(n->label, "dx", dx, &n->x_saved, n->dev, TP_F32, n->dim, ""));
+    TP_TRY(tpl_prepare_out(n->label, "dx", dx, &n->x_saved, n->dev, n->dt, n->dim, ""));
     if (rows == 0)
         return TP_OK;
-    return tp_dev_norm_bwd(n->dev, TP_F32, rows, n->dim, n->x_saved.data, n->gamma.data,
+    return tp_dev_norm_bwd(n->dev, n->dt, rows, n->dim, n->x_saved.data, n->gamma.data,
                            n->rms ? NULL : n->mean.ptr, n->rstd.ptr, dy->data, dx->data, dg, db,
                            n->rms ? 1 : 0);
 }
 
 tp_status tpl_norm_backward_local(tp_norm *n, const tp_tensor *dy, tp_tensor *dx, void *contrib)
 {
-    float *c = contrib;
-    return bwd(n, dy, dx, c, n->has_bias ? c + n->dim : NULL);
+    char *c = contrib;
+    return bwd(n, dy, dx, c, n->has_bias ? c + (size_t)n->dim * n->es : NULL);
 }
 
 tp_status tpl_norm_add_contrib(tp_norm *n, const void *contrib)
 {
     TP_TRY(ensure_grads(n));
-    TP_TRY(tp_dev_axpby(n->dev, TP_F32, n->dim, 1.0f, contrib, 1.0f, n->dgamma.data));
+    TP_TRY(tp_dev_axpby(n->dev, n->dt, n->dim, 1.0f, contrib, 1.0f, n->dgamma.data));
     if (!n->has_bias)
         return TP_OK;
-    return tp_dev_axpby(n->dev, TP_F32, n->dim, 1.0f, (const float *)contrib + n->dim, 1.0f,
-                        n->dbeta.data);
+    return tp_dev_axpby(n->dev, n->dt, n->dim, 1.0f, (const char *)contrib + (size_t)n->dim * n->es,
+                        1.0f, n->dbeta.data);
 }
 
 /* Sequence parallel: this shard's parameter-gradient part, summed over the
@@ -206,10 +217,10 @@ tp_status tpl_norm_add_contrib(tp_norm *n, const void *contrib)
 static tp_status sp_backward(tp_norm *n, const tp_tensor *dy, tp_tensor *dx)
 {
     int64_t len = tpl_norm_contrib_len(n);
-    TP_TRY(tpl_ws_reserve(&n->contrib, (size_t)len * XF_ES, n->label));
-    TP_TRY(tp_dev_memset(n->dev, n->contrib.ptr, 0, (size_t)len * XF_ES));
+    TP_TRY(tpl_ws_reserve(&n->contrib, (size_t)len * n->es, n->label));
+    TP_TRY(tp_dev_memset(n->dev, n->contrib.ptr, 0, (size_t)len * n->es));
     TP_TRY(tpl_norm_backward_local(n, dy, dx, n->contrib.ptr));
-    TP_TRY(tp_all_reduce(n->comm, n->contrib.ptr, n->contrib.ptr, (size_t)len, TP_F32, TP_SUM));
+    TP_TRY(tp_all_reduce(n->comm, n->contrib.ptr, n->contrib.ptr, (size_t)len, n->dt, TP_SUM));
     return tpl_norm_add_contrib(n, n->contrib.ptr);
 }
 

@@ -10,6 +10,7 @@
 /* Norm pieces the block uses to fuse its two norms' sequence-parallel
  * parameter-gradient all-reduces into one. */
 int64_t tpl_norm_contrib_len(const tp_norm *n); /* dim * (1 + bias) */
+tp_dtype tpl_norm_dtype(const tp_norm *n);      /* of its parameters and contributions */
 /* Backward writing this call's parameter-gradient contribution to contrib
  * (device, tpl_norm_contrib_len floats, zeroed by the caller) instead of
  * accumulating it; dx as tp_norm_backward. No communication. */
