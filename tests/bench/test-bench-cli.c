@@ -65,7 +65,6 @@ START_TEST(bad_arguments)
         {"plot", "missing --out"},
         {"gemm --bogus", "unknown option '--bogus'"},
         {"collectives --compare-raw -e 8 -q", "--compare-raw"}, /* loopback: no raw library */
-        {"layer --layer attention --dtype bf16 -q", "runs in f32 only"},
         {"layer --layer mlp --dtype f64 -q", "bad --dtype 'f64'"},
     };
     for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
@@ -184,6 +183,34 @@ START_TEST(layer_dtype)
         seen++;
     }
     ck_assert_int_eq(seen, 3);
+    g_ptr_array_free(recs, TRUE);
+    bench_run_free(&r);
+    g_free(args);
+
+    /* the transformer layers in bf16 too: 2-byte payloads, so the bytes
+     * counted on the wire are the formula's for 2-byte elements */
+    args = g_strdup_printf("layer --layer block --dtype bf16 --sweep-tp 1,2 --batch 1 --seq 7 "
+                           "--hidden 12 --ffn 20 --heads 2 -n 1 -w 0 -q --json %s",
+                           json);
+    unlink(json);
+    r = run(args, NULL);
+    ck_assert_msg(r.code == 0, "%s: exit %d\n%s", args, r.code, r.err);
+    recs = read_json(json);
+    seen = 0;
+    for (guint i = 0; i < recs->len; i++) {
+        const bench_record *rec = g_ptr_array_index(recs, i);
+        ck_assert_str_eq(bench_rec_get_str(rec, "dtype"), "bf16");
+        if (bench_rec_get_num(rec, "rank", 0) != -1 || bench_rec_get_num(rec, "tp", 0) != 2)
+            continue;
+        double f = bench_rec_get_num(rec, "formula_bytes", -1),
+               w = bench_rec_get_num(rec, "wire_bytes", -2);
+        /* forward: 2 all-reduces of 7 x 12 bf16, ring factor 2(T-1)/T = 1 */
+        if (strcmp(bench_rec_get_str(rec, "phase"), "forward") == 0)
+            ck_assert_msg(fabs(f - 2 * 7 * 12 * 2) <= JSON_REL * f, "forward formula %g", f);
+        ck_assert_msg(f > 0 && fabs(w - f) <= JSON_REL * f, "block bf16: wire %g formula %g", w, f);
+        seen++;
+    }
+    ck_assert_int_eq(seen, 2);
     g_ptr_array_free(recs, TRUE);
     bench_run_free(&r);
     g_free(args);

@@ -880,13 +880,6 @@ int bench_opts_validate(const bench_opts *o, char *err, size_t errlen)
         if (!bench_layer_find(o->layer))
             return bench_fail(err, errlen, "%s: unknown layer '%s': expected one of %s", cmd,
                               o->layer, bench_layer_names());
-        const bench_layer_desc *d = bench_layer_find(o->layer);
-        if (o->gemm_dtype != TP_F32 && bench_layer_is_xf(bench_layer_kind(d)))
-            return bench_fail(
-                err, errlen,
-                "%s: --dtype %s: layer '%s' runs in f32 only; bf16/f16 are implemented for "
-                "linear-col, linear-row and mlp (use --dtype f32 or one of those layers)",
-                cmd, o->gemm_dtype == TP_BF16 ? "bf16" : "f16", o->layer);
         if (o->tp && check_split(o, o->tp, "--tp/TP_WORLD_SIZE", err, errlen))
             return -1;
         for (int i = 0; i < o->n_sweep_tp; i++)
@@ -983,8 +976,8 @@ static const char help_layer_tail[] =
     "  --no-bias           layers without bias\n"
     "  --gelu-tanh         mlp: tanh-approximated GeLU (as Megatron's bias_gelu fusion;\n"
     "                      fused into the GEMM epilogue by cuBLASLt on cuda, bf16/f16)\n"
-    "  --dtype T           linear-col, linear-row, mlp: f32 (default), bf16 or f16 for\n"
-    "                      weights, activations and gradients (f32 accumulation)\n"
+    "  --dtype T           f32 (default), bf16 or f16 for weights, activations and\n"
+    "                      gradients (f32 accumulation; every layer)\n"
     "  --backward          each iteration runs forward then backward (dx and weight\n"
     "                      gradients); both phases are reported\n"
     "  --sweep-tp LIST     e.g. 1,2,4 (default: --tp)\n"

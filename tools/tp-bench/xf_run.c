@@ -53,7 +53,16 @@ static tp_status fill(tp_tensor *t, uint64_t id, int64_t lo, int64_t hi, int64_t
                             " input (%zu bytes)",
                             hi - lo, cols, (n ? n : 1) * sizeof *h);
     tp_master_fill(1, id, cols, lo, hi, 0, cols, 1.0f, h);
-    tp_status st = tp_tensor_upload(t, h);
+    tp_status st;
+    void *c = t->dtype == TP_F32 ? h : malloc((n ? n : 1) * tp_dtype_size(t->dtype));
+    if (!c) {
+        free(h);
+        return tp_set_error(TP_ERR_NO_MEMORY, "tp-bench: out of host memory for an input");
+    }
+    tp_host_convert(t->dtype, c, TP_F32, h, n); /* bf16/f16: round to nearest even */
+    st = tp_tensor_upload(t, c);
+    if (c != h)
+        free(c);
     free(h);
     return st;
 }
@@ -108,7 +117,8 @@ tp_status bench_xf_create(int kind, tp_comm *comm, const bench_opts *o, bench_xf
                                      .sequence_parallel = o->sequence_parallel,
                                      .seed = 1,
                                      .tensor_id = 10,
-                                     .name = "bench.attention"};
+                                     .name = "bench.attention",
+                                     .dtype = o->gemm_dtype};
             TP_TRY_GOTO(tp_attention_create(comm, &c, &b->attn), st, done);
             break;
         }
@@ -123,7 +133,8 @@ tp_status bench_xf_create(int kind, tp_comm *comm, const bench_opts *o, bench_xf
                                  .sequence_parallel = o->sequence_parallel,
                                  .seed = 1,
                                  .tensor_id = 10,
-                                 .name = "bench.block"};
+                                 .name = "bench.block",
+                                 .dtype = o->gemm_dtype};
             TP_TRY_GOTO(tp_block_create(comm, &c, &b->block), st, done);
             break;
         }
@@ -139,7 +150,8 @@ tp_status bench_xf_create(int kind, tp_comm *comm, const bench_opts *o, bench_xf
                                .tied = true,
                                .sequence_parallel = o->sequence_parallel,
                                .bias = o->bias,
-                               .seed = 1};
+                               .seed = 1,
+                               .dtype = o->gemm_dtype};
             TP_TRY_GOTO(tp_gpt_create(comm, &c, &b->gpt), st, done);
             TP_TRY_GOTO(tp_tensor_alloc2(dev, TP_I32, o->batch, o->seq, &b->ids), st, done);
             TP_TRY_GOTO(tp_tensor_alloc2(dev, TP_I32, o->batch, o->seq, &b->targets), st, done);
@@ -152,10 +164,10 @@ tp_status bench_xf_create(int kind, tp_comm *comm, const bench_opts *o, bench_xf
             goto done;
     }
     /* attention, block: x, dy of this rank's rows; y, dx allocated here */
-    TP_TRY_GOTO(tp_tensor_alloc2(dev, TP_F32, hi - lo, o->hidden, &b->x), st, done);
-    TP_TRY_GOTO(tp_tensor_alloc2(dev, TP_F32, hi - lo, o->hidden, &b->y), st, done);
-    TP_TRY_GOTO(tp_tensor_alloc2(dev, TP_F32, hi - lo, o->hidden, &b->dy), st, done);
-    TP_TRY_GOTO(tp_tensor_alloc2(dev, TP_F32, hi - lo, o->hidden, &b->dx), st, done);
+    TP_TRY_GOTO(tp_tensor_alloc2(dev, o->gemm_dtype, hi - lo, o->hidden, &b->x), st, done);
+    TP_TRY_GOTO(tp_tensor_alloc2(dev, o->gemm_dtype, hi - lo, o->hidden, &b->y), st, done);
+    TP_TRY_GOTO(tp_tensor_alloc2(dev, o->gemm_dtype, hi - lo, o->hidden, &b->dy), st, done);
+    TP_TRY_GOTO(tp_tensor_alloc2(dev, o->gemm_dtype, hi - lo, o->hidden, &b->dx), st, done);
     TP_TRY_GOTO(fill(&b->x, 99, lo, hi, o->hidden), st, done);
     st = fill(&b->dy, 98, lo, hi, o->hidden);
 done:
@@ -226,18 +238,17 @@ void bench_xf_print_result(const bench_opts *o, const bench_layer_result *R)
         double seed = bench_xf_seed_block_bytes(o, R->T);
         printf("# block forward + backward: measured payload %.0f B, ring traffic %.0f B per rank; "
                "seed's "
-               "formula 8 b s h (T-1)/T x 4 = %.0f B%s\n",
-               pay, wire, seed,
+               "formula 8 b s h (T-1)/T x %zu = %.0f B%s\n",
+               pay, wire, tp_dtype_size(o->gemm_dtype), seed,
                o->sequence_parallel
                    ? " (+ the norms' gradient all-reduce with sequence parallelism)"
                    : "");
     } else if (kind == BENCH_LK_TRANSFORMER) {
         double seed = bench_xf_seed_block_bytes(o, R->T) * (double)o->layers;
-        printf(
-            "# transformer step: measured payload %.0f B, ring traffic %.0f B per rank; the "
-            "blocks' share "
-            "by the seed's formula, L x 8 b s h (T-1)/T x 4 = %.0f B (the rest: embedding, output "
-            "projection, cross-entropy)\n",
-            pay, wire, seed);
+        printf("# transformer step: measured payload %.0f B, ring traffic %.0f B per rank; the "
+               "blocks' share "
+               "by the seed's formula, L x 8 b s h (T-1)/T x %zu = %.0f B (the rest: embedding, "
+               "output projection, cross-entropy)\n",
+               pay, wire, tp_dtype_size(o->gemm_dtype), seed);
     }
 }

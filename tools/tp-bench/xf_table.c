@@ -8,6 +8,7 @@
  * file, never the other way round. */
 #include "bench.h"
 
+#include <tp/tp-plugin-util.h>
 #include <inttypes.h>
 #include <string.h>
 
@@ -110,25 +111,36 @@ double bench_xf_flops(int kind, const bench_opts *o, int phase)
  * the KV heads several ranks hold (GQA/MQA with kv_heads not split evenly):
  * each such head's K and V weight columns and biases, once in the
  * all-reduce, or once per holder in the sequence-parallel reduce-scatter. */
+/* The rank holding query head q of H sharded over T ranks as
+ * tp_shard_range does: the first H % T ranks hold one head more. (Computed
+ * here, not called: this file is in the library the unit tests link
+ * without libtp.) */
+static int head_rank(int64_t H, int T, int64_t q)
+{
+    int64_t base = H / T, rem = H % T, big = rem * (base + 1);
+    return (int)(q < big ? q / (base + 1) : rem + (q - big) / base);
+}
+
 static double kv_extra(const bench_opts *o, int T)
 {
     int64_t H = o->heads, KV = kv_heads(o), hd = head_dim(o);
-    if (T < 1 || H % T || KV < 1 || H % KV)
+    if (T < 1 || H < T || KV < 1 || H % KV)
         return 0;
-    int64_t hl = H / T, g = H / KV, region = 2 * hd * (o->hidden + (o->bias ? 1 : 0));
+    /* query heads are sharded by tp_shard_range; KV head k serves query
+     * heads [k g, (k+1) g) and is shared when they lie on two ranks */
+    int64_t g = H / KV, region = 2 * hd * (o->hidden + (o->bias ? 1 : 0));
     double n = 0;
-    for (int64_t k = 0; k < KV; k++) {
-        int64_t first = k * g / hl, last = ((k + 1) * g - 1) / hl;
-        if (first != last)
-            n += (double)region * (double)(o->sequence_parallel ? last - first + 1 : 1);
-    }
+    for (int64_t k = 0; k < KV; k++)
+        if (head_rank(H, T, k * g) != head_rank(H, T, (k + 1) * g - 1))
+            n += (double)region;
     return n;
 }
 
-static int add(bench_layer_comm *out, int n, int max, int op, int calls, double floats)
+/* payload bytes of `elems` elements of es bytes each */
+static int add(bench_layer_comm *out, int n, int max, int op, int calls, double elems, double es)
 {
     if (calls > 0 && n < max)
-        out[n++] = (bench_layer_comm){op, calls, floats * 4.0};
+        out[n++] = (bench_layer_comm){op, calls, elems * es};
     return n;
 }
 
@@ -145,22 +157,25 @@ int bench_xf_expected_comm(int kind, const bench_opts *o, int T, int phase, benc
     const int L = kind == BENCH_LK_TRANSFORMER ? (int)o->layers : 1;
     const int regions = kind == BENCH_LK_ATTENTION ? 1 : 2; /* TP regions per block */
     const double extra = kv_extra(o, T);
+    /* activations and their gradients travel in the layer's dtype; the
+     * cross-entropy statistics in f32 */
+    const double es = (double)tp_util_dtype_size(o->gemm_dtype), f32 = 4.0;
     int n = 0;
     if (!sp) {
         if (phase == 0) {
             int emb = kind == BENCH_LK_TRANSFORMER; /* embedding all-reduce */
-            n = add(out, n, max, TP_OP_ALL_REDUCE, regions * L + emb, th);
+            n = add(out, n, max, TP_OP_ALL_REDUCE, regions * L + emb, th, es);
             if (kind ==
                 BENCH_LK_TRANSFORMER) { /* cross-entropy: max, then (sum-exp, target, sum) */
-                n = add(out, n, max, TP_OP_ALL_REDUCE, 1, t);
-                n = add(out, n, max, TP_OP_ALL_REDUCE, 1, 3.0 * t);
+                n = add(out, n, max, TP_OP_ALL_REDUCE, 1, t, f32);
+                n = add(out, n, max, TP_OP_ALL_REDUCE, 1, 3.0 * t, f32);
             }
         } else {
             /* per block: QKV input gradient (+ shared KV grads), MLP fc1 input gradient */
-            n = add(out, n, max, TP_OP_ALL_REDUCE, L, th + extra);
-            n = add(out, n, max, TP_OP_ALL_REDUCE, (regions - 1) * L, th);
-            n = add(out, n, max, TP_OP_ALL_REDUCE, kind == BENCH_LK_TRANSFORMER,
-                    th); /* output proj. */
+            n = add(out, n, max, TP_OP_ALL_REDUCE, L, th + extra, es);
+            n = add(out, n, max, TP_OP_ALL_REDUCE, (regions - 1) * L, th, es);
+            n = add(out, n, max, TP_OP_ALL_REDUCE, kind == BENCH_LK_TRANSFORMER, th,
+                    es); /* output proj. */
         }
         return n;
     }
@@ -168,24 +183,25 @@ int bench_xf_expected_comm(int kind, const bench_opts *o, int T, int phase, benc
         int tr = kind == BENCH_LK_TRANSFORMER;
         /* embedding reduce-scatter; per region all-gather + reduce-scatter;
          * final norm output all-gathered for the output projection */
-        n = add(out, n, max, TP_OP_ALL_GATHER, regions * L + tr, th);
-        n = add(out, n, max, TP_OP_REDUCE_SCATTER, regions * L + tr, th);
+        n = add(out, n, max, TP_OP_ALL_GATHER, regions * L + tr, th, es);
+        n = add(out, n, max, TP_OP_REDUCE_SCATTER, regions * L + tr, th, es);
         if (tr) {
-            n = add(out, n, max, TP_OP_ALL_REDUCE, 1, t);
-            n = add(out, n, max, TP_OP_ALL_REDUCE, 1, 3.0 * t);
+            n = add(out, n, max, TP_OP_ALL_REDUCE, 1, t, f32);
+            n = add(out, n, max, TP_OP_ALL_REDUCE, 1, 3.0 * t, f32);
         }
     } else {
         int tr = kind == BENCH_LK_TRANSFORMER;
         /* dy gathered into each row-parallel exit (+ the embedding's);
          * input gradients reduce-scattered (+ the output projection's) */
-        n = add(out, n, max, TP_OP_ALL_GATHER, regions * L + tr, th);
-        n = add(out, n, max, TP_OP_REDUCE_SCATTER, L, th + extra);
-        n = add(out, n, max, TP_OP_REDUCE_SCATTER, (regions - 1) * L + tr, th);
+        n = add(out, n, max, TP_OP_ALL_GATHER, regions * L + tr, th, es);
+        n = add(out, n, max, TP_OP_REDUCE_SCATTER, regions * L + tr, th, es);
+        /* shared KV heads' weight gradients: one all-reduce per block */
+        n = add(out, n, max, TP_OP_ALL_REDUCE, extra > 0 ? L : 0, extra, es);
         /* norms' parameter gradients: the block's two LayerNorms in one
          * all-reduce, the final norm in another */
         if (kind != BENCH_LK_ATTENTION)
-            n = add(out, n, max, TP_OP_ALL_REDUCE, L, 4.0 * h);
-        n = add(out, n, max, TP_OP_ALL_REDUCE, tr, 2.0 * h);
+            n = add(out, n, max, TP_OP_ALL_REDUCE, L, 4.0 * h, es);
+        n = add(out, n, max, TP_OP_ALL_REDUCE, tr, 2.0 * h, es);
     }
     return n;
 }
@@ -208,8 +224,10 @@ void bench_xf_rec_fields(bench_record *r, int kind, const bench_opts *o)
 
 /* The seed's per-block formula, forward + backward without sequence
  * parallelism: 4 all-reduces of b*s*h elements, ring traffic
- * 4 x 2(T-1)/T x b*s*h x 4 bytes = 8 b s h (T-1)/T x 4 per rank. */
+ * 4 x 2(T-1)/T x b*s*h x es bytes = 8 b s h (T-1)/T x es per rank (es: the
+ * dtype's size). */
 double bench_xf_seed_block_bytes(const bench_opts *o, int T)
 {
-    return 8.0 * (double)o->tokens * (double)o->hidden * (double)(T - 1) / (double)T * 4.0;
+    return 8.0 * (double)o->tokens * (double)o->hidden * (double)(T - 1) / (double)T *
+           (double)tp_util_dtype_size(o->gemm_dtype);
 }
