@@ -56,8 +56,12 @@ enum {
     TP_DEVICE_OPS_SLOTS(SLOT_INDEX) N_DEVICE_SLOTS
 };
 #define SLOT_AT(f) (sizeof(size_t) + (size_t)SLOT_INDEX_##f * sizeof(void (*)(void)))
+/* Comm slots after `abort` follow the data field mem_kinds, which (uint32_t padded to the
+ * alignment of the pointer after it) takes one pointer's room. */
+#define COMM_SLOT_AT(f)                                                                            \
+    (SLOT_AT(f) + (SLOT_INDEX_##f > SLOT_INDEX_abort ? sizeof(void (*)(void)) : 0))
 #define ASSERT_COMM_SLOT(f, req, minor)                                                            \
-    _Static_assert(offsetof(tp_comm_ops, f) == SLOT_AT(f),                                         \
+    _Static_assert(offsetof(tp_comm_ops, f) == COMM_SLOT_AT(f),                                    \
                    "TP_COMM_OPS_SLOTS: '" #f "' is out of order or a slot before it is missing");
 #define ASSERT_DEVICE_SLOT(f, req, minor)                                                          \
     _Static_assert(offsetof(tp_device_ops, f) == SLOT_AT(f),                                       \
@@ -65,8 +69,9 @@ enum {
                    "' is out of order or a slot before it is missing");
 TP_COMM_OPS_SLOTS(ASSERT_COMM_SLOT)
 TP_DEVICE_OPS_SLOTS(ASSERT_DEVICE_SLOT)
-_Static_assert(offsetof(tp_comm_ops, mem_kinds) ==
-                   sizeof(size_t) + N_COMM_SLOTS * sizeof(void (*)(void)),
+_Static_assert(offsetof(tp_comm_ops, mem_kinds) == SLOT_AT(abort) + sizeof(void (*)(void)),
+               "TP_COMM_OPS_SLOTS: mem_kinds must follow abort");
+_Static_assert(sizeof(tp_comm_ops) == sizeof(size_t) + (N_COMM_SLOTS + 1) * sizeof(void (*)(void)),
                "TP_COMM_OPS_SLOTS does not list the last slots of tp_comm_ops");
 _Static_assert(sizeof(tp_device_ops) == sizeof(size_t) + N_DEVICE_SLOTS * sizeof(void (*)(void)),
                "TP_DEVICE_OPS_SLOTS does not list the last slots of tp_device_ops");
@@ -125,6 +130,27 @@ static tp_status copy_ops(const char *path, const char *what, unsigned minor, co
             tpi_debug("plugin", "%s: %s slot '%s' came in ABI %d.%u, after the plugin's %d.%u",
                       path, what, slots[i].name, TP_ABI_MAJOR, slots[i].since_minor, TP_ABI_MAJOR,
                       minor);
+    return TP_OK;
+}
+
+/* The nonblocking slots (ABI 1.3) come all six or none: a plugin with some
+ * of them would mix its own requests with the core's progress thread on
+ * one communicator, whose order then differs between ranks. */
+static tp_status check_nonblocking(const char *path, const tp_comm_ops *ops)
+{
+    const slot *first = &comm_slots[SLOT_INDEX_iall_reduce];
+    int set = 0;
+    for (int i = SLOT_INDEX_iall_reduce; i <= SLOT_INDEX_req_free; i++)
+        set += slot_set(ops, &comm_slots[i]);
+    if (set == 0 || set == SLOT_INDEX_req_free - SLOT_INDEX_iall_reduce + 1)
+        return TP_OK;
+    for (int i = SLOT_INDEX_iall_reduce; i <= SLOT_INDEX_req_free; i++)
+        if (!slot_set(ops, &comm_slots[i]))
+            return tp_set_error(TP_ERR_PLUGIN,
+                                "plugin %s refused: it sets %d of the 6 nonblocking slots (%s .. "
+                                "req_free) but '%s' is NULL; provide all six or none (the core "
+                                "then serves the nonblocking API with its progress thread)",
+                                path, set, first->name, comm_slots[i].name);
     return TP_OK;
 }
 
@@ -235,6 +261,7 @@ static tp_status plugin_open(const char *path, tp_plugin **out)
         TP_TRY_GOTO(copy_ops(path, "tp_comm_ops", d->abi_minor, d->comm, &p->comm, sizeof p->comm,
                              comm_slots, N_COMM_SLOTS),
                     st, out);
+        TP_TRY_GOTO(check_nonblocking(path, &p->comm), st, out);
         p->has_comm = true;
     }
     if (d->device) {

@@ -127,7 +127,38 @@ struct tp_comm {
     tp_wait_mode wait_mode; /* tp_stats_set_wait */
     double barrier_s;       /* TP_WAIT_BARRIER: the barrier before the current call */
     tpi_wait_log *wait_log; /* TP_WAIT_CLOCK */
+    /* Nonblocking collectives (request.c): counters, and the pending
+     * requests and progress thread (NULL until the first tp_i* call). */
+    tp_icounter icounters[TP_PHASE_COUNT][TP_OP_COUNT];
+    struct tpi_nb *nb;
 };
+
+/* request.c: nonblocking collectives (comm.c builds on it). */
+
+/* One collective's arguments, as checked by comm.c. */
+typedef struct tpi_coll {
+    tp_op op; /* TP_OP_ALL_REDUCE, TP_OP_ALL_GATHER or TP_OP_REDUCE_SCATTER */
+    const void *send;
+    void *recv;
+    size_t count;         /* all_reduce */
+    const size_t *counts; /* the others: comm->size blocks (copied by tpi_request_issue) */
+    size_t total;         /* sum of counts */
+    tp_dtype dt;
+    tp_redop redop;
+} tpi_coll;
+/* Runs the blocking collective c on comm (the progress thread's copy of
+ * it, whose plugin calls are recorded in the thread's own tp_call). */
+typedef tp_status (*tpi_coll_fn)(tp_comm *comm, const tpi_coll *c);
+/* Start c on comm (after comm->seq++): natively when the plugin has the
+ * nonblocking slots, else on comm's progress thread, which runs `run`.
+ * Counts the call and its issue time; *req is NULL on failure. */
+tp_status tpi_request_issue(tp_comm *comm, const char *fn, const tpi_coll *c, size_t bytes,
+                            tpi_coll_fn run, tp_request **req);
+/* Complete every pending request of comm (before a blocking collective). */
+void tpi_request_drain(tp_comm *comm);
+/* Before comm is freed: drain, detach its requests, end its thread. The
+ * calling thread's error message is kept. */
+void tpi_request_comm_end(tp_comm *comm);
 
 /* comm.c */
 bool tpi_comm_accepts(const tp_comm_ops *ops, tp_mem_kind kind); /* per ops->mem_kinds */

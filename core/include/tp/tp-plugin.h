@@ -56,6 +56,10 @@
  *   1.1  device: optional reduce, host_alloc/host_free, gemm_bias_act,
  *        event_create/record/elapsed/destroy;
  *        tp_rank_env: dev_ops/dev (set by the core before world()).
+ *   1.2  tp_host.progress.
+ *   1.3  comm: optional nonblocking collectives iall_reduce, iall_gather,
+ *        ireduce_scatter with req_test, req_wait, req_free (all six or
+ *        none), appended after mem_kinds.
  */
 #ifndef TP_PLUGIN_H
 #define TP_PLUGIN_H
@@ -68,7 +72,7 @@ extern "C" {
 #endif
 
 #define TP_ABI_MAJOR 1
-#define TP_ABI_MINOR 2
+#define TP_ABI_MINOR 3
 
 /* ---------------------------------------------------------------- types */
 
@@ -393,15 +397,42 @@ typedef struct tp_comm_ops {
      * 0 means host memory only. For a kind not listed the core stages through host memory (see
      * "Memory" above), so a host-memory comm works with any device and needs no change. */
     uint32_t mem_kinds;
+
+    /* --- ABI 1.3: nonblocking collectives; optional, all six or none --- */
+
+    /* Start the collective of the same name (same arguments and rules) and return at once with
+     * a request in *req; the buffers (and counts) stay in use until the request is complete.
+     * The core calls them, and the req_* slots, from the rank's thread only, in the same order
+     * on every rank, interleaved with blocking collectives on this comm only after every
+     * earlier request of this comm completed (the core waits for them first). A bad argument
+     * is reported here; a failure of the transfer (peer gone, timeout) by req_test/req_wait.
+     * Without these slots the core runs the blocking slots on a progress thread of its own,
+     * one per comm (see docs/writing-a-comm-plugin.md, "Nonblocking collectives"). */
+    tp_status (*iall_reduce)(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,
+                             tp_redop op, void **req);
+    tp_status (*iall_gather)(void *comm, const void *send, void *recv, const size_t *counts,
+                             tp_dtype dt, void **req);
+    tp_status (*ireduce_scatter)(void *comm, const void *send, void *recv, const size_t *counts,
+                                 tp_dtype dt, tp_redop op, void **req);
+    /* *done = 1 once complete (its status is then returned; recv is valid when TP_OK), else 0
+     * and TP_OK. Does not block beyond progressing the transfer. */
+    tp_status (*req_test)(void *comm, void *req, int *done);
+    /* Block until complete (bounded by tp_host.timeout_s); return its status. */
+    tp_status (*req_wait)(void *comm, void *req);
+    /* After req_test said done or req_wait returned, once per request, before comm_free. */
+    void (*req_free)(void *comm, void *req);
 } tp_comm_ops;
 
 /* Every function slot of tp_comm_ops, in order: X(name, required, abi_minor it came in); see
- * TP_DEVICE_OPS_SLOTS. */
+ * TP_DEVICE_OPS_SLOTS. The data field mem_kinds sits between abort and the ABI 1.3 slots
+ * (the loader's assertions know it). */
 /* clang-format off */
 #define TP_COMM_OPS_SLOTS(X)                                                                     \
     X(init, 1, 0) X(finalize, 1, 0) X(world, 1, 0) X(split, 1, 0) X(comm_free, 1, 0)              \
     X(all_reduce, 1, 0) X(all_gather, 0, 0) X(reduce_scatter, 0, 0) X(broadcast, 0, 0)           \
-    X(barrier, 0, 0) X(abort, 0, 0)
+    X(barrier, 0, 0) X(abort, 0, 0)                                                              \
+    X(iall_reduce, 0, 3) X(iall_gather, 0, 3) X(ireduce_scatter, 0, 3) X(req_test, 0, 3)         \
+    X(req_wait, 0, 3) X(req_free, 0, 3)
 /* clang-format on */
 
 /* ----------------------------------------------------------- descriptor */
