@@ -414,6 +414,7 @@ static void *rank_thread(void *data)
         cops->comm_free(ch);
         tpi_call_leave(state, TP_OK);
     }
+    tpi_request_rank_end(state);
     tpi_stage_free(state, &dev);
     tpi_device_timing_free(&dev);
     dops->synchronize(dh);

@@ -7,13 +7,16 @@
  * Native (the plugin sets iall_reduce .. req_free): the rank's thread
  * starts the collective in the plugin and later tests or waits for it.
  *
- * Core engine (any other plugin): one progress thread per communicator,
- * created by the first tp_i* call, runs the plugin's blocking collectives
- * in issue order on a private copy of the tp_comm (its own tp_call, so the
- * rank's crash reports and watchdog keep describing the rank's thread).
- * Since every rank issues the same sequence and a blocking collective on
- * the comm first drains its requests, the plugin sees one collective at a
- * time per comm, in the same order on every rank.
+ * Core engine (any other plugin): a progress thread runs the plugin's
+ * blocking collectives in the order the rank issued them, on a private
+ * copy of each tp_comm whose plugin calls are recorded in the thread's own
+ * tp_call (crash reports and the watchdog keep describing the rank's
+ * thread). One thread per rank, serving all of the rank's comms: plugins
+ * may assume one call at a time per rank (tcp shares one socket per peer
+ * among all comms of a process), and running a rank's collectives in its
+ * issue order, across comms, is deadlock-free whenever the same program
+ * with blocking calls is. Any blocking collective, split or free of the
+ * rank first waits until the thread has run every request issued before.
  *
  * Staging: a rank whose comm does not take its device's memory copies the
  * inputs to host buffers of the request at issue and the result back at
@@ -26,6 +29,7 @@
 
 struct tp_request {
     tp_comm *comm;           /* NULL once detached by tp_comm_free */
+    struct tpi_nb *nb;       /* comm's nonblocking state (the progress thread reads it) */
     tp_device *dev;          /* for staging uploads, valid for the rank's life */
     tp_request *prev, *next; /* comm's pending list, issue order */
     const char *fn;          /* "tp_iall_reduce", for messages */
@@ -44,21 +48,29 @@ struct tp_request {
     size_t recv_bytes;
     double t_issued, t_done, wait_s, exposed_s;
     bool complete;    /* the rank's thread finished it: status final, counters may be added */
-    bool worker_done; /* core engine: under nb->mu */
+    bool worker_done; /* core engine: under the progress thread's mu */
     tp_status status;
     char *msg; /* the error message, NULL if none */
 };
 
-typedef struct tpi_nb {
-    tp_request *head, *tail; /* pending: issued, not yet ended by tp_wait */
+/* The rank's progress thread (core engine), shared by its comms. */
+typedef struct tpi_worker {
     GThread *thread;
     GMutex mu;
     GCond cv;
-    GQueue queue; /* for the thread, issue order */
+    GQueue queue;             /* requests to run, issue order */
+    uint64_t issued, settled; /* requests queued / run so far */
     bool stop;
+    int refs;             /* comms with a tpi_nb on it */
+    tp_rank_state wstate; /* the thread's tp_call */
+} tpi_worker;
+
+/* A comm's nonblocking state. */
+typedef struct tpi_nb {
+    tp_request *head, *tail; /* pending: issued, not yet ended by tp_wait */
+    tpi_worker *pg;          /* core engine; NULL for a native plugin */
     tpi_coll_fn run;
-    tp_comm shadow;
-    tp_rank_state wstate;
+    tp_comm shadow; /* the thread's copy of the comm */
 } tpi_nb;
 
 /* ------------------------------------------------------------ the thread */
@@ -72,29 +84,84 @@ static char *error_copy(tp_status st, const char *fn, uint64_t seq, const char *
 
 static gpointer progress_main(gpointer data)
 {
-    tpi_nb *nb = data;
-    g_mutex_lock(&nb->mu);
+    tpi_worker *pg = data;
+    g_mutex_lock(&pg->mu);
     for (;;) {
-        while (g_queue_is_empty(&nb->queue) && !nb->stop)
-            g_cond_wait(&nb->cv, &nb->mu);
-        tp_request *r = g_queue_pop_head(&nb->queue);
+        while (g_queue_is_empty(&pg->queue) && !pg->stop)
+            g_cond_wait(&pg->cv, &pg->mu);
+        tp_request *r = g_queue_pop_head(&pg->queue);
         if (!r)
             break; /* stopped and empty */
-        g_mutex_unlock(&nb->mu);
+        g_mutex_unlock(&pg->mu);
+        tpi_nb *nb = r->nb;
         nb->shadow.seq = r->seq;
         tp_clear_error();
         tp_status st = nb->run(&nb->shadow, &r->c);
         char *msg = st ? error_copy(st, r->fn, r->seq, r->plugin) : NULL;
         double t = tpi_now();
-        g_mutex_lock(&nb->mu);
+        g_mutex_lock(&pg->mu);
         r->status = st;
         r->msg = msg;
         r->t_done = t;
         r->worker_done = true;
-        g_cond_broadcast(&nb->cv);
+        pg->settled++;
+        g_cond_broadcast(&pg->cv);
     }
-    g_mutex_unlock(&nb->mu);
+    g_mutex_unlock(&pg->mu);
     return NULL;
+}
+
+static void progress_stop(tp_rank_state *state)
+{
+    tpi_worker *pg = state->progress;
+    if (!pg)
+        return;
+    g_mutex_lock(&pg->mu);
+    pg->stop = true;
+    g_cond_broadcast(&pg->cv);
+    g_mutex_unlock(&pg->mu);
+    g_thread_join(pg->thread);
+    g_mutex_clear(&pg->mu);
+    g_cond_clear(&pg->cv);
+    g_free(pg);
+    state->progress = NULL;
+}
+
+/* The rank's progress thread, started at its first use. */
+static tp_status progress_get(tp_comm *comm, tpi_worker **out)
+{
+    tp_rank_state *state = comm->state;
+    if (state->progress) {
+        *out = state->progress;
+        return TP_OK;
+    }
+    tpi_worker *pg = g_try_new0(tpi_worker, 1);
+    if (!pg)
+        return tp_set_error(TP_ERR_NO_MEMORY, "nonblocking collectives: cannot allocate %zu bytes",
+                            sizeof *pg);
+    g_mutex_init(&pg->mu);
+    g_cond_init(&pg->cv);
+    g_queue_init(&pg->queue);
+    pg->wstate.world_rank = state->world_rank;
+    pg->wstate.comm_path = state->comm_path;
+    pg->wstate.dev_path = state->dev_path;
+    pg->wstate.phase = TP_PHASE_OTHER;
+    GError *err = NULL;
+    pg->thread = g_thread_try_new("tp-progress", progress_main, pg, &err);
+    if (!pg->thread) {
+        tp_status st = tp_set_error(TP_ERR_INTERNAL,
+                                    "nonblocking collectives on backend '%s': cannot start the "
+                                    "progress thread: %s",
+                                    comm->plugin, err ? err->message : "unknown error");
+        g_clear_error(&err);
+        g_mutex_clear(&pg->mu);
+        g_cond_clear(&pg->cv);
+        g_free(pg);
+        return st;
+    }
+    state->progress = pg;
+    *out = pg;
+    return TP_OK;
 }
 
 static tp_status nb_get(tp_comm *comm, tpi_coll_fn run, tpi_nb **out)
@@ -103,44 +170,25 @@ static tp_status nb_get(tp_comm *comm, tpi_coll_fn run, tpi_nb **out)
         *out = comm->nb;
         return TP_OK;
     }
+    tpi_worker *pg = NULL;
+    if (!comm->ops->req_wait)
+        TP_TRY(progress_get(comm, &pg));
     tpi_nb *nb = g_try_new0(tpi_nb, 1);
     if (!nb)
         return tp_set_error(TP_ERR_NO_MEMORY, "nonblocking collectives: cannot allocate %zu bytes",
                             sizeof *nb);
-    g_mutex_init(&nb->mu);
-    g_cond_init(&nb->cv);
-    g_queue_init(&nb->queue);
     nb->run = run;
-    nb->shadow = *comm;
-    nb->wstate.world_rank = comm->state->world_rank;
-    nb->wstate.comm_path = comm->state->comm_path;
-    nb->wstate.dev_path = comm->state->dev_path;
-    nb->wstate.phase = TP_PHASE_OTHER;
-    nb->shadow.state = &nb->wstate;
-    nb->shadow.wait_mode = TP_WAIT_NONE;
-    nb->shadow.wait_log = NULL;
-    nb->shadow.nb = NULL;
+    nb->pg = pg;
+    if (pg) {
+        pg->refs++;
+        nb->shadow = *comm;
+        nb->shadow.state = &pg->wstate;
+        nb->shadow.wait_mode = TP_WAIT_NONE;
+        nb->shadow.wait_log = NULL;
+        nb->shadow.nb = NULL;
+    }
     comm->nb = nb;
     *out = nb;
-    return TP_OK;
-}
-
-/* Start the thread at the first request that needs it (not for native
- * plugins, whose comms only keep the pending list). */
-static tp_status nb_start_thread(tp_comm *comm, tpi_nb *nb)
-{
-    if (nb->thread)
-        return TP_OK;
-    GError *err = NULL;
-    nb->thread = g_thread_try_new("tp-progress", progress_main, nb, &err);
-    if (!nb->thread) {
-        tp_status st = tp_set_error(TP_ERR_INTERNAL,
-                                    "nonblocking collectives on backend '%s': cannot start the "
-                                    "progress thread: %s",
-                                    comm->plugin, err ? err->message : "unknown error");
-        g_clear_error(&err);
-        return st;
-    }
     return TP_OK;
 }
 
@@ -233,11 +281,11 @@ static void block(tp_request *r)
         tp_status st = tpi_call_leave(s, r->comm->ops->req_wait(r->comm->handle, r->preq));
         complete(r, st);
     } else {
-        tpi_nb *nb = r->comm->nb;
-        g_mutex_lock(&nb->mu);
+        tpi_worker *pg = r->nb->pg;
+        g_mutex_lock(&pg->mu);
         while (!r->worker_done)
-            g_cond_wait(&nb->cv, &nb->mu);
-        g_mutex_unlock(&nb->mu);
+            g_cond_wait(&pg->cv, &pg->mu);
+        g_mutex_unlock(&pg->mu);
         complete(r, r->status);
     }
     double t1 = tpi_now(), done = r->t_done < t1 ? r->t_done : t1;
@@ -258,9 +306,10 @@ static void test_once(tp_request *r)
         if (done || st)
             complete(r, st);
     } else {
-        g_mutex_lock(&r->comm->nb->mu);
+        tpi_worker *pg = r->nb->pg;
+        g_mutex_lock(&pg->mu);
         bool done = r->worker_done;
-        g_mutex_unlock(&r->comm->nb->mu);
+        g_mutex_unlock(&pg->mu);
         if (done)
             complete(r, r->status);
     }
@@ -271,7 +320,7 @@ static void test_once(tp_request *r)
 
 static void unlink_request(tp_request *r)
 {
-    tpi_nb *nb = r->comm->nb;
+    tpi_nb *nb = r->nb;
     if (r->prev)
         r->prev->next = r->next;
     else
@@ -283,13 +332,24 @@ static void unlink_request(tp_request *r)
     r->prev = r->next = NULL;
 }
 
+/* Wait until the rank's progress thread has run every request issued so
+ * far, on any comm of the rank. */
+static void progress_drain(tpi_worker *pg)
+{
+    g_mutex_lock(&pg->mu);
+    while (pg->settled != pg->issued)
+        g_cond_wait(&pg->cv, &pg->mu);
+    g_mutex_unlock(&pg->mu);
+}
+
 void tpi_request_drain(tp_comm *comm)
 {
-    if (!comm->nb)
-        return;
-    for (tp_request *r = comm->nb->head; r; r = r->next)
-        if (!r->complete)
-            block(r);
+    if (comm->state->progress)
+        progress_drain(comm->state->progress);
+    if (comm->nb && !comm->nb->pg)
+        for (tp_request *r = comm->nb->head; r; r = r->next)
+            if (!r->complete)
+                block(r);
 }
 
 void tpi_request_comm_end(tp_comm *comm)
@@ -298,28 +358,28 @@ void tpi_request_comm_end(tp_comm *comm)
     if (!nb)
         return;
     char *saved = g_strdup(tp_last_error());
-    tp_status saved_st = saved[0] ? TP_ERR_INTERNAL : TP_OK;
     tpi_request_drain(comm);
     while (nb->head) {
         tp_request *r = nb->head;
+        if (!r->complete)
+            block(r); /* core engine: done by now; this settles it on the rank's thread */
         unlink_request(r);
         r->comm = NULL; /* tp_wait returns its status; its times die with the comm's counters */
+        r->nb = NULL;
     }
-    if (nb->thread) {
-        g_mutex_lock(&nb->mu);
-        nb->stop = true;
-        g_cond_broadcast(&nb->cv);
-        g_mutex_unlock(&nb->mu);
-        g_thread_join(nb->thread);
-    }
-    g_mutex_clear(&nb->mu);
-    g_cond_clear(&nb->cv);
+    if (nb->pg && --nb->pg->refs == 0)
+        progress_stop(comm->state);
     g_free(nb);
     comm->nb = NULL;
     tp_clear_error();
-    if (saved_st)
-        tp_set_error(saved_st, "%s", saved); /* the message is what matters to the caller */
+    if (saved[0])
+        tp_set_error(TP_ERR_INTERNAL, "%s", saved); /* keep the caller's message */
     g_free(saved);
+}
+
+void tpi_request_rank_end(tp_rank_state *state)
+{
+    progress_stop(state); /* requests of comms never freed still run first */
 }
 
 /* --------------------------------------------------------------- issue */
@@ -353,11 +413,13 @@ static tp_status start_native(tp_comm *comm, tp_request *r)
  * comm's pending list. Cannot fail once the thread runs. */
 static void enqueue(tpi_nb *nb, tp_request *r)
 {
+    r->nb = nb;
     if (!r->native) {
-        g_mutex_lock(&nb->mu);
-        g_queue_push_tail(&nb->queue, r);
-        g_cond_signal(&nb->cv);
-        g_mutex_unlock(&nb->mu);
+        g_mutex_lock(&nb->pg->mu);
+        g_queue_push_tail(&nb->pg->queue, r);
+        nb->pg->issued++;
+        g_cond_broadcast(&nb->pg->cv);
+        g_mutex_unlock(&nb->pg->mu);
     }
     r->prev = nb->tail;
     if (nb->tail)
@@ -409,8 +471,6 @@ tp_status tpi_request_issue(tp_comm *comm, const char *fn, const tpi_coll *c, si
         TP_TRY_GOTO(stage_in(r, comm->rank), st, fail);
     if (r->native)
         TP_TRY_GOTO(start_native(comm, r), st, fail);
-    else
-        TP_TRY_GOTO(nb_start_thread(comm, nb), st, fail);
     enqueue(nb, r);
     double t1 = tpi_now();
     tp_icounter *k = &comm->icounters[r->phase][r->op];

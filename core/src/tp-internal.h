@@ -77,6 +77,9 @@ typedef struct tp_rank_state {
     bool staged;
     void *stage[2];
     size_t stage_cap[2];
+    /* The progress thread serving the rank's nonblocking collectives on
+     * plugins without the slots (request.c); NULL until first used. */
+    struct tpi_worker *progress;
 } tp_rank_state;
 
 /* Device timing (timing.c): an event pair waiting to be read into a
@@ -154,11 +157,16 @@ typedef tp_status (*tpi_coll_fn)(tp_comm *comm, const tpi_coll *c);
  * Counts the call and its issue time; *req is NULL on failure. */
 tp_status tpi_request_issue(tp_comm *comm, const char *fn, const tpi_coll *c, size_t bytes,
                             tpi_coll_fn run, tp_request **req);
-/* Complete every pending request of comm (before a blocking collective). */
+/* Before a blocking collective, split or free on comm: wait until the
+ * rank's progress thread ran every request issued so far (on any comm), and
+ * complete comm's pending native requests. */
 void tpi_request_drain(tp_comm *comm);
-/* Before comm is freed: drain, detach its requests, end its thread. The
- * calling thread's error message is kept. */
+/* Before comm is freed: drain, detach its requests (they stay waitable),
+ * stop the rank's thread when no comm uses it. Keeps the caller's error. */
 void tpi_request_comm_end(tp_comm *comm);
+/* When the rank ends: stop its progress thread if a comm never freed left
+ * it running (after running what was queued). */
+void tpi_request_rank_end(tp_rank_state *state);
 
 /* comm.c */
 bool tpi_comm_accepts(const tp_comm_ops *ops, tp_mem_kind kind); /* per ops->mem_kinds */
