@@ -189,6 +189,8 @@ static tp_status nb_get(tp_comm *comm, tpi_coll_fn run, tpi_nb **out)
     }
     comm->nb = nb;
     *out = nb;
+    tpi_debug("comm", "rank %d: nonblocking collectives of backend '%s' run %s", comm->rank,
+              comm->plugin, pg ? "on the core's progress thread" : "natively (plugin slots)");
     return TP_OK;
 }
 
