@@ -150,8 +150,20 @@ TP_API tp_status tp_barrier(tp_comm *comm);
  * of its comm and even tp_comm_free of it (the free completes it first).
  *
  * Engines: a backend with nonblocking slots (mpi, nccl) runs them natively;
- * for any other the core runs the blocking collectives, in issue order, on
- * one progress thread per communicator, created at the first tp_i* call.
+ * for any other the core runs its blocking collectives on one progress
+ * thread per rank (started at the rank's first tp_i* call), in the rank's
+ * issue order across all its comms; then a blocking collective, split or
+ * free on any comm of the rank first waits until the thread ran every
+ * request issued before. Ranks thus see the same order as the same program
+ * with blocking calls, and deadlock only where it would. (mpi progresses a
+ * request only inside MPI calls: call tp_test between pieces of work to
+ * move it along.)
+ *
+ * Counters: see tp_icounter. Nonblocking calls are not logged for
+ * TP_WAIT_CLOCK and get no TP_WAIT_BARRIER barrier. The time a blocking
+ * call spends completing earlier requests first is not in its own counter:
+ * native, it is added to those requests' wait (and exposed) time; on the
+ * core's thread it is counted nowhere.
  *
  * Errors of the transfer (a peer left, TP_TIMEOUT_S passed) are returned by
  * tp_wait and by tp_test (which then says done), with a message naming the
@@ -247,7 +259,7 @@ typedef struct tp_counter {
  *     was blocked on communication it could not hide. seconds -
  *     exposed_seconds is the communication hidden behind the rank's work.
  * calls, bytes and issue_seconds are added by tp_i*, the other three by the
- * tp_wait that ends the request (or by tp_comm_free, which completes it). */
+ * tp_wait that ends the request (nothing, if tp_comm_free completed it). */
 typedef struct tp_icounter {
     uint64_t calls;
     uint64_t bytes; /* as tp_counter.bytes */
