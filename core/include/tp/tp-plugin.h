@@ -32,7 +32,10 @@
  *   A process may run several ranks, one thread each (loopback, nccl in one
  *   process). Every comm and device slot is called only from the thread of
  *   the rank that owns the handle; different ranks call concurrently. Slots
- *   that take an engine may be called from any rank's thread.
+ *   that take an engine may be called from any rank's thread. Exception: a
+ *   comm without the nonblocking slots (ABI 1.3) may have its collectives
+ *   called from the core's progress thread of the rank instead, but still
+ *   one call at a time per rank, in the rank's issue order.
  *
  * Memory
  *   A comm declares in tp_comm_ops.mem_kinds which memory its collectives
