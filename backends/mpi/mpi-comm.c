@@ -33,7 +33,7 @@ static bool mpi_cuda_aware(void)
 
 /* Before a collective on device memory: the rank's kernels that produced
  * the send buffer must have finished. */
-static tp_status mpi_dev_ready(const mpi_comm *c)
+tp_status mpi_dev_ready(const mpi_comm *c)
 {
     return c->dops ? c->dops->synchronize(c->dev) : TP_OK;
 }
@@ -194,8 +194,8 @@ void mpi_comm_free(void *comm)
 
 /* Fill c->icounts/idispls from counts; say whether all blocks are equal.
  * Refuses what does not fit MPI's int counts and displacements. */
-static tp_status int_layout(mpi_comm *c, const char *op, const size_t *counts, size_t *total,
-                            bool *equal)
+tp_status mpi_int_layout(mpi_comm *c, const char *op, const size_t *counts, size_t *total,
+                         bool *equal)
 {
     size_t limit = mpi_engine_max_count(c->eng), off = 0;
     *equal = true;
@@ -252,7 +252,7 @@ tp_status mpi_all_gather(void *comm, const void *send, void *recv, const size_t 
     bool equal;
     tp_status st = mpi_engine_types(c->eng, "all_gather", dt, NULL, &mdt, NULL, &esz);
     if (st == TP_OK)
-        st = int_layout(c, "all_gather", counts, &total, &equal);
+        st = mpi_int_layout(c, "all_gather", counts, &total, &equal);
     if (st != TP_OK)
         return st;
     if ((st = mpi_dev_ready(c)) != TP_OK)
@@ -287,7 +287,7 @@ tp_status mpi_reduce_scatter(void *comm, const void *send, void *recv, const siz
     bool equal;
     tp_status st = mpi_engine_types(c->eng, "reduce_scatter", dt, &op, &mdt, &mop, &esz);
     if (st == TP_OK)
-        st = int_layout(c, "reduce_scatter", counts, &total, &equal);
+        st = mpi_int_layout(c, "reduce_scatter", counts, &total, &equal);
     if (st != TP_OK)
         return st;
     if ((st = mpi_dev_ready(c)) != TP_OK)

@@ -5,7 +5,7 @@
  * One engine per process (MPI has one COMM_WORLD), one rank per process.
  * Symbols here are hidden (gnu_symbol_visibility: 'hidden'); the plugin
  * exports only its TP_PLUGIN_DEFINE entry point. Files call downwards
- * only: mpi-plugin (the vtable) -> mpi-comm -> mpi-engine -> mpi-half,
+ * only: mpi-plugin (the vtable) -> mpi-nb -> mpi-comm -> mpi-engine -> mpi-half,
  * mpi-comm and mpi-engine -> mpi-diag (the ranks' published state), and
  * everyone -> mpi-error (the leaf).
  */
@@ -113,6 +113,23 @@ tp_status mpi_reduce_scatter(void *comm, const void *send, void *recv, const siz
                              tp_dtype dt, tp_redop op);
 tp_status mpi_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int root);
 tp_status mpi_barrier(void *comm);
+/* Before a collective on device memory: the rank's stream has finished. */
+tp_status mpi_dev_ready(const mpi_comm *c);
+/* Fill c->icounts/idispls from counts; say whether all blocks are equal.
+ * Refuses what does not fit MPI's int counts and displacements. */
+tp_status mpi_int_layout(mpi_comm *c, const char *op, const size_t *counts, size_t *total,
+                         bool *equal);
+
+/* mpi-nb.c: nonblocking collectives (ABI 1.4), calls mpi-comm and mpi-engine */
+tp_status mpi_iall_reduce(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,
+                          tp_redop op, void **req);
+tp_status mpi_iall_gather(void *comm, const void *send, void *recv, const size_t *counts,
+                          tp_dtype dt, void **req);
+tp_status mpi_ireduce_scatter(void *comm, const void *send, void *recv, const size_t *counts,
+                              tp_dtype dt, tp_redop op, void **req);
+tp_status mpi_req_test(void *comm, void *req, int *done);
+tp_status mpi_req_wait(void *comm, void *req);
+void mpi_req_free(void *comm, void *req);
 
 /* mpi-half.c: reductions on IEEE half and bfloat16 in f32 arithmetic. */
 void mpi_half_sum(void *in, void *inout, int *len, MPI_Datatype *dt);

@@ -25,6 +25,13 @@ static const tp_comm_ops mpi_ops = {
     /* CUDA memory only with a CUDA-aware Open MPI: world() refuses it
      * otherwise and the core stages (mpi-comm.c). */
     .mem_kinds = 1u << TP_MEM_HOST | 1u << TP_MEM_CUDA,
+    /* ABI 1.4: MPI's nonblocking collectives (mpi-nb.c) */
+    .iall_reduce = mpi_iall_reduce,
+    .iall_gather = mpi_iall_gather,
+    .ireduce_scatter = mpi_ireduce_scatter,
+    .req_test = mpi_req_test,
+    .req_wait = mpi_req_wait,
+    .req_free = mpi_req_free,
 };
 
 TP_PLUGIN_DEFINE("mpi", "0.1.0",

@@ -9,6 +9,14 @@
  * returns once its result is in device memory. Any error, or TP_TIMEOUT_S
  * without progress, aborts the comm (ncclCommAbort); later calls on it fail.
  *
+ * Nonblocking (ABI 1.4): the same NCCL calls on a side stream of the comm
+ * that first waits for an event recorded on the rank's stream (so the
+ * inputs the rank's kernels produced are ready); an event recorded after
+ * them on the side stream is the request. req_test queries it; req_wait
+ * polls it (and the comm's async error) up to TP_TIMEOUT_S, then makes the
+ * rank's stream wait for it too, so the rank's later kernels see the
+ * result. Compute enqueued on the rank's stream meanwhile overlaps.
+ *
  * Uneven blocks: all_gather with unequal counts is a group of broadcasts
  * (root i sends block i into its offset of recv); reduce_scatter with
  * unequal counts is a group of reduces (block i reduced to root i). Equal
@@ -31,6 +39,10 @@ typedef struct nccl_comm {
     int rank, size;      /* in this comm; -1 while being created */
     float *scratch;      /* one float of device memory for barrier */
     bool broken;         /* aborted after an error or timeout */
+    /* Nonblocking collectives (created at the first): they run on `side`,
+     * after the work the rank's stream had when they were issued (`ready`). */
+    cudaStream_t side;
+    cudaEvent_t ready;
 } nccl_comm;
 
 /* ------------------------------------------------------------- helpers */
@@ -247,10 +259,14 @@ static tp_status scratch_alloc(nccl_comm *c)
 
 static void comm_release(nccl_comm *c)
 {
-    if (c->scratch) {
+    if (c->scratch || c->side || c->ready)
         cudaSetDevice(c->device);
+    if (c->scratch)
         cudaFree(c->scratch);
-    }
+    if (c->ready)
+        cudaEventDestroy(c->ready);
+    if (c->side)
+        cudaStreamDestroy(c->side);
     free(c);
 }
 
@@ -501,46 +517,57 @@ void nccl_comm_free(void *comm)
 
 /* --------------------------------------------------------- collectives */
 
-tp_status nccl_all_reduce(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,
-                          tp_redop op)
+/* Each collective in two halves: check the arguments, then enqueue it on
+ * `stream` (the rank's stream for the blocking call, the comm's side stream
+ * for the nonblocking one). *r is NCCL's result; *what names the call;
+ * *empty: nothing to move (counts 0), nothing was enqueued. */
+typedef struct nccl_enq {
+    cudaStream_t stream;
+    ncclResult_t r;
+    const char *what;
+    bool empty;
+} nccl_enq;
+
+static tp_status enq_all_reduce(nccl_comm *c, const char *op, const void *send, void *recv,
+                                size_t count, tp_dtype dt, tp_redop rop, nccl_enq *q)
 {
-    nccl_comm *c = comm;
     ncclDataType_t ndt;
     ncclRedOp_t nop;
     size_t elem;
     tp_status st;
-    if ((st = comm_ready(c, "all_reduce")) != TP_OK ||
-        (st = map_dtype(c, "all_reduce", dt, &ndt, &elem)) != TP_OK ||
-        (st = map_op(c, "all_reduce", op, &nop)) != TP_OK)
+    if ((st = comm_ready(c, op)) != TP_OK || (st = map_dtype(c, op, dt, &ndt, &elem)) != TP_OK ||
+        (st = map_op(c, op, rop, &nop)) != TP_OK)
         return st;
-    if (count == 0)
+    q->empty = count == 0;
+    if (q->empty)
         return TP_OK;
     if (!send || !recv)
-        return null_buffer(c, "all_reduce", !send ? "send" : "recv");
-    return comm_finish(c, ncclAllReduce(send, recv, count, ndt, nop, c->nc, c->stream),
-                       "ncclAllReduce");
+        return null_buffer(c, op, !send ? "send" : "recv");
+    q->what = "ncclAllReduce";
+    q->r = ncclAllReduce(send, recv, count, ndt, nop, c->nc, q->stream);
+    return TP_OK;
 }
 
-tp_status nccl_all_gather(void *comm, const void *send, void *recv, const size_t *counts,
-                          tp_dtype dt)
+static tp_status enq_all_gather(nccl_comm *c, const char *op, const void *send, void *recv,
+                                const size_t *counts, tp_dtype dt, nccl_enq *q)
 {
-    nccl_comm *c = comm;
     ncclDataType_t ndt;
     size_t elem, total;
     bool equal;
     tp_status st;
-    if ((st = comm_ready(c, "all_gather")) != TP_OK ||
-        (st = map_dtype(c, "all_gather", dt, &ndt, &elem)) != TP_OK ||
-        (st = block_sizes(c, "all_gather", counts, elem, &total, &equal)) != TP_OK)
+    if ((st = comm_ready(c, op)) != TP_OK || (st = map_dtype(c, op, dt, &ndt, &elem)) != TP_OK ||
+        (st = block_sizes(c, op, counts, elem, &total, &equal)) != TP_OK)
         return st;
-    if (total == 0)
+    q->empty = total == 0;
+    if (q->empty)
         return TP_OK;
     if (!recv || (!send && counts[c->rank] > 0))
-        return null_buffer(c, "all_gather", !recv ? "recv" : "send");
-    if (equal)
-        return comm_finish(c, ncclAllGather(send, recv, counts[0], ndt, c->nc, c->stream),
-                           "ncclAllGather");
-
+        return null_buffer(c, op, !recv ? "recv" : "send");
+    if (equal) {
+        q->what = "ncclAllGather";
+        q->r = ncclAllGather(send, recv, counts[0], ndt, c->nc, q->stream);
+        return TP_OK;
+    }
     /* uneven: root i broadcasts its block into offset i of every recv */
     ncclResult_t first = ncclGroupStart();
     size_t off = 0;
@@ -549,39 +576,40 @@ tp_status nccl_all_gather(void *comm, const void *send, void *recv, const size_t
             /* sendbuff is read on the root only; elsewhere pass a valid pointer */
             char *dst = (char *)recv + off * elem;
             ncclResult_t r =
-                ncclBroadcast(i == c->rank ? send : dst, dst, counts[i], ndt, i, c->nc, c->stream);
+                ncclBroadcast(i == c->rank ? send : dst, dst, counts[i], ndt, i, c->nc, q->stream);
             if (r != ncclSuccess && r != ncclInProgress)
                 first = r;
         }
         off += counts[i];
     }
     ncclResult_t end = ncclGroupEnd();
-    return comm_finish(c, first != ncclSuccess ? first : end,
-                       "all_gather (uneven: grouped ncclBroadcast)");
+    q->what = "all_gather (uneven: grouped ncclBroadcast)";
+    q->r = first != ncclSuccess ? first : end;
+    return TP_OK;
 }
 
-tp_status nccl_reduce_scatter(void *comm, const void *send, void *recv, const size_t *counts,
-                              tp_dtype dt, tp_redop op)
+static tp_status enq_reduce_scatter(nccl_comm *c, const char *op, const void *send, void *recv,
+                                    const size_t *counts, tp_dtype dt, tp_redop rop, nccl_enq *q)
 {
-    nccl_comm *c = comm;
     ncclDataType_t ndt;
     ncclRedOp_t nop;
     size_t elem, total;
     bool equal;
     tp_status st;
-    if ((st = comm_ready(c, "reduce_scatter")) != TP_OK ||
-        (st = map_dtype(c, "reduce_scatter", dt, &ndt, &elem)) != TP_OK ||
-        (st = map_op(c, "reduce_scatter", op, &nop)) != TP_OK ||
-        (st = block_sizes(c, "reduce_scatter", counts, elem, &total, &equal)) != TP_OK)
+    if ((st = comm_ready(c, op)) != TP_OK || (st = map_dtype(c, op, dt, &ndt, &elem)) != TP_OK ||
+        (st = map_op(c, op, rop, &nop)) != TP_OK ||
+        (st = block_sizes(c, op, counts, elem, &total, &equal)) != TP_OK)
         return st;
-    if (total == 0)
+    q->empty = total == 0;
+    if (q->empty)
         return TP_OK;
     if (!send || (!recv && counts[c->rank] > 0))
-        return null_buffer(c, "reduce_scatter", !send ? "send" : "recv");
-    if (equal)
-        return comm_finish(c, ncclReduceScatter(send, recv, counts[0], ndt, nop, c->nc, c->stream),
-                           "ncclReduceScatter");
-
+        return null_buffer(c, op, !send ? "send" : "recv");
+    if (equal) {
+        q->what = "ncclReduceScatter";
+        q->r = ncclReduceScatter(send, recv, counts[0], ndt, nop, c->nc, q->stream);
+        return TP_OK;
+    }
     /* uneven: block i is reduced onto root i; recv is read only on the root */
     ncclResult_t first = ncclGroupStart();
     size_t off = 0;
@@ -590,15 +618,47 @@ tp_status nccl_reduce_scatter(void *comm, const void *send, void *recv, const si
             /* recvbuff is written on the root only; elsewhere pass a valid pointer */
             const char *src = (const char *)send + off * elem;
             void *dst = i == c->rank ? recv : recv ? recv : (void *)src;
-            ncclResult_t r = ncclReduce(src, dst, counts[i], ndt, nop, i, c->nc, c->stream);
+            ncclResult_t r = ncclReduce(src, dst, counts[i], ndt, nop, i, c->nc, q->stream);
             if (r != ncclSuccess && r != ncclInProgress)
                 first = r;
         }
         off += counts[i];
     }
     ncclResult_t end = ncclGroupEnd();
-    return comm_finish(c, first != ncclSuccess ? first : end,
-                       "reduce_scatter (uneven: grouped ncclReduce)");
+    q->what = "reduce_scatter (uneven: grouped ncclReduce)";
+    q->r = first != ncclSuccess ? first : end;
+    return TP_OK;
+}
+
+/* The blocking call: enqueued on the rank's stream, then waited for. */
+static tp_status finish_blocking(nccl_comm *c, tp_status st, const nccl_enq *q)
+{
+    return st != TP_OK || q->empty ? st : comm_finish(c, q->r, q->what);
+}
+
+tp_status nccl_all_reduce(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,
+                          tp_redop op)
+{
+    nccl_comm *c = comm;
+    nccl_enq q = {.stream = c->stream};
+    return finish_blocking(c, enq_all_reduce(c, "all_reduce", send, recv, count, dt, op, &q), &q);
+}
+
+tp_status nccl_all_gather(void *comm, const void *send, void *recv, const size_t *counts,
+                          tp_dtype dt)
+{
+    nccl_comm *c = comm;
+    nccl_enq q = {.stream = c->stream};
+    return finish_blocking(c, enq_all_gather(c, "all_gather", send, recv, counts, dt, &q), &q);
+}
+
+tp_status nccl_reduce_scatter(void *comm, const void *send, void *recv, const size_t *counts,
+                              tp_dtype dt, tp_redop op)
+{
+    nccl_comm *c = comm;
+    nccl_enq q = {.stream = c->stream};
+    return finish_blocking(
+        c, enq_reduce_scatter(c, "reduce_scatter", send, recv, counts, dt, op, &q), &q);
 }
 
 tp_status nccl_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int root)
@@ -632,4 +692,172 @@ tp_status nccl_barrier(void *comm)
     return comm_finish(
         c, ncclAllReduce(c->scratch, c->scratch, 1, ncclFloat32, ncclSum, c->nc, c->stream),
         "barrier (1-element ncclAllReduce)");
+}
+
+/* ---------------------------------------------------------- nonblocking */
+
+typedef struct nccl_req {
+    cudaEvent_t done; /* NULL: nothing was enqueued (counts 0) */
+    const char *what;
+} nccl_req;
+
+static tp_status cuda_fail(nccl_comm *c, const char *what, cudaError_t e)
+{
+    return c->host->set_error(TP_ERR_DEVICE, "nccl: %s on rank %d/%d (GPU %d): %s (%s)", what,
+                              c->rank, c->size, c->device, cudaGetErrorName(e),
+                              cudaGetErrorString(e));
+}
+
+/* The side stream waits for what the rank's stream has enqueued so far. */
+static tp_status nb_prepare(nccl_comm *c, nccl_enq *q)
+{
+    cudaError_t e = cudaSetDevice(c->device);
+    if (e == cudaSuccess && !c->side)
+        e = cudaStreamCreateWithFlags(&c->side, cudaStreamNonBlocking);
+    if (e == cudaSuccess && !c->ready)
+        e = cudaEventCreateWithFlags(&c->ready, cudaEventDisableTiming);
+    if (e == cudaSuccess)
+        e = cudaEventRecord(c->ready, c->stream);
+    if (e == cudaSuccess)
+        e = cudaStreamWaitEvent(c->side, c->ready, 0);
+    if (e != cudaSuccess)
+        return cuda_fail(c, "preparing the side stream of a nonblocking collective", e);
+    q->stream = c->side;
+    return TP_OK;
+}
+
+/* After enqueueing on the side stream: NCCL's result, the comm out of
+ * ncclInProgress, then the request's event. */
+static tp_status nb_start(nccl_comm *c, tp_status st, const nccl_enq *q, void **req)
+{
+    if (st != TP_OK)
+        return st;
+    nccl_req *r = calloc(1, sizeof *r);
+    if (!r)
+        return c->host->set_error(TP_ERR_NO_MEMORY, "nccl: out of memory for a request");
+    r->what = q->what;
+    if (!q->empty) {
+        if (q->r != ncclSuccess && q->r != ncclInProgress) {
+            free(r);
+            return comm_finish(c, q->r, q->what); /* reports it, aborts if the comm broke */
+        }
+        if ((st = comm_wait(c, q->what, false, NULL)) != TP_OK) {
+            free(r);
+            return st;
+        }
+        cudaError_t e = cudaEventCreateWithFlags(&r->done, cudaEventDisableTiming);
+        if (e == cudaSuccess)
+            e = cudaEventRecord(r->done, c->side);
+        if (e != cudaSuccess) {
+            if (r->done)
+                cudaEventDestroy(r->done);
+            free(r);
+            return cuda_fail(c, "recording the event of a nonblocking collective", e);
+        }
+    }
+    *req = r;
+    return TP_OK;
+}
+
+tp_status nccl_iall_reduce(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,
+                           tp_redop op, void **req)
+{
+    nccl_comm *c = comm;
+    nccl_enq q = {0};
+    tp_status st = nb_prepare(c, &q);
+    if (st == TP_OK)
+        st = enq_all_reduce(c, "iall_reduce", send, recv, count, dt, op, &q);
+    return nb_start(c, st, &q, req);
+}
+
+tp_status nccl_iall_gather(void *comm, const void *send, void *recv, const size_t *counts,
+                           tp_dtype dt, void **req)
+{
+    nccl_comm *c = comm;
+    nccl_enq q = {0};
+    tp_status st = nb_prepare(c, &q);
+    if (st == TP_OK)
+        st = enq_all_gather(c, "iall_gather", send, recv, counts, dt, &q);
+    return nb_start(c, st, &q, req);
+}
+
+tp_status nccl_ireduce_scatter(void *comm, const void *send, void *recv, const size_t *counts,
+                               tp_dtype dt, tp_redop op, void **req)
+{
+    nccl_comm *c = comm;
+    nccl_enq q = {0};
+    tp_status st = nb_prepare(c, &q);
+    if (st == TP_OK)
+        st = enq_reduce_scatter(c, "ireduce_scatter", send, recv, counts, dt, op, &q);
+    return nb_start(c, st, &q, req);
+}
+
+/* One look: *done once the event has happened; an asynchronous NCCL error
+ * (a peer failed) or a CUDA error ends the request and aborts the comm. */
+static tp_status nb_query(nccl_comm *c, nccl_req *r, int *done)
+{
+    *done = 1;
+    if (!r->done)
+        return TP_OK;
+    if (c->broken || !c->nc)
+        return comm_ready(c, r->what);
+    ncclResult_t state = ncclSuccess;
+    ncclResult_t nr = ncclCommGetAsyncError(c->nc, &state);
+    if (nr != ncclSuccess)
+        state = nr;
+    if (state != ncclSuccess && state != ncclInProgress) {
+        tp_status st = comm_fail(c, state, r->what);
+        comm_abort(c);
+        return st;
+    }
+    cudaError_t e = cudaEventQuery(r->done);
+    if (e == cudaErrorNotReady) {
+        *done = 0;
+        return TP_OK;
+    }
+    if (e != cudaSuccess) {
+        tp_status st = cuda_fail(c, r->what, e);
+        comm_abort(c);
+        return st;
+    }
+    /* the rank's later kernels run after the result */
+    e = cudaStreamWaitEvent(c->stream, r->done, 0);
+    return e == cudaSuccess ? TP_OK : cuda_fail(c, r->what, e);
+}
+
+tp_status nccl_req_test(void *comm, void *req, int *done)
+{
+    return nb_query(comm, req, done);
+}
+
+tp_status nccl_req_wait(void *comm, void *req)
+{
+    nccl_comm *c = comm;
+    nccl_req *r = req;
+    double t0 = nccl_now();
+    for (;;) {
+        int done = 0;
+        tp_status st = nb_query(c, r, &done);
+        if (done || st != TP_OK)
+            return st;
+        if (nccl_now() - t0 > c->eng->timeout_s) {
+            comm_abort(c);
+            return c->host->set_error(TP_ERR_TIMEOUT,
+                                      "nccl: nonblocking %s did not complete within %.0f s "
+                                      "(TP_TIMEOUT_S) on rank %d/%d (GPU %d): a peer rank is "
+                                      "missing, stuck or dead, or the ranks issued collectives in "
+                                      "different orders; the communicator was aborted",
+                                      r->what, c->eng->timeout_s, c->rank, c->size, c->device);
+        }
+        nccl_backoff(t0);
+    }
+}
+
+void nccl_req_free(void *comm, void *req)
+{
+    (void)comm;
+    nccl_req *r = req;
+    if (r && r->done)
+        cudaEventDestroy(r->done);
+    free(r);
 }

@@ -109,6 +109,16 @@ tp_status nccl_reduce_scatter(void *comm, const void *send, void *recv, const si
                               tp_dtype dt, tp_redop op);
 tp_status nccl_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int root);
 tp_status nccl_barrier(void *comm);
+/* ABI 1.4: nonblocking, on a side stream of the comm (see nccl-comm.c) */
+tp_status nccl_iall_reduce(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,
+                           tp_redop op, void **req);
+tp_status nccl_iall_gather(void *comm, const void *send, void *recv, const size_t *counts,
+                           tp_dtype dt, void **req);
+tp_status nccl_ireduce_scatter(void *comm, const void *send, void *recv, const size_t *counts,
+                               tp_dtype dt, tp_redop op, void **req);
+tp_status nccl_req_test(void *comm, void *req, int *done);
+tp_status nccl_req_wait(void *comm, void *req);
+void nccl_req_free(void *comm, void *req);
 
 /* --------------------------------------------------------- nccl-util.c */
 

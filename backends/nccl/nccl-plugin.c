@@ -48,6 +48,12 @@ static const tp_comm_ops nccl_comm_ops = {
     .broadcast = nccl_broadcast,
     .barrier = nccl_barrier,
     .mem_kinds = 1u << TP_MEM_CUDA,
+    .iall_reduce = nccl_iall_reduce,
+    .iall_gather = nccl_iall_gather,
+    .ireduce_scatter = nccl_ireduce_scatter,
+    .req_test = nccl_req_test,
+    .req_wait = nccl_req_wait,
+    .req_free = nccl_req_free,
 };
 
 #define NCCL_STR_(x) #x

@@ -53,6 +53,7 @@ tp_status tp_comm_split(tp_comm *comm, int color, int key, tp_comm **out)
     *out = NULL;
     void *h = NULL;
     int rank = -1, size = 0;
+    tpi_request_drain(comm);
     tp_clear_error();
     comm->seq++;
     tp_status st = CALL(comm, split, color, key, &h, &rank, &size);
@@ -78,6 +79,7 @@ void tp_comm_free(tp_comm *comm)
 {
     if (!comm || comm->is_world) /* the world is freed by tp_run */
         return;
+    tpi_request_comm_end(comm);         /* completes its requests, which outlive it */
     tpi_device_read_timings(comm->dev); /* pending times point into its counters */
     comm->seq++;
     tpi_call_enter(comm->state, "comm_free", comm->state->comm_path, comm->seq, true);
@@ -377,6 +379,7 @@ static tp_status plugin_barrier(tp_comm *comm)
 
 static tp_status count_start(tp_comm *comm, tp_tick *t0)
 {
+    tpi_request_drain(comm); /* nonblocking ones issued before keep their place */
     comm->barrier_s = 0;
     if (comm->wait_mode == TP_WAIT_BARRIER) {
         double b0 = tpi_now();
@@ -398,6 +401,7 @@ tp_status tp_barrier(tp_comm *comm)
 {
     if (!comm)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_barrier: comm is NULL");
+    tpi_request_drain(comm);
     tp_tick t0 = tpi_tick_start(comm->dev);
     tp_clear_error();
     comm->seq++;
@@ -644,4 +648,146 @@ tp_status tpi_comm_create_intra(tp_comm *group, const char *node, tp_comm **out)
     (*out)->intra = group->intra;
     (*out)->host = group->host;
     return TP_OK;
+}
+
+/* ---------------------------------------------------------- nonblocking */
+
+/* The blocking collective of a request, on the progress thread's copy of
+ * the comm (never staged: a staged request already holds host buffers). */
+static tp_status run_coll(tp_comm *comm, const tpi_coll *c)
+{
+    if (c->op == TP_OP_ALL_REDUCE)
+        return op_all_reduce(comm, c->send, c->recv, c->count, c->dt, c->redop);
+    if (c->op == TP_OP_ALL_GATHER)
+        return comm->ops->all_gather
+                   ? op_all_gather(comm, c->send, c->recv, c->counts, c->total, c->dt)
+                   : all_gather_by_broadcast(comm, c->send, c->recv, c->counts, c->dt);
+    return comm->ops->reduce_scatter
+               ? op_reduce_scatter(comm, c->send, c->recv, c->counts, c->total, c->dt, c->redop)
+               : reduce_scatter_by_all_reduce(comm, c->send, c->recv, c->counts, c->total, c->dt,
+                                              c->redop);
+}
+
+static tp_status issue(tp_comm *comm, const char *fn, const tpi_coll *c, size_t bytes,
+                       tp_request **req)
+{
+    bool native = comm->ops->req_wait != NULL;
+    bool slot = c->op == TP_OP_ALL_REDUCE ||
+                (c->op == TP_OP_ALL_GATHER ? comm->ops->all_gather != NULL
+                                           : comm->ops->reduce_scatter != NULL);
+    /* The fallbacks through broadcast / all_reduce copy with the device: on a
+     * staged rank the progress thread has host buffers the device cannot copy. */
+    if (!native && !slot && comm->state->staged)
+        return tp_set_error(TP_ERR_NOT_SUPPORTED,
+                            "%s: backend '%s' has no %s slot and takes host memory only; the "
+                            "core cannot run its fallback on staged host buffers (use the "
+                            "blocking call)",
+                            fn, comm->plugin, tp_op_name(c->op));
+    comm->seq++;
+    tp_clear_error();
+    return tpi_request_issue(comm, fn, c, bytes, run_coll, req);
+}
+
+static tp_status check_req(const char *fn, tp_request **req)
+{
+    if (!req)
+        return tp_set_error(TP_ERR_INVALID_ARG, "%s: req is NULL (pass a tp_request * to fill)",
+                            fn);
+    *req = NULL;
+    return TP_OK;
+}
+
+tp_status tp_iall_reduce(tp_comm *comm, const void *send, void *recv, size_t count, tp_dtype dt,
+                         tp_redop op, tp_request **req)
+{
+    static const char fn[] = "tp_iall_reduce";
+    size_t bytes = 0;
+    TP_TRY(check_req(fn, req));
+    TP_TRY(check_common(comm, fn, dt));
+    TP_TRY(check_redop(fn, op));
+    TP_TRY(payload(fn, count, dt, &bytes));
+    if (count && (!send || !recv))
+        return tp_set_error(TP_ERR_INVALID_ARG, "%s: %s buffer is NULL with count %zu", fn,
+                            !send ? "send" : "recv", count);
+    tpi_coll c = {
+        .op = TP_OP_ALL_REDUCE, .send = send, .recv = recv, .count = count, .dt = dt, .redop = op};
+    return issue(comm, fn, &c, bytes, req);
+}
+
+static tp_status iall_gather(const char *fn, tp_comm *comm, const void *send, void *recv,
+                             const size_t *counts, tp_dtype dt, tp_request **req)
+{
+    size_t total = 0;
+    TP_TRY(check_req(fn, req));
+    TP_TRY(check_v(comm, fn, send, recv, counts, dt, false, &total));
+    if (!comm->ops->all_gather && !comm->ops->broadcast && !comm->ops->req_wait)
+        return not_supported(comm, TP_OP_ALL_GATHER);
+    tpi_coll c = {.op = TP_OP_ALL_GATHER,
+                  .send = send,
+                  .recv = recv,
+                  .counts = counts,
+                  .total = total,
+                  .dt = dt};
+    return issue(comm, fn, &c, total * tp_dtype_size(dt), req);
+}
+
+static tp_status ireduce_scatter(const char *fn, tp_comm *comm, const void *send, void *recv,
+                                 const size_t *counts, tp_dtype dt, tp_redop op, tp_request **req)
+{
+    size_t total = 0;
+    TP_TRY(check_req(fn, req));
+    TP_TRY(check_v(comm, fn, send, recv, counts, dt, true, &total));
+    TP_TRY(check_redop(fn, op));
+    tpi_coll c = {.op = TP_OP_REDUCE_SCATTER,
+                  .send = send,
+                  .recv = recv,
+                  .counts = counts,
+                  .total = total,
+                  .dt = dt,
+                  .redop = op};
+    return issue(comm, fn, &c, total * tp_dtype_size(dt), req);
+}
+
+tp_status tp_iall_gatherv(tp_comm *comm, const void *send, void *recv, const size_t *counts,
+                          tp_dtype dt, tp_request **req)
+{
+    return iall_gather("tp_iall_gatherv", comm, send, recv, counts, dt, req);
+}
+
+tp_status tp_ireduce_scatterv(tp_comm *comm, const void *send, void *recv, const size_t *counts,
+                              tp_dtype dt, tp_redop op, tp_request **req)
+{
+    return ireduce_scatter("tp_ireduce_scatterv", comm, send, recv, counts, dt, op, req);
+}
+
+tp_status tp_iall_gather(tp_comm *comm, const void *send, void *recv, size_t count, tp_dtype dt,
+                         tp_request **req)
+{
+    static const char fn[] = "tp_iall_gather";
+    if (!comm)
+        return check_req(fn, req) ? TP_ERR_INVALID_ARG
+                                  : tp_set_error(TP_ERR_INVALID_ARG, "%s: comm is NULL", fn);
+    size_t small[SMALL_WORLD], *heap;
+    size_t *counts = even_counts(fn, comm, count, small, &heap);
+    if (!counts)
+        return TP_ERR_NO_MEMORY;
+    tp_status st = iall_gather(fn, comm, send, recv, counts, dt, req);
+    g_free(heap);
+    return st;
+}
+
+tp_status tp_ireduce_scatter(tp_comm *comm, const void *send, void *recv, size_t count, tp_dtype dt,
+                             tp_redop op, tp_request **req)
+{
+    static const char fn[] = "tp_ireduce_scatter";
+    if (!comm)
+        return check_req(fn, req) ? TP_ERR_INVALID_ARG
+                                  : tp_set_error(TP_ERR_INVALID_ARG, "%s: comm is NULL", fn);
+    size_t small[SMALL_WORLD], *heap;
+    size_t *counts = even_counts(fn, comm, count, small, &heap);
+    if (!counts)
+        return TP_ERR_NO_MEMORY;
+    tp_status st = ireduce_scatter(fn, comm, send, recv, counts, dt, op, req);
+    g_free(heap);
+    return st;
 }

@@ -392,6 +392,7 @@ static tp_status rank_body(rank_job *job, tp_device *dev, tp_rank_env *env, void
     st = run->fn(world, run->arg);
     if (st && !tp_last_error()[0])
         tp_set_error(st, "rank_main returned %s without a message", tp_status_string(st));
+    tpi_request_comm_end(world);  /* unwaited requests complete before the world goes */
     tpi_device_read_timings(dev); /* pending times point into world's counters */
     tpi_wait_log_free(world->wait_log);
     g_free(world);
@@ -445,6 +446,7 @@ static void *rank_thread(void *data)
         cops->comm_free(ch);
         tpi_call_leave(state, TP_OK);
     }
+    tpi_request_rank_end(state);
     tpi_stage_free(state, &dev);
     tpi_device_timing_free(&dev);
     dops->synchronize(dh);

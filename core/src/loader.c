@@ -135,6 +135,27 @@ static tp_status copy_ops(const char *path, const char *what, unsigned minor, co
     return TP_OK;
 }
 
+/* The nonblocking slots (ABI 1.3) come all six or none: a plugin with some
+ * of them would mix its own requests with the core's progress thread on
+ * one communicator, whose order then differs between ranks. */
+static tp_status check_nonblocking(const char *path, const tp_comm_ops *ops)
+{
+    const slot *first = &comm_slots[SLOT_INDEX_iall_reduce];
+    int set = 0;
+    for (int i = SLOT_INDEX_iall_reduce; i <= SLOT_INDEX_req_free; i++)
+        set += slot_set(ops, &comm_slots[i]);
+    if (set == 0 || set == SLOT_INDEX_req_free - SLOT_INDEX_iall_reduce + 1)
+        return TP_OK;
+    for (int i = SLOT_INDEX_iall_reduce; i <= SLOT_INDEX_req_free; i++)
+        if (!slot_set(ops, &comm_slots[i]))
+            return tp_set_error(TP_ERR_PLUGIN,
+                                "plugin %s refused: it sets %d of the 6 nonblocking slots (%s .. "
+                                "req_free) but '%s' is NULL; provide all six or none (the core "
+                                "then serves the nonblocking API with its progress thread)",
+                                path, set, first->name, comm_slots[i].name);
+    return TP_OK;
+}
+
 /* ------------------------------------------------------- opening a file */
 
 /* "<name>" of ".../libtp-<name>.so", or NULL. */
@@ -242,6 +263,7 @@ static tp_status plugin_open(const char *path, tp_plugin **out)
         TP_TRY_GOTO(copy_ops(path, "tp_comm_ops", d->abi_minor, d->comm, &p->comm, sizeof p->comm,
                              comm_slots, N_COMM_SLOTS),
                     st, out);
+        TP_TRY_GOTO(check_nonblocking(path, &p->comm), st, out);
         p->has_comm = true;
     }
     if (d->device) {

@@ -14,6 +14,7 @@ void tp_stats_get(const tp_comm *comm, tp_stats *out)
         return;
     tpi_device_read_timings(comm->dev);
     memcpy(out->comm, comm->counters, sizeof out->comm);
+    memcpy(out->icomm, comm->icounters, sizeof out->icomm);
     if (comm->dev) {
         memcpy(out->gemm, comm->dev->gemm, sizeof out->gemm);
         memcpy(out->gemm_flops, comm->dev->gemm_flops, sizeof out->gemm_flops);
@@ -28,6 +29,7 @@ void tp_stats_reset(tp_comm *comm)
         return;
     tpi_device_read_timings(comm->dev); /* so that no earlier call adds to the zeroed counters */
     memset(comm->counters, 0, sizeof comm->counters);
+    memset(comm->icounters, 0, sizeof comm->icounters);
     if (comm->wait_log) {
         comm->wait_log->n = 0;
         comm->wait_log->lost = false;
@@ -89,7 +91,7 @@ uint64_t tp_stats_calls(const tp_stats *s, tp_phase phase, tp_op op)
     for (int p = 0; p < TP_PHASE_COUNT; p++)
         for (int o = 0; o < TP_OP_COUNT; o++)
             if ((phase == TP_PHASE_COUNT || (int)phase == p) && (op == TP_OP_COUNT || (int)op == o))
-                n += s->comm[p][o].calls;
+                n += s->comm[p][o].calls + s->icomm[p][o].calls;
     return n;
 }
 

@@ -85,6 +85,9 @@ typedef struct tp_rank_state {
     bool staged;
     void *stage[2];
     size_t stage_cap[2];
+    /* The progress thread serving the rank's nonblocking collectives on
+     * plugins without the slots (request.c); NULL until first used. */
+    struct tpi_worker *progress;
 } tp_rank_state;
 
 /* Device timing (timing.c): an event pair waiting to be read into a
@@ -140,7 +143,43 @@ struct tp_comm {
      * it; inherited by split (comm.c's tpi_comm_create_intra uses them). */
     const tp_plugin *intra;
     const tp_host *host;
+    /* Nonblocking collectives (request.c): counters, and the pending
+     * requests and progress thread (NULL until the first tp_i* call). */
+    tp_icounter icounters[TP_PHASE_COUNT][TP_OP_COUNT];
+    struct tpi_nb *nb;
 };
+
+/* request.c: nonblocking collectives (comm.c builds on it). */
+
+/* One collective's arguments, as checked by comm.c. */
+typedef struct tpi_coll {
+    tp_op op; /* TP_OP_ALL_REDUCE, TP_OP_ALL_GATHER or TP_OP_REDUCE_SCATTER */
+    const void *send;
+    void *recv;
+    size_t count;         /* all_reduce */
+    const size_t *counts; /* the others: comm->size blocks (copied by tpi_request_issue) */
+    size_t total;         /* sum of counts */
+    tp_dtype dt;
+    tp_redop redop;
+} tpi_coll;
+/* Runs the blocking collective c on comm (the progress thread's copy of
+ * it, whose plugin calls are recorded in the thread's own tp_call). */
+typedef tp_status (*tpi_coll_fn)(tp_comm *comm, const tpi_coll *c);
+/* Start c on comm (after comm->seq++): natively when the plugin has the
+ * nonblocking slots, else on comm's progress thread, which runs `run`.
+ * Counts the call and its issue time; *req is NULL on failure. */
+tp_status tpi_request_issue(tp_comm *comm, const char *fn, const tpi_coll *c, size_t bytes,
+                            tpi_coll_fn run, tp_request **req);
+/* Before a blocking collective, split or free on comm: wait until the
+ * rank's progress thread ran every request issued so far (on any comm), and
+ * complete comm's pending native requests. */
+void tpi_request_drain(tp_comm *comm);
+/* Before comm is freed: drain, detach its requests (they stay waitable),
+ * stop the rank's thread when no comm uses it. Keeps the caller's error. */
+void tpi_request_comm_end(tp_comm *comm);
+/* When the rank ends: stop its progress thread if a comm never freed left
+ * it running (after running what was queued). */
+void tpi_request_rank_end(tp_rank_state *state);
 
 /* comm.c */
 bool tpi_comm_accepts(const tp_comm_ops *ops, tp_mem_kind kind); /* per ops->mem_kinds */

@@ -54,17 +54,20 @@ enum row {
     ROW_BARRIER,
     ROW_SPLIT,
     ROW_SUB,
+    ROW_NB,
+    ROW_NB_MORE,
     ROW_COUNT
 };
 
 static const char *const row_names[ROW_COUNT] = {
-    "all_reduce", "all_gather", "all_gatherv", "reduce_scatter",  "reduce_scatterv",
-    "broadcast",  "barrier",    "split",       "ops on sub-comms"};
+    "all_reduce",       "all_gather",  "all_gatherv",      "reduce_scatter",
+    "reduce_scatterv",  "broadcast",   "barrier",          "split",
+    "ops on sub-comms", "nonblocking", "nb split+args+cnt"};
 
 /* Which op names --op accepts for each row. */
-static const char *const row_ops[ROW_COUNT] = {"all_reduce",     "all_gather",     "all_gather",
-                                               "reduce_scatter", "reduce_scatter", "broadcast",
-                                               "barrier",        "split",          "split"};
+static const char *const row_ops[ROW_COUNT] = {
+    "all_reduce", "all_gather", "all_gather", "reduce_scatter", "reduce_scatter", "broadcast",
+    "barrier",    "split",      "split",      "nonblocking",    "nonblocking"};
 
 #define COL_OTHER TP_DTYPE_COUNT_ /* column for cases without a dtype */
 #define NCOLS     (TP_DTYPE_COUNT_ + 1)
@@ -72,6 +75,7 @@ static const char *const row_ops[ROW_COUNT] = {"all_reduce",     "all_gather",  
 typedef struct opts {
     bool large;
     bool verbose;
+    int nb_error; /* --nb-error: -1 none, 0 peer-left, 1 peer-silent */
     const char *only_op;
 } opts;
 
@@ -747,6 +751,489 @@ static void split_cases(rank_state *s)
     }
 }
 
+/* ------------------------------------------------------- nonblocking */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* One nonblocking collective of a batch: its inputs, kept on the host to
+ * run the same call blocking afterwards, and its result. */
+enum nb_kind {
+    NB_AR,    /* all_reduce, out of place */
+    NB_AR_IP, /* all_reduce, in place */
+    NB_AG,    /* all_gather */
+    NB_AGV,   /* all_gatherv, uneven counts */
+    NB_RS,    /* reduce_scatter */
+    NB_RSV,   /* reduce_scatterv, some counts zero */
+    NB_KINDS
+};
+static const char *const nb_kind_names[NB_KINDS] = {"iall_reduce",     "iall_reduce in-place",
+                                                    "iall_gather",     "iall_gatherv",
+                                                    "ireduce_scatter", "ireduce_scatterv"};
+
+typedef struct nbop {
+    ccase c;
+    int kind, rank, size;
+    size_t salt;
+    vbufs v;       /* a: input (in place: also the output), b: output */
+    void *in_host; /* pristine input (a's bytes) */
+    void *nb_res;  /* the output's bytes after the nonblocking call */
+    tp_request *req;
+} nbop;
+
+static buf *nb_out(nbop *o)
+{
+    return o->kind == NB_AR_IP ? &o->v.a : &o->v.b;
+}
+
+static void nbop_free(rank_state *s, nbop *o)
+{
+    vbufs_free(s, &o->v);
+    free(o->in_host);
+    free(o->nb_res);
+    memset(o, 0, sizeof *o);
+}
+
+/* Buffers of o, inputs filled and uploaded, outputs at the fill pattern. */
+static bool nbop_setup(rank_state *s, nbop *o)
+{
+    ccase *c = &o->c;
+    size_t es = tp_dtype_size(c->dt);
+    c->pattern = o->kind == NB_AGV ? 1 : o->kind == NB_RSV ? 2 : 0;
+    o->rank = tp_comm_rank(c->comm);
+    o->size = tp_comm_size(c->comm);
+    if (!counts_new(c, &o->v))
+        return false;
+    size_t mine = o->v.counts[o->rank], total = o->v.total, na, nb;
+    if (o->kind <= NB_AR_IP)
+        na = nb = c->n + GUARD;
+    else if (o->kind <= NB_AGV)
+        na = mine, nb = total + GUARD;
+    else
+        na = total, nb = mine + GUARD;
+    if (!buf_new(s, &o->v.a, na * es) || (o->kind != NB_AR_IP && !buf_new(s, &o->v.b, nb * es)))
+        return false;
+    size_t nin = o->kind <= NB_AR_IP ? c->n : na;
+    for (size_t i = 0; i < nin; i++)
+        put(c->dt, o->v.a.host, i, value(c->dt, o->rank, i, o->salt));
+    o->in_host = malloc(o->v.a.bytes ? o->v.a.bytes : 1);
+    o->nb_res = malloc(nb_out(o)->bytes ? nb_out(o)->bytes : 1);
+    if (!o->in_host || !o->nb_res)
+        return false;
+    memcpy(o->in_host, o->v.a.host, o->v.a.bytes);
+    return buf_up(s, &o->v.a) && (o->kind == NB_AR_IP || buf_up(s, &o->v.b));
+}
+
+/* The call of o: nonblocking (req != NULL) or the blocking twin. */
+static tp_status nbop_call(nbop *o, tp_request **req)
+{
+    ccase *c = &o->c;
+    void *a = o->v.a.dev, *b = o->v.b.dev;
+    size_t *k = o->v.counts;
+    switch (o->kind) {
+        case NB_AR:
+            return req ? tp_iall_reduce(c->comm, a, b, c->n, c->dt, c->op, req)
+                       : tp_all_reduce(c->comm, a, b, c->n, c->dt, c->op);
+        case NB_AR_IP:
+            return req ? tp_iall_reduce(c->comm, a, a, c->n, c->dt, c->op, req)
+                       : tp_all_reduce(c->comm, a, a, c->n, c->dt, c->op);
+        case NB_AG:
+            return req ? tp_iall_gather(c->comm, a, b, c->n, c->dt, req)
+                       : tp_all_gather(c->comm, a, b, c->n, c->dt);
+        case NB_AGV:
+            return req ? tp_iall_gatherv(c->comm, a, b, k, c->dt, req)
+                       : tp_all_gatherv(c->comm, a, b, k, c->dt);
+        case NB_RS:
+            return req ? tp_ireduce_scatter(c->comm, a, b, c->n, c->dt, c->op, req)
+                       : tp_reduce_scatter(c->comm, a, b, c->n, c->dt, c->op);
+        default:
+            return req ? tp_ireduce_scatterv(c->comm, a, b, k, c->dt, c->op, req)
+                       : tp_reduce_scatterv(c->comm, a, b, k, c->dt, c->op);
+    }
+}
+
+static void nb_what(const nbop *o, char *what, size_t len)
+{
+    snprintf(what, len, "%s %s %s count %zu on %s (%d ranks)", nb_kind_names[o->kind],
+             tp_dtype_name(o->c.dt), op_name(o->c.op), o->c.n, o->c.where, o->size);
+}
+
+/* o's output (host copy) against the serial reference, and its guard. */
+static int nbop_check(rank_state *s, nbop *o)
+{
+    char what[200];
+    nb_what(o, what, sizeof what);
+    buf *out = nb_out(o);
+    const size_t *k = o->v.counts, *off = o->v.offs;
+    size_t es = tp_dtype_size(o->c.dt), n = o->c.n, i;
+    int v = R_PASS;
+    if (o->kind <= NB_AR_IP) {
+        for (i = 0; i < n && v == R_PASS; i++)
+            v = expect(s, what, o->c.dt, out->host, i,
+                       reference(o->c.dt, o->c.op, o->size, i, o->salt));
+    } else if (o->kind <= NB_AGV) {
+        for (int r = 0; r < o->size; r++)
+            for (i = 0; i < k[r] && v == R_PASS; i++)
+                v = expect(s, what, o->c.dt, out->host, off[r] + i, value(o->c.dt, r, i, o->salt));
+        n = o->v.total;
+    } else {
+        n = k[o->rank];
+        for (i = 0; i < n && v == R_PASS; i++)
+            v = expect(s, what, o->c.dt, out->host, i,
+                       reference(o->c.dt, o->c.op, o->size, off[o->rank] + i, o->salt));
+    }
+    return v == R_PASS && guard_ok(s, what, out, n * es) ? R_PASS : R_FAIL;
+}
+
+/* Run o again as the blocking call on its original inputs and a fresh
+ * output: the bytes must equal the nonblocking result's. */
+static int nbop_vs_blocking(rank_state *s, nbop *o)
+{
+    char what[200];
+    nb_what(o, what, sizeof what);
+    buf *out = nb_out(o);
+    memcpy(out->host, o->nb_res, out->bytes);
+    memcpy(o->v.a.host, o->in_host, o->v.a.bytes);
+    if (out != &o->v.a)
+        memset(out->host, SENTINEL, out->bytes);
+    if (!buf_up(s, &o->v.a) || (out != &o->v.a && !buf_up(s, out)))
+        return setup_failed(s, what);
+    int v = call_and_fetch(s, what, nbop_call(o, NULL), out);
+    if (v == R_PASS && memcmp(out->host, o->nb_res, out->bytes) != 0) {
+        fail_msg(s, what, "result differs from the blocking call's (bitwise)");
+        v = R_FAIL;
+    }
+    return v;
+}
+
+/* Wait for the batch: in reverse issue order, or by polling tp_test over
+ * all of them until every one is done (then tp_wait, which must agree). */
+static int nb_wait_all(rank_state *s, nbop *ops, int n, bool poll)
+{
+    int v = R_PASS;
+    for (bool all = !poll; !all;) {
+        all = true;
+        for (int i = 0; i < n; i++) {
+            bool done = false;
+            if (!ops[i].req)
+                continue;
+            tp_status st = tp_test(ops[i].req, &done);
+            all &= done;
+            if (st && !done) {
+                fail_msg(s, "tp_test", "returned %s without saying done: %s", tp_status_string(st),
+                         tp_last_error());
+                v = R_FAIL;
+            }
+        }
+    }
+    for (int j = 0; j < n; j++) {
+        int i = poll ? j : n - 1 - j;
+        char what[200];
+        nb_what(&ops[i], what, sizeof what);
+        if (!ops[i].req)
+            continue;
+        tp_status st = tp_wait(ops[i].req);
+        ops[i].req = NULL;
+        int w = call_and_fetch(s, what, st, nb_out(&ops[i]));
+        if (w == R_PASS)
+            memcpy(ops[i].nb_res, nb_out(&ops[i])->host, nb_out(&ops[i])->bytes);
+        v = w > v ? w : v;
+    }
+    return v;
+}
+
+/* One batch: every kind in flight at once on comm, waited out of order,
+ * each checked against the reference and bitwise against the blocking call. */
+static int nb_batch(rank_state *s, tp_comm *comm, const char *where, tp_dtype dt, size_t n,
+                    bool poll, int nops)
+{
+    nbop *ops = calloc((size_t)nops, sizeof *ops);
+    if (!ops)
+        return setup_failed(s, "a batch of nonblocking collectives");
+    int v = R_PASS;
+    size_t salt = s->ncases * 128;
+    for (int k = 0; k < nops && v == R_PASS; k++) {
+        ops[k] = (nbop){.c = {.comm = comm,
+                              .where = where,
+                              .dt = dt,
+                              .n = n,
+                              .op = (tp_redop)(k % TP_REDOP_COUNT_)},
+                        .kind = k % NB_KINDS,
+                        .salt = salt + (size_t)k};
+        if (!nbop_setup(s, &ops[k]))
+            v = setup_failed(s, nb_kind_names[k % NB_KINDS]);
+    }
+    for (int k = 0; k < nops && v == R_PASS; k++) {
+        char what[200];
+        nb_what(&ops[k], what, sizeof what);
+        v = status_verdict(s, what, nbop_call(&ops[k], &ops[k].req));
+    }
+    int w = nb_wait_all(s, ops, nops, poll); /* also after a failed issue: end them */
+    v = w > v ? w : v;
+    for (int k = 0; k < nops && v == R_PASS; k++)
+        v = nbop_check(s, &ops[k]);
+    for (int k = 0; k < nops && v == R_PASS; k++)
+        v = nbop_vs_blocking(s, &ops[k]);
+    for (int k = 0; k < nops; k++)
+        nbop_free(s, &ops[k]);
+    free(ops);
+    return v;
+}
+
+/* A request issued on a comm outlives a split of that comm, and one on
+ * the new comm outlives tp_comm_free of it; a blocking collective issued
+ * while requests are pending runs after them. */
+static int nb_split_case(rank_state *s)
+{
+    nbop w = {.c = {.comm = s->world, .where = "world", .dt = TP_F32, .n = 1000, .op = TP_SUM},
+              .kind = NB_AR,
+              .salt = s->ncases * 16};
+    nbop b = w, u = w;
+    b.kind = NB_AR_IP;
+    b.salt++;
+    int v = R_FAIL;
+    tp_comm *sub = NULL;
+    if (!nbop_setup(s, &w) || !nbop_setup(s, &b))
+        goto out;
+    v = status_verdict(s, "tp_iall_reduce before a split", nbop_call(&w, &w.req));
+    tp_status st = tp_comm_split(s->world, s->wrank % 2, s->wrank, &sub);
+    int sv = status_verdict(s, "tp_comm_split with a request pending", st);
+    v = sv > v ? sv : v;
+    if (sub) {
+        u = (nbop){
+            .c = {.comm = sub, .where = "split odd/even", .dt = TP_I32, .n = 17, .op = TP_MAX},
+            .kind = NB_RSV,
+            .salt = w.salt + 2};
+        if (!nbop_setup(s, &u))
+            v = R_FAIL;
+        else
+            sv = status_verdict(s, "ireduce_scatterv on a comm freed before tp_wait",
+                                nbop_call(&u, &u.req));
+        v = sv > v ? sv : v;
+        tp_comm_free(sub); /* completes u's request, which stays waitable */
+    }
+    /* a blocking collective with w pending */
+    sv = call_and_fetch(s, "blocking all_reduce with a request pending", nbop_call(&b, NULL),
+                        &b.v.a);
+    v = sv > v ? sv : v;
+    if (sv == R_PASS)
+        memcpy(b.nb_res, b.v.a.host, b.v.a.bytes);
+    nbop *all[2] = {&u, &w};
+    for (int i = 0; i < 2; i++) {
+        if (!all[i]->req)
+            continue;
+        sv = call_and_fetch(s, "tp_wait after split/free", tp_wait(all[i]->req), nb_out(all[i]));
+        all[i]->req = NULL;
+        v = sv > v ? sv : v;
+        if (sv == R_PASS)
+            sv = nbop_check(s, all[i]);
+        v = sv > v ? sv : v;
+    }
+    if (v == R_PASS)
+        v = nbop_check(s, &b);
+out:
+    nbop_free(s, &w);
+    nbop_free(s, &b);
+    nbop_free(s, &u);
+    return v;
+}
+
+/* Bad arguments: a named error at issue, no request. */
+static int nb_bad_args(rank_state *s)
+{
+    float x[4] = {0};
+    size_t counts1[1] = {1};
+    struct {
+        const char *what, *fn;
+        tp_status st;
+        tp_request *req;
+    } t[6] = {
+        {"NULL send", "tp_iall_reduce", 0, NULL},      {"bad dtype", "tp_iall_gather", 0, NULL},
+        {"NULL counts", "tp_iall_gatherv", 0, NULL},   {"bad redop", "tp_ireduce_scatter", 0, NULL},
+        {"NULL comm", "tp_ireduce_scatterv", 0, NULL}, {"NULL req", "tp_iall_reduce", 0, NULL}};
+    char msg[6][256];
+    t[0].st = tp_iall_reduce(s->world, NULL, x, 4, TP_F32, TP_SUM, &t[0].req);
+    snprintf(msg[0], sizeof msg[0], "%s", tp_last_error());
+    t[1].st = tp_iall_gather(s->world, x, x, 1, (tp_dtype)99, &t[1].req);
+    snprintf(msg[1], sizeof msg[1], "%s", tp_last_error());
+    t[2].st = tp_iall_gatherv(s->world, x, x, NULL, TP_F32, &t[2].req);
+    snprintf(msg[2], sizeof msg[2], "%s", tp_last_error());
+    t[3].st = tp_ireduce_scatter(s->world, x, x, 1, TP_F32, (tp_redop)7, &t[3].req);
+    snprintf(msg[3], sizeof msg[3], "%s", tp_last_error());
+    t[4].st = tp_ireduce_scatterv(NULL, x, x, counts1, TP_F32, TP_SUM, &t[4].req);
+    snprintf(msg[4], sizeof msg[4], "%s", tp_last_error());
+    t[5].st = tp_iall_reduce(s->world, x, x, 4, TP_F32, TP_SUM, NULL);
+    snprintf(msg[5], sizeof msg[5], "%s", tp_last_error());
+    bool done = true;
+    tp_status tst = tp_test(NULL, &done);
+    int v = R_PASS;
+    for (int i = 0; i < 6; i++)
+        if (t[i].st != TP_ERR_INVALID_ARG || t[i].req || !strstr(msg[i], t[i].fn)) {
+            fail_msg(s, "nonblocking bad arguments",
+                     "%s: %s returned %s, request %p, message '%s'; expected "
+                     "TP_ERR_INVALID_ARG, no request, a message naming it",
+                     t[i].what, t[i].fn, tp_status_string(t[i].st), (void *)t[i].req, msg[i]);
+            v = R_FAIL;
+        }
+    if (tst != TP_ERR_INVALID_ARG || done || tp_wait(NULL) != TP_OK) {
+        fail_msg(s, "nonblocking bad arguments", "tp_test(NULL) returned %s, done %d",
+                 tp_status_string(tst), (int)done);
+        v = R_FAIL;
+    }
+    return v;
+}
+
+/* The counters of a batch: K calls per op, times consistent. */
+static int nb_counters(rank_state *s)
+{
+    tp_stats_reset(s->world);
+    int v = nb_batch(s, s->world, "world", TP_F32, 4099, false, NB_KINDS);
+    tp_stats st;
+    tp_stats_get(s->world, &st);
+    static const struct {
+        tp_op op;
+        uint64_t calls;
+    } want[] = {{TP_OP_ALL_REDUCE, 2}, {TP_OP_ALL_GATHER, 2}, {TP_OP_REDUCE_SCATTER, 2}};
+    for (size_t i = 0; i < 3; i++) {
+        const tp_icounter *k = &st.icomm[TP_PHASE_OTHER][want[i].op];
+        /* the batch's blocking twins are counted in comm[][], not here */
+        bool ok = k->calls == want[i].calls && st.comm[TP_PHASE_OTHER][want[i].op].calls == 2 &&
+                  k->bytes > 0 && k->issue_seconds > 0 && k->seconds >= 0 &&
+                  k->exposed_seconds >= 0 && k->exposed_seconds <= k->wait_seconds + 1e-9 &&
+                  k->exposed_seconds <= k->seconds + 1e-6;
+        if (!ok) {
+            fail_msg(s, "nonblocking counters",
+                     "%s: calls %llu (expected %llu), bytes %llu, issue %.3g s, in flight %.3g "
+                     "s, wait %.3g s, exposed %.3g s (expected exposed <= wait, in flight)",
+                     tp_op_name(want[i].op), (unsigned long long)k->calls,
+                     (unsigned long long)want[i].calls, (unsigned long long)k->bytes,
+                     k->issue_seconds, k->seconds, k->wait_seconds, k->exposed_seconds);
+            v = R_FAIL;
+        }
+    }
+    if (tp_stats_calls(&st, TP_PHASE_COUNT, TP_OP_COUNT) != 12) {
+        fail_msg(s, "nonblocking counters", "tp_stats_calls counts %llu calls, expected 12",
+                 (unsigned long long)tp_stats_calls(&st, TP_PHASE_COUNT, TP_OP_COUNT));
+        v = R_FAIL;
+    }
+    return v;
+}
+
+/* A batch (blocking twins included) on the odd/even groups while a request
+ * on the world is pending: collectives of several comms of a rank. */
+static int nb_sub_case(rank_state *s)
+{
+    tp_comm *sub = NULL;
+    nbop w = {.c = {.comm = s->world, .where = "world", .dt = TP_F32, .n = 4099, .op = TP_SUM},
+              .kind = NB_AR,
+              .salt = s->ncases * 128 + 100};
+    int v = status_verdict(s, "split for nonblocking",
+                           tp_comm_split(s->world, s->wrank % 2, s->wrank, &sub));
+    if (v == R_PASS && !nbop_setup(s, &w))
+        v = setup_failed(s, "iall_reduce on the world");
+    if (v == R_PASS)
+        v = status_verdict(s, "iall_reduce on the world", nbop_call(&w, &w.req));
+    if (v == R_PASS)
+        v = nb_batch(s, sub, "split odd/even", TP_I32, 1000, true, NB_KINDS);
+    if (w.req) {
+        int x = call_and_fetch(s, "tp_wait on the world after a sub-comm batch", tp_wait(w.req),
+                               nb_out(&w));
+        w.req = NULL;
+        if (x == R_PASS)
+            x = nbop_check(s, &w);
+        v = x > v ? x : v;
+    }
+    nbop_free(s, &w);
+    tp_comm_free(sub);
+    return v;
+}
+
+static void nb_cases(rank_state *s)
+{
+    if (!wanted(s, ROW_NB))
+        return;
+    static const tp_dtype dts[] = {TP_F32, TP_F16, TP_BF16, TP_I32};
+    static const size_t ns[] = {0, 13, 1000, 262147};
+    for (size_t d = 0; d < 4; d++)
+        for (size_t i = 0; i < 4; i++)
+            record(s, ROW_NB, dts[d],
+                   nb_batch(s, s->world, "world", dts[d], ns[i], i % 2, NB_KINDS));
+    /* 96 requests in flight, waited in reverse, then polled */
+    for (int round = 0; round < 2; round++)
+        record(s, ROW_NB, TP_F32, nb_batch(s, s->world, "world", TP_F32, 17, round, 96));
+    /* on sub-communicators, with a request of the world pending meanwhile */
+    record(s, ROW_NB, TP_I32, nb_sub_case(s));
+    record(s, ROW_NB_MORE, COL_OTHER, nb_split_case(s));
+    record(s, ROW_NB_MORE, COL_OTHER, nb_bad_args(s));
+    record(s, ROW_NB_MORE, COL_OTHER, nb_counters(s));
+}
+
+/* --nb-error MODE: world ranks 0 and 1 form a comm on which rank 1 never
+ * joins rank 0's iall_reduce. peer-left: rank 1 leaves the comm and ends
+ * at once; peer-silent: it stays, silent, for 1.5 x TP_TIMEOUT_S + 5 s.
+ * Rank 0's request must end with TP_ERR_PEER or TP_ERR_TIMEOUT, a message
+ * naming tp_iall_reduce, within 1.25 x TP_TIMEOUT_S + 3 s (tcp adds a
+ * 1.5 s stall check to the timeout). Nothing runs afterwards (a
+ * backend may not recover: tcp shares its streams among comms), so rank
+ * 0's verdict alone is the result, not combined over ranks. */
+static int nb_error_rank0(rank_state *s, tp_comm *pair, const char *what, double timeout_s)
+{
+    buf a = {0};
+    if (!buf_new(s, &a, 8 * sizeof(float)) || !buf_up(s, &a)) {
+        buf_free(s, &a);
+        return setup_failed(s, what);
+    }
+    double t0 = now_s();
+    tp_request *r = NULL;
+    tp_status st = tp_iall_reduce(pair, a.dev, a.dev, 8, TP_F32, TP_SUM, &r);
+    if (st == TP_OK)
+        st = tp_wait(r);
+    double dt = now_s() - t0;
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", tp_last_error());
+    int v = R_PASS;
+    if ((st != TP_ERR_PEER && st != TP_ERR_TIMEOUT) || !strstr(msg, "tp_iall_reduce") ||
+        dt > timeout_s * 1.25 + 3) {
+        fail_msg(s, what,
+                 "tp_wait returned %s after %.1f s (TP_TIMEOUT_S %.1f) with '%s'; expected "
+                 "TP_ERR_PEER or TP_ERR_TIMEOUT naming tp_iall_reduce",
+                 tp_status_string(st), dt, timeout_s, msg);
+        v = R_FAIL;
+    } else {
+        printf("%s: ok: %s after %.1f s: %s\n", what, tp_status_string(st), dt, msg);
+    }
+    buf_free(s, &a);
+    return v;
+}
+
+static int nb_error_case(rank_state *s, int mode)
+{
+    const char *what = mode == 0 ? "nb error peer-left" : "nb error peer-silent";
+    const char *e = getenv("TP_TIMEOUT_S");
+    double timeout_s = e ? strtod(e, NULL) : 0;
+    if (!(timeout_s > 0 && timeout_s <= 30) || s->wsize < 2) {
+        fprintf(stderr, "tp-conformance: --nb-error needs TP_TIMEOUT_S in (0, 30] and 2 ranks "
+                        "or more\n");
+        return R_FAIL;
+    }
+    tp_comm *pair = NULL;
+    int v =
+        status_verdict(s, what, tp_comm_split(s->world, s->wrank < 2 ? 0 : -1, s->wrank, &pair));
+    if (v == R_PASS && pair && s->wrank == 0)
+        v = nb_error_rank0(s, pair, what, timeout_s);
+    if (s->wrank == 1 && mode == 1) {
+        long ms = (long)(timeout_s * 1500) + 5000;
+        struct timespec ts = {ms / 1000, ms % 1000 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    tp_comm_free(pair);
+    return v;
+}
+
 /* ------------------------------------------------------ combine, report */
 
 typedef struct shared {
@@ -809,13 +1296,6 @@ static void print_table(const shared *sh, const rank_state *s, const int32_t *ve
            "n/p: not provided by the backend)\n");
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* Combine verdicts over ranks: max, so a failure anywhere wins. */
 static bool combine(rank_state *s, int32_t *verdicts)
 {
@@ -871,6 +1351,12 @@ static tp_status rank_main(tp_comm *world, void *arg)
     split_cases(&s);
     barrier_cases(&s);
     tp_status st = TP_OK;
+    if (sh->o->nb_error >= 0) {
+        if (nb_error_case(&s, sh->o->nb_error) != R_PASS && s.wrank == 0)
+            sh->failed = 1;
+        goto out_early;
+    }
+    nb_cases(&s);
     int32_t *verdicts = s.oom ? NULL : malloc((s.ncases ? s.ncases : 1) * sizeof *verdicts);
     if (!verdicts) {
         st = tp_set_error(TP_ERR_NO_MEMORY, "tp-conformance: out of memory for results");
@@ -895,6 +1381,7 @@ static tp_status rank_main(tp_comm *world, void *arg)
     }
 out:
     free(verdicts);
+out_early:
     free(s.res);
     free(s.row);
     free(s.col);
@@ -907,6 +1394,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: tp-conformance [--tp N] [--large] [--op NAME] [--verbose] [--help]\n"
+            "       tp-conformance --nb-error peer-left|peer-silent [--tp N]\n"
             "\n"
             "Runs the communicator conformance suite through the public tp API on the\n"
             "backend named by TP_BACKEND (default loopback): all_reduce, all_gather(v),\n"
@@ -914,13 +1402,23 @@ static void usage(FILE *f)
             "counts 0, 1, 13, 17, 1000 and 262147 (1 MiB of f32), sum/max/min, every\n"
             "root, in-place and out-of-place, uneven counts, and sub-communicators (odd/even,\n"
             "reversed keys, color -1). Every element is checked exactly against a serial\n"
-            "reference. Prints a table and 'conformance: N passed, N failed, N skipped'.\n"
+            "reference. Nonblocking collectives (tp_iall_reduce, tp_iall_gather(v),\n"
+            "tp_ireduce_scatter(v)): batches in flight at once (up to 96 requests), waited\n"
+            "in reverse or polled with tp_test, each checked against the reference and\n"
+            "bitwise against the blocking call; requests outliving a split and the free of\n"
+            "their comm; a blocking call while requests are pending; bad arguments; the\n"
+            "nonblocking counters.\n"
+            "Prints a table and 'conformance: N passed, N failed, N skipped'.\n"
             "Exit status: 0 if nothing failed, 1 if something failed, 2 on bad usage.\n"
             "\n"
             "  --tp N        world size (else TP_WORLD_SIZE, else the engine: mpirun -n)\n"
             "  --large       also run > 16 MiB cases (4194309 f32 elements)\n"
-            "  --op NAME     only all_reduce, all_gather, reduce_scatter, broadcast, barrier\n"
-            "                or split\n"
+            "  --op NAME     only all_reduce, all_gather, reduce_scatter, broadcast, barrier,\n"
+            "                split or nonblocking\n"
+            "  --nb-error M  instead of the suite: rank 1 leaves (peer-left) or stays silent\n"
+            "                (peer-silent) while rank 0 waits for a tp_iall_reduce with it,\n"
+            "                which must fail (TP_ERR_PEER or TP_ERR_TIMEOUT) naming the call;\n"
+            "                needs TP_TIMEOUT_S <= 30; rank 0's verdict is the exit status\n"
             "  --verbose     say which cases the backend does not provide, and why\n"
             "  --help        this text\n"
             "\n"
@@ -930,7 +1428,7 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
-    opts o = {0};
+    opts o = {.nb_error = -1};
     tp_config cfg = {0};
     cfg.argc = &argc;
     cfg.argv = &argv;
@@ -941,19 +1439,23 @@ int main(int argc, char **argv)
             return 0;
         } else if (!strcmp(a, "--large")) {
             o.large = true;
+        } else if (!strcmp(a, "--nb-error") && i + 1 < argc &&
+                   (!strcmp(argv[i + 1], "peer-left") || !strcmp(argv[i + 1], "peer-silent"))) {
+            o.nb_error = !strcmp(argv[++i], "peer-silent");
         } else if (!strcmp(a, "--verbose") || !strcmp(a, "-v")) {
             o.verbose = true;
         } else if (!strcmp(a, "--op") || !strncmp(a, "--op=", 5)) {
             const char *v = a[4] == '=' ? a + 5 : (i + 1 < argc ? argv[++i] : NULL);
             static const char *const known[] = {"all_reduce", "all_gather", "reduce_scatter",
-                                                "broadcast",  "barrier",    "split"};
+                                                "broadcast",  "barrier",    "split",
+                                                "nonblocking"};
             bool ok = false;
             for (size_t k = 0; v && k < sizeof known / sizeof known[0]; k++)
                 ok |= !strcmp(v, known[k]);
             if (!ok) {
                 fprintf(stderr,
                         "tp-conformance: --op %s: unknown op; expected all_reduce, all_gather, "
-                        "reduce_scatter, broadcast, barrier or split\n",
+                        "reduce_scatter, broadcast, barrier, split or nonblocking\n",
                         v ? v : "(missing)");
                 return 2;
             }

@@ -32,7 +32,10 @@
  *   A process may run several ranks, one thread each (loopback, nccl in one
  *   process). Every comm and device slot is called only from the thread of
  *   the rank that owns the handle; different ranks call concurrently. Slots
- *   that take an engine may be called from any rank's thread.
+ *   that take an engine may be called from any rank's thread. Exception: a
+ *   comm without the nonblocking slots (ABI 1.4) may have its collectives
+ *   called from the core's progress thread of the rank instead, but still
+ *   one call at a time per rank, in the rank's issue order.
  *
  * Memory
  *   A comm declares in tp_comm_ops.mem_kinds which memory its collectives
@@ -59,6 +62,9 @@
  *   1.2  tp_host.progress.
  *   1.3  comm: optional comm_create (a communicator over a group, bootstrapped
  *        through another communicator: TP_INTRA_BACKEND), tp_bootstrap.
+ *   1.4  comm: optional nonblocking collectives iall_reduce, iall_gather,
+ *        ireduce_scatter with req_test, req_wait, req_free (all six or
+ *        none), appended after comm_create.
  */
 #ifndef TP_PLUGIN_H
 #define TP_PLUGIN_H
@@ -71,7 +77,7 @@ extern "C" {
 #endif
 
 #define TP_ABI_MAJOR 1
-#define TP_ABI_MINOR 3
+#define TP_ABI_MINOR 4
 
 /* ---------------------------------------------------------------- types */
 
@@ -419,15 +425,42 @@ typedef struct tp_comm_ops {
      * with this vtable's collectives, split and comm_free like one from world(). */
     tp_status (*comm_create)(const tp_host *host, const tp_bootstrap *boot, const tp_rank_env *env,
                              void **comm);
+
+    /* --- ABI 1.4: nonblocking collectives; optional, all six or none --- */
+
+    /* Start the collective of the same name (same arguments and rules) and return at once with
+     * a request in *req; the buffers (and counts) stay in use until the request is complete.
+     * The core calls them, and the req_* slots, from the rank's thread only, in the same order
+     * on every rank, interleaved with blocking collectives on this comm only after every
+     * earlier request of this comm completed (the core waits for them first). A bad argument
+     * is reported here; a failure of the transfer (peer gone, timeout) by req_test/req_wait.
+     * Without these slots the core runs the blocking slots on a progress thread of its own,
+     * one per rank, shared by its comms (see docs/writing-a-comm-plugin.md, "Nonblocking collectives"). */
+    tp_status (*iall_reduce)(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,
+                             tp_redop op, void **req);
+    tp_status (*iall_gather)(void *comm, const void *send, void *recv, const size_t *counts,
+                             tp_dtype dt, void **req);
+    tp_status (*ireduce_scatter)(void *comm, const void *send, void *recv, const size_t *counts,
+                                 tp_dtype dt, tp_redop op, void **req);
+    /* *done = 1 once complete (its status is then returned; recv is valid when TP_OK), else 0
+     * and TP_OK. Does not block beyond progressing the transfer. */
+    tp_status (*req_test)(void *comm, void *req, int *done);
+    /* Block until complete (bounded by tp_host.timeout_s); return its status. */
+    tp_status (*req_wait)(void *comm, void *req);
+    /* After req_test said done or req_wait returned, once per request, before comm_free. */
+    void (*req_free)(void *comm, void *req);
 } tp_comm_ops;
 
 /* Every function slot of tp_comm_ops, in order: X(name, required, abi_minor it came in); see
- * TP_DEVICE_OPS_SLOTS. The data field mem_kinds sits between abort and comm_create. */
+ * TP_DEVICE_OPS_SLOTS. The data field mem_kinds sits between abort and comm_create (the
+ * loader's assertions know it). */
 /* clang-format off */
 #define TP_COMM_OPS_SLOTS(X)                                                                     \
     X(init, 1, 0) X(finalize, 1, 0) X(world, 1, 0) X(split, 1, 0) X(comm_free, 1, 0)              \
     X(all_reduce, 1, 0) X(all_gather, 0, 0) X(reduce_scatter, 0, 0) X(broadcast, 0, 0)           \
-    X(barrier, 0, 0) X(abort, 0, 0) X(comm_create, 0, 3)
+    X(barrier, 0, 0) X(abort, 0, 0) X(comm_create, 0, 3)                                         \
+    X(iall_reduce, 0, 4) X(iall_gather, 0, 4) X(ireduce_scatter, 0, 4) X(req_test, 0, 4)         \
+    X(req_wait, 0, 4) X(req_free, 0, 4)
 /* clang-format on */
 
 /* ----------------------------------------------------------- descriptor */

@@ -129,6 +129,65 @@ TP_API tp_status tp_reduce_scatterv(tp_comm *comm, const void *send, void *recv,
 TP_API tp_status tp_broadcast(tp_comm *comm, void *buf, size_t count, tp_dtype dt, int root);
 TP_API tp_status tp_barrier(tp_comm *comm);
 
+/* ----------------------------------------------------------- nonblocking */
+
+/* Nonblocking collectives: tp_i* checks its arguments (a bad one is an
+ * error here, as for the blocking call, and no request is made), starts the
+ * collective and returns a request in *req at once. The buffers (and counts)
+ * belong to the collective until the request is complete: do not touch recv
+ * or change send before tp_wait returns or tp_test says done. Results are
+ * bitwise those of the blocking call with the same arguments.
+ *
+ * Order: collectives of one communicator, blocking and nonblocking, run in
+ * the order the rank issued them, which every rank must keep the same (as
+ * for blocking calls). Requests may be waited for in any order. A blocking
+ * collective, tp_comm_split, tp_stats_split_wait or tp_comm_free on a comm
+ * first completes that comm's pending requests (their status is kept for
+ * their own tp_wait), then runs.
+ *
+ * Every request is ended by exactly one tp_wait, which frees it (also after
+ * tp_test said done, and after an error). A request outlives tp_comm_split
+ * of its comm and even tp_comm_free of it (the free completes it first).
+ *
+ * Engines: a backend with nonblocking slots (mpi, nccl) runs them natively;
+ * for any other the core runs its blocking collectives on one progress
+ * thread per rank (started at the rank's first tp_i* call), in the rank's
+ * issue order across all its comms; then a blocking collective, split or
+ * free on any comm of the rank first waits until the thread ran every
+ * request issued before. Ranks thus see the same order as the same program
+ * with blocking calls, and deadlock only where it would. (mpi progresses a
+ * request only inside MPI calls: call tp_test between pieces of work to
+ * move it along.)
+ *
+ * Counters: see tp_icounter. Nonblocking calls are not logged for
+ * TP_WAIT_CLOCK and get no TP_WAIT_BARRIER barrier. The time a blocking
+ * call spends completing earlier requests first is not in its own counter:
+ * native, it is added to those requests' wait (and exposed) time; on the
+ * core's thread it is counted nowhere.
+ *
+ * Errors of the transfer (a peer left, TP_TIMEOUT_S passed) are returned by
+ * tp_wait and by tp_test (which then says done), with a message naming the
+ * call ("tp_iall_reduce #3 on backend 'tcp': ..."). */
+typedef struct tp_request tp_request;
+
+TP_API tp_status tp_iall_reduce(tp_comm *comm, const void *send, void *recv, size_t count,
+                                tp_dtype dt, tp_redop op, tp_request **req);
+TP_API tp_status tp_iall_gather(tp_comm *comm, const void *send, void *recv, size_t count,
+                                tp_dtype dt, tp_request **req);
+/* counts is copied: it may be freed once the call returns. */
+TP_API tp_status tp_iall_gatherv(tp_comm *comm, const void *send, void *recv, const size_t *counts,
+                                 tp_dtype dt, tp_request **req);
+TP_API tp_status tp_ireduce_scatter(tp_comm *comm, const void *send, void *recv, size_t count,
+                                    tp_dtype dt, tp_redop op, tp_request **req);
+TP_API tp_status tp_ireduce_scatterv(tp_comm *comm, const void *send, void *recv,
+                                     const size_t *counts, tp_dtype dt, tp_redop op,
+                                     tp_request **req);
+/* Block until req is complete, free it, return its status. NULL: TP_OK. */
+TP_API tp_status tp_wait(tp_request *req);
+/* *done = whether req is complete; when it is, the collective's status is
+ * returned (TP_OK: recv holds the result). Does not free req. */
+TP_API tp_status tp_test(tp_request *req, bool *done);
+
 /* ------------------------------------------------------------- topology */
 
 /* Where a rank sits: "TP within a node, DP across nodes". */
@@ -219,12 +278,37 @@ TP_API const char *tp_mem_use_name(tp_mem_use kind); /* "parameters", ..., "othe
  * rank's thread, like every call on its device. */
 TP_API void tp_mem_count(tp_device *dev, tp_mem_use kind, int64_t bytes);
 
+/* Nonblocking collectives of a communicator, per op and the phase current
+ * at issue. Host times, seconds:
+ *   issue_seconds: inside the tp_i* calls (argument checks, enqueue or the
+ *     plugin's start; for a staged rank also the device-to-host copy).
+ *   seconds: from the end of the tp_i* call to completion, i.e. the time
+ *     the communication was in flight. Completion is when the progress
+ *     thread finished the blocking collective (core engine), or when the
+ *     plugin's req_test/req_wait first said so (native: an upper bound
+ *     when the rank tested late).
+ *   wait_seconds: inside tp_wait and tp_test calls on these requests.
+ *   exposed_seconds: the part of wait_seconds before completion: the rank
+ *     was blocked on communication it could not hide. seconds -
+ *     exposed_seconds is the communication hidden behind the rank's work.
+ * calls, bytes and issue_seconds are added by tp_i*, the other three by the
+ * tp_wait that ends the request (nothing, if tp_comm_free completed it). */
+typedef struct tp_icounter {
+    uint64_t calls;
+    uint64_t bytes; /* as tp_counter.bytes */
+    double issue_seconds;
+    double seconds;
+    double wait_seconds;
+    double exposed_seconds;
+} tp_icounter;
+
 typedef struct tp_stats {
-    tp_counter comm[TP_PHASE_COUNT][TP_OP_COUNT]; /* this communicator */
-    tp_counter gemm[TP_PHASE_COUNT];              /* this rank's device */
-    double gemm_flops[TP_PHASE_COUNT];            /* 2*m*n*k*batch summed */
-    tp_counter kernel[TP_PHASE_COUNT];            /* every other device op */
-    tp_mem_stats mem;                             /* this rank's device memory */
+    tp_counter comm[TP_PHASE_COUNT][TP_OP_COUNT];   /* this communicator, blocking calls */
+    tp_counter gemm[TP_PHASE_COUNT];                /* this rank's device */
+    double gemm_flops[TP_PHASE_COUNT];              /* 2*m*n*k*batch summed */
+    tp_counter kernel[TP_PHASE_COUNT];              /* every other device op */
+    tp_icounter icomm[TP_PHASE_COUNT][TP_OP_COUNT]; /* this communicator, nonblocking calls */
+    tp_mem_stats mem;                               /* this rank's device memory */
 } tp_stats;
 
 /* Timing: `seconds` is the time of each call. Synchronous devices (cpu)
@@ -290,8 +374,9 @@ TP_API tp_status tp_stats_set_wait(tp_comm *comm, tp_wait_mode mode);
  * and *calls = 0. TP_WAIT_NONE: TP_ERR_INVALID_ARG. */
 TP_API tp_status tp_stats_split_wait(tp_comm *comm, uint64_t *calls);
 
-/* Calls of op in phase; TP_PHASE_COUNT sums over phases and TP_OP_COUNT
- * over ops (so (s, TP_PHASE_COUNT, TP_OP_COUNT) is every collective). */
+/* Calls of op in phase, blocking and nonblocking (comm + icomm);
+ * TP_PHASE_COUNT sums over phases and TP_OP_COUNT over ops (so (s,
+ * TP_PHASE_COUNT, TP_OP_COUNT) is every collective). */
 TP_API uint64_t tp_stats_calls(const tp_stats *s, tp_phase phase, tp_op op);
 
 /* ---------------------------------------------------------------- tensor */
