@@ -9,16 +9,6 @@
 
 #include "loopback.h"
 
-/* CPUs this process may run on. */
-static int lb_cpu_count(void)
-{
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
-        return CPU_COUNT(&set);
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int)n : 1;
-}
-
 static tp_status lb_init(const tp_host *host, const tp_engine_args *args, void **engine,
                          tp_engine_info *info)
 {
@@ -39,7 +29,7 @@ static tp_status lb_init(const tp_host *host, const tp_engine_args *args, void *
     eng->timeout_s = host->timeout_s > 0 ? host->timeout_s : 300.0;
     /* The measurements behind these defaults are in docs/performance.md
      * ("Measurements behind loopback's engine defaults"). */
-    int ncpu = lb_cpu_count();
+    int ncpu = sc_cpu_count();
     /* Spin a few microseconds (200 pauses) before yielding: a peer that is
      * coming arrives within that on an idle machine; when ranks outnumber
      * CPUs the CPU is better given to the rank being waited for.
@@ -89,8 +79,8 @@ static tp_status lb_init(const tp_host *host, const tp_engine_args *args, void *
     }
     if (host->debug)
         host->debug("comm",
-                    "loopback: %d rank(s) on %d CPU(s), %s, spin limit %u, one-barrier "
-                    "all_reduce up to %zu bytes, streaming stores above %zu bytes, timeout "
+                    "loopback: %d rank(s) on %d CPU(s), %s, spin limit %u, one-shot "
+                    "collectives up to %zu bytes, streaming stores above %zu bytes, timeout "
                     "%.1f s",
                     n, ncpu,
                     eng->bind ? "rank i pinned to CPU i mod CPUs" : "rank threads not pinned",

@@ -101,9 +101,10 @@ static tp_status sh_init(const tp_host *host, const tp_engine_args *args, void *
     if (host->debug)
         host->debug("comm",
                     "shm: rank %d of %d, job \"%s\", %zu-byte pipeline chunks, spin limit %u, "
-                    "one-barrier all_reduce up to %zu bytes, timeout %.1f s",
+                    "one-shot collectives up to %zu bytes, %s, timeout %.1f s",
                     eng->rank, eng->world_size, eng->job, eng->chunk, eng->spin_limit,
-                    eng->small_bytes, eng->timeout_s);
+                    eng->small_bytes, eng->bind ? "rank r pinned to CPU r mod CPUs" : "not pinned",
+                    eng->timeout_s);
     return TP_OK;
 }
 

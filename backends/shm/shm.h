@@ -22,6 +22,8 @@
 #ifndef TP_SHM_H
 #define TP_SHM_H
 
+#include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -84,6 +86,7 @@ typedef struct sh_engine {
     size_t stream_bytes; /* copies out above this use non-temporal stores */
     char job[72];        /* TP_JOB_ID, or the group's id (comm_create) */
     bool cleaned;        /* stale segments were looked for */
+    bool bind;           /* world(): pin the rank to CPU rank mod CPUs (TP_SHM_BIND) */
     bool by_comms;       /* made by comm_create: freed with its last communicator */
     atomic_int refs;     /* by_comms: communicators using it */
 } sh_engine;
@@ -97,6 +100,9 @@ typedef struct sh_comm {
     uint64_t epoch, seq, splits;
     uint64_t id; /* names sub-communicators' segments */
     bool streamed;
+    bool bound;       /* world(): the thread was pinned; `saved` restores it */
+    pthread_t thread; /* the pinned thread */
+    cpu_set_t saved;
     double next_poll; /* when to check peers' processes next */
 } sh_comm;
 

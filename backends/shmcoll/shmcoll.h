@@ -16,6 +16,7 @@
 #ifndef TP_SHMCOLL_H
 #define TP_SHMCOLL_H
 
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -64,6 +65,13 @@ tp_status sc_check_counts(char *msg, size_t len, const size_t *counts, int size,
 unsigned sc_agreed_fields(int kind);
 double sc_now(void);
 void sc_cpu_relax(void);
+/* CPUs this process may run on (at least 1). */
+int sc_cpu_count(void);
+/* Pin the calling thread to the index-th (mod their number) CPU it may run
+ * on, saving its affinity in *saved; the CPU, or -1 if it stayed unpinned.
+ * sc_unbind_self restores *saved. */
+int sc_bind_self(int index, cpu_set_t *saved);
+void sc_unbind_self(const cpu_set_t *saved);
 /* futex wait on *word while it equals `seen`, at most timeout_s; `shared`:
  * the word is in memory shared between processes. */
 void sc_futex_wait(atomic_uint *word, unsigned seen, double timeout_s, bool shared);
