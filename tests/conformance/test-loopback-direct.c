@@ -695,6 +695,43 @@ static void bench_one(int n, size_t bytes, int iters)
                b.ar[1] * 1e6);
 }
 
+/* Decode-shaped: back-to-back all_reduces whose input each rank has just
+ * written (as a GEMM would) and whose result it reads, no barrier between
+ * calls; the mean time per call on rank 0. */
+typedef struct {
+    size_t n;
+    int iters;
+    double per_call;
+} decode_arg;
+
+static void d_rank(void *comm, int rank, int size, void *p)
+{
+    (void)size;
+    decode_arg *d = p;
+    float *s = aligned_alloc(64, d->n * 4 + 64), *r = aligned_alloc(64, d->n * 4 + 64);
+    volatile float sink = 0;
+    double t0 = 0;
+    for (int it = -d->iters / 10; it < d->iters; it++) {
+        if (it == 0) {
+            ops->barrier(comm);
+            t0 = now_s();
+        }
+        for (size_t i = 0; i < d->n; i++)
+            s[i] = (float)(it + rank + (int)i);
+        if (ops->all_reduce(comm, s, r, d->n, TP_F32, TP_SUM) != TP_OK)
+            FAIL("decode bench: %s", last_err);
+        float acc = 0;
+        for (size_t i = 0; i < d->n; i++)
+            acc += r[i];
+        sink = acc;
+    }
+    (void)sink;
+    if (rank == 0)
+        d->per_call = (now_s() - t0) / d->iters;
+    free(s);
+    free(r);
+}
+
 static void bench(void)
 {
     static const int small_t[] = {2, 3, 4, 7};
@@ -859,7 +896,8 @@ static Suite *suite(void)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s PLUGIN.so [bench]\n", argv[0]);
+        fprintf(stderr, "usage: %s PLUGIN.so [bench [T BYTES [ITERS]] | decode T BYTES [ITERS]]\n",
+                argv[0]);
         return 2;
     }
     void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
@@ -873,6 +911,13 @@ int main(int argc, char **argv)
         return 1;
     }
     ops = get()->comm;
+    if (argc > 4 && strcmp(argv[2], "decode") == 0) { /* decode T BYTES [ITERS] */
+        decode_arg d = {(size_t)strtod(argv[4], NULL) / 4, argc > 5 ? atoi(argv[5]) : 20000, 0};
+        run(atoi(argv[3]), d_rank, &d);
+        printf("T=%s %s B decode-shaped all_reduce: %.3f us per call\n", argv[3], argv[4],
+               d.per_call * 1e6);
+        return 0;
+    }
     if (argc > 4 && strcmp(argv[2], "bench") == 0) { /* bench T BYTES [ITERS] */
         bench_one(atoi(argv[3]), (size_t)strtod(argv[4], NULL), argc > 5 ? atoi(argv[5]) : 30);
         return 0;
