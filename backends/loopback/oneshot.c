@@ -14,7 +14,12 @@
 typedef struct lb_os_waiter {
     lb_comm *c;
     const sc_os_op *o;
+    unsigned seen_departures;
 } lb_os_waiter;
+
+/* Peers' slots are looked at (which pulls lines their owners write every
+ * op) only after this long, or at once when a rank left. */
+#define LB_OS_LOOK_S 1e-3
 
 /* Rank r has not published op k: say why, or return TP_OK to keep waiting. */
 static tp_status lb_os_missing(lb_comm *c, const sc_os_op *o, int r, double waited)
@@ -62,6 +67,10 @@ static tp_status lb_os_check(void *ctx, double waited)
         return lb_report_failed(c, (lb_kind)w->o->kind, "aborted");
     if (waited == 0.0)
         return TP_OK; /* still spinning */
+    unsigned dep = atomic_load_explicit(&c->g->departures, memory_order_acquire);
+    if (dep == w->seen_departures && waited < LB_OS_LOOK_S && waited <= c->g->eng->timeout_s)
+        return TP_OK;
+    w->seen_departures = dep;
     int r = sc_os_first_missing(w->o);
     return r < 0 ? TP_OK : lb_os_missing(c, w->o, r, waited);
 }
@@ -85,7 +94,7 @@ tp_status lb_oneshot(lb_comm *c, sc_os_op *o)
     lb_slot *me = &g->slots[c->rank];
     atomic_store_explicit(&me->kind, o->kind, memory_order_relaxed);
     atomic_store_explicit(&me->seq, c->seq, memory_order_release);
-    lb_os_waiter w = {.c = c, .o = o};
+    lb_os_waiter w = {.c = c, .o = o, .seen_departures = 0};
     double left = g->eng->timeout_s;
     sc_wait_spec spec = {.bar = &g->bar,
                          .spin_limit = g->eng->spin_limit,

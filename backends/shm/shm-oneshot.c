@@ -12,6 +12,9 @@
 #include "shm.h"
 
 #define SH_OS_POLL_S 0.01
+/* Peers' slots are looked at (which pulls lines their owners write every
+ * op) only after this long. */
+#define SH_OS_LOOK_S 1e-3
 
 typedef struct sh_os_waiter {
     sh_comm *c;
@@ -71,8 +74,8 @@ static tp_status sh_os_check(void *ctx, double waited)
     sh_comm *c = w->c;
     if (atomic_load_explicit(&c->h->failed, memory_order_acquire))
         return sh_report_failed(c, w->o->kind, "aborted");
-    if (waited == 0.0)
-        return TP_OK; /* still spinning */
+    if (waited < SH_OS_LOOK_S && waited <= c->eng->timeout_s)
+        return TP_OK; /* spinning or yielding */
     int r = sc_os_first_missing(w->o);
     return r < 0 ? TP_OK : sh_os_missing(c, w->o, r, waited);
 }
