@@ -8,7 +8,7 @@
  *                           [A-Za-z0-9._-], at most 64 characters
  * Knobs (for measurement): TP_SHM_CHUNK_BYTES (bytes per rank per pipeline
  * step, 4 KiB .. 64 MiB, default 256 KiB), TP_SHM_SPIN (CPU pauses before
- * a waiter yields), TP_SHM_SMALL_BYTES (one-barrier all_reduce, <= 4 KiB).
+ * a waiter yields), TP_SHM_SMALL_BYTES (one-shot collectives, <= 4 KiB), TP_SHM_BIND.
  */
 #include <errno.h>
 #include <stdio.h>

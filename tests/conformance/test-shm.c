@@ -5,7 +5,7 @@
  *
  *   - results are bitwise equal to loopback's (same kernels, same rank
  *     order) for all_reduce and reduce_scatter, over dtypes, ops, sizes
- *     that take one barrier, one pipeline piece and many;
+ *     on the one-shot path, one pipeline piece and many;
  *   - a rank killed with SIGKILL gives the others TP_ERR_PEER within
  *     seconds (TP_TIMEOUT_S is 60 s), a stalled rank TP_ERR_TIMEOUT;
  *   - segments left by a job whose ranks were all killed are removed by
