@@ -77,8 +77,7 @@ typedef struct lb_pub {
 typedef struct lb_slot {
     /* Written by the owner before it arrives at the entry barrier and read
      * by peers after it (ordered by the barrier). Double-buffered by op
-     * number: a rank that leaves op k early (barrier has
-     * have no exit barrier)
+     * number: a rank that leaves op k early (barrier has no exit barrier)
      * writes pub[(k+1)&1] while slower ranks still read pub[k&1]; it cannot
      * reach op k+2 before every rank has entered op k+1. */
     _Alignas(LB_LINE) lb_pub pub[2];
