@@ -60,12 +60,16 @@ static tp_status lb_init(const tp_host *host, const tp_engine_args *args, void *
         eng->stream_bytes = (size_t)strtoull(sb, NULL, 0);
     /* Collectives up to small_bytes take the one-shot path (no barrier), at
      * the price of every rank copying its input once more and reducing the
-     * whole vector. Measured with tp-bench (T=2, a CPU per rank: one-shot
-     * equal at 1 KiB, 1.6x slower at 2 and 4 KiB; T=4 on 2 CPUs: 1.25x
-     * faster at 1 KiB, even at 2 KiB, 1.15x slower at 4 KiB): 1 KiB, or
-     * 2 KiB when ranks outnumber CPUs. TP_LOOPBACK_SMALL_BYTES overrides
-     * (at most LB_SMALL_BYTES). */
-    eng->small_bytes = n > ncpu ? 2048 : 1024;
+     * whole vector. Measured (docs/performance.md, "One-shot small
+     * collectives"): decode-shaped calls (input just written, result read,
+     * test-loopback-direct decode) at T=2 are 1.4x faster one-shot at 1
+     * and 2 KiB and 1.2x at 4 KiB, far more when ranks outnumber CPUs, and
+     * the decode MLP's comm % drops from 56 to 37 %; only tp-bench
+     * collectives, whose buffers never change (so the barrier path reads
+     * clean shared lines), has the barrier path ahead at 2-4 KiB. So the
+     * whole slot, 4 KiB. TP_LOOPBACK_SMALL_BYTES overrides (at most
+     * LB_SMALL_BYTES). */
+    eng->small_bytes = LB_SMALL_BYTES;
     const char *sm = getenv("TP_LOOPBACK_SMALL_BYTES"); /* tuning knob, bytes */
     if (sm && *sm) {
         unsigned long long v = strtoull(sm, NULL, 0);

@@ -123,8 +123,14 @@ void sc_os_finish(const sc_os_op *o)
                 off += o->counts[r];
             n = o->counts[o->rank];
         }
-        for (int r = 0; r < o->size; r++)
+        /* Ask for all peers' lines at once: read one by one, each line still
+         * modified in its writer's cache costs a snoop round trip (decode-
+         * shaped 4 KiB at T=2: 3.64 -> 3.43 us). */
+        for (int r = 0; r < o->size; r++) {
             src[r] = o->bufs[r]->data + off * es;
+            for (size_t b = SC_LINE; r != o->rank && b < n * es; b += SC_LINE)
+                __builtin_prefetch((const char *)src[r] + b);
+        }
         if (n)
             sc_reduce(o->dt, o->op, src, o->size, &o->recv, 1, n, false);
     } else if (o->kind == SC_ALL_GATHER) {

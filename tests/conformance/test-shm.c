@@ -417,8 +417,8 @@ typedef struct fault_arg {
     size_t count; /* floats per all_reduce (0: 1000) */
 } fault_arg;
 
-/* 1000 floats: one-shot when ranks outnumber CPUs, else the barrier path;
- * 2: always one-shot; 5000: always the barrier path. */
+/* 1000 floats (4000 B) and 2: the one-shot path (up to 4 KiB by default);
+ * 5000: the barrier path. */
 static const size_t fault_counts[] = {0, 2, 5000};
 
 static tp_status fault_rank(void *comm, int rank, int size, void *arg, unsigned char *out)
