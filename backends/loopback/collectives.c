@@ -22,6 +22,13 @@
 
 #define LB_BAD(...) sc_bad(msg, sizeof msg, __VA_ARGS__)
 
+/* Whether a call of `bytes` (valid arguments) takes the one-shot path;
+ * every rank decides alike from arguments the ranks must agree on. */
+static bool lb_small(const lb_comm *c, tp_status bad, size_t bytes)
+{
+    return !bad && c->g->size > 1 && !c->dops && bytes <= c->g->eng->small_bytes;
+}
+
 tp_status lb_all_reduce(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,
                         tp_redop op)
 {
@@ -39,21 +46,15 @@ tp_status lb_all_reduce(void *comm, const void *send, void *recv, size_t count, 
     lb_args a = {
         .send = send, .recv = recv, .count = count, .dt = (int)dt, .op = (int)op, .root = -1};
     int n = g->size;
-    if (!bad && n > 1 && !c->dops && count * es <= g->eng->small_bytes) {
-        /* One barrier: stage the input (the caller may reuse `send` as soon
-         * as we return), then reduce everyone's staged input into our own
-         * recv. Same kernel, same rank order: identical results everywhere. */
-        unsigned char *mine = g->slots[c->rank].stage[(c->seq + 1) & 1];
-        if (count)
-            memcpy(mine, send, count * es);
-        tp_status st = lb_begin(c, LB_ALL_REDUCE, &a, bad, msg);
-        if (st != TP_OK || !count)
-            return st;
-        const void *src[LB_MAX_RANKS];
-        for (int r = 0; r < n; r++)
-            src[r] = g->slots[r].stage[c->seq & 1];
-        sc_reduce((int)dt, (int)op, src, n, &recv, 1, count, false);
-        return TP_OK;
+    if (lb_small(c, bad, count * es)) {
+        sc_os_op o = {.kind = LB_ALL_REDUCE,
+                      .dt = (int)dt,
+                      .op = (int)op,
+                      .root = -1,
+                      .count = count,
+                      .send = send,
+                      .recv = recv};
+        return lb_oneshot(c, &o);
     }
     tp_status st = lb_begin(c, LB_ALL_REDUCE, &a, bad, msg);
     if (st != TP_OK)
@@ -100,6 +101,18 @@ tp_status lb_all_gather(void *comm, const void *send, void *recv, const size_t *
         bad = LB_BAD("send buffer is NULL but counts[%d] = %zu", c->rank, counts[c->rank]);
     if (!bad && c->dops)
         bad = lb_dev_sync(c, msg, sizeof msg);
+    if (lb_small(c, bad, total * es)) {
+        sc_os_op o = {.kind = LB_ALL_GATHER,
+                      .dt = (int)dt,
+                      .op = -1,
+                      .root = -1,
+                      .count = total,
+                      .counts = counts,
+                      .hash = hash,
+                      .send = send,
+                      .recv = recv};
+        return lb_oneshot(c, &o);
+    }
     lb_args a = {.send = send,
                  .recv = recv,
                  .count = total,
@@ -151,6 +164,18 @@ tp_status lb_reduce_scatter(void *comm, const void *send, void *recv, const size
         bad = LB_BAD("recv buffer is NULL but counts[%d] = %zu", c->rank, counts[c->rank]);
     if (!bad && c->dops)
         bad = lb_dev_sync(c, msg, sizeof msg);
+    if (lb_small(c, bad, total * es)) {
+        sc_os_op o = {.kind = LB_REDUCE_SCATTER,
+                      .dt = (int)dt,
+                      .op = (int)op,
+                      .root = -1,
+                      .count = total,
+                      .counts = counts,
+                      .hash = hash,
+                      .send = send,
+                      .recv = recv};
+        return lb_oneshot(c, &o);
+    }
     lb_args a = {.send = send,
                  .recv = recv,
                  .count = total,
@@ -201,6 +226,16 @@ tp_status lb_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int roo
         bad = LB_BAD("count %zu overflows the address space", count);
     if (!bad && c->dops)
         bad = lb_dev_sync(c, msg, sizeof msg);
+    if (lb_small(c, bad, count * es)) {
+        sc_os_op o = {.kind = LB_BROADCAST,
+                      .dt = (int)dt,
+                      .op = -1,
+                      .root = root,
+                      .count = count,
+                      .send = buf,
+                      .recv = buf};
+        return lb_oneshot(c, &o);
+    }
     lb_args a = {.send = buf, .recv = buf, .count = count, .dt = (int)dt, .op = -1, .root = root};
     tp_status st = lb_begin(c, LB_BROADCAST, &a, bad, msg);
     if (st != TP_OK)

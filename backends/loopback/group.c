@@ -60,22 +60,11 @@ void lb_group_free(lb_group *g)
 /* Pin the calling thread to the index-th CPU it may run on; best effort. */
 static void lb_bind(lb_engine *eng, lb_comm *c, int index)
 {
-    pthread_t self = pthread_self();
-    if (pthread_getaffinity_np(self, sizeof c->saved, &c->saved) != 0)
-        return;
-    int k = index % CPU_COUNT(&c->saved);
-    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
-        if (!CPU_ISSET(cpu, &c->saved) || k-- > 0)
-            continue;
-        cpu_set_t one;
-        CPU_ZERO(&one);
-        CPU_SET(cpu, &one);
-        c->bound = pthread_setaffinity_np(self, sizeof one, &one) == 0;
-        c->thread = self;
-        if (c->bound && eng->host->debug)
-            eng->host->debug("comm", "loopback: rank %d pinned to CPU %d", index, cpu);
-        return;
-    }
+    int cpu = sc_bind_self(index, &c->saved);
+    c->bound = cpu >= 0;
+    c->thread = pthread_self();
+    if (c->bound && eng->host->debug)
+        eng->host->debug("comm", "loopback: rank %d pinned to CPU %d", index, cpu);
 }
 
 tp_status lb_world(void *engine, int local_index, const tp_rank_env *env, void **comm, int *rank,
@@ -155,7 +144,7 @@ void lb_comm_free(void *comm)
     if (g->is_world) {
         /* comm_free runs on the rank's thread: undo the pinning */
         if (c->bound && pthread_equal(pthread_self(), c->thread)) {
-            pthread_setaffinity_np(pthread_self(), sizeof c->saved, &c->saved);
+            sc_unbind_self(&c->saved);
             c->bound = false;
         }
         return; /* the engine frees world groups */

@@ -9,8 +9,7 @@
  * Each rank holds its own lb_comm handle pointing at the group. Every
  * collective is: publish arguments, entry barrier, check that all ranks
  * agree, every thread does its share of the work on all ranks' buffers,
- * exit barrier (small all_reduce: stage the input in the slot, entry
- * barrier, check, each rank reduces all staged inputs into its own recv).
+ * exit barrier (small collectives: oneshot.c, no barrier at all).
  */
 #ifndef TP_LOOPBACK_H
 #define TP_LOOPBACK_H
@@ -28,10 +27,10 @@
 
 #define LB_MAX_RANKS 64
 #define LB_LINE      SC_LINE /* cache line: work is split on these boundaries */
-/* all_reduce of at most this many bytes takes one barrier: each rank copies
- * its input into its slot's staging area, and after the entry barrier every
- * rank reduces all staged inputs into its own recv (no exit barrier). */
-#define LB_SMALL_BYTES 4096
+/* Collectives of at most this many bytes (all_reduce, broadcast: count;
+ * all_gather, reduce_scatter: the total) take shmcoll's one-shot path: no
+ * barrier, each rank publishes its input in its slot (oneshot.c). */
+#define LB_SMALL_BYTES SC_OS_BYTES
 
 /* The collectives (shmcoll's names). */
 typedef sc_kind lb_kind;
@@ -50,7 +49,7 @@ typedef struct lb_engine {
     unsigned spin_limit; /* busy spins before a waiter starts to yield */
     bool bind;           /* pin rank i's thread to the i-th allowed CPU */
     size_t stream_bytes; /* bytes written per op above which stores bypass the cache */
-    size_t small_bytes;  /* all_reduce up to this size takes one barrier (<= LB_SMALL_BYTES) */
+    size_t small_bytes; /* collectives up to this size take the one-shot path (<= LB_SMALL_BYTES) */
     pthread_mutex_t lock;
     struct lb_group *world;  /* world group of the current tp_run */
     struct lb_group *worlds; /* every world group made, freed in finalize */
@@ -78,8 +77,7 @@ typedef struct lb_pub {
 typedef struct lb_slot {
     /* Written by the owner before it arrives at the entry barrier and read
      * by peers after it (ordered by the barrier). Double-buffered by op
-     * number: a rank that leaves op k early (barrier and small all_reduce
-     * have no exit barrier)
+     * number: a rank that leaves op k early (barrier has no exit barrier)
      * writes pub[(k+1)&1] while slower ranks still read pub[k&1]; it cannot
      * reach op k+2 before every rank has entered op k+1. */
     _Alignas(LB_LINE) lb_pub pub[2];
@@ -91,10 +89,8 @@ typedef struct lb_slot {
     atomic_uint_fast64_t seq;                     /* number of that op, from 1 */
     atomic_int joined;                            /* world(): took its handle */
     atomic_int departed;                          /* comm_free was called */
-    /* Small all_reduce input, double-buffered by op number like pub[]: a
-     * rank writes stage[k&1] for op k only after every rank has entered op
-     * k-1, so no rank still reads it for op k-2. */
-    _Alignas(LB_LINE) unsigned char stage[2][LB_SMALL_BYTES];
+    /* One-shot slots by op number (oneshot.c, sc-oneshot.c). */
+    sc_os_buf os[2];
 } lb_slot;
 
 typedef struct lb_comm {
@@ -146,6 +142,12 @@ static inline const lb_args *lb_peer(const lb_comm *c, int r)
 }
 tp_status lb_poison(lb_group *g, tp_status status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* The calling rank's view of an earlier failure of its group. */
+tp_status lb_report_failed(lb_comm *c, lb_kind kind, const char *how);
+
+/* oneshot.c: run o (kind, dt, op, root, count, counts, hash, send, recv
+ * set) on the one-shot path; fills in the rest. */
+tp_status lb_oneshot(lb_comm *c, sc_os_op *o);
 
 /* device.c: the device-memory counterparts of lb_reduce and lb_fanout
  * (errors poison the group), the stream synchronization before a

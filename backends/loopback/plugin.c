@@ -9,16 +9,6 @@
 
 #include "loopback.h"
 
-/* CPUs this process may run on. */
-static int lb_cpu_count(void)
-{
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
-        return CPU_COUNT(&set);
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int)n : 1;
-}
-
 static tp_status lb_init(const tp_host *host, const tp_engine_args *args, void **engine,
                          tp_engine_info *info)
 {
@@ -39,7 +29,7 @@ static tp_status lb_init(const tp_host *host, const tp_engine_args *args, void *
     eng->timeout_s = host->timeout_s > 0 ? host->timeout_s : 300.0;
     /* The measurements behind these defaults are in docs/performance.md
      * ("Measurements behind loopback's engine defaults"). */
-    int ncpu = lb_cpu_count();
+    int ncpu = sc_cpu_count();
     /* Spin a few microseconds (200 pauses) before yielding: a peer that is
      * coming arrives within that on an idle machine; when ranks outnumber
      * CPUs the CPU is better given to the rank being waited for.
@@ -68,13 +58,18 @@ static tp_status lb_init(const tp_host *host, const tp_engine_args *args, void *
     const char *sb = getenv("TP_LOOPBACK_STREAM_BYTES"); /* tuning knob, bytes */
     if (sb && *sb)
         eng->stream_bytes = (size_t)strtoull(sb, NULL, 0);
-    /* all_reduce up to small_bytes takes one barrier instead of two, at the
-     * price of every rank reducing the whole vector: with a CPU per rank
-     * that pays only for small messages (about 1 KiB); when ranks outnumber
-     * CPUs each barrier costs context switches, and it pays up to the whole
-     * staging area. TP_LOOPBACK_SMALL_BYTES overrides (at most
+    /* Collectives up to small_bytes take the one-shot path (no barrier), at
+     * the price of every rank copying its input once more and reducing the
+     * whole vector. Measured (docs/performance.md, "One-shot small
+     * collectives"): decode-shaped calls (input just written, result read,
+     * test-loopback-direct decode) at T=2 are 1.4x faster one-shot at 1
+     * and 2 KiB and 1.2x at 4 KiB, far more when ranks outnumber CPUs, and
+     * the decode MLP's comm % drops from 56 to 37 %; only tp-bench
+     * collectives, whose buffers never change (so the barrier path reads
+     * clean shared lines), has the barrier path ahead at 2-4 KiB. So the
+     * whole slot, 4 KiB. TP_LOOPBACK_SMALL_BYTES overrides (at most
      * LB_SMALL_BYTES). */
-    eng->small_bytes = n > ncpu ? LB_SMALL_BYTES : 1024;
+    eng->small_bytes = LB_SMALL_BYTES;
     const char *sm = getenv("TP_LOOPBACK_SMALL_BYTES"); /* tuning knob, bytes */
     if (sm && *sm) {
         unsigned long long v = strtoull(sm, NULL, 0);
@@ -89,8 +84,8 @@ static tp_status lb_init(const tp_host *host, const tp_engine_args *args, void *
     }
     if (host->debug)
         host->debug("comm",
-                    "loopback: %d rank(s) on %d CPU(s), %s, spin limit %u, one-barrier "
-                    "all_reduce up to %zu bytes, streaming stores above %zu bytes, timeout "
+                    "loopback: %d rank(s) on %d CPU(s), %s, spin limit %u, one-shot "
+                    "collectives up to %zu bytes, streaming stores above %zu bytes, timeout "
                     "%.1f s",
                     n, ncpu,
                     eng->bind ? "rank i pinned to CPU i mod CPUs" : "rank threads not pinned",

@@ -48,8 +48,7 @@ tp_status lb_poison(lb_group *g, tp_status status, const char *fmt, ...)
     return g->eng->host->set_error(status, "loopback: %s", buf);
 }
 
-/* The calling rank's view of an earlier failure of its group. */
-static tp_status lb_report_failed(lb_comm *c, lb_kind kind, const char *how)
+tp_status lb_report_failed(lb_comm *c, lb_kind kind, const char *how)
 {
     lb_group *g = c->g;
     tp_status st = (tp_status)atomic_load_explicit(&g->failed, memory_order_acquire);
@@ -214,7 +213,8 @@ tp_status lb_begin(lb_comm *c, lb_kind kind, const lb_args *a, tp_status bad, co
     if (bad)
         snprintf(me->pub[q].bad_msg, sizeof me->pub[q].bad_msg, "%s", bad_msg);
     atomic_store_explicit(&me->kind, (int)kind, memory_order_relaxed);
-    atomic_store_explicit(&me->seq, c->seq, memory_order_relaxed);
+    /* release: a one-shot waiter that sees this op number reads pub (oneshot.c) */
+    atomic_store_explicit(&me->seq, c->seq, memory_order_release);
     tp_status st = lb_barrier_wait(c, kind);
     if (st != TP_OK)
         return st;

@@ -16,9 +16,9 @@
  *
  * The reduction is shmcoll's kernel over the same sources in the same
  * order as loopback's, so results are bitwise equal to loopback's and to
- * the serial sum ((x0 + x1) + x2) + ...; small all_reduce (up to 1 KiB, 4
- * KiB when ranks outnumber CPUs) stages the input and lets every rank
- * reduce all of it: one barrier.
+ * the serial sum ((x0 + x1) + x2) + ...; small collectives (up to
+ * small_bytes) take shmcoll's one-shot path instead (shm-oneshot.c): no
+ * barrier, every rank reads every rank's published input.
  */
 #include <string.h>
 
@@ -27,6 +27,13 @@
 #include "shm.h"
 
 #define SH_BAD(...) sc_bad(msg, sizeof msg, __VA_ARGS__)
+
+/* Whether a call of `bytes` (valid arguments) takes the one-shot path;
+ * every rank decides alike from arguments the ranks must agree on. */
+static bool sh_small(const sh_comm *c, tp_status bad, size_t bytes)
+{
+    return !bad && c->size > 1 && bytes <= c->eng->small_bytes;
+}
 
 /* Copy result elements [x0, x1) but not [s0, s1) from res (holding the
  * piece that starts at element b) to base + element index. */
@@ -115,7 +122,17 @@ tp_status sh_all_reduce(void *comm, const void *send, void *recv, size_t count, 
     size_t es = bad ? 1 : tp_util_dtype_size(dt), m = c->eng->chunk / es;
     sh_pub a = {.count = count, .dt = (int)dt, .op = (int)op, .root = -1};
     int n = c->size;
-    if (!bad && count && n > 1) /* piece 0 (or the whole small input) */
+    if (sh_small(c, bad, count * es)) {
+        sc_os_op o = {.kind = SC_ALL_REDUCE,
+                      .dt = (int)dt,
+                      .op = (int)op,
+                      .root = -1,
+                      .count = count,
+                      .send = send,
+                      .recv = recv};
+        return sh_oneshot(c, &o);
+    }
+    if (!bad && count && n > 1) /* piece 0 */
         memcpy(sh_stage(c, c->epoch + 1, c->rank), send, (count < m ? count : m) * es);
     tp_status st = sh_begin(c, SC_ALL_REDUCE, &a, bad, msg);
     if (st != TP_OK || !count)
@@ -123,14 +140,6 @@ tp_status sh_all_reduce(void *comm, const void *send, void *recv, size_t count, 
     if (n == 1) {
         if (send != recv)
             memmove(recv, send, count * es);
-        return TP_OK;
-    }
-    if (count * es <= c->eng->small_bytes) {
-        /* Every rank reduces all staged inputs into its own recv. */
-        const void *src[SH_MAX_RANKS];
-        for (int r = 0; r < n; r++)
-            src[r] = sh_stage(c, c->epoch, r);
-        sc_reduce((int)dt, (int)op, src, n, &recv, 1, count, false);
         return TP_OK;
     }
     return sh_reduce_pipe(c, send, recv, count, (int)dt, (int)op, 0, count);
@@ -152,6 +161,18 @@ tp_status sh_reduce_scatter(void *comm, const void *send, void *recv, const size
         bad = SH_BAD("send buffer is NULL but it should hold %zu elements", total);
     if (!bad && counts[c->rank] && !recv)
         bad = SH_BAD("recv buffer is NULL but counts[%d] = %zu", c->rank, counts[c->rank]);
+    if (sh_small(c, bad, total * es)) {
+        sc_os_op o = {.kind = SC_REDUCE_SCATTER,
+                      .dt = (int)dt,
+                      .op = (int)op,
+                      .root = -1,
+                      .count = total,
+                      .counts = counts,
+                      .hash = hash,
+                      .send = send,
+                      .recv = recv};
+        return sh_oneshot(c, &o);
+    }
     sh_pub a = {.count = total, .counts_hash = hash, .dt = (int)dt, .op = (int)op, .root = -1};
     if (!bad && total && n > 1)
         memcpy(sh_stage(c, c->epoch + 1, c->rank), send, (total < m ? total : m) * es);
@@ -211,6 +232,18 @@ tp_status sh_all_gather(void *comm, const void *send, void *recv, const size_t *
         bad = SH_BAD("recv buffer is NULL but the gathered size is %zu elements", total);
     if (!bad && counts[c->rank] && !send)
         bad = SH_BAD("send buffer is NULL but counts[%d] = %zu", c->rank, counts[c->rank]);
+    if (sh_small(c, bad, total * es)) {
+        sc_os_op o = {.kind = SC_ALL_GATHER,
+                      .dt = (int)dt,
+                      .op = -1,
+                      .root = -1,
+                      .count = total,
+                      .counts = counts,
+                      .hash = hash,
+                      .send = send,
+                      .recv = recv};
+        return sh_oneshot(c, &o);
+    }
     sh_pub a = {.count = total, .counts_hash = hash, .dt = (int)dt, .op = -1, .root = -1};
     size_t bytes[SH_MAX_RANKS], offs[SH_MAX_RANKS], most = 0, off = 0;
     for (int r = 0; !bad && r < n; r++) {
@@ -246,6 +279,16 @@ tp_status sh_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int roo
         bad = SH_BAD("buffer is NULL with count %zu", count);
     if (!bad && count > SIZE_MAX / es)
         bad = SH_BAD("count %zu overflows the address space", count);
+    if (sh_small(c, bad, count * es)) {
+        sc_os_op o = {.kind = SC_BROADCAST,
+                      .dt = (int)dt,
+                      .op = -1,
+                      .root = root,
+                      .count = count,
+                      .send = buf,
+                      .recv = buf};
+        return sh_oneshot(c, &o);
+    }
     sh_pub a = {.count = count, .dt = (int)dt, .op = -1, .root = root};
     size_t nb = bad ? 0 : count * es;
     if (!bad && nb && root == c->rank && n > 1)

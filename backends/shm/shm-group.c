@@ -53,6 +53,13 @@ tp_status sh_world(void *engine, int local_index, const tp_rank_env *env, void *
     if (eng->host->debug && nm)
         eng->host->debug("comm", "shm: rank %d of %d mapped %s (%zu bytes)", eng->rank,
                          eng->world_size, nm, c->map_bytes);
+    if (eng->bind && nm) {
+        int cpu = sc_bind_self(eng->rank, &c->saved);
+        c->bound = cpu >= 0;
+        c->thread = pthread_self();
+        if (c->bound && eng->host->debug)
+            eng->host->debug("comm", "shm: rank %d pinned to CPU %d", eng->rank, cpu);
+    }
     *comm = c;
     *rank = c->rank;
     *size = c->size;
@@ -64,6 +71,8 @@ void sh_comm_free(void *comm)
     sh_comm *c = comm;
     if (!c)
         return;
+    if (c->bound && pthread_equal(pthread_self(), c->thread))
+        sc_unbind_self(&c->saved);
     if (c->h) {
         atomic_store(&c->h->slots[c->rank].departed, 1);
         sc_bar_wake(&c->h->bar, true);

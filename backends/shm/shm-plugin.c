@@ -8,7 +8,7 @@
  *                           [A-Za-z0-9._-], at most 64 characters
  * Knobs (for measurement): TP_SHM_CHUNK_BYTES (bytes per rank per pipeline
  * step, 4 KiB .. 64 MiB, default 256 KiB), TP_SHM_SPIN (CPU pauses before
- * a waiter yields), TP_SHM_SMALL_BYTES (one-barrier all_reduce, <= 4 KiB).
+ * a waiter yields), TP_SHM_SMALL_BYTES (one-shot collectives, <= 4 KiB), TP_SHM_BIND.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -101,9 +101,10 @@ static tp_status sh_init(const tp_host *host, const tp_engine_args *args, void *
     if (host->debug)
         host->debug("comm",
                     "shm: rank %d of %d, job \"%s\", %zu-byte pipeline chunks, spin limit %u, "
-                    "one-barrier all_reduce up to %zu bytes, timeout %.1f s",
+                    "one-shot collectives up to %zu bytes, %s, timeout %.1f s",
                     eng->rank, eng->world_size, eng->job, eng->chunk, eng->spin_limit,
-                    eng->small_bytes, eng->timeout_s);
+                    eng->small_bytes, eng->bind ? "rank r pinned to CPU r mod CPUs" : "not pinned",
+                    eng->timeout_s);
     return TP_OK;
 }
 

@@ -47,7 +47,7 @@ tp_status sh_poison(sh_comm *c, tp_status status, const char *fmt, ...)
     return c->eng->host->set_error(status, "shm: %s", buf);
 }
 
-static tp_status sh_report_failed(sh_comm *c, int kind, const char *how)
+tp_status sh_report_failed(sh_comm *c, int kind, const char *how)
 {
     sh_hdr *h = c->h;
     int st = atomic_load_explicit(&h->failed, memory_order_acquire);
@@ -206,7 +206,8 @@ tp_status sh_begin(sh_comm *c, int kind, const sh_pub *a, tp_status bad, const c
     if (bad)
         snprintf(p->bad_msg, sizeof p->bad_msg, "%s", bad_msg);
     atomic_store_explicit(&me->kind, kind, memory_order_relaxed);
-    atomic_store_explicit(&me->seq, c->seq, memory_order_relaxed);
+    /* release: a one-shot waiter that sees this op number reads pub */
+    atomic_store_explicit(&me->seq, c->seq, memory_order_release);
     tp_status st = sh_barrier_wait(c, kind);
     return st != TP_OK ? st : sh_agree(c, kind);
 }

@@ -22,6 +22,8 @@
 #ifndef TP_SHM_H
 #define TP_SHM_H
 
+#include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -37,7 +39,7 @@
 #define SH_MAGIC_INIT  0x696d68732d7074ull /* "tp-shmi": being set up */
 #define SH_PREFIX      "tp-shm-"           /* /dev/shm/tp-shm-<uid>-... */
 #define SH_NAME_MAX    128
-#define SH_SMALL_BYTES 4096 /* all_reduce up to this takes one barrier */
+#define SH_SMALL_BYTES SC_OS_BYTES /* collectives up to this take the one-shot path */
 
 /* What a rank publishes for one op (no pointers). */
 typedef struct sh_pub {
@@ -56,6 +58,7 @@ typedef struct sh_slot {
     atomic_int pid;                               /* 0 until the rank mapped the segment */
     atomic_uint_fast64_t start;                   /* its start time (/proc/PID/stat) */
     atomic_int split_status;                      /* split: the leader's creation status */
+    sc_os_buf os[2];                              /* one-shot slots by op number */
 } sh_slot;
 
 typedef struct sh_hdr {
@@ -79,10 +82,11 @@ typedef struct sh_engine {
     double timeout_s;
     unsigned spin_limit;
     size_t chunk;        /* bytes per rank per pipeline step */
-    size_t small_bytes;  /* all_reduce up to this takes one barrier */
+    size_t small_bytes;  /* collectives up to this take the one-shot path */
     size_t stream_bytes; /* copies out above this use non-temporal stores */
     char job[72];        /* TP_JOB_ID, or the group's id (comm_create) */
     bool cleaned;        /* stale segments were looked for */
+    bool bind;           /* world(): pin the rank to CPU rank mod CPUs (TP_SHM_BIND) */
     bool by_comms;       /* made by comm_create: freed with its last communicator */
     atomic_int refs;     /* by_comms: communicators using it */
 } sh_engine;
@@ -96,6 +100,9 @@ typedef struct sh_comm {
     uint64_t epoch, seq, splits;
     uint64_t id; /* names sub-communicators' segments */
     bool streamed;
+    bool bound;       /* world(): the thread was pinned; `saved` restores it */
+    pthread_t thread; /* the pinned thread */
+    cpu_set_t saved;
     double next_poll; /* when to check peers' processes next */
 } sh_comm;
 
@@ -140,6 +147,12 @@ tp_status sh_barrier_wait(sh_comm *c, int kind);
 tp_status sh_begin(sh_comm *c, int kind, const sh_pub *a, tp_status bad, const char *bad_msg);
 tp_status sh_poison(sh_comm *c, tp_status status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* The calling rank's view of an earlier failure of the segment. */
+tp_status sh_report_failed(sh_comm *c, int kind, const char *how);
+
+/* shm-oneshot.c: run o (kind, dt, op, root, count, counts, hash, send,
+ * recv set) on the one-shot path; fills in the rest. */
+tp_status sh_oneshot(sh_comm *c, sc_os_op *o);
 /* Rank r's published arguments for the current op (valid after sh_begin). */
 static inline const sh_pub *sh_peer(const sh_comm *c, int r)
 {

@@ -50,10 +50,11 @@ bool sc_bar_arrive(sc_bar *b, unsigned size, uint64_t e, bool shared)
 tp_status sc_bar_wait(const sc_wait_spec *w)
 {
     sc_bar *b = w->bar;
+    const atomic_uint_fast64_t *word = w->flag ? w->flag : &b->gen;
     unsigned spins = 0;
     double start = 0.0;
     for (;;) {
-        if (atomic_load_explicit(&b->gen, memory_order_acquire) >= w->epoch)
+        if (atomic_load_explicit(word, memory_order_acquire) >= w->epoch)
             return TP_OK;
         double waited = 0.0;
         if (spins >= w->spin_limit) {
@@ -78,7 +79,7 @@ tp_status sc_bar_wait(const sc_wait_spec *w)
         atomic_fetch_add_explicit(&b->sleepers, 1, memory_order_seq_cst);
         unsigned seen = atomic_load_explicit(&b->wake, memory_order_seq_cst);
         st = w->check(w->ctx, waited);
-        if (st == TP_OK && atomic_load_explicit(&b->gen, memory_order_seq_cst) < w->epoch)
+        if (st == TP_OK && atomic_load_explicit(word, memory_order_seq_cst) < w->epoch)
             sc_futex_wait(&b->wake, seen, w->poll_s, w->shared);
         atomic_fetch_sub_explicit(&b->sleepers, 1, memory_order_relaxed);
         if (st != TP_OK)

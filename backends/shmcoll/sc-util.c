@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * sc-util.c — collective names, argument checks, work shares, the clock,
- * CPU pauses and futex calls shared by loopback and shm.
+ * CPU pauses, pinning and futex calls shared by loopback and shm.
  */
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <time.h>
@@ -135,4 +136,35 @@ void sc_futex_wake(atomic_uint *word, bool shared)
     (void)word;
     (void)shared;
 #endif
+}
+
+int sc_cpu_count(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+        return CPU_COUNT(&set);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+int sc_bind_self(int index, cpu_set_t *saved)
+{
+    pthread_t self = pthread_self();
+    if (pthread_getaffinity_np(self, sizeof *saved, saved) != 0 || CPU_COUNT(saved) < 1)
+        return -1;
+    int k = index % CPU_COUNT(saved);
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+        if (!CPU_ISSET(cpu, saved) || k-- > 0)
+            continue;
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(cpu, &one);
+        return pthread_setaffinity_np(self, sizeof one, &one) == 0 ? cpu : -1;
+    }
+    return -1;
+}
+
+void sc_unbind_self(const cpu_set_t *saved)
+{
+    pthread_setaffinity_np(pthread_self(), sizeof *saved, saved);
 }

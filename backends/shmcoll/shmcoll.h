@@ -9,10 +9,14 @@
  *   sc-util.c    collective names, argument checks, work shares, clocks
  *   sc-bar.c     a counter barrier that works between threads or between
  *                processes (futex words in shared memory), and its wait loop
+ *   sc-oneshot.c small collectives without a barrier: every rank publishes
+ *                its input in its own slot under a sequence number, reads
+ *                everyone's, and computes its result
  */
 #ifndef TP_SHMCOLL_H
 #define TP_SHMCOLL_H
 
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -61,6 +65,13 @@ tp_status sc_check_counts(char *msg, size_t len, const size_t *counts, int size,
 unsigned sc_agreed_fields(int kind);
 double sc_now(void);
 void sc_cpu_relax(void);
+/* CPUs this process may run on (at least 1). */
+int sc_cpu_count(void);
+/* Pin the calling thread to the index-th (mod their number) CPU it may run
+ * on, saving its affinity in *saved; the CPU, or -1 if it stayed unpinned.
+ * sc_unbind_self restores *saved. */
+int sc_bind_self(int index, cpu_set_t *saved);
+void sc_unbind_self(const cpu_set_t *saved);
 /* futex wait on *word while it equals `seen`, at most timeout_s; `shared`:
  * the word is in memory shared between processes. */
 void sc_futex_wait(atomic_uint *word, unsigned seen, double timeout_s, bool shared);
@@ -90,6 +101,9 @@ void sc_bar_wake(sc_bar *b, bool shared);
 typedef struct sc_wait_spec {
     sc_bar *bar;
     uint64_t epoch;
+    /* NULL: wait for bar->gen >= epoch; else for *flag >= epoch (a one-shot
+     * slot's sequence number; the bar's futex word still does the waking). */
+    const atomic_uint_fast64_t *flag;
     unsigned spin_limit; /* CPU pauses before yielding */
     double poll_s;       /* longest single block */
     bool shared;         /* the barrier is shared between processes */
@@ -98,5 +112,46 @@ typedef struct sc_wait_spec {
 } sc_wait_spec;
 
 tp_status sc_bar_wait(const sc_wait_spec *w);
+
+/* ---------------------------------------------------------- sc-oneshot.c */
+#define SC_OS_BYTES     4096 /* the most data bytes one rank publishes */
+#define SC_OS_MAX_RANKS 64
+
+/* One rank's one-shot slot for one parity of the op number. The data
+ * starts in the flag's cache line, so an 8 or 16 B all_reduce moves one
+ * line per rank. No pointers: it may live in a segment shared by
+ * processes. */
+typedef struct sc_os_buf {
+    _Alignas(SC_LINE) atomic_uint_fast64_t seq; /* op whose data it holds (release) */
+    uint64_t count, hash;                       /* the publisher's arguments */
+    int32_t kind, dt, op, root;
+    _Alignas(8) unsigned char data[SC_OS_BYTES];
+} sc_os_buf;
+
+/* One call. bufs[r]: rank r's slot of parity seq & 1. count: elements
+ * (all_reduce, broadcast) or the total of counts (v-variants). */
+typedef struct sc_os_op {
+    int kind, dt, op, root, rank, size;
+    size_t count;
+    const size_t *counts;
+    uint64_t hash, seq;
+    const void *send;
+    void *recv;
+    sc_os_buf *const *bufs;
+} sc_os_op;
+
+/* Copy this rank's input and arguments into bufs[rank], publish seq
+ * (sequentially consistent) and wake sleepers of `bar`. */
+void sc_os_publish(const sc_os_op *o, sc_bar *bar, bool shared);
+/* Wait for every other rank's slot to hold op seq (spec: everything but
+ * flag and epoch, which this sets per rank). */
+tp_status sc_os_wait_all(const sc_os_op *o, sc_wait_spec *spec);
+/* Every rank's arguments agree with rank 0's (the same verdict on every
+ * rank); else TP_ERR_INVALID_ARG and why in msg. */
+tp_status sc_os_agree(const sc_os_op *o, char *msg, size_t len);
+/* Compute this rank's result from all slots (reductions in rank order). */
+void sc_os_finish(const sc_os_op *o);
+/* The smallest r whose slot does not hold op seq yet, or -1. */
+int sc_os_first_missing(const sc_os_op *o);
 
 #endif /* TP_SHMCOLL_H */

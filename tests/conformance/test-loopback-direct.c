@@ -19,6 +19,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -368,6 +369,246 @@ static void t_memkind(void *comm, int rank, int size, void *arg)
              v, last_err);
 }
 
+/* ------------------------------------------ one-shot path (small sizes) */
+
+/* Non-integer floats of varied magnitude: their sum depends on the order
+ * of the additions, so bitwise checks see the order. */
+static float fvalue(int rank, size_t i, int salt)
+{
+    uint32_t x = (uint32_t)rank * 2654435761u ^ (uint32_t)i * 40503u ^ (uint32_t)salt * 97u;
+    x ^= x >> 13;
+    x *= 0x5bd1e995u;
+    x ^= x >> 15;
+    return ldexpf((float)((int)(x % 20001u) - 10000) / 7.0f, (int)(x >> 27) - 16);
+}
+
+/* The serial sum in rank order, ((x0 + x1) + x2) + ..., as loopback promises. */
+static float fsum_ref(int size, size_t i, int salt)
+{
+    float acc = fvalue(0, i, salt);
+    for (int r = 1; r < size; r++)
+        acc += fvalue(r, i, salt);
+    return acc;
+}
+
+static bool fsame(float a, float b)
+{
+    return memcmp(&a, &b, sizeof a) == 0;
+}
+
+/* Element counts (f32) around both default thresholds (1 KiB with a CPU
+ * per rank, 4 KiB when ranks outnumber CPUs): just below, at, above. */
+static const size_t edge_counts[] = {255, 256, 257, 1023, 1024, 1025};
+#define NEDGE (sizeof edge_counts / sizeof edge_counts[0])
+
+/* all_reduce and broadcast across the thresholds: bitwise equal to the
+ * serial rank-order sum, and the small-path results bitwise equal to the
+ * first elements of the next larger (other-path) call. */
+static void t_edge_reduce(void *comm, int rank, int size, void *arg)
+{
+    (void)arg;
+    float *out[NEDGE];
+    for (size_t k = 0; k < NEDGE; k++) {
+        size_t n = edge_counts[k];
+        float *send = malloc(n * 4);
+        out[k] = malloc(n * 4);
+        for (size_t i = 0; i < n; i++)
+            send[i] = fvalue(rank, i, 1);
+        float *o = k % 2 ? send : out[k]; /* in place every other time */
+        if (ops->all_reduce(comm, send, o, n, TP_F32, TP_SUM) != TP_OK)
+            FAIL("edge all_reduce n %zu rank %d: %s", n, rank, last_err);
+        if (o != out[k])
+            memcpy(out[k], o, n * 4);
+        for (size_t i = 0; i < n; i++)
+            if (!fsame(out[k][i], fsum_ref(size, i, 1))) {
+                FAIL("edge all_reduce T=%d rank %d n %zu: [%zu] = %a, serial sum %a", size, rank, n,
+                     i, out[k][i], fsum_ref(size, i, 1));
+                break;
+            }
+        if (k && memcmp(out[k - 1], out[k], edge_counts[k - 1] * 4) != 0)
+            FAIL("edge all_reduce T=%d rank %d: n %zu and n %zu differ in their common part", size,
+                 rank, edge_counts[k - 1], n);
+        free(send);
+    }
+    for (size_t k = 0; k < NEDGE; k++)
+        free(out[k]);
+    for (size_t k = 0; k < NEDGE; k++) {
+        int root = (int)k % size;
+        size_t n = edge_counts[k];
+        float *buf = malloc(n * 4);
+        for (size_t i = 0; i < n; i++)
+            buf[i] = fvalue(rank, i, 2);
+        if (ops->broadcast(comm, buf, n, TP_F32, root) != TP_OK)
+            FAIL("edge broadcast n %zu: %s", n, last_err);
+        for (size_t i = 0; i < n; i++)
+            if (!fsame(buf[i], fvalue(root, i, 2))) {
+                FAIL("edge broadcast T=%d root %d rank %d n %zu: [%zu] wrong", size, root, rank, n,
+                     i);
+                break;
+            }
+        free(buf);
+    }
+}
+
+/* all_gather and reduce_scatter with uneven counts whose totals cross the
+ * thresholds (mode 0: spread with remainders; mode 1: all on the last rank). */
+static void t_edge_v(void *comm, int rank, int size, void *arg)
+{
+    (void)arg;
+    for (size_t k = 0; k < NEDGE; k++)
+        for (int mode = 0; mode < 2; mode++) {
+            size_t tot = edge_counts[k], counts[64], off[64], o = 0;
+            for (int r = 0; r < size; r++) {
+                counts[r] = mode ? (r == size - 1 ? tot : 0)
+                                 : tot / (size_t)size + ((size_t)r < tot % (size_t)size);
+                off[r] = o;
+                o += counts[r];
+            }
+            float *send = malloc(tot * 4 + 4), *recv = malloc(tot * 4 + 4);
+            for (size_t i = 0; i < counts[rank]; i++)
+                send[i] = fvalue(rank, i, 3);
+            if (ops->all_gather(comm, send, recv, counts, TP_F32) != TP_OK)
+                FAIL("edge all_gather: %s", last_err);
+            for (int r = 0; r < size; r++)
+                for (size_t i = 0; i < counts[r]; i++)
+                    if (!fsame(recv[off[r] + i], fvalue(r, i, 3))) {
+                        FAIL("edge all_gather T=%d rank %d total %zu mode %d: block %d [%zu] "
+                             "wrong",
+                             size, rank, tot, mode, r, i);
+                        r = size;
+                        break;
+                    }
+            for (size_t i = 0; i < tot; i++)
+                send[i] = fvalue(rank, i, 4);
+            if (ops->reduce_scatter(comm, send, recv, counts, TP_F32, TP_SUM) != TP_OK)
+                FAIL("edge reduce_scatter: %s", last_err);
+            for (size_t i = 0; i < counts[rank]; i++)
+                if (!fsame(recv[i], fsum_ref(size, off[rank] + i, 4))) {
+                    FAIL("edge reduce_scatter T=%d rank %d total %zu mode %d: [%zu] = %a, serial "
+                         "sum %a",
+                         size, rank, tot, mode, i, recv[i], fsum_ref(size, off[rank] + i, 4));
+                    break;
+                }
+            free(send);
+            free(recv);
+        }
+}
+
+/* Back-to-back calls without barriers, alternating small and large sizes
+ * and the four collectives (the one-shot slots are reused every other op). */
+static void t_alternate(void *comm, int rank, int size, void *arg)
+{
+    (void)arg;
+    enum {
+        BIG = 2000
+    }; /* 8000 B: above every threshold */
+    float *send = malloc(BIG * 4 * 64), *recv = malloc(BIG * 4 * 64);
+    size_t counts[64], off[64];
+    for (int it = 0; it < 400; it++) {
+        size_t n = (it / 4) % 3 == 1 ? BIG : (size_t)(it % 7 + 1);
+        int salt = it;
+        switch (it % 4) {
+            case 0:
+                for (size_t i = 0; i < n; i++)
+                    send[i] = fvalue(rank, i, salt);
+                if (ops->all_reduce(comm, send, recv, n, TP_F32, TP_SUM) != TP_OK)
+                    FAIL("alternate all_reduce: %s", last_err);
+                for (size_t i = 0; i < n; i++)
+                    if (!fsame(recv[i], fsum_ref(size, i, salt))) {
+                        FAIL("alternate #%d T=%d rank %d all_reduce n %zu [%zu]", it, size, rank, n,
+                             i);
+                        break;
+                    }
+                break;
+            case 1:
+            case 2:
+                for (int r = 0; r < size; r++) {
+                    counts[r] = n + (size_t)r;
+                    off[r] = r ? off[r - 1] + counts[r - 1] : 0;
+                }
+                size_t tot = off[size - 1] + counts[size - 1];
+                for (size_t i = 0; i < tot; i++)
+                    send[i] = fvalue(rank, i, salt);
+                tp_status st = it % 4 == 1
+                                   ? ops->all_gather(comm, send, recv, counts, TP_F32)
+                                   : ops->reduce_scatter(comm, send, recv, counts, TP_F32, TP_SUM);
+                if (st != TP_OK)
+                    FAIL("alternate v-op: %s", last_err);
+                for (size_t i = 0; it % 4 == 1 && i < tot; i++) {
+                    int r = 0;
+                    while (r + 1 < size && off[r + 1] <= i)
+                        r++;
+                    if (!fsame(recv[i], fvalue(r, i - off[r], salt))) {
+                        FAIL("alternate #%d T=%d rank %d all_gather [%zu]", it, size, rank, i);
+                        break;
+                    }
+                }
+                for (size_t i = 0; it % 4 == 2 && i < counts[rank]; i++)
+                    if (!fsame(recv[i], fsum_ref(size, off[rank] + i, salt))) {
+                        FAIL("alternate #%d T=%d rank %d reduce_scatter [%zu]", it, size, rank, i);
+                        break;
+                    }
+                break;
+            default:
+                for (size_t i = 0; i < n; i++)
+                    send[i] = fvalue(rank, i, salt);
+                if (ops->broadcast(comm, send, n, TP_F32, it % size) != TP_OK)
+                    FAIL("alternate broadcast: %s", last_err);
+                for (size_t i = 0; i < n; i++)
+                    if (!fsame(send[i], fvalue(it % size, i, salt))) {
+                        FAIL("alternate #%d T=%d rank %d broadcast [%zu]", it, size, rank, i);
+                        break;
+                    }
+        }
+        if (it % 37 == 0 && ops->barrier(comm) != TP_OK)
+            FAIL("alternate barrier: %s", last_err);
+    }
+    free(send);
+    free(recv);
+}
+
+/* Many small all_reduces while one rank is descheduled now and then
+ * (ranks outnumber CPUs, and it sleeps 20 ms every 1000 calls): every
+ * call must succeed with the right result, well inside a 2 s timeout. */
+static void t_stress(void *comm, int rank, int size, void *arg)
+{
+    (void)arg;
+    for (int it = 0; it < 6000; it++) {
+        if (rank == size - 1 && it % 1000 == 999) {
+            struct timespec ts = {0, 20000000};
+            nanosleep(&ts, NULL);
+        }
+        float v[2] = {fvalue(rank, 0, it), fvalue(rank, 1, it)}, out[2];
+        tp_status st = ops->all_reduce(comm, v, out, 2, TP_F32, TP_SUM);
+        if (st != TP_OK || !fsame(out[0], fsum_ref(size, 0, it)) ||
+            !fsame(out[1], fsum_ref(size, 1, it))) {
+            FAIL("stress T=%d rank %d call %d: status %d (%s)", size, rank, it, st,
+                 st ? last_err : "wrong sum");
+            return;
+        }
+    }
+}
+
+/* Ranks that disagree on the path (one passes a count above the
+ * threshold, or an invalid dtype) fail alike instead of hanging. */
+static void t_path_mismatch(void *comm, int rank, int size, void *arg)
+{
+    float *buf = calloc(4096, sizeof(float));
+    bool dtype = arg != NULL;
+    tp_status want = TP_ERR_INVALID_ARG, st;
+    if (rank == size - 1)
+        st = ops->all_reduce(comm, buf, buf, dtype ? 13 : 4000, dtype ? (tp_dtype)99 : TP_F32,
+                             TP_SUM);
+    else
+        st = ops->all_reduce(comm, buf, buf, 13, TP_F32, TP_SUM);
+    if (st != want)
+        FAIL("path mismatch (%s) T=%d rank %d: got %d (%s)", dtype ? "dtype" : "count", size, rank,
+             st, last_err);
+    if (ops->all_reduce(comm, buf, buf, 1, TP_F32, TP_SUM) == TP_OK)
+        FAIL("poisoned communicator still works");
+    free(buf);
+}
+
 /* ------------------------------------------------------------- bench */
 
 /* Interleaved: all_reduce of n floats, then every rank memcpy of n floats
@@ -452,6 +693,43 @@ static void bench_one(int n, size_t bytes, int iters)
     else
         printf("T=%d %8zu B    all_reduce min %8.3f us med %8.3f us\n", n, bytes, b.ar[0] * 1e6,
                b.ar[1] * 1e6);
+}
+
+/* Decode-shaped: back-to-back all_reduces whose input each rank has just
+ * written (as a GEMM would) and whose result it reads, no barrier between
+ * calls; the mean time per call on rank 0. */
+typedef struct {
+    size_t n;
+    int iters;
+    double per_call;
+} decode_arg;
+
+static void d_rank(void *comm, int rank, int size, void *p)
+{
+    (void)size;
+    decode_arg *d = p;
+    float *s = aligned_alloc(64, d->n * 4 + 64), *r = aligned_alloc(64, d->n * 4 + 64);
+    volatile float sink = 0;
+    double t0 = 0;
+    for (int it = -d->iters / 10; it < d->iters; it++) {
+        if (it == 0) {
+            ops->barrier(comm);
+            t0 = now_s();
+        }
+        for (size_t i = 0; i < d->n; i++)
+            s[i] = (float)(it + rank + (int)i);
+        if (ops->all_reduce(comm, s, r, d->n, TP_F32, TP_SUM) != TP_OK)
+            FAIL("decode bench: %s", last_err);
+        float acc = 0;
+        for (size_t i = 0; i < d->n; i++)
+            acc += r[i];
+        sink = acc;
+    }
+    (void)sink;
+    if (rank == 0)
+        d->per_call = (now_s() - t0) / d->iters;
+    free(s);
+    free(r);
 }
 
 static void bench(void)
@@ -552,6 +830,39 @@ START_TEST(bad_world_size)
 }
 END_TEST
 
+START_TEST(oneshot_edges)
+{
+    run(_i + 1, t_edge_reduce, NULL);
+    run(_i + 1, t_edge_v, NULL);
+    NO_FAILURES();
+}
+END_TEST
+
+START_TEST(oneshot_alternate)
+{
+    run(sizes[_i], t_alternate, NULL);
+    NO_FAILURES();
+}
+END_TEST
+
+START_TEST(oneshot_stress_descheduled)
+{
+    static const int t[] = {2, 3, 4, 7};
+    host.timeout_s = 2.0;
+    run(t[_i], t_stress, NULL);
+    host.timeout_s = 300.0;
+    NO_FAILURES();
+}
+END_TEST
+
+START_TEST(oneshot_path_mismatch)
+{
+    run(sizes[_i], t_path_mismatch, NULL);
+    run(sizes[_i], t_path_mismatch, (void *)1);
+    NO_FAILURES();
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("loopback-direct");
@@ -564,6 +875,13 @@ static Suite *suite(void)
     tcase_add_loop_test(tc, split_sizes, 0, ns);
     tcase_add_loop_test(tc, mismatch_sizes, 1, ns);
     tcase_add_test(tc, world_64);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("oneshot");
+    tcase_set_timeout(tc, 120);
+    tcase_add_loop_test(tc, oneshot_edges, 0, 7);
+    tcase_add_loop_test(tc, oneshot_alternate, 0, ns);
+    tcase_add_loop_test(tc, oneshot_stress_descheduled, 0, 4);
+    tcase_add_loop_test(tc, oneshot_path_mismatch, 1, ns);
     suite_add_tcase(s, tc);
     tc = tcase_create("failures");
     tcase_set_timeout(tc, 60);
@@ -578,7 +896,8 @@ static Suite *suite(void)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s PLUGIN.so [bench]\n", argv[0]);
+        fprintf(stderr, "usage: %s PLUGIN.so [bench [T BYTES [ITERS]] | decode T BYTES [ITERS]]\n",
+                argv[0]);
         return 2;
     }
     void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
@@ -592,6 +911,13 @@ int main(int argc, char **argv)
         return 1;
     }
     ops = get()->comm;
+    if (argc > 4 && strcmp(argv[2], "decode") == 0) { /* decode T BYTES [ITERS] */
+        decode_arg d = {(size_t)strtod(argv[4], NULL) / 4, argc > 5 ? atoi(argv[5]) : 20000, 0};
+        run(atoi(argv[3]), d_rank, &d);
+        printf("T=%s %s B decode-shaped all_reduce: %.3f us per call\n", argv[3], argv[4],
+               d.per_call * 1e6);
+        return 0;
+    }
     if (argc > 4 && strcmp(argv[2], "bench") == 0) { /* bench T BYTES [ITERS] */
         bench_one(atoi(argv[3]), (size_t)strtod(argv[4], NULL), argc > 5 ? atoi(argv[5]) : 30);
         return 0;

@@ -5,7 +5,7 @@
  *
  *   - results are bitwise equal to loopback's (same kernels, same rank
  *     order) for all_reduce and reduce_scatter, over dtypes, ops, sizes
- *     that take one barrier, one pipeline piece and many;
+ *     on the one-shot path, one pipeline piece and many;
  *   - a rank killed with SIGKILL gives the others TP_ERR_PEER within
  *     seconds (TP_TIMEOUT_S is 60 s), a stalled rank TP_ERR_TIMEOUT;
  *   - segments left by a job whose ranks were all killed are removed by
@@ -14,6 +14,10 @@
  *   - TP_JOB_ID missing is refused naming the variable;
  *   - a peer that scribbles over the shared header (bad sizes, kinds,
  *     statuses, unterminated messages) makes its peers fail, not crash;
+ *   - the one-shot path (small sizes): results bitwise equal to loopback
+ *     just below, at and above the thresholds for every collective, and
+ *     thousands of back-to-back calls with alternating sizes and a rank
+ *     that sleeps now and then finish without a timeout;
  *   - comm_create (shm as an intra-node backend) over a bootstrap
  *     communicator works, splits, and refuses a group across nodes with a
  *     message naming them, on every rank.
@@ -163,11 +167,32 @@ static shared_out *new_out(void)
 /* ------------------------------------------------------ bitwise equality */
 
 typedef struct case_arg {
-    int kind; /* 0 all_reduce, 1 reduce_scatter */
+    int kind; /* 0 all_reduce, 1 reduce_scatter, 2 all_gather, 3 broadcast from the last rank */
     tp_dtype dt;
     tp_redop op;
-    size_t count; /* all_reduce: elements; reduce_scatter: per rank */
+    size_t count; /* all_reduce, broadcast: elements; v-variants: per rank (uneven: the total) */
+    bool uneven;  /* v-variants: count is the total, spread with remainders */
 } case_arg;
+
+/* A v-variant's counts for case a; returns the total. */
+static size_t case_counts(const case_arg *a, int size, size_t *counts)
+{
+    size_t total = 0;
+    for (int r = 0; r < size; r++) {
+        counts[r] =
+            a->uneven ? a->count / (size_t)size + ((size_t)r < a->count % (size_t)size) : a->count;
+        total += counts[r];
+    }
+    return total;
+}
+
+/* Bytes of rank's result for case a. */
+static size_t case_bytes(const case_arg *a, int rank, int size)
+{
+    size_t counts[MAXR], total = case_counts(a, size, counts);
+    size_t n = a->kind == 1 ? counts[rank] : a->kind == 2 ? total : a->count;
+    return n * tp_util_dtype_size(a->dt);
+}
 
 /* Rank r's input element i: a value whose sums round differently in
  * different orders (so a changed order shows). */
@@ -191,17 +216,21 @@ static void fill(void *buf, tp_dtype dt, size_t n, int r)
 static tp_status run_case(const tp_comm_ops *ops, void *comm, int rank, int size, const case_arg *a,
                           unsigned char *out)
 {
-    size_t es = tp_util_dtype_size(a->dt), total = a->kind ? a->count * (size_t)size : a->count;
-    void *send = malloc(total * es);
-    fill(send, a->dt, total, rank);
+    size_t es = tp_util_dtype_size(a->dt), counts[MAXR], total = case_counts(a, size, counts);
+    if (a->kind == 0 || a->kind == 3)
+        total = a->count;
+    void *send = malloc(total * es + 1);
+    fill(send, a->dt, a->kind == 2 ? counts[rank] : total, rank);
     tp_status st;
     if (a->kind == 0) {
         st = ops->all_reduce(comm, send, out, a->count, a->dt, a->op);
-    } else {
-        size_t counts[MAXR];
-        for (int r = 0; r < size; r++)
-            counts[r] = a->count;
+    } else if (a->kind == 1) {
         st = ops->reduce_scatter(comm, send, out, counts, a->dt, a->op);
+    } else if (a->kind == 2) {
+        st = ops->all_gather(comm, send, out, counts, a->dt);
+    } else {
+        memcpy(out, send, total * es);
+        st = ops->broadcast(comm, out, a->count, a->dt, size - 1);
     }
     free(send);
     return st;
@@ -265,7 +294,7 @@ static void check_equal(int n, const char *chunk)
             for (size_t di = 0; di < sizeof dts / sizeof *dts; di++)
                 for (int op = 0; op < 2; op++) {
                     case_arg a = {kind, dts[di], (tp_redop)op,
-                                  kind ? counts[ci] / 4 + 1 : counts[ci]};
+                                  kind ? counts[ci] / 4 + 1 : counts[ci], false};
                     size_t bytes = a.count * tp_util_dtype_size(a.dt);
                     memset(so, 0xa5, sizeof *so);
                     memset(ref->data, 0x5a, sizeof ref->data);
@@ -297,19 +326,108 @@ START_TEST(bitwise_equal_to_loopback)
 }
 END_TEST
 
+/* Sizes just below, at and above both default one-shot thresholds (1 and
+ * 4 KiB), every collective, uneven v-variant counts: bitwise equal to
+ * loopback (whose own tests check the serial rank-order sum). */
+START_TEST(oneshot_edges_equal_loopback)
+{
+    static const size_t edges[] = {255, 256, 257, 1023, 1024, 1025};
+    static const int ranks[] = {2, 3, 7};
+    shared_out *so = new_out(), *ref = new_out();
+    int n = ranks[_i];
+    for (int kind = 0; kind < 4; kind++)
+        for (size_t e = 0; e < sizeof edges / sizeof *edges; e++) {
+            case_arg a = {kind, TP_F32, TP_SUM, edges[e], true};
+            memset(so, 0xa5, sizeof *so);
+            memset(ref->data, 0x5a, sizeof ref->data);
+            new_job_id("edge");
+            start_ranks(n, shm_case, &a, so, 60.0);
+            wait_ranks(n, 120.0);
+            loopback_case(n, &a, ref->data);
+            for (int r = 0; r < n; r++) {
+                ck_assert_msg(so->rep[r].init_st == 0 && so->rep[r].st == 0, "rank %d: %s", r,
+                              so->rep[r].msg);
+                ck_assert_msg(memcmp(so->data[r], ref->data[r], case_bytes(&a, r, n)) == 0,
+                              "kind %d count %zu, %d ranks: rank %d's result differs from "
+                              "loopback's",
+                              kind, a.count, n, r);
+            }
+        }
+    munmap(so, sizeof *so);
+    munmap(ref, sizeof *ref);
+}
+END_TEST
+
+/* Many back-to-back calls alternating small (one-shot) and large sizes,
+ * all_reduce and broadcast, while the last rank sleeps 20 ms every 500
+ * calls (7 ranks outnumber the CPUs): every result exact, no timeout
+ * (2 s), no hang. */
+static tp_status busy_rank(void *comm, int rank, int size, void *arg, unsigned char *out)
+{
+    (void)arg, (void)out;
+    enum {
+        BIG = 3000
+    };
+    float *buf = malloc(BIG * sizeof(float));
+    tp_status st = TP_OK;
+    for (int it = 0; it < 3000 && st == TP_OK; it++) {
+        if (rank == size - 1 && it % 500 == 499)
+            usleep(20000);
+        size_t n = it % 5 == 4 ? BIG : (size_t)(it % 3 + 1);
+        int root = it % size;
+        bool bcast = it % 7 == 3;
+        for (size_t i = 0; i < n; i++)
+            buf[i] = (float)(rank + (int)i + it % 100);
+        st = bcast ? shm_ops->broadcast(comm, buf, n, TP_F32, root)
+                   : shm_ops->all_reduce(comm, buf, buf, n, TP_F32, TP_SUM);
+        for (size_t i = 0; st == TP_OK && i < n; i++) {
+            float want = bcast ? (float)(root + (int)i + it % 100)
+                               : (float)(size * ((int)i + it % 100) + size * (size - 1) / 2);
+            if (buf[i] != want) {
+                host.set_error(TP_ERR_INTERNAL, "call %d (%s, n %zu) [%zu] = %g, want %g", it,
+                               bcast ? "broadcast" : "all_reduce", n, i, buf[i], want);
+                st = TP_ERR_INTERNAL;
+            }
+        }
+    }
+    free(buf);
+    return st;
+}
+
+START_TEST(oneshot_stress_descheduled)
+{
+    static const int ranks[] = {2, 4, 7};
+    shared_out *so = new_out();
+    int n = ranks[_i];
+    new_job_id("busy");
+    start_ranks(n, busy_rank, NULL, so, 2.0);
+    wait_ranks(n, 120.0);
+    for (int r = 0; r < n; r++)
+        ck_assert_msg(so->rep[r].init_st == 0 && so->rep[r].st == 0, "%d ranks: rank %d: %s", n, r,
+                      so->rep[r].msg);
+    munmap(so, sizeof *so);
+}
+END_TEST
+
 /* ------------------------------------------------------------- failures */
 
 typedef struct fault_arg {
     int victim;
-    int how; /* 0: SIGKILL itself, 1: stall */
+    int how;      /* 0: SIGKILL itself, 1: stall */
+    size_t count; /* floats per all_reduce (0: 1000) */
 } fault_arg;
+
+/* 1000 floats (4000 B) and 2: the one-shot path (up to 4 KiB by default);
+ * 5000: the barrier path. */
+static const size_t fault_counts[] = {0, 2, 5000};
 
 static tp_status fault_rank(void *comm, int rank, int size, void *arg, unsigned char *out)
 {
     (void)size;
     const fault_arg *f = arg;
-    float x[1000] = {0};
-    tp_status st = shm_ops->all_reduce(comm, x, out, 1000, TP_F32, TP_SUM);
+    float x[5000] = {0};
+    size_t n = f->count ? f->count : 1000;
+    tp_status st = shm_ops->all_reduce(comm, x, out, n, TP_F32, TP_SUM);
     if (st)
         return st;
     if (rank == f->victim) {
@@ -318,13 +436,13 @@ static tp_status fault_rank(void *comm, int rank, int size, void *arg, unsigned 
         sleep(30);
         return TP_OK;
     }
-    return shm_ops->all_reduce(comm, x, out, 1000, TP_F32, TP_SUM);
+    return shm_ops->all_reduce(comm, x, out, n, TP_F32, TP_SUM);
 }
 
 START_TEST(killed_peer_gives_peer_error)
 {
     shared_out *so = new_out();
-    fault_arg f = {2, 0};
+    fault_arg f = {2, 0, fault_counts[_i]};
     new_job_id("kill");
     start_ranks(3, fault_rank, &f, so, 60.0);
     wait_ranks(3, 30.0);
@@ -343,7 +461,7 @@ END_TEST
 START_TEST(stalled_peer_gives_timeout)
 {
     shared_out *so = new_out();
-    fault_arg f = {1, 1};
+    fault_arg f = {1, 1, fault_counts[_i]};
     new_job_id("stall");
     start_ranks(3, fault_rank, &f, so, 1.0);
     double t0 = now_s();
@@ -500,8 +618,28 @@ END_TEST
  * collective; its peers must fail with an error, not crash. */
 static tp_status hostile_rank(void *comm, int rank, int size, void *arg, unsigned char *out)
 {
-    (void)size, (void)arg;
+    (void)size;
     sh_comm *c = comm;
+    if (rank == 1 && arg) { /* garbage in both one-shot slots, published */
+        for (int q = 0; q < 2; q++) {
+            sc_os_buf *b = &c->h->slots[1].os[q];
+            memset(b->data, 0xff, sizeof b->data);
+            b->count = ~0ull;
+            b->hash = ~0ull;
+            b->kind = 12345;
+            b->dt = -9;
+            b->op = 77;
+            b->root = 1 << 30;
+            atomic_store(&b->seq, ~0ull);
+        }
+        usleep(500000);
+        return TP_OK;
+    }
+    if (arg) {
+        usleep(200000);
+        float y[2] = {1, 2};
+        return shm_ops->all_reduce(comm, y, out, 2, TP_F32, TP_SUM);
+    }
     if (rank == 1) {
         sh_hdr *h = c->h;
         h->size = 1 << 30;
@@ -528,11 +666,15 @@ static tp_status hostile_rank(void *comm, int rank, int size, void *arg, unsigne
 START_TEST(hostile_peer_cannot_crash)
 {
     shared_out *so = new_out();
-    new_job_id("hostile");
-    start_ranks(3, hostile_rank, NULL, so, 2.0);
-    wait_ranks(3, 30.0);
-    for (int r = 0; r < 3; r += 2)
-        ck_assert_msg(so->rep[r].st != TP_OK, "rank %d: expected an error, got OK", r);
+    for (int oneshot = 0; oneshot < 2; oneshot++) {
+        memset(so, 0, sizeof *so);
+        new_job_id("hostile");
+        start_ranks(3, hostile_rank, oneshot ? (void *)1 : NULL, so, 2.0);
+        wait_ranks(3, 30.0);
+        for (int r = 0; r < 3; r += 2)
+            ck_assert_msg(so->rep[r].st != TP_OK, "rank %d (%s): expected an error, got OK", r,
+                          oneshot ? "one-shot slots" : "header");
+    }
     munmap(so, sizeof *so);
 }
 END_TEST
@@ -646,13 +788,15 @@ int main(int argc, char **argv)
     TCase *tc = tcase_create("shm");
     tcase_set_timeout(tc, 240);
     tcase_add_test(tc, job_id_required);
-    tcase_add_test(tc, killed_peer_gives_peer_error);
-    tcase_add_test(tc, stalled_peer_gives_timeout);
+    tcase_add_loop_test(tc, killed_peer_gives_peer_error, 0, 3);
+    tcase_add_loop_test(tc, stalled_peer_gives_timeout, 0, 3);
     tcase_add_test(tc, hostile_peer_cannot_crash);
     tcase_add_test(tc, stale_segments_are_removed);
     tcase_add_test(tc, comm_create_over_a_group);
     tcase_add_test(tc, comm_create_refuses_a_group_across_nodes);
     tcase_add_test(tc, bitwise_equal_to_loopback);
+    tcase_add_loop_test(tc, oneshot_edges_equal_loopback, 0, 3);
+    tcase_add_loop_test(tc, oneshot_stress_descheduled, 0, 3);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -2,6 +2,7 @@
 /* collectives.c — nccl-tests-like sweep of the collectives, plus the
  * memcpy reference measured in the same run. */
 #include "bench.h"
+#include "pingpong.h"
 
 #include "tp-try.h"
 
@@ -171,6 +172,7 @@ typedef struct coll_run {
     tp_redop redop;            /* -o */
     bool inplace;              /* also time the in-place form (collectives, not model) */
     double *copy1_s, *copyT_s; /* per size, NULL if not measured */
+    double pp_s;               /* cache-line round trip (pingpong.c), 0 if not measured */
     bool corrupt;
     bool fake_times; /* test hook TP_BENCH_FAKE_TIMES: rank r "took" (r+1) ms */
     bool raw;
@@ -344,6 +346,8 @@ static void print_header(const coll_run *c, int op, int T)
         printf(" %10s %8s", "copyT(us)", "t/copyT");
     if (c->raw)
         printf(" %10s %9s", "raw(us)", "tp/raw bw");
+    if (op == TP_OP_ALL_REDUCE && c->pp_s > 0)
+        printf(" %9s %7s", "pp(us)", "t/pp");
     printf("\n");
     fflush(stdout);
 }
@@ -612,6 +616,12 @@ static void report_size(coll_rank_ctx *x, const coll_size *z)
         bench_rec_dbl(rec, "raw_time_us", rs.median * 1e6);
         bench_rec_dbl(rec, "raw_busbw_gbps", raw_bw);
     }
+    if (op == TP_OP_ALL_REDUCE && c->pp_s > 0 && z->bytes <= 4096) { /* next to small sizes */
+        if (x->show)
+            printf(" %9.3f %7.2f", c->pp_s * 1e6, sm.median / c->pp_s);
+        bench_rec_dbl(rec, "pingpong_us", c->pp_s * 1e6);
+        bench_rec_dbl(rec, "pingpong_ratio", sm.median / c->pp_s);
+    }
     if (x->show) {
         printf("\n");
         fflush(stdout);
@@ -706,6 +716,29 @@ done:
     return st;
 }
 
+/* The ping-pong reference (pingpong.c) into c->pp_s, printed. */
+static void pp_measure(coll_run *c, bool procs)
+{
+    c->pp_s = bench_pingpong(procs, 101, 200);
+    if (c->pp_s > 0 && c->print)
+        printf("#\n# ping-pong reference (same run): one cache line's round trip between 2 %s "
+               "on 2 CPUs: %.3f us\n",
+               procs ? "processes" : "threads", c->pp_s * 1e6);
+}
+
+/* Ranks in several processes: the printing process measures the ping-pong
+ * between two processes while the others wait in a barrier. */
+static tp_status pp_processes(coll_rank_ctx *x)
+{
+    coll_run *c = x->c;
+    if (c->env->single_process || x->T < 2 || c->o->no_memcpy ||
+        !(c->o->op_mask & (1u << TP_OP_ALL_REDUCE)))
+        return TP_OK;
+    if (x->printer)
+        pp_measure(c, true);
+    return tp_barrier(x->comm);
+}
+
 static tp_status coll_rank(tp_comm *comm, int T, void *arg)
 {
     coll_rank_ctx x;
@@ -728,6 +761,7 @@ static tp_status coll_rank(tp_comm *comm, int T, void *arg)
         goto done;
     }
     TP_TRY_GOTO(bench_place_get(comm, &x.place), st, done);
+    TP_TRY_GOTO(pp_processes(&x), st, done);
     if (x.show)
         printf("# placement: %d node%s, %d rank%s on rank 0's node, link %s\n", x.place.nodes,
                x.place.nodes == 1 ? "" : "s", x.place.ranks_per_node,
@@ -840,6 +874,9 @@ static int sweep_at(coll_run *c, int T, bool first)
         printf("# memcpy reference skipped: ranks run in several processes here; measure it with "
                "TP_BACKEND=loopback\n");
     }
+    c->pp_s = 0;
+    if (want_memcpy && T > 1 && c->env->single_process) /* processes: in coll_rank */
+        pp_measure(c, false);
     return bench_run_tps(c->env, &T, 1, coll_rank, c);
 }
 

@@ -413,6 +413,7 @@ static void emit_layer(bench_sink *sink, const bench_env *env, const bench_opts 
     double comm = p ? p[V_COMM] : R->comm_us[ph], wall = v ? v[V_WALL] : R->wall_us;
     double wait = p ? p[V_WAIT] : R->wait_us[ph];
     bench_rec_dbl(rec, "wall_us", wall);
+    bench_rec_dbl(rec, "wall_per_token_us", o->tokens > 0 ? wall / (double)o->tokens : NAN);
     bench_rec_dbl(rec, "gemm_us", gemm);
     bench_rec_dbl(rec, "other_us", other);
     bench_rec_dbl(rec, "compute_us", gemm + other);
@@ -602,6 +603,12 @@ int bench_cmd_layer(const bench_opts *o)
         }
         if (isnan(wall1))
             printf("# (no T=1 in --sweep-tp: add 1 for speedup and efficiency)\n");
+        if (o->tokens <= 16) { /* decode-shaped: the latency of one token */
+            printf("# per token (wall / %" G_GINT64_FORMAT " tokens):", (gint64)o->tokens);
+            for (int i = 0; i < ntp; i++)
+                printf(" T=%d %.1f us%s", res[i].T, res[i].wall_us / (double)o->tokens,
+                       i + 1 < ntp ? "," : "\n");
+        }
     }
     free(L.per_rank);
     return bench_cmd_finish(&env, &sink, rc);
