@@ -293,6 +293,7 @@ static tp_status not_supported(const tp_comm *comm, tp_op op)
 /* Called after a collective: counts it under the rank's current phase. */
 static tp_status finish(tp_comm *comm, tp_op op, size_t bytes, tp_tick t0, tp_status st)
 {
+    comm->state->tick_ns = 0; /* unused if no plugin call followed count_start */
     if (st) {
         tpi_tick_cancel(comm->dev, t0);
         if (!tp_last_error()[0])
@@ -394,6 +395,7 @@ static tp_status count_start(tp_comm *comm, tp_tick *t0)
         comm->barrier_s = tpi_now() - b0;
     }
     *t0 = tpi_tick_start(comm->dev);
+    comm->state->tick_ns = (int64_t)(t0->t0 * 1e9);
     return TP_OK;
 }
 

@@ -618,9 +618,9 @@ static void report_size(coll_rank_ctx *x, const coll_size *z)
     }
     if (op == TP_OP_ALL_REDUCE && c->pp_s > 0 && z->bytes <= 4096) { /* next to small sizes */
         if (x->show)
-            printf(" %9.3f %7.2f", c->pp_s * 1e6, sm.median / c->pp_s);
+            printf(" %9.3f %7.2f", c->pp_s * 1e6, main->sm.median / c->pp_s);
         bench_rec_dbl(rec, "pingpong_us", c->pp_s * 1e6);
-        bench_rec_dbl(rec, "pingpong_ratio", sm.median / c->pp_s);
+        bench_rec_dbl(rec, "pingpong_ratio", main->sm.median / c->pp_s);
     }
     if (x->show) {
         printf("\n");
