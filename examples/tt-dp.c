@@ -53,12 +53,16 @@ tp_status tt_dp_groups(tp_comm *world, const tt_dp_opts *d, tp_comm **tp, tp_com
 {
     int W = tp_comm_size(world), D = d->dp;
     *tp = *dp = NULL;
-    if (W % D != 0 || (d->tp && d->tp * D != W))
+    if (d->tp && d->tp * D != W)
         return tp_set_error(TP_ERR_INVALID_ARG,
-                            "--dp %d: the world has %d ranks, expected T x D = %s%d; start %d "
-                            "ranks (mpirun -n, tp-launch -n, TP_WORLD_SIZE) or change --tp/--dp",
-                            D, W, d->tp ? "" : "a multiple of ", d->tp ? d->tp * D : D,
-                            d->tp ? d->tp * D : D);
+                            "--tp %d --dp %d: the world has %d rank%s, expected T x D = %d; start "
+                            "%d ranks (mpirun -n, tp-launch -n, TP_WORLD_SIZE) or change --tp/--dp",
+                            d->tp, D, W, W == 1 ? "" : "s", d->tp * D, d->tp * D);
+    if (W % D != 0)
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "--dp %d: the world has %d rank%s, not a multiple of D = %d (world = T "
+                            "x D); start a multiple of %d ranks, or give --tp T to start T x %d",
+                            D, W, W == 1 ? "" : "s", D, D, D);
     tp_layout l;
     if (!d->inside)
         return tp_topology(world, W / D, false, tp, dp, &l);
