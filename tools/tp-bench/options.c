@@ -68,6 +68,7 @@ enum opt_id {
     O_COLLECTIVE,
     O_DATATYPE,
     O_AVERAGE,
+    O_DP,
 };
 
 typedef struct opt_def {
@@ -120,6 +121,7 @@ static const opt_def opt_table[] = {
     {"layers", 0, 1, O_LAYERS, L | M},
     {"vocab", 0, 1, O_VOCAB, L | M},
     {"sequence-parallel", 0, 0, O_SP, L | M},
+    {"dp", 0, 1, O_DP, L},
     {"link", 0, 1, O_LINK, M},
     {"project-tp", 0, 1, O_PROJECT_TP, M},
     {"measure-tp", 0, 1, O_MEASURE_TP, M},
@@ -423,6 +425,7 @@ static const int_opt int_opts[] = {
     I64_OPT(O_TOKENS, tokens, 1, (int64_t)1 << 31, "a dimension >= 1"),
     I64_OPT(O_HIDDEN, hidden, 1, (int64_t)1 << 31, "a dimension >= 1"),
     I64_OPT(O_FFN, ffn, 1, (int64_t)1 << 31, "a dimension >= 1"),
+    INT_OPT(O_DP, dp, 1, BENCH_MAX_TP, "a number of replicas >= 1"),
 };
 #undef INT_OPT
 #undef I64_OPT
@@ -887,6 +890,11 @@ int bench_opts_validate(const bench_opts *o, char *err, size_t errlen)
                 "%s: --dtype %s: layer '%s' runs in f32 only; bf16/f16 are implemented for "
                 "linear-col, linear-row and mlp (use --dtype f32 or one of those layers)",
                 cmd, o->gemm_dtype == TP_BF16 ? "bf16" : "f16", o->layer);
+        if (o->dp > 1 && bench_layer_kind(d) != BENCH_LK_TRANSFORMER)
+            return bench_fail(err, errlen,
+                              "%s: --dp %d: data parallelism is measured for --layer transformer "
+                              "only (got '%s')",
+                              cmd, o->dp, o->layer);
         if (o->tp && check_split(o, o->tp, "--tp/TP_WORLD_SIZE", err, errlen))
             return -1;
         for (int i = 0; i < o->n_sweep_tp; i++)
@@ -999,6 +1007,11 @@ static const char help_layer_tail[] =
     "  --head-dim N        per-head size (default hidden/heads, which must divide)\n"
     "  --sequence-parallel shard activations along the tokens between TP regions\n"
     "  --layers N, --vocab N  transformer: blocks (default 2), vocabulary (default 4096)\n"
+    "  --dp D              transformer: D data-parallel replicas of each T (T x D ranks,\n"
+    "                      tp_topology: TP inside nodes, DP across), --batch per replica;\n"
+    "                      after backward the gradients are all-reduced over the replicas\n"
+    "                      (tp_dp, 25 MiB buckets); reports the DP traffic next to\n"
+    "                      2 (D-1)/D x parameter bytes per rank and step\n"
     "Shapes: linear-col h->ffn (split ffn), linear-row ffn->h (split ffn, input is the\n"
     "shard), mlp h->ffn->h; attention, block (pre-LN GPT block) and transformer (GPT model,\n"
     "one training step: embedding, blocks, tied output, cross-entropy) h -> h. Defaults: -n 5 -w "
