@@ -163,6 +163,7 @@ typedef struct bench_opts {
     int64_t layers, vocab;  /* transformer: --layers, --vocab */
     bool sequence_parallel; /* --sequence-parallel */
     int dp;                 /* --dp D: transformer, D data-parallel replicas (0, 1: none) */
+    bool dp_inside;         /* --dp-inside: DP groups inside nodes, TP groups across */
     bool tokens_set;        /* --tokens given */
     bench_link links[BENCH_MAX_LIST]; /* --link, added to the presets */
     int n_links;
@@ -488,7 +489,7 @@ typedef struct bench_layer_result {
     /* --dp D (transformer): the DP communicator's tp_stats on rank 0, per
      * iteration, and the bucket plan (tp_dp_get_info) */
     int dp, dp_buckets;
-    double dp_us, dp_calls, dp_bytes, dp_grad_bytes, dp_bucket_bytes;
+    double dp_us, dp_wait_us, dp_calls, dp_bytes, dp_grad_bytes, dp_bucket_bytes;
 } bench_layer_result;
 
 /* Sums over the phases run: compute (GEMM + other) and communication, µs

@@ -254,6 +254,8 @@ static tp_status time_layer(layer_run *L, tp_comm *comm, tp_comm *dpc, int T, ra
     tp_status st;
     tm->dp = dpc ? tp_comm_size(dpc) : 0;
     if (dpc) {
+        TP_TRY_GOTO(tp_stats_set_wait(dpc, L->o->split_wait ? TP_WAIT_BARRIER : TP_WAIT_CLOCK), st,
+                    done);
         TP_TRY_GOTO(bench_xf_attach_dp(li.xf, dpc), st, done);
         bench_xf_dp_info(li.xf, &tm->dp_buckets, &tm->dp_grad_bytes, &tm->dp_bucket_bytes);
     }
@@ -277,11 +279,15 @@ static tp_status time_layer(layer_run *L, tp_comm *comm, tp_comm *dpc, int T, ra
     tm->t1 = bench_now();
     TP_TRY_GOTO(tp_stats_split_wait(comm, NULL), st, done);
     tp_stats_get(comm, &tm->s);
-    if (dpc)
+    if (dpc) {
+        TP_TRY_GOTO(tp_stats_split_wait(dpc, NULL), st, done);
         tp_stats_get(dpc, &tm->ds);
+    }
 done:
     inst_free(&li);
     tp_stats_set_wait(comm, TP_WAIT_NONE);
+    if (dpc)
+        tp_stats_set_wait(dpc, TP_WAIT_NONE);
     return st;
 }
 
@@ -315,6 +321,7 @@ static void fill_dp(bench_layer_result *R, const rank_timing *tm, double n)
     for (int ph = 0; ph < TP_PHASE_COUNT; ph++)
         for (int op = 0; op < TP_OP_COUNT; op++) {
             R->dp_us += tm->ds.comm[ph][op].seconds / n * 1e6;
+            R->dp_wait_us += tm->ds.comm[ph][op].wait_seconds / n * 1e6;
             R->dp_calls += (double)tm->ds.comm[ph][op].calls / n;
             R->dp_bytes += (double)tm->ds.comm[ph][op].bytes / n;
         }
@@ -409,7 +416,9 @@ static tp_status layer_rank_dp(tp_comm *comm, int TD, void *arg)
     int T = TD / L->o->dp;
     tp_comm *tp = NULL, *dp = NULL;
     tp_layout l;
-    tp_status st = tp_topology(comm, T, false, &tp, &dp, &l);
+    /* --dp-inside: tp_topology's node-local groups (of D) are the DP groups */
+    tp_status st = L->o->dp_inside ? tp_topology(comm, L->o->dp, false, &dp, &tp, &l)
+                                   : tp_topology(comm, T, false, &tp, &dp, &l);
     if (st == TP_OK)
         st = layer_rank_on(L, tp, dp, T, bench_is_printer(comm));
     tp_comm_free(tp);
@@ -494,6 +503,7 @@ static void emit_layer(bench_sink *sink, const bench_env *env, const bench_opts 
     bench_rec_int(rec, "dp", R->dp > 1 ? R->dp : 1);
     if (R->dp > 1) { /* per iteration, rank 0's DP communicator */
         bench_rec_dbl(rec, "dp_us", R->dp_us);
+        bench_rec_dbl(rec, "dp_wait_us", R->dp_wait_us);
         bench_rec_dbl(rec, "dp_calls", R->dp_calls);
         bench_rec_dbl(rec, "dp_bytes", R->dp_bytes);
         bench_rec_dbl(rec, "dp_wire_bytes", R->dp_bytes * 2.0 * (R->dp - 1) / R->dp);

@@ -69,6 +69,7 @@ enum opt_id {
     O_DATATYPE,
     O_AVERAGE,
     O_DP,
+    O_DP_INSIDE,
 };
 
 typedef struct opt_def {
@@ -122,6 +123,7 @@ static const opt_def opt_table[] = {
     {"vocab", 0, 1, O_VOCAB, L | M},
     {"sequence-parallel", 0, 0, O_SP, L | M},
     {"dp", 0, 1, O_DP, L},
+    {"dp-inside", 0, 0, O_DP_INSIDE, L},
     {"link", 0, 1, O_LINK, M},
     {"project-tp", 0, 1, O_PROJECT_TP, M},
     {"measure-tp", 0, 1, O_MEASURE_TP, M},
@@ -388,6 +390,7 @@ static bool apply_plain(bench_opts *o, int id, const char *val)
         case O_SPLIT_WAIT: o->split_wait = true; return true;
         case O_LAYER: o->layer = val; return true;
         case O_SP: o->sequence_parallel = true; return true;
+        case O_DP_INSIDE: o->dp_inside = true; return true;
         default: return false;
     }
 }
@@ -890,6 +893,8 @@ int bench_opts_validate(const bench_opts *o, char *err, size_t errlen)
                 "%s: --dtype %s: layer '%s' runs in f32 only; bf16/f16 are implemented for "
                 "linear-col, linear-row and mlp (use --dtype f32 or one of those layers)",
                 cmd, o->gemm_dtype == TP_BF16 ? "bf16" : "f16", o->layer);
+        if (o->dp_inside && o->dp < 2)
+            return bench_fail(err, errlen, "%s: --dp-inside needs --dp D with D >= 2", cmd);
         if (o->dp > 1 && bench_layer_kind(d) != BENCH_LK_TRANSFORMER)
             return bench_fail(err, errlen,
                               "%s: --dp %d: data parallelism is measured for --layer transformer "
@@ -1012,6 +1017,7 @@ static const char help_layer_tail[] =
     "                      after backward the gradients are all-reduced over the replicas\n"
     "                      (tp_dp, 25 MiB buckets); reports the DP traffic next to\n"
     "                      2 (D-1)/D x parameter bytes per rank and step\n"
+    "  --dp-inside         with --dp: DP groups inside nodes, TP groups across them\n"
     "Shapes: linear-col h->ffn (split ffn), linear-row ffn->h (split ffn, input is the\n"
     "shard), mlp h->ffn->h; attention, block (pre-LN GPT block) and transformer (GPT model,\n"
     "one training step: embedding, blocks, tied output, cross-entropy) h -> h. Defaults: -n 5 -w "
