@@ -42,6 +42,7 @@
 
 #include "example-common.h"
 #include "tt-compare.h"
+#include "tt-dp.h"
 
 #define PROG "tp_transformer"
 
@@ -65,6 +66,7 @@ typedef struct opts {
     tp_dtype dt, cmp_dt;               /* resolved; cmp_dt used when cmp_dtype_s */
     double loss_scale;                 /* --loss-scale: 0 = dynamic for f16, none otherwise */
     double dtype_tol;                  /* --dtype-tol: 0 = the derived one (dtype_tolerance) */
+    tt_dp_opts dp; /* --dp, --dp-bucket-mb, --compare-dp, --dp-inside (tt-dp.h) */
 } opts;
 
 typedef struct run {
@@ -98,6 +100,7 @@ static const opts DEFAULTS = {
     .wd = 0.01,
     .seed = 1234,
     .tol = 1e-3,
+    .dp = {.bucket_mb = 25.0},
 };
 
 static void usage(FILE *f)
@@ -159,6 +162,16 @@ static void usage(FILE *f)
             "                      and config.json (every setting that determines them)\n"
             "  --save-npy-step K   dump at step K+1 instead: the weights after K optimizer steps\n"
             "                      and that step's logits, loss and gradients (default 0)\n"
+            "  --dp D              data parallelism: D replicas of the TP model (world = T x D\n"
+            "                      ranks; tp_topology puts TP groups inside nodes, DP across),\n"
+            "                      each on B/D sequences of the global batch --batch B (B must\n"
+            "                      divide by D); gradients averaged over the replicas\n"
+            "  --dp-bucket-mb X    DP all-reduce bucket size in MiB (default 25, PyTorch DDP's)\n"
+            "  --compare-dp        train again with one replica (the first T ranks) on the whole\n"
+            "                      global batch and compare the loss curves (exit 1 beyond\n"
+            "                      --tol) and the first --compare-steps steps' tensors\n"
+            "  --dp-inside         DP groups inside nodes, TP groups across them (the opposite\n"
+            "                      of the rule of thumb; for measurements)\n"
             "  --help              this text\n\n"
             "Environment: TP_BACKEND (loopback, mpi, tcp, ...), TP_DEVICE (cpu, cuda), "
             "TP_WORLD_SIZE.\n",
@@ -288,11 +301,24 @@ static int resolve(opts *o, int argc, char **argv)
     return resolve_dtypes(o);
 }
 
+/* --dp: the checks (tt-dp.c) and, with --compare-dp, the second run (one
+ * replica of T ranks on the whole batch); 0, or 2 after printing why. */
+static int dp_resolve(opts *o)
+{
+    o->dp.tp = o->tp;
+    if (tt_dp_check(PROG, &o->dp, o->batch, o->compare, o->npy_dir))
+        return 2;
+    if (o->dp.compare)
+        o->nruns = 2, o->runs[1] = 0;
+    return 0;
+}
+
 /* 0: run; 1: --help printed; 2: bad option (message printed). */
 static int parse(int argc, char **argv, opts *o)
 {
-    static const char *const flags[] = {"--sgd", "--untied", "--sequence-parallel", "--rms"};
-    bool *flag_dst[] = {&o->sgd, &o->untied, &o->sp, &o->rms};
+    static const char *const flags[] = {"--sgd", "--untied",     "--sequence-parallel",
+                                        "--rms", "--compare-dp", "--dp-inside"};
+    bool *flag_dst[] = {&o->sgd, &o->untied, &o->sp, &o->rms, &o->dp.compare, &o->dp.inside};
     const opt_slot slots[] = {
         {"--tp", 1, 1024, .i32 = &o->tp},
         {"--compare-tp", .str = &o->compare},
@@ -322,6 +348,8 @@ static int parse(int argc, char **argv, opts *o)
         {"--compare-dtype", .str = &o->cmp_dtype_s},
         {"--dtype-tol", .flo = 0.0, .fhi = 1e9, .f = &o->dtype_tol},
         {"--loss-scale", .flo = 0.0, .fhi = 1e30, .f = &o->loss_scale},
+        {"--dp", 1, 1024, .i32 = &o->dp.dp},
+        {"--dp-bucket-mb", .flo = 0.0, .fhi = 1e6, .f = &o->dp.bucket_mb},
     };
     enum {
         NFLAGS = sizeof flags / sizeof *flags,
@@ -352,6 +380,8 @@ static int parse(int argc, char **argv, opts *o)
                 return 2;
     }
     if (resolve(o, argc, argv))
+        return 2;
+    if (dp_resolve(o))
         return 2;
     if (o->npy_dir && ex_check_out_dir(PROG, o->npy_dir) != 0)
         return 2;
@@ -494,6 +524,15 @@ typedef struct trainer {
     tp_tensor ti, tt; /* ids and targets on the device */
     int32_t *ids, *tgt;
     double t_all, sum_gemm, sum_kern, sum_comm; /* steps 2.. (or the only one) */
+    /* --dp (tt-dp.c): the DP group (NULL: one replica), its gradient
+     * reduction, this replica's rows of the batch and weight, the global
+     * batch it is cut from, the TP/DP counters */
+    tp_comm *dpc;
+    tp_dp *ddp;
+    int64_t lb;
+    float weight;
+    int32_t *gids, *gtgt;
+    tt_dp_acc acc;
 } trainer;
 
 /* One step's numbers: its loss, wall seconds, and this rank's GEMM, other
@@ -501,7 +540,7 @@ typedef struct trainer {
 typedef struct step_result {
     float loss;
     double dt, gemm, kern, comm;
-    tp_stats stats;
+    tp_stats stats, dstats; /* the TP and (--dp) the DP communicator's */
 } step_result;
 
 static void trainer_free(trainer *tr)
@@ -510,6 +549,50 @@ static void trainer_free(trainer *tr)
     tp_optim_free(tr->opt);
     tp_gpt_free(tr->m);
     free(tr->ids), free(tr->tgt);
+    tp_dp_free(tr->ddp);
+    free(tr->gids), free(tr->gtgt);
+}
+
+/* --dp: the bucketed gradient all-reduce over the DP group and the global
+ * batch's buffers. */
+static tp_status dp_set_up(trainer *tr)
+{
+    if (!tr->dpc)
+        return TP_OK;
+    tp_dp_config c = {.bucket_bytes = (size_t)(tr->o->dp.bucket_mb * 1048576.0)};
+    int64_t N = tr->o->batch * tr->o->seq;
+    tp_status st = TP_OK;
+    tr->gids = ex_calloc(N, sizeof(int32_t), "the global batch's ids", &st);
+    tr->gtgt = ex_calloc(N, sizeof(int32_t), "the global batch's targets", &st);
+    EX_TRY(st);
+    return tp_dp_create(tr->dpc, &c, tr->ps, tr->np, &tr->ddp);
+}
+
+/* Step s's batch: the whole one, or (--dp) this replica's slice of the
+ * global batch (tt-dp.c) and its weight. */
+static void dp_batch(trainer *tr, int s)
+{
+    const opts *o = tr->o;
+    if (!tr->dpc) {
+        make_batch(o, s, tr->ids, tr->tgt);
+        return;
+    }
+    int64_t n = tr->lb * o->seq, d = tp_comm_rank(tr->dpc);
+    make_batch(o, s, tr->gids, tr->gtgt);
+    memcpy(tr->ids, tr->gids + d * n, sizeof(int32_t) * (size_t)n);
+    memcpy(tr->tgt, tr->gtgt + d * n, sizeof(int32_t) * (size_t)n);
+    tr->weight = tt_dp_weight(tr->gtgt, o->batch * o->seq, tp_comm_size(tr->dpc), (int)d,
+                              o->use_ignore, (int32_t)o->ignore_index);
+}
+
+/* --dp, after backward: every gradient averaged over the replicas, the
+ * loss the global batch's mean. */
+static tp_status dp_reduce(trainer *tr, float *loss)
+{
+    if (!tr->ddp)
+        return TP_OK;
+    EX_TRY(tp_dp_all_reduce_grads(tr->ddp, tr->weight));
+    return tp_dp_sum(tr->ddp, tr->weight * *loss, loss);
 }
 
 /* The model (from the seed, this rank's shards), its optimizer and the
@@ -517,7 +600,7 @@ static void trainer_free(trainer *tr)
 static tp_status set_up(trainer *tr)
 {
     const opts *o = tr->o;
-    int64_t N = o->batch * o->seq;
+    int64_t N = tr->lb * o->seq;
     tp_status st = TP_OK;
     tr->ids = ex_calloc(N, sizeof(int32_t), "the input ids", &st);
     tr->tgt = ex_calloc(N, sizeof(int32_t), "the targets", &st);
@@ -550,8 +633,9 @@ static tp_status set_up(trainer *tr)
         oc.dynamic_loss_scale = true;
     }
     EX_TRY(tp_optim_create(tr->g, &oc, tr->ps, tr->np, &tr->opt));
-    EX_TRY(tp_tensor_alloc2(tr->dev, TP_I32, o->batch, o->seq, &tr->ti));
-    return tp_tensor_alloc2(tr->dev, TP_I32, o->batch, o->seq, &tr->tt);
+    EX_TRY(tp_tensor_alloc2(tr->dev, TP_I32, tr->lb, o->seq, &tr->ti));
+    EX_TRY(tp_tensor_alloc2(tr->dev, TP_I32, tr->lb, o->seq, &tr->tt));
+    return dp_set_up(tr);
 }
 
 /* The run's configuration, its parameter counts and the step table's header. */
@@ -618,7 +702,9 @@ static tp_status compare_step(trainer *tr, int s, float loss)
     if (st == TP_OK && tr->talk)
         bad |= tt_cmp_record(c, tr->which, s, 0, &loss);
     if (st == TP_OK)
-        st = tp_gpt_get_full_logits(tr->m, tr->talk ? v : NULL);
+        st = tp_gpt_get_full_logits(tr->m, tr->talk || tr->dpc ? v : NULL);
+    if (st == TP_OK && tr->dpc) /* the replicas' rows, in order: the global batch's */
+        st = tt_dp_gather(tr->dpc, v, tr->lb * o->seq * o->vocab);
     if (st == TP_OK && tr->talk)
         bad |= tt_cmp_record(c, tr->which, s, 1, v);
     for (int i = 0; i < tr->np && st == TP_OK; i++) {
@@ -640,15 +726,18 @@ static tp_status compare_step(trainer *tr, int s, float loss)
 static tp_status train_step(trainer *tr, int s, step_result *r)
 {
     const opts *o = tr->o;
-    make_batch(o, s, tr->ids, tr->tgt);
+    dp_batch(tr, s);
     EX_TRY(tp_tensor_upload(&tr->ti, tr->ids));
     EX_TRY(tp_tensor_upload(&tr->tt, tr->tgt));
     tp_stats_reset(tr->g);
+    if (tr->dpc)
+        tp_stats_reset(tr->dpc);
     double t0 = ex_now();
     r->loss = 0;
     EX_TRY(tp_optim_zero_grad(tr->opt));
     EX_TRY(tp_gpt_forward(tr->m, &tr->ti, &tr->tt, &r->loss));
     EX_TRY(tp_gpt_backward_scaled(tr->m, tp_optim_loss_scale(tr->opt)));
+    EX_TRY(dp_reduce(tr, &r->loss));
     if (s == o->save_step && o->npy_dir && tr->which == 0)
         EX_TRY(save_npy(o, tr->m, tr->rank, tp_comm_size(tr->g), tr->ids, tr->tgt, r->loss));
     if (o->nruns > 1 && s < o->compare_steps)
@@ -657,6 +746,8 @@ static tp_status train_step(trainer *tr, int s, step_result *r)
     EX_TRY(tp_dev_synchronize(tr->dev));
     r->dt = ex_now() - t0;
     tp_stats_get(tr->g, &r->stats);
+    if (tr->dpc)
+        tp_stats_get(tr->dpc, &r->dstats);
     r->gemm = r->kern = r->comm = 0;
     for (int ph = 0; ph < TP_PHASE_COUNT; ph++) {
         r->gemm += r->stats.gemm[ph].seconds;
@@ -700,6 +791,37 @@ static void print_means(const trainer *tr, double *ms)
            gm + kr + cm > 0 ? 100.0 * cm / (gm + kr + cm) : 0.0);
 }
 
+/* After training: the TP and DP counters, and (--dp) the check that the
+ * replicas are bitwise in sync (tp_dp_check_sync) and a fingerprint of
+ * the loss curve and rank 0's parameters (equal across runs: deterministic). */
+static tp_status dp_finish(trainer *tr)
+{
+    if (tr->talk)
+        tt_dp_print(&tr->acc, tr->ddp, tr->dpc ? tp_comm_size(tr->dpc) : 1);
+    if (!tr->ddp)
+        return TP_OK;
+    EX_TRY(tp_dp_check_sync(tr->ddp, tr->g));
+    if (!tr->talk)
+        return TP_OK;
+    uint64_t h = tt_fnv(TT_FNV0, tr->R->loss[tr->which], sizeof(float) * (size_t)tr->o->steps);
+    for (int i = 0; i < tr->np; i++) {
+        size_t b = tp_tensor_bytes(tr->ps[i].value);
+        tp_status st = TP_OK;
+        void *v = ex_calloc((int64_t)b, 1, "a parameter", &st);
+        if (st == TP_OK)
+            st = tp_tensor_download(tr->ps[i].value, v);
+        if (st == TP_OK)
+            h = tt_fnv(h, v, b);
+        free(v);
+        EX_TRY(st);
+    }
+    printf("   replicas in sync: every parameter bitwise equal across the DP group, every "
+           "replicated one across the TP group\n   fingerprint %016llx (loss curve and rank 0's "
+           "parameters, FNV-1a)\n",
+           (unsigned long long)h);
+    return TP_OK;
+}
+
 /* Every step; world rank 0 records the losses and prints the table. */
 static tp_status train_steps(trainer *tr, run *R)
 {
@@ -712,6 +834,7 @@ static tp_status train_steps(trainer *tr, run *R)
         if (s > 0 || o->steps == 1) { /* the first step allocates: leave it out of the means */
             tr->t_all += r.dt, tr->sum_gemm += r.gemm, tr->sum_kern += r.kern;
             tr->sum_comm += r.comm;
+            tt_dp_add(&tr->acc, &r.stats, tr->dpc ? &r.dstats : NULL);
         }
         if (tr->talk) {
             R->loss[tr->which][s] = r.loss;
@@ -723,15 +846,18 @@ static tp_status train_steps(trainer *tr, run *R)
         print_means(tr, &R->ms[tr->which]);
         print_memory(&r.stats, tr->opt);
     }
-    return TP_OK;
+    return dp_finish(tr);
 }
 
-/* Train on comm g as run `which` (0: the first). */
-static tp_status train(run *R, tp_comm *g, int which, int wrank)
+/* Train on comm g as run `which` (0: the first), with --dp over dpc (NULL:
+ * one replica on the whole batch). */
+static tp_status train(run *R, tp_comm *g, tp_comm *dpc, int which, int wrank)
 {
     trainer tr = {.o = &R->o,
                   .R = R,
                   .g = g,
+                  .dpc = dpc,
+                  .lb = dpc ? R->o.batch / tp_comm_size(dpc) : R->o.batch,
                   .dev = tp_comm_device(g),
                   .dt = which && R->o.cmp_dtype_s ? R->o.cmp_dt : R->o.dt,
                   .which = which,
@@ -748,6 +874,27 @@ static tp_status train(run *R, tp_comm *g, int which, int wrank)
     return st;
 }
 
+/* --dp: D replicas of T ranks (tt_dp_groups), then with --compare-dp one
+ * replica (DP rank 0, which holds world rank 0) on the whole batch while
+ * the others wait at the barrier. */
+static tp_status rank_main_dp(tp_comm *world, run *R)
+{
+    int wrank = tp_comm_rank(world);
+    tp_comm *tp = NULL, *dp = NULL;
+    tp_status st = tt_dp_groups(world, &R->o.dp, &tp, &dp);
+    if (st == TP_OK)
+        st = train(R, tp, dp, 0, wrank);
+    if (st == TP_OK && R->o.dp.compare) {
+        if (tp_comm_rank(dp) == 0)
+            st = train(R, tp, NULL, 1, wrank);
+        if (st == TP_OK)
+            st = tp_barrier(world);
+    }
+    tp_comm_free(tp);
+    tp_comm_free(dp);
+    return st;
+}
+
 /* Every run: on the world when its T is the world size, else on the first
  * T ranks (the others wait at the barrier). */
 static tp_status rank_main(tp_comm *world, void *arg)
@@ -756,6 +903,8 @@ static tp_status rank_main(tp_comm *world, void *arg)
     int wrank = tp_comm_rank(world), W = tp_comm_size(world);
     if (wrank == 0)
         R->have_rank0 = true;
+    if (R->o.dp.dp)
+        return rank_main_dp(world, R);
     tp_status st = TP_OK;
     for (int r = 0; r < R->o.nruns && st == TP_OK; r++) {
         int T = R->o.runs[r] ? R->o.runs[r] : W;
@@ -765,13 +914,13 @@ static tp_status rank_main(tp_comm *world, void *arg)
                                 "--tp to %d)",
                                 R->o.compare, T, W, T);
         if (T == W) {
-            st = train(R, world, r, wrank);
+            st = train(R, world, NULL, r, wrank);
             continue;
         }
         tp_comm *sub = NULL;
         st = tp_comm_split(world, wrank < T ? 0 : -1, wrank, &sub);
         if (st == TP_OK && sub)
-            st = train(R, sub, r, wrank);
+            st = train(R, sub, NULL, r, wrank);
         tp_comm_free(sub);
         if (st == TP_OK)
             st = tp_barrier(world);
@@ -839,11 +988,16 @@ int main(int argc, char **argv)
     for (int r = 0; r < R.o.nruns; r++)
         R.loss[r] = ex_calloc(R.o.steps, sizeof(float), "a loss curve", &st);
     if (st == TP_OK)
-        st = ex_run(PROG, R.o.tp, &argc, &argv, rank_main, &R, NULL);
+        st = ex_run(PROG, R.o.tp * (R.o.dp.dp && R.o.tp ? R.o.dp.dp : 1), &argc, &argv, rank_main,
+                    &R, NULL);
     else
         fprintf(stderr, "%s: %s: %s\n", PROG, tp_status_string(st), tp_last_error());
     /* only the process holding world rank 0 printed and compares */
     if (st == TP_OK && R.o.nruns > 1 && R.have_rank0) {
+        if (R.o.dp.compare)
+            printf("\n(--compare-dp: 'first' is D=%d replicas of T ranks on B/D sequences each, "
+                   "the other one replica on the whole batch B=%lld)\n",
+                   R.o.dp.dp, (long long)R.o.batch);
         bool curves = compare_loss_curves(&R);
         memcpy(R.cmp.Ts, R.Ts, sizeof R.Ts);
         bool tensors = R.o.compare_steps == 0 || tt_cmp_report(&R.cmp);

@@ -162,6 +162,8 @@ typedef struct bench_opts {
     int64_t seq, batch;     /* --seq, --batch (0: resolved by bench_xf_resolve) */
     int64_t layers, vocab;  /* transformer: --layers, --vocab */
     bool sequence_parallel; /* --sequence-parallel */
+    int dp;                 /* --dp D: transformer, D data-parallel replicas (0, 1: none) */
+    bool dp_inside;         /* --dp-inside: DP groups inside nodes, TP groups across */
     bool tokens_set;        /* --tokens given */
     bench_link links[BENCH_MAX_LIST]; /* --link, added to the presets */
     int n_links;
@@ -484,6 +486,10 @@ typedef struct bench_layer_result {
     double flops;                                /* per iteration, all ranks */
     double cpu_cores; /* CPU time / wall time of this process while timing (NAN: ranks in
                              several processes) */
+    /* --dp D (transformer): the DP communicator's tp_stats on rank 0, per
+     * iteration, and the bucket plan (tp_dp_get_info) */
+    int dp, dp_buckets;
+    double dp_us, dp_wait_us, dp_calls, dp_bytes, dp_grad_bytes, dp_bucket_bytes;
 } bench_layer_result;
 
 /* Sums over the phases run: compute (GEMM + other) and communication, µs
@@ -552,5 +558,11 @@ tp_status bench_xf_step(bench_xf *b); /* forward, then backward */
 void bench_xf_free(bench_xf *b);      /* NULL is a no-op */
 void bench_xf_print_header(const bench_opts *o);
 void bench_xf_print_result(const bench_opts *o, const bench_layer_result *R);
+/* --dp: after each backward, the gradients averaged over dp (tp_dp, the
+ * default buckets); transformer only. bench_xf_dp_info: its plan. */
+tp_status bench_xf_attach_dp(bench_xf *b, tp_comm *dp);
+void bench_xf_dp_info(const bench_xf *b, int *buckets, double *grad_bytes, double *bucket_bytes);
+/* The DP line of the layer report: measured traffic next to the formula. */
+void bench_xf_print_dp(const bench_layer_result *R);
 
 #endif /* TP_BENCH_H */

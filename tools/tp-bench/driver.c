@@ -87,7 +87,7 @@ int bench_env_tps(const bench_env *env, int *tps)
         memcpy(tps, o->sweep_tp, (size_t)o->n_sweep_tp * sizeof(int));
         return o->n_sweep_tp;
     }
-    tps[0] = env->world;
+    tps[0] = o->dp > 1 ? env->world / o->dp : env->world; /* --dp: world = T x D */
     return 1;
 }
 
@@ -128,7 +128,8 @@ int bench_env_probe(bench_env *env)
 {
     if (env->ctx)
         return BENCH_EXIT_OK;
-    return init_ctx(env, env->o->tp);
+    /* --dp D: the world is T x D ranks */
+    return init_ctx(env, env->o->tp * (env->o->dp > 1 ? env->o->dp : 1));
 }
 
 typedef struct wrap_arg {

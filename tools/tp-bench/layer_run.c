@@ -235,13 +235,16 @@ typedef struct rank_timing {
     double cpu0, t0, t1; /* process CPU seconds and wall time at the start, wall at the end */
     tp_stats s;
     bench_place place;
+    tp_stats ds; /* --dp: the DP communicator's, its size (0: none) */
+    int dp, dp_buckets;
+    double dp_grad_bytes, dp_bucket_bytes;
 } rank_timing;
 
 /* Build the layer, warm it up, then time L->iters iterations between a
  * barrier and a synchronize. The collectives' wait is split from their
  * transfer on the shared clock (TP_WAIT_CLOCK), or with --split-wait by a
  * barrier before each (TP_WAIT_BARRIER). */
-static tp_status time_layer(layer_run *L, tp_comm *comm, int T, rank_timing *tm)
+static tp_status time_layer(layer_run *L, tp_comm *comm, tp_comm *dpc, int T, rank_timing *tm)
 {
     tp_device *dev = tp_comm_device(comm);
     layer_inst li;
@@ -249,11 +252,21 @@ static tp_status time_layer(layer_run *L, tp_comm *comm, int T, rank_timing *tm)
     TP_TRY(tp_stats_set_wait(comm, L->o->split_wait ? TP_WAIT_BARRIER : TP_WAIT_CLOCK));
     TP_TRY(inst_create(&li, bench_layer_kind(L->d), comm, L->o));
     tp_status st;
+    tm->dp = dpc ? tp_comm_size(dpc) : 0;
+    if (dpc) {
+        TP_TRY_GOTO(tp_stats_set_wait(dpc, L->o->split_wait ? TP_WAIT_BARRIER : TP_WAIT_CLOCK), st,
+                    done);
+        TP_TRY_GOTO(bench_xf_attach_dp(li.xf, dpc), st, done);
+        bench_xf_dp_info(li.xf, &tm->dp_buckets, &tm->dp_grad_bytes, &tm->dp_bucket_bytes);
+    }
     for (int it = 0; it < L->warmup; it++)
         TP_TRY_GOTO(inst_step(&li), st, done);
     TP_TRY_GOTO(tp_dev_synchronize(dev), st, done);
+    TP_TRY_GOTO(tp_barrier(dpc ? dpc : comm), st, done);
     TP_TRY_GOTO(tp_barrier(comm), st, done);
     tp_stats_reset(comm);
+    if (dpc)
+        tp_stats_reset(dpc);
     tm->cpu0 = process_cpu_s();
     tm->t0 = bench_now();
     for (int it = 0; it < L->iters; it++) {
@@ -266,9 +279,15 @@ static tp_status time_layer(layer_run *L, tp_comm *comm, int T, rank_timing *tm)
     tm->t1 = bench_now();
     TP_TRY_GOTO(tp_stats_split_wait(comm, NULL), st, done);
     tp_stats_get(comm, &tm->s);
+    if (dpc) {
+        TP_TRY_GOTO(tp_stats_split_wait(dpc, NULL), st, done);
+        tp_stats_get(dpc, &tm->ds);
+    }
 done:
     inst_free(&li);
     tp_stats_set_wait(comm, TP_WAIT_NONE);
+    if (dpc)
+        tp_stats_set_wait(dpc, TP_WAIT_NONE);
     return st;
 }
 
@@ -288,6 +307,24 @@ static void rank_values(const rank_timing *tm, int iters, float *mine)
         mine[V_COMM + V_PHASE * ph] = (float)(comm_s / n * 1e6);
         mine[V_WAIT + V_PHASE * ph] = (float)(wait_s / n * 1e6);
     }
+}
+
+/* --dp: the DP communicator's counters per iteration and the plan. */
+static void fill_dp(bench_layer_result *R, const rank_timing *tm, double n)
+{
+    R->dp = tm->dp;
+    if (!tm->dp)
+        return;
+    R->dp_buckets = tm->dp_buckets;
+    R->dp_grad_bytes = tm->dp_grad_bytes;
+    R->dp_bucket_bytes = tm->dp_bucket_bytes;
+    for (int ph = 0; ph < TP_PHASE_COUNT; ph++)
+        for (int op = 0; op < TP_OP_COUNT; op++) {
+            R->dp_us += tm->ds.comm[ph][op].seconds / n * 1e6;
+            R->dp_wait_us += tm->ds.comm[ph][op].wait_seconds / n * 1e6;
+            R->dp_calls += (double)tm->ds.comm[ph][op].calls / n;
+            R->dp_bytes += (double)tm->ds.comm[ph][op].bytes / n;
+        }
 }
 
 /* The printing rank's result at T from every rank's values (all) and its
@@ -334,13 +371,16 @@ static void fill_result(const layer_run *L, int T, const float *all, const rank_
         R->flops += bench_layer_flops(L->d, L->o, ph);
     }
     R->cpu_cores = L->env->single_process ? cores : NAN;
+    fill_dp(R, tm, n);
 }
 
-static tp_status layer_rank(tp_comm *comm, int T, void *arg)
+/* One rank's part at T on its TP communicator comm (and DP communicator
+ * dpc, or NULL); printer: this rank fills the result. */
+static tp_status layer_rank_on(layer_run *L, tp_comm *comm, tp_comm *dpc, int T, bool printer)
 {
-    layer_run *L = arg;
     rank_timing tm;
-    TP_TRY(time_layer(L, comm, T, &tm));
+    memset(&tm, 0, sizeof tm);
+    TP_TRY(time_layer(L, comm, dpc, T, &tm));
     float mine[V_COUNT];
     rank_values(&tm, L->iters, mine);
     float *all = malloc((size_t)T * V_COUNT * sizeof *all);
@@ -352,7 +392,7 @@ static tp_status layer_rank(tp_comm *comm, int T, void *arg)
     /* every rank is done with its timed loop here (the all-gather waited
      * for them); only meaningful when this process runs all the ranks */
     double cores = (process_cpu_s() - tm.cpu0) / (bench_now() - tm.t0);
-    if (st != TP_OK || !bench_is_printer(comm)) {
+    if (st != TP_OK || !printer) {
         free(all);
         return st;
     }
@@ -360,6 +400,30 @@ static tp_status layer_rank(tp_comm *comm, int T, void *arg)
     free(L->per_rank);
     L->per_rank = all;
     return TP_OK;
+}
+
+static tp_status layer_rank(tp_comm *comm, int T, void *arg)
+{
+    return layer_rank_on(arg, comm, NULL, T, bench_is_printer(comm));
+}
+
+/* --dp D: comm holds T x D ranks; TP groups of T and DP groups of D by
+ * tp_topology (TP inside nodes, on TP_INTRA_BACKEND if set); world rank 0
+ * (in TP group 0) prints. */
+static tp_status layer_rank_dp(tp_comm *comm, int TD, void *arg)
+{
+    layer_run *L = arg;
+    int T = TD / L->o->dp;
+    tp_comm *tp = NULL, *dp = NULL;
+    tp_layout l;
+    /* --dp-inside: tp_topology's node-local groups (of D) are the DP groups */
+    tp_status st = L->o->dp_inside ? tp_topology(comm, L->o->dp, false, &dp, &tp, &l)
+                                   : tp_topology(comm, T, false, &tp, &dp, &l);
+    if (st == TP_OK)
+        st = layer_rank_on(L, tp, dp, T, bench_is_printer(comm));
+    tp_comm_free(tp);
+    tp_comm_free(dp);
+    return st;
 }
 
 int bench_layer_run(bench_env *env, const bench_layer_desc *d, const int *tps, int ntp,
@@ -437,6 +501,15 @@ static void emit_layer(bench_sink *sink, const bench_env *env, const bench_opts 
     bench_rec_dbl(rec, "speedup", speedup);
     bench_rec_dbl(rec, "efficiency", efficiency);
     bench_rec_dbl(rec, "cpu_cores", v ? NAN : R->cpu_cores);
+    bench_rec_int(rec, "dp", R->dp > 1 ? R->dp : 1);
+    if (R->dp > 1) { /* per iteration, rank 0's DP communicator */
+        bench_rec_dbl(rec, "dp_us", R->dp_us);
+        bench_rec_dbl(rec, "dp_wait_us", R->dp_wait_us);
+        bench_rec_dbl(rec, "dp_calls", R->dp_calls);
+        bench_rec_dbl(rec, "dp_bytes", R->dp_bytes);
+        bench_rec_dbl(rec, "dp_wire_bytes", R->dp_bytes * 2.0 * (R->dp - 1) / R->dp);
+        bench_rec_dbl(rec, "dp_formula_bytes", 2.0 * (R->dp - 1) / R->dp * R->dp_grad_bytes);
+    }
     bench_rec_place(rec, &R->place);
     bench_sink_emit(sink, rec);
     bench_rec_free(rec);
@@ -515,6 +588,7 @@ static void print_result(const bench_opts *o, const bench_layer_result *R, const
                    ? "match"
                    : "MISMATCH");
     bench_xf_print_result(o, R);
+    bench_xf_print_dp(R);
     if (!isnan(speedup))
         printf("# strong scaling vs T=1 (same run): speedup %.3f, efficiency %.1f%%\n", speedup,
                100 * efficiency);
@@ -535,6 +609,13 @@ int bench_cmd_layer(const bench_opts *o)
     bench_sink_init(&sink, o->json_path, o->csv_path);
     bench_env_attach(&env, &sink);
     int rc = bench_env_probe(&env);
+    if (rc == 0 && o->dp > 1 && env.world % o->dp != 0 && !o->n_sweep_tp) {
+        fprintf(stderr,
+                "tp-bench: layer --dp %d: the engine runs %d ranks, not a multiple of D = %d "
+                "(T x D ranks); start T x %d ranks or change --dp\n",
+                o->dp, env.world, o->dp, o->dp);
+        rc = BENCH_EXIT_USAGE;
+    }
     int tps[BENCH_MAX_LIST];
     int ntp = bench_env_tps(&env, tps);
     bench_layer_result res[BENCH_MAX_LIST];
@@ -551,7 +632,8 @@ int bench_cmd_layer(const bench_opts *o)
     bool header = false;
     for (int i = 0; i < ntp && rc == 0; i++) {
         L.res = &res[i];
-        rc = bench_run_tps(&env, &tps[i], 1, layer_rank, &L);
+        int ranks = o->dp > 1 ? tps[i] * o->dp : tps[i];
+        rc = bench_run_tps(&env, &ranks, 1, o->dp > 1 ? layer_rank_dp : layer_rank, &L);
         bench_progress_done(&L.prog);
         if (rc || !env.printer)
             continue;

@@ -68,6 +68,8 @@ enum opt_id {
     O_COLLECTIVE,
     O_DATATYPE,
     O_AVERAGE,
+    O_DP,
+    O_DP_INSIDE,
 };
 
 typedef struct opt_def {
@@ -120,6 +122,8 @@ static const opt_def opt_table[] = {
     {"layers", 0, 1, O_LAYERS, L | M},
     {"vocab", 0, 1, O_VOCAB, L | M},
     {"sequence-parallel", 0, 0, O_SP, L | M},
+    {"dp", 0, 1, O_DP, L},
+    {"dp-inside", 0, 0, O_DP_INSIDE, L},
     {"link", 0, 1, O_LINK, M},
     {"project-tp", 0, 1, O_PROJECT_TP, M},
     {"measure-tp", 0, 1, O_MEASURE_TP, M},
@@ -386,6 +390,7 @@ static bool apply_plain(bench_opts *o, int id, const char *val)
         case O_SPLIT_WAIT: o->split_wait = true; return true;
         case O_LAYER: o->layer = val; return true;
         case O_SP: o->sequence_parallel = true; return true;
+        case O_DP_INSIDE: o->dp_inside = true; return true;
         default: return false;
     }
 }
@@ -423,6 +428,7 @@ static const int_opt int_opts[] = {
     I64_OPT(O_TOKENS, tokens, 1, (int64_t)1 << 31, "a dimension >= 1"),
     I64_OPT(O_HIDDEN, hidden, 1, (int64_t)1 << 31, "a dimension >= 1"),
     I64_OPT(O_FFN, ffn, 1, (int64_t)1 << 31, "a dimension >= 1"),
+    INT_OPT(O_DP, dp, 1, BENCH_MAX_TP, "a number of replicas >= 1"),
 };
 #undef INT_OPT
 #undef I64_OPT
@@ -880,6 +886,14 @@ int bench_opts_validate(const bench_opts *o, char *err, size_t errlen)
         if (!bench_layer_find(o->layer))
             return bench_fail(err, errlen, "%s: unknown layer '%s': expected one of %s", cmd,
                               o->layer, bench_layer_names());
+        const bench_layer_desc *d = bench_layer_find(o->layer);
+        if (o->dp_inside && o->dp < 2)
+            return bench_fail(err, errlen, "%s: --dp-inside needs --dp D with D >= 2", cmd);
+        if (o->dp > 1 && bench_layer_kind(d) != BENCH_LK_TRANSFORMER)
+            return bench_fail(err, errlen,
+                              "%s: --dp %d: data parallelism is measured for --layer transformer "
+                              "only (got '%s')",
+                              cmd, o->dp, o->layer);
         if (o->tp && check_split(o, o->tp, "--tp/TP_WORLD_SIZE", err, errlen))
             return -1;
         for (int i = 0; i < o->n_sweep_tp; i++)
@@ -992,6 +1006,12 @@ static const char help_layer_tail[] =
     "  --head-dim N        per-head size (default hidden/heads, which must divide)\n"
     "  --sequence-parallel shard activations along the tokens between TP regions\n"
     "  --layers N, --vocab N  transformer: blocks (default 2), vocabulary (default 4096)\n"
+    "  --dp D              transformer: D data-parallel replicas of each T (T x D ranks,\n"
+    "                      tp_topology: TP inside nodes, DP across), --batch per replica;\n"
+    "                      after backward the gradients are all-reduced over the replicas\n"
+    "                      (tp_dp, 25 MiB buckets); reports the DP traffic next to\n"
+    "                      2 (D-1)/D x parameter bytes per rank and step\n"
+    "  --dp-inside         with --dp: DP groups inside nodes, TP groups across them\n"
     "Shapes: linear-col h->ffn (split ffn), linear-row ffn->h (split ffn, input is the\n"
     "shard), mlp h->ffn->h; attention, block (pre-LN GPT block) and transformer (GPT model,\n"
     "one training step: embedding, blocks, tied output, cross-entropy) h -> h. Defaults: -n 5 -w "

@@ -24,6 +24,8 @@ struct bench_xf {
     tp_gpt *gpt;
     tp_tensor x, y, dy, dx; /* attention, block: this rank's rows (its token shard with SP) */
     tp_tensor ids, targets; /* transformer */
+    tp_dp *dp;              /* transformer with --dp */
+    float dp_weight;        /* 1/D */
 };
 
 void bench_xf_free(bench_xf *b)
@@ -32,6 +34,7 @@ void bench_xf_free(bench_xf *b)
         return;
     tp_attention_free(b->attn);
     tp_block_free(b->block);
+    tp_dp_free(b->dp);
     tp_gpt_free(b->gpt);
     tp_tensor_release(&b->x);
     tp_tensor_release(&b->y);
@@ -197,11 +200,50 @@ tp_status bench_xf_step(bench_xf *b)
             if (!isfinite(loss))
                 return tp_set_error(TP_ERR_INTERNAL, "tp-bench: transformer loss is %g",
                                     (double)loss);
-            return backward ? tp_gpt_backward(b->gpt) : TP_OK;
+            if (!backward)
+                return TP_OK;
+            TP_TRY(tp_gpt_backward(b->gpt));
+            return b->dp ? tp_dp_all_reduce_grads(b->dp, b->dp_weight) : TP_OK;
         }
         default:
             return tp_set_error(TP_ERR_INTERNAL, "tp-bench: layer kind %d has no runner", b->kind);
     }
+}
+
+tp_status bench_xf_attach_dp(bench_xf *b, tp_comm *dp)
+{
+    if (!b->gpt)
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "tp-bench: --dp applies to the transformer layer only");
+    const tp_param *ps = NULL;
+    int n = 0;
+    tp_gpt_params(b->gpt, &ps, &n);
+    b->dp_weight = 1.0f / (float)tp_comm_size(dp);
+    return tp_dp_create(dp, NULL, ps, n, &b->dp);
+}
+
+void bench_xf_dp_info(const bench_xf *b, int *buckets, double *grad_bytes, double *bucket_bytes)
+{
+    size_t g = 0, c = 0;
+    tp_dp_get_info(b ? b->dp : NULL, buckets, &g, &c);
+    *grad_bytes = (double)g;
+    *bucket_bytes = (double)c;
+}
+
+void bench_xf_print_dp(const bench_layer_result *R)
+{
+    if (R->dp < 2)
+        return;
+    double D = R->dp, ring = R->dp_bytes * 2.0 * (D - 1) / D;
+    double formula = 2.0 * (D - 1) / D * R->dp_grad_bytes;
+    printf("# DP, D=%d (tp_stats of rank 0's DP communicator, per step): %.1f all_reduce (%d "
+           "bucket%s of <= %.4g MiB), payload %.0f B, ring traffic %.0f B per rank; formula "
+           "2 (D-1)/D x parameter bytes = 2 x %d/%d x %.0f = %.0f B: %s; %.1f us (wait %.1f, "
+           "transfer %.1f)\n",
+           R->dp, R->dp_calls, R->dp_buckets, R->dp_buckets == 1 ? "" : "s",
+           R->dp_bucket_bytes / 1048576.0, R->dp_bytes, ring, R->dp - 1, R->dp, R->dp_grad_bytes,
+           formula, fabs(ring - formula) <= 1e-6 * (formula + 1) ? "match" : "MISMATCH", R->dp_us,
+           R->dp_wait_us, R->dp_us - R->dp_wait_us);
 }
 
 void bench_xf_print_header(const bench_opts *o)

@@ -394,6 +394,62 @@ TP_API tp_block *tp_gpt_block(tp_gpt *m, int i);
 TP_API tp_embedding *tp_gpt_embedding(tp_gpt *m);
 TP_API void tp_gpt_free(tp_gpt *m); /* NULL is a no-op */
 
+/* ------------------------------------------------------ data parallelism */
+
+/*
+ * D replicas of a TP model, each on its slice of the global batch (world =
+ * T x D; tp_topology gives each rank its TP and DP communicators). After
+ * backward, tp_dp_all_reduce_grads replaces every gradient g of this rank
+ * by sum over the DP group of weight_d * g_d, weight_d being replica d's
+ * share of the global batch (1/D for equal slices; n_d / N for slices of
+ * n_d of N counted targets), so every replica holds the gradient of the
+ * global batch's mean loss and applies the same update.
+ *
+ * Buckets (PyTorch DDP's idea, 25 MiB by default): the gradients are
+ * packed (scaled by weight) into a device buffer of bucket_bytes, the
+ * buffer all-reduced in place, the pieces copied back. The order is fixed
+ * when the object is made: replicated parameters first (norms, row-parallel
+ * biases, the position table), then the shards, each in parameter order;
+ * a parameter may straddle buckets, a bucket holds one dtype, and the
+ * replicated parameters' buckets hold nothing else, so they are the same
+ * calls on every DP group (see dp.c). Every run makes the same calls with
+ * the same bytes: with a backend whose sums have a fixed order (loopback,
+ * shm, mpi for a fixed process layout) the run is bitwise reproducible.
+ * Communication: per call `buckets` all-reduces (tp_dp_get_info), counted
+ * on the DP communicator's tp_stats under the current phase; the packing
+ * and unpacking count as device kernels. Ring traffic per rank and call:
+ * 2 (D-1)/D x grad_bytes.
+ */
+#define TP_DP_DEFAULT_BUCKET_BYTES (25 * 1024 * 1024)
+#define TP_DP_MIN_BUCKET_BYTES     16
+
+typedef struct tp_dp_config {
+    size_t bucket_bytes; /* 0: TP_DP_DEFAULT_BUCKET_BYTES; at least TP_DP_MIN_BUCKET_BYTES */
+} tp_dp_config;
+
+typedef struct tp_dp tp_dp;
+
+/* Collective over dp: plan the buckets for this rank's parameters (the
+ * array is copied; the tensors must outlive the object; gradients must
+ * exist) and check that every rank of dp made the same plan
+ * (TP_ERR_INVALID_ARG naming the first that did not). cfg may be NULL. */
+TP_API tp_status tp_dp_create(tp_comm *dp, const tp_dp_config *cfg, const tp_param *params, int n,
+                              tp_dp **out);
+/* Collective over dp: grad = sum over the group of weight x grad (see above). */
+TP_API tp_status tp_dp_all_reduce_grads(tp_dp *d, float weight);
+/* Collective over dp: *sum = the sum of every rank's x (one all-reduce,
+ * counted like the buckets), e.g. of weight_d x loss_d for the global loss. */
+TP_API tp_status tp_dp_sum(tp_dp *d, float x, float *sum);
+/* All-reduces per tp_dp_all_reduce_grads, gradient bytes reduced per call,
+ * the bucket size. Any pointer may be NULL. */
+TP_API void tp_dp_get_info(const tp_dp *d, int *buckets, size_t *grad_bytes, size_t *bucket_bytes);
+/* Collective over dp (and tp unless NULL: the rank's TP communicator):
+ * every parameter's value is bitwise the same on every rank of the DP
+ * group, and every replicated one on every rank of the TP group; else
+ * TP_ERR_INTERNAL naming the first parameter that differs. */
+TP_API tp_status tp_dp_check_sync(tp_dp *d, tp_comm *tp);
+TP_API void tp_dp_free(tp_dp *d); /* NULL is a no-op */
+
 #ifdef __cplusplus
 }
 #endif
