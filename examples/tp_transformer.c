@@ -676,7 +676,10 @@ static tp_status cmp_set_up(trainer *tr)
         names[i] = tr->ps[i].name, lens[i] = full_numel(&tr->ps[i]);
     R->cmp.shape = (tt_shape){o->vocab, o->hidden, o->heads, o->head_dim,
                               o->ffn,   o->layers, o->seq,   o->batch * o->seq};
-    R->cmp.scale = o->bound_scale;
+    /* The bound counts roundings; a bf16/f16 rounding is 2^(23 - mantissa
+     * bits) f32 ULPs (bf16: 2^16, f16: 2^13), the unit the table reports. */
+    double unit = tr->dt == TP_BF16 ? 65536.0 : tr->dt == TP_F16 ? 8192.0 : 1.0;
+    R->cmp.scale = o->bound_scale * unit;
     if (tt_cmp_init(&R->cmp, o->nruns, o->compare_steps, tr->np, names, lens,
                     o->batch * o->seq * o->vocab))
         st = tp_set_error(TP_ERR_NO_MEMORY, "out of host memory for --compare-tp");
