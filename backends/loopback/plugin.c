@@ -138,5 +138,5 @@ TP_PLUGIN_DEFINE_SETTINGS(
      "busy spins of a waiting rank before it starts to yield"},
     {"TP_LOOPBACK_STREAM_BYTES", "last-level cache size (else 32 MiB)",
      "results larger than this are stored with non-temporal stores"},
-    {"TP_LOOPBACK_SMALL_BYTES", "1024 (4096 when ranks > CPUs)",
-     "all_reduce up to this size takes one barrier; at most 4096"})
+    {"TP_LOOPBACK_SMALL_BYTES", "4096",
+     "collectives up to this size take the one-shot path; at most 4096"})

@@ -143,3 +143,17 @@ TP_PLUGIN_DEFINE("shm", "0.1.0",
                  "ranks are processes of one node; collectives through a POSIX shared-memory "
                  "segment (TP_RANK, TP_WORLD_SIZE, TP_JOB_ID)",
                  &sh_ops, NULL, sh_probe)
+
+/* What tp-info lists (tests/diag checks every getenv of this folder is here). */
+TP_PLUGIN_DEFINE_SETTINGS(
+    {"TP_RANK", "-", "this process's rank (set by tp-launch or by hand); standalone start"},
+    {"TP_WORLD_SIZE", "-", "the job's rank count; standalone start"},
+    {"TP_JOB_ID", "- (required for 2+ ranks)",
+     "names the job's segment /dev/shm/tp-shm-<uid>-<id> (tp-launch sets it)"},
+    {"TP_SHM_CHUNK_BYTES", "262144",
+     "bytes per rank and piece of a large collective, 4096..64 MiB"},
+    {"TP_SHM_BIND", "auto",
+     "1: pin rank r to CPU r mod CPUs; 0: never; auto: when ranks fill the CPUs"},
+    {"TP_SHM_SPIN", "200 (16 when ranks > CPUs)", "busy spins of a waiting rank before it yields"},
+    {"TP_SHM_SMALL_BYTES", "4096",
+     "collectives up to this size take the one-shot path; at most 4096"})

@@ -70,8 +70,10 @@ for name, d in sorted(plugins.items()):
         check("tcp: TP_TCP_CHUNK_BYTES default is TCP_DEFAULT_CHUNK (%s)" % want,
               listed.get("TP_TCP_CHUNK_BYTES", {}).get("default") == want, repr(listed))
     if name == "loopback":
-        m = re.search(r"#define LB_SMALL_BYTES (\d+)", src)
-        check("loopback: TP_LOOPBACK_SMALL_BYTES names LB_SMALL_BYTES",
+        # LB_SMALL_BYTES is shmcoll's SC_OS_BYTES (the one-shot slot size)
+        sc = source(os.path.join(d, "..", "shmcoll"))
+        m = re.search(r"#define SC_OS_BYTES +(\d+)", sc)
+        check("loopback: TP_LOOPBACK_SMALL_BYTES names SC_OS_BYTES",
               m and m.group(1) in listed.get("TP_LOOPBACK_SMALL_BYTES", {}).get("default", ""),
               repr(listed.get("TP_LOOPBACK_SMALL_BYTES")))
 sys.exit(1 if failures else 0)
