@@ -76,10 +76,62 @@ def launch_run_checks(exe, tmp):
     return bad
 
 
+def info_run_checks(exe, tmp):
+    """tp-info: --json's document (json-glib) has the fields; a flag twice is
+    the same as once; "--" ends the options."""
+    bad = []
+    rc, once, err = run([exe, "--json", "loopback"])
+    try:
+        doc = json.loads(once) if rc == 0 else None
+    except ValueError as e:
+        doc, err = None, "%s: %s" % (e, once[:300])
+    settings = doc.get("settings") if isinstance(doc, dict) else None
+    if not doc or doc.get("name") != "loopback" or doc.get("file_name") != "loopback" or \
+            doc.get("accepted") is not True or not isinstance(doc.get("intra_node"), bool) or \
+            not isinstance(doc.get("comm_ops"), list) or "all_reduce" not in doc["comm_ops"] or \
+            not settings or any(set(x) != {"name", "default", "description"} for x in settings):
+        bad.append("--json loopback: rc %s, document %r | %s" % (rc, doc, err.strip()[-200:]))
+    for args in (["--json", "--json", "loopback"], ["-j", "--", "loopback"]):
+        rc, out, err = run([exe] + args)
+        if rc != 0 or out != once:
+            bad.append("%s: rc %s, output differs from --json loopback" % (" ".join(args), rc))
+    rc, out, err = run([exe, "--json"])
+    try:
+        names = [p.get("name") for p in json.loads(out)["plugins"]] if rc == 0 else []
+    except (ValueError, KeyError, TypeError) as e:
+        names, err = [], "%s: %s" % (e, out[:300])
+    if "loopback" not in names:
+        bad.append("--json: rc %s, plugins %r | %s" % (rc, names, err.strip()[-200:]))
+    return bad
+
+
+def conformance_run_checks(exe, tmp):
+    """tp-conformance: the run shows --tp's world size and --op's one row."""
+    bad = []
+    for name, args in [("--opt=value", ["--tp=2", "--op=barrier"]),
+                       ("last wins", ["--tp", "3", "--tp", "2", "--op", "split", "--op",
+                                      "barrier"])]:
+        rc, out, err = run([exe] + args)
+        rows = [ln.split()[0] for ln in out.splitlines()
+                if ln.split() and ln.split()[0] in ("all_reduce", "barrier", "split")]
+        if rc != 0 or "2 ranks" not in out or rows != ["barrier"] or \
+                not re.search(r"conformance: [1-9]\d* passed, 0 failed", out):
+            bad.append("%s: rc %s, rows %r, output %r | %s" %
+                       (name, rc, rows, out[-300:], err.strip()[-200:]))
+    for args in (["--nb-error=bogus"], ["--large=0"], ["--op", "nosuch"], ["extra"]):
+        rc, _, err = run([exe] + args)
+        lines = err.strip().splitlines()
+        if rc != 2 or len(lines) != 1 or not lines[0].startswith("tp-conformance: "):
+            bad.append("%s: rc %s, stderr %r (want exit 2, one line)" % (args, rc, err[:200]))
+    return bad
+
+
 # name -> (help args, version args, a bad value, the checks of real runs)
 CHECKS = {
     "tp-bench": (["--help"], ["--version"], ["collectives", "-n", "abc"], bench_run_checks),
     "tp-launch": (["--help"], ["--version"], ["-n", "abc", "true"], launch_run_checks),
+    "tp-info": (["--help"], ["--version"], ["--json=0"], info_run_checks),
+    "tp-conformance": (["--help"], ["--version"], ["--tp", "abc"], conformance_run_checks),
 }
 
 

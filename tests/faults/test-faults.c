@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <glib.h>
+#include <json-glib/json-glib.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -244,14 +245,32 @@ START_TEST(test_shadow_tp_info)
                   "%s", out);
     g_free(out);
     out = tp_info("--json");
-    ck_assert_msg(strstr(out, "\"path\": \"" FIX "/shadow/libtp-loopback.so\", \"file_name\": "
-                              "\"loopback\", \"accepted\": true, \"status\": \"TP_OK\", "
-                              "\"reason\": null, \"shadowed_by\": null, \"origin\": "
-                              "\"TP_PLUGIN_PATH\", \"shadows\": [\"" BUILT_IN_LOOPBACK "\"]"),
-                  "%s", out);
-    ck_assert_msg(strstr(out, "\"shadowed_by\": \"" FIX "/shadow/libtp-loopback.so\", \"origin\": "
-                              "\"build tree\""),
-                  "%s", out);
+    JsonParser *jp = json_parser_new();
+    ck_assert_msg(json_parser_load_from_data(jp, out, -1, NULL), "not JSON:\n%s", out);
+    JsonArray *plugins =
+        json_object_get_array_member(json_node_get_object(json_parser_get_root(jp)), "plugins");
+    JsonObject *winner = NULL, *hidden = NULL;
+    for (guint i = 0; i < json_array_get_length(plugins); i++) {
+        JsonObject *o = json_array_get_object_element(plugins, i);
+        if (!g_strcmp0(json_object_get_string_member(o, "path"), FIX "/shadow/libtp-loopback.so"))
+            winner = o;
+        if (!g_strcmp0(json_object_get_string_member(o, "shadowed_by"),
+                       FIX "/shadow/libtp-loopback.so"))
+            hidden = o;
+    }
+    ck_assert_msg(winner && hidden, "%s", out);
+    ck_assert_str_eq(json_object_get_string_member(winner, "file_name"), "loopback");
+    ck_assert(json_object_get_boolean_member(winner, "accepted"));
+    ck_assert_str_eq(json_object_get_string_member(winner, "status"), "TP_OK");
+    ck_assert(json_object_get_null_member(winner, "reason"));
+    ck_assert(json_object_get_null_member(winner, "shadowed_by"));
+    ck_assert_str_eq(json_object_get_string_member(winner, "origin"), "TP_PLUGIN_PATH");
+    JsonArray *shadows = json_object_get_array_member(winner, "shadows");
+    ck_assert_uint_eq(json_array_get_length(shadows), 1);
+    ck_assert_str_eq(json_array_get_string_element(shadows, 0), BUILT_IN_LOOPBACK);
+    ck_assert_str_eq(json_object_get_string_member(hidden, "path"), BUILT_IN_LOOPBACK);
+    ck_assert_str_eq(json_object_get_string_member(hidden, "origin"), "build tree");
+    g_object_unref(jp);
     g_free(out);
 }
 END_TEST

@@ -31,8 +31,12 @@
 #include <string.h>
 #include <time.h>
 
+#include <glib.h>
+
 #include <tp/tp.h>
 #include <tp/tp-plugin-util.h>
+
+#include "tp-options.h"
 
 #define GUARD     16   /* elements after each output that must stay untouched */
 #define MAX_PRINT 10   /* failure details printed per rank */
@@ -1390,89 +1394,124 @@ out_early:
 
 /* --------------------------------------------------------------- main */
 
-static void usage(FILE *f)
+/* What the option callbacks fill in. */
+typedef struct parse_state {
+    opts *o;
+    tp_config *cfg;
+} parse_state;
+
+static gboolean opt_op(const gchar *name, const gchar *value, gpointer data, GError **error)
 {
-    fprintf(f,
-            "usage: tp-conformance [--tp N] [--large] [--op NAME] [--verbose] [--help]\n"
-            "       tp-conformance --nb-error peer-left|peer-silent [--tp N]\n"
-            "\n"
-            "Runs the communicator conformance suite through the public tp API on the\n"
-            "backend named by TP_BACKEND (default loopback): all_reduce, all_gather(v),\n"
-            "reduce_scatter(v), broadcast, barrier and split, for f32, f16, bf16 and i32,\n"
-            "counts 0, 1, 13, 17, 1000 and 262147 (1 MiB of f32), sum/max/min, every\n"
-            "root, in-place and out-of-place, uneven counts, and sub-communicators (odd/even,\n"
-            "reversed keys, color -1). Every element is checked exactly against a serial\n"
-            "reference. Nonblocking collectives (tp_iall_reduce, tp_iall_gather(v),\n"
-            "tp_ireduce_scatter(v)): batches in flight at once (up to 96 requests), waited\n"
-            "in reverse or polled with tp_test, each checked against the reference and\n"
-            "bitwise against the blocking call; requests outliving a split and the free of\n"
-            "their comm; a blocking call while requests are pending; bad arguments; the\n"
-            "nonblocking counters.\n"
-            "Prints a table and 'conformance: N passed, N failed, N skipped'.\n"
-            "Exit status: 0 if nothing failed, 1 if something failed, 2 on bad usage.\n"
-            "\n"
-            "  --tp N        world size (else TP_WORLD_SIZE, else the engine: mpirun -n)\n"
-            "  --large       also run > 16 MiB cases (4194309 f32 elements)\n"
-            "  --op NAME     only all_reduce, all_gather, reduce_scatter, broadcast, barrier,\n"
-            "                split or nonblocking\n"
-            "  --nb-error M  instead of the suite: rank 1 leaves (peer-left) or stays silent\n"
-            "                (peer-silent) while rank 0 waits for a tp_iall_reduce with it,\n"
-            "                which must fail (TP_ERR_PEER or TP_ERR_TIMEOUT) naming the call;\n"
-            "                needs TP_TIMEOUT_S <= 30; rank 0's verdict is the exit status\n"
-            "  --verbose     say which cases the backend does not provide, and why\n"
-            "  --help        this text\n"
-            "\n"
-            "Multi-process backends: mpirun -n 4 env TP_BACKEND=mpi tp-conformance\n"
-            "Environment: TP_BACKEND, TP_DEVICE, TP_WORLD_SIZE, TP_PLUGIN_PATH, TP_TIMEOUT_S.\n");
+    static const char *const known[] = {"all_reduce", "all_gather", "reduce_scatter", "broadcast",
+                                        "barrier",    "split",      "nonblocking"};
+    for (size_t k = 0; k < sizeof known / sizeof known[0]; k++)
+        if (!strcmp(value, known[k])) {
+            ((parse_state *)data)->o->only_op = known[k];
+            return TRUE;
+        }
+    g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                "%s '%s': unknown op; expected all_reduce, all_gather, reduce_scatter, "
+                "broadcast, barrier, split or nonblocking",
+                name, value);
+    return FALSE;
+}
+
+static gboolean opt_nb_error(const gchar *name, const gchar *value, gpointer data, GError **error)
+{
+    if (strcmp(value, "peer-left") != 0 && strcmp(value, "peer-silent") != 0) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                    "%s '%s': unknown mode; expected peer-left or peer-silent", name, value);
+        return FALSE;
+    }
+    ((parse_state *)data)->o->nb_error = !strcmp(value, "peer-silent");
+    return TRUE;
+}
+
+/* --tp N through tp_config_parse_tp, the range check every program shares. */
+static gboolean opt_tp(const gchar *name, const gchar *value, gpointer data, GError **error)
+{
+    char *args[] = {"tp-conformance", "--tp", (char *)value, NULL};
+    if (tp_config_parse_tp(((parse_state *)data)->cfg, 3, args) != TP_OK) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE, "%s", tp_last_error());
+        return FALSE;
+    }
+    (void)name;
+    return TRUE;
+}
+
+static const char summary[] =
+    "Runs the communicator conformance suite through the public tp API on the\n"
+    "backend named by TP_BACKEND (default loopback): all_reduce, all_gather(v),\n"
+    "reduce_scatter(v), broadcast, barrier and split, for f32, f16, bf16 and i32,\n"
+    "counts 0, 1, 13, 17, 1000 and 262147 (1 MiB of f32), sum/max/min, every\n"
+    "root, in-place and out-of-place, uneven counts, and sub-communicators (odd/even,\n"
+    "reversed keys, color -1). Every element is checked exactly against a serial\n"
+    "reference. Nonblocking collectives (tp_iall_reduce, tp_iall_gather(v),\n"
+    "tp_ireduce_scatter(v)): batches in flight at once (up to 96 requests), waited\n"
+    "in reverse or polled with tp_test, each checked against the reference and\n"
+    "bitwise against the blocking call; requests outliving a split and the free of\n"
+    "their comm; a blocking call while requests are pending; bad arguments; the\n"
+    "nonblocking counters.\n"
+    "Prints a table and 'conformance: N passed, N failed, N skipped'.\n"
+    "\n"
+    "With --nb-error MODE, instead of the suite: rank 1 leaves (peer-left) or stays\n"
+    "silent (peer-silent) while rank 0 waits for a tp_iall_reduce with it, which must\n"
+    "fail (TP_ERR_PEER or TP_ERR_TIMEOUT) naming the call; needs TP_TIMEOUT_S <= 30;\n"
+    "rank 0's verdict is the exit status.";
+
+static const char description[] =
+    "An option given twice: the last value wins. --opt=VALUE and --opt VALUE are the same.\n"
+    "Exit status: 0 if nothing failed, 1 if something failed, 2 on bad usage.\n"
+    "Multi-process backends: mpirun -n 4 env TP_BACKEND=mpi tp-conformance\n"
+    "Environment: TP_BACKEND, TP_DEVICE, TP_WORLD_SIZE, TP_PLUGIN_PATH, TP_TIMEOUT_S.\n";
+
+/* Parse argv (tp-options.h); 0 to go on, else the exit status + 1. */
+static int parse_args(int *argc, char ***argv, opts *o, tp_config *cfg)
+{
+    gboolean large = FALSE, verbose = FALSE, version = FALSE;
+    parse_state ps = {o, cfg};
+    GOptionEntry entries[] = {
+        {"tp", 0, 0, G_OPTION_ARG_CALLBACK, (gpointer)opt_tp,
+         "World size (else TP_WORLD_SIZE, else the engine: mpirun -n)", "N"},
+        {"large", 0, 0, G_OPTION_ARG_NONE, &large, "Also run > 16 MiB cases (4194309 f32 elements)",
+         NULL},
+        {"op", 0, 0, G_OPTION_ARG_CALLBACK, (gpointer)opt_op,
+         "Only all_reduce, all_gather, reduce_scatter, broadcast, barrier, split or nonblocking",
+         "NAME"},
+        {"nb-error", 0, 0, G_OPTION_ARG_CALLBACK, (gpointer)opt_nb_error,
+         "Instead of the suite, the nonblocking error check (see above)", "peer-left|peer-silent"},
+        {"verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose,
+         "Say which cases the backend does not provide, and why", NULL},
+        {"version", 'V', 0, G_OPTION_ARG_NONE, &version, "Show the version and git revision", NULL},
+        {NULL, 0, 0, 0, NULL, NULL, NULL}};
+    GOptionContext *ctx = g_option_context_new(NULL);
+    GOptionGroup *group = g_option_group_new(NULL, NULL, NULL, &ps, NULL);
+    g_option_group_add_entries(group, entries);
+    g_option_context_set_main_group(ctx, group);
+    g_option_context_set_summary(ctx, summary);
+    g_option_context_set_description(ctx, description);
+    int rc = tp_options_parse("tp-conformance", ctx, entries, &version, argc, argv) + 1;
+    if (rc == 0 && *argc > 1) {
+        fprintf(stderr,
+                "tp-conformance: unexpected argument '%s'; it takes no operands (try --help)\n",
+                (*argv)[1]);
+        rc = 3;
+    }
+    o->large = large;
+    o->verbose = verbose;
+    g_option_context_free(ctx);
+    return rc;
 }
 
 int main(int argc, char **argv)
 {
     opts o = {.nb_error = -1};
     tp_config cfg = {0};
+    int rc = parse_args(&argc, &argv, &o, &cfg);
+    if (rc)
+        return rc - 1;
     cfg.argc = &argc;
     cfg.argv = &argv;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(a, "--large")) {
-            o.large = true;
-        } else if (!strcmp(a, "--nb-error") && i + 1 < argc &&
-                   (!strcmp(argv[i + 1], "peer-left") || !strcmp(argv[i + 1], "peer-silent"))) {
-            o.nb_error = !strcmp(argv[++i], "peer-silent");
-        } else if (!strcmp(a, "--verbose") || !strcmp(a, "-v")) {
-            o.verbose = true;
-        } else if (!strcmp(a, "--op") || !strncmp(a, "--op=", 5)) {
-            const char *v = a[4] == '=' ? a + 5 : (i + 1 < argc ? argv[++i] : NULL);
-            static const char *const known[] = {"all_reduce", "all_gather", "reduce_scatter",
-                                                "broadcast",  "barrier",    "split",
-                                                "nonblocking"};
-            bool ok = false;
-            for (size_t k = 0; v && k < sizeof known / sizeof known[0]; k++)
-                ok |= !strcmp(v, known[k]);
-            if (!ok) {
-                fprintf(stderr,
-                        "tp-conformance: --op %s: unknown op; expected all_reduce, all_gather, "
-                        "reduce_scatter, broadcast, barrier, split or nonblocking\n",
-                        v ? v : "(missing)");
-                return 2;
-            }
-            o.only_op = v;
-        } else if (!strcmp(a, "--tp")) {
-            i++; /* value parsed by tp_config_parse_tp */
-        } else if (!strncmp(a, "--tp=", 5)) {
-            continue;
-        } else {
-            fprintf(stderr, "tp-conformance: unknown argument '%s' (try --help)\n", a);
-            return 2;
-        }
-    }
-    if (tp_config_parse_tp(&cfg, argc, argv) != TP_OK) {
-        fprintf(stderr, "tp-conformance: %s\n", tp_last_error());
-        return 2;
-    }
     shared sh = {.o = &o, .t0 = now_s()};
     pthread_mutex_init(&sh.lock, NULL);
     tp_status st = tp_init(&cfg, &sh.ctx);

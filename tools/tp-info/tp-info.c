@@ -4,8 +4,9 @@
  *
  *   tp-info              every plugin found, refused file and shadowed duplicate
  *   tp-info NAME|PATH    one plugin in detail
- *   --json               the same as JSON
+ *   --json               the same as JSON (written by json-glib)
  *
+ * Options are parsed by GLib's GOptionContext, like every tp tool's.
  * Exit status: 0; 1 if NAME is not found or its file is refused; 2 on bad
  * arguments.
  */
@@ -13,20 +14,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <glib.h>
+#include <json-glib/json-glib.h>
+
 #include <tp/tp-info.h>
 
-static void usage(FILE *f)
-{
-    fprintf(f, "Usage: tp-info [--json] [NAME | PATH]\n"
-               "List the tp plugins found on the search path (TP_PLUGIN_PATH, the build tree,\n"
-               "the install dir) with name, version, ABI, kind, ops and probe result, and every\n"
-               "file that was refused and why. With NAME (or a path to a plugin file), show one.\n"
-               "\n"
-               "  --json      print JSON instead of text\n"
-               "  -h, --help  show this help\n"
-               "\n"
-               "Exit status: 0 on success; 1 if NAME is not found or refused; 2 on bad usage.\n");
-}
+#include "tp-options.h"
 
 static const char *kind_of(const tp_plugin_info *p)
 {
@@ -170,175 +163,218 @@ static void print_text(const tp_plugin_scan *s)
 
 /* ----------------------------------------------------------------- json */
 
-static void json_str(const char *s)
+/* A string member, or null for a NULL string. */
+static void json_str(JsonBuilder *b, const char *key, const char *s)
 {
-    if (!s) {
-        printf("null");
-        return;
-    }
-    putchar('"');
-    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
-        if (*c == '"' || *c == '\\')
-            printf("\\%c", *c);
-        else if (*c == '\n')
-            printf("\\n");
-        else if (*c < 0x20)
-            printf("\\u%04x", *c);
-        else
-            putchar(*c);
-    }
-    putchar('"');
+    json_builder_set_member_name(b, key);
+    if (s)
+        json_builder_add_string_value(b, s);
+    else
+        json_builder_add_null_value(b);
 }
 
-static void json_list(char **ops)
+static void json_list(JsonBuilder *b, const char *key, char **items)
 {
-    printf("[");
-    for (char **o = ops; o && *o; o++) {
-        printf(o == ops ? "" : ", ");
-        json_str(*o);
-    }
-    printf("]");
+    json_builder_set_member_name(b, key);
+    json_builder_begin_array(b);
+    for (char **o = items; o && *o; o++)
+        json_builder_add_string_value(b, *o);
+    json_builder_end_array(b);
 }
 
-static void json_plugin(const tp_plugin_info *p, const char *indent)
+static void json_bool(JsonBuilder *b, const char *key, bool v)
 {
-    printf("%s{\"path\": ", indent);
-    json_str(p->path);
-    printf(", \"file_name\": ");
-    json_str(p->file_name);
-    printf(", \"accepted\": %s, \"status\": ", p->status ? "false" : "true");
-    json_str(tp_status_string(p->status));
-    printf(", \"reason\": ");
-    json_str(p->reason);
-    printf(", \"shadowed_by\": ");
-    json_str(p->shadowed_by);
-    printf(", \"origin\": ");
-    json_str(p->origin);
-    printf(", \"shadows\": ");
-    json_list(p->shadows);
+    json_builder_set_member_name(b, key);
+    json_builder_add_boolean_value(b, v);
+}
+
+static void json_settings(JsonBuilder *b, const tp_plugin_info *p)
+{
+    json_builder_set_member_name(b, "settings");
+    json_builder_begin_array(b);
+    for (int i = 0; i < p->n_settings; i++) {
+        json_builder_begin_object(b);
+        json_str(b, "name", p->settings[i].name);
+        json_str(b, "default", p->settings[i].default_value);
+        json_str(b, "description", p->settings[i].description);
+        json_builder_end_object(b);
+    }
+    json_builder_end_array(b);
+}
+
+/* One plugin (or refused file) as an object; the details only if accepted. */
+static void json_plugin(JsonBuilder *b, const tp_plugin_info *p)
+{
+    json_builder_begin_object(b);
+    json_str(b, "path", p->path);
+    json_str(b, "file_name", p->file_name);
+    json_bool(b, "accepted", !p->status);
+    json_str(b, "status", tp_status_string(p->status));
+    json_str(b, "reason", p->reason);
+    json_str(b, "shadowed_by", p->shadowed_by);
+    json_str(b, "origin", p->origin);
+    json_list(b, "shadows", p->shadows);
     if (!p->status) {
-        printf(",\n%s \"name\": ", indent);
-        json_str(p->name);
-        printf(", \"version\": ");
-        json_str(p->version);
-        printf(", \"description\": ");
-        json_str(p->description);
-        printf(
-            ", \"abi\": \"%u.%u\", \"comm\": %s, \"device\": %s,\n%s \"comm_ops\": ", p->abi_major,
-            p->abi_minor, p->is_comm ? "true" : "false", p->is_device ? "true" : "false", indent);
-        json_list(p->comm_ops);
-        printf(", \"comm_mem_kinds\": %u, \"intra_node\": %s", (unsigned)p->comm_mem_kinds,
-               is_intra(p) ? "true" : "false");
-        printf(",\n%s \"device_ops\": ", indent);
-        json_list(p->device_ops);
-        printf(",\n%s \"available\": %s, \"unavailable_reason\": ", indent,
-               p->available ? "true" : "false");
-        json_str(p->unavailable_reason);
-        printf(",\n%s \"settings\": [", indent);
-        for (int i = 0; i < p->n_settings; i++) {
-            printf("%s{\"name\": ", i ? ", " : "");
-            json_str(p->settings[i].name);
-            printf(", \"default\": ");
-            json_str(p->settings[i].default_value);
-            printf(", \"description\": ");
-            json_str(p->settings[i].description);
-            printf("}");
-        }
-        printf("]");
+        char abi[32];
+        snprintf(abi, sizeof abi, "%u.%u", p->abi_major, p->abi_minor);
+        json_str(b, "name", p->name);
+        json_str(b, "version", p->version);
+        json_str(b, "description", p->description);
+        json_str(b, "abi", abi);
+        json_bool(b, "comm", p->is_comm);
+        json_bool(b, "device", p->is_device);
+        json_list(b, "comm_ops", p->comm_ops);
+        json_builder_set_member_name(b, "comm_mem_kinds");
+        json_builder_add_int_value(b, (gint64)p->comm_mem_kinds);
+        json_bool(b, "intra_node", is_intra(p));
+        json_list(b, "device_ops", p->device_ops);
+        json_bool(b, "available", p->available);
+        json_str(b, "unavailable_reason", p->unavailable_reason);
+        json_settings(b, p);
     }
-    printf("}");
+    json_builder_end_object(b);
 }
 
-static void print_json(const tp_plugin_scan *s)
+static void json_scan(JsonBuilder *b, const tp_plugin_scan *s)
 {
-    printf("{\"dirs\": [");
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "dirs");
+    json_builder_begin_array(b);
     for (int i = 0; i < s->n_dirs; i++) {
-        printf("%s\n  {\"path\": ", i ? "," : "");
-        json_str(s->dirs[i].path);
-        printf(", \"origin\": ");
-        json_str(s->dirs[i].origin);
-        printf(", \"exists\": %s}", s->dirs[i].exists ? "true" : "false");
+        json_builder_begin_object(b);
+        json_str(b, "path", s->dirs[i].path);
+        json_str(b, "origin", s->dirs[i].origin);
+        json_bool(b, "exists", s->dirs[i].exists);
+        json_builder_end_object(b);
     }
-    printf("],\n\"skipped\": ");
-    json_list(s->skipped);
-    printf(",\n\"plugins\": [");
-    for (int i = 0; i < s->n_plugins; i++) {
-        printf("%s\n", i ? "," : "");
-        json_plugin(&s->plugins[i], "  ");
-    }
-    printf("]}\n");
+    json_builder_end_array(b);
+    json_list(b, "skipped", s->skipped);
+    json_builder_set_member_name(b, "plugins");
+    json_builder_begin_array(b);
+    for (int i = 0; i < s->n_plugins; i++)
+        json_plugin(b, &s->plugins[i]);
+    json_builder_end_array(b);
+    json_builder_end_object(b);
+}
+
+/* Print the whole scan (s) or one plugin (p) as indented JSON. */
+static void print_json(const tp_plugin_scan *s, const tp_plugin_info *p)
+{
+    JsonBuilder *b = json_builder_new();
+    if (p)
+        json_plugin(b, p);
+    else
+        json_scan(b, s);
+    JsonNode *root = json_builder_get_root(b);
+    JsonGenerator *g = json_generator_new();
+    json_generator_set_pretty(g, TRUE);
+    json_generator_set_indent(g, 2);
+    json_generator_set_root(g, root);
+    gchar *text = json_generator_to_data(g, NULL);
+    printf("%s\n", text);
+    g_free(text);
+    g_object_unref(g);
+    json_node_unref(root);
+    g_object_unref(b);
 }
 
 /* ----------------------------------------------------------------- main */
 
-int main(int argc, char **argv)
+/* Not found: where it looked, what it found, and how to point it there. */
+static void report_not_found(const tp_plugin_scan *s, const char *name)
 {
-    bool json = false;
-    const char *name = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--json") == 0) {
-            json = true;
-        } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-            usage(stdout);
-            return 0;
-        } else if (argv[i][0] == '-' || name) {
-            fprintf(stderr, "tp-info: unexpected argument '%s'\n", argv[i]);
-            usage(stderr);
-            return 2;
-        } else {
-            name = argv[i];
-        }
-    }
+    fprintf(stderr, "tp-info: no plugin libtp-%s.so found; looked in:\n", name);
+    for (int i = 0; i < s->n_dirs; i++)
+        fprintf(stderr, "  %s (%s)\n", s->dirs[i].path, s->dirs[i].origin);
+    fprintf(stderr, "Plugins found:");
+    for (int i = 0; i < s->n_plugins; i++)
+        if (!s->plugins[i].shadowed_by && s->plugins[i].file_name)
+            fprintf(stderr, " %s", s->plugins[i].file_name);
+    fprintf(stderr,
+            "\nAdd the directory holding it to TP_PLUGIN_PATH, or give its "
+            "path: tp-info /path/to/libtp-%s.so\n",
+            name);
+}
 
-    if (name && strchr(name, '/')) {
-        tp_plugin_info info;
-        tp_plugin_inspect(name, &info);
-        if (json) {
-            json_plugin(&info, "");
-            printf("\n");
-        } else {
-            print_plugin(NULL, &info, true);
-        }
-        int rc = info.status ? 1 : 0;
-        tp_plugin_info_clear(&info);
-        return rc;
-    }
+/* `tp-info PATH`: inspect one file without scanning. */
+static int show_file(const char *path, bool json)
+{
+    tp_plugin_info info;
+    tp_plugin_inspect(path, &info);
+    if (json)
+        print_json(NULL, &info);
+    else
+        print_plugin(NULL, &info, true);
+    int rc = info.status ? 1 : 0;
+    tp_plugin_info_clear(&info);
+    return rc;
+}
 
+/* The scan, or the plugin NAME in it (the first one: the loader's). */
+static int show_scan(const char *name, bool json)
+{
     tp_plugin_scan *s = tp_plugin_scan_new();
     int rc = 0;
-    if (!name) {
-        if (json)
-            print_json(s);
-        else
-            print_text(s);
+    const tp_plugin_info *p = NULL;
+    for (int i = 0; name && i < s->n_plugins && !p; i++)
+        if (s->plugins[i].file_name && strcmp(s->plugins[i].file_name, name) == 0)
+            p = &s->plugins[i];
+    if (!name && json) {
+        print_json(s, NULL);
+    } else if (!name) {
+        print_text(s);
+    } else if (!p) {
+        report_not_found(s, name);
+        rc = 1;
     } else {
-        const tp_plugin_info *p = NULL;
-        for (int i = 0; i < s->n_plugins && !p; i++)
-            if (s->plugins[i].file_name && strcmp(s->plugins[i].file_name, name) == 0)
-                p = &s->plugins[i]; /* the first one is the one the loader uses */
-        if (!p) {
-            fprintf(stderr, "tp-info: no plugin libtp-%s.so found; looked in:\n", name);
-            for (int i = 0; i < s->n_dirs; i++)
-                fprintf(stderr, "  %s (%s)\n", s->dirs[i].path, s->dirs[i].origin);
-            fprintf(stderr, "Plugins found:");
-            for (int i = 0; i < s->n_plugins; i++)
-                if (!s->plugins[i].shadowed_by && s->plugins[i].file_name)
-                    fprintf(stderr, " %s", s->plugins[i].file_name);
-            fprintf(stderr,
-                    "\nAdd the directory holding it to TP_PLUGIN_PATH, or give its "
-                    "path: tp-info /path/to/libtp-%s.so\n",
-                    name);
-            rc = 1;
-        } else {
-            if (json) {
-                json_plugin(p, "");
-                printf("\n");
-            } else {
-                print_plugin(s, p, true);
-            }
-            rc = p->status ? 1 : 0;
-        }
+        if (json)
+            print_json(s, p);
+        else
+            print_plugin(s, p, true);
+        rc = p->status ? 1 : 0;
     }
     tp_plugin_scan_free(s);
     return rc;
+}
+
+/* Parse argv (tp-options.h); 0 to go on, else the exit status + 1. */
+static int parse_args(int *argc, char ***argv, gboolean *json, const char **name)
+{
+    gboolean version = FALSE;
+    GOptionEntry entries[] = {
+        {"json", 'j', 0, G_OPTION_ARG_NONE, json, "Print JSON instead of text", NULL},
+        {"version", 'V', 0, G_OPTION_ARG_NONE, &version, "Show the version and git revision", NULL},
+        {NULL, 0, 0, 0, NULL, NULL, NULL}};
+    GOptionContext *ctx = g_option_context_new("[NAME | PATH]");
+    g_option_context_set_summary(
+        ctx, "List the tp plugins found on the search path (TP_PLUGIN_PATH, the build tree,\n"
+             "the install dir) with name, version, ABI, kind, ops and probe result, and every\n"
+             "file that was refused and why. With NAME (or a path to a plugin file), show one\n"
+             "in detail, with its own settings (TP_* variables) and their defaults.");
+    g_option_context_set_description(
+        ctx, "A flag given twice is the same as once.\n"
+             "Exit status: 0 on success; 1 if NAME is not found or refused; 2 on bad usage.\n");
+    g_option_context_add_main_entries(ctx, entries, NULL);
+    int rc = tp_options_parse("tp-info", ctx, entries, &version, argc, argv) + 1;
+    if (rc == 0 && *argc > 2) {
+        fprintf(stderr,
+                "tp-info: unexpected argument '%s': give at most one NAME or PATH (try --help)\n",
+                (*argv)[2]);
+        rc = 3;
+    }
+    *name = rc == 0 && *argc == 2 ? (*argv)[1] : NULL;
+    g_option_context_free(ctx);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    gboolean json = FALSE;
+    const char *name = NULL;
+    int rc = parse_args(&argc, &argv, &json, &name);
+    if (rc)
+        return rc - 1;
+    if (name && strchr(name, '/'))
+        return show_file(name, json);
+    return show_scan(name, json);
 }
