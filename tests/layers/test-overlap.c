@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <tp/tp-layers.h>
 
@@ -95,6 +96,33 @@ static uint64_t expected_chunks(int64_t t, int chunks)
     return n;
 }
 
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The rank's thread spends the counted GEMMs, kernels, request issues and
+ * waits one after another, so together they fit in the call's wall time
+ * (plus 1 us of timer resolution per counted interval): an exposed (or
+ * wait) time counted twice, or counted while the rank computed, breaks
+ * this. */
+static void check_timeline(tpt_rank *k, int line, tp_phase ph, double wall)
+{
+    tp_stats s;
+    tp_stats_get(k->g, &s);
+    const tp_icounter *ic = &s.icomm[ph][TP_OP_ALL_REDUCE];
+    double busy = s.gemm[ph].seconds + s.kernel[ph].seconds + ic->issue_seconds + ic->wait_seconds;
+    double slack = 1e-6 * (double)(s.gemm[ph].calls + s.kernel[ph].calls + 2 * ic->calls + 1);
+    if (busy > wall + slack)
+        tpt_fail_at(k, line,
+                    "gemm %.9f + kernels %.9f + issue %.9f + wait %.9f = %.9f s > the call's "
+                    "wall time %.9f s",
+                    s.gemm[ph].seconds, s.kernel[ph].seconds, ic->issue_seconds, ic->wait_seconds,
+                    busy, wall);
+}
+
 /* ------------------------------------------------------------ row forward */
 
 static const int TOKENS[] = {1, 2, 5, 31, 64, 97, 145, 301};
@@ -126,10 +154,14 @@ static void run_row(tpt_rank *k, int64_t t, int64_t in, int64_t out, bool parall
             break;
         tp_tensor y = {0};
         tp_stats_reset(k->g);
+        double t0 = now_s();
         EXPECT_OK(k, tp_linear_forward(l, &x, &y));
+        double wall = now_s() - t0;
         float *hy = tpt_download(k, &y);
-        if (chunks >= 2)
+        if (chunks >= 2) {
             check_icounts(k, __LINE__, "row forward", TP_PHASE_FORWARD, expected_chunks(t, chunks));
+            check_timeline(k, __LINE__, TP_PHASE_FORWARD, wall);
+        }
         if (!ref)
             ref = hy;
         else {
