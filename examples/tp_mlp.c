@@ -13,6 +13,11 @@
  *
  *   TP_BACKEND=loopback build/examples/tp_mlp --tp 4
  *   TP_BACKEND=loopback build/examples/tp_mlp --tp 3 --ffn 385
+ *   TP_BACKEND=loopback build/examples/tp_mlp --tp 2 --tokens 512 --overlap 4
+ *
+ * --overlap N pipelines fc2's GEMM and all-reduce in N token chunks
+ * (tp_mlp_config.overlap); the timing lines then split the all-reduce time
+ * into the part hidden behind the GEMMs and the exposed part.
  */
 #include <math.h>
 #include <stdio.h>
@@ -25,6 +30,7 @@
 
 typedef struct run {
     ex_opts o;
+    int overlap;  /* --overlap N: tp_mlp_config.overlap (0: off) */
     int mismatch; /* set by rank 0 */
 } run;
 
@@ -40,6 +46,7 @@ static double gelu_d(double x, bool tanh_approx)
  * the full weights gathered from the TP shards. */
 typedef struct mlp_run {
     const ex_opts *o;
+    int overlap;
     tp_comm *world;
     tp_device *dev;
     int rank, T;
@@ -85,7 +92,8 @@ static tp_status set_up(mlp_run *M)
                         .gelu_tanh = M->o->gelu_tanh,
                         .seed = M->o->seed,
                         .tensor_id = 1,
-                        .name = "mlp"};
+                        .name = "mlp",
+                        .overlap = M->overlap};
     EX_TRY(tp_mlp_create(M->world, &mc, &M->mlp));
     EX_TRY(tp_tensor_alloc2(M->dev, TP_F32, t, H, &M->xt));
     return tp_tensor_upload(&M->xt, M->x);
@@ -292,16 +300,22 @@ static void print_timing(const mlp_run *M)
     const tp_stats *s = &M->stats;
     int iters = M->o->iters;
     const tp_counter *ar_st = &s->comm[TP_PHASE_FORWARD][TP_OP_ALL_REDUCE];
+    const tp_icounter *ic = &s->icomm[TP_PHASE_FORWARD][TP_OP_ALL_REDUCE];
     double gm = s->gemm[TP_PHASE_FORWARD].seconds / iters;
-    double ar = ar_st->seconds / iters;
+    double ar = (ar_st->seconds + ic->seconds) / iters;
+    double hidden = (ic->seconds - ic->exposed_seconds) / iters;
     double kr = s->kernel[TP_PHASE_FORWARD].seconds / iters;
     uint64_t ncomm = 0;
     for (int op = 0; op < TP_OP_COUNT; op++)
-        ncomm += s->comm[TP_PHASE_FORWARD][op].calls;
+        ncomm += s->comm[TP_PHASE_FORWARD][op].calls + s->icomm[TP_PHASE_FORWARD][op].calls;
     printf("  per forward (rank 0, mean of %d): matmul %.3f ms, all-reduce %.3f ms "
            "(%llu call(s), %.1f KiB), other kernels %.3f ms\n",
-           iters, 1e3 * gm, 1e3 * ar, (unsigned long long)(ar_st->calls / (uint64_t)iters),
-           (double)ar_st->bytes / iters / 1024.0, 1e3 * kr);
+           iters, 1e3 * gm, 1e3 * ar,
+           (unsigned long long)((ar_st->calls + ic->calls) / (uint64_t)iters),
+           (double)(ar_st->bytes + ic->bytes) / iters / 1024.0, 1e3 * kr);
+    if (M->overlap >= 2)
+        printf("  overlap %d: all-reduce %.3f ms = hidden %.3f ms + exposed %.3f ms\n", M->overlap,
+               1e3 * ar, 1e3 * hidden, 1e3 * (ar - hidden));
     printf("  communication: %.1f%% of matmul + all-reduce + kernels; "
            "collectives per forward: %.2f\n",
            gm + ar + kr > 0 ? 100.0 * ar / (gm + ar + kr) : 0.0, (double)ncomm / iters);
@@ -352,6 +366,7 @@ static tp_status rank_main(tp_comm *world, void *arg)
                  .dev = tp_comm_device(world),
                  .rank = tp_comm_rank(world),
                  .T = tp_comm_size(world),
+                 .overlap = R->overlap,
                  .t = R->o.tokens,
                  .H = R->o.hidden,
                  .F = R->o.ffn};
@@ -360,12 +375,44 @@ static tp_status rank_main(tp_comm *world, void *arg)
     return st;
 }
 
+/* Take "--overlap N" / "--overlap=N" out of argv (the rest is ex_parse's).
+ * Returns 0, or 2 after a message for a bad N. */
+static int take_overlap(int *argc, char **argv, int *overlap)
+{
+    int out = 1;
+    for (int i = 1; i < *argc; i++) {
+        const char *v = NULL;
+        if (!strcmp(argv[i], "--overlap")) {
+            if (i + 1 == *argc) {
+                fprintf(stderr, "tp_mlp: --overlap expects a chunk count 0..%d\n", TP_OVERLAP_MAX);
+                return 2;
+            }
+            v = argv[++i];
+        } else if (!strncmp(argv[i], "--overlap=", 10)) {
+            v = argv[i] + 10;
+        } else {
+            argv[out++] = argv[i];
+            continue;
+        }
+        int64_t n;
+        if (ex_parse_i64("tp_mlp", "--overlap", v, 0, TP_OVERLAP_MAX, &n))
+            return 2;
+        *overlap = (int)n;
+    }
+    *argc = out;
+    argv[out] = NULL;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     run R = {.o = {.tokens = 32, .hidden = 512, .ffn = 2048, .seed = 1234, .iters = 10}};
+    if (take_overlap(&argc, argv, &R.overlap))
+        return 2;
     int p = ex_parse(argc, argv, &R.o, "tp_mlp",
                      "The tensor-parallel MLP (column -> GeLU -> row, one all-reduce) vs the naive "
-                     "full MLP on every rank.");
+                     "full MLP on every rank. --overlap N (0..64): fc2's GEMM and all-reduce in N "
+                     "token chunks, the all-reduce of one in flight while the next computes.");
     if (p)
         return p == 1 ? 0 : 2;
     if (ex_run("tp_mlp", R.o.tp, &argc, &argv, rank_main, &R, NULL) != TP_OK)

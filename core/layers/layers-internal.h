@@ -103,6 +103,17 @@ int64_t tpl_linear_local_width(const tp_linear *l);
 tp_status tpl_linear_forward_act(tp_linear *l, const tp_tensor *x, tp_tensor *y, void *pre,
                                  tp_act act);
 
+/* Token chunks of an overlapped row-parallel forward: up to `overlap`
+ * chunks [off[i], off[i+1]) of `tokens` rows (off: overlap + 1 entries),
+ * about equal, every boundary but the last a multiple of TPL_CHUNK_ALIGN
+ * rows; returns the chunk count (0 for no tokens). The alignment keeps
+ * each row in the same BLAS micro-tile as in one GEMM of all rows:
+ * OpenBLAS's sgemm rounds a row differently in a full tile of its
+ * unroll (12 on AVX2 sgemm, 4..16 elsewhere) than in an edge tile, so
+ * chunks cut at other rows give other bits (docs/determinism.md). */
+#define TPL_CHUNK_ALIGN 48
+int tpl_overlap_chunks(int64_t tokens, int overlap, int64_t *off);
+
 /* After a sequence-parallel tp_embedding_backward: the all-gathered dy
  * [n, dim] of every token (valid until the next backward); NULL without
  * sequence parallelism. */

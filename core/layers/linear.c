@@ -20,6 +20,7 @@ struct tp_linear {
     int64_t *off;         /* size+1 shard offsets of the split dimension */
     size_t *counts;       /* size scratch counts for all_gatherv */
     bool has_bias, gather_output, input_is_parallel;
+    int overlap; /* chunks of the row forward; >= 2: overlapped (see tp_linear_config) */
     tp_tensor w, b, dw, db;
     tpl_ws ws, ws2;
     /* saved by forward for backward */
@@ -54,6 +55,11 @@ static tp_status check_config(const tp_linear *l)
 {
     const char *who = l->label;
     TP_TRY(tpl_check_dtype(who, l->dt));
+    if (l->overlap < 0 || l->overlap > TP_OVERLAP_MAX)
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "%s: overlap %d is out of range: expected 0 or 1 (off) or a chunk "
+                            "count 2..%d",
+                            who, l->overlap, TP_OVERLAP_MAX);
     if (l->in <= 0 || l->out <= 0)
         return tp_set_error(TP_ERR_SHAPE,
                             "%s: in_features (%lld) and out_features (%lld) must be >= 1", who,
@@ -133,6 +139,7 @@ static tp_status linear_create(tp_comm *comm, const tp_linear_config *cfg, tp_li
     l->has_bias = cfg->bias;
     l->gather_output = cfg->gather_output;
     l->input_is_parallel = cfg->input_is_parallel;
+    l->overlap = cfg->overlap;
     l->ws.dev = l->ws2.dev = l->dev;
     l->dt = cfg->dtype;
     l->es = tp_dtype_size(cfg->dtype);
@@ -265,6 +272,66 @@ static tp_status column_gemm(tp_linear *l, const void *x, void *c, int64_t token
     return tp_dev_gemm_bias_act(l->dev, &g, l->has_bias ? l->b.data : NULL, act, pre);
 }
 
+int tpl_overlap_chunks(int64_t tokens, int overlap, int64_t *off)
+{
+    int n = 0;
+    off[0] = 0;
+    for (int i = 1; i <= overlap; i++) {
+        int64_t b = tokens * i / overlap;
+        b = (b + TPL_CHUNK_ALIGN - 1) / TPL_CHUNK_ALIGN * TPL_CHUNK_ALIGN;
+        if (b > tokens)
+            b = tokens;
+        if (b > off[n])
+            off[++n] = b;
+    }
+    return n;
+}
+
+/* End every request of req[0..n) (each exactly once) and return the first
+ * error among them and st. */
+static tp_status wait_all(tp_request **req, int n, tp_status st)
+{
+    for (int i = 0; i < n; i++) {
+        tp_status w = tp_wait(req[i]);
+        if (st == TP_OK)
+            st = w;
+    }
+    return st;
+}
+
+/* The row layer's y = sum over ranks of a W_local in the token chunks of
+ * tpl_overlap_chunks: chunk i's GEMM writes its rows of y and starts their
+ * all-reduce in place, which is in flight while chunk i+1's GEMM runs.
+ * Every row gets the same GEMM row and the same all-reduce of the same
+ * values as in the unchunked path (docs/determinism.md). */
+static tp_status row_forward_chunked(tp_linear *l, const char *a, int64_t lda, void *y,
+                                     int64_t tokens)
+{
+    const size_t es = l->es;
+    int64_t off[TP_OVERLAP_MAX + 1];
+    tp_request *req[TP_OVERLAP_MAX];
+    int n = tpl_overlap_chunks(tokens, l->overlap, off);
+    tp_status st = TP_OK;
+    int issued = 0;
+    for (int i = 0; i < n && st == TP_OK; i++) {
+        int64_t r0 = off[i], rows = off[i + 1] - off[i];
+        char *yc = (char *)y + (size_t)(r0 * l->out) * es;
+        st = tpl_gemm(l->dev, l->dt, 0, 0, rows, l->out, l->nloc, 0.0f, a + (size_t)(r0 * lda) * es,
+                      lda, l->w.data, l->out, yc, l->out);
+        if (st == TP_OK)
+            st = tp_iall_reduce(l->comm, yc, yc, (size_t)(rows * l->out), l->dt, TP_SUM,
+                                &req[issued]);
+        if (st == TP_OK)
+            issued++;
+        /* push the oldest request along (a backend that progresses only
+         * inside its calls, like mpi); its result is read by tp_wait */
+        bool done;
+        if (st == TP_OK && issued > 1)
+            st = tp_test(req[0], &done);
+    }
+    return wait_all(req, issued, st);
+}
+
 static tp_status forward_body(tp_linear *l, const tp_tensor *x, tp_tensor *y, int64_t tokens,
                               void *pre, tp_act act)
 {
@@ -287,9 +354,13 @@ static tp_status forward_body(tp_linear *l, const tp_tensor *x, tp_tensor *y, in
         a += (size_t)l->lo * es; /* own column slice of the full input */
         lda = l->in;
     }
-    TP_TRY(tpl_gemm(l->dev, l->dt, 0, 0, tokens, l->out, l->nloc, 0.0f, a, lda, l->w.data, l->out,
-                    y->data, l->out));
-    TP_TRY(tp_all_reduce(l->comm, y->data, y->data, (size_t)(tokens * l->out), l->dt, TP_SUM));
+    if (l->overlap >= 2 && tokens > 0) {
+        TP_TRY(row_forward_chunked(l, a, lda, y->data, tokens));
+    } else {
+        TP_TRY(tpl_gemm(l->dev, l->dt, 0, 0, tokens, l->out, l->nloc, 0.0f, a, lda, l->w.data,
+                        l->out, y->data, l->out));
+        TP_TRY(tp_all_reduce(l->comm, y->data, y->data, (size_t)(tokens * l->out), l->dt, TP_SUM));
+    }
     if (l->has_bias && tokens > 0)
         TP_TRY(tp_dev_bias_add(l->dev, l->dt, tokens, l->out, y->data, l->b.data));
     return TP_OK;
@@ -359,6 +430,30 @@ tp_status tp_linear_zero_grad(tp_linear *l)
     return TP_OK;
 }
 
+/* dW_local += x^T dy_local; db_local += colsum(dy_local) */
+static tp_status column_weight_grad(tp_linear *l, const void *dyl, int64_t tokens)
+{
+    TP_TRY(tpl_gemm(l->dev, l->dt, 1, 0, l->in, l->nloc, tokens, 1.0f, l->x_saved.data, l->in, dyl,
+                    l->nloc, l->dw.data, l->nloc));
+    if (l->has_bias && tokens > 0)
+        TP_TRY(tp_dev_bias_grad(l->dev, l->dt, tokens, l->nloc, dyl, l->db.data));
+    return TP_OK;
+}
+
+/* Megatron's async input-gradient all-reduce: dx's GEMM first, its
+ * all-reduce in flight while the weight gradient is computed, then the
+ * wait. The same GEMMs and the same all-reduce as the blocking order, so
+ * the same bits; only when they run changes. */
+static tp_status column_backward_async(tp_linear *l, const void *dyl, tp_tensor *dx, int64_t tokens)
+{
+    TP_TRY(tpl_gemm(l->dev, l->dt, 0, 1, tokens, l->in, l->nloc, 0.0f, dyl, l->nloc, l->w.data,
+                    l->nloc, dx->data, l->in));
+    tp_request *req;
+    TP_TRY(
+        tp_iall_reduce(l->comm, dx->data, dx->data, (size_t)(tokens * l->in), l->dt, TP_SUM, &req));
+    return wait_all(&req, 1, column_weight_grad(l, dyl, tokens));
+}
+
 static tp_status column_backward(tp_linear *l, const tp_tensor *dy, tp_tensor *dx, int64_t tokens)
 {
     const size_t es = l->es;
@@ -372,11 +467,9 @@ static tp_status column_backward(tp_linear *l, const tp_tensor *dy, tp_tensor *d
                                   (size_t)l->nloc * es, (size_t)tokens));
         dyl = l->ws.ptr;
     }
-    /* dW_local += x^T dy_local; db_local += colsum(dy_local) */
-    TP_TRY(tpl_gemm(l->dev, l->dt, 1, 0, l->in, l->nloc, tokens, 1.0f, l->x_saved.data, l->in, dyl,
-                    l->nloc, l->dw.data, l->nloc));
-    if (l->has_bias && tokens > 0)
-        TP_TRY(tp_dev_bias_grad(l->dev, l->dt, tokens, l->nloc, dyl, l->db.data));
+    if (dx && l->overlap >= 2)
+        return column_backward_async(l, dyl, dx, tokens);
+    TP_TRY(column_weight_grad(l, dyl, tokens));
     if (!dx)
         return TP_OK;
     /* dx = sum over ranks of dy_local W_local^T */

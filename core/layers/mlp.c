@@ -94,6 +94,7 @@ tp_status tp_mlp_create(tp_comm *comm, const tp_mlp_config *cfg, tp_mlp **out)
         .full_bias = cfg->full_b1,
         .name = n1,
         .dtype = m->dt,
+        .overlap = cfg->overlap,
     };
     tp_linear_config c2 = {
         .in_features = m->ffn,
@@ -106,6 +107,7 @@ tp_status tp_mlp_create(tp_comm *comm, const tp_mlp_config *cfg, tp_mlp **out)
         .full_bias = cfg->full_b2,
         .name = n2,
         .dtype = m->dt,
+        .overlap = cfg->overlap,
     };
     TP_TRY_GOTO(tp_column_linear_create(comm, &c1, &m->fc1), st, fail);
     TP_TRY_GOTO(tp_row_linear_create(comm, &c2, &m->fc2), st, fail);

@@ -810,6 +810,8 @@ static float *norm_grad(tpt_rank *k, tp_norm *n, bool beta, int64_t d)
 
 /* One block forward+backward at this group; fills out (and the reference
  * inputs: full weights) for comparison. passes: how many fwd+bwd. */
+static int block_overlap; /* tp_block_config.overlap of run_block (body_overlap) */
+
 static void run_block(tpt_rank *k, const block_case *c, tp_dtype dt, bool sp, int passes,
                       block_out *o, block_ref *ref, bool counts)
 {
@@ -828,7 +830,8 @@ static void run_block(tpt_rank *k, const block_case *c, tp_dtype dt, bool sp, in
                            .seed = 5,
                            .tensor_id = 300,
                            .name = "blk",
-                           .dtype = dt};
+                           .dtype = dt,
+                           .overlap = block_overlap};
     tp_block *b = NULL;
     EXPECT_OK(k, tp_block_create(k->g, &cfg, &b));
     if (!b)
@@ -1160,6 +1163,71 @@ static void body_determinism(tpt_rank *k)
 START_TEST(test_determinism)
 {
     tpt_run_all(body_determinism);
+}
+END_TEST
+
+/* overlap 3 vs 0 (122 tokens: chunks of 48, 48, 26): the nonblocking
+ * collectives ran, and y, dx and every gradient are bitwise equal, with and
+ * without sequence parallelism (docs/determinism.md: loopback at any T,
+ * other backends at T <= 2). */
+static void body_overlap(tpt_rank *k)
+{
+    const block_case c = {16, 4, 0, 0, 20, 2, 61, true, false};
+    if (c.H < k->T)
+        return;
+    for (int sp = 0; sp < 2; sp++) {
+        block_out a, b;
+        block_overlap = 0;
+        run_block(k, &c, TP_F32, sp, 1, &a, NULL, false);
+        block_overlap = 3;
+        run_block(k, &c, TP_F32, sp, 1, &b, NULL, false);
+        block_overlap = 0;
+        tp_stats s;
+        tp_stats_get(k->g, &s);
+        uint64_t fwd = s.icomm[TP_PHASE_FORWARD][TP_OP_ALL_REDUCE].calls;
+        uint64_t bwd =
+            s.icomm[TP_PHASE_BACKWARD][sp ? TP_OP_REDUCE_SCATTER : TP_OP_ALL_REDUCE].calls;
+        EXPECT(k, fwd == (sp ? 0u : 3u) && bwd == 1,
+               "sp %d: %llu forward nonblocking all-reduces (expected %d) and %llu backward "
+               "nonblocking %s (expected 1)",
+               sp, (unsigned long long)fwd, sp ? 0 : 3, (unsigned long long)bwd,
+               sp ? "reduce-scatters" : "all-reduces");
+        /* bitwise where docs/determinism.md promises it: loopback (rank-
+         * order sums wherever an element sits) or two terms; mpi's ring and
+         * its nonblocking algorithms sum in other orders at T >= 3 */
+        const char *be = getenv("TP_BACKEND");
+        if (k->T > 2 && be && strcmp(be, "loopback") != 0) {
+            block_out_free(&a);
+            block_out_free(&b);
+            continue;
+        }
+        int64_t N = c.b * c.s, hid = c.hid, lo = 0, hi = N;
+        if (sp)
+            shard_rows(k, N, &lo, &hi);
+        size_t rows = (size_t)((hi - lo) * hid) * sizeof(float);
+        size_t fw = sizeof(float) * (size_t)(hid * c.ffn);
+        EXPECT(k, memcmp(a.y, b.y, rows) == 0, "y differs with overlap (sp %d)", sp);
+        EXPECT(k, memcmp(a.dx, b.dx, rows) == 0, "dx differs with overlap (sp %d)", sp);
+        EXPECT(k, memcmp(a.ga.wqkv, b.ga.wqkv, sizeof(float) * (size_t)(hid * a.ga.fw)) == 0,
+               "dWqkv differs with overlap (sp %d)", sp);
+        EXPECT(k, memcmp(a.dw1, b.dw1, fw) == 0, "dW1 differs with overlap (sp %d)", sp);
+        EXPECT(k, memcmp(a.dw2, b.dw2, fw) == 0, "dW2 differs with overlap (sp %d)", sp);
+        EXPECT(k, memcmp(a.db1, b.db1, sizeof(float) * (size_t)c.ffn) == 0,
+               "db1 differs with overlap (sp %d)", sp);
+        EXPECT(k, memcmp(a.db2, b.db2, sizeof(float) * (size_t)hid) == 0,
+               "db2 differs with overlap (sp %d)", sp);
+        EXPECT(k, memcmp(a.dg1, b.dg1, sizeof(float) * (size_t)hid) == 0,
+               "dgamma1 differs with overlap (sp %d)", sp);
+        EXPECT(k, memcmp(a.dg2, b.dg2, sizeof(float) * (size_t)hid) == 0,
+               "dgamma2 differs with overlap (sp %d)", sp);
+        block_out_free(&a);
+        block_out_free(&b);
+    }
+}
+
+START_TEST(test_overlap)
+{
+    tpt_run_all(body_overlap);
 }
 END_TEST
 
@@ -1574,6 +1642,7 @@ int main(int argc, char **argv)
         {"block_lowp", test_block_lowp},
         {"sp_equal", test_sp_equal},
         {"determinism", test_determinism},
+        {"overlap", test_overlap},
         {"block_fd", test_block_fd},
         {"errors", test_errors},
         {"sizes", test_sizes},

@@ -156,6 +156,7 @@ typedef struct bench_opts {
     bool gelu_tanh;  /* --gelu-tanh: mlp uses the tanh GeLU */
     bool backward;   /* --backward: forward + backward per iteration */
     bool split_wait; /* --split-wait: TP_WAIT_BARRIER instead of TP_WAIT_CLOCK */
+    int overlap;     /* --overlap N: the layer configs' overlap (0: off) */
     /* attention / block / transformer (xf_table.c); tokens = batch * seq */
     int64_t heads, kv_heads,
         head_dim;           /* --heads, --kv-heads (0: heads), --head-dim (0: hidden/heads) */
@@ -469,11 +470,12 @@ int bench_collectives_run(bench_env *env, const int *tps, int ntp, bench_sink *s
  * are indexed by phase: 0 forward, 1 backward. */
 typedef struct bench_layer_result {
     int T;
-    int nphases;        /* 1, or 2 with --backward */
-    double wall_us;     /* per iteration, max over ranks */
-    double gemm_us[2];  /* mean over ranks */
-    double other_us[2]; /* non-GEMM kernels, mean over ranks */
-    double comm_us[2];  /* collectives, mean over ranks */
+    int nphases;         /* 1, or 2 with --backward */
+    double wall_us;      /* per iteration, max over ranks */
+    double gemm_us[2];   /* mean over ranks */
+    double other_us[2];  /* non-GEMM kernels, mean over ranks */
+    double comm_us[2];   /* collectives, mean over ranks */
+    double hidden_us[2]; /* of comm_us: in flight behind compute (nonblocking), mean */
     double comm_us_max[2];
     double wait_us[2];         /* of comm_us: waiting for the last rank, mean over ranks */
     double wait_us_max[2];     /* the largest rank's wait */

@@ -73,6 +73,7 @@ static tp_status create_linear(layer_inst *li, int kind, tp_comm *comm, const be
     cfg.seed = 1;
     cfg.tensor_id = 10;
     cfg.dtype = o->gemm_dtype;
+    cfg.overlap = o->overlap;
     if (kind == LK_LINEAR_COL) {
         cfg.in_features = o->hidden;
         cfg.out_features = o->ffn;
@@ -102,6 +103,7 @@ static tp_status create_mlp(layer_inst *li, tp_comm *comm, const bench_opts *o, 
     cfg.name = "bench.mlp";
     cfg.dtype = o->gemm_dtype;
     cfg.gelu_tanh = o->gelu_tanh;
+    cfg.overlap = o->overlap;
     sh->x_cols = sh->y_cols = o->hidden;
     return tp_mlp_create(comm, &cfg, &li->mlp);
 }
@@ -189,15 +191,18 @@ static double process_cpu_s(void)
            (double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec;
 }
 
-/* Per-rank values, µs per iteration: wall, then GEMM/other/comm/wait of
- * each phase (index V_GEMM + V_PHASE * phase); wait is part of comm. */
+/* Per-rank values, µs per iteration: wall, then GEMM/other/comm/wait/
+ * hidden of each phase (index V_GEMM + V_PHASE * phase); wait and hidden
+ * are parts of comm (blocking + nonblocking in flight); exposed = comm -
+ * hidden. */
 enum {
     V_WALL,
     V_GEMM,
     V_OTHER,
     V_COMM,
     V_WAIT,
-    V_PHASE = 4,
+    V_HIDDEN,
+    V_PHASE = 5,
     V_COUNT = 1 + 2 * V_PHASE
 };
 static const tp_phase phase_of[2] = {TP_PHASE_FORWARD, TP_PHASE_BACKWARD};
@@ -297,11 +302,14 @@ static void rank_values(const rank_timing *tm, int iters, float *mine)
     double n = iters;
     mine[V_WALL] = (float)((tm->t1 - tm->t0) / n * 1e6);
     for (int ph = 0; ph < 2; ph++) {
-        double comm_s = 0, wait_s = 0;
+        double comm_s = 0, wait_s = 0, hidden_s = 0;
         for (int op = 0; op < TP_OP_COUNT; op++) {
-            comm_s += tm->s.comm[phase_of[ph]][op].seconds;
+            const tp_icounter *ic = &tm->s.icomm[phase_of[ph]][op];
+            comm_s += tm->s.comm[phase_of[ph]][op].seconds + ic->seconds;
             wait_s += tm->s.comm[phase_of[ph]][op].wait_seconds;
+            hidden_s += ic->seconds - ic->exposed_seconds;
         }
+        mine[V_HIDDEN + V_PHASE * ph] = (float)(hidden_s / n * 1e6);
         mine[V_GEMM + V_PHASE * ph] = (float)(tm->s.gemm[phase_of[ph]].seconds / n * 1e6);
         mine[V_OTHER + V_PHASE * ph] = (float)(tm->s.kernel[phase_of[ph]].seconds / n * 1e6);
         mine[V_COMM + V_PHASE * ph] = (float)(comm_s / n * 1e6);
@@ -351,16 +359,19 @@ static void fill_result(const layer_run *L, int T, const float *all, const rank_
             R->other_us[ph] += p[V_OTHER] / T;
             R->comm_us[ph] += p[V_COMM] / T;
             R->wait_us[ph] += p[V_WAIT] / T;
+            R->hidden_us[ph] += p[V_HIDDEN] / T;
             R->wait_us_max[ph] = fmax(R->wait_us_max[ph], p[V_WAIT]);
             R->transfer_us_max[ph] = fmax(R->transfer_us_max[ph], p[V_COMM] - p[V_WAIT]);
         }
     }
     for (int ph = 0; ph < TP_PHASE_COUNT; ph++)
         for (int op = 0; op < TP_OP_COUNT; op++)
-            R->calls[ph][op] = s->comm[ph][op].calls / (uint64_t)L->iters;
+            R->calls[ph][op] =
+                (s->comm[ph][op].calls + s->icomm[ph][op].calls) / (uint64_t)L->iters;
     for (int ph = 0; ph < R->nphases; ph++) {
         for (int op = 0; op < TP_OP_COUNT; op++) {
-            double b = (double)s->comm[phase_of[ph]][op].bytes / n;
+            double b =
+                (double)(s->comm[phase_of[ph]][op].bytes + s->icomm[phase_of[ph]][op].bytes) / n;
             R->comm_bytes[ph] += b;
             R->wire_bytes[ph] += b * bench_busbw_factor(op, T);
         }
@@ -481,7 +492,11 @@ static void emit_layer(bench_sink *sink, const bench_env *env, const bench_opts 
     bench_rec_dbl(rec, "gemm_us", gemm);
     bench_rec_dbl(rec, "other_us", other);
     bench_rec_dbl(rec, "compute_us", gemm + other);
+    double hidden = p ? p[V_HIDDEN] : R->hidden_us[ph];
     bench_rec_dbl(rec, "comm_us", comm);
+    bench_rec_int(rec, "overlap", o->overlap);
+    bench_rec_dbl(rec, "hidden_comm_us", hidden);
+    bench_rec_dbl(rec, "exposed_comm_us", comm - hidden);
     bench_rec_dbl(rec, "wait_us", wait);
     bench_rec_dbl(rec, "transfer_us", comm - wait);
     bench_rec_dbl(rec, "wait_us_max", v ? NAN : R->wait_us_max[ph]);
@@ -568,6 +583,10 @@ static void print_result(const bench_opts *o, const bench_layer_result *R, const
             R->wait_us[ph], R->comm_us[ph] - R->wait_us[ph], R->gemm_us[ph] + R->other_us[ph],
             pct(R->comm_us[ph], R->gemm_us[ph] + R->other_us[ph] + R->comm_us[ph]));
     }
+    for (int ph = 0; o->overlap >= 2 && ph < R->nphases; ph++)
+        printf("# overlap %d, %s: comm %.1f us = hidden %.1f + exposed %.1f (mean over ranks)\n",
+               o->overlap, phase_names[ph], R->comm_us[ph], R->hidden_us[ph],
+               R->comm_us[ph] - R->hidden_us[ph]);
     printf("# collectives per iteration (tp_stats, rank 0):");
     bool any = false;
     for (int ph = 0; ph < TP_PHASE_COUNT; ph++)

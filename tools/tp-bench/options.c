@@ -2,6 +2,8 @@
 /* options.c — command-line parsing and validation for tp-bench. */
 #include "bench.h"
 
+#include <tp/tp-layers.h>
+
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -44,6 +46,7 @@ enum opt_id {
     O_TOKENS,
     O_HIDDEN,
     O_FFN,
+    O_OVERLAP,
     O_NO_BIAS,
     O_LINK,
     O_PROJECT_TP,
@@ -110,6 +113,7 @@ static const opt_def opt_table[] = {
     {"tokens", 0, 1, O_TOKENS, L | M},
     {"hidden", 0, 1, O_HIDDEN, L | M},
     {"ffn", 0, 1, O_FFN, L | M},
+    {"overlap", 0, 1, O_OVERLAP, L | M},
     {"no-bias", 0, 0, O_NO_BIAS, L | M},
     {"gelu-tanh", 0, 0, O_GELU_TANH, L | M},
     {"backward", 0, 0, O_BACKWARD, L | M},
@@ -429,6 +433,7 @@ static const int_opt int_opts[] = {
     I64_OPT(O_HIDDEN, hidden, 1, (int64_t)1 << 31, "a dimension >= 1"),
     I64_OPT(O_FFN, ffn, 1, (int64_t)1 << 31, "a dimension >= 1"),
     INT_OPT(O_DP, dp, 1, BENCH_MAX_TP, "a number of replicas >= 1"),
+    INT_OPT(O_OVERLAP, overlap, 0, TP_OVERLAP_MAX, "a chunk count 0..64 (0, 1: off)"),
 };
 #undef INT_OPT
 #undef I64_OPT
@@ -985,6 +990,7 @@ static const char help_layer_head[] =
 static const char help_layer_tail[] =
     " (default mlp)\n"
     "  --tokens N          rows of x, batch*sequence (default 2048)\n"
+    "  --overlap N         overlap comm with compute in N token chunks (0: off)\n"
     "  --hidden N          hidden size h (default 1024)\n"
     "  --ffn N             MLP inner size (default 4096)\n"
     "  --no-bias           layers without bias\n"

@@ -74,7 +74,17 @@ typedef struct tp_linear_config {
     const char *name;         /* for error messages, e.g. "mlp.fc1"; may be NULL */
     tp_dtype dtype;           /* weights, grads and activations: TP_F32 (0, default),
                                  TP_BF16 or TP_F16 (f32 accumulation); see above */
+    int overlap;              /* 0 or 1: off. N >= 2 (at most TP_OVERLAP_MAX): hide
+                                 communication behind compute with nonblocking
+                                 collectives. row: the forward GEMM and all-reduce run
+                                 in N chunks of tokens, chunk i's all-reduce in flight
+                                 while chunk i+1's GEMM runs. column: backward issues
+                                 the input-gradient all-reduce before the weight-
+                                 gradient GEMM and waits after it. Results are bitwise
+                                 those of overlap 0 where docs/determinism.md says so. */
 } tp_linear_config;
+
+#define TP_OVERLAP_MAX 64 /* largest tp_linear_config.overlap (chunk count) */
 
 typedef struct tp_linear tp_linear;
 
@@ -127,6 +137,7 @@ typedef struct tp_mlp_config {
     const float *full_w1, *full_b1, *full_w2, *full_b2; /* optional host full weights */
     const char *name;
     tp_dtype dtype; /* of both linears and every activation: TP_F32 (0), TP_BF16, TP_F16 */
+    int overlap;    /* tp_linear_config.overlap of fc1 and fc2 (0/1: off) */
 } tp_mlp_config;
 
 typedef struct tp_mlp tp_mlp;

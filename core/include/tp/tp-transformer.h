@@ -195,6 +195,9 @@ typedef struct tp_block_config {
     const char *name;
     tp_dtype dtype; /* of the norms, attention and MLP (their parameters, gradients and
                        activations), x, y, dy, dx: TP_F32 (0), TP_BF16, TP_F16 */
+    int overlap;    /* the MLP's tp_mlp_config.overlap (0/1: off); with sequence
+                       parallelism: the MLP backward's input-gradient reduce-scatter
+                       runs while fc1's weight gradient is computed */
 } tp_block_config;
 
 typedef struct tp_block tp_block;

@@ -136,7 +136,11 @@ TP_API tp_status tp_barrier(tp_comm *comm);
  * collective and returns a request in *req at once. The buffers (and counts)
  * belong to the collective until the request is complete: do not touch recv
  * or change send before tp_wait returns or tp_test says done. Results are
- * bitwise those of the blocking call with the same arguments.
+ * bitwise those of the blocking call with the same arguments when the core
+ * serves the request (plugins without the nonblocking slots: loopback, shm,
+ * tcp); a plugin's native nonblocking algorithm may add in another order
+ * (Open MPI's MPI_Ireduce_scatter at 4+ ranks differs from its blocking one
+ * in the last bits), so there results agree within rounding only.
  *
  * Order: collectives of one communicator, blocking and nonblocking, run in
  * the order the rank issued them, which every rank must keep the same (as

@@ -22,6 +22,7 @@ struct tp_block {
     int T, rank;
     int64_t hidden, ffn;
     bool sp, gelu_tanh;
+    int overlap; /* tp_block_config.overlap */
     tp_dtype dt; /* of every parameter and activation (the sublayers') */
     size_t es;
     tp_norm *ln1, *ln2;
@@ -94,6 +95,7 @@ tp_status tp_block_create(tp_comm *comm, const tp_block_config *cfg, tp_block **
     b->hidden = cfg->hidden;
     b->ffn = cfg->ffn;
     b->sp = cfg->sequence_parallel;
+    b->overlap = cfg->overlap;
     b->gelu_tanh = cfg->gelu_tanh;
     b->dt = cfg->dtype;
     b->es = tp_dtype_size(cfg->dtype);
@@ -150,6 +152,7 @@ tp_status tp_block_create(tp_comm *comm, const tp_block_config *cfg, tp_block **
         .tensor_id = cfg->tensor_id + 4,
         .name = nm,
         .dtype = cfg->dtype,
+        .overlap = cfg->overlap,
     };
     TP_TRY_GOTO(tp_mlp_create(comm, &mc, &b->mlp), st, fail);
     *out = b;
@@ -196,6 +199,18 @@ static tp_status grads_of(tp_linear *l, tp_linear_params *p)
     return st;
 }
 
+/* dW1 += x^T dh, db1 += colsum(dh) of the sequence-parallel MLP (x: the
+ * gathered input kept by forward). */
+static tp_status sp_fc1_weight_grad(tp_block *b, const tp_linear_params *p1, const void *dh)
+{
+    int64_t N = b->tokens, hid = b->hidden, fl = p1->hi - p1->lo;
+    TP_TRY(tpl_gemm(b->dev, b->dt, 1, 0, hid, fl, N, 1.0f, b->mx.ptr, hid, dh, fl,
+                    p1->weight_grad->data, fl));
+    if (p1->bias_grad)
+        TP_TRY(tp_dev_bias_grad(b->dev, b->dt, N, fl, dh, p1->bias_grad->data));
+    return TP_OK;
+}
+
 /* Sequence-parallel MLP backward: dy shard -> dx shard. */
 static tp_status sp_mlp_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx)
 {
@@ -213,15 +228,21 @@ static tp_status sp_mlp_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx
         TP_TRY(tp_dev_bias_grad(b->dev, b->dt, N, hid, dyf, p2.bias_grad->data));
     TP_TRY(tpl_gemm(b->dev, b->dt, 0, 1, N, fl, hid, 0.0f, dyf, hid, p2.weight->data, hid, dh, fl));
     TP_TRY(tp_dev_gelu_bwd(b->dev, b->dt, N * fl, b->mpre.ptr, dh, dh, b->gelu_tanh ? 1 : 0));
-    /* fc1: dW1 += x^T dh, db1 += colsum(dh), dx = reduce-scatter(dh W1^T) */
-    TP_TRY(tpl_gemm(b->dev, b->dt, 1, 0, hid, fl, N, 1.0f, b->mx.ptr, hid, dh, fl,
-                    p1.weight_grad->data, fl));
-    if (p1.bias_grad)
-        TP_TRY(tp_dev_bias_grad(b->dev, b->dt, N, fl, dh, p1.bias_grad->data));
+    /* fc1: dW1 += x^T dh, db1 += colsum(dh), dx = reduce-scatter(dh W1^T);
+     * overlapped: the reduce-scatter in flight while dW1 and db1 are
+     * computed (they read mx and dh only: the same values, the same bits) */
+    if (b->overlap < 2)
+        TP_TRY(sp_fc1_weight_grad(b, &p1, dh));
     TP_TRY(tpl_gemm(b->dev, b->dt, 0, 1, N, hid, fl, 0.0f, dh, fl, p1.weight->data, fl, dyf, hid));
     for (int i = 0; i < b->T; i++)
         b->counts[i] = (size_t)((b->off[i + 1] - b->off[i]) * hid);
-    return tp_reduce_scatterv(b->comm, dyf, dx->data, b->counts, b->dt, TP_SUM);
+    if (b->overlap < 2)
+        return tp_reduce_scatterv(b->comm, dyf, dx->data, b->counts, b->dt, TP_SUM);
+    tp_request *req;
+    TP_TRY(tp_ireduce_scatterv(b->comm, dyf, dx->data, b->counts, b->dt, TP_SUM, &req));
+    tp_status st = sp_fc1_weight_grad(b, &p1, dh);
+    tp_status w = tp_wait(req);
+    return st != TP_OK ? st : w;
 }
 
 static tp_status forward_body(tp_block *b, const tp_tensor *x, tp_tensor *y, int64_t batch,
