@@ -395,7 +395,6 @@ static tp_status count_start(tp_comm *comm, tp_tick *t0)
         comm->barrier_s = tpi_now() - b0;
     }
     *t0 = tpi_tick_start(comm->dev);
-    comm->state->tick_ns = (int64_t)(t0->t0 * 1e9);
     return TP_OK;
 }
 

@@ -180,6 +180,7 @@ tp_status tp_dev_synchronize(tp_device *dev)
 {
     TP_TRY(enter(dev, true, "synchronize"));
     tp_tick t0 = {tpi_now(), NULL}; /* a host wait: host time */
+    dev->state->tick_ns = (int64_t)(t0.t0 * 1e9);
     tpi_call_enter(dev->state, "synchronize", dev->state->dev_path, ++dev->state->dev_calls, false);
     tp_status st = tpi_call_leave(dev->state, dev->ops->synchronize(dev->handle));
     return leave(dev, "synchronize", 0, t0, st);

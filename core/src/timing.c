@@ -31,6 +31,8 @@ static void event_put(tp_device *dev, void *ev)
 tp_tick tpi_tick_start(tp_device *dev)
 {
     tp_tick t = {tpi_now(), NULL};
+    if (dev && dev->state)
+        dev->state->tick_ns = (int64_t)(t.t0 * 1e9); /* for the plugin call's tpi_call_enter */
     if (dev && dev->events) {
         t.ev0 = event_get(dev);
         tp_clear_error(); /* a failed event only means host time for this call */

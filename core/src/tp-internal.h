@@ -76,7 +76,7 @@ typedef struct tp_rank_state {
     const char *comm_path, *dev_path; /* the plugins' files, for tp_call */
     uint64_t dev_calls;               /* device plugin calls so far (tp_call.seq) */
     tp_call call;
-    int64_t tick_ns;      /* the counted call's start (comm.c), reused by tpi_call_enter; 0: none */
+    int64_t tick_ns;      /* the counted call's start (tpi_tick_start), reused by tpi_call_enter */
     const char *error;    /* the rank's error message (launch.c), once `failed` */
     _Atomic(bool) failed; /* set (release) after `error` is written */
     /* Staging (comm.c): set when the comm plugin does not take the device's
@@ -235,9 +235,15 @@ static inline void tpi_call_enter(tp_rank_state *s, const char *op, const char *
     atomic_store_explicit(&s->call.path, path, memory_order_relaxed);
     atomic_store_explicit(&s->call.seq, seq, memory_order_relaxed);
     atomic_store_explicit(&s->call.watched, watched, memory_order_relaxed);
-    /* a counted collective has just read the clock (comm.c count_start):
-     * one clock read less per small collective */
-    int64_t now = s->tick_ns ? s->tick_ns : tpi_now_ns();
+    /* A counted call has just read the clock (tpi_tick_start): reuse it.
+     * Otherwise the coarse clock (same base, a tick's resolution, a third
+     * of the cost) is plenty for a watchdog that counts seconds. */
+    int64_t now = s->tick_ns;
+    if (!now) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+        now = (int64_t)ts.tv_sec * 1000000000 + (int64_t)ts.tv_nsec;
+    }
     s->tick_ns = 0;
     atomic_store_explicit(&s->call.t0_ns, now, memory_order_relaxed);
     atomic_store_explicit(&s->call.last_ns, now, memory_order_relaxed);

@@ -125,7 +125,9 @@ static bool snap(const tp_rank_state *s, snapshot *out)
         out->watched = atomic_load_explicit(&c->watched, memory_order_relaxed);
         out->last_ns = atomic_load_explicit(&c->last_ns, memory_order_relaxed);
         out->t0_ns = atomic_load_explicit(&c->t0_ns, memory_order_acquire);
-        if (out->t0_ns == t0 && atomic_load_explicit(&c->op, memory_order_acquire) == out->op)
+        /* t0 alone may repeat (a coarse clock tick holds many calls) */
+        if (out->t0_ns == t0 && atomic_load_explicit(&c->op, memory_order_acquire) == out->op &&
+            atomic_load_explicit(&c->seq, memory_order_relaxed) == out->seq)
             return true;
     }
     return false; /* it is moving: not stuck, and not what crashed */
