@@ -20,8 +20,6 @@
 
 #include "loopback.h"
 
-#define LB_BAD(...) sc_bad(msg, sizeof msg, __VA_ARGS__)
-
 /* Whether a call of `bytes` (valid arguments) takes the one-shot path;
  * every rank decides alike from arguments the ranks must agree on. */
 static bool lb_small(const lb_comm *c, tp_status bad, size_t bytes)
@@ -29,33 +27,50 @@ static bool lb_small(const lb_comm *c, tp_status bad, size_t bytes)
     return !bad && c->g->size > 1 && !c->dops && bytes <= c->g->eng->small_bytes;
 }
 
+/* This rank's arguments of o are valid and its device is synchronized;
+ * else the verdict and why in msg. */
+static tp_status lb_check_call(lb_comm *c, sc_os_op *o, char *msg, size_t len)
+{
+    o->rank = c->rank;
+    o->size = c->g->size;
+    tp_status bad = sc_check_call(o, msg, len);
+    if (!bad && c->dops)
+        bad = lb_dev_sync(c, msg, len);
+    return bad;
+}
+
+/* What a rank publishes for the barrier path of call o. */
+static lb_args lb_args_of(const sc_os_op *o)
+{
+    return (lb_args){.send = o->send,
+                     .recv = o->recv,
+                     .count = o->count,
+                     .counts = o->counts,
+                     .counts_hash = o->hash,
+                     .dt = o->dt,
+                     .op = o->op,
+                     .root = o->root};
+}
+
 tp_status lb_all_reduce(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,
                         tp_redop op)
 {
     lb_comm *c = comm;
     lb_group *g = c->g;
-    char msg[200] = "";
-    tp_status bad = sc_check_type(msg, sizeof msg, (int)dt, (int)op, true);
+    sc_os_op o = {.kind = LB_ALL_REDUCE,
+                  .dt = (int)dt,
+                  .op = (int)op,
+                  .root = -1,
+                  .count = count,
+                  .send = send,
+                  .recv = recv};
+    char msg[200];
+    tp_status bad = lb_check_call(c, &o, msg, sizeof msg);
     size_t es = tp_util_dtype_size(dt);
-    if (!bad && count && (!send || !recv))
-        bad = LB_BAD("%s buffer is NULL with count %zu", send ? "recv" : "send", count);
-    if (!bad && count > SIZE_MAX / es)
-        bad = LB_BAD("count %zu overflows the address space", count);
-    if (!bad && c->dops)
-        bad = lb_dev_sync(c, msg, sizeof msg);
-    lb_args a = {
-        .send = send, .recv = recv, .count = count, .dt = (int)dt, .op = (int)op, .root = -1};
-    int n = g->size;
-    if (lb_small(c, bad, count * es)) {
-        sc_os_op o = {.kind = LB_ALL_REDUCE,
-                      .dt = (int)dt,
-                      .op = (int)op,
-                      .root = -1,
-                      .count = count,
-                      .send = send,
-                      .recv = recv};
+    if (lb_small(c, bad, count * es))
         return lb_oneshot(c, &o);
-    }
+    lb_args a = lb_args_of(&o);
+    int n = g->size;
     tp_status st = lb_begin(c, LB_ALL_REDUCE, &a, bad, msg);
     if (st != TP_OK)
         return st;
@@ -88,39 +103,19 @@ tp_status lb_all_gather(void *comm, const void *send, void *recv, const size_t *
     lb_comm *c = comm;
     lb_group *g = c->g;
     int n = g->size;
-    char msg[200] = "";
-    size_t total = 0;
-    uint64_t hash = 0;
-    tp_status bad = sc_check_type(msg, sizeof msg, (int)dt, 0, false);
-    size_t es = tp_util_dtype_size(dt);
-    if (!bad)
-        bad = sc_check_counts(msg, sizeof msg, counts, n, es, &total, &hash);
-    if (!bad && total && !recv)
-        bad = LB_BAD("recv buffer is NULL but the gathered size is %zu elements", total);
-    if (!bad && counts[c->rank] && !send)
-        bad = LB_BAD("send buffer is NULL but counts[%d] = %zu", c->rank, counts[c->rank]);
-    if (!bad && c->dops)
-        bad = lb_dev_sync(c, msg, sizeof msg);
-    if (lb_small(c, bad, total * es)) {
-        sc_os_op o = {.kind = LB_ALL_GATHER,
-                      .dt = (int)dt,
-                      .op = -1,
-                      .root = -1,
-                      .count = total,
-                      .counts = counts,
-                      .hash = hash,
-                      .send = send,
-                      .recv = recv};
+    sc_os_op o = {.kind = LB_ALL_GATHER,
+                  .dt = (int)dt,
+                  .op = -1,
+                  .root = -1,
+                  .counts = counts,
+                  .send = send,
+                  .recv = recv};
+    char msg[200];
+    tp_status bad = lb_check_call(c, &o, msg, sizeof msg);
+    size_t es = tp_util_dtype_size(dt), total = o.count;
+    if (lb_small(c, bad, total * es))
         return lb_oneshot(c, &o);
-    }
-    lb_args a = {.send = send,
-                 .recv = recv,
-                 .count = total,
-                 .counts = counts,
-                 .counts_hash = hash,
-                 .dt = (int)dt,
-                 .op = -1,
-                 .root = -1};
+    lb_args a = lb_args_of(&o);
     tp_status st = lb_begin(c, LB_ALL_GATHER, &a, bad, msg);
     if (st != TP_OK)
         return st;
@@ -151,39 +146,19 @@ tp_status lb_reduce_scatter(void *comm, const void *send, void *recv, const size
     lb_comm *c = comm;
     lb_group *g = c->g;
     int n = g->size;
-    char msg[200] = "";
-    size_t total = 0;
-    uint64_t hash = 0;
-    tp_status bad = sc_check_type(msg, sizeof msg, (int)dt, (int)op, true);
-    size_t es = tp_util_dtype_size(dt);
-    if (!bad)
-        bad = sc_check_counts(msg, sizeof msg, counts, n, es, &total, &hash);
-    if (!bad && total && !send)
-        bad = LB_BAD("send buffer is NULL but it should hold %zu elements", total);
-    if (!bad && counts[c->rank] && !recv)
-        bad = LB_BAD("recv buffer is NULL but counts[%d] = %zu", c->rank, counts[c->rank]);
-    if (!bad && c->dops)
-        bad = lb_dev_sync(c, msg, sizeof msg);
-    if (lb_small(c, bad, total * es)) {
-        sc_os_op o = {.kind = LB_REDUCE_SCATTER,
-                      .dt = (int)dt,
-                      .op = (int)op,
-                      .root = -1,
-                      .count = total,
-                      .counts = counts,
-                      .hash = hash,
-                      .send = send,
-                      .recv = recv};
+    sc_os_op o = {.kind = LB_REDUCE_SCATTER,
+                  .dt = (int)dt,
+                  .op = (int)op,
+                  .root = -1,
+                  .counts = counts,
+                  .send = send,
+                  .recv = recv};
+    char msg[200];
+    tp_status bad = lb_check_call(c, &o, msg, sizeof msg);
+    size_t es = tp_util_dtype_size(dt), total = o.count;
+    if (lb_small(c, bad, total * es))
         return lb_oneshot(c, &o);
-    }
-    lb_args a = {.send = send,
-                 .recv = recv,
-                 .count = total,
-                 .counts = counts,
-                 .counts_hash = hash,
-                 .dt = (int)dt,
-                 .op = (int)op,
-                 .root = -1};
+    lb_args a = lb_args_of(&o);
     tp_status st = lb_begin(c, LB_REDUCE_SCATTER, &a, bad, msg);
     if (st != TP_OK)
         return st;
@@ -215,28 +190,19 @@ tp_status lb_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int roo
     lb_comm *c = comm;
     lb_group *g = c->g;
     int n = g->size;
-    char msg[200] = "";
-    tp_status bad = sc_check_type(msg, sizeof msg, (int)dt, 0, false);
+    sc_os_op o = {.kind = LB_BROADCAST,
+                  .dt = (int)dt,
+                  .op = -1,
+                  .root = root,
+                  .count = count,
+                  .send = buf,
+                  .recv = buf};
+    char msg[200];
+    tp_status bad = lb_check_call(c, &o, msg, sizeof msg);
     size_t es = tp_util_dtype_size(dt);
-    if (!bad && (root < 0 || root >= n))
-        bad = LB_BAD("root %d is out of range: expected 0..%d", root, n - 1);
-    if (!bad && count && !buf)
-        bad = LB_BAD("buffer is NULL with count %zu", count);
-    if (!bad && count > SIZE_MAX / es)
-        bad = LB_BAD("count %zu overflows the address space", count);
-    if (!bad && c->dops)
-        bad = lb_dev_sync(c, msg, sizeof msg);
-    if (lb_small(c, bad, count * es)) {
-        sc_os_op o = {.kind = LB_BROADCAST,
-                      .dt = (int)dt,
-                      .op = -1,
-                      .root = root,
-                      .count = count,
-                      .send = buf,
-                      .recv = buf};
+    if (lb_small(c, bad, count * es))
         return lb_oneshot(c, &o);
-    }
-    lb_args a = {.send = buf, .recv = buf, .count = count, .dt = (int)dt, .op = -1, .root = root};
+    lb_args a = lb_args_of(&o);
     tp_status st = lb_begin(c, LB_BROADCAST, &a, bad, msg);
     if (st != TP_OK)
         return st;

@@ -90,10 +90,6 @@ tp_status lb_oneshot(lb_comm *c, sc_os_op *o)
     o->rank = c->rank;
     o->size = g->size;
     o->bufs = bufs;
-    sc_os_publish(o, &g->bar, false);
-    lb_slot *me = &g->slots[c->rank];
-    atomic_store_explicit(&me->kind, o->kind, memory_order_relaxed);
-    atomic_store_explicit(&me->seq, c->seq, memory_order_release);
     lb_os_waiter w = {.c = c, .o = o, .seen_departures = 0};
     double left = g->eng->timeout_s;
     sc_wait_spec spec = {.bar = &g->bar,
@@ -102,12 +98,10 @@ tp_status lb_oneshot(lb_comm *c, sc_os_op *o)
                          .shared = false,
                          .check = lb_os_check,
                          .ctx = &w};
-    tp_status st = sc_os_wait_all(o, &spec);
-    if (st != TP_OK)
-        return st;
+    lb_slot *me = &g->slots[c->rank];
     char msg[400];
-    if (sc_os_agree(o, msg, sizeof msg) != TP_OK)
-        return lb_poison(g, TP_ERR_INVALID_ARG, "%s", msg);
-    sc_os_finish(o);
-    return TP_OK;
+    tp_status st = sc_os_run(o, &me->kind, &me->seq, &spec, msg, sizeof msg);
+    if (st != TP_OK && msg[0])
+        return lb_poison(g, st, "%s", msg);
+    return st;
 }

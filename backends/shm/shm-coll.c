@@ -26,8 +26,6 @@
 
 #include "shm.h"
 
-#define SH_BAD(...) sc_bad(msg, sizeof msg, __VA_ARGS__)
-
 /* Whether a call of `bytes` (valid arguments) takes the one-shot path;
  * every rank decides alike from arguments the ranks must agree on. */
 static bool sh_small(const sh_comm *c, tp_status bad, size_t bytes)
@@ -100,38 +98,39 @@ static tp_status sh_reduce_pipe(sh_comm *c, const void *send, void *recv, size_t
     return TP_OK;
 }
 
-static tp_status sh_check_reduce_args(sh_comm *c, char *msg, size_t len, const void *send,
-                                      void *recv, size_t count, tp_dtype dt, tp_redop op)
+/* This rank's arguments of o are valid; else the verdict and why in msg. */
+static tp_status sh_check_call(const sh_comm *c, sc_os_op *o, char *msg, size_t len)
 {
-    tp_status bad = sc_check_type(msg, len, (int)dt, (int)op, true);
-    size_t es = tp_util_dtype_size(dt);
-    if (!bad && count && (!send || !recv))
-        bad = sc_bad(msg, len, "%s buffer is NULL with count %zu", send ? "recv" : "send", count);
-    if (!bad && count > SIZE_MAX / es)
-        bad = sc_bad(msg, len, "count %zu overflows the address space", count);
-    (void)c;
-    return bad;
+    o->rank = c->rank;
+    o->size = c->size;
+    return sc_check_call(o, msg, len);
+}
+
+/* What a rank publishes for the barrier path of call o. */
+static sh_pub sh_pub_of(const sc_os_op *o)
+{
+    return (sh_pub){
+        .count = o->count, .counts_hash = o->hash, .dt = o->dt, .op = o->op, .root = o->root};
 }
 
 tp_status sh_all_reduce(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,
                         tp_redop op)
 {
     sh_comm *c = comm;
-    char msg[200] = "";
-    tp_status bad = sh_check_reduce_args(c, msg, sizeof msg, send, recv, count, dt, op);
+    sc_os_op o = {.kind = SC_ALL_REDUCE,
+                  .dt = (int)dt,
+                  .op = (int)op,
+                  .root = -1,
+                  .count = count,
+                  .send = send,
+                  .recv = recv};
+    char msg[200];
+    tp_status bad = sh_check_call(c, &o, msg, sizeof msg);
     size_t es = bad ? 1 : tp_util_dtype_size(dt), m = c->eng->chunk / es;
-    sh_pub a = {.count = count, .dt = (int)dt, .op = (int)op, .root = -1};
     int n = c->size;
-    if (sh_small(c, bad, count * es)) {
-        sc_os_op o = {.kind = SC_ALL_REDUCE,
-                      .dt = (int)dt,
-                      .op = (int)op,
-                      .root = -1,
-                      .count = count,
-                      .send = send,
-                      .recv = recv};
+    if (sh_small(c, bad, count * es))
         return sh_oneshot(c, &o);
-    }
+    sh_pub a = sh_pub_of(&o);
     if (!bad && count && n > 1) /* piece 0 */
         memcpy(sh_stage(c, c->epoch + 1, c->rank), send, (count < m ? count : m) * es);
     tp_status st = sh_begin(c, SC_ALL_REDUCE, &a, bad, msg);
@@ -150,30 +149,19 @@ tp_status sh_reduce_scatter(void *comm, const void *send, void *recv, const size
 {
     sh_comm *c = comm;
     int n = c->size;
-    char msg[200] = "";
-    size_t total = 0;
-    uint64_t hash = 0;
-    tp_status bad = sc_check_type(msg, sizeof msg, (int)dt, (int)op, true);
-    size_t es = bad ? 1 : tp_util_dtype_size(dt), m = c->eng->chunk / es;
-    if (!bad)
-        bad = sc_check_counts(msg, sizeof msg, counts, n, es, &total, &hash);
-    if (!bad && total && !send)
-        bad = SH_BAD("send buffer is NULL but it should hold %zu elements", total);
-    if (!bad && counts[c->rank] && !recv)
-        bad = SH_BAD("recv buffer is NULL but counts[%d] = %zu", c->rank, counts[c->rank]);
-    if (sh_small(c, bad, total * es)) {
-        sc_os_op o = {.kind = SC_REDUCE_SCATTER,
-                      .dt = (int)dt,
-                      .op = (int)op,
-                      .root = -1,
-                      .count = total,
-                      .counts = counts,
-                      .hash = hash,
-                      .send = send,
-                      .recv = recv};
+    sc_os_op o = {.kind = SC_REDUCE_SCATTER,
+                  .dt = (int)dt,
+                  .op = (int)op,
+                  .root = -1,
+                  .counts = counts,
+                  .send = send,
+                  .recv = recv};
+    char msg[200];
+    tp_status bad = sh_check_call(c, &o, msg, sizeof msg);
+    size_t es = bad ? 1 : tp_util_dtype_size(dt), m = c->eng->chunk / es, total = o.count;
+    if (sh_small(c, bad, total * es))
         return sh_oneshot(c, &o);
-    }
-    sh_pub a = {.count = total, .counts_hash = hash, .dt = (int)dt, .op = (int)op, .root = -1};
+    sh_pub a = sh_pub_of(&o);
     if (!bad && total && n > 1)
         memcpy(sh_stage(c, c->epoch + 1, c->rank), send, (total < m ? total : m) * es);
     tp_status st = sh_begin(c, SC_REDUCE_SCATTER, &a, bad, msg);
@@ -221,30 +209,19 @@ tp_status sh_all_gather(void *comm, const void *send, void *recv, const size_t *
 {
     sh_comm *c = comm;
     int n = c->size;
-    char msg[200] = "";
-    size_t total = 0;
-    uint64_t hash = 0;
-    tp_status bad = sc_check_type(msg, sizeof msg, (int)dt, 0, false);
-    size_t es = bad ? 1 : tp_util_dtype_size(dt), cb = c->eng->chunk;
-    if (!bad)
-        bad = sc_check_counts(msg, sizeof msg, counts, n, es, &total, &hash);
-    if (!bad && total && !recv)
-        bad = SH_BAD("recv buffer is NULL but the gathered size is %zu elements", total);
-    if (!bad && counts[c->rank] && !send)
-        bad = SH_BAD("send buffer is NULL but counts[%d] = %zu", c->rank, counts[c->rank]);
-    if (sh_small(c, bad, total * es)) {
-        sc_os_op o = {.kind = SC_ALL_GATHER,
-                      .dt = (int)dt,
-                      .op = -1,
-                      .root = -1,
-                      .count = total,
-                      .counts = counts,
-                      .hash = hash,
-                      .send = send,
-                      .recv = recv};
+    sc_os_op o = {.kind = SC_ALL_GATHER,
+                  .dt = (int)dt,
+                  .op = -1,
+                  .root = -1,
+                  .counts = counts,
+                  .send = send,
+                  .recv = recv};
+    char msg[200];
+    tp_status bad = sh_check_call(c, &o, msg, sizeof msg);
+    size_t es = bad ? 1 : tp_util_dtype_size(dt), cb = c->eng->chunk, total = o.count;
+    if (sh_small(c, bad, total * es))
         return sh_oneshot(c, &o);
-    }
-    sh_pub a = {.count = total, .counts_hash = hash, .dt = (int)dt, .op = -1, .root = -1};
+    sh_pub a = sh_pub_of(&o);
     size_t bytes[SH_MAX_RANKS], offs[SH_MAX_RANKS], most = 0, off = 0;
     for (int r = 0; !bad && r < n; r++) {
         bytes[r] = counts[r] * es;
@@ -270,26 +247,19 @@ tp_status sh_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int roo
 {
     sh_comm *c = comm;
     int n = c->size;
-    char msg[200] = "";
-    tp_status bad = sc_check_type(msg, sizeof msg, (int)dt, 0, false);
+    sc_os_op o = {.kind = SC_BROADCAST,
+                  .dt = (int)dt,
+                  .op = -1,
+                  .root = root,
+                  .count = count,
+                  .send = buf,
+                  .recv = buf};
+    char msg[200];
+    tp_status bad = sh_check_call(c, &o, msg, sizeof msg);
     size_t es = bad ? 1 : tp_util_dtype_size(dt), cb = c->eng->chunk;
-    if (!bad && (root < 0 || root >= n))
-        bad = SH_BAD("root %d is out of range: expected 0..%d", root, n - 1);
-    if (!bad && count && !buf)
-        bad = SH_BAD("buffer is NULL with count %zu", count);
-    if (!bad && count > SIZE_MAX / es)
-        bad = SH_BAD("count %zu overflows the address space", count);
-    if (sh_small(c, bad, count * es)) {
-        sc_os_op o = {.kind = SC_BROADCAST,
-                      .dt = (int)dt,
-                      .op = -1,
-                      .root = root,
-                      .count = count,
-                      .send = buf,
-                      .recv = buf};
+    if (sh_small(c, bad, count * es))
         return sh_oneshot(c, &o);
-    }
-    sh_pub a = {.count = count, .dt = (int)dt, .op = -1, .root = root};
+    sh_pub a = sh_pub_of(&o);
     size_t nb = bad ? 0 : count * es;
     if (!bad && nb && root == c->rank && n > 1)
         memcpy(sh_stage(c, c->epoch + 1, c->rank), buf, nb < cb ? nb : cb);

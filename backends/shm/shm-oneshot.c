@@ -94,10 +94,6 @@ tp_status sh_oneshot(sh_comm *c, sc_os_op *o)
     o->rank = c->rank;
     o->size = c->size;
     o->bufs = bufs;
-    sc_os_publish(o, &h->bar, true);
-    sh_slot *me = &h->slots[c->rank];
-    atomic_store_explicit(&me->kind, o->kind, memory_order_relaxed);
-    atomic_store_explicit(&me->seq, c->seq, memory_order_release);
     sh_os_waiter w = {.c = c, .o = o};
     sc_wait_spec spec = {.bar = &h->bar,
                          .spin_limit = c->eng->spin_limit,
@@ -105,12 +101,10 @@ tp_status sh_oneshot(sh_comm *c, sc_os_op *o)
                          .shared = true,
                          .check = sh_os_check,
                          .ctx = &w};
-    tp_status st = sc_os_wait_all(o, &spec);
-    if (st != TP_OK)
-        return st;
+    sh_slot *me = &h->slots[c->rank];
     char msg[400];
-    if (sc_os_agree(o, msg, sizeof msg) != TP_OK)
-        return sh_poison(c, TP_ERR_INVALID_ARG, "%s", msg);
-    sc_os_finish(o);
-    return TP_OK;
+    tp_status st = sc_os_run(o, &me->kind, &me->seq, &spec, msg, sizeof msg);
+    if (st != TP_OK && msg[0])
+        return sh_poison(c, st, "%s", msg);
+    return st;
 }

@@ -34,7 +34,7 @@ static size_t sc_os_bytes(const sc_os_op *o, int r)
     }
 }
 
-void sc_os_publish(const sc_os_op *o, sc_bar *bar, bool shared)
+static void sc_os_publish(const sc_os_op *o, sc_bar *bar, bool shared)
 {
     sc_os_buf *b = o->bufs[o->rank];
     size_t bytes = sc_os_bytes(o, o->rank);
@@ -50,7 +50,7 @@ void sc_os_publish(const sc_os_op *o, sc_bar *bar, bool shared)
     sc_bar_wake(bar, shared);
 }
 
-tp_status sc_os_wait_all(const sc_os_op *o, sc_wait_spec *spec)
+static tp_status sc_os_wait_all(const sc_os_op *o, sc_wait_spec *spec)
 {
     spec->epoch = o->seq;
     /* From the next rank on: at T = 2 that is the only peer; beyond, ranks
@@ -84,7 +84,7 @@ static uint64_t sc_os_arg(const sc_os_buf *b, int which)
     }
 }
 
-tp_status sc_os_agree(const sc_os_op *o, char *msg, size_t len)
+static tp_status sc_os_agree(const sc_os_op *o, char *msg, size_t len)
 {
     static const char *const names[] = {"count", "dtype", "op", "root", "counts array (hash)"};
     const sc_os_buf *p0 = o->bufs[0];
@@ -112,7 +112,7 @@ tp_status sc_os_agree(const sc_os_op *o, char *msg, size_t len)
     return TP_OK;
 }
 
-void sc_os_finish(const sc_os_op *o)
+static void sc_os_finish(const sc_os_op *o)
 {
     size_t es = tp_util_dtype_size(o->dt);
     const void *src[SC_OS_MAX_RANKS];
@@ -144,4 +144,22 @@ void sc_os_finish(const sc_os_op *o)
     } else if (o->kind == SC_BROADCAST && o->rank != o->root && o->count) {
         memcpy(o->recv, o->bufs[o->root]->data, o->count * es);
     }
+}
+
+tp_status sc_os_run(sc_os_op *o, atomic_int *kind, atomic_uint_fast64_t *seq, sc_wait_spec *spec,
+                    char *msg, size_t len)
+{
+    msg[0] = '\0';
+    sc_os_publish(o, spec->bar, spec->shared);
+    /* The slot before the op number: a peer that sees op number seq
+     * without this slot knows this rank took the barrier path. */
+    atomic_store_explicit(kind, o->kind, memory_order_relaxed);
+    atomic_store_explicit(seq, o->seq, memory_order_release);
+    tp_status st = sc_os_wait_all(o, spec);
+    if (st != TP_OK)
+        return st;
+    st = sc_os_agree(o, msg, len);
+    if (st == TP_OK)
+        sc_os_finish(o);
+    return st;
 }

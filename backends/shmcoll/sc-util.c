@@ -48,7 +48,8 @@ tp_status sc_bad(char *msg, size_t len, const char *fmt, ...)
     return TP_ERR_INVALID_ARG;
 }
 
-tp_status sc_check_type(char *msg, size_t len, int dt, int op, bool reduces)
+/* dtype (and, if `reduces`, op) are valid; else the message in msg. */
+static tp_status check_type(char *msg, size_t len, int dt, int op, bool reduces)
 {
     if (!tp_util_dtype_size(dt))
         return sc_bad(msg, len,
@@ -60,8 +61,9 @@ tp_status sc_check_type(char *msg, size_t len, int dt, int op, bool reduces)
     return TP_OK;
 }
 
-tp_status sc_check_counts(char *msg, size_t len, const size_t *counts, int size, size_t es,
-                          size_t *total, uint64_t *hash)
+/* Validate a counts array of `size` ranks; set *total and its FNV-1a hash. */
+static tp_status check_counts(char *msg, size_t len, const size_t *counts, int size, size_t es,
+                              size_t *total, uint64_t *hash)
 {
     *total = 0;
     *hash = 0xcbf29ce484222325ull; /* FNV-1a over the counts */
@@ -80,6 +82,53 @@ tp_status sc_check_counts(char *msg, size_t len, const size_t *counts, int size,
             *hash *= 0x100000001b3ull;
         }
     }
+    return TP_OK;
+}
+
+/* The buffers of an all_gather or reduce_scatter: the whole (recv of
+ * all_gather, send of reduce_scatter) and this rank's block. */
+static tp_status check_v_buffers(const sc_os_op *o, char *msg, size_t len)
+{
+    bool gather = o->kind == SC_ALL_GATHER;
+    if (o->count && !(gather ? o->recv : o->send))
+        return gather
+                   ? sc_bad(msg, len, "recv buffer is NULL but the gathered size is %zu elements",
+                            o->count)
+                   : sc_bad(msg, len, "send buffer is NULL but it should hold %zu elements",
+                            o->count);
+    if (o->counts[o->rank] && !(gather ? o->send : o->recv))
+        return sc_bad(msg, len, "%s buffer is NULL but counts[%d] = %zu", gather ? "send" : "recv",
+                      o->rank, o->counts[o->rank]);
+    return TP_OK;
+}
+
+tp_status sc_check_call(sc_os_op *o, char *msg, size_t len)
+{
+    msg[0] = '\0';
+    bool reduces = o->kind == SC_ALL_REDUCE || o->kind == SC_REDUCE_SCATTER;
+    tp_status bad = check_type(msg, len, o->dt, o->op, reduces);
+    if (bad)
+        return bad;
+    size_t es = tp_util_dtype_size(o->dt);
+    switch (o->kind) {
+        case SC_ALL_GATHER:
+        case SC_REDUCE_SCATTER:
+            bad = check_counts(msg, len, o->counts, o->size, es, &o->count, &o->hash);
+            return bad ? bad : check_v_buffers(o, msg, len);
+        case SC_BROADCAST:
+            if (o->root < 0 || o->root >= o->size)
+                return sc_bad(msg, len, "root %d is out of range: expected 0..%d", o->root,
+                              o->size - 1);
+            if (o->count && !o->send)
+                return sc_bad(msg, len, "buffer is NULL with count %zu", o->count);
+            break;
+        default: /* all_reduce */
+            if (o->count && (!o->send || !o->recv))
+                return sc_bad(msg, len, "%s buffer is NULL with count %zu",
+                              o->send ? "recv" : "send", o->count);
+    }
+    if (o->count > SIZE_MAX / es)
+        return sc_bad(msg, len, "count %zu overflows the address space", o->count);
     return TP_OK;
 }
 

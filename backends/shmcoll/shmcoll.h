@@ -55,11 +55,6 @@ const char *sc_kind_name(int kind);
 void sc_share(size_t n, size_t es, int nw, int w, size_t *lo, size_t *hi);
 /* Write a message into msg and return TP_ERR_INVALID_ARG. */
 tp_status sc_bad(char *msg, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-/* dtype (and, if `reduces`, op) are valid; else the message in msg. */
-tp_status sc_check_type(char *msg, size_t len, int dt, int op, bool reduces);
-/* Validate a counts array of `size` ranks; set *total and its FNV-1a hash. */
-tp_status sc_check_counts(char *msg, size_t len, const size_t *counts, int size, size_t es,
-                          size_t *total, uint64_t *hash);
 /* Which of the scalar arguments (count, dtype, op, root, counts hash: bits
  * 0..4) must agree between ranks for a collective of this kind. */
 unsigned sc_agreed_fields(int kind);
@@ -140,17 +135,23 @@ typedef struct sc_os_op {
     sc_os_buf *const *bufs;
 } sc_os_op;
 
-/* Copy this rank's input and arguments into bufs[rank], publish seq
- * (sequentially consistent) and wake sleepers of `bar`. */
-void sc_os_publish(const sc_os_op *o, sc_bar *bar, bool shared);
-/* Wait for every other rank's slot to hold op seq (spec: everything but
- * flag and epoch, which this sets per rank). */
-tp_status sc_os_wait_all(const sc_os_op *o, sc_wait_spec *spec);
-/* Every rank's arguments agree with rank 0's (the same verdict on every
- * rank); else TP_ERR_INVALID_ARG and why in msg. */
-tp_status sc_os_agree(const sc_os_op *o, char *msg, size_t len);
-/* Compute this rank's result from all slots (reductions in rank order). */
-void sc_os_finish(const sc_os_op *o);
+/* This rank's arguments of call o (kind, dt, op, root, send, recv, rank,
+ * size; count for all_reduce and broadcast, counts for the v-variants)
+ * are valid on their own: TP_OK (msg empty), or the verdict and why in
+ * msg. For the v-variants it sets o->count to the total of counts and
+ * o->hash to their FNV-1a hash (what the ranks compare). */
+tp_status sc_check_call(sc_os_op *o, char *msg, size_t len);
+/* Run call o (its seq, rank, size and bufs set): copy this rank's input
+ * and arguments into bufs[rank], publish seq (sequentially consistent),
+ * wake sleepers of spec->bar, announce the op in *kind and *seq (the rank's
+ * word of the barrier path), wait for every other rank's slot (spec:
+ * everything but flag and epoch), check that every rank's arguments agree
+ * with rank 0's (the same verdict on every rank) and compute this rank's
+ * result (reductions in rank order). An error of the wait is returned as
+ * spec->check reported it (msg empty); disagreeing arguments give
+ * TP_ERR_INVALID_ARG with why in msg. */
+tp_status sc_os_run(sc_os_op *o, atomic_int *kind, atomic_uint_fast64_t *seq, sc_wait_spec *spec,
+                    char *msg, size_t len);
 /* The smallest r whose slot does not hold op seq yet, or -1. */
 int sc_os_first_missing(const sc_os_op *o);
 
