@@ -66,6 +66,8 @@ START_TEST(bad_arguments)
         {"gemm --bogus", "unknown option '--bogus'"},
         {"collectives --compare-raw -e 8 -q", "--compare-raw"}, /* loopback: no raw library */
         {"layer --layer mlp --dtype f64 -q", "bad --dtype 'f64'"},
+        {"collectives -m 0", "bad -m '0'"},
+        {"layer --agg_iters 2", "does not apply to 'layer'"},
     };
     for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
         run_result r = run(cases[i].args, NULL);
@@ -448,6 +450,40 @@ START_TEST(coll_average)
         bench_run_free(&r);
         g_free(args);
     }
+    g_free(json);
+}
+END_TEST
+
+/* -m N (nccl-tests' --agg_iters): N calls per timed iteration, every
+ * result still checked (in place, all_reduce's compounded sums are not
+ * what is checked: one more call on the input is), damage still found. */
+START_TEST(coll_agg_iters)
+{
+    gchar *json = g_strdup_printf("%s/agg.jsonl", tmpdir);
+    gchar *args = g_strdup_printf("collectives --sweep-tp 1,2,3 -b 52 -e 5200 -f 10 -n 2 -w 1 "
+                                  "-m 3 -q --no-memcpy --json %s",
+                                  json);
+    run_result r = run(args, NULL);
+    ck_assert_msg(r.code == 0, "exit %d\n%s", r.code, r.err);
+    ck_assert_ptr_nonnull(strstr(r.out, "of 3 calls (-m)"));
+    GPtrArray *recs = collective_records(json);
+    ck_assert_uint_eq(recs->len, 3 * 4 * 3); /* T values x ops x sizes 52, 520, 5200 */
+    for (guint i = 0; i < recs->len; i++) {
+        const bench_record *rec = g_ptr_array_index(recs, i);
+        ck_assert(bench_rec_get_num(rec, "agg_iters", 0) == 3);
+        ck_assert(bench_rec_get_num(rec, "wrong", -1) == 0);
+        if (bench_rec_get(rec, "ip_time_us"))
+            ck_assert_msg(bench_rec_get_num(rec, "ip_wrong", -1) == 0, "%s %g B in place",
+                          bench_rec_get_str(rec, "op"), bench_rec_get_num(rec, "bytes", 0));
+    }
+    g_ptr_array_free(recs, TRUE);
+    bench_run_free(&r);
+    const char *env[] = {"TP_BENCH_CORRUPT=1", NULL};
+    r = run("collectives --tp 2 -C all_reduce -b 52 -e 52 -n 2 -w 0 -m 4 -q --no-memcpy", env);
+    ck_assert_msg(r.code == 1, "exit %d, want 1", r.code);
+    ck_assert_ptr_nonnull(strstr(r.out, "# Out of bounds values : 4 FAILED"));
+    bench_run_free(&r);
+    g_free(args);
     g_free(json);
 }
 END_TEST
@@ -989,6 +1025,7 @@ static Suite *suite(void)
     tcase_set_timeout(t, 240);
     tcase_add_test(t, coll_dtypes_redops);
     tcase_add_test(t, coll_average);
+    tcase_add_test(t, coll_agg_iters);
     tcase_add_test(t, coll_columns_footer);
     tcase_add_test(t, coll_old_op_spelling);
     tcase_add_test(t, meta_record_run);

@@ -136,6 +136,7 @@ typedef struct bench_opts {
     bool maxbytes_set;
     double stepfactor;   /* -f */
     int iters, warmup;   /* -n / -w; < 0: per-subcommand default */
+    int agg;             /* -m/--agg_iters: collectives per timed iteration (default 1) */
     bool check;          /* -c [N]: on unless -c 0 */
     tp_dtype coll_dtype; /* -d/--datatype, collectives only (default f32) */
     tp_redop redop;      /* -o/--op (default sum) */

@@ -333,10 +333,11 @@ done:
 
 static void print_header(const coll_run *c, int op, int T)
 {
-    printf("#\n# %s, %d rank%s, backend %s, device %s, %d iters (%d warm-up), %s, time: median "
-           "over iterations of the %s over ranks (-a %d)%s\n",
+    printf("#\n# %s, %d rank%s, backend %s, device %s, %d iters (%d warm-up) of %d call%s, %s, "
+           "time: median over iterations of the %s over ranks (-a %d)%s\n",
            bench_op_name(op), T, T == 1 ? "" : "s", c->env->backend, c->env->device, c->iters,
-           c->warmup, tp_dtype_name(c->dt), bench_average_name(c->o->average), c->o->average,
+           c->warmup, c->o->agg, c->o->agg == 1 ? "" : "s (-m)", tp_dtype_name(c->dt),
+           bench_average_name(c->o->average), c->o->average,
            c->o->check ? ", checked" : ", not checked (-c 0)");
     printf("# %43s%-42s%s\n", "", "   out-of-place", "   in-place");
     printf("# %12s %12s %5s %6s %4s %10s %11s %11s %6s %10s %11s %11s %6s", "size", "count", "type",
@@ -450,8 +451,8 @@ static coll_form form_of(const coll_rank_ctx *x, const coll_bufs *b, const coll_
 }
 
 /* Timed iteration it: (in place: the input again), barrier, the
- * collective, synchronize; then the test hook and --check on this rank's
- * result. */
+ * collective (-m N: N of them back to back, the time divided by N),
+ * synchronize; then the test hook and --check on this rank's result. */
 static tp_status time_one(coll_rank_ctx *x, const coll_bufs *b, const coll_size *z,
                           const coll_form *f, float *us, uint64_t *wrong)
 {
@@ -459,13 +460,21 @@ static tp_status time_one(coll_rank_ctx *x, const coll_bufs *b, const coll_size 
     size_t elt = c->elt;
     if (f->ip) /* the last iteration overwrote the input */
         TP_TRY(tp_dev_upload(x->dev, f->send, b->h_in, z->sn * elt));
+    int agg = c->o->agg;
     TP_TRY(tp_barrier(x->comm));
     double t0 = bench_now();
-    tp_status st = run_op(c, x->comm, z->op, f->send, f->recv, z->per, z->total);
+    tp_status st = TP_OK;
+    for (int k = 0; k < agg && st == TP_OK; k++)
+        st = run_op(c, x->comm, z->op, f->send, f->recv, z->per, z->total);
     if (st == TP_OK)
         st = tp_dev_synchronize(x->dev);
-    *us = c->fake_times ? (float)(x->r + 1) * 1000.0f : (float)((bench_now() - t0) * 1e6);
+    *us = c->fake_times ? (float)(x->r + 1) * 1000.0f : (float)((bench_now() - t0) * 1e6 / agg);
     TP_TRY(st);
+    if (agg > 1 && f->ip && z->op == TP_OP_ALL_REDUCE && c->o->check) {
+        /* in place, the batch summed sums: check one call on the input */
+        TP_TRY(tp_dev_upload(x->dev, f->send, b->h_in, z->sn * elt));
+        TP_TRY(run_op(c, x->comm, z->op, f->send, f->recv, z->per, z->total));
+    }
     if (c->corrupt && x->r == x->T - 1) {
         /* test hook: damage one element of this rank's result */
         float badf = 12345.0f;
@@ -489,10 +498,12 @@ static tp_status time_raw(coll_rank_ctx *x, const coll_bufs *b, coll_size *z)
     for (int it = 0; c->raw && it < c->warmup + c->iters; it++) {
         TP_TRY(tp_barrier(x->comm));
         double t0 = bench_now();
-        tp_status st = bench_raw_collective(x->comm, z->op, b->send, b->recv, z->per, z->total);
+        tp_status st = TP_OK;
+        for (int k = 0; k < c->o->agg && st == TP_OK; k++)
+            st = bench_raw_collective(x->comm, z->op, b->send, b->recv, z->per, z->total);
         double t1 = bench_now();
         if (it >= c->warmup)
-            x->raw_us[it - c->warmup] = (float)((t1 - t0) * 1e6);
+            x->raw_us[it - c->warmup] = (float)((t1 - t0) * 1e6 / c->o->agg);
         z->have_raw = true;
         TP_TRY(st);
     }
@@ -576,6 +587,7 @@ static bench_record *size_record(coll_rank_ctx *x, const coll_size *z, const col
     bench_rec_str(rec, "average", bench_average_name(c->o->average));
     bench_rec_int(rec, "iters", c->iters);
     bench_rec_int(rec, "warmup", c->warmup);
+    bench_rec_int(rec, "agg_iters", c->o->agg);
     bench_rec_place(rec, &x->place);
     if (oop->have && ip->have)
         rec_col(c, rec, "ip_", ip);

@@ -73,6 +73,7 @@ enum opt_id {
     O_AVERAGE,
     O_DP,
     O_DP_INSIDE,
+    O_AGG,
 };
 
 typedef struct opt_def {
@@ -104,6 +105,8 @@ static const opt_def opt_table[] = {
     {"iters", 'n', 1, O_ITERS, RUN},
     {"warmup_iters", 'w', 1, O_WARMUP, RUN},
     {"warmup-iters", 0, 1, O_WARMUP, RUN},
+    {"agg_iters", 'm', 1, O_AGG, C},
+    {"agg-iters", 0, 1, O_AGG, C},
     {"check", 'c', 2, O_CHECK, C | M},
     {"compare-raw", 0, 0, O_RAW, C},
     {"no-memcpy", 0, 0, O_NO_MEMCPY, C | M},
@@ -157,6 +160,7 @@ void bench_opts_init(bench_opts *o)
     o->stepfactor = 2.0;
     o->iters = -1;
     o->warmup = -1;
+    o->agg = 1;
     o->gemm_sizes[0] = 1024;
     o->gemm_sizes[1] = 2048;
     o->n_gemm_sizes = 2;
@@ -422,6 +426,7 @@ static const int_opt int_opts[] = {
     INT_OPT(O_THREADS, threads, 1, 1024, "BLAS threads per rank >= 1"),
     INT_OPT(O_ITERS, iters, 1, 1000000, "iterations >= 1"),
     INT_OPT(O_WARMUP, warmup, 0, 1000000, "warm-up iterations >= 0"),
+    INT_OPT(O_AGG, agg, 1, 1000000, "collectives per iteration >= 1"),
     I64_OPT(O_HEADS, heads, 1, (int64_t)1 << 31, "a number >= 1"),
     I64_OPT(O_KV_HEADS, kv_heads, 1, (int64_t)1 << 31, "a number >= 1"),
     I64_OPT(O_HEAD_DIM, head_dim, 1, (int64_t)1 << 31, "a number >= 1"),
@@ -961,6 +966,8 @@ static const char help_collectives[] =
     "  -f, --stepfactor F  size multiplier (default 2)\n"
     "  -c, --check N       check every result against a serial reference (default on,\n"
     "                      as nccl-tests); -c 0 turns it off (#wrong then reads N/A)\n"
+    "  -m, --agg_iters N   collectives back to back per timed iteration, time / N\n"
+    "                      (default 1: one call between barriers; nccl-tests' -m)\n"
     "  -a, --average N     combine per-rank times: 0 rank 0's, 1 mean, 2 min, 3 max\n"
     "                      (default 3: a collective ends when its last rank does;\n"
     "                      nccl-tests defaults to 1)\n"
