@@ -67,11 +67,12 @@ def bench_run_checks(exe, tmp):
 
 
 def launch_run_checks(exe, tmp):
-    """tp-launch: the ranks it starts show -n's value."""
+    """tp-launch: the ranks it starts show -n's value (also as -n2)."""
     bad = []
     show = ["sh", "-c", 'echo "size=$TP_WORLD_SIZE"']
     for name, args, want in [("--opt=value", ["--np=2", "--grace=1", "--"], 2),
-                             ("last wins", ["-n", "3", "--np", "2", "-g", "9", "-g", "1"], 2)]:
+                             ("last wins", ["-n", "3", "--np", "2", "-g", "9", "-g", "1"], 2),
+                             ("-n2 (attached)", ["-n2", "-g1"], 2)]:
         rc, out, err = run([exe] + args + show)
         lines = [ln for ln in out.splitlines() if "size=" in ln]
         if rc != 0 or len(lines) != want or any(not ln.endswith("size=%d" % want)
