@@ -13,79 +13,150 @@
 #include <time.h>
 #include <unistd.h>
 
-static void usage(FILE *f, const char *prog, const char *summary, const ex_opts *d)
-{
-    fprintf(f,
-            "Usage: %s [OPTIONS]\n%s\n\n"
-            "Options (every one has a default):\n"
-            "  --tp N          tensor-parallel degree (default: TP_WORLD_SIZE, the engine's\n"
-            "                  world size under mpirun, else 1)\n"
-            "  --tokens T      rows of the input (default %" PRId64 ")\n"
-            "  --hidden H      hidden size (default %" PRId64 ")\n"
-            "  --ffn F         feed-forward size (default %" PRId64 ")\n"
-            "  --seed S        master weight seed (default %" PRIu64 ")\n"
-            "  --iters N       timed forward passes (default %d)\n"
-            "  --gelu-tanh     tanh approximation of GeLU (default: exact erf)\n"
-            "  --save-npy DIR  rank 0 writes the full tensors as float32 .npy files to DIR\n"
-            "  --help          this text\n\n"
-            "Environment: TP_BACKEND (loopback, mpi, ...), TP_DEVICE (cpu, cuda), TP_WORLD_SIZE.\n",
-            prog, summary, d->tokens, d->hidden, d->ffn, d->seed, d->iters);
-}
+#include "tp-options.h"
 
-int ex_parse_i64(const char *prog, const char *opt, const char *v, int64_t lo, int64_t hi,
-                 int64_t *out)
+bool ex_parse_i64(const char *opt, const char *v, int64_t lo, int64_t hi, int64_t *out,
+                  GError **error)
 {
     char *end;
     errno = 0;
     long long x = strtoll(v, &end, 10);
     if (errno || end == v || *end || x < lo || x > hi) {
-        fprintf(stderr, "%s: %s expects an integer in [%" PRId64 ", %" PRId64 "], got '%s'\n", prog,
-                opt, lo, hi, v);
-        return -1;
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                    "%s expects an integer in [%" PRId64 ", %" PRId64 "], got '%s'", opt, lo, hi,
+                    v);
+        return false;
     }
     *out = x;
-    return 0;
+    return true;
 }
 
-int ex_parse_f(const char *prog, const char *opt, const char *v, double lo, double hi, double *out)
+bool ex_parse_f(const char *opt, const char *v, double lo, double hi, double *out, GError **error)
 {
     char *end;
     errno = 0;
     double x = strtod(v, &end);
     if (errno || end == v || *end || !(x >= lo && x <= hi)) {
-        fprintf(stderr, "%s: %s expects a number in [%g, %g], got '%s'\n", prog, opt, lo, hi, v);
-        return -1;
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                    "%s expects a number in [%g, %g], got '%s'", opt, lo, hi, v);
+        return false;
     }
     *out = x;
-    return 0;
+    return true;
 }
 
-int ex_valued_option(const char *prog, int argc, char **argv, int *i, const char *const *valued,
-                     size_t nvalued, const char **name, const char **val)
+/* The strings options keep (--save-npy DIR...): reachable until exit. */
+static GStringChunk *opt_strings;
+
+/* Give option o (named `name` on the command line) its value. */
+static gboolean set_opt(const ex_opt *o, const char *name, const char *value, GError **error)
 {
-    const char *a = argv[*i];
-    *name = NULL;
-    *val = NULL;
-    for (size_t j = 0; j < nvalued; j++) {
-        size_t n = strlen(valued[j]);
-        if (!strncmp(a, valued[j], n) && (a[n] == 0 || a[n] == '=')) {
-            *name = valued[j];
-            if (a[n] == '=')
-                *val = a + n + 1;
-            else if (*i + 1 < argc)
-                *val = argv[++*i];
-            break;
+    int64_t v = 0;
+    if (o->flag) {
+        *o->flag = true;
+        return TRUE;
+    }
+    if (o->str) {
+        if (!*value) {
+            g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE, "%s needs a value", name);
+            return FALSE;
         }
+        if (!opt_strings)
+            opt_strings = g_string_chunk_new(256);
+        *o->str = g_string_chunk_insert(opt_strings, value);
+        return TRUE;
     }
-    if (!*name) {
-        fprintf(stderr, "%s: unknown option '%s' (see %s --help)\n", prog, a, prog);
-        return 2;
+    if (o->f)
+        return ex_parse_f(name, value, o->flo, o->fhi, o->f, error);
+    if (!ex_parse_i64(name, value, o->lo, o->hi, &v, error))
+        return FALSE;
+    if (o->i64)
+        *o->i64 = v;
+    else if (o->i32)
+        *o->i32 = (int)v;
+    else
+        *o->u64 = (uint64_t)v;
+    return TRUE;
+}
+
+typedef struct parse_state {
+    const ex_opt *opts;
+    size_t n;
+} parse_state;
+
+/* Every option's GOptionArgFunc: the entry of ps->opts named `name`. */
+static gboolean on_option(const gchar *name, const gchar *value, gpointer data, GError **error)
+{
+    const parse_state *ps = data;
+    for (size_t i = 0; i < ps->n; i++) {
+        const ex_opt *o = &ps->opts[i];
+        if (strcmp(name + 2, o->name) != 0)
+            continue;
+        if (o->seen)
+            *o->seen = true;
+        return set_opt(o, name, value, error);
     }
-    if (!*val || !**val) {
-        fprintf(stderr, "%s: %s needs a value (see %s --help)\n", prog, *name, prog);
-        return 2;
+    g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_UNKNOWN_OPTION, "Unknown option %s", name);
+    return FALSE;
+}
+
+/* o's line in --help: its help and default (freed by the caller). */
+static char *opt_help(const ex_opt *o)
+{
+    if (o->dflt)
+        return *o->dflt ? g_strdup_printf("%s (default: %s)", o->help, o->dflt) : g_strdup(o->help);
+    if (o->i64)
+        return g_strdup_printf("%s (default %" PRId64 ")", o->help, *o->i64);
+    if (o->i32)
+        return g_strdup_printf("%s (default %d)", o->help, *o->i32);
+    if (o->u64)
+        return g_strdup_printf("%s (default %" PRIu64 ")", o->help, *o->u64);
+    if (o->f)
+        return g_strdup_printf("%s (default %g)", o->help, *o->f);
+    return g_strdup(o->help);
+}
+
+static const char shared_description[] =
+    "An option given twice: the last value wins. --opt=VALUE and --opt VALUE are the same.\n"
+    "Exit status: 0 on success, 1 if the run failed or a check did not pass, 2 on bad usage.\n"
+    "Environment: TP_BACKEND (loopback, mpi, tcp, ...), TP_DEVICE (cpu, cuda), "
+    "TP_WORLD_SIZE.\n";
+
+int ex_parse_table(int *argc, char ***argv, const char *prog, const char *summary,
+                   const char *description, const ex_opt *opts, size_t n)
+{
+    gboolean version = FALSE;
+    parse_state ps = {opts, n};
+    GOptionEntry *entries = g_new0(GOptionEntry, n + 2);
+    char **help = g_new0(char *, n + 1);
+    for (size_t i = 0; i < n; i++) {
+        help[i] = opt_help(&opts[i]);
+        entries[i] = (GOptionEntry){opts[i].name,
+                                    0,
+                                    opts[i].arg ? 0 : G_OPTION_FLAG_NO_ARG,
+                                    G_OPTION_ARG_CALLBACK,
+                                    (gpointer)on_option,
+                                    help[i],
+                                    opts[i].arg};
     }
-    return 0;
+    entries[n] = (GOptionEntry){
+        "version", 'V', 0, G_OPTION_ARG_NONE, &version, "Show the version and git revision", NULL};
+    char *desc = g_strconcat(description ? description : "", description ? "\n" : "",
+                             shared_description, NULL);
+    GOptionContext *ctx = g_option_context_new(NULL);
+    GOptionGroup *group = g_option_group_new(NULL, NULL, NULL, &ps, NULL);
+    g_option_group_add_entries(group, entries);
+    g_option_context_set_main_group(ctx, group);
+    g_option_context_set_summary(ctx, summary);
+    g_option_context_set_description(ctx, desc);
+    int rc = tp_options_parse(prog, ctx, entries, &version, argc, argv);
+    if (rc < 0 && *argc > 1)
+        rc = tp_options_error(prog, "unexpected argument '%s'; it takes no operands", (*argv)[1]);
+    g_option_context_free(ctx);
+    g_free(desc);
+    g_strfreev(help);
+    g_free(entries);
+    return rc < 0 ? 0 : rc == 0 ? 1 : rc;
 }
 
 tp_status ex_run(const char *prog, int tp, int *argc, char ***argv, tp_rank_fn fn, void *arg,
@@ -104,51 +175,31 @@ tp_status ex_run(const char *prog, int tp, int *argc, char ***argv, tp_rank_fn f
     return st;
 }
 
-int ex_parse(int argc, char **argv, ex_opts *o, const char *prog, const char *summary)
+int ex_parse(int *argc, char ***argv, ex_opts *o, const char *prog, const char *summary,
+             const ex_opt *extra, size_t nextra)
 {
-    ex_opts d = *o;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout, prog, summary, &d);
-            return 1;
-        }
-        if (!strcmp(a, "--gelu-tanh")) {
-            o->gelu_tanh = true;
-            continue;
-        }
-        static const char *const valued[] = {"--tp",   "--tokens", "--hidden",  "--ffn",
-                                             "--seed", "--iters",  "--save-npy"};
-        const char *name, *val;
-        if (ex_valued_option(prog, argc, argv, &i, valued, sizeof valued / sizeof valued[0], &name,
-                             &val))
-            return 2;
-        int64_t v = 0;
-        int bad = 0;
-        if (!strcmp(name, "--tp")) {
-            bad = ex_parse_i64(prog, name, val, 1, 1024, &v);
-            o->tp = (int)v;
-        } else if (!strcmp(name, "--tokens")) {
-            bad = ex_parse_i64(prog, name, val, 1, 1 << 24, &o->tokens);
-        } else if (!strcmp(name, "--hidden")) {
-            bad = ex_parse_i64(prog, name, val, 1, 1 << 20, &o->hidden);
-        } else if (!strcmp(name, "--ffn")) {
-            bad = ex_parse_i64(prog, name, val, 1, 1 << 22, &o->ffn);
-        } else if (!strcmp(name, "--seed")) {
-            bad = ex_parse_i64(prog, name, val, 0, INT64_MAX, &v);
-            o->seed = (uint64_t)v;
-        } else if (!strcmp(name, "--iters")) {
-            bad = ex_parse_i64(prog, name, val, 1, 1000000, &v);
-            o->iters = (int)v;
-        } else if (!strcmp(name, "--save-npy")) {
-            o->npy_dir = val;
-        }
-        if (bad)
-            return 2;
-    }
-    if (o->npy_dir && ex_check_out_dir(prog, o->npy_dir) != 0)
+    const ex_opt common[] = {
+        {"tp", "N", "Tensor-parallel degree",
+         "TP_WORLD_SIZE, the engine's world size under mpirun, else 1", 1, 1024, .i32 = &o->tp},
+        {"tokens", "T", "Rows of the input", NULL, 1, 1 << 24, .i64 = &o->tokens},
+        {"hidden", "H", "Hidden size", NULL, 1, 1 << 20, .i64 = &o->hidden},
+        {"ffn", "F", "Feed-forward size", NULL, 1, 1 << 22, .i64 = &o->ffn},
+        {"seed", "S", "Master weight seed", NULL, 0, INT64_MAX, .u64 = &o->seed},
+        {"iters", "N", "Timed forward passes", NULL, 1, 1000000, .i32 = &o->iters},
+        {"gelu-tanh", NULL, "Tanh approximation of GeLU", "exact erf", .flag = &o->gelu_tanh},
+        {"save-npy", "DIR", "Rank 0 writes the full tensors as float32 .npy files to DIR", NULL,
+         .str = &o->npy_dir},
+    };
+    size_t nc = sizeof common / sizeof common[0];
+    ex_opt *all = g_new(ex_opt, nc + nextra);
+    memcpy(all, common, sizeof common);
+    if (nextra)
+        memcpy(all + nc, extra, nextra * sizeof *extra);
+    int rc = ex_parse_table(argc, argv, prog, summary, NULL, all, nc + nextra);
+    g_free(all);
+    if (rc == 0 && o->npy_dir && ex_check_out_dir(prog, o->npy_dir) != 0)
         return 2;
-    return 0;
+    return rc;
 }
 
 static int write_npy(const char *dir, const char *name, const void *data, const char *descr,

@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <glib.h>
+
 #include <tp/tp.h>
 
 typedef struct ex_opts {
@@ -47,18 +49,40 @@ void *ex_calloc(int64_t n, size_t size, const char *what, tp_status *st);
 /* The comm backend's name as the examples print it: TP_BACKEND, else loopback. */
 const char *ex_backend_name(void);
 
-/* Parse an integer in [lo, hi] (0), or print why not and return -1. */
-int ex_parse_i64(const char *prog, const char *opt, const char *v, int64_t lo, int64_t hi,
-                 int64_t *out);
+/* Parse an integer in [lo, hi] into *out (TRUE), or set *error to "OPT
+ * expects an integer in [LO, HI], got 'V'" (FALSE). */
+bool ex_parse_i64(const char *opt, const char *v, int64_t lo, int64_t hi, int64_t *out,
+                  GError **error);
 /* The same for a real number. */
-int ex_parse_f(const char *prog, const char *opt, const char *v, double lo, double hi, double *out);
+bool ex_parse_f(const char *opt, const char *v, double lo, double hi, double *out, GError **error);
 
-/* argv[*i] as one of the options in `valued` that take a value, given as
- * "--opt VALUE" (advances *i) or "--opt=VALUE". Returns 0 with *name and
- * *val set, or 2 after printing why (unknown option, missing or empty
- * value). */
-int ex_valued_option(const char *prog, int argc, char **argv, int *i, const char *const *valued,
-                     size_t nvalued, const char **name, const char **val);
+/* One command-line option of an example: a flag (arg NULL) or a value,
+ * an integer in [lo, hi], a real in [flo, fhi] or a string. Exactly one
+ * destination is set; it holds the default before parsing. */
+typedef struct ex_opt {
+    const char *name; /* the long name, without "--" */
+    const char *arg;  /* the value's name in --help (N, DIR); NULL: a flag */
+    const char *help; /* one line */
+    const char *dflt; /* NULL: "(default V)" from a number's destination, nothing for
+                         others; "": nothing; else "(default: DFLT)" */
+    int64_t lo, hi;
+    double flo, fhi;
+    int64_t *i64;
+    int *i32;
+    uint64_t *u64;
+    double *f;
+    const char **str; /* kept for the life of the program */
+    bool *flag;
+    bool *seen; /* may be NULL: set when the option is given */
+} ex_opt;
+
+/* Parse argv with GLib's GOptionContext (tools/tp-options.h: --help,
+ * --version, --opt=VALUE, the last of a repeated option wins, errors as
+ * "PROG: what (try --help)"); `description` (may be NULL) goes under the
+ * options, before the lines every example shares. Returns 0 to run, 1
+ * after --version (exit 0), 2 after printing an error (exit 2). */
+int ex_parse_table(int *argc, char ***argv, const char *prog, const char *summary,
+                   const char *description, const ex_opt *opts, size_t n);
 
 /* tp_init (world size tp, 0: from the engine or TP_WORLD_SIZE), tp_run(fn,
  * arg), tp_finalize; prints "prog: STATUS: message" on failure. *world (may
@@ -66,9 +90,11 @@ int ex_valued_option(const char *prog, int argc, char **argv, int *i, const char
 tp_status ex_run(const char *prog, int tp, int *argc, char ***argv, tp_rank_fn fn, void *arg,
                  int *world);
 
-/* Parse argv into o (defaults already set by the caller). Returns 0 to run,
- * 1 after printing --help (exit 0), 2 after printing an error (exit 2). */
-int ex_parse(int argc, char **argv, ex_opts *o, const char *prog, const char *summary);
+/* The options of ex_opts (defaults already set by the caller) and `extra`
+ * (nextra, may be 0) through ex_parse_table; then --save-npy's directory is
+ * checked. Returns 0 to run, 1 after --version (exit 0), 2 after an error. */
+int ex_parse(int *argc, char ***argv, ex_opts *o, const char *prog, const char *summary,
+             const ex_opt *extra, size_t nextra);
 
 /* Write a float32 C-order .npy (format 1.0) file DIR/NAME; creates DIR.
  * Returns 0, or -1 after printing why to stderr. */

@@ -37,94 +37,41 @@ typedef struct opts {
     int mismatch; /* set by rank 0 */
 } opts;
 
-static void usage(FILE *f, const opts *d)
+/* 0: run, 1: --version printed, 2: error printed */
+static int parse(int *argc, char ***argv, opts *o)
 {
-    fprintf(f,
-            "Usage: tp_attention [OPTIONS]\n"
-            "ParallelAttention (heads split over T ranks) vs a one-rank reference.\n\n"
-            "Options (every one has a default):\n"
-            "  --tp N              tensor-parallel degree (default: TP_WORLD_SIZE, the engine's\n"
-            "                      world size under mpirun, else 1)\n"
-            "  --batch B           batch size (default %" PRId64 ")\n"
-            "  --seq S             sequence length (default %" PRId64 ")\n"
-            "  --hidden H          hidden size (default %" PRId64 ")\n"
-            "  --heads N           query heads, >= T (T need not divide them) (default %" PRId64
-            ")\n"
-            "  --kv-heads N        KV heads dividing heads; 1 = multi-query (default: heads)\n"
-            "  --head-dim D        head size (default: hidden / heads)\n"
-            "  --seed S            master weight seed (default %" PRIu64 ")\n"
-            "  --iters N           timed forward+backward passes (default %d)\n"
-            "  --no-causal         attend to every position (default: causal mask)\n"
-            "  --no-bias           no QKV / out-projection biases\n"
-            "  --sequence-parallel shard tokens between TP regions (all-gather/reduce-scatter)\n"
-            "  --save-npy DIR      rank 0 writes x, qkv_w, qkv_b, out_w, out_b, y (full, "
-            "unsharded)\n"
-            "                      as float32 .npy files to DIR\n"
-            "  --help              this text\n\n"
-            "Environment: TP_BACKEND (loopback, mpi, ...), TP_DEVICE (cpu, cuda), TP_WORLD_SIZE.\n",
-            d->batch, d->seq, d->hidden, d->heads, d->seed, d->iters);
-}
-
-/* 0: run, 1: --help printed, 2: error printed */
-static int parse(int argc, char **argv, opts *o)
-{
-    opts d = *o;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout, &d);
-            return 1;
-        }
-        if (!strcmp(a, "--no-causal")) {
-            o->causal = false;
-            continue;
-        }
-        if (!strcmp(a, "--no-bias")) {
-            o->bias = false;
-            continue;
-        }
-        if (!strcmp(a, "--sequence-parallel")) {
-            o->sp = true;
-            continue;
-        }
-        static const char *const valued[] = {"--tp",    "--batch",    "--seq",      "--hidden",
-                                             "--heads", "--kv-heads", "--head-dim", "--seed",
-                                             "--iters", "--save-npy"};
-        const char *name, *val;
-        if (ex_valued_option(PROG, argc, argv, &i, valued, sizeof valued / sizeof valued[0], &name,
-                             &val))
-            return 2;
-        int64_t v = 0;
-        int rc = 0;
-        if (!strcmp(name, "--save-npy")) {
-            o->npy_dir = val;
-            continue;
-        }
-        const int64_t big = (int64_t)1 << 20;
-        if (!strcmp(name, "--tp"))
-            rc = ex_parse_i64(PROG, name, val, 1, 4096, &v), o->tp = (int)v;
-        else if (!strcmp(name, "--batch"))
-            rc = ex_parse_i64(PROG, name, val, 1, big, &o->batch);
-        else if (!strcmp(name, "--seq"))
-            rc = ex_parse_i64(PROG, name, val, 1, big, &o->seq);
-        else if (!strcmp(name, "--hidden"))
-            rc = ex_parse_i64(PROG, name, val, 1, big, &o->hidden);
-        else if (!strcmp(name, "--heads"))
-            rc = ex_parse_i64(PROG, name, val, 1, big, &o->heads);
-        else if (!strcmp(name, "--kv-heads"))
-            rc = ex_parse_i64(PROG, name, val, 1, big, &o->kv_heads);
-        else if (!strcmp(name, "--head-dim"))
-            rc = ex_parse_i64(PROG, name, val, 1, big, &o->head_dim);
-        else if (!strcmp(name, "--seed"))
-            rc = ex_parse_i64(PROG, name, val, 0, INT64_MAX, &v), o->seed = (uint64_t)v;
-        else if (!strcmp(name, "--iters"))
-            rc = ex_parse_i64(PROG, name, val, 1, 100000, &v), o->iters = (int)v;
-        if (rc)
-            return 2;
-    }
-    if (o->npy_dir && ex_check_out_dir(PROG, o->npy_dir) != 0)
+    const int64_t big = (int64_t)1 << 20;
+    bool no_causal = false, no_bias = false;
+    const ex_opt table[] = {
+        {"tp", "N", "Tensor-parallel degree",
+         "TP_WORLD_SIZE, the engine's world size under mpirun, else 1", 1, 4096, .i32 = &o->tp},
+        {"batch", "B", "Batch size", NULL, 1, big, .i64 = &o->batch},
+        {"seq", "S", "Sequence length", NULL, 1, big, .i64 = &o->seq},
+        {"hidden", "H", "Hidden size", NULL, 1, big, .i64 = &o->hidden},
+        {"heads", "N", "Query heads, >= T (T need not divide them)", NULL, 1, big,
+         .i64 = &o->heads},
+        {"kv-heads", "N", "KV heads dividing heads; 1 = multi-query", "heads", 1, big,
+         .i64 = &o->kv_heads},
+        {"head-dim", "D", "Head size", "hidden / heads", 1, big, .i64 = &o->head_dim},
+        {"seed", "S", "Master weight seed", NULL, 0, INT64_MAX, .u64 = &o->seed},
+        {"iters", "N", "Timed forward+backward passes", NULL, 1, 100000, .i32 = &o->iters},
+        {"no-causal", NULL, "Attend to every position", "causal mask", .flag = &no_causal},
+        {"no-bias", NULL, "No QKV / out-projection biases", "", .flag = &no_bias},
+        {"sequence-parallel", NULL, "Shard tokens between TP regions (all-gather/reduce-scatter)",
+         "", .flag = &o->sp},
+        {"save-npy", "DIR",
+         "Rank 0 writes x, qkv_w, qkv_b, out_w, out_b, y (full, unsharded) as float32 .npy "
+         "files to DIR",
+         NULL, .str = &o->npy_dir},
+    };
+    int rc = ex_parse_table(argc, argv, PROG,
+                            "ParallelAttention (heads split over T ranks) vs a one-rank reference.",
+                            NULL, table, sizeof table / sizeof table[0]);
+    o->causal = o->causal && !no_causal;
+    o->bias = o->bias && !no_bias;
+    if (rc == 0 && o->npy_dir && ex_check_out_dir(PROG, o->npy_dir) != 0)
         return 2;
-    return 0;
+    return rc;
 }
 
 static void fill(float *a, int64_t n, uint64_t seed, uint64_t id)
@@ -488,7 +435,7 @@ int main(int argc, char **argv)
               .iters = 5,
               .causal = true,
               .bias = true};
-    int rc = parse(argc, argv, &o);
+    int rc = parse(&argc, &argv, &o);
     if (rc)
         return rc == 1 ? 0 : 2;
     if (ex_run(PROG, o.tp, &argc, &argv, rank_main, &o, NULL) != TP_OK)

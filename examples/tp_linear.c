@@ -277,8 +277,9 @@ static tp_status rank_main(tp_comm *world, void *arg)
 int main(int argc, char **argv)
 {
     run R = {.o = {.tokens = 8, .hidden = 256, .ffn = 1024, .seed = 1234, .iters = 10}};
-    int p = ex_parse(argc, argv, &R.o, "tp_linear",
-                     "Column- and row-parallel linear layers vs a serial one-rank reference.");
+    int p =
+        ex_parse(&argc, &argv, &R.o, "tp_linear",
+                 "Column- and row-parallel linear layers vs a serial one-rank reference.", NULL, 0);
     if (p)
         return p == 1 ? 0 : 2;
     if (ex_run("tp_linear", R.o.tp, &argc, &argv, rank_main, &R, NULL) != TP_OK)

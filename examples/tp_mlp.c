@@ -375,44 +375,22 @@ static tp_status rank_main(tp_comm *world, void *arg)
     return st;
 }
 
-/* Take "--overlap N" / "--overlap=N" out of argv (the rest is ex_parse's).
- * Returns 0, or 2 after a message for a bad N. */
-static int take_overlap(int *argc, char **argv, int *overlap)
-{
-    int out = 1;
-    for (int i = 1; i < *argc; i++) {
-        const char *v = NULL;
-        if (!strcmp(argv[i], "--overlap")) {
-            if (i + 1 == *argc) {
-                fprintf(stderr, "tp_mlp: --overlap expects a chunk count 0..%d\n", TP_OVERLAP_MAX);
-                return 2;
-            }
-            v = argv[++i];
-        } else if (!strncmp(argv[i], "--overlap=", 10)) {
-            v = argv[i] + 10;
-        } else {
-            argv[out++] = argv[i];
-            continue;
-        }
-        int64_t n;
-        if (ex_parse_i64("tp_mlp", "--overlap", v, 0, TP_OVERLAP_MAX, &n))
-            return 2;
-        *overlap = (int)n;
-    }
-    *argc = out;
-    argv[out] = NULL;
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
     run R = {.o = {.tokens = 32, .hidden = 512, .ffn = 2048, .seed = 1234, .iters = 10}};
-    if (take_overlap(&argc, argv, &R.overlap))
-        return 2;
-    int p = ex_parse(argc, argv, &R.o, "tp_mlp",
-                     "The tensor-parallel MLP (column -> GeLU -> row, one all-reduce) vs the naive "
-                     "full MLP on every rank. --overlap N (0..64): fc2's GEMM and all-reduce in N "
-                     "token chunks, the all-reduce of one in flight while the next computes.");
+    const ex_opt overlap = {"overlap",
+                            "N",
+                            "Fc2's GEMM and all-reduce in N token chunks, the all-reduce of one in "
+                            "flight while the next computes (0: not overlapped)",
+                            NULL,
+                            0,
+                            TP_OVERLAP_MAX,
+                            .i32 = &R.overlap};
+    int p =
+        ex_parse(&argc, &argv, &R.o, "tp_mlp",
+                 "The tensor-parallel MLP (column -> GeLU -> row, one all-reduce) vs the naive\n"
+                 "full MLP on every rank.",
+                 &overlap, 1);
     if (p)
         return p == 1 ? 0 : 2;
     if (ex_run("tp_mlp", R.o.tp, &argc, &argv, rank_main, &R, NULL) != TP_OK)

@@ -103,125 +103,6 @@ static const opts DEFAULTS = {
     .dp = {.bucket_mb = 25.0},
 };
 
-static void usage(FILE *f)
-{
-    const opts *d = &DEFAULTS;
-    fprintf(f,
-            "Usage: tp_transformer [OPTIONS]\n"
-            "Train a small tensor-parallel GPT on a synthetic next-token task and print the loss\n"
-            "and the compute/communication split per step.\n\n"
-            "Options (every one has a default):\n"
-            "  --tp N              tensor-parallel degree (default: TP_WORLD_SIZE, the engine's\n"
-            "                      world size under mpirun, else 1)\n"
-            "  --compare-tp K      train again on the first K ranks (K <= N, e.g. 1) and compare\n"
-            "                      the loss curves (exit 1 beyond --tol) and the tensors (below)\n"
-            "  --compare-tp T1,T2,...  train at each T (on the first T ranks; --tp defaults to\n"
-            "                      the largest) and compare every run with the first: the loss\n"
-            "                      curves, and per step the loss, logits and every gradient in\n"
-            "                      ULPs next to the reduction-order bound (exit 1 beyond it)\n"
-            "  --compare-steps N   steps whose tensors are compared (default %d)\n"
-            "  --ulp-bound-scale X multiply every ULP bound by X (0: demand bitwise equality)\n"
-            "  --tol X             loss tolerance for --compare-tp: |a - b| <= X (1 + |b|)\n"
-            "                      (default %g)\n"
-            "  --dtype D           f32, bf16 or f16: every weight, gradient and activation\n"
-            "                      (f32 accumulation, f32 master weights and optimizer state)\n"
-            "  --compare-dtype D   train again at the same T in dtype D (e.g. f32) and compare\n"
-            "                      the loss curves: exit 1 when |a - b| > --dtype-tol (1 + |b|)\n"
-            "  --dtype-tol X       tolerance of --compare-dtype (default: 16 u of the lower\n"
-            "                      precision, u = 2^-8 bf16, 2^-11 f16; docs/determinism.md)\n"
-            "  --loss-scale X      static loss scale (default: f16 dynamic from 65536, halved on\n"
-            "                      overflow (the step is skipped), doubled after 2000 good\n"
-            "                      steps; bf16/f32 none)\n"
-            "  --vocab V           vocabulary (default %" PRId64 "; need not divide by T, "
-            "50257 works)\n"
-            "  --hidden H          hidden size (default %" PRId64 ")\n"
-            "  --heads A           attention heads, >= T; T need not divide them (ranks hold\n"
-            "                      ceil(A/T) or floor(A/T)) (default %" PRId64 ")\n"
-            "  --kv-heads G        KV heads dividing A (GQA; 0 = heads) (default %" PRId64 ")\n"
-            "  --head-dim D        per-head size (default hidden/heads, rounded up when heads\n"
-            "                      does not divide hidden; Q/K/V are heads*D wide)\n"
-            "  --ffn F             MLP size (default %" PRId64 ")\n"
-            "  --layers L          transformer blocks (default %" PRId64 ")\n"
-            "  --seq S             sequence length (default %" PRId64 ")\n"
-            "  --batch B           sequences per step (default %" PRId64 ")\n"
-            "  --steps N           training steps (default %d)\n"
-            "  --print-every K     print every K steps (default: steps/10)\n"
-            "  --lr X              learning rate (default %g)\n"
-            "  --weight-decay X    AdamW/SGD weight decay (default %g)\n"
-            "  --sgd               plain SGD instead of AdamW\n"
-            "  --label-smoothing X (default %g)\n"
-            "  --ignore-index I    targets equal to I do not count in the loss (default -100\n"
-            "                      once --ignore-every is given)\n"
-            "  --ignore-every K    data: every K-th target (flattened) is the ignore index\n"
-            "  --untied            separate output projection (default: tied to the embedding)\n"
-            "  --sequence-parallel sequence parallelism between the TP regions\n"
-            "  --rms               RMSNorm instead of LayerNorm\n"
-            "  --seed S            weights and data seed (default %" PRIu64 ")\n"
-            "  --save-npy DIR      after the first forward+backward, rank 0 writes the full ids,\n"
-            "                      targets, weights, logits, loss and gradients as .npy to DIR,\n"
-            "                      and config.json (every setting that determines them)\n"
-            "  --save-npy-step K   dump at step K+1 instead: the weights after K optimizer steps\n"
-            "                      and that step's logits, loss and gradients (default 0)\n"
-            "  --dp D              data parallelism: D replicas of the TP model (world = T x D\n"
-            "                      ranks; tp_topology puts TP groups inside nodes, DP across),\n"
-            "                      each on B/D sequences of the global batch --batch B (B must\n"
-            "                      divide by D); gradients averaged over the replicas\n"
-            "  --dp-bucket-mb X    DP all-reduce bucket size in MiB (default 25, PyTorch DDP's)\n"
-            "  --compare-dp        train again with one replica (the first T ranks) on the whole\n"
-            "                      global batch and compare the loss curves (exit 1 beyond\n"
-            "                      --tol) and the first --compare-steps steps' tensors\n"
-            "  --dp-inside         DP groups inside nodes, TP groups across them (the opposite\n"
-            "                      of the rule of thumb; for measurements)\n"
-            "  --help              this text\n\n"
-            "Environment: TP_BACKEND (loopback, mpi, tcp, ...), TP_DEVICE (cpu, cuda), "
-            "TP_WORLD_SIZE.\n",
-            d->compare_steps, d->tol, d->vocab, d->hidden, d->heads, d->kv_heads, d->ffn, d->layers,
-            d->seq, d->batch, d->steps, d->lr, d->wd, d->smoothing, d->seed);
-}
-
-/* A valued option: its name, its range and the one field it sets. */
-typedef struct opt_slot {
-    const char *name;
-    int64_t lo, hi;  /* integers */
-    double flo, fhi; /* reals */
-    int64_t *i64;    /* exactly one of these five is set */
-    int *i32;
-    uint64_t *u64;
-    double *f;
-    const char **str;
-} opt_slot;
-
-/* The value of option `s`; 0, or 2 after printing why not. */
-static int set_option(const opt_slot *s, const char *val)
-{
-    int64_t v = 0;
-    if (s->str) {
-        *s->str = val;
-        return 0;
-    }
-    if (s->f)
-        return ex_parse_f(PROG, s->name, val, s->flo, s->fhi, s->f) ? 2 : 0;
-    if (ex_parse_i64(PROG, s->name, val, s->lo, s->hi, &v))
-        return 2;
-    if (s->i64)
-        *s->i64 = v;
-    else if (s->i32)
-        *s->i32 = (int)v;
-    else
-        *s->u64 = (uint64_t)v;
-    return 0;
-}
-
-/* Was option `name` given (as --name V or --name=V)? */
-static bool given(int argc, char **argv, const char *name)
-{
-    size_t n = strlen(name);
-    for (int i = 1; i < argc; i++)
-        if (!strncmp(argv[i], name, n) && (argv[i][n] == 0 || argv[i][n] == '='))
-            return true;
-    return false;
-}
-
 /* The runs of --compare-tp, head_dim's default, the ignore index and
  * --save-npy-step against --steps; 0, or 2 after printing why. */
 /* "f32", "bf16" or "f16" into *dt; 0, or 2 after printing why not. */
@@ -259,7 +140,7 @@ static int resolve_dtypes(opts *o)
     return 0;
 }
 
-static int resolve(opts *o, int argc, char **argv)
+static int resolve(opts *o, bool ignore_index_given)
 {
     o->nruns = 1;
     o->runs[0] = 0;
@@ -288,7 +169,7 @@ static int resolve(opts *o, int argc, char **argv)
     }
     if (!o->head_dim) /* hidden/heads, rounded up when heads does not divide hidden */
         o->head_dim = (o->hidden + o->heads - 1) / o->heads;
-    o->use_ignore = o->ignore_every > 0 || given(argc, argv, "--ignore-index");
+    o->use_ignore = o->ignore_every > 0 || ignore_index_given;
     if (o->save_step >= o->steps) {
         fprintf(stderr,
                 "tp_transformer: --save-npy-step %d needs at least %d steps (the dump is taken "
@@ -313,73 +194,106 @@ static int dp_resolve(opts *o)
     return 0;
 }
 
-/* 0: run; 1: --help printed; 2: bad option (message printed). */
-static int parse(int argc, char **argv, opts *o)
+static const char summary[] =
+    "Train a small tensor-parallel GPT on a synthetic next-token task and print the loss\n"
+    "and the compute/communication split per step.";
+
+static const char description[] =
+    "--compare-tp K trains again on the first K ranks (K <= N, e.g. 1) and compares the\n"
+    "loss curves (exit 1 beyond --tol: |a - b| <= X (1 + |b|)) and the tensors. --compare-tp\n"
+    "T1,T2,... trains at each T (on the first T ranks; --tp defaults to the largest) and\n"
+    "compares every run with the first: the loss curves, and per step (--compare-steps)\n"
+    "the loss, logits and every gradient in ULPs next to the reduction-order bound (exit 1\n"
+    "beyond it).\n"
+    "--dtype f32, bf16 or f16 sets every weight, gradient and activation (f32 accumulation,\n"
+    "f32 master weights and optimizer state). --compare-dtype D trains again at the same T\n"
+    "in D and compares the loss curves: exit 1 when |a - b| > --dtype-tol (1 + |b|); the\n"
+    "default tolerance is 16 u of the lower precision (u = 2^-8 bf16, 2^-11 f16;\n"
+    "docs/determinism.md). f16 uses a dynamic loss scale from 65536 unless --loss-scale X:\n"
+    "halved on overflow (the step is skipped), doubled after 2000 good steps.\n"
+    "--heads A need not divide by T (ranks hold ceil(A/T) or floor(A/T)); --head-dim\n"
+    "defaults to hidden/heads rounded up; Q/K/V are heads*D wide.\n"
+    "--save-npy DIR: after the first forward+backward (or step --save-npy-step K + 1, the\n"
+    "weights after K optimizer steps), rank 0 writes the full ids, targets, weights,\n"
+    "logits, loss and gradients as .npy to DIR, and config.json (every setting that\n"
+    "determines them).\n"
+    "--dp D: D replicas of the TP model (world = T x D ranks; tp_topology puts TP groups\n"
+    "inside nodes, DP across), each on B/D sequences of the global batch --batch B (B\n"
+    "must divide by D); gradients averaged over the replicas. --compare-dp trains again\n"
+    "with one replica (the first T ranks) on the whole batch and compares the loss curves\n"
+    "(exit 1 beyond --tol) and the first --compare-steps steps' tensors.\n";
+
+/* 0: run; 1: --version printed; 2: bad option (message printed). */
+static int parse(int *argc, char ***argv, opts *o)
 {
-    static const char *const flags[] = {"--sgd", "--untied",     "--sequence-parallel",
-                                        "--rms", "--compare-dp", "--dp-inside"};
-    bool *flag_dst[] = {&o->sgd, &o->untied, &o->sp, &o->rms, &o->dp.compare, &o->dp.inside};
-    const opt_slot slots[] = {
-        {"--tp", 1, 1024, .i32 = &o->tp},
-        {"--compare-tp", .str = &o->compare},
-        {"--compare-steps", 0, 1000000, .i32 = &o->compare_steps},
-        {"--ulp-bound-scale", .flo = 0.0, .fhi = 1e12, .f = &o->bound_scale},
-        {"--tol", .flo = 0.0, .fhi = 1e9, .f = &o->tol},
-        {"--vocab", 2, INT32_MAX, .i64 = &o->vocab},
-        {"--hidden", 1, 1 << 16, .i64 = &o->hidden},
-        {"--heads", 1, 1 << 12, .i64 = &o->heads},
-        {"--kv-heads", 0, 1 << 12, .i64 = &o->kv_heads},
-        {"--head-dim", 0, 1 << 16, .i64 = &o->head_dim},
-        {"--ignore-index", INT32_MIN, INT32_MAX, .i64 = &o->ignore_index},
-        {"--ignore-every", 2, INT32_MAX, .i64 = &o->ignore_every},
-        {"--save-npy-step", 0, 1000000, .i32 = &o->save_step},
-        {"--ffn", 1, 1 << 18, .i64 = &o->ffn},
-        {"--layers", 0, 256, .i64 = &o->layers},
-        {"--seq", 2, 1 << 16, .i64 = &o->seq},
-        {"--batch", 1, 1 << 16, .i64 = &o->batch},
-        {"--steps", 1, 1000000, .i32 = &o->steps},
-        {"--print-every", 1, 1000000, .i32 = &o->print_every},
-        {"--lr", .flo = 0.0, .fhi = 10.0, .f = &o->lr},
-        {"--weight-decay", .flo = 0.0, .fhi = 10.0, .f = &o->wd},
-        {"--label-smoothing", .flo = 0.0, .fhi = 1.0, .f = &o->smoothing},
-        {"--seed", 0, INT64_MAX, .u64 = &o->seed},
-        {"--save-npy", .str = &o->npy_dir},
-        {"--dtype", .str = &o->dtype_s},
-        {"--compare-dtype", .str = &o->cmp_dtype_s},
-        {"--dtype-tol", .flo = 0.0, .fhi = 1e9, .f = &o->dtype_tol},
-        {"--loss-scale", .flo = 0.0, .fhi = 1e30, .f = &o->loss_scale},
-        {"--dp", 1, 1024, .i32 = &o->dp.dp},
-        {"--dp-bucket-mb", .flo = 0.0, .fhi = 1e6, .f = &o->dp.bucket_mb},
+    bool ignore_index_given = false;
+    const ex_opt table[] = {
+        {"tp", "N", "Tensor-parallel degree",
+         "TP_WORLD_SIZE, the engine's world size under mpirun, else 1", 1, 1024, .i32 = &o->tp},
+        {"compare-tp", "K|T1,T2,...", "Train again at K (or at each T) and compare (see below)",
+         NULL, .str = &o->compare},
+        {"compare-steps", "N", "Steps whose tensors are compared", NULL, 0, 1000000,
+         .i32 = &o->compare_steps},
+        {"ulp-bound-scale", "X", "Multiply every ULP bound by X (0: demand bitwise equality)", NULL,
+         .flo = 0.0, .fhi = 1e12, .f = &o->bound_scale},
+        {"tol", "X", "Loss tolerance for --compare-tp and --compare-dp", NULL, .flo = 0.0,
+         .fhi = 1e9, .f = &o->tol},
+        {"dtype", "D", "f32, bf16 or f16 (see below)", "f32", .str = &o->dtype_s},
+        {"compare-dtype", "D", "Train again at the same T in dtype D and compare (see below)", NULL,
+         .str = &o->cmp_dtype_s},
+        {"dtype-tol", "X", "Tolerance of --compare-dtype", "16 u of the lower precision",
+         .flo = 0.0, .fhi = 1e9, .f = &o->dtype_tol},
+        {"loss-scale", "X", "Static loss scale", "f16 dynamic, bf16/f32 none", .flo = 0.0,
+         .fhi = 1e30, .f = &o->loss_scale},
+        {"vocab", "V", "Vocabulary (need not divide by T, 50257 works)", NULL, 2, INT32_MAX,
+         .i64 = &o->vocab},
+        {"hidden", "H", "Hidden size", NULL, 1, 1 << 16, .i64 = &o->hidden},
+        {"heads", "A", "Attention heads, >= T", NULL, 1, 1 << 12, .i64 = &o->heads},
+        {"kv-heads", "G", "KV heads dividing A (GQA; 0 = heads)", NULL, 0, 1 << 12,
+         .i64 = &o->kv_heads},
+        {"head-dim", "D", "Per-head size", "hidden/heads, rounded up", 0, 1 << 16,
+         .i64 = &o->head_dim},
+        {"ffn", "F", "MLP size", NULL, 1, 1 << 18, .i64 = &o->ffn},
+        {"layers", "L", "Transformer blocks", NULL, 0, 256, .i64 = &o->layers},
+        {"seq", "S", "Sequence length", NULL, 2, 1 << 16, .i64 = &o->seq},
+        {"batch", "B", "Sequences per step", NULL, 1, 1 << 16, .i64 = &o->batch},
+        {"steps", "N", "Training steps", NULL, 1, 1000000, .i32 = &o->steps},
+        {"print-every", "K", "Print every K steps", "steps/10", 1, 1000000, .i32 = &o->print_every},
+        {"lr", "X", "Learning rate", NULL, .flo = 0.0, .fhi = 10.0, .f = &o->lr},
+        {"weight-decay", "X", "AdamW/SGD weight decay", NULL, .flo = 0.0, .fhi = 10.0, .f = &o->wd},
+        {"sgd", NULL, "Plain SGD", "AdamW", .flag = &o->sgd},
+        {"label-smoothing", "X", "Label smoothing", NULL, .flo = 0.0, .fhi = 1.0,
+         .f = &o->smoothing},
+        {"ignore-index", "I", "Targets equal to I do not count in the loss",
+         "-100 once --ignore-every is given", INT32_MIN, INT32_MAX, .i64 = &o->ignore_index,
+         .seen = &ignore_index_given},
+        {"ignore-every", "K", "Data: every K-th target (flattened) is the ignore index", "", 2,
+         INT32_MAX, .i64 = &o->ignore_every},
+        {"untied", NULL, "Separate output projection", "tied to the embedding", .flag = &o->untied},
+        {"sequence-parallel", NULL, "Sequence parallelism between the TP regions", "",
+         .flag = &o->sp},
+        {"rms", NULL, "RMSNorm instead of LayerNorm", "", .flag = &o->rms},
+        {"seed", "S", "Weights and data seed", NULL, 0, INT64_MAX, .u64 = &o->seed},
+        {"save-npy", "DIR", "Dump the tensors of one step to DIR (see below)", NULL,
+         .str = &o->npy_dir},
+        {"save-npy-step", "K", "Dump at step K+1: the weights after K optimizer steps", NULL, 0,
+         1000000, .i32 = &o->save_step},
+        {"dp", "D", "Data parallelism: D replicas of the TP model (see below)", "", 1, 1024,
+         .i32 = &o->dp.dp},
+        {"dp-bucket-mb", "X", "DP all-reduce bucket size in MiB (PyTorch DDP's)", NULL, .flo = 0.0,
+         .fhi = 1e6, .f = &o->dp.bucket_mb},
+        {"compare-dp", NULL, "Train again with one replica on the whole batch and compare", "",
+         .flag = &o->dp.compare},
+        {"dp-inside", NULL,
+         "DP groups inside nodes, TP groups across them (the opposite of the rule of thumb; for "
+         "measurements)",
+         "", .flag = &o->dp.inside},
     };
-    enum {
-        NFLAGS = sizeof flags / sizeof *flags,
-        NSLOTS = sizeof slots / sizeof *slots
-    };
-    const char *valued[NSLOTS];
-    for (int j = 0; j < NSLOTS; j++)
-        valued[j] = slots[j].name;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 1;
-        }
-        int fl = -1;
-        for (int j = 0; j < NFLAGS; j++)
-            if (!strcmp(a, flags[j]))
-                fl = j;
-        if (fl >= 0) {
-            *flag_dst[fl] = true;
-            continue;
-        }
-        const char *name, *val;
-        if (ex_valued_option(PROG, argc, argv, &i, valued, NSLOTS, &name, &val))
-            return 2;
-        for (int j = 0; j < NSLOTS; j++)
-            if (!strcmp(slots[j].name, name) && set_option(&slots[j], val))
-                return 2;
-    }
-    if (resolve(o, argc, argv))
+    int rc = ex_parse_table(argc, argv, PROG, summary, description, table,
+                            sizeof table / sizeof table[0]);
+    if (rc)
+        return rc;
+    if (resolve(o, ignore_index_given))
         return 2;
     if (dp_resolve(o))
         return 2;
@@ -984,7 +898,7 @@ static bool compare_loss_curves(const run *R)
 int main(int argc, char **argv)
 {
     run R = {.o = DEFAULTS};
-    int p = parse(argc, argv, &R.o);
+    int p = parse(&argc, &argv, &R.o);
     if (p)
         return p == 1 ? 0 : 2;
     tp_status st = TP_OK;

@@ -5,10 +5,14 @@
 For each program given (NAME=PATH; the ones listed in CHECKS are checked):
   --version  exit 0, one line "NAME VERSION (git REVISION)", the same
              version and revision for every program;
-  --help     exit 0, usage on stdout naming --version;
+  --help     exit 0, usage on stdout naming --version and the rule for an
+             option given twice (tp-bench: a subcommand's --help);
   --opt=VAL  accepted like --opt VAL (the run's result shows the value);
   twice      a flag given twice: the last value wins (the result shows it);
-  errors     a bad value: exit 2, one message on stderr starting "NAME: ".
+  errors     a bad value, and a value given to a flag that takes none
+             ("--FLAG=1"): exit 2, one line on stderr starting "NAME: ".
+Every installed program is checked: tp-bench, tp-info, tp-conformance,
+tp-launch and the examples tp_linear, tp_mlp, tp_attention, tp_transformer.
 
 usage: cli-conventions.py --tmp DIR NAME=PATH...
 """
@@ -63,11 +67,12 @@ def bench_run_checks(exe, tmp):
 
 
 def launch_run_checks(exe, tmp):
-    """tp-launch: the ranks it starts show -n's value."""
+    """tp-launch: the ranks it starts show -n's value (also as -n2)."""
     bad = []
     show = ["sh", "-c", 'echo "size=$TP_WORLD_SIZE"']
     for name, args, want in [("--opt=value", ["--np=2", "--grace=1", "--"], 2),
-                             ("last wins", ["-n", "3", "--np", "2", "-g", "9", "-g", "1"], 2)]:
+                             ("last wins", ["-n", "3", "--np", "2", "-g", "9", "-g", "1"], 2),
+                             ("-n2 (attached)", ["-n2", "-g1"], 2)]:
         rc, out, err = run([exe] + args + show)
         lines = [ln for ln in out.splitlines() if "size=" in ln]
         if rc != 0 or len(lines) != want or any(not ln.endswith("size=%d" % want)
@@ -126,17 +131,63 @@ def conformance_run_checks(exe, tmp):
     return bad
 
 
-# name -> (help args, version args, a bad value, the checks of real runs)
+def example_run_checks(name, opts, want, tail):
+    """An example: its first line shows the values of OPTS ((option, value,
+    a valid value that must lose) pairs) given as --opt=VALUE, and given
+    twice (--opt LOSER --opt VALUE): WANT, the strings the line must hold.
+    TAIL: arguments for a short run. Usage errors: one line, exit 2."""
+    def check(exe, tmp):
+        bad = []
+        eq = ["%s=%s" % (o, v) for o, v, _ in opts]
+        twice = [w for o, v, lose in opts for w in (o, lose, o, v)]
+        for what, argv in [("--opt=value", eq), ("last wins", twice)]:
+            rc, out, err = run([exe] + argv + tail)
+            line = next((ln for ln in out.splitlines() if ln.strip()), "")
+            if rc != 0 or any(w not in line for w in want):
+                bad.append("%s: rc %s, first line %r, want %r | %s" %
+                           (what, rc, line, want, err.strip()[-200:]))
+        for argv in (["--tp"], ["--tp="], ["--tp", "0"], ["--bogus"], ["operand"],
+                     ["--save-npy="]):
+            rc, _, err = run([exe] + argv)
+            lines = err.strip().splitlines()
+            if rc != 2 or len(lines) != 1 or not lines[0].startswith(name + ": ") or \
+                    not lines[0].endswith("(try --help)"):
+                bad.append("%s: rc %s, stderr %r (want exit 2, one '%s: ... (try --help)')" %
+                           (argv, rc, err[:200], name))
+        return bad
+    return check
+
+
+# name -> (help args, version args, a bad value, a value for a flag that
+# takes none, the checks of real runs)
 CHECKS = {
-    "tp-bench": (["--help"], ["--version"], ["collectives", "-n", "abc"], bench_run_checks),
-    "tp-launch": (["--help"], ["--version"], ["-n", "abc", "true"], launch_run_checks),
-    "tp-info": (["--help"], ["--version"], ["--json=0"], info_run_checks),
-    "tp-conformance": (["--help"], ["--version"], ["--tp", "abc"], conformance_run_checks),
+    "tp-bench": (["collectives", "--help"], ["--version"], ["collectives", "-n", "abc"],
+                 ["collectives", "--no-memcpy=1"], bench_run_checks),
+    "tp-launch": (["--help"], ["--version"], ["-n", "abc", "true"], ["--mpi=1", "-n", "1", "true"],
+                  launch_run_checks),
+    "tp-info": (["--help"], ["--version"], ["--json=0"], ["--version=1"], info_run_checks),
+    "tp-conformance": (["--help"], ["--version"], ["--tp", "abc"], ["--verbose=1"],
+                       conformance_run_checks),
+    "tp_linear": (["--help"], ["--version"], ["--tokens", "abc"], ["--gelu-tanh=1"],
+                  example_run_checks("tp_linear", [("--tp", "2", "3"), ("--tokens", "4", "5")],
+                                     ["T=2 ", " tokens=4 "], ["--iters", "1"])),
+    "tp_mlp": (["--help"], ["-V"], ["--overlap", "65"], ["--gelu-tanh=1"],
+               example_run_checks("tp_mlp", [("--tp", "2", "3"), ("--hidden", "64", "32")],
+                                  ["T=2 ", " hidden=64 "],
+                                  ["--iters", "1", "--tokens", "4", "--ffn", "64"])),
+    "tp_attention": (["--help"], ["--version"], ["--heads", "-1"], ["--no-bias=1"],
+                     example_run_checks("tp_attention", [("--tp", "2", "4"), ("--seq", "8", "4")],
+                                        ["T=2 ", " seq=8 "], ["--iters", "1"])),
+    "tp_transformer": (["--help"], ["--version"], ["--lr", "x"], ["--sgd=1"],
+                       example_run_checks("tp_transformer",
+                                          [("--tp", "2", "3"), ("--layers", "1", "2")],
+                                          ["T=2 ", " layers 1 "],
+                                          ["--steps", "1", "--vocab", "53"])),
 }
 
 
 def check_program(name, exe, tmp):
-    help_args, version_args, bad_args, runs = CHECKS[name]
+    help_args, version_args, bad_args, valueless, runs = CHECKS[name]
     bad = []
     rc, out, err = run([exe] + version_args)
     m = re.fullmatch(r"%s (\S+) \(git (\S+)\)\n" % re.escape(name), out)
@@ -146,11 +197,15 @@ def check_program(name, exe, tmp):
     rc, out, err = run([exe] + help_args)
     if rc != 0 or "Usage:" not in out or "--version" not in out:
         bad.append("--help: rc %s, no usage naming --version on stdout" % rc)
-    rc, out, err = run([exe] + bad_args)
-    lines = err.strip().splitlines()
-    if rc != 2 or not lines or not lines[0].startswith(name + ": "):
-        bad.append("bad value %r: rc %s, stderr %r (want exit 2, '%s: ...')" %
-                   (bad_args, rc, err[:200], name))
+    # the rule for an option given twice, in the help (tp-info: flags only)
+    if not re.search(r"last\s+value\s+wins|flag given twice is the same as once", out):
+        bad.append("--help: does not say what an option given twice does")
+    for what, args in (("bad value", bad_args), ("value for a flag", valueless)):
+        rc, out, err = run([exe] + args)
+        lines = err.strip().splitlines()
+        if rc != 2 or len(lines) != 1 or not lines[0].startswith(name + ": "):
+            bad.append("%s %r: rc %s, stderr %r (want exit 2, one line '%s: ...')" %
+                       (what, args, rc, err[:200], name))
     bad += runs(exe, tmp)
     return version, bad
 
@@ -179,6 +234,9 @@ def main(argv):
         print("%s: %s" % (name, "ok" if not bad else "%d failed" % len(bad)))
     if len(set(versions.values())) > 1:
         failed.append("versions differ: %r" % versions)
+    missing = sorted(set(CHECKS) - set(progs))
+    if missing:
+        failed.append("not given (every installed program is checked): %s" % ", ".join(missing))
     for line in failed:
         print("FAIL:", line)
     print("cli-conventions: %d programs, %d failed checks" % (len(versions), len(failed)))

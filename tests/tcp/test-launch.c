@@ -98,7 +98,8 @@ START_TEST(test_help)
     char *argv[] = {(char *)launch_path, "--help", NULL};
     run(argv, 60, &o);
     ck_assert_int_eq(o.status, 0);
-    HAS(o.out, "Usage: tp-launch -n N");
+    HAS(o.out, "Usage:\n  tp-launch [OPTION"); /* GLib's usage line: "[OPTION…]" */
+    HAS(o.out, "] -n N [--] PROGRAM [ARGS...]\n");
     char *bad[] = {(char *)launch_path, "-n", "0", "true", NULL};
     run(bad, 60, &o);
     ck_assert_int_eq(o.status, 2);

@@ -42,7 +42,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -59,8 +58,8 @@
 #include <unistd.h>
 
 #include "mpi.h"
-#include "tp-version.h"
 #include "nodes.h"
+#include "tp-options.h"
 
 #define MAX_RANKS      64 /* the core takes TP_WORLD_SIZE in 1..64 */
 #define LINE_MAX_BYTES 8192
@@ -101,74 +100,56 @@ static double now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static void usage(FILE *f)
-{
-    fprintf(f,
-            "Usage: tp-launch -n N [OPTIONS] [--] PROGRAM [ARGS...]\n"
-            "       tp-launch --nodes K [--link L] --mpi -n N [-- MPIRUN-OPTION... --]\n"
-            "                 PROGRAM [ARGS...]\n"
-            "\n"
-            "Start N local processes of PROGRAM as the ranks of one tp job over TCP.\n"
-            "Each process gets TP_RANK (0..N-1), TP_WORLD_SIZE=N, TP_MASTER_ADDR,\n"
-            "TP_MASTER_PORT, and TP_BACKEND=tcp unless TP_BACKEND is already set, and\n"
-            "a fresh random TP_TCP_SECRET (unless set) that authenticates the job's\n"
-            "connections. The ranks end when tp-launch ends, even by SIGKILL.\n"
-            "\n"
-            "Options:\n"
-            "  -n, --np N            number of ranks (1..%d)\n"
-            "  -p, --master-port P   port where rank 0 listens (default: a free port)\n"
-            "  -a, --master-addr A   address where rank 0 listens (default 127.0.0.1)\n"
-            "  -g, --grace S         after a rank fails, seconds the others get to fail on\n"
-            "                        their own before SIGTERM, then SIGKILL (default 5)\n"
-            "      --no-prefix       do not prefix output lines with \"[rank K] \"\n"
-            "      --nodes K         run the ranks on K emulated nodes (1..N): network\n"
-            "                        namespaces with their own host names, addresses in\n"
-            "                        198.18.0.0/15, joined by veth links to a bridge; node\n"
-            "                        i holds ranks i*N/K..(i+1)*N/K-1; TP_MASTER_ADDR is\n"
-            "                        node 0's address. Needs root (CAP_SYS_ADMIN and\n"
-            "                        CAP_NET_ADMIN) and iproute2; all is removed at the end\n"
-            "      --link RATE[,DELAY]  shape both directions of every node's link: RATE\n"
-            "                        e.g. 1gbit, 500mbit, 2gbps; DELAY (one way) e.g. 50us,\n"
-            "                        1ms (needs the kernel's netem); default unshaped\n"
-            "      --mpi             with --nodes: run Open MPI's mpirun on the nodes instead\n"
-            "                        (TP_BACKEND=mpi unless set): same blocks, shared memory\n"
-            "                        inside a node, TCP across; --oversubscribe is added when\n"
-            "                        a node has more ranks than the machine has cores. Give\n"
-            "                        mpirun options between two '--' (see below)\n"
-            "  -h, --help            show this help\n"
-            "      --version         show the version and git revision\n"
-            "\n"
-            "Options take their value as --opt VALUE or --opt=VALUE (-n4 too). Given twice,\n"
-            "an option's last value wins (-n 2 -n 4 runs 4 ranks).\n"
-            "\n"
-            "Every rank gets TP_JOB_ID (\"<tp-launch pid>.<8 random hex>\", unique per job)\n"
-            "and, with --nodes, TP_LAUNCH_NODES=K and TP_LAUNCH_LINK (the --link spec in\n"
-            "canonical form, e.g. \"1gbit,50us\"; \"none\" when unshaped).\n"
-            "\n"
-            "With --mpi: tp-launch --nodes K [--link L] --mpi -n N [-- MPIRUN-OPTION... --]\n"
-            "PROGRAM [ARGS...]. mpirun gets the nodes as hosts (slots = their blocks),\n"
-            "--map-by slot --rank-by slot --bind-to none, --mca btl self,vader,tcp, oob\n"
-            "and btl tcp on 198.18.0.0/15, -x TP_BACKEND TP_JOB_ID TP_LAUNCH_NODES\n"
-            "TP_LAUNCH_LINK, then your options (one of --mca NAME, --map-by, --rank-by,\n"
-            "--bind-to replaces tp-launch's; -n, hosts and the launch agent are not\n"
-            "yours to set). As root, mpirun itself also wants OMPI_ALLOW_RUN_AS_ROOT=1\n"
-            "and OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1. The output is mpirun's (no rank\n"
-            "prefix; add --tag-output); the exit status is mpirun's, or 128+N when a\n"
-            "signal N to tp-launch stopped the job.\n"
-            "\n"
-            "Exit status: 0 if every rank exited 0; otherwise that of the first rank\n"
-            "seen to fail (128+N for signal N), or 2 for a usage error. Every failed\n"
-            "rank is listed at the end; ranks that lost a peer fail too, so read the\n"
-            "ranks' own messages for the cause.\n"
-            "\n"
-            "Example:\n"
-            "  tp-launch -n 4 tp-conformance\n"
-            "  TP_TIMEOUT_S=30 tp-launch -n 2 --master-port 29500 ./tp_mlp --tp 2\n"
-            "  tp-launch --nodes 2 --link 1gbit,50us -n 4 tp-bench collectives\n"
-            "  tp-launch --nodes 2 --link 1gbit --mpi -n 4 -- --mca btl_base_verbose 30 -- \\\n"
-            "      tp-bench collectives\n",
-            MAX_RANKS);
-}
+static const char summary[] =
+    "Start N local processes of PROGRAM as the ranks of one tp job over TCP.\n"
+    "Each process gets TP_RANK (0..N-1), TP_WORLD_SIZE=N, TP_MASTER_ADDR,\n"
+    "TP_MASTER_PORT, and TP_BACKEND=tcp unless TP_BACKEND is already set, and\n"
+    "a fresh random TP_TCP_SECRET (unless set) that authenticates the job's\n"
+    "connections. The ranks end when tp-launch ends, even by SIGKILL. The options\n"
+    "end at PROGRAM (or at \"--\"): what follows is PROGRAM's.\n"
+    "\n"
+    "  tp-launch --nodes K [--link L] --mpi -n N [-- MPIRUN-OPTION... --] PROGRAM [ARGS...]\n"
+    "\n"
+    "--nodes K runs the ranks on K emulated nodes (1..N): network namespaces with\n"
+    "their own host names, addresses in 198.18.0.0/15, joined by veth links to a\n"
+    "bridge; node i holds ranks i*N/K..(i+1)*N/K-1; TP_MASTER_ADDR is node 0's\n"
+    "address. Needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) and iproute2; all is\n"
+    "removed at the end. --link RATE[,DELAY] shapes both directions of every\n"
+    "node's link: RATE e.g. 1gbit, 500mbit, 2gbps; DELAY (one way) e.g. 50us, 1ms\n"
+    "(needs the kernel's netem); default unshaped.\n"
+    "\n"
+    "--mpi (with --nodes) runs Open MPI's mpirun on the nodes instead\n"
+    "(TP_BACKEND=mpi unless set): same blocks, shared memory inside a node, TCP\n"
+    "across; --oversubscribe is added when a node has more ranks than the machine\n"
+    "has cores. mpirun gets the nodes as hosts (slots = their blocks), --map-by\n"
+    "slot --rank-by slot --bind-to none, --mca btl self,vader,tcp, oob and btl tcp\n"
+    "on 198.18.0.0/15, -x TP_BACKEND TP_JOB_ID TP_LAUNCH_NODES TP_LAUNCH_LINK,\n"
+    "then your options, given between two \"--\" (one of --mca NAME, --map-by,\n"
+    "--rank-by, --bind-to replaces tp-launch's; -n, hosts and the launch agent are\n"
+    "not yours to set). As root, mpirun itself also wants OMPI_ALLOW_RUN_AS_ROOT=1\n"
+    "and OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1. The output is mpirun's (no rank prefix;\n"
+    "add --tag-output); the exit status is mpirun's, or 128+N when a signal N to\n"
+    "tp-launch stopped the job.\n"
+    "\n"
+    "Every rank gets TP_JOB_ID (\"<tp-launch pid>.<8 random hex>\", unique per job)\n"
+    "and, with --nodes, TP_LAUNCH_NODES=K and TP_LAUNCH_LINK (the --link spec in\n"
+    "canonical form, e.g. \"1gbit,50us\"; \"none\" when unshaped).";
+
+static const char description[] =
+    "Options take their value as --opt VALUE or --opt=VALUE (-n 4 or -n4). Given\n"
+    "twice, an option's last value wins (-n 2 -n 4 runs 4 ranks).\n"
+    "\n"
+    "Exit status: 0 if every rank exited 0; otherwise that of the first rank\n"
+    "seen to fail (128+N for signal N), or 2 for a usage error. Every failed\n"
+    "rank is listed at the end; ranks that lost a peer fail too, so read the\n"
+    "ranks' own messages for the cause.\n"
+    "\n"
+    "Examples:\n"
+    "  tp-launch -n 4 tp-conformance\n"
+    "  TP_TIMEOUT_S=30 tp-launch -n 2 --master-port 29500 ./tp_mlp --tp 2\n"
+    "  tp-launch --nodes 2 --link 1gbit,50us -n 4 tp-bench collectives\n"
+    "  tp-launch --nodes 2 --link 1gbit --mpi -n 4 -- --mca btl_base_verbose 30 -- \\\n"
+    "      tp-bench collectives\n";
 
 static int parse_long(const char *s, long lo, long hi, long *out)
 {
@@ -288,39 +269,40 @@ static void signal_all(child *c, int n, int sig)
 }
 
 /* -a: a host name or numeric address the ranks can resolve (the tcp plugin
- * resolves TP_MASTER_ADDR the same way); 0, or -1 after saying why. */
-static int check_addr(const char *addr)
+ * resolves TP_MASTER_ADDR the same way); TRUE, or FALSE with *error set. */
+static gboolean check_addr(const char *opt, const char *addr, GError **error)
 {
     size_t ok =
         strspn(addr, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:%[]");
-    if (!*addr || addr[ok]) {
-        fprintf(stderr,
-                "tp-launch: --master-addr '%s': expected a host name or an IP address (e.g. "
-                "127.0.0.1, the default)\n",
-                addr);
-        return -1;
+    if (!*addr || addr[ok] || strlen(addr) >= NI_MAXHOST) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                    "%s '%s': expected a host name or an IP address (e.g. 127.0.0.1, the "
+                    "default)",
+                    opt, addr);
+        return FALSE;
     }
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
     int rc = getaddrinfo(addr, NULL, &hints, &res);
     if (rc != 0) {
-        fprintf(stderr, "tp-launch: --master-addr '%s': cannot resolve it: %s\n", addr,
-                gai_strerror(rc));
-        return -1;
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                    "%s '%s': cannot resolve it: %s", opt, addr, gai_strerror(rc));
+        return FALSE;
     }
     freeaddrinfo(res);
-    return 0;
+    return TRUE;
 }
 
 /* The command line. */
 typedef struct launch_opts {
     long n, port, grace_ms;
     const char *addr;
+    char addr_buf[NI_MAXHOST]; /* --master-addr's value */
     int prefix;
     long nodes;    /* --nodes K; 0: none */
     tpl_link link; /* --link; rate 0: unshaped */
     int have_link, have_addr, have_port;
-    int mpi;         /* --mpi */
-    char **mpi_user; /* mpirun's options from between the two "--" */
+    gboolean mpi, no_prefix; /* --mpi, --no-prefix */
+    char **mpi_user;         /* mpirun's options from between the two "--" */
     int n_mpi_user;
 } launch_opts;
 
@@ -340,24 +322,71 @@ typedef struct launcher {
     int hold;                     /* the master socket for rank 0 (free_port), or -1 */
 } launcher;
 
-/* --nodes K (nodes) or --link SPEC; 0, or -1 after saying why. */
-static int parse_nodes_opt(int nodes, const char *arg, launch_opts *lo)
+/* A bad value of option `name`: *error set, FALSE. */
+static gboolean bad_value(GError **error, const char *name, const char *value, const char *why)
 {
-    if (nodes) {
-        if (parse_long(arg, 1, TPL_MAX_NODES, &lo->nodes) < 0) {
-            fprintf(stderr, "tp-launch: --nodes %s: expected a number of nodes in 1..%d\n", arg,
-                    TPL_MAX_NODES);
-            return -1;
-        }
-        return 0;
+    g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE, "%s %s: %s", name, value, why);
+    return FALSE;
+}
+
+/* The option callbacks (GOptionArgFunc); data: the launch_opts. */
+static gboolean opt_np(const gchar *name, const gchar *value, gpointer data, GError **error)
+{
+    if (parse_long(value, 1, MAX_RANKS, &((launch_opts *)data)->n) < 0)
+        return bad_value(error, name, value,
+                         "expected a number of ranks in 1.." G_STRINGIFY(
+                             MAX_RANKS) " (the most TP_WORLD_SIZE allows)");
+    return TRUE;
+}
+
+static gboolean opt_port(const gchar *name, const gchar *value, gpointer data, GError **error)
+{
+    launch_opts *lo = data;
+    if (parse_long(value, 1, 65535, &lo->port) < 0)
+        return bad_value(error, name, value, "expected a port in 1..65535");
+    lo->have_port = 1;
+    return TRUE;
+}
+
+static gboolean opt_addr(const gchar *name, const gchar *value, gpointer data, GError **error)
+{
+    launch_opts *lo = data;
+    if (!check_addr(name, value, error))
+        return FALSE;
+    snprintf(lo->addr_buf, sizeof lo->addr_buf, "%s", value);
+    lo->addr = lo->addr_buf;
+    lo->have_addr = 1;
+    return TRUE;
+}
+
+static gboolean opt_grace(const gchar *name, const gchar *value, gpointer data, GError **error)
+{
+    char *end;
+    double g = strtod(value, &end);
+    if (!*value || *end || !(g >= 0 && g <= 3600))
+        return bad_value(error, name, value, "expected seconds in 0..3600");
+    ((launch_opts *)data)->grace_ms = (long)(g * 1000);
+    return TRUE;
+}
+
+static gboolean opt_nodes(const gchar *name, const gchar *value, gpointer data, GError **error)
+{
+    if (parse_long(value, 1, TPL_MAX_NODES, &((launch_opts *)data)->nodes) < 0) {
+        char why[64];
+        snprintf(why, sizeof why, "expected a number of nodes in 1..%d", TPL_MAX_NODES);
+        return bad_value(error, name, value, why);
     }
+    return TRUE;
+}
+
+static gboolean opt_link(const gchar *name, const gchar *value, gpointer data, GError **error)
+{
+    launch_opts *lo = data;
     char why[256];
-    if (tpl_parse_link(arg, &lo->link, why, sizeof why) < 0) {
-        fprintf(stderr, "tp-launch: --link %s: %s\n", arg, why);
-        return -1;
-    }
+    if (tpl_parse_link(value, &lo->link, why, sizeof why) < 0)
+        return bad_value(error, name, value, why);
     lo->have_link = 1;
-    return 0;
+    return TRUE;
 }
 
 /* --nodes with the rest of the command line: -1 to go on, else 2. */
@@ -374,115 +403,79 @@ static int check_nodes_opts(const launch_opts *lo)
         why = "--mpi runs mpirun on emulated nodes: it needs --nodes K (--nodes 1 for one)";
     else if (lo->mpi && lo->have_port)
         why = "--master-port is the tcp backend's rendezvous; --mpi ranks meet through mpirun";
-    if (!why)
-        return -1;
-    fprintf(stderr, "tp-launch: %s\n", why);
-    return 2;
+    return why ? tp_options_error("tp-launch", "%s", why) : -1;
 }
 
-/* --mpi: words from optind that start with '-' are mpirun's options, up to
- * a "--" (getopt took the first one). 0, or -1 after saying why. */
-static int split_mpi_opts(int argc, char **argv, launch_opts *lo)
+/* --mpi: the words from argv[*first] that start with '-' are mpirun's
+ * options, up to a "--" (the option parser took the first one); *first
+ * moves past them. 0, or -1 after saying why. */
+static int split_mpi_opts(int argc, char **argv, int *first, launch_opts *lo)
 {
-    if (optind >= argc || argv[optind][0] != '-')
+    int i = *first;
+    if (i >= argc || argv[i][0] != '-')
         return 0;
-    int end = optind;
+    int end = i;
     while (end < argc && strcmp(argv[end], "--") != 0)
         end++;
     if (end == argc) {
-        fprintf(stderr,
-                "tp-launch: --mpi: mpirun options start at '%s' but no '--' ends them: "
-                "write tp-launch ... --mpi -n N -- MPIRUN-OPTION... -- PROGRAM\n",
-                argv[optind]);
+        tp_options_error("tp-launch",
+                         "--mpi: mpirun options start at '%s' but no '--' ends them: write "
+                         "tp-launch ... --mpi -n N -- MPIRUN-OPTION... -- PROGRAM",
+                         argv[i]);
         return -1;
     }
-    lo->mpi_user = argv + optind;
-    lo->n_mpi_user = end - optind;
-    optind = end + 1;
+    lo->mpi_user = argv + i;
+    lo->n_mpi_user = end - i;
+    *first = end + 1;
     return tpl_mpi_check_user(lo->mpi_user, lo->n_mpi_user);
 }
 
-/* Options up to the program; returns -1 to go on, else the exit status. */
-static int parse_args(int argc, char **argv, launch_opts *lo)
+/* Options up to the program (GOptionContext, tp-options.h; they end at the
+ * first operand); *first: the program's index in *argv. Returns -1 to go
+ * on, else the exit status. */
+static int parse_args(int *argc, char ***argv, launch_opts *lo, int *first)
 {
-    enum {
-        OPT_NO_PREFIX = 256,
-        OPT_VERSION,
-        OPT_NODES,
-        OPT_LINK,
-        OPT_MPI
-    };
-    static const struct option opts[] = {
-        {"np", required_argument, NULL, 'n'},
-        {"master-port", required_argument, NULL, 'p'},
-        {"master-addr", required_argument, NULL, 'a'},
-        {"grace", required_argument, NULL, 'g'},
-        {"no-prefix", no_argument, NULL, OPT_NO_PREFIX},
-        {"nodes", required_argument, NULL, OPT_NODES},
-        {"link", required_argument, NULL, OPT_LINK},
-        {"mpi", no_argument, NULL, OPT_MPI},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, OPT_VERSION},
-        {NULL, 0, NULL, 0},
-    };
-    int o;
-    while ((o = getopt_long(argc, argv, "+n:p:a:g:h", opts, NULL)) != -1) {
-        switch (o) {
-            case 'n':
-                if (parse_long(optarg, 1, MAX_RANKS, &lo->n) < 0) {
-                    fprintf(stderr,
-                            "tp-launch: -n %s: expected a number of ranks in 1..%d (the most "
-                            "TP_WORLD_SIZE allows)\n",
-                            optarg, MAX_RANKS);
-                    return 2;
-                }
-                break;
-            case 'p':
-                if (parse_long(optarg, 1, 65535, &lo->port) < 0) {
-                    fprintf(stderr, "tp-launch: --master-port %s: expected a port in 1..65535\n",
-                            optarg);
-                    return 2;
-                }
-                lo->have_port = 1;
-                break;
-            case 'a':
-                if (check_addr(optarg) < 0)
-                    return 2;
-                lo->addr = optarg;
-                lo->have_addr = 1;
-                break;
-            case 'g': {
-                char *end;
-                double g = strtod(optarg, &end);
-                if (!*optarg || *end || !(g >= 0 && g <= 3600)) {
-                    fprintf(stderr, "tp-launch: --grace %s: expected seconds in 0..3600\n", optarg);
-                    return 2;
-                }
-                lo->grace_ms = (long)(g * 1000);
-                break;
-            }
-            case OPT_NO_PREFIX: lo->prefix = 0; break;
-            case OPT_MPI: lo->mpi = 1; break;
-            case OPT_NODES:
-            case OPT_LINK:
-                if (parse_nodes_opt(o == OPT_NODES, optarg, lo) < 0)
-                    return 2;
-                break;
-            case 'h': usage(stdout); return 0;
-            case OPT_VERSION:
-                printf("tp-launch %s (git %s)\n", TP_TOOLS_VERSION, TP_TOOLS_REVISION);
-                return 0;
-            default: usage(stderr); return 2;
-        }
-    }
-    if (lo->mpi && split_mpi_opts(argc, argv, lo) < 0)
+    gboolean version = FALSE;
+    GOptionEntry entries[] = {
+        {"np", 'n', 0, G_OPTION_ARG_CALLBACK, (gpointer)opt_np,
+         "Number of ranks (1.." G_STRINGIFY(MAX_RANKS) ")", "N"},
+        {"master-port", 'p', 0, G_OPTION_ARG_CALLBACK, (gpointer)opt_port,
+         "Port where rank 0 listens (default: a free port)", "P"},
+        {"master-addr", 'a', 0, G_OPTION_ARG_CALLBACK, (gpointer)opt_addr,
+         "Address where rank 0 listens (default 127.0.0.1)", "A"},
+        {"grace", 'g', 0, G_OPTION_ARG_CALLBACK, (gpointer)opt_grace,
+         "After a rank fails, seconds the others get to fail on their own before SIGTERM, then "
+         "SIGKILL (default 5)",
+         "S"},
+        {"no-prefix", 0, 0, G_OPTION_ARG_NONE, &lo->no_prefix,
+         "Do not prefix output lines with \"[rank K] \"", NULL},
+        {"nodes", 0, 0, G_OPTION_ARG_CALLBACK, (gpointer)opt_nodes,
+         "Run the ranks on K emulated nodes (1..N; see above)", "K"},
+        {"link", 0, 0, G_OPTION_ARG_CALLBACK, (gpointer)opt_link,
+         "With --nodes: shape every node's link, e.g. 1gbit,50us (see above)", "RATE[,DELAY]"},
+        {"mpi", 0, 0, G_OPTION_ARG_NONE, &lo->mpi,
+         "With --nodes: run Open MPI's mpirun on the nodes instead (see above)", NULL},
+        {"version", 'V', 0, G_OPTION_ARG_NONE, &version, "Show the version and git revision", NULL},
+        {NULL, 0, 0, 0, NULL, NULL, NULL}};
+    GOptionContext *ctx = g_option_context_new("-n N [--] PROGRAM [ARGS...]");
+    GOptionGroup *group = g_option_group_new(NULL, NULL, NULL, lo, NULL);
+    g_option_group_add_entries(group, entries);
+    g_option_context_set_main_group(ctx, group);
+    g_option_context_set_summary(ctx, summary);
+    g_option_context_set_description(ctx, description);
+    g_option_context_set_strict_posix(ctx, TRUE); /* PROGRAM's own options stay its own */
+    int rc = tp_options_parse("tp-launch", ctx, entries, &version, argc, argv);
+    g_option_context_free(ctx);
+    lo->prefix = !lo->no_prefix;
+    *first = 1;
+    if (rc >= 0)
+        return rc;
+    if (lo->mpi && split_mpi_opts(*argc, *argv, first, lo) < 0)
         return 2;
-    if (lo->n == 0 || optind >= argc) {
-        fprintf(stderr, "tp-launch: %s\n",
-                lo->n == 0 ? "missing -n N (the number of ranks)" : "missing the program to run");
-        usage(stderr);
-        return 2;
-    }
+    if (lo->n == 0)
+        return tp_options_error("tp-launch", "missing -n N (the number of ranks)");
+    if (*first >= *argc)
+        return tp_options_error("tp-launch", "missing the program to run");
     return check_nodes_opts(lo);
 }
 
@@ -955,7 +948,8 @@ int main(int argc, char **argv)
     if (argc > 1 && strncmp(argv[1], TPL_MPI_AGENT_OPT, strlen(TPL_MPI_AGENT_OPT)) == 0)
         return tpl_mpi_agent(argc, argv); /* Open MPI's launch agent under --mpi */
     launch_opts lo = {.n = 0, .port = 0, .grace_ms = 5000, .addr = "127.0.0.1", .prefix = 1};
-    int rc = parse_args(argc, argv, &lo);
+    int first;
+    int rc = parse_args(&argc, &argv, &lo, &first);
     if (rc >= 0)
         return rc;
     int hold = -1; /* the picked port, kept bound until the job ends */
@@ -978,7 +972,7 @@ int main(int argc, char **argv)
         return 1;
     }
     install_signals(&L.orig);
-    rc = launch(&L, &lo, argv + optind);
+    rc = launch(&L, &lo, argv + first);
     free(L.c);
     if (hold >= 0)
         close(hold);
