@@ -1197,6 +1197,13 @@ static void body_overlap(tpt_rank *k)
                "nonblocking %s (expected 1)",
                sp, (unsigned long long)fwd, sp ? 0 : 3, (unsigned long long)bwd,
                sp ? "reduce-scatters" : "all-reduces");
+        /* with SP the MLP's input, gathered again for dW1, is in flight
+         * during the dx GEMM: one nonblocking all-gather, three blocking */
+        uint64_t ag = s.icomm[TP_PHASE_BACKWARD][TP_OP_ALL_GATHER].calls,
+                 agb = s.comm[TP_PHASE_BACKWARD][TP_OP_ALL_GATHER].calls;
+        EXPECT(k, ag == (sp ? 1u : 0u) && agb == (sp ? 3u : 0u),
+               "sp %d: backward all-gathers %llu nonblocking, %llu blocking; expected %d, %d", sp,
+               (unsigned long long)ag, (unsigned long long)agb, sp, sp ? 3 : 0);
         /* bitwise where docs/determinism.md promises it: loopback (rank-
          * order sums wherever an element sits) or two terms; mpi's ring and
          * its nonblocking algorithms sum in other orders at T >= 3 */

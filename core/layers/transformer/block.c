@@ -168,6 +168,14 @@ fail:
     return st;
 }
 
+/* The row counts of a [tokens, hidden] tensor's token shards. */
+static size_t *row_counts(tp_block *b)
+{
+    for (int i = 0; i < b->T; i++)
+        b->counts[i] = (size_t)((b->off[i + 1] - b->off[i]) * b->hidden);
+    return b->counts;
+}
+
 /* Sequence-parallel MLP forward on the token shard x -> y (shards). */
 static tp_status sp_mlp_forward(tp_block *b, const tp_tensor *x, tp_tensor *y)
 {
@@ -186,9 +194,7 @@ static tp_status sp_mlp_forward(tp_block *b, const tp_tensor *x, tp_tensor *y)
     TP_TRY(tp_dev_gelu(b->dev, b->dt, N * fl, b->mpre.ptr, b->mact.ptr, b->gelu_tanh ? 1 : 0));
     TP_TRY(tpl_gemm(b->dev, b->dt, 0, 0, N, hid, fl, 0.0f, b->mact.ptr, fl, p2.weight->data, hid,
                     b->mtmp.ptr, hid));
-    for (int i = 0; i < b->T; i++)
-        b->counts[i] = (size_t)((b->off[i + 1] - b->off[i]) * hid);
-    TP_TRY(tp_reduce_scatterv(b->comm, b->mtmp.ptr, y->data, b->counts, b->dt, TP_SUM));
+    TP_TRY(tp_reduce_scatterv(b->comm, b->mtmp.ptr, y->data, row_counts(b), b->dt, TP_SUM));
     if (p2.bias && b->rows > 0)
         TP_TRY(tp_dev_bias_add(b->dev, b->dt, b->rows, hid, y->data, p2.bias->data));
     return TP_OK;
@@ -217,6 +223,38 @@ static tp_status sp_fc1_weight_grad(tp_block *b, const tp_linear_params *p1, con
     return TP_OK;
 }
 
+/* fc1 of the sequence-parallel MLP backward: dW1 += x^T dh, db1 +=
+ * colsum(dh), dx = reduce-scatter(dh W1^T), with x all-gathered again from
+ * the kept token shards h2 (forward's bytes) into scratch. Plain: into
+ * mtmp (dy's gathered rows are spent), used before the partial dx
+ * overwrites it. Overlapped (as Megatron): into mx, the all-gather in
+ * flight during the dx GEMM and the reduce-scatter of dx during dW1 and
+ * db1 (which read x and dh only: the same values, the same bits). */
+static tp_status sp_fc1_backward(tp_block *b, const tp_linear_params *p1, const void *dh,
+                                 tp_tensor *dx)
+{
+    int64_t N = b->tokens, hid = b->hidden, fl = p1->hi - p1->lo;
+    void *part = b->mtmp.ptr; /* [N, hid]: the partial dx */
+    if (b->overlap < 2) {
+        TP_TRY(tpl_gather_rows(b->comm, b->dt, b->h2.ptr, b->mtmp.ptr, b->off, hid, b->counts));
+        TP_TRY(sp_fc1_weight_grad(b, p1, b->mtmp.ptr, dh));
+        TP_TRY(tpl_gemm(b->dev, b->dt, 0, 1, N, hid, fl, 0.0f, dh, fl, p1->weight->data, fl, part,
+                        hid));
+        return tp_reduce_scatterv(b->comm, part, dx->data, row_counts(b), b->dt, TP_SUM);
+    }
+    TP_TRY(tpl_ws_reserve(&b->mx, (size_t)(N * hid) * b->es, b->label));
+    tp_request *req;
+    TP_TRY(tp_iall_gatherv(b->comm, b->h2.ptr, b->mx.ptr, row_counts(b), b->dt, &req));
+    tp_status st =
+        tpl_gemm(b->dev, b->dt, 0, 1, N, hid, fl, 0.0f, dh, fl, p1->weight->data, fl, part, hid);
+    tp_status w = tp_wait(req);
+    TP_TRY(st != TP_OK ? st : w);
+    TP_TRY(tp_ireduce_scatterv(b->comm, part, dx->data, row_counts(b), b->dt, TP_SUM, &req));
+    st = sp_fc1_weight_grad(b, p1, b->mx.ptr, dh);
+    w = tp_wait(req);
+    return st != TP_OK ? st : w;
+}
+
 /* Sequence-parallel MLP backward: dy shard -> dx shard. */
 static tp_status sp_mlp_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx)
 {
@@ -234,28 +272,7 @@ static tp_status sp_mlp_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx
         TP_TRY(tp_dev_bias_grad(b->dev, b->dt, N, hid, dyf, p2.bias_grad->data));
     TP_TRY(tpl_gemm(b->dev, b->dt, 0, 1, N, fl, hid, 0.0f, dyf, hid, p2.weight->data, hid, dh, fl));
     TP_TRY(tp_dev_gelu_bwd(b->dev, b->dt, N * fl, b->mpre.ptr, dh, dh, b->gelu_tanh ? 1 : 0));
-    /* fc1: dW1 += x^T dh, db1 += colsum(dh), dx = reduce-scatter(dh W1^T),
-     * x all-gathered again from the kept shards h2 (forward's bytes) into
-     * scratch: into mtmp (dy's gathered rows are spent) before the partial
-     * dx overwrites it; overlapped, into mx, so that the reduce-scatter of
-     * mtmp is in flight while dW1 and db1 are computed (they read x and dh
-     * only: the same values, the same bits) */
-    if (b->overlap >= 2)
-        TP_TRY(tpl_ws_reserve(&b->mx, (size_t)(N * hid) * b->es, b->label));
-    void *xf = b->overlap < 2 ? b->mtmp.ptr : b->mx.ptr;
-    TP_TRY(tpl_gather_rows(b->comm, b->dt, b->h2.ptr, xf, b->off, hid, b->counts));
-    if (b->overlap < 2)
-        TP_TRY(sp_fc1_weight_grad(b, &p1, xf, dh));
-    TP_TRY(tpl_gemm(b->dev, b->dt, 0, 1, N, hid, fl, 0.0f, dh, fl, p1.weight->data, fl, dyf, hid));
-    for (int i = 0; i < b->T; i++)
-        b->counts[i] = (size_t)((b->off[i + 1] - b->off[i]) * hid);
-    if (b->overlap < 2)
-        return tp_reduce_scatterv(b->comm, dyf, dx->data, b->counts, b->dt, TP_SUM);
-    tp_request *req;
-    TP_TRY(tp_ireduce_scatterv(b->comm, dyf, dx->data, b->counts, b->dt, TP_SUM, &req));
-    tp_status st = sp_fc1_weight_grad(b, &p1, xf, dh);
-    tp_status w = tp_wait(req);
-    return st != TP_OK ? st : w;
+    return sp_fc1_backward(b, &p1, dh, dx);
 }
 
 static tp_status forward_body(tp_block *b, const tp_tensor *x, tp_tensor *y, int64_t batch,
