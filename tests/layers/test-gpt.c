@@ -337,7 +337,10 @@ static void expect_calls(tpt_rank *k, int line, const char *what, const tp_stats
 
 /* One step: forward, backward, AdamW step. Expected (L layers, see tp-layers.h):
  *   no SP: fwd AR 1 + 2L + 2; bwd AR 1 + 2L; other (optimizer) none
- *   SP:    fwd RS 1 + 2L, AG 2L + 1, AR 2; bwd RS 1 + 2L, AG 2L + 1, AR 1 + L */
+ *   SP:    fwd RS 1 + 2L, AG 2L + 1, AR 2; bwd RS 1 + 2L, AG 4L + 1, AR 1 + L
+ * (SP backward: per block dy gathered into each of its 2 row-parallel
+ * exits, and the 2 column-parallel inputs gathered again for their weight
+ * gradients instead of being kept from forward; + the embedding's dy) */
 static void body_counts(tpt_rank *k)
 {
     for (int sp = 0; sp < 2; sp++)
@@ -388,7 +391,7 @@ static void body_counts(tpt_rank *k)
                                            [TP_OP_ALL_GATHER] = 2 * L + 1,
                                            [TP_OP_REDUCE_SCATTER] = 1 + 2 * L};
                 uint64_t b[TP_OP_COUNT] = {[TP_OP_ALL_REDUCE] = 1 + L,
-                                           [TP_OP_ALL_GATHER] = 2 * L + 1,
+                                           [TP_OP_ALL_GATHER] = 4 * L + 1,
                                            [TP_OP_REDUCE_SCATTER] = 1 + 2 * L};
                 expect_calls(k, __LINE__, what, &s, TP_PHASE_FORWARD, f);
                 expect_calls(k, __LINE__, what, &s, TP_PHASE_BACKWARD, b);
@@ -1286,22 +1289,32 @@ START_TEST(test_memory)
 END_TEST
 
 /*
- * Sequence parallelism divides the activations a block keeps for backward
- * by T, except the two gathered inputs of the column-parallel GEMMs (QKV,
- * fc1), which stay full [tokens, hidden] (kept, not re-gathered in
- * backward; tp-transformer.h). Bound checked, with A1 the activation
- * bytes of one block forward at T = 1 without SP, N tokens, es the dtype
- * size, and ceil() for uneven shards:
- *     A_sp(T) <= ceil_factor * A1 / T + 2 N hidden es,
- * ceil_factor = max over the split sizes n of ceil(n/T) T / n and of this
- * rank's QKV width (its query heads and the KV heads they use, some held
- * by two ranks) times T over the full width. The bound
- * is tight at T = 1 (SP then keeps exactly A1 plus the two gathered
- * inputs). Without SP the norms' inputs and outputs stay full on every
- * rank while the rest is split anyway, so at small hidden/ffn ratios SP's
- * saving (3 N hidden (1 - 1/T)) does not cover the 2 N hidden it keeps
- * gathered (T = 2 here): re-gathering in backward, as Megatron does, would
- * remove that term at one all-gather per region per backward.
+ * Sequence parallelism divides every activation a block keeps for backward
+ * by T: the norms' inputs and outputs and their statistics are token shards,
+ * the attention's QKV, probabilities and context are split by heads, the
+ * MLP's fc1 and GeLU outputs by ffn. The gathered inputs of the two
+ * column-parallel GEMMs (QKV, fc1) are not kept: backward all-gathers them
+ * again from the kept shards (tp-transformer.h), into workspace. With A1
+ * the activation bytes of one block forward at T = 1 without SP (the whole
+ * model's), N tokens, es the dtype size, Q(w) = N w es the kept QKV
+ * activation of width w (W the full width, w_r rank r's: its query heads
+ * and the KV heads they use, some held by two ranks), checked:
+ *   (1) per rank, A_sp(T) <= cf (A1 - Q(W)) / T + Q(w_r), cf = max over the
+ *       split sizes n (tokens, heads, ffn) of ceil(n/T) T / n: every piece
+ *       but QKV is at most its ceil share, and QKV is exact. No other
+ *       term: the bound's slack, (cf - 1) (A1 - Q(W)) / T, is asserted to
+ *       be below one [N, hidden] tensor, so keeping a gathered input again
+ *       fails here;
+ *   (2) over the ranks, sum_r A_sp = A1 + Q(sum_r w_r - W) exactly: SP
+ *       keeps the unsplit model's activations once, split over the ranks,
+ *       plus only the replicated KV heads' columns of QKV; with (1) this is
+ *       the issue's "SP activations per rank ~ 1/T of no-SP", no-SP meaning
+ *       the same model unsplit (T = 1), since A_sp(T) <= cf' A1 / T with
+ *       cf' = max(cf, T w_r / W);
+ *   (3) for T >= 2, A_sp(T) < A_nosp(T) on every rank: without SP the
+ *       norms' inputs and outputs stay full on every rank, and SP now saves
+ *       them without keeping anything full in their place (before the
+ *       re-gather it kept 2 N hidden es more and lost at T = 2 here).
  */
 static uint64_t block_acts(tpt_rank *k, tp_comm *g, const tp_block_config *c, int64_t N, int64_t b,
                            int64_t s)
@@ -1326,6 +1339,15 @@ static uint64_t block_acts(tpt_rank *k, tp_comm *g, const tp_block_config *c, in
     return a;
 }
 
+/* Width of rank r's QKV activation in head_dim units: its query heads and
+ * the KV heads they use (tp-transformer.h). */
+static int64_t qkv_heads_of(const tp_block_config *c, int T, int r)
+{
+    int64_t ql, qh, g = c->heads / c->kv_heads;
+    my_shard(c->heads, T, r, &ql, &qh);
+    return qh - ql + 2 * ((qh - 1) / g + 1 - ql / g);
+}
+
 static void body_sp_memory(tpt_rank *k)
 {
     for (int d = 0; d < 2; d++) {
@@ -1339,6 +1361,7 @@ static void body_sp_memory(tpt_rank *k)
                              .tensor_id = 10,
                              .dtype = d ? TP_BF16 : TP_F32};
         int64_t b = 2, s = 13, N = b * s, es = (int64_t)tp_dtype_size(c.dtype);
+        int64_t hd = c.hidden / c.heads;
         tp_comm *solo = NULL;
         EXPECT_OK(k, tp_comm_split(k->g, k->r == 0 ? 0 : -1, 0, &solo));
         uint64_t a1 = 0;
@@ -1354,15 +1377,31 @@ static void body_sp_memory(tpt_rank *k)
         double cf = 1.0;
         for (int i = 0; i < 3; i++)
             cf = fmax(cf, (double)((splits[i] + T - 1) / T * T) / (double)splits[i]);
-        int64_t ql, qh, g = c.heads / c.kv_heads; /* QKV width with this rank's KV copies */
-        my_shard(c.heads, T, k->r, &ql, &qh);
-        int64_t w = qh - ql + 2 * ((qh - 1) / g + 1 - ql / g);
-        cf = fmax(cf, (double)(w * T) / (double)(c.heads + 2 * c.kv_heads));
-        double bound = cf * (double)a1 / T + 2.0 * (double)(N * c.hidden * es);
+        int64_t W = c.heads + 2 * c.kv_heads, w = qkv_heads_of(&c, T, k->r), wsum = 0;
+        for (int r = 0; r < T; r++)
+            wsum += qkv_heads_of(&c, T, r);
+        double q1 = (double)(N * W * hd * es), qr = (double)(N * w * hd * es);
+        double rest = (double)a1 - q1, bound = cf * rest / T + qr;
+        /* (1) and its sharpness */
         EXPECT(k, (double)sp <= bound,
-               "%s T=%d: SP activations %llu > bound %.0f (A1 %llu / T x %.3f + gathered inputs)",
-               tp_dtype_name(c.dtype), T, (unsigned long long)sp, bound, (unsigned long long)a1,
-               cf);
+               "%s T=%d: SP activations %llu > bound %.0f (%.3f x (A1 %llu - QKV %.0f) / T + "
+               "this rank's QKV %.0f)",
+               tp_dtype_name(c.dtype), T, (unsigned long long)sp, bound, cf, (unsigned long long)a1,
+               q1, qr);
+        EXPECT(k, (cf - 1.0) * rest / T < (double)(N * c.hidden * es),
+               "%s T=%d: bound slack %.0f would hide a kept [N, hidden] tensor (%lld bytes)",
+               tp_dtype_name(c.dtype), T, (cf - 1.0) * rest / T, (long long)(N * c.hidden * es));
+        /* (2) */
+        int64_t total = sum_ranks(k, (int64_t)sp), want = (int64_t)a1 + N * (wsum - W) * hd * es;
+        EXPECT(k, total == want,
+               "%s T=%d: SP activations summed over the ranks %lld, expected A1 %llu + "
+               "replicated KV columns %lld = %lld",
+               tp_dtype_name(c.dtype), T, (long long)total, (unsigned long long)a1,
+               (long long)(N * (wsum - W) * hd * es), (long long)want);
+        /* (3) */
+        if (T >= 2)
+            EXPECT(k, sp < nosp, "%s T=%d: SP activations %llu >= no-SP %llu",
+                   tp_dtype_name(c.dtype), T, (unsigned long long)sp, (unsigned long long)nosp);
         if (k->r == 0 && getenv("TP_TEST_VERBOSE"))
             printf("%s T=%d: block activations A1 %llu, no-SP %llu, SP %llu = %.3f A1 (1/T = "
                    "%.3f, bound %.0f)\n",

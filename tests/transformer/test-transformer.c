@@ -309,9 +309,10 @@ static void run_attn_case(tpt_rank *k, const attn_case *c, bool sp)
             extra += 2 * hd * (hid + (c->bias ? 1 : 0));
     int want[2][TP_OP_COUNT];
     memcpy(want, XF_OPS_NONE, sizeof want);
-    if (sp) {
+    if (sp) { /* backward gathers dy, then x again (not kept from forward) */
         want[0][TP_OP_ALL_GATHER] = want[0][TP_OP_REDUCE_SCATTER] = 1;
-        want[1][TP_OP_ALL_GATHER] = want[1][TP_OP_REDUCE_SCATTER] = 1;
+        want[1][TP_OP_ALL_GATHER] = 2;
+        want[1][TP_OP_REDUCE_SCATTER] = 1;
         want[1][TP_OP_ALL_REDUCE] = extra > 0; /* the shared heads' gradients */
     } else {
         want[0][TP_OP_ALL_REDUCE] = want[1][TP_OP_ALL_REDUCE] = 1;
@@ -319,7 +320,8 @@ static void run_attn_case(tpt_rank *k, const attn_case *c, bool sp)
     check_counts(k, __LINE__, sp ? "attention (sequence parallel)" : "attention", want);
     /* payload bytes: the [tokens, hidden] activation each way (the seed's
      * formula); backward carries the shared KV heads' gradients on top (in
-     * the all-reduce; with SP in an all-reduce of their own) */
+     * the all-reduce; with SP in an all-reduce of their own); with SP
+     * backward all-gathers two [tokens, hidden] tensors (dy, and x again) */
     {
         tp_stats sts;
         tp_stats_get(k->g, &sts);
@@ -333,8 +335,8 @@ static void run_attn_case(tpt_rank *k, const attn_case *c, bool sp)
                "backward all_reduce bytes %llu, expected %llu + shared KV grads %lld floats",
                (unsigned long long)ar, (unsigned long long)(sp ? 0 : act), (long long)extra);
         if (sp)
-            EXPECT(k, sts.comm[TP_PHASE_BACKWARD][TP_OP_ALL_GATHER].bytes == act,
-                   "backward all_gather bytes %llu, expected %llu",
+            EXPECT(k, sts.comm[TP_PHASE_BACKWARD][TP_OP_ALL_GATHER].bytes == 2 * act,
+                   "backward all_gather bytes %llu, expected 2 x %llu",
                    (unsigned long long)sts.comm[TP_PHASE_BACKWARD][TP_OP_ALL_GATHER].bytes,
                    (unsigned long long)act);
     }
@@ -877,9 +879,12 @@ static void run_block(tpt_rank *k, const block_case *c, tp_dtype dt, bool sp, in
             for (int64_t kh = 0; kh < kvn; kh++)
                 shared |=
                     head_rank(c->H, k->T, kh * gq) != head_rank(c->H, k->T, (kh + 1) * gq - 1);
-            if (sp) { /* 2 AG + 2 RS each way, plus the fused norm-grad all-reduce */
+            if (sp) { /* 2 AG + 2 RS each way, plus the fused norm-grad all-reduce;
+                       * backward 2 AG more: QKV's and fc1's inputs gathered again
+                       * for their weight gradients (not kept from forward) */
                 want[0][TP_OP_ALL_GATHER] = want[0][TP_OP_REDUCE_SCATTER] = 2;
-                want[1][TP_OP_ALL_GATHER] = want[1][TP_OP_REDUCE_SCATTER] = 2;
+                want[1][TP_OP_ALL_GATHER] = 4;
+                want[1][TP_OP_REDUCE_SCATTER] = 2;
                 want[1][TP_OP_ALL_REDUCE] = 1 + shared;
             } else { /* Megatron's count: 2 all-reduces forward, 2 backward */
                 want[0][TP_OP_ALL_REDUCE] = want[1][TP_OP_ALL_REDUCE] = 2;
@@ -1192,6 +1197,13 @@ static void body_overlap(tpt_rank *k)
                "nonblocking %s (expected 1)",
                sp, (unsigned long long)fwd, sp ? 0 : 3, (unsigned long long)bwd,
                sp ? "reduce-scatters" : "all-reduces");
+        /* with SP the MLP's input, gathered again for dW1, is in flight
+         * during the dx GEMM: one nonblocking all-gather, three blocking */
+        uint64_t ag = s.icomm[TP_PHASE_BACKWARD][TP_OP_ALL_GATHER].calls,
+                 agb = s.comm[TP_PHASE_BACKWARD][TP_OP_ALL_GATHER].calls;
+        EXPECT(k, ag == (sp ? 1u : 0u) && agb == (sp ? 3u : 0u),
+               "sp %d: backward all-gathers %llu nonblocking, %llu blocking; expected %d, %d", sp,
+               (unsigned long long)ag, (unsigned long long)agb, sp, sp ? 3 : 0);
         /* bitwise where docs/determinism.md promises it: loopback (rank-
          * order sums wherever an element sits) or two terms; mpi's ring and
          * its nonblocking algorithms sum in other orders at T >= 3 */

@@ -22,9 +22,14 @@
  * runs on a shard (norms, residual adds: all are per token). A TP region
  * all-gathers its input before the column-parallel GEMM and reduce-scatters
  * after the row-parallel GEMM instead of all-reducing: the same bytes, and
- * activation memory outside the regions is 1/T. The gathered input is kept
- * for backward (Megatron re-gathers it in backward to save that memory; we
- * trade memory for one all-gather fewer).
+ * activation memory outside the regions is 1/T. The gathered input is not
+ * kept for backward (as in Megatron): backward all-gathers it again from the
+ * rank's shard, which forward keeps (a view: x must stay alive and unchanged
+ * until backward), into workspace, before the weight-gradient GEMM. So
+ * every activation kept for backward is 1/T of the unsplit layer's (token
+ * shards, or split by heads or ffn), at one all-gather more per region per
+ * backward: the same bytes as forward's, so the results are bitwise those
+ * of keeping it.
  */
 #ifndef TP_TRANSFORMER_H
 #define TP_TRANSFORMER_H
@@ -98,7 +103,9 @@ typedef struct tp_attention tp_attention;
 TP_API tp_status tp_attention_create(tp_comm *comm, const tp_attention_config *cfg,
                                      tp_attention **out);
 /* x [batch*seq, hidden] (or the rank's token shard with sequence
- * parallelism) -> y of x's shape. */
+ * parallelism) -> y of x's shape. x must stay alive and unchanged until
+ * backward (read by the QKV weight gradient; with sequence parallelism
+ * all-gathered again: backward counts 2 all-gathers, dy's and x's). */
 TP_API tp_status tp_attention_forward(tp_attention *a, const tp_tensor *x, int64_t batch,
                                       int64_t seq, tp_tensor *y);
 /* dy has y's shape; dx gets x's. dx may be NULL (input-gradient GEMM and
@@ -176,8 +183,9 @@ TP_API void tp_norm_free(tp_norm *n);
  * Collectives per call without sequence parallelism: 2 all-reduces forward
  * (attention out-projection, MLP fc2), 2 backward (input gradients of the
  * QKV linear and of MLP fc1). With sequence parallelism: forward 2
- * all-gathers + 2 reduce-scatters; backward 2 all-gathers (of dy into each
- * row-parallel exit) + 2 reduce-scatters (input gradients) + 1 all-reduce
+ * all-gathers + 2 reduce-scatters; backward 4 all-gathers (of dy into each
+ * row-parallel exit, and of each column-parallel GEMM's input again for its
+ * weight gradient) + 2 reduce-scatters (input gradients) + 1 all-reduce
  * (both norms' parameter gradients) + 1 all-reduce when KV heads are
  * shared by several ranks (see ParallelAttention).
  * Parameters: attention (seed, tensor_id .. +3), MLP (seed, tensor_id+4 ..

@@ -57,11 +57,14 @@ struct tp_attention {
     tp_tensor wqkv, bqkv, wo, bo, dwqkv, dbqkv, dwo, dbo;
     int64_t *off;   /* T+1 token-row shard offsets (sequence parallel) */
     size_t *counts; /* T */
-    tpl_ws xfull, qkv, probs, scores, ctx, yfull, dctx, dqkv, dpack, kvtmp, bscr;
+    /* full: sequence-parallel [tokens, hidden] scratch (workspace): forward
+     * the gathered x, then the out-projection's partial y; backward the
+     * gathered dy, then x gathered again for the QKV weight gradient */
+    tpl_ws full, qkv, probs, scores, ctx, dctx, dqkv, dpack, kvtmp, bscr;
     /* saved by forward */
     bool saved;
-    const void *x_used;               /* full input rows [tokens, hidden] (x or xfull) */
-    tp_tensor x_saved;                /* the caller's x (for dx's shape) */
+    const void *x_used;               /* without SP: x's full input rows [tokens, hidden] */
+    tp_tensor x_saved;                /* the caller's x (dx's shape; SP: gathered again) */
     int64_t batch, seq, tokens, rows; /* rows: this rank's rows of x (tokens without SP) */
 };
 
@@ -110,8 +113,8 @@ void tp_attention_free(tp_attention *a)
     tp_tensor *ts[] = {&a->wqkv, &a->bqkv, &a->wo, &a->bo, &a->dwqkv, &a->dbqkv, &a->dwo, &a->dbo};
     for (size_t i = 0; i < sizeof ts / sizeof *ts; i++)
         tpl_release(ts[i], i < 4 ? TP_USE_PARAMETERS : TP_USE_GRADIENTS);
-    tpl_ws *ws[] = {&a->xfull, &a->qkv,  &a->probs, &a->scores, &a->ctx, &a->yfull,
-                    &a->dctx,  &a->dqkv, &a->dpack, &a->kvtmp,  &a->bscr};
+    tpl_ws *ws[] = {&a->full, &a->qkv,  &a->probs, &a->scores, &a->ctx,
+                    &a->dctx, &a->dqkv, &a->dpack, &a->kvtmp,  &a->bscr};
     for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
         tpl_ws_release(ws[i]);
     free(a->off);
@@ -339,11 +342,12 @@ tp_status tp_attention_create(tp_comm *comm, const tp_attention_config *cfg, tp_
     a->sp = cfg->sequence_parallel;
     a->dt = cfg->dtype;
     a->es = tp_dtype_size(cfg->dtype);
-    tpl_ws *ws[] = {&a->xfull, &a->qkv,  &a->probs, &a->scores, &a->ctx, &a->yfull,
-                    &a->dctx,  &a->dqkv, &a->dpack, &a->kvtmp,  &a->bscr};
+    tpl_ws *ws[] = {&a->full, &a->qkv,  &a->probs, &a->scores, &a->ctx,
+                    &a->dctx, &a->dqkv, &a->dpack, &a->kvtmp,  &a->bscr};
     for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
         ws[i]->dev = a->dev;
-    a->xfull.keep = a->qkv.keep = a->probs.keep = a->ctx.keep = true; /* read by backward */
+    /* read by backward; with SP the gathered x is not kept (backward gathers it again) */
+    a->qkv.keep = a->probs.keep = a->ctx.keep = true;
     a->off = malloc(sizeof(int64_t) * (size_t)(a->tp_size + 1));
     a->counts = malloc(sizeof(size_t) * (size_t)a->tp_size);
     tp_status st;
@@ -485,11 +489,11 @@ static tp_status forward_body(tp_attention *a, const tp_tensor *x, tp_tensor *y)
     size_t ss = (size_t)(a->seq * a->seq);
     const void *xf = x->data;
     if (a->sp) { /* all-gather the token shards into the full input */
-        TP_TRY(tpl_ws_reserve(&a->xfull, (size_t)(tokens * hidden) * a->es, a->label));
-        TP_TRY(tpl_gather_rows(a->comm, a->dt, x->data, a->xfull.ptr, a->off, hidden, a->counts));
-        xf = a->xfull.ptr;
+        TP_TRY(tpl_ws_reserve(&a->full, (size_t)(tokens * hidden) * a->es, a->label));
+        TP_TRY(tpl_gather_rows(a->comm, a->dt, x->data, a->full.ptr, a->off, hidden, a->counts));
+        xf = a->full.ptr;
     }
-    a->x_used = xf;
+    a->x_used = a->sp ? NULL : xf;
     TP_TRY(tpl_ws_reserve(&a->qkv, (size_t)(tokens * width) * a->es, a->label));
     TP_TRY(tpl_ws_reserve(&a->probs, (size_t)a->batch * a->local_heads * ss * a->es, a->label));
     TP_TRY(tpl_ws_reserve(&a->scores, (size_t)a->local_heads * ss * a->es, a->label));
@@ -506,12 +510,12 @@ static tp_status forward_body(tp_attention *a, const tp_tensor *x, tp_tensor *y)
                         a->out_rows, a->wo.data, hidden, y->data, hidden));
         TP_TRY(tp_all_reduce(a->comm, y->data, y->data, (size_t)(tokens * hidden), a->dt, TP_SUM));
     } else {
-        TP_TRY(tpl_ws_reserve(&a->yfull, (size_t)(tokens * hidden) * a->es, a->label));
+        /* full (the gathered x) is free since the QKV GEMM */
         TP_TRY(tpl_gemm(a->dev, a->dt, 0, 0, tokens, hidden, a->out_rows, 0.0f, a->ctx.ptr,
-                        a->out_rows, a->wo.data, hidden, a->yfull.ptr, hidden));
+                        a->out_rows, a->wo.data, hidden, a->full.ptr, hidden));
         for (int i = 0; i < a->tp_size; i++)
             a->counts[i] = (size_t)((a->off[i + 1] - a->off[i]) * hidden);
-        TP_TRY(tp_reduce_scatterv(a->comm, a->yfull.ptr, y->data, a->counts, a->dt, TP_SUM));
+        TP_TRY(tp_reduce_scatterv(a->comm, a->full.ptr, y->data, a->counts, a->dt, TP_SUM));
     }
     if (a->has_bias && a->rows > 0)
         TP_TRY(tp_dev_bias_add(a->dev, a->dt, a->rows, hidden, y->data, a->bo.data));
@@ -780,15 +784,20 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
     size_t ss = (size_t)(a->seq * a->seq);
     const void *dyf = dy->data;
     if (a->sp) { /* the row-parallel exit's backward: gather dy's shards */
-        TP_TRY(tpl_ws_reserve(&a->yfull, (size_t)(tokens * hidden) * a->es, a->label));
-        TP_TRY(tpl_gather_rows(a->comm, a->dt, dy->data, a->yfull.ptr, a->off, hidden, a->counts));
-        dyf = a->yfull.ptr;
+        TP_TRY(tpl_ws_reserve(&a->full, (size_t)(tokens * hidden) * a->es, a->label));
+        TP_TRY(tpl_gather_rows(a->comm, a->dt, dy->data, a->full.ptr, a->off, hidden, a->counts));
+        dyf = a->full.ptr;
     }
     TP_TRY(tpl_ws_reserve(&a->dctx, (size_t)(tokens * a->out_rows) * a->es, a->label));
     TP_TRY(tpl_ws_reserve(&a->dqkv, (size_t)(tokens * a->qkv_width) * a->es, a->label));
     TP_TRY(tpl_ws_reserve(&a->scores, (size_t)a->local_heads * ss * a->es, a->label));
     TP_TRY(out_proj_backward(a, dyf));
     TP_TRY(attend_backward(a));
+    if (a->sp) { /* x's shards again (dy's gathered rows are spent): the same bytes as forward */
+        TP_TRY(tpl_gather_rows(a->comm, a->dt, a->x_saved.data, a->full.ptr, a->off, hidden,
+                               a->counts));
+        a->x_used = a->full.ptr;
+    }
     void *kvw = NULL, *kvb = NULL;
     TP_TRY(qkv_param_backward(a, &kvw, &kvb));
     if (!dx)

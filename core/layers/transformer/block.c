@@ -32,7 +32,11 @@ struct tp_block {
     size_t *counts;
     /* [rows, hidden] activations kept for backward; grads scratch */
     tpl_ws h1, r1, h2, d1, d2, contrib;
-    /* sequence-parallel MLP: gathered input, fc1 output, GeLU output, scratch */
+    /* sequence-parallel MLP: fc1 output and GeLU output (kept); mtmp
+     * [tokens, hidden] scratch: forward the gathered input, then fc2's
+     * partial output; backward the gathered dy, then the input gathered
+     * again, then the partial dx; mx: the input gathered again when the
+     * overlapped backward needs it beside the partial dx */
     tpl_ws mx, mpre, mact, mtmp;
     tp_tensor x_saved;
     int64_t rows, tokens;
@@ -104,8 +108,10 @@ tp_status tp_block_create(tp_comm *comm, const tp_block_config *cfg, tp_block **
                     &b->contrib, &b->mx, &b->mpre, &b->mact, &b->mtmp};
     for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
         ws[i]->dev = b->dev;
-    /* read by backward: the norms' inputs, the MLP's gathered input and its pre/post GeLU */
-    b->h1.keep = b->r1.keep = b->h2.keep = b->mx.keep = b->mpre.keep = b->mact.keep = true;
+    /* read by backward: the norms' inputs (token shards with SP: backward
+     * gathers ln2's output h2 again rather than keeping it gathered) and
+     * the MLP's pre/post GeLU */
+    b->h1.keep = b->r1.keep = b->h2.keep = b->mpre.keep = b->mact.keep = true;
     b->off = malloc(sizeof(int64_t) * (size_t)(b->T + 1));
     b->counts = malloc(sizeof(size_t) * (size_t)b->T);
     tp_status st;
@@ -162,6 +168,14 @@ fail:
     return st;
 }
 
+/* The row counts of a [tokens, hidden] tensor's token shards. */
+static size_t *row_counts(tp_block *b)
+{
+    for (int i = 0; i < b->T; i++)
+        b->counts[i] = (size_t)((b->off[i + 1] - b->off[i]) * b->hidden);
+    return b->counts;
+}
+
 /* Sequence-parallel MLP forward on the token shard x -> y (shards). */
 static tp_status sp_mlp_forward(tp_block *b, const tp_tensor *x, tp_tensor *y)
 {
@@ -169,21 +183,18 @@ static tp_status sp_mlp_forward(tp_block *b, const tp_tensor *x, tp_tensor *y)
     tp_linear_get_params(tp_mlp_fc1(b->mlp), &p1);
     tp_linear_get_params(tp_mlp_fc2(b->mlp), &p2);
     int64_t N = b->tokens, hid = b->hidden, fl = p1.hi - p1.lo;
-    TP_TRY(tpl_ws_reserve(&b->mx, (size_t)(N * hid) * b->es, b->label));
     TP_TRY(tpl_ws_reserve(&b->mpre, (size_t)(N * fl) * b->es, b->label));
     TP_TRY(tpl_ws_reserve(&b->mact, (size_t)(N * fl) * b->es, b->label));
     TP_TRY(tpl_ws_reserve(&b->mtmp, (size_t)(N * hid) * b->es, b->label));
-    TP_TRY(tpl_gather_rows(b->comm, b->dt, x->data, b->mx.ptr, b->off, hid, b->counts));
-    TP_TRY(tpl_gemm(b->dev, b->dt, 0, 0, N, fl, hid, 0.0f, b->mx.ptr, hid, p1.weight->data, fl,
+    TP_TRY(tpl_gather_rows(b->comm, b->dt, x->data, b->mtmp.ptr, b->off, hid, b->counts));
+    TP_TRY(tpl_gemm(b->dev, b->dt, 0, 0, N, fl, hid, 0.0f, b->mtmp.ptr, hid, p1.weight->data, fl,
                     b->mpre.ptr, fl));
     if (p1.bias)
         TP_TRY(tp_dev_bias_add(b->dev, b->dt, N, fl, b->mpre.ptr, p1.bias->data));
     TP_TRY(tp_dev_gelu(b->dev, b->dt, N * fl, b->mpre.ptr, b->mact.ptr, b->gelu_tanh ? 1 : 0));
     TP_TRY(tpl_gemm(b->dev, b->dt, 0, 0, N, hid, fl, 0.0f, b->mact.ptr, fl, p2.weight->data, hid,
                     b->mtmp.ptr, hid));
-    for (int i = 0; i < b->T; i++)
-        b->counts[i] = (size_t)((b->off[i + 1] - b->off[i]) * hid);
-    TP_TRY(tp_reduce_scatterv(b->comm, b->mtmp.ptr, y->data, b->counts, b->dt, TP_SUM));
+    TP_TRY(tp_reduce_scatterv(b->comm, b->mtmp.ptr, y->data, row_counts(b), b->dt, TP_SUM));
     if (p2.bias && b->rows > 0)
         TP_TRY(tp_dev_bias_add(b->dev, b->dt, b->rows, hid, y->data, p2.bias->data));
     return TP_OK;
@@ -200,15 +211,48 @@ static tp_status grads_of(tp_linear *l, tp_linear_params *p)
 }
 
 /* dW1 += x^T dh, db1 += colsum(dh) of the sequence-parallel MLP (x: the
- * gathered input kept by forward). */
-static tp_status sp_fc1_weight_grad(tp_block *b, const tp_linear_params *p1, const void *dh)
+ * input [tokens, hidden], gathered again from the token shards h2). */
+static tp_status sp_fc1_weight_grad(tp_block *b, const tp_linear_params *p1, const void *x,
+                                    const void *dh)
 {
     int64_t N = b->tokens, hid = b->hidden, fl = p1->hi - p1->lo;
-    TP_TRY(tpl_gemm(b->dev, b->dt, 1, 0, hid, fl, N, 1.0f, b->mx.ptr, hid, dh, fl,
-                    p1->weight_grad->data, fl));
+    TP_TRY(
+        tpl_gemm(b->dev, b->dt, 1, 0, hid, fl, N, 1.0f, x, hid, dh, fl, p1->weight_grad->data, fl));
     if (p1->bias_grad)
         TP_TRY(tp_dev_bias_grad(b->dev, b->dt, N, fl, dh, p1->bias_grad->data));
     return TP_OK;
+}
+
+/* fc1 of the sequence-parallel MLP backward: dW1 += x^T dh, db1 +=
+ * colsum(dh), dx = reduce-scatter(dh W1^T), with x all-gathered again from
+ * the kept token shards h2 (forward's bytes) into scratch. Plain: into
+ * mtmp (dy's gathered rows are spent), used before the partial dx
+ * overwrites it. Overlapped (as Megatron): into mx, the all-gather in
+ * flight during the dx GEMM and the reduce-scatter of dx during dW1 and
+ * db1 (which read x and dh only: the same values, the same bits). */
+static tp_status sp_fc1_backward(tp_block *b, const tp_linear_params *p1, const void *dh,
+                                 tp_tensor *dx)
+{
+    int64_t N = b->tokens, hid = b->hidden, fl = p1->hi - p1->lo;
+    void *part = b->mtmp.ptr; /* [N, hid]: the partial dx */
+    if (b->overlap < 2) {
+        TP_TRY(tpl_gather_rows(b->comm, b->dt, b->h2.ptr, b->mtmp.ptr, b->off, hid, b->counts));
+        TP_TRY(sp_fc1_weight_grad(b, p1, b->mtmp.ptr, dh));
+        TP_TRY(tpl_gemm(b->dev, b->dt, 0, 1, N, hid, fl, 0.0f, dh, fl, p1->weight->data, fl, part,
+                        hid));
+        return tp_reduce_scatterv(b->comm, part, dx->data, row_counts(b), b->dt, TP_SUM);
+    }
+    TP_TRY(tpl_ws_reserve(&b->mx, (size_t)(N * hid) * b->es, b->label));
+    tp_request *req;
+    TP_TRY(tp_iall_gatherv(b->comm, b->h2.ptr, b->mx.ptr, row_counts(b), b->dt, &req));
+    tp_status st =
+        tpl_gemm(b->dev, b->dt, 0, 1, N, hid, fl, 0.0f, dh, fl, p1->weight->data, fl, part, hid);
+    tp_status w = tp_wait(req);
+    TP_TRY(st != TP_OK ? st : w);
+    TP_TRY(tp_ireduce_scatterv(b->comm, part, dx->data, row_counts(b), b->dt, TP_SUM, &req));
+    st = sp_fc1_weight_grad(b, p1, b->mx.ptr, dh);
+    w = tp_wait(req);
+    return st != TP_OK ? st : w;
 }
 
 /* Sequence-parallel MLP backward: dy shard -> dx shard. */
@@ -228,21 +272,7 @@ static tp_status sp_mlp_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx
         TP_TRY(tp_dev_bias_grad(b->dev, b->dt, N, hid, dyf, p2.bias_grad->data));
     TP_TRY(tpl_gemm(b->dev, b->dt, 0, 1, N, fl, hid, 0.0f, dyf, hid, p2.weight->data, hid, dh, fl));
     TP_TRY(tp_dev_gelu_bwd(b->dev, b->dt, N * fl, b->mpre.ptr, dh, dh, b->gelu_tanh ? 1 : 0));
-    /* fc1: dW1 += x^T dh, db1 += colsum(dh), dx = reduce-scatter(dh W1^T);
-     * overlapped: the reduce-scatter in flight while dW1 and db1 are
-     * computed (they read mx and dh only: the same values, the same bits) */
-    if (b->overlap < 2)
-        TP_TRY(sp_fc1_weight_grad(b, &p1, dh));
-    TP_TRY(tpl_gemm(b->dev, b->dt, 0, 1, N, hid, fl, 0.0f, dh, fl, p1.weight->data, fl, dyf, hid));
-    for (int i = 0; i < b->T; i++)
-        b->counts[i] = (size_t)((b->off[i + 1] - b->off[i]) * hid);
-    if (b->overlap < 2)
-        return tp_reduce_scatterv(b->comm, dyf, dx->data, b->counts, b->dt, TP_SUM);
-    tp_request *req;
-    TP_TRY(tp_ireduce_scatterv(b->comm, dyf, dx->data, b->counts, b->dt, TP_SUM, &req));
-    tp_status st = sp_fc1_weight_grad(b, &p1, dh);
-    tp_status w = tp_wait(req);
-    return st != TP_OK ? st : w;
+    return sp_fc1_backward(b, &p1, dh, dx);
 }
 
 static tp_status forward_body(tp_block *b, const tp_tensor *x, tp_tensor *y, int64_t batch,
