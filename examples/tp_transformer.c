@@ -172,6 +172,8 @@ static void usage(FILE *f)
             "                      --tol) and the first --compare-steps steps' tensors\n"
             "  --dp-inside         DP groups inside nodes, TP groups across them (the opposite\n"
             "                      of the rule of thumb; for measurements)\n"
+            "  --dp-overlap        all-reduce each DP bucket as soon as backward has made it\n"
+            "                      (bitwise the same; pick buckets well below the gradients)\n"
             "  --help              this text\n\n"
             "Environment: TP_BACKEND (loopback, mpi, tcp, ...), TP_DEVICE (cpu, cuda), "
             "TP_WORLD_SIZE.\n",
@@ -316,9 +318,11 @@ static int dp_resolve(opts *o)
 /* 0: run; 1: --help printed; 2: bad option (message printed). */
 static int parse(int argc, char **argv, opts *o)
 {
-    static const char *const flags[] = {"--sgd", "--untied",     "--sequence-parallel",
-                                        "--rms", "--compare-dp", "--dp-inside"};
-    bool *flag_dst[] = {&o->sgd, &o->untied, &o->sp, &o->rms, &o->dp.compare, &o->dp.inside};
+    static const char *const flags[] = {"--sgd",       "--untied",     "--sequence-parallel",
+                                        "--rms",       "--compare-dp", "--dp-inside",
+                                        "--dp-overlap"};
+    bool *flag_dst[] = {&o->sgd,        &o->untied,    &o->sp,        &o->rms,
+                        &o->dp.compare, &o->dp.inside, &o->dp.overlap};
     const opt_slot slots[] = {
         {"--tp", 1, 1024, .i32 = &o->tp},
         {"--compare-tp", .str = &o->compare},
@@ -565,7 +569,8 @@ static tp_status dp_set_up(trainer *tr)
     tr->gids = ex_calloc(N, sizeof(int32_t), "the global batch's ids", &st);
     tr->gtgt = ex_calloc(N, sizeof(int32_t), "the global batch's targets", &st);
     EX_TRY(st);
-    return tp_dp_create(tr->dpc, &c, tr->ps, tr->np, &tr->ddp);
+    EX_TRY(tp_dp_create(tr->dpc, &c, tr->ps, tr->np, &tr->ddp));
+    return tt_dp_attach(&tr->o->dp, tr->m, tr->ddp);
 }
 
 /* Step s's batch: the whole one, or (--dp) this replica's slice of the
@@ -739,6 +744,7 @@ static tp_status train_step(trainer *tr, int s, step_result *r)
     r->loss = 0;
     EX_TRY(tp_optim_zero_grad(tr->opt));
     EX_TRY(tp_gpt_forward(tr->m, &tr->ti, &tr->tt, &r->loss));
+    EX_TRY(tt_dp_begin(&o->dp, tr->ddp, tr->weight));
     EX_TRY(tp_gpt_backward_scaled(tr->m, tp_optim_loss_scale(tr->opt)));
     EX_TRY(dp_reduce(tr, &r->loss));
     if (s == o->save_step && o->npy_dir && tr->which == 0)
