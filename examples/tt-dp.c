@@ -150,7 +150,8 @@ void tt_dp_print(const tt_dp_acc *a, const tp_dp *ddp, int D)
     size_t grad = 0, cap = 0;
     tp_dp_get_info(ddp, &buckets, &grad, &cap);
     printf("   DP communication per step (rank 0, its DP group's tp_stats): %.1f calls, %.0f B "
-           "payload, %.3f ms = hidden behind backward %.3f (%.0f%%) + exposed %.3f\n",
+           "payload, %.3f ms = hidden behind backward %.3f (%.0f%%) + exposed %.3f (buckets: time "
+           "in flight, summed; queued ones overlap)\n",
            (double)a->dp_calls / n, a->dp_bytes / n, 1e3 * a->dp_s / n, 1e3 * a->dp_hidden_s / n,
            a->dp_s > 0 ? 100.0 * a->dp_hidden_s / a->dp_s : 0.0,
            1e3 * (a->dp_s - a->dp_hidden_s) / n);

@@ -247,7 +247,8 @@ void bench_xf_print_dp(const bench_layer_result *R)
     printf("# DP, D=%d (tp_stats of rank 0's DP communicator, per step): %.1f all_reduce (%d "
            "bucket%s of <= %.4g MiB), payload %.0f B, ring traffic %.0f B per rank; formula "
            "2 (D-1)/D x parameter bytes = 2 x %d/%d x %.0f = %.0f B: %s; %.1f us (wait %.1f, "
-           "transfer %.1f); hidden behind backward %.1f us (%.0f%%), exposed %.1f\n",
+           "transfer %.1f); hidden behind backward %.1f us (%.0f%%), exposed %.1f (in flight: "
+           "summed over the buckets; queued ones overlap)\n",
            R->dp, R->dp_calls, R->dp_buckets, R->dp_buckets == 1 ? "" : "s",
            R->dp_bucket_bytes / 1048576.0, R->dp_bytes, ring, R->dp - 1, R->dp, R->dp_grad_bytes,
            formula, fabs(ring - formula) <= 1e-6 * (formula + 1) ? "match" : "MISMATCH", R->dp_us,
