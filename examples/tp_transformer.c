@@ -66,7 +66,7 @@ typedef struct opts {
     tp_dtype dt, cmp_dt;               /* resolved; cmp_dt used when cmp_dtype_s */
     double loss_scale;                 /* --loss-scale: 0 = dynamic for f16, none otherwise */
     double dtype_tol;                  /* --dtype-tol: 0 = the derived one (dtype_tolerance) */
-    tt_dp_opts dp; /* --dp, --dp-bucket-mb, --compare-dp, --dp-inside (tt-dp.h) */
+    tt_dp_opts dp; /* --dp, --dp-bucket-mb, --compare-dp, --dp-inside, --dp-overlap (tt-dp.h) */
 } opts;
 
 typedef struct run {
@@ -288,6 +288,10 @@ static int parse(int *argc, char ***argv, opts *o)
          "DP groups inside nodes, TP groups across them (the opposite of the rule of thumb; for "
          "measurements)",
          "", .flag = &o->dp.inside},
+        {"dp-overlap", NULL,
+         "All-reduce each DP bucket as soon as backward has made it (bitwise the same; pick "
+         "buckets well below the gradients)",
+         "", .flag = &o->dp.overlap},
     };
     int rc = ex_parse_table(argc, argv, PROG, summary, description, table,
                             sizeof table / sizeof table[0]);
@@ -479,7 +483,8 @@ static tp_status dp_set_up(trainer *tr)
     tr->gids = ex_calloc(N, sizeof(int32_t), "the global batch's ids", &st);
     tr->gtgt = ex_calloc(N, sizeof(int32_t), "the global batch's targets", &st);
     EX_TRY(st);
-    return tp_dp_create(tr->dpc, &c, tr->ps, tr->np, &tr->ddp);
+    EX_TRY(tp_dp_create(tr->dpc, &c, tr->ps, tr->np, &tr->ddp));
+    return tt_dp_attach(&tr->o->dp, tr->m, tr->ddp);
 }
 
 /* Step s's batch: the whole one, or (--dp) this replica's slice of the
@@ -653,6 +658,7 @@ static tp_status train_step(trainer *tr, int s, step_result *r)
     r->loss = 0;
     EX_TRY(tp_optim_zero_grad(tr->opt));
     EX_TRY(tp_gpt_forward(tr->m, &tr->ti, &tr->tt, &r->loss));
+    EX_TRY(tt_dp_begin(&o->dp, tr->ddp, tr->weight));
     EX_TRY(tp_gpt_backward_scaled(tr->m, tp_optim_loss_scale(tr->opt)));
     EX_TRY(dp_reduce(tr, &r->loss));
     if (s == o->save_step && o->npy_dir && tr->which == 0)

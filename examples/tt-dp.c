@@ -42,6 +42,8 @@ int tt_dp_check(const char *prog, const tt_dp_opts *d, int64_t batch, const char
         bad = "--compare-dp needs --dp D (the replicas to compare with one)";
     else if (d->inside && !d->dp)
         bad = "--dp-inside needs --dp D";
+    else if (d->overlap && !d->dp)
+        bad = "--dp-overlap needs --dp D";
     if (bad) {
         fprintf(stderr, "%s: %s\n", prog, bad);
         return 2;
@@ -102,22 +104,38 @@ tp_status tt_dp_gather(tp_comm *dp, float *host, int64_t n)
     return st;
 }
 
-static void comm_sums(const tp_stats *s, double *sec, double *bytes, uint64_t *calls)
+tp_status tt_dp_attach(const tt_dp_opts *d, tp_gpt *m, tp_dp *ddp)
+{
+    return d->overlap && ddp ? tp_gpt_set_dp(m, ddp) : TP_OK;
+}
+
+tp_status tt_dp_begin(const tt_dp_opts *d, tp_dp *ddp, float weight)
+{
+    return d->overlap && ddp ? tp_dp_begin(ddp, weight) : TP_OK;
+}
+
+/* Blocking and nonblocking calls; *hidden: the nonblocking ones' time in
+ * flight that the rank did not wait for. */
+static void comm_sums(const tp_stats *s, double *sec, double *hidden, double *bytes,
+                      uint64_t *calls)
 {
     for (int ph = 0; ph < TP_PHASE_COUNT; ph++)
         for (int op = 0; op < TP_OP_COUNT; op++) {
-            *sec += s->comm[ph][op].seconds;
-            *bytes += (double)s->comm[ph][op].bytes;
-            *calls += s->comm[ph][op].calls;
+            const tp_icounter *ic = &s->icomm[ph][op];
+            *sec += s->comm[ph][op].seconds + ic->seconds;
+            *hidden += ic->seconds - ic->exposed_seconds;
+            *bytes += (double)(s->comm[ph][op].bytes + ic->bytes);
+            *calls += s->comm[ph][op].calls + ic->calls;
         }
 }
 
 void tt_dp_add(tt_dp_acc *a, const tp_stats *tp, const tp_stats *dp)
 {
+    double tp_hidden = 0;
     a->steps++;
-    comm_sums(tp, &a->tp_s, &a->tp_bytes, &a->tp_calls);
+    comm_sums(tp, &a->tp_s, &tp_hidden, &a->tp_bytes, &a->tp_calls);
     if (dp)
-        comm_sums(dp, &a->dp_s, &a->dp_bytes, &a->dp_calls);
+        comm_sums(dp, &a->dp_s, &a->dp_hidden_s, &a->dp_bytes, &a->dp_calls);
 }
 
 void tt_dp_print(const tt_dp_acc *a, const tp_dp *ddp, int D)
@@ -132,8 +150,11 @@ void tt_dp_print(const tt_dp_acc *a, const tp_dp *ddp, int D)
     size_t grad = 0, cap = 0;
     tp_dp_get_info(ddp, &buckets, &grad, &cap);
     printf("   DP communication per step (rank 0, its DP group's tp_stats): %.1f calls, %.0f B "
-           "payload, %.3f ms\n",
-           (double)a->dp_calls / n, a->dp_bytes / n, 1e3 * a->dp_s / n);
+           "payload, %.3f ms = hidden behind backward %.3f (%.0f%%) + exposed %.3f (buckets: time "
+           "in flight, summed; queued ones overlap)\n",
+           (double)a->dp_calls / n, a->dp_bytes / n, 1e3 * a->dp_s / n, 1e3 * a->dp_hidden_s / n,
+           a->dp_s > 0 ? 100.0 * a->dp_hidden_s / a->dp_s : 0.0,
+           1e3 * (a->dp_s - a->dp_hidden_s) / n);
     printf("   DP plan: %d bucket%s of <= %.4g MiB per step for %zu gradient bytes, + 1 all-reduce "
            "of the loss (4 B); ring traffic 2 (D-1)/D x %zu = %.0f B per rank and step\n",
            buckets, buckets == 1 ? "" : "s", (double)cap / 1048576.0, grad, grad,

@@ -19,6 +19,7 @@ typedef struct tt_dp_opts {
     double bucket_mb; /* --dp-bucket-mb */
     bool compare;     /* --compare-dp */
     bool inside;      /* --dp-inside: DP groups inside nodes, TP across */
+    bool overlap;     /* --dp-overlap: buckets reduced during backward */
 } tt_dp_opts;
 
 int tt_dp_check(const char *prog, const tt_dp_opts *d, int64_t batch, const char *compare_tp,
@@ -38,10 +39,18 @@ float tt_dp_weight(const int32_t *tgt, int64_t n, int D, int d, bool use_ignore,
  * order into host[0, D n) (host holds D n floats). */
 tp_status tt_dp_gather(tp_comm *dp, float *host, int64_t n);
 
-/* Per-step sums of the counters, steps 2.. (as the means). */
+/* --dp-overlap: attach ddp to m (tp_gpt_set_dp); nothing without it. */
+tp_status tt_dp_attach(const tt_dp_opts *d, tp_gpt *m, tp_dp *ddp);
+
+/* Before backward: open ddp's overlapped round (tp_dp_begin) with --dp-overlap. */
+tp_status tt_dp_begin(const tt_dp_opts *d, tp_dp *ddp, float weight);
+
+/* Per-step sums of the counters, steps 2.. (as the means); dp_s counts
+ * the nonblocking bucket reductions in flight, dp_hidden_s the part of
+ * that the rank did not wait for. */
 typedef struct tt_dp_acc {
     int steps;
-    double tp_s, dp_s, tp_bytes, dp_bytes;
+    double tp_s, dp_s, dp_hidden_s, tp_bytes, dp_bytes;
     uint64_t tp_calls, dp_calls;
 } tt_dp_acc;
 

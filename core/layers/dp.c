@@ -2,18 +2,34 @@
 /*
  * dp.c — data parallelism over TP replicas: the gradients of a rank's
  * parameters summed (weighted) over its DP group in buckets of a fixed size
- * and a fixed order, like PyTorch DDP's bucketed all-reduce but after
- * backward, so every run reduces the same bytes in the same calls.
+ * and a fixed order, like PyTorch DDP's bucketed all-reduce: either after
+ * backward, or overlapped with it (a round opened by tp_dp_begin, each
+ * bucket started as soon as backward has handed over all its gradients).
+ * Both make the same calls with the same bytes in the same order.
  *
- * The plan is made once: the replicated parameters first, then the shards,
- * each in parameter order, cut into buckets of at most `bucket_bytes` (a
- * parameter may straddle buckets; a bucket holds one dtype). The replicated
- * parameters get buckets of their own, so they lie at the same offsets of
- * the same-sized calls on every DP group: a backend whose sum order depends
- * only on the call (count, offset, rank) gives every TP rank the same bits
- * for them, as TP requires (tp_param). Ranks of a DP group hold the same TP
- * rank of their replica, hence the same shapes; tp_dp_create checks that
- * they made the same plan.
+ * The plan is made once. Two lanes, the replicated parameters and the
+ * shards, each walked in reverse parameter order (the order backward
+ * finishes them) and cut into buckets of at most `bucket_bytes` (a
+ * parameter may straddle buckets; a bucket holds one dtype and one lane).
+ * A bucket is complete when its lowest-numbered parameter is final; the
+ * buckets of both lanes are merged by that key, highest first, and every
+ * call goes out in that order, overlapped or not (an overlapped round
+ * starts bucket k only once buckets 0..k-1 are started, so a gradient
+ * handed over early waits for its turn and never reorders the calls).
+ *
+ * Determinism: the replicated parameters' buckets hold nothing else, and
+ * their lane is cut the same way on every TP rank (the same parameters,
+ * the same sizes), so they lie at the same offsets of the same-sized calls
+ * on every DP group, whatever the shards around them: a backend whose sum
+ * order depends only on the call (count, offset, rank) gives every TP rank
+ * the same bits for them, as TP requires (tp_param). Where in the sequence
+ * of a DP communicator's calls a bucket sits does not enter its sum. Ranks
+ * of a DP group hold the same TP rank of their replica, hence the same
+ * shapes; tp_dp_create checks that they made the same plan. Every bucket is
+ * one tp_iall_reduce, waited for at once when not overlapped: the same call
+ * either way, so an overlapped run is bitwise the non-overlapped one on
+ * every backend (tp.h: a native plugin's nonblocking sum may differ from its
+ * blocking one, never from itself).
  */
 #include "layers-internal.h"
 
@@ -26,8 +42,16 @@ typedef struct dp_seg {
     int param;
     int64_t off, count; /* elements of the gradient */
     size_t boff;        /* byte offset in the bucket */
-    bool last;          /* the bucket is complete after this piece */
 } dp_seg;
+
+typedef struct dp_bucket {
+    int first, nsegs; /* its pieces: segs[first, first + nsegs) */
+    int key;          /* its lowest parameter index: complete once that one is final */
+    tp_dtype dt;
+    size_t bytes; /* used */
+    size_t base;  /* byte offset in the overlap staging buffer */
+    tp_request *req;
+} dp_bucket;
 
 struct tp_dp {
     tp_comm *comm;
@@ -36,29 +60,57 @@ struct tp_dp {
     int n;
     size_t cap; /* bucket bytes */
     dp_seg *segs;
+    dp_bucket *bk; /* in call order */
     int nsegs, buckets;
     size_t bytes; /* gradient bytes per call */
-    void *buf;    /* device bucket, cap bytes */
+    void *buf;    /* device bucket, cap bytes (not overlapped) */
+    void *stage;  /* device, bytes: every bucket at its base (overlapped; made by tp_dp_begin) */
     float *scalar;
+    /* the open round, tp_dp_begin .. tp_dp_all_reduce_grads */
+    bool open;
+    float weight;
+    bool *ready; /* per parameter: handed over */
+    int next;    /* buckets [0, next) are started */
+    int tested;  /* buckets [0, tested) are known complete */
 };
+
+/* Wait for every started bucket of the round (freeing their requests) and
+ * close it; the first error. */
+static tp_status close_round(tp_dp *d)
+{
+    tp_status st = TP_OK;
+    for (int b = 0; b < d->buckets; b++)
+        if (d->bk[b].req) {
+            tp_status w = tp_wait(d->bk[b].req);
+            d->bk[b].req = NULL;
+            st = st == TP_OK ? w : st;
+        }
+    d->open = false;
+    return st;
+}
 
 void tp_dp_free(tp_dp *d)
 {
     if (!d)
         return;
+    if (d->open)
+        close_round(d);
     tp_dev_free(d->dev, d->buf);
+    tp_dev_free(d->dev, d->stage);
     tp_dev_free(d->dev, d->scalar);
+    free(d->ready);
     free(d->segs);
+    free(d->bk);
     free(d->params);
     free(d);
 }
 
-/* The walk that makes the plan: segments into d->segs when it is set,
- * counts either way. */
+/* The walk that makes the plan: segments into d->segs and buckets into
+ * d->bk (lane order) when they are set, counts either way. */
 typedef struct plan_walk {
     size_t fill;
     tp_dtype dt;
-    int nsegs, buckets;
+    int nsegs, buckets, first;
     size_t bytes;
 } plan_walk;
 
@@ -66,10 +118,15 @@ static void walk_close(tp_dp *d, plan_walk *w)
 {
     if (w->fill == 0)
         return;
-    if (d->segs)
-        d->segs[w->nsegs - 1].last = true;
+    if (d->bk)
+        d->bk[w->buckets] = (dp_bucket){.first = w->first,
+                                        .nsegs = w->nsegs - w->first,
+                                        .key = d->segs[w->nsegs - 1].param,
+                                        .dt = w->dt,
+                                        .bytes = w->fill};
     w->buckets++;
     w->fill = 0;
+    w->first = w->nsegs;
 }
 
 static void walk_param(tp_dp *d, plan_walk *w, int i)
@@ -96,15 +153,40 @@ static void walk_param(tp_dp *d, plan_walk *w, int i)
     }
 }
 
-static void walk_all(tp_dp *d, plan_walk *w)
+/* Lane 0 (replicated), then lane 1 (shards), each from the last parameter
+ * to the first; *lane0 = lane 0's bucket count. */
+static void walk_all(tp_dp *d, plan_walk *w, int *lane0)
 {
     memset(w, 0, sizeof *w);
-    for (int pass = 0; pass < 2; pass++) { /* replicated first, then the shards */
-        for (int i = 0; i < d->n; i++)
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = d->n - 1; i >= 0; i--)
             if (d->params[i].replicated == (pass == 0))
                 walk_param(d, w, i);
         walk_close(d, w);
+        if (pass == 0)
+            *lane0 = w->buckets;
     }
+}
+
+/* Merge the lanes' buckets (each already by key, highest first) into call
+ * order; a key belongs to one lane, so there are no ties across them. */
+static tp_status merge_lanes(tp_dp *d, int lane0)
+{
+    dp_bucket *m = malloc(sizeof *m * (size_t)(d->buckets ? d->buckets : 1));
+    if (!m)
+        return tp_set_error(TP_ERR_NO_MEMORY, "tp_dp_create: out of host memory for %d buckets",
+                            d->buckets);
+    int a = 0, b = lane0;
+    size_t base = 0;
+    for (int k = 0; k < d->buckets; k++) {
+        bool take_a = b == d->buckets || (a < lane0 && d->bk[a].key > d->bk[b].key);
+        m[k] = d->bk[take_a ? a++ : b++];
+        m[k].base = base;
+        base += m[k].bytes;
+    }
+    free(d->bk);
+    d->bk = m;
+    return TP_OK;
 }
 
 static tp_status check_params(const tp_param *ps, int n, tp_device *dev)
@@ -162,16 +244,21 @@ out:
     return st;
 }
 
-/* The plan's fingerprint: bucket size, every segment and its dtype. */
+/* The plan's fingerprint: bucket size, every bucket in call order with
+ * its pieces and dtype. */
 static uint64_t plan_hash(const tp_dp *d)
 {
     uint64_t h = fnv(1469598103934665603ull, &d->cap, sizeof d->cap);
     h = fnv(h, &d->nsegs, sizeof d->nsegs);
-    for (int s = 0; s < d->nsegs; s++) {
-        const dp_seg *g = &d->segs[s];
-        int dt = (int)d->params[g->param].grad->dtype;
-        int64_t v[5] = {g->param, g->off, g->count, (int64_t)g->boff, dt};
-        h = fnv(h, v, sizeof v);
+    for (int b = 0; b < d->buckets; b++) {
+        const dp_bucket *k = &d->bk[b];
+        int64_t kv[3] = {k->key, (int64_t)k->dt, (int64_t)k->bytes};
+        h = fnv(h, kv, sizeof kv);
+        for (int s = k->first; s < k->first + k->nsegs; s++) {
+            const dp_seg *g = &d->segs[s];
+            int64_t v[4] = {g->param, g->off, g->count, (int64_t)g->boff};
+            h = fnv(h, v, sizeof v);
+        }
     }
     return h;
 }
@@ -179,13 +266,18 @@ static uint64_t plan_hash(const tp_dp *d)
 static tp_status make_plan(tp_dp *d)
 {
     plan_walk w;
-    walk_all(d, &w);
+    int lane0 = 0;
+    walk_all(d, &w, &lane0);
     d->segs = calloc((size_t)(w.nsegs ? w.nsegs : 1), sizeof *d->segs);
-    if (!d->segs)
-        return tp_set_error(TP_ERR_NO_MEMORY, "tp_dp_create: out of host memory for %d pieces",
-                            w.nsegs);
-    walk_all(d, &w);
+    d->bk = calloc((size_t)(w.buckets ? w.buckets : 1), sizeof *d->bk);
+    d->ready = calloc((size_t)(d->n ? d->n : 1), sizeof *d->ready);
+    if (!d->segs || !d->bk || !d->ready)
+        return tp_set_error(TP_ERR_NO_MEMORY,
+                            "tp_dp_create: out of host memory for %d pieces in %d buckets", w.nsegs,
+                            w.buckets);
+    walk_all(d, &w, &lane0);
     d->nsegs = w.nsegs, d->buckets = w.buckets, d->bytes = w.bytes;
+    TP_TRY(merge_lanes(d, lane0));
     size_t need = d->bytes < d->cap ? d->bytes : d->cap;
     TP_TRY(tp_dev_alloc(d->dev, need ? need : 1, &d->buf));
     void *s = NULL;
@@ -236,44 +328,131 @@ tp_status tp_dp_create(tp_comm *dp, const tp_dp_config *cfg, const tp_param *par
     return TP_OK;
 }
 
-/* Bucket b's sum over the group, then every piece back to its gradient. */
-static tp_status flush(tp_dp *d, int first, int last)
+/* Pack bucket k (its pieces times weight) into buf and start its sum. */
+static tp_status start_bucket(tp_dp *d, dp_bucket *k, char *buf, float weight)
 {
-    const dp_seg *e = &d->segs[last];
-    tp_dtype dt = d->params[e->param].grad->dtype;
-    size_t es = tp_dtype_size(dt);
-    size_t count = (e->boff + (size_t)e->count * es) / es;
-    TP_TRY(tp_all_reduce(d->comm, d->buf, d->buf, count, dt, TP_SUM));
-    for (int s = first; s <= last; s++) {
+    size_t es = tp_dtype_size(k->dt);
+    k->req = NULL;
+    for (int s = k->first; s < k->first + k->nsegs; s++) {
+        const dp_seg *g = &d->segs[s];
+        const tp_tensor *t = d->params[g->param].grad;
+        TP_TRY(tp_dev_axpby(d->dev, k->dt, g->count, weight,
+                            (const char *)t->data + (size_t)g->off * es, 0.0f, buf + g->boff));
+    }
+    return tp_iall_reduce(d->comm, buf, buf, k->bytes / es, k->dt, TP_SUM, &k->req);
+}
+
+/* Wait for bucket k's sum in buf, then every piece back to its gradient. */
+static tp_status finish_bucket(tp_dp *d, dp_bucket *k, const char *buf)
+{
+    tp_status st = tp_wait(k->req);
+    k->req = NULL;
+    TP_TRY(st);
+    size_t es = tp_dtype_size(k->dt);
+    for (int s = k->first; s < k->first + k->nsegs; s++) {
         const dp_seg *g = &d->segs[s];
         char *grad = (char *)d->params[g->param].grad->data + (size_t)g->off * es;
         size_t w = (size_t)g->count * es;
-        TP_TRY(tp_dev_copy_2d(d->dev, grad, w, (char *)d->buf + g->boff, w, w, 1));
+        TP_TRY(tp_dev_copy_2d(d->dev, grad, w, buf + g->boff, w, w, 1));
     }
     return TP_OK;
+}
+
+static tp_status check_weight(const char *fn, float weight)
+{
+    if (!(weight == weight) || weight < 0.0f)
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "%s: weight %g must be >= 0 (this replica's share of the global "
+                            "batch, e.g. 1/D)",
+                            fn, (double)weight);
+    return TP_OK;
+}
+
+tp_status tp_dp_begin(tp_dp *d, float weight)
+{
+    if (!d)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_dp_begin: d is NULL");
+    TP_TRY(check_weight("tp_dp_begin", weight));
+    if (d->open)
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "tp_dp_begin: a round is already open (%d of %d buckets started); "
+                            "end it with tp_dp_all_reduce_grads first",
+                            d->next, d->buckets);
+    if (!d->stage)
+        TP_TRY(tp_dev_alloc(d->dev, d->bytes ? d->bytes : 1, &d->stage));
+    memset(d->ready, 0, sizeof *d->ready * (size_t)d->n);
+    d->open = true, d->weight = weight, d->next = d->tested = 0;
+    return TP_OK;
+}
+
+static bool bucket_ready(const tp_dp *d, const dp_bucket *k)
+{
+    for (int s = k->first; s < k->first + k->nsegs; s++)
+        if (!d->ready[d->segs[s].param])
+            return false;
+    return true;
+}
+
+/* Start every bucket whose turn it is and whose gradients are all final;
+ * then move the oldest unfinished one along (tp_test: mpi progresses
+ * requests only inside its calls). */
+static tp_status start_ready(tp_dp *d)
+{
+    while (d->next < d->buckets && bucket_ready(d, &d->bk[d->next])) {
+        dp_bucket *k = &d->bk[d->next];
+        TP_TRY(start_bucket(d, k, (char *)d->stage + k->base, d->weight));
+        d->next++;
+    }
+    bool done = true;
+    while (d->tested < d->next && done) {
+        if (tp_test(d->bk[d->tested].req, &done) != TP_OK)
+            return TP_OK; /* its tp_wait reports it */
+        d->tested += done;
+    }
+    return TP_OK;
+}
+
+tp_status tp_dp_grad_ready(tp_dp *d, const tp_tensor *grad)
+{
+    if (!d || !grad)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_dp_grad_ready: %s is NULL", !d ? "d" : "grad");
+    if (!d->open)
+        return TP_OK;
+    bool mine = false;
+    for (int i = 0; i < d->n; i++)
+        if (d->params[i].grad == grad)
+            d->ready[i] = mine = true;
+    return mine ? start_ready(d) : TP_OK;
+}
+
+/* The open round: the remaining buckets started, every one waited for
+ * and unpacked, in call order. */
+static tp_status end_round(tp_dp *d)
+{
+    memset(d->ready, 1, sizeof *d->ready * (size_t)d->n);
+    tp_status st = start_ready(d);
+    for (int b = 0; b < d->buckets && st == TP_OK; b++)
+        st = finish_bucket(d, &d->bk[b], (char *)d->stage + d->bk[b].base);
+    tp_status c = close_round(d); /* the rest, after an error */
+    return st == TP_OK ? c : st;
 }
 
 tp_status tp_dp_all_reduce_grads(tp_dp *d, float weight)
 {
     if (!d)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_dp_all_reduce_grads: d is NULL");
-    if (!(weight == weight) || weight < 0.0f)
-        return tp_set_error(TP_ERR_INVALID_ARG,
-                            "tp_dp_all_reduce_grads: weight %g must be >= 0 (this replica's "
-                            "share of the global batch, e.g. 1/D)",
-                            (double)weight);
-    int first = 0;
-    for (int s = 0; s < d->nsegs; s++) {
-        const dp_seg *g = &d->segs[s];
-        const tp_tensor *t = d->params[g->param].grad;
-        size_t es = tp_dtype_size(t->dtype);
-        TP_TRY(tp_dev_axpby(d->dev, t->dtype, g->count, weight,
-                            (const char *)t->data + (size_t)g->off * es, 0.0f,
-                            (char *)d->buf + g->boff));
-        if (g->last) {
-            TP_TRY(flush(d, first, s));
-            first = s + 1;
-        }
+    TP_TRY(check_weight("tp_dp_all_reduce_grads", weight));
+    if (d->open) {
+        if (weight != d->weight)
+            return tp_set_error(TP_ERR_INVALID_ARG,
+                                "tp_dp_all_reduce_grads: weight %g, but the open round began "
+                                "with %g (tp_dp_begin): pass the same weight",
+                                (double)weight, (double)d->weight);
+        return end_round(d);
+    }
+    for (int b = 0; b < d->buckets; b++) {
+        TP_TRY(start_bucket(d, &d->bk[b], d->buf, weight));
+        TP_TRY(finish_bucket(d, &d->bk[b], d->buf));
     }
     return TP_OK;
 }

@@ -73,6 +73,11 @@ struct tp_gpt {
     tp_param *params;
     param_source *sources;
     int np, cap;
+    /* where backward finishes them: block i's parameters are [blk_lo[i],
+     * blk_lo[i+1]), ln_f's [blk_lo[layers], out_lo), the untied output's
+     * [out_lo, np), the embeddings' [0, blk_lo[0]) */
+    int *blk_lo, out_lo;
+    tp_dp *dp; /* tp_gpt_set_dp: handed each gradient as it is final */
     /* activations and gradients of the last forward */
     tp_tensor *xs;             /* layers+1: xs[0] embedding (+ position), xs[i+1] block i */
     tp_tensor hn;              /* final norm output [rows, hidden] */
@@ -121,6 +126,7 @@ void tp_gpt_free(tp_gpt *m)
         free((char *)m->params[i].name);
     free(m->params);
     free(m->sources);
+    free(m->blk_lo);
     tpl_ws_release(&m->hfull);
     tpl_ws_release(&m->dhfull);
     tpl_ws_release(&m->tmp);
@@ -247,9 +253,16 @@ static tp_status collect_params(tp_gpt *m)
                      (param_source){.kind = PARAM_EMBEDDING, .layer = m->emb}));
     TP_TRY(add_param(m, "position.weight", &m->pos, &m->dpos, true, 2, c->seq, c->hidden,
                      (param_source){.kind = PARAM_REPLICATED}));
-    for (int64_t i = 0; i < c->layers; i++)
+    m->blk_lo = malloc(sizeof(int) * (size_t)(c->layers + 1));
+    if (!m->blk_lo)
+        return tp_set_error(TP_ERR_NO_MEMORY, "%s: out of host memory", m->label);
+    for (int64_t i = 0; i < c->layers; i++) {
+        m->blk_lo[i] = m->np;
         TP_TRY(add_block(m, i));
+    }
+    m->blk_lo[c->layers] = m->np;
     TP_TRY(add_norm(m, "ln_f", m->lnf));
+    m->out_lo = m->np;
     return m->out ? add_linear(m, "output", m->out) : TP_OK;
 }
 
@@ -663,6 +676,30 @@ tp_status tp_gpt_backward(tp_gpt *m)
     return tp_gpt_backward_scaled(m, 1.0f);
 }
 
+/* Parameters [lo, hi) are final: to the attached DP reducer, last first. */
+static tp_status grads_final(tp_gpt *m, int lo, int hi)
+{
+    for (int i = hi - 1; m->dp && i >= lo; i--)
+        TP_TRY(tp_dp_grad_ready(m->dp, m->params[i].grad));
+    return TP_OK;
+}
+
+/* The position table's gradient: scatter-add every token's gradient by
+ * position (the full gradient, so every rank computes the same replicated
+ * result); dx holds the embedding's input gradient. */
+static tp_status position_backward(tp_gpt *m, const tp_tensor *dx)
+{
+    const int64_t H = m->cfg.hidden, N = m->tokens;
+    if (N == 0)
+        return TP_OK;
+    tp_phase prev = tp_phase_set(m->comm, TP_PHASE_BACKWARD);
+    const void *full = m->cfg.sequence_parallel ? tpl_embedding_gathered_dy(m->emb) : dx->data;
+    tp_status st = tp_dev_embedding_bwd(m->dev, m->dt, N, H, m->pos_ids.data, 0, m->cfg.seq, full,
+                                        m->dpos.data);
+    tp_phase_set(m->comm, prev);
+    return st;
+}
+
 tp_status tp_gpt_backward_scaled(tp_gpt *m, float scale)
 {
     if (!m)
@@ -674,28 +711,31 @@ tp_status tp_gpt_backward_scaled(tp_gpt *m, float scale)
     if (!m->saved)
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: backward called without a successful forward",
                             m->label);
-    const int64_t H = m->cfg.hidden, N = m->tokens;
+    const int64_t L = m->cfg.layers;
     TP_TRY(tp_vocab_ce_backward(m->ce, scale, &m->dlogits));
     TP_TRY(in_phase(m, TP_PHASE_BACKWARD, output_backward));
+    TP_TRY(grads_final(m, m->out_lo, m->np));
     tp_tensor *dh = &m->g0, *dx = &m->g1;
     TP_TRY(tp_norm_backward(m->lnf, dh, dx));
-    for (int64_t i = m->cfg.layers - 1; i >= 0; i--) {
+    TP_TRY(grads_final(m, m->blk_lo[L], m->out_lo));
+    for (int64_t i = L - 1; i >= 0; i--) {
         tp_tensor *t = dh;
         dh = dx;
         dx = t;
         TP_TRY(tp_block_backward(m->blocks[i], dh, dx));
+        TP_TRY(grads_final(m, m->blk_lo[i], m->blk_lo[i + 1]));
     }
     TP_TRY(tp_embedding_backward(m->emb, dx));
-    if (N == 0)
-        return TP_OK;
-    /* position table: scatter-add every token's gradient by position (the
-     * full gradient, so every rank computes the same replicated result) */
-    tp_phase prev = tp_phase_set(m->comm, TP_PHASE_BACKWARD);
-    const void *full = m->cfg.sequence_parallel ? tpl_embedding_gathered_dy(m->emb) : dx->data;
-    tp_status st = tp_dev_embedding_bwd(m->dev, m->dt, N, H, m->pos_ids.data, 0, m->cfg.seq, full,
-                                        m->dpos.data);
-    tp_phase_set(m->comm, prev);
-    return st;
+    TP_TRY(position_backward(m, dx));
+    return grads_final(m, 0, m->blk_lo[0]);
+}
+
+tp_status tp_gpt_set_dp(tp_gpt *m, tp_dp *d)
+{
+    if (!m)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_gpt_set_dp: model is NULL");
+    m->dp = d;
+    return TP_OK;
 }
 
 /* ---------------------------------------------------------- inspection */

@@ -380,7 +380,7 @@ static tp_status plugin_barrier(tp_comm *comm)
 
 static tp_status count_start(tp_comm *comm, tp_tick *t0)
 {
-    tpi_request_drain(comm); /* nonblocking ones issued before keep their place */
+    tpi_request_drain_plugin(comm); /* nonblocking ones issued before keep their place */
     comm->barrier_s = 0;
     if (comm->wait_mode == TP_WAIT_BARRIER) {
         double b0 = tpi_now();
@@ -402,7 +402,7 @@ tp_status tp_barrier(tp_comm *comm)
 {
     if (!comm)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_barrier: comm is NULL");
-    tpi_request_drain(comm);
+    tpi_request_drain_plugin(comm);
     tp_tick t0 = tpi_tick_start(comm->dev);
     tp_clear_error();
     comm->seq++;

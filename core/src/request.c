@@ -15,8 +15,14 @@
  * may assume one call at a time per rank (tcp shares one socket per peer
  * among all comms of a process), and running a rank's collectives in its
  * issue order, across comms, is deadlock-free whenever the same program
- * with blocking calls is. Any blocking collective, split or free of the
- * rank first waits until the thread has run every request issued before.
+ * with blocking calls is. Any split or free of the rank first waits until
+ * the thread has run every request issued before; a blocking collective
+ * only until no request of its own plugin is queued or running. One of
+ * another plugin runs beside them (TP on shm while DP buckets cross nodes
+ * on tcp): each plugin still sees one call at a time, each thread keeps
+ * its issue order, and every collective in flight was issued by every
+ * rank before any of them could wait for it, so this too deadlocks only
+ * where the blocking program would.
  *
  * Staging: a rank whose comm does not take its device's memory copies the
  * inputs to host buffers of the request at issue and the result back at
@@ -59,6 +65,7 @@ typedef struct tpi_worker {
     GMutex mu;
     GCond cv;
     GQueue queue;             /* requests to run, issue order */
+    const tp_comm_ops *busy;  /* the plugin of the request running now, or NULL */
     uint64_t issued, settled; /* requests queued / run so far */
     bool stop;
     int refs;             /* comms with a tpi_nb on it */
@@ -92,6 +99,7 @@ static gpointer progress_main(gpointer data)
         tp_request *r = g_queue_pop_head(&pg->queue);
         if (!r)
             break; /* stopped and empty */
+        pg->busy = r->nb->shadow.ops;
         g_mutex_unlock(&pg->mu);
         tpi_nb *nb = r->nb;
         nb->shadow.seq = r->seq;
@@ -104,6 +112,7 @@ static gpointer progress_main(gpointer data)
         r->msg = msg;
         r->t_done = t;
         r->worker_done = true;
+        pg->busy = NULL;
         pg->settled++;
         g_cond_broadcast(&pg->cv);
     }
@@ -344,14 +353,43 @@ static void progress_drain(tpi_worker *pg)
     g_mutex_unlock(&pg->mu);
 }
 
-void tpi_request_drain(tp_comm *comm)
+/* Whether a request of the plugin `ops` is queued or running (under mu). */
+static bool plugin_pending(tpi_worker *pg, const tp_comm_ops *ops)
 {
-    if (comm->state->progress)
-        progress_drain(comm->state->progress);
+    if (pg->busy == ops)
+        return true;
+    for (GList *l = pg->queue.head; l; l = l->next)
+        if (((tp_request *)l->data)->nb->shadow.ops == ops)
+            return true;
+    return false;
+}
+
+/* Complete comm's own pending native requests. */
+static void native_drain(tp_comm *comm)
+{
     if (comm->nb && !comm->nb->pg)
         for (tp_request *r = comm->nb->head; r; r = r->next)
             if (!r->complete)
                 block(r);
+}
+
+void tpi_request_drain(tp_comm *comm)
+{
+    if (comm->state->progress)
+        progress_drain(comm->state->progress);
+    native_drain(comm);
+}
+
+void tpi_request_drain_plugin(tp_comm *comm)
+{
+    tpi_worker *pg = comm->state->progress;
+    if (pg) {
+        g_mutex_lock(&pg->mu);
+        while (plugin_pending(pg, comm->ops))
+            g_cond_wait(&pg->cv, &pg->mu);
+        g_mutex_unlock(&pg->mu);
+    }
+    native_drain(comm);
 }
 
 void tpi_request_comm_end(tp_comm *comm)

@@ -175,6 +175,9 @@ tp_status tpi_request_issue(tp_comm *comm, const char *fn, const tpi_coll *c, si
  * rank's progress thread ran every request issued so far (on any comm), and
  * complete comm's pending native requests. */
 void tpi_request_drain(tp_comm *comm);
+/* Before a blocking collective or barrier on comm: the same, except that
+ * the progress thread's requests of other plugins keep running beside it. */
+void tpi_request_drain_plugin(tp_comm *comm);
 /* Before comm is freed: drain, detach its requests (they stay waitable),
  * stop the rank's thread when no comm uses it. Keeps the caller's error. */
 void tpi_request_comm_end(tp_comm *comm);

@@ -5,13 +5,17 @@
  * every rank's gradient (each rank regenerates the others' from their
  * seeds), the bucket count and bytes against a count made here from the
  * sizes, plans that differ across ranks refused on every rank without a
- * hang, the replica check, and bad arguments.
+ * hang, the replica check, and bad arguments; the overlapped round
+ * (tp_dp_begin, tp_dp_grad_ready) bitwise equal to the non-overlapped
+ * reduction, alone and with a GPT of T x D ranks (T = 1, 2; D = 2, 3; odd
+ * sizes) trained a few steps with overlap on and off from the same start.
  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <tp/tp-layers.h>
+#include <tp/tp-transformer.h>
 
 #include "tp-test.h"
 
@@ -74,6 +78,49 @@ static int buckets_for(int64_t n, size_t cap)
     return (int)((n + per - 1) / per);
 }
 
+/* The same reduction as an overlapped round, the gradients handed over
+ * one by one from the last parameter (as backward would), one of them
+ * twice and a tensor d does not hold once: every gradient bitwise the
+ * non-overlapped result (in ps), `want` calls; some started before the
+ * round's end whenever there are several buckets. */
+static void check_overlapped(tpt_rank *k, params *ps, tp_dp *d, float w, size_t cap, int want)
+{
+    float *before[NP], *h = tpt_falloc(1000);
+    for (int i = 0; i < NP; i++) {
+        before[i] = tpt_download(k, &ps->g[i]);
+        grad_of(k->r, i, h);
+        EXPECT_OK(k, tp_tensor_upload(&ps->g[i], h));
+    }
+    tp_tensor other = tpt_upload2(k, 1, 3, h);
+    tp_stats_reset(k->g);
+    EXPECT_OK(k, tp_dp_grad_ready(d, &ps->g[NP - 1])); /* no round: nothing */
+    EXPECT_OK(k, tp_dp_begin(d, w));
+    EXPECT_ST(k, tp_dp_begin(d, w), TP_ERR_INVALID_ARG, "already open");
+    EXPECT_OK(k, tp_dp_grad_ready(d, &other));
+    for (int i = NP - 1; i >= 1; i--)
+        EXPECT_OK(k, tp_dp_grad_ready(d, &ps->g[i]));
+    EXPECT_OK(k, tp_dp_grad_ready(d, &ps->g[NP - 1]));
+    tp_stats s;
+    tp_stats_get(k->g, &s);
+    uint64_t early = tp_stats_calls(&s, TP_PHASE_COUNT, TP_OP_ALL_REDUCE);
+    EXPECT_ST(k, tp_dp_all_reduce_grads(d, w * 0.5f), TP_ERR_INVALID_ARG, "the open round");
+    EXPECT_OK(k, tp_dp_all_reduce_grads(d, w));
+    tp_stats_get(k->g, &s);
+    uint64_t calls = tp_stats_calls(&s, TP_PHASE_COUNT, TP_OP_ALL_REDUCE);
+    EXPECT(k, calls == (uint64_t)want && (want == 1 || early >= 1) && early < (uint64_t)want,
+           "cap %zu overlapped: %llu all-reduces (%llu before the end), expected %d", cap,
+           (unsigned long long)calls, (unsigned long long)early, want);
+    for (int i = 0; i < NP; i++) {
+        float *got = tpt_download(k, &ps->g[i]);
+        EXPECT(k, memcmp(got, before[i], sizeof(float) * (size_t)SIZES[i]) == 0,
+               "cap %zu, parameter %d: overlapped result differs from the non-overlapped one", cap,
+               i);
+        free(got), free(before[i]);
+    }
+    tp_tensor_release(&other);
+    free(h);
+}
+
 static void check_reduce(tpt_rank *k, size_t cap)
 {
     params ps;
@@ -122,6 +169,7 @@ static void check_reduce(tpt_rank *k, size_t cap)
                i, worst);
         free(got_g);
     }
+    check_overlapped(k, &ps, d, w, cap, want);
     free(h), free(o);
     tp_dp_free(d);
     free_params(&ps);
@@ -203,6 +251,146 @@ static void body_errors(tpt_rank *k)
     free_params(&ps);
 }
 
+/* ------------------------------------------------ a GPT, overlap on/off */
+
+enum {
+    STEPS = 3
+};
+
+/* Replica d's ids (n + 1 tokens: ids then targets shifted by one) at step s. */
+static void replica_tokens(int32_t *h, int64_t n, int64_t vocab, int s, int d)
+{
+    for (int64_t i = 0; i <= n; i++)
+        h[i] = (int32_t)((i * 7 + s * 13 + d * 5 + 3 + (i * i) % 11) % vocab);
+}
+
+/* This rank's parameter values, concatenated (caller frees), *bytes. */
+static char *values_of(tpt_rank *k, const tp_param *ps, int np, size_t *bytes)
+{
+    size_t total = 0;
+    for (int i = 0; i < np; i++)
+        total += tp_tensor_bytes(ps[i].value);
+    char *all = calloc(total + 1, 1);
+    size_t off = 0;
+    for (int i = 0; i < np; i++) {
+        EXPECT_OK(k, tp_tensor_download(ps[i].value, all + off));
+        off += tp_tensor_bytes(ps[i].value);
+    }
+    *bytes = total;
+    return all;
+}
+
+/* STEPS AdamW steps of a GPT on the TP group tp, its gradients averaged
+ * over dp in buckets of 100 bytes, overlapped or not: the final values
+ * (caller frees); *start: the initial ones. */
+static char *train_gpt(tpt_rank *k, tp_comm *tp, tp_comm *dp, const tp_gpt_config *cfg,
+                       int64_t batch, bool overlap, char **start, size_t *bytes)
+{
+    tp_gpt *m = NULL;
+    tp_optim *opt = NULL;
+    tp_dp *d = NULL;
+    tp_tensor ids = {0}, tgt = {0};
+    char *out = NULL;
+    int64_t n = batch * cfg->seq;
+    int32_t *h = calloc((size_t)n + 1, sizeof *h);
+    int D = tp_comm_size(dp);
+    EXPECT_OK(k, tp_gpt_create(tp, cfg, &m));
+    EXPECT_OK(k, tp_gpt_zero_grad(m));
+    const tp_param *ps = NULL;
+    int np = 0;
+    tp_gpt_params(m, &ps, &np);
+    tp_optim_config oc = tp_optim_defaults(TP_OPTIM_ADAMW);
+    oc.lr = 1e-2f;
+    tp_dp_config dc = {.bucket_bytes = 100};
+    EXPECT_OK(k, tp_optim_create(tp, &oc, ps, np, &opt));
+    EXPECT_OK(k, tp_dp_create(dp, &dc, ps, np, &d));
+    EXPECT_OK(k, tp_gpt_set_dp(m, overlap ? d : NULL));
+    EXPECT_OK(k, tp_tensor_alloc2(k->dev, TP_I32, batch, cfg->seq, &ids));
+    EXPECT_OK(k, tp_tensor_alloc2(k->dev, TP_I32, batch, cfg->seq, &tgt));
+    if (tpt_failures(k))
+        goto out;
+    *start = values_of(k, ps, np, bytes);
+    int buckets = 0;
+    tp_dp_get_info(d, &buckets, NULL, NULL);
+    for (int s = 0; s < STEPS && !tpt_failures(k); s++) {
+        replica_tokens(h, n, cfg->vocab, s, tp_comm_rank(dp));
+        EXPECT_OK(k, tp_tensor_upload(&ids, h));
+        EXPECT_OK(k, tp_tensor_upload(&tgt, h + 1));
+        float loss = 0;
+        EXPECT_OK(k, tp_optim_zero_grad(opt));
+        EXPECT_OK(k, tp_gpt_forward(m, &ids, &tgt, &loss));
+        if (overlap)
+            EXPECT_OK(k, tp_dp_begin(d, 1.0f / (float)D));
+        tp_stats_reset(dp);
+        EXPECT_OK(k, tp_gpt_backward(m));
+        tp_stats st;
+        tp_stats_get(dp, &st);
+        uint64_t early = tp_stats_calls(&st, TP_PHASE_COUNT, TP_OP_ALL_REDUCE);
+        /* overlapped: every bucket but those of the embeddings (final last) during backward */
+        EXPECT(k, overlap ? early * 2 > (uint64_t)buckets : early == 0,
+               "step %d, overlap %d: %llu of %d buckets started during backward", s, overlap,
+               (unsigned long long)early, buckets);
+        EXPECT_OK(k, tp_dp_all_reduce_grads(d, 1.0f / (float)D));
+        EXPECT_OK(k, tp_optim_step(opt));
+    }
+    EXPECT_OK(k, tp_dp_check_sync(d, tp));
+    out = values_of(k, ps, np, bytes);
+out:
+    tp_tensor_release(&ids), tp_tensor_release(&tgt);
+    tp_dp_free(d);
+    tp_optim_free(opt);
+    tp_gpt_free(m);
+    free(h);
+    return out;
+}
+
+/* Groups of 2, 3, 4, 6 ranks as T x D = 1x2, 1x3, 2x2, 2x3 (TP groups of
+ * consecutive ranks); tied without SP, then untied, biased, sequence
+ * parallel with a token count T does not divide. */
+static void body_gpt(tpt_rank *k)
+{
+    int G = k->T, T = G == 4 || G == 6 ? 2 : 1;
+    if (G < 2 || G == 5 || G > 6)
+        return;
+    tp_comm *tp = NULL, *dp = NULL;
+    EXPECT_OK(k, tp_comm_split(k->g, k->r / T, k->r, &tp));
+    EXPECT_OK(k, tp_comm_split(k->g, k->r % T, k->r, &dp));
+    for (int v = 0; v < 2 && tp && dp && !tpt_failures(k); v++) {
+        tp_gpt_config c = {.vocab = 37,
+                           .hidden = 12,
+                           .heads = 3,
+                           .ffn = 22,
+                           .layers = 2,
+                           .seq = 7,
+                           .tied = v == 0,
+                           .bias = v == 1,
+                           .sequence_parallel = v == 1,
+                           .seed = 5};
+        int64_t batch = v == 0 ? 2 : 1; /* v 1: 7 tokens */
+        size_t b0 = 0, b1 = 0;
+        char *s0 = NULL, *s1 = NULL;
+        char *off = train_gpt(k, tp, dp, &c, batch, false, &s0, &b0);
+        char *on = train_gpt(k, tp, dp, &c, batch, true, &s1, &b1);
+        if (off && on) {
+            EXPECT(k, b0 == b1 && memcmp(off, on, b0) == 0,
+                   "T=%d D=%d variant %d: weights after %d steps differ with overlap on (%zu B) "
+                   "and off (%zu B)",
+                   T, G / T, v, STEPS, b1, b0);
+            EXPECT(k, memcmp(off, s0, b0) != 0, "T=%d D=%d variant %d: training changed nothing", T,
+                   G / T, v);
+        }
+        free(off), free(on), free(s0), free(s1);
+    }
+    tp_comm_free(tp);
+    tp_comm_free(dp);
+}
+
+START_TEST(test_gpt)
+{
+    tpt_run_all(body_gpt);
+}
+END_TEST
+
 START_TEST(test_reduce)
 {
     tpt_run_all(body_reduce);
@@ -230,10 +418,8 @@ END_TEST
 int main(int argc, char **argv)
 {
     const tpt_test tests[] = {
-        {"reduce", test_reduce},
-        {"mismatch", test_mismatch},
-        {"sync", test_sync},
-        {"errors", test_errors},
+        {"reduce", test_reduce}, {"mismatch", test_mismatch}, {"sync", test_sync},
+        {"errors", test_errors}, {"gpt-overlap", test_gpt},
     };
     return tpt_main(&argc, &argv, "dp", tests, sizeof tests / sizeof tests[0], NULL);
 }

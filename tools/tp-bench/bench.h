@@ -166,6 +166,7 @@ typedef struct bench_opts {
     bool sequence_parallel; /* --sequence-parallel */
     int dp;                 /* --dp D: transformer, D data-parallel replicas (0, 1: none) */
     bool dp_inside;         /* --dp-inside: DP groups inside nodes, TP groups across */
+    int dp_bucket_kb;       /* --dp-bucket-kb: tp_dp bucket size (0: its default) */
     bool tokens_set;        /* --tokens given */
     bench_link links[BENCH_MAX_LIST]; /* --link, added to the presets */
     int n_links;
@@ -493,6 +494,7 @@ typedef struct bench_layer_result {
      * iteration, and the bucket plan (tp_dp_get_info) */
     int dp, dp_buckets;
     double dp_us, dp_wait_us, dp_calls, dp_bytes, dp_grad_bytes, dp_bucket_bytes;
+    double dp_hidden_us; /* the buckets' time in flight not waited for (--overlap) */
 } bench_layer_result;
 
 /* Sums over the phases run: compute (GEMM + other) and communication, µs

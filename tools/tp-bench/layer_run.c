@@ -328,10 +328,12 @@ static void fill_dp(bench_layer_result *R, const rank_timing *tm, double n)
     R->dp_bucket_bytes = tm->dp_bucket_bytes;
     for (int ph = 0; ph < TP_PHASE_COUNT; ph++)
         for (int op = 0; op < TP_OP_COUNT; op++) {
-            R->dp_us += tm->ds.comm[ph][op].seconds / n * 1e6;
+            const tp_icounter *ic = &tm->ds.icomm[ph][op]; /* the buckets */
+            R->dp_us += (tm->ds.comm[ph][op].seconds + ic->seconds) / n * 1e6;
+            R->dp_hidden_us += (ic->seconds - ic->exposed_seconds) / n * 1e6;
             R->dp_wait_us += tm->ds.comm[ph][op].wait_seconds / n * 1e6;
-            R->dp_calls += (double)tm->ds.comm[ph][op].calls / n;
-            R->dp_bytes += (double)tm->ds.comm[ph][op].bytes / n;
+            R->dp_calls += (double)(tm->ds.comm[ph][op].calls + ic->calls) / n;
+            R->dp_bytes += (double)(tm->ds.comm[ph][op].bytes + ic->bytes) / n;
         }
 }
 
@@ -520,6 +522,8 @@ static void emit_layer(bench_sink *sink, const bench_env *env, const bench_opts 
     if (R->dp > 1) { /* per iteration, rank 0's DP communicator */
         bench_rec_dbl(rec, "dp_us", R->dp_us);
         bench_rec_dbl(rec, "dp_wait_us", R->dp_wait_us);
+        bench_rec_dbl(rec, "dp_hidden_comm_us", R->dp_hidden_us);
+        bench_rec_dbl(rec, "dp_exposed_comm_us", R->dp_us - R->dp_hidden_us);
         bench_rec_dbl(rec, "dp_calls", R->dp_calls);
         bench_rec_dbl(rec, "dp_bytes", R->dp_bytes);
         bench_rec_dbl(rec, "dp_wire_bytes", R->dp_bytes * 2.0 * (R->dp - 1) / R->dp);

@@ -47,6 +47,7 @@ enum opt_id {
     O_HIDDEN,
     O_FFN,
     O_OVERLAP,
+    O_DP_BUCKET_KB,
     O_NO_BIAS,
     O_LINK,
     O_PROJECT_TP,
@@ -131,6 +132,7 @@ static const opt_def opt_table[] = {
     {"sequence-parallel", 0, 0, O_SP, L | M},
     {"dp", 0, 1, O_DP, L},
     {"dp-inside", 0, 0, O_DP_INSIDE, L},
+    {"dp-bucket-kb", 0, 1, O_DP_BUCKET_KB, L},
     {"link", 0, 1, O_LINK, M},
     {"project-tp", 0, 1, O_PROJECT_TP, M},
     {"measure-tp", 0, 1, O_MEASURE_TP, M},
@@ -439,6 +441,7 @@ static const int_opt int_opts[] = {
     I64_OPT(O_FFN, ffn, 1, (int64_t)1 << 31, "a dimension >= 1"),
     INT_OPT(O_DP, dp, 1, BENCH_MAX_TP, "a number of replicas >= 1"),
     INT_OPT(O_OVERLAP, overlap, 0, TP_OVERLAP_MAX, "a chunk count 0..64 (0, 1: off)"),
+    INT_OPT(O_DP_BUCKET_KB, dp_bucket_kb, 1, 1 << 22, "a bucket size in KiB >= 1"),
 };
 #undef INT_OPT
 #undef I64_OPT
@@ -897,8 +900,9 @@ int bench_opts_validate(const bench_opts *o, char *err, size_t errlen)
             return bench_fail(err, errlen, "%s: unknown layer '%s': expected one of %s", cmd,
                               o->layer, bench_layer_names());
         const bench_layer_desc *d = bench_layer_find(o->layer);
-        if (o->dp_inside && o->dp < 2)
-            return bench_fail(err, errlen, "%s: --dp-inside needs --dp D with D >= 2", cmd);
+        if ((o->dp_inside || o->dp_bucket_kb) && o->dp < 2)
+            return bench_fail(err, errlen, "%s: %s needs --dp D with D >= 2", cmd,
+                              o->dp_inside ? "--dp-inside" : "--dp-bucket-kb");
         if (o->dp > 1 && bench_layer_kind(d) != BENCH_LK_TRANSFORMER)
             return bench_fail(err, errlen,
                               "%s: --dp %d: data parallelism is measured for --layer transformer "
@@ -1025,6 +1029,8 @@ static const char help_layer_tail[] =
     "                      (tp_dp, 25 MiB buckets); reports the DP traffic next to\n"
     "                      2 (D-1)/D x parameter bytes per rank and step\n"
     "  --dp-inside         with --dp: DP groups inside nodes, TP groups across them\n"
+    "  --dp-bucket-kb N    with --dp: DP buckets of N KiB; --overlap N >= 2 with --dp\n"
+    "                      all-reduces each as soon as backward has produced it\n"
     "Shapes: linear-col h->ffn (split ffn), linear-row ffn->h (split ffn, input is the\n"
     "shard), mlp h->ffn->h; attention, block (pre-LN GPT block) and transformer (GPT model,\n"
     "one training step: embedding, blocks, tied output, cross-entropy) h -> h. Defaults: -n 5 -w "

@@ -26,6 +26,8 @@ struct bench_xf {
     tp_tensor ids, targets; /* transformer */
     tp_dp *dp;              /* transformer with --dp */
     float dp_weight;        /* 1/D */
+    size_t dp_bucket;       /* --dp-bucket-kb in bytes (0: tp_dp's default) */
+    bool dp_overlap;        /* --overlap >= 2: buckets reduced during backward */
 };
 
 void bench_xf_free(bench_xf *b)
@@ -103,6 +105,8 @@ tp_status bench_xf_create(int kind, tp_comm *comm, const bench_opts *o, bench_xf
     b->backward = o->backward;
     b->batch = o->batch;
     b->seq = o->seq;
+    b->dp_bucket = (size_t)o->dp_bucket_kb * 1024;
+    b->dp_overlap = o->overlap >= 2;
     tp_device *dev = tp_comm_device(comm);
     int T = tp_comm_size(comm), r = tp_comm_rank(comm);
     int64_t lo = 0, hi = o->tokens;
@@ -202,6 +206,8 @@ tp_status bench_xf_step(bench_xf *b)
                                     (double)loss);
             if (!backward)
                 return TP_OK;
+            if (b->dp && b->dp_overlap)
+                TP_TRY(tp_dp_begin(b->dp, b->dp_weight));
             TP_TRY(tp_gpt_backward(b->gpt));
             return b->dp ? tp_dp_all_reduce_grads(b->dp, b->dp_weight) : TP_OK;
         }
@@ -219,7 +225,9 @@ tp_status bench_xf_attach_dp(bench_xf *b, tp_comm *dp)
     int n = 0;
     tp_gpt_params(b->gpt, &ps, &n);
     b->dp_weight = 1.0f / (float)tp_comm_size(dp);
-    return tp_dp_create(dp, NULL, ps, n, &b->dp);
+    tp_dp_config c = {.bucket_bytes = b->dp_bucket};
+    TP_TRY(tp_dp_create(dp, &c, ps, n, &b->dp));
+    return b->dp_overlap ? tp_gpt_set_dp(b->gpt, b->dp) : TP_OK;
 }
 
 void bench_xf_dp_info(const bench_xf *b, int *buckets, double *grad_bytes, double *bucket_bytes)
@@ -239,11 +247,13 @@ void bench_xf_print_dp(const bench_layer_result *R)
     printf("# DP, D=%d (tp_stats of rank 0's DP communicator, per step): %.1f all_reduce (%d "
            "bucket%s of <= %.4g MiB), payload %.0f B, ring traffic %.0f B per rank; formula "
            "2 (D-1)/D x parameter bytes = 2 x %d/%d x %.0f = %.0f B: %s; %.1f us (wait %.1f, "
-           "transfer %.1f)\n",
+           "transfer %.1f); hidden behind backward %.1f us (%.0f%%), exposed %.1f (in flight: "
+           "summed over the buckets; queued ones overlap)\n",
            R->dp, R->dp_calls, R->dp_buckets, R->dp_buckets == 1 ? "" : "s",
            R->dp_bucket_bytes / 1048576.0, R->dp_bytes, ring, R->dp - 1, R->dp, R->dp_grad_bytes,
            formula, fabs(ring - formula) <= 1e-6 * (formula + 1) ? "match" : "MISMATCH", R->dp_us,
-           R->dp_wait_us, R->dp_us - R->dp_wait_us);
+           R->dp_wait_us, R->dp_us - R->dp_wait_us, R->dp_hidden_us,
+           R->dp_us > 0 ? 100.0 * R->dp_hidden_us / R->dp_us : 0.0, R->dp_us - R->dp_hidden_us);
 }
 
 void bench_xf_print_header(const bench_opts *o)

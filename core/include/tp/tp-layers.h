@@ -367,6 +367,7 @@ typedef struct tp_gpt_config {
 
 typedef struct tp_gpt tp_gpt;
 typedef struct tp_block tp_block; /* tp-transformer.h */
+typedef struct tp_dp tp_dp;       /* data parallelism, below */
 
 /* Errors (TP_ERR_SHAPE / TP_ERR_INVALID_ARG, with the numbers): sizes < 1,
  * vocab < T, ffn < T, and whatever the blocks refuse (heads < T, ...). */
@@ -403,6 +404,14 @@ TP_API tp_status tp_gpt_get_full_param(tp_gpt *m, int i, float *value, float *gr
 TP_API tp_status tp_gpt_get_full_logits(tp_gpt *m, float *logits);
 TP_API tp_block *tp_gpt_block(tp_gpt *m, int i);
 TP_API tp_embedding *tp_gpt_embedding(tp_gpt *m);
+/* Overlap the DP gradient reduction with backward: with d set (made over
+ * tp_gpt_params, or any list holding them), tp_gpt_backward hands d each
+ * gradient as it becomes final (tp_dp_grad_ready): the untied output
+ * projection's, the final norm's, each block's from the last to the first,
+ * then the embeddings' (the tied table is final only there). It does
+ * nothing unless a round of d is open (tp_dp_begin). NULL detaches; the
+ * model does not own d, which must outlive its use here. */
+TP_API tp_status tp_gpt_set_dp(tp_gpt *m, tp_dp *d);
 TP_API void tp_gpt_free(tp_gpt *m); /* NULL is a no-op */
 
 /* ------------------------------------------------------ data parallelism */
@@ -417,17 +426,36 @@ TP_API void tp_gpt_free(tp_gpt *m); /* NULL is a no-op */
  * global batch's mean loss and applies the same update.
  *
  * Buckets (PyTorch DDP's idea, 25 MiB by default): the gradients are
- * packed (scaled by weight) into a device buffer of bucket_bytes, the
- * buffer all-reduced in place, the pieces copied back. The order is fixed
- * when the object is made: replicated parameters first (norms, row-parallel
- * biases, the position table), then the shards, each in parameter order;
- * a parameter may straddle buckets, a bucket holds one dtype, and the
- * replicated parameters' buckets hold nothing else, so they are the same
- * calls on every DP group (see dp.c). Every run makes the same calls with
- * the same bytes: with a backend whose sums have a fixed order (loopback,
- * shm, mpi for a fixed process layout) the run is bitwise reproducible.
+ * packed (scaled by weight) into a device buffer, the buffer all-reduced
+ * in place (tp_iall_reduce), the pieces copied back. The order is fixed
+ * when the object is made, and is the order backward finishes the
+ * gradients: the parameters from the last to the first, the replicated
+ * ones (norms, row-parallel biases, the position table) in buckets of
+ * their own, merged with the shards' by when each bucket is complete. A
+ * parameter may straddle buckets and a bucket holds one dtype. The
+ * replicated parameters' buckets are the same calls on every DP group
+ * (see dp.c). Every run makes the same calls with the same bytes: with a
+ * backend whose sums have a fixed order (loopback, shm, mpi for a fixed
+ * process layout) the run is bitwise reproducible.
+ *
+ * Overlap (DDP's reduction during backward): tp_dp_begin(d, weight) before
+ * backward opens a round; backward then hands each gradient over as soon
+ * as it is final (tp_dp_grad_ready: tp_gpt_set_dp makes tp_gpt_backward do
+ * it block by block), and each bucket is packed and its all-reduce started
+ * once all its gradients are in and the buckets before it are started;
+ * tp_dp_all_reduce_grads(d, weight) then starts the rest, waits, unpacks
+ * and closes the round. The calls, their order and their bytes are those
+ * of the non-overlapped tp_dp_all_reduce_grads, so the results are bitwise
+ * the same. Only several buckets overlap: a bucket starts when its last
+ * gradient is final, so pick bucket_bytes well below grad_bytes
+ * (tp_dp_get_info). Overlapped, the buckets live in a second device buffer
+ * of grad_bytes (made at the first tp_dp_begin). A gradient handed over
+ * must not change until the round ends.
+ *
  * Communication: per call `buckets` all-reduces (tp_dp_get_info), counted
- * on the DP communicator's tp_stats under the current phase; the packing
+ * as nonblocking calls (tp_stats.icomm) on the DP communicator under the
+ * phase current at their start: seconds in flight, the part the rank spent
+ * waiting (exposed) and so the part hidden behind backward; the packing
  * and unpacking count as device kernels. Ring traffic per rank and call:
  * 2 (D-1)/D x grad_bytes.
  */
@@ -446,8 +474,18 @@ typedef struct tp_dp tp_dp;
  * (TP_ERR_INVALID_ARG naming the first that did not). cfg may be NULL. */
 TP_API tp_status tp_dp_create(tp_comm *dp, const tp_dp_config *cfg, const tp_param *params, int n,
                               tp_dp **out);
-/* Collective over dp: grad = sum over the group of weight x grad (see above). */
+/* Collective over dp: grad = sum over the group of weight x grad (see above).
+ * With a round open (tp_dp_begin), ends it: weight must be the round's. */
 TP_API tp_status tp_dp_all_reduce_grads(tp_dp *d, float weight);
+/* Open an overlapped round with this replica's weight (>= 0); not
+ * collective, no communication. TP_ERR_INVALID_ARG if one is open. */
+TP_API tp_status tp_dp_begin(tp_dp *d, float weight);
+/* Collective over dp (every rank hands over the same gradients in the same
+ * order): grad, a gradient tensor of one of d's parameters (compared by
+ * address; any other is ignored), is final for this round; starts every
+ * bucket that is now complete and whose turn it is. Without an open round
+ * it does nothing (gradient accumulation: only the last backward reduces). */
+TP_API tp_status tp_dp_grad_ready(tp_dp *d, const tp_tensor *grad);
 /* Collective over dp: *sum = the sum of every rank's x (one all-reduce,
  * counted like the buckets), e.g. of weight_d x loss_d for the global loss. */
 TP_API tp_status tp_dp_sum(tp_dp *d, float x, float *sum);
@@ -459,7 +497,8 @@ TP_API void tp_dp_get_info(const tp_dp *d, int *buckets, size_t *grad_bytes, siz
  * group, and every replicated one on every rank of the TP group; else
  * TP_ERR_INTERNAL naming the first parameter that differs. */
 TP_API tp_status tp_dp_check_sync(tp_dp *d, tp_comm *tp);
-TP_API void tp_dp_free(tp_dp *d); /* NULL is a no-op */
+/* NULL is a no-op; an open round's started buckets are waited for first. */
+TP_API void tp_dp_free(tp_dp *d);
 
 #ifdef __cplusplus
 }

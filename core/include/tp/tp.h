@@ -156,10 +156,12 @@ TP_API tp_status tp_barrier(tp_comm *comm);
  * Engines: a backend with nonblocking slots (mpi, nccl) runs them natively;
  * for any other the core runs its blocking collectives on one progress
  * thread per rank (started at the rank's first tp_i* call), in the rank's
- * issue order across all its comms; then a blocking collective, split or
- * free on any comm of the rank first waits until the thread ran every
- * request issued before. Ranks thus see the same order as the same program
- * with blocking calls, and deadlock only where it would. (mpi progresses a
+ * issue order across all its comms; then a split or free on any comm of the
+ * rank first waits until the thread ran every request issued before, and a
+ * blocking collective until it ran every one of the same backend (one of
+ * another backend runs beside them: TP on shm while DP buckets go over tcp).
+ * Ranks thus see the same order as the same program with blocking calls,
+ * and deadlock only where it would. (mpi progresses a
  * request only inside MPI calls: call tp_test between pieces of work to
  * move it along.)
  *
