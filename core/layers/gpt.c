@@ -84,7 +84,7 @@ struct tp_gpt {
     tp_tensor logits, dlogits; /* [tokens, vl] */
     tp_tensor g0, g1;          /* [rows, hidden] ping-pong gradients */
     tp_tensor pos_ids;         /* int32 [tokens]: t % seq_len */
-    tpl_ws hfull;              /* SP: gathered hn [tokens, hidden] */
+    tpl_ws hfull;              /* SP: gathered hn [tokens, hidden], gathered again in backward */
     tpl_ws dhfull; /* [tokens, hidden] partial input gradient of the output projection */
     tpl_ws tmp;    /* position rows [rows, hidden] */
     int64_t batch, seqlen, tokens, rows, slo, shi;
@@ -390,7 +390,6 @@ tp_status tp_gpt_create(tp_comm *comm, const tp_gpt_config *cfg, tp_gpt **out)
         return tp_set_error(TP_ERR_NO_MEMORY, "GPT create: out of host memory");
     m->comm = comm;
     m->dev = m->hfull.dev = m->dhfull.dev = m->tmp.dev = tp_comm_device(comm);
-    m->hfull.keep = true; /* the output projection's input, for its weight gradient */
     m->cfg = *cfg;
     m->dt = cfg->dtype;
     m->es = tp_dtype_size(cfg->dtype);
@@ -595,14 +594,22 @@ static tp_status add_positions(tp_gpt *m)
 }
 
 /* logits = hn's every token times this rank's vocab shard of the output weight. */
+/* SP: every token of hn into hfull (the output projection needs them all;
+ * backward gathers them again rather than keeping [tokens, hidden], as
+ * the blocks do for their column-parallel inputs). */
+static tp_status gather_hn(tp_gpt *m)
+{
+    for (int i = 0; i < m->T; i++)
+        m->counts[i] = (size_t)((m->toff[i + 1] - m->toff[i]) * m->cfg.hidden);
+    return tp_all_gatherv(m->comm, m->hn.data, m->hfull.ptr, m->counts, m->dt);
+}
+
 static tp_status output_forward(tp_gpt *m)
 {
     const int64_t H = m->cfg.hidden, N = m->tokens;
     const void *h = m->hn.data;
-    if (m->cfg.sequence_parallel) { /* the output projection needs every token */
-        for (int i = 0; i < m->T; i++)
-            m->counts[i] = (size_t)((m->toff[i + 1] - m->toff[i]) * H);
-        TP_TRY(tp_all_gatherv(m->comm, m->hn.data, m->hfull.ptr, m->counts, m->dt));
+    if (m->cfg.sequence_parallel) {
+        TP_TRY(gather_hn(m));
         h = m->hfull.ptr;
     }
     tp_tensor *w, *dw;
@@ -653,6 +660,8 @@ static tp_status output_backward(tp_gpt *m)
     tp_tensor *w, *dw;
     out_weight(m, &w, &dw);
     const void *h = sp ? m->hfull.ptr : m->hn.data;
+    if (sp)
+        TP_TRY(gather_hn(m));
     if (m->out) { /* dW_r += h^T dlogits_r; dh = dlogits_r W_r^T (partial over vocab shards) */
         TP_TRY(tpl_gemm(m->dev, m->dt, 1, 0, H, m->vl, N, 1.0f, h, H, m->dlogits.data, m->vl,
                         dw->data, m->vl));

@@ -337,10 +337,12 @@ static void expect_calls(tpt_rank *k, int line, const char *what, const tp_stats
 
 /* One step: forward, backward, AdamW step. Expected (L layers, see tp-layers.h):
  *   no SP: fwd AR 1 + 2L + 2; bwd AR 1 + 2L; other (optimizer) none
- *   SP:    fwd RS 1 + 2L, AG 2L + 1, AR 2; bwd RS 1 + 2L, AG 4L + 1, AR 1 + L
+ *   SP:    fwd RS 1 + 2L, AG 2L + 1, AR 2; bwd RS 1 + 2L, AG 4L + 2, AR 1 + L
  * (SP backward: per block dy gathered into each of its 2 row-parallel
  * exits, and the 2 column-parallel inputs gathered again for their weight
- * gradients instead of being kept from forward; + the embedding's dy) */
+ * gradients instead of being kept from forward; + the embedding's dy, +
+ * the final norm's output gathered again for the output projection's
+ * weight gradient) */
 static void body_counts(tpt_rank *k)
 {
     for (int sp = 0; sp < 2; sp++)
@@ -391,7 +393,7 @@ static void body_counts(tpt_rank *k)
                                            [TP_OP_ALL_GATHER] = 2 * L + 1,
                                            [TP_OP_REDUCE_SCATTER] = 1 + 2 * L};
                 uint64_t b[TP_OP_COUNT] = {[TP_OP_ALL_REDUCE] = 1 + L,
-                                           [TP_OP_ALL_GATHER] = 4 * L + 1,
+                                           [TP_OP_ALL_GATHER] = 4 * L + 2,
                                            [TP_OP_REDUCE_SCATTER] = 1 + 2 * L};
                 expect_calls(k, __LINE__, what, &s, TP_PHASE_FORWARD, f);
                 expect_calls(k, __LINE__, what, &s, TP_PHASE_BACKWARD, b);

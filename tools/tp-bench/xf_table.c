@@ -192,10 +192,10 @@ int bench_xf_expected_comm(int kind, const bench_opts *o, int T, int phase, benc
     } else {
         int tr = kind == BENCH_LK_TRANSFORMER;
         /* dy gathered into each row-parallel exit (+ the embedding's), and
-         * each region's input gathered again for its weight gradient (not
-         * kept from forward); input gradients reduce-scattered (+ the
-         * output projection's) */
-        n = add(out, n, max, TP_OP_ALL_GATHER, 2 * regions * L + tr, th, es);
+         * each region's input (+ the final norm's output) gathered again
+         * for its weight gradient (not kept from forward); input gradients
+         * reduce-scattered (+ the output projection's) */
+        n = add(out, n, max, TP_OP_ALL_GATHER, 2 * regions * L + 2 * tr, th, es);
         n = add(out, n, max, TP_OP_REDUCE_SCATTER, regions * L + tr, th, es);
         /* shared KV heads' weight gradients: one all-reduce per block */
         n = add(out, n, max, TP_OP_ALL_REDUCE, extra > 0 ? L : 0, extra, es);

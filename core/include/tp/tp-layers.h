@@ -332,10 +332,13 @@ TP_API void tp_optim_free(tp_optim *o);              /* NULL is a no-op */
  *   forward:  1 reduce_scatter (embedding) + 2L all_gather + 2L reduce_scatter
  *             (blocks) + 1 all_gather (final norm output, before the output
  *             projection) + 2 all_reduce (cross-entropy)
- *   backward: 1 reduce_scatter (output projection's input gradient) +
- *             1 all_reduce (final norm's parameter gradients) + the blocks'
- *             2L all_gather + 2L reduce_scatter + L all_reduce + 1 all_gather
- *             (embedding: every rank needs every token's gradient); plus,
+ *   backward: 1 all_gather (the final norm output again: SP keeps only
+ *             this rank's rows for backward) + 1 reduce_scatter (output
+ *             projection's input gradient) + 1 all_reduce (final norm's
+ *             parameter gradients) + the blocks' 4L all_gather (dy, and each
+ *             column-parallel input again) + 2L reduce_scatter + L all_reduce
+ *             + 1 all_gather (embedding: every rank needs every token's
+ *             gradient); plus,
  *             per block whose KV heads are shared by several ranks (a GQA
  *             group straddling a head-shard boundary), 1 all_reduce of
  *             their gradients
