@@ -57,13 +57,7 @@ tp_status lb_all_reduce(void *comm, const void *send, void *recv, size_t count, 
 {
     lb_comm *c = comm;
     lb_group *g = c->g;
-    sc_os_op o = {.kind = LB_ALL_REDUCE,
-                  .dt = (int)dt,
-                  .op = (int)op,
-                  .root = -1,
-                  .count = count,
-                  .send = send,
-                  .recv = recv};
+    sc_os_op o = sc_call_all_reduce(send, recv, count, (int)dt, (int)op);
     char msg[200];
     tp_status bad = lb_check_call(c, &o, msg, sizeof msg);
     size_t es = tp_util_dtype_size(dt);
@@ -103,13 +97,7 @@ tp_status lb_all_gather(void *comm, const void *send, void *recv, const size_t *
     lb_comm *c = comm;
     lb_group *g = c->g;
     int n = g->size;
-    sc_os_op o = {.kind = LB_ALL_GATHER,
-                  .dt = (int)dt,
-                  .op = -1,
-                  .root = -1,
-                  .counts = counts,
-                  .send = send,
-                  .recv = recv};
+    sc_os_op o = sc_call_all_gather(send, recv, counts, (int)dt);
     char msg[200];
     tp_status bad = lb_check_call(c, &o, msg, sizeof msg);
     size_t es = tp_util_dtype_size(dt), total = o.count;
@@ -146,13 +134,7 @@ tp_status lb_reduce_scatter(void *comm, const void *send, void *recv, const size
     lb_comm *c = comm;
     lb_group *g = c->g;
     int n = g->size;
-    sc_os_op o = {.kind = LB_REDUCE_SCATTER,
-                  .dt = (int)dt,
-                  .op = (int)op,
-                  .root = -1,
-                  .counts = counts,
-                  .send = send,
-                  .recv = recv};
+    sc_os_op o = sc_call_reduce_scatter(send, recv, counts, (int)dt, (int)op);
     char msg[200];
     tp_status bad = lb_check_call(c, &o, msg, sizeof msg);
     size_t es = tp_util_dtype_size(dt), total = o.count;
@@ -190,13 +172,7 @@ tp_status lb_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int roo
     lb_comm *c = comm;
     lb_group *g = c->g;
     int n = g->size;
-    sc_os_op o = {.kind = LB_BROADCAST,
-                  .dt = (int)dt,
-                  .op = -1,
-                  .root = root,
-                  .count = count,
-                  .send = buf,
-                  .recv = buf};
+    sc_os_op o = sc_call_broadcast(buf, count, (int)dt, root);
     char msg[200];
     tp_status bad = lb_check_call(c, &o, msg, sizeof msg);
     size_t es = tp_util_dtype_size(dt);

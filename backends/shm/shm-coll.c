@@ -117,13 +117,7 @@ tp_status sh_all_reduce(void *comm, const void *send, void *recv, size_t count, 
                         tp_redop op)
 {
     sh_comm *c = comm;
-    sc_os_op o = {.kind = SC_ALL_REDUCE,
-                  .dt = (int)dt,
-                  .op = (int)op,
-                  .root = -1,
-                  .count = count,
-                  .send = send,
-                  .recv = recv};
+    sc_os_op o = sc_call_all_reduce(send, recv, count, (int)dt, (int)op);
     char msg[200];
     tp_status bad = sh_check_call(c, &o, msg, sizeof msg);
     size_t es = bad ? 1 : tp_util_dtype_size(dt), m = c->eng->chunk / es;
@@ -149,13 +143,7 @@ tp_status sh_reduce_scatter(void *comm, const void *send, void *recv, const size
 {
     sh_comm *c = comm;
     int n = c->size;
-    sc_os_op o = {.kind = SC_REDUCE_SCATTER,
-                  .dt = (int)dt,
-                  .op = (int)op,
-                  .root = -1,
-                  .counts = counts,
-                  .send = send,
-                  .recv = recv};
+    sc_os_op o = sc_call_reduce_scatter(send, recv, counts, (int)dt, (int)op);
     char msg[200];
     tp_status bad = sh_check_call(c, &o, msg, sizeof msg);
     size_t es = bad ? 1 : tp_util_dtype_size(dt), m = c->eng->chunk / es, total = o.count;
@@ -209,13 +197,7 @@ tp_status sh_all_gather(void *comm, const void *send, void *recv, const size_t *
 {
     sh_comm *c = comm;
     int n = c->size;
-    sc_os_op o = {.kind = SC_ALL_GATHER,
-                  .dt = (int)dt,
-                  .op = -1,
-                  .root = -1,
-                  .counts = counts,
-                  .send = send,
-                  .recv = recv};
+    sc_os_op o = sc_call_all_gather(send, recv, counts, (int)dt);
     char msg[200];
     tp_status bad = sh_check_call(c, &o, msg, sizeof msg);
     size_t es = bad ? 1 : tp_util_dtype_size(dt), cb = c->eng->chunk, total = o.count;
@@ -247,13 +229,7 @@ tp_status sh_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int roo
 {
     sh_comm *c = comm;
     int n = c->size;
-    sc_os_op o = {.kind = SC_BROADCAST,
-                  .dt = (int)dt,
-                  .op = -1,
-                  .root = root,
-                  .count = count,
-                  .send = buf,
-                  .recv = buf};
+    sc_os_op o = sc_call_broadcast(buf, count, (int)dt, root);
     char msg[200];
     tp_status bad = sh_check_call(c, &o, msg, sizeof msg);
     size_t es = bad ? 1 : tp_util_dtype_size(dt), cb = c->eng->chunk;

@@ -102,6 +102,50 @@ static tp_status check_v_buffers(const sc_os_op *o, char *msg, size_t len)
     return TP_OK;
 }
 
+sc_os_op sc_call_all_reduce(const void *send, void *recv, size_t count, int dt, int op)
+{
+    return (sc_os_op){.kind = SC_ALL_REDUCE,
+                      .dt = dt,
+                      .op = op,
+                      .root = -1,
+                      .count = count,
+                      .send = send,
+                      .recv = recv};
+}
+
+sc_os_op sc_call_all_gather(const void *send, void *recv, const size_t *counts, int dt)
+{
+    return (sc_os_op){.kind = SC_ALL_GATHER,
+                      .dt = dt,
+                      .op = -1,
+                      .root = -1,
+                      .counts = counts,
+                      .send = send,
+                      .recv = recv};
+}
+
+sc_os_op sc_call_reduce_scatter(const void *send, void *recv, const size_t *counts, int dt, int op)
+{
+    return (sc_os_op){.kind = SC_REDUCE_SCATTER,
+                      .dt = dt,
+                      .op = op,
+                      .root = -1,
+                      .counts = counts,
+                      .send = send,
+                      .recv = recv};
+}
+
+sc_os_op sc_call_broadcast(void *buf, size_t count, int dt, int root)
+{
+    return (sc_os_op){.kind = SC_BROADCAST,
+                      .dt = dt,
+                      .op = -1,
+                      .root = root,
+                      .count = count,
+                      .send = buf,
+                      .recv = buf};
+}
+
 tp_status sc_check_call(sc_os_op *o, char *msg, size_t len)
 {
     msg[0] = '\0';

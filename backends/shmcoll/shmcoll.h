@@ -135,6 +135,12 @@ typedef struct sc_os_op {
     sc_os_buf *const *bufs;
 } sc_os_op;
 
+/* A collective's arguments as an sc_os_op (rank, size, seq, bufs unset;
+ * for the v-variants count and hash are set by sc_check_call). */
+sc_os_op sc_call_all_reduce(const void *send, void *recv, size_t count, int dt, int op);
+sc_os_op sc_call_all_gather(const void *send, void *recv, const size_t *counts, int dt);
+sc_os_op sc_call_reduce_scatter(const void *send, void *recv, const size_t *counts, int dt, int op);
+sc_os_op sc_call_broadcast(void *buf, size_t count, int dt, int root);
 /* This rank's arguments of call o (kind, dt, op, root, send, recv, rank,
  * size; count for all_reduce and broadcast, counts for the v-variants)
  * are valid on their own: TP_OK (msg empty), or the verdict and why in

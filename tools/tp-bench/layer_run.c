@@ -623,6 +623,42 @@ static void print_result(const bench_opts *o, const bench_layer_result *R, const
     fflush(stdout);
 }
 
+/* The sweep's summary table, and the per-token line of decode-shaped runs. */
+static void print_summary(const bench_opts *o, const bench_layer_result *res, int ntp, double wall1)
+{
+    printf("#\n# summary: %s %s (wall = max over ranks, per iteration; all phases)\n", o->layer,
+           o->backward ? "forward + backward" : "forward");
+    printf("# %4s %11s %11s %11s %11s %11s %11s %7s %8s %6s %10s %6s %5s\n", "T", "wall(us)",
+           "gemm(us)", "other(us)", "comm(us)", "wait(us)", "xfer(us)", "comm%", "speedup", "eff%",
+           "coll/iter", "cores", "nodes");
+    for (int i = 0; i < ntp; i++) {
+        const bench_layer_result *R = &res[i];
+        double sp = isnan(wall1) ? NAN : wall1 / R->wall_us;
+        uint64_t calls = 0;
+        double gemm = 0, other = 0;
+        for (int ph = 0; ph < R->nphases; ph++) {
+            for (int op = 0; op < TP_OP_COUNT; op++)
+                calls += R->calls[phase_of[ph]][op];
+            gemm += R->gemm_us[ph];
+            other += R->other_us[ph];
+        }
+        double cm = bench_layer_comm_us(R), wt = bench_layer_wait_us(R);
+        printf("  %4d %11.1f %11.1f %11.1f %11.1f %11.1f %11.1f %7.2f %8.3f %6.1f "
+               "%10" G_GUINT64_FORMAT " %6.2f %5d\n",
+               R->T, R->wall_us, gemm, other, cm, wt, cm - wt,
+               pct(cm, bench_layer_compute_us(R) + cm), sp, 100 * sp / R->T, (guint64)calls,
+               R->cpu_cores, R->place.nodes);
+    }
+    if (isnan(wall1))
+        printf("# (no T=1 in --sweep-tp: add 1 for speedup and efficiency)\n");
+    if (o->tokens <= 16) { /* decode-shaped: the latency of one token */
+        printf("# per token (wall / %" G_GINT64_FORMAT " tokens):", (gint64)o->tokens);
+        for (int i = 0; i < ntp; i++)
+            printf(" T=%d %.1f us%s", res[i].T, res[i].wall_us / (double)o->tokens,
+                   i + 1 < ntp ? "," : "\n");
+    }
+}
+
 int bench_cmd_layer(const bench_opts *o)
 {
     const bench_layer_desc *d = bench_layer_find(o->layer);
@@ -682,39 +718,8 @@ int bench_cmd_layer(const bench_opts *o)
             emit_layer(&sink, &env, o, &res[i], -1, NULL, ph, speedup, eff);
         }
     }
-    if (rc == 0 && env.printer && ntp > 1) {
-        printf("#\n# summary: %s %s (wall = max over ranks, per iteration; all phases)\n", o->layer,
-               o->backward ? "forward + backward" : "forward");
-        printf("# %4s %11s %11s %11s %11s %11s %11s %7s %8s %6s %10s %6s %5s\n", "T", "wall(us)",
-               "gemm(us)", "other(us)", "comm(us)", "wait(us)", "xfer(us)", "comm%", "speedup",
-               "eff%", "coll/iter", "cores", "nodes");
-        for (int i = 0; i < ntp; i++) {
-            const bench_layer_result *R = &res[i];
-            double sp = isnan(wall1) ? NAN : wall1 / R->wall_us;
-            uint64_t calls = 0;
-            double gemm = 0, other = 0;
-            for (int ph = 0; ph < R->nphases; ph++) {
-                for (int op = 0; op < TP_OP_COUNT; op++)
-                    calls += R->calls[phase_of[ph]][op];
-                gemm += R->gemm_us[ph];
-                other += R->other_us[ph];
-            }
-            double cm = bench_layer_comm_us(R), wt = bench_layer_wait_us(R);
-            printf("  %4d %11.1f %11.1f %11.1f %11.1f %11.1f %11.1f %7.2f %8.3f %6.1f "
-                   "%10" G_GUINT64_FORMAT " %6.2f %5d\n",
-                   R->T, R->wall_us, gemm, other, cm, wt, cm - wt,
-                   pct(cm, bench_layer_compute_us(R) + cm), sp, 100 * sp / R->T, (guint64)calls,
-                   R->cpu_cores, R->place.nodes);
-        }
-        if (isnan(wall1))
-            printf("# (no T=1 in --sweep-tp: add 1 for speedup and efficiency)\n");
-        if (o->tokens <= 16) { /* decode-shaped: the latency of one token */
-            printf("# per token (wall / %" G_GINT64_FORMAT " tokens):", (gint64)o->tokens);
-            for (int i = 0; i < ntp; i++)
-                printf(" T=%d %.1f us%s", res[i].T, res[i].wall_us / (double)o->tokens,
-                       i + 1 < ntp ? "," : "\n");
-        }
-    }
+    if (rc == 0 && env.printer && ntp > 1)
+        print_summary(o, res, ntp, wall1);
     free(L.per_rank);
     return bench_cmd_finish(&env, &sink, rc);
 }

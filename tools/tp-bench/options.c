@@ -873,6 +873,47 @@ static int check_split(const bench_opts *o, int T, const char *src, char *err, s
     return 0;
 }
 
+/* The layer and model options: the layer, its DP and overlap settings, and
+ * every T against the dimension it splits. */
+static int validate_layer(const bench_opts *o, const char *cmd, char *err, size_t errlen)
+{
+    if (!bench_layer_find(o->layer))
+        return bench_fail(err, errlen, "%s: unknown layer '%s': expected one of %s", cmd, o->layer,
+                          bench_layer_names());
+    const bench_layer_desc *d = bench_layer_find(o->layer);
+    if ((o->dp_inside || o->dp_bucket_kb) && o->dp < 2)
+        return bench_fail(err, errlen, "%s: %s needs --dp D with D >= 2", cmd,
+                          o->dp_inside ? "--dp-inside" : "--dp-bucket-kb");
+    if (o->dp > 1 && bench_layer_kind(d) != BENCH_LK_TRANSFORMER)
+        return bench_fail(err, errlen,
+                          "%s: --dp %d: data parallelism is measured for --layer transformer "
+                          "only (got '%s')",
+                          cmd, o->dp, o->layer);
+    int kind = bench_layer_kind(d);
+    if (o->overlap >= 2 &&
+        (kind == BENCH_LK_ATTENTION || (kind == BENCH_LK_TRANSFORMER && o->dp < 2)))
+        return bench_fail(
+            err, errlen,
+            "%s: --overlap %d: layer '%s' has no overlapped path%s; use "
+            "linear-row, linear-col, mlp or block, or drop --overlap",
+            cmd, o->overlap, o->layer,
+            kind == BENCH_LK_TRANSFORMER ? " without --dp (there it overlaps the DP buckets)" : "");
+    if (o->tp && check_split(o, o->tp, "--tp/TP_WORLD_SIZE", err, errlen))
+        return -1;
+    for (int i = 0; i < o->n_sweep_tp; i++)
+        if (check_split(o, o->sweep_tp[i], "--sweep-tp", err, errlen))
+            return -1;
+    if (o->cmd == BENCH_CMD_MODEL) {
+        for (int i = 0; i < o->n_project_tp; i++)
+            if (check_split(o, o->project_tp[i], "--project-tp", err, errlen))
+                return -1;
+        for (int i = 0; i < o->n_measure_tp; i++)
+            if (check_split(o, o->measure_tp[i], "--measure-tp", err, errlen))
+                return -1;
+    }
+    return 0;
+}
+
 int bench_opts_validate(const bench_opts *o, char *err, size_t errlen)
 {
     const char *cmd = cmd_names[o->cmd];
@@ -895,43 +936,9 @@ int bench_opts_validate(const bench_opts *o, char *err, size_t errlen)
                           "%s: --compare-raw times MPI's f32 sum: drop -d %s / -o %s or "
                           "--compare-raw",
                           cmd, bench_dtype_name(o->coll_dtype), bench_redop_name(o->redop));
-    if (o->cmd == BENCH_CMD_LAYER || o->cmd == BENCH_CMD_MODEL) {
-        if (!bench_layer_find(o->layer))
-            return bench_fail(err, errlen, "%s: unknown layer '%s': expected one of %s", cmd,
-                              o->layer, bench_layer_names());
-        const bench_layer_desc *d = bench_layer_find(o->layer);
-        if ((o->dp_inside || o->dp_bucket_kb) && o->dp < 2)
-            return bench_fail(err, errlen, "%s: %s needs --dp D with D >= 2", cmd,
-                              o->dp_inside ? "--dp-inside" : "--dp-bucket-kb");
-        if (o->dp > 1 && bench_layer_kind(d) != BENCH_LK_TRANSFORMER)
-            return bench_fail(err, errlen,
-                              "%s: --dp %d: data parallelism is measured for --layer transformer "
-                              "only (got '%s')",
-                              cmd, o->dp, o->layer);
-        int kind = bench_layer_kind(d);
-        if (o->overlap >= 2 &&
-            (kind == BENCH_LK_ATTENTION || (kind == BENCH_LK_TRANSFORMER && o->dp < 2)))
-            return bench_fail(err, errlen,
-                              "%s: --overlap %d: layer '%s' has no overlapped path%s; use "
-                              "linear-row, linear-col, mlp or block, or drop --overlap",
-                              cmd, o->overlap, o->layer,
-                              kind == BENCH_LK_TRANSFORMER
-                                  ? " without --dp (there it overlaps the DP buckets)"
-                                  : "");
-        if (o->tp && check_split(o, o->tp, "--tp/TP_WORLD_SIZE", err, errlen))
-            return -1;
-        for (int i = 0; i < o->n_sweep_tp; i++)
-            if (check_split(o, o->sweep_tp[i], "--sweep-tp", err, errlen))
-                return -1;
-        if (o->cmd == BENCH_CMD_MODEL) {
-            for (int i = 0; i < o->n_project_tp; i++)
-                if (check_split(o, o->project_tp[i], "--project-tp", err, errlen))
-                    return -1;
-            for (int i = 0; i < o->n_measure_tp; i++)
-                if (check_split(o, o->measure_tp[i], "--measure-tp", err, errlen))
-                    return -1;
-        }
-    }
+    if ((o->cmd == BENCH_CMD_LAYER || o->cmd == BENCH_CMD_MODEL) &&
+        validate_layer(o, cmd, err, errlen))
+        return -1;
     if (o->cmd == BENCH_CMD_PLOT) {
         if (!o->out_path)
             return bench_fail(err, errlen, "plot: missing --out FILE.png");
