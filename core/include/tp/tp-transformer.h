@@ -204,8 +204,12 @@ typedef struct tp_block_config {
     tp_dtype dtype; /* of the norms, attention and MLP (their parameters, gradients and
                        activations), x, y, dy, dx: TP_F32 (0), TP_BF16, TP_F16 */
     int overlap;    /* the MLP's tp_mlp_config.overlap (0/1: off); with sequence
-                       parallelism: the MLP backward's input-gradient reduce-scatter
-                       runs while fc1's weight gradient is computed */
+                       parallelism, N >= 2 pipelines the forward's all-gather ->
+                       column GEMM (QKV, fc1) and row GEMM -> reduce-scatter (out-
+                       projection, fc2) in up to N token chunks (cut at multiples
+                       of 48 rows), and the MLP backward's input-gradient
+                       reduce-scatter runs while fc1's weight gradient is computed;
+                       results bitwise those of 0 (docs/determinism.md) */
 } tp_block_config;
 
 typedef struct tp_block tp_block;

@@ -50,6 +50,7 @@ struct tp_attention {
     int64_t qkv_width;               /* local QKV width (local_heads + 2 local_kv) head_dim */
     int64_t out_rows;                /* local out-projection rows local_heads head_dim */
     bool has_bias, causal, sp, any_shared;
+    int overlap; /* tpl_attention_set_overlap (the block's): SP forward chunks */
     tp_dtype dt; /* weights, gradients and every activation (f32 accumulation) */
     size_t es;   /* its size */
     dx_reduce dx_reduce;
@@ -483,14 +484,139 @@ static tp_status attend(tp_attention *a)
     return TP_OK;
 }
 
+/* This rank's part of token chunk [c0, c1): counts[i] = the rows of rank
+ * i's shard inside the chunk, times cols; returns the first such row of
+ * this rank, relative to its shard (its shard's length when none). */
+static int64_t chunk_part(const int64_t *off, int T, int rank, int64_t c0, int64_t c1, int64_t cols,
+                          size_t *counts)
+{
+    int64_t mine = 0;
+    for (int i = 0; i < T; i++) {
+        int64_t lo = off[i] > c0 ? off[i] : c0, hi = off[i + 1] < c1 ? off[i + 1] : c1;
+        if (hi < lo)
+            hi = lo = lo > off[i + 1] ? off[i + 1] : lo;
+        counts[i] = (size_t)((hi - lo) * cols);
+        if (i == rank)
+            mine = lo - off[i];
+    }
+    return mine;
+}
+
+/* End every request of req[0..n) (each exactly once); the first error
+ * among them and st. */
+static tp_status wait_each(tp_request **req, int n, tp_status st)
+{
+    for (int i = 0; i < n; i++) {
+        tp_status w = tp_wait(req[i]);
+        if (st == TP_OK)
+            st = w;
+    }
+    return st;
+}
+
+tp_status tpl_gather_rows_overlapped(tp_comm *comm, tp_dtype dt, const void *shard, void *full,
+                                     const int64_t *off, int64_t cols, size_t *counts, int overlap,
+                                     tpl_rows_fn fn, void *ctx)
+{
+    int T = tp_comm_size(comm), rank = tp_comm_rank(comm);
+    size_t es = tp_dtype_size(dt);
+    int64_t co[TP_OVERLAP_MAX + 1];
+    tp_request *req[TP_OVERLAP_MAX];
+    int n = tpl_overlap_chunks(off[T], overlap, co), issued = 0;
+    tp_status st = TP_OK;
+    /* all chunks issued at once: they run back to back in issue order */
+    for (int c = 0; c < n && st == TP_OK; c++) {
+        int64_t mine = chunk_part(off, T, rank, co[c], co[c + 1], cols, counts);
+        st = tp_iall_gatherv(comm, (const char *)shard + (size_t)(mine * cols) * es,
+                             (char *)full + (size_t)(co[c] * cols) * es, counts, dt, &req[issued]);
+        if (st == TP_OK)
+            issued++;
+    }
+    for (int c = 0; c < issued && st == TP_OK; c++) {
+        tp_request *r = req[c];
+        req[c] = NULL; /* ended here, whatever it returns */
+        st = tp_wait(r);
+        if (st == TP_OK)
+            st = fn(ctx, co[c], co[c + 1]);
+        bool done; /* push the next one along (backends progressing in calls) */
+        if (st == TP_OK && c + 1 < issued)
+            st = tp_test(req[c + 1], &done);
+    }
+    for (int c = 0; c < issued; c++)
+        if (req[c])
+            st = wait_each(&req[c], 1, st);
+    return st;
+}
+
+tp_status tpl_reduce_scatter_rows_overlapped(tp_comm *comm, tp_dtype dt, void *full, void *shard,
+                                             const int64_t *off, int64_t cols, size_t *counts,
+                                             int overlap, tpl_rows_fn fn, void *ctx)
+{
+    int T = tp_comm_size(comm), rank = tp_comm_rank(comm);
+    size_t es = tp_dtype_size(dt);
+    int64_t co[TP_OVERLAP_MAX + 1];
+    tp_request *req[TP_OVERLAP_MAX];
+    int n = tpl_overlap_chunks(off[T], overlap, co), issued = 0;
+    tp_status st = TP_OK;
+    for (int c = 0; c < n && st == TP_OK; c++) {
+        st = fn(ctx, co[c], co[c + 1]);
+        int64_t mine = chunk_part(off, T, rank, co[c], co[c + 1], cols, counts);
+        if (st == TP_OK)
+            st = tp_ireduce_scatterv(comm, (char *)full + (size_t)(co[c] * cols) * es,
+                                     (char *)shard + (size_t)(mine * cols) * es, counts, dt, TP_SUM,
+                                     &req[issued]);
+        if (st == TP_OK)
+            issued++;
+        bool done;
+        if (st == TP_OK && issued > 1)
+            st = tp_test(req[0], &done);
+    }
+    return wait_each(req, issued, st);
+}
+
+void tpl_attention_set_overlap(tp_attention *a, int overlap)
+{
+    a->overlap = overlap;
+}
+
+/* The sequence-parallel forward's GEMMs on token rows [r0, r1) (chunks
+ * of the overlapped path, all rows in one call otherwise): qkv = x Wqkv
+ * on the gathered x (full), and the out-projection's partial y (full, free
+ * since the QKV GEMM) = ctx Wo. */
+static tp_status qkv_rows(void *ctx, int64_t r0, int64_t r1)
+{
+    tp_attention *a = ctx;
+    int64_t hidden = a->hidden, width = a->qkv_width;
+    return tpl_gemm(a->dev, a->dt, 0, 0, r1 - r0, width, hidden, 0.0f,
+                    at(a, a->full.ptr, r0 * hidden), hidden, a->wqkv.data, width,
+                    at(a, a->qkv.ptr, r0 * width), width);
+}
+
+static tp_status out_proj_rows(void *ctx, int64_t r0, int64_t r1)
+{
+    tp_attention *a = ctx;
+    int64_t hidden = a->hidden;
+    return tpl_gemm(a->dev, a->dt, 0, 0, r1 - r0, hidden, a->out_rows, 0.0f,
+                    at(a, a->ctx.ptr, r0 * a->out_rows), a->out_rows, a->wo.data, hidden,
+                    at(a, a->full.ptr, r0 * hidden), hidden);
+}
+
+/* Sequence parallel, overlap >= 2: the all-gather of x pipelined with the
+ * QKV GEMM, and the out-projection GEMM with the reduce-scatter of y, in
+ * the token chunks of tpl_overlap_chunks (the same bits as one call:
+ * docs/determinism.md). */
+static bool sp_overlapped(const tp_attention *a)
+{
+    return a->sp && a->overlap >= 2 && a->tokens > 0;
+}
+
 static tp_status forward_body(tp_attention *a, const tp_tensor *x, tp_tensor *y)
 {
     int64_t tokens = a->tokens, hidden = a->hidden, width = a->qkv_width;
     size_t ss = (size_t)(a->seq * a->seq);
     const void *xf = x->data;
-    if (a->sp) { /* all-gather the token shards into the full input */
+    if (a->sp) {
         TP_TRY(tpl_ws_reserve(&a->full, (size_t)(tokens * hidden) * a->es, a->label));
-        TP_TRY(tpl_gather_rows(a->comm, a->dt, x->data, a->full.ptr, a->off, hidden, a->counts));
         xf = a->full.ptr;
     }
     a->x_used = a->sp ? NULL : xf;
@@ -498,9 +624,17 @@ static tp_status forward_body(tp_attention *a, const tp_tensor *x, tp_tensor *y)
     TP_TRY(tpl_ws_reserve(&a->probs, (size_t)a->batch * a->local_heads * ss * a->es, a->label));
     TP_TRY(tpl_ws_reserve(&a->scores, (size_t)a->local_heads * ss * a->es, a->label));
     TP_TRY(tpl_ws_reserve(&a->ctx, (size_t)(tokens * a->out_rows) * a->es, a->label));
-    /* qkv = x Wqkv_local (+ b) */
-    TP_TRY(tpl_gemm(a->dev, a->dt, 0, 0, tokens, width, hidden, 0.0f, xf, hidden, a->wqkv.data,
-                    width, a->qkv.ptr, width));
+    /* qkv = x Wqkv_local (+ b), x all-gathered from the token shards with SP */
+    if (sp_overlapped(a)) {
+        TP_TRY(tpl_gather_rows_overlapped(a->comm, a->dt, x->data, a->full.ptr, a->off, hidden,
+                                          a->counts, a->overlap, qkv_rows, a));
+    } else {
+        if (a->sp)
+            TP_TRY(
+                tpl_gather_rows(a->comm, a->dt, x->data, a->full.ptr, a->off, hidden, a->counts));
+        TP_TRY(tpl_gemm(a->dev, a->dt, 0, 0, tokens, width, hidden, 0.0f, xf, hidden, a->wqkv.data,
+                        width, a->qkv.ptr, width));
+    }
     if (a->has_bias)
         TP_TRY(tp_dev_bias_add(a->dev, a->dt, tokens, width, a->qkv.ptr, a->bqkv.data));
     TP_TRY(attend(a));
@@ -509,10 +643,11 @@ static tp_status forward_body(tp_attention *a, const tp_tensor *x, tp_tensor *y)
         TP_TRY(tpl_gemm(a->dev, a->dt, 0, 0, tokens, hidden, a->out_rows, 0.0f, a->ctx.ptr,
                         a->out_rows, a->wo.data, hidden, y->data, hidden));
         TP_TRY(tp_all_reduce(a->comm, y->data, y->data, (size_t)(tokens * hidden), a->dt, TP_SUM));
+    } else if (sp_overlapped(a)) {
+        TP_TRY(tpl_reduce_scatter_rows_overlapped(a->comm, a->dt, a->full.ptr, y->data, a->off,
+                                                  hidden, a->counts, a->overlap, out_proj_rows, a));
     } else {
-        /* full (the gathered x) is free since the QKV GEMM */
-        TP_TRY(tpl_gemm(a->dev, a->dt, 0, 0, tokens, hidden, a->out_rows, 0.0f, a->ctx.ptr,
-                        a->out_rows, a->wo.data, hidden, a->full.ptr, hidden));
+        TP_TRY(out_proj_rows(a, 0, tokens));
         for (int i = 0; i < a->tp_size; i++)
             a->counts[i] = (size_t)((a->off[i + 1] - a->off[i]) * hidden);
         TP_TRY(tp_reduce_scatterv(a->comm, a->full.ptr, y->data, a->counts, a->dt, TP_SUM));

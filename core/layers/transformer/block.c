@@ -149,6 +149,7 @@ tp_status tp_block_create(tp_comm *comm, const tp_block_config *cfg, tp_block **
         .dtype = cfg->dtype,
     };
     TP_TRY_GOTO(tp_attention_create(comm, &ac, &b->attn), st, fail);
+    tpl_attention_set_overlap(b->attn, cfg->overlap);
     tp_mlp_config mc = {
         .hidden = cfg->hidden,
         .ffn = cfg->ffn,
@@ -176,27 +177,69 @@ static size_t *row_counts(tp_block *b)
     return b->counts;
 }
 
-/* Sequence-parallel MLP forward on the token shard x -> y (shards). */
+/* The sequence-parallel MLP forward's GEMMs on token rows [r0, r1) (the
+ * overlapped path's chunks; the plain path's one call of all rows). */
+typedef struct sp_fwd {
+    tp_block *b;
+    tp_linear_params p1, p2;
+} sp_fwd;
+
+/* mpre rows = gathered x rows W1 */
+static tp_status sp_fc1_rows(void *ctx, int64_t r0, int64_t r1)
+{
+    sp_fwd *f = ctx;
+    tp_block *b = f->b;
+    int64_t hid = b->hidden, fl = f->p1.hi - f->p1.lo;
+    return tpl_gemm(b->dev, b->dt, 0, 0, r1 - r0, fl, hid, 0.0f,
+                    (const char *)b->mtmp.ptr + (size_t)(r0 * hid) * b->es, hid, f->p1.weight->data,
+                    fl, (char *)b->mpre.ptr + (size_t)(r0 * fl) * b->es, fl);
+}
+
+/* partial y rows (mtmp) = GeLU output rows W2 */
+static tp_status sp_fc2_rows(void *ctx, int64_t r0, int64_t r1)
+{
+    sp_fwd *f = ctx;
+    tp_block *b = f->b;
+    int64_t hid = b->hidden, fl = f->p1.hi - f->p1.lo;
+    return tpl_gemm(b->dev, b->dt, 0, 0, r1 - r0, hid, fl, 0.0f,
+                    (const char *)b->mact.ptr + (size_t)(r0 * fl) * b->es, fl, f->p2.weight->data,
+                    hid, (char *)b->mtmp.ptr + (size_t)(r0 * hid) * b->es, hid);
+}
+
+/* Sequence-parallel MLP forward on the token shard x -> y (shards). With
+ * overlap >= 2 the all-gather of x is pipelined with fc1's GEMM and fc2's
+ * GEMM with the reduce-scatter, in the token chunks of tpl_overlap_chunks
+ * (rows cut as the overlapped row forward's: the same GEMM bits per row,
+ * the same sums per element; docs/determinism.md). */
 static tp_status sp_mlp_forward(tp_block *b, const tp_tensor *x, tp_tensor *y)
 {
-    tp_linear_params p1, p2;
-    tp_linear_get_params(tp_mlp_fc1(b->mlp), &p1);
-    tp_linear_get_params(tp_mlp_fc2(b->mlp), &p2);
-    int64_t N = b->tokens, hid = b->hidden, fl = p1.hi - p1.lo;
+    sp_fwd f = {.b = b};
+    tp_linear_get_params(tp_mlp_fc1(b->mlp), &f.p1);
+    tp_linear_get_params(tp_mlp_fc2(b->mlp), &f.p2);
+    int64_t N = b->tokens, hid = b->hidden, fl = f.p1.hi - f.p1.lo;
     TP_TRY(tpl_ws_reserve(&b->mpre, (size_t)(N * fl) * b->es, b->label));
     TP_TRY(tpl_ws_reserve(&b->mact, (size_t)(N * fl) * b->es, b->label));
     TP_TRY(tpl_ws_reserve(&b->mtmp, (size_t)(N * hid) * b->es, b->label));
-    TP_TRY(tpl_gather_rows(b->comm, b->dt, x->data, b->mtmp.ptr, b->off, hid, b->counts));
-    TP_TRY(tpl_gemm(b->dev, b->dt, 0, 0, N, fl, hid, 0.0f, b->mtmp.ptr, hid, p1.weight->data, fl,
-                    b->mpre.ptr, fl));
-    if (p1.bias)
-        TP_TRY(tp_dev_bias_add(b->dev, b->dt, N, fl, b->mpre.ptr, p1.bias->data));
+    bool ov = b->overlap >= 2 && N > 0;
+    if (ov)
+        TP_TRY(tpl_gather_rows_overlapped(b->comm, b->dt, x->data, b->mtmp.ptr, b->off, hid,
+                                          b->counts, b->overlap, sp_fc1_rows, &f));
+    else {
+        TP_TRY(tpl_gather_rows(b->comm, b->dt, x->data, b->mtmp.ptr, b->off, hid, b->counts));
+        TP_TRY(sp_fc1_rows(&f, 0, N));
+    }
+    if (f.p1.bias)
+        TP_TRY(tp_dev_bias_add(b->dev, b->dt, N, fl, b->mpre.ptr, f.p1.bias->data));
     TP_TRY(tp_dev_gelu(b->dev, b->dt, N * fl, b->mpre.ptr, b->mact.ptr, b->gelu_tanh ? 1 : 0));
-    TP_TRY(tpl_gemm(b->dev, b->dt, 0, 0, N, hid, fl, 0.0f, b->mact.ptr, fl, p2.weight->data, hid,
-                    b->mtmp.ptr, hid));
-    TP_TRY(tp_reduce_scatterv(b->comm, b->mtmp.ptr, y->data, row_counts(b), b->dt, TP_SUM));
-    if (p2.bias && b->rows > 0)
-        TP_TRY(tp_dev_bias_add(b->dev, b->dt, b->rows, hid, y->data, p2.bias->data));
+    if (ov)
+        TP_TRY(tpl_reduce_scatter_rows_overlapped(b->comm, b->dt, b->mtmp.ptr, y->data, b->off, hid,
+                                                  b->counts, b->overlap, sp_fc2_rows, &f));
+    else {
+        TP_TRY(sp_fc2_rows(&f, 0, N));
+        TP_TRY(tp_reduce_scatterv(b->comm, b->mtmp.ptr, y->data, row_counts(b), b->dt, TP_SUM));
+    }
+    if (f.p2.bias && b->rows > 0)
+        TP_TRY(tp_dev_bias_add(b->dev, b->dt, b->rows, hid, y->data, f.p2.bias->data));
     return TP_OK;
 }
 
