@@ -113,6 +113,34 @@ tp_status tpl_linear_forward_act(tp_linear *l, const tp_tensor *x, tp_tensor *y,
  * chunks cut at other rows give other bits (docs/determinism.md). */
 #define TPL_CHUNK_ALIGN 48
 int tpl_overlap_chunks(int64_t tokens, int overlap, int64_t *off);
+/* End every request of req[0..n) (each exactly once); the first error
+ * among them and st. */
+tp_status tpl_wait_all(tp_request **req, int n, tp_status st);
+/* Computes rows [r0, r1) of a [tokens, *] result (tpl_gather_rows_overlapped
+ * and tpl_reduce_scatter_rows_overlapped). */
+typedef tp_status (*tpl_rows_fn)(void *ctx, int64_t r0, int64_t r1);
+
+/* Collective: tpl_gather_rows pipelined with its consumer, for
+ * sequence parallelism's all-gather -> column GEMM. The tokens off[T] are
+ * cut into the chunks of tpl_overlap_chunks(off[T], overlap); every
+ * chunk's rows, gathered from the shards that hold them (rank-major, so
+ * they land at their rows of full), is one tp_iall_gatherv, all issued at
+ * once; fn(ctx, r0, r1) runs on each chunk once it has arrived, while the
+ * later ones are in flight. Same bytes in full as tpl_gather_rows; fn sees
+ * chunks cut as the overlapped row forward's (TPL_CHUNK_ALIGN). */
+tp_status tpl_gather_rows_overlapped(tp_comm *comm, tp_dtype dt, const void *shard, void *full,
+                                     const int64_t *off, int64_t cols, size_t *counts, int overlap,
+                                     tpl_rows_fn fn, void *ctx);
+/* Collective: the mirror for row GEMM -> reduce-scatter: fn(ctx, r0, r1)
+ * computes chunk [r0, r1) of the partial full [off[T], cols], whose
+ * tp_ireduce_scatterv (TP_SUM) into the owners' shard rows is then in
+ * flight while the next chunk is computed; returns after the last. Each
+ * element is summed over the ranks as by one tp_reduce_scatterv where
+ * the backend's order per element does not depend on where it sits
+ * (docs/determinism.md). */
+tp_status tpl_reduce_scatter_rows_overlapped(tp_comm *comm, tp_dtype dt, void *full, void *shard,
+                                             const int64_t *off, int64_t cols, size_t *counts,
+                                             int overlap, tpl_rows_fn fn, void *ctx);
 
 /* After a sequence-parallel tp_embedding_backward: the all-gathered dy
  * [n, dim] of every token (valid until the next backward); NULL without

@@ -272,33 +272,6 @@ static tp_status column_gemm(tp_linear *l, const void *x, void *c, int64_t token
     return tp_dev_gemm_bias_act(l->dev, &g, l->has_bias ? l->b.data : NULL, act, pre);
 }
 
-int tpl_overlap_chunks(int64_t tokens, int overlap, int64_t *off)
-{
-    int n = 0;
-    off[0] = 0;
-    for (int i = 1; i <= overlap; i++) {
-        int64_t b = tokens * i / overlap;
-        b = (b + TPL_CHUNK_ALIGN - 1) / TPL_CHUNK_ALIGN * TPL_CHUNK_ALIGN;
-        if (b > tokens)
-            b = tokens;
-        if (b > off[n])
-            off[++n] = b;
-    }
-    return n;
-}
-
-/* End every request of req[0..n) (each exactly once) and return the first
- * error among them and st. */
-static tp_status wait_all(tp_request **req, int n, tp_status st)
-{
-    for (int i = 0; i < n; i++) {
-        tp_status w = tp_wait(req[i]);
-        if (st == TP_OK)
-            st = w;
-    }
-    return st;
-}
-
 /* The row layer's y = sum over ranks of a W_local in the token chunks of
  * tpl_overlap_chunks: chunk i's GEMM writes its rows of y and starts their
  * all-reduce in place, which is in flight while chunk i+1's GEMM runs.
@@ -329,7 +302,7 @@ static tp_status row_forward_chunked(tp_linear *l, const char *a, int64_t lda, v
         if (st == TP_OK && issued > 1)
             st = tp_test(req[0], &done);
     }
-    return wait_all(req, issued, st);
+    return tpl_wait_all(req, issued, st);
 }
 
 static tp_status forward_body(tp_linear *l, const tp_tensor *x, tp_tensor *y, int64_t tokens,
@@ -451,7 +424,7 @@ static tp_status column_backward_async(tp_linear *l, const void *dyl, tp_tensor 
     tp_request *req;
     TP_TRY(
         tp_iall_reduce(l->comm, dx->data, dx->data, (size_t)(tokens * l->in), l->dt, TP_SUM, &req));
-    return wait_all(&req, 1, column_weight_grad(l, dyl, tokens));
+    return tpl_wait_all(&req, 1, column_weight_grad(l, dyl, tokens));
 }
 
 static tp_status column_backward(tp_linear *l, const tp_tensor *dy, tp_tensor *dx, int64_t tokens)
