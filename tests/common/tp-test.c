@@ -112,6 +112,19 @@ int tpt_main(int *argc, char ***argv, const char *suite, const tpt_test *tests, 
     return failed ? 1 : 0;
 }
 
+uint64_t tpt_overlap_chunks(int64_t t, int chunks)
+{
+    uint64_t n = 0;
+    int64_t prev = 0;
+    for (int i = 1; i <= chunks; i++) {
+        int64_t b = ((t * i / chunks + 47) / 48) * 48;
+        b = b < t ? b : t;
+        n += b > prev;
+        prev = b > prev ? b : prev;
+    }
+    return n;
+}
+
 void tpt_fill(float *a, int64_t n, uint64_t id)
 {
     for (int64_t i = 0; i < n; i++)

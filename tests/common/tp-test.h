@@ -71,6 +71,10 @@ int tpt_main(int *argc, char ***argv, const char *suite, const tpt_test *tests, 
              const char *only_env);
 
 /* Host helpers. */
+/* The chunk count an overlapped layer should use for t tokens and
+ * `chunks` asked: at most `chunks` of about equal size, cut at multiples
+ * of 48 rows (the layers' TPL_CHUNK_ALIGN), written out independently. */
+uint64_t tpt_overlap_chunks(int64_t t, int chunks);
 void tpt_fill(float *a, int64_t n, uint64_t id); /* uniform [-1, 1), seed 777 */
 float *tpt_falloc(int64_t n);                    /* zeroed, at least one element */
 double *tpt_to_d(const float *a, int64_t n);     /* widen to double (caller frees) */

@@ -81,21 +81,6 @@ static void check_icounts(tpt_rank *k, int line, const char *what, tp_phase phas
            ic->seconds);
 }
 
-/* The chunks the row forward should use: at most `chunks` of about equal
- * size, cut at multiples of 48 rows (the layer's TPL_CHUNK_ALIGN). */
-static uint64_t expected_chunks(int64_t t, int chunks)
-{
-    uint64_t n = 0;
-    int64_t prev = 0;
-    for (int i = 1; i <= chunks; i++) {
-        int64_t b = ((t * i / chunks + 47) / 48) * 48;
-        b = b < t ? b : t;
-        n += b > prev;
-        prev = b > prev ? b : prev;
-    }
-    return n;
-}
-
 static double now_s(void)
 {
     struct timespec ts;
@@ -159,7 +144,8 @@ static void run_row(tpt_rank *k, int64_t t, int64_t in, int64_t out, bool parall
         double wall = now_s() - t0;
         float *hy = tpt_download(k, &y);
         if (chunks >= 2) {
-            check_icounts(k, __LINE__, "row forward", TP_PHASE_FORWARD, expected_chunks(t, chunks));
+            check_icounts(k, __LINE__, "row forward", TP_PHASE_FORWARD,
+                          tpt_overlap_chunks(t, chunks));
             check_timeline(k, __LINE__, TP_PHASE_FORWARD, wall);
         }
         if (!ref)
@@ -224,7 +210,7 @@ static void run_mlp_once(tpt_rank *k, int64_t t, int64_t H, int64_t F, int chunk
     EXPECT_OK(k, tp_mlp_forward(m, x, &y));
     EXPECT_OK(k, tp_mlp_backward(m, dy, &dx));
     if (chunks >= 2) {
-        check_icounts(k, __LINE__, "mlp forward", TP_PHASE_FORWARD, expected_chunks(t, chunks));
+        check_icounts(k, __LINE__, "mlp forward", TP_PHASE_FORWARD, tpt_overlap_chunks(t, chunks));
         check_icounts(k, __LINE__, "mlp backward", TP_PHASE_BACKWARD, 1);
     }
     o->y = tpt_download(k, &y);

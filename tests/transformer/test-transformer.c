@@ -1173,21 +1173,6 @@ START_TEST(test_determinism)
 }
 END_TEST
 
-/* The token chunks of an overlapped layer: at most `chunks`, about equal,
- * cut at multiples of 48 rows (the layers' TPL_CHUNK_ALIGN). */
-static uint64_t overlap_chunks(int64_t t, int chunks)
-{
-    uint64_t n = 0;
-    int64_t prev = 0;
-    for (int i = 1; i <= chunks; i++) {
-        int64_t b = ((t * i / chunks + 47) / 48) * 48;
-        b = b < t ? b : t;
-        n += b > prev;
-        prev = b > prev ? b : prev;
-    }
-    return n;
-}
-
 /* The nonblocking and blocking calls of one block forward+backward with
  * overlap `ov` (>= 2) at `tokens`: without SP, the MLP's row forward in
  * chunks and its column backward's all-reduce; with SP, forward the all-
@@ -1198,7 +1183,7 @@ static void check_overlap_counts(tpt_rank *k, int line, bool sp, int64_t tokens,
 {
     tp_stats s;
     tp_stats_get(k->g, &s);
-    uint64_t n = overlap_chunks(tokens, ov);
+    uint64_t n = tpt_overlap_chunks(tokens, ov);
     const tp_icounter(*ic)[TP_OP_COUNT] = s.icomm;
     const tp_counter(*bc)[TP_OP_COUNT] = s.comm;
     enum {
