@@ -383,3 +383,15 @@ size_t mpi_diag_report(char *buf, size_t cap, const mpi_diag_site *at, double st
     free(waiting);
     return o.len;
 }
+
+int mpi_diag_waiting_below(int world_rank, double stale_s)
+{
+    int n = 0;
+    int64_t now = diag_now_ns();
+    for (int m = 0; diag_self && m < world_rank && m < diag_world_size; m++) {
+        diag_view v;
+        n += diag_peer[m] && diag_read(diag_peer[m], &v) && v.state == DIAG_IN_OP &&
+             v.heartbeat_ns != 0 && ago_s(now, v.heartbeat_ns) <= stale_s;
+    }
+    return n;
+}

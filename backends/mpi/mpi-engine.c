@@ -121,7 +121,16 @@ static double watchdog_period(const mpi_engine *e)
 
 /* The only way out of a blocked MPI call. The message goes to stderr
  * because the process is about to be killed; it is formatted into a static
- * buffer (this thread is the only one that fires). */
+ * buffer (this thread is the only one that fires).
+ *
+ * Waiting ranks time out together, and several MPI_Abort calls at once can
+ * crash Open MPI 4.1's mpirun (its relay of the abort messages: "Data
+ * unpack would read past end of buffer" in show_help.c, then SIGSEGV; seen
+ * in CI with 3 ranks aborting). So the aborts are put in order: a rank
+ * aborts one watchdog period after its deadline (by then every waiting
+ * rank's watchdog has ticked past it, whatever its phase) plus 1 s for
+ * each lower rank it sees inside a collective (at most 5 s). The lowest
+ * one ends the job (in ~0.3 s); the others are a back-up if it did not. */
 static void watchdog_fire(mpi_engine *e, long long t0, long long waited)
 {
     static char why[4096];
@@ -138,7 +147,8 @@ static void watchdog_fire(mpi_engine *e, long long t0, long long waited)
     site.members = site.members ? members : NULL;
     if (atomic_load_explicit(&e->op_start_ns, memory_order_acquire) != t0)
         return; /* the call returned meanwhile: no timeout after all */
-    mpi_diag_report(why, sizeof why, &site, 2 * watchdog_period(e) + 0.25);
+    double stale_s = 2 * watchdog_period(e) + 0.25;
+    mpi_diag_report(why, sizeof why, &site, stale_s);
     if (atomic_load_explicit(&e->op_start_ns, memory_order_acquire) != t0)
         return;
     fprintf(stderr,
@@ -149,6 +159,12 @@ static void watchdog_fire(mpi_engine *e, long long t0, long long waited)
             e->world_rank, mpi_opk_name(site.opk), (double)waited / 1e9, e->timeout_s,
             (unsigned long long)site.seq, ranks, ranks == 1 ? "" : "s", why);
     fflush(stderr);
+    int below = mpi_diag_waiting_below(e->world_rank, stale_s);
+    long long at = t0 + (long long)((e->timeout_s + watchdog_period(e)) * 1e9) +
+                   (below > 5 ? 5 : below) * 1000000000LL;
+    struct timespec ts = {(time_t)(at / 1000000000LL), (long)(at % 1000000000LL)};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
+    }
     MPI_Abort(MPI_COMM_WORLD, TP_ERR_TIMEOUT);
 }
 

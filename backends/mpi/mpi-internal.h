@@ -83,6 +83,9 @@ void mpi_diag_heartbeat(void);
 /* Name the members of at's communicator that are not waiting with this
  * rank (a peer is stale when its heartbeat is older than stale_s). */
 size_t mpi_diag_report(char *buf, size_t cap, const mpi_diag_site *at, double stale_s);
+/* How many ranks below world_rank this rank can see inside a collective
+ * with a heartbeat fresher than stale_s (0 without a state window). */
+int mpi_diag_waiting_below(int world_rank, double stale_s);
 
 /* mpi-engine.c */
 tp_status mpi_engine_init(const tp_host *host, const tp_engine_args *args, void **engine,
