@@ -15,9 +15,10 @@
  *   TP_BACKEND=loopback build/examples/tp_mlp --tp 3 --ffn 385
  *   TP_BACKEND=loopback build/examples/tp_mlp --tp 2 --tokens 512 --overlap 4
  *
- * --overlap N pipelines fc2's GEMM and all-reduce in N token chunks
- * (tp_mlp_config.overlap); the timing lines then split the all-reduce time
- * into the part hidden behind the GEMMs and the exposed part.
+ * --overlap N runs the MLP in N token chunks (tp_mlp_config.overlap),
+ * each chunk's all-reduce in flight while the next computes, forward and
+ * backward; the timing lines then split the all-reduce time into the part
+ * hidden behind the GEMMs and the exposed part.
  */
 #include <math.h>
 #include <stdio.h>
@@ -380,8 +381,8 @@ int main(int argc, char **argv)
     run R = {.o = {.tokens = 32, .hidden = 512, .ffn = 2048, .seed = 1234, .iters = 10}};
     const ex_opt overlap = {"overlap",
                             "N",
-                            "Fc2's GEMM and all-reduce in N token chunks, the all-reduce of one in "
-                            "flight while the next computes (0: not overlapped)",
+                            "The MLP in N token chunks, the all-reduce of one in flight while the "
+                            "next computes (0: not overlapped)",
                             NULL,
                             0,
                             TP_OVERLAP_MAX,

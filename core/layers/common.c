@@ -59,6 +59,16 @@ void tpl_release(tp_tensor *t, tp_mem_use kind)
     tp_tensor_release(t);
 }
 
+tp_status tpl_check_overlap(const char *who, int overlap)
+{
+    if (overlap < 0 || overlap > TP_OVERLAP_MAX)
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "%s: overlap %d is out of range: expected 0 or 1 (off) or a chunk "
+                            "count 2..%d",
+                            who, overlap, TP_OVERLAP_MAX);
+    return TP_OK;
+}
+
 char *tpl_label(const char *kind, const char *name, tp_comm *comm)
 {
     char buf[256];

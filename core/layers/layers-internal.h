@@ -89,6 +89,9 @@ tp_status tpl_gather_rows(tp_comm *comm, tp_dtype dt, const void *shard, void *f
 tp_status tpl_gather_cols(tp_comm *comm, tp_dtype dt, const void *src, void *dst, void *tmp,
                           int64_t rows, const int64_t *off, size_t *counts);
 
+/* A layer config's overlap: 0..TP_OVERLAP_MAX, else TP_ERR_INVALID_ARG. */
+tp_status tpl_check_overlap(const char *who, int overlap);
+
 /* "RowParallelLinear 'fc2' (rank 1 of T=4)" style label; caller frees. */
 char *tpl_label(const char *kind, const char *name, tp_comm *comm);
 
@@ -103,6 +106,29 @@ int64_t tpl_linear_local_width(const tp_linear *l);
 tp_status tpl_linear_forward_act(tp_linear *l, const tp_tensor *x, tp_tensor *y, void *pre,
                                  tp_act act);
 
+/* The pieces of a linear layer for pipelines that cut its forward and
+ * backward into token chunks (tp_mlp's overlapped path), with no
+ * communication and no checks (the caller's):
+ * - forward_rows: the local GEMM of token rows [r0, r1): a column layer's
+ *   y rows = act(x rows W_local + b) (pre rows as in _forward_act; no
+ *   gather_output), a row layer's partial y rows = x_local rows W_local;
+ * - bias_add: a row layer's bias on y [tokens, out], after the sum;
+ * - set_saved: keep x (not copied) for backward as tp_linear_forward does;
+ * - input_grad_rows: dx rows [r0, r1) = dy rows W_local^T (a column
+ *   layer's partial [rows, in] without gather_output, a row layer's
+ *   [rows, local width] with input_is_parallel);
+ * - weight_grad: dW += x_saved^T dy and db += colsum(dy) over the saved
+ *   tokens (allocating zeroed gradients on first use).
+ * Row for row the same GEMMs as the whole-layer calls, so with chunk
+ * boundaries from tpl_overlap_chunks the same bits. */
+tp_status tpl_linear_forward_rows(tp_linear *l, const void *x, void *y, int64_t r0, int64_t r1,
+                                  void *pre, tp_act act);
+tp_status tpl_linear_bias_add(tp_linear *l, void *y, int64_t tokens);
+void tpl_linear_set_saved(tp_linear *l, const tp_tensor *x, int64_t tokens);
+tp_status tpl_linear_input_grad_rows(tp_linear *l, const void *dy, void *dx, int64_t r0,
+                                     int64_t r1);
+tp_status tpl_linear_weight_grad(tp_linear *l, const void *dy);
+
 /* Token chunks of an overlapped row-parallel forward: up to `overlap`
  * chunks [off[i], off[i+1]) of `tokens` rows (off: overlap + 1 entries),
  * about equal, every boundary but the last a multiple of TPL_CHUNK_ALIGN
@@ -116,8 +142,7 @@ int tpl_overlap_chunks(int64_t tokens, int overlap, int64_t *off);
 /* End every request of req[0..n) (each exactly once); the first error
  * among them and st. */
 tp_status tpl_wait_all(tp_request **req, int n, tp_status st);
-/* Computes rows [r0, r1) of a [tokens, *] result (tpl_gather_rows_overlapped
- * and tpl_reduce_scatter_rows_overlapped). */
+/* Computes rows [r0, r1) of a [tokens, *] result (the pipelines below). */
 typedef tp_status (*tpl_rows_fn)(void *ctx, int64_t r0, int64_t r1);
 
 /* Collective: tpl_gather_rows pipelined with its consumer, for
@@ -141,6 +166,17 @@ tp_status tpl_gather_rows_overlapped(tp_comm *comm, tp_dtype dt, const void *sha
 tp_status tpl_reduce_scatter_rows_overlapped(tp_comm *comm, tp_dtype dt, void *full, void *shard,
                                              const int64_t *off, int64_t cols, size_t *counts,
                                              int overlap, tpl_rows_fn fn, void *ctx);
+/* Collective: a row-parallel GEMM -> all-reduce pipelined by token chunks
+ * (tensor parallelism without SP): fn(ctx, r0, r1) computes rows [r0, r1)
+ * of the partial buf [tokens, cols], whose tp_iall_reduce (TP_SUM, in
+ * place) is in flight while the next chunk is computed; tail(ctx) (may be
+ * NULL) runs once every chunk is issued, before the waits (the weight
+ * gradients of a backward). Each element gets the all-reduce of the same
+ * values as one tp_all_reduce of buf (docs/determinism.md). */
+typedef tp_status (*tpl_tail_fn)(void *ctx);
+tp_status tpl_all_reduce_rows_overlapped(tp_comm *comm, tp_dtype dt, void *buf, int64_t tokens,
+                                         int64_t cols, int overlap, tpl_rows_fn fn,
+                                         tpl_tail_fn tail, void *ctx);
 
 /* After a sequence-parallel tp_embedding_backward: the all-gathered dy
  * [n, dim] of every token (valid until the next backward); NULL without

@@ -55,11 +55,7 @@ static tp_status check_config(const tp_linear *l)
 {
     const char *who = l->label;
     TP_TRY(tpl_check_dtype(who, l->dt));
-    if (l->overlap < 0 || l->overlap > TP_OVERLAP_MAX)
-        return tp_set_error(TP_ERR_INVALID_ARG,
-                            "%s: overlap %d is out of range: expected 0 or 1 (off) or a chunk "
-                            "count 2..%d",
-                            who, l->overlap, TP_OVERLAP_MAX);
+    TP_TRY(tpl_check_overlap(who, l->overlap));
     if (l->in <= 0 || l->out <= 0)
         return tp_set_error(TP_ERR_SHAPE,
                             "%s: in_features (%lld) and out_features (%lld) must be >= 1", who,
@@ -272,37 +268,40 @@ static tp_status column_gemm(tp_linear *l, const void *x, void *c, int64_t token
     return tp_dev_gemm_bias_act(l->dev, &g, l->has_bias ? l->b.data : NULL, act, pre);
 }
 
-/* The row layer's y = sum over ranks of a W_local in the token chunks of
- * tpl_overlap_chunks: chunk i's GEMM writes its rows of y and starts their
- * all-reduce in place, which is in flight while chunk i+1's GEMM runs.
- * Every row gets the same GEMM row and the same all-reduce of the same
- * values as in the unchunked path (docs/determinism.md). */
-static tp_status row_forward_chunked(tp_linear *l, const char *a, int64_t lda, void *y,
-                                     int64_t tokens)
+tp_status tpl_linear_forward_rows(tp_linear *l, const void *x, void *y, int64_t r0, int64_t r1,
+                                  void *pre, tp_act act)
 {
     const size_t es = l->es;
-    int64_t off[TP_OVERLAP_MAX + 1];
-    tp_request *req[TP_OVERLAP_MAX];
-    int n = tpl_overlap_chunks(tokens, l->overlap, off);
-    tp_status st = TP_OK;
-    int issued = 0;
-    for (int i = 0; i < n && st == TP_OK; i++) {
-        int64_t r0 = off[i], rows = off[i + 1] - off[i];
-        char *yc = (char *)y + (size_t)(r0 * l->out) * es;
-        st = tpl_gemm(l->dev, l->dt, 0, 0, rows, l->out, l->nloc, 0.0f, a + (size_t)(r0 * lda) * es,
-                      lda, l->w.data, l->out, yc, l->out);
-        if (st == TP_OK)
-            st = tp_iall_reduce(l->comm, yc, yc, (size_t)(rows * l->out), l->dt, TP_SUM,
-                                &req[issued]);
-        if (st == TP_OK)
-            issued++;
-        /* push the oldest request along (a backend that progresses only
-         * inside its calls, like mpi); its result is read by tp_wait */
-        bool done;
-        if (st == TP_OK && issued > 1)
-            st = tp_test(req[0], &done);
+    if (l->kind == TP_LINEAR_COLUMN)
+        return column_gemm(l, (const char *)x + (size_t)(r0 * l->in) * es,
+                           (char *)y + (size_t)(r0 * l->nloc) * es, r1 - r0,
+                           pre ? (char *)pre + (size_t)(r0 * l->nloc) * es : NULL, act);
+    /* the row layer's partial y rows = x_local rows W_local */
+    const char *a = x;
+    int64_t lda = l->nloc;
+    if (!l->input_is_parallel) {
+        a += (size_t)l->lo * es; /* own column slice of the full input */
+        lda = l->in;
     }
-    return tpl_wait_all(req, issued, st);
+    return tpl_gemm(l->dev, l->dt, 0, 0, r1 - r0, l->out, l->nloc, 0.0f,
+                    a + (size_t)(r0 * lda) * es, lda, l->w.data, l->out,
+                    (char *)y + (size_t)(r0 * l->out) * es, l->out);
+}
+
+/* The row layer's forward GEMM on token rows [r0, r1) of the chunked
+ * path (tpl_all_reduce_rows_overlapped: chunk i's all-reduce is in flight
+ * while chunk i+1's GEMM runs; the same bits as one GEMM and one
+ * all-reduce, docs/determinism.md). */
+typedef struct row_chunk {
+    tp_linear *l;
+    const void *x;
+    void *y;
+} row_chunk;
+
+static tp_status row_rows(void *ctx, int64_t r0, int64_t r1)
+{
+    row_chunk *c = ctx;
+    return tpl_linear_forward_rows(c->l, c->x, c->y, r0, r1, NULL, TP_ACT_NONE);
 }
 
 static tp_status forward_body(tp_linear *l, const tp_tensor *x, tp_tensor *y, int64_t tokens,
@@ -321,22 +320,22 @@ static tp_status forward_body(tp_linear *l, const tp_tensor *x, tp_tensor *y, in
                                l->counts);
     }
     /* row: y = sum over ranks of x_local W_local, then + b */
-    const char *a = x->data;
-    int64_t lda = l->nloc;
-    if (!l->input_is_parallel) {
-        a += (size_t)l->lo * es; /* own column slice of the full input */
-        lda = l->in;
-    }
     if (l->overlap >= 2 && tokens > 0) {
-        TP_TRY(row_forward_chunked(l, a, lda, y->data, tokens));
+        row_chunk c = {l, x->data, y->data};
+        TP_TRY(tpl_all_reduce_rows_overlapped(l->comm, l->dt, y->data, tokens, l->out, l->overlap,
+                                              row_rows, NULL, &c));
     } else {
-        TP_TRY(tpl_gemm(l->dev, l->dt, 0, 0, tokens, l->out, l->nloc, 0.0f, a, lda, l->w.data,
-                        l->out, y->data, l->out));
+        TP_TRY(tpl_linear_forward_rows(l, x->data, y->data, 0, tokens, NULL, TP_ACT_NONE));
         TP_TRY(tp_all_reduce(l->comm, y->data, y->data, (size_t)(tokens * l->out), l->dt, TP_SUM));
     }
-    if (l->has_bias && tokens > 0)
-        TP_TRY(tp_dev_bias_add(l->dev, l->dt, tokens, l->out, y->data, l->b.data));
-    return TP_OK;
+    return tpl_linear_bias_add(l, y->data, tokens);
+}
+
+tp_status tpl_linear_bias_add(tp_linear *l, void *y, int64_t tokens)
+{
+    if (!l->has_bias || tokens == 0)
+        return TP_OK;
+    return tp_dev_bias_add(l->dev, l->dt, tokens, l->out, y, l->b.data);
 }
 
 static tp_status forward(tp_linear *l, const tp_tensor *x, tp_tensor *y, void *pre, tp_act act)
@@ -354,11 +353,16 @@ static tp_status forward(tp_linear *l, const tp_tensor *x, tp_tensor *y, void *p
     tp_phase_set(l->comm, prev);
     if (st != TP_OK)
         return st;
+    tpl_linear_set_saved(l, x, tokens);
+    return TP_OK;
+}
+
+void tpl_linear_set_saved(tp_linear *l, const tp_tensor *x, int64_t tokens)
+{
     l->x_saved = *x;
     l->x_saved.owned = false;
     l->tokens_saved = tokens;
     l->saved = true;
-    return TP_OK;
 }
 
 tp_status tp_linear_forward(tp_linear *l, const tp_tensor *x, tp_tensor *y)
@@ -413,14 +417,47 @@ static tp_status column_weight_grad(tp_linear *l, const void *dyl, int64_t token
     return TP_OK;
 }
 
+/* dW_local += x_local^T dy; db += colsum(dy) (replicated: the same on every rank) */
+static tp_status row_weight_grad(tp_linear *l, const void *dy, int64_t tokens)
+{
+    const char *xl = l->x_saved.data;
+    int64_t ldx = l->nloc;
+    if (!l->input_is_parallel) {
+        xl += (size_t)l->lo * l->es;
+        ldx = l->in;
+    }
+    TP_TRY(tpl_gemm(l->dev, l->dt, 1, 0, l->nloc, l->out, tokens, 1.0f, xl, ldx, dy, l->out,
+                    l->dw.data, l->out));
+    if (l->has_bias && tokens > 0)
+        TP_TRY(tp_dev_bias_grad(l->dev, l->dt, tokens, l->out, dy, l->db.data));
+    return TP_OK;
+}
+
+tp_status tpl_linear_weight_grad(tp_linear *l, const void *dy)
+{
+    TP_TRY(ensure_grads(l));
+    return l->kind == TP_LINEAR_COLUMN ? column_weight_grad(l, dy, l->tokens_saved)
+                                       : row_weight_grad(l, dy, l->tokens_saved);
+}
+
+tp_status tpl_linear_input_grad_rows(tp_linear *l, const void *dy, void *dx, int64_t r0, int64_t r1)
+{
+    const size_t es = l->es;
+    /* column: [rows, in] partial = dy_local W_local^T; row: [rows, nloc] = dy W_local^T */
+    int64_t k = l->kind == TP_LINEAR_COLUMN ? l->nloc : l->out;
+    int64_t n = l->kind == TP_LINEAR_COLUMN ? l->in : l->nloc;
+    return tpl_gemm(l->dev, l->dt, 0, 1, r1 - r0, n, k, 0.0f,
+                    (const char *)dy + (size_t)(r0 * k) * es, k, l->w.data, k,
+                    (char *)dx + (size_t)(r0 * n) * es, n);
+}
+
 /* Megatron's async input-gradient all-reduce: dx's GEMM first, its
  * all-reduce in flight while the weight gradient is computed, then the
  * wait. The same GEMMs and the same all-reduce as the blocking order, so
  * the same bits; only when they run changes. */
 static tp_status column_backward_async(tp_linear *l, const void *dyl, tp_tensor *dx, int64_t tokens)
 {
-    TP_TRY(tpl_gemm(l->dev, l->dt, 0, 1, tokens, l->in, l->nloc, 0.0f, dyl, l->nloc, l->w.data,
-                    l->nloc, dx->data, l->in));
+    TP_TRY(tpl_linear_input_grad_rows(l, dyl, dx->data, 0, tokens));
     tp_request *req;
     TP_TRY(
         tp_iall_reduce(l->comm, dx->data, dx->data, (size_t)(tokens * l->in), l->dt, TP_SUM, &req));
@@ -440,42 +477,30 @@ static tp_status column_backward(tp_linear *l, const tp_tensor *dy, tp_tensor *d
                                   (size_t)l->nloc * es, (size_t)tokens));
         dyl = l->ws.ptr;
     }
-    if (dx && l->overlap >= 2)
+    /* dx is written before the weight gradient reads x: not into x */
+    if (dx && l->overlap >= 2 && dx->data != l->x_saved.data)
         return column_backward_async(l, dyl, dx, tokens);
     TP_TRY(column_weight_grad(l, dyl, tokens));
     if (!dx)
         return TP_OK;
     /* dx = sum over ranks of dy_local W_local^T */
-    TP_TRY(tpl_gemm(l->dev, l->dt, 0, 1, tokens, l->in, l->nloc, 0.0f, dyl, l->nloc, l->w.data,
-                    l->nloc, dx->data, l->in));
+    TP_TRY(tpl_linear_input_grad_rows(l, dyl, dx->data, 0, tokens));
     return tp_all_reduce(l->comm, dx->data, dx->data, (size_t)(tokens * l->in), l->dt, TP_SUM);
 }
 
 static tp_status row_backward(tp_linear *l, const tp_tensor *dy, tp_tensor *dx, int64_t tokens)
 {
     const size_t es = l->es;
-    /* dW_local += x_local^T dy; db += colsum(dy) (replicated: the same on every rank) */
-    const char *xl = l->x_saved.data;
-    int64_t ldx = l->nloc;
-    if (!l->input_is_parallel) {
-        xl += (size_t)l->lo * es;
-        ldx = l->in;
-    }
-    TP_TRY(tpl_gemm(l->dev, l->dt, 1, 0, l->nloc, l->out, tokens, 1.0f, xl, ldx, dy->data, l->out,
-                    l->dw.data, l->out));
-    if (l->has_bias && tokens > 0)
-        TP_TRY(tp_dev_bias_grad(l->dev, l->dt, tokens, l->out, dy->data, l->db.data));
+    TP_TRY(row_weight_grad(l, dy->data, tokens));
     if (!dx)
         return TP_OK;
     /* dx_local = dy W_local^T: no communication */
     if (l->input_is_parallel)
-        return tpl_gemm(l->dev, l->dt, 0, 1, tokens, l->nloc, l->out, 0.0f, dy->data, l->out,
-                        l->w.data, l->out, dx->data, l->nloc);
+        return tpl_linear_input_grad_rows(l, dy->data, dx->data, 0, tokens);
     /* the full input's gradient: gather every rank's slice */
     TP_TRY(tpl_ws_reserve(&l->ws, (size_t)(tokens * l->nloc) * es, l->label));
     TP_TRY(tpl_ws_reserve(&l->ws2, (size_t)(tokens * l->in) * es, l->label));
-    TP_TRY(tpl_gemm(l->dev, l->dt, 0, 1, tokens, l->nloc, l->out, 0.0f, dy->data, l->out, l->w.data,
-                    l->out, l->ws.ptr, l->nloc));
+    TP_TRY(tpl_linear_input_grad_rows(l, dy->data, l->ws.ptr, 0, tokens));
     return tpl_gather_cols(l->comm, l->dt, l->ws.ptr, dx->data, l->ws2.ptr, tokens, l->off,
                            l->counts);
 }

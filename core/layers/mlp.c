@@ -14,7 +14,9 @@ struct tp_mlp {
     tp_dtype dt; /* of both linears and every activation */
     bool tanh_approx;
     tp_linear *fc1, *fc2;
+    int overlap;           /* tp_mlp_config.overlap: >= 2, the chunked pipelines below */
     tpl_ws pre, act, grad; /* [tokens, flocal]: fc1 output, GeLU output, their gradient */
+    const void *x_saved;   /* the last forward's x (read by fc1's weight gradient) */
     int64_t tokens_saved;
     bool saved;
 };
@@ -109,6 +111,7 @@ tp_status tp_mlp_create(tp_comm *comm, const tp_mlp_config *cfg, tp_mlp **out)
         .dtype = m->dt,
         .overlap = cfg->overlap,
     };
+    m->overlap = cfg->overlap;
     TP_TRY_GOTO(tp_column_linear_create(comm, &c1, &m->fc1), st, fail);
     TP_TRY_GOTO(tp_row_linear_create(comm, &c2, &m->fc2), st, fail);
     m->flocal = tpl_linear_local_width(m->fc1);
@@ -133,6 +136,49 @@ static tp_status check_hidden(tp_mlp *m, const char *what, const tp_tensor *t, i
     return TP_OK;
 }
 
+/* overlap >= 2: the whole MLP on each token chunk of tpl_overlap_chunks
+ * (fc1 with its bias and GeLU, then fc2's GEMM) and the chunk's all-reduce
+ * in flight while the next chunk computes, so only the last chunk's
+ * all-reduce can be exposed; fc2's bias after the sums, as in the
+ * unchunked path. Backward (with dx): dh = dy W2^T, GeLU's backward and
+ * fc1's partial dx = dh W1^T per chunk, the last chunks' all-reduces in
+ * flight while both weight gradients are computed (they need every
+ * token's dh). The same GEMMs row for row, the same weight-gradient GEMMs
+ * of the same values and the same sums: the same bits. */
+typedef struct mlp_chunk {
+    tp_mlp *m;
+    const void *x; /* forward: x; backward: dy */
+    void *y;       /* forward: y; backward: dx */
+    void *dh;      /* backward: [tokens, flocal] */
+} mlp_chunk;
+
+static tp_status forward_rows(void *ctx, int64_t r0, int64_t r1)
+{
+    mlp_chunk *c = ctx;
+    tp_mlp *m = c->m;
+    TP_TRY(tpl_linear_forward_rows(m->fc1, c->x, m->act.ptr, r0, r1, m->pre.ptr,
+                                   m->tanh_approx ? TP_ACT_GELU_TANH : TP_ACT_GELU));
+    return tpl_linear_forward_rows(m->fc2, m->act.ptr, c->y, r0, r1, NULL, TP_ACT_NONE);
+}
+
+static tp_status backward_rows(void *ctx, int64_t r0, int64_t r1)
+{
+    mlp_chunk *c = ctx;
+    tp_mlp *m = c->m;
+    size_t at = (size_t)(r0 * m->flocal) * tp_dtype_size(m->dt);
+    TP_TRY(tpl_linear_input_grad_rows(m->fc2, c->x, c->dh, r0, r1));
+    TP_TRY(tp_dev_gelu_bwd(m->dev, m->dt, (r1 - r0) * m->flocal, (char *)m->pre.ptr + at,
+                           (char *)c->dh + at, (char *)c->dh + at, m->tanh_approx));
+    return tpl_linear_input_grad_rows(m->fc1, c->dh, c->y, r0, r1);
+}
+
+static tp_status weight_grads(void *ctx)
+{
+    mlp_chunk *c = ctx;
+    TP_TRY(tpl_linear_weight_grad(c->m->fc2, c->x));
+    return tpl_linear_weight_grad(c->m->fc1, c->dh);
+}
+
 tp_status tp_mlp_forward(tp_mlp *m, const tp_tensor *x, tp_tensor *y)
 {
     if (!m)
@@ -151,6 +197,18 @@ tp_status tp_mlp_forward(tp_mlp *m, const tp_tensor *x, tp_tensor *y)
     tp_tensor act = tpl_view2p(m->dev, m->dt, m->act.ptr, tokens, m->flocal);
     tp_phase prev = tp_phase_set(m->comm, TP_PHASE_FORWARD);
     tp_status st;
+    if (m->overlap >= 2 && tokens > 0) {
+        mlp_chunk c = {m, x2.data, y2.data, NULL};
+        st = tpl_all_reduce_rows_overlapped(m->comm, m->dt, y2.data, tokens, m->hidden, m->overlap,
+                                            forward_rows, NULL, &c);
+        if (st == TP_OK)
+            st = tpl_linear_bias_add(m->fc2, y2.data, tokens);
+        if (st == TP_OK) {
+            tpl_linear_set_saved(m->fc1, &x2, tokens);
+            tpl_linear_set_saved(m->fc2, &act, tokens);
+        }
+        goto done;
+    }
     /* fc1 with bias and GeLU in its GEMM epilogue; the pre-activation is kept for gelu_bwd */
     TP_TRY_GOTO(tpl_linear_forward_act(m->fc1, &x2, &act, m->pre.ptr,
                                        m->tanh_approx ? TP_ACT_GELU_TANH : TP_ACT_GELU),
@@ -160,6 +218,7 @@ done:
     tp_phase_set(m->comm, prev);
     if (st != TP_OK)
         return st;
+    m->x_saved = x->data;
     m->tokens_saved = tokens;
     m->saved = true;
     return TP_OK;
@@ -189,6 +248,13 @@ tp_status tp_mlp_backward(tp_mlp *m, const tp_tensor *dy, tp_tensor *dx)
     tp_tensor dh = tpl_view2p(m->dev, m->dt, m->grad.ptr, tokens, m->flocal);
     tp_phase prev = tp_phase_set(m->comm, TP_PHASE_BACKWARD);
     tp_status st;
+    /* the chunks write dx before the weight gradients read dy and x: not into either */
+    if (dx && m->overlap >= 2 && tokens > 0 && dx2.data != dy2.data && dx2.data != m->x_saved) {
+        mlp_chunk c = {m, dy2.data, dx2.data, dh.data};
+        st = tpl_all_reduce_rows_overlapped(m->comm, m->dt, dx2.data, tokens, m->hidden, m->overlap,
+                                            backward_rows, weight_grads, &c);
+        goto done;
+    }
     TP_TRY_GOTO(tp_linear_backward(m->fc2, &dy2, &dh), st, done); /* no communication */
     if (tokens > 0)
         TP_TRY_GOTO(tp_dev_gelu_bwd(m->dev, m->dt, tokens * m->flocal, m->pre.ptr, dh.data, dh.data,

@@ -110,3 +110,31 @@ tp_status tpl_reduce_scatter_rows_overlapped(tp_comm *comm, tp_dtype dt, void *f
     }
     return tpl_wait_all(req, issued, st);
 }
+
+tp_status tpl_all_reduce_rows_overlapped(tp_comm *comm, tp_dtype dt, void *buf, int64_t tokens,
+                                         int64_t cols, int overlap, tpl_rows_fn fn,
+                                         tpl_tail_fn tail, void *ctx)
+{
+    size_t es = tp_dtype_size(dt);
+    int64_t off[TP_OVERLAP_MAX + 1];
+    tp_request *req[TP_OVERLAP_MAX];
+    int n = tpl_overlap_chunks(tokens, overlap, off), issued = 0;
+    tp_status st = TP_OK;
+    for (int c = 0; c < n && st == TP_OK; c++) {
+        char *rows = (char *)buf + (size_t)(off[c] * cols) * es;
+        st = fn(ctx, off[c], off[c + 1]);
+        if (st == TP_OK)
+            st = tp_iall_reduce(comm, rows, rows, (size_t)((off[c + 1] - off[c]) * cols), dt,
+                                TP_SUM, &req[issued]);
+        if (st == TP_OK)
+            issued++;
+        /* push the oldest request along (a backend that progresses only
+         * inside its calls, like mpi); its result is read by tp_wait */
+        bool done;
+        if (st == TP_OK && issued > 1)
+            st = tp_test(req[0], &done);
+    }
+    if (st == TP_OK && tail)
+        st = tail(ctx);
+    return tpl_wait_all(req, issued, st);
+}

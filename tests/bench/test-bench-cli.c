@@ -67,8 +67,8 @@ START_TEST(bad_arguments)
         {"collectives --compare-raw -e 8 -q", "--compare-raw"}, /* loopback: no raw library */
         {"layer --layer mlp --dtype f64 -q", "bad --dtype 'f64'"},
         {"collectives -m 0", "bad -m '0'"},
-        {"layer --layer attention --overlap 4", "has no overlapped path"},
-        {"layer --layer transformer --overlap 4", "without --dp"},
+        {"layer --layer attention --overlap 65", "bad --overlap '65'"},
+        {"layer --layer transformer --overlap 4", "needs --dp D"},
         {"layer --agg_iters 2", "does not apply to 'layer'"},
     };
     for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {

@@ -890,14 +890,12 @@ static int validate_layer(const bench_opts *o, const char *cmd, char *err, size_
                           "only (got '%s')",
                           cmd, o->dp, o->layer);
     int kind = bench_layer_kind(d);
-    if (o->overlap >= 2 &&
-        (kind == BENCH_LK_ATTENTION || (kind == BENCH_LK_TRANSFORMER && o->dp < 2)))
-        return bench_fail(
-            err, errlen,
-            "%s: --overlap %d: layer '%s' has no overlapped path%s; use "
-            "linear-row, linear-col, mlp or block, or drop --overlap",
-            cmd, o->overlap, o->layer,
-            kind == BENCH_LK_TRANSFORMER ? " without --dp (there it overlaps the DP buckets)" : "");
+    if (o->overlap >= 2 && kind == BENCH_LK_TRANSFORMER && o->dp < 2)
+        return bench_fail(err, errlen,
+                          "%s: --overlap %d: layer 'transformer' overlaps only the DP buckets, "
+                          "and needs --dp D with D >= 2; use linear-row, linear-col, mlp, "
+                          "attention or block, or drop --overlap",
+                          cmd, o->overlap);
     if (o->tp && check_split(o, o->tp, "--tp/TP_WORLD_SIZE", err, errlen))
         return -1;
     for (int i = 0; i < o->n_sweep_tp; i++)

@@ -125,7 +125,8 @@ tp_status bench_xf_create(int kind, tp_comm *comm, const bench_opts *o, bench_xf
                                      .seed = 1,
                                      .tensor_id = 10,
                                      .name = "bench.attention",
-                                     .dtype = o->gemm_dtype};
+                                     .dtype = o->gemm_dtype,
+                                     .overlap = o->overlap};
             TP_TRY_GOTO(tp_attention_create(comm, &c, &b->attn), st, done);
             break;
         }

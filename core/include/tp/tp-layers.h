@@ -137,7 +137,11 @@ typedef struct tp_mlp_config {
     const float *full_w1, *full_b1, *full_w2, *full_b2; /* optional host full weights */
     const char *name;
     tp_dtype dtype; /* of both linears and every activation: TP_F32 (0), TP_BF16, TP_F16 */
-    int overlap;    /* tp_linear_config.overlap of fc1 and fc2 (0/1: off) */
+    int overlap;    /* 0/1: off. N >= 2: the forward (fc1, GeLU, fc2) in N token
+                       chunks, each chunk's all-reduce in flight while the next
+                       computes; backward likewise down to fc1's dx, the last
+                       chunks' all-reduces in flight during the weight gradients.
+                       Bitwise as overlap 0 where docs/determinism.md says so. */
 } tp_mlp_config;
 
 typedef struct tp_mlp tp_mlp;

@@ -94,6 +94,16 @@ typedef struct tp_attention_config {
     const char *name;
     tp_dtype dtype; /* weights, gradients, x, y, dy, dx and every internal activation (QKV,
                        scores, probabilities, context): TP_F32 (0), TP_BF16 or TP_F16 */
+    int overlap;    /* 0 or 1: off. N >= 2 (at most TP_OVERLAP_MAX): nonblocking
+                       collectives behind compute, results bitwise those of overlap 0
+                       where docs/determinism.md says so. Without sequence parallelism:
+                       the out-projection's GEMM and all-reduce in N token chunks, and
+                       backward's input-gradient GEMM and all-reduce in N chunks, in
+                       flight during the QKV weight gradient (when no KV head is shared
+                       across ranks). With it: the all-gather of x pipelined with the
+                       QKV GEMM and the out-projection with the reduce-scatter of y in N
+                       chunks; backward gathers x again during the input-gradient GEMM
+                       and reduce-scatters dx during the QKV weight gradient. */
 } tp_attention_config;
 
 typedef struct tp_attention tp_attention;

@@ -50,14 +50,16 @@ struct tp_attention {
     int64_t qkv_width;               /* local QKV width (local_heads + 2 local_kv) head_dim */
     int64_t out_rows;                /* local out-projection rows local_heads head_dim */
     bool has_bias, causal, sp, any_shared;
-    int overlap; /* tpl_attention_set_overlap (the block's): SP forward chunks */
+    int overlap; /* tp_attention_config.overlap */
     tp_dtype dt; /* weights, gradients and every activation (f32 accumulation) */
     size_t es;   /* its size */
     dx_reduce dx_reduce;
     int64_t region; /* floats per shared KV head in a gradient pack */
     tp_tensor wqkv, bqkv, wo, bo, dwqkv, dbqkv, dwo, dbo;
-    int64_t *off;   /* T+1 token-row shard offsets (sequence parallel) */
-    size_t *counts; /* T */
+    int64_t *off;     /* T+1 token-row shard offsets (sequence parallel) */
+    size_t *counts;   /* T */
+    void *rows_out;   /* where out_proj_rows / dx_rows write: [tokens, hidden] */
+    int64_t attended; /* batch elements whose ctx rows the forward has computed */
     /* full: sequence-parallel [tokens, hidden] scratch (workspace): forward
      * the gathered x, then the out-projection's partial y; backward the
      * gathered dy, then x gathered again for the QKV weight gradient */
@@ -343,6 +345,7 @@ tp_status tp_attention_create(tp_comm *comm, const tp_attention_config *cfg, tp_
     a->sp = cfg->sequence_parallel;
     a->dt = cfg->dtype;
     a->es = tp_dtype_size(cfg->dtype);
+    a->overlap = cfg->overlap;
     tpl_ws *ws[] = {&a->full, &a->qkv,  &a->probs, &a->scores, &a->ctx,
                     &a->dctx, &a->dqkv, &a->dpack, &a->kvtmp,  &a->bscr};
     for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
@@ -357,6 +360,7 @@ tp_status tp_attention_create(tp_comm *comm, const tp_attention_config *cfg, tp_
         goto fail;
     }
     TP_TRY_GOTO(tpl_check_dtype(a->label, a->dt), st, fail);
+    TP_TRY_GOTO(tpl_check_overlap(a->label, a->overlap), st, fail);
     TP_TRY_GOTO(check_config(a, cfg), st, fail);
     ranges_of(a, a->rank, &a->q_lo, &a->q_hi, &a->kv_lo, &a->kv_hi);
     a->local_heads = a->q_hi - a->q_lo;
@@ -458,16 +462,17 @@ static tp_status check_x(tp_attention *a, const char *what, const tp_tensor *x, 
     return TP_OK;
 }
 
-/* ctx = softmax(scale Q K^T) V per batch element and local query head,
- * from qkv; the probabilities are kept for backward. */
-static tp_status attend(tp_attention *a)
+/* ctx = softmax(scale Q K^T) V per local query head for the batch
+ * elements [a->attended, b1), from qkv (the probabilities are kept for
+ * backward); a->attended becomes b1. */
+static tp_status attend_until(tp_attention *a, int64_t b1)
 {
     int64_t seq = a->seq, head_dim = a->head_dim, width = a->qkv_width;
     int64_t local_heads = a->local_heads;
     size_t ss = (size_t)(seq * seq);
     void *S = a->scores.ptr;
     float scale = (float)(1.0 / sqrt((double)head_dim));
-    for (int64_t bi = 0; bi < a->batch; bi++) {
+    for (int64_t bi = a->attended; bi < b1; bi++, a->attended++) {
         const char *Q = at(a, a->qkv.ptr, bi * seq * width), *K = at(a, Q, local_heads * head_dim);
         const char *V = at(a, K, a->local_kv * head_dim);
         char *Pb = at(a, a->probs.ptr, bi * local_heads * (int64_t)ss);
@@ -484,15 +489,10 @@ static tp_status attend(tp_attention *a)
     return TP_OK;
 }
 
-void tpl_attention_set_overlap(tp_attention *a, int overlap)
-{
-    a->overlap = overlap;
-}
-
-/* The sequence-parallel forward's GEMMs on token rows [r0, r1) (chunks
- * of the overlapped path, all rows in one call otherwise): qkv = x Wqkv
- * on the gathered x (full), and the out-projection's partial y (full, free
- * since the QKV GEMM) = ctx Wo. */
+/* The forward's GEMMs on token rows [r0, r1) (chunks of the overlapped
+ * paths, all rows in one call otherwise): qkv = x Wqkv on the gathered x
+ * (full; sequence parallel), and the out-projection's partial y = ctx Wo
+ * into rows_out (SP: full, free since the QKV GEMM; else y). */
 static tp_status qkv_rows(void *ctx, int64_t r0, int64_t r1)
 {
     tp_attention *a = ctx;
@@ -506,18 +506,27 @@ static tp_status out_proj_rows(void *ctx, int64_t r0, int64_t r1)
 {
     tp_attention *a = ctx;
     int64_t hidden = a->hidden;
+    /* the sequences of these rows attended first (the overlapped path
+     * attends lazily, so that earlier chunks' all-reduces run meanwhile) */
+    TP_TRY(attend_until(a, (r1 + a->seq - 1) / a->seq));
     return tpl_gemm(a->dev, a->dt, 0, 0, r1 - r0, hidden, a->out_rows, 0.0f,
                     at(a, a->ctx.ptr, r0 * a->out_rows), a->out_rows, a->wo.data, hidden,
-                    at(a, a->full.ptr, r0 * hidden), hidden);
+                    at(a, a->rows_out, r0 * hidden), hidden);
 }
 
-/* Sequence parallel, overlap >= 2: the all-gather of x pipelined with the
- * QKV GEMM, and the out-projection GEMM with the reduce-scatter of y, in
- * the token chunks of tpl_overlap_chunks (the same bits as one call:
- * docs/determinism.md). */
+/* overlap >= 2: the collectives in the token chunks of tpl_overlap_chunks
+ * (the same bits as one call: docs/determinism.md). Sequence parallel:
+ * the all-gather of x pipelined with the QKV GEMM, the out-projection GEMM
+ * with the reduce-scatter of y; otherwise the out-projection GEMM with the
+ * all-reduce of y. */
+static bool overlapped(const tp_attention *a)
+{
+    return a->overlap >= 2 && a->tokens > 0;
+}
+
 static bool sp_overlapped(const tp_attention *a)
 {
-    return a->sp && a->overlap >= 2 && a->tokens > 0;
+    return a->sp && overlapped(a);
 }
 
 static tp_status forward_body(tp_attention *a, const tp_tensor *x, tp_tensor *y)
@@ -547,11 +556,16 @@ static tp_status forward_body(tp_attention *a, const tp_tensor *x, tp_tensor *y)
     }
     if (a->has_bias)
         TP_TRY(tp_dev_bias_add(a->dev, a->dt, tokens, width, a->qkv.ptr, a->bqkv.data));
-    TP_TRY(attend(a));
+    a->attended = 0;
+    if (a->sp || !overlapped(a))
+        TP_TRY(attend_until(a, a->batch));
     /* y = sum over ranks of ctx Wo_local, then + bo */
-    if (!a->sp) {
-        TP_TRY(tpl_gemm(a->dev, a->dt, 0, 0, tokens, hidden, a->out_rows, 0.0f, a->ctx.ptr,
-                        a->out_rows, a->wo.data, hidden, y->data, hidden));
+    a->rows_out = a->sp ? a->full.ptr : y->data;
+    if (!a->sp && overlapped(a)) {
+        TP_TRY(tpl_all_reduce_rows_overlapped(a->comm, a->dt, y->data, tokens, hidden, a->overlap,
+                                              out_proj_rows, NULL, a));
+    } else if (!a->sp) {
+        TP_TRY(out_proj_rows(a, 0, tokens));
         TP_TRY(tp_all_reduce(a->comm, y->data, y->data, (size_t)(tokens * hidden), a->dt, TP_SUM));
     } else if (sp_overlapped(a)) {
         TP_TRY(tpl_reduce_scatter_rows_overlapped(a->comm, a->dt, a->full.ptr, y->data, a->off,
@@ -779,6 +793,41 @@ static tp_status dx_all_reduce_packed(tp_attention *a, tp_tensor *dx, void *kvw,
     return kv_pack(a, at(a, buf, n), kvw, kvb, true);
 }
 
+/* The overlapped backward's pieces: dx rows [r0, r1) (partial) into
+ * rows_out; the QKV parameter gradients with no KV head shared. */
+static tp_status dx_rows(void *ctx, int64_t r0, int64_t r1)
+{
+    tp_attention *a = ctx;
+    return dx_part(a, r0, r1 - r0, at(a, a->rows_out, r0 * a->hidden));
+}
+
+static tp_status qkv_grads(void *ctx)
+{
+    void *kvw = NULL, *kvb = NULL;
+    return qkv_param_backward(ctx, &kvw, &kvb);
+}
+
+/* Sequence parallel, overlap >= 2, no KV head shared (as Megatron): x's
+ * shards gathered again during the input-gradient GEMM, dx's
+ * reduce-scatter in flight during the QKV weight gradient. The same
+ * collectives of the same bytes as dx_reduce_scatter's path. */
+static tp_status sp_dx_overlapped(tp_attention *a, tp_tensor *dx)
+{
+    TP_TRY(tpl_ws_reserve(&a->dpack, (size_t)(a->tokens * a->hidden) * a->es, a->label));
+    for (int i = 0; i < a->tp_size; i++)
+        a->counts[i] = (size_t)((a->off[i + 1] - a->off[i]) * a->hidden);
+    tp_request *req;
+    TP_TRY(tp_iall_gatherv(a->comm, a->x_saved.data, a->full.ptr, a->counts, a->dt, &req));
+    tp_status st = dx_part(a, 0, a->tokens, a->dpack.ptr);
+    tp_status w = tp_wait(req);
+    TP_TRY(st != TP_OK ? st : w);
+    a->x_used = a->full.ptr;
+    TP_TRY(tp_ireduce_scatterv(a->comm, a->dpack.ptr, dx->data, a->counts, a->dt, TP_SUM, &req));
+    st = qkv_grads(a);
+    w = tp_wait(req);
+    return st != TP_OK ? st : w;
+}
+
 /* Sequence parallel: reduce-scatter the full partial dx into this rank's token rows. */
 static tp_status dx_reduce_scatter(tp_attention *a, tp_tensor *dx)
 {
@@ -838,6 +887,14 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
     TP_TRY(tpl_ws_reserve(&a->scores, (size_t)a->local_heads * ss * a->es, a->label));
     TP_TRY(out_proj_backward(a, dyf));
     TP_TRY(attend_backward(a));
+    /* dx's chunks are written before the weight gradient reads x: not into x */
+    if (dx && overlapped(a) && a->dx_reduce == DX_ALL_REDUCE && dx->data != a->x_used) {
+        a->rows_out = dx->data;
+        return tpl_all_reduce_rows_overlapped(a->comm, a->dt, dx->data, tokens, hidden, a->overlap,
+                                              dx_rows, qkv_grads, a);
+    }
+    if (dx && overlapped(a) && a->dx_reduce == DX_REDUCE_SCATTER)
+        return sp_dx_overlapped(a, dx);
     if (a->sp) { /* x's shards again (dy's gathered rows are spent): the same bytes as forward */
         TP_TRY(tpl_gather_rows(a->comm, a->dt, a->x_saved.data, a->full.ptr, a->off, hidden,
                                a->counts));

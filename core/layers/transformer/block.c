@@ -147,9 +147,9 @@ tp_status tp_block_create(tp_comm *comm, const tp_block_config *cfg, tp_block **
         .tensor_id = cfg->tensor_id,
         .name = na,
         .dtype = cfg->dtype,
+        .overlap = cfg->overlap,
     };
     TP_TRY_GOTO(tp_attention_create(comm, &ac, &b->attn), st, fail);
-    tpl_attention_set_overlap(b->attn, cfg->overlap);
     tp_mlp_config mc = {
         .hidden = cfg->hidden,
         .ffn = cfg->ffn,

@@ -18,10 +18,4 @@ tp_status tpl_norm_backward_local(tp_norm *n, const tp_tensor *dy, tp_tensor *dx
 /* grads += contrib (already reduced over the ranks). */
 tp_status tpl_norm_add_contrib(tp_norm *n, const void *contrib);
 
-/* The block's overlap (tp_block_config.overlap) for its attention: with
- * sequence parallelism and overlap >= 2 the forward pipelines the all-
- * gather of x with the QKV GEMM and the out-projection GEMM with the
- * reduce-scatter of y in token chunks (bitwise the same results). */
-void tpl_attention_set_overlap(tp_attention *a, int overlap);
-
 #endif
