@@ -761,10 +761,11 @@ tp_status tp_ireduce_scatterv(tp_comm *comm, const void *send, void *recv, const
     return ireduce_scatter("tp_ireduce_scatterv", comm, send, recv, counts, dt, op, req);
 }
 
-tp_status tp_iall_gather(tp_comm *comm, const void *send, void *recv, size_t count, tp_dtype dt,
-                         tp_request **req)
+/* tp_iall_gather and tp_ireduce_scatter (gather false: with op): their
+ * v-variants with `count` for every rank. */
+static tp_status ieven(const char *fn, tp_comm *comm, const void *send, void *recv, size_t count,
+                       tp_dtype dt, bool gather, tp_redop op, tp_request **req)
 {
-    static const char fn[] = "tp_iall_gather";
     if (!comm)
         return check_req(fn, req) ? TP_ERR_INVALID_ARG
                                   : tp_set_error(TP_ERR_INVALID_ARG, "%s: comm is NULL", fn);
@@ -772,23 +773,20 @@ tp_status tp_iall_gather(tp_comm *comm, const void *send, void *recv, size_t cou
     size_t *counts = even_counts(fn, comm, count, small, &heap);
     if (!counts)
         return TP_ERR_NO_MEMORY;
-    tp_status st = iall_gather(fn, comm, send, recv, counts, dt, req);
+    tp_status st = gather ? iall_gather(fn, comm, send, recv, counts, dt, req)
+                          : ireduce_scatter(fn, comm, send, recv, counts, dt, op, req);
     g_free(heap);
     return st;
+}
+
+tp_status tp_iall_gather(tp_comm *comm, const void *send, void *recv, size_t count, tp_dtype dt,
+                         tp_request **req)
+{
+    return ieven("tp_iall_gather", comm, send, recv, count, dt, true, TP_SUM, req);
 }
 
 tp_status tp_ireduce_scatter(tp_comm *comm, const void *send, void *recv, size_t count, tp_dtype dt,
                              tp_redop op, tp_request **req)
 {
-    static const char fn[] = "tp_ireduce_scatter";
-    if (!comm)
-        return check_req(fn, req) ? TP_ERR_INVALID_ARG
-                                  : tp_set_error(TP_ERR_INVALID_ARG, "%s: comm is NULL", fn);
-    size_t small[SMALL_WORLD], *heap;
-    size_t *counts = even_counts(fn, comm, count, small, &heap);
-    if (!counts)
-        return TP_ERR_NO_MEMORY;
-    tp_status st = ireduce_scatter(fn, comm, send, recv, counts, dt, op, req);
-    g_free(heap);
-    return st;
+    return ieven("tp_ireduce_scatter", comm, send, recv, count, dt, false, op, req);
 }
