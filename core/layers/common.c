@@ -257,13 +257,18 @@ void tpl_shard_offsets(int64_t n, int T, int64_t *off)
         tp_shard_range(n, T, i, &off[i], &off[i + 1]);
 }
 
+size_t *tpl_row_counts(const int64_t *off, int T, int64_t cols, size_t *counts)
+{
+    for (int i = 0; i < T; i++)
+        counts[i] = (size_t)((off[i + 1] - off[i]) * cols);
+    return counts;
+}
+
 tp_status tpl_gather_rows(tp_comm *comm, tp_dtype dt, const void *shard, void *full,
                           const int64_t *off, int64_t cols, size_t *counts)
 {
-    int T = tp_comm_size(comm);
-    for (int i = 0; i < T; i++)
-        counts[i] = (size_t)((off[i + 1] - off[i]) * cols);
-    return tp_all_gatherv(comm, shard, full, counts, dt);
+    return tp_all_gatherv(comm, shard, full, tpl_row_counts(off, tp_comm_size(comm), cols, counts),
+                          dt);
 }
 
 tp_status tpl_prepare_out(const char *who, const char *what, tp_tensor *out, const tp_tensor *like,

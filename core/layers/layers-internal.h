@@ -77,6 +77,9 @@ tp_status tpl_gemm_batched(tp_device *dev, tp_dtype dt, int ta, int tb, int64_t 
 /* Every rank's shard of n split over T (tp_shard_range): off[0..T]. */
 void tpl_shard_offsets(int64_t n, int T, int64_t *off);
 
+/* counts[i] = (off[i+1] - off[i]) * cols for the T row shards; returns counts. */
+size_t *tpl_row_counts(const int64_t *off, int T, int64_t cols, size_t *counts);
+
 /* Collective: all_gatherv of row shards [off[i+1]-off[i], cols] of dtype
  * dt into full [off[T], cols]. counts: T scratch entries. */
 tp_status tpl_gather_rows(tp_comm *comm, tp_dtype dt, const void *shard, void *full,

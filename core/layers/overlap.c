@@ -85,47 +85,34 @@ tp_status tpl_gather_rows_overlapped(tp_comm *comm, tp_dtype dt, const void *sha
     return st;
 }
 
-tp_status tpl_reduce_scatter_rows_overlapped(tp_comm *comm, tp_dtype dt, void *full, void *shard,
-                                             const int64_t *off, int64_t cols, size_t *counts,
-                                             int overlap, tpl_rows_fn fn, void *ctx)
+/* The row GEMM -> reduction pipeline of both row-parallel exits: fn
+ * computes chunk c's rows of the partial full [tokens, cols], whose
+ * reduction (TP_SUM) then starts and is in flight while the next chunk is
+ * computed: with off (token shards), a tp_ireduce_scatterv into the
+ * owners' shard rows; without, a tp_iall_reduce in place. tail (may be
+ * NULL) runs once every chunk is issued, before the waits. */
+static tp_status reduce_rows_overlapped(tp_comm *comm, tp_dtype dt, void *full, void *shard,
+                                        const int64_t *off, int64_t tokens, int64_t cols,
+                                        size_t *counts, int overlap, tpl_rows_fn fn,
+                                        tpl_tail_fn tail, void *ctx)
 {
     int T = tp_comm_size(comm), rank = tp_comm_rank(comm);
     size_t es = tp_dtype_size(dt);
     int64_t co[TP_OVERLAP_MAX + 1];
     tp_request *req[TP_OVERLAP_MAX];
-    int n = tpl_overlap_chunks(off[T], overlap, co), issued = 0;
+    int n = tpl_overlap_chunks(tokens, overlap, co), issued = 0;
     tp_status st = TP_OK;
     for (int c = 0; c < n && st == TP_OK; c++) {
+        char *rows = (char *)full + (size_t)(co[c] * cols) * es;
         st = fn(ctx, co[c], co[c + 1]);
-        int64_t mine = chunk_part(off, T, rank, co[c], co[c + 1], cols, counts);
-        if (st == TP_OK)
-            st = tp_ireduce_scatterv(comm, (char *)full + (size_t)(co[c] * cols) * es,
-                                     (char *)shard + (size_t)(mine * cols) * es, counts, dt, TP_SUM,
-                                     &req[issued]);
-        if (st == TP_OK)
-            issued++;
-        bool done;
-        if (st == TP_OK && issued > 1)
-            st = tp_test(req[0], &done);
-    }
-    return tpl_wait_all(req, issued, st);
-}
-
-tp_status tpl_all_reduce_rows_overlapped(tp_comm *comm, tp_dtype dt, void *buf, int64_t tokens,
-                                         int64_t cols, int overlap, tpl_rows_fn fn,
-                                         tpl_tail_fn tail, void *ctx)
-{
-    size_t es = tp_dtype_size(dt);
-    int64_t off[TP_OVERLAP_MAX + 1];
-    tp_request *req[TP_OVERLAP_MAX];
-    int n = tpl_overlap_chunks(tokens, overlap, off), issued = 0;
-    tp_status st = TP_OK;
-    for (int c = 0; c < n && st == TP_OK; c++) {
-        char *rows = (char *)buf + (size_t)(off[c] * cols) * es;
-        st = fn(ctx, off[c], off[c + 1]);
-        if (st == TP_OK)
-            st = tp_iall_reduce(comm, rows, rows, (size_t)((off[c + 1] - off[c]) * cols), dt,
-                                TP_SUM, &req[issued]);
+        if (st == TP_OK && off) {
+            int64_t mine = chunk_part(off, T, rank, co[c], co[c + 1], cols, counts);
+            st = tp_ireduce_scatterv(comm, rows, (char *)shard + (size_t)(mine * cols) * es, counts,
+                                     dt, TP_SUM, &req[issued]);
+        } else if (st == TP_OK) {
+            st = tp_iall_reduce(comm, rows, rows, (size_t)((co[c + 1] - co[c]) * cols), dt, TP_SUM,
+                                &req[issued]);
+        }
         if (st == TP_OK)
             issued++;
         /* push the oldest request along (a backend that progresses only
@@ -137,4 +124,20 @@ tp_status tpl_all_reduce_rows_overlapped(tp_comm *comm, tp_dtype dt, void *buf, 
     if (st == TP_OK && tail)
         st = tail(ctx);
     return tpl_wait_all(req, issued, st);
+}
+
+tp_status tpl_reduce_scatter_rows_overlapped(tp_comm *comm, tp_dtype dt, void *full, void *shard,
+                                             const int64_t *off, int64_t cols, size_t *counts,
+                                             int overlap, tpl_rows_fn fn, void *ctx)
+{
+    return reduce_rows_overlapped(comm, dt, full, shard, off, off[tp_comm_size(comm)], cols, counts,
+                                  overlap, fn, NULL, ctx);
+}
+
+tp_status tpl_all_reduce_rows_overlapped(tp_comm *comm, tp_dtype dt, void *buf, int64_t tokens,
+                                         int64_t cols, int overlap, tpl_rows_fn fn,
+                                         tpl_tail_fn tail, void *ctx)
+{
+    return reduce_rows_overlapped(comm, dt, buf, NULL, NULL, tokens, cols, NULL, overlap, fn, tail,
+                                  ctx);
 }

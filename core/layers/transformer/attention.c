@@ -572,9 +572,9 @@ static tp_status forward_body(tp_attention *a, const tp_tensor *x, tp_tensor *y)
                                                   hidden, a->counts, a->overlap, out_proj_rows, a));
     } else {
         TP_TRY(out_proj_rows(a, 0, tokens));
-        for (int i = 0; i < a->tp_size; i++)
-            a->counts[i] = (size_t)((a->off[i + 1] - a->off[i]) * hidden);
-        TP_TRY(tp_reduce_scatterv(a->comm, a->full.ptr, y->data, a->counts, a->dt, TP_SUM));
+        TP_TRY(tp_reduce_scatterv(a->comm, a->full.ptr, y->data,
+                                  tpl_row_counts(a->off, a->tp_size, hidden, a->counts), a->dt,
+                                  TP_SUM));
     }
     if (a->has_bias && a->rows > 0)
         TP_TRY(tp_dev_bias_add(a->dev, a->dt, a->rows, hidden, y->data, a->bo.data));
@@ -814,8 +814,7 @@ static tp_status qkv_grads(void *ctx)
 static tp_status sp_dx_overlapped(tp_attention *a, tp_tensor *dx)
 {
     TP_TRY(tpl_ws_reserve(&a->dpack, (size_t)(a->tokens * a->hidden) * a->es, a->label));
-    for (int i = 0; i < a->tp_size; i++)
-        a->counts[i] = (size_t)((a->off[i + 1] - a->off[i]) * a->hidden);
+    tpl_row_counts(a->off, a->tp_size, a->hidden, a->counts);
     tp_request *req;
     TP_TRY(tp_iall_gatherv(a->comm, a->x_saved.data, a->full.ptr, a->counts, a->dt, &req));
     tp_status st = dx_part(a, 0, a->tokens, a->dpack.ptr);
@@ -833,8 +832,7 @@ static tp_status dx_reduce_scatter(tp_attention *a, tp_tensor *dx)
 {
     TP_TRY(tpl_ws_reserve(&a->dpack, (size_t)(a->tokens * a->hidden) * a->es, a->label));
     TP_TRY(dx_part(a, 0, a->tokens, a->dpack.ptr));
-    for (int i = 0; i < a->tp_size; i++)
-        a->counts[i] = (size_t)((a->off[i + 1] - a->off[i]) * a->hidden);
+    tpl_row_counts(a->off, a->tp_size, a->hidden, a->counts);
     return tp_reduce_scatterv(a->comm, a->dpack.ptr, dx->data, a->counts, a->dt, TP_SUM);
 }
 

@@ -172,9 +172,7 @@ fail:
 /* The row counts of a [tokens, hidden] tensor's token shards. */
 static size_t *row_counts(tp_block *b)
 {
-    for (int i = 0; i < b->T; i++)
-        b->counts[i] = (size_t)((b->off[i + 1] - b->off[i]) * b->hidden);
-    return b->counts;
+    return tpl_row_counts(b->off, b->T, b->hidden, b->counts);
 }
 
 /* The sequence-parallel MLP forward's GEMMs on token rows [r0, r1) (the
