@@ -12,6 +12,8 @@
  * order, results are bitwise identical on every rank and every run, and
  * in-place calls are safe (only the owner of a share reads or writes it).
  * On device memory the shares move with the rank's device ops (device.c).
+ * The nonblocking collectives (nb.c) cut the same work into shares that
+ * whichever rank waits first claims.
  */
 #include <stdio.h>
 #include <string.h>
@@ -29,7 +31,7 @@ static bool lb_small(const lb_comm *c, tp_status bad, size_t bytes)
 
 /* This rank's arguments of o are valid and its device is synchronized;
  * else the verdict and why in msg. */
-static tp_status lb_check_call(lb_comm *c, sc_os_op *o, char *msg, size_t len)
+tp_status lb_check_call(lb_comm *c, sc_os_op *o, char *msg, size_t len)
 {
     o->rank = c->rank;
     o->size = c->g->size;
@@ -40,7 +42,7 @@ static tp_status lb_check_call(lb_comm *c, sc_os_op *o, char *msg, size_t len)
 }
 
 /* What a rank publishes for the barrier path of call o. */
-static lb_args lb_args_of(const sc_os_op *o)
+lb_args lb_args_of(const sc_os_op *o)
 {
     return (lb_args){.send = o->send,
                      .recv = o->recv,
@@ -52,152 +54,132 @@ static lb_args lb_args_of(const sc_os_op *o)
                      .root = o->root};
 }
 
+/* sc_reduce / sc_fanout, or their device-memory counterparts. */
+static tp_status lb_reduce(lb_comm *c, int dt, int op, const void *const *src, int nsrc,
+                           void *const *dst, int ndst, size_t n, bool stream)
+{
+    if (c->dops)
+        return lb_dev_reduce(c, dt, op, src, nsrc, dst, ndst, n);
+    c->streamed |= sc_reduce(dt, op, src, nsrc, dst, ndst, n, stream);
+    return TP_OK;
+}
+
+static tp_status lb_fanout(lb_comm *c, const void *src, void *const *dst, int ndst, size_t bytes,
+                           bool stream)
+{
+    if (c->dops)
+        return lb_dev_fanout(c, src, dst, ndst, bytes);
+    c->streamed |= sc_fanout(src, dst, ndst, bytes, stream);
+    return TP_OK;
+}
+
+tp_status lb_share(lb_comm *c, lb_kind kind, const lb_args *const *a, int s, int nw)
+{
+    lb_group *g = c->g;
+    int n = g->size;
+    const lb_args *me = a[c->rank];
+    int dt = me->dt, op = me->op;
+    size_t es = tp_util_dtype_size((tp_dtype)dt), total = me->count, lo, hi, off = 0;
+    sc_share(total, es, nw, s, &lo, &hi);
+    if (lo >= hi)
+        return TP_OK;
+    size_t sb = g->eng->stream_bytes, bytes = (hi - lo) * es;
+    const void *src[LB_MAX_RANKS];
+    void *dst[LB_MAX_RANKS];
+    tp_status w = TP_OK;
+    switch (kind) {
+        case LB_ALL_REDUCE:
+            if (n == 1)
+                return me->send == me->recv ? TP_OK
+                                            : lb_fanout(c, (const char *)me->send + lo * es,
+                                                        (void *const[]){(char *)me->recv + lo * es},
+                                                        1, bytes, false);
+            for (int r = 0; r < n; r++) {
+                src[r] = (const char *)a[r]->send + lo * es;
+                dst[r] = (char *)a[r]->recv + lo * es;
+            }
+            return lb_reduce(c, dt, op, src, n, dst, n, hi - lo, total * es >= sb / (size_t)n);
+        case LB_ALL_GATHER:
+            /* block r of the output comes from rank r's input */
+            for (int r = 0; r < n && off < hi && !w; off += me->counts[r], r++) {
+                size_t b0 = lo > off ? lo : off;
+                size_t b1 = hi < off + me->counts[r] ? hi : off + me->counts[r];
+                if (b0 >= b1)
+                    continue;
+                for (int d = 0; d < n; d++)
+                    dst[d] = (char *)a[d]->recv + b0 * es;
+                w = lb_fanout(c, (const char *)a[r]->send + (b0 - off) * es, dst, n, (b1 - b0) * es,
+                              total * es >= sb / (size_t)n);
+            }
+            return w;
+        case LB_REDUCE_SCATTER:
+            /* block i of the reduced input goes to rank i */
+            for (int i = 0; i < n && off < hi && !w; off += me->counts[i], i++) {
+                size_t b0 = lo > off ? lo : off;
+                size_t b1 = hi < off + me->counts[i] ? hi : off + me->counts[i];
+                if (b0 >= b1)
+                    continue;
+                for (int r = 0; r < n; r++)
+                    src[r] = (const char *)a[r]->send + b0 * es;
+                void *out = (char *)a[i]->recv + (b0 - off) * es;
+                if (n == 1 && out == src[0])
+                    continue;
+                w = lb_reduce(c, dt, op, src, n, &out, 1, b1 - b0, total * es >= sb);
+            }
+            return w;
+        case LB_BROADCAST:
+            if (n == 1)
+                return TP_OK;
+            for (int d = 0; d < n; d++)
+                dst[d] = (char *)a[d]->recv + lo * es;
+            return lb_fanout(c, dst[me->root], dst, n, bytes, total * es >= sb / (size_t)(n - 1));
+        default: return TP_OK;
+    }
+}
+
+/* Run call o of `kind` (its arguments set): one-shot if small, else the
+ * barrier path with this rank's share. */
+static tp_status lb_run(lb_comm *c, lb_kind kind, sc_os_op *o)
+{
+    char msg[200];
+    tp_status bad = lb_check_call(c, o, msg, sizeof msg);
+    if (lb_small(c, bad, o->count * tp_util_dtype_size((tp_dtype)o->dt)))
+        return lb_oneshot(c, o);
+    lb_args a = lb_args_of(o);
+    tp_status st = lb_begin(c, kind, &a, bad, msg);
+    if (st != TP_OK)
+        return st;
+    const lb_args *peers[LB_MAX_RANKS];
+    for (int r = 0; r < c->g->size; r++)
+        peers[r] = lb_peer(c, r);
+    tp_status w = lb_share(c, kind, peers, c->rank, c->g->size);
+    return c->dops ? lb_dev_end(c, kind, w) : lb_end(c, kind);
+}
+
 tp_status lb_all_reduce(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,
                         tp_redop op)
 {
-    lb_comm *c = comm;
-    lb_group *g = c->g;
     sc_os_op o = sc_call_all_reduce(send, recv, count, (int)dt, (int)op);
-    char msg[200];
-    tp_status bad = lb_check_call(c, &o, msg, sizeof msg);
-    size_t es = tp_util_dtype_size(dt);
-    if (lb_small(c, bad, count * es))
-        return lb_oneshot(c, &o);
-    lb_args a = lb_args_of(&o);
-    int n = g->size;
-    tp_status st = lb_begin(c, LB_ALL_REDUCE, &a, bad, msg);
-    if (st != TP_OK)
-        return st;
-    size_t lo, hi;
-    tp_status w = TP_OK;
-    sc_share(count, es, n, c->rank, &lo, &hi);
-    if (n == 1) {
-        if (count && send != recv && c->dops)
-            w = lb_dev_fanout(c, send, &recv, 1, count * es);
-        else if (count && send != recv)
-            sc_fanout(send, &recv, 1, count * es, false);
-    } else if (lo < hi) {
-        const void *src[LB_MAX_RANKS];
-        void *dst[LB_MAX_RANKS];
-        for (int r = 0; r < n; r++) {
-            src[r] = (const char *)lb_peer(c, r)->send + lo * es;
-            dst[r] = (char *)lb_peer(c, r)->recv + lo * es;
-        }
-        bool stream = count * es >= g->eng->stream_bytes / (size_t)n;
-        if (c->dops)
-            w = lb_dev_reduce(c, (int)dt, (int)op, src, n, dst, n, hi - lo);
-        else
-            c->streamed = sc_reduce((int)dt, (int)op, src, n, dst, n, hi - lo, stream);
-    }
-    return c->dops ? lb_dev_end(c, LB_ALL_REDUCE, w) : lb_end(c, LB_ALL_REDUCE);
+    return lb_run(comm, LB_ALL_REDUCE, &o);
 }
 
 tp_status lb_all_gather(void *comm, const void *send, void *recv, const size_t *counts, tp_dtype dt)
 {
-    lb_comm *c = comm;
-    lb_group *g = c->g;
-    int n = g->size;
     sc_os_op o = sc_call_all_gather(send, recv, counts, (int)dt);
-    char msg[200];
-    tp_status bad = lb_check_call(c, &o, msg, sizeof msg);
-    size_t es = tp_util_dtype_size(dt), total = o.count;
-    if (lb_small(c, bad, total * es))
-        return lb_oneshot(c, &o);
-    lb_args a = lb_args_of(&o);
-    tp_status st = lb_begin(c, LB_ALL_GATHER, &a, bad, msg);
-    if (st != TP_OK)
-        return st;
-    size_t lo, hi;
-    sc_share(total, es, n, c->rank, &lo, &hi);
-    bool stream = total * es >= g->eng->stream_bytes / (size_t)n;
-    void *dst[LB_MAX_RANKS];
-    size_t off = 0;
-    tp_status w = TP_OK;
-    for (int s = 0; s < n && off < hi && !w; off += counts[s], s++) {
-        size_t b0 = lo > off ? lo : off, b1 = hi < off + counts[s] ? hi : off + counts[s];
-        if (b0 >= b1)
-            continue;
-        const char *src = (const char *)lb_peer(c, s)->send + (b0 - off) * es;
-        for (int d = 0; d < n; d++)
-            dst[d] = (char *)lb_peer(c, d)->recv + b0 * es;
-        if (c->dops)
-            w = lb_dev_fanout(c, src, dst, n, (b1 - b0) * es);
-        else
-            c->streamed |= sc_fanout(src, dst, n, (b1 - b0) * es, stream);
-    }
-    return c->dops ? lb_dev_end(c, LB_ALL_GATHER, w) : lb_end(c, LB_ALL_GATHER);
+    return lb_run(comm, LB_ALL_GATHER, &o);
 }
 
 tp_status lb_reduce_scatter(void *comm, const void *send, void *recv, const size_t *counts,
                             tp_dtype dt, tp_redop op)
 {
-    lb_comm *c = comm;
-    lb_group *g = c->g;
-    int n = g->size;
     sc_os_op o = sc_call_reduce_scatter(send, recv, counts, (int)dt, (int)op);
-    char msg[200];
-    tp_status bad = lb_check_call(c, &o, msg, sizeof msg);
-    size_t es = tp_util_dtype_size(dt), total = o.count;
-    if (lb_small(c, bad, total * es))
-        return lb_oneshot(c, &o);
-    lb_args a = lb_args_of(&o);
-    tp_status st = lb_begin(c, LB_REDUCE_SCATTER, &a, bad, msg);
-    if (st != TP_OK)
-        return st;
-    size_t lo, hi;
-    sc_share(total, es, n, c->rank, &lo, &hi);
-    bool stream = total * es >= g->eng->stream_bytes;
-    const void *src[LB_MAX_RANKS];
-    size_t off = 0;
-    tp_status w = TP_OK;
-    for (int i = 0; i < n && off < hi && !w; off += counts[i], i++) {
-        size_t b0 = lo > off ? lo : off, b1 = hi < off + counts[i] ? hi : off + counts[i];
-        if (b0 >= b1)
-            continue;
-        for (int r = 0; r < n; r++)
-            src[r] = (const char *)lb_peer(c, r)->send + b0 * es;
-        void *dst = (char *)lb_peer(c, i)->recv + (b0 - off) * es;
-        if (n == 1 && dst == src[0])
-            continue;
-        if (c->dops)
-            w = lb_dev_reduce(c, (int)dt, (int)op, src, n, &dst, 1, b1 - b0);
-        else
-            c->streamed |= sc_reduce((int)dt, (int)op, src, n, &dst, 1, b1 - b0, stream);
-    }
-    return c->dops ? lb_dev_end(c, LB_REDUCE_SCATTER, w) : lb_end(c, LB_REDUCE_SCATTER);
+    return lb_run(comm, LB_REDUCE_SCATTER, &o);
 }
 
 tp_status lb_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int root)
 {
-    lb_comm *c = comm;
-    lb_group *g = c->g;
-    int n = g->size;
     sc_os_op o = sc_call_broadcast(buf, count, (int)dt, root);
-    char msg[200];
-    tp_status bad = lb_check_call(c, &o, msg, sizeof msg);
-    size_t es = tp_util_dtype_size(dt);
-    if (lb_small(c, bad, count * es))
-        return lb_oneshot(c, &o);
-    lb_args a = lb_args_of(&o);
-    tp_status st = lb_begin(c, LB_BROADCAST, &a, bad, msg);
-    if (st != TP_OK)
-        return st;
-    if (n == 1)
-        return TP_OK;
-    size_t lo, hi;
-    tp_status w = TP_OK;
-    sc_share(count, es, n, c->rank, &lo, &hi);
-    if (lo < hi) {
-        void *dst[LB_MAX_RANKS];
-        for (int d = 0; d < n; d++)
-            dst[d] = (char *)lb_peer(c, d)->recv + lo * es;
-        bool stream = count * es >= g->eng->stream_bytes / (size_t)(n - 1);
-        if (c->dops)
-            w = lb_dev_fanout(c, dst[root], dst, n, (hi - lo) * es);
-        else
-            c->streamed = sc_fanout(dst[root], dst, n, (hi - lo) * es, stream);
-    }
-    return c->dops ? lb_dev_end(c, LB_BROADCAST, w) : lb_end(c, LB_BROADCAST);
+    return lb_run(comm, LB_BROADCAST, &o);
 }
 
 tp_status lb_barrier(void *comm)

@@ -30,6 +30,7 @@ lb_group *lb_group_new(lb_engine *eng, int size, bool is_world)
     atomic_init(&g->failed, 0);
     atomic_init(&g->departures, 0);
     atomic_init(&g->poison_claim, 0);
+    pthread_mutex_init(&g->nb_lock, NULL);
     for (int r = 0; r < size; r++) {
         lb_slot *s = &g->slots[r];
         atomic_init(&s->epoch, 0);
@@ -42,6 +43,7 @@ lb_group *lb_group_new(lb_engine *eng, int size, bool is_world)
     if (is_world) {
         g->world_comms = calloc((size_t)size, sizeof(lb_comm));
         if (!g->world_comms) {
+            pthread_mutex_destroy(&g->nb_lock);
             free(g);
             return NULL;
         }
@@ -53,6 +55,8 @@ void lb_group_free(lb_group *g)
 {
     if (!g)
         return;
+    lb_nb_free_all(g);
+    pthread_mutex_destroy(&g->nb_lock);
     free(g->world_comms);
     free(g);
 }

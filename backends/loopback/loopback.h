@@ -98,6 +98,7 @@ typedef struct lb_comm {
     int rank;
     uint64_t epoch; /* barriers this rank has entered */
     uint64_t seq;   /* collectives this rank has called */
+    uint64_t nseq;  /* nonblocking collectives this rank has started */
     bool streamed;  /* non-temporal stores issued in the current op */
     bool bound;     /* world: `thread` was pinned; `saved` restores it */
     pthread_t thread;
@@ -119,7 +120,9 @@ typedef struct lb_group {
     _Alignas(LB_LINE) atomic_int failed; /* tp_status that poisoned the group */
     atomic_uint departures;              /* number of comm_free calls */
     atomic_int poison_claim;
-    char msg[640]; /* why it failed; written before `failed` is set */
+    char msg[640];           /* why it failed; written before `failed` is set */
+    pthread_mutex_t nb_lock; /* guards nb_ops */
+    struct lb_nbop *nb_ops;  /* nonblocking ops in flight (nb.c) */
     lb_slot slots[];
 } lb_group;
 
@@ -135,6 +138,19 @@ void lb_comm_free(void *comm);
 tp_status lb_barrier_wait(lb_comm *c, lb_kind kind);
 tp_status lb_begin(lb_comm *c, lb_kind kind, const lb_args *a, tp_status bad, const char *bad_msg);
 tp_status lb_end(lb_comm *c, lb_kind kind);
+/* Whether every rank's publication p[r] agrees with rank 0's (kind and
+ * arguments); else the group is poisoned with why. `how` follows the
+ * collective's name in messages. */
+tp_status lb_agree(lb_group *g, lb_kind kind, const char *how, uint64_t seq,
+                   const lb_pub *const *p);
+/* Nonblocking op number seq of `kind`, whose starters are in *mask: wait
+ * until *flag reaches target, or check once (waited: seconds since it
+ * started) — the group failed, a rank that never started it left, or the
+ * timeout passed (TP_OK: go on waiting). */
+tp_status lb_wait_op(lb_comm *c, lb_kind kind, uint64_t seq, const atomic_uint_fast64_t *flag,
+                     uint64_t target, const atomic_uint_fast64_t *mask);
+tp_status lb_check_op(lb_comm *c, lb_kind kind, uint64_t seq, const atomic_uint_fast64_t *mask,
+                      double waited);
 /* Rank r's arguments for the calling rank's current op (valid after lb_begin). */
 static inline const lb_args *lb_peer(const lb_comm *c, int r)
 {
@@ -158,7 +174,13 @@ tp_status lb_dev_reduce(lb_comm *c, int dt, int op, const void *const *src, int 
 tp_status lb_dev_fanout(lb_comm *c, const void *src, void *const *dst, int ndst, size_t bytes);
 tp_status lb_dev_end(lb_comm *c, lb_kind kind, tp_status work);
 
-/* collectives.c */
+/* collectives.c: this rank's arguments valid and its device synchronized
+ * (else the verdict and why in msg); what it publishes for call o; share
+ * s of nw of a collective over the ranks' arguments a[0..size) — all
+ * ranks' outputs of that share, streaming stores noted in c->streamed. */
+tp_status lb_check_call(lb_comm *c, sc_os_op *o, char *msg, size_t len);
+lb_args lb_args_of(const sc_os_op *o);
+tp_status lb_share(lb_comm *c, lb_kind kind, const lb_args *const *a, int s, int nw);
 tp_status lb_all_reduce(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,
                         tp_redop op);
 tp_status lb_all_gather(void *comm, const void *send, void *recv, const size_t *counts,
@@ -167,5 +189,17 @@ tp_status lb_reduce_scatter(void *comm, const void *send, void *recv, const size
                             tp_dtype dt, tp_redop op);
 tp_status lb_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int root);
 tp_status lb_barrier(void *comm);
+
+/* nb.c: the nonblocking slots; lb_nb_free_all frees a group's records. */
+tp_status lb_iall_reduce(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,
+                         tp_redop op, void **req);
+tp_status lb_iall_gather(void *comm, const void *send, void *recv, const size_t *counts,
+                         tp_dtype dt, void **req);
+tp_status lb_ireduce_scatter(void *comm, const void *send, void *recv, const size_t *counts,
+                             tp_dtype dt, tp_redop op, void **req);
+tp_status lb_req_test(void *comm, void *req, int *done);
+tp_status lb_req_wait(void *comm, void *req);
+void lb_req_free(void *comm, void *req);
+void lb_nb_free_all(lb_group *g);
 
 #endif /* TP_LOOPBACK_H */

@@ -124,6 +124,13 @@ static const tp_comm_ops lb_ops = {
      * reduce ops (device.c). A device without reduce is refused in world()
      * and the core stages its buffers through host memory instead. */
     .mem_kinds = 1u << TP_MEM_HOST | 1u << TP_MEM_CUDA,
+    /* Nonblocking collectives without a thread (nb.c). */
+    .iall_reduce = lb_iall_reduce,
+    .iall_gather = lb_iall_gather,
+    .ireduce_scatter = lb_ireduce_scatter,
+    .req_test = lb_req_test,
+    .req_wait = lb_req_wait,
+    .req_free = lb_req_free,
 };
 
 TP_PLUGIN_DEFINE("loopback", "0.1.0",

@@ -57,16 +57,26 @@ tp_status lb_report_failed(lb_comm *c, lb_kind kind, const char *how)
                                    how, g->msg);
 }
 
-/* Append "rank R (<where it is>)" for every rank that has not reached
- * barrier epoch e, or that departed before it. */
-static size_t lb_describe_missing(lb_group *g, uint64_t e, bool departed_only, char *out,
+/* Ranks that reached barrier epoch e, as a bit mask (bit r: rank r). */
+static uint64_t lb_epoch_mask(lb_group *g, uint64_t e)
+{
+    uint64_t have = 0;
+    for (int r = 0; r < g->size; r++)
+        if (atomic_load_explicit(&g->slots[r].epoch, memory_order_acquire) >= e)
+            have |= 1ull << r;
+    return have;
+}
+
+/* Append "rank R (<where it is>)" for every rank not in `have`, or only
+ * for those of them that departed. */
+static size_t lb_describe_missing(lb_group *g, uint64_t have, bool departed_only, char *out,
                                   size_t len)
 {
     size_t n = 0, used = 0;
     out[0] = '\0';
     for (int r = 0; r < g->size && used + 1 < len; r++) {
         lb_slot *s = &g->slots[r];
-        if (atomic_load_explicit(&s->epoch, memory_order_acquire) >= e)
+        if (have >> r & 1)
             continue;
         int dep = atomic_load_explicit(&s->departed, memory_order_acquire);
         if (departed_only && !dep)
@@ -88,13 +98,23 @@ static size_t lb_describe_missing(lb_group *g, uint64_t e, bool departed_only, c
     return n;
 }
 
-/* What a waiter for barrier epoch e checks on every round (sc_bar_wait). */
+/* What a waiter checks on every round (sc_bar_wait): for barrier epoch e
+ * (mask NULL), or for a nonblocking op whose starters are in *mask. */
 typedef struct lb_waiter {
     lb_comm *c;
     lb_kind kind;
-    uint64_t e;
+    const char *how; /* "" or " (nonblocking)", after the collective's name */
+    uint64_t seq;    /* the op's number, for messages */
+    uint64_t e;      /* barrier epoch */
+    const atomic_uint_fast64_t *mask;
     unsigned seen_departures;
 } lb_waiter;
+
+static uint64_t lb_waiter_have(const lb_waiter *w)
+{
+    return w->mask ? atomic_load_explicit(w->mask, memory_order_acquire)
+                   : lb_epoch_mask(w->c->g, w->e);
+}
 
 /* The group failed, a rank that has not arrived left, or the timeout passed. */
 static tp_status lb_check(void *ctx, double waited)
@@ -108,52 +128,69 @@ static tp_status lb_check(void *ctx, double waited)
     if (dep != w->seen_departures) {
         w->seen_departures = dep;
         char who[400];
-        if (lb_describe_missing(g, w->e, true, who, sizeof who))
+        if (lb_describe_missing(g, lb_waiter_have(w), true, who, sizeof who))
             return lb_poison(g, TP_ERR_PEER,
-                             "%s left the %d-rank communicator without joining %s "
+                             "%s left the %d-rank communicator without joining %s%s "
                              "#%llu; its rank function probably returned early (look for "
                              "its error above), or ranks call different collectives",
-                             who, g->size, sc_kind_name(w->kind), (unsigned long long)c->seq);
+                             who, g->size, sc_kind_name(w->kind), w->how,
+                             (unsigned long long)w->seq);
     }
     double timeout = g->eng->timeout_s;
     if (waited > timeout) {
         char who[400];
-        if (!lb_describe_missing(g, w->e, false, who, sizeof who))
-            return TP_OK; /* everyone arrived just now: `gen` is about to change */
+        if (!lb_describe_missing(g, lb_waiter_have(w), false, who, sizeof who))
+            return TP_OK; /* everyone arrived just now: the flag is about to change */
         return lb_poison(g, TP_ERR_TIMEOUT,
-                         "timeout after %.1f s in %s #%llu on a %d-rank "
+                         "timeout after %.1f s in %s%s #%llu on a %d-rank "
                          "communicator: never arrived: %s; every rank must call the same "
                          "collectives in the same order (raise TP_TIMEOUT_S if a rank is "
                          "just slow)",
-                         waited, sc_kind_name(w->kind), (unsigned long long)c->seq, g->size, who);
+                         waited, sc_kind_name(w->kind), w->how, (unsigned long long)w->seq, g->size,
+                         who);
     }
     return TP_OK;
 }
 
-/* Wait until barrier epoch e completes, the group fails, a rank that has
- * not arrived leaves, or the timeout passes. */
-static tp_status lb_wait(lb_comm *c, lb_kind kind, uint64_t e)
+/* Wait until *flag (NULL: the barrier's generation) reaches target, or
+ * lb_check gives up; w says what for. */
+static tp_status lb_wait(lb_waiter *w, const atomic_uint_fast64_t *flag, uint64_t target)
 {
-    lb_group *g = c->g;
+    lb_group *g = w->c->g;
     lb_engine *eng = g->eng;
     unsigned limit = eng->spin_limit;
     /* A rank that has not arrived and last ran on this CPU cannot arrive
      * while this thread spins: yield at once. */
     int here = sched_getcpu();
-    for (int r = 0; here >= 0 && limit > 16 && r < g->size; r++)
-        if (atomic_load_explicit(&g->slots[r].epoch, memory_order_relaxed) < e &&
+    uint64_t have = here >= 0 && limit > 16 ? lb_waiter_have(w) : ~0ull;
+    for (int r = 0; r < g->size; r++)
+        if (!(have >> r & 1) &&
             atomic_load_explicit(&g->slots[r].cpu, memory_order_relaxed) == here)
             limit = 0;
-    lb_waiter w = {.c = c, .kind = kind, .e = e};
     double left = eng->timeout_s;
     sc_wait_spec spec = {.bar = &g->bar,
-                         .epoch = e,
+                         .epoch = target,
+                         .flag = flag,
                          .spin_limit = limit,
                          .poll_s = left < 1.0 ? (left > 1e-3 ? left : 1e-3) : 1.0,
                          .shared = false,
                          .check = lb_check,
-                         .ctx = &w};
+                         .ctx = w};
     return sc_bar_wait(&spec);
+}
+
+tp_status lb_check_op(lb_comm *c, lb_kind kind, uint64_t seq, const atomic_uint_fast64_t *mask,
+                      double waited)
+{
+    lb_waiter w = {.c = c, .kind = kind, .how = " (nonblocking)", .seq = seq, .mask = mask};
+    return lb_check(&w, waited);
+}
+
+tp_status lb_wait_op(lb_comm *c, lb_kind kind, uint64_t seq, const atomic_uint_fast64_t *flag,
+                     uint64_t target, const atomic_uint_fast64_t *mask)
+{
+    lb_waiter w = {.c = c, .kind = kind, .how = " (nonblocking)", .seq = seq, .mask = mask};
+    return lb_wait(&w, flag, target);
 }
 
 tp_status lb_barrier_wait(lb_comm *c, lb_kind kind)
@@ -164,7 +201,8 @@ tp_status lb_barrier_wait(lb_comm *c, lb_kind kind)
     atomic_store_explicit(&g->slots[c->rank].epoch, e, memory_order_release);
     if (sc_bar_arrive(&g->bar, (unsigned)g->size, e, false))
         return TP_OK;
-    return lb_wait(c, kind, e);
+    lb_waiter w = {.c = c, .kind = kind, .how = "", .seq = c->seq, .e = e};
+    return lb_wait(&w, NULL, e);
 }
 
 static uint64_t lb_arg_of(const lb_args *a, int which)
@@ -198,6 +236,38 @@ static void lb_describe_difference(const lb_args *a0, const lb_args *ar, int r, 
     snprintf(out, len, "rank 0 and rank %d passed different counts arrays", r);
 }
 
+tp_status lb_agree(lb_group *g, lb_kind kind, const char *how, uint64_t seq, const lb_pub *const *p)
+{
+    /* Every rank reads the same publications, so every rank reaches the
+     * same verdict; none touches a buffer unless all agree. */
+    unsigned long long k = (unsigned long long)seq;
+    for (int r = 0; r < g->size; r++)
+        if (p[r]->bad)
+            return lb_poison(g, (tp_status)p[r]->bad, "%s%s #%llu: rank %d: %s", sc_kind_name(kind),
+                             how, k, r, p[r]->bad_msg);
+    for (int r = 1; r < g->size; r++) {
+        if (p[r]->kind != p[0]->kind)
+            return lb_poison(g, TP_ERR_INVALID_ARG,
+                             "ranks call different collectives: rank 0 called %s%s #%llu while "
+                             "rank %d called %s%s #%llu on the same %d-rank communicator; every "
+                             "rank must call the same collectives in the same order",
+                             sc_kind_name(p[0]->kind), how, k, r, sc_kind_name(p[r]->kind), how, k,
+                             g->size);
+        unsigned fields = sc_agreed_fields(kind);
+        for (int f = 0; f < 5; f++) {
+            if (!(fields & (1u << f)) || lb_arg_of(&p[r]->args, f) == lb_arg_of(&p[0]->args, f))
+                continue;
+            char diff[200];
+            lb_describe_difference(&p[0]->args, &p[r]->args, r, g->size, f, diff, sizeof diff);
+            return lb_poison(g, TP_ERR_INVALID_ARG,
+                             "ranks disagree on the arguments of %s%s #%llu (%d-rank "
+                             "communicator): %s; every rank must pass the same values",
+                             sc_kind_name(kind), how, k, g->size, diff);
+        }
+    }
+    return TP_OK;
+}
+
 tp_status lb_begin(lb_comm *c, lb_kind kind, const lb_args *a, tp_status bad, const char *bad_msg)
 {
     lb_group *g = c->g;
@@ -218,37 +288,10 @@ tp_status lb_begin(lb_comm *c, lb_kind kind, const lb_args *a, tp_status bad, co
     tp_status st = lb_barrier_wait(c, kind);
     if (st != TP_OK)
         return st;
-    /* Every rank reads the same slots, so every rank reaches the same
-     * verdict; none touches a buffer unless all agree. */
-    const lb_pub *p0 = &g->slots[0].pub[q];
-    for (int r = 0; r < g->size; r++) {
-        const lb_pub *p = &g->slots[r].pub[q];
-        if (p->bad)
-            return lb_poison(g, (tp_status)p->bad, "%s #%llu: rank %d: %s", sc_kind_name(kind),
-                             (unsigned long long)c->seq, r, p->bad_msg);
-    }
-    for (int r = 1; r < g->size; r++) {
-        const lb_pub *p = &g->slots[r].pub[q];
-        if (p->kind != p0->kind)
-            return lb_poison(g, TP_ERR_INVALID_ARG,
-                             "ranks call different collectives: rank 0 called %s #%llu while "
-                             "rank %d called %s #%llu on the same %d-rank communicator; every "
-                             "rank must call the same collectives in the same order",
-                             sc_kind_name(p0->kind), (unsigned long long)c->seq, r,
-                             sc_kind_name(p->kind), (unsigned long long)c->seq, g->size);
-        unsigned fields = sc_agreed_fields(kind);
-        for (int f = 0; f < 5; f++) {
-            if (!(fields & (1u << f)) || lb_arg_of(&p->args, f) == lb_arg_of(&p0->args, f))
-                continue;
-            char diff[200];
-            lb_describe_difference(&p0->args, &p->args, r, g->size, f, diff, sizeof diff);
-            return lb_poison(g, TP_ERR_INVALID_ARG,
-                             "ranks disagree on the arguments of %s #%llu (%d-rank "
-                             "communicator): %s; every rank must pass the same values",
-                             sc_kind_name(kind), (unsigned long long)c->seq, g->size, diff);
-        }
-    }
-    return TP_OK;
+    const lb_pub *pubs[LB_MAX_RANKS];
+    for (int r = 0; r < g->size; r++)
+        pubs[r] = &g->slots[r].pub[q];
+    return lb_agree(g, kind, "", c->seq, pubs);
 }
 
 tp_status lb_end(lb_comm *c, lb_kind kind)

@@ -220,6 +220,130 @@ START_TEST(bitwise_deterministic)
 }
 END_TEST
 
+/* ------------------------------------------------------- nonblocking */
+
+/* Three requests on two comms (the world and its reverse, sub rank =
+ * T-1-rank) in flight at once, waited in a different order on odd and
+ * even ranks, rank 0 sleeping first so the others must do its shares:
+ * each result equals the serial reference bit for bit. */
+static tp_status rank_nb(tp_comm *w, void *arg)
+{
+    result *r = arg;
+    int rank = tp_comm_rank(w), T = tp_comm_size(w);
+    size_t n = r->n, per = n / (size_t)T + 1;
+    tp_comm *rev = NULL;
+    tp_status st = tp_comm_split(w, 0, -rank, &rev);
+    float *x = malloc(n * sizeof *x), *sum = malloc(n * sizeof *sum);
+    float *gat = malloc(per * (size_t)T * sizeof *gat), *mine = malloc(per * sizeof *mine);
+    float *rs = malloc(per * (size_t)T * sizeof *rs), *rsout = malloc(per * sizeof *rsout);
+    if (!x || !sum || !gat || !mine || !rs || !rsout)
+        st = tp_set_error(TP_ERR_NO_MEMORY, "test: out of memory");
+    tp_request *q[3] = {NULL, NULL, NULL};
+    if (st == TP_OK) {
+        for (size_t i = 0; i < n; i++)
+            x[i] = input(rank, i);
+        for (size_t i = 0; i < per; i++)
+            mine[i] = input(rank, i + 7);
+        for (size_t i = 0; i < per * (size_t)T; i++)
+            rs[i] = input(rank, i + 13);
+        st = tp_iall_reduce(w, x, sum, n, TP_F32, TP_SUM, &q[0]);
+    }
+    if (st == TP_OK)
+        st = tp_iall_gather(rev, mine, gat, per, TP_F32, &q[1]);
+    if (st == TP_OK)
+        st = tp_ireduce_scatter(w, rs, rsout, per, TP_F32, TP_SUM, &q[2]);
+    if (rank == 0) {
+        struct timespec ts = {0, 100 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    for (int k = 0; k < 3; k++) {
+        tp_status ws = tp_wait(q[rank % 2 ? 2 - k : k]);
+        if (st == TP_OK)
+            st = ws;
+    }
+    keep(r, rank, st);
+    for (size_t i = 0; st == TP_OK && i < n; i++) {
+        float acc = input(0, i);
+        for (int p = 1; p < T; p++)
+            acc += input(p, i);
+        if (memcmp(&acc, &sum[i], sizeof acc)) {
+            snprintf(r->msg[rank], sizeof r->msg[rank], "iall_reduce[%zu] = %.9g, want %.9g", i,
+                     (double)sum[i], (double)acc);
+            r->st[rank] = TP_ERR_INTERNAL;
+            break;
+        }
+    }
+    for (size_t i = 0; st == TP_OK && i < per * (size_t)T; i++) {
+        int from = T - 1 - (int)(i / per); /* block b of the reverse comm is world rank T-1-b */
+        float want = input(from, i % per + 7);
+        if (memcmp(&want, &gat[i], sizeof want)) {
+            snprintf(r->msg[rank], sizeof r->msg[rank], "iall_gather[%zu] = %.9g, want %.9g", i,
+                     (double)gat[i], (double)want);
+            r->st[rank] = TP_ERR_INTERNAL;
+            break;
+        }
+    }
+    for (size_t i = 0; st == TP_OK && i < per; i++) {
+        size_t at = (size_t)rank * per + i + 13;
+        float acc = input(0, at);
+        for (int p = 1; p < T; p++)
+            acc += input(p, at);
+        if (memcmp(&acc, &rsout[i], sizeof acc)) {
+            snprintf(r->msg[rank], sizeof r->msg[rank], "ireduce_scatter[%zu] = %.9g, want %.9g", i,
+                     (double)rsout[i], (double)acc);
+            r->st[rank] = TP_ERR_INTERNAL;
+            break;
+        }
+    }
+    tp_comm_free(rev);
+    free(x), free(sum), free(gat), free(mine), free(rs), free(rsout);
+    return TP_OK;
+}
+
+START_TEST(nb_any_order)
+{
+    static const int sizes[] = {1, 2, 3, 4, 7};
+    static const size_t ns[] = {1, 13, 17, 100003};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        for (size_t j = 0; j < sizeof ns / sizeof ns[0]; j++) {
+            tp_ctx *ctx = start(sizes[k], 60);
+            result r = {.n = ns[j]};
+            ck_assert_int_eq(tp_run(ctx, rank_nb, &r), TP_OK);
+            tp_finalize(ctx);
+            for (int q = 0; q < sizes[k]; q++)
+                ck_assert_msg(r.st[q] == TP_OK, "T=%d n=%zu rank %d: %s: %s", sizes[k], ns[j], q,
+                              tp_status_string(r.st[q]), r.msg[q]);
+        }
+    }
+}
+END_TEST
+
+/* Ranks start nonblocking all-reduces of different counts: every rank's
+ * request fails naming the disagreement, none hangs. */
+static tp_status rank_nb_disagree(tp_comm *w, void *arg)
+{
+    result *r = arg;
+    int rank = tp_comm_rank(w);
+    float v[8] = {0};
+    tp_request *q = NULL;
+    tp_status st = tp_iall_reduce(w, v, v, rank == 1 ? 8 : 4, TP_F32, TP_SUM, &q);
+    if (st == TP_OK)
+        st = tp_wait(q);
+    keep(r, rank, st);
+    return TP_OK;
+}
+
+START_TEST(nb_disagree)
+{
+    tp_ctx *ctx = start(3, 60);
+    result r = {0};
+    tp_run(ctx, rank_nb_disagree, &r);
+    tp_finalize(ctx);
+    check_all_failed(&r, 3, TP_ERR_INVALID_ARG, "ranks disagree");
+    check_all_failed(&r, 3, TP_ERR_INVALID_ARG, "tp_iall_reduce #1");
+}
+END_TEST
+
 /* ------------------------------------------------------- world sizes */
 
 static tp_status rank_big(tp_comm *w, void *arg)
@@ -316,6 +440,11 @@ static Suite *suite(void)
     tcase_add_test(tc, world_64);
     tcase_add_test(tc, world_size_limits);
     tcase_add_test(tc, run_twice);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("nonblocking");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, nb_any_order);
+    tcase_add_test(tc, nb_disagree);
     suite_add_tcase(s, tc);
     return s;
 }

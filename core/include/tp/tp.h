@@ -153,8 +153,8 @@ TP_API tp_status tp_barrier(tp_comm *comm);
  * tp_test said done, and after an error). A request outlives tp_comm_split
  * of its comm and even tp_comm_free of it (the free completes it first).
  *
- * Engines: a backend with nonblocking slots (mpi, nccl) runs them natively;
- * for any other the core runs its blocking collectives on one progress
+ * Engines: a backend with nonblocking slots (mpi, nccl, loopback) runs them
+ * natively; for any other (shm, tcp) the core runs its blocking collectives on one progress
  * thread per rank (started at the rank's first tp_i* call), in the rank's
  * issue order across all its comms; then a split or free on any comm of the
  * rank first waits until the thread ran every request issued before, and a

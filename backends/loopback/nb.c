@@ -1,0 +1,243 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * nb.c — the nonblocking collectives (plugin ABI 1.4: iall_reduce,
+ * iall_gather, ireduce_scatter, req_test, req_wait, req_free), without a
+ * thread.
+ *
+ * Starting one publishes the rank's arguments in the group's record of
+ * that nonblocking op number (made by the first rank to start it) and
+ * returns. Once every rank has started it, its work is the blocking
+ * collective's (lb_share) cut into LB_NB_SHARES shares per rank, and
+ * every rank that tests or waits for it claims shares (an atomic counter)
+ * and does them on all ranks' buffers; it is complete when every share is
+ * done. So the first rank to wait does the work of ranks still computing,
+ * and no rank waits for another to take part after starting: requests
+ * complete in any order, across comms, with no cross-rank wait that
+ * out-of-order waits could turn into a deadlock. Each output element is
+ * still made by one share from the inputs in rank order, so results are
+ * the blocking path's bit for bit.
+ *
+ * Nothing moves while no rank of the group is in req_test or req_wait.
+ * That is the point on threads that share the CPUs with the GEMMs: the
+ * core's progress thread would only compete with them for a CPU (the
+ * block's overlapped pipeline ran 6-11 % slower that way on 2 CPUs, see
+ * docs/performance.md).
+ */
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "loopback.h"
+
+#define LB_NB_SHARES 4 /* shares per rank: a waiting rank can take over a busy one's */
+
+/* One nonblocking op of a group, shared by its ranks. */
+struct lb_nbop {
+    struct lb_nbop *next; /* the group's list, under nb_lock */
+    uint64_t seq;         /* nonblocking op number, from 1 */
+    unsigned nshares;
+    _Alignas(LB_LINE) atomic_uint_fast64_t started; /* ranks that published (release) */
+    atomic_uint_fast64_t mask;                      /* bit r: rank r started it */
+    atomic_uint claimed;                            /* shares taken */
+    atomic_uint_fast64_t done;                      /* shares finished (release) */
+    atomic_int refs;                                /* ranks that have not let go of it */
+    lb_pub pub[];                                   /* by rank, written before `started` */
+};
+
+/* One rank's request. */
+typedef struct lb_req {
+    struct lb_nbop *op;
+    lb_kind kind;
+    bool agreed; /* every rank started it and the arguments agree */
+    double t0;   /* when it started: req_test's timeout */
+} lb_req;
+
+/* The record of op `seq`, made if no rank started it yet (under nb_lock). */
+static struct lb_nbop *lb_nb_find(lb_group *g, uint64_t seq)
+{
+    for (struct lb_nbop *op = g->nb_ops; op; op = op->next)
+        if (op->seq == seq)
+            return op;
+    struct lb_nbop *op = calloc(1, sizeof *op + (size_t)g->size * sizeof(lb_pub));
+    if (!op)
+        return NULL;
+    op->seq = seq;
+    op->nshares = LB_NB_SHARES * (unsigned)g->size;
+    atomic_init(&op->started, 0);
+    atomic_init(&op->mask, 0);
+    atomic_init(&op->claimed, 0);
+    atomic_init(&op->done, 0);
+    atomic_init(&op->refs, g->size);
+    op->next = g->nb_ops;
+    g->nb_ops = op;
+    return op;
+}
+
+static void lb_nb_unref(lb_group *g, struct lb_nbop *op)
+{
+    if (atomic_fetch_sub_explicit(&op->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    pthread_mutex_lock(&g->nb_lock);
+    struct lb_nbop **p = &g->nb_ops;
+    while (*p != op)
+        p = &(*p)->next;
+    *p = op->next;
+    pthread_mutex_unlock(&g->nb_lock);
+    free(op);
+}
+
+void lb_nb_free_all(lb_group *g)
+{
+    while (g->nb_ops) {
+        struct lb_nbop *op = g->nb_ops;
+        g->nb_ops = op->next;
+        free(op);
+    }
+}
+
+static tp_status lb_nb_start(lb_comm *c, lb_kind kind, sc_os_op *o, void **req)
+{
+    lb_group *g = c->g;
+    unsigned long long k = ++c->nseq;
+    char msg[200];
+    tp_status bad = lb_check_call(c, o, msg, sizeof msg);
+    if (atomic_load_explicit(&g->failed, memory_order_acquire))
+        return lb_report_failed(c, kind, "refused because this communicator failed earlier");
+    /* As on the blocking path, a bad argument fails the group: the peers'
+     * requests end with this message instead of a timeout. */
+    if (bad)
+        return lb_poison(g, bad, "%s (nonblocking) #%llu: rank %d: %s", sc_kind_name(kind), k,
+                         c->rank, msg);
+    lb_req *q = malloc(sizeof *q);
+    struct lb_nbop *op = NULL;
+    pthread_mutex_lock(&g->nb_lock);
+    if (q && (op = lb_nb_find(g, k)))
+        op->pub[c->rank] = (lb_pub){.args = lb_args_of(o), .kind = (int)kind};
+    pthread_mutex_unlock(&g->nb_lock);
+    if (!op) {
+        free(q);
+        return lb_poison(g, TP_ERR_NO_MEMORY,
+                         "%s (nonblocking) #%llu: rank %d: out of memory for its request",
+                         sc_kind_name(kind), k, c->rank);
+    }
+    atomic_store_explicit(&g->slots[c->rank].cpu, sched_getcpu(), memory_order_relaxed);
+    atomic_fetch_or_explicit(&op->mask, 1ull << c->rank, memory_order_release);
+    atomic_fetch_add_explicit(&op->started, 1, memory_order_seq_cst);
+    sc_bar_wake(&g->bar, false);
+    *q = (lb_req){.op = op, .kind = kind, .t0 = sc_now()};
+    *req = q;
+    return TP_OK;
+}
+
+/* Claim and do shares until none is left; a failed device op poisoned
+ * the group and is returned. */
+static tp_status lb_nb_work(lb_comm *c, lb_req *q)
+{
+    struct lb_nbop *op = q->op;
+    const lb_args *a[LB_MAX_RANKS];
+    for (int r = 0; r < c->g->size; r++)
+        a[r] = &op->pub[r].args;
+    tp_status w = TP_OK;
+    unsigned mine = 0;
+    c->streamed = false;
+    while (!w && atomic_load_explicit(&op->claimed, memory_order_relaxed) < op->nshares) {
+        unsigned s = atomic_fetch_add_explicit(&op->claimed, 1, memory_order_relaxed);
+        if (s >= op->nshares)
+            break;
+        w = lb_share(c, q->kind, a, (int)s, (int)op->nshares);
+        mine++;
+    }
+    if (!mine)
+        return TP_OK;
+    if (!w && c->dops && (w = c->dops->synchronize(c->dev)))
+        lb_poison(c->g, w,
+                  "rank %d: synchronizing its device after its shares of %s (nonblocking) "
+                  "#%llu failed (%d)",
+                  c->rank, sc_kind_name(q->kind), (unsigned long long)op->seq, (int)w);
+    if (c->streamed)
+        sc_store_fence(); /* non-temporal stores are not ordered by release */
+    atomic_fetch_add_explicit(&op->done, mine, memory_order_seq_cst);
+    sc_bar_wake(&c->g->bar, false);
+    return w;
+}
+
+/* Move q on: wait (block) or look once for every rank to start it, check
+ * the arguments, do unclaimed shares, wait or look for the rest. */
+static tp_status lb_nb_progress(lb_comm *c, lb_req *q, bool block, int *done)
+{
+    lb_group *g = c->g;
+    struct lb_nbop *op = q->op;
+    uint64_t n = (uint64_t)g->size;
+    *done = 0;
+    if (!q->agreed) {
+        if (atomic_load_explicit(&op->started, memory_order_acquire) < n) {
+            tp_status st = block ? lb_wait_op(c, q->kind, op->seq, &op->started, n, &op->mask)
+                                 : lb_check_op(c, q->kind, op->seq, &op->mask, sc_now() - q->t0);
+            if (st || atomic_load_explicit(&op->started, memory_order_acquire) < n)
+                return st;
+        }
+        const lb_pub *p[LB_MAX_RANKS];
+        for (int r = 0; r < g->size; r++)
+            p[r] = &op->pub[r];
+        tp_status st = lb_agree(g, q->kind, " (nonblocking)", op->seq, p);
+        if (st != TP_OK)
+            return st;
+        q->agreed = true;
+    }
+    tp_status w = lb_nb_work(c, q);
+    if (w != TP_OK)
+        return w;
+    if (atomic_load_explicit(&op->done, memory_order_acquire) < op->nshares) {
+        /* peers are doing the last shares: only a failure can stop them */
+        tp_status st = block ? lb_wait_op(c, q->kind, op->seq, &op->done, op->nshares, &op->mask)
+                             : lb_check_op(c, q->kind, op->seq, &op->mask, 0.0);
+        if (st || atomic_load_explicit(&op->done, memory_order_acquire) < op->nshares)
+            return st;
+    }
+    if (c->dops && atomic_load_explicit(&g->failed, memory_order_acquire))
+        return lb_report_failed(c, q->kind, "failed in a device op");
+    *done = 1;
+    return TP_OK;
+}
+
+tp_status lb_iall_reduce(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,
+                         tp_redop op, void **req)
+{
+    sc_os_op o = sc_call_all_reduce(send, recv, count, (int)dt, (int)op);
+    return lb_nb_start(comm, LB_ALL_REDUCE, &o, req);
+}
+
+tp_status lb_iall_gather(void *comm, const void *send, void *recv, const size_t *counts,
+                         tp_dtype dt, void **req)
+{
+    sc_os_op o = sc_call_all_gather(send, recv, counts, (int)dt);
+    return lb_nb_start(comm, LB_ALL_GATHER, &o, req);
+}
+
+tp_status lb_ireduce_scatter(void *comm, const void *send, void *recv, const size_t *counts,
+                             tp_dtype dt, tp_redop op, void **req)
+{
+    sc_os_op o = sc_call_reduce_scatter(send, recv, counts, (int)dt, (int)op);
+    return lb_nb_start(comm, LB_REDUCE_SCATTER, &o, req);
+}
+
+tp_status lb_req_test(void *comm, void *req, int *done)
+{
+    return lb_nb_progress(comm, req, false, done);
+}
+
+tp_status lb_req_wait(void *comm, void *req)
+{
+    int done;
+    return lb_nb_progress(comm, req, true, &done);
+}
+
+void lb_req_free(void *comm, void *req)
+{
+    lb_comm *c = comm;
+    lb_req *q = req;
+    if (!q)
+        return;
+    lb_nb_unref(c->g, q->op);
+    free(q);
+}
