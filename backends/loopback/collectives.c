@@ -73,6 +73,14 @@ static tp_status lb_fanout(lb_comm *c, const void *src, void *const *dst, int nd
     return TP_OK;
 }
 
+/* [b0, b1): the part of block [off, off + cnt) inside share [lo, hi); false if empty. */
+static bool lb_cut(size_t lo, size_t hi, size_t off, size_t cnt, size_t *b0, size_t *b1)
+{
+    *b0 = lo > off ? lo : off;
+    *b1 = hi < off + cnt ? hi : off + cnt;
+    return *b0 < *b1;
+}
+
 tp_status lb_share(lb_comm *c, lb_kind kind, const lb_args *const *a, int s, int nw)
 {
     lb_group *g = c->g;
@@ -102,9 +110,8 @@ tp_status lb_share(lb_comm *c, lb_kind kind, const lb_args *const *a, int s, int
         case LB_ALL_GATHER:
             /* block r of the output comes from rank r's input */
             for (int r = 0; r < n && off < hi && !w; off += me->counts[r], r++) {
-                size_t b0 = lo > off ? lo : off;
-                size_t b1 = hi < off + me->counts[r] ? hi : off + me->counts[r];
-                if (b0 >= b1)
+                size_t b0, b1;
+                if (!lb_cut(lo, hi, off, me->counts[r], &b0, &b1))
                     continue;
                 for (int d = 0; d < n; d++)
                     dst[d] = (char *)a[d]->recv + b0 * es;
@@ -115,9 +122,8 @@ tp_status lb_share(lb_comm *c, lb_kind kind, const lb_args *const *a, int s, int
         case LB_REDUCE_SCATTER:
             /* block i of the reduced input goes to rank i */
             for (int i = 0; i < n && off < hi && !w; off += me->counts[i], i++) {
-                size_t b0 = lo > off ? lo : off;
-                size_t b1 = hi < off + me->counts[i] ? hi : off + me->counts[i];
-                if (b0 >= b1)
+                size_t b0, b1;
+                if (!lb_cut(lo, hi, off, me->counts[i], &b0, &b1))
                     continue;
                 for (int r = 0; r < n; r++)
                     src[r] = (const char *)a[r]->send + b0 * es;

@@ -165,6 +165,15 @@ static float input(int rank, size_t i)
     return tp_master_uniform(7, (uint64_t)rank, i, 1.0f) * (float)(1 + (i % 7) * 1000);
 }
 
+/* The promised order: ((x0 + x1) + x2) + ... of element i's inputs. */
+static float serial_sum(int T, size_t i)
+{
+    float acc = input(0, i);
+    for (int q = 1; q < T; q++)
+        acc += input(q, i);
+    return acc;
+}
+
 static tp_status rank_det(tp_comm *w, void *arg)
 {
     result *r = arg;
@@ -195,13 +204,8 @@ START_TEST(bitwise_deterministic)
     ck_assert_ptr_nonnull(ref);
     for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
         int T = sizes[k];
-        /* the promised order: ((x0 + x1) + x2) + ... */
-        for (size_t i = 0; i < n; i++) {
-            float acc = input(0, i);
-            for (int q = 1; q < T; q++)
-                acc += input(q, i);
-            ref[i] = acc;
-        }
+        for (size_t i = 0; i < n; i++)
+            ref[i] = serial_sum(T, i);
         for (int run = 0; run < 4; run++) {
             tp_ctx *ctx = start(T, 120);
             result r = {.mode = run % 2, .n = n};
@@ -226,6 +230,17 @@ END_TEST
  * T-1-rank) in flight at once, waited in a different order on odd and
  * even ranks, rank 0 sleeping first so the others must do its shares:
  * each result equals the serial reference bit for bit. */
+/* got == want bit for bit; else rank's result says where. */
+static bool same_bits(result *r, int rank, const char *what, size_t i, float got, float want)
+{
+    if (!memcmp(&got, &want, sizeof got))
+        return true;
+    snprintf(r->msg[rank], sizeof r->msg[rank], "%s[%zu] = %.9g, want %.9g", what, i, (double)got,
+             (double)want);
+    r->st[rank] = TP_ERR_INTERNAL;
+    return false;
+}
+
 static tp_status rank_nb(tp_comm *w, void *arg)
 {
     result *r = arg;
@@ -262,39 +277,18 @@ static tp_status rank_nb(tp_comm *w, void *arg)
             st = ws;
     }
     keep(r, rank, st);
-    for (size_t i = 0; st == TP_OK && i < n; i++) {
-        float acc = input(0, i);
-        for (int p = 1; p < T; p++)
-            acc += input(p, i);
-        if (memcmp(&acc, &sum[i], sizeof acc)) {
-            snprintf(r->msg[rank], sizeof r->msg[rank], "iall_reduce[%zu] = %.9g, want %.9g", i,
-                     (double)sum[i], (double)acc);
-            r->st[rank] = TP_ERR_INTERNAL;
+    for (size_t i = 0; st == TP_OK && i < n; i++)
+        if (!same_bits(r, rank, "iall_reduce", i, sum[i], serial_sum(T, i)))
             break;
-        }
-    }
-    for (size_t i = 0; st == TP_OK && i < per * (size_t)T; i++) {
-        int from = T - 1 - (int)(i / per); /* block b of the reverse comm is world rank T-1-b */
-        float want = input(from, i % per + 7);
-        if (memcmp(&want, &gat[i], sizeof want)) {
-            snprintf(r->msg[rank], sizeof r->msg[rank], "iall_gather[%zu] = %.9g, want %.9g", i,
-                     (double)gat[i], (double)want);
-            r->st[rank] = TP_ERR_INTERNAL;
+    /* block b of the reverse comm is world rank T-1-b's */
+    for (size_t i = 0; st == TP_OK && i < per * (size_t)T; i++)
+        if (!same_bits(r, rank, "iall_gather", i, gat[i],
+                       input(T - 1 - (int)(i / per), i % per + 7)))
             break;
-        }
-    }
-    for (size_t i = 0; st == TP_OK && i < per; i++) {
-        size_t at = (size_t)rank * per + i + 13;
-        float acc = input(0, at);
-        for (int p = 1; p < T; p++)
-            acc += input(p, at);
-        if (memcmp(&acc, &rsout[i], sizeof acc)) {
-            snprintf(r->msg[rank], sizeof r->msg[rank], "ireduce_scatter[%zu] = %.9g, want %.9g", i,
-                     (double)rsout[i], (double)acc);
-            r->st[rank] = TP_ERR_INTERNAL;
+    for (size_t i = 0; st == TP_OK && i < per; i++)
+        if (!same_bits(r, rank, "ireduce_scatter", i, rsout[i],
+                       serial_sum(T, (size_t)rank * per + i + 13)))
             break;
-        }
-    }
     tp_comm_free(rev);
     free(x), free(sum), free(gat), free(mine), free(rs), free(rsout);
     return TP_OK;
