@@ -591,6 +591,11 @@ static void print_result(const bench_opts *o, const bench_layer_result *R, const
         printf("# overlap %d, %s: comm %.1f us = hidden %.1f + exposed %.1f (mean over ranks)\n",
                o->overlap, phase_names[ph], R->comm_us[ph], R->hidden_us[ph],
                R->comm_us[ph] - R->hidden_us[ph]);
+    if (o->overlap >= 2)
+        printf("# with overlap, comm = blocking + nonblocking in flight (issue to observed "
+               "completion): engines that move bytes only inside tp_test/tp_wait (loopback, mpi) "
+               "see completion at the rank's next test, so there comm, comm %% and hidden are "
+               "upper bounds; exposed is exact\n");
     printf("# collectives per iteration (tp_stats, rank 0):");
     bool any = false;
     for (int ph = 0; ph < TP_PHASE_COUNT; ph++)
