@@ -17,11 +17,11 @@
  * still made by one share from the inputs in rank order, so results are
  * the blocking path's bit for bit.
  *
- * Nothing moves while no rank of the group is in req_test or req_wait.
- * That is the point on threads that share the CPUs with the GEMMs: the
- * core's progress thread would only compete with them for a CPU (the
- * block's overlapped pipeline ran 6-11 % slower that way on 2 CPUs, see
- * docs/performance.md).
+ * Nothing moves while no rank of the group is in req_test or req_wait:
+ * no thread competes with the ranks' GEMMs for a CPU (measured against
+ * the core's progress thread on 2 CPUs, the overlapped layers' times are
+ * the same within noise; docs/performance.md, "Native nonblocking
+ * loopback").
  */
 #include <sched.h>
 #include <stdio.h>
@@ -36,12 +36,13 @@ struct lb_nbop {
     struct lb_nbop *next; /* the group's list, under nb_lock */
     uint64_t seq;         /* nonblocking op number, from 1 */
     unsigned nshares;
-    _Alignas(LB_LINE) atomic_uint_fast64_t started; /* ranks that published (release) */
-    atomic_uint_fast64_t mask;                      /* bit r: rank r started it */
-    atomic_uint claimed;                            /* shares taken */
-    atomic_uint_fast64_t done;                      /* shares finished (release) */
-    atomic_int refs;                                /* ranks that have not let go of it */
-    lb_pub pub[];                                   /* by rank, written before `started` */
+    /* bit r: rank r published (release); all started when it reaches the
+     * full mask, as no other value is as large */
+    _Alignas(LB_LINE) atomic_uint_fast64_t mask;
+    atomic_uint claimed;       /* shares taken */
+    atomic_uint_fast64_t done; /* shares finished (release) */
+    atomic_int refs;           /* ranks that have not let go of it */
+    lb_pub pub[];              /* by rank, written before `mask` */
 };
 
 /* One rank's request. */
@@ -63,7 +64,6 @@ static struct lb_nbop *lb_nb_find(lb_group *g, uint64_t seq)
         return NULL;
     op->seq = seq;
     op->nshares = LB_NB_SHARES * (unsigned)g->size;
-    atomic_init(&op->started, 0);
     atomic_init(&op->mask, 0);
     atomic_init(&op->claimed, 0);
     atomic_init(&op->done, 0);
@@ -121,8 +121,7 @@ static tp_status lb_nb_start(lb_comm *c, lb_kind kind, sc_os_op *o, void **req)
                          sc_kind_name(kind), k, c->rank);
     }
     atomic_store_explicit(&g->slots[c->rank].cpu, sched_getcpu(), memory_order_relaxed);
-    atomic_fetch_or_explicit(&op->mask, 1ull << c->rank, memory_order_release);
-    atomic_fetch_add_explicit(&op->started, 1, memory_order_seq_cst);
+    atomic_fetch_or_explicit(&op->mask, 1ull << c->rank, memory_order_seq_cst);
     sc_bar_wake(&g->bar, false);
     *q = (lb_req){.op = op, .kind = kind, .t0 = sc_now()};
     *req = q;
@@ -167,13 +166,13 @@ static tp_status lb_nb_progress(lb_comm *c, lb_req *q, bool block, int *done)
 {
     lb_group *g = c->g;
     struct lb_nbop *op = q->op;
-    uint64_t n = (uint64_t)g->size;
+    uint64_t all = g->size == 64 ? ~0ull : (1ull << g->size) - 1;
     *done = 0;
     if (!q->agreed) {
-        if (atomic_load_explicit(&op->started, memory_order_acquire) < n) {
-            tp_status st = block ? lb_wait_op(c, q->kind, op->seq, &op->started, n, &op->mask)
+        if (atomic_load_explicit(&op->mask, memory_order_acquire) < all) {
+            tp_status st = block ? lb_wait_op(c, q->kind, op->seq, &op->mask, all, &op->mask)
                                  : lb_check_op(c, q->kind, op->seq, &op->mask, sc_now() - q->t0);
-            if (st || atomic_load_explicit(&op->started, memory_order_acquire) < n)
+            if (st || atomic_load_explicit(&op->mask, memory_order_acquire) < all)
                 return st;
         }
         const lb_pub *p[LB_MAX_RANKS];
