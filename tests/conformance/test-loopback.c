@@ -226,10 +226,6 @@ END_TEST
 
 /* ------------------------------------------------------- nonblocking */
 
-/* Three requests on two comms (the world and its reverse, sub rank =
- * T-1-rank) in flight at once, waited in a different order on odd and
- * even ranks, rank 0 sleeping first so the others must do its shares:
- * each result equals the serial reference bit for bit. */
 /* got == want bit for bit; else rank's result says where. */
 static bool same_bits(result *r, int rank, const char *what, size_t i, float got, float want)
 {
@@ -241,6 +237,10 @@ static bool same_bits(result *r, int rank, const char *what, size_t i, float got
     return false;
 }
 
+/* Three requests on two comms (the world and its reverse, sub rank =
+ * T-1-rank) in flight at once, waited in a different order on odd and
+ * even ranks, rank 0 sleeping first so the others must do its shares:
+ * each result equals the serial reference bit for bit. */
 static tp_status rank_nb(tp_comm *w, void *arg)
 {
     result *r = arg;
