@@ -38,6 +38,17 @@ tp_status sh_knobs(const tp_host *host, sh_engine *eng)
                                    s, 64L << 20);
         eng->chunk = (size_t)v / SC_LINE * SC_LINE;
     }
+    /* nonblocking ops stage every rank's input in the arena; larger ones
+     * go in pieces of half of it (shm-nb.c): at least a line per rank */
+    eng->nb_bytes = (size_t)32 << 20;
+    if ((s = getenv("TP_SHM_NB_BYTES")) && *s) {
+        if (!sh_parse(s, 2 * SH_MAX_RANKS * SC_LINE, 1L << 40, &v))
+            return host->set_error(TP_ERR_INVALID_ARG,
+                                   "shm: TP_SHM_NB_BYTES=\"%s\" is not a number of bytes in "
+                                   "%d..2^40",
+                                   s, 2 * SH_MAX_RANKS * SC_LINE);
+        eng->nb_bytes = (size_t)v / SC_LINE * SC_LINE;
+    }
     int ncpu = sc_cpu_count();
     /* Pin rank r to CPU r mod CPUs when the ranks fill the CPUs, as mpirun
      * binds ranks and loopback pins its threads: an unpinned pair of

@@ -32,7 +32,9 @@ static tp_status sh_os_missing(sh_comm *c, const sc_os_op *o, int r, double wait
         c->next_poll = now + SH_OS_POLL_S;
         int pid = atomic_load(&s->pid);
         bool dep = atomic_load(&s->departed) != 0;
-        if (dep || (pid && !sh_proc_alive(pid, atomic_load(&s->start))))
+        /* published after all (then finished and exited): not missing */
+        if ((dep || (pid && !sh_proc_alive(pid, atomic_load(&s->start)))) &&
+            atomic_load_explicit(&o->bufs[r]->seq, memory_order_acquire) < o->seq)
             return sh_poison(c, TP_ERR_PEER,
                              "rank %d (pid %d, %s) never joined %s #%llu, so the %d-rank "
                              "communicator cannot complete it; look for that rank's error or "
@@ -76,6 +78,7 @@ static tp_status sh_os_check(void *ctx, double waited)
         return sh_report_failed(c, w->o->kind, "aborted");
     if (waited < SH_OS_LOOK_S && waited <= c->eng->timeout_s)
         return TP_OK; /* spinning or yielding */
+    sh_nb_progress_all();
     int r = sc_os_first_missing(w->o);
     return r < 0 ? TP_OK : sh_os_missing(c, w->o, r, waited);
 }

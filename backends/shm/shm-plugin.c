@@ -8,7 +8,8 @@
  *                           [A-Za-z0-9._-], at most 64 characters
  * Knobs (for measurement): TP_SHM_CHUNK_BYTES (bytes per rank per pipeline
  * step, 4 KiB .. 64 MiB, default 256 KiB), TP_SHM_SPIN (CPU pauses before
- * a waiter yields), TP_SHM_SMALL_BYTES (one-shot collectives, <= 4 KiB), TP_SHM_BIND.
+ * a waiter yields), TP_SHM_SMALL_BYTES (one-shot collectives, <= 4 KiB), TP_SHM_BIND,
+ * TP_SHM_NB_BYTES (nonblocking arena per communicator, default 32 MiB).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -137,6 +138,12 @@ static const tp_comm_ops sh_ops = {
     .abort = NULL,                 /* a dead rank is noticed by its peers (TP_ERR_PEER) */
     .mem_kinds = 0,                /* host memory; the core stages device buffers */
     .comm_create = sh_comm_create, /* TP_INTRA_BACKEND=shm */
+    .iall_reduce = sh_iall_reduce,
+    .iall_gather = sh_iall_gather,
+    .ireduce_scatter = sh_ireduce_scatter,
+    .req_test = sh_req_test,
+    .req_wait = sh_req_wait,
+    .req_free = sh_req_free,
 };
 
 TP_PLUGIN_DEFINE("shm", "0.1.0",
@@ -155,5 +162,8 @@ TP_PLUGIN_DEFINE_SETTINGS(
     {"TP_SHM_BIND", "auto",
      "1: pin rank r to CPU r mod CPUs; 0: never; auto: when ranks fill the CPUs"},
     {"TP_SHM_SPIN", "200 (16 when ranks > CPUs)", "busy spins of a waiting rank before it yields"},
+    {"TP_SHM_NB_BYTES", "33554432",
+     "nonblocking arena per communicator (>= 8192): every rank's inputs of the ops in flight; "
+     "a larger op goes in pieces"},
     {"TP_SHM_SMALL_BYTES", "4096",
      "collectives up to this size take the one-shot path; at most 4096"})

@@ -33,9 +33,14 @@ size_t sh_data_offset(int size)
     return (b + 4095) / 4096 * 4096;
 }
 
-size_t sh_total_bytes(int size, size_t chunk)
+size_t sh_nb_bytes(const sh_engine *eng, int size)
 {
-    return sh_data_offset(size) + (2 * (size_t)size + 2) * chunk;
+    return size > 1 ? eng->nb_bytes : 0; /* one rank needs no staging */
+}
+
+size_t sh_total_bytes(int size, size_t chunk, size_t nb_bytes)
+{
+    return sh_data_offset(size) + (2 * (size_t)size + 2) * chunk + nb_bytes;
 }
 
 void sh_seg_name(const sh_engine *eng, uint64_t id, char *out, size_t len)
@@ -53,7 +58,7 @@ static void sh_sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
-static void sh_hdr_init(sh_hdr *h, int size, size_t chunk, size_t total)
+static void sh_hdr_init(sh_hdr *h, int size, size_t chunk, size_t nb_bytes, size_t total)
 {
     atomic_store_explicit(&h->creator_pid, (int)getpid(), memory_order_relaxed);
     atomic_store_explicit(&h->creator_start, sh_proc_start(getpid()), memory_order_relaxed);
@@ -62,6 +67,7 @@ static void sh_hdr_init(sh_hdr *h, int size, size_t chunk, size_t total)
     h->size = size;
     h->chunk = chunk;
     h->total_bytes = total;
+    h->nb_bytes = nb_bytes;
     atomic_init(&h->mapped, 0);
     atomic_init(&h->failed, 0);
     atomic_init(&h->poison_claim, 0);
@@ -155,7 +161,7 @@ static tp_status sh_create(sh_engine *eng, const char *name, size_t total, int *
         close(fd);
         return host->set_error(TP_ERR_NO_MEMORY,
                                "shm: cannot reserve %zu bytes for /dev/shm%s: %s; free space in "
-                               "/dev/shm or lower TP_SHM_CHUNK_BYTES",
+                               "/dev/shm or lower TP_SHM_CHUNK_BYTES or TP_SHM_NB_BYTES",
                                total, name, strerror(rc));
     }
     *out_fd = fd;
@@ -191,7 +197,7 @@ static tp_status sh_open_wait(sh_engine *eng, const char *name, size_t total, in
                                    "shm: rank %d waited %.1f s for the segment /dev/shm%s of "
                                    "%zu bytes: its creator never made it (did every rank start "
                                    "with the same TP_JOB_ID, TP_WORLD_SIZE and "
-                                   "TP_SHM_CHUNK_BYTES?)",
+                                   "TP_SHM_CHUNK_BYTES and TP_SHM_NB_BYTES?)",
                                    eng->rank, eng->timeout_s, name, total);
         sh_sleep_ms(2);
     }
@@ -199,7 +205,7 @@ static tp_status sh_open_wait(sh_engine *eng, const char *name, size_t total, in
 
 /* Check an opened header against what this rank expects. */
 static tp_status sh_check_hdr(sh_engine *eng, const char *name, const sh_hdr *h, int size,
-                              size_t total)
+                              size_t nb_bytes, size_t total)
 {
     double deadline = sc_now() + eng->timeout_s;
     while (atomic_load_explicit(&h->magic, memory_order_acquire) != SH_MAGIC) {
@@ -214,13 +220,16 @@ static tp_status sh_check_hdr(sh_engine *eng, const char *name, const sh_hdr *h,
      * the caller waits for the new one. */
     if (!sh_proc_alive(atomic_load(&h->creator_pid), atomic_load(&h->creator_start)))
         return TP_ERR_UNAVAILABLE;
-    if (h->version != 1 || h->size != size || h->chunk != eng->chunk || h->total_bytes != total)
+    if (h->version != 1 || h->size != size || h->chunk != eng->chunk || h->nb_bytes != nb_bytes ||
+        h->total_bytes != total)
         return eng->host->set_error(TP_ERR_PEER,
                                     "shm: the segment /dev/shm%s was made for %d ranks with "
-                                    "%llu-byte chunks, but this rank expects %d ranks and "
-                                    "%zu-byte chunks: start every rank with the same "
-                                    "TP_WORLD_SIZE and TP_SHM_CHUNK_BYTES",
-                                    name, h->size, (unsigned long long)h->chunk, size, eng->chunk);
+                                    "%llu-byte chunks and a %llu-byte nonblocking arena, but "
+                                    "this rank expects %d ranks, %zu-byte chunks and %zu bytes: "
+                                    "start every rank with the same TP_WORLD_SIZE, "
+                                    "TP_SHM_CHUNK_BYTES and TP_SHM_NB_BYTES",
+                                    name, h->size, (unsigned long long)h->chunk,
+                                    (unsigned long long)h->nb_bytes, size, eng->chunk, nb_bytes);
     return TP_OK;
 }
 
@@ -251,7 +260,7 @@ static tp_status sh_map(sh_engine *eng, const char *name, bool create, size_t to
 tp_status sh_seg_attach(sh_engine *eng, const char *name, bool create, int size, int rank,
                         sh_comm *c)
 {
-    size_t total = sh_total_bytes(size, eng->chunk);
+    size_t nb = sh_nb_bytes(eng, size), total = sh_total_bytes(size, eng->chunk, nb);
     sh_hdr *h = NULL;
     double deadline = sc_now() + eng->timeout_s;
     for (;;) {
@@ -259,10 +268,10 @@ tp_status sh_seg_attach(sh_engine *eng, const char *name, bool create, int size,
         if (st != TP_OK)
             return st;
         if (create || !name) {
-            sh_hdr_init(h, size, eng->chunk, total);
+            sh_hdr_init(h, size, eng->chunk, nb, total);
             break;
         }
-        st = sh_check_hdr(eng, name, h, size, total);
+        st = sh_check_hdr(eng, name, h, size, nb, total);
         if (st == TP_OK)
             break;
         munmap(h, total);
@@ -293,7 +302,8 @@ tp_status sh_seg_attach(sh_engine *eng, const char *name, bool create, int size,
                    .map_bytes = total,
                    .data = (unsigned char *)h + sh_data_offset(size),
                    .rank = rank,
-                   .size = size};
+                   .size = size,
+                   .nb_arena = nb};
     return TP_OK;
 }
 

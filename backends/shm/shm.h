@@ -40,6 +40,7 @@
 #define SH_PREFIX      "tp-shm-"           /* /dev/shm/tp-shm-<uid>-... */
 #define SH_NAME_MAX    128
 #define SH_SMALL_BYTES SC_OS_BYTES /* collectives up to this take the one-shot path */
+#define SH_NB_RECS     32          /* nonblocking ops in flight per communicator */
 
 /* What a rank publishes for one op (no pointers). */
 typedef struct sh_pub {
@@ -59,7 +60,18 @@ typedef struct sh_slot {
     atomic_uint_fast64_t start;                   /* its start time (/proc/PID/stat) */
     atomic_int split_status;                      /* split: the leader's creation status */
     sc_os_buf os[2];                              /* one-shot slots by op number */
+    sh_pub nbpub[SH_NB_RECS];                     /* nonblocking op k: nbpub[(k-1) % RECS] */
 } sh_slot;
+
+/* The shared state of nonblocking op k in record (k-1) % SH_NB_RECS; the
+ * record serves op k once `gen` == (k-1) / SH_NB_RECS (shm-nb.c). */
+typedef struct sh_nbrec {
+    _Alignas(SC_LINE) atomic_uint_fast64_t gen; /* ops it served that every rank let go of */
+    atomic_uint_fast64_t mask;                  /* bit r: rank r staged its input (release) */
+    atomic_uint_fast64_t released;              /* bit r: rank r copied its result out */
+    _Alignas(SC_LINE) atomic_uint claimed;      /* reduction shares taken */
+    atomic_uint done;                           /* shares finished (release) */
+} sh_nbrec;
 
 typedef struct sh_hdr {
     atomic_uint_fast64_t magic; /* SH_MAGIC once set up (release) */
@@ -72,7 +84,9 @@ typedef struct sh_hdr {
     _Alignas(SC_LINE) atomic_int failed;
     atomic_int poison_claim;
     char msg[640];
+    uint64_t nb_bytes; /* the nonblocking arena after res[] */
     sc_bar bar;
+    sh_nbrec nb[SH_NB_RECS];
     sh_slot slots[];
 } sh_hdr;
 
@@ -84,6 +98,7 @@ typedef struct sh_engine {
     size_t chunk;        /* bytes per rank per pipeline step */
     size_t small_bytes;  /* collectives up to this take the one-shot path */
     size_t stream_bytes; /* copies out above this use non-temporal stores */
+    size_t nb_bytes;     /* nonblocking arena of each communicator of 2+ ranks */
     char job[72];        /* TP_JOB_ID, or the group's id (comm_create) */
     bool cleaned;        /* stale segments were looked for */
     bool bind;           /* world(): pin the rank to CPU rank mod CPUs (TP_SHM_BIND) */
@@ -104,6 +119,14 @@ typedef struct sh_comm {
     pthread_t thread; /* the pinned thread */
     cpu_set_t saved;
     double next_poll; /* when to check peers' processes next */
+    /* nonblocking ops (shm-nb.c): numbers given out and staged, the op
+     * that stopped the last staging (0: none), where the next one's data
+     * goes in the arena, and where each of the last SH_NB_RECS went */
+    uint64_t nseq, nb_staged, nb_busy;
+    size_t nb_head, nb_arena;
+    struct {
+        size_t off, bytes;
+    } nb_span[SH_NB_RECS];
 } sh_comm;
 
 static inline unsigned char *sh_stage(const sh_comm *c, uint64_t parity, int r)
@@ -114,6 +137,11 @@ static inline unsigned char *sh_stage(const sh_comm *c, uint64_t parity, int r)
 static inline unsigned char *sh_res(const sh_comm *c, uint64_t parity)
 {
     return c->data + (2 * (size_t)c->size + (parity & 1)) * c->eng->chunk;
+}
+
+static inline unsigned char *sh_arena(const sh_comm *c)
+{
+    return c->data + (2 * (size_t)c->size + 2) * c->eng->chunk;
 }
 
 /* shm-env.c */
@@ -131,7 +159,9 @@ bool sh_proc_alive(pid_t pid, uint64_t start);
 /* shm-seg.c: segments */
 /* Layout sizes for a group of `size` ranks. */
 size_t sh_data_offset(int size);
-size_t sh_total_bytes(int size, size_t chunk);
+size_t sh_total_bytes(int size, size_t chunk, size_t nb_bytes);
+/* The nonblocking arena of a communicator of `size` ranks. */
+size_t sh_nb_bytes(const sh_engine *eng, int size);
 void sh_seg_name(const sh_engine *eng, uint64_t id, char *out, size_t len);
 /* Create (creator) or open (others) the segment `name` of `size` ranks,
  * map it, record this rank and unlink the name once every rank mapped it.
@@ -145,6 +175,20 @@ void sh_seg_clean_stale(sh_engine *eng);
 /* shm-sync.c */
 tp_status sh_barrier_wait(sh_comm *c, int kind);
 tp_status sh_begin(sh_comm *c, int kind, const sh_pub *a, tp_status bad, const char *bad_msg);
+
+/* shm-fail.c */
+/* Every rank's published arguments p[r] of op `seq` agree with rank 0's
+ * (the same verdict on every rank); `how` follows the op's name. */
+tp_status sh_agree(sh_comm *c, int kind, uint64_t seq, const sh_pub *const *p, const char *how);
+/* Bit r: rank r did what a waiter waits for (arrived, started an op, let
+ * go of one); all ones once the wait is over anyway. */
+typedef uint64_t (*sh_have_fn)(const sh_comm *c, const void *arg);
+/* A rank that did not (have) and whose process is gone or that left gives
+ * TP_ERR_PEER (looked at every 10 ms); after the timeout (`waited` >
+ * TP_TIMEOUT_S) any rank that did not gives TP_ERR_TIMEOUT. `doing` says
+ * what they did not do, e.g. "never arrived". */
+tp_status sh_check_missing(sh_comm *c, sh_have_fn have, const void *arg, double waited,
+                           const char *what, const char *doing);
 tp_status sh_poison(sh_comm *c, tp_status status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* The calling rank's view of an earlier failure of the segment. */
@@ -168,6 +212,24 @@ tp_status sh_reduce_scatter(void *comm, const void *send, void *recv, const size
                             tp_dtype dt, tp_redop op);
 tp_status sh_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int root);
 tp_status sh_barrier(void *comm);
+
+/* shm-nb.c: nonblocking collectives (plugin ABI 1.4) */
+tp_status sh_iall_reduce(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,
+                         tp_redop op, void **req);
+tp_status sh_iall_gather(void *comm, const void *send, void *recv, const size_t *counts,
+                         tp_dtype dt, void **req);
+tp_status sh_ireduce_scatter(void *comm, const void *send, void *recv, const size_t *counts,
+                             tp_dtype dt, tp_redop op, void **req);
+tp_status sh_req_test(void *comm, void *req, int *done);
+tp_status sh_req_wait(void *comm, void *req);
+void sh_req_free(void *comm, void *req);
+/* Move on, without blocking, every nonblocking op of the calling thread
+ * that needs nothing more from its peers (reduction shares, copies out):
+ * called by every wait of the backend, so no rank holds the arena space or
+ * the shares its peers wait for while it waits itself. */
+void sh_nb_progress_all(void);
+/* comm_free: drop c's requests from that list (the core ends them first). */
+void sh_nb_forget(const sh_comm *c);
 
 /* shm-group.c */
 tp_status sh_world(void *engine, int local_index, const tp_rank_env *env, void **comm, int *rank,

@@ -18,6 +18,11 @@
  *     just below, at and above the thresholds for every collective, and
  *     thousands of back-to-back calls with alternating sizes and a rank
  *     that sleeps now and then finish without a timeout;
+ *   - nonblocking collectives: requests on two communicators waited in
+ *     opposite orders, a sleeping rank whose shares its peers do, more in
+ *     flight than records and than the arena holds, ops larger than the
+ *     arena (in pieces), at 2, 3, 4, 7 ranks: bitwise equal to the serial
+ *     rank-order sums; disagreeing counts fail on every rank;
  *   - comm_create (shm as an intra-node backend) over a bootstrap
  *     communicator works, splits, and refuses a group across nodes with a
  *     message naming them, on every rank.
@@ -405,6 +410,183 @@ START_TEST(oneshot_stress_descheduled)
     for (int r = 0; r < n; r++)
         ck_assert_msg(so->rep[r].init_st == 0 && so->rep[r].st == 0, "%d ranks: rank %d: %s", n, r,
                       so->rep[r].msg);
+    munmap(so, sizeof *so);
+}
+END_TEST
+
+/* ---------------------------------------------------------- nonblocking */
+
+/* Element i of the serial rank-order sum of fill()'s inputs of world
+ * ranks order[0], order[1], ... (f32: ((x0 + x1) + x2) + ...). */
+static float nb_ref(const float *const *in, const int *order, int n, size_t i)
+{
+    float acc = in[order[0]][i];
+    for (int j = 1; j < n; j++)
+        acc += in[order[j]][i];
+    return acc;
+}
+
+static tp_status nb_fail(const char *what, size_t count, size_t i, float got, float want)
+{
+    return host.set_error(TP_ERR_INTERNAL, "%s count %zu: [%zu] = %.9g, serial sum %.9g", what,
+                          count, i, got, want);
+}
+
+/* Count spread over `size` ranks with remainders, rotated by `shift`. */
+static void nb_counts(size_t count, int size, int shift, size_t *counts)
+{
+    for (int r = 0; r < size; r++)
+        counts[r] = count / (size_t)size + ((size_t)((r + shift) % size) < count % (size_t)size);
+}
+
+/* Four requests on two communicators (the world and its reverse), waited
+ * in opposite orders on odd and even ranks, with rank 0 asleep first so
+ * that its peers do its shares; then 40 small ones in flight at once on
+ * the world (more than the records, and with a small arena more than it
+ * holds: starts wait for space, progressing what the peers need). Results
+ * bitwise equal to the serial rank-order sums. */
+static tp_status nb_rank(void *comm, int rank, int size, void *arg, unsigned char *out)
+{
+    (void)arg, (void)out;
+    static const size_t sizes[] = {1, 13, 17, 100003};
+    void *rev = NULL;
+    int rrank, rsize;
+    tp_status st = shm_ops->split(comm, 0, size - 1 - rank, &rev, &rrank, &rsize);
+    int fwd[MAXR], bwd[MAXR];
+    for (int r = 0; r < size; r++)
+        fwd[r] = r, bwd[r] = size - 1 - r;
+    for (size_t si = 0; st == TP_OK && si < sizeof sizes / sizeof *sizes; si++) {
+        size_t n = sizes[si], c1[MAXR], c2[MAXR], pre1 = 0, pre2 = 0;
+        float *in[MAXR], *res[4];
+        for (int r = 0; r < size; r++) {
+            in[r] = malloc(n * sizeof(float));
+            fill(in[r], TP_F32, n, r);
+        }
+        for (int k = 0; k < 4; k++)
+            res[k] = calloc(n + 1, sizeof(float));
+        memcpy(res[3], in[rank], n * sizeof(float)); /* in place */
+        nb_counts(n, size, 0, c1);                   /* ireduce_scatter on rev, by its ranks */
+        nb_counts(n, size, 1, c2);                   /* iall_gather on the world */
+        for (int r = 0; r < rrank; r++)
+            pre1 += c1[r];
+        for (int r = 0; r < rank; r++)
+            pre2 += c2[r];
+        void *q[4] = {0};
+        st = shm_ops->iall_reduce(comm, in[rank], res[0], n, TP_F32, TP_SUM, &q[0]);
+        if (!st)
+            st = shm_ops->ireduce_scatter(rev, in[rank], res[1], c1, TP_F32, TP_SUM, &q[1]);
+        if (!st)
+            st = shm_ops->iall_gather(comm, in[rank] + pre2, res[2], c2, TP_F32, &q[2]);
+        if (!st)
+            st = shm_ops->iall_reduce(rev, res[3], res[3], n, TP_F32, TP_SUM, &q[3]);
+        if (rank == 0)
+            usleep(100000);
+        for (int k = 0; k < 4; k++) {
+            int j = rank % 2 ? 3 - k : k;
+            if (!q[j])
+                continue;
+            tp_status w = shm_ops->req_wait(j % 2 ? rev : comm, q[j]);
+            shm_ops->req_free(j % 2 ? rev : comm, q[j]);
+            st = st ? st : w;
+        }
+        for (size_t i = 0; st == TP_OK && i < n; i++) {
+            float a = nb_ref((const float *const *)in, fwd, size, i);
+            float b = nb_ref((const float *const *)in, bwd, size, i);
+            if (memcmp(&res[0][i], &a, 4))
+                st = nb_fail("iall_reduce", n, i, res[0][i], a);
+            else if (memcmp(&res[3][i], &b, 4))
+                st = nb_fail("in-place iall_reduce (reverse)", n, i, res[3][i], b);
+            else {
+                int owner = 0; /* rank r gathered elements [pre_r, pre_r + c2[r]) of in[r] */
+                for (size_t o = c2[0]; owner < size - 1 && o <= i; o += c2[++owner])
+                    ;
+                if (memcmp(&res[2][i], &in[owner][i], 4))
+                    st = nb_fail("iall_gather", n, i, res[2][i], in[owner][i]);
+            }
+        }
+        for (size_t i = 0; st == TP_OK && i < c1[rrank]; i++) {
+            float b = nb_ref((const float *const *)in, bwd, size, pre1 + i);
+            if (memcmp(&res[1][i], &b, 4))
+                st = nb_fail("ireduce_scatter (reverse)", n, i, res[1][i], b);
+        }
+        for (int r = 0; r < size; r++)
+            free(in[r]);
+        for (int k = 0; k < 4; k++)
+            free(res[k]);
+    }
+    enum {
+        MANY = 40,
+        M = 17
+    };
+    float many[MANY][M], got[MANY][M];
+    void *mq[MANY] = {0};
+    for (int k = 0; st == TP_OK && k < MANY; k++) {
+        for (int i = 0; i < M; i++)
+            many[k][i] = (float)(rank * 1000 + k * 10 + i);
+        if (rank == size - 1 && k == MANY / 2)
+            usleep(50000);
+        st = shm_ops->iall_reduce(comm, many[k], got[k], M, TP_F32, TP_SUM, &mq[k]);
+    }
+    for (int k = 0; k < MANY; k++) {
+        int j = rank % 2 ? MANY - 1 - k : k;
+        if (!mq[j])
+            continue;
+        tp_status w = shm_ops->req_wait(comm, mq[j]);
+        shm_ops->req_free(comm, mq[j]);
+        st = st ? st : w;
+    }
+    for (int k = 0; st == TP_OK && k < MANY; k++)
+        for (int i = 0; st == TP_OK && i < M; i++) {
+            float want = (float)(size * (k * 10 + i) + 1000 * size * (size - 1) / 2);
+            if (got[k][i] != want)
+                st = nb_fail("batch iall_reduce", M, (size_t)i, got[k][i], want);
+        }
+    if (rev)
+        shm_ops->comm_free(rev);
+    return st;
+}
+
+/* Ranks pass different counts: every rank's request fails naming the op. */
+static tp_status nb_disagree_rank(void *comm, int rank, int size, void *arg, unsigned char *out)
+{
+    (void)arg, (void)size;
+    float x[8] = {0};
+    void *q = NULL;
+    tp_status st = shm_ops->iall_reduce(comm, x, out, rank == 1 ? 8 : 7, TP_F32, TP_SUM, &q);
+    if (st == TP_OK) {
+        st = shm_ops->req_wait(comm, q);
+        shm_ops->req_free(comm, q);
+    }
+    return st;
+}
+
+START_TEST(nonblocking_any_order)
+{
+    static const int ranks[] = {2, 3, 4, 7};
+    /* default arena; 8 KiB: starts wait for space, 100003 floats go in pieces */
+    static const char *const arena[] = {NULL, "8192"};
+    shared_out *so = new_out();
+    for (int ai = 0; ai < 2; ai++) {
+        int n = ranks[_i];
+        if (arena[ai])
+            setenv("TP_SHM_NB_BYTES", arena[ai], 1);
+        new_job_id("nb");
+        start_ranks(n, nb_rank, NULL, so, 30.0);
+        wait_ranks(n, 120.0);
+        unsetenv("TP_SHM_NB_BYTES");
+        for (int r = 0; r < n; r++)
+            ck_assert_msg(so->rep[r].init_st == 0 && so->rep[r].st == 0,
+                          "%d ranks, arena %s: rank %d: %s", n, arena[ai] ? arena[ai] : "default",
+                          r, so->rep[r].msg);
+    }
+    new_job_id("nbbad");
+    start_ranks(3, nb_disagree_rank, NULL, so, 30.0);
+    wait_ranks(3, 60.0);
+    for (int r = 0; r < 3; r++)
+        ck_assert_msg(so->rep[r].st == TP_ERR_INVALID_ARG &&
+                          strstr(so->rep[r].msg, "all_reduce (nonblocking) #1") &&
+                          strstr(so->rep[r].msg, "count"),
+                      "rank %d: status %d: %s", r, so->rep[r].st, so->rep[r].msg);
     munmap(so, sizeof *so);
 }
 END_TEST
@@ -797,6 +979,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, bitwise_equal_to_loopback);
     tcase_add_loop_test(tc, oneshot_edges_equal_loopback, 0, 3);
     tcase_add_loop_test(tc, oneshot_stress_descheduled, 0, 3);
+    tcase_add_loop_test(tc, nonblocking_any_order, 0, 4);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -292,7 +292,7 @@ TP_API void tp_mem_count(tp_device *dev, tp_mem_use kind, int64_t bytes);
  *     the communication was in flight. Completion is when the progress
  *     thread finished the blocking collective (core engine), or when the
  *     plugin's req_test/req_wait first said so (native: an upper bound
- *     when the rank tested late; loopback and mpi move bytes only inside
+ *     when the rank tested late; loopback, shm and mpi move bytes only inside
  *     tp_test/tp_wait, so there a request stays in flight until the
  *     rank's next test even when a peer finished it long before).
  *   wait_seconds: inside tp_wait and tp_test calls on these requests.
