@@ -133,6 +133,7 @@ static void sh_finish(sh_req *q, tp_status st)
         if (*p == q) {
             *p = q->next;
             q->listed = false;
+            break;
         }
 }
 
