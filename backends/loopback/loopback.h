@@ -200,6 +200,7 @@ tp_status lb_ireduce_scatter(void *comm, const void *send, void *recv, const siz
 tp_status lb_req_test(void *comm, void *req, int *done);
 tp_status lb_req_wait(void *comm, void *req);
 void lb_req_free(void *comm, void *req);
+double lb_req_done_at(void *comm, void *req);
 void lb_nb_free_all(lb_group *g);
 
 #endif /* TP_LOOPBACK_H */

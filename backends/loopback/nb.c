@@ -41,6 +41,7 @@ struct lb_nbop {
     _Alignas(LB_LINE) atomic_uint_fast64_t mask;
     atomic_uint claimed;       /* shares taken */
     atomic_uint_fast64_t done; /* shares finished (release) */
+    atomic_uint_fast64_t t_ns; /* when the last share finished (sc_now, ns) */
     atomic_int refs;           /* ranks that have not let go of it */
     lb_pub pub[];              /* by rank, written before `mask` */
 };
@@ -67,6 +68,7 @@ static struct lb_nbop *lb_nb_find(lb_group *g, uint64_t seq)
     atomic_init(&op->mask, 0);
     atomic_init(&op->claimed, 0);
     atomic_init(&op->done, 0);
+    atomic_init(&op->t_ns, 0);
     atomic_init(&op->refs, g->size);
     op->next = g->nb_ops;
     g->nb_ops = op;
@@ -155,7 +157,8 @@ static tp_status lb_nb_work(lb_comm *c, lb_req *q)
                   c->rank, sc_kind_name(q->kind), (unsigned long long)op->seq, (int)w);
     if (c->streamed)
         sc_store_fence(); /* non-temporal stores are not ordered by release */
-    atomic_fetch_add_explicit(&op->done, mine, memory_order_seq_cst);
+    if (atomic_fetch_add_explicit(&op->done, mine, memory_order_seq_cst) + mine == op->nshares)
+        atomic_store_explicit(&op->t_ns, (uint64_t)(sc_now() * 1e9), memory_order_relaxed);
     sc_bar_wake(&c->g->bar, false);
     return w;
 }
@@ -229,6 +232,13 @@ tp_status lb_req_wait(void *comm, void *req)
 {
     int done;
     return lb_nb_progress(comm, req, true, &done);
+}
+
+double lb_req_done_at(void *comm, void *req)
+{
+    (void)comm;
+    const lb_req *q = req;
+    return (double)atomic_load_explicit(&q->op->t_ns, memory_order_relaxed) * 1e-9;
 }
 
 void lb_req_free(void *comm, void *req)

@@ -131,6 +131,7 @@ static const tp_comm_ops lb_ops = {
     .req_test = lb_req_test,
     .req_wait = lb_req_wait,
     .req_free = lb_req_free,
+    .req_done_at = lb_req_done_at,
 };
 
 TP_PLUGIN_DEFINE("loopback", "0.1.0",

@@ -69,6 +69,7 @@ typedef struct sh_req {
     bool done, listed;
     tp_status status; /* once done */
     double t_look;    /* first test or wait: the timeout runs from here */
+    uint64_t t_ns;    /* when its last piece's result was complete (sc_now, ns) */
 } sh_req;
 
 /* The calling thread's requests not yet done, on any communicator, in
@@ -197,7 +198,12 @@ static void sh_try_stage(sh_req *q)
             memcpy(dst + (size_t)c->rank * p.stride, q->send + p.e0 * q->es, (p.e1 - p.e0) * q->es);
         }
         c->h->slots[c->rank].nbpub[(p.k - 1) % SH_NB_RECS] = q->pub;
-        atomic_fetch_or_explicit(&sh_rec(c, p.k)->mask, 1ull << c->rank, memory_order_seq_cst);
+        uint64_t bit = 1ull << c->rank;
+        if ((atomic_fetch_or_explicit(&sh_rec(c, p.k)->mask, bit, memory_order_seq_cst) | bit) ==
+                sh_all(c) &&
+            q->kind == SC_ALL_GATHER) /* the last to stage completes an all_gather */
+            atomic_store_explicit(&sh_rec(c, p.k)->t_ns, (uint64_t)(sc_now() * 1e9),
+                                  memory_order_relaxed);
         q->staged++;
     }
 }
@@ -259,6 +265,7 @@ static void sh_let_go(sh_comm *c, uint64_t k)
     atomic_store_explicit(&rec->mask, 0, memory_order_relaxed);
     atomic_store_explicit(&rec->claimed, 0, memory_order_relaxed);
     atomic_store_explicit(&rec->done, 0, memory_order_relaxed);
+    atomic_store_explicit(&rec->t_ns, 0, memory_order_relaxed);
     atomic_fetch_add_explicit(&rec->gen, 1, memory_order_release);
     atomic_store_explicit(&rec->released, 0, memory_order_release);
 }
@@ -306,11 +313,14 @@ static bool sh_nb_advance(sh_req *q, bool loud)
             sh_nb_share(q, &p, s, nshares);
             mine++;
         }
-        if (mine)
-            atomic_fetch_add_explicit(&rec->done, mine, memory_order_release);
+        if (mine &&
+            atomic_fetch_add_explicit(&rec->done, mine, memory_order_acq_rel) + mine == nshares)
+            atomic_store_explicit(&rec->t_ns, (uint64_t)(sc_now() * 1e9), memory_order_relaxed);
         if (atomic_load_explicit(&rec->done, memory_order_acquire) < nshares)
             return false; /* peers are doing the last shares */
         sh_copy_out(q, &p);
+        uint64_t t = atomic_load_explicit(&rec->t_ns, memory_order_relaxed);
+        q->t_ns = t > q->t_ns ? t : q->t_ns;
         sh_let_go(c, p.k);
         q->finished++;
         q->agreed = false;
@@ -502,6 +512,14 @@ tp_status sh_req_wait(void *comm, void *req)
 {
     (void)comm;
     return sh_nb_wait(req, false);
+}
+
+/* When the last piece's result was ready in the arena (this rank's copy
+ * out, inside its test or wait, comes after). */
+double sh_req_done_at(void *comm, void *req)
+{
+    (void)comm;
+    return (double)((const sh_req *)req)->t_ns * 1e-9;
 }
 
 void sh_req_free(void *comm, void *req)

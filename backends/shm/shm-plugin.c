@@ -144,6 +144,7 @@ static const tp_comm_ops sh_ops = {
     .req_test = sh_req_test,
     .req_wait = sh_req_wait,
     .req_free = sh_req_free,
+    .req_done_at = sh_req_done_at,
 };
 
 TP_PLUGIN_DEFINE("shm", "0.1.0",

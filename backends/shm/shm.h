@@ -71,6 +71,7 @@ typedef struct sh_nbrec {
     atomic_uint_fast64_t released;              /* bit r: rank r copied its result out */
     _Alignas(SC_LINE) atomic_uint claimed;      /* reduction shares taken */
     atomic_uint done;                           /* shares finished (release) */
+    atomic_uint_fast64_t t_ns; /* when its result was complete (sc_now, ns; 0: not yet) */
 } sh_nbrec;
 
 typedef struct sh_hdr {
@@ -223,6 +224,7 @@ tp_status sh_ireduce_scatter(void *comm, const void *send, void *recv, const siz
 tp_status sh_req_test(void *comm, void *req, int *done);
 tp_status sh_req_wait(void *comm, void *req);
 void sh_req_free(void *comm, void *req);
+double sh_req_done_at(void *comm, void *req);
 /* Move on, without blocking, every nonblocking op of the calling thread
  * that needs nothing more from its peers (reduction shares, copies out):
  * called by every wait of the backend, so no rank holds the arena space or

@@ -263,6 +263,11 @@ static void complete(tp_request *r, tp_status st)
             r->msg = error_copy(st, r->fn, r->seq, r->plugin);
         r->status = st;
         r->t_done = tpi_now();
+        /* a peer may have completed it while this rank did other work */
+        double at =
+            r->comm->ops->req_done_at ? r->comm->ops->req_done_at(r->comm->handle, r->preq) : 0.0;
+        if (!st && at > 0.0 && at < r->t_done)
+            r->t_done = at > r->t_issued ? at : r->t_issued;
         r->comm->ops->req_free(r->comm->handle, r->preq);
         r->preq = NULL;
     }

@@ -8,7 +8,8 @@
  * gradients must be bitwise equal (docs/determinism.md says where: every
  * T on loopback, T <= 2 on every backend); the counters must show that the
  * nonblocking path ran (chunk count of nonblocking all-reduces, no blocking
- * one) and that hidden + exposed = in flight.
+ * one) and that hidden + exposed = in flight; and that a request peers
+ * complete while a rank sleeps is not in flight for the sleep.
  *
  * Runs on groups of T = 1..W (tests/common/tp-test.h).
  */
@@ -364,6 +365,54 @@ START_TEST(test_errors)
 }
 END_TEST
 
+/* A request its peers complete while this rank does other work counts in
+ * flight only until then: rank 0 issues an all_reduce, sleeps 300 ms and
+ * waits; the others wait at once. On loopback and shm a waiting peer does
+ * the work (the plugin reports when: req_done_at), on the core's progress
+ * thread (tcp) the thread does it; either way rank 0's in-flight time is
+ * far below its sleep and none of its wait is exposed. (Open MPI moves
+ * bytes only inside calls, so mpi is exempt: there the sleep is in flight.) */
+static void body_late_waiter(tpt_rank *k)
+{
+    const char *be = getenv("TP_BACKEND");
+    if (k->T < 2 || (be && strcmp(be, "mpi") == 0))
+        return;
+    enum {
+        N = 4099
+    };
+    float *h = tpt_falloc(N);
+    tpt_fill(h, N, 31 + (uint64_t)k->r);
+    tp_tensor x = tpt_upload2(k, 1, N, h);
+    tp_stats_reset(k->g);
+    tp_phase was = tp_phase_set(k->g, TP_PHASE_FORWARD);
+    tp_request *req = NULL;
+    EXPECT_OK(k, tp_iall_reduce(k->g, x.data, x.data, N, TP_F32, TP_SUM, &req));
+    if (k->r == 0)
+        nanosleep(&(struct timespec){0, 300000000}, NULL);
+    if (req)
+        EXPECT_OK(k, tp_wait(req));
+    tp_phase_set(k->g, was);
+    tp_stats s;
+    tp_stats_get(k->g, &s);
+    const tp_icounter *ic = &s.icomm[TP_PHASE_FORWARD][TP_OP_ALL_REDUCE];
+    EXPECT(k, ic->calls == 1, "late waiter: %llu nonblocking all-reduces counted, expected 1",
+           (unsigned long long)ic->calls);
+    if (k->r == 0)
+        EXPECT(k, ic->seconds < 0.15 && ic->exposed_seconds < 0.05,
+               "late waiter (T=%d, backend %s): rank 0 slept 0.3 s after issuing while its "
+               "peers completed the all_reduce, yet it counts %.3f s in flight and %.3f s "
+               "exposed",
+               k->T, be ? be : "loopback", ic->seconds, ic->exposed_seconds);
+    tp_tensor_release(&x);
+    free(h);
+}
+
+START_TEST(test_late_waiter)
+{
+    tpt_run_all(body_late_waiter);
+}
+END_TEST
+
 int main(int argc, char **argv)
 {
     const tpt_test tests[] = {
@@ -371,6 +420,7 @@ int main(int argc, char **argv)
         {"mlp", test_mlp},
         {"column", test_column},
         {"errors", test_errors},
+        {"late_waiter", test_late_waiter},
     };
     return tpt_main(&argc, &argv, "overlap", tests, sizeof tests / sizeof tests[0], NULL);
 }

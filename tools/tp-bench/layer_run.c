@@ -592,11 +592,10 @@ static void print_result(const bench_opts *o, const bench_layer_result *R, const
                o->overlap, phase_names[ph], R->comm_us[ph], R->hidden_us[ph],
                R->comm_us[ph] - R->hidden_us[ph]);
     if (o->overlap >= 2)
-        printf(
-            "# with overlap, comm = blocking + nonblocking in flight (issue to observed "
-            "completion): engines that move bytes only inside tp_test/tp_wait (loopback, shm, mpi) "
-            "see completion at the rank's next test, so there comm, comm %% and hidden are "
-            "upper bounds; exposed is exact\n");
+        printf("# with overlap, comm = blocking + nonblocking in flight (issue to completion); "
+               "on mpi, which moves bytes only inside tp_test/tp_wait, completion is seen at the "
+               "rank's next test, so there comm, comm %% and hidden are upper bounds; exposed is "
+               "exact\n");
     printf("# collectives per iteration (tp_stats, rank 0):");
     bool any = false;
     for (int ph = 0; ph < TP_PHASE_COUNT; ph++)

@@ -65,6 +65,8 @@
  *   1.4  comm: optional nonblocking collectives iall_reduce, iall_gather,
  *        ireduce_scatter with req_test, req_wait, req_free (all six or
  *        none), appended after comm_create.
+ *   1.5  comm: optional req_done_at (when a nonblocking collective's result
+ *        was complete, for engines whose peers finish it), after req_free.
  */
 #ifndef TP_PLUGIN_H
 #define TP_PLUGIN_H
@@ -77,7 +79,7 @@ extern "C" {
 #endif
 
 #define TP_ABI_MAJOR 1
-#define TP_ABI_MINOR 4
+#define TP_ABI_MINOR 5
 
 /* ---------------------------------------------------------------- types */
 
@@ -449,6 +451,16 @@ typedef struct tp_comm_ops {
     tp_status (*req_wait)(void *comm, void *req);
     /* After req_test said done or req_wait returned, once per request, before comm_free. */
     void (*req_free)(void *comm, void *req);
+
+    /* --- ABI 1.5: optional --- */
+
+    /* For a request req_test said done or req_wait returned (called before req_free): when its
+     * result was complete for this rank, in seconds of CLOCK_MONOTONIC (the core's clock), or
+     * 0 if unknown. For engines where the work of a request is done by whichever rank is
+     * inside the plugin (loopback, shm): a peer may have finished it long before this rank
+     * tested, and the core's counters then count it in flight only until then (tp.h,
+     * tp_icounter). Without the slot, completion is when req_test/req_wait said so. */
+    double (*req_done_at)(void *comm, void *req);
 } tp_comm_ops;
 
 /* Every function slot of tp_comm_ops, in order: X(name, required, abi_minor it came in); see
@@ -460,7 +472,7 @@ typedef struct tp_comm_ops {
     X(all_reduce, 1, 0) X(all_gather, 0, 0) X(reduce_scatter, 0, 0) X(broadcast, 0, 0)           \
     X(barrier, 0, 0) X(abort, 0, 0) X(comm_create, 0, 3)                                         \
     X(iall_reduce, 0, 4) X(iall_gather, 0, 4) X(ireduce_scatter, 0, 4) X(req_test, 0, 4)         \
-    X(req_wait, 0, 4) X(req_free, 0, 4)
+    X(req_wait, 0, 4) X(req_free, 0, 4) X(req_done_at, 0, 5)
 /* clang-format on */
 
 /* ----------------------------------------------------------- descriptor */

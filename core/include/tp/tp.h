@@ -290,11 +290,13 @@ TP_API void tp_mem_count(tp_device *dev, tp_mem_use kind, int64_t bytes);
  *     plugin's start; for a staged rank also the device-to-host copy).
  *   seconds: from the end of the tp_i* call to completion, i.e. the time
  *     the communication was in flight. Completion is when the progress
- *     thread finished the blocking collective (core engine), or when the
- *     plugin's req_test/req_wait first said so (native: an upper bound
- *     when the rank tested late; loopback, shm and mpi move bytes only inside
- *     tp_test/tp_wait, so there a request stays in flight until the
- *     rank's next test even when a peer finished it long before).
+ *     thread finished the blocking collective (core engine); for a plugin's
+ *     own nonblocking collectives, when the plugin says the result was
+ *     complete (loopback, shm: when the last rank to work on it finished,
+ *     often a peer while this rank computed), else when its req_test or
+ *     req_wait first said so (mpi: an upper bound, as Open MPI moves bytes
+ *     only inside tp_test/tp_wait, so a request stays in flight until the
+ *     rank's next test).
  *   wait_seconds: inside tp_wait and tp_test calls on these requests.
  *   exposed_seconds: the part of wait_seconds before completion: the rank
  *     was blocked on communication it could not hide. seconds -
