@@ -592,10 +592,11 @@ static void print_result(const bench_opts *o, const bench_layer_result *R, const
                o->overlap, phase_names[ph], R->comm_us[ph], R->hidden_us[ph],
                R->comm_us[ph] - R->hidden_us[ph]);
     if (o->overlap >= 2)
-        printf("# with overlap, comm = blocking + nonblocking in flight (issue to completion); "
-               "on mpi, which moves bytes only inside tp_test/tp_wait, completion is seen at the "
-               "rank's next test, so there comm, comm %% and hidden are upper bounds; exposed is "
-               "exact\n");
+        printf("# with overlap, comm = blocking + nonblocking in flight (issue to completion): "
+               "engines that move bytes only inside tp_test/tp_wait (loopback, shm, mpi) "
+               "complete a request when some rank first tests it, so in flight also counts "
+               "time in which nothing moved; there comm, comm %% and hidden are upper bounds, "
+               "exposed is exact (compare it with the comm of --overlap 0)\n");
     printf("# collectives per iteration (tp_stats, rank 0):");
     bool any = false;
     for (int ph = 0; ph < TP_PHASE_COUNT; ph++)

@@ -293,10 +293,10 @@ TP_API void tp_mem_count(tp_device *dev, tp_mem_use kind, int64_t bytes);
  *     thread finished the blocking collective (core engine); for a plugin's
  *     own nonblocking collectives, when the plugin says the result was
  *     complete (loopback, shm: when the last rank to work on it finished,
- *     often a peer while this rank computed), else when its req_test or
- *     req_wait first said so (mpi: an upper bound, as Open MPI moves bytes
- *     only inside tp_test/tp_wait, so a request stays in flight until the
- *     rank's next test).
+ *     maybe a peer while this rank computed), else when its req_test or
+ *     req_wait first said so (mpi). loopback, shm and mpi move bytes only
+ *     inside tp_test/tp_wait (of some rank), so there `seconds` also counts
+ *     time in which nothing moved: an upper bound of the transfer time.
  *   wait_seconds: inside tp_wait and tp_test calls on these requests.
  *   exposed_seconds: the part of wait_seconds before completion: the rank
  *     was blocked on communication it could not hide. seconds -
