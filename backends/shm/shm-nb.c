@@ -419,6 +419,9 @@ static tp_status sh_nb_start(sh_comm *c, sc_os_op *o, void **req)
     if (bad)
         return sh_poison(c, bad, "%s (nonblocking) #%llu: rank %d: %s", sc_kind_name(o->kind),
                          (unsigned long long)c->nseq + 1, c->rank, msg);
+    tp_status st = sh_seg_reserve(c);
+    if (st != TP_OK)
+        return st;
     sh_req *q = calloc(1, sizeof *q);
     if (!q)
         return sh_poison(c, TP_ERR_NO_MEMORY,
@@ -462,7 +465,7 @@ static tp_status sh_nb_start(sh_comm *c, sc_os_op *o, void **req)
     }
     c->nseq += q->npieces;
     sh_pending_append(q);
-    tp_status st = sh_nb_wait(q, true);
+    st = sh_nb_wait(q, true);
     if (st != TP_OK) {
         sh_finish(q, st);
         free(q);

@@ -10,7 +10,10 @@
  * (posix_fallocate, so a full /dev/shm is an error, not a SIGBUS later),
  * writes the header and publishes the magic last. The others wait for the
  * name, check its owner, mode, size and header against what they expect
- * (computed from their own arguments), and map it. The rank whose mapping
+ * (computed from their own arguments), and map it. The nonblocking arena at
+ * the end is reserved only when a rank first starts a nonblocking op on the
+ * communicator (sh_seg_reserve: every rank does, which costs nothing once
+ * one did). The rank whose mapping
  * completes the count unlinks the name: from then on the segment lives
  * only in the ranks' mappings and disappears with the last of them, even
  * after kill -9.
@@ -142,7 +145,11 @@ void sh_seg_clean_stale(sh_engine *eng)
     closedir(d);
 }
 
-static tp_status sh_create(sh_engine *eng, const char *name, size_t total, int *out_fd)
+/* Create the segment `name` of `total` bytes with its first `reserve`
+ * reserved (the nonblocking arena after them is reserved at its first use,
+ * sh_seg_reserve). */
+static tp_status sh_create(sh_engine *eng, const char *name, size_t total, size_t reserve,
+                           int *out_fd)
 {
     const tp_host *host = eng->host;
     int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
@@ -155,14 +162,16 @@ static tp_status sh_create(sh_engine *eng, const char *name, size_t total, int *
                                errno == EEXIST ? " (a running job uses the same TP_JOB_ID: give "
                                                  "every job its own; tp-launch does)"
                                                : "");
-    int rc = posix_fallocate(fd, 0, (off_t)total);
+    int rc = posix_fallocate(fd, 0, (off_t)reserve);
+    if (rc == 0 && total > reserve && ftruncate(fd, (off_t)total) != 0)
+        rc = errno;
     if (rc != 0) {
         shm_unlink(name);
         close(fd);
         return host->set_error(TP_ERR_NO_MEMORY,
                                "shm: cannot reserve %zu bytes for /dev/shm%s: %s; free space in "
-                               "/dev/shm or lower TP_SHM_CHUNK_BYTES or TP_SHM_NB_BYTES",
-                               total, name, strerror(rc));
+                               "/dev/shm or lower TP_SHM_CHUNK_BYTES",
+                               reserve, name, strerror(rc));
     }
     *out_fd = fd;
     return TP_OK;
@@ -233,25 +242,31 @@ static tp_status sh_check_hdr(sh_engine *eng, const char *name, const sh_hdr *h,
     return TP_OK;
 }
 
-static tp_status sh_map(sh_engine *eng, const char *name, bool create, size_t total, sh_hdr **out)
+/* Map the segment (name NULL: a private mapping); *fd stays open (-1 if
+ * private) for sh_seg_reserve. */
+static tp_status sh_map(sh_engine *eng, const char *name, bool create, size_t total, size_t reserve,
+                        sh_hdr **out, int *fd)
 {
-    int fd = -1;
     void *p;
+    *fd = -1;
     if (!name) {
         p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     } else {
         tp_status st =
-            create ? sh_create(eng, name, total, &fd) : sh_open_wait(eng, name, total, &fd);
+            create ? sh_create(eng, name, total, reserve, fd) : sh_open_wait(eng, name, total, fd);
         if (st != TP_OK)
             return st;
-        p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-        close(fd);
+        p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, *fd, 0);
     }
     if (p == MAP_FAILED) {
+        int err = errno;
+        if (*fd >= 0)
+            close(*fd);
+        *fd = -1;
         if (create && name)
             shm_unlink(name);
         return eng->host->set_error(TP_ERR_NO_MEMORY, "shm: mmap of %zu bytes (%s) failed: %s",
-                                    total, name ? name : "private", strerror(errno));
+                                    total, name ? name : "private", strerror(err));
     }
     *out = p;
     return TP_OK;
@@ -262,9 +277,10 @@ tp_status sh_seg_attach(sh_engine *eng, const char *name, bool create, int size,
 {
     size_t nb = sh_nb_bytes(eng, size), total = sh_total_bytes(size, eng->chunk, nb);
     sh_hdr *h = NULL;
+    int fd = -1;
     double deadline = sc_now() + eng->timeout_s;
     for (;;) {
-        tp_status st = sh_map(eng, name, create || !name, total, &h);
+        tp_status st = sh_map(eng, name, create || !name, total, total - nb, &h, &fd);
         if (st != TP_OK)
             return st;
         if (create || !name) {
@@ -275,6 +291,7 @@ tp_status sh_seg_attach(sh_engine *eng, const char *name, bool create, int size,
         if (st == TP_OK)
             break;
         munmap(h, total);
+        close(fd);
         if (st != TP_ERR_UNAVAILABLE)
             return st;
         if (sc_now() > deadline)
@@ -288,6 +305,8 @@ tp_status sh_seg_attach(sh_engine *eng, const char *name, bool create, int size,
     int other = atomic_load(&me->pid);
     if (other && sh_proc_alive(other, atomic_load(&me->start))) {
         munmap(h, total);
+        if (fd >= 0)
+            close(fd);
         return eng->host->set_error(TP_ERR_INVALID_ARG,
                                     "shm: rank %d of /dev/shm%s is already taken by pid %d: two "
                                     "processes were started with the same TP_RANK",
@@ -303,13 +322,34 @@ tp_status sh_seg_attach(sh_engine *eng, const char *name, bool create, int size,
                    .data = (unsigned char *)h + sh_data_offset(size),
                    .rank = rank,
                    .size = size,
+                   .fd = fd,
                    .nb_arena = nb};
     return TP_OK;
 }
 
 void sh_seg_detach(sh_comm *c)
 {
-    if (c->h)
+    if (c->h) { /* attached: map and fd are its */
         munmap(c->h, c->map_bytes);
+        if (c->fd >= 0)
+            close(c->fd);
+    }
     c->h = NULL;
+    c->fd = -1;
+}
+
+tp_status sh_seg_reserve(sh_comm *c)
+{
+    if (c->nb_reserved || !c->nb_arena || c->fd < 0)
+        return TP_OK;
+    int rc =
+        posix_fallocate(c->fd, (off_t)(sh_arena(c) - (unsigned char *)c->h), (off_t)c->nb_arena);
+    if (rc != 0)
+        return sh_poison(c, TP_ERR_NO_MEMORY,
+                         "rank %d cannot reserve the %zu-byte nonblocking arena of its %d-rank "
+                         "communicator in /dev/shm: %s; free space in /dev/shm or lower "
+                         "TP_SHM_NB_BYTES (at least %d; larger ops go in pieces)",
+                         c->rank, c->nb_arena, c->size, strerror(rc), 2 * SH_MAX_RANKS * SC_LINE);
+    c->nb_reserved = true;
+    return TP_OK;
 }

@@ -111,6 +111,7 @@ typedef struct sh_comm {
     sh_engine *eng;
     sh_hdr *h;
     size_t map_bytes;
+    int fd;              /* the segment's, -1 for a private one: sh_seg_reserve */
     unsigned char *data; /* stage[2][size][chunk], res[2][chunk] */
     int rank, size;
     uint64_t epoch, seq, splits;
@@ -125,6 +126,7 @@ typedef struct sh_comm {
      * goes in the arena, and where each of the last SH_NB_RECS went */
     uint64_t nseq, nb_staged, nb_busy;
     size_t nb_head, nb_arena;
+    bool nb_reserved; /* the arena's pages are reserved */
     struct {
         size_t off, bytes;
     } nb_span[SH_NB_RECS];
@@ -170,6 +172,9 @@ void sh_seg_name(const sh_engine *eng, uint64_t id, char *out, size_t len);
 tp_status sh_seg_attach(sh_engine *eng, const char *name, bool create, int size, int rank,
                         sh_comm *c);
 void sh_seg_detach(sh_comm *c);
+/* Reserve the nonblocking arena's pages (once; a full /dev/shm is an error
+ * here, not a SIGBUS when it is first written). */
+tp_status sh_seg_reserve(sh_comm *c);
 /* Remove /dev/shm/tp-shm-<uid>-* segments whose every process is gone. */
 void sh_seg_clean_stale(sh_engine *eng);
 
