@@ -1,12 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * shm-nb.c — the nonblocking collectives (plugin ABI 1.4: iall_reduce,
- * iall_gather, ireduce_scatter, req_test, req_wait, req_free), without a
- * thread: loopback's design (backends/loopback/nb.c) between processes.
+ * iall_gather, ireduce_scatter, req_test, req_wait, req_free; 1.5:
+ * req_done_at), without a thread: loopback's design
+ * (backends/loopback/nb.c) between processes.
  *
  * A process cannot read its peers' buffers, so starting an op copies the
  * rank's whole input into the communicator's arena (the segment's last
- * TP_SHM_NB_BYTES), publishes its arguments in its slot and sets its bit
+ * TP_SHM_NB_BYTES, reserved at the first start: sh_seg_reserve),
+ * publishes its arguments in its slot and sets its bit
  * in the op's record, and returns. Once every rank has started it, the
  * reduction is cut into SH_NB_SHARES shares per rank that any rank in
  * req_test or req_wait claims (an atomic counter) and does over all
@@ -36,7 +38,8 @@
  *
  * Nothing moves while no rank is inside the backend, as on loopback: no
  * thread competes with the ranks' GEMMs for a CPU, and the core's
- * counters' in-flight time is an upper bound (see tp.h).
+ * counters' in-flight time is an upper bound (see tp.h); it ends when the
+ * last piece's result was complete, maybe by a peer (req_done_at).
  */
 #include <sched.h>
 #include <stdio.h>
