@@ -53,6 +53,7 @@ struct tp_request {
     void *dev_recv;
     size_t recv_bytes;
     double t_issued, t_done, wait_s, exposed_s;
+    double open_t0, open_t1; /* the last tp_test that did not see it complete */
     bool complete;    /* the rank's thread finished it: status final, counters may be added */
     bool worker_done; /* core engine: under the progress thread's mu */
     tp_status status;
@@ -271,6 +272,14 @@ static void complete(tp_request *r, tp_status st)
         r->comm->ops->req_free(r->comm->handle, r->preq);
         r->preq = NULL;
     }
+    /* A tp_test may have begun before completion (a peer's, or the progress
+     * thread's) and ended after it without seeing it: its time after the
+     * completion was not exposed. Only that last one can: a test begun
+     * after completion sees it. */
+    if (r->open_t1 > r->t_done)
+        r->exposed_s -= r->open_t1 - (r->open_t0 > r->t_done ? r->open_t0 : r->t_done);
+    double flight = r->t_done > r->t_issued ? r->t_done - r->t_issued : 0;
+    r->exposed_s = r->exposed_s < 0 ? 0 : r->exposed_s > flight ? flight : r->exposed_s;
     if (!r->status && r->dev_recv && r->recv_bytes) {
         const tp_device *d = r->dev;
         tp_clear_error();
@@ -332,6 +341,10 @@ static void test_once(tp_request *r)
     double t1 = tpi_now(), done = r->complete && r->t_done < t1 ? r->t_done : t1;
     r->wait_s += t1 - t0;
     r->exposed_s += done > t0 ? done - t0 : 0;
+    if (!r->complete) {
+        r->open_t0 = t0;
+        r->open_t1 = t1;
+    }
 }
 
 static void unlink_request(tp_request *r)
