@@ -169,7 +169,7 @@ static tp_status lb_nb_progress(lb_comm *c, lb_req *q, bool block, int *done)
 {
     lb_group *g = c->g;
     struct lb_nbop *op = q->op;
-    uint64_t all = g->size == 64 ? ~0ull : (1ull << g->size) - 1;
+    uint64_t all = sc_all_ranks(g->size);
     *done = 0;
     if (!q->agreed) {
         if (atomic_load_explicit(&op->mask, memory_order_acquire) < all) {

@@ -97,7 +97,7 @@ static void sh_describe(sh_comm *c, uint64_t which, char *out, size_t len)
 tp_status sh_check_missing(sh_comm *c, sh_have_fn have, const void *arg, double waited,
                            const char *what, const char *doing)
 {
-    uint64_t all = c->size == 64 ? ~0ull : (1ull << c->size) - 1;
+    uint64_t all = sc_all_ranks(c->size);
     double now = sc_now();
     char who[480];
     if (now >= c->next_poll) {

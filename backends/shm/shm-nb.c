@@ -94,11 +94,6 @@ static sh_nbrec *sh_rec(const sh_comm *c, uint64_t k)
     return &c->h->nb[(k - 1) % SH_NB_RECS];
 }
 
-static uint64_t sh_all(const sh_comm *c)
-{
-    return c->size == 64 ? ~0ull : (1ull << c->size) - 1;
-}
-
 static size_t sh_lines(size_t bytes)
 {
     return (bytes + SC_LINE - 1) / SC_LINE * SC_LINE;
@@ -203,7 +198,7 @@ static void sh_try_stage(sh_req *q)
         c->h->slots[c->rank].nbpub[(p.k - 1) % SH_NB_RECS] = q->pub;
         uint64_t bit = 1ull << c->rank;
         if ((atomic_fetch_or_explicit(&sh_rec(c, p.k)->mask, bit, memory_order_seq_cst) | bit) ==
-                sh_all(c) &&
+                sc_all_ranks(c->size) &&
             q->kind == SC_ALL_GATHER) /* the last to stage completes an all_gather */
             atomic_store_explicit(&sh_rec(c, p.k)->t_ns, (uint64_t)(sc_now() * 1e9),
                                   memory_order_relaxed);
@@ -263,7 +258,8 @@ static void sh_let_go(sh_comm *c, uint64_t k)
 {
     sh_nbrec *rec = sh_rec(c, k);
     uint64_t bit = 1ull << c->rank;
-    if ((atomic_fetch_or_explicit(&rec->released, bit, memory_order_acq_rel) | bit) != sh_all(c))
+    if ((atomic_fetch_or_explicit(&rec->released, bit, memory_order_acq_rel) | bit) !=
+        sc_all_ranks(c->size))
         return;
     atomic_store_explicit(&rec->mask, 0, memory_order_relaxed);
     atomic_store_explicit(&rec->claimed, 0, memory_order_relaxed);
@@ -291,7 +287,7 @@ static bool sh_nb_advance(sh_req *q, bool loud)
         sh_piece p = sh_piece_of(q, q->finished);
         sh_nbrec *rec = sh_rec(c, p.k);
         if (!q->agreed) {
-            if (atomic_load_explicit(&rec->mask, memory_order_acquire) != sh_all(c))
+            if (atomic_load_explicit(&rec->mask, memory_order_acquire) != sc_all_ranks(c->size))
                 return false;
             if (!sh_same_args(q, p.k)) {
                 if (!loud)

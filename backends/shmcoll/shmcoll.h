@@ -51,6 +51,11 @@ void sc_store_fence(void);
 /* ------------------------------------------------------------- sc-util.c */
 /* "all_reduce", ...; "?" for a value out of range (it may come from a peer). */
 const char *sc_kind_name(int kind);
+/* The mask of ranks 0..size-1 (size <= 64). */
+static inline uint64_t sc_all_ranks(int size)
+{
+    return size >= 64 ? ~0ull : (1ull << size) - 1;
+}
 /* Share w of nw of n elements of size es, cut on cache-line boundaries. */
 void sc_share(size_t n, size_t es, int nw, int w, size_t *lo, size_t *hi);
 /* Write a message into msg and return TP_ERR_INVALID_ARG. */
