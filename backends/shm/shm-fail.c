@@ -42,15 +42,16 @@ tp_status sh_poison(sh_comm *c, tp_status status, const char *fmt, ...)
     return c->eng->host->set_error(status, "shm: %s", buf);
 }
 
-tp_status sh_report_failed(sh_comm *c, int kind, const char *how)
+tp_status sh_report_failed(sh_comm *c, int kind, uint64_t seq, bool nb, const char *how)
 {
     sh_hdr *h = c->h;
     int st = atomic_load_explicit(&h->failed, memory_order_acquire);
     if (st <= 0 || st >= TP_STATUS_COUNT_)
         st = TP_ERR_PEER;
-    return c->eng->host->set_error((tp_status)st, "shm: %s #%llu on rank %d of %d %s: %.*s",
-                                   sc_kind_name(kind), (unsigned long long)c->seq, c->rank, c->size,
-                                   how, (int)sizeof h->msg - 1, h->msg);
+    return c->eng->host->set_error((tp_status)st, "shm: %s%s #%llu on rank %d of %d %s: %.*s",
+                                   sc_kind_name(kind), nb ? " (nonblocking)" : "",
+                                   (unsigned long long)seq, c->rank, c->size, how,
+                                   (int)sizeof h->msg - 1, h->msg);
 }
 
 /* Bit r: rank r of `among` left the communicator or its process is gone. */

@@ -66,7 +66,7 @@ typedef struct sh_req {
     size_t hi;
     size_t m; /* elements per piece */
     uint64_t seq0;
-    unsigned npieces, staged, finished;
+    size_t npieces, staged, finished;
     bool agreed; /* piece `finished` passed the argument check */
     sh_pub pub;  /* this rank's arguments, as published for every piece */
     bool done, listed;
@@ -113,9 +113,9 @@ typedef struct sh_piece {
     size_t e0, e1, stride, bytes, off;
 } sh_piece;
 
-static sh_piece sh_piece_of(const sh_req *q, unsigned j)
+static sh_piece sh_piece_of(const sh_req *q, size_t j)
 {
-    sh_piece p = {.k = q->seq0 + j, .e0 = (size_t)j * q->m};
+    sh_piece p = {.k = q->seq0 + j, .e0 = j * q->m};
     p.e1 = q->n - p.e0 < q->m ? q->n : p.e0 + q->m;
     size_t len = sh_lines((p.e1 - p.e0) * q->es);
     p.stride = q->kind == SC_ALL_GATHER ? 0 : len;
@@ -141,7 +141,7 @@ static void sh_what(const sh_req *q, char *out, size_t len)
     int w = snprintf(out, len, "%s (nonblocking) #%llu", sc_kind_name(q->kind),
                      (unsigned long long)(q->seq0 + q->finished));
     if (q->npieces > 1 && w > 0 && (size_t)w < len)
-        snprintf(out + w, len - (size_t)w, " (piece %u of %u)", q->finished + 1, q->npieces);
+        snprintf(out + w, len - (size_t)w, " (piece %zu of %zu)", q->finished + 1, q->npieces);
 }
 
 /* Spin, then yield, then sleep briefly. */
@@ -279,7 +279,7 @@ static bool sh_nb_advance(sh_req *q, bool loud)
     sh_comm *c = q->c;
     if (atomic_load_explicit(&c->h->failed, memory_order_acquire)) {
         if (loud)
-            sh_finish(q, sh_report_failed(c, q->kind, "aborted"));
+            sh_finish(q, sh_report_failed(c, q->kind, q->seq0 + q->finished, true, "aborted"));
         return loud;
     }
     sh_try_stage(q);
@@ -289,16 +289,19 @@ static bool sh_nb_advance(sh_req *q, bool loud)
         if (!q->agreed) {
             if (atomic_load_explicit(&rec->mask, memory_order_acquire) != sc_all_ranks(c->size))
                 return false;
+            /* A disagreement fails the communicator whoever sees it
+             * first (maybe inside another request's wait): no rank may
+             * go on to a later op, whose arena place the disagreeing
+             * sizes made differ between the ranks. */
             if (!sh_same_args(q, p.k)) {
-                if (!loud)
-                    return false;
                 const sh_pub *pub[SH_MAX_RANKS];
                 for (int r = 0; r < c->size; r++)
                     pub[r] = &c->h->slots[r].nbpub[(p.k - 1) % SH_NB_RECS];
                 tp_status st = sh_agree(c, q->kind, p.k, pub, " (nonblocking)");
                 if (st != TP_OK) {
-                    sh_finish(q, st);
-                    return true;
+                    if (loud)
+                        sh_finish(q, st);
+                    return loud;
                 }
             }
             q->agreed = true;
@@ -318,7 +321,11 @@ static bool sh_nb_advance(sh_req *q, bool loud)
         if (atomic_load_explicit(&rec->done, memory_order_acquire) < nshares)
             return false; /* peers are doing the last shares */
         sh_copy_out(q, &p);
+        /* the rank that did the last share stores its time after adding
+         * it to `done`: not seen yet, now is a bound */
         uint64_t t = atomic_load_explicit(&rec->t_ns, memory_order_relaxed);
+        if (!t)
+            t = (uint64_t)(sc_now() * 1e9);
         q->t_ns = t > q->t_ns ? t : q->t_ns;
         sh_let_go(c, p.k);
         q->finished++;
@@ -397,6 +404,10 @@ static tp_status sh_nb_wait(sh_req *q, bool first)
         sh_nb_progress_all(); /* q among them, after the requests before it */
         if (first ? q->staged > 0 || q->done : sh_nb_advance(q, true))
             break;
+        if (first && atomic_load_explicit(&q->c->h->failed, memory_order_acquire)) {
+            sh_finish(q, sh_report_failed(q->c, q->kind, q->seq0, true, "aborted"));
+            break;
+        }
         if (spins >= q->c->eng->spin_limit &&
             sh_nb_stuck(q, sc_now() - (first ? t0 : q->t_look)) != TP_OK)
             break;
@@ -412,7 +423,8 @@ static tp_status sh_nb_start(sh_comm *c, sc_os_op *o, void **req)
     o->size = c->size;
     tp_status bad = sc_check_call(o, msg, sizeof msg);
     if (atomic_load_explicit(&c->h->failed, memory_order_acquire))
-        return sh_report_failed(c, o->kind, "refused because this communicator failed earlier");
+        return sh_report_failed(c, o->kind, c->nseq + 1, true,
+                                "refused because this communicator failed earlier");
     /* As on the blocking path, a bad argument fails the communicator: the
      * peers' requests end with this message instead of a timeout. */
     if (bad)
@@ -458,9 +470,9 @@ static tp_status sh_nb_start(sh_comm *c, sc_os_op *o, void **req)
     /* one piece if the whole op fits the arena, else pieces of half of it */
     int parts = o->kind == SC_ALL_GATHER ? 1 : c->size;
     q->m = o->count ? o->count : 1;
-    if ((size_t)parts * sh_lines(o->count * es) > c->nb_arena) {
+    if (sh_lines(o->count * es) > c->nb_arena / (size_t)parts) {
         q->m = c->nb_arena / 2 / (size_t)parts / SC_LINE * SC_LINE / es;
-        q->npieces = (unsigned)((o->count + q->m - 1) / q->m);
+        q->npieces = (o->count + q->m - 1) / q->m;
     }
     c->nseq += q->npieces;
     sh_pending_append(q);

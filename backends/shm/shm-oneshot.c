@@ -75,7 +75,7 @@ static tp_status sh_os_check(void *ctx, double waited)
     sh_os_waiter *w = ctx;
     sh_comm *c = w->c;
     if (atomic_load_explicit(&c->h->failed, memory_order_acquire))
-        return sh_report_failed(c, w->o->kind, "aborted");
+        return sh_report_failed(c, w->o->kind, c->seq, false, "aborted");
     if (waited < SH_OS_LOOK_S && waited <= c->eng->timeout_s)
         return TP_OK; /* spinning or yielding */
     sh_nb_progress_all();
@@ -89,7 +89,8 @@ tp_status sh_oneshot(sh_comm *c, sc_os_op *o)
     c->seq++;
     c->streamed = false;
     if (atomic_load_explicit(&h->failed, memory_order_acquire))
-        return sh_report_failed(c, o->kind, "refused because this communicator failed earlier");
+        return sh_report_failed(c, o->kind, c->seq, false,
+                                "refused because this communicator failed earlier");
     sc_os_buf *bufs[SH_MAX_RANKS];
     for (int r = 0; r < c->size; r++)
         bufs[r] = &h->slots[r].os[c->seq & 1];

@@ -39,7 +39,7 @@ static tp_status sh_check(void *ctx, double waited)
     sh_waiter *w = ctx;
     sh_comm *c = w->c;
     if (atomic_load_explicit(&c->h->failed, memory_order_acquire))
-        return sh_report_failed(c, w->kind, "aborted");
+        return sh_report_failed(c, w->kind, c->seq, false, "aborted");
     if (waited == 0.0)
         return TP_OK; /* still spinning */
     sh_nb_progress_all();
@@ -72,7 +72,8 @@ tp_status sh_begin(sh_comm *c, int kind, const sh_pub *a, tp_status bad, const c
     c->seq++;
     c->streamed = false;
     if (atomic_load_explicit(&h->failed, memory_order_acquire))
-        return sh_report_failed(c, kind, "refused because this communicator failed earlier");
+        return sh_report_failed(c, kind, c->seq, false,
+                                "refused because this communicator failed earlier");
     sh_slot *me = &h->slots[c->rank];
     sh_pub *p = &me->pub[c->seq & 1];
     *p = *a;

@@ -197,8 +197,9 @@ tp_status sh_check_missing(sh_comm *c, sh_have_fn have, const void *arg, double 
                            const char *what, const char *doing);
 tp_status sh_poison(sh_comm *c, tp_status status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* The calling rank's view of an earlier failure of the segment. */
-tp_status sh_report_failed(sh_comm *c, int kind, const char *how);
+/* The calling rank's view of an earlier failure of the segment, in its op
+ * `seq` of `kind` (`nb`: a nonblocking op, numbered apart). */
+tp_status sh_report_failed(sh_comm *c, int kind, uint64_t seq, bool nb, const char *how);
 
 /* shm-oneshot.c: run o (kind, dt, op, root, count, counts, hash, send,
  * recv set) on the one-shot path; fills in the rest. */

@@ -546,17 +546,59 @@ static tp_status nb_rank(void *comm, int rank, int size, void *arg, unsigned cha
     return st;
 }
 
-/* Ranks pass different counts: every rank's request fails naming the op. */
+/* Ranks pass different counts: every rank's request fails naming the op.
+ * *arg 0: one request. 1: then a valid second one, waited for first: the
+ * counts put its input at different arena places on different ranks, so
+ * it must fail too (not reduce misplaced inputs and say TP_OK). */
 static tp_status nb_disagree_rank(void *comm, int rank, int size, void *arg, unsigned char *out)
 {
-    (void)arg, (void)size;
-    float x[8] = {0};
-    void *q = NULL;
-    tp_status st = shm_ops->iall_reduce(comm, x, out, rank == 1 ? 8 : 7, TP_F32, TP_SUM, &q);
-    if (st == TP_OK) {
-        st = shm_ops->req_wait(comm, q);
-        shm_ops->req_free(comm, q);
+    (void)size;
+    int mode = *(const int *)arg;
+    float x[40] = {0}, y[17] = {0}, z[17];
+    void *q = NULL, *q1 = NULL;
+    size_t n = rank == 1 ? (mode ? 40 : 8) : 7;
+    tp_status st = shm_ops->iall_reduce(comm, x, out, n, TP_F32, TP_SUM, &q);
+    if (st == TP_OK && mode)
+        st = shm_ops->iall_reduce(comm, y, z, 17, TP_F32, TP_SUM, &q1);
+    if (q1) {
+        st = shm_ops->req_wait(comm, q1);
+        shm_ops->req_free(comm, q1);
+        if (st == TP_OK)
+            st = host.set_error(TP_ERR_INTERNAL, "the request after the disagreeing one "
+                                                 "completed with TP_OK");
     }
+    if (q) {
+        tp_status w = shm_ops->req_wait(comm, q);
+        shm_ops->req_free(comm, q);
+        st = st ? st : w;
+    }
+    return st;
+}
+
+/* Rank 1 skips a request its peers started and fails its next start (a
+ * NULL buffer), while the peers' next start waits for arena room that the
+ * first request holds: they must return its error at once, not time out. */
+static tp_status nb_start_fails_rank(void *comm, int rank, int size, void *arg, unsigned char *out)
+{
+    (void)size, (void)arg, (void)out;
+    static float big[1000], res[1000];
+    float y[17] = {0}, z[17];
+    void *q = NULL, *q1 = NULL;
+    tp_status st = TP_OK;
+    if (rank == 1) {
+        usleep(100000);
+        return shm_ops->iall_reduce(comm, y, NULL, 17, TP_F32, TP_SUM, &q1);
+    }
+    st = shm_ops->iall_reduce(comm, big, res, 1000, TP_F32, TP_SUM, &q);
+    if (st == TP_OK)
+        st = shm_ops->iall_reduce(comm, y, z, 17, TP_F32, TP_SUM, &q1);
+    void *qs[2] = {q1, q};
+    for (int k = 0; k < 2; k++)
+        if (qs[k]) {
+            tp_status w = shm_ops->req_wait(comm, qs[k]);
+            shm_ops->req_free(comm, qs[k]);
+            st = st ? st : w;
+        }
     return st;
 }
 
@@ -579,14 +621,28 @@ START_TEST(nonblocking_any_order)
                           "%d ranks, arena %s: rank %d: %s", n, arena[ai] ? arena[ai] : "default",
                           r, so->rep[r].msg);
     }
-    new_job_id("nbbad");
-    start_ranks(3, nb_disagree_rank, NULL, so, 30.0);
+    for (int mode = 0; mode < 2; mode++) {
+        new_job_id("nbbad");
+        start_ranks(3, nb_disagree_rank, &mode, so, 30.0);
+        wait_ranks(3, 60.0);
+        for (int r = 0; r < 3; r++)
+            ck_assert_msg(so->rep[r].st == TP_ERR_INVALID_ARG &&
+                              strstr(so->rep[r].msg, "all_reduce (nonblocking) #1") &&
+                              strstr(so->rep[r].msg, "count"),
+                          "mode %d: rank %d: status %d: %s", mode, r, so->rep[r].st,
+                          so->rep[r].msg);
+    }
+    /* 8 KiB: the 1000 floats go in 3 pieces, the third waits for room */
+    setenv("TP_SHM_NB_BYTES", "8192", 1);
+    new_job_id("nbstart");
+    start_ranks(3, nb_start_fails_rank, NULL, so, 30.0);
     wait_ranks(3, 60.0);
+    unsetenv("TP_SHM_NB_BYTES");
     for (int r = 0; r < 3; r++)
-        ck_assert_msg(so->rep[r].st == TP_ERR_INVALID_ARG &&
-                          strstr(so->rep[r].msg, "all_reduce (nonblocking) #1") &&
-                          strstr(so->rep[r].msg, "count"),
-                      "rank %d: status %d: %s", r, so->rep[r].st, so->rep[r].msg);
+        ck_assert_msg(so->rep[r].st == TP_ERR_INVALID_ARG && so->rep[r].secs < 10.0 &&
+                          strstr(so->rep[r].msg, "rank 1: recv buffer is NULL with count 17"),
+                      "rank %d: status %d after %.1f s: %s", r, so->rep[r].st, so->rep[r].secs,
+                      so->rep[r].msg);
     munmap(so, sizeof *so);
 }
 END_TEST
