@@ -158,8 +158,9 @@ static inline const lb_args *lb_peer(const lb_comm *c, int r)
 }
 tp_status lb_poison(lb_group *g, tp_status status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* The calling rank's view of an earlier failure of its group. */
-tp_status lb_report_failed(lb_comm *c, lb_kind kind, const char *how);
+/* The calling rank's view of an earlier failure of its group, in its op
+ * `seq` of `kind`; `nb` follows the name ("" or " (nonblocking)"). */
+tp_status lb_report_failed(lb_comm *c, lb_kind kind, uint64_t seq, const char *nb, const char *how);
 
 /* oneshot.c: run o (kind, dt, op, root, count, counts, hash, send, recv
  * set) on the one-shot path; fills in the rest. */

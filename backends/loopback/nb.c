@@ -43,7 +43,12 @@ struct lb_nbop {
     atomic_uint_fast64_t done; /* shares finished (release) */
     atomic_uint_fast64_t t_ns; /* when the last share finished (sc_now, ns) */
     atomic_int refs;           /* ranks that have not let go of it */
-    lb_pub pub[];              /* by rank, written before `mask` */
+    /* ranks inside lb_nb_work; once `retired` (a rank gave up on the op)
+     * no share starts, and the rank that gave up waits for busy == 0: no
+     * peer touches its buffers after its request ended */
+    atomic_int busy, retired;
+    int verdict;  /* under nb_lock: 0 not yet checked, 1 the ranks agree, -1 failed */
+    lb_pub pub[]; /* by rank, written before `mask` */
 };
 
 /* One rank's request. */
@@ -70,6 +75,8 @@ static struct lb_nbop *lb_nb_find(lb_group *g, uint64_t seq)
     atomic_init(&op->done, 0);
     atomic_init(&op->t_ns, 0);
     atomic_init(&op->refs, g->size);
+    atomic_init(&op->busy, 0);
+    atomic_init(&op->retired, 0);
     op->next = g->nb_ops;
     g->nb_ops = op;
     return op;
@@ -104,7 +111,8 @@ static tp_status lb_nb_start(lb_comm *c, lb_kind kind, sc_os_op *o, void **req)
     char msg[200];
     tp_status bad = lb_check_call(c, o, msg, sizeof msg);
     if (atomic_load_explicit(&g->failed, memory_order_acquire))
-        return lb_report_failed(c, kind, "refused because this communicator failed earlier");
+        return lb_report_failed(c, kind, k, " (nonblocking)",
+                                "refused because this communicator failed earlier");
     /* As on the blocking path, a bad argument fails the group: the peers'
      * requests end with this message instead of a timeout. */
     if (bad)
@@ -141,15 +149,19 @@ static tp_status lb_nb_work(lb_comm *c, lb_req *q)
     tp_status w = TP_OK;
     unsigned mine = 0;
     c->streamed = false;
-    while (!w && atomic_load_explicit(&op->claimed, memory_order_relaxed) < op->nshares) {
+    atomic_fetch_add_explicit(&op->busy, 1, memory_order_seq_cst);
+    bool live = !atomic_load_explicit(&op->retired, memory_order_seq_cst);
+    while (live && !w && atomic_load_explicit(&op->claimed, memory_order_relaxed) < op->nshares) {
         unsigned s = atomic_fetch_add_explicit(&op->claimed, 1, memory_order_relaxed);
         if (s >= op->nshares)
             break;
         w = lb_share(c, q->kind, a, (int)s, (int)op->nshares);
         mine++;
     }
-    if (!mine)
+    if (!mine) {
+        atomic_fetch_sub_explicit(&op->busy, 1, memory_order_release);
         return TP_OK;
+    }
     if (!w && c->dops && (w = c->dops->synchronize(c->dev)))
         lb_poison(c->g, w,
                   "rank %d: synchronizing its device after its shares of %s (nonblocking) "
@@ -157,10 +169,49 @@ static tp_status lb_nb_work(lb_comm *c, lb_req *q)
                   c->rank, sc_kind_name(q->kind), (unsigned long long)op->seq, (int)w);
     if (c->streamed)
         sc_store_fence(); /* non-temporal stores are not ordered by release */
-    if (atomic_fetch_add_explicit(&op->done, mine, memory_order_seq_cst) + mine == op->nshares)
-        atomic_store_explicit(&op->t_ns, (uint64_t)(sc_now() * 1e9), memory_order_relaxed);
+    sc_mark_done_at(&op->t_ns);
+    atomic_fetch_add_explicit(&op->done, mine, memory_order_seq_cst);
+    atomic_fetch_sub_explicit(&op->busy, 1, memory_order_release);
     sc_bar_wake(&c->g->bar, false);
     return w;
+}
+
+/* q's request ends with st (an error): no share of its op starts after
+ * this, and those under way end first, as they may use this rank's
+ * buffers. The flag is set under nb_lock, so no peer is inside the op's
+ * argument check (which reads the ranks' counts arrays) either. */
+static tp_status lb_nb_give_up(lb_comm *c, lb_req *q, tp_status st)
+{
+    pthread_mutex_lock(&c->g->nb_lock);
+    atomic_store_explicit(&q->op->retired, 1, memory_order_seq_cst);
+    pthread_mutex_unlock(&c->g->nb_lock);
+    while (atomic_load_explicit(&q->op->busy, memory_order_acquire))
+        sched_yield();
+    return st;
+}
+
+/* Whether every rank's arguments agree, decided once per op: the first
+ * rank to look compares them (and fails the group if they differ); the
+ * others take its verdict, as peers may have freed their counts since. */
+static tp_status lb_nb_agree(lb_comm *c, lb_req *q)
+{
+    lb_group *g = c->g;
+    struct lb_nbop *op = q->op;
+    tp_status st = TP_OK;
+    pthread_mutex_lock(&g->nb_lock);
+    if (!op->verdict && atomic_load_explicit(&op->retired, memory_order_relaxed))
+        op->verdict = -1;
+    if (!op->verdict) {
+        const lb_pub *p[LB_MAX_RANKS];
+        for (int r = 0; r < g->size; r++)
+            p[r] = &op->pub[r];
+        st = lb_agree(g, q->kind, " (nonblocking)", op->seq, p);
+        op->verdict = st == TP_OK ? 1 : -1;
+    } else if (op->verdict < 0) {
+        st = lb_report_failed(c, q->kind, op->seq, " (nonblocking)", "aborted");
+    }
+    pthread_mutex_unlock(&g->nb_lock);
+    return st;
 }
 
 /* Move q on: wait (block) or look once for every rank to start it, check
@@ -175,29 +226,30 @@ static tp_status lb_nb_progress(lb_comm *c, lb_req *q, bool block, int *done)
         if (atomic_load_explicit(&op->mask, memory_order_acquire) < all) {
             tp_status st = block ? lb_wait_op(c, q->kind, op->seq, &op->mask, all, &op->mask)
                                  : lb_check_op(c, q->kind, op->seq, &op->mask, sc_now() - q->t0);
-            if (st || atomic_load_explicit(&op->mask, memory_order_acquire) < all)
-                return st;
+            if (st)
+                return lb_nb_give_up(c, q, st);
+            if (atomic_load_explicit(&op->mask, memory_order_acquire) < all)
+                return TP_OK;
         }
-        const lb_pub *p[LB_MAX_RANKS];
-        for (int r = 0; r < g->size; r++)
-            p[r] = &op->pub[r];
-        tp_status st = lb_agree(g, q->kind, " (nonblocking)", op->seq, p);
+        tp_status st = lb_nb_agree(c, q);
         if (st != TP_OK)
-            return st;
+            return lb_nb_give_up(c, q, st);
         q->agreed = true;
     }
     tp_status w = lb_nb_work(c, q);
     if (w != TP_OK)
-        return w;
+        return lb_nb_give_up(c, q, w);
     if (atomic_load_explicit(&op->done, memory_order_acquire) < op->nshares) {
         /* peers are doing the last shares: only a failure can stop them */
         tp_status st = block ? lb_wait_op(c, q->kind, op->seq, &op->done, op->nshares, &op->mask)
                              : lb_check_op(c, q->kind, op->seq, &op->mask, 0.0);
-        if (st || atomic_load_explicit(&op->done, memory_order_acquire) < op->nshares)
-            return st;
+        if (st)
+            return lb_nb_give_up(c, q, st);
+        if (atomic_load_explicit(&op->done, memory_order_acquire) < op->nshares)
+            return TP_OK;
     }
     if (c->dops && atomic_load_explicit(&g->failed, memory_order_acquire))
-        return lb_report_failed(c, q->kind, "failed in a device op");
+        return lb_report_failed(c, q->kind, op->seq, " (nonblocking)", "failed in a device op");
     *done = 1;
     return TP_OK;
 }

@@ -64,7 +64,7 @@ static tp_status lb_os_check(void *ctx, double waited)
     lb_os_waiter *w = ctx;
     lb_comm *c = w->c;
     if (atomic_load_explicit(&c->g->failed, memory_order_acquire))
-        return lb_report_failed(c, (lb_kind)w->o->kind, "aborted");
+        return lb_report_failed(c, (lb_kind)w->o->kind, c->seq, "", "aborted");
     if (waited == 0.0)
         return TP_OK; /* still spinning */
     unsigned dep = atomic_load_explicit(&c->g->departures, memory_order_acquire);
@@ -81,7 +81,7 @@ tp_status lb_oneshot(lb_comm *c, sc_os_op *o)
     c->seq++;
     c->streamed = false;
     if (atomic_load_explicit(&g->failed, memory_order_acquire))
-        return lb_report_failed(c, (lb_kind)o->kind,
+        return lb_report_failed(c, (lb_kind)o->kind, c->seq, "",
                                 "refused because this communicator failed earlier");
     sc_os_buf *bufs[LB_MAX_RANKS];
     for (int r = 0; r < g->size; r++)

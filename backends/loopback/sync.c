@@ -48,13 +48,15 @@ tp_status lb_poison(lb_group *g, tp_status status, const char *fmt, ...)
     return g->eng->host->set_error(status, "loopback: %s", buf);
 }
 
-tp_status lb_report_failed(lb_comm *c, lb_kind kind, const char *how)
+tp_status lb_report_failed(lb_comm *c, lb_kind kind, uint64_t seq, const char *nb, const char *how)
 {
     lb_group *g = c->g;
     tp_status st = (tp_status)atomic_load_explicit(&g->failed, memory_order_acquire);
-    return g->eng->host->set_error(st, "loopback: %s #%llu on rank %d of %d %s: %s",
-                                   sc_kind_name(kind), (unsigned long long)c->seq, c->rank, g->size,
-                                   how, g->msg);
+    if (st <= TP_OK || st >= TP_STATUS_COUNT_)
+        st = TP_ERR_PEER;
+    return g->eng->host->set_error(st, "loopback: %s%s #%llu on rank %d of %d %s: %s",
+                                   sc_kind_name(kind), nb, (unsigned long long)seq, c->rank,
+                                   g->size, how, g->msg);
 }
 
 /* Ranks that reached barrier epoch e, as a bit mask (bit r: rank r). */
@@ -123,7 +125,7 @@ static tp_status lb_check(void *ctx, double waited)
     lb_comm *c = w->c;
     lb_group *g = c->g;
     if (atomic_load_explicit(&g->failed, memory_order_acquire))
-        return lb_report_failed(c, w->kind, "aborted");
+        return lb_report_failed(c, w->kind, w->seq, w->how, "aborted");
     unsigned dep = atomic_load_explicit(&g->departures, memory_order_acquire);
     if (dep != w->seen_departures) {
         w->seen_departures = dep;
@@ -274,7 +276,8 @@ tp_status lb_begin(lb_comm *c, lb_kind kind, const lb_args *a, tp_status bad, co
     c->seq++;
     c->streamed = false;
     if (atomic_load_explicit(&g->failed, memory_order_acquire))
-        return lb_report_failed(c, kind, "refused because this communicator failed earlier");
+        return lb_report_failed(c, kind, c->seq, "",
+                                "refused because this communicator failed earlier");
     lb_slot *me = &g->slots[c->rank];
     int q = (int)(c->seq & 1);
     me->pub[q].args = *a;

@@ -196,12 +196,9 @@ static void sh_try_stage(sh_req *q)
             memcpy(dst + (size_t)c->rank * p.stride, q->send + p.e0 * q->es, (p.e1 - p.e0) * q->es);
         }
         c->h->slots[c->rank].nbpub[(p.k - 1) % SH_NB_RECS] = q->pub;
-        uint64_t bit = 1ull << c->rank;
-        if ((atomic_fetch_or_explicit(&sh_rec(c, p.k)->mask, bit, memory_order_seq_cst) | bit) ==
-                sc_all_ranks(c->size) &&
-            q->kind == SC_ALL_GATHER) /* the last to stage completes an all_gather */
-            atomic_store_explicit(&sh_rec(c, p.k)->t_ns, (uint64_t)(sc_now() * 1e9),
-                                  memory_order_relaxed);
+        if (q->kind == SC_ALL_GATHER) /* the last to stage completes it */
+            sc_mark_done_at(&sh_rec(c, p.k)->t_ns);
+        atomic_fetch_or_explicit(&sh_rec(c, p.k)->mask, 1ull << c->rank, memory_order_seq_cst);
         q->staged++;
     }
 }
@@ -315,17 +312,14 @@ static bool sh_nb_advance(sh_req *q, bool loud)
             sh_nb_share(q, &p, s, nshares);
             mine++;
         }
-        if (mine &&
-            atomic_fetch_add_explicit(&rec->done, mine, memory_order_acq_rel) + mine == nshares)
-            atomic_store_explicit(&rec->t_ns, (uint64_t)(sc_now() * 1e9), memory_order_relaxed);
+        if (mine) {
+            sc_mark_done_at(&rec->t_ns);
+            atomic_fetch_add_explicit(&rec->done, mine, memory_order_acq_rel);
+        }
         if (atomic_load_explicit(&rec->done, memory_order_acquire) < nshares)
             return false; /* peers are doing the last shares */
         sh_copy_out(q, &p);
-        /* the rank that did the last share stores its time after adding
-         * it to `done`: not seen yet, now is a bound */
         uint64_t t = atomic_load_explicit(&rec->t_ns, memory_order_relaxed);
-        if (!t)
-            t = (uint64_t)(sc_now() * 1e9);
         q->t_ns = t > q->t_ns ? t : q->t_ns;
         sh_let_go(c, p.k);
         q->finished++;

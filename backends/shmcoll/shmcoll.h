@@ -64,6 +64,15 @@ tp_status sc_bad(char *msg, size_t len, const char *fmt, ...) __attribute__((for
  * 0..4) must agree between ranks for a collective of this kind. */
 unsigned sc_agreed_fields(int kind);
 double sc_now(void);
+/* *t = max(*t, now in ns of sc_now), before the release that says the
+ * work is done: whoever acquires that sees when the last part finished. */
+static inline void sc_mark_done_at(atomic_uint_fast64_t *t)
+{
+    uint64_t now = (uint64_t)(sc_now() * 1e9), old = atomic_load_explicit(t, memory_order_relaxed);
+    while (old < now && !atomic_compare_exchange_weak_explicit(t, &old, now, memory_order_relaxed,
+                                                               memory_order_relaxed))
+        ;
+}
 void sc_cpu_relax(void);
 /* CPUs this process may run on (at least 1). */
 int sc_cpu_count(void);

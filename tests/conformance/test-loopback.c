@@ -338,6 +338,69 @@ START_TEST(nb_disagree)
 }
 END_TEST
 
+/* A request that fails must not leave peers working on its buffers: an
+ * all-reduce of 4 Mi floats and, after it, one of different counts. Rank 0
+ * waits for the second first (the disagreement fails the group), then for
+ * the first while the peers are doing its shares, and overwrites its recv
+ * the moment that wait returns; once every rank is back, its recv must
+ * still hold what it wrote (before the fix, a peer's share under way went
+ * on writing into it). */
+enum {
+    LATE_N = 1 << 22
+};
+static pthread_barrier_t late_bar;
+
+static tp_status rank_nb_late(tp_comm *w, void *arg)
+{
+    result *r = arg;
+    int rank = tp_comm_rank(w);
+    float *x = calloc(LATE_N, sizeof *x), *y = calloc(LATE_N, sizeof *y), v[8] = {0};
+    tp_request *q1 = NULL, *q2 = NULL;
+    tp_status st = x && y ? TP_OK : tp_set_error(TP_ERR_NO_MEMORY, "test: out of memory");
+    if (st == TP_OK)
+        st = tp_iall_reduce(w, x, y, LATE_N, TP_F32, TP_SUM, &q1);
+    if (st == TP_OK)
+        st = tp_iall_reduce(w, v, v, rank == 1 ? 8 : 4, TP_F32, TP_SUM, &q2);
+    tp_request *first = rank == 0 ? q2 : q1, *second = rank == 0 ? q1 : q2;
+    if (st == TP_OK) {
+        tp_wait(first);
+        st = tp_wait(second);
+    }
+    if (rank == 0 && y)
+        for (size_t i = 0; i < LATE_N; i++)
+            y[i] = -7.0f;
+    keep(r, rank, st);
+    pthread_barrier_wait(&late_bar);
+    for (size_t i = 0; rank == 0 && y && i < LATE_N; i++)
+        if (y[i] != -7.0f) {
+            snprintf(r->msg[0], sizeof r->msg[0],
+                     "recv[%zu] = %g after its failed request returned: a peer still wrote it", i,
+                     (double)y[i]);
+            r->st[0] = TP_ERR_INTERNAL;
+            break;
+        }
+    free(x), free(y);
+    return TP_OK;
+}
+
+START_TEST(nb_failed_request_quiesces)
+{
+    for (int T = 2; T <= 3; T++)
+        for (int rep = 0; rep < 4; rep++) {
+            pthread_barrier_init(&late_bar, NULL, (unsigned)T);
+            tp_ctx *ctx = start(T, 60);
+            result r = {0};
+            tp_run(ctx, rank_nb_late, &r);
+            tp_finalize(ctx);
+            pthread_barrier_destroy(&late_bar);
+            /* the first request may have completed before the group failed */
+            for (int k = 0; k < T; k++)
+                ck_assert_msg(r.st[k] == TP_OK || r.st[k] == TP_ERR_INVALID_ARG,
+                              "T=%d: rank %d: %s: %s", T, k, tp_status_string(r.st[k]), r.msg[k]);
+        }
+}
+END_TEST
+
 /* ------------------------------------------------------- world sizes */
 
 static tp_status rank_big(tp_comm *w, void *arg)
@@ -439,6 +502,7 @@ static Suite *suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, nb_any_order);
     tcase_add_test(tc, nb_disagree);
+    tcase_add_test(tc, nb_failed_request_quiesces);
     suite_add_tcase(s, tc);
     return s;
 }
