@@ -71,11 +71,17 @@ void mpi_req_free(void *comm, void *req)
     mpi_req *q = req;
     if (!q)
         return;
+    /* Completed requests are MPI_REQUEST_NULL. One still active is left
+     * to MPI (only after an error): freeing the request of a nonblocking
+     * collective is erroneous (MPI-3.1, 5.12), and the counts arrays it
+     * may read are left with it. */
+    bool active = false;
     for (int i = 0; i < q->n; i++)
-        if (q->r[i] != MPI_REQUEST_NULL)
-            MPI_Request_free(&q->r[i]); /* only after an error: completed ones are NULL */
-    free(q->icounts);
-    free(q->idispls);
+        active |= q->r[i] != MPI_REQUEST_NULL;
+    if (!active) {
+        free(q->icounts);
+        free(q->idispls);
+    }
     free(q);
 }
 
@@ -84,7 +90,11 @@ void mpi_req_free(void *comm, void *req)
 static tp_status start_failed(mpi_req *q, int rc)
 {
     tp_status st = mpi_fail(q->c, q->what, rc);
+    mpi_comm at = *q->c; /* the watchdog names this collective if a peer never joins */
+    at.seq = q->seq;
+    mpi_engine_op_begin(q->c->eng, q->opk, &at);
     MPI_Waitall(q->n, q->r, MPI_STATUSES_IGNORE);
+    mpi_engine_op_end(q->c->eng);
     mpi_req_free(NULL, q);
     return st;
 }
