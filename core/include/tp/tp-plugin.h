@@ -449,7 +449,9 @@ typedef struct tp_comm_ops {
     tp_status (*req_test)(void *comm, void *req, int *done);
     /* Block until complete (bounded by tp_host.timeout_s); return its status. */
     tp_status (*req_wait)(void *comm, void *req);
-    /* After req_test said done or req_wait returned, once per request, before comm_free. */
+    /* After req_test said done or req_wait returned, once per request, before comm_free. From
+     * that point, whatever the status, the plugin no longer touches the request's buffers (a
+     * failed request's peers stopped working on them; docs/writing-a-comm-plugin.md). */
     void (*req_free)(void *comm, void *req);
 
     /* --- ABI 1.5: optional --- */
