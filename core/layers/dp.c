@@ -37,6 +37,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define DP_STAGE_ALIGN 64 /* bytes: each bucket of the staging buffer starts at a line */
+
 /* One piece of one parameter's gradient in a bucket. */
 typedef struct dp_seg {
     int param;
@@ -64,7 +66,8 @@ struct tp_dp {
     int nsegs, buckets;
     size_t bytes; /* gradient bytes per call */
     void *buf;    /* device bucket, cap bytes (not overlapped) */
-    void *stage;  /* device, bytes: every bucket at its base (overlapped; made by tp_dp_begin) */
+    void *stage;  /* device, stage_bytes: every bucket at its base (overlapped; tp_dp_begin) */
+    size_t stage_bytes;
     float *scalar;
     /* the open round, tp_dp_begin .. tp_dp_all_reduce_grads */
     bool open;
@@ -182,10 +185,12 @@ static tp_status merge_lanes(tp_dp *d, int lane0)
         bool take_a = b == d->buckets || (a < lane0 && d->bk[a].key > d->bk[b].key);
         m[k] = d->bk[take_a ? a++ : b++];
         m[k].base = base;
-        base += m[k].bytes;
+        /* the next bucket at an aligned address (mixed dtypes) */
+        base += (m[k].bytes + DP_STAGE_ALIGN - 1) / DP_STAGE_ALIGN * DP_STAGE_ALIGN;
     }
     free(d->bk);
     d->bk = m;
+    d->stage_bytes = base;
     return TP_OK;
 }
 
@@ -379,7 +384,7 @@ tp_status tp_dp_begin(tp_dp *d, float weight)
                             "end it with tp_dp_all_reduce_grads first",
                             d->next, d->buckets);
     if (!d->stage)
-        TP_TRY(tp_dev_alloc(d->dev, d->bytes ? d->bytes : 1, &d->stage));
+        TP_TRY(tp_dev_alloc(d->dev, d->stage_bytes ? d->stage_bytes : 1, &d->stage));
     memset(d->ready, 0, sizeof *d->ready * (size_t)d->n);
     d->open = true, d->weight = weight, d->next = d->tested = 0;
     return TP_OK;
@@ -419,9 +424,18 @@ tp_status tp_dp_grad_ready(tp_dp *d, const tp_tensor *grad)
     if (!d->open)
         return TP_OK;
     bool mine = false;
-    for (int i = 0; i < d->n; i++)
-        if (d->params[i].grad == grad)
-            d->ready[i] = mine = true;
+    for (int i = 0; i < d->n; i++) {
+        if (d->params[i].grad != grad)
+            continue;
+        if (d->ready[i]) /* its bucket may be packed already: a second backward would be lost */
+            return tp_set_error(TP_ERR_INVALID_ARG,
+                                "tp_dp_grad_ready: the gradient of parameter %d was handed over "
+                                "twice in one round; to accumulate gradients over several "
+                                "backward passes, open the round (tp_dp_begin) before the last "
+                                "one only",
+                                i);
+        d->ready[i] = mine = true;
+    }
     return mine ? start_ready(d) : TP_OK;
 }
 

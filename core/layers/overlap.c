@@ -100,7 +100,7 @@ static tp_status reduce_rows_overlapped(tp_comm *comm, tp_dtype dt, void *full, 
     size_t es = tp_dtype_size(dt);
     int64_t co[TP_OVERLAP_MAX + 1];
     tp_request *req[TP_OVERLAP_MAX];
-    int n = tpl_overlap_chunks(tokens, overlap, co), issued = 0;
+    int n = tpl_overlap_chunks(tokens, overlap, co), issued = 0, tested = 0;
     tp_status st = TP_OK;
     for (int c = 0; c < n && st == TP_OK; c++) {
         char *rows = (char *)full + (size_t)(co[c] * cols) * es;
@@ -115,11 +115,16 @@ static tp_status reduce_rows_overlapped(tp_comm *comm, tp_dtype dt, void *full, 
         }
         if (st == TP_OK)
             issued++;
-        /* push the oldest request along (a backend that progresses only
-         * inside its calls, like mpi); its result is read by tp_wait */
-        bool done;
-        if (st == TP_OK && issued > 1)
-            st = tp_test(req[0], &done);
+        /* push the oldest unfinished request but the newest along (a
+         * backend that progresses only inside its calls, like mpi). Its
+         * result and any error come from tp_wait: an error here must not
+         * stop this rank from issuing the chunks its peers issue. */
+        bool done = true;
+        while (st == TP_OK && tested < issued - 1 && done)
+            if (tp_test(req[tested], &done) != TP_OK)
+                tested = n; /* it failed: tp_wait reports it; test no more */
+            else
+                tested += done;
     }
     if (st == TP_OK && tail)
         st = tail(ctx);

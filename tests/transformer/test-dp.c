@@ -80,7 +80,8 @@ static int buckets_for(int64_t n, size_t cap)
 
 /* The same reduction as an overlapped round, the gradients handed over
  * one by one from the last parameter (as backward would), one of them
- * twice and a tensor d does not hold once: every gradient bitwise the
+ * twice (refused: a second backward's gradient would be lost) and a
+ * tensor d does not hold once: every gradient bitwise the
  * non-overlapped result (in ps), `want` calls; some started before the
  * round's end whenever there are several buckets. */
 static void check_overlapped(tpt_rank *k, params *ps, tp_dp *d, float w, size_t cap, int want)
@@ -99,7 +100,7 @@ static void check_overlapped(tpt_rank *k, params *ps, tp_dp *d, float w, size_t 
     EXPECT_OK(k, tp_dp_grad_ready(d, &other));
     for (int i = NP - 1; i >= 1; i--)
         EXPECT_OK(k, tp_dp_grad_ready(d, &ps->g[i]));
-    EXPECT_OK(k, tp_dp_grad_ready(d, &ps->g[NP - 1]));
+    EXPECT_ST(k, tp_dp_grad_ready(d, &ps->g[NP - 1]), TP_ERR_INVALID_ARG, "twice in one round");
     tp_stats s;
     tp_stats_get(k->g, &s);
     uint64_t early = tp_stats_calls(&s, TP_PHASE_COUNT, TP_OP_ALL_REDUCE);
