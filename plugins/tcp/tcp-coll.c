@@ -35,7 +35,19 @@ typedef struct ring {
     size_t *off;       /* [n] element offset of each segment */
     char *work;        /* segments live here */
     const char *first; /* step 0 of reduce-scatter sends own data from here (may be work) */
+    uint64_t call;     /* digest of cnt, in every header (different counts that would cut
+                        * the same messages still differ here) */
 } ring;
+
+/* FNV-1a of n counts. */
+static uint64_t call_digest(const size_t *cnt, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++)
+        for (int b = 0; b < 8; b++)
+            h = (h ^ (((uint64_t)cnt[i] >> (8 * b)) & 0xff)) * 0x100000001b3ull;
+    return h;
+}
 
 static tp_status check_comm(tcp_comm *c, const char *op)
 {
@@ -100,7 +112,8 @@ static tcp_hdr make_hdr(const ring *g, size_t step, size_t bytes, int root)
                      .arg = (uint32_t)g->dt | ((uint32_t)g->rop << 8) | ((uint32_t)root << 16),
                      .comm = g->c->id,
                      .seq = g->c->seq,
-                     .len = bytes};
+                     .len = bytes,
+                     .call = g->call};
 }
 
 /* Run `rs` reduce-scatter steps then `ag` all-gather steps on g->work. */
@@ -109,6 +122,7 @@ static tp_status ring_run(ring *g, int rs, int ag)
     tcp_comm *c = g->c;
     int n = g->n, r = g->r;
     size_t steps = (size_t)rs + (size_t)ag, nmsg = 0;
+    g->call = call_digest(g->cnt, (size_t)n);
     for (size_t t = 0; t < steps; t++) {
         int seg = t < (size_t)rs ? mod(r - 1 - (int)t, n) : mod(r - (int)(t - (size_t)rs), n);
         nmsg += nchunks(g, seg);
@@ -417,7 +431,8 @@ tp_status tcp_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int ro
         free(m);
         return c->eng->host->set_error(TP_ERR_NO_MEMORY, "tcp %s: out of memory", name);
     }
-    ring g = {.c = c, .op = TCP_OP_BROADCAST, .dt = dt, .rop = TP_SUM};
+    ring g = {
+        .c = c, .op = TCP_OP_BROADCAST, .dt = dt, .rop = TP_SUM, .call = call_digest(&count, 1)};
     for (size_t k = 0; k < nch; k++) {
         size_t e0 = k * chunk, ne = count ? count - e0 : 0;
         if (ne > chunk)

@@ -169,6 +169,11 @@ const char *tcp_hdr_mismatch(const tcp_hdr *got, const tcp_hdr *want, char *buf,
     } else if (got->arg != want->arg) {
         snprintf(buf, len, "root %u, expected %u: the ranks passed different roots", got->arg >> 16,
                  want->arg >> 16);
+    } else if (got->call != want->call) {
+        snprintf(buf, len,
+                 "a collective whose counts digest to %#llx, expected %#llx: the ranks passed "
+                 "different counts",
+                 (unsigned long long)got->call, (unsigned long long)want->call);
     } else if (got->step != want->step) {
         snprintf(buf, len, "message %u of the collective, expected %u: a protocol error", got->step,
                  want->step);

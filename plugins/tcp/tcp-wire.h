@@ -3,7 +3,7 @@
  * tcp-wire.h — the tcp plugin's wire format (private to plugins/tcp and its
  * tests; not part of the tp SDK).
  *
- * Every message is a 40-byte header, all fields little-endian, followed by
+ * Every message is a 48-byte header, all fields little-endian, followed by
  * exactly `len` payload bytes:
  *
  *   off size field
@@ -15,9 +15,12 @@
  *   16   8   comm     communicator id (0 = world, others derived by split)
  *   24   8   seq      number of the collective on that communicator (0, 1, ...)
  *   32   8   len      payload bytes
+ *   40   8   call     digest of the collective's counts (FNV-1a of the
+ *                     per-segment element counts; 0 for control messages)
  *
  * A receiver always knows which message comes next and compares every field
- * with what it expects; `len` must equal the expected size exactly.
+ * with what it expects; `len` must equal the expected size exactly, and
+ * `call` catches ranks whose different counts would cut the same messages.
  *
  * Authentication (before anything else on every connection): the connecting
  * side sends AUTH_CHALLENGE (a fresh 32-byte nonce Nc, arg = role: 0 for the
@@ -54,8 +57,8 @@
 #include <stdint.h>
 
 #define TCP_MAGIC            0x54504354u /* the bytes "TCPT" read as a little-endian u32 */
-#define TCP_WIRE_VERSION     3           /* 3: MESH is acknowledged */
-#define TCP_HDR_SIZE         40
+#define TCP_WIRE_VERSION     4           /* 3: MESH is acknowledged; 4: call digest */
+#define TCP_HDR_SIZE         48
 #define TCP_HOST_LEN         60   /* numeric address text, NUL terminated */
 #define TCP_HELLO_SIZE       12   /* rank u32, world u32, port u16, 2 zero bytes */
 #define TCP_TABLE_ENTRY_SIZE 64   /* port u16, 2 zero bytes, host[TCP_HOST_LEN] */
@@ -101,6 +104,7 @@ typedef struct tcp_hdr {
     uint64_t comm;
     uint64_t seq;
     uint64_t len;
+    uint64_t call;
 } tcp_hdr;
 
 static inline void tcp_put16(unsigned char *p, uint16_t v)
@@ -152,6 +156,7 @@ static inline void tcp_hdr_encode(const tcp_hdr *h, unsigned char out[TCP_HDR_SI
     tcp_put64(out + 16, h->comm);
     tcp_put64(out + 24, h->seq);
     tcp_put64(out + 32, h->len);
+    tcp_put64(out + 40, h->call);
 }
 
 static inline void tcp_hdr_decode(const unsigned char in[TCP_HDR_SIZE], tcp_hdr *h)
@@ -164,6 +169,7 @@ static inline void tcp_hdr_decode(const unsigned char in[TCP_HDR_SIZE], tcp_hdr 
     h->comm = tcp_get64(in + 16);
     h->seq = tcp_get64(in + 24);
     h->len = tcp_get64(in + 32);
+    h->call = tcp_get64(in + 40);
 }
 
 #endif /* TCP_WIRE_H */
