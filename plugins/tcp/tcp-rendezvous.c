@@ -1032,13 +1032,17 @@ static tp_status mesh_connect(tcp_engine *e, const struct addrinfo *ai, int j, c
     snprintf(who, sizeof who, "rank %d's peer port %s", j, name);
     for (int dropped = 0;; dropped = 1) {
         int err = 0, attempts = 0, retry = 0;
-        int fd = connect_retry(ai->ai_addr, ai->ai_addrlen, deadline, &err, &attempts, dropped);
-        if (fd < 0 && dropped && err == ECONNREFUSED)
+        /* Rank j listens on its peer port from before it registered until
+         * its mesh is complete, so a refusal means it is gone. */
+        int fd = connect_retry(ai->ai_addr, ai->ai_addrlen, deadline, &err, &attempts, 1);
+        if (fd < 0 && err == ECONNREFUSED)
             return e->host->set_error(TP_ERR_PEER,
-                                      "tcp rendezvous: rank %d at %s closed rank %d's connection "
-                                      "before acknowledging it and no longer listens: it "
+                                      "tcp rendezvous: rank %d at %s %s no longer listens: it "
                                       "exited; see its own error",
-                                      j, name, e->rank);
+                                      j, name,
+                                      dropped ? "closed this rank's connection before "
+                                                "acknowledging it and"
+                                              : "refused this rank's connection:");
         if (fd < 0)
             return e->host->set_error(TP_ERR_TIMEOUT,
                                       "tcp rendezvous: rank %d could not connect to rank %d at %s "

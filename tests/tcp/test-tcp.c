@@ -794,36 +794,52 @@ START_TEST(test_secret_required)
 }
 END_TEST
 
-/* A stranger writing to a rank's peer port during the rendezvous is refused
- * and logged; the rank goes on (here: to wait for the real rank 2, which
- * never connects, so it times out naming rank 2, not the stranger). The
- * rank 2 slot registers properly (the test knows the secret), reads the
- * table, then writes garbage to rank 1's peer port and leaves. */
-static tp_status sc_garbage_peer(int rank, int size, void *arg)
+/* Register as rank `rank` of `world` with the master (the test knows the
+ * secret), announcing the port of listener *l (made here), and read the
+ * table into table[TCP_HDR_SIZE + TCP_TABLE_HEAD_SIZE + world entries].
+ * Returns the master connection, or -1. */
+static int fake_register(int rank, int world, int *l, unsigned char *table, size_t table_len)
 {
-    if (rank < 2)
-        return with_log(sc_open_only, rank, size, arg);
     signal(SIGPIPE, SIG_IGN);
-    int fd = connect_port(atoi(getenv("TP_MASTER_PORT")), 20), l2 = listen_port(th_free_port());
+    int fd = connect_port(atoi(getenv("TP_MASTER_PORT")), 20);
+    *l = listen_port(th_free_port());
     unsigned char nc[TCP_NONCE_SIZE] = {7}, ns[TCP_NONCE_SIZE], mac[TCP_MAC_SIZE];
     struct sockaddr_in me;
     socklen_t ml = sizeof me;
-    getsockname(l2, (struct sockaddr *)&me, &ml);
+    getsockname(*l, (struct sockaddr *)&me, &ml);
     if (fd < 0 || challenge(fd, TCP_ROLE_MASTER, TH_SECRET, nc, ns) != 1)
-        return th_host.set_error(TP_ERR_IO, "fake rank 2: no master");
+        return -1;
     test_mac(TH_SECRET, 'C', TCP_ROLE_MASTER, nc, ns, mac);
     send_auth(fd, TCP_OP_AUTH_RESPONSE, TCP_ROLE_MASTER, mac, sizeof mac);
     unsigned char hello[TCP_HDR_SIZE + TCP_HELLO_SIZE] = {0};
     tcp_hdr h = {
         .magic = TCP_MAGIC, .version = TCP_WIRE_VERSION, .op = TCP_OP_HELLO, .len = TCP_HELLO_SIZE};
     tcp_hdr_encode(&h, hello);
-    tcp_put32(hello + TCP_HDR_SIZE, 2);
-    tcp_put32(hello + TCP_HDR_SIZE + 4, 3);
+    tcp_put32(hello + TCP_HDR_SIZE, (uint32_t)rank);
+    tcp_put32(hello + TCP_HDR_SIZE + 4, (uint32_t)world);
     tcp_put16(hello + TCP_HDR_SIZE + 8, ntohs(me.sin_port));
     (void)!write(fd, hello, sizeof hello);
+    if (read_full(fd, table, table_len) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* A stranger writing to a rank's peer port during the rendezvous is refused
+ * and logged; the rank goes on (here: to wait for the real rank 2, which
+ * never connects, so it times out naming rank 2, not the stranger). The
+ * rank 2 slot registers properly, reads the table, then writes garbage to
+ * rank 1's peer port and leaves. */
+static tp_status sc_garbage_peer(int rank, int size, void *arg)
+{
+    if (rank < 2)
+        return with_log(sc_open_only, rank, size, arg);
+    int l2;
     unsigned char table[TCP_HDR_SIZE + TCP_TABLE_HEAD_SIZE + 3 * TCP_TABLE_ENTRY_SIZE];
-    if (read_full(fd, table, sizeof table) < 0)
-        return th_host.set_error(TP_ERR_IO, "fake rank 2: no table");
+    int fd = fake_register(2, 3, &l2, table, sizeof table);
+    if (fd < 0)
+        return th_host.set_error(TP_ERR_IO, "fake rank 2: no master or no table");
     int port1 = tcp_get16(table + TCP_HDR_SIZE + TCP_TABLE_HEAD_SIZE + TCP_TABLE_ENTRY_SIZE);
     int g = connect_port(port1, 20);
     (void)!write(g, garbage, sizeof garbage - 1);
@@ -833,6 +849,37 @@ static tp_status sc_garbage_peer(int rank, int size, void *arg)
     close(l2);
     return TP_OK;
 }
+
+/* The rank 1 slot registers, reads the table and leaves (its peer port
+ * closed): rank 2, which must connect to it, is refused and reports rank
+ * 1 gone at once (TP_ERR_PEER), not after TP_TIMEOUT_S of retries. */
+static tp_status sc_gone_after_table(int rank, int size, void *arg)
+{
+    if (rank != 1)
+        return sc_open_only(rank, size, arg);
+    int l;
+    unsigned char table[TCP_HDR_SIZE + TCP_TABLE_HEAD_SIZE + 3 * TCP_TABLE_ENTRY_SIZE];
+    int fd = fake_register(1, 3, &l, table, sizeof table);
+    if (fd < 0)
+        return th_host.set_error(TP_ERR_IO, "fake rank 1: no master or no table");
+    close(l);
+    close(fd);
+    return TP_OK;
+}
+
+START_TEST(test_rank_gone_during_mesh)
+{
+    /* retrying the refusal would end in TP_ERR_TIMEOUT after these 8 s */
+    static const char *env[] = {"TP_TIMEOUT_S=8", NULL};
+    th_result res[3];
+    th_run(3, NULL, 3, env, GUARD_S, sc_gone_after_table, NULL, res);
+    expect_no_hang(res, 3);
+    ck_assert_msg(res[1].status == TP_OK, "fake rank 1: %s", res[1].msg);
+    ck_assert_msg(res[2].status == TP_ERR_PEER, "status %d: %s", res[2].status, res[2].msg);
+    expect_msg(&res[2], "rank 1 at 127.0.0.1:");
+    expect_msg(&res[2], "no longer listens");
+}
+END_TEST
 
 START_TEST(test_garbage_to_peer_port)
 {
@@ -1017,6 +1064,7 @@ static Suite *tcp_suite(void)
     tcase_add_test(tc, test_squatted_master_port_detected);
     tcase_add_loop_test(tc, test_secret_required, 0, 3);
     tcase_add_test(tc, test_garbage_to_peer_port);
+    tcase_add_test(tc, test_rank_gone_during_mesh);
     tcase_add_test(tc, test_garbage_from_master);
     tcase_add_test(tc, test_world_size_mismatch);
     tcase_add_test(tc, test_requested_world_mismatch);
