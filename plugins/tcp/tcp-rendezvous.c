@@ -1036,13 +1036,14 @@ static tp_status mesh_connect(tcp_engine *e, const struct addrinfo *ai, int j, c
          * its mesh is complete, so a refusal means it is gone. */
         int fd = connect_retry(ai->ai_addr, ai->ai_addrlen, deadline, &err, &attempts, 1);
         if (fd < 0 && err == ECONNREFUSED)
-            return e->host->set_error(TP_ERR_PEER,
-                                      "tcp rendezvous: rank %d at %s %s no longer listens: it "
-                                      "exited; see its own error",
-                                      j, name,
-                                      dropped ? "closed this rank's connection before "
-                                                "acknowledging it and"
-                                              : "refused this rank's connection:");
+            return e->host->set_error(
+                TP_ERR_PEER,
+                "tcp rendezvous: rank %d at %s %s: it no longer listens, so it "
+                "exited; see its own error",
+                j, name,
+                dropped ? "closed this rank's connection before "
+                          "acknowledging it"
+                        : "refused this rank's connection");
         if (fd < 0)
             return e->host->set_error(TP_ERR_TIMEOUT,
                                       "tcp rendezvous: rank %d could not connect to rank %d at %s "
