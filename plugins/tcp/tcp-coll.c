@@ -17,6 +17,8 @@
  *   barrier: an all-gather of empty segments (each rank's last message
  *     depends on every other rank having entered).
  */
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -116,6 +118,23 @@ static tcp_hdr make_hdr(const ring *g, size_t step, size_t bytes, int root)
                      .call = g->call};
 }
 
+/* This rank cannot take part in a collective its peers started (out of
+ * memory): break the engine, so they get its reason at once (ABORT)
+ * instead of waiting TP_TIMEOUT_S for it. */
+static tp_status local_failure(tcp_comm *c, tp_status status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static tp_status local_failure(tcp_comm *c, tp_status status, const char *fmt, ...)
+{
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (c->size > 1)
+        tcp_engine_break(c->eng, msg, -1);
+    return c->eng->host->set_error(status, "%s", msg);
+}
+
 /* Run `rs` reduce-scatter steps then `ag` all-gather steps on g->work. */
 static tp_status ring_run(ring *g, int rs, int ag)
 {
@@ -137,9 +156,9 @@ static tp_status ring_run(ring *g, int rs, int ag)
         /* Chunks grew past TP_TCP_CHUNK_BYTES (see chunk_elems): a larger receive buffer. */
         unsigned char *sc = realloc(c->eng->scratch, g->chunk * g->esize);
         if (!sc)
-            return c->eng->host->set_error(TP_ERR_NO_MEMORY,
-                                           "tcp %s: out of memory for a %zu-byte chunk buffer",
-                                           g->opname, g->chunk * g->esize);
+            return local_failure(c, TP_ERR_NO_MEMORY,
+                                 "tcp %s: rank %d: out of memory for a %zu-byte chunk buffer",
+                                 g->opname, c->rank, g->chunk * g->esize);
         c->eng->scratch = sc;
         c->eng->scratch_len = g->chunk * g->esize;
     }
@@ -148,8 +167,8 @@ static tp_status ring_run(ring *g, int rs, int ag)
     if (!s || !m) {
         free(s);
         free(m);
-        return c->eng->host->set_error(TP_ERR_NO_MEMORY, "tcp %s: out of memory for %zu messages",
-                                       g->opname, nmsg + nrecv);
+        return local_failure(c, TP_ERR_NO_MEMORY, "tcp %s: rank %d: out of memory for %zu messages",
+                             g->opname, c->rank, nmsg + nrecv);
     }
     size_t si = 0, ri = 0, prev_recv_start = 0;
     for (size_t t = 0; t < steps; t++) {
@@ -240,7 +259,7 @@ static tp_status v_prologue(tcp_comm *c, const char *name, tp_dtype dt, int redo
     *es = tp_util_dtype_size(dt);
     *off = malloc(sizeof(size_t) * (size_t)c->size);
     if (!*off)
-        return c->eng->host->set_error(TP_ERR_NO_MEMORY, "tcp %s: out of memory", name);
+        return local_failure(c, TP_ERR_NO_MEMORY, "tcp %s: rank %d: out of memory", name, c->rank);
     st = layout(c, name, counts, *es, *off, total);
     if (st != TP_OK) {
         free(*off);
@@ -272,7 +291,7 @@ tp_status tcp_all_reduce(void *comm, const void *send, void *recv, size_t count,
     }
     size_t *cnt = malloc(2 * sizeof(size_t) * (size_t)c->size);
     if (!cnt)
-        return c->eng->host->set_error(TP_ERR_NO_MEMORY, "tcp %s: out of memory", name);
+        return local_failure(c, TP_ERR_NO_MEMORY, "tcp %s: rank %d: out of memory", name, c->rank);
     size_t *off = cnt + c->size;
     size_t base = count / (size_t)c->size, extra = count % (size_t)c->size;
     for (int i = 0; i < c->size; i++) {
@@ -360,9 +379,9 @@ tp_status tcp_reduce_scatter(void *comm, const void *send, void *recv, const siz
         /* Reduce in a copy: send is const and recv holds one segment only. */
         work = malloc(total * es);
         if (!work)
-            st = c->eng->host->set_error(TP_ERR_NO_MEMORY,
-                                         "tcp %s: out of memory for a %zu-byte work buffer", name,
-                                         total * es);
+            st = local_failure(c, TP_ERR_NO_MEMORY,
+                               "tcp %s: rank %d: out of memory for a %zu-byte work buffer", name,
+                               c->rank, total * es);
         else
             memcpy(work, send, total * es);
     }
@@ -429,7 +448,7 @@ tp_status tcp_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int ro
     if ((sends && !s) || (recvs && !m)) {
         free(s);
         free(m);
-        return c->eng->host->set_error(TP_ERR_NO_MEMORY, "tcp %s: out of memory", name);
+        return local_failure(c, TP_ERR_NO_MEMORY, "tcp %s: rank %d: out of memory", name, c->rank);
     }
     ring g = {
         .c = c, .op = TCP_OP_BROADCAST, .dt = dt, .rop = TP_SUM, .call = call_digest(&count, 1)};
@@ -470,7 +489,8 @@ tp_status tcp_barrier(void *comm)
     if (c->size > 1) {
         size_t *z = calloc(2 * (size_t)c->size, sizeof(size_t));
         if (!z)
-            return c->eng->host->set_error(TP_ERR_NO_MEMORY, "tcp barrier: out of memory");
+            return local_failure(c, TP_ERR_NO_MEMORY, "tcp barrier: rank %d: out of memory",
+                                 c->rank);
         ring g = {.c = c,
                   .opname = "barrier",
                   .op = TCP_OP_BARRIER,
@@ -517,7 +537,7 @@ tp_status tcp_split(void *comm, int color, int key, void **newcomm, int *rank, i
     if (!ck || !counts) {
         free(ck);
         free(counts);
-        return c->eng->host->set_error(TP_ERR_NO_MEMORY, "tcp split: out of memory");
+        return local_failure(c, TP_ERR_NO_MEMORY, "tcp split: rank %d: out of memory", c->rank);
     }
     for (int i = 0; i < n; i++)
         counts[i] = 2;
@@ -536,7 +556,7 @@ tp_status tcp_split(void *comm, int color, int key, void **newcomm, int *rank, i
         free(order);
         free(nc);
         free(ck);
-        return c->eng->host->set_error(TP_ERR_NO_MEMORY, "tcp split: out of memory");
+        return local_failure(c, TP_ERR_NO_MEMORY, "tcp split: rank %d: out of memory", c->rank);
     }
     int m = 0;
     for (int i = 0; i < n; i++) {
@@ -554,7 +574,7 @@ tp_status tcp_split(void *comm, int color, int key, void **newcomm, int *rank, i
         free(order);
         free(nc);
         free(ck);
-        return c->eng->host->set_error(TP_ERR_NO_MEMORY, "tcp split: out of memory");
+        return local_failure(c, TP_ERR_NO_MEMORY, "tcp split: rank %d: out of memory", c->rank);
     }
     nc->eng = c->eng;
     nc->size = m;

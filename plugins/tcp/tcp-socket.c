@@ -323,8 +323,13 @@ tp_status tcp_xfer_run(tcp_xfer *x)
             return stall(&st, tcp_now() - st.last, -1, NULL);
         nfds_t n = watch_set(&st);
         if (poll(e->pfd, n, tcp_poll_ms(deadline)) < 0 && errno != EINTR) {
-            return e->host->set_error(TP_ERR_IO, "tcp %s: poll failed: %s", x->opname,
-                                      strerror(errno));
+            /* the streams may be mid-message: the engine cannot go on, and
+             * the peers learn why instead of timing out */
+            char msg[256];
+            snprintf(msg, sizeof msg, "tcp %s: rank %d: poll failed: %s", x->opname, e->rank,
+                     strerror(errno));
+            tcp_engine_break(e, msg, st.soff > 0 ? x->to : -1);
+            return e->host->set_error(TP_ERR_IO, "%s", msg);
         }
         if (watch_others(&st, n, &status))
             return status;
