@@ -92,6 +92,12 @@ static tp_status close_round(tp_dp *d)
     return st;
 }
 
+void tpl_dp_abort(tp_dp *d)
+{
+    if (d && d->open)
+        close_round(d);
+}
+
 void tp_dp_free(tp_dp *d)
 {
     if (!d)

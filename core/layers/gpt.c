@@ -709,10 +709,25 @@ static tp_status position_backward(tp_gpt *m, const tp_tensor *dx)
     return st;
 }
 
+static tp_status gpt_backward(tp_gpt *m, float scale);
+
 tp_status tp_gpt_backward_scaled(tp_gpt *m, float scale)
 {
     if (!m)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_gpt_backward: model is NULL");
+    tp_status st = gpt_backward(m, scale);
+    if (st != TP_OK && m->dp) {
+        /* the attached round cannot end well: close it, keeping this error */
+        char why[1024];
+        snprintf(why, sizeof why, "%s", tp_last_error());
+        tpl_dp_abort(m->dp);
+        tp_set_error(st, "%s", why);
+    }
+    return st;
+}
+
+static tp_status gpt_backward(tp_gpt *m, float scale)
+{
     if (!(scale > 0.0f) || !isfinite(scale))
         return tp_set_error(TP_ERR_INVALID_ARG,
                             "%s: loss scale %g must be finite and > 0 (tp_optim_loss_scale)",

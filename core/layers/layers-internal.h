@@ -186,4 +186,8 @@ tp_status tpl_all_reduce_rows_overlapped(tp_comm *comm, tp_dtype dt, void *buf, 
  * sequence parallelism. */
 const void *tpl_embedding_gathered_dy(const tp_embedding *e);
 
+/* dp.c: close d's open round, if any, after a failed backward: the
+ * started buckets are waited for and their results dropped. */
+void tpl_dp_abort(tp_dp *d);
+
 #endif

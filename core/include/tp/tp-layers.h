@@ -416,8 +416,10 @@ TP_API tp_embedding *tp_gpt_embedding(tp_gpt *m);
  * gradient as it becomes final (tp_dp_grad_ready): the untied output
  * projection's, the final norm's, each block's from the last to the first,
  * then the embeddings' (the tied table is final only there). It does
- * nothing unless a round of d is open (tp_dp_begin). NULL detaches; the
- * model does not own d, which must outlive its use here. */
+ * nothing unless a round of d is open (tp_dp_begin). A backward that
+ * fails closes the open round (its started buckets waited for, their
+ * results dropped): begin a new one. NULL detaches; the model does not
+ * own d, which must outlive its use here. */
 TP_API tp_status tp_gpt_set_dp(tp_gpt *m, tp_dp *d);
 TP_API void tp_gpt_free(tp_gpt *m); /* NULL is a no-op */
 
