@@ -81,7 +81,10 @@ typedef struct tp_linear_config {
                                  while chunk i+1's GEMM runs. column: backward issues
                                  the input-gradient all-reduce before the weight-
                                  gradient GEMM and waits after it. Results are bitwise
-                                 those of overlap 0 where docs/determinism.md says so. */
+                                 those of overlap 0 where docs/determinism.md says so.
+                                 A backward whose dx aliases its dy or x takes the
+                                 plain path (other collectives): alias alike on every
+                                 rank, as SPMD code does. */
 } tp_linear_config;
 
 #define TP_OVERLAP_MAX 64 /* largest tp_linear_config.overlap (chunk count) */
