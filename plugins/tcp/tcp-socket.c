@@ -115,9 +115,44 @@ static tp_status stall_note_from(xstate *st, int peer)
     return stall(st, waited, ok ? peer : -1, ok ? &n : NULL);
 }
 
+/* Whether global rank g is a member of c. */
+static int is_member(const tcp_comm *c, int g)
+{
+    for (int i = 0; i < c->size; i++)
+        if (c->members[i] == g)
+            return 1;
+    return 0;
+}
+
+/* A STALL note from `peer`, which is not in this rank's communicator: its
+ * stall is in another one. Read it, answer with where this rank waits (the
+ * sender's diagnosis follows the chain through it) and go on. */
+static void answer_outsider(xstate *st, int peer)
+{
+    tcp_xfer *x = st->x;
+    tcp_engine *e = x->comm->eng;
+    unsigned char b[TCP_HDR_SIZE + TCP_STALL_SIZE];
+    if (tcp_recv_all(e->peers[peer].fd, b, sizeof b, tcp_now() + 1.0, NULL) != 0) {
+        e->quiet[peer] = 1;
+        return;
+    }
+    int receiving = st->ri < x->nr;
+    tcp_stall_note me = {.rank = (uint32_t)e->rank,
+                         .waits_on = (uint32_t)(receiving ? x->from : x->to),
+                         .waited_ms = (uint32_t)((tcp_now() - st->last) * 1000.0),
+                         .flags = (uint32_t)!receiving,
+                         .seq = x->comm->seq,
+                         .comm = x->comm->id};
+    tcp_stall_note_encode(&me, b);
+    /* this rank sends nothing else to a non-member now: a message boundary */
+    (void)!send(e->peers[peer].fd, b, sizeof b, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
 /* While blocked: a note or an ABORT from a peer other than the one being
- * read ends the wait; anything else there is left for later. 1 if *status
- * was set. */
+ * read ends the wait, unless the peer is not in this communicator (its
+ * trouble is another communicator's: a note is answered, an ABORT left in
+ * its stream for a collective with it to report); anything else there is
+ * left for later. 1 if *status was set. */
 static int watch_others(xstate *st, nfds_t n, tp_status *status)
 {
     tcp_xfer *x = st->x;
@@ -128,6 +163,13 @@ static int watch_others(xstate *st, nfds_t n, tp_status *status)
             (peer == x->from && st->ri < x->nr))
             continue;
         int what = tcp_stall_peek(e, peer);
+        if (what > 0 && !is_member(x->comm, peer)) {
+            if (what == 1)
+                answer_outsider(st, peer);
+            else
+                e->quiet[peer] = 1;
+            continue;
+        }
         if (what == 1) {
             *status = stall_note_from(st, peer);
             return 1;

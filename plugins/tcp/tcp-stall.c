@@ -75,6 +75,7 @@ void tcp_stall_note_encode(const tcp_stall_note *n,
     tcp_put32(p + 8, n->waited_ms);
     tcp_put32(p + 12, n->flags);
     tcp_put64(p + 16, n->seq);
+    tcp_put64(p + 24, n->comm);
 }
 
 void tcp_stall_note_decode(const unsigned char in[TCP_STALL_SIZE], tcp_stall_note *n)
@@ -84,6 +85,7 @@ void tcp_stall_note_decode(const unsigned char in[TCP_STALL_SIZE], tcp_stall_not
     n->waited_ms = tcp_get32(in + 8);
     n->flags = tcp_get32(in + 12);
     n->seq = tcp_get64(in + 16);
+    n->comm = tcp_get64(in + 24);
 }
 
 static void record_note(diag_peer *d, const tcp_stall_note *n)
@@ -310,7 +312,8 @@ tp_status tcp_stall_diagnose(tcp_stall_ctx *cx)
                          .waits_on = (uint32_t)cx->waits_on,
                          .waited_ms = (uint32_t)(cx->waited_s * 1000.0),
                          .flags = (uint32_t)cx->sending,
-                         .seq = cx->comm->seq};
+                         .seq = cx->comm->seq,
+                         .comm = cx->comm->id};
     diag_announce(e, &me, cx->mid);
     diag_collect(e, d, pfd, who);
     st = diag_verdict(cx, d, msg, sizeof msg);

@@ -43,10 +43,12 @@
  * and sees its connection end before the TABLE registers again.
  *
  * A rank that waited TP_TIMEOUT_S without progress sends STALL (comm 0, seq
- * 0: who it is, whom it waits on) to every peer; a rank that sees a STALL
- * answers with its own, so every live rank learns who waits on whom and the
- * rank that stopped progressing is the one at the end of the chain that
- * never answers.
+ * 0: who it is, whom it waits on, in which collective of which
+ * communicator) to every peer; a rank that sees a STALL answers with its
+ * own, so every live rank learns who waits on whom and the rank that
+ * stopped progressing is the one at the end of the chain that never
+ * answers. A rank busy in a collective of a communicator the sender is not
+ * a member of answers and goes on (that stall is not its collective's).
  *
  * A rank that gives up after a wire error sends ABORT (comm 0, seq 0, the
  * reason as payload) where its stream is at a message boundary, then closes.
@@ -70,7 +72,7 @@
 #define TCP_NONCE_SIZE       32 /* AUTH_CHALLENGE payload */
 #define TCP_MAC_SIZE         32 /* HMAC-SHA-256; AUTH_RESPONSE payload */
 #define TCP_PROOF_SIZE       64 /* AUTH_PROOF: nonce, then MAC */
-#define TCP_STALL_SIZE       24 /* STALL: rank u32, waits on u32, waited ms u64, seq u64 */
+#define TCP_STALL_SIZE       32 /* STALL: rank, waits on, waited ms, flags (u32); seq, comm (u64) */
 
 typedef enum tcp_wire_op {
     TCP_OP_HELLO = 1,

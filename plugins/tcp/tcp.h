@@ -139,7 +139,7 @@ tp_status tcp_auth_connect(tcp_engine *e, int fd, int role, const char *who, dou
 
 typedef struct tcp_stall_note {
     uint32_t rank, waits_on, waited_ms, flags; /* flags bit 0: waits to send, not to receive */
-    uint64_t seq;
+    uint64_t seq, comm;                        /* the collective it waits in */
 } tcp_stall_note;
 
 /* What a rank that gives up waiting knows. */
