@@ -61,8 +61,21 @@ tp_status tp_comm_split(tp_comm *comm, int color, int key, tp_comm **out)
         return tp_last_error()[0]
                    ? st
                    : tp_set_error(st, "backend '%s': split failed without a message", comm->plugin);
-    if (color < 0 || !h)
+    if (color < 0) {
+        if (h) /* a plugin that made one anyway: not ours to keep */
+            comm->ops->comm_free(h);
         return TP_OK;
+    }
+    if (!h || size < 1 || size > comm->size || rank < 0 || rank >= size) {
+        if (h)
+            comm->ops->comm_free(h);
+        return tp_set_error(TP_ERR_PLUGIN,
+                            "backend '%s': split (color %d) returned TP_OK with %s rank %d of "
+                            "size %d (expected a communicator, 0 <= rank < size <= %d): a bug "
+                            "in the plugin",
+                            comm->plugin, color, h ? "a communicator of" : "no communicator,", rank,
+                            size, comm->size);
+    }
     *out = tpi_comm_wrap(comm->ops, comm->plugin, h, rank, size, comm->dev, comm->state);
     if (!*out) {
         comm->ops->comm_free(h);

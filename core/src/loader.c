@@ -121,6 +121,15 @@ static tp_status copy_ops(const char *path, const char *what, unsigned minor, co
                             path, what, size, min, what);
     memset(dst, 0, full);
     memcpy(dst, src, size < full ? size : full);
+    /* a size that ends inside a slot: that slot is past it, so NULL (not
+     * the first bytes of a pointer); so is a data field cut short */
+    for (size_t i = 0; i < n; i++)
+        if (slots[i].offset < size && slots[i].offset + sizeof(void (*)(void)) > size)
+            memset((char *)dst + slots[i].offset, 0, size - slots[i].offset);
+    if (slots == comm_slots && size < END_OF(tp_comm_ops, mem_kinds) &&
+        size > offsetof(tp_comm_ops, mem_kinds))
+        memset((char *)dst + offsetof(tp_comm_ops, mem_kinds), 0,
+               size - offsetof(tp_comm_ops, mem_kinds));
     for (size_t i = 0; i < n; i++)
         if (slots[i].required && !slot_set(dst, &slots[i]))
             return tp_set_error(TP_ERR_PLUGIN,
@@ -292,7 +301,7 @@ static int plugin_probe(const tp_plugin *p, char *reason, size_t len)
     reason[0] = '\0';
     if (p->desc->struct_size < END_OF(tp_plugin_desc, probe) || !p->desc->probe)
         return 1;
-    if (p->desc->probe(reason, len))
+    if (p->desc->probe(reason, len) == 1) /* 1 = available; anything else is not */
         return 1;
     reason[len - 1] = '\0';
     if (!reason[0])

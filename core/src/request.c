@@ -464,6 +464,11 @@ static tp_status start_native(tp_comm *comm, tp_request *r)
     if (st && !tp_last_error()[0])
         tp_set_error(st, "%s: backend '%s' failed to start it without a message", r->fn,
                      comm->plugin);
+    if (st == TP_OK && !r->preq)
+        st = tp_set_error(TP_ERR_PLUGIN,
+                          "%s: backend '%s' returned TP_OK without a request: a bug in the "
+                          "plugin",
+                          r->fn, comm->plugin);
     return st;
 }
 

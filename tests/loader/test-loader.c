@@ -229,6 +229,42 @@ START_TEST(test_old_ops_struct)
 }
 END_TEST
 
+START_TEST(test_struct_size_mid_slot)
+{
+    /* midslot's tp_comm_ops ends 4 bytes into broadcast, which it sets: that
+     * slot is past its struct_size (NULL), not half a pointer */
+    tp_plugin *p = NULL;
+    ck_assert_int_eq(tpi_plugin_load("midslot", TP_KIND_COMM, "TP_BACKEND", &p), TP_OK);
+    ck_assert_ptr_nonnull(p->comm.all_reduce);
+    ck_assert_ptr_null(p->comm.broadcast);
+    tpi_plugin_unload(p);
+}
+END_TEST
+
+static tp_status rank_split_null(tp_comm *w, void *arg)
+{
+    (void)arg;
+    tp_comm *sub = NULL;
+    tp_status st = tp_comm_split(w, 0, tp_comm_rank(w), &sub);
+    if (st == TP_ERR_PLUGIN && !sub &&
+        strstr(tp_last_error(), "returned TP_OK with no communicator"))
+        return TP_OK;
+    return tp_set_error(TP_ERR_INTERNAL, "split: %s, sub %p: %s", tp_status_string(st), (void *)sub,
+                        tp_last_error());
+}
+
+START_TEST(test_split_without_comm_refused)
+{
+    setenv("FIXTURE_SPLIT", "null", 1);
+    tp_ctx *ctx = NULL;
+    ck_assert_int_eq(init_with("good", "good", 2, &ctx), TP_OK);
+    tp_status st = tp_run(ctx, rank_split_null, NULL);
+    expect_status(st, TP_OK, "split returning no communicator");
+    tp_finalize(ctx);
+    unsetenv("FIXTURE_SPLIT");
+}
+END_TEST
+
 START_TEST(test_scan)
 {
     setenv("TP_PLUGIN_PATH", FIX ":" FIX "/dup:" FIX, 1); /* FIX twice: searched once */
@@ -870,6 +906,8 @@ int main(int argc, char **argv)
         {"test_debug_plugin", test_debug_plugin},
         {"test_first_wins", test_first_wins},
         {"test_old_ops_struct", test_old_ops_struct},
+        {"test_struct_size_mid_slot", test_struct_size_mid_slot},
+        {"test_split_without_comm_refused", test_split_without_comm_refused},
         {"test_scan", test_scan},
         {"test_world_size_sources", test_world_size_sources},
         {"test_engine_world_mismatch", test_engine_world_mismatch},
