@@ -41,9 +41,14 @@ tp_status lb_poison(lb_group *g, tp_status status, const char *fmt, ...)
     } else {
         /* Another rank is recording its failure; wait until it is visible so
          * no rank returns (and starts its next op) before the group is
-         * marked failed. */
-        while (!atomic_load_explicit(&g->failed, memory_order_acquire))
+         * marked failed. Its verdict is everyone's: what this rank saw may
+         * be a consequence (the first failure let a peer return and leave
+         * between this rank's look at `failed` and at the departures). */
+        int first;
+        while (!(first = atomic_load_explicit(&g->failed, memory_order_acquire)))
             sc_cpu_relax();
+        status = first > TP_OK && first < TP_STATUS_COUNT_ ? (tp_status)first : TP_ERR_PEER;
+        memcpy(buf, g->msg, sizeof buf);
     }
     return g->eng->host->set_error(status, "loopback: %s", buf);
 }

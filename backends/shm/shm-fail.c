@@ -36,8 +36,17 @@ tp_status sh_poison(sh_comm *c, tp_status status, const char *fmt, ...)
          * meanwhile) until it is visible, so no rank starts its next op
          * before the communicator is marked failed. */
         double until = sc_now() + 1.0;
-        while (!atomic_load_explicit(&h->failed, memory_order_acquire) && sc_now() < until)
+        int first;
+        while (!(first = atomic_load_explicit(&h->failed, memory_order_acquire)) &&
+               sc_now() < until)
             sc_cpu_relax();
+        /* Its verdict is everyone's: what this rank saw may be a
+         * consequence (the first failure let a peer return and leave
+         * between this rank's look at `failed` and at the departures). */
+        if (first) {
+            status = first > TP_OK && first < TP_STATUS_COUNT_ ? (tp_status)first : TP_ERR_PEER;
+            snprintf(buf, sizeof buf, "%.*s", (int)sizeof h->msg - 1, h->msg);
+        }
     }
     return c->eng->host->set_error(status, "shm: %s", buf);
 }
