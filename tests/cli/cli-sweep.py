@@ -16,6 +16,7 @@ Cases listed in KNOWN_FAILING (owned elsewhere, not yet fixed) are run and
 reported but do not fail the sweep; one that starts passing is reported so
 that it can be taken off the list.
 """
+import concurrent.futures
 import os
 import resource
 import shutil
@@ -326,13 +327,14 @@ def main(argv):
     os.makedirs(tmp)
     with open(os.path.join(tmp, "file"), "w") as f:
         f.write("not a plugin, a directory or a JSON-lines file\n")
-    cases = example_cases() + bench_cases() + tool_cases() + env_cases()
-    bad, known, fixed, ran = [], [], [], 0
-    for prog, args, env, expect in cases:
-        if prog not in progs or (only and only != prog):
-            continue
-        ran += 1
-        rc, out, err = run_case(progs[prog], args, env, tmp)
+    cases = [c for c in example_cases() + bench_cases() + tool_cases() + env_cases()
+             if c[0] in progs and (not only or only == c[0])]
+    # Cases are independent processes, each in its own directory: run one
+    # per CPU (the test is is_parallel: false, so the CPUs are its own).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        results = list(pool.map(lambda c: run_case(progs[c[0]], c[1], c[2], tmp), cases))
+    bad, known, fixed, ran = [], [], [], len(cases)
+    for (prog, args, env, expect), (rc, out, err) in zip(cases, results):
         why = judge(rc, err if err.strip() else out, expect)
         envs = " ".join("%s=%r" % kv for kv in env.items())
         desc = "%s%s %s" % (envs + " " if envs else "", prog, " ".join(repr(a) for a in args))
