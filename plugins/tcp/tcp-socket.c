@@ -71,22 +71,30 @@ static tp_status peer_gave_up(xstate *st, int peer, size_t len)
     return wire_error(st, TP_ERR_PEER, peer, what);
 }
 
+/* The global rank this rank waits on: the one it receives from, or (all
+ * received, *sending = 1) the one it sends to. */
+static int waits_on(const xstate *st, int *sending)
+{
+    *sending = st->ri >= st->x->nr;
+    return *sending ? st->x->to : st->x->from;
+}
+
 /* No progress (or a peer's STALL note): find and name the rank that stalled. */
 static tp_status stall(xstate *st, double waited, int note_from, const tcp_stall_note *note)
 {
     tcp_xfer *x = st->x;
-    int receiving = st->ri < x->nr;
+    int sending, on = waits_on(st, &sending);
     tcp_stall_ctx cx = {.comm = x->comm,
                         .opname = x->opname,
-                        .waits_on = receiving ? x->from : x->to,
-                        .sending = !receiving,
+                        .waits_on = on,
+                        .sending = sending,
                         .waited_s = waited,
                         .from = -1,
                         .mid = st->soff > 0 ? x->to : -1,
                         .note_from = note_from};
     if (note)
         cx.note = *note;
-    if (receiving) {
+    if (!sending) {
         cx.from = x->from;
         if (st->roff < TCP_HDR_SIZE) {
             memcpy(cx.hdr, st->rhdr, st->roff);
@@ -136,11 +144,11 @@ static void answer_outsider(xstate *st, int peer)
         e->quiet[peer] = 1;
         return;
     }
-    int receiving = st->ri < x->nr;
+    int sending, on = waits_on(st, &sending);
     tcp_stall_note me = {.rank = (uint32_t)e->rank,
-                         .waits_on = (uint32_t)(receiving ? x->from : x->to),
+                         .waits_on = (uint32_t)on,
                          .waited_ms = (uint32_t)((tcp_now() - st->last) * 1000.0),
-                         .flags = (uint32_t)!receiving,
+                         .flags = (uint32_t)sending,
                          .seq = x->comm->seq,
                          .comm = x->comm->id};
     tcp_stall_note_encode(&me, b);
