@@ -622,24 +622,32 @@ const tp_plugin *tpi_comm_intra_plugin(const tp_comm *comm)
     return comm ? comm->intra : NULL;
 }
 
-tp_status tpi_comm_create_intra(tp_comm *group, const char *node, tp_comm **out)
+/* Staging is decided per rank, for the world's backend: the intra one
+ * must take the same memory. */
+tp_status tpi_comm_intra_check(const tp_comm *group)
 {
-    *out = NULL;
     const tp_plugin *ip = group->intra;
     if (!ip || !ip->comm.comm_create)
         return tp_set_error(TP_ERR_INTERNAL, "intra-node communicator without TP_INTRA_BACKEND");
-    /* Staging is decided per rank, for the world's backend: the intra one
-     * must take the same memory. */
-    tp_rank_env env = group->dev->env;
-    bool world_takes = tpi_comm_accepts(group->ops, env.mem_kind);
-    if (tpi_comm_accepts(&ip->comm, env.mem_kind) != world_takes)
+    tp_mem_kind kind = group->dev->env.mem_kind;
+    bool world_takes = tpi_comm_accepts(group->ops, kind);
+    if (tpi_comm_accepts(&ip->comm, kind) != world_takes)
         return tp_set_error(TP_ERR_NOT_SUPPORTED,
                             "TP_INTRA_BACKEND=%s %s the device's memory (kind %d) but the world "
                             "backend '%s' %s; choose an intra backend that takes the same memory "
                             "(shm with host-memory backends, nccl with nccl)",
-                            ip->name, world_takes ? "does not take" : "takes", (int)env.mem_kind,
+                            ip->name, world_takes ? "does not take" : "takes", (int)kind,
                             group->plugin, world_takes ? "does" : "does not");
-    if (!world_takes)
+    return TP_OK;
+}
+
+tp_status tpi_comm_create_intra(tp_comm *group, const char *node, tp_comm **out)
+{
+    *out = NULL;
+    TP_TRY(tpi_comm_intra_check(group));
+    const tp_plugin *ip = group->intra;
+    tp_rank_env env = group->dev->env;
+    if (!tpi_comm_accepts(group->ops, env.mem_kind))
         env = (tp_rank_env){.struct_size = sizeof env, .mem_kind = TP_MEM_HOST, .device_index = -1};
     tp_bootstrap boot = {sizeof boot, group->rank, group->size, node, group, boot_all_gather};
     void *h = NULL;

@@ -69,28 +69,75 @@ static tp_status node_key(int world_rank, int world_size, uint64_t *key)
     }
 }
 
-/* All-gather every rank's key through the communicator (device memory). */
-static tp_status gather_keys(tp_comm *world, uint64_t key, uint64_t *keys)
+/* What every rank contributes, so that all decide alike: its node key,
+ * whether it could take part (a rank whose node lookup or intra-node
+ * backend failed must still join, or the others would wait in the next
+ * collective), which TP_INTRA_BACKEND it has, and its arguments. */
+enum {
+    W_KEY_HI,
+    W_KEY_LO,
+    W_STATUS,
+    W_INTRA,
+    W_ARGS,
+    W_COUNT
+};
+
+/* All-gather W_COUNT words from every rank through the communicator
+ * (device memory) into all[rank * W_COUNT + w]. */
+static tp_status gather_words(tp_comm *world, const int32_t *mine, int32_t *all)
 {
     int n = tp_comm_size(world);
     tp_device *dev = tp_comm_device(world);
-    int32_t mine[2] = {(int32_t)(uint32_t)(key >> 32), (int32_t)(uint32_t)key};
-    int32_t *all = malloc(sizeof(int32_t) * 2 * (size_t)n);
+    size_t bytes = sizeof(int32_t) * W_COUNT * (size_t)n;
     void *d_all = NULL;
-    if (all == NULL)
-        return tp_set_error(TP_ERR_NO_MEMORY, "tp_topology: out of memory for %d node keys", n);
     tp_status st;
-    TP_TRY_GOTO(tp_dev_alloc(dev, sizeof(int32_t) * 2 * (size_t)n, &d_all), st, out);
-    int32_t *d_mine = (int32_t *)d_all + 2 * tp_comm_rank(world);
-    TP_TRY_GOTO(tp_dev_upload(dev, d_mine, mine, sizeof mine), st, out);
-    TP_TRY_GOTO(tp_all_gather(world, d_mine, d_all, 2, TP_I32), st, out);
-    TP_TRY_GOTO(tp_dev_download(dev, all, d_all, sizeof(int32_t) * 2 * (size_t)n), st, out);
-    for (int r = 0; r < n; r++)
-        keys[r] = ((uint64_t)(uint32_t)all[2 * r] << 32) | (uint32_t)all[2 * r + 1];
+    TP_TRY_GOTO(tp_dev_alloc(dev, bytes, &d_all), st, out);
+    int32_t *d_mine = (int32_t *)d_all + W_COUNT * tp_comm_rank(world);
+    TP_TRY_GOTO(tp_dev_upload(dev, d_mine, mine, sizeof(int32_t) * W_COUNT), st, out);
+    TP_TRY_GOTO(tp_all_gather(world, d_mine, d_all, W_COUNT, TP_I32), st, out);
+    TP_TRY_GOTO(tp_dev_download(dev, all, d_all, bytes), st, out);
 out:
     tp_dev_free(dev, d_all);
-    free(all);
     return st;
+}
+
+/* After the gather: a rank that could not take part fails with its own
+ * message (`mine_msg`), the others with one naming the first such rank;
+ * then ranks whose intra-node backend or arguments differ from rank 0's
+ * fail every rank. */
+static tp_status agree(const int32_t *all, int n, int me, const char *mine_msg,
+                       const tp_plugin *intra)
+{
+    tp_status own = (tp_status)all[me * W_COUNT + W_STATUS];
+    if (own != TP_OK)
+        return tp_set_error(own, "%s", mine_msg);
+    for (int r = 0; r < n; r++) {
+        tp_status st = (tp_status)all[r * W_COUNT + W_STATUS];
+        if (st == TP_OK)
+            continue;
+        if (st < 0 || st >= TP_STATUS_COUNT_)
+            st = TP_ERR_INTERNAL;
+        return tp_set_error(st,
+                            "tp_topology: rank %d of %d failed before the groups were built (%s; "
+                            "its own message says why), so no rank builds them",
+                            r, n, tp_status_string(st));
+    }
+    for (int r = 1; r < n; r++) {
+        const int32_t *w = all + r * W_COUNT;
+        if (w[W_INTRA] != all[W_INTRA])
+            return tp_set_error(TP_ERR_INVALID_ARG,
+                                "tp_topology: ranks 0 and %d have different TP_INTRA_BACKEND "
+                                "settings (rank %d here: %s); set the same value, or none, on "
+                                "every rank",
+                                r, me, intra ? intra->name : "unset");
+        if (w[W_ARGS] != all[W_ARGS])
+            return tp_set_error(TP_ERR_INVALID_ARG,
+                                "tp_topology: rank %d passed tp_size %d, allow_span %s; rank 0 "
+                                "passed tp_size %d, allow_span %s; every rank must pass the same",
+                                r, w[W_ARGS] >> 1, w[W_ARGS] & 1 ? "true" : "false",
+                                all[W_ARGS] >> 1, all[W_ARGS] & 1 ? "true" : "false");
+    }
+    return TP_OK;
 }
 
 /* Where each rank runs: node index (nodes numbered by their lowest rank),
@@ -252,29 +299,47 @@ tp_status tp_topology(tp_comm *world, int tp_size, bool allow_span, tp_comm **tp
         *tp_out = NULL;
     if (dp_out)
         *dp_out = NULL;
-    if (world == NULL || layout == NULL)
-        return tp_set_error(TP_ERR_INVALID_ARG, "tp_topology: %s is NULL",
-                            world == NULL ? "world" : "layout");
+    if (world == NULL)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_topology: world is NULL");
     int n = tp_comm_size(world), me = tp_comm_rank(world);
-    if (tp_size < 1 || tp_size > n || n % tp_size != 0)
-        return tp_set_error(TP_ERR_INVALID_ARG,
-                            "tp_topology: TP size %d does not divide the world size %d; choose a "
-                            "TP size among the divisors of %d",
-                            tp_size, n, n);
+    const tp_plugin *intra = tpi_comm_intra_plugin(world);
 
+    /* Local failures are carried by the gather, decided on every rank. */
     uint64_t key = 0;
-    tp_status st = node_key(me, n, &key);
-    /* Even a rank whose key failed must join the gather, or the others hang. */
+    tp_status st = TP_OK;
+    if (layout == NULL)
+        st = tp_set_error(TP_ERR_INVALID_ARG, "tp_topology: layout is NULL");
+    else if (tp_size < 1 || tp_size > n || n % tp_size != 0)
+        st = tp_set_error(TP_ERR_INVALID_ARG,
+                          "tp_topology: TP size %d does not divide the world size %d; choose a "
+                          "TP size among the divisors of %d",
+                          tp_size, n, n);
+    else if ((st = node_key(me, n, &key)) == TP_OK && intra)
+        st = tpi_comm_intra_check(world);
+    char msg[TPI_ERROR_MAX] = "";
+    if (st != TP_OK)
+        snprintf(msg, sizeof msg, "%s", tp_last_error());
+    int32_t mine[W_COUNT] = {
+        [W_KEY_HI] = (int32_t)(uint32_t)(key >> 32),
+        [W_KEY_LO] = (int32_t)(uint32_t)key,
+        [W_STATUS] = (int32_t)st,
+        [W_INTRA] = intra ? (int32_t)(fnv1a(intra->name) & 0x7fffffff) | 1 : 0,
+        [W_ARGS] = (int32_t)((unsigned)tp_size << 1 | allow_span),
+    };
+    int32_t *all = calloc((size_t)n * W_COUNT, sizeof *all);
     uint64_t *keys = calloc((size_t)n, sizeof *keys);
     node_map m = {.node_of = calloc((size_t)n, sizeof(int)),
                   .local_of = calloc((size_t)n, sizeof(int)),
                   .size_of_node = calloc((size_t)n, sizeof(int))};
-    if (!keys || !m.node_of || !m.local_of || !m.size_of_node) {
+    if (!all || !keys || !m.node_of || !m.local_of || !m.size_of_node) {
         st = tp_set_error(TP_ERR_NO_MEMORY, "tp_topology: out of memory for %d ranks", n);
         goto out;
     }
-    tp_status gst = gather_keys(world, key, keys);
-    TP_TRY_GOTO(st != TP_OK ? st : gst, st, out); /* the first failure wins */
+    TP_TRY_GOTO(gather_words(world, mine, all), st, out);
+    TP_TRY_GOTO(agree(all, n, me, msg, intra), st, out);
+    for (int r = 0; r < n; r++)
+        keys[r] = (uint64_t)(uint32_t)all[r * W_COUNT + W_KEY_HI] << 32 |
+                  (uint32_t)all[r * W_COUNT + W_KEY_LO];
     number_nodes(keys, n, &m);
     int group = 0, tp_rank = 0;
     TP_TRY_GOTO(assign_group(&m, me, tp_size, allow_span, &group, &tp_rank), st, out);
@@ -296,6 +361,7 @@ tp_status tp_topology(tp_comm *world, int tp_size, bool allow_span, tp_comm **tp
     group_place gp = {&m, allow_span, node};
     st = split_groups(world, layout, &gp, tp_out, dp_out);
 out:
+    free(all);
     free(keys);
     free(m.node_of);
     free(m.local_of);

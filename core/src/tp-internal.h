@@ -192,6 +192,8 @@ void tpi_stage_free(tp_rank_state *state, tp_device *dev); /* dev: whose host_al
  * backend (group->intra), bootstrapped through `group`; `node` names this
  * rank's node (the plugin refuses a group spanning nodes). */
 tp_status tpi_comm_create_intra(tp_comm *group, const char *node, tp_comm **out);
+/* Whether group's TP_INTRA_BACKEND takes the memory its world backend takes. */
+tp_status tpi_comm_intra_check(const tp_comm *group);
 const char *tpi_comm_backend(const tp_comm *comm);           /* its plugin's name */
 const tp_plugin *tpi_comm_intra_plugin(const tp_comm *comm); /* TP_INTRA_BACKEND's, or NULL */
 tp_comm *tpi_comm_wrap(const tp_comm_ops *ops, const char *plugin, void *handle, int rank, int size,

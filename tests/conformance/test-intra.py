@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 launch, topo = sys.argv[1], sys.argv[2]
 mpirun = sys.argv[3] if len(sys.argv) > 3 and sys.argv[3] else None
@@ -73,5 +74,25 @@ if mpirun:
                 dict(TP_BACKEND="mpi", TP_INTRA_BACKEND="shm", TP_FAKE_NODES="2"), "shm", "mpi")
     layout_case("mpi+shm, TP 4 on 1 node", [mpirun, "--oversubscribe", "-n", "4", topo, "4"],
                 dict(TP_BACKEND="mpi", TP_INTRA_BACKEND="shm", TP_FAKE_NODES="4"), "shm", "shm")
+    # One rank's settings differ (MPMD: `env` sets them for rank 0 only).
+    # Every rank must fail with the named reason at once, not wait in the
+    # next collective until TP_TIMEOUT_S (60 s here) and abort.
+    odd = [("TP_INTRA_BACKEND=shm", dict(TP_BACKEND="mpi", TP_FAKE_NODES="2"),
+            "different TP_INTRA_BACKEND settings", "different TP_INTRA_BACKEND settings"),
+           ("TP_FAKE_NODES=abc", dict(TP_BACKEND="mpi", TP_FAKE_NODES="2"),
+            "TP_FAKE_NODES='abc' is not", "rank 0 of 4 failed before the groups were built")]
+    for setting, env, first, others in odd:
+        argv = [mpirun, "--oversubscribe", "-n", "1", "env", setting, topo, "2", ":",
+                "-n", "3", topo, "2"]
+        t0 = time.monotonic()
+        rc, out = run(argv, dict(env, TP_TIMEOUT_S="60"), drop=("TP_INTRA_BACKEND",))
+        took = time.monotonic() - t0
+        name = f"mpi, {setting} on rank 0 only"
+        expect(rc != 0 and took < 30, f"{name}: fails in {took:.1f} s (< 30 s)", out)
+        # The first rank to fail aborts the job (MPI_Abort), which may kill
+        # the others before they print: every line printed must be right.
+        said = re.findall(r"rank (\d) failed \(tp_topology: (.*)", out)
+        expect(said and all((first if r == "0" else others) in m for r, m in said),
+               f"{name}: rank 0 says '{first}', ranks 1-3 '{others}' ({len(said)} said)", out)
 print("failures:", len(failures))
 sys.exit(1 if failures else 0)

@@ -212,7 +212,11 @@ typedef struct tp_layout {
  * TP groups are consecutive ranks of one node; a group that would span
  * nodes (ranks per node not divisible by tp_size) is refused with
  * TP_ERR_INVALID_ARG unless allow_span, which groups consecutive world
- * ranks instead. tp_out/dp_out may be NULL; free them with tp_comm_free. */
+ * ranks instead. tp_out/dp_out may be NULL; free them with tp_comm_free.
+ * No rank is left waiting: a rank that fails before the groups are built
+ * (bad tp_size, node lookup) fails the others too, with a message naming
+ * it, and ranks whose tp_size, allow_span or TP_INTRA_BACKEND differ fail
+ * every rank with TP_ERR_INVALID_ARG. */
 TP_API tp_status tp_topology(tp_comm *world, int tp_size, bool allow_span, tp_comm **tp_out,
                              tp_comm **dp_out, tp_layout *layout);
 
