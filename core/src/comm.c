@@ -582,12 +582,21 @@ tp_status tp_reduce_scatter(tp_comm *comm, const void *send, void *recv, size_t 
 
 /* ------------------------------------------- intra-node communicators */
 
+#define TPI_BOOT_MAX (1 << 20)
+
 /* tp_bootstrap.all_gather over the bootstrap communicator: `bytes` from
  * every rank, padded to int32 words, through device memory like any
  * collective (so it works on every backend and device). */
 static tp_status boot_all_gather(void *ctx, const void *mine, void *all, size_t bytes)
 {
     tp_comm *g = ctx;
+    /* Addresses and ids, not data: a size beyond this is a plugin's bug
+     * (and (bytes + 3) / 4 must not wrap). */
+    if (bytes > TPI_BOOT_MAX || (bytes && (!mine || !all)))
+        return tp_set_error(TP_ERR_PLUGIN,
+                            "bootstrap all_gather of the intra backend: %zu bytes from %p into "
+                            "%p; expected at most %d bytes and non-NULL buffers",
+                            bytes, mine, all, TPI_BOOT_MAX);
     size_t words = (bytes + 3) / 4, n = (size_t)g->size;
     int32_t *pad = g_try_new0(int32_t, words ? words : 1);
     int32_t *host = g_try_new0(int32_t, n * words + 1);
@@ -661,6 +670,11 @@ tp_status tpi_comm_create_intra(tp_comm *group, const char *node, tp_comm **out)
                                                  "intra backend '%s': comm_create failed "
                                                  "without a message",
                                                  ip->name);
+    if (h == NULL)
+        return tp_set_error(TP_ERR_PLUGIN,
+                            "intra backend '%s' (%s): comm_create returned TP_OK without a "
+                            "communicator handle",
+                            ip->name, ip->path);
     *out =
         tpi_comm_wrap(&ip->comm, ip->name, h, group->rank, group->size, group->dev, group->state);
     if (!*out) {

@@ -374,11 +374,12 @@ static tp_status rank_body(rank_job *job, tp_device *dev, tp_rank_env *env, void
     if (st)
         return tp_set_error(st, "backend '%s': world() failed: %s", ctx->comm_plugin->name,
                             tp_last_error()[0] ? tp_last_error() : "(no message)");
-    if (rank != world_rank || size != ctx->info.world_size)
+    if (rank != world_rank || size != ctx->info.world_size || *ch == NULL)
         return tp_set_error(TP_ERR_PLUGIN,
-                            "backend '%s': world() gave rank %d of %d, expected rank %d of %d "
-                            "(a bug in the plugin)",
-                            ctx->comm_plugin->name, rank, size, world_rank, ctx->info.world_size);
+                            "backend '%s': world() gave %s rank %d of %d, expected a "
+                            "communicator, rank %d of %d (a bug in the plugin)",
+                            ctx->comm_plugin->name, *ch ? "a communicator," : "no communicator,",
+                            rank, size, world_rank, ctx->info.world_size);
     tp_comm *world = tpi_comm_wrap(&ctx->comm_plugin->comm, ctx->comm_plugin->name, *ch, rank, size,
                                    dev, &job->state);
     if (!world)

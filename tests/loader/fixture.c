@@ -106,6 +106,11 @@ static tp_status fix_world(void *engine_, int local_index, const tp_rank_env *en
                            int *rank, int *size)
 {
     engine *e = engine_;
+    const char *how = getenv("FIXTURE_WORLD_COMM"); /* "null": TP_OK without a communicator */
+    if (how && !strcmp(how, "null")) {
+        *comm = NULL, *rank = local_index, *size = e->n;
+        return TP_OK;
+    }
     fcomm *c = calloc(1, sizeof *c);
     if (!c)
         return e->host->set_error(

@@ -541,6 +541,18 @@ START_TEST(test_device_open_fails)
 }
 END_TEST
 
+START_TEST(test_world_without_comm_refused)
+{
+    setenv("FIXTURE_WORLD_COMM", "null", 1);
+    tp_ctx *ctx = NULL;
+    ck_assert_int_eq(init_with("good", "good", 2, &ctx), TP_OK);
+    ck_assert_int_eq(tp_run(ctx, rank_nop, NULL), TP_ERR_PLUGIN);
+    ck_assert_msg_has("world() gave no communicator, rank 0 of 2");
+    tp_finalize(ctx);
+    unsetenv("FIXTURE_WORLD_COMM");
+}
+END_TEST
+
 static tp_status rank_errors(tp_comm *w, void *arg)
 {
     float x[4] = {0};
@@ -908,6 +920,7 @@ int main(int argc, char **argv)
         {"test_collectives_fallbacks", test_collectives_fallbacks},
         {"test_run_first_failure", test_run_first_failure},
         {"test_device_open_fails", test_device_open_fails},
+        {"test_world_without_comm_refused", test_world_without_comm_refused},
         {"test_argument_errors", test_argument_errors},
         {"test_not_supported_names_op", test_not_supported_names_op},
         {"test_device_and_tensors", test_device_and_tensors},
