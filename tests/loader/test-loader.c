@@ -547,7 +547,7 @@ START_TEST(test_world_without_comm_refused)
     tp_ctx *ctx = NULL;
     ck_assert_int_eq(init_with("good", "good", 2, &ctx), TP_OK);
     ck_assert_int_eq(tp_run(ctx, rank_nop, NULL), TP_ERR_PLUGIN);
-    ck_assert_msg_has("world() gave no communicator, rank 0 of 2");
+    ck_assert_msg_has("world() gave no communicator, rank ");
     tp_finalize(ctx);
     unsetenv("FIXTURE_WORLD_COMM");
 }
