@@ -8,7 +8,9 @@
  */
 #include <check.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -180,10 +182,20 @@ START_TEST(test_failure_stops_others)
 }
 END_TEST
 
-/* SIGTERM to tp-launch reaches every rank (each runs in its own process
- * group); tp-launch exits 128+15 instead of leaving them behind. */
+/* A signal to tp-launch reaches every rank (each runs in its own process
+ * group) and tp-launch exits 128+N instead of leaving them behind (mode 0),
+ * also when the ranks catch it and exit 0 (1); a signal ignored when
+ * tp-launch started (nohup) stays ignored by it and its ranks (2). */
 START_TEST(test_signal_forwarded)
 {
+    static const struct {
+        int sig, ignored, want;
+        const char *script;
+    } m[] = {
+        {SIGTERM, 0, 128 + SIGTERM, "echo up; exec sleep 600"},
+        {SIGTERM, 0, 128 + SIGTERM, "trap 'exit 0' TERM; echo up; sleep 600 & wait"},
+        {SIGHUP, 1, 0, "echo up; exec sleep 2"},
+    };
     int po[2];
     ck_assert(pipe(po) == 0);
     pid_t pid = fork();
@@ -191,12 +203,12 @@ START_TEST(test_signal_forwarded)
         dup2(po[1], 1);
         dup2(po[1], 2);
         close(po[0]);
-        execl(launch_path, launch_path, "-n", "2", "/bin/sh", "-c", "echo up; exec sleep 600",
-              (char *)NULL);
+        signal(m[_i].sig, m[_i].ignored ? SIG_IGN : SIG_DFL);
+        execl(launch_path, launch_path, "-n", "2", "/bin/sh", "-c", m[_i].script, (char *)NULL);
         _exit(127);
     }
     close(po[1]);
-    /* Wait until both ranks run, then stop tp-launch. */
+    /* Wait until both ranks run, then signal tp-launch. */
     char buf[4096];
     size_t len = 0;
     while (len < sizeof buf - 1) {
@@ -214,7 +226,7 @@ START_TEST(test_signal_forwarded)
     buf[len] = '\0';
     ck_assert_msg(strstr(buf, "[rank 0] up") && strstr(buf, "[rank 1] up"), "ranks not up: %s",
                   buf);
-    kill(pid, SIGTERM);
+    kill(pid, m[_i].sig);
     int st = 0, reaped = 0;
     /* The guard: if the ranks were left running, tp-launch would not exit. */
     for (int i = 0; i < 600 && !reaped; i++) {
@@ -226,10 +238,57 @@ START_TEST(test_signal_forwarded)
     if (!reaped) {
         kill(pid, SIGKILL);
         waitpid(pid, &st, 0);
-        ck_abort_msg("tp-launch did not exit after SIGTERM");
+        ck_abort_msg("tp-launch did not exit after signal %d", m[_i].sig);
     }
     close(po[0]);
-    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 128 + SIGTERM, "status %#x", st);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == m[_i].want, "mode %d: status %#x, want %d",
+                  _i, st, m[_i].want);
+}
+END_TEST
+
+/* Ranks run in background process groups: one that reads the terminal is
+ * stopped (SIGTTIN) for good. tp-launch, on a pseudo-terminal of its own
+ * session, ends the job and says why instead of waiting forever. */
+START_TEST(test_rank_reading_terminal)
+{
+    int mfd = posix_openpt(O_RDWR | O_NOCTTY);
+    ck_assert(mfd >= 0 && grantpt(mfd) == 0 && unlockpt(mfd) == 0);
+    const char *slave = ptsname(mfd);
+    ck_assert(slave != NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        setsid();
+        int sfd = open(slave, O_RDWR); /* the session's controlling terminal */
+        if (sfd < 0 || ioctl(sfd, TIOCSCTTY, 0) < 0)
+            _exit(126);
+        dup2(sfd, 0);
+        dup2(sfd, 1);
+        dup2(sfd, 2);
+        close(mfd);
+        execl(launch_path, launch_path, "-n", "2", "cat", (char *)NULL);
+        _exit(127);
+    }
+    char out[8192];
+    size_t len = 0;
+    int st = 0, reaped = 0;
+    for (int i = 0; i < 300 && !reaped; i++) { /* 30 s guard */
+        struct pollfd p = {mfd, POLLIN, 0};
+        if (poll(&p, 1, 100) > 0 && (p.revents & POLLIN)) {
+            ssize_t n = read(mfd, out + len, sizeof out - 1 - len);
+            if (n > 0)
+                len += (size_t)n;
+        }
+        reaped = waitpid(pid, &st, WNOHANG) == pid;
+    }
+    out[len] = '\0';
+    close(mfd);
+    if (!reaped) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &st, 0);
+        ck_abort_msg("tp-launch still waits 30 s after its ranks stopped: %s", out);
+    }
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0, "status %#x: %s", st, out);
+    ck_assert_msg(strstr(out, "read from the terminal"), "no reason given: %s", out);
 }
 END_TEST
 
@@ -462,7 +521,8 @@ int main(int argc, char **argv)
     tcase_add_test(tc, test_help);
     tcase_add_test(tc, test_env_and_prefix);
     tcase_add_test(tc, test_failure_stops_others);
-    tcase_add_test(tc, test_signal_forwarded);
+    tcase_add_loop_test(tc, test_signal_forwarded, 0, 3);
+    tcase_add_test(tc, test_rank_reading_terminal);
     tcase_add_test(tc, test_tcp_rank_dies);
     tcase_add_test(tc, test_secret_per_job);
     tcase_add_test(tc, test_master_port_held);

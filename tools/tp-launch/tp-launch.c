@@ -313,6 +313,7 @@ typedef struct launcher {
     int prefix;
     long grace_ms;
     sigset_t orig;              /* the mask before tp-launch blocked its signals */
+    sigset_t ignored;           /* of SIGINT/TERM/HUP, those ignored when it started (nohup) */
     pid_t self;                 /* tp-launch's pid: the parent every rank checks for */
     const tpl_cluster *cluster; /* --nodes; NULL: none */
     int mpi;                    /* the one child is mpirun, in node 0 */
@@ -481,7 +482,7 @@ static int parse_args(int *argc, char ***argv, launch_opts *lo, int *first)
 
 /* Signals stay blocked except inside ppoll(), so none is missed between
  * a check and the wait. */
-static void install_signals(sigset_t *orig)
+static void install_signals(sigset_t *orig, sigset_t *ignored)
 {
     sigset_t block;
     sigemptyset(&block);
@@ -490,11 +491,18 @@ static void install_signals(sigset_t *orig)
     sigaddset(&block, SIGTERM);
     sigaddset(&block, SIGHUP);
     sigprocmask(SIG_BLOCK, &block, orig);
-    struct sigaction sa = {.sa_handler = on_signal};
+    struct sigaction sa = {.sa_handler = on_signal}, old;
     sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
+    sigemptyset(ignored);
+    /* One ignored on entry (nohup; `cmd &` in a script) stays ignored, for
+     * tp-launch and for its ranks, as for any program. */
+    static const int stop_signals[] = {SIGINT, SIGTERM, SIGHUP};
+    for (size_t i = 0; i < sizeof stop_signals / sizeof stop_signals[0]; i++) {
+        if (sigaction(stop_signals[i], NULL, &old) == 0 && old.sa_handler == SIG_IGN)
+            sigaddset(ignored, stop_signals[i]);
+        else
+            sigaction(stop_signals[i], &sa, NULL);
+    }
     sa.sa_handler = on_child;
     sigaction(SIGCHLD, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
@@ -531,9 +539,9 @@ static void exec_rank(const launcher *L, long r, int p[2][2], char **prog)
      * acts on it when the mask is restored, instead of on tp-launch's
      * handler (which would only set this copy's flag) */
     signal(SIGCHLD, SIG_DFL);
-    signal(SIGINT, SIG_DFL);
-    signal(SIGTERM, SIG_DFL);
-    signal(SIGHUP, SIG_DFL);
+    signal(SIGINT, sigismember(&L->ignored, SIGINT) ? SIG_IGN : SIG_DFL);
+    signal(SIGTERM, sigismember(&L->ignored, SIGTERM) ? SIG_IGN : SIG_DFL);
+    signal(SIGHUP, sigismember(&L->ignored, SIGHUP) ? SIG_IGN : SIG_DFL);
     signal(SIGPIPE, SIG_DFL);
     sigprocmask(SIG_SETMASK, &L->orig, NULL);
     if (L->prefix) {
@@ -650,6 +658,18 @@ static void rank_stopped(launcher *L, long r, int status)
     ch->stopped = WSTOPSIG(status);
     fprintf(stderr, "tp-launch: %s %ld (pid %d) was stopped by signal %d (%s)\n",
             L->mpi ? "mpirun, job" : "rank", r, (int)ch->pid, ch->stopped, strsignal(ch->stopped));
+    /* Ranks run in their own process groups, never the terminal's
+     * foreground one: one stopped for terminal input or output would wait
+     * forever. */
+    if ((ch->stopped == SIGTTIN || ch->stopped == SIGTTOU) && L->first_fail < 0) {
+        fprintf(stderr,
+                "tp-launch: rank %ld %s the terminal, which ranks cannot use; ending the job "
+                "(give ranks input from a file or a pipe, and leave out --no-prefix when "
+                "the terminal has `stty tostop`)\n",
+                r, ch->stopped == SIGTTIN ? "read from" : "wrote to");
+        L->first_fail = (int)r;
+        L->kill_at = now();
+    }
 }
 
 static void reap_children(launcher *L)
@@ -767,14 +787,19 @@ static void report_stalled(const launcher *L)
 /* The exit status: the first failed rank's, with a summary on stderr. */
 static int report(const launcher *L)
 {
-    if (L->first_fail < 0)
-        return 0;
+    /* Stopped by a signal to tp-launch: 128+N, whatever the ranks did with it. */
+    int stopped = L->forwarded ? 128 + L->forwarded : 0;
+    if (L->first_fail < 0) {
+        if (stopped)
+            fprintf(stderr, "tp-launch: stopped by signal %d (%s)\n", L->forwarded,
+                    strsignal(L->forwarded));
+        return stopped;
+    }
     if (L->mpi) {
         char how[128];
         describe(how, sizeof how, L->c[0].status);
         fprintf(stderr, "tp-launch: failed: mpirun %s\n", how);
-        /* stopped by a signal to tp-launch: 128+N, as the tcp path's ranks */
-        return L->forwarded ? 128 + L->forwarded : exit_code(L->c[0].status);
+        return stopped ? stopped : exit_code(L->c[0].status);
     }
     const child *c = L->c;
     int ff = L->first_fail;
@@ -795,7 +820,7 @@ static int report(const launcher *L)
         describe(how, sizeof how, c[r].status);
         fprintf(stderr, "tp-launch:   rank %ld %s\n", r, how);
     }
-    return exit_code(c[ff].status);
+    return stopped ? stopped : exit_code(c[ff].status);
 }
 
 /* TP_TCP_SECRET: the caller's, else a fresh random one; 0, or -1. */
@@ -971,7 +996,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "tp-launch: out of memory\n");
         return 1;
     }
-    install_signals(&L.orig);
+    install_signals(&L.orig, &L.ignored);
     rc = launch(&L, &lo, argv + first);
     free(L.c);
     if (hold >= 0)
