@@ -546,6 +546,8 @@ tp_status tp_linear_backward(tp_linear *l, const tp_tensor *dy, tp_tensor *dx)
 
 void tp_linear_get_params(tp_linear *l, tp_linear_params *p)
 {
+    if (!p)
+        return;
     memset(p, 0, sizeof *p);
     if (!l)
         return;

@@ -1557,6 +1557,14 @@ static void body_errors(tpt_rank *k)
                "hidden 64 heads 6: %s: %s", tp_status_string(st), m);
         tp_attention_free(a);
         a = NULL;
+        /* a huge prime hidden: refused at once (the suggestion's search of
+         * hidden's divisors once ran for hours) */
+        tp_attention_config dp = {.hidden = (1ll << 61) - 1, .heads = 4, .name = "prime"};
+        st = tp_attention_create(k->g, &dp, &a);
+        EXPECT(k, st == TP_ERR_SHAPE && !a && strstr(tp_last_error(), "is not divisible by heads"),
+               "hidden 2^61-1: %s: %s", tp_status_string(st), tp_last_error());
+        tp_attention_free(a);
+        a = NULL;
     }
     /* kv_heads not dividing heads */
     tp_attention_config e = {.hidden = 16, .heads = 4, .kv_heads = 3};
@@ -1569,6 +1577,8 @@ static void body_errors(tpt_rank *k)
     tp_attention_config ok = {.hidden = 8, .heads = 4, .seed = 1};
     if (4 % k->T == 0) {
         EXPECT_OK(k, tp_attention_create(k->g, &ok, &a));
+        tp_attention_get_params(a, NULL); /* nothing to fill: no crash */
+        tp_linear_get_params(NULL, NULL);
         float h[6 * 8] = {0};
         tp_tensor x = tpt_upload2(k, 6, 8, h), y = {0};
         st = tp_attention_forward(a, &x, 2, 4, &y); /* 6 rows, batch*seq 8 */

@@ -143,6 +143,8 @@ void tp_attention_get_info(const tp_attention *a, int64_t *head_dim, int64_t *q_
 
 void tp_attention_get_params(tp_attention *a, tp_attention_params *p)
 {
+    if (!p)
+        return;
     memset(p, 0, sizeof *p);
     if (!a)
         return;
@@ -173,11 +175,14 @@ static int64_t full_col(const tp_attention *a, int64_t qlo, int64_t kvlo, int64_
 /* heads not dividing hidden and no head_dim: name both ways out. */
 static tp_status refuse_head_dim(const char *who, int64_t hidden, int64_t heads)
 {
-    int64_t below = 0, above = 0; /* nearest head counts dividing hidden */
-    for (int64_t d = heads - 1; d >= 1 && !below; d--)
+    /* nearest head counts dividing hidden, within 4096 of heads: a
+     * suggestion, not a search through a huge prime's divisors */
+    int64_t below = 0, above = 0;
+    for (int64_t d = heads - 1 < hidden ? heads - 1 : hidden; d >= 1 && d >= heads - 4096 && !below;
+         d--)
         if (hidden % d == 0)
             below = d;
-    for (int64_t d = heads + 1; d <= hidden && !above; d++)
+    for (int64_t d = heads + 1; d <= hidden && d <= heads + 4096 && !above; d++)
         if (hidden % d == 0)
             above = d;
     char alt[96] = "";
@@ -604,7 +609,7 @@ tp_status tp_attention_forward(tp_attention *a, const tp_tensor *x, int64_t batc
     a->saved = false;
     TP_TRY(check_x(a, "x", x, want, &rows));
     TP_TRY(tpl_prepare_out(a->label, "y", y, x, a->dev, a->dt, a->hidden, ""));
-    if (y->data == x->data && rows > 0)
+    if (y->data == x->data && (rows > 0 || x->data != NULL))
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: y aliases x; use a separate output", a->label);
     a->rows = rows;
     tp_phase prev = tp_phase_set(a->comm, TP_PHASE_FORWARD);
@@ -936,7 +941,7 @@ tp_status tp_attention_backward(tp_attention *a, const tp_tensor *dy, tp_tensor 
                             a->label);
     if (dx) {
         TP_TRY(tpl_prepare_out(a->label, "dx", dx, &a->x_saved, a->dev, a->dt, a->hidden, ""));
-        if (dx->data == dy->data && rows > 0)
+        if (dx->data == dy->data && (rows > 0 || dy->data != NULL))
             return tp_set_error(TP_ERR_INVALID_ARG, "%s: dx aliases dy; use a separate buffer",
                                 a->label);
     }
