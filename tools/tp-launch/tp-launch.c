@@ -162,29 +162,40 @@ static int parse_long(const char *s, long lo, long hi, long *out)
     return 0;
 }
 
-/* A free port on addr (127.0.0.1 unless addr is another numeric IPv4
- * address): the master socket itself, bound and listening in *hold until the
- * job ends, so no other process can bind the port (a bound socket that does
- * not listen would not stop one that sets SO_REUSEADDR). Rank 0 alone gets
- * it (TP_MASTER_FD) and accepts on it; it is close-on-exec for the others. */
+/* A free port on addr (its first address, as the ranks resolve it: an IPv4
+ * or IPv6 literal or a host name): the master socket itself, bound and
+ * listening in *hold until the job ends, so no other process can bind the
+ * port (a bound socket that does not listen would not stop one that sets
+ * SO_REUSEADDR). Rank 0 alone gets it (TP_MASTER_FD) and accepts on it; it
+ * is close-on-exec for the others. -1 with errno (EADDRNOTAVAIL: addr does
+ * not resolve). */
 static int free_port(const char *addr, int *hold)
 {
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    socklen_t len = sizeof a;
-    int one = 1;
-    if (inet_pton(AF_INET, addr, &a.sin_addr) != 1)
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-        bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, SOMAXCONN) < 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) < 0) {
-        close(fd);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_NUMERICSERV},
+                    *ai = NULL;
+    if (getaddrinfo(addr, "0", &hints, &ai) != 0 || !ai) {
+        errno = EADDRNOTAVAIL;
         return -1;
     }
+    struct sockaddr_storage a;
+    socklen_t len = sizeof a;
+    int one = 1, fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, SOMAXCONN) < 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &len) < 0) {
+        int err = errno;
+        if (fd >= 0)
+            close(fd);
+        freeaddrinfo(ai);
+        errno = err;
+        return -1;
+    }
+    freeaddrinfo(ai);
     *hold = fd;
-    return ntohs(a.sin_port);
+    return ntohs(a.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&a)->sin6_port
+                                         : ((struct sockaddr_in *)&a)->sin_port);
 }
 
 /* A fresh random secret for the job's TP_TCP_SECRET (64 hex digits). */
