@@ -504,13 +504,15 @@ static void dp_batch(trainer *tr, int s)
                               o->use_ignore, (int32_t)o->ignore_index);
 }
 
-/* --dp, after backward: every gradient averaged over the replicas, the
+/* --dp, after backward: every gradient averaged over the replicas (the
+ * copies of shared KV heads then made bitwise alike across TP ranks), the
  * loss the global batch's mean. */
 static tp_status dp_reduce(trainer *tr, float *loss)
 {
     if (!tr->ddp)
         return TP_OK;
     EX_TRY(tp_dp_all_reduce_grads(tr->ddp, tr->weight));
+    EX_TRY(tp_gpt_finalize_grads(tr->m));
     return tp_dp_sum(tr->ddp, tr->weight * *loss, loss);
 }
 

@@ -680,6 +680,15 @@ static tp_status output_backward(tp_gpt *m)
     return tp_reduce_scatterv(m->comm, m->dhfull.ptr, m->g0.data, m->counts, m->dt, TP_SUM);
 }
 
+tp_status tp_gpt_finalize_grads(tp_gpt *m)
+{
+    if (!m)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_gpt_finalize_grads: model is NULL");
+    for (int64_t i = 0; m->T > 1 && i < m->cfg.layers; i++)
+        TP_TRY(tpl_attention_finalize_grads(tp_block_attention(m->blocks[i])));
+    return TP_OK;
+}
+
 tp_status tp_gpt_backward(tp_gpt *m)
 {
     return tp_gpt_backward_scaled(m, 1.0f);

@@ -189,5 +189,8 @@ const void *tpl_embedding_gathered_dy(const tp_embedding *e);
 /* dp.c: close d's open round, if any, after a failed backward: the
  * started buckets are waited for and their results dropped. */
 void tpl_dp_abort(tp_dp *d);
+/* Collective over the layer's TP group: every holder of a KV head shared
+ * across ranks takes its first holder's gradient bits (tp_gpt_finalize_grads). */
+tp_status tpl_attention_finalize_grads(tp_attention *a);
 
 #endif

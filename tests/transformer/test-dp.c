@@ -281,6 +281,73 @@ static char *values_of(tpt_rank *k, const tp_param *ps, int np, size_t *bytes)
     return all;
 }
 
+/* FNV-1a of n bytes, continuing from h. */
+static uint32_t fnv32(uint32_t h, const void *p, size_t n)
+{
+    const unsigned char *c = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ c[i]) * 16777619u;
+    return h;
+}
+
+/* Every KV head held by several TP ranks (kv_heads < heads split across
+ * them) has bitwise the same K/V weight columns and biases on each: the
+ * DP sums of their gradients must agree across TP ranks, whatever the
+ * shards around them. Collective over tp. */
+static void expect_shared_kv_equal(tpt_rank *k, tp_comm *tp, tp_gpt *m, const tp_gpt_config *cfg)
+{
+    int T = tp_comm_size(tp), kv = (int)(cfg->kv_heads ? cfg->kv_heads : cfg->heads);
+    if (T == 1)
+        return;
+    int32_t *mine = calloc((size_t)kv * (size_t)cfg->layers, sizeof *mine);
+    int32_t *all = calloc((size_t)kv * (size_t)cfg->layers * (size_t)T, sizeof *all);
+    for (int64_t l = 0; l < cfg->layers; l++) {
+        tp_attention *a = tp_block_attention(tp_gpt_block(m, (int)l));
+        tp_attention_params p;
+        tp_attention_get_params(a, &p);
+        int64_t hd = 0, qlo = 0, qhi = 0, klo = 0, khi = 0;
+        tp_attention_get_info(a, &hd, &qlo, &qhi, &klo, &khi);
+        int64_t rows = p.qkv_weight->shape[0], w = p.qkv_weight->shape[1], nkv = khi - klo;
+        float *h = malloc(sizeof(float) * (size_t)(rows * w + w));
+        EXPECT_OK(k, tp_tensor_download(p.qkv_weight, h));
+        if (p.qkv_bias && p.qkv_bias->data)
+            EXPECT_OK(k, tp_tensor_download(p.qkv_bias, h + rows * w));
+        else
+            memset(h + rows * w, 0, sizeof(float) * (size_t)w);
+        for (int64_t i = 0; i < nkv; i++) {
+            uint32_t x = 2166136261u;
+            for (int part = 0; part < 2; part++)    /* K, then V columns */
+                for (int64_t r = 0; r <= rows; r++) /* row `rows`: the bias */
+                    x = fnv32(x, h + r * w + ((qhi - qlo) + part * nkv + i) * hd,
+                              sizeof(float) * (size_t)hd);
+            mine[l * kv + klo + i] = (int32_t)(x | 1); /* 0: not held */
+        }
+        free(h);
+    }
+    size_t n = (size_t)kv * (size_t)cfg->layers;
+    void *d = NULL;
+    EXPECT_OK(k, tp_dev_alloc(k->dev, sizeof(int32_t) * n * (size_t)T, &d));
+    int32_t *dm = (int32_t *)d + n * (size_t)tp_comm_rank(tp);
+    EXPECT_OK(k, tp_dev_upload(k->dev, dm, mine, sizeof(int32_t) * n));
+    EXPECT_OK(k, tp_all_gather(tp, dm, d, n, TP_I32));
+    EXPECT_OK(k, tp_dev_download(k->dev, all, d, sizeof(int32_t) * n * (size_t)T));
+    tp_dev_free(k->dev, d);
+    for (size_t j = 0; j < n; j++) {
+        int32_t first = 0;
+        for (int r = 0; r < T; r++) {
+            int32_t x = all[(size_t)r * n + j];
+            if (x && first && x != first)
+                EXPECT(
+                    k, false,
+                    "layer %zu KV head %zu: TP ranks hold different weights (%08x, rank %d %08x)",
+                    j / (size_t)kv, j % (size_t)kv, (unsigned)first, r, (unsigned)x);
+            first = first ? first : x;
+        }
+    }
+    free(mine);
+    free(all);
+}
+
 /* STEPS AdamW steps of a GPT on the TP group tp, its gradients averaged
  * over dp in buckets of 100 bytes, overlapped or not: the final values
  * (caller frees); *start: the initial ones. */
@@ -332,9 +399,11 @@ static char *train_gpt(tpt_rank *k, tp_comm *tp, tp_comm *dp, const tp_gpt_confi
                "step %d, overlap %d: %llu of %d buckets started during backward", s, overlap,
                (unsigned long long)early, buckets);
         EXPECT_OK(k, tp_dp_all_reduce_grads(d, 1.0f / (float)D));
+        EXPECT_OK(k, tp_gpt_finalize_grads(m));
         EXPECT_OK(k, tp_optim_step(opt));
     }
     EXPECT_OK(k, tp_dp_check_sync(d, tp));
+    expect_shared_kv_equal(k, tp, m, cfg);
     out = values_of(k, ps, np, bytes);
     if (overlap) { /* a failed backward closes the round it was to feed */
         EXPECT_OK(k, tp_dp_begin(d, 1.0f / (float)D));
@@ -353,7 +422,8 @@ out:
 
 /* Groups of 2, 3, 4, 6 ranks as T x D = 1x2, 1x3, 2x2, 2x3 (TP groups of
  * consecutive ranks); tied without SP, then untied, biased, sequence
- * parallel with a token count T does not divide. */
+ * parallel with a token count T does not divide, then one KV head that
+ * every TP rank holds (MQA) and a vocabulary T does not divide. */
 static void body_gpt(tpt_rank *k)
 {
     int G = k->T, T = G == 4 || G == 6 ? 2 : 1;
@@ -362,15 +432,16 @@ static void body_gpt(tpt_rank *k)
     tp_comm *tp = NULL, *dp = NULL;
     EXPECT_OK(k, tp_comm_split(k->g, k->r / T, k->r, &tp));
     EXPECT_OK(k, tp_comm_split(k->g, k->r % T, k->r, &dp));
-    for (int v = 0; v < 2 && tp && dp && !tpt_failures(k); v++) {
-        tp_gpt_config c = {.vocab = 37,
+    for (int v = 0; v < 3 && tp && dp && !tpt_failures(k); v++) {
+        tp_gpt_config c = {.vocab = v == 2 ? 13 : 37,
                            .hidden = 12,
                            .heads = 3,
+                           .kv_heads = v == 2 ? 1 : 0, /* v 2: one KV head on every TP rank */
                            .ffn = 22,
                            .layers = 2,
                            .seq = 7,
                            .tied = v == 0,
-                           .bias = v == 1,
+                           .bias = v >= 1,
                            .sequence_parallel = v == 1,
                            .seed = 5};
         int64_t batch = v == 0 ? 2 : 1; /* v 1: 7 tokens */

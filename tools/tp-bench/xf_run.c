@@ -211,7 +211,10 @@ tp_status bench_xf_step(bench_xf *b)
             if (b->dp && b->dp_overlap)
                 TP_TRY(tp_dp_begin(b->dp, b->dp_weight));
             TP_TRY(tp_gpt_backward(b->gpt));
-            return b->dp ? tp_dp_all_reduce_grads(b->dp, b->dp_weight) : TP_OK;
+            if (!b->dp)
+                return TP_OK;
+            TP_TRY(tp_dp_all_reduce_grads(b->dp, b->dp_weight));
+            return tp_gpt_finalize_grads(b->gpt);
         }
         default:
             return tp_set_error(TP_ERR_INTERNAL, "tp-bench: layer kind %d has no runner", b->kind);

@@ -424,6 +424,17 @@ TP_API tp_embedding *tp_gpt_embedding(tp_gpt *m);
  * results dropped): begin a new one. NULL detaches; the model does not
  * own d, which must outlive its use here. */
 TP_API tp_status tp_gpt_set_dp(tp_gpt *m, tp_dp *d);
+/* Collective over the model's TP group, after the DP reduction
+ * (tp_dp_all_reduce_grads) and before the optimizer step, like
+ * Megatron's finalize_model_grads: the gradients of parameters that
+ * several TP ranks hold (KV heads shared when kv_heads < T or a KV group
+ * straddles two ranks' query heads) are made bitwise the same on each,
+ * as tp_param's replicas require. The DP sums of their copies lie at
+ * different offsets of different calls on each TP rank, which a ring
+ * backend (tcp, Open MPI, NCCL; D >= 3) sums in different orders; each
+ * holder now takes the first holder's result. Without shared KV heads, or
+ * at T = 1, it does nothing. */
+TP_API tp_status tp_gpt_finalize_grads(tp_gpt *m);
 TP_API void tp_gpt_free(tp_gpt *m); /* NULL is a no-op */
 
 /* ------------------------------------------------------ data parallelism */

@@ -650,20 +650,32 @@ tp_status tp_attention_zero_grad(tp_attention *a)
 
 /* ------------------------------------------------------------ backward */
 
-/* Fill the gradient-pack regions of every shared KV head (in ascending
- * order) from this rank's contributions kvw [hidden, 2 local_kv head_dim]
- * and kvb [2 local_kv head_dim]; regions of heads this rank does not hold
- * stay zero. With unpack, copy the reduced regions back into kvw/kvb. */
-static tp_status kv_pack(tp_attention *a, void *pack, void *kvw, void *kvb, bool unpack)
+/* What kv_pack does: fill the regions of the heads this rank holds, of
+ * those it is the first holder of, or copy the regions back. */
+typedef enum {
+    KV_PACK,
+    KV_PACK_FIRST,
+    KV_UNPACK
+} kv_mode;
+
+/* The gradient-pack regions of every shared KV head (in ascending order)
+ * from this rank's K/V columns kvw [hidden, 2 local_kv head_dim] (row
+ * pitch `pitch` elements) and kvb [2 local_kv head_dim]; regions of heads
+ * this rank does not hold (KV_PACK_FIRST: does not hold first) stay zero.
+ * KV_UNPACK copies the reduced regions back into kvw/kvb. */
+static tp_status kv_pack(tp_attention *a, void *pack, void *kvw, int64_t pitch, void *kvb,
+                         kv_mode mode)
 {
-    int64_t n = 0, head_dim = a->head_dim, kw = 2 * a->local_kv * head_dim;
+    int64_t n = 0, head_dim = a->head_dim;
     size_t hd_bytes = (size_t)head_dim * a->es;
+    bool unpack = mode == KV_UNPACK;
     for (int64_t k = 0; k < a->kv_heads; k++) {
         if (!kv_shared(a, k))
             continue;
         char *r = at(a, pack, n);
         n += a->region;
-        if (k < a->kv_lo || k >= a->kv_hi)
+        if (k < a->kv_lo || k >= a->kv_hi ||
+            (mode == KV_PACK_FIRST && rank_of_head(a, k * a->group) != a->rank))
             continue;
         int64_t i = k - a->kv_lo;
         /* region: K block [hidden, head_dim] | V block [hidden, head_dim] | bK | bV */
@@ -671,10 +683,10 @@ static tp_status kv_pack(tp_attention *a, void *pack, void *kvw, void *kvb, bool
             char *blk = at(a, r, part * a->hidden * head_dim);
             char *src = at(a, kvw, (part * a->local_kv + i) * head_dim);
             if (unpack)
-                TP_TRY(tp_dev_copy_2d(a->dev, src, (size_t)kw * a->es, blk, hd_bytes, hd_bytes,
+                TP_TRY(tp_dev_copy_2d(a->dev, src, (size_t)pitch * a->es, blk, hd_bytes, hd_bytes,
                                       (size_t)a->hidden));
             else
-                TP_TRY(tp_dev_copy_2d(a->dev, blk, hd_bytes, src, (size_t)kw * a->es, hd_bytes,
+                TP_TRY(tp_dev_copy_2d(a->dev, blk, hd_bytes, src, (size_t)pitch * a->es, hd_bytes,
                                       (size_t)a->hidden));
             if (!a->has_bias)
                 continue;
@@ -792,10 +804,11 @@ static tp_status dx_all_reduce_packed(tp_attention *a, tp_tensor *dx, void *kvw,
     TP_TRY(tp_dev_memset(a->dev, a->dpack.ptr, 0, bytes));
     void *buf = a->dpack.ptr;
     TP_TRY(dx_part(a, 0, a->tokens, buf));
-    TP_TRY(kv_pack(a, at(a, buf, n), kvw, kvb, false));
+    int64_t kw = 2 * a->local_kv * a->head_dim;
+    TP_TRY(kv_pack(a, at(a, buf, n), kvw, kw, kvb, KV_PACK));
     TP_TRY(tp_all_reduce(a->comm, buf, buf, (size_t)(n + extra), a->dt, TP_SUM));
     TP_TRY(tp_dev_copy_2d(a->dev, dx->data, 0, buf, 0, (size_t)n * a->es, 1));
-    return kv_pack(a, at(a, buf, n), kvw, kvb, true);
+    return kv_pack(a, at(a, buf, n), kvw, kw, kvb, KV_UNPACK);
 }
 
 /* The overlapped backward's pieces: dx rows [r0, r1) (partial) into
@@ -844,7 +857,7 @@ static tp_status dx_reduce_scatter(tp_attention *a, tp_tensor *dx)
 /* Sequence parallel with shared KV heads: after dx's reduce-scatter, one
  * all-reduce of every shared head's region (zeros from the ranks not
  * holding it), so every holder gets the same bits. */
-static tp_status kv_all_reduce(tp_attention *a, void *kvw, void *kvb)
+static tp_status kv_all_reduce(tp_attention *a, void *kvw, int64_t pitch, void *kvb, kv_mode mode)
 {
     int64_t extra = 0;
     for (int64_t k = 0; k < a->kv_heads; k++)
@@ -853,9 +866,26 @@ static tp_status kv_all_reduce(tp_attention *a, void *kvw, void *kvb)
     TP_TRY(tpl_ws_reserve(&a->dctx, bytes, a->label)); /* dctx is free by now */
     TP_TRY(tp_dev_memset(a->dev, a->dctx.ptr, 0, bytes));
     void *buf = a->dctx.ptr;
-    TP_TRY(kv_pack(a, buf, kvw, kvb, false));
+    TP_TRY(kv_pack(a, buf, kvw, pitch, kvb, mode));
     TP_TRY(tp_all_reduce(a->comm, buf, buf, (size_t)extra, a->dt, TP_SUM));
-    return kv_pack(a, buf, kvw, kvb, true);
+    return kv_pack(a, buf, kvw, pitch, kvb, KV_UNPACK);
+}
+
+/* After the DP reduction: every holder of a shared KV head takes its first
+ * holder's K/V gradient (x + 0 + ... = x: the sum of one rank's values and
+ * zeros is that rank's values, bit for bit). The DP sums of the copies on
+ * different TP ranks lie at different offsets of different calls, which a
+ * ring backend sums in different orders. */
+tp_status tpl_attention_finalize_grads(tp_attention *a)
+{
+    if (!a->any_shared || !a->dwqkv.data)
+        return TP_OK;
+    int64_t qw = a->local_heads * a->head_dim;
+    tp_phase prev = tp_phase_set(a->comm, TP_PHASE_BACKWARD);
+    tp_status st = kv_all_reduce(a, at(a, a->dwqkv.data, qw), a->qkv_width,
+                                 a->has_bias ? at(a, a->dbqkv.data, qw) : NULL, KV_PACK_FIRST);
+    tp_phase_set(a->comm, prev);
+    return st;
 }
 
 /* dWqkv[:, K/V columns] += kvw, dbqkv[K/V] += kvb (now complete for every
@@ -917,7 +947,7 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
             return add_kv_grads(a, kvw, kvb);
         case DX_REDUCE_SCATTER_KV:
             TP_TRY(dx_reduce_scatter(a, dx));
-            TP_TRY(kv_all_reduce(a, kvw, kvb));
+            TP_TRY(kv_all_reduce(a, kvw, 2 * a->local_kv * a->head_dim, kvb, KV_PACK));
             return add_kv_grads(a, kvw, kvb);
     }
     return tp_set_error(TP_ERR_INTERNAL, "%s: bad dx reduction %d", a->label, (int)a->dx_reduce);
