@@ -530,26 +530,31 @@ static tp_status rank_nop(tp_comm *w, void *arg)
     return tp_barrier(w);
 }
 
+/* With the fixture's variable var=val, a run of `world` ranks fails with
+ * want and a message containing msg. */
+static void expect_run_fails(const char *var, const char *val, int world, tp_status want,
+                             const char *msg)
+{
+    setenv(var, val, 1);
+    tp_ctx *ctx = NULL;
+    ck_assert_int_eq(init_with("good", "good", world, &ctx), TP_OK);
+    ck_assert_int_eq(tp_run(ctx, rank_nop, NULL), want);
+    ck_assert_msg_has(msg);
+    tp_finalize(ctx);
+    unsetenv(var);
+}
+
 START_TEST(test_device_open_fails)
 {
-    setenv("FIXTURE_FAIL_OPEN", "1", 1);
-    tp_ctx *ctx = NULL;
-    ck_assert_int_eq(init_with("good", "good", 3, &ctx), TP_OK);
-    ck_assert_int_eq(tp_run(ctx, rank_nop, NULL), TP_ERR_DEVICE);
-    ck_assert_msg_has("rank 1: device 'good': open failed: fixture: device of rank 1 failed");
-    tp_finalize(ctx);
+    expect_run_fails("FIXTURE_FAIL_OPEN", "1", 3, TP_ERR_DEVICE,
+                     "rank 1: device 'good': open failed: fixture: device of rank 1 failed");
 }
 END_TEST
 
 START_TEST(test_world_without_comm_refused)
 {
-    setenv("FIXTURE_WORLD_COMM", "null", 1);
-    tp_ctx *ctx = NULL;
-    ck_assert_int_eq(init_with("good", "good", 2, &ctx), TP_OK);
-    ck_assert_int_eq(tp_run(ctx, rank_nop, NULL), TP_ERR_PLUGIN);
-    ck_assert_msg_has("world() gave no communicator, rank ");
-    tp_finalize(ctx);
-    unsetenv("FIXTURE_WORLD_COMM");
+    expect_run_fails("FIXTURE_WORLD_COMM", "null", 2, TP_ERR_PLUGIN,
+                     "world() gave no communicator, rank ");
 }
 END_TEST
 
