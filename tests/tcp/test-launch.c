@@ -246,6 +246,53 @@ START_TEST(test_signal_forwarded)
 }
 END_TEST
 
+/* Whether pid exists and is not a zombie (/proc/PID/stat's state). */
+static int running(pid_t pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *paren = strrchr(buf, ')'); /* the name may hold spaces and parentheses */
+    return paren && paren[1] == ' ' && paren[2] != 'Z' && paren[2] != 'X';
+}
+
+/* A rank that fails leaves a child in its process group: when the job
+ * ends failed, tp-launch ends that child too (it used to signal only the
+ * groups of ranks still running, so the child lived on, orphaned). */
+START_TEST(test_failed_job_ends_leftovers)
+{
+    char *argv[] = {(char *)launch_path,
+                    "-n",
+                    "2",
+                    "/bin/sh",
+                    "-c",
+                    "if [ \"$TP_RANK\" = 0 ]; then sleep 100 & echo \"child $!\"; exit 3; "
+                    "else exec sleep 100; fi",
+                    NULL};
+    run_out o;
+    run(argv, 60, &o);
+    ck_assert_msg(o.status == 3, "status %d: %s", o.status, o.err);
+    const char *at = strstr(o.out, "[rank 0] child ");
+    ck_assert_msg(at != NULL, "no child pid: %s", o.out);
+    pid_t child = (pid_t)atol(at + strlen("[rank 0] child "));
+    ck_assert_int_gt(child, 1);
+    int alive = 1;
+    for (int i = 0; i < 100 && alive; i++) {
+        alive = running(child); /* a zombie is dead: its new parent (init) may be slow to reap */
+        if (alive)
+            nanosleep(&(struct timespec){0, 20 * 1000 * 1000}, NULL);
+    }
+    if (alive)
+        kill(child, SIGKILL); /* the rank's child: started by this test's job */
+    ck_assert_msg(!alive, "rank 0's child %d outlived the failed job", (int)child);
+}
+END_TEST
+
 /* Ranks run in background process groups: one that reads the terminal is
  * stopped (SIGTTIN) for good. tp-launch, on a pseudo-terminal of its own
  * session, ends the job and says why instead of waiting forever. */
@@ -523,6 +570,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, test_failure_stops_others);
     tcase_add_loop_test(tc, test_signal_forwarded, 0, 3);
     tcase_add_test(tc, test_rank_reading_terminal);
+    tcase_add_test(tc, test_failed_job_ends_leftovers);
     tcase_add_test(tc, test_tcp_rank_dies);
     tcase_add_test(tc, test_secret_per_job);
     tcase_add_test(tc, test_master_port_held);

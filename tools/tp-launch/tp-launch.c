@@ -77,7 +77,8 @@ typedef struct child {
     int stopped;      /* the signal that stopped it, 0 while it runs */
     int died_stopped; /* it was stopped when it ended */
     int killed_by_us; /* still running when tp-launch stopped the job */
-    int status;       /* waitpid status once reaped */
+    int status;       /* wait status once it ended */
+    int unreaped;     /* ended, kept a zombie: its pid, so its group's id, stays ours */
     stream s[2];
 } child;
 
@@ -275,7 +276,7 @@ static int exit_code(int status)
 static void signal_all(child *c, int n, int sig)
 {
     for (int i = 0; i < n; i++)
-        if (c[i].running)
+        if (c[i].running || c[i].unreaped)
             kill(-c[i].pid, sig); /* the rank's process group: it and its children */
 }
 
@@ -683,24 +684,41 @@ static void rank_stopped(launcher *L, long r, int status)
     }
 }
 
+/* A waitid() result as a wait status (WIFEXITED etc. apply). */
+static int wait_status(const siginfo_t *si)
+{
+    switch (si->si_code) {
+        case CLD_EXITED: return (si->si_status & 0xff) << 8;
+        case CLD_KILLED: return si->si_status & 0x7f;
+        case CLD_DUMPED: return (si->si_status & 0x7f) | 0x80;
+        case CLD_CONTINUED: return 0xffff;
+        default: return (si->si_status & 0xff) << 8 | 0x7f; /* stopped */
+    }
+}
+
+/* Stops and continues are taken; an exit is only looked at (WNOWAIT): the
+ * rank stays a zombie until the end, so its pid, and with it its process
+ * group's id, cannot be reused while tp-launch may still signal that group
+ * for what the rank left in it. */
 static void reap_children(launcher *L)
 {
-    for (;;) {
-        int status;
-        pid_t pid = waitpid(-1, &status, WNOHANG | WUNTRACED | WCONTINUED);
-        if (pid <= 0)
-            break;
-        for (long r = 0; r < L->n; r++) {
-            if (L->c[r].pid != pid || !L->c[r].running)
-                continue;
-            if (WIFSTOPPED(status) || WIFCONTINUED(status)) {
-                rank_stopped(L, r, status);
-                continue;
-            }
-            if (!L->c[r].died_stopped)
-                L->c[r].died_stopped = L->c[r].stopped;
-            rank_ended(L, r, status);
+    for (long r = 0; r < L->n; r++) {
+        child *ch = &L->c[r];
+        siginfo_t si;
+        while (ch->running) {
+            memset(&si, 0, sizeof si);
+            if (waitid(P_PID, ch->pid, &si, WSTOPPED | WCONTINUED | WNOHANG) < 0 || !si.si_pid)
+                break;
+            rank_stopped(L, r, wait_status(&si));
         }
+        memset(&si, 0, sizeof si);
+        if (!ch->running || waitid(P_PID, ch->pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0 ||
+            !si.si_pid)
+            continue;
+        ch->unreaped = 1;
+        if (!ch->died_stopped)
+            ch->died_stopped = ch->stopped;
+        rank_ended(L, r, wait_status(&si));
     }
 }
 
@@ -761,8 +779,12 @@ static void supervise(launcher *L, struct pollfd *pfd, int *owner)
         open_streams -= pump_streams(L, pfd, owner);
         reap_children(L);
         escalate(L);
-        if (L->running == 0 && drain_until < 0)
+        if (L->running == 0 && drain_until < 0) {
+            /* a failed or stopped job: what the ranks left behind goes too */
+            if (L->first_fail >= 0 || L->forwarded)
+                signal_all(L->c, (int)L->n, SIGKILL);
             drain_until = now() + 0.5;
+        }
     }
     for (long r = 0; r < L->n; r++)
         for (int j = 0; j < 2; j++)
@@ -874,7 +896,8 @@ static int run_ranks(launcher *L, char **prog)
 }
 
 /* The ranks were started: wait until every one has ended (they were sent
- * SIGKILL on a failed start), so that the cluster can go. */
+ * SIGKILL on a failed start), so that the cluster can go; reap those kept
+ * as zombies. */
 static void reap_all(launcher *L)
 {
     while (L->running > 0) {
@@ -883,11 +906,14 @@ static void reap_all(launcher *L)
         if (pid < 0 && errno != EINTR)
             break;
         for (long r = 0; r < L->n && pid > 0; r++)
-            if (L->c[r].pid == pid && L->c[r].running && !WIFSTOPPED(status)) {
-                L->c[r].running = 0;
-                L->running--;
+            if (L->c[r].pid == pid && !WIFSTOPPED(status)) {
+                L->running -= L->c[r].running;
+                L->c[r].running = L->c[r].unreaped = 0;
             }
     }
+    for (long r = 0; r < L->n; r++)
+        if (L->c[r].unreaped && waitpid(L->c[r].pid, NULL, 0) == L->c[r].pid)
+            L->c[r].unreaped = 0;
 }
 
 /* TP_JOB_ID always; TP_LAUNCH_NODES and TP_LAUNCH_LINK with --nodes (else
