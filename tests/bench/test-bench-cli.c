@@ -268,6 +268,31 @@ START_TEST(check_clean)
 }
 END_TEST
 
+/* A collective that writes nothing at all (in-place all_gather, through
+ * an LD_PRELOAD shim) is caught: every checked call starts from a result
+ * area no correct call leaves behind. It used to read the out-of-place
+ * call's result there and pass ("#wrong 0", exit 0). */
+START_TEST(check_catches_missing_writes)
+{
+    gchar *pre = g_strdup_printf("LD_PRELOAD=%s", g_getenv("TP_BENCH_SKIP_GATHER"));
+    /* under ASan the shim comes before its runtime in the load order */
+    gchar *asan = g_strdup_printf("ASAN_OPTIONS=%s%sverify_asan_link_order=0",
+                                  g_getenv("ASAN_OPTIONS") ? g_getenv("ASAN_OPTIONS") : "",
+                                  g_getenv("ASAN_OPTIONS") ? ":" : "");
+    const char *env[] = {pre, asan, NULL};
+    run_result r = run("collectives --tp 3 -C all_gather -b 48 -e 480 -f 10 -n 2 -w 1 -c "
+                       "--no-memcpy",
+                       env);
+    ck_assert_msg(r.code == 1, "exit %d, want 1\n%s\n%s", r.code, r.out, r.err);
+    ck_assert_ptr_nonnull(strstr(r.err, "wrong result elements"));
+    ck_assert_ptr_nonnull(strstr(r.out, "Out of bounds values"));
+    ck_assert_ptr_null(strstr(r.out, "Out of bounds values : 0 OK"));
+    bench_run_free(&r);
+    g_free(pre);
+    g_free(asan);
+}
+END_TEST
+
 START_TEST(check_catches_corruption)
 {
     gchar *json = g_strdup_printf("%s/corrupt.jsonl", tmpdir);
@@ -1017,6 +1042,7 @@ static Suite *suite(void)
     tcase_add_test(t, layer_dtype);
     tcase_add_test(t, check_clean);
     tcase_add_test(t, check_catches_corruption);
+    tcase_add_test(t, check_catches_missing_writes);
     tcase_add_test(t, model_from_file);
     tcase_add_test(t, model_sweep);
     tcase_add_test(t, layer_wait_split);

@@ -458,7 +458,13 @@ static tp_status time_one(coll_rank_ctx *x, const coll_bufs *b, const coll_size 
 {
     const coll_run *c = x->c;
     size_t elt = c->elt;
-    if (f->ip) /* the last iteration overwrote the input */
+    /* --check: the result area starts as bytes 0x7f (3.4e38 in f32 and
+     * bf16, NaN in f16, 2139062143 in i32: never a checked value), so a
+     * call that writes nothing there is counted wrong instead of passing
+     * on the previous iteration's result */
+    if (c->o->check)
+        TP_TRY(tp_dev_memset(x->dev, (void *)f->result, 0x7f, z->rn * elt));
+    if (f->ip) /* the input again (the last iteration overwrote it, or the poison did) */
         TP_TRY(tp_dev_upload(x->dev, f->send, b->h_in, z->sn * elt));
     int agg = c->o->agg;
     TP_TRY(tp_barrier(x->comm));
@@ -656,11 +662,8 @@ static tp_status time_form(coll_rank_ctx *x, const coll_bufs *b, const coll_size
     uint64_t wrong = 0;
     if (!ip || z->op == TP_OP_BROADCAST) /* the input again (in place: time_one does it) */
         TP_TRY(tp_dev_upload(x->dev, f.send, b->h_in, z->sn * c->elt));
-    for (int it = 0; it < c->iters; it++) {
-        if (z->op == TP_OP_BROADCAST && c->o->check && it > 0) /* non-roots start wrong again */
-            TP_TRY(tp_dev_upload(x->dev, f.send, b->h_in, z->sn * c->elt));
+    for (int it = 0; it < c->iters; it++) /* broadcast is in place: non-roots start wrong again */
         TP_TRY(time_one(x, b, z, &f, &us[it], &wrong));
-    }
     TP_TRY(combine_times(x->comm, c->o->average, us, c->iters));
     return sum_count(x->comm, wrong, wrong_all);
 }
