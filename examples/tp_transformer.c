@@ -129,9 +129,13 @@ static int resolve_dtypes(opts *o)
         return 2;
     if (!o->cmp_dtype_s)
         return 0;
-    if (o->compare) {
-        fprintf(stderr, "tp_transformer: --compare-dtype and --compare-tp cannot be combined; "
-                        "run them separately\n");
+    if (o->compare || o->dp.dp) {
+        /* with --dp the second run would be --compare-dp's one replica (or
+         * none at all): compare one thing per run */
+        fprintf(stderr,
+                "tp_transformer: --compare-dtype and %s cannot be combined; run them "
+                "separately\n",
+                o->compare ? "--compare-tp" : "--dp");
         return 2;
     }
     o->nruns = 2;
