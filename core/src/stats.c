@@ -230,7 +230,9 @@ tp_status tp_stats_split_wait(tp_comm *comm, uint64_t *calls)
         return tp_set_error(TP_ERR_INVALID_ARG,
                             "tp_stats_split_wait: comm has no wait log; call "
                             "tp_stats_set_wait(comm, TP_WAIT_CLOCK) before the calls to split");
-    /* the gathers below are neither logged nor counted */
+    /* the gathers below are neither logged nor counted; the split calls'
+     * pending device times go into the counters before they are saved */
+    tpi_device_read_timings(comm->dev);
     tp_counter saved[TP_PHASE_COUNT][TP_OP_COUNT];
     memcpy(saved, comm->counters, sizeof saved);
     comm->wait_mode = TP_WAIT_NONE;

@@ -444,6 +444,20 @@ static void body_stats(tpt_rank *k)
         tp_stats_get(k->g, &s);
         EXPECT(k, s.kernel[TP_PHASE_OTHER].seconds == 0 && s.kernel[TP_PHASE_OTHER].calls == 0,
                "after reset: %.9f s", s.kernel[TP_PHASE_OTHER].seconds);
+        /* splitting the waits keeps the split calls' event time (it once
+         * saved the counters before reading the device's pending times,
+         * and its restore dropped them) */
+        EXPECT_OK(k, tp_stats_set_wait(k->g, TP_WAIT_CLOCK));
+        for (int i = 0; i < 2; i++)
+            EXPECT_OK(k, tp_all_reduce(k->g, b.p, b.p, 13, TP_F32, TP_SUM));
+        uint64_t split = 0;
+        EXPECT_OK(k, tp_stats_split_wait(k->g, &split));
+        tp_stats_get(k->g, &s);
+        EXPECT(k, split == 2 && ar->calls == 2 && ar->seconds == 2e-3,
+               "after tp_stats_split_wait of %llu calls: %llu all_reduces, %.9f s (expected 2 "
+               "and 0.002)",
+               (unsigned long long)split, (unsigned long long)ar->calls, ar->seconds);
+        EXPECT_OK(k, tp_stats_set_wait(k->g, TP_WAIT_NONE));
     }
     dbuf_free(k, &b);
 }
