@@ -29,6 +29,8 @@
  * completion, both on the rank's thread (device ops stay on it).
  */
 #include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "tp-internal.h"
@@ -83,11 +85,27 @@ typedef struct tpi_nb {
 
 /* ------------------------------------------------------------ the thread */
 
+/* A request's message, or NULL when there is no memory for it (tp_wait
+ * then names the status): never g_strdup & co., which abort (and, with
+ * nothing left, overflow the stack) instead of failing. */
+static char *msg_printf(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+static char *msg_printf(const char *fmt, ...)
+{
+    char *m = g_try_malloc(TPI_ERROR_MAX);
+    if (m) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(m, TPI_ERROR_MAX, fmt, ap);
+        va_end(ap);
+    }
+    return m;
+}
+
 static char *error_copy(tp_status st, const char *fn, uint64_t seq, const char *plugin)
 {
     const char *m = tp_last_error();
-    return g_strdup_printf("%s #%" PRIu64 " on backend '%s': %s", fn, seq, plugin,
-                           m[0] ? m : tp_status_string(st));
+    return msg_printf("%s #%" PRIu64 " on backend '%s': %s", fn, seq, plugin,
+                      m[0] ? m : tp_status_string(st));
 }
 
 static gpointer progress_main(gpointer data)
@@ -159,9 +177,9 @@ static tp_status progress_get(tp_comm *comm, tpi_worker **out)
     GError *err = NULL;
     pg->thread = g_thread_try_new("tp-progress", progress_main, pg, &err);
     if (!pg->thread) {
-        tp_status st = tp_set_error(TP_ERR_INTERNAL,
+        tp_status st = tp_set_error(TP_ERR_NO_MEMORY,
                                     "nonblocking collectives on backend '%s': cannot start the "
-                                    "progress thread: %s",
+                                    "progress thread (out of memory or of threads): %s",
                                     comm->plugin, err ? err->message : "unknown error");
         g_clear_error(&err);
         g_mutex_clear(&pg->mu);
@@ -286,9 +304,9 @@ static void complete(tp_request *r, tp_status st)
         tp_status up = d->ops->upload(d->handle, r->dev_recv, r->hr, r->recv_bytes);
         if (up) {
             r->status = up;
-            r->msg = g_strdup_printf("%s #%" PRIu64 ": device '%s': upload of the %zu-byte result "
-                                     "of a staged collective failed: %s",
-                                     r->fn, r->seq, d->name, r->recv_bytes, tp_last_error());
+            r->msg = msg_printf("%s #%" PRIu64 ": device '%s': upload of the %zu-byte result "
+                                "of a staged collective failed: %s",
+                                r->fn, r->seq, d->name, r->recv_bytes, tp_last_error());
         }
     }
     r->complete = true;
@@ -415,7 +433,8 @@ void tpi_request_comm_end(tp_comm *comm)
     tpi_nb *nb = comm->nb;
     if (!nb)
         return;
-    char *saved = g_strdup(tp_last_error());
+    char saved[TPI_ERROR_MAX];
+    snprintf(saved, sizeof saved, "%s", tp_last_error());
     tpi_request_drain(comm);
     while (nb->head) {
         tp_request *r = nb->head;
@@ -432,7 +451,6 @@ void tpi_request_comm_end(tp_comm *comm)
     tp_clear_error();
     if (saved[0])
         tp_set_error(TP_ERR_INTERNAL, "%s", saved); /* keep the caller's message */
-    g_free(saved);
 }
 
 void tpi_request_rank_end(tp_rank_state *state)

@@ -12,6 +12,9 @@
  *                                nothing is left (64 KiB blocks down to 32
  *                                bytes), keeps it all and returns the error:
  *                                tp must report it without memory
+ *   faults-prog exhaust-nb MB RANKS  the same after one tp_iall_reduce (the
+ *                                communicator then has nonblocking state
+ *                                to end without memory)
  *
  * The backend and device come from TP_BACKEND / TP_DEVICE. Exit status 0
  * on success; 1 with "faults-prog: STATUS: message" on stderr on a tp
@@ -118,6 +121,23 @@ static tp_status exhaust(tp_comm *w, void *arg)
                         tp_comm_rank(w), n);
 }
 
+/* exhaust, after a nonblocking all_reduce on the world. */
+static tp_status exhaust_nb(tp_comm *w, void *arg)
+{
+    tp_device *dev = tp_comm_device(w);
+    void *a = NULL;
+    tp_request *r = NULL;
+    tp_status st = tp_dev_alloc(dev, 4 * sizeof(float), &a);
+    if (st == TP_OK)
+        st = tp_dev_memset(dev, a, 0, 4 * sizeof(float));
+    if (st == TP_OK)
+        st = tp_iall_reduce(w, a, a, 4, TP_F32, TP_SUM, &r);
+    if (st == TP_OK)
+        st = tp_wait(r);
+    tp_dev_free(dev, a);
+    return st == TP_OK ? exhaust(w, arg) : st;
+}
+
 /* The address space in use now (VmSize), in bytes; 0 if unknown. */
 static size_t vm_size(void)
 {
@@ -145,13 +165,13 @@ int main(int argc, char **argv)
     tp_config cfg = {.world_size = 2};
     if (strcmp(mode, "gemm") == 0) {
         fn = gemms;
-    } else if (strcmp(mode, "oom") == 0 || strcmp(mode, "exhaust") == 0) {
+    } else if (strcmp(mode, "oom") == 0 || strncmp(mode, "exhaust", 7) == 0) {
 #ifdef UNDER_ASAN
         return 77; /* the sanitizer's shadow memory does not fit an address-space limit */
 #endif
         if (argc < 4)
             return 2;
-        fn = strcmp(mode, "oom") == 0 ? big : exhaust;
+        fn = strcmp(mode, "oom") == 0 ? big : strcmp(mode, "exhaust") == 0 ? exhaust : exhaust_nb;
         cfg.world_size = atoi(argv[3]);
         if (argc > 4)
             oom_elems = (size_t)atol(argv[4]);

@@ -280,15 +280,17 @@ END_TEST
 /* A sweep of address-space limits over runs of 64 ranks with little data
  * (threads run out first), of 8 ranks with 36 MiB each (buffers run out
  * first), and of 2 and 8 ranks that take every byte left and then fail
- * (tp must report that without memory): each run ends on its own, with 0
- * or a named TP_ERR_NO_MEMORY, never a signal or a hang. */
+ * (tp must report that without memory; the last 8 runs after a
+ * nonblocking collective, whose state is ended without memory too): each
+ * run ends on its own, with 0 or a named TP_ERR_NO_MEMORY, never a signal
+ * or a hang. */
 START_TEST(test_oom_sweep)
 {
     const char *env[] = {"TP_BACKEND=good", "TP_DEVICE=good", NULL};
     int ok = 0, nomem = 0;
-    for (int run_i = 0; run_i < 2 * 51 + 2 * 8; run_i++) {
+    for (int run_i = 0; run_i < 2 * 51 + 3 * 8; run_i++) {
         int mb = run_i < 102 ? run_i % 51 * 32 : 64 + (run_i - 102) % 8 * 32;
-        const char *mode = run_i < 102 ? "oom" : "exhaust";
+        const char *mode = run_i < 102 ? "oom" : run_i < 118 ? "exhaust" : "exhaust-nb";
         const char *ranks = run_i < 51 ? "64" : run_i < 110 ? "8" : "2";
         char mbs[16];
         g_snprintf(mbs, sizeof mbs, "%d", mb);
@@ -308,11 +310,13 @@ START_TEST(test_oom_sweep)
         if (WEXITSTATUS(c.status) == 0) {
             ok++;
         } else {
-            ck_assert_msg(WEXITSTATUS(c.status) == 1, "limit +%d MiB: exit %d; stderr:\n%s", mb,
+            ck_assert_msg(WEXITSTATUS(c.status) == 1,
+                          "%s, %s ranks, limit +%d MiB: exit %d; stderr:\n%s", mode, ranks, mb,
                           WEXITSTATUS(c.status), c.err);
             ck_assert_msg(strstr(c.err, "TP_ERR_NO_MEMORY") &&
                               (strstr(c.err, "bytes") || strstr(c.err, "thread")),
-                          "limit +%d MiB: not a named out-of-memory error:\n%s", mb, c.err);
+                          "%s, %s ranks, limit +%d MiB: not a named out-of-memory error:\n%s", mode,
+                          ranks, mb, c.err);
             nomem++;
         }
         g_free(c.err);
