@@ -523,6 +523,8 @@ tp_status tp_run(tp_ctx *ctx, tp_rank_fn fn, void *arg)
         states[i] = &jobs[i].state;
     }
     tpi_watchdog *dog = tpi_watchdog_start(states, n, ctx->host.timeout_s);
+    for (int i = 0; i < n; i++)
+        states[i]->watchdog = dog;
     tp_status st = TP_OK;
     if (n == 1) {
         rank_thread(&jobs[0]); /* the calling thread: MPI wants it */
@@ -533,6 +535,8 @@ tp_status tp_run(tp_ctx *ctx, tp_rank_fn fn, void *arg)
                 pthread_join(threads[i], NULL);
     }
     tpi_watchdog_stop(dog);
+    for (int i = 0; i < n; i++)
+        states[i]->watchdog = NULL;
     if (!st && run.first_failed >= 0) {
         rank_job *j = &jobs[run.first_failed];
         st = tp_set_error(j->status, "rank %d: %s", ctx->info.first_rank + j->local_index,

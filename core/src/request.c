@@ -111,6 +111,8 @@ static char *error_copy(tp_status st, const char *fn, uint64_t seq, const char *
 static gpointer progress_main(gpointer data)
 {
     tpi_worker *pg = data;
+    /* a crash here is reported as the rank's, naming the plugin call */
+    tpi_watch_rank_begin(&pg->wstate);
     g_mutex_lock(&pg->mu);
     for (;;) {
         while (g_queue_is_empty(&pg->queue) && !pg->stop)
@@ -136,6 +138,7 @@ static gpointer progress_main(gpointer data)
         g_cond_broadcast(&pg->cv);
     }
     g_mutex_unlock(&pg->mu);
+    tpi_watch_rank_end(&pg->wstate);
     return NULL;
 }
 
@@ -149,6 +152,7 @@ static void progress_stop(tp_rank_state *state)
     g_cond_broadcast(&pg->cv);
     g_mutex_unlock(&pg->mu);
     g_thread_join(pg->thread);
+    tpi_watchdog_watch_worker(state->watchdog, state, NULL);
     g_mutex_clear(&pg->mu);
     g_cond_clear(&pg->cv);
     g_free(pg);
@@ -188,6 +192,7 @@ static tp_status progress_get(tp_comm *comm, tpi_worker **out)
         return st;
     }
     state->progress = pg;
+    tpi_watchdog_watch_worker(state->watchdog, state, &pg->wstate);
     *out = pg;
     return TP_OK;
 }

@@ -89,6 +89,7 @@ typedef struct tp_rank_state {
     /* The progress thread serving the rank's nonblocking collectives on
      * plugins without the slots (request.c); NULL until first used. */
     struct tpi_worker *progress;
+    struct tpi_watchdog *watchdog; /* tp_run's, or NULL: it watches the progress thread too */
 } tp_rank_state;
 
 /* Device timing (timing.c): an event pair waiting to be read into a
@@ -276,5 +277,8 @@ typedef struct tpi_watchdog tpi_watchdog;
 double tpi_watchdog_limit(double timeout_s); /* timeout + max(5 s, 10 %) */
 tpi_watchdog *tpi_watchdog_start(tp_rank_state *const *ranks, int n, double timeout_s);
 void tpi_watchdog_stop(tpi_watchdog *w); /* NULL is a no-op */
+/* Watch worker (a rank's progress thread's state; NULL: stop watching it)
+ * as part of rank `owner`. w NULL is a no-op. */
+void tpi_watchdog_watch_worker(tpi_watchdog *w, const tp_rank_state *owner, tp_rank_state *worker);
 
 #endif /* TP_INTERNAL_H */

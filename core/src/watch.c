@@ -330,6 +330,7 @@ struct tpi_watchdog {
     pthread_cond_t cond;
     bool stop;
     tp_rank_state *const *ranks;
+    tp_rank_state **workers; /* [n]: each rank's progress thread, or NULL (under lock) */
     int n;
     double timeout_s;
     int64_t limit_ns, period_ns;
@@ -369,6 +370,13 @@ static void watchdog_fire(const tpi_watchdog *w, int stuck, const snapshot *c, i
             put_s(&l, w->ranks[i]->error);
         }
         put_line(&l);
+        if (w->workers[i] && snap(w->workers[i], &o)) {
+            put_s(&l, "tp: watchdog:   rank ");
+            put_i(&l, w->ranks[i]->world_rank);
+            put_s(&l, "'s progress thread (nonblocking collectives): ");
+            put_call(&l, &o, now);
+            put_line(&l);
+        }
     }
     put_s(&l, "tp: watchdog: ending the process with exit status ");
     put_u(&l, TP_EXIT_WATCHDOG);
@@ -385,6 +393,9 @@ static void watchdog_fire(const tpi_watchdog *w, int stuck, const snapshot *c, i
     _exit(TP_EXIT_WATCHDOG);
 }
 
+/* Under w->lock (the workers may not change meanwhile). A rank waiting
+ * for a request its progress thread serves is not inside a plugin call:
+ * the thread's own call is watched as the rank's. */
 static void watchdog_check(const tpi_watchdog *w)
 {
     int64_t now = tpi_now_ns();
@@ -392,7 +403,20 @@ static void watchdog_check(const tpi_watchdog *w)
         snapshot c;
         if (snap(w->ranks[i], &c) && c.watched && now - c.last_ns > w->limit_ns)
             watchdog_fire(w, i, &c, now);
+        if (w->workers[i] && snap(w->workers[i], &c) && c.watched && now - c.last_ns > w->limit_ns)
+            watchdog_fire(w, i, &c, now);
     }
+}
+
+void tpi_watchdog_watch_worker(tpi_watchdog *w, const tp_rank_state *owner, tp_rank_state *worker)
+{
+    if (!w)
+        return;
+    pthread_mutex_lock(&w->lock);
+    for (int i = 0; i < w->n; i++)
+        if (w->ranks[i] == owner)
+            w->workers[i] = worker;
+    pthread_mutex_unlock(&w->lock);
 }
 
 static void *watchdog_main(void *arg)
@@ -417,8 +441,13 @@ static void *watchdog_main(void *arg)
 tpi_watchdog *tpi_watchdog_start(tp_rank_state *const *ranks, int n, double timeout_s)
 {
     tpi_watchdog *w = calloc(1, sizeof *w);
-    if (!w)
+    tp_rank_state **workers = calloc((size_t)(n > 0 ? n : 1), sizeof *workers);
+    if (!w || !workers) {
+        free(w);
+        free(workers);
         return NULL;
+    }
+    w->workers = workers;
     w->ranks = ranks;
     w->n = n;
     w->timeout_s = timeout_s;
@@ -437,6 +466,7 @@ tpi_watchdog *tpi_watchdog_start(tp_rank_state *const *ranks, int n, double time
         tpi_debug("launch", "no watchdog for this run: cannot start its thread (%s)", strerror(rc));
         pthread_cond_destroy(&w->cond);
         pthread_mutex_destroy(&w->lock);
+        free(w->workers);
         free(w);
         return NULL;
     }
@@ -454,5 +484,6 @@ void tpi_watchdog_stop(tpi_watchdog *w)
     pthread_join(w->thread, NULL);
     pthread_cond_destroy(&w->cond);
     pthread_mutex_destroy(&w->lock);
+    free(w->workers);
     free(w);
 }

@@ -3,6 +3,7 @@
  * faults-prog — a small tp program for tests/faults, run as a child.
  *
  *   faults-prog collectives      two ranks, a few f32 all_reduces
+ *   faults-prog collectives-nb   the same, as tp_iall_reduce + tp_wait
  *   faults-prog gemm             two ranks, rank 0 runs two 1x1x1 gemms
  *   faults-prog oom MB RANKS [N] RANKS ranks under an address-space limit of
  *                                the current size plus MB MiB (set after
@@ -37,17 +38,22 @@
 
 static size_t oom_elems = 1 << 14; /* f32 per rank */
 
+/* Four all_reduces, blocking, or (arg non-NULL) started and waited for:
+ * on a plugin without the nonblocking slots, the core's progress thread
+ * makes the plugin calls. */
 static tp_status collectives(tp_comm *w, void *arg)
 {
-    (void)arg;
     tp_device *dev = tp_comm_device(w);
     void *buf = NULL;
     tp_status st = tp_dev_alloc(dev, 4 * sizeof(float), &buf);
     for (int i = 0; i < 4 && !st; i++) {
         float v[4] = {1, 2, 3, (float)tp_comm_rank(w)};
+        tp_request *r = NULL;
         st = tp_dev_upload(dev, buf, v, sizeof v);
-        if (!st)
+        if (!st && !arg)
             st = tp_all_reduce(w, buf, buf, 4, TP_F32, TP_SUM);
+        else if (!st && (st = tp_iall_reduce(w, buf, buf, 4, TP_F32, TP_SUM, &r)) == TP_OK)
+            st = tp_wait(r);
     }
     tp_dev_free(dev, buf);
     return st;
@@ -162,6 +168,7 @@ int main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "collectives";
     tp_rank_fn fn = collectives;
+    void *arg = NULL;
     tp_config cfg = {.world_size = 2};
     if (strcmp(mode, "gemm") == 0) {
         fn = gemms;
@@ -175,6 +182,8 @@ int main(int argc, char **argv)
         cfg.world_size = atoi(argv[3]);
         if (argc > 4)
             oom_elems = (size_t)atol(argv[4]);
+    } else if (strcmp(mode, "collectives-nb") == 0) {
+        arg = (void *)mode;
     } else if (strcmp(mode, "collectives") != 0) {
         fprintf(stderr, "faults-prog: unknown mode '%s'\n", mode);
         return 2;
@@ -191,7 +200,7 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    st = tp_run(ctx, fn, NULL);
+    st = tp_run(ctx, fn, arg);
     if (st)
         return fail("tp_run", st);
     tp_finalize(ctx);

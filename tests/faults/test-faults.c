@@ -98,16 +98,31 @@ static child run(const char *const *args, const char *const *env, double deadlin
 
 /* ------------------------------------------------------------- crashes */
 
-START_TEST(test_segv_in_all_reduce)
+/* The crash is named whether the plugin call runs on the rank's thread
+ * or (tp_iall_reduce on a plugin without the nonblocking slots) on the
+ * core's progress thread, which once printed no line at all. */
+static void segv_in_all_reduce(bool nb_calls)
 {
     const char *env[] = {"TP_BACKEND=segv", "TP_DEVICE=segv", NULL};
-    child c = run(NULL, env, 60);
+    const char *nb[] = {"collectives-nb", NULL};
+    child c = run(nb_calls ? nb : NULL, env, 60);
     ck_assert_msg(c.status != -1, "killed at the deadline; stderr:\n%s", c.err);
     ck_assert_msg(WIFSIGNALED(c.status) && WTERMSIG(c.status) == SIGSEGV,
                   "want death by SIGSEGV, got status 0x%x; stderr:\n%s", c.status, c.err);
     ck_assert_err_has(c, "tp: rank 1: SIGSEGV inside all_reduce (collective #3 on its "
                          "communicator) of plugin " FIX "/libtp-segv.so for ");
     g_free(c.err);
+}
+
+START_TEST(test_segv_in_all_reduce)
+{
+    segv_in_all_reduce(false);
+}
+END_TEST
+
+START_TEST(test_segv_in_all_reduce_nb)
+{
+    segv_in_all_reduce(true);
 }
 END_TEST
 
@@ -156,13 +171,16 @@ END_TEST
 
 /* ---------------------------------------------------------------- hang */
 
-START_TEST(test_hang_watchdog)
+static void hang_watchdog(bool nb_calls)
 {
     /* Rank 1 never returns from its second all_reduce; rank 0 times out
      * after TP_TIMEOUT_S=1 and returns; the watchdog ends the process at
-     * 1 s + the 5 s grace, plus up to a second of its wake-up period. */
+     * 1 s + the 5 s grace, plus up to a second of its wake-up period. With
+     * tp_iall_reduce (nb_calls) the stuck call is on rank 1's progress
+     * thread while rank 1 waits in tp_wait: it once waited forever. */
     const char *env[] = {"TP_BACKEND=hang", "TP_DEVICE=hang", "TP_TIMEOUT_S=1", NULL};
-    child c = run(NULL, env, 30);
+    const char *nb[] = {"collectives-nb", NULL};
+    child c = run(nb_calls ? nb : NULL, env, 30);
     ck_assert_msg(c.status != -1, "still running after 30 s; stderr:\n%s", c.err);
     ck_assert_msg(WIFEXITED(c.status) && WEXITSTATUS(c.status) == TP_EXIT_WATCHDOG,
                   "want exit %d, got status 0x%x; stderr:\n%s", TP_EXIT_WATCHDOG, c.status, c.err);
@@ -172,11 +190,27 @@ START_TEST(test_hang_watchdog)
     ck_assert_err_has(c, "over TP_TIMEOUT_S (1.000 s) plus a grace period (5.000 s) without "
                          "progress");
     /* the healthy rank's own timeout, which tp_run never got to return */
-    ck_assert_err_has(c, "tp: watchdog:   rank 0: not inside a plugin call; it failed: fixture: "
-                         "rank 0: peers did not arrive within 1 s");
-    ck_assert_err_has(c, "tp: watchdog:   rank 1: inside all_reduce (collective #2");
+    ck_assert_err_has(c, nb_calls ? "tp: watchdog:   rank 0: not inside a plugin call; it "
+                                    "failed: tp_iall_reduce #2 on backend 'hang': fixture: rank "
+                                    "0: peers did not arrive within 1 s"
+                                  : "tp: watchdog:   rank 0: not inside a plugin call; it "
+                                    "failed: fixture: rank 0: peers did not arrive within 1 s");
+    ck_assert_err_has(c, nb_calls ? "tp: watchdog:   rank 1's progress thread (nonblocking "
+                                    "collectives): inside all_reduce (collective #2"
+                                  : "tp: watchdog:   rank 1: inside all_reduce (collective #2");
     ck_assert_err_has(c, "ending the process with exit status 86");
     g_free(c.err);
+}
+
+START_TEST(test_hang_watchdog)
+{
+    hang_watchdog(false);
+}
+END_TEST
+
+START_TEST(test_hang_watchdog_nb)
+{
+    hang_watchdog(true);
 }
 END_TEST
 
@@ -330,10 +364,12 @@ int main(int argc, char **argv)
 {
     const tpt_named_test tests[] = {
         {"test_segv_in_all_reduce", test_segv_in_all_reduce},
+        {"test_segv_in_all_reduce_nb", test_segv_in_all_reduce_nb},
         {"test_segv_in_gemm", test_segv_in_gemm},
         {"test_signals_off", test_signals_off},
         {"test_healthy_run_untouched", test_healthy_run_untouched},
         {"test_hang_watchdog", test_hang_watchdog},
+        {"test_hang_watchdog_nb", test_hang_watchdog_nb},
         {"test_slow_progress_not_killed", test_slow_progress_not_killed},
         {"test_shadow_notice", test_shadow_notice},
         {"test_shadow_tp_info", test_shadow_tp_info},
