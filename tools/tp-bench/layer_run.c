@@ -695,7 +695,13 @@ int bench_cmd_layer(const bench_opts *o)
     L.warmup = o->warmup >= 0 ? o->warmup : 1;
     bench_progress_start(&L.prog, o->quiet);
     bool header = false;
-    for (int i = 0; i < ntp && rc == 0; i++) {
+    /* T = 1 first, when it is in the list: every other T's speedup and
+     * efficiency (text and JSON) is relative to it */
+    int first = 0;
+    while (first < ntp && tps[first] != 1)
+        first++;
+    for (int k = 0; k < ntp && rc == 0; k++) {
+        int i = first == ntp ? k : k == 0 ? first : k <= first ? k - 1 : k;
         L.res = &res[i];
         int ranks = o->dp > 1 ? tps[i] * o->dp : tps[i];
         rc = bench_run_tps(&env, &ranks, 1, o->dp > 1 ? layer_rank_dp : layer_rank, &L);
