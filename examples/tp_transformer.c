@@ -649,8 +649,72 @@ static tp_status compare_step(trainer *tr, int s, float loss)
     return st;
 }
 
-/* Step s: its batch, forward, backward (then, at the first step of the main
- * run, the --save-npy dump), optimizer step; timed and counted. */
+/* s -= what the counters of `to` add to those of `from`: the work between
+ * two reads taken out of a step's counts. */
+static void stats_exclude(tp_stats *s, const tp_stats *from, const tp_stats *to)
+{
+    for (int ph = 0; ph < TP_PHASE_COUNT; ph++) {
+        tp_counter *c[2] = {&s->gemm[ph], &s->kernel[ph]};
+        const tp_counter *a[2] = {&from->gemm[ph], &from->kernel[ph]};
+        const tp_counter *b[2] = {&to->gemm[ph], &to->kernel[ph]};
+        for (int op = 0; op < TP_OP_COUNT + 2; op++) {
+            tp_counter *x = op < TP_OP_COUNT ? &s->comm[ph][op] : c[op - TP_OP_COUNT];
+            const tp_counter *xa = op < TP_OP_COUNT ? &from->comm[ph][op] : a[op - TP_OP_COUNT];
+            const tp_counter *xb = op < TP_OP_COUNT ? &to->comm[ph][op] : b[op - TP_OP_COUNT];
+            x->calls -= xb->calls - xa->calls;
+            x->bytes -= xb->bytes - xa->bytes;
+            x->seconds -= xb->seconds - xa->seconds;
+            x->wait_seconds -= xb->wait_seconds - xa->wait_seconds;
+        }
+        s->gemm_flops[ph] -= to->gemm_flops[ph] - from->gemm_flops[ph];
+        for (int op = 0; op < TP_OP_COUNT; op++) {
+            tp_icounter *x = &s->icomm[ph][op];
+            const tp_icounter *xa = &from->icomm[ph][op], *xb = &to->icomm[ph][op];
+            x->calls -= xb->calls - xa->calls;
+            x->bytes -= xb->bytes - xa->bytes;
+            x->issue_seconds -= xb->issue_seconds - xa->issue_seconds;
+            x->seconds -= xb->seconds - xa->seconds;
+            x->wait_seconds -= xb->wait_seconds - xa->wait_seconds;
+            x->exposed_seconds -= xb->exposed_seconds - xa->exposed_seconds;
+        }
+    }
+}
+
+/* The --save-npy dump and the --compare-tp/-dp records of step s: not part
+ * of the step, so neither timed nor counted (their gathers of full tensors
+ * would otherwise dominate a short run's numbers). *spent: their time;
+ * x[0..1] the TP group's counters before and after them, x[2..3] the DP
+ * group's. False when there were none. */
+static bool step_extras(trainer *tr, int s, float loss, double *spent, tp_stats x[4], tp_status *st)
+{
+    const opts *o = tr->o;
+    bool save = s == o->save_step && o->npy_dir && tr->which == 0;
+    bool cmp = o->nruns > 1 && s < o->compare_steps;
+    *spent = 0;
+    *st = TP_OK;
+    if (!save && !cmp)
+        return false;
+    *st = tp_dev_synchronize(tr->dev);
+    double t0 = ex_now();
+    tp_stats_get(tr->g, &x[0]);
+    if (tr->dpc)
+        tp_stats_get(tr->dpc, &x[2]);
+    if (*st == TP_OK && save)
+        *st = save_npy(o, tr->m, tr->rank, tp_comm_size(tr->g), tr->ids, tr->tgt, loss);
+    if (*st == TP_OK && cmp)
+        *st = compare_step(tr, s, loss);
+    if (*st == TP_OK)
+        *st = tp_dev_synchronize(tr->dev);
+    *spent = ex_now() - t0;
+    tp_stats_get(tr->g, &x[1]);
+    if (tr->dpc)
+        tp_stats_get(tr->dpc, &x[3]);
+    return true;
+}
+
+/* Step s: its batch, forward, backward, DP reduction, optimizer step;
+ * timed and counted (the --save-npy dump and --compare records between
+ * the last two are not). */
 static tp_status train_step(trainer *tr, int s, step_result *r)
 {
     const opts *o = tr->o;
@@ -667,16 +731,22 @@ static tp_status train_step(trainer *tr, int s, step_result *r)
     EX_TRY(tt_dp_begin(&o->dp, tr->ddp, tr->weight));
     EX_TRY(tp_gpt_backward_scaled(tr->m, tp_optim_loss_scale(tr->opt)));
     EX_TRY(dp_reduce(tr, &r->loss));
-    if (s == o->save_step && o->npy_dir && tr->which == 0)
-        EX_TRY(save_npy(o, tr->m, tr->rank, tp_comm_size(tr->g), tr->ids, tr->tgt, r->loss));
-    if (o->nruns > 1 && s < o->compare_steps)
-        EX_TRY(compare_step(tr, s, r->loss));
+    tp_stats x[4];
+    double spent;
+    tp_status st;
+    bool extras = step_extras(tr, s, r->loss, &spent, x, &st);
+    EX_TRY(st);
     EX_TRY(tp_optim_step(tr->opt));
     EX_TRY(tp_dev_synchronize(tr->dev));
-    r->dt = ex_now() - t0;
+    r->dt = ex_now() - t0 - spent;
     tp_stats_get(tr->g, &r->stats);
     if (tr->dpc)
         tp_stats_get(tr->dpc, &r->dstats);
+    if (extras) {
+        stats_exclude(&r->stats, &x[0], &x[1]);
+        if (tr->dpc)
+            stats_exclude(&r->dstats, &x[2], &x[3]);
+    }
     r->gemm = r->kern = r->comm = 0;
     for (int ph = 0; ph < TP_PHASE_COUNT; ph++) {
         r->gemm += r->stats.gemm[ph].seconds;
