@@ -246,19 +246,19 @@ START_TEST(test_signal_forwarded)
 }
 END_TEST
 
-/* Whether pid exists and is not a zombie (/proc/PID/stat's state). */
-static int running(pid_t pid)
+/* 1 while pid is a live process (a zombie counts as dead). */
+static int alive(pid_t pid)
 {
-    char path[64], buf[512];
+    char path[64], st[512];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
     FILE *f = fopen(path, "r");
     if (!f)
         return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    size_t n = fread(st, 1, sizeof st - 1, f);
     fclose(f);
-    buf[n] = '\0';
-    const char *paren = strrchr(buf, ')'); /* the name may hold spaces and parentheses */
-    return paren && paren[1] == ' ' && paren[2] != 'Z' && paren[2] != 'X';
+    st[n] = '\0';
+    char *p = strrchr(st, ')');
+    return p && p[1] == ' ' && p[2] != 'Z' && p[2] != 'X';
 }
 
 /* A rank that fails leaves a child in its process group: when the job
@@ -281,15 +281,15 @@ START_TEST(test_failed_job_ends_leftovers)
     ck_assert_msg(at != NULL, "no child pid: %s", o.out);
     pid_t child = (pid_t)atol(at + strlen("[rank 0] child "));
     ck_assert_int_gt(child, 1);
-    int alive = 1;
-    for (int i = 0; i < 100 && alive; i++) {
-        alive = running(child); /* a zombie is dead: its new parent (init) may be slow to reap */
-        if (alive)
+    int lives = 1;
+    for (int i = 0; i < 100 && lives; i++) {
+        lives = alive(child); /* a zombie is dead: its new parent (init) may be slow to reap */
+        if (lives)
             nanosleep(&(struct timespec){0, 20 * 1000 * 1000}, NULL);
     }
-    if (alive)
+    if (lives)
         kill(child, SIGKILL); /* the rank's child: started by this test's job */
-    ck_assert_msg(!alive, "rank 0's child %d outlived the failed job", (int)child);
+    ck_assert_msg(!lives, "rank 0's child %d outlived the failed job", (int)child);
 }
 END_TEST
 
@@ -449,21 +449,6 @@ START_TEST(test_too_many_ranks)
     ck_assert_msg(strstr(o.out, "[rank") == NULL, "a rank ran: %s", o.out);
 }
 END_TEST
-
-/* 1 while pid is a live process (a zombie counts as dead). */
-static int alive(pid_t pid)
-{
-    char path[64], st[512];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    size_t n = fread(st, 1, sizeof st - 1, f);
-    fclose(f);
-    st[n] = '\0';
-    char *p = strrchr(st, ')');
-    return p && p[1] == ' ' && p[2] != 'Z' && p[2] != 'X';
-}
 
 /* kill -9 of tp-launch (no prefix: no pipes that would end the ranks) takes
  * its ranks with it. This test process is a child subreaper, so the
