@@ -5,8 +5,9 @@
  *
  * After the entry barrier every rank can read every rank's buffers. The
  * output is cut into T shares on cache-line boundaries (relative to the
- * buffer start) and rank i computes share i for every rank: all threads
- * work, each output byte is written once, no staging buffer. The exit
+ * buffer start) and rank i computes share i for every rank (shmcoll's
+ * sc_direct_share): all threads work, each output byte is written once,
+ * no staging buffer. The exit
  * barrier then makes all shares visible before anyone returns. Because
  * each output element is produced by one thread from the inputs in rank
  * order, results are bitwise identical on every rank and every run, and
@@ -54,93 +55,51 @@ lb_args lb_args_of(const sc_os_op *o)
                      .root = o->root};
 }
 
-/* sc_reduce / sc_fanout, or their device-memory counterparts. */
-static tp_status lb_reduce(lb_comm *c, int dt, int op, const void *const *src, int nsrc,
+/* sc_reduce / sc_fanout, or their device-memory counterparts (ctx: the lb_comm). */
+static tp_status lb_reduce(void *ctx, int dt, int op, const void *const *src, int nsrc,
                            void *const *dst, int ndst, size_t n, bool stream)
 {
+    lb_comm *c = ctx;
     if (c->dops)
         return lb_dev_reduce(c, dt, op, src, nsrc, dst, ndst, n);
     c->streamed |= sc_reduce(dt, op, src, nsrc, dst, ndst, n, stream);
     return TP_OK;
 }
 
-static tp_status lb_fanout(lb_comm *c, const void *src, void *const *dst, int ndst, size_t bytes,
+static tp_status lb_fanout(void *ctx, const void *src, void *const *dst, int ndst, size_t bytes,
                            bool stream)
 {
+    lb_comm *c = ctx;
     if (c->dops)
         return lb_dev_fanout(c, src, dst, ndst, bytes);
     c->streamed |= sc_fanout(src, dst, ndst, bytes, stream);
     return TP_OK;
 }
 
-/* [b0, b1): the part of block [off, off + cnt) inside share [lo, hi); false if empty. */
-static bool lb_cut(size_t lo, size_t hi, size_t off, size_t cnt, size_t *b0, size_t *b1)
-{
-    *b0 = lo > off ? lo : off;
-    *b1 = hi < off + cnt ? hi : off + cnt;
-    return *b0 < *b1;
-}
-
 tp_status lb_share(lb_comm *c, lb_kind kind, const lb_args *const *a, int s, int nw)
 {
-    lb_group *g = c->g;
-    int n = g->size;
+    int n = c->g->size;
     const lb_args *me = a[c->rank];
-    int dt = me->dt, op = me->op;
-    size_t es = tp_util_dtype_size((tp_dtype)dt), total = me->count, lo, hi, off = 0;
-    sc_share(total, es, nw, s, &lo, &hi);
-    if (lo >= hi)
-        return TP_OK;
-    size_t sb = g->eng->stream_bytes, bytes = (hi - lo) * es;
-    const void *src[LB_MAX_RANKS];
-    void *dst[LB_MAX_RANKS];
-    tp_status w = TP_OK;
-    switch (kind) {
-        case LB_ALL_REDUCE:
-            if (n == 1)
-                return me->send == me->recv ? TP_OK
-                                            : lb_fanout(c, (const char *)me->send + lo * es,
-                                                        (void *const[]){(char *)me->recv + lo * es},
-                                                        1, bytes, false);
-            for (int r = 0; r < n; r++) {
-                src[r] = (const char *)a[r]->send + lo * es;
-                dst[r] = (char *)a[r]->recv + lo * es;
-            }
-            return lb_reduce(c, dt, op, src, n, dst, n, hi - lo, total * es >= sb / (size_t)n);
-        case LB_ALL_GATHER:
-            /* block r of the output comes from rank r's input */
-            for (int r = 0; r < n && off < hi && !w; off += me->counts[r], r++) {
-                size_t b0, b1;
-                if (!lb_cut(lo, hi, off, me->counts[r], &b0, &b1))
-                    continue;
-                for (int d = 0; d < n; d++)
-                    dst[d] = (char *)a[d]->recv + b0 * es;
-                w = lb_fanout(c, (const char *)a[r]->send + (b0 - off) * es, dst, n, (b1 - b0) * es,
-                              total * es >= sb / (size_t)n);
-            }
-            return w;
-        case LB_REDUCE_SCATTER:
-            /* block i of the reduced input goes to rank i */
-            for (int i = 0; i < n && off < hi && !w; off += me->counts[i], i++) {
-                size_t b0, b1;
-                if (!lb_cut(lo, hi, off, me->counts[i], &b0, &b1))
-                    continue;
-                for (int r = 0; r < n; r++)
-                    src[r] = (const char *)a[r]->send + b0 * es;
-                void *out = (char *)a[i]->recv + (b0 - off) * es;
-                if (n == 1 && out == src[0])
-                    continue;
-                w = lb_reduce(c, dt, op, src, n, &out, 1, b1 - b0, total * es >= sb);
-            }
-            return w;
-        case LB_BROADCAST:
-            if (n == 1)
-                return TP_OK;
-            for (int d = 0; d < n; d++)
-                dst[d] = (char *)a[d]->recv + lo * es;
-            return lb_fanout(c, dst[me->root], dst, n, bytes, total * es >= sb / (size_t)(n - 1));
-        default: return TP_OK;
+    const void *send[LB_MAX_RANKS];
+    void *recv[LB_MAX_RANKS];
+    for (int r = 0; r < n; r++) {
+        send[r] = a[r]->send;
+        recv[r] = a[r]->recv;
     }
+    sc_direct d = {.kind = (int)kind,
+                   .dt = me->dt,
+                   .op = me->op,
+                   .root = me->root,
+                   .size = n,
+                   .count = me->count,
+                   .counts = me->counts,
+                   .send = send,
+                   .recv = recv,
+                   .stream_bytes = c->g->eng->stream_bytes,
+                   .reduce = lb_reduce,
+                   .fanout = lb_fanout,
+                   .ctx = c};
+    return sc_direct_share(&d, s, nw);
 }
 
 /* Run call o of `kind` (its arguments set): one-shot if small, else the

@@ -74,6 +74,7 @@ void sh_comm_free(void *comm)
     if (c->bound && pthread_equal(pthread_self(), c->thread))
         sc_unbind_self(&c->saved);
     sh_nb_forget(c);
+    sh_mem_end(c);
     if (c->h) {
         atomic_store(&c->h->slots[c->rank].departed, 1);
         sc_bar_wake(&c->h->bar, true);

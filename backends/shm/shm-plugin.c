@@ -145,6 +145,8 @@ static const tp_comm_ops sh_ops = {
     .req_wait = sh_req_wait,
     .req_free = sh_req_free,
     .req_done_at = sh_req_done_at,
+    .mem_alloc = sh_mem_alloc, /* symmetric windows: collectives without staging */
+    .mem_free = sh_mem_free,
 };
 
 TP_PLUGIN_DEFINE("shm", "0.1.0",

@@ -83,12 +83,12 @@ static void sh_hdr_init(sh_hdr *h, int size, size_t chunk, size_t nb_bytes, size
 static bool sh_hdr_dead(const sh_hdr *h, size_t file_bytes)
 {
     uint64_t magic = atomic_load_explicit(&h->magic, memory_order_acquire);
-    if (magic != SH_MAGIC && magic != SH_MAGIC_INIT)
+    if (magic != SH_MAGIC && magic != SH_MAGIC_INIT && magic != SH_MAGIC_WIN)
         return false; /* not provably a tp segment */
     if (sh_proc_alive(atomic_load(&h->creator_pid), atomic_load(&h->creator_start)))
         return false;
-    if (magic == SH_MAGIC_INIT)
-        return true;
+    if (magic != SH_MAGIC)
+        return true; /* being set up, or one rank's object of a window: the creator is gone */
     int size = h->size;
     if (size < 1 || size > SH_MAX_RANKS || file_bytes < sh_data_offset(size))
         return false;

@@ -37,6 +37,7 @@
 #define SH_MAX_RANKS   64
 #define SH_MAGIC       0x316d68732d7074ull /* "tp-shm1" */
 #define SH_MAGIC_INIT  0x696d68732d7074ull /* "tp-shmi": being set up */
+#define SH_MAGIC_WIN   0x776d68732d7074ull /* "tp-shmw": a rank's object of a window */
 #define SH_PREFIX      "tp-shm-"           /* /dev/shm/tp-shm-<uid>-... */
 #define SH_NAME_MAX    128
 #define SH_SMALL_BYTES SC_OS_BYTES /* collectives up to this take the one-shot path */
@@ -48,6 +49,9 @@ typedef struct sh_pub {
     int32_t kind, dt, op, root, color, key;
     int32_t bad;       /* tp_status of a local argument error, 0 if none */
     char bad_msg[200]; /* its message */
+    /* barrier path: the rank's send and recv buffers lie in symmetric
+     * windows (ids, 0: not both) at these offsets (shm-mem.c) */
+    uint64_t win_send, win_recv, off_send, off_recv;
 } sh_pub;
 
 typedef struct sh_slot {
@@ -107,6 +111,14 @@ typedef struct sh_engine {
     atomic_int refs;     /* by_comms: communicators using it */
 } sh_engine;
 
+/* One symmetric allocation (shm-mem.c): map[r] is rank r's object in
+ * this process (header page, then `bytes` of data). */
+typedef struct sh_win {
+    uint64_t id;
+    size_t bytes, map_bytes;
+    unsigned char *map[SH_MAX_RANKS];
+} sh_win;
+
 typedef struct sh_comm {
     sh_engine *eng;
     sh_hdr *h;
@@ -130,6 +142,10 @@ typedef struct sh_comm {
     struct {
         size_t off, bytes;
     } nb_span[SH_NB_RECS];
+    sh_win *wins; /* symmetric windows, nwin of capwin; win_seq numbers them */
+    int nwin, capwin;
+    uint64_t win_seq;
+    uint64_t direct_ops; /* collectives run straight on the windows (tests read it) */
 } sh_comm;
 
 static inline unsigned char *sh_stage(const sh_comm *c, uint64_t parity, int r)
@@ -244,6 +260,18 @@ tp_status sh_world(void *engine, int local_index, const tp_rank_env *env, void *
                    int *size);
 tp_status sh_split(void *comm, int color, int key, void **newcomm, int *rank, int *size);
 void sh_comm_free(void *comm);
+
+/* shm-mem.c: symmetric memory (plugin ABI 1.6) */
+tp_status sh_mem_alloc(void *comm, size_t bytes, void **ptr);
+void sh_mem_free(void *comm, void *ptr);
+/* comm_free: unmap what is left. */
+void sh_mem_end(sh_comm *c);
+/* Bytes before a window's data: the header page that names its creator. */
+size_t sh_win_hdr_bytes(void);
+/* The id of this rank's window holding [p, p + bytes), its offset in *off; 0 if none. */
+uint64_t sh_win_find(const sh_comm *c, const void *p, size_t bytes, uint64_t *off);
+/* Rank r's data of window id at off, if [off, off + bytes) lies in it; else NULL. */
+unsigned char *sh_win_at(const sh_comm *c, uint64_t id, int r, uint64_t off, size_t bytes);
 
 /* shm-boot.c */
 tp_status sh_comm_create(const tp_host *host, const tp_bootstrap *boot, const tp_rank_env *env,

@@ -21,7 +21,7 @@
 
 static const char *const sc_kind_names[SC_KIND_COUNT] = {
     "(no collective yet)", "all_reduce", "all_gather", "reduce_scatter",
-    "broadcast",           "barrier",    "split"};
+    "broadcast",           "barrier",    "split",      "mem_alloc"};
 
 const char *sc_kind_name(int kind)
 {
@@ -183,6 +183,7 @@ unsigned sc_agreed_fields(int kind)
         case SC_ALL_GATHER: return 2u | 16u;
         case SC_REDUCE_SCATTER: return 2u | 4u | 16u;
         case SC_BROADCAST: return 1u | 2u | 8u;
+        case SC_MEM_ALLOC: return 1u; /* its bytes, as count */
         default: return 0;
     }
 }

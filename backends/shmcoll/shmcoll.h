@@ -12,6 +12,8 @@
  *   sc-oneshot.c small collectives without a barrier: every rank publishes
  *                its input in its own slot under a sequence number, reads
  *                everyone's, and computes its result
+ *   sc-direct.c  one rank's share of a collective on buffers it can
+ *                address directly (loopback always; shm's symmetric windows)
  */
 #ifndef TP_SHMCOLL_H
 #define TP_SHMCOLL_H
@@ -35,6 +37,7 @@ typedef enum sc_kind {
     SC_BROADCAST,
     SC_BARRIER,
     SC_SPLIT,
+    SC_MEM_ALLOC, /* shm: tp_comm_mem_alloc's agreement */
     SC_KIND_COUNT
 } sc_kind;
 
@@ -174,5 +177,28 @@ tp_status sc_os_run(sc_os_op *o, atomic_int *kind, atomic_uint_fast64_t *seq, sc
                     char *msg, size_t len);
 /* The smallest r whose slot does not hold op seq yet, or -1. */
 int sc_os_first_missing(const sc_os_op *o);
+
+/* ----------------------------------------------------------- sc-direct.c */
+/* A collective on buffers every worker can address: send[r] and recv[r]
+ * are rank r's (broadcast: its buffer in both), already valid and agreed
+ * (sc_check_call). The bytes move through reduce and fanout, which are
+ * sc_reduce / sc_fanout or a device's counterparts (loopback on device
+ * memory); they return a status instead of whether they streamed. */
+typedef struct sc_direct {
+    int kind, dt, op, root, size;
+    size_t count;         /* all_reduce, broadcast: elements; v-variants: their total */
+    const size_t *counts; /* v-variants: `size` blocks */
+    const void *const *send;
+    void *const *recv;
+    size_t stream_bytes; /* totals from this size on store non-temporally */
+    tp_status (*reduce)(void *ctx, int dt, int op, const void *const *src, int nsrc,
+                        void *const *dst, int ndst, size_t n, bool stream);
+    tp_status (*fanout)(void *ctx, const void *src, void *const *dst, int ndst, size_t bytes,
+                        bool stream);
+    void *ctx;
+} sc_direct;
+
+/* Compute share s of nw of collective d for every rank. */
+tp_status sc_direct_share(const sc_direct *d, int s, int nw);
 
 #endif /* TP_SHMCOLL_H */

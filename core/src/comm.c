@@ -94,12 +94,96 @@ void tp_comm_free(tp_comm *comm)
         return;
     tpi_request_comm_end(comm);         /* completes its requests, which outlive it */
     tpi_device_read_timings(comm->dev); /* pending times point into its counters */
+    tpi_comm_mem_end(comm);
     comm->seq++;
     tpi_call_enter(comm->state, "comm_free", comm->state->comm_path, comm->seq, true);
     comm->ops->comm_free(comm->handle);
     tpi_call_leave(comm->state, TP_OK);
     tpi_wait_log_free(comm->wait_log);
     g_free(comm);
+}
+
+/* ------------------------------------------------------ symmetric memory */
+
+/* The plugin's mem_alloc serves a comm that has it and is not staged (a
+ * staged comm's collectives see host copies, not the caller's buffers);
+ * otherwise the memory is the device's. */
+tp_status tp_comm_mem_alloc(tp_comm *comm, size_t bytes, void **ptr)
+{
+    static const char fn[] = "tp_comm_mem_alloc";
+    if (!comm || !ptr)
+        return tp_set_error(TP_ERR_INVALID_ARG, "%s: %s is NULL", fn, !comm ? "comm" : "ptr");
+    if (bytes == 0)
+        return tp_set_error(TP_ERR_INVALID_ARG,
+                            "%s: bytes is 0 (rank %d): every rank asks for the same size > 0", fn,
+                            comm->rank);
+    if (!comm->mem && !(comm->mem = g_hash_table_new(g_direct_hash, g_direct_equal)))
+        return tp_set_error(TP_ERR_NO_MEMORY, "%s: out of memory", fn);
+    void *p = NULL;
+    gpointer kind = TPI_MEM_DEVICE;
+    tp_status st;
+    if (comm->ops->mem_alloc && !comm->state->staged) {
+        tpi_request_drain_plugin(comm); /* nonblocking ones issued before keep their place */
+        comm->seq++;
+        tp_clear_error();
+        st = CALL(comm, mem_alloc, bytes, &p);
+        if (st == TP_OK && !p)
+            st = tp_set_error(TP_ERR_PLUGIN,
+                              "backend '%s': mem_alloc of %zu bytes returned TP_OK without "
+                              "memory (a bug in the plugin)",
+                              comm->plugin, bytes);
+        else if (st && !tp_last_error()[0])
+            tp_set_error(st, "backend '%s': mem_alloc of %zu bytes failed without a message",
+                         comm->plugin, bytes);
+        kind = TPI_MEM_PLUGIN;
+    } else {
+        st = tp_dev_alloc(comm->dev, bytes, &p);
+    }
+    if (st)
+        return st;
+    g_hash_table_insert(comm->mem, p, kind);
+    *ptr = p;
+    return TP_OK;
+}
+
+static void mem_release(tp_comm *comm, void *p, gpointer kind)
+{
+    if (kind == TPI_MEM_PLUGIN) {
+        tpi_call_enter(comm->state, "mem_free", comm->state->comm_path, comm->seq, true);
+        comm->ops->mem_free(comm->handle, p);
+        tpi_call_leave(comm->state, TP_OK);
+    } else {
+        tp_dev_free(comm->dev, p);
+    }
+}
+
+void tp_comm_mem_free(tp_comm *comm, void *ptr)
+{
+    gpointer kind = comm && comm->mem && ptr ? g_hash_table_lookup(comm->mem, ptr) : NULL;
+    if (!kind) {
+        if (ptr) /* a void function: say it, do not free what is not ours */
+            tpi_debug("comm",
+                      "tp_comm_mem_free: %p is not an allocation of tp_comm_mem_alloc "
+                      "on this communicator; ignored",
+                      ptr);
+        return;
+    }
+    tpi_request_drain_plugin(comm); /* requests in flight may still read it */
+    g_hash_table_remove(comm->mem, ptr);
+    mem_release(comm, ptr, kind);
+}
+
+void tpi_comm_mem_end(tp_comm *comm)
+{
+    if (!comm->mem)
+        return;
+    GHashTableIter it;
+    gpointer p, kind;
+    g_hash_table_iter_init(&it, comm->mem);
+    while (g_hash_table_iter_next(&it, &p, &kind))
+        mem_release(comm, p, kind);
+    g_hash_table_destroy(comm->mem);
+    comm->mem = NULL;
 }
 
 /* ------------------------------------------------------- dispatch */

@@ -395,6 +395,7 @@ static tp_status rank_body(rank_job *job, tp_device *dev, tp_rank_env *env, void
         tp_set_error(st, "rank_main returned %s without a message", tp_status_string(st));
     tpi_request_comm_end(world);  /* unwaited requests complete before the world goes */
     tpi_device_read_timings(dev); /* pending times point into world's counters */
+    tpi_comm_mem_end(world);
     tpi_wait_log_free(world->wait_log);
     g_free(world);
     return st;

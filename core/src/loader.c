@@ -144,25 +144,35 @@ static tp_status copy_ops(const char *path, const char *what, unsigned minor, co
     return TP_OK;
 }
 
-/* The nonblocking slots (ABI 1.3) come all six or none: a plugin with some
- * of them would mix its own requests with the core's progress thread on
- * one communicator, whose order then differs between ranks. */
-static tp_status check_nonblocking(const char *path, const tp_comm_ops *ops)
+/* Slots [first, last] of tp_comm_ops come all or none (`why`: what the
+ * plugin does instead when it sets none). The nonblocking six: a plugin
+ * with some of them would mix its own requests with the core's progress
+ * thread on one communicator, whose order then differs between ranks. The
+ * symmetric-memory pair: memory from mem_alloc must be freed by mem_free. */
+static tp_status check_all_or_none(const char *path, const tp_comm_ops *ops, int first, int last,
+                                   const char *why)
 {
-    const slot *first = &comm_slots[SLOT_INDEX_iall_reduce];
     int set = 0;
-    for (int i = SLOT_INDEX_iall_reduce; i <= SLOT_INDEX_req_free; i++)
+    for (int i = first; i <= last; i++)
         set += slot_set(ops, &comm_slots[i]);
-    if (set == 0 || set == SLOT_INDEX_req_free - SLOT_INDEX_iall_reduce + 1)
+    if (set == 0 || set == last - first + 1)
         return TP_OK;
-    for (int i = SLOT_INDEX_iall_reduce; i <= SLOT_INDEX_req_free; i++)
+    for (int i = first; i <= last; i++)
         if (!slot_set(ops, &comm_slots[i]))
             return tp_set_error(TP_ERR_PLUGIN,
-                                "plugin %s refused: it sets %d of the 6 nonblocking slots (%s .. "
-                                "req_free) but '%s' is NULL; provide all six or none (the core "
-                                "then serves the nonblocking API with its progress thread)",
-                                path, set, first->name, comm_slots[i].name);
+                                "plugin %s refused: it sets %d of the %d slots %s .. %s but '%s' "
+                                "is NULL; provide all or none (%s)",
+                                path, set, last - first + 1, comm_slots[first].name,
+                                comm_slots[last].name, comm_slots[i].name, why);
     return TP_OK;
+}
+
+static tp_status check_slot_groups(const char *path, const tp_comm_ops *ops)
+{
+    TP_TRY(check_all_or_none(path, ops, SLOT_INDEX_iall_reduce, SLOT_INDEX_req_free,
+                             "the core then serves the nonblocking API with its progress thread"));
+    return check_all_or_none(path, ops, SLOT_INDEX_mem_alloc, SLOT_INDEX_mem_free,
+                             "tp_comm_mem_alloc then returns the device's memory");
 }
 
 /* ------------------------------------------------------- opening a file */
@@ -272,7 +282,7 @@ static tp_status plugin_open(const char *path, tp_plugin **out)
         TP_TRY_GOTO(copy_ops(path, "tp_comm_ops", d->abi_minor, d->comm, &p->comm, sizeof p->comm,
                              comm_slots, N_COMM_SLOTS),
                     st, out);
-        TP_TRY_GOTO(check_nonblocking(path, &p->comm), st, out);
+        TP_TRY_GOTO(check_slot_groups(path, &p->comm), st, out);
         p->has_comm = true;
     }
     if (d->device) {

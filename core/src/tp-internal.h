@@ -149,7 +149,12 @@ struct tp_comm {
      * requests and progress thread (NULL until the first tp_i* call). */
     tp_icounter icounters[TP_PHASE_COUNT][TP_OP_COUNT];
     struct tpi_nb *nb;
+    /* tp_comm_mem_alloc's live allocations: pointer -> TPI_MEM_PLUGIN (the
+     * plugin's mem_alloc) or TPI_MEM_DEVICE (tp_dev_alloc); NULL until the first. */
+    GHashTable *mem;
 };
+#define TPI_MEM_PLUGIN GINT_TO_POINTER(1)
+#define TPI_MEM_DEVICE GINT_TO_POINTER(2)
 
 /* request.c: nonblocking collectives (comm.c builds on it). */
 
@@ -197,6 +202,9 @@ tp_status tpi_comm_create_intra(tp_comm *group, const char *node, tp_comm **out)
 tp_status tpi_comm_intra_check(const tp_comm *group);
 const char *tpi_comm_backend(const tp_comm *comm);           /* its plugin's name */
 const tp_plugin *tpi_comm_intra_plugin(const tp_comm *comm); /* TP_INTRA_BACKEND's, or NULL */
+/* Free what is left of comm's tp_comm_mem_alloc allocations (before its
+ * plugin handle is freed). */
+void tpi_comm_mem_end(tp_comm *comm);
 tp_comm *tpi_comm_wrap(const tp_comm_ops *ops, const char *plugin, void *handle, int rank, int size,
                        tp_device *dev, tp_rank_state *state);
 

@@ -23,6 +23,12 @@
  *     flight than records and than the arena holds, ops larger than the
  *     arena (in pieces), at 2, 3, 4, 7 ranks: bitwise equal to the serial
  *     rank-order sums; disagreeing counts fail on every rank;
+ *   - symmetric memory (mem_alloc): collectives on windows of every rank
+ *     run straight on them and are bitwise equal to loopback's, in place
+ *     too, at 1-4 and 7 ranks and sizes 1, 13, 17, 70001; a rank without
+ *     windows makes the group stage (still equal); sizes that disagree,
+ *     /dev/shm too small and a window freed on one rank fail on every
+ *     rank with the reason, and no window name is left in /dev/shm;
  *   - comm_create (shm as an intra-node backend) over a bootstrap
  *     communicator works, splits, and refuses a group across nodes with a
  *     message naming them, on every rank.
@@ -82,9 +88,10 @@ static double now_s(void)
 
 /* What each rank process reports, in memory shared with the test. */
 typedef struct report {
-    int st;      /* status of the rank function's collective */
-    int init_st; /* init/world */
-    double secs; /* how long the collective took */
+    int st;          /* status of the rank function's collective */
+    int init_st;     /* init/world */
+    double secs;     /* how long the collective took */
+    uint64_t direct; /* collectives run straight on symmetric windows */
     char msg[1100];
 } report;
 
@@ -136,6 +143,7 @@ static void start_ranks(int n, rank_fn fn, void *arg, shared_out *out, double ti
             double t0 = now_s();
             rep->st = fn(comm, rank, size, arg, out->data[r]);
             rep->secs = now_s() - t0;
+            rep->direct = ((sh_comm *)comm)->direct_ops;
             snprintf(rep->msg, sizeof rep->msg, "%s", rep->st ? last_err : "");
             shm_ops->comm_free(comm);
             shm_ops->finalize(eng);
@@ -1000,6 +1008,169 @@ START_TEST(comm_create_refuses_a_group_across_nodes)
 }
 END_TEST
 
+/* ------------------------------------------------------ symmetric memory */
+
+typedef struct sym_arg {
+    case_arg c;
+    int mode; /* 0: send and recv windows; 1: in place; 2: rank 0 passes malloc'd buffers */
+} sym_arg;
+
+/* Every rank allocates two windows of the same size, runs case c on them
+ * (or, mode 2, rank 0 on ordinary memory), frees one: the other is left
+ * to comm_free. */
+static tp_status sym_rank(void *comm, int rank, int size, void *arg, unsigned char *out)
+{
+    const sym_arg *s = arg;
+    const case_arg *a = &s->c;
+    size_t es = tp_util_dtype_size(a->dt), counts[MAXR], total = case_counts(a, size, counts);
+    if (a->kind == 0 || a->kind == 3)
+        total = a->count;
+    size_t off = 0, wb = total * es;
+    for (int r = 0; r < rank; r++)
+        off += counts[r];
+    void *sw = NULL, *rw = NULL;
+    tp_status st = shm_ops->mem_alloc(comm, wb, &sw);
+    if (st == TP_OK)
+        st = shm_ops->mem_alloc(comm, wb, &rw);
+    if (st != TP_OK)
+        return st;
+    bool plain = s->mode == 2 && rank == 0;
+    char *send = plain ? malloc(wb) : sw, *recv = plain ? malloc(wb) : rw;
+    if (s->mode == 1 && a->kind == 1)
+        recv = send + off * es;
+    else if (s->mode == 1)
+        send = a->kind == 2 ? recv + off * es : recv;
+    fill(send, a->dt, a->kind == 2 ? counts[rank] : total, rank);
+    if (a->kind == 0)
+        st = shm_ops->all_reduce(comm, send, recv, a->count, a->dt, a->op);
+    else if (a->kind == 1)
+        st = shm_ops->reduce_scatter(comm, send, recv, counts, a->dt, a->op);
+    else if (a->kind == 2)
+        st = shm_ops->all_gather(comm, send, recv, counts, a->dt);
+    else {
+        if (send != recv)
+            memcpy(recv, send, wb);
+        st = shm_ops->broadcast(comm, recv, a->count, a->dt, size - 1);
+    }
+    memcpy(out, recv, case_bytes(a, rank, size));
+    if (plain) {
+        free(s->mode == 1 && a->kind == 1 ? send : recv);
+        free(s->mode == 1 && a->kind != 1 ? recv : send);
+    }
+    shm_ops->mem_free(comm, sw);
+    return st;
+}
+
+/* No /dev/shm name of job `job` is left. */
+static void no_names_left(const char *job)
+{
+    DIR *d = opendir("/dev/shm");
+    ck_assert_ptr_nonnull(d);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        ck_assert_msg(!strstr(e->d_name, job), "/dev/shm/%s was left behind", e->d_name);
+    closedir(d);
+}
+
+START_TEST(symmetric_equal_to_loopback)
+{
+    static const int ranks[] = {1, 2, 3, 4, 7};
+    static const size_t counts[] = {1, 13, 17, 70001};
+    static const tp_dtype dts[] = {TP_F32, TP_BF16};
+    int n = ranks[_i];
+    shared_out *so = new_out(), *ref = new_out();
+    setenv("TP_SHM_SMALL_BYTES", "0", 1); /* odd small sizes take the barrier path too */
+    for (int mode = 0; mode < 3; mode++)
+        for (int kind = 0; kind < 4; kind++)
+            for (size_t ci = 0; ci < sizeof counts / sizeof *counts; ci++)
+                for (size_t di = 0; di < sizeof dts / sizeof *dts; di++) {
+                    sym_arg s = {{kind, dts[di], TP_SUM, counts[ci], true}, mode};
+                    if (mode == 1 && kind == 3)
+                        continue; /* broadcast is in place anyway */
+                    memset(so, 0xa5, sizeof *so);
+                    memset(ref->data, 0x5a, sizeof ref->data);
+                    new_job_id("sym");
+                    start_ranks(n, sym_rank, &s, so, 60.0);
+                    wait_ranks(n, 120.0);
+                    loopback_case(n, &s.c, ref->data);
+                    for (int r = 0; r < n; r++) {
+                        ck_assert_msg(so->rep[r].init_st == 0 && so->rep[r].st == 0, "rank %d: %s",
+                                      r, so->rep[r].msg);
+                        ck_assert_msg(memcmp(so->data[r], ref->data[r], case_bytes(&s.c, r, n)) ==
+                                          0,
+                                      "mode %d kind %d %s count %zu, %d ranks: rank %d's result "
+                                      "differs from loopback's",
+                                      mode, kind, tp_util_dtype_name(s.c.dt), s.c.count, n, r);
+                        /* the windows were used, unless a rank had none */
+                        uint64_t want = n > 1 && mode != 2;
+                        ck_assert_msg(so->rep[r].direct == want,
+                                      "mode %d kind %d, %d ranks: rank %d ran %llu collectives "
+                                      "on the windows, expected %llu",
+                                      mode, kind, n, r, (unsigned long long)so->rep[r].direct,
+                                      (unsigned long long)want);
+                    }
+                    no_names_left(job_id);
+                }
+    unsetenv("TP_SHM_SMALL_BYTES");
+    munmap(so, sizeof *so);
+    munmap(ref, sizeof *ref);
+}
+END_TEST
+
+/* Case 0: rank 2 asks for another size; 1: more than /dev/shm holds; 2:
+ * rank 1 freed the window its peers pass and passes another. */
+static tp_status sym_misuse_rank(void *comm, int rank, int size, void *arg, unsigned char *out)
+{
+    (void)size;
+    (void)out;
+    int which = *(const int *)arg;
+    void *w1 = NULL, *w2 = NULL;
+    if (which == 0)
+        return shm_ops->mem_alloc(comm, rank == 2 ? 8192 : 4096, &w1);
+    if (which == 1)
+        return shm_ops->mem_alloc(comm, (size_t)1 << 60, &w1);
+    tp_status st = shm_ops->mem_alloc(comm, 1 << 16, &w1);
+    if (st == TP_OK)
+        st = shm_ops->mem_alloc(comm, 1 << 16, &w2);
+    if (st != TP_OK)
+        return st;
+    float *buf = w1;
+    if (rank == 1) {
+        shm_ops->mem_free(comm, w1);
+        buf = w2;
+    }
+    for (int i = 0; i < 4096; i++)
+        buf[i] = (float)i;
+    return shm_ops->all_reduce(comm, buf, buf, 4096, TP_F32, TP_SUM);
+}
+
+START_TEST(symmetric_misuse_fails_everywhere)
+{
+    static const struct {
+        tp_status st;
+        const char *msg;
+    } want[] = {
+        {TP_ERR_INVALID_ARG, "rank 2 passed 8192"},
+        {TP_ERR_NO_MEMORY, "/dev/shm has"},
+        {TP_ERR_INVALID_ARG, "symmetric window #1) is not in a window rank 1 has"},
+    };
+    int which = _i, n = 3;
+    shared_out *so = new_out();
+    new_job_id("symbad");
+    start_ranks(n, sym_misuse_rank, &which, so, 20.0);
+    wait_ranks(n, 60.0);
+    for (int r = 0; r < n; r++) {
+        ck_assert_int_eq(so->rep[r].init_st, TP_OK);
+        ck_assert_msg(so->rep[r].st == (int)want[which].st &&
+                          strstr(so->rep[r].msg, want[which].msg),
+                      "case %d rank %d: status %d, \"%s\"; expected %d with \"%s\"", which, r,
+                      so->rep[r].st, so->rep[r].msg, want[which].st, want[which].msg);
+    }
+    no_names_left(job_id);
+    munmap(so, sizeof *so);
+}
+END_TEST
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
@@ -1036,6 +1207,8 @@ int main(int argc, char **argv)
     tcase_add_loop_test(tc, oneshot_edges_equal_loopback, 0, 3);
     tcase_add_loop_test(tc, oneshot_stress_descheduled, 0, 3);
     tcase_add_loop_test(tc, nonblocking_any_order, 0, 4);
+    tcase_add_loop_test(tc, symmetric_equal_to_loopback, 0, 5);
+    tcase_add_loop_test(tc, symmetric_misuse_fails_everywhere, 0, 3);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -263,6 +263,14 @@ static tp_status fix_req_wait(void *comm, void *req)
 }
 #endif
 
+#ifdef FIX_HALF_MEM
+static void fix_mem_free(void *comm, void *ptr)
+{
+    (void)comm;
+    (void)ptr;
+}
+#endif
+
 /* Newer-minor plugins have slots past the end of tp_comm_ops. */
 static const struct __attribute__((unused)) {
     tp_comm_ops ops;
@@ -286,6 +294,9 @@ static const struct __attribute__((unused)) {
                   .broadcast = fix_broadcast,
 #ifdef FIX_HALF_NB /* one nonblocking slot of six: refused */
                   .req_wait = fix_req_wait,
+#endif
+#ifdef FIX_HALF_MEM /* mem_free without mem_alloc: refused */
+                  .mem_free = fix_mem_free,
 #endif
               },
               {0}};

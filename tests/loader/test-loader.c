@@ -89,8 +89,10 @@ START_TEST(test_refusals)
     expect_refused("badname", TP_ERR_PLUGIN, "'othername'");
     expect_refused("noslot", TP_ERR_PLUGIN, "required tp_comm_ops slot 'all_reduce' is NULL");
     expect_refused("smallops", TP_ERR_PLUGIN, "tp_comm_ops struct_size is 16 bytes");
-    expect_refused("halfnb", TP_ERR_PLUGIN, "sets 1 of the 6 nonblocking slots");
+    expect_refused("halfnb", TP_ERR_PLUGIN, "sets 1 of the 6 slots iall_reduce .. req_free");
     expect_refused("halfnb", TP_ERR_PLUGIN, "'iall_reduce' is NULL");
+    expect_refused("halfmem", TP_ERR_PLUGIN, "sets 1 of the 2 slots mem_alloc .. mem_free");
+    expect_refused("halfmem", TP_ERR_PLUGIN, "'mem_alloc' is NULL");
     expect_refused("unavail", TP_ERR_UNAVAILABLE, "the frobnicator is not plugged in");
     expect_refused("devonly", TP_ERR_PLUGIN, "is not a communicator plugin");
 }

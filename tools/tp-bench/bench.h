@@ -144,6 +144,7 @@ typedef struct bench_opts {
     char note[256];      /* a deprecation note main prints, "" if none */
     bool compare_raw;    /* --compare-raw (MPI hook) */
     bool no_memcpy;      /* --no-memcpy */
+    bool symmetric;      /* --symmetric: buffers from tp_comm_mem_alloc */
 
     /* gemm */
     int64_t gemm_sizes[BENCH_MAX_LIST];

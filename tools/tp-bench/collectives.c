@@ -339,6 +339,8 @@ static void print_header(const coll_run *c, int op, int T)
            c->warmup, c->o->agg, c->o->agg == 1 ? "" : "s (-m)", tp_dtype_name(c->dt),
            bench_average_name(c->o->average), c->o->average,
            c->o->check ? ", checked" : ", not checked (-c 0)");
+    if (c->o->symmetric)
+        printf("# buffers from tp_comm_mem_alloc (--symmetric)\n");
     printf("# %43s%-42s%s\n", "", "   out-of-place", "   in-place");
     printf("# %12s %12s %5s %6s %4s %10s %11s %11s %6s %10s %11s %11s %6s", "size", "count", "type",
            "redop", "root", "time(us)", "algbw(GB/s)", "busbw(GB/s)", "#wrong", "time(us)",
@@ -389,6 +391,11 @@ typedef struct coll_size {
 
 static void coll_bufs_free(const coll_rank_ctx *x, coll_bufs *b)
 {
+    if (x->c->o->symmetric) {
+        tp_comm_mem_free(x->comm, b->send);
+        tp_comm_mem_free(x->comm, b->recv);
+        b->send = b->recv = NULL;
+    }
     tp_dev_free(x->dev, b->send);
     tp_dev_free(x->dev, b->recv);
     free(b->h_in);
@@ -412,8 +419,13 @@ static tp_status coll_bufs_setup(const coll_rank_ctx *x, int op, coll_bufs *b)
         if (rn > max_recv)
             max_recv = rn;
     }
-    TP_TRY(tp_dev_alloc(x->dev, max_send * elt, &b->send));
-    TP_TRY(tp_dev_alloc(x->dev, max_recv * elt, &b->recv));
+    if (c->o->symmetric) { /* collective: every rank computed the same sizes */
+        TP_TRY(tp_comm_mem_alloc(x->comm, max_send * elt, &b->send));
+        TP_TRY(tp_comm_mem_alloc(x->comm, max_recv * elt, &b->recv));
+    } else {
+        TP_TRY(tp_dev_alloc(x->dev, max_send * elt, &b->send));
+        TP_TRY(tp_dev_alloc(x->dev, max_recv * elt, &b->recv));
+    }
     size_t hmax = max_send > max_recv ? max_send : max_recv;
     b->h_in = malloc(hmax * elt);
     b->h_inf = malloc(hmax * sizeof(float));
@@ -594,6 +606,7 @@ static bench_record *size_record(coll_rank_ctx *x, const coll_size *z, const col
     bench_rec_int(rec, "iters", c->iters);
     bench_rec_int(rec, "warmup", c->warmup);
     bench_rec_int(rec, "agg_iters", c->o->agg);
+    bench_rec_bool(rec, "symmetric", c->o->symmetric);
     bench_rec_place(rec, &x->place);
     if (oop->have && ip->have)
         rec_col(c, rec, "ip_", ip);

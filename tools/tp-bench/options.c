@@ -41,6 +41,7 @@ enum opt_id {
     O_CHECK,
     O_RAW,
     O_NO_MEMCPY,
+    O_SYMMETRIC,
     O_SIZES,
     O_LAYER,
     O_TOKENS,
@@ -111,6 +112,7 @@ static const opt_def opt_table[] = {
     {"check", 'c', 2, O_CHECK, C | M},
     {"compare-raw", 0, 0, O_RAW, C},
     {"no-memcpy", 0, 0, O_NO_MEMCPY, C | M},
+    {"symmetric", 0, 0, O_SYMMETRIC, C},
     {"sizes", 0, 1, O_SIZES, G},
     {"dtype", 0, 1, O_DTYPE, G | L},
     {"layer", 0, 1, O_LAYER, L | M},
@@ -394,6 +396,7 @@ static bool apply_plain(bench_opts *o, int id, const char *val)
         case O_OUT: o->out_path = val; return true;
         case O_RAW: o->compare_raw = true; return true;
         case O_NO_MEMCPY: o->no_memcpy = true; return true;
+        case O_SYMMETRIC: o->symmetric = true; return true;
         case O_NO_BIAS: o->bias = false; return true;
         case O_GELU_TANH: o->gelu_tanh = true; return true;
         case O_BACKWARD: o->backward = true; return true;
@@ -992,6 +995,8 @@ static const char help_collectives[] =
     "                      nccl-tests defaults to 1)\n"
     "  --sweep-tp LIST     run at each rank count, e.g. 2,4 (default: --tp)\n"
     "  --no-memcpy         skip the memcpy reference\n"
+    "  --symmetric         buffers from tp_comm_mem_alloc (symmetric memory: shm runs\n"
+    "                      collectives on them without staging copies)\n"
     "  --compare-raw       also time the engine's own library (MPI builds only; f32 sum)\n"
     "Defaults: -n 20 -w 5 (as nccl-tests).\n\n";
 

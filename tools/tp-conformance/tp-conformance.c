@@ -60,18 +60,19 @@ enum row {
     ROW_SUB,
     ROW_NB,
     ROW_NB_MORE,
+    ROW_SYM,
     ROW_COUNT
 };
 
 static const char *const row_names[ROW_COUNT] = {
-    "all_reduce",       "all_gather",  "all_gatherv",      "reduce_scatter",
-    "reduce_scatterv",  "broadcast",   "barrier",          "split",
-    "ops on sub-comms", "nonblocking", "nb split+args+cnt"};
+    "all_reduce",       "all_gather",  "all_gatherv",       "reduce_scatter",
+    "reduce_scatterv",  "broadcast",   "barrier",           "split",
+    "ops on sub-comms", "nonblocking", "nb split+args+cnt", "symmetric memory"};
 
 /* Which op names --op accepts for each row. */
 static const char *const row_ops[ROW_COUNT] = {
     "all_reduce", "all_gather", "all_gather", "reduce_scatter", "reduce_scatter", "broadcast",
-    "barrier",    "split",      "split",      "nonblocking",    "nonblocking"};
+    "barrier",    "split",      "split",      "nonblocking",    "nonblocking",    "symmetric"};
 
 #define COL_OTHER TP_DTYPE_COUNT_ /* column for cases without a dtype */
 #define NCOLS     (TP_DTYPE_COUNT_ + 1)
@@ -93,6 +94,10 @@ typedef struct rank_state {
     size_t ncases, cap;
     int printed;
     bool oom;
+    /* the symmetric-memory pass: buffers are cut from this allocation of
+     * tp_comm_mem_alloc (arena_used is reset before each case) */
+    unsigned char *arena;
+    size_t arena_bytes, arena_used;
 } rank_state;
 
 /* ------------------------------------------------------------ values */
@@ -217,14 +222,31 @@ typedef struct buf {
     void *host; /* staging copy */
     void *dev;  /* device memory */
     size_t bytes;
+    bool in_arena; /* cut from rank_state.arena */
 } buf;
+
+/* b->dev from the symmetric arena: every rank cuts its buffers in the same
+ * order, so they lie at offsets its peers can reach. */
+static tp_status arena_cut(rank_state *s, buf *b, size_t bytes)
+{
+    size_t need = (bytes + 63) / 64 * 64;
+    if (need > s->arena_bytes - s->arena_used)
+        return tp_set_error(TP_ERR_NO_MEMORY, "the symmetric arena of %zu bytes is used up",
+                            s->arena_bytes);
+    b->dev = s->arena + s->arena_used;
+    b->in_arena = true;
+    s->arena_used += need;
+    return TP_OK;
+}
 
 static bool buf_new(rank_state *s, buf *b, size_t bytes)
 {
     b->bytes = bytes;
     b->host = malloc(bytes ? bytes : 1);
     b->dev = NULL;
-    if (!b->host || tp_dev_alloc(s->dev, bytes, &b->dev) != TP_OK) {
+    b->in_arena = false;
+    if (!b->host ||
+        (s->arena ? arena_cut(s, b, bytes) : tp_dev_alloc(s->dev, bytes, &b->dev)) != TP_OK) {
         fprintf(stderr, "tp-conformance: rank %d: cannot allocate %zu bytes: %s\n", s->wrank, bytes,
                 b->host ? tp_last_error() : strerror(ENOMEM));
         free(b->host);
@@ -237,7 +259,7 @@ static bool buf_new(rank_state *s, buf *b, size_t bytes)
 
 static void buf_free(rank_state *s, buf *b)
 {
-    if (b->dev)
+    if (b->dev && !b->in_arena)
         tp_dev_free(s->dev, b->dev);
     free(b->host);
     b->host = b->dev = NULL;
@@ -520,6 +542,7 @@ typedef int (*case_fn)(rank_state *s, const ccase *c, size_t salt);
 static void run_case(rank_state *s, int row, case_fn fn, const ccase *c, int none_verdict)
 {
     size_t salt = s->ncases;
+    s->arena_used = 0;
     int v = c->comm ? fn(s, c, salt) : none_verdict;
     record(s, row, c->dt, v);
 }
@@ -528,6 +551,7 @@ static void run_case(rank_state *s, int row, case_fn fn, const ccase *c, int non
 typedef struct suite {
     rank_state *s;
     bool sub;         /* on a sub-communicator: fewer cases, all recorded as ROW_SUB */
+    bool sym;         /* on symmetric memory: f32 only, all recorded as ROW_SYM */
     bool big;         /* the --large count: f32 and one case per op only */
     int size;         /* ranks of the communicator (1 where this rank is not a member) */
     int none_verdict; /* what a non-member records */
@@ -535,26 +559,26 @@ typedef struct suite {
 
 static void suite_case(const suite *su, int row, case_fn fn, const ccase *c)
 {
-    run_case(su->s, su->sub ? ROW_SUB : row, fn, c, su->none_verdict);
+    run_case(su->s, su->sub ? ROW_SUB : su->sym ? ROW_SYM : row, fn, c, su->none_verdict);
 }
 
 /* The counts a pass runs: up to 1000 on sub-communicators, and one more
  * above 16 MiB with --large on the world. */
-static size_t suite_counts(const rank_state *s, bool sub, size_t *counts)
+static size_t suite_counts(const rank_state *s, bool sub, bool sym, size_t *counts)
 {
     static const size_t base[] = {0, 1, 13, 17, 1000, 262147};
     size_t ncounts = 0;
     for (size_t i = 0; i < sizeof base / sizeof base[0]; i++)
         if (!sub || base[i] <= 1000)
             counts[ncounts++] = base[i];
-    if (s->o->large && !sub)
+    if (s->o->large && !sub && !sym)
         counts[ncounts++] = 4194309; /* > 16 MiB of f32 */
     return ncounts;
 }
 
 static bool suite_dtype(const suite *su, tp_dtype dt)
 {
-    if (su->big && dt != TP_F32)
+    if ((su->big || su->sym) && dt != TP_F32)
         return false;
     return !su->sub || dt == TP_F32 || dt == TP_I32;
 }
@@ -610,14 +634,19 @@ static void suite_broadcast(const suite *su, ccase *c)
 
 /* The op suite on one communicator. Sub-communicator suites use fewer
  * sizes and a fixed number of cases per op, so every rank, whatever its
- * group, records the same sequence of cases. */
-static void op_suite(rank_state *s, tp_comm *comm, const char *where, bool sub, int none_verdict)
+ * group, records the same sequence of cases. `as_row`: ROW_SUB or
+ * ROW_SYM record every case under that row, -1 under its op's. */
+static void op_suite(rank_state *s, tp_comm *comm, const char *where, int as_row, int none_verdict)
 {
     static const tp_dtype dts[] = {TP_F32, TP_F16, TP_BF16, TP_I32};
     size_t counts[8];
-    size_t ncounts = suite_counts(s, sub, counts);
-    suite su = {
-        .s = s, .sub = sub, .size = comm ? tp_comm_size(comm) : 1, .none_verdict = none_verdict};
+    bool sub = as_row == ROW_SUB, sym = as_row == ROW_SYM;
+    size_t ncounts = suite_counts(s, sub, sym, counts);
+    suite su = {.s = s,
+                .sub = sub,
+                .sym = sym,
+                .size = comm ? tp_comm_size(comm) : 1,
+                .none_verdict = none_verdict};
     for (size_t k = 0; k < ncounts; k++) {
         size_t n = counts[k];
         su.big = n > 1000000;
@@ -638,6 +667,43 @@ static void op_suite(rank_state *s, tp_comm *comm, const char *where, bool sub, 
                 suite_broadcast(&su, &c);
         }
     }
+}
+
+/* The world's op suite (f32) again on buffers from tp_comm_mem_alloc: on
+ * shm the collectives then run straight on the ranks' windows, elsewhere
+ * it is the device's memory. One arena for all, the same size on every
+ * rank (the call is collective); every rank learns whether every rank got
+ * it before any case runs, so all record the same cases. */
+static void sym_cases(rank_state *s)
+{
+    if (!wanted(s, ROW_SYM))
+        return;
+    size_t bytes = 4 * ((size_t)s->wsize * 262147 + GUARD + 64) * sizeof(float);
+    void *arena = NULL;
+    tp_status st = tp_comm_mem_alloc(s->world, bytes, &arena), st2 = TP_ERR_NO_MEMORY;
+    buf b = {0};
+    if (buf_new(s, &b, sizeof(int32_t))) { /* any rank without it: max over ranks */
+        int32_t bad = st != TP_OK;
+        memcpy(b.host, &bad, sizeof bad);
+        st2 = buf_up(s, &b) ? tp_all_reduce(s->world, b.dev, b.dev, 1, TP_I32, TP_MAX)
+                            : TP_ERR_INTERNAL;
+        if (st2 == TP_OK && buf_down(s, &b)) {
+            memcpy(&bad, b.host, sizeof bad);
+            st2 = bad ? TP_ERR_PEER : TP_OK;
+        }
+        buf_free(s, &b);
+    }
+    if (st != TP_OK || st2 != TP_OK) {
+        record(s, ROW_SYM, COL_OTHER,
+               status_verdict(s, "tp_comm_mem_alloc", st != TP_OK ? st : st2));
+        tp_comm_mem_free(s->world, arena);
+        return;
+    }
+    s->arena = arena;
+    s->arena_bytes = bytes;
+    op_suite(s, s->world, "world, symmetric memory", ROW_SYM, R_FAIL);
+    s->arena = NULL;
+    tp_comm_mem_free(s->world, arena);
 }
 
 static void barrier_cases(rank_state *s)
@@ -750,7 +816,7 @@ static void split_cases(rank_state *s)
         record(s, ROW_SPLIT, COL_OTHER, v);
         /* Members run the sub-suite; non-members (and ranks whose split
          * failed) record it as passed / failed without calling anything. */
-        op_suite(s, sub, names[mode], true, color < 0 ? R_PASS : R_FAIL);
+        op_suite(s, sub, names[mode], ROW_SUB, color < 0 ? R_PASS : R_FAIL);
         tp_comm_free(sub);
     }
 }
@@ -1350,7 +1416,7 @@ static tp_status rank_main(tp_comm *world, void *arg)
                     .dev = tp_comm_device(world),
                     .wrank = tp_comm_rank(world),
                     .wsize = tp_comm_size(world)};
-    op_suite(&s, world, "world", false, R_FAIL);
+    op_suite(&s, world, "world", -1, R_FAIL);
     barrier_cases(&s);
     split_cases(&s);
     barrier_cases(&s);
@@ -1361,6 +1427,7 @@ static tp_status rank_main(tp_comm *world, void *arg)
         goto out_early;
     }
     nb_cases(&s);
+    sym_cases(&s);
     int32_t *verdicts = s.oom ? NULL : malloc((s.ncases ? s.ncases : 1) * sizeof *verdicts);
     if (!verdicts) {
         st = tp_set_error(TP_ERR_NO_MEMORY, "tp-conformance: out of memory for results");
@@ -1403,7 +1470,7 @@ typedef struct parse_state {
 static gboolean opt_op(const gchar *name, const gchar *value, gpointer data, GError **error)
 {
     static const char *const known[] = {"all_reduce", "all_gather", "reduce_scatter", "broadcast",
-                                        "barrier",    "split",      "nonblocking"};
+                                        "barrier",    "split",      "nonblocking",    "symmetric"};
     for (size_t k = 0; k < sizeof known / sizeof known[0]; k++)
         if (!strcmp(value, known[k])) {
             ((parse_state *)data)->o->only_op = known[k];
@@ -1411,7 +1478,7 @@ static gboolean opt_op(const gchar *name, const gchar *value, gpointer data, GEr
         }
     g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
                 "%s '%s': unknown op; expected all_reduce, all_gather, reduce_scatter, "
-                "broadcast, barrier, split or nonblocking",
+                "broadcast, barrier, split, nonblocking or symmetric",
                 name, value);
     return FALSE;
 }
@@ -1451,7 +1518,8 @@ static const char summary[] =
     "in reverse or polled with tp_test, each checked against the reference and\n"
     "bitwise against the blocking call; requests outliving a split and the free of\n"
     "their comm; a blocking call while requests are pending; bad arguments; the\n"
-    "nonblocking counters.\n"
+    "nonblocking counters. The world's f32 cases again on buffers from\n"
+    "tp_comm_mem_alloc (symmetric memory; shm runs them without staging copies).\n"
     "Prints a table and 'conformance: N passed, N failed, N skipped'.\n"
     "\n"
     "With --nb-error MODE, instead of the suite: rank 1 leaves (peer-left) or stays\n"
@@ -1476,7 +1544,8 @@ static int parse_args(int *argc, char ***argv, opts *o, tp_config *cfg)
         {"large", 0, 0, G_OPTION_ARG_NONE, &large, "Also run > 16 MiB cases (4194309 f32 elements)",
          NULL},
         {"op", 0, 0, G_OPTION_ARG_CALLBACK, (gpointer)opt_op,
-         "Only all_reduce, all_gather, reduce_scatter, broadcast, barrier, split or nonblocking",
+         "Only all_reduce, all_gather, reduce_scatter, broadcast, barrier, split, nonblocking or "
+         "symmetric",
          "NAME"},
         {"nb-error", 0, 0, G_OPTION_ARG_CALLBACK, (gpointer)opt_nb_error,
          "Instead of the suite, the nonblocking error check (see above)", "peer-left|peer-silent"},

@@ -67,6 +67,9 @@
  *        none), appended after comm_create.
  *   1.5  comm: optional req_done_at (when a nonblocking collective's result
  *        was complete, for engines whose peers finish it), after req_free.
+ *   1.6  comm: optional mem_alloc and mem_free (both or none): symmetric
+ *        memory, which the comm's collectives reach without staging copies
+ *        (tp_comm_mem_alloc), after req_done_at.
  */
 #ifndef TP_PLUGIN_H
 #define TP_PLUGIN_H
@@ -79,7 +82,7 @@ extern "C" {
 #endif
 
 #define TP_ABI_MAJOR 1
-#define TP_ABI_MINOR 5
+#define TP_ABI_MINOR 6
 
 /* ---------------------------------------------------------------- types */
 
@@ -463,6 +466,20 @@ typedef struct tp_comm_ops {
      * tested, and the core's counters then count it in flight only until then (tp.h,
      * tp_icounter). Without the slot, completion is when req_test/req_wait said so. */
     double (*req_done_at)(void *comm, void *req);
+
+    /* --- ABI 1.6: optional, both or none --- */
+
+    /* Symmetric memory (tp_comm_mem_alloc): collective over comm, every rank calls it in the same
+     * order with the same bytes (> 0). *ptr: `bytes` of the memory kind the comm's collectives
+     * take, which every rank's collectives can reach directly, so that a collective whose
+     * buffers all lie in such allocations on every rank needs no staging copy. On failure every
+     * rank returns the same status and *ptr is untouched. The core calls it only for a comm
+     * that is not staged (see Memory), and frees what is left before comm_free. */
+    tp_status (*mem_alloc)(void *comm, size_t bytes, void **ptr);
+    /* Free what mem_alloc returned on this comm. Local: a rank frees when it no longer passes
+     * the memory to a collective (its peers finished reading it before their collective
+     * returned). */
+    void (*mem_free)(void *comm, void *ptr);
 } tp_comm_ops;
 
 /* Every function slot of tp_comm_ops, in order: X(name, required, abi_minor it came in); see
@@ -474,7 +491,8 @@ typedef struct tp_comm_ops {
     X(all_reduce, 1, 0) X(all_gather, 0, 0) X(reduce_scatter, 0, 0) X(broadcast, 0, 0)           \
     X(barrier, 0, 0) X(abort, 0, 0) X(comm_create, 0, 3)                                         \
     X(iall_reduce, 0, 4) X(iall_gather, 0, 4) X(ireduce_scatter, 0, 4) X(req_test, 0, 4)         \
-    X(req_wait, 0, 4) X(req_free, 0, 4) X(req_done_at, 0, 5)
+    X(req_wait, 0, 4) X(req_free, 0, 4) X(req_done_at, 0, 5) X(mem_alloc, 0, 6)                  \
+    X(mem_free, 0, 6)
 /* clang-format on */
 
 /* ----------------------------------------------------------- descriptor */

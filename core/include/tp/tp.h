@@ -113,6 +113,20 @@ TP_API tp_device *tp_comm_device(const tp_comm *comm); /* the rank's device */
 TP_API tp_status tp_comm_split(tp_comm *comm, int color, int key, tp_comm **out);
 TP_API void tp_comm_free(tp_comm *comm); /* sub-communicators only; NULL is a no-op */
 
+/* Symmetric memory: `bytes` of the rank's device memory that comm's
+ * collectives reach without staging copies where the backend can (shm:
+ * every rank maps every rank's allocation, so a collective whose buffers
+ * come from here on every rank runs in one pass over peers' memory, as
+ * loopback's threads do; backends without it give tp_dev_alloc's memory).
+ * Collective: every rank of comm calls it in the same order with the same
+ * bytes (> 0); a backend that serves it gives every rank the same status.
+ * The memory is ordinary device memory for everything else. Pass all
+ * buffers of a collective from here on every rank or on none (shm refuses
+ * a mix with TP_ERR_INVALID_ARG). tp_comm_mem_free is local; whatever is
+ * left is freed with comm. */
+TP_API tp_status tp_comm_mem_alloc(tp_comm *comm, size_t bytes, void **ptr);
+TP_API void tp_comm_mem_free(tp_comm *comm, void *ptr); /* NULL is a no-op */
+
 /* Buffers are memory of the rank's device (host memory for cpu).
  * counts[i] is rank i's block, in elements; NULL counts in the *v
  * variants is an error. */
