@@ -28,7 +28,9 @@
  *     too, at 1-4 and 7 ranks and sizes 1, 13, 17, 70001; a rank without
  *     windows makes the group stage (still equal); sizes that disagree,
  *     /dev/shm too small and a window freed on one rank fail on every
- *     rank with the reason, and no window name is left in /dev/shm;
+ *     rank with the reason, and no window name is left in /dev/shm; a
+ *     window object left by a job killed mid-allocation is removed by the
+ *     next job;
  *   - comm_create (shm as an intra-node backend) over a bootstrap
  *     communicator works, splits, and refuses a group across nodes with a
  *     message naming them, on every rank.
@@ -1171,6 +1173,60 @@ START_TEST(symmetric_misuse_fails_everywhere)
 }
 END_TEST
 
+/* Rank 0 allocates while rank 1 never does: rank 0's window object exists
+ * until the agreement, which never comes. */
+static tp_status win_stall_rank(void *comm, int rank, int size, void *arg, unsigned char *out)
+{
+    (void)size;
+    (void)arg;
+    (void)out;
+    void *w = NULL;
+    if (rank == 0)
+        return shm_ops->mem_alloc(comm, 4096, &w);
+    sleep(60);
+    return TP_OK;
+}
+
+/* Whether /dev/shm holds a name containing both a and b. */
+static bool shm_name_with(const char *a, const char *b)
+{
+    DIR *d = opendir("/dev/shm");
+    bool found = false;
+    struct dirent *e;
+    while (d && (e = readdir(d)) != NULL)
+        found |= strstr(e->d_name, a) && strstr(e->d_name, b);
+    if (d)
+        closedir(d);
+    return found;
+}
+
+START_TEST(stale_window_is_removed)
+{
+    shared_out *so = new_out();
+    new_job_id("winstale");
+    char stale[64];
+    snprintf(stale, sizeof stale, "%s", job_id);
+    start_ranks(2, win_stall_rank, NULL, so, 60.0);
+    double until = now_s() + 20;
+    while (!shm_name_with(stale, "-w1-0") && now_s() < until)
+        usleep(2000);
+    ck_assert_msg(shm_name_with(stale, "-w1-0"), "rank 0 created no window object");
+    for (int r = 0; r < 2; r++) {
+        int status;
+        kill(pids[r], SIGKILL);
+        waitpid(pids[r], &status, 0);
+    }
+    ck_assert(shm_name_with(stale, "-w1-0"));
+    new_job_id("winnext");
+    start_ranks(2, noop_rank, NULL, so, 60.0);
+    wait_ranks(2, 30.0);
+    ck_assert_msg(so->rep[0].st == 0 && so->rep[1].st == 0, "next job: %s", so->rep[0].msg);
+    ck_assert_msg(!shm_name_with(stale, "-w1-0"),
+                  "the window object of a killed job was not removed by the next job");
+    munmap(so, sizeof *so);
+}
+END_TEST
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
@@ -1209,6 +1265,7 @@ int main(int argc, char **argv)
     tcase_add_loop_test(tc, nonblocking_any_order, 0, 4);
     tcase_add_loop_test(tc, symmetric_equal_to_loopback, 0, 5);
     tcase_add_loop_test(tc, symmetric_misuse_fails_everywhere, 0, 3);
+    tcase_add_test(tc, stale_window_is_removed);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
