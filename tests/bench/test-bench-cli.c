@@ -671,6 +671,24 @@ START_TEST(meta_record_run)
     g_ptr_array_free(recs, TRUE);
     bench_run_free(&r);
     bench_run_free(&v);
+    /* a sweep runs several worlds: the meta record lists them and has no
+     * single world_size, with the memcpy probe (a 1-rank context) or without */
+    for (int probe = 0; probe < 2; probe++) {
+        gchar *sargs =
+            g_strdup_printf("collectives --sweep-tp 2,3 -C all_reduce -b 64 -e 64 -n 1 -w 0 -q "
+                            "%s--json %s",
+                            probe ? "" : "--no-memcpy ", json);
+        run_result sr = run(sargs, NULL);
+        ck_assert_msg(sr.code == 0, "exit %d\n%s", sr.code, sr.err);
+        GPtrArray *srecs = read_json_all(json);
+        const bench_record *sm = g_ptr_array_index(srecs, 0);
+        ck_assert_str_eq(bench_rec_get_str(sm, "kind"), "meta");
+        ck_assert(bench_rec_get_num(sm, "world_size", -1) == -1);
+        ck_assert_str_eq(bench_rec_get(sm, "sweep_tp")->s, "[2,3]");
+        g_ptr_array_free(srecs, TRUE);
+        bench_run_free(&sr);
+        g_free(sargs);
+    }
     g_free(args);
     g_free(json);
     g_free(csv);

@@ -77,7 +77,18 @@ static void meta_fill(bench_env *env)
     meta_plugin(sink->meta, scan, "backend", env->backend, b, true);
     meta_plugin(sink->meta, scan, "device", env->device, d, false);
     tp_plugin_scan_free(scan);
-    bench_rec_int(sink->meta, "world_size", env->world);
+    if (!o->n_sweep_tp) {
+        bench_rec_int(sink->meta, "world_size", env->world);
+        return;
+    }
+    /* a sweep runs several worlds (each record has its "ranks"); the first
+     * context may be a probe of another size */
+    GString *list = g_string_new("[");
+    for (int i = 0; i < o->n_sweep_tp; i++)
+        g_string_append_printf(list, "%s%d", i ? "," : "", o->sweep_tp[i]);
+    g_string_append_c(list, ']');
+    bench_rec_json(sink->meta, "sweep_tp", list->str);
+    g_string_free(list, TRUE);
 }
 
 int bench_env_tps(const bench_env *env, int *tps)
