@@ -55,6 +55,7 @@ struct tp_request {
     void *dev_recv;
     size_t recv_bytes;
     double t_issued, t_done, wait_s, exposed_s;
+    uint64_t stats_epoch;    /* comm->stats_epoch at issue: counted only if still current */
     double open_t0, open_t1; /* the last tp_test that did not see it complete */
     bool complete;    /* the rank's thread finished it: status final, counters may be added */
     bool worker_done; /* core engine: under the progress thread's mu */
@@ -534,6 +535,7 @@ static tp_request *request_new(tp_comm *comm, const char *fn, const tpi_coll *c,
                       .seq = comm->seq,
                       .op = c->op,
                       .phase = comm->state->phase,
+                      .stats_epoch = comm->stats_epoch,
                       .c = *c,
                       .counts = counts,
                       .bytes = bytes,
@@ -588,9 +590,11 @@ tp_status tp_wait(tp_request *r)
         if (!r->complete)
             block(r);
         tp_icounter *k = &r->comm->icounters[r->phase][r->op];
-        k->seconds += r->t_done > r->t_issued ? r->t_done - r->t_issued : 0;
-        k->wait_seconds += r->wait_s;
-        k->exposed_seconds += r->exposed_s;
+        if (r->stats_epoch == r->comm->stats_epoch) { /* else issued before tp_stats_reset */
+            k->seconds += r->t_done > r->t_issued ? r->t_done - r->t_issued : 0;
+            k->wait_seconds += r->wait_s;
+            k->exposed_seconds += r->exposed_s;
+        }
         unlink_request(r);
     }
     tp_clear_error();

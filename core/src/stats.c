@@ -30,6 +30,7 @@ void tp_stats_reset(tp_comm *comm)
     tpi_device_read_timings(comm->dev); /* so that no earlier call adds to the zeroed counters */
     memset(comm->counters, 0, sizeof comm->counters);
     memset(comm->icounters, 0, sizeof comm->icounters);
+    comm->stats_epoch++; /* requests in flight were counted before: not after */
     if (comm->wait_log) {
         comm->wait_log->n = 0;
         comm->wait_log->lost = false;

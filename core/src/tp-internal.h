@@ -148,6 +148,7 @@ struct tp_comm {
     /* Nonblocking collectives (request.c): counters, and the pending
      * requests and progress thread (NULL until the first tp_i* call). */
     tp_icounter icounters[TP_PHASE_COUNT][TP_OP_COUNT];
+    uint64_t stats_epoch; /* tp_stats_reset calls: a request counts only in its own */
     struct tpi_nb *nb;
     /* tp_comm_mem_alloc's live allocations: pointer -> TPI_MEM_PLUGIN (the
      * plugin's mem_alloc) or TPI_MEM_DEVICE (tp_dev_alloc); NULL until the first. */

@@ -413,6 +413,50 @@ START_TEST(test_late_waiter)
 }
 END_TEST
 
+/* A request issued before tp_stats_reset and waited after it: its call
+ * went with the reset, so none of its times may appear after it (the old
+ * counters said 0 calls and 20 ms in flight); one issued after the reset
+ * counts as usual. */
+static void body_reset_in_flight(tpt_rank *k)
+{
+    enum {
+        N = 4099
+    };
+    float *h = tpt_falloc(N);
+    tpt_fill(h, N, 7 + (uint64_t)k->r);
+    tp_tensor x = tpt_upload2(k, 1, N, h);
+    tp_phase was = tp_phase_set(k->g, TP_PHASE_FORWARD);
+    for (int after = 0; after < 2; after++) {
+        tp_request *req = NULL;
+        if (after)
+            tp_stats_reset(k->g);
+        EXPECT_OK(k, tp_iall_reduce(k->g, x.data, x.data, N, TP_F32, TP_SUM, &req));
+        if (!after)
+            tp_stats_reset(k->g);
+        nanosleep(&(struct timespec){0, 20000000}, NULL);
+        if (req)
+            EXPECT_OK(k, tp_wait(req));
+        tp_stats s;
+        tp_stats_get(k->g, &s);
+        const tp_icounter *ic = &s.icomm[TP_PHASE_FORWARD][TP_OP_ALL_REDUCE];
+        bool none = ic->seconds == 0 && ic->wait_seconds == 0 && ic->exposed_seconds == 0;
+        EXPECT(k, after ? ic->calls == 1 : ic->calls == 0 && none,
+               "reset %s the issue: %llu calls, %.4f s in flight, %.4f s waiting, %.4f s "
+               "exposed counted; expected %s",
+               after ? "before" : "after", (unsigned long long)ic->calls, ic->seconds,
+               ic->wait_seconds, ic->exposed_seconds, after ? "1 call" : "nothing");
+    }
+    tp_phase_set(k->g, was);
+    tp_tensor_release(&x);
+    free(h);
+}
+
+START_TEST(test_reset_in_flight)
+{
+    tpt_run_all(body_reset_in_flight);
+}
+END_TEST
+
 int main(int argc, char **argv)
 {
     const tpt_test tests[] = {
@@ -421,6 +465,7 @@ int main(int argc, char **argv)
         {"column", test_column},
         {"errors", test_errors},
         {"late_waiter", test_late_waiter},
+        {"reset_in_flight", test_reset_in_flight},
     };
     return tpt_main(&argc, &argv, "overlap", tests, sizeof tests / sizeof tests[0], NULL);
 }

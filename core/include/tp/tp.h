@@ -352,7 +352,9 @@ typedef struct tp_stats {
 
 /* Counters of comm, plus the compute counters of its rank's device. */
 TP_API void tp_stats_get(const tp_comm *comm, tp_stats *out);
-/* this comm's counters, wait log and device's (memory: peak = bytes in use) */
+/* this comm's counters, wait log and device's (memory: peak = bytes in use);
+ * a nonblocking request issued before the reset and waited after it is in
+ * neither period's counters (its call was counted in the erased one) */
 TP_API void tp_stats_reset(tp_comm *comm);
 
 /* The rank's current phase (shared by all comms of the rank and its
