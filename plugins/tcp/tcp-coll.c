@@ -131,7 +131,7 @@ static tp_status local_failure(tcp_comm *c, tp_status status, const char *fmt, .
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     if (c->size > 1)
-        tcp_engine_break(c->eng, msg, -1);
+        tcp_engine_break(c->eng, msg, -1, status);
     return c->eng->host->set_error(status, "%s", msg);
 }
 

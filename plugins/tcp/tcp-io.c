@@ -133,14 +133,17 @@ int tcp_recv_all(int fd, void *buf, size_t len, double deadline, size_t *got)
     return 0;
 }
 
-const char *tcp_hdr_mismatch(const tcp_hdr *got, const tcp_hdr *want, char *buf, size_t len)
+tp_status tcp_hdr_mismatch(const tcp_hdr *got, const tcp_hdr *want, char *buf, size_t len)
 {
+    tp_status why = TP_ERR_INVALID_ARG;
     if (got->magic != TCP_MAGIC) {
+        why = TP_ERR_PEER;
         snprintf(buf, len,
                  "bytes that are not a tp tcp message (magic 0x%08x, expected 0x%08x): "
                  "another program may be talking to this port",
                  got->magic, TCP_MAGIC);
     } else if (got->version != TCP_WIRE_VERSION) {
+        why = TP_ERR_PEER;
         snprintf(buf, len, "wire version %u, expected %u: mixed tp versions in one job",
                  got->version, TCP_WIRE_VERSION);
     } else if (got->op != want->op) {
@@ -175,18 +178,19 @@ const char *tcp_hdr_mismatch(const tcp_hdr *got, const tcp_hdr *want, char *buf,
                  "different counts",
                  (unsigned long long)got->call, (unsigned long long)want->call);
     } else if (got->step != want->step) {
+        why = TP_ERR_PEER;
         snprintf(buf, len, "message %u of the collective, expected %u: a protocol error", got->step,
                  want->step);
     } else if (got->len != want->len) {
         snprintf(buf, len, "%llu payload bytes, expected %llu: the ranks passed different counts",
                  (unsigned long long)got->len, (unsigned long long)want->len);
     } else {
-        return NULL;
+        return TP_OK;
     }
-    return buf;
+    return why;
 }
 
-void tcp_engine_break(tcp_engine *e, const char *why, int mid)
+void tcp_engine_break(tcp_engine *e, const char *why, int mid, tp_status status)
 {
     if (e->broken)
         return;
@@ -194,7 +198,11 @@ void tcp_engine_break(tcp_engine *e, const char *why, int mid)
     snprintf(e->broken_why, sizeof e->broken_why, "%s", why);
     size_t n = strlen(why) < TCP_ABORT_MAX ? strlen(why) : TCP_ABORT_MAX;
     unsigned char msg[TCP_HDR_SIZE + TCP_ABORT_MAX];
-    tcp_hdr h = {.magic = TCP_MAGIC, .version = TCP_WIRE_VERSION, .op = TCP_OP_ABORT, .len = n};
+    tcp_hdr h = {.magic = TCP_MAGIC,
+                 .version = TCP_WIRE_VERSION,
+                 .op = TCP_OP_ABORT,
+                 .arg = (uint32_t)status,
+                 .len = n};
     tcp_hdr_encode(&h, msg);
     memcpy(msg + TCP_HDR_SIZE, why, n);
     for (int i = 0; i < e->world; i++) {

@@ -30,7 +30,7 @@ static tp_status wire_error(xstate *st, tp_status status, int peer, const char *
     snprintf(msg, sizeof msg, "tcp %s (communicator %#llx, collective #%llu): rank %d at %s %s",
              st->x->opname, (unsigned long long)c->id, (unsigned long long)c->seq, peer,
              tcp_peer_name(&e->peers[peer], name, sizeof name), what);
-    tcp_engine_break(e, msg, st->soff > 0 ? st->x->to : -1);
+    tcp_engine_break(e, msg, st->soff > 0 ? st->x->to : -1, status);
     return e->host->set_error(status, "%s", msg);
 }
 
@@ -57,7 +57,9 @@ static tp_status io_error(xstate *st, int peer, int err, int sending)
 }
 
 /* The peer gave up: the reason (len bytes, its ABORT header already read). */
-static tp_status peer_gave_up(xstate *st, int peer, size_t len)
+/* The peer's ABORT: its reason (len bytes follow) and its status (arg;
+ * TP_ERR_PEER from a peer that sent none). */
+static tp_status peer_gave_up(xstate *st, int peer, size_t len, uint32_t arg)
 {
     int fd = st->x->comm->eng->peers[peer].fd;
     char reason[TCP_ABORT_MAX + 1], what[TCP_ABORT_MAX + 64];
@@ -68,7 +70,8 @@ static tp_status peer_gave_up(xstate *st, int peer, size_t len)
         if (reason[i] < 32 || reason[i] > 126)
             reason[i] = '?';
     snprintf(what, sizeof what, "gave up: %s", reason);
-    return wire_error(st, TP_ERR_PEER, peer, what);
+    tp_status s = arg > TP_OK && arg < TP_STATUS_COUNT_ ? (tp_status)arg : TP_ERR_PEER;
+    return wire_error(st, s, peer, what);
 }
 
 /* The global rank this rank waits on: the one it receives from, or (all
@@ -187,7 +190,7 @@ static int watch_others(xstate *st, nfds_t n, tp_status *status)
             tcp_hdr got;
             (void)tcp_recv_all(e->peers[peer].fd, h, sizeof h, tcp_now() + 1.0, NULL);
             tcp_hdr_decode(h, &got);
-            *status = peer_gave_up(st, peer, (size_t)got.len);
+            *status = peer_gave_up(st, peer, (size_t)got.len, got.arg);
             return 1;
         }
         if (what == 0)
@@ -305,7 +308,7 @@ static int do_recv(xstate *st, tp_status *status)
             if (got.magic == TCP_MAGIC && got.version == TCP_WIRE_VERSION &&
                 got.op == TCP_OP_ABORT && got.len <= TCP_ABORT_MAX) {
                 /* The peer gave up and says why: pass its reason on. */
-                *status = peer_gave_up(st, x->from, (size_t)got.len);
+                *status = peer_gave_up(st, x->from, (size_t)got.len, got.arg);
                 return -1;
             }
             if (got.magic == TCP_MAGIC && got.version == TCP_WIRE_VERSION &&
@@ -314,10 +317,11 @@ static int do_recv(xstate *st, tp_status *status)
                 *status = stall_note_from(st, x->from);
                 return -1;
             }
-            if (tcp_hdr_mismatch(&got, &m->hdr, why, sizeof why)) {
+            tp_status bad = tcp_hdr_mismatch(&got, &m->hdr, why, sizeof why);
+            if (bad) {
                 char what[480];
                 snprintf(what, sizeof what, "sent %s", why);
-                *status = wire_error(st, TP_ERR_PEER, x->from, what);
+                *status = wire_error(st, bad, x->from, what);
                 return -1;
             }
         }
@@ -378,7 +382,7 @@ tp_status tcp_xfer_run(tcp_xfer *x)
             char msg[256];
             snprintf(msg, sizeof msg, "tcp %s: rank %d: poll failed: %s", x->opname, e->rank,
                      strerror(errno));
-            tcp_engine_break(e, msg, st.soff > 0 ? x->to : -1);
+            tcp_engine_break(e, msg, st.soff > 0 ? x->to : -1, TP_ERR_IO);
             return e->host->set_error(TP_ERR_IO, "%s", msg);
         }
         if (watch_others(&st, n, &status))

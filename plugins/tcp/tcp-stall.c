@@ -298,7 +298,7 @@ tp_status tcp_stall_diagnose(tcp_stall_ctx *cx)
                  "tcp %s: rank %d made no progress for %g s (TP_TIMEOUT_S) "
                  "waiting for rank %d (out of memory for the stall check)",
                  cx->opname, e->rank, e->timeout_s, cx->waits_on);
-        tcp_engine_break(e, msg, cx->mid);
+        tcp_engine_break(e, msg, cx->mid, TP_ERR_TIMEOUT);
         return e->host->set_error(TP_ERR_TIMEOUT, "%s", msg);
     }
     if (cx->from >= 0) { /* the stream this rank was reading, where it stopped */
@@ -320,6 +320,6 @@ tp_status tcp_stall_diagnose(tcp_stall_ctx *cx)
     free(d);
     free(pfd);
     free(who);
-    tcp_engine_break(e, msg, cx->mid);
+    tcp_engine_break(e, msg, cx->mid, st);
     return e->host->set_error(st, "%s", msg);
 }

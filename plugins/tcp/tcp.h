@@ -68,16 +68,19 @@ const char *tcp_peer_name(const tcp_peer *p, char *buf, size_t len);
  * *got the bytes read so far. */
 int tcp_send_all(int fd, const void *buf, size_t len, double deadline);
 int tcp_recv_all(int fd, void *buf, size_t len, double deadline, size_t *got);
-/* Describe how a received header differs from the expected one, or return
- * NULL if it matches. `buf` receives the text. */
-const char *tcp_hdr_mismatch(const tcp_hdr *got, const tcp_hdr *want, char *buf, size_t len);
+/* TP_OK if a received header matches the expected one; else why in `buf`
+ * and TP_ERR_INVALID_ARG when the ranks passed different arguments or
+ * called different collectives (a program error, as other backends call
+ * it), TP_ERR_PEER for bytes that are not this protocol's. */
+tp_status tcp_hdr_mismatch(const tcp_hdr *got, const tcp_hdr *want, char *buf, size_t len);
 const char *tcp_op_name(unsigned op);
 
 /* Mark the engine unusable after a wire error: send ABORT(why) to every
  * peer whose stream is at a message boundary (all but `mid`, -1 for none),
  * then shut every socket down, so peers blocked on this rank fail at once
- * and can say why. */
-void tcp_engine_break(tcp_engine *e, const char *why, int mid);
+ * and can say why. The ABORT's arg carries `status`, which those peers
+ * return too. */
+void tcp_engine_break(tcp_engine *e, const char *why, int mid, tp_status status);
 
 /* -- tcp-socket.c ------------------------------------------------------ */
 
