@@ -217,7 +217,7 @@ static tp_status sh_direct(sh_comm *c, const sc_os_op *o)
     return sh_barrier_wait(c, o->kind);
 }
 
-/* Start call o of `kind` on the barrier path: stage piece 0 (unless this
+/* Start call o on the barrier path: stage piece 0 (unless this
  * rank's buffers are symmetric), publish, agree. *direct: every rank's
  * buffers are symmetric (sh_direct follows). When only some are, the
  * symmetric ranks did not stage: everyone stages piece 0 again into the

@@ -117,13 +117,13 @@ tp_status tp_comm_mem_alloc(tp_comm *comm, size_t bytes, void **ptr)
         return tp_set_error(TP_ERR_INVALID_ARG,
                             "%s: bytes is 0 (rank %d): every rank asks for the same size > 0", fn,
                             comm->rank);
-    if (!comm->mem && !(comm->mem = g_hash_table_new(g_direct_hash, g_direct_equal)))
-        return tp_set_error(TP_ERR_NO_MEMORY, "%s: out of memory", fn);
+    if (!comm->mem)
+        comm->mem = g_hash_table_new(g_direct_hash, g_direct_equal);
     void *p = NULL;
     gpointer kind = TPI_MEM_DEVICE;
     tp_status st;
     if (comm->ops->mem_alloc && !comm->state->staged) {
-        tpi_request_drain_plugin(comm); /* nonblocking ones issued before keep their place */
+        tpi_request_drain_plugin(comm); /* a collective: requests issued before go first */
         comm->seq++;
         tp_clear_error();
         st = CALL(comm, mem_alloc, bytes, &p);
@@ -168,7 +168,6 @@ void tp_comm_mem_free(tp_comm *comm, void *ptr)
                       ptr);
         return;
     }
-    tpi_request_drain_plugin(comm); /* requests in flight may still read it */
     g_hash_table_remove(comm->mem, ptr);
     mem_release(comm, ptr, kind);
 }

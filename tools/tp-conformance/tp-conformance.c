@@ -635,7 +635,8 @@ static void suite_broadcast(const suite *su, ccase *c)
 /* The op suite on one communicator. Sub-communicator suites use fewer
  * sizes and a fixed number of cases per op, so every rank, whatever its
  * group, records the same sequence of cases. `as_row`: ROW_SUB or
- * ROW_SYM record every case under that row, -1 under its op's. */
+ * ROW_SYM record every case under that row, -1 under its op's (the
+ * symmetric pass runs every op: --op symmetric selects it as a whole). */
 static void op_suite(rank_state *s, tp_comm *comm, const char *where, int as_row, int none_verdict)
 {
     static const tp_dtype dts[] = {TP_F32, TP_F16, TP_BF16, TP_I32};
@@ -655,15 +656,15 @@ static void op_suite(rank_state *s, tp_comm *comm, const char *where, int as_row
                 continue;
             /* one case, its fields set op by op in this order */
             ccase c = {.comm = comm, .where = where, .dt = dts[d], .n = n};
-            if (wanted(s, ROW_ALL_REDUCE))
+            if (sym || wanted(s, ROW_ALL_REDUCE))
                 suite_all_reduce(&su, &c);
-            if (wanted(s, ROW_ALL_GATHER))
+            if (sym || wanted(s, ROW_ALL_GATHER))
                 suite_all_gather(&su, &c);
             c.inplace = false;
-            if (wanted(s, ROW_REDUCE_SCATTER))
+            if (sym || wanted(s, ROW_REDUCE_SCATTER))
                 suite_reduce_scatter(&su, &c);
             c.pattern = 0;
-            if (wanted(s, ROW_BROADCAST))
+            if (sym || wanted(s, ROW_BROADCAST))
                 suite_broadcast(&su, &c);
         }
     }
@@ -678,7 +679,8 @@ static void sym_cases(rank_state *s)
 {
     if (!wanted(s, ROW_SYM))
         return;
-    size_t bytes = 4 * ((size_t)s->wsize * 262147 + GUARD + 64) * sizeof(float);
+    /* the largest case: a gather of 262147 per rank and its input (+ guards), twice over */
+    size_t bytes = 2 * ((size_t)s->wsize + 1) * (262147 + GUARD + 16) * sizeof(float);
     void *arena = NULL;
     tp_status st = tp_comm_mem_alloc(s->world, bytes, &arena), st2 = TP_ERR_NO_MEMORY;
     buf b = {0};

@@ -120,10 +120,11 @@ TP_API void tp_comm_free(tp_comm *comm); /* sub-communicators only; NULL is a no
  * loopback's threads do; backends without it give tp_dev_alloc's memory).
  * Collective: every rank of comm calls it in the same order with the same
  * bytes (> 0); a backend that serves it gives every rank the same status.
- * The memory is ordinary device memory for everything else. Pass all
- * buffers of a collective from here on every rank or on none (shm refuses
- * a mix with TP_ERR_INVALID_ARG). tp_comm_mem_free is local; whatever is
- * left is freed with comm. */
+ * The memory is ordinary device memory for everything else. A collective
+ * gains only when every rank's send and recv buffers come from here (if
+ * some ranks' do not, shm stages as for ordinary memory). Memory from one
+ * communicator is ordinary memory to another. tp_comm_mem_free is local;
+ * whatever is left is freed with comm. */
 TP_API tp_status tp_comm_mem_alloc(tp_comm *comm, size_t bytes, void **ptr);
 TP_API void tp_comm_mem_free(tp_comm *comm, void *ptr); /* NULL is a no-op */
 
