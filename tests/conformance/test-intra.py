@@ -8,15 +8,23 @@ collectives on every group and on a split of the TP group are right
 
   test-intra.py TP-LAUNCH INTRA-TOPO [MPIRUN]
 """
+import atexit
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 launch, topo = sys.argv[1], sys.argv[2]
 mpirun = sys.argv[3] if len(sys.argv) > 3 and sys.argv[3] else None
 failures = []
+# Open MPI's shared-memory files go to a folder of this test's own: a job
+# that aborts (the disagreeing-ranks case) leaves its vader segments there,
+# not in /dev/shm, and the folder goes when the test ends.
+vader_dir = tempfile.mkdtemp(prefix="tp-test-intra-", dir="/dev/shm")
+atexit.register(shutil.rmtree, vader_dir, True)
 
 
 def run(argv, env_extra, drop=()):
@@ -25,6 +33,7 @@ def run(argv, env_extra, drop=()):
         env.pop(k, None)
     env.update(env_extra)
     env.setdefault("TP_DEVICE", "cpu")
+    env["OMPI_MCA_btl_vader_backing_directory"] = vader_dir
     p = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                        timeout=240, text=True)
     return p.returncode, p.stdout
