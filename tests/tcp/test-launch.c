@@ -191,10 +191,17 @@ START_TEST(test_signal_forwarded)
     static const struct {
         int sig, ignored, want;
         const char *script;
+        int settle_ms; /* after both ranks are up, before the signal */
     } m[] = {
-        {SIGTERM, 0, 128 + SIGTERM, "echo up; exec sleep 600"},
-        {SIGTERM, 0, 128 + SIGTERM, "trap 'exit 0' TERM; echo up; sleep 600 & wait"},
-        {SIGHUP, 1, 0, "echo up; exec sleep 2"},
+        {SIGTERM, 0, 128 + SIGTERM, "echo up; exec sleep 600", 0},
+        {SIGTERM, 0, 128 + SIGTERM, "trap 'exit 0' TERM; echo up; sleep 600 & wait", 0},
+        {SIGHUP, 1, 0, "echo up; exec sleep 2", 0},
+        /* output that nobody reads once "up" is seen: the pipe fills and
+         * tp-launch waits to write it; the signal must still end the job
+         * (it used to wait, signals blocked, until the guard killed it) */
+        {SIGTERM, 0, 128 + SIGTERM,
+         "echo up; sleep 0.5; while :; do echo 0123456789012345678901234567890123456789; done",
+         1500},
     };
     int po[2];
     ck_assert(pipe(po) == 0);
@@ -226,6 +233,8 @@ START_TEST(test_signal_forwarded)
     buf[len] = '\0';
     ck_assert_msg(strstr(buf, "[rank 0] up") && strstr(buf, "[rank 1] up"), "ranks not up: %s",
                   buf);
+    nanosleep(&(struct timespec){m[_i].settle_ms / 1000, (m[_i].settle_ms % 1000) * 1000000L},
+              NULL);
     kill(pid, m[_i].sig);
     int st = 0, reaped = 0;
     /* The guard: if the ranks were left running, tp-launch would not exit. */
@@ -553,7 +562,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, test_help);
     tcase_add_test(tc, test_env_and_prefix);
     tcase_add_test(tc, test_failure_stops_others);
-    tcase_add_loop_test(tc, test_signal_forwarded, 0, 3);
+    tcase_add_loop_test(tc, test_signal_forwarded, 0, 4);
     tcase_add_test(tc, test_rank_reading_terminal);
     tcase_add_test(tc, test_failed_job_ends_leftovers);
     tcase_add_test(tc, test_tcp_rank_dies);

@@ -42,10 +42,12 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -217,42 +219,6 @@ static int make_secret(char out[65])
     return 0;
 }
 
-static void flush_line(stream *s, int rank, int prefix, int add_newline)
-{
-    if (s->len == 0)
-        return;
-    if (prefix)
-        fprintf(s->out, "[rank %d] ", rank);
-    fwrite(s->buf, 1, s->len, s->out);
-    if (add_newline)
-        fputc('\n', s->out);
-    fflush(s->out);
-    s->len = 0;
-}
-
-/* Read what is there; write complete lines (prefixed). Returns 0 at EOF. */
-static int pump(stream *s, int rank, int prefix)
-{
-    char tmp[4096];
-    ssize_t n = read(s->fd, tmp, sizeof tmp);
-    if (n < 0 && (errno == EINTR || errno == EAGAIN))
-        return 1;
-    if (n <= 0) {
-        flush_line(s, rank, prefix, 1);
-        close(s->fd);
-        s->fd = -1;
-        return 0;
-    }
-    for (ssize_t i = 0; i < n; i++) {
-        s->buf[s->len++] = tmp[i];
-        if (tmp[i] == '\n')
-            flush_line(s, rank, prefix, 0);
-        else if (s->len == sizeof s->buf)
-            flush_line(s, rank, prefix, 1);
-    }
-    return 1;
-}
-
 static void describe(char *buf, size_t len, int status)
 {
     if (WIFEXITED(status))
@@ -333,7 +299,93 @@ typedef struct launcher {
     int running, first_fail;
     double kill_at, hard_kill_at; /* SIGTERM, then SIGKILL the ranks left (-1: not due) */
     int hold;                     /* the master socket for rank 0 (free_port), or -1 */
+    size_t dropped;               /* output bytes dropped while the job was being stopped */
 } launcher;
+
+/* Everything tp-launch writes once the ranks run (their lines and its own
+ * messages) goes out here, with its signals deliverable while the output
+ * waits: a reader that stops reading (a paused pager) holds a signal off
+ * only until it arrives, when the wait returns, the signal is forwarded and
+ * the write goes on. Pieces of at most PIPE_BUF bytes, which a pipe that
+ * polls writable takes without blocking. Once the job is being stopped by a
+ * signal, what cannot be written at once is dropped (and counted), so a
+ * stalled reader cannot keep tp-launch from ending. */
+static void forward_signal(launcher *L);
+static void out_write(launcher *L, int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        struct pollfd q = {.fd = fd, .events = POLLOUT};
+        struct timespec zero = {0, 0};
+        int r = ppoll(&q, 1, L->forwarded ? &zero : NULL, &L->orig);
+        if (r < 0 && errno == EINTR) {
+            forward_signal(L);
+            continue;
+        }
+        if (r == 0) {
+            L->dropped += n;
+            return;
+        }
+        if (r < 0 || (q.revents & POLLNVAL))
+            return; /* nowhere to write */
+        ssize_t w = write(fd, p, n < PIPE_BUF ? n : PIPE_BUF);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return; /* EPIPE (SIGPIPE is ignored): the reader is gone */
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+/* A message of tp-launch's own on stderr, through out_write. */
+static void say(launcher *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void say(launcher *L, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (k > 0)
+        out_write(L, STDERR_FILENO, msg, (size_t)k < sizeof msg ? (size_t)k : sizeof msg - 1);
+}
+
+static void flush_line(launcher *L, stream *s, int rank, int add_newline)
+{
+    if (s->len == 0)
+        return;
+    char line[LINE_MAX_BYTES + 32];
+    size_t k = L->prefix ? (size_t)snprintf(line, sizeof line, "[rank %d] ", rank) : 0;
+    memcpy(line + k, s->buf, s->len);
+    k += s->len;
+    if (add_newline)
+        line[k++] = '\n';
+    out_write(L, fileno(s->out), line, k);
+    s->len = 0;
+}
+
+/* Read what is there; write complete lines (prefixed). Returns 0 at EOF. */
+static int pump(launcher *L, stream *s, int rank)
+{
+    char tmp[4096];
+    ssize_t n = read(s->fd, tmp, sizeof tmp);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN))
+        return 1;
+    if (n <= 0) {
+        flush_line(L, s, rank, 1);
+        close(s->fd);
+        s->fd = -1;
+        return 0;
+    }
+    for (ssize_t i = 0; i < n; i++) {
+        s->buf[s->len++] = tmp[i];
+        if (tmp[i] == '\n')
+            flush_line(L, s, rank, 0);
+        else if (s->len == sizeof s->buf)
+            flush_line(L, s, rank, 1);
+    }
+    return 1;
+}
 
 /* A bad value of option `name`: *error set, FALSE. */
 static gboolean bad_value(GError **error, const char *name, const char *value, const char *why)
@@ -632,7 +684,7 @@ static int pump_streams(launcher *L, struct pollfd *pfd, int *owner)
         if (!pfd[i].revents)
             continue;
         int r = owner[i] / 2, j = owner[i] % 2;
-        if (!pump(&L->c[r].s[j], r, L->prefix))
+        if (!pump(L, &L->c[r].s[j], r))
             closed++;
     }
     return closed;
@@ -651,10 +703,10 @@ static void rank_ended(launcher *L, long r, int status)
     describe(how, sizeof how, status);
     L->first_fail = (int)r;
     if (L->running > 0) {
-        fprintf(stderr,
-                "tp-launch: rank %ld (pid %d) %s; stopping the other %d rank(s) "
-                "in %.1f s\n",
-                r, (int)ch->pid, how, L->running, (double)L->grace_ms / 1000.0);
+        say(L,
+            "tp-launch: rank %ld (pid %d) %s; stopping the other %d rank(s) "
+            "in %.1f s\n",
+            r, (int)ch->pid, how, L->running, (double)L->grace_ms / 1000.0);
         L->kill_at = now() + (double)L->grace_ms / 1000.0;
     }
 }
@@ -668,17 +720,17 @@ static void rank_stopped(launcher *L, long r, int status)
         return;
     }
     ch->stopped = WSTOPSIG(status);
-    fprintf(stderr, "tp-launch: %s %ld (pid %d) was stopped by signal %d (%s)\n",
-            L->mpi ? "mpirun, job" : "rank", r, (int)ch->pid, ch->stopped, strsignal(ch->stopped));
+    say(L, "tp-launch: %s %ld (pid %d) was stopped by signal %d (%s)\n",
+        L->mpi ? "mpirun, job" : "rank", r, (int)ch->pid, ch->stopped, strsignal(ch->stopped));
     /* Ranks run in their own process groups, never the terminal's
      * foreground one: one stopped for terminal input or output would wait
      * forever. */
     if ((ch->stopped == SIGTTIN || ch->stopped == SIGTTOU) && L->first_fail < 0) {
-        fprintf(stderr,
-                "tp-launch: rank %ld %s the terminal, which ranks cannot use; ending the job "
-                "(give ranks input from a file or a pipe, and leave out --no-prefix when "
-                "the terminal has `stty tostop`)\n",
-                r, ch->stopped == SIGTTIN ? "read from" : "wrote to");
+        say(L,
+            "tp-launch: rank %ld %s the terminal, which ranks cannot use; ending the job "
+            "(give ranks input from a file or a pipe, and leave out --no-prefix when "
+            "the terminal has `stty tostop`)\n",
+            r, ch->stopped == SIGTTIN ? "read from" : "wrote to");
         L->first_fail = (int)r;
         L->kill_at = now();
     }
@@ -726,16 +778,17 @@ static void reap_children(launcher *L)
  * mpirun, 5 s: it stops its daemons' ranks through the daemons first). */
 static void forward_signal(launcher *L)
 {
-    if (!got_signal)
+    int sig = got_signal;
+    if (!sig)
         return;
-    fprintf(stderr, "tp-launch: got signal %d (%s); stopping all ranks\n", (int)got_signal,
-            strsignal(got_signal));
-    signal_all(L->c, (int)L->n, (int)got_signal);
+    got_signal = 0;
+    signal_all(L->c, (int)L->n, sig);
     if (!L->forwarded)
-        L->forwarded = (int)got_signal;
+        L->forwarded = sig;
     if (L->hard_kill_at < 0)
         L->hard_kill_at = now() + (L->mpi ? 5.0 : 2.0);
-    got_signal = 0;
+    /* last: with the job stopping, a stalled stderr drops this line */
+    say(L, "tp-launch: got signal %d (%s); stopping all ranks\n", sig, strsignal(sig));
 }
 
 /* 1 if every rank still running is stopped: none can fail on its own. */
@@ -789,49 +842,53 @@ static void supervise(launcher *L, struct pollfd *pfd, int *owner)
     for (long r = 0; r < L->n; r++)
         for (int j = 0; j < 2; j++)
             if (L->c[r].s[j].fd >= 0) {
-                flush_line(&L->c[r].s[j], (int)r, L->prefix, 1);
+                flush_line(L, &L->c[r].s[j], (int)r, 1);
                 close(L->c[r].s[j].fd);
             }
 }
 
 /* The rank(s) that stopped progressing: stopped by a signal until the end,
  * else still running when the others had failed (killed by tp-launch). */
-static void report_stalled(const launcher *L)
+static void report_stalled(launcher *L)
 {
     int named = 0;
     for (long r = 0; r < L->n; r++) {
         const child *ch = &L->c[r];
         if (!ch->died_stopped)
             continue;
-        fprintf(stderr,
-                "tp-launch: rank %ld stopped progressing: it was stopped by signal %d (%s) "
-                "and never continued, so the other ranks failed waiting for it\n",
-                r, ch->died_stopped, strsignal(ch->died_stopped));
+        say(L,
+            "tp-launch: rank %ld stopped progressing: it was stopped by signal %d (%s) "
+            "and never continued, so the other ranks failed waiting for it\n",
+            r, ch->died_stopped, strsignal(ch->died_stopped));
         named++;
     }
     for (long r = 0; r < L->n && !named; r++)
         if (L->c[r].killed_by_us && (long)L->first_fail != r)
-            fprintf(stderr,
-                    "tp-launch: rank %ld did not end on its own after rank %d failed (tp-launch "
-                    "stopped it): if the others report waiting for it, it stopped progressing\n",
-                    r, L->first_fail);
+            say(L,
+                "tp-launch: rank %ld did not end on its own after rank %d failed (tp-launch "
+                "stopped it): if the others report waiting for it, it stopped progressing\n",
+                r, L->first_fail);
 }
 
 /* The exit status: the first failed rank's, with a summary on stderr. */
-static int report(const launcher *L)
+static int report(launcher *L)
 {
     /* Stopped by a signal to tp-launch: 128+N, whatever the ranks did with it. */
     int stopped = L->forwarded ? 128 + L->forwarded : 0;
+    if (L->dropped)
+        say(L,
+            "tp-launch: %zu bytes of the ranks' output were dropped: their reader was not "
+            "reading while the job was being stopped\n",
+            L->dropped);
     if (L->first_fail < 0) {
         if (stopped)
-            fprintf(stderr, "tp-launch: stopped by signal %d (%s)\n", L->forwarded,
-                    strsignal(L->forwarded));
+            say(L, "tp-launch: stopped by signal %d (%s)\n", L->forwarded, strsignal(L->forwarded));
         return stopped;
     }
     if (L->mpi) {
         char how[128];
         describe(how, sizeof how, L->c[0].status);
-        fprintf(stderr, "tp-launch: failed: mpirun %s\n", how);
+        say(L, "tp-launch: failed: mpirun %s\n", how);
         return stopped ? stopped : exit_code(L->c[0].status);
     }
     const child *c = L->c;
@@ -843,15 +900,15 @@ static int report(const launcher *L)
         if (c[r].status != c[ff].status)
             all_same = 0;
     if (all_same && L->n > 1)
-        fprintf(stderr, "tp-launch: every rank %s\n", how);
+        say(L, "tp-launch: every rank %s\n", how);
     else
-        fprintf(stderr, "tp-launch: failed: rank %d %s\n", ff, how);
+        say(L, "tp-launch: failed: rank %d %s\n", ff, how);
     report_stalled(L);
     for (long r = 0; r < L->n && !all_same; r++) {
         if (r == ff || (WIFEXITED(c[r].status) && WEXITSTATUS(c[r].status) == 0))
             continue;
         describe(how, sizeof how, c[r].status);
-        fprintf(stderr, "tp-launch:   rank %ld %s\n", r, how);
+        say(L, "tp-launch:   rank %ld %s\n", r, how);
     }
     return stopped ? stopped : exit_code(c[ff].status);
 }
