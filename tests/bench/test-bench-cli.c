@@ -70,6 +70,8 @@ START_TEST(bad_arguments)
         {"layer --layer attention --overlap 65", "bad --overlap '65'"},
         {"layer --layer transformer --overlap 4", "needs --dp D"},
         {"layer --agg_iters 2", "does not apply to 'layer'"},
+        {"layer --layer block --symmetric", "for linear-col, linear-row and mlp only"},
+        {"gemm --symmetric", "does not apply to 'gemm'"},
     };
     for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
         run_result r = run(cases[i].args, NULL);

@@ -9,7 +9,9 @@
  * T on loopback, T <= 2 on every backend); the counters must show that the
  * nonblocking path ran (chunk count of nonblocking all-reduces, no blocking
  * one) and that hidden + exposed = in flight; and that a request peers
- * complete while a rank sleeps is not in flight for the sleep.
+ * complete while a rank sleeps is not in flight for the sleep. The MLP
+ * runs once more with y and dx in tp_comm_mem_alloc memory (on shm the
+ * all-reduces then run straight on the ranks' windows), bitwise equal too.
  *
  * Runs on groups of T = 1..W (tests/common/tp-test.h).
  */
@@ -197,8 +199,10 @@ static void mlp_out_free(mlp_out *o)
     free(o->db2);
 }
 
-/* One forward and backward; o gets y, dx and this rank's gradient shards. */
-static void run_mlp_once(tpt_rank *k, int64_t t, int64_t H, int64_t F, int chunks,
+/* One forward and backward; o gets y, dx and this rank's gradient shards.
+ * sym: y and dx (what the MLP all-reduces) are views of tp_comm_mem_alloc
+ * memory of the group (shm then reduces them on the windows). */
+static void run_mlp_once(tpt_rank *k, int64_t t, int64_t H, int64_t F, int chunks, bool sym,
                          const tp_tensor *x, const tp_tensor *dy, mlp_out *o)
 {
     tp_mlp_config cfg = {
@@ -208,6 +212,12 @@ static void run_mlp_once(tpt_rank *k, int64_t t, int64_t H, int64_t F, int chunk
     if (!m)
         return;
     tp_tensor y = {0}, dx = {0};
+    void *mem[2] = {NULL, NULL};
+    for (int i = 0; i < 2 && sym; i++) {
+        EXPECT_OK(k, tp_comm_mem_alloc(k->g, (size_t)(t * H) * sizeof(float), &mem[i]));
+        if (mem[i])
+            *(i ? &dx : &y) = tp_tensor_view(k->dev, TP_F32, mem[i], 2, (int64_t[]){t, H});
+    }
     tp_stats_reset(k->g);
     EXPECT_OK(k, tp_mlp_forward(m, x, &y));
     EXPECT_OK(k, tp_mlp_backward(m, dy, &dx));
@@ -228,6 +238,8 @@ static void run_mlp_once(tpt_rank *k, int64_t t, int64_t H, int64_t F, int chunk
     o->db2 = tpt_download(k, p2.bias_grad);
     tp_tensor_release(&y);
     tp_tensor_release(&dx);
+    for (int i = 0; i < 2; i++)
+        tp_comm_mem_free(k->g, mem[i]);
     tp_mlp_free(m);
 }
 
@@ -241,17 +253,20 @@ static void run_mlp(tpt_rank *k, int64_t t, int64_t H, int64_t F)
     tpt_fill(hdy, t * H, 73 + (uint64_t)t);
     tp_tensor x = tpt_upload2(k, t, H, hx), dy = tpt_upload2(k, t, H, hdy);
     mlp_out ref = {0};
-    run_mlp_once(k, t, H, F, 0, &x, &dy, &ref);
-    for (size_t c = 0; c < sizeof CHUNKS / sizeof CHUNKS[0] && ref.y; c++) {
+    run_mlp_once(k, t, H, F, 0, false, &x, &dy, &ref);
+    /* every chunk count, then without overlap and with 3 chunks on symmetric memory */
+    int nc = (int)(sizeof CHUNKS / sizeof CHUNKS[0]);
+    for (int c = 0; c < nc + 2 && ref.y; c++) {
         mlp_out o = {0};
-        run_mlp_once(k, t, H, F, CHUNKS[c], &x, &dy, &o);
+        int chunks = c < nc ? CHUNKS[c] : c == nc ? 0 : 3;
+        run_mlp_once(k, t, H, F, chunks, c >= nc, &x, &dy, &o);
         if (o.y) {
-            compare(k, __LINE__, "mlp y", ref.y, o.y, t * H, t, CHUNKS[c]);
-            compare(k, __LINE__, "mlp dx", ref.dx, o.dx, t * H, t, CHUNKS[c]);
-            compare(k, __LINE__, "mlp fc1 dW", ref.dw1, o.dw1, H * fl, t, CHUNKS[c]);
-            compare(k, __LINE__, "mlp fc1 db", ref.db1, o.db1, fl, t, CHUNKS[c]);
-            compare(k, __LINE__, "mlp fc2 dW", ref.dw2, o.dw2, fl * H, t, CHUNKS[c]);
-            compare(k, __LINE__, "mlp fc2 db", ref.db2, o.db2, H, t, CHUNKS[c]);
+            compare(k, __LINE__, "mlp y", ref.y, o.y, t * H, t, chunks);
+            compare(k, __LINE__, "mlp dx", ref.dx, o.dx, t * H, t, chunks);
+            compare(k, __LINE__, "mlp fc1 dW", ref.dw1, o.dw1, H * fl, t, chunks);
+            compare(k, __LINE__, "mlp fc1 db", ref.db1, o.db1, fl, t, chunks);
+            compare(k, __LINE__, "mlp fc2 dW", ref.dw2, o.dw2, fl * H, t, chunks);
+            compare(k, __LINE__, "mlp fc2 db", ref.db2, o.db2, H, t, chunks);
         }
         mlp_out_free(&o);
     }

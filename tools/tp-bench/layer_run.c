@@ -23,6 +23,8 @@ enum {
 /* One live layer on one rank, with its input and output tensors. */
 typedef struct layer_inst {
     int kind;
+    tp_comm *comm; /* --symmetric: y and dx are its tp_comm_mem_alloc memory */
+    void *sym[2];
     tp_linear *lin;
     tp_mlp *mlp;
     tp_tensor x, y;   /* forward input and output */
@@ -39,6 +41,8 @@ static void inst_free(layer_inst *li)
     tp_tensor_release(&li->y);
     tp_tensor_release(&li->dy);
     tp_tensor_release(&li->dx);
+    for (int i = 0; i < 2; i++)
+        tp_comm_mem_free(li->comm, li->sym[i]);
     memset(li, 0, sizeof *li);
 }
 
@@ -126,14 +130,28 @@ static tp_status upload_master(tp_tensor *t, uint64_t id, int64_t full, int64_t 
 /* The layer's tensors in its dtype (inputs, outputs and gradients alike):
  * x filled with this rank's slice of a full [tokens, x_full] input; with
  * --backward also dx, and dy filled. */
+/* [rows, cols] of dt: from the device, or (--symmetric) a view of
+ * tp_comm_mem_alloc memory kept in *mem (a collective: every rank asks for
+ * the same size, which the shapes give). */
+static tp_status out_tensor(layer_inst *li, tp_device *dev, const bench_opts *o, int64_t rows,
+                            int64_t cols, void **mem, tp_tensor *t)
+{
+    tp_dtype dt = o->gemm_dtype;
+    if (!o->symmetric)
+        return tp_tensor_alloc2(dev, dt, rows, cols, t);
+    TP_TRY(tp_comm_mem_alloc(li->comm, (size_t)rows * (size_t)cols * tp_dtype_size(dt), mem));
+    *t = tp_tensor_view(dev, dt, *mem, 2, (int64_t[]){rows, cols});
+    return TP_OK;
+}
+
 static tp_status inst_tensors(layer_inst *li, tp_device *dev, const bench_opts *o,
                               const inst_shape *sh)
 {
     tp_dtype dt = o->gemm_dtype;
     TP_TRY(tp_tensor_alloc2(dev, dt, sh->rows, sh->x_cols, &li->x));
-    TP_TRY(tp_tensor_alloc2(dev, dt, sh->rows, sh->y_cols, &li->y));
+    TP_TRY(out_tensor(li, dev, o, sh->rows, sh->y_cols, &li->sym[0], &li->y));
     if (o->backward) {
-        TP_TRY(tp_tensor_alloc2(dev, dt, sh->rows, sh->x_cols, &li->dx));
+        TP_TRY(out_tensor(li, dev, o, sh->rows, sh->x_cols, &li->sym[1], &li->dx));
         TP_TRY(tp_tensor_alloc2(dev, dt, sh->rows, sh->y_cols, &li->dy));
         TP_TRY(
             upload_master(&li->dy, 98, sh->y_cols, sh->rows, 0, sh->y_cols, "the output gradient"));
@@ -147,6 +165,7 @@ static tp_status inst_create(layer_inst *li, int kind, tp_comm *comm, const benc
 {
     memset(li, 0, sizeof *li);
     li->kind = kind;
+    li->comm = comm;
     if (bench_layer_is_xf(kind))
         return bench_xf_create(kind, comm, o, &li->xf);
     inst_shape sh = {.rows = o->tokens};

@@ -112,7 +112,7 @@ static const opt_def opt_table[] = {
     {"check", 'c', 2, O_CHECK, C | M},
     {"compare-raw", 0, 0, O_RAW, C},
     {"no-memcpy", 0, 0, O_NO_MEMCPY, C | M},
-    {"symmetric", 0, 0, O_SYMMETRIC, C},
+    {"symmetric", 0, 0, O_SYMMETRIC, C | L},
     {"sizes", 0, 1, O_SIZES, G},
     {"dtype", 0, 1, O_DTYPE, G | L},
     {"layer", 0, 1, O_LAYER, L | M},
@@ -899,6 +899,12 @@ static int validate_layer(const bench_opts *o, const char *cmd, char *err, size_
                           "and needs --dp D with D >= 2; use linear-row, linear-col, mlp, "
                           "attention or block, or drop --overlap",
                           cmd, o->overlap);
+    if (o->symmetric && kind >= BENCH_LK_ATTENTION)
+        return bench_fail(err, errlen,
+                          "%s: --symmetric: layer '%s' allocates the tensors it all-reduces "
+                          "itself; the bench's own output tensors come from tp_comm_mem_alloc "
+                          "for linear-col, linear-row and mlp only",
+                          cmd, o->layer);
     if (o->tp && check_split(o, o->tp, "--tp/TP_WORLD_SIZE", err, errlen))
         return -1;
     for (int i = 0; i < o->n_sweep_tp; i++)
@@ -1022,6 +1028,9 @@ static const char help_layer_tail[] =
     " (default mlp)\n"
     "  --tokens N          rows of x, batch*sequence (default 2048)\n"
     "  --overlap N         overlap comm with compute in N token chunks (0: off)\n"
+    "  --symmetric         linear-col, linear-row, mlp: y and dx (the all-reduced\n"
+    "                      outputs) from tp_comm_mem_alloc: shm reduces them in place\n"
+    "                      on every rank's memory, without staging\n"
     "  --hidden N          hidden size h (default 1024)\n"
     "  --ffn N             MLP inner size (default 4096)\n"
     "  --no-bias           layers without bias\n"
