@@ -244,21 +244,36 @@ static tp_status sh_start(sh_comm *c, sc_os_op *o, tp_status bad, const char *ms
     return sh_barrier_wait(c, o->kind);
 }
 
+/* What every collective does first: check the arguments, run a small call
+ * one-shot, begin the barrier path (sh_start) and, when every rank's
+ * buffers are symmetric, run it directly. Returns true with *st set when
+ * the call is over; false when the caller's pipeline runs it (the barrier
+ * path begun, count > 0). */
+static bool sh_call(sh_comm *c, sc_os_op *o, tp_status *st)
+{
+    char msg[200];
+    tp_status bad = sh_check_call(c, o, msg, sizeof msg);
+    if (sh_small(c, bad, o->count * (bad ? 1 : tp_util_dtype_size(o->dt)))) {
+        *st = sh_oneshot(c, o);
+        return true;
+    }
+    bool direct;
+    *st = sh_start(c, o, bad, msg, &direct);
+    if (*st != TP_OK || !o->count)
+        return true;
+    if (direct)
+        *st = sh_direct(c, o);
+    return direct;
+}
+
 tp_status sh_all_reduce(void *comm, const void *send, void *recv, size_t count, tp_dtype dt,
                         tp_redop op)
 {
     sh_comm *c = comm;
     sc_os_op o = sc_call_all_reduce(send, recv, count, (int)dt, (int)op);
-    char msg[200];
-    tp_status bad = sh_check_call(c, &o, msg, sizeof msg);
-    if (sh_small(c, bad, count * (bad ? 1 : tp_util_dtype_size(dt))))
-        return sh_oneshot(c, &o);
-    bool direct;
-    tp_status st = sh_start(c, &o, bad, msg, &direct);
-    if (st != TP_OK || !count)
+    tp_status st;
+    if (sh_call(c, &o, &st))
         return st;
-    if (direct)
-        return sh_direct(c, &o);
     if (c->size == 1) {
         if (send != recv)
             memmove(recv, send, count * tp_util_dtype_size(dt));
@@ -272,17 +287,10 @@ tp_status sh_reduce_scatter(void *comm, const void *send, void *recv, const size
 {
     sh_comm *c = comm;
     sc_os_op o = sc_call_reduce_scatter(send, recv, counts, (int)dt, (int)op);
-    char msg[200];
-    tp_status bad = sh_check_call(c, &o, msg, sizeof msg);
-    size_t es = bad ? 1 : tp_util_dtype_size(dt), total = o.count;
-    if (sh_small(c, bad, total * es))
-        return sh_oneshot(c, &o);
-    bool direct;
-    tp_status st = sh_start(c, &o, bad, msg, &direct);
-    if (st != TP_OK || !total)
+    tp_status st;
+    if (sh_call(c, &o, &st))
         return st;
-    if (direct)
-        return sh_direct(c, &o);
+    size_t es = tp_util_dtype_size(dt), total = o.count;
     if (c->size == 1) {
         memmove(recv, send, counts[0] * es);
         return TP_OK;
@@ -326,17 +334,10 @@ tp_status sh_all_gather(void *comm, const void *send, void *recv, const size_t *
     sh_comm *c = comm;
     int n = c->size;
     sc_os_op o = sc_call_all_gather(send, recv, counts, (int)dt);
-    char msg[200];
-    tp_status bad = sh_check_call(c, &o, msg, sizeof msg);
-    size_t es = bad ? 1 : tp_util_dtype_size(dt), cb = c->eng->chunk, total = o.count;
-    if (sh_small(c, bad, total * es))
-        return sh_oneshot(c, &o);
-    bool direct;
-    tp_status st = sh_start(c, &o, bad, msg, &direct);
-    if (st != TP_OK || !total)
+    tp_status st;
+    if (sh_call(c, &o, &st))
         return st;
-    if (direct)
-        return sh_direct(c, &o);
+    size_t es = tp_util_dtype_size(dt), cb = c->eng->chunk;
     size_t bytes[SH_MAX_RANKS] = {0}, offs[SH_MAX_RANKS] = {0}, most = 0, off = 0;
     for (int r = 0; r < n; r++) {
         bytes[r] = counts[r] * es;
@@ -357,17 +358,10 @@ tp_status sh_broadcast(void *comm, void *buf, size_t count, tp_dtype dt, int roo
 {
     sh_comm *c = comm;
     sc_os_op o = sc_call_broadcast(buf, count, (int)dt, root);
-    char msg[200];
-    tp_status bad = sh_check_call(c, &o, msg, sizeof msg);
-    size_t es = bad ? 1 : tp_util_dtype_size(dt), cb = c->eng->chunk;
-    if (sh_small(c, bad, count * es))
-        return sh_oneshot(c, &o);
-    bool direct;
-    tp_status st = sh_start(c, &o, bad, msg, &direct);
-    if (st != TP_OK || c->size == 1 || !count)
+    tp_status st;
+    if (sh_call(c, &o, &st) || c->size == 1)
         return st;
-    if (direct)
-        return sh_direct(c, &o);
+    size_t es = tp_util_dtype_size(dt), cb = c->eng->chunk;
     size_t nb = count * es, bytes[SH_MAX_RANKS] = {0}, offs[SH_MAX_RANKS] = {0};
     bytes[root] = nb;
     return sh_copy_pipe(c, buf, buf, bytes, offs, root, nb / cb + (nb % cb != 0), SC_BROADCAST);
