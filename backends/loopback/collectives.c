@@ -62,8 +62,7 @@ static tp_status lb_reduce(void *ctx, int dt, int op, const void *const *src, in
     lb_comm *c = ctx;
     if (c->dops)
         return lb_dev_reduce(c, dt, op, src, nsrc, dst, ndst, n);
-    c->streamed |= sc_reduce(dt, op, src, nsrc, dst, ndst, n, stream);
-    return TP_OK;
+    return sc_host_reduce(&c->streamed, dt, op, src, nsrc, dst, ndst, n, stream);
 }
 
 static tp_status lb_fanout(void *ctx, const void *src, void *const *dst, int ndst, size_t bytes,
@@ -72,8 +71,7 @@ static tp_status lb_fanout(void *ctx, const void *src, void *const *dst, int nds
     lb_comm *c = ctx;
     if (c->dops)
         return lb_dev_fanout(c, src, dst, ndst, bytes);
-    c->streamed |= sc_fanout(src, dst, ndst, bytes, stream);
-    return TP_OK;
+    return sc_host_fanout(&c->streamed, src, dst, ndst, bytes, stream);
 }
 
 tp_status lb_share(lb_comm *c, lb_kind kind, const lb_args *const *a, int s, int nw)

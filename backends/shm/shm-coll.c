@@ -154,23 +154,6 @@ static void sh_stage0(sh_comm *c, const sc_os_op *o, uint64_t e)
         memcpy(sh_stage(c, e, c->rank), o->send, piece);
 }
 
-/* The bytes move with shmcoll's kernels (ctx: the sh_comm). */
-static tp_status sh_reduce_fn(void *ctx, int dt, int op, const void *const *src, int nsrc,
-                              void *const *dst, int ndst, size_t n, bool stream)
-{
-    sh_comm *c = ctx;
-    c->streamed |= sc_reduce(dt, op, src, nsrc, dst, ndst, n, stream);
-    return TP_OK;
-}
-
-static tp_status sh_fanout_fn(void *ctx, const void *src, void *const *dst, int ndst, size_t bytes,
-                              bool stream)
-{
-    sh_comm *c = ctx;
-    c->streamed |= sc_fanout(src, dst, ndst, bytes, stream);
-    return TP_OK;
-}
-
 /* Every rank's buffers of call o lie in symmetric windows: this rank
  * computes its share for everyone straight from the windows (loopback's
  * one pass), then the exit barrier. A peer's window and offset are looked
@@ -207,9 +190,9 @@ static tp_status sh_direct(sh_comm *c, const sc_os_op *o)
                    .send = send,
                    .recv = recv,
                    .stream_bytes = c->eng->stream_bytes,
-                   .reduce = sh_reduce_fn,
-                   .fanout = sh_fanout_fn,
-                   .ctx = c};
+                   .reduce = sc_host_reduce,
+                   .fanout = sc_host_fanout,
+                   .ctx = &c->streamed};
     sc_direct_share(&d, c->rank, c->size);
     c->direct_ops++;
     if (c->streamed)

@@ -15,6 +15,20 @@
 
 #include "shmcoll.h"
 
+tp_status sc_host_reduce(void *ctx, int dt, int op, const void *const *src, int nsrc,
+                         void *const *dst, int ndst, size_t n, bool stream)
+{
+    *(bool *)ctx |= sc_reduce(dt, op, src, nsrc, dst, ndst, n, stream);
+    return TP_OK;
+}
+
+tp_status sc_host_fanout(void *ctx, const void *src, void *const *dst, int ndst, size_t bytes,
+                         bool stream)
+{
+    *(bool *)ctx |= sc_fanout(src, dst, ndst, bytes, stream);
+    return TP_OK;
+}
+
 /* [b0, b1): the part of block [off, off + cnt) inside share [lo, hi); false if empty. */
 static bool sc_cut(size_t lo, size_t hi, size_t off, size_t cnt, size_t *b0, size_t *b1)
 {

@@ -200,5 +200,11 @@ typedef struct sc_direct {
 
 /* Compute share s of nw of collective d for every rank. */
 tp_status sc_direct_share(const sc_direct *d, int s, int nw);
+/* sc_reduce and sc_fanout as sc_direct's movers on host memory; ctx is a
+ * bool that is set when non-temporal stores were issued. */
+tp_status sc_host_reduce(void *ctx, int dt, int op, const void *const *src, int nsrc,
+                         void *const *dst, int ndst, size_t n, bool stream);
+tp_status sc_host_fanout(void *ctx, const void *src, void *const *dst, int ndst, size_t bytes,
+                         bool stream);
 
 #endif /* TP_SHMCOLL_H */
