@@ -275,6 +275,22 @@ static bool buf_down(rank_state *s, buf *b)
     return tp_dev_download(s->dev, b->host, b->dev, b->bytes) == TP_OK;
 }
 
+/* v[0..n) = its maximum over the world's ranks, through device memory;
+ * false if that failed. */
+static bool world_max(rank_state *s, int32_t *v, size_t n)
+{
+    buf b = {0};
+    if (!buf_new(s, &b, n * sizeof *v))
+        return false;
+    memcpy(b.host, v, n * sizeof *v);
+    bool ok = buf_up(s, &b) && tp_all_reduce(s->world, b.dev, b.dev, n, TP_I32, TP_MAX) == TP_OK &&
+              buf_down(s, &b);
+    if (ok)
+        memcpy(v, b.host, n * sizeof *v);
+    buf_free(s, &b);
+    return ok;
+}
+
 /* Guard elements [from, from+GUARD) of b must still hold the sentinel. */
 static bool guard_ok(rank_state *s, const char *what, const buf *b, size_t from_byte)
 {
@@ -682,19 +698,9 @@ static void sym_cases(rank_state *s)
     /* the largest case: a gather of 262147 per rank and its input (+ guards), twice over */
     size_t bytes = 2 * ((size_t)s->wsize + 1) * (262147 + GUARD + 16) * sizeof(float);
     void *arena = NULL;
-    tp_status st = tp_comm_mem_alloc(s->world, bytes, &arena), st2 = TP_ERR_NO_MEMORY;
-    buf b = {0};
-    if (buf_new(s, &b, sizeof(int32_t))) { /* any rank without it: max over ranks */
-        int32_t bad = st != TP_OK;
-        memcpy(b.host, &bad, sizeof bad);
-        st2 = buf_up(s, &b) ? tp_all_reduce(s->world, b.dev, b.dev, 1, TP_I32, TP_MAX)
-                            : TP_ERR_INTERNAL;
-        if (st2 == TP_OK && buf_down(s, &b)) {
-            memcpy(&bad, b.host, sizeof bad);
-            st2 = bad ? TP_ERR_PEER : TP_OK;
-        }
-        buf_free(s, &b);
-    }
+    tp_status st = tp_comm_mem_alloc(s->world, bytes, &arena);
+    int32_t bad = st != TP_OK; /* any rank without it: max over ranks */
+    tp_status st2 = !world_max(s, &bad, 1) ? TP_ERR_INTERNAL : bad ? TP_ERR_PEER : TP_OK;
     if (st != TP_OK || st2 != TP_OK) {
         record(s, ROW_SYM, COL_OTHER,
                status_verdict(s, "tp_comm_mem_alloc", st != TP_OK ? st : st2));
@@ -1372,42 +1378,22 @@ static void print_table(const shared *sh, const rank_state *s, const int32_t *ve
 static bool combine(rank_state *s, int32_t *verdicts)
 {
     memcpy(verdicts, s->res, s->ncases * sizeof *verdicts);
-    buf b = {0};
-    bool ok = false;
     /* Same number of cases everywhere? max of (n, -n) gives max and -min. */
-    if (!buf_new(s, &b, 2 * sizeof(int32_t)))
-        return false;
     int32_t nn[2] = {(int32_t)s->ncases, -(int32_t)s->ncases};
-    memcpy(b.host, nn, sizeof nn);
-    if (!buf_up(s, &b) || tp_all_reduce(s->world, b.dev, b.dev, 2, TP_I32, TP_MAX) != TP_OK ||
-        !buf_down(s, &b)) {
-        fprintf(stderr, "tp-conformance: rank %d: cannot combine results: %s\n", s->wrank,
-                tp_last_error());
-        buf_free(s, &b);
-        return false;
-    }
-    memcpy(nn, b.host, sizeof nn);
-    buf_free(s, &b);
+    if (!world_max(s, nn, 2))
+        goto fail;
     if (nn[0] != -nn[1]) {
         fprintf(stderr,
                 "tp-conformance: rank %d: ranks ran different numbers of cases (%d .. %d)\n",
                 s->wrank, -nn[1], nn[0]);
         return false;
     }
-    if (!buf_new(s, &b, s->ncases * sizeof(int32_t)))
-        return false;
-    memcpy(b.host, s->res, s->ncases * sizeof(int32_t));
-    if (buf_up(s, &b) &&
-        tp_all_reduce(s->world, b.dev, b.dev, s->ncases, TP_I32, TP_MAX) == TP_OK &&
-        buf_down(s, &b)) {
-        memcpy(verdicts, b.host, s->ncases * sizeof *verdicts);
-        ok = true;
-    } else {
-        fprintf(stderr, "tp-conformance: rank %d: cannot combine results: %s\n", s->wrank,
-                tp_last_error());
-    }
-    buf_free(s, &b);
-    return ok;
+    if (world_max(s, verdicts, s->ncases))
+        return true;
+fail:
+    fprintf(stderr, "tp-conformance: rank %d: cannot combine results: %s\n", s->wrank,
+            tp_last_error());
+    return false;
 }
 
 static tp_status rank_main(tp_comm *world, void *arg)
