@@ -181,6 +181,32 @@ tp_status tpl_all_reduce_rows_overlapped(tp_comm *comm, tp_dtype dt, void *buf, 
                                          int64_t cols, int overlap, tpl_rows_fn fn,
                                          tpl_tail_fn tail, void *ctx);
 
+/* A pipeline stage's chunks whose collectives are still in flight, for
+ * a next stage that consumes its rows chunk by chunk (the block's
+ * attention -> MLP forward). */
+typedef struct tpl_inflight {
+    int n, done; /* chunks; those ended (in order) */
+    int64_t off[TP_OVERLAP_MAX + 1];
+    tp_request *req[TP_OVERLAP_MAX];
+} tpl_inflight;
+/* Collective: tpl_all_reduce_rows_overlapped without tail that returns
+ * with the chunks' all-reduces in flight in *out; rows of buf are final
+ * only once tpl_inflight_wait_rows has ended their chunk. On an error
+ * every request issued has been ended and out->n is 0. */
+tp_status tpl_all_reduce_rows_begin(tp_comm *comm, tp_dtype dt, void *buf, int64_t tokens,
+                                    int64_t cols, int overlap, tpl_rows_fn fn, void *ctx,
+                                    tpl_inflight *out);
+/* Ends, in order, the chunks of f that hold rows below r1; the first error. */
+tp_status tpl_inflight_wait_rows(tpl_inflight *f, int64_t r1);
+/* Ends every chunk of f not yet ended: st, else the first error among them. */
+tp_status tpl_inflight_end(tpl_inflight *f, tp_status st);
+
+/* tp_mlp_forward where feed(ctx, r0, r1) writes x's rows [r0, r1) just
+ * before the MLP first reads them (with overlap >= 2 chunk by chunk,
+ * otherwise once for all rows): x's later rows need not be ready yet. */
+tp_status tpl_mlp_forward_fed(tp_mlp *m, const tp_tensor *x, tp_tensor *y, tpl_rows_fn feed,
+                              void *ctx);
+
 /* After a sequence-parallel tp_embedding_backward: the all-gathered dy
  * [n, dim] of every token (valid until the next backward); NULL without
  * sequence parallelism. */

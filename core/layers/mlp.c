@@ -147,15 +147,19 @@ static tp_status check_hidden(tp_mlp *m, const char *what, const tp_tensor *t, i
  * of the same values and the same sums: the same bits. */
 typedef struct mlp_chunk {
     tp_mlp *m;
-    const void *x; /* forward: x; backward: dy */
-    void *y;       /* forward: y; backward: dx */
-    void *dh;      /* backward: [tokens, flocal] */
+    const void *x;    /* forward: x; backward: dy */
+    void *y;          /* forward: y; backward: dx */
+    void *dh;         /* backward: [tokens, flocal] */
+    tpl_rows_fn feed; /* forward (may be NULL): writes x's rows first */
+    void *feed_ctx;
 } mlp_chunk;
 
 static tp_status forward_rows(void *ctx, int64_t r0, int64_t r1)
 {
     mlp_chunk *c = ctx;
     tp_mlp *m = c->m;
+    if (c->feed)
+        TP_TRY(c->feed(c->feed_ctx, r0, r1));
     TP_TRY(tpl_linear_forward_rows(m->fc1, c->x, m->act.ptr, r0, r1, m->pre.ptr,
                                    m->tanh_approx ? TP_ACT_GELU_TANH : TP_ACT_GELU));
     return tpl_linear_forward_rows(m->fc2, m->act.ptr, c->y, r0, r1, NULL, TP_ACT_NONE);
@@ -179,7 +183,8 @@ static tp_status weight_grads(void *ctx)
     return tpl_linear_weight_grad(c->m->fc1, c->dh);
 }
 
-tp_status tp_mlp_forward(tp_mlp *m, const tp_tensor *x, tp_tensor *y)
+static tp_status forward(tp_mlp *m, const tp_tensor *x, tp_tensor *y, tpl_rows_fn feed,
+                         void *feed_ctx)
 {
     if (!m)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_mlp_forward: mlp is NULL");
@@ -198,7 +203,7 @@ tp_status tp_mlp_forward(tp_mlp *m, const tp_tensor *x, tp_tensor *y)
     tp_phase prev = tp_phase_set(m->comm, TP_PHASE_FORWARD);
     tp_status st;
     if (m->overlap >= 2 && tokens > 0) {
-        mlp_chunk c = {m, x2.data, y2.data, NULL};
+        mlp_chunk c = {m, x2.data, y2.data, NULL, feed, feed_ctx};
         st = tpl_all_reduce_rows_overlapped(m->comm, m->dt, y2.data, tokens, m->hidden, m->overlap,
                                             forward_rows, NULL, &c);
         if (st == TP_OK)
@@ -209,6 +214,8 @@ tp_status tp_mlp_forward(tp_mlp *m, const tp_tensor *x, tp_tensor *y)
         }
         goto done;
     }
+    if (feed)
+        TP_TRY_GOTO(feed(feed_ctx, 0, tokens), st, done);
     /* fc1 with bias and GeLU in its GEMM epilogue; the pre-activation is kept for gelu_bwd */
     TP_TRY_GOTO(tpl_linear_forward_act(m->fc1, &x2, &act, m->pre.ptr,
                                        m->tanh_approx ? TP_ACT_GELU_TANH : TP_ACT_GELU),
@@ -222,6 +229,17 @@ done:
     m->tokens_saved = tokens;
     m->saved = true;
     return TP_OK;
+}
+
+tp_status tp_mlp_forward(tp_mlp *m, const tp_tensor *x, tp_tensor *y)
+{
+    return forward(m, x, y, NULL, NULL);
+}
+
+tp_status tpl_mlp_forward_fed(tp_mlp *m, const tp_tensor *x, tp_tensor *y, tpl_rows_fn feed,
+                              void *ctx)
+{
+    return forward(m, x, y, feed, ctx);
 }
 
 tp_status tp_mlp_backward(tp_mlp *m, const tp_tensor *dy, tp_tensor *dx)
@@ -250,7 +268,7 @@ tp_status tp_mlp_backward(tp_mlp *m, const tp_tensor *dy, tp_tensor *dx)
     tp_status st;
     /* the chunks write dx before the weight gradients read dy and x: not into either */
     if (dx && m->overlap >= 2 && tokens > 0 && dx2.data != dy2.data && dx2.data != m->x_saved) {
-        mlp_chunk c = {m, dy2.data, dx2.data, dh.data};
+        mlp_chunk c = {m, dy2.data, dx2.data, dh.data, NULL, NULL};
         st = tpl_all_reduce_rows_overlapped(m->comm, m->dt, dx2.data, tokens, m->hidden, m->overlap,
                                             backward_rows, weight_grads, &c);
         goto done;

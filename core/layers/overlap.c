@@ -90,11 +90,12 @@ tp_status tpl_gather_rows_overlapped(tp_comm *comm, tp_dtype dt, const void *sha
  * reduction (TP_SUM) then starts and is in flight while the next chunk is
  * computed: with off (token shards), a tp_ireduce_scatterv into the
  * owners' shard rows; without, a tp_iall_reduce in place. tail (may be
- * NULL) runs once every chunk is issued, before the waits. */
+ * NULL) runs once every chunk is issued, before the waits. With keep, the
+ * requests are left in flight there (no tail) instead of waited. */
 static tp_status reduce_rows_overlapped(tp_comm *comm, tp_dtype dt, void *full, void *shard,
                                         const int64_t *off, int64_t tokens, int64_t cols,
                                         size_t *counts, int overlap, tpl_rows_fn fn,
-                                        tpl_tail_fn tail, void *ctx)
+                                        tpl_tail_fn tail, void *ctx, tpl_inflight *keep)
 {
     int T = tp_comm_size(comm), rank = tp_comm_rank(comm);
     size_t es = tp_dtype_size(dt);
@@ -126,9 +127,39 @@ static tp_status reduce_rows_overlapped(tp_comm *comm, tp_dtype dt, void *full, 
             else
                 tested += done;
     }
+    if (keep && st == TP_OK) {
+        keep->n = issued;
+        keep->done = 0;
+        for (int c = 0; c < issued; c++) {
+            keep->off[c] = co[c];
+            keep->req[c] = req[c];
+        }
+        keep->off[issued] = co[issued];
+        return TP_OK;
+    }
+    if (keep)
+        keep->n = keep->done = 0;
     if (st == TP_OK && tail)
         st = tail(ctx);
     return tpl_wait_all(req, issued, st);
+}
+
+tp_status tpl_inflight_wait_rows(tpl_inflight *f, int64_t r1)
+{
+    tp_status st = TP_OK;
+    for (; f->done < f->n && f->off[f->done] < r1; f->done++) {
+        tp_status w = tp_wait(f->req[f->done]);
+        if (st == TP_OK)
+            st = w;
+    }
+    return st;
+}
+
+tp_status tpl_inflight_end(tpl_inflight *f, tp_status st)
+{
+    st = tpl_wait_all(f->req + f->done, f->n - f->done, st);
+    f->done = f->n;
+    return st;
 }
 
 tp_status tpl_reduce_scatter_rows_overlapped(tp_comm *comm, tp_dtype dt, void *full, void *shard,
@@ -136,7 +167,7 @@ tp_status tpl_reduce_scatter_rows_overlapped(tp_comm *comm, tp_dtype dt, void *f
                                              int overlap, tpl_rows_fn fn, void *ctx)
 {
     return reduce_rows_overlapped(comm, dt, full, shard, off, off[tp_comm_size(comm)], cols, counts,
-                                  overlap, fn, NULL, ctx);
+                                  overlap, fn, NULL, ctx, NULL);
 }
 
 tp_status tpl_all_reduce_rows_overlapped(tp_comm *comm, tp_dtype dt, void *buf, int64_t tokens,
@@ -144,5 +175,13 @@ tp_status tpl_all_reduce_rows_overlapped(tp_comm *comm, tp_dtype dt, void *buf, 
                                          tpl_tail_fn tail, void *ctx)
 {
     return reduce_rows_overlapped(comm, dt, buf, NULL, NULL, tokens, cols, NULL, overlap, fn, tail,
-                                  ctx);
+                                  ctx, NULL);
+}
+
+tp_status tpl_all_reduce_rows_begin(tp_comm *comm, tp_dtype dt, void *buf, int64_t tokens,
+                                    int64_t cols, int overlap, tpl_rows_fn fn, void *ctx,
+                                    tpl_inflight *out)
+{
+    return reduce_rows_overlapped(comm, dt, buf, NULL, NULL, tokens, cols, NULL, overlap, fn, NULL,
+                                  ctx, out);
 }

@@ -534,7 +534,7 @@ static bool sp_overlapped(const tp_attention *a)
     return a->sp && overlapped(a);
 }
 
-static tp_status forward_body(tp_attention *a, const tp_tensor *x, tp_tensor *y)
+static tp_status forward_body(tp_attention *a, const tp_tensor *x, tp_tensor *y, tpl_inflight *f)
 {
     int64_t tokens = a->tokens, hidden = a->hidden, width = a->qkv_width;
     size_t ss = (size_t)(a->seq * a->seq);
@@ -566,7 +566,10 @@ static tp_status forward_body(tp_attention *a, const tp_tensor *x, tp_tensor *y)
         TP_TRY(attend_until(a, a->batch));
     /* y = sum over ranks of ctx Wo_local, then + bo */
     a->rows_out = a->sp ? a->full.ptr : y->data;
-    if (!a->sp && overlapped(a)) {
+    if (!a->sp && overlapped(a) && f) { /* ended and biased by tpl_attention_forward_rows_done */
+        return tpl_all_reduce_rows_begin(a->comm, a->dt, y->data, tokens, hidden, a->overlap,
+                                         out_proj_rows, a, f);
+    } else if (!a->sp && overlapped(a)) {
         TP_TRY(tpl_all_reduce_rows_overlapped(a->comm, a->dt, y->data, tokens, hidden, a->overlap,
                                               out_proj_rows, NULL, a));
     } else if (!a->sp) {
@@ -586,9 +589,13 @@ static tp_status forward_body(tp_attention *a, const tp_tensor *x, tp_tensor *y)
     return TP_OK;
 }
 
-tp_status tp_attention_forward(tp_attention *a, const tp_tensor *x, int64_t batch, int64_t seq,
-                               tp_tensor *y)
+static tp_status forward(tp_attention *a, const tp_tensor *x, int64_t batch, int64_t seq,
+                         tp_tensor *y, tpl_inflight *f)
 {
+    if (f) {
+        f->n = f->done = 0;
+        f->off[0] = 0;
+    }
     if (!a)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_attention_forward: layer is NULL");
     if (batch <= 0 || seq <= 0)
@@ -613,7 +620,7 @@ tp_status tp_attention_forward(tp_attention *a, const tp_tensor *x, int64_t batc
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: y aliases x; use a separate output", a->label);
     a->rows = rows;
     tp_phase prev = tp_phase_set(a->comm, TP_PHASE_FORWARD);
-    tp_status st = forward_body(a, x, y);
+    tp_status st = forward_body(a, x, y, f);
     tp_phase_set(a->comm, prev);
     if (st != TP_OK)
         return st;
@@ -621,6 +628,32 @@ tp_status tp_attention_forward(tp_attention *a, const tp_tensor *x, int64_t batc
     a->x_saved.owned = false;
     a->saved = true;
     return TP_OK;
+}
+
+tp_status tp_attention_forward(tp_attention *a, const tp_tensor *x, int64_t batch, int64_t seq,
+                               tp_tensor *y)
+{
+    return forward(a, x, batch, seq, y, NULL);
+}
+
+tp_status tpl_attention_forward_begin(tp_attention *a, const tp_tensor *x, int64_t batch,
+                                      int64_t seq, tp_tensor *y, tpl_inflight *f)
+{
+    return forward(a, x, batch, seq, y, f);
+}
+
+tp_status tpl_attention_forward_rows_done(tp_attention *a, tpl_inflight *f, int64_t r1)
+{
+    int first = f->done;
+    TP_TRY(tpl_inflight_wait_rows(f, r1));
+    int64_t r0 = f->off[first], rows = f->off[f->done] - r0;
+    if (!a->has_bias || rows <= 0)
+        return TP_OK;
+    tp_phase prev = tp_phase_set(a->comm, TP_PHASE_FORWARD);
+    tp_status st = tp_dev_bias_add(a->dev, a->dt, rows, a->hidden,
+                                   at(a, a->rows_out, r0 * a->hidden), a->bo.data);
+    tp_phase_set(a->comm, prev);
+    return st;
 }
 
 static tp_status ensure_grads(tp_attention *a)

@@ -316,6 +316,43 @@ static tp_status sp_mlp_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx
     return sp_fc1_backward(b, &p1, dh, dx);
 }
 
+/* The overlapped forward without sequence parallelism, chained across
+ * the block: the attention returns with its out-projection's chunked
+ * all-reduces in flight, and the MLP's token chunk c starts as soon as
+ * the attention's rows of chunk c have arrived (those rows' residual and
+ * LN2 first), so the attention's all-reduces run during the MLP's GEMMs
+ * rather than only during the out-projection's. Every step is per row
+ * and the chunks are cut alike: the same bits as unchained. */
+typedef struct chain {
+    tp_block *b;
+    tpl_inflight f;
+    const void *x;
+} chain;
+
+static tp_status feed_mlp(void *ctx, int64_t r0, int64_t r1)
+{
+    chain *c = ctx;
+    tp_block *b = c->b;
+    size_t at = (size_t)(r0 * b->hidden) * b->es;
+    TP_TRY(tpl_attention_forward_rows_done(b->attn, &c->f, r1));
+    if (r1 > r0) /* h = x + attn */
+        TP_TRY(tp_dev_axpby(b->dev, b->dt, (r1 - r0) * b->hidden, 1.0f, (const char *)c->x + at,
+                            1.0f, (char *)b->r1.ptr + at));
+    return tpl_norm_forward_rows(b->ln2, r0, r1);
+}
+
+static tp_status forward_chained(tp_block *b, const tp_tensor *x2, const tp_tensor *h1,
+                                 tp_tensor *r1, tp_tensor *h2, tp_tensor *y2, int64_t batch,
+                                 int64_t seq)
+{
+    chain c = {.b = b, .x = x2->data};
+    TP_TRY(tpl_attention_forward_begin(b->attn, h1, batch, seq, r1, &c.f));
+    tp_status st = tpl_norm_forward_begin(b->ln2, r1, h2);
+    if (st == TP_OK)
+        st = tpl_mlp_forward_fed(b->mlp, h2, y2, feed_mlp, &c);
+    return tpl_inflight_end(&c.f, st);
+}
+
 static tp_status forward_body(tp_block *b, const tp_tensor *x, tp_tensor *y, int64_t batch,
                               int64_t seq)
 {
@@ -326,11 +363,15 @@ static tp_status forward_body(tp_block *b, const tp_tensor *x, tp_tensor *y, int
     tp_tensor x2 = tpl_view2(x, rows, b->hidden);
     tp_tensor y2 = tpl_view2(y, rows, b->hidden);
     TP_TRY(tp_norm_forward(b->ln1, &x2, &h1));
-    TP_TRY(tp_attention_forward(b->attn, &h1, batch, seq, &r1));
-    if (n > 0) /* h = x + attn */
-        TP_TRY(tp_dev_axpby(b->dev, b->dt, n, 1.0f, x2.data, 1.0f, r1.data));
-    TP_TRY(tp_norm_forward(b->ln2, &r1, &h2));
-    TP_TRY(b->sp ? sp_mlp_forward(b, &h2, &y2) : tp_mlp_forward(b->mlp, &h2, &y2));
+    if (!b->sp && b->overlap >= 2) {
+        TP_TRY(forward_chained(b, &x2, &h1, &r1, &h2, &y2, batch, seq));
+    } else {
+        TP_TRY(tp_attention_forward(b->attn, &h1, batch, seq, &r1));
+        if (n > 0) /* h = x + attn */
+            TP_TRY(tp_dev_axpby(b->dev, b->dt, n, 1.0f, x2.data, 1.0f, r1.data));
+        TP_TRY(tp_norm_forward(b->ln2, &r1, &h2));
+        TP_TRY(b->sp ? sp_mlp_forward(b, &h2, &y2) : tp_mlp_forward(b->mlp, &h2, &y2));
+    }
     if (n > 0) /* y = h + mlp */
         TP_TRY(tp_dev_axpby(b->dev, b->dt, n, 1.0f, r1.data, 1.0f, y2.data));
     return TP_OK;

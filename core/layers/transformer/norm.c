@@ -27,6 +27,7 @@ struct tp_norm {
     tp_tensor gamma, beta, dgamma, dbeta;
     tpl_ws mean, rstd, contrib;
     tp_tensor x_saved;
+    void *y_out; /* the forward's y (tpl_norm_forward_rows) */
     int64_t rows;
     bool saved;
 };
@@ -116,30 +117,43 @@ static tp_status check_in(tp_norm *n, const char *what, const tp_tensor *t, int6
     return TP_OK;
 }
 
-tp_status tp_norm_forward(tp_norm *n, const tp_tensor *x, tp_tensor *y)
+tp_status tpl_norm_forward_begin(tp_norm *n, const tp_tensor *x, tp_tensor *y)
 {
-    if (!n)
-        return tp_set_error(TP_ERR_INVALID_ARG, "tp_norm_forward: layer is NULL");
     int64_t rows;
     n->saved = false;
     TP_TRY(check_in(n, "x", x, &rows));
     TP_TRY(tpl_prepare_out(n->label, "y", y, x, n->dev, n->dt, n->dim, ""));
     TP_TRY(tpl_ws_reserve(&n->mean, (size_t)(rows ? rows : 1) * XF_ES, n->label));
     TP_TRY(tpl_ws_reserve(&n->rstd, (size_t)(rows ? rows : 1) * XF_ES, n->label));
-    tp_phase prev = tp_phase_set(n->comm, TP_PHASE_FORWARD);
-    tp_status st = TP_OK;
-    if (rows > 0)
-        st = tp_dev_norm(n->dev, n->dt, rows, n->dim, x->data, n->gamma.data,
-                         n->has_bias ? n->beta.data : NULL, y->data, n->rms ? NULL : n->mean.ptr,
-                         n->rstd.ptr, n->eps, n->rms ? 1 : 0);
-    tp_phase_set(n->comm, prev);
-    if (st != TP_OK)
-        return st;
     n->x_saved = *x;
     n->x_saved.owned = false;
+    n->y_out = y->data;
     n->rows = rows;
-    n->saved = true;
     return TP_OK;
+}
+
+tp_status tpl_norm_forward_rows(tp_norm *n, int64_t r0, int64_t r1)
+{
+    tp_phase prev = tp_phase_set(n->comm, TP_PHASE_FORWARD);
+    tp_status st = TP_OK;
+    size_t at = (size_t)(r0 * n->dim) * n->es;
+    if (r1 > r0)
+        st = tp_dev_norm(n->dev, n->dt, r1 - r0, n->dim, (const char *)n->x_saved.data + at,
+                         n->gamma.data, n->has_bias ? n->beta.data : NULL, (char *)n->y_out + at,
+                         n->rms ? NULL : (float *)n->mean.ptr + r0, (float *)n->rstd.ptr + r0,
+                         n->eps, n->rms ? 1 : 0);
+    tp_phase_set(n->comm, prev);
+    if (st == TP_OK && r1 == n->rows)
+        n->saved = true;
+    return st;
+}
+
+tp_status tp_norm_forward(tp_norm *n, const tp_tensor *x, tp_tensor *y)
+{
+    if (!n)
+        return tp_set_error(TP_ERR_INVALID_ARG, "tp_norm_forward: layer is NULL");
+    TP_TRY(tpl_norm_forward_begin(n, x, y));
+    return tpl_norm_forward_rows(n, 0, n->rows);
 }
 
 static tp_status ensure_grads(tp_norm *n)

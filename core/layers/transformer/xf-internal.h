@@ -18,4 +18,22 @@ tp_status tpl_norm_backward_local(tp_norm *n, const tp_tensor *dy, tp_tensor *dx
 /* grads += contrib (already reduced over the ranks). */
 tp_status tpl_norm_add_contrib(tp_norm *n, const void *contrib);
 
+/* tp_norm_forward in two steps, for a pipeline that produces x's rows
+ * chunk by chunk: _begin checks x and y and sizes the statistics (no
+ * row is read); _rows normalizes rows [r0, r1) of the same x into y (the
+ * same bits per row as one call). Backward may follow once every row has
+ * been normalized. */
+tp_status tpl_norm_forward_begin(tp_norm *n, const tp_tensor *x, tp_tensor *y);
+tp_status tpl_norm_forward_rows(tp_norm *n, int64_t r0, int64_t r1);
+
+/* tp_attention_forward that, without sequence parallelism and with
+ * overlap >= 2, returns with the out-projection's chunked all-reduces
+ * still in flight in *f (f->n = 0 otherwise: y is final). y's rows below
+ * r1 are final after tpl_attention_forward_rows_done(a, f, r1), which
+ * ends their chunks and adds the bias; tpl_inflight_end ends the rest on
+ * every path, errors included. */
+tp_status tpl_attention_forward_begin(tp_attention *a, const tp_tensor *x, int64_t batch,
+                                      int64_t seq, tp_tensor *y, tpl_inflight *f);
+tp_status tpl_attention_forward_rows_done(tp_attention *a, tpl_inflight *f, int64_t r1);
+
 #endif
