@@ -56,10 +56,11 @@ struct tp_attention {
     dx_reduce dx_reduce;
     int64_t region; /* floats per shared KV head in a gradient pack */
     tp_tensor wqkv, bqkv, wo, bo, dwqkv, dbqkv, dwo, dbo;
-    int64_t *off;     /* T+1 token-row shard offsets (sequence parallel) */
-    size_t *counts;   /* T */
-    void *rows_out;   /* where out_proj_rows / dx_rows write: [tokens, hidden] */
-    int64_t attended; /* batch elements whose ctx rows the forward has computed */
+    int64_t *off;        /* T+1 token-row shard offsets (sequence parallel) */
+    size_t *counts;      /* T */
+    void *rows_out;      /* where out_proj_rows / dx_rows write: [tokens, hidden] */
+    int64_t attended;    /* batch elements whose ctx rows the forward has computed */
+    const void *dy_used; /* the overlapped backward's dy, read by its weight gradients */
     /* full: sequence-parallel [tokens, hidden] scratch (workspace): forward
      * the gathered x, then the out-projection's partial y; backward the
      * gathered dy, then x gathered again for the QKV weight gradient */
@@ -733,17 +734,22 @@ static tp_status kv_pack(tp_attention *a, void *pack, void *kvw, int64_t pitch, 
 }
 
 /* The out-projection's backward: dWo += ctx^T dy, dbo += colsum(dy) (full
- * dy on every rank, so the replicated bias grad is the same everywhere),
- * dctx = dy Wo^T. */
-static tp_status out_proj_backward(tp_attention *a, const void *dyf)
+ * dy on every rank, so the replicated bias grad is the same everywhere)
+ * in _weight_grad; dctx = dy Wo^T. */
+static tp_status out_proj_weight_grad(tp_attention *a, const void *dyf)
 {
     int64_t tokens = a->tokens, hidden = a->hidden, out_rows = a->out_rows;
     TP_TRY(tpl_gemm(a->dev, a->dt, 1, 0, out_rows, hidden, tokens, 1.0f, a->ctx.ptr, out_rows, dyf,
                     hidden, a->dwo.data, hidden));
     if (a->has_bias)
         TP_TRY(tp_dev_bias_grad(a->dev, a->dt, tokens, hidden, dyf, a->dbo.data));
-    return tpl_gemm(a->dev, a->dt, 0, 1, tokens, out_rows, hidden, 0.0f, dyf, hidden, a->wo.data,
-                    hidden, a->dctx.ptr, out_rows);
+    return TP_OK;
+}
+
+static tp_status out_proj_input_grad(tp_attention *a, const void *dyf)
+{
+    return tpl_gemm(a->dev, a->dt, 0, 1, a->tokens, a->out_rows, a->hidden, 0.0f, dyf, a->hidden,
+                    a->wo.data, a->hidden, a->dctx.ptr, a->out_rows);
 }
 
 /* dqkv from dctx through the attention of every batch element and head. */
@@ -852,10 +858,17 @@ static tp_status dx_rows(void *ctx, int64_t r0, int64_t r1)
     return dx_part(a, r0, r1 - r0, at(a, a->rows_out, r0 * a->hidden));
 }
 
-static tp_status qkv_grads(void *ctx)
+static tp_status qkv_grads(tp_attention *a)
 {
     void *kvw = NULL, *kvb = NULL;
-    return qkv_param_backward(ctx, &kvw, &kvb);
+    return qkv_param_backward(a, &kvw, &kvb);
+}
+
+static tp_status weight_grads(void *ctx)
+{
+    tp_attention *a = ctx;
+    TP_TRY(out_proj_weight_grad(a, a->dy_used));
+    return qkv_grads(a);
 }
 
 /* Sequence parallel, overlap >= 2, no KV head shared (as Megatron): x's
@@ -951,14 +964,21 @@ static tp_status backward_body(tp_attention *a, const tp_tensor *dy, tp_tensor *
     TP_TRY(tpl_ws_reserve(&a->dctx, (size_t)(tokens * a->out_rows) * a->es, a->label));
     TP_TRY(tpl_ws_reserve(&a->dqkv, (size_t)(tokens * a->qkv_width) * a->es, a->label));
     TP_TRY(tpl_ws_reserve(&a->scores, (size_t)a->local_heads * ss * a->es, a->label));
-    TP_TRY(out_proj_backward(a, dyf));
-    TP_TRY(attend_backward(a));
-    /* dx's chunks are written before the weight gradient reads x: not into x */
-    if (dx && overlapped(a) && a->dx_reduce == DX_ALL_REDUCE && dx->data != a->x_used) {
+    /* overlapped, both weight gradients (out-projection and QKV) are
+     * computed while dx's chunk all-reduces are in flight; dx's chunks are
+     * written before they read x and dy: not into either */
+    if (dx && overlapped(a) && a->dx_reduce == DX_ALL_REDUCE && dx->data != a->x_used &&
+        dx->data != dyf) {
+        TP_TRY(out_proj_input_grad(a, dyf));
+        TP_TRY(attend_backward(a));
         a->rows_out = dx->data;
+        a->dy_used = dyf;
         return tpl_all_reduce_rows_overlapped(a->comm, a->dt, dx->data, tokens, hidden, a->overlap,
-                                              dx_rows, qkv_grads, a);
+                                              dx_rows, weight_grads, a);
     }
+    TP_TRY(out_proj_weight_grad(a, dyf));
+    TP_TRY(out_proj_input_grad(a, dyf));
+    TP_TRY(attend_backward(a));
     if (dx && overlapped(a) && a->dx_reduce == DX_REDUCE_SCATTER)
         return sp_dx_overlapped(a, dx);
     if (a->sp) { /* x's shards again (dy's gathered rows are spent): the same bytes as forward */
