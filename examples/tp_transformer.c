@@ -57,6 +57,7 @@ typedef struct opts {
     int64_t ignore_index, ignore_every;
     bool use_ignore;
     int steps, print_every, save_step;
+    int overlap; /* --overlap N: tp_gpt_config.overlap */
     double lr, smoothing, wd;
     bool untied, sp, sgd, rms;
     uint64_t seed;
@@ -276,6 +277,10 @@ static int parse(int *argc, char ***argv, opts *o)
         {"untied", NULL, "Separate output projection", "tied to the embedding", .flag = &o->untied},
         {"sequence-parallel", NULL, "Sequence parallelism between the TP regions", "",
          .flag = &o->sp},
+        {"overlap", "N",
+         "Every block's TP collectives in N token chunks, behind its GEMMs (bitwise the same; "
+         "0: off)",
+         NULL, 0, TP_OVERLAP_MAX, .i32 = &o->overlap},
         {"rms", NULL, "RMSNorm instead of LayerNorm", "", .flag = &o->rms},
         {"seed", "S", "Weights and data seed", NULL, 0, INT64_MAX, .u64 = &o->seed},
         {"save-npy", "DIR", "Dump the tensors of one step to DIR (see below)", NULL,
@@ -546,7 +551,8 @@ static tp_status set_up(trainer *tr)
                          .use_ignore_index = o->use_ignore,
                          .ignore_index = (int32_t)o->ignore_index,
                          .seed = o->seed,
-                         .dtype = tr->dt};
+                         .dtype = tr->dt,
+                         .overlap = o->overlap};
     EX_TRY(tp_gpt_create(tr->g, &cfg, &tr->m));
     tp_gpt_params(tr->m, &tr->ps, &tr->np);
     tp_optim_config oc = tp_optim_defaults(o->sgd ? TP_OPTIM_SGD : TP_OPTIM_ADAMW);

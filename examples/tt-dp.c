@@ -117,7 +117,7 @@ tp_status tt_dp_begin(const tt_dp_opts *d, tp_dp *ddp, float weight)
 /* Blocking and nonblocking calls; *hidden: the nonblocking ones' time in
  * flight that the rank did not wait for. */
 static void comm_sums(const tp_stats *s, double *sec, double *hidden, double *bytes,
-                      uint64_t *calls)
+                      uint64_t *calls, uint64_t *icalls)
 {
     for (int ph = 0; ph < TP_PHASE_COUNT; ph++)
         for (int op = 0; op < TP_OP_COUNT; op++) {
@@ -126,24 +126,31 @@ static void comm_sums(const tp_stats *s, double *sec, double *hidden, double *by
             *hidden += ic->seconds - ic->exposed_seconds;
             *bytes += (double)(s->comm[ph][op].bytes + ic->bytes);
             *calls += s->comm[ph][op].calls + ic->calls;
+            *icalls += ic->calls;
         }
 }
 
 void tt_dp_add(tt_dp_acc *a, const tp_stats *tp, const tp_stats *dp)
 {
-    double tp_hidden = 0;
+    uint64_t dp_icalls = 0;
     a->steps++;
-    comm_sums(tp, &a->tp_s, &tp_hidden, &a->tp_bytes, &a->tp_calls);
+    comm_sums(tp, &a->tp_s, &a->tp_hidden_s, &a->tp_bytes, &a->tp_calls, &a->tp_icalls);
     if (dp)
-        comm_sums(dp, &a->dp_s, &a->dp_hidden_s, &a->dp_bytes, &a->dp_calls);
+        comm_sums(dp, &a->dp_s, &a->dp_hidden_s, &a->dp_bytes, &a->dp_calls, &dp_icalls);
 }
 
 void tt_dp_print(const tt_dp_acc *a, const tp_dp *ddp, int D)
 {
     double n = a->steps ? a->steps : 1;
     printf("   TP communication per step (rank 0, its TP group's tp_stats): %.1f calls, %.0f B "
-           "payload, %.3f ms\n",
+           "payload, %.3f ms",
            (double)a->tp_calls / n, a->tp_bytes / n, 1e3 * a->tp_s / n);
+    if (a->tp_icalls) /* --overlap: in flight = hidden + exposed (the wait) */
+        printf(" = hidden behind compute %.3f + exposed %.3f (%.1f nonblocking calls in flight "
+               "from issue to completion)",
+               1e3 * a->tp_hidden_s / n, 1e3 * (a->tp_s - a->tp_hidden_s) / n,
+               (double)a->tp_icalls / n);
+    printf("\n");
     if (!ddp)
         return;
     int buckets = 0;

@@ -50,8 +50,8 @@ tp_status tt_dp_begin(const tt_dp_opts *d, tp_dp *ddp, float weight);
  * that the rank did not wait for. */
 typedef struct tt_dp_acc {
     int steps;
-    double tp_s, dp_s, dp_hidden_s, tp_bytes, dp_bytes;
-    uint64_t tp_calls, dp_calls;
+    double tp_s, tp_hidden_s, dp_s, dp_hidden_s, tp_bytes, dp_bytes;
+    uint64_t tp_calls, tp_icalls, dp_calls; /* tp_icalls: nonblocking (--overlap) */
 } tt_dp_acc;
 
 /* Add one step: tp from the TP communicator's stats, dp from the DP one's

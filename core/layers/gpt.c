@@ -292,6 +292,7 @@ static tp_status check_config(const tp_gpt *m)
     if (!(c->label_smoothing >= 0.0f && c->label_smoothing <= 1.0f))
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: label_smoothing %g outside [0, 1]", m->label,
                             (double)c->label_smoothing);
+    TP_TRY(tpl_check_overlap(m->label, c->overlap));
     float eb = emb_bound(c);
     if (!(eb > 0.0f) || !isfinite(eb))
         return tp_set_error(TP_ERR_INVALID_ARG, "%s: emb_bound %g must be finite and > 0", m->label,
@@ -349,7 +350,8 @@ static tp_status create_sublayers(tp_gpt *m)
                               .dtype = c->dtype,
                               .seed = c->seed,
                               .tensor_id = TID_BLOCK0 + TID_BLOCK_STRIDE * (uint64_t)i,
-                              .name = nm};
+                              .name = nm,
+                              .overlap = c->overlap};
         TP_TRY(tp_block_create(m->comm, &bc, &m->blocks[i]));
     }
     tp_norm_config nc = {.dim = c->hidden,

@@ -68,7 +68,6 @@ START_TEST(bad_arguments)
         {"layer --layer mlp --dtype f64 -q", "bad --dtype 'f64'"},
         {"collectives -m 0", "bad -m '0'"},
         {"layer --layer attention --overlap 65", "bad --overlap '65'"},
-        {"layer --layer transformer --overlap 4", "needs --dp D"},
         {"layer --agg_iters 2", "does not apply to 'layer'"},
         {"layer --layer block --symmetric", "for linear-col, linear-row and mlp only"},
         {"gemm --symmetric", "does not apply to 'gemm'"},

@@ -893,12 +893,6 @@ static int validate_layer(const bench_opts *o, const char *cmd, char *err, size_
                           "only (got '%s')",
                           cmd, o->dp, o->layer);
     int kind = bench_layer_kind(d);
-    if (o->overlap >= 2 && kind == BENCH_LK_TRANSFORMER && o->dp < 2)
-        return bench_fail(err, errlen,
-                          "%s: --overlap %d: layer 'transformer' overlaps only the DP buckets, "
-                          "and needs --dp D with D >= 2; use linear-row, linear-col, mlp, "
-                          "attention or block, or drop --overlap",
-                          cmd, o->overlap);
     if (o->symmetric && kind >= BENCH_LK_ATTENTION)
         return bench_fail(err, errlen,
                           "%s: --symmetric: layer '%s' allocates the tensors it all-reduces "
@@ -1027,7 +1021,8 @@ static const char help_layer_head[] =
 static const char help_layer_tail[] =
     " (default mlp)\n"
     "  --tokens N          rows of x, batch*sequence (default 2048)\n"
-    "  --overlap N         overlap comm with compute in N token chunks (0: off)\n"
+    "  --overlap N         overlap comm with compute in N token chunks (0: off); for\n"
+    "                      transformer every block's (tp_gpt_config.overlap)\n"
     "  --symmetric         linear-col, linear-row, mlp: y and dx (the all-reduced\n"
     "                      outputs) from tp_comm_mem_alloc: shm reduces them in place\n"
     "                      on every rank's memory, without staging\n"
@@ -1059,7 +1054,7 @@ static const char help_layer_tail[] =
     "                      2 (D-1)/D x parameter bytes per rank and step\n"
     "  --dp-inside         with --dp: DP groups inside nodes, TP groups across them\n"
     "  --dp-bucket-kb N    with --dp: DP buckets of N KiB; --overlap N >= 2 with --dp\n"
-    "                      all-reduces each as soon as backward has produced it\n"
+    "                      also all-reduces each as soon as backward has produced it\n"
     "Shapes: linear-col h->ffn (split ffn), linear-row ffn->h (split ffn, input is the\n"
     "shard), mlp h->ffn->h; attention, block (pre-LN GPT block) and transformer (GPT model,\n"
     "one training step: embedding, blocks, tied output, cross-entropy) h -> h. Defaults: -n 5 -w "

@@ -160,7 +160,8 @@ tp_status bench_xf_create(int kind, tp_comm *comm, const bench_opts *o, bench_xf
                                .sequence_parallel = o->sequence_parallel,
                                .bias = o->bias,
                                .seed = 1,
-                               .dtype = o->gemm_dtype};
+                               .dtype = o->gemm_dtype,
+                               .overlap = o->overlap};
             TP_TRY_GOTO(tp_gpt_create(comm, &c, &b->gpt), st, done);
             TP_TRY_GOTO(tp_tensor_alloc2(dev, TP_I32, o->batch, o->seq, &b->ids), st, done);
             TP_TRY_GOTO(tp_tensor_alloc2(dev, TP_I32, o->batch, o->seq, &b->targets), st, done);

@@ -373,6 +373,10 @@ typedef struct tp_gpt_config {
      * The loss and the cross-entropy statistics are f32. Train with tp_optim (it keeps f32
      * master weights); f16 needs loss scaling (tp_gpt_backward_scaled). */
     tp_dtype dtype;
+    /* Every block's tp_block_config.overlap: 0 or 1 off; N >= 2 (at most TP_OVERLAP_MAX) hides
+     * the blocks' TP collectives behind their GEMMs in up to N token chunks, with the same
+     * bits as 0 where docs/determinism.md says so. (DP overlap: tp_gpt_set_dp.) */
+    int overlap;
 } tp_gpt_config;
 
 typedef struct tp_gpt tp_gpt;

@@ -213,8 +213,11 @@ typedef struct tp_block_config {
     const char *name;
     tp_dtype dtype; /* of the norms, attention and MLP (their parameters, gradients and
                        activations), x, y, dy, dx: TP_F32 (0), TP_BF16, TP_F16 */
-    int overlap;    /* the MLP's tp_mlp_config.overlap (0/1: off); with sequence
-                       parallelism, N >= 2 pipelines the forward's all-gather ->
+    int overlap;    /* the attention's and the MLP's overlap (their configs; 0/1: off).
+                       Without sequence parallelism N >= 2 also chains their forwards:
+                       the MLP's token chunk c starts (residual and LN2 on its rows)
+                       once the attention's all-reduce of those rows has arrived. With
+                       sequence parallelism, N >= 2 pipelines the forward's all-gather ->
                        column GEMM (QKV, fc1) and row GEMM -> reduce-scatter (out-
                        projection, fc2) in up to N token chunks (cut at multiples
                        of 48 rows), and the MLP backward's input-gradient
