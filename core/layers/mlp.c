@@ -140,11 +140,13 @@ static tp_status check_hidden(tp_mlp *m, const char *what, const tp_tensor *t, i
  * (fc1 with its bias and GeLU, then fc2's GEMM) and the chunk's all-reduce
  * in flight while the next chunk computes, so only the last chunk's
  * all-reduce can be exposed; fc2's bias after the sums, as in the
- * unchunked path. Backward (with dx): dh = dy W2^T, GeLU's backward and
- * fc1's partial dx = dh W1^T per chunk, the last chunks' all-reduces in
- * flight while both weight gradients are computed (they need every
- * token's dh). The same GEMMs row for row, the same weight-gradient GEMMs
- * of the same values and the same sums: the same bits. */
+ * unchunked path. Backward (with dx): dh = dy W2^T and GeLU's backward
+ * for all tokens (one GEMM: a transposed weight costs the most to pack
+ * again per chunk), then fc1's partial dx = dh W1^T per chunk, the last
+ * chunks' all-reduces in flight while both weight gradients are computed
+ * (they need every token's dh). The same GEMMs row for row, the same
+ * weight-gradient GEMMs of the same values and the same sums: the same
+ * bits. */
 typedef struct mlp_chunk {
     tp_mlp *m;
     const void *x;    /* forward: x; backward: dy */
@@ -168,12 +170,7 @@ static tp_status forward_rows(void *ctx, int64_t r0, int64_t r1)
 static tp_status backward_rows(void *ctx, int64_t r0, int64_t r1)
 {
     mlp_chunk *c = ctx;
-    tp_mlp *m = c->m;
-    size_t at = (size_t)(r0 * m->flocal) * tp_dtype_size(m->dt);
-    TP_TRY(tpl_linear_input_grad_rows(m->fc2, c->x, c->dh, r0, r1));
-    TP_TRY(tp_dev_gelu_bwd(m->dev, m->dt, (r1 - r0) * m->flocal, (char *)m->pre.ptr + at,
-                           (char *)c->dh + at, (char *)c->dh + at, m->tanh_approx));
-    return tpl_linear_input_grad_rows(m->fc1, c->dh, c->y, r0, r1);
+    return tpl_linear_input_grad_rows(c->m->fc1, c->dh, c->y, r0, r1);
 }
 
 static tp_status weight_grads(void *ctx)
@@ -269,6 +266,10 @@ tp_status tp_mlp_backward(tp_mlp *m, const tp_tensor *dy, tp_tensor *dx)
     /* the chunks write dx before the weight gradients read dy and x: not into either */
     if (dx && m->overlap >= 2 && tokens > 0 && dx2.data != dy2.data && dx2.data != m->x_saved) {
         mlp_chunk c = {m, dy2.data, dx2.data, dh.data, NULL, NULL};
+        TP_TRY_GOTO(tpl_linear_input_grad_rows(m->fc2, dy2.data, dh.data, 0, tokens), st, done);
+        TP_TRY_GOTO(tp_dev_gelu_bwd(m->dev, m->dt, tokens * m->flocal, m->pre.ptr, dh.data, dh.data,
+                                    m->tanh_approx),
+                    st, done);
         st = tpl_all_reduce_rows_overlapped(m->comm, m->dt, dx2.data, tokens, m->hidden, m->overlap,
                                             backward_rows, weight_grads, &c);
         goto done;
