@@ -10,6 +10,7 @@
  * still a ColumnParallelLinear (its storage, master weight and get_full).
  */
 #include "layers-internal.h"
+#include "transformer/xf-internal.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -623,13 +624,53 @@ static tp_status output_forward(tp_gpt *m)
                     m->vl);
 }
 
+/* A block whose MLP all-reduces are still in flight, feeding the next. */
+typedef struct block_link {
+    tp_block *b;
+    tpl_inflight f;
+} block_link;
+
+static tp_status link_rows(void *ctx, int64_t r0, int64_t r1)
+{
+    (void)r0;
+    block_link *l = ctx;
+    return tpl_block_forward_rows_done(l->b, &l->f, r1);
+}
+
+/* The blocks. With overlap (no sequence parallelism) chained: block i+1's
+ * QKV chunk c starts once block i's MLP all-reduce of those rows has
+ * arrived (tpl_block_forward_chained), so those all-reduces run during
+ * the next block's GEMMs; the same bits as one block after the other. */
+static tp_status blocks_forward(tp_gpt *m)
+{
+    int64_t L = m->cfg.layers;
+    if (L == 0 || !tpl_block_chains(m->blocks[0])) {
+        for (int64_t i = 0; i < L; i++)
+            TP_TRY(tp_block_forward(m->blocks[i], &m->xs[i], m->batch, m->seqlen, &m->xs[i + 1]));
+        return TP_OK;
+    }
+    block_link ln[2];
+    block_link *prev = NULL;
+    tp_status st = TP_OK;
+    for (int64_t i = 0; i < L && st == TP_OK; i++) {
+        block_link *cur = &ln[i % 2];
+        cur->b = m->blocks[i];
+        st = tpl_block_forward_chained(cur->b, &m->xs[i], m->batch, m->seqlen, &m->xs[i + 1],
+                                       prev ? link_rows : NULL, prev, &cur->f);
+        /* every row of xs[i] was read: prev is ended (a no-op unless on an error) */
+        if (prev)
+            st = st == TP_OK ? link_rows(prev, 0, m->tokens) : tpl_inflight_end(&prev->f, st);
+        prev = st == TP_OK ? cur : NULL;
+    }
+    return prev ? link_rows(prev, 0, m->tokens) : st;
+}
+
 static tp_status forward_body(tp_gpt *m, const tp_tensor *ids, const tp_tensor *targets,
                               float *loss)
 {
     TP_TRY(tp_embedding_forward(m->emb, ids, &m->xs[0]));
     TP_TRY(in_phase(m, TP_PHASE_FORWARD, add_positions));
-    for (int64_t i = 0; i < m->cfg.layers; i++)
-        TP_TRY(tp_block_forward(m->blocks[i], &m->xs[i], m->batch, m->seqlen, &m->xs[i + 1]));
+    TP_TRY(blocks_forward(m));
     TP_TRY(tp_norm_forward(m->lnf, &m->xs[m->cfg.layers], &m->hn));
     TP_TRY(in_phase(m, TP_PHASE_FORWARD, output_forward));
     return tp_vocab_ce_forward(m->ce, &m->logits, targets, loss);

@@ -196,16 +196,26 @@ typedef struct tpl_inflight {
 tp_status tpl_all_reduce_rows_begin(tp_comm *comm, tp_dtype dt, void *buf, int64_t tokens,
                                     int64_t cols, int overlap, tpl_rows_fn fn, void *ctx,
                                     tpl_inflight *out);
-/* Ends, in order, the chunks of f that hold rows below r1; the first error. */
-tp_status tpl_inflight_wait_rows(tpl_inflight *f, int64_t r1);
+/* Ends, in order, the chunks of f that hold rows below r1; their rows
+ * [*lo, *hi) are then final (empty when none was left); the first error. */
+tp_status tpl_inflight_wait_rows(tpl_inflight *f, int64_t r1, int64_t *lo, int64_t *hi);
+/* No chunk in flight (a stage that finished everything itself). */
+void tpl_inflight_clear(tpl_inflight *f);
 /* Ends every chunk of f not yet ended: st, else the first error among them. */
 tp_status tpl_inflight_end(tpl_inflight *f, tp_status st);
 
 /* tp_mlp_forward where feed(ctx, r0, r1) writes x's rows [r0, r1) just
  * before the MLP first reads them (with overlap >= 2 chunk by chunk,
- * otherwise once for all rows): x's later rows need not be ready yet. */
+ * otherwise once for all rows): x's later rows need not be ready yet.
+ * With keep (may be NULL) and overlap >= 2 it returns with fc2's chunk
+ * all-reduces in flight there (keep->n = 0 otherwise: y is final); y's
+ * rows below r1 are final after tpl_mlp_forward_rows_done(m, keep, y, r1,
+ * &lo, &hi), which ends their chunks and adds fc2's bias to the rows
+ * [lo, hi) this call made final. */
 tp_status tpl_mlp_forward_fed(tp_mlp *m, const tp_tensor *x, tp_tensor *y, tpl_rows_fn feed,
-                              void *ctx);
+                              void *ctx, tpl_inflight *keep);
+tp_status tpl_mlp_forward_rows_done(tp_mlp *m, tpl_inflight *f, void *y, int64_t r1, int64_t *lo,
+                                    int64_t *hi);
 
 /* After a sequence-parallel tp_embedding_backward: the all-gathered dy
  * [n, dim] of every token (valid until the next backward); NULL without

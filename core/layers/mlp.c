@@ -181,8 +181,10 @@ static tp_status weight_grads(void *ctx)
 }
 
 static tp_status forward(tp_mlp *m, const tp_tensor *x, tp_tensor *y, tpl_rows_fn feed,
-                         void *feed_ctx)
+                         void *feed_ctx, tpl_inflight *keep)
 {
+    if (keep)
+        tpl_inflight_clear(keep);
     if (!m)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_mlp_forward: mlp is NULL");
     int64_t tokens;
@@ -201,9 +203,13 @@ static tp_status forward(tp_mlp *m, const tp_tensor *x, tp_tensor *y, tpl_rows_f
     tp_status st;
     if (m->overlap >= 2 && tokens > 0) {
         mlp_chunk c = {m, x2.data, y2.data, NULL, feed, feed_ctx};
-        st = tpl_all_reduce_rows_overlapped(m->comm, m->dt, y2.data, tokens, m->hidden, m->overlap,
-                                            forward_rows, NULL, &c);
-        if (st == TP_OK)
+        if (keep) /* the bias: tpl_mlp_forward_rows_done */
+            st = tpl_all_reduce_rows_begin(m->comm, m->dt, y2.data, tokens, m->hidden, m->overlap,
+                                           forward_rows, &c, keep);
+        else
+            st = tpl_all_reduce_rows_overlapped(m->comm, m->dt, y2.data, tokens, m->hidden,
+                                                m->overlap, forward_rows, NULL, &c);
+        if (st == TP_OK && !keep)
             st = tpl_linear_bias_add(m->fc2, y2.data, tokens);
         if (st == TP_OK) {
             tpl_linear_set_saved(m->fc1, &x2, tokens);
@@ -230,13 +236,24 @@ done:
 
 tp_status tp_mlp_forward(tp_mlp *m, const tp_tensor *x, tp_tensor *y)
 {
-    return forward(m, x, y, NULL, NULL);
+    return forward(m, x, y, NULL, NULL, NULL);
 }
 
 tp_status tpl_mlp_forward_fed(tp_mlp *m, const tp_tensor *x, tp_tensor *y, tpl_rows_fn feed,
-                              void *ctx)
+                              void *ctx, tpl_inflight *keep)
 {
-    return forward(m, x, y, feed, ctx);
+    return forward(m, x, y, feed, ctx, keep);
+}
+
+tp_status tpl_mlp_forward_rows_done(tp_mlp *m, tpl_inflight *f, void *y, int64_t r1, int64_t *lo,
+                                    int64_t *hi)
+{
+    TP_TRY(tpl_inflight_wait_rows(f, r1, lo, hi));
+    tp_phase prev = tp_phase_set(m->comm, TP_PHASE_FORWARD);
+    tp_status st = tpl_linear_bias_add(
+        m->fc2, (char *)y + (size_t)(*lo * m->hidden) * tp_dtype_size(m->dt), *hi - *lo);
+    tp_phase_set(m->comm, prev);
+    return st;
 }
 
 tp_status tp_mlp_backward(tp_mlp *m, const tp_tensor *dy, tp_tensor *dx)

@@ -144,15 +144,23 @@ static tp_status reduce_rows_overlapped(tp_comm *comm, tp_dtype dt, void *full, 
     return tpl_wait_all(req, issued, st);
 }
 
-tp_status tpl_inflight_wait_rows(tpl_inflight *f, int64_t r1)
+tp_status tpl_inflight_wait_rows(tpl_inflight *f, int64_t r1, int64_t *lo, int64_t *hi)
 {
     tp_status st = TP_OK;
+    *lo = f->off[f->done];
     for (; f->done < f->n && f->off[f->done] < r1; f->done++) {
         tp_status w = tp_wait(f->req[f->done]);
         if (st == TP_OK)
             st = w;
     }
+    *hi = f->off[f->done];
     return st;
+}
+
+void tpl_inflight_clear(tpl_inflight *f)
+{
+    f->n = f->done = 0;
+    f->off[0] = 0;
 }
 
 tp_status tpl_inflight_end(tpl_inflight *f, tp_status st)

@@ -61,6 +61,9 @@ struct tp_attention {
     void *rows_out;      /* where out_proj_rows / dx_rows write: [tokens, hidden] */
     int64_t attended;    /* batch elements whose ctx rows the forward has computed */
     const void *dy_used; /* the overlapped backward's dy, read by its weight gradients */
+    const void *qkv_in;  /* the forward's full x rows, read by qkv_rows */
+    tpl_rows_fn feed;    /* tpl_attention_forward_begin's (NULL otherwise) */
+    void *feed_ctx;
     /* full: sequence-parallel [tokens, hidden] scratch (workspace): forward
      * the gathered x, then the out-projection's partial y; backward the
      * gathered dy, then x gathered again for the QKV weight gradient */
@@ -504,7 +507,7 @@ static tp_status qkv_rows(void *ctx, int64_t r0, int64_t r1)
     tp_attention *a = ctx;
     int64_t hidden = a->hidden, width = a->qkv_width;
     return tpl_gemm(a->dev, a->dt, 0, 0, r1 - r0, width, hidden, 0.0f,
-                    at(a, a->full.ptr, r0 * hidden), hidden, a->wqkv.data, width,
+                    at(a, a->qkv_in, r0 * hidden), hidden, a->wqkv.data, width,
                     at(a, a->qkv.ptr, r0 * width), width);
 }
 
@@ -545,6 +548,7 @@ static tp_status forward_body(tp_attention *a, const tp_tensor *x, tp_tensor *y,
         xf = a->full.ptr;
     }
     a->x_used = a->sp ? NULL : xf;
+    a->qkv_in = xf;
     TP_TRY(tpl_ws_reserve(&a->qkv, (size_t)(tokens * width) * a->es, a->label));
     TP_TRY(tpl_ws_reserve(&a->probs, (size_t)a->batch * a->local_heads * ss * a->es, a->label));
     TP_TRY(tpl_ws_reserve(&a->scores, (size_t)a->local_heads * ss * a->es, a->label));
@@ -553,6 +557,13 @@ static tp_status forward_body(tp_attention *a, const tp_tensor *x, tp_tensor *y,
     if (sp_overlapped(a)) {
         TP_TRY(tpl_gather_rows_overlapped(a->comm, a->dt, x->data, a->full.ptr, a->off, hidden,
                                           a->counts, a->overlap, qkv_rows, a));
+    } else if (a->feed && !a->sp) { /* x's rows made chunk by chunk (the GPT's block chain) */
+        int64_t co[TP_OVERLAP_MAX + 1];
+        int n = tpl_overlap_chunks(tokens, a->overlap >= 2 ? a->overlap : 1, co);
+        for (int c = 0; c < n; c++) {
+            TP_TRY(a->feed(a->feed_ctx, co[c], co[c + 1]));
+            TP_TRY(qkv_rows(a, co[c], co[c + 1]));
+        }
     } else {
         if (a->sp)
             TP_TRY(
@@ -593,10 +604,8 @@ static tp_status forward_body(tp_attention *a, const tp_tensor *x, tp_tensor *y,
 static tp_status forward(tp_attention *a, const tp_tensor *x, int64_t batch, int64_t seq,
                          tp_tensor *y, tpl_inflight *f)
 {
-    if (f) {
-        f->n = f->done = 0;
-        f->off[0] = 0;
-    }
+    if (f)
+        tpl_inflight_clear(f);
     if (!a)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_attention_forward: layer is NULL");
     if (batch <= 0 || seq <= 0)
@@ -622,6 +631,7 @@ static tp_status forward(tp_attention *a, const tp_tensor *x, int64_t batch, int
     a->rows = rows;
     tp_phase prev = tp_phase_set(a->comm, TP_PHASE_FORWARD);
     tp_status st = forward_body(a, x, y, f);
+    a->feed = NULL;
     tp_phase_set(a->comm, prev);
     if (st != TP_OK)
         return st;
@@ -638,16 +648,21 @@ tp_status tp_attention_forward(tp_attention *a, const tp_tensor *x, int64_t batc
 }
 
 tp_status tpl_attention_forward_begin(tp_attention *a, const tp_tensor *x, int64_t batch,
-                                      int64_t seq, tp_tensor *y, tpl_inflight *f)
+                                      int64_t seq, tp_tensor *y, tpl_inflight *f, tpl_rows_fn feed,
+                                      void *ctx)
 {
+    if (a) {
+        a->feed = feed;
+        a->feed_ctx = ctx;
+    }
     return forward(a, x, batch, seq, y, f);
 }
 
 tp_status tpl_attention_forward_rows_done(tp_attention *a, tpl_inflight *f, int64_t r1)
 {
-    int first = f->done;
-    TP_TRY(tpl_inflight_wait_rows(f, r1));
-    int64_t r0 = f->off[first], rows = f->off[f->done] - r0;
+    int64_t r0, hi;
+    TP_TRY(tpl_inflight_wait_rows(f, r1, &r0, &hi));
+    int64_t rows = hi - r0;
     if (!a->has_bias || rows <= 0)
         return TP_OK;
     tp_phase prev = tp_phase_set(a->comm, TP_PHASE_FORWARD);

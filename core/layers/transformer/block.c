@@ -39,6 +39,7 @@ struct tp_block {
      * overlapped backward needs it beside the partial dx */
     tpl_ws mx, mpre, mact, mtmp;
     tp_tensor x_saved;
+    void *y_out; /* the last forward's y (its residual: add_residual) */
     int64_t rows, tokens;
     bool saved;
 };
@@ -321,13 +322,27 @@ static tp_status sp_mlp_backward(tp_block *b, const tp_tensor *dy, tp_tensor *dx
  * all-reduces in flight, and the MLP's token chunk c starts as soon as
  * the attention's rows of chunk c have arrived (those rows' residual and
  * LN2 first), so the attention's all-reduces run during the MLP's GEMMs
- * rather than only during the out-projection's. Every step is per row
- * and the chunks are cut alike: the same bits as unchained. */
+ * rather than only during the out-projection's. In a chain of blocks
+ * (tpl_block_forward_chained) the input's rows may arrive the same way:
+ * each QKV chunk first makes its x rows final and runs LN1 on them; and
+ * the MLP's all-reduces may be left in flight for the next block. Every
+ * step is per row and the chunks are cut alike: the same bits as
+ * unchained. */
 typedef struct chain {
     tp_block *b;
-    tpl_inflight f;
+    tpl_inflight f; /* the attention's out-projection all-reduces */
     const void *x;
+    tpl_rows_fn in; /* makes x's rows final (NULL: they are) */
+    void *in_ctx;
 } chain;
+
+static tp_status feed_attention(void *ctx, int64_t r0, int64_t r1)
+{
+    chain *c = ctx;
+    if (c->in)
+        TP_TRY(c->in(c->in_ctx, r0, r1));
+    return tpl_norm_forward_rows(c->b->ln1, r0, r1);
+}
 
 static tp_status feed_mlp(void *ctx, int64_t r0, int64_t r1)
 {
@@ -341,45 +356,71 @@ static tp_status feed_mlp(void *ctx, int64_t r0, int64_t r1)
     return tpl_norm_forward_rows(b->ln2, r0, r1);
 }
 
-static tp_status forward_chained(tp_block *b, const tp_tensor *x2, const tp_tensor *h1,
-                                 tp_tensor *r1, tp_tensor *h2, tp_tensor *y2, int64_t batch,
-                                 int64_t seq)
+/* y rows [r0, r1) = h + MLP rows (the residual) */
+static tp_status add_residual(tp_block *b, int64_t r0, int64_t r1)
 {
-    chain c = {.b = b, .x = x2->data};
-    TP_TRY(tpl_attention_forward_begin(b->attn, h1, batch, seq, r1, &c.f));
-    tp_status st = tpl_norm_forward_begin(b->ln2, r1, h2);
+    size_t at = (size_t)(r0 * b->hidden) * b->es;
+    if (r1 <= r0)
+        return TP_OK;
+    return tp_dev_axpby(b->dev, b->dt, (r1 - r0) * b->hidden, 1.0f, (const char *)b->r1.ptr + at,
+                        1.0f, (char *)b->y_out + at);
+}
+
+static tp_status forward_chained(tp_block *b, const tp_tensor *x2, tp_tensor *h1, tp_tensor *r1,
+                                 tp_tensor *h2, tp_tensor *y2, int64_t batch, int64_t seq, chain *c,
+                                 tpl_inflight *out)
+{
+    tpl_inflight_clear(&c->f);
+    if (out)
+        tpl_inflight_clear(out);
+    tp_status st = tpl_norm_forward_begin(b->ln1, x2, h1);
     if (st == TP_OK)
-        st = tpl_mlp_forward_fed(b->mlp, h2, y2, feed_mlp, &c);
-    return tpl_inflight_end(&c.f, st);
+        st = tpl_attention_forward_begin(b->attn, h1, batch, seq, r1, &c->f, feed_attention, c);
+    if (st == TP_OK)
+        st = tpl_norm_forward_begin(b->ln2, r1, h2);
+    if (st == TP_OK)
+        st = tpl_mlp_forward_fed(b->mlp, h2, y2, feed_mlp, c, out);
+    st = tpl_inflight_end(&c->f, st);
+    if (out && st != TP_OK)
+        return tpl_inflight_end(out, st); /* nothing left in flight after an error */
+    if (!out || out->n == 0)              /* y final: the residual now, else in rows_done */
+        return add_residual(b, 0, b->rows);
+    return TP_OK;
 }
 
 static tp_status forward_body(tp_block *b, const tp_tensor *x, tp_tensor *y, int64_t batch,
-                              int64_t seq)
+                              int64_t seq, chain *c, tpl_inflight *out)
 {
-    int64_t rows = b->rows, n = rows * b->hidden;
+    int64_t rows = b->rows;
     tp_tensor h1 = tpl_view2p(b->dev, b->dt, b->h1.ptr, rows, b->hidden);
     tp_tensor r1 = tpl_view2p(b->dev, b->dt, b->r1.ptr, rows, b->hidden);
     tp_tensor h2 = tpl_view2p(b->dev, b->dt, b->h2.ptr, rows, b->hidden);
     tp_tensor x2 = tpl_view2(x, rows, b->hidden);
     tp_tensor y2 = tpl_view2(y, rows, b->hidden);
+    b->y_out = y2.data;
+    if (tpl_block_chains(b))
+        return forward_chained(b, &x2, &h1, &r1, &h2, &y2, batch, seq, c, out);
+    if (c->in) /* a chain's input into a block that does not chain: all of x first */
+        TP_TRY(c->in(c->in_ctx, 0, rows));
     TP_TRY(tp_norm_forward(b->ln1, &x2, &h1));
-    if (!b->sp && b->overlap >= 2) {
-        TP_TRY(forward_chained(b, &x2, &h1, &r1, &h2, &y2, batch, seq));
-    } else {
-        TP_TRY(tp_attention_forward(b->attn, &h1, batch, seq, &r1));
-        if (n > 0) /* h = x + attn */
-            TP_TRY(tp_dev_axpby(b->dev, b->dt, n, 1.0f, x2.data, 1.0f, r1.data));
-        TP_TRY(tp_norm_forward(b->ln2, &r1, &h2));
-        TP_TRY(b->sp ? sp_mlp_forward(b, &h2, &y2) : tp_mlp_forward(b->mlp, &h2, &y2));
-    }
-    if (n > 0) /* y = h + mlp */
-        TP_TRY(tp_dev_axpby(b->dev, b->dt, n, 1.0f, r1.data, 1.0f, y2.data));
-    return TP_OK;
+    TP_TRY(tp_attention_forward(b->attn, &h1, batch, seq, &r1));
+    if (rows > 0) /* h = x + attn */
+        TP_TRY(tp_dev_axpby(b->dev, b->dt, rows * b->hidden, 1.0f, x2.data, 1.0f, r1.data));
+    TP_TRY(tp_norm_forward(b->ln2, &r1, &h2));
+    TP_TRY(b->sp ? sp_mlp_forward(b, &h2, &y2) : tp_mlp_forward(b->mlp, &h2, &y2));
+    return add_residual(b, 0, rows); /* y = h + mlp */
 }
 
-tp_status tp_block_forward(tp_block *b, const tp_tensor *x, int64_t batch, int64_t seq,
-                           tp_tensor *y)
+bool tpl_block_chains(const tp_block *b)
 {
+    return !b->sp && b->overlap >= 2;
+}
+
+static tp_status forward(tp_block *b, const tp_tensor *x, int64_t batch, int64_t seq, tp_tensor *y,
+                         tpl_rows_fn in, void *in_ctx, tpl_inflight *out)
+{
+    if (out)
+        tpl_inflight_clear(out);
     if (!b)
         return tp_set_error(TP_ERR_INVALID_ARG, "tp_block_forward: block is NULL");
     if (batch <= 0 || seq <= 0)
@@ -407,7 +448,8 @@ tp_status tp_block_forward(tp_block *b, const tp_tensor *x, int64_t batch, int64
     TP_TRY(tpl_ws_reserve(&b->r1, bytes, b->label));
     TP_TRY(tpl_ws_reserve(&b->h2, bytes, b->label));
     tp_phase prev = tp_phase_set(b->comm, TP_PHASE_FORWARD);
-    tp_status st = forward_body(b, x, y, batch, seq);
+    chain c = {.b = b, .x = x->data, .in = in, .in_ctx = in_ctx};
+    tp_status st = forward_body(b, x, y, batch, seq, &c, out);
     tp_phase_set(b->comm, prev);
     if (st != TP_OK)
         return st;
@@ -415,6 +457,28 @@ tp_status tp_block_forward(tp_block *b, const tp_tensor *x, int64_t batch, int64
     b->x_saved.owned = false;
     b->saved = true;
     return TP_OK;
+}
+
+tp_status tp_block_forward(tp_block *b, const tp_tensor *x, int64_t batch, int64_t seq,
+                           tp_tensor *y)
+{
+    return forward(b, x, batch, seq, y, NULL, NULL, NULL);
+}
+
+tp_status tpl_block_forward_chained(tp_block *b, const tp_tensor *x, int64_t batch, int64_t seq,
+                                    tp_tensor *y, tpl_rows_fn in, void *in_ctx, tpl_inflight *out)
+{
+    return forward(b, x, batch, seq, y, in, in_ctx, out);
+}
+
+tp_status tpl_block_forward_rows_done(tp_block *b, tpl_inflight *f, int64_t r1)
+{
+    int64_t lo, hi;
+    TP_TRY(tpl_mlp_forward_rows_done(b->mlp, f, b->y_out, r1, &lo, &hi));
+    tp_phase prev = tp_phase_set(b->comm, TP_PHASE_FORWARD);
+    tp_status st = add_residual(b, lo, hi);
+    tp_phase_set(b->comm, prev);
+    return st;
 }
 
 static tp_status backward_body(tp_block *b, const tp_tensor *dy, tp_tensor *dx)

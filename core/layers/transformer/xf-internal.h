@@ -31,9 +31,24 @@ tp_status tpl_norm_forward_rows(tp_norm *n, int64_t r0, int64_t r1);
  * still in flight in *f (f->n = 0 otherwise: y is final). y's rows below
  * r1 are final after tpl_attention_forward_rows_done(a, f, r1), which
  * ends their chunks and adds the bias; tpl_inflight_end ends the rest on
- * every path, errors included. */
+ * every path, errors included. Without sequence parallelism, feed (may
+ * be NULL) writes x's rows [r0, r1) just before the QKV GEMM reads them,
+ * in the chunks of tpl_overlap_chunks. */
 tp_status tpl_attention_forward_begin(tp_attention *a, const tp_tensor *x, int64_t batch,
-                                      int64_t seq, tp_tensor *y, tpl_inflight *f);
+                                      int64_t seq, tp_tensor *y, tpl_inflight *f, tpl_rows_fn feed,
+                                      void *ctx);
 tp_status tpl_attention_forward_rows_done(tp_attention *a, tpl_inflight *f, int64_t r1);
+
+/* Blocks chained in a model (the GPT's forward), when tpl_block_chains:
+ * tp_block_forward where in (may be NULL) makes x's rows [r0, r1) final
+ * just before the block reads them (chunk by chunk), and out (may be
+ * NULL) receives the MLP's all-reduces still in flight (out->n = 0: y is
+ * final); y's rows below r1 are final after tpl_block_forward_rows_done
+ * (fc2's bias and the residual added to them). On an error nothing is
+ * left in flight in out. */
+bool tpl_block_chains(const tp_block *b); /* no sequence parallelism, overlap >= 2 */
+tp_status tpl_block_forward_chained(tp_block *b, const tp_tensor *x, int64_t batch, int64_t seq,
+                                    tp_tensor *y, tpl_rows_fn in, void *in_ctx, tpl_inflight *out);
+tp_status tpl_block_forward_rows_done(tp_block *b, tpl_inflight *f, int64_t r1);
 
 #endif
