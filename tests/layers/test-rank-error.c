@@ -11,15 +11,56 @@
  * TP_TIMEOUT_S) instead of waiting forever, and tp_run must fail.
  * Runs on loopback (threads) and tcp (processes); not under mpi, whose
  * plugin aborts the whole job when a rank fails (by design).
+ *
+ * With argument "block": a TransformerBlock with overlap 3 (the chained
+ * attention -> MLP forward, all-reduces left in flight between them) at
+ * 122 tokens, where the ranks other than 0 pass x with a wrong hidden
+ * size. Rank 0 issues the attention's chunk all-reduces and then waits
+ * for the first one in the MLP's first chunk: it must get the peer's
+ * absence as an error, end every request it started, and free the block.
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <tp/tp-layers.h>
+#include <tp/tp-transformer.h>
+
+static tp_status block_main(tp_comm *world, tp_status *got)
+{
+    int r = tp_comm_rank(world);
+    tp_block_config c = {
+        .hidden = 12, .heads = 3, .ffn = 16, .bias = true, .causal = true, .overlap = 3};
+    tp_block *b = NULL;
+    tp_status st = tp_block_create(world, &c, &b);
+    if (st != TP_OK) {
+        got[r] = TP_OK; /* not the status under test */
+        fprintf(stderr, "rank %d: create failed: %s\n", r, tp_last_error());
+        return st;
+    }
+    tp_tensor x = {0}, y = {0};
+    float host[122 * 13];
+    for (int i = 0; i < 122 * 13; i++)
+        host[i] = (float)(i % 17) / 17.0f - 0.5f;
+    st = tp_tensor_alloc2(tp_comm_device(world), TP_F32, 122, r == 0 ? 12 : 13, &x);
+    if (st == TP_OK)
+        st = tp_tensor_upload(&x, host);
+    if (st == TP_OK)
+        st = tp_block_forward(b, &x, 2, 61, &y);
+    got[r] = st;
+    printf("rank %d: %s: %s\n", r, tp_status_string(st), st != TP_OK ? tp_last_error() : "");
+    tp_tensor_release(&x);
+    tp_tensor_release(&y);
+    tp_block_free(b);
+    return st;
+}
 
 static tp_status rank_main(tp_comm *world, void *arg)
 {
     tp_status *got = arg; /* [rank]; with processes each sees only its own */
+    const char *mode = getenv("RANK_ERROR_LAYER");
+    if (mode && strcmp(mode, "block") == 0)
+        return block_main(world, got);
     int W = tp_comm_size(world), r = tp_comm_rank(world);
     tp_linear *l = NULL;
     tp_linear_config c = {.in_features = 2 * W + 1,

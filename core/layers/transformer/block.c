@@ -381,9 +381,9 @@ static tp_status forward_chained(tp_block *b, const tp_tensor *x2, tp_tensor *h1
     if (st == TP_OK)
         st = tpl_mlp_forward_fed(b->mlp, h2, y2, feed_mlp, c, out);
     st = tpl_inflight_end(&c->f, st);
-    if (out && st != TP_OK)
-        return tpl_inflight_end(out, st); /* nothing left in flight after an error */
-    if (!out || out->n == 0)              /* y final: the residual now, else in rows_done */
+    if (st != TP_OK) /* nothing left in flight after an error */
+        return out ? tpl_inflight_end(out, st) : st;
+    if (!out || out->n == 0) /* y final: the residual now, else in rows_done */
         return add_residual(b, 0, b->rows);
     return TP_OK;
 }
