@@ -138,7 +138,7 @@ static tp_status reduce_rows_overlapped(tp_comm *comm, tp_dtype dt, void *full, 
         return TP_OK;
     }
     if (keep)
-        keep->n = keep->done = 0;
+        tpl_inflight_clear(keep);
     if (st == TP_OK && tail)
         st = tail(ctx);
     return tpl_wait_all(req, issued, st);

@@ -344,26 +344,29 @@ static tp_status feed_attention(void *ctx, int64_t r0, int64_t r1)
     return tpl_norm_forward_rows(c->b->ln1, r0, r1);
 }
 
+/* dst rows [r0, r1) += src rows (a residual; [rows, hidden] tensors) */
+static tp_status add_rows(tp_block *b, const void *src, void *dst, int64_t r0, int64_t r1)
+{
+    size_t at = (size_t)(r0 * b->hidden) * b->es;
+    if (r1 <= r0)
+        return TP_OK;
+    return tp_dev_axpby(b->dev, b->dt, (r1 - r0) * b->hidden, 1.0f, (const char *)src + at, 1.0f,
+                        (char *)dst + at);
+}
+
 static tp_status feed_mlp(void *ctx, int64_t r0, int64_t r1)
 {
     chain *c = ctx;
     tp_block *b = c->b;
-    size_t at = (size_t)(r0 * b->hidden) * b->es;
     TP_TRY(tpl_attention_forward_rows_done(b->attn, &c->f, r1));
-    if (r1 > r0) /* h = x + attn */
-        TP_TRY(tp_dev_axpby(b->dev, b->dt, (r1 - r0) * b->hidden, 1.0f, (const char *)c->x + at,
-                            1.0f, (char *)b->r1.ptr + at));
+    TP_TRY(add_rows(b, c->x, b->r1.ptr, r0, r1)); /* h = x + attn */
     return tpl_norm_forward_rows(b->ln2, r0, r1);
 }
 
 /* y rows [r0, r1) = h + MLP rows (the residual) */
 static tp_status add_residual(tp_block *b, int64_t r0, int64_t r1)
 {
-    size_t at = (size_t)(r0 * b->hidden) * b->es;
-    if (r1 <= r0)
-        return TP_OK;
-    return tp_dev_axpby(b->dev, b->dt, (r1 - r0) * b->hidden, 1.0f, (const char *)b->r1.ptr + at,
-                        1.0f, (char *)b->y_out + at);
+    return add_rows(b, b->r1.ptr, b->y_out, r0, r1);
 }
 
 static tp_status forward_chained(tp_block *b, const tp_tensor *x2, tp_tensor *h1, tp_tensor *r1,
@@ -404,8 +407,7 @@ static tp_status forward_body(tp_block *b, const tp_tensor *x, tp_tensor *y, int
         TP_TRY(c->in(c->in_ctx, 0, rows));
     TP_TRY(tp_norm_forward(b->ln1, &x2, &h1));
     TP_TRY(tp_attention_forward(b->attn, &h1, batch, seq, &r1));
-    if (rows > 0) /* h = x + attn */
-        TP_TRY(tp_dev_axpby(b->dev, b->dt, rows * b->hidden, 1.0f, x2.data, 1.0f, r1.data));
+    TP_TRY(add_rows(b, x2.data, r1.data, 0, rows)); /* h = x + attn */
     TP_TRY(tp_norm_forward(b->ln2, &r1, &h2));
     TP_TRY(b->sp ? sp_mlp_forward(b, &h2, &y2) : tp_mlp_forward(b->mlp, &h2, &y2));
     return add_residual(b, 0, rows); /* y = h + mlp */
