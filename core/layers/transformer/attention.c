@@ -631,7 +631,6 @@ static tp_status forward(tp_attention *a, const tp_tensor *x, int64_t batch, int
     a->rows = rows;
     tp_phase prev = tp_phase_set(a->comm, TP_PHASE_FORWARD);
     tp_status st = forward_body(a, x, y, f);
-    a->feed = NULL;
     tp_phase_set(a->comm, prev);
     if (st != TP_OK)
         return st;
@@ -651,11 +650,13 @@ tp_status tpl_attention_forward_begin(tp_attention *a, const tp_tensor *x, int64
                                       int64_t seq, tp_tensor *y, tpl_inflight *f, tpl_rows_fn feed,
                                       void *ctx)
 {
-    if (a) {
-        a->feed = feed;
-        a->feed_ctx = ctx;
-    }
-    return forward(a, x, batch, seq, y, f);
+    if (!a)
+        return forward(a, x, batch, seq, y, f); /* its error */
+    a->feed = feed;
+    a->feed_ctx = ctx;
+    tp_status st = forward(a, x, batch, seq, y, f);
+    a->feed = NULL; /* on every return: ctx lives only for this call */
+    return st;
 }
 
 tp_status tpl_attention_forward_rows_done(tp_attention *a, tpl_inflight *f, int64_t r1)
