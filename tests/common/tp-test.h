@@ -76,8 +76,13 @@ int tpt_main(int *argc, char ***argv, const char *suite, const tpt_test *tests, 
  * of 48 rows (the layers' TPL_CHUNK_ALIGN), written out independently. */
 uint64_t tpt_overlap_chunks(int64_t t, int chunks);
 void tpt_fill(float *a, int64_t n, uint64_t id); /* uniform [-1, 1), seed 777 */
-float *tpt_falloc(int64_t n);                    /* zeroed, at least one element */
-double *tpt_to_d(const float *a, int64_t n);     /* widen to double (caller frees) */
+/* Whether the backend (TP_BACKEND) promises overlapped (chunked) layers the
+ * same bits as unchunked ones at k's T: loopback reduces every element in
+ * rank order wherever it sits; two terms add the same in either order
+ * (docs/determinism.md). */
+bool tpt_bitwise_expected(const tpt_rank *k);
+float *tpt_falloc(int64_t n);                /* zeroed, at least one element */
+double *tpt_to_d(const float *a, int64_t n); /* widen to double (caller frees) */
 /* A [rows, cols] f32 device tensor holding h (failures recorded on k). */
 tp_tensor tpt_upload2(tpt_rank *k, int64_t rows, int64_t cols, const float *h);
 /* t's contents on the host (tpt_falloc'ed; zeros where the download failed). */

@@ -545,8 +545,7 @@ END_TEST
  * T <= 2), else within test_reference's tolerance. */
 static void body_overlap(tpt_rank *k)
 {
-    const char *be = getenv("TP_BACKEND");
-    bool bitwise = k->T <= 2 || !be || strcmp(be, "loopback") == 0;
+    bool bitwise = tpt_bitwise_expected(k);
     for (int sp = 0; sp < 2; sp++) {
         tp_gpt_config cfg = {.vocab = 23,
                              .hidden = 8,

@@ -28,20 +28,11 @@
 
 #include "layer-util.h"
 
-/* Whether the backend promises the same bits for a chunked all-reduce at
- * this T: loopback reduces every element in rank order wherever it sits;
- * two terms add the same in either order. */
-static bool bitwise_expected(const tpt_rank *k)
-{
-    const char *be = getenv("TP_BACKEND");
-    return k->T <= 2 || !be || strcmp(be, "loopback") == 0;
-}
-
 /* a vs b (n floats): bitwise, or where not promised, within 1e-5 (1 + |a|). */
 static void compare(tpt_rank *k, int line, const char *what, const float *a, const float *b,
                     int64_t n, int64_t t, int chunks)
 {
-    bool bitwise = bitwise_expected(k);
+    bool bitwise = tpt_bitwise_expected(k);
     int64_t bad = 0, first = -1;
     for (int64_t i = 0; i < n; i++) {
         bool same = bitwise ? memcmp(&a[i], &b[i], sizeof(float)) == 0

@@ -26,6 +26,21 @@
 #include <tp/tp-layers.h>
 #include <tp/tp-transformer.h>
 
+/* A layer that could not be created: not the status under test. */
+static tp_status create_failed(tp_status *got, int r, tp_status st)
+{
+    got[r] = TP_OK;
+    fprintf(stderr, "rank %d: create failed: %s\n", r, tp_last_error());
+    return st;
+}
+
+/* got[r] = what the rank's layer call returned, and say it. */
+static void report(tp_status *got, int r, tp_status st)
+{
+    got[r] = st;
+    printf("rank %d: %s: %s\n", r, tp_status_string(st), st != TP_OK ? tp_last_error() : "");
+}
+
 static tp_status block_main(tp_comm *world, tp_status *got)
 {
     int r = tp_comm_rank(world);
@@ -33,11 +48,8 @@ static tp_status block_main(tp_comm *world, tp_status *got)
         .hidden = 12, .heads = 3, .ffn = 16, .bias = true, .causal = true, .overlap = 3};
     tp_block *b = NULL;
     tp_status st = tp_block_create(world, &c, &b);
-    if (st != TP_OK) {
-        got[r] = TP_OK; /* not the status under test */
-        fprintf(stderr, "rank %d: create failed: %s\n", r, tp_last_error());
-        return st;
-    }
+    if (st != TP_OK)
+        return create_failed(got, r, st);
     tp_tensor x = {0}, y = {0};
     float host[122 * 13];
     for (int i = 0; i < 122 * 13; i++)
@@ -47,8 +59,7 @@ static tp_status block_main(tp_comm *world, tp_status *got)
         st = tp_tensor_upload(&x, host);
     if (st == TP_OK)
         st = tp_block_forward(b, &x, 2, 61, &y);
-    got[r] = st;
-    printf("rank %d: %s: %s\n", r, tp_status_string(st), st != TP_OK ? tp_last_error() : "");
+    report(got, r, st);
     tp_tensor_release(&x);
     tp_tensor_release(&y);
     tp_block_free(b);
@@ -69,17 +80,13 @@ static tp_status rank_main(tp_comm *world, void *arg)
                           .input_is_parallel = true,
                           .name = "uneven"};
     tp_status st = tp_row_linear_create(world, &c, &l);
-    if (st != TP_OK) {
-        got[r] = TP_OK; /* not the status under test */
-        fprintf(stderr, "rank %d: create failed: %s\n", r, tp_last_error());
-        return st;
-    }
+    if (st != TP_OK)
+        return create_failed(got, r, st);
     tp_tensor x = {0}, y = {0};
     st = tp_tensor_alloc2(tp_comm_device(world), TP_F32, 4, 3, &x);
     if (st == TP_OK)
         st = tp_linear_forward(l, &x, &y);
-    got[r] = st;
-    printf("rank %d: %s: %s\n", r, tp_status_string(st), st != TP_OK ? tp_last_error() : "");
+    report(got, r, st);
     tp_tensor_release(&x);
     tp_tensor_release(&y);
     tp_linear_free(l);

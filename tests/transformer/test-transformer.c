@@ -1257,11 +1257,8 @@ static void body_overlap(tpt_rank *k)
                                        {16, 4, 0, 0, 24, 1, 145, false, true},
                                        {16, 4, 0, 0, 20, 1, 7, true, false}};
     static const int OV[] = {2, 3, 5};
-    const char *be = getenv("TP_BACKEND");
-    /* bitwise where docs/determinism.md promises it: loopback (rank-order
-     * sums wherever an element sits) or two terms; mpi's ring and its
-     * nonblocking algorithms sum in other orders at T >= 3 */
-    bool bitwise = k->T <= 2 || !be || strcmp(be, "loopback") == 0;
+    /* mpi's ring and its nonblocking algorithms sum in other orders at T >= 3 */
+    bool bitwise = tpt_bitwise_expected(k);
     for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
         const block_case *c = &cases[ci];
         if (c->H < k->T)
