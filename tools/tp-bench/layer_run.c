@@ -127,9 +127,6 @@ static tp_status upload_master(tp_tensor *t, uint64_t id, int64_t full, int64_t 
     return st;
 }
 
-/* The layer's tensors in its dtype (inputs, outputs and gradients alike):
- * x filled with this rank's slice of a full [tokens, x_full] input; with
- * --backward also dx, and dy filled. */
 /* [rows, cols] of dt: from the device, or (--symmetric) a view of
  * tp_comm_mem_alloc memory kept in *mem (a collective: every rank asks for
  * the same size, which the shapes give). */
@@ -144,6 +141,9 @@ static tp_status out_tensor(layer_inst *li, tp_device *dev, const bench_opts *o,
     return TP_OK;
 }
 
+/* The layer's tensors in its dtype (inputs, outputs and gradients alike):
+ * x filled with this rank's slice of a full [tokens, x_full] input; with
+ * --backward also dx, and dy filled. */
 static tp_status inst_tensors(layer_inst *li, tp_device *dev, const bench_opts *o,
                               const inst_shape *sh)
 {
